@@ -1,0 +1,74 @@
+// Catalog entries for the ONNX ops qforge imports and runs (opset 13 and up semantics).
+#include "graph/catalog.h"
+
+#include <algorithm>
+#include <array>
+
+namespace qforge::graph {
+namespace {
+
+constexpr int kMany = 1 << 20;
+
+constexpr std::array kSchemas = {
+    // op type, inputs min/max, outputs min/max, since opset
+    OpSchema{"Add", 2, 2, 1, 1, 13},
+    OpSchema{"AveragePool", 1, 1, 1, 1, 11},
+    OpSchema{"BatchNormalization", 5, 5, 1, 3, 15},
+    OpSchema{"Cast", 1, 1, 1, 1, 13},
+    OpSchema{"Clip", 1, 3, 1, 1, 13},
+    OpSchema{"Concat", 1, kMany, 1, 1, 13},
+    OpSchema{"Constant", 0, 0, 1, 1, 13},
+    OpSchema{"ConstantOfShape", 1, 1, 1, 1, 9},
+    OpSchema{"Conv", 2, 3, 1, 1, 11},
+    OpSchema{"Div", 2, 2, 1, 1, 13},
+    OpSchema{"Dropout", 1, 3, 1, 2, 13},
+    OpSchema{"Elu", 1, 1, 1, 1, 6},
+    OpSchema{"Equal", 2, 2, 1, 1, 13},
+    OpSchema{"Erf", 1, 1, 1, 1, 13},
+    OpSchema{"Expand", 2, 2, 1, 1, 13},
+    OpSchema{"Flatten", 1, 1, 1, 1, 13},
+    OpSchema{"Gather", 2, 2, 1, 1, 13},
+    OpSchema{"Gemm", 2, 3, 1, 1, 13},
+    OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1},
+    OpSchema{"HardSigmoid", 1, 1, 1, 1, 6},
+    OpSchema{"HardSwish", 1, 1, 1, 1, 14},
+    OpSchema{"Identity", 1, 1, 1, 1, 13},
+    OpSchema{"LayerNormalization", 2, 3, 1, 3, 17},
+    OpSchema{"LeakyRelu", 1, 1, 1, 1, 6},
+    OpSchema{"MatMul", 2, 2, 1, 1, 13},
+    OpSchema{"MaxPool", 1, 1, 1, 2, 12},
+    OpSchema{"Mod", 2, 2, 1, 1, 13},
+    OpSchema{"Mul", 2, 2, 1, 1, 13},
+    OpSchema{"Neg", 1, 1, 1, 1, 13},
+    OpSchema{"Not", 1, 1, 1, 1, 1},
+    OpSchema{"Pad", 2, 4, 1, 1, 13},
+    OpSchema{"Pow", 2, 2, 1, 1, 13},
+    OpSchema{"Range", 3, 3, 1, 1, 11},
+    OpSchema{"ReduceMean", 1, 1, 1, 1, 13},
+    OpSchema{"Relu", 1, 1, 1, 1, 14},
+    OpSchema{"Reshape", 2, 2, 1, 1, 14},
+    OpSchema{"ScatterND", 3, 3, 1, 1, 16},
+    OpSchema{"Shape", 1, 1, 1, 1, 15},
+    OpSchema{"Sigmoid", 1, 1, 1, 1, 13},
+    OpSchema{"Slice", 3, 5, 1, 1, 13},
+    OpSchema{"Softmax", 1, 1, 1, 1, 13},
+    OpSchema{"Sqrt", 1, 1, 1, 1, 13},
+    OpSchema{"Squeeze", 1, 2, 1, 1, 13},
+    OpSchema{"Sub", 2, 2, 1, 1, 13},
+    OpSchema{"Tanh", 1, 1, 1, 1, 13},
+    OpSchema{"Transpose", 1, 1, 1, 1, 13},
+    OpSchema{"Unsqueeze", 2, 2, 1, 1, 13},
+    OpSchema{"Where", 3, 3, 1, 1, 16},
+};
+
+}  // namespace
+
+const OpSchema* find_schema(std::string_view op_type) {
+  auto it = std::find_if(kSchemas.begin(), kSchemas.end(),
+                         [&](const OpSchema& s) { return s.op_type == op_type; });
+  return it == kSchemas.end() ? nullptr : &*it;
+}
+
+std::span<const OpSchema> all_schemas() { return kSchemas; }
+
+}  // namespace qforge::graph

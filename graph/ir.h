@@ -1,0 +1,182 @@
+// The IR: a Graph of Nodes connected by Values. Structure only; constant tensors ride along as
+// Value payloads (initializers and folded constants) but the graph never computes them.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace qforge::graph {
+
+using kernels::DType;
+using kernels::Shape;
+using kernels::Tensor;
+
+class Node;
+
+class Value {
+ public:
+  const std::string& name() const { return name_; }
+  DType dtype() const { return dtype_; }
+  // Static shape; empty optional when not yet known (before shape resolution).
+  const std::optional<Shape>& shape() const { return shape_; }
+  bool has_shape() const { return shape_.has_value(); }
+  const Shape& known_shape() const;  // throws when unknown
+
+  Node* producer() const { return producer_; }
+  const std::vector<Node*>& consumers() const { return consumers_; }
+
+  bool is_constant() const { return constant_.defined(); }
+  const Tensor& constant() const { return constant_; }
+
+  bool is_graph_input() const { return graph_input_; }
+  bool is_graph_output() const { return graph_output_; }
+
+  void set_type(DType dtype, Shape shape) {
+    dtype_ = dtype;
+    shape_ = std::move(shape);
+  }
+  void set_dtype(DType dtype) { dtype_ = dtype; }
+  void clear_shape() { shape_.reset(); }
+  void set_constant(Tensor value);  // also sets dtype and shape
+
+ private:
+  friend class Graph;
+  std::string name_;
+  DType dtype_ = DType::kFloat32;
+  std::optional<Shape> shape_;
+  Node* producer_ = nullptr;
+  std::vector<Node*> consumers_;
+  Tensor constant_;
+  bool graph_input_ = false;
+  bool graph_output_ = false;
+};
+
+using AttributeValue = std::variant<int64_t, float, std::string, std::vector<int64_t>,
+                                    std::vector<float>, std::vector<std::string>, Tensor>;
+
+class Node {
+ public:
+  const std::string& name() const { return name_; }
+  const std::string& op_type() const { return op_type_; }
+  const std::string& domain() const { return domain_; }
+
+  // Omitted optional inputs are nullptr.
+  const std::vector<Value*>& inputs() const { return inputs_; }
+  const std::vector<Value*>& outputs() const { return outputs_; }
+  Value* input(size_t i) const { return i < inputs_.size() ? inputs_[i] : nullptr; }
+  Value* output(size_t i) const { return i < outputs_.size() ? outputs_[i] : nullptr; }
+  size_t num_inputs() const { return inputs_.size(); }
+  size_t num_outputs() const { return outputs_.size(); }
+
+  const std::map<std::string, AttributeValue, std::less<>>& attributes() const { return attrs_; }
+  bool has_attr(std::string_view name) const { return attrs_.find(name) != attrs_.end(); }
+  void set_attr(std::string name, AttributeValue value) { attrs_[std::move(name)] = std::move(value); }
+
+  // Typed attribute access. The overloads with a default return it when the attribute is absent;
+  // those without throw an Invalid error naming the node. A wrong attribute type is Invalid.
+  int64_t attr_int(std::string_view name) const;
+  int64_t attr_int(std::string_view name, int64_t fallback) const;
+  float attr_float(std::string_view name) const;
+  float attr_float(std::string_view name, float fallback) const;
+  std::string attr_string(std::string_view name) const;
+  std::string attr_string(std::string_view name, std::string fallback) const;
+  std::vector<int64_t> attr_ints(std::string_view name) const;
+  std::vector<int64_t> attr_ints(std::string_view name, std::vector<int64_t> fallback) const;
+  std::vector<float> attr_floats(std::string_view name, std::vector<float> fallback) const;
+  const Tensor& attr_tensor(std::string_view name) const;
+
+  // "node 'name' (OpType)": the prefix of every message about this node.
+  std::string label() const;
+
+ private:
+  friend class Graph;
+  template <class T>
+  const T* find_attr(std::string_view name) const;
+
+  std::string name_;
+  std::string op_type_;
+  std::string domain_;
+  std::vector<Value*> inputs_;
+  std::vector<Value*> outputs_;
+  std::map<std::string, AttributeValue, std::less<>> attrs_;
+};
+
+struct NodeSpec {
+  std::string name;  // empty: a unique one is generated from op_type
+  std::string op_type;
+  std::vector<Value*> inputs;
+  std::vector<std::string> output_names;  // values created by add_node
+  std::map<std::string, AttributeValue, std::less<>> attributes;
+  std::string domain;
+};
+
+// Owns nodes and values. Nodes are kept in a topological order; every edit keeps producer and
+// consumer links consistent (check_consistency verifies it).
+class Graph {
+ public:
+  Graph() = default;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  Graph(Graph&&) = default;
+  Graph& operator=(Graph&&) = default;
+
+  // A deep copy of the structure; constant tensors share storage (they are never mutated).
+  std::unique_ptr<Graph> clone() const;
+
+  Value* add_value(const std::string& name);  // throws if the name exists
+  Value* add_input(const std::string& name, DType dtype, std::optional<Shape> shape);
+  Value* add_constant(const std::string& name, Tensor value);
+  void mark_output(Value* value);
+  // Appends a node at the end of the order (inputs must already be produced).
+  Node* add_node(NodeSpec spec);
+  // Inserts before `position` in the order (nullptr: at the end).
+  Node* insert_node(NodeSpec spec, const Node* position);
+
+  Value* find_value(std::string_view name) const;
+  Node* find_node(std::string_view name) const;
+  std::string unique_value_name(std::string_view stem) const;
+  std::string unique_node_name(std::string_view stem) const;
+
+  // Replaces every use of `from` (node inputs and graph outputs) by `to`.
+  void replace_all_uses(Value* from, Value* to);
+  void set_input(Node* node, size_t index, Value* value);
+  // Removes a node; its outputs must have no consumers and must not be graph outputs.
+  void remove_node(Node* node);
+  // Replaces a node by constants: its outputs keep their names and uses and now hold `values`.
+  void fold_node(Node* node, std::vector<Tensor> values);
+  // Removes nodes whose outputs nobody uses, and values nobody refers to.
+  size_t remove_dead();
+
+  const std::vector<Node*>& nodes() const { return order_; }
+  const std::vector<Value*>& inputs() const { return inputs_; }
+  const std::vector<Value*>& outputs() const { return outputs_; }
+  std::vector<Value*> values() const;
+
+  // Throws kInternal with a description if links, order or names are inconsistent.
+  void check_consistency() const;
+
+  // Model-level facts from the ONNX file.
+  std::string name;
+  int64_t opset = 0;  // default-domain opset
+  std::map<std::string, std::string> metadata;  // metadata_props
+  std::string source_path;                      // file it was loaded from, if any
+
+ private:
+  std::vector<std::unique_ptr<Node>> node_store_;
+  std::vector<std::unique_ptr<Value>> value_store_;
+  std::vector<Node*> order_;
+  std::map<std::string, Value*, std::less<>> values_by_name_;
+  std::map<std::string, Node*, std::less<>> nodes_by_name_;
+  std::vector<Value*> inputs_;
+  std::vector<Value*> outputs_;
+};
+
+}  // namespace qforge::graph

@@ -1,0 +1,327 @@
+// ONNX protobuf to the qforge IR.
+#include "graph/onnx_import.h"
+
+#include <onnx/checker.h>
+#include <onnx/onnx_pb.h>
+#include <onnx/shape_inference/implementation.h>
+
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <unordered_map>
+
+#include "graph/catalog.h"
+
+namespace qforge::graph {
+namespace {
+
+constexpr int64_t kMinOpset = 13;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_io("cannot read '" + path + "': " + std::strerror(errno));
+  std::ostringstream os;
+  os << in.rdbuf();
+  if (in.bad()) throw_io("cannot read '" + path + "': read error");
+  return os.str();
+}
+
+template <class T>
+void copy_typed(const google::protobuf::RepeatedField<T>& src, std::byte* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * sizeof(T), &src[static_cast<int>(i)], sizeof(T));
+}
+
+// Stores the 32-bit field of narrower integer types element by element.
+template <class Narrow>
+void copy_narrow(const google::protobuf::RepeatedField<int32_t>& src, std::byte* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    auto v = static_cast<Narrow>(src[static_cast<int>(i)]);
+    std::memcpy(dst + i * sizeof(Narrow), &v, sizeof(Narrow));
+  }
+}
+
+Tensor tensor_from_proto(const onnx::TensorProto& proto, const std::string& where) {
+  if (proto.data_location() == onnx::TensorProto::EXTERNAL) {
+    throw_unsupported("import: tensor '" + proto.name() + "' in " + where +
+                      ": external tensor data is not supported");
+  }
+  DType dtype = dtype_from_onnx(proto.data_type(), where + ", tensor '" + proto.name() + "'");
+  Shape shape(proto.dims().begin(), proto.dims().end());
+  for (int64_t d : shape) {
+    if (d < 0) throw_invalid("import: tensor '" + proto.name() + "' has a negative dimension");
+  }
+  Tensor t(dtype, shape);
+  const size_t n = static_cast<size_t>(t.numel());
+  auto* dst = static_cast<std::byte*>(t.raw());
+  if (proto.has_raw_data()) {
+    if (proto.raw_data().size() != t.nbytes()) {
+      throw_invalid("import: tensor '" + proto.name() + "' in " + where + ": expected " +
+                    std::to_string(t.nbytes()) + " bytes of raw data for " + t.describe() +
+                    ", got " + std::to_string(proto.raw_data().size()));
+    }
+    if (n) std::memcpy(dst, proto.raw_data().data(), t.nbytes());
+    return t;
+  }
+  auto check_count = [&](int count) {
+    if (static_cast<size_t>(count) != n) {
+      throw_invalid("import: tensor '" + proto.name() + "' in " + where + ": expected " +
+                    std::to_string(n) + " values for " + t.describe() + ", got " +
+                    std::to_string(count));
+    }
+  };
+  switch (dtype) {
+    case DType::kFloat32:
+      check_count(proto.float_data_size());
+      copy_typed(proto.float_data(), dst, n);
+      break;
+    case DType::kInt64:
+      check_count(proto.int64_data_size());
+      copy_typed(proto.int64_data(), dst, n);
+      break;
+    case DType::kInt32:
+      check_count(proto.int32_data_size());
+      copy_typed(proto.int32_data(), dst, n);
+      break;
+    case DType::kInt8:
+      check_count(proto.int32_data_size());
+      copy_narrow<int8_t>(proto.int32_data(), dst, n);
+      break;
+    case DType::kUInt8:
+    case DType::kBool:
+      check_count(proto.int32_data_size());
+      copy_narrow<uint8_t>(proto.int32_data(), dst, n);
+      break;
+  }
+  return t;
+}
+
+AttributeValue attribute_from_proto(const onnx::AttributeProto& a, const std::string& where) {
+  using A = onnx::AttributeProto;
+  switch (a.type()) {
+    case A::INT: return a.i();
+    case A::FLOAT: return a.f();
+    case A::STRING: return a.s();
+    case A::INTS: return std::vector<int64_t>(a.ints().begin(), a.ints().end());
+    case A::FLOATS: return std::vector<float>(a.floats().begin(), a.floats().end());
+    case A::STRINGS: return std::vector<std::string>(a.strings().begin(), a.strings().end());
+    case A::TENSOR: return tensor_from_proto(a.t(), where);
+    default:
+      throw_unsupported("import: " + where + ": attribute '" + a.name() + "' of type " +
+                        A::AttributeType_Name(a.type()) + " is not supported");
+  }
+}
+
+// Static dims of a value's type (-1 for a symbolic or missing dim); nullopt without a shape.
+std::optional<Shape> shape_from_type(const onnx::TypeProto& type) {
+  if (!type.has_tensor_type() || !type.tensor_type().has_shape()) return std::nullopt;
+  Shape shape;
+  for (const auto& d : type.tensor_type().shape().dim()) {
+    shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+  }
+  return shape;
+}
+
+bool is_static(const Shape& shape) {
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+  }
+  return true;
+}
+
+// The opset and the op catalog are checked before the ONNX checker, so that an op qforge does
+// not know is reported as such (naming op, node and opset), not as a checker failure.
+int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& source) {
+  if (!model.has_graph()) throw_invalid("import: '" + source + "' holds no graph");
+  int64_t opset = -1;
+  for (const auto& imp : model.opset_import()) {
+    if (imp.domain().empty() || imp.domain() == "ai.onnx") opset = imp.version();
+  }
+  if (opset < 0) throw_invalid("import: '" + source + "' declares no default-domain opset");
+  if (opset < kMinOpset) {
+    throw_unsupported("import: '" + source + "' uses opset " + std::to_string(opset) +
+                      "; qforge supports opset " + std::to_string(kMinOpset) +
+                      " and later (convert the model with onnx.version_converter)");
+  }
+  int index = 0;
+  for (const auto& np : model.graph().node()) {
+    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+    ++index;
+    std::string label = "node '" + name + "' (" + np.op_type() + ")";
+    if (!np.domain().empty() && np.domain() != "ai.onnx") {
+      throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
+                        np.domain() + "' is not supported by qforge");
+    }
+    if (!find_schema(np.op_type())) {
+      throw_unsupported("import: " + label + ": op '" + np.op_type() + "' (opset " +
+                        std::to_string(opset) + ") is not supported by qforge");
+    }
+  }
+  return opset;
+}
+
+std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& source,
+                                   const ImportOptions& options) {
+  const int64_t opset = check_opset_and_ops(model, source);
+
+  if (options.run_shape_inference) {
+    onnx::ShapeInferenceOptions si{};
+    si.check_type = false;
+    si.error_mode = 0;
+    si.enable_data_propagation = false;
+    try {
+      onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
+    } catch (const std::exception&) {
+      // Shape inference only adds information qforge recomputes itself; it must not block import.
+    }
+  }
+
+  const onnx::GraphProto& gp = model.graph();
+  auto graph = std::make_unique<Graph>();
+  graph->name = gp.name();
+  graph->opset = opset;
+  graph->source_path = source;
+  for (const auto& kv : model.metadata_props()) graph->metadata[kv.key()] = kv.value();
+
+  std::unordered_map<std::string, const onnx::TypeProto*> value_types;
+  for (const auto& vi : gp.value_info()) value_types[vi.name()] = &vi.type();
+  for (const auto& vi : gp.output()) value_types[vi.name()] = &vi.type();
+
+  for (const auto& init : gp.initializer()) {
+    graph->add_constant(init.name(), tensor_from_proto(init, "initializers of '" + source + "'"));
+  }
+  if (gp.sparse_initializer_size() > 0) {
+    throw_unsupported("import: '" + source + "': sparse initializers are not supported");
+  }
+  for (const auto& in : gp.input()) {
+    if (graph->find_value(in.name())) continue;  // an initializer listed as input (IR < 4)
+    if (!in.type().has_tensor_type()) {
+      throw_unsupported("import: input '" + in.name() + "' is not a tensor");
+    }
+    DType dtype = dtype_from_onnx(in.type().tensor_type().elem_type(), "input '" + in.name() + "'");
+    graph->add_input(in.name(), dtype, shape_from_type(in.type()));
+  }
+
+  auto value_for = [&](const std::string& name, const std::string& node_label) -> Value* {
+    if (name.empty()) return nullptr;
+    Value* v = graph->find_value(name);
+    if (!v) {
+      throw_invalid("import: " + node_label + ": input '" + name +
+                    "' is neither a graph input, an initializer nor an earlier node's output");
+    }
+    return v;
+  };
+
+  int index = 0;
+  for (const auto& np : gp.node()) {
+    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+    ++index;
+    std::string label = "node '" + name + "' (" + np.op_type() + ")";
+    const OpSchema* schema = find_schema(np.op_type());
+    if (np.input_size() < schema->min_inputs || np.input_size() > schema->max_inputs ||
+        np.output_size() < schema->min_outputs || np.output_size() > schema->max_outputs) {
+      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) +
+                    ".." + std::to_string(schema->max_inputs) + " inputs and " +
+                    std::to_string(schema->min_outputs) + ".." +
+                    std::to_string(schema->max_outputs) + " outputs, got " +
+                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+    }
+    NodeSpec spec;
+    spec.name = name;
+    spec.op_type = np.op_type();
+    for (const auto& in : np.input()) spec.inputs.push_back(value_for(in, label));
+    for (const auto& out : np.output()) {
+      spec.output_names.push_back(out.empty() ? graph->unique_value_name(name + "_unused") : out);
+    }
+    for (const auto& a : np.attribute()) {
+      if (!a.ref_attr_name().empty()) {
+        throw_unsupported("import: " + label + ": attribute references are not supported");
+      }
+      spec.attributes[a.name()] = attribute_from_proto(a, label);
+    }
+    Node* node = graph->add_node(std::move(spec));
+    for (Value* out : node->outputs()) {
+      auto it = value_types.find(out->name());
+      if (it == value_types.end() || !it->second->has_tensor_type()) continue;
+      int elem = it->second->tensor_type().elem_type();
+      try {
+        DType dtype = dtype_from_onnx(elem, "");
+        auto shape = shape_from_type(*it->second);
+        if (shape && is_static(*shape)) {
+          out->set_type(dtype, *shape);
+        } else {
+          out->set_dtype(dtype);
+        }
+      } catch (const Error&) {
+        // An intermediate dtype qforge does not model: the runtime's own inference decides.
+      }
+    }
+  }
+
+  for (const auto& out : gp.output()) {
+    Value* v = graph->find_value(out.name());
+    if (!v) throw_invalid("import: graph output '" + out.name() + "' is never produced");
+    graph->mark_output(v);
+  }
+  graph->check_consistency();
+  return graph;
+}
+
+}  // namespace
+
+DType dtype_from_onnx(int onnx_type, const std::string& where) {
+  switch (onnx_type) {
+    case onnx::TensorProto::FLOAT: return DType::kFloat32;
+    case onnx::TensorProto::INT64: return DType::kInt64;
+    case onnx::TensorProto::INT32: return DType::kInt32;
+    case onnx::TensorProto::INT8: return DType::kInt8;
+    case onnx::TensorProto::UINT8: return DType::kUInt8;
+    case onnx::TensorProto::BOOL: return DType::kBool;
+    default:
+      throw_unsupported("import: " + where + ": data type " +
+                        onnx::TensorProto::DataType_Name(
+                            static_cast<onnx::TensorProto::DataType>(onnx_type)) +
+                        " is not supported");
+  }
+}
+
+int onnx_from_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return onnx::TensorProto::FLOAT;
+    case DType::kInt64: return onnx::TensorProto::INT64;
+    case DType::kInt32: return onnx::TensorProto::INT32;
+    case DType::kInt8: return onnx::TensorProto::INT8;
+    case DType::kUInt8: return onnx::TensorProto::UINT8;
+    case DType::kBool: return onnx::TensorProto::BOOL;
+  }
+  return onnx::TensorProto::UNDEFINED;
+}
+
+std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
+                                  const ImportOptions& options) {
+  onnx::ModelProto model;
+  if (bytes.empty()) throw_invalid("import: '" + source_name + "' is empty, not an ONNX model");
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    throw_invalid("import: '" + source_name +
+                  "' is not a valid ONNX model (protobuf parsing failed; truncated or not ONNX)");
+  }
+  check_opset_and_ops(model, source_name);
+  if (options.run_checker) {
+    try {
+      onnx::checker::check_model(model);
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+      throw_invalid("import: '" + source_name + "' fails the ONNX checker: " + what);
+    }
+  }
+  return build_graph(model, source_name, options);
+}
+
+std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options) {
+  std::string bytes = read_file(path);
+  return parse_onnx(bytes, path, options);
+}
+
+}  // namespace qforge::graph

@@ -1,0 +1,270 @@
+// Plan compilation (kernel binding, liveness, arena placement) and the forward loop.
+#include "runtime/executor.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <set>
+
+namespace qforge::runtime {
+namespace {
+
+// Ops whose output 0 is their input 0 reinterpreted with another shape: they alias the input's
+// buffer instead of copying it.
+bool is_view_op(const graph::Node& node) {
+  static const std::set<std::string, std::less<>> kViews = {
+      "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"};
+  if (!kViews.count(node.op_type())) return false;
+  for (size_t i = 1; i < node.num_outputs(); ++i) {
+    const graph::Value* extra = node.output(i);
+    if (!extra->consumers().empty() || extra->is_graph_output()) return false;
+  }
+  const graph::Value* out = node.output(0);
+  return !out->is_graph_output() && node.input(0)->dtype() == out->dtype();
+}
+
+size_t aligned(size_t n) {
+  return (n + kernels::kTensorAlignment - 1) / kernels::kTensorAlignment *
+         kernels::kTensorAlignment;
+}
+
+struct Buffer {
+  size_t bytes = 0;
+  int first = 0;  // step index that defines it (-1: graph input)
+  int last = 0;   // last step index that reads it (or the end, for graph outputs)
+  size_t offset = 0;
+};
+
+}  // namespace
+
+Executor::Executor(const graph::Graph& graph, ExecutorOptions options) : options_(options) {
+  compile(graph);
+}
+
+Executor::~Executor() = default;
+
+void Executor::compile(const graph::Graph& graph) {
+  graph_ = &graph;
+  const auto& order = graph.nodes();
+  const int end_step = static_cast<int>(order.size());
+
+  // 1. Buffers: one per graph input and per produced value, except views, which map to the
+  //    buffer of what they alias.
+  std::map<const graph::Value*, size_t> buffer_of;
+  std::vector<Buffer> buffers;
+  auto new_buffer = [&](const graph::Value* v, int first) {
+    if (!v->has_shape()) throw_internal("executor: value '" + v->name() + "' has no shape");
+    Buffer b;
+    b.bytes = aligned(static_cast<size_t>(kernels::shape_numel(*v->shape())) *
+                      kernels::dtype_size(v->dtype()));
+    b.first = first;
+    b.last = first;
+    buffer_of[v] = buffers.size();
+    buffers.push_back(b);
+  };
+  for (const graph::Value* in : graph.inputs()) new_buffer(in, -1);
+  std::vector<bool> aliased(order.size(), false);
+  for (size_t s = 0; s < order.size(); ++s) {
+    const graph::Node* node = order[s];
+    const graph::Value* src = node->input(0);
+    if (is_view_op(*node) && src && !src->is_constant()) {
+      aliased[s] = true;
+      buffer_of[node->output(0)] = buffer_of.at(src);
+      continue;
+    }
+    for (const graph::Value* out : node->outputs()) new_buffer(out, static_cast<int>(s));
+  }
+  // 2. Liveness: a buffer lives until the last step that reads it or any of its views.
+  for (size_t s = 0; s < order.size(); ++s) {
+    for (const graph::Value* in : order[s]->inputs()) {
+      if (!in || in->is_constant()) continue;
+      Buffer& b = buffers[buffer_of.at(in)];
+      b.last = std::max(b.last, static_cast<int>(s));
+    }
+  }
+  for (const graph::Value* out : graph.outputs()) {
+    if (!out->is_constant()) buffers[buffer_of.at(out)].last = end_step;
+  }
+  for (const graph::Value* in : graph.inputs()) buffers[buffer_of.at(in)].last = end_step;
+
+  // 3. Placement: largest first, each at the lowest offset free during its lifetime.
+  std::vector<size_t> by_size(buffers.size());
+  for (size_t i = 0; i < by_size.size(); ++i) by_size[i] = i;
+  std::stable_sort(by_size.begin(), by_size.end(),
+                   [&](size_t a, size_t b) { return buffers[a].bytes > buffers[b].bytes; });
+  std::vector<size_t> placed;
+  arena_bytes_ = 0;
+  for (size_t idx : by_size) {
+    Buffer& b = buffers[idx];
+    std::vector<std::pair<size_t, size_t>> busy;
+    for (size_t p : placed) {
+      const Buffer& o = buffers[p];
+      if (o.first <= b.last && b.first <= o.last) busy.emplace_back(o.offset, o.offset + o.bytes);
+    }
+    std::sort(busy.begin(), busy.end());
+    size_t offset = 0;
+    for (auto [lo, hi] : busy) {
+      if (offset + b.bytes <= lo) break;
+      offset = std::max(offset, hi);
+    }
+    b.offset = offset;
+    arena_bytes_ = std::max(arena_bytes_, offset + b.bytes);
+    placed.push_back(idx);
+  }
+  arena_ = std::make_unique<kernels::Storage>(std::max<size_t>(arena_bytes_, 1));
+
+  auto view_of = [&](const graph::Value* v) -> Tensor {
+    if (v->is_constant()) return v->constant();
+    auto it = views_.find(v);
+    if (it != views_.end()) return it->second;
+    const Buffer& b = buffers[buffer_of.at(v)];
+    Tensor t = Tensor::wrap(v->dtype(), *v->shape(), arena_->data() + b.offset);
+    views_[v] = t;
+    return t;
+  };
+
+  // 4. Kernels and prebuilt views.
+  for (const graph::Value* in : graph.inputs()) {
+    graph_inputs_.push_back(view_of(in));
+    input_infos_.push_back({in->dtype(), *in->shape()});
+  }
+  const OpRegistry& registry = builtin_ops();
+  size_t max_workspace = 0;
+  for (size_t s = 0; s < order.size(); ++s) {
+    const graph::Node* node = order[s];
+    Step step;
+    step.node = node;
+    std::vector<InputInfo> infos(node->num_inputs());
+    step.inputs_begin = step_inputs_.size();
+    for (size_t i = 0; i < node->num_inputs(); ++i) {
+      const graph::Value* v = node->input(i);
+      if (!v) {
+        step_inputs_.emplace_back();
+        continue;
+      }
+      infos[i].present = true;
+      infos[i].dtype = v->dtype();
+      infos[i].shape = *v->shape();
+      if (v->is_constant()) infos[i].constant = &v->constant();
+      step_inputs_.push_back(view_of(v));
+    }
+    step.inputs_end = step_inputs_.size();
+    step.outputs_begin = step_outputs_.size();
+    std::vector<TensorInfo> out_infos;
+    for (const graph::Value* out : node->outputs()) {
+      if (aliased[s] && out == node->output(0)) {
+        const graph::Value* src = node->input(0);
+        Tensor t = view_of(src).reshaped(*out->shape());
+        views_[out] = t;
+        step_outputs_.push_back(t);
+      } else {
+        step_outputs_.push_back(view_of(out));
+      }
+      out_infos.push_back({out->dtype(), *out->shape()});
+    }
+    step.outputs_end = step_outputs_.size();
+    if (!aliased[s]) {
+      const OpDef* def = registry.find(node->op_type());
+      if (!def) {
+        throw_unsupported("executor: " + node->label() + ": no runtime implementation");
+      }
+      step.kernel = def->create(*node, infos, out_infos);
+      max_workspace = std::max(max_workspace, step.kernel->workspace_bytes());
+    }
+    steps_.push_back(std::move(step));
+  }
+  workspace_.assign(max_workspace, std::byte{0});
+  for (const graph::Value* out : graph.outputs()) {
+    graph_outputs_.push_back(view_of(out));
+    output_infos_.push_back({out->dtype(), *out->shape()});
+  }
+}
+
+std::span<const Tensor> Executor::run(std::span<const Tensor> inputs) {
+  if (inputs.size() != graph_inputs_.size()) {
+    throw_invalid("run: the model takes " + std::to_string(graph_inputs_.size()) +
+                  " inputs, got " + std::to_string(inputs.size()));
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Tensor& dst = graph_inputs_[i];
+    if (inputs[i].dtype() != dst.dtype() || inputs[i].shape() != dst.shape()) {
+      throw_invalid("run: input '" + graph_->inputs()[i]->name() + "' expects " +
+                    dst.describe() + ", got " + inputs[i].describe());
+    }
+    dst.copy_from(inputs[i]);
+  }
+  for (auto& [value, fn] : taps_on_inputs_) fn(value);
+  std::byte* workspace = workspace_.data();
+  for (size_t s = 0; s < steps_.size(); ++s) {
+    Step& step = steps_[s];
+    if (step.kernel) {
+      std::span<const Tensor> in(step_inputs_.data() + step.inputs_begin,
+                                 step.inputs_end - step.inputs_begin);
+      std::span<Tensor> out(step_outputs_.data() + step.outputs_begin,
+                            step.outputs_end - step.outputs_begin);
+      if (options_.profile) {
+        auto t0 = std::chrono::steady_clock::now();
+        step.kernel->forward(in, out, workspace);
+        step.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      } else {
+        step.kernel->forward(in, out, workspace);
+      }
+    }
+    if (!taps_after_step_.empty()) {
+      auto it = taps_after_step_.find(s);
+      if (it != taps_after_step_.end()) {
+        for (auto& [value, fn] : it->second) fn(value);
+      }
+    }
+  }
+  return graph_outputs_;
+}
+
+void Executor::add_tap(const std::string& value_name, TapFn fn) {
+  const graph::Value* v = graph_->find_value(value_name);
+  if (!v) throw_invalid("executor: no value named '" + value_name + "' to tap");
+  if (v->is_constant()) {
+    throw_invalid("executor: value '" + value_name + "' is a constant, not an activation");
+  }
+  Tensor view = views_.at(v);
+  if (v->is_graph_input()) {
+    taps_on_inputs_.emplace_back(view, std::move(fn));
+    return;
+  }
+  for (size_t s = 0; s < steps_.size(); ++s) {
+    const auto& outs = steps_[s].node->outputs();
+    if (std::find(outs.begin(), outs.end(), v) != outs.end()) {
+      taps_after_step_[s].emplace_back(view, std::move(fn));
+      return;
+    }
+  }
+  throw_internal("executor: value '" + value_name + "' has no producer in the plan");
+}
+
+void Executor::clear_taps() {
+  taps_after_step_.clear();
+  taps_on_inputs_.clear();
+}
+
+std::vector<OpTime> Executor::profile() const {
+  std::map<std::string, OpTime> by_type;
+  for (const Step& step : steps_) {
+    if (!step.kernel) continue;
+    OpTime& t = by_type[step.node->op_type()];
+    t.op_type = step.node->op_type();
+    t.seconds += step.seconds;
+    ++t.calls;
+  }
+  std::vector<OpTime> out;
+  for (auto& [_, t] : by_type) out.push_back(t);
+  std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) {
+    return a.seconds > b.seconds;
+  });
+  return out;
+}
+
+void Executor::reset_profile() {
+  for (Step& step : steps_) step.seconds = 0;
+}
+
+}  // namespace qforge::runtime

@@ -1,0 +1,46 @@
+// The built-in op registry.
+#include "runtime/op_registry.h"
+
+#include <algorithm>
+
+#include "runtime/ops/ops.h"
+
+namespace qforge::runtime {
+
+void OpRegistry::add(OpDef def) {
+  if (find(def.op_type)) throw_internal("OpRegistry: op '" + def.op_type + "' registered twice");
+  if (!def.infer || !def.create) {
+    throw_internal("OpRegistry: op '" + def.op_type + "' lacks infer or create");
+  }
+  defs_.push_back(std::move(def));
+}
+
+const OpDef* OpRegistry::find(std::string_view op_type) const {
+  auto it = std::find_if(defs_.begin(), defs_.end(),
+                         [&](const OpDef& d) { return d.op_type == op_type; });
+  return it == defs_.end() ? nullptr : &*it;
+}
+
+std::vector<std::string> OpRegistry::op_types() const {
+  std::vector<std::string> out;
+  for (const auto& d : defs_) out.push_back(d.op_type);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+const OpRegistry& builtin_ops() {
+  static const OpRegistry registry = [] {
+    OpRegistry r;
+    ops::register_dense_ops(r);
+    ops::register_elementwise_ops(r);
+    ops::register_shape_ops(r);
+    return r;
+  }();
+  return registry;
+}
+
+void fail_node(const graph::Node& node, const std::string& rule, const std::string& got) {
+  throw_invalid("shape inference: " + node.label() + ": expected " + rule + ", got " + got);
+}
+
+}  // namespace qforge::runtime

@@ -1,0 +1,80 @@
+// The runtime side of each op: shape inference and a kernel factory, keyed by the catalog's
+// op type. Every catalog entry has exactly one OpDef (tests/runtime/op_registry_test.cpp).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "graph/ir.h"
+#include "kernels/tensor.h"
+
+namespace qforge::runtime {
+
+using kernels::DType;
+using kernels::Shape;
+using kernels::Tensor;
+
+struct TensorInfo {
+  DType dtype = DType::kFloat32;
+  Shape shape;
+};
+
+// What shape inference sees of one node input.
+struct InputInfo {
+  bool present = false;             // false for an omitted optional input
+  DType dtype = DType::kFloat32;
+  Shape shape;
+  const Tensor* constant = nullptr;  // the value, when the input is a constant
+};
+
+// A node bound to its kernel with attributes parsed and shapes fixed. Created once per plan.
+class OpKernel {
+ public:
+  virtual ~OpKernel() = default;
+  // Scratch bytes that forward needs; the executor hands every node the same scratch buffer,
+  // valid only during the call.
+  virtual size_t workspace_bytes() const { return 0; }
+  // inputs: views of the node's inputs (an omitted optional input is an undefined Tensor);
+  // outputs: preallocated views of the inferred shapes (contents undefined on entry).
+  // Must not allocate on the heap for float32 work, and must give the same bits for any thread
+  // count and any batch size.
+  virtual void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+                       std::byte* workspace) = 0;
+};
+
+using InferFn = std::vector<TensorInfo> (*)(const graph::Node& node,
+                                            std::span<const InputInfo> inputs);
+// `inputs` carry the constant values of constant inputs (weights), so a kernel may pre-pack
+// them; forward still receives every input, constant or not.
+using CreateFn = std::unique_ptr<OpKernel> (*)(const graph::Node& node,
+                                               std::span<const InputInfo> inputs,
+                                               std::span<const TensorInfo> outputs);
+
+struct OpDef {
+  std::string op_type;
+  InferFn infer = nullptr;
+  CreateFn create = nullptr;
+};
+
+class OpRegistry {
+ public:
+  void add(OpDef def);  // throws kInternal on a duplicate
+  const OpDef* find(std::string_view op_type) const;
+  std::vector<std::string> op_types() const;
+
+ private:
+  std::vector<OpDef> defs_;
+};
+
+// The process-wide registry with every built-in op (built on first use).
+const OpRegistry& builtin_ops();
+
+// Throws an Invalid error "<stage>: node 'n' (Op): expected <rule>, got <value>".
+[[noreturn]] void fail_node(const graph::Node& node, const std::string& rule,
+                            const std::string& got);
+
+}  // namespace qforge::runtime

@@ -1,0 +1,17 @@
+// Registration entry points of the built-in op families (runtime/ops/*.cpp).
+#pragma once
+
+#include "runtime/op_registry.h"
+
+namespace qforge::runtime::ops {
+
+// Conv, Gemm, MatMul, BatchNormalization, LayerNormalization, MaxPool, AveragePool,
+// GlobalAveragePool, ReduceMean, Softmax.
+void register_dense_ops(OpRegistry& registry);
+// Unary activations and math, broadcasting binary ops, Where, Equal, Not, Cast.
+void register_elementwise_ops(OpRegistry& registry);
+// Shape and data movement: Flatten, Reshape, Transpose, Concat, Slice, Gather, Squeeze,
+// Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND.
+void register_shape_ops(OpRegistry& registry);
+
+}  // namespace qforge::runtime::ops

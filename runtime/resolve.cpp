@@ -1,0 +1,144 @@
+// Shape resolution and constant folding in one pass over the topological order.
+#include "runtime/resolve.h"
+
+#include <vector>
+
+#include "runtime/op_registry.h"
+
+namespace qforge::runtime {
+namespace {
+
+bool is_static(const graph::Shape& shape) {
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+  }
+  return true;
+}
+
+// Ops whose output depends only on the shapes of their inputs, so they fold as soon as the
+// shapes are known, even when the input values are not constants.
+bool reads_only_shapes(const std::string& op_type) { return op_type == "Shape"; }
+
+std::vector<Tensor> evaluate(const graph::Node& node, const OpDef& def,
+                             std::span<const InputInfo> infos,
+                             const std::vector<TensorInfo>& out_infos) {
+  auto kernel = def.create(node, infos, out_infos);
+  std::vector<Tensor> inputs;
+  for (const InputInfo& info : infos) {
+    if (!info.present) {
+      inputs.emplace_back();
+    } else if (info.constant) {
+      inputs.push_back(*info.constant);
+    } else {
+      inputs.push_back(Tensor::wrap(info.dtype, info.shape, nullptr));  // shape-only input
+    }
+  }
+  std::vector<Tensor> outputs;
+  for (const TensorInfo& info : out_infos) outputs.emplace_back(info.dtype, info.shape);
+  std::vector<std::byte> workspace(kernel->workspace_bytes());
+  kernel->forward(inputs, outputs, workspace.data());
+  return outputs;
+}
+
+}  // namespace
+
+std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& graph,
+                                                            int64_t batch) {
+  std::map<std::string, graph::Shape> shapes;
+  for (const graph::Value* in : graph.inputs()) {
+    if (!in->has_shape() || in->shape()->empty()) {
+      throw_invalid("model input '" + in->name() + "' has no static shape; qforge needs one");
+    }
+    graph::Shape shape = *in->shape();
+    if (shape[0] < 0) {
+      shape[0] = batch;
+    } else if (shape[0] != batch) {
+      throw_invalid("model input '" + in->name() + "' has a fixed batch of " +
+                    std::to_string(shape[0]) + ", got a batch of " + std::to_string(batch) +
+                    " (use --batch " + std::to_string(shape[0]) + ")");
+    }
+    shapes[in->name()] = shape;
+  }
+  return shapes;
+}
+
+ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
+  for (graph::Value* in : graph.inputs()) {
+    auto it = options.input_shapes.find(in->name());
+    if (it != options.input_shapes.end()) {
+      if (in->has_shape() && in->shape()->size() != it->second.size()) {
+        throw_invalid("model input '" + in->name() + "' has rank " +
+                      std::to_string(in->shape()->size()) + ", got shape " +
+                      kernels::shape_str(it->second));
+      }
+      if (in->has_shape()) {
+        for (size_t d = 0; d < it->second.size(); ++d) {
+          int64_t model_dim = (*in->shape())[d];
+          if (model_dim >= 0 && model_dim != it->second[d]) {
+            throw_invalid("model input '" + in->name() + "' has shape " +
+                          kernels::shape_str(*in->shape()) + ", got " +
+                          kernels::shape_str(it->second));
+          }
+        }
+      }
+      in->set_type(in->dtype(), it->second);
+    }
+    if (!in->has_shape() || !is_static(*in->shape())) {
+      throw_invalid("model input '" + in->name() + "' has dynamic shape " +
+                    (in->has_shape() ? kernels::shape_str(*in->shape()) : std::string("[?]")) +
+                    "; give its static shape");
+    }
+  }
+
+  const OpRegistry& registry = builtin_ops();
+  ResolveStats stats;
+  const std::vector<graph::Node*> order = graph.nodes();  // folding edits the live order
+  for (graph::Node* node : order) {
+    const OpDef* def = registry.find(node->op_type());
+    if (!def) {
+      throw_unsupported("resolve: " + node->label() + ": no runtime implementation of '" +
+                        node->op_type() + "'");
+    }
+    std::vector<InputInfo> infos(node->num_inputs());
+    bool all_constant = true;
+    bool shapes_known = true;
+    for (size_t i = 0; i < node->num_inputs(); ++i) {
+      const graph::Value* v = node->input(i);
+      if (!v) continue;
+      if (!v->has_shape()) {
+        throw_internal("resolve: " + node->label() + ": input '" + v->name() +
+                       "' has no shape after its producer was resolved");
+      }
+      infos[i].present = true;
+      infos[i].dtype = v->dtype();
+      infos[i].shape = *v->shape();
+      if (v->is_constant()) {
+        infos[i].constant = &v->constant();
+      } else {
+        all_constant = false;
+      }
+      shapes_known = shapes_known && is_static(infos[i].shape);
+    }
+    std::vector<TensorInfo> out_infos = def->infer(*node, infos);
+    if (out_infos.size() < node->num_outputs()) {
+      throw_internal("resolve: " + node->label() + ": inference gave " +
+                     std::to_string(out_infos.size()) + " outputs");
+    }
+    out_infos.resize(node->num_outputs());
+    for (size_t i = 0; i < node->num_outputs(); ++i) {
+      node->output(i)->set_type(out_infos[i].dtype, out_infos[i].shape);
+    }
+    bool graph_output = false;
+    for (const graph::Value* out : node->outputs()) graph_output |= out->is_graph_output();
+    bool foldable = all_constant || (shapes_known && reads_only_shapes(node->op_type()));
+    if (foldable && !graph_output) {
+      graph.fold_node(node, evaluate(*node, *def, infos, out_infos));
+      ++stats.folded_nodes;
+    }
+  }
+  graph.remove_dead();
+  stats.remaining_nodes = graph.nodes().size();
+  return stats;
+}
+
+}  // namespace qforge::runtime

@@ -1,0 +1,32 @@
+// Resolution: fixes the graph's input shapes, folds every node whose inputs are constants (the
+// shape subgraphs torch.onnx leaves, Swin's pad amounts and window masks) and infers the static
+// type and shape of every remaining value.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <string>
+
+#include "graph/ir.h"
+
+namespace qforge::runtime {
+
+struct ResolveOptions {
+  // Shapes of graph inputs by name; inputs not listed keep the shape in the model, which must
+  // then be static.
+  std::map<std::string, graph::Shape> input_shapes;
+};
+
+struct ResolveStats {
+  size_t folded_nodes = 0;
+  size_t remaining_nodes = 0;
+};
+
+ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options);
+
+// The input shapes of `graph` with a dynamic leading (batch) dimension set to `batch`. A model
+// whose batch is fixed accepts only that batch (Invalid error otherwise).
+std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& graph,
+                                                            int64_t batch);
+
+}  // namespace qforge::runtime

@@ -1,0 +1,74 @@
+// Per-shape compilation cache over one imported graph.
+#include "runtime/session.h"
+
+#include <algorithm>
+
+namespace qforge::runtime {
+
+Session::Session(std::unique_ptr<graph::Graph> graph, SessionOptions options)
+    : graph_(std::move(graph)), options_(options) {}
+
+Session::~Session() = default;
+
+std::optional<int64_t> Session::fixed_batch() const {
+  if (graph_->inputs().empty()) return std::nullopt;
+  const auto& shape = graph_->inputs()[0]->shape();
+  if (!shape || shape->empty() || (*shape)[0] < 0) return std::nullopt;
+  return (*shape)[0];
+}
+
+Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_shapes) {
+  auto it = compiled_.find(input_shapes);
+  if (it != compiled_.end()) return it->second;
+  if (input_shapes.size() != graph_->inputs().size()) {
+    throw_invalid("run: the model takes " + std::to_string(graph_->inputs().size()) +
+                  " inputs, got " + std::to_string(input_shapes.size()));
+  }
+  Compiled c;
+  c.graph = graph_->clone();
+  ResolveOptions options;
+  for (size_t i = 0; i < input_shapes.size(); ++i) {
+    options.input_shapes[graph_->inputs()[i]->name()] = input_shapes[i];
+  }
+  resolve(*c.graph, options);
+  c.executor = std::make_unique<Executor>(*c.graph, options_.executor);
+  return compiled_.emplace(input_shapes, std::move(c)).first->second;
+}
+
+Executor& Session::executor_for(const std::vector<graph::Shape>& input_shapes) {
+  return *compiled_for(input_shapes).executor;
+}
+
+const graph::Graph& Session::resolved_graph_for(const std::vector<graph::Shape>& input_shapes) {
+  return *compiled_for(input_shapes).graph;
+}
+
+std::span<const Tensor> Session::run(const Tensor& input) {
+  return run(std::span<const Tensor>(&input, 1));
+}
+
+std::span<const Tensor> Session::run(std::span<const Tensor> inputs) {
+  std::vector<graph::Shape> shapes;
+  shapes.reserve(inputs.size());
+  for (const Tensor& t : inputs) shapes.push_back(t.shape());
+  return executor_for(shapes).run(inputs);
+}
+
+std::vector<OpTime> Session::profile() const {
+  std::map<std::string, OpTime> sum;
+  for (const auto& [_, c] : compiled_) {
+    for (const OpTime& t : c.executor->profile()) {
+      OpTime& s = sum[t.op_type];
+      s.op_type = t.op_type;
+      s.seconds += t.seconds;
+      s.calls = std::max(s.calls, t.calls);
+    }
+  }
+  std::vector<OpTime> out;
+  for (auto& [_, t] : sum) out.push_back(t);
+  std::sort(out.begin(), out.end(),
+            [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
+  return out;
+}
+
+}  // namespace qforge::runtime

@@ -1,0 +1,52 @@
+// A loaded model ready to run at any batch size: the imported graph, plus one resolved graph and
+// compiled executor per input shape seen (typically the full batch and the last, partial one).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "graph/ir.h"
+#include "runtime/executor.h"
+#include "runtime/resolve.h"
+
+namespace qforge::runtime {
+
+struct SessionOptions {
+  ExecutorOptions executor;
+};
+
+class Session {
+ public:
+  explicit Session(std::unique_ptr<graph::Graph> graph, SessionOptions options = {});
+  ~Session();
+
+  const graph::Graph& graph() const { return *graph_; }
+  // The model's leading input dimension when it is fixed in the file.
+  std::optional<int64_t> fixed_batch() const;
+
+  // Runs a single-input model; returns output views valid until the next run.
+  std::span<const Tensor> run(const Tensor& input);
+  std::span<const Tensor> run(std::span<const Tensor> inputs);
+
+  // The resolved graph and executor for these input shapes (compiled on first use).
+  Executor& executor_for(const std::vector<graph::Shape>& input_shapes);
+  const graph::Graph& resolved_graph_for(const std::vector<graph::Shape>& input_shapes);
+
+  // Profile summed over every compiled executor.
+  std::vector<OpTime> profile() const;
+
+ private:
+  struct Compiled {
+    std::unique_ptr<graph::Graph> graph;
+    std::unique_ptr<Executor> executor;
+  };
+  Compiled& compiled_for(const std::vector<graph::Shape>& input_shapes);
+
+  std::unique_ptr<graph::Graph> graph_;
+  SessionOptions options_;
+  std::map<std::vector<graph::Shape>, Compiled> compiled_;
+};
+
+}  // namespace qforge::runtime

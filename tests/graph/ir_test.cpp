@@ -1,0 +1,98 @@
+// Graph edits keep producer/consumer links and the order consistent.
+#include "graph/ir.h"
+
+#include <gtest/gtest.h>
+
+namespace qforge::graph {
+namespace {
+
+// x -> Relu(a) -> Sigmoid(b) -> y
+struct Chain {
+  Graph g;
+  Value* x;
+  Node* relu;
+  Node* sigmoid;
+  Chain() {
+    x = g.add_input("x", DType::kFloat32, Shape{1, 4});
+    relu = g.add_node({.name = "relu", .op_type = "Relu", .inputs = {x}, .output_names = {"a"}});
+    sigmoid = g.add_node(
+        {.name = "sigmoid", .op_type = "Sigmoid", .inputs = {relu->output(0)}, .output_names = {"b"}});
+    g.mark_output(sigmoid->output(0));
+  }
+};
+
+TEST(GraphIr, BuildsLinks) {
+  Chain c;
+  EXPECT_EQ(c.relu->output(0)->producer(), c.relu);
+  ASSERT_EQ(c.x->consumers().size(), 1u);
+  EXPECT_EQ(c.x->consumers()[0], c.relu);
+  EXPECT_TRUE(c.sigmoid->output(0)->is_graph_output());
+  EXPECT_NO_THROW(c.g.check_consistency());
+}
+
+TEST(GraphIr, ReplaceUsesAndRemoveDead) {
+  Chain c;
+  // Bypass the Relu: Sigmoid reads x directly, and the Relu becomes dead.
+  c.g.replace_all_uses(c.relu->output(0), c.x);
+  EXPECT_EQ(c.sigmoid->input(0), c.x);
+  EXPECT_EQ(c.g.remove_dead(), 1u);
+  EXPECT_EQ(c.g.nodes().size(), 1u);
+  EXPECT_EQ(c.g.find_node("relu"), nullptr);
+  EXPECT_EQ(c.g.find_value("a"), nullptr);
+  EXPECT_NO_THROW(c.g.check_consistency());
+}
+
+TEST(GraphIr, FoldNodeTurnsOutputsIntoConstants) {
+  Graph g;
+  Value* k = g.add_constant("k", Tensor::from_vector<float>({2}, {1.f, -2.f}));
+  Node* neg = g.add_node({.name = "neg", .op_type = "Neg", .inputs = {k}, .output_names = {"nk"}});
+  Value* x = g.add_input("x", DType::kFloat32, Shape{2});
+  Node* add = g.add_node({.name = "add", .op_type = "Add", .inputs = {x, neg->output(0)}, .output_names = {"y"}});
+  g.mark_output(add->output(0));
+  g.fold_node(neg, {Tensor::from_vector<float>({2}, {-1.f, 2.f})});
+  Value* nk = g.find_value("nk");
+  ASSERT_NE(nk, nullptr);
+  EXPECT_TRUE(nk->is_constant());
+  EXPECT_EQ(nk->producer(), nullptr);
+  EXPECT_EQ(nk->constant().data<float>()[1], 2.f);
+  EXPECT_TRUE(k->consumers().empty());
+  g.remove_dead();
+  EXPECT_EQ(g.find_value("k"), nullptr);
+  EXPECT_NO_THROW(g.check_consistency());
+}
+
+TEST(GraphIr, CloneIsDeepAndConsistent) {
+  Chain c;
+  c.relu->set_attr("alpha", 0.5f);
+  auto copy = c.g.clone();
+  EXPECT_NO_THROW(copy->check_consistency());
+  Node* relu = copy->find_node("relu");
+  ASSERT_NE(relu, nullptr);
+  EXPECT_NE(relu, c.relu);
+  EXPECT_EQ(relu->attr_float("alpha"), 0.5f);
+  EXPECT_EQ(relu->input(0), copy->find_value("x"));
+  EXPECT_EQ(copy->outputs()[0]->name(), "b");
+}
+
+TEST(GraphIr, AttributeErrorsNameTheNode) {
+  Chain c;
+  c.relu->set_attr("axis", int64_t{3});
+  EXPECT_EQ(c.relu->attr_int("axis"), 3);
+  EXPECT_EQ(c.relu->attr_int("missing", 7), 7);
+  try {
+    c.relu->attr_float("axis");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
+    EXPECT_NE(std::string(e.what()).find("node 'relu' (Relu)"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(c.relu->attr_ints("perm"), Error);
+}
+
+TEST(GraphIr, DuplicateValueNameIsInvalid) {
+  Chain c;
+  EXPECT_THROW(c.g.add_input("a", DType::kFloat32, Shape{1}), Error);
+}
+
+}  // namespace
+}  // namespace qforge::graph

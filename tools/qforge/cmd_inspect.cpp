@@ -1,0 +1,73 @@
+// `qforge inspect`: inputs, outputs, op histogram, parameters and MACs per image.
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "graph/onnx_import.h"
+#include "runtime/model_stats.h"
+#include "runtime/resolve.h"
+#include "tools/qforge/commands.h"
+
+namespace qforge::cli {
+namespace {
+
+struct InspectOptions {
+  std::string model;
+};
+
+std::string value_line(const graph::Value& v) {
+  std::string shape = "[?]";
+  if (v.has_shape()) {
+    shape = "[";
+    for (size_t i = 0; i < v.shape()->size(); ++i) {
+      int64_t d = (*v.shape())[i];
+      shape += (i ? ", " : "") + (d < 0 ? std::string("N") : std::to_string(d));
+    }
+    shape += "]";
+  }
+  return v.name() + "  " + kernels::dtype_name(v.dtype()) + shape;
+}
+
+int run_inspect(const InspectOptions& o) {
+  auto model = graph::load_onnx(o.model);
+  std::cout << "model    " << o.model << "\n";
+  std::cout << "opset    " << model->opset << "\n";
+  for (const auto* in : model->inputs()) std::cout << "input    " << value_line(*in) << "\n";
+  for (const auto* out : model->outputs()) std::cout << "output   " << value_line(*out) << "\n";
+  for (const auto& [key, value] : model->metadata) {
+    std::cout << "metadata " << key << " = " << value << "\n";
+  }
+
+  // Figures per image: resolve a copy at batch 1 (shape subgraphs fold away).
+  auto resolved = model->clone();
+  runtime::ResolveOptions ro;
+  ro.input_shapes = runtime::input_shapes_for_batch(*model, 1);
+  auto fold = runtime::resolve(*resolved, ro);
+  auto imported = runtime::model_stats(*model);
+  auto stats = runtime::model_stats(*resolved);
+
+  std::cout << "nodes    " << model->nodes().size() << " imported, " << fold.remaining_nodes
+            << " after folding " << fold.folded_nodes << " constant nodes\n";
+  std::printf("params   %lld (%.2f M)\n", static_cast<long long>(stats.parameters),
+              stats.parameters / 1e6);
+  std::printf("MACs     %lld per image (%.3f GMAC)\n", static_cast<long long>(stats.macs),
+              stats.macs / 1e9);
+  std::cout << "ops (imported -> after folding)\n";
+  for (const auto& [op, count] : imported.op_counts) {
+    auto it = stats.op_counts.find(op);
+    std::printf("  %-22s %6lld -> %lld\n", op.c_str(), static_cast<long long>(count),
+                static_cast<long long>(it == stats.op_counts.end() ? 0 : it->second));
+  }
+  return 0;
+}
+
+}  // namespace
+
+CommandRunner add_inspect_command(CLI::App& app) {
+  auto opts = std::make_shared<InspectOptions>();
+  auto* cmd = app.add_subcommand("inspect", "Show a model's inputs, outputs, ops, parameters and MACs");
+  cmd->add_option("model", opts->model, "ONNX model file")->required();
+  return [opts] { return run_inspect(*opts); };
+}
+
+}  // namespace qforge::cli

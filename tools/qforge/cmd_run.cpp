@@ -1,0 +1,176 @@
+// `qforge run`: runs a model over an image folder or an .npy batch; prints images/s, top-1
+// accuracy for labelled folders, and optionally the time per op kind.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "graph/onnx_import.h"
+#include "runtime/model_stats.h"
+#include "runtime/session.h"
+#include "runtime/threads.h"
+#include "tools/io/atomic_file.h"
+#include "tools/io/npy.h"
+#include "tools/io/progress.h"
+#include "tools/qforge/commands.h"
+#include "tools/qforge/data_source.h"
+
+namespace qforge::cli {
+namespace {
+
+struct RunOptions {
+  std::string model;
+  std::string data;
+  std::string output;
+  int64_t batch = 0;  // 0: 32, or the model's fixed batch
+  int threads = 0;
+  int64_t limit = 0;
+  bool profile = false;
+  PreprocessOverrides preprocess;
+  float pixel_scale = 0;
+};
+
+int64_t argmax_row(const float* row, int64_t n) {
+  return static_cast<int64_t>(std::max_element(row, row + n) - row);
+}
+
+int run_run(RunOptions o) {
+  runtime::set_num_threads(o.threads);
+  if (o.pixel_scale > 0) o.preprocess.pixel_scale = o.pixel_scale;
+  // Open the output first: an unwritable path fails before any work, and nothing partial is left.
+  std::unique_ptr<io::AtomicFile> out_file;
+  if (!o.output.empty()) out_file = std::make_unique<io::AtomicFile>(o.output);
+
+  runtime::SessionOptions so;
+  so.executor.profile = o.profile;
+  runtime::Session session(graph::load_onnx(o.model), so);
+  const graph::Graph& model = session.graph();
+  DataSource data = DataSource::open(o.data, model, o.preprocess);
+
+  size_t total = data.size();
+  if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
+  if (total == 0) throw_invalid("run: data '" + o.data + "' holds no samples");
+  int64_t batch = o.batch > 0 ? o.batch : session.fixed_batch().value_or(32);
+  if (auto fixed = session.fixed_batch(); fixed && *fixed != batch) {
+    throw_invalid("run: model '" + o.model + "' has a fixed batch of " + std::to_string(*fixed) +
+                  ", got --batch " + std::to_string(batch));
+  }
+  if (session.fixed_batch() && total % static_cast<size_t>(batch) != 0) {
+    total -= total % static_cast<size_t>(batch);  // a fixed-batch model runs whole batches only
+    if (total == 0) throw_invalid("run: fewer samples than the model's fixed batch");
+  }
+
+  std::vector<std::vector<float>> stacked(model.outputs().size());  // kept only with -o
+  std::vector<graph::Shape> out_shapes(model.outputs().size());  // [rows so far, ...]
+  size_t correct = 0;
+  double forward_seconds = 0;
+  io::Progress progress("run", total, "img");
+  auto wall0 = std::chrono::steady_clock::now();
+  for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
+    size_t count = std::min(static_cast<size_t>(batch), total - begin);
+    graph::Shape shape = data.sample_shape();
+    shape.insert(shape.begin(), static_cast<int64_t>(count));
+    kernels::Tensor input(kernels::DType::kFloat32, shape);
+    data.load(begin, count, input);
+    auto t0 = std::chrono::steady_clock::now();
+    auto outputs = session.run(input);
+    forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (data.labelled()) {
+      const kernels::Tensor& logits = outputs[0];
+      if (logits.rank() != 2 || logits.dtype() != kernels::DType::kFloat32) {
+        throw_invalid("run: accuracy needs a [N, classes] float output, got " + logits.describe());
+      }
+      auto labels = data.labels(begin, count);
+      int64_t classes = logits.dim(1);
+      for (size_t i = 0; i < count; ++i) {
+        correct += argmax_row(logits.data<float>() + i * classes, classes) == labels[i];
+      }
+    }
+    if (out_file) {
+      for (size_t k = 0; k < outputs.size(); ++k) {
+        if (outputs[k].dtype() != kernels::DType::kFloat32) {
+          throw_unsupported("run: -o writes float32 outputs, output " + std::to_string(k) +
+                            " is " + outputs[k].describe());
+        }
+        auto s = outputs[k].span<float>();
+        stacked[k].insert(stacked[k].end(), s.begin(), s.end());
+        if (out_shapes[k].empty()) {
+          out_shapes[k] = outputs[k].shape();
+          out_shapes[k][0] = 0;
+        }
+        out_shapes[k][0] += outputs[k].dim(0);
+      }
+    }
+    progress.advance(count);
+  }
+  progress.finish();
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+
+  std::printf("model      %s\n", o.model.c_str());
+  std::printf("data       %s (%zu samples, batch %lld, %d threads)\n", o.data.c_str(), total,
+              static_cast<long long>(batch), runtime::num_threads());
+  std::printf("throughput %.1f images/s (forward %.3f s, %.3f ms/batch; wall %.3f s)\n",
+              total / forward_seconds, forward_seconds,
+              1e3 * forward_seconds / static_cast<double>((total + batch - 1) / batch), wall);
+  if (data.labelled()) {
+    std::printf("top-1      %.2f%% (%zu/%zu)\n", 100.0 * correct / total, correct, total);
+  }
+  if (o.profile) {
+    std::printf("profile    time per op kind over all batches\n");
+    double sum = 0;
+    auto prof = session.profile();
+    for (const auto& t : prof) sum += t.seconds;
+    for (const auto& t : prof) {
+      std::printf("  %-22s %9.3f ms  %5.1f%%  (%zu nodes)\n", t.op_type.c_str(), 1e3 * t.seconds,
+                  sum > 0 ? 100.0 * t.seconds / sum : 0.0, t.calls);
+    }
+  }
+  if (out_file) {
+    for (size_t k = 0; k < stacked.size(); ++k) {
+      const graph::Shape& shape = out_shapes[k];
+      auto tensor = kernels::Tensor::wrap(kernels::DType::kFloat32, shape, stacked[k].data());
+      if (k == 0) {
+        out_file->write(io::encode_npy(tensor));
+        out_file->commit();
+      } else {
+        std::string path = o.output;
+        auto dot = path.rfind(".npy");
+        path = (dot == std::string::npos ? path : path.substr(0, dot)) + "." + std::to_string(k) +
+               ".npy";
+        io::write_npy(path, tensor);
+      }
+    }
+    std::printf("outputs    written to %s\n", o.output.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+CommandRunner add_run_command(CLI::App& app) {
+  auto opts = std::make_shared<RunOptions>();
+  auto* cmd = app.add_subcommand("run", "Run a model over an image folder or an .npy batch");
+  cmd->add_option("model", opts->model, "ONNX model file")->required();
+  cmd->add_option("--data", opts->data,
+                  "image folder (class sub-folders give labels) or .npy file of inputs")
+      ->required();
+  cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file");
+  cmd->add_option("--batch", opts->batch, "images per forward pass (default 32, or the model's fixed batch)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--limit", opts->limit, "use at most this many samples")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
+  cmd->add_option("--mean", opts->preprocess.mean, "per-channel mean (overrides the model's metadata)")
+      ->delimiter(',');
+  cmd->add_option("--std", opts->preprocess.std, "per-channel std (overrides the model's metadata)")
+      ->delimiter(',');
+  cmd->add_option("--pixel-scale", opts->pixel_scale,
+                  "divide pixels by this before mean/std (overrides the model's metadata)")
+      ->check(CLI::PositiveNumber);
+  return [opts] { return run_run(*opts); };
+}
+
+}  // namespace qforge::cli

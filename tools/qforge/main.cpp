@@ -1,0 +1,45 @@
+// qforge: prepares float ONNX models for INT8 deployment. Errors become one line on stderr and
+// a non-zero exit: 1 for bad input or failures, 2 for bad usage.
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <new>
+#include <vector>
+
+#include "kernels/error.h"
+#include "tools/qforge/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "qforge 0.1.0");
+  std::vector<std::pair<CLI::App*, qforge::cli::CommandRunner>> commands;
+  auto add = [&](qforge::cli::CommandRunner (*add_fn)(CLI::App&)) {
+    size_t before = app.get_subcommands({}).size();
+    auto runner = add_fn(app);
+    commands.emplace_back(app.get_subcommands({})[before], std::move(runner));
+  };
+  add(qforge::cli::add_inspect_command);
+  add(qforge::cli::add_run_command);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, runner] : commands) {
+      if (sub->parsed()) return runner();
+    }
+  } catch (const qforge::Error& e) {
+    std::cerr << "qforge: error: " << e.what() << '\n';
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "qforge: error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "qforge: internal error: " << e.what() << '\n';
+    return 1;
+  }
+  return 2;
+}
