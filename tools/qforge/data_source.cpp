@@ -26,12 +26,8 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
   std::error_code ec;
   if (!fs::exists(path, ec)) throw_io("data: '" + path + "' does not exist");
   if (fs::is_directory(path, ec)) {
-    io::Preprocess pre = io::preprocess_from_metadata(model.metadata);
-    if (model_sample.size() == 3 && pre.channels <= 0) {
-      pre.channels = static_cast<int>(model_sample[0]);
-      pre.height = static_cast<int>(model_sample[1]);
-      pre.width = static_cast<int>(model_sample[2]);
-    }
+    graph::Shape model_shape = input->has_shape() ? *input->shape() : graph::Shape{};
+    io::Preprocess pre = io::preprocess_from_metadata(model.metadata, model_shape);
     if (pre.channels <= 0 || pre.height <= 0 || pre.width <= 0) {
       throw_invalid("data: cannot feed images to model input '" + input->name() + "' of shape " +
                     (input->has_shape() ? kernels::shape_str(*input->shape()) : "[?]") +

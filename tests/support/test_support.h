@@ -1,0 +1,110 @@
+// Shared test helpers: temporary folders, running the qforge program, writing small PNGs.
+#pragma once
+
+#include <png.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace qforge::testing {
+
+inline std::string data_path(const std::string& relative) {
+  return std::string(QFORGE_DATA_DIR) + "/" + relative;
+}
+
+// A fresh folder under the system temp dir, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "qforge-test-XXXXXX").string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `qforge <args>` with stdout and stderr captured.
+inline CliResult run_cli(const std::string& args) {
+  TempDir dir;
+  std::string cmd = std::string(QFORGE_CLI) + " " + args + " >" + dir.file("out") + " 2>" +
+                    dir.file("err") + " </dev/null";
+  int status = std::system(cmd.c_str());
+  CliResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(dir.file("out"));
+  r.err = read_text(dir.file("err"));
+  return r;
+}
+
+// Writes an 8-bit PNG; channels 1 (gray), 3 (RGB) or 4 (RGBA); pixels row-major interleaved.
+inline void write_png(const std::string& path, int width, int height, int channels,
+                      const std::vector<unsigned char>& pixels) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw std::runtime_error("cannot write " + path);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    std::fclose(f);
+    throw std::runtime_error("libpng failed writing " + path);
+  }
+  png_init_io(png, f);
+  int type = channels == 1 ? PNG_COLOR_TYPE_GRAY
+             : channels == 3 ? PNG_COLOR_TYPE_RGB
+                             : PNG_COLOR_TYPE_RGBA;
+  png_set_IHDR(png, info, width, height, 8, type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  for (int y = 0; y < height; ++y) {
+    png_write_row(png, const_cast<png_bytep>(pixels.data() + size_t(y) * width * channels));
+  }
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  std::fclose(f);
+}
+
+// Number of lines in s (a final line without '\n' counts).
+inline int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  if (!s.empty() && s.back() != '\n') ++n;
+  return n;
+}
+
+}  // namespace qforge::testing

@@ -1,0 +1,172 @@
+// The qforge program end to end: bad input gives one clear line on stderr, a non-zero exit and
+// no output file; good input gives the expected figures.
+#include <gtest/gtest.h>
+#include <onnx/onnx_pb.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_support.h"
+#include "tools/io/npy.h"
+
+namespace qforge {
+namespace {
+
+using testing::count_lines;
+using testing::data_path;
+using testing::run_cli;
+using testing::TempDir;
+
+const std::string kResnet = data_path("models/resnet_bn.onnx");
+const std::string kGoldenInput = data_path("golden/resnet_input.npy");
+
+void expect_one_line_error(const testing::CliResult& r, const std::string& must_contain) {
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("qforge: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
+}
+
+// A one-node model: input x [1, 4] -> op_type -> y.
+std::string one_node_model(const std::string& op_type, const std::string& node_name) {
+  onnx::ModelProto model;
+  model.set_ir_version(8);
+  auto* opset = model.add_opset_import();
+  opset->set_domain("");
+  opset->set_version(17);
+  auto* g = model.mutable_graph();
+  g->set_name("one_node");
+  auto add_io = [](onnx::ValueInfoProto* v, const char* name) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    t->mutable_shape()->add_dim()->set_dim_value(1);
+    t->mutable_shape()->add_dim()->set_dim_value(4);
+  };
+  add_io(g->add_input(), "x");
+  add_io(g->add_output(), "y");
+  auto* n = g->add_node();
+  n->set_op_type(op_type);
+  n->set_name(node_name);
+  n->add_input("x");
+  n->add_output("y");
+  return model.SerializeAsString();
+}
+
+TEST(Cli, HelpListsCommands) {
+  auto r = run_cli("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("inspect"), std::string::npos);
+  EXPECT_NE(r.out.find("run"), std::string::npos);
+  auto run_help = run_cli("run --help");
+  EXPECT_EQ(run_help.exit_code, 0);
+  EXPECT_NE(run_help.out.find("--batch"), std::string::npos);
+}
+
+TEST(Cli, TruncatedModelIsRejected) {
+  TempDir dir;
+  std::string bytes = testing::read_text(kResnet);
+  testing::write_bytes(dir.file("truncated.onnx"), bytes.substr(0, bytes.size() / 3));
+  auto r = run_cli("run " + dir.file("truncated.onnx") + " --data " + kGoldenInput + " -o " +
+                   dir.file("out.npy"));
+  expect_one_line_error(r, "truncated.onnx");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
+}
+
+TEST(Cli, GarbageModelIsRejected) {
+  TempDir dir;
+  testing::write_bytes(dir.file("garbage.onnx"), "this is not a protobuf \xff\xfe\x01 at all");
+  auto r = run_cli("inspect " + dir.file("garbage.onnx"));
+  expect_one_line_error(r, "garbage.onnx");
+}
+
+TEST(Cli, UnknownOpNamesOpNodeAndOpset) {
+  TempDir dir;
+  testing::write_bytes(dir.file("unknown.onnx"), one_node_model("FancyWarp", "warp_7"));
+  auto r = run_cli("run " + dir.file("unknown.onnx") + " --data " + kGoldenInput);
+  expect_one_line_error(r, "FancyWarp");
+  EXPECT_NE(r.err.find("warp_7"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("opset 17"), std::string::npos) << r.err;
+}
+
+TEST(Cli, MissingModelAndDataPaths) {
+  TempDir dir;
+  expect_one_line_error(run_cli("inspect " + dir.file("absent.onnx")), "absent.onnx");
+  auto r = run_cli("run " + kResnet + " --data " + dir.file("absent_dir") + " -o " +
+                   dir.file("out.npy"));
+  expect_one_line_error(r, "absent_dir");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
+}
+
+TEST(Cli, UnwritableOutputLeavesNothing) {
+  TempDir dir;
+  std::string out = dir.file("no_such_dir/out.npy");
+  auto r = run_cli("run " + kResnet + " --data " + kGoldenInput + " -o " + out);
+  expect_one_line_error(r, "no_such_dir/out.npy");
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+TEST(Cli, ImageOfWrongSizeNamesTheFile) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() / "data/3");
+  testing::write_png(dir.file("data/3/a.png"), 32, 32, 3, std::vector<unsigned char>(32 * 32 * 3, 90));
+  testing::write_png(dir.file("data/3/b.png"), 28, 28, 3, std::vector<unsigned char>(28 * 28 * 3, 90));
+  auto r = run_cli("run " + kResnet + " --data " + dir.file("data") + " -o " + dir.file("out.npy"));
+  expect_one_line_error(r, "b.png");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
+}
+
+TEST(Cli, ImageWithWrongChannelCountNamesTheFile) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() / "data/1");
+  testing::write_png(dir.file("data/1/rgba.png"), 32, 32, 4, std::vector<unsigned char>(32 * 32 * 4, 7));
+  auto r = run_cli("run " + kResnet + " --data " + dir.file("data") + " -o " + dir.file("out.npy"));
+  expect_one_line_error(r, "rgba.png");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
+}
+
+TEST(Cli, NpyOfWrongSampleShapeIsRejected) {
+  TempDir dir;
+  io::write_npy(dir.file("x.npy"), kernels::Tensor(kernels::DType::kFloat32, {2, 3, 16, 16}));
+  auto r = run_cli("run " + kResnet + " --data " + dir.file("x.npy"));
+  expect_one_line_error(r, "x.npy");
+}
+
+TEST(Cli, RunWritesOutputsEqualToGolden) {
+  TempDir dir;
+  auto r = run_cli("run " + kResnet + " --data " + kGoldenInput + " --batch 3 -o " + dir.file("out.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("images/s"), std::string::npos) << r.out;
+  auto got = io::read_npy(dir.file("out.npy"));
+  auto ref = io::read_npy(data_path("golden/resnet_bn_output.npy"));
+  ASSERT_EQ(got.shape(), ref.shape());
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    EXPECT_NEAR(got.data<float>()[i], ref.data<float>()[i], 1e-4) << i;
+  }
+}
+
+TEST(Cli, ValidationAccuracyEqualsPyTorch) {
+  auto accuracy = nlohmann::json::parse(testing::read_text(data_path("golden/accuracy.json")));
+  for (const char* family : {"resnet", "vit"}) {
+    auto r = run_cli(std::string("run ") + data_path(std::string("models/") + family + "_bn.onnx") +
+                     " --data " + data_path("datasets/digits/val"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    int correct = accuracy[family]["val_correct"];
+    int count = accuracy[family]["val_count"];
+    std::string expected = "(" + std::to_string(correct) + "/" + std::to_string(count) + ")";
+    EXPECT_NE(r.out.find(expected), std::string::npos) << family << ": " << r.out;
+  }
+}
+
+TEST(Cli, InspectPrintsFigures) {
+  auto r = run_cli("inspect " + kResnet);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("MACs"), std::string::npos);
+  EXPECT_NE(r.out.find("BatchNormalization"), std::string::npos);
+  EXPECT_NE(r.out.find("params"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace qforge
