@@ -27,6 +27,7 @@ struct RunOptions {
   int threads = 0;
   int64_t limit = 0;
   bool profile = false;
+  int64_t warmup = 0;
   PreprocessOverrides preprocess;
   float pixel_scale = 0;
 };
@@ -65,6 +66,7 @@ int run_run(RunOptions o) {
   std::vector<graph::Shape> out_shapes(model.outputs().size());  // [rows so far, ...]
   size_t correct = 0;
   double forward_seconds = 0;
+  int64_t warmups_left = o.warmup;
   io::Progress progress("run", total, "img");
   auto wall0 = std::chrono::steady_clock::now();
   for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
@@ -73,8 +75,14 @@ int run_run(RunOptions o) {
     shape.insert(shape.begin(), static_cast<int64_t>(count));
     kernels::Tensor input(kernels::DType::kFloat32, shape);
     data.load(begin, count, input);
+    // Compilation (first use of a shape) and warm-up passes stay out of the timed region.
+    runtime::Executor& executor = session.executor_for({shape});
+    if (warmups_left > 0) {
+      for (; warmups_left > 0; --warmups_left) executor.run(std::span(&input, 1));
+      executor.reset_profile();
+    }
     auto t0 = std::chrono::steady_clock::now();
-    auto outputs = session.run(input);
+    auto outputs = executor.run(std::span(&input, 1));
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (data.labelled()) {
       const kernels::Tensor& logits = outputs[0];
@@ -163,6 +171,8 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
+  cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--mean", opts->preprocess.mean, "per-channel mean (overrides the model's metadata)")
       ->delimiter(',');
   cmd->add_option("--std", opts->preprocess.std, "per-channel std (overrides the model's metadata)")
