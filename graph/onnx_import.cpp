@@ -122,13 +122,6 @@ std::optional<Shape> shape_from_type(const onnx::TypeProto& type) {
   return shape;
 }
 
-bool is_static(const Shape& shape) {
-  for (int64_t d : shape) {
-    if (d < 0) return false;
-  }
-  return true;
-}
-
 // The opset and the op catalog are checked before the ONNX checker, so that an op qforge does
 // not know is reported as such (naming op, node and opset), not as a checker failure.
 int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& source) {
@@ -247,8 +240,8 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
       try {
         DType dtype = dtype_from_onnx(elem, "");
         auto shape = shape_from_type(*it->second);
-        if (shape && is_static(*shape)) {
-          out->set_type(dtype, *shape);
+        if (shape) {
+          out->set_type(dtype, *shape);  // dims may be -1 until resolution
         } else {
           out->set_dtype(dtype);
         }

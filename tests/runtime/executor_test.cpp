@@ -1,0 +1,119 @@
+// The executor's plan: buffer reuse by liveness, views without copies, taps, and no heap
+// allocation once compiled.
+#include "runtime/executor.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "graph/onnx_import.h"
+#include "runtime/resolve.h"
+#include "runtime/session.h"
+#include "tests/support/test_support.h"
+#include "tools/io/npy.h"
+
+// Counts C++ heap allocations while `g_counting` is set (this test binary only).
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<long> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace qforge {
+namespace {
+
+using graph::DType;
+using graph::Shape;
+
+// x -> Relu -> Neg -> Relu -> ... (n nodes) -> y, each value 1000 floats.
+std::unique_ptr<graph::Graph> chain(int n) {
+  auto g = std::make_unique<graph::Graph>();
+  graph::Value* v = g->add_input("x", DType::kFloat32, Shape{1, 1000});
+  for (int i = 0; i < n; ++i) {
+    auto* node = g->add_node({.op_type = i % 2 ? "Neg" : "Relu",
+                              .inputs = {v},
+                              .output_names = {"v" + std::to_string(i)}});
+    v = node->output(0);
+  }
+  g->mark_output(v);
+  return g;
+}
+
+TEST(Executor, ReusesBuffersAlongAChain) {
+  auto g = chain(12);
+  runtime::resolve(*g, {});
+  runtime::Executor exec(*g);
+  // Input, output and two ping-pong buffers would do; twelve separate buffers would be 52 KB.
+  EXPECT_LE(exec.arena_bytes(), 4 * 4096u);
+  kernels::Tensor x(DType::kFloat32, {1, 1000});
+  for (int i = 0; i < 1000; ++i) x.data<float>()[i] = static_cast<float>(i % 7) - 3.f;
+  auto out = exec.run(std::span(&x, 1));
+  // Relu, Neg alternate 6 times: relu(-relu(..)) = 0 for every element after the 2nd pair.
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(out[0].data<float>()[i], 0.f);
+}
+
+TEST(Executor, TapsSeeIntermediateValues) {
+  auto g = chain(2);  // v0 = relu(x), v1 = -v0
+  runtime::resolve(*g, {});
+  runtime::Executor exec(*g);
+  float tapped_sum = 0;
+  exec.add_tap("v0", [&](const kernels::Tensor& t) {
+    for (float f : t.span<float>()) tapped_sum += f;
+  });
+  kernels::Tensor x(DType::kFloat32, {1, 1000});
+  for (int i = 0; i < 1000; ++i) x.data<float>()[i] = i % 2 ? 1.f : -1.f;
+  exec.run(std::span(&x, 1));
+  EXPECT_EQ(tapped_sum, 500.f);
+}
+
+TEST(Executor, ReshapeIsAViewOfItsInput) {
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 6});
+  auto* relu = g->add_node({.op_type = "Relu", .inputs = {x}, .output_names = {"r"}});
+  auto* shape = g->add_constant("shape", kernels::Tensor::from_vector<int64_t>({2}, {3, 4}));
+  auto* reshape = g->add_node(
+      {.op_type = "Reshape", .inputs = {relu->output(0), shape}, .output_names = {"rs"}});
+  auto* neg = g->add_node({.op_type = "Neg", .inputs = {reshape->output(0)}, .output_names = {"y"}});
+  g->mark_output(neg->output(0));
+  runtime::resolve(*g, {});
+  runtime::Executor exec(*g);
+  const float* relu_data = nullptr;
+  const float* reshape_data = nullptr;
+  exec.add_tap("r", [&](const kernels::Tensor& t) { relu_data = t.data<float>(); });
+  exec.add_tap("rs", [&](const kernels::Tensor& t) { reshape_data = t.data<float>(); });
+  kernels::Tensor in(DType::kFloat32, {2, 6});
+  for (int i = 0; i < 12; ++i) in.data<float>()[i] = static_cast<float>(i - 6);
+  auto out = exec.run(std::span(&in, 1));
+  EXPECT_EQ(relu_data, reshape_data);
+  ASSERT_EQ(out[0].shape(), (Shape{3, 4}));
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(out[0].data<float>()[i], -std::max(0.f, float(i - 6)));
+}
+
+TEST(Executor, ForwardAllocatesNothingAfterCompilation) {
+  for (const char* model : {"resnet_bn", "vit_bn", "swin_bn"}) {
+    runtime::Session session(
+        graph::load_onnx(testing::data_path(std::string("models/") + model + ".onnx")));
+    auto input = io::read_npy(testing::data_path(
+        std::string("golden/") + std::string(model).substr(0, std::string(model).find('_')) +
+        "_input.npy"));
+    auto& exec = session.executor_for({input.shape()});
+    exec.run(std::span(&input, 1));
+    g_allocations = 0;
+    g_counting = true;
+    exec.run(std::span(&input, 1));
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << model;
+  }
+}
+
+}  // namespace
+}  // namespace qforge
