@@ -29,8 +29,9 @@ void expect_one_line_error(const testing::CliResult& r, const std::string& must_
   EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
 }
 
-// A one-node model: input x [1, 4] -> op_type -> y.
-std::string one_node_model(const std::string& op_type, const std::string& node_name) {
+// A one-node model: input x -> op_type -> y, x and y of `shape` (a negative dim is dynamic).
+std::string one_node_model(const std::string& op_type, const std::string& node_name,
+                           const std::vector<int64_t>& shape = {1, 4}) {
   onnx::ModelProto model;
   model.set_ir_version(8);
   auto* opset = model.add_opset_import();
@@ -38,12 +39,18 @@ std::string one_node_model(const std::string& op_type, const std::string& node_n
   opset->set_version(17);
   auto* g = model.mutable_graph();
   g->set_name("one_node");
-  auto add_io = [](onnx::ValueInfoProto* v, const char* name) {
+  auto add_io = [&](onnx::ValueInfoProto* v, const char* name) {
     v->set_name(name);
     auto* t = v->mutable_type()->mutable_tensor_type();
     t->set_elem_type(onnx::TensorProto::FLOAT);
-    t->mutable_shape()->add_dim()->set_dim_value(1);
-    t->mutable_shape()->add_dim()->set_dim_value(4);
+    for (int64_t d : shape) {
+      auto* dim = t->mutable_shape()->add_dim();
+      if (d < 0) {
+        dim->set_dim_param("N");
+      } else {
+        dim->set_dim_value(d);
+      }
+    }
   };
   add_io(g->add_input(), "x");
   add_io(g->add_output(), "y");
@@ -119,11 +126,15 @@ TEST(Cli, ImageOfWrongSizeNamesTheFile) {
 }
 
 TEST(Cli, ImageWithWrongChannelCountNamesTheFile) {
+  // Gray images widen to RGB and alpha is dropped (as image loaders do for RGB models), but a
+  // color image cannot feed a one-channel model.
   TempDir dir;
+  testing::write_bytes(dir.file("gray.onnx"), one_node_model("Relu", "relu", {-1, 1, 8, 8}));
   std::filesystem::create_directories(dir.path() / "data/1");
-  testing::write_png(dir.file("data/1/rgba.png"), 32, 32, 4, std::vector<unsigned char>(32 * 32 * 4, 7));
-  auto r = run_cli("run " + kResnet + " --data " + dir.file("data") + " -o " + dir.file("out.npy"));
-  expect_one_line_error(r, "rgba.png");
+  testing::write_png(dir.file("data/1/color.png"), 8, 8, 3, std::vector<unsigned char>(8 * 8 * 3, 7));
+  auto r = run_cli("run " + dir.file("gray.onnx") + " --data " + dir.file("data") + " -o " +
+                   dir.file("out.npy"));
+  expect_one_line_error(r, "color.png");
   EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
 }
 

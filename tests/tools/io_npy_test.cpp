@@ -1,0 +1,356 @@
+// .npy reading and writing: round trips, files written by NumPy, and precise errors.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include "kernels/error.h"
+#include "kernels/tensor.h"
+#include "tools/io/npy.h"
+
+namespace qforge::io {
+namespace {
+
+namespace fs = std::filesystem;
+using kernels::DType;
+using kernels::Shape;
+using kernels::Tensor;
+
+// QFORGE_DATA_DIR is <repo>/data; the fixtures sit next to this file.
+const fs::path kFixtures = fs::path(QFORGE_DATA_DIR).parent_path() / "tests" / "tools" / "fixtures";
+
+// A fresh folder under the system temp dir, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() /
+            ("qforge_io_npy_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+void write_bytes(const std::string& path, std::string_view bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Runs fn, expects a qforge::Error of the given kind, returns its message.
+template <class Fn>
+std::string error_of(ErrorKind kind, Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind)) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no qforge::Error thrown";
+  return {};
+}
+
+// Distinct, sign-mixed values of every dtype, so a byte swap or offset shows.
+Tensor patterned(DType dtype, const Shape& shape) {
+  Tensor t(dtype, shape);
+  int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case DType::kFloat32:
+        t.data<float>()[i] = 0.25f * static_cast<float>(i) - 3.5f;
+        break;
+      case DType::kInt64:
+        t.data<int64_t>()[i] = (i % 2 ? -1 : 1) * (int64_t{1} << 40) * i;
+        break;
+      case DType::kInt32:
+        t.data<int32_t>()[i] = static_cast<int32_t>(i * 100003 - 70000);
+        break;
+      case DType::kInt8:
+        t.data<int8_t>()[i] = static_cast<int8_t>(i * 37 - 128);
+        break;
+      case DType::kUInt8:
+        t.data<uint8_t>()[i] = static_cast<uint8_t>(i * 53 + 7);
+        break;
+      case DType::kBool:
+        static_cast<uint8_t*>(t.raw())[i] = static_cast<uint8_t>(i % 3 == 0);
+        break;
+    }
+  }
+  return t;
+}
+
+void expect_same(const Tensor& a, const Tensor& b) {
+  ASSERT_EQ(a.dtype(), b.dtype());
+  ASSERT_EQ(a.shape(), b.shape());
+  ASSERT_EQ(a.nbytes(), b.nbytes());
+  EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << a.describe();
+}
+
+// Preamble of a version 1.0 file with the given header text (which must include padding).
+std::string v1_file(const std::string& header, std::string_view data) {
+  std::string out("\x93NUMPY\x01\x00", 8);
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>(header.size() >> 8);
+  return out + header + std::string(data);
+}
+
+TEST(IoNpy, RoundTripEveryDtypeAndRank) {
+  TempDir dir;
+  const Shape shapes[] = {{}, {5}, {2, 3}, {2, 1, 3}, {1, 2, 3, 2}};
+  for (DType dtype :
+       {DType::kFloat32, DType::kInt64, DType::kInt32, DType::kInt8, DType::kUInt8, DType::kBool}) {
+    for (const Shape& shape : shapes) {
+      SCOPED_TRACE(std::string(kernels::dtype_name(dtype)) + kernels::shape_str(shape));
+      Tensor t = patterned(dtype, shape);
+      std::string path = dir.file("t.npy");
+      write_npy(path, t);
+      expect_same(read_npy(path), t);
+      std::string bytes = read_bytes(path);
+      EXPECT_EQ(bytes, encode_npy(t));
+      // The data starts 64-byte aligned, as np.save lays it out.
+      EXPECT_EQ((bytes.size() - t.nbytes()) % 64, 0u);
+    }
+  }
+}
+
+TEST(IoNpy, RoundTripEmptyTensor) {
+  TempDir dir;
+  Tensor t(DType::kFloat32, {0, 3});
+  write_npy(dir.file("e.npy"), t);
+  expect_same(read_npy(dir.file("e.npy")), t);
+}
+
+TEST(IoNpy, EncodeIsByteIdenticalToNumpy) {
+  // np.save(f, (np.arange(6, dtype='<f4').reshape(2, 3) * 0.5 - 1)) in fixtures/README.md.
+  Tensor t = Tensor::from_vector<float>({2, 3}, {-1.0f, -0.5f, 0.0f, 0.5f, 1.0f, 1.5f});
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+  header.append(117 - header.size(), ' ');
+  header += '\n';
+  std::string expected = v1_file(header, {static_cast<const char*>(t.raw()), t.nbytes()});
+  EXPECT_EQ(encode_npy(t), expected);
+  EXPECT_EQ(encode_npy(t), read_bytes((kFixtures / "npy_f4_2x3.npy").string()));
+  // 0-d and bool: no growth padding for a 0-d shape; '|b1' and a 1-tuple "(4,)".
+  EXPECT_EQ(encode_npy(Tensor::scalar_i64(-7)),
+            read_bytes((kFixtures / "npy_i8_scalar.npy").string()));
+  Tensor flags = Tensor::from_vector<uint8_t>({4}, {1, 0, 0, 1});
+  Tensor bools(DType::kBool, {4});
+  std::memcpy(bools.raw(), flags.raw(), 4);
+  EXPECT_EQ(encode_npy(bools), read_bytes((kFixtures / "npy_b1_4.npy").string()));
+}
+
+TEST(IoNpy, ReadsNumpyFixtures) {
+  Tensor f = read_npy((kFixtures / "npy_f4_2x3.npy").string());
+  ASSERT_EQ(f.describe(), "float32[2, 3]");
+  EXPECT_EQ(f.to_float_vector(), (std::vector<float>{-1.0f, -0.5f, 0.0f, 0.5f, 1.0f, 1.5f}));
+
+  Tensor s = read_npy((kFixtures / "npy_i8_scalar.npy").string());
+  ASSERT_EQ(s.describe(), "int64[]");
+  EXPECT_EQ(s.data<int64_t>()[0], -7);
+
+  Tensor b = read_npy((kFixtures / "npy_b1_4.npy").string());
+  ASSERT_EQ(b.describe(), "bool[4]");
+  EXPECT_EQ(b.to_int64_vector(), (std::vector<int64_t>{1, 0, 0, 1}));
+
+  Tensor u = read_npy((kFixtures / "npy_u1_2x2x2_v2.npy").string());  // format 2.0
+  ASSERT_EQ(u.describe(), "uint8[2, 2, 2]");
+  EXPECT_EQ(u.to_int64_vector(), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+
+  Tensor i = read_npy((kFixtures / "npy_i4_3_v3.npy").string());  // format 3.0
+  ASSERT_EQ(i.describe(), "int32[3]");
+  EXPECT_EQ(i.to_int64_vector(), (std::vector<int64_t>{-1, 0, 2147483647}));
+}
+
+TEST(IoNpy, ReadsHandWrittenNumpyHeaders) {
+  TempDir dir;
+  const char data_i4[] = {1, 0, 0, 0, -2, -1, -1, -1, 0, 0, 0, -128};
+  // np.save of np.array([1, -2, -2**31], '<i4') with NumPy 1.24.
+  std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }";
+  header.append(117 - header.size(), ' ');
+  header += '\n';
+  write_bytes(dir.file("a.npy"), v1_file(header, {data_i4, sizeof data_i4}));
+  Tensor a = read_npy(dir.file("a.npy"));
+  ASSERT_EQ(a.describe(), "int32[3]");
+  EXPECT_EQ(a.to_int64_vector(),
+            (std::vector<int64_t>{1, -2, std::numeric_limits<int32_t>::min()}));
+
+  // Older NumPy: 16-byte alignment, no growth padding; '=' byte order; Python 2 long suffix.
+  std::string old_header = "{'descr': '=f4', 'fortran_order': False, 'shape': (1L, 2L), }";
+  old_header.append(16 - (10 + old_header.size() + 1) % 16, ' ');
+  old_header += '\n';
+  const float values[] = {2.5f, -0.125f};
+  write_bytes(dir.file("b.npy"),
+              v1_file(old_header, {reinterpret_cast<const char*>(values), sizeof values}));
+  Tensor b = read_npy(dir.file("b.npy"));
+  ASSERT_EQ(b.describe(), "float32[1, 2]");
+  EXPECT_EQ(b.to_float_vector(), (std::vector<float>{2.5f, -0.125f}));
+
+  // Double quotes, no trailing comma, keys in another order, a '<' on a one-byte type.
+  std::string odd = "{\"shape\": (2,), \"fortran_order\": False, \"descr\": \"<i1\"}\n";
+  write_bytes(dir.file("c.npy"), v1_file(odd, "\x7f\x80"));
+  EXPECT_EQ(read_npy(dir.file("c.npy")).to_int64_vector(), (std::vector<int64_t>{127, -128}));
+
+  // Fortran order is the same layout when at most one dimension exceeds 1.
+  std::string column = "{'descr': '|u1', 'fortran_order': True, 'shape': (3, 1), }\n";
+  write_bytes(dir.file("d.npy"), v1_file(column, "\x01\x02\x03"));
+  EXPECT_EQ(read_npy(dir.file("d.npy")).to_int64_vector(), (std::vector<int64_t>{1, 2, 3}));
+
+  // NumPy reads any non-zero bool byte as True; qforge stores it as 1.
+  std::string flags = "{'descr': '|b1', 'fortran_order': False, 'shape': (3,), }\n";
+  write_bytes(dir.file("e.npy"), v1_file(flags, std::string("\x00\x02\xff", 3)));
+  EXPECT_EQ(read_npy(dir.file("e.npy")).to_int64_vector(), (std::vector<int64_t>{0, 1, 1}));
+}
+
+TEST(IoNpy, ReadsBundledGoldenInput) {
+  std::string path = std::string(QFORGE_DATA_DIR) + "/golden/resnet_input.npy";
+  if (!fs::exists(path)) GTEST_SKIP() << path << " is not present";
+  Tensor t = read_npy(path);
+  EXPECT_EQ(t.describe(), "float32[4, 3, 32, 32]");
+  EXPECT_NO_THROW(check_finite(t.data<float>(), static_cast<size_t>(t.numel()), path));
+}
+
+TEST(IoNpy, UnsupportedNumpyFilesNameTheFile) {
+  struct Case {
+    const char* file;
+    const char* message;
+  };
+  for (const Case& c : {Case{"npy_i1_2x3_fortran.npy", "Fortran-order arrays are not supported"},
+                        Case{"npy_f4_big_endian.npy", "big-endian dtype '>f4' is not supported"},
+                        Case{"npy_f8_2.npy", "dtype '<f8' is not supported"}}) {
+    std::string path = (kFixtures / c.file).string();
+    std::string message = error_of(ErrorKind::kUnsupported, [&] { read_npy(path); });
+    EXPECT_NE(message.find(path + ": "), std::string::npos) << message;
+    EXPECT_NE(message.find(c.message), std::string::npos) << message;
+  }
+}
+
+TEST(IoNpy, TruncatedAndOversizedDataAreInvalid) {
+  TempDir dir;
+  std::string bytes = encode_npy(patterned(DType::kFloat32, {2, 3}));
+  std::string path = dir.file("short.npy");
+  write_bytes(path, bytes.substr(0, bytes.size() - 3));
+  EXPECT_NE(error_of(ErrorKind::kInvalid, [&] { read_npy(path); })
+                .find(path + ": expected 24 bytes of data, got 21"),
+            std::string::npos);
+  write_bytes(path, bytes + "xy");
+  EXPECT_NE(error_of(ErrorKind::kInvalid, [&] { read_npy(path); })
+                .find(path + ": expected 24 bytes of data, got 26"),
+            std::string::npos);
+  // Cut inside the header.
+  write_bytes(path, bytes.substr(0, 40));
+  std::string message = error_of(ErrorKind::kInvalid, [&] { read_npy(path); });
+  EXPECT_NE(message.find(path + ": truncated .npy header: expected 118 bytes, got 30"),
+            std::string::npos)
+      << message;
+  write_bytes(path, bytes.substr(0, 9));
+  EXPECT_NE(error_of(ErrorKind::kInvalid, [&] { read_npy(path); }).find(path + ": truncated"),
+            std::string::npos);
+}
+
+TEST(IoNpy, GarbageIsInvalid) {
+  TempDir dir;
+  std::string path = dir.file("garbage.npy");
+  write_bytes(path, "PK\x03\x04 this is a zip file");
+  std::string message = error_of(ErrorKind::kInvalid, [&] { read_npy(path); });
+  EXPECT_NE(message.find(path + ": not a .npy file"), std::string::npos) << message;
+  write_bytes(path, "");
+  EXPECT_NE(error_of(ErrorKind::kInvalid, [&] { read_npy(path); }).find(path + ": not a .npy"),
+            std::string::npos);
+}
+
+TEST(IoNpy, MalformedHeadersAreInvalid) {
+  TempDir dir;
+  std::string path = dir.file("bad.npy");
+  for (const char* header : {
+           "{'descr': '<f4', 'fortran_order': False}\n",                         // no shape
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }\n",       // negative
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}\n",  // extra key
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), } junk\n",   // trailing
+           "{'descr': '<f4', 'fortran_order': maybe, 'shape': (2,), }\n",        // not a bool
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2,)\n",           // unclosed
+           "{'descr: '<f4', 'fortran_order': False, 'shape': (2,), }\n",         // quotes
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }\n",
+       }) {
+    SCOPED_TRACE(header);
+    write_bytes(path, v1_file(header, std::string(8, '\0')));
+    std::string message = error_of(ErrorKind::kInvalid, [&] { read_npy(path); });
+    EXPECT_NE(message.find(path + ": bad .npy header"), std::string::npos) << message;
+  }
+}
+
+TEST(IoNpy, UnknownVersionAndStructuredDtypeAreUnsupported) {
+  TempDir dir;
+  std::string path = dir.file("v4.npy");
+  std::string bytes = encode_npy(patterned(DType::kInt8, {3}));
+  bytes[6] = 4;
+  write_bytes(path, bytes);
+  std::string message = error_of(ErrorKind::kUnsupported, [&] { read_npy(path); });
+  EXPECT_NE(message.find(path + ": .npy format version 4.0 is not supported"), std::string::npos)
+      << message;
+
+  write_bytes(path, v1_file("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }\n",
+                            std::string(4, '\0')));
+  message = error_of(ErrorKind::kUnsupported, [&] { read_npy(path); });
+  EXPECT_NE(message.find(path + ": structured dtypes are not supported"), std::string::npos)
+      << message;
+}
+
+TEST(IoNpy, MissingFileIsIoError) {
+  TempDir dir;
+  std::string path = dir.file("nope.npy");
+  std::string message = error_of(ErrorKind::kIo, [&] { read_npy(path); });
+  EXPECT_EQ(message, "cannot read '" + path + "': No such file or directory");
+  message = error_of(ErrorKind::kIo, [&] { read_npy(dir.path().string()); });
+  EXPECT_NE(message.find("is a directory"), std::string::npos) << message;
+}
+
+TEST(IoNpy, HugeHeaderUsesVersion2) {
+  // 25,000 unit dimensions give a header beyond version 1.0's 65,535 bytes.
+  TempDir dir;
+  Tensor t = patterned(DType::kInt32, Shape(25000, 1));
+  std::string bytes = encode_npy(t);
+  EXPECT_EQ(bytes[6], 2);
+  EXPECT_EQ((bytes.size() - t.nbytes()) % 64, 0u);
+  write_npy(dir.file("deep.npy"), t);
+  expect_same(read_npy(dir.file("deep.npy")), t);
+}
+
+TEST(IoNpy, WriteToMissingFolderIsIoErrorAndLeavesNothing) {
+  TempDir dir;
+  std::string path = dir.file("missing/out.npy");
+  std::string message =
+      error_of(ErrorKind::kIo, [&] { write_npy(path, Tensor::scalar_f32(1.0f)); });
+  EXPECT_EQ(message, "cannot write '" + path + "': No such file or directory");
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+}
+
+TEST(IoCheckFinite, NamesTheInputAndTheElement) {
+  const float ok[] = {0.0f, -1.0f, 3.0e38f};
+  EXPECT_NO_THROW(check_finite(ok, 3, "batch.npy"));
+  const float nan[] = {0.0f, std::nanf(""), 1.0f};
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { check_finite(nan, 3, "batch.npy"); }),
+            "batch.npy: element 1 is NaN (expected finite values)");
+  const float inf[] = {0.0f, 1.0f, -std::numeric_limits<float>::infinity()};
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { check_finite(inf, 3, "x"); }),
+            "x: element 2 is -Inf (expected finite values)");
+}
+
+}  // namespace
+}  // namespace qforge::io
