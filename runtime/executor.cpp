@@ -70,6 +70,8 @@ void Executor::compile(const graph::Graph& graph) {
     if (is_view_op(*node) && src && !src->is_constant()) {
       aliased[s] = true;
       buffer_of[node->output(0)] = buffer_of.at(src);
+      // Unused extra outputs (Dropout's mask) still get a small buffer of their own.
+      for (size_t i = 1; i < node->num_outputs(); ++i) new_buffer(node->output(i), int(s));
       continue;
     }
     for (const graph::Value* out : node->outputs()) new_buffer(out, static_cast<int>(s));

@@ -33,6 +33,8 @@ double relative_max_diff(const kernels::Tensor& got, const kernels::Tensor& ref)
   return diff / scale;
 }
 
+void PrintTo(const GoldenCase& c, std::ostream* os) { *os << c.family << "_" << c.form; }
+
 class GoldenModel : public ::testing::TestWithParam<GoldenCase> {};
 
 TEST_P(GoldenModel, MatchesPyTorch) {
@@ -63,7 +65,7 @@ std::vector<GoldenCase> all_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Bundled, GoldenModel, ::testing::ValuesIn(all_cases()),
-                         [](const auto& info) { return info.param.family + "_" + info.param.form; });
+                         [](const auto& p) { return p.param.family + "_" + p.param.form; });
 
 }  // namespace
 }  // namespace qforge
