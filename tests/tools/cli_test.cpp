@@ -160,14 +160,17 @@ TEST(Cli, RunWritesOutputsEqualToGolden) {
 
 TEST(Cli, ValidationAccuracyEqualsPyTorch) {
   auto accuracy = nlohmann::json::parse(testing::read_text(data_path("golden/accuracy.json")));
-  for (const char* family : {"resnet", "vit"}) {
-    auto r = run_cli(std::string("run ") + data_path(std::string("models/") + family + "_bn.onnx") +
-                     " --data " + data_path("datasets/digits/val"));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    int correct = accuracy[family]["val_correct"];
-    int count = accuracy[family]["val_count"];
-    std::string expected = "(" + std::to_string(correct) + "/" + std::to_string(count) + ")";
-    EXPECT_NE(r.out.find(expected), std::string::npos) << family << ": " << r.out;
+  for (std::string family : {"resnet", "mobilenet_v3", "efficientnet", "convnext", "vit", "swin"}) {
+    for (std::string form : {"_bn", "_folded"}) {
+      std::string model = data_path("models/");
+      model.append(family).append(form).append(".onnx");
+      auto r = run_cli("run " + model + " --data " + data_path("datasets/digits/val"));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      int correct = accuracy[family]["val_correct"];
+      int count = accuracy[family]["val_count"];
+      std::string expected = "(" + std::to_string(correct) + "/" + std::to_string(count) + ")";
+      EXPECT_NE(r.out.find(expected), std::string::npos) << model << ": " << r.out;
+    }
   }
 }
 
