@@ -1,0 +1,94 @@
+// Float32 NCHW convolution. 1×1 stride-1 unpadded convolutions are a GEMM straight on the input;
+// 3×3 stride-1 convolutions on large enough planes use Winograd F(2×2, 3×3) (16 GEMMs per block
+// of 2×2 output tiles); other convolutions gather an im2col tile of output pixels into scratch and
+// run one GEMM per tile; convolutions with one input channel per group (depthwise) use direct
+// loops.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+namespace qforge::kernels {
+
+// One 2-D convolution. 1-D convolutions use in_h = out_h = kernel_h = 1. Trailing pads are
+// implied by out_h/out_w: taps outside the input read zero.
+struct ConvGeometry {
+  int64_t batch = 1;
+  int64_t in_channels = 1;
+  int64_t in_h = 1;
+  int64_t in_w = 1;
+  int64_t out_channels = 1;
+  int64_t out_h = 1;
+  int64_t out_w = 1;
+  int64_t kernel_h = 1;
+  int64_t kernel_w = 1;
+  int64_t stride_h = 1;
+  int64_t stride_w = 1;
+  int64_t dilation_h = 1;
+  int64_t dilation_w = 1;
+  int64_t pad_top = 0;
+  int64_t pad_left = 0;
+  int64_t group = 1;
+};
+
+enum class ConvAlgorithm : uint8_t {
+  kDirectGemm,  // 1×1, stride 1, no padding: the input planes are the GEMM's right operand
+  kIm2colGemm,  // im2col tile in scratch, then GEMM
+  kWinograd,    // 3×3, stride 1, dilation 1, group 1, enough channels and tiles (below)
+  kDepthwise,   // one input channel per group
+};
+
+// Winograd pays off once an image has this many 2×2 output tiles (about 12×12 pixels; ResNet-50's
+// 14×14 layers gain, its 7×7 layers lose): on smaller planes its 16 GEMMs are too narrow.
+inline constexpr int64_t kWinogradMinTiles = 36;
+// With few channels the 16 GEMMs are too thin (K = input channels) and im2col wins.
+inline constexpr int64_t kWinogradMinChannels = 16;
+
+// How a convolution is split into BLAS calls. Fixed by the geometry of one image (never by the
+// batch or the thread count), so an image's output bits are the same in any batch and on any
+// number of threads.
+struct ConvPlan {
+  ConvGeometry geometry;
+  ConvAlgorithm algorithm = ConvAlgorithm::kIm2colGemm;
+  // Per image: output pixels per GEMM call and their count; for Winograd, 2×2 output tiles
+  // per block of 16 GEMMs and the number of blocks.
+  int64_t tile_pixels = 0;
+  int64_t pixel_tiles = 0;
+  int64_t channel_block = 0;  // output channels per GEMM call
+  int64_t channel_blocks = 0;
+  int slots = 1;  // scratch regions, one per thread that may run
+};
+
+// Elementwise work folded into the output pass while the output is still in cache (a fused
+// BatchNormalization, residual add and ReLU/ReLU6/Clip):
+// y = clamp((conv + bias)·scale[c] + shift[c] + residual, clamp_min, clamp_max).
+// Null pointers and infinite clamps leave that part out.
+struct ConvEpilogue {
+  const float* scale = nullptr;     // [out_channels]
+  const float* shift = nullptr;     // [out_channels]
+  const float* residual = nullptr;  // [batch, out_channels, out_h, out_w], not aliasing y
+  float clamp_min = -std::numeric_limits<float>::infinity();
+  float clamp_max = std::numeric_limits<float>::infinity();
+};
+
+ConvPlan plan_conv(const ConvGeometry& geometry, int threads);
+
+// Some algorithms consume the filters in another form (Winograd: G g G^T). A caller whose
+// filters are constant prepares them once and passes them to every conv2d call, which then
+// skips that work and needs less workspace.
+size_t conv_prepared_weight_floats(const ConvPlan& plan);  // 0: nothing to prepare
+void prepare_conv_weights(const ConvPlan& plan, const float* w, float* prepared);
+
+enum class ConvWeightForm : uint8_t { kRaw, kPrepared };
+size_t conv_workspace_bytes(const ConvPlan& plan, ConvWeightForm form = ConvWeightForm::kRaw);
+
+// x [batch, in_channels, in_h, in_w], w [out_channels, in_channels/group, kernel_h, kernel_w],
+// bias [out_channels] or nullptr, y [batch, out_channels, out_h, out_w] (not aliasing x).
+// prepared_weights: prepare_conv_weights(plan, w) or null (then the workspace must be sized
+// for ConvWeightForm::kRaw).
+void conv2d(const ConvPlan& plan, const float* x, const float* w, const float* bias, float* y,
+            std::byte* workspace, const ConvEpilogue& epilogue = {},
+            const float* prepared_weights = nullptr);
+
+}  // namespace qforge::kernels

@@ -1,0 +1,109 @@
+// Matrix products on OpenBLAS: a cblas_sgemm wrapper, the ONNX Gemm (row-blocked, bias
+// broadcast) and numpy-style batched MatMul, plus the task runner the BLAS-backed kernels share.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "kernels/parallel.h"
+#include "kernels/tensor.h"
+
+namespace qforge::kernels {
+
+enum class Transpose : uint8_t { kNo, kYes };
+
+// Row-major c[m×n] = alpha·op(a)·op(b) + beta·c in one cblas_sgemm call. The caller keeps BLAS
+// single-threaded (runtime/threads.h); this wrapper only adds the k == 0 case BLAS rejects.
+void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+
+// Rows of the output per BLAS call in gemm() and in row-folded matmul(). OpenBLAS takes
+// different code paths (with different rounding) for different row counts, so every call gets
+// exactly this many rows and a short last block is zero-padded in scratch: a row's bits then
+// depend neither on the total row count (the batch) nor on the thread count.
+inline constexpr int64_t kGemmRowBlock = 64;
+
+// How Gemm's C input broadcasts over the [m, n] output.
+enum class GemmBias : uint8_t {
+  kNone,
+  kScalar,  // one value
+  kRow,     // [n] or [1, n]: one value per column, the same for every row
+  kColumn,  // [m, 1]: one value per row
+  kFull,    // [m, n]
+};
+
+struct GemmDims {
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  Transpose trans_a = Transpose::kNo;  // a is [k, m] when kYes, else [m, k]
+  Transpose trans_b = Transpose::kNo;  // b is [n, k] when kYes, else [k, n]
+  float alpha = 1.0f;
+  float beta = 1.0f;  // factor on the bias
+  GemmBias bias = GemmBias::kNone;
+};
+
+size_t gemm_workspace_bytes(const GemmDims& dims);
+// y[m×n] = alpha·op(a)·op(b) + beta·bias, parallel over blocks of kGemmRowBlock rows and, for
+// wide outputs, blocks of columns (fixed by n).
+void gemm(const GemmDims& dims, const float* a, const float* b, const float* bias, float* y,
+          std::byte* workspace);
+
+// A numpy matmul of two shapes: 1-D operands are promoted (and the promoted axis dropped from
+// the output), batch dimensions broadcast.
+struct MatMulDims {
+  Shape out_shape;
+  Shape batch_shape;      // broadcast batch dimensions (empty for plain 2-D)
+  Shape a_batch_strides;  // element stride of a's matrices per batch dimension, 0 if broadcast
+  Shape b_batch_strides;
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  // b is one matrix shared by every matrix of a: a's batch folds into rows and the product runs
+  // as one row-blocked GEMM. Otherwise every batch matrix is one BLAS call of its own shape.
+  bool shared_b = false;
+};
+
+// nullopt when the shapes cannot be multiplied.
+std::optional<MatMulDims> matmul_dims(std::span<const int64_t> a_shape,
+                                      std::span<const int64_t> b_shape);
+size_t matmul_workspace_bytes(const MatMulDims& dims);
+void matmul(const MatMulDims& dims, const float* a, const float* b, float* y, std::byte* workspace);
+
+// Runs fn(task, scratch) for every task in [0, tasks) on up to `slots` threads, each thread
+// holding one scratch region of slot_bytes from workspace (slots · slot_bytes in all). Tasks
+// are handed out dynamically; results depend only on how each task computes, never on which
+// thread runs it or how many there are.
+template <class Fn>
+void parallel_tasks_with_scratch(int64_t tasks, int slots, size_t slot_bytes, std::byte* workspace,
+                                 Fn&& fn) {
+  if (tasks <= 0) return;
+  int64_t used = std::min<int64_t>(
+      {static_cast<int64_t>(std::max(slots, 1)), static_cast<int64_t>(max_threads()), tasks});
+  if (used <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) fn(t, workspace);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(used, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t slot = begin; slot < end; ++slot) {
+      std::byte* scratch = workspace ? workspace + static_cast<size_t>(slot) * slot_bytes : nullptr;
+      for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+           t = next.fetch_add(1, std::memory_order_relaxed)) {
+        fn(t, scratch);
+      }
+    }
+  });
+}
+
+// Bytes rounded up so that consecutive scratch regions stay 64-byte aligned.
+inline size_t aligned_bytes(size_t bytes) {
+  return (bytes + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
+}
+
+}  // namespace qforge::kernels

@@ -1,0 +1,265 @@
+// Pooling: per (image, channel) plane in parallel, each output row built by one pass per
+// kernel tap along the row so the inner loops vectorise. Mean reductions over axes.
+#include "kernels/pool.h"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "kernels/error.h"
+#include "kernels/norm.h"
+#include "kernels/parallel.h"
+
+namespace qforge::kernels {
+namespace {
+
+constexpr int64_t kTaskElements = 1 << 14;
+constexpr int64_t kColumnBlock = 256;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// Output positions [lo, hi) within [0, out) whose tap pos·stride + offset lies in [0, extent).
+void valid_range(int64_t out, int64_t stride, int64_t offset, int64_t extent, int64_t& lo,
+                 int64_t& hi) {
+  lo = std::max<int64_t>(0, ceil_div(-offset, stride));
+  hi = std::min(out, ceil_div(extent - offset, stride));
+  if (hi < lo) hi = lo;
+}
+
+// Taps j in [0, kernel) of a window starting at `start` (step `dilation`) that land in
+// [lower, upper).
+int64_t taps_inside(int64_t start, int64_t kernel, int64_t dilation, int64_t lower, int64_t upper) {
+  const int64_t first = std::max<int64_t>(0, ceil_div(lower - start, dilation));
+  const int64_t last = std::min(kernel, ceil_div(upper - start, dilation));
+  return std::max<int64_t>(0, last - first);
+}
+
+int64_t plane_grain(const PoolGeometry& g) {
+  const int64_t work = g.out_h * g.out_w * g.kernel_h * g.kernel_w;
+  return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, work));
+}
+
+void max_pool_plane(const PoolGeometry& g, const float* x, float* y) {
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    float* yr = y + oh * g.out_w;
+    std::fill(yr, yr + g.out_w, kLowest);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* row = x + ih * g.in_w;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int64_t offset = kw * g.dilation_w - g.pad_left;
+        int64_t lo, hi;
+        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+        const int64_t s = g.stride_w;
+        if (s == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            const float v = row[ow + offset];
+            yr[ow] = v > yr[ow] ? v : yr[ow];
+          }
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            const float v = row[ow * s + offset];
+            yr[ow] = v > yr[ow] ? v : yr[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+void max_pool_plane_indexed(const PoolGeometry& g, const float* x, int64_t plane_base,
+                            IndexOrder order, float* y, int64_t* indices) {
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    float* yr = y + oh * g.out_w;
+    int64_t* ir = indices + oh * g.out_w;
+    std::fill(yr, yr + g.out_w, kLowest);
+    std::fill(ir, ir + g.out_w, plane_base);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* row = x + ih * g.in_w;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int64_t offset = kw * g.dilation_w - g.pad_left;
+        int64_t lo, hi;
+        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+        for (int64_t ow = lo; ow < hi; ++ow) {
+          const int64_t iw = ow * g.stride_w + offset;
+          const float v = row[iw];
+          if (v > yr[ow]) {
+            yr[ow] = v;
+            ir[ow] =
+                plane_base + (order == IndexOrder::kRowMajor ? ih * g.in_w + iw : ih + iw * g.in_h);
+          }
+        }
+      }
+    }
+  }
+}
+
+void average_pool_plane(const PoolGeometry& g, PadCounting counting, const float* x, float* y) {
+  const bool include_pad = counting == PadCounting::kIncludePad;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    float* yr = y + oh * g.out_w;
+    std::fill(yr, yr + g.out_w, 0.0f);
+    const int64_t h0 = oh * g.stride_h - g.pad_top;
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = h0 + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* row = x + ih * g.in_w;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int64_t offset = kw * g.dilation_w - g.pad_left;
+        int64_t lo, hi;
+        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+        const int64_t s = g.stride_w;
+        if (s == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += row[ow + offset];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += row[ow * s + offset];
+        }
+      }
+    }
+    const int64_t count_h =
+        include_pad ? taps_inside(h0, g.kernel_h, g.dilation_h, -g.pad_top, g.in_h + g.pad_bottom)
+                    : taps_inside(h0, g.kernel_h, g.dilation_h, 0, g.in_h);
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t w0 = ow * g.stride_w - g.pad_left;
+      const int64_t count_w =
+          include_pad ? taps_inside(w0, g.kernel_w, g.dilation_w, -g.pad_left, g.in_w + g.pad_right)
+                      : taps_inside(w0, g.kernel_w, g.dilation_w, 0, g.in_w);
+      yr[ow] = yr[ow] / static_cast<float>(count_h * count_w);
+    }
+  }
+}
+
+}  // namespace
+
+void max_pool2d(const PoolGeometry& g, const float* x, float* y, int64_t* indices,
+                IndexOrder order) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      if (indices) {
+        max_pool_plane_indexed(g, x + p * in_plane, p * in_plane, order, y + p * out_plane,
+                               indices + p * out_plane);
+      } else {
+        max_pool_plane(g, x + p * in_plane, y + p * out_plane);
+      }
+    }
+  });
+}
+
+void average_pool2d(const PoolGeometry& g, PadCounting counting, const float* x, float* y) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      average_pool_plane(g, counting, x + p * in_plane, y + p * out_plane);
+    }
+  });
+}
+
+void global_average_pool(const float* x, int64_t planes, int64_t plane_size, float* y) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, plane_size));
+  const float count = static_cast<float>(plane_size);
+  parallel_for(planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) y[p] = lane_sum(x + p * plane_size, plane_size) / count;
+  });
+}
+
+ReducePlan plan_reduce(std::span<const int64_t> shape, std::span<const int64_t> axes) {
+  ReducePlan plan;
+  std::array<bool, 64> is_reduced{};
+  if (shape.size() > is_reduced.size()) {
+    throw_unsupported("ReduceMean: rank " + std::to_string(shape.size()) + " exceeds 64");
+  }
+  for (int64_t a : axes) is_reduced[static_cast<size_t>(a)] = true;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (is_reduced[i]) plan.count *= shape[i];
+    if (shape[i] == 1) continue;  // size-1 axes do not change the layout either way
+    if (plan.rank > 0 && plan.reduced[plan.rank - 1] == is_reduced[i]) {
+      plan.dims[plan.rank - 1] *= shape[i];
+      continue;
+    }
+    if (plan.rank == kMaxReduceRank) {
+      throw_unsupported("ReduceMean: more than " + std::to_string(kMaxReduceRank) +
+                        " alternating reduced and kept axis groups");
+    }
+    plan.dims[plan.rank] = shape[i];
+    plan.reduced[plan.rank] = is_reduced[i];
+    ++plan.rank;
+  }
+  // Match [kept?, reduced?, kept?].
+  int i = 0;
+  if (i < plan.rank && !plan.reduced[i]) plan.outer = plan.dims[i++];
+  if (i < plan.rank && plan.reduced[i]) plan.reduce = plan.dims[i++];
+  if (i < plan.rank && !plan.reduced[i]) plan.inner = plan.dims[i++];
+  plan.simple = i == plan.rank;
+  return plan;
+}
+
+void reduce_mean(const ReducePlan& plan, const float* x, float* y) {
+  const float count = static_cast<float>(plan.count);
+  if (plan.simple) {
+    const int64_t r = plan.reduce;
+    if (plan.inner == 1) {
+      const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, r));
+      parallel_for(plan.outer, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) y[o] = lane_sum(x + o * r, r) / count;
+      });
+      return;
+    }
+    const int64_t inner = plan.inner;
+    const int64_t blocks = (inner + kColumnBlock - 1) / kColumnBlock;
+    const int64_t grain =
+        std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, r * kColumnBlock));
+    parallel_for(plan.outer * blocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t o = t / blocks;
+        const int64_t c0 = (t % blocks) * kColumnBlock;
+        const int64_t width = std::min(kColumnBlock, inner - c0);
+        float* yb = y + o * inner + c0;
+        std::fill(yb, yb + width, 0.0f);
+        for (int64_t k = 0; k < r; ++k) {
+          const float* xr = x + (o * r + k) * inner + c0;
+          for (int64_t j = 0; j < width; ++j) yb[j] += xr[j];
+        }
+        for (int64_t j = 0; j < width; ++j) yb[j] = yb[j] / count;
+      }
+    });
+    return;
+  }
+  // General case: one pass over x in memory order, each value added to its output.
+  std::array<int64_t, kMaxReduceRank> out_stride{};
+  int64_t outputs = 1;
+  for (int a = plan.rank - 1; a >= 0; --a) {
+    out_stride[a] = plan.reduced[a] ? 0 : outputs;
+    if (!plan.reduced[a]) outputs *= plan.dims[a];
+  }
+  std::fill(y, y + outputs, 0.0f);
+  std::array<int64_t, kMaxReduceRank> index{};
+  const int last = plan.rank - 1;
+  const int64_t run = plan.dims[last];
+  const int64_t run_stride = out_stride[last];
+  int64_t total = 1;
+  for (int a = 0; a < plan.rank; ++a) total *= plan.dims[a];
+  int64_t out_base = 0;
+  for (int64_t offset = 0; offset < total; offset += run) {
+    for (int64_t j = 0; j < run; ++j) y[out_base + j * run_stride] += x[offset + j];
+    for (int a = last - 1; a >= 0; --a) {
+      ++index[a];
+      out_base += out_stride[a];
+      if (index[a] < plan.dims[a]) break;
+      out_base -= out_stride[a] * index[a];
+      index[a] = 0;
+    }
+  }
+  for (int64_t o = 0; o < outputs; ++o) y[o] = y[o] / count;
+}
+
+}  // namespace qforge::kernels

@@ -1,0 +1,891 @@
+// The dense op family (ONNX opset 17 semantics): Conv, Gemm, MatMul, BatchNormalization,
+// LayerNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Softmax. Shape
+// inference validates every rule the kernels rely on; kernels get fixed shapes and plans.
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/conv.h"
+#include "kernels/gemm.h"
+#include "kernels/norm.h"
+#include "kernels/parallel.h"
+#include "kernels/pool.h"
+#include "kernels/softmax.h"
+#include "runtime/ops/ops.h"
+
+namespace qforge::runtime::ops {
+namespace {
+
+using graph::Node;
+using kernels::shape_numel;
+using kernels::shape_str;
+
+// ---------------------------------------------------------------------------------------------
+// Validation helpers
+
+[[noreturn]] void fail_unsupported(const Node& node, const std::string& rule,
+                                   const std::string& got) {
+  throw_unsupported("shape inference: " + node.label() + ": expected " + rule + ", got " + got);
+}
+
+std::string ints_str(const std::vector<int64_t>& values) {
+  return shape_str(values);
+}
+
+const InputInfo& float_input(const Node& node, std::span<const InputInfo> inputs, size_t index,
+                             const char* name) {
+  if (index >= inputs.size() || !inputs[index].present) {
+    fail_node(node, std::string("input ") + std::to_string(index) + " (" + name + ")", "none");
+  }
+  const InputInfo& info = inputs[index];
+  if (info.dtype != DType::kFloat32) {
+    fail_unsupported(node, std::string("float32 ") + name,
+                     std::string(kernels::dtype_name(info.dtype)));
+  }
+  return info;
+}
+
+const InputInfo* optional_float_input(const Node& node, std::span<const InputInfo> inputs,
+                                      size_t index, const char* name) {
+  if (index >= inputs.size() || !inputs[index].present) return nullptr;
+  return &float_input(node, inputs, index, name);
+}
+
+// An output some node reads (or the graph returns); ONNX's omitted outputs are unused values.
+bool output_used(const Node& node, size_t index) {
+  const graph::Value* v = node.output(index);
+  return v && (!v->consumers().empty() || v->is_graph_output());
+}
+
+int64_t normalize_axis(const Node& node, int64_t axis, int64_t rank, const char* what) {
+  if (axis < -rank || axis >= rank) {
+    fail_node(
+        node,
+        std::string(what) + " in [" + std::to_string(-rank) + ", " + std::to_string(rank) + ")",
+        std::to_string(axis));
+  }
+  return axis < 0 ? axis + rank : axis;
+}
+
+int64_t bool_attr(const Node& node, const char* name, int64_t fallback) {
+  const int64_t v = node.attr_int(name, fallback);
+  if (v != 0 && v != 1)
+    fail_node(node, std::string("attribute '") + name + "' 0 or 1", std::to_string(v));
+  return v;
+}
+
+// Output shapes of single-output float ops.
+std::vector<TensorInfo> one_output(const Node& node, Shape shape) {
+  std::vector<TensorInfo> out(std::max<size_t>(node.num_outputs(), 1));
+  out[0] = {DType::kFloat32, std::move(shape)};
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sliding windows (Conv and the pools): strides, dilations, pads and auto_pad resolved to one
+// begin/end pad and one output size per spatial axis.
+
+struct Window {
+  std::vector<int64_t> kernel;
+  std::vector<int64_t> strides;
+  std::vector<int64_t> dilations;
+  std::vector<int64_t> pad_begin;
+  std::vector<int64_t> pad_end;
+  std::vector<int64_t> out;
+};
+
+struct WindowRules {
+  bool ceil_mode = false;
+  bool pads_below_kernel = false;  // pools: a window must hold at least one input position
+};
+
+std::vector<int64_t> per_axis_attr(const Node& node, const char* name, size_t count,
+                                   int64_t fallback, int64_t minimum) {
+  std::vector<int64_t> v = node.attr_ints(name, std::vector<int64_t>(count, fallback));
+  if (v.size() != count) {
+    fail_node(node,
+              std::string("attribute '") + name + "' with " + std::to_string(count) + " values",
+              ints_str(v));
+  }
+  for (int64_t x : v) {
+    if (x < minimum) {
+      fail_node(node, std::string("attribute '") + name + "' values >= " + std::to_string(minimum),
+                ints_str(v));
+    }
+  }
+  return v;
+}
+
+Window resolve_window(const Node& node, std::span<const int64_t> in_spatial,
+                      std::vector<int64_t> kernel, const WindowRules& rules) {
+  const size_t rank = in_spatial.size();
+  Window w;
+  w.kernel = std::move(kernel);
+  w.strides = per_axis_attr(node, "strides", rank, 1, 1);
+  w.dilations = per_axis_attr(node, "dilations", rank, 1, 1);
+  const std::vector<int64_t> pads = per_axis_attr(node, "pads", 2 * rank, 0, 0);
+  const std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
+  w.pad_begin.assign(rank, 0);
+  w.pad_end.assign(rank, 0);
+  w.out.assign(rank, 0);
+  for (size_t i = 0; i < rank; ++i) {
+    const int64_t in = in_spatial[i];
+    const int64_t s = w.strides[i];
+    const int64_t extent = (w.kernel[i] - 1) * w.dilations[i] + 1;
+    if (auto_pad == "NOTSET") {
+      w.pad_begin[i] = pads[i];
+      w.pad_end[i] = pads[i + rank];
+      const int64_t span = in + w.pad_begin[i] + w.pad_end[i] - extent;
+      if (span < 0) {
+        w.out[i] = 0;
+      } else if (rules.ceil_mode) {
+        w.out[i] = (span + s - 1) / s + 1;
+        // A last window that would start inside the end padding is dropped.
+        if ((w.out[i] - 1) * s >= in + w.pad_begin[i]) --w.out[i];
+      } else {
+        w.out[i] = span / s + 1;
+      }
+    } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      w.out[i] = (in + s - 1) / s;
+      const int64_t total = std::max<int64_t>(0, (w.out[i] - 1) * s + extent - in);
+      const int64_t small = total / 2;
+      w.pad_begin[i] = auto_pad == "SAME_UPPER" ? small : total - small;
+      w.pad_end[i] = total - w.pad_begin[i];
+    } else if (auto_pad == "VALID") {
+      w.out[i] = in >= extent ? (in - extent) / s + 1 : 0;
+    } else {
+      fail_node(node, "auto_pad NOTSET, SAME_UPPER, SAME_LOWER or VALID", "'" + auto_pad + "'");
+    }
+    if (rules.pads_below_kernel && (w.pad_begin[i] >= w.kernel[i] || w.pad_end[i] >= w.kernel[i])) {
+      fail_node(node, "pads smaller than kernel_shape " + ints_str(w.kernel),
+                "pads " + ints_str(pads));
+    }
+    if (w.out[i] < 1) {
+      fail_node(node, "a window that fits the input " + shape_str(in_spatial),
+                "kernel " + ints_str(w.kernel) + " with dilations " + ints_str(w.dilations) +
+                    " and pads " + ints_str(pads) + " (output size " + std::to_string(w.out[i]) +
+                    ")");
+    }
+  }
+  return w;
+}
+
+// Spatial rank 1 maps onto the 2-D kernels with a unit height axis.
+template <class Geometry>
+void fill_window_2d(const Window& w, std::span<const int64_t> in_spatial, Geometry& g) {
+  const bool one_d = in_spatial.size() == 1;
+  const size_t x = one_d ? 0 : 1;
+  g.in_h = one_d ? 1 : in_spatial[0];
+  g.in_w = in_spatial[x];
+  g.out_h = one_d ? 1 : w.out[0];
+  g.out_w = w.out[x];
+  g.kernel_h = one_d ? 1 : w.kernel[0];
+  g.kernel_w = w.kernel[x];
+  g.stride_h = one_d ? 1 : w.strides[0];
+  g.stride_w = w.strides[x];
+  g.dilation_h = one_d ? 1 : w.dilations[0];
+  g.dilation_w = w.dilations[x];
+  g.pad_top = one_d ? 0 : w.pad_begin[0];
+  g.pad_left = w.pad_begin[x];
+}
+
+std::span<const int64_t> spatial_of(const Shape& shape) {
+  return std::span<const int64_t>(shape).subspan(2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conv
+
+struct ConvSetup {
+  kernels::ConvGeometry geometry;
+  Shape out_shape;
+};
+
+ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const InputInfo& w = float_input(node, inputs, 1, "W");
+  const InputInfo* b = optional_float_input(node, inputs, 2, "B");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  if (rank > 4) fail_unsupported(node, "1-D or 2-D convolution", "input " + shape_str(x.shape));
+  if (static_cast<int64_t>(w.shape.size()) != rank) {
+    fail_node(node, "weight W of the input's rank " + std::to_string(rank),
+              "W " + shape_str(w.shape));
+  }
+  const int64_t group = node.attr_int("group", 1);
+  if (group < 1) fail_node(node, "group >= 1", std::to_string(group));
+  const int64_t in_channels = x.shape[1];
+  const int64_t out_channels = w.shape[0];
+  if (in_channels % group != 0 || w.shape[1] * group != in_channels) {
+    fail_node(node,
+              "weight input channels W[1] = input channels / group = " +
+                  std::to_string(in_channels) + " / " + std::to_string(group),
+              "W " + shape_str(w.shape) + " for input " + shape_str(x.shape));
+  }
+  if (out_channels % group != 0) {
+    fail_node(node, "output channels W[0] divisible by group " + std::to_string(group),
+              "W " + shape_str(w.shape));
+  }
+  std::vector<int64_t> kernel(w.shape.begin() + 2, w.shape.end());
+  if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel) {
+    fail_node(node, "kernel_shape equal to the weight's spatial shape " + ints_str(kernel),
+              ints_str(node.attr_ints("kernel_shape")));
+  }
+  if (b && b->shape != Shape{out_channels}) {
+    fail_node(node, "bias B of shape [" + std::to_string(out_channels) + "]", shape_str(b->shape));
+  }
+  const Window win = resolve_window(node, spatial_of(x.shape), kernel, {});
+
+  ConvSetup s;
+  kernels::ConvGeometry& g = s.geometry;
+  g.batch = x.shape[0];
+  g.in_channels = in_channels;
+  g.out_channels = out_channels;
+  g.group = group;
+  fill_window_2d(win, spatial_of(x.shape), g);
+  s.out_shape = {x.shape[0], out_channels};
+  s.out_shape.insert(s.out_shape.end(), win.out.begin(), win.out.end());
+  return s;
+}
+
+class ConvKernel final : public OpKernel {
+ public:
+  // Constant weights are brought into the algorithm's form once, here.
+  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights)
+      : plan_(kernels::plan_conv(g, kernels::max_threads())) {
+    const size_t floats = kernels::conv_prepared_weight_floats(plan_);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_conv_weights(plan_, constant_weights->data<float>(), prepared_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return kernels::conv_workspace_bytes(plan_, prepared_.empty()
+                                                    ? kernels::ConvWeightForm::kRaw
+                                                    : kernels::ConvWeightForm::kPrepared);
+  }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* bias =
+        inputs.size() > 2 && inputs[2].defined() ? inputs[2].data<float>() : nullptr;
+    kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), bias,
+                    outputs[0].data<float>(), workspace, {},
+                    prepared_.empty() ? nullptr : prepared_.data());
+  }
+
+ private:
+  kernels::ConvPlan plan_;
+  std::vector<float> prepared_;
+};
+
+std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_conv(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemm
+
+kernels::GemmDims setup_gemm(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& a = float_input(node, inputs, 0, "A");
+  const InputInfo& b = float_input(node, inputs, 1, "B");
+  const InputInfo* c = optional_float_input(node, inputs, 2, "C");
+  if (a.shape.size() != 2) fail_node(node, "A of rank 2", shape_str(a.shape));
+  if (b.shape.size() != 2) fail_node(node, "B of rank 2", shape_str(b.shape));
+  kernels::GemmDims d;
+  const bool trans_a = bool_attr(node, "transA", 0) != 0;
+  const bool trans_b = bool_attr(node, "transB", 0) != 0;
+  d.trans_a = trans_a ? kernels::Transpose::kYes : kernels::Transpose::kNo;
+  d.trans_b = trans_b ? kernels::Transpose::kYes : kernels::Transpose::kNo;
+  d.m = trans_a ? a.shape[1] : a.shape[0];
+  d.k = trans_a ? a.shape[0] : a.shape[1];
+  const int64_t kb = trans_b ? b.shape[1] : b.shape[0];
+  d.n = trans_b ? b.shape[0] : b.shape[1];
+  if (kb != d.k) {
+    fail_node(node,
+              "op(A) [M, K] and op(B) [K, N] with equal K (transA " + std::to_string(trans_a) +
+                  ", transB " + std::to_string(trans_b) + ")",
+              "A " + shape_str(a.shape) + " and B " + shape_str(b.shape));
+  }
+  d.alpha = node.attr_float("alpha", 1.0f);
+  d.beta = node.attr_float("beta", 1.0f);
+  if (c) {
+    const Shape& cs = c->shape;
+    const int64_t count = shape_numel(cs);
+    if (cs.size() > 2) {
+      fail_node(node,
+                "C of rank <= 2 broadcastable to [" + std::to_string(d.m) + ", " +
+                    std::to_string(d.n) + "]",
+                shape_str(cs));
+    }
+    const int64_t rows = cs.size() == 2 ? cs[0] : 1;
+    const int64_t cols = cs.empty() ? 1 : cs.back();
+    if (count == 1) {
+      d.bias = kernels::GemmBias::kScalar;
+    } else if (rows == 1 && cols == d.n) {
+      d.bias = kernels::GemmBias::kRow;
+    } else if (rows == d.m && cols == 1) {
+      d.bias = kernels::GemmBias::kColumn;
+    } else if (rows == d.m && cols == d.n) {
+      d.bias = kernels::GemmBias::kFull;
+    } else {
+      fail_node(node,
+                "C broadcastable to [" + std::to_string(d.m) + ", " + std::to_string(d.n) + "]",
+                shape_str(cs));
+    }
+    if (d.beta == 0.0f) d.bias = kernels::GemmBias::kNone;
+  }
+  return d;
+}
+
+class GemmKernel final : public OpKernel {
+ public:
+  explicit GemmKernel(const kernels::GemmDims& dims) : dims_(dims) {}
+  size_t workspace_bytes() const override { return kernels::gemm_workspace_bytes(dims_); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* c = dims_.bias != kernels::GemmBias::kNone ? inputs[2].data<float>() : nullptr;
+    kernels::gemm(dims_, inputs[0].data<float>(), inputs[1].data<float>(), c,
+                  outputs[0].data<float>(), workspace);
+  }
+
+ private:
+  kernels::GemmDims dims_;
+};
+
+std::vector<TensorInfo> infer_gemm(const Node& node, std::span<const InputInfo> inputs) {
+  const kernels::GemmDims d = setup_gemm(node, inputs);
+  return one_output(node, {d.m, d.n});
+}
+
+std::unique_ptr<OpKernel> create_gemm(const Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<GemmKernel>(setup_gemm(node, inputs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MatMul
+
+kernels::MatMulDims setup_matmul(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& a = float_input(node, inputs, 0, "A");
+  const InputInfo& b = float_input(node, inputs, 1, "B");
+  if (a.shape.empty() || b.shape.empty()) {
+    fail_node(node, "operands of rank >= 1",
+              "A " + shape_str(a.shape) + " and B " + shape_str(b.shape));
+  }
+  auto dims = kernels::matmul_dims(a.shape, b.shape);
+  if (!dims) {
+    fail_node(node, "A [..., M, K] and B [..., K, N] with equal K and broadcastable batch dims",
+              "A " + shape_str(a.shape) + " and B " + shape_str(b.shape));
+  }
+  return *dims;
+}
+
+class MatMulKernel final : public OpKernel {
+ public:
+  explicit MatMulKernel(kernels::MatMulDims dims) : dims_(std::move(dims)) {}
+  size_t workspace_bytes() const override { return kernels::matmul_workspace_bytes(dims_); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                    outputs[0].data<float>(), workspace);
+  }
+
+ private:
+  kernels::MatMulDims dims_;
+};
+
+std::vector<TensorInfo> infer_matmul(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_matmul(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_matmul(const Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<MatMulKernel>(setup_matmul(node, inputs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchNormalization (inference)
+
+std::vector<TensorInfo> infer_batch_norm(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  if (x.shape.size() < 2) fail_node(node, "input X of rank >= 2 (N, C, ...)", shape_str(x.shape));
+  const int64_t training = node.attr_int("training_mode", 0);
+  if (training != 0) {
+    fail_unsupported(node, "training_mode 0 (inference)", std::to_string(training));
+  }
+  const int64_t channels = x.shape[1];
+  const char* names[] = {"scale", "B", "input_mean", "input_var"};
+  for (size_t i = 1; i <= 4; ++i) {
+    const InputInfo& p = float_input(node, inputs, i, names[i - 1]);
+    if (p.shape != Shape{channels}) {
+      fail_node(node, std::string(names[i - 1]) + " of shape [" + std::to_string(channels) + "]",
+                shape_str(p.shape));
+    }
+  }
+  for (size_t i = 1; i < node.num_outputs(); ++i) {
+    if (output_used(node, i)) {
+      fail_node(node, "only output Y in use when training_mode is 0",
+                "output " + std::to_string(i) + " '" + node.output(i)->name() + "' in use");
+    }
+  }
+  std::vector<TensorInfo> out = one_output(node, x.shape);
+  for (size_t i = 1; i < out.size(); ++i) out[i] = {DType::kFloat32, {channels}};
+  return out;
+}
+
+class BatchNormKernel final : public OpKernel {
+ public:
+  BatchNormKernel(const Shape& x_shape, float epsilon, std::span<const InputInfo> inputs)
+      : batch_(x_shape[0]),
+        channels_(x_shape[1]),
+        inner_(shape_numel(std::span<const int64_t>(x_shape).subspan(2))),
+        epsilon_(epsilon) {
+    folded_ = std::all_of(inputs.begin() + 1, inputs.begin() + 5,
+                          [](const InputInfo& i) { return i.constant != nullptr; });
+    if (folded_) {
+      scale_.resize(static_cast<size_t>(channels_));
+      shift_.resize(static_cast<size_t>(channels_));
+      kernels::batch_norm_fold(inputs[1].constant->data<float>(), inputs[2].constant->data<float>(),
+                               inputs[3].constant->data<float>(), inputs[4].constant->data<float>(),
+                               epsilon_, channels_, scale_.data(), shift_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return folded_ ? 0 : 2 * kernels::aligned_bytes(static_cast<size_t>(channels_) * sizeof(float));
+  }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* scale = scale_.data();
+    const float* shift = shift_.data();
+    if (!folded_) {
+      float* s = reinterpret_cast<float*>(workspace);
+      float* t = reinterpret_cast<float*>(
+          workspace + kernels::aligned_bytes(static_cast<size_t>(channels_) * sizeof(float)));
+      kernels::batch_norm_fold(inputs[1].data<float>(), inputs[2].data<float>(),
+                               inputs[3].data<float>(), inputs[4].data<float>(), epsilon_,
+                               channels_, s, t);
+      scale = s;
+      shift = t;
+    }
+    kernels::channel_affine(inputs[0].data<float>(), scale, shift, batch_, channels_, inner_,
+                            outputs[0].data<float>());
+  }
+
+ private:
+  int64_t batch_;
+  int64_t channels_;
+  int64_t inner_;
+  float epsilon_;
+  bool folded_ = false;
+  std::vector<float> scale_;
+  std::vector<float> shift_;
+};
+
+std::unique_ptr<OpKernel> create_batch_norm(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  infer_batch_norm(node, inputs);
+  return std::make_unique<BatchNormKernel>(inputs[0].shape, node.attr_float("epsilon", 1e-5f),
+                                           inputs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNormalization
+
+// True when `param` broadcasts unidirectionally (right-aligned) onto `target`.
+bool broadcasts_onto(const Shape& param, std::span<const int64_t> target) {
+  if (param.size() > target.size()) return false;
+  const size_t lead = target.size() - param.size();
+  for (size_t i = 0; i < param.size(); ++i) {
+    if (param[i] != 1 && param[i] != target[lead + i]) return false;
+  }
+  return true;
+}
+
+// Writes `param` broadcast onto `target` (row-major) into dst.
+void expand_onto(const float* param, const Shape& param_shape, std::span<const int64_t> target,
+                 float* dst) {
+  const size_t rank = target.size();
+  const size_t lead = rank - param_shape.size();
+  const int64_t total = shape_numel(target);
+  for (int64_t i = 0; i < total; ++i) {
+    int64_t rest = i;
+    int64_t src = 0;
+    int64_t stride = 1;
+    for (size_t a = rank; a-- > 0;) {
+      const int64_t idx = rest % target[a];
+      rest /= target[a];
+      if (a >= lead) {
+        const int64_t dim = param_shape[a - lead];
+        if (dim != 1) src += idx * stride;
+        stride *= dim;
+      }
+    }
+    dst[i] = param[src];
+  }
+}
+
+struct LayerNormSetup {
+  int64_t axis = 0;
+  kernels::LayerNormDims dims;
+  Shape inner_shape;
+  Shape stat_shape;
+};
+
+LayerNormSetup setup_layer_norm(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const InputInfo& scale = float_input(node, inputs, 1, "Scale");
+  const InputInfo* bias = optional_float_input(node, inputs, 2, "B");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 1) fail_node(node, "input X of rank >= 1", shape_str(x.shape));
+  const int64_t stash = node.attr_int("stash_type", 1);
+  if (stash != 1)
+    fail_unsupported(node, "stash_type 1 (float32 statistics)", std::to_string(stash));
+  LayerNormSetup s;
+  s.axis = normalize_axis(node, node.attr_int("axis", -1), rank, "axis");
+  s.inner_shape.assign(x.shape.begin() + s.axis, x.shape.end());
+  if (!broadcasts_onto(scale.shape, s.inner_shape)) {
+    fail_node(node, "Scale broadcastable to the normalized shape " + shape_str(s.inner_shape),
+              shape_str(scale.shape));
+  }
+  if (bias && !broadcasts_onto(bias->shape, s.inner_shape)) {
+    fail_node(node, "B broadcastable to the normalized shape " + shape_str(s.inner_shape),
+              shape_str(bias->shape));
+  }
+  s.dims.rows = shape_numel(std::span<const int64_t>(x.shape).first(static_cast<size_t>(s.axis)));
+  s.dims.size = shape_numel(s.inner_shape);
+  s.dims.epsilon = node.attr_float("epsilon", 1e-5f);
+  s.stat_shape = x.shape;
+  std::fill(s.stat_shape.begin() + s.axis, s.stat_shape.end(), 1);
+  return s;
+}
+
+std::vector<TensorInfo> infer_layer_norm(const Node& node, std::span<const InputInfo> inputs) {
+  const LayerNormSetup s = setup_layer_norm(node, inputs);
+  std::vector<TensorInfo> out = one_output(node, inputs[0].shape);
+  for (size_t i = 1; i < out.size(); ++i) out[i] = {DType::kFloat32, s.stat_shape};
+  return out;
+}
+
+class LayerNormKernel final : public OpKernel {
+ public:
+  LayerNormKernel(LayerNormSetup setup, std::span<const InputInfo> inputs) : s_(std::move(setup)) {
+    prepare(inputs, 1, scale_);
+    if (inputs.size() > 2 && inputs[2].present) prepare(inputs, 2, bias_);
+  }
+  size_t workspace_bytes() const override {
+    const size_t one = kernels::aligned_bytes(static_cast<size_t>(s_.dims.size) * sizeof(float));
+    return (scale_.expand_in_forward ? one : 0) + (bias_.expand_in_forward ? one : 0);
+  }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const size_t one = kernels::aligned_bytes(static_cast<size_t>(s_.dims.size) * sizeof(float));
+    const float* scale = resolve(inputs, 1, scale_, workspace);
+    if (scale_.expand_in_forward) workspace += one;
+    const float* bias =
+        inputs.size() > 2 && inputs[2].defined() ? resolve(inputs, 2, bias_, workspace) : nullptr;
+    float* mean = outputs.size() > 1 && outputs[1].defined() ? outputs[1].data<float>() : nullptr;
+    float* inv = outputs.size() > 2 && outputs[2].defined() ? outputs[2].data<float>() : nullptr;
+    kernels::layer_norm(s_.dims, inputs[0].data<float>(), scale, bias, outputs[0].data<float>(),
+                        mean, inv);
+  }
+
+ private:
+  // A parameter either used in place (already full size), expanded once here (a constant), or
+  // expanded into the workspace on every call.
+  struct Param {
+    Shape shape;
+    bool full = true;
+    bool expand_in_forward = false;
+    std::vector<float> expanded;
+  };
+
+  void prepare(std::span<const InputInfo> inputs, size_t index, Param& p) {
+    p.shape = inputs[index].shape;
+    p.full = shape_numel(p.shape) == s_.dims.size;
+    if (p.full) return;
+    if (inputs[index].constant) {
+      p.expanded.resize(static_cast<size_t>(s_.dims.size));
+      expand_onto(inputs[index].constant->data<float>(), p.shape, s_.inner_shape,
+                  p.expanded.data());
+    } else {
+      p.expand_in_forward = true;
+    }
+  }
+
+  const float* resolve(std::span<const Tensor> inputs, size_t index, const Param& p,
+                       std::byte* workspace) const {
+    if (p.full) return inputs[index].data<float>();
+    if (!p.expand_in_forward) return p.expanded.data();
+    float* dst = reinterpret_cast<float*>(workspace);
+    expand_onto(inputs[index].data<float>(), p.shape, s_.inner_shape, dst);
+    return dst;
+  }
+
+  LayerNormSetup s_;
+  Param scale_;
+  Param bias_;
+};
+
+std::unique_ptr<OpKernel> create_layer_norm(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<LayerNormKernel>(setup_layer_norm(node, inputs), inputs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax
+
+kernels::SoftmaxDims setup_softmax(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "input");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 1) fail_node(node, "input of rank >= 1", shape_str(x.shape));
+  const int64_t axis = normalize_axis(node, node.attr_int("axis", -1), rank, "axis");
+  const std::span<const int64_t> shape(x.shape);
+  kernels::SoftmaxDims d;
+  d.outer = shape_numel(shape.first(static_cast<size_t>(axis)));
+  d.axis_size = x.shape[static_cast<size_t>(axis)];
+  d.inner = shape_numel(shape.subspan(static_cast<size_t>(axis) + 1));
+  return d;
+}
+
+class SoftmaxKernel final : public OpKernel {
+ public:
+  explicit SoftmaxKernel(const kernels::SoftmaxDims& dims) : dims_(dims) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::softmax(dims_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+
+ private:
+  kernels::SoftmaxDims dims_;
+};
+
+std::vector<TensorInfo> infer_softmax(const Node& node, std::span<const InputInfo> inputs) {
+  setup_softmax(node, inputs);
+  return one_output(node, inputs[0].shape);
+}
+
+std::unique_ptr<OpKernel> create_softmax(const Node& node, std::span<const InputInfo> inputs,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<SoftmaxKernel>(setup_softmax(node, inputs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MaxPool, AveragePool
+
+struct PoolSetup {
+  kernels::PoolGeometry geometry;
+  Shape out_shape;
+};
+
+PoolSetup setup_pool(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  if (rank > 4) fail_unsupported(node, "1-D or 2-D pooling", "input " + shape_str(x.shape));
+  const size_t spatial = static_cast<size_t>(rank - 2);
+  std::vector<int64_t> kernel = node.attr_ints("kernel_shape");
+  if (kernel.size() != spatial) {
+    fail_node(node, "kernel_shape with " + std::to_string(spatial) + " values", ints_str(kernel));
+  }
+  for (int64_t k : kernel) {
+    if (k < 1) fail_node(node, "kernel_shape values >= 1", ints_str(kernel));
+  }
+  WindowRules rules;
+  rules.ceil_mode = bool_attr(node, "ceil_mode", 0) != 0;
+  rules.pads_below_kernel = true;
+  const Window win = resolve_window(node, spatial_of(x.shape), std::move(kernel), rules);
+  PoolSetup s;
+  kernels::PoolGeometry& g = s.geometry;
+  g.batch = x.shape[0];
+  g.channels = x.shape[1];
+  fill_window_2d(win, spatial_of(x.shape), g);
+  const bool one_d = spatial == 1;
+  g.pad_bottom = one_d ? 0 : win.pad_end[0];
+  g.pad_right = win.pad_end[one_d ? 0 : 1];
+  s.out_shape = {x.shape[0], x.shape[1]};
+  s.out_shape.insert(s.out_shape.end(), win.out.begin(), win.out.end());
+  return s;
+}
+
+std::vector<TensorInfo> infer_max_pool(const Node& node, std::span<const InputInfo> inputs) {
+  PoolSetup s = setup_pool(node, inputs);
+  bool_attr(node, "storage_order", 0);
+  std::vector<TensorInfo> out = one_output(node, s.out_shape);
+  if (out.size() > 1) out[1] = {DType::kInt64, s.out_shape};
+  return out;
+}
+
+class MaxPoolKernel final : public OpKernel {
+ public:
+  MaxPoolKernel(const kernels::PoolGeometry& g, bool want_indices, kernels::IndexOrder order)
+      : geometry_(g), want_indices_(want_indices), order_(order) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    int64_t* indices = want_indices_ && outputs.size() > 1 && outputs[1].defined()
+                           ? outputs[1].data<int64_t>()
+                           : nullptr;
+    kernels::max_pool2d(geometry_, inputs[0].data<float>(), outputs[0].data<float>(), indices,
+                        order_);
+  }
+
+ private:
+  kernels::PoolGeometry geometry_;
+  bool want_indices_;
+  kernels::IndexOrder order_;
+};
+
+std::unique_ptr<OpKernel> create_max_pool(const Node& node, std::span<const InputInfo> inputs,
+                                          std::span<const TensorInfo> /*outputs*/) {
+  infer_max_pool(node, inputs);
+  const auto order = node.attr_int("storage_order", 0) == 0 ? kernels::IndexOrder::kRowMajor
+                                                            : kernels::IndexOrder::kColumnMajor;
+  return std::make_unique<MaxPoolKernel>(setup_pool(node, inputs).geometry, output_used(node, 1),
+                                         order);
+}
+
+class AveragePoolKernel final : public OpKernel {
+ public:
+  AveragePoolKernel(const kernels::PoolGeometry& g, kernels::PadCounting counting)
+      : geometry_(g), counting_(counting) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::average_pool2d(geometry_, counting_, inputs[0].data<float>(),
+                            outputs[0].data<float>());
+  }
+
+ private:
+  kernels::PoolGeometry geometry_;
+  kernels::PadCounting counting_;
+};
+
+std::vector<TensorInfo> infer_average_pool(const Node& node, std::span<const InputInfo> inputs) {
+  PoolSetup s = setup_pool(node, inputs);
+  bool_attr(node, "count_include_pad", 0);
+  return one_output(node, s.out_shape);
+}
+
+std::unique_ptr<OpKernel> create_average_pool(const Node& node, std::span<const InputInfo> inputs,
+                                              std::span<const TensorInfo> /*outputs*/) {
+  const auto counting = bool_attr(node, "count_include_pad", 0) != 0
+                            ? kernels::PadCounting::kIncludePad
+                            : kernels::PadCounting::kExcludePad;
+  return std::make_unique<AveragePoolKernel>(setup_pool(node, inputs).geometry, counting);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GlobalAveragePool
+
+std::vector<TensorInfo> infer_global_average_pool(const Node& node,
+                                                  std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  if (x.shape.size() < 3) {
+    fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  }
+  Shape out = x.shape;
+  std::fill(out.begin() + 2, out.end(), 1);
+  return one_output(node, out);
+}
+
+class GlobalAveragePoolKernel final : public OpKernel {
+ public:
+  GlobalAveragePoolKernel(int64_t planes, int64_t plane_size)
+      : planes_(planes), plane_size_(plane_size) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::global_average_pool(inputs[0].data<float>(), planes_, plane_size_,
+                                 outputs[0].data<float>());
+  }
+
+ private:
+  int64_t planes_;
+  int64_t plane_size_;
+};
+
+std::unique_ptr<OpKernel> create_global_average_pool(const Node& node,
+                                                     std::span<const InputInfo> inputs,
+                                                     std::span<const TensorInfo> /*outputs*/) {
+  infer_global_average_pool(node, inputs);
+  const Shape& s = inputs[0].shape;
+  return std::make_unique<GlobalAveragePoolKernel>(s[0] * s[1], shape_numel(spatial_of(s)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReduceMean (axes as an attribute, opset 13)
+
+struct ReduceSetup {
+  std::vector<int64_t> axes;  // normalised, ascending
+  Shape out_shape;
+};
+
+ReduceSetup setup_reduce_mean(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "data");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
+  ReduceSetup s;
+  if (node.has_attr("axes")) {
+    for (int64_t a : node.attr_ints("axes"))
+      s.axes.push_back(normalize_axis(node, a, rank, "axes"));
+  }
+  if (s.axes.empty()) {
+    for (int64_t a = 0; a < rank; ++a) s.axes.push_back(a);
+  }
+  std::sort(s.axes.begin(), s.axes.end());
+  if (std::adjacent_find(s.axes.begin(), s.axes.end()) != s.axes.end()) {
+    fail_node(node, "distinct axes", ints_str(node.attr_ints("axes")));
+  }
+  for (int64_t a = 0; a < rank; ++a) {
+    const bool reduced = std::binary_search(s.axes.begin(), s.axes.end(), a);
+    if (!reduced) {
+      s.out_shape.push_back(x.shape[static_cast<size_t>(a)]);
+    } else if (keepdims) {
+      s.out_shape.push_back(1);
+    }
+  }
+  return s;
+}
+
+class ReduceMeanKernel final : public OpKernel {
+ public:
+  explicit ReduceMeanKernel(const kernels::ReducePlan& plan) : plan_(plan) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::reduce_mean(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+
+ private:
+  kernels::ReducePlan plan_;
+};
+
+std::vector<TensorInfo> infer_reduce_mean(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_reduce_mean(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const InputInfo> inputs,
+                                             std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce_mean(node, inputs);
+  return std::make_unique<ReduceMeanKernel>(kernels::plan_reduce(inputs[0].shape, s.axes));
+}
+
+}  // namespace
+
+void register_dense_ops(OpRegistry& registry) {
+  registry.add({"Conv", infer_conv, create_conv});
+  registry.add({"Gemm", infer_gemm, create_gemm});
+  registry.add({"MatMul", infer_matmul, create_matmul});
+  registry.add({"BatchNormalization", infer_batch_norm, create_batch_norm});
+  registry.add({"LayerNormalization", infer_layer_norm, create_layer_norm});
+  registry.add({"MaxPool", infer_max_pool, create_max_pool});
+  registry.add({"AveragePool", infer_average_pool, create_average_pool});
+  registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});
+  registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
+  registry.add({"Softmax", infer_softmax, create_softmax});
+}
+
+}  // namespace qforge::runtime::ops
