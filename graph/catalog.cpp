@@ -59,6 +59,9 @@ constexpr std::array kSchemas = {
     OpSchema{"Transpose", 1, 1, 1, 1, 13},
     OpSchema{"Unsqueeze", 2, 2, 1, 1, 13},
     OpSchema{"Where", 3, 3, 1, 1, 16},
+    // Runtime-internal: Conv with its BatchNormalization, residual Add and Relu/Clip applied in
+    // the output pass (runtime/fuse_epilogues.h).
+    OpSchema{"FusedConv", 2, 6, 1, 1, 0, true},
 };
 
 }  // namespace

@@ -14,6 +14,8 @@ struct OpSchema {
   int min_outputs;
   int max_outputs;
   int since_opset;  // earliest default-domain opset whose semantics qforge implements
+  // Made by qforge's own passes, never read from a file: the importer refuses it.
+  bool internal = false;
 };
 
 const OpSchema* find_schema(std::string_view op_type);

@@ -221,6 +221,16 @@ std::string Graph::unique_node_name(std::string_view stem) const {
   }
 }
 
+void Graph::rename_value(Value* value, const std::string& new_name) {
+  if (value->name_ == new_name) return;
+  if (values_by_name_.count(new_name)) {
+    throw_internal("graph: cannot rename '" + value->name_ + "' to existing '" + new_name + "'");
+  }
+  values_by_name_.erase(value->name_);
+  value->name_ = new_name;
+  values_by_name_[new_name] = value;
+}
+
 void Graph::replace_all_uses(Value* from, Value* to) {
   if (from == to) return;
   for (Node* consumer : std::vector<Node*>(from->consumers_)) {
@@ -259,7 +269,11 @@ void Graph::remove_node(Node* node) {
   for (Value* in : node->inputs_) {
     if (in) std::erase(in->consumers_, node);
   }
-  for (Value* out : node->outputs_) out->producer_ = nullptr;
+  // The outputs go with the node: nothing uses them.
+  for (Value* out : node->outputs_) {
+    values_by_name_.erase(out->name_);
+    std::erase_if(value_store_, [&](const std::unique_ptr<Value>& v) { return v.get() == out; });
+  }
   std::erase(order_, node);
   nodes_by_name_.erase(node->name_);
   std::erase_if(node_store_, [&](const std::unique_ptr<Node>& p) { return p.get() == node; });

@@ -145,10 +145,12 @@ class Graph {
   std::string unique_value_name(std::string_view stem) const;
   std::string unique_node_name(std::string_view stem) const;
 
+  // Gives a value another name (unique in the graph).
+  void rename_value(Value* value, const std::string& new_name);
   // Replaces every use of `from` (node inputs and graph outputs) by `to`.
   void replace_all_uses(Value* from, Value* to);
   void set_input(Node* node, size_t index, Value* value);
-  // Removes a node; its outputs must have no consumers and must not be graph outputs.
+  // Removes a node and its outputs, which must have no consumers and not be graph outputs.
   void remove_node(Node* node);
   // Replaces a node by constants: its outputs keep their names and uses and now hold `values`.
   void fold_node(Node* node, std::vector<Tensor> values);

@@ -145,7 +145,8 @@ int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& so
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
                         np.domain() + "' is not supported by qforge");
     }
-    if (!find_schema(np.op_type())) {
+    const OpSchema* schema = find_schema(np.op_type());
+    if (!schema || schema->internal) {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' (opset " +
                         std::to_string(opset) + ") is not supported by qforge");
     }

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "runtime/fuse_epilogues.h"
+
 namespace qforge::runtime {
 
 Session::Session(std::unique_ptr<graph::Graph> graph, SessionOptions options)
@@ -31,6 +33,7 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
     options.input_shapes[graph_->inputs()[i]->name()] = input_shapes[i];
   }
   resolve(*c.graph, options);
+  if (options_.fuse_conv_epilogues) fuse_conv_epilogues(*c.graph);
   c.executor = std::make_unique<Executor>(*c.graph, options_.executor);
   return compiled_.emplace(input_shapes, std::move(c)).first->second;
 }

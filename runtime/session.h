@@ -15,6 +15,9 @@ namespace qforge::runtime {
 
 struct SessionOptions {
   ExecutorOptions executor;
+  // Run Conv → BN → Add → Relu chains as one kernel (runtime/fuse_epilogues.h). Off when
+  // every intermediate value must stay observable.
+  bool fuse_conv_epilogues = true;
 };
 
 class Session {

@@ -3,6 +3,7 @@
 // inference validates every rule the kernels rely on; kernels get fixed shapes and plans.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -250,11 +251,18 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
   return s;
 }
 
+// Conv, and the runtime's FusedConv: a Conv whose output pass also applies a per-channel
+// scale/shift (an inference BatchNormalization), a residual add and a clamp (Relu, Clip).
+// FusedConv inputs: X, W, B?, scale?, shift?, residual?; attributes: Conv's plus
+// clamp_min/clamp_max.
 class ConvKernel final : public OpKernel {
  public:
   // Constant weights are brought into the algorithm's form once, here.
-  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights)
-      : plan_(kernels::plan_conv(g, kernels::max_threads())) {
+  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights, float clamp_min,
+             float clamp_max)
+      : plan_(kernels::plan_conv(g, kernels::max_threads())),
+        clamp_min_(clamp_min),
+        clamp_max_(clamp_max) {
     const size_t floats = kernels::conv_prepared_weight_floats(plan_);
     if (constant_weights && floats > 0) {
       prepared_.resize(floats);
@@ -268,16 +276,25 @@ class ConvKernel final : public OpKernel {
   }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
-    const float* bias =
-        inputs.size() > 2 && inputs[2].defined() ? inputs[2].data<float>() : nullptr;
-    kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), bias,
-                    outputs[0].data<float>(), workspace, {},
+    auto optional = [&](size_t i) {
+      return inputs.size() > i && inputs[i].defined() ? inputs[i].data<float>() : nullptr;
+    };
+    kernels::ConvEpilogue epilogue;
+    epilogue.scale = optional(3);
+    epilogue.shift = optional(4);
+    epilogue.residual = optional(5);
+    epilogue.clamp_min = clamp_min_;
+    epilogue.clamp_max = clamp_max_;
+    kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
+                    outputs[0].data<float>(), workspace, epilogue,
                     prepared_.empty() ? nullptr : prepared_.data());
   }
 
  private:
   kernels::ConvPlan plan_;
   std::vector<float> prepared_;
+  float clamp_min_;
+  float clamp_max_;
 };
 
 std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> inputs) {
@@ -286,7 +303,35 @@ std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> 
 
 std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
                                       std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
+                                      -kInf, kInf);
+}
+
+std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const InputInfo> inputs) {
+  ConvSetup s = setup_conv(node, inputs);
+  const int64_t channels = s.out_shape[1];
+  for (size_t i : {size_t{3}, size_t{4}}) {
+    const InputInfo* p = optional_float_input(node, inputs, i, i == 3 ? "scale" : "shift");
+    if (p && p->shape != Shape{channels}) {
+      fail_node(node, "a per-channel epilogue parameter of shape [" + std::to_string(channels) +
+                          "]", shape_str(p->shape));
+    }
+  }
+  const InputInfo* residual = optional_float_input(node, inputs, 5, "residual");
+  if (residual && residual->shape != s.out_shape) {
+    fail_node(node, "a residual of the output's shape " + shape_str(s.out_shape),
+              shape_str(residual->shape));
+  }
+  return one_output(node, s.out_shape);
+}
+
+std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
+                                      node.attr_float("clamp_min", -kInf),
+                                      node.attr_float("clamp_max", kInf));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -877,6 +922,7 @@ std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const I
 
 void register_dense_ops(OpRegistry& registry) {
   registry.add({"Conv", infer_conv, create_conv});
+  registry.add({"FusedConv", infer_fused_conv, create_fused_conv});
   registry.add({"Gemm", infer_gemm, create_gemm});
   registry.add({"MatMul", infer_matmul, create_matmul});
   registry.add({"BatchNormalization", infer_batch_norm, create_batch_norm});

@@ -1,0 +1,154 @@
+// Conv epilogue fusion.
+#include "runtime/fuse_epilogues.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace qforge::runtime {
+namespace {
+
+using graph::Node;
+using graph::Tensor;
+using graph::Value;
+
+// The single node that reads `v`, if v has exactly one reader and is not a graph output.
+Node* sole_consumer(const Value* v) {
+  if (v->is_graph_output() || v->consumers().size() != 1) return nullptr;
+  Node* n = v->consumers()[0];
+  size_t uses = 0;
+  for (const Value* in : n->inputs()) uses += in == v;
+  return uses == 1 ? n : nullptr;
+}
+
+bool only_first_output_used(const Node& n) {
+  for (size_t i = 1; i < n.num_outputs(); ++i) {
+    if (!n.output(i)->consumers().empty() || n.output(i)->is_graph_output()) return false;
+  }
+  return true;
+}
+
+bool constant_f32(const Value* v) {
+  return v && v->is_constant() && v->dtype() == kernels::DType::kFloat32;
+}
+
+// A BatchNormalization in inference form over `v` with constant parameters: per-channel
+// scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+bool fold_batch_norm(const Node& bn, int64_t channels, Tensor& scale, Tensor& shift) {
+  if (bn.op_type() != "BatchNormalization" || bn.attr_int("training_mode", 0) != 0 ||
+      !only_first_output_used(bn)) {
+    return false;
+  }
+  for (size_t i = 1; i <= 4; ++i) {
+    if (!constant_f32(bn.input(i)) || bn.input(i)->constant().numel() != channels) return false;
+  }
+  const float eps = bn.attr_float("epsilon", 1e-5f);
+  const float* gamma = bn.input(1)->constant().data<float>();
+  const float* beta = bn.input(2)->constant().data<float>();
+  const float* mean = bn.input(3)->constant().data<float>();
+  const float* var = bn.input(4)->constant().data<float>();
+  scale = Tensor(kernels::DType::kFloat32, {channels});
+  shift = Tensor(kernels::DType::kFloat32, {channels});
+  for (int64_t c = 0; c < channels; ++c) {
+    float s = gamma[c] / std::sqrt(var[c] + eps);
+    scale.data<float>()[c] = s;
+    shift.data<float>()[c] = beta[c] - mean[c] * s;
+  }
+  return true;
+}
+
+// Relu or Clip with constant bounds as a clamp range.
+bool clamp_of(const Node& n, float& lo, float& hi) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (n.op_type() == "Relu") {
+    lo = 0;
+    hi = kInf;
+    return true;
+  }
+  if (n.op_type() != "Clip") return false;
+  lo = -kInf;
+  hi = kInf;
+  for (size_t i : {size_t{1}, size_t{2}}) {
+    const Value* bound = n.input(i);
+    if (!bound) continue;
+    if (!constant_f32(bound) || bound->constant().numel() != 1) return false;
+    (i == 1 ? lo : hi) = bound->constant().data<float>()[0];
+  }
+  return true;
+}
+
+}  // namespace
+
+size_t fuse_conv_epilogues(graph::Graph& graph) {
+  size_t fused = 0;
+  const std::vector<Node*> order = graph.nodes();
+  std::vector<const Node*> removed;
+  for (Node* conv : order) {
+    if (std::find(removed.begin(), removed.end(), conv) != removed.end()) continue;
+    if (conv->op_type() != "Conv" || !constant_f32(conv->input(1)) ||
+        (conv->input(2) && !constant_f32(conv->input(2)))) {
+      continue;
+    }
+    const Value* out = conv->output(0);
+    if (!out->has_shape() || out->shape()->size() != 4) continue;
+    const int64_t channels = (*out->shape())[1];
+    std::vector<Node*> chain = {conv};
+    Value* cur = conv->output(0);
+    Tensor scale, shift;
+    Value* residual = nullptr;
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    float lo = -kInf, hi = kInf;
+
+    Node* next = sole_consumer(cur);
+    if (next && fold_batch_norm(*next, channels, scale, shift)) {
+      chain.push_back(next);
+      cur = next->output(0);
+      next = sole_consumer(cur);
+    }
+    if (next && next->op_type() == "Add") {
+      Value* other = next->input(0) == cur ? next->input(1) : next->input(0);
+      if (!other->is_constant() && other->has_shape() && *other->shape() == *cur->shape() &&
+          next->output(0)->shape() == cur->shape()) {
+        residual = other;
+        chain.push_back(next);
+        cur = next->output(0);
+        next = sole_consumer(cur);
+      }
+    }
+    if (next && clamp_of(*next, lo, hi)) {
+      chain.push_back(next);
+      cur = next->output(0);
+    }
+    if (chain.size() < 2) continue;
+
+    graph::NodeSpec spec;
+    spec.name = conv->name();
+    spec.op_type = "FusedConv";
+    spec.attributes = conv->attributes();
+    spec.attributes["clamp_min"] = lo;
+    spec.attributes["clamp_max"] = hi;
+    spec.inputs = {conv->input(0), conv->input(1), conv->input(2), nullptr, nullptr, residual};
+    if (scale.defined()) {
+      spec.inputs[3] = graph.add_constant(graph.unique_value_name(conv->name() + "_bn_scale"), scale);
+      spec.inputs[4] = graph.add_constant(graph.unique_value_name(conv->name() + "_bn_shift"), shift);
+    }
+    const std::string out_name = cur->name();
+    spec.output_names = {graph.unique_value_name(out_name + "_fused")};
+    // The fused node runs where the chain's last node ran: every input is ready there.
+    Node* last = chain.back();
+    Node* node = graph.insert_node(std::move(spec), last);
+    node->output(0)->set_type(cur->dtype(), *cur->shape());
+    graph.replace_all_uses(cur, node->output(0));
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      removed.push_back(*it);
+      graph.remove_node(*it);
+    }
+    graph.rename_value(node->output(0), out_name);
+    ++fused;
+  }
+  graph.remove_dead();
+  return fused;
+}
+
+}  // namespace qforge::runtime

@@ -1,0 +1,17 @@
+// A runtime pass over a resolved graph: Conv → [BatchNormalization] → [Add residual] →
+// [Relu | Clip] chains become one FusedConv node whose output pass applies the rest, so the
+// intermediate tensors are never written and read back. Outputs are unchanged up to the
+// rounding of the folded BatchNormalization.
+#pragma once
+
+#include <cstddef>
+
+#include "graph/ir.h"
+
+namespace qforge::runtime {
+
+// Returns the number of chains fused. The graph must be resolved (static shapes, constants
+// folded).
+size_t fuse_conv_epilogues(graph::Graph& graph);
+
+}  // namespace qforge::runtime

@@ -1,0 +1,391 @@
+// Runtime bindings of the element-wise ops: unary activations and math, broadcasting binary ops,
+// Equal, Where, Not and Cast. Broadcast layouts are planned in create(), so forward allocates
+// nothing.
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/elementwise.h"
+#include "runtime/ops/ops.h"
+
+namespace qforge::runtime::ops {
+namespace {
+
+using kernels::BinaryOp;
+using kernels::BroadcastPlan;
+using kernels::UnaryOp;
+using kernels::UnaryParams;
+
+std::string dtype_str(DType dtype) {
+  return kernels::dtype_name(dtype);
+}
+
+const InputInfo& require_input(const graph::Node& node, std::span<const InputInfo> inputs,
+                               size_t index) {
+  if (index >= inputs.size() || !inputs[index].present) {
+    fail_node(node, "input " + std::to_string(index), "none");
+  }
+  return inputs[index];
+}
+
+bool has_input(std::span<const InputInfo> inputs, size_t index) {
+  return index < inputs.size() && inputs[index].present;
+}
+
+// Runs a kernel, turning its Invalid "expected …, got …" errors into messages naming the node.
+template <class Fn>
+void run_for_node(const std::string& label, Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kInvalid) throw;
+    throw_invalid("run: " + label + ": " + e.what());
+  }
+}
+
+// Unary ----------------------------------------------------------------------------------------
+
+bool integer_capable(UnaryOp op) {
+  return op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip;
+}
+
+template <UnaryOp kOp>
+std::vector<TensorInfo> infer_unary(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (!kernels::unary_supports(kOp, x.dtype)) {
+    fail_node(node, integer_capable(kOp) ? "a float32 or signed integer input" : "a float32 input",
+              dtype_str(x.dtype));
+  }
+  return {{x.dtype, x.shape}};
+}
+
+UnaryParams unary_params(UnaryOp op, const graph::Node& node) {
+  UnaryParams p;
+  switch (op) {
+    case UnaryOp::kLeakyRelu:
+      p.alpha = node.attr_float("alpha", 0.01f);
+      break;
+    case UnaryOp::kElu:
+      p.alpha = node.attr_float("alpha", 1.0f);
+      break;
+    case UnaryOp::kHardSigmoid:
+      p.alpha = node.attr_float("alpha", 0.2f);
+      p.beta = node.attr_float("beta", 0.5f);
+      break;
+    default:
+      break;
+  }
+  return p;
+}
+
+class UnaryKernel final : public OpKernel {
+ public:
+  UnaryKernel(UnaryOp op, UnaryParams params) : op_(op), params_(params) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::unary(op_, params_, inputs[0], outputs[0]);
+  }
+
+ private:
+  UnaryOp op_;
+  UnaryParams params_;
+};
+
+template <UnaryOp kOp>
+std::unique_ptr<OpKernel> create_unary(const graph::Node& node,
+                                       std::span<const InputInfo> /*inputs*/,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<UnaryKernel>(kOp, unary_params(kOp, node));
+}
+
+// Clip: min and max are optional scalar inputs 1 and 2, constants or computed at run time.
+
+void set_clip_bound(UnaryParams& p, const Tensor& bound, bool is_min) {
+  if (bound.dtype() == DType::kFloat32) {
+    (is_min ? p.min : p.max) = bound.data<float>()[0];
+    return;
+  }
+  int64_t v = 0;
+  switch (bound.dtype()) {
+    case DType::kInt64:
+      v = bound.data<int64_t>()[0];
+      break;
+    case DType::kInt32:
+      v = bound.data<int32_t>()[0];
+      break;
+    case DType::kInt8:
+      v = bound.data<int8_t>()[0];
+      break;
+    default:
+      throw_internal("Clip: bound " + bound.describe());
+  }
+  (is_min ? p.int_min : p.int_max) = v;
+}
+
+std::vector<TensorInfo> infer_clip(const graph::Node& node, std::span<const InputInfo> inputs) {
+  std::vector<TensorInfo> out = infer_unary<UnaryOp::kClip>(node, inputs);
+  for (size_t i = 1; i <= 2; ++i) {
+    if (!has_input(inputs, i)) continue;
+    const InputInfo& bound = inputs[i];
+    if (bound.dtype != out[0].dtype || kernels::shape_numel(bound.shape) != 1) {
+      fail_node(
+          node,
+          std::string(i == 1 ? "min" : "max") + " as one " + dtype_str(out[0].dtype) + " element",
+          dtype_str(bound.dtype) + kernels::shape_str(bound.shape));
+    }
+  }
+  return out;
+}
+
+class ClipKernel final : public OpKernel {
+ public:
+  ClipKernel(UnaryParams params, bool dynamic_min, bool dynamic_max)
+      : params_(params), dynamic_min_(dynamic_min), dynamic_max_(dynamic_max) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    UnaryParams p = params_;
+    if (dynamic_min_) set_clip_bound(p, inputs[1], true);
+    if (dynamic_max_) set_clip_bound(p, inputs[2], false);
+    kernels::unary(UnaryOp::kClip, p, inputs[0], outputs[0]);
+  }
+
+ private:
+  UnaryParams params_;
+  bool dynamic_min_;
+  bool dynamic_max_;
+};
+
+std::unique_ptr<OpKernel> create_clip(const graph::Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  UnaryParams p;
+  // Opsets before 11 carried the bounds as attributes.
+  p.min = node.attr_float("min", p.min);
+  p.max = node.attr_float("max", p.max);
+  bool dynamic[3] = {false, false, false};
+  for (size_t i = 1; i <= 2; ++i) {
+    if (!has_input(inputs, i)) continue;
+    if (inputs[i].constant) {
+      set_clip_bound(p, *inputs[i].constant, i == 1);
+    } else {
+      dynamic[i] = true;
+    }
+  }
+  return std::make_unique<ClipKernel>(p, dynamic[1], dynamic[2]);
+}
+
+// Binary ---------------------------------------------------------------------------------------
+
+std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
+                                        std::span<const InputInfo> inputs) {
+  const InputInfo& a = require_input(node, inputs, 0);
+  const InputInfo& b = require_input(node, inputs, 1);
+  if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
+    const char* rule = op == BinaryOp::kEqual ? "inputs of one dtype"
+                       : op == BinaryOp::kPow
+                           ? "a float32 base with a float32 or integer exponent, or two int64 "
+                             "or int32 inputs"
+                           : "two float32, int64 or int32 inputs of one dtype";
+    fail_node(node, rule, dtype_str(a.dtype) + " and " + dtype_str(b.dtype));
+  }
+  const std::vector<Shape> shapes = {a.shape, b.shape};
+  std::optional<Shape> out = kernels::broadcast_shape(shapes);
+  if (!out) {
+    fail_node(node, "shapes that broadcast",
+              kernels::shape_str(a.shape) + " and " + kernels::shape_str(b.shape));
+  }
+  return {{op == BinaryOp::kEqual ? DType::kBool : a.dtype, *out}};
+}
+
+class BinaryKernel final : public OpKernel {
+ public:
+  BinaryKernel(BinaryOp op, BroadcastPlan plan, std::string label)
+      : op_(op), plan_(std::move(plan)), label_(std::move(label)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run_for_node(label_, [&] { kernels::binary(op_, plan_, inputs[0], inputs[1], outputs[0]); });
+  }
+
+ private:
+  BinaryOp op_;
+  BroadcastPlan plan_;
+  std::string label_;
+};
+
+std::unique_ptr<OpKernel> create_binary_op(BinaryOp op, const graph::Node& node,
+                                           std::span<const InputInfo> inputs) {
+  const std::vector<Shape> shapes = {inputs[0].shape, inputs[1].shape};
+  return std::make_unique<BinaryKernel>(op, kernels::plan_broadcast(shapes), node.label());
+}
+
+template <BinaryOp kOp>
+std::vector<TensorInfo> infer_binary(const graph::Node& node, std::span<const InputInfo> inputs) {
+  return infer_binary_op(kOp, node, inputs);
+}
+
+template <BinaryOp kOp>
+std::unique_ptr<OpKernel> create_binary(const graph::Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return create_binary_op(kOp, node, inputs);
+}
+
+// Mod picks C fmod semantics with fmod=1, the divisor's sign (Python) with fmod=0.
+BinaryOp mod_op(const graph::Node& node) {
+  const int64_t fmod = node.attr_int("fmod", 0);
+  if (fmod != 0 && fmod != 1) fail_node(node, "fmod 0 or 1", std::to_string(fmod));
+  return fmod == 1 ? BinaryOp::kFmod : BinaryOp::kMod;
+}
+
+std::vector<TensorInfo> infer_mod(const graph::Node& node, std::span<const InputInfo> inputs) {
+  return infer_binary_op(mod_op(node), node, inputs);
+}
+
+std::unique_ptr<OpKernel> create_mod(const graph::Node& node, std::span<const InputInfo> inputs,
+                                     std::span<const TensorInfo> /*outputs*/) {
+  return create_binary_op(mod_op(node), node, inputs);
+}
+
+// Where, Not, Cast -----------------------------------------------------------------------------
+
+std::vector<TensorInfo> infer_where(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& cond = require_input(node, inputs, 0);
+  const InputInfo& x = require_input(node, inputs, 1);
+  const InputInfo& y = require_input(node, inputs, 2);
+  if (cond.dtype != DType::kBool) fail_node(node, "a bool condition", dtype_str(cond.dtype));
+  if (x.dtype != y.dtype) {
+    fail_node(node, "X and Y of one dtype", dtype_str(x.dtype) + " and " + dtype_str(y.dtype));
+  }
+  const std::vector<Shape> shapes = {cond.shape, x.shape, y.shape};
+  std::optional<Shape> out = kernels::broadcast_shape(shapes);
+  if (!out) {
+    fail_node(node, "shapes that broadcast",
+              kernels::shape_str(cond.shape) + ", " + kernels::shape_str(x.shape) + " and " +
+                  kernels::shape_str(y.shape));
+  }
+  return {{x.dtype, *out}};
+}
+
+class WhereKernel final : public OpKernel {
+ public:
+  explicit WhereKernel(BroadcastPlan plan) : plan_(std::move(plan)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::where(plan_, inputs[0], inputs[1], inputs[2], outputs[0]);
+  }
+
+ private:
+  BroadcastPlan plan_;
+};
+
+std::unique_ptr<OpKernel> create_where(const graph::Node& /*node*/,
+                                       std::span<const InputInfo> inputs,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  const std::vector<Shape> shapes = {inputs[0].shape, inputs[1].shape, inputs[2].shape};
+  return std::make_unique<WhereKernel>(kernels::plan_broadcast(shapes));
+}
+
+std::vector<TensorInfo> infer_not(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (x.dtype != DType::kBool) fail_node(node, "a bool input", dtype_str(x.dtype));
+  return {{DType::kBool, x.shape}};
+}
+
+class NotKernel final : public OpKernel {
+ public:
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::logical_not(inputs[0], outputs[0]);
+  }
+};
+
+std::unique_ptr<OpKernel> create_not(const graph::Node& /*node*/,
+                                     std::span<const InputInfo> /*inputs*/,
+                                     std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<NotKernel>();
+}
+
+// ONNX TensorProto element type codes qforge's tensors can hold.
+std::optional<DType> dtype_from_onnx(int64_t code) {
+  switch (code) {
+    case 1:
+      return DType::kFloat32;
+    case 2:
+      return DType::kUInt8;
+    case 3:
+      return DType::kInt8;
+    case 6:
+      return DType::kInt32;
+    case 7:
+      return DType::kInt64;
+    case 9:
+      return DType::kBool;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::vector<TensorInfo> infer_cast(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const int64_t to = node.attr_int("to");
+  std::optional<DType> dtype = dtype_from_onnx(to);
+  if (!dtype) {
+    throw_unsupported("shape inference: " + node.label() +
+                      ": expected a Cast target of 1 (float), 2 (uint8), 3 (int8), 6 (int32), "
+                      "7 (int64) or 9 (bool), got " +
+                      std::to_string(to));
+  }
+  return {{*dtype, x.shape}};
+}
+
+class CastKernel final : public OpKernel {
+ public:
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::cast(inputs[0], outputs[0]);
+  }
+};
+
+std::unique_ptr<OpKernel> create_cast(const graph::Node& /*node*/,
+                                      std::span<const InputInfo> /*inputs*/,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<CastKernel>();
+}
+
+template <UnaryOp kOp>
+OpDef unary_def(const char* op_type) {
+  return {op_type, infer_unary<kOp>, create_unary<kOp>};
+}
+
+template <BinaryOp kOp>
+OpDef binary_def(const char* op_type) {
+  return {op_type, infer_binary<kOp>, create_binary<kOp>};
+}
+
+}  // namespace
+
+void register_elementwise_ops(OpRegistry& registry) {
+  registry.add(unary_def<UnaryOp::kRelu>("Relu"));
+  registry.add(unary_def<UnaryOp::kLeakyRelu>("LeakyRelu"));
+  registry.add(unary_def<UnaryOp::kElu>("Elu"));
+  registry.add(unary_def<UnaryOp::kSigmoid>("Sigmoid"));
+  registry.add(unary_def<UnaryOp::kHardSigmoid>("HardSigmoid"));
+  registry.add(unary_def<UnaryOp::kHardSwish>("HardSwish"));
+  registry.add(unary_def<UnaryOp::kErf>("Erf"));
+  registry.add(unary_def<UnaryOp::kTanh>("Tanh"));
+  registry.add(unary_def<UnaryOp::kSqrt>("Sqrt"));
+  registry.add(unary_def<UnaryOp::kNeg>("Neg"));
+  registry.add({"Clip", infer_clip, create_clip});
+  registry.add(binary_def<BinaryOp::kAdd>("Add"));
+  registry.add(binary_def<BinaryOp::kSub>("Sub"));
+  registry.add(binary_def<BinaryOp::kMul>("Mul"));
+  registry.add(binary_def<BinaryOp::kDiv>("Div"));
+  registry.add(binary_def<BinaryOp::kPow>("Pow"));
+  registry.add(binary_def<BinaryOp::kEqual>("Equal"));
+  registry.add({"Mod", infer_mod, create_mod});
+  registry.add({"Where", infer_where, create_where});
+  registry.add({"Not", infer_not, create_not});
+  registry.add({"Cast", infer_cast, create_cast});
+}
+
+}  // namespace qforge::runtime::ops

@@ -1,0 +1,808 @@
+// Runtime bindings of the shape and data-movement ops. Inputs that decide an output shape
+// (Reshape's shape, Slice's bounds, Pad's pads, …) must be constants by shape inference, which
+// they are once resolve() has folded the shape subgraphs torch.onnx exports.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/elementwise.h"
+#include "kernels/shape_ops.h"
+#include "runtime/ops/ops.h"
+
+namespace qforge::runtime::ops {
+namespace {
+
+using kernels::shape_numel;
+using kernels::shape_str;
+
+std::string dtype_str(DType dtype) {
+  return kernels::dtype_name(dtype);
+}
+
+std::string ints_str(const std::vector<int64_t>& values) {
+  return shape_str(values);
+}
+
+std::string float_str(float v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+const InputInfo& require_input(const graph::Node& node, std::span<const InputInfo> inputs,
+                               size_t index) {
+  if (index >= inputs.size() || !inputs[index].present) {
+    fail_node(node, "input " + std::to_string(index), "none");
+  }
+  return inputs[index];
+}
+
+bool has_input(std::span<const InputInfo> inputs, size_t index) {
+  return index < inputs.size() && inputs[index].present;
+}
+
+// The values of an integer input that must be known when shapes are inferred.
+std::vector<int64_t> constant_ints(const graph::Node& node, std::span<const InputInfo> inputs,
+                                   size_t index, const std::string& what) {
+  const InputInfo& in = require_input(node, inputs, index);
+  if (!in.constant) {
+    fail_node(node, what + " (input " + std::to_string(index) + ") as a constant",
+              "a value computed at run time");
+  }
+  if (in.dtype != DType::kInt64 && in.dtype != DType::kInt32) {
+    fail_node(node, what + " as int64", dtype_str(in.dtype));
+  }
+  if (in.shape.size() > 1) fail_node(node, what + " as a 1-D tensor", shape_str(in.shape));
+  return in.constant->to_int64_vector();
+}
+
+// axis in [-rank, rank) (or [-rank, rank] with `inclusive`), returned in [0, rank).
+int64_t normalize_axis(const graph::Node& node, int64_t axis, int64_t rank,
+                       bool inclusive = false) {
+  const int64_t hi = inclusive ? rank : rank - 1;
+  if (axis < -rank || axis > hi) {
+    fail_node(node, "an axis in [" + std::to_string(-rank) + ", " + std::to_string(hi) + "]",
+              std::to_string(axis));
+  }
+  return axis < 0 ? axis + rank : axis;
+}
+
+std::vector<int64_t> normalize_axes(const graph::Node& node, const std::vector<int64_t>& axes,
+                                    int64_t rank) {
+  std::vector<int64_t> out;
+  for (int64_t a : axes) {
+    const int64_t n = normalize_axis(node, a, rank);
+    if (std::find(out.begin(), out.end(), n) != out.end()) {
+      fail_node(node, "distinct axes", ints_str(axes));
+    }
+    out.push_back(n);
+  }
+  return out;
+}
+
+template <class Fn>
+void run_for_node(const std::string& label, Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kInvalid) throw;
+    throw_invalid("run: " + label + ": " + e.what());
+  }
+}
+
+void copy_bytes(const Tensor& src, Tensor& dst) {
+  if (dst.raw() != src.raw() && src.nbytes()) std::memcpy(dst.raw(), src.raw(), src.nbytes());
+}
+
+// Ops whose output holds the input's elements in order: Identity, Reshape, Flatten, Squeeze,
+// Unsqueeze. The executor usually aliases them; when it does not, they copy.
+class CopyKernel final : public OpKernel {
+ public:
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    copy_bytes(inputs[0], outputs[0]);
+  }
+};
+
+std::unique_ptr<OpKernel> create_copy(const graph::Node& /*node*/,
+                                      std::span<const InputInfo> /*inputs*/,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<CopyKernel>();
+}
+
+std::vector<TensorInfo> infer_identity(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  return {{x.dtype, x.shape}};
+}
+
+// Reshape: 0 copies the input dim (unless allowzero), one -1 takes what is left.
+std::vector<TensorInfo> infer_reshape(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const std::vector<int64_t> spec = constant_ints(node, inputs, 1, "the shape");
+  const bool allow_zero = node.attr_int("allowzero", 0) != 0;
+  Shape out(spec.size());
+  int infer_at = -1;
+  int64_t known = 1;
+  for (size_t i = 0; i < spec.size(); ++i) {
+    int64_t d = spec[i];
+    if (d == -1) {
+      if (infer_at >= 0) fail_node(node, "at most one -1 in the shape", ints_str(spec));
+      infer_at = static_cast<int>(i);
+      continue;
+    }
+    if (d < -1) fail_node(node, "shape entries >= -1", ints_str(spec));
+    if (d == 0 && !allow_zero) {
+      if (i >= x.shape.size()) {
+        fail_node(node, "a 0 only where the input " + shape_str(x.shape) + " has a dim",
+                  ints_str(spec));
+      }
+      d = x.shape[i];
+    }
+    out[i] = d;
+    known *= d;
+  }
+  const int64_t numel = shape_numel(x.shape);
+  if (infer_at >= 0) {
+    if (known == 0 || numel % known != 0) {
+      fail_node(node,
+                "a shape that can hold the " + std::to_string(numel) + " elements of " +
+                    shape_str(x.shape),
+                ints_str(spec));
+    }
+    out[static_cast<size_t>(infer_at)] = numel / known;
+  } else if (known != numel) {
+    fail_node(node,
+              "a shape with the " + std::to_string(numel) + " elements of " + shape_str(x.shape),
+              ints_str(spec) + " (" + std::to_string(known) + " elements)");
+  }
+  return {{x.dtype, out}};
+}
+
+std::vector<TensorInfo> infer_flatten(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const auto rank = static_cast<int64_t>(x.shape.size());
+  const int64_t axis = normalize_axis(node, node.attr_int("axis", 1), rank, /*inclusive=*/true);
+  const auto split = x.shape.begin() + axis;
+  return {{x.dtype,
+           {shape_numel(std::span(x.shape.begin(), split)),
+            shape_numel(std::span(split, x.shape.end()))}}};
+}
+
+// Squeeze/Unsqueeze take axes as input 1 from opset 13 and as an attribute before.
+std::optional<std::vector<int64_t>> axes_of(const graph::Node& node,
+                                            std::span<const InputInfo> inputs) {
+  if (has_input(inputs, 1)) return constant_ints(node, inputs, 1, "the axes");
+  if (node.has_attr("axes")) return node.attr_ints("axes");
+  return std::nullopt;
+}
+
+std::vector<TensorInfo> infer_squeeze(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const auto rank = static_cast<int64_t>(x.shape.size());
+  std::optional<std::vector<int64_t>> axes = axes_of(node, inputs);
+  std::vector<bool> drop(x.shape.size(), false);
+  if (axes && !axes->empty()) {
+    for (int64_t a : normalize_axes(node, *axes, rank)) {
+      if (x.shape[static_cast<size_t>(a)] != 1) {
+        fail_node(node, "dim 1 at squeezed axis " + std::to_string(a) + " of " + shape_str(x.shape),
+                  std::to_string(x.shape[static_cast<size_t>(a)]));
+      }
+      drop[static_cast<size_t>(a)] = true;
+    }
+  } else {
+    for (size_t d = 0; d < x.shape.size(); ++d) drop[d] = x.shape[d] == 1;
+  }
+  Shape out;
+  for (size_t d = 0; d < x.shape.size(); ++d) {
+    if (!drop[d]) out.push_back(x.shape[d]);
+  }
+  return {{x.dtype, out}};
+}
+
+std::vector<TensorInfo> infer_unsqueeze(const graph::Node& node,
+                                        std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  std::optional<std::vector<int64_t>> axes = axes_of(node, inputs);
+  if (!axes) fail_node(node, "axes (input 1)", "none");
+  const auto out_rank = static_cast<int64_t>(x.shape.size() + axes->size());
+  std::vector<bool> inserted(static_cast<size_t>(out_rank), false);
+  for (int64_t a : normalize_axes(node, *axes, out_rank)) inserted[static_cast<size_t>(a)] = true;
+  Shape out;
+  size_t next = 0;
+  for (int64_t d = 0; d < out_rank; ++d) {
+    out.push_back(inserted[static_cast<size_t>(d)] ? 1 : x.shape[next++]);
+  }
+  return {{x.dtype, out}};
+}
+
+// Dropout: inference is the identity. Training-mode dropout with a nonzero ratio is refused;
+// torchvision exports ratio 0 with training_mode true, which is an identity too.
+std::vector<TensorInfo> infer_dropout(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (has_input(inputs, 2)) {
+    const InputInfo& mode = inputs[2];
+    if (!mode.constant) {
+      throw_unsupported("shape inference: " + node.label() +
+                        ": expected training_mode as a constant, got a value computed at run "
+                        "time");
+    }
+    const bool training = mode.constant->to_int64_vector().at(0) != 0;
+    float ratio = 0.5f;  // the ONNX default
+    if (has_input(inputs, 1)) {
+      const InputInfo& r = inputs[1];
+      if (!r.constant || r.dtype != DType::kFloat32) {
+        throw_unsupported("shape inference: " + node.label() +
+                          ": expected ratio as a float32 constant, got " + dtype_str(r.dtype) +
+                          (r.constant ? "" : " computed at run time"));
+      }
+      ratio = r.constant->data<float>()[0];
+    }
+    if (training && ratio != 0.0f) {
+      throw_unsupported("shape inference: " + node.label() +
+                        ": expected inference-mode dropout (training_mode false or ratio 0), "
+                        "got training_mode true with ratio " +
+                        float_str(ratio));
+    }
+  }
+  return {{x.dtype, x.shape}, {DType::kBool, x.shape}};
+}
+
+class DropoutKernel final : public OpKernel {
+ public:
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    copy_bytes(inputs[0], outputs[0]);
+    if (outputs.size() > 1 && outputs[1].defined()) {
+      const uint8_t keep = 1;
+      kernels::fill(outputs[1], &keep);
+    }
+  }
+};
+
+std::unique_ptr<OpKernel> create_dropout(const graph::Node& /*node*/,
+                                         std::span<const InputInfo> /*inputs*/,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<DropoutKernel>();
+}
+
+// Transpose ------------------------------------------------------------------------------------
+
+std::vector<int64_t> transpose_perm(const graph::Node& node, size_t rank) {
+  std::vector<int64_t> perm(rank);
+  for (size_t i = 0; i < rank; ++i) perm[i] = static_cast<int64_t>(rank - 1 - i);
+  perm = node.attr_ints("perm", perm);
+  std::vector<bool> seen(rank, false);
+  bool valid = perm.size() == rank;
+  for (int64_t p : perm) {
+    valid = valid && p >= 0 && p < static_cast<int64_t>(rank) && !seen[static_cast<size_t>(p)];
+    if (valid) seen[static_cast<size_t>(p)] = true;
+  }
+  if (!valid) {
+    fail_node(node, "perm as a permutation of " + std::to_string(rank) + " axes", ints_str(perm));
+  }
+  return perm;
+}
+
+std::vector<TensorInfo> infer_transpose(const graph::Node& node,
+                                        std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  return {{x.dtype, kernels::transposed_shape(x.shape, transpose_perm(node, x.shape.size()))}};
+}
+
+class TransposeKernel final : public OpKernel {
+ public:
+  explicit TransposeKernel(kernels::TransposePlan plan) : plan_(std::move(plan)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::transpose(plan_, inputs[0].raw(), outputs[0].raw());
+  }
+
+ private:
+  kernels::TransposePlan plan_;
+};
+
+std::unique_ptr<OpKernel> create_transpose(const graph::Node& node,
+                                           std::span<const InputInfo> inputs,
+                                           std::span<const TensorInfo> /*outputs*/) {
+  const InputInfo& x = inputs[0];
+  return std::make_unique<TransposeKernel>(kernels::plan_transpose(
+      x.shape, transpose_perm(node, x.shape.size()), kernels::dtype_size(x.dtype)));
+}
+
+// Slice and Expand: strided copies planned from constant inputs ---------------------------------
+
+class StridedCopyKernel final : public OpKernel {
+ public:
+  explicit StridedCopyKernel(kernels::StridedCopyPlan plan) : plan_(std::move(plan)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::strided_copy(plan_, inputs[0].raw(), outputs[0].raw());
+  }
+
+ private:
+  kernels::StridedCopyPlan plan_;
+};
+
+// One SliceRange per axis of the data input.
+std::vector<kernels::SliceRange> slice_ranges(const graph::Node& node,
+                                              std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const auto rank = static_cast<int64_t>(x.shape.size());
+  const std::vector<int64_t> starts = constant_ints(node, inputs, 1, "starts");
+  const std::vector<int64_t> ends = constant_ints(node, inputs, 2, "ends");
+  std::vector<int64_t> axes(starts.size());
+  for (size_t i = 0; i < axes.size(); ++i) axes[i] = static_cast<int64_t>(i);
+  if (has_input(inputs, 3)) axes = constant_ints(node, inputs, 3, "axes");
+  std::vector<int64_t> steps(starts.size(), 1);
+  if (has_input(inputs, 4)) steps = constant_ints(node, inputs, 4, "steps");
+  if (ends.size() != starts.size() || axes.size() != starts.size() ||
+      steps.size() != starts.size()) {
+    fail_node(node, "starts, ends, axes and steps of one length",
+              std::to_string(starts.size()) + ", " + std::to_string(ends.size()) + ", " +
+                  std::to_string(axes.size()) + " and " + std::to_string(steps.size()));
+  }
+  axes = normalize_axes(node, axes, rank);
+  std::vector<kernels::SliceRange> ranges;
+  for (int64_t d : x.shape) ranges.push_back({0, 1, d});
+  for (size_t i = 0; i < axes.size(); ++i) {
+    if (steps[i] == 0) fail_node(node, "nonzero steps", ints_str(steps));
+    const auto a = static_cast<size_t>(axes[i]);
+    ranges[a] = kernels::slice_range(x.shape[a], starts[i], ends[i], steps[i]);
+  }
+  return ranges;
+}
+
+std::vector<TensorInfo> infer_slice(const graph::Node& node, std::span<const InputInfo> inputs) {
+  Shape out;
+  for (const kernels::SliceRange& r : slice_ranges(node, inputs)) out.push_back(r.count);
+  return {{inputs[0].dtype, out}};
+}
+
+std::unique_ptr<OpKernel> create_slice(const graph::Node& node, std::span<const InputInfo> inputs,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<StridedCopyKernel>(kernels::plan_slice(
+      inputs[0].shape, slice_ranges(node, inputs), kernels::dtype_size(inputs[0].dtype)));
+}
+
+std::vector<TensorInfo> infer_expand(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const std::vector<int64_t> shape = constant_ints(node, inputs, 1, "the shape");
+  for (int64_t d : shape) {
+    if (d < 0) fail_node(node, "a shape of nonnegative dims", ints_str(shape));
+  }
+  const std::vector<Shape> shapes = {x.shape, shape};
+  std::optional<Shape> out = kernels::broadcast_shape(shapes);
+  if (!out) {
+    fail_node(node, "a shape that " + shape_str(x.shape) + " broadcasts with", ints_str(shape));
+  }
+  return {{x.dtype, *out}};
+}
+
+std::unique_ptr<OpKernel> create_expand(const graph::Node& /*node*/,
+                                        std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> outputs) {
+  return std::make_unique<StridedCopyKernel>(kernels::plan_expand(
+      inputs[0].shape, outputs[0].shape, kernels::dtype_size(inputs[0].dtype)));
+}
+
+// Concat ---------------------------------------------------------------------------------------
+
+int64_t concat_axis(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& first = require_input(node, inputs, 0);
+  return normalize_axis(node, node.attr_int("axis"), static_cast<int64_t>(first.shape.size()));
+}
+
+std::vector<TensorInfo> infer_concat(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& first = require_input(node, inputs, 0);
+  const auto axis = static_cast<size_t>(concat_axis(node, inputs));
+  Shape out = first.shape;
+  out[axis] = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const InputInfo& in = require_input(node, inputs, i);
+    if (in.dtype != first.dtype) {
+      fail_node(node, "inputs of one dtype",
+                dtype_str(first.dtype) + " and " + dtype_str(in.dtype));
+    }
+    bool match = in.shape.size() == first.shape.size();
+    for (size_t d = 0; match && d < in.shape.size(); ++d) {
+      match = d == axis || in.shape[d] == first.shape[d];
+    }
+    if (!match) {
+      fail_node(node, "shapes equal except along axis " + std::to_string(axis),
+                shape_str(first.shape) + " and " + shape_str(in.shape));
+    }
+    out[axis] += in.shape[axis];
+  }
+  return {{first.dtype, out}};
+}
+
+class ConcatKernel final : public OpKernel {
+ public:
+  explicit ConcatKernel(kernels::ConcatPlan plan) : plan_(std::move(plan)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::concat(plan_, inputs, outputs[0]);
+  }
+
+ private:
+  kernels::ConcatPlan plan_;
+};
+
+std::unique_ptr<OpKernel> create_concat(const graph::Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  std::vector<Shape> shapes;
+  for (const InputInfo& in : inputs) shapes.push_back(in.shape);
+  return std::make_unique<ConcatKernel>(kernels::plan_concat(
+      shapes, static_cast<int>(concat_axis(node, inputs)), kernels::dtype_size(inputs[0].dtype)));
+}
+
+// Gather ---------------------------------------------------------------------------------------
+
+std::vector<TensorInfo> infer_gather(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& data = require_input(node, inputs, 0);
+  const InputInfo& indices = require_input(node, inputs, 1);
+  if (indices.dtype != DType::kInt64 && indices.dtype != DType::kInt32) {
+    fail_node(node, "int64 or int32 indices", dtype_str(indices.dtype));
+  }
+  const auto rank = static_cast<int64_t>(data.shape.size());
+  if (rank == 0) fail_node(node, "data of rank >= 1", shape_str(data.shape));
+  const auto axis = static_cast<size_t>(normalize_axis(node, node.attr_int("axis", 0), rank));
+  const int64_t dim = data.shape[axis];
+  if (indices.constant) {
+    for (int64_t v : indices.constant->to_int64_vector()) {
+      if (v < -dim || v >= dim) {
+        fail_node(node,
+                  "indices in [" + std::to_string(-dim) + ", " + std::to_string(dim - 1) + "]",
+                  std::to_string(v));
+      }
+    }
+  }
+  Shape out(data.shape.begin(), data.shape.begin() + static_cast<int64_t>(axis));
+  out.insert(out.end(), indices.shape.begin(), indices.shape.end());
+  out.insert(out.end(), data.shape.begin() + static_cast<int64_t>(axis) + 1, data.shape.end());
+  return {{data.dtype, out}};
+}
+
+class GatherKernel final : public OpKernel {
+ public:
+  GatherKernel(kernels::GatherPlan plan, std::string label)
+      : plan_(plan), label_(std::move(label)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run_for_node(label_,
+                 [&] { kernels::gather(plan_, inputs[0].raw(), inputs[1], outputs[0].raw()); });
+  }
+
+ private:
+  kernels::GatherPlan plan_;
+  std::string label_;
+};
+
+std::unique_ptr<OpKernel> create_gather(const graph::Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  const InputInfo& data = inputs[0];
+  const int64_t axis =
+      normalize_axis(node, node.attr_int("axis", 0), static_cast<int64_t>(data.shape.size()));
+  return std::make_unique<GatherKernel>(
+      kernels::plan_gather(data.shape, static_cast<int>(axis), kernels::dtype_size(data.dtype)),
+      node.label());
+}
+
+// Pad ------------------------------------------------------------------------------------------
+
+kernels::PadPlan pad_plan(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const auto rank = static_cast<int64_t>(x.shape.size());
+  const std::string mode_name = node.attr_string("mode", "constant");
+  kernels::PadMode mode = kernels::PadMode::kConstant;
+  if (mode_name == "reflect") {
+    mode = kernels::PadMode::kReflect;
+  } else if (mode_name == "edge") {
+    mode = kernels::PadMode::kEdge;
+  } else if (mode_name != "constant") {
+    throw_unsupported("shape inference: " + node.label() +
+                      ": expected mode constant, reflect or edge, got " + mode_name);
+  }
+  const std::vector<int64_t> pads = constant_ints(node, inputs, 1, "the pads");
+  std::vector<int64_t> axes(static_cast<size_t>(rank));
+  for (int64_t d = 0; d < rank; ++d) axes[static_cast<size_t>(d)] = d;
+  if (has_input(inputs, 3))
+    axes = normalize_axes(node, constant_ints(node, inputs, 3, "the axes"), rank);
+  if (pads.size() != 2 * axes.size()) {
+    fail_node(node, std::to_string(2 * axes.size()) + " pads (begin and end for each axis)",
+              ints_str(pads));
+  }
+  Shape begin(static_cast<size_t>(rank), 0);
+  Shape end(static_cast<size_t>(rank), 0);
+  for (size_t i = 0; i < axes.size(); ++i) {
+    const auto a = static_cast<size_t>(axes[i]);
+    begin[a] = pads[i];
+    end[a] = pads[axes.size() + i];
+    const int64_t out = x.shape[a] + begin[a] + end[a];
+    if (out < 0) {
+      fail_node(node,
+                "pads that leave axis " + std::to_string(a) + " of " + shape_str(x.shape) +
+                    " nonnegative",
+                ints_str(pads));
+    }
+    if (mode != kernels::PadMode::kConstant && x.shape[a] == 0 && out > 0) {
+      fail_node(node, mode_name + " padding of nonempty axes", shape_str(x.shape));
+    }
+  }
+  if (has_input(inputs, 2)) {
+    const InputInfo& value = inputs[2];
+    if (value.dtype != x.dtype || shape_numel(value.shape) != 1) {
+      fail_node(node, "constant_value as one " + dtype_str(x.dtype) + " element",
+                dtype_str(value.dtype) + shape_str(value.shape));
+    }
+  }
+  return kernels::plan_pad(x.shape, begin, end, mode, kernels::dtype_size(x.dtype));
+}
+
+std::vector<TensorInfo> infer_pad(const graph::Node& node, std::span<const InputInfo> inputs) {
+  return {{inputs[0].dtype, pad_plan(node, inputs).out_shape}};
+}
+
+class PadKernel final : public OpKernel {
+ public:
+  PadKernel(kernels::PadPlan plan, uint64_t constant, bool dynamic_constant)
+      : plan_(std::move(plan)), constant_(constant), dynamic_constant_(dynamic_constant) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    const void* value = dynamic_constant_ ? inputs[2].raw() : &constant_;
+    kernels::pad(plan_, inputs[0].raw(), value, outputs[0].raw());
+  }
+
+ private:
+  kernels::PadPlan plan_;
+  uint64_t constant_;  // the pad value's bytes (zero when omitted)
+  bool dynamic_constant_;
+};
+
+std::unique_ptr<OpKernel> create_pad(const graph::Node& node, std::span<const InputInfo> inputs,
+                                     std::span<const TensorInfo> /*outputs*/) {
+  uint64_t constant = 0;
+  bool dynamic = false;
+  if (has_input(inputs, 2)) {
+    if (inputs[2].constant) {
+      std::memcpy(&constant, inputs[2].constant->raw(), inputs[2].constant->nbytes());
+    } else {
+      dynamic = true;
+    }
+  }
+  return std::make_unique<PadKernel>(pad_plan(node, inputs), constant, dynamic);
+}
+
+// Shape, Constant, ConstantOfShape, Range -------------------------------------------------------
+
+std::vector<int64_t> shape_values(const graph::Node& node, const Shape& shape) {
+  const auto rank = static_cast<int64_t>(shape.size());
+  auto clamp_end = [&](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + rank : v, 0, rank); };
+  const int64_t start = clamp_end(node.attr_int("start", 0));
+  const int64_t end = clamp_end(node.attr_int("end", rank));
+  if (end <= start) return {};
+  return {shape.begin() + start, shape.begin() + end};
+}
+
+std::vector<TensorInfo> infer_shape(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  return {{DType::kInt64, {static_cast<int64_t>(shape_values(node, x.shape).size())}}};
+}
+
+// Writes a tensor fixed at create time (Shape's dims, Constant's value).
+class ConstantKernel final : public OpKernel {
+ public:
+  explicit ConstantKernel(Tensor value) : value_(std::move(value)) {}
+  void forward(std::span<const Tensor> /*inputs*/, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    copy_bytes(value_, outputs[0]);
+  }
+
+ private:
+  Tensor value_;
+};
+
+std::unique_ptr<OpKernel> create_shape(const graph::Node& node, std::span<const InputInfo> inputs,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  const std::vector<int64_t> dims = shape_values(node, inputs[0].shape);
+  return std::make_unique<ConstantKernel>(
+      Tensor::from_vector<int64_t>({static_cast<int64_t>(dims.size())}, dims));
+}
+
+Tensor constant_value(const graph::Node& node) {
+  if (node.has_attr("value")) return node.attr_tensor("value");
+  if (node.has_attr("value_float")) return Tensor::scalar_f32(node.attr_float("value_float"));
+  if (node.has_attr("value_int")) return Tensor::scalar_i64(node.attr_int("value_int"));
+  if (node.has_attr("value_floats")) {
+    std::vector<float> v = node.attr_floats("value_floats", {});
+    return Tensor::from_vector<float>({static_cast<int64_t>(v.size())}, v);
+  }
+  if (node.has_attr("value_ints")) {
+    std::vector<int64_t> v = node.attr_ints("value_ints");
+    return Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v);
+  }
+  throw_unsupported(
+      "shape inference: " + node.label() +
+      ": expected a value, value_float(s) or value_int(s) attribute, got " +
+      (node.attributes().empty() ? std::string("none") : node.attributes().begin()->first));
+}
+
+std::vector<TensorInfo> infer_constant(const graph::Node& node,
+                                       std::span<const InputInfo> /*inputs*/) {
+  const Tensor value = constant_value(node);
+  return {{value.dtype(), value.shape()}};
+}
+
+std::unique_ptr<OpKernel> create_constant(const graph::Node& node,
+                                          std::span<const InputInfo> /*inputs*/,
+                                          std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConstantKernel>(constant_value(node));
+}
+
+// ConstantOfShape's fill value: the `value` attribute (one element), float32 0 by default.
+Tensor fill_value(const graph::Node& node) {
+  if (!node.has_attr("value")) return Tensor::scalar_f32(0.0f);
+  const Tensor& value = node.attr_tensor("value");
+  if (value.numel() != 1) fail_node(node, "a one-element value", value.describe());
+  return value;
+}
+
+std::vector<TensorInfo> infer_constant_of_shape(const graph::Node& node,
+                                                std::span<const InputInfo> inputs) {
+  const std::vector<int64_t> shape = constant_ints(node, inputs, 0, "the shape");
+  for (int64_t d : shape) {
+    if (d < 0) fail_node(node, "a shape of nonnegative dims", ints_str(shape));
+  }
+  return {{fill_value(node).dtype(), shape}};
+}
+
+class FillKernel final : public OpKernel {
+ public:
+  explicit FillKernel(Tensor value) : value_(std::move(value)) {}
+  void forward(std::span<const Tensor> /*inputs*/, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::fill(outputs[0], value_.raw());
+  }
+
+ private:
+  Tensor value_;
+};
+
+std::unique_ptr<OpKernel> create_constant_of_shape(const graph::Node& node,
+                                                   std::span<const InputInfo> /*inputs*/,
+                                                   std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<FillKernel>(fill_value(node));
+}
+
+// Range's length depends on its values, so all three inputs must be constants.
+std::vector<TensorInfo> infer_range(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const char* names[3] = {"start", "limit", "delta"};
+  const InputInfo& start = require_input(node, inputs, 0);
+  for (size_t i = 0; i < 3; ++i) {
+    const InputInfo& in = require_input(node, inputs, i);
+    if (!in.constant) {
+      fail_node(node, std::string(names[i]) + " as a constant", "a value computed at run time");
+    }
+    if (in.dtype != start.dtype || shape_numel(in.shape) != 1) {
+      fail_node(node, std::string(names[i]) + " as one " + dtype_str(start.dtype) + " element",
+                dtype_str(in.dtype) + shape_str(in.shape));
+    }
+  }
+  int64_t length = 0;
+  switch (start.dtype) {
+    case DType::kFloat32: {
+      const float s = inputs[0].constant->data<float>()[0];
+      const float l = inputs[1].constant->data<float>()[0];
+      const float d = inputs[2].constant->data<float>()[0];
+      if (d == 0.0f || !std::isfinite(s) || !std::isfinite(l) || !std::isfinite(d)) {
+        fail_node(node, "finite start and limit and a finite nonzero delta",
+                  float_str(s) + ", " + float_str(l) + ", " + float_str(d));
+      }
+      length = kernels::range_length(double{s}, double{l}, double{d});
+      break;
+    }
+    case DType::kInt64:
+    case DType::kInt32: {
+      const int64_t s = inputs[0].constant->to_int64_vector()[0];
+      const int64_t l = inputs[1].constant->to_int64_vector()[0];
+      const int64_t d = inputs[2].constant->to_int64_vector()[0];
+      if (d == 0) fail_node(node, "a nonzero delta", "0");
+      length = kernels::range_length(s, l, d);
+      break;
+    }
+    default:
+      fail_node(node, "float32, int64 or int32 inputs", dtype_str(start.dtype));
+  }
+  return {{start.dtype, {length}}};
+}
+
+class RangeKernel final : public OpKernel {
+ public:
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::range(inputs[0], inputs[2], outputs[0]);
+  }
+};
+
+std::unique_ptr<OpKernel> create_range(const graph::Node& /*node*/,
+                                       std::span<const InputInfo> /*inputs*/,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<RangeKernel>();
+}
+
+// ScatterND ------------------------------------------------------------------------------------
+
+std::vector<TensorInfo> infer_scatter_nd(const graph::Node& node,
+                                         std::span<const InputInfo> inputs) {
+  const InputInfo& data = require_input(node, inputs, 0);
+  const InputInfo& indices = require_input(node, inputs, 1);
+  const InputInfo& updates = require_input(node, inputs, 2);
+  const std::string reduction = node.attr_string("reduction", "none");
+  if (reduction != "none") {
+    throw_unsupported("shape inference: " + node.label() + ": expected reduction none, got " +
+                      reduction);
+  }
+  if (indices.dtype != DType::kInt64) fail_node(node, "int64 indices", dtype_str(indices.dtype));
+  if (updates.dtype != data.dtype) {
+    fail_node(node, "updates of the data's dtype " + dtype_str(data.dtype),
+              dtype_str(updates.dtype));
+  }
+  if (indices.shape.empty() || indices.shape.back() > static_cast<int64_t>(data.shape.size())) {
+    fail_node(node,
+              "indices of rank >= 1 whose last dim is at most the data rank " +
+                  std::to_string(data.shape.size()),
+              shape_str(indices.shape));
+  }
+  Shape expected(indices.shape.begin(), indices.shape.end() - 1);
+  expected.insert(expected.end(), data.shape.begin() + indices.shape.back(), data.shape.end());
+  if (updates.shape != expected) {
+    fail_node(node, "updates of shape " + shape_str(expected), shape_str(updates.shape));
+  }
+  return {{data.dtype, data.shape}};
+}
+
+class ScatterNdKernel final : public OpKernel {
+ public:
+  explicit ScatterNdKernel(std::string label) : label_(std::move(label)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run_for_node(label_, [&] { kernels::scatter_nd(inputs[0], inputs[1], inputs[2], outputs[0]); });
+  }
+
+ private:
+  std::string label_;
+};
+
+std::unique_ptr<OpKernel> create_scatter_nd(const graph::Node& node,
+                                            std::span<const InputInfo> /*inputs*/,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ScatterNdKernel>(node.label());
+}
+
+}  // namespace
+
+void register_shape_ops(OpRegistry& registry) {
+  registry.add({"Identity", infer_identity, create_copy});
+  registry.add({"Reshape", infer_reshape, create_copy});
+  registry.add({"Flatten", infer_flatten, create_copy});
+  registry.add({"Squeeze", infer_squeeze, create_copy});
+  registry.add({"Unsqueeze", infer_unsqueeze, create_copy});
+  registry.add({"Dropout", infer_dropout, create_dropout});
+  registry.add({"Transpose", infer_transpose, create_transpose});
+  registry.add({"Slice", infer_slice, create_slice});
+  registry.add({"Expand", infer_expand, create_expand});
+  registry.add({"Concat", infer_concat, create_concat});
+  registry.add({"Gather", infer_gather, create_gather});
+  registry.add({"Pad", infer_pad, create_pad});
+  registry.add({"Shape", infer_shape, create_shape});
+  registry.add({"Constant", infer_constant, create_constant});
+  registry.add({"ConstantOfShape", infer_constant_of_shape, create_constant_of_shape});
+  registry.add({"Range", infer_range, create_range});
+  registry.add({"ScatterND", infer_scatter_nd, create_scatter_nd});
+}
+
+}  // namespace qforge::runtime::ops

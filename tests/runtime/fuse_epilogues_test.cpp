@@ -1,0 +1,118 @@
+// Conv epilogue fusion: the fused graph computes what the unfused one does, with fewer nodes.
+#include "runtime/fuse_epilogues.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "runtime/executor.h"
+#include "runtime/resolve.h"
+
+namespace qforge {
+namespace {
+
+using graph::DType;
+using graph::Shape;
+using kernels::Tensor;
+
+Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1, float hi = 1) {
+  Tensor t(DType::kFloat32, std::move(shape));
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (float& f : t.span<float>()) f = dist(rng);
+  return t;
+}
+
+// x -> Conv(3x3, pad 1) -> BN -> Add(skip) -> Relu -> y, with skip = Relu(x') of another conv,
+// and a plain Conv -> Clip(0, 6) branch.
+std::unique_ptr<graph::Graph> residual_block(std::mt19937& rng) {
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 5, 9, 7});
+  auto conv_attrs = [] {
+    std::map<std::string, graph::AttributeValue, std::less<>> a;
+    a["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+    return a;
+  };
+  auto* w1 = g->add_constant("w1", random_tensor({6, 5, 3, 3}, rng));
+  auto* b1 = g->add_constant("b1", random_tensor({6}, rng));
+  auto* conv1 = g->add_node({.name = "conv1", .op_type = "Conv", .inputs = {x, w1, b1},
+                             .output_names = {"c1"}, .attributes = conv_attrs()});
+  auto* skip = g->add_node({.name = "skip", .op_type = "Relu", .inputs = {conv1->output(0)},
+                            .output_names = {"s"}});
+  auto* w2 = g->add_constant("w2", random_tensor({6, 6, 3, 3}, rng));
+  auto* conv2 = g->add_node({.name = "conv2", .op_type = "Conv", .inputs = {skip->output(0), w2},
+                             .output_names = {"c2"}, .attributes = conv_attrs()});
+  auto* gamma = g->add_constant("gamma", random_tensor({6}, rng, 0.5f, 1.5f));
+  auto* beta = g->add_constant("beta", random_tensor({6}, rng));
+  auto* mean = g->add_constant("mean", random_tensor({6}, rng));
+  auto* var = g->add_constant("var", random_tensor({6}, rng, 0.2f, 2.f));
+  auto* bn = g->add_node({.name = "bn", .op_type = "BatchNormalization",
+                          .inputs = {conv2->output(0), gamma, beta, mean, var},
+                          .output_names = {"n"}});
+  auto* add = g->add_node({.name = "add", .op_type = "Add",
+                           .inputs = {bn->output(0), skip->output(0)}, .output_names = {"a"}});
+  auto* relu = g->add_node({.name = "relu", .op_type = "Relu", .inputs = {add->output(0)},
+                            .output_names = {"y"}});
+  g->mark_output(relu->output(0));
+  auto* lo = g->add_constant("lo", Tensor::scalar_f32(0.f));
+  auto* hi = g->add_constant("hi", Tensor::scalar_f32(0.5f));
+  auto* w3 = g->add_constant("w3", random_tensor({4, 6, 1, 1}, rng));
+  auto* conv3 = g->add_node({.name = "conv3", .op_type = "Conv", .inputs = {skip->output(0), w3},
+                             .output_names = {"c3"}});
+  auto* clip = g->add_node({.name = "clip", .op_type = "Clip",
+                            .inputs = {conv3->output(0), lo, hi}, .output_names = {"z"}});
+  g->mark_output(clip->output(0));
+  return g;
+}
+
+TEST(FuseConvEpilogues, ResidualBlockIsEquivalent) {
+  std::mt19937 rng(7);
+  auto plain = residual_block(rng);
+  runtime::resolve(*plain, {});
+  auto fused = plain->clone();
+  // conv1 + skip Relu cannot fuse (conv1's output feeds only the Relu, but the Relu's output
+  // feeds two nodes, which is fine: conv1 -> Relu fuses), conv2 -> BN -> Add -> Relu fuses,
+  // conv3 -> Clip fuses.
+  EXPECT_EQ(runtime::fuse_conv_epilogues(*fused), 3u);
+  EXPECT_NO_THROW(fused->check_consistency());
+  ASSERT_EQ(fused->nodes().size(), 3u);
+  for (const auto* n : fused->nodes()) EXPECT_EQ(n->op_type(), "FusedConv");
+  EXPECT_EQ(fused->outputs()[0]->name(), "y");
+  EXPECT_EQ(fused->outputs()[1]->name(), "z");
+
+  Tensor x = random_tensor({2, 5, 9, 7}, rng);
+  runtime::Executor a(*plain), b(*fused);
+  auto ya = a.run(std::span(&x, 1));
+  auto yb = b.run(std::span(&x, 1));
+  for (size_t k = 0; k < 2; ++k) {
+    ASSERT_EQ(ya[k].shape(), yb[k].shape());
+    float max_ref = 1;
+    for (float f : ya[k].span<float>()) max_ref = std::max(max_ref, std::fabs(f));
+    for (int64_t i = 0; i < ya[k].numel(); ++i) {
+      EXPECT_NEAR(ya[k].data<float>()[i], yb[k].data<float>()[i], 1e-5f * max_ref) << k << ":" << i;
+    }
+  }
+  // Clip to 0.5 and Relu bounds hold exactly.
+  for (float f : yb[1].span<float>()) {
+    EXPECT_GE(f, 0.f);
+    EXPECT_LE(f, 0.5f);
+  }
+}
+
+TEST(FuseConvEpilogues, LeavesSharedIntermediatesAlone) {
+  // conv -> Relu where the conv output also feeds the graph output: no fusion.
+  std::mt19937 rng(3);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{1, 2, 4, 4});
+  auto* w = g->add_constant("w", random_tensor({2, 2, 1, 1}, rng));
+  auto* conv = g->add_node({.op_type = "Conv", .inputs = {x, w}, .output_names = {"c"}});
+  auto* relu = g->add_node({.op_type = "Relu", .inputs = {conv->output(0)}, .output_names = {"r"}});
+  g->mark_output(conv->output(0));
+  g->mark_output(relu->output(0));
+  runtime::resolve(*g, {});
+  EXPECT_EQ(runtime::fuse_conv_epilogues(*g), 0u);
+  EXPECT_EQ(g->nodes().size(), 2u);
+}
+
+}  // namespace
+}  // namespace qforge
