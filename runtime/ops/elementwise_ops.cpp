@@ -1,8 +1,6 @@
 // Runtime bindings of the element-wise ops: unary activations and math, broadcasting binary ops,
 // Equal, Where, Not and Cast. Broadcast layouts are planned in create(), so forward allocates
 // nothing.
-#include <cstring>
-#include <limits>
 #include <optional>
 #include <string>
 #include <vector>

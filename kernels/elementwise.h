@@ -1,0 +1,111 @@
+// Element-wise kernels: unary activations and math, numpy-broadcasting binary ops, Where, Not
+// and Cast. Broadcast layouts are planned once (plan_broadcast) so that running allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace qforge::kernels {
+
+enum class UnaryOp {
+  kRelu,
+  kLeakyRelu,
+  kElu,
+  kSigmoid,
+  kHardSigmoid,
+  kHardSwish,
+  kErf,
+  kTanh,
+  kSqrt,
+  kNeg,
+  kClip,
+};
+
+struct UnaryParams {
+  float alpha = 0.0f;  // LeakyRelu and Elu slope, HardSigmoid scale
+  float beta = 0.0f;   // HardSigmoid offset
+  // Clip bounds for float32 tensors, and for integer tensors.
+  float min = -std::numeric_limits<float>::infinity();
+  float max = std::numeric_limits<float>::infinity();
+  int64_t int_min = std::numeric_limits<int64_t>::min();
+  int64_t int_max = std::numeric_limits<int64_t>::max();
+};
+
+// True when `op` is defined for `dtype` (float32 for all; Relu, Neg and Clip also for the signed
+// integer types).
+bool unary_supports(UnaryOp op, DType dtype);
+// y = op(x) for tensors of one dtype and element count.
+void unary(UnaryOp op, const UnaryParams& params, const Tensor& x, Tensor& y);
+// The float32 loop itself, over n elements (parallel for large n); x may equal y.
+void unary_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, int64_t n);
+
+// The float math behind Sigmoid, Tanh, Erf and Elu is in kernels/vector_math.h.
+
+// Broadcasting ---------------------------------------------------------------------------------
+
+inline constexpr int kMaxBroadcastInputs = 3;
+
+// Output shape of numpy-broadcasting the shapes together; nullopt when they do not broadcast.
+std::optional<Shape> broadcast_shape(std::span<const Shape> shapes);
+
+enum class BroadcastKind {
+  kSame,     // every input has the output shape
+  kScalar,   // two inputs, one a single element
+  kChannel,  // two inputs, one full and one [C] against [outer, C, inner] (e.g. NCHW ⊙ C11)
+  kRow,      // two inputs, one full and one [D] against [rows, D] (last-dim bias)
+  kGeneral,  // any other numpy broadcast
+};
+
+// How 1 to 3 inputs broadcast to one output: the output dims after merging neighbours that every
+// input steps through alike, and each input's element strides over them (0 where it broadcasts).
+struct BroadcastPlan {
+  Shape out_shape;
+  int64_t numel = 0;
+  BroadcastKind kind = BroadcastKind::kSame;
+  int full_input = 0;    // kScalar/kChannel/kRow: the input that has the output shape
+  int64_t channels = 1;  // kChannel: C; kRow: D
+  int64_t inner = 1;     // kChannel: elements per channel run
+  Shape dims;            // merged output dims, at least one
+  std::vector<std::vector<int64_t>> strides;  // [input][dim]
+};
+
+// Throws an Internal error when the shapes do not broadcast (callers validate first) and an
+// Unsupported one when the merged rank exceeds kMaxStridedRank (kernels/strided_index.h).
+BroadcastPlan plan_broadcast(std::span<const Shape> input_shapes);
+
+enum class BinaryOp {
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,  // integer division truncates toward zero, as in C
+  kPow,
+  kMod,    // integers and floats: the result takes the divisor's sign (Python/numpy)
+  kFmod,   // the result takes the dividend's sign (C fmod / truncating remainder)
+  kEqual,  // output bool
+};
+
+// True when `op` is defined for inputs of dtypes a, b (Pow allows a float32 base with an
+// integer exponent; every other op wants equal dtypes). Output dtype: bool for Equal, else a.
+bool binary_supports(BinaryOp op, DType a, DType b);
+// y = op(a, b) under `plan` (made from a's and b's shapes). Integer division or modulo by zero
+// throws an Invalid error "expected nonzero integer divisors, got 0" (callers add context).
+void binary(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const Tensor& b, Tensor& y);
+
+// out = cond ? x : y under `plan` (made from the three shapes); cond is bool, x, y, out share a
+// dtype of any size.
+void where(const BroadcastPlan& plan, const Tensor& cond, const Tensor& x, const Tensor& y,
+           Tensor& out);
+
+// y = !x for bool tensors.
+void logical_not(const Tensor& x, Tensor& y);
+
+// y = x converted to y's dtype, as C casts do, except that float to integer saturates at the
+// target's range (NaN gives 0) and anything to bool is x != 0.
+void cast(const Tensor& x, Tensor& y);
+
+}  // namespace qforge::kernels

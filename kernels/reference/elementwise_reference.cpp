@@ -1,0 +1,224 @@
+// Reference element-wise kernels: every output element computed on its own, floats in double.
+#include "kernels/reference/elementwise_reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/reference/reference_util.h"
+
+namespace qforge::kernels::reference {
+namespace {
+
+int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+double unary_value(UnaryOp op, const UnaryParams& p, double x) {
+  switch (op) {
+    case UnaryOp::kRelu:
+      return x > 0 ? x : 0;
+    case UnaryOp::kLeakyRelu:
+      return x >= 0 ? x : static_cast<double>(p.alpha) * x;
+    case UnaryOp::kElu:
+      return x >= 0 ? x : static_cast<double>(p.alpha) * std::expm1(x);
+    case UnaryOp::kSigmoid:
+      return 1.0 / (1.0 + std::exp(-x));
+    case UnaryOp::kHardSigmoid:
+      return std::clamp(p.alpha * x + p.beta, 0.0, 1.0);
+    case UnaryOp::kHardSwish:
+      return x * std::clamp(x / 6.0 + 0.5, 0.0, 1.0);
+    case UnaryOp::kErf:
+      return std::erf(x);
+    case UnaryOp::kTanh:
+      return std::tanh(x);
+    case UnaryOp::kSqrt:
+      return std::sqrt(x);
+    case UnaryOp::kNeg:
+      return -x;
+    case UnaryOp::kClip:
+      return std::min<double>(std::max<double>(x, p.min), p.max);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Tensor unary(UnaryOp op, const UnaryParams& params, const Tensor& x) {
+  Tensor y(x.dtype(), x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    if (x.dtype() == DType::kFloat32) {
+      set_double(y, i, unary_value(op, params, get_double(x, i)));
+      continue;
+    }
+    const int64_t v = get_int(x, i);
+    switch (op) {
+      case UnaryOp::kRelu:
+        set_int(y, i, std::max<int64_t>(v, 0));
+        break;
+      case UnaryOp::kNeg:
+        set_int(y, i, -v);
+        break;
+      case UnaryOp::kClip:
+        set_int(y, i, std::min(std::max(v, params.int_min), params.int_max));
+        break;
+      default:
+        throw_internal("reference::unary: op not defined for integers");
+    }
+  }
+  return y;
+}
+
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
+  const Shape out_shape = numpy_broadcast({a.shape(), b.shape()});
+  Tensor y(op == BinaryOp::kEqual ? DType::kBool : a.dtype(), out_shape);
+  const bool floating = a.dtype() == DType::kFloat32;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const Shape index = unravel(i, out_shape);
+    const int64_t ia = broadcast_source(index, a.shape());
+    const int64_t ib = broadcast_source(index, b.shape());
+    if (op == BinaryOp::kEqual) {
+      set_double(y, i, get_double(a, ia) == get_double(b, ib) ? 1 : 0);
+      continue;
+    }
+    if (floating) {
+      const double u = get_double(a, ia);
+      const double v = get_double(b, ib);
+      double r = 0;
+      switch (op) {
+        case BinaryOp::kAdd:
+          r = u + v;
+          break;
+        case BinaryOp::kSub:
+          r = u - v;
+          break;
+        case BinaryOp::kMul:
+          r = u * v;
+          break;
+        case BinaryOp::kDiv:
+          r = u / v;
+          break;
+        case BinaryOp::kPow:
+          r = std::pow(u, v);
+          break;
+        case BinaryOp::kFmod:
+          r = std::fmod(u, v);
+          break;
+        case BinaryOp::kMod:
+          r = u - v * std::floor(u / v);
+          break;
+        case BinaryOp::kEqual:
+          break;
+      }
+      set_double(y, i, r);
+      continue;
+    }
+    const int64_t u = get_int(a, ia);
+    const int64_t v = get_int(b, ib);
+    int64_t r = 0;
+    switch (op) {
+      case BinaryOp::kAdd:
+        r = u + v;
+        break;
+      case BinaryOp::kSub:
+        r = u - v;
+        break;
+      case BinaryOp::kMul:
+        r = u * v;
+        break;
+      case BinaryOp::kDiv:
+        r = u / v;
+        break;
+      case BinaryOp::kFmod:
+        r = u % v;
+        break;
+      case BinaryOp::kMod:
+        r = u - v * floor_div(u, v);
+        break;
+      case BinaryOp::kPow: {
+        r = 1;
+        if (v < 0) {
+          r = (u == 1 || u == -1) ? (v % 2 == 0 ? 1 : u) : 0;
+        } else {
+          for (int64_t k = 0; k < v; ++k) r *= u;
+        }
+        break;
+      }
+      case BinaryOp::kEqual:
+        break;
+    }
+    set_int(y, i, r);
+  }
+  return y;
+}
+
+Tensor where(const Tensor& cond, const Tensor& x, const Tensor& y) {
+  const Shape out_shape = numpy_broadcast({cond.shape(), x.shape(), y.shape()});
+  Tensor out(x.dtype(), out_shape);
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    const Shape index = unravel(i, out_shape);
+    const bool c = get_double(cond, broadcast_source(index, cond.shape())) != 0;
+    if (c) {
+      copy_element(x, broadcast_source(index, x.shape()), out, i);
+    } else {
+      copy_element(y, broadcast_source(index, y.shape()), out, i);
+    }
+  }
+  return out;
+}
+
+Tensor logical_not(const Tensor& x) {
+  Tensor y(DType::kBool, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) set_double(y, i, get_double(x, i) == 0 ? 1 : 0);
+  return y;
+}
+
+Tensor cast(const Tensor& x, DType to) {
+  Tensor y(to, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    if (x.dtype() != DType::kFloat32 || to == DType::kFloat32 || to == DType::kBool) {
+      if (x.dtype() != DType::kFloat32 && to != DType::kFloat32 && to != DType::kBool) {
+        set_int(y, i, get_int(x, i));
+      } else {
+        set_double(y, i, get_double(x, i));
+      }
+      continue;
+    }
+    // Float to integer: truncate, saturate, NaN to 0.
+    double v = std::trunc(get_double(x, i));
+    double lo = 0;
+    double hi = 0;
+    switch (to) {
+      case DType::kInt64:
+        lo = -9223372036854775808.0;
+        hi = 9223372036854775807.0;
+        break;
+      case DType::kInt32:
+        lo = std::numeric_limits<int32_t>::min();
+        hi = std::numeric_limits<int32_t>::max();
+        break;
+      case DType::kInt8:
+        lo = -128;
+        hi = 127;
+        break;
+      default:
+        lo = 0;
+        hi = 255;
+        break;
+    }
+    if (std::isnan(v)) {
+      set_int(y, i, 0);
+    } else if (v >= hi) {
+      set_int(y, i,
+              to == DType::kInt64 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(hi));
+    } else if (v <= lo) {
+      set_int(y, i, static_cast<int64_t>(lo));
+    } else {
+      set_int(y, i, static_cast<int64_t>(v));
+    }
+  }
+  return y;
+}
+
+}  // namespace qforge::kernels::reference

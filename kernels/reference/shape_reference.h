@@ -1,0 +1,24 @@
+// Naive reference implementations of the data-movement kernels: every output element located
+// from its coordinates. They are the specification the fast kernels are tested against.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "kernels/shape_ops.h"
+#include "kernels/tensor.h"
+
+namespace qforge::kernels::reference {
+
+Tensor transpose(const Tensor& x, std::span<const int64_t> perm);
+// ONNX Slice: starts/ends/axes/steps as the op's inputs (axes and steps may be empty).
+Tensor slice(const Tensor& x, std::span<const int64_t> starts, std::span<const int64_t> ends,
+             std::span<const int64_t> axes, std::span<const int64_t> steps);
+Tensor concat(std::span<const Tensor> inputs, int64_t axis);
+Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis);
+// pads in ONNX layout: all begins, then all ends; constant_value in the tensor's dtype.
+Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value);
+Tensor expand(const Tensor& x, std::span<const int64_t> shape);
+Tensor scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updates);
+
+}  // namespace qforge::kernels::reference

@@ -1,0 +1,134 @@
+// Data-movement kernels: strided copies (slice, expand), transpose, concat, gather, pad,
+// scatter_nd, range. They move elements by size (1, 4 or 8 bytes), so one kernel serves every
+// dtype. Layouts are planned once; running a plan allocates nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace qforge::kernels {
+
+// dst (contiguous, shape dims) = src[offset + Σ index_d · strides_d]; strides may be 0 (repeat)
+// or negative (walk backwards).
+struct StridedCopyPlan {
+  size_t elem_size = 4;
+  Shape dims;         // after merging neighbours that src steps through as one; at least one
+  Shape src_strides;  // elements
+  int64_t src_offset = 0;
+  int64_t numel = 0;
+};
+StridedCopyPlan plan_strided_copy(std::span<const int64_t> dims,
+                                  std::span<const int64_t> src_strides, int64_t src_offset,
+                                  size_t elem_size);
+void strided_copy(const StridedCopyPlan& plan, const void* src, void* dst);
+
+// Transpose ------------------------------------------------------------------------------------
+
+// out.shape[i] = in.shape[perm[i]].
+Shape transposed_shape(std::span<const int64_t> in_shape, std::span<const int64_t> perm);
+
+// Axes that stay neighbours are merged first. If the innermost output axis is contiguous in the
+// input, the transpose is a copy of contiguous runs; otherwise it is a tiled 2-D transpose of the
+// input's unit-stride axis against the output's innermost axis, repeated over the other axes.
+struct TransposePlan {
+  bool tiled = false;
+  StridedCopyPlan copy;  // the merged dims and input strides, in output order
+  int unit_axis = 0;     // tiled: the output axis along which the input is contiguous
+};
+TransposePlan plan_transpose(std::span<const int64_t> in_shape, std::span<const int64_t> perm,
+                             size_t elem_size);
+void transpose(const TransposePlan& plan, const void* x, void* y);
+
+// Slice ----------------------------------------------------------------------------------------
+
+// One axis of an ONNX Slice after clamping: `count` elements from `start` by `step`.
+struct SliceRange {
+  int64_t start = 0;
+  int64_t step = 1;
+  int64_t count = 0;
+};
+// ONNX Slice rules for an axis of size `dim`: negative start/end count from the end; start is
+// clamped to [0, dim] (step > 0) or [0, dim - 1] (step < 0), end to [0, dim] or [-1, dim - 1].
+// step must be nonzero.
+SliceRange slice_range(int64_t dim, int64_t start, int64_t end, int64_t step);
+// ranges: one per input axis.
+StridedCopyPlan plan_slice(std::span<const int64_t> in_shape, std::span<const SliceRange> ranges,
+                           size_t elem_size);
+
+// Expand: numpy-broadcasts `in_shape` to `out_shape` (which must be its broadcast shape).
+StridedCopyPlan plan_expand(std::span<const int64_t> in_shape, std::span<const int64_t> out_shape,
+                            size_t elem_size);
+
+// Concat ---------------------------------------------------------------------------------------
+
+struct ConcatPlan {
+  int64_t outer = 1;               // product of the dims before the axis
+  std::vector<int64_t> row_bytes;  // per input: bytes of one outer row
+  int64_t out_row_bytes = 0;
+};
+// axis must be in [0, rank); shapes agree except along it.
+ConcatPlan plan_concat(std::span<const Shape> in_shapes, int axis, size_t elem_size);
+void concat(const ConcatPlan& plan, std::span<const Tensor> inputs, Tensor& y);
+
+// Gather ---------------------------------------------------------------------------------------
+
+struct GatherPlan {
+  size_t elem_size = 4;
+  int64_t outer = 1;     // product of the data dims before the axis
+  int64_t axis_dim = 1;  // data dim along the axis
+  int64_t inner = 1;     // product of the data dims after the axis
+};
+GatherPlan plan_gather(std::span<const int64_t> data_shape, int axis, size_t elem_size);
+// out[o, j, i] = data[o, indices[j], i]; indices are int64 or int32, negative ones count from
+// the end; one outside [-axis_dim, axis_dim) throws an Invalid "expected …, got …" error
+// (callers add context).
+void gather(const GatherPlan& plan, const void* data, const Tensor& indices, void* out);
+
+// Pad ------------------------------------------------------------------------------------------
+
+enum class PadMode { kConstant, kReflect, kEdge };
+
+struct PadPlan {
+  size_t elem_size = 4;
+  PadMode mode = PadMode::kConstant;
+  Shape in_shape;
+  Shape out_shape;
+  Shape pads_begin;  // per axis; negative values crop
+  // Axes after `last_padded` have no padding and are moved as whole blocks.
+  int last_padded = -1;
+  int64_t block = 1;  // elements per block
+  int64_t numel = 0;
+};
+// pads_begin/pads_end: one per axis, may be negative; every output dim must be >= 0 and, for
+// reflect and edge, an axis that is padded must have a nonempty input.
+PadPlan plan_pad(std::span<const int64_t> in_shape, std::span<const int64_t> pads_begin,
+                 std::span<const int64_t> pads_end, PadMode mode, size_t elem_size);
+// constant_value points at one element of the tensor's dtype (constant mode).
+void pad(const PadPlan& plan, const void* x, const void* constant_value, void* y);
+
+// ScatterND (reduction none) -------------------------------------------------------------------
+
+// out = data with out[indices[j]] = updates[j] for every index tuple j in order (indices int64,
+// last dim k <= rank; negative entries count from the end). An index out of range throws an
+// Invalid "expected …, got …" error (callers add context). out may share storage with data.
+void scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updates, Tensor& out);
+
+// Range ----------------------------------------------------------------------------------------
+
+// Elements of ONNX Range(start, limit, delta): max(ceil((limit - start) / delta), 0). delta must
+// be nonzero.
+int64_t range_length(double start, double limit, double delta);
+int64_t range_length(int64_t start, int64_t limit, int64_t delta);
+// out[i] = start + i · delta, for float32, int64 or int32 scalars of out's dtype.
+void range(const Tensor& start, const Tensor& delta, Tensor& out);
+
+// Fill -----------------------------------------------------------------------------------------
+
+// Sets every element of y to the one element at `value` (y's dtype).
+void fill(Tensor& y, const void* value);
+
+}  // namespace qforge::kernels
