@@ -12,5 +12,6 @@ namespace qforge::cli {
 using CommandRunner = std::function<int()>;
 CommandRunner add_inspect_command(CLI::App& app);
 CommandRunner add_run_command(CLI::App& app);
+CommandRunner add_compare_command(CLI::App& app);
 
 }  // namespace qforge::cli

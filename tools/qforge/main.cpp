@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   };
   add(qforge::cli::add_inspect_command);
   add(qforge::cli::add_run_command);
+  add(qforge::cli::add_compare_command);
 
   try {
     app.parse(argc, argv);

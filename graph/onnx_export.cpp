@@ -1,0 +1,235 @@
+// The qforge IR to ONNX protobuf.
+#include "graph/onnx_export.h"
+
+#include <fcntl.h>
+#include <onnx/checker.h>
+#include <onnx/onnx_pb.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+
+#include "graph/catalog.h"
+#include "graph/onnx_import.h"
+
+namespace qforge::graph {
+namespace {
+
+constexpr int64_t kMinOpset = 13;
+
+// IR version a runtime expects next to an opset: 7 up to opset 14, 8 from opset 15 (ONNX's own
+// versioning table), never above what the linked libonnx knows.
+int64_t ir_version_for(int64_t opset) {
+  int64_t ir = opset <= 14 ? 7 : 8;
+  return std::min<int64_t>(ir, onnx::Version::IR_VERSION);
+}
+
+void tensor_to_proto(const Tensor& t, const std::string& name, onnx::TensorProto* proto) {
+  proto->set_name(name);
+  proto->set_data_type(onnx_from_dtype(t.dtype()));
+  for (int64_t d : t.shape()) proto->add_dims(d);
+  std::string* raw = proto->mutable_raw_data();
+  raw->resize(t.nbytes());
+  if (t.nbytes() == 0) return;
+  std::memcpy(raw->data(), t.raw(), t.nbytes());
+  if constexpr (std::endian::native == std::endian::big) {
+    // ONNX raw_data is little-endian.
+    const size_t width = kernels::dtype_size(t.dtype());
+    for (size_t i = 0; i < raw->size(); i += width) {
+      std::reverse(raw->begin() + static_cast<std::ptrdiff_t>(i),
+                   raw->begin() + static_cast<std::ptrdiff_t>(i + width));
+    }
+  }
+}
+
+void attribute_to_proto(const std::string& name, const AttributeValue& value,
+                        onnx::AttributeProto* a) {
+  using A = onnx::AttributeProto;
+  a->set_name(name);
+  std::visit(
+      [&](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, int64_t>) {
+          a->set_type(A::INT);
+          a->set_i(v);
+        } else if constexpr (std::is_same_v<T, float>) {
+          a->set_type(A::FLOAT);
+          a->set_f(v);
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          a->set_type(A::STRING);
+          a->set_s(v);
+        } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+          a->set_type(A::INTS);
+          for (int64_t x : v) a->add_ints(x);
+        } else if constexpr (std::is_same_v<T, std::vector<float>>) {
+          a->set_type(A::FLOATS);
+          for (float x : v) a->add_floats(x);
+        } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+          a->set_type(A::STRINGS);
+          for (const auto& x : v) a->add_strings(x);
+        } else {
+          static_assert(std::is_same_v<T, Tensor>);
+          a->set_type(A::TENSOR);
+          tensor_to_proto(v, "", a->mutable_t());
+        }
+      },
+      value);
+}
+
+// A dynamic dim (-1) becomes a symbolic one: "N" for the leading (batch) axis.
+void value_info_to_proto(const Value& value, onnx::ValueInfoProto* vi) {
+  vi->set_name(value.name());
+  auto* tensor_type = vi->mutable_type()->mutable_tensor_type();
+  tensor_type->set_elem_type(onnx_from_dtype(value.dtype()));
+  if (!value.has_shape()) return;
+  auto* shape = tensor_type->mutable_shape();
+  const Shape& dims = *value.shape();
+  for (size_t i = 0; i < dims.size(); ++i) {
+    auto* dim = shape->add_dim();
+    if (dims[i] >= 0) {
+      dim->set_dim_value(dims[i]);
+    } else {
+      dim->set_dim_param(i == 0 ? std::string("N") : "dim_" + std::to_string(i));
+    }
+  }
+}
+
+onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options) {
+  const int64_t opset = options.opset.value_or(std::max(graph.opset, kMinOpset));
+  if (opset < kMinOpset) {
+    throw_unsupported("export: expected opset " + std::to_string(kMinOpset) + " or later, got " +
+                      std::to_string(opset));
+  }
+  onnx::ModelProto model;
+  model.set_ir_version(ir_version_for(opset));
+  model.set_producer_name(options.producer_name);
+  model.set_producer_version(options.producer_version);
+  auto* opset_import = model.add_opset_import();
+  opset_import->set_domain("");
+  opset_import->set_version(opset);
+  for (const auto& [key, value] : graph.metadata) {
+    auto* prop = model.add_metadata_props();
+    prop->set_key(key);
+    prop->set_value(value);
+  }
+
+  onnx::GraphProto* gp = model.mutable_graph();
+  gp->set_name(graph.name.empty() ? std::string("qforge") : graph.name);
+  for (const Value* in : graph.inputs()) value_info_to_proto(*in, gp->add_input());
+  for (const Value* out : graph.outputs()) value_info_to_proto(*out, gp->add_output());
+  // Constants nobody reads are dropped, as the importer would never see them used.
+  for (const Value* v : graph.values()) {
+    if (!v->is_constant() || (v->consumers().empty() && !v->is_graph_output())) continue;
+    tensor_to_proto(v->constant(), v->name(), gp->add_initializer());
+  }
+
+  for (const Node* node : graph.nodes()) {
+    const OpSchema* schema = find_schema(node->op_type());
+    if (schema && schema->internal) {
+      throw_unsupported("export: " + node->label() +
+                        ": expected an ONNX op, got the qforge-internal op '" + node->op_type() +
+                        "' (export the graph before runtime fusion)");
+    }
+    onnx::NodeProto* np = gp->add_node();
+    np->set_name(node->name());
+    np->set_op_type(node->op_type());
+    if (!node->domain().empty()) np->set_domain(node->domain());
+    for (const Value* in : node->inputs()) np->add_input(in ? in->name() : std::string());
+    for (const Value* out : node->outputs()) np->add_output(out->name());
+    for (const auto& [name, value] : node->attributes()) {
+      attribute_to_proto(name, value, np->add_attribute());
+    }
+  }
+  return model;
+}
+
+std::string strip_trailing_space(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// Temporary in the destination's folder, so that the final rename stays on one filesystem.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& path)
+      : path_(path), temp_path_(path + ".tmp." + std::to_string(::getpid())) {
+    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail(errno);
+  }
+  ~TempFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(temp_path_.c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+
+  void write_all(const std::string& bytes) {
+    const char* p = bytes.data();
+    size_t left = bytes.size();
+    while (left > 0) {
+      ssize_t n = ::write(fd_, p, left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail(errno);
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+  }
+
+  void commit() {
+    if (::fsync(fd_) != 0) fail(errno);
+    int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail(errno);
+    if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail(errno);
+    committed_ = true;
+  }
+
+ private:
+  [[noreturn]] void fail(int error_number) {
+    std::string message = "export: cannot write '";
+    message.append(path_).append("': ").append(std::strerror(error_number));
+    throw_io(message);
+  }
+
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+}  // namespace
+
+std::string serialize_onnx(const Graph& graph, const ExportOptions& options) {
+  onnx::ModelProto model = build_model(graph, options);
+  if (options.run_checker) {
+    try {
+      onnx::checker::check_model(model);
+    } catch (const std::exception& e) {
+      std::string message = "export: expected a model the ONNX checker accepts, got: ";
+      message.append(strip_trailing_space(e.what()));
+      throw_internal(message);
+    }
+  }
+  const size_t size = model.ByteSizeLong();
+  if (size > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    throw_unsupported("export: expected a model under 2 GiB (protobuf's limit), got " +
+                      std::to_string(size) + " bytes");
+  }
+  std::string bytes;
+  if (!model.SerializeToString(&bytes)) throw_internal("export: protobuf serialization failed");
+  return bytes;
+}
+
+void save_onnx(const Graph& graph, const std::string& path, const ExportOptions& options) {
+  std::string bytes = serialize_onnx(graph, options);
+  TempFile file(path);
+  file.write_all(bytes);
+  file.commit();
+}
+
+}  // namespace qforge::graph

@@ -1,0 +1,268 @@
+// `qforge compare`: runs two models on the same inputs and prints, per output, how far the
+// candidate (b) is from the reference (a): max |Δ|, max relative error, cosine, SQNR, top-1
+// agreement, and a verdict.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <numbers>
+#include <random>
+
+#include "graph/onnx_import.h"
+#include "runtime/compare.h"
+#include "runtime/session.h"
+#include "runtime/threads.h"
+#include "tools/io/progress.h"
+#include "tools/qforge/commands.h"
+#include "tools/qforge/data_source.h"
+
+namespace qforge::cli {
+namespace {
+
+struct CompareOptions {
+  std::string model_a;
+  std::string model_b;
+  std::string data;
+  int64_t batch = 0;  // 0: 32, or the models' fixed batch
+  int threads = 0;
+  int64_t limit = 0;
+};
+
+// Without --data both models see this many seeded standard-normal samples.
+constexpr int64_t kRandomSamples = 8;
+constexpr uint64_t kRandomSeed = 0;
+// The verdict calls outputs close when each has at least this cosine and, for [N, C] outputs,
+// the same top-1 class on every row.
+constexpr double kCloseCosine = 0.9999;
+
+std::string shape_text(const std::optional<graph::Shape>& shape) {
+  if (!shape) return "[?]";
+  std::string s = "[";
+  for (size_t i = 0; i < shape->size(); ++i) {
+    if (i) s.append(", ");
+    int64_t d = (*shape)[i];
+    s.append(d < 0 ? std::string("N") : std::to_string(d));
+  }
+  s.append("]");
+  return s;
+}
+
+std::string value_text(const graph::Value& v) {
+  std::string s = "'";
+  s.append(v.name()).append("' ").append(kernels::dtype_name(v.dtype()));
+  s.append(shape_text(v.shape()));
+  return s;
+}
+
+[[noreturn]] void interface_mismatch(const CompareOptions& o, const std::string& what) {
+  std::string message = "compare: models '";
+  message.append(o.model_a).append("' and '").append(o.model_b).append("': ").append(what);
+  throw_invalid(message);
+}
+
+// Inputs are matched by position; names may differ. Output shapes are checked where both files
+// state them, and again on the tensors each batch produces.
+void check_same_interface(const graph::Graph& a, const graph::Graph& b, const CompareOptions& o) {
+  if (a.inputs().size() != b.inputs().size() || a.outputs().size() != b.outputs().size()) {
+    interface_mismatch(o, "expected the same number of inputs and outputs, got " +
+                              std::to_string(a.inputs().size()) + " and " +
+                              std::to_string(a.outputs().size()) + " vs " +
+                              std::to_string(b.inputs().size()) + " and " +
+                              std::to_string(b.outputs().size()));
+  }
+  for (size_t i = 0; i < a.inputs().size(); ++i) {
+    const graph::Value& x = *a.inputs()[i];
+    const graph::Value& y = *b.inputs()[i];
+    if (x.dtype() != y.dtype() || x.shape() != y.shape()) {
+      interface_mismatch(o, "expected the same input " + std::to_string(i) + ", got " +
+                                value_text(x) + " vs " + value_text(y));
+    }
+  }
+  for (size_t i = 0; i < a.outputs().size(); ++i) {
+    const graph::Value& x = *a.outputs()[i];
+    const graph::Value& y = *b.outputs()[i];
+    bool shapes_differ = x.has_shape() && y.has_shape() && x.shape() != y.shape();
+    if (x.dtype() != y.dtype() || shapes_differ) {
+      interface_mismatch(o, "expected the same output " + std::to_string(i) + ", got " +
+                                value_text(x) + " vs " + value_text(y));
+    }
+  }
+}
+
+// Standard normal samples by Box–Muller over mt19937_64, whose sequence the C++ standard fixes,
+// so the inputs are the same with every standard library.
+void fill_normal(kernels::Tensor& t, std::mt19937_64& rng) {
+  auto uniform = [&] { return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53; };
+  auto values = t.span<float>();
+  for (size_t i = 0; i < values.size(); i += 2) {
+    double radius = std::sqrt(-2.0 * std::log(uniform()));
+    double angle = 2.0 * std::numbers::pi * uniform();
+    values[i] = static_cast<float>(radius * std::cos(angle));
+    if (i + 1 < values.size()) values[i + 1] = static_cast<float>(radius * std::sin(angle));
+  }
+}
+
+std::vector<kernels::Tensor> random_inputs(const graph::Graph& model, int64_t rows) {
+  std::mt19937_64 rng(kRandomSeed);
+  std::vector<kernels::Tensor> inputs;
+  for (const graph::Value* in : model.inputs()) {
+    if (in->dtype() != kernels::DType::kFloat32) {
+      throw_unsupported("compare: input " + value_text(*in) +
+                        ": random inputs are float32 only; pass --data");
+    }
+    graph::Shape shape = runtime::input_shapes_for_batch(model, rows).at(in->name());
+    if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) {
+      throw_invalid("compare: input " + value_text(*in) +
+                    ": expected only the batch dim to be dynamic for random inputs; pass --data");
+    }
+    kernels::Tensor t(kernels::DType::kFloat32, shape);
+    fill_normal(t, rng);
+    inputs.push_back(std::move(t));
+  }
+  return inputs;
+}
+
+std::string format_sqnr(double db) {
+  if (std::isinf(db)) return db > 0 ? "inf dB" : "-inf dB";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f dB", db);
+  return buf;
+}
+
+void print_figures(const graph::Value& output, const runtime::ComparisonFigures& f) {
+  std::printf("output     %s (%zu elements compared)\n", value_text(output).c_str(), f.elements);
+  std::printf("  max |Δ|            %.6g (output units)\n", f.max_abs_diff);
+  std::printf("  max rel. error     %.6g (|Δ| / max(|a|, %g))\n", f.max_rel_error,
+              runtime::kRelativeErrorFloor);
+  std::printf("  cosine             %.9f\n", f.cosine);
+  std::printf("  SQNR               %s\n", format_sqnr(f.sqnr_db).c_str());
+  if (f.top1_agreement) {
+    std::printf("  top-1 agreement    %.2f%% (%zu/%zu rows)\n", 100.0 * *f.top1_agreement,
+                f.agreeing_rows, f.rows);
+  }
+  if (f.nonfinite > 0) {
+    std::printf("  non-finite         %zu elements (NaN or inf in a or b; left out above)\n",
+                f.nonfinite);
+  }
+}
+
+int run_compare(const CompareOptions& o) {
+  runtime::set_num_threads(o.threads);
+  runtime::Session session_a(graph::load_onnx(o.model_a));
+  runtime::Session session_b(graph::load_onnx(o.model_b));
+  const graph::Graph& model_a = session_a.graph();
+  const graph::Graph& model_b = session_b.graph();
+  check_same_interface(model_a, model_b, o);
+
+  std::optional<int64_t> fixed = session_a.fixed_batch();
+  std::optional<DataSource> data;
+  std::vector<kernels::Tensor> random;  // whole random batch, without --data
+  size_t total = 0;
+  if (!o.data.empty()) {
+    data = DataSource::open(o.data, model_a, {});
+    total = data->size();
+  } else {
+    random = random_inputs(model_a, fixed.value_or(kRandomSamples));
+    total = static_cast<size_t>(random.front().dim(0));
+  }
+  if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
+  if (total == 0) throw_invalid("compare: data '" + o.data + "' holds no samples");
+  const int64_t batch = o.batch > 0 ? o.batch : fixed.value_or(32);
+  if (fixed && *fixed != batch) {
+    throw_invalid("compare: model '" + o.model_a + "' has a fixed batch of " +
+                  std::to_string(*fixed) + ", got --batch " + std::to_string(batch));
+  }
+  if (fixed && total % static_cast<size_t>(batch) != 0) {
+    total -= total % static_cast<size_t>(batch);  // a fixed-batch model runs whole batches only
+    if (total == 0) throw_invalid("compare: fewer samples than the models' fixed batch");
+  }
+
+  std::vector<runtime::OutputComparison> comparisons(model_a.outputs().size());
+  io::Progress progress("compare", total, "img");
+  for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
+    size_t count = std::min(static_cast<size_t>(batch), total - begin);
+    std::vector<kernels::Tensor> inputs;
+    if (data) {
+      graph::Shape shape = data->sample_shape();
+      shape.insert(shape.begin(), static_cast<int64_t>(count));
+      kernels::Tensor input(kernels::DType::kFloat32, shape);
+      data->load(begin, count, input);
+      inputs.push_back(std::move(input));
+    } else {
+      for (const auto& t : random) {
+        inputs.push_back(
+            t.slice_rows(static_cast<int64_t>(begin), static_cast<int64_t>(begin + count)));
+      }
+    }
+    // Each session's output views stay valid until that session runs again.
+    auto outputs_a = session_a.run(std::span<const kernels::Tensor>(inputs));
+    auto outputs_b = session_b.run(std::span<const kernels::Tensor>(inputs));
+    for (size_t k = 0; k < comparisons.size(); ++k) {
+      if (outputs_a[k].shape() != outputs_b[k].shape()) {
+        interface_mismatch(o, "expected output " + std::to_string(k) + " of the same shape, got " +
+                                  outputs_a[k].describe() + " vs " + outputs_b[k].describe());
+      }
+      comparisons[k].add(outputs_a[k], outputs_b[k]);
+    }
+    progress.advance(count);
+  }
+  progress.finish();
+
+  const auto shown_batch = static_cast<long long>(std::min(static_cast<size_t>(batch), total));
+  std::printf("reference  %s (a)\n", o.model_a.c_str());
+  std::printf("candidate  %s (b)\n", o.model_b.c_str());
+  if (data) {
+    std::printf("data       %s (%zu samples, batch %lld, %d threads)\n", o.data.c_str(), total,
+                shown_batch, runtime::num_threads());
+  } else {
+    std::printf(
+        "data       random normal inputs, seed %llu, %zu samples (no --data given; "
+        "batch %lld, %d threads)\n",
+        static_cast<unsigned long long>(kRandomSeed), total, shown_batch, runtime::num_threads());
+  }
+  bool identical = true;
+  std::string first_far;
+  for (size_t k = 0; k < comparisons.size(); ++k) {
+    runtime::ComparisonFigures f = comparisons[k].figures();
+    print_figures(*model_a.outputs()[k], f);
+    identical = identical && f.nonfinite == 0 && f.max_abs_diff == 0;
+    bool close = f.nonfinite == 0 && f.cosine >= kCloseCosine &&
+                 (!f.top1_agreement || f.agreeing_rows == f.rows);
+    if (!close && first_far.empty()) first_far = model_a.outputs()[k]->name();
+  }
+  if (identical) {
+    std::printf("verdict    identical (every output equal bit for bit)\n");
+  } else if (first_far.empty()) {
+    std::printf("verdict    close (every output has cosine >= %g and full top-1 agreement)\n",
+                kCloseCosine);
+  } else {
+    std::printf(
+        "verdict    different (output '%s' has cosine < %g, a top-1 disagreement or "
+        "non-finite values)\n",
+        first_far.c_str(), kCloseCosine);
+  }
+  return 0;
+}
+
+}  // namespace
+
+CommandRunner add_compare_command(CLI::App& app) {
+  auto opts = std::make_shared<CompareOptions>();
+  auto* cmd = app.add_subcommand(
+      "compare", "Run two models on the same inputs and measure how far their outputs differ");
+  cmd->add_option("a", opts->model_a, "reference ONNX model")->required();
+  cmd->add_option("b", opts->model_b, "candidate ONNX model")->required();
+  cmd->add_option("--data", opts->data,
+                  "image folder or .npy file of inputs, preprocessed as model a says (default: "
+                  "8 seeded random normal samples)");
+  cmd->add_option("--batch", opts->batch,
+                  "samples per forward pass (default 32, or the models' fixed batch)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--limit", opts->limit, "use at most this many samples")
+      ->check(CLI::PositiveNumber);
+  return [opts] { return run_compare(*opts); };
+}
+
+}  // namespace qforge::cli
