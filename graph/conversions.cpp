@@ -1,0 +1,312 @@
+// The conversion patterns: removal of identities (Identity, inference Dropout, pools over 1×1)
+// and the Flatten → Linear head turned into a 1×1 Conv.
+#include "graph/conversions.h"
+
+#include <algorithm>
+
+#include "kernels/error.h"
+
+namespace qforge::graph {
+namespace {
+
+using kernels::DType;
+using kernels::shape_str;
+
+bool is_float_constant(const Value* v) {
+  return v && v->is_constant() && v->dtype() == DType::kFloat32;
+}
+
+std::optional<float> scalar_constant(const Value* v) {
+  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
+  return v->constant().data<float>()[0];
+}
+
+bool output_used(const Node& n, size_t i) {
+  const Value* v = n.output(i);
+  return v && (!v->consumers().empty() || v->is_graph_output());
+}
+
+// Removing a node that passes input 0 through keeps a graph output's name by renaming the input
+// value, which a graph input (or a value already an output) cannot take.
+std::optional<std::string> bypass_refusal(const Node& n) {
+  const Value* in = n.input(0);
+  const Value* out = n.output(0);
+  if (!in) return "input 0 is omitted";
+  for (size_t i = 1; i < n.num_outputs(); ++i) {
+    if (output_used(n, i)) return "output '" + n.output(i)->name() + "' is used";
+  }
+  if (out->is_graph_output() && (in->is_graph_input() || in->is_graph_output())) {
+    return "graph output '" + out->name() + "' would alias graph value '" + in->name() + "'";
+  }
+  return std::nullopt;
+}
+
+void bypass(Graph& graph, Node* n) {
+  Value* in = n->input(0);
+  Value* out = n->output(0);
+  const bool keep_name = out->is_graph_output();
+  const std::string name = out->name();
+  graph.replace_all_uses(out, in);
+  graph.remove_node(n);
+  if (keep_name) graph.rename_value(in, name);
+}
+
+Pattern bypass_pattern(std::string name, std::string topology, Step step, SelectFn extra) {
+  const std::string role = step.role;
+  Pattern p;
+  p.name = std::move(name);
+  p.kind = PatternKind::kConversion;
+  p.topology = std::move(topology);
+  p.trunk = {std::move(step)};
+  p.select = [role, extra](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& n = *m.node(g, role);
+    if (auto refusal = extra(g, m)) return refusal;
+    return bypass_refusal(n);
+  };
+  p.rewrite = [role](Graph& g, const Match& m) { bypass(g, m.node(g, role)); };
+  return p;
+}
+
+bool extra_inputs_scalar_constants(const Node& n) {
+  for (size_t i = 1; i < n.num_inputs(); ++i) {
+    if (n.input(i) && !scalar_constant(n.input(i))) return false;
+  }
+  return n.num_outputs() == 1;
+}
+
+// An Add of the chain value and a constant (a bias).
+bool add_of_constant(const Node& n) {
+  return n.num_inputs() == 2 && is_float_constant(n.input(0)) != is_float_constant(n.input(1));
+}
+
+// A bias constant broadcast over [N, out]: a scalar, [out] or [1, out].
+bool bias_fits(const Value* b, int64_t out) {
+  const auto& s = b->constant().shape();
+  const int64_t numel = b->constant().numel();
+  if (numel != 1 && numel != out) return false;
+  return s.size() <= 1 || (s.size() == 2 && s[0] == 1);
+}
+
+std::string shape_of(const Value* v) {
+  return v->has_shape() ? shape_str(*v->shape()) : "unknown";
+}
+
+}  // namespace
+
+const std::vector<std::string>& unary_elementwise_ops() {
+  static const std::vector<std::string> ops = {"Relu",    "Clip",        "LeakyRelu", "Elu",
+                                               "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+                                               "Erf",     "Neg",         "Sqrt"};
+  return ops;
+}
+
+// 0=Identity: its output is replaced by its input.
+Pattern remove_identity_pattern() {
+  return bypass_pattern("RemoveIdentity", "Identity", one("identity", {"Identity"}),
+                        [](const Graph&, const Match&) { return std::optional<std::string>(); });
+}
+
+// 0=Dropout(data, ratio?, training_mode?) that passes data through: inference mode, or ratio 0.
+Pattern remove_inference_dropout_pattern() {
+  auto select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& n = *m.node(g, "dropout");
+    const Value* ratio_input = n.input(1);
+    const Value* mode_input = n.input(2);
+    std::optional<float> ratio = ratio_input ? scalar_constant(ratio_input) : 0.5f;
+    if (ratio == 0.0f) return std::nullopt;
+    if (!mode_input) return std::nullopt;
+    if (!mode_input->is_constant() || mode_input->constant().numel() != 1 ||
+        mode_input->dtype() != DType::kBool) {
+      return "training_mode '" + mode_input->name() + "' is not a constant boolean";
+    }
+    if (mode_input->constant().data<uint8_t>()[0] != 0) {
+      return std::string("training_mode is true and ratio is not a constant 0");
+    }
+    return std::nullopt;
+  };
+  return bypass_pattern("RemoveInferenceDropout", "Dropout (inference)",
+                        one("dropout", {"Dropout"}), select);
+}
+
+// 0=GlobalAveragePool | AveragePool | ReduceMean whose output equals its input (1×1 spatial).
+Pattern remove_identity_pool_pattern() {
+  auto select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& n = *m.node(g, "pool");
+    const Value* in = n.input(0);
+    const Value* out = n.output(0);
+    if (!in->has_shape() || !out->has_shape()) {
+      return "shapes of '" + in->name() + "' and '" + out->name() + "' are not resolved";
+    }
+    const Shape& s = *in->shape();
+    // ReduceMean with equal shapes averages over axes of size 1 only; a pool also needs 1×1.
+    const bool pool = n.op_type() != "ReduceMean";
+    if (pool &&
+        (s.size() < 3 || std::any_of(s.begin() + 2, s.end(), [](int64_t d) { return d != 1; }))) {
+      return "input spatial size of " + shape_str(s) + " is not 1";
+    }
+    if (s != *out->shape()) {
+      return "output shape " + shape_str(*out->shape()) + " differs from input shape " +
+             shape_str(s);
+    }
+    const auto pads = n.attr_ints("pads", {});
+    const bool padded = std::any_of(pads.begin(), pads.end(), [](int64_t p) { return p != 0; });
+    if (n.op_type() == "AveragePool" && padded && n.attr_int("count_include_pad", 0) != 0) {
+      return std::string("padding counts in the average (count_include_pad=1)");
+    }
+    return std::nullopt;
+  };
+  return bypass_pattern("RemoveIdentityPool", "GlobalAveragePool | AveragePool | ReduceMean",
+                        one("pool", {"GlobalAveragePool", "AveragePool", "ReduceMean"}), select);
+}
+
+// 0=Flatten(axis 1) over [N, C, 1, 1], 1..k=element-wise unary ops, k+1=Gemm(A, W, C?) or
+// MatMul(A, W), k+2=Add(bias) optional; becomes element-wise ops → Conv 1×1 → Flatten.
+Pattern flatten_linear_to_conv_pattern() {
+  Pattern p;
+  p.name = "FlattenLinearToConv";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Flatten -> [element-wise]* -> Gemm | MatMul -> [Add]?";
+  p.trunk = {one("flatten", {"Flatten"}),
+             zero_or_more("elementwise", unary_elementwise_ops(), extra_inputs_scalar_constants),
+             one("linear", {"Gemm", "MatMul"}), optional("bias", {"Add"}, add_of_constant)};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& flatten = *m.node(g, "flatten");
+    const Node& linear = *m.node(g, "linear");
+    const Node* bias = m.node(g, "bias");
+    if (flatten.attr_int("axis", 1) != 1) {
+      return "Flatten axis is " + std::to_string(flatten.attr_int("axis", 1)) + ", expected 1";
+    }
+    const Value* x = flatten.input(0);
+    if (!x->has_shape() || x->shape()->size() != 4 || (*x->shape())[2] != 1 ||
+        (*x->shape())[3] != 1 || x->dtype() != DType::kFloat32) {
+      return "Flatten input '" + x->name() + "' has shape " + shape_of(x) +
+             ", expected float [N, C, 1, 1]";
+    }
+    const int64_t channels = (*x->shape())[1];
+    const Node& chain_end =
+        m.nodes_in(g, "elementwise").empty() ? flatten : *m.nodes_in(g, "elementwise").back();
+    if (linear.input(0) != chain_end.output(0)) {
+      return "the flattened value is input 1 of " + linear.label() + ", expected input 0";
+    }
+    const Value* w = linear.input(1);
+    if (!is_float_constant(w) || w->constant().rank() != 2) {
+      return "weight '" + w->name() + "' is not a constant float matrix";
+    }
+    const bool gemm = linear.op_type() == "Gemm";
+    if (gemm && linear.attr_int("transA", 0) != 0) return std::string("Gemm has transA=1");
+    const bool transposed = gemm && linear.attr_int("transB", 0) != 0;
+    const auto& ws = w->constant().shape();
+    const int64_t in_features = transposed ? ws[1] : ws[0];
+    const int64_t out_features = transposed ? ws[0] : ws[1];
+    if (in_features != channels) {
+      return "weight '" + w->name() + "' has shape " + shape_str(ws) + ", expected " +
+             std::to_string(channels) + " input features";
+    }
+    if (gemm && linear.input(2) &&
+        (!is_float_constant(linear.input(2)) || !bias_fits(linear.input(2), out_features))) {
+      return "Gemm bias '" + linear.input(2)->name() + "' is not a constant of " +
+             std::to_string(out_features) + " values";
+    }
+    if (bias) {
+      const Value* b = is_float_constant(bias->input(0)) ? bias->input(0) : bias->input(1);
+      if (!bias_fits(b, out_features)) {
+        return "bias '" + b->name() + "' has shape " + shape_str(b->constant().shape()) +
+               ", expected [" + std::to_string(out_features) + "]";
+      }
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* flatten = m.node(g, "flatten");
+    std::vector<Node*> elementwise = m.nodes_in(g, "elementwise");
+    Node* linear = m.node(g, "linear");
+    Node* bias = m.node(g, "bias");
+    Node* last = bias ? bias : linear;
+
+    Value* x = flatten->input(0);
+    const Shape x_shape = *x->shape();
+    const int64_t batch = x_shape[0], channels = x_shape[1];
+
+    // Conv weight [out, C, 1, 1] and bias [out] from the linear's constants.
+    const bool gemm = linear->op_type() == "Gemm";
+    const bool transposed = gemm && linear->attr_int("transB", 0) != 0;
+    const float alpha = gemm ? linear->attr_float("alpha", 1.0f) : 1.0f;
+    const float beta = gemm ? linear->attr_float("beta", 1.0f) : 1.0f;
+    const Tensor& w = linear->input(1)->constant();
+    const int64_t out_features = transposed ? w.dim(0) : w.dim(1);
+    Tensor conv_w(DType::kFloat32, {out_features, channels, 1, 1});
+    for (int64_t o = 0; o < out_features; ++o) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const float v =
+            transposed ? w.data<float>()[o * channels + c] : w.data<float>()[c * out_features + o];
+        conv_w.data<float>()[o * channels + c] = alpha * v;
+      }
+    }
+    Tensor conv_b(DType::kFloat32, {out_features});
+    bool has_bias = false;
+    auto add_bias = [&](const Tensor& b, float scale) {
+      has_bias = true;
+      for (int64_t o = 0; o < out_features; ++o) {
+        conv_b.data<float>()[o] += scale * b.data<float>()[b.numel() == 1 ? 0 : o];
+      }
+    };
+    if (gemm && linear->input(2)) add_bias(linear->input(2)->constant(), beta);
+    if (bias) {
+      const Value* b = is_float_constant(bias->input(0)) ? bias->input(0) : bias->input(1);
+      add_bias(b->constant(), 1.0f);
+    }
+
+    // New nodes go where the chain ends: every input they read is ready there.
+    Value* cur = x;
+    for (Node* e : elementwise) {
+      NodeSpec spec{.name = e->name() + "_4d",
+                    .op_type = e->op_type(),
+                    .inputs = e->inputs(),
+                    .output_names = {g.unique_value_name(e->output(0)->name() + "_4d")},
+                    .attributes = e->attributes(),
+                    .domain = e->domain()};
+      spec.inputs[0] = cur;
+      Node* copy = g.insert_node(std::move(spec), last);
+      copy->output(0)->set_type(DType::kFloat32, x_shape);
+      cur = copy->output(0);
+    }
+    Value* weight = g.add_constant(g.unique_value_name(linear->name() + "_conv_weight"), conv_w);
+    Value* conv_bias =
+        has_bias ? g.add_constant(g.unique_value_name(linear->name() + "_conv_bias"), conv_b)
+                 : nullptr;
+    std::vector<Value*> conv_inputs = {cur, weight};
+    if (conv_bias) conv_inputs.push_back(conv_bias);
+    Node* conv = g.insert_node({.name = linear->name() + "_conv",
+                                .op_type = "Conv",
+                                .inputs = std::move(conv_inputs),
+                                .output_names = {g.unique_value_name(linear->name() + "_conv_out")},
+                                .attributes = {{"kernel_shape", std::vector<int64_t>{1, 1}}}},
+                               last);
+    conv->output(0)->set_type(DType::kFloat32, {batch, out_features, 1, 1});
+    Node* flat = g.insert_node({.name = linear->name() + "_flatten",
+                                .op_type = "Flatten",
+                                .inputs = {conv->output(0)},
+                                .output_names = {g.unique_value_name(linear->name() + "_flat")},
+                                .attributes = {{"axis", int64_t{1}}}},
+                               last);
+    flat->output(0)->set_type(DType::kFloat32, {batch, out_features});
+
+    // The old chain goes; its final value's name and uses pass to the new Flatten.
+    Value* old_out = last->output(0);
+    const std::string out_name = old_out->name();
+    g.replace_all_uses(old_out, flat->output(0));
+    if (bias) g.remove_node(bias);
+    g.remove_node(linear);
+    for (auto it = elementwise.rbegin(); it != elementwise.rend(); ++it) g.remove_node(*it);
+    g.remove_node(flatten);
+    g.rename_value(flat->output(0), out_name);
+  };
+  return p;
+}
+
+std::vector<Pattern> conversion_patterns() {
+  return {remove_identity_pattern(), remove_inference_dropout_pattern(),
+          remove_identity_pool_pattern(), flatten_linear_to_conv_pattern()};
+}
+
+}  // namespace qforge::graph

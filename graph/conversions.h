@@ -1,0 +1,25 @@
+// Conversion patterns: structural rewrites that leave every graph output unchanged and normalise
+// the graph for the fusion patterns (run them with run_conversions from graph/plan.h). Shape
+// conditions read resolved shapes (runtime::resolve); values without a shape are refused.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "graph/pattern.h"
+
+namespace qforge::graph {
+
+// Element-wise unary ops (extra inputs, like Clip's bounds, must be scalar constants): they
+// compute the same on [N, C] and on [N, C, 1, 1].
+const std::vector<std::string>& unary_elementwise_ops();
+
+Pattern remove_identity_pattern();
+Pattern remove_inference_dropout_pattern();
+Pattern remove_identity_pool_pattern();
+Pattern flatten_linear_to_conv_pattern();
+
+// Every conversion, removals first so that the chains they break are matched in later rounds.
+std::vector<Pattern> conversion_patterns();
+
+}  // namespace qforge::graph

@@ -1,0 +1,351 @@
+// Conversion patterns: each leaves the outputs unchanged and the op counts as expected; refused
+// matches carry their reason; every bundled model still computes the same after conversion.
+#include "graph/conversions.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "graph/onnx_import.h"
+#include "graph/plan.h"
+#include "tests/support/pass_tester.h"
+#include "tests/support/test_support.h"
+#include "tools/io/npy.h"
+
+namespace qforge {
+namespace {
+
+using graph::DType;
+using graph::Shape;
+using kernels::Tensor;
+using testing::OpCounts;
+
+Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1, float hi = 1) {
+  Tensor t(DType::kFloat32, std::move(shape));
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (float& f : t.span<float>()) f = dist(rng);
+  return t;
+}
+
+Tensor bool_scalar(bool value) {
+  Tensor t(DType::kBool, {});
+  t.data<uint8_t>()[0] = value ? 1 : 0;
+  return t;
+}
+
+graph::PlanReport convert(graph::Graph& g) {
+  const std::vector<graph::Pattern> patterns = graph::conversion_patterns();
+  return graph::run_conversions(g, patterns);
+}
+
+std::vector<std::string> reasons_of(const graph::Graph& g, const std::string& pattern) {
+  const std::vector<graph::Pattern> patterns = graph::conversion_patterns();
+  std::vector<std::string> reasons;
+  for (const auto& e : graph::make_plan(g, patterns).entries) {
+    if (e.match.pattern == pattern && !e.apply) reasons.push_back(e.reason);
+  }
+  return reasons;
+}
+
+// x -> Relu -> Identity -> Sigmoid -> Identity -> y; x -> Identity -> z (kept: z would alias x).
+std::unique_ptr<graph::Graph> identity_graph() {
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 3, 4, 5});
+  auto* r = g->add_node({.name = "relu", .op_type = "Relu", .inputs = {x}, .output_names = {"r"}});
+  auto* i1 = g->add_node(
+      {.name = "id1", .op_type = "Identity", .inputs = {r->output(0)}, .output_names = {"i1"}});
+  auto* s = g->add_node(
+      {.name = "sig", .op_type = "Sigmoid", .inputs = {i1->output(0)}, .output_names = {"s"}});
+  auto* i2 = g->add_node(
+      {.name = "id2", .op_type = "Identity", .inputs = {s->output(0)}, .output_names = {"y"}});
+  auto* i3 =
+      g->add_node({.name = "id3", .op_type = "Identity", .inputs = {x}, .output_names = {"z"}});
+  g->mark_output(i2->output(0));
+  g->mark_output(i3->output(0));
+  return g;
+}
+
+TEST(ConversionRemoveIdentity, KeepsOutputsAndNames) {
+  auto r = testing::run_pass_test(identity_graph, [](graph::Graph& g) {
+    auto report = convert(g);
+    EXPECT_EQ(report.find("RemoveIdentity")->applied, 2u);
+    EXPECT_EQ(report.find("RemoveIdentity")->skipped, 1u);
+  });
+  EXPECT_EQ(r.before, (OpCounts{{"Identity", 3}, {"Relu", 1}, {"Sigmoid", 1}}));
+  EXPECT_EQ(r.after, (OpCounts{{"Identity", 1}, {"Relu", 1}, {"Sigmoid", 1}}));
+  EXPECT_NE(r.transformed->find_node("id3"), nullptr);
+  auto reasons = reasons_of(*r.transformed, "RemoveIdentity");
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_EQ(reasons[0], "graph output 'z' would alias graph value 'x'");
+}
+
+// Four Dropouts: plain (inference), ratio 0 in training mode, training mode false, and one whose
+// mask is read (kept).
+std::unique_ptr<graph::Graph> dropout_graph() {
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{3, 7});
+  auto* zero = g->add_constant("zero", Tensor::scalar_f32(0.f));
+  auto* half = g->add_constant("half", Tensor::scalar_f32(0.5f));
+  auto* on = g->add_constant("on", bool_scalar(true));
+  auto* off = g->add_constant("off", bool_scalar(false));
+  auto* d1 =
+      g->add_node({.name = "d1", .op_type = "Dropout", .inputs = {x}, .output_names = {"a"}});
+  auto* d2 = g->add_node({.name = "d2",
+                          .op_type = "Dropout",
+                          .inputs = {d1->output(0), zero, on},
+                          .output_names = {"b"}});
+  auto* d3 = g->add_node({.name = "d3",
+                          .op_type = "Dropout",
+                          .inputs = {d2->output(0), half, off},
+                          .output_names = {"c", "c_mask"}});
+  auto* t = g->add_node(
+      {.name = "tanh", .op_type = "Tanh", .inputs = {d3->output(0)}, .output_names = {"y"}});
+  g->mark_output(t->output(0));
+  auto* d4 = g->add_node(
+      {.name = "d4", .op_type = "Dropout", .inputs = {x}, .output_names = {"m", "m_mask"}});
+  g->mark_output(d4->output(0));
+  g->mark_output(d4->output(1));
+  return g;
+}
+
+TEST(ConversionRemoveInferenceDropout, RemovesIdentityDropouts) {
+  auto r = testing::run_pass_test(dropout_graph, [](graph::Graph& g) { convert(g); });
+  EXPECT_EQ(r.before, (OpCounts{{"Dropout", 4}, {"Tanh", 1}}));
+  EXPECT_EQ(r.after, (OpCounts{{"Dropout", 1}, {"Tanh", 1}}));
+  EXPECT_NE(r.transformed->find_node("d4"), nullptr);
+  auto reasons = reasons_of(*r.transformed, "RemoveInferenceDropout");
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_EQ(reasons[0], "output 'm_mask' is used");
+}
+
+TEST(ConversionRemoveInferenceDropout, RefusesTrainingDropout) {
+  graph::Graph g;
+  auto* x = g.add_input("x", DType::kFloat32, Shape{3, 7});
+  auto* ratio = g.add_constant("ratio", Tensor::scalar_f32(0.1f));
+  auto* on = g.add_constant("on", bool_scalar(true));
+  auto* mode = g.add_input("mode", DType::kBool, Shape{});
+  auto* d1 = g.add_node(
+      {.name = "d1", .op_type = "Dropout", .inputs = {x, ratio, on}, .output_names = {"a"}});
+  auto* d2 = g.add_node({.name = "d2",
+                         .op_type = "Dropout",
+                         .inputs = {d1->output(0), ratio, mode},
+                         .output_names = {"b"}});
+  g.mark_output(d2->output(0));
+  EXPECT_EQ(reasons_of(g, "RemoveInferenceDropout"),
+            (std::vector<std::string>{"training_mode is true and ratio is not a constant 0",
+                                      "training_mode 'mode' is not a constant boolean"}));
+  EXPECT_EQ(convert(g).applied(), 0u);
+}
+
+// x [2, 4, 1, 1] -> GlobalAveragePool -> AveragePool(1×1) -> ReduceMean(2, 3) -> Relu -> y,
+// plus refused: ReduceMean keepdims=0 (shape changes), GlobalAveragePool over 3×3, AveragePool
+// 3×3 with counted padding over 1×1.
+std::unique_ptr<graph::Graph> pool_graph() {
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 4, 1, 1});
+  auto* x2 = g->add_input("x2", DType::kFloat32, Shape{2, 4, 3, 3});
+  auto* gap = g->add_node(
+      {.name = "gap", .op_type = "GlobalAveragePool", .inputs = {x}, .output_names = {"p1"}});
+  auto* avg = g->add_node({.name = "avg",
+                           .op_type = "AveragePool",
+                           .inputs = {gap->output(0)},
+                           .output_names = {"p2"},
+                           .attributes = {{"kernel_shape", std::vector<int64_t>{1, 1}}}});
+  auto* mean = g->add_node({.name = "mean",
+                            .op_type = "ReduceMean",
+                            .inputs = {avg->output(0)},
+                            .output_names = {"p3"},
+                            .attributes = {{"axes", std::vector<int64_t>{2, 3}}}});
+  auto* relu = g->add_node(
+      {.name = "relu", .op_type = "Relu", .inputs = {mean->output(0)}, .output_names = {"y"}});
+  g->mark_output(relu->output(0));
+  auto* flat_mean =
+      g->add_node({.name = "flat_mean",
+                   .op_type = "ReduceMean",
+                   .inputs = {relu->output(0)},
+                   .output_names = {"z"},
+                   .attributes = {{"axes", std::vector<int64_t>{2, 3}}, {"keepdims", int64_t{0}}}});
+  g->mark_output(flat_mean->output(0));
+  auto* big = g->add_node(
+      {.name = "big", .op_type = "GlobalAveragePool", .inputs = {x2}, .output_names = {"w"}});
+  g->mark_output(big->output(0));
+  auto* padded = g->add_node({.name = "padded",
+                              .op_type = "AveragePool",
+                              .inputs = {x},
+                              .output_names = {"v"},
+                              .attributes = {{"kernel_shape", std::vector<int64_t>{3, 3}},
+                                             {"pads", std::vector<int64_t>{1, 1, 1, 1}},
+                                             {"count_include_pad", int64_t{1}}}});
+  g->mark_output(padded->output(0));
+  return g;
+}
+
+TEST(ConversionRemoveIdentityPool, RemovesPoolsOverOnePixel) {
+  auto r = testing::run_pass_test(pool_graph, [](graph::Graph& g) { convert(g); });
+  EXPECT_EQ(
+      r.before,
+      (OpCounts{{"AveragePool", 2}, {"GlobalAveragePool", 2}, {"ReduceMean", 2}, {"Relu", 1}}));
+  EXPECT_EQ(
+      r.after,
+      (OpCounts{{"AveragePool", 1}, {"GlobalAveragePool", 1}, {"ReduceMean", 1}, {"Relu", 1}}));
+  EXPECT_EQ(reasons_of(*r.transformed, "RemoveIdentityPool"),
+            (std::vector<std::string>{"output shape [2, 4] differs from input shape [2, 4, 1, 1]",
+                                      "input spatial size of [2, 4, 3, 3] is not 1",
+                                      "padding counts in the average (count_include_pad=1)"}));
+}
+
+// Two heads over x [2, 6, 3, 3] -> GlobalAveragePool:
+//   Flatten -> Relu -> Clip(0, 0.4) -> Gemm(transB=1, alpha, beta, C) -> y
+//   Flatten -> MatMul(W [6, 4]) -> Add(b) -> z
+// and one refused head: Flatten over x itself (3×3 spatial) -> Gemm -> w.
+std::unique_ptr<graph::Graph> head_graph() {
+  std::mt19937 rng(11);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 6, 3, 3});
+  auto* gap = g->add_node(
+      {.name = "gap", .op_type = "GlobalAveragePool", .inputs = {x}, .output_names = {"p"}});
+  auto* f1 = g->add_node({.name = "flatten1",
+                          .op_type = "Flatten",
+                          .inputs = {gap->output(0)},
+                          .output_names = {"f1"}});
+  auto* relu = g->add_node(
+      {.name = "relu", .op_type = "Relu", .inputs = {f1->output(0)}, .output_names = {"r"}});
+  auto* lo = g->add_constant("lo", Tensor::scalar_f32(0.f));
+  auto* hi = g->add_constant("hi", Tensor::scalar_f32(0.4f));
+  auto* clip = g->add_node({.name = "clip",
+                            .op_type = "Clip",
+                            .inputs = {relu->output(0), lo, hi},
+                            .output_names = {"c"}});
+  auto* w1 = g->add_constant("w1", random_tensor({5, 6}, rng));
+  auto* b1 = g->add_constant("b1", random_tensor({5}, rng));
+  auto* gemm =
+      g->add_node({.name = "fc",
+                   .op_type = "Gemm",
+                   .inputs = {clip->output(0), w1, b1},
+                   .output_names = {"y"},
+                   .attributes = {{"transB", int64_t{1}}, {"alpha", 0.7f}, {"beta", 1.5f}}});
+  g->mark_output(gemm->output(0));
+  auto* f2 = g->add_node({.name = "flatten2",
+                          .op_type = "Flatten",
+                          .inputs = {gap->output(0)},
+                          .output_names = {"f2"}});
+  auto* w2 = g->add_constant("w2", random_tensor({6, 4}, rng));
+  auto* mm = g->add_node(
+      {.name = "mm", .op_type = "MatMul", .inputs = {f2->output(0), w2}, .output_names = {"mmo"}});
+  auto* b2 = g->add_constant("b2", random_tensor({4}, rng));
+  auto* add = g->add_node(
+      {.name = "add", .op_type = "Add", .inputs = {b2, mm->output(0)}, .output_names = {"z"}});
+  g->mark_output(add->output(0));
+  auto* f3 = g->add_node(
+      {.name = "flatten3", .op_type = "Flatten", .inputs = {x}, .output_names = {"f3"}});
+  auto* w3 = g->add_constant("w3", random_tensor({3, 54}, rng));
+  auto* gemm3 = g->add_node({.name = "fc3",
+                             .op_type = "Gemm",
+                             .inputs = {f3->output(0), w3},
+                             .output_names = {"w"},
+                             .attributes = {{"transB", int64_t{1}}}});
+  g->mark_output(gemm3->output(0));
+  return g;
+}
+
+TEST(ConversionFlattenLinearToConv, HeadsBecomeConv1x1) {
+  auto r = testing::run_pass_test(head_graph, [](graph::Graph& g) {
+    auto report = convert(g);
+    EXPECT_EQ(report.find("FlattenLinearToConv")->applied, 2u);
+    EXPECT_EQ(report.find("FlattenLinearToConv")->skipped, 1u);
+  });
+  EXPECT_EQ(r.before, (OpCounts{{"Add", 1},
+                                {"Clip", 1},
+                                {"Flatten", 3},
+                                {"Gemm", 2},
+                                {"GlobalAveragePool", 1},
+                                {"MatMul", 1},
+                                {"Relu", 1}}));
+  EXPECT_EQ(r.after, (OpCounts{{"Clip", 1},
+                               {"Conv", 2},
+                               {"Flatten", 3},
+                               {"Gemm", 1},
+                               {"GlobalAveragePool", 1},
+                               {"Relu", 1}}));
+  // The element-wise ops now run on the 4-D value, before the Conv.
+  const graph::Node* conv = r.transformed->find_node("fc_conv");
+  ASSERT_NE(conv, nullptr);
+  EXPECT_EQ(conv->input(0)->producer()->op_type(), "Clip");
+  EXPECT_EQ(conv->input(1)->constant().shape(), (Shape{5, 6, 1, 1}));
+  EXPECT_EQ(reasons_of(*r.transformed, "FlattenLinearToConv"),
+            (std::vector<std::string>{
+                "Flatten input 'x' has shape [2, 6, 3, 3], expected float [N, C, 1, 1]"}));
+}
+
+// x [2, 6, 1, 1] -> Flatten -> Dropout -> Relu -> Gemm -> y: the Dropout goes in the first round,
+// which lets the head become a Conv in the second.
+std::unique_ptr<graph::Graph> chained_graph() {
+  std::mt19937 rng(5);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 6, 1, 1});
+  auto* f =
+      g->add_node({.name = "flatten", .op_type = "Flatten", .inputs = {x}, .output_names = {"f"}});
+  auto* d = g->add_node(
+      {.name = "drop", .op_type = "Dropout", .inputs = {f->output(0)}, .output_names = {"d"}});
+  auto* relu = g->add_node(
+      {.name = "relu", .op_type = "Relu", .inputs = {d->output(0)}, .output_names = {"r"}});
+  auto* w = g->add_constant("w", random_tensor({6, 3}, rng));
+  auto* gemm = g->add_node(
+      {.name = "fc", .op_type = "Gemm", .inputs = {relu->output(0), w}, .output_names = {"y"}});
+  g->mark_output(gemm->output(0));
+  return g;
+}
+
+TEST(ConversionFixedPoint, LaterRoundsMatchWhatEarlierRoundsExposed) {
+  auto r = testing::run_pass_test(chained_graph, [](graph::Graph& g) {
+    auto report = convert(g);
+    EXPECT_EQ(report.iterations, 2u);
+    EXPECT_EQ(report.find("RemoveInferenceDropout")->applied, 1u);
+    EXPECT_EQ(report.find("FlattenLinearToConv")->applied, 1u);
+    EXPECT_EQ(report.skipped(), 0u);
+  });
+  EXPECT_EQ(r.after, (OpCounts{{"Conv", 1}, {"Flatten", 1}, {"Relu", 1}}));
+}
+
+class ConversionBundledModel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ConversionBundledModel, OutputsUnchanged) {
+  const std::string name = GetParam();
+  const std::string family = name.substr(0, name.rfind('_'));
+  Tensor input = io::read_npy(testing::data_path("golden/" + family + "_input.npy"));
+  constexpr int64_t kBatch = 4;
+  ASSERT_GE(input.dim(0), kBatch);
+  input = input.slice_rows(0, kBatch).clone();
+
+  auto plain = graph::load_onnx(testing::data_path("models/" + name + ".onnx"));
+  runtime::resolve(*plain, {.input_shapes = runtime::input_shapes_for_batch(*plain, kBatch)});
+  auto converted = plain->clone();
+  auto report = convert(*converted);
+  for (const graph::Node* n : converted->nodes()) {
+    EXPECT_NE(n->op_type(), "Identity") << n->name();
+    EXPECT_NE(n->op_type(), "Dropout") << n->name();
+  }
+  // Every classifier head with a Flatten becomes a 1×1 Conv (MobileNetV3 has two linears in it).
+  const std::map<std::string, size_t> heads = {{"resnet", 1},       {"mobilenet_v3", 2},
+                                               {"efficientnet", 1}, {"convnext", 1},
+                                               {"vit", 0},          {"swin", 1}};
+  EXPECT_EQ(report.find("FlattenLinearToConv")->applied, heads.at(family)) << report.to_text();
+  runtime::Executor a(*plain), b(*converted);
+  auto ref = a.run(std::span(&input, 1));
+  auto got = b.run(std::span(&input, 1));
+  ASSERT_EQ(ref.size(), got.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_EQ(ref[i].shape(), got[i].shape());
+    EXPECT_LE(testing::relative_max_diff(got[i], ref[i]), 1e-5) << report.to_text();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Conversion, ConversionBundledModel,
+                         ::testing::Values("resnet_bn", "resnet_folded", "mobilenet_v3_bn",
+                                           "mobilenet_v3_folded", "efficientnet_bn",
+                                           "efficientnet_folded", "convnext_bn", "convnext_folded",
+                                           "vit_bn", "vit_folded", "swin_bn", "swin_folded"),
+                         [](const auto& p) { return p.param; });
+
+}  // namespace
+}  // namespace qforge
