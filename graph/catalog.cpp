@@ -61,17 +61,37 @@ constexpr std::array kSchemas = {
     OpSchema{"Where", 3, 3, 1, 1, 16},
     // Runtime-internal: Conv with its BatchNormalization, residual Add and Relu/Clip applied in
     // the output pass (runtime/fuse_epilogues.h).
-    OpSchema{"FusedConv", 2, 6, 1, 1, 0, true},
+    OpSchema{"FusedConv", 2, 6, 1, 1, 0, SchemaKind::kInternal},
 };
 
 }  // namespace
 
-const OpSchema* find_schema(std::string_view op_type) {
-  auto it = std::find_if(kSchemas.begin(), kSchemas.end(),
-                         [&](const OpSchema& s) { return s.op_type == op_type; });
-  return it == kSchemas.end() ? nullptr : &*it;
+std::vector<const OpSchema*> all_schemas() {
+  std::vector<const OpSchema*> out;
+  for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),
+                     attention_module_schemas()}) {
+    for (const OpSchema& s : table) out.push_back(&s);
+  }
+  return out;
 }
 
-std::span<const OpSchema> all_schemas() { return kSchemas; }
+const OpSchema* find_schema(std::string_view op_type) {
+  for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),
+                     attention_module_schemas()}) {
+    for (const OpSchema& s : table) {
+      if (s.op_type == op_type) return &s;
+    }
+  }
+  return nullptr;
+}
+
+std::vector<int> quantized_inputs(const OpSchema& schema) {
+  std::vector<int> out;
+  for (int i : schema.quantized_inputs) {
+    if (i < 0) break;
+    out.push_back(i);
+  }
+  return out;
+}
 
 }  // namespace qforge::graph

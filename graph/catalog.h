@@ -1,11 +1,28 @@
-// The op catalog: every op qforge knows, declared once with its arity. The importer refuses ops
-// that are not here; the runtime binds one OpDef to each entry.
+// The op catalog: every op qforge knows, declared once. ONNX ops carry their arity; fused
+// modules (made by fusions and conversions) also carry their quantization contract and how
+// they lower back to standard ONNX ops. The importer refuses what is not here and what only
+// qforge's passes make; the runtime binds one OpDef to each entry; quant/ reads the contract.
 #pragma once
 
+#include <array>
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace qforge::graph {
+
+class Graph;
+class Node;
+
+// Replaces a module node in `graph` by standard ONNX nodes computing the same outputs (same
+// output value names).
+using LowerFn = void (*)(Graph& graph, Node& node);
+
+enum class SchemaKind : unsigned char {
+  kOnnx,      // a standard ONNX op, read from files and written back
+  kModule,    // a fused or converted module (ConvBNAct, SDPA, …): lowered before export
+  kInternal,  // a runtime-only node (FusedConv): never read, never exported
+};
 
 struct OpSchema {
   std::string_view op_type;
@@ -14,11 +31,23 @@ struct OpSchema {
   int min_outputs;
   int max_outputs;
   int since_opset;  // earliest default-domain opset whose semantics qforge implements
-  // Made by qforge's own passes, never read from a file: the importer refuses it.
-  bool internal = false;
+  SchemaKind kind = SchemaKind::kOnnx;
+  // Module contract (DESIGN.md, Quantization): inputs that get a Q/DQ pair in front (-1 ends
+  // the list), the weight input quantized per channel and its channel axis (-1: none).
+  std::array<int, 4> quantized_inputs = {-1, -1, -1, -1};
+  int weight_input = -1;
+  int weight_axis = 0;
+  LowerFn lower = nullptr;  // modules only
+  std::string_view summary = {};
 };
 
 const OpSchema* find_schema(std::string_view op_type);
-std::span<const OpSchema> all_schemas();
+// Every entry: ONNX ops, internal ops, then each module family's table.
+std::vector<const OpSchema*> all_schemas();
+std::vector<int> quantized_inputs(const OpSchema& schema);
+
+// Module tables, one per family file (graph/fusions.cpp, graph/attention.cpp).
+std::span<const OpSchema> fusion_module_schemas();
+std::span<const OpSchema> attention_module_schemas();
 
 }  // namespace qforge::graph

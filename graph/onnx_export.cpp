@@ -128,10 +128,11 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options) {
 
   for (const Node* node : graph.nodes()) {
     const OpSchema* schema = find_schema(node->op_type());
-    if (schema && schema->internal) {
+    if (schema && schema->kind != SchemaKind::kOnnx) {
       throw_unsupported("export: " + node->label() +
-                        ": expected an ONNX op, got the qforge-internal op '" + node->op_type() +
-                        "' (export the graph before runtime fusion)");
+                        ": expected an ONNX op, got the qforge op '" + node->op_type() +
+                        "' (lower modules with graph::lower_modules first; runtime-only ops are "
+                        "never exported)");
     }
     onnx::NodeProto* np = gp->add_node();
     np->set_name(node->name());

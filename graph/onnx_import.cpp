@@ -146,7 +146,7 @@ int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& so
                         np.domain() + "' is not supported by qforge");
     }
     const OpSchema* schema = find_schema(np.op_type());
-    if (!schema || schema->internal) {
+    if (!schema || schema->kind != SchemaKind::kOnnx) {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' (opset " +
                         std::to_string(opset) + ") is not supported by qforge");
     }

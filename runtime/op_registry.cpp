@@ -34,6 +34,8 @@ const OpRegistry& builtin_ops() {
     ops::register_dense_ops(r);
     ops::register_elementwise_ops(r);
     ops::register_shape_ops(r);
+    ops::register_fusion_module_ops(r);
+    ops::register_attention_module_ops(r);
     return r;
   }();
   return registry;

@@ -14,4 +14,9 @@ void register_elementwise_ops(OpRegistry& registry);
 // Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND.
 void register_shape_ops(OpRegistry& registry);
 
+// Fused convolutional and linear modules (graph/fusions.h): ConvBN, ConvBNAct, …
+void register_fusion_module_ops(OpRegistry& registry);
+// Attention modules (graph/attention.h): MHAInProjection, SDPA, SwinAttention, …
+void register_attention_module_ops(OpRegistry& registry);
+
 }  // namespace qforge::runtime::ops
