@@ -1,12 +1,766 @@
-// Fusion patterns and fused-module schemas (none yet).
+// Fusion patterns and the fused modules they make for convolutional and linear layers, each a
+// catalog entry with its quantization contract and its lowering back to standard ONNX ops.
+//
+// Module nodes (domain "qforge") keep their parts: inputs are the data inputs first (the
+// quantized ones), then the constant parameters (conv W, conv B or omitted, BN gamma, beta,
+// mean, var; Linear W, B or omitted); attributes are the conv's own, BN `epsilon`, and
+// `activation` with `alpha`, `beta`, `clip_min`, `clip_max`. BN stays BN: folding happens in the
+// runtime kernel, never in the graph.
+//
+// BN-folded exports have Conv -> Act without BN: that is not a listed module, so it stays
+// unfused (a ConvBNAct with identity BN parameters would invent parameters the model lacks).
 #include "graph/fusions.h"
 
+#include <array>
+#include <cmath>
+#include <limits>
+#include <optional>
+
 #include "graph/catalog.h"
+#include "kernels/error.h"
 
 namespace qforge::graph {
+namespace {
 
-std::vector<Pattern> fusion_patterns() { return {}; }
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr char kDomain[] = "qforge";
 
-std::span<const OpSchema> fusion_module_schemas() { return {}; }
+bool is_float_constant(const Value* v) {
+  return v && v->is_constant() && v->dtype() == DType::kFloat32;
+}
+
+std::optional<float> scalar_constant(const Value* v) {
+  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
+  return v->constant().data<float>()[0];
+}
+
+// The node that privately reads `v`: its only reader, reading it once, and v no graph output.
+Node* private_reader(const Value* v) {
+  if (!v || v->is_graph_output() || v->consumers().size() != 1) return nullptr;
+  Node* n = v->consumers()[0];
+  size_t uses = 0;
+  for (const Value* in : n->inputs()) uses += in == v;
+  return uses == 1 ? n : nullptr;
+}
+
+// The other input of a two-input node, given one of them.
+Value* other_input(const Node& n, const Value* one) {
+  if (n.num_inputs() != 2) return nullptr;
+  if (n.input(0) == one) return n.input(1);
+  if (n.input(1) == one) return n.input(0);
+  return nullptr;
+}
+
+bool near(std::optional<float> got, float want) {
+  return got && std::fabs(*got - want) <= 1e-4f * std::fabs(want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations: one node, or the multi-node GELU (Erf form) and SiLU that read their input twice.
+
+struct Activation {
+  std::string kind;
+  std::vector<Node*> nodes;  // data-flow order
+  Value* output = nullptr;
+  float alpha = 0, beta = 0;
+  float clip_min = -kInf, clip_max = kInf;
+};
+
+const std::vector<std::string>& single_node_activations() {
+  static const std::vector<std::string> ops = {"Relu",      "Clip",        "LeakyRelu", "Elu",
+                                               "HardSwish", "HardSigmoid", "Sigmoid"};
+  return ops;
+}
+
+std::optional<Activation> single_activation(Node* n) {
+  Activation a;
+  a.kind = n->op_type();
+  a.nodes = {n};
+  a.output = n->output(0);
+  if (n->num_outputs() != 1) return std::nullopt;
+  if (a.kind == "Clip") {
+    for (size_t i : {size_t{1}, size_t{2}}) {
+      if (!n->input(i)) continue;
+      std::optional<float> bound = scalar_constant(n->input(i));
+      if (!bound) return std::nullopt;
+      (i == 1 ? a.clip_min : a.clip_max) = *bound;
+    }
+  } else if (a.kind == "LeakyRelu") {
+    a.alpha = n->attr_float("alpha", 0.01f);
+  } else if (a.kind == "Elu") {
+    a.alpha = n->attr_float("alpha", 1.0f);
+  } else if (a.kind == "HardSigmoid") {
+    a.alpha = n->attr_float("alpha", 0.2f);
+    a.beta = n->attr_float("beta", 0.5f);
+  } else if (std::find(single_node_activations().begin(), single_node_activations().end(),
+                       a.kind) == single_node_activations().end()) {
+    return std::nullopt;
+  }
+  return a;
+}
+
+// x -> Div(√2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5), x read by the Div and the first Mul only.
+std::optional<Activation> gelu_after(const Value* x) {
+  if (x->consumers().size() != 2 || x->is_graph_output()) return std::nullopt;
+  Node* div = nullptr;
+  Node* mul_x = nullptr;
+  for (Node* c : x->consumers()) {
+    if (c->op_type() == "Div" && c->input(0) == x) div = c;
+    if (c->op_type() == "Mul") mul_x = c;
+  }
+  if (!div || !mul_x || !near(scalar_constant(div->input(1)), std::sqrt(2.0f))) return std::nullopt;
+  Node* erf = private_reader(div->output(0));
+  if (!erf || erf->op_type() != "Erf") return std::nullopt;
+  Node* add = private_reader(erf->output(0));
+  if (!add || add->op_type() != "Add" || !near(scalar_constant(other_input(*add, erf->output(0))), 1))
+    return std::nullopt;
+  if (private_reader(add->output(0)) != mul_x || other_input(*mul_x, add->output(0)) != x)
+    return std::nullopt;
+  Node* half = private_reader(mul_x->output(0));
+  if (!half || half->op_type() != "Mul" ||
+      !near(scalar_constant(other_input(*half, mul_x->output(0))), 0.5f)) {
+    return std::nullopt;
+  }
+  Activation a;
+  a.kind = "Gelu";
+  a.nodes = {div, erf, add, mul_x, half};
+  a.output = half->output(0);
+  return a;
+}
+
+// x -> Sigmoid -> Mul(x), x read by those two only.
+std::optional<Activation> silu_after(const Value* x) {
+  if (x->consumers().size() != 2 || x->is_graph_output()) return std::nullopt;
+  Node* sigmoid = nullptr;
+  Node* mul = nullptr;
+  for (Node* c : x->consumers()) {
+    if (c->op_type() == "Sigmoid") sigmoid = c;
+    if (c->op_type() == "Mul") mul = c;
+  }
+  if (!sigmoid || !mul || private_reader(sigmoid->output(0)) != mul ||
+      other_input(*mul, sigmoid->output(0)) != x) {
+    return std::nullopt;
+  }
+  Activation a;
+  a.kind = "Silu";
+  a.nodes = {sigmoid, mul};
+  a.output = mul->output(0);
+  return a;
+}
+
+std::optional<Activation> activation_after(const Value* x) {
+  if (!x) return std::nullopt;
+  if (Node* n = private_reader(x)) {
+    if (auto a = single_activation(n)) return a;
+  }
+  if (auto a = gelu_after(x)) return a;
+  return silu_after(x);
+}
+
+bool feeds_activation(const Node& n) { return activation_after(n.output(0)).has_value(); }
+
+void set_activation_attributes(NodeSpec& spec, const Activation& a) {
+  spec.attributes["activation"] = a.kind;
+  if (a.kind == "LeakyRelu" || a.kind == "Elu" || a.kind == "HardSigmoid") {
+    spec.attributes["alpha"] = a.alpha;
+  }
+  if (a.kind == "HardSigmoid") spec.attributes["beta"] = a.beta;
+  if (a.kind == "Clip") {
+    spec.attributes["clip_min"] = a.clip_min;
+    spec.attributes["clip_max"] = a.clip_max;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared match conditions
+
+bool conv_with_constant_weights(const Node& n) {
+  return n.num_outputs() == 1 && is_float_constant(n.input(1)) &&
+         (!n.input(2) || is_float_constant(n.input(2)));
+}
+
+bool inference_batch_norm(const Node& n) {
+  if (n.attr_int("training_mode", 0) != 0) return false;
+  for (size_t i = 1; i <= 4; ++i) {
+    if (!is_float_constant(n.input(i)) || n.input(i)->constant().rank() != 1) return false;
+  }
+  for (size_t i = 1; i < n.num_outputs(); ++i) {
+    const Value* v = n.output(i);
+    if (v && (!v->consumers().empty() || v->is_graph_output())) return false;
+  }
+  return true;
+}
+
+// The Add's input that is not `chain`: a computed tensor of the sum's shape.
+const Value* residual_of(const Node& add, const Value* chain) {
+  const Value* other = other_input(add, chain);
+  if (!other || other->is_constant() || other == chain) return nullptr;
+  if (!other->has_shape() || !add.output(0)->has_shape() || !chain->has_shape() ||
+      *other->shape() != *add.output(0)->shape() || *chain->shape() != *other->shape()) {
+    return nullptr;
+  }
+  return other;
+}
+
+bool residual_add(const Node& n) {
+  if (n.num_inputs() != 2) return false;
+  for (const Value* in : n.inputs()) {
+    const Node* p = in ? in->producer() : nullptr;
+    if (p && p->op_type() == "BatchNormalization" && residual_of(n, in)) return true;
+  }
+  return false;
+}
+
+// Gemm(A, W, C?) without transA, or MatMul(A, W), with a constant 2-D weight.
+bool linear_with_constant_weight(const Node& n) {
+  if (n.num_outputs() != 1 || !is_float_constant(n.input(1)) || n.input(1)->constant().rank() != 2)
+    return false;
+  if (n.op_type() == "Gemm") {
+    return n.attr_int("transA", 0) == 0 && (!n.input(2) || is_float_constant(n.input(2)));
+  }
+  return true;
+}
+
+int64_t linear_out_features(const Node& n) {
+  const auto& s = n.input(1)->constant().shape();
+  const bool transposed = n.op_type() == "Gemm" && n.attr_int("transB", 0) != 0;
+  return transposed ? s[0] : s[1];
+}
+
+// An Add of a MatMul's output and a constant bias of [out] or [1, out] (or a scalar).
+bool matmul_bias(const Node& add) {
+  if (add.num_inputs() != 2) return false;
+  const bool first = is_float_constant(add.input(0));
+  if (first == is_float_constant(add.input(1))) return false;
+  const Value* bias = first ? add.input(0) : add.input(1);
+  const Node* mm = (first ? add.input(1) : add.input(0))->producer();
+  if (!mm || mm->op_type() != "MatMul" || !linear_with_constant_weight(*mm)) return false;
+  const auto& s = bias->constant().shape();
+  const int64_t numel = bias->constant().numel();
+  return (numel == 1 || numel == linear_out_features(*mm)) &&
+         (s.size() <= 1 || (s.size() == 2 && s[0] == 1));
+}
+
+// The last node of a linear layer: its bias Add when a MatMul has one.
+const Node& linear_end(const Node& linear) {
+  if (linear.op_type() == "MatMul") {
+    const Node* add = private_reader(linear.output(0));
+    if (add && add->op_type() == "Add" && matmul_bias(*add)) return *add;
+  }
+  return linear;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rewriting: one module node replaces a chain, at the chain's end, under the chain's output name.
+
+std::string module_name(const Graph& g, const Node& first, std::string_view module) {
+  std::string stem = first.name();
+  stem.append("/").append(module);
+  return g.find_node(stem) ? g.unique_node_name(stem) : stem;
+}
+
+// Inserts `spec` before `last`, moves the uses of `out` onto it, removes `chain` (data-flow
+// order) and gives the module's output the old name.
+Node* replace_chain(Graph& g, NodeSpec spec, const std::vector<Node*>& chain, Value* out) {
+  const std::string out_name = out->name();
+  std::string temp = out_name;
+  temp.append("_module");
+  spec.output_names = {g.unique_value_name(temp)};
+  spec.domain = kDomain;
+  Node* module = g.insert_node(std::move(spec), chain.back());
+  if (out->has_shape()) module->output(0)->set_type(out->dtype(), *out->shape());
+  g.replace_all_uses(out, module->output(0));
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) g.remove_node(*it);
+  g.rename_value(module->output(0), out_name);
+  return module;
+}
+
+// TensorRT runs a grouped conv in INT8 only with channels per group multiples of 4 (the module
+// guide); depthwise convs are the exception.
+bool int8_unsupported(const Node& conv) {
+  const int64_t group = conv.attr_int("group", 1);
+  if (group <= 1) return false;
+  const auto& w = conv.input(1)->constant().shape();
+  const int64_t out_per_group = w[0] / group;
+  const int64_t in_per_group = w[1];
+  if (in_per_group == 1) return false;  // depthwise
+  return in_per_group % 4 != 0 || out_per_group % 4 != 0;
+}
+
+// Conv and BN attributes and parameters: [W, B?, gamma, beta, mean, var].
+void add_conv_bn_parts(NodeSpec& spec, const Node& conv, const Node& bn) {
+  spec.attributes = conv.attributes();
+  spec.attributes["epsilon"] = bn.attr_float("epsilon", 1e-5f);
+  if (int8_unsupported(conv)) spec.attributes["int8_unsupported"] = int64_t{1};
+  spec.inputs.push_back(conv.input(1));
+  spec.inputs.push_back(conv.input(2));
+  for (size_t i = 1; i <= 4; ++i) spec.inputs.push_back(bn.input(i));
+}
+
+std::vector<Node*> with_activation(std::vector<Node*> chain, const Activation& a) {
+  for (Node* n : a.nodes) chain.push_back(n);
+  return chain;
+}
+
+// Refusals shared by the conv patterns: conv weights and BN channel counts must agree.
+std::optional<std::string> conv_bn_refusal(const Node& conv, const Node& bn) {
+  const int64_t channels = conv.input(1)->constant().dim(0);
+  for (size_t i = 1; i <= 4; ++i) {
+    if (bn.input(i)->constant().numel() != channels) {
+      return bn.label() + ": parameter '" + bn.input(i)->name() + "' has " +
+             std::to_string(bn.input(i)->constant().numel()) + " values, expected " +
+             std::to_string(channels);
+    }
+  }
+  if (conv.input(0) == nullptr || conv.input(0)->dtype() != DType::kFloat32) {
+    return conv.label() + ": input is not float";
+  }
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Patterns
+
+// 0=Conv(graph input X, W, B?), 1=BatchNormalization, 2=Act, 3=MaxPool.
+Pattern stem_pattern() {
+  Pattern p;
+  p.name = "StemConvBNActMaxPool";
+  p.kind = PatternKind::kFusion;
+  p.topology = "Conv(graph input) -> BatchNormalization -> Act -> MaxPool";
+  p.trunk = {one("conv", {"Conv"},
+                 [](const Node& n) {
+                   return conv_with_constant_weights(n) && n.input(0)->is_graph_input();
+                 }),
+             one("bn", {"BatchNormalization"}, inference_batch_norm),
+             one("act", single_node_activations(),
+                 [](const Node& n) { return single_activation(const_cast<Node*>(&n)).has_value(); }),
+             one("pool", {"MaxPool"}, [](const Node& n) { return n.num_outputs() == 1; })};
+  p.select = [](const Graph& g, const Match& m) {
+    return conv_bn_refusal(*m.node(g, "conv"), *m.node(g, "bn"));
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    Node* act = m.node(g, "act");
+    Node* pool = m.node(g, "pool");
+    NodeSpec spec{.name = module_name(g, *conv, "StemConvBNActMaxPool"),
+                  .op_type = "StemConvBNActMaxPool",
+                  .inputs = {conv->input(0)}};
+    add_conv_bn_parts(spec, *conv, *bn);
+    set_activation_attributes(spec, *single_activation(act));
+    for (const auto& [key, value] : pool->attributes()) {
+      std::string name = "pool_";
+      name.append(key);
+      spec.attributes[name] = value;
+    }
+    replace_chain(g, std::move(spec), {conv, bn, act, pool}, pool->output(0));
+  };
+  return p;
+}
+
+// 0=Conv, 1=BatchNormalization, 2=Add(·, residual) with the residual either input, 3=Act.
+// A trunk rather than a fork: the downward link accepts the BN output at either Add input.
+Pattern conv_bn_add_act_pattern() {
+  Pattern p;
+  p.name = "ConvBNAddAct";
+  p.kind = PatternKind::kFusion;
+  p.topology = "Conv -> BatchNormalization -> Add(residual) -> Act";
+  p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
+             one("bn", {"BatchNormalization"}, inference_batch_norm),
+             one("add", {"Add"}, [](const Node& n) { return residual_add(n) && feeds_activation(n); }),
+             optional("act", single_node_activations())};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& bn = *m.node(g, "bn");
+    const Node& add = *m.node(g, "add");
+    if (auto refusal = conv_bn_refusal(*m.node(g, "conv"), bn)) return refusal;
+    if (!residual_of(add, bn.output(0))) {
+      return add.label() + ": the other input is not a computed tensor of the sum's shape";
+    }
+    if (!activation_after(add.output(0))) return add.label() + ": no activation follows";
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    Node* add = m.node(g, "add");
+    const Activation act = *activation_after(add->output(0));
+    NodeSpec spec{.name = module_name(g, *conv, "ConvBNAddAct"),
+                  .op_type = "ConvBNAddAct",
+                  .inputs = {conv->input(0),
+                             const_cast<Value*>(residual_of(*add, bn->output(0)))}};
+    add_conv_bn_parts(spec, *conv, *bn);
+    set_activation_attributes(spec, act);
+    replace_chain(g, std::move(spec), with_activation({conv, bn, add}, act), act.output);
+  };
+  return p;
+}
+
+// 0=Conv, 1=BatchNormalization, 2..=Act (one node, or GELU/SiLU, whose nodes are found from the
+// BN output because they read it twice).
+Pattern conv_bn_act_pattern() {
+  Pattern p;
+  p.name = "ConvBNAct";
+  p.kind = PatternKind::kFusion;
+  p.topology = "Conv -> BatchNormalization -> Act";
+  p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
+             one("bn", {"BatchNormalization"},
+                 [](const Node& n) { return inference_batch_norm(n) && feeds_activation(n); }),
+             optional("act", single_node_activations())};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& bn = *m.node(g, "bn");
+    if (auto refusal = conv_bn_refusal(*m.node(g, "conv"), bn)) return refusal;
+    if (!activation_after(bn.output(0))) return bn.label() + ": no activation follows";
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    const Activation act = *activation_after(bn->output(0));
+    NodeSpec spec{.name = module_name(g, *conv, "ConvBNAct"),
+                  .op_type = "ConvBNAct",
+                  .inputs = {conv->input(0)}};
+    add_conv_bn_parts(spec, *conv, *bn);
+    set_activation_attributes(spec, act);
+    replace_chain(g, std::move(spec), with_activation({conv, bn}, act), act.output);
+  };
+  return p;
+}
+
+// 0=Conv, 1=BatchNormalization.
+Pattern conv_bn_pattern() {
+  Pattern p;
+  p.name = "ConvBN";
+  p.kind = PatternKind::kFusion;
+  p.topology = "Conv -> BatchNormalization";
+  p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
+             one("bn", {"BatchNormalization"}, inference_batch_norm)};
+  p.select = [](const Graph& g, const Match& m) {
+    return conv_bn_refusal(*m.node(g, "conv"), *m.node(g, "bn"));
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    NodeSpec spec{.name = module_name(g, *conv, "ConvBN"),
+                  .op_type = "ConvBN",
+                  .inputs = {conv->input(0)}};
+    add_conv_bn_parts(spec, *conv, *bn);
+    replace_chain(g, std::move(spec), {conv, bn}, bn->output(0));
+  };
+  return p;
+}
+
+// Linear attributes: the weight as the source had it (weight_axis 0: [out, in], Gemm transB=1;
+// 1: [in, out]), the source op, Gemm's alpha and beta.
+NodeSpec linear_spec(const Graph& g, const Node& linear, const Node* bias_add,
+                     std::string_view module) {
+  NodeSpec spec{.name = module_name(g, linear, module), .op_type = std::string(module)};
+  const bool gemm = linear.op_type() == "Gemm";
+  const bool transposed = gemm && linear.attr_int("transB", 0) != 0;
+  spec.attributes["weight_axis"] = int64_t{transposed ? 0 : 1};
+  spec.attributes["source"] = linear.op_type();
+  if (gemm) {
+    spec.attributes["alpha"] = linear.attr_float("alpha", 1.0f);
+    spec.attributes["beta"] = linear.attr_float("beta", 1.0f);
+  }
+  Value* bias = gemm ? linear.input(2) : nullptr;
+  if (bias_add) {
+    bias = is_float_constant(bias_add->input(0)) ? bias_add->input(0) : bias_add->input(1);
+  }
+  spec.inputs = {linear.input(0), linear.input(1), bias};
+  return spec;
+}
+
+std::optional<std::string> linear_refusal(const Node& linear) {
+  const Value* x = linear.input(0);
+  if (!x->has_shape() || x->dtype() != DType::kFloat32) {
+    return linear.label() + ": input '" + x->name() + "' is not a float tensor of known shape";
+  }
+  if (linear.op_type() == "MatMul" && x->shape()->size() < 2) {
+    return linear.label() + ": input '" + x->name() + "' is a vector";
+  }
+  return std::nullopt;
+}
+
+// 0=Gemm | MatMul (constant weight), 1=Add(bias) optional after a MatMul, 2..=Act.
+Pattern linear_act_pattern() {
+  Pattern p;
+  p.name = "LinearAct";
+  p.kind = PatternKind::kFusion;
+  p.topology = "Gemm | MatMul -> [Add(bias)]? -> Act";
+  p.trunk = {one("linear", {"Gemm", "MatMul"},
+                 [](const Node& n) {
+                   return linear_with_constant_weight(n) && feeds_activation(linear_end(n));
+                 }),
+             optional("bias", {"Add"}, matmul_bias), optional("act", single_node_activations())};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& linear = *m.node(g, "linear");
+    if (auto refusal = linear_refusal(linear)) return refusal;
+    if (!activation_after(linear_end(linear).output(0))) {
+      return linear.label() + ": no activation follows";
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* linear = m.node(g, "linear");
+    Node* bias = m.node(g, "bias");
+    Node* end = bias ? bias : linear;
+    const Activation act = *activation_after(end->output(0));
+    NodeSpec spec = linear_spec(g, *linear, bias, "LinearAct");
+    set_activation_attributes(spec, act);
+    std::vector<Node*> chain = {linear};
+    if (bias) chain.push_back(bias);
+    replace_chain(g, std::move(spec), with_activation(chain, act), act.output);
+  };
+  return p;
+}
+
+// 0=Gemm | MatMul (constant weight), 1=Add(bias) optional after a MatMul.
+Pattern linear_pattern() {
+  Pattern p;
+  p.name = "Linear";
+  p.kind = PatternKind::kFusion;
+  p.topology = "Gemm | MatMul -> [Add(bias)]?";
+  p.trunk = {one("linear", {"Gemm", "MatMul"}, linear_with_constant_weight),
+             optional("bias", {"Add"}, matmul_bias)};
+  p.select = [](const Graph& g, const Match& m) { return linear_refusal(*m.node(g, "linear")); };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* linear = m.node(g, "linear");
+    Node* bias = m.node(g, "bias");
+    NodeSpec spec = linear_spec(g, *linear, bias, "Linear");
+    std::vector<Node*> chain = {linear};
+    if (bias) chain.push_back(bias);
+    replace_chain(g, std::move(spec), chain, chain.back()->output(0));
+  };
+  return p;
+}
+
+// 0=LayerNormalization (only its first output read).
+Pattern layer_norm_pattern() {
+  Pattern p;
+  p.name = "LayerNorm";
+  p.kind = PatternKind::kFusion;
+  p.topology = "LayerNormalization";
+  p.trunk = {one("norm", {"LayerNormalization"}, [](const Node& n) {
+    for (size_t i = 1; i < n.num_outputs(); ++i) {
+      const Value* v = n.output(i);
+      if (v && (!v->consumers().empty() || v->is_graph_output())) return false;
+    }
+    return true;
+  })};
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* norm = m.node(g, "norm");
+    NodeSpec spec{.name = module_name(g, *norm, "LayerNorm"),
+                  .op_type = "LayerNorm",
+                  .inputs = norm->inputs(),
+                  .attributes = norm->attributes()};
+    replace_chain(g, std::move(spec), {norm}, norm->output(0));
+  };
+  return p;
+}
+
+// 0=GlobalAveragePool.
+Pattern adaptive_avg_pool_pattern() {
+  Pattern p;
+  p.name = "AdaptiveAvgPool";
+  p.kind = PatternKind::kFusion;
+  p.topology = "GlobalAveragePool";
+  p.trunk = {one("pool", {"GlobalAveragePool"})};
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* pool = m.node(g, "pool");
+    NodeSpec spec{.name = module_name(g, *pool, "AdaptiveAvgPool"),
+                  .op_type = "AdaptiveAvgPool",
+                  .inputs = pool->inputs()};
+    replace_chain(g, std::move(spec), {pool}, pool->output(0));
+  };
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lowering: standard nodes named "<module>/<part>", inserted where the module was.
+
+class Lowering {
+ public:
+  Lowering(Graph& g, Node& module) : g_(g), module_(module) {}
+
+  Value* add(std::string_view part, std::string op_type, std::vector<Value*> inputs,
+             std::map<std::string, AttributeValue, std::less<>> attributes = {}) {
+    std::string name = module_.name();
+    name.append("/").append(part);
+    std::string value = name;
+    value.append("_out");
+    Node* n = g_.insert_node({.name = g_.find_node(name) ? g_.unique_node_name(name) : name,
+                              .op_type = std::move(op_type),
+                              .inputs = std::move(inputs),
+                              .output_names = {g_.unique_value_name(value)},
+                              .attributes = std::move(attributes)},
+                             &module_);
+    return n->output(0);
+  }
+
+  Value* constant(std::string_view part, float v) {
+    std::string name = module_.name();
+    name.append("/").append(part);
+    return g_.add_constant(g_.unique_value_name(name), Tensor::scalar_f32(v));
+  }
+
+  // The activation named by the module's attributes, over x.
+  Value* activation(Value* x) {
+    const std::string kind = module_.attr_string("activation");
+    if (kind == "Relu" || kind == "HardSwish" || kind == "Sigmoid") return add(kind, kind, {x});
+    if (kind == "LeakyRelu" || kind == "Elu") {
+      return add(kind, kind, {x}, {{"alpha", module_.attr_float("alpha")}});
+    }
+    if (kind == "HardSigmoid") {
+      return add(kind, kind, {x},
+                 {{"alpha", module_.attr_float("alpha")}, {"beta", module_.attr_float("beta")}});
+    }
+    if (kind == "Clip") {
+      return add(kind, kind,
+                 {x, constant("clip_min", module_.attr_float("clip_min")),
+                  constant("clip_max", module_.attr_float("clip_max"))});
+    }
+    if (kind == "Gelu") {
+      Value* d = add("Div", "Div", {x, constant("sqrt2", std::sqrt(2.0f))});
+      Value* e = add("Erf", "Erf", {d});
+      Value* a = add("Add", "Add", {e, constant("one", 1.0f)});
+      Value* m = add("Mul", "Mul", {x, a});
+      return add("Mul_half", "Mul", {m, constant("half", 0.5f)});
+    }
+    if (kind == "Silu") return add("Mul", "Mul", {x, add("Sigmoid", "Sigmoid", {x})});
+    throw_invalid("lower: " + module_.label() + ": expected a known activation, got '" + kind +
+                  "'");
+  }
+
+  // Conv then BN from the module's parameters starting at input `params` (W, B?, gamma, beta,
+  // mean, var).
+  Value* conv_bn(Value* x, size_t params) {
+    std::map<std::string, AttributeValue, std::less<>> conv_attrs;
+    for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad"}) {
+      auto it = module_.attributes().find(key);
+      if (it != module_.attributes().end()) conv_attrs[key] = it->second;
+    }
+    std::vector<Value*> conv_inputs = {x, module_.input(params)};
+    if (module_.input(params + 1)) conv_inputs.push_back(module_.input(params + 1));
+    Value* c = add("Conv", "Conv", std::move(conv_inputs), std::move(conv_attrs));
+    return add("BatchNormalization", "BatchNormalization",
+               {c, module_.input(params + 2), module_.input(params + 3), module_.input(params + 4),
+                module_.input(params + 5)},
+               {{"epsilon", module_.attr_float("epsilon", 1e-5f)}});
+  }
+
+  // Gemm or MatMul [+ Add] from inputs X, W, B?.
+  Value* linear() {
+    Value* x = module_.input(0);
+    Value* w = module_.input(1);
+    Value* b = module_.input(2);
+    if (module_.attr_string("source") == "Gemm") {
+      std::vector<Value*> inputs = {x, w};
+      if (b) inputs.push_back(b);
+      return add("Gemm", "Gemm", std::move(inputs),
+                 {{"transB", int64_t{module_.attr_int("weight_axis") == 0 ? 1 : 0}},
+                  {"alpha", module_.attr_float("alpha", 1.0f)},
+                  {"beta", module_.attr_float("beta", 1.0f)}});
+    }
+    Value* y = add("MatMul", "MatMul", {x, w});
+    return b ? add("Add", "Add", {y, b}) : y;
+  }
+
+  // The module's output passes to `y` under its name; the module goes.
+  void finish(Value* y) {
+    Value* out = module_.output(0);
+    const std::string name = out->name();
+    if (out->has_shape()) y->set_type(out->dtype(), *out->shape());
+    g_.replace_all_uses(out, y);
+    g_.remove_node(&module_);
+    g_.rename_value(y, name);
+  }
+
+ private:
+  Graph& g_;
+  Node& module_;
+};
+
+void lower_conv_bn(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.conv_bn(n.input(0), 1));
+}
+
+void lower_conv_bn_act(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.activation(l.conv_bn(n.input(0), 1)));
+}
+
+void lower_conv_bn_add_act(Graph& g, Node& n) {
+  Lowering l(g, n);
+  Value* sum = l.add("Add_residual", "Add", {l.conv_bn(n.input(0), 2), n.input(1)});
+  l.finish(l.activation(sum));
+}
+
+void lower_stem(Graph& g, Node& n) {
+  Lowering l(g, n);
+  std::map<std::string, AttributeValue, std::less<>> pool_attrs;
+  for (const auto& [key, value] : n.attributes()) {
+    if (key.rfind("pool_", 0) == 0) pool_attrs[key.substr(5)] = value;
+  }
+  Value* act = l.activation(l.conv_bn(n.input(0), 1));
+  l.finish(l.add("MaxPool", "MaxPool", {act}, std::move(pool_attrs)));
+}
+
+void lower_linear(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.linear());
+}
+
+void lower_linear_act(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.activation(l.linear()));
+}
+
+void lower_layer_norm(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.add("LayerNormalization", "LayerNormalization", n.inputs(),
+                 {n.attributes().begin(), n.attributes().end()}));
+}
+
+void lower_adaptive_avg_pool(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.add("GlobalAveragePool", "GlobalAveragePool", {n.input(0)}));
+}
+
+constexpr std::array<int, 4> kInput0 = {0, -1, -1, -1};
+constexpr std::array<int, 4> kInputs01 = {0, 1, -1, -1};
+constexpr std::array<int, 4> kNone = {-1, -1, -1, -1};
+
+// Linear weights: weight_axis here is for W [out, in]; the node's `weight_axis` attribute says
+// which layout (0: [out, in], 1: [in, out]) the module kept.
+constexpr std::array kModuleSchemas = {
+    OpSchema{"StemConvBNActMaxPool", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0,
+             lower_stem, "X, W, B?, gamma, beta, mean, var: Conv -> BN -> Act -> MaxPool"},
+    OpSchema{"ConvBNAddAct", 8, 8, 1, 1, 0, SchemaKind::kModule, kInputs01, 2, 0,
+             lower_conv_bn_add_act,
+             "X, residual, W, B?, gamma, beta, mean, var: Conv -> BN -> Add -> Act"},
+    OpSchema{"ConvBNAct", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn_act,
+             "X, W, B?, gamma, beta, mean, var: Conv -> BN -> Act"},
+    OpSchema{"ConvBN", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn,
+             "X, W, B?, gamma, beta, mean, var: Conv -> BN"},
+    OpSchema{"LinearAct", 3, 3, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_linear_act,
+             "X, W, B?: Gemm | MatMul [+ Add] -> Act"},
+    OpSchema{"Linear", 3, 3, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_linear,
+             "X, W, B?: Gemm | MatMul [+ Add]"},
+    OpSchema{"LayerNorm", 2, 3, 1, 1, 0, SchemaKind::kModule, kNone, -1, 0, lower_layer_norm,
+             "X, scale, bias?: LayerNormalization (float input)"},
+    OpSchema{"AdaptiveAvgPool", 1, 1, 1, 1, 0, SchemaKind::kModule, kNone, -1, 0,
+             lower_adaptive_avg_pool, "X: GlobalAveragePool"},
+};
+
+}  // namespace
+
+std::vector<Pattern> fusion_patterns() {
+  return {stem_pattern(),       conv_bn_add_act_pattern(), conv_bn_act_pattern(),
+          linear_act_pattern(), conv_bn_pattern(),         linear_pattern(),
+          layer_norm_pattern(), adaptive_avg_pool_pattern()};
+}
+
+std::span<const OpSchema> fusion_module_schemas() { return kModuleSchemas; }
 
 }  // namespace qforge::graph

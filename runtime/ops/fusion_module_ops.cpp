@@ -1,8 +1,399 @@
-// Runtime forwards of the fusion modules (none yet).
+// Runtime forwards of the fusion modules (graph/fusions.h). Conv modules run one convolution with
+// the BatchNormalization folded into the output pass (scale/shift computed once here), the
+// residual and Relu/Clip in that pass too, any other activation in one pass right after, and
+// the Stem's MaxPool last. Linear modules run the Gemm/MatMul kernels, then bias and activation
+// in one pass. The standard kernels are reached through SubKernel, so results match the nodes
+// the module replaced.
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels/elementwise.h"
+#include "kernels/parallel.h"
+#include "kernels/vector_math.h"
 #include "runtime/ops/ops.h"
+#include "runtime/ops/sub_kernel.h"
 
 namespace qforge::runtime::ops {
+namespace {
 
-void register_fusion_module_ops(OpRegistry& /*registry*/) {}
+using graph::Node;
+using kernels::shape_str;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kGrain = 1 << 14;
+
+// ---------------------------------------------------------------------------------------------
+// Activations named by a module's `activation` attribute
+
+enum class Act { kNone, kRelu, kClip, kLeakyRelu, kElu, kGelu, kSilu, kHardSwish, kHardSigmoid,
+                 kSigmoid };
+
+struct ActivationSpec {
+  Act act = Act::kNone;
+  kernels::UnaryParams params;
+};
+
+ActivationSpec activation_of(const Node& node) {
+  ActivationSpec s;
+  if (!node.has_attr("activation")) return s;
+  const std::string kind = node.attr_string("activation");
+  if (kind == "Relu") {
+    s.act = Act::kRelu;
+    s.params.min = 0;
+  } else if (kind == "Clip") {
+    s.act = Act::kClip;
+    s.params.min = node.attr_float("clip_min", -kInf);
+    s.params.max = node.attr_float("clip_max", kInf);
+  } else if (kind == "LeakyRelu") {
+    s.act = Act::kLeakyRelu;
+    s.params.alpha = node.attr_float("alpha", 0.01f);
+  } else if (kind == "Elu") {
+    s.act = Act::kElu;
+    s.params.alpha = node.attr_float("alpha", 1.0f);
+  } else if (kind == "Gelu") {
+    s.act = Act::kGelu;
+  } else if (kind == "Silu") {
+    s.act = Act::kSilu;
+  } else if (kind == "HardSwish") {
+    s.act = Act::kHardSwish;
+  } else if (kind == "HardSigmoid") {
+    s.act = Act::kHardSigmoid;
+    s.params.alpha = node.attr_float("alpha", 0.2f);
+    s.params.beta = node.attr_float("beta", 0.5f);
+  } else if (kind == "Sigmoid") {
+    s.act = Act::kSigmoid;
+  } else {
+    fail_node(node,
+              "activation Relu, Clip, LeakyRelu, Elu, Gelu, Silu, HardSwish, HardSigmoid or "
+              "Sigmoid",
+              "'" + kind + "'");
+  }
+  return s;
+}
+
+// Relu and Clip are a clamp range that the conv's output pass applies.
+bool is_clamp(Act act) { return act == Act::kRelu || act == Act::kClip; }
+
+// y = act(y) in place, in the operation order of the nodes the module replaced.
+void apply_activation(const ActivationSpec& s, float* y, int64_t n) {
+  switch (s.act) {
+    case Act::kNone:
+      return;
+    case Act::kRelu:
+      kernels::unary_f32(kernels::UnaryOp::kRelu, s.params, y, y, n);
+      return;
+    case Act::kClip:
+      kernels::unary_f32(kernels::UnaryOp::kClip, s.params, y, y, n);
+      return;
+    case Act::kLeakyRelu:
+      kernels::unary_f32(kernels::UnaryOp::kLeakyRelu, s.params, y, y, n);
+      return;
+    case Act::kElu:
+      kernels::unary_f32(kernels::UnaryOp::kElu, s.params, y, y, n);
+      return;
+    case Act::kHardSwish:
+      kernels::unary_f32(kernels::UnaryOp::kHardSwish, s.params, y, y, n);
+      return;
+    case Act::kHardSigmoid:
+      kernels::unary_f32(kernels::UnaryOp::kHardSigmoid, s.params, y, y, n);
+      return;
+    case Act::kSigmoid:
+      kernels::unary_f32(kernels::UnaryOp::kSigmoid, s.params, y, y, n);
+      return;
+    case Act::kGelu: {
+      const float sqrt2 = std::sqrt(2.0f);
+      kernels::parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float x = y[i];
+          y[i] = (x * (kernels::erf_approx(x / sqrt2) + 1.0f)) * 0.5f;
+        }
+      });
+      return;
+    }
+    case Act::kSilu:
+      kernels::parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float x = y[i];
+          y[i] = x * (1.0f / (1.0f + kernels::exp_approx(-x)));
+        }
+      });
+      return;
+  }
+}
+
+const InputInfo& module_input(const Node& node, std::span<const InputInfo> inputs, size_t i,
+                              const char* what) {
+  if (i >= inputs.size() || !inputs[i].present) {
+    fail_node(node, std::string("input ") + std::to_string(i) + " (" + what + ")", "none");
+  }
+  if (inputs[i].dtype != DType::kFloat32) {
+    fail_node(node, std::string("float32 ") + what,
+              std::string(kernels::dtype_name(inputs[i].dtype)));
+  }
+  return inputs[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvBN, ConvBNAct, ConvBNAddAct, StemConvBNActMaxPool
+
+struct ConvModuleLayout {
+  size_t data_inputs = 1;  // X, and the residual for ConvBNAddAct
+  bool pool = false;
+};
+
+ConvModuleLayout conv_layout(const Node& node) {
+  return {node.op_type() == "ConvBNAddAct" ? size_t{2} : size_t{1},
+          node.op_type() == "StemConvBNActMaxPool"};
+}
+
+Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
+  Attributes a;
+  for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad"}) {
+    auto it = node.attributes().find(key);
+    if (it != node.attributes().end()) a[key] = it->second;
+  }
+  if (is_clamp(act.act)) {
+    a["clamp_min"] = act.params.min;
+    a["clamp_max"] = act.params.max;
+  }
+  return a;
+}
+
+Attributes pool_attributes(const Node& node) {
+  Attributes a;
+  for (const auto& [key, value] : node.attributes()) {
+    if (key.rfind("pool_", 0) == 0) a[key.substr(5)] = value;
+  }
+  return a;
+}
+
+// FusedConv's inputs: X, W, B?, scale, shift, residual?.
+std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const InputInfo> inputs,
+                                         const ConvModuleLayout& layout) {
+  const size_t w = layout.data_inputs;
+  const InputInfo& weight = module_input(node, inputs, w, "W");
+  if (weight.shape.empty()) fail_node(node, "a conv weight W of rank >= 3", shape_str(weight.shape));
+  const int64_t channels = weight.shape[0];
+  static const char* const kNames[] = {"BN scale", "BN B", "BN mean", "BN var"};
+  for (size_t i = 0; i < 4; ++i) {
+    const InputInfo& p = module_input(node, inputs, w + 2 + i, kNames[i]);
+    if (p.shape != Shape{channels}) {
+      fail_node(node, std::string(kNames[i]) + " of shape [" + std::to_string(channels) + "]",
+                shape_str(p.shape));
+    }
+  }
+  InputInfo per_channel{.present = true, .dtype = DType::kFloat32, .shape = {channels}};
+  std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"), weight,
+                                w + 1 < inputs.size() ? inputs[w + 1] : InputInfo{},
+                                per_channel, per_channel, InputInfo{}};
+  if (layout.data_inputs == 2) out[5] = module_input(node, inputs, 1, "residual");
+  return out;
+}
+
+std::vector<TensorInfo> infer_conv_module(const Node& node, std::span<const InputInfo> inputs) {
+  const ConvModuleLayout layout = conv_layout(node);
+  const ActivationSpec act = activation_of(node);
+  std::vector<TensorInfo> conv =
+      SubKernel::infer("FusedConv", conv_attributes(node, act), fused_conv_inputs(node, inputs, layout));
+  if (!layout.pool) return conv;
+  InputInfo pooled{.present = true, .dtype = DType::kFloat32, .shape = conv[0].shape};
+  return SubKernel::infer("MaxPool", pool_attributes(node), std::span(&pooled, 1));
+}
+
+class ConvModuleKernel final : public OpKernel {
+ public:
+  ConvModuleKernel(const Node& node, std::span<const InputInfo> inputs)
+      : layout_(conv_layout(node)), act_(activation_of(node)) {
+    const size_t w = layout_.data_inputs;
+    std::vector<InputInfo> conv_inputs = fused_conv_inputs(node, inputs, layout_);
+    for (size_t i = 2; i < 6; ++i) {
+      if (!inputs[w + i].constant) {
+        throw_unsupported("create: " + node.label() +
+                          ": expected constant BatchNormalization parameters, got a computed '" +
+                          node.input(w + i)->name() + "'");
+      }
+    }
+    const int64_t channels = conv_inputs[1].shape[0];
+    const float eps = node.attr_float("epsilon", 1e-5f);
+    const float* gamma = inputs[w + 2].constant->data<float>();
+    const float* beta = inputs[w + 3].constant->data<float>();
+    const float* mean = inputs[w + 4].constant->data<float>();
+    const float* var = inputs[w + 5].constant->data<float>();
+    scale_ = Tensor(DType::kFloat32, {channels});
+    shift_ = Tensor(DType::kFloat32, {channels});
+    for (int64_t c = 0; c < channels; ++c) {
+      const float s = gamma[c] / std::sqrt(var[c] + eps);
+      scale_.data<float>()[c] = s;
+      shift_.data<float>()[c] = beta[c] - mean[c] * s;
+    }
+    conv_inputs[3].constant = &scale_;
+    conv_inputs[4].constant = &shift_;
+    conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
+    if (layout_.pool) {
+      const TensorInfo& c = conv_[0].outputs()[0];
+      conv_out_ = Tensor(c.dtype, c.shape);
+      InputInfo pooled{.present = true, .dtype = c.dtype, .shape = c.shape};
+      pool_.push_back(SubKernel::create("MaxPool", pool_attributes(node), std::span(&pooled, 1)));
+    }
+  }
+
+  size_t workspace_bytes() const override {
+    size_t bytes = conv_[0].workspace_bytes();
+    if (!pool_.empty()) bytes = std::max(bytes, pool_[0].workspace_bytes());
+    return bytes;
+  }
+
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const size_t w = layout_.data_inputs;
+    const Tensor conv_in[6] = {inputs[0], inputs[w], inputs[w + 1], scale_, shift_,
+                               layout_.data_inputs == 2 ? inputs[1] : Tensor()};
+    Tensor& y = layout_.pool ? conv_out_ : outputs[0];
+    conv_[0].forward(conv_in, std::span(&y, 1), workspace);
+    if (!is_clamp(act_.act)) apply_activation(act_, y.data<float>(), y.numel());
+    if (layout_.pool) pool_[0].forward(std::span(&conv_out_, 1), outputs.first(1), workspace);
+  }
+
+ private:
+  ConvModuleLayout layout_;
+  ActivationSpec act_;
+  Tensor scale_, shift_;
+  std::vector<SubKernel> conv_;  // one; a vector because SubKernel has no empty state
+  std::vector<SubKernel> pool_;  // the Stem's MaxPool
+  Tensor conv_out_;              // the Stem's conv output, the pool's input
+};
+
+std::unique_ptr<OpKernel> create_conv_module(const Node& node, std::span<const InputInfo> inputs,
+                                             std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConvModuleKernel>(node, inputs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear, LinearAct: inputs X, W, B?; `source` Gemm (with transB from weight_axis, alpha, beta)
+// or MatMul (then B is added along the last axis).
+
+bool from_gemm(const Node& node) { return node.attr_string("source", "MatMul") == "Gemm"; }
+
+Attributes gemm_attributes(const Node& node) {
+  return {{"transB", int64_t{node.attr_int("weight_axis", 1) == 0 ? 1 : 0}},
+          {"alpha", node.attr_float("alpha", 1.0f)},
+          {"beta", node.attr_float("beta", 1.0f)}};
+}
+
+std::vector<InputInfo> linear_inputs(const Node& node, std::span<const InputInfo> inputs) {
+  std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"),
+                                module_input(node, inputs, 1, "W")};
+  if (from_gemm(node) && inputs.size() > 2) out.push_back(inputs[2]);
+  return out;
+}
+
+std::vector<TensorInfo> infer_linear(const Node& node, std::span<const InputInfo> inputs) {
+  activation_of(node);
+  std::vector<TensorInfo> out = SubKernel::infer(from_gemm(node) ? "Gemm" : "MatMul",
+                                                 from_gemm(node) ? gemm_attributes(node) : Attributes{},
+                                                 linear_inputs(node, inputs));
+  if (!from_gemm(node) && inputs.size() > 2 && inputs[2].present) {
+    const InputInfo& b = module_input(node, inputs, 2, "B");
+    const int64_t features = out[0].shape.empty() ? 1 : out[0].shape.back();
+    const int64_t numel = kernels::shape_numel(b.shape);
+    if (numel != 1 && numel != features) {
+      fail_node(node, "a bias of 1 or " + std::to_string(features) + " values",
+                shape_str(b.shape));
+    }
+  }
+  return out;
+}
+
+class LinearKernel final : public OpKernel {
+ public:
+  LinearKernel(const Node& node, std::span<const InputInfo> inputs)
+      : gemm_(from_gemm(node)), act_(activation_of(node)) {
+    linear_.push_back(SubKernel::create(gemm_ ? "Gemm" : "MatMul",
+                                        gemm_ ? gemm_attributes(node) : Attributes{},
+                                        linear_inputs(node, inputs)));
+  }
+  size_t workspace_bytes() const override { return linear_[0].workspace_bytes(); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const size_t used = gemm_ ? std::min<size_t>(inputs.size(), 3) : 2;
+    linear_[0].forward(inputs.first(used), outputs.first(1), workspace);
+    float* y = outputs[0].data<float>();
+    const int64_t n = outputs[0].numel();
+    if (!gemm_ && inputs.size() > 2 && inputs[2].defined()) {
+      const float* b = inputs[2].data<float>();
+      const int64_t features = inputs[2].numel();
+      const int64_t row = outputs[0].shape().empty() ? 1 : outputs[0].shape().back();
+      kernels::parallel_for(n / row, std::max<int64_t>(1, kGrain / row),
+                            [&](int64_t begin, int64_t end) {
+                              for (int64_t r = begin; r < end; ++r) {
+                                float* yr = y + r * row;
+                                for (int64_t i = 0; i < row; ++i) {
+                                  yr[i] = yr[i] + b[features == 1 ? 0 : i];
+                                }
+                              }
+                            });
+    }
+    apply_activation(act_, y, n);
+  }
+
+ private:
+  bool gemm_;
+  ActivationSpec act_;
+  std::vector<SubKernel> linear_;
+};
+
+std::unique_ptr<OpKernel> create_linear(const Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<LinearKernel>(node, inputs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm, AdaptiveAvgPool: one standard op each.
+
+std::string standard_op(const Node& node) {
+  return node.op_type() == "LayerNorm" ? "LayerNormalization" : "GlobalAveragePool";
+}
+
+Attributes own_attributes(const Node& node) {
+  return {node.attributes().begin(), node.attributes().end()};
+}
+
+std::vector<TensorInfo> infer_single(const Node& node, std::span<const InputInfo> inputs) {
+  return SubKernel::infer(standard_op(node), own_attributes(node), inputs);
+}
+
+class SingleOpKernel final : public OpKernel {
+ public:
+  SingleOpKernel(const Node& node, std::span<const InputInfo> inputs) {
+    op_.push_back(SubKernel::create(standard_op(node), own_attributes(node), inputs));
+  }
+  size_t workspace_bytes() const override { return op_[0].workspace_bytes(); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    op_[0].forward(inputs, outputs.first(1), workspace);
+  }
+
+ private:
+  std::vector<SubKernel> op_;
+};
+
+std::unique_ptr<OpKernel> create_single(const Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<SingleOpKernel>(node, inputs);
+}
+
+}  // namespace
+
+void register_fusion_module_ops(OpRegistry& registry) {
+  for (const char* op : {"ConvBN", "ConvBNAct", "ConvBNAddAct", "StemConvBNActMaxPool"}) {
+    registry.add({op, infer_conv_module, create_conv_module});
+  }
+  for (const char* op : {"Linear", "LinearAct"}) registry.add({op, infer_linear, create_linear});
+  for (const char* op : {"LayerNorm", "AdaptiveAvgPool"}) {
+    registry.add({op, infer_single, create_single});
+  }
+}
 
 }  // namespace qforge::runtime::ops
