@@ -13,5 +13,7 @@ using CommandRunner = std::function<int()>;
 CommandRunner add_inspect_command(CLI::App& app);
 CommandRunner add_run_command(CLI::App& app);
 CommandRunner add_compare_command(CLI::App& app);
+CommandRunner add_plan_command(CLI::App& app);
+CommandRunner add_transform_command(CLI::App& app);
 
 }  // namespace qforge::cli

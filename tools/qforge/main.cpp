@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   add(qforge::cli::add_inspect_command);
   add(qforge::cli::add_run_command);
   add(qforge::cli::add_compare_command);
+  add(qforge::cli::add_plan_command);
+  add(qforge::cli::add_transform_command);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,78 @@
+// `qforge plan`: resolves a model at one batch, runs the conversions to a fixed point and prints
+// the fusion plan over the converted graph (one line per match, counts per pattern), optionally
+// saving it as JSON to edit and pass to `qforge transform --plan`.
+#include <cstdio>
+#include <memory>
+
+#include "graph/onnx_import.h"
+#include "graph/transform.h"
+#include "runtime/transform_pipeline.h"
+#include "tools/io/atomic_file.h"
+#include "tools/qforge/commands.h"
+
+namespace qforge::cli {
+namespace {
+
+struct PlanOptions {
+  std::string model;
+  std::string output;
+  int64_t batch = 1;
+};
+
+// Indents every line of a block of report text under its heading.
+void print_indented(const std::string& text) {
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    std::printf("  %.*s\n", static_cast<int>(end - begin), text.data() + begin);
+    begin = end + 1;
+  }
+}
+
+int run_plan(const PlanOptions& o) {
+  // Open the output first: an unwritable path fails before any work, and nothing partial is left.
+  std::unique_ptr<io::AtomicFile> out_file;
+  if (!o.output.empty()) out_file = std::make_unique<io::AtomicFile>(o.output);
+
+  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  runtime::TransformOptions options;
+  options.batch = o.batch;
+  runtime::TransformResult r = runtime::plan_model(*model, options);
+  const graph::PlanReport counts = runtime::count_plan(r.plan, graph::all_fusion_patterns());
+
+  std::printf("model        %s (batch %lld)\n", o.model.c_str(), static_cast<long long>(o.batch));
+  std::printf("conversions  %zu applied in %zu rounds\n", r.conversions.applied(),
+              r.conversions.iterations);
+  print_indented(r.conversions.to_text());
+  std::printf("matches      %zu (node, pattern, apply, reason)\n", r.plan.entries.size());
+  print_indented(r.plan.to_text());
+  std::printf("fusions      %zu to apply, %zu skipped\n", counts.applied(), counts.skipped());
+  print_indented(counts.to_text());
+  if (out_file) {
+    out_file->write(r.plan.to_json());
+    out_file->write("\n");
+    out_file->commit();
+    std::printf("plan         written to %s\n", o.output.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+CommandRunner add_plan_command(CLI::App& app) {
+  auto opts = std::make_shared<PlanOptions>();
+  auto* cmd = app.add_subcommand(
+      "plan", "Show the fusion plan of a model after its conversions; optionally save it as JSON");
+  cmd->add_option("model", opts->model, "ONNX model file")->required();
+  cmd->add_option("-o,--output", opts->output,
+                  "write the plan as JSON (edit 'apply' to turn matches off, then pass it to "
+                  "'qforge transform --plan')");
+  cmd->add_option("--batch", opts->batch,
+                  "batch the input shapes are resolved at (default 1); node names in the plan "
+                  "are those of the model converted at this batch")
+      ->check(CLI::PositiveNumber);
+  return [opts] { return run_plan(*opts); };
+}
+
+}  // namespace qforge::cli

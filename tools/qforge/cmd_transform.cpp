@@ -1,0 +1,213 @@
+// `qforge transform`: conversions, then the fusion plan (given or fresh), then every module
+// lowered back to standard ONNX ops; the result is checked against the original model on a
+// sample input and written only when it is equivalent.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "graph/onnx_import.h"
+#include "graph/transform.h"
+#include "runtime/transform_pipeline.h"
+#include "tools/io/atomic_file.h"
+#include "tools/qforge/commands.h"
+#include "tools/qforge/data_source.h"
+
+namespace qforge::cli {
+namespace {
+
+struct TransformCliOptions {
+  std::string model;
+  std::string plan;
+  std::string output;
+  std::string report;
+  std::string data;
+  int64_t batch = 1;
+};
+
+constexpr uint64_t kSampleSeed = 0;
+
+graph::Plan read_plan(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_io("transform: cannot read plan '" + path + "'");
+  std::ostringstream text;
+  text << in.rdbuf();
+  try {
+    return graph::Plan::from_json(text.str());
+  } catch (const Error& e) {
+    std::string message = "transform: plan '";
+    message.append(path).append("': ").append(e.what());
+    throw Error(e.kind(), message);
+  }
+}
+
+// The sample both models run on: every whole batch of --data, or one seeded random batch.
+std::vector<std::vector<kernels::Tensor>> sample_batches(const TransformCliOptions& o,
+                                                         const graph::Graph& model,
+                                                         std::string& description) {
+  std::vector<std::vector<kernels::Tensor>> batches;
+  if (o.data.empty()) {
+    batches.push_back(runtime::random_normal_inputs(model, o.batch, kSampleSeed));
+    description = "random normal batch of ";
+    description.append(std::to_string(o.batch))
+        .append(", seed ")
+        .append(std::to_string(kSampleSeed));
+    return batches;
+  }
+  DataSource data = DataSource::open(o.data, model, {});
+  const auto batch = static_cast<size_t>(o.batch);
+  const size_t whole = data.size() - data.size() % batch;  // the graph is resolved at one batch
+  if (whole == 0) {
+    throw_invalid("transform: data '" + o.data + "' holds " + std::to_string(data.size()) +
+                  " samples, fewer than --batch " + std::to_string(o.batch));
+  }
+  for (size_t begin = 0; begin < whole; begin += batch) {
+    graph::Shape shape = data.sample_shape();
+    shape.insert(shape.begin(), o.batch);
+    kernels::Tensor input(kernels::DType::kFloat32, shape);
+    data.load(begin, batch, input);
+    batches.push_back({});
+    batches.back().push_back(std::move(input));
+  }
+  description = o.data;
+  description.append(" (")
+      .append(std::to_string(whole))
+      .append(" samples, batch ")
+      .append(std::to_string(o.batch))
+      .append(")");
+  return batches;
+}
+
+nlohmann::json counts_json(const graph::PlanReport& report) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const graph::PatternCount& c : report.patterns) {
+    out.push_back({{"pattern", c.pattern}, {"applied", c.applied}, {"skipped", c.skipped}});
+  }
+  return out;
+}
+
+void print_indented(const std::string& text) {
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    std::printf("  %.*s\n", static_cast<int>(end - begin), text.data() + begin);
+    begin = end + 1;
+  }
+}
+
+int run_transform(const TransformCliOptions& o) {
+  // Open the outputs first: an unwritable path fails before any work. Their temporaries are
+  // removed unless the check passes and they are committed.
+  io::AtomicFile out_file(o.output);
+  std::unique_ptr<io::AtomicFile> report_file;
+  if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
+
+  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::optional<graph::Plan> plan;
+  if (!o.plan.empty()) plan = read_plan(o.plan);
+  std::string sample;
+  const auto batches = sample_batches(o, *model, sample);
+
+  runtime::TransformOptions options;
+  options.batch = o.batch;
+  if (plan) options.plan_source = "plan '" + o.plan + "'";
+  runtime::TransformResult r = runtime::transform_model(*model, plan ? &*plan : nullptr, options);
+  runtime::CheckedExport exported = runtime::lower_and_check(*model, *r.graph, batches);
+  const runtime::EquivalenceFigures& f = exported.figures;
+
+  std::printf("model        %s (batch %lld, opset %lld)\n", o.model.c_str(),
+              static_cast<long long>(o.batch), static_cast<long long>(model->opset));
+  std::printf("conversions  %zu applied in %zu rounds\n", r.conversions.applied(),
+              r.conversions.iterations);
+  print_indented(r.conversions.to_text());
+  std::printf("fusions      %zu applied, %zu skipped (%s)\n", r.fusions.applied(),
+              r.fusions.skipped(), plan ? o.plan.c_str() : "fresh plan");
+  print_indented(r.fusions.to_text());
+  for (const std::string& d : r.fusions.deferred) std::printf("  deferred: %s\n", d.c_str());
+  std::printf("lowered      %zu modules to standard ONNX ops\n", exported.lowered_modules);
+  std::printf("sample       %s\n", sample.c_str());
+  std::printf("max |Δ|      %.6g (%s vs the original, %zu elements)\n", f.max_abs_diff,
+              exported.checked.c_str(), f.elements);
+  std::printf("rel. max |Δ| %.6g (max |Δ| / max(1, max |ref| = %.6g); tolerance %g)\n", f.relative,
+              f.max_abs_reference, runtime::kEquivalenceTolerance);
+  if (f.nonfinite_mismatches > 0) {
+    std::printf("non-finite   %zu elements finite in one model only\n", f.nonfinite_mismatches);
+  }
+  if (!f.equivalent) {
+    char figures[160];
+    std::snprintf(figures, sizeof figures,
+                  "relative max |Δ| %.6g, max |Δ| %.6g, %zu non-finite mismatches", f.relative,
+                  f.max_abs_diff, f.nonfinite_mismatches);
+    std::string message = "transform: the ";
+    message.append(exported.checked)
+        .append(" is not equivalent to '")
+        .append(o.model)
+        .append("' (")
+        .append(figures)
+        .append("; tolerance 1e-05); nothing written");
+    throw_internal(message);
+  }
+  std::printf("verdict      equivalent\n");
+
+  out_file.write(exported.onnx_bytes);
+  out_file.commit();
+  std::printf("written      %s (static shapes at batch %lld)\n", o.output.c_str(),
+              static_cast<long long>(o.batch));
+  if (report_file) {
+    nlohmann::json report{{"model", o.model},
+                          {"output", o.output},
+                          {"batch", o.batch},
+                          {"plan_source", plan ? o.plan : std::string("fresh")},
+                          {"conversions", counts_json(r.conversions)},
+                          {"fusions", counts_json(r.fusions)},
+                          {"deferred", r.fusions.deferred},
+                          {"lowered_modules", exported.lowered_modules},
+                          {"plan", nlohmann::json::parse(r.plan.to_json())},
+                          {"equivalence",
+                           {{"sample", sample},
+                            {"checked", exported.checked},
+                            {"elements", f.elements},
+                            {"max_abs_diff", f.max_abs_diff},
+                            {"max_abs_reference", f.max_abs_reference},
+                            {"relative_max_abs_diff", f.relative},
+                            {"nonfinite_mismatches", f.nonfinite_mismatches},
+                            {"tolerance", runtime::kEquivalenceTolerance},
+                            {"equivalent", f.equivalent}}}};
+    report_file->write(report.dump(2));
+    report_file->write("\n");
+    report_file->commit();
+    std::printf("report       written to %s\n", o.report.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+CommandRunner add_transform_command(CLI::App& app) {
+  auto opts = std::make_shared<TransformCliOptions>();
+  auto* cmd = app.add_subcommand(
+      "transform",
+      "Apply conversions and fusions, lower the modules back to standard ONNX ops and write the "
+      "model once it is checked equivalent to the original. The written model has static shapes "
+      "resolved at --batch (its batch is fixed)");
+  cmd->add_option("model", opts->model, "ONNX model file")->required();
+  cmd->add_option("-o,--output", opts->output, "transformed ONNX model to write")->required();
+  cmd->add_option("--plan", opts->plan,
+                  "fusion plan JSON from 'qforge plan -o' at the same --batch (default: a fresh "
+                  "plan)");
+  cmd->add_option("--report", opts->report,
+                  "write a JSON report: counts per pattern, the plan and the equivalence figures");
+  cmd->add_option("--batch", opts->batch,
+                  "batch the input shapes are resolved at (default 1); the written model is "
+                  "fixed to it")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--data", opts->data,
+                  "image folder or .npy file to check equivalence on, in whole batches (default: "
+                  "one seeded random normal batch)");
+  return [opts] { return run_transform(*opts); };
+}
+
+}  // namespace qforge::cli
