@@ -13,6 +13,7 @@
 #include "runtime/session.h"
 #include "runtime/threads.h"
 #include "tools/io/progress.h"
+#include "runtime/transform_pipeline.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 
@@ -89,39 +90,6 @@ void check_same_interface(const graph::Graph& a, const graph::Graph& b, const Co
   }
 }
 
-// Standard normal samples by Box–Muller over mt19937_64, whose sequence the C++ standard fixes,
-// so the inputs are the same with every standard library.
-void fill_normal(kernels::Tensor& t, std::mt19937_64& rng) {
-  auto uniform = [&] { return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53; };
-  auto values = t.span<float>();
-  for (size_t i = 0; i < values.size(); i += 2) {
-    double radius = std::sqrt(-2.0 * std::log(uniform()));
-    double angle = 2.0 * std::numbers::pi * uniform();
-    values[i] = static_cast<float>(radius * std::cos(angle));
-    if (i + 1 < values.size()) values[i + 1] = static_cast<float>(radius * std::sin(angle));
-  }
-}
-
-std::vector<kernels::Tensor> random_inputs(const graph::Graph& model, int64_t rows) {
-  std::mt19937_64 rng(kRandomSeed);
-  std::vector<kernels::Tensor> inputs;
-  for (const graph::Value* in : model.inputs()) {
-    if (in->dtype() != kernels::DType::kFloat32) {
-      throw_unsupported("compare: input " + value_text(*in) +
-                        ": random inputs are float32 only; pass --data");
-    }
-    graph::Shape shape = runtime::input_shapes_for_batch(model, rows).at(in->name());
-    if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) {
-      throw_invalid("compare: input " + value_text(*in) +
-                    ": expected only the batch dim to be dynamic for random inputs; pass --data");
-    }
-    kernels::Tensor t(kernels::DType::kFloat32, shape);
-    fill_normal(t, rng);
-    inputs.push_back(std::move(t));
-  }
-  return inputs;
-}
-
 std::string format_sqnr(double db) {
   if (std::isinf(db)) return db > 0 ? "inf dB" : "-inf dB";
   char buf[64];
@@ -162,7 +130,7 @@ int run_compare(const CompareOptions& o) {
     data = DataSource::open(o.data, model_a, {});
     total = data->size();
   } else {
-    random = random_inputs(model_a, fixed.value_or(kRandomSamples));
+    random = runtime::random_normal_inputs(model_a, fixed.value_or(kRandomSamples), kRandomSeed);
     total = static_cast<size_t>(random.front().dim(0));
   }
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
