@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "graph/catalog.h"
+#include "graph/swin.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -559,7 +560,9 @@ Pattern compose_multihead_attention_pattern() {
 }  // namespace
 
 std::vector<Pattern> attention_conversion_patterns() {
-  return {compose_sdpa_pattern(), compose_multihead_attention_pattern()};
+  std::vector<Pattern> out = {compose_sdpa_pattern(), compose_multihead_attention_pattern()};
+  for (auto& p : swin_conversion_patterns()) out.push_back(std::move(p));
+  return out;
 }
 
 // SDPA and MHAInProjection are made by the conversions; no fusion adds to them yet.

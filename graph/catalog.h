@@ -49,5 +49,6 @@ std::vector<int> quantized_inputs(const OpSchema& schema);
 // Module tables, one per family file (graph/fusions.cpp, graph/attention.cpp).
 std::span<const OpSchema> fusion_module_schemas();
 std::span<const OpSchema> attention_module_schemas();
+std::span<const OpSchema> swin_module_schemas();  // graph/swin.cpp
 
 }  // namespace qforge::graph

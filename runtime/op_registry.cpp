@@ -36,6 +36,7 @@ const OpRegistry& builtin_ops() {
     ops::register_shape_ops(r);
     ops::register_fusion_module_ops(r);
     ops::register_attention_module_ops(r);
+    ops::register_swin_ops(r);
     return r;
   }();
   return registry;

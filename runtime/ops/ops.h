@@ -18,5 +18,7 @@ void register_shape_ops(OpRegistry& registry);
 void register_fusion_module_ops(OpRegistry& registry);
 // Attention modules (graph/attention.h): MHAInProjection, SDPA, SwinAttention, …
 void register_attention_module_ops(OpRegistry& registry);
+// Swin modules (graph/swin.h): SwinAttention.
+void register_swin_ops(OpRegistry& registry);
 
 }  // namespace qforge::runtime::ops
