@@ -2,6 +2,8 @@
 // check of what would be written.
 #include "runtime/transform_pipeline.h"
 
+#include "graph/catalog.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numbers>
@@ -175,6 +177,15 @@ EquivalenceFigures check_equivalence(const graph::Graph& reference, const graph:
   f.relative = f.max_abs_diff / std::max(1.0, f.max_abs_reference);
   f.equivalent = f.nonfinite_mismatches == 0 && f.relative <= tolerance;
   return f;
+}
+
+std::map<std::string, size_t> count_modules(const graph::Graph& graph) {
+  std::map<std::string, size_t> counts;
+  for (const graph::Node* node : graph.nodes()) {
+    const graph::OpSchema* schema = graph::find_schema(node->op_type());
+    if (schema && schema->kind == graph::SchemaKind::kModule) ++counts[node->op_type()];
+  }
+  return counts;
 }
 
 CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& fused,

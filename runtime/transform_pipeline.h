@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,9 @@ struct EquivalenceFigures {
 EquivalenceFigures check_equivalence(const graph::Graph& reference, const graph::Graph& candidate,
                                      std::span<const std::vector<kernels::Tensor>> batches,
                                      double tolerance = kEquivalenceTolerance);
+
+// Module nodes of a transformed graph by kind (ConvBNAct: 5, SDPA: 12, …).
+std::map<std::string, size_t> count_modules(const graph::Graph& graph);
 
 struct CheckedExport {
   std::string onnx_bytes;  // the serialized lowered model; empty when a check failed

@@ -127,6 +127,13 @@ int run_transform(const TransformCliOptions& o) {
               r.fusions.skipped(), plan ? o.plan.c_str() : "fresh plan");
   print_indented(r.fusions.to_text());
   for (const std::string& d : r.fusions.deferred) std::printf("  deferred: %s\n", d.c_str());
+  const auto modules = runtime::count_modules(*r.graph);
+  std::string module_list;
+  for (const auto& [kind, count] : modules) {
+    module_list.append(module_list.empty() ? "" : ", ").append(kind).append(" ");
+    module_list.append(std::to_string(count));
+  }
+  std::printf("modules      %s\n", module_list.empty() ? "none" : module_list.c_str());
   std::printf("lowered      %zu modules to standard ONNX ops\n", exported.lowered_modules);
   std::printf("sample       %s\n", sample.c_str());
   std::printf("max |Δ|      %.6g (%s vs the original, %zu elements)\n", f.max_abs_diff,
@@ -165,6 +172,7 @@ int run_transform(const TransformCliOptions& o) {
                           {"fusions", counts_json(r.fusions)},
                           {"deferred", r.fusions.deferred},
                           {"lowered_modules", exported.lowered_modules},
+                          {"modules", modules},
                           {"plan", nlohmann::json::parse(r.plan.to_json())},
                           {"equivalence",
                            {{"sample", sample},
