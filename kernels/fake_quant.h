@@ -1,0 +1,42 @@
+// Fake quantization: signed 8-bit symmetric QuantizeLinear→DequantizeLinear in float32, per
+// tensor or per channel, and its straight-through-estimator backward.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "kernels/tensor.h"
+
+namespace qforge::kernels {
+
+// The quantization grid: zero point 0, integers [-128, 127].
+inline constexpr float kFakeQuantMin = -128.0f;
+inline constexpr float kFakeQuantMax = 127.0f;
+
+// Per tensor when scales has one element; otherwise one scale per index of `axis` (negative
+// counts from the end), scales.size() == dim(axis). Every scale must be finite and > 0.
+struct FakeQuantScales {
+  std::span<const float> scales;
+  int axis = 0;
+};
+
+// Forward, bit for bit what ONNX QuantizeLinear followed by DequantizeLinear computes:
+//   q = saturate_[-128,127](round_half_to_even(x / scale))   (a float32 division, not x·(1/s))
+//   y = float(q) · scale            (q is an integer, so y = +0 where q = 0, even for x < 0)
+// ±inf saturates to ±128·scale / 127·scale. NaN propagates (y = NaN); ONNX leaves the integer a
+// NaN quantizes to undefined, and a NaN output keeps bad data visible instead of hiding it as 0.
+// y may alias x. Parallel over fixed chunks: results never depend on the thread count.
+void fake_quant(const Tensor& x, const FakeQuantScales& scales, Tensor& y);
+
+// Straight-through estimator: dx = dy where the quantizer did not saturate, else 0. With
+// ties-to-even rounding, round(x/s) lies in [-128, 127] exactly when the float32 quotient x/s
+// lies in [-128.5, 127.5): -128.5 rounds to -128 (even), 127.5 rounds to 128 (saturates).
+// NaN quotients pass no gradient. dx may alias dy.
+void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScales& scales,
+                         Tensor& dx);
+
+// The contiguous float32 loops themselves, one scale for n elements.
+void fake_quant_f32(const float* x, float scale, float* y, int64_t n);
+void fake_quant_backward_f32(const float* x, const float* dy, float scale, float* dx, int64_t n);
+
+}  // namespace qforge::kernels
