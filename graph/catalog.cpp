@@ -20,6 +20,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Constant", 0, 0, 1, 1, 13},
     OpSchema{"ConstantOfShape", 1, 1, 1, 1, 9},
     OpSchema{"Conv", 2, 3, 1, 1, 11},
+    OpSchema{"DequantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Div", 2, 2, 1, 1, 13},
     OpSchema{"Dropout", 1, 3, 1, 2, 13},
     OpSchema{"Elu", 1, 1, 1, 1, 6},
@@ -43,6 +44,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Not", 1, 1, 1, 1, 1},
     OpSchema{"Pad", 2, 4, 1, 1, 13},
     OpSchema{"Pow", 2, 2, 1, 1, 13},
+    OpSchema{"QuantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Range", 3, 3, 1, 1, 11},
     OpSchema{"ReduceMean", 1, 1, 1, 1, 13},
     OpSchema{"Relu", 1, 1, 1, 1, 14},
@@ -62,6 +64,9 @@ constexpr std::array kSchemas = {
     // Runtime-internal: Conv with its BatchNormalization, residual Add and Relu/Clip applied in
     // the output pass (runtime/fuse_epilogues.h).
     OpSchema{"FusedConv", 2, 6, 1, 1, 0, SchemaKind::kInternal},
+    // Runtime-internal: QuantizeLinear → DequantizeLinear without the integer tensor
+    // (runtime/fuse_qdq.h). Inputs x, scale, zero point; attribute axis.
+    OpSchema{"FakeQuant", 3, 3, 1, 1, 0, SchemaKind::kInternal},
 };
 
 }  // namespace

@@ -47,11 +47,8 @@ struct ChannelLayout {
   int64_t inner = 1;  // elements per (outer, channel) run
 };
 
-ChannelLayout check_and_layout(const char* what, const Tensor& x, const FakeQuantScales& s) {
-  if (x.dtype() != DType::kFloat32) {
-    throw_invalid(
-        std::string(what).append(": expected a float32 tensor, got ").append(x.describe()));
-  }
+// Checks the scales against x's shape (any dtype) and returns how channels lie in memory.
+ChannelLayout scale_layout(const char* what, const Tensor& x, const FakeQuantScales& s) {
   for (float v : s.scales) {
     if (!(std::isfinite(v) && v > 0.0f)) {
       throw_invalid(std::string(what)
@@ -87,6 +84,14 @@ ChannelLayout check_and_layout(const char* what, const Tensor& x, const FakeQuan
   }
   for (int d = axis + 1; d < rank; ++d) layout.inner *= x.shape()[static_cast<size_t>(d)];
   return layout;
+}
+
+ChannelLayout check_and_layout(const char* what, const Tensor& x, const FakeQuantScales& s) {
+  if (x.dtype() != DType::kFloat32) {
+    throw_invalid(
+        std::string(what).append(": expected a float32 tensor, got ").append(x.describe()));
+  }
+  return scale_layout(what, x, s);
 }
 
 void check_same_shape(const char* what, const Tensor& a, const Tensor& b, const char* b_name) {
@@ -170,6 +175,182 @@ void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScale
         [&](int64_t b, int64_t e, const float* s) {
           ste_scales_loop(xp + b, dyp + b, s, dxp + b, e - b);
         });
+  });
+}
+
+// Affine grids ----------------------------------------------------------------------------------
+
+namespace {
+
+struct IntRange {
+  int32_t lo;
+  int32_t hi;
+};
+
+IntRange int_range(const char* what, DType dtype) {
+  if (dtype == DType::kInt8) return {-128, 127};
+  if (dtype == DType::kUInt8) return {0, 255};
+  throw_invalid(
+      std::string(what).append(": expected an int8 or uint8 grid, got ").append(dtype_name(dtype)));
+}
+
+ChannelLayout check_grid(const char* what, const Tensor& x, const QuantGrid& g, IntRange range) {
+  const ChannelLayout layout = scale_layout(what, x, FakeQuantScales{g.scales, g.axis});
+  if (!g.zero_points.empty() && g.zero_points.size() != g.scales.size()) {
+    throw_invalid(std::string(what)
+                      .append(": expected ")
+                      .append(std::to_string(g.scales.size()))
+                      .append(" zero points, got ")
+                      .append(std::to_string(g.zero_points.size())));
+  }
+  for (int32_t zp : g.zero_points) {
+    if (zp < range.lo || zp > range.hi) {
+      throw_invalid(std::string(what)
+                        .append(": expected zero points in [")
+                        .append(std::to_string(range.lo))
+                        .append(", ")
+                        .append(std::to_string(range.hi))
+                        .append("], got ")
+                        .append(std::to_string(zp)));
+    }
+  }
+  return layout;
+}
+
+void check_output(const char* what, const Tensor& in, const Tensor& out, DType dtype) {
+  if (out.dtype() != dtype || out.shape() != in.shape()) {
+    throw_invalid(std::string(what)
+                      .append(": expected an output of ")
+                      .append(dtype_name(dtype))
+                      .append(kernels::shape_str(in.shape()))
+                      .append(", got ")
+                      .append(out.describe()));
+  }
+}
+
+// round_half_to_even(clamp(x / scale, lo − zp, hi − zp)), relative to the zero point, with NaN
+// mapped to 0. Clamping first equals saturating after adding the zero point: the bounds are
+// integers and rounding is monotonic.
+inline float grid_offset(float x, float scale, float lo, float hi) {
+  float q = x / scale;
+  q = q < lo ? lo : q;
+  q = q > hi ? hi : q;
+  q = (q + kRoundMagic) - kRoundMagic;
+  return q == q ? q : 0.0f;
+}
+
+// One channel's parameters in the float form the loops use.
+struct ChannelGrid {
+  float scale;
+  float lo;  // range.lo − zero point
+  float hi;
+  int32_t zero_point;
+};
+
+inline ChannelGrid channel_grid(const QuantGrid& g, IntRange range, int64_t c) {
+  const auto i = static_cast<size_t>(c);
+  const int32_t zp = g.zero_points.empty() ? 0 : g.zero_points[i];
+  return {g.scales[i], static_cast<float>(range.lo - zp), static_cast<float>(range.hi - zp), zp};
+}
+
+// Calls run(b, e, grid) over the runs of [begin, end) that share one channel.
+template <class Run>
+void for_each_channel_run(int64_t begin, int64_t end, const ChannelLayout& layout,
+                          const QuantGrid& g, IntRange range, Run&& run) {
+  if (g.scales.size() == 1) {
+    run(begin, end, channel_grid(g, range, 0));
+    return;
+  }
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t run_index = i / layout.inner;
+    const int64_t stop = std::min(end, (run_index + 1) * layout.inner);
+    run(i, stop, channel_grid(g, range, run_index % layout.channels));
+    i = stop;
+  }
+}
+
+template <class T>
+void quantize_loop(const float* x, T* q, int64_t n, const ChannelGrid& c) {
+  for (int64_t i = 0; i < n; ++i) {
+    q[i] =
+        static_cast<T>(static_cast<int32_t>(grid_offset(x[i], c.scale, c.lo, c.hi)) + c.zero_point);
+  }
+}
+
+template <class T>
+void dequantize_loop(const T* q, float* y, int64_t n, const ChannelGrid& c) {
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = static_cast<float>(static_cast<int32_t>(q[i]) - c.zero_point) * c.scale;
+  }
+}
+
+}  // namespace
+
+void quantize_linear(const Tensor& x, const QuantGrid& grid, Tensor& q) {
+  const IntRange range = int_range("quantize_linear", grid.dtype);
+  if (x.dtype() != DType::kFloat32) {
+    throw_invalid(
+        std::string("quantize_linear: expected a float32 tensor, got ").append(x.describe()));
+  }
+  const ChannelLayout layout = check_grid("quantize_linear", x, grid, range);
+  check_output("quantize_linear", x, q, grid.dtype);
+  const float* xp = x.data<float>();
+  const bool is_signed = grid.dtype == DType::kInt8;
+  void* qp = q.raw();
+  parallel_for(x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for_each_channel_run(begin, end, layout, grid, range,
+                         [&](int64_t b, int64_t e, const ChannelGrid& c) {
+                           if (is_signed) {
+                             quantize_loop(xp + b, static_cast<int8_t*>(qp) + b, e - b, c);
+                           } else {
+                             quantize_loop(xp + b, static_cast<uint8_t*>(qp) + b, e - b, c);
+                           }
+                         });
+  });
+}
+
+void dequantize_linear(const Tensor& q, const QuantGrid& grid, Tensor& y) {
+  const IntRange range = int_range("dequantize_linear", grid.dtype);
+  if (q.dtype() != grid.dtype) {
+    throw_invalid(std::string("dequantize_linear: expected a ")
+                      .append(dtype_name(grid.dtype))
+                      .append(" tensor, got ")
+                      .append(q.describe()));
+  }
+  const ChannelLayout layout = check_grid("dequantize_linear", q, grid, range);
+  check_output("dequantize_linear", q, y, DType::kFloat32);
+  const bool is_signed = grid.dtype == DType::kInt8;
+  const void* qp = q.raw();
+  float* yp = y.data<float>();
+  parallel_for(q.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for_each_channel_run(begin, end, layout, grid, range,
+                         [&](int64_t b, int64_t e, const ChannelGrid& c) {
+                           if (is_signed) {
+                             dequantize_loop(static_cast<const int8_t*>(qp) + b, yp + b, e - b, c);
+                           } else {
+                             dequantize_loop(static_cast<const uint8_t*>(qp) + b, yp + b, e - b, c);
+                           }
+                         });
+  });
+}
+
+void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y) {
+  const IntRange range = int_range("fake_quant_linear", grid.dtype);
+  const ChannelLayout layout = check_and_layout("fake_quant_linear", x, {grid.scales, grid.axis});
+  check_grid("fake_quant_linear", x, grid, range);
+  check_same_shape("fake_quant_linear", x, y, "y");
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  parallel_for(x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for_each_channel_run(begin, end, layout, grid, range,
+                         [&](int64_t b, int64_t e, const ChannelGrid& c) {
+                           // The offset is an integer, so offset · scale is exactly what
+                           // dequantize_linear computes from the stored integer.
+                           for (int64_t i = b; i < e; ++i) {
+                             yp[i] = grid_offset(xp[i], c.scale, c.lo, c.hi) * c.scale;
+                           }
+                         });
   });
 }
 

@@ -39,4 +39,27 @@ void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScale
 void fake_quant_f32(const float* x, float scale, float* y, int64_t n);
 void fake_quant_backward_f32(const float* x, const float* dy, float scale, float* dx, int64_t n);
 
+// Affine 8-bit grids (ONNX QuantizeLinear / DequantizeLinear, opset 13 semantics) -------------
+
+// Per tensor when scales has one element; otherwise one scale and zero point per index of `axis`
+// (negative counts from the end). zero_points is empty (all 0) or as long as scales; each lies
+// in the range of `dtype` (kInt8: [-128, 127], kUInt8: [0, 255]). Every scale must be finite
+// and > 0.
+struct QuantGrid {
+  std::span<const float> scales;
+  std::span<const int32_t> zero_points;
+  int axis = 1;
+  DType dtype = DType::kInt8;
+};
+
+// q = saturate(round_half_to_even(x / scale) + zero_point), a float32 division as in ONNX. ±inf
+// saturates. NaN, whose integer ONNX leaves undefined, maps to the zero point. q has x's shape
+// and grid.dtype.
+void quantize_linear(const Tensor& x, const QuantGrid& grid, Tensor& q);
+// y = float(q − zero_point) · scale; q is int8 or uint8 (grid.dtype), y float32 of q's shape.
+void dequantize_linear(const Tensor& q, const QuantGrid& grid, Tensor& y);
+// dequantize_linear(quantize_linear(x)) bit for bit, NaN included (→ +0), without the integer
+// tensor. y may alias x.
+void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y);
+
 }  // namespace qforge::kernels

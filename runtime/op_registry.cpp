@@ -34,6 +34,7 @@ const OpRegistry& builtin_ops() {
     ops::register_dense_ops(r);
     ops::register_elementwise_ops(r);
     ops::register_shape_ops(r);
+    ops::register_quantize_ops(r);
     ops::register_fusion_module_ops(r);
     ops::register_attention_module_ops(r);
     ops::register_swin_ops(r);

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "runtime/fuse_epilogues.h"
+#include "runtime/fuse_qdq.h"
 
 namespace qforge::runtime {
 
@@ -34,6 +35,7 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
   }
   resolve(*c.graph, options);
   if (options_.fuse_conv_epilogues) fuse_conv_epilogues(*c.graph);
+  if (options_.fuse_qdq) fuse_qdq(*c.graph);
   c.executor = std::make_unique<Executor>(*c.graph, options_.executor);
   return compiled_.emplace(input_shapes, std::move(c)).first->second;
 }

@@ -18,6 +18,9 @@ struct SessionOptions {
   // Run Conv → BN → Add → Relu chains as one kernel (runtime/fuse_epilogues.h). Off when
   // every intermediate value must stay observable.
   bool fuse_conv_epilogues = true;
+  // Run QuantizeLinear → DequantizeLinear pairs with constant parameters as one FakeQuant
+  // (runtime/fuse_qdq.h); same results, no integer tensor.
+  bool fuse_qdq = true;
 };
 
 class Session {

@@ -14,6 +14,9 @@ void register_elementwise_ops(OpRegistry& registry);
 // Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND.
 void register_shape_ops(OpRegistry& registry);
 
+// QuantizeLinear, DequantizeLinear and the runtime-internal FakeQuant (runtime/fuse_qdq.h).
+void register_quantize_ops(OpRegistry& registry);
+
 // Fused convolutional and linear modules (graph/fusions.h): ConvBN, ConvBNAct, …
 void register_fusion_module_ops(OpRegistry& registry);
 // Attention modules (graph/attention.h): MHAInProjection, SDPA, SwinAttention, …

@@ -1,0 +1,116 @@
+// QuantizeLinear → DequantizeLinear fusion.
+#include "runtime/fuse_qdq.h"
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace qforge::runtime {
+namespace {
+
+using graph::Node;
+using graph::Tensor;
+using graph::Value;
+using kernels::DType;
+
+Node* sole_consumer(const Value* v) {
+  if (v->is_graph_output() || v->consumers().size() != 1) return nullptr;
+  Node* n = v->consumers()[0];
+  size_t uses = 0;
+  for (const Value* in : n->inputs()) uses += in == v;
+  return uses == 1 ? n : nullptr;
+}
+
+bool per_tensor(const Tensor& scale) {
+  return scale.rank() <= 1 && scale.numel() == 1;
+}
+
+// The normalised axis a node's per-axis scale applies to; nullopt for a per-tensor scale.
+std::optional<int64_t> scale_axis(const Node& n, const Tensor& scale, int rank) {
+  if (per_tensor(scale)) return std::nullopt;
+  const int64_t axis = n.attr_int("axis", 1);
+  return axis < 0 ? axis + rank : axis;
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.numel() == b.numel() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// The zero point's constant, or a zero of the grid's dtype for an omitted one; undefined when
+// not constant.
+Tensor zero_point_of(const Node& n, const Tensor& scale, DType grid) {
+  const Value* zp = n.input(2);
+  if (!zp) return Tensor(grid, scale.shape());
+  return zp->is_constant() ? zp->constant() : Tensor();
+}
+
+bool qdq_params_match(const Node& q, const Node& dq, int rank, DType grid) {
+  const Value* qs = q.input(1);
+  const Value* ds = dq.input(1);
+  if (!qs->is_constant() || !ds->is_constant() || q.attr_int("block_size", 0) != 0 ||
+      dq.attr_int("block_size", 0) != 0) {
+    return false;
+  }
+  const Tensor& q_scale = qs->constant();
+  const Tensor& dq_scale = ds->constant();
+  if (!same_bytes(q_scale, dq_scale) || per_tensor(q_scale) != per_tensor(dq_scale) ||
+      scale_axis(q, q_scale, rank) != scale_axis(dq, dq_scale, rank)) {
+    return false;
+  }
+  const Tensor q_zp = zero_point_of(q, q_scale, grid);
+  const Tensor dq_zp = zero_point_of(dq, dq_scale, grid);
+  return q_zp.defined() && dq_zp.defined() && same_bytes(q_zp, dq_zp);
+}
+
+}  // namespace
+
+size_t fuse_qdq(graph::Graph& graph) {
+  size_t fused = 0;
+  const std::vector<Node*> order = graph.nodes();
+  std::vector<const Node*> removed;
+  for (Node* q : order) {
+    if (q->op_type() != "QuantizeLinear") continue;
+    if (std::find(removed.begin(), removed.end(), q) != removed.end()) continue;
+    Value* quantized = q->output(0);
+    Node* dq = sole_consumer(quantized);
+    if (!dq || dq->op_type() != "DequantizeLinear" || dq->input(0) != quantized) continue;
+    const Value* x = q->input(0);
+    const DType grid = quantized->dtype();
+    if (!x->has_shape() || x->dtype() != DType::kFloat32 || !dq->output(0)->has_shape() ||
+        (grid != DType::kInt8 && grid != DType::kUInt8)) {
+      continue;
+    }
+    const int rank = static_cast<int>(x->shape()->size());
+    if (!qdq_params_match(*q, *dq, rank, grid)) continue;
+
+    Value* zero_point = q->input(2);
+    if (!zero_point) {
+      zero_point = graph.add_constant(graph.unique_value_name(q->name() + "_zero_point"),
+                                      Tensor(grid, q->input(1)->constant().shape()));
+    }
+    graph::NodeSpec spec;
+    spec.name = q->name();
+    spec.op_type = "FakeQuant";
+    spec.inputs = {q->input(0), q->input(1), zero_point};
+    const std::optional<int64_t> axis = scale_axis(*q, q->input(1)->constant(), rank);
+    spec.attributes["axis"] = axis.value_or(int64_t{1});
+    Value* out = dq->output(0);
+    const std::string out_name = out->name();
+    spec.output_names = {graph.unique_value_name(out_name + "_fused")};
+    Node* node = graph.insert_node(std::move(spec), dq);
+    node->output(0)->set_type(out->dtype(), *out->shape());
+    graph.replace_all_uses(out, node->output(0));
+    removed.push_back(dq);
+    removed.push_back(q);
+    graph.remove_node(dq);
+    graph.remove_node(q);
+    graph.rename_value(node->output(0), out_name);
+    ++fused;
+  }
+  graph.remove_dead();
+  return fused;
+}
+
+}  // namespace qforge::runtime
