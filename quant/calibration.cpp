@@ -1,0 +1,118 @@
+#include "quant/calibration.h"
+
+#include <cmath>
+
+#include "kernels/error.h"
+
+namespace qforge::quant {
+
+CalibrationStats::CalibrationStats(const graph::Graph& fused, QuantPlan plan,
+                                   CalibrationOptions options)
+    : fused_(fused.clone()), plan_(std::move(plan)), options_(options) {
+  for (const ActivationPoint& p : plan_.activations) {
+    if (!fused_->find_value(p.tensor)) {
+      throw_invalid("calibration: point '" + p.tensor + "' names no tensor of the graph");
+    }
+    observers_.push_back(
+        {MaxObserver{}, HistogramObserver{HistogramObserverOptions{.bins = options_.histogram_bins}}});
+  }
+  // Conv epilogue fusion would hide values between modules that taps must see.
+  runtime::SessionOptions session_options;
+  session_options.fuse_conv_epilogues = false;
+  // The transformed graph is resolved at one batch; calibration batches may have any size.
+  std::unique_ptr<graph::Graph> runnable = fused_->clone();
+  for (graph::Value* in : runnable->inputs()) {
+    if (in->has_shape() && !in->shape()->empty()) {
+      graph::Shape shape = *in->shape();
+      shape[0] = -1;
+      in->set_type(in->dtype(), std::move(shape));
+    }
+  }
+  session_ = std::make_unique<runtime::Session>(std::move(runnable), session_options);
+}
+
+CalibrationStats::~CalibrationStats() = default;
+
+void CalibrationStats::attach_taps(runtime::Executor& executor) {
+  if (!tapped_.insert(&executor).second) return;
+  for (size_t i = 0; i < plan_.activations.size(); ++i) {
+    const std::string& tensor = plan_.activations[i].tensor;
+    PointObservers* obs = &observers_[i];
+    executor.add_tap(tensor, [obs, tensor](const kernels::Tensor& value) {
+      try {
+        obs->max.observe(value);
+        obs->histogram.observe(value);
+      } catch (const Error& e) {
+        throw_invalid("calibration: point '" + tensor + "': " + e.what());
+      }
+    });
+  }
+}
+
+void CalibrationStats::observe_batch(const kernels::Tensor& input) {
+  std::vector<graph::Shape> shapes = {input.shape()};
+  attach_taps(session_->executor_for(shapes));
+  session_->run(input);
+  ++batches_;
+}
+
+void CalibrationStats::merge(const CalibrationStats& other) {
+  if (other.plan_.activations.size() != plan_.activations.size()) {
+    throw_invalid("calibration: merging statistics of a different placement");
+  }
+  for (size_t i = 0; i < observers_.size(); ++i) {
+    if (other.plan_.activations[i].tensor != plan_.activations[i].tensor) {
+      throw_invalid("calibration: merging statistics of a different placement (point '" +
+                    plan_.activations[i].tensor + "')");
+    }
+    observers_[i].max.merge(other.observers_[i].max);
+    observers_[i].histogram.merge(other.observers_[i].histogram);
+  }
+  batches_ += other.batches_;
+}
+
+size_t CalibrationStats::index_of(const ActivationPoint& point) const {
+  for (size_t i = 0; i < plan_.activations.size(); ++i) {
+    if (plan_.activations[i].tensor == point.tensor) return i;
+  }
+  throw_invalid("calibration: point '" + point.tensor + "' is not in the placement");
+}
+
+const MaxObserver& CalibrationStats::max_observer(const ActivationPoint& point) const {
+  return observers_[index_of(point)].max;
+}
+
+const HistogramObserver& CalibrationStats::histogram_observer(const ActivationPoint& point) const {
+  return observers_[index_of(point)].histogram;
+}
+
+double CalibrationStats::amax_for(const ActivationPoint& point, Calibrator method,
+                                  double percentile) const {
+  const PointObservers& obs = observers_[index_of(point)];
+  if (obs.histogram.total() == 0) {
+    throw_invalid("calibration: point '" + point.tensor + "': no calibration data reached it");
+  }
+  // The running max is exact; the histogram's max edge only bounds it.
+  if (method == Calibrator::kMax) return obs.max.amax();
+  CalibratorOptions options;
+  options.method = method;
+  options.percentile = percentile;
+  return calibrate_amax(obs.histogram.histogram(), options).amax;
+}
+
+std::map<std::string, float> CalibrationStats::activation_amax(Calibrator method,
+                                                               double percentile) const {
+  std::map<std::string, float> out;
+  for (const ActivationPoint& p : plan_.activations) {
+    out[p.tensor] = static_cast<float>(amax_for(p, method, percentile));
+  }
+  return out;
+}
+
+std::map<std::string, std::vector<float>> CalibrationStats::weight_amax() const {
+  std::map<std::string, std::vector<float>> out;
+  for (const WeightPoint& w : plan_.weights) out[w.node] = weight_channel_amax(*fused_, w);
+  return out;
+}
+
+}  // namespace qforge::quant

@@ -1,0 +1,71 @@
+// Calibration statistics: forward passes of the fused graph over the caller's batches, with a
+// MaxObserver and a HistogramObserver tapped at every activation point (streaming: no
+// activation is kept), then amax per point by the chosen calibrator. Weight ranges come from
+// the constants (per channel, after batch norm folding).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+#include "kernels/tensor.h"
+#include "quant/calibrators.h"
+#include "quant/observers.h"
+#include "quant/placement.h"
+#include "runtime/session.h"
+
+namespace qforge::quant {
+
+struct CalibrationOptions {
+  int64_t histogram_bins = 2048;
+};
+
+class CalibrationStats {
+ public:
+  // `fused` (a transformed graph, modules not lowered) is copied; `plan` from place_qdq on it.
+  CalibrationStats(const graph::Graph& fused, QuantPlan plan, CalibrationOptions options = {});
+  ~CalibrationStats();
+  CalibrationStats(const CalibrationStats&) = delete;
+  CalibrationStats& operator=(const CalibrationStats&) = delete;
+
+  // Runs one batch of a single-input model (any batch size) and feeds every point's observers.
+  // Invalid error naming the point when an activation holds NaN or Inf.
+  void observe_batch(const kernels::Tensor& input);
+  // Folds in statistics of the same plan gathered elsewhere; exact (histograms merge exactly).
+  void merge(const CalibrationStats& other);
+
+  const QuantPlan& plan() const { return plan_; }
+  int64_t batches() const { return batches_; }
+  const MaxObserver& max_observer(const ActivationPoint& point) const;
+  const HistogramObserver& histogram_observer(const ActivationPoint& point) const;
+
+  // Invalid error naming the point when no data reached it (its histogram is empty).
+  double amax_for(const ActivationPoint& point, Calibrator method,
+                  double percentile = 99.99) const;
+  // amax_for every activation point, by tensor name.
+  std::map<std::string, float> activation_amax(Calibrator method, double percentile = 99.99) const;
+  // Max |w| per output channel of each weight point's (folded) weight, by module node name.
+  std::map<std::string, std::vector<float>> weight_amax() const;
+
+ private:
+  struct PointObservers {
+    MaxObserver max;
+    HistogramObserver histogram;
+  };
+  size_t index_of(const ActivationPoint& point) const;
+  void attach_taps(runtime::Executor& executor);
+
+  std::unique_ptr<graph::Graph> fused_;
+  QuantPlan plan_;
+  CalibrationOptions options_;
+  std::unique_ptr<runtime::Session> session_;
+  std::vector<PointObservers> observers_;
+  std::set<const runtime::Executor*> tapped_;
+  int64_t batches_ = 0;
+};
+
+}  // namespace qforge::quant

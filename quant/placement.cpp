@@ -1,0 +1,207 @@
+// Placement reads only the catalog contract (graph/catalog.h) and module attributes; no module
+// kind is named here.
+#include "quant/placement.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "graph/catalog.h"
+#include "kernels/error.h"
+
+namespace qforge::quant {
+namespace {
+
+using graph::Node;
+using graph::Value;
+using kernels::DType;
+using kernels::Tensor;
+
+bool is_float_constant(const Value* v) {
+  return v && v->is_constant() && v->dtype() == DType::kFloat32;
+}
+
+// Conv modules keep [W, B?, gamma, beta, mean, var] and an `epsilon` attribute.
+bool has_batch_norm_after_weight(const Node& n, int weight_input) {
+  if (!n.has_attr("epsilon")) return false;
+  const size_t first = static_cast<size_t>(weight_input) + 2;
+  if (n.num_inputs() != first + 4) return false;
+  for (size_t i = first; i < first + 4; ++i) {
+    if (!is_float_constant(n.input(i)) || n.input(i)->constant().rank() != 1) return false;
+  }
+  return true;
+}
+
+int weight_axis_of(const Node& n, const graph::OpSchema& schema, const Tensor& weight) {
+  // Linear modules record the layout they kept; MHAInProjection records a matmul or gemm layout,
+  // the latter transposing the 2-D weight the schema's axis is stated for.
+  if (n.has_attr("weight_axis")) return static_cast<int>(n.attr_int("weight_axis"));
+  if (n.attr_string("weight_layout", "") == "gemm" && weight.rank() == 2) {
+    return 1 - schema.weight_axis;
+  }
+  return schema.weight_axis;
+}
+
+}  // namespace
+
+const ActivationPoint* QuantPlan::find_activation(const std::string& tensor) const {
+  for (const ActivationPoint& p : activations) {
+    if (p.tensor == tensor) return &p;
+  }
+  return nullptr;
+}
+
+bool glob_match(std::string_view pattern, std::string_view text) {
+  // Iterative matcher with backtracking to the last `*`.
+  size_t p = 0, t = 0, star = std::string_view::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (p < pattern.size() && pattern[p] == text[t]) {
+      ++p;
+      ++t;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) {
+  QuantPlan plan;
+  std::vector<bool> skip_used(options.skip.size(), false);
+  std::map<std::string, size_t> point_of_tensor;
+
+  for (const Node* n : fused.nodes()) {
+    const graph::OpSchema* schema = graph::find_schema(n->op_type());
+    if (!schema || schema->kind != graph::SchemaKind::kModule) continue;
+
+    std::string skipped_by;
+    for (size_t i = 0; i < options.skip.size(); ++i) {
+      const std::string& entry = options.skip[i];
+      if (glob_match(entry, n->name()) || glob_match(entry, n->op_type())) {
+        skip_used[i] = true;
+        if (skipped_by.empty()) skipped_by = entry;
+      }
+    }
+    const std::vector<int> inputs = graph::quantized_inputs(*schema);
+    const bool has_weight =
+        schema->weight_input >= 0 && is_float_constant(n->input(schema->weight_input));
+    const bool has_softmax = n->has_attr("softmax_scale");
+    if (inputs.empty() && !has_weight && !has_softmax) continue;
+
+    if (!skipped_by.empty()) {
+      std::string reason = "skipped by '";
+      reason.append(skipped_by).append("'");
+      plan.float_modules.push_back({n->name(), n->op_type(), std::move(reason)});
+      continue;
+    }
+    if (n->attr_int("int8_unsupported", 0) != 0) {
+      plan.float_modules.push_back(
+          {n->name(), n->op_type(),
+           "int8 unsupported: grouped convolution with channels per group not a multiple of 4"});
+      continue;
+    }
+
+    for (int index : inputs) {
+      const Value* v = n->input(static_cast<size_t>(index));
+      if (!v || v->is_constant()) continue;  // constants are not activations
+      auto [it, fresh] = point_of_tensor.emplace(v->name(), plan.activations.size());
+      if (fresh) plan.activations.push_back({v->name(), {}});
+      plan.activations[it->second].consumers.push_back({n->name(), index});
+    }
+    if (has_weight) {
+      const Tensor& w = n->input(schema->weight_input)->constant();
+      WeightPoint wp{.node = n->name(),
+                     .module = n->op_type(),
+                     .input = schema->weight_input,
+                     .axis = weight_axis_of(*n, *schema, w),
+                     .per_channel = true,
+                     .folds_batch_norm = has_batch_norm_after_weight(*n, schema->weight_input)};
+      if (wp.axis < 0 || wp.axis >= w.rank()) {
+        throw_invalid("placement: " + n->label() + ": expected a weight axis in [0, " +
+                      std::to_string(w.rank()) + "), got " + std::to_string(wp.axis));
+      }
+      plan.weights.push_back(std::move(wp));
+    }
+    if (has_softmax) plan.softmax.push_back({n->name(), n->attr_float("softmax_scale")});
+  }
+
+  for (size_t i = 0; i < options.skip.size(); ++i) {
+    if (!skip_used[i]) {
+      throw_invalid("placement: skip entry '" + options.skip[i] +
+                    "' matches no module node name or kind");
+    }
+  }
+  return plan;
+}
+
+Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Tensor* folded_bias) {
+  const Node* n = fused.find_node(point.node);
+  if (!n) throw_invalid("placement: weight point names node '" + point.node + "', not in the graph");
+  const Value* wv = n->input(static_cast<size_t>(point.input));
+  if (!is_float_constant(wv)) {
+    throw_invalid("placement: " + n->label() + ": expected a float constant weight at input " +
+                  std::to_string(point.input));
+  }
+  const Tensor& w = wv->constant();
+  const Value* bv = n->input(static_cast<size_t>(point.input) + 1);
+  if (!point.folds_batch_norm) {
+    if (folded_bias && is_float_constant(bv)) *folded_bias = bv->constant();
+    return w;
+  }
+  // y = gamma · (conv(x, W) + B − mean) / sqrt(var + eps) + beta, per output channel (axis 0).
+  const size_t first = static_cast<size_t>(point.input) + 2;
+  const float* gamma = n->input(first)->constant().data<float>();
+  const float* beta = n->input(first + 1)->constant().data<float>();
+  const float* mean = n->input(first + 2)->constant().data<float>();
+  const float* var = n->input(first + 3)->constant().data<float>();
+  const double eps = n->attr_float("epsilon", 1e-5f);
+  const int64_t channels = w.dim(0);
+  const int64_t per_channel = w.numel() / channels;
+  Tensor folded(DType::kFloat32, w.shape());
+  Tensor bias(DType::kFloat32, {channels});
+  const float* src = w.data<float>();
+  float* dst = folded.data<float>();
+  const float* b = is_float_constant(bv) ? bv->constant().data<float>() : nullptr;
+  for (int64_t c = 0; c < channels; ++c) {
+    const double s = static_cast<double>(gamma[c]) / std::sqrt(static_cast<double>(var[c]) + eps);
+    for (int64_t k = 0; k < per_channel; ++k) {
+      dst[c * per_channel + k] = static_cast<float>(src[c * per_channel + k] * s);
+    }
+    const double conv_bias = b ? b[c] : 0.0;
+    bias.data<float>()[c] = static_cast<float>((conv_bias - mean[c]) * s + beta[c]);
+  }
+  if (folded_bias) *folded_bias = bias;
+  return folded;
+}
+
+std::vector<float> weight_channel_amax(const graph::Graph& fused, const WeightPoint& point) {
+  const Tensor w = quantized_weight(fused, point);
+  if (!point.per_channel) {
+    float m = 0.0f;
+    for (float x : w.span<float>()) m = std::max(m, std::fabs(x));
+    return {m};
+  }
+  const int64_t channels = w.dim(point.axis);
+  int64_t inner = 1;
+  for (int d = point.axis + 1; d < w.rank(); ++d) inner *= w.dim(d);
+  const int64_t outer = w.numel() / (channels * inner);
+  std::vector<float> amax(static_cast<size_t>(channels), 0.0f);
+  const float* x = w.data<float>();
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const float* row = x + (o * channels + c) * inner;
+      float& m = amax[static_cast<size_t>(c)];
+      for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(row[k]));
+    }
+  }
+  return amax;
+}
+
+}  // namespace qforge::quant

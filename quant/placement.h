@@ -1,0 +1,82 @@
+// Q/DQ placement: where a fused graph gets quantizers, read from each module's catalog contract
+// (quantized inputs, weight input and axis, the attention softmax quantizer). Placement only
+// names tensors and module inputs; calibration fills in ranges and qdq_export builds the graph.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+#include "kernels/tensor.h"
+
+namespace qforge::quant {
+
+// One quantized input of one module node.
+struct QuantConsumer {
+  std::string node;  // module node name
+  int input = 0;     // input index on that node
+};
+
+// One activation quantizer: a tensor with a single Q/DQ pair shared by every quantized input it
+// feeds (a tensor read by two modules gets one scale, as TensorRT needs for fusion).
+struct ActivationPoint {
+  std::string tensor;
+  std::vector<QuantConsumer> consumers;
+};
+
+// A module's weight, quantized per output channel along `axis` of the weight tensor.
+struct WeightPoint {
+  std::string node;
+  std::string module;  // the module kind (op type)
+  int input = 0;       // the weight input index
+  int axis = 0;
+  bool per_channel = true;
+  // Batch norm parameters follow the weight and are folded into it at export; the quantizer
+  // acts on the folded weight.
+  bool folds_batch_norm = false;
+};
+
+// The quantizer on the softmax output inside an attention module: a fixed scale, never
+// calibrated.
+struct SoftmaxPoint {
+  std::string node;
+  float scale = 1.0f / 127.0f;
+};
+
+// A module with a quantization contract that stays float, and why.
+struct FloatModule {
+  std::string node;
+  std::string module;
+  std::string reason;
+};
+
+struct QuantPlan {
+  std::vector<ActivationPoint> activations;  // in graph order of first use
+  std::vector<WeightPoint> weights;
+  std::vector<SoftmaxPoint> softmax;
+  std::vector<FloatModule> float_modules;
+
+  const ActivationPoint* find_activation(const std::string& tensor) const;
+};
+
+struct PlacementOptions {
+  // Module node names, module kinds or glob patterns over either (`*` matches any run of
+  // characters). Every entry must match some module node.
+  std::vector<std::string> skip;
+};
+
+// Invalid error naming the entry when a skip entry matches no module node.
+QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options = {});
+
+// `*` matches any (possibly empty) run of characters; everything else matches itself.
+bool glob_match(std::string_view pattern, std::string_view text);
+
+// The weight the quantizer of `point` sees: the module's weight, with its batch norm folded in
+// when point.folds_batch_norm. The folded bias comes back in `folded_bias` when asked for.
+kernels::Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point,
+                                 kernels::Tensor* folded_bias = nullptr);
+
+// Max |w| per index of point.axis of quantized_weight (a single entry when not per channel).
+std::vector<float> weight_channel_amax(const graph::Graph& fused, const WeightPoint& point);
+
+}  // namespace qforge::quant
