@@ -45,7 +45,10 @@ MODELS_DIR = os.path.join(DATA, "models")
 GOLDEN_DIR = os.path.join(DATA, "golden")
 ACCURACY_JSON = os.path.join(GOLDEN_DIR, "accuracy.json")
 VERIFY_JS = os.path.join(HERE, "verify_ort.js")
-ORT_NODE = os.environ.get("QFORGE_ORT_NODE", "/tmp/orttest/node_modules/onnxruntime-node")
+ORT_NODE = os.environ.get(
+    "QFORGE_ORT_NODE",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".deps", "ort",
+                 "node_modules", "onnxruntime-node"))
 
 OPSET = 17
 PIXEL_SCALE = 255

@@ -10,7 +10,8 @@
 'use strict';
 const fs = require('fs');
 
-const ORT_PATH = process.env.QFORGE_ORT_NODE || '/tmp/orttest/node_modules/onnxruntime-node';
+const ORT_PATH = process.env.QFORGE_ORT_NODE ||
+    require('path').join(__dirname, '..', '..', '.deps', 'ort', 'node_modules', 'onnxruntime-node');
 
 function readNpy(path) {
   const buf = fs.readFileSync(path);
