@@ -15,5 +15,6 @@ CommandRunner add_run_command(CLI::App& app);
 CommandRunner add_compare_command(CLI::App& app);
 CommandRunner add_plan_command(CLI::App& app);
 CommandRunner add_transform_command(CLI::App& app);
+CommandRunner add_calibrate_command(CLI::App& app);
 
 }  // namespace qforge::cli

@@ -1,0 +1,173 @@
+// `qforge calibrate` end to end: the bundled ResNet calibrates on a few digit images into a Q/DQ
+// model that loads back with QuantizeLinear nodes, with the SQNR and accuracy lines printed; bad
+// input gives one line on stderr, a non-zero exit and no output file.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "graph/onnx_import.h"
+#include "tests/support/test_support.h"
+#include "tools/io/npy.h"
+
+namespace qforge {
+namespace {
+
+using testing::count_lines;
+using testing::data_path;
+using testing::run_cli;
+using testing::TempDir;
+
+const std::string kResnet = data_path("models/resnet_bn.onnx");
+const std::string kTrain = data_path("datasets/digits/train");
+const std::string kGoldenInput = data_path("golden/resnet_input.npy");
+
+void expect_one_line_error(const testing::CliResult& r, const std::string& must_contain) {
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("qforge: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
+}
+
+// Only the expected output may be missing: no temporaries left beside it either.
+void expect_no_files(const TempDir& dir, const std::vector<std::string>& inputs = {}) {
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    const std::string name = entry.path().filename().string();
+    if (std::find(inputs.begin(), inputs.end(), name) != inputs.end()) continue;
+    ADD_FAILURE() << "left behind: " << name;
+  }
+}
+
+size_t count_op(const graph::Graph& g, const std::string& op_type) {
+  size_t n = 0;
+  for (const graph::Node* node : g.nodes()) n += node->op_type() == op_type;
+  return n;
+}
+
+TEST(CalibrateCli, ResnetWritesQdqModelWithFigures) {
+  TempDir dir;
+  const std::string out = dir.file("resnet_bn.qdq.onnx");
+  const std::string report = dir.file("report.json");
+  auto r = run_cli("calibrate " + kResnet + " --data " + kTrain + " --limit 64 --batch 16 -o " +
+                   out + " --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  EXPECT_NE(r.out.find("output SQNR"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" dB"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("accuracy     float"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("(64 samples"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("percentile"), std::string::npos) << r.out;
+
+  auto qdq = graph::load_onnx(out);
+  EXPECT_GT(count_op(*qdq, "QuantizeLinear"), 0u);
+  EXPECT_GT(count_op(*qdq, "DequantizeLinear"), 0u);
+  EXPECT_EQ(qdq->inputs()[0]->shape()->at(0), 16);  // fixed to --batch
+
+  const auto j = nlohmann::json::parse(testing::read_text(report));
+  EXPECT_EQ(j["method"], "mse");  // the default
+  EXPECT_EQ(j["calibration"]["samples"], 64);
+  ASSERT_FALSE(j["activation_points"].empty());
+  for (const auto& p : j["activation_points"]) {
+    EXPECT_GT(p["amax"].get<double>(), 0.0) << p.dump();
+    EXPECT_EQ(p["amax"], p["amax_by_method"]["mse"]);
+    EXPECT_GT(p["amax_by_method"]["max"].get<double>(), 0.0);
+  }
+  const auto& e = j["evaluation"];
+  EXPECT_EQ(e["samples"], 64);
+  EXPECT_GT(e["sqnr_db"].get<double>(), 10.0);
+  EXPECT_GT(e["cosine"].get<double>(), 0.9);
+  EXPECT_GT(e["float_top1"].get<double>(), 0.5);
+  EXPECT_GT(e["int8_top1"].get<double>(), 0.5);
+}
+
+TEST(CalibrateCli, NpyDataPartialBatchAndOtherMethod) {
+  TempDir dir;
+  const std::string out = dir.file("m.qdq.onnx");
+  const auto input = io::read_npy(kGoldenInput);
+  const int64_t batch = input.dim(0) > 1 ? input.dim(0) - 1 : 1;  // leaves a partial batch
+  auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " --method entropy" +
+                   " --batch " + std::to_string(batch) +
+                   std::string(" --threads 1 --int8-weights -o ") + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("method       entropy"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("output SQNR"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("accuracy"), std::string::npos) << r.out;  // an .npy has no labels
+  std::string samples = "(";
+  samples.append(std::to_string(input.dim(0))).append(" samples");
+  EXPECT_NE(r.out.find(samples), std::string::npos) << r.out;
+  EXPECT_GT(count_op(*graph::load_onnx(out), "DequantizeLinear"), 0u);
+}
+
+TEST(CalibrateCli, EmptyNpyIsRejected) {
+  TempDir dir;
+  const auto input = io::read_npy(kGoldenInput);
+  io::write_npy(dir.file("empty.npy"), input.slice_rows(0, 0).clone());
+  auto r = run_cli("calibrate " + kResnet + " --data " + dir.file("empty.npy") + " -o " +
+                   dir.file("out.onnx"));
+  expect_one_line_error(r, "holds no samples");
+  expect_no_files(dir, {"empty.npy"});
+}
+
+TEST(CalibrateCli, EmptyImageFolderIsRejected) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() / "images" / "a");
+  auto r = run_cli("calibrate " + kResnet + " --data " + dir.file("images") + " -o " +
+                   dir.file("out.onnx"));
+  expect_one_line_error(r, "no .png images");
+  expect_no_files(dir, {"images"});
+}
+
+TEST(CalibrateCli, WrongImageShapeNamesTheFile) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() / "images" / "a");
+  const std::string bad = (dir.path() / "images" / "a" / "small.png").string();
+  testing::write_png(bad, 28, 28, 3, std::vector<unsigned char>(28 * 28 * 3, 100));
+  auto r = run_cli("calibrate " + kResnet + " --data " + dir.file("images") + " -o " +
+                   dir.file("out.onnx"));
+  expect_one_line_error(r, "small.png");
+  EXPECT_NE(r.err.find("28"), std::string::npos) << r.err;
+  expect_no_files(dir, {"images"});
+}
+
+TEST(CalibrateCli, NonFiniteNpyNamesTheFile) {
+  TempDir dir;
+  auto input = io::read_npy(kGoldenInput);
+  input.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
+  io::write_npy(dir.file("nan.npy"), input);
+  auto r = run_cli("calibrate " + kResnet + " --data " + dir.file("nan.npy") + " -o " +
+                   dir.file("out.onnx"));
+  expect_one_line_error(r, "nan.npy");
+  EXPECT_NE(r.err.find("NaN"), std::string::npos) << r.err;
+  expect_no_files(dir, {"nan.npy"});
+}
+
+TEST(CalibrateCli, SkipEntryMatchingNothingIsRejected) {
+  TempDir dir;
+  auto r =
+      run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " --skip NoSuchModule* -o " +
+              dir.file("out.onnx") + " --report " + dir.file("r.json"));
+  expect_one_line_error(r, "NoSuchModule*");
+  expect_no_files(dir);
+}
+
+TEST(CalibrateCli, UnwritableOutputFailsBeforeWork) {
+  TempDir dir;
+  auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " -o " +
+                   dir.file("missing/out.onnx"));
+  expect_one_line_error(r, "cannot write");
+  expect_no_files(dir);
+}
+
+TEST(CalibrateCli, UnknownMethodIsRejected) {
+  TempDir dir;
+  auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " --method median -o " +
+                   dir.file("out.onnx"));
+  expect_one_line_error(r, "median");
+  expect_no_files(dir);
+}
+
+}  // namespace
+}  // namespace qforge
