@@ -75,17 +75,62 @@ void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k
               b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
+namespace {
+
+// Row blocks of one gemm() call. OpenBLAS packs op(b) once per call, so 64-row calls repack the
+// weights every 64 rows (over a tenth of ConvNeXt's and ViT's Linear time), while a batch of 8
+// through a classifier pays for 56 zero rows. OpenBLAS's blocked path gives a row the same bits
+// in a call of any multiple of 8 rows (the rows only pick micro-kernel columns; the k loop and
+// its blocking depend on k alone; checked for the ViT, ConvNeXt and classifier shapes, all
+// transposes and both betas). Its small-matrix and direct (no-copy) paths round differently and
+// are taken below about 28·512² multiply-adds per call, so each size of call is used only where
+// even the smallest block is well above that: the choice depends on n and k, never on m.
+constexpr int64_t kGemmBigRowBlock = 256;
+constexpr int64_t kBigBlockMinWeights = int64_t{1} << 17;  // 64·n·k above 28·512²
+constexpr int64_t kGemmShortRowBlock = 16;
+constexpr int64_t kShortBlockMinWeights = int64_t{1} << 19;  // 16·n·k above 28·512²
+
+struct RowBlocks {
+  int64_t big = 0;         // leading blocks of kGemmBigRowBlock rows
+  int64_t mid = 0;         // then blocks of kGemmRowBlock rows
+  int64_t short_rows = 0;  // rows of each last block: kGemmRowBlock or kGemmShortRowBlock
+  int64_t last = 0;        // and this many of those, the final one zero-padded if short
+  int64_t count() const { return big + mid + last; }
+  int64_t first_of_last() const { return big * kGemmBigRowBlock + mid * kGemmRowBlock; }
+};
+
+RowBlocks row_blocks_of(const GemmDims& d) {
+  RowBlocks rb;
+  const int64_t weights = d.n * d.k;
+  if (weights >= kBigBlockMinWeights) rb.big = d.m / kGemmBigRowBlock;
+  int64_t rest = d.m - rb.big * kGemmBigRowBlock;
+  if (weights >= kShortBlockMinWeights) {
+    rb.mid = rest / kGemmRowBlock;
+    rest -= rb.mid * kGemmRowBlock;
+    rb.short_rows = kGemmShortRowBlock;
+  } else {
+    rb.short_rows = kGemmRowBlock;
+  }
+  rb.last = (rest + rb.short_rows - 1) / rb.short_rows;
+  return rb;
+}
+
+}  // namespace
+
+// Scratch for the zero-padded last block: its rows of A and of the output.
 size_t gemm_workspace_bytes(const GemmDims& dims) {
-  if (dims.m % kGemmRowBlock == 0) return 0;
-  return aligned_bytes(static_cast<size_t>(kGemmRowBlock * dims.k) * sizeof(float)) +
-         aligned_bytes(static_cast<size_t>(kGemmRowBlock * dims.n) * sizeof(float));
+  const int64_t rows = row_blocks_of(dims).short_rows;
+  if (dims.m % rows == 0) return 0;
+  return aligned_bytes(static_cast<size_t>(rows * dims.k) * sizeof(float)) +
+         aligned_bytes(static_cast<size_t>(rows * dims.n) * sizeof(float));
 }
 
 void gemm(const GemmDims& d, const float* a, const float* b, const float* bias, float* y,
           std::byte* workspace) {
   if (d.m <= 0 || d.n <= 0) return;
-  constexpr int64_t kRows = kGemmRowBlock;
-  const int64_t row_blocks = (d.m + kRows - 1) / kRows;
+  static_assert(kGemmBigRowBlock % kGemmRowBlock == 0 && kGemmRowBlock % kGemmShortRowBlock == 0);
+  const RowBlocks rb = row_blocks_of(d);
+  const int64_t row_blocks = rb.count();
   const int64_t cols = column_block(d.n);
   const int64_t col_blocks = (d.n + cols - 1) / cols;
   const bool trans_a = d.trans_a == Transpose::kYes;
@@ -98,10 +143,11 @@ void gemm(const GemmDims& d, const float* a, const float* b, const float* bias, 
   // The short last row block runs at full height in scratch: its rows of A, zero-padded, are
   // staged once here; each column block then fills and copies back its own columns of the
   // scratch output.
-  const int64_t tail_r0 = (row_blocks - 1) * kRows;
+  const int64_t kRows = rb.short_rows;
+  const int64_t tail_r0 = rb.first_of_last() + (rb.last - 1) * kRows;
   const int64_t tail_rows = d.m - tail_r0;
   float* sa = reinterpret_cast<float*>(workspace);
-  float* sy = tail_rows < kRows
+  float* sy = rb.last > 0 && tail_rows < kRows
                   ? reinterpret_cast<float*>(
                         workspace + aligned_bytes(static_cast<size_t>(kRows * d.k) * sizeof(float)))
                   : nullptr;
@@ -120,7 +166,18 @@ void gemm(const GemmDims& d, const float* a, const float* b, const float* bias, 
 
   parallel_for(row_blocks * col_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r0 = task / col_blocks * kRows;
+      const int64_t block = task / col_blocks;
+      int64_t r0, block_rows;
+      if (block < rb.big) {
+        r0 = block * kGemmBigRowBlock;
+        block_rows = kGemmBigRowBlock;
+      } else if (block < rb.big + rb.mid) {
+        r0 = rb.big * kGemmBigRowBlock + (block - rb.big) * kGemmRowBlock;
+        block_rows = kGemmRowBlock;
+      } else {
+        r0 = rb.first_of_last() + (block - rb.big - rb.mid) * kRows;
+        block_rows = kRows;
+      }
       const int64_t c0 = task % col_blocks * cols;
       const int64_t nc = std::min(cols, d.n - c0);
       const float* bb = trans_b ? b + c0 * d.k : b + c0;
@@ -129,12 +186,13 @@ void gemm(const GemmDims& d, const float* a, const float* b, const float* bias, 
       const int64_t lda = staged ? (trans_a ? kRows : d.k) : (trans_a ? d.m : d.k);
       float* yb = staged ? sy + c0 : y + r0 * d.n + c0;
       if (d.bias != GemmBias::kNone) {
-        fill_bias(d, bias, r0, staged ? tail_rows : kRows, c0, nc, yb, d.n);
+        fill_bias(d, bias, r0, staged ? tail_rows : block_rows, c0, nc, yb, d.n);
       }
       if (staged) {
         for (int64_t i = tail_rows; i < kRows; ++i) std::fill_n(yb + i * d.n, nc, 0.0f);
       }
-      sgemm(d.trans_a, d.trans_b, kRows, nc, d.k, d.alpha, ab, lda, bb, ldb, beta_call, yb, d.n);
+      sgemm(d.trans_a, d.trans_b, block_rows, nc, d.k, d.alpha, ab, lda, bb, ldb, beta_call, yb,
+            d.n);
       if (staged) {
         for (int64_t i = 0; i < tail_rows; ++i) {
           std::copy_n(yb + i * d.n, nc, y + (r0 + i) * d.n + c0);

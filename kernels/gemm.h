@@ -24,8 +24,9 @@ void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k
 
 // Rows of the output per BLAS call in gemm() and in row-folded matmul(). OpenBLAS takes
 // different code paths (with different rounding) for different row counts, so every call gets
-// exactly this many rows and a short last block is zero-padded in scratch: a row's bits then
-// depend neither on the total row count (the batch) nor on the thread count.
+// a fixed number of rows and a short last block is zero-padded in scratch: a row's bits then
+// depend neither on the total row count (the batch) nor on the thread count. Large weights also
+// use 256- and 16-row calls, where OpenBLAS rounds every row as in a 64-row call (gemm.cpp).
 inline constexpr int64_t kGemmRowBlock = 64;
 
 // How Gemm's C input broadcasts over the [m, n] output.
