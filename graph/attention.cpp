@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "graph/catalog.h"
+#include "graph/qkv_packing.h"
 #include "graph/swin.h"
 #include "kernels/error.h"
 
@@ -560,7 +561,8 @@ Pattern compose_multihead_attention_pattern() {
 }  // namespace
 
 std::vector<Pattern> attention_conversion_patterns() {
-  std::vector<Pattern> out = {compose_sdpa_pattern(), compose_multihead_attention_pattern()};
+  std::vector<Pattern> out = {compose_sdpa_pattern(), compose_multihead_attention_pattern(),
+                              pack_parallel_qkv_pattern()};
   for (auto& p : swin_conversion_patterns()) out.push_back(std::move(p));
   return out;
 }

@@ -50,5 +50,6 @@ std::vector<int> quantized_inputs(const OpSchema& schema);
 std::span<const OpSchema> fusion_module_schemas();
 std::span<const OpSchema> attention_module_schemas();
 std::span<const OpSchema> swin_module_schemas();  // graph/swin.cpp
+std::span<const OpSchema> extra_module_schemas();  // graph/fusions_extra.cpp
 
 }  // namespace qforge::graph

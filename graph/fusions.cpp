@@ -17,12 +17,12 @@
 #include <optional>
 
 #include "graph/catalog.h"
+#include "graph/fusions_extra.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr char kDomain[] = "qforge";
 
 bool is_float_constant(const Value* v) {
@@ -57,14 +57,6 @@ bool near(std::optional<float> got, float want) {
 
 // ---------------------------------------------------------------------------------------------
 // Activations: one node, or the multi-node GELU (Erf form) and SiLU that read their input twice.
-
-struct Activation {
-  std::string kind;
-  std::vector<Node*> nodes;  // data-flow order
-  Value* output = nullptr;
-  float alpha = 0, beta = 0;
-  float clip_min = -kInf, clip_max = kInf;
-};
 
 const std::vector<std::string>& single_node_activations() {
   static const std::vector<std::string> ops = {"Relu",      "Clip",        "LeakyRelu", "Elu",
@@ -758,9 +750,21 @@ constexpr std::array kModuleSchemas = {
 std::vector<Pattern> fusion_patterns() {
   return {stem_pattern(),       conv_bn_add_act_pattern(), conv_bn_act_pattern(),
           linear_act_pattern(), conv_bn_pattern(),         linear_pattern(),
-          layer_norm_pattern(), adaptive_avg_pool_pattern()};
+          layer_norm_pattern(), adaptive_avg_pool_pattern(), act_add_pattern()};
 }
 
 std::span<const OpSchema> fusion_module_schemas() { return kModuleSchemas; }
+
+std::optional<Activation> match_activation(const Value* x) { return activation_after(x); }
+
+std::optional<Activation> match_single_activation(Node& node) { return single_activation(&node); }
+
+void write_activation_attributes(NodeSpec& spec, const Activation& activation) {
+  set_activation_attributes(spec, activation);
+}
+
+Value* lower_activation(Graph& graph, Node& module, Value* x) {
+  return Lowering(graph, module).activation(x);
+}
 
 }  // namespace qforge::graph

@@ -38,6 +38,7 @@ const OpRegistry& builtin_ops() {
     ops::register_fusion_module_ops(r);
     ops::register_attention_module_ops(r);
     ops::register_swin_ops(r);
+    ops::register_act_add_ops(r);
     return r;
   }();
   return registry;

@@ -23,5 +23,7 @@ void register_fusion_module_ops(OpRegistry& registry);
 void register_attention_module_ops(OpRegistry& registry);
 // Swin modules (graph/swin.h): SwinAttention.
 void register_swin_ops(OpRegistry& registry);
+// ActAdd (graph/fusions_extra.h).
+void register_act_add_ops(OpRegistry& registry);
 
 }  // namespace qforge::runtime::ops
