@@ -55,17 +55,16 @@ void BM_Depthwise(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   const double flops = 2.0 * static_cast<double>(y.size() * g.kernel_h * g.kernel_w);
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate,
-                         benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_Depthwise)
-    ->Args({96, 56, 7, 1})    // ConvNeXt-T stage 1
-    ->Args({768, 7, 7, 1})    // ConvNeXt-T stage 4
-    ->Args({96, 112, 3, 2})   // EfficientNet-B0 block 2
-    ->Args({480, 14, 5, 1})   // EfficientNet-B0 block 5
-    ->Args({672, 14, 5, 2})   // EfficientNet-B0 block 6
-    ->Args({576, 7, 5, 1})    // MobileNetV3-small last blocks
+    ->Args({96, 56, 7, 1})   // ConvNeXt-T stage 1
+    ->Args({768, 7, 7, 1})   // ConvNeXt-T stage 4
+    ->Args({96, 112, 3, 2})  // EfficientNet-B0 block 2
+    ->Args({480, 14, 5, 1})  // EfficientNet-B0 block 5
+    ->Args({672, 14, 5, 2})  // EfficientNet-B0 block 6
+    ->Args({576, 7, 5, 1})   // MobileNetV3-small last blocks
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
@@ -82,9 +81,9 @@ void BM_SgemmRowBlock(benchmark::State& state) {
           c.data(), n);
     benchmark::DoNotOptimize(c.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(rows * k * n), benchmark::Counter::kIsIterationInvariantRate,
-      benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * k * n),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_SgemmRowBlock)
     ->ArgsProduct({{64, 256, 512}, {768}, {768, 3072}})
@@ -115,9 +114,9 @@ void BM_Gemm(benchmark::State& state) {
     gemm(d, a.data(), b.data(), bias.data(), y.data(), ws.data());
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(d.m * d.k * d.n), benchmark::Counter::kIsIterationInvariantRate,
-      benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(d.m * d.k * d.n),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_Gemm)
     ->Args({1576, 768, 768})
@@ -142,9 +141,9 @@ void BM_LayerNorm(benchmark::State& state) {
     layer_norm(d, x.data(), scale.data(), bias.data(), y.data(), nullptr, nullptr);
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(
-      8.0 * static_cast<double>(x.size()), benchmark::Counter::kIsIterationInvariantRate,
-      benchmark::Counter::kIs1000);
+  state.counters["GB/s"] = benchmark::Counter(8.0 * static_cast<double>(x.size()),
+                                              benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_LayerNorm)->Args({8 * 56 * 56, 96})->Args({8 * 197, 768})->UseRealTime();
 
@@ -158,9 +157,9 @@ void BM_Unary(benchmark::State& state) {
     unary_f32(op, UnaryParams{}, x.data(), y.data(), static_cast<int64_t>(x.size()));
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(
-      8.0 * static_cast<double>(x.size()), benchmark::Counter::kIsIterationInvariantRate,
-      benchmark::Counter::kIs1000);
+  state.counters["GB/s"] = benchmark::Counter(8.0 * static_cast<double>(x.size()),
+                                              benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_Unary)
     ->Arg(static_cast<int>(UnaryOp::kErf))

@@ -74,8 +74,7 @@ constexpr std::array kSchemas = {
 std::vector<const OpSchema*> all_schemas() {
   std::vector<const OpSchema*> out;
   for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),
-                     attention_module_schemas(), swin_module_schemas(),
-                     extra_module_schemas()}) {
+                     attention_module_schemas(), swin_module_schemas(), extra_module_schemas()}) {
     for (const OpSchema& s : table) out.push_back(&s);
   }
   return out;
@@ -83,8 +82,7 @@ std::vector<const OpSchema*> all_schemas() {
 
 const OpSchema* find_schema(std::string_view op_type) {
   for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),
-                     attention_module_schemas(), swin_module_schemas(),
-                     extra_module_schemas()}) {
+                     attention_module_schemas(), swin_module_schemas(), extra_module_schemas()}) {
     for (const OpSchema& s : table) {
       if (s.op_type == op_type) return &s;
     }

@@ -49,7 +49,7 @@ std::vector<int> quantized_inputs(const OpSchema& schema);
 // Module tables, one per family file (graph/fusions.cpp, graph/attention.cpp).
 std::span<const OpSchema> fusion_module_schemas();
 std::span<const OpSchema> attention_module_schemas();
-std::span<const OpSchema> swin_module_schemas();  // graph/swin.cpp
+std::span<const OpSchema> swin_module_schemas();   // graph/swin.cpp
 std::span<const OpSchema> extra_module_schemas();  // graph/fusions_extra.cpp
 
 }  // namespace qforge::graph

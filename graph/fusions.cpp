@@ -104,7 +104,8 @@ std::optional<Activation> gelu_after(const Value* x) {
   Node* erf = private_reader(div->output(0));
   if (!erf || erf->op_type() != "Erf") return std::nullopt;
   Node* add = private_reader(erf->output(0));
-  if (!add || add->op_type() != "Add" || !near(scalar_constant(other_input(*add, erf->output(0))), 1))
+  if (!add || add->op_type() != "Add" ||
+      !near(scalar_constant(other_input(*add, erf->output(0))), 1))
     return std::nullopt;
   if (private_reader(add->output(0)) != mul_x || other_input(*mul_x, add->output(0)) != x)
     return std::nullopt;
@@ -149,7 +150,9 @@ std::optional<Activation> activation_after(const Value* x) {
   return silu_after(x);
 }
 
-bool feeds_activation(const Node& n) { return activation_after(n.output(0)).has_value(); }
+bool feeds_activation(const Node& n) {
+  return activation_after(n.output(0)).has_value();
+}
 
 void set_activation_attributes(NodeSpec& spec, const Activation& a) {
   spec.attributes["activation"] = a.kind;
@@ -319,14 +322,15 @@ Pattern stem_pattern() {
   p.name = "StemConvBNActMaxPool";
   p.kind = PatternKind::kFusion;
   p.topology = "Conv(graph input) -> BatchNormalization -> Act -> MaxPool";
-  p.trunk = {one("conv", {"Conv"},
-                 [](const Node& n) {
-                   return conv_with_constant_weights(n) && n.input(0)->is_graph_input();
-                 }),
-             one("bn", {"BatchNormalization"}, inference_batch_norm),
-             one("act", single_node_activations(),
-                 [](const Node& n) { return single_activation(const_cast<Node*>(&n)).has_value(); }),
-             one("pool", {"MaxPool"}, [](const Node& n) { return n.num_outputs() == 1; })};
+  p.trunk = {
+      one("conv", {"Conv"},
+          [](const Node& n) {
+            return conv_with_constant_weights(n) && n.input(0)->is_graph_input();
+          }),
+      one("bn", {"BatchNormalization"}, inference_batch_norm),
+      one("act", single_node_activations(),
+          [](const Node& n) { return single_activation(const_cast<Node*>(&n)).has_value(); }),
+      one("pool", {"MaxPool"}, [](const Node& n) { return n.num_outputs() == 1; })};
   p.select = [](const Graph& g, const Match& m) {
     return conv_bn_refusal(*m.node(g, "conv"), *m.node(g, "bn"));
   };
@@ -357,10 +361,11 @@ Pattern conv_bn_add_act_pattern() {
   p.name = "ConvBNAddAct";
   p.kind = PatternKind::kFusion;
   p.topology = "Conv -> BatchNormalization -> Add(residual) -> Act";
-  p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
-             one("bn", {"BatchNormalization"}, inference_batch_norm),
-             one("add", {"Add"}, [](const Node& n) { return residual_add(n) && feeds_activation(n); }),
-             optional("act", single_node_activations())};
+  p.trunk = {
+      one("conv", {"Conv"}, conv_with_constant_weights),
+      one("bn", {"BatchNormalization"}, inference_batch_norm),
+      one("add", {"Add"}, [](const Node& n) { return residual_add(n) && feeds_activation(n); }),
+      optional("act", single_node_activations())};
   p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
     const Node& bn = *m.node(g, "bn");
     const Node& add = *m.node(g, "add");
@@ -378,8 +383,7 @@ Pattern conv_bn_add_act_pattern() {
     const Activation act = *activation_after(add->output(0));
     NodeSpec spec{.name = module_name(g, *conv, "ConvBNAddAct"),
                   .op_type = "ConvBNAddAct",
-                  .inputs = {conv->input(0),
-                             const_cast<Value*>(residual_of(*add, bn->output(0)))}};
+                  .inputs = {conv->input(0), const_cast<Value*>(residual_of(*add, bn->output(0)))}};
     add_conv_bn_parts(spec, *conv, *bn);
     set_activation_attributes(spec, act);
     replace_chain(g, std::move(spec), with_activation({conv, bn, add}, act), act.output);
@@ -432,9 +436,8 @@ Pattern conv_bn_pattern() {
   p.rewrite = [](Graph& g, const Match& m) {
     Node* conv = m.node(g, "conv");
     Node* bn = m.node(g, "bn");
-    NodeSpec spec{.name = module_name(g, *conv, "ConvBN"),
-                  .op_type = "ConvBN",
-                  .inputs = {conv->input(0)}};
+    NodeSpec spec{
+        .name = module_name(g, *conv, "ConvBN"), .op_type = "ConvBN", .inputs = {conv->input(0)}};
     add_conv_bn_parts(spec, *conv, *bn);
     replace_chain(g, std::move(spec), {conv, bn}, bn->output(0));
   };
@@ -726,8 +729,8 @@ constexpr std::array<int, 4> kNone = {-1, -1, -1, -1};
 // Linear weights: weight_axis here is for W [out, in]; the node's `weight_axis` attribute says
 // which layout (0: [out, in], 1: [in, out]) the module kept.
 constexpr std::array kModuleSchemas = {
-    OpSchema{"StemConvBNActMaxPool", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0,
-             lower_stem, "X, W, B?, gamma, beta, mean, var: Conv -> BN -> Act -> MaxPool"},
+    OpSchema{"StemConvBNActMaxPool", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_stem,
+             "X, W, B?, gamma, beta, mean, var: Conv -> BN -> Act -> MaxPool"},
     OpSchema{"ConvBNAddAct", 8, 8, 1, 1, 0, SchemaKind::kModule, kInputs01, 2, 0,
              lower_conv_bn_add_act,
              "X, residual, W, B?, gamma, beta, mean, var: Conv -> BN -> Add -> Act"},
@@ -748,16 +751,22 @@ constexpr std::array kModuleSchemas = {
 }  // namespace
 
 std::vector<Pattern> fusion_patterns() {
-  return {stem_pattern(),       conv_bn_add_act_pattern(), conv_bn_act_pattern(),
-          linear_act_pattern(), conv_bn_pattern(),         linear_pattern(),
+  return {stem_pattern(),       conv_bn_add_act_pattern(),   conv_bn_act_pattern(),
+          linear_act_pattern(), conv_bn_pattern(),           linear_pattern(),
           layer_norm_pattern(), adaptive_avg_pool_pattern(), act_add_pattern()};
 }
 
-std::span<const OpSchema> fusion_module_schemas() { return kModuleSchemas; }
+std::span<const OpSchema> fusion_module_schemas() {
+  return kModuleSchemas;
+}
 
-std::optional<Activation> match_activation(const Value* x) { return activation_after(x); }
+std::optional<Activation> match_activation(const Value* x) {
+  return activation_after(x);
+}
 
-std::optional<Activation> match_single_activation(Node& node) { return single_activation(&node); }
+std::optional<Activation> match_single_activation(Node& node) {
+  return single_activation(&node);
+}
 
 void write_activation_attributes(NodeSpec& spec, const Activation& activation) {
   set_activation_attributes(spec, activation);

@@ -81,7 +81,9 @@ const Tensor& Node::attr_tensor(std::string_view name) const {
   missing_attr(*this, name);
 }
 
-std::string Node::label() const { return "node '" + name_ + "' (" + op_type_ + ")"; }
+std::string Node::label() const {
+  return "node '" + name_ + "' (" + op_type_ + ")";
+}
 
 // ---------------------------------------------------------------------------------------------
 // Graph
@@ -164,7 +166,9 @@ void Graph::mark_output(Value* value) {
   }
 }
 
-Node* Graph::add_node(NodeSpec spec) { return insert_node(std::move(spec), nullptr); }
+Node* Graph::add_node(NodeSpec spec) {
+  return insert_node(std::move(spec), nullptr);
+}
 
 Node* Graph::insert_node(NodeSpec spec, const Node* position) {
   auto n = std::make_unique<Node>();
@@ -341,8 +345,7 @@ void Graph::check_consistency() const {
     for (const Value* in : n->inputs_) {
       if (!in) continue;
       if (!defined.count(in)) {
-        throw_internal("graph: " + n->label() + " uses '" + in->name_ +
-                       "' before it is produced");
+        throw_internal("graph: " + n->label() + " uses '" + in->name_ + "' before it is produced");
       }
       if (std::find(in->consumers_.begin(), in->consumers_.end(), n) == in->consumers_.end()) {
         throw_internal("graph: '" + in->name_ + "' does not list consumer " + n->label());

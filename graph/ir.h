@@ -78,7 +78,9 @@ class Node {
 
   const std::map<std::string, AttributeValue, std::less<>>& attributes() const { return attrs_; }
   bool has_attr(std::string_view name) const { return attrs_.find(name) != attrs_.end(); }
-  void set_attr(std::string name, AttributeValue value) { attrs_[std::move(name)] = std::move(value); }
+  void set_attr(std::string name, AttributeValue value) {
+    attrs_[std::move(name)] = std::move(value);
+  }
 
   // Typed attribute access. The overloads with a default return it when the attribute is absent;
   // those without throw an Invalid error naming the node. A wrong attribute type is Invalid.
@@ -167,7 +169,7 @@ class Graph {
 
   // Model-level facts from the ONNX file.
   std::string name;
-  int64_t opset = 0;  // default-domain opset
+  int64_t opset = 0;                            // default-domain opset
   std::map<std::string, std::string> metadata;  // metadata_props
   std::string source_path;                      // file it was loaded from, if any
 

@@ -129,8 +129,8 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options) {
   for (const Node* node : graph.nodes()) {
     const OpSchema* schema = find_schema(node->op_type());
     if (schema && schema->kind != SchemaKind::kOnnx) {
-      throw_unsupported("export: " + node->label() +
-                        ": expected an ONNX op, got the qforge op '" + node->op_type() +
+      throw_unsupported("export: " + node->label() + ": expected an ONNX op, got the qforge op '" +
+                        node->op_type() +
                         "' (lower modules with graph::lower_modules first; runtime-only ops are "
                         "never exported)");
     }

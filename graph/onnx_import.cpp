@@ -29,7 +29,8 @@ std::string read_file(const std::string& path) {
 
 template <class T>
 void copy_typed(const google::protobuf::RepeatedField<T>& src, std::byte* dst, size_t n) {
-  for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * sizeof(T), &src[static_cast<int>(i)], sizeof(T));
+  for (size_t i = 0; i < n; ++i)
+    std::memcpy(dst + i * sizeof(T), &src[static_cast<int>(i)], sizeof(T));
 }
 
 // Stores the 32-bit field of narrower integer types element by element.
@@ -99,13 +100,20 @@ Tensor tensor_from_proto(const onnx::TensorProto& proto, const std::string& wher
 AttributeValue attribute_from_proto(const onnx::AttributeProto& a, const std::string& where) {
   using A = onnx::AttributeProto;
   switch (a.type()) {
-    case A::INT: return a.i();
-    case A::FLOAT: return a.f();
-    case A::STRING: return a.s();
-    case A::INTS: return std::vector<int64_t>(a.ints().begin(), a.ints().end());
-    case A::FLOATS: return std::vector<float>(a.floats().begin(), a.floats().end());
-    case A::STRINGS: return std::vector<std::string>(a.strings().begin(), a.strings().end());
-    case A::TENSOR: return tensor_from_proto(a.t(), where);
+    case A::INT:
+      return a.i();
+    case A::FLOAT:
+      return a.f();
+    case A::STRING:
+      return a.s();
+    case A::INTS:
+      return std::vector<int64_t>(a.ints().begin(), a.ints().end());
+    case A::FLOATS:
+      return std::vector<float>(a.floats().begin(), a.floats().end());
+    case A::STRINGS:
+      return std::vector<std::string>(a.strings().begin(), a.strings().end());
+    case A::TENSOR:
+      return tensor_from_proto(a.t(), where);
     default:
       throw_unsupported("import: " + where + ": attribute '" + a.name() + "' of type " +
                         A::AttributeType_Name(a.type()) + " is not supported");
@@ -214,8 +222,8 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     const OpSchema* schema = find_schema(np.op_type());
     if (np.input_size() < schema->min_inputs || np.input_size() > schema->max_inputs ||
         np.output_size() < schema->min_outputs || np.output_size() > schema->max_outputs) {
-      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) +
-                    ".." + std::to_string(schema->max_inputs) + " inputs and " +
+      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) + ".." +
+                    std::to_string(schema->max_inputs) + " inputs and " +
                     std::to_string(schema->min_outputs) + ".." +
                     std::to_string(schema->max_outputs) + " outputs, got " +
                     std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
@@ -265,28 +273,40 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
 
 DType dtype_from_onnx(int onnx_type, const std::string& where) {
   switch (onnx_type) {
-    case onnx::TensorProto::FLOAT: return DType::kFloat32;
-    case onnx::TensorProto::INT64: return DType::kInt64;
-    case onnx::TensorProto::INT32: return DType::kInt32;
-    case onnx::TensorProto::INT8: return DType::kInt8;
-    case onnx::TensorProto::UINT8: return DType::kUInt8;
-    case onnx::TensorProto::BOOL: return DType::kBool;
+    case onnx::TensorProto::FLOAT:
+      return DType::kFloat32;
+    case onnx::TensorProto::INT64:
+      return DType::kInt64;
+    case onnx::TensorProto::INT32:
+      return DType::kInt32;
+    case onnx::TensorProto::INT8:
+      return DType::kInt8;
+    case onnx::TensorProto::UINT8:
+      return DType::kUInt8;
+    case onnx::TensorProto::BOOL:
+      return DType::kBool;
     default:
-      throw_unsupported("import: " + where + ": data type " +
-                        onnx::TensorProto::DataType_Name(
-                            static_cast<onnx::TensorProto::DataType>(onnx_type)) +
-                        " is not supported");
+      throw_unsupported(
+          "import: " + where + ": data type " +
+          onnx::TensorProto::DataType_Name(static_cast<onnx::TensorProto::DataType>(onnx_type)) +
+          " is not supported");
   }
 }
 
 int onnx_from_dtype(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return onnx::TensorProto::FLOAT;
-    case DType::kInt64: return onnx::TensorProto::INT64;
-    case DType::kInt32: return onnx::TensorProto::INT32;
-    case DType::kInt8: return onnx::TensorProto::INT8;
-    case DType::kUInt8: return onnx::TensorProto::UINT8;
-    case DType::kBool: return onnx::TensorProto::BOOL;
+    case DType::kFloat32:
+      return onnx::TensorProto::FLOAT;
+    case DType::kInt64:
+      return onnx::TensorProto::INT64;
+    case DType::kInt32:
+      return onnx::TensorProto::INT32;
+    case DType::kInt8:
+      return onnx::TensorProto::INT8;
+    case DType::kUInt8:
+      return onnx::TensorProto::UINT8;
+    case DType::kBool:
+      return onnx::TensorProto::BOOL;
   }
   return onnx::TensorProto::UNDEFINED;
 }

@@ -244,8 +244,7 @@ inline void depthwise_block(const float* at, int64_t pitch, int64_t phase_size, 
   for (int kh = 0; kh < K; ++kh) {
     for (int kw = 0; kw < K; ++kw) {
       const float wv = wk[kh * K + kw];
-      const float* src =
-          at + ((kh % S) * S + kw % S) * phase_size + (kh / S) * pitch + kw / S;
+      const float* src = at + ((kh % S) * S + kw % S) * phase_size + (kh / S) * pitch + kw / S;
       for (int64_t j = 0; j < V; ++j) acc[j] += wv * src[j];
     }
   }

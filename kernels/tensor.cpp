@@ -10,24 +10,36 @@ namespace qforge::kernels {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return 4;
-    case DType::kInt64: return 8;
-    case DType::kInt32: return 4;
-    case DType::kInt8: return 1;
-    case DType::kUInt8: return 1;
-    case DType::kBool: return 1;
+    case DType::kFloat32:
+      return 4;
+    case DType::kInt64:
+      return 8;
+    case DType::kInt32:
+      return 4;
+    case DType::kInt8:
+      return 1;
+    case DType::kUInt8:
+      return 1;
+    case DType::kBool:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return "float32";
-    case DType::kInt64: return "int64";
-    case DType::kInt32: return "int32";
-    case DType::kInt8: return "int8";
-    case DType::kUInt8: return "uint8";
-    case DType::kBool: return "bool";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kInt64:
+      return "int64";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt8:
+      return "int8";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kBool:
+      return "bool";
   }
   return "?";
 }
@@ -55,8 +67,8 @@ Shape contiguous_strides(std::span<const int64_t> shape) {
 }
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes), owned_(true) {
-  size_t padded = (std::max<size_t>(nbytes, 1) + kTensorAlignment - 1) / kTensorAlignment *
-                  kTensorAlignment;
+  size_t padded =
+      (std::max<size_t>(nbytes, 1) + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
   data_ = static_cast<std::byte*>(std::aligned_alloc(kTensorAlignment, padded));
   if (!data_) throw std::bad_alloc();
   std::memset(data_, 0, padded);
@@ -84,15 +96,18 @@ Tensor Tensor::wrap(DType dtype, Shape shape, void* data) {
   return t;
 }
 
-Tensor Tensor::scalar_f32(float value) { return from_vector<float>({}, {value}); }
-Tensor Tensor::scalar_i64(int64_t value) { return from_vector<int64_t>({}, {value}); }
+Tensor Tensor::scalar_f32(float value) {
+  return from_vector<float>({}, {value});
+}
+Tensor Tensor::scalar_i64(int64_t value) {
+  return from_vector<int64_t>({}, {value});
+}
 
 int64_t Tensor::dim(int axis) const {
   int r = rank();
   int a = axis < 0 ? axis + r : axis;
   if (a < 0 || a >= r) {
-    throw_internal("Tensor::dim: axis " + std::to_string(axis) + " out of range for " +
-                   describe());
+    throw_internal("Tensor::dim: axis " + std::to_string(axis) + " out of range for " + describe());
   }
   return shape_[a];
 }
@@ -134,9 +149,15 @@ void Tensor::copy_from(const Tensor& src) {
 std::vector<int64_t> Tensor::to_int64_vector() const {
   std::vector<int64_t> out(static_cast<size_t>(numel()));
   switch (dtype_) {
-    case DType::kInt64: std::copy_n(data<int64_t>(), out.size(), out.begin()); break;
-    case DType::kInt32: std::copy_n(data<int32_t>(), out.size(), out.begin()); break;
-    case DType::kInt8: std::copy_n(data<int8_t>(), out.size(), out.begin()); break;
+    case DType::kInt64:
+      std::copy_n(data<int64_t>(), out.size(), out.begin());
+      break;
+    case DType::kInt32:
+      std::copy_n(data<int32_t>(), out.size(), out.begin());
+      break;
+    case DType::kInt8:
+      std::copy_n(data<int8_t>(), out.size(), out.begin());
+      break;
     case DType::kUInt8:
     case DType::kBool:
       std::copy_n(static_cast<const uint8_t*>(raw()), out.size(), out.begin());
@@ -152,7 +173,9 @@ std::vector<float> Tensor::to_float_vector() const {
   return {s.begin(), s.end()};
 }
 
-std::string Tensor::describe() const { return std::string(dtype_name(dtype_)) + shape_str(shape_); }
+std::string Tensor::describe() const {
+  return std::string(dtype_name(dtype_)) + shape_str(shape_);
+}
 
 void Tensor::dtype_mismatch(const char* wanted) const {
   throw_internal(std::string("Tensor: accessed ") + describe() + " as " + wanted);

@@ -22,15 +22,25 @@ const char* dtype_name(DType dtype);
 template <class T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::kFloat32; }
+constexpr DType dtype_of<float>() {
+  return DType::kFloat32;
+}
 template <>
-constexpr DType dtype_of<int64_t>() { return DType::kInt64; }
+constexpr DType dtype_of<int64_t>() {
+  return DType::kInt64;
+}
 template <>
-constexpr DType dtype_of<int32_t>() { return DType::kInt32; }
+constexpr DType dtype_of<int32_t>() {
+  return DType::kInt32;
+}
 template <>
-constexpr DType dtype_of<int8_t>() { return DType::kInt8; }
+constexpr DType dtype_of<int8_t>() {
+  return DType::kInt8;
+}
 template <>
-constexpr DType dtype_of<uint8_t>() { return DType::kUInt8; }
+constexpr DType dtype_of<uint8_t>() {
+  return DType::kUInt8;
+}
 // kBool is stored one byte per element (0 or 1) and accessed as uint8_t or bool.
 
 using Shape = std::vector<int64_t>;
@@ -45,8 +55,8 @@ inline constexpr size_t kTensorAlignment = 64;
 // Owns aligned bytes, or points at bytes owned elsewhere (an arena, an mmap).
 class Storage {
  public:
-  explicit Storage(size_t nbytes);              // aligned, zero-filled
-  Storage(void* external, size_t nbytes);       // not owned
+  explicit Storage(size_t nbytes);         // aligned, zero-filled
+  Storage(void* external, size_t nbytes);  // not owned
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -138,8 +148,8 @@ template <class T>
 Tensor Tensor::from_vector(Shape shape, const std::vector<T>& values) {
   Tensor t(dtype_of<T>(), std::move(shape));
   if (static_cast<int64_t>(values.size()) != t.numel()) {
-    throw_internal("Tensor::from_vector: " + std::to_string(values.size()) +
-                   " values for shape " + shape_str(t.shape()));
+    throw_internal("Tensor::from_vector: " + std::to_string(values.size()) + " values for shape " +
+                   shape_str(t.shape()));
   }
   std::copy(values.begin(), values.end(), t.data<T>());
   return t;

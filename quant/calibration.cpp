@@ -13,8 +13,8 @@ CalibrationStats::CalibrationStats(const graph::Graph& fused, QuantPlan plan,
     if (!fused_->find_value(p.tensor)) {
       throw_invalid("calibration: point '" + p.tensor + "' names no tensor of the graph");
     }
-    observers_.push_back(
-        {MaxObserver{}, HistogramObserver{HistogramObserverOptions{.bins = options_.histogram_bins}}});
+    observers_.push_back({MaxObserver{}, HistogramObserver{HistogramObserverOptions{
+                                             .bins = options_.histogram_bins}}});
   }
   // Conv epilogue fusion would hide values between modules that taps must see.
   runtime::SessionOptions session_options;

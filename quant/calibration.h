@@ -44,8 +44,7 @@ class CalibrationStats {
   const HistogramObserver& histogram_observer(const ActivationPoint& point) const;
 
   // Invalid error naming the point when no data reached it (its histogram is empty).
-  double amax_for(const ActivationPoint& point, Calibrator method,
-                  double percentile = 99.99) const;
+  double amax_for(const ActivationPoint& point, Calibrator method, double percentile = 99.99) const;
   // amax_for every activation point, by tensor name.
   std::map<std::string, float> activation_amax(Calibrator method, double percentile = 99.99) const;
   // Max |w| per output channel of each weight point's (folded) weight, by module node name.

@@ -143,7 +143,8 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
 
 Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Tensor* folded_bias) {
   const Node* n = fused.find_node(point.node);
-  if (!n) throw_invalid("placement: weight point names node '" + point.node + "', not in the graph");
+  if (!n)
+    throw_invalid("placement: weight point names node '" + point.node + "', not in the graph");
   const Value* wv = n->input(static_cast<size_t>(point.input));
   if (!is_float_constant(wv)) {
     throw_invalid("placement: " + n->label() + ": expected a float constant weight at input " +

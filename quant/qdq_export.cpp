@@ -26,9 +26,9 @@ struct Quantizer {
 };
 
 Value* scale_constant(Graph& g, const std::string& stem, const Quantizer& q) {
-  Tensor s = q.per_axis() ? Tensor::from_vector<float>({static_cast<int64_t>(q.scales.size())},
-                                                        q.scales)
-                          : Tensor::scalar_f32(q.scales[0]);
+  Tensor s = q.per_axis()
+                 ? Tensor::from_vector<float>({static_cast<int64_t>(q.scales.size())}, q.scales)
+                 : Tensor::scalar_f32(q.scales[0]);
   std::string name = stem;
   name.append("_scale");
   return g.add_constant(g.unique_value_name(name), std::move(s));
@@ -132,8 +132,8 @@ Node* find_op(const std::vector<Node*>& nodes, std::string_view op_type) {
 }  // namespace
 
 std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan,
-                                       const ActivationAmax& amax,
-                                       const QdqExportOptions& options, QdqCounts* counts) {
+                                       const ActivationAmax& amax, const QdqExportOptions& options,
+                                       QdqCounts* counts) {
   QdqCounts local;
   QdqCounts& count = counts ? *counts : local;
   count = {};
@@ -152,8 +152,9 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
     std::set<const Node*> consumers;
     for (const QuantConsumer& c : p.consumers) {
       const Node* n = g.find_node(c.node);
-      if (!n) throw_invalid("qdq export: point '" + p.tensor + "' names node '" + c.node +
-                            "', not in the graph");
+      if (!n)
+        throw_invalid("qdq export: point '" + p.tensor + "' names node '" + c.node +
+                      "', not in the graph");
       consumers.insert(n);
     }
     Value* dq = add_qdq(g, x, Quantizer{{scale_from_amax(it->second)}}, p.tensor,
@@ -212,7 +213,8 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
   for (Node* node : order) {
     const graph::OpSchema* schema = graph::find_schema(node->op_type());
     if (!schema || schema->kind != graph::SchemaKind::kModule) continue;
-    if (!schema->lower) throw_internal("qdq export: " + node->label() + ": module without a lowering");
+    if (!schema->lower)
+      throw_internal("qdq export: " + node->label() + ": module without a lowering");
     const std::string name = node->name();
     const std::string label = node->label();
     const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
@@ -240,8 +242,8 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
       Value* probs = softmax->output(0);
       const std::vector<Node*> readers = probs->consumers();
       const std::set<const Node*> reader_set(readers.begin(), readers.end());
-      Value* dq = add_qdq(g, probs, Quantizer{{sm->second}}, probs->name(),
-                          first_in_order(g, reader_set));
+      Value* dq =
+          add_qdq(g, probs, Quantizer{{sm->second}}, probs->name(), first_in_order(g, reader_set));
       for (Node* r : readers) {
         for (size_t i = 0; i < r->num_inputs(); ++i) {
           if (r->input(i) == probs) g.set_input(r, i, dq);

@@ -40,8 +40,8 @@ std::unique_ptr<graph::Graph> build_qdq_graph(const graph::Graph& fused, const Q
                                               QdqCounts* counts = nullptr);
 
 // build_qdq_graph, serialized (ONNX checker on unless options say otherwise).
-std::string export_qdq(const graph::Graph& fused, const QuantPlan& plan,
-                       const ActivationAmax& amax, const QdqExportOptions& options = {});
+std::string export_qdq(const graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
+                       const QdqExportOptions& options = {});
 
 // build_qdq_graph, written atomically to `path`.
 void save_qdq(const graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,

@@ -12,8 +12,8 @@ namespace {
 // Ops whose output 0 is their input 0 reinterpreted with another shape: they alias the input's
 // buffer instead of copying it.
 bool is_view_op(const graph::Node& node) {
-  static const std::set<std::string, std::less<>> kViews = {
-      "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"};
+  static const std::set<std::string, std::less<>> kViews = {"Reshape",   "Flatten",  "Squeeze",
+                                                            "Unsqueeze", "Identity", "Dropout"};
   if (!kViews.count(node.op_type())) return false;
   for (size_t i = 1; i < node.num_outputs(); ++i) {
     const graph::Value* extra = node.output(i);
@@ -184,14 +184,14 @@ void Executor::compile(const graph::Graph& graph) {
 
 std::span<const Tensor> Executor::run(std::span<const Tensor> inputs) {
   if (inputs.size() != graph_inputs_.size()) {
-    throw_invalid("run: the model takes " + std::to_string(graph_inputs_.size()) +
-                  " inputs, got " + std::to_string(inputs.size()));
+    throw_invalid("run: the model takes " + std::to_string(graph_inputs_.size()) + " inputs, got " +
+                  std::to_string(inputs.size()));
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
     Tensor& dst = graph_inputs_[i];
     if (inputs[i].dtype() != dst.dtype() || inputs[i].shape() != dst.shape()) {
-      throw_invalid("run: input '" + graph_->inputs()[i]->name() + "' expects " +
-                    dst.describe() + ", got " + inputs[i].describe());
+      throw_invalid("run: input '" + graph_->inputs()[i]->name() + "' expects " + dst.describe() +
+                    ", got " + inputs[i].describe());
     }
     dst.copy_from(inputs[i]);
   }
@@ -207,7 +207,8 @@ std::span<const Tensor> Executor::run(std::span<const Tensor> inputs) {
       if (options_.profile) {
         auto t0 = std::chrono::steady_clock::now();
         step.kernel->forward(in, out, workspace);
-        step.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        step.seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       } else {
         step.kernel->forward(in, out, workspace);
       }
@@ -259,9 +260,8 @@ std::vector<OpTime> Executor::profile() const {
   }
   std::vector<OpTime> out;
   for (auto& [_, t] : by_type) out.push_back(t);
-  std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) {
-    return a.seconds > b.seconds;
-  });
+  std::sort(out.begin(), out.end(),
+            [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
   return out;
 }
 

@@ -130,8 +130,10 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
     spec.attributes["clamp_max"] = hi;
     spec.inputs = {conv->input(0), conv->input(1), conv->input(2), nullptr, nullptr, residual};
     if (scale.defined()) {
-      spec.inputs[3] = graph.add_constant(graph.unique_value_name(conv->name() + "_bn_scale"), scale);
-      spec.inputs[4] = graph.add_constant(graph.unique_value_name(conv->name() + "_bn_shift"), shift);
+      spec.inputs[3] =
+          graph.add_constant(graph.unique_value_name(conv->name() + "_bn_scale"), scale);
+      spec.inputs[4] =
+          graph.add_constant(graph.unique_value_name(conv->name() + "_bn_shift"), shift);
     }
     const std::string out_name = cur->name();
     spec.output_names = {graph.unique_value_name(out_name + "_fused")};

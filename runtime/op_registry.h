@@ -25,7 +25,7 @@ struct TensorInfo {
 
 // What shape inference sees of one node input.
 struct InputInfo {
-  bool present = false;             // false for an omitted optional input
+  bool present = false;  // false for an omitted optional input
   DType dtype = DType::kFloat32;
   Shape shape;
   const Tensor* constant = nullptr;  // the value, when the input is a constant

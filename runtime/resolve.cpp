@@ -17,7 +17,9 @@ bool is_static(const graph::Shape& shape) {
 
 // Ops whose output depends only on the shapes of their inputs, so they fold as soon as the
 // shapes are known, even when the input values are not constants.
-bool reads_only_shapes(const std::string& op_type) { return op_type == "Shape"; }
+bool reads_only_shapes(const std::string& op_type) {
+  return op_type == "Shape";
+}
 
 std::vector<Tensor> evaluate(const graph::Node& node, const OpDef& def,
                              std::span<const InputInfo> infos,
@@ -43,7 +45,7 @@ std::vector<Tensor> evaluate(const graph::Node& node, const OpDef& def,
 }  // namespace
 
 std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& graph,
-                                                            int64_t batch) {
+                                                           int64_t batch) {
   std::map<std::string, graph::Shape> shapes;
   for (const graph::Value* in : graph.inputs()) {
     if (!in->has_shape() || in->shape()->empty()) {

@@ -27,6 +27,6 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options);
 // The input shapes of `graph` with a dynamic leading (batch) dimension set to `batch`. A model
 // whose batch is fixed accepts only that batch (Invalid error otherwise).
 std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& graph,
-                                                            int64_t batch);
+                                                           int64_t batch);
 
 }  // namespace qforge::runtime

@@ -27,8 +27,8 @@ void set_num_threads(int n) {
   std::lock_guard lock(g_mutex);
   if (n <= 0) n = hardware_threads();
   g_control.reset();
-  g_control = std::make_unique<tbb::global_control>(
-      tbb::global_control::max_allowed_parallelism, static_cast<size_t>(n));
+  g_control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
+                                                    static_cast<size_t>(n));
   openblas_set_num_threads(1);
   g_threads = n;
 }

@@ -304,8 +304,8 @@ std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> 
 std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
                                       std::span<const TensorInfo> /*outputs*/) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
-                                      -kInf, kInf);
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant, -kInf,
+                                      kInf);
 }
 
 std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const InputInfo> inputs) {
@@ -314,8 +314,9 @@ std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const Input
   for (size_t i : {size_t{3}, size_t{4}}) {
     const InputInfo* p = optional_float_input(node, inputs, i, i == 3 ? "scale" : "shift");
     if (p && p->shape != Shape{channels}) {
-      fail_node(node, "a per-channel epilogue parameter of shape [" + std::to_string(channels) +
-                          "]", shape_str(p->shape));
+      fail_node(node,
+                "a per-channel epilogue parameter of shape [" + std::to_string(channels) + "]",
+                shape_str(p->shape));
     }
   }
   const InputInfo* residual = optional_float_input(node, inputs, 5, "residual");

@@ -27,8 +27,18 @@ constexpr int64_t kGrain = 1 << 14;
 // ---------------------------------------------------------------------------------------------
 // Activations named by a module's `activation` attribute
 
-enum class Act { kNone, kRelu, kClip, kLeakyRelu, kElu, kGelu, kSilu, kHardSwish, kHardSigmoid,
-                 kSigmoid };
+enum class Act {
+  kNone,
+  kRelu,
+  kClip,
+  kLeakyRelu,
+  kElu,
+  kGelu,
+  kSilu,
+  kHardSwish,
+  kHardSigmoid,
+  kSigmoid
+};
 
 struct ActivationSpec {
   Act act = Act::kNone;
@@ -74,7 +84,9 @@ ActivationSpec activation_of(const Node& node) {
 }
 
 // Relu and Clip are a clamp range that the conv's output pass applies.
-bool is_clamp(Act act) { return act == Act::kRelu || act == Act::kClip; }
+bool is_clamp(Act act) {
+  return act == Act::kRelu || act == Act::kClip;
+}
 
 // y = act(y) in place, in the operation order of the nodes the module replaced.
 void apply_activation(const ActivationSpec& s, float* y, int64_t n) {
@@ -174,7 +186,8 @@ std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const Input
                                          const ConvModuleLayout& layout) {
   const size_t w = layout.data_inputs;
   const InputInfo& weight = module_input(node, inputs, w, "W");
-  if (weight.shape.empty()) fail_node(node, "a conv weight W of rank >= 3", shape_str(weight.shape));
+  if (weight.shape.empty())
+    fail_node(node, "a conv weight W of rank >= 3", shape_str(weight.shape));
   const int64_t channels = weight.shape[0];
   static const char* const kNames[] = {"BN scale", "BN B", "BN mean", "BN var"};
   for (size_t i = 0; i < 4; ++i) {
@@ -185,9 +198,12 @@ std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const Input
     }
   }
   InputInfo per_channel{.present = true, .dtype = DType::kFloat32, .shape = {channels}};
-  std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"), weight,
+  std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"),
+                                weight,
                                 w + 1 < inputs.size() ? inputs[w + 1] : InputInfo{},
-                                per_channel, per_channel, InputInfo{}};
+                                per_channel,
+                                per_channel,
+                                InputInfo{}};
   if (layout.data_inputs == 2) out[5] = module_input(node, inputs, 1, "residual");
   return out;
 }
@@ -195,8 +211,8 @@ std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const Input
 std::vector<TensorInfo> infer_conv_module(const Node& node, std::span<const InputInfo> inputs) {
   const ConvModuleLayout layout = conv_layout(node);
   const ActivationSpec act = activation_of(node);
-  std::vector<TensorInfo> conv =
-      SubKernel::infer("FusedConv", conv_attributes(node, act), fused_conv_inputs(node, inputs, layout));
+  std::vector<TensorInfo> conv = SubKernel::infer("FusedConv", conv_attributes(node, act),
+                                                  fused_conv_inputs(node, inputs, layout));
   if (!layout.pool) return conv;
   InputInfo pooled{.present = true, .dtype = DType::kFloat32, .shape = conv[0].shape};
   return SubKernel::infer("MaxPool", pool_attributes(node), std::span(&pooled, 1));
@@ -248,8 +264,9 @@ class ConvModuleKernel final : public OpKernel {
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const size_t w = layout_.data_inputs;
-    const Tensor conv_in[6] = {inputs[0], inputs[w], inputs[w + 1], scale_, shift_,
-                               layout_.data_inputs == 2 ? inputs[1] : Tensor()};
+    const Tensor conv_in[6] = {inputs[0],     inputs[w],
+                               inputs[w + 1], scale_,
+                               shift_,        layout_.data_inputs == 2 ? inputs[1] : Tensor()};
     Tensor& y = layout_.pool ? conv_out_ : outputs[0];
     conv_[0].forward(conv_in, std::span(&y, 1), workspace);
     if (!is_clamp(act_.act)) apply_activation(act_, y.data<float>(), y.numel());
@@ -274,7 +291,9 @@ std::unique_ptr<OpKernel> create_conv_module(const Node& node, std::span<const I
 // Linear, LinearAct: inputs X, W, B?; `source` Gemm (with transB from weight_axis, alpha, beta)
 // or MatMul (then B is added along the last axis).
 
-bool from_gemm(const Node& node) { return node.attr_string("source", "MatMul") == "Gemm"; }
+bool from_gemm(const Node& node) {
+  return node.attr_string("source", "MatMul") == "Gemm";
+}
 
 Attributes gemm_attributes(const Node& node) {
   return {{"transB", int64_t{node.attr_int("weight_axis", 1) == 0 ? 1 : 0}},
@@ -291,16 +310,15 @@ std::vector<InputInfo> linear_inputs(const Node& node, std::span<const InputInfo
 
 std::vector<TensorInfo> infer_linear(const Node& node, std::span<const InputInfo> inputs) {
   activation_of(node);
-  std::vector<TensorInfo> out = SubKernel::infer(from_gemm(node) ? "Gemm" : "MatMul",
-                                                 from_gemm(node) ? gemm_attributes(node) : Attributes{},
-                                                 linear_inputs(node, inputs));
+  std::vector<TensorInfo> out = SubKernel::infer(
+      from_gemm(node) ? "Gemm" : "MatMul", from_gemm(node) ? gemm_attributes(node) : Attributes{},
+      linear_inputs(node, inputs));
   if (!from_gemm(node) && inputs.size() > 2 && inputs[2].present) {
     const InputInfo& b = module_input(node, inputs, 2, "B");
     const int64_t features = out[0].shape.empty() ? 1 : out[0].shape.back();
     const int64_t numel = kernels::shape_numel(b.shape);
     if (numel != 1 && numel != features) {
-      fail_node(node, "a bias of 1 or " + std::to_string(features) + " values",
-                shape_str(b.shape));
+      fail_node(node, "a bias of 1 or " + std::to_string(features) + " values", shape_str(b.shape));
     }
   }
   return out;

@@ -66,9 +66,10 @@ struct Builder {
                                 {"group", group}}});
   }
   Value* bn(Value* x, int64_t c) {
-    return node("BatchNormalization",
-                {x, constant({c}, 0.5f, 1.5f), constant({c}), constant({c}), constant({c}, 0.5f, 1.5f)},
-                {.attributes = {{"epsilon", 1e-3f}}});
+    return node(
+        "BatchNormalization",
+        {x, constant({c}, 0.5f, 1.5f), constant({c}), constant({c}), constant({c}, 0.5f, 1.5f)},
+        {.attributes = {{"epsilon", 1e-3f}}});
   }
   Value* act(const std::string& kind, Value* x) {
     if (kind == "Gelu") {
@@ -159,9 +160,8 @@ TEST_P(FusionConvBNAct, FusesEachActivation) {
     Value* x = b.g->add_input("x", DType::kFloat32, Shape{2, 3, 7, 5});
     return b.done(b.act(kind, b.bn(b.conv(x, 3, 6, 3), 6)));
   };
-  auto r = testing::run_pass_test(make, [](graph::Graph& g) {
-    EXPECT_EQ(fuse(g).find("ConvBNAct")->applied, 1u);
-  });
+  auto r = testing::run_pass_test(
+      make, [](graph::Graph& g) { EXPECT_EQ(fuse(g).find("ConvBNAct")->applied, 1u); });
   EXPECT_EQ(r.after, (OpCounts{{"ConvBNAct", 1}}));
   const graph::Node* m = only_module(*r.transformed, "ConvBNAct");
   ASSERT_NE(m, nullptr);
@@ -202,9 +202,8 @@ TEST(FusionConvBNAddAct, ResidualOnEitherAddInput) {
     Value* y2 = b.act("Silu", b.node("Add", {y1, b.bn(b.conv(y1, 8, 8, 3), 8)}));
     return b.done(y2);
   };
-  auto r = testing::run_pass_test(make, [](graph::Graph& g) {
-    EXPECT_EQ(fuse(g).find("ConvBNAddAct")->applied, 2u);
-  });
+  auto r = testing::run_pass_test(
+      make, [](graph::Graph& g) { EXPECT_EQ(fuse(g).find("ConvBNAddAct")->applied, 2u); });
   EXPECT_EQ(r.after, (OpCounts{{"ConvBNAddAct", 2}}));
   const auto& nodes = r.transformed->nodes();
   ASSERT_EQ(nodes.size(), 2u);
@@ -246,8 +245,8 @@ TEST(FusionLinear, GemmAndMatMulWithAndWithoutActivation) {
     Value* h = b.node("Add", {b.node("MatMul", {x, b.constant({6, 7})}), b.constant({7})});
     Value* g = b.act("Gelu", h);
     Value* m = b.node("MatMul", {g, b.constant({7, 4})});
-    Value* flat = b.node("Reshape", {m, b.g->add_constant("shape", Tensor::from_vector<int64_t>(
-                                                                       {2}, {15, 4}))});
+    Value* flat = b.node(
+        "Reshape", {m, b.g->add_constant("shape", Tensor::from_vector<int64_t>({2}, {15, 4}))});
     Value* fc = b.node("Gemm", {flat, b.constant({9, 4}), b.constant({9})},
                        {.attributes = {{"transB", int64_t{1}}, {"alpha", 0.5f}}});
     Value* r = b.act("Relu", fc);
@@ -351,8 +350,7 @@ const std::map<std::string, ModelCounts>& expected_counts() {
       // conv-bn-relu (ConvBNAct) and conv-bn-add-relu (ConvBNAddAct); layer2..4 downsample
       // conv-bn (ConvBN). The GAP runs on 1×1 and goes; the fc becomes a Conv.
       {"resnet",
-       {{{"StemConvBNActMaxPool", 1}, {"ConvBNAct", 5}, {"ConvBNAddAct", 5}, {"ConvBN", 3}},
-        {}}},
+       {{{"StemConvBNActMaxPool", 1}, {"ConvBNAct", 5}, {"ConvBNAddAct", 5}, {"ConvBN", 3}}, {}}},
       // MobileNetV3-small, 6 blocks: stem conv-bn-hardswish 1; expand+depthwise conv-bn-act
       // 1 (block 1 has no expand) + 2×5; last conv 1 => 13 ConvBNAct; 6 projections conv-bn
       // (the residual Adds have no activation) => 6 ConvBN; 4 SE + final pool over 8×8/2×2 maps

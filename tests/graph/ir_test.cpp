@@ -15,8 +15,10 @@ struct Chain {
   Chain() {
     x = g.add_input("x", DType::kFloat32, Shape{1, 4});
     relu = g.add_node({.name = "relu", .op_type = "Relu", .inputs = {x}, .output_names = {"a"}});
-    sigmoid = g.add_node(
-        {.name = "sigmoid", .op_type = "Sigmoid", .inputs = {relu->output(0)}, .output_names = {"b"}});
+    sigmoid = g.add_node({.name = "sigmoid",
+                          .op_type = "Sigmoid",
+                          .inputs = {relu->output(0)},
+                          .output_names = {"b"}});
     g.mark_output(sigmoid->output(0));
   }
 };
@@ -47,7 +49,8 @@ TEST(GraphIr, FoldNodeTurnsOutputsIntoConstants) {
   Value* k = g.add_constant("k", Tensor::from_vector<float>({2}, {1.f, -2.f}));
   Node* neg = g.add_node({.name = "neg", .op_type = "Neg", .inputs = {k}, .output_names = {"nk"}});
   Value* x = g.add_input("x", DType::kFloat32, Shape{2});
-  Node* add = g.add_node({.name = "add", .op_type = "Add", .inputs = {x, neg->output(0)}, .output_names = {"y"}});
+  Node* add = g.add_node(
+      {.name = "add", .op_type = "Add", .inputs = {x, neg->output(0)}, .output_names = {"y"}});
   g.mark_output(add->output(0));
   g.fold_node(neg, {Tensor::from_vector<float>({2}, {-1.f, 2.f})});
   Value* nk = g.find_value("nk");

@@ -17,8 +17,8 @@ namespace qforge {
 namespace {
 
 using kernels::Tensor;
-using quant::Calibrator;
 using quant::CalibrationStats;
+using quant::Calibrator;
 
 constexpr int64_t kImages = 32;
 
@@ -116,8 +116,7 @@ TEST(Calibration, PointWithoutDataIsInvalid) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
-    EXPECT_NE(std::string(e.what()).find("'" + plan.activations[1].tensor + "'"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("'" + plan.activations[1].tensor + "'"), std::string::npos)
         << e.what();
   }
 }
@@ -133,8 +132,7 @@ TEST(Calibration, NonFiniteActivationIsInvalidNamingThePoint) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
-    EXPECT_NE(std::string(e.what()).find("'" + plan.activations[0].tensor + "'"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("'" + plan.activations[0].tensor + "'"), std::string::npos)
         << e.what();
   }
 }
@@ -153,7 +151,8 @@ TEST(Calibration, WeightAmaxIsPerChannelOfTheFoldedWeight) {
     const int64_t inner = folded.numel() / folded.dim(0);
     for (int64_t c = 0; c < folded.dim(0); ++c) {
       float m = 0;
-      for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(folded.data<float>()[c * inner + k]));
+      for (int64_t k = 0; k < inner; ++k)
+        m = std::max(m, std::fabs(folded.data<float>()[c * inner + k]));
       EXPECT_EQ(a[static_cast<size_t>(c)], m) << w.node << " channel " << c;
     }
   }

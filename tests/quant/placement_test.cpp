@@ -140,8 +140,10 @@ TEST(Placement, Int8UnsupportedGroupedConvStaysFloat) {
   graph::NodeSpec grouped{.name = "grouped", .op_type = "ConvBNAct", .output_names = {"y"}};
   grouped.inputs = {x};
   for (auto* v : params("g", 6, 3)) grouped.inputs.push_back(v);
-  grouped.attributes = {{"group", int64_t{2}}, {"epsilon", 1e-5f},
-                        {"activation", std::string("Relu")}, {"int8_unsupported", int64_t{1}}};
+  grouped.attributes = {{"group", int64_t{2}},
+                        {"epsilon", 1e-5f},
+                        {"activation", std::string("Relu")},
+                        {"int8_unsupported", int64_t{1}}};
   grouped.domain = "qforge";
   Node* first = g.add_node(std::move(grouped));
   graph::NodeSpec plain{.name = "plain", .op_type = "ConvBNAct", .output_names = {"z"}};

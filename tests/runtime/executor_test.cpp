@@ -27,8 +27,12 @@ void* operator new(std::size_t n) {
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
 
 namespace qforge {
 namespace {
@@ -43,8 +47,8 @@ std::unique_ptr<graph::Graph> chain(int n) {
   for (int i = 0; i < n; ++i) {
     std::string name = "v";
     name += std::to_string(i);
-    auto* node = g->add_node(
-        {.op_type = i % 2 ? "Neg" : "Relu", .inputs = {v}, .output_names = {name}});
+    auto* node =
+        g->add_node({.op_type = i % 2 ? "Neg" : "Relu", .inputs = {v}, .output_names = {name}});
     v = node->output(0);
   }
   g->mark_output(v);
@@ -85,7 +89,8 @@ TEST(Executor, ReshapeIsAViewOfItsInput) {
   auto* shape = g->add_constant("shape", kernels::Tensor::from_vector<int64_t>({2}, {3, 4}));
   auto* reshape = g->add_node(
       {.op_type = "Reshape", .inputs = {relu->output(0), shape}, .output_names = {"rs"}});
-  auto* neg = g->add_node({.op_type = "Neg", .inputs = {reshape->output(0)}, .output_names = {"y"}});
+  auto* neg =
+      g->add_node({.op_type = "Neg", .inputs = {reshape->output(0)}, .output_names = {"y"}});
   g->mark_output(neg->output(0));
   runtime::resolve(*g, {});
   runtime::Executor exec(*g);

@@ -35,32 +35,45 @@ std::unique_ptr<graph::Graph> residual_block(std::mt19937& rng) {
   };
   auto* w1 = g->add_constant("w1", random_tensor({6, 5, 3, 3}, rng));
   auto* b1 = g->add_constant("b1", random_tensor({6}, rng));
-  auto* conv1 = g->add_node({.name = "conv1", .op_type = "Conv", .inputs = {x, w1, b1},
-                             .output_names = {"c1"}, .attributes = conv_attrs()});
-  auto* skip = g->add_node({.name = "skip", .op_type = "Relu", .inputs = {conv1->output(0)},
-                            .output_names = {"s"}});
+  auto* conv1 = g->add_node({.name = "conv1",
+                             .op_type = "Conv",
+                             .inputs = {x, w1, b1},
+                             .output_names = {"c1"},
+                             .attributes = conv_attrs()});
+  auto* skip = g->add_node(
+      {.name = "skip", .op_type = "Relu", .inputs = {conv1->output(0)}, .output_names = {"s"}});
   auto* w2 = g->add_constant("w2", random_tensor({6, 6, 3, 3}, rng));
-  auto* conv2 = g->add_node({.name = "conv2", .op_type = "Conv", .inputs = {skip->output(0), w2},
-                             .output_names = {"c2"}, .attributes = conv_attrs()});
+  auto* conv2 = g->add_node({.name = "conv2",
+                             .op_type = "Conv",
+                             .inputs = {skip->output(0), w2},
+                             .output_names = {"c2"},
+                             .attributes = conv_attrs()});
   auto* gamma = g->add_constant("gamma", random_tensor({6}, rng, 0.5f, 1.5f));
   auto* beta = g->add_constant("beta", random_tensor({6}, rng));
   auto* mean = g->add_constant("mean", random_tensor({6}, rng));
   auto* var = g->add_constant("var", random_tensor({6}, rng, 0.2f, 2.f));
-  auto* bn = g->add_node({.name = "bn", .op_type = "BatchNormalization",
+  auto* bn = g->add_node({.name = "bn",
+                          .op_type = "BatchNormalization",
                           .inputs = {conv2->output(0), gamma, beta, mean, var},
                           .output_names = {"n"}});
-  auto* add = g->add_node({.name = "add", .op_type = "Add",
-                           .inputs = {bn->output(0), skip->output(0)}, .output_names = {"a"}});
-  auto* relu = g->add_node({.name = "relu", .op_type = "Relu", .inputs = {add->output(0)},
-                            .output_names = {"y"}});
+  auto* add = g->add_node({.name = "add",
+                           .op_type = "Add",
+                           .inputs = {bn->output(0), skip->output(0)},
+                           .output_names = {"a"}});
+  auto* relu = g->add_node(
+      {.name = "relu", .op_type = "Relu", .inputs = {add->output(0)}, .output_names = {"y"}});
   g->mark_output(relu->output(0));
   auto* lo = g->add_constant("lo", Tensor::scalar_f32(0.f));
   auto* hi = g->add_constant("hi", Tensor::scalar_f32(0.5f));
   auto* w3 = g->add_constant("w3", random_tensor({4, 6, 1, 1}, rng));
-  auto* conv3 = g->add_node({.name = "conv3", .op_type = "Conv", .inputs = {skip->output(0), w3},
+  auto* conv3 = g->add_node({.name = "conv3",
+                             .op_type = "Conv",
+                             .inputs = {skip->output(0), w3},
                              .output_names = {"c3"}});
-  auto* clip = g->add_node({.name = "clip", .op_type = "Clip",
-                            .inputs = {conv3->output(0), lo, hi}, .output_names = {"z"}});
+  auto* clip = g->add_node({.name = "clip",
+                            .op_type = "Clip",
+                            .inputs = {conv3->output(0), lo, hi},
+                            .output_names = {"z"}});
   g->mark_output(clip->output(0));
   return g;
 }

@@ -33,7 +33,9 @@ double relative_max_diff(const kernels::Tensor& got, const kernels::Tensor& ref)
   return diff / scale;
 }
 
-void PrintTo(const GoldenCase& c, std::ostream* os) { *os << c.family << "_" << c.form; }
+void PrintTo(const GoldenCase& c, std::ostream* os) {
+  *os << c.family << "_" << c.form;
+}
 
 class GoldenModel : public ::testing::TestWithParam<GoldenCase> {};
 
@@ -41,7 +43,8 @@ TEST_P(GoldenModel, MatchesPyTorch) {
   const auto& c = GetParam();
   auto input = io::read_npy(data_path("golden/" + c.family + "_input.npy"));
   auto ref = io::read_npy(data_path("golden/" + c.family + "_" + c.form + "_output.npy"));
-  runtime::Session session(graph::load_onnx(data_path("models/" + c.family + "_" + c.form + ".onnx")));
+  runtime::Session session(
+      graph::load_onnx(data_path("models/" + c.family + "_" + c.form + ".onnx")));
   auto outputs = session.run(input);
   ASSERT_EQ(outputs.size(), 1u);
   ASSERT_EQ(outputs[0].shape(), ref.shape());

@@ -85,7 +85,7 @@ inline void write_png(const std::string& path, int width, int height, int channe
     throw std::runtime_error("libpng failed writing " + path);
   }
   png_init_io(png, f);
-  int type = channels == 1 ? PNG_COLOR_TYPE_GRAY
+  int type = channels == 1   ? PNG_COLOR_TYPE_GRAY
              : channels == 3 ? PNG_COLOR_TYPE_RGB
                              : PNG_COLOR_TYPE_RGBA;
   png_set_IHDR(png, info, width, height, 8, type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,

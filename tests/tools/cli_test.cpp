@@ -118,8 +118,10 @@ TEST(Cli, UnwritableOutputLeavesNothing) {
 TEST(Cli, ImageOfWrongSizeNamesTheFile) {
   TempDir dir;
   std::filesystem::create_directories(dir.path() / "data/3");
-  testing::write_png(dir.file("data/3/a.png"), 32, 32, 3, std::vector<unsigned char>(32 * 32 * 3, 90));
-  testing::write_png(dir.file("data/3/b.png"), 28, 28, 3, std::vector<unsigned char>(28 * 28 * 3, 90));
+  testing::write_png(dir.file("data/3/a.png"), 32, 32, 3,
+                     std::vector<unsigned char>(32 * 32 * 3, 90));
+  testing::write_png(dir.file("data/3/b.png"), 28, 28, 3,
+                     std::vector<unsigned char>(28 * 28 * 3, 90));
   auto r = run_cli("run " + kResnet + " --data " + dir.file("data") + " -o " + dir.file("out.npy"));
   expect_one_line_error(r, "b.png");
   EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
@@ -131,7 +133,8 @@ TEST(Cli, ImageWithWrongChannelCountNamesTheFile) {
   TempDir dir;
   testing::write_bytes(dir.file("gray.onnx"), one_node_model("Relu", "relu", {-1, 1, 8, 8}));
   std::filesystem::create_directories(dir.path() / "data/1");
-  testing::write_png(dir.file("data/1/color.png"), 8, 8, 3, std::vector<unsigned char>(8 * 8 * 3, 7));
+  testing::write_png(dir.file("data/1/color.png"), 8, 8, 3,
+                     std::vector<unsigned char>(8 * 8 * 3, 7));
   auto r = run_cli("run " + dir.file("gray.onnx") + " --data " + dir.file("data") + " -o " +
                    dir.file("out.npy"));
   expect_one_line_error(r, "color.png");
@@ -147,7 +150,8 @@ TEST(Cli, NpyOfWrongSampleShapeIsRejected) {
 
 TEST(Cli, RunWritesOutputsEqualToGolden) {
   TempDir dir;
-  auto r = run_cli("run " + kResnet + " --data " + kGoldenInput + " --batch 3 -o " + dir.file("out.npy"));
+  auto r = run_cli("run " + kResnet + " --data " + kGoldenInput + " --batch 3 -o " +
+                   dir.file("out.npy"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("images/s"), std::string::npos) << r.out;
   auto got = io::read_npy(dir.file("out.npy"));

@@ -12,8 +12,8 @@
 #include "runtime/compare.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
-#include "tools/io/progress.h"
 #include "runtime/transform_pipeline.h"
+#include "tools/io/progress.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 

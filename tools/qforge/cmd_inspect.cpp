@@ -65,7 +65,8 @@ int run_inspect(const InspectOptions& o) {
 
 CommandRunner add_inspect_command(CLI::App& app) {
   auto opts = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show a model's inputs, outputs, ops, parameters and MACs");
+  auto* cmd =
+      app.add_subcommand("inspect", "Show a model's inputs, outputs, ops, parameters and MACs");
   cmd->add_option("model", opts->model, "ONNX model file")->required();
   return [opts] { return run_inspect(*opts); };
 }

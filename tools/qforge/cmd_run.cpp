@@ -63,7 +63,7 @@ int run_run(RunOptions o) {
   }
 
   std::vector<std::vector<float>> stacked(model.outputs().size());  // kept only with -o
-  std::vector<graph::Shape> out_shapes(model.outputs().size());  // [rows so far, ...]
+  std::vector<graph::Shape> out_shapes(model.outputs().size());     // [rows so far, ...]
   size_t correct = 0;
   double forward_seconds = 0;
   int64_t warmups_left = o.warmup;
@@ -98,8 +98,8 @@ int run_run(RunOptions o) {
     if (out_file) {
       for (size_t k = 0; k < outputs.size(); ++k) {
         if (outputs[k].dtype() != kernels::DType::kFloat32) {
-          throw_unsupported("run: -o writes float32 outputs, output " + std::to_string(k) +
-                            " is " + outputs[k].describe());
+          throw_unsupported("run: -o writes float32 outputs, output " + std::to_string(k) + " is " +
+                            outputs[k].describe());
         }
         auto s = outputs[k].span<float>();
         stacked[k].insert(stacked[k].end(), s.begin(), s.end());
@@ -164,7 +164,8 @@ CommandRunner add_run_command(CLI::App& app) {
                   "image folder (class sub-folders give labels) or .npy file of inputs")
       ->required();
   cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file");
-  cmd->add_option("--batch", opts->batch, "images per forward pass (default 32, or the model's fixed batch)")
+  cmd->add_option("--batch", opts->batch,
+                  "images per forward pass (default 32, or the model's fixed batch)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
@@ -173,7 +174,8 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
   cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--mean", opts->preprocess.mean, "per-channel mean (overrides the model's metadata)")
+  cmd->add_option("--mean", opts->preprocess.mean,
+                  "per-channel mean (overrides the model's metadata)")
       ->delimiter(',');
   cmd->add_option("--std", opts->preprocess.std, "per-channel std (overrides the model's metadata)")
       ->delimiter(',');
