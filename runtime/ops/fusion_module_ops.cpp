@@ -12,6 +12,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/parallel.h"
 #include "kernels/vector_math.h"
+#include "runtime/ops/activation.h"
 #include "runtime/ops/ops.h"
 #include "runtime/ops/sub_kernel.h"
 
@@ -21,119 +22,7 @@ namespace {
 using graph::Node;
 using kernels::shape_str;
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kGrain = 1 << 14;
-
-// ---------------------------------------------------------------------------------------------
-// Activations named by a module's `activation` attribute
-
-enum class Act {
-  kNone,
-  kRelu,
-  kClip,
-  kLeakyRelu,
-  kElu,
-  kGelu,
-  kSilu,
-  kHardSwish,
-  kHardSigmoid,
-  kSigmoid
-};
-
-struct ActivationSpec {
-  Act act = Act::kNone;
-  kernels::UnaryParams params;
-};
-
-ActivationSpec activation_of(const Node& node) {
-  ActivationSpec s;
-  if (!node.has_attr("activation")) return s;
-  const std::string kind = node.attr_string("activation");
-  if (kind == "Relu") {
-    s.act = Act::kRelu;
-    s.params.min = 0;
-  } else if (kind == "Clip") {
-    s.act = Act::kClip;
-    s.params.min = node.attr_float("clip_min", -kInf);
-    s.params.max = node.attr_float("clip_max", kInf);
-  } else if (kind == "LeakyRelu") {
-    s.act = Act::kLeakyRelu;
-    s.params.alpha = node.attr_float("alpha", 0.01f);
-  } else if (kind == "Elu") {
-    s.act = Act::kElu;
-    s.params.alpha = node.attr_float("alpha", 1.0f);
-  } else if (kind == "Gelu") {
-    s.act = Act::kGelu;
-  } else if (kind == "Silu") {
-    s.act = Act::kSilu;
-  } else if (kind == "HardSwish") {
-    s.act = Act::kHardSwish;
-  } else if (kind == "HardSigmoid") {
-    s.act = Act::kHardSigmoid;
-    s.params.alpha = node.attr_float("alpha", 0.2f);
-    s.params.beta = node.attr_float("beta", 0.5f);
-  } else if (kind == "Sigmoid") {
-    s.act = Act::kSigmoid;
-  } else {
-    fail_node(node,
-              "activation Relu, Clip, LeakyRelu, Elu, Gelu, Silu, HardSwish, HardSigmoid or "
-              "Sigmoid",
-              "'" + kind + "'");
-  }
-  return s;
-}
-
-// Relu and Clip are a clamp range that the conv's output pass applies.
-bool is_clamp(Act act) {
-  return act == Act::kRelu || act == Act::kClip;
-}
-
-// y = act(y) in place, in the operation order of the nodes the module replaced.
-void apply_activation(const ActivationSpec& s, float* y, int64_t n) {
-  switch (s.act) {
-    case Act::kNone:
-      return;
-    case Act::kRelu:
-      kernels::unary_f32(kernels::UnaryOp::kRelu, s.params, y, y, n);
-      return;
-    case Act::kClip:
-      kernels::unary_f32(kernels::UnaryOp::kClip, s.params, y, y, n);
-      return;
-    case Act::kLeakyRelu:
-      kernels::unary_f32(kernels::UnaryOp::kLeakyRelu, s.params, y, y, n);
-      return;
-    case Act::kElu:
-      kernels::unary_f32(kernels::UnaryOp::kElu, s.params, y, y, n);
-      return;
-    case Act::kHardSwish:
-      kernels::unary_f32(kernels::UnaryOp::kHardSwish, s.params, y, y, n);
-      return;
-    case Act::kHardSigmoid:
-      kernels::unary_f32(kernels::UnaryOp::kHardSigmoid, s.params, y, y, n);
-      return;
-    case Act::kSigmoid:
-      kernels::unary_f32(kernels::UnaryOp::kSigmoid, s.params, y, y, n);
-      return;
-    case Act::kGelu: {
-      const float sqrt2 = std::sqrt(2.0f);
-      kernels::parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float x = y[i];
-          y[i] = (x * (kernels::erf_approx(x / sqrt2) + 1.0f)) * 0.5f;
-        }
-      });
-      return;
-    }
-    case Act::kSilu:
-      kernels::parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float x = y[i];
-          y[i] = x * (1.0f / (1.0f + kernels::exp_approx(-x)));
-        }
-      });
-      return;
-  }
-}
 
 const InputInfo& module_input(const Node& node, std::span<const InputInfo> inputs, size_t i,
                               const char* what) {
@@ -166,7 +55,7 @@ Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
     auto it = node.attributes().find(key);
     if (it != node.attributes().end()) a[key] = it->second;
   }
-  if (is_clamp(act.act)) {
+  if (is_clamp(act.kind)) {
     a["clamp_min"] = act.params.min;
     a["clamp_max"] = act.params.max;
   }
@@ -269,7 +158,7 @@ class ConvModuleKernel final : public OpKernel {
                                shift_,        layout_.data_inputs == 2 ? inputs[1] : Tensor()};
     Tensor& y = layout_.pool ? conv_out_ : outputs[0];
     conv_[0].forward(conv_in, std::span(&y, 1), workspace);
-    if (!is_clamp(act_.act)) apply_activation(act_, y.data<float>(), y.numel());
+    if (!is_clamp(act_.kind)) apply_activation(act_, y.data<float>(), y.data<float>(), y.numel());
     if (layout_.pool) pool_[0].forward(std::span(&conv_out_, 1), outputs.first(1), workspace);
   }
 
@@ -353,7 +242,7 @@ class LinearKernel final : public OpKernel {
                               }
                             });
     }
-    apply_activation(act_, y, n);
+    apply_activation(act_, y, y, n);
   }
 
  private:
