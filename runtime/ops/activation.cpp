@@ -16,14 +16,22 @@ constexpr int64_t kGrain = 1 << 14;
 
 kernels::UnaryOp unary_op_of(ActivationKind kind) {
   switch (kind) {
-    case ActivationKind::kRelu: return kernels::UnaryOp::kRelu;
-    case ActivationKind::kClip: return kernels::UnaryOp::kClip;
-    case ActivationKind::kLeakyRelu: return kernels::UnaryOp::kLeakyRelu;
-    case ActivationKind::kElu: return kernels::UnaryOp::kElu;
-    case ActivationKind::kHardSwish: return kernels::UnaryOp::kHardSwish;
-    case ActivationKind::kHardSigmoid: return kernels::UnaryOp::kHardSigmoid;
-    case ActivationKind::kSigmoid: return kernels::UnaryOp::kSigmoid;
-    default: break;
+    case ActivationKind::kRelu:
+      return kernels::UnaryOp::kRelu;
+    case ActivationKind::kClip:
+      return kernels::UnaryOp::kClip;
+    case ActivationKind::kLeakyRelu:
+      return kernels::UnaryOp::kLeakyRelu;
+    case ActivationKind::kElu:
+      return kernels::UnaryOp::kElu;
+    case ActivationKind::kHardSwish:
+      return kernels::UnaryOp::kHardSwish;
+    case ActivationKind::kHardSigmoid:
+      return kernels::UnaryOp::kHardSigmoid;
+    case ActivationKind::kSigmoid:
+      return kernels::UnaryOp::kSigmoid;
+    default:
+      break;
   }
   throw_internal("activation: no unary kernel for this kind");
 }
