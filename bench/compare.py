@@ -1,0 +1,454 @@
+#!/usr/bin/python3
+"""Forward-time benchmark of qforge against PyTorch and ONNX Runtime (Node) on the exported
+models (export_models.py), at batch 8 with 2 threads by default.
+
+  qforge   `qforge run <name>_b8.onnx --batch 8 --threads 2 --warmup 2` over N batches of
+           random images; its mean forward ms/batch (compilation and warm-up excluded)
+  PyTorch  the same torchvision model and seeded weights, torch.set_num_threads(2),
+           torch.no_grad(); 2 warm-up batches, then the mean of N timed batches
+  ORT      bench/ort_time.js on the same .onnx file (intra-op 2 threads, inter-op 1,
+           all graph optimisations, sequential); 2 warm-up runs, then the mean of N runs
+
+GFLOP/s = 2 * MACs per image (`qforge inspect` of the b1 model) * batch / qforge time.
+A `qforge run --profile` of one model (resnet50) gives the time per op kind.
+
+Each runtime runs in its own process, one after another. Before each model the script
+samples the machine's CPU use for a second while it is idle itself, waits (up to --wait s)
+while others use more than --max-busy of it, and reports what it saw.
+
+Writes the section between the compare.py markers of bench/RESULTS.md (creating the file
+or appending the section when missing) unless --no-write.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zoo  # noqa: E402
+
+RESULTS = os.path.join(zoo.BENCH_DIR, "RESULTS.md")
+BEGIN = "<!-- compare.py:begin (generated; replaced on each run) -->"
+END = "<!-- compare.py:end -->"
+DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0",
+                  "convnext_tiny", "vit_b_16", "swin_t"]
+# Timed batches per model (the slow ones get fewer).
+DEFAULT_RUNS = {"resnet18": 5, "resnet50": 5, "mobilenet_v3_small": 5, "efficientnet_b0": 5,
+                "convnext_tiny": 3, "vit_b_16": 3, "swin_t": 3}
+PROFILE_MODEL = "resnet50"
+
+INTRO = """# qforge end-to-end benchmarks
+
+Forward time of full-size torchvision models (random weights) in qforge, PyTorch and
+ONNX Runtime on the same machine and thread count. Reproduce from the repository root with
+
+    bench/run
+
+which installs what is missing, builds qforge (Release), exports the models
+(`bench/export_models.py`), checks qforge's outputs against PyTorch's
+(`bench/check_models.py`) and times the three runtimes (`bench/compare.py`, which rewrites
+the section below). See bench/README.md for the scripts' options.
+
+"""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def cpu_busy(seconds=1.0):
+    """Fraction of all CPUs busy over `seconds` (from /proc/stat), while this script sleeps."""
+    def read():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields[:8]), idle
+
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+    except OSError:
+        return float("nan")
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_busy, wait, log):
+    """Samples background CPU use; waits while it is above max_busy, up to `wait` seconds.
+    Returns the last sample."""
+    deadline = time.time() + wait
+    busy = cpu_busy()
+    while busy > max_busy and time.time() < deadline:
+        log(f"    machine busy ({100 * busy:.0f}% CPU used by others, load {zoo.load_average()[0]:.2f}); waiting")
+        time.sleep(10)
+        busy = cpu_busy()
+    return busy
+
+
+def cpu_snapshot():
+    """(busy CPU seconds of the whole machine, all CPU seconds, CPU seconds of this
+    script's finished children) for others_share()."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (total - idle) / tick, total / tick, ru.ru_utime + ru.ru_stime
+
+
+def others_share(s0, s1):
+    """Fraction of the machine's CPU time between two snapshots used by processes other than
+    this script's children (the runtime being measured)."""
+    busy, total, ours = (b - a for a, b in zip(s0, s1))
+    return max(0.0, busy - ours) / total if total > 0 else 0.0
+
+
+def measure(fn, what, args, log):
+    """Runs fn() (one runtime on one model) on a quiet machine: waits for one first, and
+    repeats the measurement (up to --retries times) when other processes used more than
+    --max-busy of the CPUs while it ran. Adds "others" (that fraction) to the result."""
+    for attempt in range(args.retries + 1):
+        wait_quiet(args.max_busy, args.wait, log)
+        s0 = cpu_snapshot()
+        res = fn()
+        res["others"] = others_share(s0, cpu_snapshot())
+        if "error" in res or res["others"] <= args.max_busy:
+            return res
+        if attempt < args.retries:
+            log(f"    {what}: other processes used {100 * res['others']:.0f}% CPU meanwhile; measuring again")
+    res["disturbed"] = True
+    return res
+
+
+def error_lines(text, limit=3):
+    lines = [l.strip() for l in text.replace("\r", "\n").splitlines() if l.strip()]
+    lines = [l for l in lines if not l.startswith("run ")] or lines
+    return lines[-limit:]
+
+
+def run_cmd(cmd, timeout):
+    env = dict(os.environ, QFORGE_NO_PROGRESS="1")
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout} s")
+
+
+def qforge_macs(qforge, name, timeout):
+    proc = run_cmd([qforge, "inspect", zoo.model_path(name, 1)], timeout)
+    m = re.search(r"^MACs\s+(\d+) per image", proc.stdout, re.M)
+    if proc.returncode != 0 or not m:
+        return None, error_lines(proc.stdout + "\n" + proc.stderr)
+    return int(m.group(1)), []
+
+
+THROUGHPUT_RE = re.compile(
+    r"^throughput\s+([\d.]+) images/s \(forward ([\d.]+) s, ([\d.]+) ms/batch; wall ([\d.]+) s\)", re.M)
+PROFILE_RE = re.compile(r"^\s+(\S+)\s+([\d.]+) ms\s+([\d.]+)%\s+\((\d+) nodes\)\s*$", re.M)
+
+
+def qforge_time(qforge, name, data, images, args, profile=False):
+    cmd = [qforge, "run", zoo.model_path(name, args.batch), "--data", data, "--limit", str(images),
+           "--batch", str(args.batch), "--threads", str(args.threads), "--warmup", str(args.warmup)]
+    if profile:
+        cmd.append("--profile")
+    proc = run_cmd(cmd, args.timeout)
+    m = THROUGHPUT_RE.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"],
+                "cmd": cmd}
+    res = {"images_s": float(m.group(1)), "forward_s": float(m.group(2)),
+           "ms": float(m.group(3)), "cmd": cmd}
+    if profile:
+        res["profile"] = [(op, float(ms), float(pct), int(nodes))
+                          for op, ms, pct, nodes in PROFILE_RE.findall(proc.stdout)]
+    return res
+
+
+def torch_time(name, runs, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--runs", str(runs),
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--batch", str(args.batch)]
+    proc = run_cmd(cmd, args.timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"]}
+
+
+def ort_time(name, runs, args):
+    script = os.path.join(zoo.BENCH_DIR, "ort_time.js")
+    cmd = ["node", script, "--model", zoo.model_path(name, args.batch), "--input",
+           zoo.input_path(args.batch), "--batch", str(args.batch), "--warmup", str(args.warmup),
+           "--runs", str(runs), "--threads", str(args.threads)]
+    proc = run_cmd(cmd, args.timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"]}
+
+
+def torch_worker(args):
+    """Child process: times the PyTorch model and prints one JSON line."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = zoo.build_model(args.torch_worker)
+    x = torch.from_numpy(np.load(zoo.input_path(args.batch)))
+    ms = []
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            model(x)
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            model(x)
+            ms.append(1e3 * (time.perf_counter() - t0))
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    version = torch.__version__
+    try:
+        deb = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-torch"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        if deb and torch.__file__.startswith("/usr/lib/python3/"):
+            version += f" (Debian python3-torch {deb})"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    version += f", BLAS {blas.group(1) if blas else '?'}, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
+    print(json.dumps({"version": version, "threads": torch.get_num_threads(), "ms": ms,
+                      "mean_ms": statistics.mean(ms), "median_ms": statistics.median(ms)}))
+    return 0
+
+
+def rel(arg):
+    """An absolute path inside the repository, relative to its root (for printed commands)."""
+    if os.path.isabs(arg) and arg.startswith(zoo.REPO_ROOT + os.sep):
+        return os.path.relpath(arg, zoo.REPO_ROOT)
+    return arg
+
+
+def git_revision():
+    try:
+        rev = subprocess.run(["git", "-C", zoo.REPO_ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", zoo.REPO_ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + (" with uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- report
+
+def f1(x):
+    return f"{x:.1f}"
+
+
+def star(res):
+    return "\\*" if res.get("disturbed") else ""
+
+
+def render(rows, profile, meta):
+    out = [BEGIN, "", f"## Forward time, batch {meta['batch']}, {meta['threads']} threads", ""]
+    out += [
+        f"- Command: `{meta['command']}` (from the repository root)",
+        f"- Date: {meta['date']}",
+        f"- Machine: {meta['machine']}",
+        f"- Threads: qforge `--threads {meta['threads']}`; PyTorch `torch.set_num_threads({meta['threads']})`; "
+        f"ORT `intraOpNumThreads: {meta['threads']}, interOpNumThreads: 1, graphOptimizationLevel: 'all', "
+        f"executionMode: 'sequential'`",
+        f"- Versions: qforge {meta['qforge_rev']}; PyTorch {meta['torch']}; onnxruntime-node {meta['ort']}",
+        f"- Timing: batch {meta['batch']}, {meta['warmup']} warm-up batches, then the mean over the timed "
+        f"batches (count per model below); qforge's time is its forward time (compilation and warm-up excluded)",
+        f"- Machine load: {meta['load']}",
+        "",
+        "| model | qforge ms/batch | images/s | GFLOP/s | PyTorch ms | ORT ms | qforge/PyTorch | qforge/ORT | timed batches |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for r in rows:
+        q, t, o = r["qforge"], r["torch"], r["ort"]
+        qms = q.get("ms")
+        gflops = (2 * r["macs"] * meta["batch"] / (qms / 1e3) / 1e9) if (qms and r["macs"]) else None
+        cells = [
+            r["model"],
+            (f1(qms) + star(q)) if qms else "error",
+            f1(q["images_s"]) if qms else "-",
+            f1(gflops) if gflops else "-",
+            (f1(t["mean_ms"]) + star(t)) if "mean_ms" in t else "error",
+            (f1(o["mean_ms"]) + star(o)) if "mean_ms" in o else "error",
+            f"{qms / t['mean_ms']:.2f}" if qms and "mean_ms" in t else "-",
+            f"{qms / o['mean_ms']:.2f}" if qms and "mean_ms" in o else "-",
+            str(r["runs"]),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+        for label, res in (("qforge", q), ("PyTorch", t), ("ORT", o)):
+            if "error" in res:
+                notes.append(f"- {r['model']}, {label}: `" + " / ".join(res["error"]).replace("`", "'") + "`")
+        if r["macs"] is None and r.get("macs_error"):
+            notes.append(f"- {r['model']}, qforge inspect: `" + " / ".join(r["macs_error"]) + "`")
+    out.append("")
+    out.append("Ratios are time ratios (above 1: qforge is slower). GFLOP/s counts 2 FLOPs per MAC "
+               "of `qforge inspect`, at qforge's time.")
+    if any(r[k].get("disturbed") for r in rows for k in ("qforge", "torch", "ort")):
+        out.append("\\* other processes used more than the allowed share of the CPUs during every "
+                   "attempt at this measurement; take it with caution.")
+
+    def pct(res):
+        return f"{100 * res['others']:.0f}" if "others" in res else "-"
+
+    out += ["", "Share of the CPUs used by other processes during each measurement (qforge / PyTorch / ORT): "
+            + ", ".join(f"{r['model']} {pct(r['qforge'])}/{pct(r['torch'])}/{pct(r['ort'])}%" for r in rows)
+            + (f"; profile run {pct(profile)}%." if profile is not None else ".")]
+    if notes:
+        out += ["", "Failures:", ""] + notes
+    if profile is not None:
+        out += ["", f"### Where qforge's time goes: {PROFILE_MODEL}, batch {meta['batch']}", "",
+                f"`{profile.get('command', '')}`" + (f" ({profile['batches']} timed batches, profiling on)"
+                                                      if "batches" in profile else ""), ""]
+        if "error" in profile:
+            out.append("Failed: `" + " / ".join(profile["error"]) + "`")
+        else:
+            out += ["| op kind | ms/batch | share | nodes |", "|---|---:|---:|---:|"]
+            for op, ms, pct, nodes in profile["profile"]:
+                out.append(f"| {op} | {ms / profile['batches']:.2f} | {pct:.1f}% | {nodes} |")
+            total = sum(p[1] for p in profile["profile"]) / profile["batches"]
+            out.append(f"| total (profiled ops) | {total:.2f} | 100% | |")
+    out += ["", END]
+    return "\n".join(out) + "\n"
+
+
+def write_results(section, path):
+    text = open(path).read() if os.path.exists(path) else INTRO
+    b, e = text.find(BEGIN), text.find(END)
+    if b >= 0 and e > b:
+        rest = text[e + len(END):].lstrip("\n")
+        text = text[:b] + section + ("\n" + rest if rest else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--qforge", help="qforge binary (default: build/tools/qforge under the repo root)")
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated subset (default: all seven)")
+    ap.add_argument("--runs", type=int, help="timed batches per model (default: 5, 3 for the slow models)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up batches (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of every runtime (default 2)")
+    ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)  # only b8 files are timed
+    ap.add_argument("--no-profile", action="store_true", help=f"skip the --profile run of {PROFILE_MODEL}")
+    ap.add_argument("--max-busy", type=float, default=0.25,
+                    help="wait while other processes use more than this fraction of the CPUs (default 0.25)")
+    ap.add_argument("--wait", type=int, default=300, help="longest wait for a quiet machine, s (default 300)")
+    ap.add_argument("--retries", type=int, default=3,
+                    help="repeat a measurement disturbed by other processes up to this many times (default 3)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per runtime and model (default 1800)")
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
+    ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_worker:
+        args.runs = args.runs or 5
+        return torch_worker(args)
+    if args.batch not in zoo.BATCHES:
+        sys.exit(f"--batch: only {zoo.BATCHES} are exported")
+
+    def log(msg):
+        print(msg, flush=True)
+
+    qforge = zoo.find_qforge(args.qforge)
+    models = zoo.parse_models(args.models)
+    missing = [zoo.model_path(m, b) for m in models for b in (1, args.batch) if not os.path.exists(zoo.model_path(m, b))]
+    if missing:
+        sys.exit("missing exported models (run bench/export_models.py): " + ", ".join(missing))
+    runs = {m: args.runs or DEFAULT_RUNS.get(m, 3) for m in models}
+    images = args.batch * max(runs.values())
+    data = os.path.join(zoo.INPUT_DIR, f"timing_{images}.npy")
+    if not os.path.exists(data):
+        import numpy as np
+
+        np.save(data + ".tmp.npy", zoo.make_timing_inputs(images))
+        os.replace(data + ".tmp.npy", data)
+
+    load_start = zoo.load_average()
+    log(f"compare: {len(models)} model(s), batch {args.batch}, {args.threads} threads; "
+        f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    rows = []
+    torch_version = ort_version = "unknown"
+
+    def show(label, res, text):
+        flag = " (disturbed)" if res.get("disturbed") else ""
+        others = f"; others {100 * res['others']:.0f}% CPU" if "others" in res else ""
+        log(f"    {label:<8}: " + (text + others + flag if "error" not in res
+                                   else "error: " + " / ".join(res["error"])))
+
+    for name in models:
+        macs, macs_err = qforge_macs(qforge, name, args.timeout)
+        log(f"  {name}: {runs[name]} timed batches")
+        q = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args), "qforge", args, log)
+        show("qforge", q, f"{q.get('ms', 0):.1f} ms/batch")
+        t = measure(lambda: torch_time(name, runs[name], args), "PyTorch", args, log)
+        torch_version = t.get("version", torch_version)
+        show("PyTorch", t, f"{t.get('mean_ms', 0):.1f} ms (median {t.get('median_ms', 0):.1f})")
+        o = measure(lambda: ort_time(name, runs[name], args), "ORT", args, log)
+        ort_version = o.get("version", ort_version)
+        show("ORT", o, f"{o.get('mean_ms', 0):.1f} ms (median {o.get('median_ms', 0):.1f})")
+        rows.append({"model": name, "macs": macs, "macs_error": macs_err, "qforge": q, "torch": t,
+                     "ort": o, "runs": runs[name]})
+
+    profile = None
+    if not args.no_profile:
+        pruns = DEFAULT_RUNS[PROFILE_MODEL] if args.runs is None else args.runs
+        p = measure(lambda: qforge_time(qforge, PROFILE_MODEL, data, args.batch * pruns, args, profile=True),
+                    "profile", args, log)
+        p["command"] = shlex.join(["qforge"] + [rel(c) for c in p["cmd"][1:]])
+        if "error" not in p:
+            p["batches"] = pruns
+            log(f"  {PROFILE_MODEL} profile: {len(p['profile'])} op kinds, {p['ms']:.1f} ms/batch with profiling")
+        else:
+            log(f"  {PROFILE_MODEL} profile: error: " + " / ".join(p["error"]))
+        profile = p
+
+    load_end = zoo.load_average()
+    shares = [r[k]["others"] for r in rows for k in ("qforge", "torch", "ort") if "others" in r[k]]
+    if profile is not None and "others" in profile:
+        shares.append(profile["others"])
+    meta = {
+        "command": shlex.join(["bench/compare.py"] + [rel(a) for a in sys.argv[1:]]),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": zoo.machine_description(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "qforge_rev": git_revision(),
+        "torch": torch_version,
+        "ort": ort_version,
+        "load": (f"1/5/15-min load average {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f} at the start, "
+                 f"{load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} at the end (the benchmark's own threads "
+                 f"count); other processes used at most {100 * max(shares, default=0):.0f}% of the CPUs during "
+                 f"any measurement (per measurement below; measurements above {100 * args.max_busy:.0f}% were "
+                 f"repeated up to {args.retries} times)"),
+    }
+    section = render(rows, profile, meta)
+    if args.no_write:
+        print(section)
+    else:
+        write_results(section, RESULTS)
+        log(f"wrote {os.path.relpath(RESULTS, zoo.REPO_ROOT)}")
+        print(section)
+    failed = any("error" in r[k] for r in rows for k in ("qforge", "torch", "ort"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Shared definitions of the end-to-end benchmarks: the model list, how each model is built
+(torchvision architecture, seeded random weights) and where the cached files live.
+
+Imported by export_models.py, check_models.py and compare.py; not a script itself.
+"""
+import os
+import subprocess
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+CACHE_DIR = os.path.join(BENCH_DIR, ".cache")
+MODEL_DIR = os.path.join(CACHE_DIR, "models")
+INPUT_DIR = os.path.join(CACHE_DIR, "inputs")
+REF_DIR = os.path.join(CACHE_DIR, "ref")
+
+# All models, in the order tables list them.
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+]
+BATCHES = [1, 8]
+OPSET = 17
+IMAGE_SHAPE = (3, 224, 224)
+WEIGHT_SEED = 0  # torch seed of the random weights (same for every model)
+INPUT_SEED = 1234  # numpy seed of the fixed random inputs
+CALIB_SEED = 99  # torch seed of the batch that sets BatchNorm running statistics
+
+DEFAULT_QFORGE = os.path.join(REPO_ROOT, "build", "tools", "qforge")
+
+
+def model_path(name, batch):
+    return os.path.join(MODEL_DIR, f"{name}_b{batch}.onnx")
+
+
+def input_path(batch):
+    return os.path.join(INPUT_DIR, f"b{batch}.npy")
+
+
+def ref_path(name, batch):
+    return os.path.join(REF_DIR, f"{name}_b{batch}.npy")
+
+
+def parse_models(arg):
+    """Parses a --models value ("a,b" or "all") into a list of known model names."""
+    if not arg or arg == "all":
+        return list(MODELS)
+    names = [n.strip() for n in arg.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        sys.exit(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    return names
+
+
+def parse_batches(arg):
+    try:
+        batches = [int(b) for b in arg.split(",") if b.strip()]
+    except ValueError:
+        sys.exit(f"--batches: expected a comma-separated list of integers, got '{arg}'")
+    bad = [b for b in batches if b not in BATCHES]
+    if bad:
+        sys.exit(f"--batches: only {BATCHES} are exported, got {bad}")
+    return batches
+
+
+def find_qforge(path):
+    """Returns the qforge binary to use: `path` as given, else the default build location."""
+    exe = path or os.environ.get("QFORGE") or DEFAULT_QFORGE
+    if os.path.isdir(exe):  # a build directory, or its tools/ folder
+        for cand in (os.path.join(exe, "tools", "qforge"), os.path.join(exe, "qforge")):
+            if os.path.isfile(cand):
+                exe = cand
+                break
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+        sys.exit(f"qforge binary not found at '{exe}' (build it with scripts/build, or pass --qforge)")
+    return exe
+
+
+def make_inputs(batch):
+    """The fixed random input of a batch size: rows of one seeded normal(0, 1) draw, so b1 is
+    the first image of b8."""
+    import numpy as np
+
+    rng = np.random.default_rng(INPUT_SEED)
+    full = rng.standard_normal((max(BATCHES),) + IMAGE_SHAPE, dtype=np.float32)
+    return np.ascontiguousarray(full[:batch])
+
+
+def make_timing_inputs(images):
+    """A larger seeded random input for timing runs (content does not matter, only shape)."""
+    import numpy as np
+
+    rng = np.random.default_rng(INPUT_SEED + 1)
+    return rng.standard_normal((images,) + IMAGE_SHAPE, dtype=np.float32)
+
+
+def _make_weights_realistic(model, torch):
+    """Moves a freshly initialised network towards the values a trained one has, so that the
+    equivalence checks exercise every path: parameters initialised to zero (biases, ViT's
+    class token and classifier head) get small random values; BatchNorm running statistics
+    are measured on a seeded random batch (train-mode pass, cumulative average); the scales
+    and shifts of BatchNorm and LayerNorm and ConvNeXt's layer scales are redrawn away from
+    their initial 1/0/1e-6. Deterministic for a given seed."""
+    norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm)
+    gen = torch.Generator().manual_seed(WEIGHT_SEED + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, norm_types):
+                continue  # redrawn below
+            for pname, p in m.named_parameters(recurse=False):
+                if p.any():
+                    continue
+                if pname == "weight" and p.dim() >= 2:  # zero-initialised layer: fan-in scaling
+                    p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+                else:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if bns:
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration pass
+        torch.manual_seed(CALIB_SEED)
+        calib = torch.randn((8,) + IMAGE_SHAPE)
+        model.train()
+        with torch.no_grad():
+            model(calib)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, norm_types):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(0.75 + 0.5 * torch.rand(m.weight.shape, generator=gen))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+            if hasattr(m, "layer_scale") and isinstance(m.layer_scale, torch.nn.Parameter):
+                m.layer_scale.copy_(0.1 + 0.4 * torch.rand(m.layer_scale.shape, generator=gen))
+    model.eval()
+
+
+def build_model(name, freeze=True):
+    """The torchvision model `name` with seeded random weights, in eval mode. With `freeze`
+    the parameters need no gradients; ONNX export wants them unfrozen, since frozen
+    attention layers take PyTorch's fused inference path, which has no ONNX export."""
+    import torch
+    import torchvision
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name}")
+    torch.manual_seed(WEIGHT_SEED)
+    model = getattr(torchvision.models, name)(weights=None)
+    _make_weights_realistic(model, torch)
+    for p in model.parameters():
+        p.requires_grad_(not freeze)
+    return model
+
+
+def machine_description():
+    """CPU model name, physical cores and nproc, from lscpu and nproc."""
+    info = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    model = info.get("Model name", "unknown CPU")
+    try:
+        cores = int(info.get("Core(s) per socket", "0")) * int(info.get("Socket(s)", "0"))
+    except ValueError:
+        cores = 0
+    nproc = os.cpu_count()
+    try:
+        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    threads_per_core = info.get("Thread(s) per core", "?")
+    return f"{model}, {cores or '?'} cores ({threads_per_core} thread(s) per core), nproc {nproc}"
+
+
+def load_average():
+    try:
+        with open("/proc/loadavg") as f:
+            return tuple(float(x) for x in f.read().split()[:3])
+    except OSError:
+        return (float("nan"),) * 3
