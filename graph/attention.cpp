@@ -12,6 +12,7 @@
 
 #include "graph/catalog.h"
 #include "graph/qkv_packing.h"
+#include "graph/rewrite_util.h"
 #include "graph/swin.h"
 #include "kernels/error.h"
 
@@ -20,17 +21,6 @@ namespace {
 
 using kernels::DType;
 using kernels::shape_str;
-
-constexpr float kSoftmaxScale = 1.0f / 127.0f;
-
-bool is_float_constant(const Value* v) {
-  return v && v->is_constant() && v->dtype() == DType::kFloat32;
-}
-
-std::optional<float> scalar_constant(const Value* v) {
-  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
-  return v->constant().data<float>()[0];
-}
 
 std::optional<std::vector<int64_t>> int_constant(const Value* v) {
   if (!v || !v->is_constant() || v->dtype() != DType::kInt64) return std::nullopt;
@@ -48,12 +38,6 @@ float scaling_factor(const Node& n) {
   return n.op_type() == "Div" ? 1.0f / c : c;
 }
 
-std::string name_with(const std::string& stem, const char* suffix) {
-  std::string out = stem;
-  out.append(suffix);
-  return out;
-}
-
 std::vector<int64_t> transpose_last_two(size_t rank) {
   std::vector<int64_t> perm(rank);
   std::iota(perm.begin(), perm.end(), 0);
@@ -65,27 +49,6 @@ Shape permuted(const Shape& s, const std::vector<int64_t>& perm) {
   Shape out(perm.size());
   for (size_t i = 0; i < perm.size(); ++i) out[i] = s[static_cast<size_t>(perm[i])];
   return out;
-}
-
-Value* int_constant_value(Graph& g, const std::string& stem, const std::vector<int64_t>& v) {
-  return g.add_constant(g.unique_value_name(stem),
-                        Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v));
-}
-
-// Inserts a one-output node before `position` and types its output.
-Value* emit(Graph& g, const Node* position, const std::string& name, const std::string& op,
-            std::vector<Value*> inputs, const Shape& shape,
-            std::map<std::string, AttributeValue, std::less<>> attrs = {},
-            const std::string& output_name = {}) {
-  Node* n = g.insert_node(
-      {.name = name,
-       .op_type = op,
-       .inputs = std::move(inputs),
-       .output_names = {output_name.empty() ? g.unique_value_name(name) : output_name},
-       .attributes = std::move(attrs)},
-      position);
-  n->output(0)->set_type(DType::kFloat32, shape);
-  return n->output(0);
 }
 
 // Module outputs pass their names and uses to the lowered values, then the module goes.
@@ -289,10 +252,7 @@ Pattern compose_sdpa_pattern() {
       if (mode && (!mode->is_constant() || mode->constant().data<uint8_t>()[0] != 0)) {
         return dropout->label() + ": training_mode is not a constant false";
       }
-      if (dropout->num_outputs() > 1 && dropout->output(1) &&
-          !dropout->output(1)->consumers().empty()) {
-        return dropout->label() + ": its mask output is used";
-      }
+      if (dropout_mask_used(*dropout)) return dropout->label() + ": its mask output is used";
     }
     return std::nullopt;
   };
@@ -401,10 +361,6 @@ std::optional<InProjection> find_in_projection(const Value* packed) {
   return ip;
 }
 
-bool is_perm(const Node& n, std::vector<int64_t> perm) {
-  return n.attr_ints("perm", {}) == perm;
-}
-
 // 19-20 nodes below the in-projection. Per part p in q, k, v: 0=Slice(packed), 1=Reshape
 // [S, N·H, D], 2=Transpose(1, 0, 2); then 9=SDPA, 10=Transpose(1, 0, 2), 11=Reshape [S·N, E],
 // 12=Gemm|MatMul (out projection), 13=Add(bias)?, 14=Reshape [S, N, E], 15=Transpose(1, 0, 2).
@@ -475,12 +431,12 @@ Pattern compose_multihead_attention_pattern() {
       if (*reshape.output(0)->shape() != Shape{s, n * heads, d}) {
         return where + reshape.label() + " does not split heads to [S, N·H, D]";
       }
-      if (!is_perm(*m.node(g, x + "_transpose"), {1, 0, 2})) {
+      if (!has_perm(*m.node(g, x + "_transpose"), {1, 0, 2})) {
         return where + m.node(g, x + "_transpose")->label() + " is not Transpose(1, 0, 2)";
       }
     }
-    if (!is_perm(*m.node(g, "merge_transpose"), {1, 0, 2}) ||
-        !is_perm(*m.node(g, "batch_first"), {1, 0, 2})) {
+    if (!has_perm(*m.node(g, "merge_transpose"), {1, 0, 2}) ||
+        !has_perm(*m.node(g, "batch_first"), {1, 0, 2})) {
       return where + "the head merge or batch-first Transpose is not (1, 0, 2)";
     }
     const Node& merge = *m.node(g, "merge_reshape");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "graph/rewrite_util.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -11,15 +12,6 @@ namespace {
 
 using kernels::DType;
 using kernels::shape_str;
-
-bool is_float_constant(const Value* v) {
-  return v && v->is_constant() && v->dtype() == DType::kFloat32;
-}
-
-std::optional<float> scalar_constant(const Value* v) {
-  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
-  return v->constant().data<float>()[0];
-}
 
 bool output_used(const Node& n, size_t i) {
   const Value* v = n.output(i);

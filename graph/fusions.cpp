@@ -18,21 +18,13 @@
 
 #include "graph/catalog.h"
 #include "graph/fusions_extra.h"
+#include "graph/rewrite_util.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
 namespace {
 
 constexpr char kDomain[] = "qforge";
-
-bool is_float_constant(const Value* v) {
-  return v && v->is_constant() && v->dtype() == DType::kFloat32;
-}
-
-std::optional<float> scalar_constant(const Value* v) {
-  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
-  return v->constant().data<float>()[0];
-}
 
 // The node that privately reads `v`: its only reader, reading it once, and v no graph output.
 Node* private_reader(const Value* v) {

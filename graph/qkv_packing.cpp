@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "graph/catalog.h"
+#include "graph/rewrite_util.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -23,16 +24,6 @@ std::string role(size_t part, const char* what) {
   std::string out = kParts[part];
   out.append(what);
   return out;
-}
-
-std::string with_suffix(const std::string& stem, const char* suffix) {
-  std::string out = stem;
-  out.append(suffix);
-  return out;
-}
-
-bool is_float_constant(const Value* v) {
-  return v && v->is_constant() && v->dtype() == DType::kFloat32;
 }
 
 bool constant_matrix(const Value* v) {
@@ -170,7 +161,7 @@ void pack(Graph& g, const Match& m) {
   for (size_t i = 0; i < 3; ++i) read_projection(*m.node(g, role(i, "_proj")), proj[i]);
   const Shape heads = *m.node(g, "q_reshape")->output(0)->shape();
   const int64_t n = heads[0], s = heads[1], h = heads[2], d = heads[3], e = h * d;
-  const std::string stem = with_suffix(proj[0].nodes.front()->name(), "/MHAInProjection");
+  const std::string stem = name_with(proj[0].nodes.front()->name(), "/MHAInProjection");
 
   Tensor weight(DType::kFloat32, {e, 3 * e});
   for (int64_t r = 0; r < e; ++r) {
@@ -181,7 +172,7 @@ void pack(Graph& g, const Match& m) {
   }
   Value* x = proj[0].x;
   std::vector<Value*> inputs = {
-      x, g.add_constant(g.unique_value_name(with_suffix(stem, "/weight")), std::move(weight))};
+      x, g.add_constant(g.unique_value_name(name_with(stem, "/weight")), std::move(weight))};
   if (proj[0].bias.defined() || proj[1].bias.defined() || proj[2].bias.defined()) {
     Tensor bias(DType::kFloat32, {3 * e});  // zero where a projection had none
     for (size_t i = 0; i < 3; ++i) {
@@ -189,13 +180,13 @@ void pack(Graph& g, const Match& m) {
       const float* src = proj[i].bias.data<float>();
       std::copy(src, src + e, bias.data<float>() + static_cast<int64_t>(i) * e);
     }
-    inputs.push_back(g.add_constant(g.unique_value_name(with_suffix(stem, "/bias")), bias));
+    inputs.push_back(g.add_constant(g.unique_value_name(name_with(stem, "/bias")), bias));
   }
   if (x->shape()->size() == 2) {
     // Gemm projections read [N·S, E]; MHAInProjection reads [N, S, E].
-    Value* shape = g.add_constant(g.unique_value_name(with_suffix(stem, "/input_shape")),
+    Value* shape = g.add_constant(g.unique_value_name(name_with(stem, "/input_shape")),
                                   Tensor::from_vector<int64_t>({3}, {n, s, e}));
-    const std::string name = with_suffix(stem, "/Reshape");
+    const std::string name = name_with(stem, "/Reshape");
     Node* reshape = g.insert_node({.name = g.find_node(name) ? g.unique_node_name(name) : name,
                                    .op_type = "Reshape",
                                    .inputs = {x, shape},
@@ -206,7 +197,7 @@ void pack(Graph& g, const Match& m) {
   }
   std::vector<std::string> temp_names;
   for (const char* part : {"_q", "_k", "_v"}) {
-    temp_names.push_back(g.unique_value_name(with_suffix(stem, part)));
+    temp_names.push_back(g.unique_value_name(name_with(stem, part)));
   }
   Node* in_proj =
       g.insert_node({.name = g.find_node(stem) ? g.unique_node_name(stem) : stem,

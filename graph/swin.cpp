@@ -7,6 +7,7 @@
 #include <array>
 #include <numeric>
 
+#include "graph/rewrite_util.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -15,46 +16,11 @@ namespace {
 using kernels::DType;
 using kernels::shape_str;
 
-constexpr float kSoftmaxScale = 1.0f / 127.0f;
-
-bool is_float_constant(const Value* v) {
-  return v && v->is_constant() && v->dtype() == DType::kFloat32;
-}
-
-std::optional<float> scalar_constant(const Value* v) {
-  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
-  return v->constant().data<float>()[0];
-}
-
 std::optional<int64_t> int_scalar(const Value* v) {
   if (!v || !v->is_constant() || v->constant().numel() != 1) return std::nullopt;
   if (v->dtype() == DType::kInt64) return v->constant().data<int64_t>()[0];
   if (v->dtype() == DType::kInt32) return v->constant().data<int32_t>()[0];
   return std::nullopt;
-}
-
-std::string name_with(const std::string& stem, const char* suffix) {
-  std::string out = stem;
-  out.append(suffix);
-  return out;
-}
-
-Value* int_constant_value(Graph& g, const std::string& stem, const std::vector<int64_t>& v) {
-  return g.add_constant(g.unique_value_name(stem),
-                        Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v));
-}
-
-Value* emit(Graph& g, const Node* position, const std::string& name, const std::string& op,
-            std::vector<Value*> inputs, const Shape& shape,
-            std::map<std::string, AttributeValue, std::less<>> attrs = {}) {
-  Node* n = g.insert_node({.name = name,
-                           .op_type = op,
-                           .inputs = std::move(inputs),
-                           .output_names = {g.unique_value_name(name)},
-                           .attributes = std::move(attrs)},
-                          position);
-  n->output(0)->set_type(DType::kFloat32, shape);
-  return n->output(0);
 }
 
 void replace_output(Graph& g, Node& old_node, Value* replacement) {
@@ -63,10 +29,6 @@ void replace_output(Graph& g, Node& old_node, Value* replacement) {
   g.replace_all_uses(old_out, replacement);
   g.remove_node(&old_node);
   g.rename_value(replacement, name);
-}
-
-bool has_perm(const Node& n, const std::vector<int64_t>& perm) {
-  return n.attr_ints("perm", {}) == perm;
 }
 
 // Q, K, V [N, H, S, D] come out of one Swin QKV split: one MHAInProjection's outputs 0, 1, 2, or
@@ -262,10 +224,7 @@ Pattern compose_swin_attention_pattern() {
       if (!inference && ratio != 0.0f) {
         return dropout->label() + ": dropout with a non-zero ratio in training mode";
       }
-      if (dropout->num_outputs() > 1 && dropout->output(1) &&
-          !dropout->output(1)->consumers().empty()) {
-        return dropout->label() + ": its mask output is used";
-      }
+      if (dropout_mask_used(*dropout)) return dropout->label() + ": its mask output is used";
     }
     return std::nullopt;
   };

@@ -6,21 +6,14 @@
 #include <limits>
 #include <vector>
 
+#include "runtime/fusion_util.h"
+
 namespace qforge::runtime {
 namespace {
 
 using graph::Node;
 using graph::Tensor;
 using graph::Value;
-
-// The single node that reads `v`, if v has exactly one reader and is not a graph output.
-Node* sole_consumer(const Value* v) {
-  if (v->is_graph_output() || v->consumers().size() != 1) return nullptr;
-  Node* n = v->consumers()[0];
-  size_t uses = 0;
-  for (const Value* in : n->inputs()) uses += in == v;
-  return uses == 1 ? n : nullptr;
-}
 
 bool only_first_output_used(const Node& n) {
   for (size_t i = 1; i < n.num_outputs(); ++i) {

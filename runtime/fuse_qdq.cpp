@@ -6,6 +6,8 @@
 #include <optional>
 #include <vector>
 
+#include "runtime/fusion_util.h"
+
 namespace qforge::runtime {
 namespace {
 
@@ -13,14 +15,6 @@ using graph::Node;
 using graph::Tensor;
 using graph::Value;
 using kernels::DType;
-
-Node* sole_consumer(const Value* v) {
-  if (v->is_graph_output() || v->consumers().size() != 1) return nullptr;
-  Node* n = v->consumers()[0];
-  size_t uses = 0;
-  for (const Value* in : n->inputs()) uses += in == v;
-  return uses == 1 ? n : nullptr;
-}
 
 bool per_tensor(const Tensor& scale) {
   return scale.rank() <= 1 && scale.numel() == 1;

@@ -23,6 +23,7 @@
 #include "tools/io/progress.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
 namespace {
@@ -351,10 +352,7 @@ int run_calibrate(const CalibrateOptions& o) {
           {"softmax_pairs", counts.softmax_pairs},
           {"folded_batch_norms", counts.folded_batch_norms}}},
         {"evaluation", evaluation}};
-    report_file->write(report.dump(2));
-    report_file->write("\n");
-    report_file->commit();
-    std::printf("report       written to %s\n", o.report.c_str());
+    commit_text_file(*report_file, report.dump(2), "report", o.report);
   }
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
 #include "tools/qforge/commands.h"
+#include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
 namespace {
@@ -18,17 +19,6 @@ struct PlanOptions {
   std::string output;
   int64_t batch = 1;
 };
-
-// Indents every line of a block of report text under its heading.
-void print_indented(const std::string& text) {
-  size_t begin = 0;
-  while (begin < text.size()) {
-    size_t end = text.find('\n', begin);
-    if (end == std::string::npos) end = text.size();
-    std::printf("  %.*s\n", static_cast<int>(end - begin), text.data() + begin);
-    begin = end + 1;
-  }
-}
 
 int run_plan(const PlanOptions& o) {
   // Open the output first: an unwritable path fails before any work, and nothing partial is left.
@@ -50,10 +40,7 @@ int run_plan(const PlanOptions& o) {
   std::printf("fusions      %zu to apply, %zu skipped\n", counts.applied(), counts.skipped());
   print_indented(counts.to_text());
   if (out_file) {
-    out_file->write(r.plan.to_json());
-    out_file->write("\n");
-    out_file->commit();
-    std::printf("plan         written to %s\n", o.output.c_str());
+    commit_text_file(*out_file, r.plan.to_json(), "plan", o.output);
   }
   return 0;
 }

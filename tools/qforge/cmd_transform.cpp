@@ -14,6 +14,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
 namespace {
@@ -86,16 +87,6 @@ nlohmann::json counts_json(const graph::PlanReport& report) {
     out.push_back({{"pattern", c.pattern}, {"applied", c.applied}, {"skipped", c.skipped}});
   }
   return out;
-}
-
-void print_indented(const std::string& text) {
-  size_t begin = 0;
-  while (begin < text.size()) {
-    size_t end = text.find('\n', begin);
-    if (end == std::string::npos) end = text.size();
-    std::printf("  %.*s\n", static_cast<int>(end - begin), text.data() + begin);
-    begin = end + 1;
-  }
 }
 
 int run_transform(const TransformCliOptions& o) {
@@ -184,10 +175,7 @@ int run_transform(const TransformCliOptions& o) {
                             {"nonfinite_mismatches", f.nonfinite_mismatches},
                             {"tolerance", runtime::kEquivalenceTolerance},
                             {"equivalent", f.equivalent}}}};
-    report_file->write(report.dump(2));
-    report_file->write("\n");
-    report_file->commit();
-    std::printf("report       written to %s\n", o.report.c_str());
+    commit_text_file(*report_file, report.dump(2), "report", o.report);
   }
   return 0;
 }

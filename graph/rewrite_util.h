@@ -1,0 +1,67 @@
+// Small helpers the conversion and fusion passes share: constant checks, node predicates and the
+// one-output node emission the lowerings use. Internal to graph/: include it from .cpp files only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "graph/ir.h"
+
+namespace qforge::graph {
+
+// The fixed scale of the internal softmax quantizer of SDPA and SwinAttention.
+inline constexpr float kSoftmaxScale = 1.0f / 127.0f;
+
+inline bool is_float_constant(const Value* v) {
+  return v && v->is_constant() && v->dtype() == DType::kFloat32;
+}
+
+inline std::optional<float> scalar_constant(const Value* v) {
+  if (!is_float_constant(v) || v->constant().numel() != 1) return std::nullopt;
+  return v->constant().data<float>()[0];
+}
+
+inline std::string name_with(const std::string& stem, const char* suffix) {
+  std::string out = stem;
+  out.append(suffix);
+  return out;
+}
+
+inline bool has_perm(const Node& n, const std::vector<int64_t>& perm) {
+  return n.attr_ints("perm", {}) == perm;
+}
+
+// A Dropout's mask output (output 1) is read.
+inline bool dropout_mask_used(const Node& dropout) {
+  return dropout.num_outputs() > 1 && dropout.output(1) &&
+         !dropout.output(1)->consumers().empty();
+}
+
+inline Value* int_constant_value(Graph& g, const std::string& stem,
+                                 const std::vector<int64_t>& v) {
+  return g.add_constant(g.unique_value_name(stem),
+                        Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v));
+}
+
+// Inserts a one-output node before `position` and types its output float32 `shape`.
+inline Value* emit(Graph& g, const Node* position, const std::string& name, const std::string& op,
+                   std::vector<Value*> inputs, const Shape& shape,
+                   std::map<std::string, AttributeValue, std::less<>> attrs = {},
+                   const std::string& output_name = {}) {
+  Node* n = g.insert_node(
+      {.name = name,
+       .op_type = op,
+       .inputs = std::move(inputs),
+       .output_names = {output_name.empty() ? g.unique_value_name(name) : output_name},
+       .attributes = std::move(attrs)},
+      position);
+  n->output(0)->set_type(DType::kFloat32, shape);
+  return n->output(0);
+}
+
+}  // namespace qforge::graph
