@@ -38,12 +38,10 @@ inline bool has_perm(const Node& n, const std::vector<int64_t>& perm) {
 
 // A Dropout's mask output (output 1) is read.
 inline bool dropout_mask_used(const Node& dropout) {
-  return dropout.num_outputs() > 1 && dropout.output(1) &&
-         !dropout.output(1)->consumers().empty();
+  return dropout.num_outputs() > 1 && dropout.output(1) && !dropout.output(1)->consumers().empty();
 }
 
-inline Value* int_constant_value(Graph& g, const std::string& stem,
-                                 const std::vector<int64_t>& v) {
+inline Value* int_constant_value(Graph& g, const std::string& stem, const std::vector<int64_t>& v) {
   return g.add_constant(g.unique_value_name(stem),
                         Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v));
 }
