@@ -17,6 +17,7 @@
 #include "graph/plan.h"
 #include "graph/transform.h"
 #include "runtime/transform_pipeline.h"
+#include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
 
@@ -43,26 +44,9 @@ std::vector<std::string> act_add_reasons(const graph::Graph& g) {
   return out;
 }
 
-struct Builder {
-  std::unique_ptr<graph::Graph> g = std::make_unique<graph::Graph>();
-  std::mt19937 rng{11};
-  int counter = 0;
+struct Builder : testing::GraphBuilder {
+  Builder() : GraphBuilder(11) {}
 
-  std::string name(const char* stem) { return std::string(stem) + std::to_string(counter++); }
-  Value* constant(Shape shape, float lo = -1, float hi = 1) {
-    Tensor t(DType::kFloat32, std::move(shape));
-    std::uniform_real_distribution<float> dist(lo, hi);
-    for (float& f : t.span<float>()) f = dist(rng);
-    return g->add_constant(name("c"), std::move(t));
-  }
-  Value* scalar(float v) { return g->add_constant(name("s"), Tensor::scalar_f32(v)); }
-  Value* node(const char* op, std::vector<Value*> inputs, graph::NodeSpec extra = {}) {
-    extra.name = name(op);
-    extra.op_type = op;
-    extra.inputs = std::move(inputs);
-    extra.output_names = {name("v")};
-    return g->add_node(std::move(extra))->output(0);
-  }
   Value* act(const std::string& kind, Value* x) {
     if (kind == "Gelu") {
       Value* d = node("Div", {x, scalar(std::sqrt(2.0f))});
@@ -85,41 +69,8 @@ struct Builder {
   }
 };
 
-// Lowers every module, checks that only ONNX ops remain, and that the lowered graph and its ONNX
-// round trip compute what the fused graph computes.
 void expect_lowering_equivalent(const graph::Graph& fused, size_t modules) {
-  auto run = [](graph::Graph& g) {
-    std::mt19937 rng(5);
-    std::vector<Tensor> inputs;
-    for (const Value* in : g.inputs()) {
-      inputs.push_back(testing::random_input(in->dtype(), in->known_shape(), rng));
-    }
-    runtime::Executor exec(g);
-    std::vector<Tensor> copies;
-    for (const Tensor& t : exec.run(inputs)) copies.push_back(t.clone());
-    return copies;
-  };
-  auto reference = fused.clone();
-  const auto ref = run(*reference);
-  auto lowered = fused.clone();
-  EXPECT_EQ(graph::lower_modules(*lowered), modules);
-  for (const graph::Node* n : lowered->nodes()) {
-    const graph::OpSchema* s = graph::find_schema(n->op_type());
-    ASSERT_NE(s, nullptr) << n->op_type();
-    EXPECT_EQ(s->kind, graph::SchemaKind::kOnnx) << n->name();
-  }
-  runtime::resolve(*lowered, {});
-  const auto got = run(*lowered);
-  auto reimported = graph::parse_onnx(graph::serialize_onnx(*lowered), "lowered");
-  runtime::resolve(*reimported, {});
-  const auto again = run(*reimported);
-  ASSERT_EQ(ref.size(), got.size());
-  ASSERT_EQ(ref.size(), again.size());
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(ref[i].shape(), got[i].shape());
-    EXPECT_LE(testing::relative_max_diff(got[i], ref[i]), 1e-5);
-    EXPECT_LE(testing::relative_max_diff(again[i], ref[i]), 1e-5);
-  }
+  testing::expect_lowering_equivalent(fused, modules, 5);
 }
 
 const graph::Node* find_op(const graph::Graph& g, const std::string& op) {

@@ -8,6 +8,8 @@
 
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
+#include "tests/support/bundled_models.h"
+#include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
@@ -20,12 +22,7 @@ using graph::Shape;
 using kernels::Tensor;
 using testing::OpCounts;
 
-Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1, float hi = 1) {
-  Tensor t(DType::kFloat32, std::move(shape));
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (float& f : t.span<float>()) f = dist(rng);
-  return t;
-}
+using testing::random_tensor;
 
 Tensor bool_scalar(bool value) {
   Tensor t(DType::kBool, {});
@@ -311,14 +308,10 @@ class ConversionBundledModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ConversionBundledModel, OutputsUnchanged) {
   const std::string name = GetParam();
-  const std::string family = name.substr(0, name.rfind('_'));
-  Tensor input = io::read_npy(testing::data_path("golden/" + family + "_input.npy"));
-  constexpr int64_t kBatch = 4;
-  ASSERT_GE(input.dim(0), kBatch);
-  input = input.slice_rows(0, kBatch).clone();
-
-  auto plain = graph::load_onnx(testing::data_path("models/" + name + ".onnx"));
-  runtime::resolve(*plain, {.input_shapes = runtime::input_shapes_for_batch(*plain, kBatch)});
+  testing::BundledModel model;
+  ASSERT_NO_FATAL_FAILURE(testing::load_bundled_model(name, 4, model));
+  const std::string& family = model.family;
+  auto& plain = model.plain;
   auto converted = plain->clone();
   auto report = convert(*converted);
   for (const graph::Node* n : converted->nodes()) {
@@ -330,14 +323,7 @@ TEST_P(ConversionBundledModel, OutputsUnchanged) {
                                                {"efficientnet", 1}, {"convnext", 1},
                                                {"vit", 0},          {"swin", 1}};
   EXPECT_EQ(report.find("FlattenLinearToConv")->applied, heads.at(family)) << report.to_text();
-  runtime::Executor a(*plain), b(*converted);
-  auto ref = a.run(std::span(&input, 1));
-  auto got = b.run(std::span(&input, 1));
-  ASSERT_EQ(ref.size(), got.size());
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(ref[i].shape(), got[i].shape());
-    EXPECT_LE(testing::relative_max_diff(got[i], ref[i]), 1e-5) << report.to_text();
-  }
+  testing::expect_same_outputs(*plain, *converted, model.input, report.to_text());
 }
 
 INSTANTIATE_TEST_SUITE_P(Conversion, ConversionBundledModel,

@@ -14,6 +14,8 @@
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
 #include "graph/transform.h"
+#include "tests/support/bundled_models.h"
+#include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
@@ -27,12 +29,8 @@ using graph::Value;
 using kernels::Tensor;
 using testing::OpCounts;
 
-Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1, float hi = 1) {
-  Tensor t(DType::kFloat32, std::move(shape));
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (float& f : t.span<float>()) f = dist(rng);
-  return t;
-}
+using testing::modules_in;
+using testing::random_tensor;
 
 graph::PlanReport fuse(graph::Graph& g) {
   const std::vector<graph::Pattern> patterns = graph::fusion_patterns();
@@ -40,23 +38,9 @@ graph::PlanReport fuse(graph::Graph& g) {
 }
 
 // Builds small graphs with seeded constants.
-struct Builder {
-  std::unique_ptr<graph::Graph> g = std::make_unique<graph::Graph>();
-  std::mt19937 rng{7};
-  int counter = 0;
+struct Builder : testing::GraphBuilder {
+  Builder() : GraphBuilder(7) {}
 
-  std::string name(const char* stem) { return std::string(stem) + std::to_string(counter++); }
-  Value* constant(Shape shape, float lo = -1, float hi = 1) {
-    return g->add_constant(name("c"), random_tensor(std::move(shape), rng, lo, hi));
-  }
-  Value* scalar(float v) { return g->add_constant(name("s"), Tensor::scalar_f32(v)); }
-  Value* node(const char* op, std::vector<Value*> inputs, graph::NodeSpec extra = {}) {
-    extra.name = name(op);
-    extra.op_type = op;
-    extra.inputs = std::move(inputs);
-    extra.output_names = {name("v")};
-    return g->add_node(std::move(extra))->output(0);
-  }
   Value* conv(Value* x, int64_t in, int64_t out, int64_t k, int64_t group = 1, bool bias = true) {
     std::vector<Value*> inputs = {x, constant({out, in / group, k, k})};
     if (bias) inputs.push_back(constant({out}));
@@ -94,52 +78,8 @@ struct Builder {
   }
 };
 
-size_t modules_in(const graph::Graph& g) {
-  size_t n = 0;
-  for (const graph::Node* node : g.nodes()) {
-    const graph::OpSchema* s = graph::find_schema(node->op_type());
-    n += s && s->kind == graph::SchemaKind::kModule;
-  }
-  return n;
-}
-
-// Lowers a fused graph and checks: only standard ops, the fused graph's outputs, and the same
-// again after an ONNX export and re-import.
 void expect_lowering_equivalent(const graph::Graph& fused, size_t expected_modules) {
-  auto run = [](graph::Graph& g) {
-    std::mt19937 rng(3);
-    std::vector<Tensor> inputs;
-    for (const Value* in : g.inputs()) {
-      inputs.push_back(testing::random_input(in->dtype(), in->known_shape(), rng));
-    }
-    runtime::Executor exec(g);
-    auto out = exec.run(inputs);
-    std::vector<Tensor> copies;
-    for (const Tensor& t : out) copies.push_back(t.clone());
-    return copies;
-  };
-  auto reference = fused.clone();
-  const auto ref = run(*reference);
-  auto lowered = fused.clone();
-  EXPECT_EQ(graph::lower_modules(*lowered), expected_modules);
-  EXPECT_EQ(modules_in(*lowered), 0u);
-  for (const graph::Node* n : lowered->nodes()) {
-    const graph::OpSchema* s = graph::find_schema(n->op_type());
-    ASSERT_NE(s, nullptr) << n->op_type();
-    EXPECT_EQ(s->kind, graph::SchemaKind::kOnnx) << n->name();
-  }
-  runtime::resolve(*lowered, {});
-  const auto got = run(*lowered);
-  auto reimported = graph::parse_onnx(graph::serialize_onnx(*lowered), "lowered");
-  runtime::resolve(*reimported, {});
-  const auto again = run(*reimported);
-  ASSERT_EQ(ref.size(), got.size());
-  ASSERT_EQ(ref.size(), again.size());
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(ref[i].shape(), got[i].shape());
-    EXPECT_LE(testing::relative_max_diff(got[i], ref[i]), 1e-5);
-    EXPECT_LE(testing::relative_max_diff(again[i], ref[i]), 1e-5);
-  }
+  testing::expect_lowering_equivalent(fused, expected_modules, 3);
 }
 
 const graph::Node* only_module(const graph::Graph& g, const std::string& op) {
@@ -385,15 +325,11 @@ class FusionBundledModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FusionBundledModel, OutputsUnchangedAndModulesCounted) {
   const std::string name = GetParam();
-  const std::string family = name.substr(0, name.rfind('_'));
   const bool folded = name.ends_with("_folded");
-  Tensor input = io::read_npy(testing::data_path("golden/" + family + "_input.npy"));
-  constexpr int64_t kBatch = 4;
-  ASSERT_GE(input.dim(0), kBatch);
-  input = input.slice_rows(0, kBatch).clone();
-
-  auto plain = graph::load_onnx(testing::data_path("models/" + name + ".onnx"));
-  runtime::resolve(*plain, {.input_shapes = runtime::input_shapes_for_batch(*plain, kBatch)});
+  testing::BundledModel model;
+  ASSERT_NO_FATAL_FAILURE(testing::load_bundled_model(name, 4, model));
+  const std::string& family = model.family;
+  auto& plain = model.plain;
   auto fused = plain->clone();
   const std::vector<graph::Pattern> conversions = graph::conversion_patterns();
   graph::run_conversions(*fused, conversions);
@@ -407,14 +343,7 @@ TEST_P(FusionBundledModel, OutputsUnchangedAndModulesCounted) {
   const ModelCounts& expected = expected_counts().at(family);
   EXPECT_EQ(modules, folded ? expected.folded : expected.bn) << report.to_text();
 
-  runtime::Executor a(*plain), b(*fused);
-  auto ref = a.run(std::span(&input, 1));
-  auto got = b.run(std::span(&input, 1));
-  ASSERT_EQ(ref.size(), got.size());
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(ref[i].shape(), got[i].shape());
-    EXPECT_LE(testing::relative_max_diff(got[i], ref[i]), 1e-5) << report.to_text();
-  }
+  testing::expect_same_outputs(*plain, *fused, model.input, report.to_text());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fusion, FusionBundledModel,

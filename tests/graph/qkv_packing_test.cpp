@@ -15,6 +15,7 @@
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
 #include "graph/transform.h"
+#include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 
 namespace qforge {
@@ -28,14 +29,11 @@ using kernels::Tensor;
 using testing::OpCounts;
 
 std::vector<graph::Pattern> patterns() {
-  std::vector<graph::Pattern> out = graph::conversion_patterns();
-  for (auto& p : graph::attention_conversion_patterns()) out.push_back(std::move(p));
-  return out;
+  return testing::conversion_and_attention_patterns();
 }
 
 graph::PlanReport convert(Graph& g) {
-  const auto list = patterns();
-  return graph::run_conversions(g, list);
+  return testing::convert_with_attention(g);
 }
 
 std::vector<std::string> refusals(const Graph& g) {
@@ -157,27 +155,7 @@ const graph::Node* only(const Graph& g, const std::string& op) {
 
 // The converted graph lowers to ONNX ops that compute the same, also after an ONNX round trip.
 void expect_lowering_equivalent(const Graph& converted) {
-  auto run = [](Graph& g) {
-    std::mt19937 rng(9);
-    std::vector<Tensor> inputs;
-    for (const Value* in : g.inputs()) {
-      inputs.push_back(testing::random_input(in->dtype(), in->known_shape(), rng));
-    }
-    runtime::Executor exec(g);
-    std::vector<Tensor> copies;
-    for (const Tensor& t : exec.run(inputs)) copies.push_back(t.clone());
-    return copies;
-  };
-  auto reference = converted.clone();
-  const auto ref = run(*reference);
-  auto lowered = converted.clone();
-  EXPECT_EQ(graph::lower_modules(*lowered), 2u);  // MHAInProjection and SDPA
-  runtime::resolve(*lowered, {});
-  auto reimported = graph::parse_onnx(graph::serialize_onnx(*lowered), "lowered");
-  runtime::resolve(*reimported, {});
-  const auto got = run(*reimported);
-  ASSERT_EQ(ref.size(), got.size());
-  EXPECT_LE(testing::relative_max_diff(got[0], ref[0]), 1e-5);
+  testing::expect_lowering_equivalent(converted, 2u, 9);  // MHAInProjection and SDPA
 }
 
 void expect_packed(const Attention& o, const OpCounts& after) {

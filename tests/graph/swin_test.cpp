@@ -15,6 +15,7 @@
 #include "graph/transform.h"
 #include "runtime/executor.h"
 #include "runtime/resolve.h"
+#include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
@@ -28,38 +29,17 @@ using graph::Shape;
 using kernels::Tensor;
 
 std::vector<graph::Pattern> patterns() {
-  std::vector<graph::Pattern> out = graph::conversion_patterns();
-  for (auto& p : graph::attention_conversion_patterns()) out.push_back(std::move(p));
-  return out;
+  return testing::conversion_and_attention_patterns();
 }
 
 graph::PlanReport convert(Graph& g) {
-  const auto list = patterns();
-  return graph::run_conversions(g, list);
+  return testing::convert_with_attention(g);
 }
 
-Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
-  Tensor t(DType::kFloat32, std::move(shape));
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (float& f : t.span<float>()) f = dist(rng);
-  return t;
-}
+using testing::random_tensor;
 
-graph::Value* int_const(Graph& g, const std::string& name, std::vector<int64_t> v) {
-  return g.add_constant(name, Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v));
-}
-
-graph::Value* add(Graph& g, const std::string& name, const std::string& op,
-                  std::vector<graph::Value*> inputs,
-                  std::map<std::string, graph::AttributeValue, std::less<>> attrs = {}) {
-  return g
-      .add_node({.name = name,
-                 .op_type = op,
-                 .inputs = std::move(inputs),
-                 .output_names = {name + "_out"},
-                 .attributes = std::move(attrs)})
-      ->output(0);
-}
+using testing::add;
+using testing::int_const;
 
 struct BlockOptions {
   bool shifted = false;

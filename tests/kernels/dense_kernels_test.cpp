@@ -22,6 +22,7 @@
 #include "kernels/reference/dense_reference.h"
 #include "kernels/softmax.h"
 #include "runtime/threads.h"
+#include "tests/support/thread_count.h"
 
 namespace qforge::kernels {
 namespace {
@@ -55,17 +56,7 @@ void expect_same_bits(const float* a, const float* b, size_t count, const std::s
   EXPECT_EQ(std::memcmp(a, b, count * sizeof(float)), 0) << what;
 }
 
-// Sets the process thread count for one test and restores it after.
-class ThreadCount {
- public:
-  explicit ThreadCount(int n) : previous_(runtime::num_threads()) { runtime::set_num_threads(n); }
-  ~ThreadCount() { runtime::set_num_threads(previous_); }
-  ThreadCount(const ThreadCount&) = delete;
-  ThreadCount& operator=(const ThreadCount&) = delete;
-
- private:
-  int previous_;
-};
+using testing::ThreadCount;
 
 std::vector<std::byte> workspace_of(size_t bytes) {
   return std::vector<std::byte>(bytes + 64);

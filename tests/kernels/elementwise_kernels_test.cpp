@@ -14,6 +14,7 @@
 #include "kernels/reference/elementwise_reference.h"
 #include "kernels/vector_math.h"
 #include "runtime/threads.h"
+#include "tests/support/thread_count.h"
 
 namespace qforge::kernels {
 namespace {
@@ -80,16 +81,7 @@ Tensor run_binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   return y;
 }
 
-class ThreadCount {
- public:
-  explicit ThreadCount(int n) : previous_(runtime::num_threads()) { runtime::set_num_threads(n); }
-  ~ThreadCount() { runtime::set_num_threads(previous_); }
-  ThreadCount(const ThreadCount&) = delete;
-  ThreadCount& operator=(const ThreadCount&) = delete;
-
- private:
-  int previous_;
-};
+using testing::ThreadCount;
 
 // Vectorised math ------------------------------------------------------------------------------
 

@@ -14,17 +14,12 @@
 #include "kernels/fake_quant.h"
 #include "kernels/reference/fake_quant_reference.h"
 #include "runtime/threads.h"
+#include "tests/support/random.h"
 
 namespace qforge::kernels {
 namespace {
 
-Tensor random_f32(const Shape& shape, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor t(DType::kFloat32, shape);
-  for (float& v : t.span<float>()) v = dist(rng);
-  return t;
-}
+using testing::random_f32;
 
 std::vector<float> random_scales(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);

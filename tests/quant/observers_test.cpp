@@ -12,6 +12,7 @@
 
 #include "kernels/error.h"
 #include "quant/observers.h"
+#include "tests/support/random.h"
 
 namespace qforge::quant {
 namespace {
@@ -20,13 +21,7 @@ using kernels::DType;
 using kernels::Shape;
 using kernels::Tensor;
 
-Tensor random_f32(const Shape& shape, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor t(DType::kFloat32, shape);
-  for (float& v : t.span<float>()) v = dist(rng);
-  return t;
-}
+using testing::random_f32;
 
 // Values spread over many binades, with some exact zeros, so that ranges grow often.
 std::vector<float> wide_values(size_t n, uint32_t seed) {

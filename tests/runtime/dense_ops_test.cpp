@@ -15,6 +15,7 @@
 #include "kernels/reference/dense_reference.h"
 #include "runtime/op_registry.h"
 #include "runtime/threads.h"
+#include "tests/support/op_runner.h"
 
 namespace qforge::runtime {
 namespace {
@@ -30,47 +31,16 @@ Tensor random_tensor(Shape shape, uint32_t seed, float lo = -1.0f, float hi = 1.
   return t;
 }
 
-struct OpInput {
-  Tensor value;           // undefined: an omitted optional input
-  bool constant = false;  // an initializer the kernel may pre-process
-};
+using testing::OpInput;
 
 // One node in a graph of its own, inferred, created and run.
-class OneNode {
+class OneNode : public testing::OneNodeGraph {
  public:
   OneNode(const std::string& op_type, const Attributes& attributes,
-          const std::vector<OpInput>& inputs, size_t outputs, std::vector<size_t> used = {0}) {
-    graph::NodeSpec spec;
-    spec.name = "node";
-    spec.op_type = op_type;
-    spec.attributes = attributes;
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const OpInput& in = inputs[i];
-      InputInfo info;
-      if (!in.value.defined()) {
-        spec.inputs.push_back(nullptr);
-        infos_.push_back(info);
-        continue;
-      }
-      const std::string name = "in" + std::to_string(i);
-      graph::Value* v = in.constant ? graph_.add_constant(name, in.value)
-                                    : graph_.add_input(name, in.value.dtype(), in.value.shape());
-      spec.inputs.push_back(v);
-      info.present = true;
-      info.dtype = in.value.dtype();
-      info.shape = in.value.shape();
-      info.constant = in.constant ? &v->constant() : nullptr;
-      infos_.push_back(info);
-    }
-    for (size_t i = 0; i < outputs; ++i) spec.output_names.push_back("out" + std::to_string(i));
-    node_ = graph_.add_node(std::move(spec));
+          const std::vector<OpInput>& inputs, size_t outputs, std::vector<size_t> used = {0})
+      : OneNodeGraph(op_type, attributes, inputs, outputs) {
     for (size_t i : used) graph_.mark_output(node_->output(i));
-    def_ = builtin_ops().find(op_type);
-    if (!def_) throw std::runtime_error("no OpDef for " + op_type);
-    inputs_ = inputs;
   }
-
-  std::vector<TensorInfo> infer() const { return def_->infer(*node_, infos_); }
 
   // Runs the node; outputs not in `used` are left undefined.
   std::vector<Tensor> run(const std::vector<size_t>& used = {0}) {
@@ -84,13 +54,6 @@ class OneNode {
     kernel->forward(inputs, outputs, workspace.data());
     return outputs;
   }
-
- private:
-  graph::Graph graph_;
-  graph::Node* node_ = nullptr;
-  const OpDef* def_ = nullptr;
-  std::vector<InputInfo> infos_;
-  std::vector<OpInput> inputs_;
 };
 
 void expect_close(const Tensor& actual, const std::vector<float>& expected, double tol,

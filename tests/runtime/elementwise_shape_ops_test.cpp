@@ -14,6 +14,7 @@
 #include "graph/ir.h"
 #include "runtime/op_registry.h"
 #include "runtime/resolve.h"
+#include "tests/support/op_runner.h"
 
 namespace qforge::runtime {
 namespace {
@@ -21,10 +22,7 @@ namespace {
 using graph::AttributeValue;
 using Attributes = std::map<std::string, AttributeValue, std::less<>>;
 
-struct OpInput {
-  Tensor value;           // undefined: an omitted optional input
-  bool constant = false;  // known when shapes are inferred
-};
+using testing::OpInput;
 
 OpInput runtime_input(Tensor value) {
   return {std::move(value), false};
@@ -37,40 +35,11 @@ OpInput omitted() {
 }
 
 // One node in a graph of its own: inferred, created and run through builtin_ops().
-class OneNode {
+class OneNode : public testing::OneNodeGraph {
  public:
   OneNode(const std::string& op_type, const std::vector<OpInput>& inputs,
           const Attributes& attributes = {}, size_t outputs = 1)
-      : inputs_(inputs) {
-    graph::NodeSpec spec;
-    spec.name = "node";
-    spec.op_type = op_type;
-    spec.attributes = attributes;
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const OpInput& in = inputs[i];
-      InputInfo info;
-      if (!in.value.defined()) {
-        spec.inputs.push_back(nullptr);
-        infos_.push_back(info);
-        continue;
-      }
-      const std::string name = "in" + std::to_string(i);
-      graph::Value* v = in.constant ? graph_.add_constant(name, in.value)
-                                    : graph_.add_input(name, in.value.dtype(), in.value.shape());
-      spec.inputs.push_back(v);
-      info.present = true;
-      info.dtype = in.value.dtype();
-      info.shape = in.value.shape();
-      info.constant = in.constant ? &v->constant() : nullptr;
-      infos_.push_back(info);
-    }
-    for (size_t i = 0; i < outputs; ++i) spec.output_names.push_back("out" + std::to_string(i));
-    node_ = graph_.add_node(std::move(spec));
-    def_ = builtin_ops().find(op_type);
-    if (!def_) throw std::runtime_error("no OpDef for " + op_type);
-  }
-
-  std::vector<TensorInfo> infer() const { return def_->infer(*node_, infos_); }
+      : OneNodeGraph(op_type, attributes, inputs, outputs) {}
 
   std::vector<Tensor> run() const {
     std::vector<TensorInfo> out_infos = infer();
@@ -86,13 +55,6 @@ class OneNode {
   }
 
   Tensor run_one() const { return run().at(0); }
-
- private:
-  graph::Graph graph_;
-  graph::Node* node_ = nullptr;
-  const OpDef* def_ = nullptr;
-  std::vector<OpInput> inputs_;
-  std::vector<InputInfo> infos_;
 };
 
 Tensor ints(std::vector<int64_t> values) {

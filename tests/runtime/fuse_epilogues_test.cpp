@@ -8,6 +8,7 @@
 
 #include "runtime/executor.h"
 #include "runtime/resolve.h"
+#include "tests/support/graph_builders.h"
 
 namespace qforge {
 namespace {
@@ -16,12 +17,7 @@ using graph::DType;
 using graph::Shape;
 using kernels::Tensor;
 
-Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1, float hi = 1) {
-  Tensor t(DType::kFloat32, std::move(shape));
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (float& f : t.span<float>()) f = dist(rng);
-  return t;
-}
+using testing::random_tensor;
 
 // x -> Conv(3x3, pad 1) -> BN -> Add(skip) -> Relu -> y, with skip = Relu(x') of another conv,
 // and a plain Conv -> Clip(0, 6) branch.

@@ -9,6 +9,7 @@
 #include "kernels/error.h"
 #include "runtime/executor.h"
 #include "runtime/resolve.h"
+#include "tests/support/graph_builders.h"
 
 namespace qforge {
 namespace {
@@ -17,12 +18,7 @@ using graph::DType;
 using graph::Shape;
 using kernels::Tensor;
 
-Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1, float hi = 1) {
-  Tensor t(DType::kFloat32, std::move(shape));
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (float& f : t.span<float>()) f = dist(rng);
-  return t;
-}
+using testing::random_tensor;
 
 // x [batch, 5, 9, 7] -> ConvBNAddAct(x, x) with GELU -> LinearAct over the last axis (SiLU).
 std::unique_ptr<graph::Graph> module_graph(int64_t batch, const std::string& activation) {

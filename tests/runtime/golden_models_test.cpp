@@ -7,6 +7,8 @@
 
 #include "graph/onnx_import.h"
 #include "runtime/session.h"
+#include "tests/support/pass_tester.h"
+#include "tests/support/test_support.h"
 #include "tools/io/npy.h"
 
 namespace qforge {
@@ -17,21 +19,8 @@ struct GoldenCase {
   std::string form;  // "bn": BatchNorm kept; "folded": BN folded into Conv at export
 };
 
-std::string data_path(const std::string& relative) {
-  return std::string(QFORGE_DATA_DIR) + "/" + relative;
-}
-
-// max|a - b| over max(1, max|b|): the tolerance rule of the equivalence tests.
-double relative_max_diff(const kernels::Tensor& got, const kernels::Tensor& ref) {
-  double diff = 0, scale = 1;
-  auto g = got.span<float>();
-  auto r = ref.span<float>();
-  for (size_t i = 0; i < r.size(); ++i) {
-    diff = std::max(diff, std::fabs(double(g[i]) - r[i]));
-    scale = std::max(scale, std::fabs(double(r[i])));
-  }
-  return diff / scale;
-}
+using testing::data_path;
+using testing::relative_max_diff;
 
 void PrintTo(const GoldenCase& c, std::ostream* os) {
   *os << c.family << "_" << c.form;

@@ -1,6 +1,7 @@
 // Shared test helpers: temporary folders, running the qforge program, writing small PNGs.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <png.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -105,6 +106,14 @@ inline int count_lines(const std::string& s) {
   for (char c : s) n += c == '\n';
   if (!s.empty() && s.back() != '\n') ++n;
   return n;
+}
+
+// The qforge program failed with one line on stderr, "qforge: error: ...", holding must_contain.
+inline void expect_one_line_error(const CliResult& r, const std::string& must_contain) {
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("qforge: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
 }
 
 }  // namespace qforge::testing

@@ -25,12 +25,7 @@ const std::string kResnet = data_path("models/resnet_bn.onnx");
 const std::string kTrain = data_path("datasets/digits/train");
 const std::string kGoldenInput = data_path("golden/resnet_input.npy");
 
-void expect_one_line_error(const testing::CliResult& r, const std::string& must_contain) {
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_EQ(count_lines(r.err), 1) << r.err;
-  EXPECT_EQ(r.err.rfind("qforge: error: ", 0), 0u) << r.err;
-  EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
-}
+using testing::expect_one_line_error;
 
 // Only the expected output may be missing: no temporaries left beside it either.
 void expect_no_files(const TempDir& dir, const std::vector<std::string>& inputs = {}) {

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/support/onnx_models.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
 
@@ -22,45 +23,9 @@ using testing::TempDir;
 const std::string kResnet = data_path("models/resnet_bn.onnx");
 const std::string kGoldenInput = data_path("golden/resnet_input.npy");
 
-void expect_one_line_error(const testing::CliResult& r, const std::string& must_contain) {
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_EQ(count_lines(r.err), 1) << r.err;
-  EXPECT_EQ(r.err.rfind("qforge: error: ", 0), 0u) << r.err;
-  EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
-}
+using testing::expect_one_line_error;
 
-// A one-node model: input x -> op_type -> y, x and y of `shape` (a negative dim is dynamic).
-std::string one_node_model(const std::string& op_type, const std::string& node_name,
-                           const std::vector<int64_t>& shape = {1, 4}) {
-  onnx::ModelProto model;
-  model.set_ir_version(8);
-  auto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(17);
-  auto* g = model.mutable_graph();
-  g->set_name("one_node");
-  auto add_io = [&](onnx::ValueInfoProto* v, const char* name) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-    for (int64_t d : shape) {
-      auto* dim = t->mutable_shape()->add_dim();
-      if (d < 0) {
-        dim->set_dim_param("N");
-      } else {
-        dim->set_dim_value(d);
-      }
-    }
-  };
-  add_io(g->add_input(), "x");
-  add_io(g->add_output(), "y");
-  auto* n = g->add_node();
-  n->set_op_type(op_type);
-  n->set_name(node_name);
-  n->add_input("x");
-  n->add_output("y");
-  return model.SerializeAsString();
-}
+using testing::one_node_model;
 
 TEST(Cli, HelpListsCommands) {
   auto r = run_cli("--help");

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "runtime/compare.h"
+#include "tests/support/onnx_models.h"
 #include "tests/support/test_support.h"
 
 namespace qforge {
@@ -152,27 +153,7 @@ TEST(CompareCli, DifferentModelsDiffer) {
 
 // x -> Relu -> y, both float32 of `shape`.
 std::string relu_model(const std::vector<int64_t>& shape) {
-  onnx::ModelProto model;
-  model.set_ir_version(8);
-  auto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(17);
-  auto* g = model.mutable_graph();
-  g->set_name("relu");
-  auto add_io = [&](onnx::ValueInfoProto* v, const char* name) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-    for (int64_t d : shape) t->mutable_shape()->add_dim()->set_dim_value(d);
-  };
-  add_io(g->add_input(), "x");
-  add_io(g->add_output(), "y");
-  auto* n = g->add_node();
-  n->set_op_type("Relu");
-  n->set_name("relu");
-  n->add_input("x");
-  n->add_output("y");
-  return model.SerializeAsString();
+  return testing::one_node_model("Relu", "relu", shape);
 }
 
 TEST(CompareCli, MismatchedInputShapesAreOneLineError) {

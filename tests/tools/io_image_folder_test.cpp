@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "tests/support/errors.h"
+#include "tests/support/test_support.h"
 #include "tools/io/image_folder.h"
 #include "tools/io/npy.h"
 
@@ -22,36 +24,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("qforge_io_images_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string root() const { return path_.string(); }
+using testing::TempDir;
 
- private:
-  fs::path path_;
-};
-
-template <class Fn>
-std::string error_of(ErrorKind kind, Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind)) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no qforge::Error thrown";
-  return {};
-}
+using testing::error_of;
 
 // What a test PNG holds. samples: row-major, `channels` samples per pixel for the color type,
 // one sample per value (16-bit samples as values 0..65535, palette images as indices).
@@ -476,7 +451,7 @@ TEST(IoImageFolder, ClassesAndFilesAreSortedByName) {
   write_png(dir.file(".hidden/x.png"), rgb_image(2, 2));
   fs::create_directories(dir.file("empty"));  // keeps its class index
 
-  ImageFolder folder(dir.root(), Preprocess{3, 2, 2, 255.0f, {}, {}, false});
+  ImageFolder folder(dir.path().string(), Preprocess{3, 2, 2, 255.0f, {}, {}, false});
   EXPECT_TRUE(folder.labelled());
   EXPECT_EQ(folder.class_names(), (std::vector<std::string>{"10", "2", "B", "a", "empty"}));
   ASSERT_EQ(folder.size(), 16u);
@@ -493,7 +468,7 @@ TEST(IoImageFolder, LooseImagesAreUnlabelled) {
   write_png(dir.file("b.png"), rgb_image(2, 2));
   write_png(dir.file("a.PNG"), rgb_image(2, 2));
   fs::create_directories(dir.file("empty_dir"));
-  ImageFolder folder(dir.root(), Preprocess{3, 2, 2, 255.0f, {}, {}, false});
+  ImageFolder folder(dir.path().string(), Preprocess{3, 2, 2, 255.0f, {}, {}, false});
   EXPECT_FALSE(folder.labelled());
   EXPECT_TRUE(folder.class_names().empty());
   ASSERT_EQ(folder.size(), 2u);
@@ -522,7 +497,7 @@ TEST(IoImageFolder, ScanErrors) {
             std::string::npos);
   Preprocess bad = p;
   bad.channels = 0;
-  EXPECT_THROW(ImageFolder(dir.root(), bad), Error);
+  EXPECT_THROW(ImageFolder(dir.path().string(), bad), Error);
 }
 
 TEST(IoImageFolder, LoadBatchMatchesSingleImagesOnAnyThreadCount) {
@@ -533,7 +508,7 @@ TEST(IoImageFolder, LoadBatchMatchesSingleImagesOnAnyThreadCount) {
     write_png(dir.file(name), rgb_image(5, 4, i, 3 * i, 7 * i));
   }
   Preprocess p{3, 4, 5, 255.0f, {0.1f, 0.2f, 0.3f}, {0.7f, 0.8f, 0.9f}, false};
-  ImageFolder folder(dir.root(), p);
+  ImageFolder folder(dir.path().string(), p);
   ASSERT_EQ(folder.size(), 23u);
   ASSERT_EQ(folder.sample_numel(), 60u);
 
@@ -563,7 +538,7 @@ TEST(IoImageFolder, FirstBadImageIsReported) {
     bool bad = i == 2 || i == 6;
     write_png(dir.file("img" + std::to_string(i) + ".png"), rgb_image(bad ? 3 : 4, 4));
   }
-  ImageFolder folder(dir.root(), Preprocess{3, 4, 4, 255.0f, {}, {}, false});
+  ImageFolder folder(dir.path().string(), Preprocess{3, 4, 4, 255.0f, {}, {}, false});
   std::vector<float> out(8 * 48);
   for (int attempt = 0; attempt < 5; ++attempt) {
     EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { folder.load_batch(0, 8, out.data()); }),

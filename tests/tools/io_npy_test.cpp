@@ -12,6 +12,8 @@
 
 #include "kernels/error.h"
 #include "kernels/tensor.h"
+#include "tests/support/errors.h"
+#include "tests/support/test_support.h"
 #include "tools/io/npy.h"
 
 namespace qforge::io {
@@ -25,25 +27,7 @@ using kernels::Tensor;
 // QFORGE_DATA_DIR is <repo>/data; the fixtures sit next to this file.
 const fs::path kFixtures = fs::path(QFORGE_DATA_DIR).parent_path() / "tests" / "tools" / "fixtures";
 
-// A fresh folder under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("qforge_io_npy_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using testing::TempDir;
 
 void write_bytes(const std::string& path, std::string_view bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -55,18 +39,7 @@ std::string read_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-// Runs fn, expects a qforge::Error of the given kind, returns its message.
-template <class Fn>
-std::string error_of(ErrorKind kind, Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind)) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no qforge::Error thrown";
-  return {};
-}
+using testing::error_of;
 
 // Distinct, sign-mixed values of every dtype, so a byte swap or offset shows.
 Tensor patterned(DType dtype, const Shape& shape) {
