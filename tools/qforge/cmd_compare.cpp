@@ -5,8 +5,6 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
-#include <numbers>
-#include <random>
 
 #include "graph/onnx_import.h"
 #include "runtime/compare.h"
