@@ -96,6 +96,30 @@ TEST(CalibrateCli, NpyDataPartialBatchAndOtherMethod) {
   EXPECT_GT(count_op(*graph::load_onnx(out), "DequantizeLinear"), 0u);
 }
 
+// Transformers fold the batch into their reshapes when transformed: a partial last batch runs
+// through the model transformed at its own size, and the scales still do not depend on --batch
+// or --threads (10 samples: batches 4+4+2, 3+3+3+1, or ten of one).
+TEST(CalibrateCli, TransformerScalesDoNotDependOnBatchWithPartialLastBatch) {
+  for (const char* name : {"vit_bn", "swin_folded"}) {
+    SCOPED_TRACE(name);
+    TempDir dir;
+    std::vector<nlohmann::json> points;
+    for (const char* args : {"--batch 4 --threads 2", "--batch 3 --threads 1", "--batch 1"}) {
+      const std::string report = dir.file("report.json");
+      auto r = run_cli("calibrate " + data_path(std::string("models/") + name + ".onnx") +
+                       " --data " + data_path("datasets/digits/val") + " --limit 10 " + args +
+                       " -o " + dir.file("m.qdq.onnx") + " --report " + report);
+      ASSERT_EQ(r.exit_code, 0) << args << ": " << r.err;
+      const auto j = nlohmann::json::parse(testing::read_text(report));
+      EXPECT_EQ(j["calibration"]["samples"], 10);
+      points.push_back(j["activation_points"]);
+    }
+    ASSERT_FALSE(points[0].empty());
+    EXPECT_EQ(points[0], points[1]);
+    EXPECT_EQ(points[0], points[2]);
+  }
+}
+
 TEST(CalibrateCli, EmptyNpyIsRejected) {
   TempDir dir;
   const auto input = io::read_npy(kGoldenInput);

@@ -163,14 +163,26 @@ int run_calibrate(const CalibrateOptions& o) {
     throw_invalid("calibrate: model '" + o.model + "' has no Q/DQ point to calibrate");
   }
 
-  // The fused graph runs any batch size, so calibration uses every sample: the last batch is
-  // simply smaller. Only the exported model needs whole batches (see the evaluation below).
+  // Every sample is used: a partial last batch runs through the model transformed at its own
+  // size (a transformer's fused graph has the batch folded into its reshapes) and its
+  // statistics merge exactly into the rest, so the scales do not depend on --batch.
   quant::CalibrationStats stats(fused, plan);
   {
     io::Progress progress("calibrate", total, "img");
     for_each_batch(data, calib_indices, o.batch, false, progress,
-                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
-                     stats.observe_batch(input);
+                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
+                     if (static_cast<int64_t>(count) == o.batch) {
+                       stats.observe_batch(input);
+                       return;
+                     }
+                     runtime::TransformOptions partial_transform = transform;
+                     partial_transform.batch = static_cast<int64_t>(count);
+                     const runtime::TransformResult partial =
+                         runtime::transform_model(*model, nullptr, partial_transform);
+                     quant::CalibrationStats partial_stats(
+                         *partial.graph, quant::place_qdq(*partial.graph, placement));
+                     partial_stats.observe_batch(input);
+                     stats.merge(partial_stats);
                    });
   }
 
