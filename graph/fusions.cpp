@@ -7,8 +7,9 @@
 // `activation` with `alpha`, `beta`, `clip_min`, `clip_max`. BN stays BN: folding happens in the
 // runtime kernel, never in the graph.
 //
-// BN-folded exports have Conv -> Act without BN: that is not a listed module, so it stays
-// unfused (a ConvBNAct with identity BN parameters would invent parameters the model lacks).
+// BN is optional in every conv module, as in the module guide (`Conv -> [BN] -> Act`): a
+// BN-folded export's Conv -> Act is a ConvBNAct whose inputs end after W, B? and which has no
+// `epsilon`; nothing is invented for the missing BN.
 #include "graph/fusions.h"
 
 #include <array>
@@ -189,11 +190,16 @@ const Value* residual_of(const Node& add, const Value* chain) {
   return other;
 }
 
+bool conv_with_constant_weights(const Node& n);
+
+// An Add with a BN or Conv output at one input and a residual at the other.
 bool residual_add(const Node& n) {
   if (n.num_inputs() != 2) return false;
   for (const Value* in : n.inputs()) {
     const Node* p = in ? in->producer() : nullptr;
-    if (p && p->op_type() == "BatchNormalization" && residual_of(n, in)) return true;
+    if (!p || !residual_of(n, in)) continue;
+    if (p->op_type() == "BatchNormalization") return true;
+    if (p->op_type() == "Conv" && conv_with_constant_weights(*p)) return true;
   }
   return false;
 }
@@ -274,14 +280,20 @@ bool int8_unsupported(const Node& conv) {
   return in_per_group % 4 != 0 || out_per_group % 4 != 0;
 }
 
-// Conv and BN attributes and parameters: [W, B?, gamma, beta, mean, var].
-void add_conv_bn_parts(NodeSpec& spec, const Node& conv, const Node& bn) {
+// Conv and BN attributes and parameters: [W, B?, gamma, beta, mean, var], or [W, B?] without BN.
+void add_conv_bn_parts(NodeSpec& spec, const Node& conv, const Node* bn) {
   spec.attributes = conv.attributes();
-  spec.attributes["epsilon"] = bn.attr_float("epsilon", 1e-5f);
+  if (bn) spec.attributes["epsilon"] = bn->attr_float("epsilon", 1e-5f);
   if (int8_unsupported(conv)) spec.attributes["int8_unsupported"] = int64_t{1};
   spec.inputs.push_back(conv.input(1));
   spec.inputs.push_back(conv.input(2));
-  for (size_t i = 1; i <= 4; ++i) spec.inputs.push_back(bn.input(i));
+  if (!bn) return;
+  for (size_t i = 1; i <= 4; ++i) spec.inputs.push_back(bn->input(i));
+}
+
+// The last node of a conv chain's Conv -> [BN] part.
+Node* conv_chain_end(Node* conv, Node* bn) {
+  return bn ? bn : conv;
 }
 
 std::vector<Node*> with_activation(std::vector<Node*> chain, const Activation& a) {
@@ -290,12 +302,12 @@ std::vector<Node*> with_activation(std::vector<Node*> chain, const Activation& a
 }
 
 // Refusals shared by the conv patterns: conv weights and BN channel counts must agree.
-std::optional<std::string> conv_bn_refusal(const Node& conv, const Node& bn) {
+std::optional<std::string> conv_bn_refusal(const Node& conv, const Node* bn) {
   const int64_t channels = conv.input(1)->constant().dim(0);
-  for (size_t i = 1; i <= 4; ++i) {
-    if (bn.input(i)->constant().numel() != channels) {
-      return bn.label() + ": parameter '" + bn.input(i)->name() + "' has " +
-             std::to_string(bn.input(i)->constant().numel()) + " values, expected " +
+  for (size_t i = 1; bn && i <= 4; ++i) {
+    if (bn->input(i)->constant().numel() != channels) {
+      return bn->label() + ": parameter '" + bn->input(i)->name() + "' has " +
+             std::to_string(bn->input(i)->constant().numel()) + " values, expected " +
              std::to_string(channels);
     }
   }
@@ -308,23 +320,23 @@ std::optional<std::string> conv_bn_refusal(const Node& conv, const Node& bn) {
 // ---------------------------------------------------------------------------------------------
 // Patterns
 
-// 0=Conv(graph input X, W, B?), 1=BatchNormalization, 2=Act, 3=MaxPool.
+// 0=Conv(graph input X, W, B?), 1=BatchNormalization (optional), 2=Act, 3=MaxPool.
 Pattern stem_pattern() {
   Pattern p;
   p.name = "StemConvBNActMaxPool";
   p.kind = PatternKind::kFusion;
-  p.topology = "Conv(graph input) -> BatchNormalization -> Act -> MaxPool";
+  p.topology = "Conv(graph input) -> [BatchNormalization] -> Act -> MaxPool";
   p.trunk = {
       one("conv", {"Conv"},
           [](const Node& n) {
             return conv_with_constant_weights(n) && n.input(0)->is_graph_input();
           }),
-      one("bn", {"BatchNormalization"}, inference_batch_norm),
+      optional("bn", {"BatchNormalization"}, inference_batch_norm),
       one("act", single_node_activations(),
           [](const Node& n) { return single_activation(const_cast<Node*>(&n)).has_value(); }),
       one("pool", {"MaxPool"}, [](const Node& n) { return n.num_outputs() == 1; })};
   p.select = [](const Graph& g, const Match& m) {
-    return conv_bn_refusal(*m.node(g, "conv"), *m.node(g, "bn"));
+    return conv_bn_refusal(*m.node(g, "conv"), m.node(g, "bn"));
   };
   p.rewrite = [](Graph& g, const Match& m) {
     Node* conv = m.node(g, "conv");
@@ -334,35 +346,41 @@ Pattern stem_pattern() {
     NodeSpec spec{.name = module_name(g, *conv, "StemConvBNActMaxPool"),
                   .op_type = "StemConvBNActMaxPool",
                   .inputs = {conv->input(0)}};
-    add_conv_bn_parts(spec, *conv, *bn);
+    add_conv_bn_parts(spec, *conv, bn);
     set_activation_attributes(spec, *single_activation(act));
     for (const auto& [key, value] : pool->attributes()) {
       std::string name = "pool_";
       name.append(key);
       spec.attributes[name] = value;
     }
-    replace_chain(g, std::move(spec), {conv, bn, act, pool}, pool->output(0));
+    std::vector<Node*> chain = {conv};
+    if (bn) chain.push_back(bn);
+    chain.push_back(act);
+    chain.push_back(pool);
+    replace_chain(g, std::move(spec), chain, pool->output(0));
   };
   return p;
 }
 
-// 0=Conv, 1=BatchNormalization, 2=Add(·, residual) with the residual either input, 3=Act.
-// A trunk rather than a fork: the downward link accepts the BN output at either Add input.
+// 0=Conv, 1=BatchNormalization (optional), 2=Add(·, residual) with the residual either input,
+// 3=Act. A trunk rather than a fork: the downward link accepts the chain's output at either Add
+// input.
 Pattern conv_bn_add_act_pattern() {
   Pattern p;
   p.name = "ConvBNAddAct";
   p.kind = PatternKind::kFusion;
-  p.topology = "Conv -> BatchNormalization -> Add(residual) -> Act";
+  p.topology = "Conv -> [BatchNormalization] -> Add(residual) -> Act";
   p.trunk = {
       one("conv", {"Conv"}, conv_with_constant_weights),
-      one("bn", {"BatchNormalization"}, inference_batch_norm),
+      optional("bn", {"BatchNormalization"}, inference_batch_norm),
       one("add", {"Add"}, [](const Node& n) { return residual_add(n) && feeds_activation(n); }),
       optional("act", single_node_activations())};
   p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
-    const Node& bn = *m.node(g, "bn");
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
     const Node& add = *m.node(g, "add");
-    if (auto refusal = conv_bn_refusal(*m.node(g, "conv"), bn)) return refusal;
-    if (!residual_of(add, bn.output(0))) {
+    if (auto refusal = conv_bn_refusal(*conv, bn)) return refusal;
+    if (!residual_of(add, conv_chain_end(conv, bn)->output(0))) {
       return add.label() + ": the other input is not a computed tensor of the sum's shape";
     }
     if (!activation_after(add.output(0))) return add.label() + ": no activation follows";
@@ -373,65 +391,86 @@ Pattern conv_bn_add_act_pattern() {
     Node* bn = m.node(g, "bn");
     Node* add = m.node(g, "add");
     const Activation act = *activation_after(add->output(0));
+    Value* residual = const_cast<Value*>(residual_of(*add, conv_chain_end(conv, bn)->output(0)));
     NodeSpec spec{.name = module_name(g, *conv, "ConvBNAddAct"),
                   .op_type = "ConvBNAddAct",
-                  .inputs = {conv->input(0), const_cast<Value*>(residual_of(*add, bn->output(0)))}};
-    add_conv_bn_parts(spec, *conv, *bn);
+                  .inputs = {conv->input(0), residual}};
+    add_conv_bn_parts(spec, *conv, bn);
     set_activation_attributes(spec, act);
-    replace_chain(g, std::move(spec), with_activation({conv, bn, add}, act), act.output);
+    std::vector<Node*> chain = {conv};
+    if (bn) chain.push_back(bn);
+    chain.push_back(add);
+    replace_chain(g, std::move(spec), with_activation(chain, act), act.output);
   };
   return p;
 }
 
-// 0=Conv, 1=BatchNormalization, 2..=Act (one node, or GELU/SiLU, whose nodes are found from the
-// BN output because they read it twice).
+// The BN reading a conv's output privately, if any.
+const Node* batch_norm_after(const Node& conv) {
+  const Node* n = private_reader(conv.output(0));
+  return n && n->op_type() == "BatchNormalization" && inference_batch_norm(*n) ? n : nullptr;
+}
+
+// 0=Conv, 1=BatchNormalization (optional), 2..=Act (one node, or GELU/SiLU, whose nodes are found
+// from the chain's output because they read it twice). Without BN the conv itself must feed the
+// activation.
 Pattern conv_bn_act_pattern() {
   Pattern p;
   p.name = "ConvBNAct";
   p.kind = PatternKind::kFusion;
-  p.topology = "Conv -> BatchNormalization -> Act";
-  p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
-             one("bn", {"BatchNormalization"},
-                 [](const Node& n) { return inference_batch_norm(n) && feeds_activation(n); }),
+  p.topology = "Conv -> [BatchNormalization] -> Act";
+  p.trunk = {one("conv", {"Conv"},
+                 [](const Node& n) {
+                   return conv_with_constant_weights(n) &&
+                          (batch_norm_after(n) || feeds_activation(n));
+                 }),
+             optional("bn", {"BatchNormalization"},
+                      [](const Node& n) { return inference_batch_norm(n) && feeds_activation(n); }),
              optional("act", single_node_activations())};
   p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
-    const Node& bn = *m.node(g, "bn");
-    if (auto refusal = conv_bn_refusal(*m.node(g, "conv"), bn)) return refusal;
-    if (!activation_after(bn.output(0))) return bn.label() + ": no activation follows";
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    if (auto refusal = conv_bn_refusal(*conv, bn)) return refusal;
+    const Node* end = conv_chain_end(conv, bn);
+    if (!activation_after(end->output(0))) return end->label() + ": no activation follows";
     return std::nullopt;
   };
   p.rewrite = [](Graph& g, const Match& m) {
     Node* conv = m.node(g, "conv");
     Node* bn = m.node(g, "bn");
-    const Activation act = *activation_after(bn->output(0));
+    const Activation act = *activation_after(conv_chain_end(conv, bn)->output(0));
     NodeSpec spec{.name = module_name(g, *conv, "ConvBNAct"),
                   .op_type = "ConvBNAct",
                   .inputs = {conv->input(0)}};
-    add_conv_bn_parts(spec, *conv, *bn);
+    add_conv_bn_parts(spec, *conv, bn);
     set_activation_attributes(spec, act);
-    replace_chain(g, std::move(spec), with_activation({conv, bn}, act), act.output);
+    std::vector<Node*> chain = {conv};
+    if (bn) chain.push_back(bn);
+    replace_chain(g, std::move(spec), with_activation(chain, act), act.output);
   };
   return p;
 }
 
-// 0=Conv, 1=BatchNormalization.
+// 0=Conv, 1=BatchNormalization (optional): a conv that no longer pattern claimed, with its BN.
 Pattern conv_bn_pattern() {
   Pattern p;
   p.name = "ConvBN";
   p.kind = PatternKind::kFusion;
-  p.topology = "Conv -> BatchNormalization";
+  p.topology = "Conv -> [BatchNormalization]";
   p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
-             one("bn", {"BatchNormalization"}, inference_batch_norm)};
+             optional("bn", {"BatchNormalization"}, inference_batch_norm)};
   p.select = [](const Graph& g, const Match& m) {
-    return conv_bn_refusal(*m.node(g, "conv"), *m.node(g, "bn"));
+    return conv_bn_refusal(*m.node(g, "conv"), m.node(g, "bn"));
   };
   p.rewrite = [](Graph& g, const Match& m) {
     Node* conv = m.node(g, "conv");
     Node* bn = m.node(g, "bn");
     NodeSpec spec{
         .name = module_name(g, *conv, "ConvBN"), .op_type = "ConvBN", .inputs = {conv->input(0)}};
-    add_conv_bn_parts(spec, *conv, *bn);
-    replace_chain(g, std::move(spec), {conv, bn}, bn->output(0));
+    add_conv_bn_parts(spec, *conv, bn);
+    std::vector<Node*> chain = {conv};
+    if (bn) chain.push_back(bn);
+    replace_chain(g, std::move(spec), chain, conv_chain_end(conv, bn)->output(0));
   };
   return p;
 }
@@ -619,7 +658,7 @@ class Lowering {
   }
 
   // Conv then BN from the module's parameters starting at input `params` (W, B?, gamma, beta,
-  // mean, var).
+  // mean, var); the conv alone when the module has no BN.
   Value* conv_bn(Value* x, size_t params) {
     std::map<std::string, AttributeValue, std::less<>> conv_attrs;
     for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad"}) {
@@ -629,6 +668,7 @@ class Lowering {
     std::vector<Value*> conv_inputs = {x, module_.input(params)};
     if (module_.input(params + 1)) conv_inputs.push_back(module_.input(params + 1));
     Value* c = add("Conv", "Conv", std::move(conv_inputs), std::move(conv_attrs));
+    if (module_.num_inputs() <= params + 2 || !module_.input(params + 2)) return c;
     return add("BatchNormalization", "BatchNormalization",
                {c, module_.input(params + 2), module_.input(params + 3), module_.input(params + 4),
                 module_.input(params + 5)},
@@ -721,15 +761,15 @@ constexpr std::array<int, 4> kNone = {-1, -1, -1, -1};
 // Linear weights: weight_axis here is for W [out, in]; the node's `weight_axis` attribute says
 // which layout (0: [out, in], 1: [in, out]) the module kept.
 constexpr std::array kModuleSchemas = {
-    OpSchema{"StemConvBNActMaxPool", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_stem,
-             "X, W, B?, gamma, beta, mean, var: Conv -> BN -> Act -> MaxPool"},
-    OpSchema{"ConvBNAddAct", 8, 8, 1, 1, 0, SchemaKind::kModule, kInputs01, 2, 0,
+    OpSchema{"StemConvBNActMaxPool", 3, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_stem,
+             "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act -> MaxPool"},
+    OpSchema{"ConvBNAddAct", 4, 8, 1, 1, 0, SchemaKind::kModule, kInputs01, 2, 0,
              lower_conv_bn_add_act,
-             "X, residual, W, B?, gamma, beta, mean, var: Conv -> BN -> Add -> Act"},
-    OpSchema{"ConvBNAct", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn_act,
-             "X, W, B?, gamma, beta, mean, var: Conv -> BN -> Act"},
-    OpSchema{"ConvBN", 7, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn,
-             "X, W, B?, gamma, beta, mean, var: Conv -> BN"},
+             "X, residual, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Add -> Act"},
+    OpSchema{"ConvBNAct", 3, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn_act,
+             "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act"},
+    OpSchema{"ConvBN", 3, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn,
+             "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN]"},
     OpSchema{"LinearAct", 3, 3, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_linear_act,
              "X, W, B?: Gemm | MatMul [+ Add] -> Act"},
     OpSchema{"Linear", 3, 3, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_linear,

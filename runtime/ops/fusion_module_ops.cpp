@@ -49,6 +49,12 @@ ConvModuleLayout conv_layout(const Node& node) {
           node.op_type() == "StemConvBNActMaxPool"};
 }
 
+// A conv module's BN parameters follow W and B?; a module made from a conv without BN ends
+// after B?.
+bool has_batch_norm(std::span<const InputInfo> inputs, const ConvModuleLayout& layout) {
+  return inputs.size() > layout.data_inputs + 2;
+}
+
 Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
   Attributes a;
   for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad"}) {
@@ -79,7 +85,8 @@ std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const Input
     fail_node(node, "a conv weight W of rank >= 3", shape_str(weight.shape));
   const int64_t channels = weight.shape[0];
   static const char* const kNames[] = {"BN scale", "BN B", "BN mean", "BN var"};
-  for (size_t i = 0; i < 4; ++i) {
+  const bool bn = has_batch_norm(inputs, layout);
+  for (size_t i = 0; bn && i < 4; ++i) {
     const InputInfo& p = module_input(node, inputs, w + 2 + i, kNames[i]);
     if (p.shape != Shape{channels}) {
       fail_node(node, std::string(kNames[i]) + " of shape [" + std::to_string(channels) + "]",
@@ -90,8 +97,8 @@ std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const Input
   std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"),
                                 weight,
                                 w + 1 < inputs.size() ? inputs[w + 1] : InputInfo{},
-                                per_channel,
-                                per_channel,
+                                bn ? per_channel : InputInfo{},
+                                bn ? per_channel : InputInfo{},
                                 InputInfo{}};
   if (layout.data_inputs == 2) out[5] = module_input(node, inputs, 1, "residual");
   return out;
@@ -113,6 +120,11 @@ class ConvModuleKernel final : public OpKernel {
       : layout_(conv_layout(node)), act_(activation_of(node)) {
     const size_t w = layout_.data_inputs;
     std::vector<InputInfo> conv_inputs = fused_conv_inputs(node, inputs, layout_);
+    if (!has_batch_norm(inputs, layout_)) {
+      conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
+      add_pool(node);
+      return;
+    }
     for (size_t i = 2; i < 6; ++i) {
       if (!inputs[w + i].constant) {
         throw_unsupported("create: " + node.label() +
@@ -136,12 +148,7 @@ class ConvModuleKernel final : public OpKernel {
     conv_inputs[3].constant = &scale_;
     conv_inputs[4].constant = &shift_;
     conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
-    if (layout_.pool) {
-      const TensorInfo& c = conv_[0].outputs()[0];
-      conv_out_ = Tensor(c.dtype, c.shape);
-      InputInfo pooled{.present = true, .dtype = c.dtype, .shape = c.shape};
-      pool_.push_back(SubKernel::create("MaxPool", pool_attributes(node), std::span(&pooled, 1)));
-    }
+    add_pool(node);
   }
 
   size_t workspace_bytes() const override {
@@ -153,9 +160,9 @@ class ConvModuleKernel final : public OpKernel {
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const size_t w = layout_.data_inputs;
-    const Tensor conv_in[6] = {inputs[0],     inputs[w],
-                               inputs[w + 1], scale_,
-                               shift_,        layout_.data_inputs == 2 ? inputs[1] : Tensor()};
+    const Tensor conv_in[6] = {
+        inputs[0], inputs[w], w + 1 < inputs.size() ? inputs[w + 1] : Tensor(),
+        scale_,    shift_,    layout_.data_inputs == 2 ? inputs[1] : Tensor()};
     Tensor& y = layout_.pool ? conv_out_ : outputs[0];
     conv_[0].forward(conv_in, std::span(&y, 1), workspace);
     if (!is_clamp(act_.kind)) apply_activation(act_, y.data<float>(), y.data<float>(), y.numel());
@@ -163,6 +170,14 @@ class ConvModuleKernel final : public OpKernel {
   }
 
  private:
+  void add_pool(const Node& node) {
+    if (!layout_.pool) return;
+    const TensorInfo& c = conv_[0].outputs()[0];
+    conv_out_ = Tensor(c.dtype, c.shape);
+    InputInfo pooled{.present = true, .dtype = c.dtype, .shape = c.shape};
+    pool_.push_back(SubKernel::create("MaxPool", pool_attributes(node), std::span(&pooled, 1)));
+  }
+
   ConvModuleLayout layout_;
   ActivationSpec act_;
   Tensor scale_, shift_;

@@ -239,15 +239,20 @@ TEST(FusionInt8Compatibility, MarksGroupedConvsWithoutMultiplesOfFour) {
   EXPECT_EQ(nodes[2]->attr_int("int8_unsupported", 0), 0);  // depthwise
 }
 
-// Folded exports: Conv -> Relu without BN is no listed module and stays.
-TEST(FusionConvBNAct, LeavesConvActWithoutBatchNorm) {
+// Folded exports: Conv -> Relu without BN is a ConvBNAct with no BN parameters (the module
+// guide's Conv -> [BN] -> Act), and a lone Conv a ConvBN; outputs stay equal.
+TEST(FusionConvBNAct, FusesConvActWithoutBatchNorm) {
   auto make = [] {
     Builder b;
     Value* x = b.g->add_input("x", DType::kFloat32, Shape{1, 4, 5, 5});
-    return b.done(b.act("Relu", b.conv(x, 4, 4, 3)));
+    return b.done(b.conv(b.act("Relu", b.conv(x, 4, 4, 3)), 4, 4, 1));
   };
-  auto r = testing::run_pass_test(make, [](graph::Graph& g) { EXPECT_EQ(fuse(g).applied(), 0u); });
-  EXPECT_EQ(r.after, r.before);
+  auto r = testing::run_pass_test(make, [](graph::Graph& g) { EXPECT_EQ(fuse(g).applied(), 2u); });
+  ASSERT_EQ(r.after, (OpCounts{{"ConvBNAct", 1}, {"ConvBN", 1}}));
+  for (const graph::Node* n : r.transformed->nodes()) {
+    EXPECT_EQ(n->num_inputs(), 3u) << n->label();  // X, W, B: no BN parameters
+    EXPECT_FALSE(n->has_attr("epsilon")) << n->label();
+  }
 }
 
 TEST(FusionModuleSchemas, DeclareTheQuantizationContract) {
@@ -278,45 +283,42 @@ TEST(FusionModuleSchemas, DeclareTheQuantizationContract) {
 
 // Module counts per bundled model (data/generate/models.py; op histograms from
 // `qforge inspect data/models/<model>.onnx`), after the conversions turned every
-// Flatten -> Linear head into a 1×1 Conv and removed GlobalAveragePools over 1×1 maps.
-struct ModelCounts {
-  std::map<std::string, size_t> bn;      // <family>_bn
-  std::map<std::string, size_t> folded;  // <family>_folded: no BN, so no conv module
-};
-
-const std::map<std::string, ModelCounts>& expected_counts() {
-  static const std::map<std::string, ModelCounts> counts = {
+// Flatten -> Linear head into a 1×1 Conv and removed GlobalAveragePools over 1×1 maps. BN is
+// optional in every conv module, so both forms of a family fuse into the same modules.
+const std::map<std::string, std::map<std::string, size_t>>& expected_counts() {
+  static const std::map<std::string, std::map<std::string, size_t>> counts = {
       // ResNet, BasicBlock [2, 1, 1, 1]: stem conv-bn-relu-maxpool; 5 blocks each
       // conv-bn-relu (ConvBNAct) and conv-bn-add-relu (ConvBNAddAct); layer2..4 downsample
-      // conv-bn (ConvBN). The GAP runs on 1×1 and goes; the fc becomes a Conv.
+      // conv-bn + the fc as a 1×1 Conv => 4 ConvBN. The GAP runs on 1×1 and goes.
       {"resnet",
-       {{{"StemConvBNActMaxPool", 1}, {"ConvBNAct", 5}, {"ConvBNAddAct", 5}, {"ConvBN", 3}}, {}}},
+       {{"StemConvBNActMaxPool", 1}, {"ConvBNAct", 5}, {"ConvBNAddAct", 5}, {"ConvBN", 4}}},
       // MobileNetV3-small, 6 blocks: stem conv-bn-hardswish 1; expand+depthwise conv-bn-act
-      // 1 (block 1 has no expand) + 2×5; last conv 1 => 13 ConvBNAct; 6 projections conv-bn
-      // (the residual Adds have no activation) => 6 ConvBN; 4 SE + final pool over 8×8/2×2 maps
-      // => 5 AdaptiveAvgPool (SE convs have no BN). Both head Linears become Convs.
-      {"mobilenet_v3",
-       {{{"ConvBNAct", 13}, {"ConvBN", 6}, {"AdaptiveAvgPool", 5}}, {{"AdaptiveAvgPool", 5}}}},
-      // EfficientNet, 6 MBConv blocks: stem 1 + depthwise 6 + expand 5 + last 1 = 13
-      // conv-bn-SiLU; 6 projections conv-bn; 6 SE pools + final pool over 2×2 = 7.
-      {"efficientnet",
-       {{{"ConvBNAct", 13}, {"ConvBN", 6}, {"AdaptiveAvgPool", 7}}, {{"AdaptiveAvgPool", 7}}}},
-      // ConvNeXt, 4 CNBlocks: fc1 -> GELU (LinearAct) and fc2 (Linear) each; LayerNorms: stem 1
-      // + blocks 4 + downsampling 2 + head 1 = 8; final pool over 2×2; no BN anywhere.
+      // 1 (block 1 has no expand) + 2×5; last conv 1; 4 SE × (fc1-ReLU, fc2-Hardsigmoid) 8; the
+      // first head Linear-Hardswish as a Conv 1 => 22 ConvBNAct; 6 projections conv-bn (the
+      // residual Adds have no activation) + the classifier Conv => 7 ConvBN; 4 SE + final pool
+      // over 8×8/2×2 maps => 5 AdaptiveAvgPool.
+      {"mobilenet_v3", {{"ConvBNAct", 22}, {"ConvBN", 7}, {"AdaptiveAvgPool", 5}}},
+      // EfficientNet, 6 MBConv blocks: stem 1 + depthwise 6 + expand 5 + last 1 + 6 SE ×
+      // (fc1-SiLU, fc2-Sigmoid) 12 = 25 ConvBNAct; 6 projections conv-bn + the classifier Conv
+      // = 7 ConvBN; 6 SE pools + final pool over 2×2 = 7.
+      {"efficientnet", {{"ConvBNAct", 25}, {"ConvBN", 7}, {"AdaptiveAvgPool", 7}}},
+      // ConvNeXt, 4 CNBlocks: fc1 -> GELU (LinearAct) and fc2 (Linear) each; convs without BN:
+      // stem patchify 1 + depthwise 7×7 4 + downsampling 2 + classifier 1 = 8 ConvBN;
+      // LayerNorms: stem 1 + blocks 4 + downsampling 2 + head 1 = 8; final pool over 2×2.
       {"convnext",
-       {{{"LinearAct", 4}, {"Linear", 4}, {"LayerNorm", 8}, {"AdaptiveAvgPool", 1}},
-        {{"LinearAct", 4}, {"Linear", 4}, {"LayerNorm", 8}, {"AdaptiveAvgPool", 1}}}},
+       {{"ConvBN", 8}, {"LinearAct", 4}, {"Linear", 4}, {"LayerNorm", 8}, {"AdaptiveAvgPool", 1}}},
       // ViT, 4 layers: in-projection, out-projection and fc2 Linear each (12) + the head = 13;
-      // fc1 -> GELU 4; LayerNorms 2 per layer + final = 9.
-      {"vit",
-       {{{"LinearAct", 4}, {"Linear", 13}, {"LayerNorm", 9}},
-        {{"LinearAct", 4}, {"Linear", 13}, {"LayerNorm", 9}}}},
+      // fc1 -> GELU 4; LayerNorms 2 per layer + final = 9; the patch embedding conv 1 ConvBN.
+      {"vit", {{"ConvBN", 1}, {"LinearAct", 4}, {"Linear", 13}, {"LayerNorm", 9}}},
       // Swin, 6 blocks: qkv, proj, fc2 Linear each (18) + 2 patch-merging reductions = 20;
       // fc1 -> GELU 6; LayerNorms: patch embedding 1 + 2 per block + 2 merging + final = 16;
-      // final pool over 2×2; the head becomes a Conv.
+      // final pool over 2×2; patch embedding conv + the head as a Conv = 2 ConvBN.
       {"swin",
-       {{{"LinearAct", 6}, {"Linear", 20}, {"LayerNorm", 16}, {"AdaptiveAvgPool", 1}},
-        {{"LinearAct", 6}, {"Linear", 20}, {"LayerNorm", 16}, {"AdaptiveAvgPool", 1}}}},
+       {{"ConvBN", 2},
+        {"LinearAct", 6},
+        {"Linear", 20},
+        {"LayerNorm", 16},
+        {"AdaptiveAvgPool", 1}}},
   };
   return counts;
 }
@@ -325,7 +327,6 @@ class FusionBundledModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FusionBundledModel, OutputsUnchangedAndModulesCounted) {
   const std::string name = GetParam();
-  const bool folded = name.ends_with("_folded");
   testing::BundledModel model;
   ASSERT_NO_FATAL_FAILURE(testing::load_bundled_model(name, 4, model));
   const std::string& family = model.family;
@@ -340,8 +341,7 @@ TEST_P(FusionBundledModel, OutputsUnchangedAndModulesCounted) {
     const graph::OpSchema* s = graph::find_schema(n->op_type());
     if (s && s->kind == graph::SchemaKind::kModule) ++modules[n->op_type()];
   }
-  const ModelCounts& expected = expected_counts().at(family);
-  EXPECT_EQ(modules, folded ? expected.folded : expected.bn) << report.to_text();
+  EXPECT_EQ(modules, expected_counts().at(family)) << report.to_text();
 
   testing::expect_same_outputs(*plain, *fused, model.input, report.to_text());
 }
