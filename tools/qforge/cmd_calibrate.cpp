@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,7 @@
 #include "quant/int8.h"
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
+#include "quant/smoothquant.h"
 #include "runtime/compare.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
@@ -46,6 +48,7 @@ struct CalibrateOptions {
   std::string report;
   std::string val;
   bool int8_weights = false;
+  std::optional<double> smoothquant;  // alpha, when --smoothquant is given
 };
 
 // `limit` sample indices spread evenly over `size` (all of them when limit is 0 or larger): an
@@ -122,6 +125,38 @@ nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
+// The SmoothQuant pass: max |x| per channel of every smoothable LayerNorm output over the
+// calibration samples (a partial last batch runs through the model transformed at its size, as
+// in calibration), then the factors folded into `fused`.
+quant::SmoothQuantResult smooth_model(const CalibrateOptions& o, const graph::Graph& model,
+                                      const runtime::TransformOptions& transform,
+                                      graph::Graph& fused, const DataSource& data,
+                                      const std::vector<size_t>& indices) {
+  quant::SmoothQuantSites found = quant::find_smoothquant_sites(fused);
+  quant::SmoothQuantStats stats(fused, found.sites);
+  if (!found.sites.empty()) {
+    io::Progress progress("smoothquant", indices.size(), "img");
+    for_each_batch(data, indices, o.batch, false, progress,
+                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
+                     if (static_cast<int64_t>(count) == o.batch) {
+                       stats.observe_batch(input);
+                       return;
+                     }
+                     runtime::TransformOptions partial_transform = transform;
+                     partial_transform.batch = static_cast<int64_t>(count);
+                     const runtime::TransformResult partial =
+                         runtime::transform_model(model, nullptr, partial_transform);
+                     quant::SmoothQuantStats partial_stats(
+                         *partial.graph, quant::find_smoothquant_sites(*partial.graph).sites);
+                     partial_stats.observe_batch(input);
+                     stats.merge(partial_stats);
+                   });
+  }
+  quant::SmoothQuantOptions options;
+  options.alpha = *o.smoothquant;
+  return quant::apply_smoothquant(fused, stats, options, std::move(found.refused));
+}
+
 int run_calibrate(const CalibrateOptions& o) {
   runtime::set_num_threads(o.threads);
   const auto method = quant::calibrator_from_name(o.method);
@@ -133,6 +168,12 @@ int run_calibrate(const CalibrateOptions& o) {
     char value[32];
     std::snprintf(value, sizeof value, "%g", o.percentile);
     std::string message = "calibrate: --percentile must be in (0, 100], got ";
+    throw_invalid(message.append(value));
+  }
+  if (o.smoothquant && !(*o.smoothquant >= 0 && *o.smoothquant <= 1)) {
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", *o.smoothquant);
+    std::string message = "calibrate: --smoothquant alpha must be in [0, 1], got ";
     throw_invalid(message.append(value));
   }
   // Open the outputs first: an unwritable path fails before any work, and nothing partial is
@@ -155,6 +196,11 @@ int run_calibrate(const CalibrateOptions& o) {
   runtime::TransformOptions transform;
   transform.batch = o.batch;
   runtime::TransformResult transformed = runtime::transform_model(*model, nullptr, transform);
+  // SmoothQuant comes first, so that every range below is taken on the smoothed model.
+  std::optional<quant::SmoothQuantResult> smoothing;
+  if (o.smoothquant) {
+    smoothing = smooth_model(o, *model, transform, *transformed.graph, data, calib_indices);
+  }
   const graph::Graph& fused = *transformed.graph;
   quant::PlacementOptions placement;
   placement.skip = o.skip;
@@ -179,6 +225,7 @@ int run_calibrate(const CalibrateOptions& o) {
                      partial_transform.batch = static_cast<int64_t>(count);
                      const runtime::TransformResult partial =
                          runtime::transform_model(*model, nullptr, partial_transform);
+                     if (smoothing) quant::fold_smoothing(*partial.graph, *smoothing);
                      quant::CalibrationStats partial_stats(
                          *partial.graph, quant::place_qdq(*partial.graph, placement));
                      partial_stats.observe_batch(input);
@@ -251,6 +298,7 @@ int run_calibrate(const CalibrateOptions& o) {
   std::printf("method       %s", method_name);
   if (*method == quant::Calibrator::kPercentile) std::printf(" (%g%%)", o.percentile);
   std::printf("; scale = amax / 127, zero point 0\n");
+  if (smoothing) print_smoothquant(*smoothing);
   std::printf("\nactivation Q/DQ points (%zu); amax by each calibrator, percentile at %g%%\n",
               rows.size(), o.percentile);
   // Names vary in length: figures first so that their columns line up, names last.
@@ -364,6 +412,7 @@ int run_calibrate(const CalibrateOptions& o) {
           {"softmax_pairs", counts.softmax_pairs},
           {"folded_batch_norms", counts.folded_batch_norms}}},
         {"evaluation", evaluation}};
+    if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
     commit_text_file(*report_file, report.dump(2), "report", o.report);
   }
   return 0;
@@ -407,6 +456,14 @@ CommandRunner add_calibrate_command(CLI::App& app) {
                   "evaluate on this image folder or .npy file (default: the calibration data)");
   cmd->add_flag("--int8-weights", opts->int8_weights,
                 "store weights as int8 initializers behind DequantizeLinear");
+  cmd->add_option_function<double>(
+         "--smoothquant", [opts](const double& alpha) { opts->smoothquant = alpha; },
+         "SmoothQuant before calibration with migration strength ALPHA in [0, 1] (0.5 when "
+         "given without a value): every LayerNorm feeding only Linear/MHAInProjection weights "
+         "moves its per-channel range into them; the float model stays equivalent")
+      ->expected(0, 1)
+      ->default_str("0.5")
+      ->type_name("ALPHA");
   return [opts] { return run_calibrate(*opts); };
 }
 

@@ -3,6 +3,9 @@
 
 #include <string>
 
+#include <nlohmann/json.hpp>
+
+#include "quant/smoothquant.h"
 #include "tools/io/atomic_file.h"
 
 namespace qforge::cli {
@@ -14,5 +17,11 @@ void print_indented(const std::string& text);
 // the label in the console's 12-column heading field.
 void commit_text_file(io::AtomicFile& file, const std::string& text, const char* label,
                       const std::string& path);
+
+// The SmoothQuant lines of `qforge calibrate`: alpha, the factor range, one line per smoothed
+// LayerNorm and one per LayerNorm left as it was, with the reason.
+void print_smoothquant(const quant::SmoothQuantResult& result);
+// The same as a JSON object.
+nlohmann::json smoothquant_json(const quant::SmoothQuantResult& result);
 
 }  // namespace qforge::cli
