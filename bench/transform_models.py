@@ -3,7 +3,8 @@
 equivalent to the original (max |d| <= 1e-5 * max(1, max |ref|) on the fixed benchmark input),
 printing the module counts. Expected counts for the attention models are checked:
 vit_b_16 has 12 encoder layers (12 MHAInProjection, 12 SDPA); swin_t has depths 2+2+6+2 = 12
-window-attention blocks (12 SwinAttention).
+window-attention blocks, each SwinWindowPartition -> MHAInProjection -> SwinAttention -> Linear ->
+SwinWindowReverse (12 of each window module).
 
     bench/transform_models.py [--qforge build/tools/qforge] [--models resnet50,vit_b_16]
 """
@@ -19,7 +20,8 @@ CACHE = os.path.join(ROOT, "bench", ".cache")
 MODELS = ["resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "vit_b_16", "swin_t"]
 EXPECTED = {
     "vit_b_16": {"MHAInProjection": 12, "SDPA": 12},
-    "swin_t": {"SwinAttention": 12},
+    "swin_t": {"SwinWindowPartition": 12, "MHAInProjection": 12, "SwinAttention": 12,
+               "SwinWindowReverse": 12},
 }
 
 

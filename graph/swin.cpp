@@ -121,6 +121,104 @@ void lower_swin_attention(Graph& g, Node& node) {
   replace_output(g, node, out);
 }
 
+// Window attributes shared by SwinWindowPartition and SwinWindowReverse: each a pair (rows,
+// columns).
+struct WindowAttrs {
+  std::vector<int64_t> window;
+  std::vector<int64_t> shift;
+  std::vector<int64_t> padding;
+};
+
+WindowAttrs window_attrs(const Node& n) {
+  return {n.attr_ints("window_size"), n.attr_ints("shift", {0, 0}), n.attr_ints("padding", {0, 0})};
+}
+
+// A cyclic roll along `axis` as torch.onnx writes torch.roll: Concat(Slice(x, k:), Slice(x, :k)),
+// emitted only when k is not 0. Row i of the result is row (i + k) mod n of x.
+Value* emit_roll(Graph& g, Node& node, const std::string& stem, Value* x, int64_t axis, int64_t k) {
+  const Shape& xs = x->known_shape();
+  const int64_t n = xs[static_cast<size_t>(axis)];
+  if (k == 0) return x;
+  Shape head = xs, tail = xs;
+  head[static_cast<size_t>(axis)] = n - k;
+  tail[static_cast<size_t>(axis)] = k;
+  Value* axes = int_constant_value(g, name_with(stem, "_axes"), {axis});
+  Value* first = emit(g, &node, name_with(stem, "_Slice"), "Slice",
+                      {x, int_constant_value(g, name_with(stem, "_head_starts"), {k}),
+                       int_constant_value(g, name_with(stem, "_head_ends"), {n}), axes},
+                      head);
+  Value* second = emit(g, &node, name_with(stem, "_Slice_1"), "Slice",
+                       {x, int_constant_value(g, name_with(stem, "_tail_starts"), {0}),
+                        int_constant_value(g, name_with(stem, "_tail_ends"), {k}), axes},
+                       tail);
+  return emit(g, &node, name_with(stem, "_Concat"), "Concat", {first, second}, xs,
+              {{"axis", axis}});
+}
+
+// SwinWindowPartition(x [B, H, W, C]) → [Pad] → [roll rows] → [roll columns] → Reshape
+// [B, nWh, wh, nWw, ww, C] → Transpose(0, 1, 3, 2, 4, 5) → Reshape [B·nW, wh·ww, C].
+void lower_swin_window_partition(Graph& g, Node& node) {
+  const std::string& stem = node.name();
+  const WindowAttrs a = window_attrs(node);
+  Value* cur = node.input(0);
+  const Shape& xs = cur->known_shape();
+  const int64_t b = xs[0], hp = xs[1] + a.padding[0], wp = xs[2] + a.padding[1], c = xs[3];
+  if (a.padding[0] != 0 || a.padding[1] != 0) {
+    Value* pads = int_constant_value(g, name_with(stem, "/pads"),
+                                     {0, 0, 0, 0, 0, a.padding[0], a.padding[1], 0});
+    cur = emit(g, &node, name_with(stem, "/Pad"), "Pad", {cur, pads}, {b, hp, wp, c},
+               {{"mode", std::string("constant")}});
+  }
+  cur = emit_roll(g, node, name_with(stem, "/roll_rows"), cur, 1, a.shift[0]);
+  cur = emit_roll(g, node, name_with(stem, "/roll_columns"), cur, 2, a.shift[1]);
+  const int64_t wh = a.window[0], ww = a.window[1];
+  const Shape grid = {b, hp / wh, wh, wp / ww, ww, c};
+  cur = emit(g, &node, name_with(stem, "/Reshape"), "Reshape",
+             {cur, int_constant_value(g, name_with(stem, "/grid_shape"), grid)}, grid);
+  const Shape windows = {b, hp / wh, wp / ww, wh, ww, c};
+  cur = emit(g, &node, name_with(stem, "/Transpose"), "Transpose", {cur}, windows,
+             {{"perm", std::vector<int64_t>{0, 1, 3, 2, 4, 5}}});
+  const Shape& out_shape = node.output(0)->known_shape();
+  Value* out =
+      emit(g, &node, name_with(stem, "/Reshape_1"), "Reshape",
+           {cur, int_constant_value(g, name_with(stem, "/windows_shape"), out_shape)}, out_shape);
+  replace_output(g, node, out);
+}
+
+// SwinWindowReverse(x [B·nW, wh·ww, C]) → Reshape [B, nWh, nWw, wh, ww, C] →
+// Transpose(0, 1, 3, 2, 4, 5) → Reshape [B, Hp, Wp, C] → [roll rows] → [roll columns] →
+// [Slice to [B, H, W, C]].
+void lower_swin_window_reverse(Graph& g, Node& node) {
+  const std::string& stem = node.name();
+  const WindowAttrs a = window_attrs(node);
+  const std::vector<int64_t> image = node.attr_ints("image_size");
+  const Shape& xs = node.input(0)->known_shape();
+  const int64_t c = xs[2], wh = a.window[0], ww = a.window[1];
+  const int64_t hp = image[0] + a.padding[0], wp = image[1] + a.padding[1];
+  const int64_t b = xs[0] / ((hp / wh) * (wp / ww));
+  const Shape windows = {b, hp / wh, wp / ww, wh, ww, c};
+  Value* cur = emit(
+      g, &node, name_with(stem, "/Reshape"), "Reshape",
+      {node.input(0), int_constant_value(g, name_with(stem, "/windows_shape"), windows)}, windows);
+  const Shape grid = {b, hp / wh, wh, wp / ww, ww, c};
+  cur = emit(g, &node, name_with(stem, "/Transpose"), "Transpose", {cur}, grid,
+             {{"perm", std::vector<int64_t>{0, 1, 3, 2, 4, 5}}});
+  const Shape padded = {b, hp, wp, c};
+  cur = emit(g, &node, name_with(stem, "/Reshape_1"), "Reshape",
+             {cur, int_constant_value(g, name_with(stem, "/image_shape"), padded)}, padded);
+  // Rolling by +s is rolling by -(n - s).
+  cur = emit_roll(g, node, name_with(stem, "/roll_rows"), cur, 1, (hp - a.shift[0]) % hp);
+  cur = emit_roll(g, node, name_with(stem, "/roll_columns"), cur, 2, (wp - a.shift[1]) % wp);
+  if (a.padding[0] != 0 || a.padding[1] != 0) {
+    cur = emit(g, &node, name_with(stem, "/Crop"), "Slice",
+               {cur, int_constant_value(g, name_with(stem, "/crop_starts"), {0, 0}),
+                int_constant_value(g, name_with(stem, "/crop_ends"), {image[0], image[1]}),
+                int_constant_value(g, name_with(stem, "/crop_axes"), {1, 2})},
+               {b, image[0], image[1], c});
+  }
+  replace_output(g, node, cur);
+}
+
 constexpr std::array kSwinSchemas = {
     // SwinAttention(Q, K, V [N, H, S, D], bias [1, H, S, S], window_mask [1, nW, 1, S, S]?) ->
     // [N, H, S, Dv] with N = B·nW windows; attributes scale, num_windows (1 without a mask),
@@ -137,6 +235,36 @@ constexpr std::array kSwinSchemas = {
              0,
              lower_swin_attention,
              "softmax(scale·Q·Kᵀ + bias[h] + mask[window])·V per window and head"},
+    // SwinWindowPartition(x [B, H, W, C]) -> [B·nW, wh·ww, C]: pad at the bottom and right by
+    // `padding`, roll by -`shift`, cut into `window_size` windows (row-major). Attributes are
+    // (rows, columns) pairs; shifts lie in [0, padded size). Data movement only: nothing to
+    // quantize.
+    OpSchema{"SwinWindowPartition",
+             1,
+             1,
+             1,
+             1,
+             13,
+             SchemaKind::kModule,
+             {-1, -1, -1, -1},
+             -1,
+             0,
+             lower_swin_window_partition,
+             "pad, cyclic shift by -shift and window partition of an [B, H, W, C] map"},
+    // SwinWindowReverse(x [B·nW, wh·ww, C]) -> [B, H, W, C] with (H, W) = image_size: the exact
+    // inverse of SwinWindowPartition with the same window_size, shift and padding.
+    OpSchema{"SwinWindowReverse",
+             1,
+             1,
+             1,
+             1,
+             13,
+             SchemaKind::kModule,
+             {-1, -1, -1, -1},
+             -1,
+             0,
+             lower_swin_window_reverse,
+             "window reverse, cyclic shift by +shift and crop of the padding"},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -412,11 +540,386 @@ Pattern compose_swin_in_projection_pattern() {
   return p;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Window partition and reverse: each chain becomes one module in steps, the bare
+// Reshape/Transpose/Reshape first, then the ops next to it folded into its attributes one per
+// round (conversions run to a fixed point): on the partition side the rolls, then the pad; on the
+// reverse side the rolls, then the crop slices. Every intermediate module computes exactly what
+// the ops it replaced computed.
+
+std::vector<int64_t> int_values(const Value* v) {
+  if (!v || !v->is_constant()) return {};
+  const Tensor& t = v->constant();
+  std::vector<int64_t> out;
+  if (t.dtype() == DType::kInt64) {
+    out.assign(t.data<int64_t>(), t.data<int64_t>() + t.numel());
+  } else if (t.dtype() == DType::kInt32) {
+    out.assign(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+  }
+  return out;
+}
+
+bool ranks_are(const Node& n, size_t in_rank, size_t out_rank) {
+  const Value* in = n.input(0);
+  const Value* out = n.output(0);
+  return in && in->has_shape() && in->shape()->size() == in_rank && out->has_shape() &&
+         out->shape()->size() == out_rank;
+}
+
+bool window_perm(const Node& n) {
+  return has_perm(n, {0, 1, 3, 2, 4, 5});
+}
+
+// A step-1 Slice of one spatial range: [begin, end) along `axis` of its input, clamped as ONNX
+// clamps (negative bounds count from the end).
+struct SliceRange {
+  int64_t axis = 0;
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size = 0;  // the input's size along axis
+};
+
+std::optional<SliceRange> slice_range(const Node& s) {
+  if (s.op_type() != "Slice" || s.num_inputs() < 3 || !s.input(0)->has_shape()) {
+    return std::nullopt;
+  }
+  const Shape& xs = *s.input(0)->shape();
+  const auto starts = int_values(s.input(1));
+  const auto ends = int_values(s.input(2));
+  const auto axes = s.input(3) ? int_values(s.input(3)) : std::vector<int64_t>{0};
+  const auto steps = s.input(4) ? int_values(s.input(4)) : std::vector<int64_t>{1};
+  if (starts.size() != 1 || ends.size() != 1 || axes.size() != 1 ||
+      steps != std::vector<int64_t>{1}) {
+    return std::nullopt;
+  }
+  const auto rank = static_cast<int64_t>(xs.size());
+  const int64_t axis = axes[0] < 0 ? axes[0] + rank : axes[0];
+  if (axis < 0 || axis >= rank) return std::nullopt;
+  const int64_t n = xs[static_cast<size_t>(axis)];
+  auto clamp = [n](int64_t i) { return std::clamp<int64_t>(i < 0 ? i + n : i, 0, n); };
+  return SliceRange{axis, clamp(starts[0]), clamp(ends[0]), n};
+}
+
+// Concat(Slice(x, k:), Slice(x, :k)) along one axis: row i of the result is row (i + k) mod n of
+// x, i.e. torch.roll(x, -k).
+struct Roll {
+  Value* source = nullptr;
+  int64_t axis = 0;
+  int64_t k = 0;
+  int64_t size = 0;
+};
+
+std::optional<Roll> roll_of(const Node& concat) {
+  if (concat.op_type() != "Concat" || concat.num_inputs() != 2) return std::nullopt;
+  const Node* head = concat.input(0)->producer();
+  const Node* tail = concat.input(1)->producer();
+  if (!head || !tail || head->input(0) != tail->input(0)) return std::nullopt;
+  const auto h = slice_range(*head);
+  const auto t = slice_range(*tail);
+  if (!h || !t || h->axis != t->axis) return std::nullopt;
+  const auto rank = static_cast<int64_t>(head->input(0)->shape()->size());
+  int64_t axis = concat.attr_int("axis");
+  if (axis < 0) axis += rank;
+  if (axis != h->axis || h->end != h->size || t->begin != 0 || t->end != h->begin) {
+    return std::nullopt;
+  }
+  return Roll{head->input(0), axis, h->begin % h->size, h->size};
+}
+
+bool two_inputs(const Node& n) {
+  return n.num_inputs() == 2;
+}
+
+// ComposeSwinWindowPartition
+// 3 nodes. 0=Reshape [B, Hp, Wp, C] -> [B, nWh, wh, nWw, ww, C], 1=Transpose(0, 1, 3, 2, 4, 5),
+// 2=Reshape [B·nWh·nWw, wh·ww, C].
+Pattern compose_swin_window_partition_pattern() {
+  Pattern p;
+  p.name = "ComposeSwinWindowPartition";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Reshape [B, nWh, wh, nWw, ww, C] -> Transpose(0, 1, 3, 2, 4, 5) -> Reshape";
+  p.trunk = {one("grid", {"Reshape"}, [](const Node& n) { return ranks_are(n, 4, 6); }),
+             one("swap", {"Transpose"}, window_perm),
+             one("windows", {"Reshape"}, [](const Node& n) { return ranks_are(n, 6, 3); })};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& grid = *m.node(g, "grid");
+    const Shape& xs = *grid.input(0)->shape();
+    const Shape& gs = *grid.output(0)->shape();
+    if (gs[0] != xs[0] || gs[1] * gs[2] != xs[1] || gs[3] * gs[4] != xs[2] || gs[5] != xs[3]) {
+      return "Swin window partition at " + grid.label() + ": " + shape_str(xs) + " -> " +
+             shape_str(gs) + " is not [B, Hp, Wp, C] -> [B, Hp/wh, wh, Wp/ww, ww, C]";
+    }
+    const Node& windows = *m.node(g, "windows");
+    const Shape expected = {gs[0] * gs[1] * gs[3], gs[2] * gs[4], gs[5]};
+    if (*windows.output(0)->shape() != expected) {
+      return "Swin window partition at " + windows.label() + ": " +
+             shape_str(*windows.output(0)->shape()) + " is not " + shape_str(expected);
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* grid = m.node(g, "grid");
+    Node* swap = m.node(g, "swap");
+    Node* windows = m.node(g, "windows");
+    const Shape& gs = *grid->output(0)->shape();
+    Node* part = g.insert_node(
+        {.name = g.unique_node_name(name_with(grid->name(), "/SwinWindowPartition")),
+         .op_type = "SwinWindowPartition",
+         .inputs = {grid->input(0)},
+         .output_names = {g.unique_value_name(name_with(grid->name(), "/SwinWindowPartition"))},
+         .attributes = {{"window_size", std::vector<int64_t>{gs[2], gs[4]}},
+                        {"shift", std::vector<int64_t>{0, 0}},
+                        {"padding", std::vector<int64_t>{0, 0}}},
+         .domain = "qforge"},
+        grid);
+    part->output(0)->set_type(DType::kFloat32, *windows->output(0)->shape());
+    replace_output(g, *windows, part->output(0));
+    g.remove_node(swap);
+    g.remove_node(grid);
+  };
+  return p;
+}
+
+// SwinPartitionAbsorbRoll
+// 4 nodes. 0=Slice(x, k:), 1=Slice(x, :k), 2=Concat (torch.roll(x, -k) along H or W),
+// 3=SwinWindowPartition without padding.
+Pattern swin_partition_absorb_roll_pattern() {
+  Pattern p;
+  p.name = "SwinPartitionAbsorbRoll";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Slice(x, k:) + Slice(x, :k) -> Concat -> SwinWindowPartition";
+  Fork fork;
+  fork.node = one("roll", {"Concat"}, two_inputs);
+  fork.branches = {Branch{.input = 0, .chain = {one("head", {"Slice"})}},
+                   Branch{.input = 1, .chain = {one("tail", {"Slice"})}}};
+  fork.shared_sources = {{0, 1}};
+  p.fork = std::move(fork);
+  p.trunk = {one("partition", {"SwinWindowPartition"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& roll = *m.node(g, "roll");
+    const Node& part = *m.node(g, "partition");
+    const auto r = roll_of(roll);
+    if (!r || (r->axis != 1 && r->axis != 2)) {
+      return "Swin window partition at " + part.label() + ": " + roll.label() +
+             " is not a roll Concat(Slice(x, k:), Slice(x, :k)) along H or W";
+    }
+    const WindowAttrs a = window_attrs(part);
+    if (a.padding != std::vector<int64_t>{0, 0}) {
+      return "Swin window partition at " + part.label() + ": " + roll.label() +
+             " rolls before the padding " + shape_str(a.padding) +
+             " (torchvision pads, then rolls)";
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* roll = m.node(g, "roll");
+    Node* part = m.node(g, "partition");
+    const Roll r = *roll_of(*roll);
+    std::vector<int64_t> shift = window_attrs(*part).shift;
+    auto& s = shift[static_cast<size_t>(r.axis - 1)];
+    s = (s + r.k) % r.size;
+    g.set_input(part, 0, r.source);
+    part->set_attr("shift", shift);
+    g.remove_node(roll);
+    g.remove_node(m.node(g, "head"));
+    g.remove_node(m.node(g, "tail"));
+  };
+  return p;
+}
+
+// SwinPartitionAbsorbPad
+// 2 nodes. 0=Pad(constant 0, bottom and right of H and W only), 1=SwinWindowPartition without
+// padding.
+Pattern swin_partition_absorb_pad_pattern() {
+  Pattern p;
+  p.name = "SwinPartitionAbsorbPad";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Pad -> SwinWindowPartition";
+  p.trunk = {one("pad", {"Pad"}), one("partition", {"SwinWindowPartition"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& pad = *m.node(g, "pad");
+    const Node& part = *m.node(g, "partition");
+    const std::string where = "Swin window partition at " + part.label() + ": " + pad.label();
+    if (pad.attr_string("mode", "constant") != "constant") return where + ": mode is not constant";
+    if (pad.input(2)) {
+      const auto fill = scalar_constant(pad.input(2));
+      if (fill != 0.0f) return where + ": the fill value is not a constant 0";
+    }
+    if (pad.input(3)) return where + ": explicit pad axes are not supported";
+    const std::vector<int64_t> pads = int_values(pad.input(1));
+    if (pads.size() != 8 || pads[0] != 0 || pads[1] != 0 || pads[2] != 0 || pads[3] != 0 ||
+        pads[4] != 0 || pads[5] < 0 || pads[6] < 0 || pads[7] != 0) {
+      return where + ": pads " + shape_str(pads) +
+             " are not [0, 0, 0, 0, 0, bottom, right, 0] (constant, non-negative)";
+    }
+    const WindowAttrs a = window_attrs(part);
+    if (a.padding != std::vector<int64_t>{0, 0}) {
+      return where + ": the partition already pads by " + shape_str(a.padding);
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* pad = m.node(g, "pad");
+    Node* part = m.node(g, "partition");
+    const std::vector<int64_t> pads = int_values(pad->input(1));
+    g.set_input(part, 0, pad->input(0));
+    part->set_attr("padding", std::vector<int64_t>{pads[5], pads[6]});
+    g.remove_node(pad);
+  };
+  return p;
+}
+
+// ComposeSwinWindowReverse
+// 3 nodes. 0=Reshape [B·nWh·nWw, wh·ww, C] -> [B, nWh, nWw, wh, ww, C],
+// 1=Transpose(0, 1, 3, 2, 4, 5), 2=Reshape [B, nWh·wh, nWw·ww, C].
+Pattern compose_swin_window_reverse_pattern() {
+  Pattern p;
+  p.name = "ComposeSwinWindowReverse";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Reshape [B, nWh, nWw, wh, ww, C] -> Transpose(0, 1, 3, 2, 4, 5) -> Reshape";
+  p.trunk = {one("windows", {"Reshape"}, [](const Node& n) { return ranks_are(n, 3, 6); }),
+             one("swap", {"Transpose"}, window_perm),
+             one("image", {"Reshape"}, [](const Node& n) { return ranks_are(n, 6, 4); })};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& windows = *m.node(g, "windows");
+    const Shape& xs = *windows.input(0)->shape();
+    const Shape& ws = *windows.output(0)->shape();
+    if (ws[0] * ws[1] * ws[2] != xs[0] || ws[3] * ws[4] != xs[1] || ws[5] != xs[2]) {
+      return "Swin window reverse at " + windows.label() + ": " + shape_str(xs) + " -> " +
+             shape_str(ws) + " is not [B·nW, wh·ww, C] -> [B, nWh, nWw, wh, ww, C]";
+    }
+    const Node& image = *m.node(g, "image");
+    const Shape expected = {ws[0], ws[1] * ws[3], ws[2] * ws[4], ws[5]};
+    if (*image.output(0)->shape() != expected) {
+      return "Swin window reverse at " + image.label() + ": " +
+             shape_str(*image.output(0)->shape()) + " is not " + shape_str(expected);
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* windows = m.node(g, "windows");
+    Node* swap = m.node(g, "swap");
+    Node* image = m.node(g, "image");
+    const Shape& ws = *windows->output(0)->shape();
+    const Shape& is = *image->output(0)->shape();
+    Node* rev = g.insert_node(
+        {.name = g.unique_node_name(name_with(windows->name(), "/SwinWindowReverse")),
+         .op_type = "SwinWindowReverse",
+         .inputs = {windows->input(0)},
+         .output_names = {g.unique_value_name(name_with(windows->name(), "/SwinWindowReverse"))},
+         .attributes = {{"window_size", std::vector<int64_t>{ws[3], ws[4]}},
+                        {"shift", std::vector<int64_t>{0, 0}},
+                        {"padding", std::vector<int64_t>{0, 0}},
+                        {"image_size", std::vector<int64_t>{is[1], is[2]}}},
+         .domain = "qforge"},
+        windows);
+    rev->output(0)->set_type(DType::kFloat32, is);
+    replace_output(g, *image, rev->output(0));
+    g.remove_node(swap);
+    g.remove_node(windows);
+  };
+  return p;
+}
+
+// The SwinWindowReverse whose output a roll Concat's slices read, and nothing else reads.
+bool after_window_reverse(const Node& concat) {
+  if (concat.num_inputs() != 2 || !concat.input(0)->producer()) return false;
+  const Value* source = concat.input(0)->producer()->input(0);
+  return source && source->producer() && source->producer()->op_type() == "SwinWindowReverse";
+}
+
+// SwinReverseAbsorbRoll
+// 3 nodes (and the SwinWindowReverse they read). 0=Slice(x, k:), 1=Slice(x, :k), 2=Concat
+// (torch.roll(x, -k) along H or W) with x = SwinWindowReverse without a crop.
+Pattern swin_reverse_absorb_roll_pattern() {
+  Pattern p;
+  p.name = "SwinReverseAbsorbRoll";
+  p.kind = PatternKind::kConversion;
+  p.topology = "SwinWindowReverse -> Slice(x, k:) + Slice(x, :k) -> Concat";
+  Fork fork;
+  fork.node = one("roll", {"Concat"}, after_window_reverse);
+  fork.branches = {Branch{.input = 0, .chain = {one("head", {"Slice"})}},
+                   Branch{.input = 1, .chain = {one("tail", {"Slice"})}}};
+  fork.shared_sources = {{0, 1}};
+  p.fork = std::move(fork);
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& roll = *m.node(g, "roll");
+    const Value* source = m.node(g, "head")->input(0);
+    const Node& rev = *source->producer();
+    const std::string where = "Swin window reverse at " + rev.label() + ": " + roll.label();
+    const auto r = roll_of(roll);
+    if (!r || (r->axis != 1 && r->axis != 2)) {
+      return where + " is not a roll Concat(Slice(x, k:), Slice(x, :k)) along H or W";
+    }
+    if (source->is_graph_output() || source->consumers().size() != 2) {
+      return where + ": the unrolled windows are read elsewhere too";
+    }
+    const WindowAttrs a = window_attrs(rev);
+    if (a.padding != std::vector<int64_t>{0, 0}) {
+      return where + " rolls after the crop " + shape_str(a.padding) +
+             " (torchvision rolls, then crops)";
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* roll = m.node(g, "roll");
+    Node* head = m.node(g, "head");
+    Node* tail = m.node(g, "tail");
+    Node* rev = head->input(0)->producer();
+    const Roll r = *roll_of(*roll);
+    std::vector<int64_t> shift = window_attrs(*rev).shift;
+    auto& s = shift[static_cast<size_t>(r.axis - 1)];
+    s = (s - r.k + r.size) % r.size;
+    rev->set_attr("shift", shift);
+    replace_output(g, *roll, rev->output(0));
+    g.remove_node(head);
+    g.remove_node(tail);
+  };
+  return p;
+}
+
+// SwinReverseAbsorbCrop
+// 2 nodes. 0=SwinWindowReverse, 1=Slice(x, 0:e) along H or W.
+Pattern swin_reverse_absorb_crop_pattern() {
+  Pattern p;
+  p.name = "SwinReverseAbsorbCrop";
+  p.kind = PatternKind::kConversion;
+  p.topology = "SwinWindowReverse -> Slice(0:e) along H or W";
+  p.trunk = {one("reverse", {"SwinWindowReverse"}), one("crop", {"Slice"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& crop = *m.node(g, "crop");
+    const auto r = slice_range(crop);
+    if (!r || (r->axis != 1 && r->axis != 2) || r->begin != 0 || r->end < 1) {
+      return "Swin window reverse at " + m.node(g, "reverse")->label() + ": " + crop.label() +
+             " is not a crop Slice(0:e) of one spatial axis";
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* rev = m.node(g, "reverse");
+    Node* crop = m.node(g, "crop");
+    const SliceRange r = *slice_range(*crop);
+    const auto i = static_cast<size_t>(r.axis - 1);
+    std::vector<int64_t> image = rev->attr_ints("image_size");
+    std::vector<int64_t> padding = window_attrs(*rev).padding;
+    padding[i] += image[i] - r.end;
+    image[i] = r.end;
+    rev->set_attr("image_size", image);
+    rev->set_attr("padding", padding);
+    rev->output(0)->set_type(DType::kFloat32, *crop->output(0)->shape());
+    replace_output(g, *crop, rev->output(0));
+  };
+  return p;
+}
+
 }  // namespace
 
 std::vector<Pattern> swin_conversion_patterns() {
-  return {compose_swin_in_projection_pattern(), compose_swin_attention_pattern(),
-          swin_attention_from_sdpa_pattern()};
+  return {compose_swin_in_projection_pattern(),  compose_swin_attention_pattern(),
+          swin_attention_from_sdpa_pattern(),    compose_swin_window_partition_pattern(),
+          swin_partition_absorb_roll_pattern(),  swin_partition_absorb_pad_pattern(),
+          compose_swin_window_reverse_pattern(), swin_reverse_absorb_roll_pattern(),
+          swin_reverse_absorb_crop_pattern()};
 }
 
 std::span<const OpSchema> swin_module_schemas() {

@@ -21,7 +21,7 @@ void register_quantize_ops(OpRegistry& registry);
 void register_fusion_module_ops(OpRegistry& registry);
 // Attention modules (graph/attention.h): MHAInProjection, SDPA, SwinAttention, …
 void register_attention_module_ops(OpRegistry& registry);
-// Swin modules (graph/swin.h): SwinAttention.
+// Swin modules (graph/swin.h): SwinAttention, SwinWindowPartition, SwinWindowReverse.
 void register_swin_ops(OpRegistry& registry);
 // ActAdd (graph/fusions_extra.h).
 void register_act_add_ops(OpRegistry& registry);

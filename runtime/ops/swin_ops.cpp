@@ -1,12 +1,16 @@
-// Runtime forward of SwinAttention (graph/swin.h) on the SDPA kernel (kernels/attention.h). The
-// bias [H, S, S] and the window mask [nW, S, S] are summed once per run into one [nW, H, S, S]
-// table that the kernel reads with stride 0 over the images; without a mask the bias is read
-// directly.
+// Runtime forward of the Swin modules (graph/swin.h). SwinAttention runs on the SDPA kernel
+// (kernels/attention.h): the bias [H, S, S] and the window mask [nW, S, S] are summed once per
+// run into one [nW, H, S, S] table that the kernel reads with stride 0 over the images; without a
+// mask the bias is read directly. SwinWindowPartition and SwinWindowReverse are row gathers
+// (kernels/swin_window.h).
 #include <algorithm>
+#include <tuple>
+#include <utility>
 
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
 #include "kernels/parallel.h"
+#include "kernels/swin_window.h"
 #include "runtime/ops/ops.h"
 
 namespace qforge::runtime::ops {
@@ -137,10 +141,105 @@ std::unique_ptr<OpKernel> create_swin(const Node& node, std::span<const InputInf
   return std::make_unique<SwinAttentionKernel>(setup_swin(node, inputs));
 }
 
+// ---------------------------------------------------------------------------------------------
+// SwinWindowPartition, SwinWindowReverse
+
+// A (rows, columns) attribute pair.
+std::pair<int64_t, int64_t> pair_attr(const Node& node, const char* name, int64_t fallback) {
+  const std::vector<int64_t> v = node.attr_ints(name, {fallback, fallback});
+  if (v.size() != 2) {
+    fail_node(node, std::string(name) + " of 2 values (rows, columns)",
+              std::to_string(v.size()) + " values");
+  }
+  return {v[0], v[1]};
+}
+
+// The geometry of a window module whose image (unpadded) is [batch, height, width, channels].
+kernels::SwinWindowGeometry window_geometry(const Node& node, int64_t batch, int64_t height,
+                                            int64_t width, int64_t channels) {
+  kernels::SwinWindowGeometry geo;
+  geo.batch = batch;
+  geo.height = height;
+  geo.width = width;
+  geo.channels = channels;
+  std::tie(geo.window_h, geo.window_w) = pair_attr(node, "window_size", 0);
+  std::tie(geo.shift_h, geo.shift_w) = pair_attr(node, "shift", 0);
+  std::tie(geo.pad_h, geo.pad_w) = pair_attr(node, "padding", 0);
+  try {
+    kernels::check_swin_window_geometry(geo);
+  } catch (const Error& e) {
+    fail_node(node, "a consistent window geometry", e.what());
+  }
+  return geo;
+}
+
+kernels::SwinWindowGeometry partition_geometry(const Node& node,
+                                               std::span<const InputInfo> inputs) {
+  const Shape& x = float_shape(node, inputs, 0, "image");
+  if (x.size() != 4) fail_node(node, "an image [B, H, W, C]", shape_str(x));
+  return window_geometry(node, x[0], x[1], x[2], x[3]);
+}
+
+kernels::SwinWindowGeometry reverse_geometry(const Node& node, std::span<const InputInfo> inputs) {
+  const Shape& x = float_shape(node, inputs, 0, "windows");
+  const auto [h, w] = pair_attr(node, "image_size", 0);
+  if (x.size() != 3) fail_node(node, "windows [B·nW, wh·ww, C]", shape_str(x));
+  kernels::SwinWindowGeometry geo = window_geometry(node, 1, h, w, x[2]);
+  const int64_t windows = geo.windows_per_image();
+  if (x[1] != geo.window_h * geo.window_w || x[0] % windows != 0) {
+    fail_node(node,
+              "windows [B·" + std::to_string(windows) + ", " +
+                  std::to_string(geo.window_h * geo.window_w) + ", C]",
+              shape_str(x));
+  }
+  geo.batch = x[0] / windows;
+  return geo;
+}
+
+class SwinWindowKernel final : public OpKernel {
+ public:
+  SwinWindowKernel(kernels::SwinWindowGeometry geo, bool reverse) : geo_(geo), reverse_(reverse) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    if (reverse_) {
+      kernels::swin_window_reverse(geo_, inputs[0].data<float>(), outputs[0].data<float>());
+    } else {
+      kernels::swin_window_partition(geo_, inputs[0].data<float>(), outputs[0].data<float>());
+    }
+  }
+
+ private:
+  kernels::SwinWindowGeometry geo_;
+  bool reverse_;
+};
+
+std::vector<TensorInfo> infer_partition(const Node& node, std::span<const InputInfo> inputs) {
+  const kernels::SwinWindowGeometry g = partition_geometry(node, inputs);
+  return {TensorInfo{DType::kFloat32,
+                     {g.batch * g.windows_per_image(), g.window_h * g.window_w, g.channels}}};
+}
+
+std::unique_ptr<OpKernel> create_partition(const Node& node, std::span<const InputInfo> inputs,
+                                           std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<SwinWindowKernel>(partition_geometry(node, inputs), false);
+}
+
+std::vector<TensorInfo> infer_reverse(const Node& node, std::span<const InputInfo> inputs) {
+  const kernels::SwinWindowGeometry g = reverse_geometry(node, inputs);
+  return {TensorInfo{DType::kFloat32, {g.batch, g.height, g.width, g.channels}}};
+}
+
+std::unique_ptr<OpKernel> create_reverse(const Node& node, std::span<const InputInfo> inputs,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<SwinWindowKernel>(reverse_geometry(node, inputs), true);
+}
+
 }  // namespace
 
 void register_swin_ops(OpRegistry& registry) {
   registry.add({"SwinAttention", infer_swin, create_swin});
+  registry.add({"SwinWindowPartition", infer_partition, create_partition});
+  registry.add({"SwinWindowReverse", infer_reverse, create_reverse});
 }
 
 }  // namespace qforge::runtime::ops

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,25 @@ TEST(TransformPipeline, RandomSampleIsSeeded) {
   auto sa = a[0].span<float>(), sb = b[0].span<float>(), sc = c[0].span<float>();
   EXPECT_TRUE(std::equal(sa.begin(), sa.end(), sb.begin()));
   EXPECT_FALSE(std::equal(sa.begin(), sa.end(), sc.begin()));
+}
+
+// The bundled Swin (data/generate/models.py: depths [2, 2, 2], 3×3 windows) has 6 blocks, each
+// one window attention: SwinWindowPartition → MHAInProjection → SwinAttention → Linear (the out
+// projection) → SwinWindowReverse, so 6 of each of the four window modules, whatever the form.
+TEST(TransformPipeline, SwinBlocksBecomeWindowModules) {
+  constexpr size_t kSwinBlocks = 2 + 2 + 2;
+  for (const char* form : {"swin_bn", "swin_folded"}) {
+    auto model = graph::load_onnx(data_path(std::string("models/") + form + ".onnx"));
+    runtime::TransformOptions options;
+    options.batch = 2;
+    runtime::TransformResult r = runtime::transform_model(*model, nullptr, options);
+    const std::map<std::string, size_t> modules = runtime::count_modules(*r.graph);
+    for (const char* op :
+         {"SwinWindowPartition", "MHAInProjection", "SwinAttention", "SwinWindowReverse"}) {
+      const auto it = modules.find(op);
+      EXPECT_EQ(it == modules.end() ? 0u : it->second, kSwinBlocks) << form << ": " << op;
+    }
+  }
 }
 
 class TransformPipelineModel : public ::testing::TestWithParam<std::string> {};
