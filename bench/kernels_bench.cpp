@@ -1,10 +1,13 @@
-// Micro benchmarks of the kernels that dominate MobileNetV3, EfficientNet, ConvNeXt and ViT at
-// batch 8: depthwise convolution, GEMM row blocking, LayerNorm and GELU's Erf. Threads follow
-// the process setting (runtime/threads.h); run with --benchmark_filter to pick one.
+// Micro benchmarks of the kernels that dominate ResNet, MobileNetV3, EfficientNet, ConvNeXt and
+// ViT at batch 8: dense and depthwise convolution, the packed GEMM's micro-kernel, GEMM row
+// blocking, LayerNorm and GELU's Erf. Threads follow the process setting (runtime/threads.h);
+// run with --benchmark_filter to pick one.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -12,6 +15,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "kernels/packed_gemm.h"
 #include "runtime/threads.h"
 
 namespace {
@@ -26,9 +30,11 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
   return v;
 }
 
-// Threads for every benchmark: the 2 cores the end-to-end comparisons use.
+// Threads for every benchmark: the 2 cores the end-to-end comparisons use, or
+// QFORGE_BENCH_THREADS (1 gives CPU times that stay comparable on a loaded machine).
 void use_two_threads() {
-  qforge::runtime::set_num_threads(2);
+  const char* env = std::getenv("QFORGE_BENCH_THREADS");
+  qforge::runtime::set_num_threads(env ? std::max(1, std::atoi(env)) : 2);
 }
 
 // Depthwise K×K convolution, batch 8: args {channels, size, kernel, stride}. Reports multiply-add
@@ -67,6 +73,152 @@ BENCHMARK(BM_Depthwise)
     ->Args({576, 7, 5, 1})   // MobileNetV3-small last blocks
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// Dense convolution at batch 8 with its fused epilogue (scale, shift, ReLU), with the constant
+// weights prepared once, as the runtime runs ResNet-50's and EfficientNet-B0's layers: args
+// {in_channels, in_size, out_channels, kernel, stride, packed GEMM forced (1) or OpenBLAS (0)}.
+// Reports multiply-add throughput (2 FLOPs per MAC); the CPU time is the whole process's, which
+// stays comparable while other jobs load the machine.
+void BM_Conv(benchmark::State& state) {
+  use_two_threads();
+  ConvGeometry g;
+  g.batch = 8;
+  g.in_channels = state.range(0);
+  g.in_h = g.in_w = state.range(1);
+  g.out_channels = state.range(2);
+  g.kernel_h = g.kernel_w = state.range(3);
+  g.stride_h = g.stride_w = state.range(4);
+  g.pad_top = g.pad_left = g.kernel_h / 2;
+  g.out_h = (g.in_h + 2 * g.pad_top - g.kernel_h) / g.stride_h + 1;
+  g.out_w = (g.in_w + 2 * g.pad_left - g.kernel_w) / g.stride_w + 1;
+  ConvPlanOptions options;
+  options.gemm = state.range(5) != 0 ? ConvGemm::kPacked : ConvGemm::kBlas;
+  const ConvPlan plan = plan_conv(g, 2, options);
+  const auto x = random_floats(static_cast<size_t>(g.batch * g.in_channels * g.in_h * g.in_w), 1);
+  const auto w = random_floats(
+      static_cast<size_t>(g.out_channels * g.in_channels * g.kernel_h * g.kernel_w), 2);
+  const auto b = random_floats(static_cast<size_t>(g.out_channels), 3);
+  const auto scale = random_floats(static_cast<size_t>(g.out_channels), 4);
+  std::vector<float> prepared(conv_prepared_weight_floats(plan));
+  prepare_conv_weights(plan, w.data(), prepared.data());
+  std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w));
+  std::vector<std::byte> ws(conv_workspace_bytes(plan, ConvWeightForm::kPrepared) + 64);
+  ConvEpilogue e;
+  e.scale = scale.data();
+  e.shift = b.data();
+  e.clamp_min = 0.0f;
+  for (auto _ : state) {
+    conv2d(plan, x.data(), w.data(), b.data(), y.data(), ws.data(), e,
+           prepared.empty() ? nullptr : prepared.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flops =
+      2.0 * static_cast<double>(y.size() * g.in_channels * g.kernel_h * g.kernel_w);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Conv)
+    ->Args({3, 224, 64, 7, 2, 1})  // stem
+    ->Args({3, 224, 64, 7, 2, 0})
+    ->Args({64, 56, 64, 1, 1, 1})  // layer1
+    ->Args({64, 56, 64, 1, 1, 0})
+    ->Args({64, 56, 64, 3, 1, 1})  // layer1 3×3 (Winograd)
+    ->Args({64, 56, 64, 3, 1, 0})
+    ->Args({64, 56, 256, 1, 1, 1})  // layer1 expand and downsample
+    ->Args({64, 56, 256, 1, 1, 0})
+    ->Args({256, 56, 64, 1, 1, 1})  // layer1 reduce
+    ->Args({256, 56, 64, 1, 1, 0})
+    ->Args({256, 56, 128, 1, 1, 1})  // layer2 first reduce
+    ->Args({256, 56, 128, 1, 1, 0})
+    ->Args({128, 56, 128, 3, 2, 1})  // layer2 3×3 stride 2
+    ->Args({128, 56, 128, 3, 2, 0})
+    ->Args({256, 56, 512, 1, 2, 1})  // layer2 downsample
+    ->Args({256, 56, 512, 1, 2, 0})
+    ->Args({128, 28, 512, 1, 1, 1})  // layer2 expand
+    ->Args({128, 28, 512, 1, 1, 0})
+    ->Args({512, 28, 128, 1, 1, 1})  // layer2 reduce
+    ->Args({512, 28, 128, 1, 1, 0})
+    ->Args({128, 28, 128, 3, 1, 1})  // layer2 3×3 (Winograd)
+    ->Args({128, 28, 128, 3, 1, 0})
+    ->Args({256, 28, 256, 3, 2, 1})  // layer3 3×3 stride 2
+    ->Args({256, 28, 256, 3, 2, 0})
+    ->Args({256, 14, 1024, 1, 1, 1})  // layer3 expand
+    ->Args({256, 14, 1024, 1, 1, 0})
+    ->Args({1024, 14, 256, 1, 1, 1})  // layer3 reduce
+    ->Args({1024, 14, 256, 1, 1, 0})
+    ->Args({512, 28, 1024, 1, 2, 1})  // layer3 downsample
+    ->Args({512, 28, 1024, 1, 2, 0})
+    ->Args({256, 14, 256, 3, 1, 1})  // layer3 3×3 (Winograd)
+    ->Args({256, 14, 256, 3, 1, 0})
+    ->Args({512, 14, 512, 3, 2, 1})  // layer4 3×3 stride 2
+    ->Args({512, 14, 512, 3, 2, 0})
+    ->Args({512, 7, 2048, 1, 1, 1})  // layer4 expand
+    ->Args({512, 7, 2048, 1, 1, 0})
+    ->Args({2048, 7, 512, 1, 1, 1})  // layer4 reduce
+    ->Args({2048, 7, 512, 1, 1, 0})
+    ->Args({1024, 14, 2048, 1, 2, 1})  // layer4 downsample
+    ->Args({1024, 14, 2048, 1, 2, 0})
+    ->Args({512, 7, 512, 3, 1, 1})  // layer4 3×3 (Winograd)
+    ->Args({512, 7, 512, 3, 1, 0})
+    ->Args({144, 56, 24, 1, 1, 1})  // EfficientNet-B0 projections
+    ->Args({144, 56, 24, 1, 1, 0})
+    ->Args({240, 28, 40, 1, 1, 1})
+    ->Args({240, 28, 40, 1, 1, 0})
+    ->Args({480, 14, 80, 1, 1, 1})
+    ->Args({480, 14, 80, 1, 1, 0})
+    ->Args({672, 14, 112, 1, 1, 1})
+    ->Args({672, 14, 112, 1, 1, 0})
+    ->Args({1152, 7, 192, 1, 1, 1})
+    ->Args({1152, 7, 192, 1, 1, 0})
+    ->Args({16, 112, 96, 1, 1, 1})  // EfficientNet-B0 expansions
+    ->Args({16, 112, 96, 1, 1, 0})
+    ->Args({24, 56, 144, 1, 1, 1})
+    ->Args({24, 56, 144, 1, 1, 0})
+    ->Args({40, 28, 240, 1, 1, 1})
+    ->Args({40, 28, 240, 1, 1, 0})
+    ->Args({32, 112, 16, 1, 1, 1})
+    ->Args({32, 112, 16, 1, 1, 0})
+    ->Args({80, 14, 480, 1, 1, 1})
+    ->Args({80, 14, 480, 1, 1, 0})
+    ->Args({192, 7, 1152, 1, 1, 1})
+    ->Args({192, 7, 1152, 1, 1, 0})
+    ->Args({320, 7, 1280, 1, 1, 1})  // EfficientNet-B0 head
+    ->Args({320, 7, 1280, 1, 1, 0})
+    ->Args({48, 1, 1152, 1, 1, 1})  // EfficientNet-B0 squeeze-excitation
+    ->Args({48, 1, 1152, 1, 1, 0})
+    ->Args({1152, 1, 48, 1, 1, 1})
+    ->Args({1152, 1, 48, 1, 1, 0})
+    ->Args({3, 224, 32, 3, 2, 1})  // EfficientNet-B0 stem
+    ->Args({3, 224, 32, 3, 2, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
+
+// The packed GEMM's micro-kernel alone, single-threaded, on an L2-resident problem: rows × k
+// times k × cols, every micro-tile over the whole depth (args {rows, k, cols}).
+void BM_PackedGemmTiles(benchmark::State& state) {
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  const auto a = random_floats(static_cast<size_t>(m * k), 4);
+  std::vector<float> packed(packed_rows_floats(m, k));
+  pack_rows(a.data(), k, m, k, packed.data());
+  const int64_t col_panels = (n + kPackedCols - 1) / kPackedCols;
+  const auto b = random_floats(static_cast<size_t>(col_panels * k * kPackedCols), 5);
+  std::vector<float> c(static_cast<size_t>(m * n));
+  for (auto _ : state) {
+    for (int64_t r0 = 0; r0 < m; r0 += kPackedRows) {
+      for (int64_t cp = 0; cp < col_panels; ++cp) {
+        packed_gemm_tile(k, packed.data() + r0 * k, b.data() + cp * k * kPackedCols, kPackedCols,
+                         std::min(kPackedRows, m - r0), std::min(kPackedCols, n - cp * kPackedCols),
+                         nullptr, 0, c.data() + r0 * n + cp * kPackedCols, n, nullptr);
+      }
+    }
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * k * n),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_PackedGemmTiles)->Args({252, 256, 256})->Args({70, 64, 256})->Args({252, 256, 64});
 
 // One sgemm call of `rows` rows against a [k, n] weight, single-threaded: how much a larger
 // row block saves on OpenBLAS's per-call packing of the weights. Args {rows, k, n}.

@@ -2,7 +2,8 @@
 // 3×3 stride-1 convolutions on large enough planes use Winograd F(2×2, 3×3) (16 GEMMs per block
 // of 2×2 output tiles); other convolutions gather an im2col tile of output pixels into scratch and
 // run one GEMM per tile; convolutions with one input channel per group (depthwise) use direct
-// loops.
+// loops. With AVX-512 the GEMMs of ungrouped convolutions run on the packed micro-kernel of
+// kernels/packed_gemm.h (weights packed once), elsewhere on OpenBLAS.
 #pragma once
 
 #include <cstddef>
@@ -49,9 +50,10 @@ inline constexpr int64_t kWinogradMinChannels = 16;
 inline constexpr int64_t kWinogradWideMinTiles = 16;
 inline constexpr int64_t kWinogradWideChannels = 256;
 
-// How a convolution is split into BLAS calls. Fixed by the geometry of one image (never by the
-// batch or the thread count), so an image's output bits are the same in any batch and on any
-// number of threads.
+// How a convolution is split into GEMM calls. The OpenBLAS split is fixed by the geometry of one
+// image (never by the batch or the thread count); the packed GEMM's split may follow the batch
+// and the thread count, since each of its outputs is one chain of multiply-adds in k order.
+// Either way an image's output bits are the same in any batch and on any number of threads.
 struct ConvPlan {
   ConvGeometry geometry;
   ConvAlgorithm algorithm = ConvAlgorithm::kIm2colGemm;
@@ -62,6 +64,16 @@ struct ConvPlan {
   int64_t channel_block = 0;  // output channels per GEMM call
   int64_t channel_blocks = 0;
   int slots = 1;  // scratch regions, one per thread that may run
+  // Winograd's 16 GEMMs, and direct and im2col convolutions of one group, run on the packed
+  // AVX-512 GEMM (kernels/packed_gemm.h) where it is built, with the weights packed once. For
+  // direct and im2col convolutions a task is then a tile of tile_pixels columns of the whole
+  // batch's output pixels (a tile may span images; pixel_tiles of them) by channel_block output
+  // channels, its input columns gathered straight into packed panels depth_block rows of k at
+  // a time. Each output is one chain of multiply-adds in k order, so any split gives the same
+  // bits. Packed Winograd forms V and M of image_group images side by side.
+  bool packed = false;
+  int64_t depth_block = 0;
+  int64_t image_group = 1;
 };
 
 // Elementwise work folded into the output pass while the output is still in cache (a fused
@@ -76,11 +88,23 @@ struct ConvEpilogue {
   float clamp_max = std::numeric_limits<float>::infinity();
 };
 
-ConvPlan plan_conv(const ConvGeometry& geometry, int threads);
+// Which GEMM a plan uses: kAuto picks by the geometry (the packed GEMM where it was measured to
+// pay); tests and benchmarks force one or the other.
+enum class ConvGemm : uint8_t {
+  kAuto,
+  kPacked,  // the packed GEMM wherever it can run (AVX-512 build, group 1)
+  kBlas,    // OpenBLAS throughout
+};
 
-// Some algorithms consume the filters in another form (Winograd: G g G^T). A caller whose
-// filters are constant prepares them once and passes them to every conv2d call, which then
-// skips that work and needs less workspace.
+struct ConvPlanOptions {
+  ConvGemm gemm = ConvGemm::kAuto;
+};
+
+ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOptions& options = {});
+
+// Some algorithms consume the filters in another form (Winograd: G g G^T; the packed GEMM: row
+// panels). A caller whose filters are constant prepares them once and passes them to every
+// conv2d call, which then skips that work and needs less workspace.
 size_t conv_prepared_weight_floats(const ConvPlan& plan);  // 0: nothing to prepare
 void prepare_conv_weights(const ConvPlan& plan, const float* w, float* prepared);
 

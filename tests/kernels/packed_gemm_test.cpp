@@ -1,0 +1,376 @@
+// The packed GEMM (kernels/packed_gemm.h) and the convolutions that run on it, against the
+// naive references on edge sizes (columns not a multiple of the vector width, k not a multiple
+// of the depth block, output channels not a multiple of the row panel, tiles spanning images),
+// plus the determinism contract: the same bits for any batch, thread count and weight form.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/conv.h"
+#include "kernels/packed_gemm.h"
+#include "kernels/reference/dense_reference.h"
+#include "tests/support/thread_count.h"
+
+namespace qforge::kernels {
+namespace {
+
+using testing::ThreadCount;
+
+std::vector<float> random_values(size_t count, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(count);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+void expect_close(const std::vector<float>& actual, const std::vector<float>& expected, double atol,
+                  double rtol, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  int failures = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double a = actual[i];
+    const double e = expected[i];
+    if (!(std::abs(a - e) <= atol + rtol * std::abs(e))) {
+      if (++failures <= 5) {
+        ADD_FAILURE() << what << ": element " << i << " is " << a << ", expected " << e;
+      }
+    }
+  }
+  EXPECT_EQ(failures, 0) << what;
+}
+
+void expect_same_bits(const float* a, const float* b, size_t count, const std::string& what) {
+  EXPECT_EQ(std::memcmp(a, b, count * sizeof(float)), 0) << what;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The micro-tile
+
+// Every tile height and width, a depth that is not a multiple of anything, with and without
+// running sums and the epilogue, against a double-precision product.
+TEST(PackedGemm, TileMatchesReferenceForEveryEdgeSize) {
+  const int64_t kc = 37;
+  const int64_t m = kPackedRows;
+  const auto a = random_values(static_cast<size_t>(m * kc), 1);
+  const auto b = random_values(static_cast<size_t>(kc * kPackedCols), 2);
+  const auto c0 = random_values(static_cast<size_t>(m * kPackedCols), 3);
+  const auto bias = random_values(static_cast<size_t>(m), 4);
+  const auto scale = random_values(static_cast<size_t>(m), 5, 0.5f, 2.0f);
+  const auto shift = random_values(static_cast<size_t>(m), 6);
+  const auto residual = random_values(static_cast<size_t>(m * kPackedCols), 7);
+  std::vector<float> packed(packed_rows_floats(m, kc));
+  pack_rows(a.data(), kc, m, kc, packed.data());
+  for (int64_t rows = 1; rows <= kPackedRows; ++rows) {
+    for (int64_t cols = 1; cols <= kPackedCols; ++cols) {
+      for (int mode = 0; mode < 3; ++mode) {  // plain, running sums, sums and epilogue
+        const bool accumulate = mode >= 1;
+        TileEpilogue e;
+        e.bias = bias.data();
+        e.finish = true;
+        e.scale = scale.data();
+        e.shift = shift.data();
+        e.residual = residual.data();
+        e.ld_residual = kPackedCols;
+        e.lo = -0.5f;
+        e.hi = 3.0f;
+        std::vector<float> out(static_cast<size_t>(m * kPackedCols), NAN);
+        packed_gemm_tile(kc, packed.data(), b.data(), kPackedCols, rows, cols,
+                         accumulate ? c0.data() : nullptr, kPackedCols, out.data(), kPackedCols,
+                         mode == 2 ? &e : nullptr);
+        const std::string what = "rows " + std::to_string(rows) + " cols " + std::to_string(cols) +
+                                 " mode " + std::to_string(mode);
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t j = 0; j < kPackedCols; ++j) {
+            const float got = out[static_cast<size_t>(r * kPackedCols + j)];
+            if (r >= rows || j >= cols) {
+              ASSERT_TRUE(std::isnan(got))
+                  << what << ": wrote outside the tile at " << r << "," << j;
+              continue;
+            }
+            double sum = accumulate ? c0[static_cast<size_t>(r * kPackedCols + j)] : 0.0;
+            for (int64_t kk = 0; kk < kc; ++kk) {
+              sum += double(a[static_cast<size_t>(r * kc + kk)]) *
+                     b[static_cast<size_t>(kk * kPackedCols + j)];
+            }
+            double expected = sum;
+            if (mode == 2) {
+              expected = (sum + bias[r]) * scale[r] + shift[r] + residual[r * kPackedCols + j];
+              expected = std::clamp(expected, -0.5, 3.0);
+            }
+            ASSERT_NEAR(got, expected, 1e-5) << what << " at " << r << "," << j;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The micro-kernel's epilogue, the one applied to kept-aside sums (tiles that span images) and
+// the scalar form give the same bits.
+TEST(PackedGemm, VectorAndScalarEpiloguesAgreeBitForBit) {
+  const int64_t kc = 19;
+  const auto a = random_values(static_cast<size_t>(kPackedRows * kc), 11);
+  const auto b = random_values(static_cast<size_t>(kc * kPackedCols), 12);
+  const auto bias = random_values(static_cast<size_t>(kPackedRows), 13);
+  const auto scale = random_values(static_cast<size_t>(kPackedRows), 14, 0.5f, 2.0f);
+  const auto shift = random_values(static_cast<size_t>(kPackedRows), 15);
+  const auto residual = random_values(static_cast<size_t>(kPackedRows * kPackedCols), 16);
+  std::vector<float> packed(packed_rows_floats(kPackedRows, kc));
+  pack_rows(a.data(), kc, kPackedRows, kc, packed.data());
+  TileEpilogue e;
+  e.bias = bias.data();
+  e.finish = true;
+  e.scale = scale.data();
+  e.shift = shift.data();
+  e.residual = residual.data();
+  e.ld_residual = kPackedCols;
+  e.lo = 0.0f;
+  e.hi = 6.0f;
+  std::vector<float> vec(static_cast<size_t>(kPackedRows * kPackedCols));
+  std::vector<float> sums(vec.size());
+  packed_gemm_tile(kc, packed.data(), b.data(), kPackedCols, kPackedRows, kPackedCols, nullptr, 0,
+                   vec.data(), kPackedCols, &e);
+  packed_gemm_tile(kc, packed.data(), b.data(), kPackedCols, kPackedRows, kPackedCols, nullptr, 0,
+                   sums.data(), kPackedCols, nullptr);
+  std::vector<float> scalar(vec.size());
+  for (int64_t r = 0; r < kPackedRows; ++r) {
+    for (int64_t j = 0; j < kPackedCols; ++j) {
+      const size_t i = static_cast<size_t>(r * kPackedCols + j);
+      scalar[i] = apply_tile_epilogue(e, r, j, sums[i]);
+    }
+  }
+  expect_same_bits(vec.data(), scalar.data(), vec.size(), "scalar epilogue");
+  // Kept-aside sums finished later, for every width.
+  for (int64_t cols = 1; cols <= kPackedCols; ++cols) {
+    std::vector<float> later(vec.size(), NAN);
+    store_tile_with_epilogue(sums.data(), kPackedCols, kPackedRows, cols, later.data(), kPackedCols,
+                             e);
+    for (int64_t r = 0; r < kPackedRows; ++r) {
+      const size_t at = static_cast<size_t>(r * kPackedCols);
+      expect_same_bits(later.data() + at, vec.data() + at, static_cast<size_t>(cols),
+                       "finished later, cols " + std::to_string(cols));
+      if (cols < kPackedCols) {
+        EXPECT_TRUE(std::isnan(later[at + static_cast<size_t>(cols)]));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions on the packed GEMM
+
+struct PackedConvCase {
+  const char* name;
+  int64_t batch, in_c, in_h, in_w, out_c, kernel, stride, pad, dilation;
+};
+
+// Columns (batch · pixels) are never a multiple of 32 and tiles span images; channels are not
+// multiples of 14; depths above 256 take several passes over k; Winograd's GEMMs group images.
+const PackedConvCase kCases[] = {
+    {"pointwise_7x7", 3, 45, 7, 7, 37, 1, 1, 0, 1},
+    {"pointwise_deep", 2, 300, 5, 9, 130, 1, 1, 0, 1},
+    {"pointwise_deeper_wide", 2, 600, 4, 5, 270, 1, 1, 0, 1},
+    {"pointwise_wide_plane", 1, 16, 23, 29, 24, 1, 1, 0, 1},
+    {"pointwise_stride2", 3, 40, 13, 11, 29, 1, 2, 0, 1},
+    {"k3_stride2", 3, 31, 15, 13, 33, 3, 2, 1, 1},
+    {"k3_stride1_deep", 2, 40, 6, 7, 26, 3, 1, 1, 1},
+    {"k3_dilation2", 1, 17, 11, 12, 25, 3, 1, 2, 2},
+    {"stem_like", 2, 3, 37, 35, 64, 7, 2, 3, 1},
+    {"k5_stride3", 2, 7, 19, 23, 45, 5, 3, 2, 1},
+    // Winograd on the packed GEMM, the tiles of several images side by side.
+    {"winograd_14x14", 3, 24, 14, 14, 40, 3, 1, 1, 1},
+    {"winograd_wide_7x7", 3, 256, 7, 7, 256, 3, 1, 1, 1},
+};
+
+ConvGeometry geometry_of(const PackedConvCase& c) {
+  ConvGeometry g;
+  g.batch = c.batch;
+  g.in_channels = c.in_c;
+  g.in_h = c.in_h;
+  g.in_w = c.in_w;
+  g.out_channels = c.out_c;
+  g.kernel_h = g.kernel_w = c.kernel;
+  g.stride_h = g.stride_w = c.stride;
+  g.dilation_h = g.dilation_w = c.dilation;
+  g.pad_top = g.pad_left = c.pad;
+  const int64_t extent = (c.kernel - 1) * c.dilation + 1;
+  g.out_h = (c.in_h + 2 * c.pad - extent) / c.stride + 1;
+  g.out_w = (c.in_w + 2 * c.pad - extent) / c.stride + 1;
+  return g;
+}
+
+struct ConvInputs {
+  std::vector<float> x, w, b, scale, shift, residual;
+};
+
+ConvInputs conv_inputs(const ConvGeometry& g, uint32_t seed) {
+  ConvInputs d;
+  d.x = random_values(static_cast<size_t>(g.batch * g.in_channels * g.in_h * g.in_w), seed);
+  d.w = random_values(static_cast<size_t>(g.out_channels * g.in_channels * g.kernel_h * g.kernel_w),
+                      seed + 1);
+  d.b = random_values(static_cast<size_t>(g.out_channels), seed + 2);
+  d.scale = random_values(static_cast<size_t>(g.out_channels), seed + 3, 0.5f, 2.0f);
+  d.shift = random_values(static_cast<size_t>(g.out_channels), seed + 4);
+  d.residual =
+      random_values(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), seed + 5);
+  return d;
+}
+
+ConvEpilogue epilogue_of(const ConvInputs& d) {
+  ConvEpilogue e;
+  e.scale = d.scale.data();
+  e.shift = d.shift.data();
+  e.residual = d.residual.data();
+  e.clamp_min = 0.0f;
+  return e;
+}
+
+// The packed GEMM wherever it can run: these shapes are smaller than the ones plan_conv picks it
+// for on its own.
+ConvPlanOptions forced() {
+  ConvPlanOptions options;
+  options.gemm = ConvGemm::kPacked;
+  return options;
+}
+
+// conv2d with the packed GEMM (prepared weights or raw), on the calling thread count.
+std::vector<float> run_packed(const ConvGeometry& g, const ConvInputs& d, int plan_threads,
+                              bool prepared, const ConvEpilogue& e,
+                              const ConvPlanOptions& options = forced()) {
+  const ConvPlan plan = plan_conv(g, plan_threads, options);
+  std::vector<float> packed;
+  if (prepared) {
+    packed.resize(conv_prepared_weight_floats(plan));
+    prepare_conv_weights(plan, d.w.data(), packed.data());
+  }
+  std::vector<std::byte> ws(
+      conv_workspace_bytes(plan, prepared ? ConvWeightForm::kPrepared : ConvWeightForm::kRaw) + 64);
+  std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), NAN);
+  conv2d(plan, d.x.data(), d.w.data(), d.b.data(), y.data(), ws.data(), e,
+         prepared ? packed.data() : nullptr);
+  return y;
+}
+
+// One image of a square convolution with "same" padding: {in_c, size, out_c, kernel, stride}.
+ConvGeometry square(int64_t in_c, int64_t size, int64_t out_c, int64_t kernel, int64_t stride) {
+  const PackedConvCase c{"square", 1, in_c, size, size, out_c, kernel, stride, kernel / 2, 1};
+  return geometry_of(c);
+}
+
+TEST(PackedConv, PlansThePackedGemmWhereItPays) {
+  for (const PackedConvCase& c : kCases) {
+    EXPECT_EQ(plan_conv(geometry_of(c), 2, forced()).packed, packed_gemm_available()) << c.name;
+  }
+  // On its own: ResNet-50's layers take it ...
+  for (const ConvGeometry& g :
+       {square(3, 224, 64, 7, 2), square(256, 56, 64, 1, 1), square(128, 56, 128, 3, 2),
+        square(1024, 14, 256, 1, 1), square(1024, 14, 2048, 1, 2)}) {
+    EXPECT_EQ(plan_conv(g, 2).packed, packed_gemm_available())
+        << g.in_channels << "→" << g.out_channels;
+  }
+  // ... narrow layers on small planes, shallow and tiny ones and grouped ones do not.
+  ConvGeometry grouped = square(44, 28, 36, 3, 1);
+  grouped.group = 4;
+  for (const ConvGeometry& g :
+       {square(480, 14, 80, 1, 1), square(16, 112, 96, 1, 1), square(32, 112, 16, 1, 1), grouped}) {
+    EXPECT_FALSE(plan_conv(g, 2).packed) << g.in_channels << "→" << g.out_channels;
+    if (g.group > 1) {
+      EXPECT_FALSE(plan_conv(g, 2, forced()).packed);
+    }
+  }
+  ConvPlanOptions blas;
+  blas.gemm = ConvGemm::kBlas;
+  EXPECT_FALSE(plan_conv(square(256, 56, 64, 1, 1), 2, blas).packed);
+  // Winograd's GEMMs, with the tiles of several images side by side on small planes.
+  for (const char* name : {"winograd_14x14", "winograd_wide_7x7"}) {
+    for (const PackedConvCase& c : kCases) {
+      if (std::string(c.name) != name) continue;
+      const ConvPlan plan = plan_conv(geometry_of(c), 2);
+      EXPECT_EQ(plan.algorithm, ConvAlgorithm::kWinograd) << name;
+      EXPECT_EQ(plan.packed, packed_gemm_available()) << name;
+      if (packed_gemm_available()) {
+        EXPECT_GT(plan.image_group, 1) << name;
+      }
+      EXPECT_FALSE(plan_conv(geometry_of(c), 2, blas).packed) << name;
+    }
+  }
+}
+
+TEST(PackedConv, MatchesReferenceWithAndWithoutEpilogue) {
+  ThreadCount threads(2);
+  uint32_t seed = 100;
+  for (const PackedConvCase& c : kCases) {
+    const ConvGeometry g = geometry_of(c);
+    const ConvInputs d = conv_inputs(g, seed += 7);
+    std::vector<float> expected(d.residual.size());
+    reference::conv2d(g, d.x.data(), d.w.data(), d.b.data(), expected.data());
+    const double k = static_cast<double>(g.in_channels * g.kernel_h * g.kernel_w);
+    expect_close(run_packed(g, d, 2, true, {}), expected, 1e-5 * std::sqrt(k), 1e-4, c.name);
+    const size_t plane = static_cast<size_t>(g.out_h * g.out_w);
+    for (size_t i = 0; i < expected.size(); ++i) {
+      const size_t ch = i / plane % static_cast<size_t>(g.out_channels);
+      expected[i] = std::max(expected[i] * d.scale[ch] + d.shift[ch] + d.residual[i], 0.0f);
+    }
+    expect_close(run_packed(g, d, 2, false, epilogue_of(d)), expected, 3e-5 * std::sqrt(k), 1e-4,
+                 std::string(c.name) + " epilogue");
+    // The OpenBLAS plan of the same convolution still holds.
+    ConvPlanOptions blas;
+    blas.gemm = ConvGemm::kBlas;
+    expect_close(run_packed(g, d, 2, true, epilogue_of(d), blas), expected, 3e-5 * std::sqrt(k),
+                 1e-4, std::string(c.name) + " OpenBLAS");
+  }
+}
+
+TEST(PackedConv, SameBitsForAnyThreadCountAndWeightForm) {
+  for (const PackedConvCase& c : kCases) {
+    const ConvGeometry g = geometry_of(c);
+    const ConvInputs d = conv_inputs(g, 55);
+    const ConvEpilogue e = epilogue_of(d);
+    std::vector<float> one;
+    {
+      ThreadCount threads(1);
+      one = run_packed(g, d, 1, true, e);
+    }
+    for (int n : {2, 3}) {
+      ThreadCount threads(n);
+      const std::string what = std::string(c.name) + " threads " + std::to_string(n);
+      expect_same_bits(run_packed(g, d, n, true, e).data(), one.data(), one.size(), what);
+      expect_same_bits(run_packed(g, d, 1, false, e).data(), one.data(), one.size(),
+                       what + " raw weights, plan for 1 thread");
+    }
+  }
+}
+
+TEST(PackedConv, ImageResultDoesNotDependOnBatch) {
+  ThreadCount threads(2);
+  for (const PackedConvCase& c : kCases) {
+    ConvGeometry g = geometry_of(c);
+    g.batch = 5;
+    const ConvInputs d = conv_inputs(g, 77);
+    const ConvEpilogue e = epilogue_of(d);
+    const std::vector<float> batched = run_packed(g, d, 2, true, e);
+    const size_t in_image = static_cast<size_t>(g.in_channels * g.in_h * g.in_w);
+    const size_t out_image = static_cast<size_t>(g.out_channels * g.out_h * g.out_w);
+    // Every image alone, as a batch of 1 (tiles of the batch span images; alone they do not).
+    for (size_t n = 0; n < 5; ++n) {
+      ConvGeometry single = g;
+      single.batch = 1;
+      ConvInputs alone = d;
+      alone.x.assign(d.x.begin() + n * in_image, d.x.begin() + (n + 1) * in_image);
+      alone.residual.assign(d.residual.begin() + n * out_image,
+                            d.residual.begin() + (n + 1) * out_image);
+      const std::vector<float> y = run_packed(single, alone, 2, true, epilogue_of(alone));
+      expect_same_bits(y.data(), batched.data() + n * out_image, out_image,
+                       std::string(c.name) + " image " + std::to_string(n));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qforge::kernels
