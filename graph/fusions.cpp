@@ -296,6 +296,12 @@ Node* conv_chain_end(Node* conv, Node* bn) {
   return bn ? bn : conv;
 }
 
+// The nodes of the Conv -> [BN] part, in data-flow order.
+std::vector<Node*> conv_chain(Node* conv, Node* bn) {
+  if (bn) return {conv, bn};
+  return {conv};
+}
+
 std::vector<Node*> with_activation(std::vector<Node*> chain, const Activation& a) {
   for (Node* n : a.nodes) chain.push_back(n);
   return chain;
@@ -353,8 +359,7 @@ Pattern stem_pattern() {
       name.append(key);
       spec.attributes[name] = value;
     }
-    std::vector<Node*> chain = {conv};
-    if (bn) chain.push_back(bn);
+    std::vector<Node*> chain = conv_chain(conv, bn);
     chain.push_back(act);
     chain.push_back(pool);
     replace_chain(g, std::move(spec), chain, pool->output(0));
@@ -397,8 +402,7 @@ Pattern conv_bn_add_act_pattern() {
                   .inputs = {conv->input(0), residual}};
     add_conv_bn_parts(spec, *conv, bn);
     set_activation_attributes(spec, act);
-    std::vector<Node*> chain = {conv};
-    if (bn) chain.push_back(bn);
+    std::vector<Node*> chain = conv_chain(conv, bn);
     chain.push_back(add);
     replace_chain(g, std::move(spec), with_activation(chain, act), act.output);
   };
@@ -444,9 +448,7 @@ Pattern conv_bn_act_pattern() {
                   .inputs = {conv->input(0)}};
     add_conv_bn_parts(spec, *conv, bn);
     set_activation_attributes(spec, act);
-    std::vector<Node*> chain = {conv};
-    if (bn) chain.push_back(bn);
-    replace_chain(g, std::move(spec), with_activation(chain, act), act.output);
+    replace_chain(g, std::move(spec), with_activation(conv_chain(conv, bn), act), act.output);
   };
   return p;
 }
@@ -468,9 +470,7 @@ Pattern conv_bn_pattern() {
     NodeSpec spec{
         .name = module_name(g, *conv, "ConvBN"), .op_type = "ConvBN", .inputs = {conv->input(0)}};
     add_conv_bn_parts(spec, *conv, bn);
-    std::vector<Node*> chain = {conv};
-    if (bn) chain.push_back(bn);
-    replace_chain(g, std::move(spec), chain, conv_chain_end(conv, bn)->output(0));
+    replace_chain(g, std::move(spec), conv_chain(conv, bn), conv_chain_end(conv, bn)->output(0));
   };
   return p;
 }
