@@ -14,40 +14,18 @@
 #include "kernels/conv.h"
 #include "kernels/packed_gemm.h"
 #include "kernels/reference/dense_reference.h"
+#include "tests/support/float_checks.h"
+#include "tests/support/random.h"
 #include "tests/support/thread_count.h"
 
 namespace qforge::kernels {
 namespace {
 
+using testing::expect_close;
+using testing::expect_same_bits;
+using testing::random_values;
+
 using testing::ThreadCount;
-
-std::vector<float> random_values(size_t count, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(count);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-void expect_close(const std::vector<float>& actual, const std::vector<float>& expected, double atol,
-                  double rtol, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  int failures = 0;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    const double a = actual[i];
-    const double e = expected[i];
-    if (!(std::abs(a - e) <= atol + rtol * std::abs(e))) {
-      if (++failures <= 5) {
-        ADD_FAILURE() << what << ": element " << i << " is " << a << ", expected " << e;
-      }
-    }
-  }
-  EXPECT_EQ(failures, 0) << what;
-}
-
-void expect_same_bits(const float* a, const float* b, size_t count, const std::string& what) {
-  EXPECT_EQ(std::memcmp(a, b, count * sizeof(float)), 0) << what;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The micro-tile

@@ -11,18 +11,16 @@
 #include <tbb/global_control.h>
 
 #include "kernels/error.h"
+#include "tests/support/random.h"
 
 namespace qforge {
 namespace {
 
 using kernels::SwinWindowGeometry;
 
+// `n` floats in [-2, 2) from a generator seeded by `seed`.
 std::vector<float> random_values(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-2.f, 2.f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& f : v) f = dist(rng);
-  return v;
+  return testing::random_values(static_cast<size_t>(n), seed, -2.f, 2.f);
 }
 
 // Reference: zero-pad to [B, Hp, Wp, C], torch.roll by -shift (row y takes row (y + shift) mod

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <random>
 #include <utility>
+#include <vector>
 
 #include "kernels/tensor.h"
 
@@ -22,6 +23,16 @@ inline kernels::Tensor random_tensor(kernels::Shape shape, std::mt19937& rng, fl
 inline kernels::Tensor random_f32(const kernels::Shape& shape, uint32_t seed, float lo, float hi) {
   std::mt19937 rng(seed);
   return random_tensor(shape, rng, lo, hi);
+}
+
+// `count` floats drawn uniformly from [lo, hi) with a generator seeded by `seed`.
+inline std::vector<float> random_values(size_t count, uint32_t seed, float lo = -1.f,
+                                        float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(count);
+  for (float& x : v) x = dist(rng);
+  return v;
 }
 
 }  // namespace qforge::testing
