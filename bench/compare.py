@@ -323,11 +323,13 @@ def render(rows, profile, meta):
     return "\n".join(out) + "\n"
 
 
-def write_results(section, path):
+def write_results(section, path, begin=BEGIN, end=END):
+    """Replaces the section between the markers `begin` and `end` of `path` (creating the file
+    or appending the section when missing)."""
     text = open(path).read() if os.path.exists(path) else INTRO
-    b, e = text.find(BEGIN), text.find(END)
+    b, e = text.find(begin), text.find(end)
     if b >= 0 and e > b:
-        rest = text[e + len(END):].lstrip("\n")
+        rest = text[e + len(end):].lstrip("\n")
         text = text[:b] + section + ("\n" + rest if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <sstream>
 #include <unordered_map>
 
 #include "graph/catalog.h"
@@ -18,13 +17,16 @@ namespace {
 
 constexpr int64_t kMinOpset = 13;
 
+// The whole file in one allocation of its exact size.
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw_io("cannot read '" + path + "': " + std::strerror(errno));
-  std::ostringstream os;
-  os << in.rdbuf();
-  if (in.bad()) throw_io("cannot read '" + path + "': read error");
-  return os.str();
+  const std::streamoff size = in.tellg();
+  if (size < 0) throw_io("cannot read '" + path + "': cannot tell its size");
+  std::string bytes(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  if (!in.read(bytes.data(), size)) throw_io("cannot read '" + path + "': read error");
+  return bytes;
 }
 
 template <class T>
@@ -189,8 +191,11 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
   for (const auto& vi : gp.value_info()) value_types[vi.name()] = &vi.type();
   for (const auto& vi : gp.output()) value_types[vi.name()] = &vi.type();
 
-  for (const auto& init : gp.initializer()) {
-    graph->add_constant(init.name(), tensor_from_proto(init, "initializers of '" + source + "'"));
+  for (int i = 0; i < gp.initializer_size(); ++i) {
+    onnx::TensorProto* init = model.mutable_graph()->mutable_initializer(i);
+    graph->add_constant(init->name(), tensor_from_proto(*init, "initializers of '" + source + "'"));
+    // The graph has its own copy now: freeing the proto's keeps the weights resident once.
+    std::string().swap(*init->mutable_raw_data());
   }
   if (gp.sparse_initializer_size() > 0) {
     throw_unsupported("import: '" + source + "': sparse initializers are not supported");
@@ -311,8 +316,10 @@ int onnx_from_dtype(DType dtype) {
   return onnx::TensorProto::UNDEFINED;
 }
 
-std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
-                                  const ImportOptions& options) {
+namespace {
+
+onnx::ModelProto parse_model_proto(std::string_view bytes, const std::string& source_name,
+                                   const ImportOptions& options) {
   onnx::ModelProto model;
   if (bytes.empty()) throw_invalid("import: '" + source_name + "' is empty, not an ONNX model");
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
@@ -330,12 +337,24 @@ std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& sou
       throw_invalid("import: '" + source_name + "' fails the ONNX checker: " + what);
     }
   }
+  return model;
+}
+
+}  // namespace
+
+std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
+                                  const ImportOptions& options) {
+  onnx::ModelProto model = parse_model_proto(bytes, source_name, options);
   return build_graph(model, source_name, options);
 }
 
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options) {
-  std::string bytes = read_file(path);
-  return parse_onnx(bytes, path, options);
+  onnx::ModelProto model;
+  {
+    const std::string bytes = read_file(path);
+    model = parse_model_proto(bytes, path, options);
+  }  // the file's bytes are freed before the graph copies the weights: two copies at most
+  return build_graph(model, path, options);
 }
 
 }  // namespace qforge::graph

@@ -13,8 +13,7 @@ CalibrationStats::CalibrationStats(const graph::Graph& fused, QuantPlan plan,
     if (!fused_->find_value(p.tensor)) {
       throw_invalid("calibration: point '" + p.tensor + "' names no tensor of the graph");
     }
-    observers_.push_back({MaxObserver{}, HistogramObserver{HistogramObserverOptions{
-                                             .bins = options_.histogram_bins}}});
+    observers_.emplace_back(HistogramObserverOptions{.bins = options_.histogram_bins});
   }
   // Conv epilogue fusion would hide values between modules that taps must see.
   runtime::SessionOptions session_options;
@@ -37,11 +36,10 @@ void CalibrationStats::attach_taps(runtime::Executor& executor) {
   if (!tapped_.insert(&executor).second) return;
   for (size_t i = 0; i < plan_.activations.size(); ++i) {
     const std::string& tensor = plan_.activations[i].tensor;
-    PointObservers* obs = &observers_[i];
+    HistogramObserver* obs = &observers_[i];
     executor.add_tap(tensor, [obs, tensor](const kernels::Tensor& value) {
       try {
-        obs->max.observe(value);
-        obs->histogram.observe(value);
+        obs->observe(value);
       } catch (const Error& e) {
         throw_invalid("calibration: point '" + tensor + "': " + e.what());
       }
@@ -65,8 +63,7 @@ void CalibrationStats::merge(const CalibrationStats& other) {
       throw_invalid("calibration: merging statistics of a different placement (point '" +
                     plan_.activations[i].tensor + "')");
     }
-    observers_[i].max.merge(other.observers_[i].max);
-    observers_[i].histogram.merge(other.observers_[i].histogram);
+    observers_[i].merge(other.observers_[i]);
   }
   batches_ += other.batches_;
 }
@@ -78,26 +75,22 @@ size_t CalibrationStats::index_of(const ActivationPoint& point) const {
   throw_invalid("calibration: point '" + point.tensor + "' is not in the placement");
 }
 
-const MaxObserver& CalibrationStats::max_observer(const ActivationPoint& point) const {
-  return observers_[index_of(point)].max;
-}
-
 const HistogramObserver& CalibrationStats::histogram_observer(const ActivationPoint& point) const {
-  return observers_[index_of(point)].histogram;
+  return observers_[index_of(point)];
 }
 
 double CalibrationStats::amax_for(const ActivationPoint& point, Calibrator method,
                                   double percentile) const {
-  const PointObservers& obs = observers_[index_of(point)];
-  if (obs.histogram.total() == 0) {
+  const HistogramObserver& obs = observers_[index_of(point)];
+  if (obs.total() == 0) {
     throw_invalid("calibration: point '" + point.tensor + "': no calibration data reached it");
   }
   // The running max is exact; the histogram's max edge only bounds it.
-  if (method == Calibrator::kMax) return obs.max.amax();
+  if (method == Calibrator::kMax) return obs.max();
   CalibratorOptions options;
   options.method = method;
   options.percentile = percentile;
-  return calibrate_amax(obs.histogram.histogram(), options).amax;
+  return calibrate_amax(obs.histogram(), options).amax;
 }
 
 std::map<std::string, float> CalibrationStats::activation_amax(Calibrator method,

@@ -1,7 +1,7 @@
 // Calibration statistics: forward passes of the fused graph over the caller's batches, with a
-// MaxObserver and a HistogramObserver tapped at every activation point (streaming: no
-// activation is kept), then amax per point by the chosen calibrator. Weight ranges come from
-// the constants (per channel, after batch norm folding).
+// HistogramObserver (which also keeps the exact max) tapped at every activation point
+// (streaming: no activation is kept), then amax per point by the chosen calibrator. Weight ranges
+// come from the constants (per channel, after batch norm folding).
 #pragma once
 
 #include <cstdint>
@@ -40,7 +40,6 @@ class CalibrationStats {
 
   const QuantPlan& plan() const { return plan_; }
   int64_t batches() const { return batches_; }
-  const MaxObserver& max_observer(const ActivationPoint& point) const;
   const HistogramObserver& histogram_observer(const ActivationPoint& point) const;
 
   // Invalid error naming the point when no data reached it (its histogram is empty).
@@ -51,10 +50,6 @@ class CalibrationStats {
   std::map<std::string, std::vector<float>> weight_amax() const;
 
  private:
-  struct PointObservers {
-    MaxObserver max;
-    HistogramObserver histogram;
-  };
   size_t index_of(const ActivationPoint& point) const;
   void attach_taps(runtime::Executor& executor);
 
@@ -62,7 +57,7 @@ class CalibrationStats {
   QuantPlan plan_;
   CalibrationOptions options_;
   std::unique_ptr<runtime::Session> session_;
-  std::vector<PointObservers> observers_;
+  std::vector<HistogramObserver> observers_;  // one per activation point, in plan order
   std::set<const runtime::Executor*> tapped_;
   int64_t batches_ = 0;
 };

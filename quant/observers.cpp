@@ -5,10 +5,16 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <string>
 
 #include "kernels/error.h"
+#include "kernels/parallel.h"
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 namespace qforge::quant {
 namespace {
@@ -27,29 +33,30 @@ void check_float(const char* who, const kernels::Tensor& x) {
       std::string(who).append(": expected finite values, got NaN or Inf in ").append(x.describe()));
 }
 
-// max |x| over n values; `bad` becomes nonzero when any value is NaN or ±Inf. Independent lanes
-// (max is exact in any order) let the loop vectorise, which a single running max does not.
+// max |x| over n values; `bad` becomes nonzero when any value is NaN or ±Inf.
 float abs_max(const float* x, int64_t n, uint32_t& bad) {
-  constexpr int kLanes = 16;
-  float lane_max[kLanes] = {};
-  uint32_t lane_bad[kLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const float a = std::fabs(x[i + k]);
-      lane_max[k] = a > lane_max[k] ? a : lane_max[k];
-      lane_bad[k] |= static_cast<uint32_t>(!(a <= kFloatMax));
-    }
+  float m = 0.0f;
+#ifdef __AVX512F__
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 not_finite = 0;
+  const __m512 float_max = _mm512_set1_ps(kFloatMax);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+    // Masked forms: the plain ones trip GCC 12's maybe-uninitialized on their undefined source.
+    vmax = _mm512_mask_max_ps(vmax, 0xFFFF, vmax, a);
+    // Not (a <= FLT_MAX), unordered included: ±Inf and NaN.
+    not_finite |= _mm512_cmp_ps_mask(a, float_max, _CMP_NLE_UQ);
   }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, vmax);
+  for (float v : lanes) m = std::max(m, v);
+  bad |= static_cast<uint32_t>(not_finite != 0);
+#endif
   for (; i < n; ++i) {
     const float a = std::fabs(x[i]);
-    lane_max[0] = a > lane_max[0] ? a : lane_max[0];
-    lane_bad[0] |= static_cast<uint32_t>(!(a <= kFloatMax));
-  }
-  float m = 0.0f;
-  for (int k = 0; k < kLanes; ++k) {
-    m = std::max(m, lane_max[k]);
-    bad |= lane_bad[k];
+    m = a > m ? a : m;
+    bad |= static_cast<uint32_t>(!(a <= kFloatMax));
   }
   return m;
 }
@@ -173,6 +180,8 @@ HistogramObserver::HistogramObserver(HistogramObserverOptions options) {
 void HistogramObserver::reset() {
   std::fill(counts_.begin(), counts_.end(), 0);
   range_exponent_.reset();
+  max_ = 0.0f;
+  count_ = 0;
 }
 
 double HistogramObserver::range() const {
@@ -201,31 +210,254 @@ void HistogramObserver::grow_to(int exponent) {
   range_exponent_ = exponent;
 }
 
+namespace {
+
+// Values a task bins in one sweep: the block's max is found first, so that the block is binned
+// while it is still in the L1 cache.
+constexpr int64_t kBinBlock = 4096;
+// Fewest elements worth a parallel task: a tensor is split into at most one part per thread,
+// each at least this long (smaller tensors are binned on the calling thread).
+constexpr int64_t kBinTask = int64_t{1} << 16;
+// Most elements one part may hold, so that its uint32 counts cannot overflow.
+constexpr int64_t kMaxPart = int64_t{1} << 31;
+// Interleaved copies of the counts: consecutive values landing in the same bin (common, most
+// activations crowd the low bins) update different copies instead of waiting on each other.
+constexpr int kCopies = 4;
+
+// One task's partial histogram of |x|, with its own power-of-two range like the observer's.
+// uint32 counts suffice: a part holds at most kMaxPart values.
+class PartialHistogram {
+ public:
+  void start(int log2_bins) {
+    log2_bins_ = log2_bins;
+    bins_ = size_t{1} << log2_bins;
+    counts_.assign(kCopies * bins_, 0);
+    zeros_ = 0;
+    exponent_.reset();
+    max_ = 0.0f;
+  }
+
+  // Bins x[0, n); `bad` becomes nonzero on NaN or Inf.
+  void add(const float* x, int64_t n, uint32_t& bad) {
+    int32_t index[kBinBlock];
+    for (int64_t b = 0; b < n; b += kBinBlock) {
+      const int64_t len = std::min(kBinBlock, n - b);
+#ifdef __AVX512F__
+      // Once a range exists, one sweep takes the block's max and its bins at that range; only a
+      // block reaching past the range (rare after the first) is binned again below.
+      if (exponent_ && log2_bins_ - *exponent_ >= -126 && log2_bins_ - *exponent_ <= 127) {
+        float block_max = 0.0f;
+        const int64_t m = bins_and_max(x + b, len, index, block_max, bad);
+        if (bad) return;
+        max_ = std::max(max_, block_max);
+        if (block_max < std::ldexp(1.0f, *exponent_)) {
+          scatter(index, m, len);
+          continue;
+        }
+      }
+#endif
+      const float m = abs_max(x + b, len, bad);
+      if (bad) return;
+      max_ = std::max(max_, m);
+      if (!(m > 0.0f)) {
+        zeros_ += static_cast<uint64_t>(len);
+        continue;
+      }
+      int exponent = 0;
+      std::frexp(static_cast<double>(m), &exponent);  // m < 2^exponent
+      if (!exponent_) {
+        exponent_ = exponent;
+      } else if (exponent > *exponent_) {
+        grow_to(exponent);
+      }
+      bin_block(x + b, len, index);
+    }
+  }
+
+  float max() const {
+    return max_;
+  }
+  std::optional<int> exponent() const {
+    return exponent_;
+  }
+  // The count of bin j over all copies, zeros included in bin 0.
+  uint64_t count(size_t j) const {
+    uint64_t c = j == 0 ? zeros_ : 0;
+    for (int k = 0; k < kCopies; ++k) c += counts_[k * bins_ + j];
+    return c;
+  }
+
+ private:
+  void grow_to(int exponent) {
+    const int steps = std::min(exponent - *exponent_, log2_bins_);
+    for (int k = 0; k < kCopies; ++k) {
+      uint32_t* c = counts_.data() + k * bins_;
+      for (int s = 0; s < steps; ++s) {
+        for (size_t j = 0; j < bins_ / 2; ++j) c[j] = c[2 * j] + c[2 * j + 1];
+        std::fill(c + bins_ / 2, c + bins_, 0u);
+      }
+    }
+    exponent_ = exponent;
+  }
+
+  void bin_block(const float* x, int64_t len, int32_t* index) {
+    // The bin of v is floor(v · 2^(log2_bins − k)). Scaling by a power of two is exact in float
+    // (the product is below bins, and one small enough to be subnormal truncates to bin 0 either
+    // way) when the factor itself is a normal float; otherwise double does it. Values of bin 0
+    // (zeros after a ReLU, often half the tensor) are only counted; the others are scattered.
+    const int shift = log2_bins_ - *exponent_;
+    int64_t m = 0;
+    if (shift >= -126 && shift <= 127) {
+      m = nonzero_bins(x, len, std::ldexp(1.0f, shift), index);
+    } else {
+      const double to_bin = std::ldexp(1.0, shift);
+      for (int64_t i = 0; i < len; ++i) {
+        index[m] = static_cast<int32_t>(std::fabs(static_cast<double>(x[i])) * to_bin);
+        m += index[m] != 0;
+      }
+    }
+    scatter(index, m, len);
+  }
+
+  // Counts the m nonzero bins in `index`, and len − m values of bin 0.
+  void scatter(const int32_t* index, int64_t m, int64_t len) {
+    zeros_ += static_cast<uint64_t>(len - m);
+    uint32_t* c0 = counts_.data();
+    uint32_t* c1 = c0 + bins_;
+    uint32_t* c2 = c1 + bins_;
+    uint32_t* c3 = c2 + bins_;
+    int64_t i = 0;
+    for (; i + kCopies <= m; i += kCopies) {
+      ++c0[index[i]];
+      ++c1[index[i + 1]];
+      ++c2[index[i + 2]];
+      ++c3[index[i + 3]];
+    }
+    for (; i < m; ++i) ++c0[index[i]];
+  }
+
+#ifdef __AVX512F__
+  // bin_block's bins at the current range (its float case) together with abs_max's max and
+  // non-finite check, in one sweep. Bins are meaningful only when the max is inside the range
+  // and no value was bad; returns how many are nonzero.
+  int64_t bins_and_max(const float* x, int64_t len, int32_t* index, float& block_max,
+                       uint32_t& bad) const {
+    const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, log2_bins_ - *exponent_));
+    const __m512 float_max = _mm512_set1_ps(kFloatMax);
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 not_finite = 0;
+    int64_t m = 0;
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+      vmax = _mm512_mask_max_ps(vmax, 0xFFFF, vmax, a);
+      not_finite |= _mm512_cmp_ps_mask(a, float_max, _CMP_NLE_UQ);
+      const __m512i bin =
+          _mm512_mask_cvttps_epi32(_mm512_setzero_si512(), 0xFFFF, _mm512_mul_ps(a, scale));
+      const __mmask16 nonzero = _mm512_test_epi32_mask(bin, bin);
+      _mm512_storeu_si512(index + m, _mm512_maskz_compress_epi32(nonzero, bin));
+      m += std::popcount(static_cast<unsigned>(nonzero));
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, vmax);
+    float mx = 0.0f;
+    for (float v : lanes) mx = std::max(mx, v);
+    bad |= static_cast<uint32_t>(not_finite != 0);
+    const float to_bin = std::ldexp(1.0f, log2_bins_ - *exponent_);
+    for (; i < len; ++i) {
+      const float a = std::fabs(x[i]);
+      mx = a > mx ? a : mx;
+      bad |= static_cast<uint32_t>(!(a <= kFloatMax));
+      index[m] = a < std::ldexp(1.0f, *exponent_) ? static_cast<int32_t>(a * to_bin) : 0;
+      m += index[m] != 0;
+    }
+    block_max = mx;
+    return m;
+  }
+#endif
+
+  // Writes the nonzero bins floor(|x_i| · to_bin) of x[0, len) to `index`, in order; returns how
+  // many there are.
+  static int64_t nonzero_bins(const float* x, int64_t len, float to_bin, int32_t* index) {
+    int64_t m = 0;
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512 scale = _mm512_set1_ps(to_bin);
+    for (; i + 16 <= len; i += 16) {
+      const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+      // Masked form, as in abs_max.
+      const __m512i bin =
+          _mm512_mask_cvttps_epi32(_mm512_setzero_si512(), 0xFFFF, _mm512_mul_ps(a, scale));
+      const __mmask16 nonzero = _mm512_test_epi32_mask(bin, bin);
+      _mm512_storeu_si512(index + m, _mm512_maskz_compress_epi32(nonzero, bin));
+      m += std::popcount(static_cast<unsigned>(nonzero));
+    }
+#endif
+    for (; i < len; ++i) {
+      index[m] = static_cast<int32_t>(std::fabs(x[i]) * to_bin);
+      m += index[m] != 0;
+    }
+    return m;
+  }
+
+  int log2_bins_ = 0;
+  size_t bins_ = 0;
+  std::vector<uint32_t> counts_;  // kCopies × bins
+  uint64_t zeros_ = 0;            // values of bin 0, which is bin 0 at every range
+  std::optional<int> exponent_;
+  float max_ = 0.0f;
+};
+
+}  // namespace
+
 void HistogramObserver::observe(const kernels::Tensor& x) {
   check_float("HistogramObserver", x);
   const float* p = x.data<float>();
   const int64_t n = x.numel();
-  uint32_t bad = 0;
-  const float batch_max = abs_max(p, n, bad);
-  if (bad) throw_non_finite("HistogramObserver", x);
-  if (!(batch_max > 0.0f)) {
-    counts_[0] += static_cast<uint64_t>(n);
+  // Tasks bin disjoint parts into partial histograms that merge exactly (their ranges nest), so
+  // the counts do not depend on how the tensor was split or in which order parts finished.
+  const int64_t tasks =
+      std::max(std::clamp<int64_t>((n + kBinTask - 1) / kBinTask, 1, kernels::max_threads()),
+               (n + kMaxPart - 1) / kMaxPart);
+  const int64_t per_task = (n + tasks - 1) / tasks;
+  std::mutex merge_mutex;
+  bool bad_seen = false;
+  kernels::parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    // Reused by every call on this thread: after the first call nothing allocates.
+    thread_local PartialHistogram part;
+    for (int64_t t = t0; t < t1; ++t) {
+      part.start(log2_bins_);
+      uint32_t bad = 0;
+      const int64_t begin = t * per_task;
+      const int64_t end = std::min(n, begin + per_task);
+      part.add(p + begin, end - begin, bad);
+      const std::lock_guard<std::mutex> lock(merge_mutex);
+      if (bad) {
+        bad_seen = true;
+        return;
+      }
+      merge_partial(part.exponent(), part.max(), [&](size_t j) { return part.count(j); });
+    }
+  });
+  if (bad_seen) throw_non_finite("HistogramObserver", x);
+  count_ += static_cast<uint64_t>(n);
+}
+
+template <class CountOf>
+void HistogramObserver::merge_partial(std::optional<int> exponent, float max, CountOf&& count_of) {
+  max_ = std::max(max_, max);
+  if (!exponent) {
+    counts_[0] += count_of(0);
     return;
   }
-  int exponent = 0;
-  std::frexp(static_cast<double>(batch_max), &exponent);  // batch_max < 2^exponent
   if (!range_exponent_) {
     range_exponent_ = exponent;
-  } else if (exponent > *range_exponent_) {
-    grow_to(exponent);
+  } else if (*exponent > *range_exponent_) {
+    grow_to(*exponent);
   }
-  // bins / 2^k is a power of two and |x| a float, so the product is exact in double.
-  const double to_bin = std::ldexp(1.0, log2_bins_ - *range_exponent_);
-  uint64_t* counts = counts_.data();
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = std::fabs(static_cast<double>(p[i])) * to_bin;
-    ++counts[static_cast<size_t>(v)];
-  }
+  // The part's bin j at range 2^k' is bin j >> (k - k') here; beyond log2(bins) shifts it is 0.
+  const int shift = std::min(*range_exponent_ - *exponent, log2_bins_);
+  for (size_t j = 0; j < counts_.size(); ++j) counts_[j >> shift] += count_of(j);
 }
 
 void HistogramObserver::merge(const HistogramObserver& other) {
@@ -235,18 +467,8 @@ void HistogramObserver::merge(const HistogramObserver& other) {
                       .append(" bins in the merged histogram, got ")
                       .append(std::to_string(other.bins())));
   }
-  if (!other.range_exponent_) {
-    counts_[0] += other.counts_[0];
-    return;
-  }
-  if (!range_exponent_) {
-    range_exponent_ = other.range_exponent_;
-  } else if (*other.range_exponent_ > *range_exponent_) {
-    grow_to(*other.range_exponent_);
-  }
-  // Other's bin j at range 2^k' is bin j >> (k - k') here; beyond log2(bins) shifts it is 0.
-  const int shift = std::min(*range_exponent_ - *other.range_exponent_, log2_bins_);
-  for (size_t j = 0; j < counts_.size(); ++j) counts_[j >> shift] += other.counts_[j];
+  merge_partial(other.range_exponent_, other.max_, [&](size_t j) { return other.counts_[j]; });
+  count_ += other.count_;
 }
 
 }  // namespace qforge::quant

@@ -100,13 +100,21 @@ class HistogramObserver {
   double range() const;  // 2^k, or 0 while no nonzero value was seen
   uint64_t total() const;
   Histogram histogram() const;
+  // The exact max |x| seen (the histogram's range only bounds it); 0 before any data.
+  float max() const { return max_; }
+  int64_t count() const { return static_cast<int64_t>(count_); }  // elements observed
 
  private:
   void grow_to(int exponent);
+  // Adds counts taken at range 2^exponent (none: all in bin 0), count_of(j) for bin j.
+  template <class CountOf>
+  void merge_partial(std::optional<int> exponent, float max, CountOf&& count_of);
 
   std::vector<uint64_t> counts_;
   int log2_bins_ = 0;
   std::optional<int> range_exponent_;
+  float max_ = 0.0f;
+  uint64_t count_ = 0;
 };
 
 }  // namespace qforge::quant

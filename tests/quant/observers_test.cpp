@@ -12,6 +12,7 @@
 
 #include "kernels/error.h"
 #include "quant/observers.h"
+#include "runtime/threads.h"
 #include "tests/support/random.h"
 
 namespace qforge::quant {
@@ -169,6 +170,63 @@ TEST(ObserverHistogram, CountsMatchDirectBinningAtFinalRange) {
   }
   EXPECT_TRUE(std::equal(direct.begin(), direct.end(), obs.counts().begin()));
   EXPECT_EQ(obs.total(), v.size());
+}
+
+// floor(|x| / 2^e · bins) for every value, in exact arithmetic (long double holds it exactly).
+std::vector<uint64_t> direct_counts(const std::vector<float>& v, int e, int bins) {
+  std::vector<uint64_t> direct(static_cast<size_t>(bins), 0);
+  for (float x : v) {
+    const long double pos = std::fabs(static_cast<long double>(x)) / std::ldexp(1.0L, e) * bins;
+    ++direct[static_cast<size_t>(std::floor(pos))];
+  }
+  return direct;
+}
+
+// Large tensors are binned by parallel tasks, each with its own range, in blocks whose max is
+// taken first: the counts must still be those of direct binning at the final range, for any
+// thread count, with the exact max kept.
+TEST(ObserverHistogram, ParallelBinningOfLargeTensorsIsExact) {
+  std::vector<float> v = wide_values(700001, 8);
+  // A run of zeros longer than a block, and the largest value near the end.
+  std::fill(v.begin() + 5000, v.begin() + 20000, 0.0f);
+  v[v.size() - 3] = -12345.5f;
+  float top = 0.0f;
+  for (float x : v) top = std::max(top, std::fabs(x));
+  int e = 0;
+  std::frexp(static_cast<double>(top), &e);
+  const std::vector<uint64_t> direct = direct_counts(v, e, 2048);
+  for (int threads : {1, 2}) {
+    runtime::set_num_threads(threads);
+    HistogramObserver obs;
+    obs.observe(wrap_values(v, 0, v.size()));
+    EXPECT_EQ(obs.range_exponent(), e) << threads << " threads";
+    EXPECT_EQ(obs.max(), top);
+    EXPECT_EQ(obs.count(), static_cast<int64_t>(v.size()));
+    EXPECT_TRUE(std::equal(direct.begin(), direct.end(), obs.counts().begin()))
+        << threads << " threads";
+  }
+  runtime::set_num_threads(0);
+}
+
+// Ranges whose bin factor 2^(log2 bins - k) is not a normal float: subnormal data (k far below
+// zero) and data near FLT_MAX.
+TEST(ObserverHistogram, ExtremeRangesBinExactly) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  for (const float scale : {1e-39f, 3e38f}) {
+    std::vector<float> v(9000);
+    for (float& x : v) x = unit(rng) * scale;
+    float top = 0.0f;
+    for (float x : v) top = std::max(top, std::fabs(x));
+    int e = 0;
+    std::frexp(static_cast<double>(top), &e);
+    HistogramObserver obs;
+    obs.observe(wrap_values(v, 0, v.size()));
+    ASSERT_EQ(obs.range_exponent(), e) << scale;
+    const std::vector<uint64_t> direct = direct_counts(v, e, 2048);
+    EXPECT_TRUE(std::equal(direct.begin(), direct.end(), obs.counts().begin())) << scale;
+    EXPECT_EQ(obs.max(), top);
+  }
 }
 
 TEST(ObserverHistogram, IdenticalForAnyBatchOrderSizeAndSplit) {

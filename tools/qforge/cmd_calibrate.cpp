@@ -2,6 +2,7 @@
 // through the fused graph, pick each point's amax with the chosen calibrator and write the Q/DQ
 // ONNX model; then measure the Q/DQ model against the float model (SQNR, cosine, top-1).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/progress.h"
+#include "tools/io/resource_usage.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -71,13 +73,16 @@ void for_each_batch(const DataSource& data, const std::vector<size_t>& indices, 
   const size_t row = static_cast<size_t>(kernels::shape_numel(data.sample_shape()));
   graph::Shape one = data.sample_shape();
   one.insert(one.begin(), 1);
+  graph::Shape shape = data.sample_shape();
+  shape.insert(shape.begin(), batch);
+  kernels::Tensor buffer(kernels::DType::kFloat32, shape);  // reused by every batch
+  float* p = buffer.data<float>();
+  std::vector<int64_t> labels;
   for (size_t begin = 0; begin < indices.size(); begin += b) {
     const size_t count = std::min(b, indices.size() - begin);
-    graph::Shape shape = data.sample_shape();
-    shape.insert(shape.begin(), static_cast<int64_t>(pad ? b : count));
-    kernels::Tensor input(kernels::DType::kFloat32, shape);
-    float* p = input.data<float>();
-    std::vector<int64_t> labels;
+    const kernels::Tensor input =
+        pad || count == b ? buffer : buffer.slice_rows(0, static_cast<int64_t>(count));
+    labels.clear();
     for (size_t i = 0; i < count; ++i) {
       kernels::Tensor sample = kernels::Tensor::wrap(kernels::DType::kFloat32, one, p + i * row);
       data.load(indices[begin + i], 1, sample);
@@ -114,6 +119,10 @@ std::string point_module(const graph::Graph& fused, const quant::ActivationPoint
   out.append(" ").append(p.consumers[0].node);
   if (p.consumers.size() > 1) out.append(" +").append(std::to_string(p.consumers.size() - 1));
   return out;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 double percent(size_t part, size_t whole) {
@@ -198,8 +207,11 @@ int run_calibrate(const CalibrateOptions& o) {
   runtime::TransformResult transformed = runtime::transform_model(*model, nullptr, transform);
   // SmoothQuant comes first, so that every range below is taken on the smoothed model.
   std::optional<quant::SmoothQuantResult> smoothing;
+  double smoothquant_seconds = 0;
   if (o.smoothquant) {
+    const auto start = std::chrono::steady_clock::now();
     smoothing = smooth_model(o, *model, transform, *transformed.graph, data, calib_indices);
+    smoothquant_seconds = seconds_since(start);
   }
   const graph::Graph& fused = *transformed.graph;
   quant::PlacementOptions placement;
@@ -212,26 +224,35 @@ int run_calibrate(const CalibrateOptions& o) {
   // Every sample is used: a partial last batch runs through the model transformed at its own
   // size (a transformer's fused graph has the batch folded into its reshapes) and its
   // statistics merge exactly into the rest, so the scales do not depend on --batch.
-  quant::CalibrationStats stats(fused, plan);
+  // Released once the amax are known, before the evaluation loads two more models.
+  auto stats_owner = std::make_unique<quant::CalibrationStats>(fused, plan);
+  quant::CalibrationStats& stats = *stats_owner;
+  const auto calibration_start = std::chrono::steady_clock::now();
+  double first_batch_seconds = -1;  // the first batch also builds the execution plan
   {
     io::Progress progress("calibrate", total, "img");
     for_each_batch(data, calib_indices, o.batch, false, progress,
                    [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
                      if (static_cast<int64_t>(count) == o.batch) {
                        stats.observe_batch(input);
-                       return;
+                     } else {
+                       runtime::TransformOptions partial_transform = transform;
+                       partial_transform.batch = static_cast<int64_t>(count);
+                       const runtime::TransformResult partial =
+                           runtime::transform_model(*model, nullptr, partial_transform);
+                       if (smoothing) quant::fold_smoothing(*partial.graph, *smoothing);
+                       quant::CalibrationStats partial_stats(
+                           *partial.graph, quant::place_qdq(*partial.graph, placement));
+                       partial_stats.observe_batch(input);
+                       stats.merge(partial_stats);
                      }
-                     runtime::TransformOptions partial_transform = transform;
-                     partial_transform.batch = static_cast<int64_t>(count);
-                     const runtime::TransformResult partial =
-                         runtime::transform_model(*model, nullptr, partial_transform);
-                     if (smoothing) quant::fold_smoothing(*partial.graph, *smoothing);
-                     quant::CalibrationStats partial_stats(
-                         *partial.graph, quant::place_qdq(*partial.graph, placement));
-                     partial_stats.observe_batch(input);
-                     stats.merge(partial_stats);
+                     if (first_batch_seconds < 0)
+                       first_batch_seconds = seconds_since(calibration_start);
                    });
   }
+  const double calibration_seconds = seconds_since(calibration_start);
+  // Everything calibration needs is resident by now; evaluation below loads two more models.
+  const int64_t calibration_peak_bytes = io::peak_resident_bytes();
 
   struct PointRow {
     const quant::ActivationPoint* point;
@@ -239,6 +260,7 @@ int run_calibrate(const CalibrateOptions& o) {
   };
   std::vector<PointRow> rows;
   quant::ActivationAmax chosen;
+  const auto calibrators_start = std::chrono::steady_clock::now();
   for (const quant::ActivationPoint& p : plan.activations) {
     PointRow row{&p, {}};
     for (quant::Calibrator m : kMethods) {
@@ -247,6 +269,10 @@ int run_calibrate(const CalibrateOptions& o) {
     chosen[p.tensor] = static_cast<float>(row.amax[static_cast<int>(*method)]);
     rows.push_back(row);
   }
+  const double calibrators_seconds = seconds_since(calibrators_start);
+  const auto weight_amax = stats.weight_amax();
+  const int64_t batches = stats.batches();
+  stats_owner.reset();
 
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
@@ -258,7 +284,7 @@ int run_calibrate(const CalibrateOptions& o) {
   // Evaluate exactly what is written: the serialized bytes, re-imported. The Q/DQ model's batch
   // is fixed, so the last partial batch is padded with copies of its last sample and the padded
   // rows' outputs are ignored; every sample counts once.
-  runtime::Session reference(graph::load_onnx(o.model));
+  runtime::Session reference(std::move(model));  // the partial batches above were its last use
   runtime::Session quantized(graph::parse_onnx(bytes, o.output));
   const DataSource& eval = val ? *val : data;
   const std::vector<size_t> eval_indices = val ? spread_indices(val->size(), 0) : calib_indices;
@@ -293,8 +319,25 @@ int run_calibrate(const CalibrateOptions& o) {
     of_all.append(" of ").append(std::to_string(data.size())).append(", spread evenly");
   }
   std::printf("calibration  %s (%zu samples%s in %lld batches of up to %lld, %d threads)\n",
-              o.data.c_str(), total, of_all.c_str(), static_cast<long long>(stats.batches()),
+              o.data.c_str(), total, of_all.c_str(), static_cast<long long>(batches),
               static_cast<long long>(o.batch), runtime::num_threads());
+  // All passes over the data count: SmoothQuant's statistics pass and the calibration pass.
+  const double data_seconds = smoothquant_seconds + calibration_seconds;
+  const double ms_per_batch = 1e3 * data_seconds / static_cast<double>(batches);
+  // After the first batch, whose time includes building the execution plan (weights packed,
+  // buffers touched for the first time).
+  const double ms_per_later_batch =
+      batches > 1
+          ? 1e3 * (calibration_seconds - first_batch_seconds) / static_cast<double>(batches - 1)
+          : 0.0;
+  std::printf(
+      "time         %.3f s over the data, %.1f ms per batch%s (first %.1f ms, then %.1f ms "
+      "each)\n",
+      data_seconds, ms_per_batch, smoothing ? " with the SmoothQuant pass" : "",
+      1e3 * first_batch_seconds, ms_per_later_batch);
+  std::printf("             calibrators %.1f ms for %zu points x 4 methods; peak memory %.0f MiB\n",
+              1e3 * calibrators_seconds, rows.size(),
+              static_cast<double>(calibration_peak_bytes) / (1024.0 * 1024.0));
   std::printf("method       %s", method_name);
   if (*method == quant::Calibrator::kPercentile) std::printf(" (%g%%)", o.percentile);
   std::printf("; scale = amax / 127, zero point 0\n");
@@ -311,7 +354,6 @@ int run_calibrate(const CalibrateOptions& o) {
                 r.amax[1], r.amax[2], r.amax[3], point_module(fused, *r.point).c_str(),
                 r.point->tensor.c_str());
   }
-  const auto weight_amax = stats.weight_amax();
   std::printf("\nweight quantizers (%zu): per output channel, amax = max |w|%s\n",
               plan.weights.size(), o.int8_weights ? ", stored as int8" : "");
   std::printf("  %5s %9s %10s %10s %-10s | %s\n", "axis", "channels", "min amax", "max amax",
@@ -401,7 +443,7 @@ int run_calibrate(const CalibrateOptions& o) {
         {"percentile", o.percentile},
         {"skip", o.skip},
         {"int8_weights", o.int8_weights},
-        {"calibration", {{"data", o.data}, {"samples", total}, {"batches", stats.batches()}}},
+        {"calibration", {{"data", o.data}, {"samples", total}, {"batches", batches}}},
         {"activation_points", points},
         {"weight_points", weights},
         {"softmax_points", plan.softmax.size()},
@@ -411,7 +453,15 @@ int run_calibrate(const CalibrateOptions& o) {
           {"weight_quantizers", counts.weight_quantizers},
           {"softmax_pairs", counts.softmax_pairs},
           {"folded_batch_norms", counts.folded_batch_norms}}},
-        {"evaluation", evaluation}};
+        {"evaluation", evaluation},
+        {"timing",
+         {{"smoothquant_s", smoothquant_seconds},
+          {"calibration_s", calibration_seconds},
+          {"ms_per_batch", ms_per_batch},
+          {"first_batch_ms", 1e3 * first_batch_seconds},
+          {"ms_per_later_batch", ms_per_later_batch},
+          {"calibrators_s", calibrators_seconds},
+          {"peak_rss_bytes_after_calibration", calibration_peak_bytes}}}};
     if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
     commit_text_file(*report_file, report.dump(2), "report", o.report);
   }

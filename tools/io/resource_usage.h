@@ -1,0 +1,11 @@
+// What the running process has used so far, for the figures the commands print.
+#pragma once
+
+#include <cstdint>
+
+namespace qforge::io {
+
+// Peak resident set size of this process so far, in bytes (0 where the platform cannot say).
+int64_t peak_resident_bytes();
+
+}  // namespace qforge::io
