@@ -4,13 +4,15 @@ models (export_models.py), at batch 8 with 2 threads by default.
 
   qforge   `qforge run <name>_b8.onnx --batch 8 --threads 2 --warmup 2` over N batches of
            random images; its mean forward ms/batch (compilation and warm-up excluded)
+  fused    the same with --transform: the graph after conversions and fusions into modules
   PyTorch  the same torchvision model and seeded weights, torch.set_num_threads(2),
            torch.no_grad(); 2 warm-up batches, then the mean of N timed batches
   ORT      bench/ort_time.js on the same .onnx file (intra-op 2 threads, inter-op 1,
            all graph optimisations, sequential); 2 warm-up runs, then the mean of N runs
 
 GFLOP/s = 2 * MACs per image (`qforge inspect` of the b1 model) * batch / qforge time.
-A `qforge run --profile` of one model (resnet50) gives the time per op kind.
+A `qforge run --profile` of one model (resnet50) gives the time per op kind, and the bundled
+models (data/models) are timed plain and transformed on the digits validation images.
 
 Each runtime runs in its own process, one after another. Before each model the script
 samples the machine's CPU use for a second while it is idle itself, waits (up to --wait s)
@@ -21,6 +23,7 @@ or appending the section when missing) unless --no-write.
 """
 import argparse
 import datetime
+import glob
 import json
 import os
 import re
@@ -43,6 +46,7 @@ DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0
 DEFAULT_RUNS = {"resnet18": 5, "resnet50": 5, "mobilenet_v3_small": 5, "efficientnet_b0": 5,
                 "convnext_tiny": 3, "vit_b_16": 3, "swin_t": 3}
 PROFILE_MODEL = "resnet50"
+BUNDLED_IMAGES = 360  # the digits validation set: 45 batches of 8
 
 INTRO = """# qforge end-to-end benchmarks
 
@@ -153,11 +157,13 @@ THROUGHPUT_RE = re.compile(
 PROFILE_RE = re.compile(r"^\s+(\S+)\s+([\d.]+) ms\s+([\d.]+)%\s+\((\d+) nodes\)\s*$", re.M)
 
 
-def qforge_time(qforge, name, data, images, args, profile=False):
-    cmd = [qforge, "run", zoo.model_path(name, args.batch), "--data", data, "--limit", str(images),
+def qforge_time(qforge, name, data, images, args, profile=False, transform=False, model=None):
+    cmd = [qforge, "run", model or zoo.model_path(name, args.batch), "--data", data, "--limit", str(images),
            "--batch", str(args.batch), "--threads", str(args.threads), "--warmup", str(args.warmup)]
     if profile:
         cmd.append("--profile")
+    if transform:
+        cmd.append("--transform")
     proc = run_cmd(cmd, args.timeout)
     m = THROUGHPUT_RE.search(proc.stdout)
     if proc.returncode != 0 or not m:
@@ -253,7 +259,7 @@ def star(res):
     return "\\*" if res.get("disturbed") else ""
 
 
-def render(rows, profile, meta):
+def render(rows, profile, meta, bundled=()):
     out = [BEGIN, "", f"## Forward time, batch {meta['batch']}, {meta['threads']} threads", ""]
     out += [
         f"- Command: `{meta['command']}` (from the repository root)",
@@ -267,43 +273,52 @@ def render(rows, profile, meta):
         f"batches (count per model below); qforge's time is its forward time (compilation and warm-up excluded)",
         f"- Machine load: {meta['load']}",
         "",
-        "| model | qforge ms/batch | images/s | GFLOP/s | PyTorch ms | ORT ms | qforge/PyTorch | qforge/ORT | timed batches |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | qforge ms/batch | transformed ms/batch | images/s | GFLOP/s | PyTorch ms | ORT ms | "
+        "qforge/PyTorch | qforge/ORT | transformed/ORT | transformed/plain | timed batches |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for r in rows:
-        q, t, o = r["qforge"], r["torch"], r["ort"]
+        q, qt, t, o = r["qforge"], r["fused"], r["torch"], r["ort"]
         qms = q.get("ms")
+        fms = qt.get("ms")
         gflops = (2 * r["macs"] * meta["batch"] / (qms / 1e3) / 1e9) if (qms and r["macs"]) else None
         cells = [
             r["model"],
             (f1(qms) + star(q)) if qms else "error",
+            (f1(fms) + star(qt)) if fms else "error",
             f1(q["images_s"]) if qms else "-",
             f1(gflops) if gflops else "-",
             (f1(t["mean_ms"]) + star(t)) if "mean_ms" in t else "error",
             (f1(o["mean_ms"]) + star(o)) if "mean_ms" in o else "error",
             f"{qms / t['mean_ms']:.2f}" if qms and "mean_ms" in t else "-",
             f"{qms / o['mean_ms']:.2f}" if qms and "mean_ms" in o else "-",
+            f"{fms / o['mean_ms']:.2f}" if fms and "mean_ms" in o else "-",
+            f"{fms / qms:.2f}" if fms and qms else "-",
             str(r["runs"]),
         ]
         out.append("| " + " | ".join(cells) + " |")
-        for label, res in (("qforge", q), ("PyTorch", t), ("ORT", o)):
+        for label, res in (("qforge", q), ("qforge --transform", qt), ("PyTorch", t), ("ORT", o)):
             if "error" in res:
                 notes.append(f"- {r['model']}, {label}: `" + " / ".join(res["error"]).replace("`", "'") + "`")
         if r["macs"] is None and r.get("macs_error"):
             notes.append(f"- {r['model']}, qforge inspect: `" + " / ".join(r["macs_error"]) + "`")
     out.append("")
-    out.append("Ratios are time ratios (above 1: qforge is slower). GFLOP/s counts 2 FLOPs per MAC "
-               "of `qforge inspect`, at qforge's time.")
-    if any(r[k].get("disturbed") for r in rows for k in ("qforge", "torch", "ort")):
+    out.append("Ratios are time ratios (above 1: qforge is slower). \"transformed\" runs the graph "
+               "after conversions and fusions into modules (`qforge run --transform`), as calibration "
+               "and QAT run it. GFLOP/s counts 2 FLOPs per MAC of `qforge inspect`, at qforge's "
+               "(untransformed) time.")
+    if any(r[k].get("disturbed") for r in rows for k in ("qforge", "fused", "torch", "ort")):
         out.append("\\* other processes used more than the allowed share of the CPUs during every "
                    "attempt at this measurement; take it with caution.")
 
     def pct(res):
         return f"{100 * res['others']:.0f}" if "others" in res else "-"
 
-    out += ["", "Share of the CPUs used by other processes during each measurement (qforge / PyTorch / ORT): "
-            + ", ".join(f"{r['model']} {pct(r['qforge'])}/{pct(r['torch'])}/{pct(r['ort'])}%" for r in rows)
+    out += ["", "Share of the CPUs used by other processes during each measurement (qforge / transformed / "
+            "PyTorch / ORT): "
+            + ", ".join(f"{r['model']} {pct(r['qforge'])}/{pct(r['fused'])}/{pct(r['torch'])}/{pct(r['ort'])}%"
+                        for r in rows)
             + (f"; profile run {pct(profile)}%." if profile is not None else ".")]
     if notes:
         out += ["", "Failures:", ""] + notes
@@ -319,6 +334,15 @@ def render(rows, profile, meta):
                 out.append(f"| {op} | {ms / profile['batches']:.2f} | {pct:.1f}% | {nodes} |")
             total = sum(p[1] for p in profile["profile"]) / profile["batches"]
             out.append(f"| total (profiled ops) | {total:.2f} | 100% | |")
+    if bundled:
+        out += ["", f"### Bundled models, plain and transformed, batch {meta['batch']}", "",
+                f"`qforge run data/models/<model>.onnx --data data/datasets/digits/val --limit {BUNDLED_IMAGES} "
+                f"--batch {meta['batch']} --threads {meta['threads']} --warmup {meta['warmup']} [--transform]`", "",
+                "| model | plain ms/batch | transformed ms/batch | transformed/plain |", "|---|---:|---:|---:|"]
+        for r in bundled:
+            p, f = r["qforge"].get("ms"), r["fused"].get("ms")
+            out.append(f"| {r['model']} | {f'{p:.3f}' + star(r['qforge']) if p else 'error'} | "
+                       f"{f'{f:.3f}' + star(r['fused']) if f else 'error'} | {f'{f / p:.2f}' if p and f else '-'} |")
     out += ["", END]
     return "\n".join(out) + "\n"
 
@@ -350,6 +374,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="threads of every runtime (default 2)")
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)  # only b8 files are timed
     ap.add_argument("--no-profile", action="store_true", help=f"skip the --profile run of {PROFILE_MODEL}")
+    ap.add_argument("--no-bundled", action="store_true",
+                    help="skip the plain/transformed timing of the bundled models (data/models)")
     ap.add_argument("--max-busy", type=float, default=0.25,
                     help="wait while other processes use more than this fraction of the CPUs (default 0.25)")
     ap.add_argument("--wait", type=int, default=300, help="longest wait for a quiet machine, s (default 300)")
@@ -399,13 +425,16 @@ def main():
         log(f"  {name}: {runs[name]} timed batches")
         q = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args), "qforge", args, log)
         show("qforge", q, f"{q.get('ms', 0):.1f} ms/batch")
+        qt = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args, transform=True),
+                     "qforge --transform", args, log)
+        show("fused", qt, f"{qt.get('ms', 0):.1f} ms/batch")
         t = measure(lambda: torch_time(name, runs[name], args), "PyTorch", args, log)
         torch_version = t.get("version", torch_version)
         show("PyTorch", t, f"{t.get('mean_ms', 0):.1f} ms (median {t.get('median_ms', 0):.1f})")
         o = measure(lambda: ort_time(name, runs[name], args), "ORT", args, log)
         ort_version = o.get("version", ort_version)
         show("ORT", o, f"{o.get('mean_ms', 0):.1f} ms (median {o.get('median_ms', 0):.1f})")
-        rows.append({"model": name, "macs": macs, "macs_error": macs_err, "qforge": q, "torch": t,
+        rows.append({"model": name, "macs": macs, "macs_error": macs_err, "qforge": q, "fused": qt, "torch": t,
                      "ort": o, "runs": runs[name]})
 
     profile = None
@@ -421,8 +450,21 @@ def main():
             log(f"  {PROFILE_MODEL} profile: error: " + " / ".join(p["error"]))
         profile = p
 
+    bundled = []
+    if not args.no_bundled:
+        val = os.path.join(zoo.REPO_ROOT, "data", "datasets", "digits", "val")
+        for path in sorted(glob.glob(os.path.join(zoo.REPO_ROOT, "data", "models", "*.onnx"))):
+            name = os.path.splitext(os.path.basename(path))[0]
+            plain = measure(lambda: qforge_time(qforge, name, val, BUNDLED_IMAGES, args, model=path),
+                            "qforge", args, log)
+            fused = measure(lambda: qforge_time(qforge, name, val, BUNDLED_IMAGES, args, transform=True,
+                                                model=path), "qforge --transform", args, log)
+            log(f"  bundled {name}: {plain.get('ms', 0):.2f} ms/batch, transformed {fused.get('ms', 0):.2f}")
+            bundled.append({"model": name, "qforge": plain, "fused": fused})
+
     load_end = zoo.load_average()
-    shares = [r[k]["others"] for r in rows for k in ("qforge", "torch", "ort") if "others" in r[k]]
+    shares = [r[k]["others"] for r in rows for k in ("qforge", "fused", "torch", "ort") if "others" in r[k]]
+    shares += [r[k]["others"] for r in bundled for k in ("qforge", "fused") if "others" in r[k]]
     if profile is not None and "others" in profile:
         shares.append(profile["others"])
     meta = {
@@ -441,14 +483,15 @@ def main():
                  f"any measurement (per measurement below; measurements above {100 * args.max_busy:.0f}% were "
                  f"repeated up to {args.retries} times)"),
     }
-    section = render(rows, profile, meta)
+    section = render(rows, profile, meta, bundled)
     if args.no_write:
         print(section)
     else:
         write_results(section, RESULTS)
         log(f"wrote {os.path.relpath(RESULTS, zoo.REPO_ROOT)}")
         print(section)
-    failed = any("error" in r[k] for r in rows for k in ("qforge", "torch", "ort"))
+    failed = any("error" in r[k] for r in rows for k in ("qforge", "fused", "torch", "ort"))
+    failed |= any("error" in r[k] for r in bundled for k in ("qforge", "fused"))
     return 1 if failed else 0
 
 

@@ -87,10 +87,25 @@ double CalibrationStats::amax_for(const ActivationPoint& point, Calibrator metho
   }
   // The running max is exact; the histogram's max edge only bounds it.
   if (method == Calibrator::kMax) return obs.max();
+  if (method == Calibrator::kEntropy && entropy_falls_back(point)) return obs.max();
   CalibratorOptions options;
   options.method = method;
   options.percentile = percentile;
   return calibrate_amax(obs.histogram(), options).amax;
+}
+
+bool CalibrationStats::entropy_falls_back(const ActivationPoint& point) const {
+  const HistogramObserver& obs = observers_[index_of(point)];
+  const Histogram h = obs.histogram();
+  const double amax = entropy_amax(h).amax;
+  // Bins wholly above the threshold: a lower bound of the clipped values, exact at bin edges
+  // (entropy's thresholds are bin edges).
+  double above = 0;
+  for (int64_t j = h.bins() - 1; j >= 0 && h.edge(j) >= amax; --j) {
+    above += h.counts[static_cast<size_t>(j)];
+  }
+  const double total = h.total();
+  return total > 0 && above > kEntropyMaxClipped * total;
 }
 
 std::map<std::string, float> CalibrationStats::activation_amax(Calibrator method,

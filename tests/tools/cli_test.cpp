@@ -127,6 +127,27 @@ TEST(Cli, RunWritesOutputsEqualToGolden) {
   }
 }
 
+// --transform runs the fused graph (modules, not standard ops) at --batch and computes what the
+// model computes: PyTorch's outputs within the equivalence tolerance of the rewrites.
+TEST(Cli, RunTransformedMatchesGolden) {
+  for (std::string family : {"resnet", "vit", "swin"}) {
+    SCOPED_TRACE(family);
+    TempDir dir;
+    const auto input = io::read_npy(data_path("golden/" + family + "_input.npy"));
+    auto r = run_cli("run " + data_path("models/" + family + "_bn.onnx") + " --data " +
+                     data_path("golden/" + family + "_input.npy") + " --transform --batch " +
+                     std::to_string(input.dim(0)) + " -o " + dir.file("out.npy"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("fusions)"), std::string::npos) << r.out;
+    auto got = io::read_npy(dir.file("out.npy"));
+    auto ref = io::read_npy(data_path("golden/" + family + "_bn_output.npy"));
+    ASSERT_EQ(got.shape(), ref.shape());
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+      EXPECT_NEAR(got.data<float>()[i], ref.data<float>()[i], 1e-4) << i;
+    }
+  }
+}
+
 TEST(Cli, ValidationAccuracyEqualsPyTorch) {
   auto accuracy = nlohmann::json::parse(testing::read_text(data_path("golden/accuracy.json")));
   for (std::string family : {"resnet", "mobilenet_v3", "efficientnet", "convnext", "vit", "swin"}) {

@@ -257,12 +257,13 @@ int run_calibrate(const CalibrateOptions& o) {
   struct PointRow {
     const quant::ActivationPoint* point;
     double amax[4];
+    bool entropy_fell_back;  // entropy's threshold clipped too much; its column holds max
   };
   std::vector<PointRow> rows;
   quant::ActivationAmax chosen;
   const auto calibrators_start = std::chrono::steady_clock::now();
   for (const quant::ActivationPoint& p : plan.activations) {
-    PointRow row{&p, {}};
+    PointRow row{&p, {}, stats.entropy_falls_back(p)};
     for (quant::Calibrator m : kMethods) {
       row.amax[static_cast<int>(m)] = stats.amax_for(p, m, o.percentile);
     }
@@ -345,14 +346,24 @@ int run_calibrate(const CalibrateOptions& o) {
   std::printf("\nactivation Q/DQ points (%zu); amax by each calibrator, percentile at %g%%\n",
               rows.size(), o.percentile);
   // Names vary in length: figures first so that their columns line up, names last.
-  std::printf("  %-10s %10s %11s | %10s %10s %10s %10s | %s -> %s\n", "method", "amax", "scale",
+  std::printf("  %-10s %10s %11s | %10s %10s %10s  %10s | %s -> %s\n", "method", "amax", "scale",
               "max", "percentile", "entropy", "mse", "module", "tensor");
+  size_t fallbacks = 0;
   for (const PointRow& r : rows) {
     const double a = r.amax[static_cast<int>(*method)];
-    std::printf("  %-10s %10.5g %11.5g | %10.5g %10.5g %10.5g %10.5g | %s -> %s\n", method_name, a,
+    const bool fell_back = r.entropy_fell_back && *method == quant::Calibrator::kEntropy;
+    fallbacks += r.entropy_fell_back;
+    std::printf("  %-10s %10.5g %11.5g | %10.5g %10.5g %10.5g%s %10.5g | %s -> %s\n",
+                fell_back ? "max*" : method_name, a,
                 static_cast<double>(quant::scale_from_amax(static_cast<float>(a))), r.amax[0],
-                r.amax[1], r.amax[2], r.amax[3], point_module(fused, *r.point).c_str(),
-                r.point->tensor.c_str());
+                r.amax[1], r.amax[2], r.entropy_fell_back ? "*" : " ", r.amax[3],
+                point_module(fused, *r.point).c_str(), r.point->tensor.c_str());
+  }
+  if (fallbacks > 0) {
+    std::printf(
+        "  * entropy's threshold would clip more than %g%% of this point's values; it takes "
+        "max instead\n",
+        100 * quant::CalibrationStats::kEntropyMaxClipped);
   }
   std::printf("\nweight quantizers (%zu): per output channel, amax = max |w|%s\n",
               plan.weights.size(), o.int8_weights ? ", stored as int8" : "");
@@ -416,7 +427,8 @@ int run_calibrate(const CalibrateOptions& o) {
                         {"method", method_name},
                         {"amax", a},
                         {"scale", quant::scale_from_amax(static_cast<float>(a))},
-                        {"amax_by_method", by_method}});
+                        {"amax_by_method", by_method},
+                        {"entropy_fell_back_to_max", r.entropy_fell_back}});
     }
     nlohmann::json weights = nlohmann::json::array();
     for (const quant::WeightPoint& w : plan.weights) {

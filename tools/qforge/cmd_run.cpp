@@ -10,6 +10,7 @@
 #include "runtime/model_stats.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
+#include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/npy.h"
 #include "tools/io/progress.h"
@@ -27,6 +28,7 @@ struct RunOptions {
   int threads = 0;
   int64_t limit = 0;
   bool profile = false;
+  bool transform = false;
   int64_t warmup = 0;
   PreprocessOverrides preprocess;
   float pixel_scale = 0;
@@ -45,9 +47,25 @@ int run_run(RunOptions o) {
 
   runtime::SessionOptions so;
   so.executor.profile = o.profile;
-  runtime::Session session(graph::load_onnx(o.model), so);
-  const graph::Graph& model = session.graph();
-  DataSource data = DataSource::open(o.data, model, o.preprocess);
+  std::unique_ptr<graph::Graph> loaded = graph::load_onnx(o.model);
+  DataSource data = DataSource::open(o.data, *loaded, o.preprocess);
+  std::string transformed_note;
+  if (o.transform) {
+    // The fused graph is resolved at one batch (transformers fold it into their reshapes), so
+    // it runs whole batches of that size only.
+    runtime::TransformOptions options;
+    options.batch = o.batch > 0 ? o.batch : 32;
+    if (loaded->inputs().size() == 1 && loaded->inputs()[0]->has_shape() &&
+        !loaded->inputs()[0]->shape()->empty() && loaded->inputs()[0]->shape()->front() > 0) {
+      options.batch = loaded->inputs()[0]->shape()->front();  // a fixed batch wins
+    }
+    runtime::TransformResult t = runtime::transform_model(*loaded, nullptr, options);
+    transformed_note = "transformed at batch " + std::to_string(options.batch) + ": " +
+                       std::to_string(t.conversions.applied()) + " conversions, " +
+                       std::to_string(t.fusions.applied()) + " fusions";
+    loaded = std::move(t.graph);
+  }
+  runtime::Session session(std::move(loaded), so);
 
   size_t total = data.size();
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
@@ -62,6 +80,7 @@ int run_run(RunOptions o) {
     if (total == 0) throw_invalid("run: fewer samples than the model's fixed batch");
   }
 
+  const graph::Graph& model = session.graph();
   std::vector<std::vector<float>> stacked(model.outputs().size());  // kept only with -o
   std::vector<graph::Shape> out_shapes(model.outputs().size());     // [rows so far, ...]
   size_t correct = 0;
@@ -115,7 +134,8 @@ int run_run(RunOptions o) {
   progress.finish();
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
 
-  std::printf("model      %s\n", o.model.c_str());
+  std::printf("model      %s%s%s%s\n", o.model.c_str(), transformed_note.empty() ? "" : " (",
+              transformed_note.c_str(), transformed_note.empty() ? "" : ")");
   std::printf("data       %s (%zu samples, batch %lld, %d threads)\n", o.data.c_str(), total,
               static_cast<long long>(batch), runtime::num_threads());
   std::printf("throughput %.1f images/s (forward %.3f s, %.3f ms/batch; wall %.3f s)\n",
@@ -172,6 +192,9 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
+  cmd->add_flag("--transform", opts->transform,
+                "run the transformed graph (conversions and fusions into modules, as `qforge "
+                "transform` plans them) at --batch, whole batches only");
   cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--mean", opts->preprocess.mean,
