@@ -248,7 +248,9 @@ BENCHMARK(BM_SgemmRowBlock)
     ->Args({256, 384, 96})
     ->Unit(benchmark::kMillisecond);
 
-// gemm() as ViT's Linear layers run it at batch 8 (1576 rows). Args {m, k, n}.
+// gemm() as ViT's Linear layers run it at batch 8 (1576 rows): nn.Linear weights ([n, k],
+// transB) and a bias per column. Args {m, k, n, prepared}: prepared 1 packs the weights once
+// for the AVX-512 micro-kernel (as the runtime does for constant weights), 0 runs OpenBLAS.
 void BM_Gemm(benchmark::State& state) {
   use_two_threads();
   GemmDims d;
@@ -260,10 +262,15 @@ void BM_Gemm(benchmark::State& state) {
   const auto a = random_floats(static_cast<size_t>(d.m * d.k), 6);
   const auto b = random_floats(static_cast<size_t>(d.k * d.n), 7);
   const auto bias = random_floats(static_cast<size_t>(d.n), 8);
+  std::vector<float> prepared(state.range(3) != 0 ? gemm_prepared_weight_floats(d) : 0);
+  if (!prepared.empty()) prepare_gemm_weights(d, b.data(), prepared.data());
   std::vector<float> y(static_cast<size_t>(d.m * d.n));
-  std::vector<std::byte> ws(gemm_workspace_bytes(d) + 64);
+  std::vector<std::byte> ws(
+      gemm_workspace_bytes(d, prepared.empty() ? GemmWeightForm::kRaw : GemmWeightForm::kPrepared) +
+      64);
   for (auto _ : state) {
-    gemm(d, a.data(), b.data(), bias.data(), y.data(), ws.data());
+    gemm(d, a.data(), b.data(), bias.data(), y.data(), ws.data(),
+         prepared.empty() ? nullptr : prepared.data());
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(d.m * d.k * d.n),
@@ -271,10 +278,11 @@ void BM_Gemm(benchmark::State& state) {
                                                  benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_Gemm)
-    ->Args({1576, 768, 768})
-    ->Args({1576, 768, 3072})
-    ->Args({1576, 3072, 768})
-    ->Args({8, 576, 1024})  // MobileNetV3-small classifier
+    ->ArgsProduct({{1576}, {768}, {768, 2304, 3072}, {0, 1}})
+    ->Args({1576, 3072, 768, 0})
+    ->Args({1576, 3072, 768, 1})
+    ->Args({8, 576, 1024, 0})  // MobileNetV3-small classifier
+    ->Args({8, 576, 1024, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -1,9 +1,16 @@
-// GEMM and batched MatMul on OpenBLAS, split into fixed-shape BLAS calls run in parallel.
+// GEMM and batched MatMul: on OpenBLAS, split into fixed-shape BLAS calls run in parallel, or,
+// for weights prepared once, on the packed AVX-512 micro-kernel.
 #include "kernels/gemm.h"
 
 #include <cblas.h>
 
 #include <algorithm>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "kernels/packed_gemm.h"
 
 namespace qforge::kernels {
 namespace {
@@ -117,8 +124,216 @@ RowBlocks row_blocks_of(const GemmDims& d) {
 
 }  // namespace
 
-// Scratch for the zero-padded last block: its rows of A and of the output.
-size_t gemm_workspace_bytes(const GemmDims& dims) {
+// ---------------------------------------------------------------------------------------------
+// The packed path: y = a · w (+ bias per column) with w packed once into column panels.
+
+namespace {
+
+bool packed_linear_applies(const GemmDims& d) {
+  return packed_gemm_available() && d.alpha == 1.0f && d.trans_a == Transpose::kNo &&
+         (d.bias == GemmBias::kNone || d.bias == GemmBias::kRow) && d.k > 0 && d.n > 0;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Depth (k) of one pass over a tile: passes of equal size up to kLinearDepth, fixed by k alone
+// (each pass's sum is rounded on its own, so the depth is part of every output's bits).
+// A row panel's pass (kPackedRows × depth, 14 KiB) stays in L1 while it meets every column
+// panel of the task.
+constexpr int64_t kLinearDepth = 256;
+// Bytes of prepared weights one task sweeps per pass (its column panels × depth): kept in L2
+// (2 MiB per core) beside the task's block of outputs, so that every row panel after the first
+// reads them from there.
+constexpr int64_t kLinearWeightBlockBytes = int64_t{1} << 20;
+// Row panels per task: more reuse of each pass's weight block per trip from L3, fewer tasks.
+constexpr int64_t kLinearRowPanels = 6;
+
+int64_t linear_depth(int64_t k) {
+  return ceil_div(k, ceil_div(k, kLinearDepth));
+}
+
+// How one packed gemm() call splits into tasks of row panels × column panels: block b of
+// `blocks` over `panels` panels holds panels [b·panels / blocks, (b+1)·panels / blocks), so the
+// blocks differ by at most one panel. Only the order in which outputs are computed depends on
+// the split (and on the thread count), never an output's bits: each output's chain over k is
+// the same in any task.
+struct LinearSplit {
+  int64_t depth = 0;
+  int64_t row_panels = 0;
+  int64_t col_panels = 0;
+  int64_t row_blocks = 0;
+  int64_t col_blocks = 0;
+};
+
+LinearSplit linear_split(const GemmDims& d, int threads) {
+  LinearSplit s;
+  s.depth = linear_depth(d.k);
+  s.row_panels = ceil_div(d.m, kPackedRows);
+  s.col_panels = ceil_div(d.n, kPackedCols);
+  const int64_t workers = std::max(threads, 1);
+  const int64_t panel_bytes = s.depth * kPackedCols * static_cast<int64_t>(sizeof(float));
+  const int64_t block_panels = std::max<int64_t>(1, kLinearWeightBlockBytes / panel_bytes);
+  s.col_blocks = ceil_div(s.col_panels, block_panels);
+  // A whole number of row blocks per thread: with ~20 tasks, one left over would idle a core
+  // for 5% of the call.
+  s.row_blocks = ceil_div(ceil_div(s.row_panels, kLinearRowPanels), workers) * workers;
+  s.row_blocks = std::min(s.row_blocks, s.row_panels);
+  // A small batch has few row blocks: split the columns further so that every thread has work
+  // and the dynamic hand-out can even the load.
+  const int64_t wanted = 4 * workers;
+  if (s.row_blocks * s.col_blocks < wanted) {
+    s.col_blocks = std::min(s.col_panels, std::max(s.col_blocks, ceil_div(wanted, s.row_blocks)));
+  }
+  return s;
+}
+
+#ifdef __AVX512F__
+// dst[c·kPackedRows + r] = a[r·lda + c] for 14 rows and 16 columns: a 16 × 16 transpose of the
+// rows (two of them zero) in registers, four rounds of shuffles.
+inline void pack_panel_16(const float* a, int64_t lda, float* dst) {
+  static_assert(kPackedRows == 14);
+  // The merge-masked forms avoid GCC 12's false uninitialised warnings on the plain ones.
+  constexpr __mmask16 kAll = 0xFFFF;
+  constexpr __mmask8 kAllPd = 0xFF;
+  __m512 r[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 14; ++i) r[i] = _mm512_loadu_ps(a + i * lda);
+  r[14] = _mm512_setzero_ps();
+  r[15] = _mm512_setzero_ps();
+  // Per 128-bit lane j: t[2i] = a[2i][4j], a[2i+1][4j], a[2i][4j+1], a[2i+1][4j+1] and
+  // t[2i+1] the same for columns 4j+2, 4j+3.
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_mask_unpacklo_ps(r[i], kAll, r[i], r[i + 1]);
+    t[i + 1] = _mm512_mask_unpackhi_ps(r[i], kAll, r[i], r[i + 1]);
+  }
+  // u[4g + c], lane j: column 4j + c of rows 4g .. 4g+3.
+  __m512 u[16];
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {
+    const __m512d t0 = _mm512_castps_pd(t[4 * g]), t1 = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d t2 = _mm512_castps_pd(t[4 * g + 2]), t3 = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_mask_unpacklo_pd(t0, kAllPd, t0, t2));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_mask_unpackhi_pd(t0, kAllPd, t0, t2));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_mask_unpacklo_pd(t1, kAllPd, t1, t3));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_mask_unpackhi_pd(t1, kAllPd, t1, t3));
+  }
+  // Gather lane j of u[c], u[4+c], u[8+c], u[12+c] into column 4j + c.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 x_even =
+        _mm512_mask_shuffle_f32x4(u[c], kAll, u[c], u[4 + c], 0x88);  // cols c, 8+c; rows 0-7
+    const __m512 x_odd =
+        _mm512_mask_shuffle_f32x4(u[c], kAll, u[c], u[4 + c], 0xDD);  // cols 4+c, 12+c
+    const __m512 y_even =
+        _mm512_mask_shuffle_f32x4(u[8 + c], kAll, u[8 + c], u[12 + c], 0x88);  // rows 8-15
+    const __m512 y_odd = _mm512_mask_shuffle_f32x4(u[8 + c], kAll, u[8 + c], u[12 + c], 0xDD);
+    constexpr __mmask16 kRows = (1u << kPackedRows) - 1u;
+    _mm512_mask_storeu_ps(dst + c * kPackedRows, kRows,
+                          _mm512_mask_shuffle_f32x4(x_even, kAll, x_even, y_even, 0x88));
+    _mm512_mask_storeu_ps(dst + (8 + c) * kPackedRows, kRows,
+                          _mm512_mask_shuffle_f32x4(x_even, kAll, x_even, y_even, 0xDD));
+    _mm512_mask_storeu_ps(dst + (4 + c) * kPackedRows, kRows,
+                          _mm512_mask_shuffle_f32x4(x_odd, kAll, x_odd, y_odd, 0x88));
+    _mm512_mask_storeu_ps(dst + (12 + c) * kPackedRows, kRows,
+                          _mm512_mask_shuffle_f32x4(x_odd, kAll, x_odd, y_odd, 0xDD));
+  }
+}
+#endif
+
+// pack_rows for one panel of `rows` rows and kc columns: full panels go through registers 16
+// columns at a time (the scalar form costs several percent of a Linear layer's time).
+void pack_row_panel(const float* a, int64_t lda, int64_t rows, int64_t kc, float* dst) {
+  int64_t done = 0;
+#ifdef __AVX512F__
+  if (rows == kPackedRows) {
+    for (; done + 16 <= kc; done += 16) pack_panel_16(a + done, lda, dst + done * kPackedRows);
+  }
+#endif
+  if (done < kc) pack_rows(a + done, lda, rows, kc - done, dst + done * kPackedRows);
+}
+
+void packed_linear(const GemmDims& d, const float* a, const float* bias, float* y,
+                   const float* prepared) {
+  const LinearSplit s = linear_split(d, max_threads());
+  const int64_t k = d.k;
+  const int64_t n = d.n;
+  const float* row_bias = d.bias == GemmBias::kRow ? bias : nullptr;
+  const bool scale_bias = row_bias && d.beta != 1.0f;
+  parallel_tasks_with_scratch(
+      s.row_blocks * s.col_blocks, max_threads(), 0, nullptr, [&](int64_t t, std::byte*) {
+        // Consecutive tasks share their column block, so its weights are still in L3 (or L2).
+        const int64_t rb = t % s.row_blocks, cb = t / s.row_blocks;
+        const int64_t r_begin = rb * s.row_panels / s.row_blocks * kPackedRows;
+        const int64_t r_end = std::min(d.m, (rb + 1) * s.row_panels / s.row_blocks * kPackedRows);
+        const int64_t c_begin = cb * s.col_panels / s.col_blocks * kPackedCols;
+        const int64_t c_end = std::min(n, (cb + 1) * s.col_panels / s.col_blocks * kPackedCols);
+        alignas(64) float a_panel[kPackedRows * kLinearDepth];
+        alignas(64) float scaled_bias[kPackedCols];
+        for (int64_t k0 = 0; k0 < k; k0 += s.depth) {
+          const int64_t kc = std::min(s.depth, k - k0);
+          for (int64_t r0 = r_begin; r0 < r_end; r0 += kPackedRows) {
+            const int64_t rows = std::min(kPackedRows, r_end - r0);
+            pack_row_panel(a + r0 * k + k0, k, rows, kc, a_panel);
+            for (int64_t c0 = c_begin; c0 < c_end; c0 += kPackedCols) {
+              const int64_t cols = std::min(kPackedCols, c_end - c0);
+              const float* w = prepared + (c0 / kPackedCols * k + k0) * kPackedCols;
+              float* out = y + r0 * n + c0;
+              // Each pass sums its kc products from zero and adds them to what the previous
+              // passes stored; the first adds them to the bias (one row broadcast down the tile:
+              // leading dimension 0), or stores them. The rounding of OpenBLAS and ONNX
+              // Runtime, whose results quantized models are compared with: a single chain over
+              // all of k drifted measurably further from theirs on the bundled ViT.
+              const float* c_in = out;
+              int64_t ldc_in = n;
+              if (k0 == 0) {
+                ldc_in = 0;
+                c_in = row_bias ? row_bias + c0 : nullptr;
+                if (scale_bias) {
+                  for (int64_t j = 0; j < cols; ++j) scaled_bias[j] = d.beta * row_bias[c0 + j];
+                  c_in = scaled_bias;
+                }
+              }
+              packed_gemm_tile_add(kc, a_panel, w, kPackedCols, rows, cols, c_in, ldc_in, out, n);
+            }
+          }
+        }
+      });
+}
+
+}  // namespace
+
+size_t gemm_prepared_weight_floats(const GemmDims& dims) {
+  if (!packed_linear_applies(dims)) return 0;
+  return static_cast<size_t>(ceil_div(dims.n, kPackedCols) * kPackedCols * dims.k);
+}
+
+void prepare_gemm_weights(const GemmDims& d, const float* b, float* prepared) {
+  const int64_t panels = ceil_div(d.n, kPackedCols);
+  const bool trans_b = d.trans_b == Transpose::kYes;
+  parallel_for(panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float* dst = prepared + p * d.k * kPackedCols;
+      const int64_t c0 = p * kPackedCols;
+      const int64_t cols = std::min(kPackedCols, d.n - c0);
+      for (int64_t kk = 0; kk < d.k; ++kk) {
+        float* row = dst + kk * kPackedCols;
+        for (int64_t j = 0; j < cols; ++j) {
+          row[j] = trans_b ? b[(c0 + j) * d.k + kk] : b[kk * d.n + c0 + j];
+        }
+        std::fill(row + cols, row + kPackedCols, 0.0f);
+      }
+    }
+  });
+}
+
+// Scratch for the zero-padded last block: its rows of A and of the output. The packed path
+// needs none: its row panels are packed on the stack.
+size_t gemm_workspace_bytes(const GemmDims& dims, GemmWeightForm form) {
+  if (form == GemmWeightForm::kPrepared && packed_linear_applies(dims)) return 0;
   const int64_t rows = row_blocks_of(dims).short_rows;
   if (dims.m % rows == 0) return 0;
   return aligned_bytes(static_cast<size_t>(rows * dims.k) * sizeof(float)) +
@@ -126,8 +341,12 @@ size_t gemm_workspace_bytes(const GemmDims& dims) {
 }
 
 void gemm(const GemmDims& d, const float* a, const float* b, const float* bias, float* y,
-          std::byte* workspace) {
+          std::byte* workspace, const float* prepared_weights) {
   if (d.m <= 0 || d.n <= 0) return;
+  if (prepared_weights && packed_linear_applies(d)) {
+    packed_linear(d, a, bias, y, prepared_weights);
+    return;
+  }
   static_assert(kGemmBigRowBlock % kGemmRowBlock == 0 && kGemmRowBlock % kGemmShortRowBlock == 0);
   const RowBlocks rb = row_blocks_of(d);
   const int64_t row_blocks = rb.count();
@@ -247,9 +466,7 @@ std::optional<MatMulDims> matmul_dims(std::span<const int64_t> a_shape,
   return d;
 }
 
-namespace {
-
-GemmDims folded_gemm(const MatMulDims& d) {
+GemmDims matmul_folded_gemm(const MatMulDims& d) {
   GemmDims g;
   g.m = shape_numel(d.batch_shape) * d.m;
   g.n = d.n;
@@ -257,15 +474,22 @@ GemmDims folded_gemm(const MatMulDims& d) {
   return g;
 }
 
-}  // namespace
-
-size_t matmul_workspace_bytes(const MatMulDims& dims) {
-  return dims.shared_b ? gemm_workspace_bytes(folded_gemm(dims)) : 0;
+size_t matmul_prepared_weight_floats(const MatMulDims& dims) {
+  return dims.shared_b ? gemm_prepared_weight_floats(matmul_folded_gemm(dims)) : 0;
 }
 
-void matmul(const MatMulDims& d, const float* a, const float* b, float* y, std::byte* workspace) {
+void prepare_matmul_weights(const MatMulDims& dims, const float* b, float* prepared) {
+  prepare_gemm_weights(matmul_folded_gemm(dims), b, prepared);
+}
+
+size_t matmul_workspace_bytes(const MatMulDims& dims, GemmWeightForm form) {
+  return dims.shared_b ? gemm_workspace_bytes(matmul_folded_gemm(dims), form) : 0;
+}
+
+void matmul(const MatMulDims& d, const float* a, const float* b, float* y, std::byte* workspace,
+            const float* prepared_weights) {
   if (d.shared_b) {
-    gemm(folded_gemm(d), a, b, nullptr, y, workspace);
+    gemm(matmul_folded_gemm(d), a, b, nullptr, y, workspace, prepared_weights);
     return;
   }
   const int64_t batch = shape_numel(d.batch_shape);

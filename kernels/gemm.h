@@ -1,5 +1,6 @@
-// Matrix products on OpenBLAS: a cblas_sgemm wrapper, the ONNX Gemm (row-blocked, bias
-// broadcast) and numpy-style batched MatMul, plus the task runner the BLAS-backed kernels share.
+// Matrix products: a cblas_sgemm wrapper, the ONNX Gemm (row-blocked OpenBLAS, or the packed
+// AVX-512 micro-kernel when the weight was prepared once) and numpy-style batched MatMul, plus
+// the task runner the BLAS-backed kernels share.
 #pragma once
 
 #include <algorithm>
@@ -49,11 +50,27 @@ struct GemmDims {
   GemmBias bias = GemmBias::kNone;
 };
 
-size_t gemm_workspace_bytes(const GemmDims& dims);
-// y[m×n] = alpha·op(a)·op(b) + beta·bias, parallel over blocks of kGemmRowBlock rows and, for
-// wide outputs, blocks of columns (fixed by n).
+// Whether gemm() gets b as given or in the packed form of prepare_gemm_weights.
+enum class GemmWeightForm : uint8_t { kRaw, kPrepared };
+
+// Floats of b in the packed micro-kernel's form (kernels/packed_gemm.h): ceil(n / kPackedCols)
+// panels of k × kPackedCols, columns past n zero. 0 when that path does not apply to these dims
+// (no AVX-512, alpha != 1, transposed a, a bias other than none or per column, k == 0): the
+// caller then keeps b as it is and gemm() runs on OpenBLAS. Independent of m.
+size_t gemm_prepared_weight_floats(const GemmDims& dims);
+// Packs b (op(b) is [k, n]; b is [n, k] when trans_b) into prepared, of
+// gemm_prepared_weight_floats(dims) floats. Meant for constant weights, once at plan time.
+void prepare_gemm_weights(const GemmDims& dims, const float* b, float* prepared);
+
+size_t gemm_workspace_bytes(const GemmDims& dims, GemmWeightForm form = GemmWeightForm::kRaw);
+// y[m×n] = alpha·op(a)·op(b) + beta·bias. With prepared_weights (from prepare_gemm_weights for
+// these dims; then b may be null) on the packed micro-kernel, parallel over blocks of rows and
+// columns; each output is its bias plus, one after the other, chains of fused multiply-adds
+// over fixed blocks of k (fixed by k alone). Otherwise on OpenBLAS, parallel over blocks of
+// kGemmRowBlock rows and, for wide outputs, blocks of columns (fixed by n). Either way a row's bits
+// depend neither on m nor on the thread count.
 void gemm(const GemmDims& dims, const float* a, const float* b, const float* bias, float* y,
-          std::byte* workspace);
+          std::byte* workspace, const float* prepared_weights = nullptr);
 
 // A numpy matmul of two shapes: 1-D operands are promoted (and the promoted axis dropped from
 // the output), batch dimensions broadcast.
@@ -73,8 +90,16 @@ struct MatMulDims {
 // nullopt when the shapes cannot be multiplied.
 std::optional<MatMulDims> matmul_dims(std::span<const int64_t> a_shape,
                                       std::span<const int64_t> b_shape);
-size_t matmul_workspace_bytes(const MatMulDims& dims);
-void matmul(const MatMulDims& dims, const float* a, const float* b, float* y, std::byte* workspace);
+// The GEMM a shared-b matmul folds into (a's batch folded into rows).
+GemmDims matmul_folded_gemm(const MatMulDims& dims);
+// Prepared b for a shared-b matmul (b one constant [k, n] matrix): 0 floats when not shared or
+// when the packed path does not apply; then matmul() uses b as it is.
+size_t matmul_prepared_weight_floats(const MatMulDims& dims);
+void prepare_matmul_weights(const MatMulDims& dims, const float* b, float* prepared);
+size_t matmul_workspace_bytes(const MatMulDims& dims, GemmWeightForm form = GemmWeightForm::kRaw);
+// prepared_weights: from prepare_matmul_weights, or null.
+void matmul(const MatMulDims& dims, const float* a, const float* b, float* y, std::byte* workspace,
+            const float* prepared_weights = nullptr);
 
 // Runs fn(task, scratch) for every task in [0, tasks) on up to `slots` threads, each thread
 // holding one scratch region of slot_bytes from workspace (slots · slot_bytes in all). Tasks

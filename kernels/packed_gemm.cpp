@@ -67,15 +67,16 @@ inline __m512 finish_vector(const TileEpilogue& e, int64_t r, int64_t j, __mmask
   return _mm512_mask_min_ps(x, kAll, _mm512_set1_ps(e.hi), x);
 }
 
-// R rows computed (of which `rows` are stored), NV vectors of columns.
-template <int R, int NV>
+// R rows computed (of which `rows` are stored), NV vectors of columns. kAddAfter: the sums
+// start from zero and c_in is added to them at the store (packed_gemm_tile_add).
+template <int R, int NV, bool kAddAfter>
 void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t rows, int64_t cols,
                 const float* c_in, int64_t ldc_in, float* c_out, int64_t ldc_out,
                 const TileEpilogue* e) {
   __mmask16 mask[NV];
   for (int v = 0; v < NV; ++v) mask[v] = column_mask(cols, v);
   __m512 acc[R][NV];
-  if (c_in) {
+  if (c_in && !kAddAfter) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
@@ -110,7 +111,11 @@ void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t
       if (r >= rows) break;
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        _mm512_mask_storeu_ps(c_out + r * ldc_out + 16 * v, mask[v], acc[r][v]);
+        __m512 x = acc[r][v];
+        if (kAddAfter && c_in) {
+          x = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], c_in + r * ldc_in + 16 * v), x);
+        }
+        _mm512_mask_storeu_ps(c_out + r * ldc_out + 16 * v, mask[v], x);
       }
     }
     return;
@@ -139,32 +144,50 @@ void store_tile_with_epilogue(const float* sums, int64_t ld_sums, int64_t rows, 
   }
 }
 
-void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
-                      int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
-                      int64_t ldc_out, const TileEpilogue* epilogue) {
+namespace {
+
+template <bool kAddAfter>
+void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
+                   int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
+                   int64_t ldc_out, const TileEpilogue* epilogue) {
   if (cols > 16) {
     if (rows > 8) {
-      micro_tile<14, 2>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
-                        epilogue);
+      micro_tile<14, 2, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                   ldc_out, epilogue);
     } else if (rows > 4) {
-      micro_tile<8, 2>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
-                       epilogue);
+      micro_tile<8, 2, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                  ldc_out, epilogue);
     } else {
-      micro_tile<4, 2>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
-                       epilogue);
+      micro_tile<4, 2, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                  ldc_out, epilogue);
     }
   } else {
     if (rows > 8) {
-      micro_tile<14, 1>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
-                        epilogue);
+      micro_tile<14, 1, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                   ldc_out, epilogue);
     } else if (rows > 4) {
-      micro_tile<8, 1>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
-                       epilogue);
+      micro_tile<8, 1, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                  ldc_out, epilogue);
     } else {
-      micro_tile<4, 1>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
-                       epilogue);
+      micro_tile<4, 1, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                  ldc_out, epilogue);
     }
   }
+}
+
+}  // namespace
+
+void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
+                      int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
+                      int64_t ldc_out, const TileEpilogue* epilogue) {
+  dispatch_tile<false>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
+                       epilogue);
+}
+
+void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
+                          int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in,
+                          float* c_out, int64_t ldc_out) {
+  dispatch_tile<true>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out, nullptr);
 }
 
 #else
@@ -181,6 +204,20 @@ void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, in
         acc = std::fma(a_panel[kk * kPackedRows + r], b_panel[kk * ldb + j], acc);
       }
       c_out[r * ldc_out + j] = epilogue ? apply_tile_epilogue(*epilogue, r, j, acc) : acc;
+    }
+  }
+}
+
+void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
+                          int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in,
+                          float* c_out, int64_t ldc_out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      float acc = 0.0f;
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        acc = std::fma(a_panel[kk * kPackedRows + r], b_panel[kk * ldb + j], acc);
+      }
+      c_out[r * ldc_out + j] = c_in ? c_in[r * ldc_in + j] + acc : acc;
     }
   }
 }

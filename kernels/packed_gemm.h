@@ -57,6 +57,14 @@ void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b, int64_t 
                       int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
                       int64_t ldc_out, const TileEpilogue* epilogue);
 
+// As packed_gemm_tile without an epilogue, except that the sums over this pass start from zero
+// and c_in (when not null) is added to them at the end: c_out = c_in + a_panel · b. A long
+// product then accumulates as blocks added one after the other, the rounding OpenBLAS and ONNX
+// Runtime's MLAS give a Linear layer, rather than as one chain of k multiply-adds.
+void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b, int64_t ldb,
+                          int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in,
+                          float* c_out, int64_t ldc_out);
+
 // out[r][j] = epilogue(sums[r][j]) for rows [0, rows) and columns [0, cols) (cols <=
 // kPackedCols): the last pass of a tile whose sums were kept aside (a tile whose columns are
 // scattered over several outputs). The same bits as packed_gemm_tile's own epilogue.

@@ -2,6 +2,7 @@
 // MHAInProjection as one row-blocked GEMM with its bias, scattered into per-head Q, K, V.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
@@ -147,9 +148,18 @@ InProjectionSetup setup_in_projection(const Node& node, std::span<const InputInf
 
 class InProjectionKernel final : public OpKernel {
  public:
-  explicit InProjectionKernel(const InProjectionSetup& setup) : s_(setup) {}
+  // A constant weight is packed for the micro-kernel once, here (when that path applies).
+  InProjectionKernel(const InProjectionSetup& setup, const Tensor* constant_weights) : s_(setup) {
+    const size_t floats = kernels::gemm_prepared_weight_floats(s_.gemm);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_gemm_weights(s_.gemm, constant_weights->data<float>(), prepared_.data());
+    }
+  }
   size_t workspace_bytes() const override {
-    return packed_bytes() + kernels::gemm_workspace_bytes(s_.gemm);
+    return packed_bytes() + kernels::gemm_workspace_bytes(
+                                s_.gemm, prepared_.empty() ? kernels::GemmWeightForm::kRaw
+                                                           : kernels::GemmWeightForm::kPrepared);
   }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
@@ -157,7 +167,7 @@ class InProjectionKernel final : public OpKernel {
     const float* bias =
         inputs.size() > 2 && inputs[2].defined() ? inputs[2].data<float>() : nullptr;
     kernels::gemm(s_.gemm, inputs[0].data<float>(), inputs[1].data<float>(), bias, packed,
-                  workspace + packed_bytes());
+                  workspace + packed_bytes(), prepared_.empty() ? nullptr : prepared_.data());
     // packed row (b, s) holds [q | k | v], each [H, D]: copy each head's D values into place.
     const int64_t d = s_.embed / s_.heads;
     float* dst[3] = {outputs[0].data<float>(), outputs[1].data<float>(), outputs[2].data<float>()};
@@ -181,6 +191,7 @@ class InProjectionKernel final : public OpKernel {
     return kernels::aligned_bytes(static_cast<size_t>(s_.gemm.m * s_.gemm.n) * sizeof(float));
   }
   InProjectionSetup s_;
+  std::vector<float> prepared_;
 };
 
 std::vector<TensorInfo> infer_in_projection(const Node& node, std::span<const InputInfo> inputs) {
@@ -191,7 +202,8 @@ std::vector<TensorInfo> infer_in_projection(const Node& node, std::span<const In
 
 std::unique_ptr<OpKernel> create_in_projection(const Node& node, std::span<const InputInfo> inputs,
                                                std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<InProjectionKernel>(setup_in_projection(node, inputs));
+  return std::make_unique<InProjectionKernel>(setup_in_projection(node, inputs),
+                                              inputs[1].constant);
 }
 
 }  // namespace

@@ -392,17 +392,30 @@ kernels::GemmDims setup_gemm(const Node& node, std::span<const InputInfo> inputs
 
 class GemmKernel final : public OpKernel {
  public:
-  explicit GemmKernel(const kernels::GemmDims& dims) : dims_(dims) {}
-  size_t workspace_bytes() const override { return kernels::gemm_workspace_bytes(dims_); }
+  // A constant B is packed for the micro-kernel once, here (when that path applies).
+  GemmKernel(const kernels::GemmDims& dims, const Tensor* constant_weights) : dims_(dims) {
+    const size_t floats = kernels::gemm_prepared_weight_floats(dims_);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_gemm_weights(dims_, constant_weights->data<float>(), prepared_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return kernels::gemm_workspace_bytes(dims_, prepared_.empty()
+                                                    ? kernels::GemmWeightForm::kRaw
+                                                    : kernels::GemmWeightForm::kPrepared);
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const float* c = dims_.bias != kernels::GemmBias::kNone ? inputs[2].data<float>() : nullptr;
     kernels::gemm(dims_, inputs[0].data<float>(), inputs[1].data<float>(), c,
-                  outputs[0].data<float>(), workspace);
+                  outputs[0].data<float>(), workspace,
+                  prepared_.empty() ? nullptr : prepared_.data());
   }
 
  private:
   kernels::GemmDims dims_;
+  std::vector<float> prepared_;
 };
 
 std::vector<TensorInfo> infer_gemm(const Node& node, std::span<const InputInfo> inputs) {
@@ -412,7 +425,7 @@ std::vector<TensorInfo> infer_gemm(const Node& node, std::span<const InputInfo> 
 
 std::unique_ptr<OpKernel> create_gemm(const Node& node, std::span<const InputInfo> inputs,
                                       std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<GemmKernel>(setup_gemm(node, inputs));
+  return std::make_unique<GemmKernel>(setup_gemm(node, inputs), inputs[1].constant);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,16 +448,30 @@ kernels::MatMulDims setup_matmul(const Node& node, std::span<const InputInfo> in
 
 class MatMulKernel final : public OpKernel {
  public:
-  explicit MatMulKernel(kernels::MatMulDims dims) : dims_(std::move(dims)) {}
-  size_t workspace_bytes() const override { return kernels::matmul_workspace_bytes(dims_); }
+  // A constant B shared by every matrix of A (a Linear layer's weight) is packed for the
+  // micro-kernel once, here (when that path applies).
+  MatMulKernel(kernels::MatMulDims dims, const Tensor* constant_weights) : dims_(std::move(dims)) {
+    const size_t floats = kernels::matmul_prepared_weight_floats(dims_);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_matmul_weights(dims_, constant_weights->data<float>(), prepared_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return kernels::matmul_workspace_bytes(dims_, prepared_.empty()
+                                                      ? kernels::GemmWeightForm::kRaw
+                                                      : kernels::GemmWeightForm::kPrepared);
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
-                    outputs[0].data<float>(), workspace);
+                    outputs[0].data<float>(), workspace,
+                    prepared_.empty() ? nullptr : prepared_.data());
   }
 
  private:
   kernels::MatMulDims dims_;
+  std::vector<float> prepared_;
 };
 
 std::vector<TensorInfo> infer_matmul(const Node& node, std::span<const InputInfo> inputs) {
@@ -453,7 +480,7 @@ std::vector<TensorInfo> infer_matmul(const Node& node, std::span<const InputInfo
 
 std::unique_ptr<OpKernel> create_matmul(const Node& node, std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<MatMulKernel>(setup_matmul(node, inputs));
+  return std::make_unique<MatMulKernel>(setup_matmul(node, inputs), inputs[1].constant);
 }
 
 // ---------------------------------------------------------------------------------------------
