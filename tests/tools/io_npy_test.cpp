@@ -325,5 +325,21 @@ TEST(IoCheckFinite, NamesTheInputAndTheElement) {
             "x: element 2 is -Inf (expected finite values)");
 }
 
+// Rows streamed from the file are the rows of the whole array; the header is checked at open.
+TEST(NpyReader, ReadsRowRangesOfTheArray) {
+  TempDir dir;
+  Tensor t(DType::kFloat32, {5, 2, 3});
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.5f * static_cast<float>(i) - 3;
+  write_npy(dir.file("rows.npy"), t);
+  const NpyReader r = NpyReader::open(dir.file("rows.npy"));
+  EXPECT_EQ(r.dtype(), DType::kFloat32);
+  EXPECT_EQ(r.shape(), (Shape{5, 2, 3}));
+  std::vector<float> rows(12);
+  r.read_rows(3, 2, rows.data());
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i], t.data<float>()[18 + i]) << i;
+  EXPECT_THROW(r.read_rows(4, 2, rows.data()), Error);
+  EXPECT_THROW(NpyReader::open(dir.file("missing.npy")), Error);
+}
+
 }  // namespace
 }  // namespace qforge::io

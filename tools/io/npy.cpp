@@ -11,6 +11,8 @@
 #include <memory>
 #include <optional>
 
+#include <unistd.h>
+
 #include "kernels/error.h"
 #include "tools/io/atomic_file.h"
 
@@ -396,6 +398,66 @@ kernels::Tensor read_npy(const std::string& path) {
   read_exactly(tensor.raw(), layout.data_bytes);
   normalize_bools(tensor);
   return tensor;
+}
+
+NpyReader NpyReader::open(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw_io("cannot read '" + path + "': is a directory (expected a .npy file)");
+  }
+  NpyReader r;
+  r.path_ = path;
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) {
+    int error_number = errno;
+    throw_io("cannot read '" + path + "': " + std::strerror(error_number));
+  }
+  r.file_.reset(file, FileCloser{});
+  uintmax_t file_size = std::filesystem::file_size(path, ec);
+  if (ec) throw_io("cannot read '" + path + "': " + ec.message());
+  std::string prefix(std::min<uintmax_t>(file_size, kLongestPreamble), '\0');
+  r.read_at(0, prefix.data(), prefix.size());
+  size_t preamble = 0;
+  const size_t header_len = parse_preamble(prefix, file_size, path, &preamble);
+  std::string header(header_len, '\0');
+  r.read_at(preamble, header.data(), header.size());
+  NpyLayout layout = parse_layout(header, preamble + header_len, file_size, path);
+  if (layout.dtype == kernels::DType::kBool) {
+    throw_unsupported(path + ": bool arrays cannot be streamed by rows");
+  }
+  if (layout.shape.empty()) throw_invalid(path + ": a 0-d array has no rows");
+  r.dtype_ = layout.dtype;
+  r.shape_ = std::move(layout.shape);
+  r.data_offset_ = layout.data_offset;
+  r.row_bytes_ = r.shape_[0] > 0 ? layout.data_bytes / static_cast<size_t>(r.shape_[0]) : 0;
+  return r;
+}
+
+void NpyReader::read_at(size_t offset, void* out, size_t n) const {
+  if (n == 0) return;
+  // pread: no shared file position, so concurrent readers do not disturb each other.
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t got = ::pread(fileno(file_.get()), static_cast<char*>(out) + done, n - done,
+                                static_cast<off_t>(offset + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      int error_number = errno;
+      throw_io("cannot read '" + path_ +
+               "': " + (got < 0 ? std::strerror(error_number) : "file shrank while read"));
+    }
+    done += static_cast<size_t>(got);
+  }
+}
+
+void NpyReader::read_rows(size_t begin, size_t count, void* out) const {
+  const auto rows = static_cast<size_t>(shape_[0]);
+  if (begin > rows || count > rows - begin) {
+    throw_invalid(path_ + ": rows [" + std::to_string(begin) + ", " +
+                  std::to_string(begin + count) + ") are out of range (the array has " +
+                  std::to_string(rows) + ")");
+  }
+  read_at(data_offset_ + begin * row_bytes_, out, count * row_bytes_);
 }
 
 std::string encode_npy(const kernels::Tensor& tensor) {

@@ -2,6 +2,8 @@
 // tensors travel between qforge and Python.
 #pragma once
 
+#include <cstdio>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -16,6 +18,31 @@ namespace qforge::io {
 // a size mismatch ("expected N bytes of data, got M"); Unsupported for big-endian data, other
 // dtypes, Fortran order or a newer format version.
 kernels::Tensor read_npy(const std::string& path);
+
+// An .npy file read rows (slices along axis 0) at a time, so that a dataset larger than memory
+// can be streamed: open() reads and checks the header only, with read_npy's errors; the data's
+// size is checked against the header then, not when rows are read.
+class NpyReader {
+ public:
+  static NpyReader open(const std::string& path);
+
+  kernels::DType dtype() const { return dtype_; }
+  const kernels::Shape& shape() const { return shape_; }  // at least 1-d
+  const std::string& path() const { return path_; }
+  // Copies rows [begin, begin + count) into `out` (count × row elements of dtype). Io error
+  // naming the file when it cannot be read; Invalid when the rows are out of range.
+  void read_rows(size_t begin, size_t count, void* out) const;
+
+ private:
+  void read_at(size_t offset, void* out, size_t n) const;
+
+  std::string path_;
+  std::shared_ptr<std::FILE> file_;
+  kernels::DType dtype_ = kernels::DType::kFloat32;
+  kernels::Shape shape_;
+  size_t data_offset_ = 0;
+  size_t row_bytes_ = 0;
+};
 
 // Parses .npy bytes already in memory; `name` is the file name used in error messages.
 kernels::Tensor parse_npy(std::string_view bytes, const std::string& name);

@@ -1,7 +1,6 @@
 // DataSource over image folders and .npy arrays.
 #include "tools/qforge/data_source.h"
 
-#include <cstring>
 #include <filesystem>
 
 #include "tools/io/check_finite.h"
@@ -42,13 +41,13 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
     src.sample_shape_ = {pre.channels, pre.height, pre.width};
     return src;
   }
-  src.array_ = io::read_npy(path);
-  if (src.array_.dtype() != kernels::DType::kFloat32) {
-    throw_invalid("data: '" + path + "' holds " + src.array_.describe() +
-                  ", expected float32 model inputs");
+  src.npy_ = std::make_shared<io::NpyReader>(io::NpyReader::open(path));
+  const io::NpyReader& npy = *src.npy_;
+  if (npy.dtype() != kernels::DType::kFloat32) {
+    throw_invalid("data: '" + path + "' holds " + kernels::dtype_name(npy.dtype()) +
+                  kernels::shape_str(npy.shape()) + ", expected float32 model inputs");
   }
-  if (src.array_.rank() < 1) throw_invalid("data: '" + path + "' is a scalar, expected a batch");
-  src.sample_shape_.assign(src.array_.shape().begin() + 1, src.array_.shape().end());
+  src.sample_shape_.assign(npy.shape().begin() + 1, npy.shape().end());
   if (!model_sample.empty()) {
     bool match = model_sample.size() == src.sample_shape_.size();
     for (size_t i = 0; match && i < model_sample.size(); ++i) {
@@ -60,9 +59,7 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
                     kernels::shape_str(model_sample));
     }
   }
-  io::check_finite(src.array_.data<float>(), static_cast<size_t>(src.array_.numel()),
-                   "data '" + path + "'");
-  src.size_ = static_cast<size_t>(src.array_.dim(0));
+  src.size_ = static_cast<size_t>(npy.shape()[0]);
   return src;
 }
 
@@ -72,7 +69,11 @@ void DataSource::load(size_t begin, size_t count, kernels::Tensor& batch) const 
     return;
   }
   const size_t row = static_cast<size_t>(kernels::shape_numel(sample_shape_));
-  std::memcpy(batch.data<float>(), array_.data<float>() + begin * row, count * row * sizeof(float));
+  npy_->read_rows(begin, count, batch.data<float>());
+  for (size_t i = 0; i < count; ++i) {
+    io::check_finite(batch.data<float>() + i * row, row,
+                     "data '" + path_ + "', sample " + std::to_string(begin + i));
+  }
 }
 
 std::vector<int64_t> DataSource::labels(size_t begin, size_t count) const {

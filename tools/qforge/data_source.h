@@ -10,6 +10,7 @@
 #include "graph/ir.h"
 #include "kernels/tensor.h"
 #include "tools/io/image_folder.h"
+#include "tools/io/npy.h"
 
 namespace qforge::cli {
 
@@ -29,7 +30,8 @@ class DataSource {
   size_t size() const { return size_; }
   bool labelled() const { return labelled_; }
   const graph::Shape& sample_shape() const { return sample_shape_; }  // without the batch dim
-  // Fills `batch` (rows = count) with samples [begin, begin + count).
+  // Fills `batch` (rows = count) with samples [begin, begin + count). Invalid error naming the
+  // file and the sample when an .npy sample holds NaN or Inf.
   void load(size_t begin, size_t count, kernels::Tensor& batch) const;
   std::vector<int64_t> labels(size_t begin, size_t count) const;
   const std::string& path() const { return path_; }
@@ -40,7 +42,7 @@ class DataSource {
   bool labelled_ = false;
   graph::Shape sample_shape_;
   std::shared_ptr<io::ImageFolder> images_;
-  kernels::Tensor array_;  // the .npy contents
+  std::shared_ptr<io::NpyReader> npy_;  // rows are read when loaded: memory holds one batch
 };
 
 }  // namespace qforge::cli
