@@ -458,6 +458,15 @@ void unary_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64
     case UnaryOp::kErf:
       map_f32(x, y, n, [](float v) { return erf_approx(v); });
       return;
+    case UnaryOp::kGeluErf:
+      map_f32(x, y, n, [](float v) {
+        constexpr float kSqrt2 = 1.41421356237309504880f;  // the Div node's constant, √2 in float
+        return (v * (erf_approx(v / kSqrt2) + 1.0f)) * 0.5f;
+      });
+      return;
+    case UnaryOp::kSilu:
+      map_f32(x, y, n, [](float v) { return v * (1.0f / (1.0f + exp_approx(-v))); });
+      return;
     case UnaryOp::kTanh:
       map_f32(x, y, n, [](float v) { return tanh_approx(v); });
       return;

@@ -24,6 +24,10 @@ enum class UnaryOp {
   kSqrt,
   kNeg,
   kClip,
+  // Fused activations of the modules, in the operation order of the nodes they replace:
+  // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops.
+  kGeluErf,
+  kSilu,
 };
 
 struct UnaryParams {

@@ -31,6 +31,10 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return x * std::clamp(x / 6.0 + 0.5, 0.0, 1.0);
     case UnaryOp::kErf:
       return std::erf(x);
+    case UnaryOp::kGeluErf:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case UnaryOp::kSilu:
+      return x / (1.0 + std::exp(-x));
     case UnaryOp::kTanh:
       return std::tanh(x);
     case UnaryOp::kSqrt:

@@ -5,14 +5,10 @@
 #include <limits>
 #include <string>
 
-#include "kernels/parallel.h"
-#include "kernels/vector_math.h"
 #include "runtime/op_registry.h"
 
 namespace qforge::runtime::ops {
 namespace {
-
-constexpr int64_t kGrain = 1 << 14;
 
 kernels::UnaryOp unary_op_of(ActivationKind kind) {
   switch (kind) {
@@ -30,6 +26,10 @@ kernels::UnaryOp unary_op_of(ActivationKind kind) {
       return kernels::UnaryOp::kHardSigmoid;
     case ActivationKind::kSigmoid:
       return kernels::UnaryOp::kSigmoid;
+    case ActivationKind::kGelu:
+      return kernels::UnaryOp::kGeluErf;
+    case ActivationKind::kSilu:
+      return kernels::UnaryOp::kSilu;
     default:
       break;
   }
@@ -80,34 +80,12 @@ ActivationSpec activation_of(const graph::Node& node) {
 }
 
 void apply_activation(const ActivationSpec& s, const float* x, float* y, int64_t n) {
-  switch (s.kind) {
-    case ActivationKind::kNone:
-      if (x != y) std::copy(x, x + n, y);
-      return;
-    case ActivationKind::kGelu: {
-      // The Erf form: (x · (erf(x / √2) + 1)) · 0.5.
-      const float sqrt2 = std::sqrt(2.0f);
-      kernels::parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float v = x[i];
-          y[i] = (v * (kernels::erf_approx(v / sqrt2) + 1.0f)) * 0.5f;
-        }
-      });
-      return;
-    }
-    case ActivationKind::kSilu:
-      // x · Sigmoid(x).
-      kernels::parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float v = x[i];
-          y[i] = v * (1.0f / (1.0f + kernels::exp_approx(-v)));
-        }
-      });
-      return;
-    default:
-      kernels::unary_f32(unary_op_of(s.kind), s.params, x, y, n);
-      return;
+  if (s.kind == ActivationKind::kNone) {
+    if (x != y) std::copy(x, x + n, y);
+    return;
   }
+  // GELU and SiLU are the kernels' fused forms, vectorised there (kernels/elementwise.h).
+  kernels::unary_f32(unary_op_of(s.kind), s.params, x, y, n);
 }
 
 }  // namespace qforge::runtime::ops

@@ -136,6 +136,8 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kSqrt, "Sqrt", 0, 0},
       {UnaryOp::kNeg, "Neg", 0, 0},
       {UnaryOp::kClip, "Clip", 0, 0},
+      {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
+      {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
   };
   UnaryParams p;
   p.alpha = 0.3f;
@@ -185,8 +187,8 @@ TEST(ElementwiseUnary, ResultsIndependentOfChunkingAndThreads) {
   // Every element computed in a long vectorised run equals the same element computed alone
   // (scalar path), and 1 thread gives the bits of many.
   const Tensor x = random_f32({3 * 16384 + 17}, 5, -9.0f, 9.0f);
-  for (UnaryOp op :
-       {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu, UnaryOp::kHardSwish}) {
+  for (UnaryOp op : {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu,
+                     UnaryOp::kHardSwish, UnaryOp::kGeluErf, UnaryOp::kSilu}) {
     UnaryParams p;
     p.alpha = 1.0f;
     const Tensor many = run_unary(op, p, x);
