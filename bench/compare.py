@@ -47,7 +47,7 @@ DEFAULT_RUNS = {"resnet18": 5, "resnet50": 5, "mobilenet_v3_small": 5, "efficien
                 "convnext_tiny": 3, "vit_b_16": 3, "swin_t": 3}
 PROFILE_MODEL = "resnet50"
 BUNDLED_IMAGES = 1432  # of the 1437 digits training images: 179 batches of 8
-BUNDLED_REPEATS = 3
+BUNDLED_REPEATS = 5
 
 INTRO = """# qforge end-to-end benchmarks
 

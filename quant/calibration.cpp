@@ -81,31 +81,35 @@ const HistogramObserver& CalibrationStats::histogram_observer(const ActivationPo
 
 double CalibrationStats::amax_for(const ActivationPoint& point, Calibrator method,
                                   double percentile) const {
-  const HistogramObserver& obs = observers_[index_of(point)];
-  if (obs.total() == 0) {
-    throw_invalid("calibration: point '" + point.tensor + "': no calibration data reached it");
-  }
+  const HistogramObserver& obs = observed(point);
   // The running max is exact; the histogram's max edge only bounds it.
   if (method == Calibrator::kMax) return obs.max();
-  if (method == Calibrator::kEntropy && entropy_falls_back(point)) return obs.max();
+  if (method == Calibrator::kEntropy) return entropy_choice(point).amax;
   CalibratorOptions options;
   options.method = method;
   options.percentile = percentile;
   return calibrate_amax(obs.histogram(), options).amax;
 }
 
-bool CalibrationStats::entropy_falls_back(const ActivationPoint& point) const {
-  const HistogramObserver& obs = observers_[index_of(point)];
+EntropyChoice CalibrationStats::entropy_choice(const ActivationPoint& point) const {
+  const HistogramObserver& obs = observed(point);
   const Histogram h = obs.histogram();
   const double amax = entropy_amax(h).amax;
-  // Bins wholly above the threshold: a lower bound of the clipped values, exact at bin edges
-  // (entropy's thresholds are bin edges).
+  // Bins wholly above the threshold: the clipped values (entropy's thresholds are bin edges).
   double above = 0;
   for (int64_t j = h.bins() - 1; j >= 0 && h.edge(j) >= amax; --j) {
     above += h.counts[static_cast<size_t>(j)];
   }
-  const double total = h.total();
-  return total > 0 && above > kEntropyMaxClipped * total;
+  if (above > kEntropyMaxClipped * h.total()) return {static_cast<double>(obs.max()), true};
+  return {amax, false};
+}
+
+const HistogramObserver& CalibrationStats::observed(const ActivationPoint& point) const {
+  const HistogramObserver& obs = observers_[index_of(point)];
+  if (obs.total() == 0) {
+    throw_invalid("calibration: point '" + point.tensor + "': no calibration data reached it");
+  }
+  return obs;
 }
 
 std::map<std::string, float> CalibrationStats::activation_amax(Calibrator method,

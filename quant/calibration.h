@@ -24,6 +24,13 @@ struct CalibrationOptions {
   int64_t histogram_bins = 2048;
 };
 
+// What the guarded entropy calibrator chose for a point: entropy's threshold, or max where
+// that threshold would clip too much (CalibrationStats::entropy_choice).
+struct EntropyChoice {
+  double amax = 0;
+  bool fell_back_to_max = false;
+};
+
 class CalibrationStats {
  public:
   // `fused` (a transformed graph, modules not lowered) is copied; `plan` from place_qdq on it.
@@ -43,7 +50,7 @@ class CalibrationStats {
   const HistogramObserver& histogram_observer(const ActivationPoint& point) const;
 
   // Invalid error naming the point when no data reached it (its histogram is empty).
-  // kEntropy is guarded: see entropy_falls_back.
+  // kEntropy is guarded: see entropy_choice.
   double amax_for(const ActivationPoint& point, Calibrator method, double percentile = 99.99) const;
   // Entropy's KL search can set the threshold below a whole far mode of the data: a normalised
   // image's strokes are 24% of the digits models' input values, and entropy clipped all of them
@@ -53,7 +60,7 @@ class CalibrationStats {
   // kEntropyMaxClipped of the observed values is not used; the point takes max instead, and
   // this says so.
   static constexpr double kEntropyMaxClipped = 0.01;
-  bool entropy_falls_back(const ActivationPoint& point) const;
+  EntropyChoice entropy_choice(const ActivationPoint& point) const;
   // amax_for every activation point, by tensor name.
   std::map<std::string, float> activation_amax(Calibrator method, double percentile = 99.99) const;
   // Max |w| per output channel of each weight point's (folded) weight, by module node name.
@@ -61,6 +68,8 @@ class CalibrationStats {
 
  private:
   size_t index_of(const ActivationPoint& point) const;
+  // The point's observer; Invalid error naming the point when no data reached it.
+  const HistogramObserver& observed(const ActivationPoint& point) const;
   void attach_taps(runtime::Executor& executor);
 
   std::unique_ptr<graph::Graph> fused_;

@@ -263,8 +263,14 @@ int run_calibrate(const CalibrateOptions& o) {
   quant::ActivationAmax chosen;
   const auto calibrators_start = std::chrono::steady_clock::now();
   for (const quant::ActivationPoint& p : plan.activations) {
-    PointRow row{&p, {}, stats.entropy_falls_back(p)};
+    PointRow row{&p, {}, false};
     for (quant::Calibrator m : kMethods) {
+      if (m == quant::Calibrator::kEntropy) {
+        const quant::EntropyChoice e = stats.entropy_choice(p);
+        row.amax[static_cast<int>(m)] = e.amax;
+        row.entropy_fell_back = e.fell_back_to_max;
+        continue;
+      }
       row.amax[static_cast<int>(m)] = stats.amax_for(p, m, o.percentile);
     }
     chosen[p.tensor] = static_cast<float>(row.amax[static_cast<int>(*method)]);
