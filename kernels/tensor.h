@@ -55,7 +55,7 @@ inline constexpr size_t kTensorAlignment = 64;
 // Owns aligned bytes, or points at bytes owned elsewhere (an arena, an mmap).
 class Storage {
  public:
-  explicit Storage(size_t nbytes);         // aligned, zero-filled
+  explicit Storage(size_t nbytes);         // aligned (64 bytes; pages when large), zero-filled
   Storage(void* external, size_t nbytes);  // not owned
   ~Storage();
   Storage(const Storage&) = delete;
@@ -67,6 +67,7 @@ class Storage {
   std::byte* data_ = nullptr;
   size_t nbytes_ = 0;
   bool owned_ = false;
+  size_t mapped_bytes_ = 0;  // > 0: an anonymous mapping of this size (large blocks)
 };
 
 // Always contiguous and row-major; views share storage and differ by offset and shape.
