@@ -148,6 +148,19 @@ TEST(Cli, RunTransformedMatchesGolden) {
   }
 }
 
+// The fused graph is resolved at --batch: samples past the last whole batch are left out, and
+// the output says how many.
+TEST(Cli, RunTransformedSaysWhatALastPartialBatchLeavesOut) {
+  TempDir dir;
+  const std::string input = data_path("golden/vit_input.npy");  // 4 samples
+  auto r = run_cli("run " + data_path("models/vit_bn.onnx") + " --data " + input +
+                   " --transform --batch 3 -o " + dir.file("out.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("(3 samples, batch 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the last 1 samples do not fill a batch"), std::string::npos) << r.out;
+  EXPECT_EQ(io::read_npy(dir.file("out.npy")).dim(0), 3);
+}
+
 TEST(Cli, ValidationAccuracyEqualsPyTorch) {
   auto accuracy = nlohmann::json::parse(testing::read_text(data_path("golden/accuracy.json")));
   for (std::string family : {"resnet", "mobilenet_v3", "efficientnet", "convnext", "vit", "swin"}) {

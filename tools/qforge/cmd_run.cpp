@@ -68,6 +68,7 @@ int run_run(RunOptions o) {
   runtime::Session session(std::move(loaded), so);
 
   size_t total = data.size();
+  size_t left_out = 0;  // samples past the last whole batch of a fixed-batch model
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
   if (total == 0) throw_invalid("run: data '" + o.data + "' holds no samples");
   int64_t batch = o.batch > 0 ? o.batch : session.fixed_batch().value_or(32);
@@ -76,7 +77,8 @@ int run_run(RunOptions o) {
                   ", got --batch " + std::to_string(batch));
   }
   if (session.fixed_batch() && total % static_cast<size_t>(batch) != 0) {
-    total -= total % static_cast<size_t>(batch);  // a fixed-batch model runs whole batches only
+    left_out = total % static_cast<size_t>(batch);  // a fixed batch runs whole batches only
+    total -= left_out;
     if (total == 0) throw_invalid("run: fewer samples than the model's fixed batch");
   }
 
@@ -136,8 +138,13 @@ int run_run(RunOptions o) {
 
   std::printf("model      %s%s%s%s\n", o.model.c_str(), transformed_note.empty() ? "" : " (",
               transformed_note.c_str(), transformed_note.empty() ? "" : ")");
-  std::printf("data       %s (%zu samples, batch %lld, %d threads)\n", o.data.c_str(), total,
-              static_cast<long long>(batch), runtime::num_threads());
+  std::string left_out_note;
+  if (left_out > 0) {
+    left_out_note =
+        "; the last " + std::to_string(left_out) + " samples do not fill a batch and were left out";
+  }
+  std::printf("data       %s (%zu samples, batch %lld, %d threads%s)\n", o.data.c_str(), total,
+              static_cast<long long>(batch), runtime::num_threads(), left_out_note.c_str());
   std::printf("throughput %.1f images/s (forward %.3f s, %.3f ms/batch; wall %.3f s)\n",
               total / forward_seconds, forward_seconds,
               1e3 * forward_seconds / static_cast<double>((total + batch - 1) / batch), wall);
