@@ -207,11 +207,7 @@ def main():
     ap.add_argument("--samples", type=int, default=256, help="calibration samples (default 256)")
     ap.add_argument("--threads", type=int, default=2, help="threads of both tools (default 2)")
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)  # only b8 files exist
-    ap.add_argument("--max-busy", type=float, default=0.25,
-                    help="wait while other processes use more than this fraction of the CPUs (default 0.25)")
-    ap.add_argument("--wait", type=int, default=300, help="longest wait for a quiet machine, s (default 300)")
-    ap.add_argument("--retries", type=int, default=3,
-                    help="repeat a measurement disturbed by other processes up to this many times (default 3)")
+    compare.add_quiet_machine_arguments(ap)
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per process (default 3600)")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)

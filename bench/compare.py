@@ -114,6 +114,15 @@ def others_share(s0, s1):
     return max(0.0, busy - ours) / total if total > 0 else 0.0
 
 
+def add_quiet_machine_arguments(ap):
+    """The options measure() reads: --max-busy, --wait and --retries."""
+    ap.add_argument("--max-busy", type=float, default=0.25,
+                    help="wait while other processes use more than this fraction of the CPUs (default 0.25)")
+    ap.add_argument("--wait", type=int, default=300, help="longest wait for a quiet machine, s (default 300)")
+    ap.add_argument("--retries", type=int, default=3,
+                    help="repeat a measurement disturbed by other processes up to this many times (default 3)")
+
+
 def measure(fn, what, args, log):
     """Runs fn() (one runtime on one model) on a quiet machine: waits for one first, and
     repeats the measurement (up to --retries times) when other processes used more than
@@ -380,11 +389,7 @@ def main():
     ap.add_argument("--no-profile", action="store_true", help=f"skip the --profile run of {PROFILE_MODEL}")
     ap.add_argument("--no-bundled", action="store_true",
                     help="skip the plain/transformed timing of the bundled models (data/models)")
-    ap.add_argument("--max-busy", type=float, default=0.25,
-                    help="wait while other processes use more than this fraction of the CPUs (default 0.25)")
-    ap.add_argument("--wait", type=int, default=300, help="longest wait for a quiet machine, s (default 300)")
-    ap.add_argument("--retries", type=int, default=3,
-                    help="repeat a measurement disturbed by other processes up to this many times (default 3)")
+    add_quiet_machine_arguments(ap)
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per runtime and model (default 1800)")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
