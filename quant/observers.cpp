@@ -61,6 +61,16 @@ float abs_max(const float* x, int64_t n, uint32_t& bad) {
   return m;
 }
 
+// Brings counts taken at range 2^k to range 2^(k + steps): bins (2j, 2j + 1) merge into j, once
+// per step. The caller caps steps at log2(bins), after which everything sits in bin 0.
+template <class Count>
+void merge_bin_pairs(Count* counts, size_t bins, int steps) {
+  for (int s = 0; s < steps; ++s) {
+    for (size_t j = 0; j < bins / 2; ++j) counts[j] = counts[2 * j] + counts[2 * j + 1];
+    std::fill(counts + bins / 2, counts + bins, Count{0});
+  }
+}
+
 }  // namespace
 
 double Histogram::total() const {
@@ -201,19 +211,15 @@ Histogram HistogramObserver::histogram() const {
 
 void HistogramObserver::grow_to(int exponent) {
   // After log2(bins) merges everything sits in bin 0; more would change nothing.
-  const int steps = std::min(exponent - *range_exponent_, log2_bins_);
-  const size_t n = counts_.size();
-  for (int s = 0; s < steps; ++s) {
-    for (size_t j = 0; j < n / 2; ++j) counts_[j] = counts_[2 * j] + counts_[2 * j + 1];
-    std::fill(counts_.begin() + static_cast<std::ptrdiff_t>(n / 2), counts_.end(), 0);
-  }
+  merge_bin_pairs(counts_.data(), counts_.size(),
+                  std::min(exponent - *range_exponent_, log2_bins_));
   range_exponent_ = exponent;
 }
 
 namespace {
 
-// Values a task bins in one sweep: the block's max is found first, so that the block is binned
-// while it is still in the L1 cache.
+// Values binned at a time: the block's max is found first, then the block is binned while it is
+// still in the L1 cache.
 constexpr int64_t kBinBlock = 4096;
 // Fewest elements worth a parallel task: a tensor is split into at most one part per thread,
 // each at least this long (smaller tensors are binned on the calling thread).
@@ -242,20 +248,6 @@ class PartialHistogram {
     int32_t index[kBinBlock];
     for (int64_t b = 0; b < n; b += kBinBlock) {
       const int64_t len = std::min(kBinBlock, n - b);
-#ifdef __AVX512F__
-      // Once a range exists, one sweep takes the block's max and its bins at that range; only a
-      // block reaching past the range (rare after the first) is binned again below.
-      if (exponent_ && log2_bins_ - *exponent_ >= -126 && log2_bins_ - *exponent_ <= 127) {
-        float block_max = 0.0f;
-        const int64_t m = bins_and_max(x + b, len, index, block_max, bad);
-        if (bad) return;
-        max_ = std::max(max_, block_max);
-        if (block_max < std::ldexp(1.0f, *exponent_)) {
-          scatter(index, m, len);
-          continue;
-        }
-      }
-#endif
       const float m = abs_max(x + b, len, bad);
       if (bad) return;
       max_ = std::max(max_, m);
@@ -274,12 +266,8 @@ class PartialHistogram {
     }
   }
 
-  float max() const {
-    return max_;
-  }
-  std::optional<int> exponent() const {
-    return exponent_;
-  }
+  float max() const { return max_; }
+  std::optional<int> exponent() const { return exponent_; }
   // The count of bin j over all copies, zeros included in bin 0.
   uint64_t count(size_t j) const {
     uint64_t c = j == 0 ? zeros_ : 0;
@@ -290,13 +278,7 @@ class PartialHistogram {
  private:
   void grow_to(int exponent) {
     const int steps = std::min(exponent - *exponent_, log2_bins_);
-    for (int k = 0; k < kCopies; ++k) {
-      uint32_t* c = counts_.data() + k * bins_;
-      for (int s = 0; s < steps; ++s) {
-        for (size_t j = 0; j < bins_ / 2; ++j) c[j] = c[2 * j] + c[2 * j + 1];
-        std::fill(c + bins_ / 2, c + bins_, 0u);
-      }
-    }
+    for (int k = 0; k < kCopies; ++k) merge_bin_pairs(counts_.data() + k * bins_, bins_, steps);
     exponent_ = exponent;
   }
 
@@ -335,46 +317,6 @@ class PartialHistogram {
     }
     for (; i < m; ++i) ++c0[index[i]];
   }
-
-#ifdef __AVX512F__
-  // bin_block's bins at the current range (its float case) together with abs_max's max and
-  // non-finite check, in one sweep. Bins are meaningful only when the max is inside the range
-  // and no value was bad; returns how many are nonzero.
-  int64_t bins_and_max(const float* x, int64_t len, int32_t* index, float& block_max,
-                       uint32_t& bad) const {
-    const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, log2_bins_ - *exponent_));
-    const __m512 float_max = _mm512_set1_ps(kFloatMax);
-    __m512 vmax = _mm512_setzero_ps();
-    __mmask16 not_finite = 0;
-    int64_t m = 0;
-    int64_t i = 0;
-    for (; i + 16 <= len; i += 16) {
-      const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
-      vmax = _mm512_mask_max_ps(vmax, 0xFFFF, vmax, a);
-      not_finite |= _mm512_cmp_ps_mask(a, float_max, _CMP_NLE_UQ);
-      const __m512i bin =
-          _mm512_mask_cvttps_epi32(_mm512_setzero_si512(), 0xFFFF, _mm512_mul_ps(a, scale));
-      const __mmask16 nonzero = _mm512_test_epi32_mask(bin, bin);
-      _mm512_storeu_si512(index + m, _mm512_maskz_compress_epi32(nonzero, bin));
-      m += std::popcount(static_cast<unsigned>(nonzero));
-    }
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, vmax);
-    float mx = 0.0f;
-    for (float v : lanes) mx = std::max(mx, v);
-    bad |= static_cast<uint32_t>(not_finite != 0);
-    const float to_bin = std::ldexp(1.0f, log2_bins_ - *exponent_);
-    for (; i < len; ++i) {
-      const float a = std::fabs(x[i]);
-      mx = a > mx ? a : mx;
-      bad |= static_cast<uint32_t>(!(a <= kFloatMax));
-      index[m] = a < std::ldexp(1.0f, *exponent_) ? static_cast<int32_t>(a * to_bin) : 0;
-      m += index[m] != 0;
-    }
-    block_max = mx;
-    return m;
-  }
-#endif
 
   // Writes the nonzero bins floor(|x_i| · to_bin) of x[0, len) to `index`, in order; returns how
   // many there are.
