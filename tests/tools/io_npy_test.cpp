@@ -339,6 +339,13 @@ TEST(NpyReader, ReadsRowRangesOfTheArray) {
   for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i], t.data<float>()[18 + i]) << i;
   EXPECT_THROW(r.read_rows(4, 2, rows.data()), Error);
   EXPECT_THROW(NpyReader::open(dir.file("missing.npy")), Error);
+  // A 0-d array opens (read_npy reads it whole) but has no rows.
+  const NpyReader scalar = NpyReader::open((kFixtures / "npy_i8_scalar.npy").string());
+  EXPECT_TRUE(scalar.shape().empty());
+  int64_t value = 0;
+  EXPECT_THROW(scalar.read_rows(0, 1, &value), Error);
+  scalar.read_all(&value);
+  EXPECT_EQ(value, -7);
 }
 
 }  // namespace

@@ -341,7 +341,7 @@ void normalize_bools(kernels::Tensor& tensor) {
   for (size_t i = 0; i < tensor.nbytes(); ++i) b[i] = b[i] != 0;
 }
 
-// Closes the file on every path out of read_npy.
+// Closes the file when the last NpyReader copy holding it goes.
 struct FileCloser {
   void operator()(std::FILE* file) const { std::fclose(file); }
 };
@@ -363,39 +363,10 @@ kernels::Tensor parse_npy(std::string_view bytes, const std::string& name) {
 }
 
 kernels::Tensor read_npy(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    throw_io("cannot read '" + path + "': is a directory (expected a .npy file)");
-  }
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) {
-    int error_number = errno;
-    throw_io("cannot read '" + path + "': " + std::strerror(error_number));
-  }
-  // Reads exactly n bytes at the current position; the size was checked, so less is an I/O error.
-  auto read_exactly = [&](void* out, size_t n) {
-    if (n && std::fread(out, 1, n, file.get()) != n) {
-      int error_number = errno;
-      throw_io("cannot read '" + path + "': " +
-               (std::ferror(file.get()) ? std::strerror(error_number) : "file shrank while read"));
-    }
-  };
-  uintmax_t file_size = std::filesystem::file_size(path, ec);
-  if (ec) throw_io("cannot read '" + path + "': " + ec.message());
-
+  const NpyReader reader = NpyReader::open(path);
   // The data goes straight into the tensor: calibration arrays can be large.
-  std::string prefix(std::min<uintmax_t>(file_size, kLongestPreamble), '\0');
-  read_exactly(prefix.data(), prefix.size());
-  size_t preamble = 0;
-  size_t header_len = parse_preamble(prefix, file_size, path, &preamble);
-  std::string header(header_len, '\0');
-  if (std::fseek(file.get(), static_cast<long>(preamble), SEEK_SET) != 0) {
-    throw_io("cannot read '" + path + "': cannot seek");
-  }
-  read_exactly(header.data(), header.size());
-  NpyLayout layout = parse_layout(header, preamble + header_len, file_size, path);
-  kernels::Tensor tensor(layout.dtype, layout.shape);
-  read_exactly(tensor.raw(), layout.data_bytes);
+  kernels::Tensor tensor(reader.dtype(), reader.shape());
+  reader.read_all(tensor.raw());
   normalize_bools(tensor);
   return tensor;
 }
@@ -422,15 +393,15 @@ NpyReader NpyReader::open(const std::string& path) {
   std::string header(header_len, '\0');
   r.read_at(preamble, header.data(), header.size());
   NpyLayout layout = parse_layout(header, preamble + header_len, file_size, path);
-  if (layout.dtype == kernels::DType::kBool) {
-    throw_unsupported(path + ": bool arrays cannot be streamed by rows");
-  }
-  if (layout.shape.empty()) throw_invalid(path + ": a 0-d array has no rows");
   r.dtype_ = layout.dtype;
   r.shape_ = std::move(layout.shape);
   r.data_offset_ = layout.data_offset;
-  r.row_bytes_ = r.shape_[0] > 0 ? layout.data_bytes / static_cast<size_t>(r.shape_[0]) : 0;
+  r.data_bytes_ = layout.data_bytes;
   return r;
+}
+
+void NpyReader::read_all(void* out) const {
+  read_at(data_offset_, out, data_bytes_);
 }
 
 void NpyReader::read_at(size_t offset, void* out, size_t n) const {
@@ -451,13 +422,19 @@ void NpyReader::read_at(size_t offset, void* out, size_t n) const {
 }
 
 void NpyReader::read_rows(size_t begin, size_t count, void* out) const {
+  if (shape_.empty()) throw_invalid(path_ + ": a 0-d array has no rows");
+  if (dtype_ == kernels::DType::kBool) {
+    // Bool bytes need normalising (read_npy does it); rows are read raw.
+    throw_unsupported(path_ + ": bool arrays cannot be read by rows");
+  }
   const auto rows = static_cast<size_t>(shape_[0]);
+  const size_t row_bytes = rows > 0 ? data_bytes_ / rows : 0;
   if (begin > rows || count > rows - begin) {
     throw_invalid(path_ + ": rows [" + std::to_string(begin) + ", " +
                   std::to_string(begin + count) + ") are out of range (the array has " +
                   std::to_string(rows) + ")");
   }
-  read_at(data_offset_ + begin * row_bytes_, out, count * row_bytes_);
+  read_at(data_offset_ + begin * row_bytes, out, count * row_bytes);
 }
 
 std::string encode_npy(const kernels::Tensor& tensor) {

@@ -19,18 +19,22 @@ namespace qforge::io {
 // dtypes, Fortran order or a newer format version.
 kernels::Tensor read_npy(const std::string& path);
 
-// An .npy file read rows (slices along axis 0) at a time, so that a dataset larger than memory
-// can be streamed: open() reads and checks the header only, with read_npy's errors; the data's
-// size is checked against the header then, not when rows are read.
+// An .npy file whose header is read and checked at open() (read_npy's errors, the data's size
+// included) and whose data is read when asked: whole, or rows (slices along axis 0) at a time so
+// that a dataset larger than memory can be streamed.
 class NpyReader {
  public:
   static NpyReader open(const std::string& path);
 
   kernels::DType dtype() const { return dtype_; }
-  const kernels::Shape& shape() const { return shape_; }  // at least 1-d
+  const kernels::Shape& shape() const { return shape_; }
   const std::string& path() const { return path_; }
+  // Copies all the data (bools as stored) into `out`. Io error naming the file when it cannot be
+  // read.
+  void read_all(void* out) const;
   // Copies rows [begin, begin + count) into `out` (count × row elements of dtype). Io error
-  // naming the file when it cannot be read; Invalid when the rows are out of range.
+  // naming the file when it cannot be read; Invalid when the rows are out of range or the array
+  // is 0-d; Unsupported for bool arrays.
   void read_rows(size_t begin, size_t count, void* out) const;
 
  private:
@@ -41,7 +45,7 @@ class NpyReader {
   kernels::DType dtype_ = kernels::DType::kFloat32;
   kernels::Shape shape_;
   size_t data_offset_ = 0;
-  size_t row_bytes_ = 0;
+  size_t data_bytes_ = 0;
 };
 
 // Parses .npy bytes already in memory; `name` is the file name used in error messages.

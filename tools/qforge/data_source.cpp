@@ -47,6 +47,7 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
     throw_invalid("data: '" + path + "' holds " + kernels::dtype_name(npy.dtype()) +
                   kernels::shape_str(npy.shape()) + ", expected float32 model inputs");
   }
+  if (npy.shape().empty()) throw_invalid("data: '" + path + "' is a scalar, expected a batch");
   src.sample_shape_.assign(npy.shape().begin() + 1, npy.shape().end());
   if (!model_sample.empty()) {
     bool match = model_sample.size() == src.sample_shape_.size();
