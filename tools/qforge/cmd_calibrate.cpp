@@ -134,6 +134,14 @@ nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
+// The model transformed at `rows` rows, for a partial last batch: a transformer's fused graph has
+// the batch folded into its reshapes.
+runtime::TransformResult transform_at(const graph::Graph& model, runtime::TransformOptions options,
+                                      size_t rows) {
+  options.batch = static_cast<int64_t>(rows);
+  return runtime::transform_model(model, nullptr, options);
+}
+
 // The SmoothQuant pass: max |x| per channel of every smoothable LayerNorm output over the
 // calibration samples (a partial last batch runs through the model transformed at its size, as
 // in calibration), then the factors folded into `fused`.
@@ -151,10 +159,7 @@ quant::SmoothQuantResult smooth_model(const CalibrateOptions& o, const graph::Gr
                        stats.observe_batch(input);
                        return;
                      }
-                     runtime::TransformOptions partial_transform = transform;
-                     partial_transform.batch = static_cast<int64_t>(count);
-                     const runtime::TransformResult partial =
-                         runtime::transform_model(model, nullptr, partial_transform);
+                     const runtime::TransformResult partial = transform_at(model, transform, count);
                      quant::SmoothQuantStats partial_stats(
                          *partial.graph, quant::find_smoothquant_sites(*partial.graph).sites);
                      partial_stats.observe_batch(input);
@@ -236,10 +241,8 @@ int run_calibrate(const CalibrateOptions& o) {
                      if (static_cast<int64_t>(count) == o.batch) {
                        stats.observe_batch(input);
                      } else {
-                       runtime::TransformOptions partial_transform = transform;
-                       partial_transform.batch = static_cast<int64_t>(count);
                        const runtime::TransformResult partial =
-                           runtime::transform_model(*model, nullptr, partial_transform);
+                           transform_at(*model, transform, count);
                        if (smoothing) quant::fold_smoothing(*partial.graph, *smoothing);
                        quant::CalibrationStats partial_stats(
                            *partial.graph, quant::place_qdq(*partial.graph, placement));
