@@ -16,6 +16,19 @@ void Value::set_constant(Tensor value) {
   dtype_ = value.dtype();
   shape_ = value.shape();
   constant_ = std::move(value);
+  released_ = false;
+}
+
+void Value::release_constant() {
+  if (!is_constant()) throw_internal("value '" + name_ + "' is not a constant to release");
+  constant_ = Tensor();
+  released_ = true;
+}
+
+void Value::throw_released() const {
+  throw_internal("value '" + name_ +
+                 "': its constant values were released once the kernels had prepared their own "
+                 "form of them; reload the model to read them");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,6 +114,7 @@ std::unique_ptr<Graph> Graph::clone() const {
     copy->dtype_ = v->dtype_;
     copy->shape_ = v->shape_;
     copy->constant_ = v->constant_;
+    copy->released_ = v->released_;
     copy->graph_input_ = v->graph_input_;
     copy->graph_output_ = v->graph_output_;
     map[v.get()] = copy.get();

@@ -33,8 +33,14 @@ class Value {
   Node* producer() const { return producer_; }
   const std::vector<Node*>& consumers() const { return consumers_; }
 
-  bool is_constant() const { return constant_.defined(); }
-  const Tensor& constant() const { return constant_; }
+  // A released constant (release_constant) is still a constant of known type and shape, but
+  // its values are gone: constant() then throws.
+  bool is_constant() const { return released_ || constant_.defined(); }
+  const Tensor& constant() const {
+    if (released_) throw_released();
+    return constant_;
+  }
+  bool is_released() const { return released_; }
 
   bool is_graph_input() const { return graph_input_; }
   bool is_graph_output() const { return graph_output_; }
@@ -46,15 +52,21 @@ class Value {
   void set_dtype(DType dtype) { dtype_ = dtype; }
   void clear_shape() { shape_.reset(); }
   void set_constant(Tensor value);  // also sets dtype and shape
+  // Drops this graph's reference to the constant's values (dtype and shape stay). An executor
+  // does this for weights its kernels keep in a prepared form of their own, so that the original
+  // values can be freed (runtime/executor.h, ExecutorOptions::release_prepared_constants).
+  void release_constant();
 
  private:
   friend class Graph;
+  [[noreturn]] void throw_released() const;
   std::string name_;
   DType dtype_ = DType::kFloat32;
   std::optional<Shape> shape_;
   Node* producer_ = nullptr;
   std::vector<Node*> consumers_;
   Tensor constant_;
+  bool released_ = false;
   bool graph_input_ = false;
   bool graph_output_ = false;
 };

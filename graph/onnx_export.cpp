@@ -2,6 +2,7 @@
 #include "graph/onnx_export.h"
 
 #include <fcntl.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 #include <unistd.h>
@@ -205,7 +206,10 @@ class TempFile {
 
 }  // namespace
 
-std::string serialize_onnx(const Graph& graph, const ExportOptions& options) {
+namespace {
+
+// build_model, checked, with its size bounded by protobuf's limit.
+onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options) {
   onnx::ModelProto model = build_model(graph, options);
   if (options.run_checker) {
     try {
@@ -221,9 +225,39 @@ std::string serialize_onnx(const Graph& graph, const ExportOptions& options) {
     throw_unsupported("export: expected a model under 2 GiB (protobuf's limit), got " +
                       std::to_string(size) + " bytes");
   }
+  return model;
+}
+
+class SinkStream final : public google::protobuf::io::CopyingOutputStream {
+ public:
+  explicit SinkStream(const ByteSink& sink) : sink_(sink) {}
+  bool Write(const void* buffer, int size) override {
+    sink_(buffer, static_cast<size_t>(size));
+    return true;
+  }
+
+ private:
+  const ByteSink& sink_;
+};
+
+}  // namespace
+
+std::string serialize_onnx(const Graph& graph, const ExportOptions& options) {
+  const onnx::ModelProto model = checked_model(graph, options);
   std::string bytes;
   if (!model.SerializeToString(&bytes)) throw_internal("export: protobuf serialization failed");
   return bytes;
+}
+
+size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options) {
+  const onnx::ModelProto model = checked_model(graph, options);
+  SinkStream stream(sink);
+  constexpr int kChunk = 1 << 20;
+  google::protobuf::io::CopyingOutputStreamAdaptor adaptor(&stream, kChunk);
+  if (!model.SerializeToZeroCopyStream(&adaptor) || !adaptor.Flush()) {
+    throw_internal("export: protobuf serialization failed");
+  }
+  return model.ByteSizeLong();
 }
 
 void save_onnx(const Graph& graph, const std::string& path, const ExportOptions& options) {

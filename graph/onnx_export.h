@@ -2,7 +2,9 @@
 // onnx_import.h for every op a file may hold; qforge-internal ops are refused.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -25,6 +27,11 @@ struct ExportOptions {
 // Throws qforge::Error: kUnsupported for a node ONNX cannot express (a catalog-internal op such
 // as FusedConv, a model over 2 GiB), kInternal when the checker rejects the result.
 std::string serialize_onnx(const Graph& graph, const ExportOptions& options = {});
+
+// serialize_onnx handed to `sink` in pieces of at most 1 MiB, so that the model is never in
+// memory twice as bytes; returns the number of bytes. Exceptions from the sink propagate.
+using ByteSink = std::function<void(const void* data, size_t nbytes)>;
+size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options = {});
 
 // Serializes, then writes through a temporary file in the destination's folder renamed onto
 // `path`: a failure leaves no file behind. An unwritable path is a kIo error naming it.

@@ -8,26 +8,31 @@ namespace qforge::quant {
 
 CalibrationStats::CalibrationStats(const graph::Graph& fused, QuantPlan plan,
                                    CalibrationOptions options)
-    : fused_(fused.clone()), plan_(std::move(plan)), options_(options) {
+    : CalibrationStats(fused.clone(), std::move(plan), options) {}
+
+CalibrationStats::CalibrationStats(std::unique_ptr<graph::Graph> fused, QuantPlan plan,
+                                   CalibrationOptions options)
+    : plan_(std::move(plan)), options_(options) {
   for (const ActivationPoint& p : plan_.activations) {
-    if (!fused_->find_value(p.tensor)) {
+    if (!fused->find_value(p.tensor)) {
       throw_invalid("calibration: point '" + p.tensor + "' names no tensor of the graph");
     }
     observers_.emplace_back(HistogramObserverOptions{.bins = options_.histogram_bins});
   }
+  for (const WeightPoint& w : plan_.weights) weight_amax_[w.node] = weight_channel_amax(*fused, w);
   // Conv epilogue fusion would hide values between modules that taps must see.
   runtime::SessionOptions session_options;
   session_options.fuse_conv_epilogues = false;
+  session_options.executor.release_prepared_constants = options_.release_weights;
   // The transformed graph is resolved at one batch; calibration batches may have any size.
-  std::unique_ptr<graph::Graph> runnable = fused_->clone();
-  for (graph::Value* in : runnable->inputs()) {
+  for (graph::Value* in : fused->inputs()) {
     if (in->has_shape() && !in->shape()->empty()) {
       graph::Shape shape = *in->shape();
       shape[0] = -1;
       in->set_type(in->dtype(), std::move(shape));
     }
   }
-  session_ = std::make_unique<runtime::Session>(std::move(runnable), session_options);
+  session_ = std::make_unique<runtime::Session>(std::move(fused), session_options);
 }
 
 CalibrationStats::~CalibrationStats() = default;
@@ -118,12 +123,6 @@ std::map<std::string, float> CalibrationStats::activation_amax(Calibrator method
   for (const ActivationPoint& p : plan_.activations) {
     out[p.tensor] = static_cast<float>(amax_for(p, method, percentile));
   }
-  return out;
-}
-
-std::map<std::string, std::vector<float>> CalibrationStats::weight_amax() const {
-  std::map<std::string, std::vector<float>> out;
-  for (const WeightPoint& w : plan_.weights) out[w.node] = weight_channel_amax(*fused_, w);
   return out;
 }
 

@@ -22,6 +22,11 @@ namespace qforge::quant {
 
 struct CalibrationOptions {
   int64_t histogram_bins = 2048;
+  // The forward pass runs at one batch size only and its weights are released as its kernels
+  // prepare them (runtime::ExecutorOptions::release_prepared_constants): with the caller
+  // holding no other copy of the model, the float weights leave memory. Weight ranges are
+  // taken before.
+  bool release_weights = false;
 };
 
 // What the guarded entropy calibrator chose for a point: entropy's threshold, or max where
@@ -33,8 +38,11 @@ struct EntropyChoice {
 
 class CalibrationStats {
  public:
-  // `fused` (a transformed graph, modules not lowered) is copied; `plan` from place_qdq on it.
+  // `fused`: a transformed graph, modules not lowered, copied (its constants shared) or taken;
+  // `plan` from place_qdq on it.
   CalibrationStats(const graph::Graph& fused, QuantPlan plan, CalibrationOptions options = {});
+  CalibrationStats(std::unique_ptr<graph::Graph> fused, QuantPlan plan,
+                   CalibrationOptions options = {});
   ~CalibrationStats();
   CalibrationStats(const CalibrationStats&) = delete;
   CalibrationStats& operator=(const CalibrationStats&) = delete;
@@ -64,7 +72,7 @@ class CalibrationStats {
   // amax_for every activation point, by tensor name.
   std::map<std::string, float> activation_amax(Calibrator method, double percentile = 99.99) const;
   // Max |w| per output channel of each weight point's (folded) weight, by module node name.
-  std::map<std::string, std::vector<float>> weight_amax() const;
+  const std::map<std::string, std::vector<float>>& weight_amax() const { return weight_amax_; }
 
  private:
   size_t index_of(const ActivationPoint& point) const;
@@ -72,12 +80,12 @@ class CalibrationStats {
   const HistogramObserver& observed(const ActivationPoint& point) const;
   void attach_taps(runtime::Executor& executor);
 
-  std::unique_ptr<graph::Graph> fused_;
   QuantPlan plan_;
   CalibrationOptions options_;
   std::unique_ptr<runtime::Session> session_;
   std::vector<HistogramObserver> observers_;  // one per activation point, in plan order
   std::set<const runtime::Executor*> tapped_;
+  std::map<std::string, std::vector<float>> weight_amax_;
   int64_t batches_ = 0;
 };
 

@@ -132,6 +132,25 @@ void Executor::compile(const graph::Graph& graph) {
   }
   const OpRegistry& registry = builtin_ops();
   size_t max_workspace = 0;
+  // With release_prepared_constants: per constant, the uses not yet bound and whether any bound
+  // use still reads it; its step_inputs_ slots, emptied when it is released.
+  struct ConstantUses {
+    size_t pending = 0;
+    bool read = false;
+    std::vector<size_t> slots;
+  };
+  std::map<graph::Value*, ConstantUses> constant_uses;
+  if (options_.release_prepared_constants) {
+    for (const graph::Node* node : order) {
+      for (graph::Value* v : node->inputs()) {
+        if (v && v->is_constant()) ++constant_uses[v].pending;
+      }
+    }
+    for (graph::Value* out : graph.outputs()) {
+      auto it = constant_uses.find(out);
+      if (it != constant_uses.end()) it->second.read = true;
+    }
+  }
   for (size_t s = 0; s < order.size(); ++s) {
     const graph::Node* node = order[s];
     Step step;
@@ -172,6 +191,18 @@ void Executor::compile(const graph::Graph& graph) {
       }
       step.kernel = def->create(*node, infos, out_infos);
       max_workspace = std::max(max_workspace, step.kernel->workspace_bytes());
+    }
+    if (options_.release_prepared_constants) {
+      for (size_t i = 0; i < node->num_inputs(); ++i) {
+        graph::Value* v = node->input(i);
+        if (!v || !v->is_constant()) continue;
+        ConstantUses& uses = constant_uses.at(v);
+        uses.slots.push_back(step.inputs_begin + i);
+        uses.read = uses.read || !step.kernel || step.kernel->reads_input(i);
+        if (--uses.pending > 0 || uses.read) continue;
+        for (size_t slot : uses.slots) step_inputs_[slot] = Tensor();
+        v->release_constant();
+      }
     }
     steps_.push_back(std::move(step));
   }

@@ -18,6 +18,13 @@ namespace qforge::runtime {
 
 struct ExecutorOptions {
   bool profile = false;  // time every node (adds two clock reads per node)
+  // Weights that every kernel reading them keeps in a prepared form of its own (Winograd
+  // filters, packed GEMM panels) are released from the graph while the plan is compiled, one
+  // node at a time (graph::Value::release_constant), so that the model's float weights and
+  // their prepared copies are never all resident together. Their memory is freed when nothing
+  // else shares it (the graph is the caller's only copy of the model); the graph keeps their
+  // types and shapes but can no longer be exported or compiled again.
+  bool release_prepared_constants = false;
 };
 
 struct OpTime {

@@ -38,6 +38,10 @@ class OpKernel {
   // Scratch bytes that forward needs; the executor hands every node the same scratch buffer,
   // valid only during the call.
   virtual size_t workspace_bytes() const { return 0; }
+  // Whether forward reads input `index`. A kernel that brought a constant input (a weight) into
+  // a prepared form of its own says false for it: the executor may then release the original
+  // (ExecutorOptions::release_prepared_constants) and pass an undefined tensor in its place.
+  virtual bool reads_input(size_t /*index*/) const { return true; }
   // inputs: views of the node's inputs (an omitted optional input is an undefined Tensor);
   // outputs: preallocated views of the inferred shapes (contents undefined on entry).
   // Must not allocate on the heap for float32 work, and must give the same bits for any thread

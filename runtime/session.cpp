@@ -7,6 +7,16 @@
 #include "runtime/fuse_qdq.h"
 
 namespace qforge::runtime {
+namespace {
+
+std::string shapes_str(const std::vector<graph::Shape>& shapes) {
+  std::string out;
+  for (const graph::Shape& s : shapes)
+    out.append(out.empty() ? "" : " ").append(kernels::shape_str(s));
+  return out;
+}
+
+}  // namespace
 
 Session::Session(std::unique_ptr<graph::Graph> graph, SessionOptions options)
     : graph_(std::move(graph)), options_(options) {}
@@ -27,8 +37,21 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
     throw_invalid("run: the model takes " + std::to_string(graph_->inputs().size()) +
                   " inputs, got " + std::to_string(input_shapes.size()));
   }
+  const bool release = options_.executor.release_prepared_constants;
+  if (release && !compiled_.empty()) {
+    throw_invalid("run: the session released its weights after compiling for inputs " +
+                  shapes_str(compiled_.begin()->first) + "; it cannot run " +
+                  shapes_str(input_shapes));
+  }
   Compiled c;
   c.graph = graph_->clone();
+  if (release) {
+    // The compiled copy becomes the only holder of the weights, which its executor releases
+    // as its kernels prepare them.
+    for (graph::Value* v : graph_->values()) {
+      if (v->is_constant() && !v->is_released()) v->release_constant();
+    }
+  }
   ResolveOptions options;
   for (size_t i = 0; i < input_shapes.size(); ++i) {
     options.input_shapes[graph_->inputs()[i]->name()] = input_shapes[i];

@@ -21,6 +21,8 @@ struct SessionOptions {
   // Run QuantizeLinear → DequantizeLinear pairs with constant parameters as one FakeQuant
   // (runtime/fuse_qdq.h); same results, no integer tensor.
   bool fuse_qdq = true;
+  // With executor.release_prepared_constants the session runs one input shape only: its
+  // weights are released while that plan is compiled (ExecutorOptions).
 };
 
 class Session {

@@ -161,6 +161,7 @@ class InProjectionKernel final : public OpKernel {
                                 s_.gemm, prepared_.empty() ? kernels::GemmWeightForm::kRaw
                                                            : kernels::GemmWeightForm::kPrepared);
   }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     float* packed = reinterpret_cast<float*>(workspace);

@@ -274,6 +274,7 @@ class ConvKernel final : public OpKernel {
                                                     ? kernels::ConvWeightForm::kRaw
                                                     : kernels::ConvWeightForm::kPrepared);
   }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     auto optional = [&](size_t i) {
@@ -405,6 +406,7 @@ class GemmKernel final : public OpKernel {
                                                     ? kernels::GemmWeightForm::kRaw
                                                     : kernels::GemmWeightForm::kPrepared);
   }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const float* c = dims_.bias != kernels::GemmBias::kNone ? inputs[2].data<float>() : nullptr;
@@ -462,6 +464,7 @@ class MatMulKernel final : public OpKernel {
                                                       ? kernels::GemmWeightForm::kRaw
                                                       : kernels::GemmWeightForm::kPrepared);
   }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),

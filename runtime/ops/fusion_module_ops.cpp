@@ -156,6 +156,9 @@ class ConvModuleKernel final : public OpKernel {
     if (!pool_.empty()) bytes = std::max(bytes, pool_[0].workspace_bytes());
     return bytes;
   }
+  bool reads_input(size_t index) const override {
+    return index != layout_.data_inputs || conv_[0].reads_input(1);
+  }
 
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
@@ -237,6 +240,7 @@ class LinearKernel final : public OpKernel {
                                         linear_inputs(node, inputs)));
   }
   size_t workspace_bytes() const override { return linear_[0].workspace_bytes(); }
+  bool reads_input(size_t index) const override { return index != 1 || linear_[0].reads_input(1); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const size_t used = gemm_ ? std::min<size_t>(inputs.size(), 3) : 2;

@@ -35,6 +35,7 @@ class SubKernel {
 
   const std::vector<TensorInfo>& outputs() const { return outputs_; }
   size_t workspace_bytes() const { return kernel_->workspace_bytes(); }
+  bool reads_input(size_t index) const { return kernel_->reads_input(index); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs, std::byte* workspace) {
     kernel_->forward(inputs, outputs, workspace);
   }

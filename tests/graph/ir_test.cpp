@@ -44,6 +44,33 @@ TEST(GraphIr, ReplaceUsesAndRemoveDead) {
   EXPECT_NO_THROW(c.g.check_consistency());
 }
 
+TEST(GraphIr, AReleasedConstantKeepsItsTypeButNotItsValues) {
+  Graph g;
+  Value* k = g.add_constant("k", Tensor::from_vector<float>({2}, {1.f, -2.f}));
+  Node* neg = g.add_node({.name = "neg", .op_type = "Neg", .inputs = {k}, .output_names = {"nk"}});
+  g.mark_output(neg->output(0));
+  k->release_constant();
+  EXPECT_TRUE(k->is_constant());
+  EXPECT_TRUE(k->is_released());
+  EXPECT_EQ(k->dtype(), DType::kFloat32);
+  EXPECT_EQ(k->shape(), (Shape{2}));
+  auto copy = g.clone();
+  for (const Value* v : std::vector<const Value*>{k, copy->find_value("k")}) {
+    EXPECT_TRUE(v->is_released());
+    try {
+      (void)v->constant();
+      ADD_FAILURE() << "a released constant's values were readable";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInternal);
+      EXPECT_NE(std::string(e.what()).find("'k'"), std::string::npos) << e.what();
+    }
+  }
+  // Setting a value again makes it an ordinary constant.
+  k->set_constant(Tensor::from_vector<float>({2}, {3.f, 4.f}));
+  EXPECT_FALSE(k->is_released());
+  EXPECT_EQ(k->constant().data<float>()[1], 4.f);
+}
+
 TEST(GraphIr, FoldNodeTurnsOutputsIntoConstants) {
   Graph g;
   Value* k = g.add_constant("k", Tensor::from_vector<float>({2}, {1.f, -2.f}));

@@ -72,6 +72,21 @@ TEST_P(OnnxExportBundled, RoundTripKeepsGraphAndOutputs) {
   }
 }
 
+// write_onnx hands the sink the very bytes serialize_onnx returns, in pieces.
+TEST_P(OnnxExportBundled, WriteThroughASinkGivesTheSerializedBytes) {
+  auto g = graph::load_onnx(data_path("models/" + GetParam() + ".onnx"));
+  std::string pieces;
+  size_t calls = 0;
+  const size_t n = graph::write_onnx(*g, [&](const void* p, size_t bytes) {
+    pieces.append(static_cast<const char*>(p), bytes);
+    ++calls;
+  });
+  const std::string whole = graph::serialize_onnx(*g);
+  EXPECT_EQ(n, whole.size());
+  EXPECT_EQ(pieces, whole);
+  EXPECT_EQ(calls, (whole.size() + (1u << 20) - 1) >> 20);
+}
+
 TEST_P(OnnxExportBundled, ResolvedGraphRoundTripsAndRuns) {
   const std::string& model = GetParam();
   auto original = graph::load_onnx(data_path("models/" + model + ".onnx"));

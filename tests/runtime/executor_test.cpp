@@ -124,5 +124,68 @@ TEST(Executor, ForwardAllocatesNothingAfterCompilation) {
   }
 }
 
+// With release_prepared_constants the weights its kernels keep in a prepared form leave the
+// graph as the plan is compiled; the results stay bit-identical, the other constants stay.
+TEST(Session, ReleasesTheWeightsItsKernelsPrepared) {
+  for (std::string family : {"resnet", "vit"}) {
+    std::string model_path = testing::data_path("models/");
+    model_path.append(family).append("_bn.onnx");
+    std::string input_path = testing::data_path("golden/");
+    input_path.append(family).append("_input.npy");
+    const auto input = io::read_npy(input_path);
+    runtime::Session keeping(graph::load_onnx(model_path));
+    const kernels::Tensor expected = keeping.run(input)[0].clone();
+
+    runtime::SessionOptions options;
+    options.executor.release_prepared_constants = true;
+    runtime::Session releasing(graph::load_onnx(model_path), options);
+    const kernels::Tensor got = releasing.run(input)[0].clone();
+    ASSERT_EQ(got.shape(), expected.shape()) << family;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      ASSERT_EQ(got.data<float>()[i], expected.data<float>()[i]) << family << " element " << i;
+    }
+    // The session's own copy of the model keeps no values at all; its compiled graph keeps
+    // every constant a kernel still reads, and releases only Conv/Gemm/MatMul weights.
+    size_t constants = 0;
+    for (const graph::Value* v : releasing.graph().values()) {
+      if (!v->is_constant()) continue;
+      ++constants;
+      EXPECT_TRUE(v->is_released()) << family << " " << v->name();
+    }
+    EXPECT_GT(constants, 0u) << family;
+    const graph::Graph& compiled = releasing.resolved_graph_for({input.shape()});
+    size_t released = 0;
+    for (const graph::Value* v : compiled.values()) {
+      if (!v->is_released()) continue;
+      ++released;
+      for (const graph::Node* n : v->consumers()) {
+        EXPECT_TRUE(n->op_type() == "Conv" || n->op_type() == "FusedConv" ||
+                    n->op_type() == "Gemm" || n->op_type() == "MatMul")
+            << family << " " << v->name() << " read by " << n->op_type();
+      }
+      try {
+        (void)v->constant();
+        ADD_FAILURE() << v->name() << ": a released constant's values were readable";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::kInternal);
+        EXPECT_NE(std::string(e.what()).find(v->name()), std::string::npos) << e.what();
+      }
+    }
+    EXPECT_GT(released, 0u) << family;
+    // Running the same shape again reuses the plan; another shape cannot be compiled.
+    EXPECT_EQ(releasing.run(input)[0].data<float>()[0], expected.data<float>()[0]);
+    graph::Shape other = input.shape();
+    other[0] += 1;
+    kernels::Tensor bigger(DType::kFloat32, other);
+    try {
+      releasing.run(bigger);
+      ADD_FAILURE() << family << ": a released session compiled a second shape";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
+      EXPECT_NE(std::string(e.what()).find("released its weights"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qforge

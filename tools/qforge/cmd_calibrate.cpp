@@ -25,6 +25,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/io/progress.h"
 #include "tools/io/resource_usage.h"
+#include "tools/io/spill_file.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -65,7 +66,7 @@ std::vector<size_t> spread_indices(size_t size, int64_t limit) {
 // Calls fn(input, labels, count) for the samples `indices` in batches of `batch`. With `pad` the
 // input always has `batch` rows (rows past `count` repeat the last sample, for a model whose
 // batch is fixed); without, the last batch has only `count` rows. labels is empty for unlabelled
-// data.
+// data. The caller finishes `progress`.
 template <typename Fn>
 void for_each_batch(const DataSource& data, const std::vector<size_t>& indices, int64_t batch,
                     bool pad, io::Progress& progress, Fn&& fn) {
@@ -94,7 +95,6 @@ void for_each_batch(const DataSource& data, const std::vector<size_t>& indices, 
     fn(input, labels, count);
     progress.advance(count);
   }
-  progress.finish();
 }
 
 size_t correct_rows(const kernels::Tensor& logits, const std::vector<int64_t>& labels) {
@@ -134,6 +134,36 @@ nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
+// Output 0 of a run, its first `rows` rows (the rest pad the batch); float32, as the
+// comparison and the accuracy need.
+kernels::Tensor float_output(std::span<const kernels::Tensor> outputs, size_t rows) {
+  const kernels::Tensor& out = outputs[0];
+  if (out.dtype() != kernels::DType::kFloat32 || out.rank() == 0) {
+    throw_invalid(
+        "calibrate: the evaluation compares a float output with a batch axis; output 0 "
+        "is " +
+        out.describe());
+  }
+  return out.slice_rows(0, static_cast<int64_t>(rows));
+}
+
+// The export transforms the model again; its placement must be the calibrated one.
+void check_same_placement(const quant::QuantPlan& calibrated, const quant::QuantPlan& again) {
+  bool same = calibrated.activations.size() == again.activations.size() &&
+              calibrated.weights.size() == again.weights.size();
+  for (size_t i = 0; same && i < again.activations.size(); ++i) {
+    same = calibrated.activations[i].tensor == again.activations[i].tensor;
+  }
+  for (size_t i = 0; same && i < again.weights.size(); ++i) {
+    same = calibrated.weights[i].node == again.weights[i].node;
+  }
+  if (!same) {
+    throw_internal(
+        "calibrate: transforming the model again for the export placed other Q/DQ "
+        "points than calibration did");
+  }
+}
+
 // The model transformed at `rows` rows, for a partial last batch: a transformer's fused graph has
 // the batch folded into its reshapes.
 runtime::TransformResult transform_at(const graph::Graph& model, runtime::TransformOptions options,
@@ -165,6 +195,7 @@ quant::SmoothQuantResult smooth_model(const CalibrateOptions& o, const graph::Gr
                      partial_stats.observe_batch(input);
                      stats.merge(partial_stats);
                    });
+    progress.finish();
   }
   quant::SmoothQuantOptions options;
   options.alpha = *o.smoothquant;
@@ -218,55 +249,77 @@ int run_calibrate(const CalibrateOptions& o) {
     smoothing = smooth_model(o, *model, transform, *transformed.graph, data, calib_indices);
     smoothquant_seconds = seconds_since(start);
   }
-  const graph::Graph& fused = *transformed.graph;
   quant::PlacementOptions placement;
   placement.skip = o.skip;
-  const quant::QuantPlan plan = quant::place_qdq(fused, placement);
+  const quant::QuantPlan plan = quant::place_qdq(*transformed.graph, placement);
   if (plan.activations.empty() && plan.weights.empty()) {
     throw_invalid("calibrate: model '" + o.model + "' has no Q/DQ point to calibrate");
+  }
+  std::vector<std::string> point_modules;
+  for (const quant::ActivationPoint& p : plan.activations) {
+    point_modules.push_back(point_module(*transformed.graph, p));
   }
 
   // Every sample is used: a partial last batch runs through the model transformed at its own
   // size (a transformer's fused graph has the batch folded into its reshapes) and its
-  // statistics merge exactly into the rest, so the scales do not depend on --batch.
-  // Released once the amax are known, before the evaluation loads two more models.
-  auto stats_owner = std::make_unique<quant::CalibrationStats>(fused, plan);
+  // statistics merge exactly into the rest, so the scales do not depend on --batch. It runs
+  // first, as the last use of the loaded model. Then the fused graph is the only holder of the
+  // float weights, and the forward pass releases each as its kernels prepare their own form of
+  // it: the weights are not in memory twice. The export below reads them from the file again.
+  const size_t full_samples = total / static_cast<size_t>(o.batch) * static_cast<size_t>(o.batch);
+  const std::vector<size_t> full_indices(calib_indices.begin(),
+                                         calib_indices.begin() + static_cast<long>(full_samples));
+  const std::vector<size_t> rest_indices(calib_indices.begin() + static_cast<long>(full_samples),
+                                         calib_indices.end());
+  quant::CalibrationOptions calibration_options;
+  calibration_options.release_weights = true;
+  // Released once the amax are known, before the export and the evaluation.
+  auto stats_owner = std::make_unique<quant::CalibrationStats>(std::move(transformed.graph), plan,
+                                                               calibration_options);
   quant::CalibrationStats& stats = *stats_owner;
   const auto calibration_start = std::chrono::steady_clock::now();
-  double first_batch_seconds = -1;  // the first batch also builds the execution plan
+  double first_batch_seconds = -1;  // the first full batch also builds the execution plan
   {
     io::Progress progress("calibrate", total, "img");
-    for_each_batch(data, calib_indices, o.batch, false, progress,
-                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
-                     if (static_cast<int64_t>(count) == o.batch) {
-                       stats.observe_batch(input);
-                     } else {
+    if (!rest_indices.empty()) {
+      const int64_t rows = static_cast<int64_t>(rest_indices.size());
+      for_each_batch(data, rest_indices, rows, false, progress,
+                     [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
                        const runtime::TransformResult partial =
-                           transform_at(*model, transform, count);
+                           transform_at(*model, transform, rest_indices.size());
                        if (smoothing) quant::fold_smoothing(*partial.graph, *smoothing);
                        quant::CalibrationStats partial_stats(
                            *partial.graph, quant::place_qdq(*partial.graph, placement));
                        partial_stats.observe_batch(input);
                        stats.merge(partial_stats);
-                     }
-                     if (first_batch_seconds < 0)
-                       first_batch_seconds = seconds_since(calibration_start);
+                     });
+      if (full_indices.empty()) first_batch_seconds = seconds_since(calibration_start);
+    }
+    model.reset();
+    for_each_batch(data, full_indices, o.batch, false, progress,
+                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
+                     const auto batch_start = std::chrono::steady_clock::now();
+                     stats.observe_batch(input);
+                     if (first_batch_seconds < 0) first_batch_seconds = seconds_since(batch_start);
                    });
+    progress.finish();
   }
   const double calibration_seconds = seconds_since(calibration_start);
-  // Everything calibration needs is resident by now; evaluation below loads two more models.
+  // Everything calibration needs is resident by now.
   const int64_t calibration_peak_bytes = io::peak_resident_bytes();
 
   struct PointRow {
     const quant::ActivationPoint* point;
+    const std::string* module;
     double amax[4];
     bool entropy_fell_back;  // entropy's threshold clipped too much; its column holds max
   };
   std::vector<PointRow> rows;
   quant::ActivationAmax chosen;
   const auto calibrators_start = std::chrono::steady_clock::now();
-  for (const quant::ActivationPoint& p : plan.activations) {
-    PointRow row{&p, {}, false};
+  for (size_t i = 0; i < plan.activations.size(); ++i) {
+    const quant::ActivationPoint& p = plan.activations[i];
+    PointRow row{&p, &point_modules[i], {}, false};
     for (quant::Calibrator m : kMethods) {
       if (m == quant::Calibrator::kEntropy) {
         const quant::EntropyChoice e = stats.entropy_choice(p);
@@ -284,39 +337,64 @@ int run_calibrate(const CalibrateOptions& o) {
   const int64_t batches = stats.batches();
   stats_owner.reset();
 
+  // The export: the model read and transformed again (deterministic: the same graph, checked
+  // by its placement), smoothed the same way, lowered with the chosen scales. The bytes go to
+  // the output's temporary file at once; it is renamed into place only after the evaluation.
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   quant::QdqCounts counts;
-  auto qdq = quant::build_qdq_graph(fused, plan, chosen, export_options, &counts);
-  const std::string bytes = graph::serialize_onnx(*qdq, export_options.onnx);
-  qdq.reset();
+  size_t written_bytes = 0;
+  {
+    std::unique_ptr<graph::Graph> reloaded = graph::load_onnx(o.model);
+    runtime::TransformResult again = runtime::transform_model(*reloaded, nullptr, transform);
+    reloaded.reset();
+    if (smoothing) quant::fold_smoothing(*again.graph, *smoothing);
+    check_same_placement(plan, quant::place_qdq(*again.graph, placement));
+    auto qdq = quant::build_qdq_graph(*again.graph, plan, chosen, export_options, &counts);
+    again.graph.reset();
+    written_bytes = graph::write_onnx(
+        *qdq, [&](const void* p, size_t n) { out_file.write(p, n); }, export_options.onnx);
+  }
 
-  // Evaluate exactly what is written: the serialized bytes, re-imported. The Q/DQ model's batch
+  // Evaluate exactly what is written: the file, read back. The Q/DQ model's batch
   // is fixed, so the last partial batch is padded with copies of its last sample and the padded
-  // rows' outputs are ignored; every sample counts once.
-  runtime::Session reference(std::move(model));  // the partial batches above were its last use
-  runtime::Session quantized(graph::parse_onnx(bytes, o.output));
+  // rows' outputs are ignored; every sample counts once. One model is in memory at a time: the
+  // float model's outputs wait in a temporary file for the Q/DQ model's.
   const DataSource& eval = val ? *val : data;
   const std::vector<size_t> eval_indices = val ? spread_indices(val->size(), 0) : calib_indices;
   const size_t eval_total = eval_indices.size();
   const bool labelled = eval.labelled();
-  runtime::OutputComparison comparison;
+  runtime::SessionOptions one_shape;
+  one_shape.executor.release_prepared_constants = true;
+  io::FloatSpill expected;
   size_t float_correct = 0;
-  size_t int8_correct = 0;
   {
-    io::Progress progress("evaluate", eval_total, "img");
+    runtime::Session reference(graph::load_onnx(o.model), one_shape);
+    io::Progress progress("float model", eval_total, "img");
     for_each_batch(
         eval, eval_indices, o.batch, true, progress,
         [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
-          const auto rows_end = static_cast<int64_t>(count);
-          const kernels::Tensor expected = reference.run(input)[0].slice_rows(0, rows_end).clone();
-          const kernels::Tensor got = quantized.run(input)[0].slice_rows(0, rows_end);
-          comparison.add(expected, got);
-          if (labelled) {
-            float_correct += correct_rows(expected, labels);
-            int8_correct += correct_rows(got, labels);
-          }
+          const kernels::Tensor out = float_output(reference.run(input), count);
+          expected.append(out.span<float>());
+          if (labelled) float_correct += correct_rows(out, labels);
         });
+    progress.finish();
+  }
+  runtime::OutputComparison comparison;
+  size_t int8_correct = 0;
+  {
+    runtime::Session quantized(graph::load_onnx(out_file.temp_path()), one_shape);
+    io::Progress progress("Q/DQ model", eval_total, "img");
+    for_each_batch(
+        eval, eval_indices, o.batch, true, progress,
+        [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
+          const kernels::Tensor got = float_output(quantized.run(input), count);
+          kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
+          expected.read(expected_rows.span<float>());
+          comparison.add(expected_rows, got);
+          if (labelled) int8_correct += correct_rows(got, labels);
+        });
+    progress.finish();
   }
   const runtime::ComparisonFigures f = comparison.figures();
 
@@ -345,9 +423,15 @@ int run_calibrate(const CalibrateOptions& o) {
       "each)\n",
       data_seconds, ms_per_batch, smoothing ? " with the SmoothQuant pass" : "",
       1e3 * first_batch_seconds, ms_per_later_batch);
-  std::printf("             calibrators %.1f ms for %zu points x 4 methods; peak memory %.0f MiB\n",
-              1e3 * calibrators_seconds, rows.size(),
-              static_cast<double>(calibration_peak_bytes) / (1024.0 * 1024.0));
+  // Peak resident memory when calibration ended, and over the whole run (the export and the
+  // evaluation, which hold one model at a time, included).
+  const int64_t run_peak_bytes = io::peak_resident_bytes();
+  constexpr double kMiB = 1024.0 * 1024.0;
+  std::printf(
+      "             calibrators %.1f ms for %zu points x 4 methods; peak memory %.0f MiB "
+      "(%.0f MiB with the export and evaluation)\n",
+      1e3 * calibrators_seconds, rows.size(), static_cast<double>(calibration_peak_bytes) / kMiB,
+      static_cast<double>(run_peak_bytes) / kMiB);
   std::printf("method       %s", method_name);
   if (*method == quant::Calibrator::kPercentile) std::printf(" (%g%%)", o.percentile);
   std::printf("; scale = amax / 127, zero point 0\n");
@@ -365,8 +449,8 @@ int run_calibrate(const CalibrateOptions& o) {
     std::printf("  %-10s %10.5g %11.5g | %10.5g %10.5g %10.5g%s %10.5g | %s -> %s\n",
                 fell_back ? "max*" : method_name, a,
                 static_cast<double>(quant::scale_from_amax(static_cast<float>(a))), r.amax[0],
-                r.amax[1], r.amax[2], r.entropy_fell_back ? "*" : " ", r.amax[3],
-                point_module(fused, *r.point).c_str(), r.point->tensor.c_str());
+                r.amax[1], r.amax[2], r.entropy_fell_back ? "*" : " ", r.amax[3], r.module->c_str(),
+                r.point->tensor.c_str());
   }
   if (fallbacks > 0) {
     std::printf(
@@ -410,13 +494,12 @@ int run_calibrate(const CalibrateOptions& o) {
   }
   if (f.nonfinite > 0) std::printf("non-finite   %zu output elements\n", f.nonfinite);
 
-  out_file.write(bytes);
   out_file.commit();
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
       "pairs; static batch %lld, %.1f KiB)\n",
       o.output.c_str(), counts.activation_pairs, counts.weight_quantizers, counts.softmax_pairs,
-      static_cast<long long>(o.batch), static_cast<double>(bytes.size()) / 1024.0);
+      static_cast<long long>(o.batch), static_cast<double>(written_bytes) / 1024.0);
 
   if (report_file) {
     nlohmann::json points = nlohmann::json::array();
@@ -430,7 +513,7 @@ int run_calibrate(const CalibrateOptions& o) {
         consumers.push_back({{"node", c.node}, {"input", c.input}});
       }
       const double a = r.amax[static_cast<int>(*method)];
-      points.push_back({{"module", point_module(fused, *r.point)},
+      points.push_back({{"module", *r.module},
                         {"tensor", r.point->tensor},
                         {"consumers", consumers},
                         {"method", method_name},
@@ -482,7 +565,8 @@ int run_calibrate(const CalibrateOptions& o) {
           {"first_batch_ms", 1e3 * first_batch_seconds},
           {"ms_per_later_batch", ms_per_later_batch},
           {"calibrators_s", calibrators_seconds},
-          {"peak_rss_bytes_after_calibration", calibration_peak_bytes}}}};
+          {"peak_rss_bytes_after_calibration", calibration_peak_bytes},
+          {"peak_rss_bytes", run_peak_bytes}}}};
     if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
     commit_text_file(*report_file, report.dump(2), "report", o.report);
   }
