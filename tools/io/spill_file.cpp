@@ -28,8 +28,8 @@ FloatSpill::~FloatSpill() {
 }
 
 void FloatSpill::fail(const std::string& what, int error_number) const {
-  throw_io(what + " in '" + directory_ + "' (set TMPDIR to choose another directory): " +
-           std::strerror(error_number));
+  throw_io(what + " in '" + directory_ +
+           "' (set TMPDIR to choose another directory): " + std::strerror(error_number));
 }
 
 void FloatSpill::append(std::span<const float> values) {
@@ -47,12 +47,14 @@ void FloatSpill::append(std::span<const float> values) {
   appended_ += values.size();
 }
 
-void FloatSpill::rewind() { read_ = 0; }
+void FloatSpill::rewind() {
+  read_ = 0;
+}
 
 void FloatSpill::read(std::span<float> values) {
   if (read_ + values.size() > appended_) {
-    throw_internal("temporary file: reading " + std::to_string(values.size()) +
-                   " values at " + std::to_string(read_) + " of " + std::to_string(appended_));
+    throw_internal("temporary file: reading " + std::to_string(values.size()) + " values at " +
+                   std::to_string(read_) + " of " + std::to_string(appended_));
   }
   char* p = reinterpret_cast<char*>(values.data());
   size_t left = values.size_bytes();

@@ -1,5 +1,7 @@
 // qforge: prepares float ONNX models for INT8 deployment. Errors become one line on stderr and
 // a non-zero exit: 1 for bad input or failures, 2 for bad usage.
+#include <malloc.h>
+
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -10,6 +12,11 @@
 #include "tools/qforge/commands.h"
 
 int main(int argc, char** argv) {
+  // Blocks of 256 KiB and more are mapped, and unmapped when freed. glibc's default threshold
+  // rises each time such a block is freed, after which a model's weights (protobuf strings,
+  // prepared kernel weights) land on the heap and stay resident after they are freed: the
+  // commands that load one model after another would then hold the earlier ones' memory.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "qforge 0.1.0");
