@@ -306,7 +306,14 @@ void Graph::fold_node(Node* node, std::vector<Tensor> values) {
     node->outputs_[i]->producer_ = nullptr;
   }
   for (Value* in : node->inputs_) {
-    if (in) std::erase(in->consumers_, node);
+    if (!in) continue;
+    std::erase(in->consumers_, node);
+    // A constant that only this node read leaves memory now rather than at the next
+    // remove_dead: folding every weight of a model (a Q/DQ model's weight quantizers) would
+    // otherwise hold the weights twice.
+    if (in->consumers_.empty() && !in->graph_output_ && in->constant_.defined()) {
+      in->release_constant();
+    }
   }
   std::erase(order_, node);
   nodes_by_name_.erase(node->name_);

@@ -167,6 +167,7 @@ class Graph {
   // Removes a node and its outputs, which must have no consumers and not be graph outputs.
   void remove_node(Node* node);
   // Replaces a node by constants: its outputs keep their names and uses and now hold `values`.
+  // Constant inputs that nothing else reads are released (remove_dead then removes them).
   void fold_node(Node* node, std::vector<Tensor> values);
   // Removes nodes whose outputs nobody uses, and values nobody refers to.
   size_t remove_dead();

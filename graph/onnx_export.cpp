@@ -98,7 +98,9 @@ void value_info_to_proto(const Value& value, onnx::ValueInfoProto* vi) {
   }
 }
 
-onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options) {
+// With release_constants each constant leaves the graph once copied into the message.
+onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options,
+                             bool release_constants = false) {
   const int64_t opset = options.opset.value_or(std::max(graph.opset, kMinOpset));
   if (opset < kMinOpset) {
     throw_unsupported("export: expected opset " + std::to_string(kMinOpset) + " or later, got " +
@@ -122,9 +124,10 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options) {
   for (const Value* in : graph.inputs()) value_info_to_proto(*in, gp->add_input());
   for (const Value* out : graph.outputs()) value_info_to_proto(*out, gp->add_output());
   // Constants nobody reads are dropped, as the importer would never see them used.
-  for (const Value* v : graph.values()) {
+  for (Value* v : graph.values()) {
     if (!v->is_constant() || (v->consumers().empty() && !v->is_graph_output())) continue;
     tensor_to_proto(v->constant(), v->name(), gp->add_initializer());
+    if (release_constants) v->release_constant();
   }
 
   for (const Node* node : graph.nodes()) {
@@ -209,8 +212,9 @@ class TempFile {
 namespace {
 
 // build_model, checked, with its size bounded by protobuf's limit.
-onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options) {
-  onnx::ModelProto model = build_model(graph, options);
+onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options,
+                               bool release_constants = false) {
+  onnx::ModelProto model = build_model(graph, options, release_constants);
   if (options.run_checker) {
     try {
       onnx::checker::check_model(model);
@@ -249,8 +253,9 @@ std::string serialize_onnx(const Graph& graph, const ExportOptions& options) {
   return bytes;
 }
 
-size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options) {
-  const onnx::ModelProto model = checked_model(graph, options);
+namespace {
+
+size_t write_model(const onnx::ModelProto& model, const ByteSink& sink) {
   SinkStream stream(sink);
   constexpr int kChunk = 1 << 20;
   google::protobuf::io::CopyingOutputStreamAdaptor adaptor(&stream, kChunk);
@@ -258,6 +263,19 @@ size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions&
     throw_internal("export: protobuf serialization failed");
   }
   return model.ByteSizeLong();
+}
+
+}  // namespace
+
+size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options) {
+  return write_model(checked_model(graph, options), sink);
+}
+
+size_t write_onnx(std::unique_ptr<Graph> graph, const ByteSink& sink,
+                  const ExportOptions& options) {
+  const onnx::ModelProto model = checked_model(*graph, options, /*release_constants=*/true);
+  graph.reset();
+  return write_model(model, sink);
 }
 
 void save_onnx(const Graph& graph, const std::string& path, const ExportOptions& options) {

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -32,6 +33,11 @@ std::string serialize_onnx(const Graph& graph, const ExportOptions& options = {}
 // memory twice as bytes; returns the number of bytes. Exceptions from the sink propagate.
 using ByteSink = std::function<void(const void* data, size_t nbytes)>;
 size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options = {});
+// The same, consuming the graph: each constant is released as soon as the message holds a copy
+// (graph::Value::release_constant), so that where the graph was its only holder the weights are
+// not in memory twice.
+size_t write_onnx(std::unique_ptr<Graph> graph, const ByteSink& sink,
+                  const ExportOptions& options = {});
 
 // Serializes, then writes through a temporary file in the destination's folder renamed onto
 // `path`: a failure leaves no file behind. An unwritable path is a kIo error naming it.

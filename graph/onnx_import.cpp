@@ -1,12 +1,17 @@
 // ONNX protobuf to the qforge IR.
 #include "graph/onnx_import.h"
 
+#include <fcntl.h>
+#include <google/protobuf/io/zero_copy_stream_impl.h>
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <unordered_map>
 
@@ -16,18 +21,6 @@ namespace qforge::graph {
 namespace {
 
 constexpr int64_t kMinOpset = 13;
-
-// The whole file in one allocation of its exact size.
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw_io("cannot read '" + path + "': " + std::strerror(errno));
-  const std::streamoff size = in.tellg();
-  if (size < 0) throw_io("cannot read '" + path + "': cannot tell its size");
-  std::string bytes(static_cast<size_t>(size), '\0');
-  in.seekg(0);
-  if (!in.read(bytes.data(), size)) throw_io("cannot read '" + path + "': read error");
-  return bytes;
-}
 
 template <class T>
 void copy_typed(const google::protobuf::RepeatedField<T>& src, std::byte* dst, size_t n) {
@@ -318,15 +311,9 @@ int onnx_from_dtype(DType dtype) {
 
 namespace {
 
-onnx::ModelProto parse_model_proto(std::string_view bytes, const std::string& source_name,
-                                   const ImportOptions& options) {
-  onnx::ModelProto model;
-  if (bytes.empty()) throw_invalid("import: '" + source_name + "' is empty, not an ONNX model");
-  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
-      !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    throw_invalid("import: '" + source_name +
-                  "' is not a valid ONNX model (protobuf parsing failed; truncated or not ONNX)");
-  }
+// The opset and op checks, then onnx::checker when asked.
+void check_model_proto(const onnx::ModelProto& model, const std::string& source_name,
+                       const ImportOptions& options) {
   check_opset_and_ops(model, source_name);
   if (options.run_checker) {
     try {
@@ -337,6 +324,47 @@ onnx::ModelProto parse_model_proto(std::string_view bytes, const std::string& so
       throw_invalid("import: '" + source_name + "' fails the ONNX checker: " + what);
     }
   }
+}
+
+[[noreturn]] void throw_not_onnx(const std::string& source_name) {
+  throw_invalid("import: '" + source_name +
+                "' is not a valid ONNX model (protobuf parsing failed; truncated or not ONNX)");
+}
+
+onnx::ModelProto parse_model_proto(std::string_view bytes, const std::string& source_name,
+                                   const ImportOptions& options) {
+  onnx::ModelProto model;
+  if (bytes.empty()) throw_invalid("import: '" + source_name + "' is empty, not an ONNX model");
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    throw_not_onnx(source_name);
+  }
+  check_model_proto(model, source_name, options);
+  return model;
+}
+
+// Parsed from the file as it is read: no copy of the file's bytes is held besides the message.
+onnx::ModelProto read_model_proto(const std::string& path, const ImportOptions& options) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_io("cannot read '" + path + "': " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_io("cannot read '" + path + "': " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw_io("cannot read '" + path + "': " + std::strerror(EISDIR));
+  if (S_ISREG(st.st_mode) && st.st_size == 0) {
+    throw_invalid("import: '" + path + "' is empty, not an ONNX model");
+  }
+  onnx::ModelProto model;
+  google::protobuf::io::FileInputStream stream(fd);
+  const bool parsed = model.ParseFromZeroCopyStream(&stream);
+  if (stream.GetErrno() != 0) {
+    throw_io("cannot read '" + path + "': " + std::strerror(stream.GetErrno()));
+  }
+  if (!parsed) throw_not_onnx(path);
+  check_model_proto(model, path, options);
   return model;
 }
 
@@ -349,11 +377,7 @@ std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& sou
 }
 
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options) {
-  onnx::ModelProto model;
-  {
-    const std::string bytes = read_file(path);
-    model = parse_model_proto(bytes, path, options);
-  }  // the file's bytes are freed before the graph copies the weights: two copies at most
+  onnx::ModelProto model = read_model_proto(path, options);
   return build_graph(model, path, options);
 }
 

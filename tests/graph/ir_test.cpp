@@ -71,6 +71,18 @@ TEST(GraphIr, AReleasedConstantKeepsItsTypeButNotItsValues) {
   EXPECT_EQ(k->constant().data<float>()[1], 4.f);
 }
 
+TEST(GraphIr, FoldNodeKeepsAConstantThatAnotherNodeReads) {
+  Graph g;
+  Value* k = g.add_constant("k", Tensor::from_vector<float>({2}, {1.f, -2.f}));
+  Node* neg = g.add_node({.name = "neg", .op_type = "Neg", .inputs = {k}, .output_names = {"nk"}});
+  Node* add = g.add_node(
+      {.name = "add", .op_type = "Add", .inputs = {k, neg->output(0)}, .output_names = {"y"}});
+  g.mark_output(add->output(0));
+  g.fold_node(neg, {Tensor::from_vector<float>({2}, {-1.f, 2.f})});
+  EXPECT_FALSE(k->is_released());
+  EXPECT_EQ(k->constant().data<float>()[1], -2.f);
+}
+
 TEST(GraphIr, FoldNodeTurnsOutputsIntoConstants) {
   Graph g;
   Value* k = g.add_constant("k", Tensor::from_vector<float>({2}, {1.f, -2.f}));
@@ -86,6 +98,7 @@ TEST(GraphIr, FoldNodeTurnsOutputsIntoConstants) {
   EXPECT_EQ(nk->producer(), nullptr);
   EXPECT_EQ(nk->constant().data<float>()[1], 2.f);
   EXPECT_TRUE(k->consumers().empty());
+  EXPECT_TRUE(k->is_released());  // nothing else read it: its values are gone already
   g.remove_dead();
   EXPECT_EQ(g.find_value("k"), nullptr);
   EXPECT_NO_THROW(g.check_consistency());

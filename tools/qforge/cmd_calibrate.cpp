@@ -353,7 +353,8 @@ int run_calibrate(const CalibrateOptions& o) {
     auto qdq = quant::build_qdq_graph(*again.graph, plan, chosen, export_options, &counts);
     again.graph.reset();
     written_bytes = graph::write_onnx(
-        *qdq, [&](const void* p, size_t n) { out_file.write(p, n); }, export_options.onnx);
+        std::move(qdq), [&](const void* p, size_t n) { out_file.write(p, n); },
+        export_options.onnx);
   }
 
   // Evaluate exactly what is written: the file, read back. The Q/DQ model's batch
