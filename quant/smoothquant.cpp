@@ -170,9 +170,13 @@ SmoothQuantSites find_smoothquant_sites(const graph::Graph& fused) {
 // SmoothQuantStats -------------------------------------------------------------------------------
 
 SmoothQuantStats::SmoothQuantStats(const graph::Graph& fused, std::vector<SmoothQuantSite> sites)
+    : SmoothQuantStats(fused.clone(), std::move(sites), false) {}
+
+SmoothQuantStats::SmoothQuantStats(std::unique_ptr<graph::Graph> fused,
+                                   std::vector<SmoothQuantSite> sites, bool release_weights)
     : sites_(std::move(sites)), observers_(sites_.size()) {
   for (const SmoothQuantSite& s : sites_) {
-    if (!fused.find_value(s.tensor)) {
+    if (!fused->find_value(s.tensor)) {
       throw_invalid("smoothquant: tensor '" + s.tensor + "' of LayerNorm '" + s.layer_norm +
                     "' is not in the graph");
     }
@@ -180,18 +184,23 @@ SmoothQuantStats::SmoothQuantStats(const graph::Graph& fused, std::vector<Smooth
   // As in calibration: every tapped value stays observable, and any batch size runs.
   runtime::SessionOptions session_options;
   session_options.fuse_conv_epilogues = false;
-  std::unique_ptr<graph::Graph> runnable = fused.clone();
-  for (graph::Value* in : runnable->inputs()) {
+  session_options.executor.release_prepared_constants = release_weights;
+  for (graph::Value* in : fused->inputs()) {
     if (in->has_shape() && !in->shape()->empty()) {
       graph::Shape shape = *in->shape();
       shape[0] = -1;
       in->set_type(in->dtype(), std::move(shape));
     }
   }
-  session_ = std::make_unique<runtime::Session>(std::move(runnable), session_options);
+  session_ = std::make_unique<runtime::Session>(std::move(fused), session_options);
 }
 
 SmoothQuantStats::~SmoothQuantStats() = default;
+
+void SmoothQuantStats::release_forward() {
+  tapped_.clear();
+  session_.reset();
+}
 
 void SmoothQuantStats::attach_taps(runtime::Executor& executor) {
   if (!tapped_.insert(&executor).second) return;
@@ -209,6 +218,7 @@ void SmoothQuantStats::attach_taps(runtime::Executor& executor) {
 }
 
 void SmoothQuantStats::observe_batch(const kernels::Tensor& input) {
+  if (!session_) throw_internal("smoothquant: observe_batch after release_forward");
   if (sites_.empty()) return;  // nothing to tap: no forward pass needed
   std::vector<graph::Shape> shapes = {input.shape()};
   attach_taps(session_->executor_for(shapes));

@@ -57,14 +57,21 @@ SmoothQuantSites find_smoothquant_sites(const graph::Graph& fused);
 // on the set of samples, never on batch size, thread count or how statistics were merged.
 class SmoothQuantStats {
  public:
-  // `fused` is copied; `sites` from find_smoothquant_sites on it.
+  // `fused` is copied (its constants shared) or taken; `sites` from find_smoothquant_sites on
+  // it. With release_weights the forward pass runs at one batch size only and releases the
+  // weights as its kernels prepare them (runtime::ExecutorOptions::release_prepared_constants).
   SmoothQuantStats(const graph::Graph& fused, std::vector<SmoothQuantSite> sites);
+  SmoothQuantStats(std::unique_ptr<graph::Graph> fused, std::vector<SmoothQuantSite> sites,
+                   bool release_weights);
   ~SmoothQuantStats();
   SmoothQuantStats(const SmoothQuantStats&) = delete;
   SmoothQuantStats& operator=(const SmoothQuantStats&) = delete;
 
   // Runs one batch of a single-input model; Invalid error naming the tensor on NaN or Inf.
   void observe_batch(const kernels::Tensor& input);
+  // Frees the forward pass (its weights and buffers) and keeps the statistics; observe_batch
+  // is an error afterwards.
+  void release_forward();
   // Folds in statistics of the same sites (by LayerNorm name) gathered elsewhere; exact.
   void merge(const SmoothQuantStats& other);
 

@@ -173,33 +173,63 @@ runtime::TransformResult transform_at(const graph::Graph& model, runtime::Transf
 }
 
 // The SmoothQuant pass: max |x| per channel of every smoothable LayerNorm output over the
-// calibration samples (a partial last batch runs through the model transformed at its size, as
-// in calibration), then the factors folded into `fused`.
-quant::SmoothQuantResult smooth_model(const CalibrateOptions& o, const graph::Graph& model,
+// calibration samples, then the factors folded into the fused graph. As in calibration, a
+// partial last batch runs first through the model transformed at its size, as the last use of
+// `model`; then the fused graph's forward pass holds the only copy of the weights and releases
+// them as its kernels prepare theirs. The model is then read and transformed again, and the
+// factors folded into that graph: `transformed` is replaced and `model` left empty.
+quant::SmoothQuantResult smooth_model(const CalibrateOptions& o,
+                                      std::unique_ptr<graph::Graph>& model,
                                       const runtime::TransformOptions& transform,
-                                      graph::Graph& fused, const DataSource& data,
+                                      runtime::TransformResult& transformed, const DataSource& data,
                                       const std::vector<size_t>& indices) {
-  quant::SmoothQuantSites found = quant::find_smoothquant_sites(fused);
-  quant::SmoothQuantStats stats(fused, found.sites);
-  if (!found.sites.empty()) {
-    io::Progress progress("smoothquant", indices.size(), "img");
-    for_each_batch(data, indices, o.batch, false, progress,
+  quant::SmoothQuantSites found = quant::find_smoothquant_sites(*transformed.graph);
+  quant::SmoothQuantOptions options;
+  options.alpha = *o.smoothquant;
+  if (found.sites.empty()) {
+    quant::SmoothQuantStats none(*transformed.graph, {});
+    return quant::apply_smoothquant(*transformed.graph, none, options, std::move(found.refused));
+  }
+  std::vector<std::string> site_names;
+  for (const quant::SmoothQuantSite& site : found.sites) site_names.push_back(site.layer_norm);
+  quant::SmoothQuantStats stats(std::move(transformed.graph), found.sites, true);
+  const size_t full = indices.size() / static_cast<size_t>(o.batch) * static_cast<size_t>(o.batch);
+  const std::vector<size_t> full_indices(indices.begin(),
+                                         indices.begin() + static_cast<long>(full));
+  const std::vector<size_t> rest_indices(indices.begin() + static_cast<long>(full), indices.end());
+  io::Progress progress("smoothquant", indices.size(), "img");
+  if (!rest_indices.empty()) {
+    for_each_batch(data, rest_indices, static_cast<int64_t>(rest_indices.size()), false, progress,
                    [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
-                     if (static_cast<int64_t>(count) == o.batch) {
-                       stats.observe_batch(input);
-                       return;
-                     }
-                     const runtime::TransformResult partial = transform_at(model, transform, count);
+                     const runtime::TransformResult partial =
+                         transform_at(*model, transform, count);
                      quant::SmoothQuantStats partial_stats(
                          *partial.graph, quant::find_smoothquant_sites(*partial.graph).sites);
                      partial_stats.observe_batch(input);
                      stats.merge(partial_stats);
                    });
-    progress.finish();
   }
-  quant::SmoothQuantOptions options;
-  options.alpha = *o.smoothquant;
-  return quant::apply_smoothquant(fused, stats, options, std::move(found.refused));
+  model.reset();
+  for_each_batch(data, full_indices, o.batch, false, progress,
+                 [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
+                   stats.observe_batch(input);
+                 });
+  progress.finish();
+  stats.release_forward();
+
+  // `model` is not kept: the smoothed graph is then the only holder of the weights it replaces.
+  transformed = runtime::transform_model(*graph::load_onnx(o.model), nullptr, transform);
+  found = quant::find_smoothquant_sites(*transformed.graph);
+  bool same = found.sites.size() == site_names.size();
+  for (size_t i = 0; same && i < site_names.size(); ++i) {
+    same = found.sites[i].layer_norm == site_names[i];
+  }
+  if (!same) {
+    throw_internal(
+        "calibrate: transforming the model again after the SmoothQuant pass found "
+        "other LayerNorms to smooth");
+  }
+  return quant::apply_smoothquant(*transformed.graph, stats, options, std::move(found.refused));
 }
 
 int run_calibrate(const CalibrateOptions& o) {
@@ -246,7 +276,7 @@ int run_calibrate(const CalibrateOptions& o) {
   double smoothquant_seconds = 0;
   if (o.smoothquant) {
     const auto start = std::chrono::steady_clock::now();
-    smoothing = smooth_model(o, *model, transform, *transformed.graph, data, calib_indices);
+    smoothing = smooth_model(o, model, transform, transformed, data, calib_indices);
     smoothquant_seconds = seconds_since(start);
   }
   quant::PlacementOptions placement;
@@ -282,6 +312,7 @@ int run_calibrate(const CalibrateOptions& o) {
   {
     io::Progress progress("calibrate", total, "img");
     if (!rest_indices.empty()) {
+      if (!model) model = graph::load_onnx(o.model);  // the SmoothQuant pass let it go
       const int64_t rows = static_cast<int64_t>(rest_indices.size());
       for_each_batch(data, rest_indices, rows, false, progress,
                      [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
