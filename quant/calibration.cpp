@@ -20,42 +20,17 @@ CalibrationStats::CalibrationStats(std::unique_ptr<graph::Graph> fused, QuantPla
     observers_.emplace_back(HistogramObserverOptions{.bins = options_.histogram_bins});
   }
   for (const WeightPoint& w : plan_.weights) weight_amax_[w.node] = weight_channel_amax(*fused, w);
-  // Conv epilogue fusion would hide values between modules that taps must see.
-  runtime::SessionOptions session_options;
-  session_options.fuse_conv_epilogues = false;
-  session_options.executor.release_prepared_constants = options_.release_weights;
-  // The transformed graph is resolved at one batch; calibration batches may have any size.
-  for (graph::Value* in : fused->inputs()) {
-    if (in->has_shape() && !in->shape()->empty()) {
-      graph::Shape shape = *in->shape();
-      shape[0] = -1;
-      in->set_type(in->dtype(), std::move(shape));
-    }
-  }
-  session_ = std::make_unique<runtime::Session>(std::move(fused), session_options);
+  std::vector<std::string> tensors;
+  for (const ActivationPoint& p : plan_.activations) tensors.push_back(p.tensor);
+  pass_ = std::make_unique<ObservedPass>(
+      std::move(fused), std::move(tensors), "calibration: point", options_.release_weights,
+      [this](size_t i, const kernels::Tensor& value) { observers_[i].observe(value); });
 }
 
 CalibrationStats::~CalibrationStats() = default;
 
-void CalibrationStats::attach_taps(runtime::Executor& executor) {
-  if (!tapped_.insert(&executor).second) return;
-  for (size_t i = 0; i < plan_.activations.size(); ++i) {
-    const std::string& tensor = plan_.activations[i].tensor;
-    HistogramObserver* obs = &observers_[i];
-    executor.add_tap(tensor, [obs, tensor](const kernels::Tensor& value) {
-      try {
-        obs->observe(value);
-      } catch (const Error& e) {
-        throw_invalid("calibration: point '" + tensor + "': " + e.what());
-      }
-    });
-  }
-}
-
 void CalibrationStats::observe_batch(const kernels::Tensor& input) {
-  std::vector<graph::Shape> shapes = {input.shape()};
-  attach_taps(session_->executor_for(shapes));
-  session_->run(input);
+  pass_->run(input);
   ++batches_;
 }
 

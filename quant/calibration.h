@@ -7,16 +7,15 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "graph/ir.h"
 #include "kernels/tensor.h"
 #include "quant/calibrators.h"
+#include "quant/observed_pass.h"
 #include "quant/observers.h"
 #include "quant/placement.h"
-#include "runtime/session.h"
 
 namespace qforge::quant {
 
@@ -78,13 +77,11 @@ class CalibrationStats {
   size_t index_of(const ActivationPoint& point) const;
   // The point's observer; Invalid error naming the point when no data reached it.
   const HistogramObserver& observed(const ActivationPoint& point) const;
-  void attach_taps(runtime::Executor& executor);
 
   QuantPlan plan_;
   CalibrationOptions options_;
-  std::unique_ptr<runtime::Session> session_;
   std::vector<HistogramObserver> observers_;  // one per activation point, in plan order
-  std::set<const runtime::Executor*> tapped_;
+  std::unique_ptr<ObservedPass> pass_;
   std::map<std::string, std::vector<float>> weight_amax_;
   int64_t batches_ = 0;
 };

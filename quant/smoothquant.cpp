@@ -181,48 +181,23 @@ SmoothQuantStats::SmoothQuantStats(std::unique_ptr<graph::Graph> fused,
                     "' is not in the graph");
     }
   }
-  // As in calibration: every tapped value stays observable, and any batch size runs.
-  runtime::SessionOptions session_options;
-  session_options.fuse_conv_epilogues = false;
-  session_options.executor.release_prepared_constants = release_weights;
-  for (graph::Value* in : fused->inputs()) {
-    if (in->has_shape() && !in->shape()->empty()) {
-      graph::Shape shape = *in->shape();
-      shape[0] = -1;
-      in->set_type(in->dtype(), std::move(shape));
-    }
-  }
-  session_ = std::make_unique<runtime::Session>(std::move(fused), session_options);
+  std::vector<std::string> tensors;
+  for (const SmoothQuantSite& s : sites_) tensors.push_back(s.tensor);
+  pass_ = std::make_unique<ObservedPass>(
+      std::move(fused), std::move(tensors), "smoothquant: tensor", release_weights,
+      [this](size_t i, const kernels::Tensor& value) { observers_[i].observe(value); });
 }
 
 SmoothQuantStats::~SmoothQuantStats() = default;
 
 void SmoothQuantStats::release_forward() {
-  tapped_.clear();
-  session_.reset();
-}
-
-void SmoothQuantStats::attach_taps(runtime::Executor& executor) {
-  if (!tapped_.insert(&executor).second) return;
-  for (size_t i = 0; i < sites_.size(); ++i) {
-    const std::string& tensor = sites_[i].tensor;
-    SmoothQuantObserver* obs = &observers_[i];
-    executor.add_tap(tensor, [obs, tensor](const kernels::Tensor& value) {
-      try {
-        obs->observe(value);
-      } catch (const Error& e) {
-        throw_invalid("smoothquant: tensor '" + tensor + "': " + e.what());
-      }
-    });
-  }
+  pass_.reset();
 }
 
 void SmoothQuantStats::observe_batch(const kernels::Tensor& input) {
-  if (!session_) throw_internal("smoothquant: observe_batch after release_forward");
+  if (!pass_) throw_internal("smoothquant: observe_batch after release_forward");
   if (sites_.empty()) return;  // nothing to tap: no forward pass needed
-  std::vector<graph::Shape> shapes = {input.shape()};
-  attach_taps(session_->executor_for(shapes));
-  session_->run(input);
+  pass_->run(input);
 }
 
 void SmoothQuantStats::merge(const SmoothQuantStats& other) {

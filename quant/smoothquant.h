@@ -8,15 +8,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "graph/ir.h"
 #include "kernels/tensor.h"
+#include "quant/observed_pass.h"
 #include "quant/observers.h"
-#include "runtime/session.h"
 
 namespace qforge::quant {
 
@@ -80,12 +79,9 @@ class SmoothQuantStats {
   std::span<const float> activation_amax(size_t index) const;
 
  private:
-  void attach_taps(runtime::Executor& executor);
-
   std::vector<SmoothQuantSite> sites_;
   std::vector<SmoothQuantObserver> observers_;
-  std::unique_ptr<runtime::Session> session_;
-  std::set<const runtime::Executor*> tapped_;
+  std::unique_ptr<ObservedPass> pass_;
 };
 
 struct SmoothQuantOptions {
