@@ -8,6 +8,8 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -53,6 +55,14 @@ struct CalibrateOptions {
   bool int8_weights = false;
   std::optional<double> smoothquant;  // alpha, when --smoothquant is given
 };
+
+// `indices` as whole batches of `batch` and the rest (a partial last batch; may be empty).
+std::pair<std::vector<size_t>, std::vector<size_t>> split_whole_batches(
+    const std::vector<size_t>& indices, int64_t batch) {
+  const auto whole = static_cast<std::ptrdiff_t>(indices.size() / static_cast<size_t>(batch) *
+                                                 static_cast<size_t>(batch));
+  return {{indices.begin(), indices.begin() + whole}, {indices.begin() + whole, indices.end()}};
+}
 
 // `limit` sample indices spread evenly over `size` (all of them when limit is 0 or larger): an
 // ImageFolder is sorted by class, so a prefix would miss whole classes.
@@ -193,10 +203,7 @@ quant::SmoothQuantResult smooth_model(const CalibrateOptions& o,
   std::vector<std::string> site_names;
   for (const quant::SmoothQuantSite& site : found.sites) site_names.push_back(site.layer_norm);
   quant::SmoothQuantStats stats(std::move(transformed.graph), found.sites, true);
-  const size_t full = indices.size() / static_cast<size_t>(o.batch) * static_cast<size_t>(o.batch);
-  const std::vector<size_t> full_indices(indices.begin(),
-                                         indices.begin() + static_cast<long>(full));
-  const std::vector<size_t> rest_indices(indices.begin() + static_cast<long>(full), indices.end());
+  const auto [full_indices, rest_indices] = split_whole_batches(indices, o.batch);
   io::Progress progress("smoothquant", indices.size(), "img");
   if (!rest_indices.empty()) {
     for_each_batch(data, rest_indices, static_cast<int64_t>(rest_indices.size()), false, progress,
@@ -296,11 +303,7 @@ int run_calibrate(const CalibrateOptions& o) {
   // first, as the last use of the loaded model. Then the fused graph is the only holder of the
   // float weights, and the forward pass releases each as its kernels prepare their own form of
   // it: the weights are not in memory twice. The export below reads them from the file again.
-  const size_t full_samples = total / static_cast<size_t>(o.batch) * static_cast<size_t>(o.batch);
-  const std::vector<size_t> full_indices(calib_indices.begin(),
-                                         calib_indices.begin() + static_cast<long>(full_samples));
-  const std::vector<size_t> rest_indices(calib_indices.begin() + static_cast<long>(full_samples),
-                                         calib_indices.end());
+  const auto [full_indices, rest_indices] = split_whole_batches(calib_indices, o.batch);
   quant::CalibrationOptions calibration_options;
   calibration_options.release_weights = true;
   // Released once the amax are known, before the export and the evaluation.
