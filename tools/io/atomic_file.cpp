@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "kernels/error.h"
+#include "tools/io/posix_io.h"
 
 namespace qforge::io {
 
@@ -51,16 +52,8 @@ void AtomicFile::fail(const std::string& what, int error_number) {
 
 void AtomicFile::write(const void* data, size_t nbytes) {
   if (fd_ < 0) throw_internal("AtomicFile::write: '" + path_ + "' is already committed");
-  const char* bytes = static_cast<const char*>(data);
-  while (nbytes > 0) {
-    ssize_t written = ::write(fd_, bytes, nbytes);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      fail("", errno);
-    }
-    bytes += written;
-    nbytes -= static_cast<size_t>(written);
-  }
+  const int error_number = write_fully(fd_, data, nbytes);
+  if (error_number != 0) fail("", error_number);
 }
 
 void AtomicFile::commit() {

@@ -11,10 +11,9 @@
 #include <memory>
 #include <optional>
 
-#include <unistd.h>
-
 #include "kernels/error.h"
 #include "tools/io/atomic_file.h"
+#include "tools/io/posix_io.h"
 
 namespace qforge::io {
 
@@ -407,17 +406,10 @@ void NpyReader::read_all(void* out) const {
 void NpyReader::read_at(size_t offset, void* out, size_t n) const {
   if (n == 0) return;
   // pread: no shared file position, so concurrent readers do not disturb each other.
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t got = ::pread(fileno(file_.get()), static_cast<char*>(out) + done, n - done,
-                                static_cast<off_t>(offset + done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      int error_number = errno;
-      throw_io("cannot read '" + path_ +
-               "': " + (got < 0 ? std::strerror(error_number) : "file shrank while read"));
-    }
-    done += static_cast<size_t>(got);
+  const int error_number = pread_fully(fileno(file_.get()), out, n, static_cast<off_t>(offset));
+  if (error_number != 0) {
+    throw_io("cannot read '" + path_ + "': " +
+             (error_number == ENODATA ? "file shrank while read" : std::strerror(error_number)));
   }
 }
 

@@ -1,4 +1,4 @@
-// FloatSpill over POSIX calls: mkstemp, then unlink, then sequential write and pread.
+// FloatSpill over POSIX calls: mkstemp, then unlink, then pwrite and pread.
 #include "tools/io/spill_file.h"
 
 #include <unistd.h>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "tools/io/posix_io.h"
 
 namespace qforge::io {
 
@@ -33,17 +34,9 @@ void FloatSpill::fail(const std::string& what, int error_number) const {
 }
 
 void FloatSpill::append(std::span<const float> values) {
-  const char* p = reinterpret_cast<const char*>(values.data());
-  size_t left = values.size_bytes();
-  off_t offset = static_cast<off_t>(appended_ * sizeof(float));
-  while (left > 0) {
-    const ssize_t n = ::pwrite(fd_, p, left, offset);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail("cannot write a temporary file", n < 0 ? errno : ENOSPC);
-    p += n;
-    left -= static_cast<size_t>(n);
-    offset += n;
-  }
+  const int error_number = pwrite_fully(fd_, values.data(), values.size_bytes(),
+                                        static_cast<off_t>(appended_ * sizeof(float)));
+  if (error_number != 0) fail("cannot write a temporary file", error_number);
   appended_ += values.size();
 }
 
@@ -56,16 +49,10 @@ void FloatSpill::read(std::span<float> values) {
     throw_internal("temporary file: reading " + std::to_string(values.size()) + " values at " +
                    std::to_string(read_) + " of " + std::to_string(appended_));
   }
-  char* p = reinterpret_cast<char*>(values.data());
-  size_t left = values.size_bytes();
-  off_t offset = static_cast<off_t>(read_ * sizeof(float));
-  while (left > 0) {
-    const ssize_t n = ::pread(fd_, p, left, offset);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail("cannot read a temporary file", n < 0 ? errno : EIO);
-    p += n;
-    left -= static_cast<size_t>(n);
-    offset += n;
+  const int error_number = pread_fully(fd_, values.data(), values.size_bytes(),
+                                       static_cast<off_t>(read_ * sizeof(float)));
+  if (error_number != 0) {
+    fail("cannot read a temporary file", error_number == ENODATA ? EIO : error_number);
   }
   read_ += values.size();
 }
