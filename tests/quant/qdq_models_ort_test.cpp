@@ -145,11 +145,7 @@ TEST_P(QdqModelOrt, OrtAndQforgeDifferOnlyByRoundingFlips) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Bundled, QdqModelOrt,
-                         ::testing::Values("resnet_bn", "resnet_folded", "mobilenet_v3_bn",
-                                           "mobilenet_v3_folded", "efficientnet_bn",
-                                           "efficientnet_folded", "convnext_bn", "convnext_folded",
-                                           "vit_bn", "vit_folded", "swin_bn", "swin_folded"),
+INSTANTIATE_TEST_SUITE_P(Bundled, QdqModelOrt, ::testing::ValuesIn(testing::kBundledModelNames),
                          [](const auto& p) { return p.param; });
 
 }  // namespace

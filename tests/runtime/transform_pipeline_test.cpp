@@ -170,10 +170,7 @@ TEST_P(TransformPipelineModel, LoweredModelIsEquivalentOnTheGoldenBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Bundled, TransformPipelineModel,
-                         ::testing::Values("resnet_bn", "resnet_folded", "mobilenet_v3_bn",
-                                           "mobilenet_v3_folded", "efficientnet_bn",
-                                           "efficientnet_folded", "convnext_bn", "convnext_folded",
-                                           "vit_bn", "vit_folded", "swin_bn", "swin_folded"));
+                         ::testing::ValuesIn(testing::kBundledModelNames));
 
 }  // namespace
 }  // namespace qforge

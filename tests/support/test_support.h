@@ -17,6 +17,13 @@
 
 namespace qforge::testing {
 
+// Every bundled model (data/models/<name>.onnx): six families, each with its batch norms kept
+// (_bn) and folded into the convolutions (_folded).
+inline const std::vector<std::string> kBundledModelNames = {
+    "resnet_bn",       "resnet_folded",       "mobilenet_v3_bn", "mobilenet_v3_folded",
+    "efficientnet_bn", "efficientnet_folded", "convnext_bn",     "convnext_folded",
+    "vit_bn",          "vit_folded",          "swin_bn",         "swin_folded"};
+
 inline std::string data_path(const std::string& relative) {
   return std::string(QFORGE_DATA_DIR) + "/" + relative;
 }

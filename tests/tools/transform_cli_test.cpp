@@ -231,10 +231,7 @@ TEST_P(TransformCliModel, WrittenModelIsEquivalentOnTheGoldenBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Bundled, TransformCliModel,
-                         ::testing::Values("resnet_bn", "resnet_folded", "mobilenet_v3_bn",
-                                           "mobilenet_v3_folded", "efficientnet_bn",
-                                           "efficientnet_folded", "convnext_bn", "convnext_folded",
-                                           "vit_bn", "vit_folded", "swin_bn", "swin_folded"));
+                         ::testing::ValuesIn(testing::kBundledModelNames));
 
 TEST(TransformCli, UnwritableOutputLeavesNothing) {
   TempDir dir;
