@@ -79,9 +79,9 @@ void write_npz(const std::string& path, const std::map<std::string, kernels::Ten
   for (const auto& [name, tensor] : tensors) {
     members.push_back(encode_npy(tensor));
     zip_source_t* src = zip_source_buffer(archive, members.back().data(), members.back().size(), 0);
-    const zip_int64_t index =
-        src ? zip_file_add(archive, (name + ".npy").c_str(), src, ZIP_FL_OVERWRITE | ZIP_FL_ENC_UTF_8)
-            : -1;
+    const zip_int64_t index = src ? zip_file_add(archive, (name + ".npy").c_str(), src,
+                                                 ZIP_FL_OVERWRITE | ZIP_FL_ENC_UTF_8)
+                                  : -1;
     if (index < 0) {
       if (src) zip_source_free(src);
       const std::string message = zip_strerror(archive);

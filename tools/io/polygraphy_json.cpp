@@ -56,8 +56,9 @@ std::string decode_base64(std::string_view text, const std::string& where) {
         throw_invalid("'" + where + "': invalid base64 at character " + std::to_string(i + k));
       }
     }
-    const uint32_t bits = (static_cast<uint32_t>(v[0]) << 18) | (static_cast<uint32_t>(v[1]) << 12) |
-                          (static_cast<uint32_t>(v[2]) << 6) | static_cast<uint32_t>(v[3]);
+    const uint32_t bits = (static_cast<uint32_t>(v[0]) << 18) |
+                          (static_cast<uint32_t>(v[1]) << 12) | (static_cast<uint32_t>(v[2]) << 6) |
+                          static_cast<uint32_t>(v[3]);
     out.push_back(static_cast<char>(bits >> 16));
     if (pad < 2) out.push_back(static_cast<char>((bits >> 8) & 0xff));
     if (pad < 1) out.push_back(static_cast<char>(bits & 0xff));
