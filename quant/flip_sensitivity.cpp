@@ -80,9 +80,10 @@ FlipSensitivity flip_sensitivity(const graph::Graph& model, const Tensor& input,
       for (size_t d = static_cast<size_t>(axis) + 1; d < s.size(); ++d) inner *= s[d];
       channel = (element / inner) % s[static_cast<size_t>(axis)];
     }
-    const int32_t zp = q.input(2) ? static_cast<int32_t>(q.input(2)->constant().to_int64_vector()
-                                                             [static_cast<size_t>(channel)])
-                                  : 0;
+    const int32_t zp =
+        q.input(2) ? static_cast<int32_t>(
+                         q.input(2)->constant().to_int64_vector()[static_cast<size_t>(channel)])
+                   : 0;
     const bool is_int8 = out.dtype() == DType::kInt8;
     const int32_t lo = is_int8 ? -128 : 0;
     const int32_t hi = is_int8 ? 127 : 255;
@@ -96,8 +97,8 @@ FlipSensitivity flip_sensitivity(const graph::Graph& model, const Tensor& input,
       // The tap's view aliases the buffer the readers of the point read: the flip is written
       // there before they run.
       Tensor y = value;
-      const int32_t v = is_int8 ? int32_t{y.data<int8_t>()[element]}
-                                : int32_t{y.data<uint8_t>()[element]};
+      const int32_t v =
+          is_int8 ? int32_t{y.data<int8_t>()[element]} : int32_t{y.data<uint8_t>()[element]};
       int32_t flipped = steps + zp >= v ? v + 1 : v - 1;
       if (flipped < lo || flipped > hi) flipped = v + (v + 1 > hi ? -1 : 1);
       if (is_int8) {

@@ -30,9 +30,7 @@ struct PointGrid {
   DType dtype = DType::kUInt8;
   int64_t inner = 1;  // elements per channel run (product of the dims after axis)
 
-  kernels::QuantGrid grid() const {
-    return {scales, zero_points, axis < 0 ? 0 : axis, dtype};
-  }
+  kernels::QuantGrid grid() const { return {scales, zero_points, axis < 0 ? 0 : axis, dtype}; }
   size_t channel_of(int64_t index, int64_t channels) const {
     if (axis < 0) return 0;
     return static_cast<size_t>((index / inner) % channels);
@@ -49,7 +47,8 @@ PointGrid grid_of(const graph::Node& q, const graph::Shape& shape) {
   g.scales = scale->constant().to_float_vector();
   if (zp) {
     g.dtype = zp->dtype();
-    for (int64_t v : zp->constant().to_int64_vector()) g.zero_points.push_back(static_cast<int32_t>(v));
+    for (int64_t v : zp->constant().to_int64_vector())
+      g.zero_points.push_back(static_cast<int32_t>(v));
   } else {
     g.dtype = q.output(0)->dtype();
   }
@@ -86,8 +85,8 @@ Tensor reference_integers(const graph::Node& q, const graph::Node* original_q,
   if (auto it = reference.find(out.name()); it != reference.end()) {
     check_shape(it->second, out.name());
     if (it->second.dtype() != out.dtype()) {
-      throw_invalid("verify: reference value '" + out.name() + "' of " + q.label() +
-                    ": expected " + kernels::dtype_name(out.dtype()) + ", got " +
+      throw_invalid("verify: reference value '" + out.name() + "' of " + q.label() + ": expected " +
+                    kernels::dtype_name(out.dtype()) + ", got " +
                     kernels::dtype_name(it->second.dtype()));
     }
     return it->second;
@@ -247,9 +246,8 @@ VerifyResult verify_qdq(const graph::Graph& model, std::span<const Tensor> input
     const graph::Node* original = model.find_node(q->name());
     fed.push_back(reference_integers(*q, original, reference));
     grids.push_back(grid_of(*q, q->input(0)->known_shape()));
-    graph::Value* forced =
-        cut->add_input(cut->unique_value_name(out->name() + ".reference"), out->dtype(),
-                       out->known_shape());
+    graph::Value* forced = cut->add_input(cut->unique_value_name(out->name() + ".reference"),
+                                          out->dtype(), out->known_shape());
     cut->replace_all_uses(out, forced);
     cut->mark_output(out);
     mark_output_once(*cut, q->input(0));
@@ -269,9 +267,9 @@ VerifyResult verify_qdq(const graph::Graph& model, std::span<const Tensor> input
     const Tensor& ours = outs[cut_index.at(q.output(0))];
     const Tensor& theirs = fed[inputs.size() + k];
     compare_point(grids[k], x, ours, theirs, options, check);
-    if (auto it = reference.find(check.tensor);
-        it != reference.end() && it->second.shape() == x.shape() &&
-        it->second.dtype() == DType::kFloat32) {
+    if (auto it = reference.find(check.tensor); it != reference.end() &&
+                                                it->second.shape() == x.shape() &&
+                                                it->second.dtype() == DType::kFloat32) {
       check.pre_quant_relative_l2 = relative_l2(x, it->second);
     }
     // The same point in the plain pass.
@@ -313,7 +311,7 @@ VerifyResult verify_qdq(const graph::Graph& model, std::span<const Tensor> input
 }
 
 std::string model_with_points_as_outputs(std::string_view model_bytes,
-                                        const std::string& source_name) {
+                                         const std::string& source_name) {
   auto graph = graph::parse_onnx(model_bytes, source_name);
   // Any batch finds the points: the model's own when fixed, else 1. A model with a dynamic batch
   // gets outputs of unknown dims (their rank known), so that they hold at any batch.

@@ -44,9 +44,9 @@ struct DifferingElement {
 };
 
 struct PointCheck {
-  std::string node;         // the QuantizeLinear node
-  std::string tensor;       // its input, the pre-quant value
-  std::string integers;     // its output
+  std::string node;      // the QuantizeLinear node
+  std::string tensor;    // its input, the pre-quant value
+  std::string integers;  // its output
   int64_t elements = 0;
   int64_t flips = 0;
   int64_t mismatches = 0;
@@ -69,7 +69,7 @@ struct OutputCheck {
 };
 
 struct VerifyResult {
-  std::vector<PointCheck> points;  // in the model's node order
+  std::vector<PointCheck> points;    // in the model's node order
   std::vector<OutputCheck> outputs;  // graph outputs the reference holds
   int64_t flips = 0;
   int64_t mismatches = 0;
@@ -90,11 +90,11 @@ std::vector<const graph::Node*> activation_quantizers(const graph::Graph& resolv
 VerifyResult verify_qdq(const graph::Graph& model, std::span<const kernels::Tensor> inputs,
                         const ReferenceValues& reference, const VerifyOptions& options = {});
 
-// The ONNX bytes `model_bytes` (of file `source_name`) with every point's pre-quant and integer tensors added to the
-// graph outputs, so that a runtime which returns graph outputs dumps what verify_qdq reads.
-// Nodes and initializers stay as they are; the added outputs' dims are static for a model of
-// fixed batch, unknown (rank only) otherwise.
+// The ONNX bytes `model_bytes` (of file `source_name`) with every point's pre-quant and integer
+// tensors added to the graph outputs, so that a runtime which returns graph outputs dumps what
+// verify_qdq reads. Nodes and initializers stay as they are; the added outputs' dims are static for
+// a model of fixed batch, unknown (rank only) otherwise.
 std::string model_with_points_as_outputs(std::string_view model_bytes,
-                                        const std::string& source_name);
+                                         const std::string& source_name);
 
 }  // namespace qforge::quant

@@ -39,7 +39,8 @@ std::unique_ptr<graph::Graph> two_point_model() {
   graph::Value* c = g->add_constant("c", Tensor::from_vector<float>({4}, kC));
   auto node = [&](const std::string& name, const std::string& op, std::vector<graph::Value*> in,
                   const std::string& out) {
-    return g->add_node({.name = name, .op_type = op, .inputs = std::move(in), .output_names = {out}})
+    return g
+        ->add_node({.name = name, .op_type = op, .inputs = std::move(in), .output_names = {out}})
         ->output(0);
   };
   graph::Value* q1 = node("Q1", "QuantizeLinear", {x, s1, zp}, "q1");
@@ -54,7 +55,8 @@ std::unique_ptr<graph::Graph> two_point_model() {
 // x / s1: element 1 lies on a tie in float32 (0.25f / 0.1f rounds to 2.5; in exact arithmetic it
 // is 2.4999999627), element 6 at 2.3 steps.
 Tensor input() {
-  return Tensor::from_vector<float>({2, 4}, {0.11f, 0.25f, -0.3f, 0.52f, 1.7f, -0.9f, 0.23f, 0.04f});
+  return Tensor::from_vector<float>({2, 4},
+                                    {0.11f, 0.25f, -0.3f, 0.52f, 1.7f, -0.9f, 0.23f, 0.04f});
 }
 
 int8_t quantize(float v, float s) {
@@ -219,10 +221,13 @@ TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
   graph::Value* x = g->add_input("x", DType::kFloat32, graph::Shape{3, 5});
   graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.05f}));
   graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
-  graph::Value* q = g->add_node({.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp},
-                                 .output_names = {"q"}})
-                        ->output(0);
-  g->mark_output(g->add_node({.name = "DQ", .op_type = "DequantizeLinear", .inputs = {q, s, zp},
+  graph::Value* q =
+      g->add_node(
+           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
+          ->output(0);
+  g->mark_output(g->add_node({.name = "DQ",
+                              .op_type = "DequantizeLinear",
+                              .inputs = {q, s, zp},
                               .output_names = {"y"}})
                      ->output(0));
   std::vector<float> values;
@@ -247,7 +252,8 @@ TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
     EXPECT_TRUE(found) << c;
   }
   EXPECT_GE(f.p90, f.median);
-  const quant::FlipSensitivity again = quant::flip_sensitivity(*g, in, {.injections = 20, .seed = 3});
+  const quant::FlipSensitivity again =
+      quant::flip_sensitivity(*g, in, {.injections = 20, .seed = 3});
   EXPECT_EQ(again.changes, f.changes);
 }
 

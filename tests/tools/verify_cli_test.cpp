@@ -28,9 +28,12 @@ void write_one_point_model(const std::string& path) {
   graph::Value* s = g.add_constant("s", Tensor::from_vector<float>({}, {0.1f}));
   graph::Value* zp = g.add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
   graph::Value* q =
-      g.add_node({.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
+      g.add_node(
+           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
           ->output(0);
-  g.mark_output(g.add_node({.name = "DQ", .op_type = "DequantizeLinear", .inputs = {q, s, zp},
+  g.mark_output(g.add_node({.name = "DQ",
+                            .op_type = "DequantizeLinear",
+                            .inputs = {q, s, zp},
                             .output_names = {"y"}})
                     ->output(0));
   runtime::resolve(g, {});
@@ -41,8 +44,8 @@ TEST(VerifyCli, HelpShowsTheWorkflow) {
   const auto r = run_cli("verify --help");
   EXPECT_EQ(r.exit_code, 0);
   for (const char* s : {"--reference", "--data", "--tolerance", "--report", "--mark-outputs",
-                        "--runner", "node tools/ort_dump.js", "polygraphy run",
-                        "--save-outputs", "teacher forcing", "mismatches", "flips"}) {
+                        "--runner", "node tools/ort_dump.js", "polygraphy run", "--save-outputs",
+                        "teacher forcing", "mismatches", "flips"}) {
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
   }
 }
@@ -50,12 +53,13 @@ TEST(VerifyCli, HelpShowsTheWorkflow) {
 TEST(VerifyCli, ExactReferencePassesAndAlteredOneFails) {
   TempDir dir;
   write_one_point_model(dir.file("m.onnx"));
-  const Tensor x = Tensor::from_vector<float>({2, 4}, {0.11f, 0.3f, -0.52f, 1.f, 0.f, 2.f, -7.f, 0.04f});
+  const Tensor x =
+      Tensor::from_vector<float>({2, 4}, {0.11f, 0.3f, -0.52f, 1.f, 0.f, 2.f, -7.f, 0.04f});
   io::write_npy(dir.file("x.npy"), x);
   Tensor q = Tensor::from_vector<int8_t>({2, 4}, {1, 3, -5, 10, 0, 20, -70, 0});
   io::write_npz(dir.file("ref.npz"), {{"q", q}});
-  const std::string args = "verify " + dir.file("m.onnx") + " --data " + dir.file("x.npy") +
-                           " --reference ";
+  const std::string args =
+      "verify " + dir.file("m.onnx") + " --data " + dir.file("x.npy") + " --reference ";
   const auto good = run_cli(args + dir.file("ref.npz") + " --report " + dir.file("r.json"));
   EXPECT_EQ(good.exit_code, 0) << good.out << good.err;
   EXPECT_NE(good.out.find("verdict      pass: no mismatch; 0 rounding flips"), std::string::npos)
@@ -84,8 +88,7 @@ TEST(VerifyCli, BadInputIsOneLine) {
   testing::expect_one_line_error(run_cli(base + " --reference " + dir.file("none.npz")),
                                  dir.file("none.npz"));
   testing::expect_one_line_error(
-      run_cli(base + " --reference " + dir.file("other.npz") + " --tolerance 0.7"),
-      "--tolerance");
+      run_cli(base + " --reference " + dir.file("other.npz") + " --tolerance 0.7"), "--tolerance");
 }
 
 }  // namespace

@@ -116,8 +116,7 @@ nlohmann::json report_json(const VerifyCommandOptions& o, const quant::VerifyRes
 }
 
 int run_mark_outputs(const VerifyCommandOptions& o) {
-  const std::string marked =
-      quant::model_with_points_as_outputs(read_bytes(o.model), o.model);
+  const std::string marked = quant::model_with_points_as_outputs(read_bytes(o.model), o.model);
   io::write_file_atomic(o.mark_outputs, marked);
   std::printf("written      %s (%s with every point's pre-quant and integer tensors as outputs)\n",
               o.mark_outputs.c_str(), o.model.c_str());
@@ -180,25 +179,26 @@ int run_verify(const VerifyCommandOptions& o) {
   std::printf("reference    %s (%zu tensors)\n", reference_text.c_str(), reference.size());
   std::printf("data         %s (%zu samples, one batch, %d threads)\n", o.data.c_str(), total,
               runtime::num_threads());
-  std::printf("flip         a differing integer whose pre-quant x/scale lies within %g of a step "
-              "of a .5 boundary\n",
-              o.tolerance);
-  std::printf("\nteacher-forced, per point in node order: each segment recomputed from the "
-              "reference's integers at its inputs\n");
-  std::printf("  %10s %7s %10s %6s %12s | %11s %6s | %s -> %s\n", "elements", "flips",
-              "mismatches", "max Δ", "pre-quant L2", "plain diff.", "max Δ", "node", "tensor");
+  std::printf(
+      "flip         a differing integer whose pre-quant x/scale lies within %g of a step "
+      "of a .5 boundary\n",
+      o.tolerance);
+  std::printf(
+      "\nteacher-forced, per point in node order: each segment recomputed from the "
+      "reference's integers at its inputs\n");
+  std::printf("  %10s %7s %10s %6s %12s | %11s %6s | %s -> %s\n", "elements", "flips", "mismatches",
+              "max Δ", "pre-quant L2", "plain diff.", "max Δ", "node", "tensor");
   for (const quant::PointCheck& p : r.points) {
     std::printf("  %10lld %7lld %10lld %6lld %12s | %11lld %6lld | %s -> %s\n",
                 static_cast<long long>(p.elements), static_cast<long long>(p.flips),
-                static_cast<long long>(p.mismatches),
-                static_cast<long long>(p.max_step_difference),
-                l2_text(p.pre_quant_relative_l2).c_str(),
-                static_cast<long long>(p.plain_differing),
+                static_cast<long long>(p.mismatches), static_cast<long long>(p.max_step_difference),
+                l2_text(p.pre_quant_relative_l2).c_str(), static_cast<long long>(p.plain_differing),
                 static_cast<long long>(p.plain_max_step_difference), p.node.c_str(),
                 p.tensor.c_str());
   }
-  std::printf("  (max Δ in integer steps; pre-quant L2: relative L2 of qforge's pre-quant values "
-              "to the reference's; plain: a forward pass from the inputs alone)\n");
+  std::printf(
+      "  (max Δ in integer steps; pre-quant L2: relative L2 of qforge's pre-quant values "
+      "to the reference's; plain: a forward pass from the inputs alone)\n");
 
   bool listed_any = false;
   for (const quant::PointCheck& p : r.points) {
@@ -210,10 +210,11 @@ int run_verify(const VerifyCommandOptions& o) {
           v && v->has_shape() && kernels::shape_numel(v->known_shape()) == p.elements
               ? coordinates(e.index, v->known_shape())
               : "";
-      std::printf("  %-8s node '%s' element %lld %s: qforge %d, reference %d, x/scale %.7f, %.2g "
-                  "of a step from the .5 boundary\n",
-                  e.flip ? "flip" : "MISMATCH", p.node.c_str(), static_cast<long long>(e.index),
-                  at.c_str(), e.qforge, e.reference, e.steps, e.boundary_distance);
+      std::printf(
+          "  %-8s node '%s' element %lld %s: qforge %d, reference %d, x/scale %.7f, %.2g "
+          "of a step from the .5 boundary\n",
+          e.flip ? "flip" : "MISMATCH", p.node.c_str(), static_cast<long long>(e.index), at.c_str(),
+          e.qforge, e.reference, e.steps, e.boundary_distance);
     }
   }
 
@@ -222,11 +223,12 @@ int run_verify(const VerifyCommandOptions& o) {
     const quant::PointCheck& first = r.points[*r.first_plain_difference];
     size_t differing_points = 0;
     for (const quant::PointCheck& p : r.points) differing_points += p.plain_differing > 0;
-    std::printf("first difference at node '%s' (%lld elements); %zu of %zu points differ, the "
-                "last by %lld elements\n",
-                first.node.c_str(), static_cast<long long>(first.plain_differing),
-                differing_points, r.points.size(),
-                static_cast<long long>(r.points.empty() ? 0 : r.points.back().plain_differing));
+    std::printf(
+        "first difference at node '%s' (%lld elements); %zu of %zu points differ, the "
+        "last by %lld elements\n",
+        first.node.c_str(), static_cast<long long>(first.plain_differing), differing_points,
+        r.points.size(),
+        static_cast<long long>(r.points.empty() ? 0 : r.points.back().plain_differing));
   } else {
     std::printf("every point's integers equal the reference's\n");
   }
@@ -251,10 +253,11 @@ int run_verify(const VerifyCommandOptions& o) {
     ++points_with;
     if (!first) first = &p;
   }
-  std::printf("verdict      FAIL: %lld mismatches at %zu points, the first at node '%s'; %lld "
-              "rounding flips\n",
-              static_cast<long long>(r.mismatches), points_with, first->node.c_str(),
-              static_cast<long long>(r.flips));
+  std::printf(
+      "verdict      FAIL: %lld mismatches at %zu points, the first at node '%s'; %lld "
+      "rounding flips\n",
+      static_cast<long long>(r.mismatches), points_with, first->node.c_str(),
+      static_cast<long long>(r.flips));
   return 1;
 }
 
