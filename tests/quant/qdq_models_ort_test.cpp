@@ -1,27 +1,27 @@
-// Every bundled model, calibrated by `qforge calibrate` into a Q/DQ ONNX file, computes the same
-// outputs in ONNX Runtime and in `qforge run` of that file on the whole validation set, up to
-// the rounding flips that float summation order causes: a value that lands on the other side of
-// a rounding boundary in one runtime moves by one quantization step there.
-//
-// Such a flip propagates: later quantizers see a value moved by a step and flip in turn. How far
-// depends on the model, so next to the fixed bounds each model's own sensitivity is
-// measured: the same Q/DQ file with its float biases moved by one ulp (half of them, seeded),
-// run in qforge. That is a float rounding difference of the size two runtimes' summation orders
-// make; it bounds what an implementation that is not bit-identical to ONNX Runtime can reach.
+// Every bundled model, calibrated by `qforge calibrate` into a Q/DQ ONNX file, passes `qforge
+// verify` against ONNX Runtime's values of its Q/DQ points (tools/ort_dump.js), with ORT's graph
+// optimisations on and off: teacher-forced, every element of every point lands on ORT's integer
+// or is a rounding flip (pre-quant value within the tolerance of a .5 boundary). No per-model
+// allowance: an end-to-end bound would need one, because one flip early in a deep model spreads
+// (the plain-forward column of the report), while a teacher-forced point cannot hide a real
+// mismatch behind it. On resnet_bn the check must also fail, naming the node and the element,
+// for a dump with one integer altered by two steps and for a model with one point's scale
+// changed; and it reads Polygraphy's JSON.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <cstring>
-#include <random>
-#include <set>
+#include <algorithm>
+#include <fstream>
+#include <string>
 
 #include <onnx/onnx_pb.h>
+#include <nlohmann/json.hpp>
 
 #include "graph/onnx_import.h"
 #include "tests/support/ort_runner.h"
 #include "tests/support/test_support.h"
 #include "tools/io/image_folder.h"
 #include "tools/io/npy.h"
+#include "tools/io/npz.h"
 
 namespace qforge {
 namespace {
@@ -29,124 +29,182 @@ namespace {
 using kernels::Tensor;
 using testing::data_path;
 using testing::run_cli;
-using testing::run_ort;
 using testing::TempDir;
 
-double l2(const Tensor& a, const Tensor* b = nullptr) {
-  const auto x = a.span<float>();
-  double sum = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double d = static_cast<double>(x[i]) - (b ? static_cast<double>(b->span<float>()[i]) : 0);
-    sum += d * d;
-  }
-  return std::sqrt(sum);
+// Samples per check: the calibrated models have this static batch.
+constexpr int64_t kBatch = 64;
+
+// `name` calibrated at kBatch into dir/m.qdq.onnx and the first kBatch validation images in
+// dir/val.npy.
+void prepare(const std::string& name, const TempDir& dir) {
+  const std::string model = data_path("models/" + name + ".onnx");
+  const auto graph = graph::load_onnx(model);
+  io::ImageFolder val(data_path("datasets/digits/val"),
+                      io::preprocess_from_metadata(graph->metadata, *graph->inputs()[0]->shape()));
+  io::write_npy(dir.file("val.npy"), val.load_batch(0, kBatch));
+  const auto cal = run_cli("calibrate " + model + " --data " + data_path("datasets/digits/train") +
+                           " --limit 256 --batch " + std::to_string(kBatch) +
+                           " --flip-injections 0 -o " + dir.file("m.qdq.onnx"));
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
 }
 
-size_t correct(const Tensor& logits, const std::vector<int64_t>& labels) {
-  const int64_t classes = logits.dim(1);
-  size_t n = 0;
-  for (size_t i = 0; i < labels.size(); ++i) {
-    const float* row = logits.data<float>() + static_cast<int64_t>(i) * classes;
-    n += std::max_element(row, row + classes) - row == labels[i];
-  }
-  return n;
-}
-
-// `model` with every float Conv and Gemm bias initializer moved up by one ulp in a seeded half of
-// its elements.
-std::string nudge_biases(const std::string& model) {
-  onnx::ModelProto proto;
-  const std::string bytes = testing::read_text(model);
-  EXPECT_TRUE(proto.ParseFromString(bytes));
-  std::set<std::string> biases;
-  for (const onnx::NodeProto& n : proto.graph().node()) {
-    if ((n.op_type() == "Conv" || n.op_type() == "Gemm") && n.input_size() > 2) {
-      biases.insert(n.input(2));
-    }
-  }
-  std::mt19937 rng(1);
-  size_t nudged = 0;
-  for (onnx::TensorProto& t : *proto.mutable_graph()->mutable_initializer()) {
-    if (t.data_type() != onnx::TensorProto::FLOAT || !biases.count(t.name())) continue;
-    std::vector<float> v;
-    if (t.has_raw_data()) {
-      v.resize(t.raw_data().size() / sizeof(float));
-      std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(float));
-    } else {
-      v.assign(t.float_data().begin(), t.float_data().end());
-    }
-    for (float& x : v) {
-      if (rng() & 1) x = std::nextafter(x, INFINITY);
-    }
-    t.clear_float_data();
-    t.set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
-    ++nudged;
-  }
-  EXPECT_GT(nudged, 0u) << model;
-  return proto.SerializeAsString();
-}
-
-Tensor run_qforge(const std::string& model, const std::string& input, const std::string& out) {
-  const auto r = run_cli("run " + model + " --data " + input + " -o " + out);
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  return io::read_npy(out);
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
 }
 
 class QdqModelOrt : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(QdqModelOrt, OrtAndQforgeDifferOnlyByRoundingFlips) {
-  const std::string name = GetParam();
-  const std::string model = data_path("models/" + name + ".onnx");
+// ORT's plain kernels (optimisations disabled) sum in qforge's order or close to it: measured on
+// these models, every differing element lies within 3.1e-5 of a step of its boundary (the
+// issue's default tolerance, 1e-4, holds) and the pre-quant values differ by at most 2.6e-7
+// relative L2. With optimisations on, ORT runs convolutions through its NCHWc kernels, which sum
+// in another order: pre-quant values differ by up to 9.3e-5 relative L2 and flips lie up to
+// 3.6e-3 of a step from their boundary (ResNet, MobileNetV3, EfficientNet; measured at 64
+// random inputs), so that run takes a tolerance of 1e-2 of a step. A real mismatch is a
+// difference of two steps or more, or one step far from a boundary.
+struct OrtSetting {
+  const char* optimization;
+  double tolerance;         // flip tolerance, in steps
+  double max_pre_quant_l2;  // bound on each point's pre-quant relative L2
+};
+constexpr OrtSetting kSettings[] = {{"disabled", 1e-4, 1e-6}, {"all", 1e-2, 1e-3}};
+
+TEST_P(QdqModelOrt, TeacherForcedCheckFindsNoMismatch) {
   TempDir dir;
-
-  // The whole validation set in one batch, so that one ORT run covers it.
-  const auto graph = graph::load_onnx(model);
-  io::ImageFolder val(data_path("datasets/digits/val"),
-                      io::preprocess_from_metadata(graph->metadata, *graph->inputs()[0]->shape()));
-  const Tensor images = val.load_batch(0, val.size());
-  const std::vector<int64_t> labels = val.labels(0, val.size());
-  const std::string input = dir.file("val.npy");
-  io::write_npy(input, images);
-  const std::string batch = std::to_string(val.size());
-
-  const std::string qdq = dir.file("m.qdq.onnx");
-  const auto cal = run_cli("calibrate " + model + " --data " + data_path("datasets/digits/train") +
-                           " --limit 256 --batch " + batch + " -o " + qdq);
-  ASSERT_EQ(cal.exit_code, 0) << cal.err;
-
-  const Tensor ref = run_qforge(model, input, dir.file("float.npy"));
-  const Tensor got = run_qforge(qdq, input, dir.file("qdq.npy"));
-  const std::vector<Tensor> ort = run_ort(qdq, {images});
-  ASSERT_EQ(ort.size(), 1u);
-  ASSERT_EQ(ort[0].shape(), got.shape());
-  const std::string nudged = dir.file("nudged.onnx");
-  testing::write_bytes(nudged, nudge_biases(qdq));
-  const Tensor sensitive = run_qforge(nudged, input, dir.file("nudged.npy"));
-
-  const double diff = l2(got, &ort[0]) / l2(ort[0]);
-  const double quant_error = l2(got, &ref) / l2(ref);
-  const double floor = l2(got, &sensitive) / l2(got);
-  RecordProperty("relative_l2", std::to_string(diff));
-  RecordProperty("quantization_error", std::to_string(quant_error));
-  RecordProperty("one_ulp_sensitivity", std::to_string(floor));
-  SCOPED_TRACE("relative L2 qforge vs ORT " + std::to_string(diff) + ", quantization error " +
-               std::to_string(quant_error) + ", one-ulp bias sensitivity " + std::to_string(floor));
-  EXPECT_EQ(correct(got, labels), correct(ort[0], labels));
-  EXPECT_GT(quant_error, 0.0);
-  if (name.starts_with("efficientnet")) {
-    // EfficientNet's SE and SiLU quantizers make flips cascade: its own one-ulp sensitivity is
-    // above the 1e-3 and 1/20 (measured 2.7e-3, 0.057 of its quantization error), so
-    // the comparison is with that sensitivity, not with the fixed bounds.
-    EXPECT_LE(diff, 2 * floor);
-    EXPECT_GT(floor, 1e-3);
-  } else {
-    EXPECT_LE(diff, 1e-3);
-    EXPECT_LE(diff, quant_error / 20);
+  ASSERT_NO_FATAL_FAILURE(prepare(GetParam(), dir));
+  for (const OrtSetting& setting : kSettings) {
+    const std::string optimization = setting.optimization;
+    SCOPED_TRACE("ORT graph optimisations " + optimization);
+    const std::string dump = dir.file("ort_" + optimization + ".npz");
+    testing::ort_dump(dir.file("m.qdq.onnx"), dir.file("val.npy"), dump, optimization);
+    const std::string report = dir.file("report_" + optimization + ".json");
+    const auto r = run_cli("verify " + dir.file("m.qdq.onnx") + " --reference " + dump +
+                           " --data " + dir.file("val.npy") + " --report " + report +
+                           " --tolerance " + std::to_string(setting.tolerance));
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    const nlohmann::json j = read_json(report);
+    ASSERT_GT(j["points"].size(), 0u);
+    int64_t flips = 0;
+    double farthest = 0;
+    for (const auto& p : j["points"]) {
+      EXPECT_EQ(p["mismatches"].get<int64_t>(), 0) << p["node"];
+      EXPECT_EQ(p["elements"].get<int64_t>() % kBatch, 0) << p["node"];
+      flips += p["flips"].get<int64_t>();
+      farthest = std::max(farthest, p["max_flip_distance"].get<double>());
+      // ORT returned the pre-quant values too (the model input's point excepted: its tensor is
+      // the input); teacher-forced they stay within float noise.
+      if (p["pre_quant_relative_l2"].is_null()) {
+        EXPECT_EQ(p, j["points"][0]);
+        continue;
+      }
+      EXPECT_LE(p["pre_quant_relative_l2"].get<double>(), setting.max_pre_quant_l2) << p["node"];
+    }
+    EXPECT_EQ(j["mismatches"].get<int64_t>(), 0);
+    EXPECT_TRUE(j["passed"].get<bool>());
+    ASSERT_EQ(j["outputs"].size(), 1u);
+    RecordProperty("flips_" + optimization, std::to_string(flips));
+    RecordProperty("max_flip_distance_" + optimization, std::to_string(farthest));
+    RecordProperty("plain_output_relative_l2_" + optimization,
+                   std::to_string(j["outputs"][0]["plain_relative_l2"].get<double>()));
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Bundled, QdqModelOrt, ::testing::ValuesIn(testing::kBundledModelNames),
                          [](const auto& p) { return p.param; });
+
+// The scale initializer of QuantizeLinear node `node` multiplied by `factor`, in a copy of the
+// model's bytes.
+std::string with_scale_changed(const std::string& model, const std::string& node, float factor) {
+  onnx::ModelProto proto;
+  EXPECT_TRUE(proto.ParseFromString(testing::read_text(model)));
+  std::string scale;
+  for (const onnx::NodeProto& n : proto.graph().node()) {
+    if (n.name() == node) scale = n.input(1);
+  }
+  EXPECT_FALSE(scale.empty()) << node;
+  // A private copy for this node, so that no other point changes.
+  onnx::TensorProto* copy = nullptr;
+  for (const onnx::TensorProto& t : proto.graph().initializer()) {
+    if (t.name() == scale) {
+      copy = proto.mutable_graph()->add_initializer();
+      *copy = t;
+    }
+  }
+  EXPECT_NE(copy, nullptr) << scale;
+  if (!copy) return {};
+  copy->set_name(scale + "_changed");
+  float value = copy->has_raw_data() ? *reinterpret_cast<const float*>(copy->raw_data().data())
+                                     : copy->float_data(0);
+  value *= factor;
+  copy->clear_float_data();
+  copy->clear_raw_data();
+  copy->add_float_data(value);
+  for (onnx::NodeProto& n : *proto.mutable_graph()->mutable_node()) {
+    if (n.name() == node) n.set_input(1, scale + "_changed");
+  }
+  return proto.SerializeAsString();
+}
+
+TEST(QdqModelOrtCheck, FailsOnAlteredDumpOrScaleAndReadsPolygraphyJson) {
+  TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(prepare("resnet_bn", dir));
+  const std::string qdq = dir.file("m.qdq.onnx");
+  const std::string val = dir.file("val.npy");
+  const std::string dump = dir.file("ort.npz");
+  testing::ort_dump(qdq, val, dump, "disabled");
+  const auto good = run_cli("verify " + qdq + " --reference " + dump + " --data " + val +
+                            " --report " + dir.file("good.json"));
+  ASSERT_EQ(good.exit_code, 0) << good.out << good.err;
+  const nlohmann::json points = read_json(dir.file("good.json"))["points"];
+  ASSERT_GE(points.size(), 3u);
+  const nlohmann::json& middle = points[points.size() / 2];
+  const std::string node = middle["node"].get<std::string>();
+
+  // One integer moved by two steps.
+  {
+    auto tensors = io::read_npz(dump);
+    Tensor& ints = tensors.at(middle["integers"].get<std::string>());
+    constexpr int64_t kElement = 1234;
+    ASSERT_GT(ints.numel(), kElement);
+    int8_t& v = ints.data<int8_t>()[kElement];
+    v = static_cast<int8_t>(v <= 125 ? v + 2 : v - 2);
+    io::write_npz(dir.file("altered.npz"), tensors);
+    const auto r =
+        run_cli("verify " + qdq + " --reference " + dir.file("altered.npz") + " --data " + val);
+    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    EXPECT_NE(r.out.find("MISMATCH node '" + node + "' element 1234 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("FAIL: 1 mismatches at 1 points, the first at node '" + node + "'"),
+              std::string::npos)
+        << r.out;
+  }
+  // One point's scale changed by a quarter: its integers move, the others do not (teacher
+  // forced, the next points read the reference's integers).
+  {
+    testing::write_bytes(dir.file("scaled.onnx"), with_scale_changed(qdq, node, 1.25f));
+    const auto r = run_cli("verify " + dir.file("scaled.onnx") + " --reference " + dump +
+                           " --data " + val + " --report " + dir.file("scaled.json"));
+    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    EXPECT_NE(r.out.find("the first at node '" + node + "'"), std::string::npos) << r.out;
+    for (const auto& p : read_json(dir.file("scaled.json"))["points"]) {
+      if (p["node"] == node) {
+        EXPECT_GT(p["mismatches"].get<int64_t>(), p["elements"].get<int64_t>() / 4);
+      } else {
+        EXPECT_EQ(p["mismatches"].get<int64_t>(), 0) << p["node"];
+      }
+    }
+  }
+  // The same values as Polygraphy RunResults JSON.
+  {
+    testing::ort_dump(qdq, val, dir.file("ort.json"), "disabled");
+    const auto r =
+        run_cli("verify " + qdq + " --reference " + dir.file("ort.json") + " --data " + val);
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("(Polygraphy runner 'onnxrt-runner-N0-ort_dump', iteration 1 of 1)"),
+              std::string::npos)
+        << r.out;
+  }
+}
 
 }  // namespace
 }  // namespace qforge

@@ -61,4 +61,29 @@ inline std::vector<kernels::Tensor> run_ort(const std::string& model_path,
   return outputs;
 }
 
+inline std::string ort_dump_script() {
+  return (std::filesystem::path(QFORGE_DATA_DIR).parent_path() / "tools/ort_dump.js").string();
+}
+
+// Runs tools/ort_dump.js: `model`'s Q/DQ points dumped from ORT on `input_npy` into `out` (.npz
+// or Polygraphy .json), with graph optimisations `optimization` ("all" or "disabled").
+inline void ort_dump(const std::string& model, const std::string& input_npy, const std::string& out,
+                     const std::string& optimization) {
+  if (!std::filesystem::exists(ort_package_dir() + "/package.json")) {
+    throw std::runtime_error(std::string("ONNX Runtime for Node is missing: expected it in ")
+                                 .append(ort_package_dir())
+                                 .append("; run scripts/install-deps"));
+  }
+  TempDir dir;
+  std::string cmd = "QFORGE_ORT_DIR='";
+  cmd.append(QFORGE_ORT_DIR).append("' node '").append(ort_dump_script()).append("' '");
+  cmd.append(model).append("' --data '").append(input_npy).append("' -o '").append(out);
+  cmd.append("' --optimization ").append(optimization).append(" --qforge '").append(QFORGE_CLI);
+  cmd.append("' >'").append(dir.file("log")).append("' 2>&1 </dev/null");
+  const int status = std::system(cmd.c_str());
+  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw std::runtime_error("ort_dump failed: " + cmd + "\n" + read_text(dir.file("log")));
+  }
+}
+
 }  // namespace qforge::testing

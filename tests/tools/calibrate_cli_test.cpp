@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -78,6 +79,27 @@ TEST(CalibrateCli, ResnetWritesQdqModelWithFigures) {
   EXPECT_GT(e["cosine"].get<double>(), 0.9);
   EXPECT_GT(e["float_top1"].get<double>(), 0.5);
   EXPECT_GT(e["int8_top1"].get<double>(), 0.5);
+
+  // Flip sensitivity: 32 seeded injections over every activation point; median and 90th
+  // percentile of the changes as the report lists them.
+  EXPECT_NE(r.out.find("one flip     moves a sample's output by "), std::string::npos) << r.out;
+  const auto& f = e["flip_sensitivity"];
+  EXPECT_EQ(f["injections"], 32);
+  EXPECT_EQ(f["seed"], 0);
+  EXPECT_EQ(f["points"].get<size_t>(), j["counts"]["activation_pairs"].get<size_t>() +
+                                           j["counts"]["softmax_pairs"].get<size_t>());
+  std::vector<double> changes = f["changes"].get<std::vector<double>>();
+  ASSERT_EQ(changes.size(), 32u);
+  std::sort(changes.begin(), changes.end());
+  EXPECT_GE(changes.front(), 0.0);
+  EXPECT_GT(changes.back(), 0.0);
+  auto quantile = [&](double q) {
+    const double pos = q * 31;
+    const auto lo = static_cast<size_t>(pos);
+    return changes[lo] + (changes[lo + 1] - changes[lo]) * (pos - static_cast<double>(lo));
+  };
+  EXPECT_DOUBLE_EQ(f["median_relative_l2"].get<double>(), quantile(0.5));
+  EXPECT_DOUBLE_EQ(f["p90_relative_l2"].get<double>(), quantile(0.9));
 }
 
 TEST(CalibrateCli, NpyDataPartialBatchAndOtherMethod) {
@@ -87,9 +109,10 @@ TEST(CalibrateCli, NpyDataPartialBatchAndOtherMethod) {
   const int64_t batch = input.dim(0) > 1 ? input.dim(0) - 1 : 1;  // leaves a partial batch
   auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " --method entropy" +
                    " --batch " + std::to_string(batch) +
-                   std::string(" --threads 1 --int8-weights -o ") + out);
+                   std::string(" --threads 1 --int8-weights --flip-injections 0 -o ") + out);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("method       entropy"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("one flip"), std::string::npos) << r.out;  // --flip-injections 0
   EXPECT_NE(r.out.find("output SQNR"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("accuracy"), std::string::npos) << r.out;  // an .npy has no labels
   std::string samples = "(";

@@ -16,6 +16,7 @@
 #include "graph/onnx_export.h"
 #include "graph/onnx_import.h"
 #include "quant/calibration.h"
+#include "quant/flip_sensitivity.h"
 #include "quant/int8.h"
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
@@ -54,7 +55,13 @@ struct CalibrateOptions {
   std::string val;
   bool int8_weights = false;
   std::optional<double> smoothquant;  // alpha, when --smoothquant is given
+  // Rounding flips injected into the written model (on the first evaluation batch) to measure
+  // the output change one flip causes; 0 skips the measurement.
+  int64_t flip_injections = 32;
 };
+
+// Seed of the flip injections: the figure is reproducible run to run.
+constexpr uint64_t kFlipSeed = 0;
 
 // `indices` as whole batches of `batch` and the rest (a partial last batch; may be empty).
 std::pair<std::vector<size_t>, std::vector<size_t>> split_whole_batches(
@@ -417,12 +424,14 @@ int run_calibrate(const CalibrateOptions& o) {
   }
   runtime::OutputComparison comparison;
   size_t int8_correct = 0;
+  kernels::Tensor first_eval_batch;  // the flip injections run on it
   {
     runtime::Session quantized(graph::load_onnx(out_file.temp_path()), one_shape);
     io::Progress progress("Q/DQ model", eval_total, "img");
     for_each_batch(
         eval, eval_indices, o.batch, true, progress,
         [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
+          if (!first_eval_batch.defined()) first_eval_batch = input.clone();
           const kernels::Tensor got = float_output(quantized.run(input), count);
           kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
           expected.read(expected_rows.span<float>());
@@ -432,6 +441,11 @@ int run_calibrate(const CalibrateOptions& o) {
     progress.finish();
   }
   const runtime::ComparisonFigures f = comparison.figures();
+  std::optional<quant::FlipSensitivity> flips;
+  if (o.flip_injections > 0) {
+    flips = quant::flip_sensitivity(*graph::load_onnx(out_file.temp_path()), first_eval_batch,
+                                    {.injections = o.flip_injections, .seed = kFlipSeed});
+  }
 
   const char* method_name = quant::calibrator_name(*method);
   std::printf("model        %s (transformed at batch %lld: %zu conversions, %zu fusions)\n",
@@ -528,6 +542,14 @@ int run_calibrate(const CalibrateOptions& o) {
                 percent(int8_correct, eval_total), int8_correct, eval_total);
   }
   if (f.nonfinite > 0) std::printf("non-finite   %zu output elements\n", f.nonfinite);
+  if (flips) {
+    std::printf(
+        "one flip     moves a sample's output by %.3g (median), %.3g (90th percentile) relative "
+        "L2: the rounding difference to expect from any other runtime (%lld injections at "
+        "random elements of %lld points, seed %llu)\n",
+        flips->median, flips->p90, static_cast<long long>(flips->injections),
+        static_cast<long long>(flips->points), static_cast<unsigned long long>(kFlipSeed));
+  }
 
   out_file.commit();
   std::printf(
@@ -570,6 +592,14 @@ int run_calibrate(const CalibrateOptions& o) {
                               {"cosine", f.cosine},      {"max_abs_diff", f.max_abs_diff},
                               {"nonfinite", f.nonfinite}};
     if (f.top1_agreement) evaluation["top1_agreement"] = *f.top1_agreement;
+    if (flips) {
+      evaluation["flip_sensitivity"] = {{"injections", flips->injections},
+                                        {"points", flips->points},
+                                        {"seed", kFlipSeed},
+                                        {"median_relative_l2", flips->median},
+                                        {"p90_relative_l2", flips->p90},
+                                        {"changes", flips->changes}};
+    }
     if (labelled) {
       evaluation["float_top1"] = percent(float_correct, eval_total) / 100.0;
       evaluation["int8_top1"] = percent(int8_correct, eval_total) / 100.0;
@@ -654,6 +684,11 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       ->expected(0, 1)
       ->default_str("0.5")
       ->type_name("ALPHA");
+  cmd->add_option("--flip-injections", opts->flip_injections,
+                  "rounding flips injected one at a time into the written model, on the first "
+                  "evaluation batch, to report the output change one flip causes (median and "
+                  "90th percentile; default 32, 0 skips it)")
+      ->check(CLI::NonNegativeNumber);
   return [opts] { return run_calibrate(*opts); };
 }
 

@@ -1,0 +1,40 @@
+// How much one rounding flip moves a Q/DQ model's output: the integer of one element of one
+// activation point moved by one step to the other side of its rounding boundary, the model run
+// on from there, and the output of that element's sample compared with the unperturbed one.
+// Over a seeded sample of such injections, the median and 90th percentile are the size of
+// difference to expect between qforge's fake-quant and any deployed runtime from rounding alone
+// (float summation order decides on which side a value near a boundary lands).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "graph/ir.h"
+#include "kernels/tensor.h"
+
+namespace qforge::quant {
+
+struct FlipSensitivityOptions {
+  int64_t injections = 32;
+  uint64_t seed = 0;
+};
+
+struct FlipSensitivity {
+  int64_t injections = 0;
+  int64_t points = 0;  // activation points the injections were drawn from
+  // Relative L2 change of the flipped sample's first output (the row that changed most), per
+  // injection, in draw order.
+  std::vector<double> changes;
+  double median = 0;
+  double p90 = 0;
+};
+
+// Injects options.injections flips into `model` (a Q/DQ graph as loaded; resolved here at the
+// input's shape) running `input` (a single-input model): each draws a point uniformly, then an
+// element of it uniformly, moves that element's integer one step towards its pre-quant value's
+// other neighbour (saturation permitting) and runs the model. Deterministic for a seed, any
+// thread count. Invalid error when the model has no activation point.
+FlipSensitivity flip_sensitivity(const graph::Graph& model, const kernels::Tensor& input,
+                                 const FlipSensitivityOptions& options = {});
+
+}  // namespace qforge::quant

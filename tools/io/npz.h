@@ -1,0 +1,20 @@
+// NumPy .npz archives (np.savez): a zip of .npy members, one array per name. The reference
+// values `qforge verify` reads come this way.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "kernels/tensor.h"
+
+namespace qforge::io {
+
+// Every member "<name>.npy" as a tensor keyed by <name>, in name order; stored or deflated
+// members alike. Errors name the file: Io when it cannot be read; Invalid when it is not a zip
+// archive or a member is not a valid .npy (read_npy's messages, with the member named).
+std::map<std::string, kernels::Tensor> read_npz(const std::string& path);
+
+// Writes the tensors as an uncompressed archive, as np.savez does, atomically (see AtomicFile).
+void write_npz(const std::string& path, const std::map<std::string, kernels::Tensor>& tensors);
+
+}  // namespace qforge::io
