@@ -183,6 +183,47 @@ void batch_norm_training_backward(const BatchNormDims& dims, const float* x, con
   });
 }
 
+void batch_norm_inference_backward(const BatchNormDims& dims, const float* x, const float* gamma,
+                                   const float* mean, const float* var, const float* dy, float* dx,
+                                   float* dgamma, float* dbeta, GradMode mode) {
+  const int64_t channels = dims.channels;
+  const int64_t inner = dims.inner;
+  const int64_t count = dims.batch * inner;
+  if (channels == 0 || count == 0) return;
+  parallel_for(channels, grain_for(count), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float mu = mean[c];
+      const float inv = 1.0f / std::sqrt(var[c] + dims.epsilon);
+      if (dbeta || dgamma) {
+        double sum_dy = 0;
+        double sum_dy_centered = 0;
+        for (int64_t n = 0; n < dims.batch; ++n) {
+          const int64_t offset = (n * channels + c) * inner;
+          sum_dy += lane_sum(dy + offset, inner);
+          sum_dy_centered += lane_sum_centered_product(dy + offset, x + offset, inner, mu);
+        }
+        if (dbeta) store_grad(dbeta + c, static_cast<float>(sum_dy), mode);
+        if (dgamma) {
+          store_grad(dgamma + c, static_cast<float>(sum_dy_centered * static_cast<double>(inv)),
+                     mode);
+        }
+      }
+      if (!dx) continue;
+      const float k = gamma[c] * inv;
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        const int64_t offset = (n * channels + c) * inner;
+        const float* dyp = dy + offset;
+        float* dxp = dx + offset;
+        if (mode == GradMode::kAccumulate) {
+          for (int64_t i = 0; i < inner; ++i) dxp[i] += dyp[i] * k;
+        } else {
+          for (int64_t i = 0; i < inner; ++i) dxp[i] = dyp[i] * k;
+        }
+      }
+    }
+  });
+}
+
 void layer_norm_backward(const LayerNormDims& dims, const float* x, const float* scale,
                          const float* mean, const float* inv_std_dev, const float* dy, float* dx,
                          float* dscale, float* dbias, GradMode mode) {

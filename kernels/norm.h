@@ -129,6 +129,16 @@ void batch_norm_training_backward(const BatchNormDims& dims, const float* x, con
                                   const float* dy, float* dx, float* dgamma, float* dbeta,
                                   GradMode mode = GradMode::kOverwrite);
 
+// Backward of BatchNormalization in inference mode (running statistics held fixed, as for a
+// frozen BatchNorm during QAT), with inv_std = 1 / sqrt(var + epsilon) in float:
+//   x̂ = (x - mean)·inv_std,  dx = dy·gamma·inv_std,  dgamma = Σdy·x̂,  dbeta = Σdy
+// mean and var get no gradient. Any of dx, dgamma, dbeta may be null; sums as in
+// batch_norm_training_backward (one task per channel, batch in order, double).
+void batch_norm_inference_backward(const BatchNormDims& dims, const float* x, const float* gamma,
+                                   const float* mean, const float* var, const float* dy, float* dx,
+                                   float* dgamma, float* dbeta,
+                                   GradMode mode = GradMode::kOverwrite);
+
 // LayerNormalization backward -------------------------------------------------------------------
 
 // Backward of layer_norm from its mean and inv_std_dev outputs, per row over D = dims.size:

@@ -99,6 +99,37 @@ void batch_norm_training_backward(const BatchNormDims& d, const double* x, const
   }
 }
 
+void batch_norm_inference(const BatchNormDims& d, const double* x, const double* gamma,
+                          const double* beta, const double* mean, const double* var, double* y) {
+  for (int64_t n = 0; n < d.batch; ++n) {
+    for (int64_t c = 0; c < d.channels; ++c) {
+      for (int64_t i = 0; i < d.inner; ++i) {
+        const int64_t at = bn_index(d, n, c, i);
+        y[at] = (x[at] - mean[c]) / std::sqrt(var[c] + d.epsilon) * gamma[c] + beta[c];
+      }
+    }
+  }
+}
+
+void batch_norm_inference_backward(const BatchNormDims& d, const double* x, const double* gamma,
+                                   const double* mean, const double* var, const double* dy,
+                                   double* dx, double* dgamma, double* dbeta) {
+  for (int64_t c = 0; c < d.channels; ++c) {
+    const double inv = 1.0 / std::sqrt(var[c] + d.epsilon);
+    double dg = 0, db = 0;
+    for (int64_t n = 0; n < d.batch; ++n) {
+      for (int64_t i = 0; i < d.inner; ++i) {
+        const int64_t at = bn_index(d, n, c, i);
+        dg += dy[at] * (x[at] - mean[c]) * inv;
+        db += dy[at];
+        if (dx) dx[at] = dy[at] * gamma[c] * inv;
+      }
+    }
+    if (dgamma) dgamma[c] = dg;
+    if (dbeta) dbeta[c] = db;
+  }
+}
+
 void layer_norm(const LayerNormDims& dims, const double* x, const double* scale, const double* bias,
                 double* y, double* mean, double* inv_std) {
   const int64_t d = dims.size;

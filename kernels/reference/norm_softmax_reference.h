@@ -21,6 +21,13 @@ void batch_norm_training_backward(const BatchNormDims& dims, const double* x, co
                                   const double* mean, const double* inv_std, const double* dy,
                                   double* dx, double* dgamma, double* dbeta);
 
+// Inference mode: y = (x - mean) / sqrt(var + epsilon)·gamma + beta with fixed statistics.
+void batch_norm_inference(const BatchNormDims& dims, const double* x, const double* gamma,
+                          const double* beta, const double* mean, const double* var, double* y);
+void batch_norm_inference_backward(const BatchNormDims& dims, const double* x, const double* gamma,
+                                   const double* mean, const double* var, const double* dy,
+                                   double* dx, double* dgamma, double* dbeta);
+
 void layer_norm(const LayerNormDims& dims, const double* x, const double* scale, const double* bias,
                 double* y, double* mean, double* inv_std);
 void layer_norm_backward(const LayerNormDims& dims, const double* x, const double* scale,

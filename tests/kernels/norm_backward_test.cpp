@@ -225,6 +225,74 @@ TEST(BatchNormTrainingBackward, SameBitsForAnyThreadCount) {
   testing::expect_same_bits(one.dbeta.data(), two.dbeta.data(), 7, "dbeta");
 }
 
+// BatchNormalization inference (frozen statistics) --------------------------------------------
+
+TEST(BatchNormInferenceBackward, ReferenceMatchesFiniteDifferences) {
+  const BatchNormDims dims{2, 3, 5, 1e-5f};
+  const size_t n = 30;
+  std::vector<double> x = to_double(random_values(n, 1, -2.0f, 2.0f));
+  std::vector<double> gamma = to_double(random_values(3, 2, 0.5f, 1.5f));
+  std::vector<double> beta = to_double(random_values(3, 3, -0.5f, 0.5f));
+  const std::vector<double> mean = to_double(random_values(3, 4, -0.5f, 0.5f));
+  const std::vector<double> var = to_double(random_values(3, 5, 0.5f, 2.0f));
+  const std::vector<double> dy = to_double(random_values(n, 6, -1.0f, 1.0f));
+  std::vector<double> y(n);
+  auto loss = [&] {
+    reference::batch_norm_inference(dims, x.data(), gamma.data(), beta.data(), mean.data(),
+                                    var.data(), y.data());
+    return dot(y, dy);
+  };
+  const std::vector<double> fd_x = finite_differences(x, loss);
+  const std::vector<double> fd_gamma = finite_differences(gamma, loss);
+  const std::vector<double> fd_beta = finite_differences(beta, loss);
+  std::vector<double> dx(n), dgamma(3), dbeta(3);
+  reference::batch_norm_inference_backward(dims, x.data(), gamma.data(), mean.data(), var.data(),
+                                           dy.data(), dx.data(), dgamma.data(), dbeta.data());
+  expect_near_all(dx, fd_x, 1e-6, "dx");
+  expect_near_all(dgamma, fd_gamma, 1e-6, "dgamma");
+  expect_near_all(dbeta, fd_beta, 1e-6, "dbeta");
+}
+
+TEST(BatchNormInferenceBackward, KernelMatchesReferenceAndThreadCount) {
+  const std::vector<BatchNormDims> shapes = {{1, 3, 13, 1e-5f},
+                                             {3, 17, 1, 1e-5f},
+                                             {1, 1, 1, 1e-5f},
+                                             {2, 5, 127, 1e-3f},
+                                             {5, 7, 3001, 1e-5f}};
+  uint32_t seed = 90;
+  for (const BatchNormDims& d : shapes) {
+    const auto n = static_cast<size_t>(d.batch * d.channels * d.inner);
+    const auto c = static_cast<size_t>(d.channels);
+    const std::string what = "batch " + std::to_string(d.batch) + " channels " +
+                             std::to_string(d.channels) + " inner " + std::to_string(d.inner);
+    const std::vector<float> x = random_values(n, seed++, -3.0f, 5.0f);
+    const std::vector<float> gamma = random_values(c, seed++, 0.5f, 1.5f);
+    const std::vector<float> mean = random_values(c, seed++, -0.5f, 0.5f);
+    const std::vector<float> var = random_values(c, seed++, 0.5f, 2.0f);
+    const std::vector<float> dy = random_values(n, seed++, -1.0f, 1.0f);
+    std::vector<float> dx[2], dgamma[2], dbeta[2];
+    for (int t = 0; t < 2; ++t) {
+      ThreadCount threads(t + 1);
+      dx[t].resize(n);
+      dgamma[t].resize(c);
+      dbeta[t].resize(c);
+      batch_norm_inference_backward(d, x.data(), gamma.data(), mean.data(), var.data(), dy.data(),
+                                    dx[t].data(), dgamma[t].data(), dbeta[t].data());
+    }
+    testing::expect_same_bits(dx[0].data(), dx[1].data(), n, what + " dx threads");
+    testing::expect_same_bits(dgamma[0].data(), dgamma[1].data(), c, what + " dgamma threads");
+    testing::expect_same_bits(dbeta[0].data(), dbeta[1].data(), c, what + " dbeta threads");
+    const std::vector<double> xd = to_double(x), gd = to_double(gamma), md = to_double(mean);
+    const std::vector<double> vd = to_double(var), dyd = to_double(dy);
+    std::vector<double> rdx(n), rdg(c), rdb(c);
+    reference::batch_norm_inference_backward(d, xd.data(), gd.data(), md.data(), vd.data(),
+                                             dyd.data(), rdx.data(), rdg.data(), rdb.data());
+    expect_close(dx[0], to_float(rdx), 1e-6, 1e-5, what + " dx");
+    expect_close(dgamma[0], to_float(rdg), 1e-4, 1e-5, what + " dgamma");
+    expect_close(dbeta[0], to_float(rdb), 1e-4, 1e-5, what + " dbeta");
+  }
+}
+
 // LayerNormalization ----------------------------------------------------------------------------
 
 TEST(LayerNormBackward, ReferenceMatchesFiniteDifferences) {
