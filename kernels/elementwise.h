@@ -54,7 +54,8 @@ void unary_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, 
 // beside its forward in one table (elementwise.cpp), with PyTorch's autograd conventions at
 // kinks and saturation bounds, where the derivative is one-sided:
 //   Relu      dy where x > 0, else 0 (0 at x = 0, threshold_backward)
-//   Clip      dy where min < x < max, else 0 (0 at both bounds, hardtanh_backward as ReLU6)
+//   Clip      dy where min < x < max, else 0 (0 at both bounds, hardtanh_backward as ReLU6;
+//             torch.clamp's backward would pass dy at the bounds themselves)
 //   LeakyRelu dy where x > 0, else alpha·dy (alpha at 0)
 //   Elu       dy where x > 0, else dy·alpha·e^x (alpha at 0)
 //   HardSigmoid alpha·dy where 0 < alpha·x + beta < 1, else 0 (0 at both ends)
