@@ -307,6 +307,81 @@ void BM_LayerNorm(benchmark::State& state) {
 }
 BENCHMARK(BM_LayerNorm)->Args({8 * 56 * 56, 96})->Args({8 * 197, 768})->UseRealTime();
 
+// LayerNorm backward (dx, dscale, dbias from x, dy and the saved statistics) on the same shapes.
+// Reports GB/s over the two tensors read and the one written.
+void BM_LayerNormBackward(benchmark::State& state) {
+  use_two_threads();
+  LayerNormDims d;
+  d.rows = state.range(0);
+  d.size = state.range(1);
+  d.epsilon = 1e-6f;
+  const auto x = random_floats(static_cast<size_t>(d.rows * d.size), 9);
+  const auto dy = random_floats(x.size(), 13);
+  const auto scale = random_floats(static_cast<size_t>(d.size), 10);
+  const auto bias = random_floats(static_cast<size_t>(d.size), 11);
+  std::vector<float> y(x.size()), dx(x.size()), mean(static_cast<size_t>(d.rows)),
+      inv(static_cast<size_t>(d.rows)), dscale(scale.size()), dbias(scale.size());
+  layer_norm(d, x.data(), scale.data(), bias.data(), y.data(), mean.data(), inv.data());
+  for (auto _ : state) {
+    layer_norm_backward(d, x.data(), scale.data(), mean.data(), inv.data(), dy.data(), dx.data(),
+                        dscale.data(), dbias.data());
+    benchmark::DoNotOptimize(dx.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(12.0 * static_cast<double>(x.size()),
+                                              benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_LayerNormBackward)->Args({8 * 56 * 56, 96})->Args({8 * 197, 768})->UseRealTime();
+
+// BatchNormalization in training mode, forward then backward, on a ResNet-18 stage-1 tensor
+// (batch 8, 64 channels, 56·56). Reports GB/s over the tensors read and written (x, y; x, dy, dx).
+void BM_BatchNormTraining(benchmark::State& state) {
+  use_two_threads();
+  const BatchNormDims d{8, state.range(0), state.range(1) * state.range(1), 1e-5f};
+  const auto c = static_cast<size_t>(d.channels);
+  const auto x = random_floats(static_cast<size_t>(d.batch * d.channels * d.inner), 14);
+  const auto dy = random_floats(x.size(), 15);
+  const auto gamma = random_floats(c, 16);
+  const auto beta = random_floats(c, 17);
+  std::vector<float> y(x.size()), dx(x.size()), mean(c), inv(c), rm(c, 0.0f), rv(c, 1.0f),
+      dgamma(c), dbeta(c);
+  for (auto _ : state) {
+    batch_norm_training(d, {}, x.data(), gamma.data(), beta.data(), y.data(), mean.data(),
+                        inv.data(), rm.data(), rv.data());
+    batch_norm_training_backward(d, x.data(), gamma.data(), mean.data(), inv.data(), dy.data(),
+                                 dx.data(), dgamma.data(), dbeta.data());
+    benchmark::DoNotOptimize(dx.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(20.0 * static_cast<double>(x.size()),
+                                              benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_BatchNormTraining)->Args({64, 56})->Args({512, 7})->UseRealTime();
+
+// Activation backward dx = dy·f'(x) on ConvNeXt-T's stage-1 MLP activations. Reports GB/s over
+// x, dy and dx.
+void BM_UnaryBackward(benchmark::State& state) {
+  use_two_threads();
+  const auto op = static_cast<UnaryOp>(state.range(0));
+  const auto x = random_floats(static_cast<size_t>(8 * 56 * 56 * 384), 12);
+  const auto dy = random_floats(x.size(), 18);
+  std::vector<float> dx(x.size());
+  for (auto _ : state) {
+    unary_backward_f32(op, UnaryParams{}, x.data(), dy.data(), dx.data(),
+                       static_cast<int64_t>(x.size()));
+    benchmark::DoNotOptimize(dx.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(12.0 * static_cast<double>(x.size()),
+                                              benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_UnaryBackward)
+    ->Arg(static_cast<int>(UnaryOp::kGeluErf))
+    ->Arg(static_cast<int>(UnaryOp::kHardSwish))
+    ->Arg(static_cast<int>(UnaryOp::kRelu))
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // Element-wise unary ops on ConvNeXt-T's stage-1 MLP activations (8·56·56·384 values).
 void BM_Unary(benchmark::State& state) {
   use_two_threads();

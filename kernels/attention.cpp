@@ -1,12 +1,14 @@
 // Attention: per task one BLAS product for the scores, the row softmax of kernels/softmax.h and
-// one BLAS product with V.
+// one BLAS product with V; the backward recomputes the softmax and runs four more products.
 #include "kernels/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/parallel.h"
 #include "kernels/softmax.h"
 
 namespace qforge::kernels {
@@ -89,6 +91,85 @@ void attention(const AttentionDims& dims, const float* q, const float* k, const 
                                       dims.kv_len, 1.0f, scores, dims.kv_len, v + b * v_size,
                                       dims.value_dim, 0.0f, out + b * out_size, dims.value_dim);
                               });
+}
+
+size_t attention_backward_workspace_bytes(const AttentionDims& dims, int slots) {
+  return 2 * attention_slot_bytes(dims) * static_cast<size_t>(std::max(slots, 1));
+}
+
+void attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                        const AttentionMask* mask, const float* dout, const AttentionGrads& grads,
+                        std::byte* workspace, int slots) {
+  const int64_t q_size = dims.q_len * dims.head_dim;
+  const int64_t k_size = dims.kv_len * dims.head_dim;
+  const int64_t v_size = dims.kv_len * dims.value_dim;
+  const int64_t out_size = dims.q_len * dims.value_dim;
+  const int64_t score_size = dims.q_len * dims.kv_len;
+  const SoftmaxDims rows{.outer = dims.q_len, .axis_size = dims.kv_len, .inner = 1};
+  const size_t block = attention_slot_bytes(dims);
+  const float beta = grads.mode == GradMode::kAccumulate ? 1.0f : 0.0f;
+  const bool need_scores = grads.dq || grads.dk || grads.dscores;
+  parallel_tasks_with_scratch(
+      dims.batch, slots, 2 * block, workspace, [&](int64_t b, std::byte* scratch) {
+        const float* qb = q + b * q_size;
+        const float* kb = k + b * k_size;
+        const float* vb = v + b * v_size;
+        const float* dob = dout + b * out_size;
+        auto* p = reinterpret_cast<float*>(scratch);
+        float* ds = grads.dscores ? grads.dscores + b * score_size
+                                  : reinterpret_cast<float*>(scratch + block);
+        sgemm(Transpose::kNo, Transpose::kYes, dims.q_len, dims.kv_len, dims.head_dim, dims.scale,
+              qb, dims.head_dim, kb, dims.head_dim, 0.0f, p, dims.kv_len);
+        apply_masks(dims, mask, b, p);
+        softmax(rows, p, p);
+        if (grads.dv) {
+          sgemm(Transpose::kYes, Transpose::kNo, dims.kv_len, dims.value_dim, dims.q_len, 1.0f, p,
+                dims.kv_len, dob, dims.value_dim, beta, grads.dv + b * v_size, dims.value_dim);
+        }
+        if (!need_scores) return;
+        sgemm(Transpose::kNo, Transpose::kYes, dims.q_len, dims.kv_len, dims.value_dim, 1.0f, dob,
+              dims.value_dim, vb, dims.value_dim, 0.0f, ds, dims.kv_len);
+        softmax_backward(rows, p, ds, ds);
+        if (grads.dq) {
+          sgemm(Transpose::kNo, Transpose::kNo, dims.q_len, dims.head_dim, dims.kv_len, dims.scale,
+                ds, dims.kv_len, kb, dims.head_dim, beta, grads.dq + b * q_size, dims.head_dim);
+        }
+        if (grads.dk) {
+          sgemm(Transpose::kYes, Transpose::kNo, dims.kv_len, dims.head_dim, dims.q_len, dims.scale,
+                ds, dims.kv_len, qb, dims.head_dim, beta, grads.dk + b * k_size, dims.head_dim);
+        }
+      });
+}
+
+void attention_mask_backward(const AttentionDims& dims, const AttentionMask& mask,
+                             const float* dscores, float* dmask, int64_t mask_numel,
+                             GradMode mode) {
+  if (mode == GradMode::kOverwrite) std::fill_n(dmask, mask_numel, 0.0f);
+  const int64_t score_size = dims.q_len * dims.kv_len;
+  // Adds rows [i0, i1) of every task, tasks in order.
+  auto add_rows = [&](int64_t i0, int64_t i1) {
+    for (int64_t b = 0; b < dims.batch; ++b) {
+      float* m = dmask + mask_batch_offset(mask, b);
+      const float* s = dscores + b * score_size;
+      for (int64_t i = i0; i < i1; ++i) {
+        float* mrow = m + i * mask.row_stride;
+        const float* srow = s + i * dims.kv_len;
+        if (mask.col_stride == 1) {
+          for (int64_t j = 0; j < dims.kv_len; ++j) mrow[j] += srow[j];
+        } else {
+          for (int64_t j = 0; j < dims.kv_len; ++j) mrow[j * mask.col_stride] += srow[j];
+        }
+      }
+    }
+  };
+  if (mask.row_stride == 0) {
+    add_rows(0, dims.q_len);  // every row adds into the same mask row
+    return;
+  }
+  // Distinct rows touch distinct mask elements: each element still sums its tasks in order.
+  const int64_t grain =
+      std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dims.batch * dims.kv_len));
+  parallel_for(dims.q_len, grain, add_rows);
 }
 
 void attention_reference(const AttentionDims& dims, const float* q, const float* k, const float* v,

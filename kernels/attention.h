@@ -1,10 +1,12 @@
 // Scaled dot-product attention over a batch of independent (batch, head) problems:
-// softmax(scale·Q·Kᵀ + mask) · V, one score block per task, never the whole score tensor.
+// softmax(scale·Q·Kᵀ + mask) · V, one score block per task, never the whole score tensor; and
+// its backward, which recomputes the probabilities per task.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/grad_mode.h"
 #include "kernels/tensor.h"
 
 namespace qforge::kernels {
@@ -48,6 +50,41 @@ size_t attention_workspace_bytes(const AttentionDims& dims, int slots);
 // nullptr.
 void attention(const AttentionDims& dims, const float* q, const float* k, const float* v,
                const AttentionMask* mask, float* out, std::byte* workspace, int slots);
+
+// Backward ------------------------------------------------------------------------------------
+
+// Gradient outputs of attention_backward, each laid out as its forward tensor; any may be null.
+// dscores [batch, q_len, kv_len] receives dS, the gradient of the pre-softmax scores
+// scale·Q·Kᵀ + mask, which is also the gradient of an additive mask before its broadcast
+// (see attention_mask_backward); it is always overwritten. `mode` applies to dq, dk, dv.
+struct AttentionGrads {
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  float* dscores = nullptr;
+  GradMode mode = GradMode::kOverwrite;
+};
+
+// Scratch of attention_backward for `slots` threads: two q_len × kv_len blocks each.
+size_t attention_backward_workspace_bytes(const AttentionDims& dims, int slots);
+
+// Per task, with P = softmax(S) recomputed from q, k and the mask:
+//   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ⊙ (dP - rowsum(dP ⊙ P)),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q
+// on BLAS (single-threaded inside a task). Every output element belongs to one task, so the
+// bits never depend on the thread count. Entries excluded by the causal flag or a -inf mask get
+// dS = 0.
+void attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                        const AttentionMask* mask, const float* dout, const AttentionGrads& grads,
+                        std::byte* workspace, int slots);
+
+// dmask = dscores summed over the dimensions along which `mask` broadcasts (stride 0 in
+// mask.batch_strides, row_stride or col_stride), e.g. Swin's relative-position bias [heads, N, N]
+// summed over windows and batch. mask.data is ignored; dmask has mask_numel elements. The
+// contributions to each element are added in increasing (task, row, column) order whatever the
+// thread count.
+void attention_mask_backward(const AttentionDims& dims, const AttentionMask& mask,
+                             const float* dscores, float* dmask, int64_t mask_numel,
+                             GradMode mode = GradMode::kOverwrite);
 
 // The naive oracle: plain loops, the full score row in a vector.
 void attention_reference(const AttentionDims& dims, const float* q, const float* k, const float* v,

@@ -425,6 +425,132 @@ D convert(S v) {
   }
 }
 
+// The float32 activation table: each op's forward y = f(x) and, beside it, its backward
+// dx = dy · f'(x), both written as branch-free selects so that loops over them vectorise. Kinks
+// follow PyTorch's autograd (see elementwise.h). unary_f32 and unary_backward_f32 both read it.
+template <class Forward, class Backward>
+struct UnaryRule {
+  Forward forward;    // float(float x)
+  Backward backward;  // float(float x, float dy)
+};
+template <class Forward, class Backward>
+UnaryRule(Forward, Backward) -> UnaryRule<Forward, Backward>;
+
+inline float sigmoid_f32(float v) {
+  return 1.0f / (1.0f + exp_approx(-v));
+}
+
+template <class Fn>
+void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
+  const float alpha = p.alpha;
+  const float beta = p.beta;
+  constexpr float kSqrt2 = 1.41421356237309504880f;  // GELU's Div node constant, √2 in float
+  constexpr float kInvSqrt2Pi = 0.398942280401432677940f;
+  constexpr float kTwoOverSqrtPi = 1.12837916709551257390f;
+  switch (op) {
+    case UnaryOp::kRelu:
+      fn(UnaryRule{[](float v) { return v < 0.0f ? 0.0f : v; },
+                   [](float v, float g) { return v > 0.0f ? g : 0.0f; }});
+      return;
+    case UnaryOp::kLeakyRelu:
+      fn(UnaryRule{[alpha](float v) { return v < 0.0f ? alpha * v : v; },
+                   [alpha](float v, float g) { return v > 0.0f ? g : alpha * g; }});
+      return;
+    case UnaryOp::kElu:
+      fn(UnaryRule{[alpha](float v) { return v < 0.0f ? alpha * expm1_approx(v) : v; },
+                   [alpha](float v, float g) {
+                     const float below = g * (alpha * exp_approx(v));
+                     return v > 0.0f ? g : below;
+                   }});
+      return;
+    case UnaryOp::kSigmoid:
+      fn(UnaryRule{[](float v) { return 1.0f / (1.0f + exp_approx(-v)); },
+                   [](float v, float g) {
+                     const float s = sigmoid_f32(v);
+                     return g * (1.0f - s) * s;
+                   }});
+      return;
+    case UnaryOp::kHardSigmoid:
+      fn(UnaryRule{[alpha, beta](float v) { return clamp01(alpha * v + beta); },
+                   [alpha, beta](float v, float g) {
+                     const float u = alpha * v + beta;
+                     return (u > 0.0f && u < 1.0f) ? g * alpha : 0.0f;
+                   }});
+      return;
+    case UnaryOp::kHardSwish:
+      fn(UnaryRule{[](float v) { return v * clamp01(v * (1.0f / 6.0f) + 0.5f); },
+                   [](float v, float g) {
+                     const float mid = g * (v / 3.0f + 0.5f);
+                     const float upper = v < 3.0f ? mid : g;
+                     return v < -3.0f ? 0.0f : upper;
+                   }});
+      return;
+    case UnaryOp::kErf:
+      fn(UnaryRule{[](float v) { return erf_approx(v); },
+                   [](float v, float g) { return g * (kTwoOverSqrtPi * exp_approx(-(v * v))); }});
+      return;
+    case UnaryOp::kGeluErf:
+      fn(UnaryRule{[](float v) { return (v * (erf_approx(v / kSqrt2) + 1.0f)) * 0.5f; },
+                   [](float v, float g) {
+                     const float cdf = 0.5f * (1.0f + erf_approx(v / kSqrt2));
+                     const float pdf = kInvSqrt2Pi * exp_approx(-0.5f * (v * v));
+                     return g * (cdf + v * pdf);
+                   }});
+      return;
+    case UnaryOp::kSilu:
+      fn(UnaryRule{[](float v) { return v * (1.0f / (1.0f + exp_approx(-v))); },
+                   [](float v, float g) {
+                     const float s = sigmoid_f32(v);
+                     return g * (s * (1.0f + v * (1.0f - s)));
+                   }});
+      return;
+    case UnaryOp::kTanh:
+      fn(UnaryRule{[](float v) { return tanh_approx(v); },
+                   [](float v, float g) {
+                     const float t = tanh_approx(v);
+                     return g * (1.0f - t * t);
+                   }});
+      return;
+    case UnaryOp::kSqrt:
+      // Correctly rounded, so identical in any loop. It stays scalar while sqrt may set errno
+      // (GCC vectorises it only under -fno-math-errno); Eigen's packet sqrt is an approximation.
+      fn(UnaryRule{[](float v) { return std::sqrt(v); },
+                   [](float v, float g) { return g / (2.0f * std::sqrt(v)); }});
+      return;
+    case UnaryOp::kNeg:
+      fn(UnaryRule{[](float v) { return -v; }, [](float, float g) { return -g; }});
+      return;
+    case UnaryOp::kClip: {
+      const float lo = p.min;
+      const float hi = p.max;
+      fn(UnaryRule{[lo, hi](float v) {
+                     v = v < lo ? lo : v;
+                     return hi < v ? hi : v;
+                   },
+                   [lo, hi](float v, float g) { return (v > lo && v < hi) ? g : 0.0f; }});
+      return;
+    }
+  }
+}
+
+// y[i] = f(a[i], b[i]), or y[i] += f(a[i], b[i]) when accumulating, in fixed chunks; y may equal
+// a or b.
+template <bool kAccumulate, class F>
+void map2_f32(const float* a, const float* b, float* y, int64_t n, F f) {
+  for_each_chunk(n, [a, b, y, &f](int64_t begin, int64_t end) {
+    const F fn = f;
+    const float* as = a + begin;
+    const float* bs = b + begin;
+    float* ys = y + begin;
+    const int64_t len = end - begin;
+    if constexpr (kAccumulate) {
+      for (int64_t i = 0; i < len; ++i) ys[i] += fn(as[i], bs[i]);
+    } else {
+      for (int64_t i = 0; i < len; ++i) ys[i] = fn(as[i], bs[i]);
+    }
+  });
+}
+
 }  // namespace
 
 bool unary_supports(UnaryOp op, DType dtype) {
@@ -434,60 +560,18 @@ bool unary_supports(UnaryOp op, DType dtype) {
 }
 
 void unary_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64_t n) {
-  const float alpha = p.alpha;
-  const float beta = p.beta;
-  switch (op) {
-    case UnaryOp::kRelu:
-      map_f32(x, y, n, [](float v) { return v < 0.0f ? 0.0f : v; });
-      return;
-    case UnaryOp::kLeakyRelu:
-      map_f32(x, y, n, [alpha](float v) { return v < 0.0f ? alpha * v : v; });
-      return;
-    case UnaryOp::kElu:
-      map_f32(x, y, n, [alpha](float v) { return v < 0.0f ? alpha * expm1_approx(v) : v; });
-      return;
-    case UnaryOp::kSigmoid:
-      map_f32(x, y, n, [](float v) { return 1.0f / (1.0f + exp_approx(-v)); });
-      return;
-    case UnaryOp::kHardSigmoid:
-      map_f32(x, y, n, [alpha, beta](float v) { return clamp01(alpha * v + beta); });
-      return;
-    case UnaryOp::kHardSwish:
-      map_f32(x, y, n, [](float v) { return v * clamp01(v * (1.0f / 6.0f) + 0.5f); });
-      return;
-    case UnaryOp::kErf:
-      map_f32(x, y, n, [](float v) { return erf_approx(v); });
-      return;
-    case UnaryOp::kGeluErf:
-      map_f32(x, y, n, [](float v) {
-        constexpr float kSqrt2 = 1.41421356237309504880f;  // the Div node's constant, √2 in float
-        return (v * (erf_approx(v / kSqrt2) + 1.0f)) * 0.5f;
-      });
-      return;
-    case UnaryOp::kSilu:
-      map_f32(x, y, n, [](float v) { return v * (1.0f / (1.0f + exp_approx(-v))); });
-      return;
-    case UnaryOp::kTanh:
-      map_f32(x, y, n, [](float v) { return tanh_approx(v); });
-      return;
-    case UnaryOp::kSqrt:
-      // Correctly rounded, so identical in any loop. It stays scalar while sqrt may set errno
-      // (GCC vectorises it only under -fno-math-errno); Eigen's packet sqrt is an approximation.
-      map_f32(x, y, n, [](float v) { return std::sqrt(v); });
-      return;
-    case UnaryOp::kNeg:
-      map_f32(x, y, n, [](float v) { return -v; });
-      return;
-    case UnaryOp::kClip: {
-      const float lo = p.min;
-      const float hi = p.max;
-      map_f32(x, y, n, [lo, hi](float v) {
-        v = v < lo ? lo : v;
-        return hi < v ? hi : v;
-      });
-      return;
+  with_unary_rule(op, p, [&](const auto& rule) { map_f32(x, y, n, rule.forward); });
+}
+
+void unary_backward_f32(UnaryOp op, const UnaryParams& p, const float* x, const float* dy,
+                        float* dx, int64_t n, GradMode mode) {
+  with_unary_rule(op, p, [&](const auto& rule) {
+    if (mode == GradMode::kAccumulate) {
+      map2_f32<true>(x, dy, dx, n, rule.backward);
+    } else {
+      map2_f32<false>(x, dy, dx, n, rule.backward);
     }
-  }
+  });
 }
 
 void unary(UnaryOp op, const UnaryParams& params, const Tensor& x, Tensor& y) {

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/grad_mode.h"
 #include "kernels/tensor.h"
 
 namespace qforge::kernels {
@@ -47,6 +48,26 @@ bool unary_supports(UnaryOp op, DType dtype);
 void unary(UnaryOp op, const UnaryParams& params, const Tensor& x, Tensor& y);
 // The float32 loop itself, over n elements (parallel for large n); x may equal y.
 void unary_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, int64_t n);
+
+// Backward of the float32 loop: dx = dy · f'(x) over n elements, from the forward's input x
+// (Sigmoid, SiLU and Tanh recompute their output from it). The derivative rule of each op sits
+// beside its forward in one table (elementwise.cpp), with PyTorch's autograd conventions at
+// kinks and saturation bounds, where the derivative is one-sided:
+//   Relu      dy where x > 0, else 0 (0 at x = 0, threshold_backward)
+//   Clip      dy where min < x < max, else 0 (0 at both bounds, hardtanh_backward as ReLU6;
+//             torch.clamp's backward would pass dy at the bounds themselves)
+//   LeakyRelu dy where x > 0, else alpha·dy (alpha at 0)
+//   Elu       dy where x > 0, else dy·alpha·e^x (alpha at 0)
+//   HardSigmoid alpha·dy where 0 < alpha·x + beta < 1, else 0 (0 at both ends)
+//   HardSwish 0 for x < -3, dy·(x/3 + 1/2) for -3 <= x < 3, dy for x >= 3 (PyTorch's
+//             vectorised CPU kernel; its scalar and CUDA paths give 1.5·dy at exactly x = 3)
+//   Sigmoid   dy·(1 - s)·s;  Tanh dy·(1 - t²);  SiLU dy·s·(1 + x·(1 - s)) with s = sigmoid(x)
+//   GeluErf   dy·(Φ(x) + x·φ(x)), Φ the normal CDF (erf form) and φ its density
+//   Erf       dy·2/√π·e^(-x²);  Sqrt dy / (2·√x);  Neg -dy
+// kOverwrite stores into dx (which may equal dy); kAccumulate adds to dx. Elements are
+// independent and chunks fixed, so results never depend on the thread count.
+void unary_backward_f32(UnaryOp op, const UnaryParams& params, const float* x, const float* dy,
+                        float* dx, int64_t n, GradMode mode = GradMode::kOverwrite);
 
 // The float math behind Sigmoid, Tanh, Erf and Elu is in kernels/vector_math.h.
 

@@ -34,6 +34,30 @@ inline float ste_one(float x, float dy, float scale) {
   return (q >= kPassLow && q < kPassHigh) ? dy : 0.0f;
 }
 
+// ∂y/∂s of one element, by the LSQ rule (fake_quant.h).
+inline float lsq_term(float x, float scale) {
+  const float q = x / scale;
+  const float inside = ((q + kRoundMagic) - kRoundMagic) - q;
+  const float outside = q < kPassLow ? kFakeQuantMin : kFakeQuantMax;
+  const float term = (q >= kPassLow && q < kPassHigh) ? inside : outside;
+  return q == q ? term : 0.0f;
+}
+
+// Σ dy·∂y/∂s over n elements of one scale, in lane order.
+float lsq_partial(const float* x, const float* dy, float scale, int64_t n) {
+  constexpr int kLanes = 16;
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += dy[i + j] * lsq_term(x[i + j], scale);
+  }
+  for (int j = 0; i + j < n; ++j) acc[j] += dy[i + j] * lsq_term(x[i + j], scale);
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
 void fake_quant_scales_loop(const float* x, const float* scales, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = fake_quant_one(x[i], scales[i]);
 }
@@ -175,6 +199,89 @@ void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScale
         [&](int64_t b, int64_t e, const float* s) {
           ste_scales_loop(xp + b, dyp + b, s, dxp + b, e - b);
         });
+  });
+}
+
+float lsq_grad_scale(int64_t elements_per_scale) {
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(elements_per_scale) *
+                                            static_cast<double>(kFakeQuantMax)));
+}
+
+int64_t fake_quant_lsq_workspace_floats(const Tensor& x, const FakeQuantScales& scales) {
+  if (scales.scales.size() != 1) return 0;
+  return (x.numel() + kGrain - 1) / kGrain;
+}
+
+void fake_quant_lsq_backward(const Tensor& x, const Tensor& dy, const FakeQuantScales& scales,
+                             const LsqOptions& options, Tensor* dx, std::span<float> dscale,
+                             std::span<float> workspace) {
+  const char* what = "fake_quant_lsq_backward";
+  const ChannelLayout layout = check_and_layout(what, x, scales);
+  check_same_shape(what, x, dy, "dy");
+  if (dx) check_same_shape(what, x, *dx, "dx");
+  if (dscale.size() != scales.scales.size() ||
+      static_cast<int64_t>(workspace.size()) < fake_quant_lsq_workspace_floats(x, scales)) {
+    throw_internal("fake_quant_lsq_backward: dscale or workspace too small");
+  }
+  const float* xp = x.data<float>();
+  const float* dyp = dy.data<float>();
+  const int64_t n = x.numel();
+  const bool accumulate = options.mode == GradMode::kAccumulate;
+  if (dx) {
+    float* dxp = dx->data<float>();
+    parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+      for_each_segment(
+          begin, end, layout, scales.scales,
+          [&](int64_t b, int64_t e, float s) {
+            if (accumulate) {
+              for (int64_t i = b; i < e; ++i) dxp[i] += ste_one(xp[i], dyp[i], s);
+            } else {
+              fake_quant_backward_f32(xp + b, dyp + b, s, dxp + b, e - b);
+            }
+          },
+          [&](int64_t b, int64_t e, const float* s) {
+            if (accumulate) {
+              for (int64_t i = b; i < e; ++i) dxp[i] += ste_one(xp[i], dyp[i], s[i - b]);
+            } else {
+              ste_scales_loop(xp + b, dyp + b, s, dxp + b, e - b);
+            }
+          });
+    });
+  }
+  const double g = options.grad_scale;
+  auto store = [&](size_t c, double sum) {
+    const auto v = static_cast<float>(sum * g);
+    dscale[c] = accumulate ? dscale[c] + v : v;
+  };
+  if (scales.scales.size() == 1) {
+    const float s = scales.scales[0];
+    const int64_t chunks = (n + kGrain - 1) / kGrain;
+    parallel_for(chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t first = c * kGrain;
+        workspace[static_cast<size_t>(c)] =
+            lsq_partial(xp + first, dyp + first, s, std::min(n, first + kGrain) - first);
+      }
+    });
+    double sum = 0;
+    for (int64_t c = 0; c < chunks; ++c) sum += workspace[static_cast<size_t>(c)];
+    store(0, sum);
+    return;
+  }
+  const int64_t channels = layout.channels;
+  const int64_t inner = layout.inner;
+  const int64_t outer = channels * inner == 0 ? 0 : n / (channels * inner);
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, outer * inner));
+  parallel_for(channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float s = scales.scales[static_cast<size_t>(c)];
+      double sum = 0;
+      for (int64_t o = 0; o < outer; ++o) {
+        const int64_t first = (o * channels + c) * inner;
+        sum += lsq_partial(xp + first, dyp + first, s, inner);
+      }
+      store(static_cast<size_t>(c), sum);
+    }
   });
 }
 

@@ -1,10 +1,11 @@
 // Fake quantization: signed 8-bit symmetric QuantizeLinear→DequantizeLinear in float32, per
-// tensor or per channel, and its straight-through-estimator backward.
+// tensor or per channel, its straight-through-estimator backward and the LSQ scale gradient.
 #pragma once
 
 #include <cstdint>
 #include <span>
 
+#include "kernels/grad_mode.h"
 #include "kernels/tensor.h"
 
 namespace qforge::kernels {
@@ -34,6 +35,34 @@ void fake_quant(const Tensor& x, const FakeQuantScales& scales, Tensor& y);
 // NaN quotients pass no gradient. dx may alias dy.
 void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScales& scales,
                          Tensor& dx);
+
+// Learned step size (LSQ, Esser et al. 2019) ------------------------------------------------------
+
+// With q = x/s (the forward's float32 division) and the STE's range test:
+//   ∂y/∂s = round(q) - q   where -128.5 <= q < 127.5 (round half to even, as the forward)
+//         = -128           where q < -128.5
+//         = 127            where q >= 127.5
+//         = 0              where q is NaN
+//   dscale = grad_scale · Σ dy·∂y/∂s, over the whole tensor or over each channel's elements.
+// grad_scale is LSQ's g; lsq_grad_scale gives the paper's 1 / sqrt(N·127) for N elements per
+// scale (pass 1 for the plain gradient).
+struct LsqOptions {
+  float grad_scale = 1.0f;
+  GradMode mode = GradMode::kOverwrite;  // for dx and dscale alike
+};
+
+float lsq_grad_scale(int64_t elements_per_scale);
+
+// Floats of workspace fake_quant_lsq_backward needs for x's element count and these scales.
+int64_t fake_quant_lsq_workspace_floats(const Tensor& x, const FakeQuantScales& scales);
+
+// dscale (one value per scale) and, when dx is not null, the STE's dx (as
+// fake_quant_backward). The sums run in an order fixed by the shapes alone: per tensor, lane
+// sums over fixed chunks of the flat tensor, combined in chunk order in double; per channel, one
+// task per channel walking its runs in order. Bits never depend on the thread count.
+void fake_quant_lsq_backward(const Tensor& x, const Tensor& dy, const FakeQuantScales& scales,
+                             const LsqOptions& options, Tensor* dx, std::span<float> dscale,
+                             std::span<float> workspace);
 
 // The contiguous float32 loops themselves, one scale for n elements.
 void fake_quant_f32(const float* x, float scale, float* y, int64_t n);

@@ -1,9 +1,12 @@
-// BatchNormalization inference and LayerNormalization, parallel over planes and rows.
+// BatchNormalization inference and training, LayerNormalization and its backward, parallel over
+// planes, channels, rows or column blocks.
 #include "kernels/norm.h"
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
+#include "kernels/error.h"
 #include "kernels/parallel.h"
 
 namespace qforge::kernels {
@@ -14,6 +17,27 @@ constexpr int64_t kTaskElements = 1 << 14;
 
 int64_t grain_for(int64_t elements_per_item) {
   return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, elements_per_item));
+}
+
+// Columns per task of the LayerNorm parameter gradients: one 64-byte vector of floats.
+constexpr int64_t kColumnBlock = 16;
+
+// Sum of dy[i]·(x[i] - center) in lane order.
+inline float lane_sum_centered_product(const float* dy, const float* x, int64_t n, float center) {
+  float acc[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+    for (int j = 0; j < kSumLanes; ++j) acc[j] += dy[i + j] * (x[i + j] - center);
+  }
+  for (int j = 0; i + j < n; ++j) acc[j] += dy[i + j] * (x[i + j] - center);
+  for (int width = kSumLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+inline void store_grad(float* out, float value, GradMode mode) {
+  *out = mode == GradMode::kAccumulate ? *out + value : value;
 }
 
 }  // namespace
@@ -61,6 +85,220 @@ void layer_norm(const LayerNormDims& dims, const float* x, const float* scale, c
       }
       if (mean) mean[r] = mu;
       if (inv_std_dev) inv_std_dev[r] = inv;
+    }
+  });
+}
+
+void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptions& options,
+                         const float* x, const float* gamma, const float* beta, float* y,
+                         float* saved_mean, float* saved_inv_std, float* running_mean,
+                         float* running_var) {
+  const int64_t channels = dims.channels;
+  const int64_t inner = dims.inner;
+  const int64_t count = dims.batch * inner;
+  if (channels == 0) return;
+  if (count <= 1) {
+    throw_invalid("batch_norm_training: expected more than 1 value per channel, got " +
+                  std::to_string(count));
+  }
+  const double m = options.momentum;
+  parallel_for(channels, grain_for(count), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum = 0;
+      for (int64_t n = 0; n < dims.batch; ++n)
+        sum += lane_sum(x + (n * channels + c) * inner, inner);
+      const float mu = static_cast<float>(sum / static_cast<double>(count));
+      double squares = 0;
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        squares += lane_sum_squared_deviation(x + (n * channels + c) * inner, inner, mu);
+      }
+      const double var = squares / static_cast<double>(count);
+      const float inv = 1.0f / std::sqrt(static_cast<float>(var) + dims.epsilon);
+      const float g = gamma[c];
+      const float b = beta[c];
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        const float* xp = x + (n * channels + c) * inner;
+        float* yp = y + (n * channels + c) * inner;
+        for (int64_t i = 0; i < inner; ++i) yp[i] = (xp[i] - mu) * inv * g + b;
+      }
+      if (saved_mean) saved_mean[c] = mu;
+      if (saved_inv_std) saved_inv_std[c] = inv;
+      if (running_mean) {
+        running_mean[c] = static_cast<float>((1 - m) * running_mean[c] + m * mu);
+      }
+      if (running_var) {
+        const double unbiased = var * static_cast<double>(count) / static_cast<double>(count - 1);
+        running_var[c] = static_cast<float>((1 - m) * running_var[c] + m * unbiased);
+      }
+    }
+  });
+}
+
+void batch_norm_training_backward(const BatchNormDims& dims, const float* x, const float* gamma,
+                                  const float* saved_mean, const float* saved_inv_std,
+                                  const float* dy, float* dx, float* dgamma, float* dbeta,
+                                  GradMode mode) {
+  const int64_t channels = dims.channels;
+  const int64_t inner = dims.inner;
+  const int64_t count = dims.batch * inner;
+  if (channels == 0 || count == 0) return;
+  parallel_for(channels, grain_for(count), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float mu = saved_mean[c];
+      const float inv = saved_inv_std[c];
+      double sum_dy = 0;
+      double sum_dy_centered = 0;
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        const int64_t offset = (n * channels + c) * inner;
+        sum_dy += lane_sum(dy + offset, inner);
+        sum_dy_centered += lane_sum_centered_product(dy + offset, x + offset, inner, mu);
+      }
+      const float db = static_cast<float>(sum_dy);
+      const float dg = static_cast<float>(sum_dy_centered * static_cast<double>(inv));
+      if (dbeta) store_grad(dbeta + c, db, mode);
+      if (dgamma) store_grad(dgamma + c, dg, mode);
+      if (!dx) continue;
+      const float k = gamma[c] * inv;
+      const float mean_db = static_cast<float>(sum_dy / static_cast<double>(count));
+      // x̂·dgamma / M folded into one factor on (x - mean).
+      const float centered_factor =
+          static_cast<float>(sum_dy_centered * static_cast<double>(inv) * static_cast<double>(inv) /
+                             static_cast<double>(count));
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        const int64_t offset = (n * channels + c) * inner;
+        const float* xp = x + offset;
+        const float* dyp = dy + offset;
+        float* dxp = dx + offset;
+        if (mode == GradMode::kAccumulate) {
+          for (int64_t i = 0; i < inner; ++i) {
+            dxp[i] += k * (dyp[i] - mean_db - (xp[i] - mu) * centered_factor);
+          }
+        } else {
+          for (int64_t i = 0; i < inner; ++i) {
+            dxp[i] = k * (dyp[i] - mean_db - (xp[i] - mu) * centered_factor);
+          }
+        }
+      }
+    }
+  });
+}
+
+void batch_norm_inference_backward(const BatchNormDims& dims, const float* x, const float* gamma,
+                                   const float* mean, const float* var, const float* dy, float* dx,
+                                   float* dgamma, float* dbeta, GradMode mode) {
+  const int64_t channels = dims.channels;
+  const int64_t inner = dims.inner;
+  const int64_t count = dims.batch * inner;
+  if (channels == 0 || count == 0) return;
+  parallel_for(channels, grain_for(count), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float mu = mean[c];
+      const float inv = 1.0f / std::sqrt(var[c] + dims.epsilon);
+      if (dbeta || dgamma) {
+        double sum_dy = 0;
+        double sum_dy_centered = 0;
+        for (int64_t n = 0; n < dims.batch; ++n) {
+          const int64_t offset = (n * channels + c) * inner;
+          sum_dy += lane_sum(dy + offset, inner);
+          sum_dy_centered += lane_sum_centered_product(dy + offset, x + offset, inner, mu);
+        }
+        if (dbeta) store_grad(dbeta + c, static_cast<float>(sum_dy), mode);
+        if (dgamma) {
+          store_grad(dgamma + c, static_cast<float>(sum_dy_centered * static_cast<double>(inv)),
+                     mode);
+        }
+      }
+      if (!dx) continue;
+      const float k = gamma[c] * inv;
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        const int64_t offset = (n * channels + c) * inner;
+        const float* dyp = dy + offset;
+        float* dxp = dx + offset;
+        if (mode == GradMode::kAccumulate) {
+          for (int64_t i = 0; i < inner; ++i) dxp[i] += dyp[i] * k;
+        } else {
+          for (int64_t i = 0; i < inner; ++i) dxp[i] = dyp[i] * k;
+        }
+      }
+    }
+  });
+}
+
+void layer_norm_backward(const LayerNormDims& dims, const float* x, const float* scale,
+                         const float* mean, const float* inv_std_dev, const float* dy, float* dx,
+                         float* dscale, float* dbias, GradMode mode) {
+  const int64_t d = dims.size;
+  const int64_t rows = dims.rows;
+  if (d == 0) return;
+  if (dx) {
+    const float inv_d = 1.0f / static_cast<float>(d);
+    parallel_for(rows, grain_for(d), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float* xr = x + r * d;
+        const float* dyr = dy + r * d;
+        float* dxr = dx + r * d;
+        const float mu = mean[r];
+        const float inv = inv_std_dev[r];
+        // Σg and Σg·x̂ with g = dy·scale, in lane order.
+        float acc_g[kSumLanes] = {};
+        float acc_gx[kSumLanes] = {};
+        int64_t i = 0;
+        for (; i + kSumLanes <= d; i += kSumLanes) {
+          for (int j = 0; j < kSumLanes; ++j) {
+            const float g = dyr[i + j] * scale[i + j];
+            acc_g[j] += g;
+            acc_gx[j] += g * ((xr[i + j] - mu) * inv);
+          }
+        }
+        for (int j = 0; i + j < d; ++j) {
+          const float g = dyr[i + j] * scale[i + j];
+          acc_g[j] += g;
+          acc_gx[j] += g * ((xr[i + j] - mu) * inv);
+        }
+        for (int width = kSumLanes / 2; width > 0; width /= 2) {
+          for (int j = 0; j < width; ++j) {
+            acc_g[j] += acc_g[j + width];
+            acc_gx[j] += acc_gx[j + width];
+          }
+        }
+        const float mean_g = acc_g[0] * inv_d;
+        const float mean_gx = acc_gx[0] * inv_d;
+        if (mode == GradMode::kAccumulate) {
+          for (int64_t k = 0; k < d; ++k) {
+            const float xhat = (xr[k] - mu) * inv;
+            dxr[k] += inv * (dyr[k] * scale[k] - mean_g - xhat * mean_gx);
+          }
+        } else {
+          for (int64_t k = 0; k < d; ++k) {
+            const float xhat = (xr[k] - mu) * inv;
+            dxr[k] = inv * (dyr[k] * scale[k] - mean_g - xhat * mean_gx);
+          }
+        }
+      }
+    });
+  }
+  if (!dscale && !dbias) return;
+  const int64_t blocks = (d + kColumnBlock - 1) / kColumnBlock;
+  parallel_for(blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kColumnBlock;
+      const int64_t width = std::min(kColumnBlock, d - c0);
+      double acc_scale[kColumnBlock] = {};
+      double acc_bias[kColumnBlock] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * d + c0;
+        const float* dyr = dy + r * d + c0;
+        const float mu = mean[r];
+        const float inv = inv_std_dev[r];
+        for (int64_t j = 0; j < width; ++j) {
+          acc_scale[j] += static_cast<double>(dyr[j] * ((xr[j] - mu) * inv));
+          acc_bias[j] += static_cast<double>(dyr[j]);
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        if (dscale) store_grad(dscale + c0 + j, static_cast<float>(acc_scale[j]), mode);
+        if (dbias) store_grad(dbias + c0 + j, static_cast<float>(acc_bias[j]), mode);
+      }
     }
   });
 }

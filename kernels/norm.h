@@ -1,12 +1,20 @@
 // Normalisation kernels: BatchNormalization inference (folded to a per-channel affine map) and
-// LayerNormalization, plus the fixed-order vectorised row sums they and the pooling and softmax
-// kernels share.
+// training (batch statistics, running-stat update, backward), LayerNormalization and its
+// backward, plus the fixed-order vectorised row sums they and the pooling and softmax kernels
+// share.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/grad_mode.h"
+
 namespace qforge::kernels {
+
+// Backward kernels (BatchNormalization training, LayerNormalization) follow PyTorch's autograd
+// formulas. Every reduction (per-channel or per-column sums over the batch and pixels) runs in
+// an order fixed by the shapes alone: each channel or column block is one task that walks the
+// batch in order, so gradients are bit-identical for any thread count.
 
 // Partial sums per lane; a row is summed lane-interleaved and the lanes are combined pairwise,
 // so the loop vectorises and the result depends only on the values, never on alignment or on
@@ -65,5 +73,82 @@ struct LayerNormDims {
 // values (bias may be null). mean and inv_std_dev, when not null, receive one value per row.
 void layer_norm(const LayerNormDims& dims, const float* x, const float* scale, const float* bias,
                 float* y, float* mean, float* inv_std_dev);
+
+// Sum of a[i]·b[i] in the same lane order.
+inline float lane_dot(const float* a, const float* b, int64_t n) {
+  float acc[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+    for (int j = 0; j < kSumLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  for (int j = 0; i + j < n; ++j) acc[j] += a[i + j] * b[i + j];
+  for (int width = kSumLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+// BatchNormalization training -------------------------------------------------------------------
+
+// x [batch, channels, inner] (NCHW: inner = H·W); statistics run over batch·inner per channel.
+struct BatchNormDims {
+  int64_t batch = 1;
+  int64_t channels = 1;
+  int64_t inner = 1;
+  float epsilon = 1e-5f;
+};
+
+// PyTorch's momentum convention: running = (1 - momentum)·running + momentum·batch_statistic,
+// default 0.1. ONNX BatchNormalization's `momentum` is the weight of the running value (default
+// 0.9): pass 1 - onnx_momentum.
+struct BatchNormTrainingOptions {
+  float momentum = 0.1f;
+};
+
+// Forward in training mode, per channel c over its M = batch·inner values:
+//   mean = Σx / M,  var = Σ(x - mean)² / M (biased),  inv_std = 1 / sqrt(var + epsilon)
+//   y = (x - mean)·inv_std·gamma + beta
+// saved_mean and saved_inv_std (may be null) receive mean and inv_std for the backward. When
+// running_mean and running_var are not null they are updated in place as PyTorch does, the
+// variance unbiased: running_var = (1 - m)·running_var + m·var·M / (M - 1). M must be > 1 (an
+// Invalid error otherwise, as PyTorch refuses one value per channel). Sums are accumulated per
+// plane in lane order, then over the batch in double. Parallel over channels.
+void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptions& options,
+                         const float* x, const float* gamma, const float* beta, float* y,
+                         float* saved_mean, float* saved_inv_std, float* running_mean,
+                         float* running_var);
+
+// Backward of batch_norm_training from its saved mean and inv_std, per channel:
+//   x̂ = (x - mean)·inv_std,  dbeta = Σdy,  dgamma = Σdy·x̂
+//   dx = gamma·inv_std / M · (M·dy - dbeta - x̂·dgamma)
+// Any of dx, dgamma, dbeta may be null; `mode` applies to all three. The channel sums run
+// plane by plane in lane order, accumulated over the batch in double: one task per channel, so
+// the bits never depend on the thread count.
+void batch_norm_training_backward(const BatchNormDims& dims, const float* x, const float* gamma,
+                                  const float* saved_mean, const float* saved_inv_std,
+                                  const float* dy, float* dx, float* dgamma, float* dbeta,
+                                  GradMode mode = GradMode::kOverwrite);
+
+// Backward of BatchNormalization in inference mode (running statistics held fixed, as for a
+// frozen BatchNorm during QAT), with inv_std = 1 / sqrt(var + epsilon) in float:
+//   x̂ = (x - mean)·inv_std,  dx = dy·gamma·inv_std,  dgamma = Σdy·x̂,  dbeta = Σdy
+// mean and var get no gradient. Any of dx, dgamma, dbeta may be null; sums as in
+// batch_norm_training_backward (one task per channel, batch in order, double).
+void batch_norm_inference_backward(const BatchNormDims& dims, const float* x, const float* gamma,
+                                   const float* mean, const float* var, const float* dy, float* dx,
+                                   float* dgamma, float* dbeta,
+                                   GradMode mode = GradMode::kOverwrite);
+
+// LayerNormalization backward -------------------------------------------------------------------
+
+// Backward of layer_norm from its mean and inv_std_dev outputs, per row over D = dims.size:
+//   x̂ = (x - mean)·inv_std,  g = dy·scale
+//   dx = inv_std / D · (D·g - Σg - x̂·Σ(g·x̂))
+//   dscale[i] = Σ_rows dy·x̂,  dbias[i] = Σ_rows dy
+// Any of dx, dscale, dbias may be null; `mode` applies to all three. dx is parallel over rows;
+// dscale and dbias over blocks of columns, each walking the rows in order (fixed-order sums).
+void layer_norm_backward(const LayerNormDims& dims, const float* x, const float* scale,
+                         const float* mean, const float* inv_std_dev, const float* dy, float* dx,
+                         float* dscale, float* dbias, GradMode mode = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

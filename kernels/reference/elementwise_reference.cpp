@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numbers>
 
 #include "kernels/reference/reference_util.h"
 
@@ -13,6 +14,33 @@ namespace {
 int64_t floor_div(int64_t a, int64_t b) {
   const int64_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+}  // namespace
+
+Tensor unary(UnaryOp op, const UnaryParams& params, const Tensor& x) {
+  Tensor y(x.dtype(), x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    if (x.dtype() == DType::kFloat32) {
+      set_double(y, i, unary_value(op, params, get_double(x, i)));
+      continue;
+    }
+    const int64_t v = get_int(x, i);
+    switch (op) {
+      case UnaryOp::kRelu:
+        set_int(y, i, std::max<int64_t>(v, 0));
+        break;
+      case UnaryOp::kNeg:
+        set_int(y, i, -v);
+        break;
+      case UnaryOp::kClip:
+        set_int(y, i, std::min(std::max(v, params.int_min), params.int_max));
+        break;
+      default:
+        throw_internal("reference::unary: op not defined for integers");
+    }
+  }
+  return y;
 }
 
 double unary_value(UnaryOp op, const UnaryParams& p, double x) {
@@ -47,31 +75,55 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
   return 0;
 }
 
-}  // namespace
-
-Tensor unary(UnaryOp op, const UnaryParams& params, const Tensor& x) {
-  Tensor y(x.dtype(), x.shape());
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    if (x.dtype() == DType::kFloat32) {
-      set_double(y, i, unary_value(op, params, get_double(x, i)));
-      continue;
+double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
+  const double alpha = p.alpha;
+  switch (op) {
+    case UnaryOp::kRelu:
+      return x > 0 ? 1 : 0;
+    case UnaryOp::kLeakyRelu:
+      return x > 0 ? 1 : alpha;
+    case UnaryOp::kElu:
+      return x > 0 ? 1 : alpha * std::exp(x);
+    case UnaryOp::kSigmoid: {
+      const double s = 1.0 / (1.0 + std::exp(-x));
+      return s * (1 - s);
     }
-    const int64_t v = get_int(x, i);
-    switch (op) {
-      case UnaryOp::kRelu:
-        set_int(y, i, std::max<int64_t>(v, 0));
-        break;
-      case UnaryOp::kNeg:
-        set_int(y, i, -v);
-        break;
-      case UnaryOp::kClip:
-        set_int(y, i, std::min(std::max(v, params.int_min), params.int_max));
-        break;
-      default:
-        throw_internal("reference::unary: op not defined for integers");
+    case UnaryOp::kHardSigmoid: {
+      const double u = alpha * x + static_cast<double>(p.beta);
+      return (u > 0 && u < 1) ? alpha : 0;
     }
+    case UnaryOp::kHardSwish:
+      if (x < -3) return 0;
+      return x < 3 ? x / 3 + 0.5 : 1;
+    case UnaryOp::kErf:
+      return 2 / std::sqrt(std::numbers::pi) * std::exp(-x * x);
+    case UnaryOp::kGeluErf:
+      return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) +
+             x * std::exp(-0.5 * x * x) / std::sqrt(2 * std::numbers::pi);
+    case UnaryOp::kSilu: {
+      const double s = 1.0 / (1.0 + std::exp(-x));
+      return s * (1 + x * (1 - s));
+    }
+    case UnaryOp::kTanh: {
+      const double t = std::tanh(x);
+      return 1 - t * t;
+    }
+    case UnaryOp::kSqrt:
+      return 0.5 / std::sqrt(x);
+    case UnaryOp::kNeg:
+      return -1;
+    case UnaryOp::kClip:
+      return (x > p.min && x < p.max) ? 1 : 0;
   }
-  return y;
+  return 0;
+}
+
+Tensor unary_backward(UnaryOp op, const UnaryParams& params, const Tensor& x, const Tensor& dy) {
+  Tensor dx(DType::kFloat32, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    set_double(dx, i, get_double(dy, i) * unary_derivative(op, params, get_double(x, i)));
+  }
+  return dx;
 }
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {

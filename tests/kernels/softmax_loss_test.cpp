@@ -1,0 +1,304 @@
+// Softmax backward, cross-entropy and KL distillation: the float64 references against central
+// finite differences of their float64 forwards, the float32 kernels against the references on
+// awkward shapes (softmax axis innermost or not), label checks, accumulation, and bit-identical
+// results for 1 and 2 threads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/reference/norm_softmax_reference.h"
+#include "kernels/softmax.h"
+#include "tests/support/errors.h"
+#include "tests/support/float_checks.h"
+#include "tests/support/random.h"
+#include "tests/support/thread_count.h"
+
+namespace qforge::kernels {
+namespace {
+
+using testing::expect_close;
+using testing::random_values;
+using testing::ThreadCount;
+
+std::vector<double> to_double(const std::vector<float>& v) {
+  return {v.begin(), v.end()};
+}
+std::vector<float> to_float(const std::vector<double>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
+  return out;
+}
+
+std::vector<double> finite_differences(std::vector<double>& v,
+                                       const std::function<double()>& loss) {
+  constexpr double kStep = 1e-6;
+  std::vector<double> grad(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double keep = v[i];
+    v[i] = keep + kStep;
+    const double up = loss();
+    v[i] = keep - kStep;
+    const double down = loss();
+    v[i] = keep;
+    grad[i] = (up - down) / (2 * kStep);
+  }
+  return grad;
+}
+
+void expect_near_all(const std::vector<double>& actual, const std::vector<double>& expected,
+                     double tol, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    EXPECT_NEAR(actual[i], expected[i], tol * (1 + std::abs(expected[i])))
+        << what << " element " << i;
+  }
+}
+
+std::vector<int64_t> random_labels(int64_t batch, int64_t classes, uint32_t seed) {
+  const std::vector<float> u = random_values(static_cast<size_t>(batch), seed, 0.0f, 1.0f);
+  std::vector<int64_t> labels(u.size());
+  for (size_t i = 0; i < u.size(); ++i) {
+    labels[i] = std::min<int64_t>(classes - 1, static_cast<int64_t>(u[i] * classes));
+  }
+  return labels;
+}
+
+// Softmax ---------------------------------------------------------------------------------------
+
+TEST(SoftmaxBackward, ReferenceMatchesFiniteDifferences) {
+  for (const SoftmaxDims& dims : {SoftmaxDims{2, 5, 1}, SoftmaxDims{2, 4, 3}}) {
+    const size_t n = static_cast<size_t>(dims.outer * dims.axis_size * dims.inner);
+    std::vector<double> x = to_double(random_values(n, 1, -3.0f, 3.0f));
+    const std::vector<double> dy = to_double(random_values(n, 2, -1.0f, 1.0f));
+    std::vector<double> y(n);
+    auto loss = [&] {
+      reference::softmax(dims, x.data(), y.data());
+      double s = 0;
+      for (size_t i = 0; i < n; ++i) s += y[i] * dy[i];
+      return s;
+    };
+    const std::vector<double> fd = finite_differences(x, loss);
+    loss();
+    std::vector<double> dx(n);
+    reference::softmax_backward(dims, y.data(), dy.data(), dx.data());
+    expect_near_all(dx, fd, 1e-7, "inner " + std::to_string(dims.inner));
+  }
+}
+
+std::vector<float> run_softmax_backward(const SoftmaxDims& d, const std::vector<float>& x,
+                                        const std::vector<float>& dy) {
+  std::vector<float> y(x.size()), dx(x.size());
+  softmax(d, x.data(), y.data());
+  softmax_backward(d, y.data(), dy.data(), dx.data());
+  return dx;
+}
+
+TEST(SoftmaxBackward, KernelMatchesReferenceOnAwkwardShapes) {
+  const std::vector<SoftmaxDims> shapes = {{1, 1, 1},  {3, 13, 1},  {1, 127, 1}, {17, 3, 1},
+                                           {2, 17, 3}, {3, 5, 127}, {1, 13, 65}, {5, 1000, 1}};
+  uint32_t seed = 40;
+  for (const SoftmaxDims& d : shapes) {
+    const size_t n = static_cast<size_t>(d.outer * d.axis_size * d.inner);
+    const std::string what =
+        std::to_string(d.outer) + "x" + std::to_string(d.axis_size) + "x" + std::to_string(d.inner);
+    const std::vector<float> x = random_values(n, seed++, -5.0f, 5.0f);
+    const std::vector<float> dy = random_values(n, seed++, -1.0f, 1.0f);
+    std::vector<float> y(n);
+    softmax(d, x.data(), y.data());
+    std::vector<float> dx(n);
+    softmax_backward(d, y.data(), dy.data(), dx.data());
+    // The reference backward from the kernel's own y: this checks the backward alone.
+    const std::vector<double> yd = to_double(y), dyd = to_double(dy);
+    std::vector<double> expected(n);
+    reference::softmax_backward(d, yd.data(), dyd.data(), expected.data());
+    expect_close(dx, to_float(expected), 1e-6, 1e-5, what);
+    std::vector<float> acc = random_values(n, seed++, -1.0f, 1.0f);
+    const std::vector<float> acc0 = acc;
+    softmax_backward(d, y.data(), dy.data(), acc.data(), GradMode::kAccumulate);
+    std::vector<float> want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = acc0[i] + dx[i];
+    expect_close(acc, want, 1e-6, 1e-6, what + " accumulated");
+  }
+}
+
+TEST(SoftmaxBackward, SameBitsForAnyThreadCount) {
+  for (const SoftmaxDims& d : {SoftmaxDims{4001, 37, 1}, SoftmaxDims{7, 33, 901}}) {
+    const size_t n = static_cast<size_t>(d.outer * d.axis_size * d.inner);
+    const std::vector<float> x = random_values(n, 1, -5.0f, 5.0f);
+    const std::vector<float> dy = random_values(n, 2, -1.0f, 1.0f);
+    std::vector<float> one, two;
+    {
+      ThreadCount threads(1);
+      one = run_softmax_backward(d, x, dy);
+    }
+    {
+      ThreadCount threads(2);
+      two = run_softmax_backward(d, x, dy);
+    }
+    testing::expect_same_bits(one.data(), two.data(), n, "softmax backward");
+  }
+}
+
+// Cross-entropy ---------------------------------------------------------------------------------
+
+TEST(CrossEntropy, ReferenceMatchesFiniteDifferences) {
+  const LossDims dims{3, 7};
+  std::vector<double> z = to_double(random_values(21, 1, -4.0f, 4.0f));
+  const std::vector<int64_t> labels = {0, 6, 3};
+  const std::vector<double> fd = finite_differences(
+      z, [&] { return reference::cross_entropy(dims, z.data(), labels.data()); });
+  std::vector<double> dz(21);
+  reference::cross_entropy_backward(dims, z.data(), labels.data(), 1.0, dz.data());
+  expect_near_all(dz, fd, 1e-7, "dlogits");
+}
+
+TEST(CrossEntropy, KnownValue) {
+  // Uniform logits over 4 classes: loss ln 4, gradient (1/4 - onehot) / batch.
+  const LossDims dims{2, 4};
+  const std::vector<float> z(8, 0.5f);
+  const std::vector<int64_t> labels = {1, 3};
+  std::vector<float> p(8), rows(2), dz(8);
+  EXPECT_FLOAT_EQ(cross_entropy(dims, z.data(), labels.data(), p.data(), rows.data()),
+                  static_cast<float>(std::log(4.0)));
+  cross_entropy_backward(dims, p.data(), labels.data(), 1.0f, dz.data());
+  const std::vector<float> expected = {0.125f, -0.375f, 0.125f, 0.125f,
+                                       0.125f, 0.125f,  0.125f, -0.375f};
+  expect_close(dz, expected, 1e-7, 0, "dlogits");
+}
+
+TEST(CrossEntropy, KernelMatchesReferenceOnAwkwardShapes) {
+  const std::vector<LossDims> shapes = {{1, 1}, {1, 10}, {3, 13}, {17, 3}, {3, 1000}, {129, 17}};
+  uint32_t seed = 60;
+  for (const LossDims& d : shapes) {
+    const size_t n = static_cast<size_t>(d.batch * d.classes);
+    const std::string what = std::to_string(d.batch) + "x" + std::to_string(d.classes);
+    const std::vector<float> z = random_values(n, seed++, -8.0f, 8.0f);
+    const std::vector<int64_t> labels = random_labels(d.batch, d.classes, seed++);
+    std::vector<float> p(n), rows(static_cast<size_t>(d.batch)), dz(n);
+    const float loss = cross_entropy(d, z.data(), labels.data(), p.data(), rows.data());
+    cross_entropy_backward(d, p.data(), labels.data(), 0.75f, dz.data());
+    const std::vector<double> zd = to_double(z);
+    const double expected_loss = reference::cross_entropy(d, zd.data(), labels.data());
+    EXPECT_NEAR(loss, expected_loss, 1e-6 * (1 + std::abs(expected_loss))) << what;
+    std::vector<double> expected(n);
+    reference::cross_entropy_backward(d, zd.data(), labels.data(), 0.75, expected.data());
+    expect_close(dz, to_float(expected), 1e-7, 1e-5, what);
+  }
+}
+
+TEST(CrossEntropy, LabelOutOfRangeIsInvalid) {
+  const LossDims dims{2, 3};
+  const std::vector<float> z(6, 0.0f);
+  const std::vector<int64_t> labels = {2, 3};
+  std::vector<float> p(6), rows(2);
+  const std::string message = testing::error_of(ErrorKind::kInvalid, [&] {
+    cross_entropy(dims, z.data(), labels.data(), p.data(), rows.data());
+  });
+  EXPECT_EQ(message, "cross_entropy: expected labels in [0, 3), got 3 for sample 1");
+}
+
+TEST(CrossEntropy, SameBitsForAnyThreadCount) {
+  const LossDims d{3001, 101};
+  const size_t n = 3001 * 101;
+  const std::vector<float> z = random_values(n, 1, -6.0f, 6.0f);
+  const std::vector<int64_t> labels = random_labels(d.batch, d.classes, 2);
+  float loss[2];
+  std::vector<float> dz[2];
+  for (int t = 0; t < 2; ++t) {
+    ThreadCount threads(t + 1);
+    std::vector<float> p(n), rows(3001);
+    dz[t].resize(n);
+    loss[t] = cross_entropy(d, z.data(), labels.data(), p.data(), rows.data());
+    cross_entropy_backward(d, p.data(), labels.data(), 1.0f, dz[t].data());
+  }
+  testing::expect_same_bits(&loss[0], &loss[1], 1, "loss");
+  testing::expect_same_bits(dz[0].data(), dz[1].data(), n, "dlogits");
+}
+
+// Distillation ----------------------------------------------------------------------------------
+
+TEST(DistillationKl, ReferenceMatchesFiniteDifferences) {
+  const LossDims dims{3, 6};
+  for (const DistillationOptions& o :
+       {DistillationOptions{1.0f, true}, DistillationOptions{4.0f, true},
+        DistillationOptions{2.5f, false}}) {
+    std::vector<double> s = to_double(random_values(18, 1, -4.0f, 4.0f));
+    const std::vector<double> t = to_double(random_values(18, 2, -4.0f, 4.0f));
+    const std::vector<double> fd = finite_differences(
+        s, [&] { return reference::distillation_kl(dims, o, s.data(), t.data()); });
+    std::vector<double> ds(18);
+    reference::distillation_kl_backward(dims, o, s.data(), t.data(), 1.0, ds.data());
+    expect_near_all(ds, fd, 1e-7, "T = " + std::to_string(o.temperature));
+  }
+}
+
+TEST(DistillationKl, IdenticalLogitsGiveZero) {
+  const LossDims dims{2, 5};
+  const std::vector<float> z = random_values(10, 3, -2.0f, 2.0f);
+  std::vector<float> p(10), q(10), rows(2), ds(10);
+  const DistillationOptions o{3.0f, true};
+  EXPECT_NEAR(distillation_kl(dims, o, z.data(), z.data(), p.data(), q.data(), rows.data()), 0.0f,
+              1e-7);
+  distillation_kl_backward(dims, o, p.data(), q.data(), 1.0f, ds.data());
+  for (float v : ds) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(DistillationKl, KernelMatchesReferenceOnAwkwardShapes) {
+  const std::vector<LossDims> shapes = {{1, 1}, {1, 10}, {3, 13}, {17, 3}, {3, 1000}, {129, 17}};
+  uint32_t seed = 80;
+  for (const DistillationOptions& o :
+       {DistillationOptions{1.0f, true}, DistillationOptions{4.0f, true},
+        DistillationOptions{2.0f, false}}) {
+    for (const LossDims& d : shapes) {
+      const size_t n = static_cast<size_t>(d.batch * d.classes);
+      const std::string what = std::to_string(d.batch) + "x" + std::to_string(d.classes) +
+                               " T = " + std::to_string(o.temperature);
+      const std::vector<float> s = random_values(n, seed++, -8.0f, 8.0f);
+      const std::vector<float> t = random_values(n, seed++, -8.0f, 8.0f);
+      std::vector<float> p(n), q(n), rows(static_cast<size_t>(d.batch)), ds(n);
+      const float loss = distillation_kl(d, o, s.data(), t.data(), p.data(), q.data(), rows.data());
+      distillation_kl_backward(d, o, p.data(), q.data(), 0.5f, ds.data());
+      const std::vector<double> sd = to_double(s), td = to_double(t);
+      const double expected_loss = reference::distillation_kl(d, o, sd.data(), td.data());
+      EXPECT_NEAR(loss, expected_loss, 2e-6 * (1 + std::abs(expected_loss))) << what;
+      std::vector<double> expected(n);
+      reference::distillation_kl_backward(d, o, sd.data(), td.data(), 0.5, expected.data());
+      expect_close(ds, to_float(expected), 1e-7, 1e-5, what);
+    }
+  }
+}
+
+TEST(DistillationKl, TemperatureMustBePositive) {
+  const LossDims dims{1, 2};
+  const std::vector<float> z(2, 0.0f);
+  std::vector<float> p(2), q(2), rows(1);
+  const std::string message = testing::error_of(ErrorKind::kInvalid, [&] {
+    distillation_kl(dims, {0.0f, true}, z.data(), z.data(), p.data(), q.data(), rows.data());
+  });
+  EXPECT_EQ(message, "distillation_kl: expected a finite temperature > 0, got 0.000000");
+}
+
+TEST(DistillationKl, SameBitsForAnyThreadCount) {
+  const LossDims d{2003, 101};
+  const size_t n = 2003 * 101;
+  const std::vector<float> s = random_values(n, 1, -6.0f, 6.0f);
+  const std::vector<float> t = random_values(n, 2, -6.0f, 6.0f);
+  const DistillationOptions o{4.0f, true};
+  float loss[2];
+  std::vector<float> ds[2];
+  for (int k = 0; k < 2; ++k) {
+    ThreadCount threads(k + 1);
+    std::vector<float> p(n), q(n), rows(2003);
+    ds[k].resize(n);
+    loss[k] = distillation_kl(d, o, s.data(), t.data(), p.data(), q.data(), rows.data());
+    distillation_kl_backward(d, o, p.data(), q.data(), 1.0f, ds[k].data());
+  }
+  testing::expect_same_bits(&loss[0], &loss[1], 1, "loss");
+  testing::expect_same_bits(ds[0].data(), ds[1].data(), n, "dlogits");
+}
+
+}  // namespace
+}  // namespace qforge::kernels
