@@ -78,7 +78,8 @@ BENCHMARK(BM_ConvBackward)
     ->Args({1024, 14, 256, 1, 1, 1, 0})   // ResNet-50 stage 3 1×1
     ->Args({128, 56, 128, 3, 2, 1, 0})    // ResNet-50 stride-2 3×3
     ->Args({96, 112, 96, 3, 2, 96, 0})    // EfficientNet-B0 depthwise stride 2
-    ->Args({480, 14, 480, 5, 1, 480, 0})  // EfficientNet-B0 depthwise 5×5
+    ->Args({480, 14, 480, 5, 1, 480, 1})  // EfficientNet-B0 depthwise 5×5: dx
+    ->Args({480, 14, 480, 5, 1, 480, 2})  // and dw
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -184,8 +184,8 @@ void depthwise_input_gradient(const ConvGeometry& g, const float* w, const float
   });
 }
 
-// Depthwise dw: per output channel and tap, Σ over images in order, then output rows, of a
-// lane_dot along the row.
+// Depthwise dw: per output channel and tap, the products along each output row added into one
+// set of lanes, images and rows in order, the lanes combined at the end.
 void depthwise_weight_gradient(const ConvGeometry& g, const float* x, const float* dy, float* dw,
                                GradientWrite write) {
   const int64_t mult = g.out_channels / g.group;
@@ -200,25 +200,136 @@ void depthwise_weight_gradient(const ConvGeometry& g, const float* x, const floa
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
           float& out = dw[co * taps + kh * g.kernel_w + kw];
-          float acc = write == GradientWrite::kAccumulate ? out : 0.0f;
           const int64_t offset = kw * g.dilation_w - g.pad_left;
           int64_t lo, hi;
           valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+          float lanes[kSumLanes] = {};
           for (int64_t n = 0; n < g.batch; ++n) {
             const float* dyp = dy + (n * g.out_channels + co) * pixels;
             const float* xp = x + (n * g.in_channels + ci) * in_plane;
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
               const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
               if (ih < 0 || ih >= g.in_h || hi <= lo) continue;
-              acc += lane_dot(dyp + oh * g.out_w + lo, xp + ih * g.in_w + offset + lo * g.stride_w,
-                              g.stride_w, hi - lo);
+              lane_dot_add(lanes, dyp + oh * g.out_w + lo,
+                           xp + ih * g.in_w + offset + lo * g.stride_w, g.stride_w, hi - lo);
             }
           }
+          const float sum = lane_combine(lanes);
+          const float acc = write == GradientWrite::kAccumulate ? out + sum : sum;
           out = acc;
         }
       }
     }
   });
+}
+
+// Stride-1 depthwise planes, padded so that every kernel tap is one flat shift: an input plane
+// as hp × wp rows (position (ih, iw) at (ih + pad_top)·wp + iw + pad_left, zero elsewhere, plus
+// `tail` zeros after it) and an output plane as out_h rows of wp (zero past out_w). Tap
+// (kh, kw) then pairs output element i with padded input element i + kh·dh·wp + kw·dw, so each
+// tap's sum or scatter is one contiguous, vectorised loop over out_h·wp elements.
+struct PaddedPlanes {
+  int64_t hp = 0, wp = 0, tail = 0;
+  int64_t input_floats() const { return hp * wp + tail; }
+};
+
+PaddedPlanes padded_planes(const ConvGeometry& g) {
+  PaddedPlanes p;
+  p.hp = g.out_h + (g.kernel_h - 1) * g.dilation_h;
+  p.wp = g.out_w + (g.kernel_w - 1) * g.dilation_w;
+  p.tail = (g.kernel_w - 1) * g.dilation_w;
+  return p;
+}
+
+// Scratch floats of one task: a padded input plane, a padded output plane, lanes per tap.
+int64_t padded_slot_floats(const ConvGeometry& g) {
+  const PaddedPlanes p = padded_planes(g);
+  return p.input_floats() + g.out_h * p.wp + g.kernel_h * g.kernel_w * kSumLanes;
+}
+
+void pad_input_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* x, float* xp) {
+  std::fill_n(xp, p.input_floats(), 0.0f);
+  const int64_t rows = std::min(g.in_h, p.hp - g.pad_top);
+  const int64_t cols = std::min(g.in_w, p.wp - g.pad_left);
+  for (int64_t ih = 0; ih < rows; ++ih) {
+    std::copy_n(x + ih * g.in_w, cols, xp + (ih + g.pad_top) * p.wp + g.pad_left);
+  }
+}
+
+void pad_output_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* dy, float* dyp) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    std::copy_n(dy + oh * g.out_w, g.out_w, dyp + oh * p.wp);
+    std::fill(dyp + oh * p.wp + g.out_w, dyp + (oh + 1) * p.wp, 0.0f);
+  }
+}
+
+// dw of output channel co: per tap, lanes over images in order, then combined.
+void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float* x,
+                                  const float* dy, float* dw, float* scratch, GradientWrite write) {
+  const PaddedPlanes p = padded_planes(g);
+  const int64_t mult = g.out_channels / g.group;
+  const int64_t ci = co / mult;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t n_flat = g.out_h * p.wp;
+  float* xp = scratch;
+  float* dyp = xp + p.input_floats();
+  float* lanes = dyp + n_flat;
+  std::fill_n(lanes, taps * kSumLanes, 0.0f);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    pad_input_plane(g, p, x + (n * g.in_channels + ci) * g.in_h * g.in_w, xp);
+    pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int64_t shift = kh * g.dilation_h * p.wp + kw * g.dilation_w;
+        lane_dot_add(lanes + (kh * g.kernel_w + kw) * kSumLanes, dyp, xp + shift, 1, n_flat);
+      }
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const float sum = lane_combine(lanes + t * kSumLanes);
+    float& out = dw[co * taps + t];
+    out = write == GradientWrite::kAccumulate ? out + sum : sum;
+  }
+}
+
+// dx of one input plane: the output channels of its group in order, each tap's scatter one
+// flat axpy into the padded plane, then the input positions copied out.
+void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const float* w,
+                                 const float* dy, float* dx, float* scratch, GradientWrite write) {
+  const PaddedPlanes p = padded_planes(g);
+  const int64_t mult = g.out_channels / g.group;
+  const int64_t n = plane / g.in_channels;
+  const int64_t ci = plane % g.in_channels;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t n_flat = g.out_h * p.wp;
+  float* dxp = scratch;
+  float* dyp = dxp + p.input_floats();
+  std::fill_n(dxp, p.input_floats(), 0.0f);
+  for (int64_t m = 0; m < mult; ++m) {
+    const int64_t co = ci * mult + m;
+    pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const float wv = w[co * taps + kh * g.kernel_w + kw];
+        float* dst = dxp + kh * g.dilation_h * p.wp + kw * g.dilation_w;
+        for (int64_t i = 0; i < n_flat; ++i) dst[i] += wv * dyp[i];
+      }
+    }
+  }
+  float* out = dx + plane * g.in_h * g.in_w;
+  const bool add = write == GradientWrite::kAccumulate;
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    float* row = out + ih * g.in_w;
+    const int64_t r = ih + g.pad_top;
+    const int64_t cols = r < p.hp ? std::clamp<int64_t>(p.wp - g.pad_left, 0, g.in_w) : 0;
+    const float* src = dxp + r * p.wp + g.pad_left;
+    if (add) {
+      for (int64_t iw = 0; iw < cols; ++iw) row[iw] += src[iw];
+    } else {
+      std::copy_n(src, cols, row);
+      std::fill(row + cols, row + g.in_w, 0.0f);
+    }
+  }
 }
 
 // dw of one group's block of input channels: Σ over images in order, then pixel tiles in order,
@@ -289,7 +400,10 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
   const Sizes s = sizes_of(g);
   plan.slots = std::max(threads, 1);
   plan.depthwise = s.cin_g == 1 && g.group > 1;
-  if (plan.depthwise) return plan;
+  if (plan.depthwise) {
+    plan.padded_depthwise = g.stride_h == 1 && g.stride_w == 1;
+    return plan;
+  }
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
   const int64_t cin_g = std::max<int64_t>(1, s.cin_g);
@@ -309,6 +423,10 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
 }
 
 size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
+  if (plan.padded_depthwise) {
+    return aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
+           static_cast<size_t>(plan.slots);
+  }
   if (plan.depthwise || plan.direct) return 0;
   const Sizes s = sizes_of(plan.geometry);
   const size_t slot = aligned_bytes(
@@ -320,6 +438,26 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                      const ConvGradients& grads, std::byte* workspace, GradientWrite write) {
   const ConvGeometry& g = plan.geometry;
   if (grads.dbias) bias_gradient(g, dy, grads.dbias, write);
+  if (plan.padded_depthwise) {
+    const size_t slot_bytes =
+        aligned_bytes(static_cast<size_t>(padded_slot_floats(g)) * sizeof(float));
+    if (grads.dw) {
+      parallel_tasks_with_scratch(
+          g.out_channels, plan.slots, slot_bytes, workspace, [&](int64_t co, std::byte* scratch) {
+            padded_depthwise_weight_task(g, co, x, dy, grads.dw, reinterpret_cast<float*>(scratch),
+                                         write);
+          });
+    }
+    if (grads.dx) {
+      parallel_tasks_with_scratch(g.batch * g.in_channels, plan.slots, slot_bytes, workspace,
+                                  [&](int64_t plane, std::byte* scratch) {
+                                    padded_depthwise_input_task(g, plane, w, dy, grads.dx,
+                                                                reinterpret_cast<float*>(scratch),
+                                                                write);
+                                  });
+    }
+    return;
+  }
   if (plan.depthwise) {
     if (grads.dw) depthwise_weight_gradient(g, x, dy, grads.dw, write);
     if (grads.dx) depthwise_input_gradient(g, w, dy, grads.dx, write);
