@@ -1,5 +1,5 @@
 // Convolution backward: im2col/col2im around single-threaded OpenBLAS calls of fixed shapes,
-// direct loops for depthwise convolutions, lane sums for the bias.
+// flat loops over stride-phased padded planes for depthwise convolutions, lane sums for the bias.
 #include "kernels/conv_backward.h"
 
 #include <algorithm>
@@ -140,126 +140,68 @@ void bias_gradient(const ConvGeometry& g, const float* dy, float* dbias, Gradien
   });
 }
 
-// Depthwise dx: per input plane, the output channels of its group in order, then taps (kh),
-// output rows, taps (kw), scattered along the row.
-void depthwise_input_gradient(const ConvGeometry& g, const float* w, const float* dy, float* dx,
-                              GradientWrite write) {
-  const int64_t mult = g.out_channels / g.group;
-  const int64_t in_plane = g.in_h * g.in_w;
-  const int64_t pixels = g.out_h * g.out_w;
-  const int64_t work = std::max<int64_t>(1, mult * pixels * g.kernel_h * g.kernel_w);
-  const int64_t grain = std::max<int64_t>(1, kTaskElements / work);
-  parallel_for(g.batch * g.in_channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.in_channels;
-      const int64_t ci = plane % g.in_channels;
-      float* dxp = dx + plane * in_plane;
-      if (write == GradientWrite::kOverwrite) std::fill(dxp, dxp + in_plane, 0.0f);
-      for (int64_t m = 0; m < mult; ++m) {
-        const int64_t co = ci * mult + m;
-        const float* dyp = dy + (n * g.out_channels + co) * pixels;
-        const float* wc = w + co * g.kernel_h * g.kernel_w;
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) continue;
-            const float* dyr = dyp + oh * g.out_w;
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              const float wv = wc[kh * g.kernel_w + kw];
-              const int64_t offset = kw * g.dilation_w - g.pad_left;
-              int64_t lo, hi;
-              valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
-              float* dst = dxp + ih * g.in_w + offset;
-              const int64_t s = g.stride_w;
-              if (s == 1) {
-                for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += wv * dyr[ow];
-              } else {
-                for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s] += wv * dyr[ow];
-              }
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
-// Depthwise dw: per output channel and tap, the products along each output row added into one
-// set of lanes, images and rows in order, the lanes combined at the end.
-void depthwise_weight_gradient(const ConvGeometry& g, const float* x, const float* dy, float* dw,
-                               GradientWrite write) {
-  const int64_t mult = g.out_channels / g.group;
-  const int64_t in_plane = g.in_h * g.in_w;
-  const int64_t pixels = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t work = std::max<int64_t>(1, g.batch * pixels * taps);
-  const int64_t grain = std::max<int64_t>(1, kTaskElements / work);
-  parallel_for(g.out_channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t co = begin; co < end; ++co) {
-      const int64_t ci = co / mult;
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          float& out = dw[co * taps + kh * g.kernel_w + kw];
-          const int64_t offset = kw * g.dilation_w - g.pad_left;
-          int64_t lo, hi;
-          valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
-          float lanes[kSumLanes] = {};
-          for (int64_t n = 0; n < g.batch; ++n) {
-            const float* dyp = dy + (n * g.out_channels + co) * pixels;
-            const float* xp = x + (n * g.in_channels + ci) * in_plane;
-            for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
-              if (ih < 0 || ih >= g.in_h || hi <= lo) continue;
-              lane_dot_add(lanes, dyp + oh * g.out_w + lo,
-                           xp + ih * g.in_w + offset + lo * g.stride_w, g.stride_w, hi - lo);
-            }
-          }
-          const float sum = lane_combine(lanes);
-          const float acc = write == GradientWrite::kAccumulate ? out + sum : sum;
-          out = acc;
-        }
-      }
-    }
-  });
-}
-
-// Stride-1 depthwise planes, padded so that every kernel tap is one flat shift: an input plane
-// as hp × wp rows (position (ih, iw) at (ih + pad_top)·wp + iw + pad_left, zero elsewhere, plus
-// `tail` zeros after it) and an output plane as out_h rows of wp (zero past out_w). Tap
-// (kh, kw) then pairs output element i with padded input element i + kh·dh·wp + kw·dw, so each
-// tap's sum or scatter is one contiguous, vectorised loop over out_h·wp elements.
+// Depthwise planes split by stride phase and zero-padded, so that every kernel tap is one flat
+// shift. Padded position (r, c) = (ih + pad_top, iw + pad_left) lies in phase plane
+// (r mod stride_h, c mod stride_w) at row r div stride_h and column c div stride_w; a phase
+// plane has hq rows of wq and `tail` zeros after them, an output plane is out_h rows of wq (zero
+// past out_w). Tap (kh, kw) reads phase ((kh·dh) mod sh, (kw·dw) mod sw) and pairs output
+// element i with its element i + (kh·dh div sh)·wq + kw·dw div sw, so each tap's sum or scatter
+// is one contiguous, vectorised loop over out_h·wq elements.
 struct PaddedPlanes {
-  int64_t hp = 0, wp = 0, tail = 0;
-  int64_t input_floats() const { return hp * wp + tail; }
+  int64_t sh = 1, sw = 1, hq = 0, wq = 0, tail = 0;
+  int64_t phase_floats() const { return hq * wq + tail; }
+  int64_t input_floats() const { return sh * sw * phase_floats(); }
 };
 
 PaddedPlanes padded_planes(const ConvGeometry& g) {
   PaddedPlanes p;
-  p.hp = g.out_h + (g.kernel_h - 1) * g.dilation_h;
-  p.wp = g.out_w + (g.kernel_w - 1) * g.dilation_w;
-  p.tail = (g.kernel_w - 1) * g.dilation_w;
+  p.sh = g.stride_h;
+  p.sw = g.stride_w;
+  p.hq = g.out_h + (g.kernel_h - 1) * g.dilation_h / p.sh;
+  p.tail = (g.kernel_w - 1) * g.dilation_w / p.sw;
+  p.wq = g.out_w + p.tail;
   return p;
 }
 
-// Scratch floats of one task: a padded input plane, a padded output plane, lanes per tap.
+// Offset of tap (kh, kw) in the phase planes: its phase plane's start plus the flat shift.
+int64_t tap_offset(const ConvGeometry& g, const PaddedPlanes& p, int64_t kh, int64_t kw) {
+  const int64_t rh = kh * g.dilation_h, rw = kw * g.dilation_w;
+  return ((rh % p.sh) * p.sw + rw % p.sw) * p.phase_floats() + rh / p.sh * p.wq + rw / p.sw;
+}
+
+// Scratch floats of one task: the phase planes, a padded output plane, lanes per tap.
 int64_t padded_slot_floats(const ConvGeometry& g) {
   const PaddedPlanes p = padded_planes(g);
-  return p.input_floats() + g.out_h * p.wp + g.kernel_h * g.kernel_w * kSumLanes;
+  return p.input_floats() + g.out_h * p.wq + g.kernel_h * g.kernel_w * kSumLanes;
 }
 
 void pad_input_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* x, float* xp) {
-  std::fill_n(xp, p.input_floats(), 0.0f);
-  const int64_t rows = std::min(g.in_h, p.hp - g.pad_top);
-  const int64_t cols = std::min(g.in_w, p.wp - g.pad_left);
-  for (int64_t ih = 0; ih < rows; ++ih) {
-    std::copy_n(x + ih * g.in_w, cols, xp + (ih + g.pad_top) * p.wp + g.pad_left);
+  for (int64_t a = 0; a < p.sh; ++a) {
+    for (int64_t b = 0; b < p.sw; ++b) {
+      float* phase = xp + (a * p.sw + b) * p.phase_floats();
+      int64_t lo, hi;  // columns c whose input column c·sw + b − pad_left is inside
+      valid_range(p.wq, p.sw, b - g.pad_left, g.in_w, lo, hi);
+      for (int64_t q = 0; q < p.hq; ++q) {
+        float* row = phase + q * p.wq;
+        const int64_t ih = q * p.sh + a - g.pad_top;
+        if (ih < 0 || ih >= g.in_h) {
+          std::fill_n(row, p.wq, 0.0f);
+          continue;
+        }
+        const float* src = x + ih * g.in_w + b - g.pad_left;
+        std::fill(row, row + lo, 0.0f);
+        for (int64_t c = lo; c < hi; ++c) row[c] = src[c * p.sw];
+        std::fill(row + hi, row + p.wq, 0.0f);
+      }
+      std::fill_n(phase + p.hq * p.wq, p.tail, 0.0f);
+    }
   }
 }
 
 void pad_output_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* dy, float* dyp) {
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    std::copy_n(dy + oh * g.out_w, g.out_w, dyp + oh * p.wp);
-    std::fill(dyp + oh * p.wp + g.out_w, dyp + (oh + 1) * p.wp, 0.0f);
+    std::copy_n(dy + oh * g.out_w, g.out_w, dyp + oh * p.wq);
+    std::fill(dyp + oh * p.wq + g.out_w, dyp + (oh + 1) * p.wq, 0.0f);
   }
 }
 
@@ -270,7 +212,7 @@ void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float
   const int64_t mult = g.out_channels / g.group;
   const int64_t ci = co / mult;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t n_flat = g.out_h * p.wp;
+  const int64_t n_flat = g.out_h * p.wq;
   float* xp = scratch;
   float* dyp = xp + p.input_floats();
   float* lanes = dyp + n_flat;
@@ -280,8 +222,8 @@ void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float
     pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        const int64_t shift = kh * g.dilation_h * p.wp + kw * g.dilation_w;
-        lane_dot_add(lanes + (kh * g.kernel_w + kw) * kSumLanes, dyp, xp + shift, 1, n_flat);
+        lane_dot_add(lanes + (kh * g.kernel_w + kw) * kSumLanes, dyp, xp + tap_offset(g, p, kh, kw),
+                     1, n_flat);
       }
     }
   }
@@ -293,7 +235,7 @@ void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float
 }
 
 // dx of one input plane: the output channels of its group in order, each tap's scatter one
-// flat axpy into the padded plane, then the input positions copied out.
+// flat axpy into the phase planes, then the input positions gathered out of them.
 void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const float* w,
                                  const float* dy, float* dx, float* scratch, GradientWrite write) {
   const PaddedPlanes p = padded_planes(g);
@@ -301,7 +243,7 @@ void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const flo
   const int64_t n = plane / g.in_channels;
   const int64_t ci = plane % g.in_channels;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t n_flat = g.out_h * p.wp;
+  const int64_t n_flat = g.out_h * p.wq;
   float* dxp = scratch;
   float* dyp = dxp + p.input_floats();
   std::fill_n(dxp, p.input_floats(), 0.0f);
@@ -311,23 +253,25 @@ void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const flo
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
         const float wv = w[co * taps + kh * g.kernel_w + kw];
-        float* dst = dxp + kh * g.dilation_h * p.wp + kw * g.dilation_w;
+        float* dst = dxp + tap_offset(g, p, kh, kw);
         for (int64_t i = 0; i < n_flat; ++i) dst[i] += wv * dyp[i];
       }
     }
   }
   float* out = dx + plane * g.in_h * g.in_w;
-  const bool add = write == GradientWrite::kAccumulate;
+  if (write == GradientWrite::kOverwrite) std::fill_n(out, g.in_h * g.in_w, 0.0f);
   for (int64_t ih = 0; ih < g.in_h; ++ih) {
-    float* row = out + ih * g.in_w;
     const int64_t r = ih + g.pad_top;
-    const int64_t cols = r < p.hp ? std::clamp<int64_t>(p.wp - g.pad_left, 0, g.in_w) : 0;
-    const float* src = dxp + r * p.wp + g.pad_left;
-    if (add) {
-      for (int64_t iw = 0; iw < cols; ++iw) row[iw] += src[iw];
-    } else {
-      std::copy_n(src, cols, row);
-      std::fill(row + cols, row + g.in_w, 0.0f);
+    const int64_t q = r / p.sh;
+    if (q >= p.hq) continue;  // below every window: no gradient
+    float* row = out + ih * g.in_w;
+    for (int64_t b = 0; b < p.sw; ++b) {
+      // Input columns iw with (iw + pad_left) mod sw == b, at phase column (iw + pad_left) div sw.
+      const int64_t first = ((b - g.pad_left) % p.sw + p.sw) % p.sw;
+      const int64_t c0 = (first + g.pad_left) / p.sw;
+      const float* src = dxp + ((r % p.sh) * p.sw + b) * p.phase_floats() + q * p.wq;
+      const int64_t count = std::min(ceil_div(g.in_w - first, p.sw), p.wq - c0);
+      for (int64_t j = 0; j < count; ++j) row[first + j * p.sw] += src[c0 + j];
     }
   }
 }
@@ -400,10 +344,7 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
   const Sizes s = sizes_of(g);
   plan.slots = std::max(threads, 1);
   plan.depthwise = s.cin_g == 1 && g.group > 1;
-  if (plan.depthwise) {
-    plan.padded_depthwise = g.stride_h == 1 && g.stride_w == 1;
-    return plan;
-  }
+  if (plan.depthwise) return plan;
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
   const int64_t cin_g = std::max<int64_t>(1, s.cin_g);
@@ -423,11 +364,11 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
 }
 
 size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
-  if (plan.padded_depthwise) {
+  if (plan.depthwise) {
     return aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
            static_cast<size_t>(plan.slots);
   }
-  if (plan.depthwise || plan.direct) return 0;
+  if (plan.direct) return 0;
   const Sizes s = sizes_of(plan.geometry);
   const size_t slot = aligned_bytes(
       static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) * sizeof(float));
@@ -438,7 +379,7 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                      const ConvGradients& grads, std::byte* workspace, GradientWrite write) {
   const ConvGeometry& g = plan.geometry;
   if (grads.dbias) bias_gradient(g, dy, grads.dbias, write);
-  if (plan.padded_depthwise) {
+  if (plan.depthwise) {
     const size_t slot_bytes =
         aligned_bytes(static_cast<size_t>(padded_slot_floats(g)) * sizeof(float));
     if (grads.dw) {
@@ -456,11 +397,6 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                                                                 write);
                                   });
     }
-    return;
-  }
-  if (plan.depthwise) {
-    if (grads.dw) depthwise_weight_gradient(g, x, dy, grads.dw, write);
-    if (grads.dx) depthwise_input_gradient(g, w, dy, grads.dx, write);
     return;
   }
   const Sizes s = sizes_of(g);

@@ -12,8 +12,8 @@
 // 0 .. batch-1 (and, within an image, blocks of output pixels in order). 1×1 stride-1 unpadded
 // convolutions use x and dx as the im2col matrix directly. Convolutions with one input channel
 // per group (depthwise) use direct vectorised loops: dx per input plane, dw per output channel
-// summing images in order; at stride 1 on zero-padded copies of the planes in scratch, where
-// every kernel tap is one contiguous loop over the plane. dbias sums each channel's planes, images
+// summing images in order, on zero-padded copies of the planes split by stride phase, where
+// every kernel tap is one contiguous loop over a plane. dbias sums each channel's planes, images
 // in order, with lane_sum. Every output is thus a fixed sequence of float operations: gradients are
 // bit-identical for any thread count, and dx of an image does not depend on the batch it runs in.
 #pragma once
@@ -28,9 +28,9 @@ namespace qforge::kernels {
 
 struct ConvBackwardPlan {
   ConvGeometry geometry;
-  bool depthwise = false;  // one input channel per group: direct loops
-  // Stride-1 depthwise: planes copied into zero-padded scratch, each kernel tap one flat loop.
-  bool padded_depthwise = false;
+  // One input channel per group: direct loops over stride-phased, zero-padded copies of the
+  // planes in scratch, each kernel tap one flat loop.
+  bool depthwise = false;
   bool direct = false;        // 1×1, stride 1, no padding: x and dx are the im2col matrix
   int64_t channel_block = 0;  // input channels of a group per GEMM task
   int64_t channel_blocks = 0;

@@ -133,6 +133,8 @@ const ConvCase kCases[] = {
     {"depthwise_dilation2_unused_trailing_input", 3, 3, 17, 19, 3, 3, 3, 1, 1, 2, 2, 1, 0, -2, -1,
      3},
     {"depthwise_multiplier3_k5_asymmetric", 1, 2, 13, 11, 6, 5, 5, 1, 1, 1, 1, 1, 3, 2, 0, 2},
+    {"depthwise_stride3_no_pad", 1, 5, 13, 17, 5, 3, 3, 3, 3, 1, 1, 0, 0, 0, 0, 5},
+    {"depthwise_k4_stride3x2_dilation2x3", 3, 2, 16, 19, 4, 4, 4, 3, 2, 2, 3, 3, 1, 0, 2, 2},
     {"conv1d", 3, 13, 1, 31, 7, 1, 5, 1, 2, 1, 1, 0, 2, 0, 1, 1},
     {"single_input_channel", 3, 1, 13, 13, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
     {"kernel_covers_padded_input", 1, 3, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
