@@ -1,0 +1,275 @@
+// Binary op backward: per gradient element (or block of elements along the innermost axis), a
+// walk over the output axes that input broadcasts along, in row-major order.
+#include "kernels/binary_backward.h"
+
+#include <algorithm>
+#include <array>
+#include <string>
+
+#include "kernels/error.h"
+#include "kernels/norm.h"
+#include "kernels/parallel.h"
+#include "kernels/strided_index.h"
+
+namespace qforge::kernels {
+namespace {
+
+constexpr int64_t kTaskElements = int64_t{1} << 14;
+// Gradient elements along the innermost axis summed side by side (case B below).
+constexpr int64_t kColumnBlock = 256;
+
+// The term one output element adds to the gradient, from dy and the operands at that element.
+enum class Term { kDy, kNegDy, kDyTimesOther, kDyOverB, kDivOther };
+
+inline float term(Term t, float dy, float a, float b) {
+  switch (t) {
+    case Term::kDy:
+      return dy;
+    case Term::kNegDy:
+      return -dy;
+    case Term::kDyTimesOther:
+      return dy * b;  // the caller passes the other operand as b
+    case Term::kDyOverB:
+      return dy / b;
+    case Term::kDivOther:
+      return -dy * ((a / b) / b);
+  }
+  return 0.0f;
+}
+
+// The axes of one gradient: the output dims with the output's, a's and b's strides, split into
+// those the gradient keeps (its input's stride is not 0) and those it sums.
+struct Walk {
+  int rank = 0;
+  std::array<int64_t, kMaxStridedRank> dims{};
+  std::array<int64_t, kMaxStridedRank> out_stride{};
+  std::array<int64_t, kMaxStridedRank> a_stride{};
+  std::array<int64_t, kMaxStridedRank> b_stride{};
+  std::array<bool, kMaxStridedRank> kept{};
+};
+
+Walk walk_of(const BroadcastPlan& plan, int target) {
+  Walk w;
+  w.rank = static_cast<int>(plan.dims.size());
+  int64_t stride = 1;
+  for (int d = w.rank - 1; d >= 0; --d) {
+    w.dims[d] = plan.dims[d];
+    w.out_stride[d] = stride;
+    stride *= plan.dims[d];
+    w.a_stride[d] = plan.strides[0][d];
+    w.b_stride[d] = plan.strides[1][d];
+    w.kept[d] = plan.strides[target][d] != 0;
+  }
+  return w;
+}
+
+// One gradient to compute: the walk, the term, the operands the term reads (through the
+// walk's a and b strides; null when it reads none) and where the sums go.
+struct Gradient {
+  const Walk& w;
+  Term t;
+  const float* a;
+  const float* b;
+  const float* dy;
+  float* out;
+  bool add;
+  int64_t grad_numel;
+};
+
+// Offsets of the output, a and b at the first output element of gradient element e.
+void base_offsets(const Walk& w, int64_t e, int64_t& o, int64_t& oa, int64_t& ob) {
+  o = oa = ob = 0;
+  for (int d = w.rank - 1; d >= 0; --d) {
+    if (!w.kept[d]) continue;
+    const int64_t idx = e % w.dims[d];
+    e /= w.dims[d];
+    o += idx * w.out_stride[d];
+    oa += idx * w.a_stride[d];
+    ob += idx * w.b_stride[d];
+  }
+}
+
+// Calls fn(o, oa, ob) for every combination of the summed axes before the innermost one, in
+// row-major order, offsets relative to the base.
+template <class Fn>
+void for_each_summed(const Walk& w, int last, Fn&& fn) {
+  std::array<int64_t, kMaxStridedRank> idx{};
+  int64_t o = 0, oa = 0, ob = 0;
+  while (true) {
+    fn(o, oa, ob);
+    int d = last - 1;
+    for (; d >= 0; --d) {
+      if (w.kept[d]) continue;
+      ++idx[d];
+      o += w.out_stride[d];
+      oa += w.a_stride[d];
+      ob += w.b_stride[d];
+      if (idx[d] < w.dims[d]) break;
+      o -= idx[d] * w.out_stride[d];
+      oa -= idx[d] * w.a_stride[d];
+      ob -= idx[d] * w.b_stride[d];
+      idx[d] = 0;
+    }
+    if (d < 0) return;
+  }
+}
+
+// Case A, the innermost axis summed: one gradient element per call, the innermost runs summed
+// lane-interleaved, the runs added in order.
+float sum_element(const Gradient& g, int64_t e) {
+  const Walk& w = g.w;
+  int64_t o0, oa0, ob0;
+  base_offsets(w, e, o0, oa0, ob0);
+  const int inner = w.rank - 1;
+  const int64_t n = w.dims[inner];
+  const int64_t sa = w.a_stride[inner];
+  const int64_t sb = w.b_stride[inner];
+  float total = 0.0f;
+  for_each_summed(w, inner, [&](int64_t o, int64_t oa, int64_t ob) {
+    const float* dy = g.dy + o0 + o;
+    const float* a = g.a ? g.a + oa0 + oa : nullptr;
+    const float* b = g.b ? g.b + ob0 + ob : nullptr;
+    float acc[kSumLanes] = {};
+    int64_t i = 0;
+    auto lane_term = [&](int64_t k) {
+      return term(g.t, dy[k], a ? a[k * sa] : 0.0f, b ? b[k * sb] : 0.0f);
+    };
+    for (; i + kSumLanes <= n; i += kSumLanes) {
+      for (int j = 0; j < kSumLanes; ++j) acc[j] += lane_term(i + j);
+    }
+    for (int j = 0; i + j < n; ++j) acc[j] += lane_term(i + j);
+    for (int width = kSumLanes / 2; width > 0; width /= 2) {
+      for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+    }
+    total += acc[0];
+  });
+  return total;
+}
+
+// Case B, the innermost axis kept (or nothing summed): `count` neighbouring gradient elements
+// from e0 along it, each summing its output elements in row-major order, side by side.
+void sum_block(const Gradient& g, int64_t e0, int64_t count, float* sums) {
+  const Walk& w = g.w;
+  int64_t o0, oa0, ob0;
+  base_offsets(w, e0, o0, oa0, ob0);
+  const int inner = w.rank - 1;
+  const int64_t sa = w.a_stride[inner];
+  const int64_t sb = w.b_stride[inner];
+  std::fill_n(sums, count, 0.0f);
+  for_each_summed(w, w.rank, [&](int64_t o, int64_t oa, int64_t ob) {
+    const float* dy = g.dy + o0 + o;
+    const float* a = g.a ? g.a + oa0 + oa : nullptr;
+    const float* b = g.b ? g.b + ob0 + ob : nullptr;
+    for (int64_t j = 0; j < count; ++j) {
+      sums[j] += term(g.t, dy[j], a ? a[j * sa] : 0.0f, b ? b[j * sb] : 0.0f);
+    }
+  });
+}
+
+void compute_gradient(const Gradient& g) {
+  const Walk& w = g.w;
+  int64_t summed = 1;
+  for (int d = 0; d < w.rank; ++d) {
+    if (!w.kept[d]) summed *= w.dims[d];
+  }
+  const int inner = w.rank - 1;
+  if (!w.kept[inner]) {
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, summed));
+    parallel_for(g.grad_numel, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const float s = sum_element(g, e);
+        g.out[e] = g.add ? g.out[e] + s : s;
+      }
+    });
+    return;
+  }
+  const int64_t row = w.dims[inner];
+  const int64_t blocks_per_row = (row + kColumnBlock - 1) / kColumnBlock;
+  const int64_t rows = g.grad_numel / row;
+  const int64_t task_work = std::min(row, kColumnBlock) * std::max<int64_t>(1, summed);
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / task_work);
+  parallel_for(rows * blocks_per_row, grain, [&](int64_t begin, int64_t end) {
+    float sums[kColumnBlock];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c0 = task % blocks_per_row * kColumnBlock;
+      const int64_t e0 = task / blocks_per_row * row + c0;
+      const int64_t count = std::min(kColumnBlock, row - c0);
+      sum_block(g, e0, count, sums);
+      float* out = g.out + e0;
+      for (int64_t j = 0; j < count; ++j) out[j] = g.add ? out[j] + sums[j] : sums[j];
+    }
+  });
+}
+
+const char* op_name(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::kPow:
+      return "Pow";
+    case BinaryOp::kMod:
+      return "Mod";
+    case BinaryOp::kFmod:
+      return "Fmod";
+    case BinaryOp::kEqual:
+      return "Equal";
+    default:
+      return "a differentiable op";
+  }
+}
+
+}  // namespace
+
+bool binary_backward_supports(BinaryOp op) {
+  return op == BinaryOp::kAdd || op == BinaryOp::kSub || op == BinaryOp::kMul ||
+         op == BinaryOp::kDiv;
+}
+
+void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
+                     const float* dy, const BinaryGradients& grads, GradientWrite write) {
+  if (!binary_backward_supports(op)) {
+    throw_unsupported(std::string("binary_backward: expected Add, Sub, Mul or Div, got ") +
+                      op_name(op));
+  }
+  if (plan.strides.size() != 2) throw_internal("binary_backward: expected a plan of two inputs");
+  const bool add = write == GradientWrite::kAccumulate;
+  for (int target = 0; target < 2; ++target) {
+    float* out = target == 0 ? grads.da : grads.db;
+    if (!out) continue;
+    const Walk w = walk_of(plan, target);
+    int64_t numel = 1;
+    for (int d = 0; d < w.rank; ++d) {
+      if (w.kept[d]) numel *= w.dims[d];
+    }
+    if (plan.numel == 0) {  // an empty output: every gradient element sums nothing
+      if (!add) std::fill_n(out, numel, 0.0f);
+      continue;
+    }
+    Term t = Term::kDy;
+    const float* ta = nullptr;
+    const float* tb = nullptr;
+    switch (op) {
+      case BinaryOp::kAdd:
+        break;
+      case BinaryOp::kSub:
+        t = target == 0 ? Term::kDy : Term::kNegDy;
+        break;
+      case BinaryOp::kMul:
+        t = Term::kDyTimesOther;
+        tb = target == 0 ? b : a;  // dy times the other operand
+        break;
+      case BinaryOp::kDiv:
+        t = target == 0 ? Term::kDyOverB : Term::kDivOther;
+        ta = target == 0 ? nullptr : a;
+        tb = b;
+        break;
+      default:
+        break;
+    }
+    // The term reads its operands through the walk's a and b strides: for Mul the other
+    // operand stands in b's place, so its strides move there too.
+    Walk tw = w;
+    if (op == BinaryOp::kMul && target == 1) tw.b_stride = w.a_stride;
+    compute_gradient({tw, t, ta, tb, dy, out, add, numel});
+  }
+}
+
+}  // namespace qforge::kernels

@@ -1,0 +1,428 @@
+// Convolution backward: im2col/col2im around single-threaded OpenBLAS calls of fixed shapes,
+// flat loops over stride-phased padded planes for depthwise convolutions, lane sums for the bias.
+#include "kernels/conv_backward.h"
+
+#include <algorithm>
+
+#include "kernels/gemm.h"
+#include "kernels/norm.h"
+#include "kernels/parallel.h"
+
+namespace qforge::kernels {
+namespace {
+
+// Floats of one scratch region (an im2col tile of channel_block·kernel taps × tile_pixels).
+constexpr int64_t kScratchFloats = int64_t{1} << 17;
+// A GEMM task covers at least this many rows of the im2col matrix (input channel × tap), and a
+// group splits into at most kMaxChannelBlocks tasks.
+constexpr int64_t kMinBlockRows = 64;
+constexpr int64_t kMaxChannelBlocks = 16;
+constexpr int64_t kMinTilePixels = 64;
+// Output values per parallel chunk in the direct loops.
+constexpr int64_t kTaskElements = int64_t{1} << 14;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// Output positions [lo, hi) within [0, out) whose tap pos·stride + offset lies in [0, extent).
+void valid_range(int64_t out, int64_t stride, int64_t offset, int64_t extent, int64_t& lo,
+                 int64_t& hi) {
+  lo = std::max<int64_t>(0, ceil_div(-offset, stride));
+  hi = std::min(out, ceil_div(extent - offset, stride));
+  if (hi < lo) hi = lo;
+}
+
+struct Sizes {
+  int64_t cin_g, cout_g, taps, pixels, in_plane, k;  // k: columns of a group's filter matrix
+};
+
+Sizes sizes_of(const ConvGeometry& g) {
+  Sizes s;
+  s.cin_g = g.in_channels / g.group;
+  s.cout_g = g.out_channels / g.group;
+  s.taps = g.kernel_h * g.kernel_w;
+  s.pixels = g.out_h * g.out_w;
+  s.in_plane = g.in_h * g.in_w;
+  s.k = s.cin_g * s.taps;
+  return s;
+}
+
+// im2col rows of `channels` input planes (x at the first) for output pixels [p0, p0 + count):
+// col[(c·taps + kh·kernel_w + kw)·count + j].
+void im2col_tile(const ConvGeometry& g, const float* x, int64_t channels, int64_t p0, int64_t count,
+                 float* col) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* plane = x + c * in_plane;
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        float* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * count;
+        const int64_t offset = kw * g.dilation_w - g.pad_left;
+        int64_t p = p0;
+        while (p < p0 + count) {
+          const int64_t oh = p / g.out_w;
+          const int64_t ow0 = p % g.out_w;
+          const int64_t ow1 = std::min(g.out_w, ow0 + (p0 + count - p));
+          float* dst = row + (p - p0) - ow0;  // dst[ow] for ow in [ow0, ow1)
+          const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+          if (ih < 0 || ih >= g.in_h) {
+            std::fill(dst + ow0, dst + ow1, 0.0f);
+          } else {
+            const float* src = plane + ih * g.in_w + offset;
+            int64_t lo, hi;
+            valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+            lo = std::clamp(lo, ow0, ow1);
+            hi = std::clamp(hi, lo, ow1);
+            std::fill(dst + ow0, dst + lo, 0.0f);
+            const int64_t s = g.stride_w;
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * s];
+            std::fill(dst + hi, dst + ow1, 0.0f);
+          }
+          p += ow1 - ow0;
+        }
+      }
+    }
+  }
+}
+
+// Adds col (laid out as im2col_tile's) into the `channels` planes of dx, taps in (c, kh, kw)
+// order and pixels in order.
+void col2im_tile_add(const ConvGeometry& g, const float* col, int64_t channels, int64_t p0,
+                     int64_t count, float* dx) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  for (int64_t c = 0; c < channels; ++c) {
+    float* plane = dx + c * in_plane;
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const float* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * count;
+        const int64_t offset = kw * g.dilation_w - g.pad_left;
+        int64_t lo_all, hi_all;
+        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo_all, hi_all);
+        int64_t p = p0;
+        while (p < p0 + count) {
+          const int64_t oh = p / g.out_w;
+          const int64_t ow0 = p % g.out_w;
+          const int64_t ow1 = std::min(g.out_w, ow0 + (p0 + count - p));
+          const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+          if (ih >= 0 && ih < g.in_h) {
+            const float* src = row + (p - p0) - ow0;
+            float* dst = plane + ih * g.in_w + offset;
+            const int64_t lo = std::clamp(lo_all, ow0, ow1);
+            const int64_t hi = std::clamp(hi_all, lo, ow1);
+            const int64_t s = g.stride_w;
+            if (s == 1) {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s] += src[ow];
+            }
+          }
+          p += ow1 - ow0;
+        }
+      }
+    }
+  }
+}
+
+// dbias[co] = Σ_n lane_sum(dy[n, co]), images in order.
+void bias_gradient(const ConvGeometry& g, const float* dy, float* dbias, GradientWrite write) {
+  const int64_t pixels = g.out_h * g.out_w;
+  const int64_t grain =
+      std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, pixels * g.batch));
+  parallel_for(g.out_channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co) {
+      float acc = write == GradientWrite::kAccumulate ? dbias[co] : 0.0f;
+      for (int64_t n = 0; n < g.batch; ++n) {
+        acc += lane_sum(dy + (n * g.out_channels + co) * pixels, pixels);
+      }
+      dbias[co] = acc;
+    }
+  });
+}
+
+// Depthwise planes split by stride phase and zero-padded, so that every kernel tap is one flat
+// shift. Padded position (r, c) = (ih + pad_top, iw + pad_left) lies in phase plane
+// (r mod stride_h, c mod stride_w) at row r div stride_h and column c div stride_w; a phase
+// plane has hq rows of wq and `tail` zeros after them, an output plane is out_h rows of wq (zero
+// past out_w). Tap (kh, kw) reads phase ((kh·dh) mod sh, (kw·dw) mod sw) and pairs output
+// element i with its element i + (kh·dh div sh)·wq + kw·dw div sw, so each tap's sum or scatter
+// is one contiguous, vectorised loop over out_h·wq elements.
+struct PaddedPlanes {
+  int64_t sh = 1, sw = 1, hq = 0, wq = 0, tail = 0;
+  int64_t phase_floats() const { return hq * wq + tail; }
+  int64_t input_floats() const { return sh * sw * phase_floats(); }
+};
+
+PaddedPlanes padded_planes(const ConvGeometry& g) {
+  PaddedPlanes p;
+  p.sh = g.stride_h;
+  p.sw = g.stride_w;
+  p.hq = g.out_h + (g.kernel_h - 1) * g.dilation_h / p.sh;
+  p.tail = (g.kernel_w - 1) * g.dilation_w / p.sw;
+  p.wq = g.out_w + p.tail;
+  return p;
+}
+
+// Offset of tap (kh, kw) in the phase planes: its phase plane's start plus the flat shift.
+int64_t tap_offset(const ConvGeometry& g, const PaddedPlanes& p, int64_t kh, int64_t kw) {
+  const int64_t rh = kh * g.dilation_h, rw = kw * g.dilation_w;
+  return ((rh % p.sh) * p.sw + rw % p.sw) * p.phase_floats() + rh / p.sh * p.wq + rw / p.sw;
+}
+
+// Scratch floats of one task: the phase planes, a padded output plane, lanes per tap.
+int64_t padded_slot_floats(const ConvGeometry& g) {
+  const PaddedPlanes p = padded_planes(g);
+  return p.input_floats() + g.out_h * p.wq + g.kernel_h * g.kernel_w * kSumLanes;
+}
+
+void pad_input_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* x, float* xp) {
+  for (int64_t a = 0; a < p.sh; ++a) {
+    for (int64_t b = 0; b < p.sw; ++b) {
+      float* phase = xp + (a * p.sw + b) * p.phase_floats();
+      int64_t lo, hi;  // columns c whose input column c·sw + b − pad_left is inside
+      valid_range(p.wq, p.sw, b - g.pad_left, g.in_w, lo, hi);
+      for (int64_t q = 0; q < p.hq; ++q) {
+        float* row = phase + q * p.wq;
+        const int64_t ih = q * p.sh + a - g.pad_top;
+        if (ih < 0 || ih >= g.in_h) {
+          std::fill_n(row, p.wq, 0.0f);
+          continue;
+        }
+        const float* src = x + ih * g.in_w + b - g.pad_left;
+        std::fill(row, row + lo, 0.0f);
+        for (int64_t c = lo; c < hi; ++c) row[c] = src[c * p.sw];
+        std::fill(row + hi, row + p.wq, 0.0f);
+      }
+      std::fill_n(phase + p.hq * p.wq, p.tail, 0.0f);
+    }
+  }
+}
+
+void pad_output_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* dy, float* dyp) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    std::copy_n(dy + oh * g.out_w, g.out_w, dyp + oh * p.wq);
+    std::fill(dyp + oh * p.wq + g.out_w, dyp + (oh + 1) * p.wq, 0.0f);
+  }
+}
+
+// dw of output channel co: per tap, lanes over images in order, then combined.
+void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float* x,
+                                  const float* dy, float* dw, float* scratch, GradientWrite write) {
+  const PaddedPlanes p = padded_planes(g);
+  const int64_t mult = g.out_channels / g.group;
+  const int64_t ci = co / mult;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t n_flat = g.out_h * p.wq;
+  float* xp = scratch;
+  float* dyp = xp + p.input_floats();
+  float* lanes = dyp + n_flat;
+  std::fill_n(lanes, taps * kSumLanes, 0.0f);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    pad_input_plane(g, p, x + (n * g.in_channels + ci) * g.in_h * g.in_w, xp);
+    pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        lane_dot_add(lanes + (kh * g.kernel_w + kw) * kSumLanes, dyp, xp + tap_offset(g, p, kh, kw),
+                     1, n_flat);
+      }
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const float sum = lane_combine(lanes + t * kSumLanes);
+    float& out = dw[co * taps + t];
+    out = write == GradientWrite::kAccumulate ? out + sum : sum;
+  }
+}
+
+// dx of one input plane: the output channels of its group in order, each tap's scatter one
+// flat axpy into the phase planes, then the input positions gathered out of them.
+void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const float* w,
+                                 const float* dy, float* dx, float* scratch, GradientWrite write) {
+  const PaddedPlanes p = padded_planes(g);
+  const int64_t mult = g.out_channels / g.group;
+  const int64_t n = plane / g.in_channels;
+  const int64_t ci = plane % g.in_channels;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t n_flat = g.out_h * p.wq;
+  float* dxp = scratch;
+  float* dyp = dxp + p.input_floats();
+  std::fill_n(dxp, p.input_floats(), 0.0f);
+  for (int64_t m = 0; m < mult; ++m) {
+    const int64_t co = ci * mult + m;
+    pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const float wv = w[co * taps + kh * g.kernel_w + kw];
+        float* dst = dxp + tap_offset(g, p, kh, kw);
+        for (int64_t i = 0; i < n_flat; ++i) dst[i] += wv * dyp[i];
+      }
+    }
+  }
+  float* out = dx + plane * g.in_h * g.in_w;
+  if (write == GradientWrite::kOverwrite) std::fill_n(out, g.in_h * g.in_w, 0.0f);
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    const int64_t r = ih + g.pad_top;
+    const int64_t q = r / p.sh;
+    if (q >= p.hq) continue;  // below every window: no gradient
+    float* row = out + ih * g.in_w;
+    for (int64_t b = 0; b < p.sw; ++b) {
+      // Input columns iw with (iw + pad_left) mod sw == b, at phase column (iw + pad_left) div sw.
+      const int64_t first = ((b - g.pad_left) % p.sw + p.sw) % p.sw;
+      const int64_t c0 = (first + g.pad_left) / p.sw;
+      const float* src = dxp + ((r % p.sh) * p.sw + b) * p.phase_floats() + q * p.wq;
+      const int64_t count = std::min(ceil_div(g.in_w - first, p.sw), p.wq - c0);
+      for (int64_t j = 0; j < count; ++j) row[first + j * p.sw] += src[c0 + j];
+    }
+  }
+}
+
+// dw of one group's block of input channels: Σ over images in order, then pixel tiles in order,
+// of dY[tile] · im2col(x)[block, tile]ᵀ.
+void gemm_weight_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int64_t group,
+                               int64_t block, const float* x, const float* dy, float* dw,
+                               float* col, GradientWrite write) {
+  const ConvGeometry& g = plan.geometry;
+  const int64_t c0 = block * plan.channel_block;
+  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
+  const int64_t rows = channels * s.taps;
+  float* out = dw + group * s.cout_g * s.k + c0 * s.taps;
+  bool first = write == GradientWrite::kOverwrite;
+  for (int64_t n = 0; n < g.batch; ++n) {
+    const float* xb = x + (n * g.in_channels + group * s.cin_g + c0) * s.in_plane;
+    const float* dyb = dy + (n * g.out_channels + group * s.cout_g) * s.pixels;
+    for (int64_t p0 = 0; p0 < s.pixels; p0 += plan.tile_pixels) {
+      const int64_t count = std::min(plan.tile_pixels, s.pixels - p0);
+      const float* cols = xb + p0;
+      int64_t ld = s.in_plane;
+      if (!plan.direct) {
+        im2col_tile(g, xb, channels, p0, count, col);
+        cols = col;
+        ld = count;
+      }
+      sgemm(Transpose::kNo, Transpose::kYes, s.cout_g, rows, count, 1.0f, dyb + p0, s.pixels, cols,
+            ld, first ? 0.0f : 1.0f, out, s.k);
+      first = false;
+    }
+  }
+  if (first) {  // no image or no pixel: the gradient is zero
+    for (int64_t r = 0; r < s.cout_g; ++r) std::fill_n(out + r * s.k, rows, 0.0f);
+  }
+}
+
+// dx of one image's group's block of input channels: col2im of W[:, block]ᵀ · dY, pixel tiles
+// in order (or, for direct convolutions, the product straight into dx).
+void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int64_t n,
+                              int64_t group, int64_t block, const float* w, const float* dy,
+                              float* dx, float* col, GradientWrite write) {
+  const ConvGeometry& g = plan.geometry;
+  const int64_t c0 = block * plan.channel_block;
+  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
+  const int64_t rows = channels * s.taps;
+  const float* wb = w + group * s.cout_g * s.k + c0 * s.taps;
+  const float* dyb = dy + (n * g.out_channels + group * s.cout_g) * s.pixels;
+  float* dxb = dx + (n * g.in_channels + group * s.cin_g + c0) * s.in_plane;
+  if (plan.direct) {
+    sgemm(Transpose::kYes, Transpose::kNo, rows, s.pixels, s.cout_g, 1.0f, wb, s.k, dyb, s.pixels,
+          write == GradientWrite::kAccumulate ? 1.0f : 0.0f, dxb, s.in_plane);
+    return;
+  }
+  if (write == GradientWrite::kOverwrite) std::fill_n(dxb, channels * s.in_plane, 0.0f);
+  for (int64_t p0 = 0; p0 < s.pixels; p0 += plan.tile_pixels) {
+    const int64_t count = std::min(plan.tile_pixels, s.pixels - p0);
+    sgemm(Transpose::kYes, Transpose::kNo, rows, count, s.cout_g, 1.0f, wb, s.k, dyb + p0, s.pixels,
+          0.0f, col, count);
+    col2im_tile_add(g, col, channels, p0, count, dxb);
+  }
+}
+
+}  // namespace
+
+ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
+  ConvBackwardPlan plan;
+  plan.geometry = geometry;
+  const ConvGeometry& g = geometry;
+  const Sizes s = sizes_of(g);
+  plan.slots = std::max(threads, 1);
+  plan.depthwise = s.cin_g == 1 && g.group > 1;
+  if (plan.depthwise) return plan;
+  plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+                g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
+  const int64_t cin_g = std::max<int64_t>(1, s.cin_g);
+  const int64_t taps = std::max<int64_t>(1, s.taps);
+  plan.channel_block =
+      std::clamp(std::max(ceil_div(cin_g, kMaxChannelBlocks), ceil_div(kMinBlockRows, taps)),
+                 int64_t{1}, cin_g);
+  plan.channel_blocks = ceil_div(cin_g, plan.channel_block);
+  const int64_t pixels = std::max<int64_t>(1, s.pixels);
+  if (plan.direct) {
+    plan.tile_pixels = pixels;
+  } else {
+    const int64_t fit = kScratchFloats / (plan.channel_block * taps) / 16 * 16;
+    plan.tile_pixels = std::min(pixels, std::max(kMinTilePixels, fit));
+  }
+  return plan;
+}
+
+size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
+  if (plan.depthwise) {
+    return aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
+           static_cast<size_t>(plan.slots);
+  }
+  if (plan.direct) return 0;
+  const Sizes s = sizes_of(plan.geometry);
+  const size_t slot = aligned_bytes(
+      static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) * sizeof(float));
+  return slot * static_cast<size_t>(plan.slots);
+}
+
+void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
+                     const ConvGradients& grads, std::byte* workspace, GradientWrite write) {
+  const ConvGeometry& g = plan.geometry;
+  if (grads.dbias) bias_gradient(g, dy, grads.dbias, write);
+  if (plan.depthwise) {
+    const size_t slot_bytes =
+        aligned_bytes(static_cast<size_t>(padded_slot_floats(g)) * sizeof(float));
+    if (grads.dw) {
+      parallel_tasks_with_scratch(
+          g.out_channels, plan.slots, slot_bytes, workspace, [&](int64_t co, std::byte* scratch) {
+            padded_depthwise_weight_task(g, co, x, dy, grads.dw, reinterpret_cast<float*>(scratch),
+                                         write);
+          });
+    }
+    if (grads.dx) {
+      parallel_tasks_with_scratch(g.batch * g.in_channels, plan.slots, slot_bytes, workspace,
+                                  [&](int64_t plane, std::byte* scratch) {
+                                    padded_depthwise_input_task(g, plane, w, dy, grads.dx,
+                                                                reinterpret_cast<float*>(scratch),
+                                                                write);
+                                  });
+    }
+    return;
+  }
+  const Sizes s = sizes_of(g);
+  const size_t slot_bytes =
+      plan.direct
+          ? 0
+          : aligned_bytes(static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) *
+                          sizeof(float));
+  const int64_t blocks = plan.channel_blocks;
+  if (grads.dw) {
+    parallel_tasks_with_scratch(
+        g.group * blocks, plan.slots, slot_bytes, workspace, [&](int64_t task, std::byte* scratch) {
+          gemm_weight_gradient_task(plan, s, task / blocks, task % blocks, x, dy, grads.dw,
+                                    reinterpret_cast<float*>(scratch), write);
+        });
+  }
+  if (grads.dx) {
+    parallel_tasks_with_scratch(g.batch * g.group * blocks, plan.slots, slot_bytes, workspace,
+                                [&](int64_t task, std::byte* scratch) {
+                                  const int64_t n = task / (g.group * blocks);
+                                  const int64_t rest = task % (g.group * blocks);
+                                  gemm_input_gradient_task(
+                                      plan, s, n, rest / blocks, rest % blocks, w, dy, grads.dx,
+                                      reinterpret_cast<float*>(scratch), write);
+                                });
+  }
+}
+
+}  // namespace qforge::kernels

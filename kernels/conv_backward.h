@@ -1,0 +1,60 @@
+// Backward of the float32 NCHW convolution of kernels/conv.h, for y = conv(x, w) + bias:
+//   dx[n, ci, ih, iw]   = Σ_{co in ci's group, kh, kw} w[co, ci', kh, kw] · dy[n, co, oh, ow]
+//   dw[co, ci', kh, kw] = Σ_n Σ_{oh, ow} dy[n, co, oh, ow] · x[n, ci, ih, iw]
+//   dbias[co]           = Σ_n Σ_{oh, ow} dy[n, co, oh, ow]
+// over the taps ih = oh·stride_h − pad_top + kh·dilation_h (likewise w) that land inside the
+// input, ci' = ci − group·in_channels/group (PyTorch's convolution_backward).
+//
+// How it runs: ungrouped and grouped convolutions run on OpenBLAS, one single-threaded
+// cblas_sgemm per task of a shape fixed by the geometry alone. dx is col2im of Wᵀ·dY, a task per
+// (image, group, block of input channels), so tasks write disjoint channels; dw is
+// dY·im2col(x)ᵀ, a task per (group, block of input channels) that adds the images in order
+// 0 .. batch-1 (and, within an image, blocks of output pixels in order). 1×1 stride-1 unpadded
+// convolutions use x and dx as the im2col matrix directly. Convolutions with one input channel
+// per group (depthwise) use direct vectorised loops: dx per input plane, dw per output channel
+// summing images in order, on zero-padded copies of the planes split by stride phase, where
+// every kernel tap is one contiguous loop over a plane. dbias sums each channel's planes, images
+// in order, with lane_sum. Every output is thus a fixed sequence of float operations: gradients are
+// bit-identical for any thread count, and dx of an image does not depend on the batch it runs in.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/conv.h"
+#include "kernels/gradient.h"
+
+namespace qforge::kernels {
+
+struct ConvBackwardPlan {
+  ConvGeometry geometry;
+  // One input channel per group: direct loops over stride-phased, zero-padded copies of the
+  // planes in scratch, each kernel tap one flat loop.
+  bool depthwise = false;
+  bool direct = false;        // 1×1, stride 1, no padding: x and dx are the im2col matrix
+  int64_t channel_block = 0;  // input channels of a group per GEMM task
+  int64_t channel_blocks = 0;
+  int64_t tile_pixels = 0;  // output pixels per im2col tile
+  int slots = 1;            // scratch regions, one per thread that may run
+};
+
+// threads: the most threads the backward will run on (scratch regions). The split of the work
+// depends on the geometry only.
+ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads);
+size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan);
+
+// Gradients to compute; a null pointer skips that gradient.
+struct ConvGradients {
+  float* dx = nullptr;     // [batch, in_channels, in_h, in_w]
+  float* dw = nullptr;     // [out_channels, in_channels/group, kernel_h, kernel_w]
+  float* dbias = nullptr;  // [out_channels]
+};
+
+// x (needed for dw), w (needed for dx) and dy [batch, out_channels, out_h, out_w] as in conv2d.
+// workspace: conv_backward_workspace_bytes(plan) bytes, 64-byte aligned. The outputs must not
+// alias the inputs.
+void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
+                     const ConvGradients& grads, std::byte* workspace,
+                     GradientWrite write = GradientWrite::kOverwrite);
+
+}  // namespace qforge::kernels

@@ -1,0 +1,154 @@
+// Pooling backward: per plane in parallel; max pooling finds each window's first maximum again,
+// average pooling scatters each output row's shares one kernel tap at a time along the row.
+#include "kernels/pool_backward.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "kernels/parallel.h"
+
+namespace qforge::kernels {
+namespace {
+
+constexpr int64_t kTaskElements = 1 << 14;
+// Output columns whose shares average pooling holds on the stack at a time.
+constexpr int64_t kShareBlock = 256;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// Output positions [lo, hi) within [0, out) whose tap pos·stride + offset lies in [0, extent).
+void valid_range(int64_t out, int64_t stride, int64_t offset, int64_t extent, int64_t& lo,
+                 int64_t& hi) {
+  lo = std::max<int64_t>(0, ceil_div(-offset, stride));
+  hi = std::min(out, ceil_div(extent - offset, stride));
+  if (hi < lo) hi = lo;
+}
+
+// Taps j in [0, kernel) of a window starting at `start` (step `dilation`) in [lower, upper).
+int64_t taps_inside(int64_t start, int64_t kernel, int64_t dilation, int64_t lower, int64_t upper) {
+  const int64_t first = std::max<int64_t>(0, ceil_div(lower - start, dilation));
+  const int64_t last = std::min(kernel, ceil_div(upper - start, dilation));
+  return std::max<int64_t>(0, last - first);
+}
+
+int64_t plane_grain(const PoolGeometry& g) {
+  const int64_t work = g.out_h * g.out_w * g.kernel_h * g.kernel_w;
+  return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, work));
+}
+
+void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx) {
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t h0 = oh * g.stride_h - g.pad_top;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t w0 = ow * g.stride_w - g.pad_left;
+      float best = kLowest;
+      int64_t at = -1;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = h0 + kh * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) continue;
+        const float* row = x + ih * g.in_w;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const int64_t iw = w0 + kw * g.dilation_w;
+          if (iw < 0 || iw >= g.in_w) continue;
+          if (at < 0 || row[iw] > best) {
+            best = row[iw];
+            at = ih * g.in_w + iw;
+          }
+        }
+      }
+      if (at >= 0) dx[at] += dy[oh * g.out_w + ow];
+    }
+  }
+}
+
+void average_pool_plane_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
+                                 float* dx) {
+  const bool include_pad = counting == PadCounting::kIncludePad;
+  float share[kShareBlock];
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const float* dyr = dy + oh * g.out_w;
+    const int64_t h0 = oh * g.stride_h - g.pad_top;
+    const int64_t count_h =
+        include_pad ? taps_inside(h0, g.kernel_h, g.dilation_h, -g.pad_top, g.in_h + g.pad_bottom)
+                    : taps_inside(h0, g.kernel_h, g.dilation_h, 0, g.in_h);
+    for (int64_t b0 = 0; b0 < g.out_w; b0 += kShareBlock) {
+      const int64_t b1 = std::min(g.out_w, b0 + kShareBlock);
+      for (int64_t ow = b0; ow < b1; ++ow) {
+        const int64_t w0 = ow * g.stride_w - g.pad_left;
+        const int64_t count_w = include_pad ? taps_inside(w0, g.kernel_w, g.dilation_w, -g.pad_left,
+                                                          g.in_w + g.pad_right)
+                                            : taps_inside(w0, g.kernel_w, g.dilation_w, 0, g.in_w);
+        share[ow - b0] = dyr[ow] / static_cast<float>(count_h * count_w);
+      }
+      const float* sh = share - b0;  // sh[ow] for ow in [b0, b1)
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = h0 + kh * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) continue;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const int64_t offset = kw * g.dilation_w - g.pad_left;
+          int64_t lo, hi;
+          valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+          lo = std::clamp(lo, b0, b1);
+          hi = std::clamp(hi, lo, b1);
+          float* dst = dx + ih * g.in_w + offset;
+          const int64_t s = g.stride_w;
+          if (s == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += sh[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s] += sh[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx,
+                         GradientWrite write) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float* dxp = dx + p * in_plane;
+      if (write == GradientWrite::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
+      max_pool_plane_backward(g, x + p * in_plane, dy + p * out_plane, dxp);
+    }
+  });
+}
+
+void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
+                             float* dx, GradientWrite write) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float* dxp = dx + p * in_plane;
+      if (write == GradientWrite::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
+      average_pool_plane_backward(g, counting, dy + p * out_plane, dxp);
+    }
+  });
+}
+
+void global_average_pool_backward(const float* dy, int64_t planes, int64_t plane_size, float* dx,
+                                  GradientWrite write) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, plane_size));
+  const float count = static_cast<float>(plane_size);
+  parallel_for(planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float share = dy[p] / count;
+      float* dxp = dx + p * plane_size;
+      if (write == GradientWrite::kOverwrite) {
+        std::fill_n(dxp, plane_size, share);
+      } else {
+        for (int64_t i = 0; i < plane_size; ++i) dxp[i] += share;
+      }
+    }
+  });
+}
+
+}  // namespace qforge::kernels

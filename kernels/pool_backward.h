@@ -1,0 +1,29 @@
+// Backward of the pooling kernels of kernels/pool.h (PyTorch's conventions):
+//   MaxPool: each output's gradient goes to the first maximum of its window, taps scanned in
+//     (kh, kw) order with a strict >, the forward's own choice (so ties go to the earliest tap);
+//     a window holding no value above −inf sends it to its first tap inside the input.
+//   AveragePool: each output's gradient, divided by the forward's count (taps inside the input,
+//     or also those on explicit padding), goes to every tap inside the input.
+//   GlobalAveragePool: dx = dy / plane_size over each plane.
+// One task per (image, channel) plane, outputs in row-major order, so gradients are
+// bit-identical for any thread count. dx is written as `write` says.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/gradient.h"
+#include "kernels/pool.h"
+
+namespace qforge::kernels {
+
+// x: the forward's input (the maxima are found again); dy [batch, channels, out_h, out_w];
+// dx [batch, channels, in_h, in_w].
+void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx,
+                         GradientWrite write = GradientWrite::kOverwrite);
+void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
+                             float* dx, GradientWrite write = GradientWrite::kOverwrite);
+// dy holds one value per plane.
+void global_average_pool_backward(const float* dy, int64_t planes, int64_t plane_size, float* dx,
+                                  GradientWrite write = GradientWrite::kOverwrite);
+
+}  // namespace qforge::kernels

@@ -1,0 +1,82 @@
+// Reference binary op backward: per output element, the partial derivatives by definition.
+#include "kernels/reference/binary_backward_reference.h"
+
+#include <algorithm>
+
+#include "kernels/reference/reference_util.h"
+
+namespace qforge::kernels::reference {
+namespace {
+
+// Calls fn(output, a_index, b_index) for every output element.
+template <class Fn>
+void for_each_pair(const Shape& a_shape, const Shape& b_shape, Fn&& fn) {
+  const Shape out = numpy_broadcast({a_shape, b_shape});
+  const int64_t count = shape_numel(out);
+  for (int64_t i = 0; i < count; ++i) {
+    const Shape index = unravel(i, out);
+    fn(i, broadcast_source(index, a_shape), broadcast_source(index, b_shape));
+  }
+}
+
+}  // namespace
+
+void binary_f64(BinaryOp op, const Shape& a_shape, const double* a, const Shape& b_shape,
+                const double* b, std::vector<double>& y) {
+  y.assign(static_cast<size_t>(shape_numel(numpy_broadcast({a_shape, b_shape}))), 0.0);
+  for_each_pair(a_shape, b_shape, [&](int64_t i, int64_t ai, int64_t bi) {
+    const double x = a[ai], z = b[bi];
+    double v = 0.0;
+    switch (op) {
+      case BinaryOp::kAdd:
+        v = x + z;
+        break;
+      case BinaryOp::kSub:
+        v = x - z;
+        break;
+      case BinaryOp::kMul:
+        v = x * z;
+        break;
+      case BinaryOp::kDiv:
+        v = x / z;
+        break;
+      default:
+        throw_internal("reference::binary_f64: op without a gradient");
+    }
+    y[static_cast<size_t>(i)] = v;
+  });
+}
+
+void binary_backward(BinaryOp op, const Shape& a_shape, const double* a, const Shape& b_shape,
+                     const double* b, const double* dy, double* da, double* db) {
+  if (da) std::fill_n(da, shape_numel(a_shape), 0.0);
+  if (db) std::fill_n(db, shape_numel(b_shape), 0.0);
+  for_each_pair(a_shape, b_shape, [&](int64_t i, int64_t ai, int64_t bi) {
+    const double g = dy[i], x = a[ai], z = b[bi];
+    double ga = 0.0, gb = 0.0;  // ∂y/∂a, ∂y/∂b
+    switch (op) {
+      case BinaryOp::kAdd:
+        ga = 1.0;
+        gb = 1.0;
+        break;
+      case BinaryOp::kSub:
+        ga = 1.0;
+        gb = -1.0;
+        break;
+      case BinaryOp::kMul:
+        ga = z;
+        gb = x;
+        break;
+      case BinaryOp::kDiv:
+        ga = 1.0 / z;
+        gb = -x / (z * z);
+        break;
+      default:
+        throw_internal("reference::binary_backward: op without a gradient");
+    }
+    if (da) da[ai] += g * ga;
+    if (db) db[bi] += g * gb;
+  });
+}
+
+}  // namespace qforge::kernels::reference

@@ -1,0 +1,142 @@
+// Shape op backward: the transposes and strided copies of the forward run the other way.
+#include "kernels/shape_backward.h"
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <vector>
+
+#include "kernels/error.h"
+#include "kernels/parallel.h"
+#include "kernels/strided_index.h"
+
+namespace qforge::kernels {
+namespace {
+
+constexpr int64_t kTaskElements = int64_t{1} << 14;
+
+template <class I>
+void check_indices(const GatherPlan& plan, const I* indices, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t v = indices[j];
+    if (v < -plan.axis_dim || v >= plan.axis_dim) {
+      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
+                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
+    }
+  }
+}
+
+template <class I>
+void gather_backward_typed(const GatherPlan& plan, const I* indices, int64_t count, const float* dy,
+                           float* dx, GradientWrite write) {
+  check_indices(plan, indices, count);
+  const int64_t inner = plan.inner;
+  const int64_t row = plan.axis_dim * inner;
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, count * inner));
+  parallel_for(plan.outer, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float* dxo = dx + o * row;
+      if (write == GradientWrite::kOverwrite) std::fill_n(dxo, row, 0.0f);
+      for (int64_t j = 0; j < count; ++j) {
+        int64_t v = indices[j];
+        if (v < 0) v += plan.axis_dim;
+        float* dst = dxo + v * inner;
+        const float* src = dy + (o * count + j) * inner;
+        for (int64_t i = 0; i < inner; ++i) dst[i] += src[i];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Shape inverse_permutation(std::span<const int64_t> perm) {
+  Shape inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i)
+    inverse[static_cast<size_t>(perm[i])] = static_cast<int64_t>(i);
+  return inverse;
+}
+
+void transpose_backward(std::span<const int64_t> x_shape, std::span<const int64_t> perm,
+                        const float* dy, float* dx, GradientWrite write) {
+  const Shape y_shape = transposed_shape(x_shape, perm);
+  const Shape inverse = inverse_permutation(perm);
+  const TransposePlan plan = plan_transpose(y_shape, inverse, sizeof(float));
+  if (write == GradientWrite::kOverwrite) {
+    transpose(plan, dy, dx);
+    return;
+  }
+  // Accumulate: walk dx in order, reading dy through the inverse transpose's strides.
+  const StridedCopyPlan& copy = plan.copy;
+  const int64_t inner = copy.dims.back();
+  const int64_t rows = copy.numel / std::max<int64_t>(1, inner);
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, inner));
+  parallel_for(rows, grain, [&](int64_t begin, int64_t end) {
+    const std::array<const int64_t*, 1> strides = {copy.src_strides.data()};
+    StridedIndex<1> at(copy.dims, strides, begin * inner);
+    const int64_t step = copy.src_strides.back();
+    for (int64_t r = begin; r < end; ++r, at.next_row()) {
+      const float* src = dy + copy.src_offset + at.offset(0);
+      float* dst = dx + r * inner;
+      for (int64_t i = 0; i < inner; ++i) dst[i] += src[i * step];
+    }
+  });
+}
+
+void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int64_t x_numel,
+                    GradientWrite write) {
+  if (write == GradientWrite::kOverwrite) std::fill_n(dx, x_numel, 0.0f);
+  if (plan.numel == 0) return;
+  const int64_t inner = plan.dims.back();
+  const int64_t rows = plan.numel / inner;
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, inner));
+  // Each dx position receives at most one dy element, so rows may run in any order.
+  parallel_for(rows, grain, [&](int64_t begin, int64_t end) {
+    const std::array<const int64_t*, 1> strides = {plan.src_strides.data()};
+    StridedIndex<1> at(plan.dims, strides, begin * inner);
+    const int64_t step = plan.src_strides.back();
+    for (int64_t r = begin; r < end; ++r, at.next_row()) {
+      float* dst = dx + plan.src_offset + at.offset(0);
+      const float* src = dy + r * inner;
+      for (int64_t i = 0; i < inner; ++i) dst[i * step] += src[i];
+    }
+  });
+}
+
+void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* const> dxs,
+                     GradientWrite write) {
+  if (dxs.size() != plan.row_bytes.size()) throw_internal("concat_backward: input count mismatch");
+  const int64_t out_row = plan.out_row_bytes / static_cast<int64_t>(sizeof(float));
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, out_row));
+  parallel_for(plan.outer, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const float* src = dy + o * out_row;
+      for (size_t i = 0; i < dxs.size(); ++i) {
+        const int64_t row = plan.row_bytes[i] / static_cast<int64_t>(sizeof(float));
+        if (dxs[i]) {
+          float* dst = dxs[i] + o * row;
+          if (write == GradientWrite::kOverwrite) {
+            std::copy_n(src, row, dst);
+          } else {
+            for (int64_t j = 0; j < row; ++j) dst[j] += src[j];
+          }
+        }
+        src += row;
+      }
+    }
+  });
+}
+
+void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
+                     GradientWrite write) {
+  if (plan.elem_size != sizeof(float)) throw_internal("gather_backward: expected a float32 plan");
+  if (indices.dtype() == DType::kInt64) {
+    gather_backward_typed(plan, indices.data<int64_t>(), indices.numel(), dy, dx, write);
+  } else if (indices.dtype() == DType::kInt32) {
+    gather_backward_typed(plan, indices.data<int32_t>(), indices.numel(), dy, dx, write);
+  } else {
+    throw_internal("gather_backward: indices " + indices.describe() + " are not int64 or int32");
+  }
+}
+
+}  // namespace qforge::kernels

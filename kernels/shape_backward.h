@@ -1,0 +1,43 @@
+// Backward of the data-movement ops of kernels/shape_ops.h for float32 gradients. Reshape,
+// Flatten, Squeeze and Unsqueeze move no data: their dx is dy. Expand's dx is dy summed over the
+// broadcast axes: binary_backward's da of an Add (kernels/binary_backward.h).
+//   Transpose: dx = transpose(dy, perm⁻¹).
+//   Slice:     dx = 0 except dx[start + i·step] = dy[i] per axis (no position is read twice).
+//   Concat:    dx_i = the rows of dy along the axis that input i filled.
+//   Gather:    dx = 0, then dx[o, indices[j], i] += dy[o, j, i] for j in order (repeated indices
+//              add up in index order).
+// Every dx element is one fixed sequence of float operations (one outer row per task for
+// Gather), so gradients are bit-identical for any thread count.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "kernels/gradient.h"
+#include "kernels/shape_ops.h"
+#include "kernels/tensor.h"
+
+namespace qforge::kernels {
+
+// The permutation that undoes `perm`: transpose by perm, then by the result, is the identity.
+Shape inverse_permutation(std::span<const int64_t> perm);
+
+// plan: the forward's plan_transpose(x_shape, perm, 4); dy has the transposed shape.
+void transpose_backward(std::span<const int64_t> x_shape, std::span<const int64_t> perm,
+                        const float* dy, float* dx,
+                        GradientWrite write = GradientWrite::kOverwrite);
+
+// plan: the forward's plan_slice(x_shape, ranges, 4); dx has x_numel elements.
+void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int64_t x_numel,
+                    GradientWrite write = GradientWrite::kOverwrite);
+
+// plan: the forward's plan_concat(shapes, axis, 4); dxs: one per input (null skips it).
+void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* const> dxs,
+                     GradientWrite write = GradientWrite::kOverwrite);
+
+// plan: the forward's plan_gather(data_shape, axis, 4); indices as the forward read them (an
+// index out of range throws the forward's Invalid error); dx has the data's shape.
+void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
+                     GradientWrite write = GradientWrite::kOverwrite);
+
+}  // namespace qforge::kernels
