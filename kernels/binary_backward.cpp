@@ -224,13 +224,13 @@ bool binary_backward_supports(BinaryOp op) {
 }
 
 void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
-                     const float* dy, const BinaryGradients& grads, GradientWrite write) {
+                     const float* dy, const BinaryGradients& grads, GradMode write) {
   if (!binary_backward_supports(op)) {
     throw_unsupported(std::string("binary_backward: expected Add, Sub, Mul or Div, got ") +
                       op_name(op));
   }
   if (plan.strides.size() != 2) throw_internal("binary_backward: expected a plan of two inputs");
-  const bool add = write == GradientWrite::kAccumulate;
+  const bool add = write == GradMode::kAccumulate;
   for (int target = 0; target < 2; ++target) {
     float* out = target == 0 ? grads.da : grads.db;
     if (!out) continue;

@@ -25,6 +25,6 @@ struct BinaryGradients {
 // db of Mul and Div, b for da of Mul and Div and db of Div. Throws Unsupported for other ops.
 void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
                      const float* dy, const BinaryGradients& grads,
-                     GradientWrite write = GradientWrite::kOverwrite);
+                     GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

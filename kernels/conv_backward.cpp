@@ -125,13 +125,13 @@ void col2im_tile_add(const ConvGeometry& g, const float* col, int64_t channels, 
 }
 
 // dbias[co] = Σ_n lane_sum(dy[n, co]), images in order.
-void bias_gradient(const ConvGeometry& g, const float* dy, float* dbias, GradientWrite write) {
+void bias_gradient(const ConvGeometry& g, const float* dy, float* dbias, GradMode write) {
   const int64_t pixels = g.out_h * g.out_w;
   const int64_t grain =
       std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, pixels * g.batch));
   parallel_for(g.out_channels, grain, [&](int64_t begin, int64_t end) {
     for (int64_t co = begin; co < end; ++co) {
-      float acc = write == GradientWrite::kAccumulate ? dbias[co] : 0.0f;
+      float acc = write == GradMode::kAccumulate ? dbias[co] : 0.0f;
       for (int64_t n = 0; n < g.batch; ++n) {
         acc += lane_sum(dy + (n * g.out_channels + co) * pixels, pixels);
       }
@@ -207,7 +207,7 @@ void pad_output_plane(const ConvGeometry& g, const PaddedPlanes& p, const float*
 
 // dw of output channel co: per tap, lanes over images in order, then combined.
 void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float* x,
-                                  const float* dy, float* dw, float* scratch, GradientWrite write) {
+                                  const float* dy, float* dw, float* scratch, GradMode write) {
   const PaddedPlanes p = padded_planes(g);
   const int64_t mult = g.out_channels / g.group;
   const int64_t ci = co / mult;
@@ -230,14 +230,14 @@ void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float
   for (int64_t t = 0; t < taps; ++t) {
     const float sum = lane_combine(lanes + t * kSumLanes);
     float& out = dw[co * taps + t];
-    out = write == GradientWrite::kAccumulate ? out + sum : sum;
+    out = write == GradMode::kAccumulate ? out + sum : sum;
   }
 }
 
 // dx of one input plane: the output channels of its group in order, each tap's scatter one
 // flat axpy into the phase planes, then the input positions gathered out of them.
 void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const float* w,
-                                 const float* dy, float* dx, float* scratch, GradientWrite write) {
+                                 const float* dy, float* dx, float* scratch, GradMode write) {
   const PaddedPlanes p = padded_planes(g);
   const int64_t mult = g.out_channels / g.group;
   const int64_t n = plane / g.in_channels;
@@ -259,7 +259,7 @@ void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const flo
     }
   }
   float* out = dx + plane * g.in_h * g.in_w;
-  if (write == GradientWrite::kOverwrite) std::fill_n(out, g.in_h * g.in_w, 0.0f);
+  if (write == GradMode::kOverwrite) std::fill_n(out, g.in_h * g.in_w, 0.0f);
   for (int64_t ih = 0; ih < g.in_h; ++ih) {
     const int64_t r = ih + g.pad_top;
     const int64_t q = r / p.sh;
@@ -280,13 +280,13 @@ void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const flo
 // of dY[tile] · im2col(x)[block, tile]ᵀ.
 void gemm_weight_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int64_t group,
                                int64_t block, const float* x, const float* dy, float* dw,
-                               float* col, GradientWrite write) {
+                               float* col, GradMode write) {
   const ConvGeometry& g = plan.geometry;
   const int64_t c0 = block * plan.channel_block;
   const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
   const int64_t rows = channels * s.taps;
   float* out = dw + group * s.cout_g * s.k + c0 * s.taps;
-  bool first = write == GradientWrite::kOverwrite;
+  bool first = write == GradMode::kOverwrite;
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* xb = x + (n * g.in_channels + group * s.cin_g + c0) * s.in_plane;
     const float* dyb = dy + (n * g.out_channels + group * s.cout_g) * s.pixels;
@@ -313,7 +313,7 @@ void gemm_weight_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int
 // in order (or, for direct convolutions, the product straight into dx).
 void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int64_t n,
                               int64_t group, int64_t block, const float* w, const float* dy,
-                              float* dx, float* col, GradientWrite write) {
+                              float* dx, float* col, GradMode write) {
   const ConvGeometry& g = plan.geometry;
   const int64_t c0 = block * plan.channel_block;
   const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
@@ -323,10 +323,10 @@ void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int6
   float* dxb = dx + (n * g.in_channels + group * s.cin_g + c0) * s.in_plane;
   if (plan.direct) {
     sgemm(Transpose::kYes, Transpose::kNo, rows, s.pixels, s.cout_g, 1.0f, wb, s.k, dyb, s.pixels,
-          write == GradientWrite::kAccumulate ? 1.0f : 0.0f, dxb, s.in_plane);
+          write == GradMode::kAccumulate ? 1.0f : 0.0f, dxb, s.in_plane);
     return;
   }
-  if (write == GradientWrite::kOverwrite) std::fill_n(dxb, channels * s.in_plane, 0.0f);
+  if (write == GradMode::kOverwrite) std::fill_n(dxb, channels * s.in_plane, 0.0f);
   for (int64_t p0 = 0; p0 < s.pixels; p0 += plan.tile_pixels) {
     const int64_t count = std::min(plan.tile_pixels, s.pixels - p0);
     sgemm(Transpose::kYes, Transpose::kNo, rows, count, s.cout_g, 1.0f, wb, s.k, dyb + p0, s.pixels,
@@ -376,7 +376,7 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
 }
 
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
-                     const ConvGradients& grads, std::byte* workspace, GradientWrite write) {
+                     const ConvGradients& grads, std::byte* workspace, GradMode write) {
   const ConvGeometry& g = plan.geometry;
   if (grads.dbias) bias_gradient(g, dy, grads.dbias, write);
   if (plan.depthwise) {

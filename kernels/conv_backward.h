@@ -55,6 +55,6 @@ struct ConvGradients {
 // alias the inputs.
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
                      const ConvGradients& grads, std::byte* workspace,
-                     GradientWrite write = GradientWrite::kOverwrite);
+                     GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

@@ -56,17 +56,17 @@ void run_block(const Product& p, const Blocks& blocks, int64_t block, float beta
         c + r0 * p.ldc + c0, p.ldc);
 }
 
-void blocked_product(const Product& p, float* c, GradientWrite write) {
+void blocked_product(const Product& p, float* c, GradMode write) {
   const Blocks blocks = blocks_of(p.m, p.n);
-  const float beta = write == GradientWrite::kAccumulate ? 1.0f : 0.0f;
+  const float beta = write == GradMode::kAccumulate ? 1.0f : 0.0f;
   parallel_for(blocks.count(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) run_block(p, blocks, block, beta, c);
   });
 }
 
 // dc for Gemm's bias: beta·dy summed over the broadcast axes.
-void bias_gradient(const GemmDims& d, const float* dy, float* dc, GradientWrite write) {
-  const bool add = write == GradientWrite::kAccumulate;
+void bias_gradient(const GemmDims& d, const float* dy, float* dc, GradMode write) {
+  const bool add = write == GradMode::kAccumulate;
   const float beta = d.beta;
   switch (d.bias) {
     case GemmBias::kNone:
@@ -145,7 +145,7 @@ int64_t operand_matrices(const MatMulDims& d, const Shape& strides, int64_t matr
 // batch index t, given by make(t); `matrix_of(t)` names the matrix t contributes to.
 template <class MatrixOf, class MakeProduct>
 void batched_gradient(int64_t matrices, int64_t batch, int64_t rows, int64_t cols, float* grad,
-                      GradientWrite write, MatrixOf&& matrix_of, MakeProduct&& make) {
+                      GradMode write, MatrixOf&& matrix_of, MakeProduct&& make) {
   const Blocks blocks = blocks_of(rows, cols);
   const int64_t matrix_size = rows * cols;
   parallel_for(matrices * blocks.count(), 1, [&](int64_t begin, int64_t end) {
@@ -153,7 +153,7 @@ void batched_gradient(int64_t matrices, int64_t batch, int64_t rows, int64_t col
       const int64_t matrix = task / blocks.count();
       const int64_t block = task % blocks.count();
       float* out = grad + matrix * matrix_size;
-      bool first = write == GradientWrite::kOverwrite;
+      bool first = write == GradMode::kOverwrite;
       for (int64_t t = 0; t < batch; ++t) {
         if (matrix_of(t) != matrix) continue;
         run_block(make(t), blocks, block, first ? 0.0f : 1.0f, out);
@@ -173,7 +173,7 @@ void batched_gradient(int64_t matrices, int64_t batch, int64_t rows, int64_t col
 }  // namespace
 
 void gemm_backward(const GemmDims& d, const float* a, const float* b, const float* dy,
-                   const GemmGradients& grads, GradientWrite write) {
+                   const GemmGradients& grads, GradMode write) {
   const bool ta = d.trans_a == Transpose::kYes;
   const bool tb = d.trans_b == Transpose::kYes;
   if (grads.da) {
@@ -232,7 +232,7 @@ void gemm_backward(const GemmDims& d, const float* a, const float* b, const floa
 }
 
 void matmul_backward(const MatMulDims& d, const float* a, const float* b, const float* dy,
-                     const MatMulGradients& grads, GradientWrite write) {
+                     const MatMulGradients& grads, GradMode write) {
   const int64_t batch = shape_numel(d.batch_shape);
   const int64_t a_size = d.m * d.k;
   const int64_t b_size = d.k * d.n;

@@ -30,7 +30,7 @@ struct GemmGradients {
 
 // a is needed for db, b for da. No workspace.
 void gemm_backward(const GemmDims& dims, const float* a, const float* b, const float* dy,
-                   const GemmGradients& grads, GradientWrite write = GradientWrite::kOverwrite);
+                   const GemmGradients& grads, GradMode write = GradMode::kOverwrite);
 
 struct MatMulGradients {
   float* da = nullptr;  // a's shape
@@ -39,6 +39,6 @@ struct MatMulGradients {
 
 // dims from matmul_dims(a_shape, b_shape); dy of dims.out_shape. No workspace.
 void matmul_backward(const MatMulDims& dims, const float* a, const float* b, const float* dy,
-                     const MatMulGradients& grads, GradientWrite write = GradientWrite::kOverwrite);
+                     const MatMulGradients& grads, GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

@@ -1,19 +1,14 @@
 // What the backward kernels (conv_backward.h, gemm_backward.h, pool_backward.h) share: how they
-// write their gradient outputs, and the fixed-order lane sums of products their weight gradients
-// use.
+// write their gradient outputs (GradMode, grad_mode.h), and the fixed-order lane sums of
+// products their weight gradients use.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/grad_mode.h"
 #include "kernels/norm.h"
 
 namespace qforge::kernels {
-
-// Whether a backward kernel overwrites its gradient outputs or adds to what they hold (a tensor
-// read by several nodes receives the sum of its readers' gradients). Either way every output is
-// a fixed sequence of float operations, the same for any thread count; with kAccumulate the old
-// value is where that sequence starts instead of zero.
-enum class GradientWrite : uint8_t { kOverwrite, kAccumulate };
 
 // Adds a[i]·b[i·b_stride] for i in [0, n) into lane i mod kSumLanes of acc: many short rows
 // then sum into one set of lanes, combined once at the end (lane_combine).

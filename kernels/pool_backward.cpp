@@ -109,40 +109,40 @@ void average_pool_plane_backward(const PoolGeometry& g, PadCounting counting, co
 }  // namespace
 
 void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx,
-                         GradientWrite write) {
+                         GradMode write) {
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
   parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       float* dxp = dx + p * in_plane;
-      if (write == GradientWrite::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
+      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
       max_pool_plane_backward(g, x + p * in_plane, dy + p * out_plane, dxp);
     }
   });
 }
 
 void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
-                             float* dx, GradientWrite write) {
+                             float* dx, GradMode write) {
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
   parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       float* dxp = dx + p * in_plane;
-      if (write == GradientWrite::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
+      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
       average_pool_plane_backward(g, counting, dy + p * out_plane, dxp);
     }
   });
 }
 
 void global_average_pool_backward(const float* dy, int64_t planes, int64_t plane_size, float* dx,
-                                  GradientWrite write) {
+                                  GradMode write) {
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, plane_size));
   const float count = static_cast<float>(plane_size);
   parallel_for(planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const float share = dy[p] / count;
       float* dxp = dx + p * plane_size;
-      if (write == GradientWrite::kOverwrite) {
+      if (write == GradMode::kOverwrite) {
         std::fill_n(dxp, plane_size, share);
       } else {
         for (int64_t i = 0; i < plane_size; ++i) dxp[i] += share;

@@ -19,11 +19,11 @@ namespace qforge::kernels {
 // x: the forward's input (the maxima are found again); dy [batch, channels, out_h, out_w];
 // dx [batch, channels, in_h, in_w].
 void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx,
-                         GradientWrite write = GradientWrite::kOverwrite);
+                         GradMode write = GradMode::kOverwrite);
 void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
-                             float* dx, GradientWrite write = GradientWrite::kOverwrite);
+                             float* dx, GradMode write = GradMode::kOverwrite);
 // dy holds one value per plane.
 void global_average_pool_backward(const float* dy, int64_t planes, int64_t plane_size, float* dx,
-                                  GradientWrite write = GradientWrite::kOverwrite);
+                                  GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

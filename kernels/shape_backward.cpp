@@ -28,7 +28,7 @@ void check_indices(const GatherPlan& plan, const I* indices, int64_t count) {
 
 template <class I>
 void gather_backward_typed(const GatherPlan& plan, const I* indices, int64_t count, const float* dy,
-                           float* dx, GradientWrite write) {
+                           float* dx, GradMode write) {
   check_indices(plan, indices, count);
   const int64_t inner = plan.inner;
   const int64_t row = plan.axis_dim * inner;
@@ -36,7 +36,7 @@ void gather_backward_typed(const GatherPlan& plan, const I* indices, int64_t cou
   parallel_for(plan.outer, grain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       float* dxo = dx + o * row;
-      if (write == GradientWrite::kOverwrite) std::fill_n(dxo, row, 0.0f);
+      if (write == GradMode::kOverwrite) std::fill_n(dxo, row, 0.0f);
       for (int64_t j = 0; j < count; ++j) {
         int64_t v = indices[j];
         if (v < 0) v += plan.axis_dim;
@@ -58,11 +58,11 @@ Shape inverse_permutation(std::span<const int64_t> perm) {
 }
 
 void transpose_backward(std::span<const int64_t> x_shape, std::span<const int64_t> perm,
-                        const float* dy, float* dx, GradientWrite write) {
+                        const float* dy, float* dx, GradMode write) {
   const Shape y_shape = transposed_shape(x_shape, perm);
   const Shape inverse = inverse_permutation(perm);
   const TransposePlan plan = plan_transpose(y_shape, inverse, sizeof(float));
-  if (write == GradientWrite::kOverwrite) {
+  if (write == GradMode::kOverwrite) {
     transpose(plan, dy, dx);
     return;
   }
@@ -84,8 +84,8 @@ void transpose_backward(std::span<const int64_t> x_shape, std::span<const int64_
 }
 
 void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int64_t x_numel,
-                    GradientWrite write) {
-  if (write == GradientWrite::kOverwrite) std::fill_n(dx, x_numel, 0.0f);
+                    GradMode write) {
+  if (write == GradMode::kOverwrite) std::fill_n(dx, x_numel, 0.0f);
   if (plan.numel == 0) return;
   const int64_t inner = plan.dims.back();
   const int64_t rows = plan.numel / inner;
@@ -104,7 +104,7 @@ void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int
 }
 
 void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* const> dxs,
-                     GradientWrite write) {
+                     GradMode write) {
   if (dxs.size() != plan.row_bytes.size()) throw_internal("concat_backward: input count mismatch");
   const int64_t out_row = plan.out_row_bytes / static_cast<int64_t>(sizeof(float));
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, out_row));
@@ -115,7 +115,7 @@ void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* c
         const int64_t row = plan.row_bytes[i] / static_cast<int64_t>(sizeof(float));
         if (dxs[i]) {
           float* dst = dxs[i] + o * row;
-          if (write == GradientWrite::kOverwrite) {
+          if (write == GradMode::kOverwrite) {
             std::copy_n(src, row, dst);
           } else {
             for (int64_t j = 0; j < row; ++j) dst[j] += src[j];
@@ -128,7 +128,7 @@ void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* c
 }
 
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
-                     GradientWrite write) {
+                     GradMode write) {
   if (plan.elem_size != sizeof(float)) throw_internal("gather_backward: expected a float32 plan");
   if (indices.dtype() == DType::kInt64) {
     gather_backward_typed(plan, indices.data<int64_t>(), indices.numel(), dy, dx, write);

@@ -24,20 +24,19 @@ Shape inverse_permutation(std::span<const int64_t> perm);
 
 // plan: the forward's plan_transpose(x_shape, perm, 4); dy has the transposed shape.
 void transpose_backward(std::span<const int64_t> x_shape, std::span<const int64_t> perm,
-                        const float* dy, float* dx,
-                        GradientWrite write = GradientWrite::kOverwrite);
+                        const float* dy, float* dx, GradMode write = GradMode::kOverwrite);
 
 // plan: the forward's plan_slice(x_shape, ranges, 4); dx has x_numel elements.
 void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int64_t x_numel,
-                    GradientWrite write = GradientWrite::kOverwrite);
+                    GradMode write = GradMode::kOverwrite);
 
 // plan: the forward's plan_concat(shapes, axis, 4); dxs: one per input (null skips it).
 void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* const> dxs,
-                     GradientWrite write = GradientWrite::kOverwrite);
+                     GradMode write = GradMode::kOverwrite);
 
 // plan: the forward's plan_gather(data_shape, axis, 4); indices as the forward read them (an
 // index out of range throws the forward's Invalid error); dx has the data's shape.
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
-                     GradientWrite write = GradientWrite::kOverwrite);
+                     GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

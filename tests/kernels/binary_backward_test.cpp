@@ -83,7 +83,7 @@ struct BinaryResult {
 };
 
 BinaryResult run_backward(BinaryOp op, const BinaryData& d, int threads,
-                          GradientWrite write = GradientWrite::kOverwrite,
+                          GradMode write = GradMode::kOverwrite,
                           const BinaryResult* start = nullptr) {
   ThreadCount scope(threads);
   BinaryResult r = start ? *start
@@ -142,7 +142,7 @@ TEST(BinaryBackward, MatchesReference) {
       expect_matches_reference(r.db, ref.db, absolute(mag.db), "db");
 
       const BinaryResult start{random_values(d.a.size(), 3), random_values(d.b.size(), 4)};
-      const BinaryResult added = run_backward(op, d, 2, GradientWrite::kAccumulate, &start);
+      const BinaryResult added = run_backward(op, d, 2, GradMode::kAccumulate, &start);
       Reference ref_added = ref;
       Reference mag_added{absolute(mag.da), absolute(mag.db)};
       for (size_t i = 0; i < ref.da.size(); ++i) {

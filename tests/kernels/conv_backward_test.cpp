@@ -77,8 +77,7 @@ struct ConvResult {
 };
 
 ConvResult run_backward(const ConvGeometry& g, const ConvData& d, int threads,
-                        GradientWrite write = GradientWrite::kOverwrite,
-                        const ConvResult* start = nullptr) {
+                        GradMode write = GradMode::kOverwrite, const ConvResult* start = nullptr) {
   ThreadCount scope(threads);
   const ConvBackwardPlan plan = plan_conv_backward(g, threads);
   std::vector<std::byte> ws(conv_backward_workspace_bytes(plan) + 64);
@@ -215,7 +214,7 @@ TEST(ConvBackward, AccumulatesIntoOutputs) {
     const ConvData d = conv_data(g, 41);
     ConvResult start{random_values(x_size(g), 51), random_values(w_size(g), 52),
                      random_values(static_cast<size_t>(g.out_channels), 53)};
-    const ConvResult r = run_backward(g, d, 2, GradientWrite::kAccumulate, &start);
+    const ConvResult r = run_backward(g, d, 2, GradMode::kAccumulate, &start);
     Reference ref = run_reference(g, to_double(d.x), to_double(d.w), to_double(d.dy));
     Reference mag = run_reference(g, absolute(to_double(d.x)), absolute(to_double(d.w)),
                                   absolute(to_double(d.dy)));

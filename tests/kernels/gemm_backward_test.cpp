@@ -96,7 +96,7 @@ struct GemmResult {
 };
 
 GemmResult run_gemm_backward(const GemmDims& d, const GemmData& x, int threads,
-                             GradientWrite write = GradientWrite::kOverwrite,
+                             GradMode write = GradMode::kOverwrite,
                              const GemmResult* start = nullptr) {
   ThreadCount scope(threads);
   GemmResult r;
@@ -166,7 +166,7 @@ TEST(GemmBackward, AccumulatesIntoOutputs) {
     const GemmData x = gemm_data(d, 3);
     const GemmResult start{random_values(x.a.size(), 4), random_values(x.b.size(), 5),
                            random_values(x.c.size(), 6)};
-    const GemmResult r = run_gemm_backward(d, x, 2, GradientWrite::kAccumulate, &start);
+    const GemmResult r = run_gemm_backward(d, x, 2, GradMode::kAccumulate, &start);
     GemmReference ref = gemm_reference(d, to_double(x.a), to_double(x.b), to_double(x.dy));
     GemmDims abs_dims = d;
     abs_dims.alpha = std::abs(d.alpha);
@@ -247,7 +247,7 @@ struct MatMulResult {
 };
 
 MatMulResult run_matmul_backward(const MatMulData& d, int threads,
-                                 GradientWrite write = GradientWrite::kOverwrite,
+                                 GradMode write = GradMode::kOverwrite,
                                  const MatMulResult* start = nullptr) {
   ThreadCount scope(threads);
   MatMulResult r;
@@ -301,7 +301,7 @@ TEST(MatMulBackward, MatchesReference) {
     expect_matches_reference(r.db, ref.db, mag.db, "db");
 
     const MatMulResult start{random_values(d.a.size(), 3), random_values(d.b.size(), 4)};
-    const MatMulResult added = run_matmul_backward(d, 2, GradientWrite::kAccumulate, &start);
+    const MatMulResult added = run_matmul_backward(d, 2, GradMode::kAccumulate, &start);
     MatMulReference ref_added = ref;
     MatMulReference mag_added = mag;
     for (size_t i = 0; i < ref.da.size(); ++i) {

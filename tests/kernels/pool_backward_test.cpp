@@ -192,14 +192,14 @@ TEST(PoolBackward, AccumulatesIntoDx) {
     }
   };
   std::vector<float> added = start;
-  max_pool2d_backward(g, x.data(), dy.data(), added.data(), GradientWrite::kAccumulate);
+  max_pool2d_backward(g, x.data(), dy.data(), added.data(), GradMode::kAccumulate);
   reference::max_pool2d_backward(g, xd.data(), dyd.data(), ref.data());
   reference::max_pool2d_backward(g, xd.data(), absolute(dyd).data(), mag.data());
   shift();
   expect_matches_reference(added, ref, mag, "max dx accumulated");
   added = start;
   average_pool2d_backward(g, PadCounting::kIncludePad, dy.data(), added.data(),
-                          GradientWrite::kAccumulate);
+                          GradMode::kAccumulate);
   reference::average_pool2d_backward(g, PadCounting::kIncludePad, dyd.data(), ref.data());
   reference::average_pool2d_backward(g, PadCounting::kIncludePad, absolute(dyd).data(), mag.data());
   shift();
@@ -231,7 +231,7 @@ TEST(GlobalAveragePoolBackward, SpreadsEachPlanesGradient) {
         numeric, 1e-8, "global average dx");
     std::vector<float> added(dx.size(), 1.0f);
     global_average_pool_backward(dy.data(), planes, plane_size, added.data(),
-                                 GradientWrite::kAccumulate);
+                                 GradMode::kAccumulate);
     for (size_t i = 0; i < dx.size(); ++i) ASSERT_EQ(added[i], 1.0f + dx[i]);
   }
 }

@@ -72,7 +72,7 @@ TEST(TransposeBackward, MatchesReferenceAndDifferences) {
     EXPECT_EQ(to_double(dx), ref);
     const std::vector<float> start = random_values(n, 3);
     std::vector<float> added = start;
-    transpose_backward(c.shape, c.perm, dyf.data(), added.data(), GradientWrite::kAccumulate);
+    transpose_backward(c.shape, c.perm, dyf.data(), added.data(), GradMode::kAccumulate);
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(added[i], start[i] + dx[i]) << i;
     EXPECT_EQ(inverse_permutation(inverse_permutation(c.perm)), c.perm);
   }
@@ -118,8 +118,7 @@ TEST(SliceBackward, MatchesReferenceAndDifferences) {
     EXPECT_EQ(to_double(dx), ref);
     const std::vector<float> start = random_values(n, 6);
     std::vector<float> added = start;
-    slice_backward(plan, dyf.data(), added.data(), static_cast<int64_t>(n),
-                   GradientWrite::kAccumulate);
+    slice_backward(plan, dyf.data(), added.data(), static_cast<int64_t>(n), GradMode::kAccumulate);
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(added[i], start[i] + dx[i]) << i;
   }
 }
@@ -163,7 +162,7 @@ TEST(ConcatBackward, MatchesReferenceAndDifferences) {
   for (float v : dxs[2]) EXPECT_TRUE(std::isnan(v)) << "a null gradient is skipped";
   std::vector<float> added = dxs[3];
   std::vector<float*> only_last = {nullptr, nullptr, nullptr, added.data()};
-  concat_backward(plan, dyf.data(), only_last, GradientWrite::kAccumulate);
+  concat_backward(plan, dyf.data(), only_last, GradMode::kAccumulate);
   for (size_t i = 0; i < added.size(); ++i) ASSERT_EQ(added[i], dxs[3][i] + dxs[3][i]);
 }
 
