@@ -7,6 +7,12 @@
 
 namespace qforge::runtime {
 
+void OpKernel::backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                        std::span<const Tensor> /*grad_outputs*/, std::span<Tensor> /*grad_inputs*/,
+                        std::byte* /*workspace*/) {
+  throw_internal("OpKernel: backward called on a kernel without one");
+}
+
 void OpRegistry::add(OpDef def) {
   if (find(def.op_type)) throw_internal("OpRegistry: op '" + def.op_type + "' registered twice");
   if (!def.infer || !def.create) {

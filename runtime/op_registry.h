@@ -48,7 +48,29 @@ class OpKernel {
   // count and any batch size.
   virtual void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                        std::byte* workspace) = 0;
+
+  // Training (runtime/training.h). A kernel made for training keeps the forward's inputs and
+  // outputs alive until its backward, which reads them. Whether backward gives the gradient of
+  // input `index`: false for what is not differentiable (integer and shape inputs, BN running
+  // statistics) and for every input of an op without a backward.
+  virtual bool differentiable_input(size_t /*index*/) const { return false; }
+  // Scratch bytes that backward needs (the same shared buffer as forward's workspace).
+  virtual size_t backward_workspace_bytes() const { return 0; }
+  // grad_outputs[i]: dLoss/d output i, or an undefined tensor where no gradient reaches that
+  // output (read it as zero). grad_inputs[i]: defined where the caller wants dLoss/d input i,
+  // which backward then overwrites; undefined elsewhere. Like forward: no heap allocation for
+  // float32 work, the same bits for any thread count.
+  virtual void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
+                        std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                        std::byte* workspace);
 };
+
+// The storage of grad_inputs[index] where backward's caller asked for that gradient, else null.
+inline float* grad_data(std::span<Tensor> grad_inputs, size_t index) {
+  return index < grad_inputs.size() && grad_inputs[index].defined()
+             ? grad_inputs[index].data<float>()
+             : nullptr;
+}
 
 using InferFn = std::vector<TensorInfo> (*)(const graph::Node& node,
                                             std::span<const InputInfo> inputs);
@@ -62,6 +84,11 @@ struct OpDef {
   std::string op_type;
   InferFn infer = nullptr;
   CreateFn create = nullptr;
+  // The kernel that training runs, when its forward differs from inference's (BatchNormalization
+  // normalises with batch statistics and updates its running ones); null: `create`'s kernel,
+  // whose backward then serves training. Constant inputs that training updates come without
+  // their values (InputInfo::constant null), so the kernel prepares nothing from them.
+  CreateFn create_training = nullptr;
 };
 
 class OpRegistry {

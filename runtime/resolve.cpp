@@ -116,6 +116,10 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
       infos[i].shape = *v->shape();
       if (v->is_constant()) {
         infos[i].constant = &v->constant();
+        if (options.parameters.count(v->name()) &&
+            !(node->op_type() == "Identity" && options.parameters.count(node->output(0)->name()))) {
+          all_constant = false;
+        }
       } else {
         all_constant = false;
       }

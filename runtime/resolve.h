@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <map>
+#include <set>
 #include <string>
 
 #include "graph/ir.h"
@@ -15,6 +16,11 @@ struct ResolveOptions {
   // Shapes of graph inputs by name; inputs not listed keep the shape in the model, which must
   // then be static.
   std::map<std::string, graph::Shape> input_shapes;
+  // Constants that training updates (runtime/training.h). A node that reads one is not folded,
+  // since its output follows the parameter's current value, except an Identity whose output is
+  // listed too: torch.onnx writes one initializer for parameters of equal value and names the
+  // others through Identity nodes, and each such alias stays a parameter of its own.
+  std::set<std::string, std::less<>> parameters;
 };
 
 struct ResolveStats {

@@ -9,10 +9,13 @@
 #include <vector>
 
 #include "kernels/conv.h"
+#include "kernels/conv_backward.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_backward.h"
 #include "kernels/norm.h"
 #include "kernels/parallel.h"
 #include "kernels/pool.h"
+#include "kernels/pool_backward.h"
 #include "kernels/softmax.h"
 #include "runtime/ops/ops.h"
 
@@ -259,10 +262,12 @@ class ConvKernel final : public OpKernel {
  public:
   // Constant weights are brought into the algorithm's form once, here.
   ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights, float clamp_min,
-             float clamp_max)
+             float clamp_max, bool fused)
       : plan_(kernels::plan_conv(g, kernels::max_threads())),
+        backward_plan_(kernels::plan_conv_backward(g, kernels::max_threads())),
         clamp_min_(clamp_min),
-        clamp_max_(clamp_max) {
+        clamp_max_(clamp_max),
+        fused_(fused) {
     const size_t floats = kernels::conv_prepared_weight_floats(plan_);
     if (constant_weights && floats > 0) {
       prepared_.resize(floats);
@@ -291,11 +296,29 @@ class ConvKernel final : public OpKernel {
                     prepared_.empty() ? nullptr : prepared_.data());
   }
 
+  // Conv's X, W and B; FusedConv, an inference-only node, has no backward.
+  bool differentiable_input(size_t index) const override { return !fused_ && index <= 2; }
+  size_t backward_workspace_bytes() const override {
+    return kernels::conv_backward_workspace_bytes(backward_plan_);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    kernels::ConvGradients grads;
+    grads.dx = grad_data(grad_inputs, 0);
+    grads.dw = grad_data(grad_inputs, 1);
+    grads.dbias = grad_data(grad_inputs, 2);
+    kernels::conv2d_backward(backward_plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                             grad_outputs[0].data<float>(), grads, workspace);
+  }
+
  private:
   kernels::ConvPlan plan_;
+  kernels::ConvBackwardPlan backward_plan_;
   std::vector<float> prepared_;
   float clamp_min_;
   float clamp_max_;
+  bool fused_;
 };
 
 std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> inputs) {
@@ -306,7 +329,7 @@ std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInf
                                       std::span<const TensorInfo> /*outputs*/) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant, -kInf,
-                                      kInf);
+                                      kInf, false);
 }
 
 std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const InputInfo> inputs) {
@@ -333,7 +356,7 @@ std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const In
   constexpr float kInf = std::numeric_limits<float>::infinity();
   return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
                                       node.attr_float("clamp_min", -kInf),
-                                      node.attr_float("clamp_max", kInf));
+                                      node.attr_float("clamp_max", kInf), true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,6 +437,19 @@ class GemmKernel final : public OpKernel {
                   outputs[0].data<float>(), workspace,
                   prepared_.empty() ? nullptr : prepared_.data());
   }
+  bool differentiable_input(size_t index) const override {
+    return index <= 1 || (index == 2 && dims_.bias != kernels::GemmBias::kNone);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::GemmGradients grads;
+    grads.da = grad_data(grad_inputs, 0);
+    grads.db = grad_data(grad_inputs, 1);
+    grads.dc = grad_data(grad_inputs, 2);
+    kernels::gemm_backward(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                           grad_outputs[0].data<float>(), grads);
+  }
 
  private:
   kernels::GemmDims dims_;
@@ -470,6 +506,16 @@ class MatMulKernel final : public OpKernel {
     kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
                     outputs[0].data<float>(), workspace,
                     prepared_.empty() ? nullptr : prepared_.data());
+  }
+  bool differentiable_input(size_t index) const override { return index <= 1; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::MatMulGradients grads;
+    grads.da = grad_data(grad_inputs, 0);
+    grads.db = grad_data(grad_inputs, 1);
+    kernels::matmul_backward(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                             grad_outputs[0].data<float>(), grads);
   }
 
  private:
@@ -571,6 +617,56 @@ std::unique_ptr<OpKernel> create_batch_norm(const Node& node, std::span<const In
                                            inputs);
 }
 
+// BatchNormalization as training runs it: normalised with the batch's statistics (biased
+// variance), its running mean and variance (inputs 3 and 4, the training executor's own copies)
+// updated in place as PyTorch does with momentum 1 − the ONNX momentum, and a backward to X,
+// scale and B. The mean and inverse deviation of the last forward are kept for the backward.
+class BatchNormTrainingKernel final : public OpKernel {
+ public:
+  BatchNormTrainingKernel(const Shape& x_shape, float epsilon, float momentum)
+      : dims_{x_shape[0], x_shape[1], shape_numel(std::span<const int64_t>(x_shape).subspan(2)),
+              epsilon},
+        options_{momentum},
+        saved_mean_(static_cast<size_t>(x_shape[1])),
+        saved_inv_std_(static_cast<size_t>(x_shape[1])) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    Tensor running_mean = inputs[3];
+    Tensor running_var = inputs[4];
+    kernels::batch_norm_training(dims_, options_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                 inputs[2].data<float>(), outputs[0].data<float>(),
+                                 saved_mean_.data(), saved_inv_std_.data(),
+                                 running_mean.data<float>(), running_var.data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index <= 2; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::batch_norm_training_backward(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                          saved_mean_.data(), saved_inv_std_.data(),
+                                          grad_outputs[0].data<float>(), grad_data(grad_inputs, 0),
+                                          grad_data(grad_inputs, 1), grad_data(grad_inputs, 2));
+  }
+
+ private:
+  kernels::BatchNormDims dims_;
+  kernels::BatchNormTrainingOptions options_;
+  std::vector<float> saved_mean_;
+  std::vector<float> saved_inv_std_;
+};
+
+std::unique_ptr<OpKernel> create_batch_norm_training(const Node& node,
+                                                     std::span<const InputInfo> inputs,
+                                                     std::span<const TensorInfo> /*outputs*/) {
+  infer_batch_norm(node, inputs);
+  const float onnx_momentum = node.attr_float("momentum", 0.9f);
+  if (!(onnx_momentum >= 0.0f && onnx_momentum <= 1.0f)) {
+    fail_node(node, "momentum in [0, 1]", std::to_string(onnx_momentum));
+  }
+  return std::make_unique<BatchNormTrainingKernel>(
+      inputs[0].shape, node.attr_float("epsilon", 1e-5f), 1.0f - onnx_momentum);
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNormalization
 
@@ -651,7 +747,10 @@ std::vector<TensorInfo> infer_layer_norm(const Node& node, std::span<const Input
 
 class LayerNormKernel final : public OpKernel {
  public:
-  LayerNormKernel(LayerNormSetup setup, std::span<const InputInfo> inputs) : s_(std::move(setup)) {
+  LayerNormKernel(LayerNormSetup setup, std::span<const InputInfo> inputs)
+      : s_(std::move(setup)),
+        saved_mean_(static_cast<size_t>(s_.dims.rows)),
+        saved_inv_std_(static_cast<size_t>(s_.dims.rows)) {
     prepare(inputs, 1, scale_);
     if (inputs.size() > 2 && inputs[2].present) prepare(inputs, 2, bias_);
   }
@@ -666,10 +765,30 @@ class LayerNormKernel final : public OpKernel {
     if (scale_.expand_in_forward) workspace += one;
     const float* bias =
         inputs.size() > 2 && inputs[2].defined() ? resolve(inputs, 2, bias_, workspace) : nullptr;
-    float* mean = outputs.size() > 1 && outputs[1].defined() ? outputs[1].data<float>() : nullptr;
-    float* inv = outputs.size() > 2 && outputs[2].defined() ? outputs[2].data<float>() : nullptr;
+    float* mean =
+        outputs.size() > 1 && outputs[1].defined() ? outputs[1].data<float>() : saved_mean_.data();
+    float* inv = outputs.size() > 2 && outputs[2].defined() ? outputs[2].data<float>()
+                                                            : saved_inv_std_.data();
     kernels::layer_norm(s_.dims, inputs[0].data<float>(), scale, bias, outputs[0].data<float>(),
                         mean, inv);
+  }
+
+  // X, and Scale and B where they have the normalised shape (a broadcast one would need its
+  // gradient summed back down: not done).
+  bool differentiable_input(size_t index) const override {
+    return index == 0 || (index == 1 && scale_.full) || (index == 2 && bias_.full);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    const float* mean =
+        outputs.size() > 1 && outputs[1].defined() ? outputs[1].data<float>() : saved_mean_.data();
+    const float* inv = outputs.size() > 2 && outputs[2].defined() ? outputs[2].data<float>()
+                                                                  : saved_inv_std_.data();
+    if (!scale_.full) throw_unsupported("LayerNormalization: backward with a broadcast Scale");
+    kernels::layer_norm_backward(s_.dims, inputs[0].data<float>(), inputs[1].data<float>(), mean,
+                                 inv, grad_outputs[0].data<float>(), grad_data(grad_inputs, 0),
+                                 grad_data(grad_inputs, 1), grad_data(grad_inputs, 2));
   }
 
  private:
@@ -707,6 +826,9 @@ class LayerNormKernel final : public OpKernel {
   LayerNormSetup s_;
   Param scale_;
   Param bias_;
+  // The statistics of the last forward when outputs Mean and InvStdDev are not in use.
+  std::vector<float> saved_mean_;
+  std::vector<float> saved_inv_std_;
 };
 
 std::unique_ptr<OpKernel> create_layer_norm(const Node& node, std::span<const InputInfo> inputs,
@@ -736,6 +858,13 @@ class SoftmaxKernel final : public OpKernel {
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::softmax(dims_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::softmax_backward(dims_, outputs[0].data<float>(), grad_outputs[0].data<float>(),
+                              grad_inputs[0].data<float>());
   }
 
  private:
@@ -810,6 +939,13 @@ class MaxPoolKernel final : public OpKernel {
     kernels::max_pool2d(geometry_, inputs[0].data<float>(), outputs[0].data<float>(), indices,
                         order_);
   }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::max_pool2d_backward(geometry_, inputs[0].data<float>(), grad_outputs[0].data<float>(),
+                                 grad_inputs[0].data<float>());
+  }
 
  private:
   kernels::PoolGeometry geometry_;
@@ -834,6 +970,13 @@ class AveragePoolKernel final : public OpKernel {
                std::byte* /*workspace*/) override {
     kernels::average_pool2d(geometry_, counting_, inputs[0].data<float>(),
                             outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::average_pool2d_backward(geometry_, counting_, grad_outputs[0].data<float>(),
+                                     grad_inputs[0].data<float>());
   }
 
  private:
@@ -877,6 +1020,13 @@ class GlobalAveragePoolKernel final : public OpKernel {
                std::byte* /*workspace*/) override {
     kernels::global_average_pool(inputs[0].data<float>(), planes_, plane_size_,
                                  outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::global_average_pool_backward(grad_outputs[0].data<float>(), planes_, plane_size_,
+                                          grad_inputs[0].data<float>());
   }
 
  private:
@@ -956,7 +1106,8 @@ void register_dense_ops(OpRegistry& registry) {
   registry.add({"FusedConv", infer_fused_conv, create_fused_conv});
   registry.add({"Gemm", infer_gemm, create_gemm});
   registry.add({"MatMul", infer_matmul, create_matmul});
-  registry.add({"BatchNormalization", infer_batch_norm, create_batch_norm});
+  registry.add(
+      {"BatchNormalization", infer_batch_norm, create_batch_norm, create_batch_norm_training});
   registry.add({"LayerNormalization", infer_layer_norm, create_layer_norm});
   registry.add({"MaxPool", infer_max_pool, create_max_pool});
   registry.add({"AveragePool", infer_average_pool, create_average_pool});

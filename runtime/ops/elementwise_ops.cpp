@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/binary_backward.h"
 #include "kernels/elementwise.h"
 #include "runtime/ops/ops.h"
 
@@ -85,6 +86,14 @@ class UnaryKernel final : public OpKernel {
                std::byte* /*workspace*/) override {
     kernels::unary(op_, params_, inputs[0], outputs[0]);
   }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::unary_backward_f32(op_, params_, inputs[0].data<float>(),
+                                grad_outputs[0].data<float>(), grad_inputs[0].data<float>(),
+                                inputs[0].numel());
+  }
 
  private:
   UnaryOp op_;
@@ -143,13 +152,27 @@ class ClipKernel final : public OpKernel {
       : params_(params), dynamic_min_(dynamic_min), dynamic_max_(dynamic_max) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
-    UnaryParams p = params_;
-    if (dynamic_min_) set_clip_bound(p, inputs[1], true);
-    if (dynamic_max_) set_clip_bound(p, inputs[2], false);
-    kernels::unary(UnaryOp::kClip, p, inputs[0], outputs[0]);
+    kernels::unary(UnaryOp::kClip, bounds(inputs), inputs[0], outputs[0]);
+  }
+  // The bounds are not differentiated (PyTorch's clamp with tensor bounds gives them gradients;
+  // the exported activations, ReLU6 and friends, carry constants).
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::unary_backward_f32(UnaryOp::kClip, bounds(inputs), inputs[0].data<float>(),
+                                grad_outputs[0].data<float>(), grad_inputs[0].data<float>(),
+                                inputs[0].numel());
   }
 
  private:
+  UnaryParams bounds(std::span<const Tensor> inputs) const {
+    UnaryParams p = params_;
+    if (dynamic_min_) set_clip_bound(p, inputs[1], true);
+    if (dynamic_max_) set_clip_bound(p, inputs[2], false);
+    return p;
+  }
+
   UnaryParams params_;
   bool dynamic_min_;
   bool dynamic_max_;
@@ -198,23 +221,36 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
 
 class BinaryKernel final : public OpKernel {
  public:
-  BinaryKernel(BinaryOp op, BroadcastPlan plan, std::string label)
-      : op_(op), plan_(std::move(plan)), label_(std::move(label)) {}
+  BinaryKernel(BinaryOp op, std::span<const InputInfo> inputs, std::string label)
+      : op_(op),
+        plan_(kernels::plan_broadcast(std::vector<Shape>{inputs[0].shape, inputs[1].shape})),
+        label_(std::move(label)),
+        differentiable_(inputs[0].dtype == DType::kFloat32 && inputs[1].dtype == DType::kFloat32 &&
+                        kernels::binary_backward_supports(op)) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     run_for_node(label_, [&] { kernels::binary(op_, plan_, inputs[0], inputs[1], outputs[0]); });
+  }
+  // Add, Sub, Mul and Div of float tensors (kernels/binary_backward.h).
+  bool differentiable_input(size_t index) const override { return differentiable_ && index <= 1; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::binary_backward(op_, plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                             grad_outputs[0].data<float>(),
+                             {grad_data(grad_inputs, 0), grad_data(grad_inputs, 1)});
   }
 
  private:
   BinaryOp op_;
   BroadcastPlan plan_;
   std::string label_;
+  bool differentiable_;
 };
 
 std::unique_ptr<OpKernel> create_binary_op(BinaryOp op, const graph::Node& node,
                                            std::span<const InputInfo> inputs) {
-  const std::vector<Shape> shapes = {inputs[0].shape, inputs[1].shape};
-  return std::make_unique<BinaryKernel>(op, kernels::plan_broadcast(shapes), node.label());
+  return std::make_unique<BinaryKernel>(op, inputs, node.label());
 }
 
 template <BinaryOp kOp>

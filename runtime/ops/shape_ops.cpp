@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "kernels/binary_backward.h"
 #include "kernels/elementwise.h"
+#include "kernels/shape_backward.h"
 #include "kernels/shape_ops.h"
 #include "runtime/ops/ops.h"
 
@@ -105,6 +107,18 @@ class CopyKernel final : public OpKernel {
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     copy_bytes(inputs[0], outputs[0]);
+  }
+  // The elements keep their order, so the gradient is the output's, in the input's shape.
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (!grad_inputs[0].defined()) return;
+    if (grad_outputs[0].defined()) {
+      copy_bytes(grad_outputs[0], grad_inputs[0]);
+    } else {
+      std::fill_n(grad_inputs[0].data<float>(), grad_inputs[0].numel(), 0.0f);
+    }
   }
 };
 
@@ -261,6 +275,14 @@ class DropoutKernel final : public OpKernel {
       kernels::fill(outputs[1], &keep);
     }
   }
+  // Inference dropout, an identity, in training too: the models qforge trains are exported in
+  // eval mode, where the ratio no longer applies.
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    copy_bytes(grad_outputs[0], grad_inputs[0]);
+  }
 };
 
 std::unique_ptr<OpKernel> create_dropout(const graph::Node& /*node*/,
@@ -295,36 +317,77 @@ std::vector<TensorInfo> infer_transpose(const graph::Node& node,
 
 class TransposeKernel final : public OpKernel {
  public:
-  explicit TransposeKernel(kernels::TransposePlan plan) : plan_(std::move(plan)) {}
+  // inverse: the transpose that takes the output's layout back to the input's (the backward).
+  TransposeKernel(kernels::TransposePlan plan, kernels::TransposePlan inverse)
+      : plan_(std::move(plan)), inverse_(std::move(inverse)) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::transpose(plan_, inputs[0].raw(), outputs[0].raw());
   }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::transpose(inverse_, grad_outputs[0].raw(), grad_inputs[0].raw());
+  }
 
  private:
   kernels::TransposePlan plan_;
+  kernels::TransposePlan inverse_;
 };
 
 std::unique_ptr<OpKernel> create_transpose(const graph::Node& node,
                                            std::span<const InputInfo> inputs,
                                            std::span<const TensorInfo> /*outputs*/) {
   const InputInfo& x = inputs[0];
-  return std::make_unique<TransposeKernel>(kernels::plan_transpose(
-      x.shape, transpose_perm(node, x.shape.size()), kernels::dtype_size(x.dtype)));
+  const std::vector<int64_t> perm = transpose_perm(node, x.shape.size());
+  std::vector<int64_t> inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inverse[static_cast<size_t>(perm[i])] = int64_t(i);
+  const size_t element = kernels::dtype_size(x.dtype);
+  return std::make_unique<TransposeKernel>(
+      kernels::plan_transpose(x.shape, perm, element),
+      kernels::plan_transpose(kernels::transposed_shape(x.shape, perm), inverse, element));
 }
 
 // Slice and Expand: strided copies planned from constant inputs ---------------------------------
 
 class StridedCopyKernel final : public OpKernel {
  public:
-  explicit StridedCopyKernel(kernels::StridedCopyPlan plan) : plan_(std::move(plan)) {}
+  // Backward: Slice's gradient lands on the positions it read, zero elsewhere; Expand's is
+  // summed over the axes it broadcast along.
+  enum class Kind { kSlice, kExpand };
+  StridedCopyKernel(kernels::StridedCopyPlan plan, Kind kind, const InputInfo& x,
+                    const Shape& out_shape)
+      : plan_(std::move(plan)), kind_(kind), x_numel_(shape_numel(x.shape)) {
+    differentiable_ = x.dtype == DType::kFloat32;
+    if (kind_ == Kind::kExpand) {
+      expand_as_add_ = kernels::plan_broadcast(std::vector<Shape>{x.shape, out_shape});
+    }
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::strided_copy(plan_, inputs[0].raw(), outputs[0].raw());
   }
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (kind_ == Kind::kSlice) {
+      kernels::slice_backward(plan_, grad_outputs[0].data<float>(), grad_inputs[0].data<float>(),
+                              x_numel_);
+    } else {
+      kernels::binary_backward(kernels::BinaryOp::kAdd, expand_as_add_, nullptr, nullptr,
+                               grad_outputs[0].data<float>(),
+                               {grad_inputs[0].data<float>(), nullptr});
+    }
+  }
 
  private:
   kernels::StridedCopyPlan plan_;
+  Kind kind_;
+  int64_t x_numel_;
+  bool differentiable_ = false;
+  kernels::BroadcastPlan expand_as_add_;  // Expand: x broadcast to the output, as an Add's a
 };
 
 // One SliceRange per axis of the data input.
@@ -363,9 +426,11 @@ std::vector<TensorInfo> infer_slice(const graph::Node& node, std::span<const Inp
 }
 
 std::unique_ptr<OpKernel> create_slice(const graph::Node& node, std::span<const InputInfo> inputs,
-                                       std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<StridedCopyKernel>(kernels::plan_slice(
-      inputs[0].shape, slice_ranges(node, inputs), kernels::dtype_size(inputs[0].dtype)));
+                                       std::span<const TensorInfo> outputs) {
+  return std::make_unique<StridedCopyKernel>(
+      kernels::plan_slice(inputs[0].shape, slice_ranges(node, inputs),
+                          kernels::dtype_size(inputs[0].dtype)),
+      StridedCopyKernel::Kind::kSlice, inputs[0], outputs[0].shape);
 }
 
 std::vector<TensorInfo> infer_expand(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -385,8 +450,9 @@ std::vector<TensorInfo> infer_expand(const graph::Node& node, std::span<const In
 std::unique_ptr<OpKernel> create_expand(const graph::Node& /*node*/,
                                         std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> outputs) {
-  return std::make_unique<StridedCopyKernel>(kernels::plan_expand(
-      inputs[0].shape, outputs[0].shape, kernels::dtype_size(inputs[0].dtype)));
+  return std::make_unique<StridedCopyKernel>(
+      kernels::plan_expand(inputs[0].shape, outputs[0].shape, kernels::dtype_size(inputs[0].dtype)),
+      StridedCopyKernel::Kind::kExpand, inputs[0], outputs[0].shape);
 }
 
 // Concat ---------------------------------------------------------------------------------------
@@ -422,22 +488,34 @@ std::vector<TensorInfo> infer_concat(const graph::Node& node, std::span<const In
 
 class ConcatKernel final : public OpKernel {
  public:
-  explicit ConcatKernel(kernels::ConcatPlan plan) : plan_(std::move(plan)) {}
+  ConcatKernel(kernels::ConcatPlan plan, size_t inputs, bool float_inputs)
+      : plan_(std::move(plan)), grads_(inputs, nullptr), differentiable_(float_inputs) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::concat(plan_, inputs, outputs[0]);
   }
+  bool differentiable_input(size_t /*index*/) const override { return differentiable_; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    for (size_t i = 0; i < grads_.size(); ++i) grads_[i] = grad_data(grad_inputs, i);
+    kernels::concat_backward(plan_, grad_outputs[0].data<float>(), grads_);
+  }
 
  private:
   kernels::ConcatPlan plan_;
+  std::vector<float*> grads_;  // backward's gradient pointers, one per input
+  bool differentiable_;
 };
 
 std::unique_ptr<OpKernel> create_concat(const graph::Node& node, std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> /*outputs*/) {
   std::vector<Shape> shapes;
   for (const InputInfo& in : inputs) shapes.push_back(in.shape);
-  return std::make_unique<ConcatKernel>(kernels::plan_concat(
-      shapes, static_cast<int>(concat_axis(node, inputs)), kernels::dtype_size(inputs[0].dtype)));
+  return std::make_unique<ConcatKernel>(
+      kernels::plan_concat(shapes, static_cast<int>(concat_axis(node, inputs)),
+                           kernels::dtype_size(inputs[0].dtype)),
+      inputs.size(), inputs[0].dtype == DType::kFloat32);
 }
 
 // Gather ---------------------------------------------------------------------------------------
@@ -469,17 +547,26 @@ std::vector<TensorInfo> infer_gather(const graph::Node& node, std::span<const In
 
 class GatherKernel final : public OpKernel {
  public:
-  GatherKernel(kernels::GatherPlan plan, std::string label)
-      : plan_(plan), label_(std::move(label)) {}
+  GatherKernel(kernels::GatherPlan plan, std::string label, bool float_data)
+      : plan_(plan), label_(std::move(label)), differentiable_(float_data) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     run_for_node(label_,
                  [&] { kernels::gather(plan_, inputs[0].raw(), inputs[1], outputs[0].raw()); });
   }
+  // The data; the indices are integers.
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::gather_backward(plan_, inputs[1], grad_outputs[0].data<float>(),
+                             grad_inputs[0].data<float>());
+  }
 
  private:
   kernels::GatherPlan plan_;
   std::string label_;
+  bool differentiable_;
 };
 
 std::unique_ptr<OpKernel> create_gather(const graph::Node& node, std::span<const InputInfo> inputs,
@@ -489,7 +576,7 @@ std::unique_ptr<OpKernel> create_gather(const graph::Node& node, std::span<const
       normalize_axis(node, node.attr_int("axis", 0), static_cast<int64_t>(data.shape.size()));
   return std::make_unique<GatherKernel>(
       kernels::plan_gather(data.shape, static_cast<int>(axis), kernels::dtype_size(data.dtype)),
-      node.label());
+      node.label(), data.dtype == DType::kFloat32);
 }
 
 // Pad ------------------------------------------------------------------------------------------
@@ -549,18 +636,41 @@ std::vector<TensorInfo> infer_pad(const graph::Node& node, std::span<const Input
 
 class PadKernel final : public OpKernel {
  public:
-  PadKernel(kernels::PadPlan plan, uint64_t constant, bool dynamic_constant)
-      : plan_(std::move(plan)), constant_(constant), dynamic_constant_(dynamic_constant) {}
+  PadKernel(kernels::PadPlan plan, uint64_t constant, bool dynamic_constant, DType dtype)
+      : plan_(std::move(plan)), constant_(constant), dynamic_constant_(dynamic_constant) {
+    // Constant padding that crops nothing: the gradient is the output's interior, a slice.
+    differentiable_ = dtype == DType::kFloat32 && plan_.mode == kernels::PadMode::kConstant &&
+                      std::all_of(plan_.pads_begin.begin(), plan_.pads_begin.end(),
+                                  [](int64_t p) { return p >= 0; });
+    for (size_t a = 0; differentiable_ && a < plan_.in_shape.size(); ++a) {
+      differentiable_ = plan_.pads_begin[a] + plan_.in_shape[a] <= plan_.out_shape[a];
+    }
+    if (differentiable_) {
+      std::vector<kernels::SliceRange> interior;
+      for (size_t a = 0; a < plan_.in_shape.size(); ++a) {
+        interior.push_back({plan_.pads_begin[a], 1, plan_.in_shape[a]});
+      }
+      interior_ = kernels::plan_slice(plan_.out_shape, interior, sizeof(float));
+    }
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     const void* value = dynamic_constant_ ? inputs[2].raw() : &constant_;
     kernels::pad(plan_, inputs[0].raw(), value, outputs[0].raw());
+  }
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::strided_copy(interior_, grad_outputs[0].raw(), grad_inputs[0].raw());
   }
 
  private:
   kernels::PadPlan plan_;
   uint64_t constant_;  // the pad value's bytes (zero when omitted)
   bool dynamic_constant_;
+  bool differentiable_ = false;
+  kernels::StridedCopyPlan interior_;
 };
 
 std::unique_ptr<OpKernel> create_pad(const graph::Node& node, std::span<const InputInfo> inputs,
@@ -574,7 +684,7 @@ std::unique_ptr<OpKernel> create_pad(const graph::Node& node, std::span<const In
       dynamic = true;
     }
   }
-  return std::make_unique<PadKernel>(pad_plan(node, inputs), constant, dynamic);
+  return std::make_unique<PadKernel>(pad_plan(node, inputs), constant, dynamic, inputs[0].dtype);
 }
 
 // Shape, Constant, ConstantOfShape, Range -------------------------------------------------------

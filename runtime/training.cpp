@@ -1,0 +1,307 @@
+// The training executor: every value in a buffer of its own (backward reads the forward's),
+// kernels made for training, gradients accumulated in a fixed order.
+#include "runtime/training.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "kernels/parallel.h"
+#include "kernels/softmax.h"
+#include "runtime/resolve.h"
+
+namespace qforge::runtime {
+namespace {
+
+// dst += src, in fixed chunks: the sum of several contributions does not depend on the thread
+// count.
+void add_into(Tensor& dst, const Tensor& src) {
+  float* d = dst.data<float>();
+  const float* s = src.data<float>();
+  kernels::parallel_for(dst.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) d[i] += s[i];
+  });
+}
+
+}  // namespace
+
+std::vector<std::string> trainable_initializers(const graph::Graph& imported) {
+  std::set<std::string> names;
+  for (const graph::Value* v : imported.values()) {
+    if (v->is_constant() && v->dtype() == DType::kFloat32) names.insert(v->name());
+  }
+  for (const graph::Node* node : imported.nodes()) {
+    const graph::Value* in = node->input(0);
+    if (node->op_type() == "Identity" && in && names.count(in->name())) {
+      names.insert(node->output(0)->name());
+    }
+  }
+  return {names.begin(), names.end()};
+}
+
+TrainingExecutor::TrainingExecutor(const graph::Graph& graph, TrainingOptions options)
+    : options_(std::move(options)) {
+  compile(graph);
+}
+
+TrainingExecutor::~TrainingExecutor() = default;
+
+void TrainingExecutor::compile(const graph::Graph& graph) {
+  graph_ = &graph;
+  std::map<const graph::Value*, Tensor> tensor_of;
+  std::map<const graph::Value*, size_t> parameter_of;
+
+  // 1. The executor's own copies of the parameters; every other value a buffer of its own.
+  for (const std::string& name : options_.parameters) {
+    const graph::Value* v = graph.find_value(name);
+    if (!v) continue;  // nothing in the resolved graph reads it
+    if (!v->is_constant() || v->dtype() != DType::kFloat32) {
+      throw_invalid("training: parameter '" + name + "' is not a float constant of the graph");
+    }
+    parameter_of[v] = parameters_.size();
+    parameters_.push_back({name, v->constant().clone(), Tensor()});
+    tensor_of[v] = parameters_.back().value;
+  }
+  auto tensor_for = [&](const graph::Value* v) -> Tensor {
+    auto it = tensor_of.find(v);
+    if (it != tensor_of.end()) return it->second;
+    if (!v->has_shape()) throw_internal("training: value '" + v->name() + "' has no shape");
+    Tensor t = v->is_constant() ? v->constant() : Tensor(v->dtype(), *v->shape());
+    tensor_of[v] = t;
+    return t;
+  };
+  for (const graph::Value* in : graph.inputs()) {
+    graph_inputs_.push_back(tensor_for(in));
+    input_infos_.push_back({in->dtype(), *in->shape()});
+  }
+
+  // 2. Kernels, and which values a gradient reaches: a trainable parameter, or the output of a
+  //    node that differentiates an input a gradient reaches.
+  const OpRegistry& registry = builtin_ops();
+  std::map<const graph::Value*, size_t> grad_of;
+  auto new_grad = [&](const graph::Value* v) {
+    auto it = grad_of.find(v);
+    if (it != grad_of.end()) return it->second;
+    grad_of[v] = grads_.size();
+    grads_.push_back(Tensor(DType::kFloat32, *v->shape()));
+    return grads_.size() - 1;
+  };
+  size_t max_workspace = 0;
+  for (const graph::Node* node : graph.nodes()) {
+    Step step;
+    step.node = node;
+    std::vector<InputInfo> infos(node->num_inputs());
+    for (size_t i = 0; i < node->num_inputs(); ++i) {
+      const graph::Value* v = node->input(i);
+      step.inputs.push_back(v ? tensor_for(v) : Tensor());
+      if (!v) continue;
+      infos[i].present = true;
+      infos[i].dtype = v->dtype();
+      infos[i].shape = *v->shape();
+      if (v->is_constant() && !parameter_of.count(v)) infos[i].constant = &v->constant();
+    }
+    std::vector<TensorInfo> out_infos;
+    for (const graph::Value* out : node->outputs()) {
+      step.outputs.push_back(tensor_for(out));
+      out_infos.push_back({out->dtype(), *out->shape()});
+    }
+    const OpDef* def = registry.find(node->op_type());
+    if (!def) throw_unsupported("training: " + node->label() + ": no runtime implementation");
+    step.kernel =
+        (def->create_training ? def->create_training : def->create)(*node, infos, out_infos);
+    max_workspace = std::max(
+        {max_workspace, step.kernel->workspace_bytes(), step.kernel->backward_workspace_bytes()});
+
+    bool float_output = false;
+    for (const graph::Value* out : node->outputs()) {
+      float_output = float_output || out->dtype() == DType::kFloat32;
+    }
+    for (size_t i = 0; i < node->num_inputs(); ++i) {
+      const graph::Value* v = node->input(i);
+      if (!v || v->dtype() != DType::kFloat32) continue;
+      const bool is_parameter = parameter_of.count(v) > 0;
+      const bool reached = is_parameter || grad_of.count(v) > 0;
+      if (!reached) continue;
+      if (!step.kernel->differentiable_input(i)) {
+        // A parameter that this op does not differentiate (BN running statistics) is state;
+        // a computed gradient path that stops here would silently lose gradient.
+        if (!is_parameter && float_output) {
+          throw_unsupported("training: " + node->label() + ": no backward for input " +
+                            std::to_string(i) + " ('" + v->name() + "')");
+        }
+        continue;
+      }
+      step.targets.push_back({i, new_grad(v), Tensor()});
+    }
+    if (!step.targets.empty()) {
+      for (const graph::Value* out : node->outputs()) {
+        step.output_grads.push_back(out->dtype() == DType::kFloat32 ? new_grad(out) : kNone);
+      }
+    }
+    steps_.push_back(std::move(step));
+  }
+  for (auto& [v, index] : parameter_of) {
+    auto it = grad_of.find(v);
+    if (it != grad_of.end()) parameters_[index].grad = grads_[it->second];
+  }
+
+  // 3. A value that receives more than one contribution gets the later ones in scratch first.
+  std::vector<int> contributions(grads_.size(), 0);
+  for (const graph::Value* out : graph.outputs()) {
+    auto it = grad_of.find(out);
+    graph_output_grads_.push_back(it == grad_of.end() ? kNone : it->second);
+    if (it != grad_of.end()) ++contributions[it->second];
+    graph_outputs_.push_back(tensor_for(out));
+    output_infos_.push_back({out->dtype(), *out->shape()});
+  }
+  for (const Step& step : steps_) {
+    for (const GradTarget& t : step.targets) ++contributions[t.value];
+  }
+  for (Step& step : steps_) {
+    for (GradTarget& t : step.targets) {
+      if (contributions[t.value] > 1) t.scratch = Tensor(DType::kFloat32, grads_[t.value].shape());
+    }
+  }
+  grad_written_.assign(grads_.size(), false);
+  workspace_.assign(max_workspace, std::byte{0});
+}
+
+std::span<const Tensor> TrainingExecutor::forward(std::span<const Tensor> inputs) {
+  if (inputs.size() != graph_inputs_.size()) {
+    throw_invalid("training: the model takes " + std::to_string(graph_inputs_.size()) +
+                  " inputs, got " + std::to_string(inputs.size()));
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Tensor& dst = graph_inputs_[i];
+    if (inputs[i].dtype() != dst.dtype() || inputs[i].shape() != dst.shape()) {
+      throw_invalid("training: input '" + graph_->inputs()[i]->name() + "' expects " +
+                    dst.describe() + ", got " + inputs[i].describe());
+    }
+    dst.copy_from(inputs[i]);
+  }
+  for (Step& step : steps_) step.kernel->forward(step.inputs, step.outputs, workspace_.data());
+  return graph_outputs_;
+}
+
+void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
+  if (output_grads.size() != graph_outputs_.size()) {
+    throw_invalid("training: backward takes one gradient per output (" +
+                  std::to_string(graph_outputs_.size()) + "), got " +
+                  std::to_string(output_grads.size()));
+  }
+  std::fill(grad_written_.begin(), grad_written_.end(), false);
+  for (size_t k = 0; k < output_grads.size(); ++k) {
+    const size_t g = graph_output_grads_[k];
+    if (g == kNone || !output_grads[k].defined()) continue;
+    if (output_grads[k].shape() != grads_[g].shape()) {
+      throw_invalid("training: the gradient of output '" + graph_->outputs()[k]->name() +
+                    "' must be " + grads_[g].describe() + ", got " + output_grads[k].describe());
+    }
+    if (grad_written_[g]) {
+      add_into(grads_[g], output_grads[k]);
+    } else {
+      grads_[g].copy_from(output_grads[k]);
+      grad_written_[g] = true;
+    }
+  }
+  std::vector<Tensor> grad_outputs;
+  std::vector<Tensor> grad_inputs;
+  for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
+    Step& step = *s;
+    if (step.targets.empty()) continue;
+    grad_outputs.assign(step.outputs.size(), Tensor());
+    bool any = false;
+    for (size_t j = 0; j < step.outputs.size(); ++j) {
+      const size_t g = step.output_grads[j];
+      if (g != kNone && grad_written_[g]) {
+        grad_outputs[j] = grads_[g];
+        any = true;
+      }
+    }
+    if (!any) continue;
+    grad_inputs.assign(step.inputs.size(), Tensor());
+    for (GradTarget& target : step.targets) {
+      target.add_scratch = grad_written_[target.value];
+      grad_inputs[target.slot] = target.add_scratch ? target.scratch : grads_[target.value];
+      grad_written_[target.value] = true;
+    }
+    step.kernel->backward(step.inputs, step.outputs, grad_outputs, grad_inputs, workspace_.data());
+    for (const GradTarget& target : step.targets) {
+      if (target.add_scratch) add_into(grads_[target.value], target.scratch);
+    }
+  }
+  // A parameter no gradient reached this time has gradient zero.
+  for (size_t g = 0; g < grads_.size(); ++g) {
+    if (!grad_written_[g]) std::fill_n(grads_[g].data<float>(), grads_[g].numel(), 0.0f);
+  }
+}
+
+ClassifierTraining::ClassifierTraining(const graph::Graph& model, int64_t batch) : batch_(batch) {
+  if (model.inputs().size() != 1 || model.outputs().empty()) {
+    throw_invalid("training: the model must have one input and an output of logits, it has " +
+                  std::to_string(model.inputs().size()) + " inputs");
+  }
+  const std::vector<std::string> parameters = trainable_initializers(model);
+  graph_ = model.clone();
+  ResolveOptions resolve_options;
+  resolve_options.input_shapes = input_shapes_for_batch(*graph_, batch);
+  resolve_options.parameters.insert(parameters.begin(), parameters.end());
+  resolve(*graph_, resolve_options);
+  const graph::Value* logits = graph_->outputs()[0];
+  if (logits->dtype() != DType::kFloat32 || logits->known_shape().size() != 2 ||
+      logits->known_shape()[0] != batch) {
+    throw_invalid("training: output '" + logits->name() +
+                  "' must be float32 logits [batch, classes], got " +
+                  kernels::shape_str(logits->known_shape()));
+  }
+  classes_ = logits->known_shape()[1];
+  executor_ = std::make_unique<TrainingExecutor>(*graph_, TrainingOptions{parameters});
+  bool any_trainable = false;
+  for (const Parameter& p : executor_->parameters()) any_trainable = any_trainable || p.trainable();
+  if (!any_trainable) throw_invalid("training: the model has no trainable float initializer");
+  probabilities_ = Tensor(DType::kFloat32, {batch, classes_});
+  row_loss_ = Tensor(DType::kFloat32, {batch});
+  output_grads_.resize(graph_->outputs().size());
+  output_grads_[0] = Tensor(DType::kFloat32, {batch, classes_});
+}
+
+ClassifierTraining::~ClassifierTraining() = default;
+
+float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& labels) {
+  if (labels.dtype() != DType::kInt64 || labels.rank() != 1 || labels.dim(0) != batch_) {
+    throw_invalid("training: labels must be int64 [" + std::to_string(batch_) +
+                  "], one per input sample, got " + labels.describe());
+  }
+  for (int64_t i = 0; i < batch_; ++i) {
+    const int64_t label = labels.data<int64_t>()[i];
+    if (label < 0 || label >= classes_) {
+      throw_invalid("training: label " + std::to_string(i) + " is " + std::to_string(label) +
+                    ", outside the model's " + std::to_string(classes_) + " classes [0, " +
+                    std::to_string(classes_) + ")");
+    }
+  }
+  const Tensor logits = executor_->forward({&input, 1})[0];
+  const kernels::LossDims dims{batch_, classes_};
+  const float loss = kernels::cross_entropy(dims, logits.data<float>(), labels.data<int64_t>(),
+                                            probabilities_.data<float>(), row_loss_.data<float>());
+  kernels::cross_entropy_backward(dims, probabilities_.data<float>(), labels.data<int64_t>(), 1.0f,
+                                  output_grads_[0].data<float>());
+  executor_->backward(output_grads_);
+  return loss;
+}
+
+GradientResult cross_entropy_gradients(const graph::Graph& model, const Tensor& input,
+                                       const Tensor& labels) {
+  if (input.rank() < 1) throw_invalid("grad: the input batch has no batch axis");
+  ClassifierTraining training(model, input.dim(0));
+  GradientResult result;
+  result.loss = training.forward_backward(input, labels);
+  for (const Parameter& p : training.executor().parameters()) {
+    if (p.trainable()) result.gradients.emplace_back(p.name, p.grad.clone());
+  }
+  std::sort(result.gradients.begin(), result.gradients.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return result;
+}
+
+}  // namespace qforge::runtime

@@ -1,0 +1,135 @@
+// Training: a resolved graph run forward in training mode (BatchNormalization on batch
+// statistics), keeping every value its backward needs, then backward in reverse order to the
+// gradient of every parameter. Parameters are the executor's own mutable copies of the graph
+// constants it is asked to train; the graph itself is never changed.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+#include "runtime/op_registry.h"
+
+namespace qforge::runtime {
+
+struct TrainingOptions {
+  // Graph constants the executor holds as its own mutable state (trainable_initializers below
+  // gives a model's). Those that some node differentiates get a gradient; the others (BN
+  // running statistics) are state the training forward updates.
+  std::vector<std::string> parameters;
+};
+
+struct Parameter {
+  std::string name;  // the graph constant's name (the ONNX initializer's)
+  Tensor value;      // read by every forward; update it in place between steps
+  Tensor grad;       // dLoss/dvalue after backward; undefined for state without a gradient
+  bool trainable() const { return grad.defined(); }
+};
+
+// The float initializers of an imported (unresolved) model, and the outputs of Identity nodes
+// that read one: torch.onnx stores parameters of equal value once and names the others through
+// Identity. Pass them as TrainingOptions::parameters and as ResolveOptions::parameters when
+// resolving the graph to train, so that no fold hides a parameter inside another constant.
+std::vector<std::string> trainable_initializers(const graph::Graph& imported);
+
+class TrainingExecutor {
+ public:
+  // `graph` must be resolved (runtime/resolve.h) with the same parameters; it must outlive the
+  // executor. Throws Unsupported naming the node when a gradient would have to pass through an
+  // op without a backward.
+  TrainingExecutor(const graph::Graph& graph, TrainingOptions options);
+  ~TrainingExecutor();
+  TrainingExecutor(const TrainingExecutor&) = delete;
+  TrainingExecutor& operator=(const TrainingExecutor&) = delete;
+
+  const std::vector<TensorInfo>& input_infos() const { return input_infos_; }
+  const std::vector<TensorInfo>& output_infos() const { return output_infos_; }
+  std::span<Parameter> parameters() { return parameters_; }
+  std::span<const Parameter> parameters() const { return parameters_; }
+
+  // Runs the training forward (graph input order, exact shapes). Returns views of the outputs,
+  // valid until the next forward.
+  std::span<const Tensor> forward(std::span<const Tensor> inputs);
+  // Backward from dLoss/d output for each graph output (an undefined tensor: no gradient from
+  // that output); overwrites every trainable parameter's grad. Needs the forward just run.
+  void backward(std::span<const Tensor> output_grads);
+
+ private:
+  struct GradTarget {
+    size_t slot = 0;           // input index of the step
+    size_t value = 0;          // index into grads_
+    Tensor scratch;            // where a later contribution is written before it is added
+    bool add_scratch = false;  // during backward: this contribution went to scratch
+  };
+  struct Step {
+    const graph::Node* node = nullptr;
+    std::unique_ptr<OpKernel> kernel;
+    std::vector<Tensor> inputs;
+    std::vector<Tensor> outputs;
+    std::vector<size_t> output_grads;  // index into grads_ per output; kNone: no gradient
+    std::vector<GradTarget> targets;   // inputs whose gradient backward computes
+  };
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+
+  void compile(const graph::Graph& graph);
+
+  TrainingOptions options_;
+  std::vector<Parameter> parameters_;
+  std::vector<Step> steps_;
+  std::vector<Tensor> graph_inputs_;
+  std::vector<Tensor> graph_outputs_;
+  std::vector<size_t> graph_output_grads_;  // index into grads_ per graph output, or kNone
+  std::vector<TensorInfo> input_infos_;
+  std::vector<TensorInfo> output_infos_;
+  std::vector<Tensor> grads_;       // one per value a gradient reaches
+  std::vector<bool> grad_written_;  // per grads_ entry, during one backward
+  std::vector<std::byte> workspace_;
+  const graph::Graph* graph_ = nullptr;
+};
+
+// A classifier set up for training at one batch size: the imported model cloned and resolved
+// with its float initializers as parameters (trainable_initializers), and its training
+// executor. Each step is a forward, the mean cross-entropy of the first output (logits
+// [batch, classes]) against int64 labels [batch], and a backward.
+class ClassifierTraining {
+ public:
+  ClassifierTraining(const graph::Graph& model, int64_t batch);
+  ~ClassifierTraining();
+
+  // Returns the loss; every trainable parameter's grad holds its gradient afterwards. Invalid
+  // errors name what is wrong with the labels.
+  float forward_backward(const Tensor& input, const Tensor& labels);
+
+  int64_t batch() const { return batch_; }
+  int64_t classes() const { return classes_; }
+  TrainingExecutor& executor() { return *executor_; }
+
+ private:
+  std::unique_ptr<graph::Graph> graph_;
+  std::unique_ptr<TrainingExecutor> executor_;
+  int64_t batch_ = 0;
+  int64_t classes_ = 0;
+  Tensor probabilities_;
+  Tensor row_loss_;
+  std::vector<Tensor> output_grads_;
+};
+
+// One training-mode forward and backward of a classifier with the mean cross-entropy of its
+// first output (logits [batch, classes]) against int64 labels [batch]: what `qforge grad`
+// writes, and how a user checks qforge's training against their framework.
+struct GradientResult {
+  float loss = 0;
+  // Every trainable float initializer (trainable_initializers) that a gradient reaches, by
+  // name, in name order.
+  std::vector<std::pair<std::string, Tensor>> gradients;
+};
+
+// `model` is the imported graph (not changed). input: the model's one input at a batch;
+// labels: int64 [batch] in [0, classes). Invalid errors name what is wrong with the labels.
+GradientResult cross_entropy_gradients(const graph::Graph& model, const Tensor& input,
+                                       const Tensor& labels);
+
+}  // namespace qforge::runtime

@@ -1,0 +1,149 @@
+// Training-mode gradients of the bundled models against PyTorch's (data/generate/grad_goldens.py):
+// loss within 1e-5 relative, every parameter's gradient within 1e-4 relative L2, every PyTorch
+// parameter present; and the same bits on 1 and 2 threads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "graph/onnx_import.h"
+#include "quant/optimizer.h"
+#include "runtime/training.h"
+#include "tests/support/test_support.h"
+#include "tests/support/thread_count.h"
+#include "tools/io/npy.h"
+#include "tools/io/npz.h"
+
+namespace qforge {
+namespace {
+
+using testing::data_path;
+
+double l2_norm(const kernels::Tensor& t) {
+  double sum = 0;
+  for (float v : t.span<float>()) sum += double(v) * v;
+  return std::sqrt(sum);
+}
+
+double relative_l2(const kernels::Tensor& got, const kernels::Tensor& want) {
+  double diff = 0, norm = 0;
+  const float* g = got.data<float>();
+  const float* w = want.data<float>();
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    diff += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
+    norm += double(w[i]) * w[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+}
+
+runtime::GradientResult gradients_of(const std::string& family) {
+  auto model = graph::load_onnx(data_path("models/" + family + "_bn.onnx"));
+  auto input = io::read_npy(data_path("golden/grad/batch_input.npy"));
+  auto labels = io::read_npy(data_path("golden/grad/batch_labels.npy"));
+  return runtime::cross_entropy_gradients(*model, input, labels);
+}
+
+class TrainingGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TrainingGolden, GradientsMatchPyTorch) {
+  const std::string family = GetParam();
+  const auto golden = io::read_npz(data_path("golden/grad/" + family + "_bn_grads.npz"));
+  const runtime::GradientResult result = gradients_of(family);
+  const float want_loss = golden.at("loss").data<float>()[0];
+  EXPECT_LE(std::abs(result.loss - want_loss), 1e-5 * std::abs(want_loss))
+      << "loss " << result.loss << " against PyTorch's " << want_loss;
+
+  // Some gradients are zero by construction: the bias of a BatchNormalization whose output
+  // reaches the loss only through an unpadded 1×1 convolution into a BatchNormalization that
+  // normalises with batch statistics (a per-channel shift is removed again by the batch mean).
+  // PyTorch's values there are rounding noise (MobileNetV3 and EfficientNet: about 1e-8 against
+  // a whole-model gradient norm of about 2), so a relative error means nothing: both sides must
+  // then be at that noise level, below 1e-6 of the whole gradient's norm.
+  double total = 0;
+  for (const auto& [name, want] : golden) {
+    if (name != "loss") total += std::pow(l2_norm(want), 2);
+  }
+  const double zero_level = 1e-6 * std::sqrt(total);
+  std::map<std::string, const kernels::Tensor*> got;
+  for (const auto& [name, grad] : result.gradients) got[name] = &grad;
+  for (const auto& [name, want] : golden) {
+    if (name == "loss") continue;
+    auto it = got.find(name);
+    ASSERT_NE(it, got.end()) << "no gradient for PyTorch parameter '" << name << "'";
+    ASSERT_EQ(it->second->shape(), want.shape()) << name;
+    if (l2_norm(want) <= zero_level) {
+      EXPECT_LE(l2_norm(*it->second), zero_level) << name << " is zero by construction";
+    } else {
+      EXPECT_LE(relative_l2(*it->second, want), 1e-4) << name;
+    }
+  }
+}
+
+TEST_P(TrainingGolden, GradientsDoNotDependOnThreads) {
+  runtime::GradientResult one, two;
+  {
+    testing::ThreadCount threads(1);
+    one = gradients_of(GetParam());
+  }
+  {
+    testing::ThreadCount threads(2);
+    two = gradients_of(GetParam());
+  }
+  EXPECT_EQ(one.loss, two.loss);
+  ASSERT_EQ(one.gradients.size(), two.gradients.size());
+  for (size_t i = 0; i < one.gradients.size(); ++i) {
+    const kernels::Tensor& a = one.gradients[i].second;
+    const kernels::Tensor& b = two.gradients[i].second;
+    ASSERT_EQ(a.shape(), b.shape());
+    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << one.gradients[i].first;
+  }
+}
+
+// Ten SGD steps on the golden batch from the file's weights: the loss before each step within
+// 1e-4 relative of PyTorch's, and every BN running mean and variance after them within 1e-5.
+TEST_P(TrainingGolden, SgdStepsMatchPyTorch) {
+  const std::string family = GetParam();
+  const auto golden = io::read_npz(data_path("golden/grad/" + family + "_bn_sgd.npz"));
+  std::ifstream settings_file(data_path("golden/grad/sgd.json"));
+  const nlohmann::json settings = nlohmann::json::parse(settings_file);
+  auto model = graph::load_onnx(data_path("models/" + family + "_bn.onnx"));
+  auto input = io::read_npy(data_path("golden/grad/batch_input.npy"));
+  auto labels = io::read_npy(data_path("golden/grad/batch_labels.npy"));
+  runtime::ClassifierTraining training(*model, input.dim(0));
+  quant::Sgd sgd({.lr = settings.at("lr").get<float>(),
+                  .momentum = settings.at("momentum").get<float>(),
+                  .weight_decay = settings.at("weight_decay").get<float>(),
+                  .nesterov = settings.at("nesterov").get<bool>()});
+  const kernels::Tensor& want_loss = golden.at("loss");
+  const int steps = settings.at("steps").get<int>();
+  ASSERT_EQ(want_loss.numel(), steps);
+  for (int step = 0; step < steps; ++step) {
+    const float loss = training.forward_backward(input, labels);
+    const float want = want_loss.data<float>()[step];
+    EXPECT_LE(std::abs(loss - want), 1e-4 * std::abs(want))
+        << "step " << step << ": loss " << loss << " against PyTorch's " << want;
+    sgd.step(training.executor().parameters());
+  }
+  for (const auto& [name, want] : golden) {
+    if (name == "loss") continue;
+    const runtime::Parameter* found = nullptr;
+    for (const runtime::Parameter& p : training.executor().parameters()) {
+      if (p.name == name) found = &p;
+    }
+    ASSERT_NE(found, nullptr) << "no running statistic '" << name << "'";
+    EXPECT_LE(relative_l2(found->value, want), 1e-5) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Bundled, TrainingGolden,
+                         ::testing::Values("resnet", "mobilenet_v3", "efficientnet", "convnext",
+                                           "vit", "swin"),
+                         [](const auto& p) { return p.param; });
+
+}  // namespace
+}  // namespace qforge

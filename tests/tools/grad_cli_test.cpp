@@ -1,0 +1,102 @@
+// `qforge grad` end to end: the written .npz holds the loss and the gradients that the library
+// computes, bit for bit; bad labels, a model without parameters and an unwritable output each
+// give one clear line, a non-zero exit and no file.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "graph/onnx_import.h"
+#include "runtime/training.h"
+#include "tests/support/onnx_models.h"
+#include "tests/support/test_support.h"
+#include "tools/io/npy.h"
+#include "tools/io/npz.h"
+
+namespace qforge {
+namespace {
+
+using testing::data_path;
+using testing::expect_one_line_error;
+using testing::run_cli;
+using testing::TempDir;
+
+const std::string kResnet = data_path("models/resnet_bn.onnx");
+const std::string kInput = data_path("golden/grad/batch_input.npy");
+const std::string kLabels = data_path("golden/grad/batch_labels.npy");
+
+TEST(GradCli, WritesLossAndEveryGradient) {
+  TempDir dir;
+  const std::string out = dir.file("grads.npz");
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + kLabels + " -o " + out +
+                   " --threads 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("44 gradients"), std::string::npos) << r.out;
+  const auto written = io::read_npz(out);
+  const runtime::GradientResult want = runtime::cross_entropy_gradients(
+      *graph::load_onnx(kResnet), io::read_npy(kInput), io::read_npy(kLabels));
+  ASSERT_EQ(written.size(), want.gradients.size() + 1);
+  EXPECT_EQ(written.at("loss").data<float>()[0], want.loss);
+  for (const auto& [name, grad] : want.gradients) {
+    const kernels::Tensor& got = written.at(name);
+    ASSERT_EQ(got.shape(), grad.shape()) << name;
+    EXPECT_EQ(std::memcmp(got.raw(), grad.raw(), grad.nbytes()), 0) << name;
+  }
+}
+
+TEST(GradCli, HelpNamesTheInputs) {
+  auto r = run_cli("grad --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* flag : {"--data", "--labels", "--output", "--threads"}) {
+    EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+  }
+}
+
+TEST(GradCli, LabelsOfTheWrongLengthAreRefused) {
+  TempDir dir;
+  io::write_npy(dir.file("labels.npy"), kernels::Tensor::from_vector<int64_t>({3}, {0, 1, 2}));
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + dir.file("labels.npy") +
+                   " -o " + dir.file("g.npz"));
+  expect_one_line_error(r, "labels must be int64 [16]");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("g.npz")));
+}
+
+TEST(GradCli, LabelOutsideTheClassesIsRefused) {
+  TempDir dir;
+  kernels::Tensor labels = io::read_npy(kLabels);
+  labels.data<int64_t>()[5] = 10;
+  io::write_npy(dir.file("labels.npy"), labels);
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + dir.file("labels.npy") +
+                   " -o " + dir.file("g.npz"));
+  expect_one_line_error(r, "label 5 is 10, outside the model's 10 classes");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("g.npz")));
+}
+
+TEST(GradCli, FloatLabelsAreRefused) {
+  TempDir dir;
+  io::write_npy(dir.file("labels.npy"), kernels::Tensor(kernels::DType::kFloat32, {16}));
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + dir.file("labels.npy") +
+                   " -o " + dir.file("g.npz"));
+  expect_one_line_error(r, "must hold int64 labels");
+}
+
+TEST(GradCli, ModelWithoutParametersIsRefused) {
+  TempDir dir;
+  testing::write_bytes(dir.file("relu.onnx"), testing::one_node_model("Relu", "relu_0", {2, 10}));
+  io::write_npy(dir.file("x.npy"), kernels::Tensor(kernels::DType::kFloat32, {2, 10}));
+  io::write_npy(dir.file("labels.npy"), kernels::Tensor::from_vector<int64_t>({2}, {0, 1}));
+  auto r = run_cli("grad " + dir.file("relu.onnx") + " --data " + dir.file("x.npy") + " --labels " +
+                   dir.file("labels.npy") + " -o " + dir.file("g.npz"));
+  expect_one_line_error(r, "no trainable float initializer");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("g.npz")));
+}
+
+TEST(GradCli, UnwritableOutputIsRefused) {
+  TempDir dir;
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + kLabels + " -o " +
+                   dir.file("missing/dir/g.npz"));
+  expect_one_line_error(r, "missing/dir/g.npz");
+}
+
+}  // namespace
+}  // namespace qforge
