@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "kernels/parallel.h"
 #include "kernels/softmax.h"
@@ -290,17 +291,22 @@ float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& la
   return loss;
 }
 
+std::vector<std::pair<std::string, Tensor>> ClassifierTraining::gradients() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const Parameter& p : std::as_const(*executor_).parameters()) {
+    if (p.trainable()) out.emplace_back(p.name, p.grad.clone());
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
 GradientResult cross_entropy_gradients(const graph::Graph& model, const Tensor& input,
                                        const Tensor& labels) {
   if (input.rank() < 1) throw_invalid("grad: the input batch has no batch axis");
   ClassifierTraining training(model, input.dim(0));
   GradientResult result;
   result.loss = training.forward_backward(input, labels);
-  for (const Parameter& p : training.executor().parameters()) {
-    if (p.trainable()) result.gradients.emplace_back(p.name, p.grad.clone());
-  }
-  std::sort(result.gradients.begin(), result.gradients.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
+  result.gradients = training.gradients();
   return result;
 }
 

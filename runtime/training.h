@@ -106,6 +106,8 @@ class ClassifierTraining {
   int64_t batch() const { return batch_; }
   int64_t classes() const { return classes_; }
   TrainingExecutor& executor() { return *executor_; }
+  // Copies of every trainable parameter's gradient, by name in name order.
+  std::vector<std::pair<std::string, Tensor>> gradients() const;
 
  private:
   std::unique_ptr<graph::Graph> graph_;
