@@ -123,4 +123,17 @@ inline void expect_one_line_error(const CliResult& r, const std::string& must_co
   EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
 }
 
+// Names in `dir` other than `keep`: temporaries or partial outputs a run left behind.
+inline std::vector<std::string> leftover_files(const TempDir& dir,
+                                               const std::vector<std::string>& keep = {}) {
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    const std::string name = entry.path().filename().string();
+    bool kept = false;
+    for (const std::string& k : keep) kept = kept || k == name;
+    if (!kept) left.push_back(name);
+  }
+  return left;
+}
+
 }  // namespace qforge::testing
