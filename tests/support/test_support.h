@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <png.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +80,64 @@ inline CliResult run_cli(const std::string& args) {
   r.err = read_text(dir.file("err"));
   return r;
 }
+
+// Runs `qforge <args>` as run_cli does, after the shell commands `setup` (limits, traps).
+inline CliResult run_cli_after(const std::string& setup, const std::string& args) {
+  TempDir dir;
+  std::string cmd = setup + "; " + std::string(QFORGE_CLI) + " " + args + " >" + dir.file("out") +
+                    " 2>" + dir.file("err") + " </dev/null";
+  int status = std::system(cmd.c_str());
+  CliResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(dir.file("out"));
+  r.err = read_text(dir.file("err"));
+  return r;
+}
+
+// With writes limited to `max_file_bytes` per file (RLIMIT_FSIZE, SIGXFSZ ignored): a write past
+// it fails with EFBIG, as on a full disk. sh's ulimit -f counts 512-byte blocks; the captured
+// stdout and stderr stay far below it.
+inline CliResult run_cli_with_file_size_limit(const std::string& args, long max_file_bytes) {
+  return run_cli_after("trap '' XFSZ; ulimit -f " + std::to_string(max_file_bytes / 512), args);
+}
+
+// `qforge <args>` started in the background (stdout and stderr to files in `logs`), to be
+// signalled while it runs.
+class CliProcess {
+ public:
+  CliProcess(const std::string& args, const TempDir& logs, const std::string& tmpdir) {
+    const std::string cmd = "exec " + std::string(QFORGE_CLI) + " " + args + " >" +
+                            logs.file("out") + " 2>" + logs.file("err") + " </dev/null";
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::setenv("TMPDIR", tmpdir.c_str(), 1);
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+  ~CliProcess() {
+    if (pid_ > 0 && !waited_) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  CliProcess(const CliProcess&) = delete;
+  CliProcess& operator=(const CliProcess&) = delete;
+
+  void signal(int signal_number) { ::kill(pid_, signal_number); }
+  // The exit code, or 128 + the signal that ended it (as a shell reports it).
+  int wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    waited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool waited_ = false;
+};
 
 // Writes an 8-bit PNG; channels 1 (gray), 3 (RGB) or 4 (RGBA); pixels row-major interleaved.
 inline void write_png(const std::string& path, int width, int height, int channels,

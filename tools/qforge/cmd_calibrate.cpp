@@ -28,6 +28,7 @@
 #include "tools/io/progress.h"
 #include "tools/io/resource_usage.h"
 #include "tools/io/spill_file.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -258,8 +259,13 @@ int run_calibrate(const CalibrateOptions& o) {
     std::string message = "calibrate: --smoothquant alpha must be in [0, 1], got ";
     throw_invalid(message.append(value));
   }
-  // Open the outputs first: an unwritable path fails before any work, and nothing partial is
-  // left when a later step fails.
+  // Check and open the outputs first: an output that would overwrite an input or the other
+  // output, or an unwritable path, fails before any work, and nothing partial is left when a
+  // later step fails.
+  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  if (!o.report.empty()) outputs.push_back({"--report", o.report});
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
+  io::check_output_paths("calibrate", outputs, inputs);
   io::AtomicFile out_file(o.output);
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
@@ -418,7 +424,7 @@ int run_calibrate(const CalibrateOptions& o) {
   runtime::OutputComparison comparison;
   size_t int8_correct = 0;
   {
-    runtime::Session quantized(graph::load_onnx(out_file.temp_path()), one_shape);
+    runtime::Session quantized(graph::load_onnx(out_file.read_path()), one_shape);
     io::Progress progress("Q/DQ model", eval_total, "img");
     for_each_batch(
         eval, eval_indices, o.batch, true, progress,
@@ -616,11 +622,13 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       "calibrate",
       "Calibrate Q/DQ scales on sample data and write the Q/DQ ONNX model, fixed to --batch; "
       "then compare it with the float model (output SQNR, cosine, top-1)");
-  cmd->add_option("model", opts->model, "float ONNX model file")->required();
+  cmd->add_option("model", opts->model, "float ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data,
                   "calibration data: image folder or .npy file of model inputs")
       ->required();
-  cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")->required();
+  cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
+      ->required()
+      ->check(file_path());
   cmd->add_option("--method", opts->method,
                   "calibrator choosing each activation amax: mse (default), max, percentile or "
                   "entropy");
@@ -641,7 +649,8 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--report", opts->report,
-                  "write the point table and the evaluation figures as JSON");
+                  "write the point table and the evaluation figures as JSON")
+      ->check(file_path());
   cmd->add_option("--val", opts->val,
                   "evaluate on this image folder or .npy file (default: the calibration data)");
   cmd->add_flag("--int8-weights", opts->int8_weights,

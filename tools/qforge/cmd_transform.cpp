@@ -5,6 +5,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -12,6 +13,7 @@
 #include "graph/transform.h"
 #include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -90,8 +92,13 @@ nlohmann::json counts_json(const graph::PlanReport& report) {
 }
 
 int run_transform(const TransformCliOptions& o) {
-  // Open the outputs first: an unwritable path fails before any work. Their temporaries are
-  // removed unless the check passes and they are committed.
+  // Check and open the outputs first: an output that would overwrite an input or the other
+  // output, or an unwritable path, fails before any work. Nothing is at their paths unless the
+  // check passes and they are committed.
+  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  if (!o.report.empty()) outputs.push_back({"--report", o.report});
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--plan", o.plan}, {"--data", o.data}};
+  io::check_output_paths("transform", outputs, inputs);
   io::AtomicFile out_file(o.output);
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
@@ -189,13 +196,16 @@ CommandRunner add_transform_command(CLI::App& app) {
       "Apply conversions and fusions, lower the modules back to standard ONNX ops and write the "
       "model once it is checked equivalent to the original. The written model has static shapes "
       "resolved at --batch (its batch is fixed)");
-  cmd->add_option("model", opts->model, "ONNX model file")->required();
-  cmd->add_option("-o,--output", opts->output, "transformed ONNX model to write")->required();
+  cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
+  cmd->add_option("-o,--output", opts->output, "transformed ONNX model to write")
+      ->required()
+      ->check(file_path());
   cmd->add_option("--plan", opts->plan,
                   "fusion plan JSON from 'qforge plan -o' at the same --batch (default: a fresh "
                   "plan)");
   cmd->add_option("--report", opts->report,
-                  "write a JSON report: counts per pattern, the plan and the equivalence figures");
+                  "write a JSON report: counts per pattern, the plan and the equivalence figures")
+      ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "batch the input shapes are resolved at (default 1); the written model is "
                   "fixed to it")

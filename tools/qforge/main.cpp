@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "tools/io/atomic_file.h"
 #include "tools/qforge/commands.h"
 
 int main(int argc, char** argv) {
@@ -36,8 +37,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // One line, as for every other error; usage errors exit with 2.
+    std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
+    return 2;
   }
+  // From here on an interrupted run removes its temporaries and exits with 128 + the signal.
+  qforge::io::install_signal_cleanup();
   try {
     for (auto& [sub, runner] : commands) {
       if (sub->parsed()) return runner();
