@@ -21,6 +21,9 @@
 #include "quant/qdq_export.h"
 #include "quant/smoothquant.h"
 #include "runtime/compare.h"
+#include "runtime/executor.h"
+#include "runtime/memory_budget.h"
+#include "runtime/resolve.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
 #include "runtime/transform_pipeline.h"
@@ -241,7 +244,7 @@ quant::SmoothQuantResult smooth_model(const CalibrateOptions& o,
 }
 
 int run_calibrate(const CalibrateOptions& o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
   const auto method = quant::calibrator_from_name(o.method);
   if (!method) {
     throw_invalid("calibrate: unknown --method '" + o.method +
@@ -284,6 +287,20 @@ int run_calibrate(const CalibrateOptions& o) {
   runtime::TransformOptions transform;
   transform.batch = o.batch;
   runtime::TransformResult transformed = runtime::transform_model(*model, nullptr, transform);
+  // A --batch too large for the machine is refused before any batch is read or run: one plan
+  // at --batch runs at a time, fed from a batch buffer of its own; the largest is the float
+  // model's own (unfused) plan, which the evaluation runs.
+  {
+    runtime::PlanMemory need = runtime::estimate_plan_memory(*transformed.graph);
+    std::unique_ptr<graph::Graph> float_plan = model->clone();
+    runtime::ResolveOptions at_batch;
+    at_batch.input_shapes = runtime::input_shapes_for_batch(*model, o.batch);
+    runtime::resolve(*float_plan, at_batch);
+    const runtime::PlanMemory float_need = runtime::estimate_plan_memory(*float_plan);
+    need.arena_bytes = std::max(need.arena_bytes, float_need.arena_bytes) +
+                       runtime::input_bytes(*transformed.graph);
+    runtime::check_memory_budget("calibrate", need);
+  }
   // SmoothQuant comes first, so that every range below is taken on the smoothed model.
   std::optional<quant::SmoothQuantResult> smoothing;
   double smoothquant_seconds = 0;

@@ -12,6 +12,7 @@
 #include "runtime/threads.h"
 #include "runtime/transform_pipeline.h"
 #include "tools/io/progress.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 
@@ -113,7 +114,7 @@ void print_figures(const graph::Value& output, const runtime::ComparisonFigures&
 }
 
 int run_compare(const CompareOptions& o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
   runtime::Session session_a(graph::load_onnx(o.model_a));
   runtime::Session session_b(graph::load_onnx(o.model_b));
   const graph::Graph& model_a = session_a.graph();

@@ -49,7 +49,7 @@ std::string extra_output_path(const std::string& output, size_t k) {
 }
 
 int run_run(RunOptions o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
   if (o.pixel_scale > 0) o.preprocess.pixel_scale = o.pixel_scale;
   // Check and open the output first: an output that would overwrite the model or the data, or
   // an unwritable path, fails before any work, and nothing partial is left.

@@ -11,6 +11,8 @@
 
 #include "graph/onnx_import.h"
 #include "graph/transform.h"
+#include "runtime/executor.h"
+#include "runtime/memory_budget.h"
 #include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
 #include "tools/qforge/cli_checks.h"
@@ -106,13 +108,18 @@ int run_transform(const TransformCliOptions& o) {
   std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
   std::optional<graph::Plan> plan;
   if (!o.plan.empty()) plan = read_plan(o.plan);
-  std::string sample;
-  const auto batches = sample_batches(o, *model, sample);
-
   runtime::TransformOptions options;
   options.batch = o.batch;
   if (plan) options.plan_source = "plan '" + o.plan + "'";
   runtime::TransformResult r = runtime::transform_model(*model, plan ? &*plan : nullptr, options);
+  // A --batch too large for the machine is refused before the sample batch is made. The check
+  // runs the model and its transformed form side by side on the sample.
+  runtime::PlanMemory need = runtime::estimate_plan_memory(*r.graph);
+  need.arena_bytes = 2 * need.arena_bytes + runtime::input_bytes(*r.graph);
+  need.weight_bytes *= 2;
+  runtime::check_memory_budget("transform", need);
+  std::string sample;
+  const auto batches = sample_batches(o, *model, sample);
   runtime::CheckedExport exported = runtime::lower_and_check(*model, *r.graph, batches);
   const runtime::EquivalenceFigures& f = exported.figures;
 
