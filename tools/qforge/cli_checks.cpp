@@ -1,11 +1,40 @@
 #include "tools/qforge/cli_checks.h"
 
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <string>
 
 #include "runtime/threads.h"
 
 namespace qforge::cli {
+
+CLI::Validator integer_at_least(int64_t min, int64_t max) {
+  const std::string bound = max == INT64_MAX
+                                ? ">= " + std::to_string(min)
+                                : "in [" + std::to_string(min) + ", " + std::to_string(max) + "]";
+  return CLI::Validator(
+      [min, max, bound](std::string& text) -> std::string {
+        int64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+        if (ec == std::errc() && ptr == end && value >= min && value <= max) return {};
+        return "expected an integer " + bound + ", got '" + text + "'";
+      },
+      "INT " + bound);
+}
+
+CLI::Validator positive_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+        if (ec == std::errc() && ptr == end && std::isfinite(value) && value > 0) return {};
+        return "expected a number > 0, got '" + text + "'";
+      },
+      "NUMBER > 0");
+}
 
 void set_threads_from_flag(int requested) {
   const int cores = runtime::hardware_threads();

@@ -3,6 +3,7 @@
 // ONNX model; then measure the Q/DQ model against the float model (SQNR, cosine, top-1).
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -657,14 +658,14 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_option("--limit", opts->limit,
                   "calibrate on at most this many samples, spread evenly over the data (an image "
                   "folder is sorted by class)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--batch", opts->batch,
                   "batch the model is transformed, calibrated and evaluated at (default 32); the "
                   "written model is fixed to it. Every sample is used: a partial last batch is "
                   "calibrated as is and padded for the evaluation (padded rows are ignored)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--report", opts->report,
                   "write the point table and the evaluation figures as JSON")
       ->check(file_path());

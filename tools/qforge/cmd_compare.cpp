@@ -2,6 +2,7 @@
 // candidate (b) is from the reference (a): max |Δ|, max relative error, cosine, SQNR, top-1
 // agreement, and a verdict.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -224,11 +225,11 @@ CommandRunner add_compare_command(CLI::App& app) {
                   "8 seeded random normal samples)");
   cmd->add_option("--batch", opts->batch,
                   "samples per forward pass (default 32, or the models' fixed batch)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   return [opts] { return run_compare(*opts); };
 }
 

@@ -66,7 +66,7 @@ CommandRunner add_plan_command(CLI::App& app) {
   cmd->add_option("--batch", opts->batch,
                   "batch the input shapes are resolved at (default 1); node names in the plan "
                   "are those of the model converted at this batch")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   return [opts] { return run_plan(*opts); };
 }
 

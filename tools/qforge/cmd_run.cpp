@@ -2,6 +2,7 @@
 // accuracy for labelled folders, and optionally the time per op kind.
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -209,17 +210,17 @@ CommandRunner add_run_command(CLI::App& app) {
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "images per forward pass (default 32, or the model's fixed batch)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
   cmd->add_flag("--transform", opts->transform,
                 "run the transformed graph (conversions and fusions into modules, as `qforge "
                 "transform` plans them) at --batch, whole batches only");
   cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0));
   cmd->add_option("--mean", opts->preprocess.mean,
                   "per-channel mean (overrides the model's metadata)")
       ->delimiter(',');
@@ -227,7 +228,7 @@ CommandRunner add_run_command(CLI::App& app) {
       ->delimiter(',');
   cmd->add_option("--pixel-scale", opts->pixel_scale,
                   "divide pixels by this before mean/std (overrides the model's metadata)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   return [opts] { return run_run(*opts); };
 }
 

@@ -216,7 +216,7 @@ CommandRunner add_transform_command(CLI::App& app) {
   cmd->add_option("--batch", opts->batch,
                   "batch the input shapes are resolved at (default 1); the written model is "
                   "fixed to it")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--data", opts->data,
                   "image folder or .npy file to check equivalence on, in whole batches (default: "
                   "one seeded random normal batch)");
