@@ -3,6 +3,7 @@
 // SIGINT, SIGTERM at any point of `calibrate`) leaves anything next to the target.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <chrono>
 #include <csignal>
@@ -104,6 +105,8 @@ TEST(CliOutputs, EmptyPathsAreUsageErrors) {
 // and left as it was (a link is not replaced by a regular file).
 TEST(CliOutputs, OutputThatIsNotARegularFileIsRefused) {
   TempDir dir;
+  // A device node of our own, like /dev/null (which other processes may have clobbered).
+  ASSERT_EQ(::mknod(dir.file("null").c_str(), S_IFCHR | 0666, ::makedev(1, 3)), 0);
   ASSERT_EQ(::mkfifo(dir.file("fifo").c_str(), 0600), 0);
   fs::create_directories(dir.file("folder"));
   testing::write_bytes(dir.file("target.onnx"), "kept");
@@ -113,7 +116,7 @@ TEST(CliOutputs, OutputThatIsNotARegularFileIsRefused) {
     std::string reason;
   };
   for (const Case& c :
-       std::vector<Case>{{"/dev/null", "it is a character device, not a regular file"},
+       std::vector<Case>{{dir.file("null"), "it is a character device, not a regular file"},
                          {dir.file("fifo"), "it is a FIFO, not a regular file"},
                          {dir.file("folder"), "it is a directory"},
                          {dir.file("link.onnx"), "it is a symbolic link to 'target.onnx'"}}) {
@@ -128,12 +131,12 @@ TEST(CliOutputs, OutputThatIsNotARegularFileIsRefused) {
     }
   }
   struct stat st {};
-  ASSERT_EQ(::stat("/dev/null", &st), 0);
+  ASSERT_EQ(::stat(dir.file("null").c_str(), &st), 0);
   EXPECT_TRUE(S_ISCHR(st.st_mode));
   EXPECT_TRUE(fs::is_fifo(dir.file("fifo")));
   EXPECT_TRUE(fs::is_symlink(dir.file("link.onnx")));
   EXPECT_EQ(read_text(dir.file("target.onnx")), "kept");
-  EXPECT_EQ(leftover_files(dir, {"fifo", "folder", "link.onnx", "target.onnx"}),
+  EXPECT_EQ(leftover_files(dir, {"fifo", "folder", "link.onnx", "null", "target.onnx"}),
             std::vector<std::string>{});
 }
 

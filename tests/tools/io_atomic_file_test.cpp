@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -165,8 +166,12 @@ TEST(IoAtomicFile, DestinationThatIsNotARegularFileIsRefused) {
   ASSERT_EQ(::mkfifo(dir.file("fifo").c_str(), 0600), 0);
   EXPECT_EQ(io_error_of([&] { AtomicFile file(dir.file("fifo")); }),
             "cannot write '" + dir.file("fifo") + "': it is a FIFO, not a regular file");
-  EXPECT_EQ(io_error_of([&] { AtomicFile file("/dev/null"); }),
-            "cannot write '/dev/null': it is a character device, not a regular file");
+  // A device node of our own, like /dev/null (which other processes on the machine may have
+  // clobbered already).
+  ASSERT_EQ(::mknod(dir.file("null").c_str(), S_IFCHR | 0666, ::makedev(1, 3)), 0);
+  EXPECT_EQ(
+      io_error_of([&] { AtomicFile file(dir.file("null")); }),
+      "cannot write '" + dir.file("null") + "': it is a character device, not a regular file");
   std::ofstream(dir.file("target.onnx")) << "kept";
   fs::create_symlink("target.onnx", dir.file("link.onnx"));
   EXPECT_EQ(io_error_of([&] { write_file_atomic(dir.file("link.onnx"), "x"); }),
@@ -176,7 +181,7 @@ TEST(IoAtomicFile, DestinationThatIsNotARegularFileIsRefused) {
   EXPECT_TRUE(fs::is_symlink(dir.file("link.onnx")));
   EXPECT_EQ(read_text(dir.file("target.onnx")), "kept");
   EXPECT_EQ(dir.entries(),
-            (std::vector<std::string>{"fifo", "folder", "link.onnx", "target.onnx"}));
+            (std::vector<std::string>{"fifo", "folder", "link.onnx", "null", "target.onnx"}));
 }
 
 // A failed write is an Io error naming the file, and so is every later call: no internal error
