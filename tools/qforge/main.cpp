@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   // prepared kernel weights) land on the heap and stay resident after they are freed: the
   // commands that load one model after another would then hold the earlier ones' memory.
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  // An interrupted run removes its temporaries and exits with 128 + the signal number.
+  qforge::io::install_signal_cleanup();
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "qforge 0.1.0");
@@ -42,8 +44,6 @@ int main(int argc, char** argv) {
     std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
     return 2;
   }
-  // From here on an interrupted run removes its temporaries and exits with 128 + the signal.
-  qforge::io::install_signal_cleanup();
   try {
     for (auto& [sub, runner] : commands) {
       if (sub->parsed()) return runner();
