@@ -69,7 +69,42 @@ constexpr std::array kSchemas = {
     OpSchema{"FakeQuant", 3, 3, 1, 1, 0, SchemaKind::kInternal},
 };
 
+constexpr std::array kAttributeRules = {
+    // op type, attribute, min, max
+    AttributeRule{"AveragePool", "kernel_shape", 1},
+    AttributeRule{"AveragePool", "strides", 1},
+    AttributeRule{"AveragePool", "dilations", 1},
+    AttributeRule{"AveragePool", "pads", 0},
+    AttributeRule{"AveragePool", "ceil_mode", 0, 1},
+    AttributeRule{"AveragePool", "count_include_pad", 0, 1},
+    AttributeRule{"Conv", "kernel_shape", 1},
+    AttributeRule{"Conv", "strides", 1},
+    AttributeRule{"Conv", "dilations", 1},
+    AttributeRule{"Conv", "pads", 0},
+    AttributeRule{"Conv", "group", 1},
+    AttributeRule{"MaxPool", "kernel_shape", 1},
+    AttributeRule{"MaxPool", "strides", 1},
+    AttributeRule{"MaxPool", "dilations", 1},
+    AttributeRule{"MaxPool", "pads", 0},
+    AttributeRule{"MaxPool", "ceil_mode", 0, 1},
+    AttributeRule{"MaxPool", "storage_order", 0, 1},
+    AttributeRule{"Gemm", "transA", 0, 1},
+    AttributeRule{"Gemm", "transB", 0, 1},
+};
+
 }  // namespace
+
+std::vector<const AttributeRule*> attribute_rules(std::string_view op_type) {
+  std::vector<const AttributeRule*> out;
+  for (const AttributeRule& r : kAttributeRules) {
+    if (r.op_type == op_type) out.push_back(&r);
+  }
+  return out;
+}
+
+bool has_window_attributes(std::string_view op_type) {
+  return op_type == "Conv" || op_type == "MaxPool" || op_type == "AveragePool";
+}
 
 std::vector<const OpSchema*> all_schemas() {
   std::vector<const OpSchema*> out;

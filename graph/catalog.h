@@ -5,6 +5,8 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -42,6 +44,21 @@ struct OpSchema {
 };
 
 const OpSchema* find_schema(std::string_view op_type);
+
+// A bound on an integer attribute of an ONNX op (an INT, or every value of an INTS), checked on
+// import before libonnx's shape inference or any kernel reads it: a stride, dilation, group or
+// kernel size below 1 would divide by zero or index outside a window.
+struct AttributeRule {
+  std::string_view op_type;
+  std::string_view attribute;
+  int64_t min;
+  int64_t max = std::numeric_limits<int64_t>::max();
+};
+// The rules of `op_type` (empty when it has none).
+std::vector<const AttributeRule*> attribute_rules(std::string_view op_type);
+// Ops whose spatial attributes (kernel_shape, strides, dilations: one value per spatial axis;
+// pads: two) must agree in length with each other and with the weight (Conv, pools).
+bool has_window_attributes(std::string_view op_type);
 // Every entry: ONNX ops, internal ops, then each module family's table.
 std::vector<const OpSchema*> all_schemas();
 std::vector<int> quantized_inputs(const OpSchema& schema);

@@ -11,6 +11,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <limits>
 
 #include "graph/catalog.h"
@@ -232,16 +233,27 @@ onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options,
   return model;
 }
 
+// A sink's exception (a full disk) must not cross protobuf's code: the adaptor would write
+// again from its destructor and throw during unwinding. It is kept and thrown after the adaptor
+// is gone.
 class SinkStream final : public google::protobuf::io::CopyingOutputStream {
  public:
   explicit SinkStream(const ByteSink& sink) : sink_(sink) {}
   bool Write(const void* buffer, int size) override {
-    sink_(buffer, static_cast<size_t>(size));
+    if (error_) return false;
+    try {
+      sink_(buffer, static_cast<size_t>(size));
+    } catch (...) {
+      error_ = std::current_exception();
+      return false;
+    }
     return true;
   }
+  std::exception_ptr error() const { return error_; }
 
  private:
   const ByteSink& sink_;
+  std::exception_ptr error_;
 };
 
 }  // namespace
@@ -257,11 +269,14 @@ namespace {
 
 size_t write_model(const onnx::ModelProto& model, const ByteSink& sink) {
   SinkStream stream(sink);
-  constexpr int kChunk = 1 << 20;
-  google::protobuf::io::CopyingOutputStreamAdaptor adaptor(&stream, kChunk);
-  if (!model.SerializeToZeroCopyStream(&adaptor) || !adaptor.Flush()) {
-    throw_internal("export: protobuf serialization failed");
+  bool written = false;
+  {
+    constexpr int kChunk = 1 << 20;
+    google::protobuf::io::CopyingOutputStreamAdaptor adaptor(&stream, kChunk);
+    written = model.SerializeToZeroCopyStream(&adaptor) && adaptor.Flush();
   }
+  if (stream.error()) std::rethrow_exception(stream.error());
+  if (!written) throw_internal("export: protobuf serialization failed");
   return model.ByteSizeLong();
 }
 

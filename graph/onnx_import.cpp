@@ -13,7 +13,10 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <span>
+#include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "graph/catalog.h"
 
@@ -125,6 +128,184 @@ std::optional<Shape> shape_from_type(const onnx::TypeProto& type) {
   return shape;
 }
 
+std::string ints_text(std::span<const int64_t> values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i) out.append(", ");
+    out.append(std::to_string(values[i]));
+  }
+  return out + "]";
+}
+
+// A declared shape as the file gives it: symbolic dims by name ("N"), missing ones as "?".
+std::string declared_shape_text(const onnx::TensorShapeProto& shape) {
+  std::string out = "[";
+  for (int i = 0; i < shape.dim_size(); ++i) {
+    if (i) out.append(", ");
+    const auto& d = shape.dim(i);
+    out.append(d.has_dim_value()       ? std::to_string(d.dim_value())
+               : d.dim_param().empty() ? std::string("?")
+                                       : d.dim_param());
+  }
+  return out + "]";
+}
+
+const onnx::TensorShapeProto* declared_shape(const onnx::ValueInfoProto& v) {
+  if (!v.type().has_tensor_type() || !v.type().tensor_type().has_shape()) return nullptr;
+  return &v.type().tensor_type().shape();
+}
+
+// Every static dimension of a model input is at least 1 (a batch of 0 would divide by zero in
+// shape inference and the kernels); no declared dimension of any value is negative.
+void check_declared_shapes(const onnx::GraphProto& gp,
+                           const std::unordered_map<std::string, const onnx::TensorProto*>& inits) {
+  for (const auto& in : gp.input()) {
+    if (inits.count(in.name())) continue;
+    const onnx::TensorShapeProto* shape = declared_shape(in);
+    if (!shape) continue;
+    for (const auto& d : shape->dim()) {
+      if (d.has_dim_value() && d.dim_value() < 1) {
+        throw_invalid("import: input '" + in.name() +
+                      "': expected every dimension >= 1 or symbolic, got " +
+                      declared_shape_text(*shape));
+      }
+    }
+  }
+  for (const auto* list : {&gp.output(), &gp.value_info()}) {
+    for (const auto& v : *list) {
+      const onnx::TensorShapeProto* shape = declared_shape(v);
+      if (!shape) continue;
+      for (const auto& d : shape->dim()) {
+        if (d.has_dim_value() && d.dim_value() < 0) {
+          throw_invalid("import: value '" + v.name() + "': expected dimensions >= 0, got " +
+                        declared_shape_text(*shape));
+        }
+      }
+    }
+  }
+}
+
+const onnx::AttributeProto* find_attribute(const onnx::NodeProto& np, std::string_view name) {
+  for (const auto& a : np.attribute()) {
+    if (a.name() == name) return &a;
+  }
+  return nullptr;
+}
+
+std::vector<int64_t> attribute_ints(const onnx::AttributeProto& a) {
+  if (a.type() == onnx::AttributeProto::INT) return {a.i()};
+  return {a.ints().begin(), a.ints().end()};
+}
+
+// The node's integer attributes against the catalog's bounds, and for Conv and the pools the
+// window attributes against each other and Conv's weight against its input and bias, before
+// shape inference or a kernel divides by a stride or indexes by a channel count.
+void check_node_attributes(
+    const onnx::NodeProto& np, const std::string& label,
+    const std::unordered_map<std::string, const onnx::TensorProto*>& inits,
+    const std::unordered_map<std::string, const onnx::TensorShapeProto*>& declared) {
+  for (const AttributeRule* rule : attribute_rules(np.op_type())) {
+    const onnx::AttributeProto* a = find_attribute(np, rule->attribute);
+    if (!a) continue;
+    const std::string name(rule->attribute);
+    if (a->type() != onnx::AttributeProto::INT && a->type() != onnx::AttributeProto::INTS) {
+      throw_invalid("import: " + label + ": expected integer attribute '" + name + "', got " +
+                    onnx::AttributeProto::AttributeType_Name(a->type()));
+    }
+    const std::vector<int64_t> values = attribute_ints(*a);
+    for (int64_t v : values) {
+      if (v >= rule->min && v <= rule->max) continue;
+      std::string bound =
+          rule->max == std::numeric_limits<int64_t>::max()
+              ? ">= " + std::to_string(rule->min)
+              : "in [" + std::to_string(rule->min) + ", " + std::to_string(rule->max) + "]";
+      throw_invalid(
+          "import: " + label + ": expected attribute '" + name + "' values " + bound + ", got " +
+          (a->type() == onnx::AttributeProto::INT ? std::to_string(v) : ints_text(values)));
+    }
+  }
+  if (!has_window_attributes(np.op_type())) return;
+
+  const bool conv = np.op_type() == "Conv";
+  const onnx::TensorProto* weight = nullptr;
+  if (conv && np.input_size() > 1) {
+    auto it = inits.find(np.input(1));
+    if (it != inits.end()) weight = it->second;
+  }
+  const onnx::AttributeProto* kernel_attr = find_attribute(np, "kernel_shape");
+  if (!conv && !kernel_attr) {
+    throw_invalid("import: " + label + ": expected attribute 'kernel_shape', got none");
+  }
+  std::vector<int64_t> kernel;
+  if (kernel_attr) kernel = attribute_ints(*kernel_attr);
+  if (weight) {
+    const std::vector<int64_t> w(weight->dims().begin(), weight->dims().end());
+    if (w.size() < 3) {
+      throw_invalid("import: " + label + ": expected weight '" + weight->name() +
+                    "' of rank >= 3 (out channels, in channels / group, kernel...), got " +
+                    ints_text(w));
+    }
+    for (int64_t d : w) {
+      if (d < 1) {
+        throw_invalid("import: " + label + ": expected weight '" + weight->name() +
+                      "' dimensions >= 1, got " + ints_text(w));
+      }
+    }
+    const std::vector<int64_t> w_kernel(w.begin() + 2, w.end());
+    if (kernel_attr && kernel != w_kernel) {
+      throw_invalid("import: " + label + ": expected kernel_shape equal to weight '" +
+                    weight->name() + "' spatial dims " + ints_text(w_kernel) + ", got " +
+                    ints_text(kernel));
+    }
+    kernel = w_kernel;
+    const onnx::AttributeProto* group_attr = find_attribute(np, "group");
+    const std::vector<int64_t> groups =
+        group_attr ? attribute_ints(*group_attr) : std::vector<int64_t>{1};
+    if (groups.size() != 1) {
+      throw_invalid("import: " + label + ": expected one value of attribute 'group', got " +
+                    ints_text(groups));
+    }
+    const int64_t group = groups[0];
+    if (w[0] % group != 0) {
+      throw_invalid("import: " + label + ": expected weight '" + weight->name() +
+                    "' output channels divisible by group " + std::to_string(group) + ", got " +
+                    ints_text(w));
+    }
+    auto x = declared.find(np.input(0));
+    if (x != declared.end() && x->second->dim_size() >= 2 && x->second->dim(1).has_dim_value()) {
+      const int64_t channels = x->second->dim(1).dim_value();
+      if (channels != w[1] * group) {
+        throw_invalid("import: " + label + ": expected weight '" + weight->name() +
+                      "' with input channels / group = " + std::to_string(channels) + " / " +
+                      std::to_string(group) + " in dim 1, got " + ints_text(w) + " for input '" +
+                      np.input(0) + "' " + declared_shape_text(*x->second));
+      }
+    }
+    if (np.input_size() > 2 && !np.input(2).empty()) {
+      auto b = inits.find(np.input(2));
+      if (b != inits.end() && (b->second->dims_size() != 1 || b->second->dims(0) != w[0])) {
+        throw_invalid(
+            "import: " + label + ": expected bias '" + b->second->name() + "' of shape [" +
+            std::to_string(w[0]) + "], got " +
+            ints_text(std::vector<int64_t>(b->second->dims().begin(), b->second->dims().end())));
+      }
+    }
+  }
+  if (kernel.empty()) return;  // Conv with a computed weight: the runtime checks it
+  const size_t rank = kernel.size();
+  for (const char* name : {"strides", "dilations", "pads"}) {
+    const onnx::AttributeProto* a = find_attribute(np, name);
+    if (!a) continue;
+    const size_t expected = std::string_view(name) == "pads" ? 2 * rank : rank;
+    const std::vector<int64_t> values = attribute_ints(*a);
+    if (values.size() != expected) {
+      throw_invalid("import: " + label + ": expected attribute '" + name + "' with " +
+                    std::to_string(expected) + " values for kernel " + ints_text(kernel) +
+                    ", got " + ints_text(values));
+    }
+  }
+}
+
 // The opset and the op catalog are checked before the ONNX checker, so that an op qforge does
 // not know is reported as such (naming op, node and opset), not as a checker failure.
 int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& source) {
@@ -153,6 +334,23 @@ int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& so
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' (opset " +
                         std::to_string(opset) + ") is not supported by qforge");
     }
+  }
+  // Then what the file declares, before libonnx's checker and shape inference read it.
+  const onnx::GraphProto& gp = model.graph();
+  std::unordered_map<std::string, const onnx::TensorProto*> inits;
+  for (const auto& t : gp.initializer()) inits[t.name()] = &t;
+  check_declared_shapes(gp, inits);
+  std::unordered_map<std::string, const onnx::TensorShapeProto*> declared;
+  for (const auto* list : {&gp.value_info(), &gp.input()}) {
+    for (const auto& v : *list) {
+      if (const onnx::TensorShapeProto* shape = declared_shape(v)) declared[v.name()] = shape;
+    }
+  }
+  index = 0;
+  for (const auto& np : gp.node()) {
+    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+    ++index;
+    check_node_attributes(np, "node '" + name + "' (" + np.op_type() + ")", inits, declared);
   }
   return opset;
 }

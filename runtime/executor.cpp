@@ -6,6 +6,8 @@
 #include <cstring>
 #include <set>
 
+#include "runtime/memory_budget.h"
+
 namespace qforge::runtime {
 namespace {
 
@@ -35,23 +37,24 @@ struct Buffer {
   size_t offset = 0;
 };
 
-}  // namespace
+// Steps 1 to 3 of compiling: every buffer, its lifetime and its place in the arena; nothing is
+// allocated, so the memory a plan needs is known before committing to it.
+struct BufferPlan {
+  std::map<const graph::Value*, size_t> buffer_of;
+  std::vector<Buffer> buffers;
+  std::vector<bool> aliased;  // per step: a view that aliases its input 0
+  size_t arena_bytes = 0;
+};
 
-Executor::Executor(const graph::Graph& graph, ExecutorOptions options) : options_(options) {
-  compile(graph);
-}
-
-Executor::~Executor() = default;
-
-void Executor::compile(const graph::Graph& graph) {
-  graph_ = &graph;
+BufferPlan plan_buffers(const graph::Graph& graph) {
   const auto& order = graph.nodes();
   const int end_step = static_cast<int>(order.size());
+  BufferPlan plan;
+  auto& buffer_of = plan.buffer_of;
+  auto& buffers = plan.buffers;
 
   // 1. Buffers: one per graph input and per produced value, except views, which map to the
   //    buffer of what they alias.
-  std::map<const graph::Value*, size_t> buffer_of;
-  std::vector<Buffer> buffers;
   auto new_buffer = [&](const graph::Value* v, int first) {
     if (!v->has_shape()) throw_internal("executor: value '" + v->name() + "' has no shape");
     Buffer b;
@@ -63,12 +66,12 @@ void Executor::compile(const graph::Graph& graph) {
     buffers.push_back(b);
   };
   for (const graph::Value* in : graph.inputs()) new_buffer(in, -1);
-  std::vector<bool> aliased(order.size(), false);
+  plan.aliased.assign(order.size(), false);
   for (size_t s = 0; s < order.size(); ++s) {
     const graph::Node* node = order[s];
     const graph::Value* src = node->input(0);
     if (is_view_op(*node) && src && !src->is_constant()) {
-      aliased[s] = true;
+      plan.aliased[s] = true;
       buffer_of[node->output(0)] = buffer_of.at(src);
       // Unused extra outputs (Dropout's mask) still get a small buffer of their own.
       for (size_t i = 1; i < node->num_outputs(); ++i) new_buffer(node->output(i), int(s));
@@ -95,7 +98,6 @@ void Executor::compile(const graph::Graph& graph) {
   std::stable_sort(by_size.begin(), by_size.end(),
                    [&](size_t a, size_t b) { return buffers[a].bytes > buffers[b].bytes; });
   std::vector<size_t> placed;
-  arena_bytes_ = 0;
   for (size_t idx : by_size) {
     Buffer& b = buffers[idx];
     std::vector<std::pair<size_t, size_t>> busy;
@@ -110,9 +112,65 @@ void Executor::compile(const graph::Graph& graph) {
       offset = std::max(offset, hi);
     }
     b.offset = offset;
-    arena_bytes_ = std::max(arena_bytes_, offset + b.bytes);
+    plan.arena_bytes = std::max(plan.arena_bytes, offset + b.bytes);
     placed.push_back(idx);
   }
+  return plan;
+}
+
+// The constants the nodes read: the weights the kernels prepare their own forms of.
+size_t weight_bytes(const graph::Graph& graph) {
+  std::set<const graph::Value*> seen;
+  size_t bytes = 0;
+  for (const graph::Node* node : graph.nodes()) {
+    for (const graph::Value* v : node->inputs()) {
+      if (!v || !v->is_constant() || !seen.insert(v).second) continue;
+      if (v->constant().defined()) bytes += v->constant().nbytes();
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
+
+PlanMemory estimate_plan_memory(const graph::Graph& graph) {
+  PlanMemory m;
+  m.arena_bytes = plan_buffers(graph).arena_bytes;
+  m.weight_bytes = weight_bytes(graph);
+  return m;
+}
+
+size_t input_bytes(const graph::Graph& graph) {
+  size_t bytes = 0;
+  for (const graph::Value* in : graph.inputs()) {
+    if (in->has_shape()) {
+      bytes += static_cast<size_t>(kernels::shape_numel(*in->shape())) *
+               kernels::dtype_size(in->dtype());
+    }
+  }
+  return bytes;
+}
+
+Executor::Executor(const graph::Graph& graph, ExecutorOptions options) : options_(options) {
+  compile(graph);
+}
+
+Executor::~Executor() = default;
+
+void Executor::compile(const graph::Graph& graph) {
+  graph_ = &graph;
+  const auto& order = graph.nodes();
+  BufferPlan plan = plan_buffers(graph);
+  const std::map<const graph::Value*, size_t>& buffer_of = plan.buffer_of;
+  const std::vector<Buffer>& buffers = plan.buffers;
+  const std::vector<bool>& aliased = plan.aliased;
+  arena_bytes_ = plan.arena_bytes;
+  // Refused before anything large is allocated: the arena and weights now, the workspace once
+  // the kernels have said what they need.
+  PlanMemory need;
+  need.arena_bytes = arena_bytes_;
+  need.weight_bytes = weight_bytes(graph);
+  check_memory_budget("executor", need, options_.memory_budget_bytes);
   arena_ = std::make_unique<kernels::Storage>(std::max<size_t>(arena_bytes_, 1));
 
   auto view_of = [&](const graph::Value* v) -> Tensor {
@@ -206,6 +264,8 @@ void Executor::compile(const graph::Graph& graph) {
     }
     steps_.push_back(std::move(step));
   }
+  need.workspace_bytes = max_workspace;
+  check_memory_budget("executor", need, options_.memory_budget_bytes);
   workspace_.assign(max_workspace, std::byte{0});
   for (const graph::Value* out : graph.outputs()) {
     graph_outputs_.push_back(view_of(out));

@@ -7,11 +7,13 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/memory_budget.h"
 #include "runtime/op_registry.h"
 
 namespace qforge::runtime {
@@ -25,6 +27,10 @@ struct ExecutorOptions {
   // else shares it (the graph is the caller's only copy of the model); the graph keeps their
   // types and shapes but can no longer be exported or compiled again.
   bool release_prepared_constants = false;
+  // The memory the plan may take (arena, workspace, weights); unset: the memory available to
+  // the process (runtime/memory_budget.h). A plan that needs more is refused before its arena
+  // and workspace are allocated.
+  std::optional<size_t> memory_budget_bytes;
 };
 
 struct OpTime {
@@ -35,6 +41,12 @@ struct OpTime {
 
 // Called after the producer of a tapped value ran, with a view of the value.
 using TapFn = std::function<void(const Tensor& value)>;
+
+// The memory a plan of `graph` (resolved) needs for its arena and weights, planned without
+// allocating anything; the workspace is known only once the kernels are bound (0 here).
+PlanMemory estimate_plan_memory(const graph::Graph& graph);
+// The bytes of the graph's inputs at their shapes (a batch the caller holds).
+size_t input_bytes(const graph::Graph& graph);
 
 class Executor {
  public:

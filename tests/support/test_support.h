@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <png.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,6 +81,70 @@ inline CliResult run_cli(const std::string& args) {
   return r;
 }
 
+// Runs `qforge <args>` as run_cli does, after the shell commands `setup` (limits, traps).
+inline CliResult run_cli_after(const std::string& setup, const std::string& args) {
+  TempDir dir;
+  std::string cmd = setup + "; " + std::string(QFORGE_CLI) + " " + args + " >" + dir.file("out") +
+                    " 2>" + dir.file("err") + " </dev/null";
+  int status = std::system(cmd.c_str());
+  CliResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(dir.file("out"));
+  r.err = read_text(dir.file("err"));
+  return r;
+}
+
+// With writes limited to `max_file_bytes` per file (RLIMIT_FSIZE, SIGXFSZ ignored): a write past
+// it fails with EFBIG, as on a full disk. sh's ulimit -f counts 512-byte blocks; the captured
+// stdout and stderr stay far below it.
+inline CliResult run_cli_with_file_size_limit(const std::string& args, long max_file_bytes) {
+  return run_cli_after("trap '' XFSZ; ulimit -f " + std::to_string(max_file_bytes / 512), args);
+}
+
+// With the address space limited to `max_bytes` (RLIMIT_AS, ulimit -v): the memory available to
+// the process, whatever the machine has.
+inline CliResult run_cli_with_memory_limit(const std::string& args, long max_bytes) {
+  return run_cli_after("ulimit -v " + std::to_string(max_bytes / 1024), args);
+}
+
+// `qforge <args>` started in the background (stdout and stderr to files in `logs`), to be
+// signalled while it runs.
+class CliProcess {
+ public:
+  CliProcess(const std::string& args, const TempDir& logs, const std::string& tmpdir) {
+    const std::string cmd = "exec " + std::string(QFORGE_CLI) + " " + args + " >" +
+                            logs.file("out") + " 2>" + logs.file("err") + " </dev/null";
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::setenv("TMPDIR", tmpdir.c_str(), 1);
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+  ~CliProcess() {
+    if (pid_ > 0 && !waited_) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  CliProcess(const CliProcess&) = delete;
+  CliProcess& operator=(const CliProcess&) = delete;
+
+  void signal(int signal_number) { ::kill(pid_, signal_number); }
+  // The exit code, or 128 + the signal that ended it (as a shell reports it).
+  int wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    waited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool waited_ = false;
+};
+
 // Writes an 8-bit PNG; channels 1 (gray), 3 (RGB) or 4 (RGBA); pixels row-major interleaved.
 inline void write_png(const std::string& path, int width, int height, int channels,
                       const std::vector<unsigned char>& pixels) {
@@ -121,6 +186,19 @@ inline void expect_one_line_error(const CliResult& r, const std::string& must_co
   EXPECT_EQ(count_lines(r.err), 1) << r.err;
   EXPECT_EQ(r.err.rfind("qforge: error: ", 0), 0u) << r.err;
   EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
+}
+
+// Names in `dir` other than `keep`: temporaries or partial outputs a run left behind.
+inline std::vector<std::string> leftover_files(const TempDir& dir,
+                                               const std::vector<std::string>& keep = {}) {
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    const std::string name = entry.path().filename().string();
+    bool kept = false;
+    for (const std::string& k : keep) kept = kept || k == name;
+    if (!kept) left.push_back(name);
+  }
+  return left;
 }
 
 }  // namespace qforge::testing

@@ -93,8 +93,8 @@ TEST(Cli, ImageOfWrongSizeNamesTheFile) {
 }
 
 TEST(Cli, ImageWithWrongChannelCountNamesTheFile) {
-  // Gray images widen to RGB and alpha is dropped (as image loaders do for RGB models), but a
-  // color image cannot feed a one-channel model.
+  // An image's channels must be the model's: a color image cannot feed a one-channel model,
+  // and gray, RGBA or palette images are refused for an RGB model.
   TempDir dir;
   testing::write_bytes(dir.file("gray.onnx"), one_node_model("Relu", "relu", {-1, 1, 8, 8}));
   std::filesystem::create_directories(dir.path() / "data/1");
@@ -103,6 +103,14 @@ TEST(Cli, ImageWithWrongChannelCountNamesTheFile) {
   auto r = run_cli("run " + dir.file("gray.onnx") + " --data " + dir.file("data") + " -o " +
                    dir.file("out.npy"));
   expect_one_line_error(r, "color.png");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
+
+  std::filesystem::create_directories(dir.path() / "rgb/1");
+  testing::write_png(dir.file("rgb/1/a.png"), 32, 32, 3,
+                     std::vector<unsigned char>(32 * 32 * 3, 90));
+  testing::write_png(dir.file("rgb/1/b.png"), 32, 32, 1, std::vector<unsigned char>(32 * 32, 90));
+  r = run_cli("run " + kResnet + " --data " + dir.file("rgb") + " -o " + dir.file("out.npy"));
+  expect_one_line_error(r, "b.png: image is grayscale (1 channel), the model expects 3 (RGB)");
   EXPECT_FALSE(std::filesystem::exists(dir.file("out.npy")));
 }
 

@@ -1,10 +1,15 @@
-// AtomicFile: the destination changes only on commit, and no temporary is ever left behind.
+// AtomicFile: the destination changes only on commit, no temporary is ever left behind, and
+// what is at the destination is replaced only when it is a regular file.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -65,37 +70,57 @@ std::string io_error_of(Fn&& fn) {
 }
 
 TEST(IoAtomicFile, DestinationChangesOnlyOnCommit) {
+  for (bool unnamed : {true, false}) {
+    SCOPED_TRACE(unnamed ? "O_TMPFILE" : "named temporary");
+    TempDir dir;
+    std::string path = dir.file("model.onnx");
+    std::ofstream(path) << "old";
+    {
+      AtomicFile file(path, {.unnamed = unnamed});
+      // An unnamed temporary has no name in the folder; the fallback's name is the path's.
+      EXPECT_EQ(file.temp_path(), unnamed ? "" : path + ".tmp." + std::to_string(::getpid()));
+      EXPECT_EQ(dir.entries().size(), unnamed ? 1u : 2u);
+      file.write("new ");
+      file.write(std::string_view("contents"));
+      EXPECT_EQ(read_text(path), "old");
+      EXPECT_EQ(read_text(file.read_path()), "new contents");
+      file.commit();
+    }
+    EXPECT_EQ(read_text(path), "new contents");
+    EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.onnx"});
+  }
+}
+
+TEST(IoAtomicFile, NewFileIsLinkedIntoPlace) {
   TempDir dir;
-  std::string path = dir.file("model.onnx");
-  std::ofstream(path) << "old";
   {
-    AtomicFile file(path);
-    EXPECT_EQ(file.temp_path(), path + ".tmp." + std::to_string(::getpid()));
-    file.write("new ");
-    file.write(std::string_view("contents"));
-    EXPECT_EQ(read_text(path), "old");
-    EXPECT_EQ(read_text(file.temp_path()), "new contents");
+    AtomicFile file(dir.file("fresh.onnx"));
+    file.write("bytes");
+    EXPECT_TRUE(dir.entries().empty());
     file.commit();
   }
-  EXPECT_EQ(read_text(path), "new contents");
-  EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.onnx"});
+  EXPECT_EQ(read_text(dir.file("fresh.onnx")), "bytes");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"fresh.onnx"});
 }
 
 TEST(IoAtomicFile, NoCommitLeavesDestinationAndRemovesTemporary) {
-  TempDir dir;
-  std::string path = dir.file("ckpt.bin");
-  std::ofstream(path) << "previous";
-  try {
-    AtomicFile file(path);
-    file.write("half of it");
-    throw std::runtime_error("failure mid-write");
-  } catch (const std::runtime_error&) {
-  }
-  EXPECT_EQ(read_text(path), "previous");
-  EXPECT_EQ(dir.entries(), std::vector<std::string>{"ckpt.bin"});
+  for (bool unnamed : {true, false}) {
+    SCOPED_TRACE(unnamed ? "O_TMPFILE" : "named temporary");
+    TempDir dir;
+    std::string path = dir.file("ckpt.bin");
+    std::ofstream(path) << "previous";
+    try {
+      AtomicFile file(path, {.unnamed = unnamed});
+      file.write("half of it");
+      throw std::runtime_error("failure mid-write");
+    } catch (const std::runtime_error&) {
+    }
+    EXPECT_EQ(read_text(path), "previous");
+    EXPECT_EQ(dir.entries(), std::vector<std::string>{"ckpt.bin"});
 
-  { AtomicFile unused(dir.file("fresh.bin")); }
-  EXPECT_EQ(dir.entries(), std::vector<std::string>{"ckpt.bin"});
+    { AtomicFile unused(dir.file("fresh.bin"), {.unnamed = unnamed}); }
+    EXPECT_EQ(dir.entries(), std::vector<std::string>{"ckpt.bin"});
+  }
 }
 
 TEST(IoAtomicFile, WriteFileAtomic) {
@@ -119,13 +144,6 @@ TEST(IoAtomicFile, UnwritablePathsAreIoErrorsNamingThePath) {
   EXPECT_EQ(io_error_of([&] { write_file_atomic(under_file, "x"); }),
             "cannot write '" + under_file + "': Not a directory");
 
-  // The destination is a folder: the temporary is written, the rename fails, nothing is left.
-  fs::create_directories(dir.file("folder"));
-  std::string message = io_error_of([&] { write_file_atomic(dir.file("folder"), "x"); });
-  EXPECT_EQ(message.rfind("cannot write '" + dir.file("folder") + "': cannot rename", 0), 0u)
-      << message;
-  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"folder", "plain"}));
-
   // Permissions do not stop root, so this part only runs for other users.
   if (::geteuid() != 0) {
     fs::create_directories(dir.file("locked"));
@@ -136,6 +154,128 @@ TEST(IoAtomicFile, UnwritablePathsAreIoErrorsNamingThePath) {
     fs::permissions(dir.file("locked"), fs::perms::owner_all);
     EXPECT_TRUE(fs::is_empty(dir.file("locked")));
   }
+}
+
+// What is at the destination and is not a regular file is refused before anything is written,
+// and left as it was: a folder, a FIFO, a device, a symbolic link (not replaced by a file).
+TEST(IoAtomicFile, DestinationThatIsNotARegularFileIsRefused) {
+  TempDir dir;
+  fs::create_directories(dir.file("folder"));
+  EXPECT_EQ(io_error_of([&] { AtomicFile file(dir.file("folder")); }),
+            "cannot write '" + dir.file("folder") + "': it is a directory");
+  ASSERT_EQ(::mkfifo(dir.file("fifo").c_str(), 0600), 0);
+  EXPECT_EQ(io_error_of([&] { AtomicFile file(dir.file("fifo")); }),
+            "cannot write '" + dir.file("fifo") + "': it is a FIFO, not a regular file");
+  // A device node of our own, like /dev/null (which other processes on the machine may have
+  // clobbered already).
+  ASSERT_EQ(::mknod(dir.file("null").c_str(), S_IFCHR | 0666, ::makedev(1, 3)), 0);
+  EXPECT_EQ(
+      io_error_of([&] { AtomicFile file(dir.file("null")); }),
+      "cannot write '" + dir.file("null") + "': it is a character device, not a regular file");
+  std::ofstream(dir.file("target.onnx")) << "kept";
+  fs::create_symlink("target.onnx", dir.file("link.onnx"));
+  EXPECT_EQ(io_error_of([&] { write_file_atomic(dir.file("link.onnx"), "x"); }),
+            "cannot write '" + dir.file("link.onnx") +
+                "': it is a symbolic link to 'target.onnx'; qforge does not replace links, name "
+                "the file itself");
+  EXPECT_TRUE(fs::is_symlink(dir.file("link.onnx")));
+  EXPECT_EQ(read_text(dir.file("target.onnx")), "kept");
+  EXPECT_EQ(dir.entries(),
+            (std::vector<std::string>{"fifo", "folder", "link.onnx", "null", "target.onnx"}));
+}
+
+// A failed write is an Io error naming the file, and so is every later call: no internal error
+// (which used to end in std::terminate when a destructor wrote again).
+TEST(IoAtomicFile, WriteErrorIsReportedOnEveryLaterCall) {
+  TempDir dir;
+  const std::string path = dir.file("out.bin");
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // A file-size limit of 4 KiB with SIGXFSZ ignored: writes past it fail with EFBIG.
+    ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit {
+      4096, 4096
+    };
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    int code = 0;
+    std::string big(8192, 'x');
+    AtomicFile file(path);
+    const std::string expected = "cannot write '" + path + "': File too large";
+    try {
+      file.write(big);
+      code = 10;
+    } catch (const Error& e) {
+      if (e.what() != expected || e.kind() != ErrorKind::kIo) code = 11;
+    }
+    for (int i = 0; i < 2 && code == 0; ++i) {
+      try {
+        i == 0 ? file.write("more") : file.commit();
+        code = 12;
+      } catch (const Error& e) {
+        if (e.what() != expected) code = 13;
+      }
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+// SIGINT and SIGTERM remove a named temporary (the fallback where O_TMPFILE is refused) and
+// exit with 128 + the signal number; an unnamed one needs no removal.
+TEST(IoAtomicFile, SignalRemovesNamedTemporaryAndExits) {
+  for (int signal_number : {SIGINT, SIGTERM}) {
+    for (bool unnamed : {true, false}) {
+      TempDir dir;
+      const std::string path = dir.file("out.bin");
+      pid_t child = ::fork();
+      ASSERT_GE(child, 0);
+      if (child == 0) {
+        install_signal_cleanup();
+        AtomicFile file(path, {.unnamed = unnamed});
+        file.write("partial");
+        ::raise(signal_number);
+        ::_exit(0);  // not reached
+      }
+      int status = 0;
+      ASSERT_EQ(::waitpid(child, &status, 0), child);
+      ASSERT_TRUE(WIFEXITED(status)) << status;
+      EXPECT_EQ(WEXITSTATUS(status), 128 + signal_number);
+      EXPECT_TRUE(dir.entries().empty());
+    }
+  }
+}
+
+TEST(IoAtomicFile, OutputsMustDifferFromInputsAndEachOther) {
+  TempDir dir;
+  std::ofstream(dir.file("m.onnx")) << "model";
+  fs::create_hard_link(dir.file("m.onnx"), dir.file("hard.onnx"));
+  const NamedPath model{"model", dir.file("m.onnx")};
+  auto refusal = [&](std::vector<NamedPath> outputs) {
+    try {
+      check_output_paths("transform", outputs, std::span(&model, 1));
+    } catch (const Error& e) {
+      EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(ErrorKind::kInvalid));
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(refusal({{"-o", dir.file("m.onnx")}}),
+            "transform: output '" + dir.file("m.onnx") + "' (-o) is the same file as the input '" +
+                dir.file("m.onnx") + "' (model); it would be overwritten");
+  // Another name for the same inode, and another spelling of the path.
+  EXPECT_NE(refusal({{"-o", dir.file("hard.onnx")}}), "");
+  EXPECT_NE(refusal({{"-o", dir.file("./m.onnx")}}), "");
+  EXPECT_EQ(refusal({{"-o", dir.file("x.onnx")}, {"--report", dir.file("./x.onnx")}}),
+            "transform: output '" + dir.file("./x.onnx") + "' (--report) is the same file as " +
+                "output '" + dir.file("x.onnx") + "' (-o)");
+  EXPECT_EQ(refusal({{"-o", dir.file("x.onnx")}, {"--report", ""}}),
+            "transform: --report: expected a file path, got an empty string");
+  EXPECT_EQ(refusal({{"-o", dir.file("x.onnx")}, {"--report", dir.file("x.json")}}), "");
 }
 
 }  // namespace

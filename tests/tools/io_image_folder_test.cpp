@@ -282,39 +282,53 @@ TEST(IoPreprocess, ValuesAreExact) {
   EXPECT_EQ(two[1], 255.0f);
 }
 
-TEST(IoPreprocess, ChannelConversions) {
+TEST(IoPreprocess, ChannelCountMustMatchTheModel) {
   TempDir dir;
   Preprocess rgb{3, 1, 2, 255.0f, {}, {}, false};
   float out[6];
-  // Gray is replicated into R, G and B.
-  write_png(dir.file("gray.png"), PngSpec{2, 1, PNG_COLOR_TYPE_GRAY, 8, false, {}, {}, {51, 102}});
-  load_image(dir.file("gray.png"), rgb, out);
-  EXPECT_EQ(std::vector<float>(out, out + 6),
-            (std::vector<float>{0.2f, 0.4f, 0.2f, 0.4f, 0.2f, 0.4f}));
-  // Alpha is dropped.
-  write_png(
-      dir.file("rgba.png"),
-      PngSpec{2, 1, PNG_COLOR_TYPE_RGB_ALPHA, 8, false, {}, {}, {0, 51, 102, 7, 153, 204, 255, 0}});
-  load_image(dir.file("rgba.png"), rgb, out);
+  write_png(dir.file("rgb.png"),
+            PngSpec{2, 1, PNG_COLOR_TYPE_RGB, 8, false, {}, {}, {0, 51, 102, 153, 204, 255}});
+  load_image(dir.file("rgb.png"), rgb, out);
   EXPECT_EQ(std::vector<float>(out, out + 6),
             (std::vector<float>{0.0f, 0.6f, 0.2f, 0.8f, 0.4f, 1.0f}));
   // BGR reverses the planes.
   Preprocess bgr = rgb;
   bgr.bgr = true;
-  load_image(dir.file("rgba.png"), bgr, out);
+  load_image(dir.file("rgb.png"), bgr, out);
   EXPECT_EQ(std::vector<float>(out, out + 6),
             (std::vector<float>{0.4f, 1.0f, 0.2f, 0.8f, 0.0f, 0.6f}));
-  // Gray+alpha into a gray model.
-  Preprocess gray{1, 1, 2, 255.0f, {}, {}, false};
+
+  // Gray, alpha and palette images are refused for an RGB model, naming the file and what it
+  // holds: qforge does not guess a conversion.
+  write_png(dir.file("gray.png"), PngSpec{2, 1, PNG_COLOR_TYPE_GRAY, 8, false, {}, {}, {51, 102}});
+  write_png(
+      dir.file("rgba.png"),
+      PngSpec{2, 1, PNG_COLOR_TYPE_RGB_ALPHA, 8, false, {}, {}, {0, 51, 102, 7, 153, 204, 255, 0}});
+  PngSpec palette{2, 1, PNG_COLOR_TYPE_PALETTE, 8, false, {}, {}, {0, 1}};
+  palette.palette = {{10, 20, 30}, {40, 50, 60}};
+  write_png(dir.file("palette.png"), palette);
   write_png(dir.file("ga.png"),
             PngSpec{2, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 8, false, {}, {}, {51, 0, 255, 9}});
-  load_image(dir.file("ga.png"), gray, out);
-  EXPECT_EQ(std::vector<float>(out, out + 2), (std::vector<float>{0.2f, 1.0f}));
-  // A color image for a gray model is an error naming the file.
-  std::string message =
-      error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("rgba.png"), gray, out); });
-  EXPECT_EQ(message, dir.file("rgba.png") +
-                         ": image is RGBA (3 color channels), the model expects 1 (grayscale)");
+  const std::string rgb_model = ", the model expects 3 (RGB); qforge does not convert channels";
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("gray.png"), rgb, out); }),
+            dir.file("gray.png") + ": image is grayscale (1 channel)" + rgb_model);
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("rgba.png"), rgb, out); }),
+            dir.file("rgba.png") + ": image is RGBA (4 channels)" + rgb_model);
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("palette.png"), rgb, out); }),
+            dir.file("palette.png") + ": image is a palette image (indexed colors)" + rgb_model);
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("ga.png"), rgb, out); }),
+            dir.file("ga.png") + ": image is grayscale+alpha (2 channels)" + rgb_model);
+
+  // A gray model takes gray images only.
+  Preprocess gray{1, 1, 2, 255.0f, {}, {}, false};
+  load_image(dir.file("gray.png"), gray, out);
+  EXPECT_EQ(std::vector<float>(out, out + 2), (std::vector<float>{0.2f, 0.4f}));
+  const std::string gray_model =
+      ", the model expects 1 (grayscale); qforge does not convert channels";
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("ga.png"), gray, out); }),
+            dir.file("ga.png") + ": image is grayscale+alpha (2 channels)" + gray_model);
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("rgb.png"), gray, out); }),
+            dir.file("rgb.png") + ": image is RGB (3 channels)" + gray_model);
 }
 
 TEST(IoPreprocess, WrongSizeNamesFileAndBothSizes) {

@@ -1,44 +1,81 @@
-// Files written to a temporary name and renamed into place, so that a failure never leaves a
-// half-written output (models, checkpoints, .npy files).
+// Output files written through an unnamed temporary (O_TMPFILE) in the destination's directory
+// and linked into place on commit, so that no exit, SIGKILL included, leaves a partial output or
+// a temporary behind (models, reports, .npy files). Also the checks every command runs on its
+// output paths before any work, and the SIGINT/SIGTERM handling that ends a run cleanly.
 #pragma once
 
 #include <cstddef>
+#include <span>
 #include <string>
 #include <string_view>
 
 namespace qforge::io {
 
-// Writes to "<path>.tmp.<pid>" in the destination's directory; commit() renames it onto path.
-// If commit() is never reached (an exception, an early return) the destructor removes the
-// temporary and the destination is left as it was.
+struct AtomicFileOptions {
+  // false: a named temporary "<path>.tmp.<pid>", as on a file system that refuses O_TMPFILE
+  // (then chosen automatically). Tests use it to cover that path.
+  bool unnamed = true;
+};
+
+// The destination changes only on commit(); until then it is left as it was. An existing
+// destination that is not a regular file (directory, device, FIFO, socket) or is a symbolic
+// link is refused by the constructor: replacing it with a regular file would destroy what it
+// was. A named temporary is removed by the destructor and, on SIGINT/SIGTERM, by the handler
+// install_signal_cleanup() sets up; only SIGKILL while a named temporary exists can leave one
+// (always during the fallback, for a few microseconds of commit() when replacing a file).
 class AtomicFile {
  public:
   // Throws an Io error "cannot write '<path>': <reason>" when the temporary cannot be created
-  // (missing directory, no permission).
-  explicit AtomicFile(std::string path);
+  // (missing directory, no permission) or the destination is refused.
+  explicit AtomicFile(std::string path, AtomicFileOptions options = {});
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
+  // A failed write (ENOSPC, EIO, EFBIG) is an Io error naming the path; so is every later call.
   void write(const void* data, size_t nbytes);
   void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
-  // Flushes to disk and renames the temporary onto the path. Called at most once.
+  // Flushes to disk and puts the file at path. Called at most once.
   void commit();
 
   const std::string& path() const { return path_; }
+  // A path that reads the bytes written so far: "/proc/self/fd/<n>" for an unnamed temporary,
+  // the temporary's name otherwise. Valid until commit().
+  std::string read_path() const;
+  // The named temporary ("" while the temporary is unnamed).
   const std::string& temp_path() const { return temp_path_; }
 
  private:
   [[noreturn]] void fail(const std::string& what, int error_number);
   void discard() noexcept;
+  void link_into_place();
 
   std::string path_;
   std::string temp_path_;
   int fd_ = -1;
+  int slot_ = -1;        // the signal handler's slot holding temp_path_, or -1
+  int write_error_ = 0;  // errno of a failed write; later calls report it again
   bool committed_ = false;
 };
 
 // Writes bytes to path through an AtomicFile.
 void write_file_atomic(const std::string& path, std::string_view bytes);
+
+// A path a command reads or writes, and how the user named it ("-o", "--report", "model").
+struct NamedPath {
+  std::string_view role;
+  std::string path;
+};
+
+// Refuses, before any work: an output given as an empty string, an output that is the same
+// file as an input (device and inode, so links and other spellings count), and two outputs
+// naming the same file. Invalid errors of the form
+// "<stage>: output '<path>' (<role>) is the same file as <the other>".
+void check_output_paths(std::string_view stage, std::span<const NamedPath> outputs,
+                        std::span<const NamedPath> inputs);
+
+// SIGINT, SIGTERM and SIGHUP remove every named temporary, print one line on stderr and exit
+// with 128 + the signal number (130, 143, 129). Called once, at program start.
+void install_signal_cleanup();
 
 }  // namespace qforge::io

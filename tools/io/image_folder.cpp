@@ -107,10 +107,11 @@ void on_png_warning(png_structp, png_const_charp) {}
 
 // libpng reports errors by longjmp out of its calls. The two functions that call it hold no
 // object with a destructor, so the jump skips nothing; the caller owns every resource.
-bool png_read_header(png_structp png, png_infop info) {
+bool png_read_header(png_structp png, png_infop info, int* stored_color_type) {
   if (setjmp(png_jmpbuf(png))) return false;
   png_read_info(png, info);
   int color_type = png_get_color_type(png, info);
+  *stored_color_type = color_type;
   int bit_depth = png_get_bit_depth(png, info);
   if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
   if (color_type == PNG_COLOR_TYPE_GRAY && bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
@@ -148,7 +149,7 @@ class PngReader {
 
   // Reads the header; afterwards width(), height() and channels() describe the decoded image.
   void read_header() {
-    if (!png_read_header(png_, info_)) fail();
+    if (!png_read_header(png_, info_, &stored_color_type_)) fail();
     width_ = static_cast<int>(png_get_image_width(png_, info_));
     height_ = static_cast<int>(png_get_image_height(png_, info_));
     channels_ = png_get_channels(png_, info_);
@@ -159,6 +160,8 @@ class PngReader {
   int width() const { return width_; }
   int height() const { return height_; }
   int channels() const { return channels_; }
+  // As stored in the file: a palette image decodes to RGB but holds indices.
+  bool palette() const { return stored_color_type_ == PNG_COLOR_TYPE_PALETTE; }
 
   Image read_image() {
     Image image{width_, height_, channels_, {}};
@@ -180,6 +183,7 @@ class PngReader {
   png_structp png_ = nullptr;
   png_infop info_ = nullptr;
   int width_ = 0, height_ = 0, channels_ = 0;
+  int stored_color_type_ = -1;
 };
 
 std::vector<uint8_t> read_bytes(const std::string& path) {
@@ -357,16 +361,23 @@ void load_image(const std::string& path, const Preprocess& p, float* out) {
                   std::to_string(p.width) + "×" + std::to_string(p.height) +
                   " (width×height; qforge does not resize)");
   }
-  int color_channels = reader.channels() >= 3 ? 3 : 1;  // without alpha
-  if (color_channels > p.channels) {
-    throw_invalid(path + ": image is " + channels_name(reader.channels()) +
-                  " (3 color channels), the model expects 1 (grayscale)");
+  // The file's channels must be the model's: gray, alpha and palette images are refused, not
+  // converted (README, `qforge run`), so that no conversion is guessed for the user.
+  if (reader.palette() || reader.channels() != p.channels) {
+    const int n = reader.channels();
+    const std::string stored = reader.palette()
+                                   ? std::string("a palette image (indexed colors)")
+                                   : std::string(channels_name(n)) + " (" + std::to_string(n) +
+                                         (n == 1 ? " channel)" : " channels)");
+    throw_invalid(path + ": image is " + stored + ", the model expects " +
+                  std::to_string(p.channels) + (p.channels == 1 ? " (grayscale)" : " (RGB)") +
+                  "; qforge does not convert channels");
   }
   Image image = reader.read_image();
   const size_t plane = static_cast<size_t>(p.height) * p.width;
   const int stride = image.channels;
   for (int c = 0; c < p.channels; ++c) {
-    int source = color_channels == 1 ? 0 : (p.bgr ? 2 - c : c);
+    int source = p.channels == 1 ? 0 : (p.bgr ? 2 - c : c);
     float mean = p.mean.empty() ? 0.0f : p.mean[p.mean.size() == 1 ? 0 : c];
     float stdev = p.std.empty() ? 1.0f : p.std[p.std.size() == 1 ? 0 : c];
     const uint8_t* in = image.pixels.data() + source;

@@ -1,6 +1,7 @@
-// FloatSpill over POSIX calls: mkstemp, then unlink, then pwrite and pread.
+// FloatSpill over POSIX calls: an O_TMPFILE file (or mkstemp, then unlink), pwrite and pread.
 #include "tools/io/spill_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +17,12 @@ namespace qforge::io {
 FloatSpill::FloatSpill() {
   const char* tmpdir = std::getenv("TMPDIR");
   directory_ = tmpdir && *tmpdir ? tmpdir : "/tmp";
+  // Unnamed from the start where the file system allows it: no exit can leave it behind.
+  fd_ = ::open(directory_.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd_ >= 0) return;
+  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+    fail("cannot make a temporary file", errno);
+  }
   std::string pattern = directory_ + "/qforge-spill-XXXXXX";
   std::vector<char> name(pattern.begin(), pattern.end());
   name.push_back('\0');

@@ -3,6 +3,7 @@
 // ONNX model; then measure the Q/DQ model against the float model (SQNR, cosine, top-1).
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +23,9 @@
 #include "quant/qdq_export.h"
 #include "quant/smoothquant.h"
 #include "runtime/compare.h"
+#include "runtime/executor.h"
+#include "runtime/memory_budget.h"
+#include "runtime/resolve.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
 #include "runtime/transform_pipeline.h"
@@ -29,6 +33,7 @@
 #include "tools/io/progress.h"
 #include "tools/io/resource_usage.h"
 #include "tools/io/spill_file.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -247,7 +252,7 @@ quant::SmoothQuantResult smooth_model(const CalibrateOptions& o,
 }
 
 int run_calibrate(const CalibrateOptions& o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
   const auto method = quant::calibrator_from_name(o.method);
   if (!method) {
     throw_invalid("calibrate: unknown --method '" + o.method +
@@ -265,8 +270,13 @@ int run_calibrate(const CalibrateOptions& o) {
     std::string message = "calibrate: --smoothquant alpha must be in [0, 1], got ";
     throw_invalid(message.append(value));
   }
-  // Open the outputs first: an unwritable path fails before any work, and nothing partial is
-  // left when a later step fails.
+  // Check and open the outputs first: an output that would overwrite an input or the other
+  // output, or an unwritable path, fails before any work, and nothing partial is left when a
+  // later step fails.
+  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  if (!o.report.empty()) outputs.push_back({"--report", o.report});
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
+  io::check_output_paths("calibrate", outputs, inputs);
   io::AtomicFile out_file(o.output);
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
@@ -285,6 +295,20 @@ int run_calibrate(const CalibrateOptions& o) {
   runtime::TransformOptions transform;
   transform.batch = o.batch;
   runtime::TransformResult transformed = runtime::transform_model(*model, nullptr, transform);
+  // A --batch too large for the machine is refused before any batch is read or run: one plan
+  // at --batch runs at a time, fed from a batch buffer of its own; the largest is the float
+  // model's own (unfused) plan, which the evaluation runs.
+  {
+    runtime::PlanMemory need = runtime::estimate_plan_memory(*transformed.graph);
+    std::unique_ptr<graph::Graph> float_plan = model->clone();
+    runtime::ResolveOptions at_batch;
+    at_batch.input_shapes = runtime::input_shapes_for_batch(*model, o.batch);
+    runtime::resolve(*float_plan, at_batch);
+    const runtime::PlanMemory float_need = runtime::estimate_plan_memory(*float_plan);
+    need.arena_bytes = std::max(need.arena_bytes, float_need.arena_bytes) +
+                       runtime::input_bytes(*transformed.graph);
+    runtime::check_memory_budget("calibrate", need);
+  }
   // SmoothQuant comes first, so that every range below is taken on the smoothed model.
   std::optional<quant::SmoothQuantResult> smoothing;
   double smoothquant_seconds = 0;
@@ -426,7 +450,7 @@ int run_calibrate(const CalibrateOptions& o) {
   size_t int8_correct = 0;
   kernels::Tensor first_eval_batch;  // the flip injections run on it
   {
-    runtime::Session quantized(graph::load_onnx(out_file.temp_path()), one_shape);
+    runtime::Session quantized(graph::load_onnx(out_file.read_path()), one_shape);
     io::Progress progress("Q/DQ model", eval_total, "img");
     for_each_batch(
         eval, eval_indices, o.batch, true, progress,
@@ -646,11 +670,13 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       "calibrate",
       "Calibrate Q/DQ scales on sample data and write the Q/DQ ONNX model, fixed to --batch; "
       "then compare it with the float model (output SQNR, cosine, top-1)");
-  cmd->add_option("model", opts->model, "float ONNX model file")->required();
+  cmd->add_option("model", opts->model, "float ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data,
                   "calibration data: image folder or .npy file of model inputs")
       ->required();
-  cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")->required();
+  cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
+      ->required()
+      ->check(file_path());
   cmd->add_option("--method", opts->method,
                   "calibrator choosing each activation amax: mse (default), max, percentile or "
                   "entropy");
@@ -662,16 +688,17 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_option("--limit", opts->limit,
                   "calibrate on at most this many samples, spread evenly over the data (an image "
                   "folder is sorted by class)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--batch", opts->batch,
                   "batch the model is transformed, calibrated and evaluated at (default 32); the "
                   "written model is fixed to it. Every sample is used: a partial last batch is "
                   "calibrated as is and padded for the evaluation (padded rows are ignored)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--report", opts->report,
-                  "write the point table and the evaluation figures as JSON");
+                  "write the point table and the evaluation figures as JSON")
+      ->check(file_path());
   cmd->add_option("--val", opts->val,
                   "evaluate on this image folder or .npy file (default: the calibration data)");
   cmd->add_flag("--int8-weights", opts->int8_weights,

@@ -2,6 +2,7 @@
 // candidate (b) is from the reference (a): max |Δ|, max relative error, cosine, SQNR, top-1
 // agreement, and a verdict.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -12,6 +13,7 @@
 #include "runtime/threads.h"
 #include "runtime/transform_pipeline.h"
 #include "tools/io/progress.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 
@@ -113,7 +115,7 @@ void print_figures(const graph::Value& output, const runtime::ComparisonFigures&
 }
 
 int run_compare(const CompareOptions& o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
   runtime::Session session_a(graph::load_onnx(o.model_a));
   runtime::Session session_b(graph::load_onnx(o.model_b));
   const graph::Graph& model_a = session_a.graph();
@@ -223,11 +225,11 @@ CommandRunner add_compare_command(CLI::App& app) {
                   "8 seeded random normal samples)");
   cmd->add_option("--batch", opts->batch,
                   "samples per forward pass (default 32, or the models' fixed batch)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   return [opts] { return run_compare(*opts); };
 }
 

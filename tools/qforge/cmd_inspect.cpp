@@ -38,20 +38,37 @@ int run_inspect(const InspectOptions& o) {
     std::cout << "metadata " << key << " = " << value << "\n";
   }
 
-  // Figures per image: resolve a copy at batch 1 (shape subgraphs fold away).
+  // Figures per image: resolve a copy at batch 1 (shape subgraphs fold away), or at the
+  // model's fixed batch (a model qforge wrote at --batch N) and divide by it.
+  int64_t batch = 1;
+  for (const auto* in : model->inputs()) {
+    if (in->has_shape() && !in->shape()->empty() && (*in->shape())[0] > 0) {
+      batch = (*in->shape())[0];
+    }
+  }
   auto resolved = model->clone();
   runtime::ResolveOptions ro;
-  ro.input_shapes = runtime::input_shapes_for_batch(*model, 1);
+  for (const auto* in : model->inputs()) {
+    if (!in->has_shape() || in->shape()->empty()) continue;
+    const int64_t fixed = (*in->shape())[0];
+    if (fixed > 0 && fixed != batch) {
+      throw_unsupported("inspect: model '" + o.model + "' has inputs of different fixed batches (" +
+                        std::to_string(fixed) + " and " + std::to_string(batch) + ")");
+    }
+  }
+  ro.input_shapes = runtime::input_shapes_for_batch(*model, batch);
   auto fold = runtime::resolve(*resolved, ro);
   auto imported = runtime::model_stats(*model);
   auto stats = runtime::model_stats(*resolved);
+  stats.macs /= batch;
 
   std::cout << "nodes    " << model->nodes().size() << " imported, " << fold.remaining_nodes
             << " after folding " << fold.folded_nodes << " constant nodes\n";
   std::printf("params   %lld (%.2f M)\n", static_cast<long long>(stats.parameters),
               stats.parameters / 1e6);
-  std::printf("MACs     %lld per image (%.3f GMAC)\n", static_cast<long long>(stats.macs),
-              stats.macs / 1e9);
+  std::printf("MACs     %lld per image (%.3f GMAC)%s\n", static_cast<long long>(stats.macs),
+              stats.macs / 1e9,
+              batch > 1 ? (" (model fixed to batch " + std::to_string(batch) + ")").c_str() : "");
   std::cout << "ops (imported -> after folding)\n";
   for (const auto& [op, count] : imported.op_counts) {
     auto it = stats.op_counts.find(op);

@@ -8,6 +8,7 @@
 #include "graph/transform.h"
 #include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/report_output.h"
 
@@ -21,9 +22,15 @@ struct PlanOptions {
 };
 
 int run_plan(const PlanOptions& o) {
-  // Open the output first: an unwritable path fails before any work, and nothing partial is left.
+  // Check and open the output first: an output that would overwrite the model, or an
+  // unwritable path, fails before any work, and nothing partial is left.
   std::unique_ptr<io::AtomicFile> out_file;
-  if (!o.output.empty()) out_file = std::make_unique<io::AtomicFile>(o.output);
+  if (!o.output.empty()) {
+    const io::NamedPath outputs[] = {{"-o", o.output}};
+    const io::NamedPath inputs[] = {{"model", o.model}};
+    io::check_output_paths("plan", outputs, inputs);
+    out_file = std::make_unique<io::AtomicFile>(o.output);
+  }
 
   std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
   runtime::TransformOptions options;
@@ -51,14 +58,15 @@ CommandRunner add_plan_command(CLI::App& app) {
   auto opts = std::make_shared<PlanOptions>();
   auto* cmd = app.add_subcommand(
       "plan", "Show the fusion plan of a model after its conversions; optionally save it as JSON");
-  cmd->add_option("model", opts->model, "ONNX model file")->required();
+  cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
   cmd->add_option("-o,--output", opts->output,
                   "write the plan as JSON (edit 'apply' to turn matches off, then pass it to "
-                  "'qforge transform --plan')");
+                  "'qforge transform --plan')")
+      ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "batch the input shapes are resolved at (default 1); node names in the plan "
                   "are those of the model converted at this batch")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   return [opts] { return run_plan(*opts); };
 }
 

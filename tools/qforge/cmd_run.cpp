@@ -2,9 +2,12 @@
 // accuracy for labelled folders, and optionally the time per op kind.
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "graph/onnx_import.h"
 #include "runtime/model_stats.h"
@@ -14,6 +17,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/io/npy.h"
 #include "tools/io/progress.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 
@@ -38,16 +42,36 @@ int64_t argmax_row(const float* row, int64_t n) {
   return static_cast<int64_t>(std::max_element(row, row + n) - row);
 }
 
+// Where output k > 0 goes: "out.npy" -> "out.<k>.npy".
+std::string extra_output_path(const std::string& output, size_t k) {
+  const auto dot = output.rfind(".npy");
+  return (dot == std::string::npos ? output : output.substr(0, dot)) + "." + std::to_string(k) +
+         ".npy";
+}
+
 int run_run(RunOptions o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
   if (o.pixel_scale > 0) o.preprocess.pixel_scale = o.pixel_scale;
-  // Open the output first: an unwritable path fails before any work, and nothing partial is left.
-  std::unique_ptr<io::AtomicFile> out_file;
-  if (!o.output.empty()) out_file = std::make_unique<io::AtomicFile>(o.output);
+  // Check and open the output first: an output that would overwrite the model or the data, or
+  // an unwritable path, fails before any work, and nothing partial is left.
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}};
+  std::vector<io::NamedPath> output_paths;
+  std::vector<std::unique_ptr<io::AtomicFile>> out_files;  // one per model output
+  if (!o.output.empty()) {
+    output_paths.push_back({"-o", o.output});
+    io::check_output_paths("run", output_paths, inputs);
+    out_files.push_back(std::make_unique<io::AtomicFile>(o.output));
+  }
 
   runtime::SessionOptions so;
   so.executor.profile = o.profile;
   std::unique_ptr<graph::Graph> loaded = graph::load_onnx(o.model);
+  // Outputs past the first go to "<output>.<k>.npy", checked and opened before running.
+  for (size_t k = 1; !o.output.empty() && k < loaded->outputs().size(); ++k) {
+    output_paths.push_back({"-o", extra_output_path(o.output, k)});
+    io::check_output_paths("run", output_paths, inputs);
+    out_files.push_back(std::make_unique<io::AtomicFile>(output_paths.back().path));
+  }
   DataSource data = DataSource::open(o.data, *loaded, o.preprocess);
   std::string transformed_note;
   if (o.transform) {
@@ -116,7 +140,7 @@ int run_run(RunOptions o) {
         correct += argmax_row(logits.data<float>() + i * classes, classes) == labels[i];
       }
     }
-    if (out_file) {
+    if (!out_files.empty()) {
       for (size_t k = 0; k < outputs.size(); ++k) {
         if (outputs[k].dtype() != kernels::DType::kFloat32) {
           throw_unsupported("run: -o writes float32 outputs, output " + std::to_string(k) + " is " +
@@ -161,21 +185,13 @@ int run_run(RunOptions o) {
                   sum > 0 ? 100.0 * t.seconds / sum : 0.0, t.calls);
     }
   }
-  if (out_file) {
+  if (!out_files.empty()) {
     for (size_t k = 0; k < stacked.size(); ++k) {
       const graph::Shape& shape = out_shapes[k];
       auto tensor = kernels::Tensor::wrap(kernels::DType::kFloat32, shape, stacked[k].data());
-      if (k == 0) {
-        out_file->write(io::encode_npy(tensor));
-        out_file->commit();
-      } else {
-        std::string path = o.output;
-        auto dot = path.rfind(".npy");
-        path = (dot == std::string::npos ? path : path.substr(0, dot)) + "." + std::to_string(k) +
-               ".npy";
-        io::write_npy(path, tensor);
-      }
+      out_files[k]->write(io::encode_npy(tensor));
     }
+    for (auto& file : out_files) file->commit();
     std::printf("outputs    written to %s\n", o.output.c_str());
   }
   return 0;
@@ -186,24 +202,25 @@ int run_run(RunOptions o) {
 CommandRunner add_run_command(CLI::App& app) {
   auto opts = std::make_shared<RunOptions>();
   auto* cmd = app.add_subcommand("run", "Run a model over an image folder or an .npy batch");
-  cmd->add_option("model", opts->model, "ONNX model file")->required();
+  cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data,
                   "image folder (class sub-folders give labels) or .npy file of inputs")
       ->required();
-  cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file");
+  cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
+      ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "images per forward pass (default 32, or the model's fixed batch)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
   cmd->add_flag("--transform", opts->transform,
                 "run the transformed graph (conversions and fusions into modules, as `qforge "
                 "transform` plans them) at --batch, whole batches only");
   cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0));
   cmd->add_option("--mean", opts->preprocess.mean,
                   "per-channel mean (overrides the model's metadata)")
       ->delimiter(',');
@@ -211,7 +228,7 @@ CommandRunner add_run_command(CLI::App& app) {
       ->delimiter(',');
   cmd->add_option("--pixel-scale", opts->pixel_scale,
                   "divide pixels by this before mean/std (overrides the model's metadata)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   return [opts] { return run_run(*opts); };
 }
 

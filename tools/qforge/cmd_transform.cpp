@@ -5,13 +5,17 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "graph/onnx_import.h"
 #include "graph/transform.h"
+#include "runtime/executor.h"
+#include "runtime/memory_budget.h"
 #include "runtime/transform_pipeline.h"
 #include "tools/io/atomic_file.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -90,8 +94,13 @@ nlohmann::json counts_json(const graph::PlanReport& report) {
 }
 
 int run_transform(const TransformCliOptions& o) {
-  // Open the outputs first: an unwritable path fails before any work. Their temporaries are
-  // removed unless the check passes and they are committed.
+  // Check and open the outputs first: an output that would overwrite an input or the other
+  // output, or an unwritable path, fails before any work. Nothing is at their paths unless the
+  // check passes and they are committed.
+  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  if (!o.report.empty()) outputs.push_back({"--report", o.report});
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--plan", o.plan}, {"--data", o.data}};
+  io::check_output_paths("transform", outputs, inputs);
   io::AtomicFile out_file(o.output);
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
@@ -99,13 +108,18 @@ int run_transform(const TransformCliOptions& o) {
   std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
   std::optional<graph::Plan> plan;
   if (!o.plan.empty()) plan = read_plan(o.plan);
-  std::string sample;
-  const auto batches = sample_batches(o, *model, sample);
-
   runtime::TransformOptions options;
   options.batch = o.batch;
   if (plan) options.plan_source = "plan '" + o.plan + "'";
   runtime::TransformResult r = runtime::transform_model(*model, plan ? &*plan : nullptr, options);
+  // A --batch too large for the machine is refused before the sample batch is made. The check
+  // runs the model and its transformed form side by side on the sample.
+  runtime::PlanMemory need = runtime::estimate_plan_memory(*r.graph);
+  need.arena_bytes = 2 * need.arena_bytes + runtime::input_bytes(*r.graph);
+  need.weight_bytes *= 2;
+  runtime::check_memory_budget("transform", need);
+  std::string sample;
+  const auto batches = sample_batches(o, *model, sample);
   runtime::CheckedExport exported = runtime::lower_and_check(*model, *r.graph, batches);
   const runtime::EquivalenceFigures& f = exported.figures;
 
@@ -189,17 +203,20 @@ CommandRunner add_transform_command(CLI::App& app) {
       "Apply conversions and fusions, lower the modules back to standard ONNX ops and write the "
       "model once it is checked equivalent to the original. The written model has static shapes "
       "resolved at --batch (its batch is fixed)");
-  cmd->add_option("model", opts->model, "ONNX model file")->required();
-  cmd->add_option("-o,--output", opts->output, "transformed ONNX model to write")->required();
+  cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
+  cmd->add_option("-o,--output", opts->output, "transformed ONNX model to write")
+      ->required()
+      ->check(file_path());
   cmd->add_option("--plan", opts->plan,
                   "fusion plan JSON from 'qforge plan -o' at the same --batch (default: a fresh "
                   "plan)");
   cmd->add_option("--report", opts->report,
-                  "write a JSON report: counts per pattern, the plan and the equivalence figures");
+                  "write a JSON report: counts per pattern, the plan and the equivalence figures")
+      ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "batch the input shapes are resolved at (default 1); the written model is "
                   "fixed to it")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--data", opts->data,
                   "image folder or .npy file to check equivalence on, in whole batches (default: "
                   "one seeded random normal batch)");

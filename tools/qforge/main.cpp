@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "tools/io/atomic_file.h"
 #include "tools/qforge/commands.h"
 
 int main(int argc, char** argv) {
@@ -17,6 +18,8 @@ int main(int argc, char** argv) {
   // prepared kernel weights) land on the heap and stay resident after they are freed: the
   // commands that load one model after another would then hold the earlier ones' memory.
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  // An interrupted run removes its temporaries and exits with 128 + the signal number.
+  qforge::io::install_signal_cleanup();
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "qforge 0.1.0");
@@ -38,7 +41,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // One line, as for every other error; usage errors exit with 2.
+    std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
+    return 2;
   }
   try {
     for (auto& [sub, runner] : commands) {

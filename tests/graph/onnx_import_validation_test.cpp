@@ -1,0 +1,125 @@
+// Import refuses attributes and declared shapes that break the catalog's rules, naming the node
+// or input, before libonnx's shape inference or any kernel sees them (a stride of 0 divides by
+// zero there).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "graph/onnx_import.h"
+#include "tests/support/errors.h"
+#include "tests/support/onnx_models.h"
+
+namespace qforge::graph {
+namespace {
+
+using testing::kSymbolicDim;
+using testing::node_model;
+using testing::NodeModelSpec;
+
+std::string import_error(const NodeModelSpec& spec) {
+  return testing::error_of(ErrorKind::kInvalid, [&] { parse_onnx(node_model(spec), "bad.onnx"); });
+}
+
+NodeModelSpec conv(std::vector<std::pair<std::string, std::vector<int64_t>>> ints = {},
+                   std::vector<std::pair<std::string, int64_t>> one = {}) {
+  NodeModelSpec spec;
+  spec.weight_shape = std::vector<int64_t>{4, 3, 3, 3};
+  spec.ints_attributes = std::move(ints);
+  spec.int_attributes = std::move(one);
+  return spec;
+}
+
+NodeModelSpec max_pool(std::vector<std::pair<std::string, std::vector<int64_t>>> ints) {
+  NodeModelSpec spec;
+  spec.op_type = "MaxPool";
+  spec.node_name = "pool";
+  spec.ints_attributes = std::move(ints);
+  return spec;
+}
+
+TEST(OnnxImportValidation, ValidConvAndPoolImport) {
+  EXPECT_NO_THROW(
+      parse_onnx(node_model(conv({{"strides", {2, 2}}, {"pads", {1, 1, 1, 1}}})), "good.onnx"));
+  EXPECT_NO_THROW(parse_onnx(node_model(max_pool({{"kernel_shape", {2, 2}}, {"strides", {2, 2}}})),
+                             "good.onnx"));
+}
+
+TEST(OnnxImportValidation, ZeroStrideConvAndMaxPool) {
+  EXPECT_EQ(import_error(conv({{"strides", {0, 1}}})),
+            "import: node 'conv' (Conv): expected attribute 'strides' values >= 1, got [0, 1]");
+  EXPECT_EQ(import_error(max_pool({{"kernel_shape", {2, 2}}, {"strides", {0, 0}}})),
+            "import: node 'pool' (MaxPool): expected attribute 'strides' values >= 1, got [0, 0]");
+}
+
+TEST(OnnxImportValidation, ZeroDilationsGroupKernelAndNegativePads) {
+  EXPECT_EQ(import_error(conv({{"dilations", {1, 0}}})),
+            "import: node 'conv' (Conv): expected attribute 'dilations' values >= 1, got [1, 0]");
+  EXPECT_EQ(import_error(conv({}, {{"group", 0}})),
+            "import: node 'conv' (Conv): expected attribute 'group' values >= 1, got 0");
+  EXPECT_EQ(import_error(conv({{"kernel_shape", {0, 3}}})),
+            "import: node 'conv' (Conv): expected attribute 'kernel_shape' values >= 1, got "
+            "[0, 3]");
+  EXPECT_EQ(import_error(conv({{"pads", {0, -1, 0, 0}}})),
+            "import: node 'conv' (Conv): expected attribute 'pads' values >= 0, got "
+            "[0, -1, 0, 0]");
+  EXPECT_EQ(import_error(max_pool({{"kernel_shape", {2, 2}}, {"dilations", {-3, 1}}})),
+            "import: node 'pool' (MaxPool): expected attribute 'dilations' values >= 1, got "
+            "[-3, 1]");
+  NodeModelSpec ceil = max_pool({{"kernel_shape", {2, 2}}});
+  ceil.int_attributes = {{"ceil_mode", 2}};
+  EXPECT_EQ(import_error(ceil),
+            "import: node 'pool' (MaxPool): expected attribute 'ceil_mode' values in [0, 1], "
+            "got 2");
+}
+
+TEST(OnnxImportValidation, WindowAttributesAgreeWithTheKernel) {
+  EXPECT_EQ(import_error(conv({{"strides", {2}}})),
+            "import: node 'conv' (Conv): expected attribute 'strides' with 2 values for kernel "
+            "[3, 3], got [2]");
+  EXPECT_EQ(import_error(conv({{"pads", {1, 1}}})),
+            "import: node 'conv' (Conv): expected attribute 'pads' with 4 values for kernel "
+            "[3, 3], got [1, 1]");
+  EXPECT_EQ(import_error(conv({{"kernel_shape", {5, 5}}})),
+            "import: node 'conv' (Conv): expected kernel_shape equal to weight 'w' spatial dims "
+            "[3, 3], got [5, 5]");
+  EXPECT_EQ(import_error(max_pool({{"strides", {2, 2}}})),
+            "import: node 'pool' (MaxPool): expected attribute 'kernel_shape', got none");
+}
+
+TEST(OnnxImportValidation, ConvWeightContradictingChannels) {
+  NodeModelSpec zero_out = conv();
+  zero_out.weight_shape = std::vector<int64_t>{0, 3, 3, 3};
+  EXPECT_EQ(import_error(zero_out),
+            "import: node 'conv' (Conv): expected weight 'w' dimensions >= 1, got [0, 3, 3, 3]");
+  NodeModelSpec wrong_in = conv();
+  wrong_in.weight_shape = std::vector<int64_t>{4, 5, 3, 3};
+  EXPECT_EQ(import_error(wrong_in),
+            "import: node 'conv' (Conv): expected weight 'w' with input channels / group = 3 / 1 "
+            "in dim 1, got [4, 5, 3, 3] for input 'x' [N, 3, 8, 8]");
+  NodeModelSpec groups = conv({}, {{"group", 3}});
+  groups.weight_shape = std::vector<int64_t>{4, 1, 3, 3};
+  EXPECT_EQ(import_error(groups),
+            "import: node 'conv' (Conv): expected weight 'w' output channels divisible by group "
+            "3, got [4, 1, 3, 3]");
+  NodeModelSpec flat = conv();
+  flat.weight_shape = std::vector<int64_t>{4, 3};
+  EXPECT_EQ(import_error(flat),
+            "import: node 'conv' (Conv): expected weight 'w' of rank >= 3 (out channels, in "
+            "channels / group, kernel...), got [4, 3]");
+}
+
+TEST(OnnxImportValidation, InputOfBatchZeroOrNegativeDimension) {
+  NodeModelSpec batch0;
+  batch0.op_type = "Relu";
+  batch0.node_name = "relu";
+  batch0.input_shape = {0, 3, 8, 8};
+  EXPECT_EQ(import_error(batch0),
+            "import: input 'x': expected every dimension >= 1 or symbolic, got [0, 3, 8, 8]");
+  NodeModelSpec negative = batch0;
+  negative.input_shape = {kSymbolicDim, -8, 8, 8};
+  EXPECT_EQ(import_error(negative),
+            "import: input 'x': expected every dimension >= 1 or symbolic, got [N, -8, 8, 8]");
+}
+
+}  // namespace
+}  // namespace qforge::graph
