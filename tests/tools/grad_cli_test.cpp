@@ -91,6 +91,16 @@ TEST(GradCli, ModelWithoutParametersIsRefused) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("g.npz")));
 }
 
+TEST(GradCli, OutputThatIsAnInputIsRefused) {
+  TempDir dir;
+  io::write_npy(dir.file("labels.npy"), io::read_npy(kLabels));
+  const std::string before = testing::read_text(dir.file("labels.npy"));
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + dir.file("labels.npy") +
+                   " -o " + dir.file("labels.npy"));
+  expect_one_line_error(r, "is the same file as");
+  EXPECT_EQ(testing::read_text(dir.file("labels.npy")), before);
+}
+
 TEST(GradCli, UnwritableOutputIsRefused) {
   TempDir dir;
   auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + kLabels + " -o " +

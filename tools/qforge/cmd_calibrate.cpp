@@ -467,7 +467,7 @@ int run_calibrate(const CalibrateOptions& o) {
   const runtime::ComparisonFigures f = comparison.figures();
   std::optional<quant::FlipSensitivity> flips;
   if (o.flip_injections > 0) {
-    flips = quant::flip_sensitivity(*graph::load_onnx(out_file.temp_path()), first_eval_batch,
+    flips = quant::flip_sensitivity(*graph::load_onnx(out_file.read_path()), first_eval_batch,
                                     {.injections = o.flip_injections, .seed = kFlipSeed});
   }
 

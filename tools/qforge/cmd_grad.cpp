@@ -3,6 +3,7 @@
 // .npz keyed by ONNX initializer name, to check qforge's training against another framework.
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -10,8 +11,10 @@
 #include "graph/onnx_import.h"
 #include "runtime/threads.h"
 #include "runtime/training.h"
+#include "tools/io/atomic_file.h"
 #include "tools/io/npy.h"
 #include "tools/io/npz.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 
 namespace qforge::cli {
@@ -27,7 +30,10 @@ struct GradOptions {
 };
 
 int run_grad(const GradOptions& o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
+  const io::NamedPath outputs[] = {{"-o", o.output}};
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--labels", o.labels}};
+  io::check_output_paths("grad", outputs, inputs);
   std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
   const kernels::Tensor input = io::read_npy(o.data);
   const kernels::Tensor labels = io::read_npy(o.labels);
@@ -77,21 +83,22 @@ CommandRunner add_grad_command(CLI::App& app) {
       "trainable float initializer, keyed by its ONNX name, as an .npz.");
   cmd->add_option("model", o->model, "float ONNX classifier (logits [batch, classes])")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(file_path());
   cmd->add_option("--data", o->data, "input batch as .npy (float32, the model's input shape)")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(file_path());
   cmd->add_option("--labels", o->labels, "class labels as .npy (int64 [batch])")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(file_path());
   cmd->add_option("-o,--output", o->output, "gradients .npz: 'loss' and one array per initializer")
-      ->required();
+      ->required()
+      ->check(file_path());
   cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
-      ->check(CLI::Range(0, 4096));
+      ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--runs", o->runs,
                   "run the forward and backward N times and report the fastest (benchmarks); "
                   "the gradients are the same every run")
-      ->check(CLI::Range(1, 1000));
+      ->check(integer_at_least(1, 1000));
   return [o] { return run_grad(*o); };
 }
 

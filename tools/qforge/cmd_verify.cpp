@@ -3,6 +3,7 @@
 // the same as JSON with --report and exits 1 when any element is a mismatch rather than a
 // rounding flip. `--mark-outputs` writes the model with every tensor the check reads as a graph
 // output, for runtimes that dump graph outputs (tools/ort_dump.js does it itself).
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/io/npz.h"
 #include "tools/io/polygraphy_json.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/report_output.h"
@@ -124,7 +126,14 @@ int run_mark_outputs(const VerifyCommandOptions& o) {
 }
 
 int run_verify(const VerifyCommandOptions& o) {
-  runtime::set_num_threads(o.threads);
+  set_threads_from_flag(o.threads);
+  // An output that would overwrite an input or the other output fails before any work.
+  std::vector<io::NamedPath> outputs;
+  if (!o.report.empty()) outputs.push_back({"--report", o.report});
+  if (!o.mark_outputs.empty()) outputs.push_back({"--mark-outputs", o.mark_outputs});
+  const io::NamedPath inputs[] = {
+      {"model", o.model}, {"--reference", o.reference}, {"--data", o.data}};
+  io::check_output_paths("verify", outputs, inputs);
   if (!o.mark_outputs.empty()) return run_mark_outputs(o);
   if (o.reference.empty()) throw_invalid("verify: --reference is required (an .npz or a .json)");
   if (o.data.empty()) throw_invalid("verify: --data is required (the inputs the reference ran)");
@@ -289,7 +298,7 @@ CommandRunner add_verify_command(CLI::App& app) {
       "  Runtimes whose kernels sum in another order leave flips farther from the boundary:\n"
       "  ONNX Runtime with its optimisations on (NCHWc convolutions) up to 4e-3 of a step on\n"
       "  the bundled models; check such a runtime with --tolerance 1e-2.");
-  cmd->add_option("model", opts->model, "Q/DQ ONNX model")->required();
+  cmd->add_option("model", opts->model, "Q/DQ ONNX model")->required()->check(file_path());
   cmd->add_option("--reference", opts->reference,
                   "the other runtime's tensor values by name: .npz (tools/ort_dump.js, "
                   "np.savez) or Polygraphy --save-outputs .json");
@@ -300,14 +309,16 @@ CommandRunner add_verify_command(CLI::App& app) {
   cmd->add_option("--tolerance", opts->tolerance,
                   "flip tolerance: distance of x/scale from a .5 boundary, in steps "
                   "(default 1e-4)");
-  cmd->add_option("--limit", opts->limit, "use the first N samples")->check(CLI::PositiveNumber);
+  cmd->add_option("--limit", opts->limit, "use the first N samples")->check(integer_at_least(1));
   cmd->add_option("--list", opts->list, "differing elements listed per point (default 8)");
-  cmd->add_option("--report", opts->report, "write the table and listed elements as JSON");
+  cmd->add_option("--report", opts->report, "write the table and listed elements as JSON")
+      ->check(file_path());
   cmd->add_option("--mark-outputs", opts->mark_outputs,
                   "write the model with every point's pre-quant and integer tensors as graph "
-                  "outputs to this file, and stop");
+                  "outputs to this file, and stop")
+      ->check(file_path());
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0, INT_MAX));
   return [opts] { return run_verify(*opts); };
 }
 
