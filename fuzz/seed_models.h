@@ -45,9 +45,8 @@ class ModelWriter {
       count *= d;
     }
     for (int64_t i = 0; i < count; ++i) {
-      t->add_float_data(values.empty()
-                            ? static_cast<float>((i % 2 ? -1 : 1) * 0.1 * (i % 7 + 1))
-                            : values[static_cast<size_t>(i)]);
+      t->add_float_data(values.empty() ? static_cast<float>((i % 2 ? -1 : 1) * 0.1 * (i % 7 + 1))
+                                       : values[static_cast<size_t>(i)]);
     }
   }
   void int64_weight(const std::string& name, std::vector<int64_t> values, bool scalar = false) {
