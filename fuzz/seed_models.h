@@ -136,7 +136,7 @@ inline std::string conv_net_model() {
   m.node("GlobalAveragePool", "gap", {"r2"}, {"g"});
   auto* flatten = m.node("Flatten", "flatten", {"g"}, {"f"});
   ModelWriter::integer(flatten, "axis", 1);
-  m.node("Gemm", "fc", {"f", "fc_w", "fc_b"}, {"y"});
+  ModelWriter::integer(m.node("Gemm", "fc", {"f", "fc_w", "fc_b"}, {"y"}), "transB", 1);
   return m.bytes();
 }
 
