@@ -8,6 +8,20 @@
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 
+#if defined(__SANITIZE_THREAD__)
+#define QFORGE_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define QFORGE_TSAN 1
+#endif
+#endif
+#ifdef QFORGE_TSAN
+#include <algorithm>
+#include <exception>
+#include <thread>
+#include <vector>
+#endif
+
 namespace qforge::kernels {
 
 // Threads the kernels may use now (the process setting, at least 1).
@@ -27,10 +41,42 @@ void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
     fn(int64_t{0}, n);
     return;
   }
+#ifdef QFORGE_TSAN
+  // ThreadSanitizer cannot see the synchronisation inside libtbb (the Debian library is not
+  // instrumented), so under it every task hand-over would read as a race. The same chunks as
+  // simple_partitioner's run instead on threads started and joined here, which it does see:
+  // it checks the chunks of every kernel against each other as they really run, concurrently.
+  std::vector<tbb::blocked_range<int64_t>> chunks{{0, n, static_cast<size_t>(grain)}};
+  for (size_t i = 0; i < chunks.size();) {
+    if (chunks[i].is_divisible()) {
+      tbb::blocked_range<int64_t> right(chunks[i], tbb::split());
+      chunks.push_back(right);
+    } else {
+      ++i;
+    }
+  }
+  const size_t threads = std::min(chunks.size(), static_cast<size_t>(max_threads()));
+  std::vector<std::exception_ptr> errors(threads);
+  auto run_share = [&](size_t t) {
+    try {
+      for (size_t c = t; c < chunks.size(); c += threads) fn(chunks[c].begin(), chunks[c].end());
+    } catch (...) {
+      errors[t] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  for (size_t t = 1; t < threads; ++t) workers.emplace_back(run_share, t);
+  run_share(0);
+  for (std::thread& w : workers) w.join();
+  for (const std::exception_ptr& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+#else
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, n, grain),
       [&](const tbb::blocked_range<int64_t>& r) { fn(r.begin(), r.end()); },
       tbb::simple_partitioner());
+#endif
 }
 
 }  // namespace qforge::kernels

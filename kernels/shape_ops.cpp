@@ -315,7 +315,9 @@ StridedCopyPlan plan_slice(std::span<const int64_t> in_shape, std::span<const Sl
   int64_t offset = 0;
   for (size_t d = 0; d < in_shape.size(); ++d) {
     dims[d] = ranges[d].count;
-    strides[d] = ranges[d].step * in_strides[d];
+    // A step only matters between two elements, and then step × stride stays inside the tensor;
+    // a huge step that keeps one element (torch's x[::2**63-1]) would overflow int64.
+    strides[d] = ranges[d].count > 1 ? ranges[d].step * in_strides[d] : in_strides[d];
     offset += ranges[d].start * in_strides[d];
   }
   return plan_strided_copy(dims, strides, offset, elem_size);

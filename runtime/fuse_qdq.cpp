@@ -65,8 +65,9 @@ size_t fuse_qdq(graph::Graph& graph) {
   const std::vector<Node*> order = graph.nodes();
   std::vector<const Node*> removed;
   for (Node* q : order) {
-    if (q->op_type() != "QuantizeLinear") continue;
+    // `order` is a snapshot: a node an earlier fusion removed is gone, and is not read.
     if (std::find(removed.begin(), removed.end(), q) != removed.end()) continue;
+    if (q->op_type() != "QuantizeLinear") continue;
     Value* quantized = q->output(0);
     Node* dq = sole_consumer(quantized);
     if (!dq || dq->op_type() != "DequantizeLinear" || dq->input(0) != quantized) continue;

@@ -16,6 +16,9 @@
 
 // Counts C++ heap allocations while `g_counting` is set (this test binary only). The
 // replacement pair is malloc/free underneath, which GCC cannot see across the replacement.
+// Every form that the replaced delete may free is replaced too (nothrow, array): a sanitizer
+// runtime supplies its own for the others instead of routing them here, and memory from its
+// allocator must not reach std::free.
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 namespace {
 std::atomic<bool> g_counting{false};
@@ -32,6 +35,31 @@ void operator delete(void* p) noexcept {
 }
 void operator delete(void* p, std::size_t) noexcept {
   std::free(p);
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return ::operator new(n);
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+  ::operator delete(p);
+}
+void* operator new[](std::size_t n) {
+  return ::operator new(n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& tag) noexcept {
+  return ::operator new(n, tag);
+}
+void operator delete[](void* p) noexcept {
+  ::operator delete(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  ::operator delete(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  ::operator delete(p);
 }
 
 namespace qforge {

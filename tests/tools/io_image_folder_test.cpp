@@ -253,6 +253,23 @@ TEST(IoPng, BrokenFilesNameTheFile) {
             "cannot read '" + missing + "': No such file or directory");
 }
 
+TEST(IoPng, ParsesBytesInMemoryAsFromTheFile) {
+  TempDir dir;
+  PngSpec rgb = rgb_image(5, 4);
+  write_png(dir.file("rgb.png"), rgb);
+  std::ifstream in(dir.file("rgb.png"), std::ios::binary);
+  std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  Image image = parse_png(bytes, "in-memory.png");
+  EXPECT_EQ(image.width, 5);
+  EXPECT_EQ(image.height, 4);
+  EXPECT_EQ(image.channels, 3);
+  EXPECT_EQ(as_ints(image.pixels), rgb.samples);
+
+  bytes.resize(60);
+  std::string message = error_of(ErrorKind::kInvalid, [&] { parse_png(bytes, "in-memory.png"); });
+  EXPECT_EQ(message.rfind("in-memory.png: invalid PNG file", 0), 0u) << message;
+}
+
 // ---- preprocessing ----
 
 TEST(IoPreprocess, ValuesAreExact) {

@@ -129,7 +129,7 @@ bool png_read_pixels(png_structp png, png_bytepp rows) {
 
 class PngReader {
  public:
-  PngReader(const std::vector<uint8_t>& bytes, const std::string& path) : path_(path) {
+  PngReader(std::span<const uint8_t> bytes, const std::string& path) : path_(path) {
     source_.data = bytes.data();
     source_.size = bytes.size();
     if (bytes.size() < 8 || png_sig_cmp(bytes.data(), 0, 8) != 0) {
@@ -344,8 +344,11 @@ void check_preprocess(const Preprocess& p) {
 // ---- images ----
 
 Image decode_png(const std::string& path) {
-  std::vector<uint8_t> bytes = read_bytes(path);
-  PngReader reader(bytes, path);
+  return parse_png(read_bytes(path), path);
+}
+
+Image parse_png(std::span<const uint8_t> bytes, const std::string& name) {
+  PngReader reader(bytes, name);
   reader.read_header();
   return reader.read_image();
 }

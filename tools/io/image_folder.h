@@ -64,6 +64,8 @@ struct Image {
 // RGBA with a tRNS chunk), 16-bit samples keep their high byte (as PIL does). Io error when the
 // file cannot be read; Invalid naming the file when it is not a valid PNG.
 Image decode_png(const std::string& path);
+// The same for PNG bytes already in memory; `name` is the file name used in error messages.
+Image parse_png(std::span<const uint8_t> bytes, const std::string& name);
 
 // Decodes the PNG at path and writes preprocess.channels x height x width floats to out. Gray
 // images are replicated to RGB and alpha is dropped; a color image for a 1-channel model, or an

@@ -351,7 +351,7 @@ int run_calibrate(const CalibrateOptions& o) {
       for_each_batch(data, rest_indices, rows, false, progress,
                      [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
                        const runtime::TransformResult partial =
-                           transform_at(*model, transform, rest_indices.size());
+                           transform_at(*model, transform, static_cast<size_t>(rows));
                        if (smoothing) quant::fold_smoothing(*partial.graph, *smoothing);
                        quant::CalibrationStats partial_stats(
                            *partial.graph, quant::place_qdq(*partial.graph, placement));

@@ -1,0 +1,172 @@
+// Small ONNX models written directly as protobuf: seeds for the importer's fuzz target (a few
+// hundred bytes each, so that mutations reach the checker, shape inference and resolution
+// quickly, where the bundled models take a megabyte per run) and the graph the plan target
+// applies its plans to.
+#pragma once
+
+#include <onnx/onnx_pb.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace qforge::fuzz {
+
+class ModelWriter {
+ public:
+  explicit ModelWriter(const std::string& name) {
+    model_.set_ir_version(8);
+    model_.set_producer_name("qforge-fuzz-seeds");
+    auto* opset = model_.add_opset_import();
+    opset->set_domain("");
+    opset->set_version(17);
+    graph()->set_name(name);
+  }
+  onnx::GraphProto* graph() { return model_.mutable_graph(); }
+
+  // A float value with the given dims; a negative dim is the dynamic batch "N".
+  void input(const std::string& name, std::initializer_list<int64_t> dims) {
+    value(graph()->add_input(), name, dims);
+  }
+  void output(const std::string& name, std::initializer_list<int64_t> dims) {
+    value(graph()->add_output(), name, dims);
+  }
+  // A float initializer holding `values`, or when empty 0.1, -0.2, 0.3, ... (period 7).
+  void weight(const std::string& name, std::initializer_list<int64_t> dims,
+              std::vector<float> values = {}) {
+    auto* t = graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::FLOAT);
+    int64_t count = 1;
+    for (int64_t d : dims) {
+      t->add_dims(d);
+      count *= d;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      t->add_float_data(values.empty() ? static_cast<float>((i % 2 ? -1 : 1) * 0.1 * (i % 7 + 1))
+                                       : values[static_cast<size_t>(i)]);
+    }
+  }
+  void int64_weight(const std::string& name, std::vector<int64_t> values, bool scalar = false) {
+    auto* t = graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::INT64);
+    if (!scalar) t->add_dims(static_cast<int64_t>(values.size()));
+    for (int64_t v : values) t->add_int64_data(v);
+  }
+  onnx::NodeProto* node(const std::string& op, const std::string& name,
+                        std::initializer_list<std::string> inputs,
+                        std::initializer_list<std::string> outputs) {
+    auto* n = graph()->add_node();
+    n->set_op_type(op);
+    n->set_name(name);
+    for (const auto& i : inputs) n->add_input(i);
+    for (const auto& o : outputs) n->add_output(o);
+    return n;
+  }
+  static void ints(onnx::NodeProto* n, const std::string& name,
+                   std::initializer_list<int64_t> values) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::INTS);
+    for (int64_t v : values) a->add_ints(v);
+  }
+  static void integer(onnx::NodeProto* n, const std::string& name, int64_t value) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::INT);
+    a->set_i(value);
+  }
+  void metadata(const std::string& key, const std::string& value) {
+    auto* p = model_.add_metadata_props();
+    p->set_key(key);
+    p->set_value(value);
+  }
+  std::string bytes() const { return model_.SerializeAsString(); }
+
+ private:
+  static void value(onnx::ValueInfoProto* v, const std::string& name,
+                    std::initializer_list<int64_t> dims) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    auto* shape = t->mutable_shape();
+    for (int64_t d : dims) {
+      if (d < 0) {
+        shape->add_dim()->set_dim_param("N");
+      } else {
+        shape->add_dim()->set_dim_value(d);
+      }
+    }
+  }
+
+  onnx::ModelProto model_;
+};
+
+// Conv → BN → Relu → MaxPool → 1×1 Conv → Add(residual) → Relu → GlobalAveragePool → Flatten →
+// Gemm, on a dynamic batch of 3×8×8 images: the shape of the bundled CNNs in miniature.
+inline std::string conv_net_model() {
+  ModelWriter m("conv_net");
+  m.input("x", {-1, 3, 8, 8});
+  m.output("y", {-1, 2});
+  m.metadata("qforge.input_shape", "3,8,8");
+  m.metadata("qforge.mean", "0.5,0.5,0.5");
+  m.weight("w1", {4, 3, 3, 3});
+  m.weight("b1", {4});
+  for (const char* p : {"bn_scale", "bn_bias", "bn_mean"}) m.weight(p, {4});
+  m.weight("bn_var", {4}, {1.0f, 2.0f, 0.5f, 1.5f});  // variances must be positive
+  m.weight("w2", {4, 4, 1, 1});
+  m.weight("fc_w", {2, 4});
+  m.weight("fc_b", {2});
+  auto* conv = m.node("Conv", "conv1", {"x", "w1", "b1"}, {"c1"});
+  ModelWriter::ints(conv, "kernel_shape", {3, 3});
+  ModelWriter::ints(conv, "pads", {1, 1, 1, 1});
+  ModelWriter::ints(conv, "strides", {1, 1});
+  m.node("BatchNormalization", "bn1", {"c1", "bn_scale", "bn_bias", "bn_mean", "bn_var"}, {"n1"});
+  m.node("Relu", "relu1", {"n1"}, {"r1"});
+  auto* pool = m.node("MaxPool", "pool1", {"r1"}, {"p1"});
+  ModelWriter::ints(pool, "kernel_shape", {2, 2});
+  ModelWriter::ints(pool, "strides", {2, 2});
+  auto* conv2 = m.node("Conv", "conv2", {"p1", "w2"}, {"c2"});
+  ModelWriter::ints(conv2, "kernel_shape", {1, 1});
+  m.node("Add", "add1", {"c2", "p1"}, {"a1"});
+  m.node("Relu", "relu2", {"a1"}, {"r2"});
+  m.node("GlobalAveragePool", "gap", {"r2"}, {"g"});
+  auto* flatten = m.node("Flatten", "flatten", {"g"}, {"f"});
+  ModelWriter::integer(flatten, "axis", 1);
+  ModelWriter::integer(m.node("Gemm", "fc", {"f", "fc_w", "fc_b"}, {"y"}), "transB", 1);
+  return m.bytes();
+}
+
+// LayerNorm → MatMul + bias → Softmax, then a Reshape whose target shape comes from a
+// Shape → Gather → Unsqueeze → Concat subgraph (folded away once the batch is known), as
+// torch.onnx writes a transformer block.
+inline std::string token_net_model() {
+  ModelWriter m("token_net");
+  m.input("x", {-1, 4, 8});
+  m.output("y", {-1, 32});
+  m.weight("ln_scale", {8});
+  m.weight("ln_bias", {8});
+  m.weight("w", {8, 8});
+  m.weight("b", {8});
+  m.int64_weight("zero", {0}, /*scalar=*/true);
+  m.int64_weight("axes0", {0});
+  m.int64_weight("minus_one", {-1});
+  auto* ln = m.node("LayerNormalization", "ln", {"x", "ln_scale", "ln_bias"}, {"l"});
+  ModelWriter::integer(ln, "axis", -1);
+  m.node("MatMul", "proj", {"l", "w"}, {"mm"});
+  m.node("Add", "proj_bias", {"mm", "b"}, {"h"});
+  auto* softmax = m.node("Softmax", "softmax", {"h"}, {"s"});
+  ModelWriter::integer(softmax, "axis", -1);
+  m.node("Shape", "shape", {"x"}, {"xs"});
+  m.node("Gather", "batch", {"xs", "zero"}, {"n"});
+  m.node("Unsqueeze", "batch_1d", {"n", "axes0"}, {"n1"});
+  auto* concat = m.node("Concat", "target", {"n1", "minus_one"}, {"target_shape"});
+  ModelWriter::integer(concat, "axis", 0);
+  m.node("Reshape", "flatten", {"s", "target_shape"}, {"y"});
+  return m.bytes();
+}
+
+}  // namespace qforge::fuzz
