@@ -13,6 +13,7 @@
 #include "kernels/attention.h"
 #include "kernels/reference/attention_reference.h"
 #include "tests/support/float_checks.h"
+#include "tests/support/gradient_checks.h"
 #include "tests/support/random.h"
 #include "tests/support/thread_count.h"
 
@@ -20,8 +21,17 @@ namespace qforge::kernels {
 namespace {
 
 using testing::expect_close;
+using testing::expect_near_all;
 using testing::random_values;
 using testing::ThreadCount;
+using testing::to_double;
+using testing::to_float;
+
+// Central differences with a step of 1e-6, the step these checks' tolerances were set for.
+std::vector<double> finite_differences_1e6(std::vector<double>& v,
+                                           const std::function<double()>& loss) {
+  return testing::central_differences(v, loss, 1e-6);
+}
 
 struct Case {
   Shape lead;  // leading score dims (batch, heads)
@@ -65,40 +75,6 @@ Inputs make_inputs(const Case& c, uint32_t seed) {
   return in;
 }
 
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-std::vector<float> to_float(const std::vector<double>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
-  return out;
-}
-
-std::vector<double> finite_differences(std::vector<double>& v,
-                                       const std::function<double()>& loss) {
-  constexpr double kStep = 1e-6;
-  std::vector<double> grad(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    const double keep = v[i];
-    v[i] = keep + kStep;
-    const double up = loss();
-    v[i] = keep - kStep;
-    const double down = loss();
-    v[i] = keep;
-    grad[i] = (up - down) / (2 * kStep);
-  }
-  return grad;
-}
-
-void expect_near_all(const std::vector<double>& actual, const std::vector<double>& expected,
-                     double tol, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    EXPECT_NEAR(actual[i], expected[i], tol * (1 + std::abs(expected[i])))
-        << what << " element " << i;
-  }
-}
-
 TEST(AttentionBackward, ReferenceMatchesFiniteDifferences) {
   const std::vector<Case> cases = {{{2}, 3, 4, 2, 3, false, {3, 4}},
                                    {{2, 2}, 4, 4, 3, 2, true, {2, 1, 4, 4}},
@@ -124,10 +100,10 @@ TEST(AttentionBackward, ReferenceMatchesFiniteDifferences) {
     reference::attention_backward(d, q.data(), k.data(), v.data(), lp, m.data(), dout.data(),
                                   dq.data(), dk.data(), dv.data(), dm.data(),
                                   static_cast<int64_t>(m.size()));
-    expect_near_all(dq, finite_differences(q, loss), 1e-6, what + " dq");
-    expect_near_all(dk, finite_differences(k, loss), 1e-6, what + " dk");
-    expect_near_all(dv, finite_differences(v, loss), 1e-6, what + " dv");
-    if (lp) expect_near_all(dm, finite_differences(m, loss), 1e-6, what + " dmask");
+    expect_near_all(dq, finite_differences_1e6(q, loss), 1e-6, what + " dq");
+    expect_near_all(dk, finite_differences_1e6(k, loss), 1e-6, what + " dk");
+    expect_near_all(dv, finite_differences_1e6(v, loss), 1e-6, what + " dv");
+    if (lp) expect_near_all(dm, finite_differences_1e6(m, loss), 1e-6, what + " dmask");
   }
 }
 

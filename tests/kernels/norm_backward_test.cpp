@@ -13,6 +13,7 @@
 #include "kernels/reference/norm_softmax_reference.h"
 #include "tests/support/errors.h"
 #include "tests/support/float_checks.h"
+#include "tests/support/gradient_checks.h"
 #include "tests/support/random.h"
 #include "tests/support/thread_count.h"
 
@@ -20,42 +21,16 @@ namespace qforge::kernels {
 namespace {
 
 using testing::expect_close;
+using testing::expect_near_all;
 using testing::random_values;
 using testing::ThreadCount;
+using testing::to_double;
+using testing::to_float;
 
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-std::vector<float> to_float(const std::vector<double>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
-  return out;
-}
-
-// Central differences of loss(v) with respect to every element of v, in double.
-std::vector<double> finite_differences(std::vector<double>& v,
-                                       const std::function<double()>& loss) {
-  constexpr double kStep = 1e-6;
-  std::vector<double> grad(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    const double keep = v[i];
-    v[i] = keep + kStep;
-    const double up = loss();
-    v[i] = keep - kStep;
-    const double down = loss();
-    v[i] = keep;
-    grad[i] = (up - down) / (2 * kStep);
-  }
-  return grad;
-}
-
-void expect_near_all(const std::vector<double>& actual, const std::vector<double>& expected,
-                     double tol, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    EXPECT_NEAR(actual[i], expected[i], tol * (1 + std::abs(expected[i])))
-        << what << " element " << i;
-  }
+// Central differences with a step of 1e-6, the step these checks' tolerances were set for.
+std::vector<double> finite_differences_1e6(std::vector<double>& v,
+                                           const std::function<double()>& loss) {
+  return testing::central_differences(v, loss, 1e-6);
 }
 
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
@@ -79,9 +54,9 @@ TEST(BatchNormTrainingBackward, ReferenceMatchesFiniteDifferences) {
                                    mean.data(), inv.data(), nullptr, nullptr);
     return dot(y, dy);
   };
-  const std::vector<double> fd_x = finite_differences(x, loss);
-  const std::vector<double> fd_gamma = finite_differences(gamma, loss);
-  const std::vector<double> fd_beta = finite_differences(beta, loss);
+  const std::vector<double> fd_x = finite_differences_1e6(x, loss);
+  const std::vector<double> fd_gamma = finite_differences_1e6(gamma, loss);
+  const std::vector<double> fd_beta = finite_differences_1e6(beta, loss);
   loss();
   std::vector<double> dx(n), dgamma(3), dbeta(3);
   reference::batch_norm_training_backward(dims, x.data(), gamma.data(), mean.data(), inv.data(),
@@ -242,9 +217,9 @@ TEST(BatchNormInferenceBackward, ReferenceMatchesFiniteDifferences) {
                                     var.data(), y.data());
     return dot(y, dy);
   };
-  const std::vector<double> fd_x = finite_differences(x, loss);
-  const std::vector<double> fd_gamma = finite_differences(gamma, loss);
-  const std::vector<double> fd_beta = finite_differences(beta, loss);
+  const std::vector<double> fd_x = finite_differences_1e6(x, loss);
+  const std::vector<double> fd_gamma = finite_differences_1e6(gamma, loss);
+  const std::vector<double> fd_beta = finite_differences_1e6(beta, loss);
   std::vector<double> dx(n), dgamma(3), dbeta(3);
   reference::batch_norm_inference_backward(dims, x.data(), gamma.data(), mean.data(), var.data(),
                                            dy.data(), dx.data(), dgamma.data(), dbeta.data());
@@ -308,9 +283,9 @@ TEST(LayerNormBackward, ReferenceMatchesFiniteDifferences) {
                           inv.data());
     return dot(y, dy);
   };
-  const std::vector<double> fd_x = finite_differences(x, loss);
-  const std::vector<double> fd_scale = finite_differences(scale, loss);
-  const std::vector<double> fd_bias = finite_differences(bias, loss);
+  const std::vector<double> fd_x = finite_differences_1e6(x, loss);
+  const std::vector<double> fd_scale = finite_differences_1e6(scale, loss);
+  const std::vector<double> fd_bias = finite_differences_1e6(bias, loss);
   loss();
   std::vector<double> dx(n), dscale(7), dbias(7);
   reference::layer_norm_backward(dims, x.data(), scale.data(), mean.data(), inv.data(), dy.data(),

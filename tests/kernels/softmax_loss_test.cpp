@@ -13,6 +13,7 @@
 #include "kernels/softmax.h"
 #include "tests/support/errors.h"
 #include "tests/support/float_checks.h"
+#include "tests/support/gradient_checks.h"
 #include "tests/support/random.h"
 #include "tests/support/thread_count.h"
 
@@ -20,41 +21,16 @@ namespace qforge::kernels {
 namespace {
 
 using testing::expect_close;
+using testing::expect_near_all;
 using testing::random_values;
 using testing::ThreadCount;
+using testing::to_double;
+using testing::to_float;
 
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-std::vector<float> to_float(const std::vector<double>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
-  return out;
-}
-
-std::vector<double> finite_differences(std::vector<double>& v,
-                                       const std::function<double()>& loss) {
-  constexpr double kStep = 1e-6;
-  std::vector<double> grad(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    const double keep = v[i];
-    v[i] = keep + kStep;
-    const double up = loss();
-    v[i] = keep - kStep;
-    const double down = loss();
-    v[i] = keep;
-    grad[i] = (up - down) / (2 * kStep);
-  }
-  return grad;
-}
-
-void expect_near_all(const std::vector<double>& actual, const std::vector<double>& expected,
-                     double tol, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    EXPECT_NEAR(actual[i], expected[i], tol * (1 + std::abs(expected[i])))
-        << what << " element " << i;
-  }
+// Central differences with a step of 1e-6, the step these checks' tolerances were set for.
+std::vector<double> finite_differences_1e6(std::vector<double>& v,
+                                           const std::function<double()>& loss) {
+  return testing::central_differences(v, loss, 1e-6);
 }
 
 std::vector<int64_t> random_labels(int64_t batch, int64_t classes, uint32_t seed) {
@@ -80,7 +56,7 @@ TEST(SoftmaxBackward, ReferenceMatchesFiniteDifferences) {
       for (size_t i = 0; i < n; ++i) s += y[i] * dy[i];
       return s;
     };
-    const std::vector<double> fd = finite_differences(x, loss);
+    const std::vector<double> fd = finite_differences_1e6(x, loss);
     loss();
     std::vector<double> dx(n);
     reference::softmax_backward(dims, y.data(), dy.data(), dx.data());
@@ -148,7 +124,7 @@ TEST(CrossEntropy, ReferenceMatchesFiniteDifferences) {
   const LossDims dims{3, 7};
   std::vector<double> z = to_double(random_values(21, 1, -4.0f, 4.0f));
   const std::vector<int64_t> labels = {0, 6, 3};
-  const std::vector<double> fd = finite_differences(
+  const std::vector<double> fd = finite_differences_1e6(
       z, [&] { return reference::cross_entropy(dims, z.data(), labels.data()); });
   std::vector<double> dz(21);
   reference::cross_entropy_backward(dims, z.data(), labels.data(), 1.0, dz.data());
@@ -227,7 +203,7 @@ TEST(DistillationKl, ReferenceMatchesFiniteDifferences) {
         DistillationOptions{2.5f, false}}) {
     std::vector<double> s = to_double(random_values(18, 1, -4.0f, 4.0f));
     const std::vector<double> t = to_double(random_values(18, 2, -4.0f, 4.0f));
-    const std::vector<double> fd = finite_differences(
+    const std::vector<double> fd = finite_differences_1e6(
         s, [&] { return reference::distillation_kl(dims, o, s.data(), t.data()); });
     std::vector<double> ds(18);
     reference::distillation_kl_backward(dims, o, s.data(), t.data(), 1.0, ds.data());

@@ -18,6 +18,22 @@ inline std::vector<double> to_double(const std::vector<float>& v) {
   return std::vector<double>(v.begin(), v.end());
 }
 
+inline std::vector<float> to_float(const std::vector<double>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
+  return out;
+}
+
+// |actual − expected| <= tolerance·(1 + |expected|) for every element, each failure reported.
+inline void expect_near_all(const std::vector<double>& actual, const std::vector<double>& expected,
+                            double tolerance, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    EXPECT_NEAR(actual[i], expected[i], tolerance * (1 + std::abs(expected[i])))
+        << what << " element " << i;
+  }
+}
+
 inline std::vector<double> absolute(const std::vector<double>& v) {
   std::vector<double> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = std::abs(v[i]);
