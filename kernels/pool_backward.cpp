@@ -64,7 +64,6 @@ void average_pool_plane_backward(const PoolGeometry& g, PadCounting counting, co
                                             : taps_inside(w0, g.kernel_w, g.dilation_w, 0, g.in_w);
         share[ow - b0] = dyr[ow] / static_cast<float>(count_h * count_w);
       }
-      const float* sh = share - b0;  // sh[ow] for ow in [b0, b1)
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         const int64_t ih = h0 + kh * g.dilation_h;
         if (ih < 0 || ih >= g.in_h) continue;
@@ -77,9 +76,9 @@ void average_pool_plane_backward(const PoolGeometry& g, PadCounting counting, co
           float* dst = dx + ih * g.in_w + offset;
           const int64_t s = g.stride_w;
           if (s == 1) {
-            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += sh[ow];
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += share[ow - b0];
           } else {
-            for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s] += sh[ow];
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s] += share[ow - b0];
           }
         }
       }

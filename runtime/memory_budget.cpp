@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -65,11 +68,28 @@ std::string mib(size_t bytes) {
   return text;
 }
 
+// QFORGE_MEMORY_LIMIT_MIB: a budget of the user's own, below what the machine reports (a
+// machine shared with other jobs, a container whose limit /proc does not show).
+std::optional<size_t> configured_limit() {
+  const char* value = std::getenv("QFORGE_MEMORY_LIMIT_MIB");
+  if (!value || !*value) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long mib = std::strtoull(value, &end, 10);
+  if (*end != '\0' || errno != 0 || mib == 0 || mib > (SIZE_MAX >> 20) || value[0] == '-') {
+    throw_invalid(std::string("QFORGE_MEMORY_LIMIT_MIB: expected a whole number of MiB >= 1, "
+                              "got '") +
+                  value + "'");
+  }
+  return static_cast<size_t>(mib) << 20;
+}
+
 }  // namespace
 
 std::optional<size_t> available_memory_bytes() {
   std::optional<size_t> least;
-  for (const std::optional<size_t>& room : {mem_available(), cgroup_room(), address_space_room()}) {
+  for (const std::optional<size_t>& room :
+       {mem_available(), cgroup_room(), address_space_room(), configured_limit()}) {
     if (room && (!least || *room < *least)) least = room;
   }
   return least;

@@ -17,8 +17,9 @@ struct PlanMemory {
 };
 
 // The least of: MemAvailable from /proc/meminfo, the cgroup's memory limit less its usage (v2
-// memory.max, v1 memory.limit_in_bytes) and the address-space limit (ulimit -v) less what the
-// process has mapped; nullopt when none of them is known.
+// memory.max, v1 memory.limit_in_bytes), the address-space limit (ulimit -v) less what the
+// process has mapped, and QFORGE_MEMORY_LIMIT_MIB when it is set (an Invalid error when it is
+// not a whole number of MiB >= 1); nullopt when none of them is known.
 std::optional<size_t> available_memory_bytes();
 
 // Throws an Invalid error when `need` exceeds `budget` (unset: available_memory_bytes(); no

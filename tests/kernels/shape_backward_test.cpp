@@ -35,7 +35,7 @@ std::vector<float> to_float(const std::vector<double>& v) {
 // An int64 tensor holding the bits of float64 values, for the byte-moving forward kernels.
 Tensor double_tensor(const Shape& shape, const std::vector<double>& values) {
   Tensor t(DType::kInt64, shape);
-  std::memcpy(t.raw(), values.data(), values.size() * sizeof(double));
+  if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(double));
   return t;
 }
 

@@ -186,7 +186,8 @@ TEST(QdqModelOrtCheck, FailsOnAlteredDumpOrScaleAndReadsPolygraphyJson) {
                            " --data " + val + " --report " + dir.file("scaled.json"));
     EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
     EXPECT_NE(r.out.find("the first at node '" + node + "'"), std::string::npos) << r.out;
-    for (const auto& p : read_json(dir.file("scaled.json"))["points"]) {
+    const nlohmann::json scaled = read_json(dir.file("scaled.json"));
+    for (const auto& p : scaled["points"]) {
       if (p["node"] == node) {
         EXPECT_GT(p["mismatches"].get<int64_t>(), p["elements"].get<int64_t>() / 4);
       } else {

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "graph/onnx_import.h"
 #include "runtime/executor.h"
 #include "runtime/resolve.h"
@@ -39,6 +42,19 @@ TEST(MemoryBudget, SystemReportsSomeMemory) {
   const std::optional<size_t> available = available_memory_bytes();
   ASSERT_TRUE(available.has_value());  // /proc/meminfo is there on Linux
   EXPECT_GT(*available, 0u);
+}
+
+// QFORGE_MEMORY_LIMIT_MIB lowers the budget to the user's figure; a malformed value is an error
+// that names the variable.
+TEST(MemoryBudget, EnvironmentLimitLowersTheBudget) {
+  ASSERT_EQ(::setenv("QFORGE_MEMORY_LIMIT_MIB", "3", 1), 0);
+  const std::optional<size_t> limited = available_memory_bytes();
+  ASSERT_EQ(::setenv("QFORGE_MEMORY_LIMIT_MIB", "-1", 1), 0);
+  const std::string message =
+      testing::error_of(ErrorKind::kInvalid, [] { available_memory_bytes(); });
+  ::unsetenv("QFORGE_MEMORY_LIMIT_MIB");
+  EXPECT_EQ(limited, std::optional<size_t>(3 * kMiB));
+  EXPECT_EQ(message, "QFORGE_MEMORY_LIMIT_MIB: expected a whole number of MiB >= 1, got '-1'");
 }
 
 // The estimate is the arena the executor then places, and grows with the batch.

@@ -101,10 +101,11 @@ inline CliResult run_cli_with_file_size_limit(const std::string& args, long max_
   return run_cli_after("trap '' XFSZ; ulimit -f " + std::to_string(max_file_bytes / 512), args);
 }
 
-// With the address space limited to `max_bytes` (RLIMIT_AS, ulimit -v): the memory available to
-// the process, whatever the machine has.
+// With the memory qforge may plan for limited to `max_bytes`, whatever the machine has.
 inline CliResult run_cli_with_memory_limit(const std::string& args, long max_bytes) {
-  return run_cli_after("ulimit -v " + std::to_string(max_bytes / 1024), args);
+  // QFORGE_MEMORY_LIMIT_MIB rather than `ulimit -v`: a sanitizer build reserves terabytes of
+  // address space for its shadow memory and cannot start under an address-space limit.
+  return run_cli_after("export QFORGE_MEMORY_LIMIT_MIB=" + std::to_string(max_bytes >> 20), args);
 }
 
 // `qforge <args>` started in the background (stdout and stderr to files in `logs`), to be

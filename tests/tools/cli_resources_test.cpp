@@ -20,7 +20,7 @@ using testing::TempDir;
 
 const std::string kResnet = data_path("models/resnet_bn.onnx");
 const std::string kGoldenInput = data_path("golden/resnet_input.npy");
-// 3 GiB of address space: enough for any of these runs at a normal batch, far from the
+// A budget of 3 GiB: enough for any of these runs at a normal batch, far from the
 // gigabytes a batch of 100000 needs (about 5.9 GiB for transform's two plans and its sample).
 constexpr long kMemoryLimit = 3L << 30;
 
