@@ -67,6 +67,11 @@ constexpr std::array kSchemas = {
     // Runtime-internal: QuantizeLinear → DequantizeLinear without the integer tensor
     // (runtime/fuse_qdq.h). Inputs x, scale, zero point; attribute axis.
     OpSchema{"FakeQuant", 3, 3, 1, 1, 0, SchemaKind::kInternal},
+    // Runtime-internal, training only: a weight fake-quantized on a scale taken from its own
+    // current max |w| (per channel along `axis`, per tensor when axis is -1), optionally with a
+    // batch norm folded in first (inputs W, gamma, running var; attribute epsilon). Its second
+    // output is the fold factor gamma / sqrt(var + eps) (quant/qdq_export.h, training graph).
+    OpSchema{"WeightFakeQuant", 1, 3, 1, 2, 0, SchemaKind::kInternal},
 };
 
 constexpr std::array kAttributeRules = {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "kernels/error.h"
@@ -200,6 +201,11 @@ void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScale
           ste_scales_loop(xp + b, dyp + b, s, dxp + b, e - b);
         });
   });
+}
+
+float symmetric_scale(float amax) {
+  if (!(amax > 0)) return std::numeric_limits<float>::min();
+  return amax / kFakeQuantMax;
 }
 
 float lsq_grad_scale(int64_t elements_per_scale) {

@@ -21,6 +21,10 @@ struct FakeQuantScales {
   int axis = 0;
 };
 
+// The symmetric scale for a range: amax / 127 (a float32 division); a zero or NaN amax gives the
+// smallest positive normal float, so that the grid stays well defined.
+float symmetric_scale(float amax);
+
 // Forward, bit for bit what ONNX QuantizeLinear followed by DequantizeLinear computes:
 //   q = saturate_[-128,127](round_half_to_even(x / scale))   (a float32 division, not x·(1/s))
 //   y = float(q) · scale            (q is an integer, so y = +0 where q = 0, even for x < 0)

@@ -1,13 +1,12 @@
 // Quantization parameter rules.
 #include "quant/int8.h"
 
-#include <limits>
+#include "kernels/fake_quant.h"
 
 namespace qforge::quant {
 
 float scale_from_amax(float amax) {
-  if (!(amax > 0)) return std::numeric_limits<float>::min();
-  return amax / static_cast<float>(kQMax);
+  return kernels::symmetric_scale(amax);
 }
 
 }  // namespace qforge::quant

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 #include <unordered_set>
 
@@ -129,18 +130,9 @@ Node* find_op(const std::vector<Node*>& nodes, std::string_view op_type) {
   return nullptr;
 }
 
-}  // namespace
-
-std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan,
-                                       const ActivationAmax& amax, const QdqExportOptions& options,
-                                       QdqCounts* counts) {
-  QdqCounts local;
-  QdqCounts& count = counts ? *counts : local;
-  count = {};
-  std::unique_ptr<Graph> out = fused.clone();
-  Graph& g = *out;
-
-  // Activations: one shared pair per tensor, in front of its quantized module inputs.
+// Activations: one shared pair per tensor, in front of its quantized module inputs.
+void insert_activation_pairs(Graph& g, const QuantPlan& plan, const ActivationAmax& amax,
+                             QdqCounts& count) {
   for (const ActivationPoint& p : plan.activations) {
     auto it = amax.find(p.tensor);
     if (it == amax.end() || !std::isfinite(it->second) || it->second < 0) {
@@ -164,6 +156,36 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
     }
     ++count.activation_pairs;
   }
+}
+
+// The fixed-scale pair after the Softmax that lowering module `label` made.
+void insert_softmax_pair(Graph& g, const std::vector<Node*>& made, float scale,
+                         const std::string& label) {
+  Node* softmax = find_op(made, "Softmax");
+  if (!softmax) throw_internal("qdq export: " + label + ": lowering made no Softmax");
+  Value* probs = softmax->output(0);
+  const std::vector<Node*> readers = probs->consumers();
+  const std::set<const Node*> reader_set(readers.begin(), readers.end());
+  Value* dq = add_qdq(g, probs, Quantizer{{scale}}, probs->name(), first_in_order(g, reader_set));
+  for (Node* r : readers) {
+    for (size_t i = 0; i < r->num_inputs(); ++i) {
+      if (r->input(i) == probs) g.set_input(r, i, dq);
+    }
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan,
+                                       const ActivationAmax& amax, const QdqExportOptions& options,
+                                       QdqCounts* counts) {
+  QdqCounts local;
+  QdqCounts& count = counts ? *counts : local;
+  count = {};
+  std::unique_ptr<Graph> out = fused.clone();
+  Graph& g = *out;
+
+  insert_activation_pairs(g, plan, amax, count);
 
   // Weights: batch norm folded first, so that the quantizer sees the weight that runs.
   std::set<std::string> folded_modules;
@@ -237,18 +259,7 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
     }
     auto sm = softmax_scale.find(name);
     if (sm != softmax_scale.end()) {
-      Node* softmax = find_op(made, "Softmax");
-      if (!softmax) throw_internal("qdq export: " + label + ": lowering made no Softmax");
-      Value* probs = softmax->output(0);
-      const std::vector<Node*> readers = probs->consumers();
-      const std::set<const Node*> reader_set(readers.begin(), readers.end());
-      Value* dq =
-          add_qdq(g, probs, Quantizer{{sm->second}}, probs->name(), first_in_order(g, reader_set));
-      for (Node* r : readers) {
-        for (size_t i = 0; i < r->num_inputs(); ++i) {
-          if (r->input(i) == probs) g.set_input(r, i, dq);
-        }
-      }
+      insert_softmax_pair(g, made, sm->second, label);
       ++count.softmax_pairs;
     }
   }
@@ -265,6 +276,162 @@ std::string export_qdq(const Graph& fused, const QuantPlan& plan, const Activati
 void save_qdq(const Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
               const std::string& path, const QdqExportOptions& options) {
   graph::save_onnx(*build_qdq_graph(fused, plan, amax, options), path, options.onnx);
+}
+
+namespace {
+
+// A shape constant [1, C, 1, …] of `rank` dimensions, for a per-channel vector against an
+// NC… activation.
+Value* channel_shape(Graph& g, const std::string& stem, int64_t channels, size_t rank) {
+  std::vector<int64_t> dims(rank, 1);
+  dims[1] = channels;
+  return g.add_constant(g.unique_value_name(stem + "_channel_shape"),
+                        Tensor::from_vector<int64_t>({static_cast<int64_t>(rank)}, dims));
+}
+
+// Output types are left to resolution, as the lowerings leave them.
+Value* insert_node(Graph& g, const std::string& name, const std::string& op_type,
+                   std::vector<Value*> inputs, const Node* position,
+                   std::map<std::string, graph::AttributeValue, std::less<>> attributes = {}) {
+  Node* n = g.insert_node({.name = g.unique_node_name(name),
+                           .op_type = op_type,
+                           .inputs = std::move(inputs),
+                           .output_names = {g.unique_value_name(name + "_out")},
+                           .attributes = std::move(attributes)},
+                          position);
+  return n->output(0);
+}
+
+// In the nodes a folded module lowered to (Conv → BatchNormalization): the Conv loses its
+// bias, its output is divided by the fold factor and the bias added back before the BN, as
+// PyTorch's fused ConvBn QAT module computes it.
+void unfold_conv_output(Graph& g, const std::vector<Node*>& made, Value* factor,
+                        const std::string& label) {
+  Node* conv = find_op(made, "Conv");
+  Node* bn = find_op(made, "BatchNormalization");
+  if (!conv || !bn) throw_internal("training graph: " + label + ": lowering made no Conv → BN");
+  Value* y = conv->output(0);
+  const size_t rank = conv->input(0)->known_shape().size();
+  const int64_t channels = factor->known_shape()[0];
+  const std::string stem = conv->name();
+  Value* bias = conv->num_inputs() > 2 ? conv->input(2) : nullptr;
+  if (bias) {
+    Node* plain = g.insert_node({.name = g.unique_node_name(stem + "_nobias"),
+                                 .op_type = "Conv",
+                                 .inputs = {conv->input(0), conv->input(1)},
+                                 .output_names = {g.unique_value_name(y->name() + "_nobias")},
+                                 .attributes = conv->attributes()},
+                                conv);
+    g.replace_all_uses(y, plain->output(0));
+    g.remove_node(conv);
+    y = plain->output(0);
+  }
+  Value* f = insert_node(g, stem + "/fold_factor", "Reshape",
+                         {factor, channel_shape(g, stem, channels, rank)}, bn);
+  Value* out = insert_node(g, stem + "/unfold", "Div", {y, f}, bn);
+  if (bias) {
+    Value* b = insert_node(g, stem + "/bias", "Reshape",
+                           {bias, channel_shape(g, stem + "/bias", channels, rank)}, bn);
+    out = insert_node(g, stem + "/add_bias", "Add", {out, b}, bn);
+  }
+  g.set_input(bn, 0, out);
+}
+
+}  // namespace
+
+TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
+                                   const ActivationAmax& amax) {
+  TrainingGraph result;
+  result.graph = fused.clone();
+  Graph& g = *result.graph;
+  QdqCounts count;
+
+  // What may be trained: the fused graph's float constants, except attention masks.
+  std::set<std::string> candidates;
+  for (const Value* v : fused.values()) {
+    if (v->is_constant() && v->dtype() == DType::kFloat32) candidates.insert(v->name());
+  }
+  for (const Node* n : fused.nodes()) {
+    const int mask = n->op_type() == "SDPA" ? 3 : n->op_type() == "SwinAttention" ? 4 : -1;
+    if (mask >= 0 && n->num_inputs() > static_cast<size_t>(mask) && n->input(mask)) {
+      candidates.erase(n->input(mask)->name());
+    }
+  }
+
+  insert_activation_pairs(g, plan, amax, count);
+
+  // Weights: a WeightFakeQuant in front of each, folding the module's BN when the export does.
+  std::map<std::string, Value*> fold_factor;  // module node → its factor output
+  for (const WeightPoint& w : plan.weights) {
+    Node* n = g.find_node(w.node);
+    if (!n) throw_invalid("training graph: weight point names node '" + w.node + "', not in it");
+    Value* weight = n->input(static_cast<size_t>(w.input));
+    std::vector<Value*> inputs = {weight};
+    std::map<std::string, graph::AttributeValue, std::less<>> attributes = {
+        {"axis", int64_t{w.per_channel ? w.axis : -1}}};
+    if (w.folds_batch_norm) {
+      const size_t first = static_cast<size_t>(w.input) + 2;
+      inputs.push_back(n->input(first));      // gamma
+      inputs.push_back(n->input(first + 3));  // running var
+      attributes["epsilon"] = n->attr_float("epsilon", 1e-5f);
+    }
+    const std::string stem = weight->name();
+    std::vector<std::string> outputs = {g.unique_value_name(stem + "_fake_quant")};
+    if (w.folds_batch_norm) outputs.push_back(g.unique_value_name(stem + "_fold_factor"));
+    Node* q = g.insert_node({.name = g.unique_node_name(stem + "/WeightFakeQuant"),
+                             .op_type = "WeightFakeQuant",
+                             .inputs = std::move(inputs),
+                             .output_names = std::move(outputs),
+                             .attributes = std::move(attributes)},
+                            n);
+    q->output(0)->set_type(DType::kFloat32, weight->known_shape());
+    if (w.folds_batch_norm) {
+      q->output(1)->set_type(DType::kFloat32, {weight->known_shape()[0]});
+      fold_factor[w.node] = q->output(1);
+    }
+    g.set_input(n, static_cast<size_t>(w.input), q->output(0));
+  }
+
+  std::map<std::string, float> softmax_scale;
+  for (const SoftmaxPoint& s : plan.softmax) softmax_scale[s.node] = s.scale;
+  const std::vector<Node*> order = g.nodes();
+  for (Node* node : order) {
+    const graph::OpSchema* schema = graph::find_schema(node->op_type());
+    if (!schema || schema->kind != graph::SchemaKind::kModule) continue;
+    if (!schema->lower)
+      throw_internal("training graph: " + node->label() + ": module without a lowering");
+    const std::string name = node->name();
+    const std::string label = node->label();
+    const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
+    schema->lower(g, *node);
+    const std::vector<Node*> made = new_nodes(g, before);
+    auto f = fold_factor.find(name);
+    if (f != fold_factor.end()) unfold_conv_output(g, made, f->second, label);
+    auto sm = softmax_scale.find(name);
+    if (sm != softmax_scale.end()) insert_softmax_pair(g, made, sm->second, label);
+  }
+  g.remove_dead();
+  g.check_consistency();
+
+  // BN running statistics are state wherever a BN reads them.
+  std::set<std::string> state;
+  for (const Node* n : g.nodes()) {
+    if (n->op_type() != "BatchNormalization") continue;
+    for (size_t i : {size_t{3}, size_t{4}}) {
+      if (n->input(i) && n->input(i)->is_constant()) state.insert(n->input(i)->name());
+    }
+  }
+  for (const Value* v : g.values()) {
+    if (!v->is_constant() || !candidates.count(v->name())) continue;
+    if (state.count(v->name())) {
+      result.state.push_back(v->name());
+    } else {
+      result.parameters.push_back(v->name());
+    }
+  }
+  std::sort(result.parameters.begin(), result.parameters.end());
+  std::sort(result.state.begin(), result.state.end());
+  return result;
 }
 
 }  // namespace qforge::quant

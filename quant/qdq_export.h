@@ -47,4 +47,28 @@ std::string export_qdq(const graph::Graph& fused, const QuantPlan& plan, const A
 void save_qdq(const graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
               const std::string& path, const QdqExportOptions& options = {});
 
+// The graph quantization-aware training runs, from the same fused graph, plan and activation
+// ranges as build_qdq_graph: the same activation and softmax Q/DQ pairs at the same scales,
+// modules lowered the same way, but
+//   - each quantized weight passes through a WeightFakeQuant node that takes its scale from the
+//     weight's current value, so the quantizer follows the weight as training updates it and
+//     gives bit for bit the integers the export of the updated weights writes;
+//   - a batch norm that the export folds stays in the graph, with its folding simulated
+//     (Krishnamoorthi 2018, section 3.2; PyTorch's fused ConvBn QAT modules): the weight
+//     quantizer sees W·γ/sqrt(running var + eps), the convolution's output is divided by that
+//     factor again, the conv bias added, and the BatchNormalization follows. Trained, it
+//     normalises with batch statistics; on running statistics (eval or frozen BN) it computes
+//     what the exported folded convolution computes, up to float rounding.
+struct TrainingGraph {
+  std::unique_ptr<graph::Graph> graph;
+  // The fused graph's float constants that training updates: weights, biases, BN γ and β,
+  // LayerNorm parameters, embeddings and position biases (attention masks are not).
+  std::vector<std::string> parameters;
+  // BN running means and variances: updated by the training forward, never differentiated.
+  std::vector<std::string> state;
+};
+
+TrainingGraph build_training_graph(const graph::Graph& fused, const QuantPlan& plan,
+                                   const ActivationAmax& amax);
+
 }  // namespace qforge::quant

@@ -51,15 +51,20 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
   graph_ = &graph;
   std::map<const graph::Value*, Tensor> tensor_of;
   std::map<const graph::Value*, size_t> parameter_of;
+  std::set<const graph::Value*> state;
 
   // 1. The executor's own copies of the parameters; every other value a buffer of its own.
-  for (const std::string& name : options_.parameters) {
+  const std::set<std::string> state_names(options_.state.begin(), options_.state.end());
+  std::vector<std::string> held = options_.parameters;
+  held.insert(held.end(), options_.state.begin(), options_.state.end());
+  for (const std::string& name : held) {
     const graph::Value* v = graph.find_value(name);
-    if (!v) continue;  // nothing in the resolved graph reads it
+    if (!v || parameter_of.count(v)) continue;  // nothing in the resolved graph reads it
     if (!v->is_constant() || v->dtype() != DType::kFloat32) {
       throw_invalid("training: parameter '" + name + "' is not a float constant of the graph");
     }
     parameter_of[v] = parameters_.size();
+    if (state_names.count(name)) state.insert(v);
     parameters_.push_back({name, v->constant().clone(), Tensor()});
     tensor_of[v] = parameters_.back().value;
   }
@@ -108,8 +113,10 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
     }
     const OpDef* def = registry.find(node->op_type());
     if (!def) throw_unsupported("training: " + node->label() + ": no runtime implementation");
-    step.kernel =
-        (def->create_training ? def->create_training : def->create)(*node, infos, out_infos);
+    const bool inference_kernel =
+        !def->create_training ||
+        (options_.batch_norm_running_statistics && node->op_type() == "BatchNormalization");
+    step.kernel = (inference_kernel ? def->create : def->create_training)(*node, infos, out_infos);
     max_workspace = std::max(
         {max_workspace, step.kernel->workspace_bytes(), step.kernel->backward_workspace_bytes()});
 
@@ -120,6 +127,7 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
     for (size_t i = 0; i < node->num_inputs(); ++i) {
       const graph::Value* v = node->input(i);
       if (!v || v->dtype() != DType::kFloat32) continue;
+      if (state.count(v)) continue;  // a gradient stops at state
       const bool is_parameter = parameter_of.count(v) > 0;
       const bool reached = is_parameter || grad_of.count(v) > 0;
       if (!reached) continue;
@@ -248,47 +256,111 @@ ClassifierTraining::ClassifierTraining(const graph::Graph& model, int64_t batch)
   resolve_options.input_shapes = input_shapes_for_batch(*graph_, batch);
   resolve_options.parameters.insert(parameters.begin(), parameters.end());
   resolve(*graph_, resolve_options);
+  set_up(TrainingOptions{parameters, {}});
+}
+
+ClassifierTraining::ClassifierTraining(std::unique_ptr<graph::Graph> resolved,
+                                       TrainingOptions options)
+    : graph_(std::move(resolved)) {
+  if (graph_->inputs().size() != 1 || graph_->outputs().empty()) {
+    throw_invalid("training: the model must have one input and an output of logits, it has " +
+                  std::to_string(graph_->inputs().size()) + " inputs");
+  }
+  batch_ = graph_->inputs()[0]->known_shape().at(0);
+  set_up(std::move(options));
+}
+
+void ClassifierTraining::set_up(TrainingOptions options) {
   const graph::Value* logits = graph_->outputs()[0];
   if (logits->dtype() != DType::kFloat32 || logits->known_shape().size() != 2 ||
-      logits->known_shape()[0] != batch) {
+      logits->known_shape()[0] != batch_) {
     throw_invalid("training: output '" + logits->name() +
                   "' must be float32 logits [batch, classes], got " +
                   kernels::shape_str(logits->known_shape()));
   }
   classes_ = logits->known_shape()[1];
-  executor_ = std::make_unique<TrainingExecutor>(*graph_, TrainingOptions{parameters});
+  options_ = options;
+  executor_ = std::make_unique<TrainingExecutor>(*graph_, std::move(options));
   bool any_trainable = false;
   for (const Parameter& p : executor_->parameters()) any_trainable = any_trainable || p.trainable();
   if (!any_trainable) throw_invalid("training: the model has no trainable float initializer");
-  probabilities_ = Tensor(DType::kFloat32, {batch, classes_});
-  row_loss_ = Tensor(DType::kFloat32, {batch});
+  probabilities_ = Tensor(DType::kFloat32, {batch_, classes_});
+  row_loss_ = Tensor(DType::kFloat32, {batch_});
   output_grads_.resize(graph_->outputs().size());
-  output_grads_[0] = Tensor(DType::kFloat32, {batch, classes_});
+  output_grads_[0] = Tensor(DType::kFloat32, {batch_, classes_});
 }
 
 ClassifierTraining::~ClassifierTraining() = default;
 
-float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& labels) {
-  if (labels.dtype() != DType::kInt64 || labels.rank() != 1 || labels.dim(0) != batch_) {
-    throw_invalid("training: labels must be int64 [" + std::to_string(batch_) +
-                  "], one per input sample, got " + labels.describe());
+void ClassifierTraining::freeze_batch_norm() {
+  if (options_.batch_norm_running_statistics) return;
+  for (const Parameter& p : std::as_const(*executor_).parameters()) {
+    graph_->find_value(p.name)->set_constant(p.value.clone());
   }
-  for (int64_t i = 0; i < batch_; ++i) {
-    const int64_t label = labels.data<int64_t>()[i];
-    if (label < 0 || label >= classes_) {
-      throw_invalid("training: label " + std::to_string(i) + " is " + std::to_string(label) +
-                    ", outside the model's " + std::to_string(classes_) + " classes [0, " +
-                    std::to_string(classes_) + ")");
+  options_.batch_norm_running_statistics = true;
+  executor_ = std::make_unique<TrainingExecutor>(*graph_, options_);
+}
+
+Tensor ClassifierTraining::forward(const Tensor& input) {
+  return executor_->forward({&input, 1})[0];
+}
+
+float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& labels) {
+  return forward_backward(input, ClassifierLoss{.labels = &labels});
+}
+
+float ClassifierTraining::forward_backward(const Tensor& input, const ClassifierLoss& loss) {
+  const Tensor* labels = loss.labels;
+  const Tensor* teacher = loss.teacher_logits;
+  if (!labels && !teacher) throw_invalid("training: a step needs labels or a teacher's logits");
+  if (labels) {
+    if (labels->dtype() != DType::kInt64 || labels->rank() != 1 || labels->dim(0) != batch_) {
+      throw_invalid("training: labels must be int64 [" + std::to_string(batch_) +
+                    "], one per input sample, got " + labels->describe());
+    }
+    for (int64_t i = 0; i < batch_; ++i) {
+      const int64_t label = labels->data<int64_t>()[i];
+      if (label < 0 || label >= classes_) {
+        throw_invalid("training: label " + std::to_string(i) + " is " + std::to_string(label) +
+                      ", outside the model's " + std::to_string(classes_) + " classes [0, " +
+                      std::to_string(classes_) + ")");
+      }
     }
   }
+  if (teacher &&
+      (teacher->dtype() != DType::kFloat32 || teacher->shape() != Shape{batch_, classes_})) {
+    throw_invalid("training: the teacher's logits must be float32 [" + std::to_string(batch_) +
+                  ", " + std::to_string(classes_) + "], got " + teacher->describe());
+  }
+  const float kl_weight = labels && teacher ? loss.distill_weight : 1.0f;
+  const float ce_weight = labels && teacher ? 1.0f - loss.distill_weight : 1.0f;
   const Tensor logits = executor_->forward({&input, 1})[0];
   const kernels::LossDims dims{batch_, classes_};
-  const float loss = kernels::cross_entropy(dims, logits.data<float>(), labels.data<int64_t>(),
+  float total = 0;
+  kernels::GradMode mode = kernels::GradMode::kOverwrite;
+  if (labels) {
+    const float ce = kernels::cross_entropy(dims, logits.data<float>(), labels->data<int64_t>(),
                                             probabilities_.data<float>(), row_loss_.data<float>());
-  kernels::cross_entropy_backward(dims, probabilities_.data<float>(), labels.data<int64_t>(), 1.0f,
-                                  output_grads_[0].data<float>());
+    kernels::cross_entropy_backward(dims, probabilities_.data<float>(), labels->data<int64_t>(),
+                                    ce_weight, output_grads_[0].data<float>(), mode);
+    total += ce_weight * ce;
+    mode = kernels::GradMode::kAccumulate;
+  }
+  if (teacher) {
+    if (!teacher_probabilities_.defined()) {
+      teacher_probabilities_ = Tensor(DType::kFloat32, {batch_, classes_});
+    }
+    const kernels::DistillationOptions options{loss.temperature, true};
+    const float kl = kernels::distillation_kl(
+        dims, options, logits.data<float>(), teacher->data<float>(), probabilities_.data<float>(),
+        teacher_probabilities_.data<float>(), row_loss_.data<float>());
+    kernels::distillation_kl_backward(dims, options, probabilities_.data<float>(),
+                                      teacher_probabilities_.data<float>(), kl_weight,
+                                      output_grads_[0].data<float>(), mode);
+    total += kl_weight * kl;
+  }
   executor_->backward(output_grads_);
-  return loss;
+  return total;
 }
 
 std::vector<std::pair<std::string, Tensor>> ClassifierTraining::gradients() const {

@@ -20,6 +20,13 @@ struct TrainingOptions {
   // gives a model's). Those that some node differentiates get a gradient; the others (BN
   // running statistics) are state the training forward updates.
   std::vector<std::string> parameters;
+  // Graph constants the executor also holds as its own mutable copies, but never
+  // differentiates: a gradient stops there (BN running statistics that other nodes read, as
+  // the simulated batch-norm folding of quantization-aware training does).
+  std::vector<std::string> state;
+  // BatchNormalization on its running statistics, which then stay as they are (a frozen BN,
+  // or an evaluation forward); false: on batch statistics, updating the running ones.
+  bool batch_norm_running_statistics = false;
 };
 
 struct Parameter {
@@ -45,6 +52,7 @@ class TrainingExecutor {
   TrainingExecutor(const TrainingExecutor&) = delete;
   TrainingExecutor& operator=(const TrainingExecutor&) = delete;
 
+  const TrainingOptions& options() const { return options_; }
   const std::vector<TensorInfo>& input_infos() const { return input_infos_; }
   const std::vector<TensorInfo>& output_infos() const { return output_infos_; }
   std::span<Parameter> parameters() { return parameters_; }
@@ -94,27 +102,51 @@ class TrainingExecutor {
 // with its float initializers as parameters (trainable_initializers), and its training
 // executor. Each step is a forward, the mean cross-entropy of the first output (logits
 // [batch, classes]) against int64 labels [batch], and a backward.
+// The loss of a classifier step: cross-entropy against labels, KL divergence to a teacher's
+// logits at a temperature (distillation), or (1 − distill_weight)·CE + distill_weight·KL when
+// both are given.
+struct ClassifierLoss {
+  const Tensor* labels = nullptr;          // int64 [batch]
+  const Tensor* teacher_logits = nullptr;  // float32 [batch, classes]
+  float temperature = 1.0f;
+  float distill_weight = 0.5f;  // only when both are given
+};
+
 class ClassifierTraining {
  public:
   ClassifierTraining(const graph::Graph& model, int64_t batch);
+  // A graph prepared for training elsewhere (quant/qdq_export.h's training graph), resolved
+  // at its batch with options.parameters and options.state as ResolveOptions::parameters.
+  ClassifierTraining(std::unique_ptr<graph::Graph> resolved, TrainingOptions options);
   ~ClassifierTraining();
 
   // Returns the loss; every trainable parameter's grad holds its gradient afterwards. Invalid
   // errors name what is wrong with the labels.
   float forward_backward(const Tensor& input, const Tensor& labels);
+  float forward_backward(const Tensor& input, const ClassifierLoss& loss);
 
   int64_t batch() const { return batch_; }
   int64_t classes() const { return classes_; }
+  // From now on BatchNormalization uses its running statistics (as they are now) and no longer
+  // updates them; parameter values and every other state carry over.
+  void freeze_batch_norm();
+  bool batch_norm_frozen() const { return options_.batch_norm_running_statistics; }
+  // The logits of a forward on the current parameters (training mode as set), no backward.
+  Tensor forward(const Tensor& input);
   TrainingExecutor& executor() { return *executor_; }
   // Copies of every trainable parameter's gradient, by name in name order.
   std::vector<std::pair<std::string, Tensor>> gradients() const;
 
  private:
+  void set_up(TrainingOptions options);
+
   std::unique_ptr<graph::Graph> graph_;
   std::unique_ptr<TrainingExecutor> executor_;
+  TrainingOptions options_;
   int64_t batch_ = 0;
   int64_t classes_ = 0;
   Tensor probabilities_;
+  Tensor teacher_probabilities_;
   Tensor row_loss_;
   std::vector<Tensor> output_grads_;
 };

@@ -2,6 +2,7 @@
 // LayerNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Softmax. Shape
 // inference validates every rule the kernels rely on; kernels get fixed shapes and plans.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -598,6 +599,41 @@ class BatchNormKernel final : public OpKernel {
     }
     kernels::channel_affine(inputs[0].data<float>(), scale, shift, batch_, channels_, inner_,
                             outputs[0].data<float>());
+  }
+
+  // Training on running statistics (a frozen BN): y = (x − mean)·γ/sqrt(var + eps) + β is
+  // affine per channel, so dX = dY·γ/sqrt(var + eps), dγ = Σ dY·(x − mean)/sqrt(var + eps) and
+  // dβ = Σ dY over the batch and the spatial positions, summed in a fixed order per channel.
+  bool differentiable_input(size_t index) const override { return index <= 2; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    const float* x = inputs[0].data<float>();
+    const float* gamma = inputs[1].data<float>();
+    const float* mean = inputs[3].data<float>();
+    const float* var = inputs[4].data<float>();
+    const float* dy = grad_outputs[0].data<float>();
+    float* dx = grad_data(grad_inputs, 0);
+    float* dgamma = grad_data(grad_inputs, 1);
+    float* dbeta = grad_data(grad_inputs, 2);
+    kernels::parallel_for(channels_, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const float inv_std = 1.0f / std::sqrt(var[c] + epsilon_);
+        const float scale = gamma[c] * inv_std;
+        double sum_dy = 0;
+        double sum_dy_xhat = 0;
+        for (int64_t n = 0; n < batch_; ++n) {
+          const int64_t base = (n * channels_ + c) * inner_;
+          for (int64_t k = base; k < base + inner_; ++k) {
+            sum_dy += dy[k];
+            sum_dy_xhat += static_cast<double>(dy[k]) * ((x[k] - mean[c]) * inv_std);
+            if (dx) dx[k] = dy[k] * scale;
+          }
+        }
+        if (dgamma) dgamma[c] = static_cast<float>(sum_dy_xhat);
+        if (dbeta) dbeta[c] = static_cast<float>(sum_dy);
+      }
+    });
   }
 
  private:

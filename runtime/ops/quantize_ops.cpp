@@ -1,11 +1,14 @@
 // Runtime bindings of QuantizeLinear and DequantizeLinear (opset 13 semantics: per tensor or per
 // axis, int8 or uint8 zero points) and of FakeQuant, the runtime-internal pair of both that
 // runtime/fuse_qdq.h makes. Constant scales and zero points are read once in create().
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "kernels/fake_quant.h"
+#include "kernels/parallel.h"
 #include "runtime/ops/ops.h"
 
 namespace qforge::runtime::ops {
@@ -134,6 +137,51 @@ class QdqKernel final : public OpKernel {
     }
   }
 
+  // FakeQuant's straight-through estimator: dx = dy where the integer did not saturate (the
+  // scale is a constant of the graph, so it has no gradient here).
+  bool differentiable_input(size_t index) const override {
+    return mode_ == QdqMode::kFake && index == 0;
+  }
+
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (!grad_inputs[0].defined()) return;
+    const std::span<const float> scales =
+        scales_.empty() ? inputs[1].span<float>() : std::span<const float>(scales_);
+    if (has_zero_point_ && !zero_points_known_) read_zero_points(inputs[2]);
+    const Tensor& x = inputs[0];
+    Tensor& dx = grad_inputs[0];
+    if (!grad_outputs[0].defined()) {
+      std::fill_n(dx.data<float>(), dx.numel(), 0.0f);
+      return;
+    }
+    bool symmetric = grid_ == DType::kInt8;
+    for (int32_t z : zero_points_) symmetric = symmetric && z == 0;
+    if (symmetric) {
+      kernels::fake_quant_backward(x, grad_outputs[0], {scales, scales.size() > 1 ? axis_ : 0}, dx);
+      return;
+    }
+    // An affine grid: the integer round(x / s) + zero point must lie in the grid's range.
+    const float lo = grid_ == DType::kInt8 ? -128.0f : 0.0f;
+    const float hi = grid_ == DType::kInt8 ? 127.0f : 255.0f;
+    int64_t inner = 1;
+    int64_t channels = 1;
+    if (scales.size() > 1) {
+      channels = x.dim(axis_);
+      for (int d = axis_ + 1; d < x.rank(); ++d) inner *= x.dim(d);
+    }
+    const float* xp = x.data<float>();
+    const float* dy = grad_outputs[0].data<float>();
+    float* out = dx.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const auto c = static_cast<size_t>((i / inner) % channels);
+      const float zp = zero_points_.empty() ? 0.0f : static_cast<float>(zero_points_[c]);
+      const float q = std::nearbyint(xp[i] / scales[c]) + zp;
+      out[i] = (q >= lo && q <= hi) ? dy[i] : 0.0f;
+    }
+  }
+
  private:
   // Fills the preallocated buffer, so a run-time zero point costs no allocation.
   void read_zero_points(const Tensor& zp) {
@@ -179,12 +227,175 @@ OpDef qdq_def(const char* op_type) {
   return {op_type, infer_qdq<kMode>, create_qdq<kMode>};
 }
 
+// WeightFakeQuant(W, [gamma, var]) → (Wq, [factor]): the weight a quantization-aware training
+// step quantizes, with its batch norm folded in when gamma and var are given:
+//   factor[c] = gamma[c] / sqrt(var[c] + eps)          (double, as the export folds it)
+//   folded    = float(W[c, …] · factor[c])
+//   scale     = max |folded| / 127 per index of `axis` (one for the tensor when axis = -1)
+//   Wq        = fake_quant(folded, scale)
+// so Wq is bit for bit the weight the Q/DQ export writes. Backward: the straight-through
+// estimator with the scale held constant, dW = dfolded · factor; gamma receives the gradient
+// through the fold and through the factor output; the running variance is state (none).
+std::vector<TensorInfo> infer_weight_fake_quant(const graph::Node& node,
+                                                std::span<const InputInfo> inputs) {
+  const InputInfo& w = inputs[0];
+  if (w.dtype != DType::kFloat32 || w.shape.empty()) {
+    fail_node(node, "a float32 weight of rank >= 1", kernels::shape_str(w.shape));
+  }
+  const auto rank = static_cast<int64_t>(w.shape.size());
+  const int64_t axis = node.attr_int("axis", 0);
+  if (axis < -1 || axis >= rank) {
+    fail_node(node, "axis -1 (per tensor) or in [0, " + std::to_string(rank - 1) + "]",
+              std::to_string(axis));
+  }
+  const bool folds = has_input(inputs, 1);
+  if (folds != has_input(inputs, 2)) fail_node(node, "gamma and var together", "one of them");
+  if (!folds) return {{DType::kFloat32, w.shape}};
+  for (size_t i : {size_t{1}, size_t{2}}) {
+    if (inputs[i].dtype != DType::kFloat32 || kernels::shape_numel(inputs[i].shape) != w.shape[0]) {
+      fail_node(node, "a float32 vector of " + std::to_string(w.shape[0]) + " (dim 0 of W)",
+                kernels::shape_str(inputs[i].shape));
+    }
+  }
+  return {{DType::kFloat32, w.shape}, {DType::kFloat32, {w.shape[0]}}};
+}
+
+class WeightFakeQuantKernel final : public OpKernel {
+ public:
+  WeightFakeQuantKernel(const Shape& shape, int64_t axis, bool folds, double epsilon)
+      : shape_(shape), axis_(axis), folds_(folds), epsilon_(epsilon) {
+    const int64_t channels = axis < 0 ? 1 : shape[static_cast<size_t>(axis)];
+    scales_.resize(static_cast<size_t>(channels));
+    if (folds) {
+      factor_.resize(static_cast<size_t>(shape[0]));
+      folded_ = Tensor(DType::kFloat32, shape);
+      scratch_ = Tensor(DType::kFloat32, shape);
+    }
+  }
+
+  bool differentiable_input(size_t index) const override { return index <= 1; }
+
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    const Tensor& w = inputs[0];
+    const Tensor& src = folds_ ? fold(inputs) : w;
+    if (folds_) {
+      float* f = outputs[1].data<float>();
+      for (size_t c = 0; c < factor_.size(); ++c) f[c] = static_cast<float>(factor_[c]);
+    }
+    channel_amax(src);
+    kernels::fake_quant(src, {scales_, static_cast<int>(std::max<int64_t>(axis_, 0))}, outputs[0]);
+  }
+
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    const Tensor& w = inputs[0];
+    const Tensor& src = folds_ ? folded_ : w;
+    float* dw = grad_data(grad_inputs, 0);
+    float* dgamma = grad_data(grad_inputs, 1);
+    if (!dw && !dgamma) return;
+    const int64_t n = w.numel();
+    // dsrc in dW's storage (or the folded buffer's when only gamma wants it): the STE.
+    Tensor dsrc = dw ? grad_inputs[0] : scratch_;
+    if (grad_outputs[0].defined()) {
+      kernels::fake_quant_backward(src, grad_outputs[0],
+                                   {scales_, static_cast<int>(std::max<int64_t>(axis_, 0))}, dsrc);
+    } else {
+      std::fill_n(dsrc.data<float>(), n, 0.0f);
+    }
+    if (!folds_) return;
+    const int64_t channels = shape_[0];
+    const int64_t per = n / channels;
+    const float* ds = dsrc.data<float>();
+    const float* wp = w.data<float>();
+    const float* var = inputs[2].data<float>();
+    const float* dfactor = grad_outputs.size() > 1 && grad_outputs[1].defined()
+                               ? grad_outputs[1].data<float>()
+                               : nullptr;
+    kernels::parallel_for(channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const double factor = factor_[static_cast<size_t>(c)];
+        const double inv_std = 1.0 / std::sqrt(static_cast<double>(var[c]) + epsilon_);
+        double sum = dfactor ? static_cast<double>(dfactor[c]) : 0.0;
+        for (int64_t k = c * per; k < (c + 1) * per; ++k) {
+          sum += static_cast<double>(ds[k]) * wp[k];
+        }
+        if (dgamma) dgamma[c] = static_cast<float>(sum * inv_std);
+        if (dw) {
+          for (int64_t k = c * per; k < (c + 1) * per; ++k) {
+            dw[k] = static_cast<float>(ds[k] * factor);
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  const Tensor& fold(std::span<const Tensor> inputs) {
+    const float* w = inputs[0].data<float>();
+    const float* gamma = inputs[1].data<float>();
+    const float* var = inputs[2].data<float>();
+    const int64_t channels = shape_[0];
+    const int64_t per = inputs[0].numel() / channels;
+    float* dst = folded_.data<float>();
+    for (int64_t c = 0; c < channels; ++c) {
+      const double s =
+          static_cast<double>(gamma[c]) / std::sqrt(static_cast<double>(var[c]) + epsilon_);
+      factor_[static_cast<size_t>(c)] = s;
+      for (int64_t k = c * per; k < (c + 1) * per; ++k) dst[k] = static_cast<float>(w[k] * s);
+    }
+    return folded_;
+  }
+
+  void channel_amax(const Tensor& src) {
+    std::fill(scales_.begin(), scales_.end(), 0.0f);
+    const float* x = src.data<float>();
+    if (axis_ < 0) {
+      float m = 0.0f;
+      for (int64_t i = 0; i < src.numel(); ++i) m = std::max(m, std::fabs(x[i]));
+      scales_[0] = m;
+    } else {
+      const int64_t channels = src.dim(static_cast<int>(axis_));
+      int64_t inner = 1;
+      for (int d = static_cast<int>(axis_) + 1; d < src.rank(); ++d) inner *= src.dim(d);
+      const int64_t outer = src.numel() / (channels * inner);
+      for (int64_t o = 0; o < outer; ++o) {
+        for (int64_t c = 0; c < channels; ++c) {
+          float& m = scales_[static_cast<size_t>(c)];
+          const float* row = x + (o * channels + c) * inner;
+          for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(row[k]));
+        }
+      }
+    }
+    for (float& s : scales_) s = kernels::symmetric_scale(s);
+  }
+
+  Shape shape_;
+  int64_t axis_;
+  bool folds_;
+  double epsilon_;
+  std::vector<float> scales_;
+  std::vector<double> factor_;
+  Tensor folded_;
+  Tensor scratch_;  // dfolded when only gamma's gradient is asked for
+};
+
+std::unique_ptr<OpKernel> create_weight_fake_quant(const graph::Node& node,
+                                                   std::span<const InputInfo> inputs,
+                                                   std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<WeightFakeQuantKernel>(inputs[0].shape, node.attr_int("axis", 0),
+                                                 has_input(inputs, 1),
+                                                 node.attr_float("epsilon", 1e-5f));
+}
+
 }  // namespace
 
 void register_quantize_ops(OpRegistry& registry) {
   registry.add(qdq_def<QdqMode::kQuantize>("QuantizeLinear"));
   registry.add(qdq_def<QdqMode::kDequantize>("DequantizeLinear"));
   registry.add(qdq_def<QdqMode::kFake>("FakeQuant"));
+  registry.add({"WeightFakeQuant", infer_weight_fake_quant, create_weight_fake_quant});
 }
 
 }  // namespace qforge::runtime::ops

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "graph/onnx_import.h"
+#include "quant/fake_quant_training.h"
 #include "runtime/threads.h"
 #include "runtime/training.h"
 #include "tools/io/atomic_file.h"
@@ -27,6 +28,7 @@ struct GradOptions {
   std::string output;
   int threads = 0;
   int runs = 1;
+  bool fake_quant = false;
 };
 
 int run_grad(const GradOptions& o) {
@@ -41,7 +43,14 @@ int run_grad(const GradOptions& o) {
     throw_invalid("grad: '" + o.labels + "' must hold int64 labels, got " + labels.describe());
   }
   if (input.rank() < 1) throw_invalid("grad: '" + o.data + "' has no batch axis");
-  runtime::ClassifierTraining training(*model, input.dim(0));
+  if (labels.rank() != 1 || labels.dim(0) != input.dim(0)) {
+    throw_invalid("grad: '" + o.labels + "' must hold one label per sample of '" + o.data +
+                  "' (int64 [" + std::to_string(input.dim(0)) + "]), got " + labels.describe());
+  }
+  std::unique_ptr<runtime::ClassifierTraining> owned =
+      o.fake_quant ? quant::max_calibrated_fake_quant_training(*model, input)
+                   : std::make_unique<runtime::ClassifierTraining>(*model, input.dim(0));
+  runtime::ClassifierTraining& training = *owned;
   model.reset();
   // Every run computes the same gradients (BN's running statistics, which the forward updates,
   // do not enter them); --runs only gives the timing more samples.
@@ -68,7 +77,8 @@ int run_grad(const GradOptions& o) {
               static_cast<long long>(input.dim(0)));
   std::printf("time       %.1f ms forward and backward (%s of %d, %d threads)\n", best_ms,
               o.runs > 1 ? "fastest" : "one run", o.runs, runtime::num_threads());
-  std::printf("gradients  %zu written to %s\n", gradients.size(), o.output.c_str());
+  std::printf("gradients  %zu written to %s%s\n", gradients.size(), o.output.c_str(),
+              o.fake_quant ? " (through fake quant, keyed by the fused graph's tensor names)" : "");
   return 0;
 }
 
@@ -93,6 +103,11 @@ CommandRunner add_grad_command(CLI::App& app) {
   cmd->add_option("-o,--output", o->output, "gradients .npz: 'loss' and one array per initializer")
       ->required()
       ->check(file_path());
+  cmd->add_flag("--fake-quant", o->fake_quant,
+                "differentiate through fake quant: the model transformed and its Q/DQ points "
+                "placed as calibrate does, activations calibrated with max on this batch, "
+                "weights quantized per channel from their current values, BN folding "
+                "simulated; gradients are keyed by the fused graph's tensor names");
   cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
       ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--runs", o->runs,

@@ -1,0 +1,63 @@
+#include "quant/fake_quant_training.h"
+
+#include "kernels/error.h"
+#include "quant/calibration.h"
+#include "runtime/fuse_qdq.h"
+#include "runtime/resolve.h"
+#include "runtime/transform_pipeline.h"
+
+namespace qforge::quant {
+
+std::unique_ptr<runtime::ClassifierTraining> fake_quant_training(const graph::Graph& fused,
+                                                                 const QuantPlan& plan,
+                                                                 const ActivationAmax& amax) {
+  TrainingGraph t = build_training_graph(fused, plan, amax);
+  runtime::ResolveOptions resolve_options;
+  resolve_options.parameters.insert(t.parameters.begin(), t.parameters.end());
+  resolve_options.parameters.insert(t.state.begin(), t.state.end());
+  runtime::resolve(*t.graph, resolve_options);
+  runtime::fuse_qdq(*t.graph);
+  return std::make_unique<runtime::ClassifierTraining>(
+      std::move(t.graph), runtime::TrainingOptions{std::move(t.parameters), std::move(t.state)});
+}
+
+void store_trained_values(const runtime::TrainingExecutor& training, graph::Graph& fused) {
+  for (const runtime::Parameter& p : training.parameters()) {
+    graph::Value* v = fused.find_value(p.name);
+    if (!v || !v->is_constant()) {
+      throw_internal("training: parameter '" + p.name + "' is not a constant of the fused graph");
+    }
+    v->set_constant(p.value.clone());
+  }
+}
+
+std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
+    const graph::Graph& model, const kernels::Tensor& batch) {
+  if (batch.rank() < 1) throw_invalid("grad: the input batch has no batch axis");
+  runtime::TransformOptions transform;
+  transform.batch = batch.dim(0);
+  runtime::TransformResult transformed = runtime::transform_model(model, nullptr, transform);
+  const QuantPlan plan = place_qdq(*transformed.graph);
+  if (plan.activations.empty() && plan.weights.empty()) {
+    throw_invalid("grad: --fake-quant: the model has no Q/DQ point");
+  }
+  ActivationAmax amax;
+  {
+    CalibrationStats stats(*transformed.graph, plan);
+    stats.observe_batch(batch);
+    amax = stats.activation_amax(Calibrator::kMax);
+  }
+  return fake_quant_training(*transformed.graph, plan, amax);
+}
+
+runtime::GradientResult fake_quant_gradients(const graph::Graph& model,
+                                             const kernels::Tensor& input,
+                                             const kernels::Tensor& labels) {
+  auto training = max_calibrated_fake_quant_training(model, input);
+  runtime::GradientResult result;
+  result.loss = training->forward_backward(input, labels);
+  result.gradients = training->gradients();
+  return result;
+}
+
+}  // namespace qforge::quant

@@ -1,0 +1,40 @@
+// Training through fake quant: a fused graph, its Q/DQ plan and calibrated activation ranges set
+// up as a classifier training (quant/qdq_export.h's training graph, resolved, its Q/DQ pairs
+// run as FakeQuant), and the trained values written back into the fused graph, which the Q/DQ
+// export then writes. So what is trained is what is exported.
+#pragma once
+
+#include <memory>
+
+#include "graph/ir.h"
+#include "quant/placement.h"
+#include "quant/qdq_export.h"
+#include "runtime/training.h"
+
+namespace qforge::quant {
+
+// `fused` is a transformed graph at the training batch (runtime::transform_model); it is not
+// changed. Activations follow `amax`; weights are quantized from their current values.
+std::unique_ptr<runtime::ClassifierTraining> fake_quant_training(const graph::Graph& fused,
+                                                                 const QuantPlan& plan,
+                                                                 const ActivationAmax& amax);
+
+// Writes every parameter and state tensor of `training` (trained weights, BN running
+// statistics) into the constant of the same name in `fused`, whose other constants stay.
+void store_trained_values(const runtime::TrainingExecutor& training, graph::Graph& fused);
+
+// `qforge grad --fake-quant`'s setup: the model transformed at the batch's size, every
+// activation point calibrated with max on that batch, set up for training through fake quant.
+std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
+    const graph::Graph& model, const kernels::Tensor& batch);
+
+// One forward and backward of max_calibrated_fake_quant_training in training mode with the
+// mean cross-entropy. Gradients are keyed by the fused graph's
+// constant names: the ONNX initializer's own name wherever the transforms kept the tensor as
+// it was (convolution weights, BN parameters, biases), the derived tensor's name where a
+// transform made a new one (a Linear head as a 1x1 convolution, packed Q/K/V).
+runtime::GradientResult fake_quant_gradients(const graph::Graph& model,
+                                             const kernels::Tensor& input,
+                                             const kernels::Tensor& labels);
+
+}  // namespace qforge::quant
