@@ -121,7 +121,7 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
                      .module = n->op_type(),
                      .input = schema->weight_input,
                      .axis = weight_axis_of(*n, *schema, w),
-                     .per_channel = true,
+                     .per_channel = !options.per_tensor_weights,
                      .folds_batch_norm = has_batch_norm_after_weight(*n, schema->weight_input)};
       if (wp.axis < 0 || wp.axis >= w.rank()) {
         throw_invalid("placement: " + n->label() + ": expected a weight axis in [0, " +

@@ -24,7 +24,8 @@ struct ActivationPoint {
   std::vector<QuantConsumer> consumers;
 };
 
-// A module's weight, quantized per output channel along `axis` of the weight tensor.
+// A module's weight, quantized per output channel along `axis` of the weight tensor, or with one
+// scale for the whole tensor when not per_channel (`axis` still names the output channels).
 struct WeightPoint {
   std::string node;
   std::string module;  // the module kind (op type)
@@ -63,6 +64,9 @@ struct PlacementOptions {
   // Module node names, module kinds or glob patterns over either (`*` matches any run of
   // characters). Every entry must match some module node.
   std::vector<std::string> skip;
+  // One scale per weight tensor (WeightPoint::per_channel false) instead of one per output
+  // channel, for targets without per-axis weight quantizers.
+  bool per_tensor_weights = false;
 };
 
 // Invalid error naming the entry when a skip entry matches no module node.

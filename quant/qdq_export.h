@@ -1,6 +1,7 @@
 // Q/DQ export: the fused graph, its placement and the calibrated ranges → a standard ONNX graph
 // with QuantizeLinear → DequantizeLinear in front of every quantized input, per-axis Q/DQ on
-// every quantized (batch-norm folded) weight and the fixed-scale Q/DQ after the softmax inside
+// every quantized (batch-norm folded) weight (a scalar scale where the plan's weight point is
+// not per channel) and the fixed-scale Q/DQ after the softmax inside
 // attention. Scales are amax / 127 float32, zero points int8 0.
 #pragma once
 

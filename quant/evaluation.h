@@ -1,0 +1,51 @@
+// A quantized model measured against its reference over a sample source: output agreement
+// (SQNR, cosine, top-1 agreement), accuracy of each when the samples are labelled, and the
+// output change one rounding flip causes. Both models run at one fixed batch (a partial last
+// batch is padded with copies of its last sample and the padded rows ignored), one model in
+// memory at a time: the reference's outputs wait in a FloatStore for the quantized model's.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "quant/flip_sensitivity.h"
+#include "quant/pipeline_io.h"
+#include "runtime/compare.h"
+
+namespace qforge::quant {
+
+struct EvaluationSetup {
+  int64_t batch = 32;
+  int64_t limit = 0;  // at most this many samples, spread evenly over the source (0: all)
+  // Rounding flips injected into the quantized model (on the first evaluation batch) to
+  // measure the output change one flip causes; 0 skips the measurement.
+  int64_t flip_injections = 32;
+  uint64_t flip_seed = 0;
+  // Progress bar labels of the two passes.
+  std::string reference_label = "float model";
+  std::string quantized_label = "Q/DQ model";
+  // Stage name in the messages of errors.
+  std::string stage = "calibrate";
+};
+
+struct Evaluation {
+  size_t samples = 0;
+  runtime::ComparisonFigures figures;  // quantized output 0 against the reference's
+  bool labelled = false;
+  size_t reference_correct = 0;  // rows whose argmax is the label (labelled data only)
+  size_t quantized_correct = 0;
+  std::optional<FlipSensitivity> flips;  // when setup.flip_injections > 0
+};
+
+// Runs `reference` then `quantized` (each loaded when its pass starts, run with its weights
+// released as its kernels prepare them) over the samples of `data` setup.limit selects, in
+// batches of setup.batch, and compares output 0 of the two (float32 with a batch axis; Invalid
+// error otherwise). Accuracy needs a [N, classes] output. `store` holds the reference outputs
+// (in memory when empty).
+Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
+                    const SampleSource& data, const EvaluationSetup& setup,
+                    const ProgressFactory& progress = {}, const FloatStoreFactory& store = {});
+
+}  // namespace qforge::quant

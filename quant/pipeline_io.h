@@ -1,0 +1,96 @@
+// What the calibration pipeline (quant/calibrate_pipeline.h) and the evaluation
+// (quant/evaluation.h) receive from their caller instead of files: the samples, a way to read
+// the model again, progress bars and a store for float outputs. The command line adapts its data
+// sources, progress bars and spill file to these; quant/ knows no file format.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "graph/ir.h"
+#include "kernels/tensor.h"
+
+namespace qforge::quant {
+
+// Inputs of a single-input model, addressed by sample index.
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual size_t size() const = 0;
+  virtual const graph::Shape& sample_shape() const = 0;  // without the batch dim
+  virtual bool labelled() const = 0;
+  // Fills `rows` ([indices.size(), sample_shape...] float32) with the samples `indices`, and
+  // `labels` (cleared first) with their class labels when the source is labelled.
+  virtual void load(std::span<const size_t> indices, kernels::Tensor& rows,
+                    std::vector<int64_t>& labels) const = 0;
+};
+
+// A fresh copy of the model each call: the pipeline lets the model go while it runs on the data
+// (so that its weights are not in memory twice) and reads it again for the export.
+using ModelLoader = std::function<std::unique_ptr<graph::Graph>()>;
+
+// graph::load_onnx(path) on each call.
+ModelLoader model_file(std::string path);
+
+// One progress bar over one pass of `total` samples.
+class ProgressBar {
+ public:
+  virtual ~ProgressBar() = default;
+  virtual void advance(size_t samples) = 0;
+  // The pass ended; a bar destroyed without finish() belongs to a pass cut short by an error.
+  virtual void finish() = 0;
+};
+
+// Makes the bar of one pass ("calibrate", "smoothquant", "float model", "Q/DQ model"); an empty
+// factory shows nothing.
+using ProgressFactory =
+    std::function<std::unique_ptr<ProgressBar>(std::string_view label, size_t total)>;
+
+// Floats written in order and read back in the same order: the reference model's outputs wait
+// here for the quantized model's, so that one model is in memory at a time.
+class FloatStore {
+ public:
+  virtual ~FloatStore() = default;
+  virtual void append(std::span<const float> values) = 0;
+  // The next values.size() values, in the order appended.
+  virtual void read(std::span<float> values) = 0;
+};
+
+// A FloatStore in memory.
+class MemoryFloatStore : public FloatStore {
+ public:
+  void append(std::span<const float> values) override;
+  void read(std::span<float> values) override;
+
+ private:
+  std::vector<float> values_;
+  size_t read_ = 0;
+};
+
+// Makes the store of one evaluation; empty: a MemoryFloatStore.
+using FloatStoreFactory = std::function<std::unique_ptr<FloatStore>()>;
+
+// `limit` sample indices spread evenly over `size` (all of them when limit is 0 or larger): an
+// image folder is sorted by class, so a prefix would miss whole classes.
+std::vector<size_t> spread_indices(size_t size, int64_t limit);
+
+// Calls fn(input, labels, count) for the samples `indices` of `data` in batches of `batch`,
+// advancing `progress`. With `pad` the input always has `batch` rows (rows past `count` repeat
+// the last sample, for a model whose batch is fixed); without, the last batch has only `count`
+// rows. labels is empty for unlabelled data. The caller finishes `progress`.
+using BatchFn = std::function<void(const kernels::Tensor& input, const std::vector<int64_t>& labels,
+                                   size_t count)>;
+void for_each_batch(const SampleSource& data, std::span<const size_t> indices, int64_t batch,
+                    bool pad, ProgressBar& progress, const BatchFn& fn);
+
+// factory(label, total), or a bar that shows nothing when the factory is empty.
+std::unique_ptr<ProgressBar> make_progress(const ProgressFactory& factory, std::string_view label,
+                                           size_t total);
+
+}  // namespace qforge::quant

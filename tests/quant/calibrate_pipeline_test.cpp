@@ -1,0 +1,272 @@
+// The calibration pipeline as library calls (quant/calibrate_pipeline.h, quant/evaluation.h):
+// calibrating a bundled model on digit images through the library gives the amax, weight ranges,
+// exported bytes and evaluation figures `qforge calibrate` reports and writes; the pieces a QAT
+// command reuses (the fused graph for export, the evaluation of two given models) behave as
+// documented.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "graph/onnx_import.h"
+#include "quant/calibrate_pipeline.h"
+#include "quant/evaluation.h"
+#include "quant/int8.h"
+#include "tests/support/errors.h"
+#include "tests/support/test_support.h"
+#include "tools/io/image_folder.h"
+#include "tools/io/npy.h"
+
+namespace qforge {
+namespace {
+
+using testing::data_path;
+using testing::run_cli;
+using testing::TempDir;
+
+const std::string kResnet = data_path("models/resnet_bn.onnx");
+const std::string kTrain = data_path("datasets/digits/train");
+
+// An image folder preprocessed as the model's metadata says, as `qforge calibrate --data` reads
+// it.
+class ImageSamples : public quant::SampleSource {
+ public:
+  ImageSamples(const std::string& root, const graph::Graph& model)
+      : images_(root, io::preprocess_from_metadata(model.metadata, *model.inputs()[0]->shape())) {
+    const io::Preprocess& pre = images_.preprocess();
+    shape_ = {pre.channels, pre.height, pre.width};
+  }
+  size_t size() const override { return images_.size(); }
+  const graph::Shape& sample_shape() const override { return shape_; }
+  bool labelled() const override { return images_.labelled(); }
+  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+            std::vector<int64_t>& labels) const override {
+    labels.clear();
+    const size_t row = images_.sample_numel();
+    for (size_t i = 0; i < indices.size(); ++i) {
+      images_.load_batch(indices[i], 1, rows.data<float>() + i * row);
+      labels.push_back(images_.label(indices[i]));
+    }
+  }
+
+ private:
+  io::ImageFolder images_;
+  graph::Shape shape_;
+};
+
+// Unlabelled rows of a tensor.
+class TensorSamples : public quant::SampleSource {
+ public:
+  explicit TensorSamples(kernels::Tensor rows) : rows_(std::move(rows)) {
+    shape_.assign(rows_.shape().begin() + 1, rows_.shape().end());
+  }
+  size_t size() const override { return static_cast<size_t>(rows_.dim(0)); }
+  const graph::Shape& sample_shape() const override { return shape_; }
+  bool labelled() const override { return false; }
+  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+            std::vector<int64_t>& labels) const override {
+    labels.clear();
+    const size_t row = static_cast<size_t>(kernels::shape_numel(shape_));
+    for (size_t i = 0; i < indices.size(); ++i) {
+      std::memcpy(rows.data<float>() + i * row, rows_.data<float>() + indices[i] * row,
+                  row * sizeof(float));
+    }
+  }
+
+ private:
+  kernels::Tensor rows_;
+  graph::Shape shape_;
+};
+
+// Progress bars that record what the pipeline told them.
+struct RecordedBars {
+  struct Bar {
+    std::string label;
+    size_t total = 0;
+    size_t done = 0;
+    bool finished = false;
+  };
+  std::vector<Bar> bars;
+  quant::ProgressFactory factory() {
+    return [this](std::string_view label, size_t total) -> std::unique_ptr<quant::ProgressBar> {
+      bars.push_back({std::string(label), total});
+      struct Recorder : quant::ProgressBar {
+        RecordedBars* owner;
+        size_t index;
+        Recorder(RecordedBars* o, size_t i) : owner(o), index(i) {}
+        void advance(size_t n) override { owner->bars[index].done += n; }
+        void finish() override { owner->bars[index].finished = true; }
+      };
+      return std::make_unique<Recorder>(this, bars.size() - 1);
+    };
+  }
+  void expect(const std::vector<std::string>& labels, size_t total) const {
+    ASSERT_EQ(bars.size(), labels.size());
+    for (size_t i = 0; i < bars.size(); ++i) {
+      EXPECT_EQ(bars[i].label, labels[i]);
+      EXPECT_EQ(bars[i].total, total);
+      EXPECT_EQ(bars[i].done, total) << bars[i].label;
+      EXPECT_TRUE(bars[i].finished) << bars[i].label;
+    }
+  }
+};
+
+std::string bytes_of(std::unique_ptr<graph::Graph> fused, const quant::CalibrationResult& r,
+                     const quant::QdqExportOptions& options = {}) {
+  std::string out;
+  quant::export_qdq_model(std::move(fused), r.plan, r.amax, options, [&](const void* p, size_t n) {
+    out.append(static_cast<const char*>(p), n);
+  });
+  return out;
+}
+
+// 40 samples at batch 16: two whole batches and a partial one of 8.
+TEST(CalibratePipeline, LibraryGivesTheCliAmaxBytesAndFigures) {
+  TempDir dir;
+  const std::string out = dir.file("m.qdq.onnx");
+  const std::string report = dir.file("report.json");
+  const auto r = run_cli("calibrate " + kResnet + " --data " + kTrain +
+                         " --limit 40 --batch 16 --method percentile --flip-injections 4 -o " +
+                         out + " --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(testing::read_text(report));
+
+  quant::CalibrationSetup setup;
+  setup.batch = 16;
+  setup.limit = 40;
+  setup.method = quant::Calibrator::kPercentile;
+  auto model = graph::load_onnx(kResnet);
+  const ImageSamples data(kTrain, *model);
+  RecordedBars calibration_bars;
+  bool pass_ended = false;
+  quant::PipelineHooks hooks;
+  hooks.progress = calibration_bars.factory();
+  hooks.calibration_pass_ended = [&] { pass_ended = true; };
+  const quant::CalibrationResult result =
+      quant::calibrate(std::move(model), quant::model_file(kResnet), data, setup, hooks);
+  EXPECT_TRUE(pass_ended);
+  calibration_bars.expect({"calibrate"}, 40);
+  EXPECT_EQ(result.samples, 40u);
+  EXPECT_EQ(result.batches, 3);
+  EXPECT_EQ(j["calibration"]["batches"], result.batches);
+
+  ASSERT_EQ(j["activation_points"].size(), result.plan.activations.size());
+  ASSERT_EQ(result.points.size(), result.plan.activations.size());
+  for (size_t i = 0; i < result.points.size(); ++i) {
+    const auto& p = j["activation_points"][i];
+    const quant::PointCalibration& c = result.points[i];
+    EXPECT_EQ(p["tensor"], result.plan.activations[i].tensor);
+    EXPECT_EQ(p["module"], c.module);
+    for (quant::Calibrator m : quant::kCalibrators) {
+      EXPECT_EQ(p["amax_by_method"][quant::calibrator_name(m)].get<double>(), c.amax_by(m));
+    }
+    EXPECT_EQ(p["entropy_fell_back_to_max"], c.entropy_fell_back);
+    EXPECT_EQ(static_cast<float>(p["amax"].get<double>()),
+              result.amax.at(result.plan.activations[i].tensor));
+  }
+  ASSERT_EQ(j["weight_points"].size(), result.plan.weights.size());
+  for (const auto& w : j["weight_points"]) {
+    EXPECT_EQ(w["amax"].get<std::vector<float>>(),
+              result.weight_amax.at(w["node"].get<std::string>()));
+  }
+
+  // The export: the same bytes as the written file.
+  const std::string bytes =
+      bytes_of(quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, result), result);
+  EXPECT_TRUE(bytes == testing::read_text(out)) << "library export differs from the CLI's file";
+
+  // The evaluation of the written model against the float model: the figures of the report.
+  quant::EvaluationSetup eval;
+  eval.batch = 16;
+  eval.limit = 40;
+  eval.flip_injections = 4;
+  RecordedBars evaluation_bars;
+  const quant::Evaluation e = quant::evaluate(quant::model_file(kResnet), quant::model_file(out),
+                                              data, eval, evaluation_bars.factory());
+  evaluation_bars.expect({"float model", "Q/DQ model"}, 40);
+  const auto& je = j["evaluation"];
+  EXPECT_EQ(je["samples"], e.samples);
+  EXPECT_EQ(je["sqnr_db"].get<double>(), e.figures.sqnr_db);
+  EXPECT_EQ(je["cosine"].get<double>(), e.figures.cosine);
+  EXPECT_EQ(je["max_abs_diff"].get<double>(), e.figures.max_abs_diff);
+  ASSERT_TRUE(e.figures.top1_agreement);
+  EXPECT_EQ(je["top1_agreement"].get<double>(), *e.figures.top1_agreement);
+  ASSERT_TRUE(e.labelled);
+  EXPECT_EQ(je["float_top1"].get<double>(), static_cast<double>(e.reference_correct) / 40.0);
+  EXPECT_EQ(je["int8_top1"].get<double>(), static_cast<double>(e.quantized_correct) / 40.0);
+  ASSERT_TRUE(e.flips);
+  EXPECT_EQ(je["flip_sensitivity"]["changes"].get<std::vector<double>>(), e.flips->changes);
+}
+
+// A QAT trainer changes the fused graph's weights before the export: the written model carries
+// them. Here one weight is scaled by 2, and its quantizer's range follows.
+TEST(CalibratePipeline, ExportTakesTheWeightsOfTheGivenFusedGraph) {
+  const kernels::Tensor input = io::read_npy(data_path("golden/resnet_input.npy"));
+  const TensorSamples data(input);
+  quant::CalibrationSetup setup;
+  setup.batch = 2;
+  setup.limit = 4;
+  const quant::CalibrationResult result =
+      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, setup);
+  auto fused = quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, result);
+  ASSERT_FALSE(result.plan.weights.empty());
+  const quant::WeightPoint& w = result.plan.weights[0];
+  const std::vector<float> before = quant::weight_channel_amax(*fused, w);
+  EXPECT_EQ(before, result.weight_amax.at(w.node));
+  graph::Value* weight = fused->find_node(w.node)->input(static_cast<size_t>(w.input));
+  kernels::Tensor doubled = weight->constant().clone();
+  for (float& x : doubled.span<float>()) x *= 2;
+  weight->set_constant(doubled);
+  const std::vector<float> after = quant::weight_channel_amax(*fused, w);
+  for (size_t c = 0; c < before.size(); ++c) EXPECT_EQ(after[c], 2 * before[c]);
+
+  TempDir dir;
+  testing::write_bytes(dir.file("trained.onnx"), bytes_of(std::move(fused), result));
+  const auto qdq = graph::load_onnx(dir.file("trained.onnx"));
+  // The first weight quantizer's scale: amax / 127 of the doubled weight.
+  bool found = false;
+  for (const graph::Node* n : qdq->nodes()) {
+    if (n->op_type() != "QuantizeLinear" || !n->input(0)->is_constant()) continue;
+    const kernels::Tensor& scale = n->input(1)->constant();
+    ASSERT_EQ(static_cast<size_t>(scale.numel()), after.size());
+    for (size_t c = 0; c < after.size(); ++c) {
+      EXPECT_EQ(scale.data<float>()[c], quant::scale_from_amax(after[c]));
+    }
+    found = true;
+    break;
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST(CalibratePipeline, SetupOutOfRangeAndEmptyDataAreRejected) {
+  const kernels::Tensor input = io::read_npy(data_path("golden/resnet_input.npy"));
+  const TensorSamples data(input);
+  const TensorSamples none(input.slice_rows(0, 0).clone());
+  quant::CalibrationSetup bad;
+  bad.percentile = 0;
+  auto calibrate_with = [&](const quant::SampleSource& samples,
+                            const quant::CalibrationSetup& setup) {
+    return [source = &samples, setup] {
+      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), *source, setup);
+    };
+  };
+  EXPECT_NE(testing::error_of(ErrorKind::kInvalid, calibrate_with(data, bad))
+                .find("percentile must be in (0, 100], got 0"),
+            std::string::npos);
+  bad = {};
+  bad.smoothquant_alpha = 2;
+  EXPECT_NE(testing::error_of(ErrorKind::kInvalid, calibrate_with(data, bad))
+                .find("alpha must be in [0, 1], got 2"),
+            std::string::npos);
+  const quant::CalibrationSetup defaults;
+  EXPECT_NE(testing::error_of(ErrorKind::kInvalid, calibrate_with(none, defaults))
+                .find("holds no samples"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace qforge

@@ -1,0 +1,32 @@
+// The command line's data, progress bars and spill file behind the interfaces the quantization
+// pipeline receives (quant/pipeline_io.h), for `qforge calibrate` and `qforge qat`.
+#pragma once
+
+#include <memory>
+
+#include "quant/pipeline_io.h"
+#include "tools/qforge/data_source.h"
+
+namespace qforge::cli {
+
+// A DataSource as the pipeline's SampleSource; `data` must outlive it.
+class DataSamples : public quant::SampleSource {
+ public:
+  explicit DataSamples(const DataSource& data) : data_(data) {}
+  size_t size() const override { return data_.size(); }
+  const graph::Shape& sample_shape() const override { return data_.sample_shape(); }
+  bool labelled() const override { return data_.labelled(); }
+  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+            std::vector<int64_t>& labels) const override;
+
+ private:
+  const DataSource& data_;
+};
+
+// io::Progress bars counting images.
+quant::ProgressFactory progress_bars();
+
+// Float outputs kept in an unnamed temporary file (io::FloatSpill), not in memory.
+quant::FloatStoreFactory spill_files();
+
+}  // namespace qforge::cli
