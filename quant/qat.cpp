@@ -1,0 +1,317 @@
+#include "quant/qat.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/error.h"
+#include "quant/fake_quant_training.h"
+#include "quant/optimizer.h"
+#include "runtime/session.h"
+
+namespace qforge::quant {
+namespace {
+
+// FNV-1a, 64 bits: a fingerprint of what a checkpoint must match.
+class Fingerprint {
+ public:
+  void bytes(const void* p, size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      hash_ ^= b[i];
+      hash_ *= 1099511628211ull;
+    }
+  }
+  void text(const std::string& s) {
+    bytes(s.data(), s.size());
+    bytes("\0", 1);
+  }
+  template <class T>
+  void value(T v) {
+    bytes(&v, sizeof v);
+  }
+  int64_t get() const { return static_cast<int64_t>(hash_); }
+
+ private:
+  uint64_t hash_ = 14695981039346656037ull;
+};
+
+int64_t model_fingerprint(const graph::Graph& fused, const QuantPlan& plan,
+                          const ActivationAmax& amax) {
+  Fingerprint f;
+  for (const graph::Value* v : fused.values()) {
+    if (!v->is_constant() || v->dtype() != kernels::DType::kFloat32) continue;
+    f.text(v->name());
+    for (int64_t d : v->known_shape()) f.value(d);
+  }
+  for (const ActivationPoint& p : plan.activations) {
+    f.text(p.tensor);
+    auto it = amax.find(p.tensor);
+    f.value(it == amax.end() ? -1.0f : it->second);
+  }
+  for (const WeightPoint& w : plan.weights) {
+    f.text(w.node);
+    f.value(w.per_channel);
+  }
+  return f.get();
+}
+
+int64_t setup_fingerprint(const QatSetup& s, size_t samples) {
+  Fingerprint f;
+  f.value(s.batch);
+  f.value(s.epochs);
+  f.value(s.steps);
+  f.value(static_cast<int>(s.optimizer));
+  for (double d : {s.lr, s.momentum, s.weight_decay, s.beta1, s.beta2, s.eps, s.gamma}) f.value(d);
+  f.value(s.nesterov);
+  f.value(static_cast<int>(s.decay));
+  f.value(s.warmup_steps);
+  f.value(s.step_size);
+  f.value(s.freeze_bn_after);
+  f.value(s.distill_temperature.value_or(0.0f));
+  f.value(s.distill_weight);
+  f.value(s.use_labels);
+  f.value(s.seed);
+  f.value(samples);
+  return f.get();
+}
+
+kernels::Tensor int64_scalar(int64_t v) {
+  kernels::Tensor t(kernels::DType::kInt64, {});
+  t.data<int64_t>()[0] = v;
+  return t;
+}
+
+int64_t read_int64(const Checkpoint& c, const std::string& key) {
+  auto it = c.find(key);
+  if (it == c.end() || it->second.dtype() != kernels::DType::kInt64 || it->second.numel() != 1) {
+    throw_invalid("qat: the checkpoint has no '" + key + "' (not a qforge qat checkpoint?)");
+  }
+  return it->second.data<int64_t>()[0];
+}
+
+// The sample order of one epoch: a Fisher-Yates shuffle driven by a generator seeded from the
+// run's seed and the epoch, so that any epoch's order can be rebuilt on resume.
+std::vector<size_t> epoch_order(size_t samples, uint64_t seed, int64_t epoch) {
+  std::vector<size_t> order(samples);
+  for (size_t i = 0; i < samples; ++i) order[i] = i;
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) + 1);
+  for (size_t i = samples; i > 1; --i) {
+    const size_t j = static_cast<size_t>(rng() % i);
+    std::swap(order[i - 1], order[j]);
+  }
+  return order;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const QatSetup& s) {
+  if (s.optimizer == OptimizerKind::kAdamW) {
+    AdamWOptions o;
+    o.lr = s.lr;
+    o.beta1 = s.beta1;
+    o.beta2 = s.beta2;
+    o.eps = s.eps;
+    o.weight_decay = s.weight_decay;
+    o.no_weight_decay = is_vector_parameter;
+    return std::make_unique<AdamW>(o);
+  }
+  SgdOptions o;
+  o.lr = s.lr;
+  o.momentum = s.momentum;
+  o.nesterov = s.nesterov;
+  o.weight_decay = s.weight_decay;
+  o.no_weight_decay = is_vector_parameter;
+  return std::make_unique<Sgd>(o);
+}
+
+// The first tensor that is not finite: a parameter's value or gradient, else the logits.
+std::string first_nonfinite(const runtime::TrainingExecutor& executor) {
+  for (const runtime::Parameter& p : executor.parameters()) {
+    for (const kernels::Tensor* t : {&p.value, &p.grad}) {
+      if (!t->defined()) continue;
+      for (float x : t->span<float>()) {
+        if (!std::isfinite(x)) {
+          return std::string(t == &p.value ? "parameter '" : "the gradient of '") + p.name + "'";
+        }
+      }
+    }
+  }
+  return "the logits";
+}
+
+}  // namespace
+
+void check_qat_setup(const QatSetup& s) {
+  auto positive = [](double v) { return std::isfinite(v) && v > 0; };
+  if (!positive(s.lr)) throw_invalid("qat: --lr must be finite and > 0, got " + std::to_string(s.lr));
+  if ((s.epochs > 0) == (s.steps > 0)) {
+    throw_invalid("qat: give one of --epochs N or --steps N, each at least 1");
+  }
+  if (s.batch < 1) throw_invalid("qat: --batch must be at least 1");
+  if (!(s.momentum >= 0 && s.momentum < 1)) throw_invalid("qat: --momentum must be in [0, 1)");
+  if (!(s.weight_decay >= 0 && std::isfinite(s.weight_decay))) {
+    throw_invalid("qat: --weight-decay must be finite and >= 0");
+  }
+  if (s.distill_temperature && !positive(*s.distill_temperature)) {
+    throw_invalid("qat: --distill temperature must be finite and > 0");
+  }
+  if (!(s.distill_weight >= 0 && s.distill_weight <= 1)) {
+    throw_invalid("qat: --distill-weight must be in [0, 1]");
+  }
+  if (!s.use_labels && !s.distill_temperature) {
+    throw_invalid("qat: no loss: give labelled data (an image folder with class subfolders) or "
+                  "--distill");
+  }
+  if (s.checkpoint_every < 0) throw_invalid("qat: --checkpoint-every must be >= 0");
+}
+
+QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
+                    const graph::Graph* teacher, const SampleSource& data, const QatSetup& setup,
+                    const QatHooks& hooks, const Checkpoint* resume) {
+  check_qat_setup(setup);
+  if (setup.use_labels && !data.labelled()) {
+    throw_invalid("qat: the training data has no labels for the cross-entropy: give an image "
+                  "folder with one subfolder per class, or --distill without labels");
+  }
+  if (setup.distill_temperature && !teacher) {
+    throw_internal("qat: distillation without the float model");
+  }
+  const auto samples = static_cast<int64_t>(data.size());
+  if (samples < setup.batch) {
+    throw_invalid("qat: the training data holds " + std::to_string(samples) +
+                  " samples, fewer than one batch of " + std::to_string(setup.batch));
+  }
+  QatResult result;
+  result.steps_per_epoch = samples / setup.batch;
+  result.steps = setup.steps > 0 ? setup.steps : setup.epochs * result.steps_per_epoch;
+  LrScheduleOptions schedule_options;
+  schedule_options.base_lr = setup.lr;
+  schedule_options.decay = setup.decay;
+  schedule_options.warmup_steps = setup.warmup_steps;
+  schedule_options.total_steps = result.steps;
+  schedule_options.step_size = setup.step_size;
+  schedule_options.gamma = setup.gamma;
+  const LrSchedule schedule(schedule_options);
+
+  const int64_t model_id = model_fingerprint(fused, plan, amax);
+  const int64_t setup_id = setup_fingerprint(setup, data.size());
+  std::unique_ptr<runtime::ClassifierTraining> training = fake_quant_training(fused, plan, amax);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(setup);
+  for (const runtime::Parameter& p : std::as_const(training->executor()).parameters()) {
+    ++result.parameters;
+    result.parameter_elements += static_cast<size_t>(p.value.numel());
+  }
+
+  int64_t start = 0;
+  if (resume) {
+    if (read_int64(*resume, "meta/model") != model_id) {
+      throw_invalid("qat: the checkpoint was written for another model or calibration");
+    }
+    if (read_int64(*resume, "meta/setup") != setup_id) {
+      throw_invalid("qat: the checkpoint was written with other training options or data "
+                    "(batch, steps, optimizer, learning rate, schedule, BN freeze, loss, seed "
+                    "and sample count must match)");
+    }
+    start = read_int64(*resume, "meta/step");
+    if (start < 0 || start > result.steps) {
+      throw_invalid("qat: the checkpoint's step " + std::to_string(start) + " is outside the run");
+    }
+    if (setup.freeze_bn_after >= 0 && start >= setup.freeze_bn_after) training->freeze_batch_norm();
+    for (runtime::Parameter& p : training->executor().parameters()) {
+      auto it = resume->find("param/" + p.name);
+      if (it == resume->end() || it->second.dtype() != p.value.dtype() ||
+          it->second.shape() != p.value.shape()) {
+        throw_invalid("qat: the checkpoint lacks parameter '" + p.name + "' as " +
+                      p.value.describe());
+      }
+      p.value.copy_from(it->second);
+    }
+    OptimizerState state;
+    for (const auto& [key, value] : *resume) {
+      if (key.rfind("optim/", 0) == 0) state.emplace(key.substr(6), value);
+    }
+    optimizer->load_state(state);
+    result.resumed_at = start;
+  }
+
+  auto checkpoint = [&](int64_t steps_done) {
+    Checkpoint c;
+    for (const runtime::Parameter& p : std::as_const(training->executor()).parameters()) {
+      c.emplace("param/" + p.name, p.value.clone());
+    }
+    for (auto& [key, value] : optimizer->state()) c.emplace("optim/" + key, value);
+    c.emplace("meta/step", int64_scalar(steps_done));
+    c.emplace("meta/model", int64_scalar(model_id));
+    c.emplace("meta/setup", int64_scalar(setup_id));
+    hooks.save_checkpoint(c, steps_done);
+  };
+
+  std::unique_ptr<runtime::Session> teacher_session;
+  if (setup.distill_temperature) {
+    teacher_session = std::make_unique<runtime::Session>(teacher->clone());
+  }
+  graph::Shape rows_shape = data.sample_shape();
+  rows_shape.insert(rows_shape.begin(), setup.batch);
+  kernels::Tensor rows(kernels::DType::kFloat32, rows_shape);
+  kernels::Tensor labels(kernels::DType::kInt64, {setup.batch});
+  kernels::Tensor teacher_logits;
+  std::vector<int64_t> label_list;
+  std::vector<size_t> order;
+  int64_t order_epoch = -1;
+  const auto run_start = std::chrono::steady_clock::now();
+  for (int64_t step = start; step < result.steps; ++step) {
+    const auto step_start = std::chrono::steady_clock::now();
+    if (setup.freeze_bn_after >= 0 && step == setup.freeze_bn_after) training->freeze_batch_norm();
+    const int64_t epoch = step / result.steps_per_epoch;
+    if (epoch != order_epoch) {
+      order = epoch_order(data.size(), setup.seed, epoch);
+      order_epoch = epoch;
+    }
+    const auto first = static_cast<size_t>((step % result.steps_per_epoch) * setup.batch);
+    const std::span<const size_t> indices(order.data() + first, static_cast<size_t>(setup.batch));
+    data.load(indices, rows, label_list);
+    runtime::ClassifierLoss loss;
+    if (setup.use_labels) {
+      std::memcpy(labels.data<int64_t>(), label_list.data(), label_list.size() * sizeof(int64_t));
+      loss.labels = &labels;
+    }
+    if (teacher_session) {
+      const kernels::Tensor out = teacher_session->run(rows)[0];
+      if (!teacher_logits.defined()) teacher_logits = kernels::Tensor(out.dtype(), out.shape());
+      teacher_logits.copy_from(out);
+      loss.teacher_logits = &teacher_logits;
+      loss.temperature = *setup.distill_temperature;
+      loss.distill_weight = setup.distill_weight;
+    }
+    const float value = training->forward_backward(rows, loss);
+    if (!std::isfinite(value)) {
+      throw_invalid("qat: step " + std::to_string(step) + ": the loss became " +
+                    (std::isnan(value) ? "NaN" : "infinite") + " (first non-finite: " +
+                    first_nonfinite(training->executor()) + "); lower --lr" +
+                    (hooks.save_checkpoint ? "; the last checkpoint is kept" : ""));
+    }
+    const double lr = schedule.lr(step);
+    optimizer->set_lr(lr);
+    optimizer->step(training->executor().parameters());
+    result.last_loss = value;
+    if (hooks.on_step) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+      hooks.on_step({step, epoch, result.steps_per_epoch, result.steps, value, lr, seconds,
+                     training->batch_norm_frozen()});
+    }
+    if (hooks.save_checkpoint && setup.checkpoint_every > 0 &&
+        (step + 1) % setup.checkpoint_every == 0) {
+      checkpoint(step + 1);
+    }
+  }
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  store_trained_values(training->executor(), fused);
+  return result;
+}
+
+}  // namespace qforge::quant

@@ -1,0 +1,99 @@
+// Quantization-aware fine-tuning: a calibrated fused graph trained through fake quant
+// (quant/fake_quant_training.h) for a number of steps over a sample source, with a seeded data
+// order, an optimizer and a learning-rate schedule, BN frozen after a step, cross-entropy
+// and/or distillation from the float model, checkpoints and resume. The trained values are
+// written back into the fused graph, which the Q/DQ export then writes (quant/calibrate_pipeline.h):
+// what is trained is what is exported. Runs are deterministic: the same setup gives the same
+// bits for any thread count, and a run resumed from a checkpoint gives what the uninterrupted
+// run gives.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "graph/ir.h"
+#include "quant/lr_schedule.h"
+#include "quant/pipeline_io.h"
+#include "quant/placement.h"
+#include "quant/qdq_export.h"
+
+namespace qforge::quant {
+
+enum class OptimizerKind { kSgd, kAdamW };
+
+struct QatSetup {
+  int64_t batch = 32;  // the fused graph's batch; a last partial batch of an epoch is dropped
+  int64_t epochs = 0;  // exactly one of epochs and steps is > 0
+  int64_t steps = 0;
+  OptimizerKind optimizer = OptimizerKind::kSgd;
+  double lr = 1e-4;
+  double momentum = 0.9;  // SGD
+  bool nesterov = false;  // SGD
+  double weight_decay = 0.0;  // never on rank-0/1 tensors (biases, BN and LayerNorm γ/β)
+  double beta1 = 0.9;         // AdamW
+  double beta2 = 0.999;       // AdamW
+  double eps = 1e-8;          // AdamW
+  LrDecay decay = LrDecay::kCosine;
+  int64_t warmup_steps = 0;
+  int64_t step_size = 0;  // LrDecay::kStep
+  double gamma = 0.1;     // LrDecay::kStep
+  // BN switches to its running statistics after this many steps (-1: never).
+  int64_t freeze_bn_after = -1;
+  // Distillation from the float model's logits at this temperature; with labels as well the
+  // loss is (1 − distill_weight)·CE + distill_weight·KL.
+  std::optional<float> distill_temperature;
+  float distill_weight = 0.5f;
+  bool use_labels = true;  // cross-entropy against the source's labels
+  uint64_t seed = 0;       // the data order
+  int64_t checkpoint_every = 0;  // steps between checkpoints (0: none)
+};
+
+// Invalid error, naming the flag, for a setup out of range (lr <= 0, no epochs or steps, …).
+void check_qat_setup(const QatSetup& setup);
+
+// What a checkpoint holds, by name: "param/<tensor>" (every trained parameter and BN
+// statistic), "optim/<key>" (the optimizer's state), "meta/step" (steps done), "meta/model"
+// and "meta/setup" (fingerprints of the calibrated model and of the options that must match).
+using Checkpoint = std::map<std::string, kernels::Tensor>;
+
+struct QatStep {
+  int64_t step = 0;  // counted from 0
+  int64_t epoch = 0;
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;
+  float loss = 0;
+  double lr = 0;
+  double seconds = 0;  // this step's wall time
+  bool batch_norm_frozen = false;
+};
+
+struct QatHooks {
+  std::function<void(const QatStep&)> on_step;
+  // Writes a checkpoint (atomically: the previous one stays until the new one is complete).
+  std::function<void(const Checkpoint&, int64_t step)> save_checkpoint;
+};
+
+struct QatResult {
+  int64_t steps = 0;       // total steps of the run
+  int64_t resumed_at = 0;  // the step a resumed run started from (0: from the start)
+  int64_t steps_per_epoch = 0;
+  float last_loss = 0;
+  double seconds = 0;
+  size_t parameters = 0;  // trained tensors
+  size_t parameter_elements = 0;
+};
+
+// Trains `fused` (a calibrated fused graph at setup.batch, from fused_graph_for_export) in place:
+// on return its constants hold the trained weights and BN statistics. `teacher` is the float
+// model, needed with setup.distill_temperature. `resume` continues a run from its checkpoint
+// (Invalid error when it belongs to another model or other options, naming what differs).
+// A loss that becomes NaN or infinite stops the run with an Invalid error naming the step and
+// the tensor; the last checkpoint written stays.
+QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
+                    const graph::Graph* teacher, const SampleSource& data, const QatSetup& setup,
+                    const QatHooks& hooks = {}, const Checkpoint* resume = nullptr);
+
+}  // namespace qforge::quant
