@@ -69,8 +69,8 @@ double LrSchedule::lr(int64_t step) const {
       const int64_t period = o.total_steps - o.warmup_steps;
       if (t >= period) return 0.0;
       return o.base_lr *
-             (1.0 + std::cos(std::numbers::pi * static_cast<double>(t) /
-                             static_cast<double>(period))) /
+             (1.0 +
+              std::cos(std::numbers::pi * static_cast<double>(t) / static_cast<double>(period))) /
              2.0;
     }
     case LrDecay::kStep:

@@ -59,11 +59,8 @@ TEST(LrSchedule, CosineWithoutWarmupStartsAtBaseRate) {
 
 // Multiplied by gamma every step_size steps, counted after the warmup.
 TEST(LrSchedule, StepDecayAfterWarmup) {
-  const LrSchedule schedule({.base_lr = 1.0,
-                             .decay = LrDecay::kStep,
-                             .warmup_steps = 2,
-                             .step_size = 3,
-                             .gamma = 0.5});
+  const LrSchedule schedule(
+      {.base_lr = 1.0, .decay = LrDecay::kStep, .warmup_steps = 2, .step_size = 3, .gamma = 0.5});
   EXPECT_EQ(rates(schedule, 10),
             (std::vector<double>{0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25}));
 }
@@ -72,8 +69,8 @@ TEST(LrSchedule, DecayNamesRoundTrip) {
   for (LrDecay decay : {LrDecay::kConstant, LrDecay::kCosine, LrDecay::kStep}) {
     EXPECT_EQ(quant::parse_lr_decay(quant::lr_decay_name(decay)), decay);
   }
-  const std::string message = testing::error_of(ErrorKind::kInvalid,
-                                                 [] { quant::parse_lr_decay("linear"); });
+  const std::string message =
+      testing::error_of(ErrorKind::kInvalid, [] { quant::parse_lr_decay("linear"); });
   EXPECT_EQ(message, "learning-rate schedule: expected constant, cosine or step, got 'linear'");
 }
 

@@ -94,9 +94,9 @@ void expect_golden_trajectory(quant::Optimizer& optimizer, const std::string& wh
     }
     optimizer.step(parameters);
     for (const runtime::Parameter& p : parameters) {
-      expect_within_float_rounding(
-          p.value, golden.at("param/" + std::to_string(step) + "/" + p.name),
-          which + " step " + std::to_string(step) + " " + p.name);
+      expect_within_float_rounding(p.value,
+                                   golden.at("param/" + std::to_string(step) + "/" + p.name),
+                                   which + " step " + std::to_string(step) + " " + p.name);
     }
   }
   const quant::OptimizerState state = optimizer.state();
@@ -235,10 +235,8 @@ class OptimizerBehaviour : public ::testing::TestWithParam<OptimizerCase> {};
 // the same five steps from the snapshot's parameters: the same bits. The learning rate follows a
 // schedule, set before each step, as a training loop does.
 TEST_P(OptimizerBehaviour, ResumesBitIdenticallyFromSavedState) {
-  const quant::LrSchedule schedule({.base_lr = 0.05,
-                                    .decay = quant::LrDecay::kCosine,
-                                    .warmup_steps = 2,
-                                    .total_steps = 10});
+  const quant::LrSchedule schedule(
+      {.base_lr = 0.05, .decay = quant::LrDecay::kCosine, .warmup_steps = 2, .total_steps = 10});
   std::vector<runtime::Parameter> parameters = small_model();
   auto optimizer = GetParam().make(quant::is_vector_parameter);
   auto run = [&](quant::Optimizer& opt, std::vector<runtime::Parameter>& params, int from) {
@@ -271,9 +269,8 @@ TEST_P(OptimizerBehaviour, ResumesBitIdenticallyFromSavedState) {
   std::vector<runtime::Parameter> cold = copy_of(snapshot);
   auto fresh = GetParam().make(quant::is_vector_parameter);
   run(*fresh, cold, 5);
-  EXPECT_NE(std::memcmp(cold[0].value.raw(), parameters[0].value.raw(),
-                        parameters[0].value.nbytes()),
-            0);
+  EXPECT_NE(
+      std::memcmp(cold[0].value.raw(), parameters[0].value.raw(), parameters[0].value.nbytes()), 0);
 }
 
 // An excluded parameter moves exactly as it would with weight_decay 0; the others do not.
@@ -304,19 +301,15 @@ TEST_P(OptimizerBehaviour, ExcludedParametersGetNoWeightDecay) {
     set_gradients(no_decay, step);
     zero->step(no_decay);
   }
-  EXPECT_EQ(std::memcmp(excluded[1].value.raw(), no_decay[1].value.raw(),
-                        no_decay[1].value.nbytes()),
-            0);
-  EXPECT_NE(std::memcmp(decayed[1].value.raw(), no_decay[1].value.raw(),
-                        no_decay[1].value.nbytes()),
-            0);
+  EXPECT_EQ(
+      std::memcmp(excluded[1].value.raw(), no_decay[1].value.raw(), no_decay[1].value.nbytes()), 0);
+  EXPECT_NE(
+      std::memcmp(decayed[1].value.raw(), no_decay[1].value.raw(), no_decay[1].value.nbytes()), 0);
   // The weights decay either way, identically.
-  EXPECT_EQ(std::memcmp(excluded[0].value.raw(), decayed[0].value.raw(),
-                        decayed[0].value.nbytes()),
+  EXPECT_EQ(std::memcmp(excluded[0].value.raw(), decayed[0].value.raw(), decayed[0].value.nbytes()),
             0);
-  EXPECT_NE(std::memcmp(excluded[0].value.raw(), no_decay[0].value.raw(),
-                        no_decay[0].value.nbytes()),
-            0);
+  EXPECT_NE(
+      std::memcmp(excluded[0].value.raw(), no_decay[0].value.raw(), no_decay[0].value.nbytes()), 0);
 }
 
 // Parameters without a gradient (BN running statistics) are neither changed nor given state.
@@ -377,9 +370,8 @@ TEST_P(OptimizerBehaviour, RefusesAStateOfAnotherShape) {
   set_gradients(other, 1);
   auto restored = GetParam().make(nullptr);
   restored->load_state(optimizer->state());
-  const std::string message = testing::error_of(ErrorKind::kInvalid, [&] {
-    restored->step(other);
-  });
+  const std::string message =
+      testing::error_of(ErrorKind::kInvalid, [&] { restored->step(other); });
   EXPECT_NE(message.find("head.weight': expected the shape [5, 12] of its parameter, got [5, 13]"),
             std::string::npos)
       << message;
@@ -395,9 +387,9 @@ TEST(OptimizerState, KeysNameTheFieldAndTheParameter) {
   sgd.step(parameters);
   std::vector<std::string> keys;
   for (const auto& [key, tensor] : sgd.state()) keys.push_back(key);
-  EXPECT_EQ(keys, (std::vector<std::string>{"momentum_buffer/conv.bias",
-                                            "momentum_buffer/conv.weight",
-                                            "momentum_buffer/head.weight"}));
+  EXPECT_EQ(keys,
+            (std::vector<std::string>{"momentum_buffer/conv.bias", "momentum_buffer/conv.weight",
+                                      "momentum_buffer/head.weight"}));
 
   quant::AdamW adamw({.lr = 0.1});
   adamw.step(parameters);
@@ -428,8 +420,8 @@ TEST(OptimizerState, RefusesKeysItDoesNotWrite) {
 
   quant::AdamW adamw({.lr = 0.1});
   message = testing::error_of(ErrorKind::kInvalid, [&] {
-    adamw.load_state({{"exp_avg/w", Tensor(DType::kFloat32, {2})},
-                      {"step/w", Tensor::scalar_i64(3)}});
+    adamw.load_state(
+        {{"exp_avg/w", Tensor(DType::kFloat32, {2})}, {"step/w", Tensor::scalar_i64(3)}});
   });
   EXPECT_NE(message.find("AdamW: state of parameter 'w': expected exp_avg, exp_avg_sq and step"),
             std::string::npos)
@@ -439,15 +431,13 @@ TEST(OptimizerState, RefusesKeysItDoesNotWrite) {
                       {"exp_avg_sq/w", Tensor(DType::kFloat32, {2})},
                       {"step/w", Tensor::scalar_f32(3)}});
   });
-  EXPECT_NE(message.find("AdamW: state 'step/w': expected an int64 scalar >= 1"),
-            std::string::npos)
+  EXPECT_NE(message.find("AdamW: state 'step/w': expected an int64 scalar >= 1"), std::string::npos)
       << message;
 }
 
 TEST(OptimizerOptions, RefusesInvalidHyperparameters) {
-  std::string message = testing::error_of(ErrorKind::kInvalid, [] {
-    quant::Sgd({.lr = 0.1, .momentum = 0, .nesterov = true});
-  });
+  std::string message = testing::error_of(
+      ErrorKind::kInvalid, [] { quant::Sgd({.lr = 0.1, .momentum = 0, .nesterov = true}); });
   EXPECT_NE(message.find("Nesterov only with momentum"), std::string::npos) << message;
   message = testing::error_of(ErrorKind::kInvalid, [] { quant::AdamW({.beta2 = 1.0}); });
   EXPECT_NE(message.find("0 <= beta2 < 1"), std::string::npos) << message;
