@@ -6,6 +6,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/error.h"
@@ -146,7 +147,8 @@ std::string first_nonfinite(const runtime::TrainingExecutor& executor) {
 
 void check_qat_setup(const QatSetup& s) {
   auto positive = [](double v) { return std::isfinite(v) && v > 0; };
-  if (!positive(s.lr)) throw_invalid("qat: --lr must be finite and > 0, got " + std::to_string(s.lr));
+  if (!positive(s.lr))
+    throw_invalid("qat: --lr must be finite and > 0, got " + std::to_string(s.lr));
   if ((s.epochs > 0) == (s.steps > 0)) {
     throw_invalid("qat: give one of --epochs N or --steps N, each at least 1");
   }
@@ -162,8 +164,9 @@ void check_qat_setup(const QatSetup& s) {
     throw_invalid("qat: --distill-weight must be in [0, 1]");
   }
   if (!s.use_labels && !s.distill_temperature) {
-    throw_invalid("qat: no loss: give labelled data (an image folder with class subfolders) or "
-                  "--distill");
+    throw_invalid(
+        "qat: no loss: give labelled data (an image folder with class subfolders) or "
+        "--distill");
   }
   if (s.checkpoint_every < 0) throw_invalid("qat: --checkpoint-every must be >= 0");
 }
@@ -173,8 +176,9 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
                     const QatHooks& hooks, const Checkpoint* resume) {
   check_qat_setup(setup);
   if (setup.use_labels && !data.labelled()) {
-    throw_invalid("qat: the training data has no labels for the cross-entropy: give an image "
-                  "folder with one subfolder per class, or --distill without labels");
+    throw_invalid(
+        "qat: the training data has no labels for the cross-entropy: give an image "
+        "folder with one subfolder per class, or --distill without labels");
   }
   if (setup.distill_temperature && !teacher) {
     throw_internal("qat: distillation without the float model");
@@ -211,9 +215,10 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       throw_invalid("qat: the checkpoint was written for another model or calibration");
     }
     if (read_int64(*resume, "meta/setup") != setup_id) {
-      throw_invalid("qat: the checkpoint was written with other training options or data "
-                    "(batch, steps, optimizer, learning rate, schedule, BN freeze, loss, seed "
-                    "and sample count must match)");
+      throw_invalid(
+          "qat: the checkpoint was written with other training options or data "
+          "(batch, steps, optimizer, learning rate, schedule, BN freeze, loss, seed "
+          "and sample count must match)");
     }
     start = read_int64(*resume, "meta/step");
     if (start < 0 || start > result.steps) {

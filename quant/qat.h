@@ -2,10 +2,10 @@
 // (quant/fake_quant_training.h) for a number of steps over a sample source, with a seeded data
 // order, an optimizer and a learning-rate schedule, BN frozen after a step, cross-entropy
 // and/or distillation from the float model, checkpoints and resume. The trained values are
-// written back into the fused graph, which the Q/DQ export then writes (quant/calibrate_pipeline.h):
-// what is trained is what is exported. Runs are deterministic: the same setup gives the same
-// bits for any thread count, and a run resumed from a checkpoint gives what the uninterrupted
-// run gives.
+// written back into the fused graph, which the Q/DQ export then writes
+// (quant/calibrate_pipeline.h): what is trained is what is exported. Runs are deterministic: the
+// same setup gives the same bits for any thread count, and a run resumed from a checkpoint gives
+// what the uninterrupted run gives.
 #pragma once
 
 #include <cstdint>
@@ -30,8 +30,8 @@ struct QatSetup {
   int64_t steps = 0;
   OptimizerKind optimizer = OptimizerKind::kSgd;
   double lr = 1e-4;
-  double momentum = 0.9;  // SGD
-  bool nesterov = false;  // SGD
+  double momentum = 0.9;      // SGD
+  bool nesterov = false;      // SGD
   double weight_decay = 0.0;  // never on rank-0/1 tensors (biases, BN and LayerNorm γ/β)
   double beta1 = 0.9;         // AdamW
   double beta2 = 0.999;       // AdamW
@@ -46,8 +46,8 @@ struct QatSetup {
   // loss is (1 − distill_weight)·CE + distill_weight·KL.
   std::optional<float> distill_temperature;
   float distill_weight = 0.5f;
-  bool use_labels = true;  // cross-entropy against the source's labels
-  uint64_t seed = 0;       // the data order
+  bool use_labels = true;        // cross-entropy against the source's labels
+  uint64_t seed = 0;             // the data order
   int64_t checkpoint_every = 0;  // steps between checkpoints (0: none)
 };
 

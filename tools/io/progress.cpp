@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace qforge::io {
 
@@ -102,6 +103,11 @@ Progress::~Progress() {
 size_t Progress::done() const {
   std::lock_guard lock(mutex_);
   return done_;
+}
+
+void Progress::set_label(std::string label) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  label_ = std::move(label);
 }
 
 void Progress::advance(size_t n) {

@@ -29,6 +29,9 @@ class Progress {
   Progress& operator=(const Progress&) = delete;
 
   void advance(size_t n = 1);
+  // Replaces the label (a QAT epoch's running loss and learning rate); drawn with the next
+  // advance.
+  void set_label(std::string label);
   // Draws the final state and ends the line. Later calls do nothing.
   void finish();
   bool enabled() const { return enabled_; }

@@ -17,6 +17,7 @@ CommandRunner add_plan_command(CLI::App& app);
 CommandRunner add_transform_command(CLI::App& app);
 CommandRunner add_calibrate_command(CLI::App& app);
 CommandRunner add_grad_command(CLI::App& app);
+CommandRunner add_qat_command(CLI::App& app);
 CommandRunner add_verify_command(CLI::App& app);
 
 }  // namespace qforge::cli

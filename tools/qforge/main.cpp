@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   add(qforge::cli::add_transform_command);
   add(qforge::cli::add_calibrate_command);
   add(qforge::cli::add_grad_command);
+  add(qforge::cli::add_qat_command);
   add(qforge::cli::add_verify_command);
 
   try {

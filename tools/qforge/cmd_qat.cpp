@@ -1,0 +1,371 @@
+// `qforge qat`: calibrate as `qforge calibrate` does (the same library pipeline), fine-tune the
+// fused graph through fake quant, export the Q/DQ model from the trained weights, and compare
+// the float, PTQ and QAT models on --val.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "graph/onnx_export.h"
+#include "graph/onnx_import.h"
+#include "quant/calibrate_pipeline.h"
+#include "quant/evaluation.h"
+#include "quant/qat.h"
+#include "runtime/threads.h"
+#include "tools/io/atomic_file.h"
+#include "tools/io/npz.h"
+#include "tools/io/progress.h"
+#include "tools/qforge/cli_checks.h"
+#include "tools/qforge/commands.h"
+#include "tools/qforge/data_source.h"
+#include "tools/qforge/pipeline_adapters.h"
+
+namespace qforge::cli {
+namespace {
+
+struct QatOptions {
+  std::string model;
+  std::string data;
+  std::string output;
+  std::string val;
+  // calibration
+  std::string method = "mse";
+  double percentile = 99.99;
+  std::vector<std::string> skip;
+  int64_t calib_limit = 0;
+  bool per_tensor_weights = false;
+  bool int8_weights = false;
+  // training
+  quant::QatSetup setup;
+  std::string optimizer = "sgd";
+  std::string schedule = "cosine";
+  std::optional<float> distill;
+  std::string log;
+  std::string checkpoint;
+  std::string resume;
+  int threads = 0;
+};
+
+const char* kOptimizers = "sgd or adamw";
+
+double percent(size_t part, size_t whole) {
+  return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
+}
+
+int run_qat(QatOptions o) {
+  set_threads_from_flag(o.threads);
+  quant::QatSetup& s = o.setup;
+  if (o.optimizer == "sgd") {
+    s.optimizer = quant::OptimizerKind::kSgd;
+  } else if (o.optimizer == "adamw") {
+    s.optimizer = quant::OptimizerKind::kAdamW;
+  } else {
+    throw_invalid("qat: unknown --optimizer '" + o.optimizer + "' (expected " + kOptimizers + ")");
+  }
+  s.decay = quant::parse_lr_decay(o.schedule);
+  s.distill_temperature = o.distill;
+  const auto method = quant::calibrator_from_name(o.method);
+  if (!method) {
+    throw_invalid("qat: unknown --method '" + o.method +
+                  "' (expected max, percentile, entropy or mse)");
+  }
+  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  if (!o.log.empty()) outputs.push_back({"--log", o.log});
+  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
+  io::check_output_paths("qat", outputs, inputs);
+
+  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  DataSource data = DataSource::open(o.data, *model, {});
+  if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
+  s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
+  if (!data.labelled() && !s.distill_temperature) {
+    throw_invalid("qat: '" + o.data + "' has no labels (an image folder with one subfolder per "
+                  "class gives them): give --distill to train against the float model instead");
+  }
+  quant::check_qat_setup(s);
+  if (s.checkpoint_every > 0 && o.checkpoint.empty()) {
+    throw_invalid("qat: --checkpoint-every needs --checkpoint FILE");
+  }
+  std::optional<DataSource> val;
+  if (!o.val.empty()) {
+    val.emplace(DataSource::open(o.val, *model, {}));
+    if (val->size() == 0) throw_invalid("qat: --val data '" + o.val + "' holds no samples");
+  }
+  std::optional<quant::Checkpoint> resume;
+  if (!o.resume.empty()) {
+    try {
+      resume = io::read_npz(o.resume);
+    } catch (const Error& e) {
+      throw_invalid("qat: --resume '" + o.resume + "' is not a readable checkpoint: " + e.what());
+    }
+  }
+  io::AtomicFile out_file(o.output);
+  std::unique_ptr<io::AtomicFile> log_file;
+  if (!o.log.empty()) log_file = std::make_unique<io::AtomicFile>(o.log);
+
+  // 1. Calibrate exactly as `qforge calibrate` does.
+  quant::CalibrationSetup calibration;
+  calibration.model_name = o.model;
+  calibration.batch = s.batch;
+  calibration.limit = o.calib_limit;
+  calibration.method = *method;
+  calibration.percentile = o.percentile;
+  calibration.skip = o.skip;
+  calibration.per_tensor_weights = o.per_tensor_weights;
+  calibration.stage = "qat";
+  const quant::ModelLoader reload = quant::model_file(o.model);
+  const quant::CalibrationResult calibrated =
+      quant::calibrate(std::move(model), reload, DataSamples(data), calibration,
+                       {.progress = progress_bars(), .calibration_pass_ended = {}});
+  std::unique_ptr<graph::Graph> fused = quant::fused_graph_for_export(reload(), calibration,
+                                                                      calibrated);
+  quant::QdqExportOptions export_options;
+  export_options.int8_weights = o.int8_weights;
+  // The PTQ model, kept in memory for the comparison on --val.
+  std::string ptq_bytes;
+  if (val) {
+    ptq_bytes = graph::serialize_onnx(
+        *quant::build_qdq_graph(*fused, calibrated.plan, calibrated.amax, export_options),
+        export_options.onnx);
+  }
+
+  // 2. Fine-tune.
+  std::unique_ptr<graph::Graph> teacher;
+  if (s.distill_temperature) teacher = reload();
+  std::unique_ptr<io::Progress> bar;
+  double epoch_loss = 0;
+  int64_t epoch_steps = 0;
+  std::string log_text;
+  quant::QatHooks hooks;
+  hooks.on_step = [&](const quant::QatStep& st) {
+    const int64_t epochs = (st.total_steps + st.steps_per_epoch - 1) / st.steps_per_epoch;
+    char label[160];
+    if (!bar) {
+      epoch_loss = 0;
+      epoch_steps = 0;
+      const int64_t left_in_epoch =
+          std::min(st.steps_per_epoch - st.step % st.steps_per_epoch, st.total_steps - st.step);
+      bar = std::make_unique<io::Progress>("epoch", static_cast<size_t>(left_in_epoch * s.batch),
+                                           "img");
+    }
+    epoch_loss += st.loss;
+    ++epoch_steps;
+    std::snprintf(label, sizeof label, "epoch %lld/%lld loss %.4f lr %.3g",
+                  static_cast<long long>(st.epoch + 1), static_cast<long long>(epochs),
+                  epoch_loss / static_cast<double>(epoch_steps), st.lr);
+    bar->set_label(label);
+    bar->advance(static_cast<size_t>(s.batch));
+    if (log_file) {
+      nlohmann::json line{{"step", st.step},   {"epoch", st.epoch}, {"loss", st.loss},
+                          {"lr", st.lr},       {"seconds", st.seconds},
+                          {"bn_frozen", st.batch_norm_frozen}};
+      log_text.append(line.dump()).append("\n");
+    }
+    const bool epoch_end =
+        (st.step + 1) % st.steps_per_epoch == 0 || st.step + 1 == st.total_steps;
+    if (epoch_end) {
+      const bool drawn = bar->enabled();
+      bar->finish();
+      bar.reset();
+      if (!drawn) {
+        std::printf("epoch %lld/%lld: mean loss %.6g over %lld steps, lr %.3g\n",
+                    static_cast<long long>(st.epoch + 1), static_cast<long long>(epochs),
+                    epoch_loss / static_cast<double>(epoch_steps),
+                    static_cast<long long>(epoch_steps), st.lr);
+        std::fflush(stdout);
+      }
+    }
+  };
+  if (!o.checkpoint.empty()) {
+    hooks.save_checkpoint = [&](const quant::Checkpoint& c, int64_t) {
+      io::write_npz(o.checkpoint, c);
+    };
+  }
+  const quant::QatResult trained =
+      quant::train_qat(*fused, calibrated.plan, calibrated.amax, teacher.get(), DataSamples(data),
+                       s, hooks, resume ? &*resume : nullptr);
+  teacher.reset();
+
+  // 3. Export from the trained weights, then compare on --val.
+  const quant::ExportedModel exported = quant::export_qdq_model(
+      std::move(fused), calibrated.plan, calibrated.amax, export_options,
+      [&](const void* p, size_t n) { out_file.write(p, n); });
+
+  std::printf("model        %s (transformed at batch %lld: %zu conversions, %zu fusions)\n",
+              o.model.c_str(), static_cast<long long>(s.batch), calibrated.conversions,
+              calibrated.fusions);
+  std::printf("calibration  %s, %zu samples, %s\n", o.data.c_str(), calibrated.samples,
+              quant::calibrator_name(*method));
+  std::printf("training     %lld steps of %lld (%lld per epoch%s), %s, lr %.3g %s, %zu tensors "
+              "(%zu values), %.1f s, %.1f img/s\n",
+              static_cast<long long>(trained.steps - trained.resumed_at),
+              static_cast<long long>(s.batch), static_cast<long long>(trained.steps_per_epoch),
+              trained.resumed_at > 0
+                  ? (", resumed at step " + std::to_string(trained.resumed_at)).c_str()
+                  : "",
+              o.optimizer.c_str(), s.lr, o.schedule.c_str(), trained.parameters,
+              trained.parameter_elements, trained.seconds,
+              trained.seconds > 0 ? static_cast<double>((trained.steps - trained.resumed_at) *
+                                                        s.batch) /
+                                        trained.seconds
+                                  : 0.0);
+  std::printf("final loss   %.6g\n", static_cast<double>(trained.last_loss));
+  if (val) {
+    quant::EvaluationSetup e;
+    e.batch = s.batch;
+    e.flip_injections = 0;
+    e.stage = "qat";
+    const quant::ModelLoader ptq = [&] {
+      return graph::parse_onnx(ptq_bytes, "the PTQ model");
+    };
+    e.quantized_label = "PTQ model";
+    const quant::Evaluation before =
+        quant::evaluate(reload, ptq, DataSamples(*val), e, progress_bars(), spill_files());
+    e.quantized_label = "QAT model";
+    const quant::Evaluation after =
+        quant::evaluate(reload, quant::model_file(out_file.read_path()), DataSamples(*val), e,
+                        progress_bars(), spill_files());
+    std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
+    std::printf("  %-6s %12s %10s %12s\n", "model", "SQNR (dB)", "cosine", "top-1 agree");
+    for (const auto& [name, ev] : {std::pair{"PTQ", &before}, std::pair{"QAT", &after}}) {
+      std::printf("  %-6s %12.2f %10.6f %11.2f%%\n", name, ev->figures.sqnr_db,
+                  ev->figures.cosine, 100.0 * ev->figures.top1_agreement.value_or(0.0));
+    }
+    if (after.labelled) {
+      std::printf("accuracy     float %.2f%%, PTQ %.2f%%, QAT %.2f%% (%zu samples)\n",
+                  percent(after.reference_correct, after.samples),
+                  percent(before.quantized_correct, before.samples),
+                  percent(after.quantized_correct, after.samples), after.samples);
+    }
+  }
+  out_file.commit();
+  if (log_file) {
+    log_file->write(log_text.data(), log_text.size());
+    log_file->commit();
+  }
+  std::printf("written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
+              "pairs; static batch %lld, %.1f KiB)\n",
+              o.output.c_str(), exported.counts.activation_pairs,
+              exported.counts.weight_quantizers, exported.counts.softmax_pairs,
+              static_cast<long long>(s.batch), static_cast<double>(exported.bytes) / 1024.0);
+  return 0;
+}
+
+}  // namespace
+
+CommandRunner add_qat_command(CLI::App& app) {
+  auto o = std::make_shared<QatOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "qat",
+      "Quantization-aware fine-tuning: calibrate as `calibrate` does, fine-tune the weights "
+      "through fake quant (BN folding simulated, weights quantized per channel from their "
+      "current values), then write the Q/DQ ONNX model from the trained weights and compare "
+      "float, PTQ and QAT on --val");
+  cmd->add_option("model", o->model, "float ONNX classifier (logits [batch, classes])")
+      ->required()
+      ->check(file_path());
+  cmd->add_option("--data", o->data,
+                  "training data: an image folder with class subfolders (labels for the "
+                  "cross-entropy) or a .npy file of inputs (with --distill)")
+      ->required();
+  cmd->add_option("-o,--output", o->output, "Q/DQ ONNX model to write")
+      ->required()
+      ->check(file_path());
+  cmd->add_option("--val", o->val, "compare float, PTQ and QAT on this image folder or .npy");
+  auto* calib = "Calibration";
+  cmd->add_option("--method", o->method, "activation calibrator: mse (default), max, "
+                                         "percentile or entropy")
+      ->group(calib);
+  cmd->add_option("--percentile", o->percentile, "for --method percentile (default 99.99)")
+      ->group(calib);
+  cmd->add_option("--skip", o->skip, "comma list of module names, kinds or globs to keep float")
+      ->delimiter(',')
+      ->group(calib);
+  cmd->add_option("--calib-limit", o->calib_limit,
+                  "calibrate on at most this many samples, spread evenly (default: all)")
+      ->check(integer_at_least(1))
+      ->group(calib);
+  cmd->add_flag("--per-tensor-weights", o->per_tensor_weights,
+                "one scale per weight tensor instead of one per output channel")
+      ->group(calib);
+  cmd->add_flag("--int8-weights", o->int8_weights,
+                "store weights as int8 initializers behind DequantizeLinear")
+      ->group(calib);
+  auto* train = "Training";
+  cmd->add_option("--epochs", o->setup.epochs, "passes over the training data")
+      ->check(integer_at_least(0))
+      ->group(train);
+  cmd->add_option("--steps", o->setup.steps, "optimizer steps (instead of --epochs)")
+      ->check(integer_at_least(0))
+      ->group(train);
+  cmd->add_option("--batch", o->setup.batch,
+                  "batch for calibration and training (default 32); the written model is fixed "
+                  "to it; an epoch's last partial batch is dropped")
+      ->check(integer_at_least(1))
+      ->group(train);
+  cmd->add_option("--lr", o->setup.lr, "learning rate (default 1e-4)")->group(train);
+  cmd->add_option("--optimizer", o->optimizer, "sgd (default; momentum 0.9) or adamw")
+      ->group(train);
+  cmd->add_option("--momentum", o->setup.momentum, "SGD momentum (default 0.9)")->group(train);
+  cmd->add_flag("--nesterov", o->setup.nesterov, "Nesterov momentum (SGD)")->group(train);
+  cmd->add_option("--weight-decay", o->setup.weight_decay,
+                  "weight decay (default 0), never applied to biases and BN/LayerNorm γ, β")
+      ->group(train);
+  cmd->add_option("--schedule", o->schedule,
+                  "learning-rate schedule: cosine (default, to 0 at the last step), step or "
+                  "constant")
+      ->group(train);
+  cmd->add_option("--warmup-steps", o->setup.warmup_steps, "linear warmup steps (default 0)")
+      ->check(integer_at_least(0))
+      ->group(train);
+  cmd->add_option("--step-size", o->setup.step_size, "steps between decays for --schedule step")
+      ->group(train);
+  cmd->add_option("--gamma", o->setup.gamma, "decay factor for --schedule step (default 0.1)")
+      ->group(train);
+  cmd->add_option("--freeze-bn-after", o->setup.freeze_bn_after,
+                  "steps after which BN uses its running statistics (default: never)")
+      ->check(integer_at_least(0))
+      ->group(train);
+  cmd->add_option_function<float>(
+         "--distill", [o](const float& t) { o->distill = t; },
+         "distill from the float model's outputs at temperature T (KL divergence; 1 when given "
+         "without a value); needs no labels")
+      ->expected(0, 1)
+      ->default_str("1")
+      ->type_name("T")
+      ->group(train);
+  cmd->add_option("--distill-weight", o->setup.distill_weight,
+                  "with labels and --distill: loss = (1 − w)·CE + w·KL (default 0.5)")
+      ->group(train);
+  cmd->add_option("--seed", o->setup.seed, "seed of the data order (default 0)")->group(train);
+  auto* runs = "Run";
+  cmd->add_option("--checkpoint", o->checkpoint,
+                  "checkpoint file (.npz: weights, optimizer state, BN statistics, step), "
+                  "replaced atomically")
+      ->check(file_path())
+      ->group(runs);
+  cmd->add_option("--checkpoint-every", o->setup.checkpoint_every,
+                  "write the checkpoint every N steps")
+      ->check(integer_at_least(1))
+      ->group(runs);
+  cmd->add_option("--resume", o->resume,
+                  "continue a run from its checkpoint (same model, data and options); the "
+                  "result is the uninterrupted run's")
+      ->check(file_path())
+      ->group(runs);
+  cmd->add_option("--log", o->log, "write every step's loss, lr and time as JSON lines")
+      ->check(file_path())
+      ->group(runs);
+  cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
+      ->check(integer_at_least(0, INT_MAX))
+      ->group(runs);
+  return [o] { return run_qat(*o); };
+}
+
+}  // namespace qforge::cli
