@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -200,8 +200,8 @@ TEST(QatCli, ThreadCountsWriteTheSameBytesAndOrtRunsTheModelAsQforge) {
   ASSERT_EQ(ort.size(), 1u);
   EXPECT_LE(relative_l2(ort[0], ours), 1e-2);
   testing::ort_dump(out, dir.file("x.npy"), dir.file("ort.npz"), "disabled");
-  const auto verify = run_cli("verify " + out + " --reference " + dir.file("ort.npz") +
-                              " --data " + dir.file("x.npy"));
+  const auto verify = run_cli("verify " + out + " --reference " + dir.file("ort.npz") + " --data " +
+                              dir.file("x.npy"));
   EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
 }
 
@@ -225,8 +225,7 @@ TEST(QatCli, RunKilledAtACheckpointAndResumedWritesTheUninterruptedModel) {
     p.wait();
   }
   ASSERT_TRUE(std::filesystem::exists(ck));
-  const auto resumed =
-      run_cli(qat_args(kResnet, dir.file("resumed.onnx"), 6) + " --resume " + ck);
+  const auto resumed = run_cli(qat_args(kResnet, dir.file("resumed.onnx"), 6) + " --resume " + ck);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("resumed at step"), std::string::npos) << resumed.out;
   EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
@@ -254,13 +253,14 @@ TEST(QatCli, BadInputIsRefusedWithOneLineAndNoOutput) {
 
   // Checkpoints: another model's, one with other options, a truncated one.
   const std::string ck = dir.file("ck.npz");
-  const auto mobile = run_cli(qat_args(data_path("models/mobilenet_v3_bn.onnx"), dir.file("mb"), 2) +
-                              " --checkpoint " + ck + " --checkpoint-every 2");
+  const auto mobile =
+      run_cli(qat_args(data_path("models/mobilenet_v3_bn.onnx"), dir.file("mb"), 2) +
+              " --checkpoint " + ck + " --checkpoint-every 2");
   ASSERT_EQ(mobile.exit_code, 0) << mobile.err;
   expect_refused(qat_args(kResnet, out, 2) + " --resume " + ck, "for another model", out);
-  expect_refused(qat_args(data_path("models/mobilenet_v3_bn.onnx"), out, 2) + " --seed 7 --resume " +
-                     ck,
-                 "other training options", out);
+  expect_refused(
+      qat_args(data_path("models/mobilenet_v3_bn.onnx"), out, 2) + " --seed 7 --resume " + ck,
+      "other training options", out);
   const std::string bytes = testing::read_text(ck);
   testing::write_bytes(dir.file("cut.npz"), bytes.substr(0, bytes.size() / 2));
   expect_refused(qat_args(kResnet, out, 2) + " --resume " + dir.file("cut.npz"),

@@ -272,7 +272,8 @@ int run_calibrate(const CalibrateOptions& o) {
         static_cast<long long>(flips->points), static_cast<unsigned long long>(kFlipSeed));
   }
 
-  out_file.commit();
+  // Both outputs are complete before either is put in place, and they are committed back to
+  // back: a signal during the report's preparation leaves neither.
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
       "pairs; static batch %lld, %.1f KiB)\n",
@@ -357,7 +358,13 @@ int run_calibrate(const CalibrateOptions& o) {
           {"peak_rss_bytes_after_calibration", calibration_peak_bytes},
           {"peak_rss_bytes", run_peak_bytes}}}};
     if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
-    commit_text_file(*report_file, report.dump(2), "report", o.report);
+    report_file->write(report.dump(2));
+    report_file->write("\n");
+  }
+  out_file.commit();
+  if (report_file) {
+    report_file->commit();
+    std::printf("%-12s written to %s\n", "report", o.report.c_str());
   }
   return 0;
 }

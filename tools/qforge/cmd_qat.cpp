@@ -85,7 +85,8 @@ int run_qat(QatOptions o) {
   if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
   s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
   if (!data.labelled() && !s.distill_temperature) {
-    throw_invalid("qat: '" + o.data + "' has no labels (an image folder with one subfolder per "
+    throw_invalid("qat: '" + o.data +
+                  "' has no labels (an image folder with one subfolder per "
                   "class gives them): give --distill to train against the float model instead");
   }
   quant::check_qat_setup(s);
@@ -123,8 +124,8 @@ int run_qat(QatOptions o) {
   const quant::CalibrationResult calibrated =
       quant::calibrate(std::move(model), reload, DataSamples(data), calibration,
                        {.progress = progress_bars(), .calibration_pass_ended = {}});
-  std::unique_ptr<graph::Graph> fused = quant::fused_graph_for_export(reload(), calibration,
-                                                                      calibrated);
+  std::unique_ptr<graph::Graph> fused =
+      quant::fused_graph_for_export(reload(), calibration, calibrated);
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   // The PTQ model, kept in memory for the comparison on --val.
@@ -162,13 +163,12 @@ int run_qat(QatOptions o) {
     bar->set_label(label);
     bar->advance(static_cast<size_t>(s.batch));
     if (log_file) {
-      nlohmann::json line{{"step", st.step},   {"epoch", st.epoch}, {"loss", st.loss},
-                          {"lr", st.lr},       {"seconds", st.seconds},
-                          {"bn_frozen", st.batch_norm_frozen}};
+      nlohmann::json line{{"step", st.step},       {"epoch", st.epoch},
+                          {"loss", st.loss},       {"lr", st.lr},
+                          {"seconds", st.seconds}, {"bn_frozen", st.batch_norm_frozen}};
       log_text.append(line.dump()).append("\n");
     }
-    const bool epoch_end =
-        (st.step + 1) % st.steps_per_epoch == 0 || st.step + 1 == st.total_steps;
+    const bool epoch_end = (st.step + 1) % st.steps_per_epoch == 0 || st.step + 1 == st.total_steps;
     if (epoch_end) {
       const bool drawn = bar->enabled();
       bar->finish();
@@ -193,37 +193,34 @@ int run_qat(QatOptions o) {
   teacher.reset();
 
   // 3. Export from the trained weights, then compare on --val.
-  const quant::ExportedModel exported = quant::export_qdq_model(
-      std::move(fused), calibrated.plan, calibrated.amax, export_options,
-      [&](const void* p, size_t n) { out_file.write(p, n); });
+  const quant::ExportedModel exported =
+      quant::export_qdq_model(std::move(fused), calibrated.plan, calibrated.amax, export_options,
+                              [&](const void* p, size_t n) { out_file.write(p, n); });
 
   std::printf("model        %s (transformed at batch %lld: %zu conversions, %zu fusions)\n",
               o.model.c_str(), static_cast<long long>(s.batch), calibrated.conversions,
               calibrated.fusions);
   std::printf("calibration  %s, %zu samples, %s\n", o.data.c_str(), calibrated.samples,
               quant::calibrator_name(*method));
-  std::printf("training     %lld steps of %lld (%lld per epoch%s), %s, lr %.3g %s, %zu tensors "
-              "(%zu values), %.1f s, %.1f img/s\n",
-              static_cast<long long>(trained.steps - trained.resumed_at),
-              static_cast<long long>(s.batch), static_cast<long long>(trained.steps_per_epoch),
-              trained.resumed_at > 0
-                  ? (", resumed at step " + std::to_string(trained.resumed_at)).c_str()
-                  : "",
-              o.optimizer.c_str(), s.lr, o.schedule.c_str(), trained.parameters,
-              trained.parameter_elements, trained.seconds,
-              trained.seconds > 0 ? static_cast<double>((trained.steps - trained.resumed_at) *
-                                                        s.batch) /
-                                        trained.seconds
-                                  : 0.0);
+  std::printf(
+      "training     %lld steps of %lld (%lld per epoch%s), %s, lr %.3g %s, %zu tensors "
+      "(%zu values), %.1f s, %.1f img/s\n",
+      static_cast<long long>(trained.steps - trained.resumed_at), static_cast<long long>(s.batch),
+      static_cast<long long>(trained.steps_per_epoch),
+      trained.resumed_at > 0 ? (", resumed at step " + std::to_string(trained.resumed_at)).c_str()
+                             : "",
+      o.optimizer.c_str(), s.lr, o.schedule.c_str(), trained.parameters, trained.parameter_elements,
+      trained.seconds,
+      trained.seconds > 0
+          ? static_cast<double>((trained.steps - trained.resumed_at) * s.batch) / trained.seconds
+          : 0.0);
   std::printf("final loss   %.6g\n", static_cast<double>(trained.last_loss));
   if (val) {
     quant::EvaluationSetup e;
     e.batch = s.batch;
     e.flip_injections = 0;
     e.stage = "qat";
-    const quant::ModelLoader ptq = [&] {
-      return graph::parse_onnx(ptq_bytes, "the PTQ model");
-    };
+    const quant::ModelLoader ptq = [&] { return graph::parse_onnx(ptq_bytes, "the PTQ model"); };
     e.quantized_label = "PTQ model";
     const quant::Evaluation before =
         quant::evaluate(reload, ptq, DataSamples(*val), e, progress_bars(), spill_files());
@@ -234,8 +231,8 @@ int run_qat(QatOptions o) {
     std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
     std::printf("  %-6s %12s %10s %12s\n", "model", "SQNR (dB)", "cosine", "top-1 agree");
     for (const auto& [name, ev] : {std::pair{"PTQ", &before}, std::pair{"QAT", &after}}) {
-      std::printf("  %-6s %12.2f %10.6f %11.2f%%\n", name, ev->figures.sqnr_db,
-                  ev->figures.cosine, 100.0 * ev->figures.top1_agreement.value_or(0.0));
+      std::printf("  %-6s %12.2f %10.6f %11.2f%%\n", name, ev->figures.sqnr_db, ev->figures.cosine,
+                  100.0 * ev->figures.top1_agreement.value_or(0.0));
     }
     if (after.labelled) {
       std::printf("accuracy     float %.2f%%, PTQ %.2f%%, QAT %.2f%% (%zu samples)\n",
@@ -249,11 +246,12 @@ int run_qat(QatOptions o) {
     log_file->write(log_text.data(), log_text.size());
     log_file->commit();
   }
-  std::printf("written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
-              "pairs; static batch %lld, %.1f KiB)\n",
-              o.output.c_str(), exported.counts.activation_pairs,
-              exported.counts.weight_quantizers, exported.counts.softmax_pairs,
-              static_cast<long long>(s.batch), static_cast<double>(exported.bytes) / 1024.0);
+  std::printf(
+      "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
+      "pairs; static batch %lld, %.1f KiB)\n",
+      o.output.c_str(), exported.counts.activation_pairs, exported.counts.weight_quantizers,
+      exported.counts.softmax_pairs, static_cast<long long>(s.batch),
+      static_cast<double>(exported.bytes) / 1024.0);
   return 0;
 }
 
@@ -279,8 +277,9 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->check(file_path());
   cmd->add_option("--val", o->val, "compare float, PTQ and QAT on this image folder or .npy");
   auto* calib = "Calibration";
-  cmd->add_option("--method", o->method, "activation calibrator: mse (default), max, "
-                                         "percentile or entropy")
+  cmd->add_option("--method", o->method,
+                  "activation calibrator: mse (default), max, "
+                  "percentile or entropy")
       ->group(calib);
   cmd->add_option("--percentile", o->percentile, "for --method percentile (default 99.99)")
       ->group(calib);
