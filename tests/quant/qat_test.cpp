@@ -14,13 +14,16 @@
 #include <string>
 #include <thread>
 
+#include "graph/onnx_export.h"
 #include "graph/onnx_import.h"
 #include "kernels/fake_quant.h"
 #include "quant/calibration.h"
 #include "quant/fake_quant_training.h"
 #include "quant/int8.h"
+#include "quant/optimizer.h"
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
+#include "quant/verify.h"
 #include "runtime/op_registry.h"
 #include "runtime/session.h"
 #include "runtime/transform_pipeline.h"
@@ -266,6 +269,87 @@ TEST(QatCli, BadInputIsRefusedWithOneLineAndNoOutput) {
   expect_refused(qat_args(kResnet, out, 2) + " --resume " + dir.file("cut.npz"),
                  "not a readable checkpoint", out);
 }
+
+// Every bundled family, trained a few steps: with BN on running statistics the training graph
+// computes what the exported Q/DQ model computes, and the exported file runs in ONNX Runtime
+// as in qforge (teacher-forced: no integer differs beyond a rounding flip). What was trained is
+// what is exported.
+class QatFamily : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(QatFamily, TrainedGraphIsTheExportedModelInQforgeAndOrt) {
+  const std::string model_path = data_path("models/" + GetParam() + "_bn.onnx");
+  const Tensor x = val_batch(kBatch);
+  runtime::TransformOptions options;
+  options.batch = kBatch;
+  auto fused =
+      std::move(runtime::transform_model(*graph::load_onnx(model_path), nullptr, options).graph);
+  const quant::QuantPlan plan = quant::place_qdq(*fused);
+  quant::ActivationAmax amax;
+  {
+    quant::CalibrationStats stats(*fused, plan);
+    stats.observe_batch(x);
+    amax = stats.activation_amax(quant::Calibrator::kMax);
+  }
+  auto training = quant::fake_quant_training(*fused, plan, amax);
+  quant::Sgd sgd({.lr = 1e-2, .momentum = 0.9});
+  Tensor labels(kernels::DType::kInt64, {kBatch});
+  for (int64_t i = 0; i < kBatch; ++i) labels.data<int64_t>()[i] = (i * 3) % 10;
+  for (int step = 0; step < 3; ++step) {
+    training->forward_backward(x, labels);
+    sgd.step(training->executor().parameters());
+  }
+  training->freeze_batch_norm();
+  const Tensor trained = training->forward(x).clone();
+  quant::store_trained_values(training->executor(), *fused);
+
+  TempDir dir;
+  const std::string out = dir.file("qat.onnx");
+  graph::save_onnx(*quant::build_qdq_graph(*fused, plan, amax), out);
+  runtime::Session exported(graph::load_onnx(out));
+  const Tensor ours = exported.run(x)[0];
+  ASSERT_EQ(ours.shape(), trained.shape());
+
+  // The training graph in eval mode (BN on running statistics, Q/DQ unfused) with every
+  // activation quantizer's integers as outputs: the reference of a teacher-forced check of the
+  // exported model. Its convolutions divide by the fold factor and let the BN multiply it back
+  // where the export adds a folded bias, so pre-quant values differ by float rounding and an
+  // integer may flip at a .5 boundary; any other difference is a mismatch.
+  quant::TrainingGraph eval = quant::build_training_graph(*fused, plan, amax);
+  for (graph::Node* n : eval.graph->nodes()) {
+    if (n->op_type() == "QuantizeLinear") eval.graph->mark_output(n->output(0));
+  }
+  runtime::SessionOptions plain;
+  plain.fuse_conv_epilogues = false;
+  runtime::Session eval_session(std::move(eval.graph), plain);
+  const auto eval_outputs = eval_session.run(x);
+  const graph::Graph& resolved = eval_session.resolved_graph_for({x.shape()});
+  quant::ReferenceValues reference;
+  for (size_t i = 0; i < resolved.outputs().size(); ++i) {
+    reference[resolved.outputs()[i]->name()] = eval_outputs[i].clone();
+  }
+  // The training executor runs the same graph on its own copies of the parameters, where a
+  // MatMul whose weight is a parameter runs on OpenBLAS instead of the packed kernel: the same
+  // values up to summation order, and the rounding flips that can cause.
+  EXPECT_LE(relative_l2(eval_outputs[0], trained), 1e-2);
+  const quant::VerifyResult checked =
+      quant::verify_qdq(*graph::load_onnx(out), {&x, 1}, reference, {.flip_tolerance = 1e-3});
+  EXPECT_EQ(checked.mismatches, 0);
+  EXPECT_GT(checked.points.size(), 0u);
+
+  io::write_npy(dir.file("x.npy"), x);
+  const std::vector<Tensor> ort = testing::run_ort(out, {x});
+  ASSERT_EQ(ort.size(), 1u);
+  EXPECT_LE(relative_l2(ort[0], ours), 1e-2);
+  testing::ort_dump(out, dir.file("x.npy"), dir.file("ort.npz"), "disabled");
+  const auto verify = run_cli("verify " + out + " --reference " + dir.file("ort.npz") + " --data " +
+                              dir.file("x.npy"));
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+INSTANTIATE_TEST_SUITE_P(Bundled, QatFamily,
+                         ::testing::Values("resnet", "mobilenet_v3", "efficientnet", "convnext",
+                                           "vit", "swin"),
+                         [](const auto& family) { return family.param; });
 
 }  // namespace
 }  // namespace qforge
