@@ -214,8 +214,12 @@ float lsq_grad_scale(int64_t elements_per_scale) {
 }
 
 int64_t fake_quant_lsq_workspace_floats(const Tensor& x, const FakeQuantScales& scales) {
-  if (scales.scales.size() != 1) return 0;
-  return (x.numel() + kGrain - 1) / kGrain;
+  return fake_quant_lsq_workspace_floats(x.numel(), scales.scales.size());
+}
+
+int64_t fake_quant_lsq_workspace_floats(int64_t elements, size_t scale_count) {
+  if (scale_count != 1) return 0;
+  return (elements + kGrain - 1) / kGrain;
 }
 
 void fake_quant_lsq_backward(const Tensor& x, const Tensor& dy, const FakeQuantScales& scales,

@@ -59,6 +59,8 @@ float lsq_grad_scale(int64_t elements_per_scale);
 
 // Floats of workspace fake_quant_lsq_backward needs for x's element count and these scales.
 int64_t fake_quant_lsq_workspace_floats(const Tensor& x, const FakeQuantScales& scales);
+// The same for `elements` values and `scale_count` scales.
+int64_t fake_quant_lsq_workspace_floats(int64_t elements, size_t scale_count);
 
 // dscale (one value per scale) and, when dx is not null, the STE's dx (as
 // fake_quant_backward). The sums run in an order fixed by the shapes alone: per tensor, lane

@@ -1,5 +1,7 @@
 #include "quant/fake_quant_training.h"
 
+#include <set>
+
 #include "kernels/error.h"
 #include "quant/calibration.h"
 #include "runtime/fuse_qdq.h"
@@ -11,24 +13,48 @@ namespace qforge::quant {
 std::unique_ptr<runtime::ClassifierTraining> fake_quant_training(const graph::Graph& fused,
                                                                  const QuantPlan& plan,
                                                                  const ActivationAmax& amax) {
-  TrainingGraph t = build_training_graph(fused, plan, amax);
+  return fake_quant_training(fused, plan, amax, {}).training;
+}
+
+FakeQuantTraining fake_quant_training(const graph::Graph& fused, const QuantPlan& plan,
+                                      const ActivationAmax& amax,
+                                      const TrainingGraphOptions& options) {
+  TrainingGraph t = build_training_graph(fused, plan, amax, options);
   runtime::ResolveOptions resolve_options;
   resolve_options.parameters.insert(t.parameters.begin(), t.parameters.end());
   resolve_options.parameters.insert(t.state.begin(), t.state.end());
   runtime::resolve(*t.graph, resolve_options);
   runtime::fuse_qdq(*t.graph);
-  return std::make_unique<runtime::ClassifierTraining>(
+  FakeQuantTraining result;
+  result.scale_parameters = std::move(t.scale_parameters);
+  result.training = std::make_unique<runtime::ClassifierTraining>(
       std::move(t.graph), runtime::TrainingOptions{std::move(t.parameters), std::move(t.state)});
+  return result;
 }
 
-void store_trained_values(const runtime::TrainingExecutor& training, graph::Graph& fused) {
+void store_trained_values(const runtime::TrainingExecutor& training, graph::Graph& fused,
+                          const std::map<std::string, std::string>& scale_parameters) {
+  std::set<std::string> scales;
+  for (const auto& [tensor, name] : scale_parameters) scales.insert(name);
   for (const runtime::Parameter& p : training.parameters()) {
+    if (scales.count(p.name)) continue;
     graph::Value* v = fused.find_value(p.name);
     if (!v || !v->is_constant()) {
       throw_internal("training: parameter '" + p.name + "' is not a constant of the fused graph");
     }
     v->set_constant(p.value.clone());
   }
+}
+
+ActivationScales learned_scales(const runtime::TrainingExecutor& training,
+                                const std::map<std::string, std::string>& scale_parameters) {
+  ActivationScales out;
+  for (const auto& [tensor, name] : scale_parameters) {
+    for (const runtime::Parameter& p : training.parameters()) {
+      if (p.name == name) out[tensor] = p.value.data<float>()[0];
+    }
+  }
+  return out;
 }
 
 std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(

@@ -4,7 +4,9 @@
 // export then writes. So what is trained is what is exported.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
 
 #include "graph/ir.h"
 #include "quant/placement.h"
@@ -19,9 +21,26 @@ std::unique_ptr<runtime::ClassifierTraining> fake_quant_training(const graph::Gr
                                                                  const QuantPlan& plan,
                                                                  const ActivationAmax& amax);
 
+// The same with options (learned activation scales); scale_parameters names the scale
+// parameter of each point when they are learned.
+struct FakeQuantTraining {
+  std::unique_ptr<runtime::ClassifierTraining> training;
+  std::map<std::string, std::string> scale_parameters;
+};
+FakeQuantTraining fake_quant_training(const graph::Graph& fused, const QuantPlan& plan,
+                                      const ActivationAmax& amax,
+                                      const TrainingGraphOptions& options);
+
 // Writes every parameter and state tensor of `training` (trained weights, BN running
 // statistics) into the constant of the same name in `fused`, whose other constants stay.
-void store_trained_values(const runtime::TrainingExecutor& training, graph::Graph& fused);
+// Learned activation scales (scale_parameters) are not constants of the fused graph and are
+// skipped; learned_scales reads them.
+void store_trained_values(const runtime::TrainingExecutor& training, graph::Graph& fused,
+                          const std::map<std::string, std::string>& scale_parameters = {});
+
+// The current value of each learned activation scale, by point tensor.
+ActivationScales learned_scales(const runtime::TrainingExecutor& training,
+                                const std::map<std::string, std::string>& scale_parameters);
 
 // `qforge grad --fake-quant`'s setup: the model transformed at the batch's size, every
 // activation point calibrated with max on that batch, set up for training through fake quant.

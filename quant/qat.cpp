@@ -1,15 +1,18 @@
 #include "quant/qat.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/error.h"
+#include "kernels/fake_quant.h"
 #include "quant/fake_quant_training.h"
 #include "quant/optimizer.h"
 #include "runtime/session.h"
@@ -77,6 +80,8 @@ int64_t setup_fingerprint(const QatSetup& s, size_t samples) {
   f.value(s.distill_weight);
   f.value(s.use_labels);
   f.value(s.seed);
+  f.value(s.learn_scales);
+  f.value(s.learn_scales ? s.scale_lr : 0.0);
   f.value(samples);
   return f.get();
 }
@@ -108,22 +113,22 @@ std::vector<size_t> epoch_order(size_t samples, uint64_t seed, int64_t epoch) {
   return order;
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const QatSetup& s) {
+std::unique_ptr<Optimizer> make_optimizer(const QatSetup& s, bool scales = false) {
   if (s.optimizer == OptimizerKind::kAdamW) {
     AdamWOptions o;
-    o.lr = s.lr;
+    o.lr = scales ? s.scale_lr : s.lr;
     o.beta1 = s.beta1;
     o.beta2 = s.beta2;
     o.eps = s.eps;
-    o.weight_decay = s.weight_decay;
+    o.weight_decay = scales ? 0.0 : s.weight_decay;
     o.no_weight_decay = is_vector_parameter;
     return std::make_unique<AdamW>(o);
   }
   SgdOptions o;
-  o.lr = s.lr;
+  o.lr = scales ? s.scale_lr : s.lr;
   o.momentum = s.momentum;
   o.nesterov = s.nesterov;
-  o.weight_decay = s.weight_decay;
+  o.weight_decay = scales ? 0.0 : s.weight_decay;
   o.no_weight_decay = is_vector_parameter;
   return std::make_unique<Sgd>(o);
 }
@@ -169,6 +174,10 @@ void check_qat_setup(const QatSetup& s) {
         "--distill");
   }
   if (s.checkpoint_every < 0) throw_invalid("qat: --checkpoint-every must be >= 0");
+  if (s.stop_after < -1) throw_invalid("qat: --stop-after must be >= 0");
+  if (s.learn_scales && !positive(s.scale_lr)) {
+    throw_invalid("qat: --scale-lr must be finite and > 0, got " + std::to_string(s.scale_lr));
+  }
 }
 
 QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
@@ -202,8 +211,30 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
 
   const int64_t model_id = model_fingerprint(fused, plan, amax);
   const int64_t setup_id = setup_fingerprint(setup, data.size());
-  std::unique_ptr<runtime::ClassifierTraining> training = fake_quant_training(fused, plan, amax);
+  TrainingGraphOptions graph_options;
+  graph_options.learn_scales = setup.learn_scales;
+  FakeQuantTraining made = fake_quant_training(fused, plan, amax, graph_options);
+  std::unique_ptr<runtime::ClassifierTraining> training = std::move(made.training);
+  const std::map<std::string, std::string>& scale_parameters = made.scale_parameters;
+  std::set<std::string> scale_names;
+  for (const auto& [tensor, name] : scale_parameters) scale_names.insert(name);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(setup);
+  std::unique_ptr<Optimizer> scale_optimizer;
+  if (setup.learn_scales) scale_optimizer = make_optimizer(setup, true);
+  // The executor's parameters split into weights and scales (views of the same tensors),
+  // rebuilt when freezing BN makes a new executor.
+  std::vector<runtime::Parameter> weights;
+  std::vector<runtime::Parameter> scales;
+  const runtime::Parameter* split_of = nullptr;
+  auto split = [&] {
+    std::span<runtime::Parameter> all = training->executor().parameters();
+    if (split_of == all.data()) return;
+    split_of = all.data();
+    weights.clear();
+    scales.clear();
+    for (const runtime::Parameter& p : all)
+      (scale_names.count(p.name) ? scales : weights).push_back(p);
+  };
   for (const runtime::Parameter& p : std::as_const(training->executor()).parameters()) {
     ++result.parameters;
     result.parameter_elements += static_cast<size_t>(p.value.numel());
@@ -235,10 +266,13 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       p.value.copy_from(it->second);
     }
     OptimizerState state;
+    OptimizerState scale_state;
     for (const auto& [key, value] : *resume) {
       if (key.rfind("optim/", 0) == 0) state.emplace(key.substr(6), value);
+      if (key.rfind("scale_optim/", 0) == 0) scale_state.emplace(key.substr(12), value);
     }
     optimizer->load_state(state);
+    if (scale_optimizer) scale_optimizer->load_state(scale_state);
     result.resumed_at = start;
   }
 
@@ -248,6 +282,9 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       c.emplace("param/" + p.name, p.value.clone());
     }
     for (auto& [key, value] : optimizer->state()) c.emplace("optim/" + key, value);
+    if (scale_optimizer) {
+      for (auto& [key, value] : scale_optimizer->state()) c.emplace("scale_optim/" + key, value);
+    }
     c.emplace("meta/step", int64_scalar(steps_done));
     c.emplace("meta/model", int64_scalar(model_id));
     c.emplace("meta/setup", int64_scalar(setup_id));
@@ -268,6 +305,12 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   int64_t order_epoch = -1;
   const auto run_start = std::chrono::steady_clock::now();
   for (int64_t step = start; step < result.steps; ++step) {
+    if (setup.stop_after >= 0 && step >= setup.stop_after) {
+      if (hooks.save_checkpoint) checkpoint(step);
+      result.stopped = true;
+      result.last_step = step;
+      return result;
+    }
     const auto step_start = std::chrono::steady_clock::now();
     if (setup.freeze_bn_after >= 0 && step == setup.freeze_bn_after) training->freeze_batch_norm();
     const int64_t epoch = step / result.steps_per_epoch;
@@ -299,8 +342,17 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
                     (hooks.save_checkpoint ? "; the last checkpoint is kept" : ""));
     }
     const double lr = schedule.lr(step);
+    split();
     optimizer->set_lr(lr);
-    optimizer->step(training->executor().parameters());
+    optimizer->step(weights);
+    if (scale_optimizer) {
+      scale_optimizer->set_lr(lr / setup.lr * setup.scale_lr);
+      scale_optimizer->step(scales);
+      for (runtime::Parameter& p : scales) {
+        float& v = p.value.data<float>()[0];
+        v = std::max(v, kernels::symmetric_scale(0.0f));
+      }
+    }
     result.last_loss = value;
     if (hooks.on_step) {
       const double seconds =
@@ -315,7 +367,8 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   }
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
-  store_trained_values(training->executor(), fused);
+  store_trained_values(training->executor(), fused, scale_parameters);
+  result.scales = learned_scales(training->executor(), scale_parameters);
   return result;
 }
 

@@ -49,6 +49,14 @@ struct QatSetup {
   bool use_labels = true;        // cross-entropy against the source's labels
   uint64_t seed = 0;             // the data order
   int64_t checkpoint_every = 0;  // steps between checkpoints (0: none)
+  // LSQ: activation scales trained with the weights, by the same optimizer kind at their own
+  // rate (scale_lr, following the schedule), without weight decay, kept >= the smallest
+  // positive normal float. Otherwise the calibrated scales stay fixed.
+  bool learn_scales = false;
+  double scale_lr = 1e-4;
+  // Stop once this many steps are done, writing a checkpoint (a time-boxed share of a run on a
+  // preemptible machine); -1: run to the end. Not part of what a resume must match.
+  int64_t stop_after = -1;
 };
 
 // Invalid error, naming the flag, for a setup out of range (lr <= 0, no epochs or steps, …).
@@ -84,6 +92,11 @@ struct QatResult {
   double seconds = 0;
   size_t parameters = 0;  // trained tensors
   size_t parameter_elements = 0;
+  // With setup.learn_scales: each activation point's learned scale, for the export
+  // (QdqExportOptions::activation_scales).
+  ActivationScales scales;
+  bool stopped = false;   // setup.stop_after ended the run early; `fused` is unchanged
+  int64_t last_step = 0;  // steps done when it stopped
 };
 
 // Trains `fused` (a calibrated fused graph at setup.batch, from fused_graph_for_export) in place:

@@ -131,8 +131,12 @@ Node* find_op(const std::vector<Node*>& nodes, std::string_view op_type) {
 }
 
 // Activations: one shared pair per tensor, in front of its quantized module inputs.
-void insert_activation_pairs(Graph& g, const QuantPlan& plan, const ActivationAmax& amax,
-                             QdqCounts& count) {
+// Returns each point's scale constant by point tensor.
+std::map<std::string, std::string> insert_activation_pairs(Graph& g, const QuantPlan& plan,
+                                                           const ActivationAmax& amax,
+                                                           const ActivationScales& scales,
+                                                           QdqCounts& count) {
+  std::map<std::string, std::string> scale_names;
   for (const ActivationPoint& p : plan.activations) {
     auto it = amax.find(p.tensor);
     if (it == amax.end() || !std::isfinite(it->second) || it->second < 0) {
@@ -149,13 +153,23 @@ void insert_activation_pairs(Graph& g, const QuantPlan& plan, const ActivationAm
                       "', not in the graph");
       consumers.insert(n);
     }
-    Value* dq = add_qdq(g, x, Quantizer{{scale_from_amax(it->second)}}, p.tensor,
-                        first_in_order(g, consumers));
+    auto learned = scales.find(p.tensor);
+    float scale = scale_from_amax(it->second);
+    if (learned != scales.end()) {
+      if (!std::isfinite(learned->second) || !(learned->second > 0)) {
+        throw_invalid("qdq export: point '" + p.tensor + "': expected a finite scale > 0, got " +
+                      std::to_string(learned->second));
+      }
+      scale = learned->second;
+    }
+    Value* dq = add_qdq(g, x, Quantizer{{scale}}, p.tensor, first_in_order(g, consumers));
+    scale_names[p.tensor] = dq->producer()->input(1)->name();
     for (const QuantConsumer& c : p.consumers) {
       g.set_input(g.find_node(c.node), static_cast<size_t>(c.input), dq);
     }
     ++count.activation_pairs;
   }
+  return scale_names;
 }
 
 // The fixed-scale pair after the Softmax that lowering module `label` made.
@@ -185,7 +199,7 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
   std::unique_ptr<Graph> out = fused.clone();
   Graph& g = *out;
 
-  insert_activation_pairs(g, plan, amax, count);
+  insert_activation_pairs(g, plan, amax, options.activation_scales, count);
 
   // Weights: batch norm folded first, so that the quantizer sees the weight that runs.
   std::set<std::string> folded_modules;
@@ -340,7 +354,8 @@ void unfold_conv_output(Graph& g, const std::vector<Node*>& made, Value* factor,
 }  // namespace
 
 TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
-                                   const ActivationAmax& amax) {
+                                   const ActivationAmax& amax,
+                                   const TrainingGraphOptions& options) {
   TrainingGraph result;
   result.graph = fused.clone();
   Graph& g = *result.graph;
@@ -358,7 +373,8 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     }
   }
 
-  insert_activation_pairs(g, plan, amax, count);
+  const std::map<std::string, std::string> scale_names =
+      insert_activation_pairs(g, plan, amax, options.activation_scales, count);
 
   // Weights: a WeightFakeQuant in front of each, folding the module's BN when the export does.
   std::map<std::string, Value*> fold_factor;  // module node → its factor output
@@ -428,6 +444,10 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     } else {
       result.parameters.push_back(v->name());
     }
+  }
+  if (options.learn_scales) {
+    for (const auto& [tensor, name] : scale_names) result.parameters.push_back(name);
+    result.scale_parameters = scale_names;
   }
   std::sort(result.parameters.begin(), result.parameters.end());
   std::sort(result.state.begin(), result.state.end());

@@ -16,15 +16,19 @@
 
 namespace qforge::quant {
 
+// Activation amax by tensor name (every point of the plan must have one, finite and >= 0).
+using ActivationAmax = std::map<std::string, float>;
+// Activation scales by tensor name, where they are not amax / 127: learned in training (LSQ).
+using ActivationScales = std::map<std::string, float>;
+
 struct QdqExportOptions {
   // Store quantized weights as int8 initializers behind a DequantizeLinear instead of float
   // weights behind a QuantizeLinear → DequantizeLinear pair.
   bool int8_weights = false;
+  // Scales that replace amax / 127 at the points they name (finite and > 0).
+  ActivationScales activation_scales;
   graph::ExportOptions onnx;
 };
-
-// Activation amax by tensor name (every point of the plan must have one, finite and >= 0).
-using ActivationAmax = std::map<std::string, float>;
 
 // Counts of what build_qdq_graph inserted.
 struct QdqCounts {
@@ -67,9 +71,20 @@ struct TrainingGraph {
   std::vector<std::string> parameters;
   // BN running means and variances: updated by the training forward, never differentiated.
   std::vector<std::string> state;
+  // With learned scales: the scale constant of each activation point, by point tensor; those
+  // constants are parameters too.
+  std::map<std::string, std::string> scale_parameters;
+};
+
+struct TrainingGraphOptions {
+  // Activation scales become parameters (LSQ): FakeQuant gives them the LSQ gradient.
+  bool learn_scales = false;
+  // Scales that replace amax / 127 (a resumed or continued run's learned ones).
+  ActivationScales activation_scales;
 };
 
 TrainingGraph build_training_graph(const graph::Graph& fused, const QuantPlan& plan,
-                                   const ActivationAmax& amax);
+                                   const ActivationAmax& amax,
+                                   const TrainingGraphOptions& options = {});
 
 }  // namespace qforge::quant

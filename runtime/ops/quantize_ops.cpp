@@ -139,13 +139,26 @@ class QdqKernel final : public OpKernel {
 
   // FakeQuant's straight-through estimator: dx = dy where the integer did not saturate (the
   // scale is a constant of the graph, so it has no gradient here).
+  // A scale that training learns (a parameter, so no constant at creation) gets the LSQ
+  // gradient (Esser et al. 2019) with LSQ's gradient scale 1/sqrt(N·127), N the elements per
+  // scale.
   bool differentiable_input(size_t index) const override {
-    return mode_ == QdqMode::kFake && index == 0;
+    return mode_ == QdqMode::kFake && (index == 0 || (index == 1 && scales_.empty()));
+  }
+  size_t backward_workspace_bytes() const override { return lsq_workspace_floats_ * sizeof(float); }
+  void set_element_count(int64_t elements, size_t scale_count) {
+    lsq_workspace_floats_ =
+        static_cast<size_t>(kernels::fake_quant_lsq_workspace_floats(elements, scale_count));
+    elements_per_scale_ = elements / static_cast<int64_t>(std::max<size_t>(1, scale_count));
   }
 
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
-                std::byte* /*workspace*/) override {
+                std::byte* workspace) override {
+    if (grad_inputs.size() > 1 && grad_inputs[1].defined()) {
+      learned_scale_backward(inputs, grad_outputs, grad_inputs, workspace);
+      return;
+    }
     if (!grad_inputs[0].defined()) return;
     const std::span<const float> scales =
         scales_.empty() ? inputs[1].span<float>() : std::span<const float>(scales_);
@@ -183,6 +196,32 @@ class QdqKernel final : public OpKernel {
   }
 
  private:
+  void learned_scale_backward(std::span<const Tensor> inputs, std::span<const Tensor> grad_outputs,
+                              std::span<Tensor> grad_inputs, std::byte* workspace) {
+    if (has_zero_point_ && !zero_points_known_) read_zero_points(inputs[2]);
+    bool symmetric = grid_ == DType::kInt8;
+    for (int32_t z : zero_points_) symmetric = symmetric && z == 0;
+    if (!symmetric) {
+      throw_unsupported("training: " + label_ + ": learned scales need a symmetric int8 grid");
+    }
+    const std::span<const float> scales = inputs[1].span<float>();
+    const kernels::FakeQuantScales fq{scales, scales.size() > 1 ? axis_ : 0};
+    Tensor* dx = grad_inputs[0].defined() ? &grad_inputs[0] : nullptr;
+    std::span<float> dscale = grad_inputs[1].span<float>();
+    if (!grad_outputs[0].defined()) {
+      if (dx) std::fill_n(dx->data<float>(), dx->numel(), 0.0f);
+      std::fill(dscale.begin(), dscale.end(), 0.0f);
+      return;
+    }
+    const std::span<float> scratch(
+        reinterpret_cast<float*>(workspace),
+        static_cast<size_t>(kernels::fake_quant_lsq_workspace_floats(inputs[0], fq)));
+    kernels::fake_quant_lsq_backward(
+        inputs[0], grad_outputs[0], fq,
+        {kernels::lsq_grad_scale(elements_per_scale_), kernels::GradMode::kOverwrite}, dx, dscale,
+        scratch);
+  }
+
   // Fills the preallocated buffer, so a run-time zero point costs no allocation.
   void read_zero_points(const Tensor& zp) {
     const auto n = static_cast<size_t>(zp.numel());
@@ -205,6 +244,8 @@ class QdqKernel final : public OpKernel {
   bool has_zero_point_;
   bool zero_points_known_ = false;
   std::vector<float> scales_;  // empty: read from the input at run time
+  size_t lsq_workspace_floats_ = 0;
+  int64_t elements_per_scale_ = 1;
   std::vector<int32_t> zero_points_;
   std::string label_;
 };
@@ -218,6 +259,8 @@ std::unique_ptr<OpKernel> create_qdq(const graph::Node& node, std::span<const In
       kMode, grid_dtype(node, kMode, inputs), axis < 0 ? 0 : static_cast<int>(axis), has_zp,
       static_cast<size_t>(kernels::shape_numel(inputs[1].shape)), node.label());
   if (inputs[1].constant) kernel->set_constant_scales(*inputs[1].constant);
+  kernel->set_element_count(kernels::shape_numel(inputs[0].shape),
+                            static_cast<size_t>(kernels::shape_numel(inputs[1].shape)));
   if (has_zp && inputs[2].constant) kernel->set_constant_zero_points(*inputs[2].constant);
   return kernel;
 }

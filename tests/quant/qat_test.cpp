@@ -212,13 +212,13 @@ TEST(QatCli, ThreadCountsWriteTheSameBytesAndOrtRunsTheModelAsQforge) {
 // writes the bytes of the uninterrupted run (BN freezing at step 3 included).
 TEST(QatCli, RunKilledAtACheckpointAndResumedWritesTheUninterruptedModel) {
   TempDir dir;
-  const auto whole = run_cli(qat_args(kResnet, dir.file("whole.onnx"), 6));
+  const auto whole = run_cli(qat_args(kResnet, dir.file("whole.onnx"), 30));
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
 
   const std::string ck = dir.file("run.ckpt.npz");
   {
     TempDir logs;
-    testing::CliProcess p(qat_args(kResnet, dir.file("killed.onnx"), 6) + " --checkpoint " + ck +
+    testing::CliProcess p(qat_args(kResnet, dir.file("killed.onnx"), 30) + " --checkpoint " + ck +
                               " --checkpoint-every 2",
                           logs, dir.path().string());
     for (int i = 0; i < 6000 && !std::filesystem::exists(ck); ++i) {
@@ -228,9 +228,52 @@ TEST(QatCli, RunKilledAtACheckpointAndResumedWritesTheUninterruptedModel) {
     p.wait();
   }
   ASSERT_TRUE(std::filesystem::exists(ck));
-  const auto resumed = run_cli(qat_args(kResnet, dir.file("resumed.onnx"), 6) + " --resume " + ck);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("killed.onnx")));  // killed before the end
+  const auto resumed = run_cli(qat_args(kResnet, dir.file("resumed.onnx"), 30) + " --resume " + ck);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("resumed at step"), std::string::npos) << resumed.out;
+  EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
+            testing::read_text(dir.file("resumed.onnx")));
+}
+
+// --learn-scales: the activation scales move (LSQ), the export writes the learned ones, and a
+// run resumed from a checkpoint (scales and their optimizer state included) writes the
+// uninterrupted run's bytes.
+TEST(QatCli, LearnedScalesAreExportedAndResumeExactly) {
+  TempDir dir;
+  const std::string args = qat_args(kResnet, "", 4);
+  const std::string base = args.substr(0, args.find(" -o ")) + " --learn-scales --scale-lr 0.5";
+  const auto whole = run_cli(base + " -o " + dir.file("whole.onnx"));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_NE(whole.out.find("scales       "), std::string::npos) << whole.out;
+  const auto ptq = run_cli("calibrate " + kResnet + " --data " + kTrain +
+                           " --limit 16 --batch 8 --flip-injections 0 -o " + dir.file("ptq.onnx"));
+  ASSERT_EQ(ptq.exit_code, 0) << ptq.err;
+  // Activation scales are the scalar scale inputs of QuantizeLinear nodes reading no constant.
+  auto activation_scales = [](const std::string& path) {
+    std::map<std::string, float> out;
+    const auto g = graph::load_onnx(path);
+    for (const graph::Node* n : g->nodes()) {
+      if (n->op_type() != "QuantizeLinear" || n->input(0)->is_constant()) continue;
+      out[n->input(0)->name()] = n->input(1)->constant().data<float>()[0];
+    }
+    return out;
+  };
+  const auto learned = activation_scales(dir.file("whole.onnx"));
+  const auto calibrated = activation_scales(dir.file("ptq.onnx"));
+  ASSERT_EQ(learned.size(), calibrated.size());
+  size_t moved = 0;
+  for (const auto& [tensor, scale] : learned) moved += scale != calibrated.at(tensor);
+  EXPECT_GT(moved, 0u);
+
+  const std::string ck = dir.file("ck.npz");
+  const auto first =
+      run_cli(base + " --stop-after 2 -o " + dir.file("unused.onnx") + " --checkpoint " + ck);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_NE(first.out.find("stopped      after step 2 of 4"), std::string::npos) << first.out;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("unused.onnx")));
+  const auto resumed = run_cli(base + " -o " + dir.file("resumed.onnx") + " --resume " + ck);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
             testing::read_text(dir.file("resumed.onnx")));
 }

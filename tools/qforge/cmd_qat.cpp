@@ -16,6 +16,7 @@
 #include "graph/onnx_import.h"
 #include "quant/calibrate_pipeline.h"
 #include "quant/evaluation.h"
+#include "quant/int8.h"
 #include "quant/qat.h"
 #include "runtime/threads.h"
 #include "tools/io/atomic_file.h"
@@ -50,6 +51,7 @@ struct QatOptions {
   std::string checkpoint;
   std::string resume;
   int threads = 0;
+  bool freeze_scales = false;  // the default; the flag says it explicitly
 };
 
 const char* kOptimizers = "sgd or adamw";
@@ -90,6 +92,9 @@ int run_qat(QatOptions o) {
                   "class gives them): give --distill to train against the float model instead");
   }
   quant::check_qat_setup(s);
+  if (s.stop_after >= 0 && o.checkpoint.empty()) {
+    throw_invalid("qat: --stop-after needs --checkpoint FILE to continue from");
+  }
   if (s.checkpoint_every > 0 && o.checkpoint.empty()) {
     throw_invalid("qat: --checkpoint-every needs --checkpoint FILE");
   }
@@ -191,8 +196,17 @@ int run_qat(QatOptions o) {
       quant::train_qat(*fused, calibrated.plan, calibrated.amax, teacher.get(), DataSamples(data),
                        s, hooks, resume ? &*resume : nullptr);
   teacher.reset();
+  if (trained.stopped) {
+    std::printf(
+        "stopped      after step %lld of %lld (--stop-after); checkpoint %s; continue "
+        "with --resume %s. No model written.\n",
+        static_cast<long long>(trained.last_step), static_cast<long long>(trained.steps),
+        o.checkpoint.c_str(), o.checkpoint.c_str());
+    return 0;
+  }
 
-  // 3. Export from the trained weights, then compare on --val.
+  // 3. Export from the trained weights (and learned scales), then compare on --val.
+  export_options.activation_scales = trained.scales;
   const quant::ExportedModel exported =
       quant::export_qdq_model(std::move(fused), calibrated.plan, calibrated.amax, export_options,
                               [&](const void* p, size_t n) { out_file.write(p, n); });
@@ -215,6 +229,15 @@ int run_qat(QatOptions o) {
           ? static_cast<double>((trained.steps - trained.resumed_at) * s.batch) / trained.seconds
           : 0.0);
   std::printf("final loss   %.6g\n", static_cast<double>(trained.last_loss));
+  if (s.learn_scales) {
+    double moved = 0;
+    for (const auto& [tensor, scale] : trained.scales) {
+      const double calibrated_scale = quant::scale_from_amax(calibrated.amax.at(tensor));
+      moved = std::max(moved, std::fabs(scale / calibrated_scale - 1.0));
+    }
+    std::printf("scales       %zu learned; the largest moved %.2f%% from its calibrated value\n",
+                trained.scales.size(), 100.0 * moved);
+  }
   if (val) {
     quant::EvaluationSetup e;
     e.batch = s.batch;
@@ -342,6 +365,18 @@ CommandRunner add_qat_command(CLI::App& app) {
   cmd->add_option("--distill-weight", o->setup.distill_weight,
                   "with labels and --distill: loss = (1 − w)·CE + w·KL (default 0.5)")
       ->group(train);
+  cmd->add_flag("--freeze-scales", o->freeze_scales,
+                "keep the calibrated activation scales fixed (the default)")
+      ->group(train);
+  cmd->add_flag("--learn-scales", o->setup.learn_scales,
+                "learn the activation scales with the weights (LSQ gradient, no weight decay) "
+                "at --scale-lr; weights keep following their own max")
+      ->excludes("--freeze-scales")
+      ->group(train);
+  cmd->add_option("--scale-lr", o->setup.scale_lr,
+                  "learning rate of the scales with --learn-scales (default 1e-4), following "
+                  "the schedule")
+      ->group(train);
   cmd->add_option("--seed", o->setup.seed, "seed of the data order (default 0)")->group(train);
   auto* runs = "Run";
   cmd->add_option("--checkpoint", o->checkpoint,
@@ -357,6 +392,11 @@ CommandRunner add_qat_command(CLI::App& app) {
                   "continue a run from its checkpoint (same model, data and options); the "
                   "result is the uninterrupted run's")
       ->check(file_path())
+      ->group(runs);
+  cmd->add_option("--stop-after", o->setup.stop_after,
+                  "stop once N steps are done, write the checkpoint and exit without a model "
+                  "(a time-boxed share of a run); --resume continues it")
+      ->check(integer_at_least(0))
       ->group(runs);
   cmd->add_option("--log", o->log, "write every step's loss, lr and time as JSON lines")
       ->check(file_path())
