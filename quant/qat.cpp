@@ -81,6 +81,8 @@ int64_t setup_fingerprint(const QatSetup& s, size_t samples) {
   f.value(s.use_labels);
   f.value(s.seed);
   f.value(s.learn_scales);
+  f.value(s.augment_flip);
+  f.value(s.augment_crop);
   f.value(s.learn_scales ? s.scale_lr : 0.0);
   f.value(samples);
   return f.get();
@@ -146,6 +148,41 @@ std::string first_nonfinite(const runtime::TrainingExecutor& executor) {
     }
   }
   return "the logits";
+}
+
+// Flips and shifts each sample of `rows` [N, C, H, W] in place, as QatSetup describes;
+// `scratch` holds one sample.
+void augment(kernels::Tensor& rows, const QatSetup& s, int64_t step, std::vector<float>& scratch) {
+  const int64_t n = rows.dim(0), c = rows.dim(1), h = rows.dim(2), w = rows.dim(3);
+  const int64_t plane = h * w;
+  scratch.resize(static_cast<size_t>(c * plane));
+  std::mt19937_64 rng(s.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(step) * 2 + 1);
+  const int64_t max_dy = s.augment_crop ? h / 8 : 0;
+  const int64_t max_dx = s.augment_crop ? w / 8 : 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool flip = s.augment_flip && (rng() & 1) != 0;
+    const int64_t dy =
+        max_dy > 0 ? static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * max_dy + 1)) - max_dy
+                   : 0;
+    const int64_t dx =
+        max_dx > 0 ? static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * max_dx + 1)) - max_dx
+                   : 0;
+    if (!flip && dy == 0 && dx == 0) continue;
+    float* sample = rows.data<float>() + i * c * plane;
+    std::copy(sample, sample + c * plane, scratch.begin());
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float* src = scratch.data() + ch * plane;
+      float* dst = sample + ch * plane;
+      for (int64_t y = 0; y < h; ++y) {
+        const int64_t sy = std::clamp<int64_t>(y + dy, 0, h - 1);
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t fx = flip ? w - 1 - x : x;
+          const int64_t sx = std::clamp<int64_t>(fx + dx, 0, w - 1);
+          dst[y * w + x] = src[sy * w + sx];
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -276,6 +313,11 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     result.resumed_at = start;
   }
 
+  int64_t last_checkpoint = -1;
+  auto kept_checkpoint = [&]() -> std::string {
+    if (last_checkpoint < 0) return "";
+    return "; the checkpoint of step " + std::to_string(last_checkpoint) + " is kept";
+  };
   auto checkpoint = [&](int64_t steps_done) {
     Checkpoint c;
     for (const runtime::Parameter& p : std::as_const(training->executor()).parameters()) {
@@ -289,12 +331,18 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     c.emplace("meta/model", int64_scalar(model_id));
     c.emplace("meta/setup", int64_scalar(setup_id));
     hooks.save_checkpoint(c, steps_done);
+    last_checkpoint = steps_done;
   };
 
   std::unique_ptr<runtime::Session> teacher_session;
   if (setup.distill_temperature) {
     teacher_session = std::make_unique<runtime::Session>(teacher->clone());
   }
+  if ((setup.augment_flip || setup.augment_crop) && data.sample_shape().size() != 3) {
+    throw_invalid("qat: --augment needs image inputs [N, C, H, W], the model takes " +
+                  kernels::shape_str(data.sample_shape()) + " per sample");
+  }
+  std::vector<float> augment_scratch;
   graph::Shape rows_shape = data.sample_shape();
   rows_shape.insert(rows_shape.begin(), setup.batch);
   kernels::Tensor rows(kernels::DType::kFloat32, rows_shape);
@@ -321,6 +369,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     const auto first = static_cast<size_t>((step % result.steps_per_epoch) * setup.batch);
     const std::span<const size_t> indices(order.data() + first, static_cast<size_t>(setup.batch));
     data.load(indices, rows, label_list);
+    if (setup.augment_flip || setup.augment_crop) augment(rows, setup, step, augment_scratch);
     runtime::ClassifierLoss loss;
     if (setup.use_labels) {
       std::memcpy(labels.data<int64_t>(), label_list.data(), label_list.size() * sizeof(int64_t));
@@ -334,12 +383,18 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       loss.temperature = *setup.distill_temperature;
       loss.distill_weight = setup.distill_weight;
     }
-    const float value = training->forward_backward(rows, loss);
+    float value = 0;
+    try {
+      value = training->forward_backward(rows, loss);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kInvalid) throw;
+      throw_invalid("qat: step " + std::to_string(step) + ": " + e.what() + "; lower --lr" +
+                    kept_checkpoint());
+    }
     if (!std::isfinite(value)) {
       throw_invalid("qat: step " + std::to_string(step) + ": the loss became " +
                     (std::isnan(value) ? "NaN" : "infinite") + " (first non-finite: " +
-                    first_nonfinite(training->executor()) + "); lower --lr" +
-                    (hooks.save_checkpoint ? "; the last checkpoint is kept" : ""));
+                    first_nonfinite(training->executor()) + "); lower --lr" + kept_checkpoint());
     }
     const double lr = schedule.lr(step);
     split();
@@ -351,6 +406,17 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       for (runtime::Parameter& p : scales) {
         float& v = p.value.data<float>()[0];
         v = std::max(v, kernels::symmetric_scale(0.0f));
+      }
+    }
+    // A diverging update shows in the parameters before the next forward runs on them.
+    for (const runtime::Parameter& p : std::as_const(training->executor()).parameters()) {
+      if (!p.trainable()) continue;
+      for (float v : p.value.span<float>()) {
+        if (!std::isfinite(v)) {
+          throw_invalid("qat: step " + std::to_string(step) + ": parameter '" + p.name +
+                        "' became " + (std::isnan(v) ? "NaN" : "infinite") +
+                        " in the update; lower --lr" + kept_checkpoint());
+        }
       }
     }
     result.last_loss = value;

@@ -57,6 +57,12 @@ struct QatSetup {
   // Stop once this many steps are done, writing a checkpoint (a time-boxed share of a run on a
   // preemptible machine); -1: run to the end. Not part of what a resume must match.
   int64_t stop_after = -1;
+  // Light augmentation of image batches [N, C, H, W], drawn per sample from the seed and the
+  // step (so a resumed run draws the same): a horizontal flip with probability 1/2, and a shift
+  // of up to H/8 and W/8 pixels in each direction with the edge pixels repeated (a crop of the
+  // edge-padded image back to its size).
+  bool augment_flip = false;
+  bool augment_crop = false;
 };
 
 // Invalid error, naming the flag, for a setup out of range (lr <= 0, no epochs or steps, …).

@@ -305,8 +305,9 @@ std::vector<TensorInfo> infer_weight_fake_quant(const graph::Node& node,
 
 class WeightFakeQuantKernel final : public OpKernel {
  public:
-  WeightFakeQuantKernel(const Shape& shape, int64_t axis, bool folds, double epsilon)
-      : shape_(shape), axis_(axis), folds_(folds), epsilon_(epsilon) {
+  WeightFakeQuantKernel(const Shape& shape, int64_t axis, bool folds, double epsilon,
+                        std::string label)
+      : shape_(shape), axis_(axis), folds_(folds), epsilon_(epsilon), label_(std::move(label)) {
     const int64_t channels = axis < 0 ? 1 : shape[static_cast<size_t>(axis)];
     scales_.resize(static_cast<size_t>(channels));
     if (folds) {
@@ -411,7 +412,13 @@ class WeightFakeQuantKernel final : public OpKernel {
         }
       }
     }
-    for (float& s : scales_) s = kernels::symmetric_scale(s);
+    for (float& s : scales_) {
+      if (!std::isfinite(s)) {
+        throw_invalid("run: " + label_ + ": the weight's range is not finite (max |w| = " +
+                      std::to_string(s) + (folds_ ? ", folded with its batch norm)" : ")"));
+      }
+      s = kernels::symmetric_scale(s);
+    }
   }
 
   Shape shape_;
@@ -422,6 +429,7 @@ class WeightFakeQuantKernel final : public OpKernel {
   std::vector<double> factor_;
   Tensor folded_;
   Tensor scratch_;  // dfolded when only gamma's gradient is asked for
+  std::string label_;
 };
 
 std::unique_ptr<OpKernel> create_weight_fake_quant(const graph::Node& node,
@@ -429,7 +437,7 @@ std::unique_ptr<OpKernel> create_weight_fake_quant(const graph::Node& node,
                                                    std::span<const TensorInfo> /*outputs*/) {
   return std::make_unique<WeightFakeQuantKernel>(inputs[0].shape, node.attr_int("axis", 0),
                                                  has_input(inputs, 1),
-                                                 node.attr_float("epsilon", 1e-5f));
+                                                 node.attr_float("epsilon", 1e-5f), node.label());
 }
 
 }  // namespace

@@ -278,6 +278,27 @@ TEST(QatCli, LearnedScalesAreExportedAndResumeExactly) {
             testing::read_text(dir.file("resumed.onnx")));
 }
 
+// --augment flip,crop changes what is trained, and is drawn from the seed and the step: a run
+// stopped half-way and resumed writes the uninterrupted run's bytes.
+TEST(QatCli, AugmentationIsSeededAndResumesExactly) {
+  TempDir dir;
+  const std::string plain_args = qat_args(kResnet, "", 4);
+  const std::string base = plain_args.substr(0, plain_args.find(" -o ")) + " --augment flip,crop";
+  const auto plain = run_cli(plain_args + dir.file("plain.onnx"));
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const auto whole = run_cli(base + " -o " + dir.file("whole.onnx"));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_NE(testing::read_text(dir.file("plain.onnx")), testing::read_text(dir.file("whole.onnx")));
+  const std::string ck = dir.file("ck.npz");
+  const auto first =
+      run_cli(base + " --stop-after 2 --checkpoint " + ck + " -o " + dir.file("unused.onnx"));
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const auto resumed = run_cli(base + " --resume " + ck + " -o " + dir.file("resumed.onnx"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
+            testing::read_text(dir.file("resumed.onnx")));
+}
+
 void expect_refused(const std::string& args, const std::string& message,
                     const std::string& output) {
   const auto r = run_cli(args);
@@ -296,6 +317,20 @@ TEST(QatCli, BadInputIsRefusedWithOneLineAndNoOutput) {
   expect_refused("qat " + kResnet + " --data " + dir.file("x.npy") + " --steps 2 -o " + out,
                  "has no labels", out);
   expect_refused(qat_args(kResnet, out, 2, "1e-3", "adam"), "unknown --optimizer", out);
+  expect_refused(qat_args(kResnet, out, 2) + " --augment blur", "unknown --augment 'blur'", out);
+  expect_refused(qat_args(kResnet, out, 2) + " --stop-after 1", "--stop-after needs --checkpoint",
+                 out);
+
+  // Divergence stops the run naming the step and the tensor; the last checkpoint stays.
+  const std::string kept = dir.file("kept.npz");
+  const auto diverged = run_cli(qat_args(kResnet, out, 20, "1e20", "sgd") + " --checkpoint " +
+                                kept + " --checkpoint-every 1");
+  EXPECT_NE(diverged.exit_code, 0);
+  testing::expect_one_line_error(diverged, "qat: step 1: parameter '");
+  EXPECT_NE(diverged.err.find("lower --lr; the checkpoint of step 1 is kept"), std::string::npos)
+      << diverged.err;
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_TRUE(std::filesystem::exists(kept));
 
   // Checkpoints: another model's, one with other options, a truncated one.
   const std::string ck = dir.file("ck.npz");

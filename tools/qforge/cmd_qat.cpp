@@ -26,6 +26,7 @@
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/pipeline_adapters.h"
+#include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
 namespace {
@@ -47,6 +48,8 @@ struct QatOptions {
   std::string optimizer = "sgd";
   std::string schedule = "cosine";
   std::optional<float> distill;
+  std::optional<double> smoothquant;
+  std::vector<std::string> augment;
   std::string log;
   std::string checkpoint;
   std::string resume;
@@ -71,6 +74,19 @@ int run_qat(QatOptions o) {
     throw_invalid("qat: unknown --optimizer '" + o.optimizer + "' (expected " + kOptimizers + ")");
   }
   s.decay = quant::parse_lr_decay(o.schedule);
+  for (const std::string& a : o.augment) {
+    if (a == "flip") {
+      s.augment_flip = true;
+    } else if (a == "crop") {
+      s.augment_crop = true;
+    } else {
+      throw_invalid("qat: unknown --augment '" + a + "' (expected flip, crop or both)");
+    }
+  }
+  if (o.smoothquant && !(*o.smoothquant >= 0 && *o.smoothquant <= 1)) {
+    throw_invalid("qat: --smoothquant alpha must be in [0, 1], got " +
+                  std::to_string(*o.smoothquant));
+  }
   s.distill_temperature = o.distill;
   const auto method = quant::calibrator_from_name(o.method);
   if (!method) {
@@ -124,6 +140,7 @@ int run_qat(QatOptions o) {
   calibration.percentile = o.percentile;
   calibration.skip = o.skip;
   calibration.per_tensor_weights = o.per_tensor_weights;
+  calibration.smoothquant_alpha = o.smoothquant;
   calibration.stage = "qat";
   const quant::ModelLoader reload = quant::model_file(o.model);
   const quant::CalibrationResult calibrated =
@@ -216,6 +233,7 @@ int run_qat(QatOptions o) {
               calibrated.fusions);
   std::printf("calibration  %s, %zu samples, %s\n", o.data.c_str(), calibrated.samples,
               quant::calibrator_name(*method));
+  if (calibrated.smoothing) print_smoothquant(*calibrated.smoothing);
   std::printf(
       "training     %lld steps of %lld (%lld per epoch%s), %s, lr %.3g %s, %zu tensors "
       "(%zu values), %.1f s, %.1f img/s\n",
@@ -313,6 +331,14 @@ CommandRunner add_qat_command(CLI::App& app) {
                   "calibrate on at most this many samples, spread evenly (default: all)")
       ->check(integer_at_least(1))
       ->group(calib);
+  cmd->add_option_function<double>(
+         "--smoothquant", [o](const double& alpha) { o->smoothquant = alpha; },
+         "SmoothQuant before calibration with migration strength ALPHA in [0, 1] (0.5 when "
+         "given without a value), as calibrate does; training starts from the smoothed model")
+      ->expected(0, 1)
+      ->default_str("0.5")
+      ->type_name("ALPHA")
+      ->group(calib);
   cmd->add_flag("--per-tensor-weights", o->per_tensor_weights,
                 "one scale per weight tensor instead of one per output channel")
       ->group(calib);
@@ -377,7 +403,14 @@ CommandRunner add_qat_command(CLI::App& app) {
                   "learning rate of the scales with --learn-scales (default 1e-4), following "
                   "the schedule")
       ->group(train);
-  cmd->add_option("--seed", o->setup.seed, "seed of the data order (default 0)")->group(train);
+  cmd->add_option("--augment", o->augment,
+                  "light augmentation of image batches: flip (horizontal, p = 1/2), crop (a "
+                  "shift of up to 1/8 of the size, edges repeated); comma list")
+      ->delimiter(',')
+      ->group(train);
+  cmd->add_option("--seed", o->setup.seed,
+                  "seed of the data order and the augmentation (default 0)")
+      ->group(train);
   auto* runs = "Run";
   cmd->add_option("--checkpoint", o->checkpoint,
                   "checkpoint file (.npz: weights, optimizer state, BN statistics, step), "
