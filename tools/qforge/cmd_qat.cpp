@@ -273,8 +273,8 @@ int run_qat(QatOptions o) {
     std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
     std::printf("  %-6s %8s %10s %12s %10s %10s %12s\n", "model", "top-1", "CE", "KL to float",
                 "SQNR (dB)", "cosine", "top-1 agree");
-    auto top1 = [](const quant::Evaluation& e, size_t correct) {
-      return e.labelled ? std::optional<double>(percent(correct, e.samples)) : std::nullopt;
+    auto top1 = [](const quant::Evaluation& ev, size_t correct) {
+      return ev.labelled ? std::optional<double>(percent(correct, ev.samples)) : std::nullopt;
     };
     std::printf("  %-6s ", "float");
     print_figure(top1(after, after.reference_correct), "%7.2f%%", 8);
