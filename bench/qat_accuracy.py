@@ -67,11 +67,11 @@ def calibrate(qforge, model, method, per_tensor, threads, tmp):
             "float_top1": e["float_top1"], "float_cross_entropy": e["float_cross_entropy"]}
 
 
-def qat(qforge, model, method, per_tensor, distill, threads, tmp):
+def qat(qforge, model, method, per_tensor, distill, threads, tmp, training):
     report = os.path.join(tmp, "qat.json")
     cmd = [qforge, "qat", model, "--data", TRAIN, "--val", VAL, "--method", method,
            "--calib-limit", str(CALIB_LIMIT), "--batch", str(BATCH), "--threads", str(threads),
-           *TRAINING, "-o", os.path.join(tmp, "qat.onnx"), "--report", report]
+           *training, "-o", os.path.join(tmp, "qat.onnx"), "--report", report]
     if per_tensor:
         cmd.append("--per-tensor-weights")
     if distill:
@@ -82,9 +82,9 @@ def qat(qforge, model, method, per_tensor, distill, threads, tmp):
     return j
 
 
-def fmt_row(name, top1, ce, kl):
+def fmt_row(family, granularity, name, top1, ce, kl):
     kl_text = "—" if kl is None else f"{kl:.4f}"
-    return f"| {name} | {100 * top1:.2f} | {ce:.4f} | {kl_text} |"
+    return f"| {family} | {granularity} | {name} | {100 * top1:.2f} | {ce:.4f} | {kl_text} |"
 
 
 def main():
@@ -93,9 +93,19 @@ def main():
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--granularity", default="per-channel,per-tensor")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--training", default=" ".join(TRAINING),
+                    help="qforge qat training options (default: %(default)s)")
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--from-json", nargs="+", metavar="FILE",
+                    help="print the table of earlier --json files instead of measuring")
     args = ap.parse_args()
+    training = args.training.split()
     results = []
+    if args.from_json:
+        for path in args.from_json:
+            results += json.load(open(path))
+        print_table(results, training)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families.split(","):
             model = os.path.join(ROOT, "data/models", f"{family}_bn.onnx")
@@ -106,9 +116,9 @@ def main():
                 # Highest top-1, then lowest KL, then the METHODS order (max() keeps the first).
                 best = max(ptq, key=lambda p: (p["top1"], -p["kl_to_float"]))
                 labels = qat(args.qforge, model, best["method"], per_tensor, False, args.threads,
-                             tmp)
+                             tmp, training)
                 distill = qat(args.qforge, model, best["method"], per_tensor, True, args.threads,
-                              tmp)
+                              tmp, training)
                 for q in (labels, distill):
                     # qat's own PTQ model is calibrate's with the same calibrator.
                     if abs(q["evaluation"]["ptq"]["top1"] - best["top1"]) > 1e-9:
@@ -116,6 +126,7 @@ def main():
                               f"{q['evaluation']['ptq']['top1']} differs from calibrate's "
                               f"{best['top1']}", file=sys.stderr)
                 results.append({"family": family, "granularity": granularity, "ptq": ptq,
+                                "training": training,
                                 "best": best["method"], "qat_labels": labels,
                                 "qat_distill": distill})
                 print(f"{family} {granularity}: float {100 * best['float_top1']:.2f}, PTQ "
@@ -127,10 +138,14 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    print_table(results, training)
 
+
+def print_table(results, training):
+    training = results[0].get("training", training) if results else training
     print(f"qforge qat accuracy on the digits validation set (360 images), "
           f"{datetime.date.today().isoformat()}; top-1 in %, CE and KL to float in nats.")
-    print(f"Training: {' '.join(TRAINING)}, batch {BATCH}, calibration on {CALIB_LIMIT} "
+    print(f"Training: {' '.join(training)}, batch {BATCH}, calibration on {CALIB_LIMIT} "
           f"training images; best PTQ = highest val top-1 of max/percentile/entropy/mse.")
     print()
     print("| family | weights | model | top-1 | val CE | KL to float |")
@@ -146,7 +161,7 @@ def main():
                 ("QAT, distillation only", dis["top1"], dis["cross_entropy"],
                  dis["kl_to_float"])]
         for name, top1, ce, kl in rows:
-            print(f"| {r['family']} | {r['granularity']} " + fmt_row(name, top1, ce, kl)[1:])
+            print(fmt_row(r["family"], r["granularity"], name, top1, ce, kl))
     print()
     # The acceptance checks, stated rather than assumed.
     for r in results:
