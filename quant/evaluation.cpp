@@ -1,6 +1,7 @@
 #include "quant/evaluation.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <span>
 #include <vector>
@@ -19,6 +20,10 @@ size_t correct_rows(const std::string& stage, const kernels::Tensor& logits,
   const int64_t classes = logits.dim(1);
   size_t correct = 0;
   for (size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] < 0 || labels[i] >= classes) {
+      throw_invalid(stage + ": label " + std::to_string(labels[i]) + " is outside the model's " +
+                    std::to_string(classes) + " classes");
+    }
     const float* row = logits.data<float>() + static_cast<int64_t>(i) * classes;
     correct += std::max_element(row, row + classes) - row == labels[i];
   }
@@ -39,7 +44,54 @@ kernels::Tensor float_output(const std::string& stage, std::span<const kernels::
   return out.slice_rows(0, static_cast<int64_t>(rows));
 }
 
+// log softmax(row) in double: x − max − log Σ exp(x − max), summed in index order.
+void log_softmax(std::span<const float> row, std::vector<double>& out) {
+  out.resize(row.size());
+  double top = -INFINITY;
+  for (float x : row) top = std::max(top, static_cast<double>(x));
+  double sum = 0;
+  for (float x : row) sum += std::exp(static_cast<double>(x) - top);
+  const double log_sum = std::log(sum);
+  for (size_t i = 0; i < row.size(); ++i) out[i] = static_cast<double>(row[i]) - top - log_sum;
+}
+
+// Running sums of the cross-entropy and KL figures, added row by row in sample order.
+struct DivergenceSums {
+  double cross_entropy = 0;
+  double kl = 0;
+  std::vector<double> log_p;
+  std::vector<double> log_q;
+};
+
+bool classifier_output(const kernels::Tensor& t) {
+  return t.rank() == 2 && t.dtype() == kernels::DType::kFloat32;
+}
+
+std::span<const float> row_of(const kernels::Tensor& t, int64_t row) {
+  const int64_t classes = t.dim(1);
+  return {t.data<float>() + row * classes, static_cast<size_t>(classes)};
+}
+
+double kl_of_log_probabilities(const std::vector<double>& log_p, const std::vector<double>& log_q) {
+  double kl = 0;
+  for (size_t i = 0; i < log_p.size(); ++i) kl += std::exp(log_p[i]) * (log_p[i] - log_q[i]);
+  return kl;
+}
+
 }  // namespace
+
+double row_cross_entropy(std::span<const float> logits, int64_t label) {
+  std::vector<double> log_p;
+  log_softmax(logits, log_p);
+  return -log_p.at(static_cast<size_t>(label));
+}
+
+double row_kl_divergence(std::span<const float> reference, std::span<const float> quantized) {
+  std::vector<double> log_p, log_q;
+  log_softmax(reference, log_p);
+  log_softmax(quantized, log_q);
+  return kl_of_log_probabilities(log_p, log_q);
+}
 
 Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
                     const SampleSource& data, const EvaluationSetup& setup,
@@ -55,6 +107,9 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
   runtime::SessionOptions one_shape;
   one_shape.executor.release_prepared_constants = true;
   std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
+  DivergenceSums sums;
+  double reference_ce = 0;
+  bool classifier = true;  // every batch's output is [rows, classes] float
   {
     runtime::Session session(reference(), one_shape);
     const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
@@ -63,7 +118,13 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
         [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
           const kernels::Tensor out = float_output(setup.stage, session.run(input), count);
           expected->append(out.span<float>());
-          if (result.labelled) result.reference_correct += correct_rows(setup.stage, out, labels);
+          if (result.labelled) {
+            result.reference_correct += correct_rows(setup.stage, out, labels);
+            for (size_t i = 0; i < labels.size(); ++i) {
+              log_softmax(row_of(out, static_cast<int64_t>(i)), sums.log_p);
+              reference_ce += -sums.log_p[static_cast<size_t>(labels[i])];
+            }
+          }
         });
     progress->finish();
   }
@@ -81,10 +142,27 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
           expected->read(expected_rows.span<float>());
           comparison.add(expected_rows, got);
           if (result.labelled) result.quantized_correct += correct_rows(setup.stage, got, labels);
+          classifier = classifier && classifier_output(got);
+          if (!classifier) return;
+          for (int64_t i = 0; i < got.dim(0); ++i) {
+            log_softmax(row_of(expected_rows, i), sums.log_p);
+            log_softmax(row_of(got, i), sums.log_q);
+            sums.kl += kl_of_log_probabilities(sums.log_p, sums.log_q);
+            if (result.labelled) {
+              sums.cross_entropy +=
+                  -sums.log_q[static_cast<size_t>(labels[static_cast<size_t>(i)])];
+            }
+          }
         });
     progress->finish();
   }
   result.figures = comparison.figures();
+  const auto samples = static_cast<double>(result.samples);
+  if (classifier) result.kl_divergence = sums.kl / samples;
+  if (result.labelled) {
+    result.reference_cross_entropy = reference_ce / samples;
+    result.quantized_cross_entropy = sums.cross_entropy / samples;
+  }
   if (setup.flip_injections > 0) {
     result.flips = flip_sensitivity(*quantized(), first_batch,
                                     {.injections = setup.flip_injections, .seed = setup.flip_seed});

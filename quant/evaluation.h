@@ -1,6 +1,7 @@
 // A quantized model measured against its reference over a sample source: output agreement
-// (SQNR, cosine, top-1 agreement), accuracy of each when the samples are labelled, and the
-// output change one rounding flip causes. Both models run at one fixed batch (a partial last
+// (SQNR, cosine, top-1 agreement, KL divergence of the softmax outputs), accuracy and
+// cross-entropy of each when the samples are labelled, and the output change one rounding flip
+// causes. Both models run at one fixed batch (a partial last
 // batch is padded with copies of its last sample and the padded rows ignored), one model in
 // memory at a time: the reference's outputs wait in a FloatStore for the quantized model's.
 #pragma once
@@ -8,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "quant/flip_sensitivity.h"
@@ -36,8 +38,22 @@ struct Evaluation {
   bool labelled = false;
   size_t reference_correct = 0;  // rows whose argmax is the label (labelled data only)
   size_t quantized_correct = 0;
+  // Mean cross-entropy of each model's logits against the labels, in nats (labelled data
+  // only): −log softmax(row)[label], averaged over the samples.
+  std::optional<double> reference_cross_entropy;
+  std::optional<double> quantized_cross_entropy;
+  // Mean KL(softmax(reference) ‖ softmax(quantized)) over the samples, in nats, for a
+  // [N, classes] output. Like the cross-entropies, computed in double (log-softmax with the
+  // row maximum subtracted) and summed in sample order, so a run's figure is reproducible.
+  std::optional<double> kl_divergence;
   std::optional<FlipSensitivity> flips;  // when setup.flip_injections > 0
 };
+
+// The per-row terms, exposed for the tests: the cross-entropy of one row of logits against a
+// label, and KL(softmax(reference) ‖ softmax(quantized)) of one pair of rows, both in nats and
+// computed in double.
+double row_cross_entropy(std::span<const float> logits, int64_t label);
+double row_kl_divergence(std::span<const float> reference, std::span<const float> quantized);
 
 // Runs `reference` then `quantized` (each loaded when its pass starts, run with its weights
 // released as its kernels prepare them) over the samples of `data` setup.limit selects, in

@@ -198,6 +198,10 @@ TEST(CalibratePipeline, LibraryGivesTheCliAmaxBytesAndFigures) {
   ASSERT_TRUE(e.labelled);
   EXPECT_EQ(je["float_top1"].get<double>(), static_cast<double>(e.reference_correct) / 40.0);
   EXPECT_EQ(je["int8_top1"].get<double>(), static_cast<double>(e.quantized_correct) / 40.0);
+  ASSERT_TRUE(e.kl_divergence && e.reference_cross_entropy && e.quantized_cross_entropy);
+  EXPECT_EQ(je["kl_to_float"].get<double>(), *e.kl_divergence);
+  EXPECT_EQ(je["float_cross_entropy"].get<double>(), *e.reference_cross_entropy);
+  EXPECT_EQ(je["int8_cross_entropy"].get<double>(), *e.quantized_cross_entropy);
   ASSERT_TRUE(e.flips);
   EXPECT_EQ(je["flip_sensitivity"]["changes"].get<std::vector<double>>(), e.flips->changes);
 }

@@ -1,7 +1,8 @@
 // Quantization-aware training (`qforge qat`, quant/qat.h, quant/fake_quant_training.h): what is
 // trained is what is exported, runs are deterministic across thread counts and across a run
 // killed at a checkpoint and resumed, BN freezing switches to running statistics, and bad input
-// is refused before any work with one line and no output.
+// is refused before any work with one line and no output; --report writes the float, PTQ and
+// QAT figures, and --distill-weight 1 trains on the distillation loss alone.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -9,10 +10,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "graph/onnx_export.h"
 #include "graph/onnx_import.h"
@@ -297,6 +303,89 @@ TEST(QatCli, AugmentationIsSeededAndResumesExactly) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
             testing::read_text(dir.file("resumed.onnx")));
+}
+
+// The "loss" of every line of a --log file.
+std::vector<double> logged_losses(const std::string& path) {
+  std::vector<double> losses;
+  std::istringstream lines(testing::read_text(path));
+  for (std::string line; std::getline(lines, line);) {
+    losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  }
+  return losses;
+}
+
+// --report: the calibration and training summaries and, on --val, the float, PTQ and QAT
+// figures, agreeing with the printout and the log.
+TEST(QatCli, ReportHoldsTheCalibrationTrainingAndEvaluationFigures) {
+  TempDir dir;
+  const std::string val = data_path("datasets/digits/val");
+  const auto r = run_cli(qat_args(kResnet, dir.file("m.onnx"), 3) + " --val " + val + " --report " +
+                         dir.file("r.json") + " --log " + dir.file("log.jsonl"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("KL to float"), std::string::npos) << r.out;
+  const auto j = nlohmann::json::parse(testing::read_text(dir.file("r.json")));
+  EXPECT_EQ(j["calibration"]["method"], "mse");
+  EXPECT_EQ(j["calibration"]["samples"], 16);
+  EXPECT_EQ(j["calibration"]["per_tensor_weights"], false);
+  const auto& t = j["training"];
+  EXPECT_EQ(t["steps"], 3);
+  EXPECT_EQ(t["loss"], "cross-entropy");
+  EXPECT_EQ(t["labels"], true);
+  EXPECT_GT(t["seconds"].get<double>(), 0.0);
+  const std::vector<double> losses = logged_losses(dir.file("log.jsonl"));
+  ASSERT_EQ(losses.size(), 3u);
+  EXPECT_EQ(t["final_loss"].get<double>(), losses.back());
+
+  const auto& e = j["evaluation"];
+  EXPECT_EQ(e["samples"], 360);
+  ASSERT_TRUE(e["float"]["top1"].is_number() && e["float"]["cross_entropy"].is_number()) << e;
+  EXPECT_GT(e["float"]["cross_entropy"].get<double>(), 0.0);
+  for (const char* model : {"ptq", "qat"}) {
+    for (const char* key :
+         {"top1", "cross_entropy", "kl_to_float", "sqnr_db", "cosine", "top1_agreement"}) {
+      EXPECT_TRUE(e[model][key].is_number()) << model << " " << key << ": " << e;
+    }
+    EXPECT_GT(e[model]["kl_to_float"].get<double>(), 0.0) << model;
+    EXPECT_LT(e[model]["kl_to_float"].get<double>(), 1.0) << model;
+  }
+  // The accuracy line shows the report's top-1 figures.
+  char accuracy[128];
+  std::snprintf(accuracy, sizeof accuracy, "accuracy     float %.2f%%, PTQ %.2f%%, QAT %.2f%%",
+                100 * e["float"]["top1"].get<double>(), 100 * e["ptq"]["top1"].get<double>(),
+                100 * e["qat"]["top1"].get<double>());
+  EXPECT_NE(r.out.find(accuracy), std::string::npos) << accuracy << "\n" << r.out;
+}
+
+// --distill --distill-weight 1 on a labelled folder trains on the KL to the float model alone:
+// it logs the losses and writes the bytes of the same run on the same images given as an
+// unlabelled .npy, where no labels exist; the default weight (half cross-entropy) differs.
+TEST(QatCli, DistillWeightOneTrainsWithoutTheLabels) {
+  TempDir dir;
+  const std::string val = data_path("datasets/digits/val");
+  io::write_npy(dir.file("val.npy"), val_batch(360));
+  auto run = [&](const std::string& data, const std::string& name, const std::string& extra) {
+    const auto r = run_cli("qat " + kResnet + " --data " + data +
+                           " --calib-limit 16 --batch 8 --steps 3 --lr 1e-3 --optimizer adamw "
+                           "--distill -o " +
+                           dir.file(name + ".onnx") + " --log " + dir.file(name + ".jsonl") +
+                           " --report " + dir.file(name + ".json") + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r;
+  };
+  const auto folder = run(val, "folder", " --distill-weight 1");
+  EXPECT_NE(folder.out.find("(distillation)"), std::string::npos) << folder.out;
+  run(dir.file("val.npy"), "npy", "");
+  run(val, "mixed", "");
+  const auto report = nlohmann::json::parse(testing::read_text(dir.file("folder.json")));
+  EXPECT_EQ(report["training"]["labels"], false);
+  EXPECT_EQ(report["training"]["loss"], "distillation");
+  const std::vector<double> kl_only = logged_losses(dir.file("folder.jsonl"));
+  ASSERT_EQ(kl_only.size(), 3u);
+  EXPECT_EQ(kl_only, logged_losses(dir.file("npy.jsonl")));
+  EXPECT_TRUE(testing::read_text(dir.file("folder.onnx")) ==
+              testing::read_text(dir.file("npy.onnx")));
+  EXPECT_NE(kl_only, logged_losses(dir.file("mixed.jsonl")));
 }
 
 void expect_refused(const std::string& args, const std::string& message,

@@ -114,7 +114,10 @@ TEST(CalibrateCli, NpyDataPartialBatchAndOtherMethod) {
   EXPECT_NE(r.out.find("method       entropy"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("one flip"), std::string::npos) << r.out;  // --flip-injections 0
   EXPECT_NE(r.out.find("output SQNR"), std::string::npos) << r.out;
-  EXPECT_EQ(r.out.find("accuracy"), std::string::npos) << r.out;  // an .npy has no labels
+  // An .npy has no labels: no accuracy or cross-entropy line (the paths may hold the word).
+  EXPECT_EQ(r.out.find("\naccuracy "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("\ncross-ent. "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\nKL to float "), std::string::npos) << r.out;
   std::string samples = "(";
   samples.append(std::to_string(input.dim(0))).append(" samples");
   EXPECT_NE(r.out.find(samples), std::string::npos) << r.out;

@@ -262,6 +262,14 @@ int run_calibrate(const CalibrateOptions& o) {
                 percent(float_correct, eval_total), float_correct, eval_total,
                 percent(int8_correct, eval_total), int8_correct, eval_total);
   }
+  if (measured.quantized_cross_entropy && measured.reference_cross_entropy) {
+    std::printf("cross-ent.   float %.4f, int8 %.4f nats (mean over the labelled samples)\n",
+                *measured.reference_cross_entropy, *measured.quantized_cross_entropy);
+  }
+  if (measured.kl_divergence) {
+    std::printf("KL to float  %.5f nats (mean KL(float ‖ int8) of the softmax outputs)\n",
+                *measured.kl_divergence);
+  }
   if (f.nonfinite > 0) std::printf("non-finite   %zu output elements\n", f.nonfinite);
   if (flips) {
     std::printf(
@@ -328,6 +336,11 @@ int run_calibrate(const CalibrateOptions& o) {
       evaluation["float_top1"] = percent(float_correct, eval_total) / 100.0;
       evaluation["int8_top1"] = percent(int8_correct, eval_total) / 100.0;
     }
+    if (measured.reference_cross_entropy && measured.quantized_cross_entropy) {
+      evaluation["float_cross_entropy"] = finite_or_null(*measured.reference_cross_entropy);
+      evaluation["int8_cross_entropy"] = finite_or_null(*measured.quantized_cross_entropy);
+    }
+    if (measured.kl_divergence) evaluation["kl_to_float"] = finite_or_null(*measured.kl_divergence);
     nlohmann::json report{
         {"model", o.model},
         {"output", o.output},

@@ -51,6 +51,7 @@ struct QatOptions {
   std::optional<double> smoothquant;
   std::vector<std::string> augment;
   std::string log;
+  std::string report;
   std::string checkpoint;
   std::string resume;
   int threads = 0;
@@ -61,6 +62,42 @@ const char* kOptimizers = "sgd or adamw";
 
 double percent(size_t part, size_t whole) {
   return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
+}
+
+// JSON has no infinity or NaN: such a figure (SQNR +inf on an exact match) is written as null.
+nlohmann::json finite_or_null(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+nlohmann::json optional_json(const std::optional<double>& v) {
+  return v ? finite_or_null(*v) : nlohmann::json(nullptr);
+}
+
+// What the training minimised, as the report and the printout name it.
+const char* loss_name(const quant::QatSetup& s) {
+  if (!s.distill_temperature) return "cross-entropy";
+  return s.use_labels ? "cross-entropy and distillation" : "distillation";
+}
+
+// One quantized model's figures against the float model, for the report.
+nlohmann::json quantized_json(const quant::Evaluation& e) {
+  nlohmann::json j{{"sqnr_db", finite_or_null(e.figures.sqnr_db)},
+                   {"cosine", e.figures.cosine},
+                   {"kl_to_float", optional_json(e.kl_divergence)},
+                   {"cross_entropy", optional_json(e.quantized_cross_entropy)}};
+  j["top1"] = e.labelled ? nlohmann::json(percent(e.quantized_correct, e.samples) / 100.0)
+                         : nlohmann::json(nullptr);
+  j["top1_agreement"] = e.figures.top1_agreement ? nlohmann::json(*e.figures.top1_agreement)
+                                                 : nlohmann::json(nullptr);
+  return j;
+}
+
+void print_figure(const std::optional<double>& v, const char* format, int width) {
+  if (v) {
+    std::printf(format, *v);
+  } else {
+    std::printf("%*s", width, "-");
+  }
 }
 
 int run_qat(QatOptions o) {
@@ -95,6 +132,7 @@ int run_qat(QatOptions o) {
   }
   std::vector<io::NamedPath> outputs = {{"-o", o.output}};
   if (!o.log.empty()) outputs.push_back({"--log", o.log});
+  if (!o.report.empty()) outputs.push_back({"--report", o.report});
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
   io::check_output_paths("qat", outputs, inputs);
 
@@ -130,6 +168,8 @@ int run_qat(QatOptions o) {
   io::AtomicFile out_file(o.output);
   std::unique_ptr<io::AtomicFile> log_file;
   if (!o.log.empty()) log_file = std::make_unique<io::AtomicFile>(o.log);
+  std::unique_ptr<io::AtomicFile> report_file;
+  if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
   // 1. Calibrate exactly as `qforge calibrate` does.
   quant::CalibrationSetup calibration;
@@ -246,7 +286,7 @@ int run_qat(QatOptions o) {
       trained.seconds > 0
           ? static_cast<double>((trained.steps - trained.resumed_at) * s.batch) / trained.seconds
           : 0.0);
-  std::printf("final loss   %.6g\n", static_cast<double>(trained.last_loss));
+  std::printf("final loss   %.6g (%s)\n", static_cast<double>(trained.last_loss), loss_name(s));
   if (s.learn_scales) {
     double moved = 0;
     for (const auto& [tensor, scale] : trained.scales) {
@@ -256,6 +296,7 @@ int run_qat(QatOptions o) {
     std::printf("scales       %zu learned; the largest moved %.2f%% from its calibrated value\n",
                 trained.scales.size(), 100.0 * moved);
   }
+  nlohmann::json evaluation;  // null without --val
   if (val) {
     quant::EvaluationSetup e;
     e.batch = s.batch;
@@ -269,11 +310,31 @@ int run_qat(QatOptions o) {
     const quant::Evaluation after =
         quant::evaluate(reload, quant::model_file(out_file.read_path()), DataSamples(*val), e,
                         progress_bars(), spill_files());
+    // Cross-entropy against the labels and KL(float ‖ model) of the softmax outputs, in nats.
     std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
-    std::printf("  %-6s %12s %10s %12s\n", "model", "SQNR (dB)", "cosine", "top-1 agree");
+    std::printf("  %-6s %8s %10s %12s %10s %10s %12s\n", "model", "top-1", "CE", "KL to float",
+                "SQNR (dB)", "cosine", "top-1 agree");
+    auto top1 = [](const quant::Evaluation& ev, size_t correct) {
+      return ev.labelled ? std::optional<double>(percent(correct, ev.samples)) : std::nullopt;
+    };
+    std::printf("  %-6s ", "float");
+    print_figure(top1(after, after.reference_correct), "%7.2f%%", 8);
+    std::printf(" ");
+    print_figure(after.reference_cross_entropy, "%10.4f", 10);
+    std::printf(" %12s %10s %10s %12s\n", "-", "-", "-", "-");
     for (const auto& [name, ev] : {std::pair{"PTQ", &before}, std::pair{"QAT", &after}}) {
-      std::printf("  %-6s %12.2f %10.6f %11.2f%%\n", name, ev->figures.sqnr_db, ev->figures.cosine,
-                  100.0 * ev->figures.top1_agreement.value_or(0.0));
+      std::printf("  %-6s ", name);
+      print_figure(top1(*ev, ev->quantized_correct), "%7.2f%%", 8);
+      std::printf(" ");
+      print_figure(ev->quantized_cross_entropy, "%10.4f", 10);
+      std::printf(" ");
+      print_figure(ev->kl_divergence, "%12.5f", 12);
+      std::printf(" %10.2f %10.6f ", ev->figures.sqnr_db, ev->figures.cosine);
+      print_figure(ev->figures.top1_agreement
+                       ? std::optional<double>(100.0 * *ev->figures.top1_agreement)
+                       : std::nullopt,
+                   "%11.2f%%", 12);
+      std::printf("\n");
     }
     if (after.labelled) {
       std::printf("accuracy     float %.2f%%, PTQ %.2f%%, QAT %.2f%% (%zu samples)\n",
@@ -281,18 +342,81 @@ int run_qat(QatOptions o) {
                   percent(before.quantized_correct, before.samples),
                   percent(after.quantized_correct, after.samples), after.samples);
     }
+    evaluation = {
+        {"data", o.val},
+        {"samples", after.samples},
+        {"labelled", after.labelled},
+        {"float",
+         {{"top1", after.labelled
+                       ? nlohmann::json(percent(after.reference_correct, after.samples) / 100.0)
+                       : nlohmann::json(nullptr)},
+          {"cross_entropy", optional_json(after.reference_cross_entropy)}}},
+        {"ptq", quantized_json(before)},
+        {"qat", quantized_json(after)}};
+  }
+  // Every output is complete before any is put in place, and they are committed back to back:
+  // a failure or a signal while one is prepared leaves none of them.
+  if (log_file) log_file->write(log_text.data(), log_text.size());
+  if (report_file) {
+    nlohmann::json skip = o.skip;
+    nlohmann::json report{
+        {"model", o.model},
+        {"output", o.output},
+        {"batch", s.batch},
+        {"calibration",
+         {{"data", o.data},
+          {"method", quant::calibrator_name(*method)},
+          {"percentile", o.percentile},
+          {"skip", skip},
+          {"per_tensor_weights", o.per_tensor_weights},
+          {"int8_weights", o.int8_weights},
+          {"samples", calibrated.samples},
+          {"batches", calibrated.batches},
+          {"conversions", calibrated.conversions},
+          {"fusions", calibrated.fusions},
+          {"activation_points", calibrated.plan.activations.size()},
+          {"weight_points", calibrated.plan.weights.size()}}},
+        {"training",
+         {{"data", o.data},
+          {"steps", trained.steps - trained.resumed_at},
+          {"total_steps", trained.steps},
+          {"resumed_at", trained.resumed_at},
+          {"steps_per_epoch", trained.steps_per_epoch},
+          {"optimizer", o.optimizer},
+          {"lr", s.lr},
+          {"schedule", o.schedule},
+          {"weight_decay", s.weight_decay},
+          {"freeze_bn_after", s.freeze_bn_after},
+          {"loss", loss_name(s)},
+          {"labels", s.use_labels},
+          {"distill_temperature", s.distill_temperature ? nlohmann::json(*s.distill_temperature)
+                                                        : nlohmann::json(nullptr)},
+          {"distill_weight", s.distill_temperature && s.use_labels
+                                 ? nlohmann::json(s.distill_weight)
+                                 : nlohmann::json(nullptr)},
+          {"seed", s.seed},
+          {"final_loss", finite_or_null(trained.last_loss)},
+          {"seconds", trained.seconds},
+          {"parameters", trained.parameters},
+          {"parameter_elements", trained.parameter_elements}}},
+        {"evaluation", evaluation},
+        {"counts",
+         {{"activation_pairs", exported.counts.activation_pairs},
+          {"weight_quantizers", exported.counts.weight_quantizers},
+          {"softmax_pairs", exported.counts.softmax_pairs}}}};
+    report_file->write(report.dump(2));
+    report_file->write("\n");
   }
   out_file.commit();
-  if (log_file) {
-    log_file->write(log_text.data(), log_text.size());
-    log_file->commit();
-  }
+  if (log_file) log_file->commit();
+  if (report_file) report_file->commit();
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
       "pairs; static batch %lld, %.1f KiB)\n",
       o.output.c_str(), exported.counts.activation_pairs, exported.counts.weight_quantizers,
       exported.counts.softmax_pairs, static_cast<long long>(s.batch),
       static_cast<double>(exported.bytes) / 1024.0);
+  if (report_file) std::printf("%-12s %s\n", "report", o.report.c_str());
   return 0;
 }
 
@@ -389,7 +513,8 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->type_name("T")
       ->group(train);
   cmd->add_option("--distill-weight", o->setup.distill_weight,
-                  "with labels and --distill: loss = (1 − w)·CE + w·KL (default 0.5)")
+                  "with labels and --distill: loss = (1 − w)·CE + w·KL (default 0.5); 1 trains "
+                  "on the KL alone and ignores the labels")
       ->group(train);
   cmd->add_flag("--freeze-scales", o->freeze_scales,
                 "keep the calibrated activation scales fixed (the default)")
@@ -432,6 +557,11 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->check(integer_at_least(0))
       ->group(runs);
   cmd->add_option("--log", o->log, "write every step's loss, lr and time as JSON lines")
+      ->check(file_path())
+      ->group(runs);
+  cmd->add_option("--report", o->report,
+                  "write the calibration and training summaries and, with --val, the float, PTQ "
+                  "and QAT figures (top-1, cross-entropy, KL to float, SQNR) as JSON")
       ->check(file_path())
       ->group(runs);
   cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
