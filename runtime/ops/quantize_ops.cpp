@@ -312,6 +312,7 @@ class WeightFakeQuantKernel final : public OpKernel {
     scales_.resize(static_cast<size_t>(channels));
     if (folds) {
       factor_.resize(static_cast<size_t>(shape[0]));
+      inv_std_.resize(static_cast<size_t>(shape[0]));
       folded_ = Tensor(DType::kFloat32, shape);
       scratch_ = Tensor(DType::kFloat32, shape);
     }
@@ -353,14 +354,15 @@ class WeightFakeQuantKernel final : public OpKernel {
     const int64_t per = n / channels;
     const float* ds = dsrc.data<float>();
     const float* wp = w.data<float>();
-    const float* var = inputs[2].data<float>();
     const float* dfactor = grad_outputs.size() > 1 && grad_outputs[1].defined()
                                ? grad_outputs[1].data<float>()
                                : nullptr;
     kernels::parallel_for(channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const double factor = factor_[static_cast<size_t>(c)];
-        const double inv_std = 1.0 / std::sqrt(static_cast<double>(var[c]) + epsilon_);
+        // The forward's: a training-mode BN after this node updates the running variance in
+        // place before backward runs.
+        const double inv_std = inv_std_[static_cast<size_t>(c)];
         double sum = dfactor ? static_cast<double>(dfactor[c]) : 0.0;
         for (int64_t k = c * per; k < (c + 1) * per; ++k) {
           sum += static_cast<double>(ds[k]) * wp[k];
@@ -384,9 +386,10 @@ class WeightFakeQuantKernel final : public OpKernel {
     const int64_t per = inputs[0].numel() / channels;
     float* dst = folded_.data<float>();
     for (int64_t c = 0; c < channels; ++c) {
-      const double s =
-          static_cast<double>(gamma[c]) / std::sqrt(static_cast<double>(var[c]) + epsilon_);
+      const double std_dev = std::sqrt(static_cast<double>(var[c]) + epsilon_);
+      const double s = static_cast<double>(gamma[c]) / std_dev;
       factor_[static_cast<size_t>(c)] = s;
+      inv_std_[static_cast<size_t>(c)] = 1.0 / std_dev;
       for (int64_t k = c * per; k < (c + 1) * per; ++k) dst[k] = static_cast<float>(w[k] * s);
     }
     return folded_;
@@ -427,6 +430,7 @@ class WeightFakeQuantKernel final : public OpKernel {
   double epsilon_;
   std::vector<float> scales_;
   std::vector<double> factor_;
+  std::vector<double> inv_std_;  // 1 / sqrt(var + eps) of the last forward
   Tensor folded_;
   Tensor scratch_;  // dfolded when only gamma's gradient is asked for
   std::string label_;
