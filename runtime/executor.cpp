@@ -6,6 +6,7 @@
 #include <cstring>
 #include <set>
 
+#include "runtime/arena_plan.h"
 #include "runtime/memory_budget.h"
 
 namespace qforge::runtime {
@@ -25,17 +26,9 @@ bool is_view_op(const graph::Node& node) {
   return !out->is_graph_output() && node.input(0)->dtype() == out->dtype();
 }
 
-size_t aligned(size_t n) {
-  return (n + kernels::kTensorAlignment - 1) / kernels::kTensorAlignment *
-         kernels::kTensorAlignment;
-}
-
-struct Buffer {
-  size_t bytes = 0;
-  int first = 0;  // step index that defines it (-1: graph input)
-  int last = 0;   // last step index that reads it (or the end, for graph outputs)
-  size_t offset = 0;
-};
+// A buffer's times are step indices: first, the step that defines it (-1: a graph input);
+// last, the last step that reads it (the end, for graph outputs).
+using Buffer = ArenaBuffer;
 
 // Steps 1 to 3 of compiling: every buffer, its lifetime and its place in the arena; nothing is
 // allocated, so the memory a plan needs is known before committing to it.
@@ -58,8 +51,8 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
   auto new_buffer = [&](const graph::Value* v, int first) {
     if (!v->has_shape()) throw_internal("executor: value '" + v->name() + "' has no shape");
     Buffer b;
-    b.bytes = aligned(static_cast<size_t>(kernels::shape_numel(*v->shape())) *
-                      kernels::dtype_size(v->dtype()));
+    b.bytes = arena_aligned(static_cast<size_t>(kernels::shape_numel(*v->shape())) *
+                            kernels::dtype_size(v->dtype()));
     b.first = first;
     b.last = first;
     buffer_of[v] = buffers.size();
@@ -93,28 +86,7 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
   for (const graph::Value* in : graph.inputs()) buffers[buffer_of.at(in)].last = end_step;
 
   // 3. Placement: largest first, each at the lowest offset free during its lifetime.
-  std::vector<size_t> by_size(buffers.size());
-  for (size_t i = 0; i < by_size.size(); ++i) by_size[i] = i;
-  std::stable_sort(by_size.begin(), by_size.end(),
-                   [&](size_t a, size_t b) { return buffers[a].bytes > buffers[b].bytes; });
-  std::vector<size_t> placed;
-  for (size_t idx : by_size) {
-    Buffer& b = buffers[idx];
-    std::vector<std::pair<size_t, size_t>> busy;
-    for (size_t p : placed) {
-      const Buffer& o = buffers[p];
-      if (o.first <= b.last && b.first <= o.last) busy.emplace_back(o.offset, o.offset + o.bytes);
-    }
-    std::sort(busy.begin(), busy.end());
-    size_t offset = 0;
-    for (auto [lo, hi] : busy) {
-      if (offset + b.bytes <= lo) break;
-      offset = std::max(offset, hi);
-    }
-    b.offset = offset;
-    plan.arena_bytes = std::max(plan.arena_bytes, offset + b.bytes);
-    placed.push_back(idx);
-  }
+  plan.arena_bytes = place_in_arena(buffers);
   return plan;
 }
 

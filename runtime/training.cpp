@@ -1,5 +1,6 @@
-// The training executor: every value in a buffer of its own (backward reads the forward's),
-// kernels made for training, gradients accumulated in a fixed order.
+// The training executor: forward values and gradients placed in one arena by liveness over
+// forward and backward together, kernels made for training, gradients accumulated in a fixed
+// order.
 #include "runtime/training.h"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 
 #include "kernels/parallel.h"
 #include "kernels/softmax.h"
+#include "runtime/arena_plan.h"
 #include "runtime/resolve.h"
 
 namespace qforge::runtime {
@@ -49,11 +51,19 @@ TrainingExecutor::~TrainingExecutor() = default;
 
 void TrainingExecutor::compile(const graph::Graph& graph) {
   graph_ = &graph;
-  std::map<const graph::Value*, Tensor> tensor_of;
+  const auto& order = graph.nodes();
+  // Times on one line over forward and backward together: the forward of step s at s, the
+  // gradients of the graph outputs written at n, the backward of step s at 2n − s, and the end
+  // (what the caller reads after backward) at 2n + 1.
+  const int n = static_cast<int>(order.size());
+  const int seed_time = n;
+  const int end_time = 2 * n + 1;
+  auto backward_time = [n](size_t s) { return 2 * n - static_cast<int>(s); };
+
+  // 1. The executor's own copies of the parameters; every other value that is not a constant
+  //    a buffer in the arena.
   std::map<const graph::Value*, size_t> parameter_of;
   std::set<const graph::Value*> state;
-
-  // 1. The executor's own copies of the parameters; every other value a buffer of its own.
   const std::set<std::string> state_names(options_.state.begin(), options_.state.end());
   std::vector<std::string> held = options_.parameters;
   held.insert(held.end(), options_.state.begin(), options_.state.end());
@@ -66,40 +76,49 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
     parameter_of[v] = parameters_.size();
     if (state_names.count(name)) state.insert(v);
     parameters_.push_back({name, v->constant().clone(), Tensor()});
-    tensor_of[v] = parameters_.back().value;
   }
-  auto tensor_for = [&](const graph::Value* v) -> Tensor {
-    auto it = tensor_of.find(v);
-    if (it != tensor_of.end()) return it->second;
-    if (!v->has_shape()) throw_internal("training: value '" + v->name() + "' has no shape");
-    Tensor t = v->is_constant() ? v->constant() : Tensor(v->dtype(), *v->shape());
-    tensor_of[v] = t;
-    return t;
+  std::vector<ArenaBuffer> buffers;
+  std::map<const graph::Value*, size_t> buffer_of;
+  auto new_buffer = [&](const Shape& shape, DType dtype, int first) {
+    ArenaBuffer b;
+    b.bytes = arena_aligned(static_cast<size_t>(kernels::shape_numel(shape)) *
+                            kernels::dtype_size(dtype));
+    b.first = first;
+    b.last = first;
+    buffers.push_back(b);
+    return buffers.size() - 1;
   };
-  for (const graph::Value* in : graph.inputs()) {
-    graph_inputs_.push_back(tensor_for(in));
-    input_infos_.push_back({in->dtype(), *in->shape()});
+  auto value_buffer = [&](const graph::Value* v, int first) {
+    if (!v->has_shape()) throw_internal("training: value '" + v->name() + "' has no shape");
+    if (v->is_constant() || buffer_of.count(v)) return;
+    buffer_of[v] = new_buffer(*v->shape(), v->dtype(), first);
+  };
+  for (const graph::Value* in : graph.inputs()) value_buffer(in, -1);
+  for (size_t s = 0; s < order.size(); ++s) {
+    for (const graph::Value* out : order[s]->outputs()) value_buffer(out, static_cast<int>(s));
   }
 
   // 2. Kernels, and which values a gradient reaches: a trainable parameter, or the output of a
-  //    node that differentiates an input a gradient reaches.
+  //    node that differentiates an input a gradient reaches. A parameter's gradient is a tensor
+  //    of its own (the optimizer reads it after backward); the others go to the arena.
   const OpRegistry& registry = builtin_ops();
   std::map<const graph::Value*, size_t> grad_of;
+  std::vector<const graph::Value*> grad_value;
   auto new_grad = [&](const graph::Value* v) {
     auto it = grad_of.find(v);
     if (it != grad_of.end()) return it->second;
     grad_of[v] = grads_.size();
-    grads_.push_back(Tensor(DType::kFloat32, *v->shape()));
+    grad_value.push_back(v);
+    grads_.push_back(parameter_of.count(v) ? Tensor(DType::kFloat32, *v->shape()) : Tensor());
     return grads_.size() - 1;
   };
   size_t max_workspace = 0;
-  for (const graph::Node* node : graph.nodes()) {
+  for (const graph::Node* node : order) {
     Step step;
     step.node = node;
     std::vector<InputInfo> infos(node->num_inputs());
     for (size_t i = 0; i < node->num_inputs(); ++i) {
       const graph::Value* v = node->input(i);
-      step.inputs.push_back(v ? tensor_for(v) : Tensor());
       if (!v) continue;
       infos[i].present = true;
       infos[i].dtype = v->dtype();
@@ -108,7 +127,6 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
     }
     std::vector<TensorInfo> out_infos;
     for (const graph::Value* out : node->outputs()) {
-      step.outputs.push_back(tensor_for(out));
       out_infos.push_back({out->dtype(), *out->shape()});
     }
     const OpDef* def = registry.find(node->op_type());
@@ -140,7 +158,7 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
         }
         continue;
       }
-      step.targets.push_back({i, new_grad(v), Tensor()});
+      step.targets.push_back({i, new_grad(v), 0, Tensor()});
     }
     if (!step.targets.empty()) {
       for (const graph::Value* out : node->outputs()) {
@@ -149,29 +167,126 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
     }
     steps_.push_back(std::move(step));
   }
-  for (auto& [v, index] : parameter_of) {
-    auto it = grad_of.find(v);
-    if (it != grad_of.end()) parameters_[index].grad = grads_[it->second];
-  }
-
-  // 3. A value that receives more than one contribution gets the later ones in scratch first.
-  std::vector<int> contributions(grads_.size(), 0);
   for (const graph::Value* out : graph.outputs()) {
     auto it = grad_of.find(out);
     graph_output_grads_.push_back(it == grad_of.end() ? kNone : it->second);
-    if (it != grad_of.end()) ++contributions[it->second];
-    graph_outputs_.push_back(tensor_for(out));
-    output_infos_.push_back({out->dtype(), *out->shape()});
+  }
+
+  // 3. Lifetimes. A forward value lives from its producer's forward until its last reader's
+  //    forward, or, when its producer or a reader has a backward (which reads the step's inputs
+  //    and outputs), until the last of those backwards. A gradient lives from its first write
+  //    (the graph outputs' at n, else the backward of its last differentiating reader) to its
+  //    read by its producer's backward. A parameter's gradient is held outside the arena.
+  auto has_backward = [&](size_t s) { return !steps_[s].targets.empty(); };
+  auto extend = [&](size_t buffer, int time) {
+    buffers[buffer].first = std::min(buffers[buffer].first, time);
+    buffers[buffer].last = std::max(buffers[buffer].last, time);
+  };
+  for (size_t s = 0; s < order.size(); ++s) {
+    const int read_time = has_backward(s) ? backward_time(s) : static_cast<int>(s);
+    for (const graph::Value* in : order[s]->inputs()) {
+      if (in && !in->is_constant()) extend(buffer_of.at(in), read_time);
+    }
+    if (!has_backward(s)) continue;
+    for (const graph::Value* out : order[s]->outputs()) extend(buffer_of.at(out), read_time);
+  }
+  for (const graph::Value* out : graph.outputs()) {
+    if (!out->is_constant()) extend(buffer_of.at(out), end_time);
+  }
+  // Gradients: the times each is written and read; one that is never written (no differentiating
+  // reader, not a graph output) gets no buffer, since backward never hands it to a kernel.
+  std::vector<int> grad_first(grads_.size(), end_time + 1);
+  std::vector<int> grad_last(grads_.size(), -1);
+  std::vector<bool> grad_written(grads_.size(), false);
+  auto touch = [&](size_t g, int time, bool write) {
+    grad_first[g] = std::min(grad_first[g], time);
+    grad_last[g] = std::max(grad_last[g], time);
+    if (write) grad_written[g] = true;
+  };
+  for (size_t g : graph_output_grads_) {
+    if (g != kNone) touch(g, seed_time, true);
+  }
+  for (size_t s = 0; s < steps_.size(); ++s) {
+    for (const GradTarget& t : steps_[s].targets) touch(t.value, backward_time(s), true);
+    for (size_t g : steps_[s].output_grads) {
+      if (g != kNone) touch(g, backward_time(s), false);
+    }
+  }
+  std::vector<size_t> grad_buffer(grads_.size(), kNone);
+  for (size_t g = 0; g < grads_.size(); ++g) {
+    if (grads_[g].defined() || !grad_written[g]) continue;  // a parameter's, or never written
+    grad_buffer[g] = new_buffer(*grad_value[g]->shape(), DType::kFloat32, grad_first[g]);
+    buffers[grad_buffer[g]].last = grad_last[g];
+  }
+  // A value that receives more than one contribution gets the later ones in scratch first,
+  // which lives only during the backward of the step that writes it.
+  std::vector<int> contributions(grads_.size(), 0);
+  for (size_t g : graph_output_grads_) {
+    if (g != kNone) ++contributions[g];
   }
   for (const Step& step : steps_) {
     for (const GradTarget& t : step.targets) ++contributions[t.value];
   }
-  for (Step& step : steps_) {
-    for (GradTarget& t : step.targets) {
-      if (contributions[t.value] > 1) t.scratch = Tensor(DType::kFloat32, grads_[t.value].shape());
+  for (size_t s = 0; s < steps_.size(); ++s) {
+    for (GradTarget& t : steps_[s].targets) {
+      if (contributions[t.value] > 1) {
+        t.scratch_buffer =
+            new_buffer(*grad_value[t.value]->shape(), DType::kFloat32, backward_time(s));
+      } else {
+        t.scratch_buffer = kNone;
+      }
     }
   }
+
+  // 4. Placement, and every tensor a view of the arena, a parameter or a constant.
+  arena_bytes_ = place_in_arena(buffers);
+  unshared_bytes_ = 0;
+  for (const ArenaBuffer& b : buffers) unshared_bytes_ += b.bytes;
+  arena_ = std::make_unique<kernels::Storage>(std::max<size_t>(arena_bytes_, 1));
+  auto arena_view = [&](const Shape& shape, DType dtype, size_t buffer) {
+    return Tensor::wrap(dtype, shape, arena_->data() + buffers[buffer].offset);
+  };
+  auto tensor_for = [&](const graph::Value* v) -> Tensor {
+    auto p = parameter_of.find(v);
+    if (p != parameter_of.end()) return parameters_[p->second].value;
+    if (v->is_constant()) return v->constant();
+    return arena_view(*v->shape(), v->dtype(), buffer_of.at(v));
+  };
+  for (const graph::Value* in : graph.inputs()) {
+    graph_inputs_.push_back(tensor_for(in));
+    input_infos_.push_back({in->dtype(), *in->shape()});
+  }
+  for (const graph::Value* out : graph.outputs()) {
+    graph_outputs_.push_back(tensor_for(out));
+    output_infos_.push_back({out->dtype(), *out->shape()});
+  }
+  size_t max_arity = 0;
+  for (Step& step : steps_) {
+    for (const graph::Value* v : step.node->inputs()) {
+      step.inputs.push_back(v ? tensor_for(v) : Tensor());
+    }
+    for (const graph::Value* out : step.node->outputs()) step.outputs.push_back(tensor_for(out));
+    for (GradTarget& t : step.targets) {
+      if (t.scratch_buffer != kNone) {
+        t.scratch = arena_view(*grad_value[t.value]->shape(), DType::kFloat32, t.scratch_buffer);
+      }
+    }
+    max_arity = std::max({max_arity, step.inputs.size(), step.outputs.size()});
+  }
+  for (size_t g = 0; g < grads_.size(); ++g) {
+    if (grad_buffer[g] != kNone) {
+      grads_[g] = arena_view(*grad_value[g]->shape(), DType::kFloat32, grad_buffer[g]);
+    }
+  }
+  for (auto& [v, index] : parameter_of) {
+    auto it = grad_of.find(v);
+    if (it == grad_of.end()) continue;
+    parameters_[index].grad = grads_[it->second];
+    parameter_grads_.push_back(it->second);
+  }
   grad_written_.assign(grads_.size(), false);
+  grad_outputs_.reserve(max_arity);
+  grad_inputs_.reserve(max_arity);
   workspace_.assign(max_workspace, std::byte{0});
 }
 
@@ -213,8 +328,8 @@ void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
       grad_written_[g] = true;
     }
   }
-  std::vector<Tensor> grad_outputs;
-  std::vector<Tensor> grad_inputs;
+  std::vector<Tensor>& grad_outputs = grad_outputs_;
+  std::vector<Tensor>& grad_inputs = grad_inputs_;
   for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
     Step& step = *s;
     if (step.targets.empty()) continue;
@@ -239,8 +354,9 @@ void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
       if (target.add_scratch) add_into(grads_[target.value], target.scratch);
     }
   }
-  // A parameter no gradient reached this time has gradient zero.
-  for (size_t g = 0; g < grads_.size(); ++g) {
+  // A parameter no gradient reached this time has gradient zero. (Other gradients are arena
+  // memory that later steps reuse; nothing reads them after backward.)
+  for (size_t g : parameter_grads_) {
     if (!grad_written_[g]) std::fill_n(grads_[g].data<float>(), grads_[g].numel(), 0.0f);
   }
 }
@@ -310,6 +426,16 @@ float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& la
 }
 
 float ClassifierTraining::forward_backward(const Tensor& input, const ClassifierLoss& loss) {
+  const float total = forward_loss(input, loss);
+  backward();
+  return total;
+}
+
+void ClassifierTraining::backward() {
+  executor_->backward(output_grads_);
+}
+
+float ClassifierTraining::forward_loss(const Tensor& input, const ClassifierLoss& loss) {
   const Tensor* labels = loss.labels;
   const Tensor* teacher = loss.teacher_logits;
   if (!labels && !teacher) throw_invalid("training: a step needs labels or a teacher's logits");
@@ -359,7 +485,6 @@ float ClassifierTraining::forward_backward(const Tensor& input, const Classifier
                                       output_grads_[0].data<float>(), mode);
     total += kl_weight * kl;
   }
-  executor_->backward(output_grads_);
   return total;
 }
 

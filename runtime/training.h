@@ -1,6 +1,7 @@
 // Training: a resolved graph run forward in training mode (BatchNormalization on batch
 // statistics), keeping every value its backward needs, then backward in reverse order to the
-// gradient of every parameter. Parameters are the executor's own mutable copies of the graph
+// gradient of every parameter, forward values and gradients sharing one arena planned by
+// liveness. Parameters are the executor's own mutable copies of the graph
 // constants it is asked to train; the graph itself is never changed.
 #pragma once
 
@@ -57,20 +58,28 @@ class TrainingExecutor {
   const std::vector<TensorInfo>& output_infos() const { return output_infos_; }
   std::span<Parameter> parameters() { return parameters_; }
   std::span<const Parameter> parameters() const { return parameters_; }
+  // The arena that holds every forward value and every gradient but the parameters' (placed by
+  // liveness over forward and backward together), and what those buffers would take unshared.
+  size_t arena_bytes() const { return arena_bytes_; }
+  size_t unshared_bytes() const { return unshared_bytes_; }
+  size_t workspace_bytes() const { return workspace_.size(); }
 
   // Runs the training forward (graph input order, exact shapes). Returns views of the outputs,
   // valid until the next forward.
   std::span<const Tensor> forward(std::span<const Tensor> inputs);
   // Backward from dLoss/d output for each graph output (an undefined tensor: no gradient from
-  // that output); overwrites every trainable parameter's grad. Needs the forward just run.
+  // that output); overwrites every trainable parameter's grad. Needs the forward just run, once:
+  // backward reuses the memory of forward values it no longer needs. The outputs of forward stay
+  // valid.
   void backward(std::span<const Tensor> output_grads);
 
  private:
   struct GradTarget {
-    size_t slot = 0;           // input index of the step
-    size_t value = 0;          // index into grads_
-    Tensor scratch;            // where a later contribution is written before it is added
-    bool add_scratch = false;  // during backward: this contribution went to scratch
+    size_t slot = 0;            // input index of the step
+    size_t value = 0;           // index into grads_
+    size_t scratch_buffer = 0;  // while compiling: its arena buffer, or kNone
+    Tensor scratch;             // where a later contribution is written before it is added
+    bool add_scratch = false;   // during backward: this contribution went to scratch
   };
   struct Step {
     const graph::Node* node = nullptr;
@@ -92,8 +101,14 @@ class TrainingExecutor {
   std::vector<size_t> graph_output_grads_;  // index into grads_ per graph output, or kNone
   std::vector<TensorInfo> input_infos_;
   std::vector<TensorInfo> output_infos_;
-  std::vector<Tensor> grads_;       // one per value a gradient reaches
-  std::vector<bool> grad_written_;  // per grads_ entry, during one backward
+  std::vector<Tensor> grads_;            // one per value a gradient reaches
+  std::vector<size_t> parameter_grads_;  // the grads_ entries of trainable parameters
+  std::vector<bool> grad_written_;       // per grads_ entry, during one backward
+  std::vector<Tensor> grad_outputs_;     // per step during backward, reserved at compile
+  std::vector<Tensor> grad_inputs_;
+  std::unique_ptr<kernels::Storage> arena_;
+  size_t arena_bytes_ = 0;
+  size_t unshared_bytes_ = 0;
   std::vector<std::byte> workspace_;
   const graph::Graph* graph_ = nullptr;
 };
@@ -124,6 +139,10 @@ class ClassifierTraining {
   // errors name what is wrong with the labels.
   float forward_backward(const Tensor& input, const Tensor& labels);
   float forward_backward(const Tensor& input, const ClassifierLoss& loss);
+  // forward_backward in two halves, to time them apart: the forward and the loss, whose
+  // gradient with respect to the logits is kept, then the backward from it.
+  float forward_loss(const Tensor& input, const ClassifierLoss& loss);
+  void backward();
 
   int64_t batch() const { return batch_; }
   int64_t classes() const { return classes_; }

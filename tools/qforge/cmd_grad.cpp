@@ -15,6 +15,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/io/npy.h"
 #include "tools/io/npz.h"
+#include "tools/io/resource_usage.h"
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 
@@ -79,6 +80,13 @@ int run_grad(const GradOptions& o) {
               o.runs > 1 ? "fastest" : "one run", o.runs, runtime::num_threads());
   std::printf("gradients  %zu written to %s%s\n", gradients.size(), o.output.c_str(),
               o.fake_quant ? " (through fake quant, keyed by the fused graph's tensor names)" : "");
+  const runtime::TrainingExecutor& executor = training.executor();
+  constexpr double kMiB = 1 << 20;
+  std::printf(
+      "memory     arena %.1f MiB (activations and gradients placed by liveness; %.1f MiB "
+      "unshared), workspace %.1f MiB, peak resident %.1f MiB\n",
+      executor.arena_bytes() / kMiB, executor.unshared_bytes() / kMiB,
+      executor.workspace_bytes() / kMiB, io::peak_resident_bytes() / kMiB);
   return 0;
 }
 
