@@ -407,6 +407,7 @@ TEST(QatCli, BadInputIsRefusedWithOneLineAndNoOutput) {
                  "has no labels", out);
   expect_refused(qat_args(kResnet, out, 2, "1e-3", "adam"), "unknown --optimizer", out);
   expect_refused(qat_args(kResnet, out, 2) + " --augment blur", "unknown --augment 'blur'", out);
+  expect_refused(qat_args(kResnet, out, 2) + " --checkpoint " + kResnet, "--checkpoint", out);
   expect_refused(qat_args(kResnet, out, 2) + " --stop-after 1", "--stop-after needs --checkpoint",
                  out);
 

@@ -133,8 +133,14 @@ int run_qat(QatOptions o) {
   std::vector<io::NamedPath> outputs = {{"-o", o.output}};
   if (!o.log.empty()) outputs.push_back({"--log", o.log});
   if (!o.report.empty()) outputs.push_back({"--report", o.report});
+  // The checkpoint is replaced as the run goes; it may be the file --resume reads.
+  if (!o.checkpoint.empty()) outputs.push_back({"--checkpoint", o.checkpoint});
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
   io::check_output_paths("qat", outputs, inputs);
+  if (!o.resume.empty() && o.resume != o.checkpoint) {
+    const io::NamedPath resume_input[] = {{"--resume", o.resume}};
+    io::check_output_paths("qat", outputs, resume_input);
+  }
 
   std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
   DataSource data = DataSource::open(o.data, *model, {});
