@@ -121,9 +121,9 @@ int run(const Args& a) {
       "\"arena_bytes\": %zu, \"unshared_bytes\": %zu, \"workspace_bytes\": %zu, "
       "\"setup_s\": %.3f, \"peak_rss_bytes\": %lld}\n",
       median(forward_ms), median(backward_ms), median(optimizer_ms), median(step_ms),
-      *std::min_element(step_ms.begin(), step_ms.end()), last_loss, a.runs,
-      runtime::num_threads(), executor.arena_bytes(), executor.unshared_bytes(),
-      executor.workspace_bytes(), setup_s, static_cast<long long>(io::peak_resident_bytes()));
+      *std::min_element(step_ms.begin(), step_ms.end()), last_loss, a.runs, runtime::num_threads(),
+      executor.arena_bytes(), executor.unshared_bytes(), executor.workspace_bytes(), setup_s,
+      static_cast<long long>(io::peak_resident_bytes()));
   return 0;
 }
 

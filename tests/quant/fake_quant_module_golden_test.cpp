@@ -45,8 +45,8 @@ TEST_P(FakeQuantModuleGolden, GradientsEqualPyTorchs) {
   const Tensor& x = golden.at("x");
   runtime::TransformOptions options;
   options.batch = x.dim(0);
-  auto fused =
-      std::move(runtime::transform_model(*graph::load_onnx(stem + ".onnx"), nullptr, options).graph);
+  auto fused = std::move(
+      runtime::transform_model(*graph::load_onnx(stem + ".onnx"), nullptr, options).graph);
   const quant::QuantPlan plan = quant::place_qdq(*fused);
   ASSERT_EQ(plan.activations.size(), 1u);
   ASSERT_EQ(plan.weights.size(), 1u);
