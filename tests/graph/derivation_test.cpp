@@ -14,32 +14,33 @@ using graph::Derivation;
 using graph::DerivedTerm;
 using kernels::Tensor;
 
-std::vector<float> values(const Tensor& t) { return {t.span<float>().begin(), t.span<float>().end()}; }
+std::vector<float> values(const Tensor& t) {
+  return {t.span<float>().begin(), t.span<float>().end()};
+}
 
 TEST(PullBackGradients, TransposedScaledWeightAndSummedBiases) {
   // conv[o, c] = 2·w[c, o] for w [3, 2]; bias[o] = 0.5·b[o] + one[0].
-  const std::vector<Derivation> derivations = {
-      {.derived = "conv",
-       .shape = {2, 3},
-       .terms = {{.source = "w",
-                  .source_shape = {3, 2},
-                  .factor = 2.0f,
-                  .extent = {2, 3},
-                  .derived_strides = {3, 1},
-                  .source_strides = {1, 2}}}},
-      {.derived = "bias",
-       .shape = {2},
-       .terms = {{.source = "b",
-                  .source_shape = {2},
-                  .factor = 0.5f,
-                  .extent = {2},
-                  .derived_strides = {1},
-                  .source_strides = {1}},
-                 {.source = "one",
-                  .source_shape = {1},
-                  .extent = {2},
-                  .derived_strides = {1},
-                  .source_strides = {0}}}}};
+  const std::vector<Derivation> derivations = {{.derived = "conv",
+                                                .shape = {2, 3},
+                                                .terms = {{.source = "w",
+                                                           .source_shape = {3, 2},
+                                                           .factor = 2.0f,
+                                                           .extent = {2, 3},
+                                                           .derived_strides = {3, 1},
+                                                           .source_strides = {1, 2}}}},
+                                               {.derived = "bias",
+                                                .shape = {2},
+                                                .terms = {{.source = "b",
+                                                           .source_shape = {2},
+                                                           .factor = 0.5f,
+                                                           .extent = {2},
+                                                           .derived_strides = {1},
+                                                           .source_strides = {1}},
+                                                          {.source = "one",
+                                                           .source_shape = {1},
+                                                           .extent = {2},
+                                                           .derived_strides = {1},
+                                                           .source_strides = {0}}}}};
   auto result = graph::pull_back_gradients(
       derivations, {{"bias", Tensor::from_vector<float>({2}, {4, 6})},
                     {"conv", Tensor::from_vector<float>({2, 3}, {1, 2, 3, 4, 5, 6})},

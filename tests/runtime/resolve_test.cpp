@@ -76,11 +76,10 @@ TEST(ResolveDerivations, RecordsElementMovingFoldsOfFloatConstants) {
   for (const graph::Derivation& d : after->derivations()) {
     for (const graph::DerivedTerm& t : d.terms) sources[d.derived].push_back(t.source);
   }
-  EXPECT_EQ(sources, (std::map<std::string, std::vector<std::string>>{
-                         {"expanded", {"token"}},
-                         {"gathered", {"table"}},
-                         {"t1_out", {"gathered"}},
-                         {"t2_out", {"t1_out"}}}));
+  EXPECT_EQ(sources, (std::map<std::string, std::vector<std::string>>{{"expanded", {"token"}},
+                                                                      {"gathered", {"table"}},
+                                                                      {"t1_out", {"gathered"}},
+                                                                      {"t2_out", {"t1_out"}}}));
   // Only what the resolved graph still holds can be recomputed from `before`: the chained
   // Transposes are checked through their pull-back below.
   ASSERT_TRUE(after->find_value("expanded") && after->find_value("expanded")->is_constant());
