@@ -266,6 +266,34 @@ Pattern flatten_linear_to_conv_pattern() {
     Value* conv_bias =
         has_bias ? g.add_constant(g.unique_value_name(linear->name() + "_conv_bias"), conv_b)
                  : nullptr;
+    // The derivations: conv_w[o, c] = alpha·W[c, o] (W[o, c] when transposed) and conv_b[o] the
+    // sum of the scaled biases (a one-value bias broadcast).
+    const Value* w_value = linear->input(1);
+    g.record_derivation(
+        {.derived = weight->name(),
+         .shape = weight->known_shape(),
+         .terms = {{.source = w_value->name(),
+                    .source_shape = w_value->known_shape(),
+                    .factor = alpha,
+                    .extent = {out_features, channels},
+                    .derived_strides = {channels, 1},
+                    .source_strides = transposed ? std::vector<int64_t>{channels, 1}
+                                                 : std::vector<int64_t>{1, out_features}}}});
+    if (conv_bias) {
+      Derivation d{.derived = conv_bias->name(), .shape = conv_bias->known_shape(), .terms = {}};
+      auto bias_term = [&](const Value* b, float scale) {
+        d.terms.push_back({.source = b->name(),
+                           .source_shape = b->known_shape(),
+                           .factor = scale,
+                           .extent = {out_features},
+                           .derived_strides = {1},
+                           .source_strides = {b->constant().numel() == 1 ? 0 : 1}});
+      };
+      if (gemm && linear->input(2)) bias_term(linear->input(2), beta);
+      if (bias)
+        bias_term(is_float_constant(bias->input(0)) ? bias->input(0) : bias->input(1), 1.0f);
+      g.record_derivation(std::move(d));
+    }
     std::vector<Value*> conv_inputs = {cur, weight};
     if (conv_bias) conv_inputs.push_back(conv_bias);
     Node* conv = g.insert_node({.name = linear->name() + "_conv",

@@ -107,6 +107,7 @@ std::unique_ptr<Graph> Graph::clone() const {
   g->opset = opset;
   g->metadata = metadata;
   g->source_path = source_path;
+  g->derivations_ = derivations_;
   std::unordered_map<const Value*, Value*> map;
   for (const auto& v : value_store_) {
     auto copy = std::make_unique<Value>();
@@ -245,8 +246,19 @@ void Graph::rename_value(Value* value, const std::string& new_name) {
     throw_internal("graph: cannot rename '" + value->name_ + "' to existing '" + new_name + "'");
   }
   values_by_name_.erase(value->name_);
+  for (Derivation& d : derivations_) {
+    if (d.derived == value->name_) d.derived = new_name;
+    for (DerivedTerm& t : d.terms) {
+      if (t.source == value->name_) t.source = new_name;
+    }
+  }
   value->name_ = new_name;
   values_by_name_[new_name] = value;
+}
+
+void Graph::record_derivation(Derivation derivation) {
+  std::erase_if(derivations_, [&](const Derivation& d) { return d.derived == derivation.derived; });
+  derivations_.push_back(std::move(derivation));
 }
 
 void Graph::replace_all_uses(Value* from, Value* to) {

@@ -11,6 +11,7 @@
 #include <variant>
 #include <vector>
 
+#include "graph/derivation.h"
 #include "kernels/tensor.h"
 
 namespace qforge::graph {
@@ -180,6 +181,12 @@ class Graph {
   // Throws kInternal with a description if links, order or names are inconsistent.
   void check_consistency() const;
 
+  // Constants the transforms derived from other constants (graph/derivation.h), in the order
+  // they were made; what pulls a training gradient back onto the initializers. A record for a
+  // name already recorded replaces it; rename_value renames the records too.
+  void record_derivation(Derivation derivation);
+  const std::vector<Derivation>& derivations() const { return derivations_; }
+
   // Model-level facts from the ONNX file.
   std::string name;
   int64_t opset = 0;                            // default-domain opset
@@ -194,6 +201,7 @@ class Graph {
   std::map<std::string, Node*, std::less<>> nodes_by_name_;
   std::vector<Value*> inputs_;
   std::vector<Value*> outputs_;
+  std::vector<Derivation> derivations_;
 };
 
 }  // namespace qforge::graph

@@ -36,6 +36,9 @@ struct Projection {
   Value* x = nullptr;
   Tensor weight;
   Tensor bias;
+  const Value* weight_value = nullptr;  // the constant `weight` was read from
+  bool transposed = false;              // weight_value holds Wᵀ (Gemm transB)
+  const Value* bias_value = nullptr;
   std::vector<Node*> nodes;
 };
 
@@ -84,6 +87,9 @@ std::optional<std::string> read_projection(const Node& end, Projection& out) {
     }
   }
   out.bias = bias ? bias->constant().clone() : Tensor();
+  out.weight_value = linear->input(1);
+  out.transposed = transposed;
+  out.bias_value = bias;
   out.nodes = {const_cast<Node*>(linear)};
   if (linear != &end) out.nodes.push_back(const_cast<Node*>(&end));
   return std::nullopt;
@@ -173,14 +179,37 @@ void pack(Graph& g, const Match& m) {
   Value* x = proj[0].x;
   std::vector<Value*> inputs = {
       x, g.add_constant(g.unique_value_name(name_with(stem, "/weight")), std::move(weight))};
+  // The derivations: packed[r, i·E + c] = W_i[r, c] (W_i[c, r] when transposed), bias[i·E + c]
+  // = b_i[c].
+  Derivation weight_derivation{.derived = inputs[1]->name(), .shape = {e, 3 * e}, .terms = {}};
+  for (size_t i = 0; i < 3; ++i) {
+    weight_derivation.terms.push_back({.source = proj[i].weight_value->name(),
+                                       .source_shape = proj[i].weight_value->known_shape(),
+                                       .extent = {e, e},
+                                       .derived_offset = static_cast<int64_t>(i) * e,
+                                       .derived_strides = {3 * e, 1},
+                                       .source_strides = proj[i].transposed
+                                                             ? std::vector<int64_t>{1, e}
+                                                             : std::vector<int64_t>{e, 1}});
+  }
+  g.record_derivation(std::move(weight_derivation));
   if (proj[0].bias.defined() || proj[1].bias.defined() || proj[2].bias.defined()) {
     Tensor bias(DType::kFloat32, {3 * e});  // zero where a projection had none
+    Derivation bias_derivation{.derived = {}, .shape = {3 * e}, .terms = {}};
     for (size_t i = 0; i < 3; ++i) {
       if (!proj[i].bias.defined()) continue;
       const float* src = proj[i].bias.data<float>();
       std::copy(src, src + e, bias.data<float>() + static_cast<int64_t>(i) * e);
+      bias_derivation.terms.push_back({.source = proj[i].bias_value->name(),
+                                       .source_shape = proj[i].bias_value->known_shape(),
+                                       .extent = {e},
+                                       .derived_offset = static_cast<int64_t>(i) * e,
+                                       .derived_strides = {1},
+                                       .source_strides = {1}});
     }
     inputs.push_back(g.add_constant(g.unique_value_name(name_with(stem, "/bias")), bias));
+    bias_derivation.derived = inputs.back()->name();
+    g.record_derivation(std::move(bias_derivation));
   }
   if (x->shape()->size() == 2) {
     // Gemm projections read [N·S, E]; MHAInProjection reads [N, S, E].

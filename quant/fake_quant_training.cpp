@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "graph/derivation.h"
 #include "kernels/error.h"
 #include "quant/calibration.h"
 #include "runtime/fuse_qdq.h"
@@ -76,13 +77,28 @@ std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
   return fake_quant_training(*transformed.graph, plan, amax);
 }
 
+InitializerGradients initializer_gradients(const runtime::ClassifierTraining& training,
+                                           const graph::Graph& model) {
+  graph::PulledBackGradients pulled =
+      graph::pull_back_gradients(training.graph().derivations(), training.gradients());
+  InitializerGradients result;
+  result.gradients = std::move(pulled.gradients);
+  result.pulled_back = std::move(pulled.derived);
+  const std::vector<std::string> names = runtime::trainable_initializers(model);
+  const std::set<std::string> initializers(names.begin(), names.end());
+  for (const auto& [name, grad] : result.gradients) {
+    if (!initializers.count(name)) result.unmapped.push_back(name);
+  }
+  return result;
+}
+
 runtime::GradientResult fake_quant_gradients(const graph::Graph& model,
                                              const kernels::Tensor& input,
                                              const kernels::Tensor& labels) {
   auto training = max_calibrated_fake_quant_training(model, input);
   runtime::GradientResult result;
   result.loss = training->forward_backward(input, labels);
-  result.gradients = training->gradients();
+  result.gradients = initializer_gradients(*training, model).gradients;
   return result;
 }
 

@@ -7,6 +7,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "graph/ir.h"
 #include "quant/placement.h"
@@ -47,11 +49,23 @@ ActivationScales learned_scales(const runtime::TrainingExecutor& training,
 std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
     const graph::Graph& model, const kernels::Tensor& batch);
 
+// The gradients of a training on `model`'s fused graph keyed by the model's initializers: each
+// gradient of a constant that a transform derived (a Linear head as a 1×1 convolution's weight
+// and bias, packed Q/K/V, a class token expanded to the batch) pulled back onto the initializers
+// it came from in their ONNX shapes (graph/derivation.h); the other constants are the
+// initializers themselves. Bit-identical for any thread count.
+struct InitializerGradients {
+  std::vector<std::pair<std::string, kernels::Tensor>> gradients;  // by name, in name order
+  std::vector<std::string> pulled_back;  // the fused graph's derived constants, in name order
+  // Names in `gradients` that are no trainable initializer of the model: fused-graph constants
+  // that no derivation traces back (none on the bundled models).
+  std::vector<std::string> unmapped;
+};
+InitializerGradients initializer_gradients(const runtime::ClassifierTraining& training,
+                                           const graph::Graph& model);
+
 // One forward and backward of max_calibrated_fake_quant_training in training mode with the
-// mean cross-entropy. Gradients are keyed by the fused graph's
-// constant names: the ONNX initializer's own name wherever the transforms kept the tensor as
-// it was (convolution weights, BN parameters, biases), the derived tensor's name where a
-// transform made a new one (a Linear head as a 1x1 convolution, packed Q/K/V).
+// mean cross-entropy, its gradients keyed by the model's initializers (initializer_gradients).
 runtime::GradientResult fake_quant_gradients(const graph::Graph& model,
                                              const kernels::Tensor& input,
                                              const kernels::Tensor& labels);

@@ -1,6 +1,7 @@
 // Shape resolution and constant folding in one pass over the topological order.
 #include "runtime/resolve.h"
 
+#include <set>
 #include <vector>
 
 #include "runtime/op_registry.h"
@@ -40,6 +41,72 @@ std::vector<Tensor> evaluate(const graph::Node& node, const OpDef& def,
   std::vector<std::byte> workspace(kernel->workspace_bytes());
   kernel->forward(inputs, outputs, workspace.data());
   return outputs;
+}
+
+// Ops each of whose float outputs' elements is a copy of one input element, so that a fold of
+// them is a derivation (graph/derivation.h) of its float inputs. Identity is not one: an Identity
+// of an initializer is torch.onnx's alias of a parameter, a parameter of its own.
+bool moves_elements(const std::string& op_type) {
+  static const std::set<std::string, std::less<>> kOps = {
+      "Concat", "Expand",  "Flatten", "Gather",    "Reshape",  "Slice",
+      "Split",  "Squeeze", "Tile",    "Transpose", "Unsqueeze"};
+  return kOps.count(op_type) > 0;
+}
+
+// Records the fold of an element-moving node as a derivation of each output from the inputs in
+// `sources`, and adds those outputs to `sources`: the node runs once more on its float inputs'
+// element indices (exact in float32 below 2^24), and each output element's value tells which input
+// element it copies.
+void record_fold(graph::Graph& graph, const graph::Node& node, const OpDef& def,
+                 std::span<const InputInfo> infos, const std::vector<TensorInfo>& out_infos,
+                 std::set<std::string, std::less<>>& sources) {
+  if (!moves_elements(node.op_type())) return;
+  auto float_constant = [&](size_t i) {
+    return infos[i].present && infos[i].constant && infos[i].dtype == DType::kFloat32;
+  };
+  int64_t total = 0;
+  bool any_source = false;
+  for (size_t i = 0; i < infos.size(); ++i) {
+    if (!float_constant(i)) continue;
+    total += infos[i].constant->numel();
+    any_source = any_source || sources.count(node.input(i)->name()) > 0;
+  }
+  constexpr int64_t kExactIndices = int64_t{1} << 24;
+  if (!any_source || total > kExactIndices) return;
+  std::vector<InputInfo> indexed(infos.begin(), infos.end());
+  std::vector<Tensor> indices;
+  indices.reserve(infos.size());
+  std::vector<int64_t> base(infos.size(), -1);
+  total = 0;
+  for (size_t i = 0; i < infos.size(); ++i) {
+    if (!float_constant(i)) continue;
+    Tensor t(DType::kFloat32, infos[i].shape);
+    for (int64_t j = 0; j < t.numel(); ++j) t.data<float>()[j] = static_cast<float>(total + j);
+    base[i] = total;
+    total += t.numel();
+    indices.push_back(std::move(t));
+    indexed[i].constant = &indices.back();
+  }
+  const std::vector<Tensor> outputs = evaluate(node, def, indexed, out_infos);
+  for (size_t o = 0; o < outputs.size() && o < node.num_outputs(); ++o) {
+    if (outputs[o].dtype() != DType::kFloat32) continue;
+    graph::Derivation d{
+        .derived = node.output(o)->name(), .shape = outputs[o].shape(), .terms = {}};
+    for (size_t i = 0; i < infos.size(); ++i) {
+      if (base[i] < 0 || !sources.count(node.input(i)->name())) continue;
+      graph::DerivedTerm term{.source = node.input(i)->name(), .source_shape = infos[i].shape};
+      const int64_t end = base[i] + infos[i].constant->numel();
+      const float* values = outputs[o].data<float>();
+      for (int64_t e = 0; e < outputs[o].numel(); ++e) {
+        const auto v = static_cast<int64_t>(values[e]);
+        if (v >= base[i] && v < end) term.pairs.emplace_back(e, v - base[i]);
+      }
+      if (!term.pairs.empty()) d.terms.push_back(std::move(term));
+    }
+    if (d.terms.empty()) continue;
+    sources.insert(d.derived);
+    graph.record_derivation(std::move(d));
+  }
 }
 
 }  // namespace
@@ -94,6 +161,12 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
 
   const OpRegistry& registry = builtin_ops();
   ResolveStats stats;
+  // What a fold may derive from: the float constants the graph starts with, and what earlier
+  // folds derived from them.
+  std::set<std::string, std::less<>> sources;
+  for (const graph::Value* v : graph.values()) {
+    if (v->is_constant() && v->dtype() == DType::kFloat32) sources.insert(v->name());
+  }
   const std::vector<graph::Node*> order = graph.nodes();  // folding edits the live order
   for (graph::Node* node : order) {
     const OpDef* def = registry.find(node->op_type());
@@ -138,6 +211,7 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
     for (const graph::Value* out : node->outputs()) graph_output |= out->is_graph_output();
     bool foldable = all_constant || (shapes_known && reads_only_shapes(node->op_type()));
     if (foldable && !graph_output) {
+      record_fold(graph, *node, *def, infos, out_infos, sources);
       graph.fold_node(node, evaluate(*node, *def, infos, out_infos));
       ++stats.folded_nodes;
     }

@@ -153,6 +153,8 @@ class ClassifierTraining {
   // The logits of a forward on the current parameters (training mode as set), no backward.
   Tensor forward(const Tensor& input);
   TrainingExecutor& executor() { return *executor_; }
+  // The resolved graph it trains (its derivations say how its constants came from the model's).
+  const graph::Graph& graph() const { return *graph_; }
   // Copies of every trainable parameter's gradient, by name in name order.
   std::vector<std::pair<std::string, Tensor>> gradients() const;
 

@@ -4,11 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <random>
 
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
 #include "tests/support/bundled_models.h"
+#include "tests/support/derivation_checks.h"
 #include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
@@ -272,6 +274,25 @@ TEST(ConversionFlattenLinearToConv, HeadsBecomeConv1x1) {
   EXPECT_EQ(reasons_of(*r.transformed, "FlattenLinearToConv"),
             (std::vector<std::string>{
                 "Flatten input 'x' has shape [2, 6, 3, 3], expected float [N, C, 1, 1]"}));
+}
+
+// Each head's 1×1 convolution weight and bias are recorded as derived from the linear's weight
+// (transposed or not, scaled by alpha) and biases (scaled by beta, the Add's as is), so that a
+// training gradient can go back to them (graph/derivation.h).
+TEST(ConversionFlattenLinearToConv, RecordsHowTheConvConstantsWereDerived) {
+  auto before = head_graph();
+  auto after = head_graph();
+  runtime::resolve(*after, {});
+  convert(*after);
+  std::map<std::string, std::vector<std::string>> sources;
+  for (const graph::Derivation& d : after->derivations()) {
+    for (const graph::DerivedTerm& t : d.terms) sources[d.derived].push_back(t.source);
+  }
+  EXPECT_EQ(sources, (std::map<std::string, std::vector<std::string>>{{"fc_conv_weight", {"w1"}},
+                                                                      {"fc_conv_bias", {"b1"}},
+                                                                      {"mm_conv_weight", {"w2"}},
+                                                                      {"mm_conv_bias", {"b2"}}}));
+  EXPECT_EQ(testing::expect_derivations_reproduce(*before, *after), 4u);
 }
 
 // x [2, 6, 1, 1] -> Flatten -> Dropout -> Relu -> Gemm -> y: the Dropout goes in the first round,

@@ -15,6 +15,7 @@
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
 #include "graph/transform.h"
+#include "tests/support/derivation_checks.h"
 #include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 
@@ -180,6 +181,16 @@ void expect_packed(const Attention& o, const OpCounts& after) {
   EXPECT_EQ(ip->output(0)->name(), "q_transpose_out");
   EXPECT_EQ(ip->output(2)->name(), "v_transpose_out");
   expect_lowering_equivalent(*r.transformed);
+  // The packed weight and bias are recorded as derived from the three projections' (a Gemm's
+  // transposed), so that a training gradient can go back to them.
+  auto before = hand_written_attention(o);
+  EXPECT_EQ(testing::expect_derivations_reproduce(*before, *r.transformed),
+            o.projection == Projection::kMatMul ? 1u : 2u);
+  for (const graph::Derivation& d : r.transformed->derivations()) {
+    if (d.derived == ip->input(1)->name()) {
+      EXPECT_EQ(d.terms.size(), 3u);
+    }
+  }
 }
 
 TEST(PackQkvConversion, PacksMatMulAddProjections) {

@@ -1,12 +1,14 @@
 // `qforge grad` end to end: the written .npz holds the loss and the gradients that the library
-// computes, bit for bit; bad labels, a model without parameters and an unwritable output each
-// give one clear line, a non-zero exit and no file.
+// computes, bit for bit, through fake quant keyed by the model's initializers too; bad labels, a
+// model without parameters and an unwritable output each give one clear line, a non-zero exit and
+// no file.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
 
 #include "graph/onnx_import.h"
+#include "quant/fake_quant_training.h"
 #include "runtime/training.h"
 #include "tests/support/onnx_models.h"
 #include "tests/support/test_support.h"
@@ -42,6 +44,33 @@ TEST(GradCli, WritesLossAndEveryGradient) {
     ASSERT_EQ(got.shape(), grad.shape()) << name;
     EXPECT_EQ(std::memcmp(got.raw(), grad.raw(), grad.nbytes()), 0) << name;
   }
+}
+
+// Through fake quant the written gradients are the library's, keyed by the model's
+// initializers: the Linear head's gradient under fc.weight in its ONNX shape, not the fused
+// graph's 1×1 convolution weight.
+TEST(GradCli, FakeQuantGradientsAreKeyedByTheInitializers) {
+  TempDir dir;
+  const std::string out = dir.file("grads.npz");
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + kLabels + " -o " + out +
+                   " --fake-quant --threads 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("gradients  44 written"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 pulled back from the fused graph's derived tensors"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("with no initializer"), std::string::npos) << r.out;
+  const auto written = io::read_npz(out);
+  const runtime::GradientResult want = quant::fake_quant_gradients(
+      *graph::load_onnx(kResnet), io::read_npy(kInput), io::read_npy(kLabels));
+  ASSERT_EQ(written.size(), want.gradients.size() + 1);
+  EXPECT_EQ(written.at("loss").data<float>()[0], want.loss);
+  for (const auto& [name, grad] : want.gradients) {
+    const kernels::Tensor& got = written.at(name);
+    ASSERT_EQ(got.shape(), grad.shape()) << name;
+    EXPECT_EQ(std::memcmp(got.raw(), grad.raw(), grad.nbytes()), 0) << name;
+  }
+  EXPECT_EQ(written.at("fc.weight").shape(), (kernels::Shape{10, 128}));
+  EXPECT_EQ(written.count("/fc/Gemm_conv_weight"), 0u);
 }
 
 TEST(GradCli, HelpNamesTheInputs) {

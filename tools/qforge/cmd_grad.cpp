@@ -52,7 +52,9 @@ int run_grad(const GradOptions& o) {
       o.fake_quant ? quant::max_calibrated_fake_quant_training(*model, input)
                    : std::make_unique<runtime::ClassifierTraining>(*model, input.dim(0));
   runtime::ClassifierTraining& training = *owned;
-  model.reset();
+  // Through fake quant the gradients are pulled back from the fused graph onto the model's
+  // initializers, which needs the model's names; else the model is not needed any more.
+  if (!o.fake_quant) model.reset();
   // Every run computes the same gradients (BN's running statistics, which the forward updates,
   // do not enter them); --runs only gives the timing more samples.
   float loss = 0;
@@ -64,7 +66,10 @@ int run_grad(const GradOptions& o) {
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     best_ms = run == 0 ? ms : std::min(best_ms, ms);
   }
-  std::vector<std::pair<std::string, kernels::Tensor>> gradients = training.gradients();
+  quant::InitializerGradients fake_quant;
+  if (o.fake_quant) fake_quant = quant::initializer_gradients(training, *model);
+  std::vector<std::pair<std::string, kernels::Tensor>> gradients =
+      o.fake_quant ? std::move(fake_quant.gradients) : training.gradients();
   std::map<std::string, kernels::Tensor> arrays;
   arrays.emplace("loss", kernels::Tensor::scalar_f32(loss));
   for (auto& [name, grad] : gradients) {
@@ -78,8 +83,22 @@ int run_grad(const GradOptions& o) {
               static_cast<long long>(input.dim(0)));
   std::printf("time       %.1f ms forward and backward (%s of %d, %d threads)\n", best_ms,
               o.runs > 1 ? "fastest" : "one run", o.runs, runtime::num_threads());
-  std::printf("gradients  %zu written to %s%s\n", gradients.size(), o.output.c_str(),
-              o.fake_quant ? " (through fake quant, keyed by the fused graph's tensor names)" : "");
+  std::printf("gradients  %zu written to %s\n", gradients.size(), o.output.c_str());
+  if (o.fake_quant) {
+    std::printf(
+        "           through fake quant, keyed by the model's initializers; %zu pulled back "
+        "from the fused graph's derived tensors%s\n",
+        fake_quant.pulled_back.size(), fake_quant.pulled_back.empty() ? "" : ":");
+    for (const std::string& name : fake_quant.pulled_back)
+      std::printf("             %s\n", name.c_str());
+    if (!fake_quant.unmapped.empty()) {
+      std::printf(
+          "           %zu keyed by fused-graph names, with no initializer to pull back to:\n",
+          fake_quant.unmapped.size());
+      for (const std::string& name : fake_quant.unmapped)
+        std::printf("             %s\n", name.c_str());
+    }
+  }
   const runtime::TrainingExecutor& executor = training.executor();
   constexpr double kMiB = 1 << 20;
   std::printf(
@@ -115,7 +134,8 @@ CommandRunner add_grad_command(CLI::App& app) {
                 "differentiate through fake quant: the model transformed and its Q/DQ points "
                 "placed as calibrate does, activations calibrated with max on this batch, "
                 "weights quantized per channel from their current values, BN folding "
-                "simulated; gradients are keyed by the fused graph's tensor names");
+                "simulated; the gradients of tensors the transforms derived are pulled back "
+                "onto the initializers they came from, so keys and shapes are the model's");
   cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
       ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--runs", o->runs,
