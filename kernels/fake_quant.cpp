@@ -203,6 +203,30 @@ void fake_quant_backward(const Tensor& x, const Tensor& dy, const FakeQuantScale
   });
 }
 
+void channel_abs_max(const Tensor& x, int axis, std::span<float> amax) {
+  std::fill(amax.begin(), amax.end(), 0.0f);
+  const float* p = x.data<float>();
+  if (axis < 0) {
+    for (int64_t i = 0; i < x.numel(); ++i) amax[0] = std::max(amax[0], std::fabs(p[i]));
+    return;
+  }
+  const int64_t channels = x.dim(axis);
+  if (static_cast<int64_t>(amax.size()) != channels) {
+    throw_internal("channel_abs_max: " + std::to_string(amax.size()) + " outputs for " +
+                   std::to_string(channels) + " channels");
+  }
+  int64_t inner = 1;
+  for (int d = axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
+  const int64_t outer = x.numel() / (channels * inner);
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t c = 0; c < channels; ++c) {
+      float& m = amax[static_cast<size_t>(c)];
+      const float* row = p + (o * channels + c) * inner;
+      for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(row[k]));
+    }
+  }
+}
+
 float symmetric_scale(float amax) {
   if (!(amax > 0)) return std::numeric_limits<float>::min();
   return amax / kFakeQuantMax;

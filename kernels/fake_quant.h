@@ -25,6 +25,10 @@ struct FakeQuantScales {
 // smallest positive normal float, so that the grid stays well defined.
 float symmetric_scale(float amax);
 
+// max |x| per index of `axis` (amax.size() == dim(axis)), or over the whole tensor into
+// amax[0] when axis < 0. NaN is skipped, as std::max skips it.
+void channel_abs_max(const Tensor& x, int axis, std::span<float> amax);
+
 // Forward, bit for bit what ONNX QuantizeLinear followed by DequantizeLinear computes:
 //   q = saturate_[-128,127](round_half_to_even(x / scale))   (a float32 division, not x·(1/s))
 //   y = float(q) · scale            (q is an integer, so y = +0 where q = 0, even for x < 0)

@@ -52,6 +52,20 @@ void batch_norm_fold(const float* gamma, const float* beta, const float* mean, c
   }
 }
 
+void fold_batch_norm_weight(const float* w, const float* gamma, const float* var, double epsilon,
+                            int64_t channels, int64_t per_channel, float* folded, double* factor,
+                            double* inv_std) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const double std_dev = std::sqrt(static_cast<double>(var[c]) + epsilon);
+    const double s = static_cast<double>(gamma[c]) / std_dev;
+    if (factor) factor[c] = s;
+    if (inv_std) inv_std[c] = 1.0 / std_dev;
+    for (int64_t k = c * per_channel; k < (c + 1) * per_channel; ++k) {
+      folded[k] = static_cast<float>(w[k] * s);
+    }
+  }
+}
+
 void channel_affine(const float* x, const float* scale, const float* shift, int64_t batch,
                     int64_t channels, int64_t inner, float* y) {
   parallel_for(batch * channels, grain_for(inner), [&](int64_t begin, int64_t end) {

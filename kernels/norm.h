@@ -59,6 +59,15 @@ inline float lane_sum_squared_deviation(const float* x, int64_t n, float center)
 void batch_norm_fold(const float* gamma, const float* beta, const float* mean, const float* var,
                      float epsilon, int64_t channels, float* scale, float* shift);
 
+// A weight with the batch norm after its convolution folded in, as the Q/DQ export writes it
+// and quantization-aware training quantizes it: per output channel c (the leading axis, with
+// `per_channel` values each), factor = gamma / sqrt(var + epsilon) in double and
+// folded = float(w · factor). `factor` and `inv_std` (1 / sqrt(var + epsilon)) receive one
+// value per channel when not null.
+void fold_batch_norm_weight(const float* w, const float* gamma, const float* var, double epsilon,
+                            int64_t channels, int64_t per_channel, float* folded, double* factor,
+                            double* inv_std = nullptr);
+
 // y[n, c, i] = x[n, c, i]·scale[c] + shift[c] over x [batch, channels, inner].
 void channel_affine(const float* x, const float* scale, const float* shift, int64_t batch,
                     int64_t channels, int64_t inner, float* y);

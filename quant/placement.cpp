@@ -8,6 +8,8 @@
 
 #include "graph/catalog.h"
 #include "kernels/error.h"
+#include "kernels/fake_quant.h"
+#include "kernels/norm.h"
 
 namespace qforge::quant {
 namespace {
@@ -164,19 +166,16 @@ Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Ten
   const float* var = n->input(first + 3)->constant().data<float>();
   const double eps = n->attr_float("epsilon", 1e-5f);
   const int64_t channels = w.dim(0);
-  const int64_t per_channel = w.numel() / channels;
   Tensor folded(DType::kFloat32, w.shape());
+  std::vector<double> factor(static_cast<size_t>(channels));
+  kernels::fold_batch_norm_weight(w.data<float>(), gamma, var, eps, channels, w.numel() / channels,
+                                  folded.data<float>(), factor.data());
   Tensor bias(DType::kFloat32, {channels});
-  const float* src = w.data<float>();
-  float* dst = folded.data<float>();
   const float* b = is_float_constant(bv) ? bv->constant().data<float>() : nullptr;
   for (int64_t c = 0; c < channels; ++c) {
-    const double s = static_cast<double>(gamma[c]) / std::sqrt(static_cast<double>(var[c]) + eps);
-    for (int64_t k = 0; k < per_channel; ++k) {
-      dst[c * per_channel + k] = static_cast<float>(src[c * per_channel + k] * s);
-    }
     const double conv_bias = b ? b[c] : 0.0;
-    bias.data<float>()[c] = static_cast<float>((conv_bias - mean[c]) * s + beta[c]);
+    bias.data<float>()[c] =
+        static_cast<float>((conv_bias - mean[c]) * factor[static_cast<size_t>(c)] + beta[c]);
   }
   if (folded_bias) *folded_bias = bias;
   return folded;
@@ -184,24 +183,8 @@ Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Ten
 
 std::vector<float> weight_channel_amax(const graph::Graph& fused, const WeightPoint& point) {
   const Tensor w = quantized_weight(fused, point);
-  if (!point.per_channel) {
-    float m = 0.0f;
-    for (float x : w.span<float>()) m = std::max(m, std::fabs(x));
-    return {m};
-  }
-  const int64_t channels = w.dim(point.axis);
-  int64_t inner = 1;
-  for (int d = point.axis + 1; d < w.rank(); ++d) inner *= w.dim(d);
-  const int64_t outer = w.numel() / (channels * inner);
-  std::vector<float> amax(static_cast<size_t>(channels), 0.0f);
-  const float* x = w.data<float>();
-  for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const float* row = x + (o * channels + c) * inner;
-      float& m = amax[static_cast<size_t>(c)];
-      for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(row[k]));
-    }
-  }
+  std::vector<float> amax(point.per_channel ? static_cast<size_t>(w.dim(point.axis)) : 1);
+  kernels::channel_abs_max(w, point.per_channel ? point.axis : -1, amax);
   return amax;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/fake_quant.h"
+#include "kernels/norm.h"
 #include "kernels/parallel.h"
 #include "runtime/ops/ops.h"
 
@@ -379,42 +380,17 @@ class WeightFakeQuantKernel final : public OpKernel {
 
  private:
   const Tensor& fold(std::span<const Tensor> inputs) {
-    const float* w = inputs[0].data<float>();
-    const float* gamma = inputs[1].data<float>();
-    const float* var = inputs[2].data<float>();
     const int64_t channels = shape_[0];
-    const int64_t per = inputs[0].numel() / channels;
-    float* dst = folded_.data<float>();
-    for (int64_t c = 0; c < channels; ++c) {
-      const double std_dev = std::sqrt(static_cast<double>(var[c]) + epsilon_);
-      const double s = static_cast<double>(gamma[c]) / std_dev;
-      factor_[static_cast<size_t>(c)] = s;
-      inv_std_[static_cast<size_t>(c)] = 1.0 / std_dev;
-      for (int64_t k = c * per; k < (c + 1) * per; ++k) dst[k] = static_cast<float>(w[k] * s);
-    }
+    kernels::fold_batch_norm_weight(inputs[0].data<float>(), inputs[1].data<float>(),
+                                    inputs[2].data<float>(), epsilon_, channels,
+                                    inputs[0].numel() / channels, folded_.data<float>(),
+                                    factor_.data(), inv_std_.data());
     return folded_;
   }
 
+  // The scales of the quantizer: max |w| / 127 per channel (or for the whole tensor).
   void channel_amax(const Tensor& src) {
-    std::fill(scales_.begin(), scales_.end(), 0.0f);
-    const float* x = src.data<float>();
-    if (axis_ < 0) {
-      float m = 0.0f;
-      for (int64_t i = 0; i < src.numel(); ++i) m = std::max(m, std::fabs(x[i]));
-      scales_[0] = m;
-    } else {
-      const int64_t channels = src.dim(static_cast<int>(axis_));
-      int64_t inner = 1;
-      for (int d = static_cast<int>(axis_) + 1; d < src.rank(); ++d) inner *= src.dim(d);
-      const int64_t outer = src.numel() / (channels * inner);
-      for (int64_t o = 0; o < outer; ++o) {
-        for (int64_t c = 0; c < channels; ++c) {
-          float& m = scales_[static_cast<size_t>(c)];
-          const float* row = x + (o * channels + c) * inner;
-          for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(row[k]));
-        }
-      }
-    }
+    kernels::channel_abs_max(src, static_cast<int>(axis_), scales_);
     for (float& s : scales_) {
       if (!std::isfinite(s)) {
         throw_invalid("run: " + label_ + ": the weight's range is not finite (max |w| = " +
