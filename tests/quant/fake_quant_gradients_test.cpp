@@ -16,6 +16,7 @@
 #include "quant/placement.h"
 #include "runtime/training.h"
 #include "runtime/transform_pipeline.h"
+#include "tests/support/float_checks.h"
 #include "tests/support/test_support.h"
 #include "tests/support/thread_count.h"
 #include "tools/io/npy.h"
@@ -40,16 +41,6 @@ std::map<std::string, kernels::Shape> shapes_of(
   std::map<std::string, kernels::Shape> shapes;
   for (const auto& [name, grad] : gradients) shapes[name] = grad.shape();
   return shapes;
-}
-
-double relative_l2(const Tensor& got, const Tensor& want) {
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double g = got.data<float>()[i], w = want.data<float>()[i];
-    diff += (g - w) * (g - w);
-    norm += w * w;
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
 }
 
 class FakeQuantGradients : public ::testing::TestWithParam<std::string> {};
@@ -96,7 +87,7 @@ void expect_inactive_fake_quant_matches_float(const std::string& family,
   for (const auto& [name, want] : float_grads.gradients) {
     ASSERT_TRUE(by_name.count(name)) << name;
     ASSERT_EQ(by_name[name]->shape(), want.shape()) << name;
-    EXPECT_LE(relative_l2(*by_name[name], want), 1e-4) << name;
+    EXPECT_LE(testing::relative_l2(*by_name[name], want), 1e-4) << name;
   }
   for (const std::string& name : derived_sources) {
     ASSERT_TRUE(by_name.count(name)) << name;

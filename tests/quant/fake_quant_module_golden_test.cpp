@@ -14,6 +14,7 @@
 #include "runtime/resolve.h"
 #include "runtime/training.h"
 #include "runtime/transform_pipeline.h"
+#include "tests/support/float_checks.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npz.h"
 
@@ -25,15 +26,6 @@ using kernels::Tensor;
 double norm(const Tensor& t) {
   double s = 0;
   for (float v : t.span<float>()) s += static_cast<double>(v) * v;
-  return std::sqrt(s);
-}
-
-double distance(const Tensor& a, const Tensor& b) {
-  double s = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double d = static_cast<double>(a.data<float>()[i]) - b.data<float>()[i];
-    s += d * d;
-  }
   return std::sqrt(s);
 }
 
@@ -63,7 +55,7 @@ TEST_P(FakeQuantModuleGolden, GradientsEqualPyTorchs) {
   const Tensor y = training.forward({&x, 1})[0];
   const Tensor& y_ref = golden.at("y");
   ASSERT_EQ(y.shape(), y_ref.shape());
-  EXPECT_LE(distance(y, y_ref) / norm(y_ref), 1e-5);
+  EXPECT_LE(testing::relative_l2(y, y_ref), 1e-5);
   const Tensor& dy = golden.at("dy");
   training.backward({&dy, 1});
 
@@ -90,7 +82,7 @@ TEST_P(FakeQuantModuleGolden, GradientsEqualPyTorchs) {
       EXPECT_LT(norm(p->grad), 1e-6 * total) << name;
       continue;
     }
-    EXPECT_LE(distance(p->grad, g_ref) / norm(g_ref), 1e-5) << name;
+    EXPECT_LE(testing::relative_l2(p->grad, g_ref), 1e-5) << name;
   }
   EXPECT_GE(compared, 2u);
 }

@@ -33,6 +33,7 @@
 #include "runtime/op_registry.h"
 #include "runtime/session.h"
 #include "runtime/transform_pipeline.h"
+#include "tests/support/float_checks.h"
 #include "tests/support/ort_runner.h"
 #include "tests/support/test_support.h"
 #include "tools/io/image_folder.h"
@@ -63,16 +64,6 @@ Tensor val_batch(int64_t rows) {
   io::ImageFolder val(data_path("datasets/digits/val"),
                       io::preprocess_from_metadata(model->metadata, *model->inputs()[0]->shape()));
   return val.load_batch(0, static_cast<size_t>(rows));
-}
-
-double relative_l2(const Tensor& a, const Tensor& b) {
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double x = a.data<float>()[i], y = b.data<float>()[i];
-    diff += (x - y) * (x - y);
-    norm += x * x;
-  }
-  return std::sqrt(diff / norm);
 }
 
 struct Calibrated {
@@ -139,9 +130,8 @@ TEST(QatTraining, WeightFakeQuantGivesTheExportedWeights) {
     Tensor expected(kernels::DType::kFloat32, weight.shape());
     kernels::fake_quant(weight, {scales, w.axis}, expected);
     ASSERT_EQ(got.shape(), expected.shape()) << w.node;
-    EXPECT_EQ(0, std::memcmp(got.data<float>(), expected.data<float>(),
-                             static_cast<size_t>(got.numel()) * sizeof(float)))
-        << w.node;
+    testing::expect_same_bits(got.data<float>(), expected.data<float>(),
+                              static_cast<size_t>(got.numel()), w.node);
   }
   EXPECT_GT(folded, 0u);  // resnet_bn keeps its batch norms for the export to fold
 }
@@ -166,13 +156,13 @@ TEST(QatTraining, FrozenBatchNormTrainingForwardIsTheExportedModel) {
   size_t k = 0;
   for (const runtime::Parameter& p : training->executor().parameters()) {
     if (p.trainable()) continue;
-    EXPECT_EQ(0, std::memcmp(p.value.data<float>(), state_before[k++].data<float>(),
-                             static_cast<size_t>(p.value.numel()) * sizeof(float)))
-        << p.name << " changed with BN frozen";
+    testing::expect_same_bits(p.value.data<float>(), state_before[k++].data<float>(),
+                              static_cast<size_t>(p.value.numel()),
+                              p.name + " changed with BN frozen");
   }
   const Tensor again = training->forward(x);
-  EXPECT_EQ(0, std::memcmp(first.data<float>(), again.data<float>(),
-                           static_cast<size_t>(first.numel()) * sizeof(float)));
+  testing::expect_same_bits(first.data<float>(), again.data<float>(),
+                            static_cast<size_t>(first.numel()), "a second forward");
 
   runtime::Session exported(quant::build_qdq_graph(*c.fused, c.plan, c.amax));
   const Tensor y = exported.run(x)[0];
@@ -180,7 +170,7 @@ TEST(QatTraining, FrozenBatchNormTrainingForwardIsTheExportedModel) {
   // The same integers up to rounding flips: the training graph divides the convolution by the
   // fold factor and lets the BN multiply it back, where the export adds a folded bias; a value
   // at a .5 boundary may round the other way, which moves an output by ~1e-3 relative L2.
-  EXPECT_LE(relative_l2(y, first), 1e-2);
+  EXPECT_LE(testing::relative_l2(first, y), 1e-2);
   for (int64_t row = 0; row < kBatch; ++row) {
     const float* a = y.data<float>() + row * 10;
     const float* b = first.data<float>() + row * 10;
@@ -207,7 +197,7 @@ TEST(QatCli, ThreadCountsWriteTheSameBytesAndOrtRunsTheModelAsQforge) {
   const Tensor ours = io::read_npy(dir.file("y.npy"));
   const std::vector<Tensor> ort = testing::run_ort(out, {io::read_npy(dir.file("x.npy"))});
   ASSERT_EQ(ort.size(), 1u);
-  EXPECT_LE(relative_l2(ort[0], ours), 1e-2);
+  EXPECT_LE(testing::relative_l2(ours, ort[0]), 1e-2);
   testing::ort_dump(out, dir.file("x.npy"), dir.file("ort.npz"), "disabled");
   const auto verify = run_cli("verify " + out + " --reference " + dir.file("ort.npz") + " --data " +
                               dir.file("x.npy"));
@@ -498,7 +488,7 @@ TEST_P(QatFamily, TrainedGraphIsTheExportedModelInQforgeAndOrt) {
   // The training executor runs the same graph on its own copies of the parameters, where a
   // MatMul whose weight is a parameter runs on OpenBLAS instead of the packed kernel: the same
   // values up to summation order, and the rounding flips that can cause.
-  EXPECT_LE(relative_l2(eval_outputs[0], trained), 1e-2);
+  EXPECT_LE(testing::relative_l2(trained, eval_outputs[0]), 1e-2);
   const quant::VerifyResult checked =
       quant::verify_qdq(*graph::load_onnx(out), {&x, 1}, reference, {.flip_tolerance = 1e-3});
   EXPECT_EQ(checked.mismatches, 0);
@@ -507,7 +497,7 @@ TEST_P(QatFamily, TrainedGraphIsTheExportedModelInQforgeAndOrt) {
   io::write_npy(dir.file("x.npy"), x);
   const std::vector<Tensor> ort = testing::run_ort(out, {x});
   ASSERT_EQ(ort.size(), 1u);
-  EXPECT_LE(relative_l2(ort[0], ours), 1e-2);
+  EXPECT_LE(testing::relative_l2(ours, ort[0]), 1e-2);
   testing::ort_dump(out, dir.file("x.npy"), dir.file("ort.npz"), "disabled");
   const auto verify = run_cli("verify " + out + " --reference " + dir.file("ort.npz") + " --data " +
                               dir.file("x.npy"));

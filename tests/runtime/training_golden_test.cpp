@@ -14,6 +14,7 @@
 #include "graph/onnx_import.h"
 #include "quant/optimizer.h"
 #include "runtime/training.h"
+#include "tests/support/float_checks.h"
 #include "tests/support/test_support.h"
 #include "tests/support/thread_count.h"
 #include "tools/io/npy.h"
@@ -28,17 +29,6 @@ double l2_norm(const kernels::Tensor& t) {
   double sum = 0;
   for (float v : t.span<float>()) sum += double(v) * v;
   return std::sqrt(sum);
-}
-
-double relative_l2(const kernels::Tensor& got, const kernels::Tensor& want) {
-  double diff = 0, norm = 0;
-  const float* g = got.data<float>();
-  const float* w = want.data<float>();
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    diff += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
-    norm += double(w[i]) * w[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
 }
 
 runtime::GradientResult gradients_of(const std::string& family) {
@@ -79,7 +69,7 @@ TEST_P(TrainingGolden, GradientsMatchPyTorch) {
     if (l2_norm(want) <= zero_level) {
       EXPECT_LE(l2_norm(*it->second), zero_level) << name << " is zero by construction";
     } else {
-      EXPECT_LE(relative_l2(*it->second, want), 1e-4) << name;
+      EXPECT_LE(testing::relative_l2(*it->second, want), 1e-4) << name;
     }
   }
 }
@@ -136,7 +126,7 @@ TEST_P(TrainingGolden, SgdStepsMatchPyTorch) {
       if (p.name == name) found = &p;
     }
     ASSERT_NE(found, nullptr) << "no running statistic '" << name << "'";
-    EXPECT_LE(relative_l2(found->value, want), 1e-5) << name;
+    EXPECT_LE(testing::relative_l2(found->value, want), 1e-5) << name;
   }
 }
 

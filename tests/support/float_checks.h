@@ -1,12 +1,15 @@
-// Element-wise checks of float results against a reference, for kernel tests.
+// Checks of float results against a reference: element-wise, bit for bit, relative L2.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "kernels/tensor.h"
 
 namespace qforge::testing {
 
@@ -26,6 +29,19 @@ inline void expect_close(const std::vector<float>& actual, const std::vector<flo
     }
   }
   EXPECT_EQ(failures, 0) << what;
+}
+
+// ‖got − want‖ / ‖want‖ over float32 tensors of one size, in double (‖want‖ floored at 1e-30).
+inline double relative_l2(const kernels::Tensor& got, const kernels::Tensor& want) {
+  double diff = 0, norm = 0;
+  const float* g = got.data<float>();
+  const float* w = want.data<float>();
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double d = static_cast<double>(g[i]) - w[i];
+    diff += d * d;
+    norm += static_cast<double>(w[i]) * w[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
 }
 
 inline void expect_same_bits(const float* a, const float* b, size_t count,
