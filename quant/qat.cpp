@@ -136,16 +136,19 @@ std::unique_ptr<Optimizer> make_optimizer(const QatSetup& s, bool scales = false
 }
 
 // The first tensor that is not finite: a parameter's value or gradient, else the logits.
-std::string first_nonfinite(const runtime::TrainingExecutor& executor) {
+// The first value of `t` that is NaN or infinite; null when every one is finite.
+const float* first_nonfinite(const kernels::Tensor& t) {
+  for (const float& x : t.span<float>()) {
+    if (!std::isfinite(x)) return &x;
+  }
+  return nullptr;
+}
+
+// Names the first parameter value or gradient that is not finite; else the logits.
+std::string nonfinite_tensor(const runtime::TrainingExecutor& executor) {
   for (const runtime::Parameter& p : executor.parameters()) {
-    for (const kernels::Tensor* t : {&p.value, &p.grad}) {
-      if (!t->defined()) continue;
-      for (float x : t->span<float>()) {
-        if (!std::isfinite(x)) {
-          return std::string(t == &p.value ? "parameter '" : "the gradient of '") + p.name + "'";
-        }
-      }
-    }
+    if (first_nonfinite(p.value)) return "parameter '" + p.name + "'";
+    if (p.grad.defined() && first_nonfinite(p.grad)) return "the gradient of '" + p.name + "'";
   }
   return "the logits";
 }
@@ -394,7 +397,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     if (!std::isfinite(value)) {
       throw_invalid("qat: step " + std::to_string(step) + ": the loss became " +
                     (std::isnan(value) ? "NaN" : "infinite") + " (first non-finite: " +
-                    first_nonfinite(training->executor()) + "); lower --lr" + kept_checkpoint());
+                    nonfinite_tensor(training->executor()) + "); lower --lr" + kept_checkpoint());
     }
     const double lr = schedule.lr(step);
     split();
@@ -410,13 +413,11 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     }
     // A diverging update shows in the parameters before the next forward runs on them.
     for (const runtime::Parameter& p : std::as_const(training->executor()).parameters()) {
-      if (!p.trainable()) continue;
-      for (float v : p.value.span<float>()) {
-        if (!std::isfinite(v)) {
-          throw_invalid("qat: step " + std::to_string(step) + ": parameter '" + p.name +
-                        "' became " + (std::isnan(v) ? "NaN" : "infinite") +
-                        " in the update; lower --lr" + kept_checkpoint());
-        }
+      const float* bad = p.trainable() ? first_nonfinite(p.value) : nullptr;
+      if (bad) {
+        throw_invalid("qat: step " + std::to_string(step) + ": parameter '" + p.name + "' became " +
+                      (std::isnan(*bad) ? "NaN" : "infinite") + " in the update; lower --lr" +
+                      kept_checkpoint());
       }
     }
     result.last_loss = value;
