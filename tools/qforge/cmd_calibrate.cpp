@@ -59,10 +59,6 @@ struct CalibrateOptions {
 // Seed of the flip injections: the figure is reproducible run to run.
 constexpr uint64_t kFlipSeed = 0;
 
-double percent(size_t part, size_t whole) {
-  return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
-}
-
 // JSON has no infinity: an exact match (SQNR +inf) is written as null.
 nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);

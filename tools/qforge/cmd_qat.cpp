@@ -60,10 +60,6 @@ struct QatOptions {
 
 const char* kOptimizers = "sgd or adamw";
 
-double percent(size_t part, size_t whole) {
-  return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
-}
-
 // JSON has no infinity or NaN: such a figure (SQNR +inf on an exact match) is written as null.
 nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);

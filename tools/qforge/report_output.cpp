@@ -22,6 +22,10 @@ void commit_text_file(io::AtomicFile& file, const std::string& text, const char*
   std::printf("%-12s written to %s\n", label, path.c_str());
 }
 
+double percent(size_t part, size_t whole) {
+  return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
+}
+
 void print_smoothquant(const quant::SmoothQuantResult& result) {
   std::printf("smoothquant  alpha %g: %zu LayerNorms smoothed, factors in [%.5g, %.5g]; %zu kept\n",
               result.alpha, result.smoothed.size(), static_cast<double>(result.min_factor()),

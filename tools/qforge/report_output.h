@@ -1,6 +1,7 @@
 // Console and file output the subcommands' reports share.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -20,6 +21,9 @@ void commit_text_file(io::AtomicFile& file, const std::string& text, const char*
 
 // The SmoothQuant lines of `qforge calibrate`: alpha, the factor range, one line per smoothed
 // LayerNorm and one per LayerNorm left as it was, with the reason.
+// part / whole in percent; 0 when whole is 0.
+double percent(size_t part, size_t whole);
+
 void print_smoothquant(const quant::SmoothQuantResult& result);
 // The same as a JSON object.
 nlohmann::json smoothquant_json(const quant::SmoothQuantResult& result);
