@@ -32,6 +32,7 @@ import sys
 import time
 
 import compare
+import compare  # noqa: E402
 import zoo
 
 CASES = [("resnet18", 16), ("mobilenet_v3_small", 32)]
@@ -143,24 +144,8 @@ def find_step_binary(path):
 
 
 def write_section(lines):
-    path = os.path.join(zoo.BENCH_DIR, "RESULTS.md")
-    text = open(path).read() if os.path.exists(path) else ""
-    section = SECTION_START + "\n" + "\n".join(lines) + "\n" + SECTION_END
-    if SECTION_START in text and SECTION_END in text:
-        text = text[: text.index(SECTION_START)] + section + text[text.index(SECTION_END) + len(SECTION_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def revision():
-    try:
-        return subprocess.run(["git", "-C", zoo.REPO_ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    compare.write_results(SECTION_START + "\n" + "\n".join(lines) + "\n" + SECTION_END + "\n",
+                          compare.RESULTS, SECTION_START, SECTION_END)
 
 
 def mib(n):
@@ -229,7 +214,7 @@ def main():
     lines = [
         "## Quantization-aware training: one step",
         "",
-        f"`/usr/bin/python3 bench/qat.py` at {revision()}, {datetime.date.today().isoformat()}, "
+        f"`/usr/bin/python3 bench/qat.py` at {compare.git_revision()}, {datetime.date.today().isoformat()}, "
         f"{zoo.machine_description()}, {args.threads} threads, torch {torch.__version__}; median of "
         f"{args.runs} steps after {args.warmup} untimed; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after. qforge: `{rows[0][5] if rows else ''}` (and likewise per model).",

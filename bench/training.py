@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+import compare  # noqa: E402
 import zoo
 
 CASES = [("resnet18", 16), ("vit_b_16", 8)]
@@ -109,24 +110,8 @@ def relative_l2(np, got, want):
 
 
 def write_section(table_lines):
-    path = os.path.join(zoo.BENCH_DIR, "RESULTS.md")
-    text = open(path).read() if os.path.exists(path) else ""
-    section = SECTION_START + "\n" + "\n".join(table_lines) + "\n" + SECTION_END
-    if SECTION_START in text and SECTION_END in text:
-        text = text[: text.index(SECTION_START)] + section + text[text.index(SECTION_END) + len(SECTION_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def revision():
-    try:
-        return subprocess.run(["git", "-C", zoo.REPO_ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    compare.write_results(SECTION_START + "\n" + "\n".join(table_lines) + "\n" + SECTION_END + "\n",
+                          compare.RESULTS, SECTION_START, SECTION_END)
 
 
 def main():
@@ -174,7 +159,7 @@ def main():
     lines = [
         "## Training: forward and backward",
         "",
-        f"`/usr/bin/python3 bench/training.py` at {revision()}, {datetime.date.today().isoformat()}, "
+        f"`/usr/bin/python3 bench/training.py` at {compare.git_revision()}, {datetime.date.today().isoformat()}, "
         f"{zoo.machine_description()}, {args.threads} threads, torch {torch.__version__}; fastest of "
         f"{args.runs} passes after one untimed; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after.",
