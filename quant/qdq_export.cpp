@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 #include <unordered_set>
@@ -188,6 +189,37 @@ void insert_softmax_pair(Graph& g, const std::vector<Node*>& made, float scale,
   }
 }
 
+// Lowers the module nodes of `g` one by one, in graph order. After each, `after` gets its name,
+// label and the nodes it became, then the fixed-scale pair goes after the Softmax of an
+// attention module that `plan` quantizes there. Returns the number of softmax pairs.
+using AfterLowering = std::function<void(const std::string& name, const std::string& label,
+                                         const std::vector<Node*>& made)>;
+size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
+                     const AfterLowering& after) {
+  std::map<std::string, float> softmax_scale;
+  for (const SoftmaxPoint& s : plan.softmax) softmax_scale[s.node] = s.scale;
+  size_t softmax_pairs = 0;
+  const std::vector<Node*> order = g.nodes();
+  for (Node* node : order) {
+    const graph::OpSchema* schema = graph::find_schema(node->op_type());
+    if (!schema || schema->kind != graph::SchemaKind::kModule) continue;
+    if (!schema->lower)
+      throw_internal(stage + ": " + node->label() + ": module without a lowering");
+    const std::string name = node->name();
+    const std::string label = node->label();
+    const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
+    schema->lower(g, *node);
+    const std::vector<Node*> made = new_nodes(g, before);
+    after(name, label, made);
+    auto sm = softmax_scale.find(name);
+    if (sm != softmax_scale.end()) {
+      insert_softmax_pair(g, made, sm->second, label);
+      ++softmax_pairs;
+    }
+  }
+  return softmax_pairs;
+}
+
 }  // namespace
 
 std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan,
@@ -241,42 +273,24 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
     ++count.weight_quantizers;
   }
 
-  std::map<std::string, float> softmax_scale;
-  for (const SoftmaxPoint& s : plan.softmax) softmax_scale[s.node] = s.scale;
-
   // Lower module by module, so that the nodes each one became are known.
-  const std::vector<Node*> order = g.nodes();
-  for (Node* node : order) {
-    const graph::OpSchema* schema = graph::find_schema(node->op_type());
-    if (!schema || schema->kind != graph::SchemaKind::kModule) continue;
-    if (!schema->lower)
-      throw_internal("qdq export: " + node->label() + ": module without a lowering");
-    const std::string name = node->name();
-    const std::string label = node->label();
-    const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
-    schema->lower(g, *node);
-    const std::vector<Node*> made = new_nodes(g, before);
-
-    if (folded_modules.count(name)) {
-      // Conv → BN becomes Conv with the folded weight and bias: the BN goes.
-      Node* bn = find_op(made, "BatchNormalization");
-      if (!bn) throw_internal("qdq export: " + label + ": lowering made no BatchNormalization");
-      Value* conv_out = bn->input(0);
-      Value* bn_out = bn->output(0);
-      const std::string bn_out_name = bn_out->name();
-      const std::optional<graph::Shape> shape = bn_out->shape();
-      g.replace_all_uses(bn_out, conv_out);
-      g.remove_node(bn);
-      g.rename_value(conv_out, bn_out_name);
-      if (shape) conv_out->set_type(DType::kFloat32, *shape);
-      ++count.folded_batch_norms;
-    }
-    auto sm = softmax_scale.find(name);
-    if (sm != softmax_scale.end()) {
-      insert_softmax_pair(g, made, sm->second, label);
-      ++count.softmax_pairs;
-    }
-  }
+  count.softmax_pairs = lower_modules(
+      g, plan, "qdq export",
+      [&](const std::string& name, const std::string& label, const std::vector<Node*>& made) {
+        if (!folded_modules.count(name)) return;
+        // Conv → BN becomes Conv with the folded weight and bias: the BN goes.
+        Node* bn = find_op(made, "BatchNormalization");
+        if (!bn) throw_internal("qdq export: " + label + ": lowering made no BatchNormalization");
+        Value* conv_out = bn->input(0);
+        Value* bn_out = bn->output(0);
+        const std::string bn_out_name = bn_out->name();
+        const std::optional<graph::Shape> shape = bn_out->shape();
+        g.replace_all_uses(bn_out, conv_out);
+        g.remove_node(bn);
+        g.rename_value(conv_out, bn_out_name);
+        if (shape) conv_out->set_type(DType::kFloat32, *shape);
+        ++count.folded_batch_norms;
+      });
   g.remove_dead();
   g.check_consistency();
   return out;
@@ -408,24 +422,12 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     g.set_input(n, static_cast<size_t>(w.input), q->output(0));
   }
 
-  std::map<std::string, float> softmax_scale;
-  for (const SoftmaxPoint& s : plan.softmax) softmax_scale[s.node] = s.scale;
-  const std::vector<Node*> order = g.nodes();
-  for (Node* node : order) {
-    const graph::OpSchema* schema = graph::find_schema(node->op_type());
-    if (!schema || schema->kind != graph::SchemaKind::kModule) continue;
-    if (!schema->lower)
-      throw_internal("training graph: " + node->label() + ": module without a lowering");
-    const std::string name = node->name();
-    const std::string label = node->label();
-    const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
-    schema->lower(g, *node);
-    const std::vector<Node*> made = new_nodes(g, before);
-    auto f = fold_factor.find(name);
-    if (f != fold_factor.end()) unfold_conv_output(g, made, f->second, label);
-    auto sm = softmax_scale.find(name);
-    if (sm != softmax_scale.end()) insert_softmax_pair(g, made, sm->second, label);
-  }
+  lower_modules(
+      g, plan, "training graph",
+      [&](const std::string& name, const std::string& label, const std::vector<Node*>& made) {
+        auto f = fold_factor.find(name);
+        if (f != fold_factor.end()) unfold_conv_output(g, made, f->second, label);
+      });
   g.remove_dead();
   g.check_consistency();
 
