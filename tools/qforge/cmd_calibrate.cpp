@@ -28,6 +28,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/pipeline_adapters.h"
 #include "tools/qforge/report_output.h"
 
@@ -54,6 +55,7 @@ struct CalibrateOptions {
   // Rounding flips injected into the written model (on the first evaluation batch) to measure
   // the output change one flip causes; 0 skips the measurement.
   int64_t flip_injections = 32;
+  InputShapeFlag input_shape;
 };
 
 // Seed of the flip injections: the figure is reproducible run to run.
@@ -94,7 +96,7 @@ int run_calibrate(const CalibrateOptions& o) {
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
-  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   DataSource data = DataSource::open(o.data, *model, {});
   const size_t total = quant::spread_indices(data.size(), o.limit).size();
   if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
@@ -113,7 +115,8 @@ int run_calibrate(const CalibrateOptions& o) {
   setup.skip = o.skip;
   setup.smoothquant_alpha = o.smoothquant;
   setup.per_tensor_weights = o.per_tensor_weights;
-  const quant::ModelLoader reload = quant::model_file(o.model);
+  const quant::ModelLoader reload =
+      quant::model_file(o.model, import_options_for(o.input_shape, o.data));
   int64_t calibration_peak_bytes = 0;
   quant::PipelineHooks hooks;
   hooks.progress = progress_bars();
@@ -390,6 +393,7 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_option("--data", opts->data,
                   "calibration data: image folder or .npy file of model inputs")
       ->required();
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
       ->required()
       ->check(file_path());

@@ -20,6 +20,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 
 namespace qforge::cli {
 namespace {
@@ -36,6 +37,7 @@ struct RunOptions {
   int64_t warmup = 0;
   PreprocessOverrides preprocess;
   float pixel_scale = 0;
+  InputShapeFlag input_shape;
 };
 
 int64_t argmax_row(const float* row, int64_t n) {
@@ -65,7 +67,7 @@ int run_run(RunOptions o) {
 
   runtime::SessionOptions so;
   so.executor.profile = o.profile;
-  std::unique_ptr<graph::Graph> loaded = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> loaded = load_model_to_run(o.model, o.input_shape, o.data);
   // Outputs past the first go to "<output>.<k>.npy", checked and opened before running.
   for (size_t k = 1; !o.output.empty() && k < loaded->outputs().size(); ++k) {
     output_paths.push_back({"-o", extra_output_path(o.output, k)});
@@ -206,6 +208,7 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_option("--data", opts->data,
                   "image folder (class sub-folders give labels) or .npy file of inputs")
       ->required();
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,

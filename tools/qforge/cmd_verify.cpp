@@ -22,6 +22,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
@@ -38,6 +39,7 @@ struct VerifyCommandOptions {
   int64_t limit = 0;
   size_t list = 8;
   int threads = 0;
+  InputShapeFlag input_shape;
 };
 
 std::string read_bytes(const std::string& path) {
@@ -141,7 +143,7 @@ int run_verify(const VerifyCommandOptions& o) {
     throw_invalid("verify: --tolerance: expected a number of steps in [0, 0.5), got " +
                   std::to_string(o.tolerance));
   }
-  auto model = graph::load_onnx(o.model);
+  auto model = load_model_to_run(o.model, o.input_shape, o.data);
   if (model->inputs().size() != 1) {
     throw_unsupported("verify: model '" + o.model + "': expected one input, got " +
                       std::to_string(model->inputs().size()));
@@ -304,6 +306,7 @@ CommandRunner add_verify_command(CLI::App& app) {
                   "np.savez) or Polygraphy --save-outputs .json");
   cmd->add_option("--data", opts->data,
                   "the inputs the reference ran: .npy file or image folder, as one batch");
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("--runner", opts->runner,
                   "Polygraphy runner to read (default: the first in the file)");
   cmd->add_option("--tolerance", opts->tolerance,
