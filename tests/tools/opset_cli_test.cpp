@@ -23,8 +23,8 @@ using testing::run_cli;
 using testing::TempDir;
 
 struct OpsetModel {
-  std::string name;    // data/models/opset/<name>.onnx
-  std::string family;  // data/golden/opset/<family>_{input,output}.npy
+  std::string name;       // data/models/opset/<name>.onnx
+  std::string family;     // data/golden/opset/<family>_{input,output}.npy
   int64_t written_opset;  // the opset of the Q/DQ model calibrate writes
 };
 
@@ -48,7 +48,9 @@ const OpsetModel kModels[] = {
 std::string model_path(const std::string& name) {
   return data_path("models/opset/" + name + ".onnx");
 }
-std::string golden(const std::string& file) { return data_path("golden/opset/" + file); }
+std::string golden(const std::string& file) {
+  return data_path("golden/opset/" + file);
+}
 
 std::string input_of(const OpsetModel& m) {
   return golden((m.family == "transformer_tanh" ? std::string("transformer") : m.family) +
@@ -112,7 +114,7 @@ TEST_P(OpsetCalibrated, RunsInOrtAsInQforge) {
 
 // One model per path through import: converted (9, 11), native with libonnx's checks (17) and
 // without them (18, 20 with both Gelu forms, 21).
-const OpsetModel kCalibrated[] = {kModels[0], kModels[4], kModels[6], kModels[8],
+const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6], kModels[8],
                                   kModels[10], kModels[11], kModels[13]};
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetCalibrated, ::testing::ValuesIn(kCalibrated),
@@ -127,13 +129,18 @@ TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_matches_pytorch(dir.file("wide.npy"), golden("cnn_wide_output.npy"));
   // --input-shape agrees with the data.
-  r = run_cli("run " + model + " --input-shape 3,16,16 --data " + golden("cnn_input.npy") +
-              " -o " + dir.file("square.npy"));
+  r = run_cli("run " + model + " --input-shape 3,16,16 --data " + golden("cnn_input.npy") + " -o " +
+              dir.file("square.npy"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_matches_pytorch(dir.file("square.npy"), golden("cnn_output.npy"));
-  // Transform checks on random inputs of the given shape.
+  // Transform checks on random inputs of the given shape; plan and inspect resolve at it.
   r = run_cli("transform " + model + " --input-shape 3,16,16 -o " + dir.file("t.onnx"));
   EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("plan " + model + " --input-shape 3,16,16");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("inspect " + model + " --input-shape 3,12,20");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("input    input  float32[N, 3, 12, 20]"), std::string::npos) << r.out;
 }
 
 TEST(OpsetCli, DynamicHeightAndWidthWithoutAShapeAreNamed) {
@@ -147,8 +154,9 @@ TEST(OpsetCli, DynamicHeightAndWidthWithoutAShapeAreNamed) {
       "3,224,224) or feed .npy data of that shape");
   r = run_cli("run " + model + " --input-shape 3,16 --data " + golden("cnn_input.npy"));
   testing::expect_one_line_error(
-      r, "import: input 'input' [batch, 3, height, width]: expected 3 dims after the batch "
-         "agreeing with its static dims, got --input-shape [3, 16]");
+      r,
+      "import: input 'input' [batch, 3, height, width]: expected 3 dims after the batch "
+      "agreeing with its static dims, got --input-shape [3, 16]");
   r = run_cli("run " + model + " --input-shape 3,0,4 --data " + golden("cnn_input.npy"));
   testing::expect_one_line_error(r, "--input-shape: expected an integer >= 1, got '0'");
 }
@@ -162,8 +170,8 @@ TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {
     const std::string path = dir.file("m" + std::to_string(opset) + ".onnx");
     testing::write_bytes(path, proto.SerializeAsString());
     const auto r = run_cli("run " + path + " --data " + golden("cnn_input.npy"));
-    testing::expect_one_line_error(r, "uses opset " + std::to_string(opset) +
-                                          "; qforge imports opsets 9 to 21");
+    testing::expect_one_line_error(
+        r, "uses opset " + std::to_string(opset) + "; qforge imports opsets 9 to 21");
   }
 }
 

@@ -38,8 +38,7 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
   return options;
 }
 
-std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path,
-                                                const InputShapeFlag& flag,
+std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const InputShapeFlag& flag,
                                                 const std::string& data) {
   return graph::load_onnx(path, import_options_for(flag, data));
 }

@@ -27,8 +27,7 @@ void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag);
 graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::string& data);
 
 // graph::load_onnx with those options.
-std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path,
-                                                const InputShapeFlag& flag,
+std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const InputShapeFlag& flag,
                                                 const std::string& data);
 
 }  // namespace qforge::cli
