@@ -149,8 +149,9 @@ TEST(OnnxOpsets, ConverterFailureNamesTheNode) {
   ModelProtoBuilder::attribute(b.node("Softmax", "soft_7", {"r"}, "y"), "axis", int64_t{0});
   b.output("y", std::nullopt);
   const std::string message = import_error(ErrorKind::kUnsupported, b.bytes());
-  EXPECT_NE(message.find("import: node 'soft_7' (Softmax): converting from opset 11 to 13 failed: "),
-            std::string::npos)
+  EXPECT_NE(
+      message.find("import: node 'soft_7' (Softmax): converting from opset 11 to 13 failed: "),
+      std::string::npos)
       << message;
 }
 
@@ -208,8 +209,8 @@ TEST(OnnxOpsets, ReduceMeanAxesFollowTheOpset) {
   ModelProtoBuilder noop(18);
   noop.input("x", {2, 3, 5});
   noop.output("y", std::vector<int64_t>{2, 3, 5});
-  ModelProtoBuilder::attribute(noop.node("ReduceMean", "mean", {"x"}, "y"),
-                               "noop_with_empty_axes", int64_t{1});
+  ModelProtoBuilder::attribute(noop.node("ReduceMean", "mean", {"x"}, "y"), "noop_with_empty_axes",
+                               int64_t{1});
   EXPECT_EQ(run_model(noop.bytes(), x), x.to_float_vector());
 
   ModelProtoBuilder input_at17(17);
