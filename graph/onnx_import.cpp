@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -374,7 +375,7 @@ void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64
 // Every op in the catalog; the ops whose form depends on the opset in the form of the model's
 // (after conversion for old models). Checked before the ONNX checker, so that an op qforge does
 // not know is reported as such (naming op, node and opset), not as a checker failure.
-void check_ops(const onnx::ModelProto& model, int64_t opset, bool check_forms) {
+void check_ops(const onnx::ModelProto& model, int64_t opset) {
   int index = 0;
   for (const auto& np : model.graph().node()) {
     const std::string label = node_label(np, index++);
@@ -387,7 +388,40 @@ void check_ops(const onnx::ModelProto& model, int64_t opset, bool check_forms) {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' (opset " +
                         std::to_string(opset) + ") is not supported by qforge");
     }
-    if (check_forms) check_opset_form(np, label, opset);
+    if (opset >= kConvertedOpset) check_opset_form(np, label, opset);
+  }
+}
+
+// Where libonnx's checker does not run first (the version converter reads a model before it;
+// above opset 17 it never runs): each node reads values defined before it, defines values no one
+// else defines, and has the input and output it reads and writes first.
+void check_structure(const onnx::ModelProto& model) {
+  const onnx::GraphProto& gp = model.graph();
+  std::unordered_map<std::string, bool> defined;
+  for (const auto& t : gp.initializer()) defined[t.name()] = true;
+  for (const auto& in : gp.input()) defined[in.name()] = true;
+  int index = 0;
+  for (const auto& np : gp.node()) {
+    const std::string label = node_label(np, index++);
+    const OpSchema* schema = find_schema(np.op_type());
+    if (np.input_size() < std::min(schema->min_inputs, 1) || np.output_size() < 1) {
+      throw_invalid("import: " + label + ": expected at least " +
+                    std::to_string(std::min(schema->min_inputs, 1)) + " input and 1 output, got " +
+                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+    }
+    for (const auto& in : np.input()) {
+      if (!in.empty() && !defined.count(in)) {
+        throw_invalid("import: " + label + ": input '" + in +
+                      "' is neither a graph input, an initializer nor an earlier node's output");
+      }
+    }
+    for (const auto& out : np.output()) {
+      if (out.empty()) continue;
+      if (defined.count(out)) {
+        throw_invalid("import: " + label + ": output '" + out + "' is defined twice");
+      }
+      defined[out] = true;
+    }
   }
 }
 
@@ -581,15 +615,17 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
 int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
                       const ImportOptions& options) {
   int64_t opset = declared_opset(model, source);
-  check_ops(model, opset, /*check_forms=*/opset >= kConvertedOpset);
+  check_ops(model, opset);
   check_declarations(model);
   fix_sample_shape(model, source, options);
   if (opset < kConvertedOpset) {
+    check_structure(model);
     convert_to_supported_opset(model, opset, source);
     opset = declared_opset(model, source);
-    check_ops(model, opset, /*check_forms=*/true);
+    check_ops(model, opset);
     check_declarations(model);
   }
+  if (opset > libonnx_newest_opset()) check_structure(model);
   if (options.run_checker && opset <= libonnx_newest_opset()) {
     try {
       onnx::checker::check_model(model);

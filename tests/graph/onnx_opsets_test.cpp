@@ -294,6 +294,24 @@ TEST(OnnxOpsets, GeluBothApproximations) {
             "got \"fast\"");
 }
 
+// Above opset 17 libonnx's checker does not run: qforge's own structure checks do.
+TEST(OnnxOpsets, StructureIsCheckedWithoutLibonnxChecker) {
+  ModelProtoBuilder undefined(20);
+  undefined.input("x", {2, 3});
+  undefined.output("y", std::nullopt);
+  undefined.node("Relu", "relu", {"ghost"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, undefined.bytes()),
+            "import: node 'relu' (Relu): input 'ghost' is neither a graph input, an initializer "
+            "nor an earlier node's output");
+  ModelProtoBuilder twice(21);
+  twice.input("x", {2, 3});
+  twice.output("y", std::nullopt);
+  twice.node("Relu", "relu", {"x"}, "y");
+  twice.node("Neg", "neg", {"x"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, twice.bytes()),
+            "import: node 'neg' (Neg): output 'y' is defined twice");
+}
+
 // The sample shape fills dynamic dims; required static dims are named when left dynamic; a
 // static dim that differs is refused.
 TEST(OnnxOpsets, SampleShapeFixesDynamicDims) {
