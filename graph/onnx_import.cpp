@@ -334,23 +334,35 @@ std::string node_label(const onnx::NodeProto& np, int index) {
   return "node '" + name + "' (" + np.op_type() + ")";
 }
 
+// The opset from which a reduction takes its axes as input 1 with noop_with_empty_axes (13 for
+// ReduceSum, 18 for the others); 0 for an op that is not a reduction.
+int64_t reduce_axes_input_opset(std::string_view op) {
+  if (op == "ReduceSum") return 13;
+  for (std::string_view r : {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                             "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}) {
+    if (op == r) return 18;
+  }
+  return 0;
+}
+
 // The ops whose form changed between opset 13 and 21 (ONNX's operator changelog), checked
 // against the model's opset: libonnx's checker knows none of the forms above 17.
 void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64_t opset) {
   const std::string& op = np.op_type();
   const std::string at = " at opset " + std::to_string(opset);
-  if (op == "ReduceMean") {
-    if (opset < 18 && np.input_size() > 1) {
-      throw_invalid("import: " + label + ": expected 1 input" + at +
-                    " (axes is an input from opset 18), got " + std::to_string(np.input_size()));
+  if (const int64_t since = reduce_axes_input_opset(op); since > 0) {
+    const std::string from = " (axes is an input from opset " + std::to_string(since) + ")";
+    if (opset < since && np.input_size() > 1) {
+      throw_invalid("import: " + label + ": expected 1 input" + at + from + ", got " +
+                    std::to_string(np.input_size()));
     }
-    if (opset >= 18 && find_attribute(np, "axes")) {
-      throw_invalid("import: " + label + ": expected axes as input 1" + at +
-                    " (an attribute before opset 18), got attribute 'axes'");
+    if (opset >= since && find_attribute(np, "axes")) {
+      throw_invalid("import: " + label + ": expected axes as input 1" + at + from +
+                    ", got attribute 'axes'");
     }
-    if (opset < 18 && find_attribute(np, "noop_with_empty_axes")) {
+    if (opset < since && find_attribute(np, "noop_with_empty_axes")) {
       throw_invalid("import: " + label + ": expected no attribute 'noop_with_empty_axes'" + at +
-                    " (it exists from opset 18), got one");
+                    from + ", got one");
     }
   } else if (op == "Pad" && opset < 18 && np.input_size() > 3) {
     throw_invalid("import: " + label + ": expected at most 3 inputs" + at +

@@ -227,8 +227,8 @@ TEST(OnnxOpsets, ReduceMeanAxesFollowTheOpset) {
   ModelProtoBuilder::attribute(attribute_at18.node("ReduceMean", "mean", {"x"}, "y"), "axes",
                                std::vector<int64_t>{1});
   EXPECT_EQ(import_error(ErrorKind::kInvalid, attribute_at18.bytes()),
-            "import: node 'mean' (ReduceMean): expected axes as input 1 at opset 18 (an attribute "
-            "before opset 18), got attribute 'axes'");
+            "import: node 'mean' (ReduceMean): expected axes as input 1 at opset 18 (axes is an "
+            "input from opset 18), got attribute 'axes'");
 }
 
 // Pad's axes input (opset 18) pads the listed axes only; before 18 it is refused.
