@@ -10,7 +10,9 @@ one Gelu node (20), approximate "none", or "tanh" for a transformer built with t
 A CNN with dynamic height and width (opset 13) covers --input-shape.
 
 Writes data/models/opset/<family>_opset<N>.onnx and data/golden/opset/<family>_input.npy,
-<family>_output.npy (PyTorch's outputs, float32). Seeded; run:
+<family>_output.npy (PyTorch's outputs, float32), and for three models the mean cross-entropy
+loss on labels.npy with the gradient of every initializer that is a PyTorch parameter (by name,
+or by value transposed for MatMul weights), keyed by initializer: <model>_grads.npz. Seeded; run:
     /usr/bin/python3 data/generate/opset_models.py
 """
 import os
@@ -160,6 +162,28 @@ def with_opset(path, out_path, opset, edits):
     onnx.save(model, out_path)
 
 
+def save_gradients(module, x, labels, onnx_path):
+    """PyTorch's mean cross-entropy and parameter gradients, keyed by the ONNX initializers."""
+    module.zero_grad()
+    loss = F.cross_entropy(module(x), labels)
+    loss.backward()
+    params = dict(module.named_parameters())
+    grads = {"loss": np.float32(loss.item())}
+    for init in onnx.load(onnx_path).graph.initializer:
+        value = numpy_helper.to_array(init)
+        if init.name in params:
+            assert np.array_equal(value, params[init.name].detach().numpy()), init.name
+            grads[init.name] = params[init.name].grad.numpy()
+            continue
+        for p in params.values():
+            w = p.detach().numpy()
+            if w.ndim == 2 and w.T.shape == value.shape and np.array_equal(w.T, value):
+                grads[init.name] = p.grad.numpy().T
+    name = os.path.basename(onnx_path).replace(".onnx", "_grads.npz")
+    np.savez(os.path.join(GOLDEN, name), **{k: np.array(v, np.float32, order="C")
+                                            for k, v in grads.items()})
+
+
 def save_npy(name, array):
     np.save(os.path.join(GOLDEN, name), np.ascontiguousarray(array, dtype=np.float32))
 
@@ -188,6 +212,9 @@ def main():
            {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}})
     with_opset(os.path.join(MODELS, "cnn_opset17.onnx"), os.path.join(MODELS, "cnn_opset18.onnx"),
                18, [axes_as_inputs])
+    labels = torch.arange(SAMPLES) % 10
+    np.save(os.path.join(GOLDEN, "labels.npy"), labels.numpy().astype(np.int64))
+    save_gradients(cnn, x, labels, os.path.join(MODELS, "cnn_opset9.onnx"))
 
     tokens = torch.randn(SAMPLES, 8, 16, generator=generator)
     save_npy("transformer_input.npy", tokens.numpy())
@@ -208,6 +235,8 @@ def main():
                        [axes_as_inputs, gelu])
         with_opset(base, os.path.join(MODELS, f"{family}_opset20.onnx"), 20,
                    [axes_as_inputs, gelu])
+        last = 21 if approximate == "none" else 20  # the Gelu node's two forms
+        save_gradients(block, tokens, labels, os.path.join(MODELS, f"{family}_opset{last}.onnx"))
 
 
 if __name__ == "__main__":

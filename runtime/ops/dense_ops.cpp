@@ -1133,6 +1133,13 @@ class ReduceMeanKernel final : public OpKernel {
                std::byte* /*workspace*/) override {
     kernels::reduce_mean(plan_, inputs[0].data<float>(), outputs[0].data<float>());
   }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::reduce_mean_backward(plan_, grad_outputs[0].data<float>(),
+                                  grad_inputs[0].data<float>());
+  }
 
  private:
   kernels::ReducePlan plan_;

@@ -1,7 +1,9 @@
 // The models of data/generate/opset_models.py (a CNN and a transformer block exported by PyTorch
 // at opsets 9, 11, 13 and 17, and converted by hand to 18, 20 and 21): `qforge run` gives
 // PyTorch's outputs; `qforge calibrate` quantizes them into Q/DQ models that ONNX Runtime runs as
-// qforge does (teacher-forced `qforge verify`, no mismatch); dynamic height and width take
+// qforge does (teacher-forced `qforge verify`, no mismatch); `qforge grad` gives PyTorch's loss
+// and gradients through converted and opset-20 models (Gelu's tanh form, ReduceMean's axes
+// input); dynamic height and width take
 // --input-shape or the .npy data's shape, and without either the error says so.
 #include <gtest/gtest.h>
 
@@ -9,11 +11,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <string>
 
+#include "tests/support/float_checks.h"
 #include "tests/support/ort_runner.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
+#include "tools/io/npz.h"
 
 namespace qforge {
 namespace {
@@ -44,6 +49,11 @@ const OpsetModel kModels[] = {
     {"transformer_tanh_opset17", "transformer_tanh", 17},
     {"transformer_tanh_opset20", "transformer_tanh", 20},
 };
+
+// Test names and failure messages show the model's name, not its bytes.
+void PrintTo(const OpsetModel& m, std::ostream* os) {
+  *os << m.name;
+}
 
 std::string model_path(const std::string& name) {
   return data_path("models/opset/" + name + ".onnx");
@@ -118,6 +128,55 @@ const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6], kModels[
                                   kModels[10], kModels[11], kModels[13]};
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetCalibrated, ::testing::ValuesIn(kCalibrated),
+                         [](const auto& p) { return p.param.name; });
+
+// The mean cross-entropy and every gradient PyTorch gives for a parameter the model keeps as an
+// initializer (data/golden/opset/<model>_grads.npz): loss within 1e-5 relative, each gradient
+// within 1e-4 relative L2, as the bundled models' training goldens: the converted CNN, and the
+// transformer with both forms of the Gelu node.
+class OpsetGradients : public ::testing::TestWithParam<OpsetModel> {};
+
+TEST_P(OpsetGradients, MatchPyTorch) {
+  const OpsetModel& m = GetParam();
+  TempDir dir;
+  const auto r = run_cli("grad " + model_path(m.name) + " --data " + input_of(m) + " --labels " +
+                         golden("labels.npy") + " -o " + dir.file("grads.npz"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto got = io::read_npz(dir.file("grads.npz"));
+  const auto want = io::read_npz(golden(m.name + "_grads.npz"));
+  ASSERT_GE(want.size(), 5u);
+  // Attention's key bias has a zero gradient by construction (softmax ignores a constant added
+  // to a row): both sides are rounding noise there, to be held below 1e-6 of the whole norm.
+  auto norm = [](const kernels::Tensor& t) {
+    double sum = 0;
+    for (float v : t.to_float_vector()) sum += static_cast<double>(v) * v;
+    return std::sqrt(sum);
+  };
+  double total = 0;
+  for (const auto& [name, reference] : want) {
+    if (name != "loss") total += norm(reference) * norm(reference);
+  }
+  const double zero_level = 1e-6 * std::sqrt(total);
+  for (const auto& [name, reference] : want) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(got.count(name));
+    const kernels::Tensor& g = got.at(name);
+    ASSERT_EQ(g.shape(), reference.shape());
+    if (name == "loss") {
+      const float l = reference.data<float>()[0];
+      EXPECT_LE(std::abs(g.data<float>()[0] - l), 1e-5f * std::abs(l));
+      continue;
+    }
+    if (norm(reference) <= zero_level) {
+      EXPECT_LE(norm(g), zero_level) << "zero by construction";
+      continue;
+    }
+    EXPECT_LE(testing::relative_l2(g, reference), 1e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Opsets, OpsetGradients,
+                         ::testing::Values(kModels[0], kModels[11], kModels[13]),
                          [](const auto& p) { return p.param.name; });
 
 TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
