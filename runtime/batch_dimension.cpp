@@ -60,9 +60,25 @@ bool contains(const std::vector<int>& axes, int axis) {
 }
 
 bool is_broadcasting(const std::string& op) {
-  static const std::set<std::string, std::less<>> kOps = {
-      "Add",  "Sub",     "Mul",  "Div",  "Pow", "Where", "Equal", "Less", "LessOrEqual",
-      "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "Sum", "Mean"};
+  static const std::set<std::string, std::less<>> kOps = {"Add",
+                                                          "Sub",
+                                                          "Mul",
+                                                          "Div",
+                                                          "Pow",
+                                                          "Where",
+                                                          "Equal",
+                                                          "Less",
+                                                          "LessOrEqual",
+                                                          "Greater",
+                                                          "GreaterOrEqual",
+                                                          "And",
+                                                          "Or",
+                                                          "Xor",
+                                                          "Max",
+                                                          "Min",
+                                                          "Mod",
+                                                          "Sum",
+                                                          "Mean"};
   return kOps.count(op) > 0;
 }
 
@@ -210,8 +226,8 @@ class BatchFreer {
     }
     const size_t a = static_cast<size_t>(axis);
     const int64_t outer = product(s, 0, a);
-    const size_t block = static_cast<size_t>(factor * product(s, a + 1, s.size())) *
-                         kernels::dtype_size(t.dtype());
+    const size_t block =
+        static_cast<size_t>(factor * product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
     const auto* bytes = static_cast<const std::byte*>(t.raw());
     for (int64_t o = 0; o < outer; ++o) {
       const std::byte* first = bytes + static_cast<size_t>(o * batch_) * block;
@@ -223,7 +239,8 @@ class BatchFreer {
         }
       }
     }
-    edits_.push_back([this, n = &node, index, a, factor] { expand_constant(*n, index, a, factor); });
+    edits_.push_back(
+        [this, n = &node, index, a, factor] { expand_constant(*n, index, a, factor); });
   }
 
   void expand_constant(Node& node, size_t index, size_t a, int64_t factor) {
@@ -231,16 +248,16 @@ class BatchFreer {
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int64_t outer = product(s, 0, a);
-    const size_t block = static_cast<size_t>(factor * product(s, a + 1, s.size())) *
-                         kernels::dtype_size(t.dtype());
+    const size_t block =
+        static_cast<size_t>(factor * product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
     const auto* bytes = static_cast<const std::byte*>(t.raw());
     Shape one = s;
     one[a] = factor;
     Tensor sample(t.dtype(), one);
     auto* dst = static_cast<std::byte*>(sample.raw());
     for (int64_t o = 0; o < outer; ++o) {
-      std::memcpy(dst + static_cast<size_t>(o) * block, bytes + static_cast<size_t>(o * batch_) * block,
-                  block);
+      std::memcpy(dst + static_cast<size_t>(o) * block,
+                  bytes + static_cast<size_t>(o * batch_) * block, block);
     }
     Value* sample_value = g_.add_constant(g_.unique_value_name(v->name() + "_sample"), sample);
     if (t.dtype() == DType::kFloat32) {
@@ -257,11 +274,15 @@ class BatchFreer {
     // Expand to the constant's dims with the batch read at run time on its axis.
     std::vector<Value*> parts;
     if (a > 0) {
-      parts.push_back(int_constant(v->name() + "_dims_before", std::vector<int64_t>(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(a))));
+      parts.push_back(int_constant(
+          v->name() + "_dims_before",
+          std::vector<int64_t>(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(a))));
     }
     parts.push_back(batch_value());
     if (a + 1 < s.size()) {
-      parts.push_back(int_constant(v->name() + "_dims_after", std::vector<int64_t>(s.begin() + static_cast<std::ptrdiff_t>(a) + 1, s.end())));
+      parts.push_back(int_constant(
+          v->name() + "_dims_after",
+          std::vector<int64_t>(s.begin() + static_cast<std::ptrdiff_t>(a) + 1, s.end())));
     }
     Node* shape = g_.insert_node({.name = g_.unique_node_name(v->name() + "/shape"),
                                   .op_type = "Concat",
@@ -302,14 +323,15 @@ class BatchFreer {
     }
     if (candidates.empty()) {
       unsupported(node, "no axis of the output " + kernels::shape_str(s_out) +
-                            " carries the batch of input " + kernels::shape_str(s_in) +
-                            " (axis " + std::to_string(in.axis) + ") whole");
+                            " carries the batch of input " + kernels::shape_str(s_in) + " (axis " +
+                            std::to_string(in.axis) + ") whole");
     }
     // The fewest rows per sample first, then the earliest axis.
     std::stable_sort(candidates.begin(), candidates.end(),
                      [&](size_t x, size_t y) { return s_out[x] < s_out[y]; });
     size_t pick = 0;
-    if (auto it = picks_.find(&node); it != picks_.end()) pick = std::min(it->second, candidates.size() - 1);
+    if (auto it = picks_.find(&node); it != picks_.end())
+      pick = std::min(it->second, candidates.size() - 1);
     if (pick + 1 < candidates.size()) open_choices_.push_back({position_, &node});
     const std::optional<size_t> chosen = candidates[pick];
     const size_t k = *chosen;
@@ -368,7 +390,8 @@ class BatchFreer {
     if (op == "Transpose") {
       std::vector<int64_t> perm = node.attr_ints("perm", {});
       if (perm.empty()) {
-        for (size_t i = 0; i < first_rank; ++i) perm.push_back(static_cast<int64_t>(first_rank - 1 - i));
+        for (size_t i = 0; i < first_rank; ++i)
+          perm.push_back(static_cast<int64_t>(first_rank - 1 - i));
       }
       const auto it = std::find(perm.begin(), perm.end(), first.axis);
       set_axis(node, node.output(0), static_cast<int>(it - perm.begin()), first);
@@ -462,7 +485,8 @@ class BatchFreer {
       return;
     }
     if (op == "Tile") {
-      if (carried.front().first != 0 || constant_ints(node.input(1))[static_cast<size_t>(first.axis)] != 1) {
+      if (carried.front().first != 0 ||
+          constant_ints(node.input(1))[static_cast<size_t>(first.axis)] != 1) {
         unsupported(node, "repeats along the batch axis");
       }
       set_axis(node, node.output(0), first.axis, first);
@@ -494,7 +518,8 @@ class BatchFreer {
         if (contracted || rank == 1) unsupported(node, "contracts the batch axis");
         if (i == 0 && a.axis == rank - 2) out_axis = static_cast<int>(out_rank) - 2;
         if (i == 1 && a.axis == rank - 1) out_axis = static_cast<int>(out_rank) - 1;
-        if (axis && *axis != out_axis) unsupported(node, "joins inputs whose batch is on other axes");
+        if (axis && *axis != out_axis)
+          unsupported(node, "joins inputs whose batch is on other axes");
         axis = out_axis;
       }
       set_axis(node, node.output(0), *axis, first);
@@ -502,8 +527,7 @@ class BatchFreer {
     }
     if (op == "Gemm") {
       const bool trans_a = node.attr_int("transA", 0) != 0;
-      if (carried.size() != 1 || carried.front().first != 0 ||
-          first.axis != (trans_a ? 1 : 0)) {
+      if (carried.size() != 1 || carried.front().first != 0 || first.axis != (trans_a ? 1 : 0)) {
         unsupported(node, "contracts the batch axis");
       }
       set_axis(node, node.output(0), 0, first);
@@ -513,12 +537,12 @@ class BatchFreer {
       const std::vector<int> axes = axes_of(node, 1, first_rank);
       if (axes.empty() || contains(axes, first.axis)) unsupported(node, "reduces the batch axis");
       const bool keep = node.attr_int("keepdims", 1) != 0;
-      set_axis(node, node.output(0),
-               keep ? first.axis
-                    : first.axis - static_cast<int>(std::count_if(
-                                       axes.begin(), axes.end(),
-                                       [&](int x) { return x < first.axis; })),
-               first);
+      set_axis(
+          node, node.output(0),
+          keep ? first.axis
+               : first.axis - static_cast<int>(std::count_if(
+                                  axes.begin(), axes.end(), [&](int x) { return x < first.axis; })),
+          first);
       return;
     }
     if (op == "Softmax" || op == "LogSoftmax" || op == "Hardmax") {
