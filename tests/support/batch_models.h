@@ -50,7 +50,7 @@ inline std::pair<std::string, std::string> declared_batch_text(const std::string
   if (!in || !model.ParseFromIstream(&in)) throw std::runtime_error("cannot read " + path);
   auto text = [](const onnx::ValueInfoProto& v) {
     const auto& d = v.type().tensor_type().shape().dim(0);
-    return d.has_dim_value()         ? std::to_string(d.dim_value())
+    return d.has_dim_value()       ? std::to_string(d.dim_value())
            : d.dim_param().empty() ? std::string("?")
                                    : d.dim_param();
   };

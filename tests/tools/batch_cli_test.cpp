@@ -124,9 +124,9 @@ TEST_P(SymbolicBatchOrt, BatchOneAndBatchFiveGiveTheSamePerSampleOutputs) {
     EXPECT_LE(d.max_abs, 8 * 0x1.0p-22f);
     const Tensor two = testing::run_ort(qdq, {images.slice_rows(0, 2).clone()}).at(0);
     const Tensor three = testing::run_ort(qdq, {images.slice_rows(2, kSamples).clone()}).at(0);
-    EXPECT_EQ(compare_samples(batched, {two.slice_rows(0, 1), two.slice_rows(1, 2),
-                                        three.slice_rows(0, 1), three.slice_rows(1, 2),
-                                        three.slice_rows(2, 3)})
+    EXPECT_EQ(compare_samples(batched,
+                              {two.slice_rows(0, 1), two.slice_rows(1, 2), three.slice_rows(0, 1),
+                               three.slice_rows(1, 2), three.slice_rows(2, 3)})
                   .differing,
               0);
   } else {
@@ -167,7 +167,8 @@ TEST(FixedBatchOrt, CalibratedAtAnotherBatchKeepsItsBatch) {
 // Swin fixed at batch 2 and ResNet at 3, calibrated at 8: each file keeps its own batch.
 TEST(FixedBatchOrt, SwinAndResnetKeepTheirFixedBatch) {
   TempDir dir;
-  for (const auto& [name, batch] : {std::pair<std::string, int64_t>{"swin_bn", 2}, {"resnet_bn", 3}}) {
+  for (const auto& [name, batch] :
+       {std::pair<std::string, int64_t>{"swin_bn", 2}, {"resnet_bn", 3}}) {
     SCOPED_TRACE(name);
     const std::string fixed = dir.file(name + "_fixed.onnx");
     testing::write_with_batch(data_path("models/" + name + ".onnx"), fixed,
@@ -199,7 +200,8 @@ TEST(TransformBatch, WrittenModelKeepsTheDeclaredBatch) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.model + " " + c.flags);
     const std::string out = dir.file("out.onnx");
-    const auto r = run_cli("transform " + dir.file(c.model) + " --batch 2 " + c.flags + " -o " + out);
+    const auto r =
+        run_cli("transform " + dir.file(c.model) + " --batch 2 " + c.flags + " -o " + out);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(testing::declared_batch_text(out), batch_of(c.expected));
     const std::vector<std::string> dims = strict_output_dims(out);
