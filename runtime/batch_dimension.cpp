@@ -272,30 +272,64 @@ class BatchFreer {
       g_.record_derivation({.derived = sample_value->name(), .shape = one, .terms = {term}});
     }
     // Expand to the constant's dims with the batch read at run time on its axis.
-    std::vector<Value*> parts;
-    if (a > 0) {
-      parts.push_back(int_constant(
-          v->name() + "_dims_before",
-          std::vector<int64_t>(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(a))));
-    }
-    parts.push_back(batch_value());
-    if (a + 1 < s.size()) {
-      parts.push_back(int_constant(
-          v->name() + "_dims_after",
-          std::vector<int64_t>(s.begin() + static_cast<std::ptrdiff_t>(a) + 1, s.end())));
-    }
-    Node* shape = g_.insert_node({.name = g_.unique_node_name(v->name() + "/shape"),
-                                  .op_type = "Concat",
-                                  .inputs = parts,
-                                  .output_names = {g_.unique_value_name(v->name() + "_shape")},
-                                  .attributes = {{"axis", int64_t{0}}}},
-                                 &node);
+    Value* shape = batch_shape(s, a, &node, v->name());
     Node* expand = g_.insert_node({.name = g_.unique_node_name(v->name() + "/Expand"),
                                    .op_type = "Expand",
-                                   .inputs = {sample_value, shape->output(0)},
+                                   .inputs = {sample_value, shape},
                                    .output_names = {g_.unique_value_name(v->name() + "_expanded")}},
                                   &node);
     g_.set_input(&node, index, expand->output(0));
+  }
+
+  // An Expand of a constant to a constant shape (a shared row that training keeps apart from
+  // the batch, quant::share_batch_rows).
+  bool expands_constant(const Value* v) const {
+    const Node* p = v ? v->producer() : nullptr;
+    return p && p->op_type() == "Expand" && p->input(0)->is_constant() &&
+           p->input(1)->is_constant() && !axis_of(v);
+  }
+
+  // Such an Expand read with the batch on `out_axis` expands to the batch read at run time.
+  void widen_expand(Node& node, size_t index, int out_axis, size_t out_rank) {
+    Node* expand = node.input(index)->producer();
+    const Shape& s = node.input(index)->known_shape();
+    const int axis = out_axis - static_cast<int>(out_rank - s.size());
+    const bool broadcasts = node.op_type() != "Concat";
+    if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
+    if (axis < 0 || s[static_cast<size_t>(axis)] != batch_ ||
+        expand->input(0)->known_shape().size() != s.size() ||
+        expand->input(0)->known_shape()[static_cast<size_t>(axis)] != 1) {
+      unsupported(*expand, "expected an expansion of one row to the batch along axis " +
+                               std::to_string(axis) + ", got " + kernels::shape_str(s));
+    }
+    const size_t a = static_cast<size_t>(axis);
+    edits_.push_back([this, expand, a, s] {
+      g_.set_input(expand, 1, batch_shape(s, a, expand, expand->name()));
+    });
+  }
+
+  // `dims` with the batch, read at run time, at `axis`: Concat(dims before, batch, dims after).
+  Value* batch_shape(const Shape& dims, size_t axis, const Node* position,
+                     const std::string& stem) {
+    std::vector<Value*> parts;
+    if (axis > 0) {
+      parts.push_back(int_constant(
+          stem + "_dims_before",
+          std::vector<int64_t>(dims.begin(), dims.begin() + static_cast<std::ptrdiff_t>(axis))));
+    }
+    parts.push_back(batch_value());
+    if (axis + 1 < dims.size()) {
+      parts.push_back(int_constant(
+          stem + "_dims_after",
+          std::vector<int64_t>(dims.begin() + static_cast<std::ptrdiff_t>(axis) + 1, dims.end())));
+    }
+    Node* shape = g_.insert_node({.name = g_.unique_node_name(stem + "/shape"),
+                                  .op_type = "Concat",
+                                  .inputs = parts,
+                                  .output_names = {g_.unique_value_name(stem + "_shape")},
+                                  .attributes = {{"axis", int64_t{0}}}},
+                                 position);
+    return shape->output(0);
   }
 
   void replace_ints(Node& node, size_t index, const std::vector<int64_t>& values) {
@@ -457,6 +491,7 @@ class BatchFreer {
       if (k == first.axis) unsupported(node, "concatenates along the batch axis");
       for (size_t i = 0; i < node.num_inputs(); ++i) {
         if (node.input(i)->is_constant()) tile_constant(node, i, first.axis, out_rank, first);
+        if (expands_constant(node.input(i))) widen_expand(node, i, first.axis, out_rank);
       }
       set_axis(node, node.output(0), first.axis, first);
       return;
@@ -470,6 +505,7 @@ class BatchFreer {
         if (node.input(i) && node.input(i)->is_constant()) {
           tile_constant(node, i, axis, out_rank, first);
         }
+        if (expands_constant(node.input(i))) widen_expand(node, i, axis, out_rank);
       }
       set_axis(node, node.output(0), axis, first);
       return;
@@ -656,6 +692,66 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
     }
     graph.declared_batch[v->name()] = d;
   }
+}
+
+size_t share_batch_rows(Graph& graph) {
+  if (graph.inputs().empty() || !graph.inputs().front()->has_shape() ||
+      graph.inputs().front()->shape()->empty()) {
+    return 0;
+  }
+  const int64_t batch = graph.inputs().front()->known_shape()[0];
+  if (batch < 2) return 0;
+  size_t shared = 0;
+  for (Value* v : graph.values()) {
+    if (!v->is_constant() || v->is_released() || v->dtype() != DType::kFloat32 ||
+        v->consumers().empty() || v->is_graph_output()) {
+      continue;
+    }
+    const Tensor& t = v->constant();
+    if (t.rank() < 1 || t.dim(0) != batch) continue;
+    const bool joined = std::all_of(
+        v->consumers().begin(), v->consumers().end(),
+        [](const Node* n) { return n->op_type() == "Concat" || is_broadcasting(n->op_type()); });
+    if (!joined) continue;
+    const size_t row = t.nbytes() / static_cast<size_t>(batch);
+    const auto* bytes = static_cast<const std::byte*>(t.raw());
+    bool repeated = true;
+    for (int64_t b = 1; b < batch && repeated; ++b) {
+      repeated = std::memcmp(bytes, bytes + static_cast<size_t>(b) * row, row) == 0;
+    }
+    if (!repeated) continue;
+    Shape one = t.shape();
+    one[0] = 1;
+    Tensor first(DType::kFloat32, one);
+    std::memcpy(first.raw(), bytes, row);
+    Value* row_value = graph.add_constant(graph.unique_value_name(v->name() + "_row"), first);
+    graph::DerivedTerm term{.source = v->name(), .source_shape = t.shape()};
+    for (int64_t e = 0; e < first.numel(); ++e) term.pairs.emplace_back(e, e);
+    graph.record_derivation({.derived = row_value->name(), .shape = one, .terms = {term}});
+    const std::vector<Node*> readers = v->consumers();
+    const Node* earliest = *std::find_if(graph.nodes().begin(), graph.nodes().end(), [&](Node* n) {
+      return std::find(readers.begin(), readers.end(), n) != readers.end();
+    });
+    Node* expand = graph.insert_node(
+        {.name = graph.unique_node_name(v->name() + "/Expand"),
+         .op_type = "Expand",
+         .inputs = {row_value,
+                    graph.add_constant(
+                        graph.unique_value_name(v->name() + "_shape"),
+                        Tensor::from_vector<int64_t>(
+                            {t.rank()}, std::vector<int64_t>(t.shape().begin(), t.shape().end())))},
+         .output_names = {graph.unique_value_name(v->name() + "_expanded")}},
+        earliest);
+    for (Node* r : readers) {
+      for (size_t i = 0; i < r->num_inputs(); ++i) {
+        if (r->input(i) == v) graph.set_input(r, i, expand->output(0));
+      }
+    }
+    expand->output(0)->set_type(DType::kFloat32, t.shape());
+    ++shared;
+  }
+  graph.remove_dead();
+  return shared;
 }
 
 std::string written_batch_text(const Graph& model, const BatchExportOptions& options) {

@@ -54,6 +54,13 @@ struct BatchExportOptions {
 // options.dynamic_batch. An output the file gave no declaration follows the first input's.
 void restore_declared_batch(graph::Graph& graph, const BatchExportOptions& options = {});
 
+// For training: each float constant of `graph` (resolved at a batch above 1) that repeats one
+// row along the batch and is only concatenated or broadcast with activations (ViT's class token,
+// expanded to the batch by a fold) becomes that row behind an Expand to the batch, so that one
+// parameter is trained for every sample, as in the framework it came from (the Expand's backward
+// sums the rows' gradients), and the export can expand it to any batch. Returns how many.
+size_t share_batch_rows(graph::Graph& graph);
+
 // The batch restore_declared_batch writes for `model`'s first input, in words: "symbolic batch
 // 'N'", "fixed batch 1", "unknown batch".
 std::string written_batch_text(const graph::Graph& model, const BatchExportOptions& options = {});

@@ -34,15 +34,22 @@ std::vector<int64_t> shape_input(const Graph& g, const std::string& node, size_t
 std::unique_ptr<Graph> attention_layout(int64_t batch) {
   auto g = std::make_unique<Graph>();
   graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 8, 4});
-  graph::Value* t = add(*g, "to_tokens", "Transpose", {x}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
-  graph::Value* heads = add(*g, "heads", "Reshape", {t, int_const(*g, "heads_shape", {8, batch * 2, 2})});
-  graph::Value* h = add(*g, "heads_first", "Transpose", {heads}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
-  graph::Value* back = add(*g, "tokens_first", "Transpose", {h}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
-  graph::Value* rows = add(*g, "rows", "Reshape", {back, int_const(*g, "rows_shape", {8 * batch, 4})});
+  graph::Value* t =
+      add(*g, "to_tokens", "Transpose", {x}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* heads =
+      add(*g, "heads", "Reshape", {t, int_const(*g, "heads_shape", {8, batch * 2, 2})});
+  graph::Value* h =
+      add(*g, "heads_first", "Transpose", {heads}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* back =
+      add(*g, "tokens_first", "Transpose", {h}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* rows =
+      add(*g, "rows", "Reshape", {back, int_const(*g, "rows_shape", {8 * batch, 4})});
   graph::Value* w = g->add_constant("w", testing::random_f32({4, 5}, 7, -1.f, 1.f));
   graph::Value* y = add(*g, "proj", "MatMul", {rows, w});
-  graph::Value* out = add(*g, "unrows", "Reshape", {y, int_const(*g, "unrows_shape", {8, batch, 5})});
-  g->mark_output(add(*g, "to_batch", "Transpose", {out}, {{"perm", std::vector<int64_t>{1, 0, 2}}}));
+  graph::Value* out =
+      add(*g, "unrows", "Reshape", {y, int_const(*g, "unrows_shape", {8, batch, 5})});
+  g->mark_output(
+      add(*g, "to_batch", "Transpose", {out}, {{"perm", std::vector<int64_t>{1, 0, 2}}}));
   return g;
 }
 
@@ -55,13 +62,14 @@ std::unique_ptr<Graph> window_layout(int64_t batch) {
       add(*g, "split", "Reshape", {x, int_const(*g, "split_shape", {batch, 2, 2, 2, 2, 3})});
   graph::Value* windows = add(*g, "windows_first", "Transpose", {split},
                               {{"perm", std::vector<int64_t>{0, 1, 3, 2, 4, 5}}});
-  graph::Value* flat =
-      add(*g, "partition", "Reshape", {windows, int_const(*g, "partition_shape", {batch * 4, 4, 3})});
-  graph::Value* per_window = add(*g, "per_sample", "Reshape",
-                                 {flat, int_const(*g, "per_sample_shape", {batch, 16, 3})});
+  graph::Value* flat = add(*g, "partition", "Reshape",
+                           {windows, int_const(*g, "partition_shape", {batch * 4, 4, 3})});
+  graph::Value* per_window =
+      add(*g, "per_sample", "Reshape", {flat, int_const(*g, "per_sample_shape", {batch, 16, 3})});
   Tensor token(DType::kFloat32, {batch, 1, 3});
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t c = 0; c < 3; ++c) token.data<float>()[b * 3 + c] = 0.5f * static_cast<float>(c + 1);
+    for (int64_t c = 0; c < 3; ++c)
+      token.data<float>()[b * 3 + c] = 0.5f * static_cast<float>(c + 1);
   }
   graph::Value* cls = g->add_constant("cls_expanded", token);
   g->mark_output(add(*g, "with_class", "Concat", {cls, per_window}, {{"axis", int64_t{1}}}));
@@ -69,7 +77,8 @@ std::unique_ptr<Graph> window_layout(int64_t batch) {
 }
 
 // The freed graph at batch 5 against the original at batch 1, sample by sample, bit for bit.
-void expect_same_per_sample(std::unique_ptr<Graph> freed, const std::function<std::unique_ptr<Graph>(int64_t)>& make,
+void expect_same_per_sample(std::unique_ptr<Graph> freed,
+                            const std::function<std::unique_ptr<Graph>(int64_t)>& make,
                             const kernels::Shape& sample) {
   kernels::Shape shape = sample;
   shape.insert(shape.begin(), 5);
@@ -122,16 +131,16 @@ TEST(BatchDimension, WindowPartitionFoldsTheBatchWithTheWindows) {
 TEST(BatchDimension, ReductionOverTheBatchIsRefusedNamingTheNode) {
   Graph g;
   graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 3});
-  g.mark_output(
-      add(g, "mean_over_batch", "ReduceMean", {x}, {{"axes", std::vector<int64_t>{0}}}));
+  g.mark_output(add(g, "mean_over_batch", "ReduceMean", {x}, {{"axes", std::vector<int64_t>{0}}}));
   runtime::resolve(g, {});
   try {
     runtime::free_batch(g, 2);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("node 'mean_over_batch' (ReduceMean): reduces the batch axis"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("node 'mean_over_batch' (ReduceMean): reduces the batch axis"),
+        std::string::npos)
         << e.what();
   }
 }

@@ -180,6 +180,31 @@ TEST(FixedBatchOrt, SwinAndResnetKeepTheirFixedBatch) {
   }
 }
 
+// A model fixed at batch 1 runs, compares and trains at other batches: `run --batch 4` writes
+// the bytes the symbolic-batch model's run writes, `compare --batch 4` of the model with itself
+// finds them identical, and `qat --batch 8` writes a file that keeps batch 1.
+TEST(FixedBatchCli, RunCompareAndQatTakeAnyBatch) {
+  TempDir dir;
+  const std::string symbolic = data_path("models/vit_bn.onnx");
+  const std::string fixed = dir.file("vit_fixed1.onnx");
+  testing::write_with_batch(symbolic, fixed, {.size = 1, .param = {}});
+  const std::string val = " --data " + data_path("datasets/digits/val") + " --limit 10";
+  const auto a = run_cli("run " + fixed + val + " --batch 4 -o " + dir.file("fixed.npy"));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  const auto b = run_cli("run " + symbolic + val + " --batch 4 -o " + dir.file("symbolic.npy"));
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(testing::read_text(dir.file("fixed.npy")),
+            testing::read_text(dir.file("symbolic.npy")));
+  const auto c = run_cli("compare " + fixed + " " + fixed + val + " --batch 4");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.out.find("verdict    identical"), std::string::npos) << c.out;
+  const auto q = run_cli("qat " + fixed + " --data " + data_path("datasets/digits/train") +
+                         " --steps 2 --batch 8 --calib-limit 16 -o " + dir.file("qat.onnx"));
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  EXPECT_EQ(testing::declared_batch_text(dir.file("qat.onnx")), batch_of("1"));
+  EXPECT_EQ(strict_output_dims(dir.file("qat.onnx")), (std::vector<std::string>{"1", "10"}));
+}
+
 // `transform` keeps a symbolic batch under the model's own name, an unnamed one unnamed, and
 // a fixed one at its size whatever --batch; --dynamic-batch makes the fixed one symbolic.
 TEST(TransformBatch, WrittenModelKeepsTheDeclaredBatch) {
