@@ -209,8 +209,8 @@ class BatchFreer {
 
   // A constant input of `node` that repeats one sample's row along the batch axis `out_axis`
   // (aligned to the output's rank) becomes that row, expanded to the batch at run time.
-  void tile_constant(Node& node, size_t index, int out_axis, size_t out_rank,
-                     const BatchAxis& carried) {
+  void expand_repeated_constant(Node& node, size_t index, int out_axis, size_t out_rank,
+                                const BatchAxis& carried) {
     Value* v = node.input(index);
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
@@ -219,7 +219,6 @@ class BatchFreer {
     const bool broadcasts = node.op_type() != "Concat";
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     const int64_t rows = axis < 0 ? 0 : s[static_cast<size_t>(axis)];
-    const int64_t factor = carried.inner;
     if (axis < 0 || carried.outer != 1 || carried.inner != 1 || rows != batch_) {
       unsupported(node, "expected constant '" + v->name() + "' " + kernels::shape_str(s) +
                             " to broadcast along the batch axis " + std::to_string(axis));
@@ -227,7 +226,7 @@ class BatchFreer {
     const size_t a = static_cast<size_t>(axis);
     const int64_t outer = product(s, 0, a);
     const size_t block =
-        static_cast<size_t>(factor * product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
+        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
     const auto* bytes = static_cast<const std::byte*>(t.raw());
     for (int64_t o = 0; o < outer; ++o) {
       const std::byte* first = bytes + static_cast<size_t>(o * batch_) * block;
@@ -239,20 +238,19 @@ class BatchFreer {
         }
       }
     }
-    edits_.push_back(
-        [this, n = &node, index, a, factor] { expand_constant(*n, index, a, factor); });
+    edits_.push_back([this, n = &node, index, a] { expand_constant(*n, index, a); });
   }
 
-  void expand_constant(Node& node, size_t index, size_t a, int64_t factor) {
+  void expand_constant(Node& node, size_t index, size_t a) {
     Value* v = node.input(index);
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int64_t outer = product(s, 0, a);
     const size_t block =
-        static_cast<size_t>(factor * product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
+        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
     const auto* bytes = static_cast<const std::byte*>(t.raw());
     Shape one = s;
-    one[a] = factor;
+    one[a] = 1;
     Tensor sample(t.dtype(), one);
     auto* dst = static_cast<std::byte*>(sample.raw());
     for (int64_t o = 0; o < outer; ++o) {
@@ -261,9 +259,9 @@ class BatchFreer {
     }
     Value* sample_value = g_.add_constant(g_.unique_value_name(v->name() + "_sample"), sample);
     if (t.dtype() == DType::kFloat32) {
-      // Element e of the block copies element e of the first sample's block of the original.
+      // Element e of the row copies element e of the first sample's row of the original.
       graph::DerivedTerm term{.source = v->name(), .source_shape = s};
-      const int64_t block_elems = factor * product(s, a + 1, s.size());
+      const int64_t block_elems = product(s, a + 1, s.size());
       for (int64_t o = 0; o < outer; ++o) {
         for (int64_t j = 0; j < block_elems; ++j) {
           term.pairs.emplace_back(o * block_elems + j, o * batch_ * block_elems + j);
@@ -282,7 +280,7 @@ class BatchFreer {
   }
 
   // An Expand of a constant to a constant shape (a shared row that training keeps apart from
-  // the batch, quant::share_batch_rows).
+  // the batch, share_batch_rows).
   bool expands_constant(const Value* v) const {
     const Node* p = v ? v->producer() : nullptr;
     return p && p->op_type() == "Expand" && p->input(0)->is_constant() &&
@@ -490,7 +488,8 @@ class BatchFreer {
       }
       if (k == first.axis) unsupported(node, "concatenates along the batch axis");
       for (size_t i = 0; i < node.num_inputs(); ++i) {
-        if (node.input(i)->is_constant()) tile_constant(node, i, first.axis, out_rank, first);
+        if (node.input(i)->is_constant())
+          expand_repeated_constant(node, i, first.axis, out_rank, first);
         if (expands_constant(node.input(i))) widen_expand(node, i, first.axis, out_rank);
       }
       set_axis(node, node.output(0), first.axis, first);
@@ -503,7 +502,7 @@ class BatchFreer {
       }
       for (size_t i = 0; i < node.num_inputs(); ++i) {
         if (node.input(i) && node.input(i)->is_constant()) {
-          tile_constant(node, i, axis, out_rank, first);
+          expand_repeated_constant(node, i, axis, out_rank, first);
         }
         if (expands_constant(node.input(i))) widen_expand(node, i, axis, out_rank);
       }
