@@ -107,6 +107,7 @@ std::unique_ptr<Graph> Graph::clone() const {
   g->opset = opset;
   g->metadata = metadata;
   g->source_path = source_path;
+  g->declared_batch = declared_batch;
   g->derivations_ = derivations_;
   std::unordered_map<const Value*, Value*> map;
   for (const auto& v : value_store_) {

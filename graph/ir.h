@@ -72,6 +72,14 @@ class Value {
   bool graph_output_ = false;
 };
 
+// How a graph input's or output's leading (batch) dimension is declared in the file it came
+// from: a fixed size, a symbolic name ("N", "batch_size"), or unknown (neither). Resolution
+// fixes the batch; the exports write the declared form back (runtime/batch_dimension.h).
+struct DeclaredBatch {
+  std::optional<int64_t> size;  // a fixed batch
+  std::string param;            // a symbolic batch's name; empty with neither: unknown
+};
+
 using AttributeValue = std::variant<int64_t, float, std::string, std::vector<int64_t>,
                                     std::vector<float>, std::vector<std::string>, Tensor>;
 
@@ -192,6 +200,8 @@ class Graph {
   int64_t opset = 0;                            // default-domain opset
   std::map<std::string, std::string> metadata;  // metadata_props
   std::string source_path;                      // file it was loaded from, if any
+  // The declared batch of each graph input and output with a leading dimension, by value name.
+  std::map<std::string, DeclaredBatch, std::less<>> declared_batch;
 
  private:
   std::vector<std::unique_ptr<Node>> node_store_;

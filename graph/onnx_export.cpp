@@ -82,8 +82,9 @@ void attribute_to_proto(const std::string& name, const AttributeValue& value,
       value);
 }
 
-// A dynamic dim (-1) becomes a symbolic one: "N" for the leading (batch) axis.
-void value_info_to_proto(const Value& value, onnx::ValueInfoProto* vi) {
+// A dynamic dim (-1) becomes a symbolic one: for the leading (batch) axis the name the graph
+// declares for this value (graph.declared_batch; unknown when that has none), else "N".
+void value_info_to_proto(const Graph& graph, const Value& value, onnx::ValueInfoProto* vi) {
   vi->set_name(value.name());
   auto* tensor_type = vi->mutable_type()->mutable_tensor_type();
   tensor_type->set_elem_type(onnx_from_dtype(value.dtype()));
@@ -94,8 +95,15 @@ void value_info_to_proto(const Value& value, onnx::ValueInfoProto* vi) {
     auto* dim = shape->add_dim();
     if (dims[i] >= 0) {
       dim->set_dim_value(dims[i]);
+    } else if (i > 0) {
+      dim->set_dim_param("dim_" + std::to_string(i));
     } else {
-      dim->set_dim_param(i == 0 ? std::string("N") : "dim_" + std::to_string(i));
+      auto declared = graph.declared_batch.find(value.name());
+      if (declared == graph.declared_batch.end()) {
+        dim->set_dim_param("N");
+      } else if (!declared->second.param.empty()) {
+        dim->set_dim_param(declared->second.param);
+      }
     }
   }
 }
@@ -123,8 +131,8 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options,
 
   onnx::GraphProto* gp = model.mutable_graph();
   gp->set_name(graph.name.empty() ? std::string("qforge") : graph.name);
-  for (const Value* in : graph.inputs()) value_info_to_proto(*in, gp->add_input());
-  for (const Value* out : graph.outputs()) value_info_to_proto(*out, gp->add_output());
+  for (const Value* in : graph.inputs()) value_info_to_proto(graph, *in, gp->add_input());
+  for (const Value* out : graph.outputs()) value_info_to_proto(graph, *out, gp->add_output());
   // Constants nobody reads are dropped, as the importer would never see them used.
   for (Value* v : graph.values()) {
     if (!v->is_constant() || (v->consumers().empty() && !v->is_graph_output())) continue;

@@ -137,6 +137,21 @@ std::string ints_text(std::span<const int64_t> values) {
   return out + "]";
 }
 
+// The leading dimension of a value's declared shape, when it has one.
+std::optional<DeclaredBatch> declared_batch_of(const onnx::TypeProto& type) {
+  if (!type.has_tensor_type() || !type.tensor_type().has_shape()) return std::nullopt;
+  const onnx::TensorShapeProto& shape = type.tensor_type().shape();
+  if (shape.dim_size() == 0) return std::nullopt;
+  const auto& d = shape.dim(0);
+  DeclaredBatch batch;
+  if (d.has_dim_value()) {
+    batch.size = d.dim_value();
+  } else {
+    batch.param = d.dim_param();
+  }
+  return batch;
+}
+
 // A declared shape as the file gives it: symbolic dims by name ("N"), missing ones as "?".
 std::string declared_shape_text(const onnx::TensorShapeProto& shape) {
   std::string out = "[";
@@ -692,6 +707,7 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     }
     DType dtype = dtype_from_onnx(in.type().tensor_type().elem_type(), "input '" + in.name() + "'");
     graph->add_input(in.name(), dtype, shape_from_type(in.type()));
+    if (auto batch = declared_batch_of(in.type())) graph->declared_batch[in.name()] = *batch;
   }
 
   auto value_for = [&](const std::string& name, const std::string& node_label) -> Value* {
@@ -754,6 +770,7 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     Value* v = graph->find_value(out.name());
     if (!v) throw_invalid("import: graph output '" + out.name() + "' is never produced");
     graph->mark_output(v);
+    if (auto batch = declared_batch_of(out.type())) graph->declared_batch[out.name()] = *batch;
   }
   graph->check_consistency();
   return graph;

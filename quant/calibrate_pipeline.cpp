@@ -294,6 +294,7 @@ ExportedModel export_qdq_model(std::unique_ptr<graph::Graph> fused, const QuantP
   ExportedModel out;
   auto qdq = build_qdq_graph(*fused, plan, amax, options, &out.counts);
   fused.reset();
+  runtime::restore_declared_batch(*qdq, options.batch);
   out.bytes = graph::write_onnx(std::move(qdq), sink, options.onnx);
   return out;
 }

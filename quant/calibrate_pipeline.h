@@ -118,8 +118,8 @@ struct ExportedModel {
   size_t bytes = 0;  // ONNX bytes written
 };
 
-// build_qdq_graph(fused, plan, amax), `fused` released before serializing, the bytes streamed
-// to `sink`.
+// build_qdq_graph(fused, plan, amax), `fused` released before serializing, the model's declared
+// batch restored (options.batch), the bytes streamed to `sink`.
 ExportedModel export_qdq_model(std::unique_ptr<graph::Graph> fused, const QuantPlan& plan,
                                const ActivationAmax& amax, const QdqExportOptions& options,
                                const graph::ByteSink& sink);

@@ -15,6 +15,7 @@
 #include "kernels/fake_quant.h"
 #include "quant/fake_quant_training.h"
 #include "quant/optimizer.h"
+#include "runtime/batch_dimension.h"
 #include "runtime/session.h"
 
 namespace qforge::quant {
@@ -253,6 +254,8 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   const int64_t setup_id = setup_fingerprint(setup, data.size());
   TrainingGraphOptions graph_options;
   graph_options.learn_scales = setup.learn_scales;
+  // One class token for every sample, as PyTorch trains it (runtime/batch_dimension.h).
+  runtime::share_batch_rows(fused);
   FakeQuantTraining made = fake_quant_training(fused, plan, amax, graph_options);
   std::unique_ptr<runtime::ClassifierTraining> training = std::move(made.training);
   const std::map<std::string, std::string>& scale_parameters = made.scale_parameters;

@@ -298,12 +298,16 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
 
 std::string export_qdq(const Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
                        const QdqExportOptions& options) {
-  return graph::serialize_onnx(*build_qdq_graph(fused, plan, amax, options), options.onnx);
+  std::unique_ptr<Graph> g = build_qdq_graph(fused, plan, amax, options);
+  runtime::restore_declared_batch(*g, options.batch);
+  return graph::serialize_onnx(*g, options.onnx);
 }
 
 void save_qdq(const Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
               const std::string& path, const QdqExportOptions& options) {
-  graph::save_onnx(*build_qdq_graph(fused, plan, amax, options), path, options.onnx);
+  std::unique_ptr<Graph> g = build_qdq_graph(fused, plan, amax, options);
+  runtime::restore_declared_batch(*g, options.batch);
+  graph::save_onnx(*g, path, options.onnx);
 }
 
 namespace {

@@ -13,6 +13,7 @@
 #include "graph/ir.h"
 #include "graph/onnx_export.h"
 #include "quant/placement.h"
+#include "runtime/batch_dimension.h"
 
 namespace qforge::quant {
 
@@ -27,6 +28,10 @@ struct QdqExportOptions {
   bool int8_weights = false;
   // Scales that replace amax / 127 at the points they name (finite and > 0).
   ActivationScales activation_scales;
+  // The written model's batch: the one the model declared (export_qdq, save_qdq and
+  // quant::export_qdq_model write it, runtime::restore_declared_batch), a fixed one made
+  // symbolic with dynamic_batch.
+  runtime::BatchExportOptions batch;
   graph::ExportOptions onnx;
 };
 
@@ -44,7 +49,8 @@ std::unique_ptr<graph::Graph> build_qdq_graph(const graph::Graph& fused, const Q
                                               const QdqExportOptions& options = {},
                                               QdqCounts* counts = nullptr);
 
-// build_qdq_graph, serialized (ONNX checker on unless options say otherwise).
+// build_qdq_graph with the model's declared batch restored (options.batch), serialized (ONNX
+// checker on unless options say otherwise).
 std::string export_qdq(const graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
                        const QdqExportOptions& options = {});
 

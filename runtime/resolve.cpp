@@ -4,6 +4,7 @@
 #include <set>
 #include <vector>
 
+#include "runtime/batch_dimension.h"
 #include "runtime/op_registry.h"
 
 namespace qforge::runtime {
@@ -119,19 +120,26 @@ std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& g
       throw_invalid("model input '" + in->name() + "' has no static shape; qforge needs one");
     }
     graph::Shape shape = *in->shape();
-    if (shape[0] < 0) {
-      shape[0] = batch;
-    } else if (shape[0] != batch) {
-      throw_invalid("model input '" + in->name() + "' has a fixed batch of " +
-                    std::to_string(shape[0]) + ", got a batch of " + std::to_string(batch) +
-                    " (use --batch " + std::to_string(shape[0]) + ")");
-    }
+    shape[0] = batch;  // a fixed batch too: resolve frees it (runtime/batch_dimension.h)
     shapes[in->name()] = shape;
   }
   return shapes;
 }
 
 ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
+  // A model that fixes its batch, asked for another, is first made to run at any batch.
+  for (const graph::Value* in : graph.inputs()) {
+    auto it = options.input_shapes.find(in->name());
+    if (it == options.input_shapes.end() || !in->has_shape() || in->shape()->empty() ||
+        it->second.size() != in->shape()->size()) {
+      continue;
+    }
+    const int64_t fixed = (*in->shape())[0];
+    if (fixed >= 0 && fixed != it->second[0]) {
+      free_fixed_batch(graph, options);
+      break;
+    }
+  }
   for (graph::Value* in : graph.inputs()) {
     auto it = options.input_shapes.find(in->name());
     if (it != options.input_shapes.end()) {

@@ -28,10 +28,14 @@ struct ResolveStats {
   size_t remaining_nodes = 0;
 };
 
+// An input whose fixed leading dimension differs from the one asked is freed first
+// (free_fixed_batch): the model is resolved at its own batch and its batch-carrying shape
+// constants rewritten, so that every batch resolves.
 ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options);
 
-// The input shapes of `graph` with a dynamic leading (batch) dimension set to `batch`. A model
-// whose batch is fixed accepts only that batch (Invalid error otherwise).
+// The input shapes of `graph` with the leading (batch) dimension set to `batch`, whether the
+// model leaves it dynamic or fixes it: resolve runs a fixed-batch model at another batch by
+// freeing its batch first (runtime/batch_dimension.h).
 std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& graph,
                                                            int64_t batch);
 

@@ -190,7 +190,7 @@ std::map<std::string, size_t> count_modules(const graph::Graph& graph) {
 
 CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& fused,
                               std::span<const std::vector<kernels::Tensor>> batches,
-                              double tolerance) {
+                              double tolerance, const BatchExportOptions& batch) {
   CheckedExport out;
   std::unique_ptr<graph::Graph> lowered = fused.clone();
   out.lowered_modules = graph::lower_modules(*lowered);
@@ -198,6 +198,7 @@ CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& 
   out.figures = check_equivalence(original, *lowered, batches, tolerance);
   if (!out.figures.equivalent) return out;
 
+  restore_declared_batch(*lowered, batch);
   graph::ExportOptions export_options;
   if (original.opset > 0) export_options.opset = original.opset;
   std::string bytes = graph::serialize_onnx(*lowered, export_options);

@@ -15,6 +15,7 @@
 #include "graph/pattern.h"
 #include "graph/plan.h"
 #include "kernels/tensor.h"
+#include "runtime/batch_dimension.h"
 
 namespace qforge::runtime {
 
@@ -85,11 +86,13 @@ struct CheckedExport {
   std::string checked;  // "lowered graph" or "written model": what `figures` measured
 };
 
-// Lowers `fused`, checks the lowered graph against `original` on `batches`, serializes it at the
+// Lowers `fused`, checks the lowered graph against `original` on `batches`, restores the
+// batch the model declared (restore_declared_batch with `batch`), serializes it at the
 // original's opset, re-imports those bytes and checks them too. Writing is left to the caller so
 // that nothing is written unless `figures.equivalent`.
 CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& fused,
                               std::span<const std::vector<kernels::Tensor>> batches,
-                              double tolerance = kEquivalenceTolerance);
+                              double tolerance = kEquivalenceTolerance,
+                              const BatchExportOptions& batch = {});
 
 }  // namespace qforge::runtime

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "tests/support/batch_models.h"
 #include "tests/support/test_support.h"
 
 namespace qforge {
@@ -43,12 +44,18 @@ TEST(CliFlags, RangeErrorsGiveReadableBounds) {
   }
 }
 
-// A model written at --batch 4 has a fixed batch: inspect resolves it there and gives the same
-// figures per image as the model written at batch 1.
+// A model with a fixed batch of 4: inspect resolves it there and gives the same figures per
+// image as the model fixed at batch 1.
 TEST(CliFlags, InspectReadsAFixedBatchModel) {
   TempDir dir;
-  ASSERT_EQ(run_cli("transform " + kResnet + " --batch 4 -o " + dir.file("b4.onnx")).exit_code, 0);
-  ASSERT_EQ(run_cli("transform " + kResnet + " --batch 1 -o " + dir.file("b1.onnx")).exit_code, 0);
+  testing::write_with_batch(kResnet, dir.file("fixed4.onnx"), {.size = 4, .param = {}});
+  testing::write_with_batch(kResnet, dir.file("fixed1.onnx"), {.size = 1, .param = {}});
+  ASSERT_EQ(run_cli("transform " + dir.file("fixed4.onnx") + " --batch 4 -o " + dir.file("b4.onnx"))
+                .exit_code,
+            0);
+  ASSERT_EQ(run_cli("transform " + dir.file("fixed1.onnx") + " --batch 1 -o " + dir.file("b1.onnx"))
+                .exit_code,
+            0);
   auto b4 = run_cli("inspect " + dir.file("b4.onnx"));
   auto b1 = run_cli("inspect " + dir.file("b1.onnx"));
   ASSERT_EQ(b4.exit_code, 0) << b4.err;

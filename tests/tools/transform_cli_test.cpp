@@ -15,6 +15,7 @@
 #include "graph/transform.h"
 #include "runtime/session.h"
 #include "runtime/transform_pipeline.h"
+#include "tests/support/batch_models.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
 
@@ -52,13 +53,14 @@ std::map<std::string, std::string> op_by_node_name(const std::string& onnx_path)
   return ops;
 }
 
-TEST(TransformCli, HelpListsCommandsAndStaticShapes) {
+TEST(TransformCli, HelpListsCommandsAndTheBatch) {
   auto top = run_cli("--help");
   EXPECT_NE(top.out.find("plan"), std::string::npos);
   EXPECT_NE(top.out.find("transform"), std::string::npos);
   auto help = run_cli("transform --help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--plan", "--report", "--batch", "--data", "static shapes"}) {
+  for (const char* flag :
+       {"--plan", "--report", "--batch", "--data", "--dynamic-batch", "keeps the batch"}) {
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   }
 }
@@ -190,7 +192,10 @@ TEST(TransformCli, ReportHoldsCountsPlanAndFigures) {
                    eq.at("max_abs_diff").get<double>() /
                        std::max(1.0, eq.at("max_abs_reference").get<double>()));
   auto written = graph::load_onnx(dir.file("m.onnx"));
-  EXPECT_EQ(written->inputs()[0]->shape()->at(0), 1);  // static at the chosen batch
+  // The model's symbolic batch stays symbolic, under its name.
+  EXPECT_EQ(written->inputs()[0]->shape()->at(0), -1);
+  EXPECT_EQ(testing::declared_batch_text(dir.file("m.onnx")),
+            std::make_pair(std::string("batch"), std::string("batch")));
 }
 
 // Every bundled model, in both forms, with a fresh plan and with its saved plan: the same file,

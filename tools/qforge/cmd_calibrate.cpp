@@ -22,6 +22,7 @@
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
 #include "quant/smoothquant.h"
+#include "runtime/batch_dimension.h"
 #include "runtime/threads.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/resource_usage.h"
@@ -50,6 +51,7 @@ struct CalibrateOptions {
   std::string report;
   std::string val;
   bool int8_weights = false;
+  bool dynamic_batch = false;
   bool per_tensor_weights = false;
   std::optional<double> smoothquant;  // alpha, when --smoothquant is given
   // Rounding flips injected into the written model (on the first evaluation batch) to measure
@@ -97,6 +99,8 @@ int run_calibrate(const CalibrateOptions& o) {
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
+  const std::string written_batch =
+      runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
   DataSource data = DataSource::open(o.data, *model, {});
   const size_t total = quant::spread_indices(data.size(), o.limit).size();
   if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
@@ -130,6 +134,7 @@ int run_calibrate(const CalibrateOptions& o) {
   // only after the evaluation.
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
+  export_options.batch.dynamic_batch = o.dynamic_batch;
   const quant::ExportedModel exported = quant::export_qdq_model(
       quant::fused_graph_for_export(reload(), setup, calibrated), plan, calibrated.amax,
       export_options, [&](const void* p, size_t n) { out_file.write(p, n); });
@@ -283,9 +288,9 @@ int run_calibrate(const CalibrateOptions& o) {
   // back: a signal during the report's preparation leaves neither.
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
-      "pairs; static batch %lld, %.1f KiB)\n",
+      "pairs; %s, %.1f KiB)\n",
       o.output.c_str(), counts.activation_pairs, counts.weight_quantizers, counts.softmax_pairs,
-      static_cast<long long>(o.batch), static_cast<double>(written_bytes) / 1024.0);
+      written_batch.c_str(), static_cast<double>(written_bytes) / 1024.0);
 
   if (report_file) {
     nlohmann::json points = nlohmann::json::array();
@@ -387,8 +392,9 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   auto opts = std::make_shared<CalibrateOptions>();
   auto* cmd = app.add_subcommand(
       "calibrate",
-      "Calibrate Q/DQ scales on sample data and write the Q/DQ ONNX model, fixed to --batch; "
-      "then compare it with the float model (output SQNR, cosine, top-1)");
+      "Calibrate Q/DQ scales on sample data and write the Q/DQ ONNX model with the batch the "
+      "model declares (symbolic stays symbolic, fixed stays at the model's own size, whatever "
+      "--batch); then compare it with the float model (output SQNR, cosine, top-1)");
   cmd->add_option("model", opts->model, "float ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data,
                   "calibration data: image folder or .npy file of model inputs")
@@ -410,10 +416,14 @@ CommandRunner add_calibrate_command(CLI::App& app) {
                   "folder is sorted by class)")
       ->check(integer_at_least(1));
   cmd->add_option("--batch", opts->batch,
-                  "batch the model is transformed, calibrated and evaluated at (default 32); the "
-                  "written model is fixed to it. Every sample is used: a partial last batch is "
-                  "calibrated as is and padded for the evaluation (padded rows are ignored)")
+                  "batch the model is transformed, calibrated and evaluated at (default 32), "
+                  "whatever batch the model fixes; the written model keeps the model's own. "
+                  "Every sample is used: a partial last batch is calibrated as is and padded for "
+                  "the evaluation (padded rows are ignored)")
       ->check(integer_at_least(1));
+  cmd->add_flag("--dynamic-batch", opts->dynamic_batch,
+                "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
+                "optimisation profiles");
   cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
       ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--report", opts->report,

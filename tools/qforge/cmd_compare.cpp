@@ -137,15 +137,8 @@ int run_compare(const CompareOptions& o) {
   }
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
   if (total == 0) throw_invalid("compare: data '" + o.data + "' holds no samples");
+  // A fixed batch is only the default: resolve frees it for any other.
   const int64_t batch = o.batch > 0 ? o.batch : fixed.value_or(32);
-  if (fixed && *fixed != batch) {
-    throw_invalid("compare: model '" + o.model_a + "' has a fixed batch of " +
-                  std::to_string(*fixed) + ", got --batch " + std::to_string(batch));
-  }
-  if (fixed && total % static_cast<size_t>(batch) != 0) {
-    total -= total % static_cast<size_t>(batch);  // a fixed-batch model runs whole batches only
-    if (total == 0) throw_invalid("compare: fewer samples than the models' fixed batch");
-  }
 
   std::vector<runtime::OutputComparison> comparisons(model_a.outputs().size());
   io::Progress progress("compare", total, "img");

@@ -18,6 +18,7 @@
 #include "quant/evaluation.h"
 #include "quant/int8.h"
 #include "quant/qat.h"
+#include "runtime/batch_dimension.h"
 #include "runtime/threads.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/npz.h"
@@ -44,6 +45,7 @@ struct QatOptions {
   int64_t calib_limit = 0;
   bool per_tensor_weights = false;
   bool int8_weights = false;
+  bool dynamic_batch = false;
   // training
   quant::QatSetup setup;
   std::string optimizer = "sgd";
@@ -141,6 +143,8 @@ int run_qat(QatOptions o) {
   }
 
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
+  const std::string written_batch =
+      runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
   DataSource data = DataSource::open(o.data, *model, {});
   if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
   s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
@@ -195,6 +199,7 @@ int run_qat(QatOptions o) {
       quant::fused_graph_for_export(reload(), calibration, calibrated);
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
+  export_options.batch.dynamic_batch = o.dynamic_batch;
   // The PTQ model, kept in memory for the comparison on --val.
   std::string ptq_bytes;
   if (val) {
@@ -417,9 +422,9 @@ int run_qat(QatOptions o) {
   if (report_file) report_file->commit();
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
-      "pairs; static batch %lld, %.1f KiB)\n",
+      "pairs; %s, %.1f KiB)\n",
       o.output.c_str(), exported.counts.activation_pairs, exported.counts.weight_quantizers,
-      exported.counts.softmax_pairs, static_cast<long long>(s.batch),
+      exported.counts.softmax_pairs, written_batch.c_str(),
       static_cast<double>(exported.bytes) / 1024.0);
   if (report_file) std::printf("%-12s %s\n", "report", o.report.c_str());
   return 0;
@@ -475,6 +480,10 @@ CommandRunner add_qat_command(CLI::App& app) {
   cmd->add_flag("--int8-weights", o->int8_weights,
                 "store weights as int8 initializers behind DequantizeLinear")
       ->group(calib);
+  cmd->add_flag("--dynamic-batch", o->dynamic_batch,
+                "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
+                "optimisation profiles")
+      ->group(calib);
   auto* train = "Training";
   cmd->add_option("--epochs", o->setup.epochs, "passes over the training data")
       ->check(integer_at_least(0))
@@ -483,8 +492,9 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->check(integer_at_least(0))
       ->group(train);
   cmd->add_option("--batch", o->setup.batch,
-                  "batch for calibration and training (default 32); the written model is fixed "
-                  "to it; an epoch's last partial batch is dropped")
+                  "batch for calibration and training (default 32), whatever batch the model "
+                  "fixes; the written model keeps the model's own; an epoch's last partial "
+                  "batch is dropped")
       ->check(integer_at_least(1))
       ->group(train);
   cmd->add_option("--lr", o->setup.lr, "learning rate (default 1e-4)")->group(train);

@@ -81,9 +81,9 @@ int run_run(RunOptions o) {
     // it runs whole batches of that size only.
     runtime::TransformOptions options;
     options.batch = o.batch > 0 ? o.batch : 32;
-    if (loaded->inputs().size() == 1 && loaded->inputs()[0]->has_shape() &&
+    if (o.batch <= 0 && loaded->inputs().size() == 1 && loaded->inputs()[0]->has_shape() &&
         !loaded->inputs()[0]->shape()->empty() && loaded->inputs()[0]->shape()->front() > 0) {
-      options.batch = loaded->inputs()[0]->shape()->front();  // a fixed batch wins
+      options.batch = loaded->inputs()[0]->shape()->front();  // the model's own batch by default
     }
     runtime::TransformResult t = runtime::transform_model(*loaded, nullptr, options);
     transformed_note = "transformed at batch " + std::to_string(options.batch) + ": " +
@@ -94,18 +94,16 @@ int run_run(RunOptions o) {
   runtime::Session session(std::move(loaded), so);
 
   size_t total = data.size();
-  size_t left_out = 0;  // samples past the last whole batch of a fixed-batch model
+  size_t left_out = 0;  // samples past the last whole batch of the transformed graph
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
   if (total == 0) throw_invalid("run: data '" + o.data + "' holds no samples");
-  int64_t batch = o.batch > 0 ? o.batch : session.fixed_batch().value_or(32);
-  if (auto fixed = session.fixed_batch(); fixed && *fixed != batch) {
-    throw_invalid("run: model '" + o.model + "' has a fixed batch of " + std::to_string(*fixed) +
-                  ", got --batch " + std::to_string(batch));
-  }
-  if (session.fixed_batch() && total % static_cast<size_t>(batch) != 0) {
-    left_out = total % static_cast<size_t>(batch);  // a fixed batch runs whole batches only
+  // A model that fixes its batch runs at any other too (resolve frees it); its own is the
+  // default.
+  const int64_t batch = o.batch > 0 ? o.batch : session.fixed_batch().value_or(32);
+  if (o.transform && total % static_cast<size_t>(batch) != 0) {
+    left_out = total % static_cast<size_t>(batch);  // the fused graph runs whole batches only
     total -= left_out;
-    if (total == 0) throw_invalid("run: fewer samples than the model's fixed batch");
+    if (total == 0) throw_invalid("run: fewer samples than --batch for the transformed graph");
   }
 
   const graph::Graph& model = session.graph();

@@ -11,6 +11,7 @@
 
 #include "graph/onnx_import.h"
 #include "graph/transform.h"
+#include "runtime/batch_dimension.h"
 #include "runtime/executor.h"
 #include "runtime/memory_budget.h"
 #include "runtime/transform_pipeline.h"
@@ -32,6 +33,7 @@ struct TransformCliOptions {
   std::string data;
   int64_t batch = 1;
   InputShapeFlag input_shape;
+  bool dynamic_batch = false;
 };
 
 constexpr uint64_t kSampleSeed = 0;
@@ -122,7 +124,9 @@ int run_transform(const TransformCliOptions& o) {
   runtime::check_memory_budget("transform", need);
   std::string sample;
   const auto batches = sample_batches(o, *model, sample);
-  runtime::CheckedExport exported = runtime::lower_and_check(*model, *r.graph, batches);
+  const runtime::BatchExportOptions batch_options{.dynamic_batch = o.dynamic_batch};
+  runtime::CheckedExport exported = runtime::lower_and_check(
+      *model, *r.graph, batches, runtime::kEquivalenceTolerance, batch_options);
   const runtime::EquivalenceFigures& f = exported.figures;
 
   std::printf("model        %s (batch %lld, opset %lld)\n", o.model.c_str(),
@@ -168,8 +172,8 @@ int run_transform(const TransformCliOptions& o) {
 
   out_file.write(exported.onnx_bytes);
   out_file.commit();
-  std::printf("written      %s (static shapes at batch %lld)\n", o.output.c_str(),
-              static_cast<long long>(o.batch));
+  std::printf("written      %s (%s)\n", o.output.c_str(),
+              runtime::written_batch_text(*model, batch_options).c_str());
   if (report_file) {
     nlohmann::json report{{"model", o.model},
                           {"output", o.output},
@@ -203,8 +207,9 @@ CommandRunner add_transform_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "transform",
       "Apply conversions and fusions, lower the modules back to standard ONNX ops and write the "
-      "model once it is checked equivalent to the original. The written model has static shapes "
-      "resolved at --batch (its batch is fixed)");
+      "model once it is checked equivalent to the original. The written model keeps the batch "
+      "the model declares (symbolic stays symbolic, fixed stays at the model's own size), its "
+      "other dimensions resolved");
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
   cmd->add_option("-o,--output", opts->output, "transformed ONNX model to write")
       ->required()
@@ -216,9 +221,12 @@ CommandRunner add_transform_command(CLI::App& app) {
                   "write a JSON report: counts per pattern, the plan and the equivalence figures")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,
-                  "batch the input shapes are resolved at (default 1); the written model is "
-                  "fixed to it")
+                  "batch the model is resolved and checked at (default 1), whatever batch it "
+                  "fixes; the written model keeps the model's own")
       ->check(integer_at_least(1));
+  cmd->add_flag("--dynamic-batch", opts->dynamic_batch,
+                "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
+                "optimisation profiles");
   cmd->add_option("--data", opts->data,
                   "image folder or .npy file to check equivalence on, in whole batches (default: "
                   "one seeded random normal batch)");

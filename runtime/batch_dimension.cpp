@@ -1,0 +1,767 @@
+// Following the batch axis through a resolved graph, and writing its shape constants so that
+// they hold at any batch.
+#include "runtime/batch_dimension.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "kernels/error.h"
+#include "runtime/op_registry.h"
+
+namespace qforge::runtime {
+namespace {
+
+using graph::Graph;
+using graph::Node;
+using graph::Value;
+using kernels::DType;
+using kernels::Shape;
+using kernels::Tensor;
+
+int64_t product(const Shape& shape, size_t begin, size_t end) {
+  int64_t p = 1;
+  for (size_t i = begin; i < end; ++i) p *= shape[i];
+  return p;
+}
+
+std::vector<int64_t> constant_ints(const Value* v) {
+  const Tensor& t = v->constant();
+  std::vector<int64_t> out(static_cast<size_t>(t.numel()));
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i] = t.dtype() == DType::kInt32 ? t.data<int32_t>()[i] : t.data<int64_t>()[i];
+  }
+  return out;
+}
+
+int normalized_axis(int64_t axis, size_t rank) {
+  return static_cast<int>(axis < 0 ? axis + static_cast<int64_t>(rank) : axis);
+}
+
+// Axes from input `index` (opset 13 and later) or the attribute of older forms.
+std::vector<int> axes_of(const Node& node, size_t index, size_t rank) {
+  std::vector<int64_t> raw;
+  if (node.input(index) && node.input(index)->is_constant()) {
+    raw = constant_ints(node.input(index));
+  } else {
+    raw = node.attr_ints("axes", {});
+  }
+  std::vector<int> out;
+  for (int64_t a : raw) out.push_back(normalized_axis(a, rank));
+  return out;
+}
+
+bool contains(const std::vector<int>& axes, int axis) {
+  return std::find(axes.begin(), axes.end(), axis) != axes.end();
+}
+
+bool is_broadcasting(const std::string& op) {
+  static const std::set<std::string, std::less<>> kOps = {"Add",
+                                                          "Sub",
+                                                          "Mul",
+                                                          "Div",
+                                                          "Pow",
+                                                          "Where",
+                                                          "Equal",
+                                                          "Less",
+                                                          "LessOrEqual",
+                                                          "Greater",
+                                                          "GreaterOrEqual",
+                                                          "And",
+                                                          "Or",
+                                                          "Xor",
+                                                          "Max",
+                                                          "Min",
+                                                          "Mod",
+                                                          "Sum",
+                                                          "Mean"};
+  return kOps.count(op) > 0;
+}
+
+// Static shapes for values that have none (a lowered graph's new nodes), without folding
+// anything: the Q/DQ pairs of constant weights stay as they are.
+void infer_missing_shapes(Graph& g) {
+  const OpRegistry& registry = builtin_ops();
+  for (Node* node : g.nodes()) {
+    bool known = true;
+    for (const Value* out : node->outputs()) known = known && out->has_shape();
+    if (known) continue;
+    const OpDef* def = registry.find(node->op_type());
+    if (!def) {
+      throw_unsupported("batch: " + node->label() + ": no runtime implementation of '" +
+                        node->op_type() + "'");
+    }
+    std::vector<InputInfo> infos(node->num_inputs());
+    for (size_t i = 0; i < node->num_inputs(); ++i) {
+      const Value* v = node->input(i);
+      if (!v) continue;
+      infos[i].present = true;
+      infos[i].dtype = v->dtype();
+      infos[i].shape = v->known_shape();
+      if (v->is_constant()) infos[i].constant = &v->constant();
+    }
+    const std::vector<TensorInfo> out_infos = def->infer(*node, infos);
+    for (size_t i = 0; i < node->num_outputs() && i < out_infos.size(); ++i) {
+      node->output(i)->set_type(out_infos[i].dtype, out_infos[i].shape);
+    }
+  }
+}
+
+class BatchFreer {
+ public:
+  BatchFreer(Graph& graph, int64_t batch) : g_(graph), batch_(batch) {}
+
+  std::map<std::string, BatchAxis> run() {
+    for (Value* in : g_.inputs()) {
+      const Shape& s = in->known_shape();
+      if (s.empty() || s[0] != batch_) {
+        throw_invalid("batch: model input '" + in->name() + "': expected a leading dimension of " +
+                      std::to_string(batch_) + ", got " + kernels::shape_str(s));
+      }
+    }
+    // A Reshape that leaves open which axis carries the batch (a batch of 1 allows several)
+    // takes its first choice; where a later node then cannot follow the batch, the latest such
+    // Reshape before it takes its next choice and the analysis runs again.
+    constexpr int kMaxAttempts = 256;
+    const std::vector<Node*> order = g_.nodes();
+    for (int attempt = 0;; ++attempt) {
+      axes_.clear();
+      edits_.clear();
+      open_choices_.clear();
+      for (Value* in : g_.inputs()) axes_[in->name()] = {0, 1, 1};
+      size_t position = 0;
+      try {
+        for (; position < order.size(); ++position) {
+          position_ = position;
+          visit(*order[position]);
+        }
+        break;
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kUnsupported || attempt + 1 >= kMaxAttempts) throw;
+        auto open = std::find_if(open_choices_.rbegin(), open_choices_.rend(),
+                                 [&](const OpenChoice& c) { return c.position < position; });
+        if (open == open_choices_.rend()) throw;
+        ++picks_[open->node];
+        for (auto later = open_choices_.rbegin(); later != open; ++later) picks_.erase(later->node);
+      }
+    }
+    for (const auto& edit : edits_) edit();
+    finish();
+    return axes_;
+  }
+
+ private:
+  std::optional<BatchAxis> axis_of(const Value* v) const {
+    if (!v) return std::nullopt;
+    auto it = axes_.find(v->name());
+    if (it == axes_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  [[noreturn]] void unsupported(const Node& node, const std::string& why) const {
+    throw_unsupported("batch: " + node.label() + ": " + why +
+                      "; qforge cannot run or write this model at another batch");
+  }
+
+  void set_axis(const Node& node, const Value* out, int axis, int64_t outer, int64_t inner) {
+    const Shape& s = out->known_shape();
+    if (axis < 0 || static_cast<size_t>(axis) >= s.size() ||
+        s[static_cast<size_t>(axis)] != outer * batch_ * inner) {
+      unsupported(node, "expected output '" + out->name() + "' " + kernels::shape_str(s) +
+                            " to carry the batch of " + std::to_string(batch_) + " on axis " +
+                            std::to_string(axis));
+    }
+    axes_[out->name()] = {axis, outer, inner};
+  }
+  void set_axis(const Node& node, const Value* out, int axis, const BatchAxis& like) {
+    set_axis(node, out, axis, like.outer, like.inner);
+  }
+
+  Value* int_constant(const std::string& stem, const std::vector<int64_t>& values) {
+    return g_.add_constant(
+        g_.unique_value_name(stem),
+        Tensor::from_vector<int64_t>({static_cast<int64_t>(values.size())}, values));
+  }
+
+  // The batch as a one-element int64 tensor, read from the first input's shape at run time.
+  Value* batch_value() {
+    if (batch_value_) return batch_value_;
+    const Node* first = g_.nodes().empty() ? nullptr : g_.nodes().front();
+    Value* input = g_.inputs().front();
+    Node* shape = g_.insert_node({.name = g_.unique_node_name("batch/Shape"),
+                                  .op_type = "Shape",
+                                  .inputs = {input},
+                                  .output_names = {g_.unique_value_name("batch/shape")}},
+                                 first);
+    Node* gather = g_.insert_node({.name = g_.unique_node_name("batch/Gather"),
+                                   .op_type = "Gather",
+                                   .inputs = {shape->output(0), int_constant("batch/index", {0})},
+                                   .output_names = {g_.unique_value_name("batch/size")},
+                                   .attributes = {{"axis", int64_t{0}}}},
+                                  first);
+    batch_value_ = gather->output(0);
+    return batch_value_;
+  }
+
+  // A constant input of `node` that repeats one sample's row along the batch axis `out_axis`
+  // (aligned to the output's rank) becomes that row, expanded to the batch at run time.
+  void expand_repeated_constant(Node& node, size_t index, int out_axis, size_t out_rank,
+                                const BatchAxis& carried) {
+    Value* v = node.input(index);
+    const Tensor& t = v->constant();
+    const Shape& s = t.shape();
+    const int axis = out_axis - static_cast<int>(out_rank - s.size());
+    // A broadcast holds at any batch; Concat does not broadcast.
+    const bool broadcasts = node.op_type() != "Concat";
+    if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
+    const int64_t rows = axis < 0 ? 0 : s[static_cast<size_t>(axis)];
+    if (axis < 0 || carried.outer != 1 || carried.inner != 1 || rows != batch_) {
+      unsupported(node, "expected constant '" + v->name() + "' " + kernels::shape_str(s) +
+                            " to broadcast along the batch axis " + std::to_string(axis));
+    }
+    const size_t a = static_cast<size_t>(axis);
+    const int64_t outer = product(s, 0, a);
+    const size_t block =
+        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
+    const auto* bytes = static_cast<const std::byte*>(t.raw());
+    for (int64_t o = 0; o < outer; ++o) {
+      const std::byte* first = bytes + static_cast<size_t>(o * batch_) * block;
+      for (int64_t b = 1; b < batch_; ++b) {
+        if (std::memcmp(first, first + static_cast<size_t>(b) * block, block) != 0) {
+          unsupported(node, "constant '" + v->name() + "' " + kernels::shape_str(s) +
+                                " differs from sample to sample along the batch axis " +
+                                std::to_string(axis));
+        }
+      }
+    }
+    edits_.push_back([this, n = &node, index, a] { expand_constant(*n, index, a); });
+  }
+
+  void expand_constant(Node& node, size_t index, size_t a) {
+    Value* v = node.input(index);
+    const Tensor& t = v->constant();
+    const Shape& s = t.shape();
+    const int64_t outer = product(s, 0, a);
+    const size_t block =
+        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
+    const auto* bytes = static_cast<const std::byte*>(t.raw());
+    Shape one = s;
+    one[a] = 1;
+    Tensor sample(t.dtype(), one);
+    auto* dst = static_cast<std::byte*>(sample.raw());
+    for (int64_t o = 0; o < outer; ++o) {
+      std::memcpy(dst + static_cast<size_t>(o) * block,
+                  bytes + static_cast<size_t>(o * batch_) * block, block);
+    }
+    Value* sample_value = g_.add_constant(g_.unique_value_name(v->name() + "_sample"), sample);
+    if (t.dtype() == DType::kFloat32) {
+      // Element e of the row copies element e of the first sample's row of the original.
+      graph::DerivedTerm term{.source = v->name(), .source_shape = s};
+      const int64_t block_elems = product(s, a + 1, s.size());
+      for (int64_t o = 0; o < outer; ++o) {
+        for (int64_t j = 0; j < block_elems; ++j) {
+          term.pairs.emplace_back(o * block_elems + j, o * batch_ * block_elems + j);
+        }
+      }
+      g_.record_derivation({.derived = sample_value->name(), .shape = one, .terms = {term}});
+    }
+    // Expand to the constant's dims with the batch read at run time on its axis.
+    Value* shape = batch_shape(s, a, &node, v->name());
+    Node* expand = g_.insert_node({.name = g_.unique_node_name(v->name() + "/Expand"),
+                                   .op_type = "Expand",
+                                   .inputs = {sample_value, shape},
+                                   .output_names = {g_.unique_value_name(v->name() + "_expanded")}},
+                                  &node);
+    g_.set_input(&node, index, expand->output(0));
+  }
+
+  // An Expand of a constant to a constant shape (a shared row that training keeps apart from
+  // the batch, share_batch_rows).
+  bool expands_constant(const Value* v) const {
+    const Node* p = v ? v->producer() : nullptr;
+    return p && p->op_type() == "Expand" && p->input(0)->is_constant() &&
+           p->input(1)->is_constant() && !axis_of(v);
+  }
+
+  // Such an Expand read with the batch on `out_axis` expands to the batch read at run time.
+  void widen_expand(Node& node, size_t index, int out_axis, size_t out_rank) {
+    Node* expand = node.input(index)->producer();
+    const Shape& s = node.input(index)->known_shape();
+    const int axis = out_axis - static_cast<int>(out_rank - s.size());
+    const bool broadcasts = node.op_type() != "Concat";
+    if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
+    if (axis < 0 || s[static_cast<size_t>(axis)] != batch_ ||
+        expand->input(0)->known_shape().size() != s.size() ||
+        expand->input(0)->known_shape()[static_cast<size_t>(axis)] != 1) {
+      unsupported(*expand, "expected an expansion of one row to the batch along axis " +
+                               std::to_string(axis) + ", got " + kernels::shape_str(s));
+    }
+    const size_t a = static_cast<size_t>(axis);
+    edits_.push_back([this, expand, a, s] {
+      g_.set_input(expand, 1, batch_shape(s, a, expand, expand->name()));
+    });
+  }
+
+  // `dims` with the batch, read at run time, at `axis`: Concat(dims before, batch, dims after).
+  Value* batch_shape(const Shape& dims, size_t axis, const Node* position,
+                     const std::string& stem) {
+    std::vector<Value*> parts;
+    if (axis > 0) {
+      parts.push_back(int_constant(
+          stem + "_dims_before",
+          std::vector<int64_t>(dims.begin(), dims.begin() + static_cast<std::ptrdiff_t>(axis))));
+    }
+    parts.push_back(batch_value());
+    if (axis + 1 < dims.size()) {
+      parts.push_back(int_constant(
+          stem + "_dims_after",
+          std::vector<int64_t>(dims.begin() + static_cast<std::ptrdiff_t>(axis) + 1, dims.end())));
+    }
+    Node* shape = g_.insert_node({.name = g_.unique_node_name(stem + "/shape"),
+                                  .op_type = "Concat",
+                                  .inputs = parts,
+                                  .output_names = {g_.unique_value_name(stem + "_shape")},
+                                  .attributes = {{"axis", int64_t{0}}}},
+                                 position);
+    return shape->output(0);
+  }
+
+  void replace_ints(Node& node, size_t index, const std::vector<int64_t>& values) {
+    edits_.push_back([this, n = &node, index, values] {
+      g_.set_input(n, index, int_constant(n->input(index)->name() + "_any_batch", values));
+    });
+  }
+
+  // The output axis that holds the batch is the one whose elements cover it whole: the product
+  // of the output dims before it divides what precedes the batch in memory, the product after it
+  // divides what follows.
+  void reshape(Node& node, const BatchAxis& in) {
+    const Shape& s_in = node.input(0)->known_shape();
+    const Shape& s_out = node.output(0)->known_shape();
+    const size_t a = static_cast<size_t>(in.axis);
+    const int64_t before = product(s_in, 0, a) * in.outer;
+    const int64_t after = in.inner * product(s_in, a + 1, s_in.size());
+    std::vector<size_t> candidates;
+    for (size_t i = 0; i < s_out.size(); ++i) {
+      const int64_t c = product(s_out, 0, i);
+      const int64_t t = product(s_out, i + 1, s_out.size());
+      if (c == 0 || t == 0 || before % c != 0 || after % t != 0) continue;
+      if (s_out[i] != (before / c) * batch_ * (after / t)) continue;
+      candidates.push_back(i);
+    }
+    if (candidates.empty()) {
+      unsupported(node, "no axis of the output " + kernels::shape_str(s_out) +
+                            " carries the batch of input " + kernels::shape_str(s_in) + " (axis " +
+                            std::to_string(in.axis) + ") whole");
+    }
+    // The fewest rows per sample first, then the earliest axis.
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [&](size_t x, size_t y) { return s_out[x] < s_out[y]; });
+    size_t pick = 0;
+    if (auto it = picks_.find(&node); it != picks_.end())
+      pick = std::min(it->second, candidates.size() - 1);
+    if (pick + 1 < candidates.size()) open_choices_.push_back({position_, &node});
+    const std::optional<size_t> chosen = candidates[pick];
+    const size_t k = *chosen;
+    std::vector<int64_t> shape(s_out.begin(), s_out.end());
+    shape[k] = -1;
+    replace_ints(node, 1, shape);
+    edits_.push_back([n = &node] { n->set_attr("allowzero", int64_t{0}); });
+    set_axis(node, node.output(0), static_cast<int>(k), before / product(s_out, 0, k),
+             after / product(s_out, k + 1, s_out.size()));
+  }
+
+  void slice(Node& node, const BatchAxis& in) {
+    const Shape& s = node.input(0)->known_shape();
+    std::vector<int64_t> starts = constant_ints(node.input(1));
+    std::vector<int64_t> ends = constant_ints(node.input(2));
+    std::vector<int> axes;
+    if (node.input(3)) {
+      axes = axes_of(node, 3, s.size());
+    } else {
+      for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int>(i));
+    }
+    std::vector<int64_t> steps(starts.size(), 1);
+    if (node.input(4)) steps = constant_ints(node.input(4));
+    bool changed = false;
+    for (size_t k = 0; k < axes.size(); ++k) {
+      if (axes[k] != in.axis) continue;
+      const int64_t dim = s[static_cast<size_t>(in.axis)];
+      const bool whole = steps[k] == 1 && (starts[k] == 0 || starts[k] <= -dim) && ends[k] >= dim;
+      if (!whole) unsupported(node, "slices along the batch axis " + std::to_string(in.axis));
+      ends[k] = std::numeric_limits<int64_t>::max();
+      changed = true;
+    }
+    if (changed) replace_ints(node, 2, ends);
+    set_axis(node, node.output(0), in.axis, in);
+  }
+
+  void visit(Node& node) {
+    const std::string& op = node.op_type();
+    std::vector<std::pair<size_t, BatchAxis>> carried;
+    for (size_t i = 0; i < node.num_inputs(); ++i) {
+      if (auto a = axis_of(node.input(i))) carried.emplace_back(i, *a);
+    }
+    if (carried.empty()) return;
+    const size_t out_rank = node.output(0)->known_shape().size();
+    const BatchAxis first = carried.front().second;
+    const size_t first_rank = node.input(carried.front().first)->known_shape().size();
+    auto aligned = [&](size_t index, const BatchAxis& a) {
+      return a.axis + static_cast<int>(out_rank - node.input(index)->known_shape().size());
+    };
+
+    if (op == "Reshape") {
+      if (carried.front().first != 0) unsupported(node, "computes its shape from the batch");
+      reshape(node, first);
+      return;
+    }
+    if (op == "Transpose") {
+      std::vector<int64_t> perm = node.attr_ints("perm", {});
+      if (perm.empty()) {
+        for (size_t i = 0; i < first_rank; ++i)
+          perm.push_back(static_cast<int64_t>(first_rank - 1 - i));
+      }
+      const auto it = std::find(perm.begin(), perm.end(), first.axis);
+      set_axis(node, node.output(0), static_cast<int>(it - perm.begin()), first);
+      return;
+    }
+    if (op == "Flatten") {
+      const size_t k = static_cast<size_t>(normalized_axis(node.attr_int("axis", 1), first_rank));
+      const size_t a = static_cast<size_t>(first.axis);
+      const Shape& s = node.input(0)->known_shape();
+      if (a < k) {
+        set_axis(node, node.output(0), 0, product(s, 0, a) * first.outer,
+                 first.inner * product(s, a + 1, k));
+      } else {
+        set_axis(node, node.output(0), 1, product(s, k, a) * first.outer,
+                 first.inner * product(s, a + 1, s.size()));
+      }
+      return;
+    }
+    if (op == "Unsqueeze") {
+      std::vector<int> axes = axes_of(node, 1, out_rank);
+      std::sort(axes.begin(), axes.end());
+      int position = 0;
+      for (int kept = -1; position < static_cast<int>(out_rank); ++position) {
+        if (contains(axes, position)) continue;
+        if (++kept == first.axis) break;
+      }
+      set_axis(node, node.output(0), position, first);
+      return;
+    }
+    if (op == "Squeeze") {
+      const std::vector<int> axes = axes_of(node, 1, first_rank);
+      if (axes.empty() || contains(axes, first.axis)) unsupported(node, "squeezes the batch axis");
+      set_axis(node, node.output(0),
+               first.axis - static_cast<int>(std::count_if(axes.begin(), axes.end(),
+                                                           [&](int x) { return x < first.axis; })),
+               first);
+      return;
+    }
+    if (op == "Gather") {
+      const int k = normalized_axis(node.attr_int("axis", 0), first_rank);
+      if (carried.front().first != 0) unsupported(node, "gathers with batch-dependent indices");
+      if (k == first.axis) unsupported(node, "gathers along the batch axis");
+      const int q = static_cast<int>(node.input(1)->known_shape().size());
+      set_axis(node, node.output(0), k < first.axis ? first.axis - 1 + q : first.axis, first);
+      return;
+    }
+    if (op == "Slice") {
+      slice(node, first);
+      return;
+    }
+    if (op == "Split") {
+      if (normalized_axis(node.attr_int("axis", 0), first_rank) == first.axis) {
+        unsupported(node, "splits along the batch axis");
+      }
+      for (const Value* out : node.outputs()) set_axis(node, out, first.axis, first);
+      return;
+    }
+    if (op == "Concat") {
+      const int k = normalized_axis(node.attr_int("axis", 0), out_rank);
+      for (const auto& [i, a] : carried) {
+        if (a.axis != first.axis) unsupported(node, "joins inputs whose batch is on other axes");
+      }
+      if (k == first.axis) unsupported(node, "concatenates along the batch axis");
+      for (size_t i = 0; i < node.num_inputs(); ++i) {
+        if (node.input(i)->is_constant())
+          expand_repeated_constant(node, i, first.axis, out_rank, first);
+        if (expands_constant(node.input(i))) widen_expand(node, i, first.axis, out_rank);
+      }
+      set_axis(node, node.output(0), first.axis, first);
+      return;
+    }
+    if (is_broadcasting(op)) {
+      const int axis = aligned(carried.front().first, first);
+      for (const auto& [i, a] : carried) {
+        if (aligned(i, a) != axis) unsupported(node, "joins inputs whose batch is on other axes");
+      }
+      for (size_t i = 0; i < node.num_inputs(); ++i) {
+        if (node.input(i) && node.input(i)->is_constant()) {
+          expand_repeated_constant(node, i, axis, out_rank, first);
+        }
+        if (expands_constant(node.input(i))) widen_expand(node, i, axis, out_rank);
+      }
+      set_axis(node, node.output(0), axis, first);
+      return;
+    }
+    if (op == "Expand") {
+      if (carried.front().first != 0) unsupported(node, "computes its shape from the batch");
+      const int axis = aligned(0, first);
+      std::vector<int64_t> shape = constant_ints(node.input(1));
+      const size_t at = static_cast<size_t>(axis) - (out_rank - shape.size());
+      if (at < shape.size()) shape[at] = 1;
+      replace_ints(node, 1, shape);
+      set_axis(node, node.output(0), axis, first);
+      return;
+    }
+    if (op == "Tile") {
+      if (carried.front().first != 0 ||
+          constant_ints(node.input(1))[static_cast<size_t>(first.axis)] != 1) {
+        unsupported(node, "repeats along the batch axis");
+      }
+      set_axis(node, node.output(0), first.axis, first);
+      return;
+    }
+    if (op == "Pad") {
+      const std::vector<int64_t> pads =
+          node.input(1) ? constant_ints(node.input(1)) : node.attr_ints("pads", {});
+      std::vector<int> axes;
+      if (node.input(3)) {
+        axes = axes_of(node, 3, first_rank);
+      } else {
+        for (size_t i = 0; i < first_rank; ++i) axes.push_back(static_cast<int>(i));
+      }
+      for (size_t k = 0; k < axes.size(); ++k) {
+        if (axes[k] == first.axis && (pads[k] != 0 || pads[k + axes.size()] != 0)) {
+          unsupported(node, "pads along the batch axis");
+        }
+      }
+      set_axis(node, node.output(0), first.axis, first);
+      return;
+    }
+    if (op == "MatMul") {
+      std::optional<int> axis;
+      for (const auto& [i, a] : carried) {
+        const int rank = static_cast<int>(node.input(i)->known_shape().size());
+        int out_axis = aligned(i, a);
+        const bool contracted = (i == 0 && a.axis == rank - 1) || (i == 1 && a.axis == rank - 2);
+        if (contracted || rank == 1) unsupported(node, "contracts the batch axis");
+        if (i == 0 && a.axis == rank - 2) out_axis = static_cast<int>(out_rank) - 2;
+        if (i == 1 && a.axis == rank - 1) out_axis = static_cast<int>(out_rank) - 1;
+        if (axis && *axis != out_axis)
+          unsupported(node, "joins inputs whose batch is on other axes");
+        axis = out_axis;
+      }
+      set_axis(node, node.output(0), *axis, first);
+      return;
+    }
+    if (op == "Gemm") {
+      const bool trans_a = node.attr_int("transA", 0) != 0;
+      if (carried.size() != 1 || carried.front().first != 0 || first.axis != (trans_a ? 1 : 0)) {
+        unsupported(node, "contracts the batch axis");
+      }
+      set_axis(node, node.output(0), 0, first);
+      return;
+    }
+    if (op.rfind("Reduce", 0) == 0) {
+      const std::vector<int> axes = axes_of(node, 1, first_rank);
+      if (axes.empty() || contains(axes, first.axis)) unsupported(node, "reduces the batch axis");
+      const bool keep = node.attr_int("keepdims", 1) != 0;
+      set_axis(
+          node, node.output(0),
+          keep ? first.axis
+               : first.axis - static_cast<int>(std::count_if(
+                                  axes.begin(), axes.end(), [&](int x) { return x < first.axis; })),
+          first);
+      return;
+    }
+    if (op == "Softmax" || op == "LogSoftmax" || op == "Hardmax") {
+      if (normalized_axis(node.attr_int("axis", -1), first_rank) == first.axis) {
+        unsupported(node, "normalizes along the batch axis");
+      }
+    }
+    if (op == "LayerNormalization" &&
+        first.axis >= normalized_axis(node.attr_int("axis", -1), first_rank)) {
+      unsupported(node, "normalizes along the batch axis");
+    }
+    if (op == "Shape" || op == "Size") unsupported(node, "reads the batch as a value");
+    // Every other op keeps its first input's batch axis in place: convolutions, pools, norms,
+    // activations, Q/DQ. Its output must then have that axis with the same size.
+    for (const auto& [i, a] : carried) {
+      if (a.axis != first.axis) unsupported(node, "joins inputs whose batch is on other axes");
+    }
+    for (const Value* out : node.outputs()) {
+      const Shape& s = out->known_shape();
+      const Shape& in = node.input(carried.front().first)->known_shape();
+      if (s.size() != first_rank ||
+          s[static_cast<size_t>(first.axis)] != in[static_cast<size_t>(first.axis)]) {
+        unsupported(node, "expected output '" + out->name() + "' " + kernels::shape_str(s) +
+                              " to keep the batch axis " + std::to_string(first.axis) +
+                              " of input " + kernels::shape_str(in));
+      }
+      set_axis(node, out, first.axis, first);
+    }
+  }
+
+  // Inputs and outputs free at their batch axis; the resolved shapes of the rest are stale.
+  void finish() {
+    for (Value* v : g_.values()) {
+      if (v->is_constant() || !v->has_shape()) continue;
+      auto a = axis_of(v);
+      if (v->is_graph_input() || v->is_graph_output()) {
+        if (!a) continue;
+        Shape s = *v->shape();
+        s[static_cast<size_t>(a->axis)] = -1;
+        v->set_type(v->dtype(), s);
+      } else {
+        v->clear_shape();
+      }
+    }
+  }
+
+  struct OpenChoice {
+    size_t position;  // in the graph's order
+    const Node* node;
+  };
+
+  Graph& g_;
+  int64_t batch_;
+  std::map<std::string, BatchAxis> axes_;
+  std::vector<std::function<void()>> edits_;  // applied once the analysis succeeds
+  std::vector<OpenChoice> open_choices_;      // Reshapes with untried choices, in order
+  std::map<const Node*, size_t> picks_;       // the choice each such Reshape takes
+  size_t position_ = 0;
+  Value* batch_value_ = nullptr;
+};
+
+}  // namespace
+
+std::map<std::string, BatchAxis> free_batch(Graph& graph, int64_t batch) {
+  if (graph.inputs().empty()) return {};
+  infer_missing_shapes(graph);
+  return BatchFreer(graph, batch).run();
+}
+
+bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
+  std::optional<int64_t> fixed;
+  for (const Value* in : model.inputs()) {
+    if (in->has_shape() && !in->shape()->empty() && (*in->shape())[0] >= 0) {
+      fixed = (*in->shape())[0];
+    }
+  }
+  if (!fixed) return false;
+  ResolveOptions at_own;
+  at_own.parameters = options.parameters;
+  for (const Value* in : model.inputs()) {
+    if (!in->has_shape() || in->shape()->empty()) continue;
+    Shape s = *in->shape();
+    s[0] = *fixed;
+    at_own.input_shapes[in->name()] = s;
+  }
+  resolve(model, at_own);
+  free_batch(model, *fixed);
+  return true;
+}
+
+void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
+  if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
+  const int64_t batch = graph.inputs().front()->known_shape().at(0);
+  const std::map<std::string, BatchAxis> axes = free_batch(graph, batch);
+  // A graph that declares nothing (built in code) keeps the exporter's default name.
+  auto first = graph.declared_batch.find(graph.inputs().front()->name());
+  if (first == graph.declared_batch.end()) return;
+  const graph::DeclaredBatch fallback = first->second;
+  std::vector<Value*> ends(graph.inputs().begin(), graph.inputs().end());
+  ends.insert(ends.end(), graph.outputs().begin(), graph.outputs().end());
+  for (Value* v : ends) {
+    auto a = axes.find(v->name());
+    if (a == axes.end()) continue;
+    auto declared = graph.declared_batch.find(v->name());
+    graph::DeclaredBatch d = declared != graph.declared_batch.end() ? declared->second : fallback;
+    if (d.size && options.dynamic_batch) d = {.size = std::nullopt, .param = "batch"};
+    if (d.size) {
+      Shape s = *v->shape();
+      s[static_cast<size_t>(a->second.axis)] = a->second.outer * *d.size * a->second.inner;
+      v->set_type(v->dtype(), s);
+    }
+    graph.declared_batch[v->name()] = d;
+  }
+}
+
+size_t share_batch_rows(Graph& graph) {
+  if (graph.inputs().empty() || !graph.inputs().front()->has_shape() ||
+      graph.inputs().front()->shape()->empty()) {
+    return 0;
+  }
+  const int64_t batch = graph.inputs().front()->known_shape()[0];
+  if (batch < 2) return 0;
+  size_t shared = 0;
+  for (Value* v : graph.values()) {
+    if (!v->is_constant() || v->is_released() || v->dtype() != DType::kFloat32 ||
+        v->consumers().empty() || v->is_graph_output()) {
+      continue;
+    }
+    const Tensor& t = v->constant();
+    if (t.rank() < 1 || t.dim(0) != batch) continue;
+    const bool joined = std::all_of(
+        v->consumers().begin(), v->consumers().end(),
+        [](const Node* n) { return n->op_type() == "Concat" || is_broadcasting(n->op_type()); });
+    if (!joined) continue;
+    const size_t row = t.nbytes() / static_cast<size_t>(batch);
+    const auto* bytes = static_cast<const std::byte*>(t.raw());
+    bool repeated = true;
+    for (int64_t b = 1; b < batch && repeated; ++b) {
+      repeated = std::memcmp(bytes, bytes + static_cast<size_t>(b) * row, row) == 0;
+    }
+    if (!repeated) continue;
+    Shape one = t.shape();
+    one[0] = 1;
+    Tensor first(DType::kFloat32, one);
+    std::memcpy(first.raw(), bytes, row);
+    Value* row_value = graph.add_constant(graph.unique_value_name(v->name() + "_row"), first);
+    graph::DerivedTerm term{.source = v->name(), .source_shape = t.shape()};
+    for (int64_t e = 0; e < first.numel(); ++e) term.pairs.emplace_back(e, e);
+    graph.record_derivation({.derived = row_value->name(), .shape = one, .terms = {term}});
+    const std::vector<Node*> readers = v->consumers();
+    const Node* earliest = *std::find_if(graph.nodes().begin(), graph.nodes().end(), [&](Node* n) {
+      return std::find(readers.begin(), readers.end(), n) != readers.end();
+    });
+    Node* expand = graph.insert_node(
+        {.name = graph.unique_node_name(v->name() + "/Expand"),
+         .op_type = "Expand",
+         .inputs = {row_value,
+                    graph.add_constant(
+                        graph.unique_value_name(v->name() + "_shape"),
+                        Tensor::from_vector<int64_t>(
+                            {t.rank()}, std::vector<int64_t>(t.shape().begin(), t.shape().end())))},
+         .output_names = {graph.unique_value_name(v->name() + "_expanded")}},
+        earliest);
+    for (Node* r : readers) {
+      for (size_t i = 0; i < r->num_inputs(); ++i) {
+        if (r->input(i) == v) graph.set_input(r, i, expand->output(0));
+      }
+    }
+    expand->output(0)->set_type(DType::kFloat32, t.shape());
+    ++shared;
+  }
+  graph.remove_dead();
+  return shared;
+}
+
+std::string written_batch_text(const Graph& model, const BatchExportOptions& options) {
+  if (model.inputs().empty()) return "no batch";
+  auto d = model.declared_batch.find(model.inputs().front()->name());
+  if (d == model.declared_batch.end()) return "symbolic batch 'N'";
+  if (d->second.size && !options.dynamic_batch) {
+    return "fixed batch " + std::to_string(*d->second.size);
+  }
+  const std::string name = d->second.size ? std::string("batch") : d->second.param;
+  return name.empty() ? std::string("unknown batch") : "symbolic batch '" + name + "'";
+}
+
+}  // namespace qforge::runtime

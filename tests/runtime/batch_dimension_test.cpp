@@ -1,0 +1,149 @@
+// free_batch on small graphs resolved at one batch: the shape constants it writes, exactly, and
+// the freed graph run at another batch against the original run sample by sample.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/batch_dimension.h"
+#include "runtime/resolve.h"
+#include "runtime/session.h"
+#include "tests/support/graph_builders.h"
+#include "tests/support/random.h"
+
+namespace qforge {
+namespace {
+
+using graph::Graph;
+using kernels::DType;
+using kernels::Tensor;
+using testing::add;
+using testing::int_const;
+
+std::vector<int64_t> shape_input(const Graph& g, const std::string& node, size_t index = 1) {
+  const Tensor& t = g.find_node(node)->input(index)->constant();
+  return {t.data<int64_t>(), t.data<int64_t>() + t.numel()};
+}
+
+// nn.MultiheadAttention's layout at batch 1: tokens first, the batch folded with the heads, then
+// with the tokens: [1, 8, 4] → [8, 1, 4] → [8, 1·2, 2] → … → [8·1, 4] → MatMul → [8, 1, 5].
+// At batch 1 the Reshape to [8, 4] could put the batch on either axis; on axis 1 the MatMul
+// would contract it, so the analysis takes axis 0.
+std::unique_ptr<Graph> attention_layout(int64_t batch) {
+  auto g = std::make_unique<Graph>();
+  graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 8, 4});
+  graph::Value* t =
+      add(*g, "to_tokens", "Transpose", {x}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* heads =
+      add(*g, "heads", "Reshape", {t, int_const(*g, "heads_shape", {8, batch * 2, 2})});
+  graph::Value* h =
+      add(*g, "heads_first", "Transpose", {heads}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* back =
+      add(*g, "tokens_first", "Transpose", {h}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* rows =
+      add(*g, "rows", "Reshape", {back, int_const(*g, "rows_shape", {8 * batch, 4})});
+  graph::Value* w = g->add_constant("w", testing::random_f32({4, 5}, 7, -1.f, 1.f));
+  graph::Value* y = add(*g, "proj", "MatMul", {rows, w});
+  graph::Value* out =
+      add(*g, "unrows", "Reshape", {y, int_const(*g, "unrows_shape", {8, batch, 5})});
+  g->mark_output(
+      add(*g, "to_batch", "Transpose", {out}, {{"perm", std::vector<int64_t>{1, 0, 2}}}));
+  return g;
+}
+
+// Swin's window partition at batch 2: [B, 4, 4, 3] → [B, 2, 2, 2, 2, 3] → windows first →
+// [B·4, 4, 3], then a class row concatenated from a constant that a fold expanded to the batch.
+std::unique_ptr<Graph> window_layout(int64_t batch) {
+  auto g = std::make_unique<Graph>();
+  graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 4, 4, 3});
+  graph::Value* split =
+      add(*g, "split", "Reshape", {x, int_const(*g, "split_shape", {batch, 2, 2, 2, 2, 3})});
+  graph::Value* windows = add(*g, "windows_first", "Transpose", {split},
+                              {{"perm", std::vector<int64_t>{0, 1, 3, 2, 4, 5}}});
+  graph::Value* flat = add(*g, "partition", "Reshape",
+                           {windows, int_const(*g, "partition_shape", {batch * 4, 4, 3})});
+  graph::Value* per_window =
+      add(*g, "per_sample", "Reshape", {flat, int_const(*g, "per_sample_shape", {batch, 16, 3})});
+  Tensor token(DType::kFloat32, {batch, 1, 3});
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t c = 0; c < 3; ++c)
+      token.data<float>()[b * 3 + c] = 0.5f * static_cast<float>(c + 1);
+  }
+  graph::Value* cls = g->add_constant("cls_expanded", token);
+  g->mark_output(add(*g, "with_class", "Concat", {cls, per_window}, {{"axis", int64_t{1}}}));
+  return g;
+}
+
+// The freed graph at batch 5 against the original at batch 1, sample by sample, bit for bit.
+void expect_same_per_sample(std::unique_ptr<Graph> freed,
+                            const std::function<std::unique_ptr<Graph>(int64_t)>& make,
+                            const kernels::Shape& sample) {
+  kernels::Shape shape = sample;
+  shape.insert(shape.begin(), 5);
+  const Tensor input = testing::random_f32(shape, 3, -1.f, 1.f);
+  runtime::Session session(std::move(freed));
+  const Tensor batched = session.run(input)[0].clone();
+  ASSERT_EQ(batched.dim(0), 5);
+  for (int64_t i = 0; i < 5; ++i) {
+    auto one = make(1);
+    runtime::resolve(*one, {});
+    runtime::Session single(std::move(one));
+    const Tensor row = input.slice_rows(i, i + 1).clone();
+    const Tensor expected = single.run(row)[0];
+    const Tensor got = batched.slice_rows(i, i + 1);
+    ASSERT_EQ(got.shape(), expected.shape());
+    EXPECT_EQ(std::memcmp(got.raw(), expected.raw(), got.nbytes()), 0) << "sample " << i;
+  }
+}
+
+TEST(BatchDimension, AttentionLayoutAtBatchOneTakesTheAxisTheMatMulKeeps) {
+  auto g = attention_layout(1);
+  runtime::resolve(*g, {});
+  const auto axes = runtime::free_batch(*g, 1);
+  EXPECT_EQ(shape_input(*g, "heads"), (std::vector<int64_t>{8, -1, 2}));
+  EXPECT_EQ(shape_input(*g, "rows"), (std::vector<int64_t>{-1, 4}));
+  EXPECT_EQ(shape_input(*g, "unrows"), (std::vector<int64_t>{8, -1, 5}));
+  EXPECT_EQ(axes.at("rows_out").axis, 0);
+  EXPECT_EQ(axes.at("rows_out").outer, 8);
+  EXPECT_EQ(axes.at("heads_out").inner, 2);
+  EXPECT_EQ(*g->inputs()[0]->shape(), (kernels::Shape{-1, 8, 4}));
+  EXPECT_EQ(*g->outputs()[0]->shape(), (kernels::Shape{-1, 8, 5}));
+  expect_same_per_sample(std::move(g), attention_layout, {8, 4});
+}
+
+TEST(BatchDimension, WindowPartitionFoldsTheBatchWithTheWindows) {
+  auto g = window_layout(2);
+  runtime::resolve(*g, {});
+  runtime::free_batch(*g, 2);
+  EXPECT_EQ(shape_input(*g, "split"), (std::vector<int64_t>{-1, 2, 2, 2, 2, 3}));
+  EXPECT_EQ(shape_input(*g, "partition"), (std::vector<int64_t>{-1, 4, 3}));
+  EXPECT_EQ(shape_input(*g, "per_sample"), (std::vector<int64_t>{-1, 16, 3}));
+  // The class rows: one sample's row, expanded to the batch read from the input's shape.
+  const graph::Node* expand = g->find_node("with_class")->input(0)->producer();
+  ASSERT_NE(expand, nullptr);
+  EXPECT_EQ(expand->op_type(), "Expand");
+  EXPECT_EQ(expand->input(0)->constant().shape(), (kernels::Shape{1, 1, 3}));
+  expect_same_per_sample(std::move(g), window_layout, {4, 4, 3});
+}
+
+TEST(BatchDimension, ReductionOverTheBatchIsRefusedNamingTheNode) {
+  Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 3});
+  g.mark_output(add(g, "mean_over_batch", "ReduceMean", {x}, {{"axes", std::vector<int64_t>{0}}}));
+  runtime::resolve(g, {});
+  try {
+    runtime::free_batch(g, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(
+        std::string(e.what()).find("node 'mean_over_batch' (ReduceMean): reduces the batch axis"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace qforge
