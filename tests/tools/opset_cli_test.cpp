@@ -226,7 +226,10 @@ TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {
     onnx::ModelProto proto;
     ASSERT_TRUE(proto.ParseFromString(testing::read_text(model_path("cnn_opset13"))));
     proto.mutable_opset_import(0)->set_version(opset);
-    const std::string path = dir.file("m" + std::to_string(opset) + ".onnx");
+    std::string name = "m";  // appended, not "m" + …: GCC 12 reports a false -Wrestrict there
+    name += std::to_string(opset);
+    name += ".onnx";
+    const std::string path = dir.file(name);
     testing::write_bytes(path, proto.SerializeAsString());
     const auto r = run_cli("run " + path + " --data " + golden("cnn_input.npy"));
     testing::expect_one_line_error(
