@@ -54,6 +54,7 @@ struct CalibrateOptions {
   // Rounding flips injected into the written model (on the first evaluation batch) to measure
   // the output change one flip causes; 0 skips the measurement.
   int64_t flip_injections = 32;
+  PreprocessOverrides preprocess;  // for --data and --val
 };
 
 // Seed of the flip injections: the figure is reproducible run to run.
@@ -95,12 +96,12 @@ int run_calibrate(const CalibrateOptions& o) {
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
   std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
-  DataSource data = DataSource::open(o.data, *model, {});
+  DataSource data = DataSource::open(o.data, *model, o.preprocess);
   const size_t total = quant::spread_indices(data.size(), o.limit).size();
   if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
   std::optional<DataSource> val;
   if (!o.val.empty()) {
-    val.emplace(DataSource::open(o.val, *model, {}));
+    val.emplace(DataSource::open(o.val, *model, o.preprocess));
     if (val->size() == 0) throw_invalid("calibrate: --val data '" + o.val + "' holds no samples");
   }
 
@@ -387,9 +388,9 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       "Calibrate Q/DQ scales on sample data and write the Q/DQ ONNX model, fixed to --batch; "
       "then compare it with the float model (output SQNR, cosine, top-1)");
   cmd->add_option("model", opts->model, "float ONNX model file")->required()->check(file_path());
-  cmd->add_option("--data", opts->data,
-                  "calibration data: image folder or .npy file of model inputs")
+  cmd->add_option("--data", opts->data, std::string("calibration data: ") + kDataFormats)
       ->required();
+  add_preprocess_flags(*cmd, opts->preprocess);
   cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
       ->required()
       ->check(file_path());

@@ -27,6 +27,7 @@ struct CompareOptions {
   int64_t batch = 0;  // 0: 32, or the models' fixed batch
   int threads = 0;
   int64_t limit = 0;
+  PreprocessOverrides preprocess;
 };
 
 // Without --data both models see this many seeded standard-normal samples.
@@ -127,7 +128,7 @@ int run_compare(const CompareOptions& o) {
   std::vector<kernels::Tensor> random;  // whole random batch, without --data
   size_t total = 0;
   if (!o.data.empty()) {
-    data = DataSource::open(o.data, model_a, {});
+    data = DataSource::open(o.data, model_a, o.preprocess);
     total = data->size();
   } else {
     random = runtime::random_normal_inputs(model_a, fixed.value_or(kRandomSamples), kRandomSeed);
@@ -221,8 +222,10 @@ CommandRunner add_compare_command(CLI::App& app) {
   cmd->add_option("a", opts->model_a, "reference ONNX model")->required();
   cmd->add_option("b", opts->model_b, "candidate ONNX model")->required();
   cmd->add_option("--data", opts->data,
-                  "image folder or .npy file of inputs, preprocessed as model a says (default: "
-                  "8 seeded random normal samples)");
+                  std::string(kDataFormats) +
+                      "; images preprocessed as model a's metadata and the flags below say "
+                      "(default: 8 seeded random normal samples)");
+  add_preprocess_flags(*cmd, opts->preprocess);
   cmd->add_option("--batch", opts->batch,
                   "samples per forward pass (default 32, or the models' fixed batch)")
       ->check(integer_at_least(1));

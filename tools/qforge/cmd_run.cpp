@@ -35,7 +35,6 @@ struct RunOptions {
   bool transform = false;
   int64_t warmup = 0;
   PreprocessOverrides preprocess;
-  float pixel_scale = 0;
 };
 
 int64_t argmax_row(const float* row, int64_t n) {
@@ -51,7 +50,6 @@ std::string extra_output_path(const std::string& output, size_t k) {
 
 int run_run(RunOptions o) {
   set_threads_from_flag(o.threads);
-  if (o.pixel_scale > 0) o.preprocess.pixel_scale = o.pixel_scale;
   // Check and open the output first: an output that would overwrite the model or the data, or
   // an unwritable path, fails before any work, and nothing partial is left.
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}};
@@ -203,9 +201,7 @@ CommandRunner add_run_command(CLI::App& app) {
   auto opts = std::make_shared<RunOptions>();
   auto* cmd = app.add_subcommand("run", "Run a model over an image folder or an .npy batch");
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
-  cmd->add_option("--data", opts->data,
-                  "image folder (class sub-folders give labels) or .npy file of inputs")
-      ->required();
+  cmd->add_option("--data", opts->data, kDataFormats)->required();
   cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,
@@ -221,14 +217,7 @@ CommandRunner add_run_command(CLI::App& app) {
                 "transform` plans them) at --batch, whole batches only");
   cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
       ->check(integer_at_least(0));
-  cmd->add_option("--mean", opts->preprocess.mean,
-                  "per-channel mean (overrides the model's metadata)")
-      ->delimiter(',');
-  cmd->add_option("--std", opts->preprocess.std, "per-channel std (overrides the model's metadata)")
-      ->delimiter(',');
-  cmd->add_option("--pixel-scale", opts->pixel_scale,
-                  "divide pixels by this before mean/std (overrides the model's metadata)")
-      ->check(positive_number());
+  add_preprocess_flags(*cmd, opts->preprocess);
   return [opts] { return run_run(*opts); };
 }
 

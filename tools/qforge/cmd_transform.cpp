@@ -30,6 +30,7 @@ struct TransformCliOptions {
   std::string report;
   std::string data;
   int64_t batch = 1;
+  PreprocessOverrides preprocess;
 };
 
 constexpr uint64_t kSampleSeed = 0;
@@ -61,7 +62,7 @@ std::vector<std::vector<kernels::Tensor>> sample_batches(const TransformCliOptio
         .append(std::to_string(kSampleSeed));
     return batches;
   }
-  DataSource data = DataSource::open(o.data, model, {});
+  DataSource data = DataSource::open(o.data, model, o.preprocess);
   const auto batch = static_cast<size_t>(o.batch);
   const size_t whole = data.size() - data.size() % batch;  // the graph is resolved at one batch
   if (whole == 0) {
@@ -218,8 +219,9 @@ CommandRunner add_transform_command(CLI::App& app) {
                   "fixed to it")
       ->check(integer_at_least(1));
   cmd->add_option("--data", opts->data,
-                  "image folder or .npy file to check equivalence on, in whole batches (default: "
-                  "one seeded random normal batch)");
+                  std::string("data to check equivalence on, in whole batches: ") + kDataFormats +
+                      " (default: one seeded random normal batch)");
+  add_preprocess_flags(*cmd, opts->preprocess);
   return [opts] { return run_transform(*opts); };
 }
 

@@ -1,13 +1,98 @@
 // DataSource over image folders and .npy arrays.
 #include "tools/qforge/data_source.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "tools/io/check_finite.h"
 #include "tools/io/npy.h"
+#include "tools/qforge/cli_checks.h"
 
 namespace qforge::cli {
 namespace fs = std::filesystem;
+
+bool PreprocessOverrides::given() const {
+  return !preset.empty() || !resize.empty() || !crop.empty() || pixel_scale > 0 || !mean.empty() ||
+         !std.empty() || !channel_order.empty() || !layout.empty();
+}
+
+bool PreprocessOverrides::state_normalisation() const {
+  return !preset.empty() || pixel_scale > 0 || !mean.empty() || !std.empty();
+}
+
+void add_preprocess_flags(CLI::App& command, PreprocessOverrides& o) {
+  const char* group = "Preprocessing (image folders; overrides the model's qforge.* metadata)";
+  command
+      .add_option("--preset", o.preset,
+                  "imagenet: --resize 256 --crop 224 --pixel-scale 255 --mean "
+                  "0.485,0.456,0.406 --std 0.229,0.224,0.225, RGB, NCHW (torchvision's "
+                  "ImageNet models); the other flags override its values")
+      ->check(CLI::IsMember({"imagenet"}))
+      ->group(group);
+  command
+      .add_option("--resize", o.resize,
+                  "N: shorter side to N, keeping the aspect ratio; H,W: exactly H×W (PIL "
+                  "bilinear with antialiasing, as torchvision's Resize)")
+      ->delimiter(',')
+      ->check(integer_at_least(1, INT32_MAX))
+      ->group(group);
+  command
+      .add_option("--crop", o.crop,
+                  "S or H,W: center crop after --resize, as torchvision's CenterCrop")
+      ->delimiter(',')
+      ->check(integer_at_least(1, INT32_MAX))
+      ->group(group);
+  command
+      .add_option("--pixel-scale", o.pixel_scale,
+                  "divide 8-bit pixels by this before mean/std (default 255)")
+      ->check(positive_number())
+      ->group(group);
+  command.add_option("--mean", o.mean, "per-channel mean, after --pixel-scale (default 0)")
+      ->delimiter(',')
+      ->group(group);
+  command.add_option("--std", o.std, "per-channel std, after --pixel-scale (default 1)")
+      ->delimiter(',')
+      ->group(group);
+  command.add_option("--channel-order", o.channel_order, "RGB (default) or BGR")
+      ->transform(CLI::IsMember({"RGB", "BGR"}, CLI::ignore_case))
+      ->group(group);
+  command.add_option("--layout", o.layout, "NCHW (default) or NHWC: the model input's layout")
+      ->transform(CLI::IsMember({"NCHW", "NHWC"}, CLI::ignore_case))
+      ->group(group);
+}
+
+io::Preprocess resolve_preprocess(const graph::Graph& model, const PreprocessOverrides& o) {
+  const graph::Value* input = model.inputs()[0];
+  if (!io::has_preprocess_metadata(model.metadata) && !o.state_normalisation()) {
+    throw_invalid(
+        "data: the model has no qforge.* preprocessing metadata and no preprocessing flags "
+        "were given, so how its input '" +
+        input->name() +
+        "' expects pixels is unknown; give --preset imagenet (torchvision's ImageNet "
+        "models), or --resize, --crop, --pixel-scale, --mean and --std (and --channel-order, "
+        "--layout when not RGB, NCHW)");
+  }
+  io::Preprocess p = io::preprocess_from_metadata(model.metadata);
+  if (o.preset == "imagenet") {
+    p.resize = {256};
+    p.crop = {224};
+    p.pixel_scale = 255.0f;
+    p.mean = {0.485f, 0.456f, 0.406f};
+    p.std = {0.229f, 0.224f, 0.225f};
+    p.bgr = false;
+    p.nhwc = false;
+  }
+  if (!o.resize.empty()) p.resize = o.resize;
+  if (!o.crop.empty()) p.crop = o.crop;
+  if (o.pixel_scale > 0) p.pixel_scale = o.pixel_scale;
+  if (!o.mean.empty()) p.mean = o.mean;
+  if (!o.std.empty()) p.std = o.std;
+  if (!o.channel_order.empty()) p.bgr = o.channel_order == "BGR";
+  if (!o.layout.empty()) p.nhwc = o.layout == "NHWC";
+  graph::Shape model_shape = input->has_shape() ? *input->shape() : graph::Shape{};
+  io::fill_input_size(p, model_shape);
+  return p;
+}
 
 DataSource DataSource::open(const std::string& path, const graph::Graph& model,
                             const PreprocessOverrides& overrides) {
@@ -25,21 +110,28 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
   std::error_code ec;
   if (!fs::exists(path, ec)) throw_io("data: '" + path + "' does not exist");
   if (fs::is_directory(path, ec)) {
-    graph::Shape model_shape = input->has_shape() ? *input->shape() : graph::Shape{};
-    io::Preprocess pre = io::preprocess_from_metadata(model.metadata, model_shape);
+    io::Preprocess pre = resolve_preprocess(model, overrides);
     if (pre.channels <= 0 || pre.height <= 0 || pre.width <= 0) {
       throw_invalid("data: cannot feed images to model input '" + input->name() + "' of shape " +
                     (input->has_shape() ? kernels::shape_str(*input->shape()) : "[?]") +
-                    ": expected N×C×H×W");
+                    (pre.nhwc ? ": expected N×H×W×C" : ": expected N×C×H×W"));
     }
-    if (!overrides.mean.empty()) pre.mean = overrides.mean;
-    if (!overrides.std.empty()) pre.std = overrides.std;
-    if (overrides.pixel_scale) pre.pixel_scale = *overrides.pixel_scale;
     src.images_ = std::make_shared<io::ImageFolder>(path, pre);
+    if (size_t skipped = src.images_->skipped_files(); skipped > 0) {
+      std::fprintf(stderr, "data: '%s': skipped %zu file%s that %s not .jpg, .jpeg or .png\n",
+                   path.c_str(), skipped, skipped == 1 ? "" : "s", skipped == 1 ? "is" : "are");
+    }
     src.size_ = src.images_->size();
     src.labelled_ = !src.images_->class_names().empty();
-    src.sample_shape_ = {pre.channels, pre.height, pre.width};
+    src.sample_shape_ = pre.nhwc ? graph::Shape{pre.height, pre.width, pre.channels}
+                                 : graph::Shape{pre.channels, pre.height, pre.width};
     return src;
+  }
+  if (overrides.given()) {
+    throw_invalid(
+        "data: preprocessing flags (--preset, --resize, --crop, --pixel-scale, --mean, "
+        "--std, --channel-order, --layout) apply to image folders; '" +
+        path + "' is an .npy file of model inputs, used as they are");
   }
   src.npy_ = std::make_shared<io::NpyReader>(io::NpyReader::open(path));
   const io::NpyReader& npy = *src.npy_;
