@@ -505,6 +505,30 @@ TEST(IoImageFolder, ClassesAndFilesAreSortedByName) {
   EXPECT_EQ(folder.skipped_files(), 2u);
 }
 
+TEST(IoImageFolder, ListsJpegAndPngInAnyCaseThroughSubfolders) {
+  // torchvision's order (checked with ImageFolder on this tree): folders by path, so
+  // "sub-x" ('-' < '/') comes before "sub/deeper"; then files by name.
+  TempDir dir;
+  for (const char* name : {"cat/b.JPG", "cat/a.Png", "cat/sub/a.jpeg", "cat/sub-x/c.jpg",
+                           "cat/sub/deeper/d.png", "cat/notes.txt", "cat/sub/e.gif", "dog/x.jpg"}) {
+    fs::create_directories(fs::path(dir.file(name)).parent_path());
+    std::ofstream(dir.file(name)) << "only the names are read here";
+  }
+  ImageFolder folder(dir.path().string(), Preprocess{3, 2, 2, 255.0f, {}, {}, false});
+  EXPECT_EQ(folder.class_names(), (std::vector<std::string>{"cat", "dog"}));
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < folder.size(); ++i) paths.push_back(folder.path(i));
+  EXPECT_EQ(paths,
+            (std::vector<std::string>{dir.file("cat/a.Png"), dir.file("cat/b.JPG"),
+                                      dir.file("cat/sub/a.jpeg"), dir.file("cat/sub-x/c.jpg"),
+                                      dir.file("cat/sub/deeper/d.png"), dir.file("dog/x.jpg")}));
+  EXPECT_EQ(folder.labels(0, 6), (std::vector<int64_t>{0, 0, 0, 0, 0, 1}));
+  EXPECT_EQ(folder.skipped_files(), 2u);
+  EXPECT_TRUE(is_image_name(".jpeg"));
+  EXPECT_FALSE(is_image_name("photo.jpg.txt"));
+  EXPECT_FALSE(is_image_name("jpg"));
+}
+
 TEST(IoImageFolder, LooseImagesAreUnlabelled) {
   TempDir dir;
   write_png(dir.file("b.png"), rgb_image(2, 2));
