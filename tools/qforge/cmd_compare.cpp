@@ -152,11 +152,7 @@ int run_compare(const CompareOptions& o) {
     size_t count = std::min(static_cast<size_t>(batch), total - begin);
     std::vector<kernels::Tensor> inputs;
     if (data) {
-      graph::Shape shape = data->sample_shape();
-      shape.insert(shape.begin(), static_cast<int64_t>(count));
-      kernels::Tensor input(kernels::DType::kFloat32, shape);
-      data->load(begin, count, input);
-      inputs.push_back(std::move(input));
+      inputs = data->load_inputs(begin, count);
     } else {
       for (const auto& t : random) {
         inputs.push_back(

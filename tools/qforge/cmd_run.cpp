@@ -114,18 +114,17 @@ int run_run(RunOptions o) {
   auto wall0 = std::chrono::steady_clock::now();
   for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
     size_t count = std::min(static_cast<size_t>(batch), total - begin);
-    graph::Shape shape = data.sample_shape();
-    shape.insert(shape.begin(), static_cast<int64_t>(count));
-    kernels::Tensor input(kernels::DType::kFloat32, shape);
-    data.load(begin, count, input);
+    const std::vector<kernels::Tensor> inputs = data.load_inputs(begin, count);
+    std::vector<graph::Shape> shapes;
+    for (const kernels::Tensor& input : inputs) shapes.push_back(input.shape());
     // Compilation (first use of a shape) and warm-up passes stay out of the timed region.
-    runtime::Executor& executor = session.executor_for({shape});
+    runtime::Executor& executor = session.executor_for(shapes);
     if (warmups_left > 0) {
-      for (; warmups_left > 0; --warmups_left) executor.run(std::span(&input, 1));
+      for (; warmups_left > 0; --warmups_left) executor.run(inputs);
       executor.reset_profile();
     }
     auto t0 = std::chrono::steady_clock::now();
-    auto outputs = executor.run(std::span(&input, 1));
+    auto outputs = executor.run(inputs);
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (data.labelled()) {
       const kernels::Tensor& logits = outputs[0];

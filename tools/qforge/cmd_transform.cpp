@@ -70,12 +70,7 @@ std::vector<std::vector<kernels::Tensor>> sample_batches(const TransformCliOptio
                   " samples, fewer than --batch " + std::to_string(o.batch));
   }
   for (size_t begin = 0; begin < whole; begin += batch) {
-    graph::Shape shape = data.sample_shape();
-    shape.insert(shape.begin(), o.batch);
-    kernels::Tensor input(kernels::DType::kFloat32, shape);
-    data.load(begin, batch, input);
-    batches.push_back({});
-    batches.back().push_back(std::move(input));
+    batches.push_back(data.load_inputs(begin, batch));
   }
   description = o.data;
   description.append(" (")

@@ -1,11 +1,14 @@
 // DataSource over image folders and .npy arrays.
 #include "tools/qforge/data_source.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include "tools/io/check_finite.h"
 #include "tools/io/npy.h"
+#include "tools/io/npz.h"
 #include "tools/qforge/cli_checks.h"
 
 namespace qforge::cli {
@@ -94,11 +97,84 @@ io::Preprocess resolve_preprocess(const graph::Graph& model, const PreprocessOve
   return p;
 }
 
+namespace {
+
+bool is_npz_name(const std::string& path) {
+  return path.size() >= 4 && path.compare(path.size() - 4, 4, ".npz") == 0;
+}
+
+// Each model input's array from the archive, checked against the input.
+std::vector<kernels::Tensor> npz_inputs(const std::string& path, const graph::Graph& model,
+                                        size_t* rows) {
+  std::map<std::string, kernels::Tensor> arrays = io::read_npz(path);
+  std::string held;
+  for (const auto& [name, array] : arrays) {
+    held += (held.empty() ? "'" : ", '") + name + "' " + array.describe();
+  }
+  std::vector<kernels::Tensor> inputs;
+  std::string first_name;
+  for (const graph::Value* input : model.inputs()) {
+    const std::string where = "data: '" + path + "': model input '" + input->name() + "'";
+    auto it = arrays.find(input->name());
+    if (it == arrays.end()) {
+      throw_invalid(where + " has no array of its name (the archive holds " +
+                    (held.empty() ? std::string("nothing") : held) + ")");
+    }
+    const kernels::Tensor& array = it->second;
+    if (array.dtype() != input->dtype()) {
+      throw_invalid(where + " takes " + kernels::dtype_name(input->dtype()) + ", the array is " +
+                    array.describe());
+    }
+    if (array.rank() == 0) throw_invalid(where + ": the array is a scalar, expected a batch");
+    graph::Shape sample(array.shape().begin() + 1, array.shape().end());
+    if (input->has_shape() && !input->shape()->empty()) {
+      graph::Shape expected(input->shape()->begin() + 1, input->shape()->end());
+      bool match = expected.size() == sample.size();
+      for (size_t i = 0; match && i < expected.size(); ++i) {
+        match = expected[i] < 0 || expected[i] == sample[i];
+      }
+      if (!match) {
+        throw_invalid(where + " takes samples of shape " + kernels::shape_str(expected) +
+                      ", the array holds " + kernels::shape_str(sample));
+      }
+    }
+    const auto count = static_cast<size_t>(array.dim(0));
+    if (inputs.empty()) {
+      *rows = count;
+      first_name = input->name();
+    } else if (count != *rows) {
+      throw_invalid(where + ": the array holds " + std::to_string(count) + " samples, '" +
+                    first_name + "' holds " + std::to_string(*rows));
+    }
+    inputs.push_back(array);
+  }
+  return inputs;
+}
+
+}  // namespace
+
 DataSource DataSource::open(const std::string& path, const graph::Graph& model,
                             const PreprocessOverrides& overrides) {
+  std::error_code ec;
+  if (is_npz_name(path) && !fs::is_directory(path, ec)) {
+    if (overrides.given()) {
+      throw_invalid(
+          "data: preprocessing flags (--preset, --resize, --crop, --pixel-scale, "
+          "--mean, --std, --channel-order, --layout) apply to image folders; '" +
+          path + "' is an .npz of model inputs, used as they are");
+    }
+    DataSource src;
+    src.path_ = path;
+    src.arrays_ = npz_inputs(path, model, &src.size_);
+    for (const graph::Value* input : model.inputs()) src.array_names_.push_back(input->name());
+    const kernels::Tensor& first = src.arrays_.front();
+    src.sample_shape_.assign(first.shape().begin() + 1, first.shape().end());
+    return src;
+  }
   if (model.inputs().size() != 1) {
     throw_unsupported("data: model has " + std::to_string(model.inputs().size()) +
-                      " inputs; --data feeds single-input models");
+                      " inputs; an image folder or .npy file feeds single-input models (give an "
+                      ".npz with one array per input, keyed by input name)");
   }
   const graph::Value* input = model.inputs()[0];
   graph::Shape model_sample;
@@ -107,7 +183,6 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
   }
   DataSource src;
   src.path_ = path;
-  std::error_code ec;
   if (!fs::exists(path, ec)) throw_io("data: '" + path + "' does not exist");
   if (fs::is_directory(path, ec)) {
     io::Preprocess pre = resolve_preprocess(model, overrides);
@@ -157,6 +232,22 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
 }
 
 void DataSource::load(size_t begin, size_t count, kernels::Tensor& batch) const {
+  if (!arrays_.empty()) {
+    if (arrays_.size() != 1 || arrays_[0].dtype() != kernels::DType::kFloat32) {
+      throw_unsupported("data: '" + path_ + "' feeds " + std::to_string(arrays_.size()) +
+                        " model input(s), the first " + arrays_[0].describe() +
+                        "; this command feeds one float32 input");
+    }
+    batch.copy_from(
+        arrays_[0].slice_rows(static_cast<int64_t>(begin), static_cast<int64_t>(begin + count)));
+    const size_t row = static_cast<size_t>(kernels::shape_numel(sample_shape_));
+    for (size_t i = 0; i < count; ++i) {
+      io::check_finite(batch.data<float>() + i * row, row,
+                       "data '" + path_ + "', input '" + array_names_[0] + "', sample " +
+                           std::to_string(begin + i));
+    }
+    return;
+  }
   if (images_) {
     images_->load_batch(begin, count, batch.data<float>());
     return;
@@ -167,6 +258,34 @@ void DataSource::load(size_t begin, size_t count, kernels::Tensor& batch) const 
     io::check_finite(batch.data<float>() + i * row, row,
                      "data '" + path_ + "', sample " + std::to_string(begin + i));
   }
+}
+
+std::vector<kernels::Tensor> DataSource::load_inputs(size_t begin, size_t count) const {
+  std::vector<kernels::Tensor> inputs;
+  if (arrays_.empty()) {
+    graph::Shape shape = sample_shape_;
+    shape.insert(shape.begin(), static_cast<int64_t>(count));
+    inputs.emplace_back(kernels::DType::kFloat32, shape);
+    load(begin, count, inputs.back());
+    return inputs;
+  }
+  for (size_t k = 0; k < arrays_.size(); ++k) {
+    // A copy: the batch must not alias the archive's arrays.
+    kernels::Tensor batch =
+        arrays_[k]
+            .slice_rows(static_cast<int64_t>(begin), static_cast<int64_t>(begin + count))
+            .clone();
+    if (batch.dtype() == kernels::DType::kFloat32 && count > 0) {
+      const size_t row = static_cast<size_t>(batch.numel()) / count;
+      for (size_t i = 0; i < count; ++i) {
+        io::check_finite(batch.data<float>() + i * row, row,
+                         "data '" + path_ + "', input '" + array_names_[k] + "', sample " +
+                             std::to_string(begin + i));
+      }
+    }
+    inputs.push_back(std::move(batch));
+  }
+  return inputs;
 }
 
 std::vector<int64_t> DataSource::labels(size_t begin, size_t count) const {
