@@ -114,17 +114,17 @@ int run_run(RunOptions o) {
   auto wall0 = std::chrono::steady_clock::now();
   for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
     size_t count = std::min(static_cast<size_t>(batch), total - begin);
-    const std::vector<kernels::Tensor> inputs = data.load_inputs(begin, count);
+    const std::vector<kernels::Tensor> batch_inputs = data.load_inputs(begin, count);
     std::vector<graph::Shape> shapes;
-    for (const kernels::Tensor& input : inputs) shapes.push_back(input.shape());
+    for (const kernels::Tensor& input : batch_inputs) shapes.push_back(input.shape());
     // Compilation (first use of a shape) and warm-up passes stay out of the timed region.
     runtime::Executor& executor = session.executor_for(shapes);
     if (warmups_left > 0) {
-      for (; warmups_left > 0; --warmups_left) executor.run(inputs);
+      for (; warmups_left > 0; --warmups_left) executor.run(batch_inputs);
       executor.reset_profile();
     }
     auto t0 = std::chrono::steady_clock::now();
-    auto outputs = executor.run(inputs);
+    auto outputs = executor.run(batch_inputs);
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (data.labelled()) {
       const kernels::Tensor& logits = outputs[0];
