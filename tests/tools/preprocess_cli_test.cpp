@@ -151,7 +151,7 @@ TEST(PreprocessCli, FlagsWithNpyDataAreAnError) {
 }
 
 TEST(PreprocessCli, EveryCommandReadingDataTakesTheFlags) {
-  for (const char* command : {"run", "compare", "transform", "calibrate", "qat"}) {
+  for (const char* command : {"run", "compare", "transform", "calibrate", "qat", "verify"}) {
     auto r = run_cli(std::string(command) + " --help");
     EXPECT_EQ(r.exit_code, 0) << command;
     for (const char* flag : {"--preset", "--resize", "--crop", "--pixel-scale", "--mean", "--std",
