@@ -4,6 +4,9 @@ PyTorch's output (from export_models.py). A (model, batch) pair passes when
 
     max|qforge - pytorch| <= 1e-4 * max(1, max|pytorch|)
 
+With --opset20 each model is also checked in a hand-converted opset-20 form (bench/opset20.py:
+ReduceMean's axes as an input, each Erf-form GELU as one Gelu node), against the same reference.
+
 Prints a table and exits non-zero when any pair fails or cannot run.
 """
 import argparse
@@ -40,17 +43,33 @@ def compare(out, ref):
     return diff, tol, diff <= tol, ""
 
 
-def check_one(qforge, name, batch, tmpdir, threads, timeout):
+def opset20_copy(model, tmpdir):
+    """The model converted to opset 20 in tmpdir; returns (path, Gelu nodes made)."""
+    import onnx
+    import opset20
+
+    proto = onnx.load(model)
+    gelus = opset20.to_opset20(proto)
+    path = os.path.join(tmpdir, os.path.basename(model).replace(".onnx", "_opset20.onnx"))
+    onnx.save(proto, path)
+    return path, gelus
+
+
+def check_one(qforge, name, batch, tmpdir, threads, timeout, opset=17):
     """Runs one pair; returns a result row dict."""
     import numpy as np
 
-    row = {"model": name, "batch": batch, "diff": None, "tol": None, "ok": False, "note": "", "secs": 0.0}
+    label = name if opset == 17 else f"{name}@{opset}"
+    row = {"model": label, "batch": batch, "diff": None, "tol": None, "ok": False, "note": "", "secs": 0.0}
     model = zoo.model_path(name, batch)
     ref_file = zoo.ref_path(name, batch)
     if not (os.path.exists(model) and os.path.exists(ref_file)):
         row["note"] = "not exported (run bench/export_models.py)"
         return row
-    out_file = os.path.join(tmpdir, f"{name}_b{batch}.npy")
+    gelus = None
+    if opset == 20:
+        model, gelus = opset20_copy(model, tmpdir)
+    out_file = os.path.join(tmpdir, f"{name}_b{batch}_opset{opset}.npy")
     cmd = [qforge, "run", model, "--data", zoo.input_path(batch), "--batch", str(batch),
            "-o", out_file, "--threads", str(threads)]
     t0 = time.time()
@@ -67,6 +86,8 @@ def check_one(qforge, name, batch, tmpdir, threads, timeout):
     ref = np.load(ref_file)
     out = np.load(out_file)
     row["diff"], row["tol"], row["ok"], row["note"] = compare(out, ref)
+    if gelus is not None:
+        row["note"] = (row["note"] + "; " if row["note"] else "") + f"{gelus} Gelu nodes"
     return row
 
 
@@ -81,6 +102,8 @@ def main():
     ap.add_argument("--batches", default="1,8", help="batch sizes (default: 1,8)")
     ap.add_argument("--threads", type=int, default=2, help="qforge --threads (default 2)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per qforge run (default 1800)")
+    ap.add_argument("--opset20", action="store_true",
+                    help="also check each model converted by hand to opset 20 (Gelu nodes)")
     args = ap.parse_args()
     qforge = zoo.find_qforge(args.qforge)
     models = zoo.parse_models(args.models)
@@ -91,12 +114,13 @@ def main():
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory(prefix="qforge-check-") as tmpdir:
+        opsets = [17, 20] if args.opset20 else [17]
         for name in models:
-            for b in batches:
-                r = check_one(qforge, name, b, tmpdir, args.threads, args.timeout)
+            for b, opset in [(b, o) for o in opsets for b in batches]:
+                r = check_one(qforge, name, b, tmpdir, args.threads, args.timeout, opset)
                 rows.append(r)
                 result = "pass" if r["ok"] else "FAIL"
-                line = (f"{name:<20} {b:>5} {fmt(r['diff']):>10} {fmt(r['tol']):>10} {result:>6}"
+                line = (f"{r['model']:<20} {b:>5} {fmt(r['diff']):>10} {fmt(r['tol']):>10} {result:>6}"
                         f"  {r['secs']:>6.1f}s")
                 if r["note"]:
                     line += f"  {r['note']}"

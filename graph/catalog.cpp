@@ -1,4 +1,5 @@
-// Catalog entries for the ONNX ops qforge imports and runs (opset 13 and up semantics).
+// Catalog entries for the ONNX ops qforge imports and runs (opset 13 and up semantics; the forms
+// that changed up to opset 21 are checked against the model's opset by graph/onnx_import.cpp).
 #include "graph/catalog.h"
 
 #include <algorithm>
@@ -29,6 +30,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Expand", 2, 2, 1, 1, 13},
     OpSchema{"Flatten", 1, 1, 1, 1, 13},
     OpSchema{"Gather", 2, 2, 1, 1, 13},
+    OpSchema{"Gelu", 1, 1, 1, 1, 20},
     OpSchema{"Gemm", 2, 3, 1, 1, 13},
     OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1},
     OpSchema{"HardSigmoid", 1, 1, 1, 1, 6},
@@ -46,7 +48,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Pow", 2, 2, 1, 1, 13},
     OpSchema{"QuantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Range", 3, 3, 1, 1, 11},
-    OpSchema{"ReduceMean", 1, 1, 1, 1, 13},
+    OpSchema{"ReduceMean", 1, 2, 1, 1, 13},  // axes: an attribute, an input from opset 18
     OpSchema{"Relu", 1, 1, 1, 1, 14},
     OpSchema{"Reshape", 2, 2, 1, 1, 14},
     OpSchema{"ScatterND", 3, 3, 1, 1, 16},

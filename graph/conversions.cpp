@@ -88,7 +88,7 @@ std::string shape_of(const Value* v) {
 const std::vector<std::string>& unary_elementwise_ops() {
   static const std::vector<std::string> ops = {"Relu",    "Clip",        "LeakyRelu", "Elu",
                                                "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-                                               "Erf",     "Neg",         "Sqrt"};
+                                               "Erf",     "Neg",         "Sqrt",      "Gelu"};
   return ops;
 }
 

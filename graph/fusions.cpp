@@ -53,7 +53,7 @@ bool near(std::optional<float> got, float want) {
 
 const std::vector<std::string>& single_node_activations() {
   static const std::vector<std::string> ops = {"Relu",      "Clip",        "LeakyRelu", "Elu",
-                                               "HardSwish", "HardSigmoid", "Sigmoid"};
+                                               "HardSwish", "HardSigmoid", "Sigmoid",   "Gelu"};
   return ops;
 }
 
@@ -77,6 +77,9 @@ std::optional<Activation> single_activation(Node* n) {
   } else if (a.kind == "HardSigmoid") {
     a.alpha = n->attr_float("alpha", 0.2f);
     a.beta = n->attr_float("beta", 0.5f);
+  } else if (a.kind == "Gelu") {
+    // The ONNX op (opset 20) in its erf form is the modules' Gelu; the tanh form is not.
+    if (n->attr_string("approximate", "none") != "none") return std::nullopt;
   } else if (std::find(single_node_activations().begin(), single_node_activations().end(),
                        a.kind) == single_node_activations().end()) {
     return std::nullopt;

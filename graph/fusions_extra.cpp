@@ -160,13 +160,15 @@ Pattern act_add_pattern() {
   p.name = "ActAdd";
   p.kind = PatternKind::kFusion;
   p.topology = "Act -> Add(other)";
-  p.trunk = {
-      one("act", {"Relu", "Clip", "LeakyRelu", "Elu", "HardSwish", "HardSigmoid", "Sigmoid", "Div"},
-          [](const Node& n) { return activation_from(n).has_value(); }),
-      zero_or_more("act_tail", {"Erf", "Add", "Mul"}, inside_multi_node_activation),
-      // GELU's own Add(1) is no residual: without this a shorter tail would end there.
-      one("add", {"Add"},
-          [](const Node& n) { return n.num_inputs() == 2 && !inside_multi_node_activation(n); })};
+  p.trunk = {one("act",
+                 {"Relu", "Clip", "LeakyRelu", "Elu", "HardSwish", "HardSigmoid", "Sigmoid", "Gelu",
+                  "Div"},
+                 [](const Node& n) { return activation_from(n).has_value(); }),
+             zero_or_more("act_tail", {"Erf", "Add", "Mul"}, inside_multi_node_activation),
+             // GELU's own Add(1) is no residual: without this a shorter tail would end there.
+             one("add", {"Add"}, [](const Node& n) {
+               return n.num_inputs() == 2 && !inside_multi_node_activation(n);
+             })};
   p.select = act_add_refusal;
   p.rewrite = rewrite_act_add;
   return p;

@@ -18,8 +18,8 @@ struct ExportOptions {
   std::optional<int64_t> opset;
   std::string producer_name = "qforge";
   std::string producer_version = "0.1.0";
-  // onnx::checker::check_model on the result; a failure is a kInternal error (qforge built a
-  // model ONNX rejects) carrying the checker's message.
+  // onnx::checker::check_model on the result, for the opsets libonnx knows (up to 17); a failure
+  // is a kInternal error (qforge built a model ONNX rejects) carrying the checker's message.
   bool run_checker = true;
 };
 

@@ -6,10 +6,12 @@
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
+#include <onnx/version_converter/convert.h>
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -22,8 +24,6 @@
 
 namespace qforge::graph {
 namespace {
-
-constexpr int64_t kMinOpset = 13;
 
 template <class T>
 void copy_typed(const google::protobuf::RepeatedField<T>& src, std::byte* dst, size_t n) {
@@ -306,25 +306,91 @@ void check_node_attributes(
   }
 }
 
-// The opset and the op catalog are checked before the ONNX checker, so that an op qforge does
-// not know is reported as such (naming op, node and opset), not as a checker failure.
-int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& source) {
+// The newest default-domain opset the linked libonnx has schemas for (17 for libonnx 1.12): its
+// checker and shape inference refuse or misread models above it.
+int64_t libonnx_newest_opset() {
+  const auto& map = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map();
+  auto it = map.find(onnx::ONNX_DOMAIN);
+  return it == map.end() ? kConvertedOpset : it->second.second;
+}
+
+int64_t declared_opset(const onnx::ModelProto& model, const std::string& source) {
   if (!model.has_graph()) throw_invalid("import: '" + source + "' holds no graph");
   int64_t opset = -1;
   for (const auto& imp : model.opset_import()) {
     if (imp.domain().empty() || imp.domain() == "ai.onnx") opset = imp.version();
   }
   if (opset < 0) throw_invalid("import: '" + source + "' declares no default-domain opset");
-  if (opset < kMinOpset) {
+  if (opset < kOldestImportedOpset || opset > kNewestImportedOpset) {
     throw_unsupported("import: '" + source + "' uses opset " + std::to_string(opset) +
-                      "; qforge supports opset " + std::to_string(kMinOpset) +
-                      " and later (convert the model with onnx.version_converter)");
+                      "; qforge imports opsets " + std::to_string(kOldestImportedOpset) + " to " +
+                      std::to_string(kNewestImportedOpset));
   }
+  return opset;
+}
+
+std::string node_label(const onnx::NodeProto& np, int index) {
+  std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+  return "node '" + name + "' (" + np.op_type() + ")";
+}
+
+// The opset from which a reduction takes its axes as input 1 with noop_with_empty_axes (13 for
+// ReduceSum, 18 for the others); 0 for an op that is not a reduction.
+int64_t reduce_axes_input_opset(std::string_view op) {
+  if (op == "ReduceSum") return 13;
+  for (std::string_view r : {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                             "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}) {
+    if (op == r) return 18;
+  }
+  return 0;
+}
+
+// The ops whose form changed between opset 13 and 21 (ONNX's operator changelog), checked
+// against the model's opset: libonnx's checker knows none of the forms above 17.
+void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64_t opset) {
+  const std::string& op = np.op_type();
+  const std::string at = " at opset " + std::to_string(opset);
+  if (const int64_t since = reduce_axes_input_opset(op); since > 0) {
+    const std::string from = " (axes is an input from opset " + std::to_string(since) + ")";
+    if (opset < since && np.input_size() > 1) {
+      throw_invalid("import: " + label + ": expected 1 input" + at + from + ", got " +
+                    std::to_string(np.input_size()));
+    }
+    if (opset >= since && find_attribute(np, "axes")) {
+      throw_invalid("import: " + label + ": expected axes as input 1" + at + from +
+                    ", got attribute 'axes'");
+    }
+    if (opset < since && find_attribute(np, "noop_with_empty_axes")) {
+      throw_invalid("import: " + label + ": expected no attribute 'noop_with_empty_axes'" + at +
+                    from + ", got one");
+    }
+  } else if (op == "Pad" && opset < 18 && np.input_size() > 3) {
+    throw_invalid("import: " + label + ": expected at most 3 inputs" + at +
+                  " (axes is input 3 from opset 18), got " + std::to_string(np.input_size()));
+  } else if (op == "Gelu") {
+    if (opset < 20) {
+      throw_invalid("import: " + label + ": expected opset 20 or later for Gelu, got opset " +
+                    std::to_string(opset));
+    }
+    if (const onnx::AttributeProto* a = find_attribute(np, "approximate")) {
+      if (a->type() != onnx::AttributeProto::STRING || (a->s() != "none" && a->s() != "tanh")) {
+        throw_invalid("import: " + label + ": expected attribute 'approximate' \"none\" or " +
+                      "\"tanh\", got " +
+                      (a->type() == onnx::AttributeProto::STRING
+                           ? "\"" + a->s() + "\""
+                           : onnx::AttributeProto::AttributeType_Name(a->type())));
+      }
+    }
+  }
+}
+
+// Every op in the catalog; the ops whose form depends on the opset in the form of the model's
+// (after conversion for old models). Checked before the ONNX checker, so that an op qforge does
+// not know is reported as such (naming op, node and opset), not as a checker failure.
+void check_ops(const onnx::ModelProto& model, int64_t opset) {
   int index = 0;
   for (const auto& np : model.graph().node()) {
-    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
-    ++index;
-    std::string label = "node '" + name + "' (" + np.op_type() + ")";
+    const std::string label = node_label(np, index++);
     if (!np.domain().empty() && np.domain() != "ai.onnx") {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
                         np.domain() + "' is not supported by qforge");
@@ -334,8 +400,45 @@ int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& so
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' (opset " +
                         std::to_string(opset) + ") is not supported by qforge");
     }
+    if (opset >= kConvertedOpset) check_opset_form(np, label, opset);
   }
-  // Then what the file declares, before libonnx's checker and shape inference read it.
+}
+
+// Where libonnx's checker does not run first (the version converter reads a model before it;
+// above opset 17 it never runs): each node reads values defined before it, defines values no one
+// else defines, and has the input and output it reads and writes first.
+void check_structure(const onnx::ModelProto& model) {
+  const onnx::GraphProto& gp = model.graph();
+  std::unordered_map<std::string, bool> defined;
+  for (const auto& t : gp.initializer()) defined[t.name()] = true;
+  for (const auto& in : gp.input()) defined[in.name()] = true;
+  int index = 0;
+  for (const auto& np : gp.node()) {
+    const std::string label = node_label(np, index++);
+    const OpSchema* schema = find_schema(np.op_type());
+    if (np.input_size() < std::min(schema->min_inputs, 1) || np.output_size() < 1) {
+      throw_invalid("import: " + label + ": expected at least " +
+                    std::to_string(std::min(schema->min_inputs, 1)) + " input and 1 output, got " +
+                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+    }
+    for (const auto& in : np.input()) {
+      if (!in.empty() && !defined.count(in)) {
+        throw_invalid("import: " + label + ": input '" + in +
+                      "' is neither a graph input, an initializer nor an earlier node's output");
+      }
+    }
+    for (const auto& out : np.output()) {
+      if (out.empty()) continue;
+      if (defined.count(out)) {
+        throw_invalid("import: " + label + ": output '" + out + "' is defined twice");
+      }
+      defined[out] = true;
+    }
+  }
+}
+
+// What the file declares, before libonnx's checker and shape inference read it.
+void check_declarations(const onnx::ModelProto& model) {
   const onnx::GraphProto& gp = model.graph();
   std::unordered_map<std::string, const onnx::TensorProto*> inits;
   for (const auto& t : gp.initializer()) inits[t.name()] = &t;
@@ -346,20 +449,211 @@ int64_t check_opset_and_ops(const onnx::ModelProto& model, const std::string& so
       if (const onnx::TensorShapeProto* shape = declared_shape(v)) declared[v.name()] = shape;
     }
   }
-  index = 0;
+  int index = 0;
   for (const auto& np : gp.node()) {
-    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
-    ++index;
-    check_node_attributes(np, "node '" + name + "' (" + np.op_type() + ")", inits, declared);
+    check_node_attributes(np, node_label(np, index++), inits, declared);
+  }
+}
+
+// The graph inputs that are not initializers (IR < 4 lists initializers as inputs too).
+std::vector<onnx::ValueInfoProto*> model_inputs(onnx::ModelProto& model) {
+  std::unordered_map<std::string, bool> inits;
+  for (const auto& t : model.graph().initializer()) inits[t.name()] = true;
+  std::vector<onnx::ValueInfoProto*> out;
+  for (auto& in : *model.mutable_graph()->mutable_input()) {
+    if (!inits.count(in.name())) out.push_back(&in);
+  }
+  return out;
+}
+
+// options.sample_shape written into the declared input shape, then the dims after the batch
+// checked static when options.require_static_sample asks.
+void fix_sample_shape(onnx::ModelProto& model, const std::string& source,
+                      const ImportOptions& options) {
+  std::vector<onnx::ValueInfoProto*> inputs = model_inputs(model);
+  if (options.sample_shape) {
+    const Shape& sample = *options.sample_shape;
+    const std::string given = options.sample_shape_origin + " " + ints_text(sample);
+    if (inputs.size() != 1) {
+      throw_invalid("import: '" + source + "': expected one model input for " + given + ", got " +
+                    std::to_string(inputs.size()));
+    }
+    onnx::ValueInfoProto& in = *inputs[0];
+    if (!in.type().has_tensor_type()) {
+      throw_unsupported("import: input '" + in.name() + "' is not a tensor");
+    }
+    const bool had_shape = in.type().tensor_type().has_shape();
+    auto* shape = in.mutable_type()->mutable_tensor_type()->mutable_shape();
+    if (!had_shape) {
+      shape->add_dim()->set_dim_param("N");
+      for (size_t i = 0; i < sample.size(); ++i) shape->add_dim();
+    }
+    bool fits = shape->dim_size() == static_cast<int>(sample.size()) + 1;
+    for (size_t i = 0; fits && i < sample.size(); ++i) {
+      const auto& d = shape->dim(static_cast<int>(i) + 1);
+      fits = !d.has_dim_value() || d.dim_value() == sample[i];
+    }
+    if (!fits && options.sample_shape_must_match) {
+      throw_invalid("import: input '" + in.name() + "' " + declared_shape_text(*shape) +
+                    ": expected " + std::to_string(shape->dim_size() - 1) +
+                    " dims after the batch agreeing with its static dims, got " + given);
+    }
+    for (size_t i = 0; fits && i < sample.size(); ++i) {
+      if (sample[i] < 1) {
+        throw_invalid("import: input '" + in.name() + "': expected dims >= 1, got " + given);
+      }
+      shape->mutable_dim(static_cast<int>(i) + 1)->set_dim_value(sample[i]);
+    }
+  }
+  if (!options.require_static_sample) return;
+  for (const onnx::ValueInfoProto* in : inputs) {
+    const onnx::TensorShapeProto* shape = declared_shape(*in);
+    std::string dynamic;
+    for (int i = 1; shape && i < shape->dim_size(); ++i) {
+      const auto& d = shape->dim(i);
+      if (d.has_dim_value()) continue;
+      if (!dynamic.empty()) dynamic.append(", ");
+      dynamic.append(d.dim_param().empty() ? "dim " + std::to_string(i)
+                                           : "'" + d.dim_param() + "'");
+    }
+    if (!shape) dynamic = "all (no declared shape)";
+    if (dynamic.empty()) continue;
+    throw_invalid("import: input '" + in->name() + "' " +
+                  (shape ? declared_shape_text(*shape) : std::string("[?]")) +
+                  ": expected static dims after the batch, got dynamic " + dynamic + "; " +
+                  *options.require_static_sample);
+  }
+}
+
+// The node the version converter fails on: each node converted alone, its inputs typed as shape
+// inference left them. Empty when every node converts alone (the failure is the model's).
+std::string failing_conversion_node(const onnx::ModelProto& model, int64_t target) {
+  const onnx::GraphProto& gp = model.graph();
+  std::unordered_map<std::string, const onnx::ValueInfoProto*> infos;
+  for (const auto* list : {&gp.input(), &gp.value_info(), &gp.output()}) {
+    for (const auto& v : *list) infos[v.name()] = &v;
+  }
+  std::unordered_map<std::string, const onnx::TensorProto*> inits;
+  for (const auto& t : gp.initializer()) inits[t.name()] = &t;
+  int index = 0;
+  for (const auto& np : gp.node()) {
+    const std::string label = node_label(np, index++);
+    onnx::ModelProto one;
+    one.set_ir_version(model.ir_version());
+    *one.mutable_opset_import() = model.opset_import();
+    onnx::GraphProto* g = one.mutable_graph();
+    g->set_name("node");
+    *g->add_node() = np;
+    for (const auto& in : np.input()) {
+      if (in.empty()) continue;
+      auto init = inits.find(in);
+      if (init != inits.end()) {
+        *g->add_initializer() = *init->second;
+        auto* vi = g->add_input();
+        vi->set_name(in);
+        auto* tt = vi->mutable_type()->mutable_tensor_type();
+        tt->set_elem_type(init->second->data_type());
+        for (int64_t d : init->second->dims()) tt->mutable_shape()->add_dim()->set_dim_value(d);
+        continue;
+      }
+      auto info = infos.find(in);
+      if (info != infos.end()) {
+        *g->add_input() = *info->second;
+      } else {
+        g->add_input()->set_name(in);
+      }
+    }
+    for (const auto& out : np.output()) {
+      auto info = infos.find(out);
+      if (info != infos.end()) {
+        *g->add_output() = *info->second;
+      } else {
+        g->add_output()->set_name(out);
+      }
+    }
+    try {
+      onnx::version_conversion::ConvertVersion(one, static_cast<int>(target));
+    } catch (const std::exception&) {
+      return label;
+    }
+  }
+  return {};
+}
+
+std::string trimmed_what(const std::exception& e) {
+  std::string what = e.what();
+  while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+  return what;
+}
+
+// Attribute defaults that libonnx 1.12's adapters read as required: Pad before opset 11 without
+// 'value' (0 by the spec) would fail the 10 → 11 adapter.
+void write_defaults_adapters_require(onnx::ModelProto& model, int64_t opset) {
+  if (opset >= 11) return;
+  for (onnx::NodeProto& np : *model.mutable_graph()->mutable_node()) {
+    if (np.op_type() != "Pad" || find_attribute(np, "value")) continue;
+    onnx::AttributeProto* value = np.add_attribute();
+    value->set_name("value");
+    value->set_type(onnx::AttributeProto::FLOAT);
+    value->set_f(0.0f);
+  }
+}
+
+// A model below kConvertedOpset brought to it by libonnx's version converter, after shape
+// inference (some adapters, Softmax's among them, need the input's rank and dims).
+void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const std::string& source) {
+  write_defaults_adapters_require(model, opset);
+  onnx::ShapeInferenceOptions si{};
+  si.check_type = false;
+  si.error_mode = 0;
+  try {
+    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
+  } catch (const std::exception&) {
+    // The converter reports what it cannot convert without the shapes.
+  }
+  const std::string from =
+      "from opset " + std::to_string(opset) + " to " + std::to_string(kConvertedOpset);
+  try {
+    model = onnx::version_conversion::ConvertVersion(model, static_cast<int>(kConvertedOpset));
+  } catch (const std::exception& e) {
+    const std::string node = failing_conversion_node(model, kConvertedOpset);
+    throw_unsupported("import: " + (node.empty() ? "'" + source + "'" : node) + ": converting " +
+                      from + " failed: " + trimmed_what(e));
+  }
+}
+
+// The opset range, the catalog, the declarations, the sample shape; then the conversion of old
+// models and libonnx's checker where it knows the opset. Returns the opset the graph runs at.
+int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
+                      const ImportOptions& options) {
+  int64_t opset = declared_opset(model, source);
+  check_ops(model, opset);
+  check_declarations(model);
+  fix_sample_shape(model, source, options);
+  if (opset < kConvertedOpset) {
+    check_structure(model);
+    convert_to_supported_opset(model, opset, source);
+    opset = declared_opset(model, source);
+    check_ops(model, opset);
+    check_declarations(model);
+  }
+  if (opset > libonnx_newest_opset()) check_structure(model);
+  if (options.run_checker && opset <= libonnx_newest_opset()) {
+    try {
+      onnx::checker::check_model(model);
+    } catch (const std::exception& e) {
+      throw_invalid("import: '" + source + "' fails the ONNX checker: " + trimmed_what(e));
+    }
   }
   return opset;
 }
 
 std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& source,
                                    const ImportOptions& options) {
-  const int64_t opset = check_opset_and_ops(model, source);
+  const int64_t opset = prepare_model(model, source, options);
 
-  if (options.run_shape_inference) {
+  // libonnx would infer opset 18+ ops with the schemas of 17 (ReduceMean's axes input unread).
+  if (options.run_shape_inference && opset <= libonnx_newest_opset()) {
     onnx::ShapeInferenceOptions si{};
     si.check_type = false;
     si.error_mode = 0;
@@ -509,40 +803,23 @@ int onnx_from_dtype(DType dtype) {
 
 namespace {
 
-// The opset and op checks, then onnx::checker when asked.
-void check_model_proto(const onnx::ModelProto& model, const std::string& source_name,
-                       const ImportOptions& options) {
-  check_opset_and_ops(model, source_name);
-  if (options.run_checker) {
-    try {
-      onnx::checker::check_model(model);
-    } catch (const std::exception& e) {
-      std::string what = e.what();
-      while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
-      throw_invalid("import: '" + source_name + "' fails the ONNX checker: " + what);
-    }
-  }
-}
-
 [[noreturn]] void throw_not_onnx(const std::string& source_name) {
   throw_invalid("import: '" + source_name +
                 "' is not a valid ONNX model (protobuf parsing failed; truncated or not ONNX)");
 }
 
-onnx::ModelProto parse_model_proto(std::string_view bytes, const std::string& source_name,
-                                   const ImportOptions& options) {
+onnx::ModelProto parse_model_proto(std::string_view bytes, const std::string& source_name) {
   onnx::ModelProto model;
   if (bytes.empty()) throw_invalid("import: '" + source_name + "' is empty, not an ONNX model");
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
       !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     throw_not_onnx(source_name);
   }
-  check_model_proto(model, source_name, options);
   return model;
 }
 
 // Parsed from the file as it is read: no copy of the file's bytes is held besides the message.
-onnx::ModelProto read_model_proto(const std::string& path, const ImportOptions& options) {
+onnx::ModelProto read_model_proto(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_io("cannot read '" + path + "': " + std::strerror(errno));
   struct Closer {
@@ -562,7 +839,6 @@ onnx::ModelProto read_model_proto(const std::string& path, const ImportOptions& 
     throw_io("cannot read '" + path + "': " + std::strerror(stream.GetErrno()));
   }
   if (!parsed) throw_not_onnx(path);
-  check_model_proto(model, path, options);
   return model;
 }
 
@@ -570,12 +846,12 @@ onnx::ModelProto read_model_proto(const std::string& path, const ImportOptions& 
 
 std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
                                   const ImportOptions& options) {
-  onnx::ModelProto model = parse_model_proto(bytes, source_name, options);
+  onnx::ModelProto model = parse_model_proto(bytes, source_name);
   return build_graph(model, source_name, options);
 }
 
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options) {
-  onnx::ModelProto model = read_model_proto(path, options);
+  onnx::ModelProto model = read_model_proto(path);
   return build_graph(model, path, options);
 }
 

@@ -1,8 +1,12 @@
 // ONNX import: a file or bytes to a Graph, through libonnx's protobuf classes, checker and shape
-// inference. Ops outside the catalog are refused with the op, the node and the opset.
+// inference. Opsets 9 to 21 are read: below 13 through libonnx's version converter, above what
+// libonnx knows (17) with qforge's own checks in place of its checker. Ops outside the catalog
+// are refused with the op, the node and the opset.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -10,14 +14,31 @@
 
 namespace qforge::graph {
 
+// The default-domain opsets qforge imports. Models below kConvertedOpset are converted to it
+// with onnx::version_conversion; from it on each op runs in the form of the model's opset.
+inline constexpr int64_t kOldestImportedOpset = 9;
+inline constexpr int64_t kConvertedOpset = 13;
+inline constexpr int64_t kNewestImportedOpset = 21;
+
 struct ImportOptions {
-  bool run_checker = true;          // onnx::checker::check_model
+  bool run_checker = true;          // onnx::checker::check_model (opsets libonnx knows)
   bool run_shape_inference = true;  // onnx::shape_inference for value dtypes and static shapes
+  // The dims of the model's single input after the batch (C, H, W for images). Its dynamic dims
+  // take these values before shape inference and opset conversion. With sample_shape_must_match
+  // another rank or a static dim that differs is an invalid-input error, else such an input is
+  // left as declared (the caller's data checks report it).
+  std::optional<Shape> sample_shape;
+  bool sample_shape_must_match = true;
+  std::string sample_shape_origin = "the sample shape";  // how messages name it
+  // When set, an input dim after the batch that is still dynamic (after sample_shape) is an
+  // invalid-input error naming the input and its dynamic dims; this text ends the message and
+  // says how the caller's user gives them.
+  std::optional<std::string> require_static_sample;
 };
 
 // Throws qforge::Error: kIo when the file cannot be read, kInvalid for a file that is not a
-// valid ONNX model, kUnsupported for valid models qforge cannot run (unknown op, opset < 13,
-// external data, subgraphs).
+// valid ONNX model, kUnsupported for valid models qforge cannot run (unknown op, opset outside
+// 9..21, an op the version converter cannot bring to opset 13, external data, subgraphs).
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options = {});
 std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
                                   const ImportOptions& options = {});

@@ -447,6 +447,8 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
   constexpr float kSqrt2 = 1.41421356237309504880f;  // GELU's Div node constant, √2 in float
   constexpr float kInvSqrt2Pi = 0.398942280401432677940f;
   constexpr float kTwoOverSqrtPi = 1.12837916709551257390f;
+  constexpr float kSqrtTwoOverPi = 0.797884560802865355880f;
+  constexpr float kGeluCubic = 0.044715f;
   switch (op) {
     case UnaryOp::kRelu:
       fn(UnaryRule{[](float v) { return v < 0.0f ? 0.0f : v; },
@@ -495,6 +497,17 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
                      const float cdf = 0.5f * (1.0f + erf_approx(v / kSqrt2));
                      const float pdf = kInvSqrt2Pi * exp_approx(-0.5f * (v * v));
                      return g * (cdf + v * pdf);
+                   }});
+      return;
+    case UnaryOp::kGeluTanh:
+      fn(UnaryRule{[](float v) {
+                     const float t = tanh_approx(kSqrtTwoOverPi * (v + kGeluCubic * (v * v * v)));
+                     return (0.5f * v) * (1.0f + t);
+                   },
+                   [](float v, float g) {
+                     const float t = tanh_approx(kSqrtTwoOverPi * (v + kGeluCubic * (v * v * v)));
+                     const float inner = kSqrtTwoOverPi * (1.0f + 3.0f * kGeluCubic * (v * v));
+                     return g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * inner);
                    }});
       return;
     case UnaryOp::kSilu:

@@ -26,9 +26,12 @@ enum class UnaryOp {
   kNeg,
   kClip,
   // Fused activations of the modules, in the operation order of the nodes they replace:
-  // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops.
+  // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops, but
+  // kGeluErf is also ONNX Gelu (opset 20) with approximate "none".
   kGeluErf,
   kSilu,
+  // ONNX Gelu with approximate "tanh": 0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³))).
+  kGeluTanh,
 };
 
 struct UnaryParams {
@@ -63,6 +66,7 @@ void unary_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, 
 //             vectorised CPU kernel; its scalar and CUDA paths give 1.5·dy at exactly x = 3)
 //   Sigmoid   dy·(1 - s)·s;  Tanh dy·(1 - t²);  SiLU dy·s·(1 + x·(1 - s)) with s = sigmoid(x)
 //   GeluErf   dy·(Φ(x) + x·φ(x)), Φ the normal CDF (erf form) and φ its density
+//   GeluTanh  dy·(0.5·(1 + t) + 0.5·x·(1 - t²)·√(2/π)·(1 + 3·0.044715·x²)), t the tanh above
 //   Erf       dy·2/√π·e^(-x²);  Sqrt dy / (2·√x);  Neg -dy
 // kOverwrite stores into dx (which may equal dy); kAccumulate adds to dx. Elements are
 // independent and chunks fixed, so results never depend on the thread count.

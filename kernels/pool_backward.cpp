@@ -3,6 +3,7 @@
 #include "kernels/pool_backward.h"
 
 #include <algorithm>
+#include <array>
 #include <limits>
 
 #include "kernels/parallel.h"
@@ -126,6 +127,35 @@ void global_average_pool_backward(const float* dy, int64_t planes, int64_t plane
         std::fill_n(dxp, plane_size, share);
       } else {
         for (int64_t i = 0; i < plane_size; ++i) dxp[i] += share;
+      }
+    }
+  });
+}
+
+void reduce_mean_backward(const ReducePlan& plan, const float* dy, float* dx, GradMode write) {
+  const float count = static_cast<float>(plan.count);
+  int64_t total = 1;
+  for (int a = 0; a < plan.rank; ++a) total *= plan.dims[a];
+  // Each merged axis's stride in dy (0 where it is reduced), innermost last.
+  std::array<int64_t, kMaxReduceRank> out_stride{};
+  int64_t outputs = 1;
+  for (int a = plan.rank - 1; a >= 0; --a) {
+    out_stride[a] = plan.reduced[a] ? 0 : outputs;
+    if (!plan.reduced[a]) outputs *= plan.dims[a];
+  }
+  parallel_for(total, kTaskElements, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t rest = i;
+      int64_t at = 0;
+      for (int a = plan.rank - 1; a >= 0; --a) {
+        at += (rest % plan.dims[a]) * out_stride[a];
+        rest /= plan.dims[a];
+      }
+      const float share = dy[at] / count;
+      if (write == GradMode::kOverwrite) {
+        dx[i] = share;
+      } else {
+        dx[i] += share;
       }
     }
   });

@@ -5,6 +5,7 @@
 //   AveragePool: each output's gradient, divided by the forward's count (taps inside the input,
 //     or also those on explicit padding), goes to every tap inside the input.
 //   GlobalAveragePool: dx = dy / plane_size over each plane.
+//   ReduceMean: dx = dy / count, each output's gradient over the elements it averaged.
 // One task per (image, channel) plane, outputs in row-major order, so gradients are
 // bit-identical for any thread count. dx is written as `write` says.
 #pragma once
@@ -25,5 +26,9 @@ void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const 
 // dy holds one value per plane.
 void global_average_pool_backward(const float* dy, int64_t planes, int64_t plane_size, float* dx,
                                   GradMode write = GradMode::kOverwrite);
+// The plan of the forward (plan_reduce); dy holds its outputs, dx its input. Elements are
+// independent, so dx does not depend on the thread count.
+void reduce_mean_backward(const ReducePlan& plan, const float* dy, float* dx,
+                          GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

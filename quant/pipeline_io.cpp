@@ -18,8 +18,10 @@ class SilentBar : public ProgressBar {
 
 }  // namespace
 
-ModelLoader model_file(std::string path) {
-  return [path = std::move(path)] { return graph::load_onnx(path); };
+ModelLoader model_file(std::string path, graph::ImportOptions options) {
+  return [path = std::move(path), options = std::move(options)] {
+    return graph::load_onnx(path, options);
+  };
 }
 
 void MemoryFloatStore::append(std::span<const float> values) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "graph/onnx_import.h"
 #include "kernels/tensor.h"
 
 namespace qforge::quant {
@@ -35,8 +36,8 @@ class SampleSource {
 // (so that its weights are not in memory twice) and reads it again for the export.
 using ModelLoader = std::function<std::unique_ptr<graph::Graph>()>;
 
-// graph::load_onnx(path) on each call.
-ModelLoader model_file(std::string path);
+// graph::load_onnx(path, options) on each call.
+ModelLoader model_file(std::string path, graph::ImportOptions options = {});
 
 // One progress bar over one pass of `total` samples.
 class ProgressBar {

@@ -63,6 +63,9 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
     case UnaryOp::kSilu:
       return x / (1.0 + std::exp(-x));
+    case UnaryOp::kGeluTanh:
+      return 0.5 * x *
+             (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x)));
     case UnaryOp::kTanh:
       return std::tanh(x);
     case UnaryOp::kSqrt:
@@ -103,6 +106,11 @@ double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
     case UnaryOp::kSilu: {
       const double s = 1.0 / (1.0 + std::exp(-x));
       return s * (1 + x * (1 - s));
+    }
+    case UnaryOp::kGeluTanh: {
+      const double c = std::sqrt(2.0 / std::numbers::pi);
+      const double t = std::tanh(c * (x + 0.044715 * x * x * x));
+      return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x);
     }
     case UnaryOp::kTanh: {
       const double t = std::tanh(x);

@@ -1079,28 +1079,41 @@ std::unique_ptr<OpKernel> create_global_average_pool(const Node& node,
 }
 
 // ---------------------------------------------------------------------------------------------
-// ReduceMean (axes as an attribute, opset 13)
+// ReduceMean: axes as an attribute (opset 13), or as a constant input 1 with
+// noop_with_empty_axes (opset 18); the importer checks which form the model's opset has.
 
 struct ReduceSetup {
-  std::vector<int64_t> axes;  // normalised, ascending
+  std::vector<int64_t> axes;  // normalised, ascending; empty: a copy (noop_with_empty_axes)
   Shape out_shape;
 };
+
+std::vector<int64_t> reduce_axes(const Node& node, std::span<const InputInfo> inputs) {
+  if (inputs.size() > 1 && inputs[1].present) {
+    const InputInfo& axes = inputs[1];
+    if (!axes.constant) fail_node(node, "axes (input 1) as a constant", "a computed value");
+    if (axes.dtype != DType::kInt64 || axes.shape.size() != 1) {
+      fail_node(node, "axes (input 1) as a 1-D int64 tensor",
+                kernels::dtype_name(axes.dtype) + shape_str(axes.shape));
+    }
+    return axes.constant->to_int64_vector();
+  }
+  if (node.has_attr("axes")) return node.attr_ints("axes");
+  return {};
+}
 
 ReduceSetup setup_reduce_mean(const Node& node, std::span<const InputInfo> inputs) {
   const InputInfo& x = float_input(node, inputs, 0, "data");
   const int64_t rank = static_cast<int64_t>(x.shape.size());
   const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
+  const std::vector<int64_t> given = reduce_axes(node, inputs);
   ReduceSetup s;
-  if (node.has_attr("axes")) {
-    for (int64_t a : node.attr_ints("axes"))
-      s.axes.push_back(normalize_axis(node, a, rank, "axes"));
-  }
-  if (s.axes.empty()) {
+  for (int64_t a : given) s.axes.push_back(normalize_axis(node, a, rank, "axes"));
+  if (s.axes.empty() && bool_attr(node, "noop_with_empty_axes", 0) == 0) {
     for (int64_t a = 0; a < rank; ++a) s.axes.push_back(a);
   }
   std::sort(s.axes.begin(), s.axes.end());
   if (std::adjacent_find(s.axes.begin(), s.axes.end()) != s.axes.end()) {
-    fail_node(node, "distinct axes", ints_str(node.attr_ints("axes")));
+    fail_node(node, "distinct axes", ints_str(given));
   }
   for (int64_t a = 0; a < rank; ++a) {
     const bool reduced = std::binary_search(s.axes.begin(), s.axes.end(), a);
@@ -1119,6 +1132,13 @@ class ReduceMeanKernel final : public OpKernel {
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::reduce_mean(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::reduce_mean_backward(plan_, grad_outputs[0].data<float>(),
+                                  grad_inputs[0].data<float>());
   }
 
  private:

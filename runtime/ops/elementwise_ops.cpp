@@ -107,6 +107,16 @@ std::unique_ptr<OpKernel> create_unary(const graph::Node& node,
   return std::make_unique<UnaryKernel>(kOp, unary_params(kOp, node));
 }
 
+// Gelu (opset 20): the erf form, or the tanh approximation with approximate "tanh" (the importer
+// refuses other values).
+std::unique_ptr<OpKernel> create_gelu(const graph::Node& node,
+                                      std::span<const InputInfo> /*inputs*/,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  const bool tanh = node.attr_string("approximate", "none") == "tanh";
+  return std::make_unique<UnaryKernel>(tanh ? UnaryOp::kGeluTanh : UnaryOp::kGeluErf,
+                                       UnaryParams{});
+}
+
 // Clip: min and max are optional scalar inputs 1 and 2, constants or computed at run time.
 
 void set_clip_bound(UnaryParams& p, const Tensor& bound, bool is_min) {
@@ -409,6 +419,7 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(unary_def<UnaryOp::kTanh>("Tanh"));
   registry.add(unary_def<UnaryOp::kSqrt>("Sqrt"));
   registry.add(unary_def<UnaryOp::kNeg>("Neg"));
+  registry.add({"Gelu", infer_unary<UnaryOp::kGeluErf>, create_gelu});
   registry.add({"Clip", infer_clip, create_clip});
   registry.add(binary_def<BinaryOp::kAdd>("Add"));
   registry.add(binary_def<BinaryOp::kSub>("Sub"));

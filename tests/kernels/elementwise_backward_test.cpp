@@ -62,6 +62,7 @@ std::vector<ActivationCase> activation_cases() {
       {"HardSwish", UnaryOp::kHardSwish, none, -5, 5, {-3, 3}},
       {"Erf", UnaryOp::kErf, none, -4, 4, {}},
       {"GeluErf", UnaryOp::kGeluErf, none, -6, 6, {}},
+      {"GeluTanh", UnaryOp::kGeluTanh, none, -6, 6, {}},
       {"Silu", UnaryOp::kSilu, none, -10, 10, {}},
       {"Tanh", UnaryOp::kTanh, none, -6, 6, {}},
       {"Sqrt", UnaryOp::kSqrt, none, 0.05f, 9, {}},

@@ -138,6 +138,7 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kClip, "Clip", 0, 0},
       {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
       {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
+      {UnaryOp::kGeluTanh, "GeluTanh", 2e-7, 1e-6},
   };
   UnaryParams p;
   p.alpha = 0.3f;
@@ -188,7 +189,7 @@ TEST(ElementwiseUnary, ResultsIndependentOfChunkingAndThreads) {
   // (scalar path), and 1 thread gives the bits of many.
   const Tensor x = random_f32({3 * 16384 + 17}, 5, -9.0f, 9.0f);
   for (UnaryOp op : {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu,
-                     UnaryOp::kHardSwish, UnaryOp::kGeluErf, UnaryOp::kSilu}) {
+                     UnaryOp::kHardSwish, UnaryOp::kGeluErf, UnaryOp::kSilu, UnaryOp::kGeluTanh}) {
     UnaryParams p;
     p.alpha = 1.0f;
     const Tensor many = run_unary(op, p, x);

@@ -28,6 +28,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/pipeline_adapters.h"
 #include "tools/qforge/report_output.h"
 
@@ -55,6 +56,7 @@ struct CalibrateOptions {
   // the output change one flip causes; 0 skips the measurement.
   int64_t flip_injections = 32;
   PreprocessOverrides preprocess;  // for --data and --val
+  InputShapeFlag input_shape;
 };
 
 // Seed of the flip injections: the figure is reproducible run to run.
@@ -95,7 +97,7 @@ int run_calibrate(const CalibrateOptions& o) {
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
-  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   DataSource data = DataSource::open(o.data, *model, o.preprocess);
   const size_t total = quant::spread_indices(data.size(), o.limit).size();
   if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
@@ -114,7 +116,8 @@ int run_calibrate(const CalibrateOptions& o) {
   setup.skip = o.skip;
   setup.smoothquant_alpha = o.smoothquant;
   setup.per_tensor_weights = o.per_tensor_weights;
-  const quant::ModelLoader reload = quant::model_file(o.model);
+  const quant::ModelLoader reload =
+      quant::model_file(o.model, import_options_for(o.input_shape, o.data));
   int64_t calibration_peak_bytes = 0;
   quant::PipelineHooks hooks;
   hooks.progress = progress_bars();
@@ -391,6 +394,7 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_option("--data", opts->data, std::string("calibration data: ") + kDataFormats)
       ->required();
   add_preprocess_flags(*cmd, opts->preprocess);
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
       ->required()
       ->check(file_path());

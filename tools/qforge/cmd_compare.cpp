@@ -16,6 +16,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 
 namespace qforge::cli {
 namespace {
@@ -28,6 +29,7 @@ struct CompareOptions {
   int threads = 0;
   int64_t limit = 0;
   PreprocessOverrides preprocess;
+  InputShapeFlag input_shape;
 };
 
 // Without --data both models see this many seeded standard-normal samples.
@@ -117,8 +119,8 @@ void print_figures(const graph::Value& output, const runtime::ComparisonFigures&
 
 int run_compare(const CompareOptions& o) {
   set_threads_from_flag(o.threads);
-  runtime::Session session_a(graph::load_onnx(o.model_a));
-  runtime::Session session_b(graph::load_onnx(o.model_b));
+  runtime::Session session_a(load_model_to_run(o.model_a, o.input_shape, o.data));
+  runtime::Session session_b(load_model_to_run(o.model_b, o.input_shape, o.data));
   const graph::Graph& model_a = session_a.graph();
   const graph::Graph& model_b = session_b.graph();
   check_same_interface(model_a, model_b, o);
@@ -222,6 +224,7 @@ CommandRunner add_compare_command(CLI::App& app) {
                       "; images preprocessed as model a's metadata and the flags below say "
                       "(default: 8 seeded random normal samples)");
   add_preprocess_flags(*cmd, opts->preprocess);
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("--batch", opts->batch,
                   "samples per forward pass (default 32, or the models' fixed batch)")
       ->check(integer_at_least(1));

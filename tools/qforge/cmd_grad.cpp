@@ -18,6 +18,7 @@
 #include "tools/io/resource_usage.h"
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
+#include "tools/qforge/input_shape.h"
 
 namespace qforge::cli {
 namespace {
@@ -30,6 +31,7 @@ struct GradOptions {
   int threads = 0;
   int runs = 1;
   bool fake_quant = false;
+  InputShapeFlag input_shape;
 };
 
 int run_grad(const GradOptions& o) {
@@ -37,7 +39,7 @@ int run_grad(const GradOptions& o) {
   const io::NamedPath outputs[] = {{"-o", o.output}};
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--labels", o.labels}};
   io::check_output_paths("grad", outputs, inputs);
-  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   const kernels::Tensor input = io::read_npy(o.data);
   const kernels::Tensor labels = io::read_npy(o.labels);
   if (labels.dtype() != kernels::DType::kInt64) {
@@ -124,6 +126,7 @@ CommandRunner add_grad_command(CLI::App& app) {
   cmd->add_option("--data", o->data, "input batch as .npy (float32, the model's input shape)")
       ->required()
       ->check(file_path());
+  add_input_shape_option(*cmd, o->input_shape);
   cmd->add_option("--labels", o->labels, "class labels as .npy (int64 [batch])")
       ->required()
       ->check(file_path());

@@ -7,12 +7,14 @@
 #include "runtime/model_stats.h"
 #include "runtime/resolve.h"
 #include "tools/qforge/commands.h"
+#include "tools/qforge/input_shape.h"
 
 namespace qforge::cli {
 namespace {
 
 struct InspectOptions {
   std::string model;
+  InputShapeFlag input_shape;
 };
 
 std::string value_line(const graph::Value& v) {
@@ -29,7 +31,7 @@ std::string value_line(const graph::Value& v) {
 }
 
 int run_inspect(const InspectOptions& o) {
-  auto model = graph::load_onnx(o.model);
+  auto model = load_model_to_run(o.model, o.input_shape, "");
   std::cout << "model    " << o.model << "\n";
   std::cout << "opset    " << model->opset << "\n";
   for (const auto* in : model->inputs()) std::cout << "input    " << value_line(*in) << "\n";
@@ -85,6 +87,7 @@ CommandRunner add_inspect_command(CLI::App& app) {
   auto* cmd =
       app.add_subcommand("inspect", "Show a model's inputs, outputs, ops, parameters and MACs");
   cmd->add_option("model", opts->model, "ONNX model file")->required();
+  add_input_shape_option(*cmd, opts->input_shape);
   return [opts] { return run_inspect(*opts); };
 }
 

@@ -10,6 +10,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
@@ -19,6 +20,7 @@ struct PlanOptions {
   std::string model;
   std::string output;
   int64_t batch = 1;
+  InputShapeFlag input_shape;
 };
 
 int run_plan(const PlanOptions& o) {
@@ -32,7 +34,7 @@ int run_plan(const PlanOptions& o) {
     out_file = std::make_unique<io::AtomicFile>(o.output);
   }
 
-  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, "");
   runtime::TransformOptions options;
   options.batch = o.batch;
   runtime::TransformResult r = runtime::plan_model(*model, options);
@@ -59,6 +61,7 @@ CommandRunner add_plan_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "plan", "Show the fusion plan of a model after its conversions; optionally save it as JSON");
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output,
                   "write the plan as JSON (edit 'apply' to turn matches off, then pass it to "
                   "'qforge transform --plan')")

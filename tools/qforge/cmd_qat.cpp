@@ -25,6 +25,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/pipeline_adapters.h"
 #include "tools/qforge/report_output.h"
 
@@ -57,6 +58,7 @@ struct QatOptions {
   int threads = 0;
   bool freeze_scales = false;      // the default; the flag says it explicitly
   PreprocessOverrides preprocess;  // for --data and --val
+  InputShapeFlag input_shape;
 };
 
 const char* kOptimizers = "sgd or adamw";
@@ -139,7 +141,7 @@ int run_qat(QatOptions o) {
     io::check_output_paths("qat", outputs, resume_input);
   }
 
-  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   DataSource data = DataSource::open(o.data, *model, o.preprocess);
   if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
   s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
@@ -185,7 +187,8 @@ int run_qat(QatOptions o) {
   calibration.per_tensor_weights = o.per_tensor_weights;
   calibration.smoothquant_alpha = o.smoothquant;
   calibration.stage = "qat";
-  const quant::ModelLoader reload = quant::model_file(o.model);
+  const quant::ModelLoader reload =
+      quant::model_file(o.model, import_options_for(o.input_shape, o.data));
   const quant::CalibrationResult calibrated =
       quant::calibrate(std::move(model), reload, DataSamples(data), calibration,
                        {.progress = progress_bars(), .calibration_pass_ended = {}});
@@ -441,6 +444,7 @@ CommandRunner add_qat_command(CLI::App& app) {
                       " (class folders give the cross-entropy's labels; .npy with --distill)")
       ->required();
   add_preprocess_flags(*cmd, o->preprocess);
+  add_input_shape_option(*cmd, o->input_shape);
   cmd->add_option("-o,--output", o->output, "Q/DQ ONNX model to write")
       ->required()
       ->check(file_path());

@@ -20,6 +20,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 
 namespace qforge::cli {
 namespace {
@@ -35,6 +36,7 @@ struct RunOptions {
   bool transform = false;
   int64_t warmup = 0;
   PreprocessOverrides preprocess;
+  InputShapeFlag input_shape;
 };
 
 int64_t argmax_row(const float* row, int64_t n) {
@@ -63,7 +65,7 @@ int run_run(RunOptions o) {
 
   runtime::SessionOptions so;
   so.executor.profile = o.profile;
-  std::unique_ptr<graph::Graph> loaded = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> loaded = load_model_to_run(o.model, o.input_shape, o.data);
   // Outputs past the first go to "<output>.<k>.npy", checked and opened before running.
   for (size_t k = 1; !o.output.empty() && k < loaded->outputs().size(); ++k) {
     output_paths.push_back({"-o", extra_output_path(o.output, k)});
@@ -201,6 +203,7 @@ CommandRunner add_run_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "Run a model over an image folder or an .npy batch");
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data, kDataFormats)->required();
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,

@@ -18,6 +18,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
@@ -31,6 +32,7 @@ struct TransformCliOptions {
   std::string data;
   int64_t batch = 1;
   PreprocessOverrides preprocess;
+  InputShapeFlag input_shape;
 };
 
 constexpr uint64_t kSampleSeed = 0;
@@ -101,7 +103,7 @@ int run_transform(const TransformCliOptions& o) {
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
-  std::unique_ptr<graph::Graph> model = graph::load_onnx(o.model);
+  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   std::optional<graph::Plan> plan;
   if (!o.plan.empty()) plan = read_plan(o.plan);
   runtime::TransformOptions options;
@@ -217,6 +219,7 @@ CommandRunner add_transform_command(CLI::App& app) {
                   std::string("data to check equivalence on, in whole batches: ") + kDataFormats +
                       " (default: one seeded random normal batch)");
   add_preprocess_flags(*cmd, opts->preprocess);
+  add_input_shape_option(*cmd, opts->input_shape);
   return [opts] { return run_transform(*opts); };
 }
 

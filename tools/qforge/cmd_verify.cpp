@@ -22,6 +22,7 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
+#include "tools/qforge/input_shape.h"
 #include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
@@ -39,6 +40,7 @@ struct VerifyCommandOptions {
   size_t list = 8;
   int threads = 0;
   PreprocessOverrides preprocess;
+  InputShapeFlag input_shape;
 };
 
 std::string read_bytes(const std::string& path) {
@@ -142,7 +144,7 @@ int run_verify(const VerifyCommandOptions& o) {
     throw_invalid("verify: --tolerance: expected a number of steps in [0, 0.5), got " +
                   std::to_string(o.tolerance));
   }
-  auto model = graph::load_onnx(o.model);
+  auto model = load_model_to_run(o.model, o.input_shape, o.data);
   if (model->inputs().size() != 1) {
     throw_unsupported("verify: model '" + o.model + "': expected one input, got " +
                       std::to_string(model->inputs().size()));
@@ -306,6 +308,7 @@ CommandRunner add_verify_command(CLI::App& app) {
   cmd->add_option("--data", opts->data,
                   std::string("the inputs the reference ran, as one batch: ") + kDataFormats);
   add_preprocess_flags(*cmd, opts->preprocess);
+  add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("--runner", opts->runner,
                   "Polygraphy runner to read (default: the first in the file)");
   cmd->add_option("--tolerance", opts->tolerance,

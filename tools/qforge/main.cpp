@@ -22,6 +22,9 @@ int main(int argc, char** argv) {
   qforge::io::install_signal_cleanup();
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
+  app.footer(
+      "Models: ONNX opsets 9 to 21 (9 to 12 converted to 13 on import). A model with dynamic "
+      "height and width takes them from --input-shape C,H,W or from the .npy data's rows.");
   app.set_version_flag("--version", "qforge 0.1.0");
   std::vector<std::pair<CLI::App*, qforge::cli::CommandRunner>> commands;
   auto add = [&](qforge::cli::CommandRunner (*add_fn)(CLI::App&)) {

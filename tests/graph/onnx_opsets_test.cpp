@@ -1,0 +1,344 @@
+// Import across opsets 9 to 21: old models through libonnx's version converter (Softmax's
+// coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 21 read natively
+// (ReduceMean's axes input, Pad's axes input, Gelu in both approximations), each form checked
+// against the model's opset, the opsets outside the range named, and the sample shape that fixes
+// dynamic dims.
+#include <gtest/gtest.h>
+
+#include <onnx/onnx_pb.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "graph/onnx_import.h"
+#include "runtime/session.h"
+#include "tests/support/errors.h"
+#include "tests/support/float_checks.h"
+#include "tests/support/random.h"
+
+namespace qforge::graph {
+namespace {
+
+using kernels::Tensor;
+
+// A model written as protobuf at one opset; a dim below 0 is symbolic (named by `dim_names`).
+class ModelProtoBuilder {
+ public:
+  explicit ModelProtoBuilder(int64_t opset) {
+    model_.set_ir_version(8);
+    auto* o = model_.add_opset_import();
+    o->set_domain("");
+    o->set_version(opset);
+    model_.mutable_graph()->set_name("opset_model");
+  }
+  void input(const std::string& name, const std::vector<int64_t>& shape,
+             const std::vector<std::string>& dim_names = {}) {
+    declare(model_.mutable_graph()->add_input(), name, shape, dim_names);
+  }
+  void untyped_shape_input(const std::string& name, int elem_type) {
+    auto* v = model_.mutable_graph()->add_input();
+    v->set_name(name);
+    v->mutable_type()->mutable_tensor_type()->set_elem_type(elem_type);
+  }
+  void output(const std::string& name, const std::optional<std::vector<int64_t>>& shape) {
+    auto* v = model_.mutable_graph()->add_output();
+    if (shape) {
+      declare(v, name, *shape, {});
+      return;
+    }
+    v->set_name(name);
+    v->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  }
+  void ints(const std::string& name, const std::vector<int64_t>& values) {
+    auto* t = model_.mutable_graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::INT64);
+    t->add_dims(static_cast<int64_t>(values.size()));
+    for (int64_t v : values) t->add_int64_data(v);
+  }
+  onnx::NodeProto* node(const std::string& op, const std::string& name,
+                        const std::vector<std::string>& inputs, const std::string& output) {
+    auto* n = model_.mutable_graph()->add_node();
+    n->set_op_type(op);
+    n->set_name(name);
+    for (const auto& in : inputs) n->add_input(in);
+    n->add_output(output);
+    return n;
+  }
+  static void attribute(onnx::NodeProto* n, const std::string& name, int64_t value) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::INT);
+    a->set_i(value);
+  }
+  static void attribute(onnx::NodeProto* n, const std::string& name,
+                        const std::vector<int64_t>& values) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::INTS);
+    for (int64_t v : values) a->add_ints(v);
+  }
+  static void attribute(onnx::NodeProto* n, const std::string& name, const std::string& value) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::STRING);
+    a->set_s(value);
+  }
+  std::string bytes() const { return model_.SerializeAsString(); }
+
+ private:
+  static void declare(onnx::ValueInfoProto* v, const std::string& name,
+                      const std::vector<int64_t>& shape, const std::vector<std::string>& names) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    auto* s = t->mutable_shape();
+    for (size_t i = 0; i < shape.size(); ++i) {
+      auto* d = s->add_dim();
+      if (shape[i] >= 0) {
+        d->set_dim_value(shape[i]);
+      } else {
+        d->set_dim_param(i < names.size() ? names[i] : "N");
+      }
+    }
+  }
+  onnx::ModelProto model_;
+};
+
+std::vector<float> run_model(const std::string& bytes, const Tensor& x,
+                             const ImportOptions& options = {}) {
+  runtime::Session session(parse_onnx(bytes, "model.onnx", options));
+  return session.run(x)[0].to_float_vector();
+}
+
+std::string import_error(ErrorKind kind, const std::string& bytes,
+                         const ImportOptions& options = {}) {
+  return testing::error_of(kind, [&] { parse_onnx(bytes, "model.onnx", options); });
+}
+
+// Opset 11's Softmax flattens the input to 2-D at `axis` and normalises each row: on [2, 3, 4]
+// with axis 1, over all 12 values of a sample. The converter keeps that meaning at opset 13.
+TEST(OnnxOpsets, Opset11SoftmaxCoercesToTwoDimensions) {
+  ModelProtoBuilder b(11);
+  b.input("x", {-1, 3, 4});
+  b.output("y", std::vector<int64_t>{-1, 3, 4});
+  ModelProtoBuilder::attribute(b.node("Softmax", "softmax", {"x"}, "y"), "axis", int64_t{1});
+  const Tensor x = testing::random_f32({2, 3, 4}, 7, -2.0f, 2.0f);
+  std::vector<float> want(24);
+  for (int n = 0; n < 2; ++n) {
+    double sum = 0;
+    for (int i = 0; i < 12; ++i) sum += std::exp(static_cast<double>(x.data<float>()[n * 12 + i]));
+    for (int i = 0; i < 12; ++i) {
+      want[n * 12 + i] =
+          static_cast<float>(std::exp(static_cast<double>(x.data<float>()[n * 12 + i])) / sum);
+    }
+  }
+  const std::unique_ptr<Graph> g = parse_onnx(b.bytes(), "softmax11.onnx");
+  EXPECT_EQ(g->opset, kConvertedOpset);
+  testing::expect_close(run_model(b.bytes(), x), want, 1e-7, 1e-6, "softmax opset 11");
+}
+
+// The converter's failure names the node: Softmax over an input of unknown rank (a Reshape to a
+// shape given at run time) cannot be rewritten for opset 13.
+TEST(OnnxOpsets, ConverterFailureNamesTheNode) {
+  ModelProtoBuilder b(11);
+  b.input("x", {-1, 3, 4});
+  b.untyped_shape_input("shape", onnx::TensorProto::INT64);
+  b.node("Reshape", "flat", {"x", "shape"}, "r");
+  ModelProtoBuilder::attribute(b.node("Softmax", "soft_7", {"r"}, "y"), "axis", int64_t{0});
+  b.output("y", std::nullopt);
+  const std::string message = import_error(ErrorKind::kUnsupported, b.bytes());
+  EXPECT_NE(
+      message.find("import: node 'soft_7' (Softmax): converting from opset 11 to 13 failed: "),
+      std::string::npos)
+      << message;
+}
+
+TEST(OnnxOpsets, OpsetsOutsideNineToTwentyOneAreNamed) {
+  for (int64_t opset : {8, 22}) {
+    ModelProtoBuilder b(opset);
+    b.input("x", {1, 4});
+    b.output("y", std::vector<int64_t>{1, 4});
+    b.node("Relu", "relu", {"x"}, "y");
+    EXPECT_EQ(import_error(ErrorKind::kUnsupported, b.bytes()),
+              "import: 'model.onnx' uses opset " + std::to_string(opset) +
+                  "; qforge imports opsets 9 to 21");
+  }
+}
+
+// ReduceMean: axes as an attribute before opset 18, as input 1 from it, with
+// noop_with_empty_axes; each form refused at the other opsets.
+TEST(OnnxOpsets, ReduceMeanAxesFollowTheOpset) {
+  const Tensor x = testing::random_f32({2, 3, 5}, 3, -1.0f, 1.0f);
+  std::vector<float> mean_over_1(10);
+  for (int n = 0; n < 2; ++n) {
+    for (int k = 0; k < 5; ++k) {
+      float s = 0;
+      for (int c = 0; c < 3; ++c) s += x.data<float>()[n * 15 + c * 5 + k];
+      mean_over_1[n * 5 + k] = s / 3;
+    }
+  }
+  ModelProtoBuilder at13(13);
+  at13.input("x", {2, 3, 5});
+  at13.output("y", std::vector<int64_t>{2, 5});
+  auto* r13 = at13.node("ReduceMean", "mean", {"x"}, "y");
+  ModelProtoBuilder::attribute(r13, "axes", std::vector<int64_t>{1});
+  ModelProtoBuilder::attribute(r13, "keepdims", int64_t{0});
+  testing::expect_close(run_model(at13.bytes(), x), mean_over_1, 1e-7, 1e-6, "opset 13");
+
+  for (int64_t opset : {18, 21}) {
+    ModelProtoBuilder b(opset);
+    b.input("x", {2, 3, 5});
+    b.ints("axes", {-2});
+    b.output("y", std::vector<int64_t>{2, 5});
+    ModelProtoBuilder::attribute(b.node("ReduceMean", "mean", {"x", "axes"}, "y"), "keepdims",
+                                 int64_t{0});
+    testing::expect_close(run_model(b.bytes(), x), mean_over_1, 1e-7, 1e-6,
+                          "opset " + std::to_string(opset));
+  }
+
+  // No axes: every axis, or none with noop_with_empty_axes.
+  ModelProtoBuilder all(18);
+  all.input("x", {2, 3, 5});
+  all.output("y", std::vector<int64_t>{1, 1, 1});
+  all.node("ReduceMean", "mean", {"x"}, "y");
+  float total = 0;
+  for (float v : x.to_float_vector()) total += v;
+  testing::expect_close(run_model(all.bytes(), x), {total / 30}, 1e-7, 1e-5, "all axes");
+  ModelProtoBuilder noop(18);
+  noop.input("x", {2, 3, 5});
+  noop.output("y", std::vector<int64_t>{2, 3, 5});
+  ModelProtoBuilder::attribute(noop.node("ReduceMean", "mean", {"x"}, "y"), "noop_with_empty_axes",
+                               int64_t{1});
+  EXPECT_EQ(run_model(noop.bytes(), x), x.to_float_vector());
+
+  ModelProtoBuilder input_at17(17);
+  input_at17.input("x", {2, 3, 5});
+  input_at17.ints("axes", {1});
+  input_at17.output("y", std::nullopt);
+  input_at17.node("ReduceMean", "mean", {"x", "axes"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, input_at17.bytes()),
+            "import: node 'mean' (ReduceMean): expected 1 input at opset 17 (axes is an input from "
+            "opset 18), got 2");
+  ModelProtoBuilder attribute_at18(18);
+  attribute_at18.input("x", {2, 3, 5});
+  attribute_at18.output("y", std::nullopt);
+  ModelProtoBuilder::attribute(attribute_at18.node("ReduceMean", "mean", {"x"}, "y"), "axes",
+                               std::vector<int64_t>{1});
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, attribute_at18.bytes()),
+            "import: node 'mean' (ReduceMean): expected axes as input 1 at opset 18 (axes is an "
+            "input from opset 18), got attribute 'axes'");
+}
+
+// Pad's axes input (opset 18) pads the listed axes only; before 18 it is refused.
+TEST(OnnxOpsets, PadAxesInputFromOpset18) {
+  const Tensor x = testing::random_f32({1, 2, 3}, 5, -1.0f, 1.0f);
+  for (int64_t opset : {17, 18}) {
+    ModelProtoBuilder b(opset);
+    b.input("x", {1, 2, 3});
+    b.ints("pads", {1, 2});  // axis 2: one before, two after
+    b.ints("axes", {-1});
+    b.output("y", std::nullopt);
+    b.node("Pad", "pad", {"x", "pads", "", "axes"}, "y");
+    if (opset == 17) {
+      EXPECT_EQ(import_error(ErrorKind::kInvalid, b.bytes()),
+                "import: node 'pad' (Pad): expected at most 3 inputs at opset 17 (axes is input 3 "
+                "from opset 18), got 4");
+      continue;
+    }
+    std::vector<float> want;
+    for (int c = 0; c < 2; ++c) {
+      want.push_back(0);
+      for (int k = 0; k < 3; ++k) want.push_back(x.data<float>()[c * 3 + k]);
+      want.push_back(0);
+      want.push_back(0);
+    }
+    EXPECT_EQ(run_model(b.bytes(), x), want);
+  }
+}
+
+// Gelu (opset 20) in both approximations, against float64 formulas; refused before opset 20 and
+// with an unknown approximation.
+TEST(OnnxOpsets, GeluBothApproximations) {
+  const Tensor x = testing::random_f32({3, 7}, 9, -5.0f, 5.0f);
+  for (const std::string approximate : {"none", "tanh"}) {
+    ModelProtoBuilder b(20);
+    b.input("x", {3, 7});
+    b.output("y", std::vector<int64_t>{3, 7});
+    ModelProtoBuilder::attribute(b.node("Gelu", "gelu", {"x"}, "y"), "approximate", approximate);
+    std::vector<float> want;
+    for (float f : x.to_float_vector()) {
+      const double v = f;
+      const double cdf =
+          approximate == "none"
+              ? 0.5 * (1 + std::erf(v / std::sqrt(2.0)))
+              : 0.5 * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+      want.push_back(static_cast<float>(v * cdf));
+    }
+    testing::expect_close(run_model(b.bytes(), x), want, 2e-7, 1e-6, approximate);
+  }
+  ModelProtoBuilder early(18);
+  early.input("x", {3, 7});
+  early.output("y", std::nullopt);
+  early.node("Gelu", "gelu", {"x"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, early.bytes()),
+            "import: node 'gelu' (Gelu): expected opset 20 or later for Gelu, got opset 18");
+  ModelProtoBuilder odd(20);
+  odd.input("x", {3, 7});
+  odd.output("y", std::nullopt);
+  ModelProtoBuilder::attribute(odd.node("Gelu", "gelu", {"x"}, "y"), "approximate",
+                               std::string("fast"));
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
+            "import: node 'gelu' (Gelu): expected attribute 'approximate' \"none\" or \"tanh\", "
+            "got \"fast\"");
+}
+
+// Above opset 17 libonnx's checker does not run: qforge's own structure checks do.
+TEST(OnnxOpsets, StructureIsCheckedWithoutLibonnxChecker) {
+  ModelProtoBuilder undefined(20);
+  undefined.input("x", {2, 3});
+  undefined.output("y", std::nullopt);
+  undefined.node("Relu", "relu", {"ghost"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, undefined.bytes()),
+            "import: node 'relu' (Relu): input 'ghost' is neither a graph input, an initializer "
+            "nor an earlier node's output");
+  ModelProtoBuilder twice(21);
+  twice.input("x", {2, 3});
+  twice.output("y", std::nullopt);
+  twice.node("Relu", "relu", {"x"}, "y");
+  twice.node("Neg", "neg", {"x"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, twice.bytes()),
+            "import: node 'neg' (Neg): output 'y' is defined twice");
+}
+
+// The sample shape fills dynamic dims; required static dims are named when left dynamic; a
+// static dim that differs is refused.
+TEST(OnnxOpsets, SampleShapeFixesDynamicDims) {
+  ModelProtoBuilder b(13);
+  b.input("image", {-1, 3, -1, -1}, {"batch", "", "height", "width"});
+  b.output("y", std::vector<int64_t>{-1, 3, -1, -1});
+  b.node("Relu", "relu", {"image"}, "y");
+  ImportOptions required;
+  required.require_static_sample = "say how";
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, b.bytes(), required),
+            "import: input 'image' [batch, 3, height, width]: expected static dims after the "
+            "batch, got dynamic 'height', 'width'; say how");
+  ImportOptions fixed = required;
+  fixed.sample_shape = Shape{3, 5, 6};
+  const std::unique_ptr<Graph> g = parse_onnx(b.bytes(), "model.onnx", fixed);
+  EXPECT_EQ(*g->inputs()[0]->shape(), (Shape{-1, 3, 5, 6}));
+  fixed.sample_shape = Shape{4, 5, 6};
+  fixed.sample_shape_origin = "--input-shape";
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, b.bytes(), fixed),
+            "import: input 'image' [batch, 3, height, width]: expected 3 dims after the batch "
+            "agreeing with its static dims, got --input-shape [4, 5, 6]");
+  // Not required to match (a shape read from data): left as declared for the data's checks.
+  fixed.sample_shape_must_match = false;
+  fixed.require_static_sample.reset();
+  EXPECT_EQ(*parse_onnx(b.bytes(), "model.onnx", fixed)->inputs()[0]->shape(),
+            (Shape{-1, 3, -1, -1}));
+}
+
+}  // namespace
+}  // namespace qforge::graph

@@ -1,0 +1,238 @@
+// The models of data/generate/opset_models.py (a CNN and a transformer block exported by PyTorch
+// at opsets 9, 11, 13 and 17, and converted by hand to 18, 20 and 21): `qforge run` gives
+// PyTorch's outputs; `qforge calibrate` quantizes them into Q/DQ models that ONNX Runtime runs as
+// qforge does (teacher-forced `qforge verify`, no mismatch); `qforge grad` gives PyTorch's loss
+// and gradients through converted and opset-20 models (Gelu's tanh form, ReduceMean's axes
+// input); dynamic height and width take
+// --input-shape or the .npy data's shape, and without either the error says so.
+#include <gtest/gtest.h>
+
+#include <onnx/onnx_pb.h>
+
+#include <algorithm>
+#include <cmath>
+#include <ostream>
+#include <string>
+
+#include "tests/support/float_checks.h"
+#include "tests/support/ort_runner.h"
+#include "tests/support/test_support.h"
+#include "tools/io/npy.h"
+#include "tools/io/npz.h"
+
+namespace qforge {
+namespace {
+
+using testing::data_path;
+using testing::run_cli;
+using testing::TempDir;
+
+struct OpsetModel {
+  std::string name;       // data/models/opset/<name>.onnx
+  std::string family;     // data/golden/opset/<family>_{input,output}.npy
+  int64_t written_opset;  // the opset of the Q/DQ model calibrate writes
+};
+
+const OpsetModel kModels[] = {
+    {"cnn_opset9", "cnn", 13},
+    {"cnn_opset11", "cnn", 13},
+    {"cnn_opset13", "cnn", 13},
+    {"cnn_opset17", "cnn", 17},
+    {"cnn_opset18", "cnn", 18},
+    {"transformer_opset9", "transformer", 13},
+    {"transformer_opset11", "transformer", 13},
+    {"transformer_opset13", "transformer", 13},
+    {"transformer_opset17", "transformer", 17},
+    {"transformer_opset18", "transformer", 18},
+    {"transformer_opset20", "transformer", 20},
+    {"transformer_opset21", "transformer", 21},
+    {"transformer_tanh_opset17", "transformer_tanh", 17},
+    {"transformer_tanh_opset20", "transformer_tanh", 20},
+};
+
+// Test names and failure messages show the model's name, not its bytes.
+void PrintTo(const OpsetModel& m, std::ostream* os) {
+  *os << m.name;
+}
+
+std::string model_path(const std::string& name) {
+  return data_path("models/opset/" + name + ".onnx");
+}
+std::string golden(const std::string& file) {
+  return data_path("golden/opset/" + file);
+}
+
+std::string input_of(const OpsetModel& m) {
+  return golden((m.family == "transformer_tanh" ? std::string("transformer") : m.family) +
+                "_input.npy");
+}
+
+// Every element within 1e-4 · max(1, max |ref|) of PyTorch's.
+void expect_matches_pytorch(const std::string& output, const std::string& reference) {
+  const kernels::Tensor got = io::read_npy(output);
+  const kernels::Tensor want = io::read_npy(reference);
+  ASSERT_EQ(got.shape(), want.shape());
+  const std::vector<float> g = got.to_float_vector();
+  const std::vector<float> w = want.to_float_vector();
+  float peak = 1;
+  for (float v : w) peak = std::max(peak, std::abs(v));
+  for (size_t i = 0; i < g.size(); ++i) {
+    EXPECT_LE(std::abs(g[i] - w[i]), 1e-4f * peak) << "element " << i;
+  }
+}
+
+class OpsetModelCli : public ::testing::TestWithParam<OpsetModel> {};
+
+TEST_P(OpsetModelCli, RunMatchesPyTorch) {
+  const OpsetModel& m = GetParam();
+  TempDir dir;
+  const auto r = run_cli("run " + model_path(m.name) + " --data " + input_of(m) + " -o " +
+                         dir.file("out.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_matches_pytorch(dir.file("out.npy"), golden(m.family + "_output.npy"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Opsets, OpsetModelCli, ::testing::ValuesIn(kModels),
+                         [](const auto& p) { return p.param.name; });
+
+// The Q/DQ model calibrate writes keeps the model's opset (13 for the converted ones), and ORT's
+// values of its Q/DQ points are qforge's.
+class OpsetCalibrated : public ::testing::TestWithParam<OpsetModel> {};
+
+TEST_P(OpsetCalibrated, RunsInOrtAsInQforge) {
+  const OpsetModel& m = GetParam();
+  TempDir dir;
+  const std::string qdq = dir.file("m.qdq.onnx");
+  const auto cal = run_cli("calibrate " + model_path(m.name) + " --data " + input_of(m) +
+                           " --batch 8 --flip-injections 0 -o " + qdq);
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  onnx::ModelProto proto;
+  ASSERT_TRUE(proto.ParseFromString(testing::read_text(qdq)));
+  ASSERT_EQ(proto.opset_import_size(), 1);
+  EXPECT_EQ(proto.opset_import(0).version(), m.written_opset);
+  int quantize_nodes = 0;
+  for (const auto& n : proto.graph().node()) quantize_nodes += n.op_type() == "QuantizeLinear";
+  EXPECT_GT(quantize_nodes, 2);
+
+  const std::string dump = dir.file("ort.npz");
+  testing::ort_dump(qdq, input_of(m), dump, "disabled");
+  const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " +
+                                input_of(m) + " --tolerance 1e-4");
+  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+}
+
+// One model per path through import: converted (9, 11), native with libonnx's checks (17) and
+// without them (18, 20 with both Gelu forms, 21).
+const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6], kModels[8],
+                                  kModels[10], kModels[11], kModels[13]};
+
+INSTANTIATE_TEST_SUITE_P(Opsets, OpsetCalibrated, ::testing::ValuesIn(kCalibrated),
+                         [](const auto& p) { return p.param.name; });
+
+// The mean cross-entropy and every gradient PyTorch gives for a parameter the model keeps as an
+// initializer (data/golden/opset/<model>_grads.npz): loss within 1e-5 relative, each gradient
+// within 1e-4 relative L2, as the bundled models' training goldens: the converted CNN, and the
+// transformer with both forms of the Gelu node.
+class OpsetGradients : public ::testing::TestWithParam<OpsetModel> {};
+
+TEST_P(OpsetGradients, MatchPyTorch) {
+  const OpsetModel& m = GetParam();
+  TempDir dir;
+  const auto r = run_cli("grad " + model_path(m.name) + " --data " + input_of(m) + " --labels " +
+                         golden("labels.npy") + " -o " + dir.file("grads.npz"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto got = io::read_npz(dir.file("grads.npz"));
+  const auto want = io::read_npz(golden(m.name + "_grads.npz"));
+  ASSERT_GE(want.size(), 5u);
+  // Attention's key bias has a zero gradient by construction (softmax ignores a constant added
+  // to a row): both sides are rounding noise there, to be held below 1e-6 of the whole norm.
+  auto norm = [](const kernels::Tensor& t) {
+    double sum = 0;
+    for (float v : t.to_float_vector()) sum += static_cast<double>(v) * v;
+    return std::sqrt(sum);
+  };
+  double total = 0;
+  for (const auto& [name, reference] : want) {
+    if (name != "loss") total += norm(reference) * norm(reference);
+  }
+  const double zero_level = 1e-6 * std::sqrt(total);
+  for (const auto& [name, reference] : want) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(got.count(name));
+    const kernels::Tensor& g = got.at(name);
+    ASSERT_EQ(g.shape(), reference.shape());
+    if (name == "loss") {
+      const float l = reference.data<float>()[0];
+      EXPECT_LE(std::abs(g.data<float>()[0] - l), 1e-5f * std::abs(l));
+      continue;
+    }
+    if (norm(reference) <= zero_level) {
+      EXPECT_LE(norm(g), zero_level) << "zero by construction";
+      continue;
+    }
+    EXPECT_LE(testing::relative_l2(g, reference), 1e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Opsets, OpsetGradients,
+                         ::testing::Values(kModels[0], kModels[11], kModels[13]),
+                         [](const auto& p) { return p.param.name; });
+
+TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
+  TempDir dir;
+  const std::string model = model_path("cnn_dynamic_hw_opset13");
+  // The .npy rows give 3×12×20.
+  auto r = run_cli("run " + model + " --data " + golden("cnn_wide_input.npy") + " -o " +
+                   dir.file("wide.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_matches_pytorch(dir.file("wide.npy"), golden("cnn_wide_output.npy"));
+  // --input-shape agrees with the data.
+  r = run_cli("run " + model + " --input-shape 3,16,16 --data " + golden("cnn_input.npy") + " -o " +
+              dir.file("square.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_matches_pytorch(dir.file("square.npy"), golden("cnn_output.npy"));
+  // Transform checks on random inputs of the given shape; plan and inspect resolve at it.
+  r = run_cli("transform " + model + " --input-shape 3,16,16 -o " + dir.file("t.onnx"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("plan " + model + " --input-shape 3,16,16");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("inspect " + model + " --input-shape 3,12,20");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("input    input  float32[N, 3, 12, 20]"), std::string::npos) << r.out;
+}
+
+TEST(OpsetCli, DynamicHeightAndWidthWithoutAShapeAreNamed) {
+  TempDir dir;
+  const std::string model = model_path("cnn_dynamic_hw_opset13");
+  auto r = run_cli("transform " + model + " -o " + dir.file("t.onnx"));
+  testing::expect_one_line_error(
+      r,
+      "import: input 'input' [batch, 3, height, width]: expected static dims after the batch, got "
+      "dynamic 'height', 'width'; give them with --input-shape (the dims after the batch, e.g. "
+      "3,224,224) or feed .npy data of that shape");
+  r = run_cli("run " + model + " --input-shape 3,16 --data " + golden("cnn_input.npy"));
+  testing::expect_one_line_error(
+      r,
+      "import: input 'input' [batch, 3, height, width]: expected 3 dims after the batch "
+      "agreeing with its static dims, got --input-shape [3, 16]");
+  r = run_cli("run " + model + " --input-shape 3,0,4 --data " + golden("cnn_input.npy"));
+  testing::expect_one_line_error(r, "--input-shape: expected an integer >= 1, got '0'");
+}
+
+TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {
+  TempDir dir;
+  for (int64_t opset : {8, 22}) {
+    onnx::ModelProto proto;
+    ASSERT_TRUE(proto.ParseFromString(testing::read_text(model_path("cnn_opset13"))));
+    proto.mutable_opset_import(0)->set_version(opset);
+    const std::string path = dir.file("m" + std::to_string(opset) + ".onnx");
+    testing::write_bytes(path, proto.SerializeAsString());
+    const auto r = run_cli("run " + path + " --data " + golden("cnn_input.npy"));
+    testing::expect_one_line_error(
+        r, "uses opset " + std::to_string(opset) + "; qforge imports opsets 9 to 21");
+  }
+}
+
+}  // namespace
+}  // namespace qforge
