@@ -194,7 +194,7 @@ TEST(CalibrateCli, EmptyImageFolderIsRejected) {
   std::filesystem::create_directories(dir.path() / "images" / "a");
   auto r = run_cli("calibrate " + kResnet + " --data " + dir.file("images") + " -o " +
                    dir.file("out.onnx"));
-  expect_one_line_error(r, "no .png images");
+  expect_one_line_error(r, "no .jpg, .jpeg or .png images");
   expect_no_files(dir, {"images"});
 }
 

@@ -208,7 +208,7 @@ TEST(IoPng, ExpandsLowBitGrayAndPalette) {
             (std::vector<int>{70, 80, 90, 255, 10, 20, 30, 255, 40, 50, 60, 0}));
 }
 
-TEST(IoPng, SixteenBitKeepsHighByteAndInterlacedMatches) {
+TEST(IoPng, SixteenBitKeepsHighByteGrayClipsAndInterlacedMatches) {
   TempDir dir;
   PngSpec rgb16{2,
                 1,
@@ -223,9 +223,13 @@ TEST(IoPng, SixteenBitKeepsHighByteAndInterlacedMatches) {
   EXPECT_EQ(image.channels, 3);
   EXPECT_EQ(as_ints(image.pixels), (std::vector<int>{0x12, 0xff, 0x00, 0x80, 0x7f, 0x01}));
 
-  PngSpec gray16{1, 1, PNG_COLOR_TYPE_GRAY, 16, false, {}, {}, {0xabcd}};
+  // 16-bit gray opens in PIL as 32-bit integers, which its 8-bit conversion clips.
+  PngSpec gray16{3, 1, PNG_COLOR_TYPE_GRAY, 16, false, {}, {}, {0xabcd, 0x0042, 0x00ff}};
   write_png(dir.file("g16.png"), gray16);
-  EXPECT_EQ(as_ints(decode_png(dir.file("g16.png")).pixels), (std::vector<int>{0xab}));
+  EXPECT_EQ(as_ints(decode_png(dir.file("g16.png")).pixels), (std::vector<int>{255, 0x42, 255}));
+  PngSpec ga16{1, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 16, false, {}, {}, {0xabcd, 0x1234}};
+  write_png(dir.file("ga16.png"), ga16);
+  EXPECT_EQ(as_ints(decode_png(dir.file("ga16.png")).pixels), (std::vector<int>{0xab, 0x12}));
 
   PngSpec interlaced = rgb_image(13, 11);
   interlaced.interlaced = true;
@@ -315,8 +319,8 @@ TEST(IoPreprocess, ChannelCountMustMatchTheModel) {
   EXPECT_EQ(std::vector<float>(out, out + 6),
             (std::vector<float>{0.4f, 1.0f, 0.2f, 0.8f, 0.0f, 0.6f}));
 
-  // Gray, alpha and palette images are refused for an RGB model, naming the file and what it
-  // holds: qforge does not guess a conversion.
+  // Gray, alpha and palette images become RGB for an RGB model as PIL's convert("RGB") makes
+  // them: gray replicated, alpha dropped (not composited), palette entries looked up.
   write_png(dir.file("gray.png"), PngSpec{2, 1, PNG_COLOR_TYPE_GRAY, 8, false, {}, {}, {51, 102}});
   write_png(
       dir.file("rgba.png"),
@@ -326,26 +330,30 @@ TEST(IoPreprocess, ChannelCountMustMatchTheModel) {
   write_png(dir.file("palette.png"), palette);
   write_png(dir.file("ga.png"),
             PngSpec{2, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 8, false, {}, {}, {51, 0, 255, 9}});
-  const std::string rgb_model = ", the model expects 3 (RGB); qforge does not convert channels";
-  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("gray.png"), rgb, out); }),
-            dir.file("gray.png") + ": image is grayscale (1 channel)" + rgb_model);
-  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("rgba.png"), rgb, out); }),
-            dir.file("rgba.png") + ": image is RGBA (4 channels)" + rgb_model);
-  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("palette.png"), rgb, out); }),
-            dir.file("palette.png") + ": image is a palette image (indexed colors)" + rgb_model);
-  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("ga.png"), rgb, out); }),
-            dir.file("ga.png") + ": image is grayscale+alpha (2 channels)" + rgb_model);
+  Preprocess plain_rgb{3, 1, 2, 1.0f, {}, {}, false};  // pixel values as they are
+  load_image(dir.file("gray.png"), plain_rgb, out);
+  EXPECT_EQ(std::vector<float>(out, out + 6), (std::vector<float>{51, 102, 51, 102, 51, 102}));
+  load_image(dir.file("rgba.png"), plain_rgb, out);
+  EXPECT_EQ(std::vector<float>(out, out + 6), (std::vector<float>{0, 153, 51, 204, 102, 255}));
+  load_image(dir.file("palette.png"), plain_rgb, out);
+  EXPECT_EQ(std::vector<float>(out, out + 6), (std::vector<float>{10, 40, 20, 50, 30, 60}));
+  load_image(dir.file("ga.png"), plain_rgb, out);
+  EXPECT_EQ(std::vector<float>(out, out + 6), (std::vector<float>{51, 255, 51, 255, 51, 255}));
 
-  // A gray model takes gray images only.
+  // A gray model takes gray images, alpha dropped; color is not turned into gray.
   Preprocess gray{1, 1, 2, 255.0f, {}, {}, false};
   load_image(dir.file("gray.png"), gray, out);
   EXPECT_EQ(std::vector<float>(out, out + 2), (std::vector<float>{0.2f, 0.4f}));
+  load_image(dir.file("ga.png"), gray, out);
+  EXPECT_EQ(std::vector<float>(out, out + 2), (std::vector<float>{0.2f, 1.0f}));
   const std::string gray_model =
-      ", the model expects 1 (grayscale); qforge does not convert channels";
-  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("ga.png"), gray, out); }),
-            dir.file("ga.png") + ": image is grayscale+alpha (2 channels)" + gray_model);
+      ", the model expects 1 (grayscale); qforge does not convert color to grayscale";
   EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("rgb.png"), gray, out); }),
             dir.file("rgb.png") + ": image is RGB (3 channels)" + gray_model);
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("rgba.png"), gray, out); }),
+            dir.file("rgba.png") + ": image is RGBA (4 channels)" + gray_model);
+  EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { load_image(dir.file("palette.png"), gray, out); }),
+            dir.file("palette.png") + ": image is a palette image (indexed colors)" + gray_model);
 }
 
 TEST(IoPreprocess, WrongSizeNamesFileAndBothSizes) {
@@ -437,11 +445,13 @@ TEST(IoPreprocess, BadMetadataNamesTheKey) {
     });
     EXPECT_NE(message.find(c.message), std::string::npos) << message;
   }
+  EXPECT_TRUE(preprocess_from_metadata({{"qforge.layout", "NHWC"}}).nhwc);
   EXPECT_EQ(error_of(ErrorKind::kUnsupported,
                      [&] {
-                       preprocess_from_metadata({{"qforge.layout", "NHWC"}});
+                       preprocess_from_metadata({{"qforge.layout", "CHWN"}});
                      }),
-            "model metadata 'qforge.layout': layout 'NHWC' is not supported (expected NCHW)");
+            "model metadata 'qforge.layout': layout 'CHWN' is not supported (expected NCHW or "
+            "NHWC)");
 }
 
 TEST(IoPreprocess, CheckRejectsBadFields) {
@@ -477,7 +487,7 @@ TEST(IoImageFolder, ClassesAndFilesAreSortedByName) {
     }
   }
   std::ofstream(dir.file("a/notes.txt")) << "not an image";
-  std::ofstream(dir.file("a/c.jpg")) << "not a png";
+  std::ofstream(dir.file("a/c.gif")) << "not a format qforge reads";
   fs::create_directories(dir.file(".hidden"));
   write_png(dir.file(".hidden/x.png"), rgb_image(2, 2));
   fs::create_directories(dir.file("empty"));  // keeps its class index
@@ -492,6 +502,31 @@ TEST(IoImageFolder, ClassesAndFilesAreSortedByName) {
     EXPECT_EQ(folder.path(i), dir.file(folder.class_names()[i / 4] + "/" + order[i % 4]));
   }
   EXPECT_EQ(folder.labels(6, 4), (std::vector<int64_t>{1, 1, 2, 2}));
+  EXPECT_EQ(folder.skipped_files(), 2u);
+}
+
+TEST(IoImageFolder, ListsJpegAndPngInAnyCaseThroughSubfolders) {
+  // torchvision's order (checked with ImageFolder on this tree): folders by path, so
+  // "sub-x" ('-' < '/') comes before "sub/deeper"; then files by name.
+  TempDir dir;
+  for (const char* name : {"cat/b.JPG", "cat/a.Png", "cat/sub/a.jpeg", "cat/sub-x/c.jpg",
+                           "cat/sub/deeper/d.png", "cat/notes.txt", "cat/sub/e.gif", "dog/x.jpg"}) {
+    fs::create_directories(fs::path(dir.file(name)).parent_path());
+    std::ofstream(dir.file(name)) << "only the names are read here";
+  }
+  ImageFolder folder(dir.path().string(), Preprocess{3, 2, 2, 255.0f, {}, {}, false});
+  EXPECT_EQ(folder.class_names(), (std::vector<std::string>{"cat", "dog"}));
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < folder.size(); ++i) paths.push_back(folder.path(i));
+  EXPECT_EQ(paths,
+            (std::vector<std::string>{dir.file("cat/a.Png"), dir.file("cat/b.JPG"),
+                                      dir.file("cat/sub/a.jpeg"), dir.file("cat/sub-x/c.jpg"),
+                                      dir.file("cat/sub/deeper/d.png"), dir.file("dog/x.jpg")}));
+  EXPECT_EQ(folder.labels(0, 6), (std::vector<int64_t>{0, 0, 0, 0, 0, 1}));
+  EXPECT_EQ(folder.skipped_files(), 2u);
+  EXPECT_TRUE(is_image_name(".jpeg"));
+  EXPECT_FALSE(is_image_name("photo.jpg.txt"));
+  EXPECT_FALSE(is_image_name("jpg"));
 }
 
 TEST(IoImageFolder, LooseImagesAreUnlabelled) {
@@ -520,11 +555,11 @@ TEST(IoImageFolder, ScanErrors) {
   fs::create_directories(dir.file("empty/cls"));
   std::ofstream(dir.file("empty/cls/readme.txt")) << "no images";
   EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { ImageFolder(dir.file("empty"), p); }),
-            "dataset '" + dir.file("empty") + "': no .png images found");
+            "dataset '" + dir.file("empty") + "': no .jpg, .jpeg or .png images found");
   write_png(dir.file("mixed/loose.png"), rgb_image(2, 2));
   write_png(dir.file("mixed/cls/in.png"), rgb_image(2, 2));
   EXPECT_NE(error_of(ErrorKind::kInvalid, [&] { ImageFolder(dir.file("mixed"), p); })
-                .find("holds both .png files and class folders"),
+                .find("holds both image files and class folders"),
             std::string::npos);
   Preprocess bad = p;
   bad.channels = 0;
@@ -574,7 +609,8 @@ TEST(IoImageFolder, FirstBadImageIsReported) {
   for (int attempt = 0; attempt < 5; ++attempt) {
     EXPECT_EQ(error_of(ErrorKind::kInvalid, [&] { folder.load_batch(0, 8, out.data()); }),
               dir.file("img2.png") +
-                  ": image is 3×4, the model expects 4×4 (width×height; qforge does not resize)");
+                  ": image is 3×4, the model expects 4×4 (width×height); resize and center-crop "
+                  "it with --resize and --crop, e.g. --resize 4 --crop 4,4");
   }
 }
 

@@ -1,4 +1,4 @@
-// PNG decoding (libpng), preprocessing and the ImageFolder scan.
+// PNG decoding (libpng), the preprocessing pipeline and the ImageFolder scan.
 #include "tools/io/image_folder.h"
 
 #include <png.h>
@@ -13,9 +13,12 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <tuple>
 
 #include "kernels/error.h"
 #include "kernels/parallel.h"
+#include "tools/io/jpeg.h"
+#include "tools/io/resample.h"
 
 namespace qforge::io {
 
@@ -107,15 +110,17 @@ void on_png_warning(png_structp, png_const_charp) {}
 
 // libpng reports errors by longjmp out of its calls. The two functions that call it hold no
 // object with a destructor, so the jump skips nothing; the caller owns every resource.
-bool png_read_header(png_structp png, png_infop info, int* stored_color_type) {
+// 16-bit gray keeps its 16 bits (PIL clips it rather than taking the high byte); other 16-bit
+// samples keep their high byte.
+bool png_read_header(png_structp png, png_infop info, int* stored_color_type, int* bit_depth) {
   if (setjmp(png_jmpbuf(png))) return false;
   png_read_info(png, info);
   int color_type = png_get_color_type(png, info);
   *stored_color_type = color_type;
-  int bit_depth = png_get_bit_depth(png, info);
+  *bit_depth = png_get_bit_depth(png, info);
   if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-  if (color_type == PNG_COLOR_TYPE_GRAY && bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-  if (bit_depth == 16) png_set_strip_16(png);
+  if (color_type == PNG_COLOR_TYPE_GRAY && *bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (*bit_depth == 16 && color_type != PNG_COLOR_TYPE_GRAY) png_set_strip_16(png);
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
   return true;
@@ -149,11 +154,16 @@ class PngReader {
 
   // Reads the header; afterwards width(), height() and channels() describe the decoded image.
   void read_header() {
-    if (!png_read_header(png_, info_, &stored_color_type_)) fail();
+    int bit_depth = 0;
+    if (!png_read_header(png_, info_, &stored_color_type_, &bit_depth)) fail();
+    // Checked before any pixel buffer is allocated: a header may claim anything.
+    check_image_pixels(png_get_image_width(png_, info_), png_get_image_height(png_, info_), path_);
     width_ = static_cast<int>(png_get_image_width(png_, info_));
     height_ = static_cast<int>(png_get_image_height(png_, info_));
     channels_ = png_get_channels(png_, info_);
-    if (png_get_rowbytes(png_, info_) != static_cast<size_t>(width_) * channels_) {
+    gray16_ = stored_color_type_ == PNG_COLOR_TYPE_GRAY && bit_depth == 16;
+    const size_t sample_bytes = gray16_ ? 2 : 1;
+    if (png_get_rowbytes(png_, info_) != static_cast<size_t>(width_) * channels_ * sample_bytes) {
       throw_internal(path_ + ": libpng row size does not match 8-bit samples");
     }
   }
@@ -165,11 +175,21 @@ class PngReader {
 
   Image read_image() {
     Image image{width_, height_, channels_, {}};
-    size_t row_bytes = static_cast<size_t>(width_) * channels_;
-    image.pixels.resize(row_bytes * height_);
+    const size_t row_bytes = static_cast<size_t>(width_) * channels_ * (gray16_ ? 2 : 1);
+    std::vector<uint8_t> stored(row_bytes * height_);
     std::vector<png_bytep> rows(height_);
-    for (int y = 0; y < height_; ++y) rows[y] = image.pixels.data() + row_bytes * y;
+    for (int y = 0; y < height_; ++y) rows[y] = stored.data() + row_bytes * y;
     if (!png_read_pixels(png_, rows.data())) fail();
+    if (!gray16_) {
+      image.pixels = std::move(stored);
+      return image;
+    }
+    // Big-endian 16-bit gray, clipped to 255 as PIL converts its mode "I" to 8 bits.
+    image.pixels.resize(stored.size() / 2);
+    for (size_t i = 0; i < image.pixels.size(); ++i) {
+      int value = stored[2 * i] << 8 | stored[2 * i + 1];
+      image.pixels[i] = static_cast<uint8_t>(std::min(value, 255));
+    }
     return image;
   }
 
@@ -184,6 +204,7 @@ class PngReader {
   png_infop info_ = nullptr;
   int width_ = 0, height_ = 0, channels_ = 0;
   int stored_color_type_ = -1;
+  bool gray16_ = false;
 };
 
 std::vector<uint8_t> read_bytes(const std::string& path) {
@@ -221,19 +242,20 @@ const char* channels_name(int channels) {
 
 // ---- folder scan ----
 
-bool is_png_name(const fs::path& p) {
-  std::string ext = p.extension().string();
-  return upper(ext) == ".PNG";
-}
-
-// Regular files (or links to them) named *.png directly in dir, sorted bytewise by name.
-std::vector<std::string> list_pngs(const fs::path& dir, const std::string& root) {
+// Image files (regular files or links to them, see is_image_name) directly in dir, sorted
+// bytewise by name; other regular files are counted in *skipped.
+std::vector<std::string> list_images(const fs::path& dir, const std::string& root,
+                                     size_t* skipped) {
   std::vector<std::string> names;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::error_code type_ec;
-    if (is_png_name(it->path()) && it->is_regular_file(type_ec)) {
-      names.push_back(it->path().filename().string());
+    if (!it->is_regular_file(type_ec)) continue;
+    std::string name = it->path().filename().string();
+    if (is_image_name(name)) {
+      names.push_back(std::move(name));
+    } else {
+      ++*skipped;
     }
   }
   if (ec) throw_io("dataset '" + root + "': cannot list '" + dir.string() + "': " + ec.message());
@@ -241,9 +263,45 @@ std::vector<std::string> list_pngs(const fs::path& dir, const std::string& root)
   return names;
 }
 
+// Every image under a class folder, as torchvision lists them with sorted(os.walk(dir,
+// followlinks=True)): folders ordered by their path, the files of each by name.
+std::vector<std::string> list_class_images(const fs::path& class_dir, const std::string& root,
+                                           size_t* skipped) {
+  std::vector<std::string> dirs = {class_dir.string()};
+  std::error_code ec;
+  for (fs::recursive_directory_iterator
+           it(class_dir, fs::directory_options::follow_directory_symlink, ec),
+       end;
+       !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (it->is_directory(type_ec)) dirs.push_back(it->path().string());
+  }
+  if (ec) {
+    throw_io("dataset '" + root + "': cannot list '" + class_dir.string() + "': " + ec.message());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  std::vector<std::string> paths;
+  for (const std::string& dir : dirs) {
+    for (const std::string& name : list_images(dir, root, skipped)) {
+      paths.push_back((fs::path(dir) / name).string());
+    }
+  }
+  return paths;
+}
+
+const char* const kImageKinds = ".jpg, .jpeg or .png";
+
 }  // namespace
 
 // ---- Preprocess ----
+
+bool has_preprocess_metadata(const std::map<std::string, std::string>& metadata) {
+  for (std::string_view key :
+       {kMetaPixelScale, kMetaMean, kMetaStd, kMetaChannelOrder, kMetaLayout}) {
+    if (find_key(metadata, key)) return true;
+  }
+  return false;
+}
 
 Preprocess preprocess_from_metadata(const std::map<std::string, std::string>& metadata) {
   Preprocess p;
@@ -276,10 +334,12 @@ Preprocess preprocess_from_metadata(const std::map<std::string, std::string>& me
     p.bgr = order == "BGR";
   }
   if (const std::string* v = find_key(metadata, kMetaLayout)) {
-    if (upper(trim(*v)) != "NCHW") {
+    std::string layout = upper(trim(*v));
+    if (layout != "NCHW" && layout != "NHWC") {
       throw_unsupported("model metadata '" + std::string(kMetaLayout) + "': layout '" + *v +
-                        "' is not supported (expected NCHW)");
+                        "' is not supported (expected NCHW or NHWC)");
     }
+    p.nhwc = layout == "NHWC";
   }
   return p;
 }
@@ -287,15 +347,23 @@ Preprocess preprocess_from_metadata(const std::map<std::string, std::string>& me
 Preprocess preprocess_from_metadata(const std::map<std::string, std::string>& metadata,
                                     std::span<const int64_t> model_input_shape) {
   Preprocess p = preprocess_from_metadata(metadata);
+  fill_input_size(p, model_input_shape);
+  return p;
+}
+
+void fill_input_size(Preprocess& p, std::span<const int64_t> model_input_shape) {
   // An empty shape is an input whose shape the model does not state: the metadata must.
   if (!model_input_shape.empty() && model_input_shape.size() != 4) {
-    throw_invalid("model input: expected an N x C x H x W image input, got shape " +
+    throw_invalid(std::string("model input: expected an ") +
+                  (p.nhwc ? "N x H x W x C" : "N x C x H x W") + " image input, got shape " +
                   shape_text(model_input_shape));
   }
   int* fields[3] = {&p.channels, &p.height, &p.width};
   const char* names[3] = {"channels", "height", "width"};
+  const int nchw_axis[3] = {1, 2, 3};
+  const int nhwc_axis[3] = {3, 1, 2};
   for (int i = 0; i < 3 && !model_input_shape.empty(); ++i) {
-    int64_t model_dim = model_input_shape[i + 1];
+    int64_t model_dim = model_input_shape[p.nhwc ? nhwc_axis[i] : nchw_axis[i]];
     if (model_dim <= 0) continue;
     if (*fields[i] == 0) {
       *fields[i] = static_cast<int>(model_dim);
@@ -310,7 +378,6 @@ Preprocess preprocess_from_metadata(const std::map<std::string, std::string>& me
                   " has dynamic C, H or W and the metadata has no '" +
                   std::string(kMetaInputShape) + "' (expected C,H,W such as 3,32,32)");
   }
-  return p;
 }
 
 void check_preprocess(const Preprocess& p) {
@@ -339,6 +406,17 @@ void check_preprocess(const Preprocess& p) {
   };
   check_list(p.mean, "mean", false);
   check_list(p.std, "std", true);
+  auto check_sizes = [&](const std::vector<int>& sizes, const char* name) {
+    if (sizes.size() > 2) {
+      bad(std::string("expected 1 or 2 ") + name + " sizes, got " + std::to_string(sizes.size()));
+    }
+    for (int v : sizes) {
+      if (v <= 0)
+        bad(std::string("expected positive ") + name + " sizes, got " + std::to_string(v));
+    }
+  };
+  check_sizes(p.resize, "resize");
+  check_sizes(p.crop, "crop");
 }
 
 // ---- images ----
@@ -353,41 +431,134 @@ Image parse_png(std::span<const uint8_t> bytes, const std::string& name) {
   return reader.read_image();
 }
 
+Image decode_image(std::span<const uint8_t> bytes, const std::string& name) {
+  if (is_jpeg(bytes)) return parse_jpeg(bytes, name);
+  if (bytes.size() >= 8 && png_sig_cmp(bytes.data(), 0, 8) == 0) return parse_png(bytes, name);
+  throw_invalid(name +
+                ": not a JPEG or PNG file (expected the JPEG marker FF D8 FF or the PNG "
+                "signature \\x89PNG\\r\\n\\x1a\\n)");
+}
+
+bool is_image_name(std::string_view file_name) {
+  std::string lower = file_name.size() > 5 ? std::string(file_name.substr(file_name.size() - 5))
+                                           : std::string(file_name);
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  auto ends_with = [&](std::string_view suffix) {
+    return lower.size() >= suffix.size() &&
+           lower.compare(lower.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends_with(".jpg") || ends_with(".jpeg") || ends_with(".png");
+}
+
+namespace {
+
+// What a decoder knows after the header: the size and the channels it will decode to.
+struct ImageHeader {
+  int width = 0;
+  int height = 0;
+  int channels = 0;
+  bool palette = false;
+};
+
+// Refuses, before decoding, an image that cannot become the model's input: a color image for a
+// gray model, or one whose size after resize and crop is not the model's.
+void check_header(const ImageHeader& h, const Preprocess& p, const std::string& path) {
+  int width = h.width, height = h.height;
+  if (!p.resize.empty()) {
+    std::tie(width, height) = resized_size(width, height, p.resize);
+    check_image_pixels(width, height, path + " after --resize");
+  }
+  if (!p.crop.empty()) {
+    height = p.crop[0];
+    width = p.crop.size() == 2 ? p.crop[1] : p.crop[0];
+  }
+  if (width != p.width || height != p.height) {
+    const std::string model_size = std::to_string(p.width) + "×" + std::to_string(p.height);
+    std::string message =
+        path + ": image is " + std::to_string(h.width) + "×" + std::to_string(h.height);
+    if (p.resize.empty() && p.crop.empty()) {
+      message += ", the model expects " + model_size +
+                 " (width×height); resize and center-crop it with --resize and --crop, e.g. "
+                 "--resize " +
+                 std::to_string(std::min(p.width, p.height)) + " --crop " +
+                 std::to_string(p.height) + "," + std::to_string(p.width);
+    } else {
+      message += " and " + std::to_string(width) + "×" + std::to_string(height) +
+                 " after resize and crop, the model expects " + model_size +
+                 " (width×height); check --resize and --crop";
+    }
+    throw_invalid(message);
+  }
+  if (p.channels == 1 && (h.palette || h.channels > 2)) {
+    const std::string stored = h.palette ? std::string("a palette image (indexed colors)")
+                                         : std::string(channels_name(h.channels)) + " (" +
+                                               std::to_string(h.channels) + " channels)";
+    throw_invalid(path + ": image is " + stored +
+                  ", the model expects 1 (grayscale); qforge does not convert color to "
+                  "grayscale");
+  }
+}
+
+// Drops alpha (PIL's convert("RGB") and convert("L") drop it, they do not composite): 2
+// channels become 1, 4 become 3.
+Image drop_alpha(Image image) {
+  if (image.channels != 2 && image.channels != 4) return image;
+  const int kept = image.channels - 1;
+  const size_t n = static_cast<size_t>(image.width) * image.height;
+  for (size_t i = 0; i < n; ++i) {
+    for (int c = 0; c < kept; ++c) {
+      image.pixels[i * kept + c] = image.pixels[i * image.channels + c];
+    }
+  }
+  image.pixels.resize(n * kept);
+  image.channels = kept;
+  return image;
+}
+
+}  // namespace
+
 void load_image(const std::string& path, const Preprocess& p, float* out) {
   std::vector<uint8_t> bytes = read_bytes(path);
-  PngReader reader(bytes, path);
-  reader.read_header();
-  // Checked before the pixels are decoded, so a huge image costs nothing.
-  if (reader.width() != p.width || reader.height() != p.height) {
-    throw_invalid(path + ": image is " + std::to_string(reader.width()) + "×" +
-                  std::to_string(reader.height()) + ", the model expects " +
-                  std::to_string(p.width) + "×" + std::to_string(p.height) +
-                  " (width×height; qforge does not resize)");
+  Image image;
+  if (is_jpeg(bytes)) {
+    JpegReader reader(bytes, path);
+    check_header({reader.width(), reader.height(), reader.channels(), false}, p, path);
+    image = reader.read_image();
+  } else if (bytes.size() >= 8 && png_sig_cmp(bytes.data(), 0, 8) == 0) {
+    PngReader reader(bytes, path);
+    reader.read_header();
+    check_header({reader.width(), reader.height(), reader.channels(), reader.palette()}, p, path);
+    image = reader.read_image();
+  } else {
+    image = decode_image(bytes, path);  // throws naming the file
   }
-  // The file's channels must be the model's: gray, alpha and palette images are refused, not
-  // converted (README, `qforge run`), so that no conversion is guessed for the user.
-  if (reader.palette() || reader.channels() != p.channels) {
-    const int n = reader.channels();
-    const std::string stored = reader.palette()
-                                   ? std::string("a palette image (indexed colors)")
-                                   : std::string(channels_name(n)) + " (" + std::to_string(n) +
-                                         (n == 1 ? " channel)" : " channels)");
-    throw_invalid(path + ": image is " + stored + ", the model expects " +
-                  std::to_string(p.channels) + (p.channels == 1 ? " (grayscale)" : " (RGB)") +
-                  "; qforge does not convert channels");
+  image = drop_alpha(std::move(image));
+  if (!p.resize.empty()) {
+    auto [width, height] = resized_size(image.width, image.height, p.resize);
+    // torchvision returns the image itself when the size does not change.
+    if (width != image.width || height != image.height) {
+      image = resize_bilinear(image, width, height);
+    }
   }
-  Image image = reader.read_image();
+  if (!p.crop.empty()) {
+    image = center_crop(image, p.crop[0], p.crop.size() == 2 ? p.crop[1] : p.crop[0]);
+  }
   const size_t plane = static_cast<size_t>(p.height) * p.width;
   const int stride = image.channels;
   for (int c = 0; c < p.channels; ++c) {
-    int source = p.channels == 1 ? 0 : (p.bgr ? 2 - c : c);
+    // A gray image for an RGB model is replicated, as convert("RGB") does.
+    int source = image.channels == 1 ? 0 : (p.bgr ? 2 - c : c);
     float mean = p.mean.empty() ? 0.0f : p.mean[p.mean.size() == 1 ? 0 : c];
     float stdev = p.std.empty() ? 1.0f : p.std[p.std.size() == 1 ? 0 : c];
     const uint8_t* in = image.pixels.data() + source;
-    float* dst = out + plane * c;
     for (size_t i = 0; i < plane; ++i) {
       float x = static_cast<float>(in[i * stride]) / p.pixel_scale;
-      dst[i] = (x - mean) / stdev;
+      float value = (x - mean) / stdev;
+      if (p.nhwc) {
+        out[i * p.channels + c] = value;
+      } else {
+        out[plane * c + i] = value;
+      }
     }
   }
   check_finite(out, plane * p.channels, path + ": preprocessed pixels");
@@ -406,7 +577,7 @@ ImageFolder::ImageFolder(std::string root, Preprocess preprocess)
   }
   if (!fs::is_directory(status)) throw_invalid("dataset '" + root_ + "': not a folder");
 
-  std::vector<std::string> loose = list_pngs(root_, root_);
+  std::vector<std::string> loose = list_images(root_, root_, &skipped_files_);
   std::vector<std::string> class_dirs;
   for (fs::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
@@ -419,13 +590,12 @@ ImageFolder::ImageFolder(std::string root, Preprocess preprocess)
   std::vector<std::vector<std::string>> class_files;
   size_t class_images = 0;
   for (const std::string& name : class_dirs) {
-    class_files.push_back(list_pngs(fs::path(root_) / name, root_));
+    class_files.push_back(list_class_images(fs::path(root_) / name, root_, &skipped_files_));
     class_images += class_files.back().size();
   }
   if (!loose.empty() && class_images > 0) {
-    throw_invalid("dataset '" + root_ +
-                  "': holds both .png files and class folders with .png "
-                  "files (expected one of root/<class>/<file>.png or root/<file>.png)");
+    throw_invalid("dataset '" + root_ + "': holds both image files and class folders with " +
+                  "image files (expected one of root/<class>/<file>.jpg or root/<file>.jpg)");
   }
   if (!loose.empty()) {
     for (const std::string& name : loose) {
@@ -434,11 +604,13 @@ ImageFolder::ImageFolder(std::string root, Preprocess preprocess)
     }
     return;
   }
-  if (class_images == 0) throw_invalid("dataset '" + root_ + "': no .png images found");
+  if (class_images == 0) {
+    throw_invalid("dataset '" + root_ + "': no " + kImageKinds + " images found");
+  }
   class_names_ = class_dirs;
   for (size_t c = 0; c < class_dirs.size(); ++c) {
-    for (const std::string& name : class_files[c]) {
-      paths_.push_back((fs::path(root_) / class_dirs[c] / name).string());
+    for (const std::string& path : class_files[c]) {
+      paths_.push_back(path);
       labels_.push_back(static_cast<int>(c));
     }
   }
@@ -475,9 +647,11 @@ void ImageFolder::load_batch(size_t begin, size_t count, float* out) const {
 }
 
 kernels::Tensor ImageFolder::load_batch(size_t begin, size_t count) const {
-  kernels::Tensor batch(
-      kernels::DType::kFloat32,
-      {static_cast<int64_t>(count), preprocess_.channels, preprocess_.height, preprocess_.width});
+  const Preprocess& p = preprocess_;
+  const auto n = static_cast<int64_t>(count);
+  kernels::Tensor batch(kernels::DType::kFloat32,
+                        p.nhwc ? kernels::Shape{n, p.height, p.width, p.channels}
+                               : kernels::Shape{n, p.channels, p.height, p.width});
   load_batch(begin, count, batch.data<float>());
   return batch;
 }

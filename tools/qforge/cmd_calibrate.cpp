@@ -57,6 +57,7 @@ struct CalibrateOptions {
   // Rounding flips injected into the written model (on the first evaluation batch) to measure
   // the output change one flip causes; 0 skips the measurement.
   int64_t flip_injections = 32;
+  PreprocessOverrides preprocess;  // for --data and --val
   InputShapeFlag input_shape;
 };
 
@@ -101,12 +102,12 @@ int run_calibrate(const CalibrateOptions& o) {
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   const std::string written_batch =
       runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
-  DataSource data = DataSource::open(o.data, *model, {});
+  DataSource data = DataSource::open(o.data, *model, o.preprocess);
   const size_t total = quant::spread_indices(data.size(), o.limit).size();
   if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
   std::optional<DataSource> val;
   if (!o.val.empty()) {
-    val.emplace(DataSource::open(o.val, *model, {}));
+    val.emplace(DataSource::open(o.val, *model, o.preprocess));
     if (val->size() == 0) throw_invalid("calibrate: --val data '" + o.val + "' holds no samples");
   }
 
@@ -396,9 +397,9 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       "model declares (symbolic stays symbolic, fixed stays at the model's own size, whatever "
       "--batch); then compare it with the float model (output SQNR, cosine, top-1)");
   cmd->add_option("model", opts->model, "float ONNX model file")->required()->check(file_path());
-  cmd->add_option("--data", opts->data,
-                  "calibration data: image folder or .npy file of model inputs")
+  cmd->add_option("--data", opts->data, std::string("calibration data: ") + kDataFormats)
       ->required();
+  add_preprocess_flags(*cmd, opts->preprocess);
   add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
       ->required()

@@ -28,6 +28,7 @@ struct CompareOptions {
   int64_t batch = 0;  // 0: 32, or the models' fixed batch
   int threads = 0;
   int64_t limit = 0;
+  PreprocessOverrides preprocess;
   InputShapeFlag input_shape;
 };
 
@@ -129,7 +130,7 @@ int run_compare(const CompareOptions& o) {
   std::vector<kernels::Tensor> random;  // whole random batch, without --data
   size_t total = 0;
   if (!o.data.empty()) {
-    data = DataSource::open(o.data, model_a, {});
+    data = DataSource::open(o.data, model_a, o.preprocess);
     total = data->size();
   } else {
     random = runtime::random_normal_inputs(model_a, fixed.value_or(kRandomSamples), kRandomSeed);
@@ -146,11 +147,7 @@ int run_compare(const CompareOptions& o) {
     size_t count = std::min(static_cast<size_t>(batch), total - begin);
     std::vector<kernels::Tensor> inputs;
     if (data) {
-      graph::Shape shape = data->sample_shape();
-      shape.insert(shape.begin(), static_cast<int64_t>(count));
-      kernels::Tensor input(kernels::DType::kFloat32, shape);
-      data->load(begin, count, input);
-      inputs.push_back(std::move(input));
+      inputs = data->load_inputs(begin, count);
     } else {
       for (const auto& t : random) {
         inputs.push_back(
@@ -216,8 +213,10 @@ CommandRunner add_compare_command(CLI::App& app) {
   cmd->add_option("a", opts->model_a, "reference ONNX model")->required();
   cmd->add_option("b", opts->model_b, "candidate ONNX model")->required();
   cmd->add_option("--data", opts->data,
-                  "image folder or .npy file of inputs, preprocessed as model a says (default: "
-                  "8 seeded random normal samples)");
+                  std::string(kDataFormats) +
+                      "; images preprocessed as model a's metadata and the flags below say "
+                      "(default: 8 seeded random normal samples)");
+  add_preprocess_flags(*cmd, opts->preprocess);
   add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("--batch", opts->batch,
                   "samples per forward pass (default 32, or the models' fixed batch)")

@@ -58,7 +58,8 @@ struct QatOptions {
   std::string checkpoint;
   std::string resume;
   int threads = 0;
-  bool freeze_scales = false;  // the default; the flag says it explicitly
+  bool freeze_scales = false;      // the default; the flag says it explicitly
+  PreprocessOverrides preprocess;  // for --data and --val
   InputShapeFlag input_shape;
 };
 
@@ -145,7 +146,7 @@ int run_qat(QatOptions o) {
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   const std::string written_batch =
       runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
-  DataSource data = DataSource::open(o.data, *model, {});
+  DataSource data = DataSource::open(o.data, *model, o.preprocess);
   if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
   s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
   if (!data.labelled() && !s.distill_temperature) {
@@ -162,7 +163,7 @@ int run_qat(QatOptions o) {
   }
   std::optional<DataSource> val;
   if (!o.val.empty()) {
-    val.emplace(DataSource::open(o.val, *model, {}));
+    val.emplace(DataSource::open(o.val, *model, o.preprocess));
     if (val->size() == 0) throw_invalid("qat: --val data '" + o.val + "' holds no samples");
   }
   std::optional<quant::Checkpoint> resume;
@@ -444,9 +445,10 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->required()
       ->check(file_path());
   cmd->add_option("--data", o->data,
-                  "training data: an image folder with class subfolders (labels for the "
-                  "cross-entropy) or a .npy file of inputs (with --distill)")
+                  std::string("training data: ") + kDataFormats +
+                      " (class folders give the cross-entropy's labels; .npy with --distill)")
       ->required();
+  add_preprocess_flags(*cmd, o->preprocess);
   add_input_shape_option(*cmd, o->input_shape);
   cmd->add_option("-o,--output", o->output, "Q/DQ ONNX model to write")
       ->required()

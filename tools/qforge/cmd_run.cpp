@@ -36,7 +36,6 @@ struct RunOptions {
   bool transform = false;
   int64_t warmup = 0;
   PreprocessOverrides preprocess;
-  float pixel_scale = 0;
   InputShapeFlag input_shape;
 };
 
@@ -53,7 +52,6 @@ std::string extra_output_path(const std::string& output, size_t k) {
 
 int run_run(RunOptions o) {
   set_threads_from_flag(o.threads);
-  if (o.pixel_scale > 0) o.preprocess.pixel_scale = o.pixel_scale;
   // Check and open the output first: an output that would overwrite the model or the data, or
   // an unwritable path, fails before any work, and nothing partial is left.
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}};
@@ -116,18 +114,17 @@ int run_run(RunOptions o) {
   auto wall0 = std::chrono::steady_clock::now();
   for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
     size_t count = std::min(static_cast<size_t>(batch), total - begin);
-    graph::Shape shape = data.sample_shape();
-    shape.insert(shape.begin(), static_cast<int64_t>(count));
-    kernels::Tensor input(kernels::DType::kFloat32, shape);
-    data.load(begin, count, input);
+    const std::vector<kernels::Tensor> batch_inputs = data.load_inputs(begin, count);
+    std::vector<graph::Shape> shapes;
+    for (const kernels::Tensor& input : batch_inputs) shapes.push_back(input.shape());
     // Compilation (first use of a shape) and warm-up passes stay out of the timed region.
-    runtime::Executor& executor = session.executor_for({shape});
+    runtime::Executor& executor = session.executor_for(shapes);
     if (warmups_left > 0) {
-      for (; warmups_left > 0; --warmups_left) executor.run(std::span(&input, 1));
+      for (; warmups_left > 0; --warmups_left) executor.run(batch_inputs);
       executor.reset_profile();
     }
     auto t0 = std::chrono::steady_clock::now();
-    auto outputs = executor.run(std::span(&input, 1));
+    auto outputs = executor.run(batch_inputs);
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (data.labelled()) {
       const kernels::Tensor& logits = outputs[0];
@@ -203,9 +200,7 @@ CommandRunner add_run_command(CLI::App& app) {
   auto opts = std::make_shared<RunOptions>();
   auto* cmd = app.add_subcommand("run", "Run a model over an image folder or an .npy batch");
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
-  cmd->add_option("--data", opts->data,
-                  "image folder (class sub-folders give labels) or .npy file of inputs")
-      ->required();
+  cmd->add_option("--data", opts->data, kDataFormats)->required();
   add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
       ->check(file_path());
@@ -222,14 +217,7 @@ CommandRunner add_run_command(CLI::App& app) {
                 "transform` plans them) at --batch, whole batches only");
   cmd->add_option("--warmup", opts->warmup, "untimed passes over the first batch before timing")
       ->check(integer_at_least(0));
-  cmd->add_option("--mean", opts->preprocess.mean,
-                  "per-channel mean (overrides the model's metadata)")
-      ->delimiter(',');
-  cmd->add_option("--std", opts->preprocess.std, "per-channel std (overrides the model's metadata)")
-      ->delimiter(',');
-  cmd->add_option("--pixel-scale", opts->pixel_scale,
-                  "divide pixels by this before mean/std (overrides the model's metadata)")
-      ->check(positive_number());
+  add_preprocess_flags(*cmd, opts->preprocess);
   return [opts] { return run_run(*opts); };
 }
 

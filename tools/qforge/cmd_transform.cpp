@@ -32,6 +32,7 @@ struct TransformCliOptions {
   std::string report;
   std::string data;
   int64_t batch = 1;
+  PreprocessOverrides preprocess;
   InputShapeFlag input_shape;
   bool dynamic_batch = false;
 };
@@ -65,7 +66,7 @@ std::vector<std::vector<kernels::Tensor>> sample_batches(const TransformCliOptio
         .append(std::to_string(kSampleSeed));
     return batches;
   }
-  DataSource data = DataSource::open(o.data, model, {});
+  DataSource data = DataSource::open(o.data, model, o.preprocess);
   const auto batch = static_cast<size_t>(o.batch);
   const size_t whole = data.size() - data.size() % batch;  // the graph is resolved at one batch
   if (whole == 0) {
@@ -73,12 +74,7 @@ std::vector<std::vector<kernels::Tensor>> sample_batches(const TransformCliOptio
                   " samples, fewer than --batch " + std::to_string(o.batch));
   }
   for (size_t begin = 0; begin < whole; begin += batch) {
-    graph::Shape shape = data.sample_shape();
-    shape.insert(shape.begin(), o.batch);
-    kernels::Tensor input(kernels::DType::kFloat32, shape);
-    data.load(begin, batch, input);
-    batches.push_back({});
-    batches.back().push_back(std::move(input));
+    batches.push_back(data.load_inputs(begin, batch));
   }
   description = o.data;
   description.append(" (")
@@ -228,8 +224,9 @@ CommandRunner add_transform_command(CLI::App& app) {
                 "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
                 "optimisation profiles");
   cmd->add_option("--data", opts->data,
-                  "image folder or .npy file to check equivalence on, in whole batches (default: "
-                  "one seeded random normal batch)");
+                  std::string("data to check equivalence on, in whole batches: ") + kDataFormats +
+                      " (default: one seeded random normal batch)");
+  add_preprocess_flags(*cmd, opts->preprocess);
   add_input_shape_option(*cmd, opts->input_shape);
   return [opts] { return run_transform(*opts); };
 }

@@ -39,6 +39,7 @@ struct VerifyCommandOptions {
   int64_t limit = 0;
   size_t list = 8;
   int threads = 0;
+  PreprocessOverrides preprocess;
   InputShapeFlag input_shape;
 };
 
@@ -162,7 +163,7 @@ int run_verify(const VerifyCommandOptions& o) {
   }
 
   // The whole data is one batch: the reference ran it so.
-  const DataSource data = DataSource::open(o.data, *model, {});
+  const DataSource data = DataSource::open(o.data, *model, o.preprocess);
   size_t total = data.size();
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
   if (total == 0) throw_invalid("verify: data '" + o.data + "' holds no samples");
@@ -305,7 +306,8 @@ CommandRunner add_verify_command(CLI::App& app) {
                   "the other runtime's tensor values by name: .npz (tools/ort_dump.js, "
                   "np.savez) or Polygraphy --save-outputs .json");
   cmd->add_option("--data", opts->data,
-                  "the inputs the reference ran: .npy file or image folder, as one batch");
+                  std::string("the inputs the reference ran, as one batch: ") + kDataFormats);
+  add_preprocess_flags(*cmd, opts->preprocess);
   add_input_shape_option(*cmd, opts->input_shape);
   cmd->add_option("--runner", opts->runner,
                   "Polygraphy runner to read (default: the first in the file)");

@@ -1,9 +1,11 @@
-// Model inputs for the commands: an ImageFolder preprocessed as the model's metadata says, or
-// the rows of an .npy array.
+// Model inputs for the commands: an ImageFolder preprocessed as the model's metadata and the
+// preprocessing flags say, the rows of an .npy array, or the arrays of an .npz keyed by input
+// name (multi-input models, integer inputs).
 #pragma once
 
+#include <CLI/CLI.hpp>
+
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,25 +16,57 @@
 
 namespace qforge::cli {
 
-// Preprocessing flags that override the model's metadata.
+// Preprocessing flags that override the model's metadata. Empty or zero fields were not given.
 struct PreprocessOverrides {
+  std::string preset;  // "imagenet": the values below, each overridable by its own flag
+  std::vector<int> resize;
+  std::vector<int> crop;
+  float pixel_scale = 0;
   std::vector<float> mean;
   std::vector<float> std;
-  std::optional<float> pixel_scale;
+  std::string channel_order;  // RGB or BGR
+  std::string layout;         // NCHW or NHWC
+
+  bool given() const;
+  // True when the flags say how pixels are normalised: a preset, --pixel-scale, --mean or --std.
+  bool state_normalisation() const;
 };
+
+// What `--data` takes, for the commands' help.
+inline constexpr const char* kDataFormats =
+    "an image folder (root/<class>/<image>, .jpg/.jpeg/.png, as torchvision's ImageFolder; "
+    "class folders give labels), an .npy file of model inputs, or an .npz of one array per "
+    "model input, keyed by input name";
+
+// Adds --preset, --resize, --crop, --pixel-scale, --mean, --std, --channel-order and --layout
+// to a command that reads image folders, in one "Preprocessing" help group.
+void add_preprocess_flags(CLI::App& command, PreprocessOverrides& overrides);
+
+// The preprocessing of `model`'s image input: its qforge.* metadata, overridden by the preset,
+// overridden by the other flags, sizes completed from the input shape. Invalid error, naming
+// the flags to give, when neither the metadata nor the flags say how pixels are normalised.
+io::Preprocess resolve_preprocess(const graph::Graph& model, const PreprocessOverrides& overrides);
 
 class DataSource {
  public:
-  // `path` is a folder of images (ImageFolder layout) or an .npy file of model inputs.
+  // `path` is a folder of images (ImageFolder layout), an .npy file of model inputs, or an .npz
+  // holding, for every model input, an array named after it (its dtype and sample shape the
+  // input's; every array the same number of rows). A folder with files that are not images says
+  // how many it skipped on stderr. Preprocessing flags with an .npy or .npz file are an Invalid
+  // error: their rows are model inputs already. Errors name the file and the input at fault.
   static DataSource open(const std::string& path, const graph::Graph& model,
                          const PreprocessOverrides& overrides);
 
   size_t size() const { return size_; }
   bool labelled() const { return labelled_; }
-  const graph::Shape& sample_shape() const { return sample_shape_; }  // without the batch dim
-  // Fills `batch` (rows = count) with samples [begin, begin + count). Invalid error naming the
-  // file and the sample when an .npy sample holds NaN or Inf.
+  // Of the first (for images and .npy, the only) model input, without the batch dim.
+  const graph::Shape& sample_shape() const { return sample_shape_; }
+  // Fills `batch` (rows = count) with samples [begin, begin + count) of the one float32 input.
+  // Invalid error naming the file and the sample when a float sample holds NaN or Inf;
+  // Unsupported when the data feeds several inputs or an input of another dtype.
   void load(size_t begin, size_t count, kernels::Tensor& batch) const;
+  // Samples [begin, begin + count) of every model input, in the model's input order.
+  std::vector<kernels::Tensor> load_inputs(size_t begin, size_t count) const;
   std::vector<int64_t> labels(size_t begin, size_t count) const;
   const std::string& path() const { return path_; }
 
@@ -42,7 +76,9 @@ class DataSource {
   bool labelled_ = false;
   graph::Shape sample_shape_;
   std::shared_ptr<io::ImageFolder> images_;
-  std::shared_ptr<io::NpyReader> npy_;  // rows are read when loaded: memory holds one batch
+  std::shared_ptr<io::NpyReader> npy_;   // rows are read when loaded: memory holds one batch
+  std::vector<kernels::Tensor> arrays_;  // .npz: one per model input, read whole
+  std::vector<std::string> array_names_;
 };
 
 }  // namespace qforge::cli
