@@ -41,6 +41,9 @@ struct OpSchema {
   int weight_axis = 0;
   LowerFn lower = nullptr;  // modules only
   std::string_view summary = {};
+  // The weight is a transposed convolution's [C_in, C_out / group, kernel…] (weight_axis 1):
+  // its output channels run along axis 1 within each group, and a batch norm folds along them.
+  bool transposed_weight = false;
 };
 
 const OpSchema* find_schema(std::string_view op_type);
