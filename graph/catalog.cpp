@@ -120,6 +120,10 @@ bool has_window_attributes(std::string_view op_type) {
   return op_type == "Conv" || op_type == "MaxPool" || op_type == "AveragePool";
 }
 
+bool float_input_is_setting(std::string_view op_type, size_t index) {
+  return op_type == "Resize" && (index == 1 || index == 2);
+}
+
 std::vector<const OpSchema*> all_schemas() {
   std::vector<const OpSchema*> out;
   for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),

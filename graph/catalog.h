@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -62,6 +63,9 @@ std::vector<const AttributeRule*> attribute_rules(std::string_view op_type);
 // Ops whose spatial attributes (kernel_shape, strides, dilations: one value per spatial axis;
 // pads: two) must agree in length with each other and with the weight (Conv, pools).
 bool has_window_attributes(std::string_view op_type);
+// Float inputs that set how an op works rather than carry values through it (Resize's roi and
+// scales): shape inference needs them as constants, so training never makes them parameters.
+bool float_input_is_setting(std::string_view op_type, size_t index);
 // Every entry: ONNX ops, internal ops, then each module family's table.
 std::vector<const OpSchema*> all_schemas();
 std::vector<int> quantized_inputs(const OpSchema& schema);

@@ -388,7 +388,8 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
   Graph& g = *result.graph;
   QdqCounts count;
 
-  // What may be trained: the fused graph's float constants, except attention masks.
+  // What may be trained: the fused graph's float constants, except attention masks and the
+  // settings of ops (Resize's scales).
   std::set<std::string> candidates;
   for (const Value* v : fused.values()) {
     if (v->is_constant() && v->dtype() == DType::kFloat32) candidates.insert(v->name());
@@ -397,6 +398,11 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     const int mask = n->op_type() == "SDPA" ? 3 : n->op_type() == "SwinAttention" ? 4 : -1;
     if (mask >= 0 && n->num_inputs() > static_cast<size_t>(mask) && n->input(mask)) {
       candidates.erase(n->input(mask)->name());
+    }
+    for (size_t i = 0; i < n->num_inputs(); ++i) {
+      if (n->input(i) && graph::float_input_is_setting(n->op_type(), i)) {
+        candidates.erase(n->input(i)->name());
+      }
     }
   }
 

@@ -221,5 +221,12 @@ TEST(DecoderOps, TrainingGradientsMatchPyTorch) {
   EXPECT_EQ(checked, 4u);
 }
 
+// Resize's scales decide the output shape: never a parameter to train, even as an initializer.
+TEST(DecoderOps, ResizeScalesAreNotTrainable) {
+  auto graph = graph::load_onnx(data_path("models/ops/resize_linear_asymmetric.onnx"));
+  ASSERT_NE(graph->find_value("scales"), nullptr);
+  EXPECT_TRUE(runtime::trainable_initializers(*graph).empty());
+}
+
 }  // namespace
 }  // namespace qforge
