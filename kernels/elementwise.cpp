@@ -520,6 +520,22 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
     case UnaryOp::kNeg:
       fn(UnaryRule{[](float v) { return -v; }, [](float, float g) { return -g; }});
       return;
+    case UnaryOp::kExp:
+      fn(UnaryRule{[](float v) { return exp_approx(v); },
+                   [](float v, float g) { return g * exp_approx(v); }});
+      return;
+    case UnaryOp::kLog:
+      // std::log, scalar like std::sqrt above: the same bits in any loop.
+      fn(UnaryRule{[](float v) { return std::log(v); }, [](float v, float g) { return g / v; }});
+      return;
+    case UnaryOp::kSoftplus:
+      // max(x, 0) + ln(1 + e^-|x|): no overflow for large x, exact log1p for small terms.
+      fn(UnaryRule{[](float v) {
+                     const float a = v < 0.0f ? -v : v;
+                     return (v > 0.0f ? v : 0.0f) + std::log1p(exp_approx(-a));
+                   },
+                   [](float v, float g) { return g * sigmoid_f32(v); }});
+      return;
     case UnaryOp::kClip: {
       const float lo = p.min;
       const float hi = p.max;

@@ -25,6 +25,9 @@ enum class UnaryOp {
   kSqrt,
   kNeg,
   kClip,
+  kExp,
+  kLog,
+  kSoftplus,  // ln(1 + e^x)
   // Fused activations of the modules, in the operation order of the nodes they replace:
   // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops.
   kGeluErf,

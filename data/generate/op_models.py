@@ -28,6 +28,11 @@ class SplitSizes(torch.nn.Module):  # split with explicit uneven sizes on the la
         return torch.cat([c, a], 3) + 1.0, b
 
 
+class ExpLogSoftplus(torch.nn.Module):  # and Mish, x · tanh(softplus(x)), as YOLOv4 uses it
+    def forward(self, x):
+        return torch.exp(x * 0.5) + torch.log(x * x + 1.0), x * torch.tanh(F.softplus(x))
+
+
 class Interpolate(torch.nn.Module):
     def __init__(self, **kwargs):
         super().__init__()
@@ -42,6 +47,7 @@ def torch_models():
     return [
         ("split_halves", SplitHalves(), (2, 6, 5, 7)),
         ("split_sizes", SplitSizes(), (1, 3, 4, 9)),
+        ("exp_log_softplus", ExpLogSoftplus(), (2, 3, 5, 7)),
         ("resize_nearest_scale2", Interpolate(scale_factor=2.0, mode="nearest"), (2, 3, 5, 7)),
         ("resize_nearest_sizes", Interpolate(size=(13, 11), mode="nearest"), (1, 3, 5, 7)),
         ("resize_bilinear_scale2", Interpolate(scale_factor=2.0, mode="bilinear",

@@ -71,6 +71,12 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return -x;
     case UnaryOp::kClip:
       return std::min<double>(std::max<double>(x, p.min), p.max);
+    case UnaryOp::kExp:
+      return std::exp(x);
+    case UnaryOp::kLog:
+      return std::log(x);
+    case UnaryOp::kSoftplus:
+      return std::log(1.0 + std::exp(x));
   }
   return 0;
 }
@@ -114,6 +120,12 @@ double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
       return -1;
     case UnaryOp::kClip:
       return (x > p.min && x < p.max) ? 1 : 0;
+    case UnaryOp::kExp:
+      return std::exp(x);
+    case UnaryOp::kLog:
+      return 1 / x;
+    case UnaryOp::kSoftplus:
+      return 1.0 / (1.0 + std::exp(-x));
   }
   return 0;
 }

@@ -409,6 +409,9 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(unary_def<UnaryOp::kTanh>("Tanh"));
   registry.add(unary_def<UnaryOp::kSqrt>("Sqrt"));
   registry.add(unary_def<UnaryOp::kNeg>("Neg"));
+  registry.add(unary_def<UnaryOp::kExp>("Exp"));
+  registry.add(unary_def<UnaryOp::kLog>("Log"));
+  registry.add(unary_def<UnaryOp::kSoftplus>("Softplus"));
   registry.add({"Clip", infer_clip, create_clip});
   registry.add(binary_def<BinaryOp::kAdd>("Add"));
   registry.add(binary_def<BinaryOp::kSub>("Sub"));

@@ -136,6 +136,9 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kSqrt, "Sqrt", 0, 0},
       {UnaryOp::kNeg, "Neg", 0, 0},
       {UnaryOp::kClip, "Clip", 0, 0},
+      {UnaryOp::kExp, "Exp", 0, 1e-6},
+      {UnaryOp::kLog, "Log", 1e-7, 1e-6},
+      {UnaryOp::kSoftplus, "Softplus", 2e-7, 1e-6},
       {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
       {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
   };
@@ -148,7 +151,7 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
   uint32_t seed = 1;
   for (const UnaryCase& c : cases) {
     for (const Shape& shape : shapes) {
-      const float lo = c.op == UnaryOp::kSqrt ? 0.0f : -6.0f;
+      const float lo = c.op == UnaryOp::kSqrt ? 0.0f : c.op == UnaryOp::kLog ? 0.01f : -6.0f;
       const Tensor x = random_f32(shape, seed++, lo, 6.0f);
       const std::string what = std::string(c.name) + " " + shape_str(shape);
       expect_close(run_unary(c.op, p, x), reference::unary(c.op, p, x), c.atol, c.rtol, what);
@@ -187,8 +190,9 @@ TEST(ElementwiseUnary, ResultsIndependentOfChunkingAndThreads) {
   // Every element computed in a long vectorised run equals the same element computed alone
   // (scalar path), and 1 thread gives the bits of many.
   const Tensor x = random_f32({3 * 16384 + 17}, 5, -9.0f, 9.0f);
-  for (UnaryOp op : {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu,
-                     UnaryOp::kHardSwish, UnaryOp::kGeluErf, UnaryOp::kSilu}) {
+  for (UnaryOp op :
+       {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu, UnaryOp::kHardSwish,
+        UnaryOp::kGeluErf, UnaryOp::kSilu, UnaryOp::kExp, UnaryOp::kSoftplus}) {
     UnaryParams p;
     p.alpha = 1.0f;
     const Tensor many = run_unary(op, p, x);
