@@ -258,6 +258,33 @@ struct EqualOp {
     return a == b ? 1 : 0;
   }
 };
+struct GreaterOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a > b ? 1 : 0;
+  }
+};
+struct LessOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a < b ? 1 : 0;
+  }
+};
+// NaN wins, as in ONNX Runtime and torch.maximum / torch.minimum.
+struct MaxOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    if (a != a || b != b) return a + b;  // NaN (never taken for integers)
+    return a < b ? b : a;
+  }
+};
+struct MinOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    if (a != a || b != b) return a + b;
+    return b < a ? b : a;
+  }
+};
 
 // Float powers with the common constant exponents done exactly as their cheap forms, in every
 // path, so a result never depends on which loop computed it.
@@ -336,9 +363,18 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
                   Tensor& y) {
   const T* pa = typed<T>(a);
   const T* pb = typed<T>(b);
-  if (op == BinaryOp::kEqual) {
-    run_binary(plan, pa, pb, typed<uint8_t>(y), EqualOp{});
-    return;
+  switch (op) {
+    case BinaryOp::kEqual:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), EqualOp{});
+      return;
+    case BinaryOp::kGreater:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), GreaterOp{});
+      return;
+    case BinaryOp::kLess:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), LessOp{});
+      return;
+    default:
+      break;
   }
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, int64_t> ||
                 std::is_same_v<T, int32_t>) {
@@ -375,7 +411,15 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
         }
         run_binary(plan, pa, pb, py, PowOp{});
         return;
+      case BinaryOp::kMax:
+        run_binary(plan, pa, pb, py, MaxOp{});
+        return;
+      case BinaryOp::kMin:
+        run_binary(plan, pa, pb, py, MinOp{});
+        return;
       case BinaryOp::kEqual:
+      case BinaryOp::kGreater:
+      case BinaryOp::kLess:
         break;
     }
   }
@@ -716,8 +760,12 @@ BroadcastPlan plan_broadcast(std::span<const Shape> input_shapes) {
   return plan;
 }
 
+bool binary_outputs_bool(BinaryOp op) {
+  return op == BinaryOp::kEqual || op == BinaryOp::kGreater || op == BinaryOp::kLess;
+}
+
 bool binary_supports(BinaryOp op, DType a, DType b) {
-  if (op == BinaryOp::kEqual) return a == b;
+  if (binary_outputs_bool(op)) return a == b;
   if (op == BinaryOp::kPow && a == DType::kFloat32) {
     return b == DType::kFloat32 || b == DType::kInt64 || b == DType::kInt32;
   }

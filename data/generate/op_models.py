@@ -1,8 +1,10 @@
-"""Small one-op ONNX models for the end-to-end op tests (tests/runtime/detection_ops_test.cpp):
-Split, Resize and ConvTranspose as torch.onnx exports them (opset 17), plus Resize forms torch
-does not write (paddle's, the other nearest roundings) built with onnx.helper. The test runs each
-in qforge and in ONNX Runtime on the same random input. Writes data/models/ops/<name>.onnx, and for decoder_chain.onnx (the three ops in one graph)
-PyTorch's outputs and parameter gradients in decoder_chain.npz for the training test.
+"""Small ONNX models for the end-to-end op tests (tests/runtime/decoder_ops_test.cpp): Split,
+Resize, ConvTranspose, Exp, Log, Softplus, Max, Min, Greater and Less as torch.onnx exports them
+(opset 17), plus Resize forms torch does not write (paddle's, the other nearest roundings) built
+with onnx.helper. The test runs each in qforge and in ONNX Runtime on the same random input.
+Writes data/models/ops/<name>.onnx, and for decoder_chain.onnx (Split, Resize and ConvTranspose
+in one graph) PyTorch's outputs and parameter gradients in decoder_chain.npz for the training
+test.
 
 Run: /usr/bin/python3 data/generate/op_models.py (seconds)."""
 import os
@@ -33,6 +35,12 @@ class ExpLogSoftplus(torch.nn.Module):  # and Mish, x · tanh(softplus(x)), as Y
         return torch.exp(x * 0.5) + torch.log(x * x + 1.0), x * torch.tanh(F.softplus(x))
 
 
+class MaxMinCompare(torch.nn.Module):
+    def forward(self, x):
+        y = torch.maximum(x, x * -0.5) + torch.minimum(x, 0.3 * x + 0.1)
+        return y, torch.where(x > 0.2, x, x * 2.0) + torch.where(x < -0.4, x * 0.5, x)
+
+
 class Interpolate(torch.nn.Module):
     def __init__(self, **kwargs):
         super().__init__()
@@ -48,6 +56,7 @@ def torch_models():
         ("split_halves", SplitHalves(), (2, 6, 5, 7)),
         ("split_sizes", SplitSizes(), (1, 3, 4, 9)),
         ("exp_log_softplus", ExpLogSoftplus(), (2, 3, 5, 7)),
+        ("max_min_compare", MaxMinCompare(), (2, 3, 5, 7)),
         ("resize_nearest_scale2", Interpolate(scale_factor=2.0, mode="nearest"), (2, 3, 5, 7)),
         ("resize_nearest_sizes", Interpolate(size=(13, 11), mode="nearest"), (1, 3, 5, 7)),
         ("resize_bilinear_scale2", Interpolate(scale_factor=2.0, mode="bilinear",

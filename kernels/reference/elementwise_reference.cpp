@@ -140,14 +140,17 @@ Tensor unary_backward(UnaryOp op, const UnaryParams& params, const Tensor& x, co
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   const Shape out_shape = numpy_broadcast({a.shape(), b.shape()});
-  Tensor y(op == BinaryOp::kEqual ? DType::kBool : a.dtype(), out_shape);
+  Tensor y(binary_outputs_bool(op) ? DType::kBool : a.dtype(), out_shape);
   const bool floating = a.dtype() == DType::kFloat32;
   for (int64_t i = 0; i < y.numel(); ++i) {
     const Shape index = unravel(i, out_shape);
     const int64_t ia = broadcast_source(index, a.shape());
     const int64_t ib = broadcast_source(index, b.shape());
-    if (op == BinaryOp::kEqual) {
-      set_double(y, i, get_double(a, ia) == get_double(b, ib) ? 1 : 0);
+    if (binary_outputs_bool(op)) {
+      const double u = get_double(a, ia);
+      const double v = get_double(b, ib);
+      const bool r = op == BinaryOp::kEqual ? u == v : op == BinaryOp::kGreater ? u > v : u < v;
+      set_double(y, i, r ? 1 : 0);
       continue;
     }
     if (floating) {
@@ -176,7 +179,15 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         case BinaryOp::kMod:
           r = u - v * std::floor(u / v);
           break;
+        case BinaryOp::kMax:
+          r = std::isnan(u) || std::isnan(v) ? std::nan("") : std::max(u, v);
+          break;
+        case BinaryOp::kMin:
+          r = std::isnan(u) || std::isnan(v) ? std::nan("") : std::min(u, v);
+          break;
         case BinaryOp::kEqual:
+        case BinaryOp::kGreater:
+        case BinaryOp::kLess:
           break;
       }
       set_double(y, i, r);
@@ -213,7 +224,15 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         }
         break;
       }
+      case BinaryOp::kMax:
+        r = std::max(u, v);
+        break;
+      case BinaryOp::kMin:
+        r = std::min(u, v);
+        break;
       case BinaryOp::kEqual:
+      case BinaryOp::kGreater:
+      case BinaryOp::kLess:
         break;
     }
     set_int(y, i, r);

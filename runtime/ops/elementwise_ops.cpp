@@ -203,7 +203,7 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   const InputInfo& a = require_input(node, inputs, 0);
   const InputInfo& b = require_input(node, inputs, 1);
   if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
-    const char* rule = op == BinaryOp::kEqual ? "inputs of one dtype"
+    const char* rule = kernels::binary_outputs_bool(op) ? "inputs of one dtype"
                        : op == BinaryOp::kPow
                            ? "a float32 base with a float32 or integer exponent, or two int64 "
                              "or int32 inputs"
@@ -216,7 +216,7 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
     fail_node(node, "shapes that broadcast",
               kernels::shape_str(a.shape) + " and " + kernels::shape_str(b.shape));
   }
-  return {{op == BinaryOp::kEqual ? DType::kBool : a.dtype, *out}};
+  return {{kernels::binary_outputs_bool(op) ? DType::kBool : a.dtype, *out}};
 }
 
 class BinaryKernel final : public OpKernel {
@@ -419,6 +419,10 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(binary_def<BinaryOp::kDiv>("Div"));
   registry.add(binary_def<BinaryOp::kPow>("Pow"));
   registry.add(binary_def<BinaryOp::kEqual>("Equal"));
+  registry.add(binary_def<BinaryOp::kGreater>("Greater"));
+  registry.add(binary_def<BinaryOp::kLess>("Less"));
+  registry.add(binary_def<BinaryOp::kMax>("Max"));
+  registry.add(binary_def<BinaryOp::kMin>("Min"));
   registry.add({"Mod", infer_mod, create_mod});
   registry.add({"Where", infer_where, create_where});
   registry.add({"Not", infer_not, create_not});

@@ -1,7 +1,7 @@
 // Split, Resize and ConvTranspose as ops of the runtime: shape inference and its errors, every
 // model of data/models/ops (torch.onnx exports and onnx.helper forms, data/generate/op_models.py,
-// with Exp, Log and Softplus too) against ONNX Runtime, and a graph of Split, Resize and
-// ConvTranspose trained against PyTorch's gradients.
+// with Exp, Log, Softplus, Max, Min, Greater and Less too) against ONNX Runtime, and a graph of
+// Split, Resize and ConvTranspose trained against PyTorch's gradients.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -160,6 +160,7 @@ const char* const kOpModels[] = {
     "split_halves",
     "split_sizes",
     "exp_log_softplus",
+    "max_min_compare",
     "resize_nearest_scale2",
     "resize_nearest_sizes",
     "resize_bilinear_scale2",
