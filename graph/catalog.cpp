@@ -52,6 +52,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Not", 1, 1, 1, 1, 1},
     OpSchema{"Pad", 2, 4, 1, 1, 13},
     OpSchema{"Pow", 2, 2, 1, 1, 13},
+    OpSchema{"PRelu", 2, 2, 1, 1, 16},
     OpSchema{"QuantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Range", 3, 3, 1, 1, 11},
     OpSchema{"ReduceMean", 1, 1, 1, 1, 13},

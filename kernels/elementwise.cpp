@@ -270,6 +270,9 @@ struct LessOp {
     return a < b ? 1 : 0;
   }
 };
+struct PReluOp {
+  float operator()(float x, float slope) const { return x < 0.0f ? slope * x : x; }
+};
 // NaN wins, as in ONNX Runtime and torch.maximum / torch.minimum.
 struct MaxOp {
   template <class T>
@@ -417,6 +420,12 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
       case BinaryOp::kMin:
         run_binary(plan, pa, pb, py, MinOp{});
         return;
+      case BinaryOp::kPRelu:
+        if constexpr (std::is_same_v<T, float>) {
+          run_binary(plan, pa, pb, py, PReluOp{});
+          return;
+        }
+        break;
       case BinaryOp::kEqual:
       case BinaryOp::kGreater:
       case BinaryOp::kLess:
@@ -766,6 +775,7 @@ bool binary_outputs_bool(BinaryOp op) {
 
 bool binary_supports(BinaryOp op, DType a, DType b) {
   if (binary_outputs_bool(op)) return a == b;
+  if (op == BinaryOp::kPRelu) return a == DType::kFloat32 && b == DType::kFloat32;
   if (op == BinaryOp::kPow && a == DType::kFloat32) {
     return b == DType::kFloat32 || b == DType::kInt64 || b == DType::kInt32;
   }

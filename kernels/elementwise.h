@@ -119,6 +119,7 @@ enum class BinaryOp {
   kLess,     // output bool
   kMax,      // NaN if either input is NaN
   kMin,
+  kPRelu,  // a < 0 ? b · a : a, float32 only (b: the slope)
 };
 
 // Equal, Greater and Less: their output is bool.

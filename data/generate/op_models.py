@@ -1,10 +1,10 @@
 """Small ONNX models for the end-to-end op tests (tests/runtime/decoder_ops_test.cpp): Split,
-Resize, ConvTranspose, Exp, Log, Softplus, Max, Min, Greater and Less as torch.onnx exports them
-(opset 17), plus Resize forms torch does not write (paddle's, the other nearest roundings) built
-with onnx.helper. The test runs each in qforge and in ONNX Runtime on the same random input.
-Writes data/models/ops/<name>.onnx, and for decoder_chain.onnx (Split, Resize and ConvTranspose
-in one graph) PyTorch's outputs and parameter gradients in decoder_chain.npz for the training
-test.
+Resize, ConvTranspose, Exp, Log, Softplus, Max, Min, Greater, Less and PRelu as torch.onnx
+exports them (opset 17), plus Resize forms torch does not write (paddle's, the other nearest
+roundings) built with onnx.helper. The test runs each in qforge and in ONNX Runtime on the same
+random input. Writes data/models/ops/<name>.onnx, and for decoder_chain.onnx (Split, Resize and
+ConvTranspose in one graph) PyTorch's outputs and parameter gradients in decoder_chain.npz for
+the training test.
 
 Run: /usr/bin/python3 data/generate/op_models.py (seconds)."""
 import os
@@ -57,6 +57,7 @@ def torch_models():
         ("split_sizes", SplitSizes(), (1, 3, 4, 9)),
         ("exp_log_softplus", ExpLogSoftplus(), (2, 3, 5, 7)),
         ("max_min_compare", MaxMinCompare(), (2, 3, 5, 7)),
+        ("prelu", torch.nn.PReLU(3, init=0.1), (2, 3, 5, 7)),
         ("resize_nearest_scale2", Interpolate(scale_factor=2.0, mode="nearest"), (2, 3, 5, 7)),
         ("resize_nearest_sizes", Interpolate(size=(13, 11), mode="nearest"), (1, 3, 5, 7)),
         ("resize_bilinear_scale2", Interpolate(scale_factor=2.0, mode="bilinear",

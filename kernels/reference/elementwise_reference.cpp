@@ -185,6 +185,9 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         case BinaryOp::kMin:
           r = std::isnan(u) || std::isnan(v) ? std::nan("") : std::min(u, v);
           break;
+        case BinaryOp::kPRelu:
+          r = u < 0 ? v * u : u;
+          break;
         case BinaryOp::kEqual:
         case BinaryOp::kGreater:
         case BinaryOp::kLess:
@@ -230,6 +233,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
       case BinaryOp::kMin:
         r = std::min(u, v);
         break;
+      case BinaryOp::kPRelu:
       case BinaryOp::kEqual:
       case BinaryOp::kGreater:
       case BinaryOp::kLess:

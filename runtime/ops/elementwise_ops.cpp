@@ -204,6 +204,7 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   const InputInfo& b = require_input(node, inputs, 1);
   if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
     const char* rule = kernels::binary_outputs_bool(op) ? "inputs of one dtype"
+                       : op == BinaryOp::kPRelu         ? "a float32 input and a float32 slope"
                        : op == BinaryOp::kPow
                            ? "a float32 base with a float32 or integer exponent, or two int64 "
                              "or int32 inputs"
@@ -215,6 +216,10 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   if (!out) {
     fail_node(node, "shapes that broadcast",
               kernels::shape_str(a.shape) + " and " + kernels::shape_str(b.shape));
+  }
+  if (op == BinaryOp::kPRelu && *out != a.shape) {
+    fail_node(node, "a slope that broadcasts to the input's shape " + kernels::shape_str(a.shape),
+              kernels::shape_str(b.shape));
   }
   return {{kernels::binary_outputs_bool(op) ? DType::kBool : a.dtype, *out}};
 }
@@ -423,6 +428,7 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(binary_def<BinaryOp::kLess>("Less"));
   registry.add(binary_def<BinaryOp::kMax>("Max"));
   registry.add(binary_def<BinaryOp::kMin>("Min"));
+  registry.add(binary_def<BinaryOp::kPRelu>("PRelu"));
   registry.add({"Mod", infer_mod, create_mod});
   registry.add({"Where", infer_where, create_where});
   registry.add({"Not", infer_not, create_not});

@@ -267,7 +267,7 @@ const ShapePair kBroadcastShapes[] = {
 TEST(ElementwiseBinary, FloatOpsMatchReferenceForEveryBroadcastLayout) {
   const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kSub,   BinaryOp::kMul,     BinaryOp::kDiv,
                           BinaryOp::kPow, BinaryOp::kEqual, BinaryOp::kGreater, BinaryOp::kLess,
-                          BinaryOp::kMax, BinaryOp::kMin};
+                          BinaryOp::kMax, BinaryOp::kMin,   BinaryOp::kPRelu};
   uint32_t seed = 100;
   for (const ShapePair& s : kBroadcastShapes) {
     for (BinaryOp op : ops) {

@@ -1,7 +1,7 @@
 // Split, Resize and ConvTranspose as ops of the runtime: shape inference and its errors, every
 // model of data/models/ops (torch.onnx exports and onnx.helper forms, data/generate/op_models.py,
-// with Exp, Log, Softplus, Max, Min, Greater and Less too) against ONNX Runtime, and a graph of
-// Split, Resize and ConvTranspose trained against PyTorch's gradients.
+// with Exp, Log, Softplus, Max, Min, Greater, Less and PRelu too) against ONNX Runtime, and a graph
+// of Split, Resize and ConvTranspose trained against PyTorch's gradients.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -156,11 +156,28 @@ TEST(ConvTransposeOp, OutputShapeFromPadsOutputPaddingOrOutputShape) {
       << bad;
 }
 
+// PRelu's slope broadcasts one way, onto the input's shape.
+TEST(PReluOp, SlopeMustBroadcastToTheInput) {
+  const Tensor x(DType::kFloat32, {2, 3, 5, 7});
+  EXPECT_EQ(OneNodeGraph("PRelu", {}, {{x}, {Tensor(DType::kFloat32, {3, 1, 1}), true}}, 1)
+                .infer()[0]
+                .shape,
+            x.shape());
+  const std::string message = error_of(ErrorKind::kInvalid, [&] {
+    OneNodeGraph("PRelu", {}, {{x}, {Tensor(DType::kFloat32, {2, 1, 1, 1, 1}), true}}, 1).infer();
+  });
+  EXPECT_NE(message.find("node 'node' (PRelu): expected a slope that broadcasts to the input's "
+                         "shape [2, 3, 5, 7], got [2, 1, 1, 1, 1]"),
+            std::string::npos)
+      << message;
+}
+
 const char* const kOpModels[] = {
     "split_halves",
     "split_sizes",
     "exp_log_softplus",
     "max_min_compare",
+    "prelu",
     "resize_nearest_scale2",
     "resize_nearest_sizes",
     "resize_bilinear_scale2",
