@@ -681,6 +681,8 @@ ResizeSetup setup_resize(const graph::Node& node, std::span<const InputInfo> inp
     fail_unsupported(node, "antialias 0", std::to_string(node.attr_int("antialias")));
   }
   if (node.has_attr("axes")) fail_unsupported(node, "no axes attribute", "axes");
+  const std::string policy = node.attr_string("keep_aspect_ratio_policy", "stretch");
+  if (policy != "stretch") fail_unsupported(node, "keep_aspect_ratio_policy stretch", policy);
 
   std::vector<double> scales;
   Shape out = x.shape;

@@ -113,6 +113,10 @@ TEST(ResizeOp, UnsupportedFormsNameTheNode) {
                     {{x}, {none}, {scales, true}})
                 .find("got tf_crop_and_resize"),
             std::string::npos);
+  EXPECT_NE(message({{"keep_aspect_ratio_policy", std::string("not_larger")}},
+                    {{x}, {none}, {scales, true}})
+                .find("expected keep_aspect_ratio_policy stretch, got not_larger"),
+            std::string::npos);
   EXPECT_NE(
       message({},
               {{Tensor(DType::kFloat32, {2, 3, 5, 7, 2})}, {none}, {floats({1, 1, 2, 2, 2}), true}})
