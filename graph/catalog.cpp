@@ -21,41 +21,53 @@ constexpr std::array kSchemas = {
     OpSchema{"Constant", 0, 0, 1, 1, 13},
     OpSchema{"ConstantOfShape", 1, 1, 1, 1, 9},
     OpSchema{"Conv", 2, 3, 1, 1, 11},
+    OpSchema{"ConvTranspose", 2, 3, 1, 1, 11},
     OpSchema{"DequantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Div", 2, 2, 1, 1, 13},
     OpSchema{"Dropout", 1, 3, 1, 2, 13},
     OpSchema{"Elu", 1, 1, 1, 1, 6},
     OpSchema{"Equal", 2, 2, 1, 1, 13},
     OpSchema{"Erf", 1, 1, 1, 1, 13},
+    OpSchema{"Exp", 1, 1, 1, 1, 13},
     OpSchema{"Expand", 2, 2, 1, 1, 13},
     OpSchema{"Flatten", 1, 1, 1, 1, 13},
     OpSchema{"Gather", 2, 2, 1, 1, 13},
     OpSchema{"Gelu", 1, 1, 1, 1, 20},
     OpSchema{"Gemm", 2, 3, 1, 1, 13},
+    OpSchema{"Greater", 2, 2, 1, 1, 13},
     OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1},
     OpSchema{"HardSigmoid", 1, 1, 1, 1, 6},
     OpSchema{"HardSwish", 1, 1, 1, 1, 14},
     OpSchema{"Identity", 1, 1, 1, 1, 13},
     OpSchema{"LayerNormalization", 2, 3, 1, 3, 17},
     OpSchema{"LeakyRelu", 1, 1, 1, 1, 6},
+    OpSchema{"Less", 2, 2, 1, 1, 13},
+    OpSchema{"Log", 1, 1, 1, 1, 13},
     OpSchema{"MatMul", 2, 2, 1, 1, 13},
+    // Max and Min take one or more inputs in ONNX; qforge runs the two-input form.
+    OpSchema{"Max", 2, 2, 1, 1, 13},
     OpSchema{"MaxPool", 1, 1, 1, 2, 12},
+    OpSchema{"Min", 2, 2, 1, 1, 13},
     OpSchema{"Mod", 2, 2, 1, 1, 13},
     OpSchema{"Mul", 2, 2, 1, 1, 13},
     OpSchema{"Neg", 1, 1, 1, 1, 13},
     OpSchema{"Not", 1, 1, 1, 1, 1},
     OpSchema{"Pad", 2, 4, 1, 1, 13},
     OpSchema{"Pow", 2, 2, 1, 1, 13},
+    OpSchema{"PRelu", 2, 2, 1, 1, 16},
     OpSchema{"QuantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Range", 3, 3, 1, 1, 11},
     OpSchema{"ReduceMean", 1, 2, 1, 1, 13},  // axes: an attribute, an input from opset 18
     OpSchema{"Relu", 1, 1, 1, 1, 14},
     OpSchema{"Reshape", 2, 2, 1, 1, 14},
+    OpSchema{"Resize", 1, 4, 1, 1, 13},
     OpSchema{"ScatterND", 3, 3, 1, 1, 16},
     OpSchema{"Shape", 1, 1, 1, 1, 15},
     OpSchema{"Sigmoid", 1, 1, 1, 1, 13},
     OpSchema{"Slice", 3, 5, 1, 1, 13},
     OpSchema{"Softmax", 1, 1, 1, 1, 13},
+    OpSchema{"Softplus", 1, 1, 1, 1, 1},
+    OpSchema{"Split", 1, 2, 1, kMany, 13},
     OpSchema{"Sqrt", 1, 1, 1, 1, 13},
     OpSchema{"Squeeze", 1, 2, 1, 1, 13},
     OpSchema{"Sub", 2, 2, 1, 1, 13},
@@ -89,6 +101,12 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"Conv", "dilations", 1},
     AttributeRule{"Conv", "pads", 0},
     AttributeRule{"Conv", "group", 1},
+    AttributeRule{"ConvTranspose", "kernel_shape", 1},
+    AttributeRule{"ConvTranspose", "strides", 1},
+    AttributeRule{"ConvTranspose", "dilations", 1},
+    AttributeRule{"ConvTranspose", "pads", 0},
+    AttributeRule{"ConvTranspose", "output_padding", 0},
+    AttributeRule{"ConvTranspose", "group", 1},
     AttributeRule{"MaxPool", "kernel_shape", 1},
     AttributeRule{"MaxPool", "strides", 1},
     AttributeRule{"MaxPool", "dilations", 1},
@@ -111,6 +129,10 @@ std::vector<const AttributeRule*> attribute_rules(std::string_view op_type) {
 
 bool has_window_attributes(std::string_view op_type) {
   return op_type == "Conv" || op_type == "MaxPool" || op_type == "AveragePool";
+}
+
+bool float_input_is_setting(std::string_view op_type, size_t index) {
+  return op_type == "Resize" && (index == 1 || index == 2);
 }
 
 std::vector<const OpSchema*> all_schemas() {

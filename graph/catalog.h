@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -41,6 +42,9 @@ struct OpSchema {
   int weight_axis = 0;
   LowerFn lower = nullptr;  // modules only
   std::string_view summary = {};
+  // The weight is a transposed convolution's [C_in, C_out / group, kernel…] (weight_axis 1):
+  // its output channels run along axis 1 within each group, and a batch norm folds along them.
+  bool transposed_weight = false;
 };
 
 const OpSchema* find_schema(std::string_view op_type);
@@ -59,6 +63,9 @@ std::vector<const AttributeRule*> attribute_rules(std::string_view op_type);
 // Ops whose spatial attributes (kernel_shape, strides, dilations: one value per spatial axis;
 // pads: two) must agree in length with each other and with the weight (Conv, pools).
 bool has_window_attributes(std::string_view op_type);
+// Float inputs that set how an op works rather than carry values through it (Resize's roi and
+// scales): shape inference needs them as constants, so training never makes them parameters.
+bool float_input_is_setting(std::string_view op_type, size_t index);
 // Every entry: ONNX ops, internal ops, then each module family's table.
 std::vector<const OpSchema*> all_schemas();
 std::vector<int> quantized_inputs(const OpSchema& schema);

@@ -478,6 +478,101 @@ Pattern conv_bn_pattern() {
   return p;
 }
 
+// Refusals of the transposed conv patterns: BN channel counts must be the output channels,
+// C_out = W[1] · group.
+std::optional<std::string> conv_transpose_refusal(const Node& conv, const Node* bn) {
+  const Tensor& w = conv.input(1)->constant();
+  if (w.rank() < 3) return conv.label() + ": weight is not a convolution's";
+  const int64_t channels = w.dim(1) * conv.attr_int("group", 1);
+  for (size_t i = 1; bn && i <= 4; ++i) {
+    if (bn->input(i)->constant().numel() != channels) {
+      return bn->label() + ": parameter '" + bn->input(i)->name() + "' has " +
+             std::to_string(bn->input(i)->constant().numel()) + " values, expected " +
+             std::to_string(channels);
+    }
+  }
+  if (conv.input(0) == nullptr || conv.input(0)->dtype() != DType::kFloat32) {
+    return conv.label() + ": input is not float";
+  }
+  return std::nullopt;
+}
+
+// As int8_unsupported for a ConvTranspose: weight [C_in, C_out / group, …].
+bool transposed_int8_unsupported(const Node& conv) {
+  const int64_t group = conv.attr_int("group", 1);
+  if (group <= 1) return false;
+  const auto& w = conv.input(1)->constant().shape();
+  const int64_t in_per_group = w[0] / group;
+  const int64_t out_per_group = w[1];
+  if (in_per_group == 1 && out_per_group == 1) return false;  // depthwise
+  return in_per_group % 4 != 0 || out_per_group % 4 != 0;
+}
+
+NodeSpec conv_transpose_spec(const Graph& g, const Node& conv, const Node* bn,
+                             std::string_view module) {
+  NodeSpec spec{.name = module_name(g, conv, module),
+                .op_type = std::string(module),
+                .inputs = {conv.input(0)}};
+  add_conv_bn_parts(spec, conv, bn);
+  spec.attributes.erase("int8_unsupported");
+  if (transposed_int8_unsupported(conv)) spec.attributes["int8_unsupported"] = int64_t{1};
+  return spec;
+}
+
+// 0=ConvTranspose, 1=BatchNormalization (optional), 2..=Act: a decoder's upsampling layer, fused
+// as the conv modules are (TensorRT runs the deconvolution, BN and activation as one layer).
+Pattern conv_transpose_bn_act_pattern() {
+  Pattern p;
+  p.name = "ConvTransposeBNAct";
+  p.kind = PatternKind::kFusion;
+  p.topology = "ConvTranspose -> [BatchNormalization] -> Act";
+  p.trunk = {one("conv", {"ConvTranspose"},
+                 [](const Node& n) {
+                   return conv_with_constant_weights(n) &&
+                          (batch_norm_after(n) || feeds_activation(n));
+                 }),
+             optional("bn", {"BatchNormalization"},
+                      [](const Node& n) { return inference_batch_norm(n) && feeds_activation(n); }),
+             optional("act", single_node_activations())};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    if (auto refusal = conv_transpose_refusal(*conv, bn)) return refusal;
+    const Node* end = conv_chain_end(conv, bn);
+    if (!activation_after(end->output(0))) return end->label() + ": no activation follows";
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    const Activation act = *activation_after(conv_chain_end(conv, bn)->output(0));
+    NodeSpec spec = conv_transpose_spec(g, *conv, bn, "ConvTransposeBNAct");
+    set_activation_attributes(spec, act);
+    replace_chain(g, std::move(spec), with_activation(conv_chain(conv, bn), act), act.output);
+  };
+  return p;
+}
+
+// 0=ConvTranspose, 1=BatchNormalization (optional).
+Pattern conv_transpose_bn_pattern() {
+  Pattern p;
+  p.name = "ConvTransposeBN";
+  p.kind = PatternKind::kFusion;
+  p.topology = "ConvTranspose -> [BatchNormalization]";
+  p.trunk = {one("conv", {"ConvTranspose"}, conv_with_constant_weights),
+             optional("bn", {"BatchNormalization"}, inference_batch_norm)};
+  p.select = [](const Graph& g, const Match& m) {
+    return conv_transpose_refusal(*m.node(g, "conv"), m.node(g, "bn"));
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* conv = m.node(g, "conv");
+    Node* bn = m.node(g, "bn");
+    replace_chain(g, conv_transpose_spec(g, *conv, bn, "ConvTransposeBN"), conv_chain(conv, bn),
+                  conv_chain_end(conv, bn)->output(0));
+  };
+  return p;
+}
+
 // Linear attributes: the weight as the source had it (weight_axis 0: [out, in], Gemm transB=1;
 // 1: [in, out]), the source op, Gemm's alpha and beta.
 NodeSpec linear_spec(const Graph& g, const Node& linear, const Node* bias_add,
@@ -662,15 +757,18 @@ class Lowering {
 
   // Conv then BN from the module's parameters starting at input `params` (W, B?, gamma, beta,
   // mean, var); the conv alone when the module has no BN.
-  Value* conv_bn(Value* x, size_t params) {
+  // `conv_op`: Conv, or ConvTranspose for the transposed modules (which keep output_padding and
+  // output_shape too).
+  Value* conv_bn(Value* x, size_t params, const std::string& conv_op = "Conv") {
     std::map<std::string, AttributeValue, std::less<>> conv_attrs;
-    for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad"}) {
+    for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad",
+                            "output_padding", "output_shape"}) {
       auto it = module_.attributes().find(key);
       if (it != module_.attributes().end()) conv_attrs[key] = it->second;
     }
     std::vector<Value*> conv_inputs = {x, module_.input(params)};
     if (module_.input(params + 1)) conv_inputs.push_back(module_.input(params + 1));
-    Value* c = add("Conv", "Conv", std::move(conv_inputs), std::move(conv_attrs));
+    Value* c = add(conv_op, conv_op, std::move(conv_inputs), std::move(conv_attrs));
     if (module_.num_inputs() <= params + 2 || !module_.input(params + 2)) return c;
     return add("BatchNormalization", "BatchNormalization",
                {c, module_.input(params + 2), module_.input(params + 3), module_.input(params + 4),
@@ -718,6 +816,16 @@ void lower_conv_bn(Graph& g, Node& n) {
 void lower_conv_bn_act(Graph& g, Node& n) {
   Lowering l(g, n);
   l.finish(l.activation(l.conv_bn(n.input(0), 1)));
+}
+
+void lower_conv_transpose_bn(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.conv_bn(n.input(0), 1, "ConvTranspose"));
+}
+
+void lower_conv_transpose_bn_act(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.activation(l.conv_bn(n.input(0), 1, "ConvTranspose")));
 }
 
 void lower_conv_bn_add_act(Graph& g, Node& n) {
@@ -773,6 +881,13 @@ constexpr std::array kModuleSchemas = {
              "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act"},
     OpSchema{"ConvBN", 3, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_conv_bn,
              "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN]"},
+    // ConvTranspose weights are [C_in, C_out / group, kH, kW]: output channels on axis 1.
+    OpSchema{"ConvTransposeBNAct", 3, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 1,
+             lower_conv_transpose_bn_act,
+             "X, W, B?[, gamma, beta, mean, var]: ConvTranspose -> [BN] -> Act", true},
+    OpSchema{"ConvTransposeBN", 3, 7, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 1,
+             lower_conv_transpose_bn, "X, W, B?[, gamma, beta, mean, var]: ConvTranspose -> [BN]",
+             true},
     OpSchema{"LinearAct", 3, 3, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_linear_act,
              "X, W, B?: Gemm | MatMul [+ Add] -> Act"},
     OpSchema{"Linear", 3, 3, 1, 1, 0, SchemaKind::kModule, kInput0, 1, 0, lower_linear,
@@ -786,9 +901,17 @@ constexpr std::array kModuleSchemas = {
 }  // namespace
 
 std::vector<Pattern> fusion_patterns() {
-  return {stem_pattern(),       conv_bn_add_act_pattern(),   conv_bn_act_pattern(),
-          linear_act_pattern(), conv_bn_pattern(),           linear_pattern(),
-          layer_norm_pattern(), adaptive_avg_pool_pattern(), act_add_pattern()};
+  return {stem_pattern(),
+          conv_bn_add_act_pattern(),
+          conv_bn_act_pattern(),
+          conv_transpose_bn_act_pattern(),
+          linear_act_pattern(),
+          conv_bn_pattern(),
+          conv_transpose_bn_pattern(),
+          linear_pattern(),
+          layer_norm_pattern(),
+          adaptive_avg_pool_pattern(),
+          act_add_pattern()};
 }
 
 std::span<const OpSchema> fusion_module_schemas() {

@@ -66,10 +66,30 @@ std::string with_suffix(const std::string& stem, const char* suffix) {
   return out;
 }
 
+// Whether `x` is the output of a layer whose fusion (listed before ActAdd) takes the activation
+// after it: a Conv or ConvTranspose with a constant weight, with or without a BatchNormalization
+// after it, or a Gemm/MatMul with a constant weight and its bias Add. Those fusions find a GELU
+// or SiLU from their chain's output (it reads the output twice, so no trunk reaches it), and
+// their matches do not list its nodes: this keeps ActAdd from claiming them too.
+bool ends_fused_layer(const Value* x) {
+  const Node* p = x ? x->producer() : nullptr;
+  if (p && (p->op_type() == "BatchNormalization" || p->op_type() == "Add")) {
+    const Node* before = p->input(0) ? p->input(0)->producer() : nullptr;
+    if (p->op_type() == "Add" && (!before || before->op_type() != "MatMul")) return false;
+    p = before;
+  }
+  if (!p || p->num_inputs() < 2 || !p->input(1) || !p->input(1)->is_constant()) return false;
+  const std::string& op = p->op_type();
+  return op == "Conv" || op == "ConvTranspose" || op == "Gemm" || op == "MatMul";
+}
+
 std::optional<std::string> act_add_refusal(const Graph& g, const Match& m) {
   const Node& first = *m.node(g, "act");
   const std::optional<Activation> a = activation_from(first);
   if (!a) return first.label() + ": not one of the nine activations";
+  if (a->nodes.size() > 1 && ends_fused_layer(first.input(0))) {
+    return first.label() + ": the " + a->kind + " belongs to the layer before it";
+  }
   std::vector<std::string> matched = m.names("act");
   for (const std::string& name : m.names("act_tail")) matched.push_back(name);
   std::vector<std::string> expected;

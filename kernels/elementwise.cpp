@@ -258,6 +258,36 @@ struct EqualOp {
     return a == b ? 1 : 0;
   }
 };
+struct GreaterOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a > b ? 1 : 0;
+  }
+};
+struct LessOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a < b ? 1 : 0;
+  }
+};
+struct PReluOp {
+  float operator()(float x, float slope) const { return x < 0.0f ? slope * x : x; }
+};
+// NaN wins, as in ONNX Runtime and torch.maximum / torch.minimum.
+struct MaxOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    if (a != a || b != b) return a + b;  // NaN (never taken for integers)
+    return a < b ? b : a;
+  }
+};
+struct MinOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    if (a != a || b != b) return a + b;
+    return b < a ? b : a;
+  }
+};
 
 // Float powers with the common constant exponents done exactly as their cheap forms, in every
 // path, so a result never depends on which loop computed it.
@@ -336,9 +366,18 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
                   Tensor& y) {
   const T* pa = typed<T>(a);
   const T* pb = typed<T>(b);
-  if (op == BinaryOp::kEqual) {
-    run_binary(plan, pa, pb, typed<uint8_t>(y), EqualOp{});
-    return;
+  switch (op) {
+    case BinaryOp::kEqual:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), EqualOp{});
+      return;
+    case BinaryOp::kGreater:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), GreaterOp{});
+      return;
+    case BinaryOp::kLess:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), LessOp{});
+      return;
+    default:
+      break;
   }
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, int64_t> ||
                 std::is_same_v<T, int32_t>) {
@@ -375,7 +414,21 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
         }
         run_binary(plan, pa, pb, py, PowOp{});
         return;
+      case BinaryOp::kMax:
+        run_binary(plan, pa, pb, py, MaxOp{});
+        return;
+      case BinaryOp::kMin:
+        run_binary(plan, pa, pb, py, MinOp{});
+        return;
+      case BinaryOp::kPRelu:
+        if constexpr (std::is_same_v<T, float>) {
+          run_binary(plan, pa, pb, py, PReluOp{});
+          return;
+        }
+        break;
       case BinaryOp::kEqual:
+      case BinaryOp::kGreater:
+      case BinaryOp::kLess:
         break;
     }
   }
@@ -532,6 +585,22 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
       return;
     case UnaryOp::kNeg:
       fn(UnaryRule{[](float v) { return -v; }, [](float, float g) { return -g; }});
+      return;
+    case UnaryOp::kExp:
+      fn(UnaryRule{[](float v) { return exp_approx(v); },
+                   [](float v, float g) { return g * exp_approx(v); }});
+      return;
+    case UnaryOp::kLog:
+      // std::log, scalar like std::sqrt above: the same bits in any loop.
+      fn(UnaryRule{[](float v) { return std::log(v); }, [](float v, float g) { return g / v; }});
+      return;
+    case UnaryOp::kSoftplus:
+      // max(x, 0) + ln(1 + e^-|x|): no overflow for large x, exact log1p for small terms.
+      fn(UnaryRule{[](float v) {
+                     const float a = v < 0.0f ? -v : v;
+                     return (v > 0.0f ? v : 0.0f) + std::log1p(exp_approx(-a));
+                   },
+                   [](float v, float g) { return g * sigmoid_f32(v); }});
       return;
     case UnaryOp::kClip: {
       const float lo = p.min;
@@ -713,8 +782,13 @@ BroadcastPlan plan_broadcast(std::span<const Shape> input_shapes) {
   return plan;
 }
 
+bool binary_outputs_bool(BinaryOp op) {
+  return op == BinaryOp::kEqual || op == BinaryOp::kGreater || op == BinaryOp::kLess;
+}
+
 bool binary_supports(BinaryOp op, DType a, DType b) {
-  if (op == BinaryOp::kEqual) return a == b;
+  if (binary_outputs_bool(op)) return a == b;
+  if (op == BinaryOp::kPRelu) return a == DType::kFloat32 && b == DType::kFloat32;
   if (op == BinaryOp::kPow && a == DType::kFloat32) {
     return b == DType::kFloat32 || b == DType::kInt64 || b == DType::kInt32;
   }

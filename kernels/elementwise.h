@@ -25,6 +25,9 @@ enum class UnaryOp {
   kSqrt,
   kNeg,
   kClip,
+  kExp,
+  kLog,
+  kSoftplus,  // ln(1 + e^x)
   // Fused activations of the modules, in the operation order of the nodes they replace:
   // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops, but
   // kGeluErf is also ONNX Gelu (opset 20) with approximate "none".
@@ -113,13 +116,21 @@ enum class BinaryOp {
   kMul,
   kDiv,  // integer division truncates toward zero, as in C
   kPow,
-  kMod,    // integers and floats: the result takes the divisor's sign (Python/numpy)
-  kFmod,   // the result takes the dividend's sign (C fmod / truncating remainder)
-  kEqual,  // output bool
+  kMod,      // integers and floats: the result takes the divisor's sign (Python/numpy)
+  kFmod,     // the result takes the dividend's sign (C fmod / truncating remainder)
+  kEqual,    // output bool
+  kGreater,  // output bool
+  kLess,     // output bool
+  kMax,      // NaN if either input is NaN
+  kMin,
+  kPRelu,  // a < 0 ? b · a : a, float32 only (b: the slope)
 };
 
+// Equal, Greater and Less: their output is bool.
+bool binary_outputs_bool(BinaryOp op);
 // True when `op` is defined for inputs of dtypes a, b (Pow allows a float32 base with an
-// integer exponent; every other op wants equal dtypes). Output dtype: bool for Equal, else a.
+// integer exponent; every other op wants equal dtypes). Output dtype: bool for the comparisons,
+// else a.
 bool binary_supports(BinaryOp op, DType a, DType b);
 // y = op(a, b) under `plan` (made from a's and b's shapes). Integer division or modulo by zero
 // throws an Invalid error "expected nonzero integer divisors, got 0" (callers add context).

@@ -66,6 +66,20 @@ void fold_batch_norm_weight(const float* w, const float* gamma, const float* var
   }
 }
 
+void fold_batch_norm_weight_transposed(const float* w, const float* gamma, const float* var,
+                                       double epsilon, int64_t in_channels, int64_t groups,
+                                       int64_t out_per_group, int64_t per_channel, float* folded,
+                                       double* factor, double* inv_std) {
+  const int64_t in_per_group = in_channels / groups;
+  const int64_t row = out_per_group * per_channel;
+  for (int64_t ci = 0; ci < in_channels; ++ci) {
+    const int64_t first = ci / in_per_group * out_per_group;
+    fold_batch_norm_weight(w + ci * row, gamma + first, var + first, epsilon, out_per_group,
+                           per_channel, folded + ci * row, factor ? factor + first : nullptr,
+                           inv_std ? inv_std + first : nullptr);
+  }
+}
+
 void channel_affine(const float* x, const float* scale, const float* shift, int64_t batch,
                     int64_t channels, int64_t inner, float* y) {
   parallel_for(batch * channels, grain_for(inner), [&](int64_t begin, int64_t end) {

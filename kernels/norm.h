@@ -68,6 +68,16 @@ void fold_batch_norm_weight(const float* w, const float* gamma, const float* var
                             int64_t channels, int64_t per_channel, float* folded, double* factor,
                             double* inv_std = nullptr);
 
+// The same fold for a transposed convolution's weight [in_channels, out_per_group, …] (ONNX
+// ConvTranspose), whose output channel for element (ci, j, …) is group(ci)·out_per_group + j:
+// each input channel's rows fold with its group's gamma and var (`per_channel` values per row),
+// computing each factor as fold_batch_norm_weight does. `factor` and `inv_std` receive one
+// value per output channel (groups · out_per_group) when not null.
+void fold_batch_norm_weight_transposed(const float* w, const float* gamma, const float* var,
+                                       double epsilon, int64_t in_channels, int64_t groups,
+                                       int64_t out_per_group, int64_t per_channel, float* folded,
+                                       double* factor, double* inv_std = nullptr);
+
 // y[n, c, i] = x[n, c, i]·scale[c] + shift[c] over x [batch, channels, inner].
 void channel_affine(const float* x, const float* scale, const float* shift, int64_t batch,
                     int64_t channels, int64_t inner, float* y);

@@ -127,6 +127,32 @@ void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* c
   });
 }
 
+void split_backward(const ConcatPlan& plan, std::span<const float* const> dys, float* dx,
+                    GradMode write) {
+  if (dys.size() != plan.row_bytes.size()) throw_internal("split_backward: output count mismatch");
+  const int64_t in_row = plan.out_row_bytes / static_cast<int64_t>(sizeof(float));
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, in_row));
+  parallel_for(plan.outer, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float* dst = dx + o * in_row;
+      for (size_t i = 0; i < dys.size(); ++i) {
+        const int64_t row = plan.row_bytes[i] / static_cast<int64_t>(sizeof(float));
+        if (dys[i]) {
+          const float* src = dys[i] + o * row;
+          if (write == GradMode::kOverwrite) {
+            std::copy_n(src, row, dst);
+          } else {
+            for (int64_t j = 0; j < row; ++j) dst[j] += src[j];
+          }
+        } else if (write == GradMode::kOverwrite) {
+          std::fill_n(dst, row, 0.0f);
+        }
+        dst += row;
+      }
+    }
+  });
+}
+
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
                      GradMode write) {
   if (plan.elem_size != sizeof(float)) throw_internal("gather_backward: expected a float32 plan");

@@ -4,6 +4,7 @@
 //   Transpose: dx = transpose(dy, perm⁻¹).
 //   Slice:     dx = 0 except dx[start + i·step] = dy[i] per axis (no position is read twice).
 //   Concat:    dx_i = the rows of dy along the axis that input i filled.
+//   Split:     dx = the outputs' dy_i side by side along the axis (zero where dy_i is absent).
 //   Gather:    dx = 0, then dx[o, indices[j], i] += dy[o, j, i] for j in order (repeated indices
 //              add up in index order).
 // Every dx element is one fixed sequence of float operations (one outer row per task for
@@ -33,6 +34,11 @@ void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int
 // plan: the forward's plan_concat(shapes, axis, 4); dxs: one per input (null skips it).
 void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* const> dxs,
                      GradMode write = GradMode::kOverwrite);
+
+// Split's backward, concat of the outputs' gradients. plan: the forward's plan_concat of the
+// output shapes along the split axis; dys: one per output (null: no gradient reached it, zero).
+void split_backward(const ConcatPlan& plan, std::span<const float* const> dys, float* dx,
+                    GradMode write = GradMode::kOverwrite);
 
 // plan: the forward's plan_gather(data_shape, axis, 4); indices as the forward read them (an
 // index out of range throws the forward's Invalid error); dx has the data's shape.

@@ -370,6 +370,24 @@ void concat(const ConcatPlan& plan, std::span<const Tensor> inputs, Tensor& y) {
   });
 }
 
+void split(const ConcatPlan& plan, const void* x, std::span<Tensor> outputs) {
+  if (outputs.size() != plan.row_bytes.size()) throw_internal("split: output count mismatch");
+  const auto* in = static_cast<const std::byte*>(x);
+  for_each_block(plan.outer, plan.out_row_bytes, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const std::byte* src = in + o * plan.out_row_bytes;
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        const int64_t bytes = plan.row_bytes[i];
+        if (bytes != 0 && outputs[i].defined()) {
+          std::memcpy(static_cast<std::byte*>(outputs[i].raw()) + o * bytes, src,
+                      static_cast<size_t>(bytes));
+        }
+        src += bytes;
+      }
+    }
+  });
+}
+
 GatherPlan plan_gather(std::span<const int64_t> data_shape, int axis, size_t elem_size) {
   if (axis < 0 || axis >= static_cast<int>(data_shape.size())) {
     throw_internal("plan_gather: bad axis");

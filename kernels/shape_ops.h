@@ -1,4 +1,4 @@
-// Data-movement kernels: strided copies (slice, expand), transpose, concat, gather, pad,
+// Data-movement kernels: strided copies (slice, expand), transpose, concat, split, gather, pad,
 // scatter_nd, range. They move elements by size (1, 4 or 8 bytes), so one kernel serves every
 // dtype. Layouts are planned once; running a plan allocates nothing.
 #pragma once
@@ -73,6 +73,10 @@ struct ConcatPlan {
 // axis must be in [0, rank); shapes agree except along it.
 ConcatPlan plan_concat(std::span<const Shape> in_shapes, int axis, size_t elem_size);
 void concat(const ConcatPlan& plan, std::span<const Tensor> inputs, Tensor& y);
+
+// Split: concat's inverse. plan: plan_concat of the output shapes along the split axis; each
+// output receives its rows of x (an undefined output is skipped).
+void split(const ConcatPlan& plan, const void* x, std::span<Tensor> outputs);
 
 // Gather ---------------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ struct EvaluationSetup {
 struct Evaluation {
   size_t samples = 0;
   runtime::ComparisonFigures figures;  // quantized output 0 against the reference's
+  // Labelled samples and a [N, classes] output: accuracy and cross-entropy apply.
   bool labelled = false;
   size_t reference_correct = 0;  // rows whose argmax is the label (labelled data only)
   size_t quantized_correct = 0;

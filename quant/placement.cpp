@@ -44,7 +44,77 @@ int weight_axis_of(const Node& n, const graph::OpSchema& schema, const Tensor& w
   return schema.weight_axis;
 }
 
+// Ops whose output holds only elements of their first input: a quantized value stays a
+// quantized value of the same scale through them.
+bool passes_quantized_values(const Node& n) {
+  const std::string& op = n.op_type();
+  if (op == "MaxPool" || op == "Split" || op == "Identity") return true;
+  return op == "Resize" && n.attr_string("mode", "nearest") == "nearest";
+}
+
+// The activation point a Concat input carries: the input itself, or the tensor it was moved
+// from through passes_quantized_values ops.
+const Value* point_behind(const Value* v, const std::map<std::string, size_t>& point_of_tensor) {
+  while (v) {
+    if (point_of_tensor.count(v->name())) return v;
+    const Node* p = v->producer();
+    if (!p || !passes_quantized_values(*p) || p->num_inputs() == 0) return nullptr;
+    v = p->input(0);
+  }
+  return nullptr;
+}
+
+// Concat scale groups: the output and the inputs of every Concat that carry points, merged
+// when groups overlap; each group named by its first point in plan order.
+void group_concat_scales(const graph::Graph& fused, QuantPlan& plan,
+                         const std::map<std::string, size_t>& point_of_tensor) {
+  std::vector<size_t> parent(plan.activations.size());
+  for (size_t i = 0; i < parent.size(); ++i) parent[i] = i;
+  auto root = [&](size_t i) {
+    while (parent[i] != i) i = parent[i] = parent[parent[i]];
+    return i;
+  };
+  for (const Node* n : fused.nodes()) {
+    if (n->op_type() != "Concat") continue;
+    std::vector<size_t> members;
+    auto add = [&](const Value* v) {
+      const Value* p = point_behind(v, point_of_tensor);
+      if (p) members.push_back(point_of_tensor.at(p->name()));
+    };
+    add(n->output(0));
+    for (const Value* in : n->inputs()) add(in);
+    for (size_t m : members) {
+      const size_t a = root(m), b = root(members[0]);
+      if (a != b) parent[std::max(a, b)] = std::min(a, b);
+    }
+  }
+  std::vector<size_t> size(parent.size(), 0);
+  for (size_t i = 0; i < parent.size(); ++i) ++size[root(i)];
+  for (size_t i = 0; i < parent.size(); ++i) {
+    if (size[root(i)] > 1) plan.activations[i].scale_group = plan.activations[root(i)].tensor;
+  }
+}
+
+float checked_amax(const std::string& tensor, const std::map<std::string, float>& amax) {
+  auto it = amax.find(tensor);
+  if (it == amax.end() || !std::isfinite(it->second) || it->second < 0) {
+    throw_invalid("qdq export: point '" + tensor + "': expected a finite amax >= 0, got " +
+                  (it == amax.end() ? std::string("none") : std::to_string(it->second)));
+  }
+  return it->second;
+}
+
 }  // namespace
+
+float shared_amax(const QuantPlan& plan, const ActivationPoint& point,
+                  const std::map<std::string, float>& amax) {
+  float a = checked_amax(point.tensor, amax);
+  if (point.scale_group.empty()) return a;
+  for (const ActivationPoint& p : plan.activations) {
+    if (p.scale_group == point.scale_group) a = std::max(a, checked_amax(p.tensor, amax));
+  }
+  return a;
+}
 
 const ActivationPoint* QuantPlan::find_activation(const std::string& tensor) const {
   for (const ActivationPoint& p : activations) {
@@ -125,6 +195,8 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
                      .axis = weight_axis_of(*n, *schema, w),
                      .per_channel = !options.per_tensor_weights,
                      .folds_batch_norm = has_batch_norm_after_weight(*n, schema->weight_input)};
+      wp.transposed = schema->transposed_weight;
+      if (wp.transposed) wp.group = n->attr_int("group", 1);
       if (wp.axis < 0 || wp.axis >= w.rank()) {
         throw_invalid("placement: " + n->label() + ": expected a weight axis in [0, " +
                       std::to_string(w.rank()) + "), got " + std::to_string(wp.axis));
@@ -133,6 +205,8 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
     }
     if (has_softmax) plan.softmax.push_back({n->name(), n->attr_float("softmax_scale")});
   }
+
+  group_concat_scales(fused, plan, point_of_tensor);
 
   for (size_t i = 0; i < options.skip.size(); ++i) {
     if (!skip_used[i]) {
@@ -158,18 +232,25 @@ Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Ten
     if (folded_bias && is_float_constant(bv)) *folded_bias = bv->constant();
     return w;
   }
-  // y = gamma · (conv(x, W) + B − mean) / sqrt(var + eps) + beta, per output channel (axis 0).
+  // y = gamma · (conv(x, W) + B − mean) / sqrt(var + eps) + beta, per output channel (axis 0,
+  // or axis 1 within each group for a transposed convolution).
   const size_t first = static_cast<size_t>(point.input) + 2;
   const float* gamma = n->input(first)->constant().data<float>();
   const float* beta = n->input(first + 1)->constant().data<float>();
   const float* mean = n->input(first + 2)->constant().data<float>();
   const float* var = n->input(first + 3)->constant().data<float>();
   const double eps = n->attr_float("epsilon", 1e-5f);
-  const int64_t channels = w.dim(0);
   Tensor folded(DType::kFloat32, w.shape());
+  const int64_t channels = point.transposed ? w.dim(1) * point.group : w.dim(0);
   std::vector<double> factor(static_cast<size_t>(channels));
-  kernels::fold_batch_norm_weight(w.data<float>(), gamma, var, eps, channels, w.numel() / channels,
-                                  folded.data<float>(), factor.data());
+  if (point.transposed) {
+    kernels::fold_batch_norm_weight_transposed(
+        w.data<float>(), gamma, var, eps, w.dim(0), point.group, w.dim(1),
+        w.numel() / w.dim(0) / w.dim(1), folded.data<float>(), factor.data());
+  } else {
+    kernels::fold_batch_norm_weight(w.data<float>(), gamma, var, eps, channels,
+                                    w.numel() / channels, folded.data<float>(), factor.data());
+  }
   Tensor bias(DType::kFloat32, {channels});
   const float* b = is_float_constant(bv) ? bv->constant().data<float>() : nullptr;
   for (int64_t c = 0; c < channels; ++c) {

@@ -3,6 +3,7 @@
 // names tensors and module inputs; calibration fills in ranges and qdq_export builds the graph.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,11 @@ struct QuantConsumer {
 struct ActivationPoint {
   std::string tensor;
   std::vector<QuantConsumer> consumers;
+  // Points of one scale group share one scale (the group's largest amax): the quantized
+  // tensors around a Concat, its output and its inputs, seen through the ops that only move or
+  // select elements (MaxPool, nearest Resize, Split, Identity), so that TensorRT runs the Concat
+  // on INT8 without requantizing. The group is named by its first point's tensor; empty: alone.
+  std::string scale_group;
 };
 
 // A module's weight, quantized per output channel along `axis` of the weight tensor, or with one
@@ -35,6 +41,10 @@ struct WeightPoint {
   // Batch norm parameters follow the weight and are folded into it at export; the quantizer
   // acts on the folded weight.
   bool folds_batch_norm = false;
+  // A transposed convolution's weight [C_in, C_out / group, …]: output channels run along axis
+  // 1 within each of `group` groups, and the batch norm folds along them.
+  bool transposed = false;
+  int64_t group = 1;
 };
 
 // The quantizer on the softmax output inside an attention module: a fixed scale, never
@@ -68,6 +78,12 @@ struct PlacementOptions {
   // channel, for targets without per-axis weight quantizers.
   bool per_tensor_weights = false;
 };
+
+// The amax of `point` with its scale group applied: the largest amax of the group's points
+// (its own when alone). Invalid error naming the tensor when a needed amax is missing or not
+// finite and >= 0.
+float shared_amax(const QuantPlan& plan, const ActivationPoint& point,
+                  const std::map<std::string, float>& amax);
 
 // Invalid error naming the entry when a skip entry matches no module node.
 QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options = {});

@@ -68,10 +68,11 @@ Value* add_dequantize(Graph& g, Value* x_q, Value* scale, Value* zero, const Qua
 }
 
 // x → QuantizeLinear → DequantizeLinear, inserted before `position`; returns the DQ output.
+// The scale and zero point are new constants unless given.
 Value* add_qdq(Graph& g, Value* x, const Quantizer& q, const std::string& stem,
-               const Node* position) {
-  Value* scale = scale_constant(g, stem, q);
-  Value* zero = zero_point_constant(g, stem, q);
+               const Node* position, Value* scale = nullptr, Value* zero = nullptr) {
+  if (!scale) scale = scale_constant(g, stem, q);
+  if (!zero) zero = zero_point_constant(g, stem, q);
   std::string node = stem;
   node.append("/QuantizeLinear");
   std::string out = stem;
@@ -138,12 +139,11 @@ std::map<std::string, std::string> insert_activation_pairs(Graph& g, const Quant
                                                            const ActivationScales& scales,
                                                            QdqCounts& count) {
   std::map<std::string, std::string> scale_names;
+  // A scale group's pairs read one scale constant, made at its first point (the group's name):
+  // one initializer, so training learns one scale for the group.
+  std::map<std::string, std::pair<Value*, Value*>> group_scale;  // group → scale, zero point
   for (const ActivationPoint& p : plan.activations) {
-    auto it = amax.find(p.tensor);
-    if (it == amax.end() || !std::isfinite(it->second) || it->second < 0) {
-      throw_invalid("qdq export: point '" + p.tensor + "': expected a finite amax >= 0, got " +
-                    (it == amax.end() ? std::string("none") : std::to_string(it->second)));
-    }
+    const float group_amax = shared_amax(plan, p, amax);
     Value* x = g.find_value(p.tensor);
     if (!x) throw_invalid("qdq export: point '" + p.tensor + "' names no tensor of the graph");
     std::set<const Node*> consumers;
@@ -154,17 +154,29 @@ std::map<std::string, std::string> insert_activation_pairs(Graph& g, const Quant
                       "', not in the graph");
       consumers.insert(n);
     }
-    auto learned = scales.find(p.tensor);
-    float scale = scale_from_amax(it->second);
+    const std::string& leader = p.scale_group.empty() ? p.tensor : p.scale_group;
+    auto learned = scales.find(leader);
+    float scale = scale_from_amax(group_amax);
     if (learned != scales.end()) {
       if (!std::isfinite(learned->second) || !(learned->second > 0)) {
-        throw_invalid("qdq export: point '" + p.tensor + "': expected a finite scale > 0, got " +
+        throw_invalid("qdq export: point '" + leader + "': expected a finite scale > 0, got " +
                       std::to_string(learned->second));
       }
       scale = learned->second;
     }
-    Value* dq = add_qdq(g, x, Quantizer{{scale}}, p.tensor, first_in_order(g, consumers));
-    scale_names[p.tensor] = dq->producer()->input(1)->name();
+    const Quantizer q{{scale}};
+    auto shared = group_scale.find(leader);
+    Value* dq = nullptr;
+    if (shared == group_scale.end()) {
+      dq = add_qdq(g, x, q, p.tensor, first_in_order(g, consumers));
+      scale_names[leader] = dq->producer()->input(1)->name();
+      if (!p.scale_group.empty()) {
+        group_scale[leader] = {dq->producer()->input(1), dq->producer()->input(2)};
+      }
+    } else {
+      dq = add_qdq(g, x, q, p.tensor, first_in_order(g, consumers), shared->second.first,
+                   shared->second.second);
+    }
     for (const QuantConsumer& c : p.consumers) {
       g.set_input(g.find_node(c.node), static_cast<size_t>(c.input), dq);
     }
@@ -340,6 +352,7 @@ Value* insert_node(Graph& g, const std::string& name, const std::string& op_type
 void unfold_conv_output(Graph& g, const std::vector<Node*>& made, Value* factor,
                         const std::string& label) {
   Node* conv = find_op(made, "Conv");
+  if (!conv) conv = find_op(made, "ConvTranspose");
   Node* bn = find_op(made, "BatchNormalization");
   if (!conv || !bn) throw_internal("training graph: " + label + ": lowering made no Conv → BN");
   Value* y = conv->output(0);
@@ -349,7 +362,7 @@ void unfold_conv_output(Graph& g, const std::vector<Node*>& made, Value* factor,
   Value* bias = conv->num_inputs() > 2 ? conv->input(2) : nullptr;
   if (bias) {
     Node* plain = g.insert_node({.name = g.unique_node_name(stem + "_nobias"),
-                                 .op_type = "Conv",
+                                 .op_type = conv->op_type(),
                                  .inputs = {conv->input(0), conv->input(1)},
                                  .output_names = {g.unique_value_name(y->name() + "_nobias")},
                                  .attributes = conv->attributes()},
@@ -379,7 +392,8 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
   Graph& g = *result.graph;
   QdqCounts count;
 
-  // What may be trained: the fused graph's float constants, except attention masks.
+  // What may be trained: the fused graph's float constants, except attention masks and the
+  // settings of ops (Resize's scales).
   std::set<std::string> candidates;
   for (const Value* v : fused.values()) {
     if (v->is_constant() && v->dtype() == DType::kFloat32) candidates.insert(v->name());
@@ -388,6 +402,11 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     const int mask = n->op_type() == "SDPA" ? 3 : n->op_type() == "SwinAttention" ? 4 : -1;
     if (mask >= 0 && n->num_inputs() > static_cast<size_t>(mask) && n->input(mask)) {
       candidates.erase(n->input(mask)->name());
+    }
+    for (size_t i = 0; i < n->num_inputs(); ++i) {
+      if (n->input(i) && graph::float_input_is_setting(n->op_type(), i)) {
+        candidates.erase(n->input(i)->name());
+      }
     }
   }
 
@@ -408,6 +427,10 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
       inputs.push_back(n->input(first));      // gamma
       inputs.push_back(n->input(first + 3));  // running var
       attributes["epsilon"] = n->attr_float("epsilon", 1e-5f);
+      if (w.transposed) {
+        attributes["transposed"] = int64_t{1};
+        attributes["group"] = w.group;
+      }
     }
     const std::string stem = weight->name();
     std::vector<std::string> outputs = {g.unique_value_name(stem + "_fake_quant")};
@@ -420,7 +443,8 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
                             n);
     q->output(0)->set_type(DType::kFloat32, weight->known_shape());
     if (w.folds_batch_norm) {
-      q->output(1)->set_type(DType::kFloat32, {weight->known_shape()[0]});
+      const graph::Shape& ws = weight->known_shape();
+      q->output(1)->set_type(DType::kFloat32, {w.transposed ? ws[1] * w.group : ws[0]});
       fold_factor[w.node] = q->output(1);
     }
     g.set_input(n, static_cast<size_t>(w.input), q->output(0));

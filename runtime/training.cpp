@@ -8,6 +8,7 @@
 #include <set>
 #include <utility>
 
+#include "graph/catalog.h"
 #include "kernels/parallel.h"
 #include "kernels/softmax.h"
 #include "runtime/arena_plan.h"
@@ -37,6 +38,13 @@ std::vector<std::string> trainable_initializers(const graph::Graph& imported) {
     const graph::Value* in = node->input(0);
     if (node->op_type() == "Identity" && in && names.count(in->name())) {
       names.insert(node->output(0)->name());
+    }
+  }
+  for (const graph::Node* node : imported.nodes()) {
+    for (size_t i = 0; i < node->num_inputs(); ++i) {
+      if (node->input(i) && graph::float_input_is_setting(node->op_type(), i)) {
+        names.erase(node->input(i)->name());
+      }
     }
   }
   return {names.begin(), names.end()};

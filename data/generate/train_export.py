@@ -70,6 +70,13 @@ RECIPES = {
     "vit": dict(epochs=40, lr=1e-3, wd=0.05),
     "swin": dict(epochs=30, lr=1e-3, wd=0.05),
 }
+# The dense-prediction models of detection_models.py, listed in the README when present.
+DENSE_MODELS = [
+    ("yolo", "YOLO-style detector (C2f with Split, SPPF, nearest Resize, Concat, SiLU, DFL "
+             "head); output N x 14 x 64: box distances and class scores per cell of an 8x8 grid"),
+    ("unet", "UNet (ConvTranspose-BN-ReLU, bilinear Resize, Concat skips); output N x 11 x 32 "
+             "x 32: background and digit logits per pixel"),
+]
 BATCH_SIZE = 64
 WARMUP_EPOCHS = 2
 MAX_SHIFT = 2  # random translation augmentation, in pixels
@@ -418,6 +425,26 @@ def write_readme(ds):
         "",
         "Swin config: `%s`." % json.dumps(models.SWIN_CONFIG),
         "",
+    ]
+    dense = [(fam, what) for fam, what in DENSE_MODELS
+             if os.path.exists(os.path.join(MODELS_DIR, "%s_bn.onnx" % fam))]
+    if dense:
+        lines += [
+            "## Dense-prediction models: `models/{yolo,unet}_bn.onnx`",
+            "",
+            "Made by `generate/detection_models.py` on the same dataset and preprocessing, opset",
+            "17, BatchNormalization kept, output `output`; `golden/<family>_input.npy` as above and",
+            "`golden/<family>_bn_output.npy` PyTorch's output on it.",
+            "",
+            "| family | model | file |",
+            "|---|---|---:|",
+        ]
+        for fam, what in dense:
+            p = os.path.join(MODELS_DIR, "%s_bn.onnx" % fam)
+            lines.append("| %s | %s | %s (%d nodes) |" % (
+                fam, what, human_size(os.path.getsize(p)), len(onnx.load(p).graph.node)))
+        lines.append("")
+    lines += [
         "## Goldens: `golden/`",
         "",
         "- `<family>_input.npy`: float32 (`<f4`, C order) 4 x 3 x 32 x 32 preprocessed batch of",

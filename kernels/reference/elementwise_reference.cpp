@@ -74,6 +74,12 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return -x;
     case UnaryOp::kClip:
       return std::min<double>(std::max<double>(x, p.min), p.max);
+    case UnaryOp::kExp:
+      return std::exp(x);
+    case UnaryOp::kLog:
+      return std::log(x);
+    case UnaryOp::kSoftplus:
+      return std::log(1.0 + std::exp(x));
   }
   return 0;
 }
@@ -122,6 +128,12 @@ double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
       return -1;
     case UnaryOp::kClip:
       return (x > p.min && x < p.max) ? 1 : 0;
+    case UnaryOp::kExp:
+      return std::exp(x);
+    case UnaryOp::kLog:
+      return 1 / x;
+    case UnaryOp::kSoftplus:
+      return 1.0 / (1.0 + std::exp(-x));
   }
   return 0;
 }
@@ -136,14 +148,17 @@ Tensor unary_backward(UnaryOp op, const UnaryParams& params, const Tensor& x, co
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   const Shape out_shape = numpy_broadcast({a.shape(), b.shape()});
-  Tensor y(op == BinaryOp::kEqual ? DType::kBool : a.dtype(), out_shape);
+  Tensor y(binary_outputs_bool(op) ? DType::kBool : a.dtype(), out_shape);
   const bool floating = a.dtype() == DType::kFloat32;
   for (int64_t i = 0; i < y.numel(); ++i) {
     const Shape index = unravel(i, out_shape);
     const int64_t ia = broadcast_source(index, a.shape());
     const int64_t ib = broadcast_source(index, b.shape());
-    if (op == BinaryOp::kEqual) {
-      set_double(y, i, get_double(a, ia) == get_double(b, ib) ? 1 : 0);
+    if (binary_outputs_bool(op)) {
+      const double u = get_double(a, ia);
+      const double v = get_double(b, ib);
+      const bool r = op == BinaryOp::kEqual ? u == v : op == BinaryOp::kGreater ? u > v : u < v;
+      set_double(y, i, r ? 1 : 0);
       continue;
     }
     if (floating) {
@@ -172,7 +187,18 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         case BinaryOp::kMod:
           r = u - v * std::floor(u / v);
           break;
+        case BinaryOp::kMax:
+          r = std::isnan(u) || std::isnan(v) ? std::nan("") : std::max(u, v);
+          break;
+        case BinaryOp::kMin:
+          r = std::isnan(u) || std::isnan(v) ? std::nan("") : std::min(u, v);
+          break;
+        case BinaryOp::kPRelu:
+          r = u < 0 ? v * u : u;
+          break;
         case BinaryOp::kEqual:
+        case BinaryOp::kGreater:
+        case BinaryOp::kLess:
           break;
       }
       set_double(y, i, r);
@@ -209,7 +235,16 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         }
         break;
       }
+      case BinaryOp::kMax:
+        r = std::max(u, v);
+        break;
+      case BinaryOp::kMin:
+        r = std::min(u, v);
+        break;
+      case BinaryOp::kPRelu:
       case BinaryOp::kEqual:
+      case BinaryOp::kGreater:
+      case BinaryOp::kLess:
         break;
     }
     set_int(y, i, r);

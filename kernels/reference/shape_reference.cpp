@@ -90,6 +90,26 @@ Tensor concat(std::span<const Tensor> inputs, int64_t axis) {
   return y;
 }
 
+std::vector<Tensor> split(const Tensor& x, std::span<const int64_t> sizes, int64_t axis) {
+  if (axis < 0) axis += x.rank();
+  const auto ax = static_cast<size_t>(axis);
+  std::vector<Tensor> outputs;
+  int64_t start = 0;
+  for (int64_t size : sizes) {
+    Shape shape = x.shape();
+    shape[ax] = size;
+    Tensor y(x.dtype(), shape);
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      Shape index = unravel(i, shape);
+      index[ax] += start;
+      copy_element(x, ravel(index, x.shape()), y, i);
+    }
+    outputs.push_back(y);
+    start += size;
+  }
+  return outputs;
+}
+
 Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis) {
   const int64_t rank = data.rank();
   if (axis < 0) axis += rank;

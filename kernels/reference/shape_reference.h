@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "kernels/shape_ops.h"
 #include "kernels/tensor.h"
@@ -15,6 +16,8 @@ Tensor transpose(const Tensor& x, std::span<const int64_t> perm);
 Tensor slice(const Tensor& x, std::span<const int64_t> starts, std::span<const int64_t> ends,
              std::span<const int64_t> axes, std::span<const int64_t> steps);
 Tensor concat(std::span<const Tensor> inputs, int64_t axis);
+// ONNX Split: consecutive parts of `sizes` elements along axis.
+std::vector<Tensor> split(const Tensor& x, std::span<const int64_t> sizes, int64_t axis);
 Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis);
 // pads in ONNX layout: all begins, then all ends; constant_value in the tensor's dtype.
 Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value);

@@ -1,6 +1,7 @@
-// The dense op family (ONNX opset 17 semantics): Conv, Gemm, MatMul, BatchNormalization,
-// LayerNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Softmax. Shape
-// inference validates every rule the kernels rely on; kernels get fixed shapes and plans.
+// The dense op family (ONNX opset 17 semantics): Conv, ConvTranspose, Gemm, MatMul,
+// BatchNormalization, LayerNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean,
+// Softmax. Shape inference validates every rule the kernels rely on; kernels get fixed shapes and
+// plans.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include "kernels/conv.h"
 #include "kernels/conv_backward.h"
+#include "kernels/conv_transpose.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_backward.h"
 #include "kernels/norm.h"
@@ -358,6 +360,166 @@ std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const In
   return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
                                       node.attr_float("clamp_min", -kInf),
                                       node.attr_float("clamp_max", kInf), true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvTranspose
+
+struct ConvTransposeSetup {
+  kernels::ConvTransposeGeometry geometry;
+  Shape out_shape;
+};
+
+// Output size and pads per spatial axis (ONNX ConvTranspose): from pads and output_padding, or
+// from output_shape or auto_pad SAME_*, which split the total padding between the two ends.
+ConvTransposeSetup setup_conv_transpose(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const InputInfo& w = float_input(node, inputs, 1, "W");
+  const InputInfo* b = optional_float_input(node, inputs, 2, "B");
+  const auto rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  if (rank > 4) {
+    fail_unsupported(node, "1-D or 2-D transposed convolution", "input " + shape_str(x.shape));
+  }
+  if (static_cast<int64_t>(w.shape.size()) != rank) {
+    fail_node(node, "weight W of the input's rank " + std::to_string(rank),
+              "W " + shape_str(w.shape));
+  }
+  const int64_t group = node.attr_int("group", 1);
+  if (group < 1) fail_node(node, "group >= 1", std::to_string(group));
+  if (w.shape[0] != x.shape[1] || x.shape[1] % group != 0) {
+    fail_node(node,
+              "weight W [C_in, C_out / group, kernel...] with C_in = the input's " +
+                  std::to_string(x.shape[1]) + " channels, divisible by group " +
+                  std::to_string(group),
+              "W " + shape_str(w.shape));
+  }
+  const int64_t out_channels = w.shape[1] * group;
+  std::vector<int64_t> kernel(w.shape.begin() + 2, w.shape.end());
+  if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel) {
+    fail_node(node, "kernel_shape equal to the weight's spatial shape " + ints_str(kernel),
+              ints_str(node.attr_ints("kernel_shape")));
+  }
+  if (b && b->shape != Shape{out_channels}) {
+    fail_node(node, "bias B of shape [" + std::to_string(out_channels) + "]", shape_str(b->shape));
+  }
+  const std::span<const int64_t> in = spatial_of(x.shape);
+  const size_t axes = in.size();
+  const std::vector<int64_t> strides = per_axis_attr(node, "strides", axes, 1, 1);
+  const std::vector<int64_t> dilations = per_axis_attr(node, "dilations", axes, 1, 1);
+  const std::vector<int64_t> pads = per_axis_attr(node, "pads", 2 * axes, 0, 0);
+  const std::vector<int64_t> output_padding = per_axis_attr(node, "output_padding", axes, 0, 0);
+  const std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
+  if (auto_pad != "NOTSET" && auto_pad != "SAME_UPPER" && auto_pad != "SAME_LOWER" &&
+      auto_pad != "VALID") {
+    fail_node(node, "auto_pad NOTSET, SAME_UPPER, SAME_LOWER or VALID", "'" + auto_pad + "'");
+  }
+  std::vector<int64_t> requested;
+  if (node.has_attr("output_shape")) {
+    requested = node.attr_ints("output_shape");
+    // output_shape may name the spatial dims only or the whole output.
+    if (requested.size() == axes + 2) requested.erase(requested.begin(), requested.begin() + 2);
+    if (requested.size() != axes) {
+      fail_node(node, "output_shape with " + std::to_string(axes) + " spatial dims",
+                ints_str(node.attr_ints("output_shape")));
+    }
+  }
+  std::vector<int64_t> begin(axes), out(axes);
+  for (size_t i = 0; i < axes; ++i) {
+    if (output_padding[i] >= std::max(strides[i], dilations[i])) {
+      fail_node(node, "output_padding below the stride or the dilation", ints_str(output_padding));
+    }
+    const int64_t natural =
+        strides[i] * (in[i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1;
+    int64_t target = -1;
+    if (!requested.empty()) {
+      target = requested[i];
+    } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      target = in[i] * strides[i];
+    }
+    if (target >= 0) {
+      const int64_t total = natural - target;
+      if (total < 0) {
+        fail_unsupported(node, "an output_shape no larger than " + std::to_string(natural),
+                         std::to_string(target));
+      }
+      begin[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      out[i] = target;
+    } else if (auto_pad == "VALID") {
+      begin[i] = 0;
+      out[i] = natural;
+    } else {
+      begin[i] = pads[i];
+      out[i] = natural - pads[i] - pads[i + axes];
+    }
+    if (out[i] < 1) {
+      fail_node(node, "a positive output size",
+                ints_str(out) + " from pads " + ints_str(pads) + " and kernel " + ints_str(kernel));
+    }
+  }
+  ConvTransposeSetup s;
+  kernels::ConvTransposeGeometry& g = s.geometry;
+  const bool one_d = axes == 1;
+  const size_t last = axes - 1;
+  g.batch = x.shape[0];
+  g.in_channels = x.shape[1];
+  g.out_channels = out_channels;
+  g.group = group;
+  g.in_h = one_d ? 1 : in[0];
+  g.in_w = in[last];
+  g.out_h = one_d ? 1 : out[0];
+  g.out_w = out[last];
+  g.kernel_h = one_d ? 1 : kernel[0];
+  g.kernel_w = kernel[last];
+  g.stride_h = one_d ? 1 : strides[0];
+  g.stride_w = strides[last];
+  g.dilation_h = one_d ? 1 : dilations[0];
+  g.dilation_w = dilations[last];
+  g.pad_top = one_d ? 0 : begin[0];
+  g.pad_left = begin[last];
+  s.out_shape = {x.shape[0], out_channels};
+  s.out_shape.insert(s.out_shape.end(), out.begin(), out.end());
+  return s;
+}
+
+class ConvTransposeKernel final : public OpKernel {
+ public:
+  explicit ConvTransposeKernel(const kernels::ConvTransposeGeometry& g)
+      : plan_(kernels::plan_conv_transpose(g, kernels::max_threads())) {}
+  size_t workspace_bytes() const override { return kernels::conv_transpose_workspace_bytes(plan_); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* bias =
+        inputs.size() > 2 && inputs[2].defined() ? inputs[2].data<float>() : nullptr;
+    kernels::conv_transpose2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), bias,
+                              outputs[0].data<float>(), workspace);
+  }
+  bool differentiable_input(size_t index) const override { return index <= 2; }
+  size_t backward_workspace_bytes() const override {
+    return kernels::conv_transpose_backward_workspace_bytes(plan_);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    kernels::ConvGradients grads;
+    grads.dx = grad_data(grad_inputs, 0);
+    grads.dw = grad_data(grad_inputs, 1);
+    grads.dbias = grad_data(grad_inputs, 2);
+    kernels::conv_transpose2d_backward(plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                       grad_outputs[0].data<float>(), grads, workspace);
+  }
+
+ private:
+  kernels::ConvTransposePlan plan_;
+};
+
+std::vector<TensorInfo> infer_conv_transpose(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_conv_transpose(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_conv_transpose(const Node& node, std::span<const InputInfo> inputs,
+                                                std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConvTransposeKernel>(setup_conv_transpose(node, inputs).geometry);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1159,6 +1321,7 @@ std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const I
 
 void register_dense_ops(OpRegistry& registry) {
   registry.add({"Conv", infer_conv, create_conv});
+  registry.add({"ConvTranspose", infer_conv_transpose, create_conv_transpose});
   registry.add({"FusedConv", infer_fused_conv, create_fused_conv});
   registry.add({"Gemm", infer_gemm, create_gemm});
   registry.add({"MatMul", infer_matmul, create_matmul});

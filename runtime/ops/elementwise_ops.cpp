@@ -213,7 +213,8 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   const InputInfo& a = require_input(node, inputs, 0);
   const InputInfo& b = require_input(node, inputs, 1);
   if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
-    const char* rule = op == BinaryOp::kEqual ? "inputs of one dtype"
+    const char* rule = kernels::binary_outputs_bool(op) ? "inputs of one dtype"
+                       : op == BinaryOp::kPRelu         ? "a float32 input and a float32 slope"
                        : op == BinaryOp::kPow
                            ? "a float32 base with a float32 or integer exponent, or two int64 "
                              "or int32 inputs"
@@ -226,7 +227,11 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
     fail_node(node, "shapes that broadcast",
               kernels::shape_str(a.shape) + " and " + kernels::shape_str(b.shape));
   }
-  return {{op == BinaryOp::kEqual ? DType::kBool : a.dtype, *out}};
+  if (op == BinaryOp::kPRelu && *out != a.shape) {
+    fail_node(node, "a slope that broadcasts to the input's shape " + kernels::shape_str(a.shape),
+              kernels::shape_str(b.shape));
+  }
+  return {{kernels::binary_outputs_bool(op) ? DType::kBool : a.dtype, *out}};
 }
 
 class BinaryKernel final : public OpKernel {
@@ -420,6 +425,9 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(unary_def<UnaryOp::kSqrt>("Sqrt"));
   registry.add(unary_def<UnaryOp::kNeg>("Neg"));
   registry.add({"Gelu", infer_unary<UnaryOp::kGeluErf>, create_gelu});
+  registry.add(unary_def<UnaryOp::kExp>("Exp"));
+  registry.add(unary_def<UnaryOp::kLog>("Log"));
+  registry.add(unary_def<UnaryOp::kSoftplus>("Softplus"));
   registry.add({"Clip", infer_clip, create_clip});
   registry.add(binary_def<BinaryOp::kAdd>("Add"));
   registry.add(binary_def<BinaryOp::kSub>("Sub"));
@@ -427,6 +435,11 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(binary_def<BinaryOp::kDiv>("Div"));
   registry.add(binary_def<BinaryOp::kPow>("Pow"));
   registry.add(binary_def<BinaryOp::kEqual>("Equal"));
+  registry.add(binary_def<BinaryOp::kGreater>("Greater"));
+  registry.add(binary_def<BinaryOp::kLess>("Less"));
+  registry.add(binary_def<BinaryOp::kMax>("Max"));
+  registry.add(binary_def<BinaryOp::kMin>("Min"));
+  registry.add(binary_def<BinaryOp::kPRelu>("PRelu"));
   registry.add({"Mod", infer_mod, create_mod});
   registry.add({"Where", infer_where, create_where});
   registry.add({"Not", infer_not, create_not});

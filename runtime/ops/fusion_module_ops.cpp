@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/elementwise.h"
+#include "kernels/norm.h"
 #include "kernels/parallel.h"
 #include "kernels/vector_math.h"
 #include "runtime/ops/activation.h"
@@ -195,6 +196,97 @@ std::unique_ptr<OpKernel> create_conv_module(const Node& node, std::span<const I
 }
 
 // ---------------------------------------------------------------------------------------------
+// ConvTransposeBN, ConvTransposeBNAct: inputs X, W, B?[, gamma, beta, mean, var]. The
+// transposed convolution, then the BN as BatchNormalization runs it (a per-channel scale and
+// shift), then the activation, each in one pass over the output.
+
+Attributes conv_transpose_attributes(const Node& node) {
+  Attributes a;
+  for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad",
+                          "output_padding", "output_shape"}) {
+    auto it = node.attributes().find(key);
+    if (it != node.attributes().end()) a[key] = it->second;
+  }
+  return a;
+}
+
+std::vector<InputInfo> conv_transpose_inputs(const Node& node, std::span<const InputInfo> inputs) {
+  std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"),
+                                module_input(node, inputs, 1, "W")};
+  if (inputs.size() > 2) out.push_back(inputs[2]);
+  return out;
+}
+
+std::vector<TensorInfo> infer_conv_transpose_module(const Node& node,
+                                                    std::span<const InputInfo> inputs) {
+  activation_of(node);
+  std::vector<TensorInfo> out = SubKernel::infer("ConvTranspose", conv_transpose_attributes(node),
+                                                 conv_transpose_inputs(node, inputs));
+  if (inputs.size() > 3) {
+    const int64_t channels = out[0].shape[1];
+    static const char* const kNames[] = {"BN scale", "BN B", "BN mean", "BN var"};
+    for (size_t i = 0; i < 4; ++i) {
+      const InputInfo& p = module_input(node, inputs, 3 + i, kNames[i]);
+      if (p.shape != Shape{channels}) {
+        fail_node(node, std::string(kNames[i]) + " of shape [" + std::to_string(channels) + "]",
+                  shape_str(p.shape));
+      }
+    }
+  }
+  return out;
+}
+
+class ConvTransposeModuleKernel final : public OpKernel {
+ public:
+  ConvTransposeModuleKernel(const Node& node, std::span<const InputInfo> inputs)
+      : act_(activation_of(node)) {
+    conv_.push_back(SubKernel::create("ConvTranspose", conv_transpose_attributes(node),
+                                      conv_transpose_inputs(node, inputs)));
+    const Shape& y = conv_[0].outputs()[0].shape;
+    channels_ = y[1];
+    inner_ = kernels::shape_numel(y) / (y[0] * channels_);
+    if (inputs.size() <= 3) return;
+    for (size_t i = 3; i < 7; ++i) {
+      if (!inputs[i].constant) {
+        throw_unsupported("create: " + node.label() +
+                          ": expected constant BatchNormalization parameters, got a computed '" +
+                          node.input(i)->name() + "'");
+      }
+    }
+    scale_.resize(static_cast<size_t>(channels_));
+    shift_.resize(static_cast<size_t>(channels_));
+    kernels::batch_norm_fold(inputs[3].constant->data<float>(), inputs[4].constant->data<float>(),
+                             inputs[5].constant->data<float>(), inputs[6].constant->data<float>(),
+                             node.attr_float("epsilon", 1e-5f), channels_, scale_.data(),
+                             shift_.data());
+  }
+  size_t workspace_bytes() const override { return conv_[0].workspace_bytes(); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    conv_[0].forward(inputs.first(std::min<size_t>(inputs.size(), 3)), outputs.first(1), workspace);
+    float* y = outputs[0].data<float>();
+    if (!scale_.empty()) {
+      kernels::channel_affine(y, scale_.data(), shift_.data(), outputs[0].dim(0), channels_, inner_,
+                              y);
+    }
+    apply_activation(act_, y, y, outputs[0].numel());
+  }
+
+ private:
+  ActivationSpec act_;
+  std::vector<SubKernel> conv_;  // one; a vector because SubKernel has no empty state
+  int64_t channels_ = 0;
+  int64_t inner_ = 0;
+  std::vector<float> scale_, shift_;  // the BN as a per-channel affine map (empty: no BN)
+};
+
+std::unique_ptr<OpKernel> create_conv_transpose_module(const Node& node,
+                                                       std::span<const InputInfo> inputs,
+                                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConvTransposeModuleKernel>(node, inputs);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Linear, LinearAct: inputs X, W, B?; `source` Gemm (with transB from weight_axis, alpha, beta)
 // or MatMul (then B is added along the last axis).
 
@@ -315,6 +407,9 @@ std::unique_ptr<OpKernel> create_single(const Node& node, std::span<const InputI
 void register_fusion_module_ops(OpRegistry& registry) {
   for (const char* op : {"ConvBN", "ConvBNAct", "ConvBNAddAct", "StemConvBNActMaxPool"}) {
     registry.add({op, infer_conv_module, create_conv_module});
+  }
+  for (const char* op : {"ConvTransposeBN", "ConvTransposeBNAct"}) {
+    registry.add({op, infer_conv_transpose_module, create_conv_transpose_module});
   }
   for (const char* op : {"Linear", "LinearAct"}) registry.add({op, infer_linear, create_linear});
   for (const char* op : {"LayerNorm", "AdaptiveAvgPool"}) {

@@ -5,13 +5,15 @@
 
 namespace qforge::runtime::ops {
 
-// Conv, Gemm, MatMul, BatchNormalization, LayerNormalization, MaxPool, AveragePool,
+// Conv, ConvTranspose, Gemm, MatMul, BatchNormalization, LayerNormalization, MaxPool, AveragePool,
 // GlobalAveragePool, ReduceMean, Softmax.
 void register_dense_ops(OpRegistry& registry);
-// Unary activations and math, broadcasting binary ops, Where, Equal, Not, Cast.
+// Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Where, Equal,
+// Not, Cast.
 void register_elementwise_ops(OpRegistry& registry);
-// Shape and data movement: Flatten, Reshape, Transpose, Concat, Slice, Gather, Squeeze,
-// Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND.
+// Shape and data movement: Flatten, Reshape, Transpose, Concat, Split, Slice, Gather, Squeeze,
+// Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND,
+// Resize.
 void register_shape_ops(OpRegistry& registry);
 
 // QuantizeLinear, DequantizeLinear and the runtime-internal FakeQuant (runtime/fuse_qdq.h).

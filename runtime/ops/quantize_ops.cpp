@@ -280,6 +280,45 @@ OpDef qdq_def(const char* op_type) {
 // so Wq is bit for bit the weight the Q/DQ export writes. Backward: the straight-through
 // estimator with the scale held constant, dW = dfolded · factor; gamma receives the gradient
 // through the fold and through the factor output; the running variance is state (none).
+// With attribute `transposed` 1, W is a ConvTranspose weight [C_in, C_out / group, …] (attribute
+// `group`): output channel c = group(ci)·C_out/group + j holds W[ci, j, …] for every ci of its
+// group, and gamma, var and the factor have C_out values.
+
+// Output channels of a WeightFakeQuant's fold, and the weight elements of each: `rows` runs of
+// `row` contiguous elements, the first at first(c), the next `stride` further.
+struct FoldLayout {
+  bool transposed = false;
+  int64_t group = 1;
+  int64_t channels = 0;
+  int64_t rows = 1;
+  int64_t row = 0;
+  int64_t stride = 0;
+
+  FoldLayout(const Shape& w, bool transposed_weight, int64_t groups)
+      : transposed(transposed_weight), group(groups) {
+    const int64_t n = kernels::shape_numel(w);
+    if (!transposed) {
+      channels = w[0];
+      row = channels ? n / channels : 0;
+      return;
+    }
+    const int64_t out_per_group = w[1];
+    channels = out_per_group * group;
+    rows = w[0] / group;  // input channels per group
+    row = w[0] && w[1] ? n / (w[0] * w[1]) : 0;
+    stride = out_per_group * row;
+  }
+  int64_t first(int64_t c) const {
+    if (!transposed) return c * row;
+    const int64_t out_per_group = channels / group;
+    return ((c / out_per_group) * rows * out_per_group + c % out_per_group) * row;
+  }
+};
+
+FoldLayout fold_layout(const graph::Node& node, const Shape& w) {
+  return FoldLayout(w, node.attr_int("transposed", 0) != 0, node.attr_int("group", 1));
+}
+
 std::vector<TensorInfo> infer_weight_fake_quant(const graph::Node& node,
                                                 std::span<const InputInfo> inputs) {
   const InputInfo& w = inputs[0];
@@ -295,25 +334,39 @@ std::vector<TensorInfo> infer_weight_fake_quant(const graph::Node& node,
   const bool folds = has_input(inputs, 1);
   if (folds != has_input(inputs, 2)) fail_node(node, "gamma and var together", "one of them");
   if (!folds) return {{DType::kFloat32, w.shape}};
+  const bool transposed = node.attr_int("transposed", 0) != 0;
+  const int64_t group = node.attr_int("group", 1);
+  if (transposed && (w.shape.size() < 2 || group < 1 || w.shape[0] % group != 0)) {
+    fail_node(node,
+              "a transposed weight [C_in, C_out / group, …] with C_in divisible by group " +
+                  std::to_string(group),
+              kernels::shape_str(w.shape));
+  }
+  const int64_t channels = fold_layout(node, w.shape).channels;
   for (size_t i : {size_t{1}, size_t{2}}) {
-    if (inputs[i].dtype != DType::kFloat32 || kernels::shape_numel(inputs[i].shape) != w.shape[0]) {
-      fail_node(node, "a float32 vector of " + std::to_string(w.shape[0]) + " (dim 0 of W)",
+    if (inputs[i].dtype != DType::kFloat32 || kernels::shape_numel(inputs[i].shape) != channels) {
+      fail_node(node, "a float32 vector of " + std::to_string(channels) + " (output channels)",
                 kernels::shape_str(inputs[i].shape));
     }
   }
-  return {{DType::kFloat32, w.shape}, {DType::kFloat32, {w.shape[0]}}};
+  return {{DType::kFloat32, w.shape}, {DType::kFloat32, {channels}}};
 }
 
 class WeightFakeQuantKernel final : public OpKernel {
  public:
   WeightFakeQuantKernel(const Shape& shape, int64_t axis, bool folds, double epsilon,
-                        std::string label)
-      : shape_(shape), axis_(axis), folds_(folds), epsilon_(epsilon), label_(std::move(label)) {
+                        FoldLayout layout, std::string label)
+      : shape_(shape),
+        axis_(axis),
+        folds_(folds),
+        epsilon_(epsilon),
+        layout_(layout),
+        label_(std::move(label)) {
     const int64_t channels = axis < 0 ? 1 : shape[static_cast<size_t>(axis)];
     scales_.resize(static_cast<size_t>(channels));
     if (folds) {
-      factor_.resize(static_cast<size_t>(shape[0]));
-      inv_std_.resize(static_cast<size_t>(shape[0]));
+      factor_.resize(static_cast<size_t>(layout_.channels));
+      inv_std_.resize(static_cast<size_t>(layout_.channels));
       folded_ = Tensor(DType::kFloat32, shape);
       scratch_ = Tensor(DType::kFloat32, shape);
     }
@@ -351,35 +404,39 @@ class WeightFakeQuantKernel final : public OpKernel {
       std::fill_n(dsrc.data<float>(), n, 0.0f);
     }
     if (!folds_) return;
-    const int64_t channels = shape_[0];
-    const int64_t per = n / channels;
     const float* ds = dsrc.data<float>();
     const float* wp = w.data<float>();
     const float* dfactor = grad_outputs.size() > 1 && grad_outputs[1].defined()
                                ? grad_outputs[1].data<float>()
                                : nullptr;
-    kernels::parallel_for(channels, 1, [&](int64_t begin, int64_t end) {
+    const FoldLayout& l = layout_;
+    kernels::parallel_for(l.channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const double factor = factor_[static_cast<size_t>(c)];
         // The forward's: a training-mode BN after this node updates the running variance in
         // place before backward runs.
         const double inv_std = inv_std_[static_cast<size_t>(c)];
         double sum = dfactor ? static_cast<double>(dfactor[c]) : 0.0;
-        for (int64_t k = c * per; k < (c + 1) * per; ++k) {
-          sum += static_cast<double>(ds[k]) * wp[k];
-        }
-        if (dgamma) dgamma[c] = static_cast<float>(sum * inv_std);
-        if (dw) {
-          for (int64_t k = c * per; k < (c + 1) * per; ++k) {
-            dw[k] = static_cast<float>(ds[k] * factor);
+        for (int64_t r = 0, at = l.first(c); r < l.rows; ++r, at += l.stride) {
+          for (int64_t k = at; k < at + l.row; ++k) sum += static_cast<double>(ds[k]) * wp[k];
+          if (dw) {
+            for (int64_t k = at; k < at + l.row; ++k) dw[k] = static_cast<float>(ds[k] * factor);
           }
         }
+        if (dgamma) dgamma[c] = static_cast<float>(sum * inv_std);
       }
     });
   }
 
  private:
   const Tensor& fold(std::span<const Tensor> inputs) {
+    if (layout_.transposed) {
+      kernels::fold_batch_norm_weight_transposed(
+          inputs[0].data<float>(), inputs[1].data<float>(), inputs[2].data<float>(), epsilon_,
+          shape_[0], layout_.group, shape_[1], layout_.row, folded_.data<float>(), factor_.data(),
+          inv_std_.data());
+      return folded_;
+    }
     const int64_t channels = shape_[0];
     kernels::fold_batch_norm_weight(inputs[0].data<float>(), inputs[1].data<float>(),
                                     inputs[2].data<float>(), epsilon_, channels,
@@ -404,6 +461,7 @@ class WeightFakeQuantKernel final : public OpKernel {
   int64_t axis_;
   bool folds_;
   double epsilon_;
+  FoldLayout layout_;
   std::vector<float> scales_;
   std::vector<double> factor_;
   std::vector<double> inv_std_;  // 1 / sqrt(var + eps) of the last forward
@@ -415,9 +473,9 @@ class WeightFakeQuantKernel final : public OpKernel {
 std::unique_ptr<OpKernel> create_weight_fake_quant(const graph::Node& node,
                                                    std::span<const InputInfo> inputs,
                                                    std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<WeightFakeQuantKernel>(inputs[0].shape, node.attr_int("axis", 0),
-                                                 has_input(inputs, 1),
-                                                 node.attr_float("epsilon", 1e-5f), node.label());
+  return std::make_unique<WeightFakeQuantKernel>(
+      inputs[0].shape, node.attr_int("axis", 0), has_input(inputs, 1),
+      node.attr_float("epsilon", 1e-5f), fold_layout(node, inputs[0].shape), node.label());
 }
 
 }  // namespace

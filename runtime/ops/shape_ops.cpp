@@ -11,6 +11,7 @@
 
 #include "kernels/binary_backward.h"
 #include "kernels/elementwise.h"
+#include "kernels/resize.h"
 #include "kernels/shape_backward.h"
 #include "kernels/shape_ops.h"
 #include "runtime/ops/ops.h"
@@ -518,6 +519,251 @@ std::unique_ptr<OpKernel> create_concat(const graph::Node& node, std::span<const
       inputs.size(), inputs[0].dtype == DType::kFloat32);
 }
 
+// Split ----------------------------------------------------------------------------------------
+
+// The size of each output along the axis: the `split` input (or, before opset 13, attribute),
+// else num_outputs parts of ceil(dim / num_outputs) with a smaller last one (opset 18), else
+// equal parts, one per output.
+std::vector<int64_t> split_sizes(const graph::Node& node, std::span<const InputInfo> inputs,
+                                 int64_t dim) {
+  const auto outputs = static_cast<int64_t>(node.num_outputs());
+  std::vector<int64_t> sizes;
+  if (has_input(inputs, 1)) {
+    sizes = constant_ints(node, inputs, 1, "the split sizes");
+  } else if (node.has_attr("split")) {
+    sizes = node.attr_ints("split");
+  } else if (node.has_attr("num_outputs")) {
+    const int64_t parts = node.attr_int("num_outputs");
+    if (parts < 1 || parts != outputs) {
+      fail_node(node, "num_outputs equal to the node's " + std::to_string(outputs) + " outputs",
+                std::to_string(parts));
+    }
+    const int64_t each = (dim + parts - 1) / parts;
+    for (int64_t i = 0; i < parts; ++i) {
+      sizes.push_back(std::clamp<int64_t>(dim - i * each, 0, each));
+    }
+    return sizes;
+  } else {
+    if (dim % outputs != 0) {
+      fail_node(node,
+                "an axis of size divisible by the " + std::to_string(outputs) +
+                    " outputs (no split sizes given)",
+                std::to_string(dim));
+    }
+    return std::vector<int64_t>(static_cast<size_t>(outputs), dim / outputs);
+  }
+  int64_t total = 0;
+  for (int64_t v : sizes) {
+    if (v < 0) fail_node(node, "nonnegative split sizes", ints_str(sizes));
+    total += v;
+  }
+  if (static_cast<int64_t>(sizes.size()) != outputs || total != dim) {
+    fail_node(
+        node,
+        std::to_string(outputs) + " split sizes summing to the axis size " + std::to_string(dim),
+        ints_str(sizes));
+  }
+  return sizes;
+}
+
+int64_t split_axis(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  return normalize_axis(node, node.attr_int("axis", 0), static_cast<int64_t>(x.shape.size()));
+}
+
+std::vector<Shape> split_shapes(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const auto axis = static_cast<size_t>(split_axis(node, inputs));
+  std::vector<Shape> shapes;
+  for (int64_t size : split_sizes(node, inputs, x.shape[axis])) {
+    Shape s = x.shape;
+    s[axis] = size;
+    shapes.push_back(std::move(s));
+  }
+  return shapes;
+}
+
+std::vector<TensorInfo> infer_split(const graph::Node& node, std::span<const InputInfo> inputs) {
+  std::vector<TensorInfo> out;
+  for (Shape& s : split_shapes(node, inputs)) out.push_back({inputs[0].dtype, std::move(s)});
+  return out;
+}
+
+class SplitKernel final : public OpKernel {
+ public:
+  SplitKernel(kernels::ConcatPlan plan, size_t outputs, bool float_input)
+      : plan_(std::move(plan)), grads_(outputs, nullptr), differentiable_(float_input) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::split(plan_, inputs[0].raw(), outputs);
+  }
+  // The data; the split sizes are integers.
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    for (size_t i = 0; i < grads_.size(); ++i) {
+      grads_[i] = i < grad_outputs.size() && grad_outputs[i].defined()
+                      ? grad_outputs[i].data<float>()
+                      : nullptr;
+    }
+    kernels::split_backward(plan_, grads_, grad_inputs[0].data<float>());
+  }
+
+ private:
+  kernels::ConcatPlan plan_;
+  std::vector<const float*> grads_;  // backward's output gradients, one per output
+  bool differentiable_;
+};
+
+std::unique_ptr<OpKernel> create_split(const graph::Node& node, std::span<const InputInfo> inputs,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  const std::vector<Shape> shapes = split_shapes(node, inputs);
+  return std::make_unique<SplitKernel>(
+      kernels::plan_concat(shapes, static_cast<int>(split_axis(node, inputs)),
+                           kernels::dtype_size(inputs[0].dtype)),
+      shapes.size(), inputs[0].dtype == DType::kFloat32);
+}
+
+// Resize ---------------------------------------------------------------------------------------
+
+[[noreturn]] void fail_unsupported(const graph::Node& node, const std::string& rule,
+                                   const std::string& got) {
+  throw_unsupported("shape inference: " + node.label() + ": expected " + rule + ", got " + got);
+}
+
+struct ResizeSetup {
+  kernels::ResizeGeometry geometry;
+  Shape out_shape;
+};
+
+// Resize (opset 13 form: X, roi, scales, sizes) over the two spatial axes of an NCHW tensor.
+ResizeSetup setup_resize(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (x.dtype != DType::kFloat32) fail_unsupported(node, "a float32 input", dtype_str(x.dtype));
+  if (x.shape.size() != 4) {
+    fail_unsupported(node, "a 4-D NCHW input (resizing its two spatial axes)", shape_str(x.shape));
+  }
+  kernels::ResizeGeometry g;
+  const std::string mode = node.attr_string("mode", "nearest");
+  if (mode == "linear") {
+    g.mode = kernels::ResizeMode::kLinear;
+  } else if (mode != "nearest") {
+    fail_unsupported(node, "mode nearest or linear", mode);
+  }
+  const std::string coordinates = node.attr_string("coordinate_transformation_mode", "half_pixel");
+  if (coordinates == "pytorch_half_pixel") {
+    g.coordinates = kernels::ResizeCoordinates::kPytorchHalfPixel;
+  } else if (coordinates == "align_corners") {
+    g.coordinates = kernels::ResizeCoordinates::kAlignCorners;
+  } else if (coordinates == "asymmetric") {
+    g.coordinates = kernels::ResizeCoordinates::kAsymmetric;
+  } else if (coordinates != "half_pixel") {
+    fail_unsupported(node,
+                     "coordinate_transformation_mode half_pixel, pytorch_half_pixel, "
+                     "align_corners or asymmetric",
+                     coordinates);
+  }
+  const std::string nearest = node.attr_string("nearest_mode", "round_prefer_floor");
+  if (nearest == "round_prefer_ceil") {
+    g.rounding = kernels::NearestRounding::kRoundPreferCeil;
+  } else if (nearest == "floor") {
+    g.rounding = kernels::NearestRounding::kFloor;
+  } else if (nearest == "ceil") {
+    g.rounding = kernels::NearestRounding::kCeil;
+  } else if (nearest != "round_prefer_floor") {
+    fail_node(node, "nearest_mode round_prefer_floor, round_prefer_ceil, floor or ceil", nearest);
+  }
+  if (node.attr_int("exclude_outside", 0) != 0) {
+    fail_unsupported(node, "exclude_outside 0", std::to_string(node.attr_int("exclude_outside")));
+  }
+  if (node.attr_int("antialias", 0) != 0) {
+    fail_unsupported(node, "antialias 0", std::to_string(node.attr_int("antialias")));
+  }
+  if (node.has_attr("axes")) fail_unsupported(node, "no axes attribute", "axes");
+  const std::string policy = node.attr_string("keep_aspect_ratio_policy", "stretch");
+  if (policy != "stretch") fail_unsupported(node, "keep_aspect_ratio_policy stretch", policy);
+
+  std::vector<double> scales;
+  Shape out = x.shape;
+  const bool has_scales = has_input(inputs, 2) && shape_numel(inputs[2].shape) > 0;
+  const bool has_sizes = has_input(inputs, 3) && shape_numel(inputs[3].shape) > 0;
+  if (has_scales == has_sizes) {
+    fail_node(node, "exactly one of scales (input 2) and sizes (input 3)",
+              has_scales ? "both" : "neither");
+  }
+  if (has_scales) {
+    const InputInfo& in = inputs[2];
+    if (!in.constant) {
+      fail_node(node, "scales (input 2) as a constant", "a value computed at run time");
+    }
+    if (in.dtype != DType::kFloat32 || in.shape.size() != 1 || in.shape[0] != 4) {
+      fail_node(node, "scales as 4 float32 values", dtype_str(in.dtype) + shape_str(in.shape));
+    }
+    const float* v = in.constant->data<float>();
+    for (size_t d = 0; d < 4; ++d) {
+      if (!(v[d] > 0.0f) || !std::isfinite(v[d])) {
+        fail_node(node, "positive finite scales", float_str(v[d]));
+      }
+      out[d] = static_cast<int64_t>(std::floor(static_cast<double>(x.shape[d]) * v[d]));
+    }
+    if (v[0] != 1.0f || v[1] != 1.0f) {
+      fail_unsupported(node, "scales of 1 on the batch and channel axes",
+                       float_str(v[0]) + ", " + float_str(v[1]));
+    }
+    g.scale_h = v[2];
+    g.scale_w = v[3];
+  } else {
+    const std::vector<int64_t> sizes = constant_ints(node, inputs, 3, "the sizes");
+    if (sizes.size() != 4) fail_node(node, "4 sizes", ints_str(sizes));
+    for (size_t d = 0; d < 4; ++d) out[d] = sizes[d];
+    if (sizes[0] != x.shape[0] || sizes[1] != x.shape[1]) {
+      fail_unsupported(node, "sizes keeping the batch and channels of " + shape_str(x.shape),
+                       ints_str(sizes));
+    }
+    g.scale_h = static_cast<float>(sizes[2]) / static_cast<float>(x.shape[2]);
+    g.scale_w = static_cast<float>(sizes[3]) / static_cast<float>(x.shape[3]);
+  }
+  if (x.shape[2] < 1 || x.shape[3] < 1 || out[2] < 1 || out[3] < 1) {
+    fail_node(node, "nonempty spatial axes in and out",
+              shape_str(x.shape) + " -> " + shape_str(out));
+  }
+  g.planes = x.shape[0] * x.shape[1];
+  g.in_h = x.shape[2];
+  g.in_w = x.shape[3];
+  g.out_h = out[2];
+  g.out_w = out[3];
+  return {g, out};
+}
+
+std::vector<TensorInfo> infer_resize(const graph::Node& node, std::span<const InputInfo> inputs) {
+  return {{DType::kFloat32, setup_resize(node, inputs).out_shape}};
+}
+
+class ResizeKernel final : public OpKernel {
+ public:
+  explicit ResizeKernel(const kernels::ResizeGeometry& g) : plan_(kernels::plan_resize(g)) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::resize(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+  // The data; roi, scales and sizes are constants.
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::resize_backward(plan_, grad_outputs[0].data<float>(), grad_inputs[0].data<float>());
+  }
+
+ private:
+  kernels::ResizePlan plan_;
+};
+
+std::unique_ptr<OpKernel> create_resize(const graph::Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ResizeKernel>(setup_resize(node, inputs).geometry);
+}
+
 // Gather ---------------------------------------------------------------------------------------
 
 std::vector<TensorInfo> infer_gather(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -906,6 +1152,8 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"Slice", infer_slice, create_slice});
   registry.add({"Expand", infer_expand, create_expand});
   registry.add({"Concat", infer_concat, create_concat});
+  registry.add({"Split", infer_split, create_split});
+  registry.add({"Resize", infer_resize, create_resize});
   registry.add({"Gather", infer_gather, create_gather});
   registry.add({"Pad", infer_pad, create_pad});
   registry.add({"Shape", infer_shape, create_shape});

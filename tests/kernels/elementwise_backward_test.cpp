@@ -67,6 +67,9 @@ std::vector<ActivationCase> activation_cases() {
       {"Tanh", UnaryOp::kTanh, none, -6, 6, {}},
       {"Sqrt", UnaryOp::kSqrt, none, 0.05f, 9, {}},
       {"Neg", UnaryOp::kNeg, none, -6, 6, {}},
+      {"Exp", UnaryOp::kExp, none, -6, 6, {}},
+      {"Log", UnaryOp::kLog, none, 0.05f, 9, {}},
+      {"Softplus", UnaryOp::kSoftplus, none, -10, 10, {}},
       {"Relu6", UnaryOp::kClip, relu6, -3, 9, {0, 6}},
       {"Clip", UnaryOp::kClip, clip, -4, 4, {-1.5, 2.25}},
   };

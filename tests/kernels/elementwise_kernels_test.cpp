@@ -76,7 +76,7 @@ Tensor run_unary(UnaryOp op, const UnaryParams& p, const Tensor& x) {
 Tensor run_binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   const std::vector<Shape> shapes = {a.shape(), b.shape()};
   const BroadcastPlan plan = plan_broadcast(shapes);
-  Tensor y(op == BinaryOp::kEqual ? DType::kBool : a.dtype(), plan.out_shape);
+  Tensor y(binary_outputs_bool(op) ? DType::kBool : a.dtype(), plan.out_shape);
   binary(op, plan, a, b, y);
   return y;
 }
@@ -136,6 +136,9 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kSqrt, "Sqrt", 0, 0},
       {UnaryOp::kNeg, "Neg", 0, 0},
       {UnaryOp::kClip, "Clip", 0, 0},
+      {UnaryOp::kExp, "Exp", 0, 1e-6},
+      {UnaryOp::kLog, "Log", 1e-7, 1e-6},
+      {UnaryOp::kSoftplus, "Softplus", 2e-7, 1e-6},
       {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
       {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
       {UnaryOp::kGeluTanh, "GeluTanh", 2e-7, 1e-6},
@@ -149,7 +152,7 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
   uint32_t seed = 1;
   for (const UnaryCase& c : cases) {
     for (const Shape& shape : shapes) {
-      const float lo = c.op == UnaryOp::kSqrt ? 0.0f : -6.0f;
+      const float lo = c.op == UnaryOp::kSqrt ? 0.0f : c.op == UnaryOp::kLog ? 0.01f : -6.0f;
       const Tensor x = random_f32(shape, seed++, lo, 6.0f);
       const std::string what = std::string(c.name) + " " + shape_str(shape);
       expect_close(run_unary(c.op, p, x), reference::unary(c.op, p, x), c.atol, c.rtol, what);
@@ -188,8 +191,9 @@ TEST(ElementwiseUnary, ResultsIndependentOfChunkingAndThreads) {
   // Every element computed in a long vectorised run equals the same element computed alone
   // (scalar path), and 1 thread gives the bits of many.
   const Tensor x = random_f32({3 * 16384 + 17}, 5, -9.0f, 9.0f);
-  for (UnaryOp op : {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu,
-                     UnaryOp::kHardSwish, UnaryOp::kGeluErf, UnaryOp::kSilu, UnaryOp::kGeluTanh}) {
+  for (UnaryOp op :
+       {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu, UnaryOp::kHardSwish,
+        UnaryOp::kGeluErf, UnaryOp::kSilu, UnaryOp::kExp, UnaryOp::kSoftplus, UnaryOp::kGeluTanh}) {
     UnaryParams p;
     p.alpha = 1.0f;
     const Tensor many = run_unary(op, p, x);
@@ -262,8 +266,9 @@ const ShapePair kBroadcastShapes[] = {
 };
 
 TEST(ElementwiseBinary, FloatOpsMatchReferenceForEveryBroadcastLayout) {
-  const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul,
-                          BinaryOp::kDiv, BinaryOp::kPow, BinaryOp::kEqual};
+  const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kSub,   BinaryOp::kMul,     BinaryOp::kDiv,
+                          BinaryOp::kPow, BinaryOp::kEqual, BinaryOp::kGreater, BinaryOp::kLess,
+                          BinaryOp::kMax, BinaryOp::kMin,   BinaryOp::kPRelu};
   uint32_t seed = 100;
   for (const ShapePair& s : kBroadcastShapes) {
     for (BinaryOp op : ops) {
@@ -273,7 +278,7 @@ TEST(ElementwiseBinary, FloatOpsMatchReferenceForEveryBroadcastLayout) {
       if (op == BinaryOp::kEqual) b = random_f32(s.b, 1, -3.0f, 3.0f);
       const std::string what = "op " + std::to_string(static_cast<int>(op)) + " " + shape_str(s.a) +
                                " " + shape_str(s.b);
-      if (op == BinaryOp::kEqual) {
+      if (binary_outputs_bool(op)) {
         expect_same(run_binary(op, a, a), reference::binary(op, a, a), what);
         expect_same(run_binary(op, a, b), reference::binary(op, a, b), what);
       } else {
@@ -282,6 +287,25 @@ TEST(ElementwiseBinary, FloatOpsMatchReferenceForEveryBroadcastLayout) {
       }
     }
   }
+}
+
+// Max and Min propagate NaN from either input (ONNX Runtime, torch.maximum); the comparisons
+// are false against NaN.
+TEST(ElementwiseBinary, MaxMinAndComparisonsWithNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Tensor a = Tensor::from_vector<float>({4}, {1.0f, nan, -2.0f, 3.0f});
+  const Tensor b = Tensor::from_vector<float>({4}, {2.0f, 0.0f, nan, 3.0f});
+  const std::vector<float> max = run_binary(BinaryOp::kMax, a, b).to_float_vector();
+  const std::vector<float> min = run_binary(BinaryOp::kMin, a, b).to_float_vector();
+  EXPECT_EQ(max[0], 2.0f);
+  EXPECT_TRUE(std::isnan(max[1]) && std::isnan(max[2]));
+  EXPECT_EQ(max[3], 3.0f);
+  EXPECT_EQ(min[0], 1.0f);
+  EXPECT_TRUE(std::isnan(min[1]) && std::isnan(min[2]));
+  EXPECT_EQ(run_binary(BinaryOp::kGreater, a, b).to_int64_vector(),
+            (std::vector<int64_t>{0, 0, 0, 0}));
+  EXPECT_EQ(run_binary(BinaryOp::kLess, a, b).to_int64_vector(),
+            (std::vector<int64_t>{1, 0, 0, 0}));
 }
 
 TEST(ElementwiseBinary, PowSpecialExponentsMatchLibm) {
@@ -307,7 +331,8 @@ TEST(ElementwiseBinary, IntegerOpsMatchReferenceWithCAndPythonSemantics) {
     // Negative divisors too, never zero.
     for (int64_t& v : b.span<int64_t>()) v = (v % 2 == 0) ? -v : v;
     for (BinaryOp op : {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv,
-                        BinaryOp::kMod, BinaryOp::kFmod, BinaryOp::kEqual}) {
+                        BinaryOp::kMod, BinaryOp::kFmod, BinaryOp::kEqual, BinaryOp::kGreater,
+                        BinaryOp::kLess, BinaryOp::kMax, BinaryOp::kMin}) {
       const std::string what = "op " + std::to_string(static_cast<int>(op)) + " " + shape_str(s.a) +
                                " " + shape_str(s.b);
       expect_same(run_binary(op, a, b), reference::binary(op, a, b), what);

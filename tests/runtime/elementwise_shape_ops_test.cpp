@@ -80,14 +80,15 @@ std::pair<ErrorKind, std::string> error_of(Fn&& fn) {
 }
 
 TEST(ElementwiseOps, EveryOpOfTheFamilyIsRegistered) {
-  for (const char* op : {"Relu", "Clip", "LeakyRelu", "Elu", "Sigmoid", "HardSigmoid", "HardSwish",
-                         "Erf",  "Tanh", "Sqrt",      "Neg", "Not",     "Add",         "Sub",
-                         "Mul",  "Div",  "Pow",       "Mod", "Equal",   "Where",       "Cast"}) {
+  for (const char* op :
+       {"Relu", "Clip", "LeakyRelu", "Elu",   "Sigmoid", "HardSigmoid", "HardSwish", "Erf",
+        "Tanh", "Sqrt", "Neg",       "Not",   "Add",     "Sub",         "Mul",       "Div",
+        "Pow",  "Mod",  "Equal",     "Where", "Cast",    "Exp",         "Log",       "Softplus"}) {
     EXPECT_NE(builtin_ops().find(op), nullptr) << op;
   }
   for (const char* op : {"Flatten", "Reshape", "Transpose", "Concat", "Slice", "Gather", "Squeeze",
                          "Unsqueeze", "Pad", "Identity", "Dropout", "Shape", "Constant",
-                         "ConstantOfShape", "Range", "Expand", "ScatterND"}) {
+                         "ConstantOfShape", "Range", "Expand", "ScatterND", "Split", "Resize"}) {
     EXPECT_NE(builtin_ops().find(op), nullptr) << op;
   }
 }
