@@ -614,6 +614,54 @@ void write_defaults_adapters_require(onnx::ModelProto& model, int64_t opset) {
   }
 }
 
+// The rank of each Reshape output that shape inference left unknown, from the length of its shape
+// input. A Reshape whose shape is computed (Shape → Gather → Unsqueeze → Concat, as exporters write
+// a view on a dynamic batch) has no inferred output before opset 13, where libonnx 1.12
+// propagates no data; its length is known all the same, and a Softmax after it needs only the
+// rank to be converted. Returns whether any rank was added.
+bool add_reshape_output_ranks(onnx::ModelProto& model) {
+  onnx::GraphProto& g = *model.mutable_graph();
+  std::unordered_map<std::string, const onnx::TypeProto*> types;
+  for (const auto& vi : g.input()) types[vi.name()] = &vi.type();
+  for (const auto& vi : g.value_info()) types[vi.name()] = &vi.type();
+  for (const auto& vi : g.output()) {
+    if (vi.type().tensor_type().has_shape()) types[vi.name()] = &vi.type();
+  }
+  std::unordered_map<std::string, int64_t> init_length;
+  for (const auto& t : g.initializer()) {
+    if (t.dims_size() == 1) init_length[t.name()] = t.dims(0);
+  }
+  std::vector<std::pair<std::string, int64_t>> ranks;
+  std::vector<int32_t> elem_types;
+  for (const auto& np : g.node()) {
+    if (np.op_type() != "Reshape" || np.input_size() < 2 || np.output_size() < 1) continue;
+    const auto known = types.find(np.output(0));
+    if (known != types.end() && known->second->tensor_type().has_shape()) continue;
+    int64_t length = -1;
+    if (auto it = init_length.find(np.input(1)); it != init_length.end()) {
+      length = it->second;
+    } else if (auto st = types.find(np.input(1)); st != types.end()) {
+      const auto& shape = st->second->tensor_type().shape();
+      if (shape.dim_size() == 1 && shape.dim(0).has_dim_value()) length = shape.dim(0).dim_value();
+    }
+    if (length <= 0) continue;
+    int32_t elem = onnx::TensorProto::FLOAT;
+    if (auto dt = types.find(np.input(0));
+        dt != types.end() && dt->second->tensor_type().elem_type())
+      elem = dt->second->tensor_type().elem_type();
+    ranks.emplace_back(np.output(0), length);
+    elem_types.push_back(elem);
+  }
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    onnx::ValueInfoProto* vi = g.add_value_info();
+    vi->set_name(ranks[i].first);
+    auto* tt = vi->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(elem_types[i]);
+    for (int64_t d = 0; d < ranks[i].second; ++d) tt->mutable_shape()->add_dim();
+  }
+  return !ranks.empty();
+}
+
 // A model below kConvertedOpset brought to it by libonnx's version converter, after shape
 // inference (some adapters, Softmax's among them, need the input's rank and dims).
 void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const std::string& source) {
@@ -621,10 +669,14 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
   onnx::ShapeInferenceOptions si{};
   si.check_type = false;
   si.error_mode = 0;
-  try {
-    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
-  } catch (const std::exception&) {
-    // The converter reports what it cannot convert without the shapes.
+  // Each round infers what it can, then gives the computed Reshapes their ranks for the next.
+  for (int round = 0; round < 4; ++round) {
+    try {
+      onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
+    } catch (const std::exception&) {
+      // The converter reports what it cannot convert without the shapes.
+    }
+    if (!add_reshape_output_ranks(model)) break;
   }
   const std::string from =
       "from opset " + std::to_string(opset) + " to " + std::to_string(kConvertedOpset);

@@ -370,7 +370,11 @@ class BatchFreer {
     std::vector<int64_t> shape(s_out.begin(), s_out.end());
     shape[k] = -1;
     replace_ints(node, 1, shape);
-    edits_.push_back([n = &node] { n->set_attr("allowzero", int64_t{0}); });
+    // allowzero off where the node sets it; opsets before 14 lack the attribute, and 0 is its
+    // default.
+    edits_.push_back([n = &node] {
+      if (n->has_attr("allowzero")) n->set_attr("allowzero", int64_t{0});
+    });
     set_axis(node, node.output(0), static_cast<int>(k), before / product(s_out, 0, k),
              after / product(s_out, k + 1, s_out.size()));
   }

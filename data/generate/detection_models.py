@@ -18,7 +18,9 @@ Each is exported with BatchNormalization kept at opset 17 (input "input", output
 dynamic batch, qforge.* preprocessing metadata) to data/models/<family>_bn.onnx, with
 data/golden/<family>_input.npy (the first validation image of classes 0, 3, 5 and 8) and
 data/golden/<family>_bn_output.npy (PyTorch's output), and checked with ONNX Runtime against
-PyTorch when it is available. Opset 11 is not exported: qforge imports opset 13 and later.
+PyTorch when it is available. The same trained weights are also exported at opset 11 to
+data/models/<family>_bn_opset11.onnx (Resize with roi and scales inputs, Split and Unsqueeze with
+attributes, Softmax on the flattened 2-D view), which qforge converts to opset 13 on import.
 
 Run: /usr/bin/python3 data/generate/detection_models.py (about a minute on 2 threads).
 """
@@ -230,8 +232,8 @@ def train(model, loss_fn, x, target, epochs, lr, log):
 
 # ---------------------------------------------------------------- export
 
-def export(model, family, ds, path):
-    torch.onnx.export(model, ds.val_x[:2].clone(), path, opset_version=17,
+def export(model, family, ds, path, opset=17):
+    torch.onnx.export(model, ds.val_x[:2].clone(), path, opset_version=opset,
                       input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                       training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
@@ -268,6 +270,8 @@ def run(family, model, loss_fn, target_fn, epochs, lr, ds, log):
         log("  val loss %.4f" % float(loss_fn(model, ds.val_x, val_target)))
     path = os.path.join(te.MODELS_DIR, "%s_bn.onnx" % family)
     m = export(model, family, ds, path)
+    path11 = os.path.join(te.MODELS_DIR, "%s_bn_opset11.onnx" % family)
+    export(model, family, ds, path11, opset=11)
     log("  %s: %d nodes, %d bytes, ops %s" % (os.path.basename(path), len(m.graph.node),
                                               os.path.getsize(path),
                                               dict(sorted(te.op_histogram(m).items()))))
@@ -278,7 +282,8 @@ def run(family, model, loss_fn, target_fn, epochs, lr, ds, log):
         ref5 = model(b5).numpy()
     te.save_npy(os.path.join(te.GOLDEN_DIR, "%s_input.npy" % family), golden_x.numpy())
     te.save_npy(os.path.join(te.GOLDEN_DIR, "%s_bn_output.npy" % family), golden_y)
-    checks = [(path, golden_x.numpy(), golden_y), (path, b5.numpy(), ref5)]
+    checks = [(p, x, y) for p in (path, path11)
+              for x, y in ((golden_x.numpy(), golden_y), (b5.numpy(), ref5))]
     if te.verify_ort(checks, log) is False:
         raise SystemExit("%s: ONNX Runtime output differs from PyTorch" % family)
 
