@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "tests/support/float_checks.h"
 #include "tests/support/ort_runner.h"
@@ -210,7 +212,8 @@ TEST(OpsetCli, DynamicHeightAndWidthWithoutAShapeAreNamed) {
       r,
       "import: input 'input' [batch, 3, height, width]: expected static dims after the batch, got "
       "dynamic 'height', 'width'; give them with --input-shape (the dims after the batch, e.g. "
-      "3,224,224) or feed .npy data of that shape");
+      "3,224,224), feed .npy data of that shape, or crop an image folder to a size (--crop or "
+      "--preset)");
   r = run_cli("run " + model + " --input-shape 3,16 --data " + golden("cnn_input.npy"));
   testing::expect_one_line_error(
       r,
@@ -218,6 +221,36 @@ TEST(OpsetCli, DynamicHeightAndWidthWithoutAShapeAreNamed) {
       "agreeing with its static dims, got --input-shape [3, 16]");
   r = run_cli("run " + model + " --input-shape 3,0,4 --data " + golden("cnn_input.npy"));
   testing::expect_one_line_error(r, "--input-shape: expected an integer >= 1, got '0'");
+}
+
+// An image folder cropped to one size gives the dynamic height and width: the same outputs as
+// --input-shape of that size; uncropped images of several sizes give none, and the error says how.
+TEST(OpsetCli, DynamicHeightAndWidthTakeAnImageFolderCrop) {
+  TempDir dir;
+  const std::string model = model_path("cnn_dynamic_hw_opset13");
+  std::filesystem::create_directories(dir.file("images/a"));
+  std::vector<unsigned char> pixels(24 * 20 * 3);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<unsigned char>(i * 37 % 251);
+  testing::write_png(dir.file("images/a/wide.png"), 24, 20, 3, pixels);
+  testing::write_png(dir.file("images/a/tall.png"), 20, 24, 3, pixels);
+  const std::string flags = " --data " + dir.file("images") + " --pixel-scale 255 --crop 16,12";
+  auto r = run_cli("run " + model + flags + " -o " + dir.file("cropped.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("run " + model + flags + " --input-shape 3,16,12 -o " + dir.file("given.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const kernels::Tensor cropped = io::read_npy(dir.file("cropped.npy"));
+  const kernels::Tensor given = io::read_npy(dir.file("given.npy"));
+  ASSERT_EQ(cropped.shape(), given.shape());
+  EXPECT_EQ(cropped.shape()[0], 2);
+  EXPECT_EQ(cropped.to_float_vector(), given.to_float_vector());
+
+  r = run_cli("run " + model + " --data " + dir.file("images") + " --pixel-scale 255");
+  testing::expect_one_line_error(
+      r,
+      "import: input 'input' [batch, 3, height, width]: expected static dims after the batch, got "
+      "dynamic 'height', 'width'; give them with --input-shape (the dims after the batch, e.g. "
+      "3,224,224), feed .npy data of that shape, or crop an image folder to a size (--crop or "
+      "--preset)");
 }
 
 TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {

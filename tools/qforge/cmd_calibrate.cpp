@@ -400,7 +400,7 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_option("--data", opts->data, std::string("calibration data: ") + kDataFormats)
       ->required();
   add_preprocess_flags(*cmd, opts->preprocess);
-  add_input_shape_option(*cmd, opts->input_shape);
+  add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
   cmd->add_option("-o,--output", opts->output, "Q/DQ ONNX model to write")
       ->required()
       ->check(file_path());

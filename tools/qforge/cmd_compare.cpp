@@ -217,7 +217,7 @@ CommandRunner add_compare_command(CLI::App& app) {
                       "; images preprocessed as model a's metadata and the flags below say "
                       "(default: 8 seeded random normal samples)");
   add_preprocess_flags(*cmd, opts->preprocess);
-  add_input_shape_option(*cmd, opts->input_shape);
+  add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
   cmd->add_option("--batch", opts->batch,
                   "samples per forward pass (default 32, or the models' fixed batch)")
       ->check(integer_at_least(1));

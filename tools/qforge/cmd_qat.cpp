@@ -449,7 +449,7 @@ CommandRunner add_qat_command(CLI::App& app) {
                       " (class folders give the cross-entropy's labels; .npy with --distill)")
       ->required();
   add_preprocess_flags(*cmd, o->preprocess);
-  add_input_shape_option(*cmd, o->input_shape);
+  add_input_shape_option(*cmd, o->input_shape, &o->preprocess);
   cmd->add_option("-o,--output", o->output, "Q/DQ ONNX model to write")
       ->required()
       ->check(file_path());

@@ -201,7 +201,7 @@ CommandRunner add_run_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "Run a model over an image folder or an .npy batch");
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data, kDataFormats)->required();
-  add_input_shape_option(*cmd, opts->input_shape);
+  add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
   cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,

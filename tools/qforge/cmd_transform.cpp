@@ -227,7 +227,7 @@ CommandRunner add_transform_command(CLI::App& app) {
                   std::string("data to check equivalence on, in whole batches: ") + kDataFormats +
                       " (default: one seeded random normal batch)");
   add_preprocess_flags(*cmd, opts->preprocess);
-  add_input_shape_option(*cmd, opts->input_shape);
+  add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
   return [opts] { return run_transform(*opts); };
 }
 

@@ -308,7 +308,7 @@ CommandRunner add_verify_command(CLI::App& app) {
   cmd->add_option("--data", opts->data,
                   std::string("the inputs the reference ran, as one batch: ") + kDataFormats);
   add_preprocess_flags(*cmd, opts->preprocess);
-  add_input_shape_option(*cmd, opts->input_shape);
+  add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
   cmd->add_option("--runner", opts->runner,
                   "Polygraphy runner to read (default: the first in the file)");
   cmd->add_option("--tolerance", opts->tolerance,

@@ -12,18 +12,25 @@
 
 #include "graph/ir.h"
 #include "graph/onnx_import.h"
+#include "tools/qforge/data_source.h"
 
 namespace qforge::cli {
 
 struct InputShapeFlag {
   std::vector<int64_t> dims;  // empty: not given
+  // The command's preprocessing flags, when it has them: an image folder cropped by --crop or
+  // --preset gives the sample shape.
+  const PreprocessOverrides* preprocess = nullptr;
 };
 
-void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag);
+// Adds --input-shape; `preprocess`, the same command's preprocessing flags (or null).
+void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag,
+                            const PreprocessOverrides* preprocess = nullptr);
 
 // Import options fixing the model input's dynamic dims after the batch from the flag, else from
-// the rows of `data` when it is an .npy file (empty or an image folder: none), and requiring
-// them static: the error names the input, its dynamic dims and these two ways to give them.
+// the rows of `data` when it is an .npy file, else, when `data` is an image folder, from the
+// crop the preprocessing flags give (3,H,W, or H,W,3 with --layout NHWC); and requiring them
+// static: the error names the input, its dynamic dims and the ways to give them.
 graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::string& data);
 
 // graph::load_onnx with those options.
