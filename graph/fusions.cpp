@@ -418,66 +418,6 @@ const Node* batch_norm_after(const Node& conv) {
   return n && n->op_type() == "BatchNormalization" && inference_batch_norm(*n) ? n : nullptr;
 }
 
-// 0=Conv, 1=BatchNormalization (optional), 2..=Act (one node, or GELU/SiLU, whose nodes are found
-// from the chain's output because they read it twice). Without BN the conv itself must feed the
-// activation.
-Pattern conv_bn_act_pattern() {
-  Pattern p;
-  p.name = "ConvBNAct";
-  p.kind = PatternKind::kFusion;
-  p.topology = "Conv -> [BatchNormalization] -> Act";
-  p.trunk = {one("conv", {"Conv"},
-                 [](const Node& n) {
-                   return conv_with_constant_weights(n) &&
-                          (batch_norm_after(n) || feeds_activation(n));
-                 }),
-             optional("bn", {"BatchNormalization"},
-                      [](const Node& n) { return inference_batch_norm(n) && feeds_activation(n); }),
-             optional("act", single_node_activations())};
-  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
-    Node* conv = m.node(g, "conv");
-    Node* bn = m.node(g, "bn");
-    if (auto refusal = conv_bn_refusal(*conv, bn)) return refusal;
-    const Node* end = conv_chain_end(conv, bn);
-    if (!activation_after(end->output(0))) return end->label() + ": no activation follows";
-    return std::nullopt;
-  };
-  p.rewrite = [](Graph& g, const Match& m) {
-    Node* conv = m.node(g, "conv");
-    Node* bn = m.node(g, "bn");
-    const Activation act = *activation_after(conv_chain_end(conv, bn)->output(0));
-    NodeSpec spec{.name = module_name(g, *conv, "ConvBNAct"),
-                  .op_type = "ConvBNAct",
-                  .inputs = {conv->input(0)}};
-    add_conv_bn_parts(spec, *conv, bn);
-    set_activation_attributes(spec, act);
-    replace_chain(g, std::move(spec), with_activation(conv_chain(conv, bn), act), act.output);
-  };
-  return p;
-}
-
-// 0=Conv, 1=BatchNormalization (optional): a conv that no longer pattern claimed, with its BN.
-Pattern conv_bn_pattern() {
-  Pattern p;
-  p.name = "ConvBN";
-  p.kind = PatternKind::kFusion;
-  p.topology = "Conv -> [BatchNormalization]";
-  p.trunk = {one("conv", {"Conv"}, conv_with_constant_weights),
-             optional("bn", {"BatchNormalization"}, inference_batch_norm)};
-  p.select = [](const Graph& g, const Match& m) {
-    return conv_bn_refusal(*m.node(g, "conv"), m.node(g, "bn"));
-  };
-  p.rewrite = [](Graph& g, const Match& m) {
-    Node* conv = m.node(g, "conv");
-    Node* bn = m.node(g, "bn");
-    NodeSpec spec{
-        .name = module_name(g, *conv, "ConvBN"), .op_type = "ConvBN", .inputs = {conv->input(0)}};
-    add_conv_bn_parts(spec, *conv, bn);
-    replace_chain(g, std::move(spec), conv_chain(conv, bn), conv_chain_end(conv, bn)->output(0));
-  };
-  return p;
-}
-
 // Refusals of the transposed conv patterns: BN channel counts must be the output channels,
 // C_out = W[1] · group.
 std::optional<std::string> conv_transpose_refusal(const Node& conv, const Node* bn) {
@@ -508,25 +448,47 @@ bool transposed_int8_unsupported(const Node& conv) {
   return in_per_group % 4 != 0 || out_per_group % 4 != 0;
 }
 
-NodeSpec conv_transpose_spec(const Graph& g, const Node& conv, const Node* bn,
-                             std::string_view module) {
+// A conv module's node: the conv's input, its weight and bias, the BN's parameters if any.
+NodeSpec conv_spec(const Graph& g, const Node& conv, const Node* bn, std::string_view module) {
   NodeSpec spec{.name = module_name(g, conv, module),
                 .op_type = std::string(module),
                 .inputs = {conv.input(0)}};
   add_conv_bn_parts(spec, conv, bn);
+  return spec;
+}
+
+NodeSpec conv_transpose_spec(const Graph& g, const Node& conv, const Node* bn,
+                             std::string_view module) {
+  NodeSpec spec = conv_spec(g, conv, bn, module);
   spec.attributes.erase("int8_unsupported");
   if (transposed_int8_unsupported(conv)) spec.attributes["int8_unsupported"] = int64_t{1};
   return spec;
 }
 
-// 0=ConvTranspose, 1=BatchNormalization (optional), 2..=Act: a decoder's upsampling layer, fused
-// as the conv modules are (TensorRT runs the deconvolution, BN and activation as one layer).
-Pattern conv_transpose_bn_act_pattern() {
+// A convolution op and the modules it fuses into: Conv, and ConvTranspose (a decoder's
+// upsampling layer, which TensorRT runs with its BN and activation as one layer too).
+struct ConvFamily {
+  std::string_view op_type;
+  std::string_view act_module;  // with an activation
+  std::string_view bn_module;   // without
+  std::optional<std::string> (*refusal)(const Node& conv, const Node* bn);
+  NodeSpec (*spec)(const Graph& g, const Node& conv, const Node* bn, std::string_view module);
+};
+
+constexpr ConvFamily kConv{"Conv", "ConvBNAct", "ConvBN", conv_bn_refusal, conv_spec};
+constexpr ConvFamily kConvTranspose{"ConvTranspose", "ConvTransposeBNAct", "ConvTransposeBN",
+                                    conv_transpose_refusal, conv_transpose_spec};
+
+// 0=conv, 1=BatchNormalization (optional), 2..=Act (one node, or GELU/SiLU, whose nodes are found
+// from the chain's output because they read it twice). Without BN the conv itself must feed the
+// activation.
+Pattern conv_bn_act_pattern(const ConvFamily& family) {
+  const ConvFamily* f = &family;
   Pattern p;
-  p.name = "ConvTransposeBNAct";
+  p.name = std::string(f->act_module);
   p.kind = PatternKind::kFusion;
-  p.topology = "ConvTranspose -> [BatchNormalization] -> Act";
-  p.trunk = {one("conv", {"ConvTranspose"},
+  p.topology = std::string(f->op_type) + " -> [BatchNormalization] -> Act";
+  p.trunk = {one("conv", {std::string(f->op_type)},
                  [](const Node& n) {
                    return conv_with_constant_weights(n) &&
                           (batch_norm_after(n) || feeds_activation(n));
@@ -534,40 +496,41 @@ Pattern conv_transpose_bn_act_pattern() {
              optional("bn", {"BatchNormalization"},
                       [](const Node& n) { return inference_batch_norm(n) && feeds_activation(n); }),
              optional("act", single_node_activations())};
-  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+  p.select = [f](const Graph& g, const Match& m) -> std::optional<std::string> {
     Node* conv = m.node(g, "conv");
     Node* bn = m.node(g, "bn");
-    if (auto refusal = conv_transpose_refusal(*conv, bn)) return refusal;
+    if (auto refusal = f->refusal(*conv, bn)) return refusal;
     const Node* end = conv_chain_end(conv, bn);
     if (!activation_after(end->output(0))) return end->label() + ": no activation follows";
     return std::nullopt;
   };
-  p.rewrite = [](Graph& g, const Match& m) {
+  p.rewrite = [f](Graph& g, const Match& m) {
     Node* conv = m.node(g, "conv");
     Node* bn = m.node(g, "bn");
     const Activation act = *activation_after(conv_chain_end(conv, bn)->output(0));
-    NodeSpec spec = conv_transpose_spec(g, *conv, bn, "ConvTransposeBNAct");
+    NodeSpec spec = f->spec(g, *conv, bn, f->act_module);
     set_activation_attributes(spec, act);
     replace_chain(g, std::move(spec), with_activation(conv_chain(conv, bn), act), act.output);
   };
   return p;
 }
 
-// 0=ConvTranspose, 1=BatchNormalization (optional).
-Pattern conv_transpose_bn_pattern() {
+// 0=conv, 1=BatchNormalization (optional): a conv that no longer pattern claimed, with its BN.
+Pattern conv_bn_pattern(const ConvFamily& family) {
+  const ConvFamily* f = &family;
   Pattern p;
-  p.name = "ConvTransposeBN";
+  p.name = std::string(f->bn_module);
   p.kind = PatternKind::kFusion;
-  p.topology = "ConvTranspose -> [BatchNormalization]";
-  p.trunk = {one("conv", {"ConvTranspose"}, conv_with_constant_weights),
+  p.topology = std::string(f->op_type) + " -> [BatchNormalization]";
+  p.trunk = {one("conv", {std::string(f->op_type)}, conv_with_constant_weights),
              optional("bn", {"BatchNormalization"}, inference_batch_norm)};
-  p.select = [](const Graph& g, const Match& m) {
-    return conv_transpose_refusal(*m.node(g, "conv"), m.node(g, "bn"));
+  p.select = [f](const Graph& g, const Match& m) {
+    return f->refusal(*m.node(g, "conv"), m.node(g, "bn"));
   };
-  p.rewrite = [](Graph& g, const Match& m) {
+  p.rewrite = [f](Graph& g, const Match& m) {
     Node* conv = m.node(g, "conv");
     Node* bn = m.node(g, "bn");
-    replace_chain(g, conv_transpose_spec(g, *conv, bn, "ConvTransposeBN"), conv_chain(conv, bn),
+    replace_chain(g, f->spec(g, *conv, bn, f->bn_module), conv_chain(conv, bn),
                   conv_chain_end(conv, bn)->output(0));
   };
   return p;
@@ -903,11 +866,11 @@ constexpr std::array kModuleSchemas = {
 std::vector<Pattern> fusion_patterns() {
   return {stem_pattern(),
           conv_bn_add_act_pattern(),
-          conv_bn_act_pattern(),
-          conv_transpose_bn_act_pattern(),
+          conv_bn_act_pattern(kConv),
+          conv_bn_act_pattern(kConvTranspose),
           linear_act_pattern(),
-          conv_bn_pattern(),
-          conv_transpose_bn_pattern(),
+          conv_bn_pattern(kConv),
+          conv_bn_pattern(kConvTranspose),
           linear_pattern(),
           layer_norm_pattern(),
           adaptive_avg_pool_pattern(),
