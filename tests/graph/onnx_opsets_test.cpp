@@ -258,6 +258,41 @@ TEST(OnnxOpsets, PadAxesInputFromOpset18) {
   }
 }
 
+// Opset 18's new attributes (Split's num_outputs, Resize's keep_aspect_ratio_policy) are refused
+// at opset 17 by libonnx's checker, which knows each op's attributes up to opset 17; at opset 18
+// Split's num_outputs splits evenly.
+TEST(OnnxOpsets, Opset18AttributesFollowTheOpset) {
+  const Tensor x = testing::random_f32({1, 4, 2}, 9, -1.0f, 1.0f);
+  for (int64_t opset : {17, 18}) {
+    ModelProtoBuilder b(opset);
+    b.input("x", {1, 4, 2});
+    b.output("y", std::vector<int64_t>{1, 2, 2});
+    onnx::NodeProto* split = b.node("Split", "split", {"x"}, "y");
+    split->add_output("z");
+    ModelProtoBuilder::attribute(split, "axis", int64_t{1});
+    ModelProtoBuilder::attribute(split, "num_outputs", int64_t{2});
+    if (opset == 17) {
+      const std::string error = import_error(ErrorKind::kInvalid, b.bytes());
+      EXPECT_NE(error.find("Unrecognized attribute: num_outputs for operator Split"),
+                std::string::npos)
+          << error;
+      continue;
+    }
+    const std::vector<float> all = x.to_float_vector();
+    EXPECT_EQ(run_model(b.bytes(), x), std::vector<float>(all.begin(), all.begin() + 4));
+  }
+  ModelProtoBuilder b(17);
+  b.input("x", {1, 1, 2, 2});
+  b.output("y", std::vector<int64_t>{1, 1, 4, 4});
+  onnx::NodeProto* resize = b.node("Resize", "resize", {"x", "", "", "sizes"}, "y");
+  b.ints("sizes", {1, 1, 4, 4});
+  ModelProtoBuilder::attribute(resize, "keep_aspect_ratio_policy", std::string("stretch"));
+  const std::string error = import_error(ErrorKind::kInvalid, b.bytes());
+  EXPECT_NE(error.find("Unrecognized attribute: keep_aspect_ratio_policy for operator Resize"),
+            std::string::npos)
+      << error;
+}
+
 // Gelu (opset 20) in both approximations, against float64 formulas; refused before opset 20 and
 // with an unknown approximation.
 TEST(OnnxOpsets, GeluBothApproximations) {
