@@ -16,8 +16,8 @@ on the fixed input with its graph optimisations disabled and all, dumping every 
 `qforge run` runs the same file. A pair passes when, against both ORT runs,
 
     `qforge verify` finds no mismatch: each Q/DQ point, computed by qforge from ORT's values of
-    its inputs (teacher forced), equals ORT's integers up to rounding flips (within 1e-4 of a
-    step of a .5 boundary with optimisations off, 1e-2 with them on, as the tests allow), and
+    its inputs (teacher forced), equals ORT's integers up to rounding flips (within 1e-2 of a
+    step of a .5 boundary, with optimisations off and on: see ORT_SETTINGS), and
     the output computed from ORT's last points is within 1e-4 relative L2 of ORT's.
 
 Reported besides: ‖qforge run − ORT‖ / ‖ORT‖ of the Q/DQ model's output (plain runs, where a
@@ -40,9 +40,15 @@ import zoo  # noqa: E402
 
 REL_TOL = 1e-4
 # ONNX Runtime graph optimisation levels the Q/DQ models run at, with the rounding-flip tolerance
-# (in steps) of `qforge verify` against each: with optimisations off ORT sums as qforge does; on,
-# it runs int8 kernels that sum in another order (tests/quant/qdq_models_ort_test.cpp).
-ORT_SETTINGS = [("disabled", 1e-4), ("all", 1e-2)]
+# (in steps) of `qforge verify` against each. With optimisations on ORT runs int8 kernels that sum
+# in another order (tests/quant/qdq_models_ort_test.cpp). With them off it runs float kernels
+# whose order is not always qforge's either: the bundled models' tests hold at 1e-4, but in
+# fcn_resnet50 an output of a dilated 3x3 conv (2304 terms) is 1.4e-4 step above its exact
+# (float64) value in qforge's float32 sum and 2.8e-5 below it in ORT's, on either side of a .5
+# boundary (bench/RESULTS.md). Summation error grows with the number of terms and their
+# magnitude, so the full-size models take the bound of any order, 1e-2, in both settings: a
+# real mismatch is a value further than that from a boundary.
+ORT_SETTINGS = [("disabled", 1e-2), ("all", 1e-2)]
 # The model output qforge computes from ORT's integers at the last Q/DQ points, against ORT's.
 TEACHER_FORCED_L2 = 1e-4
 CALIB_DATA_SEED = 4321  # numpy seed of the calibration samples
