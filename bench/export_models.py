@@ -6,6 +6,9 @@ and PyTorch's outputs on them, into bench/.cache/:
   inputs/b<batch>.npy           float32 normal(0, 1), seeded (b1 is the first image of b8)
   ref/<name>_b<batch>.npy       PyTorch's output for that input
 
+The segmentation models (zoo.SEGMENTATION_MODELS) take [batch, 3, 232, 232], read from
+inputs/b<batch>_232x232.npy, and output their 'out' map [batch, 21, 232, 232].
+
 Files already present are kept (--force redoes them). Run with Debian's /usr/bin/python3.
 """
 import argparse
@@ -31,11 +34,11 @@ def export_one(torch, model, name, batch, force, log):
 
     onnx_file = zoo.model_path(name, batch)
     ref_file = zoo.ref_path(name, batch)
-    in_file = zoo.input_path(batch)
+    in_file = zoo.input_path(batch, zoo.image_shape(name))
     done = []
     exported = False
     if force or not os.path.exists(onnx_file):
-        x = torch.zeros((batch,) + zoo.IMAGE_SHAPE)
+        x = torch.zeros((batch,) + zoo.image_shape(name))
         tmp = onnx_file + ".tmp"
         t0 = time.time()
         torch.onnx.export(
@@ -73,7 +76,7 @@ def main():
     ap.add_argument("--force", action="store_true", help="re-export files already present")
     ap.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
     args = ap.parse_args()
-    models = zoo.parse_models(args.models)
+    models = zoo.parse_models(args.models, zoo.ALL_MODELS)
     batches = zoo.parse_batches(args.batches)
 
     def log(msg):
@@ -81,16 +84,18 @@ def main():
 
     for d in (zoo.MODEL_DIR, zoo.INPUT_DIR, zoo.REF_DIR):
         os.makedirs(d, exist_ok=True)
-    for b in batches:
-        path = zoo.input_path(b)
-        if args.force or not os.path.exists(path):
-            save_npy_atomic(path, zoo.make_inputs(b))
-            log(f"input b{b}: wrote {os.path.relpath(path, zoo.REPO_ROOT)}")
+    for shape in sorted({zoo.image_shape(m) for m in models}):
+        for b in batches:
+            path = zoo.input_path(b, shape)
+            if args.force or not os.path.exists(path):
+                save_npy_atomic(path, zoo.make_inputs(b, shape))
+                log(f"input b{b}: wrote {os.path.relpath(path, zoo.REPO_ROOT)}")
 
     def needed(name):
         return args.force or any(
             not os.path.exists(p)
-            or (p.endswith(".npy") and os.path.getmtime(p) < os.path.getmtime(zoo.input_path(b)))
+            or (p.endswith(".npy")
+                and os.path.getmtime(p) < os.path.getmtime(zoo.input_path(b, zoo.image_shape(name))))
             for b in batches
             for p in (zoo.model_path(name, b), zoo.ref_path(name, b))
         )

@@ -1,7 +1,7 @@
-"""Shared definitions of the end-to-end benchmarks: the model list, how each model is built
+"""Shared definitions of the end-to-end benchmarks: the model lists, how each model is built
 (torchvision architecture, seeded random weights) and where the cached files live.
 
-Imported by export_models.py, check_models.py and compare.py; not a script itself.
+Imported by the benchmark scripts; not a script itself.
 """
 import os
 import subprocess
@@ -14,7 +14,7 @@ MODEL_DIR = os.path.join(CACHE_DIR, "models")
 INPUT_DIR = os.path.join(CACHE_DIR, "inputs")
 REF_DIR = os.path.join(CACHE_DIR, "ref")
 
-# All models, in the order tables list them.
+# The classifiers, in the order tables list them: every script's default set.
 MODELS = [
     "resnet18",
     "resnet50",
@@ -24,9 +24,22 @@ MODELS = [
     "vit_b_16",
     "swin_t",
 ]
+# The semantic segmentation models (exported with their 'out' tensor as the output, no auxiliary
+# head), checked by export_models.py and check_models.py only: their input is larger and their
+# output is a per-pixel map, which the timing and calibration-cost scripts do not handle.
+SEGMENTATION_MODELS = [
+    "lraspp_mobilenet_v3_large",
+    "deeplabv3_mobilenet_v3_large",
+    "fcn_resnet50",
+]
+ALL_MODELS = MODELS + SEGMENTATION_MODELS
 BATCHES = [1, 8]
 OPSET = 17
 IMAGE_SHAPE = (3, 224, 224)
+# 232 = 8 x 29: the stride-8 feature maps are 29x29 and the stride-16 ones 15x15, so the bilinear
+# upsamplings to a computed size have non-integer ratios (15 -> 29, 15 -> 232), as at the 520x520
+# of torchvision's segmentation references (520 / 16 = 32.5), for about 7% more work than 224.
+SEGMENTATION_IMAGE_SHAPE = (3, 232, 232)
 WEIGHT_SEED = 0  # torch seed of the random weights (same for every model)
 INPUT_SEED = 1234  # numpy seed of the fixed random inputs
 CALIB_SEED = 99  # torch seed of the batch that sets BatchNorm running statistics
@@ -38,22 +51,33 @@ def model_path(name, batch):
     return os.path.join(MODEL_DIR, f"{name}_b{batch}.onnx")
 
 
-def input_path(batch):
-    return os.path.join(INPUT_DIR, f"b{batch}.npy")
+def image_shape(name):
+    """The [C, H, W] of one input image of model `name`."""
+    return SEGMENTATION_IMAGE_SHAPE if name in SEGMENTATION_MODELS else IMAGE_SHAPE
+
+
+def input_path(batch, shape=IMAGE_SHAPE):
+    """The fixed input of a batch size; inputs of another image shape than the classifiers' carry
+    it in the name (b8_232x232.npy)."""
+    if tuple(shape) == IMAGE_SHAPE:
+        return os.path.join(INPUT_DIR, f"b{batch}.npy")
+    return os.path.join(INPUT_DIR, f"b{batch}_{shape[1]}x{shape[2]}.npy")
 
 
 def ref_path(name, batch):
     return os.path.join(REF_DIR, f"{name}_b{batch}.npy")
 
 
-def parse_models(arg):
-    """Parses a --models value ("a,b" or "all") into a list of known model names."""
+def parse_models(arg, known=None):
+    """Parses a --models value ("a,b" or "all") into a list of names from `known` (default: the
+    classifiers, MODELS)."""
+    known = list(MODELS if known is None else known)
     if not arg or arg == "all":
-        return list(MODELS)
+        return known
     names = [n.strip() for n in arg.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        sys.exit(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        sys.exit(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(known)}")
     return names
 
 
@@ -81,13 +105,13 @@ def find_qforge(path):
     return exe
 
 
-def make_inputs(batch):
+def make_inputs(batch, shape=IMAGE_SHAPE):
     """The fixed random input of a batch size: rows of one seeded normal(0, 1) draw, so b1 is
     the first image of b8."""
     import numpy as np
 
     rng = np.random.default_rng(INPUT_SEED)
-    full = rng.standard_normal((max(BATCHES),) + IMAGE_SHAPE, dtype=np.float32)
+    full = rng.standard_normal((max(BATCHES),) + tuple(shape), dtype=np.float32)
     return np.ascontiguousarray(full[:batch])
 
 
@@ -99,7 +123,7 @@ def make_timing_inputs(images):
     return rng.standard_normal((images,) + IMAGE_SHAPE, dtype=np.float32)
 
 
-def _make_weights_realistic(model, torch):
+def _make_weights_realistic(model, torch, shape=IMAGE_SHAPE):
     """Moves a freshly initialised network towards the values a trained one has, so that the
     equivalence checks exercise every path: parameters initialised to zero (biases, ViT's
     class token and classifier head) get small random values; BatchNorm running statistics
@@ -127,7 +151,7 @@ def _make_weights_realistic(model, torch):
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the calibration pass
         torch.manual_seed(CALIB_SEED)
-        calib = torch.randn((8,) + IMAGE_SHAPE)
+        calib = torch.randn((8,) + tuple(shape))
         model.train()
         with torch.no_grad():
             model(calib)
@@ -149,15 +173,33 @@ def _make_weights_realistic(model, torch):
 def build_model(name, freeze=True):
     """The torchvision model `name` with seeded random weights, in eval mode. With `freeze`
     the parameters need no gradients; ONNX export wants them unfrozen, since frozen
-    attention layers take PyTorch's fused inference path, which has no ONNX export."""
+    attention layers take PyTorch's fused inference path, which has no ONNX export.
+
+    A segmentation model is built without pretrained backbone weights or auxiliary head and
+    wrapped so that it returns the 'out' tensor of its output dict."""
     import torch
     import torchvision
 
-    if name not in MODELS:
+    if name not in ALL_MODELS:
         raise ValueError(f"unknown model {name}")
     torch.manual_seed(WEIGHT_SEED)
-    model = getattr(torchvision.models, name)(weights=None)
-    _make_weights_realistic(model, torch)
+    if name in SEGMENTATION_MODELS:
+        kwargs = {"weights": None, "weights_backbone": None}
+        if name != "lraspp_mobilenet_v3_large":  # LR-ASPP has no auxiliary head
+            kwargs["aux_loss"] = False
+
+        class SegmentationOutput(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return self.net(x)["out"]
+
+        model = SegmentationOutput(getattr(torchvision.models.segmentation, name)(**kwargs))
+    else:
+        model = getattr(torchvision.models, name)(weights=None)
+    _make_weights_realistic(model, torch, image_shape(name))
     for p in model.parameters():
         p.requires_grad_(not freeze)
     return model

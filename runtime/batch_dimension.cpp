@@ -404,6 +404,23 @@ class BatchFreer {
     set_axis(node, node.output(0), in.axis, in);
   }
 
+  // A Resize's sizes (input 3), folded to a constant at the resolved batch, get the batch read at
+  // run time on the batch axis; scales hold 1 there and are right at any batch.
+  void resize_sizes(Node& node, const BatchAxis& in) {
+    const Value* sizes = node.input(3);
+    if (!sizes || !sizes->is_constant() || sizes->constant().numel() == 0) return;
+    const Shape values = constant_ints(sizes);
+    const size_t a = static_cast<size_t>(in.axis);
+    if (a >= values.size() || in.outer != 1 || in.inner != 1) {
+      unsupported(node, "expected sizes " + kernels::shape_str(values) +
+                            " with an entry for the batch alone on axis " +
+                            std::to_string(in.axis));
+    }
+    edits_.push_back([this, n = &node, values, a] {
+      g_.set_input(n, 3, batch_shape(values, a, n, n->name() + "_sizes"));
+    });
+  }
+
   void visit(Node& node) {
     const std::string& op = node.op_type();
     std::vector<std::pair<size_t, BatchAxis>> carried;
@@ -594,6 +611,11 @@ class BatchFreer {
       unsupported(node, "normalizes along the batch axis");
     }
     if (op == "Shape" || op == "Size") unsupported(node, "reads the batch as a value");
+    if (op == "Resize") {
+      if (carried.front().first != 0)
+        unsupported(node, "computes its scales or sizes from the batch");
+      resize_sizes(node, first);
+    }
     // Every other op keeps its first input's batch axis in place: convolutions, pools, norms,
     // activations, Q/DQ. Its output must then have that axis with the same size.
     for (const auto& [i, a] : carried) {

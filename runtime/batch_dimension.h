@@ -26,10 +26,11 @@ struct BatchAxis {
 // computes the same per sample at any batch:
 //   - a Reshape's shape gets -1 at the axis that carries the batch and its other entries as
 //     resolved (-1 is unambiguous there, since every other dimension is fixed);
-//   - an Expand's shape gets 1 there (the input already has the batch), a Slice along the batch
-//     axis that takes it whole ends at INT64_MAX, a constant repeated along the batch (a class
-//     token expanded by a fold) becomes one sample's row expanded to the batch, read at run time
-//     from the first input's shape (Shape → Gather → Concat → Expand);
+//   - an Expand's shape gets 1 there (the input already has the batch), a Resize's sizes get the
+//     batch read at run time there (Shape → Gather → Concat), a Slice along the batch axis that
+//     takes it whole ends at INT64_MAX, a constant repeated along the batch (a class token
+//     expanded by a fold) becomes one sample's row expanded to the batch, read at run time from
+//     the first input's shape (Shape → Gather → Concat → Expand);
 //   - inputs and outputs get -1 at their batch axis, other values lose their resolved shapes.
 // Where several axes of a Reshape's output could carry the batch (a batch of 1 leaves this open),
 // the one with the fewest rows per sample is taken, the earliest on a tie. Unsupported error

@@ -1,6 +1,7 @@
 """Small ONNX models for the end-to-end op tests (tests/runtime/decoder_ops_test.cpp): Split,
 Resize, ConvTranspose, Exp, Log, Softplus, Max, Min, Greater, Less and PRelu as torch.onnx
-exports them (opset 17), plus Resize forms torch does not write (paddle's, the other nearest
+exports them (opset 17), a convolution upsampled to its input's size (conv_resize_to_input,
+also run at other batches by tests/tools/batch_cli_test.cpp), plus Resize forms torch does not write (paddle's, the other nearest
 roundings) built with onnx.helper. The test runs each in qforge and in ONNX Runtime on the same
 random input. Writes data/models/ops/<name>.onnx, and for decoder_chain.onnx (Split, Resize and
 ConvTranspose in one graph) PyTorch's outputs and parameter gradients in decoder_chain.npz for
@@ -50,6 +51,20 @@ class Interpolate(torch.nn.Module):
         return F.interpolate(x, **self.kwargs) * 1.0
 
 
+class ConvResizeToInput(torch.nn.Module):
+    """A segmentation head as torchvision writes it: features at stride 2 upsampled bilinearly to
+    the input's size, F.interpolate(size=x.shape[-2:]), which torch.onnx exports as Resize sizes
+    computed by Shape -> Slice -> Concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def torch_models():
     torch.manual_seed(0)
     return [
@@ -75,6 +90,7 @@ def torch_models():
         ("conv_transpose_depthwise_k4s2",
          torch.nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=4, bias=False),
          (2, 4, 5, 5)),
+        ("conv_resize_to_input", ConvResizeToInput(), (1, 3, 9, 13)),
     ]
 
 

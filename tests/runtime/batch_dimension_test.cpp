@@ -1,5 +1,6 @@
-// free_batch on small graphs resolved at one batch: the shape constants it writes, exactly, and
-// the freed graph run at another batch against the original run sample by sample.
+// free_batch on small graphs resolved at one batch: the shape constants it writes, exactly (a
+// Resize's sizes computed from the input's batch), and the freed graph run at another batch
+// against the original run sample by sample.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -76,6 +77,18 @@ std::unique_ptr<Graph> window_layout(int64_t batch) {
   return g;
 }
 
+// A bilinear upsampling to constant sizes that hold the batch, as resolution folds torch's
+// F.interpolate(size=...) (Shape → Slice → Concat of a static tensor): [B, 2, 5, 7] → [B, 2, 9,
+// 11].
+std::unique_ptr<Graph> resize_to_sizes(int64_t batch) {
+  auto g = std::make_unique<Graph>();
+  graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 2, 5, 7});
+  g->mark_output(add(*g, "upsample", "Resize",
+                     {x, nullptr, nullptr, int_const(*g, "sizes", {batch, 2, 9, 11})},
+                     {{"mode", std::string("linear")}}));
+  return g;
+}
+
 // The freed graph at batch 5 against the original at batch 1, sample by sample, bit for bit.
 void expect_same_per_sample(std::unique_ptr<Graph> freed,
                             const std::function<std::unique_ptr<Graph>(int64_t)>& make,
@@ -126,6 +139,26 @@ TEST(BatchDimension, WindowPartitionFoldsTheBatchWithTheWindows) {
   EXPECT_EQ(expand->op_type(), "Expand");
   EXPECT_EQ(expand->input(0)->constant().shape(), (kernels::Shape{1, 1, 3}));
   expect_same_per_sample(std::move(g), window_layout, {4, 4, 3});
+}
+
+TEST(BatchDimension, ResizeSizesReadTheBatchAtRunTime) {
+  auto g = resize_to_sizes(2);
+  runtime::resolve(*g, {});
+  runtime::free_batch(*g, 2);
+  // sizes = Concat(batch read from the input's shape, the resolved channels and spatial sizes).
+  const graph::Node* concat = g->find_node("upsample")->input(3)->producer();
+  ASSERT_NE(concat, nullptr);
+  EXPECT_EQ(concat->op_type(), "Concat");
+  ASSERT_EQ(concat->num_inputs(), 2u);
+  const graph::Node* gather = concat->input(0)->producer();
+  ASSERT_NE(gather, nullptr);
+  EXPECT_EQ(gather->op_type(), "Gather");
+  EXPECT_EQ(gather->input(0)->producer()->op_type(), "Shape");
+  const Tensor& after = concat->input(1)->constant();
+  EXPECT_EQ(std::vector<int64_t>(after.data<int64_t>(), after.data<int64_t>() + after.numel()),
+            (std::vector<int64_t>{2, 9, 11}));
+  EXPECT_EQ(*g->outputs()[0]->shape(), (kernels::Shape{-1, 2, 9, 11}));
+  expect_same_per_sample(std::move(g), resize_to_sizes, {2, 5, 7});
 }
 
 TEST(BatchDimension, ReductionOverTheBatchIsRefusedNamingTheNode) {

@@ -197,6 +197,7 @@ const char* const kOpModels[] = {
     "conv_transpose_grouped_dilated",
     "conv_transpose_depthwise_k4s2",
     "decoder_chain",
+    "conv_resize_to_input",
 };
 
 // Each model in qforge and in ONNX Runtime on the same input: data movement exactly, arithmetic

@@ -3,13 +3,16 @@
 // attention and window Reshapes carry the batch); a fixed-batch model calibrated at another
 // batch keeps its own batch, or writes a symbolic one with --dynamic-batch; `transform` keeps a
 // symbolic batch under its name; ONNX's shape inference, strict, agrees with every declared
-// output shape.
+// output shape. A Resize to sizes computed from a tensor's shape (torch's F.interpolate(size=...),
+// as in torchvision's segmentation models) follows the batch in `run` and in the written files.
 #include <gtest/gtest.h>
 
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -18,8 +21,10 @@
 #include "graph/onnx_import.h"
 #include "tests/support/batch_models.h"
 #include "tests/support/ort_runner.h"
+#include "tests/support/random.h"
 #include "tests/support/test_support.h"
 #include "tools/io/image_folder.h"
+#include "tools/io/npy.h"
 
 namespace qforge {
 namespace {
@@ -203,6 +208,58 @@ TEST(FixedBatchCli, RunCompareAndQatTakeAnyBatch) {
   ASSERT_EQ(q.exit_code, 0) << q.err;
   EXPECT_EQ(testing::declared_batch_text(dir.file("qat.onnx")), batch_of("1"));
   EXPECT_EQ(strict_output_dims(dir.file("qat.onnx")), (std::vector<std::string>{"1", "10"}));
+}
+
+// A convolution upsampled bilinearly to its input's size, exported at batch 1 with the Resize's
+// sizes computed by Shape → Slice → Concat (data/generate/op_models.py): `run --batch 3` computes
+// for each sample what ONNX Runtime computes on the file at batch 1 (within float rounding of
+// a 27-term convolution sum, as tests/runtime/decoder_ops_test.cpp); calibrated at --batch 4,
+// the Q/DQ file keeps batch 1, and with --dynamic-batch runs in ONNX Runtime at batch 3 with
+// each sample's output equal, bit for bit, to its batch-1 run and to the fixed file's.
+TEST(FixedBatchOrt, ResizeToComputedSizesFollowsTheBatch) {
+  TempDir dir;
+  const std::string model = data_path("models/ops/conv_resize_to_input.onnx");
+  const Tensor x = testing::random_f32({3, 3, 9, 13}, 11, -2.0f, 2.0f);
+  io::write_npy(dir.file("x.npy"), x);
+  const auto r = run_cli("run " + model + " --data " + dir.file("x.npy") + " --batch 3 -o " +
+                         dir.file("out.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Tensor got = io::read_npy(dir.file("out.npy"));
+  const std::vector<Tensor> want = ort_per_sample(model, x);
+  ASSERT_EQ(got.shape(), (kernels::Shape{3, 4, 9, 13}));
+  for (int64_t i = 0; i < 3; ++i) {
+    const Tensor row = got.slice_rows(i, i + 1);
+    const Tensor& w = want[static_cast<size_t>(i)];
+    ASSERT_EQ(row.shape(), w.shape());
+    double scale = 1.0, worst = 0.0;
+    for (int64_t e = 0; e < w.numel(); ++e) {
+      scale = std::max(scale, std::abs(double(w.data<float>()[e])));
+      worst = std::max(worst, std::abs(double(row.data<float>()[e]) - w.data<float>()[e]));
+    }
+    EXPECT_LE(worst, 1e-6 * scale) << "sample " << i;
+  }
+
+  io::write_npy(dir.file("calib.npy"), testing::random_f32({8, 3, 9, 13}, 12, -2.0f, 2.0f));
+  for (const std::string flags : {"", "--dynamic-batch"}) {
+    const auto c = run_cli("calibrate " + model + " --data " + dir.file("calib.npy") +
+                           " --batch 4 --flip-injections 0 " + flags + " -o " +
+                           dir.file(flags.empty() ? "fixed.qdq.onnx" : "dynamic.qdq.onnx"));
+    ASSERT_EQ(c.exit_code, 0) << flags << ": " << c.err;
+  }
+  EXPECT_EQ(testing::declared_batch_text(dir.file("fixed.qdq.onnx")), batch_of("1"));
+  EXPECT_EQ(strict_output_dims(dir.file("fixed.qdq.onnx")),
+            (std::vector<std::string>{"1", "4", "9", "13"}));
+  EXPECT_EQ(testing::declared_batch_text(dir.file("dynamic.qdq.onnx")), batch_of("batch"));
+  EXPECT_EQ(strict_output_dims(dir.file("dynamic.qdq.onnx")),
+            (std::vector<std::string>{"batch", "4", "9", "13"}));
+  const Tensor batched = testing::run_ort(dir.file("dynamic.qdq.onnx"), {x}).at(0);
+  ASSERT_EQ(batched.shape(), (kernels::Shape{3, 4, 9, 13}));
+  EXPECT_EQ(compare_samples(batched, ort_per_sample(dir.file("dynamic.qdq.onnx"), x)).differing, 0);
+  EXPECT_EQ(compare_samples(
+                batched.slice_rows(0, 1).clone(),
+                {testing::run_ort(dir.file("fixed.qdq.onnx"), {x.slice_rows(0, 1).clone()}).at(0)})
+                .differing,
+            0);
 }
 
 // `transform` keeps a symbolic batch under the model's own name, an unnamed one unnamed, and
