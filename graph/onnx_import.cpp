@@ -766,16 +766,32 @@ void rename_value(onnx::GraphProto& g, const std::string& from, const std::strin
 
 // The Resizes the converter made from opset-10 Resizes and from Upsamples, in their semantics:
 // both compute source coordinates as output / scale (asymmetric) and take the nearest pixel by
-// truncation (floor, scales >= 1), where the 10 → 11 adapter leaves opset 11's defaults
-// (half_pixel, round_prefer_floor). A Resize made from an Upsample gets its name and output back.
+// truncation when upsampling and by rounding up when downsampling (as ONNX Runtime does), where
+// the 10 -> 11 adapter leaves opset 11's defaults (half_pixel, round_prefer_floor). Nearest
+// scales on both sides of 1 have no one nearest_mode and are refused naming the node; computed
+// scales are taken as upsampling (Upsample's only form). A Resize made from an Upsample gets
+// its name and output back.
 void restore_old_resize_semantics(onnx::ModelProto& model, int64_t opset,
                                   const std::vector<UpsampleNode>& upsamples) {
   if (opset >= 11) return;
   onnx::GraphProto& g = *model.mutable_graph();
   std::vector<bool> matched(upsamples.size(), false);
   std::vector<std::pair<std::string, std::string>> renames;
+  int index = 0;
   for (onnx::NodeProto& np : *g.mutable_node()) {
+    ++index;
     if (np.op_type() != "Resize") continue;
+    for (size_t i = 0; i < upsamples.size(); ++i) {
+      const UpsampleNode& u = upsamples[i];
+      if (matched[i] || np.input_size() < 3 || np.input(0) != u.x || np.input(2) != u.scales ||
+          np.output_size() != 1) {
+        continue;
+      }
+      matched[i] = true;
+      np.set_name(u.name);
+      if (np.output(0) != u.output) renames.emplace_back(np.output(0), u.output);
+      break;
+    }
     auto set_string = [&](const char* name, const char* value) {
       onnx::AttributeProto* a = nullptr;
       for (auto& existing : *np.mutable_attribute()) {
@@ -788,18 +804,28 @@ void restore_old_resize_semantics(onnx::ModelProto& model, int64_t opset,
     };
     set_string("coordinate_transformation_mode", "asymmetric");
     const onnx::AttributeProto* mode = find_attribute(np, "mode");
-    if (!mode || mode->s() == "nearest") set_string("nearest_mode", "floor");
-    for (size_t i = 0; i < upsamples.size(); ++i) {
-      const UpsampleNode& u = upsamples[i];
-      if (matched[i] || np.input_size() < 3 || np.input(0) != u.x || np.input(2) != u.scales ||
-          np.output_size() != 1) {
-        continue;
+    if (mode && mode->s() != "nearest") continue;
+    bool up = false, down = false;
+    std::optional<Tensor> scales;
+    if (np.input_size() > 2) scales = constant_in_file(g, np.input(2));
+    if (scales && scales->dtype() == DType::kFloat32) {
+      for (int64_t i = 0; i < scales->numel(); ++i) {
+        up = up || scales->data<float>()[i] > 1.0f;
+        down = down || scales->data<float>()[i] < 1.0f;
       }
-      matched[i] = true;
-      np.set_name(u.name);
-      if (np.output(0) != u.output) renames.emplace_back(np.output(0), u.output);
-      break;
     }
+    if (up && down) {
+      std::string got;
+      for (int64_t i = 0; i < scales->numel(); ++i) {
+        got.append(i ? ", " : "[").append(std::to_string(scales->data<float>()[i]));
+      }
+      throw_unsupported("import: " + node_label(np, index - 1) +
+                        ": expected nearest scales all >= 1 or all <= 1 below opset 11 (the "
+                        "nearest pixel is rounded down when upsampling, up when downsampling), "
+                        "got " +
+                        got + "]");
+    }
+    set_string("nearest_mode", down ? "ceil" : "floor");
   }
   for (const auto& [from, to] : renames) rename_value(g, from, to);
 }

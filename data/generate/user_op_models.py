@@ -1,5 +1,5 @@
 """Small ONNX models of the ops users' models brought (tests/runtime/user_ops_test.cpp):
-Upsample as torch.onnx writes it at opset 9, Tile, ArgMax, ReduceMax, ReduceSum (the axes
+Upsample as torch.onnx writes it at opset 9, Resize at opset 10, Tile, ArgMax, ReduceMax, ReduceSum (the axes
 attribute and input forms) and Einsum equations of batched matrix products. The test runs each
 in qforge and in ONNX Runtime on the same random input, and against the PyTorch outputs and
 gradients written here:
@@ -118,7 +118,7 @@ class ArgMaxes(torch.nn.Module):
 def save_helper_model(name, nodes, inputs, outputs, opset, inits=()):
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
+    model.ir_version = 8 if opset > 10 else 5
     if opset <= 17:
         onnx.checker.check_model(model, full_check=True)
     path = os.path.join(OUT, name + ".onnx")
@@ -156,6 +156,22 @@ def helper_models():
         "tile_repeats",
         [helper.make_node("Tile", ["x", "repeats"], ["y0"], name="tile")],
         [x], [helper.make_tensor_value_info("y0", f, [2, 6, 4, 15])], 13, [repeats])
+
+
+def resize10_models():
+    """Resize at opset 10 (Upsample's semantics): nearest rounds down when upsampling and up when
+    downsampling in ONNX Runtime; scales on both sides of 1 are refused by qforge."""
+    f = TensorProto.FLOAT
+    for name, mode, scales in [("resize10_nearest_down", "nearest", [1, 1, 0.5, 0.6]),
+                               ("resize10_nearest_up", "nearest", [1, 1, 1.5, 2.5]),
+                               ("resize10_linear", "linear", [1, 1, 1.7, 0.6]),
+                               ("resize10_nearest_mixed", "nearest", [1, 1, 0.5, 2.0])]:
+        out = [2, 3, int(7 * scales[2]), int(9 * scales[3])]
+        save_helper_model(
+            name, [helper.make_node("Resize", ["x", "scales"], ["y0"], name="resize", mode=mode)],
+            [helper.make_tensor_value_info("x", f, [2, 3, 7, 9])],
+            [helper.make_tensor_value_info("y0", f, out)], 10,
+            [helper.make_tensor("scales", f, [4], scales)])
 
 
 EINSUMS = [
@@ -206,6 +222,7 @@ def main():
     torch.manual_seed(4)
     export(ArgMaxes().eval(), (torch.randn(2, 3, 4, 5),), "argmax", 13, ["x"], ["y0", "y1"])
     helper_models()
+    resize10_models()
     einsum_models()
 
 

@@ -59,6 +59,9 @@ std::string model_path(const std::string& name) {
 
 const char* const kModels[] = {
     "upsample9",
+    "resize10_nearest_down",
+    "resize10_nearest_up",
+    "resize10_linear",
     "reduce_chain_opset17",
     "reduce_chain_opset11",
     "reduce_opset18",
@@ -124,6 +127,15 @@ TEST(UserOps, Opset9UpsampleBecomesResizeInUpsampleSemantics) {
   ASSERT_EQ(y.size(), 2u);
   expect_close_scaled(y[0], golden.at("y0"), 0.0, "nearest against PyTorch");
   expect_close_scaled(y[1], golden.at("y1"), 1e-6, "linear against ONNX's definition");
+}
+
+TEST(UserOps, Opset10NearestResizeScalesOnBothSidesOfOneAreRefused) {
+  const std::string message = error_of(
+      ErrorKind::kUnsupported, [] { graph::load_onnx(model_path("resize10_nearest_mixed")); });
+  EXPECT_NE(message.find("import: node 'resize' (Resize): expected nearest scales all >= 1 or "
+                         "all <= 1 below opset 11"),
+            std::string::npos)
+      << message;
 }
 
 // An opset-9 model of one Upsample; `scales` an initializer, `mode` its attribute.
@@ -277,6 +289,55 @@ TEST(UserOps, TileForwardAndBackwardMatchTheReference) {
       }
     }
   }
+}
+
+// A model returning both a ReduceMax and the ArgMax of the same values trains: ArgMax's int64
+// output carries no gradient (as PyTorch's argmax), so backward passes it by, and w's gradient
+// is the max's alone: dy at each row's maximum times x there.
+TEST(UserOps, ArgMaxOutputTrainsBesideItsFloatSibling) {
+  const int64_t n = 4, c = 7;
+  graph::Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, Shape{n, c});
+  graph::Value* w = g.add_constant("w", testing::random_f32({1, c}, 3, 0.5f, 1.5f));
+  graph::Value* v =
+      g.add_node({.name = "mul", .op_type = "Mul", .inputs = {x, w}, .output_names = {"v"}})
+          ->output(0);
+  g.mark_output(g.add_node({.name = "max",
+                            .op_type = "ReduceMax",
+                            .inputs = {v},
+                            .output_names = {"m"},
+                            .attributes = {{"axes", std::vector<int64_t>{1}}}})
+                    ->output(0));
+  g.mark_output(g.add_node({.name = "argmax",
+                            .op_type = "ArgMax",
+                            .inputs = {v},
+                            .output_names = {"a"},
+                            .attributes = {{"axis", int64_t{1}}}})
+                    ->output(0));
+  runtime::ResolveOptions options;
+  options.parameters.insert("w");
+  runtime::resolve(g, options);
+  runtime::TrainingExecutor executor(g, runtime::TrainingOptions{{"w"}});
+  const Tensor input = testing::random_f32({n, c}, 4, -2.0f, 2.0f);
+  const Tensor dy = testing::random_f32({n, 1}, 5, -1.0f, 1.0f);
+  const std::span<const Tensor> y = executor.forward({&input, 1});
+  ASSERT_EQ(y.size(), 2u);
+  const std::vector<int64_t> at = y[1].to_int64_vector();
+  const std::vector<Tensor> grads = {dy, Tensor()};
+  executor.backward(grads);
+  std::vector<double> want(static_cast<size_t>(c), 0.0);
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t k = at[static_cast<size_t>(b)];
+    want[static_cast<size_t>(k)] += double(dy.data<float>()[b]) * input.data<float>()[b * c + k];
+  }
+  const Tensor& grad = executor.parameters()[0].grad;
+  size_t zeros = 0;
+  for (int64_t k = 0; k < c; ++k) {
+    const double expected = want[static_cast<size_t>(k)];
+    EXPECT_NEAR(grad.data<float>()[k], expected, 1e-6 * std::max(1.0, std::abs(expected))) << k;
+    zeros += expected == 0.0;
+  }
+  EXPECT_GT(zeros, 0u);  // channels that are no row's maximum get no gradient
 }
 
 TEST(UserOps, TileReduceAndArgMaxShapesAndErrors) {
