@@ -416,9 +416,9 @@ std::optional<Tensor> constant_in_file(const onnx::GraphProto& gp, const std::st
   return std::nullopt;
 }
 
-// Upsample (deprecated in opset 10, where Resize replaces it) as opset-9 exporters write it: X
-// and the scales as input 1, mode nearest or linear, every scale >= 1. The version converter
-// turns it into a Resize (convert_to_supported_opset).
+// Upsample (deprecated in opset 10, where Resize replaces it) as exporters write it: X and the
+// scales as input 1 (opset 9) or attribute 'scales' (opsets 7 and 8), mode nearest or linear,
+// every scale >= 1. The version converter turns it into a Resize (convert_to_supported_opset).
 void check_upsample(const onnx::GraphProto& gp, const onnx::NodeProto& np, const std::string& label,
                     int64_t opset) {
   if (opset > 9) {
@@ -427,11 +427,15 @@ void check_upsample(const onnx::GraphProto& gp, const onnx::NodeProto& np, const
                   "got opset " +
                   std::to_string(opset));
   }
-  if (np.input_size() != 2 || find_attribute(np, "scales")) {
-    throw_invalid("import: " + label +
-                  ": expected inputs X and scales at opset 9 (no attribute 'scales'), got " +
-                  std::to_string(np.input_size()) + " inputs" +
-                  (find_attribute(np, "scales") ? " and attribute 'scales'" : ""));
+  const onnx::AttributeProto* scales_attribute = find_attribute(np, "scales");
+  const bool attribute_form = opset < 9;
+  if (np.input_size() != (attribute_form ? 1 : 2) ||
+      (scales_attribute == nullptr) == attribute_form) {
+    throw_invalid("import: " + label + ": expected " +
+                  (attribute_form ? "input X and attribute 'scales' at opset 7 and 8"
+                                  : "inputs X and scales at opset 9 (no attribute 'scales')") +
+                  ", got " + std::to_string(np.input_size()) + " inputs " +
+                  (scales_attribute ? "and" : "without") + " attribute 'scales'");
   }
   const onnx::AttributeProto* mode = find_attribute(np, "mode");
   if (mode && (mode->type() != onnx::AttributeProto::STRING ||
@@ -442,7 +446,18 @@ void check_upsample(const onnx::GraphProto& gp, const onnx::NodeProto& np, const
                        ? "\"" + mode->s() + "\""
                        : onnx::AttributeProto::AttributeType_Name(mode->type())));
   }
-  const std::optional<Tensor> scales = constant_in_file(gp, np.input(1));
+  std::optional<Tensor> scales;
+  if (attribute_form) {
+    if (scales_attribute->type() != onnx::AttributeProto::FLOATS) {
+      throw_invalid("import: " + label + ": expected attribute 'scales' of floats, got " +
+                    onnx::AttributeProto::AttributeType_Name(scales_attribute->type()));
+    }
+    scales = Tensor::from_vector<float>(
+        {scales_attribute->floats_size()},
+        std::vector<float>(scales_attribute->floats().begin(), scales_attribute->floats().end()));
+  } else {
+    scales = constant_in_file(gp, np.input(1));
+  }
   if (!scales) return;  // computed: the Resize it becomes checks it when shapes are inferred
   if (scales->dtype() != DType::kFloat32 || scales->rank() != 1) {
     throw_invalid("import: " + label + ": expected scales '" + np.input(1) +
@@ -743,7 +758,8 @@ std::vector<UpsampleNode> upsample_nodes(const onnx::ModelProto& model) {
         np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
     ++index;
     if (np.op_type() != "Upsample") continue;
-    out.push_back({name, np.input(0), np.input(1), np.output(0)});
+    // Opsets 7 and 8: the scales are an attribute, input 1 of the Resize a new Constant.
+    out.push_back({name, np.input(0), np.input_size() > 1 ? np.input(1) : "", np.output(0)});
   }
   return out;
 }
@@ -783,8 +799,8 @@ void restore_old_resize_semantics(onnx::ModelProto& model, int64_t opset,
     if (np.op_type() != "Resize") continue;
     for (size_t i = 0; i < upsamples.size(); ++i) {
       const UpsampleNode& u = upsamples[i];
-      if (matched[i] || np.input_size() < 3 || np.input(0) != u.x || np.input(2) != u.scales ||
-          np.output_size() != 1) {
+      if (matched[i] || np.input_size() < 3 || np.input(0) != u.x ||
+          (!u.scales.empty() && np.input(2) != u.scales) || np.output_size() != 1) {
         continue;
       }
       matched[i] = true;

@@ -1,5 +1,6 @@
 """Small ONNX models of the ops users' models brought (tests/runtime/user_ops_test.cpp):
-Upsample as torch.onnx writes it at opset 9, Resize at opset 10, Tile, ArgMax, ReduceMax, ReduceSum (the axes
+Upsample as torch.onnx writes it at opset 9 (and at opsets 7 and 8, its scales an attribute),
+Resize at opset 10, Tile, ArgMax, ReduceMax, ReduceSum (the axes
 attribute and input forms) and Einsum equations of batched matrix products. The test runs each
 in qforge and in ONNX Runtime on the same random input, and against the PyTorch outputs and
 gradients written here:
@@ -118,7 +119,7 @@ class ArgMaxes(torch.nn.Module):
 def save_helper_model(name, nodes, inputs, outputs, opset, inits=()):
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8 if opset > 10 else 5
+    model.ir_version = 8 if opset > 10 else 5 if opset > 8 else 4
     if opset <= 17:
         onnx.checker.check_model(model, full_check=True)
     path = os.path.join(OUT, name + ".onnx")
@@ -156,6 +157,22 @@ def helper_models():
         "tile_repeats",
         [helper.make_node("Tile", ["x", "repeats"], ["y0"], name="tile")],
         [x], [helper.make_tensor_value_info("y0", f, [2, 6, 4, 15])], 13, [repeats])
+
+
+def upsample_attribute_models():
+    """Upsample at opsets 7 and 8, its scales an attribute (torch.onnx no longer writes these)."""
+    f = TensorProto.FLOAT
+    for opset in (7, 8):
+        save_helper_model(
+            f"upsample{opset}",
+            [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Upsample", ["r"], ["y0"], name="up_nearest", mode="nearest",
+                              scales=[1.0, 1.0, 2.0, 3.0]),
+             helper.make_node("Upsample", ["r"], ["y1"], name="up_linear", mode="linear",
+                              scales=[1.0, 1.0, 2.0, 2.0])],
+            [helper.make_tensor_value_info("x", f, [2, 3, 5, 7])],
+            [helper.make_tensor_value_info("y0", f, [2, 3, 10, 21]),
+             helper.make_tensor_value_info("y1", f, [2, 3, 10, 14])], opset)
 
 
 def resize10_models():
@@ -222,6 +239,7 @@ def main():
     torch.manual_seed(4)
     export(ArgMaxes().eval(), (torch.randn(2, 3, 4, 5),), "argmax", 13, ["x"], ["y0", "y1"])
     helper_models()
+    upsample_attribute_models()
     resize10_models()
     einsum_models()
 

@@ -58,6 +58,8 @@ std::string model_path(const std::string& name) {
 }
 
 const char* const kModels[] = {
+    "upsample7",
+    "upsample8",
     "upsample9",
     "resize10_nearest_down",
     "resize10_nearest_up",
@@ -138,6 +140,22 @@ TEST(UserOps, Opset10NearestResizeScalesOnBothSidesOfOneAreRefused) {
       << message;
 }
 
+// Upsample with its scales an attribute (opsets 7 and 8): the converter's Constant scales, the
+// node's name and output kept, Upsample's semantics (the outputs: ModelsMatchOnnxRuntime).
+TEST(UserOps, Opset7And8UpsampleKeepTheirNames) {
+  for (const char* name : {"upsample7", "upsample8"}) {
+    SCOPED_TRACE(name);
+    auto graph = graph::load_onnx(model_path(name));
+    std::vector<std::string> resizes;
+    for (const graph::Node* n : graph->nodes()) {
+      if (n->op_type() != "Resize") continue;
+      resizes.push_back(n->name() + " -> " + n->output(0)->name());
+      EXPECT_EQ(n->attr_string("coordinate_transformation_mode", ""), "asymmetric");
+    }
+    EXPECT_EQ(resizes, (std::vector<std::string>{"up_nearest -> y0", "up_linear -> y1"}));
+  }
+}
+
 // An opset-9 model of one Upsample; `scales` an initializer, `mode` its attribute.
 std::string upsample_model(int opset, const std::string& mode, std::vector<float> scales) {
   onnx::ModelProto model;
@@ -187,6 +205,13 @@ TEST(UserOps, UpsampleErrorsNameTheNode) {
                       "axis 2"),
             std::string::npos)
       << down;
+  const std::string input_at_8 = error_of(ErrorKind::kInvalid, [] {
+    graph::parse_onnx(upsample_model(8, "nearest", {1, 1, 2, 2}), "m.onnx");
+  });
+  EXPECT_NE(input_at_8.find("node 'up' (Upsample): expected input X and attribute 'scales' at "
+                            "opset 7 and 8, got 2 inputs without attribute 'scales'"),
+            std::string::npos)
+      << input_at_8;
   const std::string late = error_of(ErrorKind::kInvalid, [] {
     graph::parse_onnx(upsample_model(13, "nearest", {1, 1, 2, 2}), "m.onnx");
   });
