@@ -13,6 +13,7 @@ constexpr int kMany = 1 << 20;
 constexpr std::array kSchemas = {
     // op type, inputs min/max, outputs min/max, since opset
     OpSchema{"Add", 2, 2, 1, 1, 13},
+    OpSchema{"ArgMax", 1, 1, 1, 1, 13},
     OpSchema{"AveragePool", 1, 1, 1, 1, 11},
     OpSchema{"BatchNormalization", 5, 5, 1, 3, 15},
     OpSchema{"Cast", 1, 1, 1, 1, 13},
@@ -57,7 +58,9 @@ constexpr std::array kSchemas = {
     OpSchema{"PRelu", 2, 2, 1, 1, 16},
     OpSchema{"QuantizeLinear", 2, 3, 1, 1, 13},
     OpSchema{"Range", 3, 3, 1, 1, 11},
+    OpSchema{"ReduceMax", 1, 2, 1, 1, 13},   // axes: an attribute, an input from opset 18
     OpSchema{"ReduceMean", 1, 2, 1, 1, 13},  // axes: an attribute, an input from opset 18
+    OpSchema{"ReduceSum", 1, 2, 1, 1, 13},   // axes: an input from opset 13
     OpSchema{"Relu", 1, 1, 1, 1, 14},
     OpSchema{"Reshape", 2, 2, 1, 1, 14},
     OpSchema{"Resize", 1, 4, 1, 1, 13},
@@ -72,6 +75,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Squeeze", 1, 2, 1, 1, 13},
     OpSchema{"Sub", 2, 2, 1, 1, 13},
     OpSchema{"Tanh", 1, 1, 1, 1, 13},
+    OpSchema{"Tile", 2, 2, 1, 1, 13},
     OpSchema{"Transpose", 1, 1, 1, 1, 13},
     OpSchema{"Unsqueeze", 2, 2, 1, 1, 13},
     OpSchema{"Where", 3, 3, 1, 1, 16},
@@ -90,6 +94,8 @@ constexpr std::array kSchemas = {
 
 constexpr std::array kAttributeRules = {
     // op type, attribute, min, max
+    AttributeRule{"ArgMax", "keepdims", 0, 1},
+    AttributeRule{"ArgMax", "select_last_index", 0, 1},
     AttributeRule{"AveragePool", "kernel_shape", 1},
     AttributeRule{"AveragePool", "strides", 1},
     AttributeRule{"AveragePool", "dilations", 1},
@@ -113,6 +119,10 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"MaxPool", "pads", 0},
     AttributeRule{"MaxPool", "ceil_mode", 0, 1},
     AttributeRule{"MaxPool", "storage_order", 0, 1},
+    AttributeRule{"ReduceMax", "keepdims", 0, 1},
+    AttributeRule{"ReduceMax", "noop_with_empty_axes", 0, 1},
+    AttributeRule{"ReduceSum", "keepdims", 0, 1},
+    AttributeRule{"ReduceSum", "noop_with_empty_axes", 0, 1},
     AttributeRule{"Gemm", "transA", 0, 1},
     AttributeRule{"Gemm", "transB", 0, 1},
 };

@@ -13,14 +13,17 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
 #include "graph/catalog.h"
+#include "graph/einsum_import.h"
 
 namespace qforge::graph {
 namespace {
@@ -399,6 +402,77 @@ void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64
   }
 }
 
+// The value of `name` where the file gives it: an initializer or a Constant node's `value`.
+std::optional<Tensor> constant_in_file(const onnx::GraphProto& gp, const std::string& name) {
+  for (const auto& t : gp.initializer()) {
+    if (t.name() == name) return tensor_from_proto(t, "initializer '" + name + "'");
+  }
+  for (const auto& np : gp.node()) {
+    if (np.op_type() != "Constant" || np.output_size() != 1 || np.output(0) != name) continue;
+    const onnx::AttributeProto* value = find_attribute(np, "value");
+    if (!value || value->type() != onnx::AttributeProto::TENSOR) return std::nullopt;
+    return tensor_from_proto(value->t(), "Constant '" + name + "'");
+  }
+  return std::nullopt;
+}
+
+// Upsample (deprecated in opset 10, where Resize replaces it) as exporters write it: X and the
+// scales as input 1 (opset 9) or attribute 'scales' (opsets 7 and 8), mode nearest or linear,
+// every scale >= 1. The version converter turns it into a Resize (convert_to_supported_opset).
+void check_upsample(const onnx::GraphProto& gp, const onnx::NodeProto& np, const std::string& label,
+                    int64_t opset) {
+  if (opset > 9) {
+    throw_invalid("import: " + label +
+                  ": expected Upsample at opset 9 or older (Resize replaces it from opset 10), "
+                  "got opset " +
+                  std::to_string(opset));
+  }
+  const onnx::AttributeProto* scales_attribute = find_attribute(np, "scales");
+  const bool attribute_form = opset < 9;
+  if (np.input_size() != (attribute_form ? 1 : 2) ||
+      (scales_attribute == nullptr) == attribute_form) {
+    throw_invalid("import: " + label + ": expected " +
+                  (attribute_form ? "input X and attribute 'scales' at opset 7 and 8"
+                                  : "inputs X and scales at opset 9 (no attribute 'scales')") +
+                  ", got " + std::to_string(np.input_size()) + " inputs " +
+                  (scales_attribute ? "and" : "without") + " attribute 'scales'");
+  }
+  const onnx::AttributeProto* mode = find_attribute(np, "mode");
+  if (mode && (mode->type() != onnx::AttributeProto::STRING ||
+               (mode->s() != "nearest" && mode->s() != "linear"))) {
+    throw_invalid("import: " + label +
+                  ": expected attribute 'mode' \"nearest\" or \"linear\", got " +
+                  (mode->type() == onnx::AttributeProto::STRING
+                       ? "\"" + mode->s() + "\""
+                       : onnx::AttributeProto::AttributeType_Name(mode->type())));
+  }
+  std::optional<Tensor> scales;
+  if (attribute_form) {
+    if (scales_attribute->type() != onnx::AttributeProto::FLOATS) {
+      throw_invalid("import: " + label + ": expected attribute 'scales' of floats, got " +
+                    onnx::AttributeProto::AttributeType_Name(scales_attribute->type()));
+    }
+    scales = Tensor::from_vector<float>(
+        {scales_attribute->floats_size()},
+        std::vector<float>(scales_attribute->floats().begin(), scales_attribute->floats().end()));
+  } else {
+    scales = constant_in_file(gp, np.input(1));
+  }
+  if (!scales) return;  // computed: the Resize it becomes checks it when shapes are inferred
+  if (scales->dtype() != DType::kFloat32 || scales->rank() != 1) {
+    throw_invalid("import: " + label + ": expected scales '" + np.input(1) +
+                  "' as a 1-D float tensor, got " + scales->describe());
+  }
+  for (int64_t i = 0; i < scales->numel(); ++i) {
+    const float v = scales->data<float>()[i];
+    if (!(v >= 1.0f) || !std::isfinite(v)) {
+      std::string got("scale ");
+      got.append(std::to_string(v)).append(" at axis ").append(std::to_string(i));
+      throw_invalid("import: " + label + ": expected finite scales >= 1, got " + got);
+    }
+  }
+}
+
 // Every op in the catalog; the ops whose form depends on the opset in the form of the model's
 // (after conversion for old models). Checked before the ONNX checker, so that an op qforge does
 // not know is reported as such (naming op, node and opset), not as a checker failure.
@@ -409,6 +483,10 @@ void check_ops(const onnx::ModelProto& model, int64_t opset) {
     if (!np.domain().empty() && np.domain() != "ai.onnx") {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
                         np.domain() + "' is not supported by qforge");
+    }
+    if (np.op_type() == "Upsample") {
+      check_upsample(model.graph(), np, label, opset);
+      continue;
     }
     const OpSchema* schema = find_schema(np.op_type());
     if (!schema || schema->kind != SchemaKind::kOnnx) {
@@ -431,10 +509,11 @@ void check_structure(const onnx::ModelProto& model) {
   for (const auto& np : gp.node()) {
     const std::string label = node_label(np, index++);
     const OpSchema* schema = find_schema(np.op_type());
-    if (np.input_size() < std::min(schema->min_inputs, 1) || np.output_size() < 1) {
-      throw_invalid("import: " + label + ": expected at least " +
-                    std::to_string(std::min(schema->min_inputs, 1)) + " input and 1 output, got " +
-                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+    const int min_inputs = schema ? std::min(schema->min_inputs, 1) : 1;  // Upsample: 1
+    if (np.input_size() < min_inputs || np.output_size() < 1) {
+      throw_invalid("import: " + label + ": expected at least " + std::to_string(min_inputs) +
+                    " input and 1 output, got " + std::to_string(np.input_size()) + " and " +
+                    std::to_string(np.output_size()));
     }
     for (const auto& in : np.input()) {
       if (!in.empty() && !defined.count(in)) {
@@ -662,10 +741,116 @@ bool add_reshape_output_ranks(onnx::ModelProto& model) {
   return !ranks.empty();
 }
 
+// An Upsample node before conversion: the converter replaces it by a Resize reading the same X
+// and scales, without its name and with a new output name.
+struct UpsampleNode {
+  std::string name;
+  std::string x;
+  std::string scales;
+  std::string output;
+};
+
+std::vector<UpsampleNode> upsample_nodes(const onnx::ModelProto& model) {
+  std::vector<UpsampleNode> out;
+  int index = 0;
+  for (const auto& np : model.graph().node()) {
+    const std::string name =
+        np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+    ++index;
+    if (np.op_type() != "Upsample") continue;
+    // Opsets 7 and 8: the scales are an attribute, input 1 of the Resize a new Constant.
+    out.push_back({name, np.input(0), np.input_size() > 1 ? np.input(1) : "", np.output(0)});
+  }
+  return out;
+}
+
+void rename_value(onnx::GraphProto& g, const std::string& from, const std::string& to) {
+  for (onnx::NodeProto& np : *g.mutable_node()) {
+    for (std::string& in : *np.mutable_input()) {
+      if (in == from) in = to;
+    }
+    for (std::string& out : *np.mutable_output()) {
+      if (out == from) out = to;
+    }
+  }
+  for (auto* list : {g.mutable_output(), g.mutable_value_info()}) {
+    for (onnx::ValueInfoProto& v : *list) {
+      if (v.name() == from) v.set_name(to);
+    }
+  }
+}
+
+// The Resizes the converter made from opset-10 Resizes and from Upsamples, in their semantics:
+// both compute source coordinates as output / scale (asymmetric) and take the nearest pixel by
+// truncation when upsampling and by rounding up when downsampling (as ONNX Runtime does), where
+// the 10 -> 11 adapter leaves opset 11's defaults (half_pixel, round_prefer_floor). Nearest
+// scales on both sides of 1 have no one nearest_mode and are refused naming the node; computed
+// scales are taken as upsampling (Upsample's only form). A Resize made from an Upsample gets
+// its name and output back.
+void restore_old_resize_semantics(onnx::ModelProto& model, int64_t opset,
+                                  const std::vector<UpsampleNode>& upsamples) {
+  if (opset >= 11) return;
+  onnx::GraphProto& g = *model.mutable_graph();
+  std::vector<bool> matched(upsamples.size(), false);
+  std::vector<std::pair<std::string, std::string>> renames;
+  int index = 0;
+  for (onnx::NodeProto& np : *g.mutable_node()) {
+    ++index;
+    if (np.op_type() != "Resize") continue;
+    for (size_t i = 0; i < upsamples.size(); ++i) {
+      const UpsampleNode& u = upsamples[i];
+      if (matched[i] || np.input_size() < 3 || np.input(0) != u.x ||
+          (!u.scales.empty() && np.input(2) != u.scales) || np.output_size() != 1) {
+        continue;
+      }
+      matched[i] = true;
+      np.set_name(u.name);
+      if (np.output(0) != u.output) renames.emplace_back(np.output(0), u.output);
+      break;
+    }
+    auto set_string = [&](const char* name, const char* value) {
+      onnx::AttributeProto* a = nullptr;
+      for (auto& existing : *np.mutable_attribute()) {
+        if (existing.name() == name) a = &existing;
+      }
+      if (!a) a = np.add_attribute();
+      a->set_name(name);
+      a->set_type(onnx::AttributeProto::STRING);
+      a->set_s(value);
+    };
+    set_string("coordinate_transformation_mode", "asymmetric");
+    const onnx::AttributeProto* mode = find_attribute(np, "mode");
+    if (mode && mode->s() != "nearest") continue;
+    bool up = false, down = false;
+    std::optional<Tensor> scales;
+    if (np.input_size() > 2) scales = constant_in_file(g, np.input(2));
+    if (scales && scales->dtype() == DType::kFloat32) {
+      for (int64_t i = 0; i < scales->numel(); ++i) {
+        up = up || scales->data<float>()[i] > 1.0f;
+        down = down || scales->data<float>()[i] < 1.0f;
+      }
+    }
+    if (up && down) {
+      std::string got;
+      for (int64_t i = 0; i < scales->numel(); ++i) {
+        got.append(i ? ", " : "[").append(std::to_string(scales->data<float>()[i]));
+      }
+      throw_unsupported("import: " + node_label(np, index - 1) +
+                        ": expected nearest scales all >= 1 or all <= 1 below opset 11 (the "
+                        "nearest pixel is rounded down when upsampling, up when downsampling), "
+                        "got " +
+                        got + "]");
+    }
+    set_string("nearest_mode", down ? "ceil" : "floor");
+  }
+  for (const auto& [from, to] : renames) rename_value(g, from, to);
+}
+
 // A model below kConvertedOpset brought to it by libonnx's version converter, after shape
 // inference (some adapters, Softmax's among them, need the input's rank and dims).
 void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const std::string& source) {
   write_defaults_adapters_require(model, opset);
+  const std::vector<UpsampleNode> upsamples = upsample_nodes(model);
   onnx::ShapeInferenceOptions si{};
   si.check_type = false;
   si.error_mode = 0;
@@ -687,6 +872,7 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
     throw_unsupported("import: " + (node.empty() ? "'" + source + "'" : node) + ": converting " +
                       from + " failed: " + trimmed_what(e));
   }
+  restore_old_resize_semantics(model, opset, upsamples);
 }
 
 // The opset range, the catalog, the declarations, the sample shape; then the conversion of old
@@ -694,6 +880,7 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
 int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
                       const ImportOptions& options) {
   int64_t opset = declared_opset(model, source);
+  rewrite_einsum_nodes(model, opset);
   check_ops(model, opset);
   check_declarations(model);
   fix_sample_shape(model, source, options);

@@ -1,5 +1,5 @@
 // ONNX import: a file or bytes to a Graph, through libonnx's protobuf classes, checker and shape
-// inference. Opsets 9 to 21 are read: below 13 through libonnx's version converter, above what
+// inference. Opsets 7 to 21 are read: below 13 through libonnx's version converter, above what
 // libonnx knows (17) with qforge's own checks in place of its checker. Ops outside the catalog
 // are refused with the op, the node and the opset.
 #pragma once
@@ -16,7 +16,7 @@ namespace qforge::graph {
 
 // The default-domain opsets qforge imports. Models below kConvertedOpset are converted to it
 // with onnx::version_conversion; from it on each op runs in the form of the model's opset.
-inline constexpr int64_t kOldestImportedOpset = 9;
+inline constexpr int64_t kOldestImportedOpset = 7;
 inline constexpr int64_t kConvertedOpset = 13;
 inline constexpr int64_t kNewestImportedOpset = 21;
 

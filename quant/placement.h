@@ -25,8 +25,9 @@ struct ActivationPoint {
   std::vector<QuantConsumer> consumers;
   // Points of one scale group share one scale (the group's largest amax): the quantized
   // tensors around a Concat, its output and its inputs, seen through the ops that only move or
-  // select elements (MaxPool, nearest Resize, Split, Identity), so that TensorRT runs the Concat
-  // on INT8 without requantizing. The group is named by its first point's tensor; empty: alone.
+  // select elements (MaxPool, nearest Resize, Split, Identity, Tile, ReduceMax), so that
+  // TensorRT runs the Concat on INT8 without requantizing. The group is named by its first
+  // point's tensor; empty: alone.
   std::string scale_group;
 };
 

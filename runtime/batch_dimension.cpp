@@ -601,6 +601,14 @@ class BatchFreer {
           first);
       return;
     }
+    if (op == "ArgMax") {
+      const int axis = normalized_axis(node.attr_int("axis", 0), first_rank);
+      if (axis == first.axis) unsupported(node, "reduces the batch axis");
+      const bool keep = node.attr_int("keepdims", 1) != 0;
+      set_axis(node, node.output(0), keep || axis > first.axis ? first.axis : first.axis - 1,
+               first);
+      return;
+    }
     if (op == "Softmax" || op == "LogSoftmax" || op == "Hardmax") {
       if (normalized_axis(node.attr_int("axis", -1), first_rank) == first.axis) {
         unsupported(node, "normalizes along the batch axis");

@@ -19,6 +19,7 @@
 #include "kernels/parallel.h"
 #include "kernels/pool.h"
 #include "kernels/pool_backward.h"
+#include "kernels/reduce.h"
 #include "kernels/softmax.h"
 #include "runtime/ops/ops.h"
 
@@ -1263,7 +1264,8 @@ std::vector<int64_t> reduce_axes(const Node& node, std::span<const InputInfo> in
   return {};
 }
 
-ReduceSetup setup_reduce_mean(const Node& node, std::span<const InputInfo> inputs) {
+// ReduceMean, ReduceSum and ReduceMax: their axes, keepdims and noop_with_empty_axes.
+ReduceSetup setup_reduce(const Node& node, std::span<const InputInfo> inputs) {
   const InputInfo& x = float_input(node, inputs, 0, "data");
   const int64_t rank = static_cast<int64_t>(x.shape.size());
   const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
@@ -1308,13 +1310,128 @@ class ReduceMeanKernel final : public OpKernel {
 };
 
 std::vector<TensorInfo> infer_reduce_mean(const Node& node, std::span<const InputInfo> inputs) {
-  return one_output(node, setup_reduce_mean(node, inputs).out_shape);
+  return one_output(node, setup_reduce(node, inputs).out_shape);
 }
 
 std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const InputInfo> inputs,
                                              std::span<const TensorInfo> /*outputs*/) {
-  const ReduceSetup s = setup_reduce_mean(node, inputs);
+  const ReduceSetup s = setup_reduce(node, inputs);
   return std::make_unique<ReduceMeanKernel>(kernels::plan_reduce(inputs[0].shape, s.axes));
+}
+
+// ReduceSum (axes an input from opset 13) and ReduceMax (from opset 18), on the setup of
+// ReduceMean. ReduceMax's gradient goes to the maxima, shared evenly among ties.
+class ReduceKernel final : public OpKernel {
+ public:
+  enum class Kind { kSum, kMax };
+  ReduceKernel(const kernels::ReducePlan& plan, Kind kind) : plan_(plan), kind_(kind) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    if (kind_ == Kind::kSum) {
+      kernels::reduce_sum(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+    } else {
+      kernels::reduce_max(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+    }
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (kind_ == Kind::kSum) {
+      kernels::reduce_sum_backward(plan_, grad_outputs[0].data<float>(),
+                                   grad_inputs[0].data<float>());
+    } else {
+      kernels::reduce_max_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(),
+                                   grad_outputs[0].data<float>(), grad_inputs[0].data<float>());
+    }
+  }
+
+ private:
+  kernels::ReducePlan plan_;
+  Kind kind_;
+};
+
+std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_reduce(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_reduce_sum(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce(node, inputs);
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(inputs[0].shape, s.axes),
+                                        ReduceKernel::Kind::kSum);
+}
+
+std::unique_ptr<OpKernel> create_reduce_max(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce(node, inputs);
+  const Shape& x = inputs[0].shape;
+  for (int64_t a : s.axes) {
+    if (x[static_cast<size_t>(a)] == 0) {
+      fail_node(node, "nonempty reduced axes", shape_str(x));
+    }
+  }
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), ReduceKernel::Kind::kMax);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ArgMax: int64 indices along `axis` (keepdims, select_last_index). Not differentiable: its
+// output is an integer, which no gradient reaches.
+
+struct ArgMaxSetup {
+  int64_t outer = 1;
+  int64_t axis_dim = 1;
+  int64_t inner = 1;
+  bool select_last = false;
+  Shape out_shape;
+};
+
+ArgMaxSetup setup_arg_max(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "data");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank == 0) fail_node(node, "an input of rank >= 1", "a scalar");
+  const int64_t axis = normalize_axis(node, node.attr_int("axis", 0), rank, "axis");
+  const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
+  ArgMaxSetup s;
+  s.select_last = bool_attr(node, "select_last_index", 0) != 0;
+  for (int64_t a = 0; a < rank; ++a) {
+    const int64_t d = x.shape[static_cast<size_t>(a)];
+    if (a < axis) s.outer *= d;
+    if (a > axis) s.inner *= d;
+    if (a != axis) {
+      s.out_shape.push_back(d);
+    } else if (keepdims) {
+      s.out_shape.push_back(1);
+    }
+  }
+  s.axis_dim = x.shape[static_cast<size_t>(axis)];
+  if (s.axis_dim < 1) {
+    fail_node(node, std::string("a nonempty axis ").append(std::to_string(axis)),
+              shape_str(x.shape));
+  }
+  return s;
+}
+
+std::vector<TensorInfo> infer_arg_max(const Node& node, std::span<const InputInfo> inputs) {
+  return {{DType::kInt64, setup_arg_max(node, inputs).out_shape}};
+}
+
+class ArgMaxKernel final : public OpKernel {
+ public:
+  explicit ArgMaxKernel(const ArgMaxSetup& s) : s_(s) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::arg_max(inputs[0].data<float>(), s_.outer, s_.axis_dim, s_.inner, s_.select_last,
+                     outputs[0].data<int64_t>());
+  }
+
+ private:
+  ArgMaxSetup s_;
+};
+
+std::unique_ptr<OpKernel> create_arg_max(const Node& node, std::span<const InputInfo> inputs,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs));
 }
 
 }  // namespace
@@ -1332,6 +1449,9 @@ void register_dense_ops(OpRegistry& registry) {
   registry.add({"AveragePool", infer_average_pool, create_average_pool});
   registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});
   registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
+  registry.add({"ReduceSum", infer_reduce, create_reduce_sum});
+  registry.add({"ReduceMax", infer_reduce, create_reduce_max});
+  registry.add({"ArgMax", infer_arg_max, create_arg_max});
   registry.add({"Softmax", infer_softmax, create_softmax});
 }
 

@@ -356,7 +356,9 @@ class StridedCopyKernel final : public OpKernel {
  public:
   // Backward: Slice's gradient lands on the positions it read, zero elsewhere; Expand's is
   // summed over the axes it broadcast along.
-  enum class Kind { kSlice, kExpand };
+  // Tile runs as an Expand of x viewed as [1, d0, 1, d1, …] to [r0, d0, r1, d1, …], which is
+  // the output's layout: its gradient sums the repeats the same way.
+  enum class Kind { kSlice, kExpand, kTile };
   StridedCopyKernel(kernels::StridedCopyPlan plan, Kind kind, const InputInfo& x,
                     const Shape& out_shape)
       : plan_(std::move(plan)), kind_(kind), x_numel_(shape_numel(x.shape)) {
@@ -364,6 +366,13 @@ class StridedCopyKernel final : public OpKernel {
     if (kind_ == Kind::kExpand) {
       expand_as_add_ = kernels::plan_broadcast(std::vector<Shape>{x.shape, out_shape});
     }
+  }
+  // Tile: x viewed as `x_view`, broadcast to `out_view` (same layouts as x and the output).
+  StridedCopyKernel(kernels::StridedCopyPlan plan, const InputInfo& x, const Shape& x_view,
+                    const Shape& out_view)
+      : plan_(std::move(plan)), kind_(Kind::kTile), x_numel_(shape_numel(x.shape)) {
+    differentiable_ = x.dtype == DType::kFloat32;
+    expand_as_add_ = kernels::plan_broadcast(std::vector<Shape>{x_view, out_view});
   }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
@@ -454,6 +463,50 @@ std::unique_ptr<OpKernel> create_expand(const graph::Node& /*node*/,
   return std::make_unique<StridedCopyKernel>(
       kernels::plan_expand(inputs[0].shape, outputs[0].shape, kernels::dtype_size(inputs[0].dtype)),
       StridedCopyKernel::Kind::kExpand, inputs[0], outputs[0].shape);
+}
+
+// Tile -----------------------------------------------------------------------------------------
+
+// repeats (input 1): one value >= 0 per axis of x.
+std::vector<int64_t> tile_repeats(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const std::vector<int64_t> repeats = constant_ints(node, inputs, 1, "the repeats");
+  if (repeats.size() != x.shape.size()) {
+    fail_node(node,
+              std::to_string(x.shape.size()) + " repeats, one per axis of " + shape_str(x.shape),
+              ints_str(repeats));
+  }
+  for (int64_t r : repeats) {
+    if (r < 0) fail_node(node, "repeats >= 0", ints_str(repeats));
+  }
+  return repeats;
+}
+
+std::vector<TensorInfo> infer_tile(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const std::vector<int64_t> repeats = tile_repeats(node, inputs);
+  Shape out = x.shape;
+  for (size_t d = 0; d < out.size(); ++d) out[d] *= repeats[d];
+  return {{x.dtype, out}};
+}
+
+std::unique_ptr<OpKernel> create_tile(const graph::Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  const InputInfo& x = inputs[0];
+  const std::vector<int64_t> repeats = tile_repeats(node, inputs);
+  Shape x_view, out_view, strides(2 * x.shape.size(), 0);
+  int64_t stride = 1;
+  for (size_t d = x.shape.size(); d-- > 0;) {
+    strides[2 * d + 1] = stride;
+    stride *= x.shape[d];
+  }
+  for (size_t d = 0; d < x.shape.size(); ++d) {
+    x_view.insert(x_view.end(), {1, x.shape[d]});
+    out_view.insert(out_view.end(), {repeats[d], x.shape[d]});
+  }
+  return std::make_unique<StridedCopyKernel>(
+      kernels::plan_strided_copy(out_view, strides, 0, kernels::dtype_size(x.dtype)), x, x_view,
+      out_view);
 }
 
 // Concat ---------------------------------------------------------------------------------------
@@ -1151,6 +1204,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"Transpose", infer_transpose, create_transpose});
   registry.add({"Slice", infer_slice, create_slice});
   registry.add({"Expand", infer_expand, create_expand});
+  registry.add({"Tile", infer_tile, create_tile});
   registry.add({"Concat", infer_concat, create_concat});
   registry.add({"Split", infer_split, create_split});
   registry.add({"Resize", infer_resize, create_resize});

@@ -1,4 +1,4 @@
-// Import across opsets 9 to 21: old models through libonnx's version converter (Softmax's
+// Import across opsets 7 to 21: old models through libonnx's version converter (Softmax's
 // coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 21 read natively
 // (ReduceMean's axes input, Pad's axes input, Gelu in both approximations), each form checked
 // against the model's opset, the opsets outside the range named, and the sample shape that fixes
@@ -155,15 +155,15 @@ TEST(OnnxOpsets, ConverterFailureNamesTheNode) {
       << message;
 }
 
-TEST(OnnxOpsets, OpsetsOutsideNineToTwentyOneAreNamed) {
-  for (int64_t opset : {8, 22}) {
+TEST(OnnxOpsets, OpsetsOutsideSevenToTwentyOneAreNamed) {
+  for (int64_t opset : {6, 22}) {
     ModelProtoBuilder b(opset);
     b.input("x", {1, 4});
     b.output("y", std::vector<int64_t>{1, 4});
     b.node("Relu", "relu", {"x"}, "y");
     EXPECT_EQ(import_error(ErrorKind::kUnsupported, b.bytes()),
               "import: 'model.onnx' uses opset " + std::to_string(opset) +
-                  "; qforge imports opsets 9 to 21");
+                  "; qforge imports opsets 7 to 21");
   }
 }
 

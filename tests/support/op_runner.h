@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -64,6 +65,12 @@ class OneNodeGraph {
   }
 
   std::vector<runtime::TensorInfo> infer() const { return def_->infer(*node_, infos_); }
+  // The node's inference kernel, on the inferred output shapes.
+  std::unique_ptr<runtime::OpKernel> create() const {
+    std::vector<runtime::TensorInfo> outputs = infer();
+    outputs.resize(node_->num_outputs());
+    return def_->create(*node_, infos_, outputs);
+  }
 
  protected:
   graph::Graph graph_;

@@ -105,8 +105,11 @@ int run_run(RunOptions o) {
   }
 
   const graph::Graph& model = session.graph();
-  std::vector<std::vector<float>> stacked(model.outputs().size());  // kept only with -o
-  std::vector<graph::Shape> out_shapes(model.outputs().size());     // [rows so far, ...]
+  // Kept only with -o: each output's bytes, batch after batch, in its dtype (float32, or the
+  // int64 of an ArgMax).
+  std::vector<std::vector<std::byte>> stacked(model.outputs().size());
+  std::vector<kernels::DType> out_dtypes(model.outputs().size(), kernels::DType::kFloat32);
+  std::vector<graph::Shape> out_shapes(model.outputs().size());  // [rows so far, ...]
   size_t correct = 0;
   double forward_seconds = 0;
   int64_t warmups_left = o.warmup;
@@ -139,15 +142,21 @@ int run_run(RunOptions o) {
     }
     if (!out_files.empty()) {
       for (size_t k = 0; k < outputs.size(); ++k) {
-        if (outputs[k].dtype() != kernels::DType::kFloat32) {
-          throw_unsupported("run: -o writes float32 outputs, output " + std::to_string(k) + " is " +
-                            outputs[k].describe());
+        const kernels::DType dtype = outputs[k].dtype();
+        if (dtype != kernels::DType::kFloat32 && dtype != kernels::DType::kInt64) {
+          throw_unsupported("run: -o writes float32 and int64 outputs, output " +
+                            std::to_string(k) + " is " + outputs[k].describe());
         }
-        auto s = outputs[k].span<float>();
-        stacked[k].insert(stacked[k].end(), s.begin(), s.end());
+        if (outputs[k].rank() == 0) {
+          throw_unsupported("run: -o stacks outputs along their batch axis, output " +
+                            std::to_string(k) + " is a scalar");
+        }
+        const auto* bytes = static_cast<const std::byte*>(outputs[k].raw());
+        stacked[k].insert(stacked[k].end(), bytes, bytes + outputs[k].nbytes());
         if (out_shapes[k].empty()) {
           out_shapes[k] = outputs[k].shape();
           out_shapes[k][0] = 0;
+          out_dtypes[k] = dtype;
         }
         out_shapes[k][0] += outputs[k].dim(0);
       }
@@ -185,7 +194,7 @@ int run_run(RunOptions o) {
   if (!out_files.empty()) {
     for (size_t k = 0; k < stacked.size(); ++k) {
       const graph::Shape& shape = out_shapes[k];
-      auto tensor = kernels::Tensor::wrap(kernels::DType::kFloat32, shape, stacked[k].data());
+      auto tensor = kernels::Tensor::wrap(out_dtypes[k], shape, stacked[k].data());
       out_files[k]->write(io::encode_npy(tensor));
     }
     for (auto& file : out_files) file->commit();
@@ -202,7 +211,8 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_option("model", opts->model, "ONNX model file")->required()->check(file_path());
   cmd->add_option("--data", opts->data, kDataFormats)->required();
   add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
-  cmd->add_option("-o,--output", opts->output, "write all outputs, stacked, to this .npy file")
+  cmd->add_option("-o,--output", opts->output,
+                  "write all outputs (float32 or int64), stacked, to this .npy file")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "images per forward pass (default 32, or the model's fixed batch)")

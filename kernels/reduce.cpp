@@ -1,0 +1,179 @@
+// Sum, max and argmax reductions: one task per block of outputs, each output's reduced elements
+// visited in row-major order.
+#include "kernels/reduce.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "kernels/parallel.h"
+
+namespace qforge::kernels {
+namespace {
+
+constexpr int64_t kTaskElements = 1 << 14;
+
+// The merged axes of a ReducePlan split into the kept ones (an output's position) and the
+// reduced ones (the elements it reads), with their strides in x.
+struct ReduceWalk {
+  int kept = 0;
+  int reduced = 0;
+  std::array<int64_t, kMaxReduceRank> kept_dims{};
+  std::array<int64_t, kMaxReduceRank> kept_strides{};
+  std::array<int64_t, kMaxReduceRank> reduced_dims{};
+  std::array<int64_t, kMaxReduceRank> reduced_strides{};
+  int64_t outputs = 1;
+  int64_t per_output = 1;
+};
+
+ReduceWalk walk_of(const ReducePlan& plan) {
+  ReduceWalk w;
+  std::array<int64_t, kMaxReduceRank> stride{};
+  int64_t s = 1;
+  for (int a = plan.rank - 1; a >= 0; --a) {
+    stride[a] = s;
+    s *= plan.dims[a];
+  }
+  for (int a = 0; a < plan.rank; ++a) {
+    if (plan.reduced[a]) {
+      w.reduced_dims[w.reduced] = plan.dims[a];
+      w.reduced_strides[w.reduced++] = stride[a];
+      w.per_output *= plan.dims[a];
+    } else {
+      w.kept_dims[w.kept] = plan.dims[a];
+      w.kept_strides[w.kept++] = stride[a];
+      w.outputs *= plan.dims[a];
+    }
+  }
+  return w;
+}
+
+// x's offset of the first element output `o` reads.
+int64_t base_offset(const ReduceWalk& w, int64_t o) {
+  int64_t base = 0;
+  for (int a = w.kept - 1; a >= 0; --a) {
+    base += (o % w.kept_dims[a]) * w.kept_strides[a];
+    o /= w.kept_dims[a];
+  }
+  return base;
+}
+
+// Calls fn(offset) for each element output `o` reads, in row-major order of the reduced axes.
+template <class Fn>
+void for_each_reduced(const ReduceWalk& w, int64_t o, Fn&& fn) {
+  const int64_t base = base_offset(w, o);
+  if (w.reduced == 0) {
+    fn(base);
+    return;
+  }
+  const int last = w.reduced - 1;
+  const int64_t run = w.reduced_dims[last];
+  const int64_t step = w.reduced_strides[last];
+  std::array<int64_t, kMaxReduceRank> index{};
+  int64_t row = base;
+  for (int64_t done = 0; done < w.per_output; done += run) {
+    for (int64_t j = 0; j < run; ++j) fn(row + j * step);
+    for (int a = last - 1; a >= 0; --a) {
+      ++index[a];
+      row += w.reduced_strides[a];
+      if (index[a] < w.reduced_dims[a]) break;
+      row -= index[a] * w.reduced_strides[a];
+      index[a] = 0;
+    }
+  }
+}
+
+int64_t output_grain(const ReduceWalk& w) {
+  return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, w.per_output));
+}
+
+}  // namespace
+
+void reduce_sum(const ReducePlan& plan, const float* x, float* y) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float sum = 0.0f;
+      for_each_reduced(w, o, [&](int64_t i) { sum += x[i]; });
+      y[o] = sum;
+    }
+  });
+}
+
+void reduce_max(const ReducePlan& plan, const float* x, float* y) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float best = -std::numeric_limits<float>::infinity();
+      for_each_reduced(w, o, [&](int64_t i) {
+        if (x[i] > best || std::isnan(x[i])) best = std::isnan(best) ? best : x[i];
+      });
+      y[o] = best;
+    }
+  });
+}
+
+void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx, GradMode write) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const float g = dy[o];
+      for_each_reduced(w, o, [&](int64_t i) {
+        if (write == GradMode::kOverwrite) {
+          dx[i] = g;
+        } else {
+          dx[i] += g;
+        }
+      });
+    }
+  });
+}
+
+void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
+                         float* dx, GradMode write) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const float m = y[o];
+      int64_t ties = 0;
+      for_each_reduced(w, o, [&](int64_t i) { ties += x[i] == m; });
+      const float share = ties > 0 ? dy[o] / static_cast<float>(ties) : 0.0f;
+      for_each_reduced(w, o, [&](int64_t i) {
+        const float g = x[i] == m ? share : 0.0f;
+        if (write == GradMode::kOverwrite) {
+          dx[i] = g;
+        } else {
+          dx[i] += g;
+        }
+      });
+    }
+  });
+}
+
+void arg_max(const float* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+             int64_t* y) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, axis_dim));
+  parallel_for(outer * inner, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t o = t / inner;
+      const int64_t i = t % inner;
+      const float* xr = x + o * axis_dim * inner + i;
+      int64_t at = 0;
+      float best = xr[0];
+      for (int64_t k = 1; k < axis_dim; ++k) {
+        const float v = xr[k * inner];
+        if (std::isnan(best) && !select_last) break;
+        const bool better =
+            select_last ? (v >= best || std::isnan(v)) : (v > best || std::isnan(v));
+        if (better) {
+          best = v;
+          at = k;
+        }
+      }
+      y[t] = at;
+    }
+  });
+}
+
+}  // namespace qforge::kernels

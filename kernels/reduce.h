@@ -1,0 +1,32 @@
+// Reductions over a set of axes other than the mean (kernels/pool.h): sum, max and the index of
+// the max along one axis, with the backward of sum and max. Each output walks its reduced
+// elements in row-major order on one task, so results do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/grad_mode.h"
+#include "kernels/pool.h"
+
+namespace qforge::kernels {
+
+// plan: plan_reduce(shape, axes); y holds one value per kept position (row-major).
+void reduce_sum(const ReducePlan& plan, const float* x, float* y);
+// The largest value; NaN where any reduced value is NaN (as PyTorch's amax).
+void reduce_max(const ReducePlan& plan, const float* x, float* y);
+
+// dx = dy broadcast back over the reduced axes.
+void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx,
+                         GradMode write = GradMode::kOverwrite);
+// dx = dy / (number of elements equal to the max) where x equals the max, 0 elsewhere (PyTorch's
+// amax backward: ties share the gradient evenly). x and y are the forward's input and output.
+void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
+                         float* dx, GradMode write = GradMode::kOverwrite);
+
+// x viewed as [outer, axis_dim, inner]: y[o, i] = the index along the axis of the largest
+// x[o, ·, i], the first one among equal values, or the last with `select_last`. A NaN counts as
+// the largest value (its first or last occurrence).
+void arg_max(const float* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+             int64_t* y);
+
+}  // namespace qforge::kernels

@@ -1,0 +1,123 @@
+#include "kernels/reference/reduce_reference.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/reference/reference_util.h"
+
+namespace qforge::kernels::reference {
+namespace {
+
+Shape kept_shape(const Shape& shape, std::span<const int64_t> axes) {
+  Shape out = shape;
+  for (int64_t a : axes) out[static_cast<size_t>(a)] = 1;
+  return out;
+}
+
+// The flat index in the reduced tensor of x's element `flat`.
+int64_t reduced_index(int64_t flat, const Shape& shape, const Shape& out_shape) {
+  Shape index = unravel(flat, shape);
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (out_shape[d] == 1) index[d] = 0;
+  }
+  return ravel(index, out_shape);
+}
+
+}  // namespace
+
+Tensor reduce_sum(const Tensor& x, std::span<const int64_t> axes) {
+  const Shape out_shape = kept_shape(x.shape(), axes);
+  std::vector<double> sum(static_cast<size_t>(shape_numel(out_shape)), 0.0);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    sum[static_cast<size_t>(reduced_index(i, x.shape(), out_shape))] += x.data<float>()[i];
+  }
+  Tensor y(DType::kFloat32, out_shape);
+  for (size_t o = 0; o < sum.size(); ++o) y.data<float>()[o] = static_cast<float>(sum[o]);
+  return y;
+}
+
+Tensor reduce_max(const Tensor& x, std::span<const int64_t> axes) {
+  const Shape out_shape = kept_shape(x.shape(), axes);
+  Tensor y(DType::kFloat32, out_shape);
+  float* m = y.data<float>();
+  std::fill(m, m + y.numel(), -std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    float& slot = m[reduced_index(i, x.shape(), out_shape)];
+    const float v = x.data<float>()[i];
+    if (std::isnan(v) || v > slot) slot = std::isnan(slot) ? slot : v;
+  }
+  return y;
+}
+
+Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape) {
+  Tensor dx(DType::kFloat32, x_shape);
+  for (int64_t i = 0; i < dx.numel(); ++i) {
+    dx.data<float>()[i] = dy.data<float>()[reduced_index(i, x_shape, dy.shape())];
+  }
+  return dx;
+}
+
+Tensor reduce_max_backward(const Tensor& x, std::span<const int64_t> axes, const Tensor& dy) {
+  const Tensor m = reduce_max(x, axes);
+  std::vector<int64_t> ties(static_cast<size_t>(m.numel()), 0);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t o = reduced_index(i, x.shape(), m.shape());
+    if (x.data<float>()[i] == m.data<float>()[o]) ++ties[static_cast<size_t>(o)];
+  }
+  Tensor dx(DType::kFloat32, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t o = reduced_index(i, x.shape(), m.shape());
+    dx.data<float>()[i] =
+        x.data<float>()[i] == m.data<float>()[o]
+            ? dy.data<float>()[o] / static_cast<float>(ties[static_cast<size_t>(o)])
+            : 0.0f;
+  }
+  return dx;
+}
+
+Tensor arg_max(const Tensor& x, int64_t axis, bool select_last) {
+  const int64_t axes[] = {axis};
+  const Shape out_shape = kept_shape(x.shape(), axes);
+  Tensor y(DType::kInt64, out_shape);
+  std::vector<float> best(static_cast<size_t>(y.numel()), 0.0f);
+  std::vector<bool> seen(best.size(), false);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const Shape index = unravel(i, x.shape());
+    const size_t o = static_cast<size_t>(reduced_index(i, x.shape(), out_shape));
+    const float v = x.data<float>()[i];
+    const bool take = !seen[o] || (select_last ? v >= best[o] : v > best[o]);
+    if (take) {
+      best[o] = v;
+      seen[o] = true;
+      y.data<int64_t>()[o] = index[static_cast<size_t>(axis)];
+    }
+  }
+  return y;
+}
+
+Tensor tile(const Tensor& x, std::span<const int64_t> repeats) {
+  Shape out_shape = x.shape();
+  for (size_t d = 0; d < out_shape.size(); ++d) out_shape[d] *= repeats[d];
+  Tensor y(DType::kFloat32, out_shape);
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    Shape index = unravel(i, out_shape);
+    for (size_t d = 0; d < index.size(); ++d) index[d] %= x.shape()[d];
+    y.data<float>()[i] = x.data<float>()[ravel(index, x.shape())];
+  }
+  return y;
+}
+
+Tensor tile_backward(const Tensor& dy, const Shape& x_shape) {
+  std::vector<double> sum(static_cast<size_t>(shape_numel(x_shape)), 0.0);
+  for (int64_t i = 0; i < dy.numel(); ++i) {
+    Shape index = unravel(i, dy.shape());
+    for (size_t d = 0; d < index.size(); ++d) index[d] %= x_shape[d];
+    sum[static_cast<size_t>(ravel(index, x_shape))] += dy.data<float>()[i];
+  }
+  Tensor dx(DType::kFloat32, x_shape);
+  for (size_t i = 0; i < sum.size(); ++i) dx.data<float>()[i] = static_cast<float>(sum[i]);
+  return dx;
+}
+
+}  // namespace qforge::kernels::reference

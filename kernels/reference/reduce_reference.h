@@ -1,0 +1,26 @@
+// Naive references of the reductions of kernels/reduce.h and of Tile: every element located from
+// its coordinates, sums in float64. They are the specification the fast kernels are tested
+// against.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "kernels/tensor.h"
+
+namespace qforge::kernels::reference {
+
+// Reduced over `axes` (distinct, in [0, rank)), with the reduced axes kept as size 1.
+Tensor reduce_sum(const Tensor& x, std::span<const int64_t> axes);
+Tensor reduce_max(const Tensor& x, std::span<const int64_t> axes);
+// dx for dy of reduce_sum's shape (reduced axes kept as 1).
+Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape);
+// PyTorch's amax backward: dy / (count of ties) at each maximum.
+Tensor reduce_max_backward(const Tensor& x, std::span<const int64_t> axes, const Tensor& dy);
+// int64 indices along `axis`, kept as size 1.
+Tensor arg_max(const Tensor& x, int64_t axis, bool select_last);
+// ONNX Tile and its gradient (the sum over the repeats).
+Tensor tile(const Tensor& x, std::span<const int64_t> repeats);
+Tensor tile_backward(const Tensor& dy, const Shape& x_shape);
+
+}  // namespace qforge::kernels::reference

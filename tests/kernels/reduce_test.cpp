@@ -1,0 +1,192 @@
+// ReduceSum, ReduceMax and ArgMax kernels and their backward against the naive references of
+// kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced block,
+// alternating blocks, size-1 axes, all axes), at 1 and 2 threads bit for bit; the backward also
+// against float64 central differences, and ReduceMax's ties splitting the gradient evenly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/reduce.h"
+#include "kernels/reference/reduce_reference.h"
+#include "tests/support/gradient_checks.h"
+#include "tests/support/random.h"
+#include "tests/support/thread_count.h"
+
+namespace qforge::kernels {
+namespace {
+
+using testing::random_f32;
+using testing::ThreadCount;
+
+struct ReduceCase {
+  Shape shape;
+  std::vector<int64_t> axes;
+};
+
+const ReduceCase kCases[] = {
+    {{13}, {0}},
+    {{3, 17}, {1}},
+    {{3, 17}, {0}},
+    {{2, 5, 7, 1}, {1, 2}},
+    {{4, 3, 5, 7}, {0, 2}},
+    {{2, 3, 1, 5, 6}, {1, 3, 4}},
+    {{127, 9}, {0, 1}},
+    {{1, 1, 1}, {1}},
+    {{2, 13, 127}, {2}},
+};
+
+Shape kept_shape(const Shape& shape, const std::vector<int64_t>& axes) {
+  Shape out = shape;
+  for (int64_t a : axes) out[static_cast<size_t>(a)] = 1;
+  return out;
+}
+
+std::vector<float> values(const Tensor& t) {
+  return {t.data<float>(), t.data<float>() + t.numel()};
+}
+
+TEST(ReduceKernels, SumAndMaxMatchTheReferenceAtAnyThreadCount) {
+  uint32_t seed = 11;
+  for (const ReduceCase& c : kCases) {
+    SCOPED_TRACE(shape_str(c.shape));
+    const Tensor x = random_f32(c.shape, seed++, -3.0f, 3.0f);
+    const ReducePlan plan = plan_reduce(c.shape, c.axes);
+    const Tensor want_sum = reference::reduce_sum(x, c.axes);
+    const Tensor want_max = reference::reduce_max(x, c.axes);
+    std::vector<float> first_sum;
+    for (int threads : {1, 2}) {
+      ThreadCount tc(threads);
+      Tensor sum(DType::kFloat32, kept_shape(c.shape, c.axes));
+      Tensor max(DType::kFloat32, kept_shape(c.shape, c.axes));
+      reduce_sum(plan, x.data<float>(), sum.data<float>());
+      reduce_max(plan, x.data<float>(), max.data<float>());
+      EXPECT_EQ(values(max), values(want_max));  // max is exact
+      // Σ|x| bounds the float32 rounding of the sum.
+      const Tensor magnitude = reference::reduce_sum(
+          [&] {
+            Tensor a(DType::kFloat32, c.shape);
+            for (int64_t i = 0; i < x.numel(); ++i)
+              a.data<float>()[i] = std::abs(x.data<float>()[i]);
+            return a;
+          }(),
+          c.axes);
+      testing::expect_matches_reference(values(sum), testing::to_double(values(want_sum)),
+                                        testing::to_double(values(magnitude)), "sum");
+      if (threads == 1) {
+        first_sum = values(sum);
+      } else {
+        EXPECT_EQ(values(sum), first_sum) << "the sum depends on the thread count";
+      }
+    }
+  }
+}
+
+TEST(ReduceKernels, MaxPropagatesNaN) {
+  Tensor x = Tensor::from_vector<float>({2, 3}, {1, NAN, 3, -1, -2, -3});
+  const int64_t axes[] = {1};
+  const ReducePlan plan = plan_reduce(x.shape(), axes);
+  float y[2];
+  reduce_max(plan, x.data<float>(), y);
+  EXPECT_TRUE(std::isnan(y[0]));
+  EXPECT_EQ(y[1], -1.0f);
+}
+
+TEST(ReduceKernels, BackwardMatchesReferenceAndCentralDifferences) {
+  uint32_t seed = 41;
+  for (const ReduceCase& c : kCases) {
+    SCOPED_TRACE(shape_str(c.shape));
+    const Tensor x = random_f32(c.shape, seed++, -3.0f, 3.0f);
+    const Shape out_shape = kept_shape(c.shape, c.axes);
+    const Tensor dy = random_f32(out_shape, seed++, -1.0f, 1.0f);
+    const ReducePlan plan = plan_reduce(c.shape, c.axes);
+    Tensor y(DType::kFloat32, out_shape);
+    reduce_max(plan, x.data<float>(), y.data<float>());
+    for (int threads : {1, 2}) {
+      ThreadCount tc(threads);
+      Tensor dx_sum(DType::kFloat32, c.shape), dx_max(DType::kFloat32, c.shape);
+      reduce_sum_backward(plan, dy.data<float>(), dx_sum.data<float>());
+      reduce_max_backward(plan, x.data<float>(), y.data<float>(), dy.data<float>(),
+                          dx_max.data<float>());
+      EXPECT_EQ(values(dx_sum), values(reference::reduce_sum_backward(dy, c.shape)));
+      EXPECT_EQ(values(dx_max), values(reference::reduce_max_backward(x, c.axes, dy)));
+      if (threads == 2) continue;
+      // Central differences of Σ dy · reduce(x) in float64 (no ties: random values).
+      std::vector<double> xd = testing::to_double(values(x));
+      const std::vector<double> r = testing::to_double(values(dy));
+      auto loss = [&](bool max) {
+        std::vector<double> out(static_cast<size_t>(dy.numel()), max ? -INFINITY : 0.0);
+        for (int64_t i = 0; i < x.numel(); ++i) {
+          Shape index(c.shape.size());
+          int64_t rest = i;
+          for (size_t d = c.shape.size(); d-- > 0;) {
+            index[d] = rest % c.shape[d];
+            rest /= c.shape[d];
+          }
+          int64_t o = 0;
+          for (size_t d = 0; d < c.shape.size(); ++d) {
+            o = o * out_shape[d] + (out_shape[d] == 1 ? 0 : index[d]);
+          }
+          double& slot = out[static_cast<size_t>(o)];
+          slot =
+              max ? std::max(slot, xd[static_cast<size_t>(i)]) : slot + xd[static_cast<size_t>(i)];
+        }
+        return testing::dot(out, r);
+      };
+      testing::expect_matches_differences(
+          testing::to_double(values(dx_sum)),
+          testing::central_differences(xd, [&] { return loss(false); }), 1e-5, "sum");
+      testing::expect_matches_differences(
+          testing::to_double(values(dx_max)),
+          testing::central_differences(xd, [&] { return loss(true); }), 1e-5, "max");
+    }
+  }
+}
+
+// PyTorch's amax backward: the maxima of a row share its gradient evenly.
+TEST(ReduceKernels, MaxBackwardSplitsTheGradientAmongTies) {
+  const Tensor x = Tensor::from_vector<float>({2, 4}, {3, 1, 3, 3, -2, 5, 5, 0});
+  const int64_t axes[] = {1};
+  const ReducePlan plan = plan_reduce(x.shape(), axes);
+  const float y[2] = {3, 5};
+  const float dy[2] = {0.9f, -2.0f};
+  float dx[8];
+  reduce_max_backward(plan, x.data<float>(), y, dy, dx);
+  const float third = 0.9f / 3.0f;
+  EXPECT_EQ(std::vector<float>(dx, dx + 8),
+            (std::vector<float>{third, 0, third, third, 0, -1.0f, -1.0f, 0}));
+}
+
+TEST(ArgMaxKernel, MatchesTheReferenceWithTiesFirstOrLast) {
+  uint32_t seed = 71;
+  const Shape shapes[] = {{13}, {3, 17}, {2, 5, 7}, {4, 1, 127}, {2, 3, 4, 5}};
+  for (const Shape& shape : shapes) {
+    for (int64_t axis = 0; axis < static_cast<int64_t>(shape.size()); ++axis) {
+      SCOPED_TRACE(shape_str(shape) + " axis " + std::to_string(axis));
+      // Values on a coarse grid, so that rows have ties.
+      Tensor x = random_f32(shape, seed++, -2.0f, 2.0f);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        x.data<float>()[i] = std::round(x.data<float>()[i] * 2.0f) / 2.0f;
+      }
+      int64_t outer = 1, inner = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
+      for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
+      for (bool last : {false, true}) {
+        const Tensor want = reference::arg_max(x, axis, last);
+        for (int threads : {1, 2}) {
+          ThreadCount tc(threads);
+          std::vector<int64_t> got(static_cast<size_t>(want.numel()), -1);
+          arg_max(x.data<float>(), outer, shape[static_cast<size_t>(axis)], inner, last,
+                  got.data());
+          EXPECT_EQ(got,
+                    std::vector<int64_t>(want.data<int64_t>(), want.data<int64_t>() + want.numel()))
+              << (last ? "last" : "first");
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qforge::kernels

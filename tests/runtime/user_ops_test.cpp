@@ -1,0 +1,492 @@
+// Upsample (opset 9), Tile, ArgMax, ReduceMax, ReduceSum and Einsum as users' models bring them
+// (data/generate/user_op_models.py): every model against ONNX Runtime, the opset-9 Upsample and
+// the Einsum equations against PyTorch's outputs, a Conv → Tile → ReduceMax/ReduceSum graph
+// trained against PyTorch's gradients, and the errors that name the node.
+#include <gtest/gtest.h>
+#include <onnx/onnx_pb.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "graph/einsum_import.h"
+#include "graph/onnx_import.h"
+#include "kernels/reference/reduce_reference.h"
+#include "runtime/resolve.h"
+#include "runtime/session.h"
+#include "runtime/training.h"
+#include "tests/support/errors.h"
+#include "tests/support/gradient_checks.h"
+#include "tests/support/op_runner.h"
+#include "tests/support/ort_runner.h"
+#include "tests/support/random.h"
+#include "tests/support/test_support.h"
+#include "tests/support/thread_count.h"
+#include "tools/io/npz.h"
+
+namespace qforge {
+namespace {
+
+using kernels::DType;
+using kernels::Shape;
+using kernels::Tensor;
+using testing::data_path;
+using testing::error_of;
+using testing::OneNodeGraph;
+
+// max |got − want| <= tolerance · max(1, max |want|); int64 tensors exactly.
+void expect_close_scaled(const Tensor& got, const Tensor& want, double tolerance,
+                         const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  if (got.dtype() == DType::kInt64) {
+    EXPECT_EQ(got.to_int64_vector(), want.to_int64_vector()) << what;
+    return;
+  }
+  double scale = 1.0, worst = 0.0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    scale = std::max(scale, std::abs(double(want.data<float>()[i])));
+    worst = std::max(worst, std::abs(double(got.data<float>()[i]) - want.data<float>()[i]));
+  }
+  EXPECT_LE(worst, tolerance * scale) << what;
+}
+
+std::string model_path(const std::string& name) {
+  return data_path("models/ops/" + name + ".onnx");
+}
+
+const char* const kModels[] = {
+    "upsample7",
+    "upsample8",
+    "upsample9",
+    "resize10_nearest_down",
+    "resize10_nearest_up",
+    "resize10_linear",
+    "reduce_chain_opset17",
+    "reduce_chain_opset11",
+    "reduce_opset18",
+    "tile_repeats",
+    "argmax",
+    "argmax_select_last",
+    "einsum_bmm",
+    "einsum_attention_scores",
+    "einsum_ellipsis",
+    "einsum_transposed_output",
+    "einsum_weight",
+    "einsum_implicit",
+};
+
+// Each model in qforge and in ONNX Runtime on the same input, on a grid of halves so that rows
+// have ties (ArgMax's first or last index, ReduceMax's equal maxima).
+TEST(UserOps, ModelsMatchOnnxRuntime) {
+  for (const char* name : kModels) {
+    SCOPED_TRACE(name);
+    const std::string path = model_path(name);
+    runtime::Session session(graph::load_onnx(path));
+    std::vector<Tensor> inputs;
+    uint32_t seed = 5;
+    for (const graph::Value* input : session.graph().inputs()) {
+      ASSERT_TRUE(input->has_shape());
+      Tensor x = testing::random_f32(*input->shape(), seed++, -2.0f, 2.0f);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        x.data<float>()[i] = std::round(x.data<float>()[i] * 2.0f) / 2.0f;
+      }
+      inputs.push_back(std::move(x));
+    }
+    const std::vector<Tensor> want = testing::run_ort(path, inputs);
+    const std::span<const Tensor> got = session.run(inputs);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      expect_close_scaled(got[i], want[i], 1e-6, "output " + std::to_string(i));
+    }
+  }
+}
+
+// torch.onnx's opset-9 Upsample becomes a Resize in Upsample's semantics (asymmetric source
+// coordinates, nearest by truncation) under the Upsample's name and output: nearest matches
+// PyTorch exactly; linear matches ONNX's definition (PyTorch's own bilinear is half-pixel, which
+// opset 9 cannot express, as torch.onnx warns).
+TEST(UserOps, Opset9UpsampleBecomesResizeInUpsampleSemantics) {
+  auto graph = graph::load_onnx(model_path("upsample9"));
+  std::vector<std::string> resizes;
+  for (const graph::Node* n : graph->nodes()) {
+    ASSERT_NE(n->op_type(), "Upsample");
+    if (n->op_type() != "Resize") continue;
+    resizes.push_back(n->name());
+    EXPECT_EQ(n->attr_string("coordinate_transformation_mode", ""), "asymmetric") << n->name();
+    if (n->attr_string("mode", "nearest") == "nearest") {
+      EXPECT_EQ(n->attr_string("nearest_mode", ""), "floor") << n->name();
+    }
+  }
+  EXPECT_EQ(resizes, (std::vector<std::string>{"/nearest/Upsample", "/bilinear/Upsample"}));
+  EXPECT_NE(graph->find_value("/nearest/Upsample_output_0"), nullptr);
+
+  const auto golden = io::read_npz(data_path("models/ops/upsample9.npz"));
+  runtime::Session session(std::move(graph));
+  const std::span<const Tensor> y = session.run(golden.at("x"));
+  ASSERT_EQ(y.size(), 2u);
+  expect_close_scaled(y[0], golden.at("y0"), 0.0, "nearest against PyTorch");
+  expect_close_scaled(y[1], golden.at("y1"), 1e-6, "linear against ONNX's definition");
+}
+
+TEST(UserOps, Opset10NearestResizeScalesOnBothSidesOfOneAreRefused) {
+  const std::string message = error_of(
+      ErrorKind::kUnsupported, [] { graph::load_onnx(model_path("resize10_nearest_mixed")); });
+  EXPECT_NE(message.find("import: node 'resize' (Resize): expected nearest scales all >= 1 or "
+                         "all <= 1 below opset 11"),
+            std::string::npos)
+      << message;
+}
+
+// Upsample with its scales an attribute (opsets 7 and 8): the converter's Constant scales, the
+// node's name and output kept, Upsample's semantics (the outputs: ModelsMatchOnnxRuntime).
+TEST(UserOps, Opset7And8UpsampleKeepTheirNames) {
+  for (const char* name : {"upsample7", "upsample8"}) {
+    SCOPED_TRACE(name);
+    auto graph = graph::load_onnx(model_path(name));
+    std::vector<std::string> resizes;
+    for (const graph::Node* n : graph->nodes()) {
+      if (n->op_type() != "Resize") continue;
+      resizes.push_back(n->name() + " -> " + n->output(0)->name());
+      EXPECT_EQ(n->attr_string("coordinate_transformation_mode", ""), "asymmetric");
+    }
+    EXPECT_EQ(resizes, (std::vector<std::string>{"up_nearest -> y0", "up_linear -> y1"}));
+  }
+}
+
+// An opset-9 model of one Upsample; `scales` an initializer, `mode` its attribute.
+std::string upsample_model(int opset, const std::string& mode, std::vector<float> scales) {
+  onnx::ModelProto model;
+  model.set_ir_version(4);
+  auto* op = model.add_opset_import();
+  op->set_domain("");
+  op->set_version(opset);
+  auto* g = model.mutable_graph();
+  g->set_name("upsample");
+  for (auto [list, name] : {std::pair{g->add_input(), "x"}, std::pair{g->add_output(), "y"}}) {
+    list->set_name(name);
+    auto* t = list->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    for (int64_t d : {1, 2, 3, 4}) t->mutable_shape()->add_dim()->set_dim_value(d);
+    if (std::string(name) == "y") t->clear_shape();
+  }
+  auto* s = g->add_initializer();
+  s->set_name("scales");
+  s->set_data_type(onnx::TensorProto::FLOAT);
+  s->add_dims(static_cast<int64_t>(scales.size()));
+  for (float v : scales) s->add_float_data(v);
+  auto* n = g->add_node();
+  n->set_op_type("Upsample");
+  n->set_name("up");
+  n->add_input("x");
+  n->add_input("scales");
+  n->add_output("y");
+  auto* a = n->add_attribute();
+  a->set_name("mode");
+  a->set_type(onnx::AttributeProto::STRING);
+  a->set_s(mode);
+  return model.SerializeAsString();
+}
+
+TEST(UserOps, UpsampleErrorsNameTheNode) {
+  const std::string cubic = error_of(ErrorKind::kInvalid, [] {
+    graph::parse_onnx(upsample_model(9, "cubic", {1, 1, 2, 2}), "m.onnx");
+  });
+  EXPECT_NE(cubic.find("node 'up' (Upsample): expected attribute 'mode' \"nearest\" or \"linear\", "
+                       "got \"cubic\""),
+            std::string::npos)
+      << cubic;
+  const std::string down = error_of(ErrorKind::kInvalid, [] {
+    graph::parse_onnx(upsample_model(9, "nearest", {1, 1, 0.5f, 2}), "m.onnx");
+  });
+  EXPECT_NE(down.find("node 'up' (Upsample): expected finite scales >= 1, got scale 0.500000 at "
+                      "axis 2"),
+            std::string::npos)
+      << down;
+  const std::string input_at_8 = error_of(ErrorKind::kInvalid, [] {
+    graph::parse_onnx(upsample_model(8, "nearest", {1, 1, 2, 2}), "m.onnx");
+  });
+  EXPECT_NE(input_at_8.find("node 'up' (Upsample): expected input X and attribute 'scales' at "
+                            "opset 7 and 8, got 2 inputs without attribute 'scales'"),
+            std::string::npos)
+      << input_at_8;
+  const std::string late = error_of(ErrorKind::kInvalid, [] {
+    graph::parse_onnx(upsample_model(13, "nearest", {1, 1, 2, 2}), "m.onnx");
+  });
+  EXPECT_NE(late.find("node 'up' (Upsample): expected Upsample at opset 9 or older (Resize "
+                      "replaces it from opset 10), got opset 13"),
+            std::string::npos)
+      << late;
+  // A scale other than 1 on the channels is a valid Upsample the Resize kernel does not run.
+  const std::string channels = error_of(ErrorKind::kUnsupported, [] {
+    runtime::Session session(graph::parse_onnx(upsample_model(9, "nearest", {1, 2, 2, 2}), "m"));
+    session.run(Tensor(DType::kFloat32, {1, 2, 3, 4}));
+  });
+  EXPECT_NE(channels.find("node 'up' (Resize): expected scales of 1 on the batch and channel axes"),
+            std::string::npos)
+      << channels;
+}
+
+// Conv → Tile → ReduceMax (every maximum tied twice by the Tile) and ReduceSum trained one step:
+// the outputs and every parameter's gradient against PyTorch's.
+TEST(UserOps, TrainingGradientsMatchPyTorch) {
+  auto graph = graph::load_onnx(model_path("reduce_chain_opset17"));
+  const auto golden = io::read_npz(data_path("models/ops/reduce_chain.npz"));
+  const std::vector<std::string> parameters = runtime::trainable_initializers(*graph);
+  runtime::ResolveOptions options;
+  options.parameters.insert(parameters.begin(), parameters.end());
+  runtime::resolve(*graph, options);
+  runtime::TrainingExecutor executor(*graph, runtime::TrainingOptions{parameters});
+  const Tensor& x = golden.at("x");
+  const std::span<const Tensor> y = executor.forward({&x, 1});
+  ASSERT_EQ(y.size(), 2u);
+  expect_close_scaled(y[0], golden.at("y0"), 1e-5, "y0");
+  expect_close_scaled(y[1], golden.at("y1"), 1e-5, "y1");
+  const std::vector<Tensor> dy = {golden.at("dy0"), golden.at("dy1")};
+  executor.backward(dy);
+  size_t checked = 0;
+  for (const runtime::Parameter& p : executor.parameters()) {
+    auto it = golden.find("grad/" + p.name);
+    ASSERT_NE(it, golden.end()) << p.name;
+    expect_close_scaled(p.grad, it->second, 1e-5, "gradient of " + p.name);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2u);
+}
+
+// The Tile kernel (an Expand of x viewed with a unit axis before each axis) and its backward
+// (the sum over the repeats) against the naive reference on awkward shapes and repeats, bit for
+// bit at 1 and 2 threads.
+TEST(UserOps, TileForwardAndBackwardMatchTheReference) {
+  struct Case {
+    Shape shape;
+    std::vector<int64_t> repeats;
+  };
+  const Case cases[] = {{{13}, {3}},
+                        {{3, 17}, {2, 1}},
+                        {{2, 5, 7}, {1, 3, 2}},
+                        {{1, 1, 1}, {4, 1, 5}},
+                        {{4, 3, 5, 7}, {2, 2, 1, 3}},
+                        {{2, 3}, {1, 0}},
+                        {{127, 2}, {1, 2}}};
+  uint32_t seed = 17;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(kernels::shape_str(c.shape) + " x " + kernels::shape_str(c.repeats));
+    const Tensor x = testing::random_f32(c.shape, seed++, -2.0f, 2.0f);
+    const Tensor repeats =
+        Tensor::from_vector<int64_t>({static_cast<int64_t>(c.repeats.size())}, c.repeats);
+    const OneNodeGraph node("Tile", {}, {{x}, {repeats, true}}, 1);
+    const std::vector<runtime::TensorInfo> infos = node.infer();
+    const Tensor want = kernels::reference::tile(x, c.repeats);
+    ASSERT_EQ(infos[0].shape, want.shape());
+    const Tensor dy = testing::random_f32(want.shape(), seed++, -1.0f, 1.0f);
+    const Tensor want_dx = kernels::reference::tile_backward(dy, c.shape);
+    Tensor abs_dy = dy.clone();
+    for (int64_t i = 0; i < abs_dy.numel(); ++i) {
+      abs_dy.data<float>()[i] = std::abs(abs_dy.data<float>()[i]);
+    }
+    const Tensor magnitude = kernels::reference::tile_backward(abs_dy, c.shape);
+    std::vector<float> first_dx;
+    for (int threads : {1, 2}) {
+      testing::ThreadCount tc(threads);
+      std::unique_ptr<runtime::OpKernel> kernel = node.create();
+      Tensor y(DType::kFloat32, want.shape());
+      std::vector<Tensor> inputs = {x, repeats};
+      std::vector<Tensor> outputs = {y};
+      kernel->forward(inputs, outputs, nullptr);
+      EXPECT_EQ(std::vector<float>(y.data<float>(), y.data<float>() + y.numel()),
+                std::vector<float>(want.data<float>(), want.data<float>() + want.numel()));
+      ASSERT_TRUE(kernel->differentiable_input(0));
+      EXPECT_FALSE(kernel->differentiable_input(1));
+      std::vector<Tensor> grads = {Tensor(DType::kFloat32, c.shape), Tensor()};
+      const std::vector<Tensor> dys = {dy};
+      kernel->backward(inputs, outputs, dys, grads, nullptr);
+      const std::vector<float> dx(grads[0].data<float>(), grads[0].data<float>() + x.numel());
+      testing::expect_matches_reference(
+          dx, testing::to_double({want_dx.data<float>(), want_dx.data<float>() + x.numel()}),
+          testing::to_double({magnitude.data<float>(), magnitude.data<float>() + x.numel()}), "dx");
+      if (threads == 1) {
+        first_dx = dx;
+      } else {
+        EXPECT_EQ(dx, first_dx) << "the gradient depends on the thread count";
+      }
+    }
+  }
+}
+
+// A model returning both a ReduceMax and the ArgMax of the same values trains: ArgMax's int64
+// output carries no gradient (as PyTorch's argmax), so backward passes it by, and w's gradient
+// is the max's alone: dy at each row's maximum times x there.
+TEST(UserOps, ArgMaxOutputTrainsBesideItsFloatSibling) {
+  const int64_t n = 4, c = 7;
+  graph::Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, Shape{n, c});
+  graph::Value* w = g.add_constant("w", testing::random_f32({1, c}, 3, 0.5f, 1.5f));
+  graph::Value* v =
+      g.add_node({.name = "mul", .op_type = "Mul", .inputs = {x, w}, .output_names = {"v"}})
+          ->output(0);
+  g.mark_output(g.add_node({.name = "max",
+                            .op_type = "ReduceMax",
+                            .inputs = {v},
+                            .output_names = {"m"},
+                            .attributes = {{"axes", std::vector<int64_t>{1}}}})
+                    ->output(0));
+  g.mark_output(g.add_node({.name = "argmax",
+                            .op_type = "ArgMax",
+                            .inputs = {v},
+                            .output_names = {"a"},
+                            .attributes = {{"axis", int64_t{1}}}})
+                    ->output(0));
+  runtime::ResolveOptions options;
+  options.parameters.insert("w");
+  runtime::resolve(g, options);
+  runtime::TrainingExecutor executor(g, runtime::TrainingOptions{{"w"}});
+  const Tensor input = testing::random_f32({n, c}, 4, -2.0f, 2.0f);
+  const Tensor dy = testing::random_f32({n, 1}, 5, -1.0f, 1.0f);
+  const std::span<const Tensor> y = executor.forward({&input, 1});
+  ASSERT_EQ(y.size(), 2u);
+  const std::vector<int64_t> at = y[1].to_int64_vector();
+  const std::vector<Tensor> grads = {dy, Tensor()};
+  executor.backward(grads);
+  std::vector<double> want(static_cast<size_t>(c), 0.0);
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t k = at[static_cast<size_t>(b)];
+    want[static_cast<size_t>(k)] += double(dy.data<float>()[b]) * input.data<float>()[b * c + k];
+  }
+  const Tensor& grad = executor.parameters()[0].grad;
+  size_t zeros = 0;
+  for (int64_t k = 0; k < c; ++k) {
+    const double expected = want[static_cast<size_t>(k)];
+    EXPECT_NEAR(grad.data<float>()[k], expected, 1e-6 * std::max(1.0, std::abs(expected))) << k;
+    zeros += expected == 0.0;
+  }
+  EXPECT_GT(zeros, 0u);  // channels that are no row's maximum get no gradient
+}
+
+TEST(UserOps, TileReduceAndArgMaxShapesAndErrors) {
+  const Tensor x(DType::kFloat32, {2, 3, 5});
+  auto ints = [](std::vector<int64_t> v) {
+    return Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v);
+  };
+  EXPECT_EQ(OneNodeGraph("Tile", {}, {{x}, {ints({2, 1, 3}), true}}, 1).infer()[0].shape,
+            (Shape{4, 3, 15}));
+  EXPECT_EQ(OneNodeGraph("Tile", {}, {{x}, {ints({1, 0, 1}), true}}, 1).infer()[0].shape,
+            (Shape{2, 0, 5}));
+  const std::string count = error_of(ErrorKind::kInvalid, [&] {
+    OneNodeGraph("Tile", {}, {{x}, {ints({2, 2}), true}}, 1).infer();
+  });
+  EXPECT_NE(count.find("node 'node' (Tile): expected 3 repeats, one per axis of [2, 3, 5], got "
+                       "[2, 2]"),
+            std::string::npos)
+      << count;
+  const std::string negative = error_of(ErrorKind::kInvalid, [&] {
+    OneNodeGraph("Tile", {}, {{x}, {ints({1, -1, 1}), true}}, 1).infer();
+  });
+  EXPECT_NE(negative.find("expected repeats >= 0, got [1, -1, 1]"), std::string::npos) << negative;
+
+  const auto arg =
+      OneNodeGraph("ArgMax", {{"axis", int64_t{-2}}, {"keepdims", int64_t{0}}}, {{x}}, 1)
+          .infer()[0];
+  EXPECT_EQ(arg.dtype, DType::kInt64);
+  EXPECT_EQ(arg.shape, (Shape{2, 5}));
+  const std::string axis = error_of(ErrorKind::kInvalid, [&] {
+    OneNodeGraph("ArgMax", {{"axis", int64_t{3}}}, {{x}}, 1).infer();
+  });
+  EXPECT_NE(axis.find("node 'node' (ArgMax): expected axis in [-3, 3), got 3"), std::string::npos)
+      << axis;
+  const std::string last = error_of(ErrorKind::kInvalid, [&] {
+    OneNodeGraph("ArgMax", {{"select_last_index", int64_t{2}}}, {{x}}, 1).infer();
+  });
+  EXPECT_NE(last.find("expected attribute 'select_last_index' 0 or 1, got 2"), std::string::npos)
+      << last;
+
+  EXPECT_EQ(OneNodeGraph("ReduceSum", {{"keepdims", int64_t{0}}}, {{x}, {ints({0, -1}), true}}, 1)
+                .infer()[0]
+                .shape,
+            (Shape{3}));
+  EXPECT_EQ(
+      OneNodeGraph("ReduceMax", {{"axes", std::vector<int64_t>{1}}}, {{x}}, 1).infer()[0].shape,
+      (Shape{2, 1, 5}));
+  EXPECT_EQ(
+      OneNodeGraph("ReduceSum", {{"noop_with_empty_axes", int64_t{1}}}, {{x}, {ints({}), true}}, 1)
+          .infer()[0]
+          .shape,
+      (Shape{2, 3, 5}));
+  const std::string repeated = error_of(ErrorKind::kInvalid, [&] {
+    OneNodeGraph("ReduceMax", {{"axes", std::vector<int64_t>{1, -2}}}, {{x}}, 1).infer();
+  });
+  EXPECT_NE(repeated.find("node 'node' (ReduceMax): expected distinct axes, got [1, -2]"),
+            std::string::npos)
+      << repeated;
+}
+
+// Each equation against PyTorch's einsum; the Einsum is gone, its MatMul keeps the node's name.
+TEST(UserOps, EinsumBecomesMatMulAndMatchesPyTorch) {
+  const auto golden = io::read_npz(data_path("models/ops/einsum.npz"));
+  for (const char* name : {"einsum_bmm", "einsum_attention_scores", "einsum_ellipsis",
+                           "einsum_transposed_output", "einsum_weight", "einsum_implicit"}) {
+    SCOPED_TRACE(name);
+    auto graph = graph::load_onnx(model_path(name));
+    size_t matmuls = 0;
+    for (const graph::Node* n : graph->nodes()) {
+      EXPECT_TRUE(n->op_type() == "MatMul" || n->op_type() == "Transpose") << n->op_type();
+      matmuls += n->op_type() == "MatMul";
+    }
+    EXPECT_EQ(matmuls, 1u);
+    runtime::Session session(std::move(graph));
+    const std::string key(name);
+    const std::vector<Tensor> inputs = {golden.at(key + "/a"), golden.at(key + "/b")};
+    const std::span<const Tensor> y = session.run(inputs);
+    ASSERT_EQ(y.size(), 1u);
+    expect_close_scaled(y[0], golden.at(key + "/y0"), 1e-6, "y0");
+  }
+}
+
+TEST(UserOps, EinsumPlansTheTransposesAroundOneMatMul) {
+  auto plan = [](const std::string& equation) {
+    const graph::EinsumPlan p = graph::plan_einsum_matmul(equation);
+    EXPECT_TRUE(p.matmul.has_value()) << equation << ": " << p.error;
+    return p.matmul.value_or(graph::EinsumMatMul{});
+  };
+  const graph::EinsumMatMul bmm = plan("bij,bjk->bik");
+  EXPECT_TRUE(bmm.perm_a.empty() && bmm.perm_b.empty() && bmm.perm_out.empty());
+  const graph::EinsumMatMul scores = plan("bhqd, bhkd -> bhqk");
+  EXPECT_TRUE(scores.perm_a.empty());
+  EXPECT_EQ(scores.perm_b, (std::vector<int64_t>{0, 1, 3, 2}));
+  EXPECT_TRUE(scores.perm_out.empty());
+  const graph::EinsumMatMul out = plan("bik,bkj->bji");
+  EXPECT_EQ(out.perm_out, (std::vector<int64_t>{0, 2, 1}));
+  const graph::EinsumMatMul weight = plan("bij,kj->bik");
+  EXPECT_EQ(weight.perm_b, (std::vector<int64_t>{1, 0}));
+  EXPECT_TRUE(weight.perm_a.empty() && weight.perm_out.empty());
+  const graph::EinsumMatMul ellipsis = plan("...ji,...jk->...ik");
+  EXPECT_EQ(ellipsis.perm_a, (std::vector<int64_t>{1, 0}));
+  EXPECT_TRUE(ellipsis.ellipsis_a && ellipsis.ellipsis_b);
+
+  auto refused = [](const std::string& equation, bool unsupported) {
+    const graph::EinsumPlan p = graph::plan_einsum_matmul(equation);
+    EXPECT_FALSE(p.matmul.has_value()) << equation;
+    EXPECT_EQ(p.unsupported, unsupported) << equation << ": " << p.error;
+    return p.error;
+  };
+  EXPECT_EQ(refused("ij,ij->", true).find("one contracted letter"), 0u);
+  EXPECT_EQ(refused("ii,ij->ij", true).find("each letter once per term"), 0u);
+  EXPECT_EQ(refused("ij,jk,kl->il", true), "two input terms (a batched matrix product)");
+  EXPECT_EQ(refused("ij,jk->il", false), "output letters that an input has, got 'l'");
+  EXPECT_EQ(refused("i1,1k->ik", false), "subscripts of letters and '...', got 'i1'");
+  EXPECT_EQ(refused("bij,jk->bk", true).find("every letter of an input"), 0u);
+}
+
+TEST(UserOps, OtherEinsumEquationsAreRefusedNamingNodeAndEquation) {
+  const std::string message =
+      error_of(ErrorKind::kUnsupported, [] { graph::load_onnx(model_path("einsum_trace")); });
+  EXPECT_NE(message.find("import: node 'dot_sum' (Einsum): equation 'ij,ij->': expected one "
+                         "contracted letter"),
+            std::string::npos)
+      << message;
+}
+
+}  // namespace
+}  // namespace qforge
