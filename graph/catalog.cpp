@@ -35,10 +35,13 @@ constexpr std::array kSchemas = {
     OpSchema{"Gelu", 1, 1, 1, 1, 20},
     OpSchema{"Gemm", 2, 3, 1, 1, 13},
     OpSchema{"Greater", 2, 2, 1, 1, 13},
+    // scale and bias per group at opsets 18 to 20, per channel from 21 (runtime/ops/dense_ops.cpp).
+    OpSchema{"GroupNormalization", 3, 3, 1, 1, 18},
     OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1},
     OpSchema{"HardSigmoid", 1, 1, 1, 1, 6},
     OpSchema{"HardSwish", 1, 1, 1, 1, 14},
     OpSchema{"Identity", 1, 1, 1, 1, 13},
+    OpSchema{"InstanceNormalization", 3, 3, 1, 1, 6},
     OpSchema{"LayerNormalization", 2, 3, 1, 3, 17},
     OpSchema{"LeakyRelu", 1, 1, 1, 1, 6},
     OpSchema{"Less", 2, 2, 1, 1, 13},
@@ -113,6 +116,7 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"MaxPool", "pads", 0},
     AttributeRule{"MaxPool", "ceil_mode", 0, 1},
     AttributeRule{"MaxPool", "storage_order", 0, 1},
+    AttributeRule{"GroupNormalization", "num_groups", 1},
     AttributeRule{"Gemm", "transA", 0, 1},
     AttributeRule{"Gemm", "transB", 0, 1},
 };
