@@ -47,10 +47,9 @@ constexpr std::array kSchemas = {
     OpSchema{"Less", 2, 2, 1, 1, 13},
     OpSchema{"Log", 1, 1, 1, 1, 13},
     OpSchema{"MatMul", 2, 2, 1, 1, 13},
-    // Max and Min take one or more inputs in ONNX; qforge runs the two-input form.
-    OpSchema{"Max", 2, 2, 1, 1, 13},
+    OpSchema{"Max", 1, kMany, 1, 1, 13},
     OpSchema{"MaxPool", 1, 1, 1, 2, 12},
-    OpSchema{"Min", 2, 2, 1, 1, 13},
+    OpSchema{"Min", 1, kMany, 1, 1, 13},
     OpSchema{"Mod", 2, 2, 1, 1, 13},
     OpSchema{"Mul", 2, 2, 1, 1, 13},
     OpSchema{"Neg", 1, 1, 1, 1, 13},

@@ -9,8 +9,8 @@ namespace qforge::runtime::ops {
 // InstanceNormalization, GroupNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean,
 // Softmax.
 void register_dense_ops(OpRegistry& registry);
-// Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Where, Equal,
-// Not, Cast.
+// Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Max and Min of
+// any number of inputs, Where, Equal, Not, Cast.
 void register_elementwise_ops(OpRegistry& registry);
 // Shape and data movement: Flatten, Reshape, Transpose, Concat, Split, Slice, Gather, Squeeze,
 // Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND,
