@@ -2,9 +2,11 @@
 // InstanceNorm / GroupNorm module that, like LayerNorm, takes a float input (TensorRT runs
 // normalisation layers in float), lowers back to the same values, and gets no Q/DQ pair; the
 // convolutions around it keep theirs. The placement is checked point by point, and the Q/DQ
-// export for which node reads which dequantized tensor.
+// export for which node reads which dequantized tensor; the training graph lowers the modules to
+// the ops (whose backward QAT uses) and computes what the export computes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -13,13 +15,19 @@
 #include "graph/fusions.h"
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
+#include "quant/calibration.h"
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
+#include "runtime/fuse_qdq.h"
 #include "runtime/resolve.h"
+#include "runtime/session.h"
+#include "runtime/training.h"
 #include "runtime/transform_pipeline.h"
+#include "tests/support/float_checks.h"
 #include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
+#include "tools/io/npz.h"
 
 namespace qforge {
 namespace {
@@ -142,6 +150,43 @@ TEST(NormPlacement, GroupNormModuleLowersBackAndTakesAFloatInput) {
   const quant::QuantPlan plan = quant::place_qdq(*r.transformed);
   expect_conv_points_only(*r.transformed, plan);
   expect_export_keeps_norms_float(*r.transformed, plan, 1);
+}
+
+// The training graph of the torch export, calibrated on the golden input: the norms' affine
+// parameters are among what it trains, and its forward (the modules lowered back to the ops whose
+// backward training uses) computes what the exported Q/DQ model computes.
+TEST(NormPlacement, TrainingGraphIsTheExportedModel) {
+  const auto golden = io::read_npz(testing::data_path("models/ops/instance_group_norm.npz"));
+  const kernels::Tensor& x = golden.at("x");
+  runtime::TransformOptions options;
+  options.batch = x.dim(0);
+  auto fused =
+      std::move(runtime::transform_model(
+                    *graph::load_onnx(testing::data_path("models/ops/instance_group_norm.onnx")),
+                    nullptr, options)
+                    .graph);
+  const quant::QuantPlan plan = quant::place_qdq(*fused);
+  quant::CalibrationStats stats(*fused, plan);
+  stats.observe_batch(x);
+  const quant::ActivationAmax amax = stats.activation_amax(quant::Calibrator::kMax);
+  quant::TrainingGraph t = quant::build_training_graph(*fused, plan, amax, {});
+  for (const char* name : {"instance.weight", "instance.bias"}) {
+    EXPECT_NE(std::find(t.parameters.begin(), t.parameters.end(), name), t.parameters.end())
+        << name;
+  }
+  size_t norms = 0;
+  for (const Node* n : t.graph->nodes()) norms += n->op_type() == "InstanceNormalization";
+  EXPECT_EQ(norms, 3u);
+  runtime::ResolveOptions resolve_options;
+  resolve_options.parameters.insert(t.parameters.begin(), t.parameters.end());
+  runtime::resolve(*t.graph, resolve_options);
+  runtime::fuse_qdq(*t.graph);
+  runtime::TrainingExecutor training(*t.graph, {.parameters = t.parameters});
+  const kernels::Tensor got = training.forward({&x, 1})[0].clone();
+  runtime::Session exported(quant::build_qdq_graph(*fused, plan, amax));
+  const kernels::Tensor want = exported.run(x)[0];
+  ASSERT_EQ(got.shape(), want.shape());
+  EXPECT_LE(testing::relative_l2(got, want), 1e-6);
 }
 
 }  // namespace
