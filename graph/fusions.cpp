@@ -645,6 +645,26 @@ Pattern layer_norm_pattern() {
   return p;
 }
 
+// 0=InstanceNormalization | GroupNormalization. A normalisation takes a float input, as
+// LayerNorm does: TensorRT runs normalisation layers in float, so a Q/DQ pair in front would
+// only add a requantization.
+Pattern channel_norm_pattern(const char* module, const char* op_type) {
+  Pattern p;
+  p.name = module;
+  p.kind = PatternKind::kFusion;
+  p.topology = op_type;
+  p.trunk = {one("norm", {op_type})};
+  p.rewrite = [module](Graph& g, const Match& m) {
+    Node* norm = m.node(g, "norm");
+    NodeSpec spec{.name = module_name(g, *norm, module),
+                  .op_type = module,
+                  .inputs = norm->inputs(),
+                  .attributes = norm->attributes()};
+    replace_chain(g, std::move(spec), {norm}, norm->output(0));
+  };
+  return p;
+}
+
 // 0=GlobalAveragePool.
 Pattern adaptive_avg_pool_pattern() {
   Pattern p;
@@ -823,6 +843,18 @@ void lower_layer_norm(Graph& g, Node& n) {
                  {n.attributes().begin(), n.attributes().end()}));
 }
 
+void lower_instance_norm(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.add("InstanceNormalization", "InstanceNormalization", n.inputs(),
+                 {n.attributes().begin(), n.attributes().end()}));
+}
+
+void lower_group_norm(Graph& g, Node& n) {
+  Lowering l(g, n);
+  l.finish(l.add("GroupNormalization", "GroupNormalization", n.inputs(),
+                 {n.attributes().begin(), n.attributes().end()}));
+}
+
 void lower_adaptive_avg_pool(Graph& g, Node& n) {
   Lowering l(g, n);
   l.finish(l.add("GlobalAveragePool", "GlobalAveragePool", {n.input(0)}));
@@ -857,6 +889,10 @@ constexpr std::array kModuleSchemas = {
              "X, W, B?: Gemm | MatMul [+ Add]"},
     OpSchema{"LayerNorm", 2, 3, 1, 1, 0, SchemaKind::kModule, kNone, -1, 0, lower_layer_norm,
              "X, scale, bias?: LayerNormalization (float input)"},
+    OpSchema{"InstanceNorm", 3, 3, 1, 1, 0, SchemaKind::kModule, kNone, -1, 0, lower_instance_norm,
+             "X, scale, B: InstanceNormalization (float input)"},
+    OpSchema{"GroupNorm", 3, 3, 1, 1, 0, SchemaKind::kModule, kNone, -1, 0, lower_group_norm,
+             "X, scale, bias: GroupNormalization (float input)"},
     OpSchema{"AdaptiveAvgPool", 1, 1, 1, 1, 0, SchemaKind::kModule, kNone, -1, 0,
              lower_adaptive_avg_pool, "X: GlobalAveragePool"},
 };
@@ -873,6 +909,8 @@ std::vector<Pattern> fusion_patterns() {
           conv_bn_pattern(kConvTranspose),
           linear_pattern(),
           layer_norm_pattern(),
+          channel_norm_pattern("InstanceNorm", "InstanceNormalization"),
+          channel_norm_pattern("GroupNorm", "GroupNormalization"),
           adaptive_avg_pool_pattern(),
           act_add_pattern()};
 }

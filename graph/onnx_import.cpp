@@ -385,6 +385,16 @@ void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64
   } else if (op == "Pad" && opset < 18 && np.input_size() > 3) {
     throw_invalid("import: " + label + ": expected at most 3 inputs" + at +
                   " (axes is input 3 from opset 18), got " + std::to_string(np.input_size()));
+  } else if (op == "GroupNormalization") {
+    if (opset < 18) {
+      throw_invalid("import: " + label +
+                    ": expected opset 18 or later for GroupNormalization, got opset " +
+                    std::to_string(opset));
+    }
+    if (opset < 21 && find_attribute(np, "stash_type")) {
+      throw_invalid("import: " + label + ": expected no attribute 'stash_type'" + at +
+                    " (added in opset 21), got one");
+    }
   } else if (op == "Gelu") {
     if (opset < 20) {
       throw_invalid("import: " + label + ": expected opset 20 or later for Gelu, got opset " +

@@ -19,10 +19,28 @@ constexpr int64_t kTaskElements = int64_t{1} << 14;
 constexpr int64_t kColumnBlock = 256;
 
 // The term one output element adds to the gradient, from dy and the operands at that element.
-enum class Term { kDy, kNegDy, kDyTimesOther, kDyOverB, kDivOther };
+enum class Term {
+  kDy,
+  kNegDy,
+  kDyTimesOther,
+  kDyOverB,
+  kDivOther,
+  kPReluInput,   // a the input, b the slope
+  kPReluSlope,   // a the input
+  kUnlessBelow,  // a an input of Max, b the output, dy its share
+  kUnlessAbove,  // a an input of Min, b the output, dy its share
+};
 
 inline float term(Term t, float dy, float a, float b) {
   switch (t) {
+    case Term::kPReluInput:
+      return a > 0.0f ? dy : b * dy;
+    case Term::kPReluSlope:
+      return a > 0.0f ? 0.0f : a * dy;
+    case Term::kUnlessBelow:
+      return a < b ? 0.0f : dy;
+    case Term::kUnlessAbove:
+      return a > b ? 0.0f : dy;
     case Term::kDy:
       return dy;
     case Term::kNegDy:
@@ -220,13 +238,13 @@ const char* op_name(BinaryOp op) {
 
 bool binary_backward_supports(BinaryOp op) {
   return op == BinaryOp::kAdd || op == BinaryOp::kSub || op == BinaryOp::kMul ||
-         op == BinaryOp::kDiv;
+         op == BinaryOp::kDiv || op == BinaryOp::kPRelu;
 }
 
 void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
                      const float* dy, const BinaryGradients& grads, GradMode write) {
   if (!binary_backward_supports(op)) {
-    throw_unsupported(std::string("binary_backward: expected Add, Sub, Mul or Div, got ") +
+    throw_unsupported(std::string("binary_backward: expected Add, Sub, Mul, Div or PRelu, got ") +
                       op_name(op));
   }
   if (plan.strides.size() != 2) throw_internal("binary_backward: expected a plan of two inputs");
@@ -261,6 +279,11 @@ void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, con
         ta = target == 0 ? nullptr : a;
         tb = b;
         break;
+      case BinaryOp::kPRelu:
+        t = target == 0 ? Term::kPReluInput : Term::kPReluSlope;
+        ta = a;
+        tb = target == 0 ? b : nullptr;
+        break;
       default:
         break;
     }
@@ -269,6 +292,55 @@ void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, con
     Walk tw = w;
     if (op == BinaryOp::kMul && target == 1) tw.b_stride = w.a_stride;
     compute_gradient({tw, t, ta, tb, dy, out, add, numel});
+  }
+}
+
+void extremum_backward(const ExtremumBackwardArgs& args, GradMode write) {
+  if (args.plans.empty()) return;
+  const int64_t numel = args.plans[0].numel;
+  const bool add = write == GradMode::kAccumulate;
+  float* share = args.workspace;
+  // How many inputs equal y at each output element, counted input by input in order (exact in
+  // float), then turned into each equal input's share of dy.
+  std::fill_n(share, numel, 0.0f);
+  for (size_t i = 0; i < args.plans.size() && numel > 0; ++i) {
+    const BroadcastPlan& plan = args.plans[i];
+    const float* x = args.x[i];
+    const int64_t row = plan.dims.back();
+    const std::array<const int64_t*, 1> strides = {plan.strides[0].data()};
+    parallel_for(numel / row, std::max<int64_t>(1, kTaskElements / row),
+                 [&](int64_t begin, int64_t end) {
+                   StridedIndex<1> at(plan.dims, strides, begin * row);
+                   const int64_t step = plan.strides[0].back();
+                   for (int64_t r = begin; r < end; ++r, at.next_row()) {
+                     const float* xr = x + at.offset(0);
+                     const float* yr = args.y + r * row;
+                     float* count = share + r * row;
+                     for (int64_t j = 0; j < row; ++j) {
+                       count[j] += xr[j * step] == yr[j] ? 1.0f : 0.0f;
+                     }
+                   }
+                 });
+  }
+  parallel_for(numel, kTaskElements, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      share[o] = share[o] > 0.0f ? args.dy[o] / share[o] : args.dy[o];
+    }
+  });
+  const Term t = args.is_max ? Term::kUnlessBelow : Term::kUnlessAbove;
+  for (size_t i = 0; i < args.plans.size(); ++i) {
+    float* out = args.dx[i];
+    if (!out) continue;
+    const Walk w = walk_of(args.plans[i], 0);
+    int64_t grad_numel = 1;
+    for (int d = 0; d < w.rank; ++d) {
+      if (w.kept[d]) grad_numel *= w.dims[d];
+    }
+    if (numel == 0) {
+      if (!add) std::fill_n(out, grad_numel, 0.0f);
+      continue;
+    }
+    compute_gradient({w, t, args.x[i], args.y, share, out, add, grad_numel});
   }
 }
 

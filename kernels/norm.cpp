@@ -1,5 +1,6 @@
-// BatchNormalization inference and training, LayerNormalization and its backward, parallel over
-// planes, channels, rows or column blocks.
+// BatchNormalization inference and training, LayerNormalization, GroupNormalization and
+// InstanceNormalization with their backwards, parallel over planes, channels, rows, groups or
+// column blocks.
 #include "kernels/norm.h"
 
 #include <algorithm>
@@ -327,6 +328,111 @@ void layer_norm_backward(const LayerNormDims& dims, const float* x, const float*
         if (dscale) store_grad(dscale + c0 + j, static_cast<float>(acc_scale[j]), mode);
         if (dbias) store_grad(dbias + c0 + j, static_cast<float>(acc_bias[j]), mode);
       }
+    }
+  });
+}
+
+void group_norm(const GroupNormDims& dims, const float* x, const float* scale, const float* bias,
+                float* y, float* mean, float* inv_std) {
+  const int64_t per_group = dims.channels / dims.groups;
+  const int64_t d = per_group * dims.inner;
+  if (d == 0) return;
+  const float inv_d = 1.0f / static_cast<float>(d);
+  parallel_for(dims.batch * dims.groups, grain_for(d), [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const float* xb = x + block * d;
+      float* yb = y + block * d;
+      const float mu = lane_sum(xb, d) * inv_d;
+      const float var = lane_sum_squared_deviation(xb, d, mu) * inv_d;
+      const float inv = 1.0f / std::sqrt(var + dims.epsilon);
+      const int64_t first_channel = block % dims.groups * per_group;
+      for (int64_t k = 0; k < per_group; ++k) {
+        const float s = scale[first_channel + k];
+        const float b = bias ? bias[first_channel + k] : 0.0f;
+        const float* xp = xb + k * dims.inner;
+        float* yp = yb + k * dims.inner;
+        for (int64_t i = 0; i < dims.inner; ++i) yp[i] = (xp[i] - mu) * inv * s + b;
+      }
+      if (mean) mean[block] = mu;
+      if (inv_std) inv_std[block] = inv;
+    }
+  });
+}
+
+int64_t group_norm_backward_workspace(const GroupNormDims& dims) {
+  return 2 * dims.batch * dims.channels;
+}
+
+void group_norm_backward(const GroupNormDims& dims, const float* x, const float* scale,
+                         const float* mean, const float* inv_std, const float* dy, float* dx,
+                         float* dscale, float* dbias, float* workspace, GradMode mode) {
+  const int64_t channels = dims.channels;
+  const int64_t inner = dims.inner;
+  const int64_t per_group = channels / dims.groups;
+  const int64_t planes = dims.batch * channels;
+  if (planes == 0 || inner == 0) return;
+  // Σdy and Σdy·x̂ of every (sample, channel) plane.
+  float* plane_dy = workspace;
+  float* plane_dy_xhat = workspace + planes;
+  const auto block_of = [&](int64_t plane) {
+    return plane / channels * dims.groups + plane % channels / per_group;
+  };
+  parallel_for(planes, grain_for(inner), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t block = block_of(p);
+      const float* xp = x + p * inner;
+      const float* dyp = dy + p * inner;
+      plane_dy[p] = lane_sum(dyp, inner);
+      plane_dy_xhat[p] = lane_sum_centered_product(dyp, xp, inner, mean[block]) * inv_std[block];
+    }
+  });
+  if (dx) {
+    const float inv_d = 1.0f / static_cast<float>(per_group * inner);
+    parallel_for(planes, grain_for(inner), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t block = block_of(p);
+        const int64_t first_plane = p - p % channels % per_group;
+        const int64_t first_channel = first_plane % channels;
+        // Σg and Σg·x̂ over the block, its planes added in channel order.
+        float sum_g = 0.0f;
+        float sum_gx = 0.0f;
+        for (int64_t k = 0; k < per_group; ++k) {
+          sum_g += scale[first_channel + k] * plane_dy[first_plane + k];
+          sum_gx += scale[first_channel + k] * plane_dy_xhat[first_plane + k];
+        }
+        const float mean_g = sum_g * inv_d;
+        const float mean_gx = sum_gx * inv_d;
+        const float mu = mean[block];
+        const float inv = inv_std[block];
+        const float s = scale[p % channels];
+        const float* xp = x + p * inner;
+        const float* dyp = dy + p * inner;
+        float* dxp = dx + p * inner;
+        if (mode == GradMode::kAccumulate) {
+          for (int64_t i = 0; i < inner; ++i) {
+            const float xhat = (xp[i] - mu) * inv;
+            dxp[i] += inv * (dyp[i] * s - mean_g - xhat * mean_gx);
+          }
+        } else {
+          for (int64_t i = 0; i < inner; ++i) {
+            const float xhat = (xp[i] - mu) * inv;
+            dxp[i] = inv * (dyp[i] * s - mean_g - xhat * mean_gx);
+          }
+        }
+      }
+    });
+  }
+  if (!dscale && !dbias) return;
+  parallel_for(channels, grain_for(dims.batch), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum_dy = 0;
+      double sum_dy_xhat = 0;
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        sum_dy += static_cast<double>(plane_dy[n * channels + c]);
+        sum_dy_xhat += static_cast<double>(plane_dy_xhat[n * channels + c]);
+      }
+      if (dscale) store_grad(dscale + c, static_cast<float>(sum_dy_xhat), mode);
+      if (dbias) store_grad(dbias + c, static_cast<float>(sum_dy), mode);
     }
   });
 }

@@ -1,7 +1,7 @@
 // Normalisation kernels: BatchNormalization inference (folded to a per-channel affine map) and
-// training (batch statistics, running-stat update, backward), LayerNormalization and its
-// backward, plus the fixed-order vectorised row sums they and the pooling and softmax kernels
-// share.
+// training (batch statistics, running-stat update, backward), LayerNormalization,
+// GroupNormalization and InstanceNormalization with their backwards, plus the fixed-order
+// vectorised row sums they and the pooling and softmax kernels share.
 #pragma once
 
 #include <cstddef>
@@ -169,5 +169,41 @@ void batch_norm_inference_backward(const BatchNormDims& dims, const float* x, co
 void layer_norm_backward(const LayerNormDims& dims, const float* x, const float* scale,
                          const float* mean, const float* inv_std_dev, const float* dy, float* dx,
                          float* dscale, float* dbias, GradMode mode = GradMode::kOverwrite);
+
+// GroupNormalization and InstanceNormalization ---------------------------------------------------
+
+// x [batch, channels, inner]: the channels form `groups` groups of channels / groups neighbours,
+// and each (sample, group) block of D = channels / groups · inner contiguous values is
+// normalised on its own statistics. InstanceNormalization is groups = channels.
+struct GroupNormDims {
+  int64_t batch = 1;
+  int64_t channels = 1;
+  int64_t groups = 1;
+  int64_t inner = 1;
+  float epsilon = 1e-5f;
+};
+
+// Per block: mean = Σx / D, var = Σ(x - mean)² / D (biased), inv_std = 1 / sqrt(var + epsilon),
+// then y = (x - mean)·inv_std·scale[c] + bias[c] with scale and bias per channel. mean and
+// inv_std (may be null) receive batch·groups values. Sums in lane order within a block; one
+// task per block, so the bits never depend on the thread count.
+void group_norm(const GroupNormDims& dims, const float* x, const float* scale, const float* bias,
+                float* y, float* mean, float* inv_std);
+
+// Floats of workspace group_norm_backward needs: two per (sample, channel) plane.
+int64_t group_norm_backward_workspace(const GroupNormDims& dims);
+
+// Backward of group_norm from its mean and inv_std, per block over its D values:
+//   x̂ = (x - mean)·inv_std,  g = dy·scale[c]
+//   dx = inv_std / D · (D·g - Σg - x̂·Σ(g·x̂))
+//   dscale[c] = Σ_n Σ_plane dy·x̂,  dbias[c] = Σ_n Σ_plane dy
+// Any of dx, dscale, dbias may be null; `mode` applies to all three. Plane sums (lane order)
+// go to `workspace` (group_norm_backward_workspace floats), a block adds its planes' sums in
+// channel order, and dscale and dbias add the planes of a channel over the batch in order, in
+// double: bit-identical for any thread count.
+void group_norm_backward(const GroupNormDims& dims, const float* x, const float* scale,
+                         const float* mean, const float* inv_std, const float* dy, float* dx,
+                         float* dscale, float* dbias, float* workspace,
+                         GradMode mode = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

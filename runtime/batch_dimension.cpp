@@ -618,6 +618,9 @@ class BatchFreer {
         first.axis >= normalized_axis(node.attr_int("axis", -1), first_rank)) {
       unsupported(node, "normalizes along the batch axis");
     }
+    if ((op == "InstanceNormalization" || op == "GroupNormalization") && first.axis != 0) {
+      unsupported(node, "normalizes per sample with the batch on an axis other than 0");
+    }
     if (op == "Shape" || op == "Size") unsupported(node, "reads the batch as a value");
     if (op == "Resize") {
       if (carried.front().first != 0)

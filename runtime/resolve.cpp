@@ -6,6 +6,7 @@
 
 #include "runtime/batch_dimension.h"
 #include "runtime/op_registry.h"
+#include "runtime/ops/ops.h"
 
 namespace qforge::runtime {
 namespace {
@@ -206,6 +207,7 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
       }
       shapes_known = shapes_known && is_static(infos[i].shape);
     }
+    if (graph.opset > 0) ops::check_opset_form(*node, infos, graph.opset);
     std::vector<TensorInfo> out_infos = def->infer(*node, infos);
     if (out_infos.size() < node->num_outputs()) {
       throw_internal("resolve: " + node->label() + ": inference gave " +

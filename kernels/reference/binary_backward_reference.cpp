@@ -2,6 +2,8 @@
 #include "kernels/reference/binary_backward_reference.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "kernels/reference/reference_util.h"
 
@@ -40,6 +42,9 @@ void binary_f64(BinaryOp op, const Shape& a_shape, const double* a, const Shape&
       case BinaryOp::kDiv:
         v = x / z;
         break;
+      case BinaryOp::kPRelu:
+        v = x < 0.0 ? z * x : x;
+        break;
       default:
         throw_internal("reference::binary_f64: op without a gradient");
     }
@@ -71,11 +76,74 @@ void binary_backward(BinaryOp op, const Shape& a_shape, const double* a, const S
         ga = 1.0 / z;
         gb = -x / (z * z);
         break;
+      case BinaryOp::kPRelu:  // the slope's side at x = 0, as PyTorch
+        ga = x > 0.0 ? 1.0 : z;
+        gb = x > 0.0 ? 0.0 : x;
+        break;
       default:
         throw_internal("reference::binary_backward: op without a gradient");
     }
     if (da) da[ai] += g * ga;
     if (db) db[bi] += g * gb;
+  });
+}
+
+namespace {
+
+// Calls fn(output, sources) for every output element, sources[i] the element of input i read.
+template <class Fn>
+void for_each_source(const std::vector<Shape>& shapes, Fn&& fn) {
+  const Shape out = numpy_broadcast(shapes);
+  std::vector<int64_t> sources(shapes.size());
+  for (int64_t o = 0; o < shape_numel(out); ++o) {
+    const Shape index = unravel(o, out);
+    for (size_t i = 0; i < shapes.size(); ++i) sources[i] = broadcast_source(index, shapes[i]);
+    fn(o, sources);
+  }
+}
+
+double extremum_at(bool is_max, const std::vector<const double*>& inputs,
+                   const std::vector<int64_t>& sources) {
+  double y =
+      is_max ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const double v = inputs[i][sources[i]];
+    if (std::isnan(v)) return v;
+    y = is_max ? std::max(y, v) : std::min(y, v);
+  }
+  return y;
+}
+
+}  // namespace
+
+std::vector<double> extremum_f64(bool is_max, const std::vector<Shape>& shapes,
+                                 const std::vector<const double*>& inputs) {
+  std::vector<double> y(static_cast<size_t>(shape_numel(numpy_broadcast(shapes))));
+  for_each_source(shapes, [&](int64_t o, const std::vector<int64_t>& sources) {
+    y[static_cast<size_t>(o)] = extremum_at(is_max, inputs, sources);
+  });
+  return y;
+}
+
+void extremum_backward(bool is_max, const std::vector<Shape>& shapes,
+                       const std::vector<const double*>& inputs, const double* dy,
+                       const std::vector<double*>& dx) {
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (dx[i]) std::fill_n(dx[i], shape_numel(shapes[i]), 0.0);
+  }
+  for_each_source(shapes, [&](int64_t o, const std::vector<int64_t>& sources) {
+    const double y = extremum_at(is_max, inputs, sources);
+    int equal = 0;
+    for (size_t i = 0; i < inputs.size(); ++i) equal += inputs[i][sources[i]] == y ? 1 : 0;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!dx[i]) continue;
+      const double v = inputs[i][sources[i]];
+      if (std::isnan(y)) {
+        dx[i][sources[i]] += dy[o];
+      } else if (v == y) {
+        dx[i][sources[i]] += dy[o] / equal;
+      }
+    }
   });
 }
 

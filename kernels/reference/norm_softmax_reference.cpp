@@ -178,6 +178,65 @@ void layer_norm_backward(const LayerNormDims& dims, const double* x, const doubl
   }
 }
 
+void group_norm(const GroupNormDims& dims, const double* x, const double* scale, const double* bias,
+                double* y, double* mean, double* inv_std) {
+  const int64_t per_group = dims.channels / dims.groups;
+  const int64_t d = per_group * dims.inner;
+  for (int64_t n = 0; n < dims.batch; ++n) {
+    for (int64_t g = 0; g < dims.groups; ++g) {
+      const int64_t block = n * dims.groups + g;
+      const double* xb = x + block * d;
+      double sum = 0;
+      for (int64_t i = 0; i < d; ++i) sum += xb[i];
+      const double mu = sum / static_cast<double>(d);
+      double sq = 0;
+      for (int64_t i = 0; i < d; ++i) sq += (xb[i] - mu) * (xb[i] - mu);
+      const double inv = 1.0 / std::sqrt(sq / static_cast<double>(d) + dims.epsilon);
+      for (int64_t i = 0; i < d; ++i) {
+        const int64_t c = g * per_group + i / dims.inner;
+        y[block * d + i] = (xb[i] - mu) * inv * scale[c] + (bias ? bias[c] : 0.0);
+      }
+      if (mean) mean[block] = mu;
+      if (inv_std) inv_std[block] = inv;
+    }
+  }
+}
+
+void group_norm_backward(const GroupNormDims& dims, const double* x, const double* scale,
+                         const double* mean, const double* inv_std, const double* dy, double* dx,
+                         double* dscale, double* dbias) {
+  const int64_t per_group = dims.channels / dims.groups;
+  const int64_t d = per_group * dims.inner;
+  const auto size = static_cast<double>(d);
+  if (dscale) std::fill_n(dscale, dims.channels, 0.0);
+  if (dbias) std::fill_n(dbias, dims.channels, 0.0);
+  for (int64_t block = 0; block < dims.batch * dims.groups; ++block) {
+    const int64_t first_channel = block % dims.groups * per_group;
+    const double* xb = x + block * d;
+    const double* dyb = dy + block * d;
+    const double mu = mean[block];
+    const double inv = inv_std[block];
+    // Through x̂ = (x - mean)·inv_std, inv_std = (var + eps)^-1/2 and mean, as the chain rule
+    // writes it.
+    double dvar = 0, dmean = 0, sum_centered = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      const int64_t c = first_channel + i / dims.inner;
+      const double dxhat = dyb[i] * scale[c];
+      dvar += dxhat * (xb[i] - mu) * -0.5 * inv * inv * inv;
+      dmean += -dxhat * inv;
+      sum_centered += -2.0 * (xb[i] - mu);
+      if (dscale) dscale[c] += dyb[i] * (xb[i] - mu) * inv;
+      if (dbias) dbias[c] += dyb[i];
+    }
+    dmean += dvar * sum_centered / size;
+    if (!dx) continue;
+    for (int64_t i = 0; i < d; ++i) {
+      const int64_t c = first_channel + i / dims.inner;
+      dx[block * d + i] = dyb[i] * scale[c] * inv + dvar * 2.0 * (xb[i] - mu) / size + dmean / size;
+    }
+  }
+}
+
 void softmax(const SoftmaxDims& dims, const double* x, double* y) {
   const int64_t d = dims.axis_size;
   for (int64_t o = 0; o < dims.outer; ++o) {

@@ -1,4 +1,5 @@
-// Naive float64 references of BatchNormalization training, LayerNormalization, Softmax and the
+// Naive float64 references of BatchNormalization training, LayerNormalization,
+// GroupNormalization (InstanceNormalization as one channel per group), Softmax and the
 // losses on it, forward and backward: the oracle of kernels/{norm,softmax}'s backward kernels
 // and, through their forwards, of the finite-difference checks of those backwards. The
 // backwards are written as the textbook chain rule (through mean and variance, or through the
@@ -31,6 +32,13 @@ void batch_norm_inference_backward(const BatchNormDims& dims, const double* x, c
 void layer_norm(const LayerNormDims& dims, const double* x, const double* scale, const double* bias,
                 double* y, double* mean, double* inv_std);
 void layer_norm_backward(const LayerNormDims& dims, const double* x, const double* scale,
+                         const double* mean, const double* inv_std, const double* dy, double* dx,
+                         double* dscale, double* dbias);
+
+// mean and inv_std: one value per (sample, group).
+void group_norm(const GroupNormDims& dims, const double* x, const double* scale, const double* bias,
+                double* y, double* mean, double* inv_std);
+void group_norm_backward(const GroupNormDims& dims, const double* x, const double* scale,
                          const double* mean, const double* inv_std, const double* dy, double* dx,
                          double* dscale, double* dbias);
 

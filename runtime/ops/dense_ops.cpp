@@ -1,7 +1,7 @@
 // The dense op family (ONNX opset 17 semantics): Conv, ConvTranspose, Gemm, MatMul,
-// BatchNormalization, LayerNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean,
-// Softmax. Shape inference validates every rule the kernels rely on; kernels get fixed shapes and
-// plans.
+// BatchNormalization, LayerNormalization, InstanceNormalization, GroupNormalization (opset 18 and
+// 21 forms), MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Softmax. Shape inference
+// validates every rule the kernels rely on; kernels get fixed shapes and plans.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -1036,6 +1036,207 @@ std::unique_ptr<OpKernel> create_layer_norm(const Node& node, std::span<const In
 }
 
 // ---------------------------------------------------------------------------------------------
+// InstanceNormalization and GroupNormalization: one kernel, InstanceNormalization being one
+// channel per group. X [N, C, D1, …]; scale and bias per channel, or per group in
+// GroupNormalization's opset-18 form (expanded to channels in the workspace on each call).
+
+float norm_epsilon(const Node& node) {
+  const float epsilon = node.attr_float("epsilon", 1e-5f);
+  if (!(std::isfinite(epsilon) && epsilon >= 0.0f)) {
+    fail_node(node, "attribute 'epsilon' finite and >= 0", std::to_string(epsilon));
+  }
+  return epsilon;
+}
+
+struct GroupNormSetup {
+  kernels::GroupNormDims dims;
+  bool per_group_params = false;  // scale and bias hold one value per group, not per channel
+};
+
+GroupNormSetup setup_instance_norm(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "input");
+  const InputInfo& scale = float_input(node, inputs, 1, "scale");
+  const InputInfo& bias = float_input(node, inputs, 2, "B");
+  if (x.shape.size() < 3) {
+    fail_node(node, "input of rank >= 3 (N, C, D1, …)", shape_str(x.shape));
+  }
+  const Shape channels = {x.shape[1]};
+  if (scale.shape != channels) {
+    fail_node(node, "scale of shape " + shape_str(channels), shape_str(scale.shape));
+  }
+  if (bias.shape != channels) {
+    fail_node(node, "B of shape " + shape_str(channels), shape_str(bias.shape));
+  }
+  GroupNormSetup s;
+  s.dims.batch = x.shape[0];
+  s.dims.channels = x.shape[1];
+  s.dims.groups = x.shape[1];
+  s.dims.inner = shape_numel(std::span<const int64_t>(x.shape).subspan(2));
+  s.dims.epsilon = norm_epsilon(node);
+  return s;
+}
+
+int64_t num_groups(const Node& node) {
+  const int64_t groups = node.attr_int("num_groups");
+  if (groups < 1) fail_node(node, "attribute 'num_groups' >= 1", std::to_string(groups));
+  return groups;
+}
+
+// GroupNormalization's scale and bias are [num_groups] at opsets 18 to 20 and [C] from 21.
+void check_group_norm_opset_form(const Node& node, std::span<const InputInfo> inputs,
+                                 int64_t opset) {
+  if (inputs.size() < 3 || !inputs[0].present || !inputs[1].present || !inputs[2].present ||
+      inputs[0].shape.size() < 2) {
+    return;  // infer reports these
+  }
+  const bool per_channel = opset >= 21;
+  const Shape want = {per_channel ? inputs[0].shape[1] : num_groups(node)};
+  const std::string form = per_channel ? " (per channel from opset 21)"
+                                       : " (per group at opsets 18 to 20; per channel from 21)";
+  for (size_t i : {size_t{1}, size_t{2}}) {
+    if (inputs[i].shape != want) {
+      fail_node(node,
+                std::string(i == 1 ? "scale" : "bias") + " of shape " + shape_str(want) +
+                    " at opset " + std::to_string(opset) + form,
+                shape_str(inputs[i].shape));
+    }
+  }
+}
+
+GroupNormSetup setup_group_norm(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const InputInfo& scale = float_input(node, inputs, 1, "scale");
+  const InputInfo& bias = float_input(node, inputs, 2, "bias");
+  if (x.shape.size() < 2) fail_node(node, "input X of rank >= 2 (N, C, …)", shape_str(x.shape));
+  const int64_t groups = num_groups(node);
+  const int64_t channels = x.shape[1];
+  if (channels % groups != 0) {
+    fail_node(node,
+              "num_groups dividing the " + std::to_string(channels) + " channels of X " +
+                  shape_str(x.shape),
+              std::to_string(groups));
+  }
+  const int64_t stash = node.attr_int("stash_type", 1);
+  if (stash != 1) {
+    fail_unsupported(node, "stash_type 1 (float32 statistics)", std::to_string(stash));
+  }
+  const Shape per_group = {groups};
+  const Shape per_channel = {channels};
+  if ((scale.shape != per_group && scale.shape != per_channel) || bias.shape != scale.shape) {
+    fail_node(node,
+              "scale and bias both of shape " + shape_str(per_group) + " (opset 18) or " +
+                  shape_str(per_channel) + " (opset 21)",
+              shape_str(scale.shape) + " and " + shape_str(bias.shape));
+  }
+  GroupNormSetup s;
+  s.dims.batch = x.shape[0];
+  s.dims.channels = channels;
+  s.dims.groups = groups;
+  s.dims.inner = shape_numel(std::span<const int64_t>(x.shape).subspan(2));
+  s.dims.epsilon = norm_epsilon(node);
+  s.per_group_params = groups != channels && scale.shape == per_group;
+  return s;
+}
+
+std::vector<TensorInfo> infer_instance_norm(const Node& node, std::span<const InputInfo> inputs) {
+  setup_instance_norm(node, inputs);
+  return one_output(node, inputs[0].shape);
+}
+
+std::vector<TensorInfo> infer_group_norm(const Node& node, std::span<const InputInfo> inputs) {
+  setup_group_norm(node, inputs);
+  return one_output(node, inputs[0].shape);
+}
+
+class GroupNormKernel final : public OpKernel {
+ public:
+  explicit GroupNormKernel(const GroupNormSetup& setup)
+      : s_(setup),
+        saved_mean_(static_cast<size_t>(s_.dims.batch * s_.dims.groups)),
+        saved_inv_std_(static_cast<size_t>(s_.dims.batch * s_.dims.groups)) {}
+
+  size_t workspace_bytes() const override { return s_.per_group_params ? 2 * channel_bytes() : 0; }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* scale = per_channel(inputs[1], workspace, 0);
+    const float* bias = per_channel(inputs[2], workspace, 1);
+    kernels::group_norm(s_.dims, inputs[0].data<float>(), scale, bias, outputs[0].data<float>(),
+                        saved_mean_.data(), saved_inv_std_.data());
+  }
+
+  bool differentiable_input(size_t index) const override { return index <= 2; }
+  // Plane sums, then (per-group parameters) the expanded scale and the per-channel gradients
+  // of scale and bias before they are summed over each group.
+  size_t backward_workspace_bytes() const override {
+    const size_t sums = kernels::aligned_bytes(
+        static_cast<size_t>(kernels::group_norm_backward_workspace(s_.dims)) * sizeof(float));
+    return sums + (s_.per_group_params ? 3 * channel_bytes() : 0);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    float* sums = reinterpret_cast<float*>(workspace);
+    workspace += kernels::aligned_bytes(
+        static_cast<size_t>(kernels::group_norm_backward_workspace(s_.dims)) * sizeof(float));
+    const float* scale = per_channel(inputs[1], workspace, 0);
+    float* dscale = grad_data(grad_inputs, 1);
+    float* dbias = grad_data(grad_inputs, 2);
+    float* group_dscale = dscale;
+    float* group_dbias = dbias;
+    if (s_.per_group_params) {
+      if (dscale) dscale = reinterpret_cast<float*>(workspace + channel_bytes());
+      if (dbias) dbias = reinterpret_cast<float*>(workspace + 2 * channel_bytes());
+    }
+    kernels::group_norm_backward(s_.dims, inputs[0].data<float>(), scale, saved_mean_.data(),
+                                 saved_inv_std_.data(), grad_outputs[0].data<float>(),
+                                 grad_data(grad_inputs, 0), dscale, dbias, sums);
+    if (!s_.per_group_params) return;
+    // Each group's parameter gradient: its channels' gradients added in channel order.
+    const int64_t per_group = s_.dims.channels / s_.dims.groups;
+    const auto sum_groups = [&](const float* channel_grad, float* group_grad) {
+      if (!group_grad) return;
+      for (int64_t g = 0; g < s_.dims.groups; ++g) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < per_group; ++k) sum += channel_grad[g * per_group + k];
+        group_grad[g] = sum;
+      }
+    };
+    sum_groups(dscale, group_dscale);
+    sum_groups(dbias, group_dbias);
+  }
+
+ private:
+  size_t channel_bytes() const {
+    return kernels::aligned_bytes(static_cast<size_t>(s_.dims.channels) * sizeof(float));
+  }
+  // The parameter per channel: itself, or its per-group values repeated into channel slot
+  // `slot` of the workspace.
+  const float* per_channel(const Tensor& param, std::byte* workspace, size_t slot) const {
+    if (!s_.per_group_params) return param.data<float>();
+    const int64_t per_group = s_.dims.channels / s_.dims.groups;
+    float* out = reinterpret_cast<float*>(workspace + slot * channel_bytes());
+    const float* in = param.data<float>();
+    for (int64_t c = 0; c < s_.dims.channels; ++c) out[c] = in[c / per_group];
+    return out;
+  }
+
+  GroupNormSetup s_;
+  // The statistics of the last forward, which backward reads.
+  std::vector<float> saved_mean_;
+  std::vector<float> saved_inv_std_;
+};
+
+std::unique_ptr<OpKernel> create_instance_norm(const Node& node, std::span<const InputInfo> inputs,
+                                               std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<GroupNormKernel>(setup_instance_norm(node, inputs));
+}
+
+std::unique_ptr<OpKernel> create_group_norm(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<GroupNormKernel>(setup_group_norm(node, inputs));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Softmax
 
 kernels::SoftmaxDims setup_softmax(const Node& node, std::span<const InputInfo> inputs) {
@@ -1436,6 +1637,10 @@ std::unique_ptr<OpKernel> create_arg_max(const Node& node, std::span<const Input
 
 }  // namespace
 
+void check_opset_form(const Node& node, std::span<const InputInfo> inputs, int64_t opset) {
+  if (node.op_type() == "GroupNormalization") check_group_norm_opset_form(node, inputs, opset);
+}
+
 void register_dense_ops(OpRegistry& registry) {
   registry.add({"Conv", infer_conv, create_conv});
   registry.add({"ConvTranspose", infer_conv_transpose, create_conv_transpose});
@@ -1445,6 +1650,8 @@ void register_dense_ops(OpRegistry& registry) {
   registry.add(
       {"BatchNormalization", infer_batch_norm, create_batch_norm, create_batch_norm_training});
   registry.add({"LayerNormalization", infer_layer_norm, create_layer_norm});
+  registry.add({"InstanceNormalization", infer_instance_norm, create_instance_norm});
+  registry.add({"GroupNormalization", infer_group_norm, create_group_norm});
   registry.add({"MaxPool", infer_max_pool, create_max_pool});
   registry.add({"AveragePool", infer_average_pool, create_average_pool});
   registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});

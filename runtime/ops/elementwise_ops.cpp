@@ -1,12 +1,14 @@
 // Runtime bindings of the element-wise ops: unary activations and math, broadcasting binary ops,
-// Equal, Where, Not and Cast. Broadcast layouts are planned in create(), so forward allocates
-// nothing.
+// Max and Min of any number of inputs, Equal, Where, Not and Cast. Broadcast layouts are planned
+// in create(), so forward allocates nothing.
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/binary_backward.h"
 #include "kernels/elementwise.h"
+#include "kernels/shape_ops.h"
 #include "runtime/ops/ops.h"
 
 namespace qforge::runtime::ops {
@@ -246,7 +248,7 @@ class BinaryKernel final : public OpKernel {
                std::byte* /*workspace*/) override {
     run_for_node(label_, [&] { kernels::binary(op_, plan_, inputs[0], inputs[1], outputs[0]); });
   }
-  // Add, Sub, Mul and Div of float tensors (kernels/binary_backward.h).
+  // Add, Sub, Mul, Div and PRelu of float tensors (kernels/binary_backward.h).
   bool differentiable_input(size_t index) const override { return differentiable_ && index <= 1; }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
@@ -293,6 +295,107 @@ std::vector<TensorInfo> infer_mod(const graph::Node& node, std::span<const Input
 std::unique_ptr<OpKernel> create_mod(const graph::Node& node, std::span<const InputInfo> inputs,
                                      std::span<const TensorInfo> /*outputs*/) {
   return create_binary_op(mod_op(node), node, inputs);
+}
+
+// Max and Min: one or more inputs of one dtype, broadcast together ---------------------------
+
+template <BinaryOp kOp>
+std::vector<TensorInfo> infer_extremum(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& first = require_input(node, inputs, 0);
+  std::vector<Shape> shapes;
+  std::string got;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const InputInfo& in = require_input(node, inputs, i);
+    if (!got.empty()) got.append(", ");
+    got.append(dtype_str(in.dtype)).append(kernels::shape_str(in.shape));
+    shapes.push_back(in.shape);
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!kernels::binary_supports(kOp, first.dtype, inputs[i].dtype)) {
+      fail_node(node, "float32, int64 or int32 inputs of one dtype", got);
+    }
+  }
+  std::optional<Shape> out = kernels::broadcast_shape(shapes);
+  if (!out) fail_node(node, "shapes that broadcast", got);
+  return {{first.dtype, *out}};
+}
+
+// y = x_0, then y = op(y, x_i) in place for each further input; the first step reads x_0 and x_1
+// straight into y when their broadcast is the output, else x_0 is expanded into y first.
+class ExtremumKernel final : public OpKernel {
+ public:
+  ExtremumKernel(BinaryOp op, std::span<const InputInfo> inputs, const Shape& out_shape)
+      : op_(op), float_(inputs[0].dtype == DType::kFloat32) {
+    const size_t elem = kernels::dtype_size(inputs[0].dtype);
+    if (inputs.size() >= 2 && kernels::broadcast_shape(std::vector<Shape>{
+                                  inputs[0].shape, inputs[1].shape}) == out_shape) {
+      first_pair_ = kernels::plan_broadcast(std::vector<Shape>{inputs[0].shape, inputs[1].shape});
+    } else {
+      expand_first_ = kernels::plan_expand(inputs[0].shape, out_shape, elem);
+    }
+    for (size_t i = first_pair_ ? 2 : 1; i < inputs.size(); ++i) {
+      onto_output_.push_back(
+          {i, kernels::plan_broadcast(std::vector<Shape>{out_shape, inputs[i].shape})});
+    }
+    if (float_) {
+      for (const InputInfo& in : inputs) {
+        to_output_.push_back(kernels::plan_broadcast(std::vector<Shape>{in.shape, out_shape}));
+      }
+      x_.resize(inputs.size());
+      dx_.resize(inputs.size());
+    }
+  }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    Tensor& y = outputs[0];
+    if (first_pair_) {
+      kernels::binary(op_, *first_pair_, inputs[0], inputs[1], y);
+    } else {
+      kernels::strided_copy(expand_first_, inputs[0].raw(), y.raw());
+    }
+    for (const auto& [index, plan] : onto_output_) {
+      kernels::binary(op_, plan, y, inputs[index], y);
+    }
+  }
+  bool differentiable_input(size_t index) const override {
+    return float_ && index < to_output_.size();
+  }
+  size_t backward_workspace_bytes() const override {
+    return float_ ? static_cast<size_t>(to_output_[0].numel) * sizeof(float) : 0;
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      x_[i] = inputs[i].data<float>();
+      dx_[i] = grad_data(grad_inputs, i);
+    }
+    kernels::extremum_backward({.is_max = op_ == BinaryOp::kMax,
+                                .plans = to_output_,
+                                .x = x_,
+                                .y = outputs[0].data<float>(),
+                                .dy = grad_outputs[0].data<float>(),
+                                .dx = dx_,
+                                .workspace = reinterpret_cast<float*>(workspace)});
+  }
+
+ private:
+  BinaryOp op_;
+  bool float_;
+  std::optional<BroadcastPlan> first_pair_;
+  kernels::StridedCopyPlan expand_first_;
+  std::vector<std::pair<size_t, BroadcastPlan>> onto_output_;
+  std::vector<BroadcastPlan> to_output_;  // float inputs: each input against the output
+  // backward's operand lists, sized here so that backward allocates nothing
+  std::vector<const float*> x_;
+  std::vector<float*> dx_;
+};
+
+template <BinaryOp kOp>
+std::unique_ptr<OpKernel> create_extremum(const graph::Node& /*node*/,
+                                          std::span<const InputInfo> inputs,
+                                          std::span<const TensorInfo> outputs) {
+  return std::make_unique<ExtremumKernel>(kOp, inputs, outputs[0].shape);
 }
 
 // Where, Not, Cast -----------------------------------------------------------------------------
@@ -437,8 +540,8 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(binary_def<BinaryOp::kEqual>("Equal"));
   registry.add(binary_def<BinaryOp::kGreater>("Greater"));
   registry.add(binary_def<BinaryOp::kLess>("Less"));
-  registry.add(binary_def<BinaryOp::kMax>("Max"));
-  registry.add(binary_def<BinaryOp::kMin>("Min"));
+  registry.add({"Max", infer_extremum<BinaryOp::kMax>, create_extremum<BinaryOp::kMax>});
+  registry.add({"Min", infer_extremum<BinaryOp::kMin>, create_extremum<BinaryOp::kMin>});
   registry.add(binary_def<BinaryOp::kPRelu>("PRelu"));
   registry.add({"Mod", infer_mod, create_mod});
   registry.add({"Where", infer_where, create_where});

@@ -368,10 +368,14 @@ std::unique_ptr<OpKernel> create_linear(const Node& node, std::span<const InputI
 }
 
 // ---------------------------------------------------------------------------------------------
-// LayerNorm, AdaptiveAvgPool: one standard op each.
+// LayerNorm, InstanceNorm, GroupNorm, AdaptiveAvgPool: one standard op each.
 
 std::string standard_op(const Node& node) {
-  return node.op_type() == "LayerNorm" ? "LayerNormalization" : "GlobalAveragePool";
+  const std::string& op = node.op_type();
+  if (op == "LayerNorm") return "LayerNormalization";
+  if (op == "InstanceNorm") return "InstanceNormalization";
+  if (op == "GroupNorm") return "GroupNormalization";
+  return "GlobalAveragePool";
 }
 
 Attributes own_attributes(const Node& node) {
@@ -412,7 +416,7 @@ void register_fusion_module_ops(OpRegistry& registry) {
     registry.add({op, infer_conv_transpose_module, create_conv_transpose_module});
   }
   for (const char* op : {"Linear", "LinearAct"}) registry.add({op, infer_linear, create_linear});
-  for (const char* op : {"LayerNorm", "AdaptiveAvgPool"}) {
+  for (const char* op : {"LayerNorm", "InstanceNorm", "GroupNorm", "AdaptiveAvgPool"}) {
     registry.add({op, infer_single, create_single});
   }
 }

@@ -5,11 +5,12 @@
 
 namespace qforge::runtime::ops {
 
-// Conv, ConvTranspose, Gemm, MatMul, BatchNormalization, LayerNormalization, MaxPool, AveragePool,
-// GlobalAveragePool, ReduceMean, Softmax.
+// Conv, ConvTranspose, Gemm, MatMul, BatchNormalization, LayerNormalization,
+// InstanceNormalization, GroupNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean,
+// Softmax.
 void register_dense_ops(OpRegistry& registry);
-// Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Where, Equal,
-// Not, Cast.
+// Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Max and Min of
+// any number of inputs, Where, Equal, Not, Cast.
 void register_elementwise_ops(OpRegistry& registry);
 // Shape and data movement: Flatten, Reshape, Transpose, Concat, Split, Slice, Gather, Squeeze,
 // Unsqueeze, Pad, Identity, Dropout, Shape, Constant, ConstantOfShape, Range, Expand, ScatterND,
@@ -27,5 +28,11 @@ void register_attention_module_ops(OpRegistry& registry);
 void register_swin_ops(OpRegistry& registry);
 // ActAdd (graph/fusions_extra.h).
 void register_act_add_ops(OpRegistry& registry);
+
+// Checks `node` against the form its op has at the model's opset where only the input shapes
+// tell the forms apart (GroupNormalization's scale and bias: per group at opsets 18 to 20, per
+// channel from 21); resolution calls it before shape inference on graphs that record their
+// opset. Throws Invalid naming the node; other ops pass.
+void check_opset_form(const graph::Node& node, std::span<const InputInfo> inputs, int64_t opset);
 
 }  // namespace qforge::runtime::ops

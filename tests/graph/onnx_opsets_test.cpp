@@ -1,6 +1,7 @@
 // Import across opsets 7 to 21: old models through libonnx's version converter (Softmax's
 // coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 21 read natively
-// (ReduceMean's axes input, Pad's axes input, Gelu in both approximations), each form checked
+// (ReduceMean's axes input, Pad's axes input, Gelu in both approximations, GroupNormalization's
+// per-group and per-channel scale and bias), each form checked
 // against the model's opset, the opsets outside the range named, and the sample shape that fixes
 // dynamic dims.
 #include <gtest/gtest.h>
@@ -65,6 +66,13 @@ class ModelProtoBuilder {
     for (const auto& in : inputs) n->add_input(in);
     n->add_output(output);
     return n;
+  }
+  void floats(const std::string& name, const std::vector<float>& values) {
+    auto* t = model_.mutable_graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->add_dims(static_cast<int64_t>(values.size()));
+    for (float v : values) t->add_float_data(v);
   }
   static void attribute(onnx::NodeProto* n, const std::string& name, int64_t value) {
     auto* a = n->add_attribute();
@@ -327,6 +335,57 @@ TEST(OnnxOpsets, GeluBothApproximations) {
   EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
             "import: node 'gelu' (Gelu): expected attribute 'approximate' \"none\" or \"tanh\", "
             "got \"fast\"");
+}
+
+// A GroupNormalization of 2 groups over 4 channels at `opset`, scale and bias of `params` values.
+ModelProtoBuilder group_norm_model(int64_t opset, size_t params) {
+  ModelProtoBuilder b(opset);
+  b.input("x", {2, 4, 3});
+  b.output("y", std::vector<int64_t>{2, 4, 3});
+  b.floats("scale", std::vector<float>(params, 1.5f));
+  b.floats("bias", std::vector<float>(params, 0.25f));
+  ModelProtoBuilder::attribute(b.node("GroupNormalization", "gn", {"x", "scale", "bias"}, "y"),
+                               "num_groups", int64_t{2});
+  return b;
+}
+
+// GroupNormalization's scale and bias are per group at opsets 18 to 20 and per channel from 21:
+// each form runs at its opset (the same values here, as every parameter is equal), the other is
+// refused naming the node, as are the op before opset 18 and stash_type before 21.
+TEST(OnnxOpsets, GroupNormalizationFormFollowsTheOpset) {
+  const Tensor x = testing::random_f32({2, 4, 3}, 5, -2.0f, 2.0f);
+  std::vector<float> want;
+  const std::vector<float> xs = x.to_float_vector();
+  for (size_t block = 0; block < 4; ++block) {  // (sample, group): 6 contiguous values
+    double mean = 0, var = 0;
+    for (size_t i = 0; i < 6; ++i) mean += xs[block * 6 + i] / 6.0;
+    for (size_t i = 0; i < 6; ++i) var += (xs[block * 6 + i] - mean) * (xs[block * 6 + i] - mean);
+    const double inv = 1.0 / std::sqrt(var / 6.0 + 1e-5f);
+    for (size_t i = 0; i < 6; ++i) {
+      want.push_back(static_cast<float>((xs[block * 6 + i] - mean) * inv * 1.5 + 0.25));
+    }
+  }
+  testing::expect_close(run_model(group_norm_model(18, 2).bytes(), x), want, 1e-6, 1e-6, "18");
+  testing::expect_close(run_model(group_norm_model(20, 2).bytes(), x), want, 1e-6, 1e-6, "20");
+  testing::expect_close(run_model(group_norm_model(21, 4).bytes(), x), want, 1e-6, 1e-6, "21");
+  auto run_error = [&](const std::string& bytes) {
+    return testing::error_of(ErrorKind::kInvalid, [&] { run_model(bytes, x); });
+  };
+  EXPECT_EQ(run_error(group_norm_model(18, 4).bytes()),
+            "shape inference: node 'gn' (GroupNormalization): expected scale of shape [2] at "
+            "opset 18 (per group at opsets 18 to 20; per channel from 21), got [4]");
+  EXPECT_EQ(run_error(group_norm_model(21, 2).bytes()),
+            "shape inference: node 'gn' (GroupNormalization): expected scale of shape [4] at "
+            "opset 21 (per channel from opset 21), got [2]");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, group_norm_model(17, 2).bytes()),
+            "import: node 'gn' (GroupNormalization): expected opset 18 or later for "
+            "GroupNormalization, got opset 17");
+  onnx::ModelProto proto;
+  proto.ParseFromString(group_norm_model(18, 2).bytes());
+  ModelProtoBuilder::attribute(proto.mutable_graph()->mutable_node(0), "stash_type", int64_t{1});
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, proto.SerializeAsString()),
+            "import: node 'gn' (GroupNormalization): expected no attribute 'stash_type' at "
+            "opset 18 (added in opset 21), got one");
 }
 
 // Above opset 17 libonnx's checker does not run: qforge's own structure checks do.

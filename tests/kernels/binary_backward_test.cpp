@@ -1,8 +1,11 @@
-// Binary op backward under broadcasting: the float64 reference against central finite
-// differences, the float32 kernel against the reference for every broadcast form, and the same
-// bits on 1 and 2 threads.
+// Binary op backward under broadcasting (Add, Sub, Mul, Div, PRelu) and Max / Min of any number
+// of inputs: the float64 references against central finite differences, the float32 kernels
+// against the references for every broadcast form, ties and NaN against PyTorch's values, and
+// the same bits on 1 and 2 threads.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,7 +47,8 @@ const BinaryCase kCases[] = {
     {"single", {1}, {1}},
 };
 
-const BinaryOp kOps[] = {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv};
+const BinaryOp kOps[] = {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv,
+                         BinaryOp::kPRelu};
 
 std::string op_name(BinaryOp op) {
   switch (op) {
@@ -56,6 +60,8 @@ std::string op_name(BinaryOp op) {
       return "Mul";
     case BinaryOp::kDiv:
       return "Div";
+    case BinaryOp::kPRelu:
+      return "PRelu";
     default:
       return "other";
   }
@@ -137,7 +143,10 @@ TEST(BinaryBackward, MatchesReference) {
       const std::vector<double> a = to_double(d.a), b = to_double(d.b), dy = to_double(d.dy);
       const Reference ref = run_reference(op, c, a, b, dy);
       // Every term of the absolute values' gradient has one sign: its magnitude is Σ|terms|.
-      const Reference mag = run_reference(op, c, absolute(a), absolute(b), absolute(dy));
+      // PRelu's terms keep their branch with a itself: ±|dy|·|b| for da, a·|dy| (a <= 0) for db.
+      const Reference mag = op == BinaryOp::kPRelu
+                                ? run_reference(op, c, a, absolute(b), absolute(dy))
+                                : run_reference(op, c, absolute(a), absolute(b), absolute(dy));
       expect_matches_reference(r.da, ref.da, absolute(mag.da), "da");
       expect_matches_reference(r.db, ref.db, absolute(mag.db), "db");
 
@@ -193,7 +202,199 @@ TEST(BinaryBackward, RejectsOpsWithoutGradient) {
     FAIL() << "expected an Unsupported error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_STREQ(e.what(), "binary_backward: expected Add, Sub, Mul or Div, got Mod");
+    EXPECT_STREQ(e.what(), "binary_backward: expected Add, Sub, Mul, Div or PRelu, got Mod");
+  }
+}
+
+// PRelu at its kink and Max / Min ties and NaN, against the values torch.nn.functional.prelu,
+// torch.maximum, torch.minimum and torch.amax give (checked in PyTorch 1.13).
+TEST(BinaryBackward, PReluAtZeroTakesTheSlopeSide) {
+  const Shape shapes[] = {{3}, {1}};
+  const BroadcastPlan plan = plan_broadcast(shapes);
+  const std::vector<float> x = {-1.0f, 0.0f, 2.0f}, slope = {0.25f}, dy = {1.0f, 1.0f, 1.0f};
+  std::vector<float> dx(3), dslope(1);
+  binary_backward(BinaryOp::kPRelu, plan, x.data(), slope.data(), dy.data(),
+                  {dx.data(), dslope.data()});
+  EXPECT_EQ(dx, (std::vector<float>{0.25f, 0.25f, 1.0f}));
+  EXPECT_EQ(dslope, (std::vector<float>{-1.0f}));
+}
+
+struct ExtremumRun {
+  std::vector<std::vector<float>> dx;
+};
+
+// Max or Min of `values` (shapes[i]) forward in float, then extremum_backward.
+ExtremumRun run_extremum(bool is_max, const std::vector<Shape>& shapes,
+                         const std::vector<std::vector<float>>& values,
+                         const std::vector<float>& dy, int threads = 2,
+                         GradMode write = GradMode::kOverwrite,
+                         const ExtremumRun* start = nullptr) {
+  ThreadCount scope(threads);
+  const std::optional<Shape> out = broadcast_shape(shapes);
+  std::vector<BroadcastPlan> plans;
+  std::vector<const float*> x;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const Shape pair[] = {shapes[i], *out};
+    plans.push_back(plan_broadcast(pair));
+    x.push_back(values[i].data());
+  }
+  // y by the forward kernel, input by input.
+  Tensor y = Tensor::from_vector<float>(
+      *out,
+      std::vector<float>(static_cast<size_t>(shape_numel(*out)), is_max ? -INFINITY : INFINITY));
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const Shape pair[] = {*out, shapes[i]};
+    const Tensor xi = Tensor::from_vector<float>(shapes[i], values[i]);
+    binary(is_max ? BinaryOp::kMax : BinaryOp::kMin, plan_broadcast(pair), y, xi, y);
+  }
+  ExtremumRun r;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    r.dx.push_back(start ? start->dx[i] : std::vector<float>(values[i].size(), NAN));
+  }
+  std::vector<float*> dx;
+  for (auto& g : r.dx) dx.push_back(g.data());
+  std::vector<float> workspace(static_cast<size_t>(y.numel()));
+  extremum_backward({.is_max = is_max,
+                     .plans = plans,
+                     .x = x,
+                     .y = y.data<float>(),
+                     .dy = dy.data(),
+                     .dx = dx,
+                     .workspace = workspace.data()},
+                    write);
+  return r;
+}
+
+TEST(ExtremumBackward, TiesAndNaNFollowPyTorch) {
+  const std::vector<Shape> two = {{4}, {4}};
+  const std::vector<std::vector<float>> ab = {{1.0f, 2.0f, 3.0f, NAN}, {1.0f, 1.0f, 4.0f, 1.0f}};
+  const std::vector<float> ones(4, 1.0f);
+  const ExtremumRun max = run_extremum(true, two, ab, ones);
+  EXPECT_EQ(max.dx[0], (std::vector<float>{0.5f, 1.0f, 0.0f, 1.0f}));
+  EXPECT_EQ(max.dx[1], (std::vector<float>{0.5f, 0.0f, 1.0f, 1.0f}));
+  const ExtremumRun min = run_extremum(false, two, ab, ones);
+  EXPECT_EQ(min.dx[0], (std::vector<float>{0.5f, 0.0f, 1.0f, 1.0f}));
+  EXPECT_EQ(min.dx[1], (std::vector<float>{0.5f, 1.0f, 0.0f, 1.0f}));
+  // torch.stack([1, 2], [1, 2], [1, 0]).amax(0): a three-way tie gives each a third.
+  const ExtremumRun three =
+      run_extremum(true, {{2}, {2}, {2}}, {{1.0f, 2.0f}, {1.0f, 2.0f}, {1.0f, 0.0f}}, {3.0f, 1.0f});
+  EXPECT_EQ(three.dx[0], (std::vector<float>{1.0f, 0.5f}));
+  EXPECT_EQ(three.dx[1], (std::vector<float>{1.0f, 0.5f}));
+  EXPECT_EQ(three.dx[2], (std::vector<float>{1.0f, 0.0f}));
+  // One input: y is x, and its gradient dy.
+  const ExtremumRun one = run_extremum(false, {{3}}, {{-1.0f, 0.0f, 5.0f}}, {1.0f, -2.0f, 3.0f});
+  EXPECT_EQ(one.dx[0], (std::vector<float>{1.0f, -2.0f, 3.0f}));
+}
+
+struct ExtremumCase {
+  const char* name;
+  std::vector<Shape> shapes;
+};
+
+const ExtremumCase kExtremumCases[] = {
+    {"same", {{3, 13}, {3, 13}}},
+    {"channel", {{3, 5, 4, 3}, {5, 1, 1}}},
+    {"three_broadcasts", {{2, 3, 4, 5}, {3, 1, 5}, {1, 4, 1}}},
+    {"four_inputs", {{13, 17}, {17}, {13, 1}, {1}}},
+    {"output_larger_than_each", {{3, 1, 5}, {1, 4, 1}}},
+    {"one_input", {{7, 3}}},
+    {"wide_row", {{3, 300}, {300}, {3, 1}}},
+};
+
+// Inputs drawn from a few values, so that ties are frequent.
+std::vector<std::vector<float>> tied_values(const std::vector<Shape>& shapes, uint32_t seed) {
+  std::vector<std::vector<float>> values;
+  for (const Shape& s : shapes) {
+    std::vector<float> v = random_values(static_cast<size_t>(shape_numel(s)), seed++, 0.0f, 4.0f);
+    for (float& f : v) f = std::floor(f) * 0.5f;
+    values.push_back(std::move(v));
+  }
+  return values;
+}
+
+std::vector<std::vector<double>> run_extremum_reference(
+    bool is_max, const std::vector<Shape>& shapes, const std::vector<std::vector<double>>& values,
+    const std::vector<double>& dy) {
+  std::vector<const double*> x;
+  for (const auto& v : values) x.push_back(v.data());
+  std::vector<std::vector<double>> dx;
+  for (const auto& v : values) dx.emplace_back(v.size());
+  std::vector<double*> out;
+  for (auto& g : dx) out.push_back(g.data());
+  reference::extremum_backward(is_max, shapes, x, dy.data(), out);
+  return dx;
+}
+
+TEST(ExtremumBackwardReference, MatchesFiniteDifferencesAwayFromTies) {
+  for (const ExtremumCase& c : kExtremumCases) {
+    for (bool is_max : {true, false}) {
+      SCOPED_TRACE(std::string(is_max ? "Max " : "Min ") + c.name);
+      std::vector<std::vector<double>> values;
+      uint32_t seed = 20;
+      for (const Shape& s : c.shapes) {
+        values.push_back(to_double(random_values(static_cast<size_t>(shape_numel(s)), seed++)));
+      }
+      const Shape out = *broadcast_shape(c.shapes);
+      const std::vector<double> dy =
+          to_double(random_values(static_cast<size_t>(shape_numel(out)), 30));
+      auto loss = [&] {
+        std::vector<const double*> x;
+        for (const auto& v : values) x.push_back(v.data());
+        return testing::dot(reference::extremum_f64(is_max, c.shapes, x), dy);
+      };
+      const auto ref = run_extremum_reference(is_max, c.shapes, values, dy);
+      for (size_t i = 0; i < values.size(); ++i) {
+        // A small step, so that no perturbation crosses a tie; Max is linear between them.
+        testing::expect_matches_differences(ref[i],
+                                            testing::central_differences(values[i], loss, 1e-6),
+                                            1e-6, "dx" + std::to_string(i));
+      }
+    }
+  }
+}
+
+TEST(ExtremumBackward, MatchesReferenceWithTiesAndAccumulates) {
+  for (const ExtremumCase& c : kExtremumCases) {
+    for (bool is_max : {true, false}) {
+      SCOPED_TRACE(std::string(is_max ? "Max " : "Min ") + c.name);
+      const auto values = tied_values(c.shapes, 40);
+      const Shape out = *broadcast_shape(c.shapes);
+      const std::vector<float> dy = random_values(static_cast<size_t>(shape_numel(out)), 50);
+      const ExtremumRun got = run_extremum(is_max, c.shapes, values, dy);
+      std::vector<std::vector<double>> vd;
+      for (const auto& v : values) vd.push_back(to_double(v));
+      const auto ref = run_extremum_reference(is_max, c.shapes, vd, to_double(dy));
+      const auto mag = run_extremum_reference(is_max, c.shapes, vd, absolute(to_double(dy)));
+      ExtremumRun start;
+      for (size_t i = 0; i < values.size(); ++i) {
+        expect_matches_reference(got.dx[i], ref[i], mag[i], "dx" + std::to_string(i));
+        start.dx.push_back(random_values(values[i].size(), 60 + static_cast<uint32_t>(i)));
+      }
+      const ExtremumRun added =
+          run_extremum(is_max, c.shapes, values, dy, 2, GradMode::kAccumulate, &start);
+      for (size_t i = 0; i < values.size(); ++i) {
+        std::vector<double> want = ref[i], bound = mag[i];
+        for (size_t k = 0; k < want.size(); ++k) {
+          want[k] += start.dx[i][k];
+          bound[k] += std::abs(start.dx[i][k]);
+        }
+        expect_matches_reference(added.dx[i], want, bound, "dx accumulated " + std::to_string(i));
+      }
+    }
+  }
+}
+
+TEST(ExtremumBackward, SameBitsForAnyThreadCount) {
+  const std::vector<Shape> shapes = {{4, 33, 20, 37}, {33, 1, 37}, {4, 1, 20, 1}};
+  const auto values = tied_values(shapes, 70);
+  const std::vector<float> dy = random_values(4 * 33 * 20 * 37, 80);
+  for (bool is_max : {true, false}) {
+    const ExtremumRun one = run_extremum(is_max, shapes, values, dy, 1);
+    const ExtremumRun two = run_extremum(is_max, shapes, values, dy, 2);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      expect_same_bits(one.dx[i].data(), two.dx[i].data(), one.dx[i].size(),
+                       "dx" + std::to_string(i));
+    }
   }
 }
 
