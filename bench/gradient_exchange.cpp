@@ -53,8 +53,8 @@ int main(int argc, char** argv) {
     }
     std::vector<float> gradient(floats);
     for (size_t i = 0; i < floats; ++i) {
-      gradient[i] = static_cast<float>((i * 2654435761u + static_cast<size_t>(comm->rank())) %
-                                       1000) * 1e-3f;
+      gradient[i] =
+          static_cast<float>((i * 2654435761u + static_cast<size_t>(comm->rank())) % 1000) * 1e-3f;
     }
     std::vector<float> sum(floats);
     std::vector<double> exchange_s, sum_s;

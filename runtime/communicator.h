@@ -66,16 +66,14 @@ class ByteWriter {
   template <class T>
   void put(const T& value) {
     static_assert(std::is_trivially_copyable_v<T>);
-    const auto* p = reinterpret_cast<const std::byte*>(&value);
-    bytes_.insert(bytes_.end(), p, p + sizeof(T));
+    append(&value, sizeof(T));
   }
   // The count, then the elements.
   template <class T>
   void put_span(std::span<const T> values) {
     static_assert(std::is_trivially_copyable_v<T>);
     put<uint64_t>(values.size());
-    const auto* p = reinterpret_cast<const std::byte*>(values.data());
-    bytes_.insert(bytes_.end(), p, p + values.size_bytes());
+    append(values.data(), values.size_bytes());
   }
   void put_string(const std::string& text) {
     put_span(std::span<const char>(text.data(), text.size()));
@@ -84,6 +82,11 @@ class ByteWriter {
   std::vector<std::byte> take() { return std::move(bytes_); }
 
  private:
+  void append(const void* data, size_t n) {
+    const size_t at = bytes_.size();
+    bytes_.resize(at + n);
+    if (n) std::memcpy(bytes_.data() + at, data, n);
+  }
   std::vector<std::byte> bytes_;
 };
 

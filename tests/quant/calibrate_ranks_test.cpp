@@ -39,7 +39,8 @@ class CycledRows : public quant::SampleSource {
     const size_t row = static_cast<size_t>(kernels::shape_numel(shape_));
     const auto golden_rows = static_cast<size_t>(golden_.dim(0));
     for (size_t i = 0; i < indices.size(); ++i) {
-      if (indices[i] == poisoned_) throw_invalid("data: sample " + std::to_string(poisoned_) + " is bad");
+      if (indices[i] == poisoned_)
+        throw_invalid("data: sample " + std::to_string(poisoned_) + " is bad");
       // Row k of the cycle, scaled by a factor of its index so that every sample differs.
       const float* from = golden_.data<float>() + (indices[i] % golden_rows) * row;
       const float factor = 1.0f + 0.03125f * static_cast<float>(indices[i] % 7);
@@ -63,10 +64,9 @@ class CycledRows : public quant::SampleSource {
 std::string exported(const std::string& model, const quant::CalibrationSetup& setup,
                      const quant::CalibrationResult& r) {
   std::string out;
-  quant::export_qdq_model(quant::fused_graph_for_export(graph::load_onnx(model), setup, r), r.plan,
-                          r.amax, {}, [&](const void* p, size_t n) {
-                            out.append(static_cast<const char*>(p), n);
-                          });
+  quant::export_qdq_model(
+      quant::fused_graph_for_export(graph::load_onnx(model), setup, r), r.plan, r.amax, {},
+      [&](const void* p, size_t n) { out.append(static_cast<const char*>(p), n); });
   return out;
 }
 

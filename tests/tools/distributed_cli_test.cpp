@@ -35,7 +35,9 @@ const std::string kVit = data_path("models/vit_bn.onnx");
 const std::string kTrain = data_path("datasets/digits/train");
 const std::string kGoldenInput = data_path("golden/resnet_input.npy");
 
-bool have_mpi() { return !std::string(QFORGE_MPIEXEC).empty(); }
+bool have_mpi() {
+  return !std::string(QFORGE_MPIEXEC).empty();
+}
 
 // mpirun with as many ranks as asked on this machine's cores (--oversubscribe), as root where
 // the tests run as root. A sanitizer build's leak checker is told about Open MPI's own
@@ -82,8 +84,8 @@ std::vector<std::string> qforge_lines(const std::string& err) {
   return lines;
 }
 
-#define REQUIRE_MPI()                                                               \
-  do {                                                                              \
+#define REQUIRE_MPI()                                                                           \
+  do {                                                                                          \
     if (!have_mpi()) GTEST_SKIP() << "qforge was built without MPI (no mpirun to start ranks)"; \
   } while (false)
 
@@ -118,8 +120,8 @@ TEST(DistributedCli, CalibrateOnTwoAndThreeRanksWritesTheOneProcessFile) {
   TempDir dir;
   const std::string common = "calibrate " + kResnet + " --data " + kTrain +
                              " --limit 70 --batch 16 --method percentile --flip-injections 0";
-  const CliResult one = run_cli(common + " --threads 1 -o " + dir.file("one.onnx") +
-                                " --report " + dir.file("one.json"));
+  const CliResult one = run_cli(common + " --threads 1 -o " + dir.file("one.onnx") + " --report " +
+                                dir.file("one.json"));
   ASSERT_EQ(one.exit_code, 0) << one.err;
   const std::string expected = read_text(dir.file("one.onnx"));
   ASSERT_FALSE(expected.empty());
@@ -212,8 +214,8 @@ TEST(DistributedCli, KilledRankFailsTheRunWithoutOutput) {
     std::filesystem::create_symlink(digits[static_cast<size_t>(i) % digits.size()], folder / name);
   }
   const std::string args = "calibrate " + kResnet + " --data " + images.string() +
-                           " --batch 8 --threads 1 --flip-injections 0 -o " +
-                           dir.file("out.onnx") + " --report " + dir.file("r.json");
+                           " --batch 8 --threads 1 --flip-injections 0 -o " + dir.file("out.onnx") +
+                           " --report " + dir.file("r.json");
   std::string cmd = launcher();
   cmd.append(" -np 1 ").append(QFORGE_CLI).append(" ").append(args);
   // The launcher started sh as rank 1; it dies of the same signal as the qforge it ran.
@@ -232,14 +234,13 @@ TEST(DistributedCli, OneProcessCommandsRefuseSeveralRanksOnce) {
   const CliResult inspect = run_ranks(2, "inspect " + kResnet);
   EXPECT_EQ(inspect.exit_code, 1);
   EXPECT_EQ(qforge_lines(inspect.err).size(), 1u) << inspect.err;
-  EXPECT_NE(inspect.err.find("inspect: runs as one process; started on 2 ranks"),
-            std::string::npos)
+  EXPECT_NE(inspect.err.find("inspect: runs as one process; started on 2 ranks"), std::string::npos)
       << inspect.err;
   EXPECT_TRUE(inspect.out.empty()) << inspect.out;
 
   TempDir dir;
-  const CliResult qat = run_ranks(2, "qat " + kResnet + " --data " + kTrain + " --steps 1 -o " +
-                                         dir.file("q.onnx"));
+  const CliResult qat =
+      run_ranks(2, "qat " + kResnet + " --data " + kTrain + " --steps 1 -o " + dir.file("q.onnx"));
   EXPECT_EQ(qat.exit_code, 1);
   EXPECT_EQ(qforge_lines(qat.err).size(), 1u) << qat.err;
   EXPECT_NE(qat.err.find("qat: data-parallel training is not implemented yet"), std::string::npos)

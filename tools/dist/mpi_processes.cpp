@@ -1,6 +1,9 @@
-// dist/processes.h on MPI. Collectives are started non-blocking and waited for idly: a rank that
-// reaches one early (or has finished while rank 0 writes the output) sleeps instead of spinning
-// on a core the other ranks need.
+// dist/processes.h on MPI. A collective's first step (the sizes, where a rank that arrives early
+// waits for the others, and the final barrier while rank 0 writes the output) is started
+// non-blocking and waited for idly, so that a waiting rank sleeps instead of spinning on a core
+// the other ranks need; the payload then moves with the blocking call, which every rank is
+// ready for and which MPI progresses at full speed (a non-blocking one progresses only while
+// tested).
 #include <mpi.h>
 
 #include <time.h>
@@ -55,8 +58,7 @@ class MpiWorld final : public runtime::Communicator {
     const uint64_t mine = bytes.size();
     std::vector<uint64_t> sizes(static_cast<size_t>(size_));
     MPI_Request request;
-    MPI_Iallgather(&mine, 1, MPI_UINT64_T, sizes.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD,
-                   &request);
+    MPI_Iallgather(&mine, 1, MPI_UINT64_T, sizes.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD, &request);
     wait_idle(request);
     std::vector<int> counts(sizes.size());
     std::vector<int> offsets(sizes.size());
@@ -68,9 +70,8 @@ class MpiWorld final : public runtime::Communicator {
     }
     to_int_count(total);
     std::vector<std::byte> all(total);
-    MPI_Iallgatherv(bytes.data(), to_int_count(mine), MPI_BYTE, all.data(), counts.data(),
-                    offsets.data(), MPI_BYTE, MPI_COMM_WORLD, &request);
-    wait_idle(request);
+    MPI_Allgatherv(bytes.data(), to_int_count(mine), MPI_BYTE, all.data(), counts.data(),
+                   offsets.data(), MPI_BYTE, MPI_COMM_WORLD);
     std::vector<std::vector<std::byte>> out(sizes.size());
     for (size_t r = 0; r < sizes.size(); ++r) {
       out[r].assign(all.begin() + offsets[r], all.begin() + offsets[r] + counts[r]);
@@ -84,8 +85,7 @@ class MpiWorld final : public runtime::Communicator {
     MPI_Ibcast(&n, 1, MPI_UINT64_T, root, MPI_COMM_WORLD, &request);
     wait_idle(request);
     bytes.resize(n);
-    MPI_Ibcast(bytes.data(), to_int_count(n), MPI_BYTE, root, MPI_COMM_WORLD, &request);
-    wait_idle(request);
+    MPI_Bcast(bytes.data(), to_int_count(n), MPI_BYTE, root, MPI_COMM_WORLD);
   }
 
  private:
@@ -119,7 +119,9 @@ std::unique_ptr<runtime::Communicator> join(int& argc, char**& argv) {
   return std::make_unique<MpiWorld>();
 }
 
-int ranks_on_this_machine() { return local_ranks; }
+int ranks_on_this_machine() {
+  return local_ranks;
+}
 
 int finish(runtime::Communicator& comm, int exit_code, bool failed_alone) {
   int initialized = 0;

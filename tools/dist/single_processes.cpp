@@ -17,7 +17,9 @@ int launched_size() {
 
 }  // namespace
 
-std::string build_description() { return "without MPI"; }
+std::string build_description() {
+  return "without MPI";
+}
 
 std::unique_ptr<runtime::Communicator> join(int&, char**&) {
   const int size = launched_size();
@@ -29,8 +31,12 @@ std::unique_ptr<runtime::Communicator> join(int&, char**&) {
   return std::make_unique<runtime::SingleProcess>();
 }
 
-int ranks_on_this_machine() { return 1; }
+int ranks_on_this_machine() {
+  return 1;
+}
 
-int finish(runtime::Communicator&, int exit_code, bool) { return exit_code; }
+int finish(runtime::Communicator&, int exit_code, bool) {
+  return exit_code;
+}
 
 }  // namespace qforge::dist
