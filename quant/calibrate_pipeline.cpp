@@ -160,7 +160,11 @@ SmoothQuantResult smooth_model(const CalibrationSetup& setup, std::unique_ptr<gr
   std::vector<std::string> site_names;
   for (const SmoothQuantSite& site : found.sites) site_names.push_back(site.layer_norm);
   SmoothQuantStats stats(std::move(transformed.graph), found.sites, true);
-  const auto [full_indices, rest_indices] = rank_batches(indices, setup.batch, comm);
+  // Named references rather than a structured binding: the pass below captures them, which
+  // clang 14 refuses for bindings.
+  const auto shares = rank_batches(indices, setup.batch, comm);
+  const std::vector<size_t>& full_indices = shares.first;
+  const std::vector<size_t>& rest_indices = shares.second;
   pass_on_every_rank(comm, timing, [&] {
     const auto progress =
         make_progress(progress_factory, "smoothquant", full_indices.size() + rest_indices.size());
@@ -269,7 +273,11 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
   // first, as the last use of the loaded model. Then the fused graph is the only holder of the
   // float weights, and the forward pass releases each as its kernels prepare their own form of
   // it: the weights are not in memory twice. The export reads them from the model again.
-  const auto [full_indices, rest_indices] = rank_batches(indices, setup.batch, comm);
+  // Named references rather than a structured binding: the pass below captures them, which
+  // clang 14 refuses for bindings.
+  const auto shares = rank_batches(indices, setup.batch, comm);
+  const std::vector<size_t>& full_indices = shares.first;
+  const std::vector<size_t>& rest_indices = shares.second;
   CalibrationOptions calibration_options;
   calibration_options.release_weights = true;
   // Released once the amax are known.
