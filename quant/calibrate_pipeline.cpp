@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <optional>
 #include <utility>
 
 #include "kernels/error.h"
@@ -25,6 +27,50 @@ std::pair<std::vector<size_t>, std::vector<size_t>> split_whole_batches(
   const auto whole = static_cast<std::ptrdiff_t>(indices.size() / static_cast<size_t>(batch) *
                                                  static_cast<size_t>(batch));
   return {{indices.begin(), indices.begin() + whole}, {indices.begin() + whole, indices.end()}};
+}
+
+// This rank's share of split_whole_batches(indices, batch): the whole batches divided in order
+// as evenly as runtime::share_of divides them, the partial last batch on the last rank (which
+// has no more whole batches than any other).
+std::pair<std::vector<size_t>, std::vector<size_t>> rank_batches(
+    const std::vector<size_t>& indices, int64_t batch, const runtime::Communicator& comm) {
+  auto [full, rest] = split_whole_batches(indices, batch);
+  const auto b = static_cast<size_t>(batch);
+  const runtime::Share share = runtime::share_of(full.size() / b, comm.rank(), comm.size());
+  std::vector<size_t> mine(full.begin() + static_cast<std::ptrdiff_t>(share.begin * b),
+                           full.begin() + static_cast<std::ptrdiff_t>(share.end * b));
+  if (comm.rank() != comm.size() - 1) rest.clear();
+  return {std::move(mine), std::move(rest)};
+}
+
+// Merges every other rank's statistics into `stats` (exact in any order: histogram counts are
+// integers, maxima are order-free), so that every rank holds what one process would have.
+template <class Stats>
+void merge_ranks(runtime::Communicator& comm, Stats& stats, CalibrationTiming& timing) {
+  if (comm.size() == 1) return;
+  const auto start = std::chrono::steady_clock::now();
+  runtime::ByteWriter mine;
+  stats.write(mine);
+  timing.communicated_bytes += mine.bytes().size();
+  const std::vector<std::vector<std::byte>> all = comm.allgather(mine.bytes());
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (static_cast<int>(r) == comm.rank()) continue;
+    runtime::ByteReader in(all[r]);
+    stats.merge_written(in);
+  }
+  timing.communication_s += seconds_since(start);
+}
+
+// `pass` on this rank, then every rank agrees that no rank failed (time spent waiting there for
+// the slowest rank goes to timing.waiting_s).
+void pass_on_every_rank(runtime::Communicator& comm, CalibrationTiming& timing,
+                        const std::function<void()>& pass) {
+  std::optional<std::chrono::steady_clock::time_point> ended;
+  runtime::collectively(comm, [&] {
+    pass();
+    ended = std::chrono::steady_clock::now();
+  });
+  if (ended) timing.waiting_s += seconds_since(*ended);
 }
 
 // "ConvBNAct layer1.0.conv1" for the first module reading a point, "+N" for the others.
@@ -101,7 +147,8 @@ void check_memory(const std::string& stage, const graph::Graph& model, const gra
 SmoothQuantResult smooth_model(const CalibrationSetup& setup, std::unique_ptr<graph::Graph>& model,
                                const ModelLoader& reload, runtime::TransformResult& transformed,
                                const SampleSource& data, const std::vector<size_t>& indices,
-                               const ProgressFactory& progress_factory) {
+                               const ProgressFactory& progress_factory, runtime::Communicator& comm,
+                               CalibrationTiming& timing) {
   const runtime::TransformOptions transform = transform_options(setup);
   SmoothQuantSites found = find_smoothquant_sites(*transformed.graph);
   SmoothQuantOptions options;
@@ -113,25 +160,33 @@ SmoothQuantResult smooth_model(const CalibrationSetup& setup, std::unique_ptr<gr
   std::vector<std::string> site_names;
   for (const SmoothQuantSite& site : found.sites) site_names.push_back(site.layer_norm);
   SmoothQuantStats stats(std::move(transformed.graph), found.sites, true);
-  const auto [full_indices, rest_indices] = split_whole_batches(indices, setup.batch);
-  const auto progress = make_progress(progress_factory, "smoothquant", indices.size());
-  if (!rest_indices.empty()) {
-    for_each_batch(data, rest_indices, static_cast<int64_t>(rest_indices.size()), false, *progress,
-                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
-                     const runtime::TransformResult partial =
-                         transform_at(*model, transform, count);
-                     SmoothQuantStats partial_stats(*partial.graph,
-                                                    find_smoothquant_sites(*partial.graph).sites);
-                     partial_stats.observe_batch(input);
-                     stats.merge(partial_stats);
+  // Named references rather than a structured binding: the pass below captures them, which
+  // clang 14 refuses for bindings.
+  const auto shares = rank_batches(indices, setup.batch, comm);
+  const std::vector<size_t>& full_indices = shares.first;
+  const std::vector<size_t>& rest_indices = shares.second;
+  pass_on_every_rank(comm, timing, [&] {
+    const auto progress =
+        make_progress(progress_factory, "smoothquant", full_indices.size() + rest_indices.size());
+    if (!rest_indices.empty()) {
+      for_each_batch(
+          data, rest_indices, static_cast<int64_t>(rest_indices.size()), false, *progress,
+          [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
+            const runtime::TransformResult partial = transform_at(*model, transform, count);
+            SmoothQuantStats partial_stats(*partial.graph,
+                                           find_smoothquant_sites(*partial.graph).sites);
+            partial_stats.observe_batch(input);
+            stats.merge(partial_stats);
+          });
+    }
+    model.reset();
+    for_each_batch(data, full_indices, setup.batch, false, *progress,
+                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
+                     stats.observe_batch(input);
                    });
-  }
-  model.reset();
-  for_each_batch(data, full_indices, setup.batch, false, *progress,
-                 [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
-                   stats.observe_batch(input);
-                 });
-  progress->finish();
+    progress->finish();
+  });
+  merge_ranks(comm, stats, timing);
   stats.release_forward();
 
   // `model` is not kept: the smoothed graph is then the only holder of the weights it replaces.
@@ -181,6 +236,8 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
                             const SampleSource& data, const CalibrationSetup& setup,
                             const PipelineHooks& hooks) {
   check_setup(setup);
+  runtime::SingleProcess alone;
+  runtime::Communicator& comm = hooks.communicator ? *hooks.communicator : alone;
   const std::vector<size_t> indices = spread_indices(data.size(), setup.limit);
   if (indices.empty()) throw_invalid(setup.stage + ": the data holds no samples");
   CalibrationResult result;
@@ -195,8 +252,8 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
   // SmoothQuant comes first, so that every range below is taken on the smoothed model.
   if (setup.smoothquant_alpha) {
     const auto start = std::chrono::steady_clock::now();
-    result.smoothing =
-        smooth_model(setup, model, reload, transformed, data, indices, hooks.progress);
+    result.smoothing = smooth_model(setup, model, reload, transformed, data, indices,
+                                    hooks.progress, comm, result.timing);
     result.timing.smoothquant_s = seconds_since(start);
   }
   const PlacementOptions placement = placement_options(setup);
@@ -216,7 +273,11 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
   // first, as the last use of the loaded model. Then the fused graph is the only holder of the
   // float weights, and the forward pass releases each as its kernels prepare their own form of
   // it: the weights are not in memory twice. The export reads them from the model again.
-  const auto [full_indices, rest_indices] = split_whole_batches(indices, setup.batch);
+  // Named references rather than a structured binding: the pass below captures them, which
+  // clang 14 refuses for bindings.
+  const auto shares = rank_batches(indices, setup.batch, comm);
+  const std::vector<size_t>& full_indices = shares.first;
+  const std::vector<size_t>& rest_indices = shares.second;
   CalibrationOptions calibration_options;
   calibration_options.release_weights = true;
   // Released once the amax are known.
@@ -225,8 +286,9 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
   CalibrationStats& stats = *stats_owner;
   const auto calibration_start = std::chrono::steady_clock::now();
   double first_batch_seconds = -1;  // the first full batch also builds the execution plan
-  {
-    const auto progress = make_progress(hooks.progress, "calibrate", indices.size());
+  pass_on_every_rank(comm, result.timing, [&] {
+    const auto progress =
+        make_progress(hooks.progress, "calibrate", full_indices.size() + rest_indices.size());
     if (!rest_indices.empty()) {
       if (!model) model = reload();  // the SmoothQuant pass let it go
       const int64_t rows = static_cast<int64_t>(rest_indices.size());
@@ -250,7 +312,8 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
                      if (first_batch_seconds < 0) first_batch_seconds = seconds_since(batch_start);
                    });
     progress->finish();
-  }
+  });
+  merge_ranks(comm, stats, result.timing);
   result.timing.calibration_s = seconds_since(calibration_start);
   result.timing.first_batch_s = first_batch_seconds;
   if (hooks.calibration_pass_ended) hooks.calibration_pass_ended();

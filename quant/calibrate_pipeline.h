@@ -25,6 +25,7 @@
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
 #include "quant/smoothquant.h"
+#include "runtime/communicator.h"
 
 namespace qforge::quant {
 
@@ -72,6 +73,11 @@ struct CalibrationTiming {
   double calibration_s = 0;  // the calibration pass over the data
   double first_batch_s = 0;  // its first full batch (with building the execution plan)
   double calibrators_s = 0;  // amax of every point by the four calibrators
+  // With several ranks: waiting for the other ranks at the end of each pass over the data (the
+  // agreement that no rank failed), and exchanging and merging their statistics.
+  double waiting_s = 0;
+  double communication_s = 0;
+  size_t communicated_bytes = 0;  // this rank's statistics, as sent to every other rank
 };
 
 struct CalibrationResult {
@@ -95,6 +101,11 @@ struct PipelineHooks {
   // Called once when the calibration pass has ended, before the calibrators run: everything
   // calibration needs is resident then (the command line reads its peak memory here).
   std::function<void()> calibration_pass_ended;
+  // The ranks of a data-parallel run (null: this process alone). Each rank reads and runs its
+  // share of the samples (runtime::share_of over whole batches, the partial last batch on the
+  // last rank); the statistics are merged exactly, so every rank returns the result one process
+  // would. A failure on any rank is the same error on every rank (runtime::collectively).
+  runtime::Communicator* communicator = nullptr;
 };
 
 // Calibrates `model` (a float model as loaded; taken, and released as soon as it is not

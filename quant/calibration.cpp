@@ -48,6 +48,20 @@ void CalibrationStats::merge(const CalibrationStats& other) {
   batches_ += other.batches_;
 }
 
+void CalibrationStats::write(runtime::ByteWriter& out) const {
+  out.put<uint64_t>(observers_.size());
+  for (const HistogramObserver& o : observers_) o.write(out);
+  out.put(batches_);
+}
+
+void CalibrationStats::merge_written(runtime::ByteReader& in) {
+  if (in.get<uint64_t>() != observers_.size()) {
+    throw_internal("calibration: merging written statistics of a different placement");
+  }
+  for (HistogramObserver& o : observers_) o.merge_written(in);
+  batches_ += in.get<int64_t>();
+}
+
 size_t CalibrationStats::index_of(const ActivationPoint& point) const {
   for (size_t i = 0; i < plan_.activations.size(); ++i) {
     if (plan_.activations[i].tensor == point.tensor) return i;

@@ -51,6 +51,10 @@ class CalibrationStats {
   void observe_batch(const kernels::Tensor& input);
   // Folds in statistics of the same plan gathered elsewhere; exact (histograms merge exactly).
   void merge(const CalibrationStats& other);
+  // Every point's statistics and the batch count as bytes, and another process's written ones
+  // of the same plan merged in: exactly what merge gives.
+  void write(runtime::ByteWriter& out) const;
+  void merge_written(runtime::ByteReader& in);
 
   const QuantPlan& plan() const { return plan_; }
   int64_t batches() const { return batches_; }

@@ -176,6 +176,24 @@ void MaxObserver::merge(const MaxObserver& other) {
   }
 }
 
+void MaxObserver::write(runtime::ByteWriter& out) const {
+  out.put<uint8_t>(per_channel() ? 1 : 0);
+  out.put(amax_);
+  out.put(count_);
+  out.put_span(std::span<const float>(channel_amax_));
+}
+
+void MaxObserver::merge_written(runtime::ByteReader& in) {
+  MaxObserver other(options_);
+  if ((in.get<uint8_t>() != 0) != per_channel()) {
+    throw_internal("MaxObserver: merging a written observer of another kind");
+  }
+  other.amax_ = in.get<float>();
+  other.count_ = in.get<int64_t>();
+  other.channel_amax_ = in.get_vector<float>();
+  merge(other);
+}
+
 // HistogramObserver ------------------------------------------------------------------------------
 
 HistogramObserver::HistogramObserver(HistogramObserverOptions options) {
@@ -411,6 +429,31 @@ void HistogramObserver::merge(const HistogramObserver& other) {
   }
   merge_partial(other.range_exponent_, other.max_, [&](size_t j) { return other.counts_[j]; });
   count_ += other.count_;
+}
+
+void HistogramObserver::write(runtime::ByteWriter& out) const {
+  out.put<uint8_t>(range_exponent_ ? 1 : 0);
+  out.put<int32_t>(range_exponent_.value_or(0));
+  out.put(max_);
+  out.put(count_);
+  out.put_span(std::span<const uint64_t>(counts_));
+}
+
+void HistogramObserver::merge_written(runtime::ByteReader& in) {
+  const bool has_range = in.get<uint8_t>() != 0;
+  const auto exponent = in.get<int32_t>();
+  const auto max = in.get<float>();
+  const auto count = in.get<uint64_t>();
+  const std::vector<uint64_t> counts = in.get_vector<uint64_t>();
+  if (counts.size() != counts_.size()) {
+    throw_internal(std::string("HistogramObserver: expected ")
+                       .append(std::to_string(counts_.size()))
+                       .append(" bins in the written histogram, got ")
+                       .append(std::to_string(counts.size())));
+  }
+  merge_partial(has_range ? std::optional<int>(exponent) : std::nullopt, max,
+                [&](size_t j) { return counts[j]; });
+  count_ += count;
 }
 
 }  // namespace qforge::quant

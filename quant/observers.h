@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/tensor.h"
+#include "runtime/communicator.h"
 
 namespace qforge::quant {
 
@@ -41,6 +42,9 @@ class MaxObserver {
   // Folds in another observer of the same point (threads, processes); max is order-free.
   void merge(const MaxObserver& other);
   void reset();
+  // Its statistics as bytes, and another process's written ones merged in (merge's result).
+  void write(runtime::ByteWriter& out) const;
+  void merge_written(runtime::ByteReader& in);
 
   bool per_channel() const { return options_.axis.has_value(); }
   // Per tensor: the running max (0 before any data). Per channel: the max over channels.
@@ -63,6 +67,8 @@ class SmoothQuantObserver {
   SmoothQuantObserver() : max_(MaxObserverOptions{.axis = -1}) {}
   void observe(const kernels::Tensor& x) { max_.observe(x); }
   void merge(const SmoothQuantObserver& other) { max_.merge(other.max_); }
+  void write(runtime::ByteWriter& out) const { max_.write(out); }
+  void merge_written(runtime::ByteReader& in) { max_.merge_written(in); }
   void reset() { max_.reset(); }
   std::span<const float> channel_amax() const { return max_.channel_amax(); }
 
@@ -92,6 +98,10 @@ class HistogramObserver {
   // brought to the larger range first. Exact: the result equals observing both inputs here.
   void merge(const HistogramObserver& other);
   void reset();
+  // Its statistics as bytes, and another process's written ones merged in: exactly what merge
+  // gives with that process's observer.
+  void write(runtime::ByteWriter& out) const;
+  void merge_written(runtime::ByteReader& in);
 
   int64_t bins() const { return static_cast<int64_t>(counts_.size()); }
   std::span<const uint64_t> counts() const { return counts_; }

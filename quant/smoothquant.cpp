@@ -212,6 +212,27 @@ void SmoothQuantStats::merge(const SmoothQuantStats& other) {
   }
 }
 
+void SmoothQuantStats::write(runtime::ByteWriter& out) const {
+  out.put<uint64_t>(sites_.size());
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    out.put_string(sites_[i].layer_norm);
+    observers_[i].write(out);
+  }
+}
+
+void SmoothQuantStats::merge_written(runtime::ByteReader& in) {
+  if (in.get<uint64_t>() != sites_.size()) {
+    throw_internal("smoothquant: merging written statistics of other sites");
+  }
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    if (in.get_string() != sites_[i].layer_norm) {
+      throw_internal("smoothquant: merging written statistics of other sites (LayerNorm '" +
+                     sites_[i].layer_norm + "')");
+    }
+    observers_[i].merge_written(in);
+  }
+}
+
 std::span<const float> SmoothQuantStats::activation_amax(size_t index) const {
   return observers_.at(index).channel_amax();
 }

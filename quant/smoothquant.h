@@ -73,6 +73,9 @@ class SmoothQuantStats {
   void release_forward();
   // Folds in statistics of the same sites (by LayerNorm name) gathered elsewhere; exact.
   void merge(const SmoothQuantStats& other);
+  // The statistics as bytes, and another process's written ones of the same sites merged in.
+  void write(runtime::ByteWriter& out) const;
+  void merge_written(runtime::ByteReader& in);
 
   const std::vector<SmoothQuantSite>& sites() const { return sites_; }
   // max |x| per channel of site `index` (empty before any data).

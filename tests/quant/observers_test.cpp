@@ -284,6 +284,66 @@ TEST(ObserverHistogram, MergeBringsSmallerRangeUp) {
   EXPECT_EQ(both.counts()[0], 4u);  // three small values and the zero share bin 0 at range 128
 }
 
+// What one rank writes and another merges (a data-parallel calibration) equals merge, whichever
+// side saw the larger range, and an observer that saw nothing changes nothing.
+TEST(ObserverHistogram, WrittenMergeEqualsMerge) {
+  std::vector<float> v = wide_values(5000, 11);
+  HistogramObserver first, second, empty, one;
+  first.observe(wrap_values(v, 0, 1700));
+  second.observe(wrap_values(v, 1700, v.size()));
+  one.observe(wrap_values(v, 0, v.size()));
+  for (const bool first_receives : {true, false}) {
+    HistogramObserver receiver = first_receives ? first : second;
+    runtime::ByteWriter out;
+    (first_receives ? second : first).write(out);
+    empty.write(out);
+    runtime::ByteReader in(out.bytes());
+    receiver.merge_written(in);
+    receiver.merge_written(in);
+    EXPECT_TRUE(in.at_end());
+    EXPECT_EQ(receiver.range_exponent(), one.range_exponent());
+    EXPECT_EQ(receiver.max(), one.max());
+    EXPECT_EQ(receiver.count(), one.count());
+    EXPECT_TRUE(std::equal(one.counts().begin(), one.counts().end(), receiver.counts().begin()));
+  }
+  HistogramObserver small(HistogramObserverOptions{.bins = 64});
+  runtime::ByteWriter out;
+  small.write(out);
+  runtime::ByteReader in(out.bytes());
+  EXPECT_THROW(first.merge_written(in), Error);
+}
+
+TEST(ObserverMax, WrittenMergeEqualsMerge) {
+  const Tensor a = random_f32({4, 9}, 1, -1.0f, 1.0f);
+  const Tensor b = random_f32({4, 9}, 2, -3.0f, 3.0f);
+  MaxObserver whole(MaxObserverOptions{.axis = 1}), left(MaxObserverOptions{.axis = 1}),
+      right(MaxObserverOptions{.axis = 1}), nothing(MaxObserverOptions{.axis = 1});
+  whole.observe(a);
+  whole.observe(b);
+  left.observe(a);
+  right.observe(b);
+  runtime::ByteWriter out;
+  right.write(out);
+  nothing.write(out);
+  right.write(out);
+  runtime::ByteReader in(out.bytes());
+  nothing.merge_written(in);  // an empty receiver takes the channels
+  left.merge_written(in);     // an empty sender changes nothing
+  left.merge_written(in);
+  ASSERT_EQ(nothing.channel_amax().size(), 9u);
+  ASSERT_EQ(left.channel_amax().size(), 9u);
+  for (size_t c = 0; c < 9; ++c) {
+    EXPECT_EQ(nothing.channel_amax()[c], right.channel_amax()[c]);
+    EXPECT_EQ(left.channel_amax()[c], whole.channel_amax()[c]);
+  }
+  EXPECT_EQ(left.count(), whole.count());
+  MaxObserver per_tensor;
+  runtime::ByteWriter other;
+  per_tensor.write(other);
+  runtime::ByteReader other_in(other.bytes());
+  EXPECT_THROW(left.merge_written(other_in), Error);
+}
+
 TEST(ObserverHistogram, ValidatesBinsAndValues) {
   EXPECT_THROW(HistogramObserver(HistogramObserverOptions{.bins = 1000}), Error);
   EXPECT_THROW(HistogramObserver(HistogramObserverOptions{.bins = 1}), Error);

@@ -1,13 +1,47 @@
 #include "tools/qforge/cli_checks.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <string>
 
+#include "kernels/error.h"
 #include "runtime/threads.h"
+#include "tools/qforge/commands.h"
 
 namespace qforge::cli {
+namespace {
+
+runtime::SingleProcess one_process;
+runtime::Communicator* run_processes = &one_process;
+int local_ranks = 1;
+
+}  // namespace
+
+void set_processes(runtime::Communicator& comm, int ranks_on_machine) {
+  run_processes = &comm;
+  local_ranks = std::max(1, ranks_on_machine);
+}
+
+runtime::Communicator& processes() {
+  return *run_processes;
+}
+
+int ranks_on_this_machine() {
+  return local_ranks;
+}
+
+void require_one_process(const std::string& command) {
+  runtime::Communicator& comm = processes();
+  if (comm.size() == 1) return;
+  std::string message = command;
+  message.append(": runs as one process; started on ")
+      .append(std::to_string(comm.size()))
+      .append(" ranks (calibrate runs data-parallel)");
+  const Error refused(ErrorKind::kUnsupported, message);
+  runtime::agree_on_failure(comm, &refused);
+}
 
 CLI::Validator integer_at_least(int64_t min, int64_t max) {
   const std::string bound = max == INT64_MAX
@@ -38,6 +72,9 @@ CLI::Validator positive_number() {
 
 void set_threads_from_flag(int requested) {
   const int cores = runtime::hardware_threads();
+  if (requested == 0 && ranks_on_this_machine() > 1) {
+    requested = std::max(1, cores / ranks_on_this_machine());
+  }
   if (requested > cores) {
     std::fprintf(stderr, "qforge: note: --threads %d is more than the %d cores; using %d\n",
                  requested, cores, cores);

@@ -13,8 +13,9 @@ namespace qforge::cli {
 CLI::Validator integer_at_least(int64_t min, int64_t max = INT64_MAX);
 // A finite number > 0 ("expected a number > 0, got '-1'").
 CLI::Validator positive_number();
-// Sets the process's thread count from --threads (0: all cores). A count above the machine's
-// cores is clamped to them with a note on stderr: more threads only add per-thread workspace.
+// Sets the process's thread count from --threads (0: all cores, divided among the ranks an MPI
+// launcher started on this machine). A count above the machine's cores is clamped to them with a
+// note on stderr: more threads only add per-thread workspace.
 void set_threads_from_flag(int requested);
 
 // A non-empty path: "-o ''" is an error, not "no output".

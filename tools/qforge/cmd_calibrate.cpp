@@ -23,6 +23,7 @@
 #include "quant/qdq_export.h"
 #include "quant/smoothquant.h"
 #include "runtime/batch_dimension.h"
+#include "runtime/communicator.h"
 #include "runtime/threads.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/resource_usage.h"
@@ -90,26 +91,36 @@ int run_calibrate(const CalibrateOptions& o) {
   }
   // Check and open the outputs first: an output that would overwrite an input or the other
   // output, or an unwritable path, fails before any work, and nothing partial is left when a
-  // later step fails.
-  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
-  if (!o.report.empty()) outputs.push_back({"--report", o.report});
-  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
-  io::check_output_paths("calibrate", outputs, inputs);
-  io::AtomicFile out_file(o.output);
+  // later step fails. On several ranks, rank 0 writes the outputs and every rank reads its share
+  // of the data; a failure here on any rank stops every rank.
+  runtime::Communicator& comm = processes();
+  std::unique_ptr<io::AtomicFile> out_file;
   std::unique_ptr<io::AtomicFile> report_file;
-  if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
-
-  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
-  const std::string written_batch =
-      runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
-  DataSource data = DataSource::open(o.data, *model, o.preprocess);
-  const size_t total = quant::spread_indices(data.size(), o.limit).size();
-  if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
+  std::unique_ptr<graph::Graph> model;
+  std::string written_batch;
+  std::optional<DataSource> data_source;
   std::optional<DataSource> val;
-  if (!o.val.empty()) {
-    val.emplace(DataSource::open(o.val, *model, o.preprocess));
-    if (val->size() == 0) throw_invalid("calibrate: --val data '" + o.val + "' holds no samples");
-  }
+  size_t total = 0;
+  runtime::collectively(comm, [&] {
+    std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+    if (!o.report.empty()) outputs.push_back({"--report", o.report});
+    const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
+    io::check_output_paths("calibrate", outputs, inputs);
+    if (comm.is_root()) {
+      out_file = std::make_unique<io::AtomicFile>(o.output);
+      if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
+    }
+    model = load_model_to_run(o.model, o.input_shape, o.data);
+    written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
+    data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
+    total = quant::spread_indices(data_source->size(), o.limit).size();
+    if (total == 0) throw_invalid("calibrate: data '" + o.data + "' holds no samples");
+    if (!o.val.empty() && comm.is_root()) {
+      val.emplace(DataSource::open(o.val, *model, o.preprocess));
+      if (val->size() == 0) throw_invalid("calibrate: --val data '" + o.val + "' holds no samples");
+    }
+  });
+  const DataSource& data = *data_source;
 
   quant::CalibrationSetup setup;
   setup.model_name = o.model;
@@ -124,10 +135,13 @@ int run_calibrate(const CalibrateOptions& o) {
       quant::model_file(o.model, import_options_for(o.input_shape, o.data));
   int64_t calibration_peak_bytes = 0;
   quant::PipelineHooks hooks;
-  hooks.progress = progress_bars();
+  if (comm.is_root()) hooks.progress = progress_bars();
   hooks.calibration_pass_ended = [&] { calibration_peak_bytes = io::peak_resident_bytes(); };
+  hooks.communicator = &comm;
   const quant::CalibrationResult calibrated =
       quant::calibrate(std::move(model), reload, DataSamples(data), setup, hooks);
+  // Every rank holds the merged statistics now; rank 0 alone writes, evaluates and reports.
+  if (!comm.is_root()) return 0;
   const quant::QuantPlan& plan = calibrated.plan;
 
   // The export: the model read and transformed again, smoothed the same way, lowered with the
@@ -138,7 +152,7 @@ int run_calibrate(const CalibrateOptions& o) {
   export_options.batch.dynamic_batch = o.dynamic_batch;
   const quant::ExportedModel exported = quant::export_qdq_model(
       quant::fused_graph_for_export(reload(), setup, calibrated), plan, calibrated.amax,
-      export_options, [&](const void* p, size_t n) { out_file.write(p, n); });
+      export_options, [&](const void* p, size_t n) { out_file->write(p, n); });
   const quant::QdqCounts& counts = exported.counts;
 
   // Evaluate exactly what is written: the file, read back, against the float model, with the
@@ -150,7 +164,7 @@ int run_calibrate(const CalibrateOptions& o) {
   evaluation_setup.flip_injections = o.flip_injections;
   evaluation_setup.flip_seed = kFlipSeed;
   const quant::Evaluation measured =
-      quant::evaluate(reload, quant::model_file(out_file.read_path()), DataSamples(eval),
+      quant::evaluate(reload, quant::model_file(out_file->read_path()), DataSamples(eval),
                       evaluation_setup, progress_bars(), spill_files());
   const runtime::ComparisonFigures& f = measured.figures;
   const std::optional<quant::FlipSensitivity>& flips = measured.flips;
@@ -161,7 +175,8 @@ int run_calibrate(const CalibrateOptions& o) {
   const int64_t batches = calibrated.batches;
   const double smoothquant_seconds = calibrated.timing.smoothquant_s;
   const double calibration_seconds = calibrated.timing.calibration_s;
-  const double first_batch_seconds = calibrated.timing.first_batch_s;
+  // A rank whose share held no batch has no first batch.
+  const double first_batch_seconds = std::max(0.0, calibrated.timing.first_batch_s);
   const double calibrators_seconds = calibrated.timing.calibrators_s;
   const std::optional<quant::SmoothQuantResult>& smoothing = calibrated.smoothing;
   const auto& weight_amax = calibrated.weight_amax;
@@ -175,9 +190,19 @@ int run_calibrate(const CalibrateOptions& o) {
   if (total < data.size()) {
     of_all.append(" of ").append(std::to_string(data.size())).append(", spread evenly");
   }
-  std::printf("calibration  %s (%zu samples%s in %lld batches of up to %lld, %d threads)\n",
+  std::string ranks;
+  if (comm.size() > 1)
+    ranks.append(" on each of ").append(std::to_string(comm.size())).append(" ranks");
+  std::printf("calibration  %s (%zu samples%s in %lld batches of up to %lld, %d threads%s)\n",
               o.data.c_str(), total, of_all.c_str(), static_cast<long long>(batches),
-              static_cast<long long>(o.batch), runtime::num_threads());
+              static_cast<long long>(o.batch), runtime::num_threads(), ranks.c_str());
+  if (comm.size() > 1) {
+    std::printf(
+        "ranks        rank 0 waited %.3f s for the others; statistics exchanged in %.3f s "
+        "(%.1f KiB from each rank)\n",
+        calibrated.timing.waiting_s, calibrated.timing.communication_s,
+        static_cast<double>(calibrated.timing.communicated_bytes) / 1024.0);
+  }
   // All passes over the data count: SmoothQuant's statistics pass and the calibration pass.
   const double data_seconds = smoothquant_seconds + calibration_seconds;
   const double ms_per_batch = 1e3 * data_seconds / static_cast<double>(batches);
@@ -355,7 +380,8 @@ int run_calibrate(const CalibrateOptions& o) {
         {"skip", o.skip},
         {"int8_weights", o.int8_weights},
         {"per_tensor_weights", o.per_tensor_weights},
-        {"calibration", {{"data", o.data}, {"samples", total}, {"batches", batches}}},
+        {"calibration",
+         {{"data", o.data}, {"samples", total}, {"batches", batches}, {"ranks", comm.size()}}},
         {"activation_points", points},
         {"weight_points", weights},
         {"softmax_points", plan.softmax.size()},
@@ -373,13 +399,16 @@ int run_calibrate(const CalibrateOptions& o) {
           {"first_batch_ms", 1e3 * first_batch_seconds},
           {"ms_per_later_batch", ms_per_later_batch},
           {"calibrators_s", calibrators_seconds},
+          {"rank0_waiting_s", calibrated.timing.waiting_s},
+          {"communication_s", calibrated.timing.communication_s},
+          {"communicated_bytes", calibrated.timing.communicated_bytes},
           {"peak_rss_bytes_after_calibration", calibration_peak_bytes},
           {"peak_rss_bytes", run_peak_bytes}}}};
     if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  out_file.commit();
+  out_file->commit();
   if (report_file) {
     report_file->commit();
     std::printf("%-12s written to %s\n", "report", o.report.c_str());
@@ -425,7 +454,9 @@ CommandRunner add_calibrate_command(CLI::App& app) {
   cmd->add_flag("--dynamic-batch", opts->dynamic_batch,
                 "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
                 "optimisation profiles");
-  cmd->add_option("--threads", opts->threads, "worker threads (default: all cores)")
+  cmd->add_option("--threads", opts->threads,
+                  "worker threads of each rank (default: the cores, divided among the ranks an MPI "
+                  "launcher started on this machine)")
       ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--report", opts->report,
                   "write the point table and the evaluation figures as JSON")

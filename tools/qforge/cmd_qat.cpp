@@ -102,6 +102,15 @@ void print_figure(const std::optional<double>& v, const char* format, int width)
 }
 
 int run_qat(QatOptions o) {
+  runtime::Communicator& comm = processes();
+  if (comm.size() > 1) {
+    std::string message =
+        "qat: data-parallel training is not implemented yet (calibrate runs "
+        "data-parallel); run qat as one process, not on ";
+    const Error refused(ErrorKind::kUnsupported,
+                        message.append(std::to_string(comm.size())).append(" ranks"));
+    runtime::agree_on_failure(comm, &refused);
+  }
   set_threads_from_flag(o.threads);
   quant::QatSetup& s = o.setup;
   if (o.optimizer == "sgd") {
@@ -582,7 +591,9 @@ CommandRunner add_qat_command(CLI::App& app) {
                   "and QAT figures (top-1, cross-entropy, KL to float, SQNR) as JSON")
       ->check(file_path())
       ->group(runs);
-  cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
+  cmd->add_option("--threads", o->threads,
+                  "worker threads of each rank (default: the cores, divided among the ranks an MPI "
+                  "launcher started on this machine)")
       ->check(integer_at_least(0, INT_MAX))
       ->group(runs);
   return [o] { return run_qat(*o); };

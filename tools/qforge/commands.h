@@ -6,7 +6,18 @@
 
 #include <functional>
 
+#include "runtime/communicator.h"
+
 namespace qforge::cli {
+
+// The ranks this run spans: one process unless an MPI launcher started several
+// (tools/dist/processes.h). Set once by main before any command runs.
+void set_processes(runtime::Communicator& comm, int ranks_on_this_machine);
+runtime::Communicator& processes();
+int ranks_on_this_machine();
+// Invalid error on every rank, agreed (runtime::agree_on_failure), when the run spans several
+// ranks: "<command>: runs as one process; started on N ranks".
+void require_one_process(const std::string& command);
 
 // Registers a subcommand; returns the function main runs when it was chosen (its exit code).
 using CommandRunner = std::function<int()>;

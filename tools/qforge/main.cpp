@@ -5,11 +5,15 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <memory>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "kernels/error.h"
+#include "tools/dist/processes.h"
 #include "tools/io/atomic_file.h"
+#include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 
 int main(int argc, char** argv) {
@@ -20,12 +24,24 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   // An interrupted run removes its temporaries and exits with 128 + the signal number.
   qforge::io::install_signal_cleanup();
+  // Under an MPI launcher every rank runs this program: rank 0 prints (progress, figures, the
+  // error of a run that failed on every rank); the other ranks' stdout goes nowhere.
+  std::unique_ptr<qforge::runtime::Communicator> processes;
+  try {
+    processes = qforge::dist::join(argc, argv);
+  } catch (const qforge::Error& e) {
+    std::cerr << "qforge: error: " << e.what() << '\n';
+    return 1;
+  }
+  qforge::runtime::Communicator& comm = *processes;
+  qforge::cli::set_processes(comm, qforge::dist::ranks_on_this_machine());
+  if (!comm.is_root() && !std::freopen("/dev/null", "w", stdout)) return 1;
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
   app.footer(
       "Models: ONNX opsets 9 to 21 (9 to 12 converted to 13 on import). A model with dynamic "
       "height and width takes them from --input-shape C,H,W or from the .npy data's rows.");
-  app.set_version_flag("--version", "qforge 0.1.0");
+  app.set_version_flag("--version", "qforge 0.1.0 (" + qforge::dist::build_description() + ")");
   std::vector<std::pair<CLI::App*, qforge::cli::CommandRunner>> commands;
   auto add = [&](qforge::cli::CommandRunner (*add_fn)(CLI::App&)) {
     size_t before = app.get_subcommands({}).size();
@@ -42,27 +58,46 @@ int main(int argc, char** argv) {
   add(qforge::cli::add_qat_command);
   add(qforge::cli::add_verify_command);
 
+  // Parsing gives every rank the same outcome: rank 0 says it.
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    if (e.get_exit_code() == 0) {  // --help, --version
+      return qforge::dist::finish(comm, app.exit(e), false);
+    }
     // One line, as for every other error; usage errors exit with 2.
-    std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
-    return 2;
+    if (comm.is_root()) std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
+    return qforge::dist::finish(comm, 2, false);
   }
+  // A failure agreed by every rank is said once, by rank 0; one of this rank's alone is said
+  // with its rank and ends every rank (dist::finish).
+  auto say = [&](const char* what, const std::string& message) {
+    if (comm.failed_collectively() && !comm.is_root()) return;
+    std::string rank;
+    if (comm.size() > 1 && !comm.failed_collectively()) {
+      rank.append("rank ").append(std::to_string(comm.rank())).append(": ");
+    }
+    std::cerr << "qforge: " << what << rank << message << '\n';
+  };
+  int code = 2;
   try {
     for (auto& [sub, runner] : commands) {
-      if (sub->parsed()) return runner();
+      if (!sub->parsed()) continue;
+      if (sub->get_name() != "calibrate" && sub->get_name() != "qat") {
+        qforge::cli::require_one_process(sub->get_name());
+      }
+      code = runner();
+      break;
     }
   } catch (const qforge::Error& e) {
-    std::cerr << "qforge: error: " << e.what() << '\n';
-    return 1;
+    say("error: ", e.what());
+    code = 1;
   } catch (const std::bad_alloc&) {
-    std::cerr << "qforge: error: out of memory\n";
-    return 1;
+    say("error: ", "out of memory");
+    code = 1;
   } catch (const std::exception& e) {
-    std::cerr << "qforge: internal error: " << e.what() << '\n';
-    return 1;
+    say("internal error: ", e.what());
+    code = 1;
   }
-  return 2;
+  return qforge::dist::finish(comm, code, code != 0 && !comm.failed_collectively());
 }
