@@ -129,8 +129,12 @@ inline std::vector<Tensor> fused_conv_reference(std::span<const Tensor> in, cons
 
 // The symmetric int8 grid of FakeQuant and WeightFakeQuant, in double: the integer of x / s
 // (ties cannot occur: the cases stay off rounding boundaries), saturated to [-128, 127].
-inline double grid_integer(double x, double s) { return std::clamp(std::nearbyint(x / s), -128.0, 127.0); }
-inline bool in_grid(double x, double s) { return x / s >= -128.5 && x / s < 127.5; }
+inline double grid_integer(double x, double s) {
+  return std::clamp(std::nearbyint(x / s), -128.0, 127.0);
+}
+inline bool in_grid(double x, double s) {
+  return x / s >= -128.5 && x / s < 127.5;
+}
 
 // FakeQuant(x, scale, zero point 0) with the scale per channel along `axis`.
 struct ChannelIndex {
@@ -291,9 +295,8 @@ inline std::vector<Tensor> batch_norm_training_reference(std::span<const Tensor>
     for (int64_t b = 0; b < n; ++b) {
       for (int64_t k = 0; k < inner; ++k) {
         const int64_t i = (b * channels + c) * inner + k;
-        y.data<float>()[i] = static_cast<float>((x.data<float>()[i] - mean) * inv *
-                                                    in[1].data<float>()[c] +
-                                                in[2].data<float>()[c]);
+        y.data<float>()[i] = static_cast<float>(
+            (x.data<float>()[i] - mean) * inv * in[1].data<float>()[c] + in[2].data<float>()[c]);
       }
     }
   }
@@ -351,7 +354,10 @@ inline std::vector<HarnessCase> harness_cases() {
           })));
   add(H("Erf", "odd sizes").data(d.uniform({2, 3, 7}, -2, 2)));
   add(H("Gelu", "erf form").data(d.uniform({3, 13}, -3, 3)).at_opset(20));
-  add(H("Gelu", "tanh form").data(d.uniform({3, 13}, -3, 3)).attr("approximate", std::string("tanh")).at_opset(20));
+  add(H("Gelu", "tanh form")
+          .data(d.uniform({3, 13}, -3, 3))
+          .attr("approximate", std::string("tanh"))
+          .at_opset(20));
   add(H("Tanh", "odd sizes").data(d.uniform({1, 29}, -2, 2)));
   add(H("Sqrt", "positive").data(d.uniform({3, 11}, 0.3f, 3)));
   add(H("Neg", "odd sizes").data(d.uniform({7, 3})));
@@ -367,13 +373,18 @@ inline std::vector<HarnessCase> harness_cases() {
           .setting(Tensor::scalar_f32(-0.5f))
           .setting(Tensor::scalar_f32(0.5f))
           .gradient(unary_kink_gradient([](double x) { return x > -0.5 && x < 0.5 ? 1.0 : 0.0; })));
-  add(H("Clip", "max only").data(d.away({13}, -2, 2, {0.3f})).absent().setting(Tensor::scalar_f32(0.3f)));
+  add(H("Clip", "max only")
+          .data(d.away({13}, -2, 2, {0.3f}))
+          .absent()
+          .setting(Tensor::scalar_f32(0.3f)));
   add(H("Identity", "odd sizes").data(d.uniform({3, 1, 5})));
   add(H("Dropout", "inference: identity and mask").data(d.uniform({3, 7})).with_outputs(2));
   add(H("Cast", "float to int64, off integers")
           .data(d.away({3, 5}, -4, 4, {-4, -3, -2, -1, 0, 1, 2, 3, 4}, 0.1f))
           .attr("to", int64_t{7}));
-  add(H("Cast", "int64 to float").data(i64({2, 3}, {-3, 0, 7, 1 << 20, -1, 5})).attr("to", int64_t{1}));
+  add(H("Cast", "int64 to float")
+          .data(i64({2, 3}, {-3, 0, 7, 1 << 20, -1, 5}))
+          .attr("to", int64_t{1}));
   add(H("Not", "booleans").data(bools({2, 3}, {0, 1, 1, 0, 0, 1})));
 
   // Element-wise, binary, broadcasting.
@@ -383,15 +394,24 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Div", "broadcast [4,5] / [5]")
           .data(d.uniform({4, 5}))
           .data(d.away({5}, -2, 2, {0}, 0.5f)));
-  add(H("Pow", "positive base, broadcast exponent").data(d.uniform({3, 4}, 0.5f, 2)).data(d.uniform({4}, -1.5f, 2)));
+  add(H("Pow", "positive base, broadcast exponent")
+          .data(d.uniform({3, 4}, 0.5f, 2))
+          .data(d.uniform({4}, -1.5f, 2)));
   add(H("Max", "broadcast [3,4] and [4]").data(d.distinct({3, 4})).data(d.distinct({4})));
   add(H("Min", "broadcast [3,1,5] and [2,1]").data(d.distinct({3, 1, 5})).data(d.distinct({2, 1})));
-  add(H("PRelu", "slope per channel").data(d.away({2, 3, 4, 5}, -2, 2, {0})).weight(d.uniform({3, 1, 1}, 0.05f, 0.5f)));
+  add(H("PRelu", "slope per channel")
+          .data(d.away({2, 3, 4, 5}, -2, 2, {0}))
+          .weight(d.uniform({3, 1, 1}, 0.05f, 0.5f)));
   add(H("Mod", "int64, sign of the divisor")
           .data(i64({2, 4}, {7, -7, 13, -13, 5, 0, -9, 11}))
           .data(i64({4}, {3, 3, -4, 5})));
-  add(H("Mod", "float fmod").data(d.uniform({2, 5}, -5, 5)).data(d.away({5}, -2, 2, {0}, 0.5f)).attr("fmod", int64_t{1}));
-  add(H("Equal", "int64 broadcast").data(i64({2, 3}, {1, 2, 3, 3, 2, 1})).data(i64({3}, {1, 2, 1})));
+  add(H("Mod", "float fmod")
+          .data(d.uniform({2, 5}, -5, 5))
+          .data(d.away({5}, -2, 2, {0}, 0.5f))
+          .attr("fmod", int64_t{1}));
+  add(H("Equal", "int64 broadcast")
+          .data(i64({2, 3}, {1, 2, 3, 3, 2, 1}))
+          .data(i64({3}, {1, 2, 1})));
   add(H("Greater", "broadcast").data(d.distinct({3, 4})).data(d.distinct({4})));
   add(H("Less", "broadcast").data(d.distinct({2, 1, 3})).data(d.distinct({4, 1})));
   add(H("Where", "broadcast condition and branches")
@@ -407,7 +427,9 @@ inline std::vector<HarnessCase> harness_cases() {
                                  {"kernel_shape", Ints{3, 3}}};
   {
     H c("Conv", "groups 2, stride (2,1), dilation (1,2), uneven pads, bias");
-    c.data(d.uniform({2, 4, 7, 9})).weight(d.uniform({6, 2, 3, 3}, -0.5f, 0.5f)).weight(d.uniform({6}));
+    c.data(d.uniform({2, 4, 7, 9}))
+        .weight(d.uniform({6, 2, 3, 3}, -0.5f, 0.5f))
+        .weight(d.uniform({6}));
     c.attributes = conv_attrs;
     add(c);
   }
@@ -447,8 +469,12 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("alpha", 0.7f)
           .attr("beta", 1.3f));
   add(H("Gemm", "no C, 13 x 17").data(d.uniform({3, 13})).weight(d.uniform({13, 17})));
-  add(H("MatMul", "batched, broadcast [2,1,5,7] x [3,7,4]").data(d.uniform({2, 1, 5, 7})).data(d.uniform({3, 7, 4})));
-  add(H("MatMul", "constant weight [6,13] x [13,9]").data(d.uniform({6, 13})).weight(d.uniform({13, 9})));
+  add(H("MatMul", "batched, broadcast [2,1,5,7] x [3,7,4]")
+          .data(d.uniform({2, 1, 5, 7}))
+          .data(d.uniform({3, 7, 4})));
+  add(H("MatMul", "constant weight [6,13] x [13,9]")
+          .data(d.uniform({6, 13}))
+          .weight(d.uniform({13, 9})));
   add(H("BatchNormalization", "inference, 5 channels")
           .data(d.uniform({3, 5, 4, 3}))
           .weight(d.uniform({5}, 0.5f, 1.5f))
@@ -466,7 +492,8 @@ inline std::vector<HarnessCase> harness_cases() {
         .setting(d.uniform({5}, 0.5f, 1.5f))
         .attr("epsilon", 1e-3f)
         .trained_forward()
-        .reference([](std::span<const Tensor> in) { return batch_norm_training_reference(in, 1e-3); });
+        .reference(
+            [](std::span<const Tensor> in) { return batch_norm_training_reference(in, 1e-3); });
     add(c);
   }
   add(H("LayerNormalization", "last axis of 7")
@@ -479,7 +506,11 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("axis", int64_t{1}));
   add(H("Softmax", "axis 1 of [3,4,7]").data(d.uniform({3, 4, 7}, -3, 3)).attr("axis", int64_t{1}));
   add(H("Softmax", "last axis").data(d.uniform({2, 19}, -3, 3)));
-  add(H("MaxPool", "3x3 stride 2, pads 1").data(d.distinct({1, 3, 8, 9})).attr("kernel_shape", Ints{3, 3}).attr("strides", Ints{2, 2}).attr("pads", Ints{1, 1, 1, 1}));
+  add(H("MaxPool", "3x3 stride 2, pads 1")
+          .data(d.distinct({1, 3, 8, 9}))
+          .attr("kernel_shape", Ints{3, 3})
+          .attr("strides", Ints{2, 2})
+          .attr("pads", Ints{1, 1, 1, 1}));
   add(H("MaxPool", "2x3 dilation (2,1), ceil mode")
           .data(d.distinct({2, 2, 7, 8}))
           .attr("kernel_shape", Ints{2, 3})
@@ -498,7 +529,9 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("pads", Ints{1, 1, 1, 1})
           .attr("count_include_pad", int64_t{1}));
   add(H("GlobalAveragePool", "odd spatial").data(d.uniform({2, 3, 5, 7})));
-  add(H("ReduceMean", "axes attribute (1, 3), keepdims").data(d.uniform({2, 3, 4, 5})).attr("axes", Ints{1, 3}));
+  add(H("ReduceMean", "axes attribute (1, 3), keepdims")
+          .data(d.uniform({2, 3, 4, 5}))
+          .attr("axes", Ints{1, 3}));
   add(H("ReduceMean", "axes input, no keepdims")
           .data(d.uniform({2, 3, 5}))
           .setting(i64s({-1}))
@@ -510,8 +543,14 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Flatten", "axis 2").data(d.uniform({2, 3, 4, 5})).attr("axis", int64_t{2}));
   add(H("Squeeze", "axes (1, 3)").data(d.uniform({2, 1, 3, 1})).setting(i64s({1, 3})));
   add(H("Unsqueeze", "axes (0, -1)").data(d.uniform({3, 4})).setting(i64s({0, -1})));
-  add(H("Transpose", "perm (3,0,2,1)").data(d.uniform({2, 3, 4, 5})).attr("perm", Ints{3, 0, 2, 1}));
-  add(H("Concat", "three inputs on axis 1").data(d.uniform({2, 3, 4})).data(d.uniform({2, 1, 4})).data(d.uniform({2, 5, 4})).attr("axis", int64_t{1}));
+  add(H("Transpose", "perm (3,0,2,1)")
+          .data(d.uniform({2, 3, 4, 5}))
+          .attr("perm", Ints{3, 0, 2, 1}));
+  add(H("Concat", "three inputs on axis 1")
+          .data(d.uniform({2, 3, 4}))
+          .data(d.uniform({2, 1, 4}))
+          .data(d.uniform({2, 5, 4}))
+          .attr("axis", int64_t{1}));
   add(H("Split", "sizes (2, 3, 4) on axis 1")
           .data(d.uniform({2, 9, 3}))
           .setting(i64s({2, 3, 4}))
@@ -528,7 +567,10 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({5, 4, 3}))
           .setting(i64({2, 3}, {0, -1, 2, 3, 0, 0}))
           .attr("axis", int64_t{1}));
-  add(H("Pad", "constant value 0.5").data(d.uniform({2, 3, 4})).setting(i64s({0, 1, 2, 1, 0, 1})).setting(Tensor::scalar_f32(0.5f)));
+  add(H("Pad", "constant value 0.5")
+          .data(d.uniform({2, 3, 4}))
+          .setting(i64s({0, 1, 2, 1, 0, 1}))
+          .setting(Tensor::scalar_f32(0.5f)));
   add(H("Resize", "linear, half pixel, scales (1, 1, 2, 1.5)")
           .data(d.uniform({1, 2, 3, 4}))
           .absent()
@@ -545,7 +587,10 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Shape", "start 1").data(d.uniform({2, 3, 4})).attr("start", int64_t{1}));
   add(H("Constant", "float tensor").attr("value", f32s({2, 3}, {1, -2, 3.5f, 0, 7, -0.25f})));
   add(H("ConstantOfShape", "float fill").known(i64s({2, 3, 5})).attr("value", f32s({1}, {0.75f})));
-  add(H("Range", "int64, step 3").known(Tensor::scalar_i64(2)).known(Tensor::scalar_i64(17)).known(Tensor::scalar_i64(3)));
+  add(H("Range", "int64, step 3")
+          .known(Tensor::scalar_i64(2))
+          .known(Tensor::scalar_i64(17))
+          .known(Tensor::scalar_i64(3)));
   add(H("ScatterND", "rows replaced")
           .data(d.uniform({4, 5}))
           .setting(i64({2, 1}, {3, 1}))
@@ -596,13 +641,15 @@ inline std::vector<HarnessCase> harness_cases() {
             .weight(f32s({3}, gamma))
             .setting(f32s({3}, var))
             .with_outputs(2)
-            .reference([](std::span<const Tensor> in) { return weight_fake_quant_reference(in, 1e-5); })
+            .reference(
+                [](std::span<const Tensor> in) { return weight_fake_quant_reference(in, 1e-5); })
             .gradient([](std::span<const Tensor> in, std::span<const Tensor> dy) {
               return weight_fake_quant_gradient(in, dy, 1e-5);
             }));
     add(H("WeightFakeQuant", "per channel, no fold")
             .weight(weight_on_folded_grid(d, 4, 6, {1, 1, 1, 1}))
-            .reference([](std::span<const Tensor> in) { return weight_fake_quant_reference(in, 1e-5); })
+            .reference(
+                [](std::span<const Tensor> in) { return weight_fake_quant_reference(in, 1e-5); })
             .gradient([](std::span<const Tensor> in, std::span<const Tensor> dy) {
               return weight_fake_quant_gradient(in, dy, 1e-5);
             }));
@@ -618,7 +665,8 @@ inline std::vector<HarnessCase> harness_cases() {
         .data(d.uniform({2, 6, 3, 8}));
     c.attributes = conv;
     c.attr("clamp_min", 0.0f).attr("clamp_max", 6.0f);
-    c.reference([conv](std::span<const Tensor> in) { return fused_conv_reference(in, conv, 0, 6); });
+    c.reference(
+        [conv](std::span<const Tensor> in) { return fused_conv_reference(in, conv, 0, 6); });
     add(c);
   }
 
@@ -645,7 +693,9 @@ inline std::vector<HarnessCase> harness_cases() {
   };
   {
     H c("ConvBNAct", "grouped, strided, BN, Relu");
-    c.data(d.uniform({2, 4, 7, 9})).weight(d.uniform({6, 2, 3, 3}, -0.25f, 0.25f)).weight(d.uniform({6}, -0.1f, 0.1f));
+    c.data(d.uniform({2, 4, 7, 9}))
+        .weight(d.uniform({6, 2, 3, 3}, -0.25f, 0.25f))
+        .weight(d.uniform({6}, -0.1f, 0.1f));
     bn_params_off_zero(c, 6);
     for (const auto& [k, v] : conv_attrs) c.attr(k, v);
     c.attr("activation", std::string("Relu"));
@@ -662,13 +712,19 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("clip_max", 6.0f));
   {
     H c("ConvBN", "1x1 stride 2");
-    c.data(d.uniform({2, 5, 5, 7})).weight(d.uniform({3, 5, 1, 1})).weight(d.uniform({3})).attr("strides", Ints{2, 2});
+    c.data(d.uniform({2, 5, 5, 7}))
+        .weight(d.uniform({3, 5, 1, 1}))
+        .weight(d.uniform({3}))
+        .attr("strides", Ints{2, 2});
     bn_params(c, 3);
     add(c);
   }
   {
     H c("ConvBNAddAct", "residual, Gelu");
-    c.data(d.uniform({1, 4, 5, 6})).data(d.uniform({1, 4, 5, 6})).weight(d.uniform({4, 4, 3, 3}, -0.5f, 0.5f)).weight(d.uniform({4}));
+    c.data(d.uniform({1, 4, 5, 6}))
+        .data(d.uniform({1, 4, 5, 6}))
+        .weight(d.uniform({4, 4, 3, 3}, -0.5f, 0.5f))
+        .weight(d.uniform({4}));
     bn_params(c, 4);
     c.attr("pads", Ints{1, 1, 1, 1}).attr("activation", std::string("Gelu"));
     add(c);
@@ -704,7 +760,9 @@ inline std::vector<HarnessCase> harness_cases() {
   }
   {
     H c("ConvTransposeBNAct", "groups 2, stride 2, LeakyRelu");
-    c.data(d.uniform({1, 4, 3, 5})).weight(d.uniform({4, 3, 3, 3}, -0.25f, 0.25f)).weight(d.uniform({6}, -0.1f, 0.1f));
+    c.data(d.uniform({1, 4, 3, 5}))
+        .weight(d.uniform({4, 3, 3, 3}, -0.25f, 0.25f))
+        .weight(d.uniform({6}, -0.1f, 0.1f));
     bn_params_off_zero(c, 6);
     c.attr("group", int64_t{2})
         .attr("strides", Ints{2, 2})
@@ -716,7 +774,10 @@ inline std::vector<HarnessCase> harness_cases() {
   }
   {
     H c("ConvTransposeBN", "stride (2,1), no bias");
-    c.data(d.uniform({2, 3, 4, 3})).weight(d.uniform({3, 5, 2, 2})).absent().attr("strides", Ints{2, 1});
+    c.data(d.uniform({2, 3, 4, 3}))
+        .weight(d.uniform({3, 5, 2, 2}))
+        .absent()
+        .attr("strides", Ints{2, 1});
     bn_params(c, 5);
     add(c);
   }
@@ -746,14 +807,22 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("axis", int64_t{-1})
           .attr("epsilon", 1e-5f));
   add(H("AdaptiveAvgPool", "odd spatial").data(d.uniform({2, 3, 5, 3})));
-  add(H("ActAdd", "Sigmoid").data(d.uniform({2, 3, 5})).data(d.uniform({2, 3, 5})).attr("activation", std::string("Sigmoid")));
+  add(H("ActAdd", "Sigmoid")
+          .data(d.uniform({2, 3, 5}))
+          .data(d.uniform({2, 3, 5}))
+          .attr("activation", std::string("Sigmoid")));
   add(H("SDPA", "mask, 2 heads, S 5, S_k 7")
           .data(d.uniform({1, 2, 5, 4}))
           .data(d.uniform({1, 2, 7, 4}))
           .data(d.uniform({1, 2, 7, 3}))
           .setting(d.uniform({1, 1, 5, 7}))
           .attr("scale", 0.5f));
-  add(H("SDPA", "causal, no mask").data(d.uniform({2, 6, 4})).data(d.uniform({2, 6, 4})).data(d.uniform({2, 6, 5})).attr("scale", 0.45f).attr("causal", int64_t{1}));
+  add(H("SDPA", "causal, no mask")
+          .data(d.uniform({2, 6, 4}))
+          .data(d.uniform({2, 6, 4}))
+          .data(d.uniform({2, 6, 5}))
+          .attr("scale", 0.45f)
+          .attr("causal", int64_t{1}));
   add(H("MHAInProjection", "3 heads, bias")
           .data(d.uniform({2, 5, 6}))
           .weight(d.uniform({6, 18}))

@@ -39,7 +39,9 @@ std::map<std::string, std::vector<const HarnessCase*>> cases_by_unit() {
   return out;
 }
 
-uint32_t seed_of(size_t index) { return 1000u + static_cast<uint32_t>(index); }
+uint32_t seed_of(size_t index) {
+  return 1000u + static_cast<uint32_t>(index);
+}
 
 // Coverage: a unit added to the catalog without a case, or without saying how its gradient is
 // defined, fails here by name; so does a gradient rule the runtime does not keep.
@@ -67,7 +69,8 @@ TEST(CatalogHarness, EveryUnitHasACaseAndAGradientRule) {
     }
   }
   for (const auto& [unit, unit_cases] : by_unit) {
-    ASSERT_NE(graph::find_schema(unit), nullptr) << unit << ": a case for an op outside the catalog";
+    ASSERT_NE(graph::find_schema(unit), nullptr)
+        << unit << ": a case for an op outside the catalog";
   }
 }
 
@@ -90,8 +93,7 @@ TEST(CatalogHarness, RuntimeBackwardFollowsTheCatalog) {
           EXPECT_FALSE(claims) << c->label() << ": the catalog says "
                                << (s.gradient == Gradient::kNone ? "no gradient ("
                                                                  : "through its lowering (")
-                               << s.no_gradient_reason << "), yet input " << i
-                               << " has a backward";
+                               << s.no_gradient_reason << "), yet input " << i << " has a backward";
         } else {
           EXPECT_EQ(claims, c->inputs[i].differentiated())
               << c->label() << ": input " << i
@@ -147,8 +149,8 @@ TEST(CatalogHarness, ModulesTrainThroughTheirLowering) {
     const std::vector<runtime::TensorInfo> infos =
         KernelRun(c, KernelRun::Mode::kInference).output_infos();
     graph::Graph g;
-    graph::NodeSpec spec{.name = "module", .op_type = c.op_type, .attributes = c.attributes,
-                         .domain = "qforge"};
+    graph::NodeSpec spec{
+        .name = "module", .op_type = c.op_type, .attributes = c.attributes, .domain = "qforge"};
     std::vector<std::string> parameters;
     std::vector<size_t> parameter_inputs;
     for (size_t i = 0; i < c.inputs.size(); ++i) {
@@ -192,8 +194,8 @@ TEST(CatalogHarness, ModulesTrainThroughTheirLowering) {
     };
     std::vector<std::vector<double>> want;
     for (runtime::Parameter& p : executor.parameters()) {
-      want.push_back(
-          testing::harness::finite_differences(p.value.data<float>(), p.value.numel(), loss));
+      want.push_back(testing::harness::finite_differences(p.value.data<float>(), p.value.numel(),
+                                                          loss, testing::harness::kLoweringStep));
     }
     executor.forward({});
     executor.backward(r);
@@ -203,8 +205,8 @@ TEST(CatalogHarness, ModulesTrainThroughTheirLowering) {
       ASSERT_TRUE(p.trainable()) << c.label() << ": no gradient reaches input "
                                  << parameter_inputs[k] << " through the lowering";
       std::string why;
-      EXPECT_TRUE(testing::harness::gradient_matches(testing::harness::as_double(p.grad),
-                                                     want[k], &why))
+      EXPECT_TRUE(
+          testing::harness::gradient_matches(testing::harness::as_double(p.grad), want[k], &why))
           << c.label() << ": lowered gradient of " << p.name << ": " << why;
     }
   }
@@ -232,7 +234,11 @@ TEST(CatalogHarness, InjectedFaultsAreCaught) {
     EXPECT_TRUE(failures.empty()) << failures.front();
     failures.clear();
     testing::harness::check_backward(
-        c, seed_of(i), [](std::vector<double>& g) { for (double& v : g) v *= 1.01; }, &failures);
+        c, seed_of(i),
+        [](std::vector<double>& g) {
+          for (double& v : g) v *= 1.01;
+        },
+        &failures);
     EXPECT_FALSE(failures.empty()) << c.label() << ": a gradient scaled by 1.01 passed";
     failures.clear();
     testing::harness::check_backward(

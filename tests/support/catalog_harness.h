@@ -59,11 +59,12 @@ struct CaseInput {
 
 using NaiveFn = std::function<std::vector<Tensor>(std::span<const Tensor> inputs)>;
 // The gradient of Σ y·dy with respect to each input, in double (undefined where none).
-using ClosedFormFn = std::function<std::vector<std::vector<double>>(
-    std::span<const Tensor> inputs, std::span<const Tensor> dy)>;
+using ClosedFormFn = std::function<std::vector<std::vector<double>>(std::span<const Tensor> inputs,
+                                                                    std::span<const Tensor> dy)>;
 
 struct HarnessCase {
-  HarnessCase(std::string op, std::string what) : op_type(std::move(op)), variant(std::move(what)) {}
+  HarnessCase(std::string op, std::string what)
+      : op_type(std::move(op)), variant(std::move(what)) {}
 
   std::string op_type;
   std::string variant;  // what the case exercises, in failure messages
@@ -73,7 +74,7 @@ struct HarnessCase {
   int64_t opset = 17;  // of the ONNX Runtime model
   // Forward: |got − want| <= tolerance·(|want| + rms(want)) per element.
   double forward_tolerance = 1e-5;
-  NaiveFn naive;  // set: the forward reference (internal ops that ONNX Runtime lacks)
+  NaiveFn naive;             // set: the forward reference (internal ops that ONNX Runtime lacks)
   ClosedFormFn closed_form;  // set: the backward reference instead of finite differences
   // The reference is of the kernel that training makes (OpDef::create_training: BN on batch
   // statistics), which then meets it instead of `create`'s.
@@ -136,7 +137,8 @@ inline const graph::OpSchema& schema_of(const HarnessCase& c) {
 
 inline std::vector<Tensor> input_values(const HarnessCase& c) {
   std::vector<Tensor> out;
-  for (const CaseInput& in : c.inputs) out.push_back(in.value.defined() ? in.value.clone() : Tensor());
+  for (const CaseInput& in : c.inputs)
+    out.push_back(in.value.defined() ? in.value.clone() : Tensor());
   return out;
 }
 
@@ -166,9 +168,8 @@ class KernelRun {
       }
       std::string name("in");
       name.append(std::to_string(i));
-      const bool constant_now =
-          in.role == Role::kSetting || in.role == Role::kKnown ||
-          (in.role == Role::kWeight && mode == Mode::kInference);
+      const bool constant_now = in.role == Role::kSetting || in.role == Role::kKnown ||
+                                (in.role == Role::kWeight && mode == Mode::kInference);
       graph::Value* v = constant_now ? graph_.add_constant(name, in.value.clone())
                                      : graph_.add_input(name, in.value.dtype(), in.value.shape());
       spec.inputs.push_back(v);
@@ -206,7 +207,8 @@ class KernelRun {
   std::vector<Tensor>& forward(std::vector<Tensor>& inputs) {
     inputs_ = &inputs;
     outputs_.clear();
-    for (const runtime::TensorInfo& info : output_infos_) outputs_.emplace_back(info.dtype, info.shape);
+    for (const runtime::TensorInfo& info : output_infos_)
+      outputs_.emplace_back(info.dtype, info.shape);
     kernel_->forward(inputs, outputs_, workspace());
     return outputs_;
   }
@@ -261,11 +263,11 @@ struct OrtModel {
   std::vector<std::pair<size_t, size_t>> outputs;  // (case index, output index) per model output
 };
 
-// Adds case `index` to `model` under the prefix "c<index>_": its node, or its lowering when the
-// unit is a module.
+// Adds case `index` to `model` under the prefix "c<index>_<op type>_" (which names the case in
+// ONNX Runtime's errors): its node, or its lowering when the unit is a module.
 inline void add_to_ort_model(const HarnessCase& c, size_t index, OrtModel& model) {
   std::string prefix("c");
-  prefix.append(std::to_string(index)).append("_");
+  prefix.append(std::to_string(index)).append("_").append(c.op_type).append("_");
   graph::Graph& g = model.graph;
   graph::NodeSpec spec;
   spec.name = prefix + "node";
@@ -287,9 +289,11 @@ inline void add_to_ort_model(const HarnessCase& c, size_t index, OrtModel& model
       spec.inputs.push_back(g.add_constant(name, in.value.clone()));
     }
   }
-  for (size_t i = 0; i < c.outputs; ++i) spec.output_names.push_back(prefix + "out" + std::to_string(i));
+  for (size_t i = 0; i < c.outputs; ++i)
+    spec.output_names.push_back(prefix + "out" + std::to_string(i));
   graph::Node* node = g.add_node(std::move(spec));
-  const std::vector<runtime::TensorInfo> infos = KernelRun(c, KernelRun::Mode::kInference).output_infos();
+  const std::vector<runtime::TensorInfo> infos =
+      KernelRun(c, KernelRun::Mode::kInference).output_infos();
   for (size_t i = 0; i < c.outputs; ++i) node->output(i)->set_type(infos[i].dtype, infos[i].shape);
   std::vector<graph::Value*> outs(node->outputs().begin(), node->outputs().end());
   if (schema.kind == graph::SchemaKind::kModule) schema.lower(g, *node);
@@ -402,16 +406,21 @@ inline double functional(const std::vector<Tensor>& y, const std::vector<Tensor>
 }
 
 // Finite differences of loss() (L = Σ y·r on the float32 forward) with respect to each of the n
-// values at x, which loss() reads. Steps h = 2⁻⁷ and h/2, combined by Richardson extrapolation (4·D(h/2) − D(h)) / 3,
-// which cancels the h² term of the central difference: what remains is O(h⁴) (about 1e-8 for
-// derivatives of order one) plus float32 rounding of the outputs, about ε·Σ|y·r| over the outputs
-// the element reaches divided by h (1e-5 relative for the small tensors of the cases). Both sit
-// two orders below the bounds of expect_gradient_matches. Every case keeps its inputs further
-// than 2h from a kink or a rounding boundary of its op, so both steps see one smooth piece.
-// Each difference is taken over the float32 values actually reached (x ± h rounded).
+// values at x, which loss() reads. Steps h and h/2 are combined by Richardson extrapolation,
+// (4·D(h/2) − D(h)) / 3, which cancels the h² term of the central difference D: what remains is
+// O(h⁴) plus the float32 rounding of the outputs, about ε·Σ|y·r| over the outputs an element
+// reaches, divided by h. Each difference is taken over the float32 values actually reached
+// (x ± h rounded). With h = 2⁻⁷ on one op the observed error is at most 3e-5 of the gradient
+// (relative L2) and 5e-5 of its largest element, 30 and 200 times below the bounds of
+// gradient_matches; a lowered module runs several float32 ops on larger values and takes
+// h = 2⁻⁵ (kLoweringStep), where its error stays below 1e-4. Every case keeps its inputs (and a
+// module's intermediate values) further than 2h from a kink or a rounding boundary, so both steps
+// see one smooth piece.
+inline constexpr double kOpStep = 1.0 / 128.0;
+inline constexpr double kLoweringStep = 1.0 / 32.0;
 inline std::vector<double> finite_differences(float* x, int64_t n,
-                                              const std::function<double()>& loss) {
-  constexpr double kStep = 1.0 / 128.0;
+                                              const std::function<double()>& loss,
+                                              double step = kOpStep) {
   std::vector<double> grad(static_cast<size_t>(n));
   auto central = [&](int64_t i, double h) {
     const float saved = x[i];
@@ -425,8 +434,8 @@ inline std::vector<double> finite_differences(float* x, int64_t n,
     return (l_up - l_down) / (double(up) - double(down));
   };
   for (int64_t i = 0; i < n; ++i) {
-    const double coarse = central(i, kStep);
-    const double fine = central(i, kStep / 2);
+    const double coarse = central(i, step);
+    const double fine = central(i, step / 2);
     grad[static_cast<size_t>(i)] = (4.0 * fine - coarse) / 3.0;
   }
   return grad;
@@ -477,16 +486,18 @@ using GradientFault = std::function<void(std::vector<double>&)>;
 inline void check_backward(const HarnessCase& c, uint32_t seed, const GradientFault& fault = {},
                            std::vector<std::string>* failures = nullptr) {
   const std::vector<bool> wanted = differentiated_inputs(c);
-  const KernelRun::Mode mode = c.frozen_backward ? KernelRun::Mode::kFrozen : KernelRun::Mode::kTraining;
+  const KernelRun::Mode mode =
+      c.frozen_backward ? KernelRun::Mode::kFrozen : KernelRun::Mode::kTraining;
   KernelRun run(c, mode);
   for (size_t i = 0; i < c.inputs.size(); ++i) {
     if (c.inputs[i].role == Role::kAbsent) continue;
     const bool claims = run.kernel().differentiable_input(i);
     if (!failures) {
-      EXPECT_EQ(claims, wanted[i]) << c.label() << ": input " << i
-                                   << (wanted[i] ? " is differentiable but the kernel has no "
-                                                   "backward for it"
-                                                 : " is a setting, yet the kernel differentiates it");
+      EXPECT_EQ(claims, wanted[i])
+          << c.label() << ": input " << i
+          << (wanted[i] ? " is differentiable but the kernel has no "
+                          "backward for it"
+                        : " is a setting, yet the kernel differentiates it");
     }
   }
   const std::vector<Tensor> r = random_directions(run.output_infos(), seed);
@@ -512,7 +523,8 @@ inline void check_backward(const HarnessCase& c, uint32_t seed, const GradientFa
     std::string why;
     const bool ok = gradient_matches(got, want[i], &why);
     const std::string message = c.label() + ": gradient of input " + std::to_string(i) + " (" +
-                                (c.closed_form ? "closed form" : "finite differences") + "): " + why;
+                                (c.closed_form ? "closed form" : "finite differences") +
+                                "): " + why;
     if (failures) {
       if (!ok) failures->push_back(message);
     } else {
