@@ -567,6 +567,16 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({5, 4, 3}))
           .setting(i64({2, 3}, {0, -1, 2, 3, 0, 0}))
           .attr("axis", int64_t{1}));
+  add(H("Pad", "reflect")
+          .data(d.uniform({2, 3, 5}))
+          .setting(i64s({0, 2, 1, 0, 1, 3}))
+          .attr("mode", std::string("reflect"))
+          .no_gradient("reflect padding has no backward kernel"));
+  add(H("Pad", "edge, negative pads crop")
+          .data(d.uniform({3, 4, 5}))
+          .setting(i64s({1, -1, 2, 0, 0, -2}))
+          .attr("mode", std::string("edge"))
+          .no_gradient("edge padding has no backward kernel"));
   add(H("Pad", "constant value 0.5")
           .data(d.uniform({2, 3, 4}))
           .setting(i64s({0, 1, 2, 1, 0, 1}))

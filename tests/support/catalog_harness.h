@@ -82,6 +82,15 @@ struct HarnessCase {
   // Backward through `create`'s kernel, as training runs it once frozen (BatchNormalization on
   // its running statistics), instead of OpDef::create_training's.
   bool frozen_backward = false;
+  // Set: this form of a differentiable unit has no backward (Pad's reflect and edge modes), and
+  // says why; its kernel must then differentiate nothing.
+  std::string no_gradient_here;
+
+  // Whether the case differentiates input i: a float data input or weight, unless the form has
+  // no backward.
+  bool differentiates(size_t i) const {
+    return no_gradient_here.empty() && i < inputs.size() && inputs[i].differentiated();
+  }
 
   HarnessCase& data(Tensor t) { return add(std::move(t), Role::kData); }
   HarnessCase& weight(Tensor t) { return add(std::move(t), Role::kWeight); }
@@ -110,6 +119,10 @@ struct HarnessCase {
   }
   HarnessCase& gradient(ClosedFormFn fn) {
     closed_form = std::move(fn);
+    return *this;
+  }
+  HarnessCase& no_gradient(std::string reason) {
+    no_gradient_here = std::move(reason);
     return *this;
   }
   HarnessCase& frozen() {
@@ -372,7 +385,7 @@ inline void expect_forward_matches(const std::vector<Tensor>& got, const std::ve
 // Which inputs the case differentiates.
 inline std::vector<bool> differentiated_inputs(const HarnessCase& c) {
   std::vector<bool> out;
-  for (const CaseInput& in : c.inputs) out.push_back(in.differentiated());
+  for (size_t i = 0; i < c.inputs.size(); ++i) out.push_back(c.differentiates(i));
   return out;
 }
 
