@@ -27,6 +27,17 @@ enum class SchemaKind : unsigned char {
   kInternal,  // a runtime-only node (FusedConv): never read, never exported
 };
 
+// How a unit's gradient is defined. Training reads it (runtime/training.h names the reason when
+// a gradient would pass through a unit without one), and tests/runtime/catalog_harness_test.cpp
+// holds every entry to it: a unit with a backward has one bound in the runtime, checked against
+// finite differences; one without says why and has none bound.
+enum class Gradient : unsigned char {
+  kUndeclared,       // the default of a new row: the harness fails until it says
+  kBackward,         // the runtime kernel's backward (OpKernel::backward)
+  kThroughLowering,  // modules: training lowers them and differentiates the standard ops
+  kNone,             // no gradient; OpSchema::no_gradient_reason says why
+};
+
 struct OpSchema {
   std::string_view op_type;
   int min_inputs;
@@ -34,6 +45,8 @@ struct OpSchema {
   int min_outputs;
   int max_outputs;
   int since_opset;  // earliest default-domain opset whose semantics qforge implements
+  Gradient gradient = Gradient::kUndeclared;
+  std::string_view no_gradient_reason = {};  // with Gradient::kNone
   SchemaKind kind = SchemaKind::kOnnx;
   // Module contract (DESIGN.md, Quantization): inputs that get a Q/DQ pair in front (-1 ends
   // the list), the weight input quantized per channel and its channel axis (-1: none).

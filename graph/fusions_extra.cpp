@@ -163,6 +163,8 @@ constexpr std::array kExtraModuleSchemas = {
              1,
              1,
              0,
+             Gradient::kThroughLowering,
+             {},
              SchemaKind::kModule,
              {0, 1, -1, -1},
              -1,

@@ -161,8 +161,13 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
         // A parameter that this op does not differentiate (BN running statistics) is state;
         // a computed gradient path that stops here would silently lose gradient.
         if (!is_parameter && float_output) {
-          throw_unsupported("training: " + node->label() + ": no backward for input " +
-                            std::to_string(i) + " ('" + v->name() + "')");
+          std::string message = "training: " + node->label() + ": no backward for input " +
+                                std::to_string(i) + " ('" + v->name() + "')";
+          const graph::OpSchema* schema = graph::find_schema(node->op_type());
+          if (schema && schema->gradient == graph::Gradient::kNone) {
+            message.append(": ").append(schema->no_gradient_reason);
+          }
+          throw_unsupported(message);
         }
         continue;
       }

@@ -7,8 +7,10 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string_view>
 #include <vector>
 
+#include "graph/catalog.h"
 #include "graph/ir.h"
 #include "runtime/resolve.h"
 #include "runtime/training.h"
@@ -109,6 +111,10 @@ TEST(TrainingExecutor, RefusesAGradientThroughAnOpWithoutBackward) {
   const std::string message = testing::error_of(ErrorKind::kUnsupported, [&] { compile(g); });
   EXPECT_NE(message.find("node 'power' (Pow): no backward for input 0"), std::string::npos)
       << message;
+  // The catalog's reason for the op having no gradient ends the message.
+  const std::string_view reason = graph::find_schema("Pow")->no_gradient_reason;
+  ASSERT_FALSE(reason.empty());
+  EXPECT_NE(message.find(reason), std::string::npos) << message;
 }
 
 }  // namespace
