@@ -167,15 +167,19 @@ void AtomicFile::link_into_place() {
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("", errno);
 }
 
-void AtomicFile::commit() {
+void AtomicFile::sync_data() {
   if (write_error_ != 0) {
     throw_io("cannot write '" + path_ + "': " + std::strerror(write_error_));
   }
   if (fd_ < 0) throw_internal("AtomicFile::commit: '" + path_ + "' is already committed");
   if (::fsync(fd_) != 0) fail("", errno);
+}
+
+void AtomicFile::put_in_place() {
+  if (fd_ < 0) throw_internal("AtomicFile::commit: '" + path_ + "' is already committed");
   if (temp_path_.empty()) {
     link_into_place();
-    ::close(fd_);  // the data is on disk (fsync above) and in place
+    ::close(fd_);  // the data is on disk (sync_data) and in place
     fd_ = -1;
   } else {
     const int fd = fd_;
@@ -188,11 +192,32 @@ void AtomicFile::commit() {
   committed_ = true;
   unregister_temporary(slot_);
   slot_ = -1;
+}
+
+void AtomicFile::sync_directory() const {
   // Best effort: a directory that cannot be opened or synced does not undo a finished rename.
   int dir_fd = ::open(parent_directory(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd >= 0) {
     ::fsync(dir_fd);
     ::close(dir_fd);
+  }
+}
+
+void AtomicFile::commit() {
+  sync_data();
+  put_in_place();
+  sync_directory();
+}
+
+void commit_together(std::initializer_list<AtomicFile*> files) {
+  for (AtomicFile* f : files) {
+    if (f) f->sync_data();
+  }
+  for (AtomicFile* f : files) {
+    if (f) f->put_in_place();
+  }
+  for (AtomicFile* f : files) {
+    if (f) f->sync_directory();
   }
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +38,11 @@ class AtomicFile {
   void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
   // Flushes to disk and puts the file at path. Called at most once.
   void commit();
+  // commit() in three steps, for commit_together: the data flushed to disk, the file put at
+  // path, the directory's entry flushed.
+  void sync_data();
+  void put_in_place();
+  void sync_directory() const;
 
   const std::string& path() const { return path_; }
   // A path that reads the bytes written so far: "/proc/self/fd/<n>" for an unnamed temporary,
@@ -57,6 +63,12 @@ class AtomicFile {
   int write_error_ = 0;  // errno of a failed write; later calls report it again
   bool committed_ = false;
 };
+
+// Commits several files with as little as possible between the first and the last one put in
+// place: every file's data is flushed first, then each is linked (or renamed) into place, then
+// the directories are flushed. A SIGKILL can then only fall between two link calls, not during
+// a flush to a busy disk.
+void commit_together(std::initializer_list<AtomicFile*> files);
 
 // Writes bytes to path through an AtomicFile.
 void write_file_atomic(const std::string& path, std::string_view bytes);

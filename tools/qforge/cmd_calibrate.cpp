@@ -408,11 +408,8 @@ int run_calibrate(const CalibrateOptions& o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  out_file->commit();
-  if (report_file) {
-    report_file->commit();
-    std::printf("%-12s written to %s\n", "report", o.report.c_str());
-  }
+  io::commit_together({out_file.get(), report_file.get()});
+  if (report_file) std::printf("%-12s written to %s\n", "report", o.report.c_str());
   return 0;
 }
 

@@ -427,9 +427,7 @@ int run_qat(QatOptions o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  out_file.commit();
-  if (log_file) log_file->commit();
-  if (report_file) report_file->commit();
+  io::commit_together({&out_file, log_file.get(), report_file.get()});
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
       "pairs; %s, %.1f KiB)\n",
