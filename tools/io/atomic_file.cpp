@@ -58,13 +58,18 @@ void write_stderr(const char* text) {
   (void)ignored;
 }
 
+// Whether the signal handler says which signal ended the run (not on an MPI rank other than 0,
+// which its launcher stops when rank 0 ends: rank 0 speaks for the run).
+std::atomic<bool> g_signal_message{true};
+
 extern "C" void remove_temporaries_and_exit(int signal_number) {
   for (TemporarySlot& slot : g_temporaries) {
     if (slot.state.load() == 2) ::unlink(slot.path);
   }
-  write_stderr(signal_number == SIGINT    ? "qforge: interrupted (SIGINT)\n"
-               : signal_number == SIGTERM ? "qforge: terminated (SIGTERM)\n"
-                                          : "qforge: hung up (SIGHUP)\n");
+  if (g_signal_message.load())
+    write_stderr(signal_number == SIGINT    ? "qforge: interrupted (SIGINT)\n"
+                 : signal_number == SIGTERM ? "qforge: terminated (SIGTERM)\n"
+                                            : "qforge: hung up (SIGHUP)\n");
   ::_exit(128 + signal_number);
 }
 
@@ -273,6 +278,10 @@ void check_output_paths(std::string_view stage, std::span<const NamedPath> outpu
       }
     }
   }
+}
+
+void quiet_signal_messages() {
+  g_signal_message.store(false);
 }
 
 void install_signal_cleanup() {

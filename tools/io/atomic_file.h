@@ -89,5 +89,7 @@ void check_output_paths(std::string_view stage, std::span<const NamedPath> outpu
 // SIGINT, SIGTERM and SIGHUP remove every named temporary, print one line on stderr and exit
 // with 128 + the signal number (130, 143, 129). Called once, at program start.
 void install_signal_cleanup();
+// The handler then exits without its one line on stderr (an MPI rank other than 0).
+void quiet_signal_messages();
 
 }  // namespace qforge::io

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   qforge::runtime::Communicator& comm = *processes;
   qforge::cli::set_processes(comm, qforge::dist::ranks_on_this_machine());
   if (!comm.is_root() && !std::freopen("/dev/null", "w", stdout)) return 1;
+  if (!comm.is_root()) qforge::io::quiet_signal_messages();
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
   app.footer(
