@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
   app.footer(
-      "Models: ONNX opsets 9 to 21 (9 to 12 converted to 13 on import). A model with dynamic "
-      "height and width takes them from --input-shape C,H,W or from the .npy data's rows.");
+      "Models: ONNX opsets 7 to 21 (7 to 12 converted to 13 on import). A model with dynamic "
+      "height and width takes them from --input-shape C,H,W, from the .npy data's rows, or from "
+      "an image folder's --crop.");
   app.set_version_flag("--version", "qforge 0.1.0 (" + qforge::dist::build_description() + ")");
   std::vector<std::pair<CLI::App*, qforge::cli::CommandRunner>> commands;
   auto add = [&](qforge::cli::CommandRunner (*add_fn)(CLI::App&)) {
