@@ -57,7 +57,6 @@ constexpr std::array kSchemas = {
     OpSchema{"Less", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
     OpSchema{"Log", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"MatMul", 2, 2, 1, 1, 13, kBackward},
-    // Max and Min take one or more inputs in ONNX; qforge runs the two-input form.
     OpSchema{"Max", 1, kMany, 1, 1, 13, kBackward},
     OpSchema{"MaxPool", 1, 1, 1, 2, 12, kBackward},
     OpSchema{"Min", 1, kMany, 1, 1, 13, kBackward},
