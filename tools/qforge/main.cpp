@@ -60,16 +60,22 @@ int main(int argc, char** argv) {
   add(qforge::cli::add_qat_command);
   add(qforge::cli::add_verify_command);
 
+  // Once this rank's outcome is known, a SIGTERM comes from the launcher ending the ranks still
+  // finishing after another rank exited non-zero (rank 0 included: the failure was said already).
+  auto finish = [&](int exit_code, bool failed_alone) {
+    if (comm.size() > 1) qforge::io::quiet_signal_messages();
+    return qforge::dist::finish(comm, exit_code, failed_alone);
+  };
   // Parsing gives every rank the same outcome: rank 0 says it.
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) {  // --help, --version
-      return qforge::dist::finish(comm, app.exit(e), false);
+      return finish(app.exit(e), false);
     }
     // One line, as for every other error; usage errors exit with 2.
     if (comm.is_root()) std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
-    return qforge::dist::finish(comm, 2, false);
+    return finish(2, false);
   }
   // A failure agreed by every rank is said once, by rank 0; one of this rank's alone is said
   // with its rank and ends every rank (dist::finish).
@@ -101,5 +107,5 @@ int main(int argc, char** argv) {
     say("internal error: ", e.what());
     code = 1;
   }
-  return qforge::dist::finish(comm, code, code != 0 && !comm.failed_collectively());
+  return finish(code, code != 0 && !comm.failed_collectively());
 }
