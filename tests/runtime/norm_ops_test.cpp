@@ -19,6 +19,7 @@
 #include "tests/support/ort_runner.h"
 #include "tests/support/random.h"
 #include "tests/support/test_support.h"
+#include "tests/support/training_golden.h"
 #include "tools/io/npz.h"
 
 namespace qforge {
@@ -28,20 +29,9 @@ using kernels::DType;
 using kernels::Shape;
 using kernels::Tensor;
 using testing::data_path;
+using testing::expect_close_scaled;
 using testing::OneNodeGraph;
 using testing::OpInput;
-
-// max |got − want| <= tolerance · max(1, max |want|).
-void expect_close_scaled(const Tensor& got, const Tensor& want, double tolerance,
-                         const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  double scale = 1.0, worst = 0.0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    scale = std::max(scale, std::abs(double(want.data<float>()[i])));
-    worst = std::max(worst, std::abs(double(got.data<float>()[i]) - want.data<float>()[i]));
-  }
-  EXPECT_LE(worst, tolerance * scale) << what;
-}
 
 Tensor f32(const Shape& shape) {
   return Tensor(DType::kFloat32, shape);
@@ -214,24 +204,7 @@ TEST(NormOps, TrainingGradientsMatchPyTorch) {
                 initializers.end())
           << parameters.back();
     }
-    runtime::ResolveOptions options;
-    options.parameters.insert(parameters.begin(), parameters.end());
-    runtime::resolve(*graph, options);
-    runtime::TrainingExecutor executor(*graph, runtime::TrainingOptions{parameters});
-    const Tensor& x = golden.at("x");
-    const std::span<const Tensor> y = executor.forward({&x, 1});
-    ASSERT_EQ(y.size(), 1u);
-    expect_close_scaled(y[0], golden.at("y0"), 1e-5, "y0");
-    const std::vector<Tensor> dy = {golden.at("dy0")};
-    executor.backward(dy);
-    size_t checked = 0;
-    for (const runtime::Parameter& p : executor.parameters()) {
-      auto it = golden.find("grad/" + p.name);
-      ASSERT_NE(it, golden.end()) << p.name;
-      expect_close_scaled(p.grad, it->second, 1e-5, "gradient of " + p.name);
-      ++checked;
-    }
-    EXPECT_EQ(checked, count);
+    testing::expect_training_step_matches(*graph, golden, parameters, 1e-5, count);
   }
 }
 

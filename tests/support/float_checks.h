@@ -44,6 +44,24 @@ inline double relative_l2(const kernels::Tensor& got, const kernels::Tensor& wan
   return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
 }
 
+// max |got − want| <= tolerance · max(1, max |want|) over float32 tensors of one shape; int64
+// tensors exactly.
+inline void expect_close_scaled(const kernels::Tensor& got, const kernels::Tensor& want,
+                                double tolerance, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  if (got.dtype() == kernels::DType::kInt64) {
+    EXPECT_EQ(got.to_int64_vector(), want.to_int64_vector()) << what;
+    return;
+  }
+  double scale = 1.0, worst = 0.0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    scale = std::max(scale, std::abs(double(want.data<float>()[i])));
+    worst = std::max(worst, std::abs(double(got.data<float>()[i]) - want.data<float>()[i]));
+  }
+  EXPECT_LE(worst, tolerance * scale) << what;
+}
+
 inline void expect_same_bits(const float* a, const float* b, size_t count,
                              const std::string& what) {
   if (count == 0) return;  // memcmp's pointers must not be null, even for no bytes
