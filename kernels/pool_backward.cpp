@@ -20,28 +20,67 @@ using pool_window::plane_grain;
 using pool_window::taps_inside;
 using pool_window::valid_range;
 
+// The first maximum of one window (row-major over the taps inside the input, a later tap only
+// when strictly greater) receives the output's gradient. Windows wholly inside the input
+// (most of them) are searched without bounds checks and with selects instead of branches.
 void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx) {
   constexpr float kLowest = -std::numeric_limits<float>::infinity();
-  for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const int64_t h0 = oh * g.stride_h - g.pad_top;
-    for (int64_t ow = 0; ow < g.out_w; ++ow) {
-      const int64_t w0 = ow * g.stride_w - g.pad_left;
-      float best = kLowest;
-      int64_t at = -1;
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        const int64_t ih = h0 + kh * g.dilation_h;
-        if (ih < 0 || ih >= g.in_h) continue;
-        const float* row = x + ih * g.in_w;
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          const int64_t iw = w0 + kw * g.dilation_w;
-          if (iw < 0 || iw >= g.in_w) continue;
-          if (at < 0 || row[iw] > best) {
-            best = row[iw];
-            at = ih * g.in_w + iw;
-          }
+  // Output columns whose every tap lies inside a row.
+  int64_t inner_lo, inner_hi, last_lo, last_hi;
+  valid_range(g.out_w, g.stride_w, -g.pad_left, g.in_w, inner_lo, inner_hi);
+  valid_range(g.out_w, g.stride_w, (g.kernel_w - 1) * g.dilation_w - g.pad_left, g.in_w, last_lo,
+              last_hi);
+  inner_lo = std::min(std::max(inner_lo, last_lo), g.out_w);
+  inner_hi = std::max(inner_lo, std::min(inner_hi, last_hi));
+  auto search_checked = [&](int64_t h0, int64_t ow) {
+    const int64_t w0 = ow * g.stride_w - g.pad_left;
+    float best = kLowest;
+    int64_t at = -1;
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = h0 + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* row = x + ih * g.in_w;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int64_t iw = w0 + kw * g.dilation_w;
+        if (iw < 0 || iw >= g.in_w) continue;
+        if (at < 0 || row[iw] > best) {
+          best = row[iw];
+          at = ih * g.in_w + iw;
         }
       }
-      if (at >= 0) dx[at] += dy[oh * g.out_w + ow];
+    }
+    return at;
+  };
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t h0 = oh * g.stride_h - g.pad_top;
+    const int64_t kh_first = std::max<int64_t>(0, pool_window::ceil_div(-h0, g.dilation_h));
+    const int64_t kh_end = std::min(g.kernel_h, pool_window::ceil_div(g.in_h - h0, g.dilation_h));
+    const float* dyr = dy + oh * g.out_w;
+    for (int64_t ow = 0; ow < inner_lo; ++ow) {
+      const int64_t at = search_checked(h0, ow);
+      if (at >= 0) dx[at] += dyr[ow];
+    }
+    if (kh_first < kh_end) {
+      for (int64_t ow = inner_lo; ow < inner_hi; ++ow) {
+        const int64_t w0 = ow * g.stride_w - g.pad_left;
+        int64_t at = (h0 + kh_first * g.dilation_h) * g.in_w + w0;
+        float best = x[at];
+        for (int64_t kh = kh_first; kh < kh_end; ++kh) {
+          const int64_t start = (h0 + kh * g.dilation_h) * g.in_w + w0;
+          for (int64_t kw = kh == kh_first ? 1 : 0; kw < g.kernel_w; ++kw) {
+            const int64_t i = start + kw * g.dilation_w;
+            const float v = x[i];
+            const bool greater = v > best;
+            best = greater ? v : best;
+            at = greater ? i : at;
+          }
+        }
+        dx[at] += dyr[ow];
+      }
+    }
+    for (int64_t ow = std::max(inner_lo, inner_hi); ow < g.out_w; ++ow) {
+      const int64_t at = search_checked(h0, ow);
+      if (at >= 0) dx[at] += dyr[ow];
     }
   }
 }
