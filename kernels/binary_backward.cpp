@@ -24,14 +24,14 @@ enum class Term {
   kNegDy,
   kDyTimesOther,
   kDyOverB,
-  kDivOther,
+  kDivOther,     // Div's divisor b: dy·a summed, then finish() divides by b twice
   kPReluInput,   // a the input, b the slope
   kPReluSlope,   // a the input
   kUnlessBelow,  // a an input of Max, b the output, dy its share
   kUnlessAbove,  // a an input of Min, b the output, dy its share
 };
 
-inline float term(Term t, float dy, float a, float b) {
+constexpr float term(Term t, float dy, float a, float b) {
   switch (t) {
     case Term::kPReluInput:
       return a > 0.0f ? dy : b * dy;
@@ -50,7 +50,7 @@ inline float term(Term t, float dy, float a, float b) {
     case Term::kDyOverB:
       return dy / b;
     case Term::kDivOther:
-      return -dy * ((a / b) / b);
+      return dy * a;
   }
   return 0.0f;
 }
@@ -94,6 +94,20 @@ struct Gradient {
   int64_t grad_numel;
 };
 
+// The gradient element e from the sum of its terms. Div's divisor is the same at every output
+// element the sum runs over (the gradient sums exactly the axes it is broadcast along), so
+// d/db Σ dy·a/b = −(Σ dy·a)/b², divided once per gradient element instead of once per term.
+template <Term T>
+float finish(const Gradient& g, float sum, int64_t e) {
+  if constexpr (T == Term::kDivOther) {
+    return -((sum / g.b[e]) / g.b[e]);
+  } else {
+    (void)g;
+    (void)e;
+    return sum;
+  }
+}
+
 // Offsets of the output, a and b at the first output element of gradient element e.
 void base_offsets(const Walk& w, int64_t e, int64_t& o, int64_t& oa, int64_t& ob) {
   o = oa = ob = 0;
@@ -133,7 +147,9 @@ void for_each_summed(const Walk& w, int last, Fn&& fn) {
 }
 
 // Case A, the innermost axis summed: one gradient element per call, the innermost runs summed
-// lane-interleaved, the runs added in order.
+// lane-interleaved, the runs added in order. The term is a template argument, so that the inner
+// loops hold no switch.
+template <Term T>
 float sum_element(const Gradient& g, int64_t e) {
   const Walk& w = g.w;
   int64_t o0, oa0, ob0;
@@ -150,7 +166,7 @@ float sum_element(const Gradient& g, int64_t e) {
     float acc[kSumLanes] = {};
     int64_t i = 0;
     auto lane_term = [&](int64_t k) {
-      return term(g.t, dy[k], a ? a[k * sa] : 0.0f, b ? b[k * sb] : 0.0f);
+      return term(T, dy[k], a ? a[k * sa] : 0.0f, b ? b[k * sb] : 0.0f);
     };
     for (; i + kSumLanes <= n; i += kSumLanes) {
       for (int j = 0; j < kSumLanes; ++j) acc[j] += lane_term(i + j);
@@ -166,6 +182,7 @@ float sum_element(const Gradient& g, int64_t e) {
 
 // Case B, the innermost axis kept (or nothing summed): `count` neighbouring gradient elements
 // from e0 along it, each summing its output elements in row-major order, side by side.
+template <Term T>
 void sum_block(const Gradient& g, int64_t e0, int64_t count, float* sums) {
   const Walk& w = g.w;
   int64_t o0, oa0, ob0;
@@ -179,12 +196,13 @@ void sum_block(const Gradient& g, int64_t e0, int64_t count, float* sums) {
     const float* a = g.a ? g.a + oa0 + oa : nullptr;
     const float* b = g.b ? g.b + ob0 + ob : nullptr;
     for (int64_t j = 0; j < count; ++j) {
-      sums[j] += term(g.t, dy[j], a ? a[j * sa] : 0.0f, b ? b[j * sb] : 0.0f);
+      sums[j] += term(T, dy[j], a ? a[j * sa] : 0.0f, b ? b[j * sb] : 0.0f);
     }
   });
 }
 
-void compute_gradient(const Gradient& g) {
+template <Term T>
+void compute_gradient_of(const Gradient& g) {
   const Walk& w = g.w;
   int64_t summed = 1;
   for (int d = 0; d < w.rank; ++d) {
@@ -195,7 +213,7 @@ void compute_gradient(const Gradient& g) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, summed));
     parallel_for(g.grad_numel, grain, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e) {
-        const float s = sum_element(g, e);
+        const float s = finish<T>(g, sum_element<T>(g, e), e);
         g.out[e] = g.add ? g.out[e] + s : s;
       }
     });
@@ -212,11 +230,37 @@ void compute_gradient(const Gradient& g) {
       const int64_t c0 = task % blocks_per_row * kColumnBlock;
       const int64_t e0 = task / blocks_per_row * row + c0;
       const int64_t count = std::min(kColumnBlock, row - c0);
-      sum_block(g, e0, count, sums);
+      sum_block<T>(g, e0, count, sums);
       float* out = g.out + e0;
-      for (int64_t j = 0; j < count; ++j) out[j] = g.add ? out[j] + sums[j] : sums[j];
+      for (int64_t j = 0; j < count; ++j) {
+        const float s = finish<T>(g, sums[j], e0 + j);
+        out[j] = g.add ? out[j] + s : s;
+      }
     }
   });
+}
+
+void compute_gradient(const Gradient& g) {
+  switch (g.t) {
+    case Term::kDy:
+      return compute_gradient_of<Term::kDy>(g);
+    case Term::kNegDy:
+      return compute_gradient_of<Term::kNegDy>(g);
+    case Term::kDyTimesOther:
+      return compute_gradient_of<Term::kDyTimesOther>(g);
+    case Term::kDyOverB:
+      return compute_gradient_of<Term::kDyOverB>(g);
+    case Term::kDivOther:
+      return compute_gradient_of<Term::kDivOther>(g);
+    case Term::kPReluInput:
+      return compute_gradient_of<Term::kPReluInput>(g);
+    case Term::kPReluSlope:
+      return compute_gradient_of<Term::kPReluSlope>(g);
+    case Term::kUnlessBelow:
+      return compute_gradient_of<Term::kUnlessBelow>(g);
+    case Term::kUnlessAbove:
+      return compute_gradient_of<Term::kUnlessAbove>(g);
+  }
 }
 
 const char* op_name(BinaryOp op) {
