@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "kernels/conv_internal.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
 #include "kernels/parallel.h"
@@ -21,17 +22,8 @@ constexpr int64_t kMinTilePixels = 64;
 // Output values per parallel chunk in the direct loops.
 constexpr int64_t kTaskElements = int64_t{1} << 14;
 
-int64_t ceil_div(int64_t a, int64_t b) {
-  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
-}
-
-// Output positions [lo, hi) within [0, out) whose tap pos·stride + offset lies in [0, extent).
-void valid_range(int64_t out, int64_t stride, int64_t offset, int64_t extent, int64_t& lo,
-                 int64_t& hi) {
-  lo = std::max<int64_t>(0, ceil_div(-offset, stride));
-  hi = std::min(out, ceil_div(extent - offset, stride));
-  if (hi < lo) hi = lo;
-}
+using conv_detail::ceil_div;
+using conv_detail::valid_range;
 
 struct Sizes {
   int64_t cin_g, cout_g, taps, pixels, in_plane, k;  // k: columns of a group's filter matrix
@@ -48,46 +40,8 @@ Sizes sizes_of(const ConvGeometry& g) {
   return s;
 }
 
-// im2col rows of `channels` input planes (x at the first) for output pixels [p0, p0 + count):
-// col[(c·taps + kh·kernel_w + kw)·count + j].
-void im2col_tile(const ConvGeometry& g, const float* x, int64_t channels, int64_t p0, int64_t count,
-                 float* col) {
-  const int64_t in_plane = g.in_h * g.in_w;
-  for (int64_t c = 0; c < channels; ++c) {
-    const float* plane = x + c * in_plane;
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        float* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * count;
-        const int64_t offset = kw * g.dilation_w - g.pad_left;
-        int64_t p = p0;
-        while (p < p0 + count) {
-          const int64_t oh = p / g.out_w;
-          const int64_t ow0 = p % g.out_w;
-          const int64_t ow1 = std::min(g.out_w, ow0 + (p0 + count - p));
-          float* dst = row + (p - p0) - ow0;  // dst[ow] for ow in [ow0, ow1)
-          const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
-          if (ih < 0 || ih >= g.in_h) {
-            std::fill(dst + ow0, dst + ow1, 0.0f);
-          } else {
-            const float* src = plane + ih * g.in_w + offset;
-            int64_t lo, hi;
-            valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
-            lo = std::clamp(lo, ow0, ow1);
-            hi = std::clamp(hi, lo, ow1);
-            std::fill(dst + ow0, dst + lo, 0.0f);
-            const int64_t s = g.stride_w;
-            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * s];
-            std::fill(dst + hi, dst + ow1, 0.0f);
-          }
-          p += ow1 - ow0;
-        }
-      }
-    }
-  }
-}
-
-// Adds col (laid out as im2col_tile's) into the `channels` planes of dx, taps in (c, kh, kw)
-// order and pixels in order.
+// Adds col (laid out as conv_detail::im2col_tile's) into the `channels` planes of dx, taps in (c,
+// kh, kw) order and pixels in order.
 void col2im_tile_add(const ConvGeometry& g, const float* col, int64_t channels, int64_t p0,
                      int64_t count, float* dx) {
   const int64_t in_plane = g.in_h * g.in_w;
@@ -98,7 +52,7 @@ void col2im_tile_add(const ConvGeometry& g, const float* col, int64_t channels, 
         const float* row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * count;
         const int64_t offset = kw * g.dilation_w - g.pad_left;
         int64_t lo_all, hi_all;
-        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo_all, hi_all);
+        valid_range(0, g.out_w, g.stride_w, offset, g.in_w, lo_all, hi_all);
         int64_t p = p0;
         while (p < p0 + count) {
           const int64_t oh = p / g.out_w;
@@ -180,7 +134,7 @@ void pad_input_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* 
     for (int64_t b = 0; b < p.sw; ++b) {
       float* phase = xp + (a * p.sw + b) * p.phase_floats();
       int64_t lo, hi;  // columns c whose input column c·sw + b − pad_left is inside
-      valid_range(p.wq, p.sw, b - g.pad_left, g.in_w, lo, hi);
+      valid_range(0, p.wq, p.sw, b - g.pad_left, g.in_w, lo, hi);
       for (int64_t q = 0; q < p.hq; ++q) {
         float* row = phase + q * p.wq;
         const int64_t ih = q * p.sh + a - g.pad_top;
@@ -295,7 +249,7 @@ void gemm_weight_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int
       const float* cols = xb + p0;
       int64_t ld = s.in_plane;
       if (!plan.direct) {
-        im2col_tile(g, xb, channels, p0, count, col);
+        conv_detail::im2col_tile(g, xb, channels, p0, count, col);
         cols = col;
         ld = count;
       }

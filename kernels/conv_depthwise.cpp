@@ -1,0 +1,286 @@
+// Depthwise convolution: the common K×K kernels run on a zero-padded, stride-phased copy of each
+// plane; any other depthwise shape runs along output rows. Planes are tasks in parallel.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/conv_internal.h"
+#include "kernels/parallel.h"
+
+namespace qforge::kernels::conv_detail {
+namespace {
+
+// Depthwise planes are grouped into tasks of at least this many multiply-adds.
+constexpr int64_t kDepthwiseTaskWork = 1 << 15;
+
+// Taps per kernel row whose valid output range is computed once per plane; wider kernels
+// recompute it per output row.
+constexpr int64_t kMaxHoistedTaps = 32;
+
+// Every depthwise output is bias + its valid taps added in (kh, kw) order; the paths below
+// differ only in how they schedule that same sum.
+
+// Output row oh when every kernel row lands inside the input, for the columns [lo, hi) where
+// every kernel column does: the whole sum stays in a register and the loop over columns
+// vectorises, with the K×K taps unrolled.
+template <int K, int S>
+void depthwise_row_interior(const ConvGeometry& g, const float* x, const float* w, float bias,
+                            int64_t oh, int64_t lo, int64_t hi, float* yr) {
+  const float* rows[K];
+  for (int kh = 0; kh < K; ++kh) {
+    rows[kh] = x + (oh * g.stride_h - g.pad_top + kh * g.dilation_h) * g.in_w;
+  }
+  float wk[K * K];
+  for (int t = 0; t < K * K; ++t) wk[t] = w[t];
+  const int64_t d = g.dilation_w;
+  const int64_t p = g.pad_left;
+  for (int64_t ow = lo; ow < hi; ++ow) {
+    float acc = bias;
+    for (int kh = 0; kh < K; ++kh) {
+      for (int kw = 0; kw < K; ++kw) acc += wk[kh * K + kw] * rows[kh][ow * S + kw * d - p];
+    }
+    yr[ow] = acc;
+  }
+}
+
+// One output column, any taps: the scalar form of the same sum.
+float depthwise_point(const ConvGeometry& g, const float* x, const float* w, float bias, int64_t oh,
+                      int64_t ow) {
+  float acc = bias;
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const int64_t iw = ow * g.stride_w - g.pad_left + kw * g.dilation_w;
+      if (iw < 0 || iw >= g.in_w) continue;
+      acc += w[kh * g.kernel_w + kw] * x[ih * g.in_w + iw];
+    }
+  }
+  return acc;
+}
+
+using InteriorRowFn = void (*)(const ConvGeometry&, const float*, const float*, float, int64_t,
+                               int64_t, int64_t, float*);
+
+// The unrolled interior path exists for the common square kernels and strides.
+InteriorRowFn interior_row_fn(const ConvGeometry& g) {
+  if (g.kernel_h != g.kernel_w || g.stride_h != g.stride_w) return nullptr;
+  const int64_t k = g.kernel_h;
+  const int64_t st = g.stride_w;
+  if (k == 3 && st == 1) return depthwise_row_interior<3, 1>;
+  if (k == 3 && st == 2) return depthwise_row_interior<3, 2>;
+  if (k == 5 && st == 1) return depthwise_row_interior<5, 1>;
+  if (k == 5 && st == 2) return depthwise_row_interior<5, 2>;
+  if (k == 7 && st == 1) return depthwise_row_interior<7, 1>;
+  if (k == 7 && st == 2) return depthwise_row_interior<7, 2>;
+  return nullptr;
+}
+
+// One output plane of a depthwise convolution.
+void depthwise_plane(const ConvGeometry& g, const float* x, const float* w, float bias, float* y) {
+  int64_t lo_of[kMaxHoistedTaps];
+  int64_t hi_of[kMaxHoistedTaps];
+  const bool hoisted = g.kernel_w <= kMaxHoistedTaps;
+  // Columns where every kernel column lands inside the input.
+  int64_t inner_lo = 0;
+  int64_t inner_hi = g.out_w;
+  for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+    int64_t lo, hi;
+    valid_range(0, g.out_w, g.stride_w, kw * g.dilation_w - g.pad_left, g.in_w, lo, hi);
+    inner_lo = std::max(inner_lo, lo);
+    inner_hi = std::min(inner_hi, hi);
+    if (hoisted) {
+      lo_of[kw] = lo;
+      hi_of[kw] = hi;
+    }
+  }
+  const InteriorRowFn interior = inner_lo < inner_hi ? interior_row_fn(g) : nullptr;
+  const int64_t extent_h = (g.kernel_h - 1) * g.dilation_h + 1;
+
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    float* yr = y + oh * g.out_w;
+    const int64_t top = oh * g.stride_h - g.pad_top;
+    if (interior && top >= 0 && top + extent_h <= g.in_h) {
+      for (int64_t ow = 0; ow < inner_lo; ++ow) yr[ow] = depthwise_point(g, x, w, bias, oh, ow);
+      interior(g, x, w, bias, oh, inner_lo, inner_hi, yr);
+      for (int64_t ow = inner_hi; ow < g.out_w; ++ow) {
+        yr[ow] = depthwise_point(g, x, w, bias, oh, ow);
+      }
+      continue;
+    }
+    // Rows touching the padding: one pass along the row per tap.
+    std::fill(yr, yr + g.out_w, bias);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = top + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* row = x + ih * g.in_w;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const float wv = w[kh * g.kernel_w + kw];
+        const int64_t offset = kw * g.dilation_w - g.pad_left;
+        int64_t lo, hi;
+        if (hoisted) {
+          lo = lo_of[kw];
+          hi = hi_of[kw];
+        } else {
+          valid_range(0, g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+        }
+        if (g.stride_w == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * row[ow + offset];
+        } else if (g.stride_w == 2) {
+          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * row[2 * ow + offset];
+        } else {
+          const int64_t s = g.stride_w;
+          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * row[ow * s + offset];
+        }
+      }
+    }
+  }
+}
+
+// Outputs accumulated together by the padded depthwise path: enough independent vector sums
+// to keep the FMA units busy through each tap's latency.
+constexpr int64_t kDepthwiseVector = 64;
+
+// The last outputs of a plane go in blocks this small, so that small planes (7×7 outputs at a
+// pitch of 11) do not compute up to twice their size.
+constexpr int64_t kDepthwiseTail = 16;
+
+// out[j] = bias + taps in (kh, kw) order for V flat outputs from the phases at `at` (see
+// depthwise_plane_padded); the same expression for any V.
+template <int K, int S, int64_t V>
+inline void depthwise_block(const float* at, int64_t pitch, int64_t phase_size, const float* wk,
+                            float bias, float* out) {
+  float acc[V];
+  for (int64_t j = 0; j < V; ++j) acc[j] = bias;
+  for (int kh = 0; kh < K; ++kh) {
+    for (int kw = 0; kw < K; ++kw) {
+      const float wv = wk[kh * K + kw];
+      const float* src = at + ((kh % S) * S + kw % S) * phase_size + (kh / S) * pitch + kw / S;
+      for (int64_t j = 0; j < V; ++j) acc[j] += wv * src[j];
+    }
+  }
+  for (int64_t j = 0; j < V; ++j) out[j] = acc[j];
+}
+
+// Per-thread scratch of the padded-plane depthwise path.
+struct DepthwiseScratch {
+  std::vector<float> input;
+  std::vector<float> output;
+};
+
+// One output plane of a depthwise convolution with a K×K kernel, stride S and no dilation, on a
+// zero-padded copy of the input plane, so that no output needs the scalar edge paths of
+// depthwise_plane. The sum is still bias + taps in (kh, kw) order; a padding tap adds w·0,
+// which leaves the sum unchanged (up to the sign of a zero sum). The padded plane is split into
+// S×S phases (phase (a, b) holds padded rows a, a + S, ... and columns b, b + S, ...), so that
+// tap (kh, kw) of output (oh, ow) reads phase (kh % S, kw % S) at row oh + kh / S, column
+// ow + kw / S: contiguous loads for every stride. With the phase pitch p, output (oh, ow) is
+// flat index f = oh·p + ow and the whole plane is one flat run over f (small planes fill whole
+// vectors); the p - out_w outputs past each row's end are computed into scratch and dropped.
+template <int K, int S>
+void depthwise_plane_padded(const ConvGeometry& g, const float* x, const float* w, float bias,
+                            float* y, DepthwiseScratch& scratch) {
+  const int64_t out_h = g.out_h;
+  const int64_t out_w = g.out_w;
+  constexpr int64_t kReach = (K - 1) / S;  // rows and columns a tap reaches past its output
+  const int64_t pitch = out_w + kReach;
+  const int64_t count = round_up(out_h * pitch, kDepthwiseTail);
+  // Rows per phase, with slack for the reads of the dropped outputs past the last row.
+  const int64_t rows = out_h + kReach + ceil_div(kDepthwiseTail + kReach, pitch) + 1;
+  const int64_t phase_size = rows * pitch;
+  scratch.input.resize(static_cast<size_t>(S * S * phase_size));
+  scratch.output.resize(static_cast<size_t>(count));
+  float* __restrict buf = scratch.input.data();
+  float* __restrict out = scratch.output.data();
+  for (int a = 0; a < S; ++a) {
+    for (int b = 0; b < S; ++b) {
+      float* phase = buf + (a * S + b) * phase_size;
+      // Phase column j is input column S·j + b - pad_left: [lo, hi) of them lie in the input.
+      const int64_t offset = b - g.pad_left;
+      const int64_t lo = std::clamp<int64_t>(ceil_div(-offset, S), 0, pitch);
+      const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - offset, S), lo, pitch);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* dst = phase + r * pitch;
+        const int64_t ih = S * r + a - g.pad_top;
+        if (ih < 0 || ih >= g.in_h) {
+          std::fill_n(dst, pitch, 0.0f);
+          continue;
+        }
+        const float* src = x + ih * g.in_w;
+        std::fill_n(dst, lo, 0.0f);
+        if constexpr (S == 1) {
+          std::copy(src + lo + offset, src + hi + offset, dst + lo);
+        } else {
+          for (int64_t j = lo; j < hi; ++j) dst[j] = src[S * j + offset];
+        }
+        std::fill(dst + hi, dst + pitch, 0.0f);
+      }
+    }
+  }
+  float wk[K * K];
+  for (int t = 0; t < K * K; ++t) wk[t] = w[t];
+  int64_t f0 = 0;
+  for (; f0 + kDepthwiseVector <= count; f0 += kDepthwiseVector) {
+    depthwise_block<K, S, kDepthwiseVector>(buf + f0, pitch, phase_size, wk, bias, out + f0);
+  }
+  for (; f0 < count; f0 += kDepthwiseTail) {
+    depthwise_block<K, S, kDepthwiseTail>(buf + f0, pitch, phase_size, wk, bias, out + f0);
+  }
+  for (int64_t oh = 0; oh < out_h; ++oh) std::copy_n(out + oh * pitch, out_w, y + oh * out_w);
+}
+
+using PaddedPlaneFn = void (*)(const ConvGeometry&, const float*, const float*, float, float*,
+                               DepthwiseScratch&);
+
+// The padded path covers the square kernels and strides of common networks, undilated.
+PaddedPlaneFn padded_plane_fn(const ConvGeometry& g) {
+  if (g.kernel_h != g.kernel_w || g.stride_h != g.stride_w || g.dilation_h != 1 ||
+      g.dilation_w != 1) {
+    return nullptr;
+  }
+  const int64_t k = g.kernel_h;
+  const int64_t st = g.stride_w;
+  if (k == 3 && st == 1) return depthwise_plane_padded<3, 1>;
+  if (k == 3 && st == 2) return depthwise_plane_padded<3, 2>;
+  if (k == 5 && st == 1) return depthwise_plane_padded<5, 1>;
+  if (k == 5 && st == 2) return depthwise_plane_padded<5, 2>;
+  if (k == 7 && st == 1) return depthwise_plane_padded<7, 1>;
+  if (k == 7 && st == 2) return depthwise_plane_padded<7, 2>;
+  return nullptr;
+}
+
+}  // namespace
+
+void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const float* bias,
+                    float* y, const ConvEpilogue& e) {
+  const bool finish = !is_identity(e);
+  const ConvGeometry& g = plan.geometry;
+  const int64_t multiplier = g.out_channels / g.group;
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t planes = g.batch * g.out_channels;
+  const int64_t grain =
+      std::max<int64_t>(1, kDepthwiseTaskWork / std::max<int64_t>(1, out_plane * taps));
+  const PaddedPlaneFn padded = padded_plane_fn(g);
+  parallel_for(planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t n = idx / g.out_channels;
+      const int64_t oc = idx % g.out_channels;
+      const int64_t ic = oc / multiplier;
+      const float* xp = x + (n * g.in_channels + ic) * in_plane;
+      if (padded) {
+        thread_local DepthwiseScratch scratch;
+        padded(g, xp, w + oc * taps, bias ? bias[oc] : 0.0f, y + idx * out_plane, scratch);
+      } else {
+        depthwise_plane(g, xp, w + oc * taps, bias ? bias[oc] : 0.0f, y + idx * out_plane);
+      }
+      if (finish) {
+        finish_run(channel_finish(e, oc), y + idx * out_plane,
+                   e.residual ? e.residual + idx * out_plane : nullptr, out_plane);
+      }
+    }
+  });
+}
+
+}  // namespace qforge::kernels::conv_detail
