@@ -53,8 +53,9 @@ BATCH = 32
 # chosen on the held-out fifth of the training images (--holdout), not on the validation images;
 # the README gives the comparison. "{epoch}" and "{two_epochs}" stand for the steps of one and
 # two epochs of the training images used. The README also shows AdamW at 1e-4 (measured first,
-# with --training "--epochs 3 --optimizer adamw --lr 1e-4 --schedule cosine --freeze-bn-after 88
-# --seed 0"), whose fixed-size steps recover the collapsed per-tensor dwsep model far less.
+# with that string as --training, --distill-training and --distill-training-collapsed:
+# "--epochs 3 --optimizer adamw --lr 1e-4 --schedule cosine --freeze-bn-after 88 --seed 0"),
+# whose fixed-size steps recover the collapsed per-tensor dwsep model far less.
 COMMON = ["--epochs", "3", "--optimizer", "sgd", "--lr", "1e-3", "--schedule", "cosine",
           "--seed", "0"]
 TRAINING = COMMON + ["--freeze-bn-after", "{two_epochs}"]
