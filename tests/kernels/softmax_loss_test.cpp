@@ -7,6 +7,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/reference/norm_softmax_reference.h"
@@ -15,7 +16,9 @@
 #include "tests/support/float_checks.h"
 #include "tests/support/gradient_checks.h"
 #include "tests/support/random.h"
+#include "tests/support/test_support.h"
 #include "tests/support/thread_count.h"
+#include "tools/io/npz.h"
 
 namespace qforge::kernels {
 namespace {
@@ -208,6 +211,30 @@ TEST(DistillationKl, ReferenceMatchesFiniteDifferences) {
     std::vector<double> ds(18);
     reference::distillation_kl_backward(dims, o, s.data(), t.data(), 1.0, ds.data());
     expect_near_all(ds, fd, 1e-7, "T = " + std::to_string(o.temperature));
+  }
+}
+
+// The kernel against PyTorch's F.kl_div(F.log_softmax(s / T), F.softmax(t / T), 'batchmean')
+// (· T² or not) and its autograd gradient (data/generate/distillation_goldens.py): the direction
+// of the divergence (teacher ‖ student), the mean over the batch and the T² factor.
+TEST(DistillationKl, KernelMatchesPyTorch) {
+  const auto golden = io::read_npz(testing::data_path("golden/distill/kernel.npz"));
+  const Tensor& student = golden.at("student");
+  const Tensor& teacher = golden.at("teacher");
+  const LossDims d{student.dim(0), student.dim(1)};
+  const auto n = static_cast<size_t>(student.numel());
+  const std::pair<const char*, DistillationOptions> cases[] = {
+      {"1", {1.0f, true}}, {"4", {4.0f, true}}, {"2.5_plain", {2.5f, false}}};
+  for (const auto& [name, o] : cases) {
+    std::vector<float> p(n), q(n), rows(static_cast<size_t>(d.batch)), ds(n);
+    const float loss = distillation_kl(d, o, student.data<float>(), teacher.data<float>(), p.data(),
+                                       q.data(), rows.data());
+    distillation_kl_backward(d, o, p.data(), q.data(), 1.0f, ds.data());
+    const float want = golden.at(std::string("loss/") + name).data<float>()[0];
+    EXPECT_NEAR(loss, want, 1e-5 * std::abs(want)) << "T = " << name;
+    const Tensor& want_grad = golden.at(std::string("grad/") + name);
+    const std::vector<float> expected(want_grad.data<float>(), want_grad.data<float>() + n);
+    expect_close(ds, expected, 1e-7, 1e-5, std::string("T = ") + name);
   }
 }
 

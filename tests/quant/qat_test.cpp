@@ -16,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -376,6 +377,40 @@ TEST(QatCli, DistillWeightOneTrainsWithoutTheLabels) {
   EXPECT_TRUE(testing::read_text(dir.file("folder.onnx")) ==
               testing::read_text(dir.file("npy.onnx")));
   EXPECT_NE(kl_only, logged_losses(dir.file("mixed.jsonl")));
+}
+
+// --smoothquant: qat smooths and calibrates the model as `calibrate --smoothquant` does, so its
+// PTQ figures are calibrate's on the same data, and training starts from the smoothed model; the
+// same run without it starts from another model.
+TEST(QatCli, SmoothQuantTrainsFromTheModelCalibrateSmooths) {
+  TempDir dir;
+  const std::string vit = data_path("models/vit_bn.onnx");
+  io::write_npy(dir.file("val.npy"), val_batch(24));
+  const std::string val = " --val " + dir.file("val.npy");
+  const auto calibrated =
+      run_cli("calibrate " + vit + " --data " + kTrain +
+              " --limit 16 --batch 8 --smoothquant 0.5 --flip-injections 0" + val + " -o " +
+              dir.file("ptq.onnx") + " --report " + dir.file("calibrate.json"));
+  ASSERT_EQ(calibrated.exit_code, 0) << calibrated.err;
+  auto qat = [&](const std::string& name, const std::string& extra) {
+    const auto r = run_cli(qat_args(vit, dir.file(name + ".onnx"), 2) + val + " --report " +
+                           dir.file(name + ".json") + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return std::pair(r, nlohmann::json::parse(testing::read_text(dir.file(name + ".json"))));
+  };
+  const auto [smoothed_run, smoothed] = qat("smoothed", " --smoothquant 0.5");
+  EXPECT_NE(smoothed_run.out.find("smoothquant  alpha 0.5: "), std::string::npos)
+      << smoothed_run.out;
+  const auto [plain_run, plain] = qat("plain", "");
+  EXPECT_EQ(plain_run.out.find("smoothquant"), std::string::npos) << plain_run.out;
+  const auto c = nlohmann::json::parse(testing::read_text(dir.file("calibrate.json")));
+  const auto& ptq = smoothed["evaluation"]["ptq"];
+  ASSERT_TRUE(ptq["sqnr_db"].is_number() && ptq["kl_to_float"].is_number()) << ptq;
+  EXPECT_EQ(ptq["sqnr_db"], c["evaluation"]["sqnr_db"]);
+  EXPECT_EQ(ptq["kl_to_float"], c["evaluation"]["kl_to_float"]);
+  EXPECT_NE(plain["evaluation"]["ptq"]["sqnr_db"], ptq["sqnr_db"]);
+  EXPECT_NE(testing::read_text(dir.file("smoothed.onnx")),
+            testing::read_text(dir.file("plain.onnx")));
 }
 
 void expect_refused(const std::string& args, const std::string& message,

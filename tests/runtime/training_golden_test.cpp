@@ -13,6 +13,7 @@
 
 #include "graph/onnx_import.h"
 #include "quant/optimizer.h"
+#include "runtime/session.h"
 #include "runtime/training.h"
 #include "tests/support/float_checks.h"
 #include "tests/support/test_support.h"
@@ -128,6 +129,47 @@ TEST_P(TrainingGolden, SgdStepsMatchPyTorch) {
     ASSERT_NE(found, nullptr) << "no running statistic '" << name << "'";
     EXPECT_LE(testing::relative_l2(found->value, want), 1e-5) << name;
   }
+}
+
+// A step that mixes the cross-entropy with distillation, as `qforge qat --distill T
+// --distill-weight W` trains: (1 − W)·CE + W·T²·KL(teacher ‖ model) at temperature T, the teacher
+// being the float model in eval mode (BN on running statistics) on the same batch, the model
+// training (BN on batch statistics). Against PyTorch's F.cross_entropy and F.kl_div
+// (data/generate/distillation_goldens.py): the loss within 1e-5 relative, each gradient within
+// 1e-4 relative L2.
+TEST(DistillationGolden, MixedLossGradientsMatchPyTorch) {
+  const auto golden = io::read_npz(data_path("golden/distill/resnet_bn_grads.npz"));
+  std::ifstream settings_file(data_path("golden/distill/settings.json"));
+  const nlohmann::json settings = nlohmann::json::parse(settings_file).at("model");
+  auto model = graph::load_onnx(data_path("models/resnet_bn.onnx"));
+  auto input = io::read_npy(data_path("golden/grad/batch_input.npy"));
+  auto labels = io::read_npy(data_path("golden/grad/batch_labels.npy"));
+  runtime::Session float_model(model->clone());
+  const kernels::Tensor teacher = float_model.run(input)[0].clone();
+  // The teacher qforge computes is PyTorch's eval-mode output.
+  EXPECT_LE(testing::relative_l2(teacher, golden.at("teacher_logits")), 1e-5);
+  runtime::ClassifierTraining training(*model, input.dim(0));
+  runtime::ClassifierLoss loss;
+  loss.labels = &labels;
+  loss.teacher_logits = &teacher;
+  loss.temperature = settings.at("temperature").get<float>();
+  loss.distill_weight = settings.at("distill_weight").get<float>();
+  const float got = training.forward_backward(input, loss);
+  const float want = golden.at("loss").data<float>()[0];
+  EXPECT_LE(std::abs(got - want), 1e-5 * std::abs(want))
+      << "loss " << got << " against PyTorch's " << want;
+  std::map<std::string, kernels::Tensor> grads;
+  for (auto& [name, grad] : training.gradients()) grads.emplace(name, std::move(grad));
+  size_t compared = 0;
+  for (const auto& [name, want_grad] : golden) {
+    if (name == "loss" || name == "teacher_logits") continue;
+    auto it = grads.find(name);
+    ASSERT_NE(it, grads.end()) << "no gradient for PyTorch parameter '" << name << "'";
+    ASSERT_EQ(it->second.shape(), want_grad.shape()) << name;
+    EXPECT_LE(testing::relative_l2(it->second, want_grad), 1e-4) << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, grads.size());
 }
 
 INSTANTIATE_TEST_SUITE_P(Bundled, TrainingGolden,
