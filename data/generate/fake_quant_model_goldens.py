@@ -167,7 +167,7 @@ class Interpreter:
         if t == "Constant":
             return [torch.from_numpy(numpy_helper.to_array(a["value"]).copy())]
         if t == "Conv":
-            return [self.conv(node, ins, a, weight_axes, folded)]
+            return [self.conv(node, ins, a, env, weight_axes, folded)]
         if t == "BatchNormalization":
             x, g, b, mean, var = ins
             return [F.batch_norm(x, mean.detach().clone(), var.detach().clone(), g, b, training,
@@ -285,7 +285,7 @@ class Interpreter:
             return [self.pad(node, ins, a)]
         raise SystemExit("%s: op %s is not interpreted" % (node.name, t))
 
-    def conv(self, node, ins, a, weight_axes, folded):
+    def conv(self, node, ins, a, env, weight_axes, folded):
         x, w = ins[0], ins[1]
         bias = ins[2] if len(ins) > 2 else None
         p = a.get("pads", [0] * (2 * (w.dim() - 2)))
@@ -300,7 +300,7 @@ class Interpreter:
         (bn,) = self.consumers[node.output[0]]
         assert bn.op_type == "BatchNormalization", node.name
         eps = attributes(bn).get("epsilon", 1e-5)
-        gamma = self.env_value(bn.input[1])
+        gamma = env[bn.input[1]]  # the leaf, so that γ's gradient runs through the fold too
         var = self.initializers[bn.input[4]]
         factor64 = gamma.double() / torch.sqrt(var.double() + eps)
         folded_w = (w.double() * factor64.reshape(-1, 1, 1, 1)).float()
@@ -345,22 +345,13 @@ class Interpreter:
         assert min(spec) >= 0, node.name
         return F.pad(x, spec, value=value)
 
-    def env_value(self, name):
-        # The BN scale the fold reads: the leaf of this forward (set by run()).
-        return self._leaves[name] if name in self._leaves else self.initializers[name]
 
-
-def forward(interp, x, leaves, **kwargs):
-    interp._leaves = leaves
-    return interp.run(x, leaves, **kwargs)
-
-
-def qforge_plan(qforge, family, batch_path):
+def qforge_plan(qforge, family, batch_path, batch):
     """The point table of `qforge calibrate --method max --report` on the batch."""
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.json")
         subprocess.run([qforge, "calibrate", os.path.join(MODELS_DIR, "%s_bn.onnx" % family),
-                        "--data", batch_path, "--method", "max", "--batch", "16",
+                        "--data", batch_path, "--method", "max", "--batch", str(batch),
                         "--flip-injections", "0", "--threads", "1",
                         "-o", os.path.join(tmp, "model.qdq.onnx"), "--report", report],
                        check=True, stdout=subprocess.DEVNULL)
@@ -438,7 +429,7 @@ def relative_l2(got, want):
 
 def gradients_of(interp, x, y, keys, **kwargs):
     leaves = interp.leaves()
-    logits, seen = forward(interp, x, leaves, training=True, **kwargs)
+    logits, _ = interp.run(x, leaves, training=True, **kwargs)
     loss = F.cross_entropy(logits, y)
     loss.backward()
     grads = {}
@@ -471,7 +462,7 @@ def family_golden(family, qforge, x, y, batch_path):
             raise SystemExit("%s: float gradient of %s is %.3g relative L2 from the PyTorch "
                              "model's" % (family, key, err))
 
-    report = qforge_plan(qforge, family, batch_path)
+    report = qforge_plan(qforge, family, batch_path, x.shape[0])
     produced = {o for n in interp.nodes for o in n.output} | {interp.input_name}
     points = {}
     for p in report["activation_points"]:
@@ -499,7 +490,7 @@ def family_golden(family, qforge, x, y, batch_path):
 
     # Max calibration: an eval-mode float forward, max |x| at each point.
     with torch.no_grad():
-        _, amax = forward(interp, x, interp.leaves(), training=False, observe=set(points))
+        _, amax = interp.run(x, interp.leaves(), training=False, observe=set(points))
     amax_worst = 0.0
     for tensor, p in points.items():
         err = abs(amax[tensor] - p["amax"]) / p["amax"]
