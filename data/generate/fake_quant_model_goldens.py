@@ -35,7 +35,11 @@ Written to data/golden/fake_quant/<family>_bn_grads.npz: `loss`, the gradient of
 parameter under its ONNX initializer name (the keys of the float golden), and `amax/<tensor>`
 for every activation point (by qforge's tensor name), the amax the golden was computed at.
 
+With --diagnose nothing is written: `qforge grad --fake-quant --points` is compared with the
+golden point by point (diagnose()).
+
 Run: /usr/bin/python3 data/generate/fake_quant_model_goldens.py [--qforge build/tools/qforge]
+     [--diagnose]
 """
 import argparse
 import json
@@ -109,6 +113,16 @@ class Interpreter:
                 self.consumers.setdefault(name, []).append(node)
         self.input_name = g.input[0].name
         self.output_name = g.output[0].name
+        # --diagnose: qforge's values by tensor, put in place of this run's own at each
+        # quantized read (their gradient passing straight through), and what differed.
+        self.forced = None
+        self.flips = {}
+        self.pool_near_ties = 0
+        self.pool_other_pick = False
+        # The elements found different, with qforge's values there, by tensor; with inject,
+        # only those elements take qforge's values in an otherwise unforced run.
+        self.differing = {}
+        self.inject = False
 
     def leaves(self):
         """Every float initializer, and every Identity alias of one, as a leaf tensor."""
@@ -146,12 +160,59 @@ class Interpreter:
             ins = [env[n] if n else None for n in node.input]
             for i in range(len(ins)):
                 if (node.name, i) in act_amax:
+                    if self.forced is not None:
+                        ins[i] = self.force(node.input[i], ins[i], act_amax[(node.name, i)])
+                    elif self.inject and node.input[i] in self.differing:
+                        differ, theirs = self.differing[node.input[i]]
+                        value = ins[i]
+                        ins[i] = value + (torch.where(differ, theirs, value) - value).detach()
                     ins[i] = fq_tensor(ins[i], act_amax[(node.name, i)])
             outs = self.op(node, ins, env, training, weight_axes, folded, softmax_quant)
             for name, value in zip(node.output, outs):
                 if name:
                     put(name, value)
         return env[self.output_name], seen
+
+    def force(self, name, value, amax):
+        """qforge's value of tensor `name` in this run's layout, with this run's gradient; the
+        integers both give at this point, with this run's inputs, are compared first."""
+        mine = value.detach()
+        theirs = qforge_layout(self.forced[name], mine)
+        if name not in self.flips:
+            scale = float(np.float32(amax) / np.float32(127.0))
+            codes = torch.round(fq_tensor(mine, amax) / scale)
+            differ = codes != torch.round(fq_tensor(theirs, amax) / scale)
+            q = (mine / scale)[differ]
+            distance = float((q - torch.floor(q) - 0.5).abs().max()) if differ.any() else 0.0
+            self.flips[name] = (int(differ.sum()), mine.numel(), distance)
+            if differ.any():
+                self.differing[name] = (differ, theirs)
+        return value + (theirs - mine)
+
+    def count_near_ties(self, x, kernel, strides, pads):
+        """Max-pool windows whose two largest values are positive and within 1e-6 relative of
+        each other without being equal: which one is the max is float rounding's choice."""
+        x = F.pad(x.detach(), (pads[1], pads[1], pads[0], pads[0]), value=-float("inf"))
+        windows = F.unfold(x, kernel, stride=strides)
+        windows = windows.reshape(x.shape[0], x.shape[1], kernel[0] * kernel[1], -1)
+        top = windows.topk(2, dim=2).values
+        gap = top[:, :, 0] - top[:, :, 1]
+        near = (gap > 0) & (gap <= 1e-6 * top[:, :, 0]) & (top[:, :, 0] > 0)
+        self.pool_near_ties += int(near.sum())
+        return near
+
+    @staticmethod
+    def pool_picking_the_other(x, near, kernel, strides, pads):
+        """Max pooling where each window of `near` passes on (and sends its gradient to) its
+        second largest value instead of its largest."""
+        padded = F.pad(x, (pads[1], pads[1], pads[0], pads[0]), value=-float("inf"))
+        windows = F.unfold(padded, kernel, stride=strides)
+        windows = windows.reshape(x.shape[0], x.shape[1], kernel[0] * kernel[1], -1)
+        order = windows.detach().topk(2, dim=2).indices
+        pick = torch.where(near, order[:, :, 1], order[:, :, 0]).unsqueeze(2)
+        out = windows.gather(2, pick).squeeze(2)
+        height = (x.shape[2] + 2 * pads[0] - kernel[0]) // strides[0] + 1
+        return out.reshape(x.shape[0], x.shape[1], height, -1)
 
     def weight(self, node, ins, weight_axes):
         w = ins[1]
@@ -185,6 +246,11 @@ class Interpreter:
         if t == "MaxPool":
             p = a.get("pads", [0, 0, 0, 0])
             assert p[0] == p[2] and p[1] == p[3], node.name
+            if self.forced is not None:
+                kernel, strides = a["kernel_shape"], a.get("strides", [1, 1])
+                near = self.count_near_ties(ins[0], kernel, strides, p)
+                if self.pool_other_pick:
+                    return [self.pool_picking_the_other(ins[0], near, kernel, strides, p)]
             return [F.max_pool2d(ins[0], a["kernel_shape"], a.get("strides", 1), p[:2],
                                  a.get("dilations", 1), bool(a.get("ceil_mode", 0)))]
         if t == "GlobalAveragePool":
@@ -344,6 +410,31 @@ class Interpreter:
             spec[2 * (x.dim() - 1 - axis) + 1] = pads[i + n]
         assert min(spec) >= 0, node.name
         return F.pad(x, spec, value=value)
+
+
+def qforge_layout(values, like):
+    """qforge's values of a tensor (a numpy array, in the fused graph's layout) in the layout of
+    this run's tensor `like`: the same elements reshaped, or an attention's per-head
+    [batch, heads, tokens, d] against torch.onnx's [tokens, batch, heads·d], or tokens
+    batch-major against token-major. The first that agrees with `like` to 1e-3 of its range."""
+    t = torch.from_numpy(values)
+    candidates = []
+    if t.numel() == like.numel():
+        candidates.append(lambda: t.reshape(like.shape))
+    if t.dim() == 4 and like.dim() == 3:
+        candidates.append(lambda: t.permute(2, 0, 1, 3).reshape(like.shape))
+    if t.dim() == 2 and like.dim() == 2:
+        for batch in range(1, t.shape[0] + 1):
+            if t.shape[0] % batch == 0 and batch > 1:
+                candidates.append(lambda b=batch: t.reshape(b, t.shape[0] // b, -1)
+                                  .permute(1, 0, 2).reshape(like.shape))
+    bound = 1e-3 * max(float(like.abs().max()), 1e-30)
+    for make in candidates:
+        mapped = make()
+        if float((mapped - like).abs().max()) <= bound:
+            return mapped
+    raise SystemExit("no layout of qforge's %s values matches this run's %s"
+                     % (tuple(t.shape), tuple(like.shape)))
 
 
 def qforge_plan(qforge, family, batch_path, batch):
@@ -518,7 +609,80 @@ def family_golden(family, qforge, x, y, batch_path):
           "%d gradients" % (family, want, float_worst, len(points), amax_worst,
                             len(weight_axes), len(folded), softmax_nodes, loss, len(grads)),
           flush=True)
-    return out
+    setup = dict(interp=interp, keys=keys, points=points, reads=reads, weight_axes=weight_axes,
+                 folded=folded)
+    return out, setup
+
+
+def worst_difference(loss, grads, want):
+    """The loss's relative difference to want's, and the largest gradient relative L2 with its
+    name (gradients zero by construction left out, as the tests do)."""
+    keys = [k for k in want if k != "loss" and not k.startswith("amax/")]
+    total = np.sqrt(sum(np.sum(want[k].astype(np.float64) ** 2) for k in keys))
+    errors = [(relative_l2(grads[k], want[k]), k) for k in keys
+              if np.linalg.norm(want[k]) > 1e-6 * total]
+    return abs(loss / float(want["loss"]) - 1), max(errors)
+
+
+def diagnose(family, qforge, x, y, batch_path, labels_path, golden, setup):
+    """Where qforge's `grad --fake-quant` and this golden differ, point by point: qforge's
+    values at every point (`--points`) replace this run's own where a quantizer reads them, so
+    each module gets identical inputs; the integers that still differ are printed with their
+    distance from the .5 boundary, with the max-pool windows whose max float rounding picks, and
+    the gradients of that run against qforge's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        grads_path, points_path = os.path.join(tmp, "g.npz"), os.path.join(tmp, "p.npz")
+        subprocess.run([qforge, "grad", os.path.join(MODELS_DIR, "%s_bn.onnx" % family),
+                        "--data", batch_path, "--labels", labels_path, "-o", grads_path,
+                        "--fake-quant", "--points", points_path, "--threads", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        theirs = dict(np.load(grads_path))
+        at_points = dict(np.load(points_path))
+    for key, value in golden.items():
+        if key.startswith("amax/") and float(at_points[key]) != float(value):
+            raise SystemExit("%s: qforge grad's %s is not the golden's" % (family, key))
+    loss_error, (error, name) = worst_difference(float(theirs["loss"]), theirs, golden)
+    print("%s: qforge against the golden: loss %.2g, largest gradient relative L2 %.2g (%s)"
+          % (family, loss_error, error, name))
+    interp = setup["interp"]
+    interp.forced = {tensor: at_points[p["tensor"]] for tensor, p in setup["points"].items()}
+    interp.flips, interp.pool_near_ties, interp.differing = {}, 0, {}
+    loss, grads = gradients_of(interp, x, y, setup["keys"], act_amax=setup["reads"],
+                               weight_axes=setup["weight_axes"], folded=setup["folded"],
+                               softmax_quant=True)
+    for tensor, (count, size, distance) in interp.flips.items():
+        if count:
+            print("  %s: %d of %d integers differ, the farthest %.2g of a step from .5"
+                  % (tensor, count, size, distance))
+    print("  %d max-pool windows whose max float rounding picks"
+          % interp.pool_near_ties)
+    forced = dict(grads, loss=np.array(loss, dtype=np.float32))
+    loss_error, (error, name) = worst_difference(float(theirs["loss"]), theirs, forced)
+    print("  with qforge's values at every point: loss %.2g, largest gradient relative L2 %.2g "
+          "(%s)" % (loss_error, error, name), flush=True)
+    if interp.pool_near_ties:
+        interp.pool_other_pick = True
+        loss, grads = gradients_of(interp, x, y, setup["keys"], act_amax=setup["reads"],
+                                   weight_axes=setup["weight_axes"], folded=setup["folded"],
+                                   softmax_quant=True)
+        interp.pool_other_pick = False
+        forced = dict(grads, loss=np.array(loss, dtype=np.float32))
+        loss_error, (error, name) = worst_difference(float(theirs["loss"]), theirs, forced)
+        print("  and those windows picking their other value: loss %.2g, largest gradient "
+              "relative L2 %.2g (%s)" % (loss_error, error, name), flush=True)
+    interp.forced = None
+    if interp.differing:
+        # The golden's own run with only the differing integers rounded qforge's way.
+        interp.inject = True
+        loss, grads = gradients_of(interp, x, y, setup["keys"], act_amax=setup["reads"],
+                                   weight_axes=setup["weight_axes"], folded=setup["folded"],
+                                   softmax_quant=True)
+        interp.inject = False
+        flipped = dict(grads, loss=np.array(loss, dtype=np.float32))
+        loss_error, (error, name) = worst_difference(loss, flipped, golden)
+        print("  the golden's run with just those integers rounded qforge's way moves by: loss "
+              "%.2g, largest gradient relative L2 %.2g (%s)" % (loss_error, error, name),
+              flush=True)
 
 
 def main():
@@ -528,15 +692,22 @@ def main():
     ap.add_argument("--qforge", default=os.path.join(ROOT, "build", "tools", "qforge"),
                     help="the qforge binary whose placement is read")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("QFORGE_THREADS", "2")))
+    ap.add_argument("--diagnose", action="store_true",
+                    help="write nothing; compare `qforge grad --fake-quant` with the golden point "
+                         "by point (see diagnose())")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batch_path = os.path.join(GRAD_DIR, "batch_input.npy")
     x = torch.from_numpy(np.load(batch_path))
     y = torch.from_numpy(np.load(os.path.join(GRAD_DIR, "batch_labels.npy")))
     os.makedirs(OUT_DIR, exist_ok=True)
+    labels_path = os.path.join(GRAD_DIR, "batch_labels.npy")
     for family in args.family or models.FAMILIES:
-        out = family_golden(family, args.qforge, x, y, batch_path)
-        np.savez(os.path.join(OUT_DIR, "%s_bn_grads.npz" % family), **out)
+        out, setup = family_golden(family, args.qforge, x, y, batch_path)
+        if args.diagnose:
+            diagnose(family, args.qforge, x, y, batch_path, labels_path, out, setup)
+        else:
+            np.savez(os.path.join(OUT_DIR, "%s_bn_grads.npz" % family), **out)
 
 
 if __name__ == "__main__":
