@@ -100,7 +100,7 @@ class FakeQuantModelGolden : public ::testing::TestWithParam<std::string> {};
 // rounding the other way at a .5 boundary leaves (float rounding differs between any two
 // implementations). MobileNetV3 and ViT have one such value (their loss 2.6e-4 and 6.6e-5
 // apart, gradients up to 9.4e-3 and 7.3e-4); EfficientNet, ConvNeXt and Swin none (loss within
-// 4e-7, gradients within 1e-4). The README's `qforge grad` section has the figures.
+// 9e-7, gradients within 1e-4). The README's `qforge grad` section has the figures.
 TEST_P(FakeQuantModelGolden, GradientsMatchPyTorch) {
   const FamilyRun run = run_family(GetParam());
   expect_same_parameters(run);
