@@ -60,6 +60,12 @@ ActivationScales learned_scales(const runtime::TrainingExecutor& training,
 
 std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
     const graph::Graph& model, const kernels::Tensor& batch) {
+  return max_calibrated_fake_quant(model, batch, {}).training;
+}
+
+MaxCalibratedFakeQuant max_calibrated_fake_quant(const graph::Graph& model,
+                                                 const kernels::Tensor& batch,
+                                                 const MaxCalibratedOptions& options) {
   if (batch.rank() < 1) throw_invalid("grad: the input batch has no batch axis");
   runtime::TransformOptions transform;
   transform.batch = batch.dim(0);
@@ -74,7 +80,15 @@ std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
     stats.observe_batch(batch);
     amax = stats.activation_amax(Calibrator::kMax);
   }
-  return fake_quant_training(*transformed.graph, plan, amax);
+  TrainingGraphOptions graph_options;
+  graph_options.point_outputs = options.point_outputs;
+  MaxCalibratedFakeQuant result;
+  result.training = fake_quant_training(*transformed.graph, plan, amax, graph_options).training;
+  result.amax = std::move(amax);
+  if (options.point_outputs) {
+    for (const ActivationPoint& p : plan.activations) result.points.push_back(p.tensor);
+  }
+  return result;
 }
 
 InitializerGradients initializer_gradients(const runtime::ClassifierTraining& training,

@@ -49,6 +49,21 @@ ActivationScales learned_scales(const runtime::TrainingExecutor& training,
 std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
     const graph::Graph& model, const kernels::Tensor& batch);
 
+// The same, with the amax each point got and, with point_outputs, each point's tensor as an
+// output of the training graph after the logits (TrainingGraphOptions::point_outputs), so that
+// a forward leaves there the values every activation quantizer read.
+struct MaxCalibratedOptions {
+  bool point_outputs = false;
+};
+struct MaxCalibratedFakeQuant {
+  std::unique_ptr<runtime::ClassifierTraining> training;
+  ActivationAmax amax;              // by point tensor
+  std::vector<std::string> points;  // the point tensors, in plan order (outputs 1, 2, …)
+};
+MaxCalibratedFakeQuant max_calibrated_fake_quant(const graph::Graph& model,
+                                                 const kernels::Tensor& batch,
+                                                 const MaxCalibratedOptions& options);
+
 // The gradients of a training on `model`'s fused graph keyed by the model's initializers: each
 // gradient of a constant that a transform derived (a Linear head as a 1×1 convolution's weight
 // and bias, packed Q/K/V, a class token expanded to the batch) pulled back onto the initializers

@@ -481,6 +481,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
   }
   std::sort(result.parameters.begin(), result.parameters.end());
   std::sort(result.state.begin(), result.state.end());
+  if (options.point_outputs) {
+    for (const ActivationPoint& p : plan.activations) g.mark_output(g.find_value(p.tensor));
+  }
   return result;
 }
 

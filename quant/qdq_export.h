@@ -87,6 +87,10 @@ struct TrainingGraphOptions {
   bool learn_scales = false;
   // Scales that replace amax / 127 (a resumed or continued run's learned ones).
   ActivationScales activation_scales;
+  // Every activation point's tensor (what its quantizer reads) also becomes a graph output,
+  // after the model's own, in plan order: to compare the values quantizers see with another
+  // framework's, point by point.
+  bool point_outputs = false;
 };
 
 TrainingGraph build_training_graph(const graph::Graph& fused, const QuantPlan& plan,

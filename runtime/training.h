@@ -67,6 +67,8 @@ class TrainingExecutor {
   // Runs the training forward (graph input order, exact shapes). Returns views of the outputs,
   // valid until the next forward.
   std::span<const Tensor> forward(std::span<const Tensor> inputs);
+  // The outputs of the last forward (what it returned).
+  std::span<const Tensor> outputs() const { return graph_outputs_; }
   // Backward from dLoss/d output for each graph output (an undefined tensor: no gradient from
   // that output); overwrites every trainable parameter's grad. Needs the forward just run, once:
   // backward reuses the memory of forward values it no longer needs. The outputs of forward stay

@@ -1,15 +1,18 @@
 // `qforge grad` end to end: the written .npz holds the loss and the gradients that the library
-// computes, bit for bit, through fake quant keyed by the model's initializers too; bad labels, a
-// model without parameters and an unwritable output each give one clear line, a non-zero exit and
-// no file.
+// computes, bit for bit, through fake quant keyed by the model's initializers too, and --points
+// the values at the Q/DQ points; bad labels, a model without parameters, an unwritable output
+// and --points without --fake-quant each give one clear line, a non-zero exit and no file.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
 
 #include "graph/onnx_import.h"
+#include "quant/calibration.h"
 #include "quant/fake_quant_training.h"
+#include "quant/placement.h"
 #include "runtime/training.h"
+#include "runtime/transform_pipeline.h"
 #include "tests/support/onnx_models.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
@@ -71,6 +74,57 @@ TEST(GradCli, FakeQuantGradientsAreKeyedByTheInitializers) {
   }
   EXPECT_EQ(written.at("fc.weight").shape(), (kernels::Shape{10, 128}));
   EXPECT_EQ(written.count("/fc/Gemm_conv_weight"), 0u);
+}
+
+// --points writes what each activation quantizer read in the training forward and its amax,
+// every point of the plan, without changing a bit of the gradients; the model input's point
+// holds the batch itself.
+TEST(GradCli, PointsHoldWhatEachQuantizerRead) {
+  TempDir dir;
+  const std::string out = dir.file("grads.npz");
+  const std::string points = dir.file("points.npz");
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + kLabels + " -o " + out +
+                   " --fake-quant --points " + points + " --threads 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("points     15 activation points' values and amax written"),
+            std::string::npos)
+      << r.out;
+  const kernels::Tensor input = io::read_npy(kInput);
+  const auto model = graph::load_onnx(kResnet);
+  const runtime::GradientResult want =
+      quant::fake_quant_gradients(*model, input, io::read_npy(kLabels));
+  const auto written = io::read_npz(out);
+  EXPECT_EQ(written.at("loss").data<float>()[0], want.loss);
+  for (const auto& [name, grad] : want.gradients) {
+    EXPECT_EQ(std::memcmp(written.at(name).raw(), grad.raw(), grad.nbytes()), 0) << name;
+  }
+
+  runtime::TransformOptions transform;
+  transform.batch = input.dim(0);
+  auto fused = std::move(runtime::transform_model(*model, nullptr, transform).graph);
+  const quant::QuantPlan plan = quant::place_qdq(*fused);
+  quant::CalibrationStats stats(*fused, plan);
+  stats.observe_batch(input);
+  const quant::ActivationAmax amax = stats.activation_amax(quant::Calibrator::kMax);
+  const auto values = io::read_npz(points);
+  ASSERT_EQ(values.size(), 2 * plan.activations.size());
+  for (const quant::ActivationPoint& p : plan.activations) {
+    ASSERT_TRUE(values.count(p.tensor)) << p.tensor;
+    EXPECT_EQ(values.at("amax/" + p.tensor).data<float>()[0], amax.at(p.tensor)) << p.tensor;
+    EXPECT_EQ(values.at(p.tensor).shape(), fused->find_value(p.tensor)->known_shape()) << p.tensor;
+  }
+  const kernels::Tensor& at_input = values.at("input");
+  ASSERT_EQ(at_input.shape(), input.shape());
+  EXPECT_EQ(std::memcmp(at_input.raw(), input.raw(), input.nbytes()), 0);
+}
+
+TEST(GradCli, PointsNeedFakeQuant) {
+  TempDir dir;
+  auto r = run_cli("grad " + kResnet + " --data " + kInput + " --labels " + kLabels + " -o " +
+                   dir.file("g.npz") + " --points " + dir.file("p.npz"));
+  expect_one_line_error(r, "--points needs --fake-quant");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("g.npz")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("p.npz")));
 }
 
 TEST(GradCli, HelpNamesTheInputs) {

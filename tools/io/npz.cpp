@@ -62,7 +62,7 @@ std::map<std::string, kernels::Tensor> read_npz(const std::string& path) {
   return tensors;
 }
 
-void write_npz(const std::string& path, const std::map<std::string, kernels::Tensor>& tensors) {
+std::string encode_npz(const std::map<std::string, kernels::Tensor>& tensors) {
   zip_error_t error;
   zip_error_init(&error);
   zip_source_t* memory = zip_source_buffer_create(nullptr, 0, 0, &error);
@@ -111,7 +111,11 @@ void write_npz(const std::string& path, const std::map<std::string, kernels::Ten
   if (got != static_cast<zip_int64_t>(bytes.size())) {
     throw_internal("write_npz: cannot read the archive back");
   }
-  write_file_atomic(path, bytes);
+  return bytes;
+}
+
+void write_npz(const std::string& path, const std::map<std::string, kernels::Tensor>& tensors) {
+  write_file_atomic(path, encode_npz(tensors));
 }
 
 }  // namespace qforge::io

@@ -14,7 +14,10 @@ namespace qforge::io {
 // archive or a member is not a valid .npy (read_npy's messages, with the member named).
 std::map<std::string, kernels::Tensor> read_npz(const std::string& path);
 
-// Writes the tensors as an uncompressed archive, as np.savez does, atomically (see AtomicFile).
+// The bytes of an uncompressed archive of the tensors, as np.savez writes it.
+std::string encode_npz(const std::map<std::string, kernels::Tensor>& tensors);
+
+// Writes encode_npz's bytes atomically (see AtomicFile).
 void write_npz(const std::string& path, const std::map<std::string, kernels::Tensor>& tensors);
 
 }  // namespace qforge::io

@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <span>
+#include <string>
+#include <vector>
 
 #include "graph/onnx_import.h"
 #include "quant/fake_quant_training.h"
@@ -28,6 +31,7 @@ struct GradOptions {
   std::string data;
   std::string labels;
   std::string output;
+  std::string points;
   int threads = 0;
   int runs = 1;
   bool fake_quant = false;
@@ -36,7 +40,12 @@ struct GradOptions {
 
 int run_grad(const GradOptions& o) {
   set_threads_from_flag(o.threads);
-  const io::NamedPath outputs[] = {{"-o", o.output}};
+  if (!o.points.empty() && !o.fake_quant) {
+    throw_invalid(
+        "grad: --points needs --fake-quant: only a run through fake quant has Q/DQ points");
+  }
+  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  if (!o.points.empty()) outputs.push_back({"--points", o.points});
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--labels", o.labels}};
   io::check_output_paths("grad", outputs, inputs);
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
@@ -50,8 +59,12 @@ int run_grad(const GradOptions& o) {
     throw_invalid("grad: '" + o.labels + "' must hold one label per sample of '" + o.data +
                   "' (int64 [" + std::to_string(input.dim(0)) + "]), got " + labels.describe());
   }
+  quant::MaxCalibratedFakeQuant setup;
+  if (o.fake_quant) {
+    setup = quant::max_calibrated_fake_quant(*model, input, {.point_outputs = !o.points.empty()});
+  }
   std::unique_ptr<runtime::ClassifierTraining> owned =
-      o.fake_quant ? quant::max_calibrated_fake_quant_training(*model, input)
+      o.fake_quant ? std::move(setup.training)
                    : std::make_unique<runtime::ClassifierTraining>(*model, input.dim(0));
   runtime::ClassifierTraining& training = *owned;
   // Through fake quant the gradients are pulled back from the fused graph onto the model's
@@ -80,7 +93,26 @@ int run_grad(const GradOptions& o) {
     }
     arrays.emplace(name, grad);
   }
-  io::write_npz(o.output, arrays);
+  // What each activation quantizer read in the (last) forward, and its amax: the point tensor's
+  // value is output k + 1 of the training graph (quant::MaxCalibratedOptions::point_outputs).
+  std::map<std::string, kernels::Tensor> point_arrays;
+  if (!o.points.empty()) {
+    const std::span<const kernels::Tensor> values = training.executor().outputs();
+    for (size_t k = 0; k < setup.points.size(); ++k) {
+      const std::string& tensor = setup.points[k];
+      point_arrays.emplace(tensor, values[k + 1].clone());
+      point_arrays.emplace("amax/" + tensor, kernels::Tensor::scalar_f32(setup.amax.at(tensor)));
+    }
+  }
+  // Both files are complete before either is put in place.
+  io::AtomicFile output_file(o.output);
+  output_file.write(io::encode_npz(arrays));
+  std::unique_ptr<io::AtomicFile> points_file;
+  if (!o.points.empty()) {
+    points_file = std::make_unique<io::AtomicFile>(o.points);
+    points_file->write(io::encode_npz(point_arrays));
+  }
+  io::commit_together({&output_file, points_file.get()});
   std::printf("loss       %.6g (mean cross-entropy over %lld samples)\n", loss,
               static_cast<long long>(input.dim(0)));
   std::printf("time       %.1f ms forward and backward (%s of %d, %d threads)\n", best_ms,
@@ -100,6 +132,10 @@ int run_grad(const GradOptions& o) {
       for (const std::string& name : fake_quant.unmapped)
         std::printf("             %s\n", name.c_str());
     }
+  }
+  if (!o.points.empty()) {
+    std::printf("points     %zu activation points' values and amax written to %s\n",
+                setup.points.size(), o.points.c_str());
   }
   const runtime::TrainingExecutor& executor = training.executor();
   constexpr double kMiB = 1 << 20;
@@ -139,6 +175,12 @@ CommandRunner add_grad_command(CLI::App& app) {
                 "weights quantized per channel from their current values, BN folding "
                 "simulated; the gradients of tensors the transforms derived are pulled back "
                 "onto the initializers they came from, so keys and shapes are the model's");
+  cmd->add_option("--points", o->points,
+                  "with --fake-quant: also write, as an .npz keyed by point tensor, what each "
+                  "activation quantizer read in this training forward and the amax it was "
+                  "calibrated to ('amax/<tensor>'), to compare with another framework point by "
+                  "point")
+      ->check(file_path());
   cmd->add_option("--threads", o->threads, "worker threads (default: all cores)")
       ->check(integer_at_least(0, INT_MAX));
   cmd->add_option("--runs", o->runs,
