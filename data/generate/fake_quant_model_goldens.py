@@ -68,6 +68,9 @@ BN_MOMENTUM = 0.1
 FLOAT_LOSS_TOLERANCE = 1e-5   # the interpreter against the PyTorch model, relative
 FLOAT_GRAD_TOLERANCE = 1e-4   # relative L2, as training_golden_test.cpp
 AMAX_TOLERANCE = 1e-5         # this script's max |x| against qforge's, relative
+# A value this close to a .5 boundary (in steps of the scale) rounds either way in two correct
+# implementations: the only integers the aligned golden takes from qforge.
+ALIGN_DISTANCE = 1e-4
 
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
@@ -246,7 +249,7 @@ class Interpreter:
         if t == "MaxPool":
             p = a.get("pads", [0, 0, 0, 0])
             assert p[0] == p[2] and p[1] == p[3], node.name
-            if self.forced is not None:
+            if self.forced is not None or self.inject:
                 kernel, strides = a["kernel_shape"], a.get("strides", [1, 1])
                 near = self.count_near_ties(ins[0], kernel, strides, p)
                 if self.pool_other_pick:
@@ -685,6 +688,52 @@ def diagnose(family, qforge, x, y, batch_path, labels_path, golden, setup):
               flush=True)
 
 
+def aligned_golden(family, qforge, x, y, batch_path, labels_path, golden, setup):
+    """The golden's own run with only its rounding-level ties settled as qforge settles them:
+    the integers that differ when both sides quantize the same values (qforge's, from `grad
+    --points`), each checked to lie within ALIGN_DISTANCE of a step from the .5 boundary, are
+    rounded qforge's way, and the max-pool windows whose two largest values are within 1e-6
+    relative pass on their other value. Everything else is PyTorch's. Returns the keys to add
+    to the golden ("aligned/loss", "aligned/<parameter>", "aligned/flips",
+    "aligned/pool_ties"), none when there is nothing to settle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        grads_path, points_path = os.path.join(tmp, "g.npz"), os.path.join(tmp, "p.npz")
+        subprocess.run([qforge, "grad", os.path.join(MODELS_DIR, "%s_bn.onnx" % family),
+                        "--data", batch_path, "--labels", labels_path, "-o", grads_path,
+                        "--fake-quant", "--points", points_path, "--threads", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        at_points = dict(np.load(points_path))
+    interp = setup["interp"]
+    run_args = dict(act_amax=setup["reads"], weight_axes=setup["weight_axes"],
+                    folded=setup["folded"], softmax_quant=True)
+    interp.forced = {tensor: at_points[p["tensor"]] for tensor, p in setup["points"].items()}
+    interp.flips, interp.pool_near_ties, interp.differing = {}, 0, {}
+    gradients_of(interp, x, y, setup["keys"], **run_args)
+    interp.forced = None
+    flips = 0
+    for tensor, (count, size, distance) in interp.flips.items():
+        if count and distance > ALIGN_DISTANCE:
+            raise SystemExit("%s: at %s an integer %.3g of a step from .5 differs from qforge's: "
+                             "not a rounding tie" % (family, tensor, distance))
+        flips += count
+    pool_ties = interp.pool_near_ties
+    if not flips and not pool_ties:
+        return {}
+    interp.inject, interp.pool_other_pick, interp.pool_near_ties = True, bool(pool_ties), 0
+    loss, grads = gradients_of(interp, x, y, setup["keys"], **run_args)
+    interp.inject, interp.pool_other_pick = False, False
+    out = {"aligned/loss": np.array(loss, dtype=np.float32),
+           "aligned/flips": np.array(flips, dtype=np.int64),
+           "aligned/pool_ties": np.array(pool_ties, dtype=np.int64)}
+    for key, value in grads.items():
+        out["aligned/" + key] = value
+    moved_loss, (moved, name) = worst_difference(loss, grads, golden)
+    print("%s: %d integers and %d max-pool windows settled qforge's way; that moves the golden "
+          "by loss %.2g, gradients up to %.2g relative L2 (%s)"
+          % (family, flips, pool_ties, moved_loss, moved, name), flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch whole-model fake-quant gradient goldens")
     ap.add_argument("--family", action="append", choices=models.FAMILIES,
@@ -707,6 +756,8 @@ def main():
         if args.diagnose:
             diagnose(family, args.qforge, x, y, batch_path, labels_path, out, setup)
         else:
+            out.update(aligned_golden(family, args.qforge, x, y, batch_path, labels_path, out,
+                                      setup))
             np.savez(os.path.join(OUT_DIR, "%s_bn_grads.npz" % family), **out)
 
 
