@@ -37,7 +37,7 @@ inline std::pair<int64_t, int64_t> split_evenly(int64_t total, int64_t limit, in
 // Output positions [lo, hi) within [begin, end) whose input index pos·stride + offset lies in
 // [0, extent).
 inline void valid_range(int64_t begin, int64_t end, int64_t stride, int64_t offset, int64_t extent,
-                 int64_t& lo, int64_t& hi) {
+                        int64_t& lo, int64_t& hi) {
   lo = std::max(begin, ceil_div(-offset, stride));
   hi = std::min(end, ceil_div(extent - offset, stride));
   if (hi < lo) hi = lo;

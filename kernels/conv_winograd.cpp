@@ -497,7 +497,7 @@ int64_t winograd_image_group(const ConvPlan& plan) {
 // the workspace first.
 template <int kTile>
 void winograd_run(const ConvPlan& plan, const float* x, const float* w, const float* prepared,
-                   const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e) {
+                  const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e) {
   const ConvGeometry& g = plan.geometry;
   constexpr int64_t kPoints = winograd_points(kTile);
   const int64_t in_c = g.in_channels;
