@@ -239,28 +239,28 @@ Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Ten
   // y = gamma · (conv(x, W) + B − mean) / sqrt(var + eps) + beta, per output channel (axis 0,
   // or axis 1 within each group for a transposed convolution).
   const size_t first = static_cast<size_t>(point.input) + 2;
-  const float* gamma = n->input(first)->constant().data<float>();
-  const float* beta = n->input(first + 1)->constant().data<float>();
-  const float* mean = n->input(first + 2)->constant().data<float>();
-  const float* var = n->input(first + 3)->constant().data<float>();
-  const double eps = n->attr_float("epsilon", 1e-5f);
-  Tensor folded(DType::kFloat32, w.shape());
   const int64_t channels = point.transposed ? w.dim(1) * point.group : w.dim(0);
-  std::vector<double> factor(static_cast<size_t>(channels));
-  if (point.transposed) {
-    kernels::fold_batch_norm_weight_transposed(
-        w.data<float>(), gamma, var, eps, w.dim(0), point.group, w.dim(1),
-        w.numel() / w.dim(0) / w.dim(1), folded.data<float>(), factor.data());
-  } else {
-    kernels::fold_batch_norm_weight(w.data<float>(), gamma, var, eps, channels,
-                                    w.numel() / channels, folded.data<float>(), factor.data());
-  }
+  // Without a conv bias the fold still computes (0 − mean)·factor + beta: a zero bias keeps the
+  // sign of a zero shift as the export has always written it.
+  const std::vector<float> zero_bias(static_cast<size_t>(channels), 0.0f);
   Tensor bias(DType::kFloat32, {channels});
-  const float* b = is_float_constant(bv) ? bv->constant().data<float>() : nullptr;
-  for (int64_t c = 0; c < channels; ++c) {
-    const double conv_bias = b ? b[c] : 0.0;
-    bias.data<float>()[c] =
-        static_cast<float>((conv_bias - mean[c]) * factor[static_cast<size_t>(c)] + beta[c]);
+  std::vector<double> factor(static_cast<size_t>(channels));
+  kernels::batch_norm_fold({.gamma = n->input(first)->constant().data<float>(),
+                            .beta = n->input(first + 1)->constant().data<float>(),
+                            .mean = n->input(first + 2)->constant().data<float>(),
+                            .var = n->input(first + 3)->constant().data<float>(),
+                            .epsilon = n->attr_float("epsilon", 1e-5f),
+                            .channels = channels},
+                           is_float_constant(bv) ? bv->constant().data<float>() : zero_bias.data(),
+                           kernels::FoldPrecision::kDouble,
+                           {.factor = factor.data(), .shift = bias.data<float>()});
+  Tensor folded(DType::kFloat32, w.shape());
+  if (point.transposed) {
+    kernels::fold_weight_transposed(w.data<float>(), factor.data(), w.dim(0), point.group, w.dim(1),
+                                    w.numel() / w.dim(0) / w.dim(1), folded.data<float>());
+  } else {
+    kernels::fold_weight(w.data<float>(), factor.data(), channels, w.numel() / channels,
+                         folded.data<float>());
   }
   if (folded_bias) *folded_bias = bias;
   return folded;

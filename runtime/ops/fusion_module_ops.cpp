@@ -134,18 +134,16 @@ class ConvModuleKernel final : public OpKernel {
       }
     }
     const int64_t channels = conv_inputs[1].shape[0];
-    const float eps = node.attr_float("epsilon", 1e-5f);
-    const float* gamma = inputs[w + 2].constant->data<float>();
-    const float* beta = inputs[w + 3].constant->data<float>();
-    const float* mean = inputs[w + 4].constant->data<float>();
-    const float* var = inputs[w + 5].constant->data<float>();
     scale_ = Tensor(DType::kFloat32, {channels});
     shift_ = Tensor(DType::kFloat32, {channels});
-    for (int64_t c = 0; c < channels; ++c) {
-      const float s = gamma[c] / std::sqrt(var[c] + eps);
-      scale_.data<float>()[c] = s;
-      shift_.data<float>()[c] = beta[c] - mean[c] * s;
-    }
+    kernels::batch_norm_fold({.gamma = inputs[w + 2].constant->data<float>(),
+                              .beta = inputs[w + 3].constant->data<float>(),
+                              .mean = inputs[w + 4].constant->data<float>(),
+                              .var = inputs[w + 5].constant->data<float>(),
+                              .epsilon = node.attr_float("epsilon", 1e-5f),
+                              .channels = channels},
+                             nullptr, kernels::FoldPrecision::kFloat,
+                             {.scale = scale_.data<float>(), .shift = shift_.data<float>()});
     conv_inputs[3].constant = &scale_;
     conv_inputs[4].constant = &shift_;
     conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
@@ -255,10 +253,14 @@ class ConvTransposeModuleKernel final : public OpKernel {
     }
     scale_.resize(static_cast<size_t>(channels_));
     shift_.resize(static_cast<size_t>(channels_));
-    kernels::batch_norm_fold(inputs[3].constant->data<float>(), inputs[4].constant->data<float>(),
-                             inputs[5].constant->data<float>(), inputs[6].constant->data<float>(),
-                             node.attr_float("epsilon", 1e-5f), channels_, scale_.data(),
-                             shift_.data());
+    kernels::batch_norm_fold({.gamma = inputs[3].constant->data<float>(),
+                              .beta = inputs[4].constant->data<float>(),
+                              .mean = inputs[5].constant->data<float>(),
+                              .var = inputs[6].constant->data<float>(),
+                              .epsilon = node.attr_float("epsilon", 1e-5f),
+                              .channels = channels_},
+                             nullptr, kernels::FoldPrecision::kDouble,
+                             {.scale = scale_.data(), .shift = shift_.data()});
   }
   size_t workspace_bytes() const override { return conv_[0].workspace_bytes(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
