@@ -185,12 +185,9 @@ std::map<std::string, std::string> insert_activation_pairs(Graph& g, const Quant
   return scale_names;
 }
 
-// The fixed-scale pair after the Softmax that lowering module `label` made.
-void insert_softmax_pair(Graph& g, const std::vector<Node*>& made, float scale,
-                         const std::string& label) {
-  Node* softmax = find_op(made, "Softmax");
-  if (!softmax) throw_internal("qdq export: " + label + ": lowering made no Softmax");
-  Value* probs = softmax->output(0);
+// The fixed-scale pair of a module's internal quantizer on `probs`, the tensor its lowering
+// reported.
+void insert_internal_pair(Graph& g, Value* probs, float scale) {
   const std::vector<Node*> readers = probs->consumers();
   const std::set<const Node*> reader_set(readers.begin(), readers.end());
   Value* dq = add_qdq(g, probs, Quantizer{{scale}}, probs->name(), first_in_order(g, reader_set));
@@ -202,8 +199,9 @@ void insert_softmax_pair(Graph& g, const std::vector<Node*>& made, float scale,
 }
 
 // Lowers the module nodes of `g` one by one, in graph order. After each, `after` gets its name,
-// label and the nodes it became, then the fixed-scale pair goes after the Softmax of an
-// attention module that `plan` quantizes there. Returns the number of softmax pairs.
+// label and the nodes it became, then the fixed-scale pair of the module's internal quantizer
+// (OpSchema::internal_quantizer, the attention modules' softmax) goes on the tensor its lowering
+// reported, where `plan` quantizes it. Returns the number of softmax pairs.
 using AfterLowering = std::function<void(const std::string& name, const std::string& label,
                                          const std::vector<Node*>& made)>;
 size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
@@ -220,12 +218,17 @@ size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
     const std::string name = node->name();
     const std::string label = node->label();
     const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
-    schema->lower(g, *node);
+    graph::Lowered lowered;
+    schema->lower(g, *node, lowered);
     const std::vector<Node*> made = new_nodes(g, before);
     after(name, label, made);
     auto sm = softmax_scale.find(name);
     if (sm != softmax_scale.end()) {
-      insert_softmax_pair(g, made, sm->second, label);
+      if (!lowered.internal_quantizer_input) {
+        throw_internal(stage + ": " + label + ": lowering reported no input of its " +
+                       std::string(schema->internal_quantizer.name) + " quantizer");
+      }
+      insert_internal_pair(g, lowered.internal_quantizer_input, sm->second);
       ++softmax_pairs;
     }
   }
@@ -278,7 +281,9 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
     if (w.folds_batch_norm) {
       std::string name = stem;
       name.append("_folded_bias");
-      g.set_input(n, static_cast<size_t>(w.input) + 1,
+      const int bias_input =
+          graph::input_index(*graph::find_schema(n->op_type()), graph::Role::kBias);
+      g.set_input(n, static_cast<size_t>(bias_input),
                   g.add_constant(g.unique_value_name(name), bias));
       folded_modules.insert(w.node);
     }
@@ -399,9 +404,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     if (v->is_constant() && v->dtype() == DType::kFloat32) candidates.insert(v->name());
   }
   for (const Node* n : fused.nodes()) {
-    const int mask = n->op_type() == "SDPA" ? 3 : n->op_type() == "SwinAttention" ? 4 : -1;
-    if (mask >= 0 && n->num_inputs() > static_cast<size_t>(mask) && n->input(mask)) {
-      candidates.erase(n->input(mask)->name());
+    const graph::OpSchema* schema = graph::find_schema(n->op_type());
+    if (const Value* mask = schema ? graph::role_input(*schema, *n, graph::Role::kMask) : nullptr) {
+      candidates.erase(mask->name());
     }
     for (size_t i = 0; i < n->num_inputs(); ++i) {
       if (n->input(i) && graph::float_input_is_setting(n->op_type(), i)) {
@@ -423,9 +428,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     std::map<std::string, graph::AttributeValue, std::less<>> attributes = {
         {"axis", int64_t{w.per_channel ? w.axis : -1}}};
     if (w.folds_batch_norm) {
-      const size_t first = static_cast<size_t>(w.input) + 2;
-      inputs.push_back(n->input(first));      // gamma
-      inputs.push_back(n->input(first + 3));  // running var
+      const graph::OpSchema& schema = *graph::find_schema(n->op_type());
+      inputs.push_back(graph::role_input(schema, *n, graph::Role::kBnGamma));
+      inputs.push_back(graph::role_input(schema, *n, graph::Role::kBnVar));
       attributes["epsilon"] = n->attr_float("epsilon", 1e-5f);
       if (w.transposed) {
         attributes["transposed"] = int64_t{1};

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "graph/catalog.h"
 #include "kernels/norm.h"
 #include "runtime/fusion_util.h"
 
@@ -34,15 +35,20 @@ bool fold_batch_norm(const Node& bn, int64_t channels, Tensor& scale, Tensor& sh
       !only_first_output_used(bn)) {
     return false;
   }
-  for (size_t i = 1; i <= 4; ++i) {
-    if (!constant_f32(bn.input(i)) || bn.input(i)->constant().numel() != channels) return false;
+  const graph::OpSchema& schema = *graph::find_schema("BatchNormalization");
+  const Value* parameters[] = {graph::role_input(schema, bn, graph::Role::kBnGamma),
+                               graph::role_input(schema, bn, graph::Role::kBnBeta),
+                               graph::role_input(schema, bn, graph::Role::kBnMean),
+                               graph::role_input(schema, bn, graph::Role::kBnVar)};
+  for (const Value* p : parameters) {
+    if (!constant_f32(p) || p->constant().numel() != channels) return false;
   }
   scale = Tensor(kernels::DType::kFloat32, {channels});
   shift = Tensor(kernels::DType::kFloat32, {channels});
-  kernels::batch_norm_fold({.gamma = bn.input(1)->constant().data<float>(),
-                            .beta = bn.input(2)->constant().data<float>(),
-                            .mean = bn.input(3)->constant().data<float>(),
-                            .var = bn.input(4)->constant().data<float>(),
+  kernels::batch_norm_fold({.gamma = parameters[0]->constant().data<float>(),
+                            .beta = parameters[1]->constant().data<float>(),
+                            .mean = parameters[2]->constant().data<float>(),
+                            .var = parameters[3]->constant().data<float>(),
                             .epsilon = bn.attr_float("epsilon", 1e-5f),
                             .channels = channels},
                            nullptr, kernels::FoldPrecision::kFloat,

@@ -139,8 +139,7 @@ TEST(BatchNormFold, WeightFoldScalesEachOutputChannel) {
   kernels::fold_weight_transposed(wt.data<float>(), d.factor.data(), 4, 2, 3, 2, folded_t.data());
   for (int64_t i = 0; i < wt.numel(); ++i) {
     const int64_t ci = i / 6, j = i / 2 % 3;
-    ASSERT_EQ(folded_t[i], static_cast<float>(wt.data<float>()[i] * d.factor[ci / 2 * 3 + j]))
-        << i;
+    ASSERT_EQ(folded_t[i], static_cast<float>(wt.data<float>()[i] * d.factor[ci / 2 * 3 + j])) << i;
   }
 }
 
@@ -228,11 +227,12 @@ TEST(BatchNormFold, EpilogueFusionTakesTheFloatFold) {
   const BatchNorm bn(rng);
   graph::Graph g;
   Value* x = g.add_input("x", DType::kFloat32, Shape{1, 5, 7, 6});
-  graph::Node* conv = g.add_node({.name = "conv",
-                                  .op_type = "Conv",
-                                  .inputs = {x, g.add_constant("w", random_tensor({6, 5, 3, 3}, rng))},
-                                  .output_names = {"c"},
-                                  .attributes = conv_attributes()});
+  graph::Node* conv =
+      g.add_node({.name = "conv",
+                  .op_type = "Conv",
+                  .inputs = {x, g.add_constant("w", random_tensor({6, 5, 3, 3}, rng))},
+                  .output_names = {"c"},
+                  .attributes = conv_attributes()});
   std::vector<Value*> bn_inputs = {conv->output(0)};
   for (Value* p : bn.add_to(g)) bn_inputs.push_back(p);
   graph::Node* norm = g.add_node({.name = "bn",
@@ -295,12 +295,12 @@ TEST(BatchNormFold, ConvTransposeModuleAndBatchNormRunTheDoubleFold) {
   const Fold d = fold(bn, nullptr, FoldPrecision::kDouble);
 
   graph::Graph plain;
-  graph::Node* ct = plain.add_node({.name = "ct",
-                                    .op_type = "ConvTranspose",
-                                    .inputs = {plain.add_input("x", DType::kFloat32, x.shape()),
-                                               plain.add_constant("w", w)},
-                                    .output_names = {"y"},
-                                    .attributes = conv_attributes()});
+  graph::Node* ct = plain.add_node(
+      {.name = "ct",
+       .op_type = "ConvTranspose",
+       .inputs = {plain.add_input("x", DType::kFloat32, x.shape()), plain.add_constant("w", w)},
+       .output_names = {"y"},
+       .attributes = conv_attributes()});
   plain.mark_output(ct->output(0));
   const Tensor conv_out = run(plain, x);
   const int64_t inner = conv_out.numel() / (conv_out.dim(0) * kChannels);
