@@ -19,10 +19,14 @@ class Node;
 
 class Value;
 
-// What a lowering reports about the nodes it made: the tensor the module's internal quantizer
-// (OpSchema::internal_quantizer) reads, for a module that declares one.
+// What a lowering reports about the nodes it made, for quant/ to find them again without
+// looking for op types: the tensor the module's internal quantizer (OpSchema::internal_quantizer)
+// reads, the node that applies the Role::kWeight input (a Conv, ConvTranspose, Gemm or MatMul)
+// and the BatchNormalization the BN roles became.
 struct Lowered {
   Value* internal_quantizer_input = nullptr;
+  Node* weight_op = nullptr;
+  Node* batch_norm = nullptr;
 };
 
 // Replaces a module node in `graph` by standard ONNX nodes computing the same outputs (same

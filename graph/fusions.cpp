@@ -744,8 +744,8 @@ class Lowering {
 
   // Conv then BN from the module's weight, bias and BN roles; the conv alone when the module has
   // no BN. `conv_op`: Conv, or ConvTranspose for the transposed modules (which keep
-  // output_padding and output_shape too).
-  Value* conv_bn(Value* x, const std::string& conv_op = "Conv") {
+  // output_padding and output_shape too). Reports both nodes in `lowered`.
+  Value* conv_bn(Value* x, Lowered& lowered, const std::string& conv_op = "Conv") {
     const OpSchema& schema = *find_schema(module_.op_type());
     std::map<std::string, AttributeValue, std::less<>> conv_attrs;
     for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad",
@@ -756,12 +756,15 @@ class Lowering {
     std::vector<Value*> conv_inputs = {x, role_input(schema, module_, Role::kWeight)};
     if (Value* b = role_input(schema, module_, Role::kBias)) conv_inputs.push_back(b);
     Value* c = add(conv_op, conv_op, std::move(conv_inputs), std::move(conv_attrs));
+    lowered.weight_op = c->producer();
     if (!has_batch_norm(schema, module_)) return c;
-    return add(
+    Value* y = add(
         "BatchNormalization", "BatchNormalization",
         {c, role_input(schema, module_, Role::kBnGamma), role_input(schema, module_, Role::kBnBeta),
          role_input(schema, module_, Role::kBnMean), role_input(schema, module_, Role::kBnVar)},
         {{"epsilon", module_.attr_float("epsilon", 1e-5f)}});
+    lowered.batch_norm = y->producer();
+    return y;
   }
 
   // Gemm or MatMul [+ Add] from inputs X, W, B?.
@@ -796,39 +799,39 @@ class Lowering {
   Node& module_;
 };
 
-void lower_conv_bn(Graph& g, Node& n, Lowered& /*lowered*/) {
+void lower_conv_bn(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.conv_bn(n.input(0)));
+  l.finish(l.conv_bn(n.input(0), lowered));
 }
 
-void lower_conv_bn_act(Graph& g, Node& n, Lowered& /*lowered*/) {
+void lower_conv_bn_act(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.activation(l.conv_bn(n.input(0))));
+  l.finish(l.activation(l.conv_bn(n.input(0), lowered)));
 }
 
-void lower_conv_transpose_bn(Graph& g, Node& n, Lowered& /*lowered*/) {
+void lower_conv_transpose_bn(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.conv_bn(n.input(0), "ConvTranspose"));
+  l.finish(l.conv_bn(n.input(0), lowered, "ConvTranspose"));
 }
 
-void lower_conv_transpose_bn_act(Graph& g, Node& n, Lowered& /*lowered*/) {
+void lower_conv_transpose_bn_act(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.activation(l.conv_bn(n.input(0), "ConvTranspose")));
+  l.finish(l.activation(l.conv_bn(n.input(0), lowered, "ConvTranspose")));
 }
 
-void lower_conv_bn_add_act(Graph& g, Node& n, Lowered& /*lowered*/) {
+void lower_conv_bn_add_act(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  Value* sum = l.add("Add_residual", "Add", {l.conv_bn(n.input(0)), n.input(1)});
+  Value* sum = l.add("Add_residual", "Add", {l.conv_bn(n.input(0), lowered), n.input(1)});
   l.finish(l.activation(sum));
 }
 
-void lower_stem(Graph& g, Node& n, Lowered& /*lowered*/) {
+void lower_stem(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
   std::map<std::string, AttributeValue, std::less<>> pool_attrs;
   for (const auto& [key, value] : n.attributes()) {
     if (key.rfind("pool_", 0) == 0) pool_attrs[key.substr(5)] = value;
   }
-  Value* act = l.activation(l.conv_bn(n.input(0)));
+  Value* act = l.activation(l.conv_bn(n.input(0), lowered));
   l.finish(l.add("MaxPool", "MaxPool", {act}, std::move(pool_attrs)));
 }
 

@@ -5,7 +5,6 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <unordered_set>
 
 #include "graph/catalog.h"
 #include "kernels/error.h"
@@ -117,21 +116,6 @@ Tensor quantize_int8(const Tensor& w, const Quantizer& q) {
   return out;
 }
 
-std::vector<Node*> new_nodes(const Graph& g, const std::unordered_set<const Node*>& before) {
-  std::vector<Node*> out;
-  for (Node* n : g.nodes()) {
-    if (!before.count(n)) out.push_back(n);
-  }
-  return out;
-}
-
-Node* find_op(const std::vector<Node*>& nodes, std::string_view op_type) {
-  for (Node* n : nodes) {
-    if (n->op_type() == op_type) return n;
-  }
-  return nullptr;
-}
-
 // Activations: one shared pair per tensor, in front of its quantized module inputs.
 // Returns each point's scale constant by point tensor.
 std::map<std::string, std::string> insert_activation_pairs(Graph& g, const QuantPlan& plan,
@@ -199,11 +183,11 @@ void insert_internal_pair(Graph& g, Value* probs, float scale) {
 }
 
 // Lowers the module nodes of `g` one by one, in graph order. After each, `after` gets its name,
-// label and the nodes it became, then the fixed-scale pair of the module's internal quantizer
-// (OpSchema::internal_quantizer, the attention modules' softmax) goes on the tensor its lowering
-// reported, where `plan` quantizes it. Returns the number of softmax pairs.
+// label and what its lowering reported, then the fixed-scale pair of the module's internal
+// quantizer (OpSchema::internal_quantizer, the attention modules' softmax) goes on the tensor its
+// lowering reported, where `plan` quantizes it. Returns the number of softmax pairs.
 using AfterLowering = std::function<void(const std::string& name, const std::string& label,
-                                         const std::vector<Node*>& made)>;
+                                         const graph::Lowered& lowered)>;
 size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
                      const AfterLowering& after) {
   std::map<std::string, float> softmax_scale;
@@ -217,11 +201,9 @@ size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
       throw_internal(stage + ": " + node->label() + ": module without a lowering");
     const std::string name = node->name();
     const std::string label = node->label();
-    const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
     graph::Lowered lowered;
     schema->lower(g, *node, lowered);
-    const std::vector<Node*> made = new_nodes(g, before);
-    after(name, label, made);
+    after(name, label, lowered);
     auto sm = softmax_scale.find(name);
     if (sm != softmax_scale.end()) {
       if (!lowered.internal_quantizer_input) {
@@ -293,11 +275,12 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
   // Lower module by module, so that the nodes each one became are known.
   count.softmax_pairs = lower_modules(
       g, plan, "qdq export",
-      [&](const std::string& name, const std::string& label, const std::vector<Node*>& made) {
+      [&](const std::string& name, const std::string& label, const graph::Lowered& lowered) {
         if (!folded_modules.count(name)) return;
         // Conv → BN becomes Conv with the folded weight and bias: the BN goes.
-        Node* bn = find_op(made, "BatchNormalization");
-        if (!bn) throw_internal("qdq export: " + label + ": lowering made no BatchNormalization");
+        Node* bn = lowered.batch_norm;
+        if (!bn)
+          throw_internal("qdq export: " + label + ": lowering reported no BatchNormalization");
         Value* conv_out = bn->input(0);
         Value* bn_out = bn->output(0);
         const std::string bn_out_name = bn_out->name();
@@ -354,21 +337,23 @@ Value* insert_node(Graph& g, const std::string& name, const std::string& op_type
 // In the nodes a folded module lowered to (Conv → BatchNormalization): the Conv loses its
 // bias, its output is divided by the fold factor and the bias added back before the BN, as
 // PyTorch's fused ConvBn QAT module computes it.
-void unfold_conv_output(Graph& g, const std::vector<Node*>& made, Value* factor,
+void unfold_conv_output(Graph& g, const graph::Lowered& lowered, Value* factor,
                         const std::string& label) {
-  Node* conv = find_op(made, "Conv");
-  if (!conv) conv = find_op(made, "ConvTranspose");
-  Node* bn = find_op(made, "BatchNormalization");
-  if (!conv || !bn) throw_internal("training graph: " + label + ": lowering made no Conv → BN");
+  Node* conv = lowered.weight_op;
+  Node* bn = lowered.batch_norm;
+  if (!conv || !bn) throw_internal("training graph: " + label + ": lowering reported no Conv → BN");
+  const graph::OpSchema& conv_schema = *graph::find_schema(conv->op_type());
+  Value* x = graph::role_input(conv_schema, *conv, graph::Role::kData);
+  Value* w = graph::role_input(conv_schema, *conv, graph::Role::kWeight);
+  Value* bias = graph::role_input(conv_schema, *conv, graph::Role::kBias);
   Value* y = conv->output(0);
-  const size_t rank = conv->input(0)->known_shape().size();
+  const size_t rank = x->known_shape().size();
   const int64_t channels = factor->known_shape()[0];
   const std::string stem = conv->name();
-  Value* bias = conv->num_inputs() > 2 ? conv->input(2) : nullptr;
   if (bias) {
     Node* plain = g.insert_node({.name = g.unique_node_name(stem + "_nobias"),
                                  .op_type = conv->op_type(),
-                                 .inputs = {conv->input(0), conv->input(1)},
+                                 .inputs = {x, w},
                                  .output_names = {g.unique_value_name(y->name() + "_nobias")},
                                  .attributes = conv->attributes()},
                                 conv);
@@ -457,9 +442,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
 
   lower_modules(
       g, plan, "training graph",
-      [&](const std::string& name, const std::string& label, const std::vector<Node*>& made) {
+      [&](const std::string& name, const std::string& label, const graph::Lowered& lowered) {
         auto f = fold_factor.find(name);
-        if (f != fold_factor.end()) unfold_conv_output(g, made, f->second, label);
+        if (f != fold_factor.end()) unfold_conv_output(g, lowered, f->second, label);
       });
   g.remove_dead();
   g.check_consistency();

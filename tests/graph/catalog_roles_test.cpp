@@ -123,8 +123,8 @@ TEST(CatalogRoles, AccessorsReadTheNode) {
     bn.push_back(g.add_constant(name, kernels::Tensor(kernels::DType::kFloat32, {2})));
   }
   const OpSchema& conv_bn = *graph::find_schema("ConvBN");
-  graph::Node* plain = g.add_node(
-      {.name = "plain", .op_type = "ConvBN", .inputs = {x, w}, .output_names = {"p"}});
+  graph::Node* plain =
+      g.add_node({.name = "plain", .op_type = "ConvBN", .inputs = {x, w}, .output_names = {"p"}});
   graph::Node* folded = g.add_node({.name = "folded",
                                     .op_type = "ConvBN",
                                     .inputs = {x, w, nullptr, bn[0], bn[1], bn[2], bn[3]},
@@ -143,12 +143,63 @@ TEST(CatalogRoles, AccessorsReadTheNode) {
                                   .inputs = {x, w},
                                   .output_names = {"l"},
                                   .attributes = {{"weight_layout", std::string("gemm")}}});
-  graph::Node* matmul = g.add_node(
-      {.name = "matmul", .op_type = "Linear", .inputs = {x, w}, .output_names = {"m"}});
+  graph::Node* matmul =
+      g.add_node({.name = "matmul", .op_type = "Linear", .inputs = {x, w}, .output_names = {"m"}});
   EXPECT_EQ(graph::weight_axis(linear, *gemm), 0);
   EXPECT_EQ(graph::weight_axis(linear, *matmul), 1);  // "matmul" is the default
   EXPECT_EQ(graph::weight_axis(conv_bn, *folded), 0);
   EXPECT_EQ(graph::weight_axis(*graph::find_schema("ConvTransposeBN"), *folded), 1);
+}
+
+// What quant/ finds again after lowering comes from the lowering's report, not from op types.
+TEST(CatalogRoles, LoweringsReportTheWeightOpTheBatchNormAndTheSoftmax) {
+  for (bool with_bn : {true, false}) {
+    SCOPED_TRACE(with_bn ? "ConvBN with its BN" : "ConvBN without BN");
+    graph::Graph g;
+    std::vector<graph::Value*> inputs = {
+        g.add_input("x", kernels::DType::kFloat32, graph::Shape{1, 2, 3, 3}),
+        g.add_constant("w", kernels::Tensor(kernels::DType::kFloat32, {2, 2, 1, 1})), nullptr};
+    for (const char* name : {"gamma", "beta", "mean", "var"}) {
+      if (with_bn)
+        inputs.push_back(g.add_constant(name, kernels::Tensor(kernels::DType::kFloat32, {2})));
+    }
+    graph::Node* n = g.add_node({.name = "block",
+                                 .op_type = "ConvBN",
+                                 .inputs = inputs,
+                                 .output_names = {"y"},
+                                 .attributes = {{"epsilon", 1e-5f}}});
+    n->output(0)->set_type(kernels::DType::kFloat32, {1, 2, 3, 3});
+    g.mark_output(n->output(0));
+    graph::Lowered lowered;
+    graph::find_schema("ConvBN")->lower(g, *n, lowered);
+    ASSERT_NE(lowered.weight_op, nullptr);
+    EXPECT_EQ(lowered.weight_op->op_type(), "Conv");
+    EXPECT_EQ(lowered.weight_op->input(1)->name(), "w");
+    EXPECT_EQ(lowered.internal_quantizer_input, nullptr);
+    if (!with_bn) {
+      EXPECT_EQ(lowered.batch_norm, nullptr);
+      continue;
+    }
+    ASSERT_NE(lowered.batch_norm, nullptr);
+    EXPECT_EQ(lowered.batch_norm->op_type(), "BatchNormalization");
+    EXPECT_EQ(lowered.batch_norm->input(0), lowered.weight_op->output(0));
+  }
+  graph::Graph g;
+  std::vector<graph::Value*> qkv;
+  for (const char* name : {"q", "k", "v"}) {
+    qkv.push_back(g.add_input(name, kernels::DType::kFloat32, graph::Shape{1, 2, 4, 8}));
+  }
+  graph::Node* sdpa = g.add_node({.name = "attention",
+                                  .op_type = "SDPA",
+                                  .inputs = qkv,
+                                  .output_names = {"o"},
+                                  .attributes = {{"scale", 0.5f}, {"causal", int64_t{0}}}});
+  sdpa->output(0)->set_type(kernels::DType::kFloat32, {1, 2, 4, 8});
+  g.mark_output(sdpa->output(0));
+  graph::Lowered lowered;
+  graph::find_schema("SDPA")->lower(g, *sdpa, lowered);
+  ASSERT_NE(lowered.internal_quantizer_input, nullptr);
+  EXPECT_EQ(lowered.internal_quantizer_input->producer()->op_type(), "Softmax");
 }
 
 }  // namespace
