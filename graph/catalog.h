@@ -1,7 +1,8 @@
 // The op catalog: every op qforge knows, declared once. ONNX ops carry their arity; fused
-// modules (made by fusions and conversions) also carry their quantization contract and how
-// they lower back to standard ONNX ops. The importer refuses what is not here and what only
-// qforge's passes make; the runtime binds one OpDef to each entry; quant/ reads the contract.
+// modules (made by fusions and conversions) also name their inputs by role and carry their
+// quantization contract and how they lower back to standard ONNX ops. The importer refuses what is
+// not here and what only qforge's passes make; the runtime binds one OpDef to each entry; quant/
+// reads the contract.
 #pragma once
 
 #include <array>
@@ -16,13 +17,12 @@ namespace qforge::graph {
 
 class Graph;
 class Node;
-
 class Value;
 
 // What a lowering reports about the nodes it made, for quant/ to find them again without
 // looking for op types: the tensor the module's internal quantizer (OpSchema::internal_quantizer)
-// reads, the node that applies the Role::kWeight input (a Conv, ConvTranspose, Gemm or MatMul)
-// and the BatchNormalization the BN roles became.
+// reads, and for the conv modules the Conv or ConvTranspose that applies the Role::kWeight input
+// and the BatchNormalization the BN roles became (null when the node had no BN).
 struct Lowered {
   Value* internal_quantizer_input = nullptr;
   Node* weight_op = nullptr;
