@@ -85,7 +85,7 @@ bool is_causal_mask(const Value* mask, int64_t q_len, int64_t kv_len) {
 
 // SDPA(Q, K, V, mask?) → Transpose(K) → MatMul(Q, ·) → Mul(scale) → [Add mask] → [Add causal]
 // → Softmax → MatMul(·, V).
-void lower_sdpa(Graph& g, Node& node) {
+void lower_sdpa(Graph& g, Node& node, Lowered& lowered) {
   const std::string& stem = node.name();
   Value* q = node.input(0);
   Value* k = node.input(1);
@@ -116,6 +116,7 @@ void lower_sdpa(Graph& g, Node& node) {
   }
   cur = emit(g, &node, name_with(stem, "/Softmax"), "Softmax", {cur}, scores,
              {{"axis", int64_t{-1}}});
+  lowered.internal_quantizer_input = cur;
   Value* out = emit(g, &node, name_with(stem, "/MatMul_1"), "MatMul", {cur, v},
                     node.output(0)->known_shape());
   replace_module(g, node, {out});
@@ -123,7 +124,7 @@ void lower_sdpa(Graph& g, Node& node) {
 
 // MHAInProjection(x, W [E, 3E], bias?) → MatMul → [Add] → per part Slice → Reshape
 // [B, S, H, D] → Transpose(0, 2, 1, 3).
-void lower_in_projection(Graph& g, Node& node) {
+void lower_in_projection(Graph& g, Node& node, Lowered& /*lowered*/) {
   const std::string& stem = node.name();
   Value* x = node.input(0);
   Value* w = node.input(1);
@@ -131,7 +132,7 @@ void lower_in_projection(Graph& g, Node& node) {
   const Shape& xs = x->known_shape();
   const int64_t b = xs[0], s = xs[1], e = xs[2];
   const int64_t h = node.attr_int("num_heads"), d = e / h;
-  if (node.attr_string("weight_layout", "matmul") == "gemm") {
+  if (weight_layout(node) == WeightLayout::kGemm) {
     Value* wt = emit(g, &node, name_with(stem, "/TransposeWeight"), "Transpose", {w}, {e, 3 * e},
                      {{"perm", std::vector<int64_t>{1, 0}}});
     w = wt;
@@ -158,37 +159,39 @@ void lower_in_projection(Graph& g, Node& node) {
 
 constexpr std::array kAttentionSchemas = {
     // SDPA(Q [..., S, D], K [..., S_k, D], V [..., S_k, Dv], mask?) -> [..., S, Dv]; attributes
-    // scale, causal, softmax_scale (the fixed scale of the internal softmax quantizer).
-    OpSchema{"SDPA",
-             3,
-             4,
-             1,
-             1,
-             13,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             {0, 1, 2, -1},
-             -1,
-             0,
-             lower_sdpa,
-             "softmax(scale·Q·Kᵀ + mask)·V per leading index; K is not transposed"},
+    // scale, causal.
+    OpSchema{.op_type = "SDPA",
+             .min_inputs = 3,
+             .max_inputs = 4,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 13,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"Q", Role::kData},
+                         {"K", Role::kData},
+                         {"V", Role::kData},
+                         {"mask", Role::kMask, true}}},
+             .quantized_inputs = {0, 1, 2, -1},
+             .internal_quantizer = {"softmax", kSoftmaxScale},
+             .lower = lower_sdpa,
+             .summary = "softmax(scale·Q·Kᵀ + mask)·V per leading index; K is not transposed"},
     // MHAInProjection(x [B, S, E], W, bias [3E]?) -> Q, K, V [B, H, S, E/H]; W is [E, 3E]
-    // (weight_layout "matmul", output channels on axis 1) with Q, K, V in column blocks.
-    OpSchema{"MHAInProjection",
-             2,
-             3,
-             3,
-             3,
-             13,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             {0, -1, -1, -1},
-             1,
-             1,
-             lower_in_projection,
-             "x·W + bias split into Q, K, V, each reshaped to heads [B, H, S, D]"},
+    // (weight_layout "matmul", output channels on axis 1) or [3E, E] ("gemm") with Q, K, V in
+    // column (row) blocks.
+    OpSchema{.op_type = "MHAInProjection",
+             .min_inputs = 2,
+             .max_inputs = 3,
+             .min_outputs = 3,
+             .max_outputs = 3,
+             .since_opset = 13,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"x", Role::kData}, {"W", Role::kWeight}, {"bias", Role::kBias, true}}},
+             .quantized_inputs = {0, -1, -1, -1},
+             .weight_layout_per_node = true,
+             .lower = lower_in_projection,
+             .summary = "x·W + bias split into Q, K, V, each reshaped to heads [B, H, S, D]"},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -307,14 +310,14 @@ Pattern compose_sdpa_pattern() {
     }
     std::vector<Value*> inputs = {q, k, av->input(1)};
     if (mask) inputs.push_back(mask);
-    Node* sdpa = g.insert_node(
-        {.name = name_with(qk->name(), "/SDPA"),
-         .op_type = "SDPA",
-         .inputs = std::move(inputs),
-         .output_names = {g.unique_value_name(name_with(qk->name(), "/SDPA_output"))},
-         .attributes = {{"scale", scale}, {"causal", causal}, {"softmax_scale", kSoftmaxScale}},
-         .domain = "qforge"},
-        av);
+    Node* sdpa =
+        g.insert_node({.name = name_with(qk->name(), "/SDPA"),
+                       .op_type = "SDPA",
+                       .inputs = std::move(inputs),
+                       .output_names = {g.unique_value_name(name_with(qk->name(), "/SDPA_output"))},
+                       .attributes = {{"scale", scale}, {"causal", causal}},
+                       .domain = "qforge"},
+                      av);
     sdpa->output(0)->set_type(DType::kFloat32, *av->output(0)->shape());
 
     Value* old_out = av->output(0);

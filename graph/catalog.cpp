@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <array>
 
+#include "graph/ir.h"
+
 namespace qforge::graph {
 namespace {
 
@@ -18,19 +20,31 @@ constexpr std::string_view kBooleanOutput = "its output is boolean";
 constexpr std::string_view kNoInputs = "it has no inputs";
 constexpr std::string_view kShapeInput = "its input is a shape";
 
+constexpr InputRoles kConvRoles = {
+    {{"X", Role::kData}, {"W", Role::kWeight}, {"B", Role::kBias, true}}};
+constexpr InputRoles kGemmRoles = {
+    {{"A", Role::kData}, {"B", Role::kWeight}, {"C", Role::kBias, true}}};
+constexpr InputRoles kMatMulRoles = {{{"A", Role::kData}, {"B", Role::kWeight}}};
+constexpr InputRoles kBatchNormRoles = {{{"X", Role::kData},
+                                         {"scale", Role::kBnGamma},
+                                         {"B", Role::kBnBeta},
+                                         {"input_mean", Role::kBnMean},
+                                         {"input_var", Role::kBnVar}}};
+
 constexpr std::array kSchemas = {
     // op type, inputs min/max, outputs min/max, since opset, how its gradient is defined
     OpSchema{"Add", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"ArgMax", 1, 1, 1, 1, 13, kNone, "its output is an index (int64)"},
     OpSchema{"AveragePool", 1, 1, 1, 1, 11, kBackward},
-    OpSchema{"BatchNormalization", 5, 5, 1, 3, 15, kBackward},
+    OpSchema{
+        "BatchNormalization", 5, 5, 1, 3, 15, kBackward, {}, SchemaKind::kOnnx, kBatchNormRoles},
     OpSchema{"Cast", 1, 1, 1, 1, 13, kNone, kNoBackward},
     OpSchema{"Clip", 1, 3, 1, 1, 13, kBackward},
     OpSchema{"Concat", 1, kMany, 1, 1, 13, kBackward},
     OpSchema{"Constant", 0, 0, 1, 1, 13, kNone, kNoInputs},
     OpSchema{"ConstantOfShape", 1, 1, 1, 1, 9, kNone, kShapeInput},
-    OpSchema{"Conv", 2, 3, 1, 1, 11, kBackward},
-    OpSchema{"ConvTranspose", 2, 3, 1, 1, 11, kBackward},
+    OpSchema{"Conv", 2, 3, 1, 1, 11, kBackward, {}, SchemaKind::kOnnx, kConvRoles},
+    OpSchema{"ConvTranspose", 2, 3, 1, 1, 11, kBackward, {}, SchemaKind::kOnnx, kConvRoles},
     OpSchema{"DequantizeLinear", 2, 3, 1, 1, 13, kNone,
              "its data input is an integer grid and its scale a constant of the graph"},
     OpSchema{"Div", 2, 2, 1, 1, 13, kBackward},
@@ -43,7 +57,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Flatten", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Gather", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Gelu", 1, 1, 1, 1, 20, kBackward},
-    OpSchema{"Gemm", 2, 3, 1, 1, 13, kBackward},
+    OpSchema{"Gemm", 2, 3, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kGemmRoles},
     OpSchema{"Greater", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
     // scale and bias per group at opsets 18 to 20, per channel from 21 (runtime/ops/dense_ops.cpp).
     OpSchema{"GroupNormalization", 3, 3, 1, 1, 18, kBackward},
@@ -56,7 +70,7 @@ constexpr std::array kSchemas = {
     OpSchema{"LeakyRelu", 1, 1, 1, 1, 6, kBackward},
     OpSchema{"Less", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
     OpSchema{"Log", 1, 1, 1, 1, 13, kBackward},
-    OpSchema{"MatMul", 2, 2, 1, 1, 13, kBackward},
+    OpSchema{"MatMul", 2, 2, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kMatMulRoles},
     OpSchema{"Max", 1, kMany, 1, 1, 13, kBackward},
     OpSchema{"MaxPool", 1, 1, 1, 2, 12, kBackward},
     OpSchema{"Min", 1, kMany, 1, 1, 13, kBackward},
@@ -179,6 +193,40 @@ const OpSchema* find_schema(std::string_view op_type) {
     }
   }
   return nullptr;
+}
+
+int input_index(const OpSchema& schema, Role role) {
+  for (size_t i = 0; i < schema.inputs.size(); ++i) {
+    if (schema.inputs[i].role == role) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+bool has_role(const OpSchema& schema, Role role) {
+  return input_index(schema, role) >= 0;
+}
+
+Value* role_input(const OpSchema& schema, const Node& node, Role role) {
+  const int i = input_index(schema, role);
+  if (i < 0 || static_cast<size_t>(i) >= node.num_inputs()) return nullptr;
+  return node.input(static_cast<size_t>(i));
+}
+
+bool has_batch_norm(const OpSchema& schema, const Node& node) {
+  for (Role r : {Role::kBnGamma, Role::kBnBeta, Role::kBnMean, Role::kBnVar}) {
+    if (!role_input(schema, node, r)) return false;
+  }
+  return true;
+}
+
+WeightLayout weight_layout(const Node& node) {
+  return node.attr_string("weight_layout", "matmul") == "gemm" ? WeightLayout::kGemm
+                                                               : WeightLayout::kMatMul;
+}
+
+int weight_axis(const OpSchema& schema, const Node& node) {
+  if (!schema.weight_layout_per_node) return schema.weight_axis;
+  return weight_layout(node) == WeightLayout::kGemm ? 0 : 1;
 }
 
 std::vector<int> quantized_inputs(const OpSchema& schema) {

@@ -1,7 +1,8 @@
 // The op catalog: every op qforge knows, declared once. ONNX ops carry their arity; fused
-// modules (made by fusions and conversions) also carry their quantization contract and how
-// they lower back to standard ONNX ops. The importer refuses what is not here and what only
-// qforge's passes make; the runtime binds one OpDef to each entry; quant/ reads the contract.
+// modules (made by fusions and conversions) also name their inputs by role and carry their
+// quantization contract and how they lower back to standard ONNX ops. The importer refuses what is
+// not here and what only qforge's passes make; the runtime binds one OpDef to each entry; quant/
+// reads the contract.
 #pragma once
 
 #include <array>
@@ -16,10 +17,53 @@ namespace qforge::graph {
 
 class Graph;
 class Node;
+class Value;
+
+// What a lowering reports about the nodes it made, for quant/ to find them again without
+// looking for op types: the tensor the module's internal quantizer (OpSchema::internal_quantizer)
+// reads, and for the conv modules the Conv or ConvTranspose that applies the Role::kWeight input
+// and the BatchNormalization the BN roles became (null when the node had no BN).
+struct Lowered {
+  Value* internal_quantizer_input = nullptr;
+  Node* weight_op = nullptr;
+  Node* batch_norm = nullptr;
+};
 
 // Replaces a module node in `graph` by standard ONNX nodes computing the same outputs (same
-// output value names).
-using LowerFn = void (*)(Graph& graph, Node& node);
+// output value names), filling `lowered`.
+using LowerFn = void (*)(Graph& graph, Node& node, Lowered& lowered);
+
+// What an input of an op or module is. quant/ and runtime/ find inputs by role (input_index,
+// role_input), never by position.
+enum class Role : unsigned char {
+  kNone,      // no input: ends a schema's list
+  kData,      // an activation the op computes on
+  kResidual,  // an activation added to the result (ConvBNAddAct)
+  kWeight,    // the weight: quantized per channel along the schema's weight axis
+  kBias,      // added to the weight's product
+  kBnGamma,   // a BatchNormalization after the weight's op: scale,
+  kBnBeta,    //   bias,
+  kBnMean,    //   running mean,
+  kBnVar,     //   running variance
+  kMask,      // an additive attention mask: a setting, never trained
+  kOther,     // anything else (a relative position bias, a pool's window…)
+};
+
+struct InputRole {
+  std::string_view name;
+  Role role = Role::kNone;
+  bool optional = false;  // the input may be absent (an empty name, or past the last input)
+};
+
+// An op's inputs in order, by name and role; unused slots have Role::kNone.
+using InputRoles = std::array<InputRole, 8>;
+
+// A fixed-scale quantizer inside a module (the softmax's, at 1/127): the Q/DQ export puts it on
+// the tensor the module's lowering reports.
+struct InternalQuantizer {
+  std::string_view name;  // what it quantizes, for messages
+  float scale = 0;        // 0: the module has none
+};
 
 enum class SchemaKind : unsigned char {
   kOnnx,      // a standard ONNX op, read from files and written back
@@ -48,19 +92,48 @@ struct OpSchema {
   Gradient gradient = Gradient::kUndeclared;
   std::string_view no_gradient_reason = {};  // with Gradient::kNone
   SchemaKind kind = SchemaKind::kOnnx;
+  // Every module's inputs, and those of the ONNX ops quant/ and runtime/ look into (Conv,
+  // ConvTranspose, Gemm, MatMul, BatchNormalization).
+  InputRoles inputs = {};
   // Module contract (DESIGN.md, Quantization): inputs that get a Q/DQ pair in front (-1 ends
-  // the list), the weight input quantized per channel and its channel axis (-1: none).
+  // the list); the Role::kWeight input is quantized per channel along weight_axis.
   std::array<int, 4> quantized_inputs = {-1, -1, -1, -1};
-  int weight_input = -1;
   int weight_axis = 0;
-  LowerFn lower = nullptr;  // modules only
-  std::string_view summary = {};
   // The weight is a transposed convolution's [C_in, C_out / group, kernel…] (weight_axis 1):
   // its output channels run along axis 1 within each group, and a batch norm folds along them.
   bool transposed_weight = false;
+  // The weight's layout varies per node and the node's `weight_layout` attribute says which
+  // (graph::weight_layout); the layout then gives the axis and weight_axis is unused.
+  bool weight_layout_per_node = false;
+  // The export folds the module's BN (the four BN roles, when the node has them) into its weight
+  // and bias (kernels::batch_norm_fold); QAT folds it the same way.
+  bool folds_batch_norm = false;
+  InternalQuantizer internal_quantizer = {};
+  LowerFn lower = nullptr;  // modules only
+  std::string_view summary = {};
 };
 
 const OpSchema* find_schema(std::string_view op_type);
+
+// The position of the schema's input in `role` (the first, for kData), or -1.
+int input_index(const OpSchema& schema, Role role);
+bool has_role(const OpSchema& schema, Role role);
+// The schema's Role::kWeight input, or -1.
+inline int weight_input(const OpSchema& schema) {
+  return input_index(schema, Role::kWeight);
+}
+// `node`'s input in `role`: null when the schema has no such role or the node omits it.
+Value* role_input(const OpSchema& schema, const Node& node, Role role);
+// The node carries the batch norm its schema may take: all four BN role inputs are present.
+bool has_batch_norm(const OpSchema& schema, const Node& node);
+
+// A 2-D weight's layout where it varies per node (OpSchema::weight_layout_per_node: Linear,
+// LinearAct, MHAInProjection): the node's `weight_layout` attribute, "matmul" (W [in, out], the
+// default) or "gemm" (W [out, in], Gemm's transB = 1).
+enum class WeightLayout : unsigned char { kMatMul, kGemm };
+WeightLayout weight_layout(const Node& node);
+// The output-channel axis `node`'s weight is quantized along.
+int weight_axis(const OpSchema& schema, const Node& node);
 
 // A bound on an integer attribute of an ONNX op (an INT, or every value of an INTS), checked on
 // import before libonnx's shape inference or any kernel reads it: a stride, dilation, group or

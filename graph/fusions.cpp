@@ -288,10 +288,14 @@ void add_conv_bn_parts(NodeSpec& spec, const Node& conv, const Node* bn) {
   spec.attributes = conv.attributes();
   if (bn) spec.attributes["epsilon"] = bn->attr_float("epsilon", 1e-5f);
   if (int8_unsupported(conv)) spec.attributes["int8_unsupported"] = int64_t{1};
-  spec.inputs.push_back(conv.input(1));
-  spec.inputs.push_back(conv.input(2));
+  const OpSchema& conv_schema = *find_schema(conv.op_type());
+  spec.inputs.push_back(role_input(conv_schema, conv, Role::kWeight));
+  spec.inputs.push_back(role_input(conv_schema, conv, Role::kBias));
   if (!bn) return;
-  for (size_t i = 1; i <= 4; ++i) spec.inputs.push_back(bn->input(i));
+  const OpSchema& bn_schema = *find_schema("BatchNormalization");
+  for (Role r : {Role::kBnGamma, Role::kBnBeta, Role::kBnMean, Role::kBnVar}) {
+    spec.inputs.push_back(role_input(bn_schema, *bn, r));
+  }
 }
 
 // The last node of a conv chain's Conv -> [BN] part.
@@ -536,14 +540,14 @@ Pattern conv_bn_pattern(const ConvFamily& family) {
   return p;
 }
 
-// Linear attributes: the weight as the source had it (weight_axis 0: [out, in], Gemm transB=1;
-// 1: [in, out]), the source op, Gemm's alpha and beta.
+// Linear attributes: the weight's layout as the source had it (weight_layout "gemm": [out, in],
+// Gemm transB=1; "matmul": [in, out]), the source op, Gemm's alpha and beta.
 NodeSpec linear_spec(const Graph& g, const Node& linear, const Node* bias_add,
                      std::string_view module) {
   NodeSpec spec{.name = module_name(g, linear, module), .op_type = std::string(module)};
   const bool gemm = linear.op_type() == "Gemm";
   const bool transposed = gemm && linear.attr_int("transB", 0) != 0;
-  spec.attributes["weight_axis"] = int64_t{transposed ? 0 : 1};
+  spec.attributes["weight_layout"] = std::string(transposed ? "gemm" : "matmul");
   spec.attributes["source"] = linear.op_type();
   if (gemm) {
     spec.attributes["alpha"] = linear.attr_float("alpha", 1.0f);
@@ -738,25 +742,29 @@ class Lowering {
                   "'");
   }
 
-  // Conv then BN from the module's parameters starting at input `params` (W, B?, gamma, beta,
-  // mean, var); the conv alone when the module has no BN.
-  // `conv_op`: Conv, or ConvTranspose for the transposed modules (which keep output_padding and
-  // output_shape too).
-  Value* conv_bn(Value* x, size_t params, const std::string& conv_op = "Conv") {
+  // Conv then BN from the module's weight, bias and BN roles; the conv alone when the module has
+  // no BN. `conv_op`: Conv, or ConvTranspose for the transposed modules (which keep
+  // output_padding and output_shape too). Reports both nodes in `lowered`.
+  Value* conv_bn(Value* x, Lowered& lowered, const std::string& conv_op = "Conv") {
+    const OpSchema& schema = *find_schema(module_.op_type());
     std::map<std::string, AttributeValue, std::less<>> conv_attrs;
     for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad",
                             "output_padding", "output_shape"}) {
       auto it = module_.attributes().find(key);
       if (it != module_.attributes().end()) conv_attrs[key] = it->second;
     }
-    std::vector<Value*> conv_inputs = {x, module_.input(params)};
-    if (module_.input(params + 1)) conv_inputs.push_back(module_.input(params + 1));
+    std::vector<Value*> conv_inputs = {x, role_input(schema, module_, Role::kWeight)};
+    if (Value* b = role_input(schema, module_, Role::kBias)) conv_inputs.push_back(b);
     Value* c = add(conv_op, conv_op, std::move(conv_inputs), std::move(conv_attrs));
-    if (module_.num_inputs() <= params + 2 || !module_.input(params + 2)) return c;
-    return add("BatchNormalization", "BatchNormalization",
-               {c, module_.input(params + 2), module_.input(params + 3), module_.input(params + 4),
-                module_.input(params + 5)},
-               {{"epsilon", module_.attr_float("epsilon", 1e-5f)}});
+    lowered.weight_op = c->producer();
+    if (!has_batch_norm(schema, module_)) return c;
+    Value* y = add(
+        "BatchNormalization", "BatchNormalization",
+        {c, role_input(schema, module_, Role::kBnGamma), role_input(schema, module_, Role::kBnBeta),
+         role_input(schema, module_, Role::kBnMean), role_input(schema, module_, Role::kBnVar)},
+        {{"epsilon", module_.attr_float("epsilon", 1e-5f)}});
+    lowered.batch_norm = y->producer();
+    return y;
   }
 
   // Gemm or MatMul [+ Add] from inputs X, W, B?.
@@ -768,7 +776,7 @@ class Lowering {
       std::vector<Value*> inputs = {x, w};
       if (b) inputs.push_back(b);
       return add("Gemm", "Gemm", std::move(inputs),
-                 {{"transB", int64_t{module_.attr_int("weight_axis") == 0 ? 1 : 0}},
+                 {{"transB", int64_t{weight_layout(module_) == WeightLayout::kGemm ? 1 : 0}},
                   {"alpha", module_.attr_float("alpha", 1.0f)},
                   {"beta", module_.attr_float("beta", 1.0f)}});
     }
@@ -791,71 +799,71 @@ class Lowering {
   Node& module_;
 };
 
-void lower_conv_bn(Graph& g, Node& n) {
+void lower_conv_bn(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.conv_bn(n.input(0), 1));
+  l.finish(l.conv_bn(n.input(0), lowered));
 }
 
-void lower_conv_bn_act(Graph& g, Node& n) {
+void lower_conv_bn_act(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.activation(l.conv_bn(n.input(0), 1)));
+  l.finish(l.activation(l.conv_bn(n.input(0), lowered)));
 }
 
-void lower_conv_transpose_bn(Graph& g, Node& n) {
+void lower_conv_transpose_bn(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.conv_bn(n.input(0), 1, "ConvTranspose"));
+  l.finish(l.conv_bn(n.input(0), lowered, "ConvTranspose"));
 }
 
-void lower_conv_transpose_bn_act(Graph& g, Node& n) {
+void lower_conv_transpose_bn_act(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  l.finish(l.activation(l.conv_bn(n.input(0), 1, "ConvTranspose")));
+  l.finish(l.activation(l.conv_bn(n.input(0), lowered, "ConvTranspose")));
 }
 
-void lower_conv_bn_add_act(Graph& g, Node& n) {
+void lower_conv_bn_add_act(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
-  Value* sum = l.add("Add_residual", "Add", {l.conv_bn(n.input(0), 2), n.input(1)});
+  Value* sum = l.add("Add_residual", "Add", {l.conv_bn(n.input(0), lowered), n.input(1)});
   l.finish(l.activation(sum));
 }
 
-void lower_stem(Graph& g, Node& n) {
+void lower_stem(Graph& g, Node& n, Lowered& lowered) {
   Lowering l(g, n);
   std::map<std::string, AttributeValue, std::less<>> pool_attrs;
   for (const auto& [key, value] : n.attributes()) {
     if (key.rfind("pool_", 0) == 0) pool_attrs[key.substr(5)] = value;
   }
-  Value* act = l.activation(l.conv_bn(n.input(0), 1));
+  Value* act = l.activation(l.conv_bn(n.input(0), lowered));
   l.finish(l.add("MaxPool", "MaxPool", {act}, std::move(pool_attrs)));
 }
 
-void lower_linear(Graph& g, Node& n) {
+void lower_linear(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.linear());
 }
 
-void lower_linear_act(Graph& g, Node& n) {
+void lower_linear_act(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.activation(l.linear()));
 }
 
-void lower_layer_norm(Graph& g, Node& n) {
+void lower_layer_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.add("LayerNormalization", "LayerNormalization", n.inputs(),
                  {n.attributes().begin(), n.attributes().end()}));
 }
 
-void lower_instance_norm(Graph& g, Node& n) {
+void lower_instance_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.add("InstanceNormalization", "InstanceNormalization", n.inputs(),
                  {n.attributes().begin(), n.attributes().end()}));
 }
 
-void lower_group_norm(Graph& g, Node& n) {
+void lower_group_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.add("GroupNormalization", "GroupNormalization", n.inputs(),
                  {n.attributes().begin(), n.attributes().end()}));
 }
 
-void lower_adaptive_avg_pool(Graph& g, Node& n) {
+void lower_adaptive_avg_pool(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.add("GlobalAveragePool", "GlobalAveragePool", {n.input(0)}));
 }
@@ -864,180 +872,186 @@ constexpr std::array<int, 4> kInput0 = {0, -1, -1, -1};
 constexpr std::array<int, 4> kInputs01 = {0, 1, -1, -1};
 constexpr std::array<int, 4> kNone = {-1, -1, -1, -1};
 
-// Linear weights: weight_axis here is for W [out, in]; the node's `weight_axis` attribute says
-// which layout (0: [out, in], 1: [in, out]) the module kept.
+// Conv modules: X, W, B?, then the BN's four parameters when the conv had a BN after it.
+constexpr InputRoles kConvBnRoles = {{{"X", Role::kData},
+                                      {"W", Role::kWeight},
+                                      {"B", Role::kBias, true},
+                                      {"gamma", Role::kBnGamma, true},
+                                      {"beta", Role::kBnBeta, true},
+                                      {"mean", Role::kBnMean, true},
+                                      {"var", Role::kBnVar, true}}};
+constexpr InputRoles kConvBnAddRoles = {{{"X", Role::kData},
+                                         {"residual", Role::kResidual},
+                                         {"W", Role::kWeight},
+                                         {"B", Role::kBias, true},
+                                         {"gamma", Role::kBnGamma, true},
+                                         {"beta", Role::kBnBeta, true},
+                                         {"mean", Role::kBnMean, true},
+                                         {"var", Role::kBnVar, true}}};
+constexpr InputRoles kLinearRoles = {
+    {{"X", Role::kData}, {"W", Role::kWeight}, {"B", Role::kBias, true}}};
+constexpr InputRoles kNormRoles = {
+    {{"X", Role::kData}, {"scale", Role::kOther}, {"bias", Role::kOther, true}}};
+
+// Linear weights keep the source's layout, [out, in] or [in, out]: the node's `weight_layout`.
 constexpr std::array kModuleSchemas = {
-    OpSchema{"StemConvBNActMaxPool",
-             3,
-             7,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             0,
-             lower_stem,
-             "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act -> MaxPool"},
-    OpSchema{"ConvBNAddAct",
-             4,
-             8,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInputs01,
-             2,
-             0,
-             lower_conv_bn_add_act,
-             "X, residual, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Add -> Act"},
-    OpSchema{"ConvBNAct",
-             3,
-             7,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             0,
-             lower_conv_bn_act,
-             "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act"},
-    OpSchema{"ConvBN",
-             3,
-             7,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             0,
-             lower_conv_bn,
-             "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN]"},
+    OpSchema{.op_type = "StemConvBNActMaxPool",
+             .min_inputs = 3,
+             .max_inputs = 7,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kConvBnRoles,
+             .quantized_inputs = kInput0,
+             .folds_batch_norm = true,
+             .lower = lower_stem,
+             .summary = "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act -> MaxPool"},
+    OpSchema{.op_type = "ConvBNAddAct",
+             .min_inputs = 4,
+             .max_inputs = 8,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kConvBnAddRoles,
+             .quantized_inputs = kInputs01,
+             .folds_batch_norm = true,
+             .lower = lower_conv_bn_add_act,
+             .summary = "X, residual, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Add -> Act"},
+    OpSchema{.op_type = "ConvBNAct",
+             .min_inputs = 3,
+             .max_inputs = 7,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kConvBnRoles,
+             .quantized_inputs = kInput0,
+             .folds_batch_norm = true,
+             .lower = lower_conv_bn_act,
+             .summary = "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN] -> Act"},
+    OpSchema{.op_type = "ConvBN",
+             .min_inputs = 3,
+             .max_inputs = 7,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kConvBnRoles,
+             .quantized_inputs = kInput0,
+             .folds_batch_norm = true,
+             .lower = lower_conv_bn,
+             .summary = "X, W, B?[, gamma, beta, mean, var]: Conv -> [BN]"},
     // ConvTranspose weights are [C_in, C_out / group, kH, kW]: output channels on axis 1.
-    OpSchema{"ConvTransposeBNAct",
-             3,
-             7,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             1,
-             lower_conv_transpose_bn_act,
-             "X, W, B?[, gamma, beta, mean, var]: ConvTranspose -> [BN] -> Act",
-             true},
-    OpSchema{"ConvTransposeBN",
-             3,
-             7,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             1,
-             lower_conv_transpose_bn,
-             "X, W, B?[, gamma, beta, mean, var]: ConvTranspose -> [BN]",
-             true},
-    OpSchema{"LinearAct",
-             3,
-             3,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             0,
-             lower_linear_act,
-             "X, W, B?: Gemm | MatMul [+ Add] -> Act"},
-    OpSchema{"Linear",
-             3,
-             3,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kInput0,
-             1,
-             0,
-             lower_linear,
-             "X, W, B?: Gemm | MatMul [+ Add]"},
-    OpSchema{"LayerNorm",
-             2,
-             3,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kNone,
-             -1,
-             0,
-             lower_layer_norm,
-             "X, scale, bias?: LayerNormalization (float input)"},
-    OpSchema{"InstanceNorm",
-             3,
-             3,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kNone,
-             -1,
-             0,
-             lower_instance_norm,
-             "X, scale, B: InstanceNormalization (float input)"},
-    OpSchema{"GroupNorm",
-             3,
-             3,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kNone,
-             -1,
-             0,
-             lower_group_norm,
-             "X, scale, bias: GroupNormalization (float input)"},
-    OpSchema{"AdaptiveAvgPool",
-             1,
-             1,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             kNone,
-             -1,
-             0,
-             lower_adaptive_avg_pool,
-             "X: GlobalAveragePool"},
+    OpSchema{.op_type = "ConvTransposeBNAct",
+             .min_inputs = 3,
+             .max_inputs = 7,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kConvBnRoles,
+             .quantized_inputs = kInput0,
+             .weight_axis = 1,
+             .transposed_weight = true,
+             .folds_batch_norm = true,
+             .lower = lower_conv_transpose_bn_act,
+             .summary = "X, W, B?[, gamma, beta, mean, var]: ConvTranspose -> [BN] -> Act"},
+    OpSchema{.op_type = "ConvTransposeBN",
+             .min_inputs = 3,
+             .max_inputs = 7,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kConvBnRoles,
+             .quantized_inputs = kInput0,
+             .weight_axis = 1,
+             .transposed_weight = true,
+             .folds_batch_norm = true,
+             .lower = lower_conv_transpose_bn,
+             .summary = "X, W, B?[, gamma, beta, mean, var]: ConvTranspose -> [BN]"},
+    OpSchema{.op_type = "LinearAct",
+             .min_inputs = 3,
+             .max_inputs = 3,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kLinearRoles,
+             .quantized_inputs = kInput0,
+             .weight_layout_per_node = true,
+             .lower = lower_linear_act,
+             .summary = "X, W, B?: Gemm | MatMul [+ Add] -> Act"},
+    OpSchema{.op_type = "Linear",
+             .min_inputs = 3,
+             .max_inputs = 3,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kLinearRoles,
+             .quantized_inputs = kInput0,
+             .weight_layout_per_node = true,
+             .lower = lower_linear,
+             .summary = "X, W, B?: Gemm | MatMul [+ Add]"},
+    OpSchema{.op_type = "LayerNorm",
+             .min_inputs = 2,
+             .max_inputs = 3,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kNormRoles,
+             .quantized_inputs = kNone,
+             .lower = lower_layer_norm,
+             .summary = "X, scale, bias?: LayerNormalization (float input)"},
+    OpSchema{.op_type = "InstanceNorm",
+             .min_inputs = 3,
+             .max_inputs = 3,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"X", Role::kData}, {"scale", Role::kOther}, {"B", Role::kOther}}},
+             .quantized_inputs = kNone,
+             .lower = lower_instance_norm,
+             .summary = "X, scale, B: InstanceNormalization (float input)"},
+    OpSchema{.op_type = "GroupNorm",
+             .min_inputs = 3,
+             .max_inputs = 3,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"X", Role::kData}, {"scale", Role::kOther}, {"bias", Role::kOther}}},
+             .quantized_inputs = kNone,
+             .lower = lower_group_norm,
+             .summary = "X, scale, bias: GroupNormalization (float input)"},
+    OpSchema{.op_type = "AdaptiveAvgPool",
+             .min_inputs = 1,
+             .max_inputs = 1,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"X", Role::kData}}},
+             .quantized_inputs = kNone,
+             .lower = lower_adaptive_avg_pool,
+             .summary = "X: GlobalAveragePool"},
 };
 
 }  // namespace

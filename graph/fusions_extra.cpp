@@ -140,7 +140,7 @@ void rewrite_act_add(Graph& g, const Match& m) {
 }
 
 // ActAdd(x, other) -> the activation's nodes over x -> Add(·, other).
-void lower_act_add(Graph& g, Node& node) {
+void lower_act_add(Graph& g, Node& node, Lowered& /*lowered*/) {
   Value* act = lower_activation(g, node, node.input(0));
   const std::string stem = with_suffix(node.name(), "/Add_residual");
   Node* add = g.insert_node({.name = g.find_node(stem) ? g.unique_node_name(stem) : stem,
@@ -157,20 +157,18 @@ void lower_act_add(Graph& g, Node& node) {
 }
 
 constexpr std::array kExtraModuleSchemas = {
-    OpSchema{"ActAdd",
-             2,
-             2,
-             1,
-             1,
-             0,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             {0, 1, -1, -1},
-             -1,
-             0,
-             lower_act_add,
-             "x, other: Act(x) + other, both addends quantized"},
+    OpSchema{.op_type = "ActAdd",
+             .min_inputs = 2,
+             .max_inputs = 2,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"x", Role::kData}, {"other", Role::kResidual}}},
+             .quantized_inputs = {0, 1, -1, -1},
+             .lower = lower_act_add,
+             .summary = "x, other: Act(x) + other, both addends quantized"},
 };
 
 }  // namespace

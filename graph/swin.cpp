@@ -84,7 +84,7 @@ std::optional<std::string> check_core(const Node& where, const Value* q, const V
 
 // SwinAttention(Q, K, V, bias, mask?) → Transpose(K) → MatMul(Q, ·) → Mul(scale) → Add(bias) →
 // [Reshape [B, nW, H, S, S] → Add(mask) → Reshape [N, H, S, S]] → Softmax → MatMul(·, V).
-void lower_swin_attention(Graph& g, Node& node) {
+void lower_swin_attention(Graph& g, Node& node, Lowered& lowered) {
   const std::string& stem = node.name();
   Value* q = node.input(0);
   Value* k = node.input(1);
@@ -116,6 +116,7 @@ void lower_swin_attention(Graph& g, Node& node) {
   }
   cur = emit(g, &node, name_with(stem, "/Softmax"), "Softmax", {cur}, scores,
              {{"axis", int64_t{-1}}});
+  lowered.internal_quantizer_input = cur;
   Value* out = emit(g, &node, name_with(stem, "/MatMul_1"), "MatMul", {cur, v},
                     node.output(0)->known_shape());
   replace_output(g, node, out);
@@ -157,7 +158,7 @@ Value* emit_roll(Graph& g, Node& node, const std::string& stem, Value* x, int64_
 
 // SwinWindowPartition(x [B, H, W, C]) → [Pad] → [roll rows] → [roll columns] → Reshape
 // [B, nWh, wh, nWw, ww, C] → Transpose(0, 1, 3, 2, 4, 5) → Reshape [B·nW, wh·ww, C].
-void lower_swin_window_partition(Graph& g, Node& node) {
+void lower_swin_window_partition(Graph& g, Node& node, Lowered& /*lowered*/) {
   const std::string& stem = node.name();
   const WindowAttrs a = window_attrs(node);
   Value* cur = node.input(0);
@@ -188,7 +189,7 @@ void lower_swin_window_partition(Graph& g, Node& node) {
 // SwinWindowReverse(x [B·nW, wh·ww, C]) → Reshape [B, nWh, nWw, wh, ww, C] →
 // Transpose(0, 1, 3, 2, 4, 5) → Reshape [B, Hp, Wp, C] → [roll rows] → [roll columns] →
 // [Slice to [B, H, W, C]].
-void lower_swin_window_reverse(Graph& g, Node& node) {
+void lower_swin_window_reverse(Graph& g, Node& node, Lowered& /*lowered*/) {
   const std::string& stem = node.name();
   const WindowAttrs a = window_attrs(node);
   const std::vector<int64_t> image = node.attr_ints("image_size");
@@ -221,56 +222,52 @@ void lower_swin_window_reverse(Graph& g, Node& node) {
 
 constexpr std::array kSwinSchemas = {
     // SwinAttention(Q, K, V [N, H, S, D], bias [1, H, S, S], window_mask [1, nW, 1, S, S]?) ->
-    // [N, H, S, Dv] with N = B·nW windows; attributes scale, num_windows (1 without a mask),
-    // softmax_scale (the fixed scale of the internal softmax quantizer).
-    OpSchema{"SwinAttention",
-             4,
-             5,
-             1,
-             1,
-             13,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             {0, 1, 2, -1},
-             -1,
-             0,
-             lower_swin_attention,
-             "softmax(scale·Q·Kᵀ + bias[h] + mask[window])·V per window and head"},
+    // [N, H, S, Dv] with N = B·nW windows; attributes scale, num_windows (1 without a mask).
+    OpSchema{.op_type = "SwinAttention",
+             .min_inputs = 4,
+             .max_inputs = 5,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 13,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"Q", Role::kData},
+                         {"K", Role::kData},
+                         {"V", Role::kData},
+                         {"bias", Role::kOther},
+                         {"window_mask", Role::kMask, true}}},
+             .quantized_inputs = {0, 1, 2, -1},
+             .internal_quantizer = {"softmax", kSoftmaxScale},
+             .lower = lower_swin_attention,
+             .summary = "softmax(scale·Q·Kᵀ + bias[h] + mask[window])·V per window and head"},
     // SwinWindowPartition(x [B, H, W, C]) -> [B·nW, wh·ww, C]: pad at the bottom and right by
     // `padding`, roll by -`shift`, cut into `window_size` windows (row-major). Attributes are
     // (rows, columns) pairs; shifts lie in [0, padded size). Data movement only: nothing to
     // quantize.
-    OpSchema{"SwinWindowPartition",
-             1,
-             1,
-             1,
-             1,
-             13,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             {-1, -1, -1, -1},
-             -1,
-             0,
-             lower_swin_window_partition,
-             "pad, cyclic shift by -shift and window partition of an [B, H, W, C] map"},
+    OpSchema{.op_type = "SwinWindowPartition",
+             .min_inputs = 1,
+             .max_inputs = 1,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 13,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"x", Role::kData}}},
+             .lower = lower_swin_window_partition,
+             .summary = "pad, cyclic shift by -shift and window partition of an [B, H, W, C] map"},
     // SwinWindowReverse(x [B·nW, wh·ww, C]) -> [B, H, W, C] with (H, W) = image_size: the exact
     // inverse of SwinWindowPartition with the same window_size, shift and padding.
-    OpSchema{"SwinWindowReverse",
-             1,
-             1,
-             1,
-             1,
-             13,
-             Gradient::kThroughLowering,
-             {},
-             SchemaKind::kModule,
-             {-1, -1, -1, -1},
-             -1,
-             0,
-             lower_swin_window_reverse,
-             "window reverse, cyclic shift by +shift and crop of the padding"},
+    OpSchema{.op_type = "SwinWindowReverse",
+             .min_inputs = 1,
+             .max_inputs = 1,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 13,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = {{{"x", Role::kData}}},
+             .lower = lower_swin_window_reverse,
+             .summary = "window reverse, cyclic shift by +shift and crop of the padding"},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -381,9 +378,7 @@ Pattern compose_swin_attention_pattern() {
          .op_type = "SwinAttention",
          .inputs = {q, k, av->input(1), bias, mask},
          .output_names = {g.unique_value_name(name_with(qk->name(), "/SwinAttention_output"))},
-         .attributes = {{"scale", scale},
-                        {"num_windows", windows},
-                        {"softmax_scale", kSoftmaxScale}},
+         .attributes = {{"scale", scale}, {"num_windows", windows}},
          .domain = "qforge"},
         av);
     attn->output(0)->set_type(DType::kFloat32, *av->output(0)->shape());
@@ -430,9 +425,7 @@ Pattern swin_attention_from_sdpa_pattern() {
          .op_type = "SwinAttention",
          .inputs = {sdpa->input(0), sdpa->input(1), sdpa->input(2), sdpa->input(3)},
          .output_names = {g.unique_value_name(name_with(sdpa->name(), "/SwinAttention_output"))},
-         .attributes = {{"scale", sdpa->attr_float("scale")},
-                        {"num_windows", int64_t{1}},
-                        {"softmax_scale", kSoftmaxScale}},
+         .attributes = {{"scale", sdpa->attr_float("scale")}, {"num_windows", int64_t{1}}},
          .domain = "qforge"},
         sdpa);
     attn->output(0)->set_type(DType::kFloat32, *sdpa->output(0)->shape());

@@ -35,7 +35,8 @@ size_t lower_modules(Graph& graph) {
     if (!schema->lower) {
       throw_internal("lower: " + node->label() + ": module without a lowering");
     }
-    schema->lower(graph, *node);
+    Lowered made;
+    schema->lower(graph, *node, made);
     ++lowered;
   }
   graph.check_consistency();

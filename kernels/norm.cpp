@@ -43,41 +43,54 @@ inline void store_grad(float* out, float value, GradMode mode) {
 
 }  // namespace
 
-void batch_norm_fold(const float* gamma, const float* beta, const float* mean, const float* var,
-                     float epsilon, int64_t channels, float* scale, float* shift) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const double s = static_cast<double>(gamma[c]) /
-                     std::sqrt(static_cast<double>(var[c]) + static_cast<double>(epsilon));
-    scale[c] = static_cast<float>(s);
-    shift[c] = static_cast<float>(static_cast<double>(beta[c]) - static_cast<double>(mean[c]) * s);
+void batch_norm_fold(const BatchNormParameters& bn, const float* conv_bias, FoldPrecision precision,
+                     const BatchNormFold& out) {
+  for (int64_t c = 0; c < bn.channels; ++c) {
+    double factor = 0;
+    if (precision == FoldPrecision::kFloat) {
+      const float s = bn.gamma[c] / std::sqrt(bn.var[c] + bn.epsilon);
+      factor = s;
+      if (out.inv_std) out.inv_std[c] = 1.0f / std::sqrt(bn.var[c] + bn.epsilon);
+      if (out.shift) {
+        out.shift[c] =
+            conv_bias ? (conv_bias[c] - bn.mean[c]) * s + bn.beta[c] : bn.beta[c] - bn.mean[c] * s;
+      }
+    } else {
+      const double std_dev =
+          std::sqrt(static_cast<double>(bn.var[c]) + static_cast<double>(bn.epsilon));
+      factor = static_cast<double>(bn.gamma[c]) / std_dev;
+      if (out.inv_std) out.inv_std[c] = 1.0 / std_dev;
+      if (out.shift) {
+        const double mean = bn.mean[c];
+        const double beta = bn.beta[c];
+        const double shift = conv_bias ? (static_cast<double>(conv_bias[c]) - mean) * factor + beta
+                                       : beta - mean * factor;
+        out.shift[c] = static_cast<float>(shift);
+      }
+    }
+    if (out.factor) out.factor[c] = factor;
+    if (out.scale) out.scale[c] = static_cast<float>(factor);
   }
 }
 
-void fold_batch_norm_weight(const float* w, const float* gamma, const float* var, double epsilon,
-                            int64_t channels, int64_t per_channel, float* folded, double* factor,
-                            double* inv_std) {
+void fold_weight(const float* w, const double* factor, int64_t channels, int64_t per_channel,
+                 float* folded) {
   for (int64_t c = 0; c < channels; ++c) {
-    const double std_dev = std::sqrt(static_cast<double>(var[c]) + epsilon);
-    const double s = static_cast<double>(gamma[c]) / std_dev;
-    if (factor) factor[c] = s;
-    if (inv_std) inv_std[c] = 1.0 / std_dev;
+    const double s = factor[c];
     for (int64_t k = c * per_channel; k < (c + 1) * per_channel; ++k) {
       folded[k] = static_cast<float>(w[k] * s);
     }
   }
 }
 
-void fold_batch_norm_weight_transposed(const float* w, const float* gamma, const float* var,
-                                       double epsilon, int64_t in_channels, int64_t groups,
-                                       int64_t out_per_group, int64_t per_channel, float* folded,
-                                       double* factor, double* inv_std) {
+void fold_weight_transposed(const float* w, const double* factor, int64_t in_channels,
+                            int64_t groups, int64_t out_per_group, int64_t per_channel,
+                            float* folded) {
   const int64_t in_per_group = in_channels / groups;
   const int64_t row = out_per_group * per_channel;
   for (int64_t ci = 0; ci < in_channels; ++ci) {
     const int64_t first = ci / in_per_group * out_per_group;
-    fold_batch_norm_weight(w + ci * row, gamma + first, var + first, epsilon, out_per_group,
-                           per_channel, folded + ci * row, factor ? factor + first : nullptr,
-                           inv_std ? inv_std + first : nullptr);
+    fold_weight(w + ci * row, factor + first, out_per_group, per_channel, folded + ci * row);
   }
 }
 

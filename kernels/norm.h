@@ -54,29 +54,57 @@ inline float lane_sum_squared_deviation(const float* x, int64_t n, float center)
   return acc[0];
 }
 
-// BatchNormalization inference as y = x·scale + shift per channel:
-// scale = gamma / sqrt(var + epsilon), shift = beta - mean·scale (computed in double).
-void batch_norm_fold(const float* gamma, const float* beta, const float* mean, const float* var,
-                     float epsilon, int64_t channels, float* scale, float* shift);
+// Batch norm folding: the one place qforge turns a BatchNormalization in inference form into
+// a per-channel affine map y = x·scale + shift, alone or folded into the convolution before it
+// (the BatchNormalization kernel, the conv modules' output pass, the Conv epilogue fusion, Q/DQ
+// placement and export, WeightFakeQuant all call batch_norm_fold).
 
-// A weight with the batch norm after its convolution folded in, as the Q/DQ export writes it
-// and quantization-aware training quantizes it: per output channel c (the leading axis, with
-// `per_channel` values each), factor = gamma / sqrt(var + epsilon) in double and
-// folded = float(w · factor). `factor` and `inv_std` (1 / sqrt(var + epsilon)) receive one
-// value per channel when not null.
-void fold_batch_norm_weight(const float* w, const float* gamma, const float* var, double epsilon,
-                            int64_t channels, int64_t per_channel, float* folded, double* factor,
-                            double* inv_std = nullptr);
+// One BN's parameters over `channels` channels. beta and mean may be null when no shift is asked
+// for (WeightFakeQuant folds only gamma and var).
+struct BatchNormParameters {
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  const float* mean = nullptr;
+  const float* var = nullptr;
+  float epsilon = 1e-5f;
+  int64_t channels = 0;
+};
 
-// The same fold for a transposed convolution's weight [in_channels, out_per_group, …] (ONNX
+// The arithmetic of a fold. kDouble is the reference: what BatchNormalization runs and what the
+// export writes. kFloat is the float-only form the conv modules and the epilogue fusion have
+// always run in their output pass; switching them to kDouble would change their outputs' last
+// bits.
+enum class FoldPrecision : unsigned char { kDouble, kFloat };
+
+// Where a fold goes; every pointer may be null, else it receives `channels` values:
+//   factor  = gamma / sqrt(var + epsilon)
+//   inv_std = 1 / sqrt(var + epsilon)
+//   scale   = factor as float
+//   shift   = beta − mean·factor, or with the convolution's bias b: (b − mean)·factor + beta
+// kDouble computes in double from the float parameters and rounds once; kFloat computes every
+// step in float.
+struct BatchNormFold {
+  double* factor = nullptr;
+  double* inv_std = nullptr;
+  float* scale = nullptr;
+  float* shift = nullptr;
+};
+
+// `conv_bias` (may be null) is the bias of the convolution the BN follows.
+void batch_norm_fold(const BatchNormParameters& bn, const float* conv_bias, FoldPrecision precision,
+                     const BatchNormFold& out);
+
+// A weight with its BN folded in, from batch_norm_fold's factor: per output channel c (the
+// leading axis, `per_channel` values each) folded = float(w · factor[c]).
+void fold_weight(const float* w, const double* factor, int64_t channels, int64_t per_channel,
+                 float* folded);
+
+// The same for a transposed convolution's weight [in_channels, out_per_group, …] (ONNX
 // ConvTranspose), whose output channel for element (ci, j, …) is group(ci)·out_per_group + j:
-// each input channel's rows fold with its group's gamma and var (`per_channel` values per row),
-// computing each factor as fold_batch_norm_weight does. `factor` and `inv_std` receive one
-// value per output channel (groups · out_per_group) when not null.
-void fold_batch_norm_weight_transposed(const float* w, const float* gamma, const float* var,
-                                       double epsilon, int64_t in_channels, int64_t groups,
-                                       int64_t out_per_group, int64_t per_channel, float* folded,
-                                       double* factor, double* inv_std = nullptr);
+// `factor` has groups · out_per_group values, `per_channel` is the kernel's size.
+void fold_weight_transposed(const float* w, const double* factor, int64_t in_channels,
+                            int64_t groups, int64_t out_per_group, int64_t per_channel,
+                            float* folded);
 
 // y[n, c, i] = x[n, c, i]·scale[c] + shift[c] over x [batch, channels, inner].
 void channel_affine(const float* x, const float* scale, const float* shift, int64_t batch,

@@ -23,25 +23,18 @@ bool is_float_constant(const Value* v) {
   return v && v->is_constant() && v->dtype() == DType::kFloat32;
 }
 
-// Conv modules keep [W, B?, gamma, beta, mean, var] and an `epsilon` attribute.
-bool has_batch_norm_after_weight(const Node& n, int weight_input) {
-  if (!n.has_attr("epsilon")) return false;
-  const size_t first = static_cast<size_t>(weight_input) + 2;
-  if (n.num_inputs() != first + 4) return false;
-  for (size_t i = first; i < first + 4; ++i) {
-    if (!is_float_constant(n.input(i)) || n.input(i)->constant().rank() != 1) return false;
+constexpr graph::Role kBatchNormRoles[] = {graph::Role::kBnGamma, graph::Role::kBnBeta,
+                                           graph::Role::kBnMean, graph::Role::kBnVar};
+
+// The export folds the module's BN: its schema says so and the node has the four BN parameters
+// as constant vectors.
+bool folds_batch_norm(const Node& n, const graph::OpSchema& schema) {
+  if (!schema.folds_batch_norm || !graph::has_batch_norm(schema, n)) return false;
+  for (graph::Role role : kBatchNormRoles) {
+    const Value* v = graph::role_input(schema, n, role);
+    if (!is_float_constant(v) || v->constant().rank() != 1) return false;
   }
   return true;
-}
-
-int weight_axis_of(const Node& n, const graph::OpSchema& schema, const Tensor& weight) {
-  // Linear modules record the layout they kept; MHAInProjection records a matmul or gemm layout,
-  // the latter transposing the 2-D weight the schema's axis is stated for.
-  if (n.has_attr("weight_axis")) return static_cast<int>(n.attr_int("weight_axis"));
-  if (n.attr_string("weight_layout", "") == "gemm" && weight.rank() == 2) {
-    return 1 - schema.weight_axis;
-  }
-  return schema.weight_axis;
 }
 
 // Ops whose output holds only elements of their first input: a quantized value stays a
@@ -166,9 +159,9 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
       }
     }
     const std::vector<int> inputs = graph::quantized_inputs(*schema);
-    const bool has_weight =
-        schema->weight_input >= 0 && is_float_constant(n->input(schema->weight_input));
-    const bool has_softmax = n->has_attr("softmax_scale");
+    const int weight_input = graph::weight_input(*schema);
+    const bool has_weight = is_float_constant(graph::role_input(*schema, *n, graph::Role::kWeight));
+    const bool has_softmax = schema->internal_quantizer.scale > 0;
     if (inputs.empty() && !has_weight && !has_softmax) continue;
 
     if (!skipped_by.empty()) {
@@ -192,13 +185,13 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
       plan.activations[it->second].consumers.push_back({n->name(), index});
     }
     if (has_weight) {
-      const Tensor& w = n->input(schema->weight_input)->constant();
+      const Tensor& w = n->input(static_cast<size_t>(weight_input))->constant();
       WeightPoint wp{.node = n->name(),
                      .module = n->op_type(),
-                     .input = schema->weight_input,
-                     .axis = weight_axis_of(*n, *schema, w),
+                     .input = weight_input,
+                     .axis = graph::weight_axis(*schema, *n),
                      .per_channel = !options.per_tensor_weights,
-                     .folds_batch_norm = has_batch_norm_after_weight(*n, schema->weight_input)};
+                     .folds_batch_norm = folds_batch_norm(*n, *schema)};
       wp.transposed = schema->transposed_weight;
       if (wp.transposed) wp.group = n->attr_int("group", 1);
       if (wp.axis < 0 || wp.axis >= w.rank()) {
@@ -207,7 +200,7 @@ QuantPlan place_qdq(const graph::Graph& fused, const PlacementOptions& options) 
       }
       plan.weights.push_back(std::move(wp));
     }
-    if (has_softmax) plan.softmax.push_back({n->name(), n->attr_float("softmax_scale")});
+    if (has_softmax) plan.softmax.push_back({n->name(), schema->internal_quantizer.scale});
   }
 
   group_concat_scales(fused, plan, point_of_tensor);
@@ -231,36 +224,42 @@ Tensor quantized_weight(const graph::Graph& fused, const WeightPoint& point, Ten
                   std::to_string(point.input));
   }
   const Tensor& w = wv->constant();
-  const Value* bv = n->input(static_cast<size_t>(point.input) + 1);
+  const graph::OpSchema* schema = graph::find_schema(n->op_type());
+  if (!schema) {
+    throw_invalid("placement: weight point names " + n->label() + ", not a module of the catalog");
+  }
+  const Value* bv = graph::role_input(*schema, *n, graph::Role::kBias);
   if (!point.folds_batch_norm) {
     if (folded_bias && is_float_constant(bv)) *folded_bias = bv->constant();
     return w;
   }
   // y = gamma · (conv(x, W) + B − mean) / sqrt(var + eps) + beta, per output channel (axis 0,
   // or axis 1 within each group for a transposed convolution).
-  const size_t first = static_cast<size_t>(point.input) + 2;
-  const float* gamma = n->input(first)->constant().data<float>();
-  const float* beta = n->input(first + 1)->constant().data<float>();
-  const float* mean = n->input(first + 2)->constant().data<float>();
-  const float* var = n->input(first + 3)->constant().data<float>();
-  const double eps = n->attr_float("epsilon", 1e-5f);
-  Tensor folded(DType::kFloat32, w.shape());
   const int64_t channels = point.transposed ? w.dim(1) * point.group : w.dim(0);
-  std::vector<double> factor(static_cast<size_t>(channels));
-  if (point.transposed) {
-    kernels::fold_batch_norm_weight_transposed(
-        w.data<float>(), gamma, var, eps, w.dim(0), point.group, w.dim(1),
-        w.numel() / w.dim(0) / w.dim(1), folded.data<float>(), factor.data());
-  } else {
-    kernels::fold_batch_norm_weight(w.data<float>(), gamma, var, eps, channels,
-                                    w.numel() / channels, folded.data<float>(), factor.data());
-  }
+  // Without a conv bias the fold still computes (0 − mean)·factor + beta: a zero bias keeps the
+  // sign of a zero shift as the export has always written it.
+  const std::vector<float> zero_bias(static_cast<size_t>(channels), 0.0f);
   Tensor bias(DType::kFloat32, {channels});
-  const float* b = is_float_constant(bv) ? bv->constant().data<float>() : nullptr;
-  for (int64_t c = 0; c < channels; ++c) {
-    const double conv_bias = b ? b[c] : 0.0;
-    bias.data<float>()[c] =
-        static_cast<float>((conv_bias - mean[c]) * factor[static_cast<size_t>(c)] + beta[c]);
+  std::vector<double> factor(static_cast<size_t>(channels));
+  auto parameter = [&](graph::Role role) {
+    return graph::role_input(*schema, *n, role)->constant().data<float>();
+  };
+  kernels::batch_norm_fold({.gamma = parameter(graph::Role::kBnGamma),
+                            .beta = parameter(graph::Role::kBnBeta),
+                            .mean = parameter(graph::Role::kBnMean),
+                            .var = parameter(graph::Role::kBnVar),
+                            .epsilon = n->attr_float("epsilon", 1e-5f),
+                            .channels = channels},
+                           is_float_constant(bv) ? bv->constant().data<float>() : zero_bias.data(),
+                           kernels::FoldPrecision::kDouble,
+                           {.factor = factor.data(), .shift = bias.data<float>()});
+  Tensor folded(DType::kFloat32, w.shape());
+  if (point.transposed) {
+    kernels::fold_weight_transposed(w.data<float>(), factor.data(), w.dim(0), point.group, w.dim(1),
+                                    w.numel() / w.dim(0) / w.dim(1), folded.data<float>());
+  } else {
+    kernels::fold_weight(w.data<float>(), factor.data(), channels, w.numel() / channels,
+                         folded.data<float>());
   }
   if (folded_bias) *folded_bias = bias;
   return folded;

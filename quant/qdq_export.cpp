@@ -5,7 +5,6 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <unordered_set>
 
 #include "graph/catalog.h"
 #include "kernels/error.h"
@@ -117,21 +116,6 @@ Tensor quantize_int8(const Tensor& w, const Quantizer& q) {
   return out;
 }
 
-std::vector<Node*> new_nodes(const Graph& g, const std::unordered_set<const Node*>& before) {
-  std::vector<Node*> out;
-  for (Node* n : g.nodes()) {
-    if (!before.count(n)) out.push_back(n);
-  }
-  return out;
-}
-
-Node* find_op(const std::vector<Node*>& nodes, std::string_view op_type) {
-  for (Node* n : nodes) {
-    if (n->op_type() == op_type) return n;
-  }
-  return nullptr;
-}
-
 // Activations: one shared pair per tensor, in front of its quantized module inputs.
 // Returns each point's scale constant by point tensor.
 std::map<std::string, std::string> insert_activation_pairs(Graph& g, const QuantPlan& plan,
@@ -185,12 +169,9 @@ std::map<std::string, std::string> insert_activation_pairs(Graph& g, const Quant
   return scale_names;
 }
 
-// The fixed-scale pair after the Softmax that lowering module `label` made.
-void insert_softmax_pair(Graph& g, const std::vector<Node*>& made, float scale,
-                         const std::string& label) {
-  Node* softmax = find_op(made, "Softmax");
-  if (!softmax) throw_internal("qdq export: " + label + ": lowering made no Softmax");
-  Value* probs = softmax->output(0);
+// The fixed-scale pair of a module's internal quantizer on `probs`, the tensor its lowering
+// reported.
+void insert_internal_pair(Graph& g, Value* probs, float scale) {
   const std::vector<Node*> readers = probs->consumers();
   const std::set<const Node*> reader_set(readers.begin(), readers.end());
   Value* dq = add_qdq(g, probs, Quantizer{{scale}}, probs->name(), first_in_order(g, reader_set));
@@ -202,10 +183,11 @@ void insert_softmax_pair(Graph& g, const std::vector<Node*>& made, float scale,
 }
 
 // Lowers the module nodes of `g` one by one, in graph order. After each, `after` gets its name,
-// label and the nodes it became, then the fixed-scale pair goes after the Softmax of an
-// attention module that `plan` quantizes there. Returns the number of softmax pairs.
+// label and what its lowering reported, then the fixed-scale pair of the module's internal
+// quantizer (OpSchema::internal_quantizer, the attention modules' softmax) goes on the tensor its
+// lowering reported, where `plan` quantizes it. Returns the number of softmax pairs.
 using AfterLowering = std::function<void(const std::string& name, const std::string& label,
-                                         const std::vector<Node*>& made)>;
+                                         const graph::Lowered& lowered)>;
 size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
                      const AfterLowering& after) {
   std::map<std::string, float> softmax_scale;
@@ -219,13 +201,16 @@ size_t lower_modules(Graph& g, const QuantPlan& plan, const std::string& stage,
       throw_internal(stage + ": " + node->label() + ": module without a lowering");
     const std::string name = node->name();
     const std::string label = node->label();
-    const std::unordered_set<const Node*> before(g.nodes().begin(), g.nodes().end());
-    schema->lower(g, *node);
-    const std::vector<Node*> made = new_nodes(g, before);
-    after(name, label, made);
+    graph::Lowered lowered;
+    schema->lower(g, *node, lowered);
+    after(name, label, lowered);
     auto sm = softmax_scale.find(name);
     if (sm != softmax_scale.end()) {
-      insert_softmax_pair(g, made, sm->second, label);
+      if (!lowered.internal_quantizer_input) {
+        throw_internal(stage + ": " + label + ": lowering reported no input of its " +
+                       std::string(schema->internal_quantizer.name) + " quantizer");
+      }
+      insert_internal_pair(g, lowered.internal_quantizer_input, sm->second);
       ++softmax_pairs;
     }
   }
@@ -278,7 +263,9 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
     if (w.folds_batch_norm) {
       std::string name = stem;
       name.append("_folded_bias");
-      g.set_input(n, static_cast<size_t>(w.input) + 1,
+      const int bias_input =
+          graph::input_index(*graph::find_schema(n->op_type()), graph::Role::kBias);
+      g.set_input(n, static_cast<size_t>(bias_input),
                   g.add_constant(g.unique_value_name(name), bias));
       folded_modules.insert(w.node);
     }
@@ -288,11 +275,12 @@ std::unique_ptr<Graph> build_qdq_graph(const Graph& fused, const QuantPlan& plan
   // Lower module by module, so that the nodes each one became are known.
   count.softmax_pairs = lower_modules(
       g, plan, "qdq export",
-      [&](const std::string& name, const std::string& label, const std::vector<Node*>& made) {
+      [&](const std::string& name, const std::string& label, const graph::Lowered& lowered) {
         if (!folded_modules.count(name)) return;
         // Conv → BN becomes Conv with the folded weight and bias: the BN goes.
-        Node* bn = find_op(made, "BatchNormalization");
-        if (!bn) throw_internal("qdq export: " + label + ": lowering made no BatchNormalization");
+        Node* bn = lowered.batch_norm;
+        if (!bn)
+          throw_internal("qdq export: " + label + ": lowering reported no BatchNormalization");
         Value* conv_out = bn->input(0);
         Value* bn_out = bn->output(0);
         const std::string bn_out_name = bn_out->name();
@@ -349,21 +337,23 @@ Value* insert_node(Graph& g, const std::string& name, const std::string& op_type
 // In the nodes a folded module lowered to (Conv → BatchNormalization): the Conv loses its
 // bias, its output is divided by the fold factor and the bias added back before the BN, as
 // PyTorch's fused ConvBn QAT module computes it.
-void unfold_conv_output(Graph& g, const std::vector<Node*>& made, Value* factor,
+void unfold_conv_output(Graph& g, const graph::Lowered& lowered, Value* factor,
                         const std::string& label) {
-  Node* conv = find_op(made, "Conv");
-  if (!conv) conv = find_op(made, "ConvTranspose");
-  Node* bn = find_op(made, "BatchNormalization");
-  if (!conv || !bn) throw_internal("training graph: " + label + ": lowering made no Conv → BN");
+  Node* conv = lowered.weight_op;
+  Node* bn = lowered.batch_norm;
+  if (!conv || !bn) throw_internal("training graph: " + label + ": lowering reported no Conv → BN");
+  const graph::OpSchema& conv_schema = *graph::find_schema(conv->op_type());
+  Value* x = graph::role_input(conv_schema, *conv, graph::Role::kData);
+  Value* w = graph::role_input(conv_schema, *conv, graph::Role::kWeight);
+  Value* bias = graph::role_input(conv_schema, *conv, graph::Role::kBias);
   Value* y = conv->output(0);
-  const size_t rank = conv->input(0)->known_shape().size();
+  const size_t rank = x->known_shape().size();
   const int64_t channels = factor->known_shape()[0];
   const std::string stem = conv->name();
-  Value* bias = conv->num_inputs() > 2 ? conv->input(2) : nullptr;
   if (bias) {
     Node* plain = g.insert_node({.name = g.unique_node_name(stem + "_nobias"),
                                  .op_type = conv->op_type(),
-                                 .inputs = {conv->input(0), conv->input(1)},
+                                 .inputs = {x, w},
                                  .output_names = {g.unique_value_name(y->name() + "_nobias")},
                                  .attributes = conv->attributes()},
                                 conv);
@@ -399,9 +389,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     if (v->is_constant() && v->dtype() == DType::kFloat32) candidates.insert(v->name());
   }
   for (const Node* n : fused.nodes()) {
-    const int mask = n->op_type() == "SDPA" ? 3 : n->op_type() == "SwinAttention" ? 4 : -1;
-    if (mask >= 0 && n->num_inputs() > static_cast<size_t>(mask) && n->input(mask)) {
-      candidates.erase(n->input(mask)->name());
+    const graph::OpSchema* schema = graph::find_schema(n->op_type());
+    if (const Value* mask = schema ? graph::role_input(*schema, *n, graph::Role::kMask) : nullptr) {
+      candidates.erase(mask->name());
     }
     for (size_t i = 0; i < n->num_inputs(); ++i) {
       if (n->input(i) && graph::float_input_is_setting(n->op_type(), i)) {
@@ -423,9 +413,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
     std::map<std::string, graph::AttributeValue, std::less<>> attributes = {
         {"axis", int64_t{w.per_channel ? w.axis : -1}}};
     if (w.folds_batch_norm) {
-      const size_t first = static_cast<size_t>(w.input) + 2;
-      inputs.push_back(n->input(first));      // gamma
-      inputs.push_back(n->input(first + 3));  // running var
+      const graph::OpSchema& schema = *graph::find_schema(n->op_type());
+      inputs.push_back(graph::role_input(schema, *n, graph::Role::kBnGamma));
+      inputs.push_back(graph::role_input(schema, *n, graph::Role::kBnVar));
       attributes["epsilon"] = n->attr_float("epsilon", 1e-5f);
       if (w.transposed) {
         attributes["transposed"] = int64_t{1};
@@ -452,9 +442,9 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
 
   lower_modules(
       g, plan, "training graph",
-      [&](const std::string& name, const std::string& label, const std::vector<Node*>& made) {
+      [&](const std::string& name, const std::string& label, const graph::Lowered& lowered) {
         auto f = fold_factor.find(name);
-        if (f != fold_factor.end()) unfold_conv_output(g, made, f->second, label);
+        if (f != fold_factor.end()) unfold_conv_output(g, lowered, f->second, label);
       });
   g.remove_dead();
   g.check_consistency();

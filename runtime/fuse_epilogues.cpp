@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "graph/catalog.h"
+#include "kernels/norm.h"
 #include "runtime/fusion_util.h"
 
 namespace qforge::runtime {
@@ -26,28 +28,31 @@ bool constant_f32(const Value* v) {
   return v && v->is_constant() && v->dtype() == kernels::DType::kFloat32;
 }
 
-// A BatchNormalization in inference form over `v` with constant parameters: per-channel
-// scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+// A BatchNormalization in inference form over `v` with constant parameters, as a per-channel
+// scale and shift (kernels::batch_norm_fold, in float as the output pass has always run it).
 bool fold_batch_norm(const Node& bn, int64_t channels, Tensor& scale, Tensor& shift) {
   if (bn.op_type() != "BatchNormalization" || bn.attr_int("training_mode", 0) != 0 ||
       !only_first_output_used(bn)) {
     return false;
   }
-  for (size_t i = 1; i <= 4; ++i) {
-    if (!constant_f32(bn.input(i)) || bn.input(i)->constant().numel() != channels) return false;
+  const graph::OpSchema& schema = *graph::find_schema("BatchNormalization");
+  const Value* parameters[] = {graph::role_input(schema, bn, graph::Role::kBnGamma),
+                               graph::role_input(schema, bn, graph::Role::kBnBeta),
+                               graph::role_input(schema, bn, graph::Role::kBnMean),
+                               graph::role_input(schema, bn, graph::Role::kBnVar)};
+  for (const Value* p : parameters) {
+    if (!constant_f32(p) || p->constant().numel() != channels) return false;
   }
-  const float eps = bn.attr_float("epsilon", 1e-5f);
-  const float* gamma = bn.input(1)->constant().data<float>();
-  const float* beta = bn.input(2)->constant().data<float>();
-  const float* mean = bn.input(3)->constant().data<float>();
-  const float* var = bn.input(4)->constant().data<float>();
   scale = Tensor(kernels::DType::kFloat32, {channels});
   shift = Tensor(kernels::DType::kFloat32, {channels});
-  for (int64_t c = 0; c < channels; ++c) {
-    float s = gamma[c] / std::sqrt(var[c] + eps);
-    scale.data<float>()[c] = s;
-    shift.data<float>()[c] = beta[c] - mean[c] * s;
-  }
+  kernels::batch_norm_fold({.gamma = parameters[0]->constant().data<float>(),
+                            .beta = parameters[1]->constant().data<float>(),
+                            .mean = parameters[2]->constant().data<float>(),
+                            .var = parameters[3]->constant().data<float>(),
+                            .epsilon = bn.attr_float("epsilon", 1e-5f),
+                            .channels = channels},
+                           nullptr, kernels::FoldPrecision::kFloat,
+                           {.scale = scale.data<float>(), .shift = shift.data<float>()});
   return true;
 }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "graph/catalog.h"
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
 #include "kernels/parallel.h"
@@ -121,7 +122,7 @@ struct InProjectionSetup {
 InProjectionSetup setup_in_projection(const Node& node, std::span<const InputInfo> inputs) {
   const Shape& x = float_input(node, inputs, 0, "x").shape;
   const Shape& w = float_input(node, inputs, 1, "weight").shape;
-  const bool gemm_layout = node.attr_string("weight_layout", "matmul") == "gemm";
+  const bool gemm_layout = graph::weight_layout(node) == graph::WeightLayout::kGemm;
   InProjectionSetup s;
   s.heads = node.attr_int("num_heads");
   if (x.size() != 3 || s.heads <= 0 || x[2] % s.heads != 0) {

@@ -738,9 +738,11 @@ class BatchNormKernel final : public OpKernel {
     if (folded_) {
       scale_.resize(static_cast<size_t>(channels_));
       shift_.resize(static_cast<size_t>(channels_));
-      kernels::batch_norm_fold(inputs[1].constant->data<float>(), inputs[2].constant->data<float>(),
-                               inputs[3].constant->data<float>(), inputs[4].constant->data<float>(),
-                               epsilon_, channels_, scale_.data(), shift_.data());
+      kernels::batch_norm_fold(
+          parameters(inputs[1].constant->data<float>(), inputs[2].constant->data<float>(),
+                     inputs[3].constant->data<float>(), inputs[4].constant->data<float>()),
+          nullptr, kernels::FoldPrecision::kDouble,
+          {.scale = scale_.data(), .shift = shift_.data()});
     }
   }
   size_t workspace_bytes() const override {
@@ -754,9 +756,9 @@ class BatchNormKernel final : public OpKernel {
       float* s = reinterpret_cast<float*>(workspace);
       float* t = reinterpret_cast<float*>(
           workspace + kernels::aligned_bytes(static_cast<size_t>(channels_) * sizeof(float)));
-      kernels::batch_norm_fold(inputs[1].data<float>(), inputs[2].data<float>(),
-                               inputs[3].data<float>(), inputs[4].data<float>(), epsilon_,
-                               channels_, s, t);
+      kernels::batch_norm_fold(parameters(inputs[1].data<float>(), inputs[2].data<float>(),
+                                          inputs[3].data<float>(), inputs[4].data<float>()),
+                               nullptr, kernels::FoldPrecision::kDouble, {.scale = s, .shift = t});
       scale = s;
       shift = t;
     }
@@ -800,6 +802,16 @@ class BatchNormKernel final : public OpKernel {
   }
 
  private:
+  kernels::BatchNormParameters parameters(const float* gamma, const float* beta, const float* mean,
+                                          const float* var) const {
+    return {.gamma = gamma,
+            .beta = beta,
+            .mean = mean,
+            .var = var,
+            .epsilon = epsilon_,
+            .channels = channels_};
+  }
+
   int64_t batch_;
   int64_t channels_;
   int64_t inner_;

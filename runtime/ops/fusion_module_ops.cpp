@@ -4,11 +4,14 @@
 // the Stem's MaxPool last. Linear modules run the Gemm/MatMul kernels, then bias and activation
 // in one pass. The standard kernels are reached through SubKernel, so results match the nodes
 // the module replaced.
+#include <array>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "graph/catalog.h"
 #include "kernels/elementwise.h"
 #include "kernels/norm.h"
 #include "kernels/parallel.h"
@@ -40,20 +43,30 @@ const InputInfo& module_input(const Node& node, std::span<const InputInfo> input
 // ---------------------------------------------------------------------------------------------
 // ConvBN, ConvBNAct, ConvBNAddAct, StemConvBNActMaxPool
 
+// Where a conv module's inputs are, from its schema's roles.
 struct ConvModuleLayout {
-  size_t data_inputs = 1;  // X, and the residual for ConvBNAddAct
+  size_t weight = 1;
+  size_t bias = 2;
+  std::optional<size_t> residual;         // ConvBNAddAct
+  std::array<size_t, 4> batch_norm = {};  // gamma, beta, mean, var
   bool pool = false;
 };
 
 ConvModuleLayout conv_layout(const Node& node) {
-  return {node.op_type() == "ConvBNAddAct" ? size_t{2} : size_t{1},
-          node.op_type() == "StemConvBNActMaxPool"};
+  const graph::OpSchema& schema = *graph::find_schema(node.op_type());
+  auto at = [&](graph::Role role) { return static_cast<size_t>(graph::input_index(schema, role)); };
+  ConvModuleLayout l{.weight = at(graph::Role::kWeight),
+                     .bias = at(graph::Role::kBias),
+                     .batch_norm = {at(graph::Role::kBnGamma), at(graph::Role::kBnBeta),
+                                    at(graph::Role::kBnMean), at(graph::Role::kBnVar)},
+                     .pool = node.op_type() == "StemConvBNActMaxPool"};
+  if (graph::has_role(schema, graph::Role::kResidual)) l.residual = at(graph::Role::kResidual);
+  return l;
 }
 
-// A conv module's BN parameters follow W and B?; a module made from a conv without BN ends
-// after B?.
+// A module made from a conv without BN ends before the BN roles.
 bool has_batch_norm(std::span<const InputInfo> inputs, const ConvModuleLayout& layout) {
-  return inputs.size() > layout.data_inputs + 2;
+  return inputs.size() > layout.batch_norm[0];
 }
 
 Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
@@ -80,15 +93,14 @@ Attributes pool_attributes(const Node& node) {
 // FusedConv's inputs: X, W, B?, scale, shift, residual?.
 std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const InputInfo> inputs,
                                          const ConvModuleLayout& layout) {
-  const size_t w = layout.data_inputs;
-  const InputInfo& weight = module_input(node, inputs, w, "W");
+  const InputInfo& weight = module_input(node, inputs, layout.weight, "W");
   if (weight.shape.empty())
     fail_node(node, "a conv weight W of rank >= 3", shape_str(weight.shape));
   const int64_t channels = weight.shape[0];
   static const char* const kNames[] = {"BN scale", "BN B", "BN mean", "BN var"};
   const bool bn = has_batch_norm(inputs, layout);
   for (size_t i = 0; bn && i < 4; ++i) {
-    const InputInfo& p = module_input(node, inputs, w + 2 + i, kNames[i]);
+    const InputInfo& p = module_input(node, inputs, layout.batch_norm[i], kNames[i]);
     if (p.shape != Shape{channels}) {
       fail_node(node, std::string(kNames[i]) + " of shape [" + std::to_string(channels) + "]",
                 shape_str(p.shape));
@@ -97,11 +109,11 @@ std::vector<InputInfo> fused_conv_inputs(const Node& node, std::span<const Input
   InputInfo per_channel{.present = true, .dtype = DType::kFloat32, .shape = {channels}};
   std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"),
                                 weight,
-                                w + 1 < inputs.size() ? inputs[w + 1] : InputInfo{},
+                                layout.bias < inputs.size() ? inputs[layout.bias] : InputInfo{},
                                 bn ? per_channel : InputInfo{},
                                 bn ? per_channel : InputInfo{},
                                 InputInfo{}};
-  if (layout.data_inputs == 2) out[5] = module_input(node, inputs, 1, "residual");
+  if (layout.residual) out[5] = module_input(node, inputs, *layout.residual, "residual");
   return out;
 }
 
@@ -119,33 +131,31 @@ class ConvModuleKernel final : public OpKernel {
  public:
   ConvModuleKernel(const Node& node, std::span<const InputInfo> inputs)
       : layout_(conv_layout(node)), act_(activation_of(node)) {
-    const size_t w = layout_.data_inputs;
     std::vector<InputInfo> conv_inputs = fused_conv_inputs(node, inputs, layout_);
     if (!has_batch_norm(inputs, layout_)) {
       conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
       add_pool(node);
       return;
     }
-    for (size_t i = 2; i < 6; ++i) {
-      if (!inputs[w + i].constant) {
+    for (size_t i : layout_.batch_norm) {
+      if (!inputs[i].constant) {
         throw_unsupported("create: " + node.label() +
                           ": expected constant BatchNormalization parameters, got a computed '" +
-                          node.input(w + i)->name() + "'");
+                          node.input(i)->name() + "'");
       }
     }
     const int64_t channels = conv_inputs[1].shape[0];
-    const float eps = node.attr_float("epsilon", 1e-5f);
-    const float* gamma = inputs[w + 2].constant->data<float>();
-    const float* beta = inputs[w + 3].constant->data<float>();
-    const float* mean = inputs[w + 4].constant->data<float>();
-    const float* var = inputs[w + 5].constant->data<float>();
     scale_ = Tensor(DType::kFloat32, {channels});
     shift_ = Tensor(DType::kFloat32, {channels});
-    for (int64_t c = 0; c < channels; ++c) {
-      const float s = gamma[c] / std::sqrt(var[c] + eps);
-      scale_.data<float>()[c] = s;
-      shift_.data<float>()[c] = beta[c] - mean[c] * s;
-    }
+    const std::array<size_t, 4>& bn = layout_.batch_norm;
+    kernels::batch_norm_fold({.gamma = inputs[bn[0]].constant->data<float>(),
+                              .beta = inputs[bn[1]].constant->data<float>(),
+                              .mean = inputs[bn[2]].constant->data<float>(),
+                              .var = inputs[bn[3]].constant->data<float>(),
+                              .epsilon = node.attr_float("epsilon", 1e-5f),
+                              .channels = channels},
+                             nullptr, kernels::FoldPrecision::kFloat,
+                             {.scale = scale_.data<float>(), .shift = shift_.data<float>()});
     conv_inputs[3].constant = &scale_;
     conv_inputs[4].constant = &shift_;
     conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
@@ -158,15 +168,15 @@ class ConvModuleKernel final : public OpKernel {
     return bytes;
   }
   bool reads_input(size_t index) const override {
-    return index != layout_.data_inputs || conv_[0].reads_input(1);
+    return index != layout_.weight || conv_[0].reads_input(1);
   }
 
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
-    const size_t w = layout_.data_inputs;
+    const ConvModuleLayout& l = layout_;
     const Tensor conv_in[6] = {
-        inputs[0], inputs[w], w + 1 < inputs.size() ? inputs[w + 1] : Tensor(),
-        scale_,    shift_,    layout_.data_inputs == 2 ? inputs[1] : Tensor()};
+        inputs[0], inputs[l.weight], l.bias < inputs.size() ? inputs[l.bias] : Tensor(),
+        scale_,    shift_,           l.residual ? inputs[*l.residual] : Tensor()};
     Tensor& y = layout_.pool ? conv_out_ : outputs[0];
     conv_[0].forward(conv_in, std::span(&y, 1), workspace);
     if (!is_clamp(act_.kind)) apply_activation(act_, y.data<float>(), y.data<float>(), y.numel());
@@ -210,23 +220,25 @@ Attributes conv_transpose_attributes(const Node& node) {
   return a;
 }
 
-std::vector<InputInfo> conv_transpose_inputs(const Node& node, std::span<const InputInfo> inputs) {
+std::vector<InputInfo> conv_transpose_inputs(const Node& node, std::span<const InputInfo> inputs,
+                                             const ConvModuleLayout& layout) {
   std::vector<InputInfo> out = {module_input(node, inputs, 0, "X"),
-                                module_input(node, inputs, 1, "W")};
-  if (inputs.size() > 2) out.push_back(inputs[2]);
+                                module_input(node, inputs, layout.weight, "W")};
+  if (inputs.size() > layout.bias) out.push_back(inputs[layout.bias]);
   return out;
 }
 
 std::vector<TensorInfo> infer_conv_transpose_module(const Node& node,
                                                     std::span<const InputInfo> inputs) {
   activation_of(node);
+  const ConvModuleLayout layout = conv_layout(node);
   std::vector<TensorInfo> out = SubKernel::infer("ConvTranspose", conv_transpose_attributes(node),
-                                                 conv_transpose_inputs(node, inputs));
-  if (inputs.size() > 3) {
+                                                 conv_transpose_inputs(node, inputs, layout));
+  if (has_batch_norm(inputs, layout)) {
     const int64_t channels = out[0].shape[1];
     static const char* const kNames[] = {"BN scale", "BN B", "BN mean", "BN var"};
     for (size_t i = 0; i < 4; ++i) {
-      const InputInfo& p = module_input(node, inputs, 3 + i, kNames[i]);
+      const InputInfo& p = module_input(node, inputs, layout.batch_norm[i], kNames[i]);
       if (p.shape != Shape{channels}) {
         fail_node(node, std::string(kNames[i]) + " of shape [" + std::to_string(channels) + "]",
                   shape_str(p.shape));
@@ -239,14 +251,16 @@ std::vector<TensorInfo> infer_conv_transpose_module(const Node& node,
 class ConvTransposeModuleKernel final : public OpKernel {
  public:
   ConvTransposeModuleKernel(const Node& node, std::span<const InputInfo> inputs)
-      : act_(activation_of(node)) {
-    conv_.push_back(SubKernel::create("ConvTranspose", conv_transpose_attributes(node),
-                                      conv_transpose_inputs(node, inputs)));
+      : layout_(conv_layout(node)), act_(activation_of(node)) {
+    const std::vector<InputInfo> conv_inputs = conv_transpose_inputs(node, inputs, layout_);
+    conv_inputs_ = conv_inputs.size();
+    conv_.push_back(
+        SubKernel::create("ConvTranspose", conv_transpose_attributes(node), conv_inputs));
     const Shape& y = conv_[0].outputs()[0].shape;
     channels_ = y[1];
     inner_ = kernels::shape_numel(y) / (y[0] * channels_);
-    if (inputs.size() <= 3) return;
-    for (size_t i = 3; i < 7; ++i) {
+    if (!has_batch_norm(inputs, layout_)) return;
+    for (size_t i : layout_.batch_norm) {
       if (!inputs[i].constant) {
         throw_unsupported("create: " + node.label() +
                           ": expected constant BatchNormalization parameters, got a computed '" +
@@ -255,15 +269,22 @@ class ConvTransposeModuleKernel final : public OpKernel {
     }
     scale_.resize(static_cast<size_t>(channels_));
     shift_.resize(static_cast<size_t>(channels_));
-    kernels::batch_norm_fold(inputs[3].constant->data<float>(), inputs[4].constant->data<float>(),
-                             inputs[5].constant->data<float>(), inputs[6].constant->data<float>(),
-                             node.attr_float("epsilon", 1e-5f), channels_, scale_.data(),
-                             shift_.data());
+    const std::array<size_t, 4>& bn = layout_.batch_norm;
+    kernels::batch_norm_fold({.gamma = inputs[bn[0]].constant->data<float>(),
+                              .beta = inputs[bn[1]].constant->data<float>(),
+                              .mean = inputs[bn[2]].constant->data<float>(),
+                              .var = inputs[bn[3]].constant->data<float>(),
+                              .epsilon = node.attr_float("epsilon", 1e-5f),
+                              .channels = channels_},
+                             nullptr, kernels::FoldPrecision::kDouble,
+                             {.scale = scale_.data(), .shift = shift_.data()});
   }
   size_t workspace_bytes() const override { return conv_[0].workspace_bytes(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
-    conv_[0].forward(inputs.first(std::min<size_t>(inputs.size(), 3)), outputs.first(1), workspace);
+    const Tensor conv_in[3] = {inputs[0], inputs[layout_.weight],
+                               conv_inputs_ > 2 ? inputs[layout_.bias] : Tensor()};
+    conv_[0].forward(std::span(conv_in, conv_inputs_), outputs.first(1), workspace);
     float* y = outputs[0].data<float>();
     if (!scale_.empty()) {
       kernels::channel_affine(y, scale_.data(), shift_.data(), outputs[0].dim(0), channels_, inner_,
@@ -273,8 +294,10 @@ class ConvTransposeModuleKernel final : public OpKernel {
   }
 
  private:
+  ConvModuleLayout layout_;
   ActivationSpec act_;
   std::vector<SubKernel> conv_;  // one; a vector because SubKernel has no empty state
+  size_t conv_inputs_ = 0;       // X, W and B when the module has it
   int64_t channels_ = 0;
   int64_t inner_ = 0;
   std::vector<float> scale_, shift_;  // the BN as a per-channel affine map (empty: no BN)
@@ -287,7 +310,7 @@ std::unique_ptr<OpKernel> create_conv_transpose_module(const Node& node,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Linear, LinearAct: inputs X, W, B?; `source` Gemm (with transB from weight_axis, alpha, beta)
+// Linear, LinearAct: inputs X, W, B?; `source` Gemm (with transB from weight_layout, alpha, beta)
 // or MatMul (then B is added along the last axis).
 
 bool from_gemm(const Node& node) {
@@ -295,7 +318,7 @@ bool from_gemm(const Node& node) {
 }
 
 Attributes gemm_attributes(const Node& node) {
-  return {{"transB", int64_t{node.attr_int("weight_axis", 1) == 0 ? 1 : 0}},
+  return {{"transB", int64_t{graph::weight_layout(node) == graph::WeightLayout::kGemm ? 1 : 0}},
           {"alpha", node.attr_float("alpha", 1.0f)},
           {"beta", node.attr_float("beta", 1.0f)}};
 }

@@ -354,7 +354,7 @@ std::vector<TensorInfo> infer_weight_fake_quant(const graph::Node& node,
 
 class WeightFakeQuantKernel final : public OpKernel {
  public:
-  WeightFakeQuantKernel(const Shape& shape, int64_t axis, bool folds, double epsilon,
+  WeightFakeQuantKernel(const Shape& shape, int64_t axis, bool folds, float epsilon,
                         FoldLayout layout, std::string label)
       : shape_(shape),
         axis_(axis),
@@ -430,18 +430,19 @@ class WeightFakeQuantKernel final : public OpKernel {
 
  private:
   const Tensor& fold(std::span<const Tensor> inputs) {
+    kernels::batch_norm_fold({.gamma = inputs[1].data<float>(),
+                              .var = inputs[2].data<float>(),
+                              .epsilon = epsilon_,
+                              .channels = layout_.channels},
+                             nullptr, kernels::FoldPrecision::kDouble,
+                             {.factor = factor_.data(), .inv_std = inv_std_.data()});
     if (layout_.transposed) {
-      kernels::fold_batch_norm_weight_transposed(
-          inputs[0].data<float>(), inputs[1].data<float>(), inputs[2].data<float>(), epsilon_,
-          shape_[0], layout_.group, shape_[1], layout_.row, folded_.data<float>(), factor_.data(),
-          inv_std_.data());
-      return folded_;
+      kernels::fold_weight_transposed(inputs[0].data<float>(), factor_.data(), shape_[0],
+                                      layout_.group, shape_[1], layout_.row, folded_.data<float>());
+    } else {
+      kernels::fold_weight(inputs[0].data<float>(), factor_.data(), layout_.channels, layout_.row,
+                           folded_.data<float>());
     }
-    const int64_t channels = shape_[0];
-    kernels::fold_batch_norm_weight(inputs[0].data<float>(), inputs[1].data<float>(),
-                                    inputs[2].data<float>(), epsilon_, channels,
-                                    inputs[0].numel() / channels, folded_.data<float>(),
-                                    factor_.data(), inv_std_.data());
     return folded_;
   }
 
@@ -460,7 +461,7 @@ class WeightFakeQuantKernel final : public OpKernel {
   Shape shape_;
   int64_t axis_;
   bool folds_;
-  double epsilon_;
+  float epsilon_;
   FoldLayout layout_;
   std::vector<float> scales_;
   std::vector<double> factor_;

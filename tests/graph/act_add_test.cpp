@@ -187,7 +187,7 @@ TEST(ActAddSchema, DeclaresBothAddendsQuantized) {
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(s->kind, graph::SchemaKind::kModule);
   EXPECT_EQ(graph::quantized_inputs(*s), (std::vector<int>{0, 1}));
-  EXPECT_EQ(s->weight_input, -1);
+  EXPECT_EQ(graph::weight_input(*s), -1);
   EXPECT_NE(s->lower, nullptr);
   EXPECT_EQ(graph::all_fusion_patterns().back().name, "ActAdd");
 }

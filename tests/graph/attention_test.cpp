@@ -114,7 +114,7 @@ TEST(AttentionSdpa, ComposesScaleAfterMatMul) {
   EXPECT_EQ(sdpa->domain(), "qforge");
   EXPECT_FLOAT_EQ(sdpa->attr_float("scale"), 0.5f);
   EXPECT_EQ(sdpa->attr_int("causal"), 0);
-  EXPECT_FLOAT_EQ(sdpa->attr_float("softmax_scale"), 1.0f / 127.0f);
+  EXPECT_FLOAT_EQ(graph::find_schema("SDPA")->internal_quantizer.scale, 1.0f / 127.0f);
   // K reaches the module untransposed: the Transpose composed with Kᵀ is the identity.
   EXPECT_EQ(sdpa->input(1)->name(), "k");
 }

@@ -201,7 +201,7 @@ TEST(FusionLinear, GemmAndMatMulWithAndWithoutActivation) {
   for (const graph::Node* n : r.transformed->nodes()) {
     if (n->op_type() == "Reshape") continue;
     const bool transposed = n->attr_string("source") == "Gemm" && n->input(1)->shape()->at(1) == 4;
-    EXPECT_EQ(n->attr_int("weight_axis"), transposed ? 0 : 1) << n->name();
+    EXPECT_EQ(n->attr_string("weight_layout"), transposed ? "gemm" : "matmul") << n->name();
   }
   expect_lowering_equivalent(*r.transformed, 4);
 }
@@ -266,18 +266,25 @@ TEST(FusionModuleSchemas, DeclareTheQuantizationContract) {
   using V = std::vector<int>;
   for (const char* op : {"ConvBN", "ConvBNAct", "StemConvBNActMaxPool"}) {
     EXPECT_EQ(graph::quantized_inputs(*schema(op)), V{0}) << op;
-    EXPECT_EQ(schema(op)->weight_input, 1);
+    EXPECT_EQ(graph::weight_input(*schema(op)), 1);
     EXPECT_EQ(schema(op)->weight_axis, 0);
+    EXPECT_TRUE(schema(op)->folds_batch_norm) << op;
+    EXPECT_EQ(graph::input_index(*schema(op), graph::Role::kBnGamma), 3) << op;
+    EXPECT_EQ(graph::input_index(*schema(op), graph::Role::kBnVar), 6) << op;
   }
   EXPECT_EQ(graph::quantized_inputs(*schema("ConvBNAddAct")), (V{0, 1}));
-  EXPECT_EQ(schema("ConvBNAddAct")->weight_input, 2);
+  EXPECT_EQ(graph::weight_input(*schema("ConvBNAddAct")), 2);
+  EXPECT_EQ(graph::input_index(*schema("ConvBNAddAct"), graph::Role::kResidual), 1);
+  EXPECT_EQ(graph::input_index(*schema("ConvBNAddAct"), graph::Role::kBnGamma), 4);
   for (const char* op : {"Linear", "LinearAct"}) {
     EXPECT_EQ(graph::quantized_inputs(*schema(op)), V{0}) << op;
-    EXPECT_EQ(schema(op)->weight_input, 1);
+    EXPECT_EQ(graph::weight_input(*schema(op)), 1);
+    EXPECT_TRUE(schema(op)->weight_layout_per_node) << op;
+    EXPECT_FALSE(schema(op)->folds_batch_norm) << op;
   }
   for (const char* op : {"LayerNorm", "AdaptiveAvgPool"}) {
     EXPECT_TRUE(graph::quantized_inputs(*schema(op)).empty()) << op;
-    EXPECT_EQ(schema(op)->weight_input, -1);
+    EXPECT_EQ(graph::weight_input(*schema(op)), -1);
   }
 }
 

@@ -245,13 +245,12 @@ TEST(PackQkvConversion, RefusesKInAnotherLayout) {
     Value* q = heads("q", {0, 2, 1, 3});
     Value* k = heads("k", {0, 2, 3, 1});
     Value* v = heads("v", {0, 2, 1, 3});
-    b.g->add_node(
-        {.name = "sdpa",
-         .op_type = "SDPA",
-         .inputs = {q, k, v},
-         .output_names = {"y"},
-         .attributes = {{"scale", 0.5f}, {"causal", int64_t{0}}, {"softmax_scale", 1.0f / 127.0f}},
-         .domain = "qforge"});
+    b.g->add_node({.name = "sdpa",
+                   .op_type = "SDPA",
+                   .inputs = {q, k, v},
+                   .output_names = {"y"},
+                   .attributes = {{"scale", 0.5f}, {"causal", int64_t{0}}},
+                   .domain = "qforge"});
     b.g->opset = 17;
     b.g->mark_output(b.g->find_value("y"));
     return std::move(b.g);

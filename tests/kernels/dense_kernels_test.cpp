@@ -505,8 +505,14 @@ TEST(DenseBatchNorm, FoldedAffineMatchesReference) {
     const auto mean = random_values(static_cast<size_t>(channels), 4);
     const auto var = random_values(static_cast<size_t>(channels), 5, 0.01f, 2.0f);
     std::vector<float> scale(static_cast<size_t>(channels)), shift(scale.size());
-    batch_norm_fold(gamma.data(), beta.data(), mean.data(), var.data(), 1e-3f, channels,
-                    scale.data(), shift.data());
+    batch_norm_fold({.gamma = gamma.data(),
+                     .beta = beta.data(),
+                     .mean = mean.data(),
+                     .var = var.data(),
+                     .epsilon = 1e-3f,
+                     .channels = channels},
+                    nullptr, FoldPrecision::kDouble,
+                    {.scale = scale.data(), .shift = shift.data()});
     std::vector<float> y(x.size()), expected(x.size());
     channel_affine(x.data(), scale.data(), shift.data(), batch, channels, inner, y.data());
     reference::batch_norm(x.data(), batch, channels, inner, gamma.data(), beta.data(), mean.data(),

@@ -70,15 +70,15 @@ TEST(Placement, ResnetPointsFollowTheCatalogContract) {
   size_t weighted = 0;
   for (const Node* n : g->nodes()) {
     const graph::OpSchema* s = graph::find_schema(n->op_type());
-    weighted += s && s->kind == graph::SchemaKind::kModule && s->weight_input >= 0;
+    weighted += s && s->kind == graph::SchemaKind::kModule && graph::weight_input(*s) >= 0;
   }
   EXPECT_EQ(plan.weights.size(), weighted);
   for (const quant::WeightPoint& w : plan.weights) {
     const Node* n = g->find_node(w.node);
     EXPECT_TRUE(w.per_channel);
-    EXPECT_EQ(w.input, graph::find_schema(n->op_type())->weight_input);
-    if (n->has_attr("weight_axis")) {
-      EXPECT_EQ(w.axis, n->attr_int("weight_axis")) << w.node;
+    EXPECT_EQ(w.input, graph::weight_input(*graph::find_schema(n->op_type())));
+    if (n->has_attr("weight_layout")) {
+      EXPECT_EQ(w.axis, n->attr_string("weight_layout") == "gemm" ? 0 : 1) << w.node;
     } else {
       EXPECT_EQ(w.axis, 0) << w.node;
       // Conv modules fold their BN; the fc, a 1×1 conv without BN, has none to fold.
@@ -169,7 +169,10 @@ TEST(Placement, AttentionQuantizesQKVAndCarriesTheSoftmaxScale) {
   auto g = testing::fused_model("vit_bn");
   const QuantPlan plan = place_qdq(*g);
   size_t sdpa = 0;
-  for (const Node* n : g->nodes()) sdpa += n->has_attr("softmax_scale");
+  for (const Node* n : g->nodes()) {
+    const graph::OpSchema* s = graph::find_schema(n->op_type());
+    sdpa += s && s->internal_quantizer.scale > 0;
+  }
   ASSERT_GT(sdpa, 0u);
   ASSERT_EQ(plan.softmax.size(), sdpa);
   for (const auto& s : plan.softmax) EXPECT_FLOAT_EQ(s.scale, 1.0f / 127.0f);

@@ -841,19 +841,19 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({2, 3, 13}))
           .weight(d.uniform({13, 9}))
           .weight(d.uniform({9}))
-          .attr("weight_axis", int64_t{1})
+          .attr("weight_layout", std::string("matmul"))
           .attr("source", std::string("MatMul")));
   add(H("Linear", "Gemm layout [out, in], no bias")
           .data(d.uniform({5, 11}))
           .weight(d.uniform({7, 11}))
           .absent()
-          .attr("weight_axis", int64_t{0})
+          .attr("weight_layout", std::string("gemm"))
           .attr("source", std::string("Gemm")));
   add(H("LinearAct", "Silu")
           .data(d.uniform({3, 17}))
           .weight(d.uniform({17, 6}))
           .weight(d.uniform({6}))
-          .attr("weight_axis", int64_t{1})
+          .attr("weight_layout", std::string("matmul"))
           .attr("source", std::string("MatMul"))
           .attr("activation", std::string("Silu")));
   add(H("LayerNorm", "last axis of 9")

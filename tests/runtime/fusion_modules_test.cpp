@@ -49,7 +49,7 @@ std::unique_ptr<graph::Graph> module_graph(int64_t batch, const std::string& act
                            .op_type = "LinearAct",
                            .inputs = {conv->output(0), lw, lb},
                            .output_names = {"z"},
-                           .attributes = {{"weight_axis", int64_t{1}},
+                           .attributes = {{"weight_layout", std::string("matmul")},
                                           {"source", std::string("MatMul")},
                                           {"activation", std::string("Silu")}},
                            .domain = "qforge"});

@@ -309,7 +309,8 @@ inline void add_to_ort_model(const HarnessCase& c, size_t index, OrtModel& model
       KernelRun(c, KernelRun::Mode::kInference).output_infos();
   for (size_t i = 0; i < c.outputs; ++i) node->output(i)->set_type(infos[i].dtype, infos[i].shape);
   std::vector<graph::Value*> outs(node->outputs().begin(), node->outputs().end());
-  if (schema.kind == graph::SchemaKind::kModule) schema.lower(g, *node);
+  graph::Lowered lowered;
+  if (schema.kind == graph::SchemaKind::kModule) schema.lower(g, *node, lowered);
   for (size_t i = 0; i < outs.size(); ++i) {
     // Lowering keeps the output value names.
     g.mark_output(g.find_value(prefix + "out" + std::to_string(i)));
