@@ -59,7 +59,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Gelu", 1, 1, 1, 1, 20, kBackward},
     OpSchema{"Gemm", 2, 3, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kGemmRoles},
     OpSchema{"Greater", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
-    // scale and bias per group at opsets 18 to 20, per channel from 21 (runtime/ops/dense_ops.cpp).
+    // scale and bias per group at opsets 18 to 20, per channel from 21 (runtime/ops/norm_ops.cpp).
     OpSchema{"GroupNormalization", 3, 3, 1, 1, 18, kBackward},
     OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1, kBackward},
     OpSchema{"HardSigmoid", 1, 1, 1, 1, 6, kBackward},

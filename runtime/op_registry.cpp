@@ -37,7 +37,10 @@ std::vector<std::string> OpRegistry::op_types() const {
 const OpRegistry& builtin_ops() {
   static const OpRegistry registry = [] {
     OpRegistry r;
-    ops::register_dense_ops(r);
+    ops::register_conv_ops(r);
+    ops::register_matmul_ops(r);
+    ops::register_norm_ops(r);
+    ops::register_pool_ops(r);
     ops::register_elementwise_ops(r);
     ops::register_shape_ops(r);
     ops::register_quantize_ops(r);

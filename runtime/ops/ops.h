@@ -5,10 +5,17 @@
 
 namespace qforge::runtime::ops {
 
-// Conv, ConvTranspose, Gemm, MatMul, BatchNormalization, LayerNormalization,
-// InstanceNormalization, GroupNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean,
-// Softmax.
-void register_dense_ops(OpRegistry& registry);
+// The dense family, a file each (runtime/ops/dense_common.h holds what they share):
+// Conv, FusedConv, ConvTranspose (conv_ops.cpp).
+void register_conv_ops(OpRegistry& registry);
+// Gemm, MatMul (matmul_ops.cpp).
+void register_matmul_ops(OpRegistry& registry);
+// BatchNormalization, LayerNormalization, InstanceNormalization, GroupNormalization
+// (norm_ops.cpp).
+void register_norm_ops(OpRegistry& registry);
+// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ArgMax
+// (pool_ops.cpp).
+void register_pool_ops(OpRegistry& registry);
 // Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Max and Min of
 // any number of inputs, Where, Equal, Not, Cast.
 void register_elementwise_ops(OpRegistry& registry);

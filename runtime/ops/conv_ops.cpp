@@ -1,0 +1,350 @@
+// Conv, FusedConv (a Conv with its epilogue, runtime/fuse_epilogues.h) and ConvTranspose:
+// shape inference, kernels with their backward.
+#include "runtime/ops/dense_common.h"
+
+namespace qforge::runtime::ops {
+namespace {
+
+using dense::fail_unsupported;
+using dense::fill_window_2d;
+using dense::float_input;
+using dense::ints_str;
+using dense::one_output;
+using dense::optional_float_input;
+using dense::per_axis_attr;
+using dense::resolve_window;
+using dense::spatial_of;
+using dense::Window;
+using graph::Node;
+using kernels::shape_numel;
+using kernels::shape_str;
+
+// ---------------------------------------------------------------------------------------------
+// Conv
+
+struct ConvSetup {
+  kernels::ConvGeometry geometry;
+  Shape out_shape;
+};
+
+ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const InputInfo& w = float_input(node, inputs, 1, "W");
+  const InputInfo* b = optional_float_input(node, inputs, 2, "B");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  if (rank > 4) fail_unsupported(node, "1-D or 2-D convolution", "input " + shape_str(x.shape));
+  if (static_cast<int64_t>(w.shape.size()) != rank) {
+    fail_node(node, "weight W of the input's rank " + std::to_string(rank),
+              "W " + shape_str(w.shape));
+  }
+  const int64_t group = node.attr_int("group", 1);
+  if (group < 1) fail_node(node, "group >= 1", std::to_string(group));
+  const int64_t in_channels = x.shape[1];
+  const int64_t out_channels = w.shape[0];
+  if (in_channels % group != 0 || w.shape[1] * group != in_channels) {
+    fail_node(node,
+              "weight input channels W[1] = input channels / group = " +
+                  std::to_string(in_channels) + " / " + std::to_string(group),
+              "W " + shape_str(w.shape) + " for input " + shape_str(x.shape));
+  }
+  if (out_channels % group != 0) {
+    fail_node(node, "output channels W[0] divisible by group " + std::to_string(group),
+              "W " + shape_str(w.shape));
+  }
+  std::vector<int64_t> kernel(w.shape.begin() + 2, w.shape.end());
+  if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel) {
+    fail_node(node, "kernel_shape equal to the weight's spatial shape " + ints_str(kernel),
+              ints_str(node.attr_ints("kernel_shape")));
+  }
+  if (b && b->shape != Shape{out_channels}) {
+    fail_node(node, "bias B of shape [" + std::to_string(out_channels) + "]", shape_str(b->shape));
+  }
+  const Window win = resolve_window(node, spatial_of(x.shape), kernel, {});
+
+  ConvSetup s;
+  kernels::ConvGeometry& g = s.geometry;
+  g.batch = x.shape[0];
+  g.in_channels = in_channels;
+  g.out_channels = out_channels;
+  g.group = group;
+  fill_window_2d(win, spatial_of(x.shape), g);
+  s.out_shape = {x.shape[0], out_channels};
+  s.out_shape.insert(s.out_shape.end(), win.out.begin(), win.out.end());
+  return s;
+}
+
+// Conv, and the runtime's FusedConv: a Conv whose output pass also applies a per-channel
+// scale/shift (an inference BatchNormalization), a residual add and a clamp (Relu, Clip).
+// FusedConv inputs: X, W, B?, scale?, shift?, residual?; attributes: Conv's plus
+// clamp_min/clamp_max.
+class ConvKernel final : public OpKernel {
+ public:
+  // Constant weights are brought into the algorithm's form once, here.
+  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights, float clamp_min,
+             float clamp_max, bool fused)
+      : plan_(kernels::plan_conv(g, kernels::max_threads())),
+        backward_plan_(kernels::plan_conv_backward(g, kernels::max_threads())),
+        clamp_min_(clamp_min),
+        clamp_max_(clamp_max),
+        fused_(fused) {
+    const size_t floats = kernels::conv_prepared_weight_floats(plan_);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_conv_weights(plan_, constant_weights->data<float>(), prepared_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return kernels::conv_workspace_bytes(plan_, prepared_.empty()
+                                                    ? kernels::ConvWeightForm::kRaw
+                                                    : kernels::ConvWeightForm::kPrepared);
+  }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    auto optional = [&](size_t i) {
+      return inputs.size() > i && inputs[i].defined() ? inputs[i].data<float>() : nullptr;
+    };
+    kernels::ConvEpilogue epilogue;
+    epilogue.scale = optional(3);
+    epilogue.shift = optional(4);
+    epilogue.residual = optional(5);
+    epilogue.clamp_min = clamp_min_;
+    epilogue.clamp_max = clamp_max_;
+    kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
+                    outputs[0].data<float>(), workspace, epilogue,
+                    prepared_.empty() ? nullptr : prepared_.data());
+  }
+
+  // Conv's X, W and B; FusedConv, an inference-only node, has no backward.
+  bool differentiable_input(size_t index) const override { return !fused_ && index <= 2; }
+  size_t backward_workspace_bytes() const override {
+    return kernels::conv_backward_workspace_bytes(backward_plan_);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    kernels::ConvGradients grads;
+    grads.dx = grad_data(grad_inputs, 0);
+    grads.dw = grad_data(grad_inputs, 1);
+    grads.dbias = grad_data(grad_inputs, 2);
+    kernels::conv2d_backward(backward_plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                             grad_outputs[0].data<float>(), grads, workspace);
+  }
+
+ private:
+  kernels::ConvPlan plan_;
+  kernels::ConvBackwardPlan backward_plan_;
+  std::vector<float> prepared_;
+  float clamp_min_;
+  float clamp_max_;
+  bool fused_;
+};
+
+std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_conv(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant, -kInf,
+                                      kInf, false);
+}
+
+std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const InputInfo> inputs) {
+  ConvSetup s = setup_conv(node, inputs);
+  const int64_t channels = s.out_shape[1];
+  for (size_t i : {size_t{3}, size_t{4}}) {
+    const InputInfo* p = optional_float_input(node, inputs, i, i == 3 ? "scale" : "shift");
+    if (p && p->shape != Shape{channels}) {
+      fail_node(node,
+                "a per-channel epilogue parameter of shape [" + std::to_string(channels) + "]",
+                shape_str(p->shape));
+    }
+  }
+  const InputInfo* residual = optional_float_input(node, inputs, 5, "residual");
+  if (residual && residual->shape != s.out_shape) {
+    fail_node(node, "a residual of the output's shape " + shape_str(s.out_shape),
+              shape_str(residual->shape));
+  }
+  return one_output(node, s.out_shape);
+}
+
+std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
+                                      node.attr_float("clamp_min", -kInf),
+                                      node.attr_float("clamp_max", kInf), true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvTranspose
+
+struct ConvTransposeSetup {
+  kernels::ConvTransposeGeometry geometry;
+  Shape out_shape;
+};
+
+// Output size and pads per spatial axis (ONNX ConvTranspose): from pads and output_padding, or
+// from output_shape or auto_pad SAME_*, which split the total padding between the two ends.
+ConvTransposeSetup setup_conv_transpose(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const InputInfo& w = float_input(node, inputs, 1, "W");
+  const InputInfo* b = optional_float_input(node, inputs, 2, "B");
+  const auto rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  if (rank > 4) {
+    fail_unsupported(node, "1-D or 2-D transposed convolution", "input " + shape_str(x.shape));
+  }
+  if (static_cast<int64_t>(w.shape.size()) != rank) {
+    fail_node(node, "weight W of the input's rank " + std::to_string(rank),
+              "W " + shape_str(w.shape));
+  }
+  const int64_t group = node.attr_int("group", 1);
+  if (group < 1) fail_node(node, "group >= 1", std::to_string(group));
+  if (w.shape[0] != x.shape[1] || x.shape[1] % group != 0) {
+    fail_node(node,
+              "weight W [C_in, C_out / group, kernel...] with C_in = the input's " +
+                  std::to_string(x.shape[1]) + " channels, divisible by group " +
+                  std::to_string(group),
+              "W " + shape_str(w.shape));
+  }
+  const int64_t out_channels = w.shape[1] * group;
+  std::vector<int64_t> kernel(w.shape.begin() + 2, w.shape.end());
+  if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel) {
+    fail_node(node, "kernel_shape equal to the weight's spatial shape " + ints_str(kernel),
+              ints_str(node.attr_ints("kernel_shape")));
+  }
+  if (b && b->shape != Shape{out_channels}) {
+    fail_node(node, "bias B of shape [" + std::to_string(out_channels) + "]", shape_str(b->shape));
+  }
+  const std::span<const int64_t> in = spatial_of(x.shape);
+  const size_t axes = in.size();
+  const std::vector<int64_t> strides = per_axis_attr(node, "strides", axes, 1, 1);
+  const std::vector<int64_t> dilations = per_axis_attr(node, "dilations", axes, 1, 1);
+  const std::vector<int64_t> pads = per_axis_attr(node, "pads", 2 * axes, 0, 0);
+  const std::vector<int64_t> output_padding = per_axis_attr(node, "output_padding", axes, 0, 0);
+  const std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
+  if (auto_pad != "NOTSET" && auto_pad != "SAME_UPPER" && auto_pad != "SAME_LOWER" &&
+      auto_pad != "VALID") {
+    fail_node(node, "auto_pad NOTSET, SAME_UPPER, SAME_LOWER or VALID", "'" + auto_pad + "'");
+  }
+  std::vector<int64_t> requested;
+  if (node.has_attr("output_shape")) {
+    requested = node.attr_ints("output_shape");
+    // output_shape may name the spatial dims only or the whole output.
+    if (requested.size() == axes + 2) requested.erase(requested.begin(), requested.begin() + 2);
+    if (requested.size() != axes) {
+      fail_node(node, "output_shape with " + std::to_string(axes) + " spatial dims",
+                ints_str(node.attr_ints("output_shape")));
+    }
+  }
+  std::vector<int64_t> begin(axes), out(axes);
+  for (size_t i = 0; i < axes; ++i) {
+    if (output_padding[i] >= std::max(strides[i], dilations[i])) {
+      fail_node(node, "output_padding below the stride or the dilation", ints_str(output_padding));
+    }
+    const int64_t natural =
+        strides[i] * (in[i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1;
+    int64_t target = -1;
+    if (!requested.empty()) {
+      target = requested[i];
+    } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      target = in[i] * strides[i];
+    }
+    if (target >= 0) {
+      const int64_t total = natural - target;
+      if (total < 0) {
+        fail_unsupported(node, "an output_shape no larger than " + std::to_string(natural),
+                         std::to_string(target));
+      }
+      begin[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      out[i] = target;
+    } else if (auto_pad == "VALID") {
+      begin[i] = 0;
+      out[i] = natural;
+    } else {
+      begin[i] = pads[i];
+      out[i] = natural - pads[i] - pads[i + axes];
+    }
+    if (out[i] < 1) {
+      fail_node(node, "a positive output size",
+                ints_str(out) + " from pads " + ints_str(pads) + " and kernel " + ints_str(kernel));
+    }
+  }
+  ConvTransposeSetup s;
+  kernels::ConvTransposeGeometry& g = s.geometry;
+  const bool one_d = axes == 1;
+  const size_t last = axes - 1;
+  g.batch = x.shape[0];
+  g.in_channels = x.shape[1];
+  g.out_channels = out_channels;
+  g.group = group;
+  g.in_h = one_d ? 1 : in[0];
+  g.in_w = in[last];
+  g.out_h = one_d ? 1 : out[0];
+  g.out_w = out[last];
+  g.kernel_h = one_d ? 1 : kernel[0];
+  g.kernel_w = kernel[last];
+  g.stride_h = one_d ? 1 : strides[0];
+  g.stride_w = strides[last];
+  g.dilation_h = one_d ? 1 : dilations[0];
+  g.dilation_w = dilations[last];
+  g.pad_top = one_d ? 0 : begin[0];
+  g.pad_left = begin[last];
+  s.out_shape = {x.shape[0], out_channels};
+  s.out_shape.insert(s.out_shape.end(), out.begin(), out.end());
+  return s;
+}
+
+class ConvTransposeKernel final : public OpKernel {
+ public:
+  explicit ConvTransposeKernel(const kernels::ConvTransposeGeometry& g)
+      : plan_(kernels::plan_conv_transpose(g, kernels::max_threads())) {}
+  size_t workspace_bytes() const override { return kernels::conv_transpose_workspace_bytes(plan_); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* bias =
+        inputs.size() > 2 && inputs[2].defined() ? inputs[2].data<float>() : nullptr;
+    kernels::conv_transpose2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), bias,
+                              outputs[0].data<float>(), workspace);
+  }
+  bool differentiable_input(size_t index) const override { return index <= 2; }
+  size_t backward_workspace_bytes() const override {
+    return kernels::conv_transpose_backward_workspace_bytes(plan_);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    kernels::ConvGradients grads;
+    grads.dx = grad_data(grad_inputs, 0);
+    grads.dw = grad_data(grad_inputs, 1);
+    grads.dbias = grad_data(grad_inputs, 2);
+    kernels::conv_transpose2d_backward(plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                       grad_outputs[0].data<float>(), grads, workspace);
+  }
+
+ private:
+  kernels::ConvTransposePlan plan_;
+};
+
+std::vector<TensorInfo> infer_conv_transpose(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_conv_transpose(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_conv_transpose(const Node& node, std::span<const InputInfo> inputs,
+                                                std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConvTransposeKernel>(setup_conv_transpose(node, inputs).geometry);
+}
+
+}  // namespace
+
+void register_conv_ops(OpRegistry& registry) {
+  registry.add({"Conv", infer_conv, create_conv});
+  registry.add({"ConvTranspose", infer_conv_transpose, create_conv_transpose});
+  registry.add({"FusedConv", infer_fused_conv, create_fused_conv});
+}
+
+}  // namespace qforge::runtime::ops

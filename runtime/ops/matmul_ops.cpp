@@ -1,0 +1,195 @@
+// Gemm and MatMul with broadcasting: shape inference, kernels with their backward.
+#include "runtime/ops/dense_common.h"
+
+namespace qforge::runtime::ops {
+namespace {
+
+using dense::bool_attr;
+using dense::float_input;
+using dense::one_output;
+using dense::optional_float_input;
+using graph::Node;
+using kernels::shape_numel;
+using kernels::shape_str;
+
+// ---------------------------------------------------------------------------------------------
+// Gemm
+
+kernels::GemmDims setup_gemm(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& a = float_input(node, inputs, 0, "A");
+  const InputInfo& b = float_input(node, inputs, 1, "B");
+  const InputInfo* c = optional_float_input(node, inputs, 2, "C");
+  if (a.shape.size() != 2) fail_node(node, "A of rank 2", shape_str(a.shape));
+  if (b.shape.size() != 2) fail_node(node, "B of rank 2", shape_str(b.shape));
+  kernels::GemmDims d;
+  const bool trans_a = bool_attr(node, "transA", 0) != 0;
+  const bool trans_b = bool_attr(node, "transB", 0) != 0;
+  d.trans_a = trans_a ? kernels::Transpose::kYes : kernels::Transpose::kNo;
+  d.trans_b = trans_b ? kernels::Transpose::kYes : kernels::Transpose::kNo;
+  d.m = trans_a ? a.shape[1] : a.shape[0];
+  d.k = trans_a ? a.shape[0] : a.shape[1];
+  const int64_t kb = trans_b ? b.shape[1] : b.shape[0];
+  d.n = trans_b ? b.shape[0] : b.shape[1];
+  if (kb != d.k) {
+    fail_node(node,
+              "op(A) [M, K] and op(B) [K, N] with equal K (transA " + std::to_string(trans_a) +
+                  ", transB " + std::to_string(trans_b) + ")",
+              "A " + shape_str(a.shape) + " and B " + shape_str(b.shape));
+  }
+  d.alpha = node.attr_float("alpha", 1.0f);
+  d.beta = node.attr_float("beta", 1.0f);
+  if (c) {
+    const Shape& cs = c->shape;
+    const int64_t count = shape_numel(cs);
+    if (cs.size() > 2) {
+      fail_node(node,
+                "C of rank <= 2 broadcastable to [" + std::to_string(d.m) + ", " +
+                    std::to_string(d.n) + "]",
+                shape_str(cs));
+    }
+    const int64_t rows = cs.size() == 2 ? cs[0] : 1;
+    const int64_t cols = cs.empty() ? 1 : cs.back();
+    if (count == 1) {
+      d.bias = kernels::GemmBias::kScalar;
+    } else if (rows == 1 && cols == d.n) {
+      d.bias = kernels::GemmBias::kRow;
+    } else if (rows == d.m && cols == 1) {
+      d.bias = kernels::GemmBias::kColumn;
+    } else if (rows == d.m && cols == d.n) {
+      d.bias = kernels::GemmBias::kFull;
+    } else {
+      fail_node(node,
+                "C broadcastable to [" + std::to_string(d.m) + ", " + std::to_string(d.n) + "]",
+                shape_str(cs));
+    }
+    if (d.beta == 0.0f) d.bias = kernels::GemmBias::kNone;
+  }
+  return d;
+}
+
+class GemmKernel final : public OpKernel {
+ public:
+  // A constant B is packed for the micro-kernel once, here (when that path applies).
+  GemmKernel(const kernels::GemmDims& dims, const Tensor* constant_weights) : dims_(dims) {
+    const size_t floats = kernels::gemm_prepared_weight_floats(dims_);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_gemm_weights(dims_, constant_weights->data<float>(), prepared_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return kernels::gemm_workspace_bytes(dims_, prepared_.empty()
+                                                    ? kernels::GemmWeightForm::kRaw
+                                                    : kernels::GemmWeightForm::kPrepared);
+  }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    const float* c = dims_.bias != kernels::GemmBias::kNone ? inputs[2].data<float>() : nullptr;
+    kernels::gemm(dims_, inputs[0].data<float>(), inputs[1].data<float>(), c,
+                  outputs[0].data<float>(), workspace,
+                  prepared_.empty() ? nullptr : prepared_.data());
+  }
+  bool differentiable_input(size_t index) const override {
+    return index <= 1 || (index == 2 && dims_.bias != kernels::GemmBias::kNone);
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::GemmGradients grads;
+    grads.da = grad_data(grad_inputs, 0);
+    grads.db = grad_data(grad_inputs, 1);
+    grads.dc = grad_data(grad_inputs, 2);
+    kernels::gemm_backward(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                           grad_outputs[0].data<float>(), grads);
+  }
+
+ private:
+  kernels::GemmDims dims_;
+  std::vector<float> prepared_;
+};
+
+std::vector<TensorInfo> infer_gemm(const Node& node, std::span<const InputInfo> inputs) {
+  const kernels::GemmDims d = setup_gemm(node, inputs);
+  return one_output(node, {d.m, d.n});
+}
+
+std::unique_ptr<OpKernel> create_gemm(const Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<GemmKernel>(setup_gemm(node, inputs), inputs[1].constant);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MatMul
+
+kernels::MatMulDims setup_matmul(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& a = float_input(node, inputs, 0, "A");
+  const InputInfo& b = float_input(node, inputs, 1, "B");
+  if (a.shape.empty() || b.shape.empty()) {
+    fail_node(node, "operands of rank >= 1",
+              "A " + shape_str(a.shape) + " and B " + shape_str(b.shape));
+  }
+  auto dims = kernels::matmul_dims(a.shape, b.shape);
+  if (!dims) {
+    fail_node(node, "A [..., M, K] and B [..., K, N] with equal K and broadcastable batch dims",
+              "A " + shape_str(a.shape) + " and B " + shape_str(b.shape));
+  }
+  return *dims;
+}
+
+class MatMulKernel final : public OpKernel {
+ public:
+  // A constant B shared by every matrix of A (a Linear layer's weight) is packed for the
+  // micro-kernel once, here (when that path applies).
+  MatMulKernel(kernels::MatMulDims dims, const Tensor* constant_weights) : dims_(std::move(dims)) {
+    const size_t floats = kernels::matmul_prepared_weight_floats(dims_);
+    if (constant_weights && floats > 0) {
+      prepared_.resize(floats);
+      kernels::prepare_matmul_weights(dims_, constant_weights->data<float>(), prepared_.data());
+    }
+  }
+  size_t workspace_bytes() const override {
+    return kernels::matmul_workspace_bytes(dims_, prepared_.empty()
+                                                      ? kernels::GemmWeightForm::kRaw
+                                                      : kernels::GemmWeightForm::kPrepared);
+  }
+  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* workspace) override {
+    kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                    outputs[0].data<float>(), workspace,
+                    prepared_.empty() ? nullptr : prepared_.data());
+  }
+  bool differentiable_input(size_t index) const override { return index <= 1; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::MatMulGradients grads;
+    grads.da = grad_data(grad_inputs, 0);
+    grads.db = grad_data(grad_inputs, 1);
+    kernels::matmul_backward(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                             grad_outputs[0].data<float>(), grads);
+  }
+
+ private:
+  kernels::MatMulDims dims_;
+  std::vector<float> prepared_;
+};
+
+std::vector<TensorInfo> infer_matmul(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_matmul(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_matmul(const Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<MatMulKernel>(setup_matmul(node, inputs), inputs[1].constant);
+}
+
+}  // namespace
+
+void register_matmul_ops(OpRegistry& registry) {
+  registry.add({"Gemm", infer_gemm, create_gemm});
+  registry.add({"MatMul", infer_matmul, create_matmul});
+}
+
+}  // namespace qforge::runtime::ops

@@ -1,0 +1,437 @@
+// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax and
+// ArgMax: shape inference, kernels with their backward (ArgMax has none: its output is an
+// integer).
+#include "runtime/ops/dense_common.h"
+
+namespace qforge::runtime::ops {
+namespace {
+
+using dense::bool_attr;
+using dense::fail_unsupported;
+using dense::fill_window_2d;
+using dense::float_input;
+using dense::ints_str;
+using dense::normalize_axis;
+using dense::one_output;
+using dense::output_used;
+using dense::resolve_window;
+using dense::spatial_of;
+using dense::Window;
+using dense::WindowRules;
+using graph::Node;
+using kernels::shape_numel;
+using kernels::shape_str;
+
+// ---------------------------------------------------------------------------------------------
+// Softmax
+
+kernels::SoftmaxDims setup_softmax(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "input");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 1) fail_node(node, "input of rank >= 1", shape_str(x.shape));
+  const int64_t axis = normalize_axis(node, node.attr_int("axis", -1), rank, "axis");
+  const std::span<const int64_t> shape(x.shape);
+  kernels::SoftmaxDims d;
+  d.outer = shape_numel(shape.first(static_cast<size_t>(axis)));
+  d.axis_size = x.shape[static_cast<size_t>(axis)];
+  d.inner = shape_numel(shape.subspan(static_cast<size_t>(axis) + 1));
+  return d;
+}
+
+class SoftmaxKernel final : public OpKernel {
+ public:
+  explicit SoftmaxKernel(const kernels::SoftmaxDims& dims) : dims_(dims) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::softmax(dims_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::softmax_backward(dims_, outputs[0].data<float>(), grad_outputs[0].data<float>(),
+                              grad_inputs[0].data<float>());
+  }
+
+ private:
+  kernels::SoftmaxDims dims_;
+};
+
+std::vector<TensorInfo> infer_softmax(const Node& node, std::span<const InputInfo> inputs) {
+  setup_softmax(node, inputs);
+  return one_output(node, inputs[0].shape);
+}
+
+std::unique_ptr<OpKernel> create_softmax(const Node& node, std::span<const InputInfo> inputs,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<SoftmaxKernel>(setup_softmax(node, inputs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MaxPool, AveragePool
+
+struct PoolSetup {
+  kernels::PoolGeometry geometry;
+  Shape out_shape;
+};
+
+PoolSetup setup_pool(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  if (rank > 4) fail_unsupported(node, "1-D or 2-D pooling", "input " + shape_str(x.shape));
+  const size_t spatial = static_cast<size_t>(rank - 2);
+  std::vector<int64_t> kernel = node.attr_ints("kernel_shape");
+  if (kernel.size() != spatial) {
+    fail_node(node, "kernel_shape with " + std::to_string(spatial) + " values", ints_str(kernel));
+  }
+  for (int64_t k : kernel) {
+    if (k < 1) fail_node(node, "kernel_shape values >= 1", ints_str(kernel));
+  }
+  WindowRules rules;
+  rules.ceil_mode = bool_attr(node, "ceil_mode", 0) != 0;
+  rules.pads_below_kernel = true;
+  const Window win = resolve_window(node, spatial_of(x.shape), std::move(kernel), rules);
+  PoolSetup s;
+  kernels::PoolGeometry& g = s.geometry;
+  g.batch = x.shape[0];
+  g.channels = x.shape[1];
+  fill_window_2d(win, spatial_of(x.shape), g);
+  const bool one_d = spatial == 1;
+  g.pad_bottom = one_d ? 0 : win.pad_end[0];
+  g.pad_right = win.pad_end[one_d ? 0 : 1];
+  s.out_shape = {x.shape[0], x.shape[1]};
+  s.out_shape.insert(s.out_shape.end(), win.out.begin(), win.out.end());
+  return s;
+}
+
+std::vector<TensorInfo> infer_max_pool(const Node& node, std::span<const InputInfo> inputs) {
+  PoolSetup s = setup_pool(node, inputs);
+  bool_attr(node, "storage_order", 0);
+  std::vector<TensorInfo> out = one_output(node, s.out_shape);
+  if (out.size() > 1) out[1] = {DType::kInt64, s.out_shape};
+  return out;
+}
+
+class MaxPoolKernel final : public OpKernel {
+ public:
+  MaxPoolKernel(const kernels::PoolGeometry& g, bool want_indices, kernels::IndexOrder order)
+      : geometry_(g), want_indices_(want_indices), order_(order) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    int64_t* indices = want_indices_ && outputs.size() > 1 && outputs[1].defined()
+                           ? outputs[1].data<int64_t>()
+                           : nullptr;
+    kernels::max_pool2d(geometry_, inputs[0].data<float>(), outputs[0].data<float>(), indices,
+                        order_);
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::max_pool2d_backward(geometry_, inputs[0].data<float>(), grad_outputs[0].data<float>(),
+                                 grad_inputs[0].data<float>());
+  }
+
+ private:
+  kernels::PoolGeometry geometry_;
+  bool want_indices_;
+  kernels::IndexOrder order_;
+};
+
+std::unique_ptr<OpKernel> create_max_pool(const Node& node, std::span<const InputInfo> inputs,
+                                          std::span<const TensorInfo> /*outputs*/) {
+  infer_max_pool(node, inputs);
+  const auto order = node.attr_int("storage_order", 0) == 0 ? kernels::IndexOrder::kRowMajor
+                                                            : kernels::IndexOrder::kColumnMajor;
+  return std::make_unique<MaxPoolKernel>(setup_pool(node, inputs).geometry, output_used(node, 1),
+                                         order);
+}
+
+class AveragePoolKernel final : public OpKernel {
+ public:
+  AveragePoolKernel(const kernels::PoolGeometry& g, kernels::PadCounting counting)
+      : geometry_(g), counting_(counting) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::average_pool2d(geometry_, counting_, inputs[0].data<float>(),
+                            outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::average_pool2d_backward(geometry_, counting_, grad_outputs[0].data<float>(),
+                                     grad_inputs[0].data<float>());
+  }
+
+ private:
+  kernels::PoolGeometry geometry_;
+  kernels::PadCounting counting_;
+};
+
+std::vector<TensorInfo> infer_average_pool(const Node& node, std::span<const InputInfo> inputs) {
+  PoolSetup s = setup_pool(node, inputs);
+  bool_attr(node, "count_include_pad", 0);
+  return one_output(node, s.out_shape);
+}
+
+std::unique_ptr<OpKernel> create_average_pool(const Node& node, std::span<const InputInfo> inputs,
+                                              std::span<const TensorInfo> /*outputs*/) {
+  const auto counting = bool_attr(node, "count_include_pad", 0) != 0
+                            ? kernels::PadCounting::kIncludePad
+                            : kernels::PadCounting::kExcludePad;
+  return std::make_unique<AveragePoolKernel>(setup_pool(node, inputs).geometry, counting);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GlobalAveragePool
+
+std::vector<TensorInfo> infer_global_average_pool(const Node& node,
+                                                  std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  if (x.shape.size() < 3) {
+    fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
+  }
+  Shape out = x.shape;
+  std::fill(out.begin() + 2, out.end(), 1);
+  return one_output(node, out);
+}
+
+class GlobalAveragePoolKernel final : public OpKernel {
+ public:
+  GlobalAveragePoolKernel(int64_t planes, int64_t plane_size)
+      : planes_(planes), plane_size_(plane_size) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::global_average_pool(inputs[0].data<float>(), planes_, plane_size_,
+                                 outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::global_average_pool_backward(grad_outputs[0].data<float>(), planes_, plane_size_,
+                                          grad_inputs[0].data<float>());
+  }
+
+ private:
+  int64_t planes_;
+  int64_t plane_size_;
+};
+
+std::unique_ptr<OpKernel> create_global_average_pool(const Node& node,
+                                                     std::span<const InputInfo> inputs,
+                                                     std::span<const TensorInfo> /*outputs*/) {
+  infer_global_average_pool(node, inputs);
+  const Shape& s = inputs[0].shape;
+  return std::make_unique<GlobalAveragePoolKernel>(s[0] * s[1], shape_numel(spatial_of(s)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReduceMean: axes as an attribute (opset 13), or as a constant input 1 with
+// noop_with_empty_axes (opset 18); the importer checks which form the model's opset has.
+
+struct ReduceSetup {
+  std::vector<int64_t> axes;  // normalised, ascending; empty: a copy (noop_with_empty_axes)
+  Shape out_shape;
+};
+
+std::vector<int64_t> reduce_axes(const Node& node, std::span<const InputInfo> inputs) {
+  if (inputs.size() > 1 && inputs[1].present) {
+    const InputInfo& axes = inputs[1];
+    if (!axes.constant) fail_node(node, "axes (input 1) as a constant", "a computed value");
+    if (axes.dtype != DType::kInt64 || axes.shape.size() != 1) {
+      fail_node(node, "axes (input 1) as a 1-D int64 tensor",
+                kernels::dtype_name(axes.dtype) + shape_str(axes.shape));
+    }
+    return axes.constant->to_int64_vector();
+  }
+  if (node.has_attr("axes")) return node.attr_ints("axes");
+  return {};
+}
+
+// ReduceMean, ReduceSum and ReduceMax: their axes, keepdims and noop_with_empty_axes.
+ReduceSetup setup_reduce(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "data");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
+  const std::vector<int64_t> given = reduce_axes(node, inputs);
+  ReduceSetup s;
+  for (int64_t a : given) s.axes.push_back(normalize_axis(node, a, rank, "axes"));
+  if (s.axes.empty() && bool_attr(node, "noop_with_empty_axes", 0) == 0) {
+    for (int64_t a = 0; a < rank; ++a) s.axes.push_back(a);
+  }
+  std::sort(s.axes.begin(), s.axes.end());
+  if (std::adjacent_find(s.axes.begin(), s.axes.end()) != s.axes.end()) {
+    fail_node(node, "distinct axes", ints_str(given));
+  }
+  for (int64_t a = 0; a < rank; ++a) {
+    const bool reduced = std::binary_search(s.axes.begin(), s.axes.end(), a);
+    if (!reduced) {
+      s.out_shape.push_back(x.shape[static_cast<size_t>(a)]);
+    } else if (keepdims) {
+      s.out_shape.push_back(1);
+    }
+  }
+  return s;
+}
+
+class ReduceMeanKernel final : public OpKernel {
+ public:
+  explicit ReduceMeanKernel(const kernels::ReducePlan& plan) : plan_(plan) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::reduce_mean(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::reduce_mean_backward(plan_, grad_outputs[0].data<float>(),
+                                  grad_inputs[0].data<float>());
+  }
+
+ private:
+  kernels::ReducePlan plan_;
+};
+
+std::vector<TensorInfo> infer_reduce_mean(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_reduce(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const InputInfo> inputs,
+                                             std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce(node, inputs);
+  return std::make_unique<ReduceMeanKernel>(kernels::plan_reduce(inputs[0].shape, s.axes));
+}
+
+// ReduceSum (axes an input from opset 13) and ReduceMax (from opset 18), on the setup of
+// ReduceMean. ReduceMax's gradient goes to the maxima, shared evenly among ties.
+class ReduceKernel final : public OpKernel {
+ public:
+  enum class Kind { kSum, kMax };
+  ReduceKernel(const kernels::ReducePlan& plan, Kind kind) : plan_(plan), kind_(kind) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    if (kind_ == Kind::kSum) {
+      kernels::reduce_sum(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+    } else {
+      kernels::reduce_max(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+    }
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (kind_ == Kind::kSum) {
+      kernels::reduce_sum_backward(plan_, grad_outputs[0].data<float>(),
+                                   grad_inputs[0].data<float>());
+    } else {
+      kernels::reduce_max_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(),
+                                   grad_outputs[0].data<float>(), grad_inputs[0].data<float>());
+    }
+  }
+
+ private:
+  kernels::ReducePlan plan_;
+  Kind kind_;
+};
+
+std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_reduce(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_reduce_sum(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce(node, inputs);
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(inputs[0].shape, s.axes),
+                                        ReduceKernel::Kind::kSum);
+}
+
+std::unique_ptr<OpKernel> create_reduce_max(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce(node, inputs);
+  const Shape& x = inputs[0].shape;
+  for (int64_t a : s.axes) {
+    if (x[static_cast<size_t>(a)] == 0) {
+      fail_node(node, "nonempty reduced axes", shape_str(x));
+    }
+  }
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), ReduceKernel::Kind::kMax);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ArgMax: int64 indices along `axis` (keepdims, select_last_index). Not differentiable: its
+// output is an integer, which no gradient reaches.
+
+struct ArgMaxSetup {
+  int64_t outer = 1;
+  int64_t axis_dim = 1;
+  int64_t inner = 1;
+  bool select_last = false;
+  Shape out_shape;
+};
+
+ArgMaxSetup setup_arg_max(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "data");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank == 0) fail_node(node, "an input of rank >= 1", "a scalar");
+  const int64_t axis = normalize_axis(node, node.attr_int("axis", 0), rank, "axis");
+  const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
+  ArgMaxSetup s;
+  s.select_last = bool_attr(node, "select_last_index", 0) != 0;
+  for (int64_t a = 0; a < rank; ++a) {
+    const int64_t d = x.shape[static_cast<size_t>(a)];
+    if (a < axis) s.outer *= d;
+    if (a > axis) s.inner *= d;
+    if (a != axis) {
+      s.out_shape.push_back(d);
+    } else if (keepdims) {
+      s.out_shape.push_back(1);
+    }
+  }
+  s.axis_dim = x.shape[static_cast<size_t>(axis)];
+  if (s.axis_dim < 1) {
+    fail_node(node, std::string("a nonempty axis ").append(std::to_string(axis)),
+              shape_str(x.shape));
+  }
+  return s;
+}
+
+std::vector<TensorInfo> infer_arg_max(const Node& node, std::span<const InputInfo> inputs) {
+  return {{DType::kInt64, setup_arg_max(node, inputs).out_shape}};
+}
+
+class ArgMaxKernel final : public OpKernel {
+ public:
+  explicit ArgMaxKernel(const ArgMaxSetup& s) : s_(s) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::arg_max(inputs[0].data<float>(), s_.outer, s_.axis_dim, s_.inner, s_.select_last,
+                     outputs[0].data<int64_t>());
+  }
+
+ private:
+  ArgMaxSetup s_;
+};
+
+std::unique_ptr<OpKernel> create_arg_max(const Node& node, std::span<const InputInfo> inputs,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs));
+}
+
+}  // namespace
+
+void register_pool_ops(OpRegistry& registry) {
+  registry.add({"MaxPool", infer_max_pool, create_max_pool});
+  registry.add({"AveragePool", infer_average_pool, create_average_pool});
+  registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});
+  registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
+  registry.add({"ReduceSum", infer_reduce, create_reduce_sum});
+  registry.add({"ReduceMax", infer_reduce, create_reduce_max});
+  registry.add({"ArgMax", infer_arg_max, create_arg_max});
+  registry.add({"Softmax", infer_softmax, create_softmax});
+}
+
+}  // namespace qforge::runtime::ops
