@@ -156,7 +156,7 @@ bool float_input_is_setting(std::string_view op_type, size_t index);
 std::vector<const OpSchema*> all_schemas();
 std::vector<int> quantized_inputs(const OpSchema& schema);
 
-// Module tables, one per family file (graph/fusions.cpp, graph/attention.cpp).
+// Module tables, one per family file (graph/fusion_modules.cpp, graph/attention.cpp).
 std::span<const OpSchema> fusion_module_schemas();
 std::span<const OpSchema> attention_module_schemas();
 std::span<const OpSchema> swin_module_schemas();   // graph/swin.cpp
