@@ -16,6 +16,18 @@
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 
+namespace {
+
+// One line on stderr in one write: std::cerr writes each piece of a `<<` chain at once, and under
+// an MPI launcher, which forwards every rank's stderr, pieces of two processes' lines can
+// interleave.
+void print_line(std::string line) {
+  line.push_back('\n');
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   // Blocks of 256 KiB and more are mapped, and unmapped when freed. glibc's default threshold
   // rises each time such a block is freed, after which a model's weights (protobuf strings,
@@ -30,7 +42,8 @@ int main(int argc, char** argv) {
   try {
     processes = qforge::dist::join(argc, argv);
   } catch (const qforge::Error& e) {
-    std::cerr << "qforge: error: " << e.what() << '\n';
+    std::string line = "qforge: error: ";
+    print_line(line.append(e.what()));
     return 1;
   }
   qforge::runtime::Communicator& comm = *processes;
@@ -74,7 +87,8 @@ int main(int argc, char** argv) {
       return finish(app.exit(e), false);
     }
     // One line, as for every other error; usage errors exit with 2.
-    if (comm.is_root()) std::cerr << "qforge: error: " << e.what() << " (see --help)\n";
+    std::string line = "qforge: error: ";
+    if (comm.is_root()) print_line(line.append(e.what()).append(" (see --help)"));
     return finish(2, false);
   }
   // A failure agreed by every rank is said once, by rank 0; one of this rank's alone is said
@@ -85,7 +99,8 @@ int main(int argc, char** argv) {
     if (comm.size() > 1 && !comm.failed_collectively()) {
       rank.append("rank ").append(std::to_string(comm.rank())).append(": ");
     }
-    std::cerr << "qforge: " << what << rank << message << '\n';
+    std::string line = "qforge: ";
+    print_line(line.append(what).append(rank).append(message));
   };
   int code = 2;
   try {
