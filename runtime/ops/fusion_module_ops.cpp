@@ -69,6 +69,27 @@ bool has_batch_norm(std::span<const InputInfo> inputs, const ConvModuleLayout& l
   return inputs.size() > layout.batch_norm[0];
 }
 
+// The module's BN parameters over `channels`, which must be constants (the kernels fold them
+// once, at creation).
+kernels::BatchNormParameters constant_batch_norm(const Node& node,
+                                                 std::span<const InputInfo> inputs,
+                                                 const ConvModuleLayout& layout, int64_t channels) {
+  for (size_t i : layout.batch_norm) {
+    if (!inputs[i].constant) {
+      throw_unsupported("create: " + node.label() +
+                        ": expected constant BatchNormalization parameters, got a computed '" +
+                        node.input(i)->name() + "'");
+    }
+  }
+  const std::array<size_t, 4>& bn = layout.batch_norm;
+  return {.gamma = inputs[bn[0]].constant->data<float>(),
+          .beta = inputs[bn[1]].constant->data<float>(),
+          .mean = inputs[bn[2]].constant->data<float>(),
+          .var = inputs[bn[3]].constant->data<float>(),
+          .epsilon = node.attr_float("epsilon", 1e-5f),
+          .channels = channels};
+}
+
 Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
   Attributes a;
   for (const char* key : {"strides", "pads", "dilations", "group", "kernel_shape", "auto_pad"}) {
@@ -137,24 +158,11 @@ class ConvModuleKernel final : public OpKernel {
       add_pool(node);
       return;
     }
-    for (size_t i : layout_.batch_norm) {
-      if (!inputs[i].constant) {
-        throw_unsupported("create: " + node.label() +
-                          ": expected constant BatchNormalization parameters, got a computed '" +
-                          node.input(i)->name() + "'");
-      }
-    }
     const int64_t channels = conv_inputs[1].shape[0];
     scale_ = Tensor(DType::kFloat32, {channels});
     shift_ = Tensor(DType::kFloat32, {channels});
-    const std::array<size_t, 4>& bn = layout_.batch_norm;
-    kernels::batch_norm_fold({.gamma = inputs[bn[0]].constant->data<float>(),
-                              .beta = inputs[bn[1]].constant->data<float>(),
-                              .mean = inputs[bn[2]].constant->data<float>(),
-                              .var = inputs[bn[3]].constant->data<float>(),
-                              .epsilon = node.attr_float("epsilon", 1e-5f),
-                              .channels = channels},
-                             nullptr, kernels::FoldPrecision::kFloat,
+    kernels::batch_norm_fold(constant_batch_norm(node, inputs, layout_, channels), nullptr,
+                             kernels::FoldPrecision::kFloat,
                              {.scale = scale_.data<float>(), .shift = shift_.data<float>()});
     conv_inputs[3].constant = &scale_;
     conv_inputs[4].constant = &shift_;
@@ -260,23 +268,10 @@ class ConvTransposeModuleKernel final : public OpKernel {
     channels_ = y[1];
     inner_ = kernels::shape_numel(y) / (y[0] * channels_);
     if (!has_batch_norm(inputs, layout_)) return;
-    for (size_t i : layout_.batch_norm) {
-      if (!inputs[i].constant) {
-        throw_unsupported("create: " + node.label() +
-                          ": expected constant BatchNormalization parameters, got a computed '" +
-                          node.input(i)->name() + "'");
-      }
-    }
     scale_.resize(static_cast<size_t>(channels_));
     shift_.resize(static_cast<size_t>(channels_));
-    const std::array<size_t, 4>& bn = layout_.batch_norm;
-    kernels::batch_norm_fold({.gamma = inputs[bn[0]].constant->data<float>(),
-                              .beta = inputs[bn[1]].constant->data<float>(),
-                              .mean = inputs[bn[2]].constant->data<float>(),
-                              .var = inputs[bn[3]].constant->data<float>(),
-                              .epsilon = node.attr_float("epsilon", 1e-5f),
-                              .channels = channels_},
-                             nullptr, kernels::FoldPrecision::kDouble,
+    kernels::batch_norm_fold(constant_batch_norm(node, inputs, layout_, channels_), nullptr,
+                             kernels::FoldPrecision::kDouble,
                              {.scale = scale_.data(), .shift = shift_.data()});
   }
   size_t workspace_bytes() const override { return conv_[0].workspace_bytes(); }
