@@ -617,6 +617,18 @@ def family_golden(family, qforge, x, y, batch_path):
     return out, setup
 
 
+def qforge_grad(family, qforge, batch_path, labels_path):
+    """`qforge grad --fake-quant --points` on the batch: its gradients and what each of its
+    activation quantizers read, as two dicts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        grads_path, points_path = os.path.join(tmp, "g.npz"), os.path.join(tmp, "p.npz")
+        subprocess.run([qforge, "grad", os.path.join(MODELS_DIR, "%s_bn.onnx" % family),
+                        "--data", batch_path, "--labels", labels_path, "-o", grads_path,
+                        "--fake-quant", "--points", points_path, "--threads", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        return dict(np.load(grads_path)), dict(np.load(points_path))
+
+
 def worst_difference(loss, grads, want):
     """The loss's relative difference to want's, and the largest gradient relative L2 with its
     name (gradients zero by construction left out, as the tests do)."""
@@ -633,14 +645,7 @@ def diagnose(family, qforge, x, y, batch_path, labels_path, golden, setup):
     each module gets identical inputs; the integers that still differ are printed with their
     distance from the .5 boundary, with the max-pool windows whose max float rounding picks, and
     the gradients of that run against qforge's."""
-    with tempfile.TemporaryDirectory() as tmp:
-        grads_path, points_path = os.path.join(tmp, "g.npz"), os.path.join(tmp, "p.npz")
-        subprocess.run([qforge, "grad", os.path.join(MODELS_DIR, "%s_bn.onnx" % family),
-                        "--data", batch_path, "--labels", labels_path, "-o", grads_path,
-                        "--fake-quant", "--points", points_path, "--threads", "1"],
-                       check=True, stdout=subprocess.DEVNULL)
-        theirs = dict(np.load(grads_path))
-        at_points = dict(np.load(points_path))
+    theirs, at_points = qforge_grad(family, qforge, batch_path, labels_path)
     for key, value in golden.items():
         if key.startswith("amax/") and float(at_points[key]) != float(value):
             raise SystemExit("%s: qforge grad's %s is not the golden's" % (family, key))
@@ -696,13 +701,7 @@ def aligned_golden(family, qforge, x, y, batch_path, labels_path, golden, setup)
     relative pass on their other value. Everything else is PyTorch's. Returns the keys to add
     to the golden ("aligned/loss", "aligned/<parameter>", "aligned/flips",
     "aligned/pool_ties"), none when there is nothing to settle."""
-    with tempfile.TemporaryDirectory() as tmp:
-        grads_path, points_path = os.path.join(tmp, "g.npz"), os.path.join(tmp, "p.npz")
-        subprocess.run([qforge, "grad", os.path.join(MODELS_DIR, "%s_bn.onnx" % family),
-                        "--data", batch_path, "--labels", labels_path, "-o", grads_path,
-                        "--fake-quant", "--points", points_path, "--threads", "1"],
-                       check=True, stdout=subprocess.DEVNULL)
-        at_points = dict(np.load(points_path))
+    _, at_points = qforge_grad(family, qforge, batch_path, labels_path)
     interp = setup["interp"]
     run_args = dict(act_amax=setup["reads"], weight_axes=setup["weight_axes"],
                     folded=setup["folded"], softmax_quant=True)
