@@ -131,47 +131,142 @@ void layer_norm(const LayerNormDims& dims, const float* x, const float* scale, c
   });
 }
 
-void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptions& options,
-                         const float* x, const float* gamma, const float* beta, float* y,
-                         float* saved_mean, float* saved_inv_std, float* running_mean,
-                         float* running_var) {
-  const int64_t channels = dims.channels;
-  const int64_t inner = dims.inner;
-  const int64_t count = dims.batch * inner;
-  if (channels == 0) return;
+namespace {
+
+// The per-channel pieces of BatchNormalization training, shared by the one-shard kernels and the
+// shard steps: every sum runs plane by plane in lane order, then over the batch in double.
+double channel_sum(const BatchNormDims& d, const float* x, int64_t c) {
+  double sum = 0;
+  for (int64_t n = 0; n < d.batch; ++n)
+    sum += lane_sum(x + (n * d.channels + c) * d.inner, d.inner);
+  return sum;
+}
+
+double channel_squares(const BatchNormDims& d, const float* x, int64_t c, float mu) {
+  double squares = 0;
+  for (int64_t n = 0; n < d.batch; ++n) {
+    squares += lane_sum_squared_deviation(x + (n * d.channels + c) * d.inner, d.inner, mu);
+  }
+  return squares;
+}
+
+void check_count(int64_t count) {
   if (count <= 1) {
     throw_invalid("batch_norm_training: expected more than 1 value per channel, got " +
                   std::to_string(count));
   }
+}
+
+// y of channel c from the whole batch's mean and Σ(x - mean)² over `count` values; the saved
+// inverse deviation and the running update where asked.
+void channel_apply(const BatchNormDims& d, const BatchNormTrainingOptions& options, int64_t count,
+                   int64_t c, const float* x, const float* gamma, const float* beta, float mu,
+                   double squares, float* y, float* saved_inv_std, float* running_mean,
+                   float* running_var) {
+  const double var = squares / static_cast<double>(count);
+  const float inv = 1.0f / std::sqrt(static_cast<float>(var) + d.epsilon);
+  const float g = gamma[c];
+  const float b = beta[c];
+  for (int64_t n = 0; n < d.batch; ++n) {
+    const float* xp = x + (n * d.channels + c) * d.inner;
+    float* yp = y + (n * d.channels + c) * d.inner;
+    for (int64_t i = 0; i < d.inner; ++i) yp[i] = (xp[i] - mu) * inv * g + b;
+  }
+  if (saved_inv_std) saved_inv_std[c] = inv;
   const double m = options.momentum;
-  parallel_for(channels, grain_for(count), [&](int64_t begin, int64_t end) {
+  if (running_mean) running_mean[c] = static_cast<float>((1 - m) * running_mean[c] + m * mu);
+  if (running_var) {
+    const double unbiased = var * static_cast<double>(count) / static_cast<double>(count - 1);
+    running_var[c] = static_cast<float>((1 - m) * running_var[c] + m * unbiased);
+  }
+}
+
+void channel_backward_sums(const BatchNormDims& d, const float* x, const float* dy, int64_t c,
+                           float mu, double& sum_dy, double& sum_dy_centered) {
+  sum_dy = 0;
+  sum_dy_centered = 0;
+  for (int64_t n = 0; n < d.batch; ++n) {
+    const int64_t offset = (n * d.channels + c) * d.inner;
+    sum_dy += lane_sum(dy + offset, d.inner);
+    sum_dy_centered += lane_sum_centered_product(dy + offset, x + offset, d.inner, mu);
+  }
+}
+
+// dx, dgamma and dbeta of channel c: dx from the whole batch's sums over `count` values, dgamma
+// and dbeta from `own_dy`, `own_centered` (the sums over the values this call covers).
+void channel_backward_apply(const BatchNormDims& d, int64_t count, int64_t c, const float* x,
+                            const float* gamma, float mu, float inv, const float* dy, double sum_dy,
+                            double sum_dy_centered, double own_dy, double own_centered, float* dx,
+                            float* dgamma, float* dbeta, GradMode mode) {
+  if (dbeta) store_grad(dbeta + c, static_cast<float>(own_dy), mode);
+  if (dgamma)
+    store_grad(dgamma + c, static_cast<float>(own_centered * static_cast<double>(inv)), mode);
+  if (!dx) return;
+  const float k = gamma[c] * inv;
+  const float mean_db = static_cast<float>(sum_dy / static_cast<double>(count));
+  // x̂·dgamma / M folded into one factor on (x - mean).
+  const float centered_factor =
+      static_cast<float>(sum_dy_centered * static_cast<double>(inv) * static_cast<double>(inv) /
+                         static_cast<double>(count));
+  for (int64_t n = 0; n < d.batch; ++n) {
+    const int64_t offset = (n * d.channels + c) * d.inner;
+    const float* xp = x + offset;
+    const float* dyp = dy + offset;
+    float* dxp = dx + offset;
+    if (mode == GradMode::kAccumulate) {
+      for (int64_t i = 0; i < d.inner; ++i) {
+        dxp[i] += k * (dyp[i] - mean_db - (xp[i] - mu) * centered_factor);
+      }
+    } else {
+      for (int64_t i = 0; i < d.inner; ++i) {
+        dxp[i] = k * (dyp[i] - mean_db - (xp[i] - mu) * centered_factor);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptions& options,
+                         const float* x, const float* gamma, const float* beta, float* y,
+                         float* saved_mean, float* saved_inv_std, float* running_mean,
+                         float* running_var) {
+  const int64_t count = dims.batch * dims.inner;
+  if (dims.channels == 0) return;
+  check_count(count);
+  parallel_for(dims.channels, grain_for(count), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double sum = 0;
-      for (int64_t n = 0; n < dims.batch; ++n)
-        sum += lane_sum(x + (n * channels + c) * inner, inner);
-      const float mu = static_cast<float>(sum / static_cast<double>(count));
-      double squares = 0;
-      for (int64_t n = 0; n < dims.batch; ++n) {
-        squares += lane_sum_squared_deviation(x + (n * channels + c) * inner, inner, mu);
-      }
-      const double var = squares / static_cast<double>(count);
-      const float inv = 1.0f / std::sqrt(static_cast<float>(var) + dims.epsilon);
-      const float g = gamma[c];
-      const float b = beta[c];
-      for (int64_t n = 0; n < dims.batch; ++n) {
-        const float* xp = x + (n * channels + c) * inner;
-        float* yp = y + (n * channels + c) * inner;
-        for (int64_t i = 0; i < inner; ++i) yp[i] = (xp[i] - mu) * inv * g + b;
-      }
+      const float mu = batch_norm_mean(channel_sum(dims, x, c), count);
+      channel_apply(dims, options, count, c, x, gamma, beta, mu, channel_squares(dims, x, c, mu), y,
+                    saved_inv_std, running_mean, running_var);
       if (saved_mean) saved_mean[c] = mu;
-      if (saved_inv_std) saved_inv_std[c] = inv;
-      if (running_mean) {
-        running_mean[c] = static_cast<float>((1 - m) * running_mean[c] + m * mu);
-      }
-      if (running_var) {
-        const double unbiased = var * static_cast<double>(count) / static_cast<double>(count - 1);
-        running_var[c] = static_cast<float>((1 - m) * running_var[c] + m * unbiased);
-      }
+    }
+  });
+}
+
+void batch_norm_shard_sums(const BatchNormDims& dims, const float* x, double* sums) {
+  parallel_for(dims.channels, grain_for(dims.batch * dims.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) sums[c] = channel_sum(dims, x, c);
+  });
+}
+
+void batch_norm_shard_squares(const BatchNormDims& dims, const float* x, const float* mean,
+                              double* squares) {
+  parallel_for(dims.channels, grain_for(dims.batch * dims.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) squares[c] = channel_squares(dims, x, c, mean[c]);
+  });
+}
+
+void batch_norm_apply_statistics(const BatchNormDims& dims, const BatchNormTrainingOptions& options,
+                                 int64_t count, const float* x, const float* gamma,
+                                 const float* beta, const float* mean, const double* squares,
+                                 float* y, float* saved_inv_std, float* running_mean,
+                                 float* running_var) {
+  check_count(count);
+  parallel_for(dims.channels, grain_for(dims.batch * dims.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      channel_apply(dims, options, count, c, x, gamma, beta, mean[c], squares[c], y, saved_inv_std,
+                    running_mean, running_var);
     }
   });
 }
@@ -180,47 +275,39 @@ void batch_norm_training_backward(const BatchNormDims& dims, const float* x, con
                                   const float* saved_mean, const float* saved_inv_std,
                                   const float* dy, float* dx, float* dgamma, float* dbeta,
                                   GradMode mode) {
-  const int64_t channels = dims.channels;
-  const int64_t inner = dims.inner;
-  const int64_t count = dims.batch * inner;
-  if (channels == 0 || count == 0) return;
-  parallel_for(channels, grain_for(count), [&](int64_t begin, int64_t end) {
+  const int64_t count = dims.batch * dims.inner;
+  if (dims.channels == 0 || count == 0) return;
+  parallel_for(dims.channels, grain_for(count), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const float mu = saved_mean[c];
-      const float inv = saved_inv_std[c];
       double sum_dy = 0;
       double sum_dy_centered = 0;
-      for (int64_t n = 0; n < dims.batch; ++n) {
-        const int64_t offset = (n * channels + c) * inner;
-        sum_dy += lane_sum(dy + offset, inner);
-        sum_dy_centered += lane_sum_centered_product(dy + offset, x + offset, inner, mu);
-      }
-      const float db = static_cast<float>(sum_dy);
-      const float dg = static_cast<float>(sum_dy_centered * static_cast<double>(inv));
-      if (dbeta) store_grad(dbeta + c, db, mode);
-      if (dgamma) store_grad(dgamma + c, dg, mode);
-      if (!dx) continue;
-      const float k = gamma[c] * inv;
-      const float mean_db = static_cast<float>(sum_dy / static_cast<double>(count));
-      // x̂·dgamma / M folded into one factor on (x - mean).
-      const float centered_factor =
-          static_cast<float>(sum_dy_centered * static_cast<double>(inv) * static_cast<double>(inv) /
-                             static_cast<double>(count));
-      for (int64_t n = 0; n < dims.batch; ++n) {
-        const int64_t offset = (n * channels + c) * inner;
-        const float* xp = x + offset;
-        const float* dyp = dy + offset;
-        float* dxp = dx + offset;
-        if (mode == GradMode::kAccumulate) {
-          for (int64_t i = 0; i < inner; ++i) {
-            dxp[i] += k * (dyp[i] - mean_db - (xp[i] - mu) * centered_factor);
-          }
-        } else {
-          for (int64_t i = 0; i < inner; ++i) {
-            dxp[i] = k * (dyp[i] - mean_db - (xp[i] - mu) * centered_factor);
-          }
-        }
-      }
+      channel_backward_sums(dims, x, dy, c, saved_mean[c], sum_dy, sum_dy_centered);
+      channel_backward_apply(dims, count, c, x, gamma, saved_mean[c], saved_inv_std[c], dy, sum_dy,
+                             sum_dy_centered, sum_dy, sum_dy_centered, dx, dgamma, dbeta, mode);
+    }
+  });
+}
+
+void batch_norm_backward_shard_sums(const BatchNormDims& dims, const float* x,
+                                    const float* saved_mean, const float* dy, double* sums) {
+  parallel_for(dims.channels, grain_for(dims.batch * dims.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      channel_backward_sums(dims, x, dy, c, saved_mean[c], sums[2 * c], sums[2 * c + 1]);
+    }
+  });
+}
+
+void batch_norm_backward_apply(const BatchNormDims& dims, int64_t count, const float* x,
+                               const float* gamma, const float* saved_mean,
+                               const float* saved_inv_std, const float* dy, const double* totals,
+                               const double* own, float* dx, float* dgamma, float* dbeta,
+                               GradMode mode) {
+  if (dims.channels == 0 || count == 0) return;
+  parallel_for(dims.channels, grain_for(dims.batch * dims.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      channel_backward_apply(dims, count, c, x, gamma, saved_mean[c], saved_inv_std[c], dy,
+                             totals[2 * c], totals[2 * c + 1], own[2 * c], own[2 * c + 1], dx,
+                             dgamma, dbeta, mode);
     }
   });
 }

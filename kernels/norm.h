@@ -165,6 +165,29 @@ void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptio
                          float* saved_mean, float* saved_inv_std, float* running_mean,
                          float* running_var);
 
+// The same over a batch cut into shards that are computed apart (runtime/training.h's shard
+// group: several executors, possibly in several processes). Each shard gives per-channel sums in
+// double; the caller adds them over every shard in shard order and hands the totals back, so
+// the statistics are the whole batch's and their bits do not depend on where the shards ran.
+// batch_norm_training is these three steps on one shard:
+//   sums[c] = Σx over the shard's values of channel c (per plane in lane order, then the batch)
+//   squares[c] = Σ(x - mean[c])² over them, mean[c] the whole batch's mean in float
+//   batch_norm_apply_statistics: y from mean and the whole batch's Σ(x - mean)² over `count`
+//   values, saved statistics and the running update (skipped where running_* is null).
+void batch_norm_shard_sums(const BatchNormDims& dims, const float* x, double* sums);
+void batch_norm_shard_squares(const BatchNormDims& dims, const float* x, const float* mean,
+                              double* squares);
+void batch_norm_apply_statistics(const BatchNormDims& dims, const BatchNormTrainingOptions& options,
+                                 int64_t count, const float* x, const float* gamma,
+                                 const float* beta, const float* mean, const double* squares,
+                                 float* y, float* saved_inv_std, float* running_mean,
+                                 float* running_var);
+// The mean in float from the whole batch's sum over `count` values, as batch_norm_training
+// rounds it.
+inline float batch_norm_mean(double sum, int64_t count) {
+  return static_cast<float>(sum / static_cast<double>(count));
+}
+
 // Backward of batch_norm_training from its saved mean and inv_std, per channel:
 //   x̂ = (x - mean)·inv_std,  dbeta = Σdy,  dgamma = Σdy·x̂
 //   dx = gamma·inv_std / M · (M·dy - dbeta - x̂·dgamma)
@@ -175,6 +198,18 @@ void batch_norm_training_backward(const BatchNormDims& dims, const float* x, con
                                   const float* saved_mean, const float* saved_inv_std,
                                   const float* dy, float* dx, float* dgamma, float* dbeta,
                                   GradMode mode = GradMode::kOverwrite);
+
+// batch_norm_training_backward over shards, as above: sums[2c] = Σdy and sums[2c + 1] =
+// Σdy·(x - mean) over this shard; then dx of this shard from the totals over every shard
+// (`count` values per channel), and dgamma, dbeta from this shard's own sums (`own`), which the
+// caller adds over the shards like any parameter gradient.
+void batch_norm_backward_shard_sums(const BatchNormDims& dims, const float* x,
+                                    const float* saved_mean, const float* dy, double* sums);
+void batch_norm_backward_apply(const BatchNormDims& dims, int64_t count, const float* x,
+                               const float* gamma, const float* saved_mean,
+                               const float* saved_inv_std, const float* dy, const double* totals,
+                               const double* own, float* dx, float* dgamma, float* dbeta,
+                               GradMode mode = GradMode::kOverwrite);
 
 // Backward of BatchNormalization in inference mode (running statistics held fixed, as for a
 // frozen BatchNorm during QAT), with inv_std = 1 / sqrt(var + epsilon) in float:

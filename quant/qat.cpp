@@ -265,14 +265,15 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   std::unique_ptr<Optimizer> scale_optimizer;
   if (setup.learn_scales) scale_optimizer = make_optimizer(setup, true);
   // The executor's parameters split into weights and scales (views of the same tensors),
-  // rebuilt when freezing BN makes a new executor.
+  // rebuilt when freezing BN or cutting the batch into shards makes new executors (whose
+  // parameters may sit where the old ones did, so the split is marked stale, not compared).
   std::vector<runtime::Parameter> weights;
   std::vector<runtime::Parameter> scales;
-  const runtime::Parameter* split_of = nullptr;
+  bool split_stale = true;
   auto split = [&] {
+    if (!split_stale) return;
+    split_stale = false;
     std::span<runtime::Parameter> all = training->executor().parameters();
-    if (split_of == all.data()) return;
-    split_of = all.data();
     weights.clear();
     scales.clear();
     for (const runtime::Parameter& p : all)
@@ -298,7 +299,10 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     if (start < 0 || start > result.steps) {
       throw_invalid("qat: the checkpoint's step " + std::to_string(start) + " is outside the run");
     }
-    if (setup.freeze_bn_after >= 0 && start >= setup.freeze_bn_after) training->freeze_batch_norm();
+    if (setup.freeze_bn_after >= 0 && start >= setup.freeze_bn_after) {
+      training->freeze_batch_norm();
+      split_stale = true;
+    }
     for (runtime::Parameter& p : training->executor().parameters()) {
       auto it = resume->find("param/" + p.name);
       if (it == resume->end() || it->second.dtype() != p.value.dtype() ||
@@ -366,7 +370,10 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       return result;
     }
     const auto step_start = std::chrono::steady_clock::now();
-    if (setup.freeze_bn_after >= 0 && step == setup.freeze_bn_after) training->freeze_batch_norm();
+    if (setup.freeze_bn_after >= 0 && step == setup.freeze_bn_after) {
+      training->freeze_batch_norm();
+      split_stale = true;
+    }
     const int64_t epoch = step / result.steps_per_epoch;
     if (epoch != order_epoch) {
       order = epoch_order(data.size(), setup.seed, epoch);

@@ -13,6 +13,33 @@ void OpKernel::backward(std::span<const Tensor> /*inputs*/, std::span<const Tens
   throw_internal("OpKernel: backward called on a kernel without one");
 }
 
+void OpKernel::forward_round(int /*round*/, std::span<const Tensor> /*inputs*/,
+                             std::span<Tensor> /*outputs*/, const double* /*totals*/,
+                             double* /*partial*/, int64_t /*total_batch*/) {
+  throw_internal("OpKernel: forward_round called on a kernel that sums nothing over the batch");
+}
+
+void OpKernel::forward_finish(std::span<const Tensor> /*inputs*/, std::span<Tensor> /*outputs*/,
+                              const double* /*totals*/, int64_t /*total_batch*/,
+                              bool /*update_state*/) {
+  throw_internal("OpKernel: forward_finish called on a kernel that sums nothing over the batch");
+}
+
+void OpKernel::backward_round(int /*round*/, std::span<const Tensor> /*inputs*/,
+                              std::span<const Tensor> /*outputs*/,
+                              std::span<const Tensor> /*grad_outputs*/, const double* /*totals*/,
+                              double* /*partial*/, int64_t /*total_batch*/) {
+  throw_internal("OpKernel: backward_round called on a kernel that sums nothing over the batch");
+}
+
+void OpKernel::backward_finish(std::span<const Tensor> /*inputs*/,
+                               std::span<const Tensor> /*outputs*/,
+                               std::span<const Tensor> /*grad_outputs*/,
+                               std::span<Tensor> /*grad_inputs*/, const double* /*totals*/,
+                               int64_t /*total_batch*/) {
+  throw_internal("OpKernel: backward_finish called on a kernel that sums nothing over the batch");
+}
+
 void OpRegistry::add(OpDef def) {
   if (find(def.op_type)) throw_internal("OpRegistry: op '" + def.op_type + "' registered twice");
   if (!def.infer || !def.create) {

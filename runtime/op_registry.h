@@ -63,6 +63,34 @@ class OpKernel {
   virtual void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                         std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                         std::byte* workspace);
+
+  // Training over a batch cut into shards that separate executors, possibly in separate
+  // processes, hold (runtime/training.h, ShardLayout). A kernel whose training forward or
+  // backward sums over the batch (BatchNormalization on batch statistics) says in how many
+  // rounds, and how many doubles each shard contributes per round; the executors then run it
+  // round by round: every shard writes its partial sums, the sums are added over all shards in
+  // shard order, and every shard reads the totals in the next round or the finishing call.
+  // `total_batch` is the batch of every shard together. Kernels that never sum over the batch
+  // keep the defaults and run as they do on one shard.
+  struct ShardRounds {
+    int forward = 0;
+    int backward = 0;
+    size_t size = 0;  // doubles per shard and round
+  };
+  virtual ShardRounds shard_rounds() const { return {}; }
+  // `totals`: the previous round's (null in round 0); `partial`: this shard's sums.
+  virtual void forward_round(int round, std::span<const Tensor> inputs, std::span<Tensor> outputs,
+                             const double* totals, double* partial, int64_t total_batch);
+  // After the last round. update_state: this shard updates the state the shards of one process
+  // share (BN running statistics); exactly one shard per process is asked to.
+  virtual void forward_finish(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+                              const double* totals, int64_t total_batch, bool update_state);
+  virtual void backward_round(int round, std::span<const Tensor> inputs,
+                              std::span<const Tensor> outputs, std::span<const Tensor> grad_outputs,
+                              const double* totals, double* partial, int64_t total_batch);
+  virtual void backward_finish(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
+                               std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                               const double* totals, int64_t total_batch);
 };
 
 // The storage of grad_inputs[index] where backward's caller asked for that gradient, else null.

@@ -4,7 +4,9 @@
 #include "runtime/training.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -52,12 +54,18 @@ std::vector<std::string> trainable_initializers(const graph::Graph& imported) {
 
 TrainingExecutor::TrainingExecutor(const graph::Graph& graph, TrainingOptions options)
     : options_(std::move(options)) {
-  compile(graph);
+  compile(graph, nullptr);
+}
+
+TrainingExecutor::TrainingExecutor(const graph::Graph& graph, TrainingOptions options,
+                                   const TrainingExecutor& shares)
+    : options_(std::move(options)) {
+  compile(graph, &shares);
 }
 
 TrainingExecutor::~TrainingExecutor() = default;
 
-void TrainingExecutor::compile(const graph::Graph& graph) {
+void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor* shares) {
   graph_ = &graph;
   const auto& order = graph.nodes();
   // Times on one line over forward and backward together: the forward of step s at s, the
@@ -83,7 +91,15 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
     }
     parameter_of[v] = parameters_.size();
     if (state_names.count(name)) state.insert(v);
-    parameters_.push_back({name, v->constant().clone(), Tensor()});
+    if (shares) {
+      const size_t k = parameters_.size();
+      if (k >= shares->parameters_.size() || shares->parameters_[k].name != name) {
+        throw_internal("training: an executor sharing parameters with another of other ones");
+      }
+      parameters_.push_back({name, shares->parameters_[k].value, Tensor()});
+    } else {
+      parameters_.push_back({name, v->constant().clone(), Tensor()});
+    }
   }
   std::vector<ArenaBuffer> buffers;
   std::map<const graph::Value*, size_t> buffer_of;
@@ -303,7 +319,7 @@ void TrainingExecutor::compile(const graph::Graph& graph) {
   workspace_.assign(max_workspace, std::byte{0});
 }
 
-std::span<const Tensor> TrainingExecutor::forward(std::span<const Tensor> inputs) {
+void TrainingExecutor::load_inputs(std::span<const Tensor> inputs) {
   if (inputs.size() != graph_inputs_.size()) {
     throw_invalid("training: the model takes " + std::to_string(graph_inputs_.size()) +
                   " inputs, got " + std::to_string(inputs.size()));
@@ -316,11 +332,15 @@ std::span<const Tensor> TrainingExecutor::forward(std::span<const Tensor> inputs
     }
     dst.copy_from(inputs[i]);
   }
+}
+
+std::span<const Tensor> TrainingExecutor::forward(std::span<const Tensor> inputs) {
+  load_inputs(inputs);
   for (Step& step : steps_) step.kernel->forward(step.inputs, step.outputs, workspace_.data());
   return graph_outputs_;
 }
 
-void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
+void TrainingExecutor::begin_backward(std::span<const Tensor> output_grads) {
   if (output_grads.size() != graph_outputs_.size()) {
     throw_invalid("training: backward takes one gradient per output (" +
                   std::to_string(graph_outputs_.size()) + "), got " +
@@ -341,37 +361,246 @@ void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
       grad_written_[g] = true;
     }
   }
-  std::vector<Tensor>& grad_outputs = grad_outputs_;
-  std::vector<Tensor>& grad_inputs = grad_inputs_;
-  for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
-    Step& step = *s;
-    if (step.targets.empty()) continue;
-    grad_outputs.assign(step.outputs.size(), Tensor());
-    bool any = false;
-    for (size_t j = 0; j < step.outputs.size(); ++j) {
-      const size_t g = step.output_grads[j];
-      if (g != kNone && grad_written_[g]) {
-        grad_outputs[j] = grads_[g];
-        any = true;
-      }
-    }
-    if (!any) continue;
-    grad_inputs.assign(step.inputs.size(), Tensor());
-    for (GradTarget& target : step.targets) {
-      target.add_scratch = grad_written_[target.value];
-      grad_inputs[target.slot] = target.add_scratch ? target.scratch : grads_[target.value];
-      grad_written_[target.value] = true;
-    }
-    step.kernel->backward(step.inputs, step.outputs, grad_outputs, grad_inputs, workspace_.data());
-    for (const GradTarget& target : step.targets) {
-      if (target.add_scratch) add_into(grads_[target.value], target.scratch);
+}
+
+bool TrainingExecutor::prepare_backward_step(Step& step) {
+  if (step.targets.empty()) return false;
+  grad_outputs_.assign(step.outputs.size(), Tensor());
+  bool any = false;
+  for (size_t j = 0; j < step.outputs.size(); ++j) {
+    const size_t g = step.output_grads[j];
+    if (g != kNone && grad_written_[g]) {
+      grad_outputs_[j] = grads_[g];
+      any = true;
     }
   }
+  if (!any) return false;
+  grad_inputs_.assign(step.inputs.size(), Tensor());
+  for (GradTarget& target : step.targets) {
+    target.add_scratch = grad_written_[target.value];
+    grad_inputs_[target.slot] = target.add_scratch ? target.scratch : grads_[target.value];
+    grad_written_[target.value] = true;
+  }
+  return true;
+}
+
+void TrainingExecutor::end_backward_step(Step& step) {
+  for (const GradTarget& target : step.targets) {
+    if (target.add_scratch) add_into(grads_[target.value], target.scratch);
+  }
+}
+
+void TrainingExecutor::end_backward() {
   // A parameter no gradient reached this time has gradient zero. (Other gradients are arena
   // memory that later steps reuse; nothing reads them after backward.)
   for (size_t g : parameter_grads_) {
     if (!grad_written_[g]) std::fill_n(grads_[g].data<float>(), grads_[g].numel(), 0.0f);
   }
+}
+
+void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
+  begin_backward(output_grads);
+  for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
+    if (!prepare_backward_step(*s)) continue;
+    s->kernel->backward(s->inputs, s->outputs, grad_outputs_, grad_inputs_, workspace_.data());
+    end_backward_step(*s);
+  }
+  end_backward();
+}
+
+// ShardGroup ------------------------------------------------------------------------------------
+
+ShardGroup::ShardGroup(const graph::Graph& graph, const TrainingOptions& options,
+                       ShardLayout layout)
+    : layout_(layout) {
+  const int ranks = layout.processes ? layout.processes->size() : 1;
+  if (layout.total < 1 || layout.count < 1 || layout.first < 0 ||
+      layout.first + layout.count > layout.total || (ranks == 1 && layout.count != layout.total)) {
+    throw_internal("training: shards " + std::to_string(layout.first) + " + " +
+                   std::to_string(layout.count) + " of " + std::to_string(layout.total));
+  }
+  total_batch_ = graph.inputs().at(0)->known_shape().at(0) * layout.total;
+  shards_.push_back(std::make_unique<TrainingExecutor>(graph, options));
+  for (int64_t i = 1; i < layout.count; ++i) {
+    shards_.push_back(std::make_unique<TrainingExecutor>(graph, options, *shards_.front()));
+  }
+}
+
+ShardGroup::~ShardGroup() = default;
+
+const std::vector<double>& ShardGroup::sum_over_shards(const std::vector<double>& partial,
+                                                       size_t n) {
+  totals_.assign(n, 0.0);
+  auto fold = [&](const double* shard, bool first) {
+    if (first) {
+      std::copy(shard, shard + n, totals_.begin());
+    } else {
+      for (size_t i = 0; i < n; ++i) totals_[i] += shard[i];
+    }
+  };
+  if (!layout_.processes || layout_.processes->size() == 1) {
+    for (size_t j = 0; j < shards_.size(); ++j) fold(partial.data() + j * n, j == 0);
+    return totals_;
+  }
+  const auto* bytes = reinterpret_cast<const std::byte*>(partial.data());
+  const std::vector<std::vector<std::byte>> all =
+      layout_.processes->allgather({bytes, shards_.size() * n * sizeof(double)});
+  bool first = true;
+  std::vector<double> shard(n);
+  for (const std::vector<std::byte>& from : all) {
+    if (from.size() % (n * sizeof(double)) != 0) {
+      throw_internal("training: a rank sent partial sums of another size");
+    }
+    for (size_t at = 0; at < from.size(); at += n * sizeof(double)) {
+      std::memcpy(shard.data(), from.data() + at, n * sizeof(double));
+      fold(shard.data(), first);
+      first = false;
+    }
+  }
+  return totals_;
+}
+
+void ShardGroup::forward(std::span<const std::vector<Tensor>> inputs) {
+  for (size_t j = 0; j < shards_.size(); ++j) shards_[j]->load_inputs(inputs[j]);
+  const size_t steps = shards_.front()->steps_.size();
+  for (size_t s = 0; s < steps; ++s) {
+    const OpKernel::ShardRounds rounds = shards_.front()->steps_[s].kernel->shard_rounds();
+    if (rounds.forward == 0) {
+      for (auto& shard : shards_) {
+        auto& step = shard->steps_[s];
+        step.kernel->forward(step.inputs, step.outputs, shard->workspace_.data());
+      }
+      continue;
+    }
+    const double* totals = nullptr;
+    for (int r = 0; r < rounds.forward; ++r) {
+      partial_.assign(shards_.size() * rounds.size, 0.0);
+      for (size_t j = 0; j < shards_.size(); ++j) {
+        auto& step = shards_[j]->steps_[s];
+        step.kernel->forward_round(r, step.inputs, step.outputs, totals,
+                                   partial_.data() + j * rounds.size, total_batch_);
+      }
+      totals = sum_over_shards(partial_, rounds.size).data();
+    }
+    for (size_t j = 0; j < shards_.size(); ++j) {
+      auto& step = shards_[j]->steps_[s];
+      step.kernel->forward_finish(step.inputs, step.outputs, totals, total_batch_, j == 0);
+    }
+  }
+}
+
+float ShardGroup::backward(std::span<const std::vector<Tensor>> output_grads,
+                           std::span<const float> losses) {
+  for (size_t j = 0; j < shards_.size(); ++j) shards_[j]->begin_backward(output_grads[j]);
+  for (size_t s = shards_.front()->steps_.size(); s-- > 0;) {
+    const OpKernel::ShardRounds rounds = shards_.front()->steps_[s].kernel->shard_rounds();
+    bool run = false;
+    for (auto& shard : shards_) run = shard->prepare_backward_step(shard->steps_[s]);
+    if (!run) continue;
+    if (rounds.backward == 0) {
+      for (auto& shard : shards_) {
+        auto& step = shard->steps_[s];
+        step.kernel->backward(step.inputs, step.outputs, shard->grad_outputs_, shard->grad_inputs_,
+                              shard->workspace_.data());
+        shard->end_backward_step(step);
+      }
+      continue;
+    }
+    const double* totals = nullptr;
+    for (int r = 0; r < rounds.backward; ++r) {
+      partial_.assign(shards_.size() * rounds.size, 0.0);
+      for (size_t j = 0; j < shards_.size(); ++j) {
+        auto& step = shards_[j]->steps_[s];
+        step.kernel->backward_round(r, step.inputs, step.outputs, shards_[j]->grad_outputs_, totals,
+                                    partial_.data() + j * rounds.size, total_batch_);
+      }
+      totals = sum_over_shards(partial_, rounds.size).data();
+    }
+    for (auto& shard : shards_) {
+      auto& step = shard->steps_[s];
+      step.kernel->backward_finish(step.inputs, step.outputs, shard->grad_outputs_,
+                                   shard->grad_inputs_, totals, total_batch_);
+      shard->end_backward_step(step);
+    }
+  }
+  for (auto& shard : shards_) shard->end_backward();
+  return fold_gradients(losses);
+}
+
+float ShardGroup::fold_gradients(std::span<const float> losses) {
+  // Each shard's loss and trainable gradients, as float pointers per shard in shard order:
+  // this process's executors, or every process's shards as gathered.
+  TrainingExecutor& first = *shards_.front();
+  std::vector<Tensor*> grads;
+  for (Parameter& p : first.parameters_) {
+    if (p.trainable()) grads.push_back(&p.grad);
+  }
+  struct ShardView {
+    float loss = 0;
+    std::vector<const float*> grads;
+  };
+  std::vector<ShardView> views;
+  std::vector<std::vector<std::byte>> gathered;
+  if (!layout_.processes || layout_.processes->size() == 1) {
+    for (size_t j = 0; j < shards_.size(); ++j) {
+      ShardView v{losses[j], {}};
+      for (const Parameter& p : shards_[j]->parameters_) {
+        if (p.trainable()) v.grads.push_back(p.grad.data<float>());
+      }
+      views.push_back(std::move(v));
+    }
+  } else {
+    size_t shard_bytes = sizeof(float);
+    for (const Tensor* g : grads) shard_bytes += static_cast<size_t>(g->numel()) * sizeof(float);
+    std::vector<std::byte> mine(shard_bytes * shards_.size());
+    std::byte* at = mine.data();
+    for (size_t j = 0; j < shards_.size(); ++j) {
+      std::memcpy(at, &losses[j], sizeof(float));
+      at += sizeof(float);
+      for (const Parameter& p : shards_[j]->parameters_) {
+        if (!p.trainable()) continue;
+        const size_t n = static_cast<size_t>(p.grad.numel()) * sizeof(float);
+        std::memcpy(at, p.grad.data<float>(), n);
+        at += n;
+      }
+    }
+    gathered = layout_.processes->allgather(mine);
+    mine = {};
+    for (const std::vector<std::byte>& from : gathered) {
+      if (from.size() % shard_bytes != 0) {
+        throw_internal("training: a rank sent gradients of another size");
+      }
+      for (size_t off = 0; off < from.size(); off += shard_bytes) {
+        ShardView v;
+        std::memcpy(&v.loss, from.data() + off, sizeof(float));
+        size_t g_off = off + sizeof(float);
+        for (const Tensor* g : grads) {
+          // Offsets are multiples of 4 from an allocation aligned for any scalar.
+          v.grads.push_back(reinterpret_cast<const float*>(from.data() + g_off));
+          g_off += static_cast<size_t>(g->numel()) * sizeof(float);
+        }
+        views.push_back(std::move(v));
+      }
+    }
+  }
+  if (views.size() != static_cast<size_t>(layout_.total)) {
+    throw_internal("training: gathered " + std::to_string(views.size()) + " shards of " +
+                   std::to_string(layout_.total));
+  }
+  float loss = views.front().loss;
+  for (size_t j = 1; j < views.size(); ++j) loss += views[j].loss;
+  for (size_t k = 0; k < grads.size(); ++k) {
+    float* d = grads[k]->data<float>();
+    const float* s0 = views.front().grads[k];
+    kernels::parallel_for(grads[k]->numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      if (s0 != d) std::copy(s0 + begin, s0 + end, d + begin);
+      for (size_t j = 1; j < views.size(); ++j) {
+        const float* src = views[j].grads[k];
+        for (int64_t i = begin; i < end; ++i) d[i] += src[i];
+      }
+    });
+  }
+  return loss;
 }
 
 ClassifierTraining::ClassifierTraining(const graph::Graph& model, int64_t batch) : batch_(batch) {
@@ -408,30 +637,45 @@ void ClassifierTraining::set_up(TrainingOptions options) {
                   kernels::shape_str(logits->known_shape()));
   }
   classes_ = logits->known_shape()[1];
-  options_ = options;
-  executor_ = std::make_unique<TrainingExecutor>(*graph_, std::move(options));
+  options_ = std::move(options);
+  set_shards(ShardLayout{});
   bool any_trainable = false;
-  for (const Parameter& p : executor_->parameters()) any_trainable = any_trainable || p.trainable();
+  for (const Parameter& p : executor().parameters()) any_trainable = any_trainable || p.trainable();
   if (!any_trainable) throw_invalid("training: the model has no trainable float initializer");
-  probabilities_ = Tensor(DType::kFloat32, {batch_, classes_});
-  row_loss_ = Tensor(DType::kFloat32, {batch_});
-  output_grads_.resize(graph_->outputs().size());
-  output_grads_[0] = Tensor(DType::kFloat32, {batch_, classes_});
+}
+
+void ClassifierTraining::set_shards(ShardLayout layout) {
+  if (group_) {
+    // The parameters and state as trained so far carry over into the new executors.
+    for (const Parameter& p : std::as_const(*group_).first().parameters()) {
+      graph_->find_value(p.name)->set_constant(p.value.clone());
+    }
+  }
+  group_ = std::make_unique<ShardGroup>(*graph_, options_, layout);
+  const int64_t rows = local_batch();
+  probabilities_ = Tensor(DType::kFloat32, {rows, classes_});
+  row_loss_ = Tensor(DType::kFloat32, {rows});
+  if (teacher_probabilities_.defined()) teacher_probabilities_ = Tensor();
+  output_grads_.assign(static_cast<size_t>(layout.count), {});
+  for (std::vector<Tensor>& grads : output_grads_) {
+    grads.resize(graph_->outputs().size());
+    grads[0] = Tensor(DType::kFloat32, {batch_, classes_});
+  }
+  shard_inputs_.assign(static_cast<size_t>(layout.count), std::vector<Tensor>(1));
+  shard_losses_.assign(static_cast<size_t>(layout.count), 0.0f);
 }
 
 ClassifierTraining::~ClassifierTraining() = default;
 
 void ClassifierTraining::freeze_batch_norm() {
   if (options_.batch_norm_running_statistics) return;
-  for (const Parameter& p : std::as_const(*executor_).parameters()) {
-    graph_->find_value(p.name)->set_constant(p.value.clone());
-  }
   options_.batch_norm_running_statistics = true;
-  executor_ = std::make_unique<TrainingExecutor>(*graph_, options_);
+  set_shards(group_->layout());
 }
 
 Tensor ClassifierTraining::forward(const Tensor& input) {
-  return executor_->forward({&input, 1})[0];
+  if (sharded()) throw_internal("ClassifierTraining::forward: not with shards");
+  return executor().forward({&input, 1})[0];
 }
 
 float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& labels) {
@@ -439,71 +683,114 @@ float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& la
 }
 
 float ClassifierTraining::forward_backward(const Tensor& input, const ClassifierLoss& loss) {
-  const float total = forward_loss(input, loss);
-  backward();
-  return total;
+  const float local = forward_loss(input, loss);
+  const float total = backward();
+  return sharded() ? total : local;
 }
 
-void ClassifierTraining::backward() {
-  executor_->backward(output_grads_);
+float ClassifierTraining::backward() {
+  if (!sharded()) {
+    executor().backward(output_grads_[0]);
+    return shard_losses_[0];
+  }
+  return group_->backward(output_grads_, shard_losses_);
 }
 
 float ClassifierTraining::forward_loss(const Tensor& input, const ClassifierLoss& loss) {
   const Tensor* labels = loss.labels;
   const Tensor* teacher = loss.teacher_logits;
-  if (!labels && !teacher) throw_invalid("training: a step needs labels or a teacher's logits");
-  if (labels) {
-    if (labels->dtype() != DType::kInt64 || labels->rank() != 1 || labels->dim(0) != batch_) {
-      throw_invalid("training: labels must be int64 [" + std::to_string(batch_) +
-                    "], one per input sample, got " + labels->describe());
+  const int64_t rows = local_batch();
+  const ShardLayout& layout = group_->layout();
+  // Checked on every process before the first collective, so that bad labels on one stop all.
+  const Error* failure = nullptr;
+  std::optional<Error> error;
+  try {
+    if (!labels && !teacher) throw_invalid("training: a step needs labels or a teacher's logits");
+    if (input.rank() < 1 || input.dim(0) != rows) {
+      throw_invalid("training: the input must hold " + std::to_string(rows) + " samples, got " +
+                    input.describe());
     }
-    for (int64_t i = 0; i < batch_; ++i) {
-      const int64_t label = labels->data<int64_t>()[i];
-      if (label < 0 || label >= classes_) {
-        throw_invalid("training: label " + std::to_string(i) + " is " + std::to_string(label) +
-                      ", outside the model's " + std::to_string(classes_) + " classes [0, " +
-                      std::to_string(classes_) + ")");
+    if (labels) {
+      if (labels->dtype() != DType::kInt64 || labels->rank() != 1 || labels->dim(0) != rows) {
+        throw_invalid("training: labels must be int64 [" + std::to_string(rows) +
+                      "], one per input sample, got " + labels->describe());
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t label = labels->data<int64_t>()[i];
+        if (label < 0 || label >= classes_) {
+          throw_invalid("training: label " + std::to_string(i) + " is " + std::to_string(label) +
+                        ", outside the model's " + std::to_string(classes_) + " classes [0, " +
+                        std::to_string(classes_) + ")");
+        }
       }
     }
+    if (teacher &&
+        (teacher->dtype() != DType::kFloat32 || teacher->shape() != Shape{rows, classes_})) {
+      throw_invalid("training: the teacher's logits must be float32 [" + std::to_string(rows) +
+                    ", " + std::to_string(classes_) + "], got " + teacher->describe());
+    }
+  } catch (const Error& e) {
+    if (!layout.processes || layout.processes->size() == 1) throw;
+    error.emplace(e);
+    failure = &*error;
   }
-  if (teacher &&
-      (teacher->dtype() != DType::kFloat32 || teacher->shape() != Shape{batch_, classes_})) {
-    throw_invalid("training: the teacher's logits must be float32 [" + std::to_string(batch_) +
-                  ", " + std::to_string(classes_) + "], got " + teacher->describe());
+  if (layout.processes && layout.processes->size() > 1) {
+    agree_on_failure(*layout.processes, failure);
   }
   const float kl_weight = labels && teacher ? loss.distill_weight : 1.0f;
   const float ce_weight = labels && teacher ? 1.0f - loss.distill_weight : 1.0f;
-  const Tensor logits = executor_->forward({&input, 1})[0];
-  const kernels::LossDims dims{batch_, classes_};
-  float total = 0;
-  kernels::GradMode mode = kernels::GradMode::kOverwrite;
-  if (labels) {
-    const float ce = kernels::cross_entropy(dims, logits.data<float>(), labels->data<int64_t>(),
-                                            probabilities_.data<float>(), row_loss_.data<float>());
-    kernels::cross_entropy_backward(dims, probabilities_.data<float>(), labels->data<int64_t>(),
-                                    ce_weight, output_grads_[0].data<float>(), mode);
-    total += ce_weight * ce;
-    mode = kernels::GradMode::kAccumulate;
-  }
-  if (teacher) {
-    if (!teacher_probabilities_.defined()) {
-      teacher_probabilities_ = Tensor(DType::kFloat32, {batch_, classes_});
+  // Each shard's loss is its mean over its samples times its share of the batch.
+  const float share = 1.0f / static_cast<float>(layout.total);
+  if (sharded()) {
+    for (int64_t j = 0; j < layout.count; ++j) {
+      shard_inputs_[static_cast<size_t>(j)][0] = input.slice_rows(j * batch_, (j + 1) * batch_);
     }
-    const kernels::DistillationOptions options{loss.temperature, true};
-    const float kl = kernels::distillation_kl(
-        dims, options, logits.data<float>(), teacher->data<float>(), probabilities_.data<float>(),
-        teacher_probabilities_.data<float>(), row_loss_.data<float>());
-    kernels::distillation_kl_backward(dims, options, probabilities_.data<float>(),
-                                      teacher_probabilities_.data<float>(), kl_weight,
-                                      output_grads_[0].data<float>(), mode);
-    total += kl_weight * kl;
+    group_->forward(shard_inputs_);
+  } else {
+    executor().forward({&input, 1});
   }
-  return total;
+  if (teacher && !teacher_probabilities_.defined()) {
+    teacher_probabilities_ = Tensor(DType::kFloat32, {rows, classes_});
+  }
+  const kernels::LossDims dims{batch_, classes_};
+  float local = 0;
+  for (int64_t j = 0; j < layout.count; ++j) {
+    const size_t shard = static_cast<size_t>(j);
+    const int64_t first = j * batch_;
+    const Tensor logits = group_->shard(shard).outputs()[0];
+    float* probabilities = probabilities_.data<float>() + first * classes_;
+    float* row_loss = row_loss_.data<float>() + first;
+    float* grad = output_grads_[shard][0].data<float>();
+    float total = 0;
+    kernels::GradMode mode = kernels::GradMode::kOverwrite;
+    if (labels) {
+      const int64_t* shard_labels = labels->data<int64_t>() + first;
+      const float ce =
+          kernels::cross_entropy(dims, logits.data<float>(), shard_labels, probabilities, row_loss);
+      kernels::cross_entropy_backward(dims, probabilities, shard_labels, ce_weight * share, grad,
+                                      mode);
+      total += ce_weight * ce;
+      mode = kernels::GradMode::kAccumulate;
+    }
+    if (teacher) {
+      const kernels::DistillationOptions options{loss.temperature, true};
+      const float kl = kernels::distillation_kl(
+          dims, options, logits.data<float>(), teacher->data<float>() + first * classes_,
+          probabilities, teacher_probabilities_.data<float>() + first * classes_, row_loss);
+      kernels::distillation_kl_backward(dims, options, probabilities,
+                                        teacher_probabilities_.data<float>() + first * classes_,
+                                        kl_weight * share, grad, mode);
+      total += kl_weight * kl;
+    }
+    shard_losses_[shard] = total * share;
+    local += shard_losses_[shard];
+  }
+  return local;
 }
 
 std::vector<std::pair<std::string, Tensor>> ClassifierTraining::gradients() const {
   std::vector<std::pair<std::string, Tensor>> out;
-  for (const Parameter& p : std::as_const(*executor_).parameters()) {
+  for (const Parameter& p : std::as_const(*group_).first().parameters()) {
     if (p.trainable()) out.emplace_back(p.name, p.grad.clone());
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/communicator.h"
 #include "runtime/op_registry.h"
 
 namespace qforge::runtime {
@@ -49,6 +50,10 @@ class TrainingExecutor {
   // executor. Throws Unsupported naming the node when a gradient would have to pass through an
   // op without a backward.
   TrainingExecutor(const graph::Graph& graph, TrainingOptions options);
+  // An executor of the same graph that reads `shares`'s parameter values (one storage, updated
+  // once for both) and computes gradients of its own: another shard of a batch (ShardGroup).
+  TrainingExecutor(const graph::Graph& graph, TrainingOptions options,
+                   const TrainingExecutor& shares);
   ~TrainingExecutor();
   TrainingExecutor(const TrainingExecutor&) = delete;
   TrainingExecutor& operator=(const TrainingExecutor&) = delete;
@@ -92,8 +97,15 @@ class TrainingExecutor {
     std::vector<GradTarget> targets;   // inputs whose gradient backward computes
   };
   static constexpr size_t kNone = static_cast<size_t>(-1);
+  friend class ShardGroup;
 
-  void compile(const graph::Graph& graph);
+  void compile(const graph::Graph& graph, const TrainingExecutor* shares);
+  void load_inputs(std::span<const Tensor> inputs);
+  void begin_backward(std::span<const Tensor> output_grads);
+  // Sets grad_outputs_ and grad_inputs_ for step s; false when no gradient reaches it.
+  bool prepare_backward_step(Step& step);
+  void end_backward_step(Step& step);
+  void end_backward();
 
   TrainingOptions options_;
   std::vector<Parameter> parameters_;
@@ -113,6 +125,50 @@ class TrainingExecutor {
   size_t unshared_bytes_ = 0;
   std::vector<std::byte> workspace_;
   const graph::Graph* graph_ = nullptr;
+};
+
+// A training step's batch cut into `total` shards of one size, of which this process holds
+// `count`, from shard `first` on; `processes` (null: this process alone) hold the others, in
+// rank order. Every sum over the batch (BN statistics, parameter gradients, the loss) is taken
+// per shard and the shards' sums added in shard order, so a step gives the same bits however
+// the shards are spread over processes. One shard is the plain executor.
+struct ShardLayout {
+  int64_t total = 1;
+  int64_t first = 0;
+  int64_t count = 1;
+  Communicator* processes = nullptr;
+};
+
+// The executors of the shards a process holds, each at the shard's batch, run in lockstep:
+// node by node, and at a node whose kernel sums over the batch (OpKernel::shard_rounds) round by
+// round, the partial sums of every shard gathered and added in shard order. The first executor
+// holds the parameters every shard reads; after backward its gradients are the whole batch's.
+class ShardGroup {
+ public:
+  ShardGroup(const graph::Graph& graph, const TrainingOptions& options, ShardLayout layout);
+  ~ShardGroup();
+  const ShardLayout& layout() const { return layout_; }
+  TrainingExecutor& first() { return *shards_.front(); }
+  const TrainingExecutor& first() const { return *shards_.front(); }
+  TrainingExecutor& shard(size_t i) { return *shards_[i]; }
+  size_t size() const { return shards_.size(); }
+  // inputs[i]: the graph inputs of local shard i. Returns nothing; read each shard's outputs().
+  void forward(std::span<const std::vector<Tensor>> inputs);
+  // output_grads[i] and losses[i]: local shard i's output gradients and its share of the loss.
+  // Afterwards first()'s parameter gradients are the sums over every shard (of every process),
+  // and the return value the loss summed likewise.
+  float backward(std::span<const std::vector<Tensor>> output_grads, std::span<const float> losses);
+
+ private:
+  // partial: this process's shards' sums back to back (size() × n); returns the totals.
+  const std::vector<double>& sum_over_shards(const std::vector<double>& partial, size_t n);
+  float fold_gradients(std::span<const float> losses);
+
+  ShardLayout layout_;
+  int64_t total_batch_ = 0;
+  std::vector<std::unique_ptr<TrainingExecutor>> shards_;
+  std::vector<double> partial_;
+  std::vector<double> totals_;
 };
 
 // A classifier set up for training at one batch size: the imported model cloned and resolved
@@ -137,24 +193,35 @@ class ClassifierTraining {
   ClassifierTraining(std::unique_ptr<graph::Graph> resolved, TrainingOptions options);
   ~ClassifierTraining();
 
+  // Cuts each step's batch into shards (ShardLayout), the graph being at one shard's batch:
+  // the steps then take this process's shards' samples (local_batch() rows), and the loss and
+  // gradients are the whole batch's (every shard of every process), added in shard order.
+  void set_shards(ShardLayout layout);
+  const ShardLayout& shards() const { return group_->layout(); }
+
   // Returns the loss; every trainable parameter's grad holds its gradient afterwards. Invalid
-  // errors name what is wrong with the labels.
+  // errors name what is wrong with the labels (on every process, when another's are wrong).
   float forward_backward(const Tensor& input, const Tensor& labels);
   float forward_backward(const Tensor& input, const ClassifierLoss& loss);
   // forward_backward in two halves, to time them apart: the forward and the loss, whose
-  // gradient with respect to the logits is kept, then the backward from it.
+  // gradient with respect to the logits is kept, then the backward from it. With shards,
+  // forward_loss returns this process's shards' share of the loss and backward the whole
+  // batch's.
   float forward_loss(const Tensor& input, const ClassifierLoss& loss);
-  void backward();
+  float backward();
 
-  int64_t batch() const { return batch_; }
+  int64_t batch() const { return batch_; }  // of one shard: the graph's batch
+  int64_t local_batch() const { return batch_ * shards().count; }
   int64_t classes() const { return classes_; }
   // From now on BatchNormalization uses its running statistics (as they are now) and no longer
   // updates them; parameter values and every other state carry over.
   void freeze_batch_norm();
   bool batch_norm_frozen() const { return options_.batch_norm_running_statistics; }
   // The logits of a forward on the current parameters (training mode as set), no backward.
+  // One shard only.
   Tensor forward(const Tensor& input);
-  TrainingExecutor& executor() { return *executor_; }
+  // The executor whose parameters every shard reads and whose gradients are the whole batch's.
+  TrainingExecutor& executor() { return group_->first(); }
   // The resolved graph it trains (its derivations say how its constants came from the model's).
   const graph::Graph& graph() const { return *graph_; }
   // Copies of every trainable parameter's gradient, by name in name order.
@@ -162,16 +229,19 @@ class ClassifierTraining {
 
  private:
   void set_up(TrainingOptions options);
+  bool sharded() const { return group_->layout().total > 1; }
 
   std::unique_ptr<graph::Graph> graph_;
-  std::unique_ptr<TrainingExecutor> executor_;
+  std::unique_ptr<ShardGroup> group_;
   TrainingOptions options_;
   int64_t batch_ = 0;
   int64_t classes_ = 0;
   Tensor probabilities_;
   Tensor teacher_probabilities_;
   Tensor row_loss_;
-  std::vector<Tensor> output_grads_;
+  std::vector<std::vector<Tensor>> output_grads_;  // per local shard
+  std::vector<std::vector<Tensor>> shard_inputs_;
+  std::vector<float> shard_losses_;
 };
 
 // One training-mode forward and backward of a classifier with the mean cross-entropy of its

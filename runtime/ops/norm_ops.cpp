@@ -158,7 +158,8 @@ class BatchNormTrainingKernel final : public OpKernel {
               epsilon},
         options_{momentum},
         saved_mean_(static_cast<size_t>(x_shape[1])),
-        saved_inv_std_(static_cast<size_t>(x_shape[1])) {}
+        saved_inv_std_(static_cast<size_t>(x_shape[1])),
+        own_sums_(static_cast<size_t>(2 * x_shape[1])) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     Tensor running_mean = inputs[3];
@@ -178,11 +179,59 @@ class BatchNormTrainingKernel final : public OpKernel {
                                           grad_data(grad_inputs, 1), grad_data(grad_inputs, 2));
   }
 
+  // Over shards (synchronised BN): the forward sums Σx, then Σ(x - mean)² around the whole
+  // batch's mean; the backward Σdy and Σdy·(x - mean), of which each shard keeps its own for
+  // its share of dgamma and dbeta.
+  ShardRounds shard_rounds() const override {
+    return {.forward = 2, .backward = 1, .size = static_cast<size_t>(2 * dims_.channels)};
+  }
+  void forward_round(int round, std::span<const Tensor> inputs, std::span<Tensor> /*outputs*/,
+                     const double* totals, double* partial, int64_t total_batch) override {
+    const float* x = inputs[0].data<float>();
+    if (round == 0) {
+      kernels::batch_norm_shard_sums(dims_, x, partial);
+      return;
+    }
+    const int64_t count = total_batch * dims_.inner;
+    for (size_t c = 0; c < saved_mean_.size(); ++c) {
+      saved_mean_[c] = kernels::batch_norm_mean(totals[c], count);
+    }
+    kernels::batch_norm_shard_squares(dims_, x, saved_mean_.data(), partial);
+  }
+  void forward_finish(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+                      const double* totals, int64_t total_batch, bool update_state) override {
+    Tensor running_mean = inputs[3];
+    Tensor running_var = inputs[4];
+    kernels::batch_norm_apply_statistics(dims_, options_, total_batch * dims_.inner,
+                                         inputs[0].data<float>(), inputs[1].data<float>(),
+                                         inputs[2].data<float>(), saved_mean_.data(), totals,
+                                         outputs[0].data<float>(), saved_inv_std_.data(),
+                                         update_state ? running_mean.data<float>() : nullptr,
+                                         update_state ? running_var.data<float>() : nullptr);
+  }
+  void backward_round(int /*round*/, std::span<const Tensor> inputs,
+                      std::span<const Tensor> /*outputs*/, std::span<const Tensor> grad_outputs,
+                      const double* /*totals*/, double* partial, int64_t /*total_batch*/) override {
+    kernels::batch_norm_backward_shard_sums(dims_, inputs[0].data<float>(), saved_mean_.data(),
+                                            grad_outputs[0].data<float>(), own_sums_.data());
+    std::copy(own_sums_.begin(), own_sums_.end(), partial);
+  }
+  void backward_finish(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                       std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                       const double* totals, int64_t total_batch) override {
+    kernels::batch_norm_backward_apply(dims_, total_batch * dims_.inner, inputs[0].data<float>(),
+                                       inputs[1].data<float>(), saved_mean_.data(),
+                                       saved_inv_std_.data(), grad_outputs[0].data<float>(), totals,
+                                       own_sums_.data(), grad_data(grad_inputs, 0),
+                                       grad_data(grad_inputs, 1), grad_data(grad_inputs, 2));
+  }
+
  private:
   kernels::BatchNormDims dims_;
   kernels::BatchNormTrainingOptions options_;
   std::vector<float> saved_mean_;
   std::vector<float> saved_inv_std_;
+  std::vector<double> own_sums_;
 };
 
 std::unique_ptr<OpKernel> create_batch_norm_training(const Node& node,
