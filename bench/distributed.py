@@ -8,12 +8,11 @@
   and the exchange of statistics), the wait, the exchange and its bytes. The two written models
   must be byte-identical (the script stops otherwise).
 - A QAT step of resnet18 at a global batch of 16 (.cache/models/resnet18_train.onnx and the
-  inputs of bench/qat.py). qforge's QAT does not run data-parallel yet, so the 2-rank step is
-  measured in its parts: the compute of one rank's half (bench/qat_step.cpp at batch 8 with one
-  thread, both halves running at once under mpirun, as two ranks would), and the gradient
-  exchange (bench/gradient_exchange.cpp: resnet18's 11.7 M gradients gathered to every rank
-  through runtime::Communicator and summed in rank order) on 2 ranks; the 1-rank step is
-  qat_step at batch 16 with two threads.
+  inputs of bench/qat.py), bench/qat_step.cpp: as one process with 2 threads on the whole batch
+  (1 shard) and on 2 shards of 8 (the bits a 2-rank run gives), and under `mpirun -np 2` with
+  one thread per rank, each rank computing its shard, BN synchronised and the gradients (11.7 M
+  floats) exchanged and summed in shard order. qat_step prints the exchange time (waiting for
+  the other rank included) and the fold of the shards' gradients apart.
 
 Prints the figures as a Markdown section and writes it between the distributed markers of
 bench/RESULTS.md unless --no-write.
@@ -73,17 +72,16 @@ def calibrate(build, data, ranks, threads, out_dir):
     return j
 
 
-def qat_step(build, batch, threads, ranks, runs):
-    x = os.path.join(zoo.INPUT_DIR, f"train_b{batch}.npy")
-    y = os.path.join(zoo.INPUT_DIR, f"train_labels_b{batch}.npy")
+def qat_step(build, threads, ranks, shards, runs):
+    x = os.path.join(zoo.INPUT_DIR, "train_b16.npy")
+    y = os.path.join(zoo.INPUT_DIR, "train_labels_b16.npy")
     cmd = [os.path.join(build, "bench", "qforge_qat_step"),
            os.path.join(zoo.MODEL_DIR, "resnet18_train.onnx"), x, y, "--threads", str(threads),
-           "--warmup", "1", "--runs", str(runs)]
+           "--warmup", "1", "--runs", str(runs), "--shards", str(shards)]
     if ranks > 1:
         cmd = mpirun(ranks) + cmd
-    r = run(cmd, f"qat_step batch {batch} on {ranks} rank(s)")
-    steps = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    return steps, " ".join(cmd)
+    r = run(cmd, f"qat_step on {ranks} rank(s), {shards} shard(s)")
+    return last_json(r.stdout), " ".join(cmd)
 
 
 def exchange(build, ranks, runs):
@@ -109,7 +107,7 @@ def main():
     if not os.path.exists(zoo.model_path("resnet50", 8)):
         run([sys.executable, os.path.join(zoo.BENCH_DIR, "export_models.py"), "--models",
              "resnet50", "--batches", "8"], "export of resnet50")
-    for batch in (8, 16):
+    for batch in (16,):
         if not os.path.exists(os.path.join(zoo.INPUT_DIR, f"train_b{batch}.npy")):
             np.save(os.path.join(zoo.INPUT_DIR, f"train_b{batch}.npy"),
                     zoo.make_timing_inputs(batch))
@@ -126,19 +124,15 @@ def main():
     if one["written"] != two["written"]:
         sys.exit("the 2-rank calibration wrote another model than the 1-rank one")
 
-    step_one, step_one_cmd = qat_step(args.build, 16, 2, 1, args.runs)
-    step_half, step_half_cmd = qat_step(args.build, 8, 1, 2, args.runs)
+    step_one, step_one_cmd = qat_step(args.build, 2, 1, 1, args.runs)
+    step_sharded, step_sharded_cmd = qat_step(args.build, 2, 1, 2, args.runs)
+    step_two, step_two_cmd = qat_step(args.build, 1, 2, 2, args.runs)
     ex, ex_cmd = exchange(args.build, 2, max(args.runs, 5))
     load_after = zoo.load_average()
 
     def t(j, key):
         return j["timing"][key]
 
-    one_step = step_one[0]["step_ms"]
-    half_compute = max(s["step_ms"] for s in step_half)  # the slower rank sets the pace
-    exchange_ms = 1e3 * ex["exchange_s"]
-    sum_ms = 1e3 * ex["sum_s"]
-    two_step = half_compute + exchange_ms + sum_ms
     rev = subprocess.run(["git", "-C", zoo.REPO_ROOT, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     lines = [
@@ -175,21 +169,33 @@ def main():
         "",
         "### QAT step, resnet18, global batch 16",
         "",
-        f"- 1 rank: `{step_one_cmd}`",
-        f"- each rank's half: `{step_half_cmd}` (both halves at once)",
-        f"- gradient exchange: `{ex_cmd}`",
+        f"- 1 rank, 1 shard: `{step_one_cmd}`",
+        f"- 1 rank, 2 shards: `{step_sharded_cmd}`",
+        f"- 2 ranks: `{step_two_cmd}`",
         "",
-        "| figure | 1 rank x 2 threads (measured) | 2 ranks x 1 thread (parts measured, "
-        "data-parallel QAT not implemented) |",
-        "|---|---:|---:|",
-        f"| forward + backward + SGD | {one_step:.0f} ms (batch 16) "
-        f"| {half_compute:.0f} ms (batch 8 per rank, slower rank) |",
-        f"| gradient exchange ({ex['bytes_sent_per_rank'] / 1e6:.1f} MB sent, "
-        f"{ex['bytes_received_per_rank'] / 1e6:.1f} MB received per rank) | - "
-        f"| {exchange_ms:.1f} ms ({ex['received_gb_per_s']:.2f} GB/s received) |",
-        f"| ordered sum of the gathered gradients | - | {sum_ms:.1f} ms |",
-        f"| step | {one_step:.0f} ms | {two_step:.0f} ms (sum of the parts; "
-        f"{100 * exchange_ms / two_step:.1f}% communication) |",
+        "Medians over the timed steps (rank 0's). The 2-shard runs compute the same bits on 1 or "
+        "2 ranks (tests/tools/distributed_cli_test.cpp checks it through `qforge qat`).",
+        "",
+        "| figure | 1 rank x 2 threads, 1 shard | 1 rank x 2 threads, 2 shards of 8 "
+        "| 2 ranks x 1 thread, a shard of 8 each |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, key in (("forward (with BN's exchanges)", "forward_ms"),
+                       ("backward (with the gradient exchange and fold)", "backward_ms"),
+                       ("SGD", "optimizer_ms"), ("step", "step_ms"),
+                       ("of it: exchanges with the other rank, waiting included", "exchange_ms"),
+                       ("of it: adding the shards' gradients", "fold_ms")):
+        lines.append(f"| {label} | {step_one[key]:.1f} ms | {step_sharded[key]:.1f} ms "
+                     f"| {step_two[key]:.1f} ms |")
+    lines += [
+        f"| peak resident memory (rank 0) | {step_one['peak_rss_bytes'] / 2**20:.0f} MiB "
+        f"| {step_sharded['peak_rss_bytes'] / 2**20:.0f} MiB "
+        f"| {step_two['peak_rss_bytes'] / 2**20:.0f} MiB |",
+        "",
+        f"The exchange alone (`{ex_cmd}`: {ex['bytes_sent_per_rank'] / 1e6:.1f} MB from each "
+        f"rank gathered to every rank, no compute around it) takes "
+        f"{1e3 * ex['exchange_s']:.1f} ms, {ex['received_gb_per_s']:.2f} GB/s received, and the "
+        f"ordered sum of the two {1e3 * ex['sum_s']:.1f} ms.",
         "",
         END,
     ]

@@ -68,6 +68,7 @@ int64_t model_fingerprint(const graph::Graph& fused, const QuantPlan& plan,
 int64_t setup_fingerprint(const QatSetup& s, size_t samples) {
   Fingerprint f;
   f.value(s.batch);
+  if (s.shards != 1) f.value(s.shards);  // runs from before shards existed keep their print
   f.value(s.epochs);
   f.value(s.steps);
   f.value(static_cast<int>(s.optimizer));
@@ -156,21 +157,34 @@ std::string nonfinite_tensor(const runtime::TrainingExecutor& executor) {
 
 // Flips and shifts each sample of `rows` [N, C, H, W] in place, as QatSetup describes;
 // `scratch` holds one sample.
-void augment(kernels::Tensor& rows, const QatSetup& s, int64_t step, std::vector<float>& scratch) {
+// `rows` are the step's samples from `first` on (a process's shards): the draws of the samples
+// before them are made and dropped, so that each sample gets its draw wherever it is computed.
+void augment(kernels::Tensor& rows, const QatSetup& s, int64_t step, int64_t first,
+             std::vector<float>& scratch) {
   const int64_t n = rows.dim(0), c = rows.dim(1), h = rows.dim(2), w = rows.dim(3);
   const int64_t plane = h * w;
   scratch.resize(static_cast<size_t>(c * plane));
   std::mt19937_64 rng(s.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(step) * 2 + 1);
   const int64_t max_dy = s.augment_crop ? h / 8 : 0;
   const int64_t max_dx = s.augment_crop ? w / 8 : 0;
+  struct Draw {
+    bool flip;
+    int64_t dy, dx;
+  };
+  auto draw = [&] {
+    Draw d{};
+    d.flip = s.augment_flip && (rng() & 1) != 0;
+    if (max_dy > 0) {
+      d.dy = static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * max_dy + 1)) - max_dy;
+    }
+    if (max_dx > 0) {
+      d.dx = static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * max_dx + 1)) - max_dx;
+    }
+    return d;
+  };
+  for (int64_t i = 0; i < first; ++i) draw();
   for (int64_t i = 0; i < n; ++i) {
-    const bool flip = s.augment_flip && (rng() & 1) != 0;
-    const int64_t dy =
-        max_dy > 0 ? static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * max_dy + 1)) - max_dy
-                   : 0;
-    const int64_t dx =
-        max_dx > 0 ? static_cast<int64_t>(rng() % static_cast<uint64_t>(2 * max_dx + 1)) - max_dx
-                   : 0;
+    const auto [flip, dy, dx] = draw();
     if (!flip && dy == 0 && dx == 0) continue;
     float* sample = rows.data<float>() + i * c * plane;
     std::copy(sample, sample + c * plane, scratch.begin());
@@ -214,6 +228,10 @@ void check_qat_setup(const QatSetup& s) {
         "qat: no loss: give labelled data (an image folder with class subfolders) or "
         "--distill");
   }
+  if (s.shards < 1 || s.batch % s.shards != 0) {
+    throw_invalid("qat: --shards must divide --batch " + std::to_string(s.batch) + " into equal " +
+                  "shards, got " + std::to_string(s.shards));
+  }
   if (s.checkpoint_every < 0) throw_invalid("qat: --checkpoint-every must be >= 0");
   if (s.stop_after < -1) throw_invalid("qat: --stop-after must be >= 0");
   if (s.learn_scales && !positive(s.scale_lr)) {
@@ -221,10 +239,35 @@ void check_qat_setup(const QatSetup& s) {
   }
 }
 
+int64_t checkpoint_shards(const Checkpoint& checkpoint) {
+  return checkpoint.count("meta/shards") ? read_int64(checkpoint, "meta/shards") : 1;
+}
+
 QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
                     const graph::Graph* teacher, const SampleSource& data, const QatSetup& setup,
-                    const QatHooks& hooks, const Checkpoint* resume) {
+                    const QatHooks& hooks, const Checkpoint* resume,
+                    runtime::Communicator* processes) {
   check_qat_setup(setup);
+  const int ranks = processes ? processes->size() : 1;
+  if (ranks > setup.shards) {
+    throw_invalid("qat: " + std::to_string(setup.shards) + " shards cannot be spread over " +
+                  std::to_string(ranks) + " ranks: give --shards at least " +
+                  std::to_string(ranks) + " (a divisor of --batch)");
+  }
+  const int64_t shard_batch = setup.batch / setup.shards;
+  if (fused.inputs().empty() || fused.inputs()[0]->known_shape().empty() ||
+      fused.inputs()[0]->known_shape()[0] != shard_batch) {
+    throw_internal("qat: the fused graph is not at the shard's batch " +
+                   std::to_string(shard_batch));
+  }
+  const runtime::Share share = runtime::share_of(static_cast<size_t>(setup.shards),
+                                                 processes ? processes->rank() : 0, ranks);
+  const runtime::ShardLayout layout{.total = setup.shards,
+                                    .first = static_cast<int64_t>(share.begin),
+                                    .count = static_cast<int64_t>(share.end - share.begin),
+                                    .processes = ranks > 1 ? processes : nullptr};
+  const int64_t local_first = layout.first * shard_batch;  // in the step's batch
+  const int64_t local_rows = layout.count * shard_batch;
   if (setup.use_labels && !data.labelled()) {
     throw_invalid(
         "qat: the training data has no labels for the cross-entropy: give an image "
@@ -258,6 +301,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   runtime::share_batch_rows(fused);
   FakeQuantTraining made = fake_quant_training(fused, plan, amax, graph_options);
   std::unique_ptr<runtime::ClassifierTraining> training = std::move(made.training);
+  if (setup.shards > 1) training->set_shards(layout);
   const std::map<std::string, std::string>& scale_parameters = made.scale_parameters;
   std::set<std::string> scale_names;
   for (const auto& [tensor, name] : scale_parameters) scale_names.insert(name);
@@ -286,6 +330,11 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
 
   int64_t start = 0;
   if (resume) {
+    if (checkpoint_shards(*resume) != setup.shards) {
+      throw_invalid("qat: the checkpoint was written with --shards " +
+                    std::to_string(checkpoint_shards(*resume)) + ", the run has " +
+                    std::to_string(setup.shards));
+    }
     if (read_int64(*resume, "meta/model") != model_id) {
       throw_invalid("qat: the checkpoint was written for another model or calibration");
     }
@@ -338,6 +387,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       for (auto& [key, value] : scale_optimizer->state()) c.emplace("scale_optim/" + key, value);
     }
     c.emplace("meta/step", int64_scalar(steps_done));
+    if (setup.shards != 1) c.emplace("meta/shards", int64_scalar(setup.shards));
     c.emplace("meta/model", int64_scalar(model_id));
     c.emplace("meta/setup", int64_scalar(setup_id));
     hooks.save_checkpoint(c, steps_done);
@@ -354,9 +404,9 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   }
   std::vector<float> augment_scratch;
   graph::Shape rows_shape = data.sample_shape();
-  rows_shape.insert(rows_shape.begin(), setup.batch);
+  rows_shape.insert(rows_shape.begin(), local_rows);
   kernels::Tensor rows(kernels::DType::kFloat32, rows_shape);
-  kernels::Tensor labels(kernels::DType::kInt64, {setup.batch});
+  kernels::Tensor labels(kernels::DType::kInt64, {local_rows});
   kernels::Tensor teacher_logits;
   std::vector<int64_t> label_list;
   std::vector<size_t> order;
@@ -379,24 +429,38 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       order = epoch_order(data.size(), setup.seed, epoch);
       order_epoch = epoch;
     }
-    const auto first = static_cast<size_t>((step % result.steps_per_epoch) * setup.batch);
-    const std::span<const size_t> indices(order.data() + first, static_cast<size_t>(setup.batch));
-    data.load(indices, rows, label_list);
-    if (setup.augment_flip || setup.augment_crop) augment(rows, setup, step, augment_scratch);
+    // This process's shards of the step's batch.
+    const auto first =
+        static_cast<size_t>((step % result.steps_per_epoch) * setup.batch + local_first);
+    const std::span<const size_t> indices(order.data() + first, static_cast<size_t>(local_rows));
     runtime::ClassifierLoss loss;
-    if (setup.use_labels) {
-      std::memcpy(labels.data<int64_t>(), label_list.data(), label_list.size() * sizeof(int64_t));
-      loss.labels = &labels;
-    }
-    if (teacher_session) {
-      const kernels::Tensor out = teacher_session->run(rows)[0];
-      if (!teacher_logits.defined()) teacher_logits = kernels::Tensor(out.dtype(), out.shape());
-      teacher_logits.copy_from(out);
-      loss.teacher_logits = &teacher_logits;
-      loss.temperature = *setup.distill_temperature;
-      loss.distill_weight = setup.distill_weight;
+    auto load = [&] {
+      data.load(indices, rows, label_list);
+      if (setup.augment_flip || setup.augment_crop) {
+        augment(rows, setup, step, local_first, augment_scratch);
+      }
+      if (setup.use_labels) {
+        std::memcpy(labels.data<int64_t>(), label_list.data(), label_list.size() * sizeof(int64_t));
+        loss.labels = &labels;
+      }
+      if (teacher_session) {
+        const kernels::Tensor out = teacher_session->run(rows)[0];
+        if (!teacher_logits.defined()) teacher_logits = kernels::Tensor(out.dtype(), out.shape());
+        teacher_logits.copy_from(out);
+        loss.teacher_logits = &teacher_logits;
+        loss.temperature = *setup.distill_temperature;
+        loss.distill_weight = setup.distill_weight;
+      }
+    };
+    // A sample that fails to load on one rank stops every rank before the step's collectives.
+    if (layout.processes) {
+      runtime::collectively(*layout.processes, load);
+    } else {
+      load();
     }
     float value = 0;
+    const double exchange_before = training->shard_group().exchange_seconds();
+    const double fold_before = training->shard_group().fold_seconds();
     try {
       value = training->forward_backward(rows, loss);
     } catch (const Error& e) {
@@ -431,11 +495,15 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       }
     }
     result.last_loss = value;
+    const double exchange = training->shard_group().exchange_seconds() - exchange_before;
+    const double fold = training->shard_group().fold_seconds() - fold_before;
+    result.exchange_seconds += exchange;
+    result.fold_seconds += fold;
     if (hooks.on_step) {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
       hooks.on_step({step, epoch, result.steps_per_epoch, result.steps, value, lr, seconds,
-                     training->batch_norm_frozen()});
+                     training->batch_norm_frozen(), exchange, fold});
     }
     if (hooks.save_checkpoint && setup.checkpoint_every > 0 &&
         (step + 1) % setup.checkpoint_every == 0) {

@@ -19,13 +19,19 @@
 #include "quant/pipeline_io.h"
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
+#include "runtime/communicator.h"
 
 namespace qforge::quant {
 
 enum class OptimizerKind { kSgd, kAdamW };
 
 struct QatSetup {
-  int64_t batch = 32;  // the fused graph's batch; a last partial batch of an epoch is dropped
+  int64_t batch = 32;  // samples per step; a last partial batch of an epoch is dropped
+  // The batch cut into this many shards of batch / shards samples, each computed apart (by the
+  // processes of a data-parallel run, or in turn by one), their sums added in shard order
+  // (runtime/training.h, ShardLayout): the bits of a run depend on the shards, not on the
+  // processes. The fused graph is at the shard's batch.
+  int64_t shards = 1;
   int64_t epochs = 0;  // exactly one of epochs and steps is > 0
   int64_t steps = 0;
   OptimizerKind optimizer = OptimizerKind::kSgd;
@@ -69,8 +75,9 @@ struct QatSetup {
 void check_qat_setup(const QatSetup& setup);
 
 // What a checkpoint holds, by name: "param/<tensor>" (every trained parameter and BN
-// statistic), "optim/<key>" (the optimizer's state), "meta/step" (steps done), "meta/model"
-// and "meta/setup" (fingerprints of the calibrated model and of the options that must match).
+// statistic), "optim/<key>" (the optimizer's state), "meta/step" (steps done), "meta/shards"
+// (QatSetup::shards), "meta/model" and "meta/setup" (fingerprints of the calibrated model and
+// of the options that must match).
 using Checkpoint = std::map<std::string, kernels::Tensor>;
 
 struct QatStep {
@@ -82,6 +89,10 @@ struct QatStep {
   double lr = 0;
   double seconds = 0;  // this step's wall time
   bool batch_norm_frozen = false;
+  // Of the step's time, the exchanges with the other ranks (their waiting included) and the sum of
+  // the shards' gradients; 0 on one shard.
+  double exchange_seconds = 0;
+  double fold_seconds = 0;
 };
 
 struct QatHooks {
@@ -96,6 +107,8 @@ struct QatResult {
   int64_t steps_per_epoch = 0;
   float last_loss = 0;
   double seconds = 0;
+  double exchange_seconds = 0;  // over the run's steps, as QatStep's
+  double fold_seconds = 0;
   size_t parameters = 0;  // trained tensors
   size_t parameter_elements = 0;
   // With setup.learn_scales: each activation point's learned scale, for the export
@@ -111,8 +124,16 @@ struct QatResult {
 // (Invalid error when it belongs to another model or other options, naming what differs).
 // A loss that becomes NaN or infinite stops the run with an Invalid error naming the step and
 // the tensor; the last checkpoint written stays.
+// With `processes` of several ranks the run is data-parallel: each rank loads and computes the
+// shards runtime::share_of gives it (ranks <= setup.shards), every rank holds the same weights
+// after each step, and the result is the one process's with the same setup. Every rank calls
+// it; only the hooks of one rank should write.
 QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
                     const graph::Graph* teacher, const SampleSource& data, const QatSetup& setup,
-                    const QatHooks& hooks = {}, const Checkpoint* resume = nullptr);
+                    const QatHooks& hooks = {}, const Checkpoint* resume = nullptr,
+                    runtime::Communicator* processes = nullptr);
+
+// The shard count a checkpoint was written with (1 for one written before shards existed).
+int64_t checkpoint_shards(const Checkpoint& checkpoint);
 
 }  // namespace qforge::quant

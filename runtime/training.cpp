@@ -4,6 +4,7 @@
 #include "runtime/training.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -27,6 +28,10 @@ void add_into(Tensor& dst, const Tensor& src) {
   kernels::parallel_for(dst.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) d[i] += s[i];
   });
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace
@@ -443,8 +448,10 @@ const std::vector<double>& ShardGroup::sum_over_shards(const std::vector<double>
     return totals_;
   }
   const auto* bytes = reinterpret_cast<const std::byte*>(partial.data());
+  const auto start = std::chrono::steady_clock::now();
   const std::vector<std::vector<std::byte>> all =
       layout_.processes->allgather({bytes, shards_.size() * n * sizeof(double)});
+  exchange_seconds_ += seconds_since(start);
   bool first = true;
   std::vector<double> shard(n);
   for (const std::vector<std::byte>& from : all) {
@@ -564,7 +571,9 @@ float ShardGroup::fold_gradients(std::span<const float> losses) {
         at += n;
       }
     }
+    const auto start = std::chrono::steady_clock::now();
     gathered = layout_.processes->allgather(mine);
+    exchange_seconds_ += seconds_since(start);
     mine = {};
     for (const std::vector<std::byte>& from : gathered) {
       if (from.size() % shard_bytes != 0) {
@@ -587,6 +596,7 @@ float ShardGroup::fold_gradients(std::span<const float> losses) {
     throw_internal("training: gathered " + std::to_string(views.size()) + " shards of " +
                    std::to_string(layout_.total));
   }
+  const auto fold_start = std::chrono::steady_clock::now();
   float loss = views.front().loss;
   for (size_t j = 1; j < views.size(); ++j) loss += views[j].loss;
   for (size_t k = 0; k < grads.size(); ++k) {
@@ -600,6 +610,7 @@ float ShardGroup::fold_gradients(std::span<const float> losses) {
       }
     });
   }
+  fold_seconds_ += seconds_since(fold_start);
   return loss;
 }
 

@@ -158,6 +158,10 @@ class ShardGroup {
   // Afterwards first()'s parameter gradients are the sums over every shard (of every process),
   // and the return value the loss summed likewise.
   float backward(std::span<const std::vector<Tensor>> output_grads, std::span<const float> losses);
+  // Seconds spent so far in the exchanges with other processes (waiting for them included) and
+  // in adding the shards' gradients; both stay 0 on one process with one shard.
+  double exchange_seconds() const { return exchange_seconds_; }
+  double fold_seconds() const { return fold_seconds_; }
 
  private:
   // partial: this process's shards' sums back to back (size() × n); returns the totals.
@@ -169,6 +173,8 @@ class ShardGroup {
   std::vector<std::unique_ptr<TrainingExecutor>> shards_;
   std::vector<double> partial_;
   std::vector<double> totals_;
+  double exchange_seconds_ = 0;
+  double fold_seconds_ = 0;
 };
 
 // A classifier set up for training at one batch size: the imported model cloned and resolved
@@ -198,6 +204,8 @@ class ClassifierTraining {
   // gradients are the whole batch's (every shard of every process), added in shard order.
   void set_shards(ShardLayout layout);
   const ShardLayout& shards() const { return group_->layout(); }
+  // The exchange and fold seconds of the shard group (ShardGroup), since it was made.
+  const ShardGroup& shard_group() const { return *group_; }
 
   // Returns the loss; every trainable parameter's grad holds its gradient afterwards. Invalid
   // errors name what is wrong with the labels (on every process, when another's are wrong).

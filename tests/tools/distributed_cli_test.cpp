@@ -1,8 +1,10 @@
-// `qforge calibrate` under mpirun against the same command as one process: the written model is
-// byte-identical on 2 and 3 ranks (SmoothQuant included, and a partial last batch on the last
-// rank), a rank that meets bad data stops every rank with its rank and cause named, a rank killed
-// mid-run fails the run without an output file, and the commands that run as one process say so
-// once. Built without MPI, qforge --version says so and these runs are skipped with that reason.
+// `qforge calibrate` and `qforge qat` under mpirun against the same command as one process: the
+// written model is byte-identical on 2 and 3 ranks (calibration with SmoothQuant and a partial
+// last batch on the last rank; QAT with the same shards, and resumed from a checkpoint on
+// another number of ranks), a rank that meets bad data stops every rank with its rank and cause
+// named, a rank killed mid-run fails the run without an output file, and the commands that run
+// as one process say so once. Built without MPI, qforge --version says so and these runs are
+// skipped with that reason.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -241,14 +243,112 @@ TEST(DistributedCli, OneProcessCommandsRefuseSeveralRanksOnce) {
   EXPECT_NE(inspect.err.find("inspect: runs as one process; started on 2 ranks"), std::string::npos)
       << inspect.err;
   EXPECT_TRUE(inspect.out.empty()) << inspect.out;
+}
 
+// A short QAT run of the bundled ResNet (BN trained on batch statistics for 3 steps, then
+// frozen): 16 calibration samples, batch 8.
+std::string qat_args(const std::string& out, int steps = 4) {
+  return "qat " + kResnet + " --data " + kTrain + " --calib-limit 16 --batch 8 --steps " +
+         std::to_string(steps) + " --lr 1e-3 --optimizer adamw --freeze-bn-after 3 --threads 1" +
+         " -o " + out;
+}
+
+// Data-parallel QAT writes what one process writes with the same shards: 2 shards on 2 ranks;
+// 4 shards on 3 ranks (2 + 1 + 1), with distillation, learned scales and augmentation drawn per
+// sample. The report says how the batch was cut.
+TEST(DistributedCli, QatOnRanksWritesTheOneProcessBytes) {
+  REQUIRE_MPI();
   TempDir dir;
-  const CliResult qat =
-      run_ranks(2, "qat " + kResnet + " --data " + kTrain + " --steps 1 -o " + dir.file("q.onnx"));
-  EXPECT_EQ(qat.exit_code, 1);
-  EXPECT_EQ(qforge_lines(qat.err).size(), 1u) << qat.err;
-  EXPECT_NE(qat.err.find("qat: data-parallel training is not implemented yet"), std::string::npos)
-      << qat.err;
+  const CliResult one = run_cli(qat_args(dir.file("one.onnx")) + " --shards 2");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  const CliResult two =
+      run_ranks(2, qat_args(dir.file("two.onnx")) + " --report " + dir.file("two.json"));
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(read_text(dir.file("one.onnx")), read_text(dir.file("two.onnx")));
+  EXPECT_NE(two.out.find("training     4 steps of 8 in 2 shards of 4 on 2 ranks"),
+            std::string::npos)
+      << two.out;
+  const auto report = nlohmann::json::parse(read_text(dir.file("two.json")));
+  EXPECT_EQ(report["shards"], 2);
+  EXPECT_EQ(report["ranks"], 2);
+
+  const std::string extra = " --shards 4 --distill 2 --augment flip,crop --learn-scales";
+  const CliResult one4 = run_cli(qat_args(dir.file("one4.onnx")) + extra);
+  ASSERT_EQ(one4.exit_code, 0) << one4.err;
+  const CliResult three = run_ranks(3, qat_args(dir.file("three.onnx")) + extra);
+  ASSERT_EQ(three.exit_code, 0) << three.err;
+  EXPECT_EQ(read_text(dir.file("one4.onnx")), read_text(dir.file("three.onnx")));
+  // Other shards are another run (the sums are cut elsewhere), not the same bits.
+  EXPECT_NE(read_text(dir.file("one4.onnx")), read_text(dir.file("one.onnx")));
+}
+
+// A checkpoint written on 2 ranks resumes on 1 (its shards carried in the checkpoint), and one
+// written by 1 process on 2 shards resumes on 2 ranks: both give the uninterrupted run's bytes.
+TEST(DistributedCli, QatCheckpointsResumeOnAnotherRankCount) {
+  REQUIRE_MPI();
+  TempDir dir;
+  const CliResult whole = run_ranks(2, qat_args(dir.file("whole.onnx")));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+
+  const std::string c2 = " --checkpoint " + dir.file("c2.npz");
+  const CliResult stop2 = run_ranks(2, qat_args(dir.file("a.onnx")) + c2 + " --stop-after 2");
+  ASSERT_EQ(stop2.exit_code, 0) << stop2.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("a.onnx")));
+  const CliResult on1 = run_cli(qat_args(dir.file("on1.onnx")) + " --resume " + dir.file("c2.npz"));
+  ASSERT_EQ(on1.exit_code, 0) << on1.err;
+  EXPECT_NE(on1.out.find("in 2 shards of 4 (179 per epoch, resumed at step 2)"), std::string::npos)
+      << on1.out;
+  EXPECT_EQ(read_text(dir.file("whole.onnx")), read_text(dir.file("on1.onnx")));
+
+  const std::string c1 = " --checkpoint " + dir.file("c1.npz");
+  const CliResult stop1 =
+      run_cli(qat_args(dir.file("b.onnx")) + " --shards 2" + c1 + " --stop-after 2");
+  ASSERT_EQ(stop1.exit_code, 0) << stop1.err;
+  const CliResult on2 =
+      run_ranks(2, qat_args(dir.file("on2.onnx")) + " --resume " + dir.file("c1.npz"));
+  ASSERT_EQ(on2.exit_code, 0) << on2.err;
+  EXPECT_EQ(read_text(dir.file("whole.onnx")), read_text(dir.file("on2.onnx")));
+
+  // Resuming with other shards than the checkpoint's is refused, naming both.
+  const CliResult other =
+      run_cli(qat_args(dir.file("c.onnx")) + " --shards 4 --resume " + dir.file("c1.npz"));
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_NE(other.err.find("qat: the checkpoint was written with --shards 2, the run has 4"),
+            std::string::npos)
+      << other.err;
+}
+
+// Fewer shards than ranks: one line, before any work, and nothing written.
+TEST(DistributedCli, QatNeedsAShardPerRank) {
+  REQUIRE_MPI();
+  TempDir dir;
+  const CliResult r = run_ranks(2, qat_args(dir.file("q.onnx")) + " --shards 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(qforge_lines(r.err),
+            std::vector<std::string>{"qforge: error: rank 0: qat: 1 shards cannot be spread "
+                                     "over 2 ranks: give --shards at least 2 (a divisor of "
+                                     "--batch)"})
+      << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  EXPECT_EQ(leftover_files(dir), std::vector<std::string>{});
+}
+
+// Rank 1 of a long QAT run is killed (SIGKILL) 1.5 s after it starts, mid-training: the launcher
+// stops rank 0, which waits in the step's exchange, and neither the model, the log nor the
+// report is written.
+TEST(DistributedCli, KilledRankFailsQatWithoutOutput) {
+  REQUIRE_MPI();
+  TempDir dir;
+  const std::string args = qat_args(dir.file("out.onnx"), 100000) + " --log " +
+                           dir.file("l.jsonl") + " --report " + dir.file("r.json");
+  std::string cmd = launcher();
+  cmd.append(" -np 1 ").append(QFORGE_CLI).append(" ").append(args);
+  cmd.append(" : -np 1 sh -c 'timeout -s KILL 1.5 ").append(QFORGE_CLI).append(" ").append(args);
+  cmd.append("; kill -KILL $$'");
+  const CliResult r = run_shell(cmd);
+  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find("rank 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("signal 9"), std::string::npos) << r.err;
   EXPECT_EQ(leftover_files(dir), std::vector<std::string>{});
 }
 

@@ -101,16 +101,19 @@ void print_figure(const std::optional<double>& v, const char* format, int width)
   }
 }
 
+// " in 2 shards of 4 on 2 ranks"; nothing for one shard.
+std::string shards_text(int64_t shards, int64_t batch, int ranks) {
+  if (shards == 1) return "";
+  std::string text = " in " + std::to_string(shards) + " shards of ";
+  text.append(std::to_string(batch / shards));
+  if (ranks > 1) text.append(" on ").append(std::to_string(ranks)).append(" ranks");
+  return text;
+}
+
 int run_qat(QatOptions o) {
+  // On several ranks every rank calibrates and trains its share of each batch (the shards
+  // runtime::share_of gives it); rank 0 alone writes, evaluates and prints.
   runtime::Communicator& comm = processes();
-  if (comm.size() > 1) {
-    std::string message =
-        "qat: data-parallel training is not implemented yet (calibrate runs "
-        "data-parallel); run qat as one process, not on ";
-    const Error refused(ErrorKind::kUnsupported,
-                        message.append(std::to_string(comm.size())).append(" ranks"));
-    runtime::agree_on_failure(comm, &refused);
-  }
   set_threads_from_flag(o.threads);
   quant::QatSetup& s = o.setup;
   if (o.optimizer == "sgd") {
@@ -140,54 +143,74 @@ int run_qat(QatOptions o) {
     throw_invalid("qat: unknown --method '" + o.method +
                   "' (expected max, percentile, entropy or mse)");
   }
-  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
-  if (!o.log.empty()) outputs.push_back({"--log", o.log});
-  if (!o.report.empty()) outputs.push_back({"--report", o.report});
-  // The checkpoint is replaced as the run goes; it may be the file --resume reads.
-  if (!o.checkpoint.empty()) outputs.push_back({"--checkpoint", o.checkpoint});
-  const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
-  io::check_output_paths("qat", outputs, inputs);
-  if (!o.resume.empty() && o.resume != o.checkpoint) {
-    const io::NamedPath resume_input[] = {{"--resume", o.resume}};
-    io::check_output_paths("qat", outputs, resume_input);
-  }
-
-  std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
-  const std::string written_batch =
-      runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
-  DataSource data = DataSource::open(o.data, *model, o.preprocess);
-  if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
-  s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
-  if (!data.labelled() && !s.distill_temperature) {
-    throw_invalid("qat: '" + o.data +
-                  "' has no labels (an image folder with one subfolder per "
-                  "class gives them): give --distill to train against the float model instead");
-  }
-  quant::check_qat_setup(s);
-  if (s.stop_after >= 0 && o.checkpoint.empty()) {
-    throw_invalid("qat: --stop-after needs --checkpoint FILE to continue from");
-  }
-  if (s.checkpoint_every > 0 && o.checkpoint.empty()) {
-    throw_invalid("qat: --checkpoint-every needs --checkpoint FILE");
-  }
+  std::unique_ptr<graph::Graph> model;
+  std::string written_batch;
+  std::optional<DataSource> data_source;
   std::optional<DataSource> val;
-  if (!o.val.empty()) {
-    val.emplace(DataSource::open(o.val, *model, o.preprocess));
-    if (val->size() == 0) throw_invalid("qat: --val data '" + o.val + "' holds no samples");
-  }
   std::optional<quant::Checkpoint> resume;
-  if (!o.resume.empty()) {
-    try {
-      resume = io::read_npz(o.resume);
-    } catch (const Error& e) {
-      throw_invalid("qat: --resume '" + o.resume + "' is not a readable checkpoint: " + e.what());
-    }
-  }
-  io::AtomicFile out_file(o.output);
+  std::unique_ptr<io::AtomicFile> out_file;
   std::unique_ptr<io::AtomicFile> log_file;
-  if (!o.log.empty()) log_file = std::make_unique<io::AtomicFile>(o.log);
   std::unique_ptr<io::AtomicFile> report_file;
-  if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
+  // The setup is checked on every rank and agreed: a failure on one stops all.
+  runtime::collectively(comm, [&] {
+    std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+    if (!o.log.empty()) outputs.push_back({"--log", o.log});
+    if (!o.report.empty()) outputs.push_back({"--report", o.report});
+    // The checkpoint is replaced as the run goes; it may be the file --resume reads.
+    if (!o.checkpoint.empty()) outputs.push_back({"--checkpoint", o.checkpoint});
+    const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
+    io::check_output_paths("qat", outputs, inputs);
+    if (!o.resume.empty() && o.resume != o.checkpoint) {
+      const io::NamedPath resume_input[] = {{"--resume", o.resume}};
+      io::check_output_paths("qat", outputs, resume_input);
+    }
+
+    model = load_model_to_run(o.model, o.input_shape, o.data);
+    written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
+    data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
+    const DataSource& data = *data_source;
+    if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
+    s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
+    if (!data.labelled() && !s.distill_temperature) {
+      throw_invalid("qat: '" + o.data +
+                    "' has no labels (an image folder with one subfolder per "
+                    "class gives them): give --distill to train against the float model instead");
+    }
+    if (!o.resume.empty()) {
+      try {
+        resume = io::read_npz(o.resume);
+      } catch (const Error& e) {
+        throw_invalid("qat: --resume '" + o.resume + "' is not a readable checkpoint: " + e.what());
+      }
+    }
+    // The shards: as given, else the checkpoint's (a run resumes on any number of ranks), else
+    // one per rank.
+    if (s.shards == 0) {
+      s.shards = resume ? quant::checkpoint_shards(*resume) : static_cast<int64_t>(comm.size());
+    }
+    quant::check_qat_setup(s);
+    if (comm.size() > s.shards) {
+      throw_invalid("qat: " + std::to_string(s.shards) + " shards cannot be spread over " +
+                    std::to_string(comm.size()) + " ranks: give --shards at least " +
+                    std::to_string(comm.size()) + " (a divisor of --batch)");
+    }
+    if (s.stop_after >= 0 && o.checkpoint.empty()) {
+      throw_invalid("qat: --stop-after needs --checkpoint FILE to continue from");
+    }
+    if (s.checkpoint_every > 0 && o.checkpoint.empty()) {
+      throw_invalid("qat: --checkpoint-every needs --checkpoint FILE");
+    }
+    if (!o.val.empty() && comm.is_root()) {
+      val.emplace(DataSource::open(o.val, *model, o.preprocess));
+      if (val->size() == 0) throw_invalid("qat: --val data '" + o.val + "' holds no samples");
+    }
+    if (comm.is_root()) {
+      out_file = std::make_unique<io::AtomicFile>(o.output);
+      if (!o.log.empty()) log_file = std::make_unique<io::AtomicFile>(o.log);
+      if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
+    }
+  });
+  const DataSource& data = *data_source;
 
   // 1. Calibrate exactly as `qforge calibrate` does.
   quant::CalibrationSetup calibration;
@@ -202,17 +225,22 @@ int run_qat(QatOptions o) {
   calibration.stage = "qat";
   const quant::ModelLoader reload =
       quant::model_file(o.model, import_options_for(o.input_shape, o.data));
+  quant::PipelineHooks calibration_hooks;
+  if (comm.is_root()) calibration_hooks.progress = progress_bars();
+  calibration_hooks.communicator = &comm;
   const quant::CalibrationResult calibrated =
-      quant::calibrate(std::move(model), reload, DataSamples(data), calibration,
-                       {.progress = progress_bars(), .calibration_pass_ended = {}});
+      quant::calibrate(std::move(model), reload, DataSamples(data), calibration, calibration_hooks);
+  // Training runs the fused graph at one shard's batch.
+  quant::CalibrationSetup at_shard = calibration;
+  at_shard.batch = s.batch / s.shards;
   std::unique_ptr<graph::Graph> fused =
-      quant::fused_graph_for_export(reload(), calibration, calibrated);
+      quant::fused_graph_for_export(reload(), at_shard, calibrated);
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   export_options.batch.dynamic_batch = o.dynamic_batch;
   // The PTQ model, kept in memory for the comparison on --val.
   std::string ptq_bytes;
-  if (val) {
+  if (val && comm.is_root()) {
     ptq_bytes = graph::serialize_onnx(
         *quant::build_qdq_graph(*fused, calibrated.plan, calibrated.amax, export_options),
         export_options.onnx);
@@ -226,53 +254,61 @@ int run_qat(QatOptions o) {
   int64_t epoch_steps = 0;
   std::string log_text;
   quant::QatHooks hooks;
-  hooks.on_step = [&](const quant::QatStep& st) {
-    const int64_t epochs = (st.total_steps + st.steps_per_epoch - 1) / st.steps_per_epoch;
-    char label[160];
-    if (!bar) {
-      epoch_loss = 0;
-      epoch_steps = 0;
-      const int64_t left_in_epoch =
-          std::min(st.steps_per_epoch - st.step % st.steps_per_epoch, st.total_steps - st.step);
-      bar = std::make_unique<io::Progress>("epoch", static_cast<size_t>(left_in_epoch * s.batch),
-                                           "img");
-    }
-    epoch_loss += st.loss;
-    ++epoch_steps;
-    std::snprintf(label, sizeof label, "epoch %lld/%lld loss %.4f lr %.3g",
-                  static_cast<long long>(st.epoch + 1), static_cast<long long>(epochs),
-                  epoch_loss / static_cast<double>(epoch_steps), st.lr);
-    bar->set_label(label);
-    bar->advance(static_cast<size_t>(s.batch));
-    if (log_file) {
-      nlohmann::json line{{"step", st.step},       {"epoch", st.epoch},
-                          {"loss", st.loss},       {"lr", st.lr},
-                          {"seconds", st.seconds}, {"bn_frozen", st.batch_norm_frozen}};
-      log_text.append(line.dump()).append("\n");
-    }
-    const bool epoch_end = (st.step + 1) % st.steps_per_epoch == 0 || st.step + 1 == st.total_steps;
-    if (epoch_end) {
-      const bool drawn = bar->enabled();
-      bar->finish();
-      bar.reset();
-      if (!drawn) {
-        std::printf("epoch %lld/%lld: mean loss %.6g over %lld steps, lr %.3g\n",
-                    static_cast<long long>(st.epoch + 1), static_cast<long long>(epochs),
-                    epoch_loss / static_cast<double>(epoch_steps),
-                    static_cast<long long>(epoch_steps), st.lr);
-        std::fflush(stdout);
+  if (comm.is_root())
+    hooks.on_step = [&](const quant::QatStep& st) {
+      const int64_t epochs = (st.total_steps + st.steps_per_epoch - 1) / st.steps_per_epoch;
+      char label[160];
+      if (!bar) {
+        epoch_loss = 0;
+        epoch_steps = 0;
+        const int64_t left_in_epoch =
+            std::min(st.steps_per_epoch - st.step % st.steps_per_epoch, st.total_steps - st.step);
+        bar = std::make_unique<io::Progress>("epoch", static_cast<size_t>(left_in_epoch * s.batch),
+                                             "img");
       }
-    }
-  };
+      epoch_loss += st.loss;
+      ++epoch_steps;
+      std::snprintf(label, sizeof label, "epoch %lld/%lld loss %.4f lr %.3g",
+                    static_cast<long long>(st.epoch + 1), static_cast<long long>(epochs),
+                    epoch_loss / static_cast<double>(epoch_steps), st.lr);
+      bar->set_label(label);
+      bar->advance(static_cast<size_t>(s.batch));
+      if (log_file) {
+        nlohmann::json line{{"step", st.step},       {"epoch", st.epoch},
+                            {"loss", st.loss},       {"lr", st.lr},
+                            {"seconds", st.seconds}, {"bn_frozen", st.batch_norm_frozen}};
+        if (s.shards > 1) {
+          line["exchange_seconds"] = st.exchange_seconds;
+          line["fold_seconds"] = st.fold_seconds;
+        }
+        log_text.append(line.dump()).append("\n");
+      }
+      const bool epoch_end =
+          (st.step + 1) % st.steps_per_epoch == 0 || st.step + 1 == st.total_steps;
+      if (epoch_end) {
+        const bool drawn = bar->enabled();
+        bar->finish();
+        bar.reset();
+        if (!drawn) {
+          std::printf("epoch %lld/%lld: mean loss %.6g over %lld steps, lr %.3g\n",
+                      static_cast<long long>(st.epoch + 1), static_cast<long long>(epochs),
+                      epoch_loss / static_cast<double>(epoch_steps),
+                      static_cast<long long>(epoch_steps), st.lr);
+          std::fflush(stdout);
+        }
+      }
+    };
   if (!o.checkpoint.empty()) {
+    // Every rank holds the same state; rank 0 writes it.
     hooks.save_checkpoint = [&](const quant::Checkpoint& c, int64_t) {
-      io::write_npz(o.checkpoint, c);
+      if (comm.is_root()) io::write_npz(o.checkpoint, c);
     };
   }
   const quant::QatResult trained =
       quant::train_qat(*fused, calibrated.plan, calibrated.amax, teacher.get(), DataSamples(data),
-                       s, hooks, resume ? &*resume : nullptr);
+                       s, hooks, resume ? &*resume : nullptr, &comm);
   teacher.reset();
+  if (!comm.is_root()) return 0;
   if (trained.stopped) {
     std::printf(
         "stopped      after step %lld of %lld (--stop-after); checkpoint %s; continue "
@@ -286,7 +322,7 @@ int run_qat(QatOptions o) {
   export_options.activation_scales = trained.scales;
   const quant::ExportedModel exported =
       quant::export_qdq_model(std::move(fused), calibrated.plan, calibrated.amax, export_options,
-                              [&](const void* p, size_t n) { out_file.write(p, n); });
+                              [&](const void* p, size_t n) { out_file->write(p, n); });
 
   std::printf("model        %s (transformed at batch %lld: %zu conversions, %zu fusions)\n",
               o.model.c_str(), static_cast<long long>(s.batch), calibrated.conversions,
@@ -295,9 +331,10 @@ int run_qat(QatOptions o) {
               quant::calibrator_name(*method));
   if (calibrated.smoothing) print_smoothquant(*calibrated.smoothing);
   std::printf(
-      "training     %lld steps of %lld (%lld per epoch%s), %s, lr %.3g %s, %zu tensors "
+      "training     %lld steps of %lld%s (%lld per epoch%s), %s, lr %.3g %s, %zu tensors "
       "(%zu values), %.1f s, %.1f img/s\n",
       static_cast<long long>(trained.steps - trained.resumed_at), static_cast<long long>(s.batch),
+      shards_text(s.shards, s.batch, comm.size()).c_str(),
       static_cast<long long>(trained.steps_per_epoch),
       trained.resumed_at > 0 ? (", resumed at step " + std::to_string(trained.resumed_at)).c_str()
                              : "",
@@ -306,6 +343,13 @@ int run_qat(QatOptions o) {
       trained.seconds > 0
           ? static_cast<double>((trained.steps - trained.resumed_at) * s.batch) / trained.seconds
           : 0.0);
+  if (comm.size() > 1 && trained.steps > trained.resumed_at) {
+    const double steps = static_cast<double>(trained.steps - trained.resumed_at);
+    std::printf(
+        "ranks        %d; per step %.1f ms exchanging with the other ranks (waiting included), "
+        "%.1f ms adding the shards' gradients\n",
+        comm.size(), 1e3 * trained.exchange_seconds / steps, 1e3 * trained.fold_seconds / steps);
+  }
   std::printf("final loss   %.6g (%s)\n", static_cast<double>(trained.last_loss), loss_name(s));
   if (s.learn_scales) {
     double moved = 0;
@@ -328,7 +372,7 @@ int run_qat(QatOptions o) {
         quant::evaluate(reload, ptq, DataSamples(*val), e, progress_bars(), spill_files());
     e.quantized_label = "QAT model";
     const quant::Evaluation after =
-        quant::evaluate(reload, quant::model_file(out_file.read_path()), DataSamples(*val), e,
+        quant::evaluate(reload, quant::model_file(out_file->read_path()), DataSamples(*val), e,
                         progress_bars(), spill_files());
     // Cross-entropy against the labels and KL(float ‖ model) of the softmax outputs, in nats.
     std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
@@ -383,6 +427,8 @@ int run_qat(QatOptions o) {
         {"model", o.model},
         {"output", o.output},
         {"batch", s.batch},
+        {"shards", s.shards},
+        {"ranks", comm.size()},
         {"calibration",
          {{"data", o.data},
           {"method", quant::calibrator_name(*method)},
@@ -417,6 +463,8 @@ int run_qat(QatOptions o) {
           {"seed", s.seed},
           {"final_loss", finite_or_null(trained.last_loss)},
           {"seconds", trained.seconds},
+          {"exchange_seconds", trained.exchange_seconds},
+          {"fold_seconds", trained.fold_seconds},
           {"parameters", trained.parameters},
           {"parameter_elements", trained.parameter_elements}}},
         {"evaluation", evaluation},
@@ -427,7 +475,7 @@ int run_qat(QatOptions o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  io::commit_together({&out_file, log_file.get(), report_file.get()});
+  io::commit_together({out_file.get(), log_file.get(), report_file.get()});
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
       "pairs; %s, %.1f KiB)\n",
@@ -442,6 +490,7 @@ int run_qat(QatOptions o) {
 
 CommandRunner add_qat_command(CLI::App& app) {
   auto o = std::make_shared<QatOptions>();
+  o->setup.shards = 0;  // chosen in run_qat: --resume's checkpoint's, else one per rank
   CLI::App* cmd = app.add_subcommand(
       "qat",
       "Quantization-aware fine-tuning: calibrate as `calibrate` does, fine-tune the weights "
@@ -504,6 +553,13 @@ CommandRunner add_qat_command(CLI::App& app) {
                   "batch for calibration and training (default 32), whatever batch the model "
                   "fixes; the written model keeps the model's own; an epoch's last partial "
                   "batch is dropped")
+      ->check(integer_at_least(1))
+      ->group(train);
+  cmd->add_option("--shards", o->setup.shards,
+                  "cut each batch into N equal shards whose sums (BN statistics, gradients) are "
+                  "added in shard order: the run's bits depend on N, not on how many ranks "
+                  "compute the shards (default: the --resume checkpoint's, else one per rank; "
+                  "a divisor of --batch, at least the ranks)")
       ->check(integer_at_least(1))
       ->group(train);
   cmd->add_option("--lr", o->setup.lr, "learning rate (default 1e-4)")->group(train);
