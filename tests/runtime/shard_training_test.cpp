@@ -149,7 +149,7 @@ TEST(ShardedTraining, TwoShardsTakeTheWholeBatchsStep) {
 
 // The bits depend on the shards only: 2 shards on 1 process or on 2, 3 shards on 1 process or
 // on 2 (2 + 1) or 3.
-TEST(ShardedTraining, RanksHoldingTheShardsGiveTheOneProcessBits) {
+TEST(ShardedTraining, RanksPlayedByThreadsGiveTheOneProcessBits) {
   for (int64_t total : {2, 3}) {
     const StepRun one = train_two_steps(4, {.total = total, .first = 0, .count = total});
     for (int ranks = 2; ranks <= total; ++ranks) {
