@@ -321,7 +321,13 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
   grad_written_.assign(grads_.size(), false);
   grad_outputs_.reserve(max_arity);
   grad_inputs_.reserve(max_arity);
-  workspace_.assign(max_workspace, std::byte{0});
+  // Executors of one process's shards run one kernel at a time: they share one scratch buffer.
+  if (shares && shares->workspace_bytes_ >= max_workspace) {
+    workspace_ = shares->workspace_;
+  } else {
+    workspace_ = std::make_shared<std::vector<std::byte>>(max_workspace, std::byte{0});
+  }
+  workspace_bytes_ = max_workspace;
 }
 
 void TrainingExecutor::load_inputs(std::span<const Tensor> inputs) {
@@ -341,7 +347,7 @@ void TrainingExecutor::load_inputs(std::span<const Tensor> inputs) {
 
 std::span<const Tensor> TrainingExecutor::forward(std::span<const Tensor> inputs) {
   load_inputs(inputs);
-  for (Step& step : steps_) step.kernel->forward(step.inputs, step.outputs, workspace_.data());
+  for (Step& step : steps_) step.kernel->forward(step.inputs, step.outputs, workspace_->data());
   return graph_outputs_;
 }
 
@@ -407,7 +413,7 @@ void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
   begin_backward(output_grads);
   for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
     if (!prepare_backward_step(*s)) continue;
-    s->kernel->backward(s->inputs, s->outputs, grad_outputs_, grad_inputs_, workspace_.data());
+    s->kernel->backward(s->inputs, s->outputs, grad_outputs_, grad_inputs_, workspace_->data());
     end_backward_step(*s);
   }
   end_backward();
@@ -475,7 +481,7 @@ void ShardGroup::forward(std::span<const std::vector<Tensor>> inputs) {
     if (rounds.forward == 0) {
       for (auto& shard : shards_) {
         auto& step = shard->steps_[s];
-        step.kernel->forward(step.inputs, step.outputs, shard->workspace_.data());
+        step.kernel->forward(step.inputs, step.outputs, shard->workspace_->data());
       }
       continue;
     }
@@ -508,7 +514,7 @@ float ShardGroup::backward(std::span<const std::vector<Tensor>> output_grads,
       for (auto& shard : shards_) {
         auto& step = shard->steps_[s];
         step.kernel->backward(step.inputs, step.outputs, shard->grad_outputs_, shard->grad_inputs_,
-                              shard->workspace_.data());
+                              shard->workspace_->data());
         shard->end_backward_step(step);
       }
       continue;

@@ -67,7 +67,7 @@ class TrainingExecutor {
   // liveness over forward and backward together), and what those buffers would take unshared.
   size_t arena_bytes() const { return arena_bytes_; }
   size_t unshared_bytes() const { return unshared_bytes_; }
-  size_t workspace_bytes() const { return workspace_.size(); }
+  size_t workspace_bytes() const { return workspace_bytes_; }
 
   // Runs the training forward (graph input order, exact shapes). Returns views of the outputs,
   // valid until the next forward.
@@ -123,7 +123,8 @@ class TrainingExecutor {
   std::unique_ptr<kernels::Storage> arena_;
   size_t arena_bytes_ = 0;
   size_t unshared_bytes_ = 0;
-  std::vector<std::byte> workspace_;
+  std::shared_ptr<std::vector<std::byte>> workspace_;  // shared by the executors of a ShardGroup
+  size_t workspace_bytes_ = 0;
   const graph::Graph* graph_ = nullptr;
 };
 
