@@ -199,6 +199,20 @@ TEST(DistributedCli, BadDataOnOneRankStopsEveryRankNamingIt) {
   EXPECT_EQ(leftover_files(dir, {"nan.npy"}), std::vector<std::string>{});
 }
 
+// `qforge <args>` on 2 ranks, rank 1 killed (SIGKILL) 1.5 s after it starts: the run fails, and
+// Open MPI's launcher names the rank and the signal.
+void expect_run_fails_when_rank1_is_killed(const std::string& args) {
+  std::string cmd = launcher();
+  cmd.append(" -np 1 ").append(QFORGE_CLI).append(" ").append(args);
+  // The launcher started sh as rank 1; it dies of the same signal as the qforge it ran.
+  cmd.append(" : -np 1 sh -c 'timeout -s KILL 1.5 ").append(QFORGE_CLI).append(" ").append(args);
+  cmd.append("; kill -KILL $$'");
+  const CliResult r = run_shell(cmd);
+  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find("rank 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("signal 9"), std::string::npos) << r.err;
+}
+
 // Rank 1 is killed (SIGKILL) 1.5 s after it starts, long before it could finish: 36,000 images
 // (links to the digits), half of them its share, take over 7 s of one thread. The launcher then
 // stops rank 0, which waits for rank 1's statistics, and nothing is written.
@@ -222,16 +236,7 @@ TEST(DistributedCli, KilledRankFailsTheRunWithoutOutput) {
   const std::string args = "calibrate " + kResnet + " --data " + images.string() +
                            " --batch 8 --threads 1 --flip-injections 0 -o " + dir.file("out.onnx") +
                            " --report " + dir.file("r.json");
-  std::string cmd = launcher();
-  cmd.append(" -np 1 ").append(QFORGE_CLI).append(" ").append(args);
-  // The launcher started sh as rank 1; it dies of the same signal as the qforge it ran.
-  cmd.append(" : -np 1 sh -c 'timeout -s KILL 1.5 ").append(QFORGE_CLI).append(" ").append(args);
-  cmd.append("; kill -KILL $$'");
-  const CliResult r = run_shell(cmd);
-  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
-  // Open MPI's launcher names the rank and the signal.
-  EXPECT_NE(r.err.find("rank 1"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("signal 9"), std::string::npos) << r.err;
+  expect_run_fails_when_rank1_is_killed(args);
   EXPECT_EQ(leftover_files(dir, {"images"}), std::vector<std::string>{});
 }
 
@@ -341,14 +346,7 @@ TEST(DistributedCli, KilledRankFailsQatWithoutOutput) {
   TempDir dir;
   const std::string args = qat_args(dir.file("out.onnx"), 100000) + " --log " +
                            dir.file("l.jsonl") + " --report " + dir.file("r.json");
-  std::string cmd = launcher();
-  cmd.append(" -np 1 ").append(QFORGE_CLI).append(" ").append(args);
-  cmd.append(" : -np 1 sh -c 'timeout -s KILL 1.5 ").append(QFORGE_CLI).append(" ").append(args);
-  cmd.append("; kill -KILL $$'");
-  const CliResult r = run_shell(cmd);
-  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
-  EXPECT_NE(r.err.find("rank 1"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("signal 9"), std::string::npos) << r.err;
+  expect_run_fails_when_rank1_is_killed(args);
   EXPECT_EQ(leftover_files(dir), std::vector<std::string>{});
 }
 
