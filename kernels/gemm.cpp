@@ -77,6 +77,14 @@ void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k
     }
     return;
   }
+  // OpenBLAS starts with a thread per core, and a threaded call splits the product in ways that
+  // change its rounding: pinned to one thread before the first call, whoever called first (a
+  // library user need not have called runtime::set_num_threads).
+  static const bool kBlasPinned = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)kBlasPinned;
   cblas_sgemm(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), static_cast<blasint>(m),
               static_cast<blasint>(n), static_cast<blasint>(k), alpha, a, static_cast<blasint>(lda),
               b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));

@@ -17,8 +17,9 @@ namespace qforge::kernels {
 
 enum class Transpose : uint8_t { kNo, kYes };
 
-// Row-major c[m×n] = alpha·op(a)·op(b) + beta·c in one cblas_sgemm call. The caller keeps BLAS
-// single-threaded (runtime/threads.h); this wrapper only adds the k == 0 case BLAS rejects.
+// Row-major c[m×n] = alpha·op(a)·op(b) + beta·c in one single-threaded cblas_sgemm call (the
+// wrapper pins OpenBLAS to one thread before its first call; the threads are TBB's), plus the
+// k == 0 case BLAS rejects.
 void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc);

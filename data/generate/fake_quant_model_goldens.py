@@ -733,6 +733,39 @@ def aligned_golden(family, qforge, x, y, batch_path, labels_path, golden, setup)
     return out
 
 
+def add_variant(family, plain, aligned):
+    """Adds this machine's reference (aligned, or plain when nothing was settled) to the written
+    golden as the next variant<N>/, unless a reference there already has its loss."""
+    path = os.path.join(OUT_DIR, "%s_bn_grads.npz" % family)
+    golden = dict(np.load(path))
+    prefix = "aligned/" if aligned else ""
+    source = aligned if aligned else plain
+    mine = {k[len(prefix):]: v for k, v in source.items()
+            if k.startswith(prefix) and not k.startswith("amax/")
+            and k not in ("aligned/flips", "aligned/pool_ties")}
+    for key, value in plain.items():
+        # The test holds qforge's amax to the written golden's within 1e-5 relative; this
+        # machine's are qforge's own here, which may differ in the last bit.
+        if key.startswith("amax/") and abs(float(golden[key]) - float(value)) > 1e-5 * float(value):
+            raise SystemExit("%s: %s differs from the written golden's; regenerate it whole"
+                             % (family, key))
+    # A reference within 1e-4 of this one's loss already stands for it (the loss moves by 1e-3
+    # and more where a tie settles the other way, see the README).
+    losses = [float(v) for k, v in golden.items() if k == "loss" or k.endswith("/loss")]
+    if any(abs(loss - float(mine["loss"])) <= 1e-4 * abs(loss) for loss in losses):
+        print("%s: this machine's reference (loss %.7g) is already in the golden"
+              % (family, float(mine["loss"])))
+        return
+    n = 1
+    while "variant%d/loss" % n in golden:
+        n += 1
+    for key, value in mine.items():
+        golden["variant%d/%s" % (n, key)] = value
+    np.savez(path, **golden)
+    print("%s: added variant%d (loss %.7g; the golden's own %.7g)"
+          % (family, n, float(mine["loss"]), float(golden["loss"])))
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch whole-model fake-quant gradient goldens")
     ap.add_argument("--family", action="append", choices=models.FAMILIES,
@@ -743,6 +776,9 @@ def main():
     ap.add_argument("--diagnose", action="store_true",
                     help="write nothing; compare `qforge grad --fake-quant` with the golden point "
                          "by point (see diagnose())")
+    ap.add_argument("--add-variant", action="store_true",
+                    help="keep the written golden and add this machine's reference to it as "
+                         "variant<N>/ (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batch_path = os.path.join(GRAD_DIR, "batch_input.npy")
@@ -754,6 +790,9 @@ def main():
         out, setup = family_golden(family, args.qforge, x, y, batch_path)
         if args.diagnose:
             diagnose(family, args.qforge, x, y, batch_path, labels_path, out, setup)
+        elif args.add_variant:
+            add_variant(family, out, aligned_golden(family, args.qforge, x, y, batch_path,
+                                                    labels_path, out, setup))
         else:
             out.update(aligned_golden(family, args.qforge, x, y, batch_path, labels_path, out,
                                       setup))

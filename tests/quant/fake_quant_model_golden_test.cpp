@@ -10,6 +10,8 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "graph/onnx_import.h"
 #include "quant/calibration.h"
@@ -38,9 +40,11 @@ bool is_amax_key(const std::string& key) {
   return key.rfind("amax/", 0) == 0;
 }
 
-// A parameter's gradient in PyTorch's own run (not the loss, an amax or an aligned entry).
+// A parameter's gradient in PyTorch's own run (not the loss, an amax, an aligned or a variant
+// entry).
 bool is_parameter_key(const std::string& key) {
-  return key != "loss" && !is_amax_key(key) && key.rfind("aligned/", 0) != 0;
+  return key != "loss" && !is_amax_key(key) && key.rfind("aligned/", 0) != 0 &&
+         key.rfind("variant", 0) != 0;
 }
 
 struct FamilyRun {
@@ -102,73 +106,98 @@ void expect_same_parameters(const FamilyRun& run) {
   }
 }
 
-// The reference qforge is held to: PyTorch's run, with the rounding ties that two correct
-// implementations settle either way settled as qforge settles them where there are any (the
-// golden's "aligned/" entries: integers within 1e-4 of a step from a .5 boundary, max-pool
-// windows whose two largest values are within 1e-6 relative; the script checks both). One such
-// value moves these models far: ResNet's single integer and two windows move PyTorch's own loss
-// by 1.1e-2 and its gradients by up to 0.23 relative L2, MobileNetV3's one integer its
-// gradients by 9.4e-3, ViT's by 7.3e-4.
-std::map<std::string, Tensor> reference_of(const FamilyRun& run) {
-  const bool aligned = run.golden.count("aligned/loss") > 0;
-  std::map<std::string, Tensor> reference;
+// The references qforge may be held to, each a whole PyTorch run: PyTorch's own, and where the
+// golden has them, that run with its rounding-level ties settled as qforge settles them (the
+// "aligned/" entries: integers within 1e-4 of a step from a .5 boundary, max-pool windows whose
+// two largest values are within 1e-6 relative; the script checks both), and "variant<N>/"
+// references from other machines (PyTorch, like qforge, settles a near-tie one way on one CPU and
+// the other way on another: its MobileNetV3 loss is 0.11646 on one machine and 0.11325 on an
+// AVX-512 one). One such value moves these models far: ResNet's single integer and two windows
+// move PyTorch's own loss by 1.1e-2 and its gradients by up to 0.23 relative L2, MobileNetV3's
+// one integer its gradients by 9.4e-3, ViT's by 7.3e-4.
+std::vector<std::map<std::string, Tensor>> references_of(const FamilyRun& run) {
+  std::map<std::string, std::map<std::string, Tensor>> by_prefix;
   for (const auto& [key, value] : run.golden) {
-    if (is_amax_key(key)) continue;
-    if (aligned) {
-      if (key.rfind("aligned/", 0) != 0 || key == "aligned/flips" || key == "aligned/pool_ties")
-        continue;
-      reference[key.substr(8)] = value;
-    } else {
-      reference[key] = value;
-    }
+    if (is_amax_key(key) || key == "aligned/flips" || key == "aligned/pool_ties") continue;
+    const size_t slash = key.find('/');
+    const std::string prefix = slash == std::string::npos ? "" : key.substr(0, slash + 1);
+    by_prefix[prefix][key.substr(prefix.size())] = value;
   }
-  return reference;
+  std::vector<std::map<std::string, Tensor>> references;
+  for (auto& [prefix, reference] : by_prefix) references.push_back(std::move(reference));
+  return references;
 }
 
-class FakeQuantModelGolden : public ::testing::TestWithParam<std::string> {};
+// The largest relative L2 of a gradient from the reference's, gradients zero by construction
+// left out (as in training_golden_test.cpp: a BN bias whose gradient is zero by construction holds
+// rounding noise on both sides; both must then stay below 1e-6 of the whole gradient's norm).
+struct Comparison {
+  double worst = 0;
+  std::string worst_name;
+  std::vector<std::pair<std::string, double>> errors;  // every compared parameter
+  std::vector<std::string> not_zero;                   // zero by construction, but not here
+};
 
-// The loss and every gradient within 1e-2 relative (L2) of the reference: the slack for a
-// rounding flip. The aligned reference removes the Release build's flips (measured: loss within
-// 3e-7, gradients within 1.1e-4; the README has each family's figures); a build that rounds
-// another value the other way (the sanitizer build moves ViT's loss by 1.4e-4) has the slack.
-TEST_P(FakeQuantModelGolden, GradientsMatchPyTorch) {
-  const FamilyRun run = run_family(GetParam());
-  expect_same_parameters(run);
-  const std::map<std::string, Tensor> reference = reference_of(run);
-  ASSERT_EQ(reference.size(), run.result.gradients.size() + 1) << "parameters and the loss";
-  const float want_loss = reference.at("loss").data<float>()[0];
-  EXPECT_LE(std::abs(run.result.loss - want_loss), 1e-2 * std::abs(want_loss))
-      << "loss " << run.result.loss << " against PyTorch's " << want_loss;
-
-  // As in training_golden_test.cpp: a BN bias whose gradient is zero by construction holds
-  // rounding noise on both sides; both must then stay below 1e-6 of the whole gradient's norm.
+Comparison compare(const runtime::GradientResult& result,
+                   const std::map<std::string, Tensor>& reference) {
   double total = 0;
   for (const auto& [name, want] : reference) {
     if (name != "loss") total += std::pow(l2_norm(want), 2);
   }
   const double zero_level = 1e-6 * std::sqrt(total);
   std::map<std::string, const Tensor*> got;
-  for (const auto& [name, grad] : run.result.gradients) got[name] = &grad;
-  double worst = 0;
-  std::string worst_name;
+  for (const auto& [name, grad] : result.gradients) got[name] = &grad;
+  Comparison c;
   for (const auto& [name, want] : reference) {
     if (name == "loss") continue;
     auto it = got.find(name);
-    if (it == got.end() || it->second->shape() != want.shape()) continue;  // reported above
+    if (it == got.end() || it->second->shape() != want.shape()) continue;  // reported apart
     if (l2_norm(want) <= zero_level) {
-      EXPECT_LE(l2_norm(*it->second), zero_level) << name << " is zero by construction";
+      if (l2_norm(*it->second) > zero_level) c.not_zero.push_back(name);
       continue;
     }
     const double error = testing::relative_l2(*it->second, want);
-    EXPECT_LE(error, 1e-2) << name;
-    if (error > worst) {
-      worst = error;
-      worst_name = name;
+    c.errors.emplace_back(name, error);
+    if (error > c.worst) {
+      c.worst = error;
+      c.worst_name = name;
     }
   }
-  std::printf("%s: loss %.7g (PyTorch %.7g%s), largest gradient relative L2 %.3g (%s)\n",
-              GetParam().c_str(), run.result.loss, want_loss,
-              run.golden.count("aligned/loss") ? ", ties aligned" : "", worst, worst_name.c_str());
+  return c;
+}
+
+class FakeQuantModelGolden : public ::testing::TestWithParam<std::string> {};
+
+// The loss and every gradient within 1e-2 relative (L2) of the nearest reference: the issue's
+// slack for a rounding flip. The references remove the measured flips (against the nearest:
+// loss within 3e-7, gradients within 1.1e-4 in the Release builds measured; the README has each
+// family's figures); a build that rounds another value the other way (the sanitizer build moves
+// ViT's loss by 1.4e-4) has the slack.
+TEST_P(FakeQuantModelGolden, GradientsMatchPyTorch) {
+  const FamilyRun run = run_family(GetParam());
+  expect_same_parameters(run);
+  const std::vector<std::map<std::string, Tensor>> references = references_of(run);
+  ASSERT_FALSE(references.empty());
+  size_t nearest = 0;
+  std::vector<Comparison> comparisons;
+  for (size_t i = 0; i < references.size(); ++i) {
+    ASSERT_EQ(references[i].size(), run.result.gradients.size() + 1)
+        << "parameters and the loss of reference " << i;
+    comparisons.push_back(compare(run.result, references[i]));
+    if (comparisons[i].worst < comparisons[nearest].worst) nearest = i;
+  }
+  const std::map<std::string, Tensor>& reference = references[nearest];
+  const Comparison& c = comparisons[nearest];
+  const float want_loss = reference.at("loss").data<float>()[0];
+  EXPECT_LE(std::abs(run.result.loss - want_loss), 1e-2 * std::abs(want_loss))
+      << "loss " << run.result.loss << " against PyTorch's " << want_loss;
+  for (const std::string& name : c.not_zero) ADD_FAILURE() << name << " is zero by construction";
+  for (const auto& [name, error] : c.errors) EXPECT_LE(error, 1e-2) << name;
+  std::printf(
+      "%s: loss %.7g (PyTorch %.7g, reference %zu of %zu), largest gradient relative L2 "
+      "%.3g (%s)\n",
+      GetParam().c_str(), run.result.loss, want_loss, nearest + 1, references.size(), c.worst,
+      c.worst_name.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Bundled, FakeQuantModelGolden,

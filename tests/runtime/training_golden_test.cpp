@@ -3,11 +3,13 @@
 // parameter present; and the same bits on 1 and 2 threads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -96,7 +98,11 @@ TEST_P(TrainingGolden, GradientsDoNotDependOnThreads) {
 }
 
 // Ten SGD steps on the golden batch from the file's weights: the loss before each step within
-// 1e-4 relative of PyTorch's, and every BN running mean and variance after them within 1e-5.
+// 1e-4 relative of PyTorch's, and every BN running mean and variance after them within 1e-5. Where
+// a ReLU input came within 1e-6 of its kink on PyTorch's way (ResNet: one value 8.4e-7 from it at
+// step 3, which moves that step's gradients by up to 4%), two correct float32 runs may put it
+// on either side; the golden then also holds PyTorch's run with those inputs on the other side
+// ("kink/"), and qforge is held to the nearer of the two runs.
 TEST_P(TrainingGolden, SgdStepsMatchPyTorch) {
   const std::string family = GetParam();
   const auto golden = io::read_npz(data_path("golden/grad/" + family + "_bn_sgd.npz"));
@@ -110,24 +116,47 @@ TEST_P(TrainingGolden, SgdStepsMatchPyTorch) {
                   .momentum = settings.at("momentum").get<float>(),
                   .weight_decay = settings.at("weight_decay").get<float>(),
                   .nesterov = settings.at("nesterov").get<bool>()});
-  const kernels::Tensor& want_loss = golden.at("loss");
   const int steps = settings.at("steps").get<int>();
-  ASSERT_EQ(want_loss.numel(), steps);
+  std::vector<float> losses;
   for (int step = 0; step < steps; ++step) {
-    const float loss = training.forward_backward(input, labels);
-    const float want = want_loss.data<float>()[step];
-    EXPECT_LE(std::abs(loss - want), 1e-4 * std::abs(want))
-        << "step " << step << ": loss " << loss << " against PyTorch's " << want;
+    losses.push_back(training.forward_backward(input, labels));
     sgd.step(training.executor().parameters());
   }
+
+  // The references: PyTorch's run, and its run with the kinks settled the other way.
+  std::vector<std::string> prefixes = {""};
+  if (golden.count("kink/loss")) prefixes.push_back("kink/");
+  std::vector<double> worst(prefixes.size(), 0.0);
+  for (size_t r = 0; r < prefixes.size(); ++r) {
+    for (const auto& [name, want] : golden) {
+      if (name.rfind(prefixes[r], 0) != 0 || name == "kink/moved") continue;
+      const std::string key = name.substr(prefixes[r].size());
+      if (key.find('/') != std::string::npos || key == "loss") continue;
+      for (const runtime::Parameter& p : training.executor().parameters()) {
+        if (p.name == key) worst[r] = std::max(worst[r], testing::relative_l2(p.value, want));
+      }
+    }
+  }
+  const size_t nearest =
+      static_cast<size_t>(std::min_element(worst.begin(), worst.end()) - worst.begin());
+  const std::string& prefix = prefixes[nearest];
+  const kernels::Tensor& want_loss = golden.at(prefix + "loss");
+  ASSERT_EQ(want_loss.numel(), steps);
+  for (int step = 0; step < steps; ++step) {
+    const float want = want_loss.data<float>()[step];
+    EXPECT_LE(std::abs(losses[step] - want), 1e-4 * std::abs(want))
+        << "step " << step << ": loss " << losses[step] << " against PyTorch's " << want
+        << (prefix.empty() ? "" : " (kinks settled the other way)");
+  }
   for (const auto& [name, want] : golden) {
-    if (name == "loss") continue;
+    if (name.rfind("kink/", 0) == 0 || name == "loss") continue;
+    const kernels::Tensor& reference = golden.at(prefix + name);
     const runtime::Parameter* found = nullptr;
     for (const runtime::Parameter& p : training.executor().parameters()) {
       if (p.name == name) found = &p;
     }
     ASSERT_NE(found, nullptr) << "no running statistic '" << name << "'";
-    EXPECT_LE(testing::relative_l2(found->value, want), 1e-5) << name;
+    EXPECT_LE(testing::relative_l2(found->value, reference), 1e-5) << prefix << name;
   }
 }
 
