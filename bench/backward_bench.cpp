@@ -32,12 +32,12 @@ void use_two_threads() {
   qforge::runtime::set_num_threads(env ? std::max(1, std::atoi(env)) : 2);
 }
 
-// Convolution backward at batch 8: args {in_channels, in_size, out_channels, kernel, stride,
-// group, gradients: 0 dx and dw, 1 dx only, 2 dw only}.
+// Convolution backward: args {in_channels, in_size, out_channels, kernel, stride, group,
+// gradients: 0 dx and dw, 1 dx only, 2 dw only, batch}.
 void BM_ConvBackward(benchmark::State& state) {
   use_two_threads();
   ConvGeometry g;
-  g.batch = 8;
+  g.batch = state.range(7);
   g.in_channels = state.range(0);
   g.in_h = g.in_w = state.range(1);
   g.out_channels = state.range(2);
@@ -72,14 +72,25 @@ void BM_ConvBackward(benchmark::State& state) {
                                                  benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_ConvBackward)
-    ->Args({64, 56, 64, 3, 1, 1, 1})      // ResNet-50 stage 1 3×3: dx
-    ->Args({64, 56, 64, 3, 1, 1, 2})      // and dw
-    ->Args({256, 14, 256, 3, 1, 1, 0})    // ResNet-50 stage 3 3×3
-    ->Args({1024, 14, 256, 1, 1, 1, 0})   // ResNet-50 stage 3 1×1
-    ->Args({128, 56, 128, 3, 2, 1, 0})    // ResNet-50 stride-2 3×3
-    ->Args({96, 112, 96, 3, 2, 96, 0})    // EfficientNet-B0 depthwise stride 2
-    ->Args({480, 14, 480, 5, 1, 480, 1})  // EfficientNet-B0 depthwise 5×5: dx
-    ->Args({480, 14, 480, 5, 1, 480, 2})  // and dw
+    ->Args({64, 56, 64, 3, 1, 1, 1, 8})      // ResNet-50 stage 1 3×3: dx
+    ->Args({64, 56, 64, 3, 1, 1, 2, 8})      // and dw
+    ->Args({256, 14, 256, 3, 1, 1, 0, 8})    // ResNet-50 stage 3 3×3
+    ->Args({1024, 14, 256, 1, 1, 1, 0, 8})   // ResNet-50 stage 3 1×1
+    ->Args({128, 56, 128, 3, 2, 1, 0, 8})    // ResNet-50 stride-2 3×3
+    ->Args({96, 112, 96, 3, 2, 96, 0, 8})    // EfficientNet-B0 depthwise stride 2
+    ->Args({480, 14, 480, 5, 1, 480, 1, 8})  // EfficientNet-B0 depthwise 5×5: dx
+    ->Args({480, 14, 480, 5, 1, 480, 2, 8})  // and dw
+    // ResNet-18 at batch 16 (the QAT benchmark's step), dx then dw of each stage's 3×3
+    ->Args({64, 56, 64, 3, 1, 1, 1, 16})
+    ->Args({64, 56, 64, 3, 1, 1, 2, 16})
+    ->Args({128, 28, 128, 3, 1, 1, 1, 16})
+    ->Args({128, 28, 128, 3, 1, 1, 2, 16})
+    ->Args({256, 14, 256, 3, 1, 1, 1, 16})
+    ->Args({256, 14, 256, 3, 1, 1, 2, 16})
+    ->Args({512, 7, 512, 3, 1, 1, 1, 16})
+    ->Args({512, 7, 512, 3, 1, 1, 2, 16})
+    ->Args({256, 14, 512, 3, 2, 1, 1, 16})  // stride-2 entry of stage 4
+    ->Args({256, 14, 512, 3, 2, 1, 2, 16})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -7,6 +7,7 @@
 #include "kernels/conv_internal.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "kernels/packed_gemm.h"
 #include "kernels/parallel.h"
 
 namespace qforge::kernels {
@@ -289,6 +290,48 @@ void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int6
   }
 }
 
+// The convolution whose output is dx: dy convolved with w transposed (input and output channels
+// swapped) and flipped, stride 1, each side padded by dilation·(kernel − 1) − pad.
+bool transposed_geometry(const ConvGeometry& g, ConvGeometry& t) {
+  const int64_t reach_h = g.dilation_h * (g.kernel_h - 1);
+  const int64_t reach_w = g.dilation_w * (g.kernel_w - 1);
+  if (g.group != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_top > reach_h ||
+      g.pad_left > reach_w) {
+    return false;
+  }
+  t = g;
+  t.in_channels = g.out_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.out_channels = g.in_channels;
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.pad_top = reach_h - g.pad_top;
+  t.pad_left = reach_w - g.pad_left;
+  return true;
+}
+
+size_t flipped_weight_bytes(const ConvGeometry& g) {
+  return aligned_bytes(
+      static_cast<size_t>(g.in_channels * g.out_channels * g.kernel_h * g.kernel_w) *
+      sizeof(float));
+}
+
+// wt[ci, co, kh, kw] = w[co, ci, kernel_h − 1 − kh, kernel_w − 1 − kw].
+void flip_weights(const ConvGeometry& g, const float* w, float* wt) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  parallel_for(g.in_channels, std::max<int64_t>(1, kTaskElements / (g.out_channels * taps)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t ci = begin; ci < end; ++ci) {
+                   for (int64_t co = 0; co < g.out_channels; ++co) {
+                     const float* src = w + (co * g.in_channels + ci) * taps;
+                     float* dst = wt + (ci * g.out_channels + co) * taps;
+                     for (int64_t t = 0; t < taps; ++t) dst[t] = src[taps - 1 - t];
+                   }
+                 }
+               });
+}
+
 }  // namespace
 
 ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
@@ -299,6 +342,11 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
   plan.slots = std::max(threads, 1);
   plan.depthwise = s.cin_g == 1 && g.group > 1;
   if (plan.depthwise) return plan;
+  ConvGeometry transposed;
+  if (packed_gemm_available() && transposed_geometry(g, transposed)) {
+    plan.dx_as_conv = true;
+    plan.dx_plan = plan_conv(transposed, plan.slots);
+  }
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
   const int64_t cin_g = std::max<int64_t>(1, s.cin_g);
@@ -322,11 +370,16 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
     return aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
            static_cast<size_t>(plan.slots);
   }
-  if (plan.direct) return 0;
   const Sizes s = sizes_of(plan.geometry);
-  const size_t slot = aligned_bytes(
-      static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) * sizeof(float));
-  return slot * static_cast<size_t>(plan.slots);
+  const size_t gemm_bytes =
+      plan.direct
+          ? 0
+          : aligned_bytes(static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) *
+                          sizeof(float)) *
+                static_cast<size_t>(plan.slots);
+  if (!plan.dx_as_conv) return gemm_bytes;
+  return std::max(gemm_bytes, flipped_weight_bytes(plan.geometry) +
+                                  conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw));
 }
 
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
@@ -367,7 +420,11 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                                     reinterpret_cast<float*>(scratch), write);
         });
   }
-  if (grads.dx) {
+  if (grads.dx && plan.dx_as_conv && write == GradMode::kOverwrite) {
+    float* flipped = reinterpret_cast<float*>(workspace);
+    flip_weights(g, w, flipped);
+    conv2d(plan.dx_plan, dy, flipped, nullptr, grads.dx, workspace + flipped_weight_bytes(g));
+  } else if (grads.dx) {
     parallel_tasks_with_scratch(g.batch * g.group * blocks, plan.slots, slot_bytes, workspace,
                                 [&](int64_t task, std::byte* scratch) {
                                   const int64_t n = task / (g.group * blocks);

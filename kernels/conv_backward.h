@@ -10,9 +10,12 @@
 // (image, group, block of input channels), so tasks write disjoint channels; dw is
 // dY·im2col(x)ᵀ, a task per (group, block of input channels) that adds the images in order
 // 0 .. batch-1 (and, within an image, blocks of output pixels in order). 1×1 stride-1 unpadded
-// convolutions use x and dx as the im2col matrix directly. Convolutions with one input channel
-// per group (depthwise) use direct vectorised loops: dx per input plane, dw per output channel
-// summing images in order, on zero-padded copies of the planes split by stride phase, where
+// convolutions use x and dx as the im2col matrix directly. Where the packed GEMM is built, dx of
+// an ungrouped stride-1 convolution that overwrites dx is instead the forward convolution
+// (kernels/conv.h: Winograd or the packed GEMM over the whole batch) of dy with the filters
+// transposed and flipped, padded by dilation·(kernel − 1) − pad. Convolutions with one input
+// channel per group (depthwise) use direct vectorised loops: dx per input plane, dw per output
+// channel summing images in order, on zero-padded copies of the planes split by stride phase, where
 // every kernel tap is one contiguous loop over a plane. dbias sums each channel's planes, images
 // in order, with lane_sum. Every output is thus a fixed sequence of float operations: gradients are
 // bit-identical for any thread count, and dx of an image does not depend on the batch it runs in.
@@ -36,6 +39,9 @@ struct ConvBackwardPlan {
   int64_t channel_blocks = 0;
   int64_t tile_pixels = 0;  // output pixels per im2col tile
   int slots = 1;            // scratch regions, one per thread that may run
+  // dx (when it is overwritten) as conv2d(dy, w transposed and flipped) with this plan.
+  bool dx_as_conv = false;
+  ConvPlan dx_plan;
 };
 
 // threads: the most threads the backward will run on (scratch regions). The split of the work
