@@ -25,6 +25,7 @@ enum class Term {
   kDyTimesOther,
   kDyOverB,
   kDivOther,     // Div's divisor b: dy·a summed, then finish() divides by b twice
+  kDivQuotient,  // Div's divisor b from the output q = a/b (in a's place): dy·q summed, / b once
   kPReluInput,   // a the input, b the slope
   kPReluSlope,   // a the input
   kUnlessBelow,  // a an input of Max, b the output, dy its share
@@ -50,6 +51,7 @@ constexpr float term(Term t, float dy, float a, float b) {
     case Term::kDyOverB:
       return dy / b;
     case Term::kDivOther:
+    case Term::kDivQuotient:
       return dy * a;
   }
   return 0.0f;
@@ -101,6 +103,8 @@ template <Term T>
 float finish(const Gradient& g, float sum, int64_t e) {
   if constexpr (T == Term::kDivOther) {
     return -((sum / g.b[e]) / g.b[e]);
+  } else if constexpr (T == Term::kDivQuotient) {
+    return -(sum / g.b[e]);
   } else {
     (void)g;
     (void)e;
@@ -252,6 +256,8 @@ void compute_gradient(const Gradient& g) {
       return compute_gradient_of<Term::kDyOverB>(g);
     case Term::kDivOther:
       return compute_gradient_of<Term::kDivOther>(g);
+    case Term::kDivQuotient:
+      return compute_gradient_of<Term::kDivQuotient>(g);
     case Term::kPReluInput:
       return compute_gradient_of<Term::kPReluInput>(g);
     case Term::kPReluSlope:
@@ -286,7 +292,8 @@ bool binary_backward_supports(BinaryOp op) {
 }
 
 void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
-                     const float* dy, const BinaryGradients& grads, GradMode write) {
+                     const float* dy, const BinaryGradients& grads, GradMode write,
+                     const float* quotient) {
   if (!binary_backward_supports(op)) {
     throw_unsupported(std::string("binary_backward: expected Add, Sub, Mul, Div or PRelu, got ") +
                       op_name(op));
@@ -319,8 +326,8 @@ void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, con
         tb = target == 0 ? b : a;  // dy times the other operand
         break;
       case BinaryOp::kDiv:
-        t = target == 0 ? Term::kDyOverB : Term::kDivOther;
-        ta = target == 0 ? nullptr : a;
+        t = target == 0 ? Term::kDyOverB : quotient ? Term::kDivQuotient : Term::kDivOther;
+        ta = target == 0 ? nullptr : quotient ? quotient : a;
         tb = b;
         break;
       case BinaryOp::kPRelu:
@@ -335,6 +342,8 @@ void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, con
     // operand stands in b's place, so its strides move there too.
     Walk tw = w;
     if (op == BinaryOp::kMul && target == 1) tw.b_stride = w.a_stride;
+    // The quotient has the output's shape: it is read through the output's strides.
+    if (t == Term::kDivQuotient) tw.a_stride = w.out_stride;
     compute_gradient({tw, t, ta, tb, dy, out, add, numel});
   }
 }

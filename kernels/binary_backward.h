@@ -28,10 +28,12 @@ struct BinaryGradients {
 
 // plan: the forward's plan_broadcast({a_shape, b_shape}); dy has plan.out_shape. a is needed for
 // db of Mul and Div and both gradients of PRelu, b for da of Mul, Div and PRelu and db of Div.
+// quotient (Div only, optional): the forward's output a / b; db is then −(Σ dy·quotient) / b and a
+// is not read, so a caller need not keep a (a training executor keeps the output instead).
 // Throws Unsupported for other ops.
 void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
                      const float* dy, const BinaryGradients& grads,
-                     GradMode write = GradMode::kOverwrite);
+                     GradMode write = GradMode::kOverwrite, const float* quotient = nullptr);
 
 // Max (is_max) or Min of n >= 1 float inputs, y their element-wise extremum under numpy
 // broadcasting. At each output element the inputs equal to y share dy evenly (dy / k for k

@@ -49,11 +49,29 @@ class OpKernel {
   virtual void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                        std::byte* workspace) = 0;
 
-  // Training (runtime/training.h). A kernel made for training keeps the forward's inputs and
-  // outputs alive until its backward, which reads them. Whether backward gives the gradient of
-  // input `index`: false for what is not differentiable (integer and shape inputs, BN running
-  // statistics) and for every input of an op without a backward.
+  // Training (runtime/training.h). Whether backward gives the gradient of input `index`: false
+  // for what is not differentiable (integer and shape inputs, BN running statistics) and for
+  // every input of an op without a backward.
   virtual bool differentiable_input(size_t /*index*/) const { return false; }
+  // What backward reads of the forward's inputs and outputs, one bit per index (bit i: input or
+  // output i; indices past 63 count as read unless the mask is kNothing): the training executor
+  // keeps those alive until the backward and lets the rest go once the forward no longer needs
+  // them (a convolution's output, a ReLU's input). A kernel that leaves a bit clear must not read
+  // that tensor in backward: its buffer may hold another value by then.
+  struct BackwardReads {
+    static constexpr uint64_t kEverything = ~uint64_t{0};
+    static constexpr uint64_t kNothing = 0;
+    uint64_t inputs = kEverything;
+    uint64_t outputs = kEverything;
+    static bool has(uint64_t mask, size_t index) {
+      return index < 64 ? ((mask >> index) & 1) != 0 : mask != kNothing;
+    }
+  };
+  virtual BackwardReads backward_reads() const { return {}; }
+  // A forward cheap enough (an element-wise pass) that the training executor may run it again
+  // before a later step's backward instead of keeping its output from the forward. It must
+  // write the same bits when run again on the same inputs.
+  virtual bool cheap_to_recompute() const { return false; }
   // Scratch bytes that backward needs (the same shared buffer as forward's workspace).
   virtual size_t backward_workspace_bytes() const { return 0; }
   // grad_outputs[i]: dLoss/d output i, or an undefined tensor where no gradient reaches that

@@ -207,8 +207,8 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
   }
 
   // 3. Lifetimes. A forward value lives from its producer's forward until its last reader's
-  //    forward, or, when its producer or a reader has a backward (which reads the step's inputs
-  //    and outputs), until the last of those backwards. A gradient lives from its first write
+  //    forward, or, when its producer's or a reader's backward reads it (OpKernel::
+  //    backward_reads), until the last of those backwards. A gradient lives from its first write
   //    (the graph outputs' at n, else the backward of its last differentiating reader) to its
   //    read by its producer's backward. A parameter's gradient is held outside the arena.
   auto has_backward = [&](size_t s) { return !steps_[s].targets.empty(); };
@@ -216,13 +216,54 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
     buffers[buffer].first = std::min(buffers[buffer].first, time);
     buffers[buffer].last = std::max(buffers[buffer].last, time);
   };
+  // Values made again before a backward instead of kept: the outputs of a step cheap to
+  // recompute whose backward keeps its own inputs (none of them recomputed itself), when no
+  // graph output is among them.
+  std::map<const graph::Value*, size_t> producer_of;
+  std::set<const graph::Value*> recomputed;
+  std::set<const graph::Value*> graph_output_set(graph.outputs().begin(), graph.outputs().end());
   for (size_t s = 0; s < order.size(); ++s) {
-    const int read_time = has_backward(s) ? backward_time(s) : static_cast<int>(s);
-    for (const graph::Value* in : order[s]->inputs()) {
-      if (in && !in->is_constant()) extend(buffer_of.at(in), read_time);
+    for (const graph::Value* out : order[s]->outputs()) producer_of[out] = s;
+    const OpKernel& kernel = *steps_[s].kernel;
+    if (!kernel.cheap_to_recompute() || !has_backward(s) || kernel.shard_rounds().forward != 0 ||
+        kernel.backward_reads().inputs != OpKernel::BackwardReads::kEverything) {
+      continue;
+    }
+    bool eligible = true;
+    for (const graph::Value* in : order[s]->inputs()) eligible = eligible && !recomputed.count(in);
+    for (const graph::Value* out : order[s]->outputs()) {
+      eligible = eligible && !graph_output_set.count(out);
+    }
+    if (!eligible) continue;
+    for (const graph::Value* out : order[s]->outputs()) recomputed.insert(out);
+  }
+  for (size_t s = 0; s < order.size(); ++s) {
+    const OpKernel::BackwardReads reads = steps_[s].kernel->backward_reads();
+    const int forward_time = static_cast<int>(s);
+    const auto& ins = order[s]->inputs();
+    std::map<const graph::Value*, size_t> recompute_of;  // this step's, by value
+    for (size_t i = 0; i < ins.size(); ++i) {
+      if (!ins[i] || ins[i]->is_constant()) continue;
+      const bool kept = has_backward(s) && OpKernel::BackwardReads::has(reads.inputs, i);
+      if (kept && recomputed.count(ins[i])) {
+        extend(buffer_of.at(ins[i]), forward_time);
+        if (!recompute_of.count(ins[i])) {
+          recompute_of[ins[i]] = steps_[s].recomputes.size();
+          steps_[s].recomputes.push_back(
+              {producer_of.at(ins[i]),
+               new_buffer(*ins[i]->shape(), ins[i]->dtype(), backward_time(s)), Tensor()});
+        }
+        continue;
+      }
+      extend(buffer_of.at(ins[i]), kept ? backward_time(s) : forward_time);
     }
     if (!has_backward(s)) continue;
-    for (const graph::Value* out : order[s]->outputs()) extend(buffer_of.at(out), read_time);
+    const auto& outs = order[s]->outputs();
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (OpKernel::BackwardReads::has(reads.outputs, i)) {
+        extend(buffer_of.at(outs[i]), backward_time(s));
+      }
+    }
   }
   for (const graph::Value* out : graph.outputs()) {
     if (!out->is_constant()) extend(buffer_of.at(out), end_time);
@@ -300,6 +341,23 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
       step.inputs.push_back(v ? tensor_for(v) : Tensor());
     }
     for (const graph::Value* out : step.node->outputs()) step.outputs.push_back(tensor_for(out));
+    step.backward_inputs = step.inputs;
+    for (Recompute& r : step.recomputes) {
+      const graph::Value* v = nullptr;
+      for (const graph::Value* out : steps_[r.producer].node->outputs()) {
+        for (size_t i = 0; i < step.node->num_inputs(); ++i) {
+          if (step.node->input(i) == out) v = out;
+        }
+      }
+      if (!v || steps_[r.producer].node->num_outputs() != 1) {
+        throw_internal("training: " + step.node->label() +
+                       ": a recomputed input without one producer");
+      }
+      r.value = arena_view(*v->shape(), v->dtype(), r.buffer);
+      for (size_t i = 0; i < step.node->num_inputs(); ++i) {
+        if (step.node->input(i) == v) step.backward_inputs[i] = r.value;
+      }
+    }
     for (GradTarget& t : step.targets) {
       if (t.scratch_buffer != kNone) {
         t.scratch = arena_view(*grad_value[t.value]->shape(), DType::kFloat32, t.scratch_buffer);
@@ -392,6 +450,10 @@ bool TrainingExecutor::prepare_backward_step(Step& step) {
     grad_inputs_[target.slot] = target.add_scratch ? target.scratch : grads_[target.value];
     grad_written_[target.value] = true;
   }
+  for (Recompute& r : step.recomputes) {
+    Step& producer = steps_[r.producer];
+    producer.kernel->forward(producer.inputs, std::span<Tensor>(&r.value, 1), workspace_->data());
+  }
   return true;
 }
 
@@ -413,7 +475,8 @@ void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
   begin_backward(output_grads);
   for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
     if (!prepare_backward_step(*s)) continue;
-    s->kernel->backward(s->inputs, s->outputs, grad_outputs_, grad_inputs_, workspace_->data());
+    s->kernel->backward(s->backward_inputs, s->outputs, grad_outputs_, grad_inputs_,
+                        workspace_->data());
     end_backward_step(*s);
   }
   end_backward();
@@ -513,8 +576,8 @@ float ShardGroup::backward(std::span<const std::vector<Tensor>> output_grads,
     if (rounds.backward == 0) {
       for (auto& shard : shards_) {
         auto& step = shard->steps_[s];
-        step.kernel->backward(step.inputs, step.outputs, shard->grad_outputs_, shard->grad_inputs_,
-                              shard->workspace_->data());
+        step.kernel->backward(step.backward_inputs, step.outputs, shard->grad_outputs_,
+                              shard->grad_inputs_, shard->workspace_->data());
         shard->end_backward_step(step);
       }
       continue;
@@ -524,14 +587,15 @@ float ShardGroup::backward(std::span<const std::vector<Tensor>> output_grads,
       partial_.assign(shards_.size() * rounds.size, 0.0);
       for (size_t j = 0; j < shards_.size(); ++j) {
         auto& step = shards_[j]->steps_[s];
-        step.kernel->backward_round(r, step.inputs, step.outputs, shards_[j]->grad_outputs_, totals,
+        step.kernel->backward_round(r, step.backward_inputs, step.outputs,
+                                    shards_[j]->grad_outputs_, totals,
                                     partial_.data() + j * rounds.size, total_batch_);
       }
       totals = sum_over_shards(partial_, rounds.size).data();
     }
     for (auto& shard : shards_) {
       auto& step = shard->steps_[s];
-      step.kernel->backward_finish(step.inputs, step.outputs, shard->grad_outputs_,
+      step.kernel->backward_finish(step.backward_inputs, step.outputs, shard->grad_outputs_,
                                    shard->grad_inputs_, totals, total_batch_);
       shard->end_backward_step(step);
     }
@@ -662,13 +726,14 @@ void ClassifierTraining::set_up(TrainingOptions options) {
 }
 
 void ClassifierTraining::set_shards(ShardLayout layout) {
-  if (group_) {
-    // The parameters and state as trained so far carry over into the new executors.
-    for (const Parameter& p : std::as_const(*group_).first().parameters()) {
-      graph_->find_value(p.name)->set_constant(p.value.clone());
-    }
-  }
+  // The graph's constants are the parameters as trained so far (below): the new executors
+  // start from them.
   group_ = std::make_unique<ShardGroup>(*graph_, options_, layout);
+  // The graph's constants become the parameters themselves (one storage, updated in place), so
+  // that the weights are held once, not twice; a new group clones them as trained.
+  for (const Parameter& p : std::as_const(*group_).first().parameters()) {
+    graph_->find_value(p.name)->set_constant(p.value);
+  }
   const int64_t rows = local_batch();
   probabilities_ = Tensor(DType::kFloat32, {rows, classes_});
   row_loss_ = Tensor(DType::kFloat32, {rows});

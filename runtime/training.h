@@ -88,6 +88,14 @@ class TrainingExecutor {
     Tensor scratch;             // where a later contribution is written before it is added
     bool add_scratch = false;   // during backward: this contribution went to scratch
   };
+  // A value the backward of a step reads that is not kept from the forward: its producer (a
+  // kernel cheap to recompute, whose own inputs are kept) runs again into `value` just before
+  // that backward.
+  struct Recompute {
+    size_t producer = 0;  // index into steps_
+    size_t buffer = 0;    // while compiling: its arena buffer
+    Tensor value;
+  };
   struct Step {
     const graph::Node* node = nullptr;
     std::unique_ptr<OpKernel> kernel;
@@ -95,6 +103,8 @@ class TrainingExecutor {
     std::vector<Tensor> outputs;
     std::vector<size_t> output_grads;  // index into grads_ per output; kNone: no gradient
     std::vector<GradTarget> targets;   // inputs whose gradient backward computes
+    std::vector<Recompute> recomputes;
+    std::vector<Tensor> backward_inputs;  // inputs, with the recomputed values in their places
   };
   static constexpr size_t kNone = static_cast<size_t>(-1);
   friend class ShardGroup;
@@ -102,7 +112,8 @@ class TrainingExecutor {
   void compile(const graph::Graph& graph, const TrainingExecutor* shares);
   void load_inputs(std::span<const Tensor> inputs);
   void begin_backward(std::span<const Tensor> output_grads);
-  // Sets grad_outputs_ and grad_inputs_ for step s; false when no gradient reaches it.
+  // Sets grad_outputs_ and grad_inputs_ for step s and recomputes what its backward reads that
+  // was not kept; false when no gradient reaches it.
   bool prepare_backward_step(Step& step);
   void end_backward_step(Step& step);
   void end_backward();

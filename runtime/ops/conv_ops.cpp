@@ -121,6 +121,9 @@ class ConvKernel final : public OpKernel {
   size_t backward_workspace_bytes() const override {
     return kernels::conv_backward_workspace_bytes(backward_plan_);
   }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* workspace) override {
@@ -314,6 +317,9 @@ class ConvTransposeKernel final : public OpKernel {
   bool differentiable_input(size_t index) const override { return index <= 2; }
   size_t backward_workspace_bytes() const override {
     return kernels::conv_transpose_backward_workspace_bytes(plan_);
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,

@@ -89,12 +89,18 @@ class UnaryKernel final : public OpKernel {
     kernels::unary(op_, params_, inputs[0], outputs[0]);
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
-  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+  // ReLU's gradient passes where x > 0, which is where y > 0: it reads its output, so that the
+  // input (a normalisation's output, mostly) need not be kept for it.
+  BackwardReads backward_reads() const override {
+    if (op_ == UnaryOp::kRelu) return {.inputs = BackwardReads::kNothing, .outputs = 1};
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
-    kernels::unary_backward_f32(op_, params_, inputs[0].data<float>(),
-                                grad_outputs[0].data<float>(), grad_inputs[0].data<float>(),
-                                inputs[0].numel());
+    const Tensor& x = op_ == UnaryOp::kRelu ? outputs[0] : inputs[0];
+    kernels::unary_backward_f32(op_, params_, x.data<float>(), grad_outputs[0].data<float>(),
+                                grad_inputs[0].data<float>(), x.numel());
   }
 
  private:
@@ -169,6 +175,9 @@ class ClipKernel final : public OpKernel {
   // The bounds are not differentiated (PyTorch's clamp with tensor bounds gives them gradients;
   // the exported activations, ReLU6 and friends, carry constants).
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -250,12 +259,26 @@ class BinaryKernel final : public OpKernel {
   }
   // Add, Sub, Mul, Div and PRelu of float tensors (kernels/binary_backward.h).
   bool differentiable_input(size_t index) const override { return differentiable_ && index <= 1; }
-  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+  // Add and Sub read nothing; Div its divisor and its output (the dividend, a convolution's
+  // output in a QAT graph's BN-fold simulation, need not be kept); Mul and PRelu both inputs.
+  BackwardReads backward_reads() const override {
+    switch (op_) {
+      case BinaryOp::kAdd:
+      case BinaryOp::kSub:
+        return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+      case BinaryOp::kDiv:
+        return {.inputs = 0b10, .outputs = 0b1};
+      default:
+        return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+    }
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
-    kernels::binary_backward(op_, plan_, inputs[0].data<float>(), inputs[1].data<float>(),
-                             grad_outputs[0].data<float>(),
-                             {grad_data(grad_inputs, 0), grad_data(grad_inputs, 1)});
+    kernels::binary_backward(
+        op_, plan_, inputs[0].data<float>(), inputs[1].data<float>(), grad_outputs[0].data<float>(),
+        {grad_data(grad_inputs, 0), grad_data(grad_inputs, 1)}, kernels::GradMode::kOverwrite,
+        op_ == BinaryOp::kDiv ? outputs[0].data<float>() : nullptr);
   }
 
  private:

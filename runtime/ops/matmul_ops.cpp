@@ -93,6 +93,9 @@ class GemmKernel final : public OpKernel {
   bool differentiable_input(size_t index) const override {
     return index <= 1 || (index == 2 && dims_.bias != kernels::GemmBias::kNone);
   }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -161,6 +164,9 @@ class MatMulKernel final : public OpKernel {
                     prepared_.empty() ? nullptr : prepared_.data());
   }
   bool differentiable_input(size_t index) const override { return index <= 1; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {

@@ -89,6 +89,9 @@ class BatchNormKernel final : public OpKernel {
   // affine per channel, so dX = dY·γ/sqrt(var + eps), dγ = Σ dY·(x − mean)/sqrt(var + eps) and
   // dβ = Σ dY over the batch and the spatial positions, summed in a fixed order per channel.
   bool differentiable_input(size_t index) const override { return index <= 2; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -170,6 +173,9 @@ class BatchNormTrainingKernel final : public OpKernel {
                                  running_mean.data<float>(), running_var.data<float>());
   }
   bool differentiable_input(size_t index) const override { return index <= 2; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -551,6 +557,9 @@ class GroupNormKernel final : public OpKernel {
     const size_t sums = kernels::aligned_bytes(
         static_cast<size_t>(kernels::group_norm_backward_workspace(s_.dims)) * sizeof(float));
     return sums + (s_.per_group_params ? 3 * channel_bytes() : 0);
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,

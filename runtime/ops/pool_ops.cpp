@@ -46,6 +46,9 @@ class SoftmaxKernel final : public OpKernel {
     kernels::softmax(dims_, inputs[0].data<float>(), outputs[0].data<float>());
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kEverything};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -126,6 +129,9 @@ class MaxPoolKernel final : public OpKernel {
                         order_);
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -158,6 +164,9 @@ class AveragePoolKernel final : public OpKernel {
                             outputs[0].data<float>());
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -208,6 +217,9 @@ class GlobalAveragePoolKernel final : public OpKernel {
                                  outputs[0].data<float>());
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -285,6 +297,9 @@ class ReduceMeanKernel final : public OpKernel {
     kernels::reduce_mean(plan_, inputs[0].data<float>(), outputs[0].data<float>());
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {

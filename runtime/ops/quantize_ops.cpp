@@ -153,6 +153,12 @@ class QdqKernel final : public OpKernel {
     elements_per_scale_ = elements / static_cast<int64_t>(std::max<size_t>(1, scale_count));
   }
 
+  // A fake quant's output (a convolution's input, which its weight gradient reads) costs one
+  // element-wise pass to make again from its input, which the fake quant's own backward keeps.
+  bool cheap_to_recompute() const override { return true; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* workspace) override {
@@ -386,6 +392,9 @@ class WeightFakeQuantKernel final : public OpKernel {
     kernels::fake_quant(src, {scales_, static_cast<int>(std::max<int64_t>(axis_, 0))}, outputs[0]);
   }
 
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {

@@ -111,6 +111,9 @@ class CopyKernel final : public OpKernel {
   }
   // The elements keep their order, so the gradient is the output's, in the input's shape.
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -279,6 +282,9 @@ class DropoutKernel final : public OpKernel {
   // Inference dropout, an identity, in training too: the models qforge trains are exported in
   // eval mode, where the ratio no longer applies.
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -326,6 +332,9 @@ class TransposeKernel final : public OpKernel {
     kernels::transpose(plan_, inputs[0].raw(), outputs[0].raw());
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -379,6 +388,9 @@ class StridedCopyKernel final : public OpKernel {
     kernels::strided_copy(plan_, inputs[0].raw(), outputs[0].raw());
   }
   bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -549,6 +561,9 @@ class ConcatKernel final : public OpKernel {
     kernels::concat(plan_, inputs, outputs[0]);
   }
   bool differentiable_input(size_t /*index*/) const override { return differentiable_; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -652,6 +667,9 @@ class SplitKernel final : public OpKernel {
   }
   // The data; the split sizes are integers.
   bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -802,6 +820,9 @@ class ResizeKernel final : public OpKernel {
   }
   // The data; roi, scales and sizes are constants.
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -855,6 +876,9 @@ class GatherKernel final : public OpKernel {
   }
   // The data; the indices are integers.
   bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -958,6 +982,9 @@ class PadKernel final : public OpKernel {
     kernels::pad(plan_, inputs[0].raw(), value, outputs[0].raw());
   }
   bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {

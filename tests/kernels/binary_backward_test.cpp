@@ -168,6 +168,31 @@ TEST(BinaryBackward, MatchesReference) {
   }
 }
 
+// Div's divisor gradient from the forward's quotient, what a training executor keeps instead of
+// the dividend: the reference's gradients for every broadcast form, with NaN in the dividend's
+// place to show that it is never read.
+TEST(BinaryBackward, DivFromTheQuotientNeedsNoDividend) {
+  for (const BinaryCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    BinaryData d = binary_data(c, 5);
+    std::vector<float> q(static_cast<size_t>(d.plan.numel));
+    const Tensor ta = Tensor::wrap(DType::kFloat32, c.a, d.a.data());
+    const Tensor tb = Tensor::wrap(DType::kFloat32, c.b, d.b.data());
+    Tensor tq = Tensor::wrap(DType::kFloat32, d.plan.out_shape, q.data());
+    binary(BinaryOp::kDiv, d.plan, ta, tb, tq);
+    const Reference ref =
+        run_reference(BinaryOp::kDiv, c, to_double(d.a), to_double(d.b), to_double(d.dy));
+    const Reference mag = run_reference(BinaryOp::kDiv, c, absolute(to_double(d.a)),
+                                        absolute(to_double(d.b)), absolute(to_double(d.dy)));
+    std::vector<float> no_dividend(d.a.size(), NAN);
+    BinaryResult r{std::vector<float>(d.a.size(), NAN), std::vector<float>(d.b.size(), NAN)};
+    binary_backward(BinaryOp::kDiv, d.plan, no_dividend.data(), d.b.data(), d.dy.data(),
+                    {r.da.data(), r.db.data()}, GradMode::kOverwrite, q.data());
+    expect_matches_reference(r.da, ref.da, absolute(mag.da), "da");
+    expect_matches_reference(r.db, ref.db, absolute(mag.db), "db");
+  }
+}
+
 TEST(BinaryBackward, SameBitsForAnyThreadCount) {
   // Large enough to split over threads.
   const BinaryCase cases[] = {{"channel", {8, 64, 33, 17}, {64, 1, 1}},
