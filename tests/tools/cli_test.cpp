@@ -189,6 +189,19 @@ TEST(Cli, ValidationAccuracyEqualsPyTorch) {
   }
 }
 
+TEST(Cli, ClassFoldersThroughADetectorRunWithoutTopOne) {
+  // The detector's output is [N, cells, 5 + classes]: the images run, top-1 is not given and
+  // the line says why.
+  auto r = run_cli("run " + data_path("models/yolo_bn.onnx") + " --data " +
+                   data_path("datasets/digits/val") + " --limit 16 --batch 8");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("(16 samples, batch 8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("top-1      not computed: the first output is float32[8, 14, 64], not "
+                       "[N, classes] float"),
+            std::string::npos)
+      << r.out;
+}
+
 TEST(Cli, InspectPrintsFigures) {
   auto r = run_cli("inspect " + kResnet);
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -111,6 +111,7 @@ int run_run(RunOptions o) {
   std::vector<kernels::DType> out_dtypes(model.outputs().size(), kernels::DType::kFloat32);
   std::vector<graph::Shape> out_shapes(model.outputs().size());  // [rows so far, ...]
   size_t correct = 0;
+  std::string not_a_classifier;  // the first output's description when it is not [N, classes]
   double forward_seconds = 0;
   int64_t warmups_left = o.warmup;
   io::Progress progress("run", total, "img");
@@ -129,15 +130,18 @@ int run_run(RunOptions o) {
     auto t0 = std::chrono::steady_clock::now();
     auto outputs = executor.run(batch_inputs);
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (data.labelled()) {
+    if (data.labelled() && not_a_classifier.empty()) {
       const kernels::Tensor& logits = outputs[0];
       if (logits.rank() != 2 || logits.dtype() != kernels::DType::kFloat32) {
-        throw_invalid("run: accuracy needs a [N, classes] float output, got " + logits.describe());
-      }
-      auto labels = data.labels(begin, count);
-      int64_t classes = logits.dim(1);
-      for (size_t i = 0; i < count; ++i) {
-        correct += argmax_row(logits.data<float>() + i * classes, classes) == labels[i];
+        // Class folders read by a model that does not classify (a detector, a segmenter): the
+        // images run, and the top-1 line says why it is not given.
+        not_a_classifier = logits.describe();
+      } else {
+        auto labels = data.labels(begin, count);
+        int64_t classes = logits.dim(1);
+        for (size_t i = 0; i < count; ++i) {
+          correct += argmax_row(logits.data<float>() + i * classes, classes) == labels[i];
+        }
       }
     }
     if (!out_files.empty()) {
@@ -178,8 +182,11 @@ int run_run(RunOptions o) {
   std::printf("throughput %.1f images/s (forward %.3f s, %.3f ms/batch; wall %.3f s)\n",
               total / forward_seconds, forward_seconds,
               1e3 * forward_seconds / static_cast<double>((total + batch - 1) / batch), wall);
-  if (data.labelled()) {
+  if (data.labelled() && not_a_classifier.empty()) {
     std::printf("top-1      %.2f%% (%zu/%zu)\n", 100.0 * correct / total, correct, total);
+  } else if (data.labelled()) {
+    std::printf("top-1      not computed: the first output is %s, not [N, classes] float\n",
+                not_a_classifier.c_str());
   }
   if (o.profile) {
     std::printf("profile    time per op kind over all batches\n");
