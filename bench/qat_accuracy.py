@@ -11,8 +11,8 @@ For each family and weight granularity, on the 360 validation images
             top-1, ties broken by the lower KL to float, then by the calibrator order above
   QAT CE    `qforge qat` calibrated with that best calibrator, then fine-tuned on the training
             images with the cross-entropy against their labels
-  QAT KD    the same with `--distill --distill-weight 1`: the KL to the float model's outputs
-            alone, the labels unused
+  QAT KD    the same with `--distill 4 --distill-weight 1`: the KL to the float model's outputs
+            at temperature 4 alone, the labels unused
 Each row reports top-1, the mean cross-entropy against the labels and the mean
 KL(softmax(float) ‖ softmax(model)) in nats, as `qforge qat --report` writes them. The
 training settings are one set for every family (TRAINING, DISTILL_TRAINING below), but for
@@ -46,21 +46,23 @@ CALIB_LIMIT = 512
 BATCH = 32
 # Label runs, the same for every family: 3 epochs of SGD (momentum 0.9) at 1e-3, cosine to 0, BN
 # on batch statistics for two epochs and frozen for the last, the data order of seed 0.
-# Distillation runs: the same but with BN on its running statistics from the first step (the
-# float model's, which the teacher uses too), except where PTQ collapses (its top-1 on the
-# held-out fifth of the training images is 3 points or more below float's: dwsep per tensor
-# only), where BN re-estimates its statistics on batch statistics during the first epoch. Both
-# chosen on the held-out fifth of the training images (--holdout), not on the validation images;
-# the README gives the comparison. "{epoch}" and "{two_epochs}" stand for the steps of one and
-# two epochs of the training images used. The README also shows AdamW at 1e-4 (measured first,
-# with that string as --training, --distill-training and --distill-training-collapsed:
+# Distillation runs: 10 epochs of the same SGD at temperature 4, with BN on its running
+# statistics from the first step (the float model's, which the teacher uses too), except where
+# PTQ collapses (its top-1 on the held-out fifth of the training images is 3 points or more
+# below float's: dwsep per tensor only), where 3 epochs train with BN on batch statistics during
+# the first epoch, re-estimating its statistics. All chosen on the held-out fifth of the training
+# images (--holdout), not on the validation images; the README gives the comparison. "{epoch}"
+# and "{two_epochs}" stand for the steps of one and two epochs of the training images used. The
+# README also shows AdamW at 1e-4 (measured first, with that string as --training,
+# --distill-training and --distill-training-collapsed, at temperature 1:
 # "--epochs 3 --optimizer adamw --lr 1e-4 --schedule cosine --freeze-bn-after 88 --seed 0"),
 # whose fixed-size steps recover the collapsed per-tensor dwsep model far less.
-COMMON = ["--epochs", "3", "--optimizer", "sgd", "--lr", "1e-3", "--schedule", "cosine",
-          "--seed", "0"]
+SGD = ["--optimizer", "sgd", "--lr", "1e-3", "--schedule", "cosine", "--seed", "0"]
+COMMON = ["--epochs", "3"] + SGD
 TRAINING = COMMON + ["--freeze-bn-after", "{two_epochs}"]
-DISTILL_TRAINING = COMMON + ["--freeze-bn-after", "0"]
+DISTILL_TRAINING = ["--epochs", "10"] + SGD + ["--freeze-bn-after", "0"]
 DISTILL_TRAINING_COLLAPSED = COMMON + ["--freeze-bn-after", "{epoch}"]
+DISTILL_TEMPERATURE = "4"
 COLLAPSE_POINTS = 0.03
 
 
@@ -98,7 +100,8 @@ def calibrate(qforge, model, method, per_tensor, threads, tmp, train, val):
             "float_top1": e["float_top1"], "float_cross_entropy": e["float_cross_entropy"]}
 
 
-def qat(qforge, model, method, per_tensor, distill, threads, tmp, training, train, val):
+def qat(qforge, model, method, per_tensor, distill, threads, tmp, training, train, val,
+        temperature=DISTILL_TEMPERATURE):
     report = os.path.join(tmp, "qat.json")
     cmd = [qforge, "qat", model, "--data", train, "--val", val, "--method", method,
            "--calib-limit", str(CALIB_LIMIT), "--batch", str(BATCH), "--threads", str(threads),
@@ -106,7 +109,7 @@ def qat(qforge, model, method, per_tensor, distill, threads, tmp, training, trai
     if per_tensor:
         cmd.append("--per-tensor-weights")
     if distill:
-        cmd += ["--distill", "--distill-weight", "1"]
+        cmd += ["--distill", temperature, "--distill-weight", "1"]
     seconds = run(cmd)
     j = json.load(open(report))
     j["wall_s"] = seconds
@@ -130,6 +133,8 @@ def main():
     ap.add_argument("--distill-training-collapsed", default=" ".join(DISTILL_TRAINING_COLLAPSED),
                     help="those of the distillation runs where PTQ collapses on the held-out "
                          "training images (default: %(default)s)")
+    ap.add_argument("--distill-temperature", default=DISTILL_TEMPERATURE,
+                    help="the distillation runs' --distill temperature (default: %(default)s)")
     ap.add_argument("--losses", default="labels,distill",
                     help="the QAT runs to make: labels, distill or both (default: %(default)s)")
     ap.add_argument("--holdout", action="store_true",
@@ -181,14 +186,16 @@ def main():
                     if loss not in losses:
                         continue
                     q = qat(args.qforge, model, best["method"], per_tensor, loss == "distill",
-                            args.threads, tmp, settings[key], train, val)
+                            args.threads, tmp, settings[key], train, val,
+                            args.distill_temperature)
                     # qat's own PTQ model is calibrate's with the same calibrator.
                     if abs(q["evaluation"]["ptq"]["top1"] - best["top1"]) > 1e-9:
                         print(f"warning: {family} {granularity}: qat's PTQ top-1 "
                               f"{q['evaluation']['ptq']['top1']} differs from calibrate's "
                               f"{best['top1']}", file=sys.stderr)
                     result[key] = q
-                    result["training_" + loss] = settings[key]
+                    result["training_" + loss] = settings[key] + (
+                        ["--distill", args.distill_temperature] if loss == "distill" else [])
                     e = q["evaluation"]["qat"]
                     line += (f", QAT {loss} {100 * e['top1']:.2f} KL {e['kl_to_float']:.5f} "
                              f"({q['wall_s']:.0f} s)")
