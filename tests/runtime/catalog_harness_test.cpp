@@ -140,6 +140,20 @@ TEST(CatalogHarness, BackwardMatchesFiniteDifferencesOrClosedForm) {
   }
 }
 
+// What a backward reads is what its kernel declares: the training executor lets the rest go
+// (another value may own the buffer by the backward), so the harness hands backward NaN there.
+// The check bites: some units leave inputs or outputs out (ReLU its input, Conv its output).
+TEST(CatalogHarness, BackwardReadsOnlyWhatItDeclares) {
+  size_t poisoned = 0;
+  for (size_t i = 0; i < cases().size(); ++i) {
+    const HarnessCase& c = cases()[i];
+    if (testing::harness::schema_of(c).gradient != Gradient::kBackward) continue;
+    SCOPED_TRACE(c.label());
+    poisoned += testing::harness::check_backward_reads(c, seed_of(i)).size();
+  }
+  EXPECT_GT(poisoned, 0u) << "no unit's backward left anything out: the check tested nothing";
+}
+
 // A module is trained through its lowering (quant::build_training_graph lowers every module):
 // the lowered graph, with the case's float data and weights as parameters, runs in the training
 // executor, and its gradients meet finite differences of its forward.

@@ -239,6 +239,48 @@ class KernelRun {
     return grads;
   }
 
+  // backward() with every float input and output the kernel's backward_reads leaves out (and
+  // that is not a constant, which the executor always keeps) replaced by NaN, as if its buffer
+  // held another value by then: a kernel that reads what it did not declare gives other bits.
+  // `poisoned` gets what was replaced ("input 0", "output 0").
+  std::vector<Tensor> backward_without_undeclared(const std::vector<Tensor>& dy,
+                                                  const std::vector<bool>& wanted,
+                                                  std::vector<std::string>* poisoned) {
+    const runtime::OpKernel::BackwardReads reads = kernel_->backward_reads();
+    auto poison = [](const Tensor& t) {
+      Tensor nan(t.dtype(), t.shape());
+      std::fill_n(nan.data<float>(), nan.numel(), std::nanf(""));
+      return nan;
+    };
+    std::vector<Tensor> inputs = *inputs_;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!inputs[i].defined() || inputs[i].dtype() != DType::kFloat32 || infos_[i].constant ||
+          runtime::OpKernel::BackwardReads::has(reads.inputs, i)) {
+        continue;
+      }
+      inputs[i] = poison(inputs[i]);
+      poisoned->push_back("input " + std::to_string(i));
+    }
+    std::vector<Tensor> outputs = outputs_;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (outputs[i].dtype() != DType::kFloat32 ||
+          runtime::OpKernel::BackwardReads::has(reads.outputs, i)) {
+        continue;
+      }
+      outputs[i] = poison(outputs[i]);
+      poisoned->push_back("output " + std::to_string(i));
+    }
+    std::vector<Tensor> grads(inputs.size());
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (wanted[i]) {
+        grads[i] = Tensor(DType::kFloat32, inputs[i].shape());
+        std::fill_n(grads[i].data<float>(), grads[i].numel(), std::nanf(""));
+      }
+    }
+    kernel_->backward(inputs, outputs, dy, grads, workspace());
+    return grads;
+  }
+
  private:
   std::byte* workspace() { return static_cast<std::byte*>(workspace_.raw()); }
 
@@ -545,6 +587,31 @@ inline void check_backward(const HarnessCase& c, uint32_t seed, const GradientFa
       EXPECT_TRUE(ok) << message;
     }
   }
+}
+
+// The backward reads only what its kernel declares (OpKernel::backward_reads): with the rest
+// replaced by NaN it gives the same bits. Returns what was replaced, for the caller to check
+// that the check had something to bite on.
+inline std::vector<std::string> check_backward_reads(const HarnessCase& c, uint32_t seed) {
+  const std::vector<bool> wanted = differentiated_inputs(c);
+  const KernelRun::Mode mode =
+      c.frozen_backward ? KernelRun::Mode::kFrozen : KernelRun::Mode::kTraining;
+  KernelRun run(c, mode);
+  std::vector<Tensor> inputs = input_values(c);
+  run.forward(inputs);
+  const std::vector<Tensor> r = random_directions(run.output_infos(), seed);
+  const std::vector<Tensor> want = clones(run.backward(r, wanted));
+  std::vector<std::string> poisoned;
+  const std::vector<Tensor> got = run.backward_without_undeclared(r, wanted, &poisoned);
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!want[i].defined()) continue;
+    std::string replaced;
+    for (const std::string& p : poisoned) replaced += (replaced.empty() ? "" : ", ") + p;
+    EXPECT_EQ(std::memcmp(want[i].raw(), got[i].raw(), want[i].nbytes()), 0)
+        << c.label() << ": the gradient of input " << i << " changes when what backward_reads "
+        << "leaves out (" << replaced << ") holds other values: the backward reads it";
+  }
+  return poisoned;
 }
 
 // Forward (and, for a unit with a backward, backward) outputs at 1 and 2 threads, bit for bit.
