@@ -14,7 +14,8 @@ GFLOP/s = 2 * MACs per image (`qforge inspect` of the b1 model) * batch / qforge
 A `qforge run --profile` of one model (resnet50) gives the time per op kind, and the bundled
 models (data/models) are timed plain and transformed on the digits training images.
 
-Each runtime runs in its own process, one after another. Before each model the script
+Each runtime runs in its own process, one after another, and the four alternate for --rounds
+rounds per model (default 2), each keeping its fastest round. Before each model the script
 samples the machine's CPU use for a second while it is idle itself, waits (up to --wait s)
 while others use more than --max-busy of it, and reports what it saw.
 
@@ -282,7 +283,8 @@ def render(rows, profile, meta, bundled=()):
         f"executionMode: 'sequential'`",
         f"- Versions: qforge {meta['qforge_rev']}; PyTorch {meta['torch']}; onnxruntime-node {meta['ort']}",
         f"- Timing: batch {meta['batch']}, {meta['warmup']} warm-up batches, then the mean over the timed "
-        f"batches (count per model below); qforge's time is its forward time (compilation and warm-up excluded)",
+        f"batches (count per model below); qforge's time is its forward time (compilation and warm-up excluded); "
+        f"the four runtimes alternate for {meta['rounds']} round(s) per model, each keeping its fastest round",
         f"- Machine load: {meta['load']}",
         "",
         "| model | qforge ms/batch | transformed ms/batch | images/s | GFLOP/s | PyTorch ms | ORT ms | "
@@ -384,6 +386,8 @@ def main():
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated subset (default: all seven)")
     ap.add_argument("--runs", type=int, help="timed batches per model (default: 5, 3 for the slow models)")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up batches (default 2)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds per model: the runtimes alternate, each keeping its fastest (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="threads of every runtime (default 2)")
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)  # only b8 files are timed
     ap.add_argument("--no-profile", action="store_true", help=f"skip the --profile run of {PROFILE_MODEL}")
@@ -429,20 +433,35 @@ def main():
         log(f"    {label:<8}: " + (text + others + flag if "error" not in res
                                    else "error: " + " / ".join(res["error"])))
 
+    def faster(best, res, key):
+        """The run with the lower time (an error only when every round failed)."""
+        if best is None or "error" in best:
+            return res
+        return res if "error" not in res and res[key] < best[key] else best
+
     for name in models:
         macs, macs_err = qforge_macs(qforge, name, args.timeout)
-        log(f"  {name}: {runs[name]} timed batches")
-        q = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args), "qforge", args, log)
-        show("qforge", q, f"{q.get('ms', 0):.1f} ms/batch")
-        qt = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args, transform=True),
-                     "qforge --transform", args, log)
-        show("fused", qt, f"{qt.get('ms', 0):.1f} ms/batch")
-        t = measure(lambda: torch_time(name, runs[name], args), "PyTorch", args, log)
-        torch_version = t.get("version", torch_version)
-        show("PyTorch", t, f"{t.get('mean_ms', 0):.1f} ms (median {t.get('median_ms', 0):.1f})")
-        o = measure(lambda: ort_time(name, runs[name], args), "ORT", args, log)
-        ort_version = o.get("version", ort_version)
-        show("ORT", o, f"{o.get('mean_ms', 0):.1f} ms (median {o.get('median_ms', 0):.1f})")
+        log(f"  {name}: {runs[name]} timed batches, {args.rounds} round(s)")
+        q = qt = t = o = None
+        # The four runtimes alternate round after round, each keeping its fastest round, so that
+        # a slow spell of the machine does not decide one runtime's figure alone.
+        for _ in range(args.rounds):
+            r = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args),
+                        "qforge", args, log)
+            show("qforge", r, f"{r.get('ms', 0):.1f} ms/batch")
+            q = faster(q, r, "ms")
+            r = measure(lambda: qforge_time(qforge, name, data, args.batch * runs[name], args,
+                                            transform=True), "qforge --transform", args, log)
+            show("fused", r, f"{r.get('ms', 0):.1f} ms/batch")
+            qt = faster(qt, r, "ms")
+            r = measure(lambda: torch_time(name, runs[name], args), "PyTorch", args, log)
+            torch_version = r.get("version", torch_version)
+            show("PyTorch", r, f"{r.get('mean_ms', 0):.1f} ms (median {r.get('median_ms', 0):.1f})")
+            t = faster(t, r, "mean_ms")
+            r = measure(lambda: ort_time(name, runs[name], args), "ORT", args, log)
+            ort_version = r.get("version", ort_version)
+            show("ORT", r, f"{r.get('mean_ms', 0):.1f} ms (median {r.get('median_ms', 0):.1f})")
+            o = faster(o, r, "mean_ms")
         rows.append({"model": name, "macs": macs, "macs_error": macs_err, "qforge": q, "fused": qt, "torch": t,
                      "ort": o, "runs": runs[name]})
 
@@ -489,6 +508,7 @@ def main():
         "threads": args.threads,
         "batch": args.batch,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "qforge_rev": git_revision(),
         "torch": torch_version,
         "ort": ort_version,
