@@ -100,8 +100,8 @@ def calibrate(qforge, model, method, per_tensor, threads, tmp, train, val):
             "float_top1": e["float_top1"], "float_cross_entropy": e["float_cross_entropy"]}
 
 
-def qat(qforge, model, method, per_tensor, distill, threads, tmp, training, train, val,
-        temperature=DISTILL_TEMPERATURE):
+def qat(qforge, model, method, per_tensor, distill, threads, tmp, training, train, val):
+    """`training` holds the run's options, --distill T included for a distillation run."""
     report = os.path.join(tmp, "qat.json")
     cmd = [qforge, "qat", model, "--data", train, "--val", val, "--method", method,
            "--calib-limit", str(CALIB_LIMIT), "--batch", str(BATCH), "--threads", str(threads),
@@ -109,7 +109,7 @@ def qat(qforge, model, method, per_tensor, distill, threads, tmp, training, trai
     if per_tensor:
         cmd.append("--per-tensor-weights")
     if distill:
-        cmd += ["--distill", temperature, "--distill-weight", "1"]
+        cmd += ["--distill-weight", "1"]
     seconds = run(cmd)
     j = json.load(open(report))
     j["wall_s"] = seconds
@@ -175,7 +175,8 @@ def main():
                 collapsed = held_out["float_top1"] - held_out["top1"] >= COLLAPSE_POINTS
                 settings = {"qat_labels": options(args.training),
                             "qat_distill": options(args.distill_training_collapsed if collapsed
-                                                   else args.distill_training)}
+                                                   else args.distill_training) +
+                            ["--distill", args.distill_temperature]}
                 result = {"family": family, "granularity": granularity, "ptq": ptq,
                           "best": best["method"], "holdout": args.holdout,
                           "ptq_held_out": held_out, "ptq_collapsed": collapsed}
@@ -186,16 +187,14 @@ def main():
                     if loss not in losses:
                         continue
                     q = qat(args.qforge, model, best["method"], per_tensor, loss == "distill",
-                            args.threads, tmp, settings[key], train, val,
-                            args.distill_temperature)
+                            args.threads, tmp, settings[key], train, val)
                     # qat's own PTQ model is calibrate's with the same calibrator.
                     if abs(q["evaluation"]["ptq"]["top1"] - best["top1"]) > 1e-9:
                         print(f"warning: {family} {granularity}: qat's PTQ top-1 "
                               f"{q['evaluation']['ptq']['top1']} differs from calibrate's "
                               f"{best['top1']}", file=sys.stderr)
                     result[key] = q
-                    result["training_" + loss] = settings[key] + (
-                        ["--distill", args.distill_temperature] if loss == "distill" else [])
+                    result["training_" + loss] = settings[key]
                     e = q["evaluation"]["qat"]
                     line += (f", QAT {loss} {100 * e['top1']:.2f} KL {e['kl_to_float']:.5f} "
                              f"({q['wall_s']:.0f} s)")

@@ -228,15 +228,7 @@ class KernelRun {
 
   // Gradients of Σ y·dy for the inputs `wanted` says (undefined elsewhere), after forward.
   std::vector<Tensor> backward(const std::vector<Tensor>& dy, const std::vector<bool>& wanted) {
-    std::vector<Tensor> grads(inputs_->size());
-    for (size_t i = 0; i < grads.size(); ++i) {
-      if (wanted[i]) {
-        grads[i] = Tensor(DType::kFloat32, (*inputs_)[i].shape());
-        std::fill_n(grads[i].data<float>(), grads[i].numel(), std::nanf(""));  // all overwritten
-      }
-    }
-    kernel_->backward(*inputs_, outputs_, dy, grads, workspace());
-    return grads;
+    return backward_on(*inputs_, outputs_, dy, wanted);
   }
 
   // backward() with every float input and output the kernel's backward_reads leaves out (and
@@ -247,18 +239,13 @@ class KernelRun {
                                                   const std::vector<bool>& wanted,
                                                   std::vector<std::string>* poisoned) {
     const runtime::OpKernel::BackwardReads reads = kernel_->backward_reads();
-    auto poison = [](const Tensor& t) {
-      Tensor nan(t.dtype(), t.shape());
-      std::fill_n(nan.data<float>(), nan.numel(), std::nanf(""));
-      return nan;
-    };
     std::vector<Tensor> inputs = *inputs_;
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (!inputs[i].defined() || inputs[i].dtype() != DType::kFloat32 || infos_[i].constant ||
           runtime::OpKernel::BackwardReads::has(reads.inputs, i)) {
         continue;
       }
-      inputs[i] = poison(inputs[i]);
+      inputs[i] = nan_tensor(inputs[i].shape());
       poisoned->push_back("input " + std::to_string(i));
     }
     std::vector<Tensor> outputs = outputs_;
@@ -267,22 +254,33 @@ class KernelRun {
           runtime::OpKernel::BackwardReads::has(reads.outputs, i)) {
         continue;
       }
-      outputs[i] = poison(outputs[i]);
+      outputs[i] = nan_tensor(outputs[i].shape());
       poisoned->push_back("output " + std::to_string(i));
     }
-    std::vector<Tensor> grads(inputs.size());
-    for (size_t i = 0; i < grads.size(); ++i) {
-      if (wanted[i]) {
-        grads[i] = Tensor(DType::kFloat32, inputs[i].shape());
-        std::fill_n(grads[i].data<float>(), grads[i].numel(), std::nanf(""));
-      }
-    }
-    kernel_->backward(inputs, outputs, dy, grads, workspace());
-    return grads;
+    return backward_on(inputs, outputs, dy, wanted);
   }
 
  private:
   std::byte* workspace() { return static_cast<std::byte*>(workspace_.raw()); }
+
+  static Tensor nan_tensor(const Shape& shape) {
+    Tensor t(DType::kFloat32, shape);
+    std::fill_n(t.data<float>(), t.numel(), std::nanf(""));
+    return t;
+  }
+
+  // The kernel's backward on these inputs and outputs; the gradients start as NaN, so that one
+  // the kernel leaves unwritten shows.
+  std::vector<Tensor> backward_on(const std::vector<Tensor>& inputs,
+                                  const std::vector<Tensor>& outputs, const std::vector<Tensor>& dy,
+                                  const std::vector<bool>& wanted) {
+    std::vector<Tensor> grads(inputs.size());
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (wanted[i]) grads[i] = nan_tensor(inputs[i].shape());
+    }
+    kernel_->backward(inputs, outputs, dy, grads, workspace());
+    return grads;
+  }
 
   graph::Graph graph_;
   graph::Node* node_ = nullptr;
@@ -603,10 +601,10 @@ inline std::vector<std::string> check_backward_reads(const HarnessCase& c, uint3
   const std::vector<Tensor> want = clones(run.backward(r, wanted));
   std::vector<std::string> poisoned;
   const std::vector<Tensor> got = run.backward_without_undeclared(r, wanted, &poisoned);
+  std::string replaced;
+  for (const std::string& p : poisoned) replaced += (replaced.empty() ? "" : ", ") + p;
   for (size_t i = 0; i < want.size(); ++i) {
     if (!want[i].defined()) continue;
-    std::string replaced;
-    for (const std::string& p : poisoned) replaced += (replaced.empty() ? "" : ", ") + p;
     EXPECT_EQ(std::memcmp(want[i].raw(), got[i].raw(), want[i].nbytes()), 0)
         << c.label() << ": the gradient of input " << i << " changes when what backward_reads "
         << "leaves out (" << replaced << ") holds other values: the backward reads it";
