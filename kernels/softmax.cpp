@@ -224,8 +224,12 @@ void softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, 
 }
 
 float cross_entropy(const LossDims& dims, const float* logits, const int64_t* labels,
-                    float* probabilities, float* row_loss) {
+                    float* probabilities, float* row_loss, float label_smoothing) {
   const int64_t c = dims.classes;
+  if (!(label_smoothing >= 0.0f && label_smoothing <= 1.0f)) {
+    throw_invalid("cross_entropy: expected label smoothing in [0, 1], got " +
+                  std::to_string(label_smoothing));
+  }
   for (int64_t b = 0; b < dims.batch; ++b) {
     if (labels[b] < 0 || labels[b] >= c) {
       throw_invalid("cross_entropy: expected labels in [0, " + std::to_string(c) + "), got " +
@@ -233,30 +237,41 @@ float cross_entropy(const LossDims& dims, const float* logits, const int64_t* la
     }
   }
   if (dims.batch == 0) return 0.0f;
+  const float on = 1.0f - label_smoothing;
+  const float spread = label_smoothing / static_cast<float>(c);
   parallel_for(dims.batch, row_grain(c), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const float* z = logits + b * c;
       const float lse = softmax_row_lse(z, c, 1.0f, probabilities + b * c);
-      row_loss[b] = lse - z[labels[b]];
+      if (label_smoothing == 0.0f) {
+        row_loss[b] = lse - z[labels[b]];
+        continue;
+      }
+      double sum = 0;  // in class order: the same bits for any thread count
+      for (int64_t i = 0; i < c; ++i) sum += z[i];
+      row_loss[b] = lse - on * z[labels[b]] - spread * static_cast<float>(sum);
     }
   });
   return mean_loss(row_loss, dims.batch, 1.0);
 }
 
 void cross_entropy_backward(const LossDims& dims, const float* probabilities, const int64_t* labels,
-                            float dloss, float* dlogits, GradMode mode) {
+                            float dloss, float* dlogits, GradMode mode, float label_smoothing) {
   const int64_t c = dims.classes;
   if (dims.batch == 0) return;
   const float k = dloss / static_cast<float>(dims.batch);
+  // The target's two values (1 and 0 without smoothing).
+  const float off = label_smoothing / static_cast<float>(c);
+  const float on = 1.0f - label_smoothing + off;
   parallel_for(dims.batch, row_grain(c), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const float* p = probabilities + b * c;
       float* g = dlogits + b * c;
       const int64_t label = labels[b];
       if (mode == GradMode::kAccumulate) {
-        for (int64_t i = 0; i < c; ++i) g[i] += k * (p[i] - (i == label ? 1.0f : 0.0f));
+        for (int64_t i = 0; i < c; ++i) g[i] += k * (p[i] - (i == label ? on : off));
       } else {
-        for (int64_t i = 0; i < c; ++i) g[i] = k * (p[i] - (i == label ? 1.0f : 0.0f));
+        for (int64_t i = 0; i < c; ++i) g[i] = k * (p[i] - (i == label ? on : off));
       }
     }
   });

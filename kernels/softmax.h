@@ -32,16 +32,19 @@ struct LossDims {
   int64_t classes = 1;
 };
 
-// Cross-entropy with int64 class labels (no ignore_index, no label smoothing):
-//   loss = mean_b (logsumexp(z_b) - z_b[label_b])
-// Writes the softmax probabilities [batch, classes] (what the backward reads) and each sample's
-// loss row_loss [batch]; returns the mean. A label outside [0, classes) is an Invalid error.
+// Cross-entropy with int64 class labels (no ignore_index), as F.cross_entropy with
+// label_smoothing ε: the target puts 1 − ε on the label and ε spread evenly over all classes,
+//   loss = mean_b (logsumexp(z_b) − (1 − ε)·z_b[label_b] − ε/classes·Σ_k z_b[k])
+// (ε = 0: the plain loss, bit for bit). Writes the softmax probabilities [batch, classes] (what
+// the backward reads) and each sample's loss row_loss [batch]; returns the mean. A label outside
+// [0, classes), or ε outside [0, 1], is an Invalid error.
 float cross_entropy(const LossDims& dims, const float* logits, const int64_t* labels,
-                    float* probabilities, float* row_loss);
+                    float* probabilities, float* row_loss, float label_smoothing = 0.0f);
 
-// dlogits = dloss / batch · (p - onehot(label)).
+// dlogits = dloss / batch · (p − target), target = (1 − ε)·onehot(label) + ε/classes.
 void cross_entropy_backward(const LossDims& dims, const float* probabilities, const int64_t* labels,
-                            float dloss, float* dlogits, GradMode mode = GradMode::kOverwrite);
+                            float dloss, float* dlogits, GradMode mode = GradMode::kOverwrite,
+                            float label_smoothing = 0.0f);
 
 // Knowledge distillation at temperature T (Hinton et al.), as
 // F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')·T²:

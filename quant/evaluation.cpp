@@ -12,24 +12,6 @@
 namespace qforge::quant {
 namespace {
 
-size_t correct_rows(const std::string& stage, const kernels::Tensor& logits,
-                    const std::vector<int64_t>& labels) {
-  if (logits.rank() != 2 || logits.dtype() != kernels::DType::kFloat32) {
-    throw_invalid(stage + ": accuracy needs a [N, classes] float output, got " + logits.describe());
-  }
-  const int64_t classes = logits.dim(1);
-  size_t correct = 0;
-  for (size_t i = 0; i < labels.size(); ++i) {
-    if (labels[i] < 0 || labels[i] >= classes) {
-      throw_invalid(stage + ": label " + std::to_string(labels[i]) + " is outside the model's " +
-                    std::to_string(classes) + " classes");
-    }
-    const float* row = logits.data<float>() + static_cast<int64_t>(i) * classes;
-    correct += std::max_element(row, row + classes) - row == labels[i];
-  }
-  return correct;
-}
-
 // Output 0 of a run, its first `rows` rows (the rest pad the batch); float32, as the
 // comparison and the accuracy need.
 kernels::Tensor float_output(const std::string& stage, std::span<const kernels::Tensor> outputs,
@@ -63,10 +45,6 @@ struct DivergenceSums {
   std::vector<double> log_q;
 };
 
-bool classifier_output(const kernels::Tensor& t) {
-  return t.rank() == 2 && t.dtype() == kernels::DType::kFloat32;
-}
-
 std::span<const float> row_of(const kernels::Tensor& t, int64_t row) {
   const int64_t classes = t.dim(1);
   return {t.data<float>() + row * classes, static_cast<size_t>(classes)};
@@ -79,6 +57,28 @@ double kl_of_log_probabilities(const std::vector<double>& log_p, const std::vect
 }
 
 }  // namespace
+
+bool classifier_output(const kernels::Tensor& logits) {
+  return logits.rank() == 2 && logits.dtype() == kernels::DType::kFloat32;
+}
+
+size_t top1_correct(const std::string& stage, const kernels::Tensor& logits,
+                    std::span<const int64_t> labels) {
+  if (!classifier_output(logits)) {
+    throw_invalid(stage + ": accuracy needs a [N, classes] float output, got " + logits.describe());
+  }
+  const int64_t classes = logits.dim(1);
+  size_t correct = 0;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] < 0 || labels[i] >= classes) {
+      throw_invalid(stage + ": label " + std::to_string(labels[i]) + " is outside the model's " +
+                    std::to_string(classes) + " classes");
+    }
+    const float* row = logits.data<float>() + static_cast<int64_t>(i) * classes;
+    correct += std::max_element(row, row + classes) - row == labels[i];
+  }
+  return correct;
+}
 
 double row_cross_entropy(std::span<const float> logits, int64_t label) {
   std::vector<double> log_p;
@@ -122,7 +122,7 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
           // map): such a model is compared with the reference only.
           result.labelled = result.labelled && classifier_output(out);
           if (result.labelled) {
-            result.reference_correct += correct_rows(setup.stage, out, labels);
+            result.reference_correct += top1_correct(setup.stage, out, labels);
             for (size_t i = 0; i < labels.size(); ++i) {
               log_softmax(row_of(out, static_cast<int64_t>(i)), sums.log_p);
               reference_ce += -sums.log_p[static_cast<size_t>(labels[i])];
@@ -144,7 +144,7 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
           kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
           expected->read(expected_rows.span<float>());
           comparison.add(expected_rows, got);
-          if (result.labelled) result.quantized_correct += correct_rows(setup.stage, got, labels);
+          if (result.labelled) result.quantized_correct += top1_correct(setup.stage, got, labels);
           classifier = classifier && classifier_output(got);
           if (!classifier) return;
           for (int64_t i = 0; i < got.dim(0); ++i) {

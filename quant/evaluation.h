@@ -50,6 +50,15 @@ struct Evaluation {
   std::optional<FlipSensitivity> flips;  // when setup.flip_injections > 0
 };
 
+// Whether a model output is what top-1 reads: [N, classes] float32 logits.
+bool classifier_output(const kernels::Tensor& logits);
+
+// How many of the first labels.size() rows of logits [N, classes] have their largest value (the
+// first, on ties) at the label. Invalid errors, prefixed with `stage`: logits that are not a
+// classifier output, a label outside [0, classes).
+size_t top1_correct(const std::string& stage, const kernels::Tensor& logits,
+                    std::span<const int64_t> labels);
+
 // The per-row terms, exposed for the tests: the cross-entropy of one row of logits against a
 // label, and KL(softmax(reference) ‖ softmax(quantized)) of one pair of rows, both in nats and
 // computed in double.

@@ -81,6 +81,7 @@ int64_t setup_fingerprint(const QatSetup& s, size_t samples) {
   f.value(s.distill_temperature.value_or(0.0f));
   f.value(s.distill_weight);
   f.value(s.use_labels);
+  if (s.label_smoothing != 0.0f) f.value(s.label_smoothing);  // earlier runs keep their print
   f.value(s.seed);
   f.value(s.learn_scales);
   f.value(s.augment_flip);
@@ -222,6 +223,15 @@ void check_qat_setup(const QatSetup& s) {
   }
   if (!(s.distill_weight >= 0 && s.distill_weight <= 1)) {
     throw_invalid("qat: --distill-weight must be in [0, 1]");
+  }
+  if (!(s.label_smoothing >= 0 && s.label_smoothing < 1)) {
+    throw_invalid("qat: --label-smoothing must be in [0, 1), got " +
+                  std::to_string(s.label_smoothing));
+  }
+  if (s.label_smoothing != 0 && !s.use_labels) {
+    throw_invalid(
+        "qat: --label-smoothing smooths the labels' cross-entropy, and this run has no "
+        "labels (an image folder with class subfolders and --distill-weight below 1)");
   }
   if (!s.use_labels && !s.distill_temperature) {
     throw_invalid(
@@ -442,6 +452,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       if (setup.use_labels) {
         std::memcpy(labels.data<int64_t>(), label_list.data(), label_list.size() * sizeof(int64_t));
         loss.labels = &labels;
+        loss.label_smoothing = setup.label_smoothing;
       }
       if (teacher_session) {
         const kernels::Tensor out = teacher_session->run(rows)[0];

@@ -52,7 +52,10 @@ struct QatSetup {
   // loss is (1 − distill_weight)·CE + distill_weight·KL.
   std::optional<float> distill_temperature;
   float distill_weight = 0.5f;
-  bool use_labels = true;        // cross-entropy against the source's labels
+  bool use_labels = true;  // cross-entropy against the source's labels
+  // Of that cross-entropy's target, as F.cross_entropy's label_smoothing: 1 − ε on the label
+  // and ε spread over all classes; in [0, 1).
+  float label_smoothing = 0.0f;
   uint64_t seed = 0;             // the data order
   int64_t checkpoint_every = 0;  // steps between checkpoints (0: none)
   // LSQ: activation scales trained with the weights, by the same optimizer kind at their own

@@ -847,10 +847,10 @@ float ClassifierTraining::forward_loss(const Tensor& input, const ClassifierLoss
     kernels::GradMode mode = kernels::GradMode::kOverwrite;
     if (labels) {
       const int64_t* shard_labels = labels->data<int64_t>() + first;
-      const float ce =
-          kernels::cross_entropy(dims, logits.data<float>(), shard_labels, probabilities, row_loss);
+      const float ce = kernels::cross_entropy(dims, logits.data<float>(), shard_labels,
+                                              probabilities, row_loss, loss.label_smoothing);
       kernels::cross_entropy_backward(dims, probabilities, shard_labels, ce_weight * share, grad,
-                                      mode);
+                                      mode, loss.label_smoothing);
       total += ce_weight * ce;
       mode = kernels::GradMode::kAccumulate;
     }

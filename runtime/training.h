@@ -193,14 +193,15 @@ class ShardGroup {
 // with its float initializers as parameters (trainable_initializers), and its training
 // executor. Each step is a forward, the mean cross-entropy of the first output (logits
 // [batch, classes]) against int64 labels [batch], and a backward.
-// The loss of a classifier step: cross-entropy against labels, KL divergence to a teacher's
-// logits at a temperature (distillation), or (1 − distill_weight)·CE + distill_weight·KL when
-// both are given.
+// The loss of a classifier step: cross-entropy against labels (label_smoothing ε as in
+// F.cross_entropy), KL divergence to a teacher's logits at a temperature (distillation), or
+// (1 − distill_weight)·CE + distill_weight·KL when both are given.
 struct ClassifierLoss {
   const Tensor* labels = nullptr;          // int64 [batch]
   const Tensor* teacher_logits = nullptr;  // float32 [batch, classes]
   float temperature = 1.0f;
   float distill_weight = 0.5f;  // only when both are given
+  float label_smoothing = 0.0f;
 };
 
 class ClassifierTraining {

@@ -6,15 +6,19 @@ Written to data/golden/distill/:
   kernel.npz  student and teacher logits (7 x 13, float32, seeded) and, for each case
               "<T>" (T^2 factor) or "<T>_plain" (no factor), "loss/<case>" and "grad/<case>":
                   F.kl_div(F.log_softmax(s / T), F.softmax(t / T), reduction="batchmean") * T^2
-              and its gradient with respect to the student logits s, computed by autograd.
+              and its gradient with respect to the student logits s, computed by autograd;
+              "labels" (7, int64, seeded apart) and, for each label smoothing ε in
+              LABEL_SMOOTHING, "ce_loss/<ε>" and "ce_grad/<ε>":
+                  F.cross_entropy(s, labels, label_smoothing=ε) and its gradient.
   resnet_bn_grads.npz
               the bundled ResNet (weights read from data/models/resnet_bn.onnx as
               grad_goldens.py reads them) on data/golden/grad/batch_input.npy and its labels:
               "teacher_logits", the model's eval-mode output (BN on running statistics), the
               teacher as `qforge qat --distill` computes it; then one training-mode forward
               (BN on batch statistics) and backward of
-                  (1 - W) * F.cross_entropy(z, y) + W * KL(teacher || z) at temperature T * T^2
-              with W = 0.7, T = 2: "loss" and each parameter's gradient by ONNX initializer name.
+                  (1 - W) * F.cross_entropy(z, y, label_smoothing=E)
+                  + W * KL(teacher || z) at temperature T * T^2
+              with W = 0.7, T = 2, E = 0.1: "loss" and each parameter's gradient by ONNX initializer name.
   settings.json  the cases, T, W and the torch version.
 Run: /usr/bin/python3 data/generate/distillation_goldens.py (seconds).
 """
@@ -39,6 +43,8 @@ KERNEL_CASES = [(1.0, True), (4.0, True), (2.5, False)]  # (temperature, times T
 MODEL_FAMILY = "resnet"
 MODEL_TEMPERATURE = 2.0
 MODEL_WEIGHT = 0.7
+MODEL_LABEL_SMOOTHING = 0.1
+LABEL_SMOOTHING = [0.0, 0.1, 0.35]
 
 
 def case_name(t, squared):
@@ -63,6 +69,16 @@ def kernel_goldens():
         name = case_name(t, squared)
         out["loss/" + name] = np.array(loss.item(), dtype=np.float32)
         out["grad/" + name] = s.grad.numpy().astype(np.float32)
+    # Drawn from a generator of their own, so the cases above keep their values.
+    labels = torch.randint(0, KERNEL_SHAPE[1], (KERNEL_SHAPE[0],),
+                           generator=torch.Generator().manual_seed(1))
+    out["labels"] = labels.numpy().astype(np.int64)
+    for eps in LABEL_SMOOTHING:
+        s = student.clone().requires_grad_(True)
+        loss = F.cross_entropy(s, labels, label_smoothing=eps)
+        loss.backward()
+        out["ce_loss/%g" % eps] = np.array(loss.item(), dtype=np.float32)
+        out["ce_grad/%g" % eps] = s.grad.numpy().astype(np.float32)
     return out
 
 
@@ -76,7 +92,8 @@ def model_goldens():
     model.train()
     model.zero_grad()
     z = model(x)
-    loss = ((1 - MODEL_WEIGHT) * F.cross_entropy(z, y) +
+    ce = F.cross_entropy(z, y, label_smoothing=MODEL_LABEL_SMOOTHING)
+    loss = ((1 - MODEL_WEIGHT) * ce +
             MODEL_WEIGHT * distillation(z, teacher, MODEL_TEMPERATURE, True))
     loss.backward()
     initializers = grad_goldens.read_initializers(
@@ -104,9 +121,11 @@ def main():
                     kernel=dict(shape=list(KERNEL_SHAPE),
                                 cases=[dict(name=case_name(t, s), temperature=t,
                                             scale_by_temperature_squared=s)
-                                       for t, s in KERNEL_CASES]),
+                                       for t, s in KERNEL_CASES],
+                                label_smoothing=LABEL_SMOOTHING),
                     model=dict(family=MODEL_FAMILY, temperature=MODEL_TEMPERATURE,
-                               distill_weight=MODEL_WEIGHT))
+                               distill_weight=MODEL_WEIGHT,
+                               label_smoothing=MODEL_LABEL_SMOOTHING))
     with open(os.path.join(OUT_DIR, "settings.json"), "w") as f:
         json.dump(settings, f, indent=2)
         f.write("\n")

@@ -272,23 +272,30 @@ void softmax_backward(const SoftmaxDims& dims, const double* y, const double* dy
   }
 }
 
-double cross_entropy(const LossDims& dims, const double* logits, const int64_t* labels) {
+double cross_entropy(const LossDims& dims, const double* logits, const int64_t* labels,
+                     double label_smoothing) {
   double total = 0;
   for (int64_t b = 0; b < dims.batch; ++b) {
     const std::vector<double> lp = log_softmax_row(logits + b * dims.classes, dims.classes, 1.0);
-    total -= lp[static_cast<size_t>(labels[b])];
+    // The smoothed target: 1 − ε on the label, ε/classes on every class.
+    for (int64_t i = 0; i < dims.classes; ++i) {
+      const double target = (i == labels[b] ? 1.0 - label_smoothing : 0.0) +
+                            label_smoothing / static_cast<double>(dims.classes);
+      total -= target * lp[static_cast<size_t>(i)];
+    }
   }
   return total / static_cast<double>(dims.batch);
 }
 
 void cross_entropy_backward(const LossDims& dims, const double* logits, const int64_t* labels,
-                            double dloss, double* dlogits) {
+                            double dloss, double* dlogits, double label_smoothing) {
   const double k = dloss / static_cast<double>(dims.batch);
   for (int64_t b = 0; b < dims.batch; ++b) {
     const std::vector<double> lp = log_softmax_row(logits + b * dims.classes, dims.classes, 1.0);
     for (int64_t i = 0; i < dims.classes; ++i) {
-      dlogits[b * dims.classes + i] =
-          k * (std::exp(lp[static_cast<size_t>(i)]) - (i == labels[b] ? 1.0 : 0.0));
+      const double target = (i == labels[b] ? 1.0 - label_smoothing : 0.0) +
+                            label_smoothing / static_cast<double>(dims.classes);
+      dlogits[b * dims.classes + i] = k * (std::exp(lp[static_cast<size_t>(i)]) - target);
     }
   }
 }

@@ -46,9 +46,10 @@ void softmax(const SoftmaxDims& dims, const double* x, double* y);
 void softmax_backward(const SoftmaxDims& dims, const double* y, const double* dy, double* dx);
 
 // Mean loss, and d loss / d logits times dloss.
-double cross_entropy(const LossDims& dims, const double* logits, const int64_t* labels);
+double cross_entropy(const LossDims& dims, const double* logits, const int64_t* labels,
+                     double label_smoothing = 0.0);
 void cross_entropy_backward(const LossDims& dims, const double* logits, const int64_t* labels,
-                            double dloss, double* dlogits);
+                            double dloss, double* dlogits, double label_smoothing = 0.0);
 double distillation_kl(const LossDims& dims, const DistillationOptions& options,
                        const double* student_logits, const double* teacher_logits);
 void distillation_kl_backward(const LossDims& dims, const DistillationOptions& options,

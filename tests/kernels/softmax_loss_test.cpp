@@ -134,6 +134,42 @@ TEST(CrossEntropy, ReferenceMatchesFiniteDifferences) {
   expect_near_all(dz, fd, 1e-7, "dlogits");
 }
 
+TEST(CrossEntropy, SmoothedReferenceMatchesFiniteDifferences) {
+  const LossDims dims{3, 7};
+  std::vector<double> z = to_double(random_values(21, 3, -4.0f, 4.0f));
+  const std::vector<int64_t> labels = {4, 0, 6};
+  for (double eps : {0.1, 0.6, 1.0}) {
+    const std::vector<double> fd = finite_differences_1e6(
+        z, [&] { return reference::cross_entropy(dims, z.data(), labels.data(), eps); });
+    std::vector<double> dz(21);
+    reference::cross_entropy_backward(dims, z.data(), labels.data(), 1.0, dz.data(), eps);
+    expect_near_all(dz, fd, 1e-7, "dlogits, label smoothing " + std::to_string(eps));
+  }
+}
+
+// F.cross_entropy(s, labels, label_smoothing=ε) and its autograd gradient
+// (data/generate/distillation_goldens.py), ε = 0 included.
+TEST(CrossEntropy, LabelSmoothingMatchesPyTorch) {
+  const auto golden = io::read_npz(testing::data_path("golden/distill/kernel.npz"));
+  const Tensor& logits = golden.at("student");
+  const Tensor& labels = golden.at("labels");
+  const LossDims d{logits.dim(0), logits.dim(1)};
+  const auto n = static_cast<size_t>(logits.numel());
+  for (const char* eps : {"0", "0.1", "0.35"}) {
+    const float e = std::stof(eps);
+    std::vector<float> p(n), rows(static_cast<size_t>(d.batch)), dz(n);
+    const float loss =
+        cross_entropy(d, logits.data<float>(), labels.data<int64_t>(), p.data(), rows.data(), e);
+    cross_entropy_backward(d, p.data(), labels.data<int64_t>(), 1.0f, dz.data(),
+                           GradMode::kOverwrite, e);
+    const float want = golden.at(std::string("ce_loss/") + eps).data<float>()[0];
+    EXPECT_NEAR(loss, want, 1e-6 * std::abs(want)) << "label smoothing " << eps;
+    const Tensor& want_grad = golden.at(std::string("ce_grad/") + eps);
+    const std::vector<float> expected(want_grad.data<float>(), want_grad.data<float>() + n);
+    expect_close(dz, expected, 1e-7, 1e-5, std::string("label smoothing ") + eps);
+  }
+}
+
 TEST(CrossEntropy, KnownValue) {
   // Uniform logits over 4 classes: loss ln 4, gradient (1/4 - onehot) / batch.
   const LossDims dims{2, 4};
@@ -165,6 +201,32 @@ TEST(CrossEntropy, KernelMatchesReferenceOnAwkwardShapes) {
     std::vector<double> expected(n);
     reference::cross_entropy_backward(d, zd.data(), labels.data(), 0.75, expected.data());
     expect_close(dz, to_float(expected), 1e-7, 1e-5, what);
+    // Smoothed, and accumulated onto what dz holds.
+    const float eps = 0.25f;
+    const float smoothed = cross_entropy(d, z.data(), labels.data(), p.data(), rows.data(), eps);
+    std::vector<float> acc = dz;
+    cross_entropy_backward(d, p.data(), labels.data(), 0.75f, acc.data(), GradMode::kAccumulate,
+                           eps);
+    const double expected_smoothed = reference::cross_entropy(d, zd.data(), labels.data(), eps);
+    EXPECT_NEAR(smoothed, expected_smoothed, 1e-6 * (1 + std::abs(expected_smoothed))) << what;
+    std::vector<double> smoothed_grad(n);
+    reference::cross_entropy_backward(d, zd.data(), labels.data(), 0.75, smoothed_grad.data(), eps);
+    for (size_t i = 0; i < n; ++i) smoothed_grad[i] += dz[i];
+    expect_close(acc, to_float(smoothed_grad), 1e-7, 1e-5, what + ", smoothed, accumulated");
+  }
+}
+
+TEST(CrossEntropy, LabelSmoothingOutsideZeroOneIsInvalid) {
+  const LossDims dims{1, 3};
+  const std::vector<float> z(3, 0.0f);
+  const std::vector<int64_t> labels = {2};
+  std::vector<float> p(3), rows(1);
+  for (float eps : {-0.1f, 1.5f, std::nanf("")}) {
+    const std::string message = testing::error_of(ErrorKind::kInvalid, [&] {
+      cross_entropy(dims, z.data(), labels.data(), p.data(), rows.data(), eps);
+    });
+    EXPECT_EQ(message.rfind("cross_entropy: expected label smoothing in [0, 1], got ", 0), 0u)
+        << message;
   }
 }
 
@@ -190,8 +252,9 @@ TEST(CrossEntropy, SameBitsForAnyThreadCount) {
     ThreadCount threads(t + 1);
     std::vector<float> p(n), rows(3001);
     dz[t].resize(n);
-    loss[t] = cross_entropy(d, z.data(), labels.data(), p.data(), rows.data());
-    cross_entropy_backward(d, p.data(), labels.data(), 1.0f, dz[t].data());
+    loss[t] = cross_entropy(d, z.data(), labels.data(), p.data(), rows.data(), 0.1f);
+    cross_entropy_backward(d, p.data(), labels.data(), 1.0f, dz[t].data(), GradMode::kOverwrite,
+                           0.1f);
   }
   testing::expect_same_bits(&loss[0], &loss[1], 1, "loss");
   testing::expect_same_bits(dz[0].data(), dz[1].data(), n, "dlogits");

@@ -323,6 +323,7 @@ TEST(QatCli, ReportHoldsTheCalibrationTrainingAndEvaluationFigures) {
   EXPECT_EQ(t["steps"], 3);
   EXPECT_EQ(t["loss"], "cross-entropy");
   EXPECT_EQ(t["labels"], true);
+  EXPECT_EQ(t["label_smoothing"], 0.0);
   EXPECT_GT(t["seconds"].get<double>(), 0.0);
   const std::vector<double> losses = logged_losses(dir.file("log.jsonl"));
   ASSERT_EQ(losses.size(), 3u);
@@ -432,6 +433,11 @@ TEST(QatCli, BadInputIsRefusedWithOneLineAndNoOutput) {
                  "has no labels", out);
   expect_refused(qat_args(kResnet, out, 2, "1e-3", "adam"), "unknown --optimizer", out);
   expect_refused(qat_args(kResnet, out, 2) + " --augment blur", "unknown --augment 'blur'", out);
+  expect_refused(qat_args(kResnet, out, 2) + " --label-smoothing 1",
+                 "--label-smoothing must be in [0, 1), got 1", out);
+  expect_refused(qat_args(kResnet, out, 2) + " --label-smoothing 0.1 --distill --distill-weight 1",
+                 "--label-smoothing smooths the labels' cross-entropy, and this run has no labels",
+                 out);
   expect_refused(qat_args(kResnet, out, 2) + " --checkpoint " + kResnet, "--checkpoint", out);
   expect_refused(qat_args(kResnet, out, 2) + " --stop-after 1", "--stop-after needs --checkpoint",
                  out);

@@ -161,11 +161,11 @@ TEST_P(TrainingGolden, SgdStepsMatchPyTorch) {
 }
 
 // A step that mixes the cross-entropy with distillation, as `qforge qat --distill T
-// --distill-weight W` trains: (1 − W)·CE + W·T²·KL(teacher ‖ model) at temperature T, the teacher
-// being the float model in eval mode (BN on running statistics) on the same batch, the model
-// training (BN on batch statistics). Against PyTorch's F.cross_entropy and F.kl_div
-// (data/generate/distillation_goldens.py): the loss within 1e-5 relative, each gradient within
-// 1e-4 relative L2.
+// --distill-weight W --label-smoothing E` trains: (1 − W)·CE + W·T²·KL(teacher ‖ model) at
+// temperature T, CE's target smoothed by E, the teacher being the float model in eval mode (BN on
+// running statistics) on the same batch, the model training (BN on batch statistics). Against
+// PyTorch's F.cross_entropy and F.kl_div (data/generate/distillation_goldens.py): the loss within
+// 1e-5 relative, each gradient within 1e-4 relative L2.
 TEST(DistillationGolden, MixedLossGradientsMatchPyTorch) {
   const auto golden = io::read_npz(data_path("golden/distill/resnet_bn_grads.npz"));
   std::ifstream settings_file(data_path("golden/distill/settings.json"));
@@ -183,6 +183,8 @@ TEST(DistillationGolden, MixedLossGradientsMatchPyTorch) {
   loss.teacher_logits = &teacher;
   loss.temperature = settings.at("temperature").get<float>();
   loss.distill_weight = settings.at("distill_weight").get<float>();
+  loss.label_smoothing = settings.at("label_smoothing").get<float>();
+  ASSERT_GT(loss.label_smoothing, 0.0f);
   const float got = training.forward_backward(input, loss);
   const float want = golden.at("loss").data<float>()[0];
   EXPECT_LE(std::abs(got - want), 1e-5 * std::abs(want))

@@ -202,6 +202,24 @@ TEST(Cli, ClassFoldersThroughADetectorRunWithoutTopOne) {
       << r.out;
 }
 
+TEST(Cli, ClassFolderBeyondTheModelsClassesIsAnError) {
+  // Eleven class folders for a ten-class model: the eleventh folder's label has no output, so
+  // top-1 would be wrong; the run says so instead.
+  TempDir dir;
+  const std::filesystem::path val = data_path("datasets/digits/val");
+  for (int c = 0; c <= 10; ++c) {
+    const std::string name = (c < 10 ? "c0" : "c") + std::to_string(c);
+    const std::filesystem::path sub = std::filesystem::path(dir.file("folders")) / name;
+    std::filesystem::create_directories(sub);
+    const std::filesystem::path from = val / std::to_string(c % 10);
+    const std::filesystem::path image = *std::filesystem::directory_iterator(from);
+    std::filesystem::copy_file(image, sub / image.filename());
+  }
+  auto r = run_cli("run " + kResnet + " --data " + dir.file("folders") + " --batch 11");
+  EXPECT_NE(r.exit_code, 0);
+  expect_one_line_error(r, "run: label 10 is outside the model's 10 classes");
+}
+
 TEST(Cli, InspectPrintsFigures) {
   auto r = run_cli("inspect " + kResnet);
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -460,6 +460,8 @@ int run_qat(QatOptions o) {
           {"distill_weight", s.distill_temperature && s.use_labels
                                  ? nlohmann::json(s.distill_weight)
                                  : nlohmann::json(nullptr)},
+          {"label_smoothing",
+           s.use_labels ? nlohmann::json(s.label_smoothing) : nlohmann::json(nullptr)},
           {"seed", s.seed},
           {"final_loss", finite_or_null(trained.last_loss)},
           {"seconds", trained.seconds},
@@ -596,6 +598,12 @@ CommandRunner add_qat_command(CLI::App& app) {
   cmd->add_option("--distill-weight", o->setup.distill_weight,
                   "with labels and --distill: loss = (1 − w)·CE + w·KL (default 0.5); 1 trains "
                   "on the KL alone and ignores the labels")
+      ->group(train);
+  cmd->add_option("--label-smoothing", o->setup.label_smoothing,
+                  "ε of the labels' cross-entropy, as PyTorch's label_smoothing: the target is "
+                  "1 − ε on the label and ε spread over all classes (default 0); match the float "
+                  "model's own training")
+      ->type_name("EPS")
       ->group(train);
   cmd->add_flag("--freeze-scales", o->freeze_scales,
                 "keep the calibrated activation scales fixed (the default)")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "graph/onnx_import.h"
+#include "quant/evaluation.h"
 #include "runtime/model_stats.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
@@ -38,10 +39,6 @@ struct RunOptions {
   PreprocessOverrides preprocess;
   InputShapeFlag input_shape;
 };
-
-int64_t argmax_row(const float* row, int64_t n) {
-  return static_cast<int64_t>(std::max_element(row, row + n) - row);
-}
 
 // Where output k > 0 goes: "out.npy" -> "out.<k>.npy".
 std::string extra_output_path(const std::string& output, size_t k) {
@@ -132,16 +129,12 @@ int run_run(RunOptions o) {
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (data.labelled() && not_a_classifier.empty()) {
       const kernels::Tensor& logits = outputs[0];
-      if (logits.rank() != 2 || logits.dtype() != kernels::DType::kFloat32) {
+      if (!quant::classifier_output(logits)) {
         // Class folders read by a model that does not classify (a detector, a segmenter): the
         // images run, and the top-1 line says why it is not given.
         not_a_classifier = logits.describe();
       } else {
-        auto labels = data.labels(begin, count);
-        int64_t classes = logits.dim(1);
-        for (size_t i = 0; i < count; ++i) {
-          correct += argmax_row(logits.data<float>() + i * classes, classes) == labels[i];
-        }
+        correct += quant::top1_correct("run", logits, data.labels(begin, count));
       }
     }
     if (!out_files.empty()) {
