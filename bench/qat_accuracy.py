@@ -10,7 +10,8 @@ For each family and weight granularity, on the 360 validation images
             mse) on --calib-limit training images; the best is the one with the highest val
             top-1, ties broken by the lower KL to float, then by the calibrator order above
   QAT CE    `qforge qat` calibrated with that best calibrator, then fine-tuned on the training
-            images with the cross-entropy against their labels
+            images with the cross-entropy against their labels, smoothed as the float model's
+            training smoothed them (--label-smoothing: LABEL_SMOOTHING below)
   QAT KD    the same with `--distill 4 --distill-weight 1`: the KL to the float model's outputs
             at temperature 4 alone, the labels unused
 Each row reports top-1, the mean cross-entropy against the labels and the mean
@@ -45,25 +46,33 @@ VAL = os.path.join(ROOT, "data/datasets/digits/val")
 CALIB_LIMIT = 512
 BATCH = 32
 # Label runs, the same for every family: 3 epochs of SGD (momentum 0.9) at 1e-3, cosine to 0, BN
-# on batch statistics for two epochs and frozen for the last, the data order of seed 0.
+# on batch statistics for two epochs and frozen for the last, the data order of seed 0; the
+# cross-entropy's label smoothing is the float model's own ("{label_smoothing}").
 # Distillation runs: 10 epochs of the same SGD at temperature 4, with BN on its running
 # statistics from the first step (the float model's, which the teacher uses too), except where
 # PTQ collapses (its top-1 on the held-out fifth of the training images is 3 points or more
 # below float's: dwsep per tensor only), where 3 epochs train with BN on batch statistics during
 # the first epoch, re-estimating its statistics. All chosen on the held-out fifth of the training
 # images (--holdout), not on the validation images; the README gives the comparison. "{epoch}"
-# and "{two_epochs}" stand for the steps of one and two epochs of the training images used. The
+# and "{two_epochs}" stand for the steps of one and two epochs of the training images used,
+# "{label_smoothing}" for the family's LABEL_SMOOTHING. The
 # README also shows AdamW at 1e-4 (measured first, with that string as --training,
 # --distill-training and --distill-training-collapsed, at temperature 1:
 # "--epochs 3 --optimizer adamw --lr 1e-4 --schedule cosine --freeze-bn-after 88 --seed 0"),
 # whose fixed-size steps recover the collapsed per-tensor dwsep model far less.
 SGD = ["--optimizer", "sgd", "--lr", "1e-3", "--schedule", "cosine", "--seed", "0"]
 COMMON = ["--epochs", "3"] + SGD
-TRAINING = COMMON + ["--freeze-bn-after", "{two_epochs}"]
+TRAINING = COMMON + ["--freeze-bn-after", "{two_epochs}",
+                     "--label-smoothing", "{label_smoothing}"]
 DISTILL_TRAINING = ["--epochs", "10"] + SGD + ["--freeze-bn-after", "0"]
 DISTILL_TRAINING_COLLAPSED = COMMON + ["--freeze-bn-after", "{epoch}"]
 DISTILL_TEMPERATURE = "4"
 COLLAPSE_POINTS = 0.03
+# The label smoothing each float model was trained with: data/generate/train_export.py trains the
+# six families with F.cross_entropy(..., label_smoothing=0.1), data/generate/depthwise_task.py
+# trains dwsep without.
+LABEL_SMOOTHING = {"dwsep": 0.0}
+DEFAULT_LABEL_SMOOTHING = 0.1
 
 
 def run(cmd):
@@ -157,10 +166,13 @@ def main():
         train, val = (fit, holdout) if args.holdout else (TRAIN, VAL)
         epoch = sum(len(os.listdir(os.path.join(train, c))) for c in os.listdir(train)) // BATCH
 
-        def options(text):
-            return [t.format(epoch=epoch, two_epochs=2 * epoch) for t in text.split()]
-
         for family in args.families.split(","):
+            smoothing = LABEL_SMOOTHING.get(family, DEFAULT_LABEL_SMOOTHING)
+
+            def options(text):
+                return [t.format(epoch=epoch, two_epochs=2 * epoch, label_smoothing=smoothing)
+                        for t in text.split()]
+
             model = os.path.join(ROOT, "data/models", f"{family}_bn.onnx")
             for granularity in args.granularity.split(","):
                 per_tensor = granularity == "per-tensor"
