@@ -349,6 +349,32 @@ TEST(QatCli, ReportHoldsTheCalibrationTrainingAndEvaluationFigures) {
   EXPECT_NE(r.out.find(accuracy), std::string::npos) << accuracy << "\n" << r.out;
 }
 
+// --label-smoothing: the printout and the report say it, and it trains on another loss. The
+// bundled model was trained smoothed, so its outputs are confident but not one-hot: the smoothed
+// target's ε/classes on the other classes costs more than it saves on the label, and the first
+// step's loss (same weights, same batch) is higher than the plain cross-entropy's.
+TEST(QatCli, LabelSmoothingIsReportedAndTrainsOnTheSmoothedLoss) {
+  TempDir dir;
+  auto run = [&](const std::string& name, const std::string& extra) {
+    const auto r =
+        run_cli(qat_args(kResnet, dir.file(name + ".onnx"), 2) + " --log " +
+                dir.file(name + ".jsonl") + " --report " + dir.file(name + ".json") + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r;
+  };
+  run("plain", "");
+  const auto smoothed = run("smoothed", " --label-smoothing 0.1");
+  EXPECT_NE(smoothed.out.find("(cross-entropy, labels smoothed by 0.1)"), std::string::npos)
+      << smoothed.out;
+  const auto report = nlohmann::json::parse(testing::read_text(dir.file("smoothed.json")));
+  EXPECT_FLOAT_EQ(report["training"]["label_smoothing"].get<float>(), 0.1f);
+  const std::vector<double> plain = logged_losses(dir.file("plain.jsonl"));
+  const std::vector<double> with = logged_losses(dir.file("smoothed.jsonl"));
+  ASSERT_EQ(plain.size(), 2u);
+  ASSERT_EQ(with.size(), 2u);
+  EXPECT_GT(with[0], plain[0]);
+}
+
 // --distill --distill-weight 1 on a labelled folder trains on the KL to the float model alone:
 // it logs the losses and writes the bytes of the same run on the same images given as an
 // unlabelled .npy, where no labels exist; the default weight (half cross-entropy) differs.

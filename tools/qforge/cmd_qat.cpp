@@ -350,7 +350,14 @@ int run_qat(QatOptions o) {
         "%.1f ms adding the shards' gradients\n",
         comm.size(), 1e3 * trained.exchange_seconds / steps, 1e3 * trained.fold_seconds / steps);
   }
-  std::printf("final loss   %.6g (%s)\n", static_cast<double>(trained.last_loss), loss_name(s));
+  std::string smoothing;  // a smoothed cross-entropy's floor is above 0: say so
+  if (s.use_labels && s.label_smoothing > 0) {
+    char text[64];
+    std::snprintf(text, sizeof text, ", labels smoothed by %g", s.label_smoothing);
+    smoothing = text;
+  }
+  std::printf("final loss   %.6g (%s%s)\n", static_cast<double>(trained.last_loss), loss_name(s),
+              smoothing.c_str());
   if (s.learn_scales) {
     double moved = 0;
     for (const auto& [tensor, scale] : trained.scales) {
