@@ -22,6 +22,12 @@ constexpr int64_t kMaxChannelBlocks = 16;
 constexpr int64_t kMinTilePixels = 64;
 // Output values per parallel chunk in the direct loops.
 constexpr int64_t kTaskElements = int64_t{1} << 14;
+// Winograd dw: the transformed tiles of a chunk (16 values per tile and channel, input and output
+// channels) take at most this many floats (4 MiB), and a chunk is at least kMinChunkTiles tiles.
+constexpr int64_t kWinogradChunkFloats = int64_t{1} << 20;
+constexpr int64_t kMinChunkTiles = 32;
+// Both channel counts at least this: below, the 16 GEMMs are too small to pay for the transforms.
+constexpr int64_t kWinogradMinChannels = 16;
 
 using conv_detail::ceil_div;
 using conv_detail::valid_range;
@@ -290,6 +296,174 @@ void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int6
   }
 }
 
+// Winograd dw, F(3×3, 2×2) ----------------------------------------------------------------------
+// With the F(2×2, 3×3) matrices Bᵀ (4×4), G (4×3) and Aᵀ (2×4), a 3×3 correlation of a 4×4 patch
+// x with a 2×2 tile e, dw[u][v] = Σ_ab e[a][b]·x[a+u][b+v], is Gᵀ [(A e Aᵀ) ⊙ (Bᵀ x B)] G.
+
+bool winograd_dw_applies(const ConvGeometry& g) {
+  return g.group == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.dilation_h == 1 && g.dilation_w == 1 && g.in_channels >= kWinogradMinChannels &&
+         g.out_channels >= kWinogradMinChannels && g.out_h >= 2 && g.out_w >= 2;
+}
+
+struct DwTiles {
+  int64_t rows, cols, per_image, total;
+};
+
+DwTiles dw_tiles(const ConvGeometry& g) {
+  DwTiles t;
+  t.rows = ceil_div(g.out_h, 2);
+  t.cols = ceil_div(g.out_w, 2);
+  t.per_image = t.rows * t.cols;
+  t.total = g.batch * t.per_image;
+  return t;
+}
+
+// Floats of the transform-domain sums M[16][out_channels][in_channels], then of the chunk's
+// transformed dy U[chunk][16][out_channels] and x V[chunk][16][in_channels]: a tile's values are
+// contiguous (its transform writes one block), and point k's matrix is every 16th row.
+int64_t dw_sum_floats(const ConvGeometry& g) {
+  return 16 * g.out_channels * g.in_channels;
+}
+int64_t dw_chunk_floats(const ConvGeometry& g, int64_t chunk) {
+  return 16 * chunk * (g.out_channels + g.in_channels);
+}
+
+// Bᵀ·d of a 4-vector (stride s): d0 − d2, d1 + d2, d2 − d1, d1 − d3.
+inline void input_transform_4(const float* d, int64_t s, float* out, int64_t os) {
+  out[0] = d[0] - d[2 * s];
+  out[os] = d[s] + d[2 * s];
+  out[2 * os] = d[2 * s] - d[s];
+  out[3 * os] = d[s] - d[3 * s];
+}
+
+// Transforms tile t of the chunk starting at tile `first` into V (x) and U (dy); what lies outside
+// the input (padding) or the output (a partial tile at the edge) counts as zero.
+void transform_dw_tile(const ConvGeometry& g, const DwTiles& tiles, int64_t first, int64_t t,
+                       const float* x, const float* dy, float* u, float* v) {
+  const int64_t tile = first + t;
+  const int64_t n = tile / tiles.per_image;
+  const int64_t i = tile % tiles.per_image / tiles.cols;
+  const int64_t j = tile % tiles.cols;
+  const int64_t oy = 2 * i, ox = 2 * j;
+  const int64_t iy = oy - g.pad_top, ix = ox - g.pad_left;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  // Which of the 4×4 patch's rows and columns, and of the 2×2 tile's, lie inside.
+  bool row_in[4], col_in[4];
+  for (int k = 0; k < 4; ++k) {
+    row_in[k] = iy + k >= 0 && iy + k < g.in_h;
+    col_in[k] = ix + k >= 0 && ix + k < g.in_w;
+  }
+  const bool patch_inside = row_in[0] && row_in[3] && col_in[0] && col_in[3];
+  const int64_t v_stride = g.in_channels;  // between transform points
+  float patch[16], rows[16];
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    const float* plane = x + (n * g.in_channels + c) * in_plane;
+    if (patch_inside) {
+      for (int r = 0; r < 4; ++r) {
+        const float* src = plane + (iy + r) * g.in_w + ix;
+        for (int k = 0; k < 4; ++k) patch[r * 4 + k] = src[k];
+      }
+    } else {
+      for (int r = 0; r < 4; ++r) {
+        for (int k = 0; k < 4; ++k) {
+          patch[r * 4 + k] = row_in[r] && col_in[k] ? plane[(iy + r) * g.in_w + ix + k] : 0.0f;
+        }
+      }
+    }
+    // Bᵀ·patch (columns), then ·B (rows).
+    for (int k = 0; k < 4; ++k) input_transform_4(patch + k, 4, rows + k, 4);
+    float* out = v + t * 16 * g.in_channels + c;
+    for (int r = 0; r < 4; ++r)
+      input_transform_4(rows + r * 4, 1, out + r * 4 * v_stride, v_stride);
+  }
+  const bool tile_inside = oy + 1 < g.out_h && ox + 1 < g.out_w;
+  const int64_t u_stride = g.out_channels;
+  for (int64_t c = 0; c < g.out_channels; ++c) {
+    const float* plane = dy + (n * g.out_channels + c) * out_plane;
+    float e00 = plane[oy * g.out_w + ox], e01 = 0, e10 = 0, e11 = 0;
+    if (tile_inside) {
+      e01 = plane[oy * g.out_w + ox + 1];
+      e10 = plane[(oy + 1) * g.out_w + ox];
+      e11 = plane[(oy + 1) * g.out_w + ox + 1];
+    } else {
+      if (ox + 1 < g.out_w) e01 = plane[oy * g.out_w + ox + 1];
+      if (oy + 1 < g.out_h) e10 = plane[(oy + 1) * g.out_w + ox];
+    }
+    // A·e·Aᵀ, A = [1 0; 1 1; 1 −1; 0 −1]: rows first, then columns.
+    const float r0[4] = {e00, e00 + e01, e00 - e01, -e01};
+    const float r1[4] = {e10, e10 + e11, e10 - e11, -e11};
+    float* out = u + t * 16 * g.out_channels + c;
+    for (int k = 0; k < 4; ++k) {
+      out[k * u_stride] = r0[k];
+      out[(4 + k) * u_stride] = r0[k] + r1[k];
+      out[(8 + k) * u_stride] = r0[k] - r1[k];
+      out[(12 + k) * u_stride] = -r1[k];
+    }
+  }
+}
+
+// dw[co][ci] (or +=) = Gᵀ·M[·][co][ci]·G, Gᵀ = [1 ½ ½ 0; 0 ½ −½ 0; 0 ½ ½ 1].
+void winograd_dw_output(const ConvGeometry& g, const float* m, float* dw, GradMode write) {
+  const int64_t pairs = g.out_channels * g.in_channels;
+  parallel_for(pairs, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float s[16];
+      for (int k = 0; k < 16; ++k) s[k] = m[k * pairs + p];
+      float cols[12];  // s·G: 4 rows × 3
+      for (int r = 0; r < 4; ++r) {
+        const float* a = s + r * 4;
+        cols[r * 3 + 0] = a[0] + 0.5f * (a[1] + a[2]);
+        cols[r * 3 + 1] = 0.5f * (a[1] - a[2]);
+        cols[r * 3 + 2] = 0.5f * (a[1] + a[2]) + a[3];
+      }
+      float* out = dw + p * 9;
+      for (int k = 0; k < 3; ++k) {
+        const float a0 = cols[k], a1 = cols[3 + k], a2 = cols[6 + k], a3 = cols[9 + k];
+        const float w0 = a0 + 0.5f * (a1 + a2);
+        const float w1 = 0.5f * (a1 - a2);
+        const float w2 = 0.5f * (a1 + a2) + a3;
+        if (write == GradMode::kAccumulate) {
+          out[k] += w0;
+          out[3 + k] += w1;
+          out[6 + k] += w2;
+        } else {
+          out[k] = w0;
+          out[3 + k] = w1;
+          out[6 + k] = w2;
+        }
+      }
+    }
+  });
+}
+
+void winograd_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, float* dw,
+                 std::byte* workspace, GradMode write) {
+  const ConvGeometry& g = plan.geometry;
+  const DwTiles tiles = dw_tiles(g);
+  float* m = reinterpret_cast<float*>(workspace);
+  float* u = m + dw_sum_floats(g);
+  const int64_t chunk_max = plan.dw_chunk_tiles;
+  float* v = u + 16 * chunk_max * g.out_channels;
+  const int64_t pairs = g.out_channels * g.in_channels;
+  if (tiles.total == 0) std::fill_n(m, dw_sum_floats(g), 0.0f);
+  for (int64_t first = 0; first < tiles.total; first += chunk_max) {
+    const int64_t chunk = std::min(chunk_max, tiles.total - first);
+    parallel_for(chunk, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) transform_dw_tile(g, tiles, first, t, x, dy, u, v);
+    });
+    const float beta = first == 0 ? 0.0f : 1.0f;
+    parallel_for(16, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        sgemm(Transpose::kYes, Transpose::kNo, g.out_channels, g.in_channels, chunk, 1.0f,
+              u + k * g.out_channels, 16 * g.out_channels, v + k * g.in_channels,
+              16 * g.in_channels, beta, m + k * pairs, g.in_channels);
+      }
+    });
+  }
+  winograd_dw_output(g, m, dw, write);
+}
+
 // The convolution whose output is dx: dy convolved with w transposed (input and output channels
 // swapped) and flipped, stride 1, each side padded by dilation·(kernel − 1) − pad.
 bool transposed_geometry(const ConvGeometry& g, ConvGeometry& t) {
@@ -347,6 +521,11 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
     plan.dx_as_conv = true;
     plan.dx_plan = plan_conv(transposed, plan.slots);
   }
+  if (winograd_dw_applies(g)) {
+    plan.winograd_dw = true;
+    plan.dw_chunk_tiles = std::clamp(kWinogradChunkFloats / (16 * (g.in_channels + g.out_channels)),
+                                     kMinChunkTiles, std::max<int64_t>(dw_tiles(g).total, 1));
+  }
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
   const int64_t cin_g = std::max<int64_t>(1, s.cin_g);
@@ -377,9 +556,15 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
           : aligned_bytes(static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) *
                           sizeof(float)) *
                 static_cast<size_t>(plan.slots);
-  if (!plan.dx_as_conv) return gemm_bytes;
-  return std::max(gemm_bytes, flipped_weight_bytes(plan.geometry) +
-                                  conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw));
+  const size_t winograd_bytes =
+      plan.winograd_dw ? static_cast<size_t>(dw_sum_floats(plan.geometry) +
+                                             dw_chunk_floats(plan.geometry, plan.dw_chunk_tiles)) *
+                             sizeof(float)
+                       : 0;
+  if (!plan.dx_as_conv) return std::max(gemm_bytes, winograd_bytes);
+  return std::max({gemm_bytes, winograd_bytes,
+                   flipped_weight_bytes(plan.geometry) +
+                       conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw)});
 }
 
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
@@ -413,7 +598,9 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
           : aligned_bytes(static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) *
                           sizeof(float));
   const int64_t blocks = plan.channel_blocks;
-  if (grads.dw) {
+  if (grads.dw && plan.winograd_dw) {
+    winograd_dw(plan, x, dy, grads.dw, workspace, write);
+  } else if (grads.dw) {
     parallel_tasks_with_scratch(
         g.group * blocks, plan.slots, slot_bytes, workspace, [&](int64_t task, std::byte* scratch) {
           gemm_weight_gradient_task(plan, s, task / blocks, task % blocks, x, dy, grads.dw,

@@ -13,7 +13,13 @@
 // convolutions use x and dx as the im2col matrix directly. Where the packed GEMM is built, dx of
 // an ungrouped stride-1 convolution that overwrites dx is instead the forward convolution
 // (kernels/conv.h: Winograd or the packed GEMM over the whole batch) of dy with the filters
-// transposed and flipped, padded by dilation·(kernel − 1) − pad. Convolutions with one input
+// transposed and flipped, padded by dilation·(kernel − 1) − pad. dw of an ungrouped 3×3 stride-1
+// convolution with enough channels is Winograd's minimal filtering F(3×3, 2×2), the dual of the
+// forward's F(2×2, 3×3): for each 2×2 tile of dy and the 4×4 patch of x it reads,
+//   dw += Gᵀ [(A·dy·Aᵀ) ⊙ (Bᵀ·x·B)] G
+// (16 products for 36); the transformed tiles of a chunk of tiles are summed by 16 GEMMs
+// [out_channels × tiles]·[tiles × in_channels], a task per transform point, chunks in order, and
+// the 16 sums go back to 3×3 once at the end. Convolutions with one input
 // channel per group (depthwise) use direct vectorised loops: dx per input plane, dw per output
 // channel summing images in order, on zero-padded copies of the planes split by stride phase, where
 // every kernel tap is one contiguous loop over a plane. dbias sums each channel's planes, images
@@ -42,6 +48,10 @@ struct ConvBackwardPlan {
   // dx (when it is overwritten) as conv2d(dy, w transposed and flipped) with this plan.
   bool dx_as_conv = false;
   ConvPlan dx_plan;
+  // dw by F(3×3, 2×2) Winograd, dw_chunk_tiles 2×2 tiles of dy (images in order, rows of tiles,
+  // tiles in a row) transformed at a time.
+  bool winograd_dw = false;
+  int64_t dw_chunk_tiles = 0;
 };
 
 // threads: the most threads the backward will run on (scratch regions). The split of the work

@@ -138,6 +138,11 @@ const ConvCase kCases[] = {
     {"single_input_channel", 3, 1, 13, 13, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
     {"kernel_covers_padded_input", 1, 3, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
     {"stride_skips_input", 1, 3, 13, 13, 5, 2, 2, 3, 3, 1, 1, 0, 0, 0, 0, 1},
+    // dw by Winograd: odd output sizes (partial tiles at the edges), asymmetric pads, and enough
+    // channels for the tiles to run in two chunks (128 and 19 tiles).
+    {"winograd_dw_odd_sizes", 3, 19, 11, 13, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+    {"winograd_dw_asymmetric_pads", 2, 16, 9, 10, 16, 3, 3, 1, 1, 1, 1, 0, 2, 2, 1, 1},
+    {"winograd_dw_two_chunks", 3, 256, 14, 14, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
 };
 
 // (a) The reference backward is the gradient of the float64 forward: loss = Σ y·dy.
@@ -257,6 +262,26 @@ TEST(ConvBackward, SameBitsForAnyThreadCountAndBatch) {
       expect_same_bits(alone.dx.data(), two.dx.data() + xs, xs, "dx of image 1 alone");
     }
   }
+}
+
+// The cases above that take the Winograd weight gradient do.
+TEST(ConvBackward, WinogradCasesTakeWinograd) {
+  int winograd = 0;
+  for (const ConvCase& c : kCases) {
+    const bool expected = std::string(c.name).rfind("winograd_dw", 0) == 0;
+    const ConvBackwardPlan plan = plan_conv_backward(geometry_of(c), 2);
+    EXPECT_EQ(plan.winograd_dw, expected) << c.name;
+    if (plan.winograd_dw) {
+      ++winograd;
+      const int64_t tiles =
+          c.batch * ((geometry_of(c).out_h + 1) / 2) * ((geometry_of(c).out_w + 1) / 2);
+      if (std::string(c.name) == "winograd_dw_two_chunks") {
+        EXPECT_LT(plan.dw_chunk_tiles, tiles);
+        EXPECT_GT(2 * plan.dw_chunk_tiles, tiles);
+      }
+    }
+  }
+  EXPECT_EQ(winograd, 3);
 }
 
 TEST(ConvBackward, EmptyBatchGivesZeroWeightGradient) {
