@@ -217,14 +217,29 @@ void channel_abs_max(const Tensor& x, int axis, std::span<float> amax) {
   }
   int64_t inner = 1;
   for (int d = axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
-  const int64_t outer = x.numel() / (channels * inner);
-  for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t c = 0; c < channels; ++c) {
-      float& m = amax[static_cast<size_t>(c)];
-      const float* row = p + (o * channels + c) * inner;
-      for (int64_t k = 0; k < inner; ++k) m = std::max(m, std::fabs(row[k]));
-    }
-  }
+  const int64_t outer = channels > 0 && inner > 0 ? x.numel() / (channels * inner) : 0;
+  // A channel per task, its maximum kept in 16 lanes (one vector): max is exact in any order, so
+  // the result is the serial loop's for any thread count.
+  constexpr int kLanes = 16;
+  parallel_for(channels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, outer * inner)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t c = begin; c < end; ++c) {
+                   float lanes[kLanes] = {};
+                   for (int64_t o = 0; o < outer; ++o) {
+                     const float* row = p + (o * channels + c) * inner;
+                     int64_t k = 0;
+                     for (; k + kLanes <= inner; k += kLanes) {
+                       for (int j = 0; j < kLanes; ++j) {
+                         lanes[j] = std::max(lanes[j], std::fabs(row[k + j]));
+                       }
+                     }
+                     for (; k < inner; ++k) lanes[0] = std::max(lanes[0], std::fabs(row[k]));
+                   }
+                   float m = 0.0f;
+                   for (float lane : lanes) m = std::max(m, lane);
+                   amax[static_cast<size_t>(c)] = m;
+                 }
+               });
 }
 
 float symmetric_scale(float amax) {

@@ -75,12 +75,14 @@ void batch_norm_fold(const BatchNormParameters& bn, const float* conv_bias, Fold
 
 void fold_weight(const float* w, const double* factor, int64_t channels, int64_t per_channel,
                  float* folded) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const double s = factor[c];
-    for (int64_t k = c * per_channel; k < (c + 1) * per_channel; ++k) {
-      folded[k] = static_cast<float>(w[k] * s);
+  parallel_for(channels, grain_for(per_channel), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const double s = factor[c];
+      for (int64_t k = c * per_channel; k < (c + 1) * per_channel; ++k) {
+        folded[k] = static_cast<float>(w[k] * s);
+      }
     }
-  }
+  });
 }
 
 void fold_weight_transposed(const float* w, const double* factor, int64_t in_channels,

@@ -230,6 +230,38 @@ TEST(FakeQuant, InPlaceAndThreadCountIndependent) {
   expect_bitwise(inplace, serial, "in place");
 }
 
+// channel_abs_max: max |x| per index of the axis (or of the whole tensor), against a plain loop,
+// on every axis of an awkward shape (inner sizes not a multiple of the 16 lanes), an infinity
+// kept, NaN passed over as std::max does, and the same values for 1 and 2 threads.
+TEST(ChannelAbsMax, MatchesAPlainLoopOnEveryAxis) {
+  Tensor x = random_f32({3, 37, 5, 19}, 21, -6.0f, 6.0f);
+  x.data<float>()[7 * 95 + 3] = -std::numeric_limits<float>::infinity();  // channel 7 of axis 1
+  x.data<float>()[11 * 95 + 40] = std::numeric_limits<float>::quiet_NaN();
+  for (int axis = -1; axis < x.rank(); ++axis) {
+    SCOPED_TRACE("axis " + std::to_string(axis));
+    const int64_t channels = axis < 0 ? 1 : x.dim(axis);
+    int64_t inner = 1;
+    for (int d = axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
+    if (axis < 0) inner = 1;
+    std::vector<float> expected(static_cast<size_t>(channels), 0.0f);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const size_t c = axis < 0 ? 0 : static_cast<size_t>(i / inner % channels);
+      expected[c] = std::max(expected[c], std::fabs(x.data<float>()[i]));
+    }
+    for (int threads : {1, 2}) {
+      ThreadCount scope(threads);
+      std::vector<float> got(static_cast<size_t>(channels), -1.0f);
+      channel_abs_max(x, axis, got);
+      ASSERT_EQ(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)), 0)
+          << "threads " << threads;
+    }
+  }
+  std::vector<float> per_channel(37);
+  channel_abs_max(x, 1, per_channel);
+  EXPECT_EQ(per_channel[7], std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isfinite(per_channel[11]));
+}
+
 TEST(FakeQuant, RejectsBadScalesAndAxes) {
   const Tensor x = random_f32({4, 3}, 5, -1.0f, 1.0f);
   Tensor y(DType::kFloat32, x.shape());
