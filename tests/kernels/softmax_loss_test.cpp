@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -147,6 +148,19 @@ TEST(CrossEntropy, SmoothedReferenceMatchesFiniteDifferences) {
   }
 }
 
+// A loss and its gradient against a PyTorch golden's "<loss_key>" and "<grad_key>": the loss
+// within loss_tolerance relative, the gradient as expect_close(1e-7, 1e-5).
+void expect_golden(const std::map<std::string, Tensor>& golden, const std::string& loss_key,
+                   const std::string& grad_key, float loss, const std::vector<float>& grad,
+                   double loss_tolerance, const std::string& what) {
+  const float want = golden.at(loss_key).data<float>()[0];
+  EXPECT_NEAR(loss, want, loss_tolerance * std::abs(want)) << what;
+  const Tensor& want_grad = golden.at(grad_key);
+  ASSERT_EQ(static_cast<size_t>(want_grad.numel()), grad.size()) << what;
+  const std::vector<float> expected(want_grad.data<float>(), want_grad.data<float>() + grad.size());
+  expect_close(grad, expected, 1e-7, 1e-5, what);
+}
+
 // F.cross_entropy(s, labels, label_smoothing=ε) and its autograd gradient
 // (data/generate/distillation_goldens.py), ε = 0 included.
 TEST(CrossEntropy, LabelSmoothingMatchesPyTorch) {
@@ -162,11 +176,8 @@ TEST(CrossEntropy, LabelSmoothingMatchesPyTorch) {
         cross_entropy(d, logits.data<float>(), labels.data<int64_t>(), p.data(), rows.data(), e);
     cross_entropy_backward(d, p.data(), labels.data<int64_t>(), 1.0f, dz.data(),
                            GradMode::kOverwrite, e);
-    const float want = golden.at(std::string("ce_loss/") + eps).data<float>()[0];
-    EXPECT_NEAR(loss, want, 1e-6 * std::abs(want)) << "label smoothing " << eps;
-    const Tensor& want_grad = golden.at(std::string("ce_grad/") + eps);
-    const std::vector<float> expected(want_grad.data<float>(), want_grad.data<float>() + n);
-    expect_close(dz, expected, 1e-7, 1e-5, std::string("label smoothing ") + eps);
+    expect_golden(golden, std::string("ce_loss/") + eps, std::string("ce_grad/") + eps, loss, dz,
+                  1e-6, std::string("label smoothing ") + eps);
   }
 }
 
@@ -293,11 +304,8 @@ TEST(DistillationKl, KernelMatchesPyTorch) {
     const float loss = distillation_kl(d, o, student.data<float>(), teacher.data<float>(), p.data(),
                                        q.data(), rows.data());
     distillation_kl_backward(d, o, p.data(), q.data(), 1.0f, ds.data());
-    const float want = golden.at(std::string("loss/") + name).data<float>()[0];
-    EXPECT_NEAR(loss, want, 1e-5 * std::abs(want)) << "T = " << name;
-    const Tensor& want_grad = golden.at(std::string("grad/") + name);
-    const std::vector<float> expected(want_grad.data<float>(), want_grad.data<float>() + n);
-    expect_close(ds, expected, 1e-7, 1e-5, std::string("T = ") + name);
+    expect_golden(golden, std::string("loss/") + name, std::string("grad/") + name, loss, ds, 1e-5,
+                  std::string("T = ") + name);
   }
 }
 
