@@ -29,6 +29,13 @@ double distillation_factor(const DistillationOptions& o) {
   return o.scale_by_temperature_squared ? t * t : 1.0;
 }
 
+// Class i's share of the smoothed cross-entropy target: 1 − ε on the label, ε/classes on every
+// class.
+double smoothed_target(int64_t i, int64_t label, int64_t classes, double label_smoothing) {
+  return (i == label ? 1.0 - label_smoothing : 0.0) +
+         label_smoothing / static_cast<double>(classes);
+}
+
 }  // namespace
 
 void batch_norm_training(const BatchNormDims& d, double momentum, const double* x,
@@ -277,11 +284,9 @@ double cross_entropy(const LossDims& dims, const double* logits, const int64_t* 
   double total = 0;
   for (int64_t b = 0; b < dims.batch; ++b) {
     const std::vector<double> lp = log_softmax_row(logits + b * dims.classes, dims.classes, 1.0);
-    // The smoothed target: 1 − ε on the label, ε/classes on every class.
     for (int64_t i = 0; i < dims.classes; ++i) {
-      const double target = (i == labels[b] ? 1.0 - label_smoothing : 0.0) +
-                            label_smoothing / static_cast<double>(dims.classes);
-      total -= target * lp[static_cast<size_t>(i)];
+      total -=
+          smoothed_target(i, labels[b], dims.classes, label_smoothing) * lp[static_cast<size_t>(i)];
     }
   }
   return total / static_cast<double>(dims.batch);
@@ -293,9 +298,9 @@ void cross_entropy_backward(const LossDims& dims, const double* logits, const in
   for (int64_t b = 0; b < dims.batch; ++b) {
     const std::vector<double> lp = log_softmax_row(logits + b * dims.classes, dims.classes, 1.0);
     for (int64_t i = 0; i < dims.classes; ++i) {
-      const double target = (i == labels[b] ? 1.0 - label_smoothing : 0.0) +
-                            label_smoothing / static_cast<double>(dims.classes);
-      dlogits[b * dims.classes + i] = k * (std::exp(lp[static_cast<size_t>(i)]) - target);
+      dlogits[b * dims.classes + i] =
+          k * (std::exp(lp[static_cast<size_t>(i)]) -
+               smoothed_target(i, labels[b], dims.classes, label_smoothing));
     }
   }
 }

@@ -350,14 +350,12 @@ int run_qat(QatOptions o) {
         "%.1f ms adding the shards' gradients\n",
         comm.size(), 1e3 * trained.exchange_seconds / steps, 1e3 * trained.fold_seconds / steps);
   }
-  std::string smoothing;  // a smoothed cross-entropy's floor is above 0: say so
+  std::printf("final loss   %.6g (%s", static_cast<double>(trained.last_loss), loss_name(s));
+  // A smoothed cross-entropy's floor is above 0: say so.
   if (s.use_labels && s.label_smoothing > 0) {
-    char text[64];
-    std::snprintf(text, sizeof text, ", labels smoothed by %g", s.label_smoothing);
-    smoothing = text;
+    std::printf(", labels smoothed by %g", static_cast<double>(s.label_smoothing));
   }
-  std::printf("final loss   %.6g (%s%s)\n", static_cast<double>(trained.last_loss), loss_name(s),
-              smoothing.c_str());
+  std::printf(")\n");
   if (s.learn_scales) {
     double moved = 0;
     for (const auto& [tensor, scale] : trained.scales) {
