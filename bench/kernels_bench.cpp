@@ -79,10 +79,22 @@ BENCHMARK(BM_Depthwise)
 // {in_channels, in_size, out_channels, kernel, stride, packed GEMM forced (1) or OpenBLAS (0)}.
 // Reports multiply-add throughput (2 FLOPs per MAC); the CPU time is the whole process's, which
 // stays comparable while other jobs load the machine.
+void conv_benchmark(benchmark::State& state, int64_t batch, bool prepare);
+
 void BM_Conv(benchmark::State& state) {
+  conv_benchmark(state, 8, true);
+}
+
+// The same as a training forward runs it: batch 16 and the weights as they are (they change every
+// step), so each call prepares them (Winograd transform, packing) itself; ResNet-18's layers.
+void BM_ConvTraining(benchmark::State& state) {
+  conv_benchmark(state, 16, false);
+}
+
+void conv_benchmark(benchmark::State& state, int64_t batch, bool prepare) {
   use_two_threads();
   ConvGeometry g;
-  g.batch = 8;
+  g.batch = batch;
   g.in_channels = state.range(0);
   g.in_h = g.in_w = state.range(1);
   g.out_channels = state.range(2);
@@ -99,10 +111,11 @@ void BM_Conv(benchmark::State& state) {
       static_cast<size_t>(g.out_channels * g.in_channels * g.kernel_h * g.kernel_w), 2);
   const auto b = random_floats(static_cast<size_t>(g.out_channels), 3);
   const auto scale = random_floats(static_cast<size_t>(g.out_channels), 4);
-  std::vector<float> prepared(conv_prepared_weight_floats(plan));
-  prepare_conv_weights(plan, w.data(), prepared.data());
+  std::vector<float> prepared(prepare ? conv_prepared_weight_floats(plan) : 0);
+  if (prepare) prepare_conv_weights(plan, w.data(), prepared.data());
   std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w));
-  std::vector<std::byte> ws(conv_workspace_bytes(plan, ConvWeightForm::kPrepared) + 64);
+  std::vector<std::byte> ws(
+      conv_workspace_bytes(plan, prepare ? ConvWeightForm::kPrepared : ConvWeightForm::kRaw) + 64);
   ConvEpilogue e;
   e.scale = scale.data();
   e.shift = b.data();
@@ -190,6 +203,18 @@ BENCHMARK(BM_Conv)
     ->Args({1152, 1, 48, 1, 1, 0})
     ->Args({3, 224, 32, 3, 2, 1})  // EfficientNet-B0 stem
     ->Args({3, 224, 32, 3, 2, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
+BENCHMARK(BM_ConvTraining)
+    ->Args({3, 224, 64, 7, 2, 1})  // stem
+    ->Args({64, 56, 64, 3, 1, 1})
+    ->Args({64, 56, 128, 3, 2, 1})
+    ->Args({128, 28, 128, 3, 1, 1})
+    ->Args({128, 28, 256, 3, 2, 1})
+    ->Args({256, 14, 256, 3, 1, 1})
+    ->Args({256, 14, 512, 3, 2, 1})
+    ->Args({512, 7, 512, 3, 1, 1})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();

@@ -354,7 +354,7 @@ size_t packed_prepared_floats(const ConvPlan& plan) {
 
 void prepare_packed_weights(const ConvPlan& plan, const float* w, float* prepared) {
   const int64_t k = packed_depth(plan.geometry);
-  pack_rows(w, k, plan.geometry.out_channels, k, prepared);
+  pack_rows_parallel(w, k, plan.geometry.out_channels, k, prepared);
 }
 
 size_t packed_workspace_bytes(const ConvPlan& plan, ConvWeightForm form) {
@@ -376,7 +376,7 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
   const float* a = prepared;
   if (!a) {
     float* packed = reinterpret_cast<float*>(workspace);
-    pack_rows(w, k, m, k, packed);
+    pack_rows_parallel(w, k, m, k, packed);
     a = packed;
     workspace += aligned_bytes(packed_rows_floats(m, k) * sizeof(float));
   }

@@ -244,6 +244,47 @@ int64_t winograd2_output_vectors(const float* m, int64_t stride, int64_t count, 
   }
   return count;
 }
+
+// G g G^T of 16 filters at a time, f + i·9 for i in [0, 16) (consecutive filters of a row of
+// w), in double as winograd_filter<2> computes it, the same operations in the same order (each
+// lane is that function's scalar arithmetic), so the bits are its bits; point p of filter i goes
+// to u[p·16 + i].
+void winograd2_filters_16(const float* f, float* u) {
+  const __m256i taps = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
+  const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  const __m512d half = _mm512_set1_pd(0.5);
+  // Per half of the 16 lanes (8 doubles each). The masked forms with zero sources: GCC 12 warns
+  // that the plain ones' undefined sources may be used.
+  __m512d g[2][9];
+  for (int h = 0; h < 2; ++h) {
+    for (int t = 0; t < 9; ++t) {
+      const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), f + 72 * h + t, taps, all, 4);
+      g[h][t] = _mm512_maskz_cvtps_pd(0xFF, v);
+    }
+  }
+  // Winograd<2>::filter of (a, b, c): a, ½(a + b + c), ½(a − b + c), c.
+  auto filter = [&](__m512d a, __m512d b, __m512d c, __m512d(&out)[4]) {
+    out[0] = a;
+    out[1] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_add_pd(a, b), c));
+    out[2] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_sub_pd(a, b), c));
+    out[3] = c;
+  };
+  for (int h = 0; h < 2; ++h) {
+    __m512d gg[4][3];  // G g
+    for (int j = 0; j < 3; ++j) {
+      __m512d col[4];
+      filter(g[h][j], g[h][3 + j], g[h][6 + j], col);
+      for (int i = 0; i < 4; ++i) gg[i][j] = col[i];
+    }
+    for (int i = 0; i < 4; ++i) {
+      __m512d row[4];
+      filter(gg[i][0], gg[i][1], gg[i][2], row);
+      for (int j = 0; j < 4; ++j) {
+        _mm256_storeu_ps(u + (i * 4 + j) * 16 + 8 * h, _mm512_maskz_cvtpd_ps(0xFF, row[j]));
+      }
+    }
+  }
+}
 #endif
 
 // The input transform for tile columns [0, count) of one tile row whose patches lie inside
@@ -459,13 +500,44 @@ size_t winograd_packed_floats(const ConvGeometry& g) {
          packed_rows_floats(g.out_channels, g.in_channels);
 }
 
-void pack_winograd_weights(const ConvGeometry& g, const float* transformed, float* packed) {
+// The transformed filters straight into the packed GEMM's panels, point p's U_p [out_c × in_c]
+// at packed + p·packed_rows_floats(out_c, in_c) as pack_rows lays it out: a task per panel of
+// output channels, in channel by in channel, so each point's writes run contiguously.
+void pack_winograd_weights(const ConvGeometry& g, const float* w, float* packed) {
+  constexpr int64_t kPoints = winograd_points(kWinogradTile);
   const int64_t out_c = g.out_channels;
   const int64_t in_c = g.in_channels;
   const size_t point_floats = packed_rows_floats(out_c, in_c);
-  for (int64_t p = 0; p < winograd_points(kWinogradTile); ++p) {
-    pack_rows(transformed + p * out_c * in_c, in_c, out_c, in_c, packed + p * point_floats);
-  }
+  const int64_t panels = ceil_div(out_c, kPackedRows);
+  parallel_for(panels, 1, [&](int64_t begin, int64_t end) {
+    float u[kPoints * 16];
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t rows = std::min(kPackedRows, out_c - panel * kPackedRows);
+      float* dst = packed + panel * in_c * kPackedRows;
+      for (int64_t r = 0; r < kPackedRows; ++r) {
+        const float* filters = w + (panel * kPackedRows + r) * in_c * 9;
+        int64_t c = 0;
+        if (r >= rows) {  // past out_c: zero rows
+          for (; c < in_c; ++c) {
+            for (int64_t p = 0; p < kPoints; ++p) dst[p * point_floats + c * kPackedRows + r] = 0;
+          }
+        }
+#ifdef __AVX512F__
+        for (; c + 16 <= in_c; c += 16) {
+          winograd2_filters_16(filters + c * 9, u);
+          for (int64_t p = 0; p < kPoints; ++p) {
+            float* d = dst + p * point_floats + c * kPackedRows + r;
+            for (int64_t i = 0; i < 16; ++i) d[i * kPackedRows] = u[p * 16 + i];
+          }
+        }
+#endif
+        for (; c < in_c; ++c) {
+          winograd_filter<kWinogradTile>(filters + c * 9, u, 1);
+          for (int64_t p = 0; p < kPoints; ++p) dst[p * point_floats + c * kPackedRows + r] = u[p];
+        }
+      }
+    }
+  });
 }
 
 // Images per task for a packed Winograd plan whose block holds all of an image's tiles: small
@@ -508,15 +580,14 @@ void winograd_run(const ConvPlan& plan, const float* x, const float* w, const fl
   const float* u = prepared;
   if (!u) {
     float* transformed = reinterpret_cast<float*>(workspace);
-    winograd_weights<kTile>(w, out_c, in_c, transformed);
-    u = transformed;
-    workspace += aligned_bytes(winograd_weight_floats(g, kTile) * sizeof(float));
     if (plan.packed) {
-      float* packed = reinterpret_cast<float*>(workspace);
-      pack_winograd_weights(g, transformed, packed);
-      u = packed;
+      pack_winograd_weights(g, w, transformed);
       workspace += aligned_bytes(winograd_packed_floats(g) * sizeof(float));
+    } else {
+      winograd_weights<kTile>(w, out_c, in_c, transformed);
+      workspace += aligned_bytes(winograd_weight_floats(g, kTile) * sizeof(float));
     }
+    u = transformed;
   }
   const size_t point_floats = packed_rows_floats(out_c, in_c);  // packed U_p
   const int64_t in_image = in_c * g.in_h * g.in_w;
@@ -605,21 +676,19 @@ size_t winograd_prepared_floats(const ConvPlan& plan) {
 void prepare_winograd_weights(const ConvPlan& plan, const float* w, float* prepared) {
   const ConvGeometry& g = plan.geometry;
   if (plan.packed) {
-    std::vector<float> transformed(winograd_weight_floats(g, kWinogradTile));
-    winograd_weights<kWinogradTile>(w, g.out_channels, g.in_channels, transformed.data());
-    pack_winograd_weights(g, transformed.data(), prepared);
+    pack_winograd_weights(g, w, prepared);
     return;
   }
   winograd_weights<kWinogradTile>(w, g.out_channels, g.in_channels, prepared);
 }
 
 size_t winograd_workspace_bytes(const ConvPlan& plan, ConvWeightForm form) {
-  size_t transformed =
-      form == ConvWeightForm::kRaw
-          ? aligned_bytes(winograd_weight_floats(plan.geometry, kWinogradTile) * sizeof(float))
-          : 0;
-  if (form == ConvWeightForm::kRaw && plan.packed) {
-    transformed += aligned_bytes(winograd_packed_floats(plan.geometry) * sizeof(float));
+  size_t transformed = 0;
+  if (form == ConvWeightForm::kRaw) {
+    transformed =
+        aligned_bytes((plan.packed ? winograd_packed_floats(plan.geometry)
+                                   : winograd_weight_floats(plan.geometry, kWinogradTile)) *
+                      sizeof(float));
   }
   return transformed + static_cast<size_t>(plan.slots) * winograd_slot_bytes(plan);
 }

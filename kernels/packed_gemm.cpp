@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/parallel.h"
+
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -16,9 +18,11 @@ size_t packed_rows_floats(int64_t m, int64_t k) {
   return static_cast<size_t>(panels * k * kPackedRows);
 }
 
-void pack_rows(const float* a, int64_t lda, int64_t m, int64_t k, float* packed) {
-  const int64_t panels = (m + kPackedRows - 1) / kPackedRows;
-  for (int64_t p = 0; p < panels; ++p) {
+namespace {
+
+void pack_panels(const float* a, int64_t lda, int64_t m, int64_t k, float* packed, int64_t first,
+                 int64_t last) {
+  for (int64_t p = first; p < last; ++p) {
     float* dst = packed + p * k * kPackedRows;
     const int64_t rows = std::min(kPackedRows, m - p * kPackedRows);
     for (int64_t kk = 0; kk < k; ++kk) {
@@ -27,6 +31,20 @@ void pack_rows(const float* a, int64_t lda, int64_t m, int64_t k, float* packed)
       for (int64_t r = rows; r < kPackedRows; ++r) dst[kk * kPackedRows + r] = 0.0f;
     }
   }
+}
+
+}  // namespace
+
+void pack_rows(const float* a, int64_t lda, int64_t m, int64_t k, float* packed) {
+  pack_panels(a, lda, m, k, packed, 0, (m + kPackedRows - 1) / kPackedRows);
+}
+
+void pack_rows_parallel(const float* a, int64_t lda, int64_t m, int64_t k, float* packed) {
+  const int64_t panels = (m + kPackedRows - 1) / kPackedRows;
+  // About 64 KiB of packed floats per task.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k * kPackedRows));
+  parallel_for(panels, grain,
+               [&](int64_t begin, int64_t end) { pack_panels(a, lda, m, k, packed, begin, end); });
 }
 
 float apply_tile_epilogue(const TileEpilogue& e, int64_t r, int64_t j, float acc) {

@@ -30,6 +30,9 @@ size_t packed_rows_floats(int64_t m, int64_t k);
 // Packs rows of a (leading dimension lda) into panels: panel p holds a[p·R + r][kk] at
 // packed[(p·k + kk)·R + r].
 void pack_rows(const float* a, int64_t lda, int64_t m, int64_t k, float* packed);
+// The same, panels in parallel (the same bits: a copy): weights packed on every call, as training
+// passes them.
+void pack_rows_parallel(const float* a, int64_t lda, int64_t m, int64_t k, float* packed);
 
 // What the last pass over k does to a tile before it stores it, per output row r (pointers
 // already at the tile's first row): v = acc + bias[r]; then, when `finish`,

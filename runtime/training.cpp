@@ -405,7 +405,16 @@ void TrainingExecutor::load_inputs(std::span<const Tensor> inputs) {
 
 std::span<const Tensor> TrainingExecutor::forward(std::span<const Tensor> inputs) {
   load_inputs(inputs);
-  for (Step& step : steps_) step.kernel->forward(step.inputs, step.outputs, workspace_->data());
+  if (!profile_) {
+    for (Step& step : steps_) step.kernel->forward(step.inputs, step.outputs, workspace_->data());
+    return graph_outputs_;
+  }
+  for (Step& step : steps_) {
+    const auto start = std::chrono::steady_clock::now();
+    step.kernel->forward(step.inputs, step.outputs, workspace_->data());
+    step.forward_seconds += seconds_since(start);
+    ++step.forward_calls;
+  }
   return graph_outputs_;
 }
 
@@ -474,12 +483,40 @@ void TrainingExecutor::end_backward() {
 void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
   begin_backward(output_grads);
   for (auto s = steps_.rbegin(); s != steps_.rend(); ++s) {
+    const auto start =
+        profile_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     if (!prepare_backward_step(*s)) continue;
     s->kernel->backward(s->backward_inputs, s->outputs, grad_outputs_, grad_inputs_,
                         workspace_->data());
     end_backward_step(*s);
+    if (profile_) s->backward_seconds += seconds_since(start);
   }
   end_backward();
+}
+
+std::vector<TrainingExecutor::OpTime> TrainingExecutor::profile() const {
+  std::map<std::string, OpTime> by_type;
+  for (const Step& step : steps_) {
+    if (step.forward_calls == 0 && step.backward_seconds == 0) continue;
+    OpTime& t = by_type[step.node->op_type()];
+    t.op_type = step.node->op_type();
+    t.forward_seconds += step.forward_seconds;
+    t.backward_seconds += step.backward_seconds;
+    t.forward_calls += step.forward_calls;
+  }
+  std::vector<OpTime> result;
+  for (auto& [type, t] : by_type) result.push_back(t);
+  std::stable_sort(result.begin(), result.end(), [](const OpTime& a, const OpTime& b) {
+    return a.forward_seconds + a.backward_seconds > b.forward_seconds + b.backward_seconds;
+  });
+  return result;
+}
+
+void TrainingExecutor::reset_profile() {
+  for (Step& step : steps_) {
+    step.forward_seconds = step.backward_seconds = 0;
+    step.forward_calls = 0;
+  }
 }
 
 // ShardGroup ------------------------------------------------------------------------------------

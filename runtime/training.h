@@ -80,6 +80,19 @@ class TrainingExecutor {
   // valid.
   void backward(std::span<const Tensor> output_grads);
 
+  // Per op type, the time forward and backward spent in its kernels (a backward's recomputed
+  // inputs included), in descending total; empty until set_profile(true) and a step. Adds two
+  // clock reads per step and kernel; reset_profile() clears the sums.
+  struct OpTime {
+    std::string op_type;
+    double forward_seconds = 0;
+    double backward_seconds = 0;
+    size_t forward_calls = 0;
+  };
+  void set_profile(bool on) { profile_ = on; }
+  std::vector<OpTime> profile() const;
+  void reset_profile();
+
  private:
   struct GradTarget {
     size_t slot = 0;            // input index of the step
@@ -105,6 +118,8 @@ class TrainingExecutor {
     std::vector<GradTarget> targets;   // inputs whose gradient backward computes
     std::vector<Recompute> recomputes;
     std::vector<Tensor> backward_inputs;  // inputs, with the recomputed values in their places
+    double forward_seconds = 0, backward_seconds = 0;  // with set_profile(true)
+    size_t forward_calls = 0;
   };
   static constexpr size_t kNone = static_cast<size_t>(-1);
   friend class ShardGroup;
@@ -137,6 +152,7 @@ class TrainingExecutor {
   std::shared_ptr<std::vector<std::byte>> workspace_;  // shared by the executors of a ShardGroup
   size_t workspace_bytes_ = 0;
   const graph::Graph* graph_ = nullptr;
+  bool profile_ = false;
 };
 
 // A training step's batch cut into `total` shards of one size, of which this process holds

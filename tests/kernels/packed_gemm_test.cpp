@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/conv.h"
@@ -322,6 +323,39 @@ TEST(PackedConv, SameBitsForAnyThreadCountAndWeightForm) {
       expect_same_bits(run_packed(g, d, 1, false, e).data(), one.data(), one.size(),
                        what + " raw weights, plan for 1 thread");
     }
+  }
+}
+
+// The packed Winograd plan transforms its filters straight into the GEMM's panels (16 filters at
+// a time in vector lanes): the same bits as the OpenBLAS plan's transformed filters packed
+// point by point, for channel counts off the 16 lanes and the 14-row panels.
+TEST(PackedConv, WinogradFiltersPackAsTheTransformThenPack) {
+  ThreadCount threads(2);
+  for (const auto& [in_c, out_c] : {std::pair<int64_t, int64_t>{37, 30}, {64, 64}, {16, 17}}) {
+    const ConvGeometry g = square(in_c, 12, out_c, 3, 1);
+    const std::string what = std::to_string(in_c) + " → " + std::to_string(out_c);
+    ConvPlanOptions blas_options;
+    blas_options.gemm = ConvGemm::kBlas;
+    const ConvPlan blas = plan_conv(g, 2, blas_options);
+    const ConvPlan packed = plan_conv(g, 2, forced());
+    ASSERT_EQ(blas.algorithm, ConvAlgorithm::kWinograd) << what;
+    ASSERT_EQ(packed.algorithm, ConvAlgorithm::kWinograd) << what;
+    ASSERT_EQ(packed.packed, packed_gemm_available()) << what;
+    if (!packed.packed) continue;
+    const std::vector<float> w = random_values(static_cast<size_t>(out_c * in_c * 9), 71);
+    std::vector<float> transformed(conv_prepared_weight_floats(blas));
+    ASSERT_EQ(transformed.size(), static_cast<size_t>(16 * out_c * in_c)) << what;
+    prepare_conv_weights(blas, w.data(), transformed.data());
+    const size_t point = packed_rows_floats(out_c, in_c);
+    std::vector<float> expected(16 * point);
+    for (int64_t p = 0; p < 16; ++p) {
+      pack_rows(transformed.data() + p * out_c * in_c, in_c, out_c, in_c,
+                expected.data() + p * point);
+    }
+    std::vector<float> prepared(conv_prepared_weight_floats(packed), NAN);
+    ASSERT_EQ(prepared.size(), expected.size()) << what;
+    prepare_conv_weights(packed, w.data(), prepared.data());
+    expect_same_bits(prepared.data(), expected.data(), expected.size(), what);
   }
 }
 

@@ -76,6 +76,44 @@ TEST(TrainingExecutor, SumsFanOutAndBroadcastGradients) {
   }
 }
 
+// The profile counts each node's kernel per op type, forward and backward, from the step after
+// it is switched on, and reset_profile() clears it; the gradients are those of an unprofiled run.
+TEST(TrainingExecutor, ProfileCountsEveryKernelPerOpType) {
+  std::mt19937 rng(5);
+  graph::Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, graph::Shape{2, 3});
+  graph::Value* a = g.add_constant("a", testing::random_tensor({3}, rng, -1, 1));
+  graph::Value* b = g.add_constant("b", testing::random_tensor({3}, rng, -1, 1));
+  graph::Value* v = add(g, "relu", "Relu", {add(g, "xa", "Mul", {x, a})});
+  g.mark_output(add(g, "out", "Mul", {v, b}));
+  auto executor = compile(g);
+  const Tensor input = testing::random_tensor({2, 3}, rng, -1, 1);
+  const Tensor dy = testing::random_tensor({2, 3}, rng, -1, 1);
+  executor->forward({&input, 1});
+  executor->backward({&dy, 1});
+  EXPECT_TRUE(executor->profile().empty());
+  const Tensor& grad = find_parameter(*executor, "a").grad;
+  const std::vector<float> plain(grad.data<float>(), grad.data<float>() + grad.numel());
+
+  executor->set_profile(true);
+  for (int step = 0; step < 2; ++step) {
+    executor->forward({&input, 1});
+    executor->backward({&dy, 1});
+  }
+  const auto profile = executor->profile();
+  ASSERT_EQ(profile.size(), 2u);
+  for (const auto& t : profile) {
+    EXPECT_EQ(t.forward_calls, t.op_type == "Mul" ? 4u : 2u) << t.op_type;
+    EXPECT_GT(t.forward_seconds, 0.0) << t.op_type;
+    EXPECT_GT(t.backward_seconds, 0.0) << t.op_type;
+  }
+  EXPECT_GE(profile[0].forward_seconds + profile[0].backward_seconds,
+            profile[1].forward_seconds + profile[1].backward_seconds);
+  EXPECT_EQ(std::vector<float>(grad.data<float>(), grad.data<float>() + grad.numel()), plain);
+  executor->reset_profile();
+  EXPECT_TRUE(executor->profile().empty());
+}
+
 // torch.onnx names a second parameter of equal value through an Identity: both keep a gradient
 // of their own. y = x · a + x · b with b = Identity(a): dL/da = dL/db = Σ dy · x.
 TEST(TrainingExecutor, IdentityAliasIsAParameterOfItsOwn) {
