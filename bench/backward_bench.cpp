@@ -91,6 +91,10 @@ BENCHMARK(BM_ConvBackward)
     ->Args({512, 7, 512, 3, 1, 1, 2, 16})
     ->Args({256, 14, 512, 3, 2, 1, 1, 16})  // stride-2 entry of stage 4
     ->Args({256, 14, 512, 3, 2, 1, 2, 16})
+    ->Args({64, 56, 128, 3, 2, 1, 1, 16})  // stride-2 entry of stage 2
+    ->Args({64, 56, 128, 3, 2, 1, 2, 16})
+    ->Args({64, 56, 128, 1, 2, 1, 0, 16})  // its 1×1 stride-2 downsample
+    ->Args({3, 224, 64, 7, 2, 1, 2, 16})   // the stem: dw only (the input needs no gradient)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -1,8 +1,14 @@
 // Convolution backward: im2col/col2im around single-threaded OpenBLAS calls of fixed shapes,
-// flat loops over stride-phased padded planes for depthwise convolutions, lane sums for the bias.
+// Winograd and packed-GEMM weight gradients, flat loops over stride-phased padded planes for
+// depthwise convolutions, lane sums for the bias.
 #include "kernels/conv_backward.h"
 
 #include <algorithm>
+#include <cstdint>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "kernels/conv_internal.h"
 #include "kernels/gemm.h"
@@ -28,8 +34,17 @@ constexpr int64_t kWinogradChunkFloats = int64_t{1} << 20;
 constexpr int64_t kMinChunkTiles = 32;
 // Both channel counts at least this: below, the 16 GEMMs are too small to pay for the transforms.
 constexpr int64_t kWinogradMinChannels = 16;
+// Packed dw: a task's packed chunk of output pixels (dY's rows and the unrolled input's columns)
+// takes at most this many floats (256 KiB), and a chunk is kMinChunkPixels to kMaxChunkPixels
+// pixels; the images' own dw, all held at once, at most kPackedDwMaxFloats (16 MiB; larger
+// weights keep OpenBLAS).
+constexpr int64_t kPackedDwChunkFloats = int64_t{1} << 16;
+constexpr int64_t kPackedDwMaxFloats = int64_t{1} << 22;
+constexpr int64_t kMinChunkPixels = 64;
+constexpr int64_t kMaxChunkPixels = 4096;
 
 using conv_detail::ceil_div;
+using conv_detail::round_up;
 using conv_detail::valid_range;
 
 struct Sizes {
@@ -464,6 +479,159 @@ void winograd_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, 
   winograd_dw_output(g, m, dw, write);
 }
 
+// Packed dw -------------------------------------------------------------------------------------
+// dw [out_channels × k] = Σ_n dw_n over images in order, where image n's dw_n = Σ over chunks of
+// dw_chunk_pixels output pixels in order of dY_n[chunk] · im2col(x_n)[chunk]ᵀ on the packed
+// micro-kernel: per chunk, dY's rows are packed into panels of kPackedRows output channels and
+// the unrolled input into panels of kPackedCols rows (c, kh, kw), [pixel][row], and every tile
+// of dw_n adds its chunk's sum (one chain of multiply-adds over the chunk's pixels in order) to
+// what it holds. A task per image, on that thread's own packed chunks; the images' dw_n are then
+// added in image order. A tile's bits depend on the geometry alone.
+
+struct PackedDwSizes {
+  int64_t k = 0;            // rows of the unrolled input: in_channels · taps
+  int64_t row_panels = 0;   // of output channels
+  int64_t col_panels = 0;   // of unrolled-input rows
+  int64_t slot_floats = 0;  // one task's packed dY and input chunks
+  int64_t dw_floats = 0;
+};
+
+PackedDwSizes packed_dw_sizes(const ConvGeometry& g, int64_t chunk) {
+  PackedDwSizes z;
+  z.k = g.in_channels * g.kernel_h * g.kernel_w;
+  z.row_panels = ceil_div(g.out_channels, kPackedRows);
+  z.col_panels = ceil_div(z.k, kPackedCols);
+  z.slot_floats = (z.row_panels * kPackedRows + z.col_panels * kPackedCols) * chunk;
+  z.dw_floats = g.out_channels * z.k;
+  return z;
+}
+
+bool packed_dw_applies(const ConvGeometry& g) {
+  // The input gathers index an image with 32-bit offsets.
+  return packed_gemm_available() && g.group == 1 &&
+         g.in_channels * g.in_h * g.in_w < (int64_t{1} << 31) &&
+         g.batch * g.out_channels * g.in_channels * g.kernel_h * g.kernel_w <= kPackedDwMaxFloats;
+}
+
+// Panel `panel` of the unrolled input of image x for output pixels p0 .. p0+count:
+// out[j·kPackedCols + r] = x at row panel·kPackedCols + r = (c, kh, kw) and pixel p0 + j, zero
+// in the padding and past the last row. `offsets` (kPackedCols entries) is scratch.
+void pack_dw_input_panel(const ConvGeometry& g, const float* x, int64_t panel, int64_t p0,
+                         int64_t count, float* out, int32_t* offsets) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t k = g.in_channels * taps;
+  const int64_t rows = std::min(kPackedCols, k - panel * kPackedCols);
+  // Row r reads x[c][oh·sh − pad_top + kh·dh][ow·sw − pad_left + kw·dw]: at offsets[r] from the
+  // pixel's corner oh·sh·in_w + ow·sw.
+  int64_t kh_of[kPackedCols], kw_of[kPackedCols];
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = panel * kPackedCols + r;
+    const int64_t c = row / taps;
+    kh_of[r] = row % taps / g.kernel_w;
+    kw_of[r] = row % taps % g.kernel_w;
+    offsets[r] =
+        static_cast<int32_t>(c * g.in_h * g.in_w + (kh_of[r] * g.dilation_h - g.pad_top) * g.in_w +
+                             kw_of[r] * g.dilation_w - g.pad_left);
+  }
+  for (int64_t r = rows; r < kPackedCols; ++r) offsets[r] = 0;
+  // Output positions whose every tap lies inside the input.
+  int64_t oh_lo = 0, oh_hi = 0, ow_lo = 0, ow_hi = 0;
+  conv_detail::valid_range(0, g.out_h, g.stride_h, -g.pad_top,
+                           g.in_h - (g.kernel_h - 1) * g.dilation_h, oh_lo, oh_hi);
+  conv_detail::valid_range(0, g.out_w, g.stride_w, -g.pad_left,
+                           g.in_w - (g.kernel_w - 1) * g.dilation_w, ow_lo, ow_hi);
+#ifdef __AVX512F__
+  const __mmask16 low = static_cast<__mmask16>(rows >= 16 ? 0xFFFF : (1u << rows) - 1u);
+  const __mmask16 high = static_cast<__mmask16>(rows >= 32   ? 0xFFFF
+                                                : rows <= 16 ? 0
+                                                             : (1u << (rows - 16)) - 1u);
+  const __m512i off_low = _mm512_loadu_si512(offsets);
+  const __m512i off_high = _mm512_loadu_si512(offsets + 16);
+#endif
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t p = p0 + j;
+    const int64_t oh = p / g.out_w;
+    const int64_t ow = p % g.out_w;
+    float* d = out + j * kPackedCols;
+    const int64_t corner = oh * g.stride_h * g.in_w + ow * g.stride_w;
+#ifdef __AVX512F__
+    if (oh >= oh_lo && oh < oh_hi && ow >= ow_lo && ow < ow_hi) {
+      _mm512_storeu_ps(d,
+                       _mm512_mask_i32gather_ps(_mm512_setzero_ps(), low, off_low, x + corner, 4));
+      _mm512_storeu_ps(
+          d + 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), high, off_high, x + corner, 4));
+      continue;
+    }
+#endif
+    for (int64_t r = 0; r < kPackedCols; ++r) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + (r < rows ? kh_of[r] : 0) * g.dilation_h;
+      const int64_t iw = ow * g.stride_w - g.pad_left + (r < rows ? kw_of[r] : 0) * g.dilation_w;
+      const bool inside = r < rows && ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+      d[r] = inside ? x[corner + offsets[r]] : 0.0f;
+    }
+  }
+}
+
+void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, float* dw,
+               std::byte* workspace, GradMode write) {
+  const ConvGeometry& g = plan.geometry;
+  const int64_t chunk = plan.dw_chunk_pixels;
+  const PackedDwSizes z = packed_dw_sizes(g, chunk);
+  const int64_t pixels = g.out_h * g.out_w;
+  float* partial = reinterpret_cast<float*>(workspace);  // [batch][out_channels × k]
+  std::byte* slots =
+      workspace + aligned_bytes(static_cast<size_t>(g.batch * z.dw_floats) * sizeof(float));
+  const size_t slot_bytes = aligned_bytes(static_cast<size_t>(z.slot_floats) * sizeof(float) +
+                                          kPackedCols * sizeof(int32_t));
+  parallel_tasks_with_scratch(
+      g.batch, plan.slots, slot_bytes, slots, [&](int64_t n, std::byte* scratch) {
+        float* a = reinterpret_cast<float*>(scratch);
+        float* b = a + z.row_panels * kPackedRows * chunk;
+        int32_t* offsets = reinterpret_cast<int32_t*>(b + z.col_panels * kPackedCols * chunk);
+        const float* xn = x + n * g.in_channels * g.in_h * g.in_w;
+        const float* dyn = dy + n * g.out_channels * pixels;
+        float* dwn = partial + n * z.dw_floats;
+        for (int64_t p0 = 0; p0 < pixels; p0 += chunk) {
+          const int64_t count = std::min(chunk, pixels - p0);
+          for (int64_t rp = 0; rp < z.row_panels; ++rp) {
+            pack_rows(dyn + rp * kPackedRows * pixels + p0, pixels,
+                      std::min(kPackedRows, g.out_channels - rp * kPackedRows), count,
+                      a + rp * kPackedRows * chunk);
+          }
+          for (int64_t cp = 0; cp < z.col_panels; ++cp) {
+            pack_dw_input_panel(g, xn, cp, p0, count, b + cp * kPackedCols * chunk, offsets);
+          }
+          for (int64_t rp = 0; rp < z.row_panels; ++rp) {
+            for (int64_t cp = 0; cp < z.col_panels; ++cp) {
+              float* out = dwn + rp * kPackedRows * z.k + cp * kPackedCols;
+              packed_gemm_tile_add(count, a + rp * kPackedRows * chunk,
+                                   b + cp * kPackedCols * chunk, kPackedCols,
+                                   std::min(kPackedRows, g.out_channels - rp * kPackedRows),
+                                   std::min(kPackedCols, z.k - cp * kPackedCols),
+                                   p0 == 0 ? nullptr : out, z.k, out, z.k);
+            }
+          }
+        }
+        if (pixels == 0) std::fill_n(dwn, z.dw_floats, 0.0f);
+      });
+  // dw (+)= Σ_n dw_n, images in order.
+  parallel_for(z.dw_floats, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float sum = write == GradMode::kAccumulate ? dw[i] : 0.0f;
+      for (int64_t n = 0; n < g.batch; ++n) sum += partial[n * z.dw_floats + i];
+      dw[i] = sum;
+    }
+  });
+}
+
+size_t packed_dw_workspace_bytes(const ConvBackwardPlan& plan) {
+  const PackedDwSizes z = packed_dw_sizes(plan.geometry, plan.dw_chunk_pixels);
+  return aligned_bytes(static_cast<size_t>(plan.geometry.batch * z.dw_floats) * sizeof(float)) +
+         aligned_bytes(static_cast<size_t>(z.slot_floats) * sizeof(float) +
+                       kPackedCols * sizeof(int32_t)) *
+             static_cast<size_t>(plan.slots);
+}
+
 // The convolution whose output is dx: dy convolved with w transposed (input and output channels
 // swapped) and flipped, stride 1, each side padded by dilation·(kernel − 1) − pad.
 bool transposed_geometry(const ConvGeometry& g, ConvGeometry& t) {
@@ -525,6 +693,11 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
     plan.winograd_dw = true;
     plan.dw_chunk_tiles = std::clamp(kWinogradChunkFloats / (16 * (g.in_channels + g.out_channels)),
                                      kMinChunkTiles, std::max<int64_t>(dw_tiles(g).total, 1));
+  } else if (packed_dw_applies(g)) {
+    plan.packed_dw = true;
+    plan.dw_chunk_pixels =
+        std::clamp(kPackedDwChunkFloats / packed_dw_sizes(g, 1).slot_floats, kMinChunkPixels,
+                   std::max<int64_t>(1, std::min(kMaxChunkPixels, g.out_h * g.out_w)));
   }
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
@@ -556,11 +729,12 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
           : aligned_bytes(static_cast<size_t>(plan.channel_block * s.taps * plan.tile_pixels) *
                           sizeof(float)) *
                 static_cast<size_t>(plan.slots);
-  const size_t winograd_bytes =
+  size_t winograd_bytes =
       plan.winograd_dw ? static_cast<size_t>(dw_sum_floats(plan.geometry) +
                                              dw_chunk_floats(plan.geometry, plan.dw_chunk_tiles)) *
                              sizeof(float)
                        : 0;
+  if (plan.packed_dw) winograd_bytes = packed_dw_workspace_bytes(plan);
   if (!plan.dx_as_conv) return std::max(gemm_bytes, winograd_bytes);
   return std::max({gemm_bytes, winograd_bytes,
                    flipped_weight_bytes(plan.geometry) +
@@ -600,6 +774,8 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
   const int64_t blocks = plan.channel_blocks;
   if (grads.dw && plan.winograd_dw) {
     winograd_dw(plan, x, dy, grads.dw, workspace, write);
+  } else if (grads.dw && plan.packed_dw) {
+    packed_dw(plan, x, dy, grads.dw, workspace, write);
   } else if (grads.dw) {
     parallel_tasks_with_scratch(
         g.group * blocks, plan.slots, slot_bytes, workspace, [&](int64_t task, std::byte* scratch) {

@@ -5,7 +5,7 @@
 // over the taps ih = oh·stride_h − pad_top + kh·dilation_h (likewise w) that land inside the
 // input, ci' = ci − group·in_channels/group (PyTorch's convolution_backward).
 //
-// How it runs: ungrouped and grouped convolutions run on OpenBLAS, one single-threaded
+// How it runs: by default, ungrouped and grouped convolutions run on OpenBLAS, one single-threaded
 // cblas_sgemm per task of a shape fixed by the geometry alone. dx is col2im of Wᵀ·dY, a task per
 // (image, group, block of input channels), so tasks write disjoint channels; dw is
 // dY·im2col(x)ᵀ, a task per (group, block of input channels) that adds the images in order
@@ -19,7 +19,12 @@
 //   dw += Gᵀ [(A·dy·Aᵀ) ⊙ (Bᵀ·x·B)] G
 // (16 products for 36); the transformed tiles of a chunk of tiles are summed by 16 GEMMs
 // [out_channels × tiles]·[tiles × in_channels], a task per transform point, chunks in order, and
-// the 16 sums go back to 3×3 once at the end. Convolutions with one input
+// the 16 sums go back to 3×3 once at the end. dw of the other ungrouped convolutions (the stem,
+// strided and 1×1 convolutions), where the packed GEMM is built and the batch's per-image
+// weight gradients fit in 16 MiB, runs on the packed micro-kernel instead of OpenBLAS: a task per
+// image packs chunks of its output pixels (dy's rows, and the unrolled input gathered straight
+// into [pixel][32 rows] panels) and adds each chunk's products to its own dw, tile by tile; the
+// images' dw are then added in image order. Convolutions with one input
 // channel per group (depthwise) use direct vectorised loops: dx per input plane, dw per output
 // channel summing images in order, on zero-padded copies of the planes split by stride phase, where
 // every kernel tap is one contiguous loop over a plane. dbias sums each channel's planes, images
@@ -52,6 +57,10 @@ struct ConvBackwardPlan {
   // tiles in a row) transformed at a time.
   bool winograd_dw = false;
   int64_t dw_chunk_tiles = 0;
+  // dw of the other ungrouped convolutions on the packed GEMM (where it is built), dY and the
+  // unrolled input packed dw_chunk_pixels output pixels of an image at a time.
+  bool packed_dw = false;
+  int64_t dw_chunk_pixels = 0;
 };
 
 // threads: the most threads the backward will run on (scratch regions). The split of the work

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/conv_backward.h"
+#include "kernels/packed_gemm.h"
 #include "kernels/reference/dense_backward_reference.h"
 #include "tests/support/float_checks.h"
 #include "tests/support/gradient_checks.h"
@@ -143,6 +144,10 @@ const ConvCase kCases[] = {
     {"winograd_dw_odd_sizes", 3, 19, 11, 13, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
     {"winograd_dw_asymmetric_pads", 2, 16, 9, 10, 16, 3, 3, 1, 1, 1, 1, 0, 2, 2, 1, 1},
     {"winograd_dw_two_chunks", 3, 256, 14, 14, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+    // Where the packed GEMM is built, the other ungrouped cases take the packed weight gradient
+    // (k3_pixel_tiles in many chunks of pixels, pointwise_many_channels in several panels); a
+    // weight this large over its batch (2 · 1024 · 2304 floats) keeps OpenBLAS.
+    {"k3_stride2_large_weight", 2, 256, 5, 5, 1024, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},
 };
 
 // (a) The reference backward is the gradient of the float64 forward: loss = Σ y·dy.
@@ -282,6 +287,26 @@ TEST(ConvBackward, WinogradCasesTakeWinograd) {
     }
   }
   EXPECT_EQ(winograd, 3);
+}
+
+// The ungrouped cases that are not Winograd's take the packed weight gradient where it is built,
+// but for the large weight; grouped and depthwise cases never do.
+TEST(ConvBackward, PackedWeightGradientWherePlanned) {
+  int packed = 0;
+  for (const ConvCase& c : kCases) {
+    const std::string name = c.name;
+    const ConvBackwardPlan plan = plan_conv_backward(geometry_of(c), 2);
+    const bool expected = packed_gemm_available() && c.group == 1 &&
+                          name.rfind("winograd_dw", 0) != 0 && name != "k3_stride2_large_weight";
+    EXPECT_EQ(plan.packed_dw, expected) << name;
+    if (!plan.packed_dw) continue;
+    ++packed;
+    EXPECT_GT(plan.dw_chunk_pixels, 0) << name;
+    if (name == "k3_pixel_tiles") {
+      EXPECT_LT(4 * plan.dw_chunk_pixels, geometry_of(c).out_h * geometry_of(c).out_w);
+    }
+  }
+  EXPECT_EQ(packed, packed_gemm_available() ? 16 : 0);
 }
 
 TEST(ConvBackward, EmptyBatchGivesZeroWeightGradient) {
