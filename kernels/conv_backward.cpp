@@ -311,6 +311,62 @@ void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int6
   }
 }
 
+// dx of one image's block of input channels as above, the products W[:, block]ᵀ · dY[tile] on the
+// packed micro-kernel: `packed` holds the block's rows of Wᵀ (c, kh, kw) in panels of
+// kPackedRows, each [out_channel][row] (pack_input_gradient_weights), and dY's rows are read in
+// place. Each col value is one chain of multiply-adds over the output channels in order.
+void packed_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int64_t n,
+                                int64_t block, const float* packed, const float* dy, float* dx,
+                                float* col, GradMode write) {
+  const ConvGeometry& g = plan.geometry;
+  const int64_t c0 = block * plan.channel_block;
+  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
+  const int64_t rows = channels * s.taps;
+  const float* dyb = dy + n * g.out_channels * s.pixels;
+  float* dxb = dx + (n * g.in_channels + c0) * s.in_plane;
+  if (write == GradMode::kOverwrite) std::fill_n(dxb, channels * s.in_plane, 0.0f);
+  for (int64_t p0 = 0; p0 < s.pixels; p0 += plan.tile_pixels) {
+    const int64_t count = std::min(plan.tile_pixels, s.pixels - p0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kPackedRows) {
+      const float* panel = packed + r0 * s.cout_g;
+      for (int64_t j0 = 0; j0 < count; j0 += kPackedCols) {
+        packed_gemm_tile(s.cout_g, panel, dyb + p0 + j0, s.pixels, std::min(kPackedRows, rows - r0),
+                         std::min(kPackedCols, count - j0), nullptr, 0, col + r0 * count + j0,
+                         count, nullptr);
+      }
+    }
+    col2im_tile_add(g, col, channels, p0, count, dxb);
+  }
+}
+
+// Floats of one channel block's packed rows of Wᵀ, and of all of them.
+int64_t packed_block_floats(const ConvBackwardPlan& plan, const Sizes& s) {
+  return round_up(plan.channel_block * s.taps, kPackedRows) * s.cout_g;
+}
+
+// Wᵀ of an ungrouped convolution for packed_input_gradient_task, block after block: row r of
+// block b (w's column c0·taps + r) at packed[b·packed_block_floats + (r − r % R)·cout + co·R +
+// r % R], rows past the block zero.
+void pack_input_gradient_weights(const ConvBackwardPlan& plan, const Sizes& s, const float* w,
+                                 float* packed) {
+  const int64_t per_block = ceil_div(plan.channel_block * s.taps, kPackedRows);
+  parallel_for(plan.channel_blocks * per_block, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t block = t / per_block;
+      const int64_t r0 = t % per_block * kPackedRows;
+      const int64_t c0 = block * plan.channel_block;
+      const int64_t rows = std::min(plan.channel_block, s.cin_g - c0) * s.taps;
+      const int64_t valid = std::clamp<int64_t>(rows - r0, 0, kPackedRows);
+      float* dst = packed + block * packed_block_floats(plan, s) + r0 * s.cout_g;
+      for (int64_t co = 0; co < s.cout_g; ++co) {
+        const float* src = w + co * s.k + c0 * s.taps + r0;
+        for (int64_t r = 0; r < kPackedRows; ++r)
+          dst[co * kPackedRows + r] = r < valid ? src[r] : 0;
+      }
+    }
+  });
+}
+
 // Winograd dw, F(3×3, 2×2) ----------------------------------------------------------------------
 // With the F(2×2, 3×3) matrices Bᵀ (4×4), G (4×3) and Aᵀ (2×4), a 3×3 correlation of a 4×4 patch
 // x with a 2×2 tile e, dw[u][v] = Σ_ab e[a][b]·x[a+u][b+v], is Gᵀ [(A e Aᵀ) ⊙ (Bᵀ x B)] G.
@@ -707,6 +763,7 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
       std::clamp(std::max(ceil_div(cin_g, kMaxChannelBlocks), ceil_div(kMinBlockRows, taps)),
                  int64_t{1}, cin_g);
   plan.channel_blocks = ceil_div(cin_g, plan.channel_block);
+  plan.packed_dx = packed_gemm_available() && g.group == 1 && !plan.direct;
   const int64_t pixels = std::max<int64_t>(1, s.pixels);
   if (plan.direct) {
     plan.tile_pixels = pixels;
@@ -735,8 +792,13 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
                              sizeof(float)
                        : 0;
   if (plan.packed_dw) winograd_bytes = packed_dw_workspace_bytes(plan);
-  if (!plan.dx_as_conv) return std::max(gemm_bytes, winograd_bytes);
-  return std::max({gemm_bytes, winograd_bytes,
+  size_t dx_bytes = gemm_bytes;
+  if (plan.packed_dx) {
+    dx_bytes += aligned_bytes(static_cast<size_t>(plan.channel_blocks) *
+                              packed_block_floats(plan, s) * sizeof(float));
+  }
+  if (!plan.dx_as_conv) return std::max(dx_bytes, winograd_bytes);
+  return std::max({dx_bytes, winograd_bytes,
                    flipped_weight_bytes(plan.geometry) +
                        conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw)});
 }
@@ -787,6 +849,17 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
     float* flipped = reinterpret_cast<float*>(workspace);
     flip_weights(g, w, flipped);
     conv2d(plan.dx_plan, dy, flipped, nullptr, grads.dx, workspace + flipped_weight_bytes(g));
+  } else if (grads.dx && plan.packed_dx) {
+    float* packed = reinterpret_cast<float*>(workspace);
+    pack_input_gradient_weights(plan, s, w, packed);
+    std::byte* slots = workspace + aligned_bytes(static_cast<size_t>(blocks) *
+                                                 packed_block_floats(plan, s) * sizeof(float));
+    parallel_tasks_with_scratch(
+        g.batch * blocks, plan.slots, slot_bytes, slots, [&](int64_t task, std::byte* scratch) {
+          packed_input_gradient_task(plan, s, task / blocks, task % blocks,
+                                     packed + task % blocks * packed_block_floats(plan, s), dy,
+                                     grads.dx, reinterpret_cast<float*>(scratch), write);
+        });
   } else if (grads.dx) {
     parallel_tasks_with_scratch(g.batch * g.group * blocks, plan.slots, slot_bytes, workspace,
                                 [&](int64_t task, std::byte* scratch) {

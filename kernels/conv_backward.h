@@ -19,7 +19,10 @@
 //   dw += Gᵀ [(A·dy·Aᵀ) ⊙ (Bᵀ·x·B)] G
 // (16 products for 36); the transformed tiles of a chunk of tiles are summed by 16 GEMMs
 // [out_channels × tiles]·[tiles × in_channels], a task per transform point, chunks in order, and
-// the 16 sums go back to 3×3 once at the end. dw of the other ungrouped convolutions (the stem,
+// the 16 sums go back to 3×3 once at the end. Where the packed GEMM is built, dx of the other
+// ungrouped convolutions that are not direct (strided ones, or any when dx is accumulated) is
+// col2im of Wᵀ·dY on the packed micro-kernel (Wᵀ packed once per call, dY's rows read in place),
+// the same tasks and order as above. dw of the other ungrouped convolutions (the stem,
 // strided and 1×1 convolutions), where the packed GEMM is built and the batch's per-image
 // weight gradients fit in 16 MiB, runs on the packed micro-kernel instead of OpenBLAS: a task per
 // image packs chunks of its output pixels (dy's rows, and the unrolled input gathered straight
@@ -61,6 +64,9 @@ struct ConvBackwardPlan {
   // unrolled input packed dw_chunk_pixels output pixels of an image at a time.
   bool packed_dw = false;
   int64_t dw_chunk_pixels = 0;
+  // dx of the ungrouped convolutions that are not direct, where it is not the transposed
+  // convolution, on the packed GEMM (where it is built): Wᵀ packed once per call, dY read in place.
+  bool packed_dx = false;
 };
 
 // threads: the most threads the backward will run on (scratch regions). The split of the work

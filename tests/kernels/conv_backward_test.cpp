@@ -299,6 +299,9 @@ TEST(ConvBackward, PackedWeightGradientWherePlanned) {
     const bool expected = packed_gemm_available() && c.group == 1 &&
                           name.rfind("winograd_dw", 0) != 0 && name != "k3_stride2_large_weight";
     EXPECT_EQ(plan.packed_dw, expected) << name;
+    // dx too, where it is not the transposed convolution (strided, or accumulated) and x is not
+    // the im2col matrix itself.
+    EXPECT_EQ(plan.packed_dx, packed_gemm_available() && c.group == 1 && !plan.direct) << name;
     if (!plan.packed_dw) continue;
     ++packed;
     EXPECT_GT(plan.dw_chunk_pixels, 0) << name;
