@@ -747,13 +747,16 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
   }
   if (winograd_dw_applies(g)) {
     plan.winograd_dw = true;
-    plan.dw_chunk_tiles = std::clamp(kWinogradChunkFloats / (16 * (g.in_channels + g.out_channels)),
-                                     kMinChunkTiles, std::max<int64_t>(dw_tiles(g).total, 1));
+    // At least kMinChunkTiles, at most every tile (fewer than kMinChunkTiles on small planes).
+    plan.dw_chunk_tiles = std::min(
+        std::max(kWinogradChunkFloats / (16 * (g.in_channels + g.out_channels)), kMinChunkTiles),
+        std::max<int64_t>(dw_tiles(g).total, 1));
   } else if (packed_dw_applies(g)) {
     plan.packed_dw = true;
-    plan.dw_chunk_pixels =
-        std::clamp(kPackedDwChunkFloats / packed_dw_sizes(g, 1).slot_floats, kMinChunkPixels,
-                   std::max<int64_t>(1, std::min(kMaxChunkPixels, g.out_h * g.out_w)));
+    // At least kMinChunkPixels, at most kMaxChunkPixels and the plane's pixels.
+    plan.dw_chunk_pixels = std::min(
+        std::max(kPackedDwChunkFloats / packed_dw_sizes(g, 1).slot_floats, kMinChunkPixels),
+        std::max<int64_t>(1, std::min(kMaxChunkPixels, g.out_h * g.out_w)));
   }
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
