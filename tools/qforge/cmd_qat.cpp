@@ -602,7 +602,8 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->group(train);
   cmd->add_option("--distill-weight", o->setup.distill_weight,
                   "with labels and --distill: loss = (1 − w)·CE + w·KL (default 0.5); 1 trains "
-                  "on the KL alone and ignores the labels")
+                  "on the KL alone and ignores the labels; near 1 (0.9) keeps a converged model "
+                  "close to its float outputs while the labels still count")
       ->group(train);
   cmd->add_option("--label-smoothing", o->setup.label_smoothing,
                   "ε of the labels' cross-entropy, as PyTorch's label_smoothing: the target is "
