@@ -252,15 +252,25 @@ void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const flo
   }
 }
 
+// A block of input channels of a group: its first channel, its channels and its rows of the
+// unrolled input (channels · taps).
+struct BlockRows {
+  int64_t c0, channels, rows;
+};
+
+BlockRows block_rows(const ConvBackwardPlan& plan, const Sizes& s, int64_t block) {
+  const int64_t c0 = block * plan.channel_block;
+  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
+  return {c0, channels, channels * s.taps};
+}
+
 // dw of one group's block of input channels: Σ over images in order, then pixel tiles in order,
 // of dY[tile] · im2col(x)[block, tile]ᵀ.
 void gemm_weight_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int64_t group,
                                int64_t block, const float* x, const float* dy, float* dw,
                                float* col, GradMode write) {
   const ConvGeometry& g = plan.geometry;
-  const int64_t c0 = block * plan.channel_block;
-  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
-  const int64_t rows = channels * s.taps;
+  const auto [c0, channels, rows] = block_rows(plan, s, block);
   float* out = dw + group * s.cout_g * s.k + c0 * s.taps;
   bool first = write == GradMode::kOverwrite;
   for (int64_t n = 0; n < g.batch; ++n) {
@@ -291,9 +301,7 @@ void gemm_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, int6
                               int64_t group, int64_t block, const float* w, const float* dy,
                               float* dx, float* col, GradMode write) {
   const ConvGeometry& g = plan.geometry;
-  const int64_t c0 = block * plan.channel_block;
-  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
-  const int64_t rows = channels * s.taps;
+  const auto [c0, channels, rows] = block_rows(plan, s, block);
   const float* wb = w + group * s.cout_g * s.k + c0 * s.taps;
   const float* dyb = dy + (n * g.out_channels + group * s.cout_g) * s.pixels;
   float* dxb = dx + (n * g.in_channels + group * s.cin_g + c0) * s.in_plane;
@@ -319,9 +327,7 @@ void packed_input_gradient_task(const ConvBackwardPlan& plan, const Sizes& s, in
                                 int64_t block, const float* packed, const float* dy, float* dx,
                                 float* col, GradMode write) {
   const ConvGeometry& g = plan.geometry;
-  const int64_t c0 = block * plan.channel_block;
-  const int64_t channels = std::min(plan.channel_block, s.cin_g - c0);
-  const int64_t rows = channels * s.taps;
+  const auto [c0, channels, rows] = block_rows(plan, s, block);
   const float* dyb = dy + n * g.out_channels * s.pixels;
   float* dxb = dx + (n * g.in_channels + c0) * s.in_plane;
   if (write == GradMode::kOverwrite) std::fill_n(dxb, channels * s.in_plane, 0.0f);
@@ -354,8 +360,7 @@ void pack_input_gradient_weights(const ConvBackwardPlan& plan, const Sizes& s, c
     for (int64_t t = begin; t < end; ++t) {
       const int64_t block = t / per_block;
       const int64_t r0 = t % per_block * kPackedRows;
-      const int64_t c0 = block * plan.channel_block;
-      const int64_t rows = std::min(plan.channel_block, s.cin_g - c0) * s.taps;
+      const auto [c0, channels, rows] = block_rows(plan, s, block);
       const int64_t valid = std::clamp<int64_t>(rows - r0, 0, kPackedRows);
       float* dst = packed + block * packed_block_floats(plan, s) + r0 * s.cout_g;
       for (int64_t co = 0; co < s.cout_g; ++co) {
