@@ -250,6 +250,30 @@ TEST(IoAtomicFile, SignalRemovesNamedTemporaryAndExits) {
   }
 }
 
+// Once commit_together has put a command's outputs in place, SIGINT and SIGTERM no longer end
+// the run: it finishes with its own exit code and its outputs, complete.
+TEST(IoAtomicFile, SignalAfterTheFinalCommitLeavesTheRunFinished) {
+  for (int signal_number : {SIGINT, SIGTERM}) {
+    TempDir dir;
+    const std::string path = dir.file("out.bin");
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      install_signal_cleanup();
+      AtomicFile file(path);
+      file.write("complete");
+      commit_together({&file});
+      ::raise(signal_number);
+      ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << status;
+    EXPECT_EQ(WEXITSTATUS(status), 0) << signal_number;
+    EXPECT_EQ(read_text(path), "complete") << signal_number;
+  }
+}
+
 TEST(IoAtomicFile, OutputsMustDifferFromInputsAndEachOther) {
   TempDir dir;
   std::ofstream(dir.file("m.onnx")) << "model";

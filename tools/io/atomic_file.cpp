@@ -218,6 +218,7 @@ void commit_together(std::initializer_list<AtomicFile*> files) {
   for (AtomicFile* f : files) {
     if (f) f->sync_data();
   }
+  ignore_interrupts();
   for (AtomicFile* f : files) {
     if (f) f->put_in_place();
   }
@@ -282,6 +283,15 @@ void check_output_paths(std::string_view stage, std::span<const NamedPath> outpu
 
 void quiet_signal_messages() {
   g_signal_message.store(false);
+}
+
+void ignore_interrupts() {
+  struct sigaction action {};
+  action.sa_handler = SIG_IGN;
+  sigemptyset(&action.sa_mask);
+  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
+    sigaction(signal_number, &action, nullptr);
+  }
 }
 
 void install_signal_cleanup() {

@@ -64,11 +64,16 @@ class AtomicFile {
   bool committed_ = false;
 };
 
-// Commits several files with as little as possible between the first and the last one put in
-// place: every file's data is flushed first, then each is linked (or renamed) into place, then
-// the directories are flushed. A SIGKILL can then only fall between two link calls, not during
-// a flush to a busy disk.
+// Commits a command's final outputs with as little as possible between the first and the last
+// one put in place: every file's data is flushed first, then each is linked (or renamed) into
+// place, then the directories are flushed. A SIGKILL can then only fall between two link calls,
+// not during a flush to a busy disk. From just before the first file is put in place, SIGINT,
+// SIGTERM and SIGHUP are ignored for the rest of the process (ignore_interrupts): such a signal
+// can neither split the set nor turn the finished run into a failed one with its outputs in
+// place. Checkpoints and other outputs written while the run goes on use AtomicFile::commit.
 void commit_together(std::initializer_list<AtomicFile*> files);
+// SIGINT, SIGTERM and SIGHUP ignored from here on (the run has finished its work).
+void ignore_interrupts();
 
 // Writes bytes to path through an AtomicFile.
 void write_file_atomic(const std::string& path, std::string_view bytes);

@@ -167,7 +167,7 @@ int run_transform(const TransformCliOptions& o) {
   std::printf("verdict      equivalent\n");
 
   out_file.write(exported.onnx_bytes);
-  out_file.commit();
+  io::commit_together({&out_file});
   std::printf("written      %s (%s)\n", o.output.c_str(),
               runtime::written_batch_text(*model, batch_options).c_str());
   if (report_file) {
