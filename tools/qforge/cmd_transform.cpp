@@ -167,9 +167,6 @@ int run_transform(const TransformCliOptions& o) {
   std::printf("verdict      equivalent\n");
 
   out_file.write(exported.onnx_bytes);
-  io::commit_together({&out_file});
-  std::printf("written      %s (%s)\n", o.output.c_str(),
-              runtime::written_batch_text(*model, batch_options).c_str());
   if (report_file) {
     nlohmann::json report{{"model", o.model},
                           {"output", o.output},
@@ -191,8 +188,13 @@ int run_transform(const TransformCliOptions& o) {
                             {"nonfinite_mismatches", f.nonfinite_mismatches},
                             {"tolerance", runtime::kEquivalenceTolerance},
                             {"equivalent", f.equivalent}}}};
-    commit_text_file(*report_file, report.dump(2), "report", o.report);
+    report_file->write(report.dump(2));
+    report_file->write("\n");
   }
+  io::commit_together({&out_file, report_file.get()});
+  std::printf("written      %s (%s)\n", o.output.c_str(),
+              runtime::written_batch_text(*model, batch_options).c_str());
+  if (report_file) std::printf("%-12s written to %s\n", "report", o.report.c_str());
   return 0;
 }
 
