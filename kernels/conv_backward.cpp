@@ -567,6 +567,10 @@ PackedDwSizes packed_dw_sizes(const ConvGeometry& g, int64_t chunk) {
   return z;
 }
 
+size_t packed_dw_slot_bytes(const PackedDwSizes& z) {
+  return aligned_bytes(static_cast<size_t>(z.slot_floats) * sizeof(float));
+}
+
 bool packed_dw_applies(const ConvGeometry& g) {
   // The input gathers index an image with 32-bit offsets.
   return packed_gemm_available() && g.group == 1 &&
@@ -576,15 +580,16 @@ bool packed_dw_applies(const ConvGeometry& g) {
 
 // Panel `panel` of the unrolled input of image x for output pixels p0 .. p0+count:
 // out[j·kPackedCols + r] = x at row panel·kPackedCols + r = (c, kh, kw) and pixel p0 + j, zero
-// in the padding and past the last row. `offsets` (kPackedCols entries) is scratch.
+// in the padding and past the last row.
 void pack_dw_input_panel(const ConvGeometry& g, const float* x, int64_t panel, int64_t p0,
-                         int64_t count, float* out, int32_t* offsets) {
+                         int64_t count, float* out) {
   const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t k = g.in_channels * taps;
   const int64_t rows = std::min(kPackedCols, k - panel * kPackedCols);
   // Row r reads x[c][oh·sh − pad_top + kh·dh][ow·sw − pad_left + kw·dw]: at offsets[r] from the
   // pixel's corner oh·sh·in_w + ow·sw.
   int64_t kh_of[kPackedCols], kw_of[kPackedCols];
+  int32_t offsets[kPackedCols];
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = panel * kPackedCols + r;
     const int64_t c = row / taps;
@@ -602,10 +607,8 @@ void pack_dw_input_panel(const ConvGeometry& g, const float* x, int64_t panel, i
   conv_detail::valid_range(0, g.out_w, g.stride_w, -g.pad_left,
                            g.in_w - (g.kernel_w - 1) * g.dilation_w, ow_lo, ow_hi);
 #ifdef __AVX512F__
-  const __mmask16 low = static_cast<__mmask16>(rows >= 16 ? 0xFFFF : (1u << rows) - 1u);
-  const __mmask16 high = static_cast<__mmask16>(rows >= 32   ? 0xFFFF
-                                                : rows <= 16 ? 0
-                                                             : (1u << (rows - 16)) - 1u);
+  const __mmask16 low = conv_detail::lane_mask(rows);
+  const __mmask16 high = conv_detail::lane_mask(rows - 16);
   const __m512i off_low = _mm512_loadu_si512(offsets);
   const __m512i off_high = _mm512_loadu_si512(offsets + 16);
 #endif
@@ -642,13 +645,10 @@ void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, fl
   float* partial = reinterpret_cast<float*>(workspace);  // [batch][out_channels × k]
   std::byte* slots =
       workspace + aligned_bytes(static_cast<size_t>(g.batch * z.dw_floats) * sizeof(float));
-  const size_t slot_bytes = aligned_bytes(static_cast<size_t>(z.slot_floats) * sizeof(float) +
-                                          kPackedCols * sizeof(int32_t));
   parallel_tasks_with_scratch(
-      g.batch, plan.slots, slot_bytes, slots, [&](int64_t n, std::byte* scratch) {
+      g.batch, plan.slots, packed_dw_slot_bytes(z), slots, [&](int64_t n, std::byte* scratch) {
         float* a = reinterpret_cast<float*>(scratch);
         float* b = a + z.row_panels * kPackedRows * chunk;
-        int32_t* offsets = reinterpret_cast<int32_t*>(b + z.col_panels * kPackedCols * chunk);
         const float* xn = x + n * g.in_channels * g.in_h * g.in_w;
         const float* dyn = dy + n * g.out_channels * pixels;
         float* dwn = partial + n * z.dw_floats;
@@ -660,7 +660,7 @@ void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, fl
                       a + rp * kPackedRows * chunk);
           }
           for (int64_t cp = 0; cp < z.col_panels; ++cp) {
-            pack_dw_input_panel(g, xn, cp, p0, count, b + cp * kPackedCols * chunk, offsets);
+            pack_dw_input_panel(g, xn, cp, p0, count, b + cp * kPackedCols * chunk);
           }
           for (int64_t rp = 0; rp < z.row_panels; ++rp) {
             for (int64_t cp = 0; cp < z.col_panels; ++cp) {
@@ -688,9 +688,7 @@ void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, fl
 size_t packed_dw_workspace_bytes(const ConvBackwardPlan& plan) {
   const PackedDwSizes z = packed_dw_sizes(plan.geometry, plan.dw_chunk_pixels);
   return aligned_bytes(static_cast<size_t>(plan.geometry.batch * z.dw_floats) * sizeof(float)) +
-         aligned_bytes(static_cast<size_t>(z.slot_floats) * sizeof(float) +
-                       kPackedCols * sizeof(int32_t)) *
-             static_cast<size_t>(plan.slots);
+         packed_dw_slot_bytes(z) * static_cast<size_t>(plan.slots);
 }
 
 // The convolution whose output is dx: dy convolved with w transposed (input and output channels

@@ -17,6 +17,10 @@
 
 #include "kernels/conv.h"
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 namespace qforge::kernels::conv_detail {
 
 inline int64_t ceil_div(int64_t a, int64_t b) {
@@ -106,5 +110,12 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
 // Depthwise convolutions (conv_depthwise.cpp).
 void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const float* bias,
                     float* y, const ConvEpilogue& e);
+
+#ifdef __AVX512F__
+// The first n lanes of a 16-float vector (n may be out of [0, 16]).
+inline __mmask16 lane_mask(int64_t n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u);
+}
+#endif
 
 }  // namespace qforge::kernels::conv_detail

@@ -149,11 +149,6 @@ void winograd_weights(const float* w, int64_t out_c, int64_t in_c, float* u) {
 // winograd_patch / winograd_tile_out, so a tile gets the same bits as in the scalar loops (builds
 // without AVX-512, and the edge tiles outside runs). Each returns how many tiles it did.
 
-// The first n lanes (n may be out of [0, 16]).
-inline __mmask16 lane_mask(int64_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u);
-}
-
 // B^T d B for the tiles [0, count) of a run: row i of tile tw's patch is rows[i][2·tw ..
 // 2·tw + 3].
 int64_t winograd2_input_vectors(const float* const* rows, int64_t count, float* v, int64_t stride) {
