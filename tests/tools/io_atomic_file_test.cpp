@@ -12,6 +12,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -55,6 +56,26 @@ class TempDir {
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Runs `child` in a forked process, which exits with 0 when `child` returns, and gives that
+// process's exit code; -1, with a failure recorded, when it could not run or did not exit.
+int exit_code_of_child(const std::function<void()>& child) {
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ADD_FAILURE() << "fork failed";
+    return -1;
+  }
+  if (pid == 0) {
+    child();
+    ::_exit(0);
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) {
+    ADD_FAILURE() << "the child did not exit normally: status " << status;
+    return -1;
+  }
+  return WEXITSTATUS(status);
 }
 
 template <class Fn>
@@ -189,9 +210,7 @@ TEST(IoAtomicFile, DestinationThatIsNotARegularFileIsRefused) {
 TEST(IoAtomicFile, WriteErrorIsReportedOnEveryLaterCall) {
   TempDir dir;
   const std::string path = dir.file("out.bin");
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
+  const int exit_code = exit_code_of_child([&] {
     // A file-size limit of 4 KiB with SIGXFSZ ignored: writes past it fail with EFBIG.
     ::signal(SIGXFSZ, SIG_IGN);
     struct rlimit limit {
@@ -217,11 +236,8 @@ TEST(IoAtomicFile, WriteErrorIsReportedOnEveryLaterCall) {
       }
     }
     ::_exit(code);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  });
+  EXPECT_EQ(exit_code, 0);
   EXPECT_TRUE(dir.entries().empty());
 }
 
@@ -232,19 +248,13 @@ TEST(IoAtomicFile, SignalRemovesNamedTemporaryAndExits) {
     for (bool unnamed : {true, false}) {
       TempDir dir;
       const std::string path = dir.file("out.bin");
-      pid_t child = ::fork();
-      ASSERT_GE(child, 0);
-      if (child == 0) {
+      const int code = exit_code_of_child([&] {
         install_signal_cleanup();
         AtomicFile file(path, {.unnamed = unnamed});
         file.write("partial");
-        ::raise(signal_number);
-        ::_exit(0);  // not reached
-      }
-      int status = 0;
-      ASSERT_EQ(::waitpid(child, &status, 0), child);
-      ASSERT_TRUE(WIFEXITED(status)) << status;
-      EXPECT_EQ(WEXITSTATUS(status), 128 + signal_number);
+        ::raise(signal_number);  // does not return
+      });
+      EXPECT_EQ(code, 128 + signal_number);
       EXPECT_TRUE(dir.entries().empty());
     }
   }
@@ -256,20 +266,14 @@ TEST(IoAtomicFile, SignalAfterTheFinalCommitLeavesTheRunFinished) {
   for (int signal_number : {SIGINT, SIGTERM}) {
     TempDir dir;
     const std::string path = dir.file("out.bin");
-    pid_t child = ::fork();
-    ASSERT_GE(child, 0);
-    if (child == 0) {
+    const int code = exit_code_of_child([&] {
       install_signal_cleanup();
       AtomicFile file(path);
       file.write("complete");
       commit_together({&file});
       ::raise(signal_number);
-      ::_exit(0);
-    }
-    int status = 0;
-    ASSERT_EQ(::waitpid(child, &status, 0), child);
-    ASSERT_TRUE(WIFEXITED(status)) << status;
-    EXPECT_EQ(WEXITSTATUS(status), 0) << signal_number;
+    });
+    EXPECT_EQ(code, 0) << signal_number;
     EXPECT_EQ(read_text(path), "complete") << signal_number;
   }
 }

@@ -285,22 +285,26 @@ void quiet_signal_messages() {
   g_signal_message.store(false);
 }
 
-void ignore_interrupts() {
+namespace {
+
+// What SIGINT, SIGTERM and SIGHUP do from here on.
+void set_interrupt_handler(void (*handler)(int)) {
   struct sigaction action {};
-  action.sa_handler = SIG_IGN;
+  action.sa_handler = handler;
   sigemptyset(&action.sa_mask);
   for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
     sigaction(signal_number, &action, nullptr);
   }
 }
 
+}  // namespace
+
+void ignore_interrupts() {
+  set_interrupt_handler(SIG_IGN);
+}
+
 void install_signal_cleanup() {
-  struct sigaction action {};
-  action.sa_handler = remove_temporaries_and_exit;
-  sigemptyset(&action.sa_mask);
-  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
-    sigaction(signal_number, &action, nullptr);
-  }
+  set_interrupt_handler(remove_temporaries_and_exit);
 }
 
 }  // namespace qforge::io
