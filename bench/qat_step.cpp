@@ -9,9 +9,9 @@
 // exchange (waiting for the other ranks included) and the fold of the shards' gradients, also
 // printed apart. Fake quant is calibrated on the first shard's rows in that case.
 //   [mpirun -np R] qforge_qat_step MODEL.onnx INPUT.npy LABELS.npy [--threads N] [--warmup N]
-//                   [--runs N] [--lr X] [--shards S] [--profile]
+//                   [--runs N] [--lr X] [--shards S] [--profile] [--profile-nodes]
 // --profile also prints to stderr, per op type, the mean time per step its kernels took in the
-// forward and in the backward (the first shard's executor).
+// forward and in the backward (the first shard's executor); --profile-nodes the same per node.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -53,6 +53,7 @@ struct Args {
   double lr = 1e-4;
   int shards = 0;  // 0: one per rank
   bool profile = false;
+  bool per_node = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -76,6 +77,8 @@ Args parse(int argc, char** argv) {
       a.shards = std::stoi(value());
     } else if (arg == "--profile") {
       a.profile = true;
+    } else if (arg == "--profile-nodes") {
+      a.profile = a.per_node = true;
     } else {
       positional.push_back(arg);
     }
@@ -83,7 +86,7 @@ Args parse(int argc, char** argv) {
   if (positional.size() != 3 || a.runs < 1 || a.warmup < 0 || a.threads < 1) {
     throw std::invalid_argument(
         "usage: qforge_qat_step MODEL.onnx INPUT.npy LABELS.npy [--threads N] [--warmup N] "
-        "[--runs N>=1] [--lr X] [--shards S] [--profile]");
+        "[--runs N>=1] [--lr X] [--shards S] [--profile] [--profile-nodes]");
   }
   a.model = positional[0];
   a.input = positional[1];
@@ -170,10 +173,12 @@ int run(const Args& a, qforge::runtime::Communicator& comm) {
   if (a.profile) {
     // Mean per timed step; a step's parts outside the kernels (loss, gradient set-up) are not
     // in it.
-    std::fprintf(stderr, "%-28s %12s %12s %6s\n", "op (first shard)", "forward ms", "backward ms",
-                 "nodes");
-    for (const auto& t : executor.profile()) {
-      std::fprintf(stderr, "%-28s %12.2f %12.2f %6zu\n", t.op_type.c_str(),
+    std::fprintf(stderr, "%-40s %12s %12s %6s\n",
+                 a.per_node ? "node (first shard)" : "op (first shard)", "forward ms",
+                 "backward ms", "nodes");
+    for (const auto& t : executor.profile(a.per_node)) {
+      const std::string name = a.per_node ? t.node + " (" + t.op_type + ")" : t.op_type;
+      std::fprintf(stderr, "%-40s %12.2f %12.2f %6zu\n", name.c_str(),
                    1e3 * t.forward_seconds / a.runs, 1e3 * t.backward_seconds / a.runs,
                    t.forward_calls / static_cast<size_t>(a.runs));
     }

@@ -493,18 +493,25 @@ void TrainingExecutor::backward(std::span<const Tensor> output_grads) {
   end_backward();
 }
 
-std::vector<TrainingExecutor::OpTime> TrainingExecutor::profile() const {
-  std::map<std::string, OpTime> by_type;
+std::vector<TrainingExecutor::OpTime> TrainingExecutor::profile(bool per_node) const {
+  std::vector<OpTime> result;
+  std::map<std::string, size_t> index_of_type;
   for (const Step& step : steps_) {
     if (step.forward_calls == 0 && step.backward_seconds == 0) continue;
-    OpTime& t = by_type[step.node->op_type()];
-    t.op_type = step.node->op_type();
+    const std::string& type = step.node->op_type();
+    size_t i = result.size();
+    if (per_node) {
+      result.push_back(OpTime{type, step.node->name()});
+    } else if (auto [it, added] = index_of_type.emplace(type, i); !added) {
+      i = it->second;
+    } else {
+      result.push_back(OpTime{type, {}});
+    }
+    OpTime& t = result[i];
     t.forward_seconds += step.forward_seconds;
     t.backward_seconds += step.backward_seconds;
     t.forward_calls += step.forward_calls;
   }
-  std::vector<OpTime> result;
-  for (auto& [type, t] : by_type) result.push_back(t);
   std::stable_sort(result.begin(), result.end(), [](const OpTime& a, const OpTime& b) {
     return a.forward_seconds + a.backward_seconds > b.forward_seconds + b.backward_seconds;
   });

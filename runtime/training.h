@@ -80,17 +80,18 @@ class TrainingExecutor {
   // valid.
   void backward(std::span<const Tensor> output_grads);
 
-  // Per op type, the time forward and backward spent in its kernels (a backward's recomputed
-  // inputs included), in descending total; empty until set_profile(true) and a step. Adds two
-  // clock reads per step and kernel; reset_profile() clears the sums.
+  // Per op type (or, with per_node, per node), the time forward and backward spent in its kernels
+  // (a backward's recomputed inputs included), in descending total; empty until set_profile(true)
+  // and a step. Adds two clock reads per step and kernel; reset_profile() clears the sums.
   struct OpTime {
     std::string op_type;
+    std::string node;  // with per_node: the node's name; empty otherwise
     double forward_seconds = 0;
     double backward_seconds = 0;
     size_t forward_calls = 0;
   };
   void set_profile(bool on) { profile_ = on; }
-  std::vector<OpTime> profile() const;
+  std::vector<OpTime> profile(bool per_node = false) const;
   void reset_profile();
 
  private:

@@ -4,9 +4,11 @@
 // gradient that would pass through an op without a backward is refused, naming the node.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -110,6 +112,23 @@ TEST(TrainingExecutor, ProfileCountsEveryKernelPerOpType) {
   EXPECT_GE(profile[0].forward_seconds + profile[0].backward_seconds,
             profile[1].forward_seconds + profile[1].backward_seconds);
   EXPECT_EQ(std::vector<float>(grad.data<float>(), grad.data<float>() + grad.numel()), plain);
+  // Per node: one row each, named, summing to the per-type rows.
+  const auto nodes = executor->profile(/*per_node=*/true);
+  ASSERT_EQ(nodes.size(), 3u);
+  std::vector<std::string> names;
+  double mul_seconds = 0;
+  for (const auto& t : nodes) {
+    names.push_back(t.node);
+    EXPECT_EQ(t.forward_calls, 2u) << t.node;
+    if (t.op_type == "Mul") mul_seconds += t.forward_seconds + t.backward_seconds;
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"out", "relu", "xa"}));
+  for (const auto& t : profile) {
+    if (t.op_type == "Mul") {
+      EXPECT_NEAR(t.forward_seconds + t.backward_seconds, mul_seconds, 1e-12 * mul_seconds);
+    }
+  }
   executor->reset_profile();
   EXPECT_TRUE(executor->profile().empty());
 }
