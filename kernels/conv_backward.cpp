@@ -395,14 +395,57 @@ DwTiles dw_tiles(const ConvGeometry& g) {
   return t;
 }
 
-// Floats of the transform-domain sums M[16][out_channels][in_channels], then of the chunk's
-// transformed dy U[chunk][16][out_channels] and x V[chunk][16][in_channels]: a tile's values are
-// contiguous (its transform writes one block), and point k's matrix is every 16th row.
+// A chunk's transformed tiles of one side (x: in_channels, dy: out_channels): point p of the
+// chunk's tile t and channel c at data[(c / panel)·panel_stride + t·tile_stride +
+// p·point_stride + c % panel]. x's side, and dy's without the packed GEMM, are per point the
+// row-major matrix [tiles × channels] (one panel); with the packed GEMM, dy's side is its left
+// operand: panels of kPackedRows output channels, a tile's 16 points side by side in each, so
+// that a tile's values go to a few contiguous runs.
+struct DwSide {
+  float* data;
+  int64_t channels, panel, panel_stride, tile_stride, point_stride;
+};
+
+DwSide dw_row_major_side(float* data, int64_t channels, int64_t cols) {
+  return {data, channels, channels, 0, channels, cols * channels};
+}
+
+DwSide dw_packed_side(float* data, int64_t channels, int64_t cols) {
+  static_assert(kInterleavedPanels == 16, "a tile has 16 transform points");
+  constexpr int64_t step = kInterleavedPanels * kPackedRows;  // the 16 points of a tile
+  return {data, channels, kPackedRows, step * cols, step, kPackedRows};
+}
+
+// Floats of either layout.
+int64_t dw_side_floats(int64_t channels, int64_t panel, int64_t cols) {
+  return 16 * ceil_div(channels, panel) * panel * cols;
+}
+
+// Where the packed GEMM is built, dy's side is in its packed layout; otherwise both are
+// row-major for OpenBLAS.
+int64_t dw_dy_panel(const ConvGeometry& g) {
+  return packed_gemm_available() ? kPackedRows : g.out_channels;
+}
+
+// Floats of the transform-domain sums M[16][out_channels][in_channels], then of a chunk's two
+// sides.
 int64_t dw_sum_floats(const ConvGeometry& g) {
   return 16 * g.out_channels * g.in_channels;
 }
 int64_t dw_chunk_floats(const ConvGeometry& g, int64_t chunk) {
-  return 16 * chunk * (g.out_channels + g.in_channels);
+  return dw_side_floats(g.out_channels, dw_dy_panel(g), chunk) +
+         dw_side_floats(g.in_channels, g.in_channels, chunk);
+}
+
+// The position of tile t (images in order, rows of tiles, tiles in a row): its image and the
+// output pixel of its top-left corner.
+struct DwTile {
+  int64_t n, oy, ox;
+};
+
+DwTile dw_tile(const DwTiles& tiles, int64_t t) {
+  const int64_t within = t % tiles.per_image;
+  return {t / tiles.per_image, 2 * (within / tiles.cols), 2 * (within % tiles.cols)};
 }
 
 // Bᵀ·d of a 4-vector (stride s): d0 − d2, d1 + d2, d2 − d1, d1 − d3.
@@ -413,68 +456,130 @@ inline void input_transform_4(const float* d, int64_t s, float* out, int64_t os)
   out[3 * os] = d[s] - d[3 * s];
 }
 
-// Transforms tile t of the chunk starting at tile `first` into V (x) and U (dy); what lies outside
-// the input (padding) or the output (a partial tile at the edge) counts as zero.
-void transform_dw_tile(const ConvGeometry& g, const DwTiles& tiles, int64_t first, int64_t t,
-                       const float* x, const float* dy, float* u, float* v) {
-  const int64_t tile = first + t;
-  const int64_t n = tile / tiles.per_image;
-  const int64_t i = tile % tiles.per_image / tiles.cols;
-  const int64_t j = tile % tiles.cols;
-  const int64_t oy = 2 * i, ox = 2 * j;
-  const int64_t iy = oy - g.pad_top, ix = ox - g.pad_left;
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  // Which of the 4×4 patch's rows and columns, and of the 2×2 tile's, lie inside.
-  bool row_in[4], col_in[4];
-  for (int k = 0; k < 4; ++k) {
-    row_in[k] = iy + k >= 0 && iy + k < g.in_h;
-    col_in[k] = ix + k >= 0 && ix + k < g.in_w;
+// Writes tile t's Bᵀ x B (its 4×4 input patch x, zero outside the input) at column col of the x
+// side, every input channel. With AVX-512, 16 channels at a time gathered from their planes.
+void transform_dw_x(const ConvGeometry& g, const DwTile& tile, const float* x, const DwSide& side,
+                    int64_t col) {
+  const int64_t iy = tile.oy - g.pad_top, ix = tile.ox - g.pad_left;
+  const int64_t in_plane = g.in_h * g.in_w;
+  const float* image = x + tile.n * g.in_channels * in_plane;
+  bool inside[4][4];
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      inside[i][j] = iy + i >= 0 && iy + i < g.in_h && ix + j >= 0 && ix + j < g.in_w;
+    }
   }
-  const bool patch_inside = row_in[0] && row_in[3] && col_in[0] && col_in[3];
-  const int64_t v_stride = g.in_channels;  // between transform points
-  float patch[16], rows[16];
-  for (int64_t c = 0; c < g.in_channels; ++c) {
-    const float* plane = x + (n * g.in_channels + c) * in_plane;
-    if (patch_inside) {
-      for (int r = 0; r < 4; ++r) {
-        const float* src = plane + (iy + r) * g.in_w + ix;
-        for (int k = 0; k < 4; ++k) patch[r * 4 + k] = src[k];
-      }
-    } else {
-      for (int r = 0; r < 4; ++r) {
-        for (int k = 0; k < 4; ++k) {
-          patch[r * 4 + k] = row_in[r] && col_in[k] ? plane[(iy + r) * g.in_w + ix + k] : 0.0f;
+  const int64_t panels = ceil_div(side.channels, side.panel);
+  const int64_t ps = side.point_stride;
+  for (int64_t q = 0; q < panels; ++q) {
+    float* out = side.data + q * side.panel_stride + col * side.tile_stride;
+    const int64_t panel_channels = std::min(side.panel, side.channels - q * side.panel);
+    int64_t s = 0;
+#ifdef __AVX512F__
+    const __m512i lanes =
+        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                           _mm512_set1_epi32(static_cast<int>(in_plane)));
+    for (; s < panel_channels; s += 16) {
+      const __mmask16 mask = conv_detail::lane_mask(panel_channels - s);
+      const float* planes = image + (q * side.panel + s) * in_plane;
+      __m512 d[4][4];
+      for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 4; ++j) {
+          d[i][j] = inside[i][j] ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, lanes,
+                                                            planes + (iy + i) * g.in_w + ix + j, 4)
+                                 : _mm512_setzero_ps();
         }
       }
+      __m512 t[4][4];  // Bᵀ·d, column by column
+      for (int j = 0; j < 4; ++j) {
+        t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+        t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+        t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+        t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+      }
+      for (int i = 0; i < 4; ++i) {  // (Bᵀ·d)·B, row by row
+        float* o = out + s + 4 * i * ps;
+        _mm512_mask_storeu_ps(o, mask, _mm512_sub_ps(t[i][0], t[i][2]));
+        _mm512_mask_storeu_ps(o + ps, mask, _mm512_add_ps(t[i][1], t[i][2]));
+        _mm512_mask_storeu_ps(o + 2 * ps, mask, _mm512_sub_ps(t[i][2], t[i][1]));
+        _mm512_mask_storeu_ps(o + 3 * ps, mask, _mm512_sub_ps(t[i][1], t[i][3]));
+      }
     }
-    // Bᵀ·patch (columns), then ·B (rows).
-    for (int k = 0; k < 4; ++k) input_transform_4(patch + k, 4, rows + k, 4);
-    float* out = v + t * 16 * g.in_channels + c;
-    for (int r = 0; r < 4; ++r)
-      input_transform_4(rows + r * 4, 1, out + r * 4 * v_stride, v_stride);
+#endif
+    for (; s < panel_channels; ++s) {
+      const float* plane = image + (q * side.panel + s) * in_plane;
+      float patch[16], rows[16];
+      for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 4; ++j) {
+          patch[i * 4 + j] = inside[i][j] ? plane[(iy + i) * g.in_w + ix + j] : 0.0f;
+        }
+      }
+      for (int j = 0; j < 4; ++j) input_transform_4(patch + j, 4, rows + j, 4);
+      for (int i = 0; i < 4; ++i) {
+        input_transform_4(rows + i * 4, 1, out + s + 4 * i * ps, ps);
+      }
+    }
   }
-  const bool tile_inside = oy + 1 < g.out_h && ox + 1 < g.out_w;
-  const int64_t u_stride = g.out_channels;
-  for (int64_t c = 0; c < g.out_channels; ++c) {
-    const float* plane = dy + (n * g.out_channels + c) * out_plane;
-    float e00 = plane[oy * g.out_w + ox], e01 = 0, e10 = 0, e11 = 0;
-    if (tile_inside) {
-      e01 = plane[oy * g.out_w + ox + 1];
-      e10 = plane[(oy + 1) * g.out_w + ox];
-      e11 = plane[(oy + 1) * g.out_w + ox + 1];
-    } else {
-      if (ox + 1 < g.out_w) e01 = plane[oy * g.out_w + ox + 1];
-      if (oy + 1 < g.out_h) e10 = plane[(oy + 1) * g.out_w + ox];
+}
+
+// Writes tile t's A e Aᵀ (its 2×2 tile e of dy, zero past the output's edge) at column col of
+// the dy side, every output channel; A = [1 0; 1 1; 1 −1; 0 −1], rows first: r_a = A·(e_a0,
+// e_a1), then point 4i + k = (A·(r_0[k], r_1[k]))_i.
+void transform_dw_dy(const ConvGeometry& g, const DwTile& tile, const float* dy, const DwSide& side,
+                     int64_t col) {
+  const int64_t out_plane = g.out_h * g.out_w;
+  const float* image = dy + tile.n * g.out_channels * out_plane + tile.oy * g.out_w + tile.ox;
+  const bool right = tile.ox + 1 < g.out_w, below = tile.oy + 1 < g.out_h;
+  const int64_t panels = ceil_div(side.channels, side.panel);
+  const int64_t ps = side.point_stride;
+  for (int64_t q = 0; q < panels; ++q) {
+    float* out = side.data + q * side.panel_stride + col * side.tile_stride;
+    const int64_t panel_channels = std::min(side.panel, side.channels - q * side.panel);
+    int64_t s = 0;
+#ifdef __AVX512F__
+    const __m512i lanes =
+        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                           _mm512_set1_epi32(static_cast<int>(out_plane)));
+    const __m512 zero = _mm512_setzero_ps();
+    for (; s < panel_channels; s += 16) {
+      // Gathered lanes: the panel's channels; stored: the whole panel (rows past the last
+      // channel zero).
+      const __mmask16 mask = conv_detail::lane_mask(panel_channels - s);
+      const __mmask16 store = conv_detail::lane_mask(side.panel - s);
+      const float* planes = image + (q * side.panel + s) * out_plane;
+      const __m512 e00 = _mm512_mask_i32gather_ps(zero, mask, lanes, planes, 4);
+      const __m512 e01 = right ? _mm512_mask_i32gather_ps(zero, mask, lanes, planes + 1, 4) : zero;
+      const __m512 e10 =
+          below ? _mm512_mask_i32gather_ps(zero, mask, lanes, planes + g.out_w, 4) : zero;
+      const __m512 e11 = right && below
+                             ? _mm512_mask_i32gather_ps(zero, mask, lanes, planes + g.out_w + 1, 4)
+                             : zero;
+      const __m512 r0[4] = {e00, _mm512_add_ps(e00, e01), _mm512_sub_ps(e00, e01),
+                            _mm512_sub_ps(zero, e01)};
+      const __m512 r1[4] = {e10, _mm512_add_ps(e10, e11), _mm512_sub_ps(e10, e11),
+                            _mm512_sub_ps(zero, e11)};
+      for (int k = 0; k < 4; ++k) {
+        float* o = out + s + k * ps;
+        _mm512_mask_storeu_ps(o, store, r0[k]);
+        _mm512_mask_storeu_ps(o + 4 * ps, store, _mm512_add_ps(r0[k], r1[k]));
+        _mm512_mask_storeu_ps(o + 8 * ps, store, _mm512_sub_ps(r0[k], r1[k]));
+        _mm512_mask_storeu_ps(o + 12 * ps, store, _mm512_sub_ps(zero, r1[k]));
+      }
     }
-    // A·e·Aᵀ, A = [1 0; 1 1; 1 −1; 0 −1]: rows first, then columns.
-    const float r0[4] = {e00, e00 + e01, e00 - e01, -e01};
-    const float r1[4] = {e10, e10 + e11, e10 - e11, -e11};
-    float* out = u + t * 16 * g.out_channels + c;
-    for (int k = 0; k < 4; ++k) {
-      out[k * u_stride] = r0[k];
-      out[(4 + k) * u_stride] = r0[k] + r1[k];
-      out[(8 + k) * u_stride] = r0[k] - r1[k];
-      out[(12 + k) * u_stride] = -r1[k];
+#endif
+    for (; s < panel_channels; ++s) {
+      const float* e = image + (q * side.panel + s) * out_plane;
+      const float e00 = e[0], e01 = right ? e[1] : 0.0f;
+      const float e10 = below ? e[g.out_w] : 0.0f, e11 = right && below ? e[g.out_w + 1] : 0.0f;
+      const float r0[4] = {e00, e00 + e01, e00 - e01, 0.0f - e01};
+      const float r1[4] = {e10, e10 + e11, e10 - e11, 0.0f - e11};
+      for (int k = 0; k < 4; ++k) {
+        float* o = out + s + k * ps;
+        o[0] = r0[k];
+        o[4 * ps] = r0[k] + r1[k];
+        o[8 * ps] = r0[k] - r1[k];
+        o[12 * ps] = 0.0f - r1[k];
+      }
     }
   }
 }
@@ -513,27 +618,55 @@ void winograd_dw_output(const ConvGeometry& g, const float* m, float* dw, GradMo
   });
 }
 
+// Tiles transformed per task.
+constexpr int64_t kDwTaskTiles = 16;
+
 void winograd_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, float* dw,
                  std::byte* workspace, GradMode write) {
   const ConvGeometry& g = plan.geometry;
   const DwTiles tiles = dw_tiles(g);
+  const int64_t co = g.out_channels, ci = g.in_channels, pairs = co * ci;
+  const bool packed = dw_dy_panel(g) != co;
   float* m = reinterpret_cast<float*>(workspace);
-  float* u = m + dw_sum_floats(g);
-  const int64_t chunk_max = plan.dw_chunk_tiles;
-  float* v = u + 16 * chunk_max * g.out_channels;
-  const int64_t pairs = g.out_channels * g.in_channels;
+  float* sides = m + dw_sum_floats(g);
   if (tiles.total == 0) std::fill_n(m, dw_sum_floats(g), 0.0f);
-  for (int64_t first = 0; first < tiles.total; first += chunk_max) {
-    const int64_t chunk = std::min(chunk_max, tiles.total - first);
-    parallel_for(chunk, 4, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) transform_dw_tile(g, tiles, first, t, x, dy, u, v);
+  for (int64_t first = 0; first < tiles.total; first += plan.dw_chunk_tiles) {
+    const int64_t chunk = std::min(plan.dw_chunk_tiles, tiles.total - first);
+    const DwSide u =
+        packed ? dw_packed_side(sides, co, chunk) : dw_row_major_side(sides, co, chunk);
+    const DwSide v = dw_row_major_side(sides + dw_side_floats(co, u.panel, chunk), ci, chunk);
+    parallel_for(ceil_div(chunk, kDwTaskTiles), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin * kDwTaskTiles; t < std::min(chunk, end * kDwTaskTiles); ++t) {
+        const DwTile tile = dw_tile(tiles, first + t);
+        transform_dw_x(g, tile, x, v, t);
+        transform_dw_dy(g, tile, dy, u, t);
+      }
     });
-    const float beta = first == 0 ? 0.0f : 1.0f;
-    parallel_for(16, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        sgemm(Transpose::kYes, Transpose::kNo, g.out_channels, g.in_channels, chunk, 1.0f,
-              u + k * g.out_channels, 16 * g.out_channels, v + k * g.in_channels,
-              16 * g.in_channels, beta, m + k * pairs, g.in_channels);
+    // M_p += U_p · V_pᵀ over the chunk's tiles.
+    if (!packed) {
+      const float beta = first == 0 ? 0.0f : 1.0f;
+      parallel_for(16, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          sgemm(Transpose::kYes, Transpose::kNo, co, ci, chunk, 1.0f, u.data + p * u.point_stride,
+                co, v.data + p * v.point_stride, ci, beta, m + p * pairs, ci);
+        }
+      });
+      continue;
+    }
+    // Each sum one chain of fused multiply-adds over the tiles in order, carried from chunk to
+    // chunk: the bits do not depend on the chunk size.
+    const int64_t panels = ceil_div(co, kPackedRows);
+    parallel_for(16 * panels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t p = task / panels, q = task % panels;
+        const float* a = u.data + q * u.panel_stride + p * u.point_stride;
+        const int64_t rows = std::min(kPackedRows, co - q * kPackedRows);
+        for (int64_t c0 = 0; c0 < ci; c0 += kPackedCols) {
+          float* out = m + p * pairs + q * kPackedRows * ci + c0;
+          packed_gemm_tile_interleaved(chunk, a, v.data + p * v.point_stride + c0, ci, rows,
+                                       std::min(kPackedCols, ci - c0), first == 0 ? nullptr : out,
+                                       ci, out, ci);
+        }
       }
     });
   }

@@ -57,7 +57,8 @@ struct ConvBackwardPlan {
   bool dx_as_conv = false;
   ConvPlan dx_plan;
   // dw by F(3×3, 2×2) Winograd, dw_chunk_tiles 2×2 tiles of dy (images in order, rows of tiles,
-  // tiles in a row) transformed at a time.
+  // tiles in a row) transformed at a time; each transform-domain sum runs over the tiles in
+  // order (on the packed GEMM, one chain of fused multiply-adds whatever the chunk).
   bool winograd_dw = false;
   int64_t dw_chunk_tiles = 0;
   // dw of the other ungrouped convolutions on the packed GEMM (where it is built), dY and the

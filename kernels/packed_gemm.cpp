@@ -87,7 +87,7 @@ inline __m512 finish_vector(const TileEpilogue& e, int64_t r, int64_t j, __mmask
 
 // R rows computed (of which `rows` are stored), NV vectors of columns. kAddAfter: the sums
 // start from zero and c_in is added to them at the store (packed_gemm_tile_add).
-template <int R, int NV, bool kAddAfter>
+template <int R, int NV, bool kAddAfter, int64_t kAStep>
 void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t rows, int64_t cols,
                 const float* c_in, int64_t ldc_in, float* c_out, int64_t ldc_out,
                 const TileEpilogue* e) {
@@ -115,7 +115,7 @@ void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(mask[v], b + kk * ldb + 16 * v);
-    const float* ak = a + kk * kPackedRows;
+    const float* ak = a + kk * kAStep;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512 av = _mm512_set1_ps(ak[r]);
@@ -164,31 +164,31 @@ void store_tile_with_epilogue(const float* sums, int64_t ld_sums, int64_t rows, 
 
 namespace {
 
-template <bool kAddAfter>
+template <bool kAddAfter, int64_t kAStep = kPackedRows>
 void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
                    int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
                    int64_t ldc_out, const TileEpilogue* epilogue) {
   if (cols > 16) {
     if (rows > 8) {
-      micro_tile<14, 2, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
-                                   ldc_out, epilogue);
+      micro_tile<14, 2, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
+                                           c_out, ldc_out, epilogue);
     } else if (rows > 4) {
-      micro_tile<8, 2, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
-                                  ldc_out, epilogue);
+      micro_tile<8, 2, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
+                                          c_out, ldc_out, epilogue);
     } else {
-      micro_tile<4, 2, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
-                                  ldc_out, epilogue);
+      micro_tile<4, 2, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
+                                          c_out, ldc_out, epilogue);
     }
   } else {
     if (rows > 8) {
-      micro_tile<14, 1, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
-                                   ldc_out, epilogue);
+      micro_tile<14, 1, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
+                                           c_out, ldc_out, epilogue);
     } else if (rows > 4) {
-      micro_tile<8, 1, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
-                                  ldc_out, epilogue);
+      micro_tile<8, 1, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
+                                          c_out, ldc_out, epilogue);
     } else {
-      micro_tile<4, 1, kAddAfter>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
-                                  ldc_out, epilogue);
+      micro_tile<4, 1, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
+                                          c_out, ldc_out, epilogue);
     }
   }
 }
@@ -202,6 +202,13 @@ void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, in
                        epilogue);
 }
 
+void packed_gemm_tile_interleaved(int64_t kc, const float* a_panel, const float* b_panel,
+                                  int64_t ldb, int64_t rows, int64_t cols, const float* c_in,
+                                  int64_t ldc_in, float* c_out, int64_t ldc_out) {
+  dispatch_tile<false, kInterleavedPanels * kPackedRows>(kc, a_panel, b_panel, ldb, rows, cols,
+                                                         c_in, ldc_in, c_out, ldc_out, nullptr);
+}
+
 void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
                           int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in,
                           float* c_out, int64_t ldc_out) {
@@ -212,18 +219,36 @@ void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b_panel
 
 // Scalar form for builds without AVX-512 (callers normally keep OpenBLAS there): the same
 // chain of fused multiply-adds per output.
-void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
-                      int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
-                      int64_t ldc_out, const TileEpilogue* epilogue) {
+namespace {
+
+void scalar_tile(int64_t kc, const float* a_panel, int64_t a_step, const float* b_panel,
+                 int64_t ldb, int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in,
+                 float* c_out, int64_t ldc_out, const TileEpilogue* epilogue) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < cols; ++j) {
       float acc = c_in ? c_in[r * ldc_in + j] : 0.0f;
       for (int64_t kk = 0; kk < kc; ++kk) {
-        acc = std::fma(a_panel[kk * kPackedRows + r], b_panel[kk * ldb + j], acc);
+        acc = std::fma(a_panel[kk * a_step + r], b_panel[kk * ldb + j], acc);
       }
       c_out[r * ldc_out + j] = epilogue ? apply_tile_epilogue(*epilogue, r, j, acc) : acc;
     }
   }
+}
+
+}  // namespace
+
+void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
+                      int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
+                      int64_t ldc_out, const TileEpilogue* epilogue) {
+  scalar_tile(kc, a_panel, kPackedRows, b_panel, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out,
+              epilogue);
+}
+
+void packed_gemm_tile_interleaved(int64_t kc, const float* a_panel, const float* b_panel,
+                                  int64_t ldb, int64_t rows, int64_t cols, const float* c_in,
+                                  int64_t ldc_in, float* c_out, int64_t ldc_out) {
+  scalar_tile(kc, a_panel, kInterleavedPanels * kPackedRows, b_panel, ldb, rows, cols, c_in, ldc_in,
+              c_out, ldc_out, nullptr);
 }
 
 void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,

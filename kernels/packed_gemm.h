@@ -60,6 +60,13 @@ void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b, int64_t 
                       int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
                       int64_t ldc_out, const TileEpilogue* epilogue);
 
+// packed_gemm_tile without an epilogue, for A panels of kInterleavedPanels products laid side by
+// side k step by k step: product i's panel at a_panel + i·kPackedRows, its k steps
+// kInterleavedPanels·kPackedRows floats apart (the Winograd weight gradient's 16 transform points).
+inline constexpr int64_t kInterleavedPanels = 16;
+void packed_gemm_tile_interleaved(int64_t kc, const float* a_panel, const float* b, int64_t ldb,
+                                  int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in,
+                                  float* c_out, int64_t ldc_out);
 // As packed_gemm_tile without an epilogue, except that the sums over this pass start from zero
 // and c_in (when not null) is added to them at the end: c_out = c_in + a_panel · b. A long
 // product then accumulates as blocks added one after the other, the rounding OpenBLAS and ONNX

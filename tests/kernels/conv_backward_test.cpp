@@ -289,6 +289,46 @@ TEST(ConvBackward, WinogradCasesTakeWinograd) {
   EXPECT_EQ(winograd, 3);
 }
 
+// The Winograd dw in chunks of any size (chunks that cross images, start and end mid-row)
+// matches the reference and has the same bits on 1 and 2 threads; on the packed GEMM, whose
+// sums are one chain over the tiles, the same bits for every chunk size. Odd output sizes
+// (13 × 37: 7 × 19 tiles, partial tiles at both edges), asymmetric pads, channel counts that
+// fill neither the vector lanes (16) nor the GEMM panels.
+TEST(ConvBackward, WinogradWeightGradientAnyChunking) {
+  const ConvCase c{"winograd_dw_chunks", 3, 16, 13, 37, 17, 3, 3, 1, 1, 1, 1, 0, 1, 2, 1, 1};
+  const ConvGeometry g = geometry_of(c);
+  ASSERT_EQ(g.out_h, 13);
+  ASSERT_EQ(g.out_w, 37);
+  const ConvData d = conv_data(g, 71);
+  const Reference ref = run_reference(g, to_double(d.x), to_double(d.w), to_double(d.dy));
+  const Reference mag = run_reference(g, absolute(to_double(d.x)), absolute(to_double(d.w)),
+                                      absolute(to_double(d.dy)));
+  const int64_t per_image = 7 * 19;
+  std::vector<float> first;
+  for (int64_t chunk : {int64_t{1}, int64_t{20}, int64_t{64}, per_image - 1, per_image,
+                        2 * per_image + 5, 3 * per_image}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    std::vector<float> dw[2];
+    for (int threads : {1, 2}) {
+      ThreadCount scope(threads);
+      ConvBackwardPlan plan = plan_conv_backward(g, threads);
+      ASSERT_TRUE(plan.winograd_dw);
+      plan.dw_chunk_tiles = chunk;
+      std::vector<std::byte> ws(conv_backward_workspace_bytes(plan) + 64);
+      std::vector<float>& out = dw[threads - 1];
+      out.assign(w_size(g), NAN);
+      conv2d_backward(plan, d.x.data(), nullptr, d.dy.data(), {nullptr, out.data(), nullptr},
+                      ws.data());
+    }
+    expect_matches_reference(dw[1], ref.dw, mag.dw, "dw");
+    expect_same_bits(dw[0].data(), dw[1].data(), dw[0].size(), "dw on 1 and 2 threads");
+    if (packed_gemm_available()) {
+      if (first.empty()) first = dw[1];
+      expect_same_bits(dw[1].data(), first.data(), first.size(), "dw against chunks of 1 tile");
+    }
+  }
+}
+
 // The ungrouped cases that are not Winograd's take the packed weight gradient where it is built,
 // but for the large weight; grouped and depthwise cases never do.
 TEST(ConvBackward, PackedWeightGradientWherePlanned) {

@@ -90,6 +90,40 @@ TEST(PackedGemm, TileMatchesReferenceForEveryEdgeSize) {
   }
 }
 
+// The interleaved form reads product i's panel at a + i·kPackedRows, k steps
+// kInterleavedPanels·kPackedRows apart, and gives each product the bits packed_gemm_tile gives
+// its own panel, for every tile height and width, with and without running sums.
+TEST(PackedGemm, InterleavedPanelsGiveEachProductsBits) {
+  const int64_t kc = 23;
+  const int64_t step = kInterleavedPanels * kPackedRows;
+  const auto interleaved = random_values(static_cast<size_t>(kc * step), 11);
+  const auto b = random_values(static_cast<size_t>(kc * kPackedCols), 12);
+  const auto c0 = random_values(static_cast<size_t>(kPackedRows * kPackedCols), 13);
+  for (int64_t i : {int64_t{0}, int64_t{5}, kInterleavedPanels - 1}) {
+    std::vector<float> own(static_cast<size_t>(kc * kPackedRows));
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      std::copy_n(interleaved.begin() + kk * step + i * kPackedRows, kPackedRows,
+                  own.begin() + kk * kPackedRows);
+    }
+    for (int64_t rows = 1; rows <= kPackedRows; ++rows) {
+      for (int64_t cols = 1; cols <= kPackedCols; ++cols) {
+        for (bool accumulate : {false, true}) {
+          std::vector<float> want(c0.size(), NAN), got(c0.size(), NAN);
+          const float* c_in = accumulate ? c0.data() : nullptr;
+          packed_gemm_tile(kc, own.data(), b.data(), kPackedCols, rows, cols, c_in, kPackedCols,
+                           want.data(), kPackedCols, nullptr);
+          packed_gemm_tile_interleaved(kc, interleaved.data() + i * kPackedRows, b.data(),
+                                       kPackedCols, rows, cols, c_in, kPackedCols, got.data(),
+                                       kPackedCols);
+          expect_same_bits(got.data(), want.data(), got.size(),
+                           "product " + std::to_string(i) + " rows " + std::to_string(rows) +
+                               " cols " + std::to_string(cols));
+        }
+      }
+    }
+  }
+}
+
 // The micro-kernel's epilogue, the one applied to kept-aside sums (tiles that span images) and
 // the scalar form give the same bits.
 TEST(PackedGemm, VectorAndScalarEpiloguesAgreeBitForBit) {
