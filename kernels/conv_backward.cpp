@@ -36,8 +36,8 @@ constexpr int64_t kMinChunkTiles = 32;
 constexpr int64_t kWinogradMinChannels = 16;
 // Packed dw: a task's packed chunk of output pixels (dY's rows and the unrolled input's columns)
 // takes at most this many floats (256 KiB), and a chunk is kMinChunkPixels to kMaxChunkPixels
-// pixels; the images' own dw, all held at once, at most kPackedDwMaxFloats (16 MiB; larger
-// weights keep OpenBLAS).
+// pixels; the images' own dw, all held at once, at most kPackedDwMaxFloats (16 MiB; past it, tasks
+// of output channels walk every image instead).
 constexpr int64_t kPackedDwChunkFloats = int64_t{1} << 16;
 constexpr int64_t kPackedDwMaxFloats = int64_t{1} << 22;
 constexpr int64_t kMinChunkPixels = 64;
@@ -674,28 +674,36 @@ void winograd_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, 
 }
 
 // Packed dw -------------------------------------------------------------------------------------
-// dw [out_channels × k] = Σ_n dw_n over images in order, where image n's dw_n = Σ over chunks of
-// dw_chunk_pixels output pixels in order of dY_n[chunk] · im2col(x_n)[chunk]ᵀ on the packed
-// micro-kernel: per chunk, dY's rows are packed into panels of kPackedRows output channels and
-// the unrolled input into panels of kPackedCols rows (c, kh, kw), [pixel][row], and every tile
-// of dw_n adds its chunk's sum (one chain of multiply-adds over the chunk's pixels in order) to
-// what it holds. A task per image, on that thread's own packed chunks; the images' dw_n are then
-// added in image order. A tile's bits depend on the geometry alone.
+// dw [out_channels × k] = dY · im2col(x)ᵀ over every output pixel of every image, on the packed
+// micro-kernel: per chunk of pixels, dY's rows are packed into panels of kPackedRows output
+// channels and the unrolled input into panels of kPackedCols rows (c, kh, kw), [pixel][row].
+// Two ways to split it, fixed by the geometry:
+// - a task per image (plan.dw_row_blocks 0): image n's dw_n = Σ over chunks of dw_chunk_pixels
+//   pixels in order, every tile adding its chunk's sum (one chain of multiply-adds over the
+//   chunk's pixels in order) to what it holds; the images' dw_n are then added in image order.
+//   Its memory is a dw per image, so only while those fit in kPackedDwMaxFloats;
+// - past that, plan.dw_row_blocks tasks of output-channel panels, each packing the whole
+//   unrolled input of every chunk (images in order, a chunk may span images) and carrying each
+//   of its outputs as one chain over all pixels in order: the bits do not depend on the number of
+//   blocks or the chunk.
 
 struct PackedDwSizes {
-  int64_t k = 0;            // rows of the unrolled input: in_channels · taps
-  int64_t row_panels = 0;   // of output channels
-  int64_t col_panels = 0;   // of unrolled-input rows
-  int64_t slot_floats = 0;  // one task's packed dY and input chunks
+  int64_t k = 0;             // rows of the unrolled input: in_channels · taps
+  int64_t row_panels = 0;    // of output channels
+  int64_t block_panels = 0;  // of them, per task
+  int64_t col_panels = 0;    // of unrolled-input rows
+  int64_t slot_floats = 0;   // one task's packed dY and input chunks
   int64_t dw_floats = 0;
 };
 
-PackedDwSizes packed_dw_sizes(const ConvGeometry& g, int64_t chunk) {
+// row_blocks: 0 for a task per image (every row panel in each task).
+PackedDwSizes packed_dw_sizes(const ConvGeometry& g, int64_t chunk, int64_t row_blocks) {
   PackedDwSizes z;
   z.k = g.in_channels * g.kernel_h * g.kernel_w;
   z.row_panels = ceil_div(g.out_channels, kPackedRows);
+  z.block_panels = row_blocks > 0 ? ceil_div(z.row_panels, row_blocks) : z.row_panels;
   z.col_panels = ceil_div(z.k, kPackedCols);
-  z.slot_floats = (z.row_panels * kPackedRows + z.col_panels * kPackedCols) * chunk;
+  z.slot_floats = (z.block_panels * kPackedRows + z.col_panels * kPackedCols) * chunk;
   z.dw_floats = g.out_channels * z.k;
   return z;
 }
@@ -707,8 +715,7 @@ size_t packed_dw_slot_bytes(const PackedDwSizes& z) {
 bool packed_dw_applies(const ConvGeometry& g) {
   // The input gathers index an image with 32-bit offsets.
   return packed_gemm_available() && g.group == 1 &&
-         g.in_channels * g.in_h * g.in_w < (int64_t{1} << 31) &&
-         g.batch * g.out_channels * g.in_channels * g.kernel_h * g.kernel_w <= kPackedDwMaxFloats;
+         g.in_channels * g.in_h * g.in_w < (int64_t{1} << 31);
 }
 
 // Panel `panel` of the unrolled input of image x for output pixels p0 .. p0+count:
@@ -769,12 +776,64 @@ void pack_dw_input_panel(const ConvGeometry& g, const float* x, int64_t panel, i
   }
 }
 
+// Packs output pixels q0 .. q0+count of the flattened (image, pixel) order of the chunk: dY's
+// rows of row panels [rp0, rp1) into a (kPackedRows · count floats per panel) and the unrolled
+// input's column panels into b (kPackedCols · count per panel).
+void pack_dw_chunk(const ConvGeometry& g, const PackedDwSizes& z, const float* x, const float* dy,
+                   int64_t q0, int64_t count, int64_t rp0, int64_t rp1, float* a, float* b) {
+  const int64_t pixels = g.out_h * g.out_w;
+  for (int64_t q = q0; q < q0 + count;) {
+    const int64_t n = q / pixels, p0 = q % pixels;
+    const int64_t run = std::min(pixels - p0, q0 + count - q);  // pixels of image n
+    const int64_t at = q - q0;
+    const float* dyn = dy + n * g.out_channels * pixels;
+    for (int64_t rp = rp0; rp < rp1; ++rp) {
+      pack_rows(dyn + rp * kPackedRows * pixels + p0, pixels,
+                std::min(kPackedRows, g.out_channels - rp * kPackedRows), run,
+                a + (rp - rp0) * kPackedRows * count + at * kPackedRows);
+    }
+    const float* xn = x + n * g.in_channels * g.in_h * g.in_w;
+    for (int64_t cp = 0; cp < z.col_panels; ++cp) {
+      pack_dw_input_panel(g, xn, cp, p0, run, b + cp * kPackedCols * count + at * kPackedCols);
+    }
+    q += run;
+  }
+}
+
 void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, float* dw,
                std::byte* workspace, GradMode write) {
   const ConvGeometry& g = plan.geometry;
   const int64_t chunk = plan.dw_chunk_pixels;
-  const PackedDwSizes z = packed_dw_sizes(g, chunk);
+  const PackedDwSizes z = packed_dw_sizes(g, chunk, plan.dw_row_blocks);
   const int64_t pixels = g.out_h * g.out_w;
+  if (plan.dw_row_blocks > 0) {
+    const int64_t total = g.batch * pixels;
+    if (total == 0 && write == GradMode::kOverwrite) std::fill_n(dw, z.dw_floats, 0.0f);
+    parallel_tasks_with_scratch(
+        plan.dw_row_blocks, plan.slots, packed_dw_slot_bytes(z), workspace,
+        [&](int64_t block, std::byte* scratch) {
+          const int64_t rp0 = block * z.block_panels;
+          const int64_t rp1 = std::min(z.row_panels, rp0 + z.block_panels);
+          float* a = reinterpret_cast<float*>(scratch);
+          float* b = a + z.block_panels * kPackedRows * chunk;
+          for (int64_t q0 = 0; q0 < total; q0 += chunk) {
+            const int64_t count = std::min(chunk, total - q0);
+            pack_dw_chunk(g, z, x, dy, q0, count, rp0, rp1, a, b);
+            const bool start = q0 == 0 && write == GradMode::kOverwrite;
+            for (int64_t rp = rp0; rp < rp1; ++rp) {
+              for (int64_t cp = 0; cp < z.col_panels; ++cp) {
+                float* out = dw + rp * kPackedRows * z.k + cp * kPackedCols;
+                packed_gemm_tile(count, a + (rp - rp0) * kPackedRows * count,
+                                 b + cp * kPackedCols * count, kPackedCols,
+                                 std::min(kPackedRows, g.out_channels - rp * kPackedRows),
+                                 std::min(kPackedCols, z.k - cp * kPackedCols),
+                                 start ? nullptr : out, z.k, out, z.k, nullptr);
+              }
+            }
+          }
+        });
+    return;
+  }
   float* partial = reinterpret_cast<float*>(workspace);  // [batch][out_channels × k]
   std::byte* slots =
       workspace + aligned_bytes(static_cast<size_t>(g.batch * z.dw_floats) * sizeof(float));
@@ -782,24 +841,15 @@ void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, fl
       g.batch, plan.slots, packed_dw_slot_bytes(z), slots, [&](int64_t n, std::byte* scratch) {
         float* a = reinterpret_cast<float*>(scratch);
         float* b = a + z.row_panels * kPackedRows * chunk;
-        const float* xn = x + n * g.in_channels * g.in_h * g.in_w;
-        const float* dyn = dy + n * g.out_channels * pixels;
         float* dwn = partial + n * z.dw_floats;
         for (int64_t p0 = 0; p0 < pixels; p0 += chunk) {
           const int64_t count = std::min(chunk, pixels - p0);
-          for (int64_t rp = 0; rp < z.row_panels; ++rp) {
-            pack_rows(dyn + rp * kPackedRows * pixels + p0, pixels,
-                      std::min(kPackedRows, g.out_channels - rp * kPackedRows), count,
-                      a + rp * kPackedRows * chunk);
-          }
-          for (int64_t cp = 0; cp < z.col_panels; ++cp) {
-            pack_dw_input_panel(g, xn, cp, p0, count, b + cp * kPackedCols * chunk);
-          }
+          pack_dw_chunk(g, z, x, dy, n * pixels + p0, count, 0, z.row_panels, a, b);
           for (int64_t rp = 0; rp < z.row_panels; ++rp) {
             for (int64_t cp = 0; cp < z.col_panels; ++cp) {
               float* out = dwn + rp * kPackedRows * z.k + cp * kPackedCols;
-              packed_gemm_tile_add(count, a + rp * kPackedRows * chunk,
-                                   b + cp * kPackedCols * chunk, kPackedCols,
+              packed_gemm_tile_add(count, a + rp * kPackedRows * count,
+                                   b + cp * kPackedCols * count, kPackedCols,
                                    std::min(kPackedRows, g.out_channels - rp * kPackedRows),
                                    std::min(kPackedCols, z.k - cp * kPackedCols),
                                    p0 == 0 ? nullptr : out, z.k, out, z.k);
@@ -819,9 +869,12 @@ void packed_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, fl
 }
 
 size_t packed_dw_workspace_bytes(const ConvBackwardPlan& plan) {
-  const PackedDwSizes z = packed_dw_sizes(plan.geometry, plan.dw_chunk_pixels);
-  return aligned_bytes(static_cast<size_t>(plan.geometry.batch * z.dw_floats) * sizeof(float)) +
-         packed_dw_slot_bytes(z) * static_cast<size_t>(plan.slots);
+  const PackedDwSizes z = packed_dw_sizes(plan.geometry, plan.dw_chunk_pixels, plan.dw_row_blocks);
+  const size_t partials =
+      plan.dw_row_blocks > 0
+          ? 0
+          : aligned_bytes(static_cast<size_t>(plan.geometry.batch * z.dw_floats) * sizeof(float));
+  return partials + packed_dw_slot_bytes(z) * static_cast<size_t>(plan.slots);
 }
 
 // The convolution whose output is dx: dy convolved with w transposed (input and output channels
@@ -889,10 +942,17 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
         std::max<int64_t>(dw_tiles(g).total, 1));
   } else if (packed_dw_applies(g)) {
     plan.packed_dw = true;
-    // At least kMinChunkPixels, at most kMaxChunkPixels and the plane's pixels.
+    const PackedDwSizes z = packed_dw_sizes(g, 1, 0);
+    int64_t pixels = g.out_h * g.out_w;  // a chunk's most: an image's, or with blocks all
+    if (g.batch * z.dw_floats > kPackedDwMaxFloats) {
+      plan.dw_row_blocks = std::min<int64_t>(z.row_panels, plan.slots);
+      pixels *= g.batch;
+    }
+    // At least kMinChunkPixels, at most kMaxChunkPixels and the pixels there are.
     plan.dw_chunk_pixels = std::min(
-        std::max(kPackedDwChunkFloats / packed_dw_sizes(g, 1).slot_floats, kMinChunkPixels),
-        std::max<int64_t>(1, std::min(kMaxChunkPixels, g.out_h * g.out_w)));
+        std::max(kPackedDwChunkFloats / packed_dw_sizes(g, 1, plan.dw_row_blocks).slot_floats,
+                 kMinChunkPixels),
+        std::max<int64_t>(1, std::min(kMaxChunkPixels, pixels)));
   }
   plan.direct = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                 g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;

@@ -62,9 +62,12 @@ struct ConvBackwardPlan {
   bool winograd_dw = false;
   int64_t dw_chunk_tiles = 0;
   // dw of the other ungrouped convolutions on the packed GEMM (where it is built), dY and the
-  // unrolled input packed dw_chunk_pixels output pixels of an image at a time.
+  // unrolled input packed dw_chunk_pixels output pixels at a time: a task per image and the
+  // images' dw summed in order, or, where a dw per image would take too much memory,
+  // dw_row_blocks tasks of output channels each walking every image.
   bool packed_dw = false;
   int64_t dw_chunk_pixels = 0;
+  int64_t dw_row_blocks = 0;
   // dx of the ungrouped convolutions that are not direct, where it is not the transposed
   // convolution, on the packed GEMM (where it is built): Wᵀ packed once per call, dY read in place.
   bool packed_dx = false;

@@ -336,9 +336,11 @@ TEST(ConvBackward, PackedWeightGradientWherePlanned) {
   for (const ConvCase& c : kCases) {
     const std::string name = c.name;
     const ConvBackwardPlan plan = plan_conv_backward(geometry_of(c), 2);
-    const bool expected = packed_gemm_available() && c.group == 1 &&
-                          name.rfind("winograd_dw", 0) != 0 && name != "k3_stride2_large_weight";
+    const bool expected =
+        packed_gemm_available() && c.group == 1 && name.rfind("winograd_dw", 0) != 0;
     EXPECT_EQ(plan.packed_dw, expected) << name;
+    // A dw per image only while they fit in 16 MiB together; past it, blocks of output channels.
+    EXPECT_EQ(plan.dw_row_blocks, expected && name == "k3_stride2_large_weight" ? 2 : 0) << name;
     // dx too, where it is not the transposed convolution (strided, or accumulated) and x is not
     // the im2col matrix itself.
     EXPECT_EQ(plan.packed_dx, packed_gemm_available() && c.group == 1 && !plan.direct) << name;
@@ -349,7 +351,40 @@ TEST(ConvBackward, PackedWeightGradientWherePlanned) {
       EXPECT_LT(4 * plan.dw_chunk_pixels, geometry_of(c).out_h * geometry_of(c).out_w);
     }
   }
-  EXPECT_EQ(packed, packed_gemm_available() ? 16 : 0);
+  EXPECT_EQ(packed, packed_gemm_available() ? 17 : 0);
+}
+
+// The packed dw in blocks of output channels: each output one chain over every pixel of every
+// image in order, so the same bits for any chunk (chunks that span images, start mid-image) and
+// any number of blocks (1 or 2 threads), and the reference's values.
+TEST(ConvBackward, PackedWeightGradientByRowBlocksAnyChunk) {
+  if (!packed_gemm_available()) GTEST_SKIP() << "the packed GEMM is built with AVX-512 only";
+  const ConvCase c{"rows", 3, 256, 5, 5, 1024, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1};
+  const ConvGeometry g = geometry_of(c);
+  const ConvData d = conv_data(g, 81);
+  const Reference ref = run_reference(g, to_double(d.x), to_double(d.w), to_double(d.dy));
+  const Reference mag = run_reference(g, absolute(to_double(d.x)), absolute(to_double(d.w)),
+                                      absolute(to_double(d.dy)));
+  std::vector<float> first;
+  for (int threads : {1, 2}) {
+    for (int64_t chunk : {1, 4, 9, 10, 27}) {
+      SCOPED_TRACE(std::to_string(threads) + " threads, chunk " + std::to_string(chunk));
+      ThreadCount scope(threads);
+      ConvBackwardPlan plan = plan_conv_backward(g, threads);
+      ASSERT_TRUE(plan.packed_dw);
+      ASSERT_EQ(plan.dw_row_blocks, threads);
+      plan.dw_chunk_pixels = chunk;
+      std::vector<std::byte> ws(conv_backward_workspace_bytes(plan) + 64);
+      std::vector<float> dw(w_size(g), NAN);
+      conv2d_backward(plan, d.x.data(), nullptr, d.dy.data(), {nullptr, dw.data(), nullptr},
+                      ws.data());
+      if (first.empty()) {
+        first = dw;
+        expect_matches_reference(dw, ref.dw, mag.dw, "dw");
+      }
+      expect_same_bits(dw.data(), first.data(), dw.size(), "dw against 1 thread, chunk 1");
+    }
+  }
 }
 
 TEST(ConvBackward, EmptyBatchGivesZeroWeightGradient) {
