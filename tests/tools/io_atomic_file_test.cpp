@@ -275,6 +275,20 @@ TEST(IoAtomicFile, SignalAfterTheFinalCommitLeavesTheRunFinished) {
     });
     EXPECT_EQ(code, 0) << signal_number;
     EXPECT_EQ(read_text(path), "complete") << signal_number;
+    // The same through the span form (a command with a list of outputs: run -o).
+    const std::string first = dir.file("a.npy"), second = dir.file("b.npy");
+    const int list_code = exit_code_of_child([&] {
+      install_signal_cleanup();
+      AtomicFile a(first), b(second);
+      a.write("a");
+      b.write("b");
+      const std::vector<AtomicFile*> files{&a, &b};
+      commit_together(files);
+      ::raise(signal_number);
+    });
+    EXPECT_EQ(list_code, 0) << signal_number;
+    EXPECT_EQ(read_text(first), "a") << signal_number;
+    EXPECT_EQ(read_text(second), "b") << signal_number;
   }
 }
 

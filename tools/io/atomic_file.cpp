@@ -215,6 +215,10 @@ void AtomicFile::commit() {
 }
 
 void commit_together(std::initializer_list<AtomicFile*> files) {
+  commit_together(std::span<AtomicFile* const>(files.begin(), files.size()));
+}
+
+void commit_together(std::span<AtomicFile* const> files) {
   for (AtomicFile* f : files) {
     if (f) f->sync_data();
   }

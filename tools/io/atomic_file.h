@@ -72,6 +72,7 @@ class AtomicFile {
 // can neither split the set nor turn the finished run into a failed one with its outputs in
 // place. Checkpoints and other outputs written while the run goes on use AtomicFile::commit.
 void commit_together(std::initializer_list<AtomicFile*> files);
+void commit_together(std::span<AtomicFile* const> files);
 // SIGINT, SIGTERM and SIGHUP ignored from here on (the run has finished its work).
 void ignore_interrupts();
 

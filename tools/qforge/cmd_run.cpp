@@ -197,7 +197,9 @@ int run_run(RunOptions o) {
       auto tensor = kernels::Tensor::wrap(out_dtypes[k], shape, stacked[k].data());
       out_files[k]->write(io::encode_npy(tensor));
     }
-    for (auto& file : out_files) file->commit();
+    std::vector<io::AtomicFile*> files;
+    for (auto& file : out_files) files.push_back(file.get());
+    io::commit_together(files);
     std::printf("outputs    written to %s\n", o.output.c_str());
   }
   return 0;

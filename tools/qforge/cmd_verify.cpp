@@ -122,7 +122,9 @@ nlohmann::json report_json(const VerifyCommandOptions& o, const quant::VerifyRes
 
 int run_mark_outputs(const VerifyCommandOptions& o) {
   const std::string marked = quant::model_with_points_as_outputs(read_bytes(o.model), o.model);
-  io::write_file_atomic(o.mark_outputs, marked);
+  io::AtomicFile file(o.mark_outputs);
+  file.write(marked);
+  io::commit_together({&file});
   std::printf("written      %s (%s with every point's pre-quant and integer tensors as outputs)\n",
               o.mark_outputs.c_str(), o.model.c_str());
   return 0;

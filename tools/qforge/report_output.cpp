@@ -18,7 +18,7 @@ void commit_text_file(io::AtomicFile& file, const std::string& text, const char*
                       const std::string& path) {
   file.write(text);
   file.write("\n");
-  file.commit();
+  io::commit_together({&file});
   std::printf("%-12s written to %s\n", label, path.c_str());
 }
 

@@ -14,8 +14,9 @@ namespace qforge::cli {
 // Indents every line of a block of report text under its heading.
 void print_indented(const std::string& text);
 
-// Writes `text` and a newline to `file`, commits it and prints "<label> written to <path>" with
-// the label in the console's 12-column heading field.
+// Writes `text` and a newline to `file`, commits it as the command's final output
+// (io::commit_together: SIGINT, SIGTERM and SIGHUP ignored from there) and prints "<label>
+// written to <path>" with the label in the console's 12-column heading field.
 void commit_text_file(io::AtomicFile& file, const std::string& text, const char* label,
                       const std::string& path);
 
