@@ -150,18 +150,27 @@ void for_each_summed(const Walk& w, int last, Fn&& fn) {
   }
 }
 
+// Whether the innermost axis reads a (when the term reads it) in place and b (when read) as one
+// value: the common layouts (a per-channel scale or divisor against an NCHW activation, the
+// output's own quotient). The loops then index a and b without strides, so that the compiler
+// vectorises them; the arithmetic, and so every bit, is the strided loops'.
+bool contiguous_inner(const Gradient& g) {
+  const int inner = g.w.rank - 1;
+  return (!g.a || g.w.a_stride[inner] == 1) && (!g.b || g.w.b_stride[inner] == 0);
+}
+
 // Case A, the innermost axis summed: one gradient element per call, the innermost runs summed
 // lane-interleaved, the runs added in order. The term is a template argument, so that the inner
 // loops hold no switch.
-template <Term T>
+template <Term T, bool kContiguous>
 float sum_element(const Gradient& g, int64_t e) {
   const Walk& w = g.w;
   int64_t o0, oa0, ob0;
   base_offsets(w, e, o0, oa0, ob0);
   const int inner = w.rank - 1;
   const int64_t n = w.dims[inner];
-  const int64_t sa = w.a_stride[inner];
-  const int64_t sb = w.b_stride[inner];
+  const int64_t sa = kContiguous ? 1 : w.a_stride[inner];
+  const int64_t sb = kContiguous ? 0 : w.b_stride[inner];
   float total = 0.0f;
   for_each_summed(w, inner, [&](int64_t o, int64_t oa, int64_t ob) {
     const float* dy = g.dy + o0 + o;
@@ -172,6 +181,19 @@ float sum_element(const Gradient& g, int64_t e) {
     auto lane_term = [&](int64_t k) {
       return term(T, dy[k], a ? a[k * sa] : 0.0f, b ? b[k * sb] : 0.0f);
     };
+    if constexpr (kContiguous) {
+      // The same sums as below, a read in place and b once.
+      const float bv = b ? b[0] : 0.0f;
+      if (a) {
+        for (; i + kSumLanes <= n; i += kSumLanes) {
+          for (int j = 0; j < kSumLanes; ++j) acc[j] += term(T, dy[i + j], a[i + j], bv);
+        }
+      } else {
+        for (; i + kSumLanes <= n; i += kSumLanes) {
+          for (int j = 0; j < kSumLanes; ++j) acc[j] += term(T, dy[i + j], 0.0f, bv);
+        }
+      }
+    }
     for (; i + kSumLanes <= n; i += kSumLanes) {
       for (int j = 0; j < kSumLanes; ++j) acc[j] += lane_term(i + j);
     }
@@ -186,27 +208,36 @@ float sum_element(const Gradient& g, int64_t e) {
 
 // Case B, the innermost axis kept (or nothing summed): `count` neighbouring gradient elements
 // from e0 along it, each summing its output elements in row-major order, side by side.
-template <Term T>
+template <Term T, bool kContiguous>
 void sum_block(const Gradient& g, int64_t e0, int64_t count, float* sums) {
   const Walk& w = g.w;
   int64_t o0, oa0, ob0;
   base_offsets(w, e0, o0, oa0, ob0);
   const int inner = w.rank - 1;
-  const int64_t sa = w.a_stride[inner];
-  const int64_t sb = w.b_stride[inner];
+  const int64_t sa = kContiguous ? 1 : w.a_stride[inner];
+  const int64_t sb = kContiguous ? 0 : w.b_stride[inner];
   std::fill_n(sums, count, 0.0f);
   for_each_summed(w, w.rank, [&](int64_t o, int64_t oa, int64_t ob) {
     const float* dy = g.dy + o0 + o;
     const float* a = g.a ? g.a + oa0 + oa : nullptr;
     const float* b = g.b ? g.b + ob0 + ob : nullptr;
+    if constexpr (kContiguous) {
+      const float bv = b ? b[0] : 0.0f;
+      if (a) {
+        for (int64_t j = 0; j < count; ++j) sums[j] += term(T, dy[j], a[j], bv);
+      } else {
+        for (int64_t j = 0; j < count; ++j) sums[j] += term(T, dy[j], 0.0f, bv);
+      }
+      return;
+    }
     for (int64_t j = 0; j < count; ++j) {
       sums[j] += term(T, dy[j], a ? a[j * sa] : 0.0f, b ? b[j * sb] : 0.0f);
     }
   });
 }
 
-template <Term T>
-void compute_gradient_of(const Gradient& g) {
+template <Term T, bool kContiguous>
+void compute_gradient_with(const Gradient& g) {
   const Walk& w = g.w;
   int64_t summed = 1;
   for (int d = 0; d < w.rank; ++d) {
@@ -217,7 +248,7 @@ void compute_gradient_of(const Gradient& g) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, summed));
     parallel_for(g.grad_numel, grain, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e) {
-        const float s = finish<T>(g, sum_element<T>(g, e), e);
+        const float s = finish<T>(g, sum_element<T, kContiguous>(g, e), e);
         g.out[e] = g.add ? g.out[e] + s : s;
       }
     });
@@ -234,7 +265,7 @@ void compute_gradient_of(const Gradient& g) {
       const int64_t c0 = task % blocks_per_row * kColumnBlock;
       const int64_t e0 = task / blocks_per_row * row + c0;
       const int64_t count = std::min(kColumnBlock, row - c0);
-      sum_block<T>(g, e0, count, sums);
+      sum_block<T, kContiguous>(g, e0, count, sums);
       float* out = g.out + e0;
       for (int64_t j = 0; j < count; ++j) {
         const float s = finish<T>(g, sums[j], e0 + j);
@@ -242,6 +273,15 @@ void compute_gradient_of(const Gradient& g) {
       }
     }
   });
+}
+
+template <Term T>
+void compute_gradient_of(const Gradient& g) {
+  if (contiguous_inner(g)) {
+    compute_gradient_with<T, true>(g);
+  } else {
+    compute_gradient_with<T, false>(g);
+  }
 }
 
 void compute_gradient(const Gradient& g) {
