@@ -882,8 +882,10 @@ size_t packed_dw_workspace_bytes(const ConvBackwardPlan& plan) {
 bool transposed_geometry(const ConvGeometry& g, ConvGeometry& t) {
   const int64_t reach_h = g.dilation_h * (g.kernel_h - 1);
   const int64_t reach_w = g.dilation_w * (g.kernel_w - 1);
-  if (g.group != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_top > reach_h ||
-      g.pad_left > reach_w) {
+  // Ungrouped, or depthwise with one output channel per input channel (the same groups then).
+  const bool depthwise_one = g.group == g.in_channels && g.group == g.out_channels;
+  if ((g.group != 1 && !depthwise_one) || g.stride_h != 1 || g.stride_w != 1 ||
+      g.pad_top > reach_h || g.pad_left > reach_w) {
     return false;
   }
   t = g;
@@ -900,13 +902,20 @@ bool transposed_geometry(const ConvGeometry& g, ConvGeometry& t) {
 
 size_t flipped_weight_bytes(const ConvGeometry& g) {
   return aligned_bytes(
-      static_cast<size_t>(g.in_channels * g.out_channels * g.kernel_h * g.kernel_w) *
+      static_cast<size_t>(g.in_channels * (g.out_channels / g.group) * g.kernel_h * g.kernel_w) *
       sizeof(float));
 }
 
-// wt[ci, co, kh, kw] = w[co, ci, kernel_h − 1 − kh, kernel_w − 1 − kw].
+// wt[ci, co, kh, kw] = w[co, ci, kernel_h − 1 − kh, kernel_w − 1 − kw]; depthwise (a channel
+// per group), wt[c, 0] = w[c, 0] flipped.
 void flip_weights(const ConvGeometry& g, const float* w, float* wt) {
   const int64_t taps = g.kernel_h * g.kernel_w;
+  if (g.group > 1) {
+    for (int64_t c = 0; c < g.out_channels; ++c) {
+      for (int64_t t = 0; t < taps; ++t) wt[c * taps + t] = w[c * taps + taps - 1 - t];
+    }
+    return;
+  }
   parallel_for(g.in_channels, std::max<int64_t>(1, kTaskElements / (g.out_channels * taps)),
                [&](int64_t begin, int64_t end) {
                  for (int64_t ci = begin; ci < end; ++ci) {
@@ -928,8 +937,16 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
   const Sizes s = sizes_of(g);
   plan.slots = std::max(threads, 1);
   plan.depthwise = s.cin_g == 1 && g.group > 1;
-  if (plan.depthwise) return plan;
   ConvGeometry transposed;
+  if (plan.depthwise) {
+    // dx of a stride-1 depthwise convolution with one output channel per input channel is
+    // itself one: dy convolved with the flipped filters, on the forward's kernel.
+    if (transposed_geometry(g, transposed)) {
+      plan.dx_as_conv = true;
+      plan.dx_plan = plan_conv(transposed, plan.slots);
+    }
+    return plan;
+  }
   if (packed_gemm_available() && transposed_geometry(g, transposed)) {
     plan.dx_as_conv = true;
     plan.dx_plan = plan_conv(transposed, plan.slots);
@@ -975,8 +992,12 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
 
 size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
   if (plan.depthwise) {
-    return aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
-           static_cast<size_t>(plan.slots);
+    const size_t padded =
+        aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
+        static_cast<size_t>(plan.slots);
+    if (!plan.dx_as_conv) return padded;
+    return std::max(padded, flipped_weight_bytes(plan.geometry) +
+                                conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw));
   }
   const Sizes s = sizes_of(plan.geometry);
   const size_t gemm_bytes =
@@ -1016,7 +1037,11 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                                          write);
           });
     }
-    if (grads.dx) {
+    if (grads.dx && plan.dx_as_conv && write == GradMode::kOverwrite) {
+      float* flipped = reinterpret_cast<float*>(workspace);
+      flip_weights(g, w, flipped);
+      conv2d(plan.dx_plan, dy, flipped, nullptr, grads.dx, workspace + flipped_weight_bytes(g));
+    } else if (grads.dx) {
       parallel_tasks_with_scratch(g.batch * g.in_channels, plan.slots, slot_bytes, workspace,
                                   [&](int64_t plane, std::byte* scratch) {
                                     padded_depthwise_input_task(g, plane, w, dy, grads.dx,

@@ -53,7 +53,9 @@ struct ConvBackwardPlan {
   int64_t channel_blocks = 0;
   int64_t tile_pixels = 0;  // output pixels per im2col tile
   int slots = 1;            // scratch regions, one per thread that may run
-  // dx (when it is overwritten) as conv2d(dy, w transposed and flipped) with this plan.
+  // dx (when it is overwritten) as conv2d(dy, w transposed and flipped) with this plan: stride-1
+  // ungrouped convolutions (where the packed GEMM is built), and stride-1 depthwise ones with one
+  // output channel per input channel, on the forward depthwise kernel.
   bool dx_as_conv = false;
   ConvPlan dx_plan;
   // dw by F(3×3, 2×2) Winograd, dw_chunk_tiles 2×2 tiles of dy (images in order, rows of tiles,

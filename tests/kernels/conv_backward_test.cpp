@@ -387,6 +387,23 @@ TEST(ConvBackward, PackedWeightGradientByRowBlocksAnyChunk) {
   }
 }
 
+// dx of a stride-1 depthwise convolution with one output channel per input channel is the
+// forward depthwise convolution of dy with the flipped filters (MatchesReference checks its
+// values); the other depthwise cases keep the direct loops.
+TEST(ConvBackward, DepthwiseInputGradientAsConvolutionWherePlanned) {
+  int as_conv = 0;
+  for (const ConvCase& c : kCases) {
+    const ConvGeometry g = geometry_of(c);
+    if (g.group == 1 || g.in_channels != g.group) continue;
+    const ConvBackwardPlan plan = plan_conv_backward(g, 2);
+    ASSERT_TRUE(plan.depthwise) << c.name;
+    const bool expected = c.sh == 1 && c.sw == 1 && c.out_c == c.in_c;
+    EXPECT_EQ(plan.dx_as_conv, expected) << c.name;
+    as_conv += plan.dx_as_conv;
+  }
+  EXPECT_EQ(as_conv, 3);
+}
+
 TEST(ConvBackward, EmptyBatchGivesZeroWeightGradient) {
   ConvGeometry g = geometry_of(kCases[6]);
   g.batch = 0;
