@@ -456,6 +456,25 @@ inline void input_transform_4(const float* d, int64_t s, float* out, int64_t os)
   out[3 * os] = d[s] - d[3 * s];
 }
 
+// Calls fn(out, c0, channels) for each panel of a side: its channels [c0, c0 + channels) and
+// where column col of them starts (channel c0 + i at out[i], point p at out[p·point_stride]).
+template <class Fn>
+void for_each_panel(const DwSide& side, int64_t col, Fn&& fn) {
+  const int64_t panels = ceil_div(side.channels, side.panel);
+  for (int64_t q = 0; q < panels; ++q) {
+    fn(side.data + q * side.panel_stride + col * side.tile_stride, q * side.panel,
+       std::min(side.panel, side.channels - q * side.panel));
+  }
+}
+
+#ifdef __AVX512F__
+// Lane i: i·plane, the offsets of 16 consecutive channels' planes.
+inline __m512i plane_offsets(int64_t plane) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(static_cast<int>(plane)));
+}
+#endif
+
 // Writes tile t's Bᵀ x B (its 4×4 input patch x, zero outside the input) at column col of the x
 // side, every input channel. With AVX-512, 16 channels at a time gathered from their planes.
 void transform_dw_x(const ConvGeometry& g, const DwTile& tile, const float* x, const DwSide& side,
@@ -469,19 +488,16 @@ void transform_dw_x(const ConvGeometry& g, const DwTile& tile, const float* x, c
       inside[i][j] = iy + i >= 0 && iy + i < g.in_h && ix + j >= 0 && ix + j < g.in_w;
     }
   }
-  const int64_t panels = ceil_div(side.channels, side.panel);
   const int64_t ps = side.point_stride;
-  for (int64_t q = 0; q < panels; ++q) {
-    float* out = side.data + q * side.panel_stride + col * side.tile_stride;
-    const int64_t panel_channels = std::min(side.panel, side.channels - q * side.panel);
+#ifdef __AVX512F__
+  const __m512i lanes = plane_offsets(in_plane);
+#endif
+  for_each_panel(side, col, [&](float* out, int64_t c0, int64_t panel_channels) {
     int64_t s = 0;
 #ifdef __AVX512F__
-    const __m512i lanes =
-        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                           _mm512_set1_epi32(static_cast<int>(in_plane)));
     for (; s < panel_channels; s += 16) {
       const __mmask16 mask = conv_detail::lane_mask(panel_channels - s);
-      const float* planes = image + (q * side.panel + s) * in_plane;
+      const float* planes = image + (c0 + s) * in_plane;
       __m512 d[4][4];
       for (int i = 0; i < 4; ++i) {
         for (int j = 0; j < 4; ++j) {
@@ -507,7 +523,7 @@ void transform_dw_x(const ConvGeometry& g, const DwTile& tile, const float* x, c
     }
 #endif
     for (; s < panel_channels; ++s) {
-      const float* plane = image + (q * side.panel + s) * in_plane;
+      const float* plane = image + (c0 + s) * in_plane;
       float patch[16], rows[16];
       for (int i = 0; i < 4; ++i) {
         for (int j = 0; j < 4; ++j) {
@@ -519,7 +535,7 @@ void transform_dw_x(const ConvGeometry& g, const DwTile& tile, const float* x, c
         input_transform_4(rows + i * 4, 1, out + s + 4 * i * ps, ps);
       }
     }
-  }
+  });
 }
 
 // Writes tile t's A e Aᵀ (its 2×2 tile e of dy, zero past the output's edge) at column col of
@@ -530,23 +546,20 @@ void transform_dw_dy(const ConvGeometry& g, const DwTile& tile, const float* dy,
   const int64_t out_plane = g.out_h * g.out_w;
   const float* image = dy + tile.n * g.out_channels * out_plane + tile.oy * g.out_w + tile.ox;
   const bool right = tile.ox + 1 < g.out_w, below = tile.oy + 1 < g.out_h;
-  const int64_t panels = ceil_div(side.channels, side.panel);
   const int64_t ps = side.point_stride;
-  for (int64_t q = 0; q < panels; ++q) {
-    float* out = side.data + q * side.panel_stride + col * side.tile_stride;
-    const int64_t panel_channels = std::min(side.panel, side.channels - q * side.panel);
+#ifdef __AVX512F__
+  const __m512i lanes = plane_offsets(out_plane);
+  const __m512 zero = _mm512_setzero_ps();
+#endif
+  for_each_panel(side, col, [&](float* out, int64_t c0, int64_t panel_channels) {
     int64_t s = 0;
 #ifdef __AVX512F__
-    const __m512i lanes =
-        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                           _mm512_set1_epi32(static_cast<int>(out_plane)));
-    const __m512 zero = _mm512_setzero_ps();
     for (; s < panel_channels; s += 16) {
       // Gathered lanes: the panel's channels; stored: the whole panel (rows past the last
       // channel zero).
       const __mmask16 mask = conv_detail::lane_mask(panel_channels - s);
       const __mmask16 store = conv_detail::lane_mask(side.panel - s);
-      const float* planes = image + (q * side.panel + s) * out_plane;
+      const float* planes = image + (c0 + s) * out_plane;
       const __m512 e00 = _mm512_mask_i32gather_ps(zero, mask, lanes, planes, 4);
       const __m512 e01 = right ? _mm512_mask_i32gather_ps(zero, mask, lanes, planes + 1, 4) : zero;
       const __m512 e10 =
@@ -568,7 +581,7 @@ void transform_dw_dy(const ConvGeometry& g, const DwTile& tile, const float* dy,
     }
 #endif
     for (; s < panel_channels; ++s) {
-      const float* e = image + (q * side.panel + s) * out_plane;
+      const float* e = image + (c0 + s) * out_plane;
       const float e00 = e[0], e01 = right ? e[1] : 0.0f;
       const float e10 = below ? e[g.out_w] : 0.0f, e11 = right && below ? e[g.out_w + 1] : 0.0f;
       const float r0[4] = {e00, e00 + e01, e00 - e01, 0.0f - e01};
@@ -581,7 +594,7 @@ void transform_dw_dy(const ConvGeometry& g, const DwTile& tile, const float* dy,
         o[12 * ps] = 0.0f - r1[k];
       }
     }
-  }
+  });
 }
 
 // dw[co][ci] (or +=) = Gᵀ·M[·][co][ci]·G, Gᵀ = [1 ½ ½ 0; 0 ½ −½ 0; 0 ½ ½ 1].
