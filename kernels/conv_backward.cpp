@@ -639,7 +639,7 @@ void winograd_dw(const ConvBackwardPlan& plan, const float* x, const float* dy, 
   const ConvGeometry& g = plan.geometry;
   const DwTiles tiles = dw_tiles(g);
   const int64_t co = g.out_channels, ci = g.in_channels, pairs = co * ci;
-  const bool packed = dw_dy_panel(g) != co;
+  const bool packed = packed_gemm_available();  // dy's side in the layout dw_dy_panel gives
   float* m = reinterpret_cast<float*>(workspace);
   float* sides = m + dw_sum_floats(g);
   if (tiles.total == 0) std::fill_n(m, dw_sum_floats(g), 0.0f);
@@ -941,6 +941,20 @@ void flip_weights(const ConvGeometry& g, const float* w, float* wt) {
                });
 }
 
+// dx as conv2d(dy, w transposed and flipped) with plan.dx_plan: the flipped weights, then the
+// convolution's workspace.
+size_t dx_as_conv_workspace_bytes(const ConvBackwardPlan& plan) {
+  return flipped_weight_bytes(plan.geometry) +
+         conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw);
+}
+
+void dx_as_conv(const ConvBackwardPlan& plan, const float* w, const float* dy, float* dx,
+                std::byte* workspace) {
+  float* flipped = reinterpret_cast<float*>(workspace);
+  flip_weights(plan.geometry, w, flipped);
+  conv2d(plan.dx_plan, dy, flipped, nullptr, dx, workspace + flipped_weight_bytes(plan.geometry));
+}
+
 }  // namespace
 
 ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
@@ -1009,8 +1023,7 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
         aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
         static_cast<size_t>(plan.slots);
     if (!plan.dx_as_conv) return padded;
-    return std::max(padded, flipped_weight_bytes(plan.geometry) +
-                                conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw));
+    return std::max(padded, dx_as_conv_workspace_bytes(plan));
   }
   const Sizes s = sizes_of(plan.geometry);
   const size_t gemm_bytes =
@@ -1031,9 +1044,7 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
                               packed_block_floats(plan, s) * sizeof(float));
   }
   if (!plan.dx_as_conv) return std::max(dx_bytes, winograd_bytes);
-  return std::max({dx_bytes, winograd_bytes,
-                   flipped_weight_bytes(plan.geometry) +
-                       conv_workspace_bytes(plan.dx_plan, ConvWeightForm::kRaw)});
+  return std::max({dx_bytes, winograd_bytes, dx_as_conv_workspace_bytes(plan)});
 }
 
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
@@ -1051,9 +1062,7 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
           });
     }
     if (grads.dx && plan.dx_as_conv && write == GradMode::kOverwrite) {
-      float* flipped = reinterpret_cast<float*>(workspace);
-      flip_weights(g, w, flipped);
-      conv2d(plan.dx_plan, dy, flipped, nullptr, grads.dx, workspace + flipped_weight_bytes(g));
+      dx_as_conv(plan, w, dy, grads.dx, workspace);
     } else if (grads.dx) {
       parallel_tasks_with_scratch(g.batch * g.in_channels, plan.slots, slot_bytes, workspace,
                                   [&](int64_t plane, std::byte* scratch) {
@@ -1083,9 +1092,7 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
         });
   }
   if (grads.dx && plan.dx_as_conv && write == GradMode::kOverwrite) {
-    float* flipped = reinterpret_cast<float*>(workspace);
-    flip_weights(g, w, flipped);
-    conv2d(plan.dx_plan, dy, flipped, nullptr, grads.dx, workspace + flipped_weight_bytes(g));
+    dx_as_conv(plan, w, dy, grads.dx, workspace);
   } else if (grads.dx && plan.packed_dx) {
     float* packed = reinterpret_cast<float*>(workspace);
     pack_input_gradient_weights(plan, s, w, packed);
