@@ -275,7 +275,7 @@ BENCHMARK(BM_SgemmRowBlock)
 
 // gemm() as ViT's Linear layers run it at batch 8 (1576 rows): nn.Linear weights ([n, k],
 // transB) and a bias per column. Args {m, k, n, prepared}: prepared 1 packs the weights once
-// for the AVX-512 micro-kernel (as the runtime does for constant weights), 0 runs OpenBLAS.
+// for the packed micro-kernel (as the runtime does for constant weights), 0 runs OpenBLAS.
 void BM_Gemm(benchmark::State& state) {
   use_two_threads();
   GemmDims d;

@@ -1,7 +1,7 @@
 // Convolution: the planner, which picks an algorithm per geometry, and the OpenBLAS path, GEMMs
 // per (image, group, channel block, pixel tile) on the input itself or on an im2col tile in
 // per-thread scratch. The other algorithms have a file each (kernels/conv_internal.h): Winograd
-// F(2×2, 3×3) per (image or group of images, block of tiles), the packed AVX-512 GEMM per (tile
+// F(2×2, 3×3) per (image or group of images, block of tiles), the packed GEMM per (tile
 // of the batch's pixels, channel block) with the input gathered into its panels, and depthwise
 // kernels.
 #include "kernels/conv.h"

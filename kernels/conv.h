@@ -2,8 +2,8 @@
 // 3×3 stride-1 convolutions on large enough planes use Winograd F(2×2, 3×3) (16 GEMMs per block
 // of 2×2 output tiles); other convolutions gather an im2col tile of output pixels into scratch and
 // run one GEMM per tile; convolutions with one input channel per group (depthwise) use direct
-// loops. With AVX-512 the GEMMs of ungrouped convolutions run on the packed micro-kernel of
-// kernels/packed_gemm.h (weights packed once), elsewhere on OpenBLAS.
+// loops. With AVX-512, or AVX2 and FMA, the GEMMs of ungrouped convolutions run on the packed
+// micro-kernel of kernels/packed_gemm.h (weights packed once), elsewhere on OpenBLAS.
 #pragma once
 
 #include <cstddef>
@@ -65,7 +65,7 @@ struct ConvPlan {
   int64_t channel_blocks = 0;
   int slots = 1;  // scratch regions, one per thread that may run
   // Winograd's 16 GEMMs, and direct and im2col convolutions of one group, run on the packed
-  // AVX-512 GEMM (kernels/packed_gemm.h) where it is built, with the weights packed once. For
+  // GEMM (kernels/packed_gemm.h) where it is built, with the weights packed once. For
   // direct and im2col convolutions a task is then a tile of tile_pixels columns of the whole
   // batch's output pixels (a tile may span images; pixel_tiles of them) by channel_block output
   // channels, its input columns gathered straight into packed panels depth_block rows of k at
@@ -92,7 +92,7 @@ struct ConvEpilogue {
 // pay); tests and benchmarks force one or the other.
 enum class ConvGemm : uint8_t {
   kAuto,
-  kPacked,  // the packed GEMM wherever it can run (AVX-512 build, group 1)
+  kPacked,  // the packed GEMM wherever it can run (AVX-512 or AVX2 + FMA build, group 1)
   kBlas,    // OpenBLAS throughout
 };
 

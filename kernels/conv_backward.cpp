@@ -594,6 +594,9 @@ void transform_dw_dy(const ConvGeometry& g, const DwTile& tile, const float* dy,
         o[12 * ps] = 0.0f - r1[k];
       }
     }
+    for (; s < side.panel; ++s) {  // a packed panel's rows past the last channel
+      for (int p = 0; p < 16; ++p) out[s + p * ps] = 0.0f;
+    }
   });
 }
 

@@ -3,7 +3,7 @@
 // kernels/conv.cpp chooses among them and each algorithm lives in one file:
 //   conv.cpp            the planner, the OpenBLAS GEMM path (direct and im2col), im2col
 //   conv_winograd.cpp   Winograd F(2×2, 3×3)
-//   conv_packed.cpp     the packed AVX-512 GEMM path
+//   conv_packed.cpp     the packed GEMM path
 //   conv_depthwise.cpp  depthwise convolutions
 //   conv_backward.cpp   the backward (dx, dw, dbias)
 // Internal to kernels/: include it from .cpp files only.
@@ -97,9 +97,9 @@ size_t winograd_workspace_bytes(const ConvPlan& plan, ConvWeightForm form);
 void conv_winograd(const ConvPlan& plan, const float* x, const float* w, const float* prepared,
                    const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e);
 
-// The packed AVX-512 GEMM path (conv_packed.cpp).
-// Plans it when the options ask for it or it pays on this geometry and it can run (AVX-512
-// build, group 1): returns false, the plan unchanged, otherwise.
+// The packed GEMM path (conv_packed.cpp).
+// Plans it when the options ask for it or it pays on this geometry and it can run (a build
+// with AVX-512 or AVX2 and FMA, group 1): returns false, the plan unchanged, otherwise.
 bool plan_packed(ConvPlan& plan, const ConvPlanOptions& options);
 size_t packed_prepared_floats(const ConvPlan& plan);
 void prepare_packed_weights(const ConvPlan& plan, const float* w, float* prepared);

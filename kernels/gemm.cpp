@@ -1,5 +1,5 @@
 // GEMM and batched MatMul: on OpenBLAS, split into fixed-shape BLAS calls run in parallel, or,
-// for weights prepared once, on the packed AVX-512 micro-kernel.
+// for weights prepared once, on the packed micro-kernel (AVX-512, or AVX2 with FMA).
 #include "kernels/gemm.h"
 
 #include <cblas.h>

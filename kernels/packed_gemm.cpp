@@ -1,5 +1,6 @@
-// The packed GEMM's row packing and its AVX-512 micro-kernel: a tile of up to 14 rows by two
-// 16-float vectors of columns, 28 accumulators kept in registers over the whole pass over k.
+// The packed GEMM's row packing and its micro-kernel: with AVX-512 a tile of up to 14 rows by two
+// 16-float vectors of columns, 28 accumulators kept in registers over the whole pass over k; with
+// AVX2 and FMA the same tile in blocks of up to 6 rows by two 8-float vectors.
 #include "kernels/packed_gemm.h"
 
 #include <algorithm>
@@ -7,7 +8,7 @@
 
 #include "kernels/parallel.h"
 
-#ifdef __AVX512F__
+#if QFORGE_PACKED_GEMM
 #include <immintrin.h>
 #endif
 
@@ -57,32 +58,77 @@ float apply_tile_epilogue(const TileEpilogue& e, int64_t r, int64_t j, float acc
   return v < e.lo ? e.lo : (v > e.hi ? e.hi : v);
 }
 
-#ifdef __AVX512F__
+#if QFORGE_PACKED_GEMM
 namespace {
 
-constexpr __mmask16 kAll = 0xFFFF;
-
-__mmask16 column_mask(int64_t cols, int v) {
-  const int64_t left = cols - 16 * v;
-  if (left >= 16) return static_cast<__mmask16>(0xFFFF);
-  if (left <= 0) return 0;
-  return static_cast<__mmask16>((1u << left) - 1u);
-}
-
-// TileEpilogue on 16 sums of row r from column j (lanes outside `mask` unused).
-inline __m512 finish_vector(const TileEpilogue& e, int64_t r, int64_t j, __mmask16 mask, __m512 x) {
-  if (e.bias) x = _mm512_add_ps(x, _mm512_set1_ps(e.bias[r]));
-  if (!e.finish) return x;
-  const __m512 scale = _mm512_set1_ps(e.scale ? e.scale[r] : 1.0f);
-  const __m512 shift = _mm512_set1_ps(e.shift ? e.shift[r] : 0.0f);
-  x = _mm512_fmadd_ps(x, scale, shift);
-  if (e.residual) {
-    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, e.residual + r * e.ld_residual + j));
+// The vector operations the micro-kernel is written in. Both forms keep one fused multiply-add
+// chain per output, so a tile has the same bits on either.
+#ifdef __AVX512F__
+struct Simd {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr int64_t kLanes = 16;
+  // The first n lanes (n may be out of [0, 16]).
+  static Mask first(int64_t n) {
+    return static_cast<Mask>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u);
   }
-  // max(lo, x) then min(hi, x): NaN passes through (the second operand wins). The merge-masked
-  // forms avoid GCC 12's false uninitialised warning on the plain ones.
-  x = _mm512_mask_max_ps(x, kAll, _mm512_set1_ps(e.lo), x);
-  return _mm512_mask_min_ps(x, kAll, _mm512_set1_ps(e.hi), x);
+  static V zero() { return _mm512_setzero_ps(); }
+  static V broadcast(float x) { return _mm512_set1_ps(x); }
+  static V load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, Mask m, V x) { _mm512_mask_storeu_ps(p, m, x); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // max(lo, x) and min(hi, x) with x second, so that NaN passes through. The merge-masked forms
+  // avoid GCC 12's false uninitialised warning on the plain ones.
+  static V max(V lo, V x) { return _mm512_mask_max_ps(x, 0xFFFF, lo, x); }
+  static V min(V hi, V x) { return _mm512_mask_min_ps(x, 0xFFFF, hi, x); }
+};
+#else
+struct Simd {
+  using V = __m256;
+  struct Mask {
+    int64_t lanes;  // clamped to [0, 8]
+    __m256i bits;
+  };
+  static constexpr int64_t kLanes = 8;
+  static Mask first(int64_t n) {
+    const int64_t lanes = std::clamp<int64_t>(n, 0, 8);
+    const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return {lanes, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)), index)};
+  }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V broadcast(float x) { return _mm256_set1_ps(x); }
+  // Lanes outside the mask are neither read nor written.
+  static V load(const Mask& m, const float* p) {
+    return m.lanes == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m.bits);
+  }
+  static void store(float* p, const Mask& m, V x) {
+    if (m.lanes == 8) {
+      _mm256_storeu_ps(p, x);
+    } else {
+      _mm256_maskstore_ps(p, m.bits, x);
+    }
+  }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V max(V lo, V x) { return _mm256_max_ps(lo, x); }
+  static V min(V hi, V x) { return _mm256_min_ps(hi, x); }
+};
+#endif
+using V = Simd::V;
+using Mask = Simd::Mask;
+constexpr int64_t kLanes = Simd::kLanes;
+
+// TileEpilogue on kLanes sums of row r from column j (lanes outside `mask` unused).
+inline V finish_vector(const TileEpilogue& e, int64_t r, int64_t j, const Mask& mask, V x) {
+  if (e.bias) x = Simd::add(x, Simd::broadcast(e.bias[r]));
+  if (!e.finish) return x;
+  const V scale = Simd::broadcast(e.scale ? e.scale[r] : 1.0f);
+  const V shift = Simd::broadcast(e.shift ? e.shift[r] : 0.0f);
+  x = Simd::fma(x, scale, shift);
+  if (e.residual) x = Simd::add(x, Simd::load(mask, e.residual + r * e.ld_residual + j));
+  x = Simd::max(Simd::broadcast(e.lo), x);
+  return Simd::min(Simd::broadcast(e.hi), x);
 }
 
 // R rows computed (of which `rows` are stored), NV vectors of columns. kAddAfter: the sums
@@ -91,79 +137,55 @@ template <int R, int NV, bool kAddAfter, int64_t kAStep>
 void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t rows, int64_t cols,
                 const float* c_in, int64_t ldc_in, float* c_out, int64_t ldc_out,
                 const TileEpilogue* e) {
-  __mmask16 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = column_mask(cols, v);
-  __m512 acc[R][NV];
+  Mask mask[NV];
+  for (int v = 0; v < NV; ++v) mask[v] = Simd::first(cols - kLanes * v);
+  V acc[R][NV];
   if (c_in && !kAddAfter) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        acc[r][v] = r < rows ? _mm512_maskz_loadu_ps(mask[v], c_in + r * ldc_in + 16 * v)
-                             : _mm512_setzero_ps();
+        acc[r][v] = r < rows ? Simd::load(mask[v], c_in + r * ldc_in + kLanes * v) : Simd::zero();
       }
     }
   } else {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+      for (int v = 0; v < NV; ++v) acc[r][v] = Simd::zero();
     }
   }
 #pragma GCC unroll 4
   for (int64_t kk = 0; kk < kc; ++kk) {
-    __m512 bv[NV];
+    V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(mask[v], b + kk * ldb + 16 * v);
+    for (int v = 0; v < NV; ++v) bv[v] = Simd::load(mask[v], b + kk * ldb + kLanes * v);
     const float* ak = a + kk * kAStep;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(ak[r]);
+      const V av = Simd::broadcast(ak[r]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = Simd::fma(av, bv[v], acc[r][v]);
     }
-  }
-  if (!e) {
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      if (r >= rows) break;
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        __m512 x = acc[r][v];
-        if (kAddAfter && c_in) {
-          x = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], c_in + r * ldc_in + 16 * v), x);
-        }
-        _mm512_mask_storeu_ps(c_out + r * ldc_out + 16 * v, mask[v], x);
-      }
-    }
-    return;
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     if (r >= rows) break;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      _mm512_mask_storeu_ps(c_out + r * ldc_out + 16 * v, mask[v],
-                            finish_vector(*e, r, 16 * v, mask[v], acc[r][v]));
+      V x = acc[r][v];
+      if (e) {
+        x = finish_vector(*e, r, kLanes * v, mask[v], x);
+      } else if (kAddAfter && c_in) {
+        x = Simd::add(Simd::load(mask[v], c_in + r * ldc_in + kLanes * v), x);
+      }
+      Simd::store(c_out + r * ldc_out + kLanes * v, mask[v], x);
     }
   }
 }
 
-}  // namespace
-
-void store_tile_with_epilogue(const float* sums, int64_t ld_sums, int64_t rows, int64_t cols,
-                              float* out, int64_t ld_out, const TileEpilogue& epilogue) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; j += 16) {
-      const __mmask16 mask = column_mask(cols - j, 0);
-      const __m512 x = _mm512_maskz_loadu_ps(mask, sums + r * ld_sums + j);
-      _mm512_mask_storeu_ps(out + r * ld_out + j, mask, finish_vector(epilogue, r, j, mask, x));
-    }
-  }
-}
-
-namespace {
-
+#ifdef __AVX512F__
+// The whole tile in registers: up to 14 rows by two vectors (28 accumulators of 32).
 template <bool kAddAfter, int64_t kAStep = kPackedRows>
 void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
                    int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
@@ -192,8 +214,65 @@ void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64
     }
   }
 }
+#else
+// Sixteen 8-float registers hold a block of up to 6 rows by two vectors (12 accumulators), so
+// the tile runs as such blocks: rows 6 + 4 + 4 of a full panel, columns 16 at a time. Every
+// output is still one chain over k, so the bits are those of the whole-tile kernel.
+template <bool kAddAfter, int64_t kAStep = kPackedRows>
+void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
+                   int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
+                   int64_t ldc_out, const TileEpilogue* epilogue) {
+  for (int64_t j0 = 0; j0 < cols; j0 += 2 * kLanes) {
+    const int64_t block_cols = std::min(2 * kLanes, cols - j0);
+    // Taking 6 only while more than 8 rows are left keeps every block inside the 14-row panel.
+    for (int64_t r0 = 0; r0 < rows;) {
+      const int64_t block_rows = rows - r0 > 8 ? 6 : std::min<int64_t>(4, rows - r0);
+      TileEpilogue shifted;
+      if (epilogue) {
+        shifted = *epilogue;
+        if (shifted.bias) shifted.bias += r0;
+        if (shifted.scale) shifted.scale += r0;
+        if (shifted.shift) shifted.shift += r0;
+        if (shifted.residual) shifted.residual += r0 * shifted.ld_residual + j0;
+      }
+      const TileEpilogue* e = epilogue ? &shifted : nullptr;
+      const float* a = a_panel + r0;
+      const float* b = b_panel + j0;
+      const float* in = c_in ? c_in + r0 * ldc_in + j0 : nullptr;
+      float* out = c_out + r0 * ldc_out + j0;
+      if (block_rows == 6) {
+        if (block_cols > kLanes) {
+          micro_tile<6, 2, kAddAfter, kAStep>(kc, a, b, ldb, 6, block_cols, in, ldc_in, out,
+                                              ldc_out, e);
+        } else {
+          micro_tile<6, 1, kAddAfter, kAStep>(kc, a, b, ldb, 6, block_cols, in, ldc_in, out,
+                                              ldc_out, e);
+        }
+      } else if (block_cols > kLanes) {
+        micro_tile<4, 2, kAddAfter, kAStep>(kc, a, b, ldb, block_rows, block_cols, in, ldc_in, out,
+                                            ldc_out, e);
+      } else {
+        micro_tile<4, 1, kAddAfter, kAStep>(kc, a, b, ldb, block_rows, block_cols, in, ldc_in, out,
+                                            ldc_out, e);
+      }
+      r0 += block_rows;
+    }
+  }
+}
+#endif
 
 }  // namespace
+
+void store_tile_with_epilogue(const float* sums, int64_t ld_sums, int64_t rows, int64_t cols,
+                              float* out, int64_t ld_out, const TileEpilogue& epilogue) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; j += kLanes) {
+      const Mask mask = Simd::first(cols - j);
+      const V x = Simd::load(mask, sums + r * ld_sums + j);
+      Simd::store(out + r * ld_out + j, mask, finish_vector(epilogue, r, j, mask, x));
+    }
+  }
+}
 
 void packed_gemm_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
                       int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
@@ -217,8 +296,8 @@ void packed_gemm_tile_add(int64_t kc, const float* a_panel, const float* b_panel
 
 #else
 
-// Scalar form for builds without AVX-512 (callers normally keep OpenBLAS there): the same
-// chain of fused multiply-adds per output.
+// Scalar form for builds without vector FMA (callers keep OpenBLAS there): the same chain of
+// fused multiply-adds per output.
 namespace {
 
 void scalar_tile(int64_t kc, const float* a_panel, int64_t a_step, const float* b_panel,

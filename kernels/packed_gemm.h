@@ -1,9 +1,10 @@
-// A register-blocked AVX-512 GEMM for products whose left operand is constant (convolution
-// weights): C[m × n] = A[m × k] · B[k × n], A packed once into panels of kPackedRows rows, B
-// packed per call into panels of kPackedCols columns (or read in place, rows ldb apart). Every
-// output is one chain of fused multiply-adds over k = 0 .. k-1 in order, however the work is
-// split, so its bits depend on neither the batch nor the thread count. Without AVX-512
-// (packed_gemm_available() false) the callers keep their OpenBLAS path.
+// A register-blocked GEMM (AVX-512, or AVX2 with FMA) for products whose left operand is constant
+// (convolution weights): C[m × n] = A[m × k] · B[k × n], A packed once into panels of kPackedRows
+// rows, B packed per call into panels of kPackedCols columns (or read in place, rows ldb apart).
+// Every output is one chain of fused multiply-adds over k = 0 .. k-1 in order, however the work is
+// split, so its bits depend on neither the batch nor the thread count, nor on which of the two
+// instruction sets runs it. Without vector FMA (packed_gemm_available() false) the callers keep
+// their OpenBLAS path.
 #pragma once
 
 #include <cstddef>
@@ -16,12 +17,14 @@ namespace qforge::kernels {
 inline constexpr int64_t kPackedRows = 14;
 inline constexpr int64_t kPackedCols = 32;
 
-constexpr bool packed_gemm_available() {
-#ifdef __AVX512F__
-  return true;
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define QFORGE_PACKED_GEMM 1
 #else
-  return false;
+#define QFORGE_PACKED_GEMM 0
 #endif
+
+constexpr bool packed_gemm_available() {
+  return QFORGE_PACKED_GEMM != 0;
 }
 
 // Floats of A[m × k] in packed form: ceil(m / kPackedRows) panels of k × kPackedRows, rows past

@@ -358,7 +358,8 @@ TEST(ConvBackward, PackedWeightGradientWherePlanned) {
 // image in order, so the same bits for any chunk (chunks that span images, start mid-image) and
 // any number of blocks (1 or 2 threads), and the reference's values.
 TEST(ConvBackward, PackedWeightGradientByRowBlocksAnyChunk) {
-  if (!packed_gemm_available()) GTEST_SKIP() << "the packed GEMM is built with AVX-512 only";
+  if (!packed_gemm_available())
+    GTEST_SKIP() << "the packed GEMM is built with AVX-512 or AVX2 + FMA only";
   const ConvCase c{"rows", 3, 256, 5, 5, 1024, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1};
   const ConvGeometry g = geometry_of(c);
   const ConvData d = conv_data(g, 81);

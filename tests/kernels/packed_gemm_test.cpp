@@ -90,6 +90,49 @@ TEST(PackedGemm, TileMatchesReferenceForEveryEdgeSize) {
   }
 }
 
+// Every output is one chain of fused multiply-adds over k in order, from its running sum (or
+// zero); the add form's chain starts from zero and the running sum is added at the end. That
+// contract is what makes the bits the same on AVX-512 and on AVX2: checked bit for bit against
+// std::fma for every tile height and width, B read as a plain matrix exactly `cols` wide.
+TEST(PackedGemm, EveryOutputIsOneFusedChainOverK) {
+  const int64_t kc = 41;
+  const auto a = random_values(static_cast<size_t>(kPackedRows * kc), 21);
+  const auto c0 = random_values(static_cast<size_t>(kPackedRows * kPackedCols), 23);
+  std::vector<float> packed(packed_rows_floats(kPackedRows, kc));
+  pack_rows(a.data(), kc, kPackedRows, kc, packed.data());
+  for (int64_t rows = 1; rows <= kPackedRows; ++rows) {
+    for (int64_t cols = 1; cols <= kPackedCols; ++cols) {
+      const auto b = random_values(static_cast<size_t>(kc * cols), 22);
+      for (int mode = 0; mode < 3; ++mode) {  // plain, running sums, added after
+        const float* c_in = mode == 0 ? nullptr : c0.data();
+        std::vector<float> got(c0.size(), NAN);
+        if (mode == 2) {
+          packed_gemm_tile_add(kc, packed.data(), b.data(), cols, rows, cols, c_in, kPackedCols,
+                               got.data(), kPackedCols);
+        } else {
+          packed_gemm_tile(kc, packed.data(), b.data(), cols, rows, cols, c_in, kPackedCols,
+                           got.data(), kPackedCols, nullptr);
+        }
+        std::vector<float> want(c0.size(), NAN);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < cols; ++j) {
+            const size_t o = static_cast<size_t>(r * kPackedCols + j);
+            float acc = mode == 1 ? c0[o] : 0.0f;
+            for (int64_t kk = 0; kk < kc; ++kk) {
+              acc = std::fma(a[static_cast<size_t>(r * kc + kk)],
+                             b[static_cast<size_t>(kk * cols + j)], acc);
+            }
+            want[o] = mode == 2 ? c0[o] + acc : acc;
+          }
+        }
+        expect_same_bits(got.data(), want.data(), got.size(),
+                         "rows " + std::to_string(rows) + " cols " + std::to_string(cols) +
+                             " mode " + std::to_string(mode));
+      }
+    }
+  }
+}
+
 // The interleaved form reads product i's panel at a + i·kPackedRows, k steps
 // kInterleavedPanels·kPackedRows apart, and gives each product the bits packed_gemm_tile gives
 // its own panel, for every tile height and width, with and without running sums.

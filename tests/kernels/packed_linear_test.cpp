@@ -1,4 +1,4 @@
-// gemm() and matmul() on weights prepared for the packed AVX-512 micro-kernel: against a
+// gemm() and matmul() on weights prepared for the packed micro-kernel: against a
 // double-precision reference on awkward shapes, bit-identical rows whatever the batch and thread
 // count, and the Gemm, MatMul and MHAInProjection ops with constant weights against live ones.
 #include <gtest/gtest.h>
@@ -83,7 +83,7 @@ GemmDims linear_dims(int64_t m, int64_t n, int64_t k, Transpose trans_b, GemmBia
 }
 
 TEST(PackedLinear, MatchesDoubleReferenceOnAwkwardShapes) {
-  if (!packed_gemm_available()) GTEST_SKIP() << "no AVX-512: gemm() keeps OpenBLAS";
+  if (!packed_gemm_available()) GTEST_SKIP() << "no vector FMA: gemm() keeps OpenBLAS";
   ThreadCount threads(2);
   uint32_t seed = 40;
   // n and m around the 32-column and 14-row panels; k = 1, one pass, and three passes over k.
@@ -120,7 +120,7 @@ TEST(PackedLinear, MatchesDoubleReferenceOnAwkwardShapes) {
 }
 
 TEST(PackedLinear, RowBitsDoNotDependOnBatchOrThreads) {
-  if (!packed_gemm_available()) GTEST_SKIP() << "no AVX-512: gemm() keeps OpenBLAS";
+  if (!packed_gemm_available()) GTEST_SKIP() << "no vector FMA: gemm() keeps OpenBLAS";
   // n wide enough for several column blocks, k for several passes.
   const int64_t n = 1100, k = 600, total = 100;
   const auto a_all = random_values(static_cast<size_t>(total * k), 71);
@@ -165,7 +165,7 @@ TEST(PackedLinear, PathOnlyWhereItApplies) {
 }
 
 TEST(PackedLinear, MatMulOnPreparedWeightsMatchesOpenBlas) {
-  if (!packed_gemm_available()) GTEST_SKIP() << "no AVX-512: matmul() keeps OpenBLAS";
+  if (!packed_gemm_available()) GTEST_SKIP() << "no vector FMA: matmul() keeps OpenBLAS";
   ThreadCount threads(2);
   const Shape a_shape{3, 17, 45};
   const Shape b_shape{45, 40};
