@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -201,6 +202,11 @@ struct OptimizerCase {
   std::string name;
   std::function<std::unique_ptr<quant::Optimizer>(quant::NoWeightDecay)> make;
 };
+
+// gtest prints a parameter it cannot name byte by byte, the std::function's unset bytes included.
+void PrintTo(const OptimizerCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 std::vector<OptimizerCase> optimizer_cases() {
   return {
