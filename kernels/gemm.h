@@ -56,8 +56,8 @@ enum class GemmWeightForm : uint8_t { kRaw, kPrepared };
 
 // Floats of b in the packed micro-kernel's form (kernels/packed_gemm.h): ceil(n / kPackedCols)
 // panels of k × kPackedCols, columns past n zero. 0 when that path does not apply to these dims
-// (no AVX-512 nor AVX2 + FMA, alpha != 1, transposed a, a bias other than none or per column, k ==
-// 0): the caller then keeps b as it is and gemm() runs on OpenBLAS. Independent of m.
+// (neither AVX-512 nor AVX2 + FMA, alpha != 1, transposed a, a bias other than none or per
+// column, k == 0): the caller then keeps b as it is and gemm() runs on OpenBLAS. Independent of m.
 size_t gemm_prepared_weight_floats(const GemmDims& dims);
 // Packs b (op(b) is [k, n]; b is [n, k] when trans_b) into prepared, of
 // gemm_prepared_weight_floats(dims) floats. Meant for constant weights, once at plan time.
