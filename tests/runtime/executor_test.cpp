@@ -9,6 +9,7 @@
 #include <new>
 
 #include "graph/onnx_import.h"
+#include "kernels/packed_gemm.h"
 #include "runtime/resolve.h"
 #include "runtime/session.h"
 #include "tests/support/test_support.h"
@@ -199,7 +200,12 @@ TEST(Session, ReleasesTheWeightsItsKernelsPrepared) {
         EXPECT_NE(std::string(e.what()).find(v->name()), std::string::npos) << e.what();
       }
     }
-    EXPECT_GT(released, 0u) << family;
+    // Without the packed micro-kernel no kernel prepares its weights, so none is released.
+    if (kernels::packed_gemm_available()) {
+      EXPECT_GT(released, 0u) << family;
+    } else {
+      EXPECT_EQ(released, 0u) << family;
+    }
     // Running the same shape again reuses the plan; another shape cannot be compiled.
     EXPECT_EQ(releasing.run(input)[0].data<float>()[0], expected.data<float>()[0]);
     graph::Shape other = input.shape();
