@@ -184,34 +184,33 @@ void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t
   }
 }
 
+// micro_tile with R rows computed and as many vectors of columns (one or two) as cols needs.
+template <int R, bool kAddAfter, int64_t kAStep>
+void row_block(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t rows, int64_t cols,
+               const float* c_in, int64_t ldc_in, float* c_out, int64_t ldc_out,
+               const TileEpilogue* e) {
+  if (cols > kLanes) {
+    micro_tile<R, 2, kAddAfter, kAStep>(kc, a, b, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out, e);
+  } else {
+    micro_tile<R, 1, kAddAfter, kAStep>(kc, a, b, ldb, rows, cols, c_in, ldc_in, c_out, ldc_out, e);
+  }
+}
+
 #ifdef __AVX512F__
 // The whole tile in registers: up to 14 rows by two vectors (28 accumulators of 32).
 template <bool kAddAfter, int64_t kAStep = kPackedRows>
 void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64_t ldb,
                    int64_t rows, int64_t cols, const float* c_in, int64_t ldc_in, float* c_out,
                    int64_t ldc_out, const TileEpilogue* epilogue) {
-  if (cols > 16) {
-    if (rows > 8) {
-      micro_tile<14, 2, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
-                                           c_out, ldc_out, epilogue);
-    } else if (rows > 4) {
-      micro_tile<8, 2, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
-                                          c_out, ldc_out, epilogue);
-    } else {
-      micro_tile<4, 2, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
-                                          c_out, ldc_out, epilogue);
-    }
+  if (rows > 8) {
+    row_block<14, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                     ldc_out, epilogue);
+  } else if (rows > 4) {
+    row_block<8, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                    ldc_out, epilogue);
   } else {
-    if (rows > 8) {
-      micro_tile<14, 1, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
-                                           c_out, ldc_out, epilogue);
-    } else if (rows > 4) {
-      micro_tile<8, 1, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
-                                          c_out, ldc_out, epilogue);
-    } else {
-      micro_tile<4, 1, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in,
-                                          c_out, ldc_out, epilogue);
-    }
+    row_block<4, kAddAfter, kAStep>(kc, a_panel, b_panel, ldb, rows, cols, c_in, ldc_in, c_out,
+                                    ldc_out, epilogue);
   }
 }
 #else
@@ -241,19 +240,11 @@ void dispatch_tile(int64_t kc, const float* a_panel, const float* b_panel, int64
       const float* in = c_in ? c_in + r0 * ldc_in + j0 : nullptr;
       float* out = c_out + r0 * ldc_out + j0;
       if (block_rows == 6) {
-        if (block_cols > kLanes) {
-          micro_tile<6, 2, kAddAfter, kAStep>(kc, a, b, ldb, 6, block_cols, in, ldc_in, out,
-                                              ldc_out, e);
-        } else {
-          micro_tile<6, 1, kAddAfter, kAStep>(kc, a, b, ldb, 6, block_cols, in, ldc_in, out,
-                                              ldc_out, e);
-        }
-      } else if (block_cols > kLanes) {
-        micro_tile<4, 2, kAddAfter, kAStep>(kc, a, b, ldb, block_rows, block_cols, in, ldc_in, out,
-                                            ldc_out, e);
+        row_block<6, kAddAfter, kAStep>(kc, a, b, ldb, block_rows, block_cols, in, ldc_in, out,
+                                        ldc_out, e);
       } else {
-        micro_tile<4, 1, kAddAfter, kAStep>(kc, a, b, ldb, block_rows, block_cols, in, ldc_in, out,
-                                            ldc_out, e);
+        row_block<4, kAddAfter, kAStep>(kc, a, b, ldb, block_rows, block_cols, in, ldc_in, out,
+                                        ldc_out, e);
       }
       r0 += block_rows;
     }
