@@ -10,8 +10,12 @@
 // printed apart. Fake quant is calibrated on the first shard's rows in that case.
 //   [mpirun -np R] qforge_qat_step MODEL.onnx INPUT.npy LABELS.npy [--threads N] [--warmup N]
 //                   [--runs N] [--lr X] [--shards S] [--profile] [--profile-nodes]
-// --profile also prints to stderr, per op type, the mean time per step its kernels took in the
-// forward and in the backward (the first shard's executor); --profile-nodes the same per node.
+//                   [--no-records]
+// --no-records keeps the tensors backward reads instead of the kernels' compact records
+// (runtime::TrainingOptions::compact_records): the same gradients in a larger arena; its peak
+// memory also holds the first executors' arena, so compare arena_bytes. --profile also prints to
+// stderr, per op type, the mean time per step its kernels took in the forward and in the backward
+// (the first shard's executor); --profile-nodes the same per node.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -54,6 +58,7 @@ struct Args {
   int shards = 0;  // 0: one per rank
   bool profile = false;
   bool per_node = false;
+  bool records = true;
 };
 
 Args parse(int argc, char** argv) {
@@ -79,6 +84,8 @@ Args parse(int argc, char** argv) {
       a.profile = true;
     } else if (arg == "--profile-nodes") {
       a.profile = a.per_node = true;
+    } else if (arg == "--no-records") {
+      a.records = false;
     } else {
       positional.push_back(arg);
     }
@@ -86,7 +93,7 @@ Args parse(int argc, char** argv) {
   if (positional.size() != 3 || a.runs < 1 || a.warmup < 0 || a.threads < 1) {
     throw std::invalid_argument(
         "usage: qforge_qat_step MODEL.onnx INPUT.npy LABELS.npy [--threads N] [--warmup N] "
-        "[--runs N>=1] [--lr X] [--shards S] [--profile] [--profile-nodes]");
+        "[--runs N>=1] [--lr X] [--shards S] [--profile] [--profile-nodes] [--no-records]");
   }
   a.model = positional[0];
   a.input = positional[1];
@@ -124,6 +131,7 @@ int run(const Args& a, qforge::runtime::Communicator& comm) {
     training = quant::max_calibrated_fake_quant_training(
         *model, shards > 1 ? all_input.slice_rows(0, shard_batch).clone() : all_input);
   }
+  if (!a.records) training->set_compact_records(false);
   if (shards > 1) training->set_shards(layout);
   quant::SgdOptions sgd_options;
   sgd_options.lr = a.lr;

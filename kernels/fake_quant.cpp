@@ -1,12 +1,16 @@
 // Fake quantization kernels (see fake_quant.h for the exact definition).
 #include "kernels/fake_quant.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
 #include "kernels/error.h"
+#include "kernels/mask.h"
 #include "kernels/parallel.h"
 
 namespace qforge::kernels {
@@ -488,6 +492,130 @@ void dequantize_linear(const Tensor& q, const QuantGrid& grid, Tensor& y) {
                              dequantize_loop(static_cast<const uint8_t*>(qp) + b, yp + b, e - b, c);
                            }
                          });
+  });
+}
+
+namespace {
+
+// fake_quant_linear_record over elements [b, e) of one channel: y, q and the pass flags.
+template <class T>
+void record_loop(const float* x, float* y, T* q, uint8_t* flags, int64_t n, const ChannelGrid& c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float offset = grid_offset(x[i], c.scale, c.lo, c.hi);
+    y[i] = offset * c.scale;
+    q[i] = static_cast<T>(static_cast<int32_t>(offset) + c.zero_point);
+    // The unsaturated integer, rounded as the forward rounds; beyond 2^22 the magic form is no
+    // longer exact but stays far outside [lo, hi], and NaN fails both compares.
+    const float rounded = (x[i] / c.scale + kRoundMagic) - kRoundMagic;
+    flags[i] = rounded >= c.lo && rounded <= c.hi ? 1 : 0;
+  }
+}
+
+// record_loop over [0, n) of one scale, with the pass flags packed straight into `pass` (element
+// 0 at bit 0 of pass[0]): vectors of 16 (AVX-512) or 8 (AVX2) elements, then record_loop.
+template <class T>
+void record_run(const float* x, float* y, T* q, uint8_t* pass, int64_t n, const ChannelGrid& c) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 scale = _mm512_set1_ps(c.scale);
+  const __m512 lo = _mm512_set1_ps(c.lo);
+  const __m512 hi = _mm512_set1_ps(c.hi);
+  const __m512 magic = _mm512_set1_ps(kRoundMagic);
+  const __m512i zero_point = _mm512_set1_epi32(c.zero_point);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 quotient = _mm512_div_ps(_mm512_loadu_ps(x + i), scale);
+    __m512 v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(quotient, lo, _CMP_LT_OQ), quotient, lo);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), v, hi);
+    v = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+    const __m512 offset = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+    _mm512_storeu_ps(y + i, _mm512_mul_ps(offset, scale));
+    // (The zero-masked forms: the plain ones start from an undefined vector, which GCC 12
+    // reports as maybe uninitialised.)
+    const __m512i code = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(0xFFFF, offset), zero_point);
+    _mm512_mask_cvtepi32_storeu_epi8(q + i, 0xFFFF, code);
+    const __m512 rounded = _mm512_sub_ps(_mm512_add_ps(quotient, magic), magic);
+    const __mmask16 m =
+        _mm512_cmp_ps_mask(rounded, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(rounded, hi, _CMP_LE_OQ);
+    std::memcpy(pass + i / 8, &m, sizeof(m));
+  }
+#elif defined(__AVX2__)
+  const __m256 scale = _mm256_set1_ps(c.scale);
+  const __m256 lo = _mm256_set1_ps(c.lo);
+  const __m256 hi = _mm256_set1_ps(c.hi);
+  const __m256 magic = _mm256_set1_ps(kRoundMagic);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 quotient = _mm256_div_ps(_mm256_loadu_ps(x + i), scale);
+    __m256 v = _mm256_blendv_ps(quotient, lo, _mm256_cmp_ps(quotient, lo, _CMP_LT_OQ));
+    v = _mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ));
+    v = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+    const __m256 offset = _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_ORD_Q), v);
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(offset, scale));
+    alignas(32) int32_t codes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), _mm256_cvtps_epi32(offset));
+    for (int j = 0; j < 8; ++j) q[i + j] = static_cast<T>(codes[j] + c.zero_point);
+    const __m256 rounded = _mm256_sub_ps(_mm256_add_ps(quotient, magic), magic);
+    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(rounded, lo, _CMP_GE_OQ),
+                                        _mm256_cmp_ps(rounded, hi, _CMP_LE_OQ));
+    pass[i / 8] = static_cast<uint8_t>(_mm256_movemask_ps(inside));
+  }
+#endif
+  for (; i < n; i += 8) {
+    uint8_t flags[8] = {};
+    const int64_t count = std::min<int64_t>(8, n - i);
+    record_loop(x + i, y + i, q + i, flags, count, c);
+    pass[i / 8] = static_cast<uint8_t>(pack_flags(flags, count));
+  }
+}
+
+}  // namespace
+
+void fake_quant_linear_record(const Tensor& x, const QuantGrid& grid, Tensor& y, Tensor& q,
+                              uint8_t* pass) {
+  const IntRange range = int_range("fake_quant_linear_record", grid.dtype);
+  const ChannelLayout layout =
+      check_and_layout("fake_quant_linear_record", x, {grid.scales, grid.axis});
+  check_grid("fake_quant_linear_record", x, grid, range);
+  check_same_shape("fake_quant_linear_record", x, y, "y");
+  check_output("fake_quant_linear_record", x, q, grid.dtype);
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const bool is_signed = grid.dtype == DType::kInt8;
+  void* qp = q.raw();
+  const int64_t n = x.numel();
+  // Whole 64-element words per task, so that no two tasks write one byte of the mask.
+  if (grid.scales.size() == 1) {
+    const ChannelGrid c = channel_grid(grid, range, 0);
+    parallel_for((n + 63) / 64, kGrain / 64, [&](int64_t word_begin, int64_t word_end) {
+      const int64_t b = word_begin * 64;
+      const int64_t e = std::min(n, word_end * 64);
+      if (is_signed) {
+        record_run(xp + b, yp + b, static_cast<int8_t*>(qp) + b, pass + b / 8, e - b, c);
+      } else {
+        record_run(xp + b, yp + b, static_cast<uint8_t*>(qp) + b, pass + b / 8, e - b, c);
+      }
+    });
+    // The last word's bits past n, which no task wrote.
+    const int64_t written = (n + 7) / 8;
+    std::fill(pass + written, pass + mask_bytes(n), uint8_t{0});
+    return;
+  }
+  parallel_for((n + 63) / 64, kGrain / 64, [&](int64_t word_begin, int64_t word_end) {
+    uint8_t flags[64];
+    for (int64_t w = word_begin; w < word_end; ++w) {
+      const int64_t begin = w * 64;
+      const int64_t end = std::min(n, begin + 64);
+      for_each_channel_run(
+          begin, end, layout, grid, range, [&](int64_t b, int64_t e, const ChannelGrid& c) {
+            uint8_t* f = flags + (b - begin);
+            if (is_signed) {
+              record_loop(xp + b, yp + b, static_cast<int8_t*>(qp) + b, f, e - b, c);
+            } else {
+              record_loop(xp + b, yp + b, static_cast<uint8_t*>(qp) + b, f, e - b, c);
+            }
+          });
+      const uint64_t word = pack_flags(flags, end - begin);
+      std::memcpy(pass + w * 8, &word, sizeof(word));
+    }
   });
 }
 

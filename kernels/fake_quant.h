@@ -101,4 +101,13 @@ void dequantize_linear(const Tensor& q, const QuantGrid& grid, Tensor& y);
 // tensor. y may alias x.
 void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y);
 
+// fake_quant_linear's y, and the record a training forward keeps of it in place of x: q,
+// quantize_linear's integers (dequantize_linear(q) is y again, bit for bit), and `pass`, a mask
+// of x's elements (kernels/mask.h, mask_bytes(x.numel())) set where the straight-through
+// estimator passes the gradient: round_half_to_even(x / scale) + zero point within the grid's
+// range before saturation (for the symmetric int8 grid the rule of fake_quant_backward), clear
+// for NaN. masked_gradient(dy, pass) is then the fake quant's backward.
+void fake_quant_linear_record(const Tensor& x, const QuantGrid& grid, Tensor& y, Tensor& q,
+                              uint8_t* pass);
+
 }  // namespace qforge::kernels

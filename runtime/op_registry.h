@@ -72,6 +72,24 @@ class OpKernel {
   // before a later step's backward instead of keeping its output from the forward. It must
   // write the same bits when run again on the same inputs.
   virtual bool cheap_to_recompute() const { return false; }
+  // A compact record (training). Instead of having forward inputs or outputs kept for its
+  // backward, a kernel may offer to write what its backward needs of them into a record of its
+  // own, smaller than they are (a ReLU: one bit per element; a fake quant: its integers and one
+  // bit per element). `bytes` 0: no offer. `reads`: what backward still reads of the inputs and
+  // outputs once the record is kept. `restores_outputs`: restore_outputs() makes the outputs
+  // again from the record alone, bit for bit as forward wrote them.
+  struct Record {
+    size_t bytes = 0;
+    BackwardReads reads;
+    bool restores_outputs = false;
+  };
+  virtual Record record() const { return {}; }
+  // Takes the offer: from then on every forward also writes the record into `storage`
+  // (record().bytes, the caller's, which must hold it from a forward to the backward after), and
+  // backward reads the record and only what record().reads names. Gradients keep their bits.
+  virtual void keep_record(std::byte* /*storage*/) {}
+  // With the record kept, after a forward: its outputs again.
+  virtual void restore_outputs(std::span<Tensor> /*outputs*/) const {}
   // Scratch bytes that backward needs (the same shared buffer as forward's workspace).
   virtual size_t backward_workspace_bytes() const { return 0; }
   // grad_outputs[i]: dLoss/d output i, or an undefined tensor where no gradient reaches that

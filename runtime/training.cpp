@@ -216,29 +216,103 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
     buffers[buffer].first = std::min(buffers[buffer].first, time);
     buffers[buffer].last = std::max(buffers[buffer].last, time);
   };
-  // Values made again before a backward instead of kept: the outputs of a step cheap to
-  // recompute whose backward keeps its own inputs (none of them recomputed itself), when no
-  // graph output is among them.
+  std::set<const graph::Value*> graph_output_set(graph.outputs().begin(), graph.outputs().end());
+  // Records (OpKernel::Record) kept: a step's offer is taken unless a value it spares would be
+  // kept anyway, being a graph output or read by the backward of a step that keeps no record;
+  // declining one offer can make another useless, so this runs until nothing changes.
+  std::vector<bool> keeps_record(order.size(), false);
+  for (size_t s = 0; s < order.size(); ++s) {
+    const OpKernel& kernel = *steps_[s].kernel;
+    keeps_record[s] = options_.compact_records && has_backward(s) && kernel.record().bytes > 0 &&
+                      kernel.shard_rounds().forward == 0 && kernel.shard_rounds().backward == 0;
+  }
+  auto reads_of = [&](size_t s) {
+    return keeps_record[s] ? steps_[s].kernel->record().reads : steps_[s].kernel->backward_reads();
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    std::map<const graph::Value*, std::vector<size_t>> readers;  // steps whose backward reads it
+    for (size_t s = 0; s < order.size(); ++s) {
+      if (!has_backward(s)) continue;
+      const OpKernel::BackwardReads reads = reads_of(s);
+      const auto& ins = order[s]->inputs();
+      for (size_t i = 0; i < ins.size(); ++i) {
+        if (ins[i] && OpKernel::BackwardReads::has(reads.inputs, i)) readers[ins[i]].push_back(s);
+      }
+      const auto& outs = order[s]->outputs();
+      for (size_t i = 0; i < outs.size(); ++i) {
+        if (OpKernel::BackwardReads::has(reads.outputs, i)) readers[outs[i]].push_back(s);
+      }
+    }
+    for (size_t s = 0; s < order.size(); ++s) {
+      if (!keeps_record[s]) continue;
+      const OpKernel::BackwardReads full = steps_[s].kernel->backward_reads();
+      const OpKernel::BackwardReads kept = steps_[s].kernel->record().reads;
+      auto kept_anyway = [&](const graph::Value* v) {
+        if (!v || v->is_constant()) return false;
+        if (graph_output_set.count(v)) return true;
+        auto it = readers.find(v);
+        if (it == readers.end()) return false;
+        return std::any_of(it->second.begin(), it->second.end(),
+                           [&](size_t t) { return t != s && !keeps_record[t]; });
+      };
+      bool useful = true;
+      const auto& ins = order[s]->inputs();
+      for (size_t i = 0; i < ins.size(); ++i) {
+        if (OpKernel::BackwardReads::has(full.inputs, i) &&
+            !OpKernel::BackwardReads::has(kept.inputs, i) && kept_anyway(ins[i])) {
+          useful = false;
+        }
+      }
+      const auto& outs = order[s]->outputs();
+      for (size_t i = 0; i < outs.size(); ++i) {
+        if (OpKernel::BackwardReads::has(full.outputs, i) &&
+            !OpKernel::BackwardReads::has(kept.outputs, i) && kept_anyway(outs[i])) {
+          useful = false;
+        }
+      }
+      if (!useful) {
+        keeps_record[s] = false;
+        changed = true;
+      }
+    }
+  }
+  // Values made again before a backward instead of kept: the outputs of a step whose record
+  // restores them, or of a step cheap to recompute whose backward keeps its own inputs (none of
+  // them recomputed itself), when no graph output is among them.
   std::map<const graph::Value*, size_t> producer_of;
   std::set<const graph::Value*> recomputed;
-  std::set<const graph::Value*> graph_output_set(graph.outputs().begin(), graph.outputs().end());
   for (size_t s = 0; s < order.size(); ++s) {
     for (const graph::Value* out : order[s]->outputs()) producer_of[out] = s;
     const OpKernel& kernel = *steps_[s].kernel;
-    if (!kernel.cheap_to_recompute() || !has_backward(s) || kernel.shard_rounds().forward != 0 ||
-        kernel.backward_reads().inputs != OpKernel::BackwardReads::kEverything) {
+    if (!has_backward(s) || kernel.shard_rounds().forward != 0) continue;
+    const bool restores = keeps_record[s] && kernel.record().restores_outputs;
+    if (!restores && (!kernel.cheap_to_recompute() ||
+                      kernel.backward_reads().inputs != OpKernel::BackwardReads::kEverything)) {
       continue;
     }
     bool eligible = true;
-    for (const graph::Value* in : order[s]->inputs()) eligible = eligible && !recomputed.count(in);
+    for (const graph::Value* in : order[s]->inputs()) {
+      eligible = eligible && (restores || !recomputed.count(in));
+    }
     for (const graph::Value* out : order[s]->outputs()) {
       eligible = eligible && !graph_output_set.count(out);
     }
     if (!eligible) continue;
     for (const graph::Value* out : order[s]->outputs()) recomputed.insert(out);
   }
+  std::vector<size_t> record_buffer(order.size(), kNone);
   for (size_t s = 0; s < order.size(); ++s) {
-    const OpKernel::BackwardReads reads = steps_[s].kernel->backward_reads();
+    if (!keeps_record[s]) continue;
+    ArenaBuffer b;
+    b.bytes = arena_aligned(steps_[s].kernel->record().bytes);
+    b.first = static_cast<int>(s);
+    b.last = backward_time(s);
+    buffers.push_back(b);
+    record_buffer[s] = buffers.size() - 1;
+  }
+  for (size_t s = 0; s < order.size(); ++s) {
+    const OpKernel::BackwardReads reads = reads_of(s);
     const int forward_time = static_cast<int>(s);
     const auto& ins = order[s]->inputs();
     std::map<const graph::Value*, size_t> recompute_of;  // this step's, by value
@@ -334,6 +408,11 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
   for (const graph::Value* out : graph.outputs()) {
     graph_outputs_.push_back(tensor_for(out));
     output_infos_.push_back({out->dtype(), *out->shape()});
+  }
+  for (size_t s = 0; s < steps_.size(); ++s) {
+    if (record_buffer[s] == kNone) continue;
+    steps_[s].kernel->keep_record(arena_->data() + buffers[record_buffer[s]].offset);
+    steps_[s].keeps_record = true;
   }
   size_t max_arity = 0;
   for (Step& step : steps_) {
@@ -460,7 +539,11 @@ bool TrainingExecutor::prepare_backward_step(Step& step) {
   }
   for (Recompute& r : step.recomputes) {
     Step& producer = steps_[r.producer];
-    producer.kernel->forward(producer.inputs, std::span<Tensor>(&r.value, 1), workspace_->data());
+    if (producer.keeps_record) {
+      producer.kernel->restore_outputs(std::span<Tensor>(&r.value, 1));
+    } else {
+      producer.kernel->forward(producer.inputs, std::span<Tensor>(&r.value, 1), workspace_->data());
+    }
   }
   return true;
 }
@@ -795,6 +878,12 @@ ClassifierTraining::~ClassifierTraining() = default;
 void ClassifierTraining::freeze_batch_norm() {
   if (options_.batch_norm_running_statistics) return;
   options_.batch_norm_running_statistics = true;
+  set_shards(group_->layout());
+}
+
+void ClassifierTraining::set_compact_records(bool compact) {
+  if (options_.compact_records == compact) return;
+  options_.compact_records = compact;
   set_shards(group_->layout());
 }
 

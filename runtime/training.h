@@ -29,6 +29,10 @@ struct TrainingOptions {
   // BatchNormalization on its running statistics, which then stay as they are (a frozen BN,
   // or an evaluation forward); false: on batch statistics, updating the running ones.
   bool batch_norm_running_statistics = false;
+  // Take the kernels' offers of compact records (OpKernel::Record) in place of the tensors
+  // their backward reads: the same gradients, bit for bit, in a smaller arena. False keeps the
+  // tensors themselves (to compare the two).
+  bool compact_records = true;
 };
 
 struct Parameter {
@@ -119,6 +123,7 @@ class TrainingExecutor {
     std::vector<GradTarget> targets;   // inputs whose gradient backward computes
     std::vector<Recompute> recomputes;
     std::vector<Tensor> backward_inputs;  // inputs, with the recomputed values in their places
+    bool keeps_record = false;            // the kernel writes its OpKernel::Record
     double forward_seconds = 0, backward_seconds = 0;  // with set_profile(true)
     size_t forward_calls = 0;
   };
@@ -254,6 +259,8 @@ class ClassifierTraining {
   // From now on BatchNormalization uses its running statistics (as they are now) and no longer
   // updates them; parameter values and every other state carry over.
   void freeze_batch_norm();
+  // TrainingOptions::compact_records for the executors from now on (they are made again).
+  void set_compact_records(bool compact);
   bool batch_norm_frozen() const { return options_.batch_norm_running_statistics; }
   // The logits of a forward on the current parameters (training mode as set), no backward.
   // One shard only.

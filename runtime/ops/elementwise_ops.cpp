@@ -8,6 +8,7 @@
 
 #include "kernels/binary_backward.h"
 #include "kernels/elementwise.h"
+#include "kernels/mask.h"
 #include "kernels/shape_ops.h"
 #include "runtime/ops/ops.h"
 
@@ -87,6 +88,7 @@ class UnaryKernel final : public OpKernel {
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::unary(op_, params_, inputs[0], outputs[0]);
+    if (mask_) kernels::positive_mask(outputs[0].data<float>(), elements_, mask_);
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
   // ReLU's gradient passes where x > 0, which is where y > 0: it reads its output, so that the
@@ -95,24 +97,42 @@ class UnaryKernel final : public OpKernel {
     if (op_ == UnaryOp::kRelu) return {.inputs = BackwardReads::kNothing, .outputs = 1};
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
+  // ReLU's record: where y > 0, one bit per element, so that the output (a fake quant's input,
+  // mostly, whose own record spares it too) need not be kept.
+  Record record() const override {
+    if (op_ != UnaryOp::kRelu || elements_ == 0) return {};
+    return {.bytes = kernels::mask_bytes(elements_),
+            .reads = {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing}};
+  }
+  void keep_record(std::byte* storage) override { mask_ = reinterpret_cast<uint8_t*>(storage); }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
+    if (mask_) {
+      kernels::masked_gradient(grad_outputs[0].data<float>(), mask_, elements_,
+                               grad_inputs[0].data<float>());
+      return;
+    }
     const Tensor& x = op_ == UnaryOp::kRelu ? outputs[0] : inputs[0];
     kernels::unary_backward_f32(op_, params_, x.data<float>(), grad_outputs[0].data<float>(),
                                 grad_inputs[0].data<float>(), x.numel());
   }
+  void set_elements(int64_t elements) { elements_ = elements; }
 
  private:
   UnaryOp op_;
   UnaryParams params_;
+  int64_t elements_ = 0;     // of a float32 input, else 0
+  uint8_t* mask_ = nullptr;  // the kept record
 };
 
 template <UnaryOp kOp>
-std::unique_ptr<OpKernel> create_unary(const graph::Node& node,
-                                       std::span<const InputInfo> /*inputs*/,
+std::unique_ptr<OpKernel> create_unary(const graph::Node& node, std::span<const InputInfo> inputs,
                                        std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<UnaryKernel>(kOp, unary_params(kOp, node));
+  auto kernel = std::make_unique<UnaryKernel>(kOp, unary_params(kOp, node));
+  if (inputs[0].dtype == DType::kFloat32)
+    kernel->set_elements(kernels::shape_numel(inputs[0].shape));
+  return kernel;
 }
 
 // Gelu (opset 20): the erf form, or the tanh approximation with approximate "tanh" (the importer

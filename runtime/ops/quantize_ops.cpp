@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/fake_quant.h"
+#include "kernels/mask.h"
 #include "kernels/norm.h"
 #include "kernels/parallel.h"
 #include "runtime/ops/ops.h"
@@ -129,7 +130,11 @@ class QdqKernel final : public OpKernel {
           kernels::dequantize_linear(inputs[0], grid, outputs[0]);
           break;
         case QdqMode::kFake:
-          kernels::fake_quant_linear(inputs[0], grid, outputs[0]);
+          if (record_) {
+            kernels::fake_quant_linear_record(inputs[0], grid, outputs[0], codes_, pass_);
+          } else {
+            kernels::fake_quant_linear(inputs[0], grid, outputs[0]);
+          }
           break;
       }
     } catch (const Error& e) {
@@ -147,7 +152,9 @@ class QdqKernel final : public OpKernel {
     return mode_ == QdqMode::kFake && (index == 0 || (index == 1 && scales_.empty()));
   }
   size_t backward_workspace_bytes() const override { return lsq_workspace_floats_ * sizeof(float); }
-  void set_element_count(int64_t elements, size_t scale_count) {
+  void set_input_shape(const Shape& shape, size_t scale_count) {
+    shape_ = shape;
+    const int64_t elements = kernels::shape_numel(shape);
     lsq_workspace_floats_ =
         static_cast<size_t>(kernels::fake_quant_lsq_workspace_floats(elements, scale_count));
     elements_per_scale_ = elements / static_cast<int64_t>(std::max<size_t>(1, scale_count));
@@ -159,6 +166,27 @@ class QdqKernel final : public OpKernel {
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
+  // Or, with the scale and zero point constants of the graph: its integers (one byte each) and
+  // the straight-through estimator's mask (one bit each) as a record, from which the output is
+  // made again, so that neither the input nor the output is kept.
+  Record record() const override {
+    if (mode_ != QdqMode::kFake || scales_.empty() || (has_zero_point_ && !zero_points_known_)) {
+      return {};
+    }
+    const int64_t n = kernels::shape_numel(shape_);
+    if (n == 0) return {};
+    return {.bytes = code_bytes() + kernels::mask_bytes(n),
+            .reads = {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing},
+            .restores_outputs = true};
+  }
+  void keep_record(std::byte* storage) override {
+    record_ = storage;
+    codes_ = Tensor::wrap(grid_, shape_, storage);
+    pass_ = reinterpret_cast<uint8_t*>(storage + code_bytes());
+  }
+  void restore_outputs(std::span<Tensor> outputs) const override {
+    kernels::dequantize_linear(codes_, constant_grid(), outputs[0]);
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* workspace) override {
@@ -167,6 +195,16 @@ class QdqKernel final : public OpKernel {
       return;
     }
     if (!grad_inputs[0].defined()) return;
+    if (record_) {
+      Tensor& dx = grad_inputs[0];
+      if (!grad_outputs[0].defined()) {
+        std::fill_n(dx.data<float>(), dx.numel(), 0.0f);
+      } else {
+        kernels::masked_gradient(grad_outputs[0].data<float>(), pass_, dx.numel(),
+                                 dx.data<float>());
+      }
+      return;
+    }
     const std::span<const float> scales =
         scales_.empty() ? inputs[1].span<float>() : std::span<const float>(scales_);
     if (has_zero_point_ && !zero_points_known_) read_zero_points(inputs[2]);
@@ -229,6 +267,18 @@ class QdqKernel final : public OpKernel {
         scratch);
   }
 
+  size_t code_bytes() const {
+    return static_cast<size_t>((kernels::shape_numel(shape_) + 63) / 64 * 64);
+  }
+  kernels::QuantGrid constant_grid() const {
+    kernels::QuantGrid grid;
+    grid.scales = scales_;
+    grid.zero_points = zero_points_;
+    grid.axis = axis_;
+    grid.dtype = grid_;
+    return grid;
+  }
+
   // Fills the preallocated buffer, so a run-time zero point costs no allocation.
   void read_zero_points(const Tensor& zp) {
     const auto n = static_cast<size_t>(zp.numel());
@@ -255,6 +305,10 @@ class QdqKernel final : public OpKernel {
   int64_t elements_per_scale_ = 1;
   std::vector<int32_t> zero_points_;
   std::string label_;
+  Shape shape_;                  // the input's
+  std::byte* record_ = nullptr;  // the kept record: codes_, then pass_
+  Tensor codes_;
+  uint8_t* pass_ = nullptr;
 };
 
 template <QdqMode kMode>
@@ -266,8 +320,8 @@ std::unique_ptr<OpKernel> create_qdq(const graph::Node& node, std::span<const In
       kMode, grid_dtype(node, kMode, inputs), axis < 0 ? 0 : static_cast<int>(axis), has_zp,
       static_cast<size_t>(kernels::shape_numel(inputs[1].shape)), node.label());
   if (inputs[1].constant) kernel->set_constant_scales(*inputs[1].constant);
-  kernel->set_element_count(kernels::shape_numel(inputs[0].shape),
-                            static_cast<size_t>(kernels::shape_numel(inputs[1].shape)));
+  kernel->set_input_shape(inputs[0].shape,
+                          static_cast<size_t>(kernels::shape_numel(inputs[1].shape)));
   if (has_zp && inputs[2].constant) kernel->set_constant_zero_points(*inputs[2].constant);
   return kernel;
 }

@@ -124,5 +124,31 @@ TEST(FakeQuantGradientsPullBack, SameBitsOnOneAndTwoThreads) {
   }
 }
 
+// The kernels' compact records (ReLU's masks, the fake quants' integers and masks) in place of
+// the tensors their backward reads: on every bundled family the same loss and gradients, bit
+// for bit, and on the CNNs, whose ReLUs and fake quants keep those tensors, a smaller arena.
+TEST_P(FakeQuantGradients, CompactRecordsKeepTheBitsInASmallerArena) {
+  const Batch b;
+  auto model = model_of(GetParam());
+  auto compact = quant::max_calibrated_fake_quant_training(*model, b.input);
+  auto full = quant::max_calibrated_fake_quant_training(*model, b.input);
+  full->set_compact_records(false);
+  EXPECT_EQ(compact->forward_backward(b.input, b.labels),
+            full->forward_backward(b.input, b.labels));
+  const quant::InitializerGradients a = quant::initializer_gradients(*compact, *model);
+  const quant::InitializerGradients c = quant::initializer_gradients(*full, *model);
+  ASSERT_EQ(a.gradients.size(), c.gradients.size());
+  for (size_t i = 0; i < a.gradients.size(); ++i) {
+    const Tensor& x = a.gradients[i].second;
+    const Tensor& y = c.gradients[i].second;
+    ASSERT_EQ(x.shape(), y.shape());
+    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << a.gradients[i].first;
+  }
+  EXPECT_LE(compact->executor().arena_bytes(), full->executor().arena_bytes());
+  if (GetParam() == "resnet") {
+    EXPECT_LT(compact->executor().arena_bytes(), full->executor().arena_bytes());
+  }
+}
+
 }  // namespace
 }  // namespace qforge

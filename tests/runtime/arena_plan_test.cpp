@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "graph/ir.h"
@@ -103,6 +104,81 @@ TEST(TrainingArena, SharesMemoryKeepsOutputsAndRepeatsGradients) {
       EXPECT_EQ(grads, first_grads) << "step " << step;
     }
   }
+}
+
+// x → [Mul by w_i, Relu, FakeQuant] × 4 → Mul → y, or with Softmax (whose backward reads its
+// output, the fake quant's input) in place of every Relu.
+std::unique_ptr<graph::Graph> quantized_chain(std::mt19937& rng, const char* activation) {
+  auto g = std::make_unique<graph::Graph>();
+  graph::Value* v = g->add_input("x", DType::kFloat32, graph::Shape{4, 3, 8, 8});
+  Tensor scale(DType::kFloat32, {});
+  scale.data<float>()[0] = 0.01f;
+  Tensor zero_point(DType::kInt8, {});
+  zero_point.data<int8_t>()[0] = 0;
+  graph::Value* s = g->add_constant("scale", scale);
+  graph::Value* zp = g->add_constant("zero_point", zero_point);
+  for (int i = 0; i < 4; ++i) {
+    const std::string n = std::to_string(i);
+    graph::Value* w = g->add_constant("w" + n, testing::random_tensor({1, 3, 1, 1}, rng, 0.5, 1.5));
+    v = testing::add(*g, "mul" + n, "Mul", {v, w});
+    v = testing::add(*g, "act" + n, activation, {v});
+    v = testing::add(*g, "fq" + n, "FakeQuant", {v, s, zp});
+  }
+  graph::Value* w = g->add_constant("w_out", testing::random_tensor({1, 3, 1, 1}, rng, 0.5, 1.5));
+  g->mark_output(testing::add(*g, "out", "Mul", {v, w}));
+  return g;
+}
+
+struct StepResult {
+  size_t arena_bytes = 0;
+  std::vector<std::vector<float>> values;  // the output, then every parameter gradient, per step
+};
+
+StepResult train_chain(const char* activation, bool compact_records) {
+  std::mt19937 rng(23);
+  std::unique_ptr<graph::Graph> g = quantized_chain(rng, activation);
+  const std::vector<std::string> parameters = {"w0", "w1", "w2", "w3", "w_out"};
+  runtime::ResolveOptions options;
+  options.parameters.insert(parameters.begin(), parameters.end());
+  runtime::resolve(*g, options);
+  runtime::TrainingOptions training{parameters};
+  training.compact_records = compact_records;
+  runtime::TrainingExecutor executor(*g, training);
+  StepResult result;
+  result.arena_bytes = executor.arena_bytes();
+  const Tensor input = testing::random_tensor({4, 3, 8, 8}, rng, -1, 1);
+  const Tensor dy = testing::random_tensor({4, 3, 8, 8}, rng, -1, 1);
+  for (int step = 0; step < 2; ++step) {
+    const Tensor out = executor.forward({&input, 1})[0];
+    result.values.emplace_back(out.data<float>(), out.data<float>() + out.numel());
+    executor.backward({&dy, 1});
+    for (runtime::Parameter& p : executor.parameters()) {
+      result.values.emplace_back(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel());
+      // A small step, so that the second step's fake quants see other values.
+      float* w = p.value.data<float>();
+      for (int64_t i = 0; i < p.value.numel(); ++i) w[i] *= 0.9f;
+    }
+  }
+  return result;
+}
+
+// ReLU keeps a bit per element and the fake quant its integers and a bit, so neither keeps a
+// float tensor: the same outputs and gradients, bit for bit, in a smaller arena.
+TEST(TrainingArena, RecordsKeepTheBitsInASmallerArena) {
+  const StepResult compact = train_chain("Relu", true);
+  const StepResult full = train_chain("Relu", false);
+  EXPECT_EQ(compact.values, full.values);
+  EXPECT_LT(compact.arena_bytes, full.arena_bytes);
+}
+
+// Softmax's backward reads its output, the fake quant's input, which is then kept anyway: the
+// fake quant declines its record (it would cost memory and spare nothing), and the arena is the
+// one without records.
+TEST(TrainingArena, ARecordThatSparesNothingIsDeclined) {
+  const StepResult compact = train_chain("Softmax", true);
+  const StepResult full = train_chain("Softmax", false);
+  EXPECT_EQ(compact.values, full.values);
+  EXPECT_EQ(compact.arena_bytes, full.arena_bytes);
 }
 
 }  // namespace

@@ -154,6 +154,21 @@ TEST(CatalogHarness, BackwardReadsOnlyWhatItDeclares) {
   EXPECT_GT(poisoned, 0u) << "no unit's backward left anything out: the check tested nothing";
 }
 
+// A unit's compact record (OpKernel::Record) gives its backward the same bits with what it
+// spares gone, and its outputs again where it says so. The check bites: ReLU and FakeQuant
+// offer records.
+TEST(CatalogHarness, RecordsStandInForWhatTheySpare) {
+  std::set<std::string> offered;
+  for (size_t i = 0; i < cases().size(); ++i) {
+    const HarnessCase& c = cases()[i];
+    if (testing::harness::schema_of(c).gradient != Gradient::kBackward) continue;
+    SCOPED_TRACE(c.label());
+    if (testing::harness::check_record(c, seed_of(i))) offered.insert(c.op_type);
+  }
+  EXPECT_TRUE(offered.count("Relu")) << "ReLU made no offer: the check tested less";
+  EXPECT_TRUE(offered.count("FakeQuant")) << "FakeQuant made no offer: the check tested less";
+}
+
 // A module is trained through its lowering (quant::build_training_graph lowers every module):
 // the lowered graph, with the case's float data and weights as parameters, runs in the training
 // executor, and its gradients meet finite differences of its forward.

@@ -231,14 +231,27 @@ class KernelRun {
     return backward_on(*inputs_, outputs_, dy, wanted);
   }
 
-  // backward() with every float input and output the kernel's backward_reads leaves out (and
-  // that is not a constant, which the executor always keeps) replaced by NaN, as if its buffer
-  // held another value by then: a kernel that reads what it did not declare gives other bits.
-  // `poisoned` gets what was replaced ("input 0", "output 0").
+  // Takes the kernel's offer of a compact record (OpKernel::Record) as the training executor
+  // does, in storage filled with garbage; false when it offers none.
+  bool keep_record() {
+    const size_t bytes = kernel_->record().bytes;
+    if (bytes == 0) return false;
+    record_ = Tensor(DType::kUInt8, {static_cast<int64_t>(bytes)});
+    std::fill_n(record_.data<uint8_t>(), record_.numel(), uint8_t{0xA5});
+    kernel_->keep_record(static_cast<std::byte*>(record_.raw()));
+    return true;
+  }
+
+  // backward() with every float input and output the kernel's backward_reads (with a record
+  // kept: the record's reads) leaves out, and that is not a constant, which the executor always
+  // keeps, replaced by NaN, as if its buffer held another value by then: a kernel that reads
+  // what it did not declare gives other bits. `poisoned` gets what was replaced ("input 0",
+  // "output 0").
   std::vector<Tensor> backward_without_undeclared(const std::vector<Tensor>& dy,
                                                   const std::vector<bool>& wanted,
                                                   std::vector<std::string>* poisoned) {
-    const runtime::OpKernel::BackwardReads reads = kernel_->backward_reads();
+    const runtime::OpKernel::BackwardReads reads =
+        record_.defined() ? kernel_->record().reads : kernel_->backward_reads();
     std::vector<Tensor> inputs = *inputs_;
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (!inputs[i].defined() || inputs[i].dtype() != DType::kFloat32 || infos_[i].constant ||
@@ -290,6 +303,7 @@ class KernelRun {
   Tensor workspace_;
   std::vector<Tensor>* inputs_ = nullptr;
   std::vector<Tensor> outputs_;
+  Tensor record_;  // the kept record's storage, when keep_record took an offer
 };
 
 inline std::vector<Tensor> clones(const std::vector<Tensor>& ts) {
@@ -610,6 +624,51 @@ inline std::vector<std::string> check_backward_reads(const HarnessCase& c, uint3
         << "leaves out (" << replaced << ") holds other values: the backward reads it";
   }
   return poisoned;
+}
+
+// A compact record (OpKernel::Record) stands in for what it spares: with the record kept the
+// forward writes the same outputs; backward, with every input and output the record's reads
+// leave out replaced by NaN, gives the plain backward's gradients bit for bit; and
+// restore_outputs, where offered, writes the outputs again. Returns whether the kernel offered
+// a record.
+inline bool check_record(const HarnessCase& c, uint32_t seed) {
+  const std::vector<bool> wanted = differentiated_inputs(c);
+  const KernelRun::Mode mode =
+      c.frozen_backward ? KernelRun::Mode::kFrozen : KernelRun::Mode::kTraining;
+  KernelRun plain(c, mode);
+  std::vector<Tensor> plain_inputs = input_values(c);
+  const std::vector<Tensor> want_outputs = clones(plain.forward(plain_inputs));
+  const std::vector<Tensor> r = random_directions(plain.output_infos(), seed);
+  const std::vector<Tensor> want = clones(plain.backward(r, wanted));
+
+  KernelRun recorded(c, mode);
+  if (!recorded.keep_record()) return false;
+  std::vector<Tensor> inputs = input_values(c);
+  const std::vector<Tensor> outputs = clones(recorded.forward(inputs));
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    EXPECT_EQ(std::memcmp(outputs[k].raw(), want_outputs[k].raw(), outputs[k].nbytes()), 0)
+        << c.label() << ": output " << k << " changes when the kernel keeps its record";
+  }
+  std::vector<std::string> poisoned;
+  const std::vector<Tensor> got = recorded.backward_without_undeclared(r, wanted, &poisoned);
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!want[i].defined()) continue;
+    EXPECT_EQ(std::memcmp(want[i].raw(), got[i].raw(), want[i].nbytes()), 0)
+        << c.label() << ": the gradient of input " << i << " from the record differs from "
+        << "the plain backward's";
+  }
+  if (recorded.kernel().record().restores_outputs) {
+    std::vector<Tensor> again;
+    for (const runtime::TensorInfo& info : recorded.output_infos()) {
+      again.emplace_back(info.dtype, info.shape);
+    }
+    recorded.kernel().restore_outputs(again);
+    for (size_t k = 0; k < again.size(); ++k) {
+      EXPECT_EQ(std::memcmp(again[k].raw(), want_outputs[k].raw(), again[k].nbytes()), 0)
+          << c.label() << ": output " << k << " restored from the record differs";
+    }
+  }
+  return true;
 }
 
 // Forward (and, for a unit with a backward, backward) outputs at 1 and 2 threads, bit for bit.
