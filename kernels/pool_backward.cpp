@@ -6,6 +6,7 @@
 #include <array>
 #include <limits>
 
+#include "kernels/error.h"
 #include "kernels/parallel.h"
 #include "kernels/pool_window.h"
 
@@ -21,9 +22,12 @@ using pool_window::taps_inside;
 using pool_window::valid_range;
 
 // The first maximum of one window (row-major over the taps inside the input, a later tap only
-// when strictly greater) receives the output's gradient. Windows wholly inside the input
+// when strictly greater) receives the output's gradient: visit(o, at, tap) for each output o of
+// the plane in row-major order, `at` the chosen input's offset in the plane (−1 when no tap
+// lies inside the input) and `tap` its kh · kernel_w + kw. Windows wholly inside the input
 // (most of them) are searched without bounds checks and with selects instead of branches.
-void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx) {
+template <class Visit>
+void for_each_window_maximum(const PoolGeometry& g, const float* x, Visit&& visit) {
   constexpr float kLowest = -std::numeric_limits<float>::infinity();
   // Output columns whose every tap lies inside a row.
   int64_t inner_lo, inner_hi, last_lo, last_hi;
@@ -32,10 +36,12 @@ void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float*
               last_hi);
   inner_lo = std::min(std::max(inner_lo, last_lo), g.out_w);
   inner_hi = std::max(inner_lo, std::min(inner_hi, last_hi));
-  auto search_checked = [&](int64_t h0, int64_t ow) {
+  const int64_t row_step = g.dilation_h * g.in_w;
+  auto search_checked = [&](int64_t o, int64_t h0, int64_t ow) {
     const int64_t w0 = ow * g.stride_w - g.pad_left;
     float best = kLowest;
     int64_t at = -1;
+    int64_t tap = -1;
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       const int64_t ih = h0 + kh * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) continue;
@@ -46,20 +52,18 @@ void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float*
         if (at < 0 || row[iw] > best) {
           best = row[iw];
           at = ih * g.in_w + iw;
+          tap = kh * g.kernel_w + kw;
         }
       }
     }
-    return at;
+    visit(o, at, tap);
   };
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     const int64_t h0 = oh * g.stride_h - g.pad_top;
     const int64_t kh_first = std::max<int64_t>(0, pool_window::ceil_div(-h0, g.dilation_h));
     const int64_t kh_end = std::min(g.kernel_h, pool_window::ceil_div(g.in_h - h0, g.dilation_h));
-    const float* dyr = dy + oh * g.out_w;
-    for (int64_t ow = 0; ow < inner_lo; ++ow) {
-      const int64_t at = search_checked(h0, ow);
-      if (at >= 0) dx[at] += dyr[ow];
-    }
+    const int64_t row = oh * g.out_w;
+    for (int64_t ow = 0; ow < inner_lo; ++ow) search_checked(row + ow, h0, ow);
     if (kh_first < kh_end) {
       for (int64_t ow = inner_lo; ow < inner_hi; ++ow) {
         const int64_t w0 = ow * g.stride_w - g.pad_left;
@@ -75,14 +79,26 @@ void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float*
             at = greater ? i : at;
           }
         }
-        dx[at] += dyr[ow];
+        // The tap, from the offset in the window: every tap of these windows lies inside its
+        // row, so (kernel_w − 1) · dilation_w < in_w and whole rows count kh. (Tracking it in
+        // the loop above costs three times the search; unused, this is dropped.)
+        const int64_t offset = at - (h0 * g.in_w + w0);
+        int64_t kh = 0;
+        for (int64_t k = 1; k < g.kernel_h; ++k) kh += offset >= k * row_step ? 1 : 0;
+        const int64_t in_row = offset - kh * row_step;
+        visit(row + ow, at, kh * g.kernel_w + (g.dilation_w == 1 ? in_row : in_row / g.dilation_w));
       }
     }
     for (int64_t ow = std::max(inner_lo, inner_hi); ow < g.out_w; ++ow) {
-      const int64_t at = search_checked(h0, ow);
-      if (at >= 0) dx[at] += dyr[ow];
+      search_checked(row + ow, h0, ow);
     }
   }
+}
+
+void max_pool_plane_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx) {
+  for_each_window_maximum(g, x, [&](int64_t o, int64_t at, int64_t /*tap*/) {
+    if (at >= 0) dx[at] += dy[o];
+  });
 }
 
 void average_pool_plane_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
@@ -137,6 +153,61 @@ void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy,
       float* dxp = dx + p * in_plane;
       if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
       max_pool_plane_backward(g, x + p * in_plane, dy + p * out_plane, dxp);
+    }
+  });
+}
+
+bool max_pool2d_has_taps(const PoolGeometry& g) {
+  return g.kernel_h * g.kernel_w <= kNoTap;
+}
+
+void max_pool2d_taps(const PoolGeometry& g, const float* x, uint8_t* taps) {
+  if (!max_pool2d_has_taps(g)) throw_internal("max_pool2d_taps: a window of more than 255 taps");
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    // A copy of its own: a byte store may alias anything the compiler cannot see is local, and
+    // would have the geometry read again from memory after every tap written.
+    const PoolGeometry local = g;
+    for (int64_t p = begin; p < end; ++p) {
+      uint8_t* t = taps + p * out_plane;
+      for_each_window_maximum(local, x + p * in_plane, [&](int64_t o, int64_t at, int64_t tap) {
+        t[o] = at < 0 ? kNoTap : static_cast<uint8_t>(tap);
+      });
+    }
+  });
+}
+
+void max_pool2d_backward_from_taps(const PoolGeometry& g, const uint8_t* taps, const float* dy,
+                                   float* dx, GradMode write) {
+  if (!max_pool2d_has_taps(g)) {
+    throw_internal("max_pool2d_backward_from_taps: a window of more than 255 taps");
+  }
+  // Each tap's offset from its window's origin in the input plane.
+  std::array<int64_t, kNoTap> offset{};
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      offset[static_cast<size_t>(kh * g.kernel_w + kw)] =
+          kh * g.dilation_h * g.in_w + kw * g.dilation_w;
+    }
+  }
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float* dxp = dx + p * in_plane;
+      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
+      const uint8_t* t = taps + p * out_plane;
+      const float* dyp = dy + p * out_plane;
+      // The outputs in max_pool_plane_backward's order, so the sums into dx are the same.
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        const int64_t origin_row = (oh * g.stride_h - g.pad_top) * g.in_w - g.pad_left;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t o = oh * g.out_w + ow;
+          if (t[o] == kNoTap) continue;
+          dxp[origin_row + ow * g.stride_w + offset[t[o]]] += dyp[o];
+        }
+      }
     }
   });
 }

@@ -21,6 +21,17 @@ namespace qforge::kernels {
 // dx [batch, channels, in_h, in_w].
 void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx,
                          GradMode write = GradMode::kOverwrite);
+
+// The record a training forward keeps of a max pooling in place of x: per output, one byte, the
+// tap kh · kernel_w + kw of its window that max_pool2d_backward sends its gradient to, kNoTap
+// where the window holds no input. Windows of up to 255 taps (max_pool2d_has_taps).
+inline constexpr uint8_t kNoTap = 255;
+bool max_pool2d_has_taps(const PoolGeometry& g);
+void max_pool2d_taps(const PoolGeometry& g, const float* x, uint8_t* taps);
+// max_pool2d_backward from those taps: the same sums in the same order, so the same bits.
+void max_pool2d_backward_from_taps(const PoolGeometry& g, const uint8_t* taps, const float* dy,
+                                   float* dx, GradMode write = GradMode::kOverwrite);
+
 void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
                              float* dx, GradMode write = GradMode::kOverwrite);
 // dy holds one value per plane.

@@ -127,14 +127,31 @@ class MaxPoolKernel final : public OpKernel {
                            : nullptr;
     kernels::max_pool2d(geometry_, inputs[0].data<float>(), outputs[0].data<float>(), indices,
                         order_);
+    if (taps_) kernels::max_pool2d_taps(geometry_, inputs[0].data<float>(), taps_);
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
+  // Or, as a record: which tap of each window receives the gradient, one byte per output (a
+  // quarter of the input's elements at stride 2), so that the input need not be kept.
+  Record record() const override {
+    if (!kernels::max_pool2d_has_taps(geometry_)) return {};
+    const int64_t outputs =
+        geometry_.batch * geometry_.channels * geometry_.out_h * geometry_.out_w;
+    if (outputs == 0) return {};
+    return {.bytes = static_cast<size_t>(outputs),
+            .reads = {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing}};
+  }
+  void keep_record(std::byte* storage) override { taps_ = reinterpret_cast<uint8_t*>(storage); }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
+    if (taps_) {
+      kernels::max_pool2d_backward_from_taps(geometry_, taps_, grad_outputs[0].data<float>(),
+                                             grad_inputs[0].data<float>());
+      return;
+    }
     kernels::max_pool2d_backward(geometry_, inputs[0].data<float>(), grad_outputs[0].data<float>(),
                                  grad_inputs[0].data<float>());
   }
@@ -143,6 +160,7 @@ class MaxPoolKernel final : public OpKernel {
   kernels::PoolGeometry geometry_;
   bool want_indices_;
   kernels::IndexOrder order_;
+  uint8_t* taps_ = nullptr;  // the kept record
 };
 
 std::unique_ptr<OpKernel> create_max_pool(const Node& node, std::span<const InputInfo> inputs,

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -234,6 +235,40 @@ TEST(GlobalAveragePoolBackward, SpreadsEachPlanesGradient) {
                                  GradMode::kAccumulate);
     for (size_t i = 0; i < dx.size(); ++i) ASSERT_EQ(added[i], 1.0f + dx[i]);
   }
+}
+
+// The taps a training forward records give max_pool2d_backward's gradient bit for bit, ties
+// (values rounded to a few levels), NaN, −inf windows and accumulation included, on 1 and 2
+// threads.
+TEST(MaxPoolBackward, FromRecordedTapsIsTheBackwardBitForBit) {
+  for (const PoolCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const PoolGeometry g = geometry_of(c);
+    ASSERT_TRUE(max_pool2d_has_taps(g));
+    std::vector<float> x = random_values(in_size(g), 16);
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = std::round(x[i] * 4.0f);
+      if (i % 17 == 3) x[i] = NAN;
+      if (i % 13 == 5) x[i] = -INFINITY;
+    }
+    const std::vector<float> dy = random_values(out_size(g), 17);
+    const std::vector<float> start = random_values(in_size(g), 18);
+    for (GradMode mode : {GradMode::kOverwrite, GradMode::kAccumulate}) {
+      std::vector<float> want = start;
+      max_pool2d_backward(g, x.data(), dy.data(), want.data(), mode);
+      for (int threads : {1, 2}) {
+        ThreadCount scope(threads);
+        std::vector<uint8_t> taps(out_size(g), 0xEE);
+        max_pool2d_taps(g, x.data(), taps.data());
+        std::vector<float> got = start;
+        max_pool2d_backward_from_taps(g, taps.data(), dy.data(), got.data(), mode);
+        expect_same_bits(got.data(), want.data(), want.size(), "dx from taps");
+      }
+    }
+  }
+  PoolGeometry too_wide;
+  too_wide.in_w = too_wide.kernel_w = 256;
+  EXPECT_FALSE(max_pool2d_has_taps(too_wide));
 }
 
 TEST(PoolBackward, SameBitsForAnyThreadCount) {

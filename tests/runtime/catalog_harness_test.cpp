@@ -155,8 +155,8 @@ TEST(CatalogHarness, BackwardReadsOnlyWhatItDeclares) {
 }
 
 // A unit's compact record (OpKernel::Record) gives its backward the same bits with what it
-// spares gone, and its outputs again where it says so. The check bites: ReLU and FakeQuant
-// offer records.
+// spares gone, and its outputs again where it says so. The check bites: ReLU, FakeQuant and
+// MaxPool offer records.
 TEST(CatalogHarness, RecordsStandInForWhatTheySpare) {
   std::set<std::string> offered;
   for (size_t i = 0; i < cases().size(); ++i) {
@@ -167,6 +167,7 @@ TEST(CatalogHarness, RecordsStandInForWhatTheySpare) {
   }
   EXPECT_TRUE(offered.count("Relu")) << "ReLU made no offer: the check tested less";
   EXPECT_TRUE(offered.count("FakeQuant")) << "FakeQuant made no offer: the check tested less";
+  EXPECT_TRUE(offered.count("MaxPool")) << "MaxPool made no offer: the check tested less";
 }
 
 // A module is trained through its lowering (quant::build_training_graph lowers every module):
