@@ -171,6 +171,8 @@ void max_pool2d_taps(const PoolGeometry& g, const float* x, uint8_t* taps) {
     const PoolGeometry local = g;
     for (int64_t p = begin; p < end; ++p) {
       uint8_t* t = taps + p * out_plane;
+      // Windows with no row inside the input are not visited.
+      std::fill_n(t, out_plane, kNoTap);
       for_each_window_maximum(local, x + p * in_plane, [&](int64_t o, int64_t at, int64_t tap) {
         t[o] = at < 0 ? kNoTap : static_cast<uint8_t>(tap);
       });

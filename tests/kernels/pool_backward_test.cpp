@@ -266,6 +266,30 @@ TEST(MaxPoolBackward, FromRecordedTapsIsTheBackwardBitForBit) {
       }
     }
   }
+  // A window whose dilated rows all fall in the padding (the output row in the middle): its
+  // gradient goes nowhere, with or without taps.
+  PoolGeometry empty_row;
+  empty_row.batch = 2;
+  empty_row.channels = 3;
+  empty_row.in_h = 2;
+  empty_row.in_w = 5;
+  empty_row.kernel_h = empty_row.kernel_w = 2;
+  empty_row.dilation_h = 3;
+  empty_row.pad_top = empty_row.pad_bottom = 2;
+  empty_row.out_h = 3;
+  empty_row.out_w = 4;
+  const std::vector<float> x = random_values(in_size(empty_row), 19);
+  const std::vector<float> dy = random_values(out_size(empty_row), 20);
+  std::vector<float> want(in_size(empty_row), NAN), got(in_size(empty_row), NAN);
+  max_pool2d_backward(empty_row, x.data(), dy.data(), want.data());
+  std::vector<uint8_t> taps(out_size(empty_row), 0xEE);
+  max_pool2d_taps(empty_row, x.data(), taps.data());
+  for (int64_t p = 0; p < 6; ++p) {
+    for (int64_t ow = 0; ow < 4; ++ow)
+      EXPECT_EQ(taps[static_cast<size_t>(p * 12 + 4 + ow)], kNoTap);
+  }
+  max_pool2d_backward_from_taps(empty_row, taps.data(), dy.data(), got.data());
+  expect_same_bits(got.data(), want.data(), want.size(), "dx with an empty window");
   PoolGeometry too_wide;
   too_wide.in_w = too_wide.kernel_w = 256;
   EXPECT_FALSE(max_pool2d_has_taps(too_wide));
