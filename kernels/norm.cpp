@@ -161,19 +161,23 @@ void check_count(int64_t count) {
 
 // y of channel c from the whole batch's mean and Σ(x - mean)² over `count` values; the saved
 // inverse deviation and the running update where asked.
+// y = (x - mu)·inv·g + b over channel c: the forward's normalisation and its recomputation.
+void normalize_channel(const BatchNormDims& d, int64_t c, const float* x, float g, float b,
+                       float mu, float inv, float* y) {
+  for (int64_t n = 0; n < d.batch; ++n) {
+    const float* xp = x + (n * d.channels + c) * d.inner;
+    float* yp = y + (n * d.channels + c) * d.inner;
+    for (int64_t i = 0; i < d.inner; ++i) yp[i] = (xp[i] - mu) * inv * g + b;
+  }
+}
+
 void channel_apply(const BatchNormDims& d, const BatchNormTrainingOptions& options, int64_t count,
                    int64_t c, const float* x, const float* gamma, const float* beta, float mu,
                    double squares, float* y, float* saved_inv_std, float* running_mean,
                    float* running_var) {
   const double var = squares / static_cast<double>(count);
   const float inv = 1.0f / std::sqrt(static_cast<float>(var) + d.epsilon);
-  const float g = gamma[c];
-  const float b = beta[c];
-  for (int64_t n = 0; n < d.batch; ++n) {
-    const float* xp = x + (n * d.channels + c) * d.inner;
-    float* yp = y + (n * d.channels + c) * d.inner;
-    for (int64_t i = 0; i < d.inner; ++i) yp[i] = (xp[i] - mu) * inv * g + b;
-  }
+  normalize_channel(d, c, x, gamma[c], beta[c], mu, inv, y);
   if (saved_inv_std) saved_inv_std[c] = inv;
   const double m = options.momentum;
   if (running_mean) running_mean[c] = static_cast<float>((1 - m) * running_mean[c] + m * mu);
@@ -242,6 +246,15 @@ void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptio
       channel_apply(dims, options, count, c, x, gamma, beta, mu, channel_squares(dims, x, c, mu), y,
                     saved_inv_std, running_mean, running_var);
       if (saved_mean) saved_mean[c] = mu;
+    }
+  });
+}
+
+void batch_norm_normalize(const BatchNormDims& dims, const float* x, const float* gamma,
+                          const float* beta, const float* mean, const float* inv_std, float* y) {
+  parallel_for(dims.channels, grain_for(dims.batch * dims.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      normalize_channel(dims, c, x, gamma[c], beta[c], mean[c], inv_std[c], y);
     }
   });
 }

@@ -165,6 +165,11 @@ void batch_norm_training(const BatchNormDims& dims, const BatchNormTrainingOptio
                          float* saved_mean, float* saved_inv_std, float* running_mean,
                          float* running_var);
 
+// y again from the statistics a forward saved: y = (x - mean)·inv_std·gamma + beta, the same
+// operations as the forward, so the same bits. Parallel over channels.
+void batch_norm_normalize(const BatchNormDims& dims, const float* x, const float* gamma,
+                          const float* beta, const float* mean, const float* inv_std, float* y);
+
 // The same over a batch cut into shards that are computed apart (runtime/training.h's shard
 // group: several executors, possibly in several processes). Each shard gives per-channel sums in
 // double; the caller adds them over every shard in shard order and hands the totals back, so

@@ -68,10 +68,18 @@ class OpKernel {
     }
   };
   virtual BackwardReads backward_reads() const { return {}; }
-  // A forward cheap enough (an element-wise pass) that the training executor may run it again
-  // before a later step's backward instead of keeping its output from the forward. It must
-  // write the same bits when run again on the same inputs.
+  // A forward cheap enough (an element-wise pass) that the training executor may make its
+  // outputs again (recompute_outputs) before a later step's backward instead of keeping them
+  // from the forward, when its own backward keeps every input.
   virtual bool cheap_to_recompute() const { return false; }
+  // The outputs of the last forward again, bit for bit, from the same inputs: by default the
+  // forward itself. A kernel whose forward updates state or sums over the batch in shard
+  // rounds (BatchNormalization on batch statistics) overrides it, normalising again with the
+  // statistics its forward saved.
+  virtual void recompute_outputs(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+                                 std::byte* workspace) {
+    forward(inputs, outputs, workspace);
+  }
   // A compact record (training). Instead of having forward inputs or outputs kept for its
   // backward, a kernel may offer to write what its backward needs of them into a record of its
   // own, smaller than they are (a ReLU: one bit per element; a fake quant: its integers and one

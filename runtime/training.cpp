@@ -285,7 +285,7 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
   for (size_t s = 0; s < order.size(); ++s) {
     for (const graph::Value* out : order[s]->outputs()) producer_of[out] = s;
     const OpKernel& kernel = *steps_[s].kernel;
-    if (!has_backward(s) || kernel.shard_rounds().forward != 0) continue;
+    if (!has_backward(s)) continue;
     const bool restores = keeps_record[s] && kernel.record().restores_outputs;
     if (!restores && (!kernel.cheap_to_recompute() ||
                       kernel.backward_reads().inputs != OpKernel::BackwardReads::kEverything)) {
@@ -542,7 +542,8 @@ bool TrainingExecutor::prepare_backward_step(Step& step) {
     if (producer.keeps_record) {
       producer.kernel->restore_outputs(std::span<Tensor>(&r.value, 1));
     } else {
-      producer.kernel->forward(producer.inputs, std::span<Tensor>(&r.value, 1), workspace_->data());
+      producer.kernel->recompute_outputs(producer.inputs, std::span<Tensor>(&r.value, 1),
+                                         workspace_->data());
     }
   }
   return true;

@@ -92,6 +92,8 @@ class BatchNormKernel final : public OpKernel {
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
+  // A per-channel affine map of inputs the backward keeps: its output is made again.
+  bool cheap_to_recompute() const override { return true; }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
@@ -175,6 +177,15 @@ class BatchNormTrainingKernel final : public OpKernel {
   bool differentiable_input(size_t index) const override { return index <= 2; }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
+  // The output (a Hardswish's or SiLU's input, which their backward reads) is made again from
+  // the input, which the backward keeps, and the statistics the forward saved.
+  bool cheap_to_recompute() const override { return true; }
+  void recompute_outputs(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+                         std::byte* /*workspace*/) override {
+    kernels::batch_norm_normalize(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                  inputs[2].data<float>(), saved_mean_.data(),
+                                  saved_inv_std_.data(), outputs[0].data<float>());
   }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,

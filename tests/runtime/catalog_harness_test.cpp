@@ -170,6 +170,21 @@ TEST(CatalogHarness, RecordsStandInForWhatTheySpare) {
   EXPECT_TRUE(offered.count("MaxPool")) << "MaxPool made no offer: the check tested less";
 }
 
+// What the training executor makes again instead of keeping is the forward's output, bit for
+// bit. The check bites: FakeQuant and BatchNormalization (on batch statistics: again from the
+// statistics its forward saved) are cheap to recompute.
+TEST(CatalogHarness, RecomputedOutputsAreTheForwardsBits) {
+  std::set<std::string> recomputing;
+  for (size_t i = 0; i < cases().size(); ++i) {
+    const HarnessCase& c = cases()[i];
+    if (testing::harness::schema_of(c).gradient != Gradient::kBackward) continue;
+    SCOPED_TRACE(c.label());
+    if (testing::harness::check_recompute(c)) recomputing.insert(c.op_type);
+  }
+  EXPECT_TRUE(recomputing.count("FakeQuant"));
+  EXPECT_TRUE(recomputing.count("BatchNormalization"));
+}
+
 // A module is trained through its lowering (quant::build_training_graph lowers every module):
 // the lowered graph, with the case's float data and weights as parameters, runs in the training
 // executor, and its gradients meet finite differences of its forward.

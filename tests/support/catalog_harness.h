@@ -671,6 +671,37 @@ inline bool check_record(const HarnessCase& c, uint32_t seed) {
   return true;
 }
 
+// A kernel cheap to recompute (OpKernel::cheap_to_recompute) makes the outputs of its last
+// forward again, bit for bit, and leaves its inputs (BN's running statistics among them) as
+// they were. Returns whether the kernel says it is cheap to recompute.
+inline bool check_recompute(const HarnessCase& c) {
+  const KernelRun::Mode mode =
+      c.frozen_backward ? KernelRun::Mode::kFrozen : KernelRun::Mode::kTraining;
+  KernelRun run(c, mode);
+  if (!run.kernel().cheap_to_recompute()) return false;
+  std::vector<Tensor> inputs = input_values(c);
+  const std::vector<Tensor> outputs = clones(run.forward(inputs));
+  const std::vector<Tensor> before = clones(inputs);
+  std::vector<Tensor> again;
+  for (const runtime::TensorInfo& info : run.output_infos())
+    again.emplace_back(info.dtype, info.shape);
+  std::vector<float> workspace(
+      std::max(run.kernel().workspace_bytes(), run.kernel().backward_workspace_bytes()) /
+          sizeof(float) +
+      16);
+  run.kernel().recompute_outputs(inputs, again, reinterpret_cast<std::byte*>(workspace.data()));
+  for (size_t k = 0; k < again.size(); ++k) {
+    EXPECT_EQ(std::memcmp(again[k].raw(), outputs[k].raw(), again[k].nbytes()), 0)
+        << c.label() << ": output " << k << " recomputed differs from the forward's";
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!inputs[i].defined()) continue;
+    EXPECT_EQ(std::memcmp(inputs[i].raw(), before[i].raw(), inputs[i].nbytes()), 0)
+        << c.label() << ": input " << i << " changed by the recomputation";
+  }
+  return true;
+}
+
 // Forward (and, for a unit with a backward, backward) outputs at 1 and 2 threads, bit for bit.
 inline void check_thread_invariance(const HarnessCase& c, uint32_t seed) {
   auto run_at = [&](int threads, KernelRun::Mode mode, bool backward) {
