@@ -1,8 +1,8 @@
 // One-bit masks and the fake quant's record (kernels/mask.h, fake_quant_linear_record): each bit
 // against the rule it packs, on lengths around the 8-, 16- and 64-element boundaries and across
 // task boundaries; the record's y, integers and pass mask against fake_quant_linear,
-// quantize_linear and the straight-through estimator, special values included; the same bits
-// on 1 and 2 threads.
+// quantize_linear and the straight-through estimator, special values included; these records
+// and MaxPool's taps the same bits on 1 and 2 threads.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +13,7 @@
 
 #include "kernels/fake_quant.h"
 #include "kernels/mask.h"
+#include "kernels/pool_backward.h"
 #include "tests/support/random.h"
 #include "tests/support/thread_count.h"
 
@@ -194,6 +195,61 @@ TEST(FakeQuantRecord, MaskedGradientIsTheSymmetricBackward) {
   Tensor dx(DType::kFloat32, x.shape());
   masked_gradient(dy.data<float>(), pass.data(), x.numel(), dx.data<float>());
   EXPECT_EQ(std::memcmp(dx.raw(), want.raw(), dx.nbytes()), 0);
+}
+
+// Several tasks on 2 threads (so that ThreadSanitizer sees them run together): the masks, the
+// fake quant's record and MaxPool's taps, each the same bits as on one thread.
+TEST(Mask, RecordsAreTheSameBitsOnOneAndTwoThreads) {
+  const int64_t n = 16384 * 5 + 77;
+  Tensor x = random_f32({n}, 21, -3.0f, 3.0f);
+  plant_specials(x, 0.02f);
+  const Tensor dy = random_f32({n}, 22, -1.0f, 1.0f);
+  const std::vector<float> scales = {0.02f};
+  const QuantGrid grid{scales, {}, 0, DType::kInt8};
+  PoolGeometry pool;
+  pool.batch = 4;
+  pool.channels = 8;
+  pool.in_h = pool.in_w = 40;
+  pool.out_h = pool.out_w = 20;
+  pool.kernel_h = pool.kernel_w = 3;
+  pool.stride_h = pool.stride_w = 2;
+  pool.pad_top = pool.pad_left = pool.pad_bottom = pool.pad_right = 1;
+  const Tensor px = random_f32({4 * 8 * 40 * 40}, 23, -1.0f, 1.0f);
+  const Tensor pdy = random_f32({4 * 8 * 20 * 20}, 24, -1.0f, 1.0f);
+  struct Run {
+    std::vector<uint8_t> positive, pass, taps;
+    std::vector<float> dx, y, pool_dx;
+    std::vector<int8_t> q;
+  };
+  auto run = [&](int threads) {
+    ThreadCount count(threads);
+    Run r;
+    r.positive = mask_of(n);
+    positive_mask(x.data<float>(), n, r.positive.data());
+    r.dx.assign(static_cast<size_t>(n), 0.0f);
+    masked_gradient(dy.data<float>(), r.positive.data(), n, r.dx.data());
+    Tensor y(DType::kFloat32, {n});
+    Tensor q(DType::kInt8, {n});
+    r.pass = mask_of(n);
+    fake_quant_linear_record(x, grid, y, q, r.pass.data());
+    r.y.assign(y.data<float>(), y.data<float>() + n);
+    r.q.assign(q.data<int8_t>(), q.data<int8_t>() + n);
+    r.taps.assign(static_cast<size_t>(pdy.numel()), 0);
+    max_pool2d_taps(pool, px.data<float>(), r.taps.data());
+    r.pool_dx.assign(static_cast<size_t>(px.numel()), 0.0f);
+    max_pool2d_backward_from_taps(pool, r.taps.data(), pdy.data<float>(), r.pool_dx.data());
+    return r;
+  };
+  const Run one = run(1);
+  const Run two = run(2);
+  EXPECT_EQ(one.positive, two.positive);
+  EXPECT_EQ(std::memcmp(one.dx.data(), two.dx.data(), one.dx.size() * sizeof(float)), 0);
+  EXPECT_EQ(one.pass, two.pass);
+  EXPECT_EQ(std::memcmp(one.y.data(), two.y.data(), one.y.size() * sizeof(float)), 0);
+  EXPECT_EQ(one.q, two.q);
+  EXPECT_EQ(one.taps, two.taps);
+  EXPECT_EQ(std::memcmp(one.pool_dx.data(), two.pool_dx.data(), one.pool_dx.size() * sizeof(float)),
+            0);
 }
 
 }  // namespace
