@@ -13,7 +13,8 @@
 //                   [--no-records]
 // --no-records keeps the tensors backward reads instead of the kernels' compact records
 // (runtime::TrainingOptions::compact_records): the same gradients in a larger arena; its peak
-// memory also holds the first executors' arena, so compare arena_bytes. --profile also prints to
+// memory also counts what the executors made first touched (their zeroed workspace) before
+// they were replaced, so compare arena_bytes. --profile also prints to
 // stderr, per op type, the mean time per step its kernels took in the forward and in the backward
 // (the first shard's executor); --profile-nodes the same per node.
 #include <algorithm>
