@@ -219,11 +219,15 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
   std::set<const graph::Value*> graph_output_set(graph.outputs().begin(), graph.outputs().end());
   // Records (OpKernel::Record) kept: a step's offer is taken unless a value it spares would be
   // kept anyway, being a graph output or read by the backward of a step that keeps no record;
-  // declining one offer can make another useless, so this runs until nothing changes.
+  // declining one offer can make another useless, so this runs until nothing changes. A step
+  // without a backward (a fake quant of the model's input) takes one only to restore its
+  // outputs, when some backward reads them and none is a graph output.
   std::vector<bool> keeps_record(order.size(), false);
   for (size_t s = 0; s < order.size(); ++s) {
     const OpKernel& kernel = *steps_[s].kernel;
-    keeps_record[s] = options_.compact_records && has_backward(s) && kernel.record().bytes > 0 &&
+    const OpKernel::Record record = kernel.record();
+    keeps_record[s] = options_.compact_records && record.bytes > 0 &&
+                      (has_backward(s) || record.restores_outputs) &&
                       kernel.shard_rounds().forward == 0 && kernel.shard_rounds().backward == 0;
   }
   auto reads_of = [&](size_t s) {
@@ -256,6 +260,19 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
         return std::any_of(it->second.begin(), it->second.end(),
                            [&](size_t t) { return t != s && !keeps_record[t]; });
       };
+      if (!has_backward(s)) {
+        bool read = false;
+        bool output = false;
+        for (const graph::Value* out : order[s]->outputs()) {
+          read = read || readers.count(out) > 0;
+          output = output || graph_output_set.count(out) > 0;
+        }
+        if (!read || output) {
+          keeps_record[s] = false;
+          changed = true;
+        }
+        continue;
+      }
       bool useful = true;
       const auto& ins = order[s]->inputs();
       for (size_t i = 0; i < ins.size(); ++i) {
@@ -285,8 +302,8 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
   for (size_t s = 0; s < order.size(); ++s) {
     for (const graph::Value* out : order[s]->outputs()) producer_of[out] = s;
     const OpKernel& kernel = *steps_[s].kernel;
-    if (!has_backward(s)) continue;
     const bool restores = keeps_record[s] && kernel.record().restores_outputs;
+    if (!has_backward(s) && !restores) continue;
     if (!restores && (!kernel.cheap_to_recompute() ||
                       kernel.backward_reads().inputs != OpKernel::BackwardReads::kEverything)) {
       continue;

@@ -107,7 +107,8 @@ TEST(TrainingArena, SharesMemoryKeepsOutputsAndRepeatsGradients) {
 }
 
 // x → [Mul by w_i, Relu, FakeQuant] × 4 → Mul → y, or with Softmax (whose backward reads its
-// output, the fake quant's input) in place of every Relu.
+// output, the fake quant's input) in place of every Relu. With "Input", x itself passes a fake
+// quant first (one that no gradient reaches, so it has no backward) and no activation follows.
 std::unique_ptr<graph::Graph> quantized_chain(std::mt19937& rng, const char* activation) {
   auto g = std::make_unique<graph::Graph>();
   graph::Value* v = g->add_input("x", DType::kFloat32, graph::Shape{4, 3, 8, 8});
@@ -117,6 +118,18 @@ std::unique_ptr<graph::Graph> quantized_chain(std::mt19937& rng, const char* act
   zero_point.data<int8_t>()[0] = 0;
   graph::Value* s = g->add_constant("scale", scale);
   graph::Value* zp = g->add_constant("zero_point", zero_point);
+  if (std::string(activation) == "Input") {
+    v = testing::add(*g, "fq_input", "FakeQuant", {v, s, zp});
+    for (int i = 0; i < 4; ++i) {
+      const std::string n = std::to_string(i);
+      graph::Value* w =
+          g->add_constant("w" + n, testing::random_tensor({1, 3, 1, 1}, rng, 0.5, 1.5));
+      v = testing::add(*g, "mul" + n, "Mul", {v, w});
+    }
+    graph::Value* w = g->add_constant("w_out", testing::random_tensor({1, 3, 1, 1}, rng, 0.5, 1.5));
+    g->mark_output(testing::add(*g, "out", "Mul", {v, w}));
+    return g;
+  }
   for (int i = 0; i < 4; ++i) {
     const std::string n = std::to_string(i);
     graph::Value* w = g->add_constant("w" + n, testing::random_tensor({1, 3, 1, 1}, rng, 0.5, 1.5));
@@ -167,6 +180,15 @@ StepResult train_chain(const char* activation, bool compact_records) {
 TEST(TrainingArena, RecordsKeepTheBitsInASmallerArena) {
   const StepResult compact = train_chain("Relu", true);
   const StepResult full = train_chain("Relu", false);
+  EXPECT_EQ(compact.values, full.values);
+  EXPECT_LT(compact.arena_bytes, full.arena_bytes);
+}
+
+// A fake quant of the model's input has no backward, but the Mul after it reads its output for
+// its weight's gradient: it keeps its integers, and the output is made again from them.
+TEST(TrainingArena, AFakeQuantWithoutBackwardKeepsItsIntegers) {
+  const StepResult compact = train_chain("Input", true);
+  const StepResult full = train_chain("Input", false);
   EXPECT_EQ(compact.values, full.values);
   EXPECT_LT(compact.arena_bytes, full.arena_bytes);
 }
