@@ -142,18 +142,28 @@ void average_pool_plane_backward(const PoolGeometry& g, PadCounting counting, co
   }
 }
 
+// plane(p, dx_p) for each (image, channel) plane p, one task per run of planes, dx's plane
+// cleared first when the gradient overwrites it: the frame of every pooling backward.
+template <class Plane>
+void for_each_dx_plane(const PoolGeometry& g, float* dx, GradMode write, Plane&& plane) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float* dxp = dx + p * in_plane;
+      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
+      plane(p, dxp);
+    }
+  });
+}
+
 }  // namespace
 
 void max_pool2d_backward(const PoolGeometry& g, const float* x, const float* dy, float* dx,
                          GradMode write) {
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
-  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      float* dxp = dx + p * in_plane;
-      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
-      max_pool_plane_backward(g, x + p * in_plane, dy + p * out_plane, dxp);
-    }
+  for_each_dx_plane(g, dx, write, [&](int64_t p, float* dxp) {
+    max_pool_plane_backward(g, x + p * in_plane, dy + p * out_plane, dxp);
   });
 }
 
@@ -193,22 +203,17 @@ void max_pool2d_backward_from_taps(const PoolGeometry& g, const uint8_t* taps, c
           kh * g.dilation_h * g.in_w + kw * g.dilation_w;
     }
   }
-  const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
-  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      float* dxp = dx + p * in_plane;
-      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
-      const uint8_t* t = taps + p * out_plane;
-      const float* dyp = dy + p * out_plane;
-      // The outputs in max_pool_plane_backward's order, so the sums into dx are the same.
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        const int64_t origin_row = (oh * g.stride_h - g.pad_top) * g.in_w - g.pad_left;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          const int64_t o = oh * g.out_w + ow;
-          if (t[o] == kNoTap) continue;
-          dxp[origin_row + ow * g.stride_w + offset[t[o]]] += dyp[o];
-        }
+  for_each_dx_plane(g, dx, write, [&](int64_t p, float* dxp) {
+    const uint8_t* t = taps + p * out_plane;
+    const float* dyp = dy + p * out_plane;
+    // The outputs in max_pool_plane_backward's order, so the sums into dx are the same.
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t origin_row = (oh * g.stride_h - g.pad_top) * g.in_w - g.pad_left;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t o = oh * g.out_w + ow;
+        if (t[o] == kNoTap) continue;
+        dxp[origin_row + ow * g.stride_w + offset[t[o]]] += dyp[o];
       }
     }
   });
@@ -216,14 +221,9 @@ void max_pool2d_backward_from_taps(const PoolGeometry& g, const uint8_t* taps, c
 
 void average_pool2d_backward(const PoolGeometry& g, PadCounting counting, const float* dy,
                              float* dx, GradMode write) {
-  const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
-  parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      float* dxp = dx + p * in_plane;
-      if (write == GradMode::kOverwrite) std::fill_n(dxp, in_plane, 0.0f);
-      average_pool_plane_backward(g, counting, dy + p * out_plane, dxp);
-    }
+  for_each_dx_plane(g, dx, write, [&](int64_t p, float* dxp) {
+    average_pool_plane_backward(g, counting, dy + p * out_plane, dxp);
   });
 }
 
