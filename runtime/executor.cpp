@@ -312,19 +312,29 @@ void Executor::clear_taps() {
   taps_on_inputs_.clear();
 }
 
-std::vector<OpTime> Executor::profile() const {
-  std::map<std::string, OpTime> by_type;
+std::vector<OpTime> Executor::profile(bool per_node) const {
+  std::vector<OpTime> out;
+  std::map<std::string, size_t> index_of_type;
   for (const Step& step : steps_) {
     if (!step.kernel) continue;
-    OpTime& t = by_type[step.node->op_type()];
-    t.op_type = step.node->op_type();
-    t.seconds += step.seconds;
-    ++t.calls;
+    const std::string& type = step.node->op_type();
+    size_t i = out.size();
+    if (per_node) {
+      const auto& outputs = step.node->outputs();
+      auto view = outputs.empty() ? views_.end() : views_.find(outputs[0]);
+      const bool known = view != views_.end();
+      out.push_back(OpTime{type, step.node->name(), known ? view->second.describe() : "",
+                           known ? view->second.numel() : 0});
+    } else if (auto [it, added] = index_of_type.emplace(type, i); !added) {
+      i = it->second;
+    } else {
+      out.push_back(OpTime{type, {}, {}, 0});
+    }
+    out[i].seconds += step.seconds;
+    ++out[i].calls;
   }
-  std::vector<OpTime> out;
-  for (auto& [_, t] : by_type) out.push_back(t);
-  std::sort(out.begin(), out.end(),
-            [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
+  std::stable_sort(out.begin(), out.end(),
+                   [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
   return out;
 }
 

@@ -35,6 +35,9 @@ struct ExecutorOptions {
 
 struct OpTime {
   std::string op_type;
+  std::string node;  // per node: the node's name and its first output's shape; empty per type
+  std::string shape;
+  int64_t output_elements = 0;
   double seconds = 0;
   size_t calls = 0;
 };
@@ -70,8 +73,9 @@ class Executor {
   size_t arena_bytes() const { return arena_bytes_; }
   size_t workspace_bytes() const { return workspace_.size(); }
   size_t kernel_count() const { return steps_.size(); }
-  // Per op type, in descending time; empty unless options.profile.
-  std::vector<OpTime> profile() const;
+  // Per op type (or, with per_node, per node), in descending time; empty unless
+  // options.profile.
+  std::vector<OpTime> profile(bool per_node = false) const;
   void reset_profile();
 
  private:

@@ -82,20 +82,27 @@ std::span<const Tensor> Session::run(std::span<const Tensor> inputs) {
   return executor_for(shapes).run(inputs);
 }
 
-std::vector<OpTime> Session::profile() const {
-  std::map<std::string, OpTime> sum;
+std::vector<OpTime> Session::profile(bool per_node) const {
+  std::vector<OpTime> out;
+  std::map<std::string, size_t> index_of;  // op type, or node name
   for (const auto& [_, c] : compiled_) {
-    for (const OpTime& t : c.executor->profile()) {
-      OpTime& s = sum[t.op_type];
-      s.op_type = t.op_type;
+    for (const OpTime& t : c.executor->profile(per_node)) {
+      auto [it, added] = index_of.emplace(per_node ? t.node : t.op_type, out.size());
+      if (added) {
+        out.push_back(t);
+        continue;
+      }
+      OpTime& s = out[it->second];
+      if (t.output_elements > s.output_elements) {  // the largest batch's shape
+        s.shape = t.shape;
+        s.output_elements = t.output_elements;
+      }
       s.seconds += t.seconds;
       s.calls = std::max(s.calls, t.calls);
     }
   }
-  std::vector<OpTime> out;
-  for (auto& [_, t] : sum) out.push_back(t);
-  std::sort(out.begin(), out.end(),
-            [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
+  std::stable_sort(out.begin(), out.end(),
+                   [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
   return out;
 }
 

@@ -15,7 +15,7 @@ namespace qforge::runtime {
 
 struct SessionOptions {
   ExecutorOptions executor;
-  // Run Conv → BN → Add → Relu chains as one kernel (runtime/fuse_epilogues.h). Off when
+  // Run Conv → BN → Add → activation chains as one kernel (runtime/fuse_epilogues.h). Off when
   // every intermediate value must stay observable.
   bool fuse_conv_epilogues = true;
   // Run QuantizeLinear → DequantizeLinear pairs with constant parameters as one FakeQuant
@@ -42,8 +42,9 @@ class Session {
   Executor& executor_for(const std::vector<graph::Shape>& input_shapes);
   const graph::Graph& resolved_graph_for(const std::vector<graph::Shape>& input_shapes);
 
-  // Profile summed over every compiled executor.
-  std::vector<OpTime> profile() const;
+  // Profile summed over every compiled executor (per node: its time at every input shape, and
+  // its output's shape at the largest).
+  std::vector<OpTime> profile(bool per_node = false) const;
 
  private:
   struct Compiled {

@@ -5,6 +5,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <sstream>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -137,6 +140,38 @@ TEST(Cli, RunWritesOutputsEqualToGolden) {
   for (int64_t i = 0; i < ref.numel(); ++i) {
     EXPECT_NEAR(got.data<float>()[i], ref.data<float>()[i], 1e-4) << i;
   }
+}
+
+// --profile-nodes N lists the N slowest nodes, slowest first, each with its op kind, its name
+// and its output's shape (here from the first batch's plan); N below 1 is refused.
+TEST(Cli, RunProfileNodesListsTheSlowestNodes) {
+  auto r = run_cli("run " + kResnet + " --data " + kGoldenInput + " --batch 3 --profile-nodes 4");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const size_t header = r.out.find("slowest    4 of ");
+  ASSERT_NE(header, std::string::npos) << r.out;
+  std::istringstream lines(r.out.substr(header));
+  std::string line;
+  std::getline(lines, line);
+  double previous = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(std::getline(lines, line)) << r.out;
+    std::istringstream fields(line);
+    double ms = 0;
+    std::string unit, share, op, name, arrow, shape;
+    fields >> ms >> unit >> share >> op >> name >> arrow;
+    std::getline(fields, shape);
+    EXPECT_EQ(unit, "ms") << line;
+    EXPECT_LE(ms, previous) << line;
+    previous = ms;
+    EXPECT_FALSE(op.empty()) << line;
+    EXPECT_EQ(name.front(), '/') << line;  // torch.onnx's node names
+    EXPECT_EQ(arrow, "->") << line;
+    EXPECT_EQ(shape.rfind(" float32[3, ", 0), 0u) << line;
+  }
+  EXPECT_FALSE(std::getline(lines, line)) << "more than 4 nodes listed: " << r.out;
+  expect_one_line_error(
+      run_cli("run " + kResnet + " --data " + kGoldenInput + " --profile-nodes 0"),
+      "--profile-nodes");
 }
 
 // --transform runs the fused graph (modules, not standard ops) at --batch and computes what the

@@ -34,6 +34,7 @@ struct RunOptions {
   int threads = 0;
   int64_t limit = 0;
   bool profile = false;
+  int64_t profile_nodes = 0;  // also the N slowest nodes
   bool transform = false;
   int64_t warmup = 0;
   PreprocessOverrides preprocess;
@@ -61,7 +62,7 @@ int run_run(RunOptions o) {
   }
 
   runtime::SessionOptions so;
-  so.executor.profile = o.profile;
+  so.executor.profile = o.profile || o.profile_nodes > 0;
   std::unique_ptr<graph::Graph> loaded = load_model_to_run(o.model, o.input_shape, o.data);
   // Outputs past the first go to "<output>.<k>.npy", checked and opened before running.
   for (size_t k = 1; !o.output.empty() && k < loaded->outputs().size(); ++k) {
@@ -191,6 +192,19 @@ int run_run(RunOptions o) {
                   sum > 0 ? 100.0 * t.seconds / sum : 0.0, t.calls);
     }
   }
+  if (o.profile_nodes > 0) {
+    auto prof = session.profile(/*per_node=*/true);
+    double sum = 0;
+    for (const auto& t : prof) sum += t.seconds;
+    const size_t shown = std::min(prof.size(), static_cast<size_t>(o.profile_nodes));
+    std::printf("slowest    %zu of %zu nodes, time over all batches\n", shown, prof.size());
+    for (size_t i = 0; i < shown; ++i) {
+      const auto& t = prof[i];
+      std::printf("  %9.3f ms  %5.1f%%  %-18s %s -> %s\n", 1e3 * t.seconds,
+                  sum > 0 ? 100.0 * t.seconds / sum : 0.0, t.op_type.c_str(), t.node.c_str(),
+                  t.shape.c_str());
+    }
+  }
   if (!out_files.empty()) {
     for (size_t k = 0; k < stacked.size(); ++k) {
       const graph::Shape& shape = out_shapes[k];
@@ -224,6 +238,9 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_option("--limit", opts->limit, "use at most this many samples")
       ->check(integer_at_least(1));
   cmd->add_flag("--profile", opts->profile, "print the time spent per op kind");
+  cmd->add_option("--profile-nodes", opts->profile_nodes,
+                  "print the N slowest nodes: time, op kind, name and output shape")
+      ->check(integer_at_least(1));
   cmd->add_flag("--transform", opts->transform,
                 "run the transformed graph (conversions and fusions into modules, as `qforge "
                 "transform` plans them) at --batch, whole batches only");
