@@ -115,6 +115,10 @@ const ConvCase kConvCases[] = {
     {"depthwise_k7_pad3", 1, 5, 17, 23, 5, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3, 5, true},
     {"depthwise_k3x5_stride1x2", 3, 4, 13, 17, 4, 3, 5, 1, 2, 1, 1, 1, 2, 1, 2, 4, false},
     {"depthwise_k3_dilation3_no_pad", 1, 3, 17, 19, 3, 3, 3, 1, 1, 3, 3, 0, 0, 0, 0, 3, true},
+    // MobileNetV3's last blocks: 7×7 and 2×2 outputs, 5×5 kernels, stride 1 and 2.
+    {"depthwise_k5_7x7", 2, 9, 7, 7, 9, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 9, true},
+    {"depthwise_k5_stride2_to_7x7", 2, 9, 14, 14, 9, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 9, false},
+    {"depthwise_k5_2x2", 16, 120, 2, 2, 120, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 120, false},
     {"conv1d", 3, 13, 1, 31, 7, 1, 5, 1, 2, 1, 1, 0, 2, 0, 1, 1, true},
     {"single_input_channel", 3, 1, 13, 13, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},
     {"kernel_covers_padded_input", 1, 3, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},
