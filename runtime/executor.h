@@ -35,7 +35,8 @@ struct ExecutorOptions {
 
 struct OpTime {
   std::string op_type;
-  std::string node;  // per node: the node's name and its first output's shape; empty per type
+  // Per node: the node's name, its first output's shape and element count; empty per type.
+  std::string node;
   std::string shape;
   int64_t output_elements = 0;
   double seconds = 0;

@@ -15,7 +15,7 @@ namespace qforge::runtime {
 
 struct SessionOptions {
   ExecutorOptions executor;
-  // Run Conv → BN → Add → activation chains as one kernel (runtime/fuse_epilogues.h). Off when
+  // Run Conv → BN → Add → Relu chains as one kernel (runtime/fuse_epilogues.h). Off when
   // every intermediate value must stay observable.
   bool fuse_conv_epilogues = true;
   // Run QuantizeLinear → DequantizeLinear pairs with constant parameters as one FakeQuant
