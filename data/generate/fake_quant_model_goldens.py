@@ -88,6 +88,25 @@ def fq_tensor(x, amax):
     return torch.fake_quantize_per_tensor_affine(x, scale, 0, -128, 127)
 
 
+def quantizer_scale(amax):
+    return float(np.float32(amax) / np.float32(127.0))
+
+
+def qforge_dequantized(x, amax):
+    """What qforge's quantizer gives x: ONNX QuantizeLinear's x / scale in float32, rounded half
+    to even, clamped, times the scale. torch.fake_quantize_per_tensor_affine multiplies by the
+    inverse scale instead, so a value within float noise of a .5 boundary now and then rounds
+    the other way (x / scale exactly 11.5, x · (1 / scale) 11.499999)."""
+    scale = torch.tensor(quantizer_scale(amax), dtype=torch.float32)
+    return torch.clamp(torch.round(x.detach() / scale), -128, 127) * scale
+
+
+def fq_as_qforge(x, amax):
+    """fq_tensor's gradient with qforge's values."""
+    out = fq_tensor(x, amax)
+    return out + (qforge_dequantized(x, amax) - out).detach()
+
+
 def fq_channels(w, axis):
     moved = w.movedim(axis, 0)
     amax = moved.detach().abs().reshape(moved.shape[0], -1).max(dim=1).values
@@ -163,13 +182,15 @@ class Interpreter:
             ins = [env[n] if n else None for n in node.input]
             for i in range(len(ins)):
                 if (node.name, i) in act_amax:
+                    amax = act_amax[(node.name, i)]
                     if self.forced is not None:
-                        ins[i] = self.force(node.input[i], ins[i], act_amax[(node.name, i)])
+                        ins[i] = fq_as_qforge(self.force(node.input[i], ins[i], amax), amax)
                     elif self.inject and node.input[i] in self.differing:
                         differ, theirs = self.differing[node.input[i]]
-                        value = ins[i]
+                        value = fq_tensor(ins[i], amax)
                         ins[i] = value + (torch.where(differ, theirs, value) - value).detach()
-                    ins[i] = fq_tensor(ins[i], act_amax[(node.name, i)])
+                    else:
+                        ins[i] = fq_tensor(ins[i], amax)
             outs = self.op(node, ins, env, training, weight_axes, folded, softmax_quant)
             for name, value in zip(node.output, outs):
                 if name:
@@ -178,19 +199,21 @@ class Interpreter:
 
     def force(self, name, value, amax):
         """qforge's value of tensor `name` in this run's layout, with this run's gradient; the
-        integers both give at this point, with this run's inputs, are compared first."""
+        integers both sides quantize it to (this run's value by torch's fake quant, qforge's by
+        qforge's quantizer) are compared first."""
         mine = value.detach()
         theirs = qforge_layout(self.forced[name], mine)
         if name not in self.flips:
-            scale = float(np.float32(amax) / np.float32(127.0))
-            codes = torch.round(fq_tensor(mine, amax) / scale)
-            differ = codes != torch.round(fq_tensor(theirs, amax) / scale)
+            scale = quantizer_scale(amax)
+            ours = qforge_dequantized(theirs, amax)
+            differ = torch.round(fq_tensor(mine, amax) / scale) != torch.round(ours / scale)
             q = (mine / scale)[differ]
             distance = float((q - torch.floor(q) - 0.5).abs().max()) if differ.any() else 0.0
             self.flips[name] = (int(differ.sum()), mine.numel(), distance)
             if differ.any():
-                self.differing[name] = (differ, theirs)
-        return value + (theirs - mine)
+                self.differing[name] = (differ, ours)
+        # value - mine is exactly zero and carries this run's gradient.
+        return value - mine + theirs
 
     def count_near_ties(self, x, kernel, strides, pads):
         """Max-pool windows whose two largest values are positive and within 1e-6 relative of
@@ -645,8 +668,9 @@ def worst_difference(loss, grads, want):
 
 def diagnose(family, qforge, x, y, batch_path, labels_path, golden, setup):
     """Where qforge's `grad --fake-quant` and this golden differ, point by point: qforge's
-    values at every point (`--points`) replace this run's own where a quantizer reads them, so
-    each module gets identical inputs; the integers that still differ are printed with their
+    values at every point (`--points`) replace this run's own where a quantizer reads them, and
+    are quantized as qforge quantizes them, so each module gets identical inputs; the integers
+    that differ (this run's value by torch's fake quant against qforge's) are printed with their
     distance from the .5 boundary, with the max-pool windows whose max float rounding picks, and
     the gradients of that run against qforge's."""
     theirs, at_points = qforge_grad(family, qforge, batch_path, labels_path)
@@ -699,9 +723,10 @@ def diagnose(family, qforge, x, y, batch_path, labels_path, golden, setup):
 
 def aligned_golden(family, qforge, x, y, batch_path, labels_path, golden, setup):
     """The golden's own run with only its rounding-level ties settled as qforge settles them:
-    the integers that differ when both sides quantize the same values (qforge's, from `grad
-    --points`), each checked to lie within ALIGN_DISTANCE of a step from the .5 boundary, are
-    rounded qforge's way, and the max-pool windows whose two largest values are within 1e-6
+    integers that differ when each side quantizes the same values (qforge's, from `grad
+    --points`) with its own arithmetic (torch's fake quant here, qforge's division by the scale
+    there: qforge_dequantized), each checked to lie within ALIGN_DISTANCE of a step from the .5
+    boundary, are rounded qforge's way, and the max-pool windows whose two largest values are within 1e-6
     relative pass on their other value. Everything else is PyTorch's. Returns the keys to add
     to the golden ("aligned/loss", "aligned/<parameter>", "aligned/flips",
     "aligned/pool_ties"), none when there is nothing to settle."""

@@ -109,12 +109,16 @@ void expect_same_parameters(const FamilyRun& run) {
 // The references qforge may be held to, each a whole PyTorch run: PyTorch's own, and where the
 // golden has them, that run with its rounding-level ties settled as qforge settles them (the
 // "aligned/" entries: integers within 1e-4 of a step from a .5 boundary, max-pool windows whose
-// two largest values are within 1e-6 relative; the script checks both), and "variant<N>/"
+// two largest values are within 1e-6 relative; the script checks both; such an integer also
+// comes from the quantizers' own arithmetic: qforge divides by the scale as ONNX's
+// QuantizeLinear does, torch.fake_quantize multiplies by its inverse, and a value whose quotient
+// is exactly 11.5 has a product of 11.499999), and "variant<N>/"
 // references from other machines (PyTorch, like qforge, settles a near-tie one way on one CPU and
 // the other way on another: its MobileNetV3 loss is 0.11646 on one machine and 0.11325 on an
-// AVX-512 one). One such value moves these models far: ResNet's single integer and two windows
-// move PyTorch's own loss by 1.1e-2 and its gradients by up to 0.23 relative L2, MobileNetV3's
-// one integer its gradients by 9.4e-3, ViT's by 7.3e-4.
+// AVX-512 one; MobileNetV3's variant2 is that AVX-512 machine's run aligned to the depthwise
+// kernels' fused multiply-add chains). One such value moves these models far: ResNet's single
+// integer and two windows move PyTorch's own loss by 1.1e-2 and its gradients by up to 0.23
+// relative L2, MobileNetV3's one integer its gradients by 9.4e-3, ViT's by 7.3e-4.
 std::vector<std::map<std::string, Tensor>> references_of(const FamilyRun& run) {
   std::map<std::string, std::map<std::string, Tensor>> by_prefix;
   for (const auto& [key, value] : run.golden) {
