@@ -68,6 +68,7 @@ BENCHMARK(BM_Depthwise)
     ->Args({96, 56, 7, 1})   // ConvNeXt-T stage 1
     ->Args({768, 7, 7, 1})   // ConvNeXt-T stage 4
     ->Args({96, 112, 3, 2})  // EfficientNet-B0 block 2
+    ->Args({72, 56, 3, 2})   // MobileNetV3-small block 2
     ->Args({480, 14, 5, 1})  // EfficientNet-B0 block 5
     ->Args({672, 14, 5, 2})  // EfficientNet-B0 block 6
     ->Args({576, 7, 5, 1})   // MobileNetV3-small last blocks
@@ -133,6 +134,10 @@ void conv_benchmark(benchmark::State& state, int64_t batch, bool prepare) {
 BENCHMARK(BM_Conv)
     ->Args({3, 224, 64, 7, 2, 1})  // stem
     ->Args({3, 224, 64, 7, 2, 0})
+    ->Args({3, 224, 16, 3, 2, 1})  // MobileNetV3 stem
+    ->Args({3, 224, 16, 3, 2, 0})
+    ->Args({3, 224, 32, 3, 2, 1})  // EfficientNet-B0 stem
+    ->Args({3, 224, 32, 3, 2, 0})
     ->Args({64, 56, 64, 1, 1, 1})  // layer1
     ->Args({64, 56, 64, 1, 1, 0})
     ->Args({64, 56, 64, 3, 1, 1})  // layer1 3×3 (Winograd)

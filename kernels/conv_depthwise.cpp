@@ -190,7 +190,26 @@ inline void depthwise_block(const float* at, int64_t pitch, int64_t phase_size, 
 struct DepthwiseScratch {
   std::vector<float> input;
   std::vector<float> output;
+  std::vector<float> row;  // stride 2: one zero-padded input row
 };
+
+// Stride 2: the two column phases of one zero-padded input row, even[j] = row[2j] and odd[j] =
+// row[2j + 1] for j < n (row holds 2n floats), sixteen of each per pair of vector loads.
+void deinterleave_row(const float* row, int64_t n, float* even, float* odd) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const Lanes16 a = load_lanes(row + 2 * j);
+    const Lanes16 b = load_lanes(row + 2 * j + kLanes);
+    store_lanes(even + j, __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
+                                                  22, 24, 26, 28, 30));
+    store_lanes(odd + j, __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23,
+                                                 25, 27, 29, 31));
+  }
+  for (; j < n; ++j) {
+    even[j] = row[2 * j];
+    odd[j] = row[2 * j + 1];
+  }
+}
 
 // One output plane of a depthwise convolution with a K×K kernel, stride S and no dilation, on a
 // zero-padded copy of the input plane, so that no output needs the scalar edge paths of
@@ -216,28 +235,54 @@ void depthwise_plane_padded(const ConvGeometry& g, const float* x, const float* 
   scratch.output.resize(static_cast<size_t>(count));
   float* __restrict buf = scratch.input.data();
   float* __restrict out = scratch.output.data();
-  for (int a = 0; a < S; ++a) {
-    for (int b = 0; b < S; ++b) {
-      float* phase = buf + (a * S + b) * phase_size;
-      // Phase column j is input column S·j + b - pad_left: [lo, hi) of them lie in the input.
-      const int64_t offset = b - g.pad_left;
-      const int64_t lo = std::clamp<int64_t>(ceil_div(-offset, S), 0, pitch);
-      const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - offset, S), lo, pitch);
+  if constexpr (S == 2) {
+    // Both column phases of a row phase come from the same input rows: each row is copied once
+    // into a zero-padded row (padded column i is input column i - pad_left) and split in two.
+    scratch.row.resize(static_cast<size_t>(2 * pitch));
+    float* padded = scratch.row.data();
+    const int64_t lo = std::min(g.pad_left, 2 * pitch);
+    const int64_t hi = std::clamp(g.pad_left + g.in_w, lo, 2 * pitch);
+    std::fill(padded, padded + lo, 0.0f);
+    std::fill(padded + hi, padded + 2 * pitch, 0.0f);
+    for (int a = 0; a < 2; ++a) {
+      float* even = buf + (a * 2) * phase_size;
+      float* odd = even + phase_size;
       for (int64_t r = 0; r < rows; ++r) {
-        float* dst = phase + r * pitch;
-        const int64_t ih = S * r + a - g.pad_top;
+        const int64_t ih = 2 * r + a - g.pad_top;
         if (ih < 0 || ih >= g.in_h) {
-          std::fill_n(dst, pitch, 0.0f);
+          std::fill_n(even + r * pitch, pitch, 0.0f);
+          std::fill_n(odd + r * pitch, pitch, 0.0f);
           continue;
         }
-        const float* src = x + ih * g.in_w;
-        std::fill_n(dst, lo, 0.0f);
-        if constexpr (S == 1) {
-          std::copy(src + lo + offset, src + hi + offset, dst + lo);
-        } else {
-          for (int64_t j = lo; j < hi; ++j) dst[j] = src[S * j + offset];
+        std::copy(x + ih * g.in_w + (lo - g.pad_left), x + ih * g.in_w + (hi - g.pad_left),
+                  padded + lo);
+        deinterleave_row(padded, pitch, even + r * pitch, odd + r * pitch);
+      }
+    }
+  } else {
+    for (int a = 0; a < S; ++a) {
+      for (int b = 0; b < S; ++b) {
+        float* phase = buf + (a * S + b) * phase_size;
+        // Phase column j is input column S·j + b - pad_left: [lo, hi) of them lie in the input.
+        const int64_t offset = b - g.pad_left;
+        const int64_t lo = std::clamp<int64_t>(ceil_div(-offset, S), 0, pitch);
+        const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - offset, S), lo, pitch);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* dst = phase + r * pitch;
+          const int64_t ih = S * r + a - g.pad_top;
+          if (ih < 0 || ih >= g.in_h) {
+            std::fill_n(dst, pitch, 0.0f);
+            continue;
+          }
+          const float* src = x + ih * g.in_w;
+          std::fill_n(dst, lo, 0.0f);
+          if constexpr (S == 1) {
+            std::copy(src + lo + offset, src + hi + offset, dst + lo);
+          } else {
+            for (int64_t j = lo; j < hi; ++j) dst[j] = src[S * j + offset];
+          }
+          std::fill(dst + hi, dst + pitch, 0.0f);
         }
-        std::fill(dst + hi, dst + pitch, 0.0f);
       }
     }
   }
