@@ -1,6 +1,7 @@
 // Depthwise convolution: the common K×K kernels run on a zero-padded, stride-phased copy of each
 // plane; any other depthwise shape runs along output rows. Planes are tasks in parallel.
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -186,11 +187,15 @@ inline void depthwise_block(const float* at, int64_t pitch, int64_t phase_size, 
   for (int64_t v = 0; v < kVectors; ++v) store_lanes(out + v * kLanes, acc[v]);
 }
 
-// Per-thread scratch of the padded-plane depthwise path.
+// Per-thread scratch of the padded-plane depthwise path. Its zeros (the padding, the rows and
+// columns no input reaches) are the same for every plane of a layout, so they are written when
+// the layout changes and each plane then writes only where its input goes.
 struct DepthwiseScratch {
   std::vector<float> input;
   std::vector<float> output;
   std::vector<float> row;  // stride 2: one zero-padded input row
+  // K, S, input height and width, top and left padding, output height and width.
+  std::array<int64_t, 8> layout{};
 };
 
 // Stride 2: the two column phases of one zero-padded input row, even[j] = row[2j] and odd[j] =
@@ -200,8 +205,8 @@ void deinterleave_row(const float* row, int64_t n, float* even, float* odd) {
   for (; j + kLanes <= n; j += kLanes) {
     const Lanes16 a = load_lanes(row + 2 * j);
     const Lanes16 b = load_lanes(row + 2 * j + kLanes);
-    store_lanes(even + j, __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
-                                                  22, 24, 26, 28, 30));
+    store_lanes(even + j, __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,
+                                                  24, 26, 28, 30));
     store_lanes(odd + j, __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23,
                                                  25, 27, 29, 31));
   }
@@ -231,29 +236,27 @@ void depthwise_plane_padded(const ConvGeometry& g, const float* x, const float* 
   // Rows per phase, with slack for the reads of the dropped outputs past the last row.
   const int64_t rows = out_h + kReach + ceil_div(kDepthwiseTail + kReach, pitch) + 1;
   const int64_t phase_size = rows * pitch;
-  scratch.input.resize(static_cast<size_t>(S * S * phase_size));
+  const std::array<int64_t, 8> layout{K, S, g.in_h, g.in_w, g.pad_top, g.pad_left, out_h, out_w};
+  if (scratch.layout != layout) {
+    scratch.input.assign(static_cast<size_t>(S * S * phase_size), 0.0f);
+    scratch.row.assign(static_cast<size_t>(S == 2 ? 2 * pitch : 0), 0.0f);
+    scratch.layout = layout;
+  }
   scratch.output.resize(static_cast<size_t>(count));
   float* __restrict buf = scratch.input.data();
   float* __restrict out = scratch.output.data();
   if constexpr (S == 2) {
     // Both column phases of a row phase come from the same input rows: each row is copied once
     // into a zero-padded row (padded column i is input column i - pad_left) and split in two.
-    scratch.row.resize(static_cast<size_t>(2 * pitch));
     float* padded = scratch.row.data();
     const int64_t lo = std::min(g.pad_left, 2 * pitch);
     const int64_t hi = std::clamp(g.pad_left + g.in_w, lo, 2 * pitch);
-    std::fill(padded, padded + lo, 0.0f);
-    std::fill(padded + hi, padded + 2 * pitch, 0.0f);
     for (int a = 0; a < 2; ++a) {
       float* even = buf + (a * 2) * phase_size;
       float* odd = even + phase_size;
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t ih = 2 * r + a - g.pad_top;
-        if (ih < 0 || ih >= g.in_h) {
-          std::fill_n(even + r * pitch, pitch, 0.0f);
-          std::fill_n(odd + r * pitch, pitch, 0.0f);
-          continue;
-        }
+        if (ih < 0 || ih >= g.in_h) continue;  // zero rows
         std::copy(x + ih * g.in_w + (lo - g.pad_left), x + ih * g.in_w + (hi - g.pad_left),
                   padded + lo);
         deinterleave_row(padded, pitch, even + r * pitch, odd + r * pitch);
@@ -270,18 +273,13 @@ void depthwise_plane_padded(const ConvGeometry& g, const float* x, const float* 
         for (int64_t r = 0; r < rows; ++r) {
           float* dst = phase + r * pitch;
           const int64_t ih = S * r + a - g.pad_top;
-          if (ih < 0 || ih >= g.in_h) {
-            std::fill_n(dst, pitch, 0.0f);
-            continue;
-          }
+          if (ih < 0 || ih >= g.in_h) continue;  // zero rows
           const float* src = x + ih * g.in_w;
-          std::fill_n(dst, lo, 0.0f);
           if constexpr (S == 1) {
             std::copy(src + lo + offset, src + hi + offset, dst + lo);
           } else {
             for (int64_t j = lo; j < hi; ++j) dst[j] = src[S * j + offset];
           }
-          std::fill(dst + hi, dst + pitch, 0.0f);
         }
       }
     }
