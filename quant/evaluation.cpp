@@ -167,7 +167,7 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
     result.quantized_cross_entropy = sums.cross_entropy / samples;
   }
   if (setup.flip_injections > 0) {
-    result.flips = flip_sensitivity(*quantized(), first_batch,
+    result.flips = flip_sensitivity(quantized(), first_batch,
                                     {.injections = setup.flip_injections, .seed = setup.flip_seed});
   }
   return result;

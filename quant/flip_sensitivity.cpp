@@ -50,15 +50,29 @@ double quantile(std::vector<double> v, double q) {
 
 FlipSensitivity flip_sensitivity(const graph::Graph& model, const Tensor& input,
                                  const FlipSensitivityOptions& options) {
-  auto g = model.clone();
-  runtime::resolve(*g, {.input_shapes = {{g->inputs().at(0)->name(), input.shape()}}});
-  runtime::fuse_conv_epilogues(*g);
-  const std::vector<const graph::Node*> points = activation_quantizers(*g);
+  // The clone shares the caller's weights: releasing them from it leaves the caller's intact.
+  return flip_sensitivity(model.clone(), input, options);
+}
+
+FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model, const Tensor& input,
+                                 const FlipSensitivityOptions& options) {
+  graph::Graph& g = *model;
+  runtime::resolve(g, {.input_shapes = {{g.inputs().at(0)->name(), input.shape()}}});
+  runtime::fuse_conv_epilogues(g);
+  const std::vector<const graph::Node*> points = activation_quantizers(g);
   if (points.empty()) throw_invalid("flip sensitivity: the model has no activation Q/DQ point");
-  if (g->outputs().empty() || g->outputs()[0]->dtype() != DType::kFloat32) {
+  if (g.outputs().empty() || g.outputs()[0]->dtype() != DType::kFloat32) {
     throw_invalid("flip sensitivity: expected a float32 first output");
   }
-  runtime::Executor executor(*g);
+  // Each point's scales and zero points, read before the executor may release constants.
+  std::vector<std::vector<float>> point_scales;
+  std::vector<std::vector<int64_t>> point_zero_points;
+  for (const graph::Node* q : points) {
+    point_scales.push_back(q->input(1)->constant().to_float_vector());
+    point_zero_points.push_back(q->input(2) ? q->input(2)->constant().to_int64_vector()
+                                            : std::vector<int64_t>{});
+  }
+  runtime::Executor executor(g, {.release_prepared_constants = true});
   const std::span<const Tensor> in(&input, 1);
   const Tensor baseline = executor.run(in)[0].clone();
 
@@ -66,11 +80,12 @@ FlipSensitivity flip_sensitivity(const graph::Graph& model, const Tensor& input,
   result.points = static_cast<int64_t>(points.size());
   std::mt19937_64 rng(options.seed);
   for (int64_t k = 0; k < options.injections; ++k) {
-    const graph::Node& q = *points[rng() % points.size()];
+    const size_t point = rng() % points.size();
+    const graph::Node& q = *points[point];
     const graph::Value& out = *q.output(0);
     const int64_t numel = kernels::shape_numel(out.known_shape());
     const auto element = static_cast<int64_t>(rng() % static_cast<uint64_t>(numel));
-    const std::vector<float> scales = q.input(1)->constant().to_float_vector();
+    const std::vector<float>& scales = point_scales[point];
     int64_t channel = 0;
     if (scales.size() > 1) {
       const graph::Shape& s = out.known_shape();
@@ -80,10 +95,9 @@ FlipSensitivity flip_sensitivity(const graph::Graph& model, const Tensor& input,
       for (size_t d = static_cast<size_t>(axis) + 1; d < s.size(); ++d) inner *= s[d];
       channel = (element / inner) % s[static_cast<size_t>(axis)];
     }
+    const std::vector<int64_t>& zero_points = point_zero_points[point];
     const int32_t zp =
-        q.input(2) ? static_cast<int32_t>(
-                         q.input(2)->constant().to_int64_vector()[static_cast<size_t>(channel)])
-                   : 0;
+        zero_points.empty() ? 0 : static_cast<int32_t>(zero_points[static_cast<size_t>(channel)]);
     const bool is_int8 = out.dtype() == DType::kInt8;
     const int32_t lo = is_int8 ? -128 : 0;
     const int32_t hi = is_int8 ? 127 : 255;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "graph/ir.h"
@@ -35,6 +36,11 @@ struct FlipSensitivity {
 // other neighbour (saturation permitting) and runs the model. Deterministic for a seed, any
 // thread count. Invalid error when the model has no activation point.
 FlipSensitivity flip_sensitivity(const graph::Graph& model, const kernels::Tensor& input,
+                                 const FlipSensitivityOptions& options = {});
+// The same on a model the call consumes: its weights are released as the executor prepares them
+// (runtime::ExecutorOptions::release_prepared_constants), so that the model's float weights and
+// their prepared copies are never all resident together.
+FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model, const kernels::Tensor& input,
                                  const FlipSensitivityOptions& options = {});
 
 }  // namespace qforge::quant

@@ -115,10 +115,11 @@ void expect_same_parameters(const FamilyRun& run) {
 // is exactly 11.5 has a product of 11.499999), and "variant<N>/"
 // references from other machines (PyTorch, like qforge, settles a near-tie one way on one CPU and
 // the other way on another: its MobileNetV3 loss is 0.11646 on one machine and 0.11325 on an
-// AVX-512 one; MobileNetV3's variant2 is that AVX-512 machine's run aligned to the depthwise
-// kernels' fused multiply-add chains). One such value moves these models far: ResNet's single
-// integer and two windows move PyTorch's own loss by 1.1e-2 and its gradients by up to 0.23
-// relative L2, MobileNetV3's one integer its gradients by 9.4e-3, ViT's by 7.3e-4.
+// AVX-512 one; MobileNetV3's variant2 and ViT's variant1 are an AMD EPYC machine's runs, aligned
+// to qforge with the depthwise kernels' fused multiply-add chains). One such value moves these
+// models far: ResNet's single integer and two windows move PyTorch's own loss by 1.1e-2 and its
+// gradients by up to 0.23 relative L2, MobileNetV3's one integer its gradients by 9.4e-3, ViT's
+// by 7.3e-4.
 std::vector<std::map<std::string, Tensor>> references_of(const FamilyRun& run) {
   std::map<std::string, std::map<std::string, Tensor>> by_prefix;
   for (const auto& [key, value] : run.golden) {

@@ -257,5 +257,50 @@ TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
   EXPECT_EQ(again.changes, f.changes);
 }
 
+// A model flip_sensitivity may consume gives the figures of the caller's model, whose weights the
+// const overload leaves in place (the executor releases the ones its kernels prepare, here a
+// Winograd convolution's, from its own copy).
+TEST(FlipSensitivity, ConsumedModelGivesTheSameFiguresAndLeavesTheCallersWeights) {
+  auto g = std::make_unique<graph::Graph>();
+  g->opset = 13;
+  graph::Value* x = g->add_input("x", DType::kFloat32, graph::Shape{2, 16, 16, 16});
+  graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.02f}));
+  graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
+  std::vector<float> weights(16 * 16 * 9);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    weights[i] = 0.01f * static_cast<float>(static_cast<int>(i * 7 % 23) - 11);
+  }
+  graph::Value* w = g->add_constant("w", Tensor::from_vector<float>({16, 16, 3, 3}, weights));
+  graph::Value* q =
+      g->add_node(
+           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
+          ->output(0);
+  graph::Value* dq = g->add_node({.name = "DQ",
+                                  .op_type = "DequantizeLinear",
+                                  .inputs = {q, s, zp},
+                                  .output_names = {"dq"}})
+                         ->output(0);
+  std::map<std::string, graph::AttributeValue, std::less<>> pads;
+  pads["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+  g->mark_output(g->add_node({.name = "conv",
+                              .op_type = "Conv",
+                              .inputs = {dq, w},
+                              .output_names = {"y"},
+                              .attributes = pads})
+                     ->output(0));
+  std::vector<float> values(2 * 16 * 16 * 16);
+  for (size_t i = 0; i < values.size(); ++i) {
+    values[i] = 0.003f * static_cast<float>(static_cast<int>(i * 13 % 101) - 50);
+  }
+  const Tensor in = Tensor::from_vector<float>({2, 16, 16, 16}, values);
+  const quant::FlipSensitivity kept = quant::flip_sensitivity(*g, in, {.injections = 8});
+  EXPECT_EQ(g->find_value("w")->constant().to_float_vector(), weights);
+  const quant::FlipSensitivity consumed =
+      quant::flip_sensitivity(g->clone(), in, {.injections = 8});
+  ASSERT_EQ(kept.changes.size(), 8u);
+  EXPECT_EQ(consumed.changes, kept.changes);
+  EXPECT_GT(kept.median, 0.0);
+}
+
 }  // namespace
 }  // namespace qforge
