@@ -263,25 +263,16 @@ void depthwise_plane_padded(const ConvGeometry& g, const float* x, const float* 
       }
     }
   } else {
-    for (int a = 0; a < S; ++a) {
-      for (int b = 0; b < S; ++b) {
-        float* phase = buf + (a * S + b) * phase_size;
-        // Phase column j is input column S·j + b - pad_left: [lo, hi) of them lie in the input.
-        const int64_t offset = b - g.pad_left;
-        const int64_t lo = std::clamp<int64_t>(ceil_div(-offset, S), 0, pitch);
-        const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - offset, S), lo, pitch);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* dst = phase + r * pitch;
-          const int64_t ih = S * r + a - g.pad_top;
-          if (ih < 0 || ih >= g.in_h) continue;  // zero rows
-          const float* src = x + ih * g.in_w;
-          if constexpr (S == 1) {
-            std::copy(src + lo + offset, src + hi + offset, dst + lo);
-          } else {
-            for (int64_t j = lo; j < hi; ++j) dst[j] = src[S * j + offset];
-          }
-        }
-      }
+    static_assert(S == 1, "the padded path takes strides 1 and 2");
+    // One phase, the padded plane itself: column j is input column j - pad_left, [lo, hi) of
+    // them lie in the input.
+    const int64_t lo = std::clamp<int64_t>(g.pad_left, 0, pitch);
+    const int64_t hi = std::clamp<int64_t>(g.in_w + g.pad_left, lo, pitch);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t ih = r - g.pad_top;
+      if (ih < 0 || ih >= g.in_h) continue;  // zero rows
+      const float* src = x + ih * g.in_w;
+      std::copy(src + (lo - g.pad_left), src + (hi - g.pad_left), buf + r * pitch + lo);
     }
   }
   float wk[K * K];

@@ -83,13 +83,12 @@ def attributes(node):
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def fq_tensor(x, amax):
-    scale = float(np.float32(amax) / np.float32(127.0))
-    return torch.fake_quantize_per_tensor_affine(x, scale, 0, -128, 127)
-
-
 def quantizer_scale(amax):
     return float(np.float32(amax) / np.float32(127.0))
+
+
+def fq_tensor(x, amax):
+    return torch.fake_quantize_per_tensor_affine(x, quantizer_scale(amax), 0, -128, 127)
 
 
 def qforge_dequantized(x, amax):
