@@ -20,7 +20,9 @@ namespace {
 // stride phases (phase (a, b) holds padded rows a, a + s, ... and columns b, b + s, ...), made
 // once per call, so that every tap reads a contiguous run along ow. Dilated kernels (and unequal
 // strides) gather from the input directly. Each task gathers its columns straight into
-// kPackedCols-wide panels.
+// kPackedCols-wide panels, except for 1×1 kernels: their source planes are B's rows as they are,
+// so the micro-kernel reads every panel that lies in one image in place (rows a plane apart)
+// and only a panel that crosses images is packed.
 
 // Rows of k per pass over a packed B block: a row panel of A (kc × 14 floats) stays in L1 while
 // the B block (kc × tile_pixels) and the running sums stay in L2.
@@ -400,6 +402,9 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
       }
     });
   }
+  // A 1×1 kernel's source planes hold its B rows as they are: channel c's plane is row c.
+  const bool in_place = source != PackedSource::kGather && g.kernel_h == 1 && g.kernel_w == 1 &&
+                        sp.pitch == g.out_w && sp.rows == g.out_h;
   const bool finish = !is_identity(e);
   const int64_t ldp = round_up(plan.tile_pixels, kPackedCols);  // running sums' row pitch
   const int64_t tasks = plan.pixel_tiles * plan.channel_blocks;
@@ -420,10 +425,32 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
           const int64_t kc = std::min(plan.depth_block, k - k0);
           const bool first = k0 == 0;
           const bool last = k0 + kc == k;
+          // Where each column panel's k rows are read, ldb[cp] floats apart: the packed block,
+          // or, for a 1×1 kernel, the source planes themselves wherever the panel lies in one
+          // image (only a panel that crosses images is packed).
+          const float* b_rows[kPackedTileColumns / kPackedCols];
+          int64_t ldb[kPackedTileColumns / kPackedCols];
+          for (int64_t cp = 0; cp < col_panels; ++cp) {
+            b_rows[cp] = b + cp * kc * kPackedCols;
+            ldb[cp] = kPackedCols;
+          }
           if (source == PackedSource::kGather) {
             pack_gathered(g, x, k0, kc, j0, nt, b);
-          } else {
+          } else if (!in_place) {
             pack_from_planes(g, sp, k0, kc, j0, nt, b);
+          } else {
+            for (int64_t cp = 0; cp < col_panels; ++cp) {
+              const int64_t jj = j0 + cp * kPackedCols;
+              const int64_t cols = std::min(kPackedCols, nt - cp * kPackedCols);
+              const int64_t n = jj / pixels;
+              const int64_t p = jj % pixels;
+              if (p + cols <= pixels) {
+                b_rows[cp] = sp.base + n * sp.image + k0 * sp.channel + p;
+                ldb[cp] = sp.channel;
+              } else {
+                pack_from_planes(g, sp, k0, kc, jj, cols, b + cp * kc * kPackedCols);
+              }
+            }
           }
           for (int64_t rp = 0; rp < row_panels; ++rp) {
             const int64_t r0 = m0 + rp * kPackedRows;  // first output channel of the panel
@@ -431,12 +458,11 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
             const float* ap = a + (r0 / kPackedRows) * k * kPackedRows + k0 * kPackedRows;
             for (int64_t cp = 0; cp < col_panels; ++cp) {
               const int64_t cols = std::min(kPackedCols, nt - cp * kPackedCols);
-              const float* bp = b + cp * kc * kPackedCols;
+              const float* bp = b_rows[cp];
               float* sp_tile = sums + (rp * kPackedRows) * ldp + cp * kPackedCols;
               const float* c_in = first ? nullptr : sp_tile;
               if (!last) {
-                packed_gemm_tile(kc, ap, bp, kPackedCols, rows, cols, c_in, ldp, sp_tile, ldp,
-                                 nullptr);
+                packed_gemm_tile(kc, ap, bp, ldb[cp], rows, cols, c_in, ldp, sp_tile, ldp, nullptr);
                 continue;
               }
               const int64_t jj = j0 + cp * kPackedCols;
@@ -453,14 +479,13 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
               if (p + cols <= pixels) {
                 const int64_t at = n * out_image + r0 * pixels + p;
                 te.residual = e.residual ? e.residual + at : nullptr;
-                packed_gemm_tile(kc, ap, bp, kPackedCols, rows, cols, c_in, ldp, y + at, pixels,
-                                 &te);
+                packed_gemm_tile(kc, ap, bp, ldb[cp], rows, cols, c_in, ldp, y + at, pixels, &te);
                 continue;
               }
               // The tile spans images: sums to a local tile, then scattered per image.
               alignas(64) float tile_out[kPackedRows * kPackedCols];
-              packed_gemm_tile(kc, ap, bp, kPackedCols, rows, cols, c_in, ldp, tile_out,
-                               kPackedCols, nullptr);
+              packed_gemm_tile(kc, ap, bp, ldb[cp], rows, cols, c_in, ldp, tile_out, kPackedCols,
+                               nullptr);
               for (int64_t j = 0; j < cols;) {
                 const int64_t nj = (jj + j) / pixels;
                 const int64_t pj = (jj + j) % pixels;

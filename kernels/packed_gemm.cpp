@@ -133,6 +133,12 @@ inline V finish_vector(const TileEpilogue& e, int64_t r, int64_t j, const Mask& 
 
 // R rows computed (of which `rows` are stored), NV vectors of columns. kAddAfter: the sums
 // start from zero and c_in is added to them at the store (packed_gemm_tile_add).
+// B rows read in place (ldb other than kPackedCols: a convolution's input planes, a matrix's
+// rows) come from far apart in memory, one or two cache lines each, which the hardware does not
+// fetch ahead of the loads; the micro-tile asks for the row this many steps of k ahead. Packed
+// panels are contiguous and need no help.
+constexpr int64_t kPrefetchRows = 16;
+
 template <int R, int NV, bool kAddAfter, int64_t kAStep>
 void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t rows, int64_t cols,
                 const float* c_in, int64_t ldc_in, float* c_out, int64_t ldc_out,
@@ -155,11 +161,32 @@ void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t
       for (int v = 0; v < NV; ++v) acc[r][v] = Simd::zero();
     }
   }
+  if (e && e->residual) {
+    // The residual and output rows are read and written once, after the loop over k: ask for
+    // their lines now, so that they arrive while the tile is computed.
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      if (r >= rows) break;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        _mm_prefetch(reinterpret_cast<const char*>(e->residual + r * e->ld_residual + kLanes * v),
+                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c_out + r * ldc_out + kLanes * v), _MM_HINT_T0);
+      }
+    }
+  }
 #pragma GCC unroll 4
   for (int64_t kk = 0; kk < kc; ++kk) {
     V bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = Simd::load(mask[v], b + kk * ldb + kLanes * v);
+    if (ldb != kPackedCols) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPrefetchRows) * ldb), _MM_HINT_T0);
+      if (NV == 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPrefetchRows) * ldb + kLanes),
+                     _MM_HINT_T0);
+      }
+    }
     const float* ak = a + kk * kAStep;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {

@@ -234,6 +234,7 @@ const PackedConvCase kCases[] = {
     {"pointwise_deeper_wide", 2, 600, 4, 5, 270, 1, 1, 0, 1},
     {"pointwise_wide_plane", 1, 16, 23, 29, 24, 1, 1, 0, 1},
     {"pointwise_stride2", 3, 40, 13, 11, 29, 1, 2, 0, 1},
+    {"pointwise_padded", 2, 20, 9, 10, 31, 1, 1, 1, 1},
     {"k3_stride2", 3, 31, 15, 13, 33, 3, 2, 1, 1},
     {"k3_stride1_deep", 2, 40, 6, 7, 26, 3, 1, 1, 1},
     {"k3_dilation2", 1, 17, 11, 12, 25, 3, 1, 2, 2},
