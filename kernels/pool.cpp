@@ -51,6 +51,49 @@ void max_pool_plane(const PoolGeometry& g, const float* x, float* y) {
   }
 }
 
+// Rows up to this many phase columns take max_pool_plane_stride2 (its scratch is on the stack).
+constexpr int64_t kMaxPhaseColumns = 2048;
+
+// max_pool_plane for stride 2 along rows, dilation 1: each input row a window touches is first
+// split into its even and odd columns (-inf outside the row), so that every tap reads a
+// contiguous run (tap kw of output ow is column 2·(ow + kw/2) + kw%2 - pad_left) and the loops
+// vectorise, where the strided reads did not. Same values: the taps outside the row compare as
+// -inf, which the general loop skips.
+void max_pool_plane_stride2(const PoolGeometry& g, const float* x, float* y) {
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
+  const int64_t width = g.out_w + (g.kernel_w - 1) / 2;
+  alignas(64) float even[kMaxPhaseColumns];
+  alignas(64) float odd[kMaxPhaseColumns];
+  // Phase columns [lo, hi) of each phase lie in the row: 0 <= 2j + b - pad_left < in_w.
+  int64_t lo[2], hi[2];
+  for (int64_t b = 0; b < 2; ++b) {
+    valid_range(width, 2, b - g.pad_left, g.in_w, lo[b], hi[b]);
+    lo[b] = std::min(lo[b], width);
+    hi[b] = std::max(lo[b], std::min(hi[b], width));
+  }
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    float* yr = y + oh * g.out_w;
+    std::fill(yr, yr + g.out_w, kLowest);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* row = x + ih * g.in_w;
+      std::fill(even, even + lo[0], kLowest);
+      for (int64_t j = lo[0]; j < hi[0]; ++j) even[j] = row[2 * j - g.pad_left];
+      std::fill(even + hi[0], even + width, kLowest);
+      std::fill(odd, odd + lo[1], kLowest);
+      for (int64_t j = lo[1]; j < hi[1]; ++j) odd[j] = row[2 * j + 1 - g.pad_left];
+      std::fill(odd + hi[1], odd + width, kLowest);
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const float* src = (kw % 2 == 0 ? even : odd) + kw / 2;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          yr[ow] = src[ow] > yr[ow] ? src[ow] : yr[ow];
+        }
+      }
+    }
+  }
+}
+
 void max_pool_plane_indexed(const PoolGeometry& g, const float* x, int64_t plane_base,
                             IndexOrder order, float* y, int64_t* indices) {
   constexpr float kLowest = -std::numeric_limits<float>::infinity();
@@ -122,11 +165,15 @@ void max_pool2d(const PoolGeometry& g, const float* x, float* y, int64_t* indice
                 IndexOrder order) {
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t out_plane = g.out_h * g.out_w;
+  const bool stride2 =
+      g.stride_w == 2 && g.dilation_w == 1 && g.out_w + (g.kernel_w - 1) / 2 <= kMaxPhaseColumns;
   parallel_for(g.batch * g.channels, plane_grain(g), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       if (indices) {
         max_pool_plane_indexed(g, x + p * in_plane, p * in_plane, order, y + p * out_plane,
                                indices + p * out_plane);
+      } else if (stride2) {
+        max_pool_plane_stride2(g, x + p * in_plane, y + p * out_plane);
       } else {
         max_pool_plane(g, x + p * in_plane, y + p * out_plane);
       }
