@@ -112,6 +112,8 @@ constexpr std::array kSchemas = {
     OpSchema{"FusedConv", 2, 6, 1, 1, 0, kNone,
              "an inference node made after resolution; training graphs are never fused",
              SchemaKind::kInternal},
+    // Runtime-internal: x · Sigmoid(x) as one pass (runtime/fuse_epilogues.h).
+    OpSchema{"Silu", 1, 1, 1, 1, 0, kBackward, {}, SchemaKind::kInternal},
     // Runtime-internal: QuantizeLinear → DequantizeLinear without the integer tensor
     // (runtime/fuse_qdq.h). Inputs x, scale, zero point; attribute axis.
     OpSchema{"FakeQuant", 3, 3, 1, 1, 0, kBackward, {}, SchemaKind::kInternal},

@@ -151,4 +151,36 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
   return fused;
 }
 
+size_t fuse_silu(graph::Graph& graph) {
+  size_t fused = 0;
+  const std::vector<Node*> order = graph.nodes();
+  for (Node* sigmoid : order) {
+    if (sigmoid->op_type() != "Sigmoid") continue;
+    Value* x = sigmoid->input(0);
+    Value* s = sigmoid->output(0);
+    Node* mul = sole_consumer(s);
+    if (!mul || mul->op_type() != "Mul" || x->dtype() != kernels::DType::kFloat32) continue;
+    const Value* other = mul->input(0) == s ? mul->input(1) : mul->input(0);
+    Value* out = mul->output(0);
+    if (other != x || !x->has_shape() || !out->has_shape() || *out->shape() != *x->shape()) {
+      continue;
+    }
+    graph::NodeSpec spec;
+    spec.name = mul->name();
+    spec.op_type = "Silu";
+    spec.inputs = {x};
+    const std::string out_name = out->name();
+    spec.output_names = {graph.unique_value_name(out_name + "_fused")};
+    Node* node = graph.insert_node(std::move(spec), mul);
+    node->output(0)->set_type(out->dtype(), *out->shape());
+    graph.replace_all_uses(out, node->output(0));
+    graph.remove_node(mul);
+    graph.remove_node(sigmoid);
+    graph.rename_value(node->output(0), out_name);
+    ++fused;
+  }
+  graph.remove_dead();
+  return fused;
+}
+
 }  // namespace qforge::runtime

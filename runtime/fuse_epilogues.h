@@ -14,4 +14,9 @@ namespace qforge::runtime {
 // folded).
 size_t fuse_conv_epilogues(graph::Graph& graph);
 
+// Another pass of the same kind: Sigmoid(x) → Mul(x, ·) (SiLU, as torch.onnx writes it) becomes
+// one Silu node, one pass over x where the two nodes made three; the same bits (the kernel
+// computes x · (1 / (1 + e^-x)) as the two nodes do). Returns the number of pairs fused.
+size_t fuse_silu(graph::Graph& graph);
+
 }  // namespace qforge::runtime

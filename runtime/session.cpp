@@ -57,7 +57,10 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
     options.input_shapes[graph_->inputs()[i]->name()] = input_shapes[i];
   }
   resolve(*c.graph, options);
-  if (options_.fuse_conv_epilogues) fuse_conv_epilogues(*c.graph);
+  if (options_.fuse_conv_epilogues) {
+    fuse_conv_epilogues(*c.graph);
+    fuse_silu(*c.graph);
+  }
   if (options_.fuse_qdq) fuse_qdq(*c.graph);
   c.executor = std::make_unique<Executor>(*c.graph, options_.executor);
   return compiled_.emplace(input_shapes, std::move(c)).first->second;

@@ -15,8 +15,8 @@ namespace qforge::runtime {
 
 struct SessionOptions {
   ExecutorOptions executor;
-  // Run Conv → BN → Add → Relu chains as one kernel (runtime/fuse_epilogues.h). Off when
-  // every intermediate value must stay observable.
+  // Run Conv → BN → Add → Relu chains as one kernel, and x · Sigmoid(x) as one SiLU pass
+  // (runtime/fuse_epilogues.h). Off when every intermediate value must stay observable.
   bool fuse_conv_epilogues = true;
   // Run QuantizeLinear → DequantizeLinear pairs with constant parameters as one FakeQuant
   // (runtime/fuse_qdq.h); same results, no integer tensor.

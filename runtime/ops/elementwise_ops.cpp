@@ -566,6 +566,7 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(unary_def<UnaryOp::kSigmoid>("Sigmoid"));
   registry.add(unary_def<UnaryOp::kHardSigmoid>("HardSigmoid"));
   registry.add(unary_def<UnaryOp::kHardSwish>("HardSwish"));
+  registry.add(unary_def<UnaryOp::kSilu>("Silu"));  // runtime-internal (runtime/fuse_epilogues.h)
   registry.add(unary_def<UnaryOp::kErf>("Erf"));
   registry.add(unary_def<UnaryOp::kTanh>("Tanh"));
   registry.add(unary_def<UnaryOp::kSqrt>("Sqrt"));

@@ -341,6 +341,17 @@ inline std::vector<HarnessCase> harness_cases() {
           .gradient(unary_kink_gradient([](double x) { return x > 0 ? 1.0 : 0.2; })));
   add(H("Elu", "alpha 0.7").data(d.away({5, 7}, -3, 2, {0})).attr("alpha", 0.7f));
   add(H("Sigmoid", "odd sizes").data(d.uniform({3, 17}, -4, 4)));
+  // Silu (runtime-internal, runtime/fuse_epilogues.h): x / (1 + e^-x) in double.
+  add(H("Silu", "x · sigmoid(x), odd sizes")
+          .data(d.uniform({3, 17}, -8, 8))
+          .reference([](std::span<const Tensor> in) {
+            Tensor y(DType::kFloat32, in[0].shape());
+            for (int64_t i = 0; i < y.numel(); ++i) {
+              const double v = in[0].data<float>()[i];
+              y.data<float>()[i] = static_cast<float>(v / (1.0 + std::exp(-v)));
+            }
+            return std::vector<Tensor>{y};
+          }));
   add(H("HardSigmoid", "alpha 0.3, beta 0.4")
           .data(d.away({4, 9}, -3, 3, {-4.0f / 3.0f, 2.0f}))
           .attr("alpha", 0.3f)

@@ -4,7 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "runtime/executor.h"
 #include "runtime/resolve.h"
@@ -121,6 +125,65 @@ TEST(FuseConvEpilogues, LeavesSharedIntermediatesAlone) {
   runtime::resolve(*g, {});
   EXPECT_EQ(runtime::fuse_conv_epilogues(*g), 0u);
   EXPECT_EQ(g->nodes().size(), 2u);
+}
+
+// x -> Sigmoid -> Mul(x, ·) -> y1 (SiLU, either operand order), and three pairs that are not
+// SiLU: Mul(Sigmoid(x), b) with b another tensor, a Sigmoid read twice, a Sigmoid that is a
+// graph output.
+TEST(FuseSilu, FusesXTimesSigmoidXOnlyWithTheSameBits) {
+  std::mt19937 rng(11);
+  auto g = std::make_unique<graph::Graph>();
+  const Shape shape{2, 3, 5, 7};
+  auto* x = g->add_input("x", DType::kFloat32, shape);
+  auto* b = g->add_input("b", DType::kFloat32, shape);
+  auto node = [&](const char* name, const char* op, std::vector<graph::Value*> inputs) {
+    return g->add_node({.name = name, .op_type = op, .inputs = inputs, .output_names = {name}})
+        ->output(0);
+  };
+  auto* s1 = node("s1", "Sigmoid", {x});
+  g->mark_output(node("y1", "Mul", {x, s1}));
+  auto* s2 = node("s2", "Sigmoid", {b});
+  g->mark_output(node("y2", "Mul", {s2, b}));
+  auto* s3 = node("s3", "Sigmoid", {x});
+  g->mark_output(node("y3", "Mul", {s3, b}));
+  auto* s4 = node("s4", "Sigmoid", {b});
+  g->mark_output(node("y4", "Mul", {b, s4}));
+  g->mark_output(node("y5", "Add", {s4, x}));
+  auto* s6 = node("s6", "Sigmoid", {x});
+  g->mark_output(s6);
+  g->mark_output(node("y6", "Mul", {x, s6}));
+  runtime::resolve(*g, {});
+  auto fused = g->clone();
+  EXPECT_EQ(runtime::fuse_silu(*fused), 2u);
+  EXPECT_NO_THROW(fused->check_consistency());
+  std::map<std::string, int> ops;
+  for (const auto* n : fused->nodes()) ++ops[std::string(n->op_type())];
+  EXPECT_EQ(ops["Silu"], 2);
+  EXPECT_EQ(ops["Sigmoid"], 3);
+  EXPECT_EQ(ops["Mul"], 3);
+  ASSERT_EQ(fused->outputs().size(), g->outputs().size());
+  for (size_t i = 0; i < g->outputs().size(); ++i) {
+    EXPECT_EQ(fused->outputs()[i]->name(), g->outputs()[i]->name());
+  }
+  // Values across the sigmoid's range, its saturation and both signs of zero included.
+  Tensor xs = random_tensor(shape, rng, -20.f, 20.f);
+  Tensor bs = random_tensor(shape, rng, -4.f, 4.f);
+  xs.data<float>()[0] = 0.0f;
+  xs.data<float>()[1] = -0.0f;
+  xs.data<float>()[2] = -100.0f;
+  xs.data<float>()[3] = 100.0f;
+  const Tensor inputs[] = {xs, bs};
+  runtime::Executor a(*g), f(*fused);
+  auto ya = a.run(std::span<const Tensor>(inputs));
+  auto yf = f.run(std::span<const Tensor>(inputs));
+  ASSERT_EQ(ya.size(), yf.size());
+  for (size_t k = 0; k < ya.size(); ++k) {
+    ASSERT_EQ(ya[k].shape(), yf[k].shape());
+    for (int64_t i = 0; i < ya[k].numel(); ++i) {
+      const float u = ya[k].data<float>()[i], v = yf[k].data<float>()[i];
+      ASSERT_EQ(std::memcmp(&u, &v, sizeof(float)), 0) << "output " << k << " at " << i;
+    }
+  }
 }
 
 }  // namespace
