@@ -41,15 +41,20 @@ constexpr int64_t kPackedTasksPerThread = 8;
 // ran 20-40% slower in blocks of 28 channels than OpenBLAS).
 constexpr int64_t kPackedMinPanels = 6;
 // Smaller convolutions stay on OpenBLAS: with 16 output channels the packed GEMM ran 25% slower
-// (EfficientNet-B0's 32→16 projection), with 24 about 15% faster. So do narrow layers on small
-// planes and very shallow ones: EfficientNet-B0's 80-192-channel projections on 14×14 and 7×7
-// planes and its 16- and 24-deep expansions each ran as fast or faster on their own, yet at 2
-// threads the network as a whole ran about 3.5% slower with them packed (ResNets' narrow layers
-// sit on planes of 28×28 and up).
+// (EfficientNet-B0's 32→16 projection), with 24 about 15% faster. So do narrow kernels larger
+// than 1×1 on small planes and very shallow ones: when every B panel was packed, EfficientNet-B0's
+// 1×1 projections on 14×14 and 7×7 planes and its 16- and 24-deep expansions each ran as fast
+// or faster on their own, yet the network as a whole ran about 3.5% slower with them packed.
 constexpr int64_t kPackedMinChannels = 24;
 constexpr int64_t kPackedMinDepth = 32;
 constexpr int64_t kPackedNarrowChannels = 256;
 constexpr int64_t kPackedSmallPlanePixels = 28 * 28;
+// 1×1 kernels read B in place and pack only the panels that cross images, which changes that
+// sum: they take the packed GEMM from this depth on, on planes of any size (BM_Conv with the
+// operands from memory: EfficientNet-B0's 80-192-channel projections on 14×14 and 7×7 1.6-1.9
+// times faster than on OpenBLAS, its 24-deep expansion on 56×56 1.3 times; 16 deep as fast;
+// the network 9% faster).
+constexpr int64_t kPackedMinPointwiseDepth = 24;
 
 int64_t packed_depth(const ConvGeometry& g) {
   return g.in_channels * g.kernel_h * g.kernel_w;
@@ -325,8 +330,12 @@ bool plan_packed(ConvPlan& plan, const ConvPlanOptions& options) {
   const ConvGeometry& g = plan.geometry;
   const int64_t k = g.in_channels / g.group * g.kernel_h * g.kernel_w;
   const int64_t pixels = g.out_h * g.out_w;
-  const bool pays = g.out_channels >= kPackedMinChannels && k >= kPackedMinDepth &&
-                    !(g.out_channels < kPackedNarrowChannels && pixels < kPackedSmallPlanePixels);
+  const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.dilation_h == 1 &&
+                         g.dilation_w == 1 && g.stride_h == g.stride_w;
+  const bool pays = g.out_channels >= kPackedMinChannels &&
+                    (pointwise ? k >= kPackedMinPointwiseDepth
+                               : k >= kPackedMinDepth && !(g.out_channels < kPackedNarrowChannels &&
+                                                           pixels < kPackedSmallPlanePixels));
   const bool packed =
       options.gemm == ConvGemm::kPacked || (options.gemm == ConvGemm::kAuto && pays);
   if (!packed || !packed_gemm_available() || g.group != 1) return false;

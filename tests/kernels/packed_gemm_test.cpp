@@ -324,18 +324,19 @@ TEST(PackedConv, PlansThePackedGemmWhereItPays) {
   for (const PackedConvCase& c : kCases) {
     EXPECT_EQ(plan_conv(geometry_of(c), 2, forced()).packed, packed_gemm_available()) << c.name;
   }
-  // On its own: ResNet-50's layers take it ...
+  // On its own: ResNet-50's layers take it, and 1×1 layers of any plane from 24 deep ...
   for (const ConvGeometry& g :
        {square(3, 224, 64, 7, 2), square(256, 56, 64, 1, 1), square(128, 56, 128, 3, 2),
-        square(1024, 14, 256, 1, 1), square(1024, 14, 2048, 1, 2)}) {
+        square(1024, 14, 256, 1, 1), square(1024, 14, 2048, 1, 2), square(480, 14, 80, 1, 1),
+        square(24, 56, 144, 1, 1)}) {
     EXPECT_EQ(plan_conv(g, 2).packed, packed_gemm_available())
-        << g.in_channels << "→" << g.out_channels;
+        << g.in_channels << "→" << g.out_channels << " " << g.kernel_h << "×" << g.kernel_w;
   }
-  // ... narrow layers on small planes, shallow and tiny ones and grouped ones do not.
+  // ... other narrow layers on small planes, shallow and tiny ones and grouped ones do not.
   ConvGeometry grouped = square(44, 28, 36, 3, 1);
   grouped.group = 4;
   for (const ConvGeometry& g :
-       {square(480, 14, 80, 1, 1), square(16, 112, 96, 1, 1), square(32, 112, 16, 1, 1), grouped}) {
+       {square(96, 14, 80, 3, 2), square(16, 112, 96, 1, 1), square(32, 112, 16, 1, 1), grouped}) {
     EXPECT_FALSE(plan_conv(g, 2).packed) << g.in_channels << "→" << g.out_channels;
     if (g.group > 1) {
       EXPECT_FALSE(plan_conv(g, 2, forced()).packed);
