@@ -131,14 +131,15 @@ inline V finish_vector(const TileEpilogue& e, int64_t r, int64_t j, const Mask& 
   return Simd::min(Simd::broadcast(e.hi), x);
 }
 
-// R rows computed (of which `rows` are stored), NV vectors of columns. kAddAfter: the sums
-// start from zero and c_in is added to them at the store (packed_gemm_tile_add).
-// B rows read in place (ldb other than kPackedCols: a convolution's input planes, a matrix's
-// rows) come from far apart in memory, one or two cache lines each, which the hardware does not
-// fetch ahead of the loads; the micro-tile asks for the row this many steps of k ahead. Packed
-// panels are contiguous and need no help.
+// The micro-tile asks for B's row this many steps of k ahead. Rows read in place (a
+// convolution's input planes) lie a plane apart, one or two cache lines each, which the hardware
+// does not fetch ahead of the loads; packed panels of weights streamed from memory (a Linear
+// layer's, a classifier's at batch 8) it fetches too late. Where B is already in cache the
+// request costs a load slot and measured neither faster nor slower.
 constexpr int64_t kPrefetchRows = 16;
 
+// R rows computed (of which `rows` are stored), NV vectors of columns. kAddAfter: the sums
+// start from zero and c_in is added to them at the store (packed_gemm_tile_add).
 template <int R, int NV, bool kAddAfter, int64_t kAStep>
 void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t rows, int64_t cols,
                 const float* c_in, int64_t ldc_in, float* c_out, int64_t ldc_out,
@@ -180,12 +181,10 @@ void micro_tile(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t
     V bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = Simd::load(mask[v], b + kk * ldb + kLanes * v);
-    if (ldb != kPackedCols) {
-      _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPrefetchRows) * ldb), _MM_HINT_T0);
-      if (NV == 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPrefetchRows) * ldb + kLanes),
-                     _MM_HINT_T0);
-      }
+    _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPrefetchRows) * ldb), _MM_HINT_T0);
+    if (NV == 2) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPrefetchRows) * ldb + kLanes),
+                   _MM_HINT_T0);
     }
     const float* ak = a + kk * kAStep;
 #pragma GCC unroll 16
