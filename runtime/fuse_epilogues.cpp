@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "graph/catalog.h"
@@ -152,23 +153,26 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
 }
 
 size_t fuse_silu(graph::Graph& graph) {
-  size_t fused = 0;
-  const std::vector<Node*> order = graph.nodes();
-  for (Node* sigmoid : order) {
+  // The pairs first, then the rewrites: a rewrite removes nodes that a walk over a snapshot of
+  // the node list would reach afterwards.
+  std::vector<std::pair<Node*, Node*>> pairs;  // Sigmoid, Mul
+  for (Node* sigmoid : graph.nodes()) {
     if (sigmoid->op_type() != "Sigmoid") continue;
     Value* x = sigmoid->input(0);
-    Value* s = sigmoid->output(0);
-    Node* mul = sole_consumer(s);
+    Node* mul = sole_consumer(sigmoid->output(0));
     if (!mul || mul->op_type() != "Mul" || x->dtype() != kernels::DType::kFloat32) continue;
-    const Value* other = mul->input(0) == s ? mul->input(1) : mul->input(0);
-    Value* out = mul->output(0);
-    if (other != x || !x->has_shape() || !out->has_shape() || *out->shape() != *x->shape()) {
-      continue;
+    const Value* other = mul->input(0) == sigmoid->output(0) ? mul->input(1) : mul->input(0);
+    const Value* out = mul->output(0);
+    if (other == x && x->has_shape() && out->has_shape() && *out->shape() == *x->shape()) {
+      pairs.emplace_back(sigmoid, mul);
     }
+  }
+  for (auto [sigmoid, mul] : pairs) {
+    Value* out = mul->output(0);
     graph::NodeSpec spec;
     spec.name = mul->name();
     spec.op_type = "Silu";
-    spec.inputs = {x};
+    spec.inputs = {sigmoid->input(0)};
     const std::string out_name = out->name();
     spec.output_names = {graph.unique_value_name(out_name + "_fused")};
     Node* node = graph.insert_node(std::move(spec), mul);
@@ -177,10 +181,9 @@ size_t fuse_silu(graph::Graph& graph) {
     graph.remove_node(mul);
     graph.remove_node(sigmoid);
     graph.rename_value(node->output(0), out_name);
-    ++fused;
   }
   graph.remove_dead();
-  return fused;
+  return pairs.size();
 }
 
 }  // namespace qforge::runtime
