@@ -134,18 +134,8 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
       spec.inputs[4] =
           graph.add_constant(graph.unique_value_name(conv->name() + "_bn_shift"), shift);
     }
-    const std::string out_name = cur->name();
-    spec.output_names = {graph.unique_value_name(out_name + "_fused")};
-    // The fused node runs where the chain's last node ran: every input is ready there.
-    Node* last = chain.back();
-    Node* node = graph.insert_node(std::move(spec), last);
-    node->output(0)->set_type(cur->dtype(), *cur->shape());
-    graph.replace_all_uses(cur, node->output(0));
-    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-      removed.push_back(*it);
-      graph.remove_node(*it);
-    }
-    graph.rename_value(node->output(0), out_name);
+    removed.insert(removed.end(), chain.begin(), chain.end());
+    replace_chain(graph, std::move(spec), chain);
     ++fused;
   }
   graph.remove_dead();
@@ -168,19 +158,12 @@ size_t fuse_silu(graph::Graph& graph) {
     }
   }
   for (auto [sigmoid, mul] : pairs) {
-    Value* out = mul->output(0);
     graph::NodeSpec spec;
     spec.name = mul->name();
     spec.op_type = "Silu";
     spec.inputs = {sigmoid->input(0)};
-    const std::string out_name = out->name();
-    spec.output_names = {graph.unique_value_name(out_name + "_fused")};
-    Node* node = graph.insert_node(std::move(spec), mul);
-    node->output(0)->set_type(out->dtype(), *out->shape());
-    graph.replace_all_uses(out, node->output(0));
-    graph.remove_node(mul);
-    graph.remove_node(sigmoid);
-    graph.rename_value(node->output(0), out_name);
+    Node* const chain[] = {sigmoid, mul};
+    replace_chain(graph, std::move(spec), chain);
   }
   graph.remove_dead();
   return pairs.size();

@@ -91,17 +91,10 @@ size_t fuse_qdq(graph::Graph& graph) {
     spec.inputs = {q->input(0), q->input(1), zero_point};
     const std::optional<int64_t> axis = scale_axis(*q, q->input(1)->constant(), rank);
     spec.attributes["axis"] = axis.value_or(int64_t{1});
-    Value* out = dq->output(0);
-    const std::string out_name = out->name();
-    spec.output_names = {graph.unique_value_name(out_name + "_fused")};
-    Node* node = graph.insert_node(std::move(spec), dq);
-    node->output(0)->set_type(out->dtype(), *out->shape());
-    graph.replace_all_uses(out, node->output(0));
-    removed.push_back(dq);
     removed.push_back(q);
-    graph.remove_node(dq);
-    graph.remove_node(q);
-    graph.rename_value(node->output(0), out_name);
+    removed.push_back(dq);
+    Node* const chain[] = {q, dq};
+    replace_chain(graph, std::move(spec), chain);
     ++fused;
   }
   graph.remove_dead();
