@@ -21,7 +21,10 @@ using pool_window::plane_grain;
 using pool_window::taps_inside;
 using pool_window::valid_range;
 
-void max_pool_plane(const PoolGeometry& g, const float* x, float* y) {
+// The walk over a plane that the max-pool forms share: each output row starts at -inf and every
+// input row its windows reach (inside the input) is folded into it by fold_row(row, yr).
+template <class FoldRow>
+void max_pool_rows(const PoolGeometry& g, const float* x, float* y, FoldRow&& fold_row) {
   constexpr float kLowest = -std::numeric_limits<float>::infinity();
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     float* yr = y + oh * g.out_w;
@@ -29,26 +32,31 @@ void max_pool_plane(const PoolGeometry& g, const float* x, float* y) {
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) continue;
-      const float* row = x + ih * g.in_w;
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        const int64_t offset = kw * g.dilation_w - g.pad_left;
-        int64_t lo, hi;
-        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
-        const int64_t s = g.stride_w;
-        if (s == 1) {
-          for (int64_t ow = lo; ow < hi; ++ow) {
-            const float v = row[ow + offset];
-            yr[ow] = v > yr[ow] ? v : yr[ow];
-          }
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) {
-            const float v = row[ow * s + offset];
-            yr[ow] = v > yr[ow] ? v : yr[ow];
-          }
+      fold_row(x + ih * g.in_w, yr);
+    }
+  }
+}
+
+void max_pool_plane(const PoolGeometry& g, const float* x, float* y) {
+  max_pool_rows(g, x, y, [&g](const float* row, float* yr) {
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const int64_t offset = kw * g.dilation_w - g.pad_left;
+      int64_t lo, hi;
+      valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+      const int64_t s = g.stride_w;
+      if (s == 1) {
+        for (int64_t ow = lo; ow < hi; ++ow) {
+          const float v = row[ow + offset];
+          yr[ow] = v > yr[ow] ? v : yr[ow];
+        }
+      } else {
+        for (int64_t ow = lo; ow < hi; ++ow) {
+          const float v = row[ow * s + offset];
+          yr[ow] = v > yr[ow] ? v : yr[ow];
         }
       }
     }
-  }
+  });
 }
 
 // Rows up to this many phase columns take max_pool_plane_stride2 (its scratch is on the stack).
@@ -71,27 +79,20 @@ void max_pool_plane_stride2(const PoolGeometry& g, const float* x, float* y) {
     lo[b] = std::min(lo[b], width);
     hi[b] = std::max(lo[b], std::min(hi[b], width));
   }
-  for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    float* yr = y + oh * g.out_w;
-    std::fill(yr, yr + g.out_w, kLowest);
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-      const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
-      if (ih < 0 || ih >= g.in_h) continue;
-      const float* row = x + ih * g.in_w;
-      std::fill(even, even + lo[0], kLowest);
-      for (int64_t j = lo[0]; j < hi[0]; ++j) even[j] = row[2 * j - g.pad_left];
-      std::fill(even + hi[0], even + width, kLowest);
-      std::fill(odd, odd + lo[1], kLowest);
-      for (int64_t j = lo[1]; j < hi[1]; ++j) odd[j] = row[2 * j + 1 - g.pad_left];
-      std::fill(odd + hi[1], odd + width, kLowest);
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        const float* src = (kw % 2 == 0 ? even : odd) + kw / 2;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          yr[ow] = src[ow] > yr[ow] ? src[ow] : yr[ow];
-        }
+  max_pool_rows(g, x, y, [&](const float* row, float* yr) {
+    std::fill(even, even + lo[0], kLowest);
+    for (int64_t j = lo[0]; j < hi[0]; ++j) even[j] = row[2 * j - g.pad_left];
+    std::fill(even + hi[0], even + width, kLowest);
+    std::fill(odd, odd + lo[1], kLowest);
+    for (int64_t j = lo[1]; j < hi[1]; ++j) odd[j] = row[2 * j + 1 - g.pad_left];
+    std::fill(odd + hi[1], odd + width, kLowest);
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const float* src = (kw % 2 == 0 ? even : odd) + kw / 2;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        yr[ow] = src[ow] > yr[ow] ? src[ow] : yr[ow];
       }
     }
-  }
+  });
 }
 
 void max_pool_plane_indexed(const PoolGeometry& g, const float* x, int64_t plane_base,
