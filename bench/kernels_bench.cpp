@@ -72,6 +72,8 @@ BENCHMARK(BM_Depthwise)
     ->Args({480, 14, 5, 1})  // EfficientNet-B0 block 5
     ->Args({672, 14, 5, 2})  // EfficientNet-B0 block 6
     ->Args({576, 7, 5, 1})   // MobileNetV3-small last blocks
+    ->Args({88, 28, 3, 1})   // MobileNetV3-small block 3
+    ->Args({240, 28, 5, 1})  // 28×28, 5×5
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

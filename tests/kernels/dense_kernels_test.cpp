@@ -119,6 +119,13 @@ const ConvCase kConvCases[] = {
     {"depthwise_k5_7x7", 2, 9, 7, 7, 9, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 9, true},
     {"depthwise_k5_stride2_to_7x7", 2, 9, 14, 14, 9, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 9, false},
     {"depthwise_k5_2x2", 16, 120, 2, 2, 120, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 120, false},
+    // Planes up to 16 outputs wide run 16 channels per vector: whole and partial channel
+    // blocks, strides 1 and 2, 3×3 to 7×7, asymmetric padding, a 16-wide output.
+    {"depthwise_k5_7x7_channel_blocks", 2, 37, 7, 7, 37, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 37, true},
+    {"depthwise_k3_stride2_to_14x14", 1, 33, 28, 27, 33, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 33, false},
+    {"depthwise_k7_7x7_blocks", 1, 20, 7, 7, 20, 7, 7, 1, 1, 1, 1, 3, 3, 3, 3, 20, true},
+    {"depthwise_k3_16_wide", 3, 17, 9, 16, 17, 3, 3, 1, 1, 1, 1, 0, 1, 2, 1, 17, true},
+    {"depthwise_k7_stride2_to_4x4", 1, 16, 8, 8, 16, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 16, true},
     {"conv1d", 3, 13, 1, 31, 7, 1, 5, 1, 2, 1, 1, 0, 2, 0, 1, 1, true},
     {"single_input_channel", 3, 1, 13, 13, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},
     {"kernel_covers_padded_input", 1, 3, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},
@@ -325,9 +332,9 @@ TEST(DenseConv, PreparedWeightsGiveTheSameBits) {
 
 TEST(DenseConv, EpilogueMatchesSeparatePasses) {
   ThreadCount threads(2);
-  for (const char* name :
-       {"pointwise_batch3_nobias", "k3_stride2_asymmetric_pads", "winograd_odd",
-        "depthwise_stride2", "depthwise_k7_pad3", "stem_tiles_and_channel_blocks"}) {
+  for (const char* name : {"pointwise_batch3_nobias", "k3_stride2_asymmetric_pads", "winograd_odd",
+                           "depthwise_stride2", "depthwise_k7_pad3",
+                           "depthwise_k5_7x7_channel_blocks", "stem_tiles_and_channel_blocks"}) {
     const ConvCase& c = conv_case(name);
     const ConvGeometry g = geometry_of(c);
     const ConvData d = conv_data(g, c.bias, 17);
