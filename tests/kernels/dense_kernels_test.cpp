@@ -244,8 +244,8 @@ TEST(DenseConv, PicksTheAlgorithmFromTheGeometry) {
 TEST(DenseConv, SameBitsForAnyThreadCount) {
   for (const char* name :
        {"k3_stride2_asymmetric_pads", "grouped_stride2_dilation2", "depthwise_k5_stride2_dilation2",
-        "depthwise_k7_pad3", "stem_tiles_and_channel_blocks", "k3_tiles", "pointwise_grouped_tiles",
-        "winograd_blocks", "winograd_asymmetric_pads"}) {
+        "depthwise_k7_pad3", "depthwise_k5_7x7_channel_blocks", "stem_tiles_and_channel_blocks",
+        "k3_tiles", "pointwise_grouped_tiles", "winograd_blocks", "winograd_asymmetric_pads"}) {
     const ConvCase& c = conv_case(name);
     const ConvGeometry g = geometry_of(c);
     const ConvData d = conv_data(g, c.bias, 99);
