@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/conv_internal.h"
@@ -68,18 +69,36 @@ float depthwise_point(const ConvGeometry& g, const float* x, const float* w, flo
 using InteriorRowFn = void (*)(const ConvGeometry&, const float*, const float*, float, int64_t,
                                int64_t, int64_t, float*);
 
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// The common square kernels and strides the specialised paths are built for: pick(K, S), K and
+// S as std::integral_constant, for K in {3, 5, 7} and S in {1, 2} (a square kernel and equal
+// strides), else null. The caller checks anything else its path needs.
+template <class Pick>
+auto square_kernel_fn(const ConvGeometry& g, Pick pick) -> decltype(pick(Int<3>{}, Int<1>{})) {
+  if (g.kernel_h != g.kernel_w || g.stride_h != g.stride_w) return nullptr;
+  const auto by_stride = [&](auto k) -> decltype(pick(Int<3>{}, Int<1>{})) {
+    if (g.stride_w == 1) return pick(k, Int<1>{});
+    if (g.stride_w == 2) return pick(k, Int<2>{});
+    return nullptr;
+  };
+  switch (g.kernel_h) {
+    case 3:
+      return by_stride(Int<3>{});
+    case 5:
+      return by_stride(Int<5>{});
+    case 7:
+      return by_stride(Int<7>{});
+    default:
+      return nullptr;
+  }
+}
+
 // The unrolled interior path exists for the common square kernels and strides.
 InteriorRowFn interior_row_fn(const ConvGeometry& g) {
-  if (g.kernel_h != g.kernel_w || g.stride_h != g.stride_w) return nullptr;
-  const int64_t k = g.kernel_h;
-  const int64_t st = g.stride_w;
-  if (k == 3 && st == 1) return depthwise_row_interior<3, 1>;
-  if (k == 3 && st == 2) return depthwise_row_interior<3, 2>;
-  if (k == 5 && st == 1) return depthwise_row_interior<5, 1>;
-  if (k == 5 && st == 2) return depthwise_row_interior<5, 2>;
-  if (k == 7 && st == 1) return depthwise_row_interior<7, 1>;
-  if (k == 7 && st == 2) return depthwise_row_interior<7, 2>;
-  return nullptr;
+  return square_kernel_fn(
+      g, [](auto k, auto s) -> InteriorRowFn { return depthwise_row_interior<k(), s()>; });
 }
 
 // One output plane of a depthwise convolution.
@@ -334,19 +353,9 @@ using PaddedPlaneFn = void (*)(const ConvGeometry&, const float*, const float*, 
 
 // The padded path covers the square kernels and strides of common networks, undilated.
 PaddedPlaneFn padded_plane_fn(const ConvGeometry& g) {
-  if (g.kernel_h != g.kernel_w || g.stride_h != g.stride_w || g.dilation_h != 1 ||
-      g.dilation_w != 1) {
-    return nullptr;
-  }
-  const int64_t k = g.kernel_h;
-  const int64_t st = g.stride_w;
-  if (k == 3 && st == 1) return depthwise_plane_padded<3, 1>;
-  if (k == 3 && st == 2) return depthwise_plane_padded<3, 2>;
-  if (k == 5 && st == 1) return depthwise_plane_padded<5, 1>;
-  if (k == 5 && st == 2) return depthwise_plane_padded<5, 2>;
-  if (k == 7 && st == 1) return depthwise_plane_padded<7, 1>;
-  if (k == 7 && st == 2) return depthwise_plane_padded<7, 2>;
-  return nullptr;
+  if (g.dilation_h != 1 || g.dilation_w != 1) return nullptr;
+  return square_kernel_fn(
+      g, [](auto k, auto s) -> PaddedPlaneFn { return depthwise_plane_padded<k(), s()>; });
 }
 
 #ifdef __AVX512F__
@@ -517,15 +526,8 @@ ChannelVectorFn channel_vector_fn(const ConvGeometry& g) {
       g.out_w > kMaxChannelVectorWidth) {
     return nullptr;
   }
-  const int64_t k = g.kernel_h;
-  const int64_t st = g.stride_w;
-  if (k == 3 && st == 1) return depthwise_channel_vectors<3, 1>;
-  if (k == 3 && st == 2) return depthwise_channel_vectors<3, 2>;
-  if (k == 5 && st == 1) return depthwise_channel_vectors<5, 1>;
-  if (k == 5 && st == 2) return depthwise_channel_vectors<5, 2>;
-  if (k == 7 && st == 1) return depthwise_channel_vectors<7, 1>;
-  if (k == 7 && st == 2) return depthwise_channel_vectors<7, 2>;
-  return nullptr;
+  return square_kernel_fn(
+      g, [](auto k, auto s) -> ChannelVectorFn { return depthwise_channel_vectors<k(), s()>; });
 }
 #endif
 
