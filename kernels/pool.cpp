@@ -37,25 +37,26 @@ void max_pool_rows(const PoolGeometry& g, const float* x, float* y, FoldRow&& fo
   }
 }
 
+// Folds every tap of one input row into the output row: yr[ow] = combine(yr[ow], v) for each
+// kernel column's input v that lies inside the row (the stride-1 loop apart, so it vectorises).
+template <class Combine>
+void fold_row_taps(const PoolGeometry& g, const float* row, float* yr, Combine combine) {
+  for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+    const int64_t offset = kw * g.dilation_w - g.pad_left;
+    int64_t lo, hi;
+    valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
+    const int64_t s = g.stride_w;
+    if (s == 1) {
+      for (int64_t ow = lo; ow < hi; ++ow) yr[ow] = combine(yr[ow], row[ow + offset]);
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) yr[ow] = combine(yr[ow], row[ow * s + offset]);
+    }
+  }
+}
+
 void max_pool_plane(const PoolGeometry& g, const float* x, float* y) {
   max_pool_rows(g, x, y, [&g](const float* row, float* yr) {
-    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-      const int64_t offset = kw * g.dilation_w - g.pad_left;
-      int64_t lo, hi;
-      valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
-      const int64_t s = g.stride_w;
-      if (s == 1) {
-        for (int64_t ow = lo; ow < hi; ++ow) {
-          const float v = row[ow + offset];
-          yr[ow] = v > yr[ow] ? v : yr[ow];
-        }
-      } else {
-        for (int64_t ow = lo; ow < hi; ++ow) {
-          const float v = row[ow * s + offset];
-          yr[ow] = v > yr[ow] ? v : yr[ow];
-        }
-      }
-    }
+    fold_row_taps(g, row, yr, [](float acc, float v) { return v > acc ? v : acc; });
   });
 }
 
@@ -134,18 +135,7 @@ void average_pool_plane(const PoolGeometry& g, PadCounting counting, const float
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       const int64_t ih = h0 + kh * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) continue;
-      const float* row = x + ih * g.in_w;
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        const int64_t offset = kw * g.dilation_w - g.pad_left;
-        int64_t lo, hi;
-        valid_range(g.out_w, g.stride_w, offset, g.in_w, lo, hi);
-        const int64_t s = g.stride_w;
-        if (s == 1) {
-          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += row[ow + offset];
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += row[ow * s + offset];
-        }
-      }
+      fold_row_taps(g, x + ih * g.in_w, yr, [](float acc, float v) { return acc + v; });
     }
     const int64_t count_h =
         include_pad ? taps_inside(h0, g.kernel_h, g.dilation_h, -g.pad_top, g.in_h + g.pad_bottom)
