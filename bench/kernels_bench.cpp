@@ -111,7 +111,10 @@ void conv_benchmark(benchmark::State& state, int64_t batch, bool prepare) {
   g.out_h = (g.in_h + 2 * g.pad_top - g.kernel_h) / g.stride_h + 1;
   g.out_w = (g.in_w + 2 * g.pad_left - g.kernel_w) / g.stride_w + 1;
   ConvPlanOptions options;
-  options.gemm = state.range(5) != 0 ? ConvGemm::kPacked : ConvGemm::kBlas;
+  // 1: the packed GEMM, 0: OpenBLAS, 2: the shallow direct path.
+  options.gemm = state.range(5) == 2   ? ConvGemm::kShallow
+                 : state.range(5) != 0 ? ConvGemm::kPacked
+                                       : ConvGemm::kBlas;
   const ConvPlan plan = plan_conv(g, 2, options);
   const auto x = random_floats(static_cast<size_t>(g.batch * g.in_channels * g.in_h * g.in_w), 1);
   const auto w = random_floats(
@@ -222,6 +225,33 @@ BENCHMARK(BM_Conv)
     ->Args({1152, 1, 48, 1, 1, 0})
     ->Args({3, 224, 32, 3, 2, 1})  // EfficientNet-B0 stem
     ->Args({3, 224, 32, 3, 2, 0})
+    ->Args({3, 224, 32, 3, 2, 2})
+    ->Args({3, 224, 16, 3, 2, 2})  // MobileNetV3 stem
+    ->Args({16, 56, 72, 1, 1, 1})  // MobileNetV3 expansion
+    ->Args({16, 56, 72, 1, 1, 0})
+    ->Args({16, 56, 72, 1, 1, 2})
+    ->Args({16, 112, 96, 1, 1, 2})  // EfficientNet-B0 16-deep expansion
+    ->Args({32, 112, 16, 1, 1, 2})  // EfficientNet-B0 32-deep projection
+    ->Args({24, 56, 144, 1, 1, 2})  // EfficientNet-B0 24-deep expansion
+    ->Args({20, 1, 480, 1, 1, 1})   // EfficientNet-B0 squeeze-excitation expansion
+    ->Args({20, 1, 480, 1, 1, 0})
+    ->Args({20, 1, 480, 1, 1, 2})
+    ->Args({40, 28, 240, 1, 1, 2})
+    ->Args({64, 56, 64, 1, 1, 2})
+    ->Args({64, 56, 256, 1, 1, 2})
+    ->Args({80, 14, 480, 1, 1, 2})
+    ->Args({128, 28, 512, 1, 1, 2})
+    ->Args({144, 56, 24, 1, 1, 2})
+    ->Args({3, 224, 64, 7, 2, 2})
+    ->Args({96, 56, 384, 1, 1, 1})
+    ->Args({96, 56, 384, 1, 1, 2})
+    ->Args({112, 14, 672, 1, 1, 1})
+    ->Args({112, 14, 672, 1, 1, 2})
+    ->Args({160, 7, 960, 1, 1, 1})
+    ->Args({160, 7, 960, 1, 1, 2})
+    ->Args({96, 7, 576, 1, 1, 1})
+    ->Args({96, 7, 576, 1, 1, 2})
+    ->Args({128, 28, 512, 1, 1, 2})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();

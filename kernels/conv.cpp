@@ -195,6 +195,12 @@ ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOpti
     conv_detail::plan_winograd(plan, options);
     return plan;
   }
+  if (options.gemm == ConvGemm::kShallow
+          ? conv_detail::shallow_applies(g)
+          : options.gemm == ConvGemm::kAuto && conv_detail::shallow_pays(g)) {
+    plan.algorithm = ConvAlgorithm::kShallow;
+    return plan;
+  }
   const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                          g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h &&
                          g.out_w == g.in_w;
@@ -235,6 +241,7 @@ size_t conv_workspace_bytes(const ConvPlan& plan, ConvWeightForm form) {
     return conv_detail::winograd_workspace_bytes(plan, form);
   }
   if (plan.packed) return conv_detail::packed_workspace_bytes(plan, form);
+  if (plan.algorithm == ConvAlgorithm::kShallow) return conv_detail::shallow_workspace_bytes(plan);
   if (plan.algorithm != ConvAlgorithm::kIm2colGemm) return 0;
   const ConvGeometry& g = plan.geometry;
   const int64_t k = g.in_channels / g.group * g.kernel_h * g.kernel_w;
@@ -252,6 +259,9 @@ void conv2d(const ConvPlan& plan, const float* x, const float* w, const float* b
       break;
     case ConvAlgorithm::kWinograd:
       conv_detail::conv_winograd(plan, x, w, prepared_weights, bias, y, workspace, epilogue);
+      break;
+    case ConvAlgorithm::kShallow:
+      conv_detail::conv_shallow(plan, x, w, bias, y, workspace, epilogue);
       break;
     case ConvAlgorithm::kDirectGemm:
     case ConvAlgorithm::kIm2colGemm:

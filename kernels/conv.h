@@ -3,7 +3,9 @@
 // of 2×2 output tiles); other convolutions gather an im2col tile of output pixels into scratch and
 // run one GEMM per tile; convolutions with one input channel per group (depthwise) use direct
 // loops. With AVX-512, or AVX2 and FMA, the GEMMs of ungrouped convolutions run on the packed
-// micro-kernel of kernels/packed_gemm.h (weights packed once), elsewhere on OpenBLAS.
+// micro-kernel of kernels/packed_gemm.h (weights packed once), elsewhere on OpenBLAS. With
+// AVX-512, ungrouped convolutions of at most 160 taps in all (in_channels · kernel_h · kernel_w:
+// stems, shallow 1×1 layers) run directly on the input, unpacked, with the packed GEMM's bits.
 #pragma once
 
 #include <cstddef>
@@ -38,6 +40,7 @@ enum class ConvAlgorithm : uint8_t {
   kIm2colGemm,  // im2col tile in scratch, then GEMM
   kWinograd,    // 3×3, stride 1, dilation 1, group 1, enough channels and tiles (below)
   kDepthwise,   // one input channel per group
+  kShallow,     // group 1, few taps in all (in_channels · kernel_h · kernel_w): direct, unpacked
 };
 
 // Winograd pays off once an image has this many 2×2 output tiles (about 12×12 pixels; ResNet-50's
@@ -92,8 +95,9 @@ struct ConvEpilogue {
 // pay); tests and benchmarks force one or the other.
 enum class ConvGemm : uint8_t {
   kAuto,
-  kPacked,  // the packed GEMM wherever it can run (AVX-512 or AVX2 + FMA build, group 1)
-  kBlas,    // OpenBLAS throughout
+  kPacked,   // the packed GEMM wherever it can run (AVX-512 or AVX2 + FMA build, group 1)
+  kBlas,     // OpenBLAS throughout
+  kShallow,  // the shallow direct path wherever it can run (AVX-512 build, group 1, shallow)
 };
 
 struct ConvPlanOptions {
@@ -101,6 +105,10 @@ struct ConvPlanOptions {
 };
 
 ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOptions& options = {});
+
+// Whether this build has ConvAlgorithm::kShallow (AVX-512); without it those convolutions keep
+// the GEMM paths.
+bool shallow_conv_available();
 
 // Some algorithms consume the filters in another form (Winograd: G g G^T; the packed GEMM: row
 // panels). A caller whose filters are constant prepares them once and passes them to every

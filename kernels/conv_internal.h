@@ -4,6 +4,7 @@
 //   conv.cpp            the planner, the OpenBLAS GEMM path (direct and im2col), im2col
 //   conv_winograd.cpp   Winograd F(2×2, 3×3)
 //   conv_packed.cpp     the packed GEMM path
+//   conv_shallow.cpp    shallow ungrouped convolutions, straight from the input
 //   conv_depthwise.cpp  depthwise convolutions
 //   conv_backward.cpp   the backward (dx, dw, dbias)
 // Internal to kernels/: include it from .cpp files only.
@@ -97,6 +98,29 @@ size_t winograd_workspace_bytes(const ConvPlan& plan, ConvWeightForm form);
 void conv_winograd(const ConvPlan& plan, const float* x, const float* w, const float* prepared,
                    const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e);
 
+// Where the packed GEMM and the shallow direct path read the input (conv_packed.cpp): tap
+// (c, kh, kw) of output (n, oh, ow) at
+// base + n·image + c·channel + ((kh % s)·phases_w + kw % s)·phase + (oh + kh / s)·pitch + ow
+// + kw / s, with s the stride (the same along both axes).
+struct SourcePlanes {
+  const float* base = nullptr;
+  int64_t image = 0, channel = 0, phase = 0;
+  int64_t phases_w = 1, rows = 0, pitch = 0;
+  int64_t stride = 1;
+};
+
+enum class PlaneSource : uint8_t {
+  kInput,   // 1×1, stride 1, unpadded: the input planes themselves
+  kPhases,  // stride phases of the zero-padded input, built per call
+  kGather,  // dilated kernels, unequal strides: gathered from the input per tap
+};
+PlaneSource plane_source(const ConvGeometry& g);
+// Bytes of the phase planes of the whole batch (0 unless the source is kPhases).
+size_t phase_plane_bytes(const ConvGeometry& g);
+// The source planes of x: x itself (kInput), or its phase planes built into `phases` (kPhases,
+// phase_plane_bytes(g) of them), in parallel over images and channels. Not for kGather.
+SourcePlanes source_planes(const ConvGeometry& g, const float* x, float* phases);
+
 // The packed GEMM path (conv_packed.cpp).
 // Plans it when the options ask for it or it pays on this geometry and it can run (a build
 // with AVX-512 or AVX2 and FMA, group 1): returns false, the plan unchanged, otherwise.
@@ -106,6 +130,24 @@ void prepare_packed_weights(const ConvPlan& plan, const float* w, float* prepare
 size_t packed_workspace_bytes(const ConvPlan& plan, ConvWeightForm form);
 void conv_packed(const ConvPlan& plan, const float* x, const float* w, const float* prepared,
                  const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e);
+
+// Shallow convolutions (conv_shallow.cpp). They run (shallow_applies) with group 1, k =
+// in_channels · kernel_h · kernel_w at most kShallowMaxDepth, a source other than kGather and
+// AVX-512, and pay (shallow_pays, what kAuto plans) where they also do not lose to the packed
+// GEMM: up to kShallowSmallPlaneDepth deep on any plane, deeper only on planes of at least one
+// run of outputs (64), since a run stays within one image's plane and the packed GEMM's tiles
+// span images. Measured with BM_Conv against the packed GEMM (2 threads, batch 8, fastest of
+// three rounds): ResNet's 7×7 stem (k 147) 8.5 → 5.5 ms, 1×1 layers 64-128 deep on 28×28 to
+// 56×56 planes 12-18% faster, 24-40 deep 1.4-1.8x; on 7×7 planes 96 deep equal, 160 deep 11%
+// slower. Against OpenBLAS (k below the packed GEMM's thresholds): the 3×3 stride-2 stems of
+// MobileNetV3 and EfficientNet-B0 0.95 → 0.60 and 1.93 → 0.98 ms, 16-deep expansions 2.2-2.7x.
+inline constexpr int64_t kShallowMaxDepth = 160;
+inline constexpr int64_t kShallowSmallPlaneDepth = 96;
+bool shallow_applies(const ConvGeometry& g);
+bool shallow_pays(const ConvGeometry& g);
+size_t shallow_workspace_bytes(const ConvPlan& plan);
+void conv_shallow(const ConvPlan& plan, const float* x, const float* w, const float* bias, float* y,
+                  std::byte* workspace, const ConvEpilogue& e);
 
 // Depthwise convolutions (conv_depthwise.cpp).
 void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const float* bias,

@@ -60,31 +60,7 @@ int64_t packed_depth(const ConvGeometry& g) {
   return g.in_channels * g.kernel_h * g.kernel_w;
 }
 
-// Where the packed path reads tap (c, kh, kw) of output (n, oh, ow):
-// base + n·image + c·channel + ((kh % s)·phases_w + kw % s)·phase + (oh + kh / s)·pitch + ow
-// + kw / s, with s the stride (the same along both axes).
-struct SourcePlanes {
-  const float* base = nullptr;
-  int64_t image = 0, channel = 0, phase = 0;
-  int64_t phases_w = 1, rows = 0, pitch = 0;
-  int64_t stride = 1;
-};
-
-enum class PackedSource : uint8_t {
-  kInput,   // 1×1, stride 1, unpadded: the input planes themselves
-  kPhases,  // stride phases of the zero-padded input, built per call
-  kGather,  // dilated kernels, unequal strides: gathered from the input per tap
-};
-
-PackedSource packed_source(const ConvGeometry& g) {
-  if (g.dilation_h != 1 || g.dilation_w != 1 || g.stride_h != g.stride_w) {
-    return PackedSource::kGather;
-  }
-  const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.pad_top == 0 &&
-                         g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
-  return pointwise ? PackedSource::kInput : PackedSource::kPhases;
-}
-
+// The layout of the phase planes of a kPhases source (SourcePlanes, conv_internal.h).
 SourcePlanes phase_planes_of(const ConvGeometry& g) {
   SourcePlanes sp;
   const int64_t s = g.stride_w;
@@ -97,13 +73,6 @@ SourcePlanes phase_planes_of(const ConvGeometry& g) {
   sp.channel = phases_h * sp.phases_w * sp.phase;
   sp.image = g.in_channels * sp.channel;
   return sp;
-}
-
-size_t phase_plane_bytes(const ConvPlan& plan) {
-  if (packed_source(plan.geometry) != PackedSource::kPhases) return 0;
-  return aligned_bytes(
-      static_cast<size_t>(plan.geometry.batch * phase_planes_of(plan.geometry).image) *
-      sizeof(float));
 }
 
 // dst[0, len) = src[0, len) for len <= kPackedCols.
@@ -326,6 +295,41 @@ size_t packed_slot_bytes(const ConvPlan& plan) {
 
 }  // namespace
 
+PlaneSource plane_source(const ConvGeometry& g) {
+  if (g.dilation_h != 1 || g.dilation_w != 1 || g.stride_h != g.stride_w) {
+    return PlaneSource::kGather;
+  }
+  const bool pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.pad_top == 0 &&
+                         g.pad_left == 0 && g.out_h == g.in_h && g.out_w == g.in_w;
+  return pointwise ? PlaneSource::kInput : PlaneSource::kPhases;
+}
+
+size_t phase_plane_bytes(const ConvGeometry& g) {
+  if (plane_source(g) != PlaneSource::kPhases) return 0;
+  return aligned_bytes(static_cast<size_t>(g.batch * phase_planes_of(g).image) * sizeof(float));
+}
+
+SourcePlanes source_planes(const ConvGeometry& g, const float* x, float* phases) {
+  SourcePlanes sp;
+  if (plane_source(g) == PlaneSource::kInput) {
+    sp.base = x;
+    sp.channel = g.in_h * g.in_w;
+    sp.image = g.in_channels * sp.channel;
+    sp.rows = g.in_h;
+    sp.pitch = g.in_w;
+    return sp;
+  }
+  sp = phase_planes_of(g);
+  sp.base = phases;
+  const int64_t in_plane = g.in_h * g.in_w;
+  parallel_for(g.batch * g.in_channels, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      build_phase_planes(g, sp, x + i * in_plane, phases + i * sp.channel);
+    }
+  });
+  return sp;
+}
+
 bool plan_packed(ConvPlan& plan, const ConvPlanOptions& options) {
   const ConvGeometry& g = plan.geometry;
   const int64_t k = g.in_channels / g.group * g.kernel_h * g.kernel_w;
@@ -372,7 +376,7 @@ size_t packed_workspace_bytes(const ConvPlan& plan, ConvWeightForm form) {
   const size_t packed = form == ConvWeightForm::kRaw
                             ? aligned_bytes(packed_prepared_floats(plan) * sizeof(float))
                             : 0;
-  return packed + phase_plane_bytes(plan) +
+  return packed + phase_plane_bytes(plan.geometry) +
          static_cast<size_t>(plan.slots) * packed_slot_bytes(plan);
 }
 
@@ -391,28 +395,14 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
     a = packed;
     workspace += aligned_bytes(packed_rows_floats(m, k) * sizeof(float));
   }
-  const PackedSource source = packed_source(g);
+  const PlaneSource source = plane_source(g);
   SourcePlanes sp;
-  if (source == PackedSource::kInput) {
-    sp.base = x;
-    sp.channel = g.in_h * g.in_w;
-    sp.image = g.in_channels * sp.channel;
-    sp.rows = g.in_h;
-    sp.pitch = g.in_w;
-  } else if (source == PackedSource::kPhases) {
-    sp = phase_planes_of(g);
-    float* planes = reinterpret_cast<float*>(workspace);
-    sp.base = planes;
-    workspace += phase_plane_bytes(plan);
-    const int64_t in_plane = g.in_h * g.in_w;
-    parallel_for(g.batch * g.in_channels, 4, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        build_phase_planes(g, sp, x + i * in_plane, planes + i * sp.channel);
-      }
-    });
+  if (source != PlaneSource::kGather) {
+    sp = source_planes(g, x, reinterpret_cast<float*>(workspace));
+    workspace += phase_plane_bytes(g);
   }
   // A 1×1 kernel's source planes hold its B rows as they are: channel c's plane is row c.
-  const bool in_place = source != PackedSource::kGather && g.kernel_h == 1 && g.kernel_w == 1 &&
+  const bool in_place = source != PlaneSource::kGather && g.kernel_h == 1 && g.kernel_w == 1 &&
                         sp.pitch == g.out_w && sp.rows == g.out_h;
   const bool finish = !is_identity(e);
   const int64_t ldp = round_up(plan.tile_pixels, kPackedCols);  // running sums' row pitch
@@ -443,7 +433,7 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
             b_rows[cp] = b + cp * kc * kPackedCols;
             ldb[cp] = kPackedCols;
           }
-          if (source == PackedSource::kGather) {
+          if (source == PlaneSource::kGather) {
             pack_gathered(g, x, k0, kc, j0, nt, b);
           } else if (!in_place) {
             pack_from_planes(g, sp, k0, kc, j0, nt, b);

@@ -216,17 +216,24 @@ TEST(DenseConv, DepthwiseIsOneFusedMultiplyAddChainPerOutput) {
 }
 
 TEST(DenseConv, PicksTheAlgorithmFromTheGeometry) {
-  auto algorithm = [](const char* name) {
-    return plan_conv(geometry_of(conv_case(name)), 2).algorithm;
+  auto algorithm = [](const char* name, ConvGemm gemm = ConvGemm::kAuto) {
+    return plan_conv(geometry_of(conv_case(name)), 2, {.gemm = gemm}).algorithm;
   };
-  EXPECT_EQ(algorithm("pointwise"), ConvAlgorithm::kDirectGemm);
+  // Shallow ungrouped convolutions run directly where the build has that path (AVX-512).
+  const auto shallow_or = [](ConvAlgorithm otherwise) {
+    return shallow_conv_available() ? ConvAlgorithm::kShallow : otherwise;
+  };
+  EXPECT_EQ(algorithm("pointwise"), shallow_or(ConvAlgorithm::kDirectGemm));
+  EXPECT_EQ(algorithm("pointwise", ConvGemm::kBlas), ConvAlgorithm::kDirectGemm);
   EXPECT_EQ(algorithm("pointwise_grouped_tiles"), ConvAlgorithm::kDirectGemm);
-  EXPECT_EQ(algorithm("pointwise_stride2"), ConvAlgorithm::kIm2colGemm);
-  EXPECT_EQ(algorithm("pointwise_padded"), ConvAlgorithm::kIm2colGemm);
-  EXPECT_EQ(algorithm("k3_pad1"), ConvAlgorithm::kIm2colGemm);
+  EXPECT_EQ(algorithm("pointwise_stride2"), shallow_or(ConvAlgorithm::kIm2colGemm));
+  EXPECT_EQ(algorithm("pointwise_stride2", ConvGemm::kBlas), ConvAlgorithm::kIm2colGemm);
+  EXPECT_EQ(algorithm("pointwise_padded"), shallow_or(ConvAlgorithm::kIm2colGemm));
+  EXPECT_EQ(algorithm("k3_pad1"), shallow_or(ConvAlgorithm::kIm2colGemm));
+  EXPECT_EQ(algorithm("k3_pad1", ConvGemm::kBlas), ConvAlgorithm::kIm2colGemm);
   EXPECT_EQ(algorithm("depthwise"), ConvAlgorithm::kDepthwise);
   EXPECT_EQ(algorithm("depthwise_multiplier2"), ConvAlgorithm::kDepthwise);
-  EXPECT_EQ(algorithm("single_input_channel"), ConvAlgorithm::kIm2colGemm);
+  EXPECT_EQ(algorithm("single_input_channel"), shallow_or(ConvAlgorithm::kIm2colGemm));
   EXPECT_EQ(algorithm("k3_tiles"), ConvAlgorithm::kWinograd);
   EXPECT_EQ(algorithm("winograd_odd"), ConvAlgorithm::kWinograd);
   EXPECT_EQ(algorithm("winograd_asymmetric_pads"), ConvAlgorithm::kWinograd);
@@ -234,7 +241,9 @@ TEST(DenseConv, PicksTheAlgorithmFromTheGeometry) {
   EXPECT_EQ(algorithm("grouped3"), ConvAlgorithm::kIm2colGemm);
   EXPECT_EQ(algorithm("k3_dilation2"), ConvAlgorithm::kIm2colGemm);
   EXPECT_GT(plan_conv(geometry_of(conv_case("winograd_blocks")), 2).pixel_tiles, 1);
-  const ConvPlan stem = plan_conv(geometry_of(conv_case("stem_tiles_and_channel_blocks")), 2);
+  EXPECT_EQ(algorithm("stem_tiles_and_channel_blocks"), shallow_or(ConvAlgorithm::kIm2colGemm));
+  const ConvPlan stem = plan_conv(geometry_of(conv_case("stem_tiles_and_channel_blocks")), 2,
+                                  {.gemm = ConvGemm::kBlas});
   EXPECT_GT(stem.pixel_tiles, 1);
   EXPECT_GT(stem.channel_blocks, 1);
   EXPECT_EQ(algorithm("k5x2_stride2x1"), ConvAlgorithm::kIm2colGemm);

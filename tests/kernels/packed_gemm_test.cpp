@@ -324,12 +324,14 @@ TEST(PackedConv, PlansThePackedGemmWhereItPays) {
   for (const PackedConvCase& c : kCases) {
     EXPECT_EQ(plan_conv(geometry_of(c), 2, forced()).packed, packed_gemm_available()) << c.name;
   }
-  // On its own: ResNet-50's layers take it, and 1×1 layers of any plane from 24 deep ...
+  // On its own: ResNet-50's layers take it, and 1×1 layers of any plane from 24 deep (where
+  // the shallow path, with the same bits, does not take them) ...
   for (const ConvGeometry& g :
        {square(3, 224, 64, 7, 2), square(256, 56, 64, 1, 1), square(128, 56, 128, 3, 2),
         square(1024, 14, 256, 1, 1), square(1024, 14, 2048, 1, 2), square(480, 14, 80, 1, 1),
-        square(24, 56, 144, 1, 1)}) {
-    EXPECT_EQ(plan_conv(g, 2).packed, packed_gemm_available())
+        square(24, 56, 144, 1, 1), square(160, 7, 960, 1, 1)}) {
+    const ConvPlan plan = plan_conv(g, 2);
+    EXPECT_EQ(plan.packed || plan.algorithm == ConvAlgorithm::kShallow, packed_gemm_available())
         << g.in_channels << "→" << g.out_channels << " " << g.kernel_h << "×" << g.kernel_w;
   }
   // ... other narrow layers on small planes, shallow and tiny ones and grouped ones do not.
@@ -403,6 +405,144 @@ TEST(PackedConv, SameBitsForAnyThreadCountAndWeightForm) {
                        what + " raw weights, plan for 1 thread");
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shallow convolutions: the packed GEMM's arithmetic, straight from the input
+
+// Output channels off the 6-channel blocks, outputs off the 64-output runs (and runs shorter
+// than a vector), strides 1 to 3, 1×1 to 7×7 kernels, depths from 3 to the path's limit of 160.
+const PackedConvCase kShallowCases[] = {
+    {"stem_3x3_stride2", 3, 3, 33, 31, 16, 3, 2, 1, 1},
+    {"stem_7x7_stride2", 2, 3, 37, 35, 13, 7, 2, 3, 1},
+    {"expansion_16_deep", 2, 16, 13, 11, 72, 1, 1, 0, 1},
+    {"pointwise_deepest", 1, 160, 9, 9, 7, 1, 1, 0, 1},
+    {"pointwise_one_pixel", 5, 20, 1, 1, 11, 1, 1, 0, 1},
+    {"pointwise_stride2", 3, 40, 13, 11, 29, 1, 2, 0, 1},
+    {"pointwise_padded", 2, 20, 9, 10, 31, 1, 1, 1, 1},
+    {"k3_rows_wider_than_a_run", 2, 5, 17, 70, 9, 3, 1, 1, 1},
+    {"k5_stride3", 1, 4, 19, 23, 5, 5, 3, 2, 1},
+};
+
+// A shallow case, and the same with one more output row and column (a trailing pad one wider
+// than the leading one) where the kernel is larger than 1×1.
+std::vector<std::pair<std::string, ConvGeometry>> shallow_geometries() {
+  std::vector<std::pair<std::string, ConvGeometry>> out;
+  for (const PackedConvCase& c : kShallowCases) {
+    ConvGeometry g = geometry_of(c);
+    out.emplace_back(c.name, g);
+    if (c.kernel > 1) {
+      ++g.out_h;
+      ++g.out_w;
+      out.emplace_back(std::string(c.name) + " trailing pad", g);
+    }
+  }
+  return out;
+}
+
+ConvPlanOptions gemm_option(ConvGemm gemm) {
+  ConvPlanOptions options;
+  options.gemm = gemm;
+  return options;
+}
+
+// Each output the packed GEMM's chain (from zero over the taps in k order, then the bias, then
+// the epilogue), so the same bits as the packed GEMM, with and without bias and epilogue; and
+// near the double-precision reference.
+TEST(ShallowConv, SameBitsAsThePackedGemm) {
+  ThreadCount threads(2);
+  uint32_t seed = 300;
+  for (const auto& [name, g] : shallow_geometries()) {
+    const ConvPlan plan = plan_conv(g, 2, gemm_option(ConvGemm::kShallow));
+    if (!shallow_conv_available()) {
+      EXPECT_NE(plan.algorithm, ConvAlgorithm::kShallow) << name;
+      continue;
+    }
+    ASSERT_EQ(plan.algorithm, ConvAlgorithm::kShallow) << name;
+    ASSERT_TRUE(plan_conv(g, 2, forced()).packed) << name;
+    ConvInputs d = conv_inputs(g, seed += 11);
+    ConvEpilogue e = epilogue_of(d);
+    e.clamp_max = 0.75f;
+    for (int mode = 0; mode < 3; ++mode) {  // epilogue, plain, plain without bias
+      const std::string what = name + (mode == 0 ? " epilogue" : mode == 1 ? " plain" : " no bias");
+      if (mode == 2) d.b.clear();
+      const ConvEpilogue used = mode == 0 ? e : ConvEpilogue{};
+      const std::vector<float> shallow =
+          run_packed(g, d, 2, false, used, gemm_option(ConvGemm::kShallow));
+      const std::vector<float> packed = run_packed(g, d, 2, true, used);
+      expect_same_bits(shallow.data(), packed.data(), packed.size(), what);
+      if (mode != 1) continue;
+      std::vector<float> expected(shallow.size());
+      reference::conv2d(g, d.x.data(), d.w.data(), d.b.data(), expected.data());
+      const double k = static_cast<double>(g.in_channels * g.kernel_h * g.kernel_w);
+      expect_close(shallow, expected, 1e-5 * std::sqrt(k), 1e-4, what + " reference");
+    }
+  }
+}
+
+TEST(ShallowConv, SameBitsForAnyThreadCountAndBatch) {
+  if (!shallow_conv_available()) return;
+  for (const auto& [name, g] : shallow_geometries()) {
+    const ConvInputs d = conv_inputs(g, 77);
+    const ConvEpilogue e = epilogue_of(d);
+    const ConvPlanOptions shallow = gemm_option(ConvGemm::kShallow);
+    std::vector<float> one;
+    {
+      ThreadCount threads(1);
+      one = run_packed(g, d, 1, false, e, shallow);
+    }
+    for (int n : {2, 3}) {
+      ThreadCount threads(n);
+      const std::string what = name + " threads " + std::to_string(n);
+      expect_same_bits(run_packed(g, d, n, false, e, shallow).data(), one.data(), one.size(), what);
+      expect_same_bits(run_packed(g, d, 1, false, e, shallow).data(), one.data(), one.size(),
+                       what + ", plan for 1 thread");
+    }
+    // The last image alone, as a batch of 1.
+    ConvGeometry single = g;
+    single.batch = 1;
+    ConvInputs alone = d;
+    const size_t in_image = static_cast<size_t>(g.in_channels * g.in_h * g.in_w);
+    const size_t out_image = static_cast<size_t>(g.out_channels * g.out_h * g.out_w);
+    alone.x.assign(d.x.end() - static_cast<std::ptrdiff_t>(in_image), d.x.end());
+    alone.residual.assign(d.residual.end() - static_cast<std::ptrdiff_t>(out_image),
+                          d.residual.end());
+    ThreadCount threads(2);
+    const std::vector<float> y = run_packed(single, alone, 2, false, epilogue_of(alone), shallow);
+    expect_same_bits(y.data(), one.data() + one.size() - out_image, out_image, name + " alone");
+  }
+}
+
+// kAuto plans the shallow path up to 96 deep on any plane and up to 160 deep on planes of at
+// least one run (64 outputs); never grouped, dilated or with unequal strides, nor when a GEMM is
+// asked for.
+TEST(ShallowConv, PlannedWhereItPays) {
+  const auto shallow = [](const ConvGeometry& g, ConvGemm gemm = ConvGemm::kAuto) {
+    return plan_conv(g, 2, gemm_option(gemm)).algorithm == ConvAlgorithm::kShallow;
+  };
+  const bool available = shallow_conv_available();
+  for (const ConvGeometry& g :
+       {square(3, 224, 16, 3, 2), square(3, 224, 64, 7, 2), square(16, 56, 72, 1, 1),
+        square(96, 7, 576, 1, 1), square(160, 8, 960, 1, 1), square(20, 1, 480, 1, 1)}) {
+    EXPECT_EQ(shallow(g), available) << g.in_channels << "→" << g.out_channels;
+    EXPECT_FALSE(shallow(g, ConvGemm::kBlas));
+    EXPECT_FALSE(shallow(g, ConvGemm::kPacked));
+  }
+  ConvGeometry grouped = square(16, 28, 16, 1, 1);
+  grouped.group = 2;
+  ConvGeometry dilated = square(4, 28, 16, 3, 1);
+  dilated.dilation_h = dilated.dilation_w = 2;
+  ConvGeometry unequal = square(4, 28, 16, 3, 1);
+  unequal.stride_w = 2;
+  unequal.out_w = 14;
+  for (const ConvGeometry& g : {square(97, 7, 576, 1, 1), square(161, 56, 64, 1, 1),
+                                square(32, 28, 32, 3, 2), grouped, dilated, unequal}) {
+    EXPECT_FALSE(shallow(g)) << g.in_channels << "→" << g.out_channels;
+  }
+  for (const ConvGeometry& g : {grouped, dilated, unequal, square(161, 56, 64, 1, 1)}) {
+    EXPECT_FALSE(shallow(g, ConvGemm::kShallow)) << g.in_channels << "→" << g.out_channels;
+  }
+  EXPECT_EQ(shallow(square(97, 7, 576, 1, 1), ConvGemm::kShallow), available);
 }
 
 // The packed Winograd plan transforms its filters straight into the GEMM's panels (16 filters at
