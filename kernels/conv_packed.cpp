@@ -123,10 +123,37 @@ inline void strided_run(const float* src, int64_t stride, int64_t n, float* dst)
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i * stride];
 }
 
+// Stride 2 with both column phases: input rows in order, each read once into both column
+// phases of its row phase (padded row p = ih + pad_top is row p / 2 of row phase p % 2); the
+// rows no input reaches are zeros.
+[[gnu::noinline]] void build_stride2_phases(const ConvGeometry& g, const SourcePlanes& sp,
+                                            int64_t phases_h, const float* x, float* out) {
+  for (int64_t a = 0; a < phases_h; ++a) {
+    for (int64_t r = 0; r < sp.rows; ++r) {
+      const int64_t ih = 2 * r + a - g.pad_top;
+      if (ih >= 0 && ih < g.in_h) continue;
+      float* even = out + 2 * a * sp.phase + r * sp.pitch;
+      std::fill_n(even, sp.pitch, 0.0f);
+      std::fill_n(even + sp.phase, sp.pitch, 0.0f);
+    }
+  }
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    const int64_t p = ih + g.pad_top;
+    if (p < 0 || p % 2 >= phases_h || p / 2 >= sp.rows) continue;
+    float* even = out + 2 * (p % 2) * sp.phase + (p / 2) * sp.pitch;
+    prefetch_row(x, ih + kPrefetchInputRows, g);
+    deinterleave_row(x + ih * g.in_w, g.in_w, g.pad_left, sp.pitch, even, even + sp.phase);
+  }
+}
+
 // The phase planes of input channel c of image n (x at that plane) into out.
 void build_phase_planes(const ConvGeometry& g, const SourcePlanes& sp, const float* x, float* out) {
   const int64_t s = sp.stride;
   const int64_t phases_h = sp.channel / (sp.phases_w * sp.phase);
+  if (s == 2 && sp.phases_w == 2) {
+    build_stride2_phases(g, sp, phases_h, x, out);
+    return;
+  }
   for (int64_t a = 0; a < phases_h; ++a) {
     for (int64_t b = 0; b < sp.phases_w; ++b) {
       float* phase = out + (a * sp.phases_w + b) * sp.phase;

@@ -44,7 +44,9 @@ struct ShallowOut {
 
 // Channels [c0, c0 + R) by V vectors of outputs from src (the run's first output at tap offset
 // 0) into y (channel c0's first output, channels `plane` apart; residual likewise); the last
-// vector only in the lanes of `last`.
+// vector only in the lanes of `last`. The loops over channels and vectors are unrolled by
+// pragma: left to GCC 12, the sums stayed in an array in memory, stored after every multiply-add
+// (MobileNetV3's stem 0.95 ms with them there, 0.60 in registers).
 template <int R, int V>
 inline void shallow_block(const float* src, const int64_t* taps, const ShallowOut& o, int64_t c0,
                           __mmask16 last, float* y, const float* residual, int64_t plane) {
