@@ -138,9 +138,10 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
 // run of outputs (64), since a run stays within one image's plane and the packed GEMM's tiles
 // span images. Measured with BM_Conv against the packed GEMM (2 threads, batch 8, fastest of
 // three rounds): ResNet's 7×7 stem (k 147) 8.5 → 5.5 ms, 1×1 layers 64-128 deep on 28×28 to
-// 56×56 planes 12-18% faster, 24-40 deep 1.4-1.8x; on 7×7 planes 96 deep equal, 160 deep 11%
-// slower. Against OpenBLAS (k below the packed GEMM's thresholds): the 3×3 stride-2 stems of
-// MobileNetV3 and EfficientNet-B0 0.95 → 0.60 and 1.93 → 0.98 ms, 16-deep expansions 2.2-2.7x.
+// 56×56 planes 7-18% faster, 24-40 deep 1.4-1.8x; on 7×7 planes 96 deep equal, 160 deep 11%
+// slower; deeper than 160, 3-14% slower but for 256 → 64 on 56×56. Against OpenBLAS (k below the
+// packed GEMM's thresholds): the 3×3 stride-2 stems of MobileNetV3 and EfficientNet-B0 0.95 → 0.60
+// and 1.93 → 0.98 ms, 16-deep expansions 2.2-2.7x.
 inline constexpr int64_t kShallowMaxDepth = 160;
 inline constexpr int64_t kShallowSmallPlaneDepth = 96;
 bool shallow_applies(const ConvGeometry& g);
@@ -169,7 +170,8 @@ inline __mmask16 columns_inside(int64_t first, int64_t width) {
 }
 
 // dst[0, n) = src[0, n): whole vectors and one masked tail, no library call (the runs here are
-// rows of small planes, where a call and its length dispatch cost more than the move).
+// rows of small planes and runs of packed panels, where a call and its length dispatch cost
+// more than the move).
 inline void copy_floats(const float* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
