@@ -195,9 +195,10 @@ ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOpti
     conv_detail::plan_winograd(plan, options);
     return plan;
   }
-  if (options.gemm == ConvGemm::kShallow
-          ? conv_detail::shallow_applies(g)
-          : options.gemm == ConvGemm::kAuto && conv_detail::shallow_pays(g)) {
+  const bool shallow = options.gemm == ConvGemm::kShallow
+                           ? conv_detail::shallow_fits(g)
+                           : options.gemm == ConvGemm::kAuto && conv_detail::shallow_pays(g);
+  if (shallow && shallow_conv_available()) {
     plan.algorithm = ConvAlgorithm::kShallow;
     return plan;
   }
@@ -205,7 +206,11 @@ ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOpti
                          g.pad_top == 0 && g.pad_left == 0 && g.out_h == g.in_h &&
                          g.out_w == g.in_w;
   plan.algorithm = pointwise ? ConvAlgorithm::kDirectGemm : ConvAlgorithm::kIm2colGemm;
-  if (conv_detail::plan_packed(plan, options)) return plan;
+  // Where the build lacks the shallow path, the packed GEMM runs those convolutions with its
+  // bits, so that a build for AVX2 computes what an AVX-512 build does.
+  if (conv_detail::plan_packed(plan, shallow ? ConvPlanOptions{ConvGemm::kPacked} : options)) {
+    return plan;
+  }
   const int64_t k = in_per_group * g.kernel_h * g.kernel_w;
   const int64_t pixels = g.out_h * g.out_w;
   const int64_t max_tile =

@@ -5,7 +5,8 @@
 // loops. With AVX-512, or AVX2 and FMA, the GEMMs of ungrouped convolutions run on the packed
 // micro-kernel of kernels/packed_gemm.h (weights packed once), elsewhere on OpenBLAS. With
 // AVX-512, ungrouped convolutions of at most 160 taps in all (in_channels · kernel_h · kernel_w:
-// stems, shallow 1×1 layers) run directly on the input, unpacked, with the packed GEMM's bits.
+// stems, shallow 1×1 layers) run directly on the input, unpacked, with the packed GEMM's bits
+// (with AVX2 and FMA, on the packed GEMM).
 #pragma once
 
 #include <cstddef>
@@ -97,7 +98,7 @@ enum class ConvGemm : uint8_t {
   kAuto,
   kPacked,   // the packed GEMM wherever it can run (AVX-512 or AVX2 + FMA build, group 1)
   kBlas,     // OpenBLAS throughout
-  kShallow,  // the shallow direct path wherever it can run (AVX-512 build, group 1, shallow)
+  kShallow,  // the shallow direct path wherever it fits (without AVX-512: the packed GEMM)
 };
 
 struct ConvPlanOptions {
@@ -106,8 +107,8 @@ struct ConvPlanOptions {
 
 ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOptions& options = {});
 
-// Whether this build has ConvAlgorithm::kShallow (AVX-512); without it those convolutions keep
-// the GEMM paths.
+// Whether this build has ConvAlgorithm::kShallow (AVX-512); without it those convolutions run
+// on the packed GEMM, with the same bits, where that is built (AVX2 and FMA).
 bool shallow_conv_available();
 
 // Some algorithms consume the filters in another form (Winograd: G g G^T; the packed GEMM: row

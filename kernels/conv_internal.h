@@ -131,20 +131,23 @@ size_t packed_workspace_bytes(const ConvPlan& plan, ConvWeightForm form);
 void conv_packed(const ConvPlan& plan, const float* x, const float* w, const float* prepared,
                  const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e);
 
-// Shallow convolutions (conv_shallow.cpp). They run (shallow_applies) with group 1, k =
-// in_channels · kernel_h · kernel_w at most kShallowMaxDepth, a source other than kGather and
-// AVX-512, and pay (shallow_pays, what kAuto plans) where they also do not lose to the packed
-// GEMM: up to kShallowSmallPlaneDepth deep on any plane, deeper only on planes of at least one
-// run of outputs (64), since a run stays within one image's plane and the packed GEMM's tiles
-// span images. Measured with BM_Conv against the packed GEMM (2 threads, batch 8, fastest of
-// three rounds): ResNet's 7×7 stem (k 147) 8.5 → 5.5 ms, 1×1 layers 64-128 deep on 28×28 to
-// 56×56 planes 7-18% faster, 24-40 deep 1.4-1.8x; on 7×7 planes 96 deep equal, 160 deep 11%
-// slower; deeper than 160, 3-14% slower but for 256 → 64 on 56×56. Against OpenBLAS (k below the
-// packed GEMM's thresholds): the 3×3 stride-2 stems of MobileNetV3 and EfficientNet-B0 0.95 → 0.60
-// and 1.93 → 0.98 ms, 16-deep expansions 2.2-2.7x.
+// Shallow convolutions (conv_shallow.cpp). They fit (shallow_fits) with group 1, k =
+// in_channels · kernel_h · kernel_w at most kShallowMaxDepth and a source other than kGather,
+// and pay (shallow_pays, what kAuto plans) where they also do not lose to the packed GEMM: up to
+// kShallowSmallPlaneDepth deep on any plane, deeper only on planes of at least one run of
+// outputs (kShallowRunOutputs), since a run stays within one image's plane and the packed GEMM's
+// tiles span images. Both depend on the geometry alone; a build without the path
+// (shallow_conv_available(), AVX-512) plans the packed GEMM instead, which gives the same bits.
+// Measured with BM_Conv against the packed GEMM (2 threads, batch 8, fastest of three rounds):
+// ResNet's 7×7 stem (k 147) 8.5 → 5.5 ms, 1×1 layers 64-128 deep on 28×28 to 56×56 planes 7-18%
+// faster, 24-40 deep 1.4-1.8x; on 7×7 planes 96 deep equal, 160 deep 11% slower; deeper than 160,
+// 3-14% slower but for 256 → 64 on 56×56. Against OpenBLAS (k below the packed GEMM's thresholds):
+// the 3×3 stride-2 stems of MobileNetV3 and EfficientNet-B0 0.95 → 0.60 and 1.93 → 0.98 ms, 16-deep
+// expansions 2.2-2.7x.
 inline constexpr int64_t kShallowMaxDepth = 160;
 inline constexpr int64_t kShallowSmallPlaneDepth = 96;
-bool shallow_applies(const ConvGeometry& g);
+inline constexpr int64_t kShallowRunOutputs = 64;
+bool shallow_fits(const ConvGeometry& g);
 bool shallow_pays(const ConvGeometry& g);
 size_t shallow_workspace_bytes(const ConvPlan& plan);
 void conv_shallow(const ConvPlan& plan, const float* x, const float* w, const float* bias, float* y,

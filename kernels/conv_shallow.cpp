@@ -156,16 +156,7 @@ void shallow_outputs(const float* src, int64_t count, const int64_t* taps, const
 
 }  // namespace
 
-bool shallow_applies(const ConvGeometry& g) {
-  return g.group == 1 && plane_source(g) != PlaneSource::kGather &&
-         g.in_channels * g.kernel_h * g.kernel_w <= kShallowMaxDepth;
-}
-
-bool shallow_pays(const ConvGeometry& g) {
-  return shallow_applies(g) &&
-         (g.in_channels * g.kernel_h * g.kernel_w <= kShallowSmallPlaneDepth ||
-          g.out_h * g.out_w >= kRunVectors * kLanes);
-}
+static_assert(kRunVectors * kLanes == kShallowRunOutputs);
 
 size_t shallow_workspace_bytes(const ConvPlan& plan) {
   return phase_plane_bytes(plan.geometry);
@@ -234,14 +225,6 @@ void conv_shallow(const ConvPlan& plan, const float* x, const float* w, const fl
 
 #else
 
-bool shallow_applies(const ConvGeometry&) {
-  return false;
-}
-
-bool shallow_pays(const ConvGeometry&) {
-  return false;
-}
-
 size_t shallow_workspace_bytes(const ConvPlan&) {
   return 0;
 }
@@ -250,6 +233,16 @@ void conv_shallow(const ConvPlan&, const float*, const float*, const float*, flo
                   const ConvEpilogue&) {}
 
 #endif
+
+bool shallow_fits(const ConvGeometry& g) {
+  return g.group == 1 && plane_source(g) != PlaneSource::kGather &&
+         g.in_channels * g.kernel_h * g.kernel_w <= kShallowMaxDepth;
+}
+
+bool shallow_pays(const ConvGeometry& g) {
+  return shallow_fits(g) && (g.in_channels * g.kernel_h * g.kernel_w <= kShallowSmallPlaneDepth ||
+                             g.out_h * g.out_w >= kShallowRunOutputs);
+}
 
 }  // namespace qforge::kernels::conv_detail
 

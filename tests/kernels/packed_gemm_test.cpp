@@ -337,12 +337,18 @@ TEST(PackedConv, PlansThePackedGemmWhereItPays) {
   // ... other narrow layers on small planes, shallow and tiny ones and grouped ones do not.
   ConvGeometry grouped = square(44, 28, 36, 3, 1);
   grouped.group = 4;
-  for (const ConvGeometry& g :
-       {square(96, 14, 80, 3, 2), square(16, 112, 96, 1, 1), square(32, 112, 16, 1, 1), grouped}) {
+  for (const ConvGeometry& g : {square(96, 14, 80, 3, 2), grouped}) {
     EXPECT_FALSE(plan_conv(g, 2).packed) << g.in_channels << "→" << g.out_channels;
     if (g.group > 1) {
       EXPECT_FALSE(plan_conv(g, 2, forced()).packed);
     }
+  }
+  // Shallow ones take the shallow path, or, in a build without it, the packed GEMM (its bits).
+  for (const ConvGeometry& g : {square(16, 112, 96, 1, 1), square(32, 112, 16, 1, 1)}) {
+    const ConvPlan plan = plan_conv(g, 2);
+    EXPECT_EQ(plan.algorithm == ConvAlgorithm::kShallow, shallow_conv_available());
+    EXPECT_EQ(plan.packed, !shallow_conv_available() && packed_gemm_available())
+        << g.in_channels << "→" << g.out_channels;
   }
   ConvPlanOptions blas;
   blas.gemm = ConvGemm::kBlas;
@@ -456,6 +462,7 @@ TEST(ShallowConv, SameBitsAsThePackedGemm) {
     const ConvPlan plan = plan_conv(g, 2, gemm_option(ConvGemm::kShallow));
     if (!shallow_conv_available()) {
       EXPECT_NE(plan.algorithm, ConvAlgorithm::kShallow) << name;
+      EXPECT_EQ(plan.packed, packed_gemm_available()) << name;
       continue;
     }
     ASSERT_EQ(plan.algorithm, ConvAlgorithm::kShallow) << name;
@@ -514,8 +521,8 @@ TEST(ShallowConv, SameBitsForAnyThreadCountAndBatch) {
 }
 
 // kAuto plans the shallow path up to 96 deep on any plane and up to 160 deep on planes of at
-// least one run (64 outputs); never grouped, dilated or with unequal strides, nor when a GEMM is
-// asked for.
+// least one run (64 outputs), or, in a build without it, the packed GEMM; never grouped, dilated
+// or with unequal strides, nor when a GEMM is asked for.
 TEST(ShallowConv, PlannedWhereItPays) {
   const auto shallow = [](const ConvGeometry& g, ConvGemm gemm = ConvGemm::kAuto) {
     return plan_conv(g, 2, gemm_option(gemm)).algorithm == ConvAlgorithm::kShallow;
@@ -525,6 +532,7 @@ TEST(ShallowConv, PlannedWhereItPays) {
        {square(3, 224, 16, 3, 2), square(3, 224, 64, 7, 2), square(16, 56, 72, 1, 1),
         square(96, 7, 576, 1, 1), square(160, 8, 960, 1, 1), square(20, 1, 480, 1, 1)}) {
     EXPECT_EQ(shallow(g), available) << g.in_channels << "→" << g.out_channels;
+    EXPECT_EQ(plan_conv(g, 2).packed, !available && packed_gemm_available());
     EXPECT_FALSE(shallow(g, ConvGemm::kBlas));
     EXPECT_FALSE(shallow(g, ConvGemm::kPacked));
   }
