@@ -11,7 +11,9 @@
 // taps in k order, then the bias added, then its epilogue (TileEpilogue), so the two paths give
 // the same bits, on any split and thread count.
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <utility>
 
 #include "kernels/conv_internal.h"
 #include "kernels/parallel.h"
@@ -100,21 +102,17 @@ inline void shallow_block(const float* src, const int64_t* taps, const ShallowOu
   }
 }
 
-template <int R>
-inline void shallow_run(int64_t vectors, const float* src, const int64_t* taps, const ShallowOut& o,
-                        int64_t c0, __mmask16 last, float* y, const float* residual,
-                        int64_t plane) {
-  switch (vectors) {
-    case 4:
-      return shallow_block<R, 4>(src, taps, o, c0, last, y, residual, plane);
-    case 3:
-      return shallow_block<R, 3>(src, taps, o, c0, last, y, residual, plane);
-    case 2:
-      return shallow_block<R, 2>(src, taps, o, c0, last, y, residual, plane);
-    default:
-      return shallow_block<R, 1>(src, taps, o, c0, last, y, residual, plane);
-  }
+using BlockFn = void (*)(const float*, const int64_t*, const ShallowOut&, int64_t, __mmask16,
+                         float*, const float*, int64_t);
+
+// shallow_block<R, V> at [(R - 1) · kRunVectors + V - 1], for every R up to kBlockChannels and V
+// up to kRunVectors (one template per shape keeps the sums in registers).
+template <size_t... I>
+constexpr std::array<BlockFn, sizeof...(I)> block_table(std::index_sequence<I...>) {
+  return {shallow_block<static_cast<int>(I) / kRunVectors + 1,
+                        static_cast<int>(I) % kRunVectors + 1>...};
 }
+constexpr auto kBlockFns = block_table(std::make_index_sequence<kBlockChannels * kRunVectors>{});
 
 // Every output channel of `count` outputs from src into y (channel 0's first output, channels
 // `plane` apart; residual likewise or null).
@@ -130,26 +128,8 @@ void shallow_outputs(const float* src, int64_t count, const int64_t* taps, const
       const int64_t vectors = ceil_div(n, kLanes);
       const __mmask16 last = lane_mask(n - (vectors - 1) * kLanes);
       const float* r = rc ? rc + j : nullptr;
-      switch (rows) {
-        case 6:
-          shallow_run<6>(vectors, src + j, taps, o, c0, last, yc + j, r, plane);
-          break;
-        case 5:
-          shallow_run<5>(vectors, src + j, taps, o, c0, last, yc + j, r, plane);
-          break;
-        case 4:
-          shallow_run<4>(vectors, src + j, taps, o, c0, last, yc + j, r, plane);
-          break;
-        case 3:
-          shallow_run<3>(vectors, src + j, taps, o, c0, last, yc + j, r, plane);
-          break;
-        case 2:
-          shallow_run<2>(vectors, src + j, taps, o, c0, last, yc + j, r, plane);
-          break;
-        default:
-          shallow_run<1>(vectors, src + j, taps, o, c0, last, yc + j, r, plane);
-          break;
-      }
+      kBlockFns[(rows - 1) * kRunVectors + vectors - 1](src + j, taps, o, c0, last, yc + j, r,
+                                                        plane);
     }
   }
 }
