@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 #include <vector>
 
 #include "graph/catalog.h"
+#include "graph/rewrite_util.h"
 #include "kernels/norm.h"
 #include "runtime/fusion_util.h"
 
@@ -167,6 +169,48 @@ size_t fuse_silu(graph::Graph& graph) {
   }
   graph.remove_dead();
   return pairs.size();
+}
+
+size_t fuse_gelu(graph::Graph& graph) {
+  // The float nearest √2, the constant torch.onnx writes and the Gelu kernel divides by.
+  constexpr float kSqrt2 = 1.41421356237309504880f;
+  // `n`'s input other than `v` is a one-element float constant equal to `c`, and n keeps v's
+  // shape (the constant does not broadcast it to another).
+  auto with_constant = [](const Node* n, const Value* v, float c) {
+    const Value* other = n->input(0) == v ? n->input(1) : n->input(0);
+    const std::optional<float> k = graph::scalar_constant(other);
+    return k && *k == c && other->has_shape() && v->has_shape() && n->output(0)->has_shape() &&
+           other->shape()->size() <= v->shape()->size() && *n->output(0)->shape() == *v->shape();
+  };
+  std::vector<std::vector<Node*>> chains;
+  for (Node* div : graph.nodes()) {
+    if (div->op_type() != "Div" || div->num_inputs() != 2) continue;
+    Value* x = div->input(0);
+    if (x->dtype() != kernels::DType::kFloat32 || div->input(1) == x ||
+        !with_constant(div, x, kSqrt2)) {
+      continue;
+    }
+    Node* erf = sole_consumer(div->output(0));
+    if (!erf || erf->op_type() != "Erf") continue;
+    Node* add = sole_consumer(erf->output(0));
+    if (!add || add->op_type() != "Add" || !with_constant(add, erf->output(0), 1.0f)) continue;
+    Node* mul = sole_consumer(add->output(0));
+    if (!mul || mul->op_type() != "Mul") continue;
+    const Value* times = mul->input(0) == add->output(0) ? mul->input(1) : mul->input(0);
+    if (times != x) continue;
+    Node* half = sole_consumer(mul->output(0));
+    if (!half || half->op_type() != "Mul" || !with_constant(half, mul->output(0), 0.5f)) continue;
+    chains.push_back({div, erf, add, mul, half});
+  }
+  for (const std::vector<Node*>& chain : chains) {
+    graph::NodeSpec spec;
+    spec.name = chain.back()->name();
+    spec.op_type = "Gelu";
+    spec.inputs = {chain.front()->input(0)};
+    replace_chain(graph, std::move(spec), chain);
+  }
+  graph.remove_dead();
+  return chains.size();
 }
 
 }  // namespace qforge::runtime

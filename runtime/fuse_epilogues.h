@@ -19,4 +19,10 @@ size_t fuse_conv_epilogues(graph::Graph& graph);
 // computes x · (1 / (1 + e^-x)) as the two nodes do). Returns the number of pairs fused.
 size_t fuse_silu(graph::Graph& graph);
 
+// And GELU as torch.onnx writes it: x → Div(√2) → Erf → Add(1) → Mul(x, ·) → Mul(0.5) becomes one
+// Gelu node (approximate "none"), one pass where the chain made five. Only with these
+// constants exactly (√2 as float): the Gelu kernel computes (x · (erf(x / √2) + 1)) · 0.5 in the
+// nodes' order, so the bits are the chain's. Returns the number of chains fused.
+size_t fuse_gelu(graph::Graph& graph);
+
 }  // namespace qforge::runtime

@@ -186,5 +186,73 @@ TEST(FuseSilu, FusesXTimesSigmoidXOnlyWithTheSameBits) {
   }
 }
 
+// x -> Div(√2) -> Erf -> Add(1) -> Mul(x, ·) -> Mul(0.5) -> y1 (GELU as torch.onnx writes it,
+// with the Add's and Muls' operands either way round), and chains that are not GELU: another
+// divisor, a Mul by another tensor than x, an Erf read twice.
+TEST(FuseGelu, FusesTheErfChainOnlyWithTheSameBits) {
+  std::mt19937 rng(12);
+  auto g = std::make_unique<graph::Graph>();
+  const Shape shape{2, 3, 5, 7};
+  auto* x = g->add_input("x", DType::kFloat32, shape);
+  auto* b = g->add_input("b", DType::kFloat32, shape);
+  auto scalar = [&](const char* name, float v) {
+    return g->add_constant(name, Tensor::from_vector<float>({}, {v}));
+  };
+  auto* root2 = scalar("root2", 1.41421356237309504880f);
+  auto* root2_off = scalar("root2_off", std::nextafter(1.41421356237309504880f, 2.0f));
+  auto* one = scalar("one", 1.0f);
+  auto* half = scalar("half", 0.5f);
+  auto node = [&](const char* name, const char* op, std::vector<graph::Value*> inputs) {
+    return g->add_node({.name = name, .op_type = op, .inputs = inputs, .output_names = {name}})
+        ->output(0);
+  };
+  // GELU, in both operand orders.
+  auto* e1 = node("e1", "Erf", {node("d1", "Div", {x, root2})});
+  g->mark_output(node("y1", "Mul", {node("m1", "Mul", {x, node("a1", "Add", {e1, one})}), half}));
+  auto* e2 = node("e2", "Erf", {node("d2", "Div", {b, root2})});
+  g->mark_output(node("y2", "Mul", {half, node("m2", "Mul", {node("a2", "Add", {one, e2}), b})}));
+  // Not GELU: √2's neighbour, a Mul by b where x is divided, an Erf read twice.
+  auto* e3 = node("e3", "Erf", {node("d3", "Div", {x, root2_off})});
+  g->mark_output(node("y3", "Mul", {node("m3", "Mul", {x, node("a3", "Add", {e3, one})}), half}));
+  auto* e4 = node("e4", "Erf", {node("d4", "Div", {x, root2})});
+  g->mark_output(node("y4", "Mul", {node("m4", "Mul", {b, node("a4", "Add", {e4, one})}), half}));
+  auto* e5 = node("e5", "Erf", {node("d5", "Div", {x, root2})});
+  g->mark_output(node("y5", "Mul", {node("m5", "Mul", {x, node("a5", "Add", {e5, one})}), half}));
+  g->mark_output(node("y6", "Neg", {e5}));
+  runtime::resolve(*g, {});
+  auto fused = g->clone();
+  EXPECT_EQ(runtime::fuse_gelu(*fused), 2u);
+  EXPECT_NO_THROW(fused->check_consistency());
+  std::map<std::string, int> ops;
+  for (const auto* n : fused->nodes()) ++ops[std::string(n->op_type())];
+  EXPECT_EQ(ops["Gelu"], 2);
+  EXPECT_EQ(ops["Erf"], 3);
+  ASSERT_EQ(fused->outputs().size(), g->outputs().size());
+  for (size_t i = 0; i < g->outputs().size(); ++i) {
+    EXPECT_EQ(fused->outputs()[i]->name(), g->outputs()[i]->name());
+  }
+  // Both branches of erf (|x / √2| below and above 1), its saturation, both zeros, NaN.
+  Tensor xs = random_tensor(shape, rng, -8.f, 8.f);
+  Tensor bs = random_tensor(shape, rng, -2.f, 2.f);
+  xs.data<float>()[0] = 0.0f;
+  xs.data<float>()[1] = -0.0f;
+  xs.data<float>()[2] = -100.0f;
+  xs.data<float>()[3] = 100.0f;
+  xs.data<float>()[4] = std::nanf("");
+  const Tensor inputs[] = {xs, bs};
+  runtime::Executor a(*g), f(*fused);
+  auto ya = a.run(std::span<const Tensor>(inputs));
+  auto yf = f.run(std::span<const Tensor>(inputs));
+  ASSERT_EQ(ya.size(), yf.size());
+  for (size_t k = 0; k < ya.size(); ++k) {
+    ASSERT_EQ(ya[k].shape(), yf[k].shape());
+    for (int64_t i = 0; i < ya[k].numel(); ++i) {
+      const float u = ya[k].data<float>()[i], v = yf[k].data<float>()[i];
+      if (std::isnan(u) && std::isnan(v)) continue;
+      ASSERT_EQ(std::memcmp(&u, &v, sizeof(float)), 0) << "output " << k << " at " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qforge
