@@ -30,9 +30,6 @@ inline int max_threads() {
       tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
 }
 
-// Calls fn(begin, end) on disjoint chunks covering [0, n), at least `grain` items each.
-// Chunking is static (simple_partitioner), so for a fixed n, grain the chunks are the same
-// however many threads run them: results never depend on the thread count.
 namespace parallel_detail {
 // fn(begin, end) in a function of its own, as tbb::parallel_for calls each chunk: inlined into
 // its caller instead, fn's own calls (exp_approx in an activation's loop) may stay out of line
@@ -43,6 +40,10 @@ template <class Fn>
 }
 }  // namespace parallel_detail
 
+// Calls fn(begin, end) on disjoint chunks covering [0, n), at least `grain` items each.
+// Chunking is static (simple_partitioner), so for a fixed n, grain the chunks are the same
+// however many threads run them: results never depend on the thread count. One chunk, or one
+// thread, runs on the calling thread.
 template <class Fn>
 void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
   if (n <= 0) return;
