@@ -91,12 +91,9 @@ inline void strided_run(const float* src, int64_t stride, int64_t n, float* dst)
     for (int64_t h = 0; h < n; h += 16) {
       const int64_t count = std::min<int64_t>(16, n - h);
       const int64_t inputs = 2 * count - 1;
-      const auto bits = [](int64_t c) {
-        return static_cast<__mmask16>(c >= 16 ? 0xFFFF : c <= 0 ? 0 : (1u << c) - 1u);
-      };
-      const __m512 a = _mm512_maskz_loadu_ps(bits(inputs), src + 2 * h);
-      const __m512 b = _mm512_maskz_loadu_ps(bits(inputs - 16), src + 2 * h + 16);
-      _mm512_mask_storeu_ps(dst + h, bits(count), _mm512_permutex2var_ps(a, even, b));
+      const __m512 a = _mm512_maskz_loadu_ps(lane_mask(inputs), src + 2 * h);
+      const __m512 b = _mm512_maskz_loadu_ps(lane_mask(inputs - 16), src + 2 * h + 16);
+      _mm512_mask_storeu_ps(dst + h, lane_mask(count), _mm512_permutex2var_ps(a, even, b));
     }
     return;
   }
