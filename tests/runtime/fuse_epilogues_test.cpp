@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,36 @@ using graph::Shape;
 using kernels::Tensor;
 
 using testing::random_tensor;
+
+std::map<std::string, int> op_counts(const graph::Graph& g) {
+  std::map<std::string, int> ops;
+  for (const auto* n : g.nodes()) ++ops[std::string(n->op_type())];
+  return ops;
+}
+
+// A rewrite keeps the graph's outputs, by name and in order.
+void expect_same_output_names(const graph::Graph& g, const graph::Graph& rewritten) {
+  ASSERT_EQ(rewritten.outputs().size(), g.outputs().size());
+  for (size_t i = 0; i < g.outputs().size(); ++i) {
+    EXPECT_EQ(rewritten.outputs()[i]->name(), g.outputs()[i]->name());
+  }
+}
+
+// Both graphs run on `inputs` and give every output with the same bits.
+void expect_same_output_bits(const graph::Graph& g, const graph::Graph& rewritten,
+                             std::span<const Tensor> inputs) {
+  runtime::Executor a(g), f(rewritten);
+  auto ya = a.run(inputs);
+  auto yf = f.run(inputs);
+  ASSERT_EQ(ya.size(), yf.size());
+  for (size_t k = 0; k < ya.size(); ++k) {
+    ASSERT_EQ(ya[k].shape(), yf[k].shape());
+    for (int64_t i = 0; i < ya[k].numel(); ++i) {
+      const float u = ya[k].data<float>()[i], v = yf[k].data<float>()[i];
+      ASSERT_EQ(std::memcmp(&u, &v, sizeof(float)), 0) << "output " << k << " at " << i;
+    }
+  }
+}
 
 // x -> Conv(3x3, pad 1) -> BN -> Add(skip) -> Relu -> y, with skip = Relu(x') of another conv,
 // and a plain Conv -> Clip(0, 6) branch.
@@ -156,15 +187,11 @@ TEST(FuseSilu, FusesXTimesSigmoidXOnlyWithTheSameBits) {
   auto fused = g->clone();
   EXPECT_EQ(runtime::fuse_silu(*fused), 2u);
   EXPECT_NO_THROW(fused->check_consistency());
-  std::map<std::string, int> ops;
-  for (const auto* n : fused->nodes()) ++ops[std::string(n->op_type())];
+  std::map<std::string, int> ops = op_counts(*fused);
   EXPECT_EQ(ops["Silu"], 2);
   EXPECT_EQ(ops["Sigmoid"], 3);
   EXPECT_EQ(ops["Mul"], 3);
-  ASSERT_EQ(fused->outputs().size(), g->outputs().size());
-  for (size_t i = 0; i < g->outputs().size(); ++i) {
-    EXPECT_EQ(fused->outputs()[i]->name(), g->outputs()[i]->name());
-  }
+  expect_same_output_names(*g, *fused);
   // Values across the sigmoid's range, its saturation and both signs of zero included.
   Tensor xs = random_tensor(shape, rng, -20.f, 20.f);
   Tensor bs = random_tensor(shape, rng, -4.f, 4.f);
@@ -173,17 +200,7 @@ TEST(FuseSilu, FusesXTimesSigmoidXOnlyWithTheSameBits) {
   xs.data<float>()[2] = -100.0f;
   xs.data<float>()[3] = 100.0f;
   const Tensor inputs[] = {xs, bs};
-  runtime::Executor a(*g), f(*fused);
-  auto ya = a.run(std::span<const Tensor>(inputs));
-  auto yf = f.run(std::span<const Tensor>(inputs));
-  ASSERT_EQ(ya.size(), yf.size());
-  for (size_t k = 0; k < ya.size(); ++k) {
-    ASSERT_EQ(ya[k].shape(), yf[k].shape());
-    for (int64_t i = 0; i < ya[k].numel(); ++i) {
-      const float u = ya[k].data<float>()[i], v = yf[k].data<float>()[i];
-      ASSERT_EQ(std::memcmp(&u, &v, sizeof(float)), 0) << "output " << k << " at " << i;
-    }
-  }
+  expect_same_output_bits(*g, *fused, inputs);
 }
 
 // x -> Div(√2) -> Erf -> Add(1) -> Mul(x, ·) -> Mul(0.5) -> y1 (GELU as torch.onnx writes it,
@@ -223,14 +240,10 @@ TEST(FuseGelu, FusesTheErfChainOnlyWithTheSameBits) {
   auto fused = g->clone();
   EXPECT_EQ(runtime::fuse_gelu(*fused), 2u);
   EXPECT_NO_THROW(fused->check_consistency());
-  std::map<std::string, int> ops;
-  for (const auto* n : fused->nodes()) ++ops[std::string(n->op_type())];
+  std::map<std::string, int> ops = op_counts(*fused);
   EXPECT_EQ(ops["Gelu"], 2);
   EXPECT_EQ(ops["Erf"], 3);
-  ASSERT_EQ(fused->outputs().size(), g->outputs().size());
-  for (size_t i = 0; i < g->outputs().size(); ++i) {
-    EXPECT_EQ(fused->outputs()[i]->name(), g->outputs()[i]->name());
-  }
+  expect_same_output_names(*g, *fused);
   // Both branches of erf (|x / √2| below and above 1), its saturation, both zeros, NaN.
   Tensor xs = random_tensor(shape, rng, -8.f, 8.f);
   Tensor bs = random_tensor(shape, rng, -2.f, 2.f);
@@ -240,18 +253,7 @@ TEST(FuseGelu, FusesTheErfChainOnlyWithTheSameBits) {
   xs.data<float>()[3] = 100.0f;
   xs.data<float>()[4] = std::nanf("");
   const Tensor inputs[] = {xs, bs};
-  runtime::Executor a(*g), f(*fused);
-  auto ya = a.run(std::span<const Tensor>(inputs));
-  auto yf = f.run(std::span<const Tensor>(inputs));
-  ASSERT_EQ(ya.size(), yf.size());
-  for (size_t k = 0; k < ya.size(); ++k) {
-    ASSERT_EQ(ya[k].shape(), yf[k].shape());
-    for (int64_t i = 0; i < ya[k].numel(); ++i) {
-      const float u = ya[k].data<float>()[i], v = yf[k].data<float>()[i];
-      if (std::isnan(u) && std::isnan(v)) continue;
-      ASSERT_EQ(std::memcmp(&u, &v, sizeof(float)), 0) << "output " << k << " at " << i;
-    }
-  }
+  expect_same_output_bits(*g, *fused, inputs);
 }
 
 }  // namespace
