@@ -4,26 +4,116 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <set>
 
+#include "kernels/shape_ops.h"
 #include "runtime/arena_plan.h"
 #include "runtime/memory_budget.h"
 
 namespace qforge::runtime {
 namespace {
 
-// Ops whose output 0 is their input 0 reinterpreted with another shape: they alias the input's
-// buffer instead of copying it.
-bool is_view_op(const graph::Node& node) {
+// A constant integer input of a node (a Slice's bounds, a Pad's pads, a Gather's indices), or
+// nothing when it is absent or not a held constant.
+std::optional<std::vector<int64_t>> constant_ints(const graph::Node& node, size_t index) {
+  if (index >= node.num_inputs()) return std::nullopt;
+  const graph::Value* v = node.input(index);
+  if (!v || !v->is_constant() || !v->constant().defined()) return std::nullopt;
+  return v->constant().to_int64_vector();
+}
+
+// Product of dims [begin, end) of a shape.
+int64_t dims_product(const kernels::Shape& shape, size_t begin, size_t end) {
+  int64_t p = 1;
+  for (size_t a = begin; a < end; ++a) p *= shape[a];
+  return p;
+}
+
+// Elements before output 0's first one in input 0, when output 0 is a run of input 0's elements
+// in their order: then the node needs no kernel, its output is a view of its input's buffer at
+// that offset. Reshape and its kin (offset 0); a Pad of zeros; a Slice of step 1 whose output
+// is contiguous in its input (the whole input, or a range along the first axis of more than one
+// element, the axes after it whole); a Gather of one constant index along such an axis (qkv[0]).
+// Their outputs' bits are the input's, so a view changes no result, only a copy saved.
+std::optional<int64_t> view_offset(const graph::Node& node) {
   static const std::set<std::string, std::less<>> kViews = {"Reshape",   "Flatten",  "Squeeze",
                                                             "Unsqueeze", "Identity", "Dropout"};
-  if (!kViews.count(node.op_type())) return false;
+  const graph::Value* src = node.input(0);
+  const graph::Value* out = node.output(0);
+  if (!src || src->is_constant() || out->is_graph_output() || src->dtype() != out->dtype()) {
+    return std::nullopt;
+  }
   for (size_t i = 1; i < node.num_outputs(); ++i) {
     const graph::Value* extra = node.output(i);
-    if (!extra->consumers().empty() || extra->is_graph_output()) return false;
+    if (!extra->consumers().empty() || extra->is_graph_output()) return std::nullopt;
   }
-  const graph::Value* out = node.output(0);
-  return !out->is_graph_output() && node.input(0)->dtype() == out->dtype();
+  const std::string& op = node.op_type();
+  if (kViews.count(op)) return 0;
+  if (!src->has_shape() || !out->has_shape() || kernels::shape_numel(*out->shape()) == 0) {
+    return std::nullopt;
+  }
+  const kernels::Shape& in_shape = *src->shape();
+  const kernels::Shape& out_shape = *out->shape();
+  const size_t rank = in_shape.size();
+  if (op == "Pad") {
+    const auto pads = constant_ints(node, 1);
+    if (!pads || out_shape != in_shape) return std::nullopt;
+    const bool zeros = std::all_of(pads->begin(), pads->end(), [](int64_t p) { return p == 0; });
+    return zeros ? std::optional<int64_t>(0) : std::nullopt;
+  }
+  if (op == "Slice") {
+    const auto starts = constant_ints(node, 1);
+    const auto ends = constant_ints(node, 2);
+    if (!starts || !ends || starts->size() != ends->size() || out_shape.size() != rank) {
+      return std::nullopt;
+    }
+    std::vector<int64_t> axes(starts->size());
+    for (size_t i = 0; i < axes.size(); ++i) axes[i] = static_cast<int64_t>(i);
+    if (node.num_inputs() > 3 && node.input(3)) {
+      const auto given = constant_ints(node, 3);
+      if (!given || given->size() != axes.size()) return std::nullopt;
+      axes = *given;
+    }
+    if (node.num_inputs() > 4 && node.input(4)) {
+      const auto steps = constant_ints(node, 4);
+      if (!steps || steps->size() != axes.size() ||
+          !std::all_of(steps->begin(), steps->end(), [](int64_t s) { return s == 1; })) {
+        return std::nullopt;
+      }
+    }
+    std::vector<int64_t> start(rank, 0);
+    for (size_t i = 0; i < axes.size(); ++i) {
+      const int64_t a = axes[i] < 0 ? axes[i] + static_cast<int64_t>(rank) : axes[i];
+      if (a < 0 || a >= static_cast<int64_t>(rank)) return std::nullopt;
+      const auto ua = static_cast<size_t>(a);
+      start[ua] = kernels::slice_range(in_shape[ua], (*starts)[i], (*ends)[i], 1).start;
+    }
+    // The first axis the slice narrows: the axes before it hold one element in all, those after
+    // it are whole.
+    size_t narrowed = 0;
+    while (narrowed < rank && out_shape[narrowed] == in_shape[narrowed]) ++narrowed;
+    if (narrowed == rank) return 0;
+    if (dims_product(in_shape, 0, narrowed) != 1) return std::nullopt;
+    for (size_t a = narrowed + 1; a < rank; ++a) {
+      if (out_shape[a] != in_shape[a]) return std::nullopt;
+    }
+    return start[narrowed] * dims_product(in_shape, narrowed + 1, rank);
+  }
+  if (op == "Gather") {
+    const auto indices = constant_ints(node, 1);
+    if (!indices || indices->size() != 1 || rank == 0) return std::nullopt;
+    int64_t axis = node.attr_int("axis", 0);
+    if (axis < 0) axis += static_cast<int64_t>(rank);
+    if (axis < 0 || axis >= static_cast<int64_t>(rank)) return std::nullopt;
+    const auto ua = static_cast<size_t>(axis);
+    if (dims_product(in_shape, 0, ua) != 1) return std::nullopt;
+    int64_t index = indices->front();
+    if (index < 0) index += in_shape[ua];
+    if (index < 0 || index >= in_shape[ua]) return std::nullopt;
+    return index * dims_product(in_shape, ua + 1, rank);
+  }
+  return std::nullopt;
 }
 
 // A buffer's times are step indices: first, the step that defines it (-1: a graph input);
@@ -35,7 +125,8 @@ using Buffer = ArenaBuffer;
 struct BufferPlan {
   std::map<const graph::Value*, size_t> buffer_of;
   std::vector<Buffer> buffers;
-  std::vector<bool> aliased;  // per step: a view that aliases its input 0
+  std::vector<bool> aliased;          // per step: a view that aliases its input 0
+  std::vector<int64_t> view_offsets;  // per aliased step: the view's first element in input 0
   size_t arena_bytes = 0;
 };
 
@@ -60,11 +151,13 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
   };
   for (const graph::Value* in : graph.inputs()) new_buffer(in, -1);
   plan.aliased.assign(order.size(), false);
+  plan.view_offsets.assign(order.size(), 0);
   for (size_t s = 0; s < order.size(); ++s) {
     const graph::Node* node = order[s];
     const graph::Value* src = node->input(0);
-    if (is_view_op(*node) && src && !src->is_constant()) {
+    if (const std::optional<int64_t> offset = view_offset(*node)) {
       plan.aliased[s] = true;
+      plan.view_offsets[s] = *offset;
       buffer_of[node->output(0)] = buffer_of.at(src);
       // Unused extra outputs (Dropout's mask) still get a small buffer of their own.
       for (size_t i = 1; i < node->num_outputs(); ++i) new_buffer(node->output(i), int(s));
@@ -204,8 +297,11 @@ void Executor::compile(const graph::Graph& graph) {
     std::vector<TensorInfo> out_infos;
     for (const graph::Value* out : node->outputs()) {
       if (aliased[s] && out == node->output(0)) {
-        const graph::Value* src = node->input(0);
-        Tensor t = view_of(src).reshaped(*out->shape());
+        Tensor src = view_of(node->input(0));
+        const size_t offset =
+            static_cast<size_t>(plan.view_offsets[s]) * kernels::dtype_size(src.dtype());
+        Tensor t =
+            Tensor::wrap(out->dtype(), *out->shape(), static_cast<std::byte*>(src.raw()) + offset);
         views_[out] = t;
         step_outputs_.push_back(t);
       } else {

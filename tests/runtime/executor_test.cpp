@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <limits>
+#include <map>
 #include <new>
 
 #include "graph/onnx_import.h"
@@ -133,6 +135,100 @@ TEST(Executor, ReshapeIsAViewOfItsInput) {
   EXPECT_EQ(relu_data, reshape_data);
   ASSERT_EQ(out[0].shape(), (Shape{3, 4}));
   for (int i = 0; i < 12; ++i) EXPECT_EQ(out[0].data<float>()[i], -std::max(0.f, float(i - 6)));
+}
+
+// A Gather of one index along a leading axis, a Slice of step 1 that keeps a contiguous run and a
+// Pad of zeros are views of their input at an offset; the slices and gathers that are not
+// contiguous, and a Pad that pads, are still copies. Each reads r = relu(x), x of shape [3, 2, 4]
+// holding 0 .. 23 (relu leaves them), through a Neg, so the outputs are -(the expected values).
+TEST(Executor, ContiguousSlicesGathersAndZeroPadsAreViews) {
+  graph::Graph g;
+  g.opset = 17;
+  graph::Value* x = g.add_input("x", DType::kFloat32, Shape{3, 2, 4});
+  auto ints = [&](const std::string& name, std::vector<int64_t> v, Shape shape) {
+    return g.add_constant(name, kernels::Tensor::from_vector<int64_t>(std::move(shape), v));
+  };
+  auto add = [&](const std::string& op, std::vector<graph::Value*> inputs, const std::string& out,
+                 std::map<std::string, graph::AttributeValue, std::less<>> attrs = {}) {
+    return g
+        .add_node({.op_type = op,
+                   .inputs = std::move(inputs),
+                   .output_names = {out},
+                   .attributes = std::move(attrs)})
+        ->output(0);
+  };
+  graph::Value* r = add("Relu", {x}, "r");
+  struct Case {
+    std::string name;
+    graph::Value* value;
+    int64_t view_offset;  // -1: a copy
+    std::vector<float> expected;
+  };
+  auto iota = [](int begin, int end) {
+    std::vector<float> v;
+    for (int i = begin; i < end; ++i) v.push_back(static_cast<float>(i));
+    return v;
+  };
+  const int64_t kEnd = std::numeric_limits<int64_t>::max();
+  std::vector<Case> cases = {
+      {"gather 1", add("Gather", {r, g.add_constant("i1", kernels::Tensor::scalar_i64(1))}, "g1"),
+       8, iota(8, 16)},
+      {"gather -1", add("Gather", {r, g.add_constant("im1", kernels::Tensor::scalar_i64(-1))}, "g2"),
+       16, iota(16, 24)},
+      {"slice rows 1..3", add("Slice", {r, ints("s1", {1}, {1}), ints("e1", {3}, {1}),
+                                        ints("a1", {0}, {1})}, "s1o"),
+       8, iota(8, 24)},
+      {"slice everything", add("Slice", {r, ints("s2", {0}, {1}), ints("e2", {kEnd}, {1}),
+                                         ints("a2", {-1}, {1})}, "s2o"),
+       0, iota(0, 24)},
+      {"pad of zeros", add("Pad", {r, ints("p0", {0, 0, 0, 0, 0, 0}, {6})}, "p0o"), 0,
+       iota(0, 24)},
+      {"gather along axis 1", add("Gather", {r, g.add_constant("i0", kernels::Tensor::scalar_i64(1))},
+                                  "g3", {{"axis", int64_t{1}}}),
+       -1, {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23}},
+      {"slice along axis 1", add("Slice", {r, ints("s3", {1}, {1}), ints("e3", {2}, {1}),
+                                           ints("a3", {1}, {1})}, "s3o"),
+       -1, {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23}},
+      {"slice of step 2", add("Slice", {r, ints("s4", {0}, {1}), ints("e4", {3}, {1}),
+                                        ints("a4", {0}, {1}), ints("t4", {2}, {1})}, "s4o"),
+       -1, {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}},
+      {"pad that pads", add("Pad", {r, ints("p1", {1, 0, 0, -1, 0, 0}, {6})}, "p1o"), -1,
+       [&] {
+         std::vector<float> v(8, 0.0f);
+         for (float f : iota(0, 16)) v.push_back(f);
+         return v;
+       }()},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::string name = "y";  // appended, not `"y" + ...`: GCC 12 warns falsely on that (-Wrestrict)
+    name += std::to_string(i);
+    g.mark_output(add("Neg", {cases[i].value}, name));
+  }
+  runtime::resolve(g, {});
+  runtime::Executor exec(g);
+  const float* r_data = nullptr;
+  exec.add_tap("r", [&](const kernels::Tensor& t) { r_data = t.data<float>(); });
+  std::vector<const float*> data(cases.size(), nullptr);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    exec.add_tap(cases[i].value->name(),
+                 [&data, i](const kernels::Tensor& t) { data[i] = t.data<float>(); });
+  }
+  kernels::Tensor in(DType::kFloat32, {3, 2, 4});
+  for (int i = 0; i < 24; ++i) in.data<float>()[i] = static_cast<float>(i);
+  auto out = exec.run(std::span(&in, 1));
+  ASSERT_NE(r_data, nullptr);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].name);
+    if (cases[i].view_offset >= 0) {
+      EXPECT_EQ(data[i], r_data + cases[i].view_offset);
+    } else {
+      EXPECT_TRUE(data[i] < r_data || data[i] >= r_data + 24);
+    }
+    ASSERT_EQ(out[i].numel(), static_cast<int64_t>(cases[i].expected.size()));
+    for (size_t j = 0; j < cases[i].expected.size(); ++j) {
+      EXPECT_EQ(out[i].data<float>()[j], -cases[i].expected[j]) << j;
+    }
+  }
 }
 
 TEST(Executor, ForwardAllocatesNothingAfterCompilation) {
