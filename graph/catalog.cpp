@@ -112,6 +112,11 @@ constexpr std::array kSchemas = {
     OpSchema{"FusedConv", 2, 6, 1, 1, 0, kNone,
              "an inference node made after resolution; training graphs are never fused",
              SchemaKind::kInternal},
+    // Runtime-internal: MatMul by a constant matrix with the Add of a constant row after it,
+    // the row added to each block of the product (runtime/fuse_epilogues.h).
+    OpSchema{"MatMulAdd", 3, 3, 1, 1, 0, kNone,
+             "an inference node made after resolution; training graphs are never fused",
+             SchemaKind::kInternal},
     // Runtime-internal: x · Sigmoid(x) as one pass (runtime/fuse_epilogues.h).
     OpSchema{"Silu", 1, 1, 1, 1, 0, kBackward, {}, SchemaKind::kInternal},
     // Runtime-internal: QuantizeLinear → DequantizeLinear without the integer tensor

@@ -264,8 +264,18 @@ void pack_row_panel(const float* a, int64_t lda, int64_t rows, int64_t kc, float
   if (done < kc) pack_rows(a + done, lda, rows, kc - done, dst + done * kPackedRows);
 }
 
+// y[r][j] += row[j] for rows [0, rows) and columns [0, cols), rows ld apart.
+void add_row(const float* row, int64_t rows, int64_t cols, float* y, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* yr = y + r * ld;
+    for (int64_t j = 0; j < cols; ++j) yr[j] += row[j];
+  }
+}
+
+// row_after (n floats, or null): added to every output row once its product is complete, as
+// a separate Add of that row would add it (bias: before the product, as Gemm's C).
 void packed_linear(const GemmDims& d, const float* a, const float* bias, float* y,
-                   const float* prepared) {
+                   const float* prepared, const float* row_after = nullptr) {
   const LinearSplit s = linear_split(d, max_threads());
   const int64_t k = d.k;
   const int64_t n = d.n;
@@ -306,6 +316,7 @@ void packed_linear(const GemmDims& d, const float* a, const float* bias, float* 
                 }
               }
               packed_gemm_tile_add(kc, a_panel, w, kPackedCols, rows, cols, c_in, ldc_in, out, n);
+              if (row_after && k0 + kc == k) add_row(row_after + c0, rows, cols, out, n);
             }
           }
         }
@@ -492,6 +503,20 @@ void prepare_matmul_weights(const MatMulDims& dims, const float* b, float* prepa
 
 size_t matmul_workspace_bytes(const MatMulDims& dims, GemmWeightForm form) {
   return dims.shared_b ? gemm_workspace_bytes(matmul_folded_gemm(dims), form) : 0;
+}
+
+void matmul_add_row(const MatMulDims& d, const float* a, const float* b, const float* row, float* y,
+                    std::byte* workspace, const float* prepared_weights) {
+  if (d.shared_b && prepared_weights && packed_linear_applies(matmul_folded_gemm(d))) {
+    packed_linear(matmul_folded_gemm(d), a, nullptr, y, prepared_weights, row);
+    return;
+  }
+  matmul(d, a, b, y, workspace, prepared_weights);
+  const int64_t rows = shape_numel(d.out_shape) / d.n;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / d.n);
+  parallel_for(rows, grain, [&](int64_t begin, int64_t end) {
+    add_row(row, end - begin, d.n, y + begin * d.n, d.n);
+  });
 }
 
 void matmul(const MatMulDims& d, const float* a, const float* b, float* y, std::byte* workspace,

@@ -101,6 +101,11 @@ size_t matmul_workspace_bytes(const MatMulDims& dims, GemmWeightForm form = Gemm
 // prepared_weights: from prepare_matmul_weights, or null.
 void matmul(const MatMulDims& dims, const float* a, const float* b, float* y, std::byte* workspace,
             const float* prepared_weights = nullptr);
+// matmul(), then row (dims.n floats) added to every row of y: the bits of a MatMul followed by
+// an Add of that row (a Linear layer's bias as torch.onnx writes it for inputs of rank 3), with
+// the row added to each block of the packed product while the block is still in cache.
+void matmul_add_row(const MatMulDims& dims, const float* a, const float* b, const float* row,
+                    float* y, std::byte* workspace, const float* prepared_weights = nullptr);
 
 // Runs fn(task, scratch) for every task in [0, tasks) on up to `slots` threads, each thread
 // holding one scratch region of slot_bytes from workspace (slots · slot_bytes in all). Tasks

@@ -17,6 +17,7 @@ namespace qforge::runtime {
 namespace {
 
 using graph::Node;
+using graph::Shape;
 using graph::Tensor;
 using graph::Value;
 
@@ -211,6 +212,43 @@ size_t fuse_gelu(graph::Graph& graph) {
   }
   graph.remove_dead();
   return chains.size();
+}
+
+size_t fuse_matmul_add(graph::Graph& graph) {
+  std::vector<std::pair<Node*, Node*>> pairs;  // MatMul, Add
+  for (Node* matmul : graph.nodes()) {
+    if (matmul->op_type() != "MatMul" || matmul->num_inputs() != 2) continue;
+    const Value* a = matmul->input(0);
+    const Value* w = matmul->input(1);
+    const Value* product = matmul->output(0);
+    if (a->dtype() != kernels::DType::kFloat32 || !constant_f32(w) || !w->has_shape() ||
+        w->shape()->size() != 2 || !product->has_shape() || product->shape()->empty()) {
+      continue;
+    }
+    Node* add = sole_consumer(product);
+    if (!add || add->op_type() != "Add" || add->num_inputs() != 2) continue;
+    const Value* row = add->input(0) == product ? add->input(1) : add->input(0);
+    const Shape& out = *product->shape();
+    const int64_t n = out.back();
+    if (!constant_f32(row) || !row->has_shape() || row->shape()->empty() ||
+        row->shape()->back() != n || kernels::shape_numel(*row->shape()) != n ||
+        row->shape()->size() > out.size() || !add->output(0)->has_shape() ||
+        *add->output(0)->shape() != out) {
+      continue;
+    }
+    pairs.emplace_back(matmul, add);
+  }
+  for (auto [matmul, add] : pairs) {
+    graph::NodeSpec spec;
+    spec.name = matmul->name();
+    spec.op_type = "MatMulAdd";
+    spec.inputs = {matmul->input(0), matmul->input(1),
+                   add->input(0) == matmul->output(0) ? add->input(1) : add->input(0)};
+    Node* const chain[] = {matmul, add};
+    replace_chain(graph, std::move(spec), chain);
+  }
+  graph.remove_dead();
+  return pairs.size();
 }
 
 }  // namespace qforge::runtime

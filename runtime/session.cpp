@@ -61,6 +61,7 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
     fuse_conv_epilogues(*c.graph);
     fuse_silu(*c.graph);
     fuse_gelu(*c.graph);
+    fuse_matmul_add(*c.graph);
   }
   if (options_.fuse_qdq) fuse_qdq(*c.graph);
   c.executor = std::make_unique<Executor>(*c.graph, options_.executor);

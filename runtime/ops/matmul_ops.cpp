@@ -140,11 +140,14 @@ kernels::MatMulDims setup_matmul(const Node& node, std::span<const InputInfo> in
   return *dims;
 }
 
+// MatMul, and the runtime's MatMulAdd (runtime/fuse_epilogues.h): A, B and a row C of B's width,
+// added to every row of the product with the bits of a separate Add.
 class MatMulKernel final : public OpKernel {
  public:
   // A constant B shared by every matrix of A (a Linear layer's weight) is packed for the
   // micro-kernel once, here (when that path applies).
-  MatMulKernel(kernels::MatMulDims dims, const Tensor* constant_weights) : dims_(std::move(dims)) {
+  MatMulKernel(kernels::MatMulDims dims, const Tensor* constant_weights, bool add_row = false)
+      : dims_(std::move(dims)), add_row_(add_row) {
     const size_t floats = kernels::matmul_prepared_weight_floats(dims_);
     if (constant_weights && floats > 0) {
       prepared_.resize(floats);
@@ -159,11 +162,18 @@ class MatMulKernel final : public OpKernel {
   bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
+    const float* prepared = prepared_.empty() ? nullptr : prepared_.data();
+    if (add_row_) {
+      kernels::matmul_add_row(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                              inputs[2].data<float>(), outputs[0].data<float>(), workspace,
+                              prepared);
+      return;
+    }
     kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
-                    outputs[0].data<float>(), workspace,
-                    prepared_.empty() ? nullptr : prepared_.data());
+                    outputs[0].data<float>(), workspace, prepared);
   }
-  bool differentiable_input(size_t index) const override { return index <= 1; }
+  // A and B; MatMulAdd, an inference-only node, has no backward.
+  bool differentiable_input(size_t index) const override { return !add_row_ && index <= 1; }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
   }
@@ -179,6 +189,7 @@ class MatMulKernel final : public OpKernel {
 
  private:
   kernels::MatMulDims dims_;
+  bool add_row_;
   std::vector<float> prepared_;
 };
 
@@ -191,11 +202,36 @@ std::unique_ptr<OpKernel> create_matmul(const Node& node, std::span<const InputI
   return std::make_unique<MatMulKernel>(setup_matmul(node, inputs), inputs[1].constant);
 }
 
+// MatMulAdd's row: C holds one value per column of the product ([N], or [1, ..., 1, N] of at
+// most the output's rank), so that adding it to every row is the Add it replaced.
+kernels::MatMulDims setup_matmul_add(const Node& node, std::span<const InputInfo> inputs) {
+  kernels::MatMulDims dims = setup_matmul(node, inputs);
+  const InputInfo& c = float_input(node, inputs, 2, "C");
+  const bool row = !c.shape.empty() && c.shape.back() == dims.n &&
+                   c.shape.size() <= dims.out_shape.size() && shape_numel(c.shape) == dims.n &&
+                   !dims.out_shape.empty() && dims.out_shape.back() == dims.n;
+  if (!row) {
+    fail_node(node, "C of shape [" + std::to_string(dims.n) + "] (one value per output column)",
+              shape_str(c.shape));
+  }
+  return dims;
+}
+
+std::vector<TensorInfo> infer_matmul_add(const Node& node, std::span<const InputInfo> inputs) {
+  return one_output(node, setup_matmul_add(node, inputs).out_shape);
+}
+
+std::unique_ptr<OpKernel> create_matmul_add(const Node& node, std::span<const InputInfo> inputs,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<MatMulKernel>(setup_matmul_add(node, inputs), inputs[1].constant, true);
+}
+
 }  // namespace
 
 void register_matmul_ops(OpRegistry& registry) {
   registry.add({"Gemm", infer_gemm, create_gemm});
   registry.add({"MatMul", infer_matmul, create_matmul});
+  registry.add({"MatMulAdd", infer_matmul_add, create_matmul_add});
 }
 
 }  // namespace qforge::runtime::ops

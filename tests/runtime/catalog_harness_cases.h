@@ -721,6 +721,19 @@ inline std::vector<HarnessCase> harness_cases() {
               return weight_fake_quant_gradient(in, dy, 1e-5);
             }));
   }
+  add(H("MatMulAdd", "[2,3,300] x [300,37] + row [37]: three passes over k, a partial panel")
+          .data(d.uniform({2, 3, 300}))
+          .weight(d.uniform({300, 37}))
+          .weight(d.uniform({37}, -4.0f, 4.0f))
+          .reference([](std::span<const Tensor> in) {
+            HarnessCase product("MatMul", "MatMulAdd's product");
+            product.data(in[0]).weight(in[1]);
+            Tensor y = kernel_forward(product, KernelRun::Mode::kInference)[0];
+            const int64_t n = in[2].numel();
+            for (int64_t i = 0; i < y.numel(); ++i)
+              y.data<float>()[i] += in[2].data<float>()[i % n];
+            return std::vector<Tensor>{y};
+          }));
   {
     Attributes conv = conv_attrs;
     H c("FusedConv", "grouped conv, BN scale and shift, residual, clamp");

@@ -270,7 +270,7 @@ TEST(Session, ReleasesTheWeightsItsKernelsPrepared) {
       ASSERT_EQ(got.data<float>()[i], expected.data<float>()[i]) << family << " element " << i;
     }
     // The session's own copy of the model keeps no values at all; its compiled graph keeps
-    // every constant a kernel still reads, and releases only Conv/Gemm/MatMul weights.
+    // every constant a kernel still reads, and releases only Conv/Gemm/MatMul(Add) weights.
     size_t constants = 0;
     for (const graph::Value* v : releasing.graph().values()) {
       if (!v->is_constant()) continue;
@@ -285,7 +285,8 @@ TEST(Session, ReleasesTheWeightsItsKernelsPrepared) {
       ++released;
       for (const graph::Node* n : v->consumers()) {
         EXPECT_TRUE(n->op_type() == "Conv" || n->op_type() == "FusedConv" ||
-                    n->op_type() == "Gemm" || n->op_type() == "MatMul")
+                    n->op_type() == "Gemm" || n->op_type() == "MatMul" ||
+                    n->op_type() == "MatMulAdd")
             << family << " " << v->name() << " read by " << n->op_type();
       }
       try {

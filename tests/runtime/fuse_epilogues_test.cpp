@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <span>
@@ -253,6 +254,56 @@ TEST(FuseGelu, FusesTheErfChainOnlyWithTheSameBits) {
   xs.data<float>()[3] = 100.0f;
   xs.data<float>()[4] = std::nanf("");
   const Tensor inputs[] = {xs, bs};
+  expect_same_output_bits(*g, *fused, inputs);
+}
+
+TEST(FuseMatMulAdd, FusesALinearLayerOnlyWithTheSameBits) {
+  std::mt19937 rng(13);
+  auto g = std::make_unique<graph::Graph>();
+  // k = 600: the packed product sums in three passes over k, so a row added before the first
+  // of them (Gemm's bias) would round differently from the Add after the last.
+  const Shape shape{2, 5, 600};
+  const int64_t n = 40;  // one full column panel and a partial one
+  auto* x = g->add_input("x", DType::kFloat32, shape);
+  auto* row_input = g->add_input("row", DType::kFloat32, Shape{n});
+  auto constant = [&](const char* name, Shape s, float lo, float hi) {
+    return g->add_constant(name, random_tensor(s, rng, lo, hi));
+  };
+  auto node = [&](const char* name, const char* op, std::vector<graph::Value*> inputs) {
+    return g->add_node({.name = name, .op_type = op, .inputs = inputs, .output_names = {name}})
+        ->output(0);
+  };
+  auto weight = [&](const char* name) { return constant(name, Shape{600, n}, -1.f, 1.f); };
+  // Linear layers, the row on either side of the Add, as [n] and as [1, 1, n].
+  g->mark_output(
+      node("y1", "Add",
+           {node("p1", "MatMul", {x, weight("w1")}), constant("b1", Shape{n}, -300.f, 300.f)}));
+  g->mark_output(node(
+      "y2", "Add",
+      {constant("b2", Shape{1, 1, n}, -300.f, 300.f), node("p2", "MatMul", {x, weight("w2")})}));
+  // Not fused: an Add of a full tensor, of a row that is not a constant, and a product that is
+  // also read by another node.
+  g->mark_output(node(
+      "y3", "Add",
+      {node("p3", "MatMul", {x, weight("w3")}), constant("b3", Shape{2, 5, n}, -300.f, 300.f)}));
+  g->mark_output(node("y4", "Add", {node("p4", "MatMul", {x, weight("w4")}), row_input}));
+  auto* p5 = node("p5", "MatMul", {x, weight("w5")});
+  g->mark_output(node("y5", "Add", {p5, constant("b5", Shape{n}, -300.f, 300.f)}));
+  g->mark_output(node("y6", "Neg", {p5}));
+  runtime::resolve(*g, {});
+  auto fused = g->clone();
+  EXPECT_EQ(runtime::fuse_matmul_add(*fused), 2u);
+  EXPECT_NO_THROW(fused->check_consistency());
+  std::map<std::string, int> ops = op_counts(*fused);
+  EXPECT_EQ(ops["MatMulAdd"], 2);
+  EXPECT_EQ(ops["MatMul"], 3);
+  EXPECT_EQ(ops["Add"], 3);
+  expect_same_output_names(*g, *fused);
+  Tensor xs = random_tensor(shape, rng, -4.f, 4.f);
+  xs.data<float>()[0] = std::nanf("");
+  xs.data<float>()[600] = std::numeric_limits<float>::infinity();
+  xs.data<float>()[1200] = -0.0f;
+  const Tensor inputs[] = {xs, random_tensor(Shape{n}, rng, -300.f, 300.f)};
   expect_same_output_bits(*g, *fused, inputs);
 }
 
