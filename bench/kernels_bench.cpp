@@ -322,6 +322,47 @@ BENCHMARK(BM_SgemmRowBlock)
     ->Args({256, 384, 96})
     ->Unit(benchmark::kMillisecond);
 
+// A Linear layer as torch.onnx writes it for rank-3 inputs, MatMul(x, W) → Add(·, b), weights
+// prepared once: args {rows, k, n, fused}: fused 1 runs matmul_add_row (the runtime's MatMulAdd),
+// 0 the MatMul and then the broadcast Add, as the two nodes run. ConvNeXt-T's stage-1 MLP at
+// batch 8 (25088 rows) and ViT-B's (1576 rows).
+void BM_MatMulAdd(benchmark::State& state) {
+  use_two_threads();
+  const int64_t rows = state.range(0), k = state.range(1), n = state.range(2);
+  const MatMulDims d = *matmul_dims(std::vector<int64_t>{rows, k}, std::vector<int64_t>{k, n});
+  const auto a = random_floats(static_cast<size_t>(rows * k), 6);
+  const auto w = random_floats(static_cast<size_t>(k * n), 7);
+  Tensor bias(DType::kFloat32, {n});
+  const auto bias_values = random_floats(static_cast<size_t>(n), 8);
+  std::copy(bias_values.begin(), bias_values.end(), bias.data<float>());
+  std::vector<float> prepared(matmul_prepared_weight_floats(d));
+  prepare_matmul_weights(d, w.data(), prepared.data());
+  Tensor y(DType::kFloat32, {rows, n});
+  std::vector<std::byte> ws(matmul_workspace_bytes(d, GemmWeightForm::kPrepared) + 64);
+  const Shape shapes[] = {{rows, n}, {n}};
+  const BroadcastPlan plan = plan_broadcast(shapes);
+  for (auto _ : state) {
+    if (state.range(3) != 0) {
+      matmul_add_row(d, a.data(), w.data(), bias.data<float>(), y.data<float>(), ws.data(),
+                     prepared.data());
+    } else {
+      matmul(d, a.data(), w.data(), y.data<float>(), ws.data(), prepared.data());
+      binary(BinaryOp::kAdd, plan, y, bias, y);
+    }
+    benchmark::DoNotOptimize(y.data<float>());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * k * n),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_MatMulAdd)
+    ->ArgsProduct({{25088}, {96}, {384}, {0, 1}})
+    ->ArgsProduct({{25088}, {384}, {96}, {0, 1}})
+    ->ArgsProduct({{1576}, {768}, {3072}, {0, 1}})
+    ->ArgsProduct({{1576}, {3072}, {768}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // gemm() as ViT's Linear layers run it at batch 8 (1576 rows): nn.Linear weights ([n, k],
 // transB) and a bias per column. Args {m, k, n, prepared}: prepared 1 packs the weights once
 // for the packed micro-kernel (as the runtime does for constant weights), 0 runs OpenBLAS.

@@ -265,15 +265,18 @@ void pack_row_panel(const float* a, int64_t lda, int64_t rows, int64_t kc, float
 }
 
 // y[r][j] += row[j] for rows [0, rows) and columns [0, cols), rows ld apart.
-void add_row(const float* row, int64_t rows, int64_t cols, float* y, int64_t ld) {
+void add_row(const float* __restrict row, int64_t rows, int64_t cols, float* __restrict y,
+             int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
-    float* yr = y + r * ld;
+    float* __restrict yr = y + r * ld;
     for (int64_t j = 0; j < cols; ++j) yr[j] += row[j];
   }
 }
 
 // row_after (n floats, or null): added to every output row once its product is complete, as
-// a separate Add of that row would add it (bias: before the product, as Gemm's C).
+// a separate Add of that row would add it (bias: before the product, as Gemm's C). With one
+// pass over k the two orders are one sum (addition commutes), and the row goes in as the bias
+// does, at no cost; otherwise each block gets it after its last pass.
 void packed_linear(const GemmDims& d, const float* a, const float* bias, float* y,
                    const float* prepared, const float* row_after = nullptr) {
   const LinearSplit s = linear_split(d, max_threads());
@@ -281,6 +284,7 @@ void packed_linear(const GemmDims& d, const float* a, const float* bias, float* 
   const int64_t n = d.n;
   const float* row_bias = d.bias == GemmBias::kRow ? bias : nullptr;
   const bool scale_bias = row_bias && d.beta != 1.0f;
+  const bool row_first = row_after && s.depth >= k;
   parallel_tasks_with_scratch(
       s.row_blocks * s.col_blocks, max_threads(), 0, nullptr, [&](int64_t t, std::byte*) {
         // Consecutive tasks share their column block, so its weights are still in L3 (or L2).
@@ -309,14 +313,16 @@ void packed_linear(const GemmDims& d, const float* a, const float* bias, float* 
               int64_t ldc_in = n;
               if (k0 == 0) {
                 ldc_in = 0;
-                c_in = row_bias ? row_bias + c0 : nullptr;
+                c_in = row_bias ? row_bias + c0 : row_first ? row_after + c0 : nullptr;
                 if (scale_bias) {
                   for (int64_t j = 0; j < cols; ++j) scaled_bias[j] = d.beta * row_bias[c0 + j];
                   c_in = scaled_bias;
                 }
               }
               packed_gemm_tile_add(kc, a_panel, w, kPackedCols, rows, cols, c_in, ldc_in, out, n);
-              if (row_after && k0 + kc == k) add_row(row_after + c0, rows, cols, out, n);
+              if (row_after && !row_first && k0 + kc == k) {
+                add_row(row_after + c0, rows, cols, out, n);
+              }
             }
           }
         }
@@ -512,6 +518,7 @@ void matmul_add_row(const MatMulDims& d, const float* a, const float* b, const f
     return;
   }
   matmul(d, a, b, y, workspace, prepared_weights);
+  if (d.n <= 0) return;
   const int64_t rows = shape_numel(d.out_shape) / d.n;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / d.n);
   parallel_for(rows, grain, [&](int64_t begin, int64_t end) {

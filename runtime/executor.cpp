@@ -33,8 +33,8 @@ int64_t dims_product(const kernels::Shape& shape, size_t begin, size_t end) {
 // Elements before output 0's first one in input 0, when output 0 is a run of input 0's elements
 // in their order: then the node needs no kernel, its output is a view of its input's buffer at
 // that offset. Reshape and its kin (offset 0); a Pad of zeros; a Slice of step 1 whose output
-// is contiguous in its input (the whole input, or a range along the first axis of more than one
-// element, the axes after it whole); a Gather of one constant index along such an axis (qkv[0]).
+// is contiguous in its input (the whole input, or a range of the outermost axis longer than one,
+// every axis after it whole); a Gather of one constant index along such an axis (qkv[0]).
 // Their outputs' bits are the input's, so a view changes no result, only a copy saved.
 std::optional<int64_t> view_offset(const graph::Node& node) {
   static const std::set<std::string, std::less<>> kViews = {"Reshape",   "Flatten",  "Squeeze",

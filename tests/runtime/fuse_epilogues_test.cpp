@@ -266,6 +266,8 @@ TEST(FuseMatMulAdd, FusesALinearLayerOnlyWithTheSameBits) {
   const int64_t n = 40;  // one full column panel and a partial one
   auto* x = g->add_input("x", DType::kFloat32, shape);
   auto* row_input = g->add_input("row", DType::kFloat32, Shape{n});
+  // k = 200: one pass, where the row joins the sums as a bias does.
+  auto* x1 = g->add_input("x1", DType::kFloat32, Shape{3, 7, 200});
   auto constant = [&](const char* name, Shape s, float lo, float hi) {
     return g->add_constant(name, random_tensor(s, rng, lo, hi));
   };
@@ -281,6 +283,9 @@ TEST(FuseMatMulAdd, FusesALinearLayerOnlyWithTheSameBits) {
   g->mark_output(node(
       "y2", "Add",
       {constant("b2", Shape{1, 1, n}, -300.f, 300.f), node("p2", "MatMul", {x, weight("w2")})}));
+  auto* w7 = constant("w7", Shape{200, n}, -1.f, 1.f);
+  g->mark_output(
+      node("y7", "Add", {node("p7", "MatMul", {x1, w7}), constant("b7", Shape{n}, -300.f, 300.f)}));
   // Not fused: an Add of a full tensor, of a row that is not a constant, and a product that is
   // also read by another node.
   g->mark_output(node(
@@ -292,10 +297,10 @@ TEST(FuseMatMulAdd, FusesALinearLayerOnlyWithTheSameBits) {
   g->mark_output(node("y6", "Neg", {p5}));
   runtime::resolve(*g, {});
   auto fused = g->clone();
-  EXPECT_EQ(runtime::fuse_matmul_add(*fused), 2u);
+  EXPECT_EQ(runtime::fuse_matmul_add(*fused), 3u);
   EXPECT_NO_THROW(fused->check_consistency());
   std::map<std::string, int> ops = op_counts(*fused);
-  EXPECT_EQ(ops["MatMulAdd"], 2);
+  EXPECT_EQ(ops["MatMulAdd"], 3);
   EXPECT_EQ(ops["MatMul"], 3);
   EXPECT_EQ(ops["Add"], 3);
   expect_same_output_names(*g, *fused);
@@ -303,7 +308,8 @@ TEST(FuseMatMulAdd, FusesALinearLayerOnlyWithTheSameBits) {
   xs.data<float>()[0] = std::nanf("");
   xs.data<float>()[600] = std::numeric_limits<float>::infinity();
   xs.data<float>()[1200] = -0.0f;
-  const Tensor inputs[] = {xs, random_tensor(Shape{n}, rng, -300.f, 300.f)};
+  const Tensor inputs[] = {xs, random_tensor(Shape{n}, rng, -300.f, 300.f),
+                           random_tensor(Shape{3, 7, 200}, rng, -4.f, 4.f)};
   expect_same_output_bits(*g, *fused, inputs);
 }
 
