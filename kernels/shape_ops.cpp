@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/parallel.h"
+#include "kernels/simd_transpose.h"
 #include "kernels/strided_index.h"
 
 namespace qforge::kernels {
@@ -78,8 +79,9 @@ void strided_copy_typed(const StridedCopyPlan& plan, const T* src, T* dst) {
 }
 
 // One tile of a 2-D transpose: y[it·y_stride + il] = x[it + il·x_stride] for it in [t0, t1),
-// il in [l0, l1). Whole 8×8 blocks are staged through a small local array (about 1.4× faster than
-// the direct strided copy when measured); the ragged edges are copied element by element.
+// il in [l0, l1). 4-byte elements go 16 × 16 through AVX-512 registers where they fill such
+// blocks; otherwise whole 8×8 blocks are staged through a small local array (about 1.4× faster
+// than the direct strided copy when measured); the ragged edges are copied element by element.
 template <class T>
 void transpose_tile(const T* x, int64_t x_stride, T* y, int64_t y_stride, int64_t t0, int64_t t1,
                     int64_t l0, int64_t l1) {
@@ -89,6 +91,34 @@ void transpose_tile(const T* x, int64_t x_stride, T* y, int64_t y_stride, int64_
       for (int64_t il = c0; il < c1; ++il) y[it * y_stride + il] = x[it + il * x_stride];
     }
   };
+#ifdef __AVX512F__
+  // 4-byte elements: whole 16 × 16 blocks through registers (16 loads, the in-register
+  // transpose, 16 stores), the rest of the tile as below. A copy: the bits are the input's.
+  if constexpr (sizeof(T) == 4) {
+    constexpr int64_t kWide = 16;
+    const int64_t t_wide = t0 + (t1 - t0) / kWide * kWide;
+    const int64_t l_wide = l0 + (l1 - l0) / kWide * kWide;
+    if (t_wide > t0 && l_wide > l0) {
+      for (int64_t it = t0; it < t_wide; it += kWide) {
+        for (int64_t il = l0; il < l_wide; il += kWide) {
+          __m512 r[kWide];
+          for (int64_t j = 0; j < kWide; ++j) {
+            r[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(x + it + (il + j) * x_stride));
+          }
+          transpose16(r);
+          for (int64_t i = 0; i < kWide; ++i) {
+            _mm512_storeu_ps(reinterpret_cast<float*>(y + (it + i) * y_stride + il), r[i]);
+          }
+        }
+      }
+      // The strips the 16 × 16 blocks leave: columns [l_wide, l1) of their rows, then the rows
+      // [t_wide, t1) whole.
+      if (l_wide < l1) transpose_tile(x, x_stride, y, y_stride, t0, t_wide, l_wide, l1);
+      if (t_wide < t1) transpose_tile(x, x_stride, y, y_stride, t_wide, t1, l0, l1);
+      return;
+    }
+  }
+#endif
   const int64_t t_full = t0 + (t1 - t0) / kBlock * kBlock;
   const int64_t l_full = l0 + (l1 - l0) / kBlock * kBlock;
   for (int64_t it = t0; it < t_full; it += kBlock) {
