@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
@@ -37,6 +38,18 @@ void expect_same_output_names(const graph::Graph& g, const graph::Graph& rewritt
   for (size_t i = 0; i < g.outputs().size(); ++i) {
     EXPECT_EQ(rewritten.outputs()[i]->name(), g.outputs()[i]->name());
   }
+}
+
+// Resolves g and runs `fuse` on a copy of it, which it returns after checking that the pass
+// reported `groups` fusions and left a consistent graph with g's outputs.
+template <class Fuse>
+std::unique_ptr<graph::Graph> fused_copy(graph::Graph& g, Fuse fuse, size_t groups) {
+  runtime::resolve(g, {});
+  auto fused = g.clone();
+  EXPECT_EQ(fuse(*fused), groups);
+  EXPECT_NO_THROW(fused->check_consistency());
+  expect_same_output_names(g, *fused);
+  return fused;
 }
 
 // Both graphs run on `inputs` and give every output with the same bits.
@@ -184,15 +197,11 @@ TEST(FuseSilu, FusesXTimesSigmoidXOnlyWithTheSameBits) {
   auto* s6 = node("s6", "Sigmoid", {x});
   g->mark_output(s6);
   g->mark_output(node("y6", "Mul", {x, s6}));
-  runtime::resolve(*g, {});
-  auto fused = g->clone();
-  EXPECT_EQ(runtime::fuse_silu(*fused), 2u);
-  EXPECT_NO_THROW(fused->check_consistency());
+  auto fused = fused_copy(*g, runtime::fuse_silu, 2u);
   std::map<std::string, int> ops = op_counts(*fused);
   EXPECT_EQ(ops["Silu"], 2);
   EXPECT_EQ(ops["Sigmoid"], 3);
   EXPECT_EQ(ops["Mul"], 3);
-  expect_same_output_names(*g, *fused);
   // Values across the sigmoid's range, its saturation and both signs of zero included.
   Tensor xs = random_tensor(shape, rng, -20.f, 20.f);
   Tensor bs = random_tensor(shape, rng, -4.f, 4.f);
@@ -237,14 +246,10 @@ TEST(FuseGelu, FusesTheErfChainOnlyWithTheSameBits) {
   auto* e5 = node("e5", "Erf", {node("d5", "Div", {x, root2})});
   g->mark_output(node("y5", "Mul", {node("m5", "Mul", {x, node("a5", "Add", {e5, one})}), half}));
   g->mark_output(node("y6", "Neg", {e5}));
-  runtime::resolve(*g, {});
-  auto fused = g->clone();
-  EXPECT_EQ(runtime::fuse_gelu(*fused), 2u);
-  EXPECT_NO_THROW(fused->check_consistency());
+  auto fused = fused_copy(*g, runtime::fuse_gelu, 2u);
   std::map<std::string, int> ops = op_counts(*fused);
   EXPECT_EQ(ops["Gelu"], 2);
   EXPECT_EQ(ops["Erf"], 3);
-  expect_same_output_names(*g, *fused);
   // Both branches of erf (|x / √2| below and above 1), its saturation, both zeros, NaN.
   Tensor xs = random_tensor(shape, rng, -8.f, 8.f);
   Tensor bs = random_tensor(shape, rng, -2.f, 2.f);
@@ -295,15 +300,11 @@ TEST(FuseMatMulAdd, FusesALinearLayerOnlyWithTheSameBits) {
   auto* p5 = node("p5", "MatMul", {x, weight("w5")});
   g->mark_output(node("y5", "Add", {p5, constant("b5", Shape{n}, -300.f, 300.f)}));
   g->mark_output(node("y6", "Neg", {p5}));
-  runtime::resolve(*g, {});
-  auto fused = g->clone();
-  EXPECT_EQ(runtime::fuse_matmul_add(*fused), 3u);
-  EXPECT_NO_THROW(fused->check_consistency());
+  auto fused = fused_copy(*g, runtime::fuse_matmul_add, 3u);
   std::map<std::string, int> ops = op_counts(*fused);
   EXPECT_EQ(ops["MatMulAdd"], 3);
   EXPECT_EQ(ops["MatMul"], 3);
   EXPECT_EQ(ops["Add"], 3);
-  expect_same_output_names(*g, *fused);
   Tensor xs = random_tensor(shape, rng, -4.f, 4.f);
   xs.data<float>()[0] = std::nanf("");
   xs.data<float>()[600] = std::numeric_limits<float>::infinity();
