@@ -10,17 +10,24 @@
 #include "kernels/shape_ops.h"
 #include "runtime/arena_plan.h"
 #include "runtime/memory_budget.h"
+#include "runtime/ops/ops.h"
 
 namespace qforge::runtime {
 namespace {
 
-// A constant integer input of a node (a Slice's bounds, a Pad's pads, a Gather's indices), or
-// nothing when it is absent or not a held constant.
-std::optional<std::vector<int64_t>> constant_ints(const graph::Node& node, size_t index) {
-  if (index >= node.num_inputs()) return std::nullopt;
-  const graph::Value* v = node.input(index);
-  if (!v || !v->is_constant() || !v->constant().defined()) return std::nullopt;
-  return v->constant().to_int64_vector();
+// What kernel creation and shape inference see of a node's inputs (a released constant's values
+// are not theirs to see: it reads as a plain input).
+std::vector<InputInfo> infos_of(const graph::Node& node) {
+  std::vector<InputInfo> infos(node.num_inputs());
+  for (size_t i = 0; i < node.num_inputs(); ++i) {
+    const graph::Value* v = node.input(i);
+    if (!v) continue;
+    infos[i].present = true;
+    infos[i].dtype = v->dtype();
+    infos[i].shape = *v->shape();
+    if (v->is_constant() && !v->is_released()) infos[i].constant = &v->constant();
+  }
+  return infos;
 }
 
 // Product of dims [begin, end) of a shape.
@@ -56,52 +63,37 @@ std::optional<int64_t> view_offset(const graph::Node& node) {
   const kernels::Shape& in_shape = *src->shape();
   const kernels::Shape& out_shape = *out->shape();
   const size_t rank = in_shape.size();
+  const std::vector<InputInfo> inputs = infos_of(node);
+  // An integer constant input's values (a Pad's pads, a Gather's indices).
+  auto ints = [&](size_t i) -> std::optional<std::vector<int64_t>> {
+    if (i >= inputs.size() || !inputs[i].constant) return std::nullopt;
+    return inputs[i].constant->to_int64_vector();
+  };
   if (op == "Pad") {
-    const auto pads = constant_ints(node, 1);
+    const auto pads = ints(1);
     if (!pads || out_shape != in_shape) return std::nullopt;
     const bool zeros = std::all_of(pads->begin(), pads->end(), [](int64_t p) { return p == 0; });
     return zeros ? std::optional<int64_t>(0) : std::nullopt;
   }
   if (op == "Slice") {
-    const auto starts = constant_ints(node, 1);
-    const auto ends = constant_ints(node, 2);
-    if (!starts || !ends || starts->size() != ends->size() || out_shape.size() != rank) {
-      return std::nullopt;
+    const std::vector<kernels::SliceRange> ranges = ops::slice_ranges(node, inputs);
+    // In order: step 1 wherever more than one element is read.
+    for (const kernels::SliceRange& r : ranges) {
+      if (r.count > 1 && r.step != 1) return std::nullopt;
     }
-    std::vector<int64_t> axes(starts->size());
-    for (size_t i = 0; i < axes.size(); ++i) axes[i] = static_cast<int64_t>(i);
-    if (node.num_inputs() > 3 && node.input(3)) {
-      const auto given = constant_ints(node, 3);
-      if (!given || given->size() != axes.size()) return std::nullopt;
-      axes = *given;
-    }
-    if (node.num_inputs() > 4 && node.input(4)) {
-      const auto steps = constant_ints(node, 4);
-      if (!steps || steps->size() != axes.size() ||
-          !std::all_of(steps->begin(), steps->end(), [](int64_t s) { return s == 1; })) {
-        return std::nullopt;
-      }
-    }
-    std::vector<int64_t> start(rank, 0);
-    for (size_t i = 0; i < axes.size(); ++i) {
-      const int64_t a = axes[i] < 0 ? axes[i] + static_cast<int64_t>(rank) : axes[i];
-      if (a < 0 || a >= static_cast<int64_t>(rank)) return std::nullopt;
-      const auto ua = static_cast<size_t>(a);
-      start[ua] = kernels::slice_range(in_shape[ua], (*starts)[i], (*ends)[i], 1).start;
-    }
-    // The first axis the slice narrows: the axes before it hold one element in all, those after
-    // it are whole.
+    // The first axis the slice narrows: the axes before it hold one element in all, those
+    // after it are whole.
     size_t narrowed = 0;
-    while (narrowed < rank && out_shape[narrowed] == in_shape[narrowed]) ++narrowed;
+    while (narrowed < rank && ranges[narrowed].count == in_shape[narrowed]) ++narrowed;
     if (narrowed == rank) return 0;
     if (dims_product(in_shape, 0, narrowed) != 1) return std::nullopt;
     for (size_t a = narrowed + 1; a < rank; ++a) {
-      if (out_shape[a] != in_shape[a]) return std::nullopt;
+      if (ranges[a].count != in_shape[a]) return std::nullopt;
     }
-    return start[narrowed] * dims_product(in_shape, narrowed + 1, rank);
+    return ranges[narrowed].start * dims_product(in_shape, narrowed + 1, rank);
   }
   if (op == "Gather") {
-    const auto indices = constant_ints(node, 1);
+    const auto indices = ints(1);
     if (!indices || indices->size() != 1 || rank == 0) return std::nullopt;
     int64_t axis = node.attr_int("axis", 0);
     if (axis < 0) axis += static_cast<int64_t>(rank);
@@ -278,19 +270,10 @@ void Executor::compile(const graph::Graph& graph) {
     const graph::Node* node = order[s];
     Step step;
     step.node = node;
-    std::vector<InputInfo> infos(node->num_inputs());
+    const std::vector<InputInfo> infos = infos_of(*node);
     step.inputs_begin = step_inputs_.size();
-    for (size_t i = 0; i < node->num_inputs(); ++i) {
-      const graph::Value* v = node->input(i);
-      if (!v) {
-        step_inputs_.emplace_back();
-        continue;
-      }
-      infos[i].present = true;
-      infos[i].dtype = v->dtype();
-      infos[i].shape = *v->shape();
-      if (v->is_constant()) infos[i].constant = &v->constant();
-      step_inputs_.push_back(view_of(v));
+    for (const graph::Value* v : node->inputs()) {
+      step_inputs_.push_back(v ? view_of(v) : Tensor());
     }
     step.inputs_end = step_inputs_.size();
     step.outputs_begin = step_outputs_.size();

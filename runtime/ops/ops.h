@@ -1,6 +1,10 @@
 // Registration entry points of the built-in op families (runtime/ops/*.cpp).
 #pragma once
 
+#include <span>
+#include <vector>
+
+#include "kernels/shape_ops.h"
 #include "runtime/op_registry.h"
 
 namespace qforge::runtime::ops {
@@ -41,5 +45,11 @@ void register_act_add_ops(OpRegistry& registry);
 // channel from 21); resolution calls it before shape inference on graphs that record their
 // opset. Throws Invalid naming the node; other ops pass.
 void check_opset_form(const graph::Node& node, std::span<const InputInfo> inputs, int64_t opset);
+
+// The range a Slice reads along each axis of its data: starts, ends, axes and steps normalised
+// and clamped as the Slice kernel plans its copy (and the executor its views). Throws Invalid
+// naming the node when they are not constant integers of one length.
+std::vector<kernels::SliceRange> slice_ranges(const graph::Node& node,
+                                              std::span<const InputInfo> inputs);
 
 }  // namespace qforge::runtime::ops

@@ -412,7 +412,8 @@ class StridedCopyKernel final : public OpKernel {
   kernels::BroadcastPlan expand_as_add_;  // Expand: x broadcast to the output, as an Add's a
 };
 
-// One SliceRange per axis of the data input.
+}  // namespace
+
 std::vector<kernels::SliceRange> slice_ranges(const graph::Node& node,
                                               std::span<const InputInfo> inputs) {
   const InputInfo& x = require_input(node, inputs, 0);
@@ -440,6 +441,8 @@ std::vector<kernels::SliceRange> slice_ranges(const graph::Node& node,
   }
   return ranges;
 }
+
+namespace {
 
 std::vector<TensorInfo> infer_slice(const graph::Node& node, std::span<const InputInfo> inputs) {
   Shape out;
