@@ -23,11 +23,15 @@ Session::Session(std::unique_ptr<graph::Graph> graph, SessionOptions options)
 
 Session::~Session() = default;
 
-std::optional<int64_t> Session::fixed_batch() const {
-  if (graph_->inputs().empty()) return std::nullopt;
-  const auto& shape = graph_->inputs()[0]->shape();
+std::optional<int64_t> fixed_batch(const graph::Graph& graph) {
+  if (graph.inputs().empty()) return std::nullopt;
+  const auto& shape = graph.inputs()[0]->shape();
   if (!shape || shape->empty() || (*shape)[0] < 0) return std::nullopt;
   return (*shape)[0];
+}
+
+std::optional<int64_t> Session::fixed_batch() const {
+  return runtime::fixed_batch(*graph_);
 }
 
 Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_shapes) {

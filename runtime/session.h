@@ -25,6 +25,9 @@ struct SessionOptions {
   // weights are released while that plan is compiled (ExecutorOptions).
 };
 
+// The model's leading input dimension when it is fixed in the file.
+std::optional<int64_t> fixed_batch(const graph::Graph& graph);
+
 class Session {
  public:
   explicit Session(std::unique_ptr<graph::Graph> graph, SessionOptions options = {});

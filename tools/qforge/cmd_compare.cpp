@@ -119,13 +119,13 @@ void print_figures(const graph::Value& output, const runtime::ComparisonFigures&
 
 int run_compare(const CompareOptions& o) {
   set_threads_from_flag(o.threads);
-  runtime::Session session_a(load_model_to_run(o.model_a, o.input_shape, o.data));
-  runtime::Session session_b(load_model_to_run(o.model_b, o.input_shape, o.data));
-  const graph::Graph& model_a = session_a.graph();
-  const graph::Graph& model_b = session_b.graph();
+  std::unique_ptr<graph::Graph> loaded_a = load_model_to_run(o.model_a, o.input_shape, o.data);
+  std::unique_ptr<graph::Graph> loaded_b = load_model_to_run(o.model_b, o.input_shape, o.data);
+  const graph::Graph& model_a = *loaded_a;
+  const graph::Graph& model_b = *loaded_b;
   check_same_interface(model_a, model_b, o);
 
-  std::optional<int64_t> fixed = session_a.fixed_batch();
+  const std::optional<int64_t> fixed = runtime::fixed_batch(model_a);
   std::optional<DataSource> data;
   std::vector<kernels::Tensor> random;  // whole random batch, without --data
   size_t total = 0;
@@ -140,6 +140,13 @@ int run_compare(const CompareOptions& o) {
   if (total == 0) throw_invalid("compare: data '" + o.data + "' holds no samples");
   // A fixed batch is only the default: resolve frees it for any other.
   const int64_t batch = o.batch > 0 ? o.batch : fixed.value_or(32);
+  // One shape for every batch (no smaller last one): each session compiles once and frees its
+  // weights as its kernels bring them into their own forms, rather than holding them twice.
+  runtime::SessionOptions options;
+  options.executor.release_prepared_constants =
+      total <= static_cast<size_t>(batch) || total % static_cast<size_t>(batch) == 0;
+  runtime::Session session_a(std::move(loaded_a), options);
+  runtime::Session session_b(std::move(loaded_b), options);
 
   std::vector<runtime::OutputComparison> comparisons(model_a.outputs().size());
   io::Progress progress("compare", total, "img");

@@ -87,20 +87,24 @@ int run_run(RunOptions o) {
                        std::to_string(t.fusions.applied()) + " fusions";
     loaded = std::move(t.graph);
   }
-  runtime::Session session(std::move(loaded), so);
-
   size_t total = data.size();
   size_t left_out = 0;  // samples past the last whole batch of the transformed graph
   if (o.limit > 0) total = std::min(total, static_cast<size_t>(o.limit));
   if (total == 0) throw_invalid("run: data '" + o.data + "' holds no samples");
   // A model that fixes its batch runs at any other too (resolve frees it); its own is the
   // default.
-  const int64_t batch = o.batch > 0 ? o.batch : session.fixed_batch().value_or(32);
+  const int64_t batch = o.batch > 0 ? o.batch : runtime::fixed_batch(*loaded).value_or(32);
   if (o.transform && total % static_cast<size_t>(batch) != 0) {
     left_out = total % static_cast<size_t>(batch);  // the fused graph runs whole batches only
     total -= left_out;
     if (total == 0) throw_invalid("run: fewer samples than --batch for the transformed graph");
   }
+  // When every batch has one shape (no smaller last batch), the session compiles once, and the
+  // weights are freed as its kernels bring them into their own forms (packed panels, Winograd
+  // filters) instead of being held twice.
+  so.executor.release_prepared_constants =
+      total <= static_cast<size_t>(batch) || total % static_cast<size_t>(batch) == 0;
+  runtime::Session session(std::move(loaded), so);
 
   const graph::Graph& model = session.graph();
   // Kept only with -o: each output's bytes, batch after batch, in its dtype (float32, or the
