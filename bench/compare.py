@@ -11,6 +11,9 @@ models (export_models.py), at batch 8 with 2 threads by default.
            all graph optimisations, sequential); 2 warm-up runs, then the mean of N runs
 
 GFLOP/s = 2 * MACs per image (`qforge inspect` of the b1 model) * batch / qforge time.
+Peak memory is each process's own peak resident set (VmHWM, as each reports it: qforge's
+`memory` line, the PyTorch worker and ort_time.js from /proc/self/status): the runtime, its
+weights, activations and inputs, as a user sees it.
 A `qforge run --profile` of one model (resnet50) gives the time per op kind, and the bundled
 models (data/models) are timed plain and transformed on the digits training images.
 
@@ -165,6 +168,7 @@ def qforge_macs(qforge, name, timeout):
 
 THROUGHPUT_RE = re.compile(
     r"^throughput\s+([\d.]+) images/s \(forward ([\d.]+) s, ([\d.]+) ms/batch; wall ([\d.]+) s\)", re.M)
+MEMORY_RE = re.compile(r"^memory\s+peak resident ([\d.]+) MiB", re.M)
 PROFILE_RE = re.compile(r"^\s+(\S+)\s+([\d.]+) ms\s+([\d.]+)%\s+\((\d+) nodes\)\s*$", re.M)
 
 
@@ -182,6 +186,9 @@ def qforge_time(qforge, name, data, images, args, profile=False, transform=False
                 "cmd": cmd}
     res = {"images_s": float(m.group(1)), "forward_s": float(m.group(2)),
            "ms": float(m.group(3)), "cmd": cmd}
+    peak = MEMORY_RE.search(proc.stdout)
+    if peak:
+        res["peak_mib"] = float(peak.group(1))
     if profile:
         res["profile"] = [(op, float(ms), float(pct), int(nodes))
                           for op, ms, pct, nodes in PROFILE_RE.findall(proc.stdout)]
@@ -237,8 +244,13 @@ def torch_worker(args):
     except (OSError, subprocess.CalledProcessError):
         pass
     version += f", BLAS {blas.group(1) if blas else '?'}, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
+    peak = None
+    with open("/proc/self/status") as status:
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
+        peak = int(m.group(1)) / 1024 if m else None
     print(json.dumps({"version": version, "threads": torch.get_num_threads(), "ms": ms,
-                      "mean_ms": statistics.mean(ms), "median_ms": statistics.median(ms)}))
+                      "mean_ms": statistics.mean(ms), "median_ms": statistics.median(ms),
+                      "peak_mib": peak}))
     return 0
 
 
@@ -322,6 +334,20 @@ def render(rows, profile, meta, bundled=()):
                "after conversions and fusions into modules (`qforge run --transform`), as calibration "
                "and QAT run it. GFLOP/s counts 2 FLOPs per MAC of `qforge inspect`, at qforge's "
                "(untransformed) time.")
+    def mib(res):
+        return f"{res['peak_mib']:.0f}" if res.get("peak_mib") else "-"
+
+    def ratio(a, b):
+        return f"{a['peak_mib'] / b['peak_mib']:.2f}" if a.get("peak_mib") and b.get("peak_mib") else "-"
+
+    out += ["", "Peak resident memory of each process, MiB, in the round kept (qforge's includes the "
+            "timing images it reads, PyTorch's the Python interpreter and torch, ORT's Node.js):", "",
+            "| model | qforge | transformed | PyTorch | ORT | qforge/PyTorch | qforge/ORT |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        q, qt, t, o = r["qforge"], r["fused"], r["torch"], r["ort"]
+        out.append(f"| {r['model']} | {mib(q)} | {mib(qt)} | {mib(t)} | {mib(o)} | {ratio(q, t)} | "
+                   f"{ratio(q, o)} |")
     if any(r[k].get("disturbed") for r in rows for k in ("qforge", "fused", "torch", "ort")):
         out.append("\\* other processes used more than the allowed share of the CPUs during every "
                    "attempt at this measurement; take it with caution.")

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Times one ONNX model in ONNX Runtime for Node (the project's copy in .deps/ort), for
-// bench/compare.py. Prints one JSON line: version, per-run milliseconds, mean and median.
+// bench/compare.py. Prints one JSON line: version, per-run milliseconds, mean and median, and the
+// process's peak resident memory.
 //
 //   node bench/ort_time.js --model m.onnx --input x.npy [--batch 8] [--warmup 2] [--runs 5]
 //                          [--threads 2]
@@ -79,7 +80,19 @@ async function main() {
   const mid = sorted.length >> 1;
   const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
   const mean = ms.reduce((a, b) => a + b, 0) / ms.length;
-  console.log(JSON.stringify({version, load_ms: loadMs, ms, mean_ms: mean, median_ms: median}));
+  console.log(JSON.stringify(
+      {version, load_ms: loadMs, ms, mean_ms: mean, median_ms: median, peak_mib: peakMiB()}));
+}
+
+// This process's peak resident set in MiB (VmHWM: its own address space's high-water mark, not
+// that of the process it was started from), or null off Linux.
+function peakMiB() {
+  try {
+    const m = fs.readFileSync('/proc/self/status', 'utf8').match(/^VmHWM:\s+(\d+) kB/m);
+    return m ? Number(m[1]) / 1024 : null;
+  } catch (e) {
+    return null;
+  }
 }
 
 main().catch((e) => {

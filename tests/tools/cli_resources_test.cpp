@@ -53,6 +53,25 @@ TEST(CliResources, ThreadsAboveTheCoresAreClampedWithANote) {
 // by a process that holds far more (this test, with 512 MiB touched), `qforge grad` on a small
 // model reports tens of MiB, not its parent's peak, which Linux carries over into getrusage's
 // ru_maxrss.
+// `run` prints its peak resident memory and the activation arena of its plan, in MiB; the
+// arena lies inside the peak.
+TEST(CliResources, RunPrintsItsPeakMemoryAndArena) {
+  auto r = run_cli("run " + kResnet + " --data " + kGoldenInput);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string key = "memory     peak resident ";
+  const size_t at = r.out.find(key);
+  ASSERT_NE(at, std::string::npos) << r.out;
+  size_t used = 0;
+  const double peak = std::stod(r.out.substr(at + key.size()), &used);
+  const std::string rest = r.out.substr(at + key.size() + used);
+  const std::string arena_key = " MiB (activation arena ";
+  ASSERT_EQ(rest.rfind(arena_key, 0), 0u) << rest;
+  const double arena = std::stod(rest.substr(arena_key.size()));
+  EXPECT_GT(arena, 0.0);
+  EXPECT_GT(peak, arena);
+  EXPECT_LT(peak, 1024.0) << r.out;
+}
+
 TEST(CliResources, PeakMemoryIsTheCommandsOwn) {
   std::vector<char> held(512u << 20, 1);
   TempDir dir;

@@ -18,6 +18,7 @@
 #include "tools/io/atomic_file.h"
 #include "tools/io/npy.h"
 #include "tools/io/progress.h"
+#include "tools/io/resource_usage.h"
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
@@ -116,6 +117,7 @@ int run_run(RunOptions o) {
   std::string not_a_classifier;  // the first output's description when it is not [N, classes]
   double forward_seconds = 0;
   int64_t warmups_left = o.warmup;
+  size_t arena_bytes = 0;  // the largest activation arena of the plans compiled
   io::Progress progress("run", total, "img");
   auto wall0 = std::chrono::steady_clock::now();
   for (size_t begin = 0; begin < total; begin += static_cast<size_t>(batch)) {
@@ -125,6 +127,7 @@ int run_run(RunOptions o) {
     for (const kernels::Tensor& input : batch_inputs) shapes.push_back(input.shape());
     // Compilation (first use of a shape) and warm-up passes stay out of the timed region.
     runtime::Executor& executor = session.executor_for(shapes);
+    arena_bytes = std::max(arena_bytes, executor.arena_bytes());
     if (warmups_left > 0) {
       for (; warmups_left > 0; --warmups_left) executor.run(batch_inputs);
       executor.reset_profile();
@@ -180,6 +183,9 @@ int run_run(RunOptions o) {
   std::printf("throughput %.1f images/s (forward %.3f s, %.3f ms/batch; wall %.3f s)\n",
               total / forward_seconds, forward_seconds,
               1e3 * forward_seconds / static_cast<double>((total + batch - 1) / batch), wall);
+  constexpr double kMiB = 1 << 20;
+  std::printf("memory     peak resident %.1f MiB (activation arena %.1f MiB)\n",
+              io::peak_resident_bytes() / kMiB, arena_bytes / kMiB);
   if (data.labelled() && not_a_classifier.empty()) {
     std::printf("top-1      %.2f%% (%zu/%zu)\n", 100.0 * correct / total, correct, total);
   } else if (data.labelled()) {
