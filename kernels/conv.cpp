@@ -177,7 +177,11 @@ void conv_gemm(const ConvPlan& plan, const float* x, const float* w, const float
                        e.residual ? e.residual + offset + r * pixels : nullptr, np);
           }
         }
-        for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yb + r * pixels, np);
+        if (np == pixels) {
+          activate_run(e, yb, rows * pixels);  // whole planes of consecutive channels
+        } else {
+          for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yb + r * pixels, np);
+        }
       });
 }
 
