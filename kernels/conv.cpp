@@ -177,11 +177,7 @@ void conv_gemm(const ConvPlan& plan, const float* x, const float* w, const float
                        e.residual ? e.residual + offset + r * pixels : nullptr, np);
           }
         }
-        if (np == pixels) {
-          activate_run(e, yb, rows * pixels);  // whole planes of consecutive channels
-        } else {
-          for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yb + r * pixels, np);
-        }
+        for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yb + r * pixels, np);
       });
 }
 

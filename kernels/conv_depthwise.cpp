@@ -489,9 +489,8 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
         finish_run(channel_finish(e, oc), y + idx * out_plane,
                    e.residual ? e.residual + idx * out_plane : nullptr, out_plane);
       }
+      activate_run(e, y + idx * out_plane, out_plane);
     }
-    // The task's planes are consecutive: one run for all of them.
-    activate_run(e, y + begin * out_plane, (end - begin) * out_plane);
   });
 }
 

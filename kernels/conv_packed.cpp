@@ -389,8 +389,7 @@ size_t packed_workspace_bytes(const ConvPlan& plan, ConvWeightForm form) {
 namespace {
 
 // The activation over output channels [r0, r0 + rows) of the batch's pixels [j0, j0 + nt), a
-// task's finished row panel: one run per channel and image, or per image where the task holds
-// its whole planes.
+// task's finished row panel: one run per channel and image.
 void activate_rows(const ConvEpilogue& e, float* y, int64_t r0, int64_t rows, int64_t j0,
                    int64_t nt, int64_t channels, int64_t pixels) {
   for (int64_t j = j0; j < j0 + nt;) {
@@ -398,11 +397,7 @@ void activate_rows(const ConvEpilogue& e, float* y, int64_t r0, int64_t rows, in
     const int64_t p = j % pixels;
     const int64_t len = std::min(j0 + nt - j, pixels - p);
     float* at = y + (n * channels + r0) * pixels + p;
-    if (len == pixels) {
-      activate_run(e, at, rows * pixels);  // whole planes of consecutive channels: one run
-    } else {
-      for (int64_t r = 0; r < rows; ++r) activate_run(e, at + r * pixels, len);
-    }
+    for (int64_t r = 0; r < rows; ++r) activate_run(e, at + r * pixels, len);
     j += len;
   }
 }

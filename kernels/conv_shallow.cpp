@@ -132,13 +132,8 @@ void shallow_outputs(const float* src, int64_t count, const int64_t* taps, const
       kBlockFns[(rows - 1) * kRunVectors + vectors - 1](src + j, taps, o, c0, last, yc + j, r,
                                                         plane);
     }
-    // The activation once a block's channels are done, over each channel's whole count (one run
-    // for the block where that count is the whole plane).
-    if (count == plane) {
-      activate_run(e, yc, rows * plane);
-    } else {
-      for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yc + r * plane, count);
-    }
+    // The activation once a block's channels are done, over each channel's whole count.
+    for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yc + r * plane, count);
   }
 }
 
