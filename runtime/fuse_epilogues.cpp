@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "graph/catalog.h"
-#include "graph/fusions.h"
 #include "graph/rewrite_util.h"
 #include "kernels/norm.h"
 #include "runtime/fusion_util.h"
@@ -82,12 +81,14 @@ bool clamp_of(const Node& n, float& lo, float& hi) {
   return true;
 }
 
-// A node whose kernel the convolution's output pass can run after the clamp
-// (kernels::ConvEpilogue::activation): a single-node activation as the module fusions match it
-// (graph/fusions.h), or the Silu node of fuse_silu, described by the attributes the modules carry.
-std::optional<graph::Activation> epilogue_activation(Node& n) {
-  if (n.op_type() == "Silu") return graph::Activation{.kind = "Silu"};
-  return graph::match_single_activation(n);
+// An activation node whose kernel the convolution's output pass can run after the clamp
+// (kernels::ConvEpilogue::activation): its op type is the `activation` attribute the modules use
+// (runtime/ops/activation.h), with the same alpha and beta.
+bool is_fusable_activation(const Node& n) {
+  const std::string& op = n.op_type();
+  if (op == "Gelu") return n.attr_string("approximate", "none") == "none";
+  return op == "LeakyRelu" || op == "Elu" || op == "Sigmoid" || op == "HardSigmoid" ||
+         op == "HardSwish" || op == "Silu";
 }
 
 }  // namespace
@@ -128,12 +129,12 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
         next = sole_consumer(cur);
       }
     }
-    std::optional<graph::Activation> activation;
+    const Node* activation = nullptr;
     if (next && clamp_of(*next, lo, hi)) {
       chain.push_back(next);
       cur = next->output(0);
-    } else if (next && next->output(0)->dtype() == cur->dtype() &&
-               (activation = epilogue_activation(*next))) {
+    } else if (next && is_fusable_activation(*next) && next->output(0)->dtype() == cur->dtype()) {
+      activation = next;
       chain.push_back(next);
       cur = next->output(0);
     }
@@ -145,7 +146,13 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
     spec.attributes = conv->attributes();
     spec.attributes["clamp_min"] = lo;
     spec.attributes["clamp_max"] = hi;
-    if (activation) graph::write_activation_attributes(spec, *activation);
+    if (activation) {
+      spec.attributes["activation"] = activation->op_type();
+      for (const char* key : {"alpha", "beta"}) {
+        auto it = activation->attributes().find(key);
+        if (it != activation->attributes().end()) spec.attributes[key] = it->second;
+      }
+    }
     spec.inputs = {conv->input(0), conv->input(1), conv->input(2), nullptr, nullptr, residual};
     if (scale.defined()) {
       spec.inputs[3] =
