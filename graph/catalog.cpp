@@ -107,8 +107,8 @@ constexpr std::array kSchemas = {
     OpSchema{"Transpose", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Unsqueeze", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Where", 3, 3, 1, 1, 16, kNone, kNoBackward},
-    // Runtime-internal: Conv with its BatchNormalization, residual Add, Relu/Clip and another
-    // activation applied in the output pass (runtime/fuse_epilogues.h).
+    // Runtime-internal: Conv with its BatchNormalization, residual Add and Relu/Clip applied in
+    // the output pass (runtime/fuse_epilogues.h).
     OpSchema{"FusedConv", 2, 6, 1, 1, 0, kNone,
              "an inference node made after resolution; training graphs are never fused",
              SchemaKind::kInternal},

@@ -98,7 +98,6 @@ void im2col_tile(const ConvGeometry& g, const float* x, int64_t channels, int64_
 
 namespace {
 
-using conv_detail::activate_run;
 using conv_detail::ceil_div;
 using conv_detail::channel_finish;
 using conv_detail::finish_run;
@@ -177,7 +176,6 @@ void conv_gemm(const ConvPlan& plan, const float* x, const float* w, const float
                        e.residual ? e.residual + offset + r * pixels : nullptr, np);
           }
         }
-        for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yb + r * pixels, np);
       });
 }
 

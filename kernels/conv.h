@@ -12,9 +12,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <optional>
-
-#include "kernels/elementwise.h"
 
 namespace qforge::kernels {
 
@@ -84,19 +81,15 @@ struct ConvPlan {
 };
 
 // Elementwise work folded into the output pass while the output is still in cache (a fused
-// BatchNormalization, residual add, ReLU/ReLU6/Clip and another activation):
-// y = act(clamp((conv + bias)·scale[c] + shift[c] + residual, clamp_min, clamp_max)).
-// Null pointers, infinite clamps and no activation leave that part out. The activation runs
-// after the rest, over each finished run of outputs, on unary_serial_f32: the bits of its own
-// node (kernels/elementwise.h) on the same values.
+// BatchNormalization, residual add and ReLU/ReLU6/Clip):
+// y = clamp((conv + bias)·scale[c] + shift[c] + residual, clamp_min, clamp_max).
+// Null pointers and infinite clamps leave that part out.
 struct ConvEpilogue {
   const float* scale = nullptr;     // [out_channels]
   const float* shift = nullptr;     // [out_channels]
   const float* residual = nullptr;  // [batch, out_channels, out_h, out_w], not aliasing y
   float clamp_min = -std::numeric_limits<float>::infinity();
   float clamp_max = std::numeric_limits<float>::infinity();
-  std::optional<UnaryOp> activation;
-  UnaryParams activation_params;
 };
 
 // Which GEMM a plan uses: kAuto picks by the geometry (the packed GEMM where it was measured to

@@ -466,7 +466,6 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
           finish_run(channel_finish(e, c0 + c), y + (first + c) * out_plane,
                      e.residual ? e.residual + (first + c) * out_plane : nullptr, out_plane);
         }
-        activate_run(e, y + first * out_plane, channels * out_plane);
       }
     });
     return;
@@ -489,7 +488,6 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
         finish_run(channel_finish(e, oc), y + idx * out_plane,
                    e.residual ? e.residual + idx * out_plane : nullptr, out_plane);
       }
-      activate_run(e, y + idx * out_plane, out_plane);
     }
   });
 }

@@ -72,12 +72,6 @@ inline ChannelFinish channel_finish(const ConvEpilogue& e, int64_t channel) {
           e.clamp_max};
 }
 
-// The epilogue's activation over `count` finished outputs, in place (after finish_run, where
-// there is one).
-inline void activate_run(const ConvEpilogue& e, float* y, int64_t count) {
-  if (e.activation) unary_serial_f32(*e.activation, e.activation_params, y, y, count);
-}
-
 // NaN passes through the clamp unchanged.
 inline float clamp_value(float v, float lo, float hi) {
   return v < lo ? lo : (v > hi ? hi : v);

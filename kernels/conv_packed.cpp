@@ -386,24 +386,6 @@ size_t packed_workspace_bytes(const ConvPlan& plan, ConvWeightForm form) {
          static_cast<size_t>(plan.slots) * packed_slot_bytes(plan);
 }
 
-namespace {
-
-// The activation over output channels [r0, r0 + rows) of the batch's pixels [j0, j0 + nt), a
-// task's finished row panel: one run per channel and image.
-void activate_rows(const ConvEpilogue& e, float* y, int64_t r0, int64_t rows, int64_t j0,
-                   int64_t nt, int64_t channels, int64_t pixels) {
-  for (int64_t j = j0; j < j0 + nt;) {
-    const int64_t n = j / pixels;
-    const int64_t p = j % pixels;
-    const int64_t len = std::min(j0 + nt - j, pixels - p);
-    float* at = y + (n * channels + r0) * pixels + p;
-    for (int64_t r = 0; r < rows; ++r) activate_run(e, at + r * pixels, len);
-    j += len;
-  }
-}
-
-}  // namespace
-
 void conv_packed(const ConvPlan& plan, const float* x, const float* w, const float* prepared,
                  const float* bias, float* y, std::byte* workspace, const ConvEpilogue& e) {
   const ConvGeometry& g = plan.geometry;
@@ -519,7 +501,6 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
                 j += len;
               }
             }
-            if (last && e.activation) activate_rows(e, y, r0, rows, j0, nt, m, pixels);
           }
         }
       });

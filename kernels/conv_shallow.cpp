@@ -117,8 +117,7 @@ constexpr auto kBlockFns = block_table(std::make_index_sequence<kBlockChannels *
 // Every output channel of `count` outputs from src into y (channel 0's first output, channels
 // `plane` apart; residual likewise or null).
 void shallow_outputs(const float* src, int64_t count, const int64_t* taps, const ShallowOut& o,
-                     const ConvEpilogue& e, int64_t channels, float* y, const float* residual,
-                     int64_t plane) {
+                     int64_t channels, float* y, const float* residual, int64_t plane) {
   constexpr int64_t kRun = kRunVectors * kLanes;
   for (int64_t c0 = 0; c0 < channels; c0 += kBlockChannels) {
     const int64_t rows = std::min<int64_t>(kBlockChannels, channels - c0);
@@ -132,8 +131,6 @@ void shallow_outputs(const float* src, int64_t count, const int64_t* taps, const
       kBlockFns[(rows - 1) * kRunVectors + vectors - 1](src + j, taps, o, c0, last, yc + j, r,
                                                         plane);
     }
-    // The activation once a block's channels are done, over each channel's whole count.
-    for (int64_t r = 0; e.activation && r < rows; ++r) activate_run(e, yc + r * plane, count);
   }
 }
 
@@ -193,13 +190,13 @@ void conv_shallow(const ConvPlan& plan, const float* x, const float* w, const fl
       if (flat) {
         const int64_t p0 = u0 * unit_outputs;
         const int64_t p1 = std::min(plane, u1 * unit_outputs);
-        shallow_outputs(src + p0, p1 - p0, taps, o, e, g.out_channels, yn + p0,
-                        rn ? rn + p0 : nullptr, plane);
+        shallow_outputs(src + p0, p1 - p0, taps, o, g.out_channels, yn + p0, rn ? rn + p0 : nullptr,
+                        plane);
         continue;
       }
       for (int64_t oh = u0; oh < u1; ++oh) {
         const int64_t at = oh * g.out_w;
-        shallow_outputs(src + oh * sp.pitch, g.out_w, taps, o, e, g.out_channels, yn + at,
+        shallow_outputs(src + oh * sp.pitch, g.out_w, taps, o, g.out_channels, yn + at,
                         rn ? rn + at : nullptr, plane);
       }
     }

@@ -483,11 +483,6 @@ void winograd_output(const ConvGeometry& g, const float* mx, int64_t t0, int64_t
           finish_run(f, ym + at, rm ? rm + at : nullptr, count);
         }
       }
-      if (e.activation) {  // the tile rows just finished
-        const int64_t col0 = kTile * tw0;
-        const int64_t count = std::min(g.out_w, kTile * tw1) - col0;
-        for (int64_t i = 0; i < rows; ++i) activate_run(e, ym + (oh + i) * g.out_w + col0, count);
-      }
       t += tw1 - tw0;
     }
   }

@@ -47,19 +47,16 @@ inline float clamp01(float v) {
 
 // Unary ------------------------------------------------------------------------------------------
 
-// The loop of map_f32 over one run, on the calling thread: the parallel map and a fused epilogue
-// (unary_serial_f32) compute each element with this same code, so their bits agree.
-template <class F>
-void map_run(const float* xs, float* ys, int64_t len, F f) {
-  // A local copy: stores to ys could otherwise alias the caller's captures and block SIMD.
-  const F fn = f;
-  for (int64_t i = 0; i < len; ++i) ys[i] = fn(xs[i]);
-}
-
 template <class F>
 void map_f32(const float* x, float* y, int64_t n, F f) {
-  for_each_chunk(
-      n, [x, y, &f](int64_t begin, int64_t end) { map_run(x + begin, y + begin, end - begin, f); });
+  for_each_chunk(n, [x, y, &f](int64_t begin, int64_t end) {
+    // Local copies: stores to y could otherwise alias the captured parameters and block SIMD.
+    const F fn = f;
+    const float* xs = x + begin;
+    float* ys = y + begin;
+    const int64_t len = end - begin;
+    for (int64_t i = 0; i < len; ++i) ys[i] = fn(xs[i]);
+  });
 }
 
 template <class T>
@@ -646,10 +643,6 @@ bool unary_supports(UnaryOp op, DType dtype) {
 
 void unary_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64_t n) {
   with_unary_rule(op, p, [&](const auto& rule) { map_f32(x, y, n, rule.forward); });
-}
-
-void unary_serial_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64_t n) {
-  with_unary_rule(op, p, [&](const auto& rule) { map_run(x, y, n, rule.forward); });
 }
 
 void unary_backward_f32(UnaryOp op, const UnaryParams& p, const float* x, const float* dy,

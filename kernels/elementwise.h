@@ -54,9 +54,6 @@ bool unary_supports(UnaryOp op, DType dtype);
 void unary(UnaryOp op, const UnaryParams& params, const Tensor& x, Tensor& y);
 // The float32 loop itself, over n elements (parallel for large n); x may equal y.
 void unary_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, int64_t n);
-// The same loop on the calling thread, for work already split into tasks (a convolution's
-// fused activation, kernels/conv.h): each element gets unary_f32's bits.
-void unary_serial_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, int64_t n);
 
 // Backward of the float32 loop: dx = dy · f'(x) over n elements, from the forward's input x
 // (Sigmoid, SiLU and Tanh recompute their output from it). The derivative rule of each op sits

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <limits>
 #include <optional>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -81,16 +80,6 @@ bool clamp_of(const Node& n, float& lo, float& hi) {
   return true;
 }
 
-// An activation node whose kernel the convolution's output pass can run after the clamp
-// (kernels::ConvEpilogue::activation): its op type is the `activation` attribute the modules use
-// (runtime/ops/activation.h), with the same alpha and beta.
-bool is_fusable_activation(const Node& n) {
-  const std::string& op = n.op_type();
-  if (op == "Gelu") return n.attr_string("approximate", "none") == "none";
-  return op == "LeakyRelu" || op == "Elu" || op == "Sigmoid" || op == "HardSigmoid" ||
-         op == "HardSwish" || op == "Silu";
-}
-
 }  // namespace
 
 size_t fuse_conv_epilogues(graph::Graph& graph) {
@@ -129,12 +118,7 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
         next = sole_consumer(cur);
       }
     }
-    const Node* activation = nullptr;
     if (next && clamp_of(*next, lo, hi)) {
-      chain.push_back(next);
-      cur = next->output(0);
-    } else if (next && is_fusable_activation(*next) && next->output(0)->dtype() == cur->dtype()) {
-      activation = next;
       chain.push_back(next);
       cur = next->output(0);
     }
@@ -146,13 +130,6 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
     spec.attributes = conv->attributes();
     spec.attributes["clamp_min"] = lo;
     spec.attributes["clamp_max"] = hi;
-    if (activation) {
-      spec.attributes["activation"] = activation->op_type();
-      for (const char* key : {"alpha", "beta"}) {
-        auto it = activation->attributes().find(key);
-        if (it != activation->attributes().end()) spec.attributes[key] = it->second;
-      }
-    }
     spec.inputs = {conv->input(0), conv->input(1), conv->input(2), nullptr, nullptr, residual};
     if (scale.defined()) {
       spec.inputs[3] =

@@ -1,9 +1,7 @@
 // A runtime pass over a resolved graph: Conv → [BatchNormalization] → [Add residual] →
-// [Relu | Clip | another activation] chains become one FusedConv node whose output pass applies
-// the rest, so the intermediate tensors are never written and read back. The other activations
-// are LeakyRelu, Elu, Sigmoid, HardSigmoid, HardSwish, GELU (erf form) and SiLU, the last two
-// as fuse_gelu and fuse_silu leave them (run those first); each runs its own node's kernel on
-// the same values. Outputs are unchanged up to the rounding of the folded BatchNormalization.
+// [Relu | Clip] chains become one FusedConv node whose output pass applies the rest, so the
+// intermediate tensors are never written and read back. Outputs are unchanged up to the
+// rounding of the folded BatchNormalization.
 #pragma once
 
 #include <cstddef>

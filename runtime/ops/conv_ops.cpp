@@ -1,6 +1,5 @@
 // Conv, FusedConv (a Conv with its epilogue, runtime/fuse_epilogues.h) and ConvTranspose:
 // shape inference, kernels with their backward.
-#include "runtime/ops/activation.h"
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -76,19 +75,18 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
 }
 
 // Conv, and the runtime's FusedConv: a Conv whose output pass also applies a per-channel
-// scale/shift (an inference BatchNormalization), a residual add, a clamp (Relu, Clip) and an
-// activation. FusedConv inputs: X, W, B?, scale?, shift?, residual?; attributes: Conv's plus
-// clamp_min/clamp_max, and `activation` with its alpha/beta as the modules name one
-// (runtime/ops/activation.h), applied last.
+// scale/shift (an inference BatchNormalization), a residual add and a clamp (Relu, Clip).
+// FusedConv inputs: X, W, B?, scale?, shift?, residual?; attributes: Conv's plus
+// clamp_min/clamp_max.
 class ConvKernel final : public OpKernel {
  public:
-  // Constant weights are brought into the algorithm's form once, here. `epilogue` gives the
-  // clamp and the activation (its pointers are set per call).
-  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights,
-             const kernels::ConvEpilogue& epilogue, bool fused)
+  // Constant weights are brought into the algorithm's form once, here.
+  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights, float clamp_min,
+             float clamp_max, bool fused)
       : plan_(kernels::plan_conv(g, kernels::max_threads())),
         backward_plan_(kernels::plan_conv_backward(g, kernels::max_threads())),
-        epilogue_(epilogue),
+        clamp_min_(clamp_min),
+        clamp_max_(clamp_max),
         fused_(fused) {
     const size_t floats = kernels::conv_prepared_weight_floats(plan_);
     if (constant_weights && floats > 0) {
@@ -107,10 +105,12 @@ class ConvKernel final : public OpKernel {
     auto optional = [&](size_t i) {
       return inputs.size() > i && inputs[i].defined() ? inputs[i].data<float>() : nullptr;
     };
-    kernels::ConvEpilogue epilogue = epilogue_;
+    kernels::ConvEpilogue epilogue;
     epilogue.scale = optional(3);
     epilogue.shift = optional(4);
     epilogue.residual = optional(5);
+    epilogue.clamp_min = clamp_min_;
+    epilogue.clamp_max = clamp_max_;
     kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
                     outputs[0].data<float>(), workspace, epilogue,
                     prepared_.empty() ? nullptr : prepared_.data());
@@ -139,7 +139,8 @@ class ConvKernel final : public OpKernel {
   kernels::ConvPlan plan_;
   kernels::ConvBackwardPlan backward_plan_;
   std::vector<float> prepared_;
-  kernels::ConvEpilogue epilogue_;
+  float clamp_min_;
+  float clamp_max_;
   bool fused_;
 };
 
@@ -149,8 +150,9 @@ std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> 
 
 std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
                                       std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
-                                      kernels::ConvEpilogue{}, false);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant, -kInf,
+                                      kInf, false);
 }
 
 std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const InputInfo> inputs) {
@@ -175,20 +177,9 @@ std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const Input
 std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const InputInfo> inputs,
                                             std::span<const TensorInfo> /*outputs*/) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  kernels::ConvEpilogue epilogue;
-  epilogue.clamp_min = node.attr_float("clamp_min", -kInf);
-  epilogue.clamp_max = node.attr_float("clamp_max", kInf);
-  const ActivationSpec act = activation_of(node);
-  if (is_clamp(act.kind)) {
-    fail_node(node, "an activation other than Relu or Clip (those are clamp_min/clamp_max)",
-              node.attr_string("activation"));
-  }
-  if (act.kind != ActivationKind::kNone) {
-    epilogue.activation = unary_op_of(act.kind);
-    epilogue.activation_params = act.params;
-  }
   return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
-                                      epilogue, true);
+                                      node.attr_float("clamp_min", -kInf),
+                                      node.attr_float("clamp_max", kInf), true);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,13 +99,6 @@ Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
   if (is_clamp(act.kind)) {
     a["clamp_min"] = act.params.min;
     a["clamp_max"] = act.params.max;
-  } else if (act.kind != ActivationKind::kNone) {
-    // Any other activation runs in the convolution's output pass too, with the module's
-    // parameters.
-    for (const char* key : {"activation", "alpha", "beta"}) {
-      auto it = node.attributes().find(key);
-      if (it != node.attributes().end()) a[key] = it->second;
-    }
   }
   return a;
 }
@@ -194,6 +187,7 @@ class ConvModuleKernel final : public OpKernel {
         scale_,    shift_,           l.residual ? inputs[*l.residual] : Tensor()};
     Tensor& y = layout_.pool ? conv_out_ : outputs[0];
     conv_[0].forward(conv_in, std::span(&y, 1), workspace);
+    if (!is_clamp(act_.kind)) apply_activation(act_, y.data<float>(), y.data<float>(), y.numel());
     if (layout_.pool) pool_[0].forward(std::span(&conv_out_, 1), outputs.first(1), workspace);
   }
 
