@@ -108,6 +108,23 @@ std::optional<int64_t> view_offset(const graph::Node& node) {
   return std::nullopt;
 }
 
+// Element-wise unary float ops whose kernel (kernels::unary_f32, which allows y == x) may write
+// its output over its input: where the input is read by nothing after, the output takes the
+// input's buffer, so an activation's input and output are not both live.
+bool writes_over_input(const graph::Node& node) {
+  static const std::set<std::string, std::less<>> kOps = {
+      "Relu", "LeakyRelu", "Elu",  "Sigmoid", "HardSigmoid", "HardSwish", "Silu",    "Gelu",
+      "Erf",  "Tanh",      "Sqrt", "Neg",     "Exp",         "Log",       "Softplus"};
+  if (node.num_inputs() != 1 || node.num_outputs() != 1 || !kOps.count(node.op_type())) {
+    return false;
+  }
+  const graph::Value* in = node.input(0);
+  const graph::Value* out = node.output(0);
+  return in && !in->is_constant() && in->dtype() == kernels::DType::kFloat32 &&
+         out->dtype() == kernels::DType::kFloat32 && in->has_shape() && out->has_shape() &&
+         *in->shape() == *out->shape();
+}
+
 // A buffer's times are step indices: first, the step that defines it (-1: a graph input);
 // last, the last step that reads it (the end, for graph outputs).
 using Buffer = ArenaBuffer;
@@ -118,6 +135,7 @@ struct BufferPlan {
   std::map<const graph::Value*, size_t> buffer_of;
   std::vector<Buffer> buffers;
   std::vector<bool> aliased;          // per step: a view that aliases its input 0
+  std::vector<bool> in_place;         // per step: a kernel that writes over its input 0
   std::vector<int64_t> view_offsets;  // per aliased step: the view's first element in input 0
   size_t arena_bytes = 0;
 };
@@ -129,8 +147,23 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
   auto& buffer_of = plan.buffer_of;
   auto& buffers = plan.buffers;
 
+  // The last step that reads each value (the end for graph outputs).
+  std::map<const graph::Value*, int> last_read;
+  for (size_t s = 0; s < order.size(); ++s) {
+    for (const graph::Value* in : order[s]->inputs()) {
+      if (in && !in->is_constant()) last_read[in] = static_cast<int>(s);
+    }
+  }
+  for (const graph::Value* out : graph.outputs()) last_read[out] = end_step;
+  auto read_until = [&](const graph::Value* v) {
+    auto it = last_read.find(v);
+    return it == last_read.end() ? -1 : it->second;
+  };
+
   // 1. Buffers: one per graph input and per produced value, except views, which map to the
-  //    buffer of what they alias.
+  //    buffer of what they alias, and element-wise ops written over an input that nothing reads
+  //    after them, which map to the input's buffer.
+  std::vector<int> buffer_read_until;  // per buffer: the last read of any value mapped to it
   auto new_buffer = [&](const graph::Value* v, int first) {
     if (!v->has_shape()) throw_internal("executor: value '" + v->name() + "' has no shape");
     Buffer b;
@@ -140,9 +173,16 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
     b.last = first;
     buffer_of[v] = buffers.size();
     buffers.push_back(b);
+    buffer_read_until.push_back(read_until(v));
+  };
+  auto share_buffer = [&](const graph::Value* v, const graph::Value* with) {
+    const size_t b = buffer_of.at(with);
+    buffer_of[v] = b;
+    buffer_read_until[b] = std::max(buffer_read_until[b], read_until(v));
   };
   for (const graph::Value* in : graph.inputs()) new_buffer(in, -1);
   plan.aliased.assign(order.size(), false);
+  plan.in_place.assign(order.size(), false);
   plan.view_offsets.assign(order.size(), 0);
   for (size_t s = 0; s < order.size(); ++s) {
     const graph::Node* node = order[s];
@@ -150,10 +190,20 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
     if (const std::optional<int64_t> offset = view_offset(*node)) {
       plan.aliased[s] = true;
       plan.view_offsets[s] = *offset;
-      buffer_of[node->output(0)] = buffer_of.at(src);
+      share_buffer(node->output(0), src);
       // Unused extra outputs (Dropout's mask) still get a small buffer of their own.
       for (size_t i = 1; i < node->num_outputs(); ++i) new_buffer(node->output(i), int(s));
       continue;
+    }
+    // Over its input: a buffer of a produced value (not a graph input's, which the caller's
+    // batch is copied into), read by nothing after this step through any value it holds.
+    if (writes_over_input(*node)) {
+      const size_t b = buffer_of.at(src);
+      if (buffers[b].first >= 0 && buffer_read_until[b] == static_cast<int>(s)) {
+        plan.in_place[s] = true;
+        share_buffer(node->output(0), src);
+        continue;
+      }
     }
     for (const graph::Value* out : node->outputs()) new_buffer(out, static_cast<int>(s));
   }
@@ -279,7 +329,9 @@ void Executor::compile(const graph::Graph& graph) {
     step.outputs_begin = step_outputs_.size();
     std::vector<TensorInfo> out_infos;
     for (const graph::Value* out : node->outputs()) {
-      if (aliased[s] && out == node->output(0)) {
+      // A view, or a kernel written over its input: output 0 is the input's memory (at the
+      // view's offset), wherever in its buffer the input lies.
+      if ((aliased[s] || plan.in_place[s]) && out == node->output(0)) {
         Tensor src = view_of(node->input(0));
         const size_t offset =
             static_cast<size_t>(plan.view_offsets[s]) * kernels::dtype_size(src.dtype());

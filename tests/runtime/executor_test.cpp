@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <map>
@@ -233,6 +235,53 @@ TEST(Executor, ContiguousSlicesGathersAndZeroPadsAreViews) {
     ASSERT_EQ(out[i].numel(), static_cast<int64_t>(cases[i].expected.size()));
     for (size_t j = 0; j < cases[i].expected.size(); ++j) {
       EXPECT_EQ(out[i].data<float>()[j], -cases[i].expected[j]) << j;
+    }
+  }
+}
+
+// An element-wise op writes over its input where nothing reads the input after it, through any
+// value sharing its buffer: Relu over Exp's output; not the Sigmoid whose input the Add reads
+// after it, nor the Relu of x, which the second Exp reads after it (x's rows 2 and 3 are
+// negative, so a Relu over them would show in y2); a Neg over a view at an offset writes at that
+// offset.
+TEST(Executor, ElementwiseOpsWriteOverAnInputNothingReadsAfter) {
+  graph::Graph g;
+  g.opset = 17;
+  graph::Value* x = g.add_input("x", DType::kFloat32, Shape{4, 5});
+  auto add = [&](const std::string& op, std::vector<graph::Value*> inputs, const std::string& out) {
+    return g.add_node({.op_type = op, .inputs = std::move(inputs), .output_names = {out}})
+        ->output(0);
+  };
+  auto ints = [&](const std::string& name, std::vector<int64_t> v) {
+    return g.add_constant(name, kernels::Tensor::from_vector<int64_t>({1}, std::move(v)));
+  };
+  graph::Value* on_input = add("Relu", {x}, "on_input");
+  graph::Value* e = add("Exp", {on_input}, "e");
+  graph::Value* r = add("Relu", {e}, "r");
+  graph::Value* s = add("Sigmoid", {r}, "s");
+  g.mark_output(add("Add", {r, s}, "y"));
+  graph::Value* e2 = add("Exp", {x}, "e2");
+  graph::Value* rows = add("Slice", {e2, ints("b", {2}), ints("f", {4}), ints("a", {0})}, "rows");
+  g.mark_output(add("Neg", {rows}, "y2"));
+  runtime::resolve(g, {});
+  runtime::Executor exec(g);
+  std::map<std::string, const float*> at;
+  for (const char* name : {"e", "r", "s", "e2", "rows", "y2"}) {
+    exec.add_tap(name, [&at, name](const kernels::Tensor& t) { at[name] = t.data<float>(); });
+  }
+  kernels::Tensor in(DType::kFloat32, {4, 5});
+  for (int i = 0; i < 20; ++i) in.data<float>()[i] = (9.5f - static_cast<float>(i)) / 4;
+  auto out = exec.run(std::span(&in, 1));
+  EXPECT_EQ(at["r"], at["e"]);
+  EXPECT_NE(at["s"], at["r"]);
+  EXPECT_EQ(at["rows"], at["e2"] + 10);
+  EXPECT_EQ(at["y2"], at["rows"]);
+  for (int i = 0; i < 20; ++i) {
+    const float v = in.data<float>()[i];
+    const float ri = std::exp(std::max(v, 0.0f));
+    EXPECT_NEAR(out[0].data<float>()[i], ri + 1.0f / (1.0f + std::exp(-ri)), 1e-5f * ri) << i;
+    if (i >= 10) {
+      EXPECT_NEAR(out[1].data<float>()[i - 10], -std::exp(v), 1e-6f * std::exp(v)) << i;
     }
   }
 }
