@@ -154,7 +154,9 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
       if (in && !in->is_constant()) last_read[in] = static_cast<int>(s);
     }
   }
-  for (const graph::Value* out : graph.outputs()) last_read[out] = end_step;
+  for (const graph::Value* out : graph.outputs()) {
+    if (!out->is_constant()) last_read[out] = end_step;
+  }
   auto read_until = [&](const graph::Value* v) {
     auto it = last_read.find(v);
     return it == last_read.end() ? -1 : it->second;
@@ -207,16 +209,10 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
     }
     for (const graph::Value* out : node->outputs()) new_buffer(out, static_cast<int>(s));
   }
-  // 2. Liveness: a buffer lives until the last step that reads it or any of its views.
-  for (size_t s = 0; s < order.size(); ++s) {
-    for (const graph::Value* in : order[s]->inputs()) {
-      if (!in || in->is_constant()) continue;
-      Buffer& b = buffers[buffer_of.at(in)];
-      b.last = std::max(b.last, static_cast<int>(s));
-    }
-  }
-  for (const graph::Value* out : graph.outputs()) {
-    if (!out->is_constant()) buffers[buffer_of.at(out)].last = end_step;
+  // 2. Liveness: a buffer lives until the last step that reads any value it holds (its views and
+  //    what was written over it included; the end for graph outputs), graph inputs to the end.
+  for (size_t b = 0; b < buffers.size(); ++b) {
+    buffers[b].last = std::max(buffers[b].first, buffer_read_until[b]);
   }
   for (const graph::Value* in : graph.inputs()) buffers[buffer_of.at(in)].last = end_step;
 

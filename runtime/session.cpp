@@ -30,6 +30,11 @@ std::optional<int64_t> fixed_batch(const graph::Graph& graph) {
   return (*shape)[0];
 }
 
+bool one_batch_shape(size_t samples, int64_t batch) {
+  const auto b = static_cast<size_t>(batch);
+  return samples <= b || samples % b == 0;
+}
+
 std::optional<int64_t> Session::fixed_batch() const {
   return runtime::fixed_batch(*graph_);
 }

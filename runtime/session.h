@@ -2,8 +2,11 @@
 // compiled executor per input shape seen (typically the full batch and the last, partial one).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -27,6 +30,11 @@ struct SessionOptions {
 
 // The model's leading input dimension when it is fixed in the file.
 std::optional<int64_t> fixed_batch(const graph::Graph& graph);
+
+// Whether `samples` run in batches of `batch` all have one shape (no smaller last batch): a
+// session that runs them compiles once, so it may release its weights as its kernels prepare
+// them (executor.release_prepared_constants) instead of holding them twice.
+bool one_batch_shape(size_t samples, int64_t batch);
 
 class Session {
  public:

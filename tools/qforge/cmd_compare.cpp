@@ -140,11 +140,10 @@ int run_compare(const CompareOptions& o) {
   if (total == 0) throw_invalid("compare: data '" + o.data + "' holds no samples");
   // A fixed batch is only the default: resolve frees it for any other.
   const int64_t batch = o.batch > 0 ? o.batch : fixed.value_or(32);
-  // One shape for every batch (no smaller last one): each session compiles once and frees its
-  // weights as its kernels bring them into their own forms, rather than holding them twice.
+  // Each session frees its weights as its kernels bring them into their own forms, unless a
+  // smaller last batch needs a second plan made from them.
   runtime::SessionOptions options;
-  options.executor.release_prepared_constants =
-      total <= static_cast<size_t>(batch) || total % static_cast<size_t>(batch) == 0;
+  options.executor.release_prepared_constants = runtime::one_batch_shape(total, batch);
   runtime::Session session_a(std::move(loaded_a), options);
   runtime::Session session_b(std::move(loaded_b), options);
 

@@ -100,11 +100,9 @@ int run_run(RunOptions o) {
     total -= left_out;
     if (total == 0) throw_invalid("run: fewer samples than --batch for the transformed graph");
   }
-  // When every batch has one shape (no smaller last batch), the session compiles once, and the
-  // weights are freed as its kernels bring them into their own forms (packed panels, Winograd
-  // filters) instead of being held twice.
-  so.executor.release_prepared_constants =
-      total <= static_cast<size_t>(batch) || total % static_cast<size_t>(batch) == 0;
+  // The weights are freed as the kernels bring them into their own forms (packed panels,
+  // Winograd filters) unless a smaller last batch needs a second plan made from them.
+  so.executor.release_prepared_constants = runtime::one_batch_shape(total, batch);
   runtime::Session session(std::move(loaded), so);
 
   const graph::Graph& model = session.graph();
