@@ -244,7 +244,6 @@ def torch_worker(args):
     except (OSError, subprocess.CalledProcessError):
         pass
     version += f", BLAS {blas.group(1) if blas else '?'}, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
-    peak = None
     with open("/proc/self/status") as status:
         m = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
         peak = int(m.group(1)) / 1024 if m else None
@@ -334,6 +333,7 @@ def render(rows, profile, meta, bundled=()):
                "after conversions and fusions into modules (`qforge run --transform`), as calibration "
                "and QAT run it. GFLOP/s counts 2 FLOPs per MAC of `qforge inspect`, at qforge's "
                "(untransformed) time.")
+
     def mib(res):
         return f"{res['peak_mib']:.0f}" if res.get("peak_mib") else "-"
 

@@ -48,11 +48,6 @@ TEST(CliResources, ThreadsAboveTheCoresAreClampedWithANote) {
   }
 }
 
-// The peak memory a command prints is its own: spawned (posix_spawn, as Python's subprocess and
-// glibc's system() start programs: the child shares the parent's address space until it execs)
-// by a process that holds far more (this test, with 512 MiB touched), `qforge grad` on a small
-// model reports tens of MiB, not its parent's peak, which Linux carries over into getrusage's
-// ru_maxrss.
 // `run` prints its peak resident memory and the activation arena of its plan, in MiB; the
 // arena lies inside the peak.
 TEST(CliResources, RunPrintsItsPeakMemoryAndArena) {
@@ -72,6 +67,11 @@ TEST(CliResources, RunPrintsItsPeakMemoryAndArena) {
   EXPECT_LT(peak, 1024.0) << r.out;
 }
 
+// The peak memory a command prints is its own: spawned (posix_spawn, as Python's subprocess and
+// glibc's system() start programs: the child shares the parent's address space until it execs)
+// by a process that holds far more (this test, with 512 MiB touched), `qforge grad` on a small
+// model reports tens of MiB, not its parent's peak, which Linux carries over into getrusage's
+// ru_maxrss.
 TEST(CliResources, PeakMemoryIsTheCommandsOwn) {
   std::vector<char> held(512u << 20, 1);
   TempDir dir;
