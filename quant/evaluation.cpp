@@ -93,84 +93,146 @@ double row_kl_divergence(std::span<const float> reference, std::span<const float
   return kl_of_log_probabilities(log_p, log_q);
 }
 
-Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
-                    const SampleSource& data, const EvaluationSetup& setup,
-                    const ProgressFactory& progress_factory, const FloatStoreFactory& store) {
-  if (setup.batch < 1) {
-    throw_invalid(setup.stage + ": batch must be at least 1, got " + std::to_string(setup.batch));
-  }
-  const std::vector<size_t> indices = spread_indices(data.size(), setup.limit);
-  if (indices.empty()) throw_invalid(setup.stage + ": the evaluation data holds no samples");
-  Evaluation result;
-  result.samples = indices.size();
-  result.labelled = data.labelled();
+namespace {
+
+// The reference pass over `indices`: its outputs appended to `expected`, and into `result`
+// whether the samples count as labelled (a classifier output), its correct rows and, through
+// `reference_ce`, its summed cross-entropy.
+void reference_pass(const ModelLoader& reference, const SampleSource& data,
+                    std::span<const size_t> indices, const EvaluationSetup& setup,
+                    ProgressBar& progress, FloatStore& expected, Evaluation& result,
+                    double& reference_ce) {
   runtime::SessionOptions one_shape;
   one_shape.executor.release_prepared_constants = true;
-  std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
-  DivergenceSums sums;
-  double reference_ce = 0;
-  bool classifier = true;  // every batch's output is [rows, classes] float
-  {
-    runtime::Session session(reference(), one_shape);
-    const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
-    for_each_batch(
-        data, indices, setup.batch, true, *progress,
-        [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
-          const kernels::Tensor out = float_output(setup.stage, session.run(input), count);
-          expected->append(out.span<float>());
-          // Class labels say nothing about a dense output (a detector's boxes, a segmentation
-          // map): such a model is compared with the reference only.
-          result.labelled = result.labelled && classifier_output(out);
-          if (result.labelled) {
-            result.reference_correct += top1_correct(setup.stage, out, labels);
-            for (size_t i = 0; i < labels.size(); ++i) {
-              log_softmax(row_of(out, static_cast<int64_t>(i)), sums.log_p);
-              reference_ce += -sums.log_p[static_cast<size_t>(labels[i])];
-            }
+  runtime::Session session(reference(), one_shape);
+  std::vector<double> log_p;
+  for_each_batch(
+      data, indices, setup.batch, true, progress,
+      [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
+        const kernels::Tensor out = float_output(setup.stage, session.run(input), count);
+        expected.append(out.span<float>());
+        // Class labels say nothing about a dense output (a detector's boxes, a segmentation
+        // map): such a model is compared with the reference only.
+        result.labelled = result.labelled && classifier_output(out);
+        if (result.labelled) {
+          result.reference_correct += top1_correct(setup.stage, out, labels);
+          for (size_t i = 0; i < labels.size(); ++i) {
+            log_softmax(row_of(out, static_cast<int64_t>(i)), log_p);
+            reference_ce += -log_p[static_cast<size_t>(labels[i])];
           }
-        });
-    progress->finish();
-  }
+        }
+      });
+}
+
+// The quantized pass: its outputs against the reference's, read from `expected` in order, into
+// `result` (figures, top-1, KL, cross-entropy); the first input batch into `first_batch` when
+// given.
+void quantized_pass(const ModelLoader& quantized, const SampleSource& data,
+                    std::span<const size_t> indices, const EvaluationSetup& setup,
+                    ProgressBar& progress, FloatStore& expected, Evaluation& result,
+                    kernels::Tensor* first_batch) {
+  runtime::SessionOptions one_shape;
+  one_shape.executor.release_prepared_constants = true;
+  runtime::Session session(quantized(), one_shape);
   runtime::OutputComparison comparison;
-  kernels::Tensor first_batch;  // the flip injections run on it
-  {
-    runtime::Session session(quantized(), one_shape);
-    const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
-    for_each_batch(
-        data, indices, setup.batch, true, *progress,
-        [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
-          if (!first_batch.defined()) first_batch = input.clone();
-          const kernels::Tensor got = float_output(setup.stage, session.run(input), count);
-          kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
-          expected->read(expected_rows.span<float>());
-          comparison.add(expected_rows, got);
-          if (result.labelled) result.quantized_correct += top1_correct(setup.stage, got, labels);
-          classifier = classifier && classifier_output(got);
-          if (!classifier) return;
-          for (int64_t i = 0; i < got.dim(0); ++i) {
-            log_softmax(row_of(expected_rows, i), sums.log_p);
-            log_softmax(row_of(got, i), sums.log_q);
-            sums.kl += kl_of_log_probabilities(sums.log_p, sums.log_q);
-            if (result.labelled) {
-              sums.cross_entropy +=
-                  -sums.log_q[static_cast<size_t>(labels[static_cast<size_t>(i)])];
-            }
+  DivergenceSums sums;
+  bool classifier = true;  // every batch's output is [rows, classes] float
+  for_each_batch(
+      data, indices, setup.batch, true, progress,
+      [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
+        if (first_batch && !first_batch->defined()) *first_batch = input.clone();
+        const kernels::Tensor got = float_output(setup.stage, session.run(input), count);
+        kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
+        expected.read(expected_rows.span<float>());
+        comparison.add(expected_rows, got);
+        if (result.labelled) result.quantized_correct += top1_correct(setup.stage, got, labels);
+        classifier = classifier && classifier_output(got);
+        if (!classifier) return;
+        for (int64_t i = 0; i < got.dim(0); ++i) {
+          log_softmax(row_of(expected_rows, i), sums.log_p);
+          log_softmax(row_of(got, i), sums.log_q);
+          sums.kl += kl_of_log_probabilities(sums.log_p, sums.log_q);
+          if (result.labelled) {
+            sums.cross_entropy += -sums.log_q[static_cast<size_t>(labels[static_cast<size_t>(i)])];
           }
-        });
-    progress->finish();
-  }
+        }
+      });
   result.figures = comparison.figures();
   const auto samples = static_cast<double>(result.samples);
   if (classifier) result.kl_divergence = sums.kl / samples;
-  if (result.labelled) {
-    result.reference_cross_entropy = reference_ce / samples;
-    result.quantized_cross_entropy = sums.cross_entropy / samples;
+  if (result.labelled) result.quantized_cross_entropy = sums.cross_entropy / samples;
+}
+
+std::vector<size_t> evaluation_indices(const SampleSource& data, const EvaluationSetup& setup) {
+  if (setup.batch < 1) {
+    throw_invalid(setup.stage + ": batch must be at least 1, got " + std::to_string(setup.batch));
+  }
+  std::vector<size_t> indices = spread_indices(data.size(), setup.limit);
+  if (indices.empty()) throw_invalid(setup.stage + ": the evaluation data holds no samples");
+  return indices;
+}
+
+}  // namespace
+
+Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
+                    const SampleSource& data, const EvaluationSetup& setup,
+                    const ProgressFactory& progress_factory, const FloatStoreFactory& store) {
+  const std::vector<size_t> indices = evaluation_indices(data, setup);
+  Evaluation result;
+  result.samples = indices.size();
+  result.labelled = data.labelled();
+  std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
+  double reference_ce = 0;
+  {
+    const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
+    reference_pass(reference, data, indices, setup, *progress, *expected, result, reference_ce);
+    progress->finish();
+  }
+  if (result.labelled)
+    result.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
+  kernels::Tensor first_batch;  // the flip injections run on it
+  {
+    const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
+    quantized_pass(quantized, data, indices, setup, *progress, *expected, result, &first_batch);
+    progress->finish();
   }
   if (setup.flip_injections > 0) {
     result.flips = flip_sensitivity(quantized(), first_batch,
                                     {.injections = setup.flip_injections, .seed = setup.flip_seed});
   }
   return result;
+}
+
+std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
+                                      std::span<const ModelLoader> quantized,
+                                      const SampleSource& data, const EvaluationSetup& setup,
+                                      const ProgressFactory& progress_factory) {
+  const std::vector<size_t> indices = evaluation_indices(data, setup);
+  Evaluation base;
+  base.samples = indices.size();
+  base.labelled = data.labelled();
+  MemoryFloatStore expected;
+  double reference_ce = 0;
+  {
+    const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
+    reference_pass(reference, data, indices, setup, *progress, expected, base, reference_ce);
+    progress->finish();
+  }
+  if (base.labelled)
+    base.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
+  std::vector<Evaluation> results;
+  results.reserve(quantized.size());
+  const auto progress = make_progress(progress_factory, setup.quantized_label, quantized.size());
+  const std::unique_ptr<ProgressBar> silent = make_progress({}, "", 0);
+  for (const ModelLoader& model : quantized) {
+    Evaluation result = base;
+    MemoryFloatStore replay = expected;  // read from its start for each model
+    quantized_pass(model, data, indices, setup, *silent, replay, result, nullptr);
+    results.push_back(std::move(result));
+    progress->advance(1);
+  }
+  progress->finish();
+  return results;
 }
 
 }  // namespace qforge::quant

@@ -11,6 +11,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "quant/flip_sensitivity.h"
 #include "quant/pipeline_io.h"
@@ -73,5 +74,14 @@ double row_kl_divergence(std::span<const float> reference, std::span<const float
 Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
                     const SampleSource& data, const EvaluationSetup& setup,
                     const ProgressFactory& progress = {}, const FloatStoreFactory& store = {});
+
+// `reference` run once over the samples, then each of `quantized` in turn (one model in memory
+// at a time), each compared with the reference as evaluate compares them (no flip injections;
+// the reference outputs are held in memory). `progress` gets a bar over the reference's
+// samples and one over the quantized models.
+std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
+                                      std::span<const ModelLoader> quantized,
+                                      const SampleSource& data, const EvaluationSetup& setup,
+                                      const ProgressFactory& progress = {});
 
 }  // namespace qforge::quant

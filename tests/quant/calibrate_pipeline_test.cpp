@@ -16,6 +16,7 @@
 #include "quant/calibrate_pipeline.h"
 #include "quant/evaluation.h"
 #include "quant/int8.h"
+#include "quant/sensitivity.h"
 #include "tests/support/errors.h"
 #include "tests/support/test_support.h"
 #include "tools/io/image_folder.h"
@@ -244,6 +245,102 @@ TEST(CalibratePipeline, ExportTakesTheWeightsOfTheGivenFusedGraph) {
     break;
   }
   EXPECT_TRUE(found);
+}
+
+// Every figure of an evaluation, compared exactly.
+void expect_same_figures(const quant::Evaluation& got, const quant::Evaluation& want,
+                         const std::string& what) {
+  SCOPED_TRACE(what);
+  EXPECT_EQ(got.samples, want.samples);
+  EXPECT_EQ(got.figures.sqnr_db, want.figures.sqnr_db);
+  EXPECT_EQ(got.figures.cosine, want.figures.cosine);
+  EXPECT_EQ(got.figures.max_abs_diff, want.figures.max_abs_diff);
+  EXPECT_EQ(got.figures.top1_agreement, want.figures.top1_agreement);
+  EXPECT_EQ(got.labelled, want.labelled);
+  EXPECT_EQ(got.reference_correct, want.reference_correct);
+  EXPECT_EQ(got.quantized_correct, want.quantized_correct);
+  EXPECT_EQ(got.kl_divergence, want.kl_divergence);
+  EXPECT_EQ(got.reference_cross_entropy, want.reference_cross_entropy);
+  EXPECT_EQ(got.quantized_cross_entropy, want.quantized_cross_entropy);
+}
+
+// The model `calibrate` writes with `setup` (its own calibration pass), evaluated on `data`.
+quant::Evaluation written_and_evaluated(const quant::CalibrationSetup& setup,
+                                        const quant::SampleSource& data,
+                                        const quant::EvaluationSetup& eval, const TempDir& dir,
+                                        const std::string& name) {
+  const quant::CalibrationResult r =
+      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, setup);
+  const std::string file = dir.file(name);
+  testing::write_bytes(
+      file, bytes_of(quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, r), r));
+  return quant::evaluate(quant::model_file(kResnet), quant::model_file(file), data, eval);
+}
+
+// The skip sensitivity of a module is, figure for figure, the evaluation of the model that
+// calibrating with --skip of that module writes: the same scales for every other point, the
+// same graph, nothing else kept float. Its first entry, every module quantized, is the
+// evaluation of the model written without the skip.
+TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
+  auto model = graph::load_onnx(kResnet);
+  const ImageSamples data(kTrain, *model);
+  quant::CalibrationSetup setup;
+  setup.batch = 16;
+  setup.limit = 40;
+  const quant::CalibrationResult result =
+      quant::calibrate(std::move(model), quant::model_file(kResnet), data, setup);
+  quant::EvaluationSetup eval;
+  eval.batch = 16;
+  eval.limit = 24;
+  eval.flip_injections = 0;
+  eval.quantized_label = "sensitivity";
+  RecordedBars bars;
+  const quant::SensitivityAnalysis a = quant::skip_sensitivity(
+      *quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, result), result, setup,
+      quant::model_file(kResnet), data, eval, bars.factory());
+  ASSERT_EQ(bars.bars.size(), 2u);
+  EXPECT_EQ(bars.bars[0].label, "float model");
+  EXPECT_EQ(bars.bars[0].done, 24u);
+  EXPECT_EQ(bars.bars[1].label, "sensitivity");
+  EXPECT_EQ(bars.bars[1].total, a.modules.size() + 1);
+  EXPECT_EQ(bars.bars[1].done, a.modules.size() + 1);
+  EXPECT_TRUE(bars.bars[0].finished && bars.bars[1].finished);
+
+  // Every module with a weight quantizer is there, once, in graph order (ResNet's modules all
+  // have weights).
+  ASSERT_EQ(a.modules.size(), result.plan.weights.size());
+  for (size_t i = 0; i < a.modules.size(); ++i) {
+    EXPECT_EQ(a.modules[i].module, result.plan.weights[i].node);
+    EXPECT_EQ(a.modules[i].kind, result.plan.weights[i].module);
+    EXPECT_EQ(a.modules[i].weight_quantizers, 1u);
+  }
+
+  TempDir dir;
+  expect_same_figures(a.all_quantized, written_and_evaluated(setup, data, eval, dir, "all.onnx"),
+                      "every module quantized");
+  // A module whose input point goes with it, and one whose input another module also reads.
+  size_t with_point = a.modules.size(), without_point = a.modules.size();
+  for (size_t i = 0; i < a.modules.size(); ++i) {
+    if (a.modules[i].activation_points > 0 && with_point == a.modules.size()) with_point = i;
+    if (a.modules[i].activation_points == 0 && without_point == a.modules.size()) {
+      without_point = i;
+    }
+  }
+  ASSERT_LT(with_point, a.modules.size());
+  ASSERT_LT(without_point, a.modules.size());
+  for (size_t i : {with_point, without_point}) {
+    const quant::SkipSensitivity& m = a.modules[i];
+    quant::CalibrationSetup skipped = setup;
+    skipped.skip = {m.module};
+    const quant::CalibrationResult r =
+        quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, skipped);
+    EXPECT_EQ(r.plan.activations.size() + m.activation_points, result.plan.activations.size());
+    EXPECT_EQ(r.plan.weights.size() + 1, result.plan.weights.size());
+    expect_same_figures(m.evaluation, written_and_evaluated(skipped, data, eval, dir, "skip.onnx"),
+                        "--skip " + m.module);
+  }
+  // Keeping a module float changes the output.
+  EXPECT_NE(a.modules[with_point].evaluation.figures.sqnr_db, a.all_quantized.figures.sqnr_db);
 }
 
 TEST(CalibratePipeline, SetupOutOfRangeAndEmptyDataAreRejected) {

@@ -300,6 +300,53 @@ TEST(CalibrateCli, SmoothquantOnVitIsReportedFoldedAndBatchIndependent) {
       reports[2]["evaluation"]["sqnr_db"].get<double>());
 }
 
+// --sensitivity: every quantized module in the table and the report, best first (the lowest KL
+// to float); calibrating again with --skip of the best one writes the model its row measured,
+// whose figures are then that run's "all quantized" ones, exactly.
+TEST(CalibrateCli, SensitivityRanksModulesAsTheirSkipWouldWrite) {
+  TempDir dir;
+  const std::string common = "calibrate " + kResnet + " --data " + kTrain +
+                             " --limit 32 --batch 16 --flip-injections 0 --sensitivity 8 ";
+  auto r = run_cli(common + "-o " + dir.file("a.onnx") + " --report " + dir.file("a.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto a = nlohmann::json::parse(testing::read_text(dir.file("a.json")));
+  const auto& s = a["sensitivity"];
+  EXPECT_EQ(s["samples"], 8);
+  const auto& modules = s["modules_best_first"];
+  ASSERT_EQ(modules.size(), a["weight_points"].size());
+  const std::string heading =
+      "sensitivity  each of " + std::to_string(modules.size()) + " quantized modules";
+  EXPECT_NE(r.out.find(heading), std::string::npos) << r.out;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    const std::string name = modules[i]["module"];
+    EXPECT_NE(r.out.find("| " + name + " (" + modules[i]["kind"].get<std::string>() + ")"),
+              std::string::npos)
+        << name;
+    if (i > 0) {
+      EXPECT_LE(modules[i - 1]["kl_to_float"].get<double>(),
+                modules[i]["kl_to_float"].get<double>());
+    }
+  }
+  const std::string best = modules[0]["module"];
+  r = run_cli(common + "--skip " + best + " -o " + dir.file("b.onnx") + " --report " +
+              dir.file("b.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto b = nlohmann::json::parse(testing::read_text(dir.file("b.json")));
+  const auto& skipped = b["sensitivity"]["all_quantized"];
+  for (const char* figure : {"sqnr_db", "cosine", "kl_to_float", "top1_agreement", "int8_top1"}) {
+    EXPECT_EQ(skipped[figure].get<double>(), modules[0][figure].get<double>()) << figure;
+  }
+  EXPECT_EQ(b["sensitivity"]["modules_best_first"].size(), modules.size() - 1);
+}
+
+TEST(CalibrateCli, SensitivityOfNoSamplesIsRejected) {
+  TempDir dir;
+  auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " --sensitivity 0 -o " +
+                   dir.file("out.onnx"));
+  expect_one_line_error(r, "--sensitivity");
+  expect_no_files(dir);
+}
+
 TEST(CalibrateCli, SmoothquantAlphaOutOfRangeIsRejected) {
   for (const char* alpha : {"1.5", "-0.25"}) {
     TempDir dir;

@@ -21,6 +21,7 @@
 #include "quant/int8.h"
 #include "quant/placement.h"
 #include "quant/qdq_export.h"
+#include "quant/sensitivity.h"
 #include "quant/smoothquant.h"
 #include "runtime/batch_dimension.h"
 #include "runtime/communicator.h"
@@ -58,6 +59,9 @@ struct CalibrateOptions {
   // Rounding flips injected into the written model (on the first evaluation batch) to measure
   // the output change one flip causes; 0 skips the measurement.
   int64_t flip_injections = 32;
+  // Samples of the evaluation data for the skip sensitivity of every module, when
+  // --sensitivity is given.
+  std::optional<int64_t> sensitivity;
   PreprocessOverrides preprocess;  // for --data and --val
   InputShapeFlag input_shape;
 };
@@ -68,6 +72,91 @@ constexpr uint64_t kFlipSeed = 0;
 // JSON has no infinity: an exact match (SQNR +inf) is written as null.
 nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+// The modules best first: the lowest KL to float when the output is a classifier's, else the
+// highest output SQNR; ties in graph order.
+std::vector<const quant::SkipSensitivity*> best_first(const quant::SensitivityAnalysis& a) {
+  std::vector<const quant::SkipSensitivity*> order;
+  for (const quant::SkipSensitivity& m : a.modules) order.push_back(&m);
+  const bool by_kl = a.all_quantized.kl_divergence.has_value();
+  std::stable_sort(order.begin(), order.end(), [by_kl](const auto* x, const auto* y) {
+    const quant::Evaluation& ex = x->evaluation;
+    const quant::Evaluation& ey = y->evaluation;
+    if (by_kl) return *ex.kl_divergence < *ey.kl_divergence;
+    return ex.figures.sqnr_db > ey.figures.sqnr_db;
+  });
+  return order;
+}
+
+// What skipping a module removes, as "2 activations, 1 weight, 1 softmax".
+std::string removed_points(const quant::SkipSensitivity& m) {
+  std::string out;
+  auto add = [&](size_t n, const char* what) {
+    if (n == 0) return;
+    if (!out.empty()) out += ", ";
+    out += std::to_string(n) + " " + what;
+  };
+  add(m.activation_points, "act");
+  add(m.weight_quantizers, "weight");
+  add(m.softmax_quantizers, "softmax");
+  return out.empty() ? "none" : out;
+}
+
+void print_sensitivity(const quant::SensitivityAnalysis& a, const std::string& data) {
+  const quant::Evaluation& all = a.all_quantized;
+  const bool kl = all.kl_divergence.has_value();
+  std::printf(
+      "\nsensitivity  each of %zu quantized modules kept float in turn (as --skip NAME would "
+      "write it, same scales), against the float model on %zu samples of %s; best first\n",
+      a.modules.size(), all.samples, data.c_str());
+  std::printf("  all quantized: output SQNR %.2f dB", all.figures.sqnr_db);
+  if (kl) std::printf(", KL to float %.3g nats", *all.kl_divergence);
+  if (all.figures.top1_agreement) {
+    std::printf(", top-1 agreement %.2f%%", 100.0 * *all.figures.top1_agreement);
+  }
+  std::printf("\n  %9s %9s", "SQNR dB", "gain dB");
+  if (kl) std::printf(" %10s %8s", "KL nats", "KL cut");
+  if (all.figures.top1_agreement) std::printf(" %9s", "top-1 agr");
+  std::printf(" | %-22s | %s\n", "points it removes", "module (kind)");
+  for (const quant::SkipSensitivity* m : best_first(a)) {
+    const quant::Evaluation& e = m->evaluation;
+    std::printf("  %9.2f %+9.2f", e.figures.sqnr_db, e.figures.sqnr_db - all.figures.sqnr_db);
+    if (kl) {
+      // The share of the all-quantized model's KL that keeping this module float removes.
+      const double cut =
+          *all.kl_divergence > 0 ? 100.0 * (1.0 - *e.kl_divergence / *all.kl_divergence) : 0.0;
+      std::printf(" %10.3g %7.1f%%", *e.kl_divergence, cut);
+    }
+    if (e.figures.top1_agreement) std::printf(" %8.2f%%", 100.0 * *e.figures.top1_agreement);
+    std::printf(" | %-22s | %s (%s)\n", removed_points(*m).c_str(), m->module.c_str(),
+                m->kind.c_str());
+  }
+}
+
+nlohmann::json evaluation_figures_json(const quant::Evaluation& e) {
+  nlohmann::json j{{"sqnr_db", finite_or_null(e.figures.sqnr_db)}, {"cosine", e.figures.cosine}};
+  if (e.figures.top1_agreement) j["top1_agreement"] = *e.figures.top1_agreement;
+  if (e.kl_divergence) j["kl_to_float"] = finite_or_null(*e.kl_divergence);
+  if (e.labelled) j["int8_top1"] = percent(e.quantized_correct, e.samples) / 100.0;
+  return j;
+}
+
+nlohmann::json sensitivity_json(const quant::SensitivityAnalysis& a, const std::string& data) {
+  nlohmann::json modules = nlohmann::json::array();
+  for (const quant::SkipSensitivity* m : best_first(a)) {
+    nlohmann::json j = evaluation_figures_json(m->evaluation);
+    j["module"] = m->module;
+    j["kind"] = m->kind;
+    j["removes"] = {{"activation_points", m->activation_points},
+                    {"weight_quantizers", m->weight_quantizers},
+                    {"softmax_quantizers", m->softmax_quantizers}};
+    modules.push_back(std::move(j));
+  }
+  return {{"data", data},
+          {"samples", a.all_quantized.samples},
+          {"all_quantized", evaluation_figures_json(a.all_quantized)},
+          {"modules_best_first", modules}};
 }
 
 int run_calibrate(const CalibrateOptions& o) {
@@ -88,6 +177,10 @@ int run_calibrate(const CalibrateOptions& o) {
     std::snprintf(value, sizeof value, "%g", *o.smoothquant);
     std::string message = "calibrate: --smoothquant alpha must be in [0, 1], got ";
     throw_invalid(message.append(value));
+  }
+  if (o.sensitivity && *o.sensitivity < 1) {
+    throw_invalid("calibrate: --sensitivity must be at least 1 sample, got " +
+                  std::to_string(*o.sensitivity));
   }
   // Check and open the outputs first: an output that would overwrite an input or the other
   // output, or an unwritable path, fails before any work, and nothing partial is left when a
@@ -166,6 +259,18 @@ int run_calibrate(const CalibrateOptions& o) {
   const quant::Evaluation measured =
       quant::evaluate(reload, quant::model_file(out_file->read_path()), DataSamples(eval),
                       evaluation_setup, progress_bars(), spill_files());
+  // Each quantized module kept float in turn, against the float model, on the first samples of
+  // the evaluation data; the export's graph is built again for it (one model in memory at a
+  // time).
+  std::optional<quant::SensitivityAnalysis> sensitivity;
+  if (o.sensitivity) {
+    quant::EvaluationSetup each = evaluation_setup;
+    each.limit = *o.sensitivity;
+    each.quantized_label = "sensitivity";
+    sensitivity = quant::skip_sensitivity(
+        *quant::fused_graph_for_export(reload(), setup, calibrated), calibrated, setup, reload,
+        DataSamples(eval), each, progress_bars());
+  }
   const runtime::ComparisonFigures& f = measured.figures;
   const std::optional<quant::FlipSensitivity>& flips = measured.flips;
   const size_t eval_total = measured.samples;
@@ -310,6 +415,8 @@ int run_calibrate(const CalibrateOptions& o) {
         static_cast<long long>(flips->points), static_cast<unsigned long long>(kFlipSeed));
   }
 
+  if (sensitivity) print_sensitivity(*sensitivity, eval_name);
+
   // Both outputs are complete before either is put in place, and they are committed back to
   // back: a signal during the report's preparation leaves neither.
   std::printf(
@@ -405,6 +512,7 @@ int run_calibrate(const CalibrateOptions& o) {
           {"peak_rss_bytes_after_calibration", calibration_peak_bytes},
           {"peak_rss_bytes", run_peak_bytes}}}};
     if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
+    if (sensitivity) report["sensitivity"] = sensitivity_json(*sensitivity, eval_name);
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
@@ -479,6 +587,15 @@ CommandRunner add_calibrate_command(CLI::App& app) {
                   "evaluation batch, to report the output change one flip causes (median and "
                   "90th percentile; default 32, 0 skips it)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option_function<int64_t>(
+         "--sensitivity", [opts](const int64_t& n) { opts->sensitivity = n; },
+         "after the evaluation, keep each quantized module float in turn (what --skip NAME "
+         "would write, with the same scales) and measure it against the float model on N "
+         "evaluation samples spread evenly over the data (64 when N is not given): a table of "
+         "the modules that cost the most, best candidate for --skip first, also in the report")
+      ->expected(0, 1)
+      ->default_str("64")
+      ->type_name("N");
   return [opts] { return run_calibrate(*opts); };
 }
 

@@ -1,0 +1,70 @@
+#include "quant/sensitivity.h"
+
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "quant/placement.h"
+#include "quant/qdq_export.h"
+
+namespace qforge::quant {
+namespace {
+
+// The module node names that hold a quantizer in `plan`, in graph order.
+std::vector<const graph::Node*> quantized_modules(const graph::Graph& fused, const QuantPlan& plan) {
+  std::set<std::string> names;
+  for (const ActivationPoint& p : plan.activations) {
+    for (const QuantConsumer& c : p.consumers) names.insert(c.node);
+  }
+  for (const WeightPoint& w : plan.weights) names.insert(w.node);
+  for (const SoftmaxPoint& s : plan.softmax) names.insert(s.node);
+  std::vector<const graph::Node*> modules;
+  for (const graph::Node* n : fused.nodes()) {
+    if (names.count(n->name())) modules.push_back(n);
+  }
+  return modules;
+}
+
+}  // namespace
+
+SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const CalibrationResult& calibrated,
+                                     const CalibrationSetup& setup, const ModelLoader& reference,
+                                     const SampleSource& data, const EvaluationSetup& evaluation,
+                                     const ProgressFactory& progress) {
+  const QuantPlan& plan = calibrated.plan;
+  const std::vector<const graph::Node*> modules = quantized_modules(fused, plan);
+  SensitivityAnalysis analysis;
+  std::vector<QuantPlan> plans = {plan};
+  for (const graph::Node* module : modules) {
+    PlacementOptions options = placement_options(setup);
+    options.skip.push_back(module->name());
+    plans.push_back(place_qdq(fused, options));
+    const QuantPlan& kept = plans.back();
+    SkipSensitivity s;
+    s.module = module->name();
+    s.kind = module->op_type();
+    s.activation_points = plan.activations.size() - kept.activations.size();
+    s.weight_quantizers = plan.weights.size() - kept.weights.size();
+    s.softmax_quantizers = plan.softmax.size() - kept.softmax.size();
+    analysis.modules.push_back(std::move(s));
+  }
+  std::vector<ModelLoader> models;
+  models.reserve(plans.size());
+  for (const QuantPlan& p : plans) {
+    models.emplace_back([&fused, &p, &calibrated] {
+      return build_qdq_graph(fused, p, calibrated.amax);
+    });
+  }
+  EvaluationSetup each = evaluation;
+  each.flip_injections = 0;
+  std::vector<Evaluation> measured = evaluate_each(reference, models, data, each, progress);
+  analysis.all_quantized = std::move(measured.front());
+  for (size_t i = 0; i < analysis.modules.size(); ++i) {
+    analysis.modules[i].evaluation = std::move(measured[i + 1]);
+  }
+  return analysis;
+}
+
+}  // namespace qforge::quant
