@@ -100,7 +100,8 @@ std::string removed_points(const quant::SkipSensitivity& m) {
   add(m.activation_points, "act");
   add(m.weight_quantizers, "weight");
   add(m.softmax_quantizers, "softmax");
-  return out.empty() ? "none" : out;
+  // Its inputs read the float tensors, whose points stay for the other modules that read them.
+  return out.empty() ? "none (reads float)" : out;
 }
 
 void print_sensitivity(const quant::SensitivityAnalysis& a, const std::string& data) {
