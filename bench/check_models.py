@@ -4,7 +4,17 @@ PyTorch's output (from export_models.py). A (model, batch) pair passes when
 
     max|qforge - pytorch| <= 1e-4 * max(1, max|pytorch|)
 
-The models are the classifiers and the segmentation models of zoo.py (ALL_MODELS). With
+or, where float32 itself is that far from the exact result (rounding that grows through the
+layers of a model whose activations grow), when qforge is no further from PyTorch's float64
+output than twice PyTorch's own float32 output is:
+
+    max|qforge - pytorch64| <= 2 * max|pytorch - pytorch64|
+
+(the row's note gives both figures).
+
+The models are the classifiers and the segmentation models of zoo.py (ALL_MODELS), or with
+`--models extra` the further classifiers of zoo.EXTRA_MODELS (export them first with the same
+flag). With
 --opset20 each model is also checked in a hand-converted opset-20 form (bench/opset20.py:
 ReduceMean's axes as an input, each Erf-form GELU as one Gelu node), against the same reference.
 
@@ -39,6 +49,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo  # noqa: E402
 
 REL_TOL = 1e-4
+# Where PyTorch's float32 output misses REL_TOL against its own float64 output, qforge passes
+# within this factor of PyTorch float32's distance to float64: two float32 implementations that
+# sum in different orders land at a similar distance from the exact result (ONNX Runtime's two
+# optimisation levels, on efficientnet_v2_s with the zoo's weights: 0.30 and 1.9 times
+# PyTorch's).
+FLOAT32_ERROR_FACTOR = 2.0
 # ONNX Runtime graph optimisation levels the Q/DQ models run at, with the rounding-flip tolerance
 # (in steps) of `qforge verify` against each. With optimisations on ORT runs int8 kernels that sum
 # in another order (tests/quant/qdq_models_ort_test.cpp). With them off it runs float kernels
@@ -120,6 +136,14 @@ def check_one(qforge, name, batch, tmpdir, threads, timeout, opset=17):
     ref = np.load(ref_file)
     out = np.load(out_file)
     row["diff"], row["tol"], row["ok"], row["note"] = compare(out, ref)
+    ref64_file = zoo.ref64_path(name, batch)
+    if not row["ok"] and not row["note"] and os.path.exists(ref64_file):
+        ref64 = np.load(ref64_file)
+        ours = float(np.abs(out.astype(np.float64) - ref64).max())
+        torch32 = float(np.abs(ref.astype(np.float64) - ref64).max())
+        row["ok"] = ours <= FLOAT32_ERROR_FACTOR * torch32
+        row["note"] = (f"against float64: qforge {ours:.3g}, PyTorch float32 {torch32:.3g} "
+                       f"(bound {FLOAT32_ERROR_FACTOR:g}x)")
     if gelus is not None:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"{gelus} Gelu nodes"
     return row
@@ -301,7 +325,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qforge", help="qforge binary (default: build/tools/qforge under the repo root)")
     ap.add_argument("--models", default="all",
-                    help="comma-separated subset of the classifiers and segmentation models (default: all)")
+                    help="comma-separated names, 'all' (default: the classifiers and segmentation "
+                         "models) or 'extra' (zoo.EXTRA_MODELS)")
     ap.add_argument("--batches", default="1,8", help="batch sizes (default: 1,8)")
     ap.add_argument("--threads", type=int, default=2, help="qforge --threads (default 2)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per qforge run (default 1800)")

@@ -5,9 +5,12 @@ and PyTorch's outputs on them, into bench/.cache/:
   models/<name>_b<batch>.onnx   opset 17, static input 'input' [batch, 3, 224, 224], output 'output'
   inputs/b<batch>.npy           float32 normal(0, 1), seeded (b1 is the first image of b8)
   ref/<name>_b<batch>.npy       PyTorch's output for that input
+  ref/<name>_b<batch>_f64.npy   the same computed in float64 (check_models.py's second opinion)
 
 The segmentation models (zoo.SEGMENTATION_MODELS) take [batch, 3, 232, 232], read from
-inputs/b<batch>_232x232.npy, and output their 'out' map [batch, 21, 232, 232].
+inputs/b<batch>_232x232.npy, and output their 'out' map [batch, 21, 232, 232]. `--models extra`
+exports the further classifiers of zoo.EXTRA_MODELS instead (inception_v3 at 299x299, from
+inputs/b<batch>_299x299.npy).
 
 Files already present are kept (--force redoes them). Run with Debian's /usr/bin/python3.
 """
@@ -66,12 +69,25 @@ def export_one(torch, model, name, batch, force, log):
         save_npy_atomic(ref_file, y)
         done.append(f"ref {list(y.shape)} max|y| {np.abs(y).max():.3g} std {y.std():.3g} "
                     f"in {time.time() - t0:.1f} s")
+    ref64_file = zoo.ref64_path(name, batch)
+    stale = os.path.exists(ref64_file) and os.path.getmtime(ref64_file) < os.path.getmtime(in_file)
+    if force or exported or stale or not os.path.exists(ref64_file):
+        import copy
+
+        x = torch.from_numpy(np.load(in_file)).double()
+        t0 = time.time()
+        with torch.no_grad():
+            y = copy.deepcopy(model).double()(x)
+        save_npy_atomic(ref64_file, y.detach().numpy())
+        done.append(f"float64 ref in {time.time() - t0:.1f} s")
     log(f"  {name} b{batch}: " + ("; ".join(done) if done else "present, skipped"))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="all", help="comma-separated subset (default: all)")
+    ap.add_argument("--models", default="all",
+                    help="comma-separated names, 'all' (default: the classifiers and segmentation "
+                         "models) or 'extra' (zoo.EXTRA_MODELS)")
     ap.add_argument("--batches", default="1,8", help="batch sizes to export (default: 1,8)")
     ap.add_argument("--force", action="store_true", help="re-export files already present")
     ap.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
@@ -97,7 +113,7 @@ def main():
             or (p.endswith(".npy")
                 and os.path.getmtime(p) < os.path.getmtime(zoo.input_path(b, zoo.image_shape(name))))
             for b in batches
-            for p in (zoo.model_path(name, b), zoo.ref_path(name, b))
+            for p in (zoo.model_path(name, b), zoo.ref_path(name, b), zoo.ref64_path(name, b))
         )
 
     todo = [m for m in models if needed(m)]

@@ -33,6 +33,35 @@ SEGMENTATION_MODELS = [
     "fcn_resnet50",
 ]
 ALL_MODELS = MODELS + SEGMENTATION_MODELS
+# More torchvision classifiers, exported and checked on request only (`--models extra`, or by
+# name, in export_models.py and check_models.py): architectures whose ops and module patterns
+# the sets above lack: dense concatenation (DenseNet), inception branches and their Concat scale
+# groups (GoogLeNet, Inception v3 at 299x299), channel shuffle (ShuffleNet), fire modules
+# (SqueezeNet), plain VGG and AlexNet stacks, grouped bottlenecks (ResNeXt, RegNet), RegNet's
+# squeeze-excitation, MobileNetV2 and V3-large, MnasNet, EfficientNetV2's fused MBConv, a
+# larger ConvNeXt, ViT-B/32 and MaxViT's block and grid attention with relative position
+# bias. (swin_v2_t does not export from PyTorch 1.13: aten::zero at opset 17.)
+EXTRA_MODELS = [
+    "alexnet",
+    "vgg11_bn",
+    "squeezenet1_1",
+    "googlenet",
+    "inception_v3",
+    "densenet121",
+    "shufflenet_v2_x1_0",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mnasnet0_5",
+    "resnext50_32x4d",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "efficientnet_v2_s",
+    "convnext_small",
+    "vit_b_32",
+    "maxvit_t",
+]
+# Input shapes other than IMAGE_SHAPE, by model.
+_IMAGE_SHAPES = {"inception_v3": (3, 299, 299)}
 BATCHES = [1, 8]
 OPSET = 17
 IMAGE_SHAPE = (3, 224, 224)
@@ -53,7 +82,9 @@ def model_path(name, batch):
 
 def image_shape(name):
     """The [C, H, W] of one input image of model `name`."""
-    return SEGMENTATION_IMAGE_SHAPE if name in SEGMENTATION_MODELS else IMAGE_SHAPE
+    if name in SEGMENTATION_MODELS:
+        return SEGMENTATION_IMAGE_SHAPE
+    return _IMAGE_SHAPES.get(name, IMAGE_SHAPE)
 
 
 def input_path(batch, shape=IMAGE_SHAPE):
@@ -68,16 +99,25 @@ def ref_path(name, batch):
     return os.path.join(REF_DIR, f"{name}_b{batch}.npy")
 
 
+def ref64_path(name, batch):
+    """PyTorch's output for the same input computed in float64 (the model converted with
+    .double()): how far float32 itself is from the exact result, for models where rounding
+    grows through the layers."""
+    return os.path.join(REF_DIR, f"{name}_b{batch}_f64.npy")
+
+
 def parse_models(arg, known=None):
-    """Parses a --models value ("a,b" or "all") into a list of names from `known` (default: the
-    classifiers, MODELS)."""
+    """Parses a --models value ("a,b", "all" or "extra") into a list of names: "all" is
+    `known` (default: the classifiers, MODELS), "extra" is EXTRA_MODELS; names come from either."""
     known = list(MODELS if known is None else known)
     if not arg or arg == "all":
         return known
+    if arg == "extra":
+        return list(EXTRA_MODELS)
     names = [n.strip() for n in arg.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and n not in EXTRA_MODELS]
     if unknown:
-        sys.exit(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        sys.exit(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(known + EXTRA_MODELS)}")
     return names
 
 
@@ -180,7 +220,7 @@ def build_model(name, freeze=True):
     import torch
     import torchvision
 
-    if name not in ALL_MODELS:
+    if name not in ALL_MODELS and name not in EXTRA_MODELS:
         raise ValueError(f"unknown model {name}")
     torch.manual_seed(WEIGHT_SEED)
     if name in SEGMENTATION_MODELS:
@@ -197,6 +237,9 @@ def build_model(name, freeze=True):
                 return self.net(x)["out"]
 
         model = SegmentationOutput(getattr(torchvision.models.segmentation, name)(**kwargs))
+    elif name in ("googlenet", "inception_v3"):
+        # Without the auxiliary classifiers, which eval mode does not run.
+        model = getattr(torchvision.models, name)(weights=None, aux_logits=False, init_weights=True)
     else:
         model = getattr(torchvision.models, name)(weights=None)
     _make_weights_realistic(model, torch, image_shape(name))
