@@ -13,7 +13,8 @@ namespace qforge::quant {
 namespace {
 
 // The module node names that hold a quantizer in `plan`, in graph order.
-std::vector<const graph::Node*> quantized_modules(const graph::Graph& fused, const QuantPlan& plan) {
+std::vector<const graph::Node*> quantized_modules(const graph::Graph& fused,
+                                                  const QuantPlan& plan) {
   std::set<std::string> names;
   for (const ActivationPoint& p : plan.activations) {
     for (const QuantConsumer& c : p.consumers) names.insert(c.node);
@@ -53,9 +54,8 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
   std::vector<ModelLoader> models;
   models.reserve(plans.size());
   for (const QuantPlan& p : plans) {
-    models.emplace_back([&fused, &p, &calibrated] {
-      return build_qdq_graph(fused, p, calibrated.amax);
-    });
+    models.emplace_back(
+        [&fused, &p, &calibrated] { return build_qdq_graph(fused, p, calibrated.amax); });
   }
   EvaluationSetup each = evaluation;
   each.flip_injections = 0;
