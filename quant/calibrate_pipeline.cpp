@@ -351,6 +351,33 @@ std::unique_ptr<graph::Graph> fused_graph_for_export(std::unique_ptr<graph::Grap
   return std::move(again.graph);
 }
 
+CalibrationResult with_setup_skips(const CalibrationResult& result, const graph::Graph& fused,
+                                   const CalibrationSetup& setup) {
+  CalibrationResult out = result;
+  out.plan = place_qdq(fused, placement_options(setup));
+  out.points.clear();
+  out.amax.clear();
+  out.weight_amax.clear();
+  std::map<std::string, size_t> point_of;
+  for (size_t i = 0; i < result.plan.activations.size(); ++i) {
+    point_of[result.plan.activations[i].tensor] = i;
+  }
+  for (const ActivationPoint& p : out.plan.activations) {
+    auto it = point_of.find(p.tensor);
+    if (it == point_of.end()) {
+      throw_internal(setup.stage + ": a skip placed a Q/DQ point '" + p.tensor +
+                     "' calibration did not");
+    }
+    PointCalibration row = result.points[it->second];
+    row.module = point_module(fused, p);
+    out.points.push_back(std::move(row));
+    out.amax[p.tensor] = result.amax.at(p.tensor);
+  }
+  for (const WeightPoint& w : out.plan.weights)
+    out.weight_amax[w.node] = result.weight_amax.at(w.node);
+  return out;
+}
+
 ExportedModel export_qdq_model(std::unique_ptr<graph::Graph> fused, const QuantPlan& plan,
                                const ActivationAmax& amax, const QdqExportOptions& options,
                                const graph::ByteSink& sink) {

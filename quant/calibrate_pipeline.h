@@ -124,6 +124,13 @@ std::unique_ptr<graph::Graph> fused_graph_for_export(std::unique_ptr<graph::Grap
                                                      const CalibrationSetup& setup,
                                                      const CalibrationResult& result);
 
+// `result` as calibrate would return it with `setup`, whose skip list adds modules to the one
+// `result` was calibrated with: the plan `fused` (the fused graph of `result`) places under it,
+// and the points, amax and weight ranges of the points that remain, unchanged (calibration
+// observes the float model, so keeping a module float changes no other point's statistics).
+CalibrationResult with_setup_skips(const CalibrationResult& result, const graph::Graph& fused,
+                                   const CalibrationSetup& setup);
+
 struct ExportedModel {
   QdqCounts counts;
   size_t bytes = 0;  // ONNX bytes written

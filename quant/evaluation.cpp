@@ -206,7 +206,8 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
 std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
                                       std::span<const ModelLoader> quantized,
                                       const SampleSource& data, const EvaluationSetup& setup,
-                                      const ProgressFactory& progress_factory) {
+                                      const ProgressFactory& progress_factory,
+                                      const std::function<bool(const Evaluation&)>& stop) {
   const std::vector<size_t> indices = evaluation_indices(data, setup);
   Evaluation base;
   base.samples = indices.size();
@@ -230,6 +231,7 @@ std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
     quantized_pass(model, data, indices, setup, *silent, replay, result, nullptr);
     results.push_back(std::move(result));
     progress->advance(1);
+    if (stop && stop(results.back())) break;
   }
   progress->finish();
   return results;

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -78,10 +79,12 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
 // `reference` run once over the samples, then each of `quantized` in turn (one model in memory
 // at a time), each compared with the reference as evaluate compares them (no flip injections;
 // the reference outputs are held in memory). `progress` gets a bar over the reference's
-// samples and one over the quantized models.
+// samples and one over the quantized models. With `stop`, the models after the first whose
+// evaluation it accepts are neither loaded nor run.
 std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
                                       std::span<const ModelLoader> quantized,
                                       const SampleSource& data, const EvaluationSetup& setup,
-                                      const ProgressFactory& progress = {});
+                                      const ProgressFactory& progress = {},
+                                      const std::function<bool(const Evaluation&)>& stop = {});
 
 }  // namespace qforge::quant

@@ -67,4 +67,32 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
   return analysis;
 }
 
+SkipSearch skip_until(const graph::Graph& fused, const CalibrationResult& calibrated,
+                      const CalibrationSetup& setup, const std::vector<std::string>& order,
+                      const std::function<bool(const Evaluation&)>& reached,
+                      const ModelLoader& reference, const SampleSource& data,
+                      const EvaluationSetup& evaluation, const ProgressFactory& progress) {
+  // Model k keeps the first k + 1 modules of `order` float; each is placed when it is loaded.
+  std::vector<ModelLoader> models;
+  for (size_t k = 0; k < order.size(); ++k) {
+    models.emplace_back([&, k] {
+      PlacementOptions options = placement_options(setup);
+      options.skip.insert(options.skip.end(), order.begin(),
+                          order.begin() + static_cast<std::ptrdiff_t>(k + 1));
+      return build_qdq_graph(fused, place_qdq(fused, options), calibrated.amax);
+    });
+  }
+  EvaluationSetup each = evaluation;
+  each.flip_injections = 0;
+  std::vector<Evaluation> measured =
+      evaluate_each(reference, models, data, each, progress, reached);
+  SkipSearch search;
+  if (measured.empty()) return search;
+  search.kept_float.assign(order.begin(),
+                           order.begin() + static_cast<std::ptrdiff_t>(measured.size()));
+  search.evaluation = std::move(measured.back());
+  search.reached = reached(search.evaluation);
+  return search;
+}
+
 }  // namespace qforge::quant

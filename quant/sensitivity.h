@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,5 +42,21 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
                                      const CalibrationSetup& setup, const ModelLoader& reference,
                                      const SampleSource& data, const EvaluationSetup& evaluation,
                                      const ProgressFactory& progress = {});
+
+// The search for the fewest modules to keep float: the modules of `order` (the best first, as
+// SensitivityAnalysis ranks them) kept float one more at a time, each model (what --skip of
+// them all writes, with calibrated's scales) measured against `reference` on the samples of
+// `evaluation`, until `reached` accepts one.
+struct SkipSearch {
+  std::vector<std::string> kept_float;  // the modules kept float, in order
+  Evaluation evaluation;                // the model with them float
+  bool reached = false;                 // false: even with every module of `order` float
+};
+
+SkipSearch skip_until(const graph::Graph& fused, const CalibrationResult& calibrated,
+                      const CalibrationSetup& setup, const std::vector<std::string>& order,
+                      const std::function<bool(const Evaluation&)>& reached,
+                      const ModelLoader& reference, const SampleSource& data,
+                      const EvaluationSetup& evaluation, const ProgressFactory& progress = {});
 
 }  // namespace qforge::quant

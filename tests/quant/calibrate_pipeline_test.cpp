@@ -343,6 +343,49 @@ TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
   EXPECT_NE(a.modules[with_point].evaluation.figures.sqnr_db, a.all_quantized.figures.sqnr_db);
 }
 
+// A calibration result narrowed to more skips is the result calibrate returns with them: the
+// same plan, the same rows for the points that remain (their module column included), the same
+// amax and weight ranges.
+TEST(CalibratePipeline, ResultWithMoreSkipsIsWhatCalibrateReturnsWithThem) {
+  auto model = graph::load_onnx(kResnet);
+  const ImageSamples data(kTrain, *model);
+  quant::CalibrationSetup setup;
+  setup.batch = 16;
+  setup.limit = 40;
+  const quant::CalibrationResult all =
+      quant::calibrate(std::move(model), quant::model_file(kResnet), data, setup);
+  const auto fused = quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, all);
+  quant::CalibrationSetup skipped = setup;
+  // The stem (its input point goes with it) and a block's first convolution (its input point
+  // stays for the block's residual add, one consumer fewer).
+  skipped.skip = {all.plan.weights[0].node, all.plan.weights[1].node};
+  const quant::CalibrationResult narrowed = quant::with_setup_skips(all, *fused, skipped);
+  const quant::CalibrationResult again =
+      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, skipped);
+  ASSERT_EQ(narrowed.plan.activations.size(), again.plan.activations.size());
+  ASSERT_LT(again.plan.activations.size(), all.plan.activations.size());
+  for (size_t i = 0; i < again.plan.activations.size(); ++i) {
+    EXPECT_EQ(narrowed.plan.activations[i].tensor, again.plan.activations[i].tensor);
+    EXPECT_EQ(narrowed.plan.activations[i].consumers.size(),
+              again.plan.activations[i].consumers.size());
+    EXPECT_EQ(narrowed.points[i].module, again.points[i].module);
+    EXPECT_EQ(narrowed.points[i].amax, again.points[i].amax);
+    EXPECT_EQ(narrowed.points[i].entropy_fell_back, again.points[i].entropy_fell_back);
+  }
+  ASSERT_EQ(narrowed.plan.weights.size(), again.plan.weights.size());
+  for (size_t i = 0; i < again.plan.weights.size(); ++i) {
+    EXPECT_EQ(narrowed.plan.weights[i].node, again.plan.weights[i].node);
+  }
+  EXPECT_EQ(narrowed.plan.float_modules.size(), 2u);
+  EXPECT_EQ(narrowed.amax, again.amax);
+  EXPECT_EQ(narrowed.weight_amax, again.weight_amax);
+  // What the export writes from either: the same bytes.
+  EXPECT_TRUE(
+      bytes_of(quant::fused_graph_for_export(graph::load_onnx(kResnet), skipped, narrowed),
+               narrowed) ==
+      bytes_of(quant::fused_graph_for_export(graph::load_onnx(kResnet), skipped, again), again));
+}
+
 TEST(CalibratePipeline, SetupOutOfRangeAndEmptyDataAreRejected) {
   const kernels::Tensor input = io::read_npy(data_path("golden/resnet_input.npy"));
   const TensorSamples data(input);

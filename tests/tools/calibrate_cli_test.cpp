@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -345,6 +347,92 @@ TEST(CalibrateCli, SensitivityOfNoSamplesIsRejected) {
                    dir.file("out.onnx"));
   expect_one_line_error(r, "--sensitivity");
   expect_no_files(dir);
+}
+
+// --target-sqnr: the modules the search keeps float are the first of the sensitivity
+// measurement ranked by SQNR, the written model is byte for byte the one --skip of them writes,
+// and it reaches the target on the sensitivity samples where the model with one module fewer
+// float does not. A target the model meets as it is keeps nothing float and writes the plain
+// model.
+TEST(CalibrateCli, TargetSqnrKeepsTheCostliestModulesFloatAsSkipWould) {
+  TempDir dir;
+  const std::string common = "calibrate " + kResnet + " --data " + kTrain +
+                             " --limit 32 --batch 16 --flip-injections 0 --sensitivity 16 ";
+  auto r = run_cli(common + "-o " + dir.file("plain.onnx") + " --report " + dir.file("p.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto plain = nlohmann::json::parse(testing::read_text(dir.file("p.json")));
+  // The report ranks by KL; the search for an SQNR target by SQNR, ties in graph order, which
+  // the report's order does not keep: order by SQNR with ties broken by the first appearance in
+  // the weight table (graph order).
+  std::vector<std::pair<double, std::string>> by_sqnr;
+  for (const auto& m : plain["sensitivity"]["modules_best_first"]) {
+    by_sqnr.emplace_back(m["sqnr_db"].get<double>(), m["module"].get<std::string>());
+  }
+  std::vector<std::string> graph_order;
+  for (const auto& w : plain["weight_points"]) graph_order.push_back(w["node"]);
+  auto position = [&](const std::string& name) {
+    return std::find(graph_order.begin(), graph_order.end(), name) - graph_order.begin();
+  };
+  std::stable_sort(by_sqnr.begin(), by_sqnr.end(), [&](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : position(a.second) < position(b.second);
+  });
+  const double all_db = plain["sensitivity"]["all_quantized"]["sqnr_db"];
+  // Just above what keeping the first module float gives: at least two modules float.
+  const double target = by_sqnr[0].first + 0.01;
+  ASSERT_GT(target, all_db);
+  r = run_cli(common + "--target-sqnr " + std::to_string(target) + " -o " + dir.file("t.onnx") +
+              " --report " + dir.file("t.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto t = nlohmann::json::parse(testing::read_text(dir.file("t.json")));
+  const auto kept = t["target"]["kept_float"].get<std::vector<std::string>>();
+  ASSERT_GE(kept.size(), 2u);
+  for (size_t i = 0; i < kept.size(); ++i) EXPECT_EQ(kept[i], by_sqnr[i].second) << i;
+  EXPECT_GE(t["target"]["sqnr_db"].get<double>(), target);
+  EXPECT_EQ(t["skip"].get<std::vector<std::string>>(), kept);
+  EXPECT_NE(r.out.find("met with " + std::to_string(kept.size()) + " modules kept float"),
+            std::string::npos)
+      << r.out;
+
+  std::string skip = kept[0];
+  for (size_t i = 1; i < kept.size(); ++i) skip += "," + kept[i];
+  r = run_cli(common + "--skip " + skip + " -o " + dir.file("s.onnx") + " --report " +
+              dir.file("s.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(testing::read_text(dir.file("s.onnx")) == testing::read_text(dir.file("t.onnx")))
+      << "--target-sqnr wrote another model than --skip of the modules it kept float";
+  // One module fewer float misses the target.
+  skip = kept[0];
+  for (size_t i = 1; i + 1 < kept.size(); ++i) skip += "," + kept[i];
+  r = run_cli(common + "--skip " + skip + " -o " + dir.file("f.onnx") + " --report " +
+              dir.file("f.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto fewer = nlohmann::json::parse(testing::read_text(dir.file("f.json")));
+  EXPECT_LT(fewer["sensitivity"]["all_quantized"]["sqnr_db"].get<double>(), target);
+
+  r = run_cli(common + "--target-sqnr " + std::to_string(all_db - 1) + " -o " + dir.file("m.onnx") +
+              " --report " + dir.file("m.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(testing::read_text(dir.file("m.json")))["target"]["kept_float"]
+                  .empty());
+  EXPECT_TRUE(testing::read_text(dir.file("m.onnx")) == testing::read_text(dir.file("plain.onnx")));
+  EXPECT_NE(r.out.find("met with every module quantized"), std::string::npos) << r.out;
+}
+
+TEST(CalibrateCli, UnreachableOrInvalidTargetsAreRejected) {
+  {
+    TempDir dir;
+    auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " --target-sqnr 500 -o " +
+                     dir.file("out.onnx") + " --report " + dir.file("r.json"));
+    expect_one_line_error(r, "output SQNR >= 500 dB not reached");
+    expect_no_files(dir);
+  }
+  for (const char* flag : {"--target-kl 0", "--target-kl -1", "--target-sqnr inf"}) {
+    TempDir dir;
+    auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " " + flag + " -o " +
+                     dir.file("out.onnx"));
+    expect_one_line_error(r, std::string(flag).substr(0, std::string(flag).find(' ')));
+    expect_no_files(dir);
+  }
 }
 
 TEST(CalibrateCli, SmoothquantAlphaOutOfRangeIsRejected) {

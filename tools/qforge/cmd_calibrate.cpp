@@ -62,7 +62,11 @@ struct CalibrateOptions {
   // Samples of the evaluation data for the skip sensitivity of every module, when
   // --sensitivity is given.
   std::optional<int64_t> sensitivity;
-  PreprocessOverrides preprocess;  // for --data and --val
+  // Targets the model must reach against the float model on the sensitivity samples; modules
+  // are kept float, the costliest first, until it does.
+  std::optional<double> target_sqnr;  // dB, at least
+  std::optional<double> target_kl;    // nats, at most
+  PreprocessOverrides preprocess;     // for --data and --val
   InputShapeFlag input_shape;
 };
 
@@ -74,12 +78,51 @@ nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
+// Sensitivity samples when --sensitivity gives none.
+constexpr int64_t kSensitivitySamples = 64;
+
+bool target_set(const CalibrateOptions& o) {
+  return o.target_sqnr || o.target_kl;
+}
+
+bool meets_target(const CalibrateOptions& o, const quant::Evaluation& e) {
+  if (o.target_sqnr && !(e.figures.sqnr_db >= *o.target_sqnr)) return false;
+  if (o.target_kl && !(e.kl_divergence && *e.kl_divergence <= *o.target_kl)) return false;
+  return true;
+}
+
+std::string format_figure(const char* format, double v) {
+  char text[64];
+  std::snprintf(text, sizeof text, format, v);
+  return text;
+}
+
+// "output SQNR >= 30 dB and KL to float <= 0.001 nats"
+std::string target_text(const CalibrateOptions& o) {
+  std::string out;
+  if (o.target_sqnr) out = format_figure("output SQNR >= %g dB", *o.target_sqnr);
+  if (o.target_kl) {
+    if (!out.empty()) out += " and ";
+    out += format_figure("KL to float <= %g nats", *o.target_kl);
+  }
+  return out;
+}
+
+// "31.27 dB, KL 0.00049 nats"
+std::string figures_text(const quant::Evaluation& e) {
+  std::string out = format_figure("%.2f dB", e.figures.sqnr_db);
+  if (e.kl_divergence) out += format_figure(", KL %.3g nats", *e.kl_divergence);
+  return out;
+}
+
 // The modules best first: the lowest KL to float when the output is a classifier's, else the
 // highest output SQNR; ties in graph order.
-std::vector<const quant::SkipSensitivity*> best_first(const quant::SensitivityAnalysis& a) {
+// With by_sqnr, by the highest output SQNR whatever the output.
+std::vector<const quant::SkipSensitivity*> best_first(const quant::SensitivityAnalysis& a,
+                                                      bool by_sqnr = false) {
   std::vector<const quant::SkipSensitivity*> order;
   for (const quant::SkipSensitivity& m : a.modules) order.push_back(&m);
-  const bool by_kl = a.all_quantized.kl_divergence.has_value();
+  const bool by_kl = !by_sqnr && a.all_quantized.kl_divergence.has_value();
   std::stable_sort(order.begin(), order.end(), [by_kl](const auto* x, const auto* y) {
     const quant::Evaluation& ex = x->evaluation;
     const quant::Evaluation& ey = y->evaluation;
@@ -179,6 +222,13 @@ int run_calibrate(const CalibrateOptions& o) {
     std::string message = "calibrate: --smoothquant alpha must be in [0, 1], got ";
     throw_invalid(message.append(value));
   }
+  if (o.target_sqnr && !std::isfinite(*o.target_sqnr)) {
+    throw_invalid("calibrate: --target-sqnr must be a finite number of dB");
+  }
+  if (o.target_kl && !(std::isfinite(*o.target_kl) && *o.target_kl > 0)) {
+    throw_invalid("calibrate: --target-kl must be a positive number of nats, got " +
+                  format_figure("%g", *o.target_kl));
+  }
   if (o.sensitivity && *o.sensitivity < 1) {
     throw_invalid("calibrate: --sensitivity must be at least 1 sample, got " +
                   std::to_string(*o.sensitivity));
@@ -232,11 +282,56 @@ int run_calibrate(const CalibrateOptions& o) {
   if (comm.is_root()) hooks.progress = progress_bars();
   hooks.calibration_pass_ended = [&] { calibration_peak_bytes = io::peak_resident_bytes(); };
   hooks.communicator = &comm;
-  const quant::CalibrationResult calibrated =
+  quant::CalibrationResult calibrated =
       quant::calibrate(std::move(model), reload, DataSamples(data), setup, hooks);
   // Every rank holds the merged statistics now; rank 0 alone writes, evaluates and reports.
   if (!comm.is_root()) return 0;
   const quant::QuantPlan& plan = calibrated.plan;
+  const DataSource& eval = val ? *val : data;
+
+  // Each quantized module kept float in turn, against the float model, on samples of the
+  // evaluation data; with a target, the fewest modules kept float, the costliest first, for the
+  // model to reach it there: they join the skip list, and what follows is the model with them
+  // float. The fused graph is built again for it and released before the export.
+  std::optional<quant::SensitivityAnalysis> sensitivity;
+  std::optional<quant::SkipSearch> search;
+  if (o.sensitivity || target_set(o)) {
+    quant::EvaluationSetup each;
+    each.batch = o.batch;
+    each.limit = o.sensitivity.value_or(kSensitivitySamples);
+    each.flip_injections = 0;
+    each.quantized_label = "sensitivity";
+    const std::unique_ptr<graph::Graph> fused =
+        quant::fused_graph_for_export(reload(), setup, calibrated);
+    sensitivity = quant::skip_sensitivity(*fused, calibrated, setup, reload, DataSamples(eval),
+                                          each, progress_bars());
+    if (o.target_kl && !sensitivity->all_quantized.kl_divergence) {
+      throw_invalid("calibrate: --target-kl needs a [N, classes] model output");
+    }
+    const auto reached = [&o](const quant::Evaluation& e) { return meets_target(o, e); };
+    if (target_set(o) && !reached(sensitivity->all_quantized)) {
+      // Never every module: a model with nothing quantized is not what calibrate is for.
+      // Ranked by the figure the target names (KL when it names both).
+      std::vector<std::string> order;
+      for (const quant::SkipSensitivity* m : best_first(*sensitivity, !o.target_kl)) {
+        order.push_back(m->module);
+      }
+      order.pop_back();
+      each.quantized_label = "target";
+      search = quant::skip_until(*fused, calibrated, setup, order, reached, reload,
+                                 DataSamples(eval), each, progress_bars());
+      if (!search->reached) {
+        throw_invalid("calibrate: " + target_text(o) + " not reached on " +
+                      std::to_string(sensitivity->all_quantized.samples) +
+                      " samples even with all but one of the " +
+                      std::to_string(sensitivity->modules.size()) +
+                      " quantized modules kept float (" + figures_text(search->evaluation) +
+                      "); lower the target");
+      }
+      setup.skip.insert(setup.skip.end(), search->kept_float.begin(), search->kept_float.end());
+      calibrated = quant::with_setup_skips(calibrated, *fused, setup);
+    }
+  }
 
   // The export: the model read and transformed again, smoothed the same way, lowered with the
   // chosen scales. The bytes go to the output's temporary file at once; it is renamed into place
@@ -251,7 +346,6 @@ int run_calibrate(const CalibrateOptions& o) {
 
   // Evaluate exactly what is written: the file, read back, against the float model, with the
   // float outputs spilled to a temporary file.
-  const DataSource& eval = val ? *val : data;
   quant::EvaluationSetup evaluation_setup;
   evaluation_setup.batch = o.batch;
   evaluation_setup.limit = val ? 0 : o.limit;
@@ -260,18 +354,6 @@ int run_calibrate(const CalibrateOptions& o) {
   const quant::Evaluation measured =
       quant::evaluate(reload, quant::model_file(out_file->read_path()), DataSamples(eval),
                       evaluation_setup, progress_bars(), spill_files());
-  // Each quantized module kept float in turn, against the float model, on the first samples of
-  // the evaluation data; the export's graph is built again for it (one model in memory at a
-  // time).
-  std::optional<quant::SensitivityAnalysis> sensitivity;
-  if (o.sensitivity) {
-    quant::EvaluationSetup each = evaluation_setup;
-    each.limit = *o.sensitivity;
-    each.quantized_label = "sensitivity";
-    sensitivity = quant::skip_sensitivity(
-        *quant::fused_graph_for_export(reload(), setup, calibrated), calibrated, setup, reload,
-        DataSamples(eval), each, progress_bars());
-  }
   const runtime::ComparisonFigures& f = measured.figures;
   const std::optional<quant::FlipSensitivity>& flips = measured.flips;
   const size_t eval_total = measured.samples;
@@ -417,6 +499,21 @@ int run_calibrate(const CalibrateOptions& o) {
   }
 
   if (sensitivity) print_sensitivity(*sensitivity, eval_name);
+  if (target_set(o)) {
+    const size_t samples = sensitivity->all_quantized.samples;
+    if (!search) {
+      std::printf("target       %s on %zu samples: met with every module quantized (%s)\n",
+                  target_text(o).c_str(), samples,
+                  figures_text(sensitivity->all_quantized).c_str());
+    } else {
+      std::printf(
+          "target       %s on %zu samples: met with %zu module%s kept float, the costliest "
+          "first (%s); the written model skips them:\n",
+          target_text(o).c_str(), samples, search->kept_float.size(),
+          search->kept_float.size() == 1 ? "" : "s", figures_text(search->evaluation).c_str());
+      for (const std::string& m : search->kept_float) std::printf("  %s\n", m.c_str());
+    }
+  }
 
   // Both outputs are complete before either is put in place, and they are committed back to
   // back: a signal during the report's preparation leaves neither.
@@ -485,7 +582,7 @@ int run_calibrate(const CalibrateOptions& o) {
         {"batch", o.batch},
         {"method", method_name},
         {"percentile", o.percentile},
-        {"skip", o.skip},
+        {"skip", setup.skip},
         {"int8_weights", o.int8_weights},
         {"per_tensor_weights", o.per_tensor_weights},
         {"calibration",
@@ -514,6 +611,15 @@ int run_calibrate(const CalibrateOptions& o) {
           {"peak_rss_bytes", run_peak_bytes}}}};
     if (smoothing) report["smoothquant"] = smoothquant_json(*smoothing);
     if (sensitivity) report["sensitivity"] = sensitivity_json(*sensitivity, eval_name);
+    if (target_set(o)) {
+      const quant::Evaluation& reached = search ? search->evaluation : sensitivity->all_quantized;
+      nlohmann::json target = evaluation_figures_json(reached);
+      if (o.target_sqnr) target["target_sqnr_db"] = *o.target_sqnr;
+      if (o.target_kl) target["target_kl_to_float"] = *o.target_kl;
+      target["kept_float"] = search ? search->kept_float : std::vector<std::string>{};
+      target["samples"] = reached.samples;
+      report["target"] = target;
+    }
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
@@ -597,6 +703,17 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       ->expected(0, 1)
       ->default_str("64")
       ->type_name("N");
+  cmd->add_option_function<double>(
+         "--target-sqnr", [opts](const double& db) { opts->target_sqnr = db; },
+         "keep modules float, the costliest first (the --sensitivity measurement on its samples, "
+         "ranked by SQNR), until the model's output SQNR against the float model reaches DB "
+         "there; the written model skips them (they are listed, and in the report's skip list)")
+      ->type_name("DB");
+  cmd->add_option_function<double>(
+         "--target-kl", [opts](const double& nats) { opts->target_kl = nats; },
+         "as --target-sqnr, for a mean KL(float ‖ int8) of the softmax outputs at most NATS "
+         "(a [N, classes] output; modules ranked by KL); with both, both must hold")
+      ->type_name("NATS");
   return [opts] { return run_calibrate(*opts); };
 }
 
