@@ -426,6 +426,14 @@ TEST(CalibrateCli, UnreachableOrInvalidTargetsAreRejected) {
     expect_one_line_error(r, "output SQNR >= 500 dB not reached");
     expect_no_files(dir);
   }
+  {
+    // A detector's output has no softmax to compare: refused before any work.
+    TempDir dir;
+    auto r = run_cli("calibrate " + data_path("models/yolo_bn.onnx") + " --data " + kTrain +
+                     " --limit 8 --target-kl 0.001 -o " + dir.file("out.onnx"));
+    expect_one_line_error(r, "--target-kl needs a [N, classes] model output");
+    expect_no_files(dir);
+  }
   for (const char* flag : {"--target-kl 0", "--target-kl -1", "--target-sqnr inf"}) {
     TempDir dir;
     auto r = run_cli("calibrate " + kResnet + " --data " + kGoldenInput + " " + flag + " -o " +

@@ -255,6 +255,11 @@ int run_calibrate(const CalibrateOptions& o) {
       if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
     }
     model = load_model_to_run(o.model, o.input_shape, o.data);
+    if (o.target_kl && !model->outputs().empty() && model->outputs()[0]->has_shape() &&
+        model->outputs()[0]->shape()->size() != 2) {
+      throw_invalid("calibrate: --target-kl needs a [N, classes] model output; '" + o.model +
+                    "' output 0 has rank " + std::to_string(model->outputs()[0]->shape()->size()));
+    }
     written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
     total = quant::spread_indices(data_source->size(), o.limit).size();
