@@ -7,6 +7,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -115,24 +116,26 @@ std::string figures_text(const quant::Evaluation& e) {
   return out;
 }
 
-// The modules best first: the lowest KL to float when the output is a classifier's, else the
-// highest output SQNR; ties in graph order.
-// With by_sqnr, by the highest output SQNR whatever the output.
+// The modules best first: the lowest KL to float when the output is a classifier's (and not
+// by_sqnr), else the highest output SQNR; a figure that is not a number last, ties in graph
+// order.
 std::vector<const quant::SkipSensitivity*> best_first(const quant::SensitivityAnalysis& a,
                                                       bool by_sqnr = false) {
+  const bool by_kl = !by_sqnr && a.all_quantized.kl_divergence.has_value();
+  // Lower is better.
+  auto cost = [by_kl](const quant::Evaluation& e) {
+    const double v = by_kl ? *e.kl_divergence : -e.figures.sqnr_db;
+    return std::isnan(v) ? std::numeric_limits<double>::infinity() : v;
+  };
   std::vector<const quant::SkipSensitivity*> order;
   for (const quant::SkipSensitivity& m : a.modules) order.push_back(&m);
-  const bool by_kl = !by_sqnr && a.all_quantized.kl_divergence.has_value();
-  std::stable_sort(order.begin(), order.end(), [by_kl](const auto* x, const auto* y) {
-    const quant::Evaluation& ex = x->evaluation;
-    const quant::Evaluation& ey = y->evaluation;
-    if (by_kl) return *ex.kl_divergence < *ey.kl_divergence;
-    return ex.figures.sqnr_db > ey.figures.sqnr_db;
+  std::stable_sort(order.begin(), order.end(), [&cost](const auto* x, const auto* y) {
+    return cost(x->evaluation) < cost(y->evaluation);
   });
   return order;
 }
 
-// What skipping a module removes, as "2 activations, 1 weight, 1 softmax".
+// What skipping a module removes, as "2 act, 1 weight, 1 softmax".
 std::string removed_points(const quant::SkipSensitivity& m) {
   std::string out;
   auto add = [&](size_t n, const char* what) {
