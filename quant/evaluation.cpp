@@ -188,8 +188,9 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
     reference_pass(reference, data, indices, setup, *progress, *expected, result, reference_ce);
     progress->finish();
   }
-  if (result.labelled)
+  if (result.labelled) {
     result.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
+  }
   kernels::Tensor first_batch;  // the flip injections run on it
   {
     const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
@@ -219,8 +220,9 @@ std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
     reference_pass(reference, data, indices, setup, *progress, expected, base, reference_ce);
     progress->finish();
   }
-  if (base.labelled)
+  if (base.labelled) {
     base.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
+  }
   std::vector<Evaluation> results;
   results.reserve(quantized.size());
   const auto progress = make_progress(progress_factory, setup.quantized_label, quantized.size());
