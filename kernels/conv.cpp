@@ -226,6 +226,12 @@ ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOpti
   return plan;
 }
 
+bool conv_residual_may_alias_output(const ConvPlan& plan) {
+  return plan.algorithm == ConvAlgorithm::kShallow ||
+         (plan.packed && (plan.algorithm == ConvAlgorithm::kDirectGemm ||
+                          plan.algorithm == ConvAlgorithm::kIm2colGemm));
+}
+
 size_t conv_prepared_weight_floats(const ConvPlan& plan) {
   if (plan.algorithm == ConvAlgorithm::kWinograd)
     return conv_detail::winograd_prepared_floats(plan);

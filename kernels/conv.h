@@ -85,9 +85,11 @@ struct ConvPlan {
 // y = clamp((conv + bias)·scale[c] + shift[c] + residual, clamp_min, clamp_max).
 // Null pointers and infinite clamps leave that part out.
 struct ConvEpilogue {
-  const float* scale = nullptr;     // [out_channels]
-  const float* shift = nullptr;     // [out_channels]
-  const float* residual = nullptr;  // [batch, out_channels, out_h, out_w], not aliasing y
+  const float* scale = nullptr;  // [out_channels]
+  const float* shift = nullptr;  // [out_channels]
+  // [batch, out_channels, out_h, out_w]; it may be y itself only where
+  // conv_residual_may_alias_output(plan).
+  const float* residual = nullptr;
   float clamp_min = -std::numeric_limits<float>::infinity();
   float clamp_max = std::numeric_limits<float>::infinity();
 };
@@ -106,6 +108,13 @@ struct ConvPlanOptions {
 };
 
 ConvPlan plan_conv(const ConvGeometry& geometry, int threads, const ConvPlanOptions& options = {});
+
+// Whether the epilogue's residual may be y's own memory under `plan` (the output written over
+// the residual): the shallow path and the packed direct and im2col paths read each residual
+// element in the task that writes the same output element, just before writing it, and write
+// nothing else to y (the packed path's running sums over k live in scratch). Winograd, the
+// depthwise kernel and OpenBLAS write y before their epilogue reads the residual.
+bool conv_residual_may_alias_output(const ConvPlan& plan);
 
 // Whether this build has ConvAlgorithm::kShallow (AVX-512); without it those convolutions run
 // on the packed GEMM, with the same bits, where that is built (AVX2 and FMA).

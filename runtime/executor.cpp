@@ -108,21 +108,30 @@ std::optional<int64_t> view_offset(const graph::Node& node) {
   return std::nullopt;
 }
 
-// Element-wise unary float ops whose kernel (kernels::unary_f32, which allows y == x) may write
-// its output over its input: where the input is read by nothing after, the output takes the
-// input's buffer, so an activation's input and output are not both live.
-bool writes_over_input(const graph::Node& node) {
+// The input a node's kernel may write its output over, where nothing reads that input after it:
+// element-wise unary float ops (kernels::unary_f32 allows y == x) over their input, and a
+// FusedConv or ConvBNAddAct over its residual where its convolution reads each residual element
+// just before writing the same output element (ops::conv_residual_written_over). The output then
+// takes the input's buffer, so the two are not both live.
+std::optional<size_t> writable_input(const graph::Node& node) {
   static const std::set<std::string, std::less<>> kOps = {
       "Relu", "LeakyRelu", "Elu",  "Sigmoid", "HardSigmoid", "HardSwish", "Silu",    "Gelu",
       "Erf",  "Tanh",      "Sqrt", "Neg",     "Exp",         "Log",       "Softplus"};
-  if (node.num_inputs() != 1 || node.num_outputs() != 1 || !kOps.count(node.op_type())) {
-    return false;
+  if (node.num_outputs() != 1) return std::nullopt;
+  size_t index = 0;
+  if (node.op_type() == "FusedConv" || node.op_type() == "ConvBNAddAct") {
+    const std::optional<size_t> residual = ops::conv_residual_written_over(node, infos_of(node));
+    if (!residual) return std::nullopt;
+    index = *residual;
+  } else if (node.num_inputs() != 1 || !kOps.count(node.op_type())) {
+    return std::nullopt;
   }
-  const graph::Value* in = node.input(0);
+  const graph::Value* in = node.input(index);
   const graph::Value* out = node.output(0);
-  return in && !in->is_constant() && in->dtype() == kernels::DType::kFloat32 &&
-         out->dtype() == kernels::DType::kFloat32 && in->has_shape() && out->has_shape() &&
-         *in->shape() == *out->shape();
+  const bool fits = in && !in->is_constant() && in->dtype() == kernels::DType::kFloat32 &&
+                    out->dtype() == kernels::DType::kFloat32 && in->has_shape() &&
+                    out->has_shape() && *in->shape() == *out->shape();
+  return fits ? std::optional<size_t>(index) : std::nullopt;
 }
 
 // A buffer's times are step indices: first, the step that defines it (-1: a graph input);
@@ -135,7 +144,7 @@ struct BufferPlan {
   std::map<const graph::Value*, size_t> buffer_of;
   std::vector<Buffer> buffers;
   std::vector<bool> aliased;          // per step: a view that aliases its input 0
-  std::vector<bool> in_place;         // per step: a kernel that writes over its input 0
+  std::vector<int> in_place;          // per step: the input a kernel writes over, or -1
   std::vector<int64_t> view_offsets;  // per aliased step: the view's first element in input 0
   size_t arena_bytes = 0;
 };
@@ -184,7 +193,7 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
   };
   for (const graph::Value* in : graph.inputs()) new_buffer(in, -1);
   plan.aliased.assign(order.size(), false);
-  plan.in_place.assign(order.size(), false);
+  plan.in_place.assign(order.size(), -1);
   plan.view_offsets.assign(order.size(), 0);
   for (size_t s = 0; s < order.size(); ++s) {
     const graph::Node* node = order[s];
@@ -197,13 +206,20 @@ BufferPlan plan_buffers(const graph::Graph& graph) {
       for (size_t i = 1; i < node->num_outputs(); ++i) new_buffer(node->output(i), int(s));
       continue;
     }
-    // Over its input: a buffer of a produced value (not a graph input's, which the caller's
-    // batch is copied into), read by nothing after this step through any value it holds.
-    if (writes_over_input(*node)) {
-      const size_t b = buffer_of.at(src);
-      if (buffers[b].first >= 0 && buffer_read_until[b] == static_cast<int>(s)) {
-        plan.in_place[s] = true;
-        share_buffer(node->output(0), src);
+    // Over an input: a buffer of a produced value (not a graph input's, which the caller's
+    // batch is copied into), read by nothing after this step through any value it holds, and
+    // holding no other input of this step (which the kernel would read after overwriting it).
+    if (const std::optional<size_t> i = writable_input(*node)) {
+      const graph::Value* in = node->input(*i);
+      const size_t b = buffer_of.at(in);
+      bool shared = false;
+      for (size_t j = 0; j < node->num_inputs(); ++j) {
+        const graph::Value* other = node->input(j);
+        shared = shared || (j != *i && other && !other->is_constant() && buffer_of.at(other) == b);
+      }
+      if (buffers[b].first >= 0 && buffer_read_until[b] == static_cast<int>(s) && !shared) {
+        plan.in_place[s] = static_cast<int>(*i);
+        share_buffer(node->output(0), in);
         continue;
       }
     }
@@ -327,8 +343,8 @@ void Executor::compile(const graph::Graph& graph) {
     for (const graph::Value* out : node->outputs()) {
       // A view, or a kernel written over its input: output 0 is the input's memory (at the
       // view's offset), wherever in its buffer the input lies.
-      if ((aliased[s] || plan.in_place[s]) && out == node->output(0)) {
-        Tensor src = view_of(node->input(0));
+      if ((aliased[s] || plan.in_place[s] >= 0) && out == node->output(0)) {
+        Tensor src = view_of(node->input(aliased[s] ? 0 : static_cast<size_t>(plan.in_place[s])));
         const size_t offset =
             static_cast<size_t>(plan.view_offsets[s]) * kernels::dtype_size(src.dtype());
         Tensor t =

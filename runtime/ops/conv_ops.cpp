@@ -109,6 +109,12 @@ class ConvKernel final : public OpKernel {
     epilogue.scale = optional(3);
     epilogue.shift = optional(4);
     epilogue.residual = optional(5);
+    if (epilogue.residual && epilogue.residual == outputs[0].data<float>() &&
+        !kernels::conv_residual_may_alias_output(plan_)) {
+      throw_internal(
+          "FusedConv: the output was placed over the residual, which this "
+          "convolution's algorithm reads after writing the output");
+    }
     epilogue.clamp_min = clamp_min_;
     epilogue.clamp_max = clamp_max_;
     kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
@@ -351,6 +357,13 @@ void register_conv_ops(OpRegistry& registry) {
   registry.add({"Conv", infer_conv, create_conv});
   registry.add({"ConvTranspose", infer_conv_transpose, create_conv_transpose});
   registry.add({"FusedConv", infer_fused_conv, create_fused_conv});
+}
+
+bool fused_conv_writes_over_residual(const Node& node, std::span<const InputInfo> inputs) {
+  if (node.op_type() != "FusedConv" || inputs.size() < 6 || !inputs[5].present) return false;
+  const kernels::ConvPlan plan =
+      kernels::plan_conv(setup_conv(node, inputs).geometry, kernels::max_threads());
+  return kernels::conv_residual_may_alias_output(plan);
 }
 
 }  // namespace qforge::runtime::ops

@@ -439,4 +439,21 @@ void register_fusion_module_ops(OpRegistry& registry) {
   }
 }
 
+std::optional<size_t> conv_residual_written_over(const graph::Node& node,
+                                                 std::span<const InputInfo> inputs) {
+  if (node.op_type() == "FusedConv") {
+    return fused_conv_writes_over_residual(node, inputs) ? std::optional<size_t>(5) : std::nullopt;
+  }
+  if (node.op_type() != "ConvBNAddAct") return std::nullopt;
+  const ConvModuleLayout layout = conv_layout(node);
+  if (!layout.residual || layout.pool || *layout.residual >= inputs.size() ||
+      !inputs[*layout.residual].present) {
+    return std::nullopt;
+  }
+  const std::vector<InputInfo> conv_inputs = fused_conv_inputs(node, inputs, layout);
+  const SubKernel conv =
+      SubKernel::describe("FusedConv", conv_attributes(node, activation_of(node)), conv_inputs);
+  return fused_conv_writes_over_residual(conv.node(), conv_inputs) ? layout.residual : std::nullopt;
+}
+
 }  // namespace qforge::runtime::ops

@@ -1,6 +1,7 @@
 // Registration entry points of the built-in op families (runtime/ops/*.cpp).
 #pragma once
 
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -51,5 +52,16 @@ void check_opset_form(const graph::Node& node, std::span<const InputInfo> inputs
 // naming the node when they are not constant integers of one length.
 std::vector<kernels::SliceRange> slice_ranges(const graph::Node& node,
                                               std::span<const InputInfo> inputs);
+
+// Whether a FusedConv with a residual input may write its output over that residual, as the
+// kernel it gets plans its convolution (kernels::conv_residual_may_alias_output); false for any
+// other node.
+bool fused_conv_writes_over_residual(const graph::Node& node, std::span<const InputInfo> inputs);
+
+// The residual input a convolution node's kernel may write its output over: a FusedConv's
+// (input 5) or a ConvBNAddAct's, where fused_conv_writes_over_residual holds for the FusedConv
+// it runs; nullopt for any other node.
+std::optional<size_t> conv_residual_written_over(const graph::Node& node,
+                                                 std::span<const InputInfo> inputs);
 
 }  // namespace qforge::runtime::ops

@@ -33,6 +33,14 @@ class SubKernel {
     return s;
   }
 
+  // Shape inference only, keeping the one-node graph: node() is the op as the kernel would see
+  // it.
+  static SubKernel describe(const std::string& op_type, Attributes attributes,
+                            std::span<const InputInfo> inputs) {
+    return SubKernel(op_type, std::move(attributes), inputs);
+  }
+
+  const graph::Node& node() const { return *node_; }
   const std::vector<TensorInfo>& outputs() const { return outputs_; }
   size_t workspace_bytes() const { return kernel_->workspace_bytes(); }
   bool reads_input(size_t index) const { return kernel_->reads_input(index); }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -556,6 +557,67 @@ TEST(ShallowConv, PlannedWhereItPays) {
 // The packed Winograd plan transforms its filters straight into the GEMM's panels (16 filters at
 // a time in vector lanes): the same bits as the OpenBLAS plan's transformed filters packed
 // point by point, for channel counts off the 16 lanes and the 14-row panels.
+// Where conv_residual_may_alias_output allows it, the output may be written over the residual:
+// the same bits as with the residual apart, on every packed case (several passes over k, tiles
+// across images; Winograd excluded) and every shallow case, at 1 and 2 threads. The others do
+// not allow it: Winograd, the depthwise kernel and OpenBLAS write the output before their
+// epilogue reads the residual.
+TEST(PackedConv, OutputWrittenOverTheResidualKeepsItsBits) {
+  // conv2d under `plan`, the output apart from the residual or written over it.
+  auto run = [](const ConvPlan& plan, const ConvInputs& d, bool over_residual) {
+    const ConvGeometry& g = plan.geometry;
+    std::vector<float> prepared(conv_prepared_weight_floats(plan));
+    if (!prepared.empty()) prepare_conv_weights(plan, d.w.data(), prepared.data());
+    std::vector<std::byte> ws(conv_workspace_bytes(plan, prepared.empty()
+                                                             ? ConvWeightForm::kRaw
+                                                             : ConvWeightForm::kPrepared) +
+                              64);
+    std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), NAN);
+    ConvEpilogue e = epilogue_of(d);
+    if (over_residual) {
+      y = d.residual;
+      e.residual = y.data();
+    }
+    conv2d(plan, d.x.data(), d.w.data(), d.b.data(), y.data(), ws.data(), e,
+           prepared.empty() ? nullptr : prepared.data());
+    return y;
+  };
+  std::vector<std::tuple<std::string, ConvGeometry, ConvPlanOptions>> cases;
+  for (const PackedConvCase& c : kCases) {
+    const ConvGeometry g = geometry_of(c);
+    if (plan_conv(g, 2, forced()).algorithm == ConvAlgorithm::kWinograd) {
+      EXPECT_FALSE(conv_residual_may_alias_output(plan_conv(g, 2, forced()))) << c.name;
+      continue;
+    }
+    cases.emplace_back(c.name, g, forced());
+  }
+  for (const auto& [name, g] : shallow_geometries()) {
+    cases.emplace_back(name + " shallow", g, gemm_option(ConvGemm::kShallow));
+  }
+  uint32_t seed = 700;
+  for (const auto& [name, g, options] : cases) {
+    const ConvInputs d = conv_inputs(g, seed += 13);
+    for (int threads : {1, 2}) {
+      ThreadCount count(threads);
+      const ConvPlan plan = plan_conv(g, threads, options);
+      EXPECT_EQ(conv_residual_may_alias_output(plan), packed_gemm_available()) << name;
+      if (!conv_residual_may_alias_output(plan)) continue;
+      const std::vector<float> apart = run(plan, d, false);
+      const std::vector<float> over = run(plan, d, true);
+      expect_same_bits(over.data(), apart.data(), apart.size(),
+                       name + " at " + std::to_string(threads) + " threads");
+    }
+  }
+  const ConvGeometry depthwise = [] {
+    ConvGeometry g = square(32, 9, 32, 3, 1);
+    g.group = 32;
+    return g;
+  }();
+  EXPECT_FALSE(conv_residual_may_alias_output(plan_conv(depthwise, 2)));
+  EXPECT_FALSE(conv_residual_may_alias_output(
+      plan_conv(square(64, 14, 64, 1, 1), 2, gemm_option(ConvGemm::kBlas))));
+}
+
 TEST(PackedConv, WinogradFiltersPackAsTheTransformThenPack) {
   ThreadCount threads(2);
   for (const auto& [in_c, out_c] : {std::pair<int64_t, int64_t>{37, 30}, {64, 64}, {16, 17}}) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <new>
@@ -283,6 +284,60 @@ TEST(Executor, ElementwiseOpsWriteOverAnInputNothingReadsAfter) {
     if (i >= 10) {
       EXPECT_NEAR(out[1].data<float>()[i - 10], -std::exp(v), 1e-6f * std::exp(v)) << i;
     }
+  }
+}
+
+// A FusedConv writes its output over its residual where nothing reads the residual after it and
+// its convolution allows it (a 1×1 convolution of 32 channels: the shallow path, or the packed
+// GEMM without AVX-512): the same bits as when the residual is kept (here, by making it a graph
+// output too), and the output at the residual's address.
+TEST(Executor, ConvolutionWritesOverAResidualNothingReadsAfter) {
+  auto build = [](bool keep_residual) {
+    auto g = std::make_unique<graph::Graph>();
+    g->opset = 17;
+    graph::Value* x = g->add_input("x", DType::kFloat32, Shape{2, 32, 9, 11});
+    auto weight = [&](const std::string& name, uint32_t seed) {
+      kernels::Tensor w(DType::kFloat32, {32, 32, 1, 1});
+      uint32_t state = seed;
+      for (float& v : w.span<float>()) {
+        state = state * 1664525u + 1013904223u;
+        v = static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
+      }
+      return g->add_constant(name, w);
+    };
+    graph::Value* a =
+        g->add_node({.op_type = "Relu", .inputs = {x}, .output_names = {"a"}})->output(0);
+    graph::Value* c =
+        g->add_node({.op_type = "Conv", .inputs = {a, weight("w1", 1)}, .output_names = {"c"}})
+            ->output(0);
+    graph::Node* fused = g->add_node({.op_type = "FusedConv",
+                                      .inputs = {c, weight("w2", 2), nullptr, nullptr, nullptr, a},
+                                      .output_names = {"y"}});
+    fused->set_attr("clamp_min", 0.0f);
+    g->mark_output(fused->output(0));
+    if (keep_residual) g->mark_output(a);
+    runtime::resolve(*g, {});
+    return g;
+  };
+  kernels::Tensor in(DType::kFloat32, {2, 32, 9, 11});
+  for (int64_t i = 0; i < in.numel(); ++i) {
+    in.data<float>()[i] = std::sin(0.37f * static_cast<float>(i));
+  }
+  const auto over = build(false);
+  const auto kept = build(true);
+  runtime::Executor over_exec(*over);
+  runtime::Executor kept_exec(*kept);
+  std::map<std::string, const float*> at;
+  for (const char* name : {"a", "y"}) {
+    over_exec.add_tap(name, [&at, name](const kernels::Tensor& t) { at[name] = t.data<float>(); });
+  }
+  const kernels::Tensor y_over = over_exec.run(std::span(&in, 1))[0].clone();
+  const kernels::Tensor y_kept = kept_exec.run(std::span(&in, 1))[0].clone();
+  ASSERT_EQ(y_over.numel(), y_kept.numel());
+  EXPECT_EQ(std::memcmp(y_over.data<float>(), y_kept.data<float>(), y_over.nbytes()), 0);
+  if (kernels::packed_gemm_available()) {
+    EXPECT_EQ(at["y"], at["a"]);
+    EXPECT_LT(over_exec.arena_bytes(), kept_exec.arena_bytes());
   }
 }
 
