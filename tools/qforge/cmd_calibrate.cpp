@@ -516,9 +516,10 @@ int run_calibrate(const CalibrateOptions& o) {
     } else {
       std::printf(
           "target       %s on %zu samples: met with %zu module%s kept float, the costliest "
-          "first (%s); the written model skips them:\n",
+          "first (%s); the written model skips %s:\n",
           target_text(o).c_str(), samples, search->kept_float.size(),
-          search->kept_float.size() == 1 ? "" : "s", figures_text(search->evaluation).c_str());
+          search->kept_float.size() == 1 ? "" : "s", figures_text(search->evaluation).c_str(),
+          search->kept_float.size() == 1 ? "it" : "them");
       for (const std::string& m : search->kept_float) std::printf("  %s\n", m.c_str());
     }
   }
