@@ -43,10 +43,11 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
                                      const SampleSource& data, const EvaluationSetup& evaluation,
                                      const ProgressFactory& progress = {});
 
-// The search for the fewest modules to keep float: the modules of `order` (the best first, as
-// SensitivityAnalysis ranks them) kept float one more at a time, each model (what --skip of
-// them all writes, with calibrated's scales) measured against `reference` on the samples of
-// `evaluation`, until `reached` accepts one.
+// The modules to keep float for a target: the first modules of `order` (the costliest first,
+// as a SensitivityAnalysis ranks them) kept float one more at a time, each model (what --skip
+// of them all writes, with calibrated's scales) measured against `reference` on the samples of
+// `evaluation`, until `reached` accepts one. A prefix of one ranking, not a search over
+// combinations: another set of as many modules may do better.
 struct SkipSearch {
   std::vector<std::string> kept_float;  // the modules kept float, in order
   Evaluation evaluation;                // the model with them float
