@@ -8,9 +8,16 @@
 namespace qforge::cli {
 namespace {
 
+// What a bar counts: models for calibrate's passes over Q/DQ models (--sensitivity's, a
+// --target-* search's), samples for the others.
+std::string unit_of(std::string_view label) {
+  return label == "sensitivity" || label == "target" ? "models" : "img";
+}
+
 class ProgressBar : public quant::ProgressBar {
  public:
-  ProgressBar(std::string_view label, size_t total) : progress_(std::string(label), total, "img") {}
+  ProgressBar(std::string_view label, size_t total)
+      : progress_(std::string(label), total, unit_of(label)) {}
   void advance(size_t samples) override { progress_.advance(samples); }
   void finish() override { progress_.finish(); }
 
