@@ -358,23 +358,21 @@ CalibrationResult with_setup_skips(const CalibrationResult& result, const graph:
   out.points.clear();
   out.amax.clear();
   out.weight_amax.clear();
-  std::map<std::string, size_t> point_of;
-  for (size_t i = 0; i < result.plan.activations.size(); ++i) {
-    point_of[result.plan.activations[i].tensor] = i;
-  }
   for (const ActivationPoint& p : out.plan.activations) {
-    auto it = point_of.find(p.tensor);
-    if (it == point_of.end()) {
+    const ActivationPoint* calibrated = result.plan.find_activation(p.tensor);
+    if (!calibrated) {
       throw_internal(setup.stage + ": a skip placed a Q/DQ point '" + p.tensor +
                      "' calibration did not");
     }
-    PointCalibration row = result.points[it->second];
+    PointCalibration row =
+        result.points[static_cast<size_t>(calibrated - result.plan.activations.data())];
     row.module = point_module(fused, p);
     out.points.push_back(std::move(row));
     out.amax[p.tensor] = result.amax.at(p.tensor);
   }
-  for (const WeightPoint& w : out.plan.weights)
+  for (const WeightPoint& w : out.plan.weights) {
     out.weight_amax[w.node] = result.weight_amax.at(w.node);
+  }
   return out;
 }
 

@@ -95,19 +95,23 @@ double row_kl_divergence(std::span<const float> reference, std::span<const float
 
 namespace {
 
-// The reference pass over `indices`: its outputs appended to `expected`, and into `result`
-// whether the samples count as labelled (a classifier output), its correct rows and, through
-// `reference_ce`, its summed cross-entropy.
-void reference_pass(const ModelLoader& reference, const SampleSource& data,
-                    std::span<const size_t> indices, const EvaluationSetup& setup,
-                    ProgressBar& progress, FloatStore& expected, Evaluation& result,
-                    double& reference_ce) {
+// The reference pass over `indices`, under its own bar: its outputs appended to `expected`. Returns
+// the figures each quantized model's evaluation starts from: the samples, whether they count as
+// labelled (a classifier output), the reference's correct rows and mean cross-entropy.
+Evaluation reference_pass(const ModelLoader& reference, const SampleSource& data,
+                          std::span<const size_t> indices, const EvaluationSetup& setup,
+                          const ProgressFactory& progress_factory, FloatStore& expected) {
+  Evaluation result;
+  result.samples = indices.size();
+  result.labelled = data.labelled();
   runtime::SessionOptions one_shape;
   one_shape.executor.release_prepared_constants = true;
   runtime::Session session(reference(), one_shape);
+  const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
   std::vector<double> log_p;
+  double reference_ce = 0;
   for_each_batch(
-      data, indices, setup.batch, true, progress,
+      data, indices, setup.batch, true, *progress,
       [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
         const kernels::Tensor out = float_output(setup.stage, session.run(input), count);
         expected.append(out.span<float>());
@@ -122,6 +126,11 @@ void reference_pass(const ModelLoader& reference, const SampleSource& data,
           }
         }
       });
+  progress->finish();
+  if (result.labelled) {
+    result.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
+  }
+  return result;
 }
 
 // The quantized pass: its outputs against the reference's, read from `expected` in order, into
@@ -178,19 +187,8 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
                     const SampleSource& data, const EvaluationSetup& setup,
                     const ProgressFactory& progress_factory, const FloatStoreFactory& store) {
   const std::vector<size_t> indices = evaluation_indices(data, setup);
-  Evaluation result;
-  result.samples = indices.size();
-  result.labelled = data.labelled();
   std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
-  double reference_ce = 0;
-  {
-    const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
-    reference_pass(reference, data, indices, setup, *progress, *expected, result, reference_ce);
-    progress->finish();
-  }
-  if (result.labelled) {
-    result.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
-  }
+  Evaluation result = reference_pass(reference, data, indices, setup, progress_factory, *expected);
   kernels::Tensor first_batch;  // the flip injections run on it
   {
     const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
@@ -210,19 +208,9 @@ std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
                                       const ProgressFactory& progress_factory,
                                       const std::function<bool(const Evaluation&)>& stop) {
   const std::vector<size_t> indices = evaluation_indices(data, setup);
-  Evaluation base;
-  base.samples = indices.size();
-  base.labelled = data.labelled();
   MemoryFloatStore expected;
-  double reference_ce = 0;
-  {
-    const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
-    reference_pass(reference, data, indices, setup, *progress, expected, base, reference_ce);
-    progress->finish();
-  }
-  if (base.labelled) {
-    base.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
-  }
+  const Evaluation base =
+      reference_pass(reference, data, indices, setup, progress_factory, expected);
   std::vector<Evaluation> results;
   results.reserve(quantized.size());
   const auto progress = make_progress(progress_factory, setup.quantized_label, quantized.size());

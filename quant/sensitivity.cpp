@@ -2,6 +2,7 @@
 
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,6 +29,14 @@ std::vector<const graph::Node*> quantized_modules(const graph::Graph& fused,
   return modules;
 }
 
+// The plan `fused` gets under setup's placement with `more` modules skipped as well.
+QuantPlan plan_skipping(const graph::Graph& fused, const CalibrationSetup& setup,
+                        std::span<const std::string> more) {
+  PlacementOptions options = placement_options(setup);
+  options.skip.insert(options.skip.end(), more.begin(), more.end());
+  return place_qdq(fused, options);
+}
+
 }  // namespace
 
 SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const CalibrationResult& calibrated,
@@ -39,9 +48,7 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
   SensitivityAnalysis analysis;
   std::vector<QuantPlan> plans = {plan};
   for (const graph::Node* module : modules) {
-    PlacementOptions options = placement_options(setup);
-    options.skip.push_back(module->name());
-    plans.push_back(place_qdq(fused, options));
+    plans.push_back(plan_skipping(fused, setup, std::span(&module->name(), 1)));
     const QuantPlan& kept = plans.back();
     SkipSensitivity s;
     s.module = module->name();
@@ -57,9 +64,7 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
     models.emplace_back(
         [&fused, &p, &calibrated] { return build_qdq_graph(fused, p, calibrated.amax); });
   }
-  EvaluationSetup each = evaluation;
-  each.flip_injections = 0;
-  std::vector<Evaluation> measured = evaluate_each(reference, models, data, each, progress);
+  std::vector<Evaluation> measured = evaluate_each(reference, models, data, evaluation, progress);
   analysis.all_quantized = std::move(measured.front());
   for (size_t i = 0; i < analysis.modules.size(); ++i) {
     analysis.modules[i].evaluation = std::move(measured[i + 1]);
@@ -76,16 +81,12 @@ SkipSearch skip_until(const graph::Graph& fused, const CalibrationResult& calibr
   std::vector<ModelLoader> models;
   for (size_t k = 0; k < order.size(); ++k) {
     models.emplace_back([&, k] {
-      PlacementOptions options = placement_options(setup);
-      options.skip.insert(options.skip.end(), order.begin(),
-                          order.begin() + static_cast<std::ptrdiff_t>(k + 1));
-      return build_qdq_graph(fused, place_qdq(fused, options), calibrated.amax);
+      return build_qdq_graph(fused, plan_skipping(fused, setup, std::span(order).first(k + 1)),
+                             calibrated.amax);
     });
   }
-  EvaluationSetup each = evaluation;
-  each.flip_injections = 0;
   std::vector<Evaluation> measured =
-      evaluate_each(reference, models, data, each, progress, reached);
+      evaluate_each(reference, models, data, evaluation, progress, reached);
   SkipSearch search;
   if (measured.empty()) return search;
   search.kept_float.assign(order.begin(),

@@ -356,11 +356,22 @@ TEST(CalibrateCli, SensitivityOfNoSamplesIsRejected) {
 // model.
 TEST(CalibrateCli, TargetSqnrKeepsTheCostliestModulesFloatAsSkipWould) {
   TempDir dir;
-  const std::string common = "calibrate " + kResnet + " --data " + kTrain +
-                             " --limit 32 --batch 16 --flip-injections 0 --sensitivity 16 ";
-  auto r = run_cli(common + "-o " + dir.file("plain.onnx") + " --report " + dir.file("p.json"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto plain = nlohmann::json::parse(testing::read_text(dir.file("p.json")));
+  // One run with `flags`, writing <stem>.onnx and <stem>.json: its stdout and its report.
+  auto calibrate = [&](const std::string& flags, const std::string& stem) {
+    const auto r =
+        run_cli("calibrate " + kResnet + " --data " + kTrain +
+                " --limit 32 --batch 16 --flip-injections 0 --sensitivity 16 " + flags + " -o " +
+                dir.file(stem + ".onnx") + " --report " + dir.file(stem + ".json"));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return std::make_pair(r.out,
+                          nlohmann::json::parse(testing::read_text(dir.file(stem + ".json"))));
+  };
+  auto joined = [](const std::vector<std::string>& names, size_t count) {
+    std::string out = names[0];
+    for (size_t i = 1; i < count; ++i) out += "," + names[i];
+    return out;
+  };
+  const auto [plain_out, plain] = calibrate("", "plain");
   // The report ranks by KL; the search for an SQNR target by SQNR, ties in graph order, which
   // the report's order does not keep: order by SQNR with ties broken by the first appearance in
   // the weight table (graph order).
@@ -380,42 +391,27 @@ TEST(CalibrateCli, TargetSqnrKeepsTheCostliestModulesFloatAsSkipWould) {
   // Just above what keeping the first module float gives: at least two modules float.
   const double target = by_sqnr[0].first + 0.01;
   ASSERT_GT(target, all_db);
-  r = run_cli(common + "--target-sqnr " + std::to_string(target) + " -o " + dir.file("t.onnx") +
-              " --report " + dir.file("t.json"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto t = nlohmann::json::parse(testing::read_text(dir.file("t.json")));
+  const auto [t_out, t] = calibrate("--target-sqnr " + std::to_string(target), "t");
   const auto kept = t["target"]["kept_float"].get<std::vector<std::string>>();
   ASSERT_GE(kept.size(), 2u);
   for (size_t i = 0; i < kept.size(); ++i) EXPECT_EQ(kept[i], by_sqnr[i].second) << i;
   EXPECT_GE(t["target"]["sqnr_db"].get<double>(), target);
   EXPECT_EQ(t["skip"].get<std::vector<std::string>>(), kept);
-  EXPECT_NE(r.out.find("met with " + std::to_string(kept.size()) + " modules kept float"),
+  EXPECT_NE(t_out.find("met with " + std::to_string(kept.size()) + " modules kept float"),
             std::string::npos)
-      << r.out;
+      << t_out;
 
-  std::string skip = kept[0];
-  for (size_t i = 1; i < kept.size(); ++i) skip += "," + kept[i];
-  r = run_cli(common + "--skip " + skip + " -o " + dir.file("s.onnx") + " --report " +
-              dir.file("s.json"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  calibrate("--skip " + joined(kept, kept.size()), "s");
   EXPECT_TRUE(testing::read_text(dir.file("s.onnx")) == testing::read_text(dir.file("t.onnx")))
       << "--target-sqnr wrote another model than --skip of the modules it kept float";
   // One module fewer float misses the target.
-  skip = kept[0];
-  for (size_t i = 1; i + 1 < kept.size(); ++i) skip += "," + kept[i];
-  r = run_cli(common + "--skip " + skip + " -o " + dir.file("f.onnx") + " --report " +
-              dir.file("f.json"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto fewer = nlohmann::json::parse(testing::read_text(dir.file("f.json")));
+  const auto fewer = calibrate("--skip " + joined(kept, kept.size() - 1), "f").second;
   EXPECT_LT(fewer["sensitivity"]["all_quantized"]["sqnr_db"].get<double>(), target);
 
-  r = run_cli(common + "--target-sqnr " + std::to_string(all_db - 1) + " -o " + dir.file("m.onnx") +
-              " --report " + dir.file("m.json"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(nlohmann::json::parse(testing::read_text(dir.file("m.json")))["target"]["kept_float"]
-                  .empty());
+  const auto [met_out, met] = calibrate("--target-sqnr " + std::to_string(all_db - 1), "m");
+  EXPECT_TRUE(met["target"]["kept_float"].empty());
   EXPECT_TRUE(testing::read_text(dir.file("m.onnx")) == testing::read_text(dir.file("plain.onnx")));
-  EXPECT_NE(r.out.find("met with every module quantized"), std::string::npos) << r.out;
+  EXPECT_NE(met_out.find("met with every module quantized"), std::string::npos) << met_out;
 }
 
 TEST(CalibrateCli, UnreachableOrInvalidTargetsAreRejected) {

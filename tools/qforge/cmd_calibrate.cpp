@@ -298,19 +298,19 @@ int run_calibrate(const CalibrateOptions& o) {
   const DataSource& eval = val ? *val : data;
 
   // Each quantized module kept float in turn, against the float model, on samples of the
-  // evaluation data; with a target, the fewest modules kept float, the costliest first, for the
-  // model to reach it there: they join the skip list, and what follows is the model with them
-  // float. The fused graph is built again for it and released before the export.
+  // evaluation data; with a target, modules kept float in that ranking's order, the costliest
+  // first, until the model reaches it there: they join the skip list, and what follows is the
+  // model with them float. The fused graph built for it is the one the export then lowers
+  // (a skip changes the placement, not the graph).
+  std::unique_ptr<graph::Graph> fused;
   std::optional<quant::SensitivityAnalysis> sensitivity;
   std::optional<quant::SkipSearch> search;
   if (o.sensitivity || target_set(o)) {
     quant::EvaluationSetup each;
     each.batch = o.batch;
     each.limit = o.sensitivity.value_or(kSensitivitySamples);
-    each.flip_injections = 0;
     each.quantized_label = "sensitivity";
-    const std::unique_ptr<graph::Graph> fused =
-        quant::fused_graph_for_export(reload(), setup, calibrated);
+    fused = quant::fused_graph_for_export(reload(), setup, calibrated);
     sensitivity = quant::skip_sensitivity(*fused, calibrated, setup, reload, DataSamples(eval),
                                           each, progress_bars());
     if (o.target_kl && !sensitivity->all_quantized.kl_divergence) {
@@ -341,15 +341,16 @@ int run_calibrate(const CalibrateOptions& o) {
     }
   }
 
-  // The export: the model read and transformed again, smoothed the same way, lowered with the
-  // chosen scales. The bytes go to the output's temporary file at once; it is renamed into place
-  // only after the evaluation.
+  // The export: the model read and transformed again (unless the sensitivity pass already did),
+  // smoothed the same way, lowered with the chosen scales. The bytes go to the output's
+  // temporary file at once; it is renamed into place only after the evaluation.
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   export_options.batch.dynamic_batch = o.dynamic_batch;
-  const quant::ExportedModel exported = quant::export_qdq_model(
-      quant::fused_graph_for_export(reload(), setup, calibrated), plan, calibrated.amax,
-      export_options, [&](const void* p, size_t n) { out_file->write(p, n); });
+  if (!fused) fused = quant::fused_graph_for_export(reload(), setup, calibrated);
+  const quant::ExportedModel exported =
+      quant::export_qdq_model(std::move(fused), plan, calibrated.amax, export_options,
+                              [&](const void* p, size_t n) { out_file->write(p, n); });
   const quant::QdqCounts& counts = exported.counts;
 
   // Evaluate exactly what is written: the file, read back, against the float model, with the
