@@ -98,6 +98,7 @@ void im2col_tile(const ConvGeometry& g, const float* x, int64_t channels, int64_
 
 namespace {
 
+using conv_detail::activate_runs;
 using conv_detail::ceil_div;
 using conv_detail::channel_finish;
 using conv_detail::finish_run;
@@ -176,6 +177,7 @@ void conv_gemm(const ConvPlan& plan, const float* x, const float* w, const float
                        e.residual ? e.residual + offset + r * pixels : nullptr, np);
           }
         }
+        activate_runs(e, yb, rows, np, pixels);
       });
 }
 

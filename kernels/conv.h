@@ -12,6 +12,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
+
+#include "kernels/elementwise.h"
 
 namespace qforge::kernels {
 
@@ -81,9 +84,9 @@ struct ConvPlan {
 };
 
 // Elementwise work folded into the output pass while the output is still in cache (a fused
-// BatchNormalization, residual add and ReLU/ReLU6/Clip):
-// y = clamp((conv + bias)·scale[c] + shift[c] + residual, clamp_min, clamp_max).
-// Null pointers and infinite clamps leave that part out.
+// BatchNormalization, residual add and ReLU/ReLU6/Clip, then any other activation):
+// y = act(clamp((conv + bias)·scale[c] + shift[c] + residual, clamp_min, clamp_max)).
+// Null pointers, infinite clamps and no activation leave that part out.
 struct ConvEpilogue {
   const float* scale = nullptr;  // [out_channels]
   const float* shift = nullptr;  // [out_channels]
@@ -92,6 +95,10 @@ struct ConvEpilogue {
   const float* residual = nullptr;
   float clamp_min = -std::numeric_limits<float>::infinity();
   float clamp_max = std::numeric_limits<float>::infinity();
+  // An activation of the element-wise table (SiLU, HardSwish, Sigmoid, …), applied last to each
+  // output run as soon as it is written, with the bits unary_f32 gives each value.
+  std::optional<UnaryOp> activation;
+  UnaryParams activation_params;
 };
 
 // Which GEMM a plan uses: kAuto picks by the geometry (the packed GEMM where it was measured to

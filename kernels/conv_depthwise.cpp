@@ -466,6 +466,7 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
           finish_run(channel_finish(e, c0 + c), y + (first + c) * out_plane,
                      e.residual ? e.residual + (first + c) * out_plane : nullptr, out_plane);
         }
+        activate_runs(e, y + first * out_plane, channels, out_plane, out_plane);
       }
     });
     return;
@@ -488,6 +489,7 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
         finish_run(channel_finish(e, oc), y + idx * out_plane,
                    e.residual ? e.residual + idx * out_plane : nullptr, out_plane);
       }
+      activate_runs(e, y + idx * out_plane, 1, out_plane, out_plane);
     }
   });
 }

@@ -87,6 +87,13 @@ inline void finish_run(const ChannelFinish& f, float* y, const float* residual, 
   }
 }
 
+// The epilogue's activation, where it has one, over `rows` runs of `count` outputs `ld` apart
+// that the rest of the epilogue has finished.
+inline void activate_runs(const ConvEpilogue& e, float* y, int64_t rows, int64_t count,
+                          int64_t ld) {
+  if (e.activation) unary_rows_f32(*e.activation, e.activation_params, y, rows, count, ld);
+}
+
 // Winograd F(2×2, 3×3) (conv_winograd.cpp).
 // Whether the geometry takes it: 3×3, stride 1, dilation 1, group 1, enough channels and tiles.
 bool winograd_applies(const ConvGeometry& g);

@@ -485,6 +485,7 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
                 const int64_t at = n * out_image + r0 * pixels + p;
                 te.residual = e.residual ? e.residual + at : nullptr;
                 packed_gemm_tile(kc, ap, bp, ldb[cp], rows, cols, c_in, ldp, y + at, pixels, &te);
+                activate_runs(e, y + at, rows, cols, pixels);
                 continue;
               }
               // The tile spans images: sums to a local tile, then scattered per image.
@@ -498,6 +499,7 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
                 const int64_t at = nj * out_image + r0 * pixels + pj;
                 te.residual = e.residual ? e.residual + at : nullptr;
                 store_tile_with_epilogue(tile_out + j, kPackedCols, rows, len, y + at, pixels, te);
+                activate_runs(e, y + at, rows, len, pixels);
                 j += len;
               }
             }

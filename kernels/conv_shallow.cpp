@@ -42,6 +42,7 @@ struct ShallowOut {
   const float* shift = nullptr;
   float lo = 0.0f;
   float hi = 0.0f;
+  const ConvEpilogue* epilogue = nullptr;  // for its activation, applied to each finished block
 };
 
 // Channels [c0, c0 + R) by V vectors of outputs from src (the run's first output at tap offset
@@ -130,6 +131,7 @@ void shallow_outputs(const float* src, int64_t count, const int64_t* taps, const
       const float* r = rc ? rc + j : nullptr;
       kBlockFns[(rows - 1) * kRunVectors + vectors - 1](src + j, taps, o, c0, last, yc + j, r,
                                                         plane);
+      activate_runs(*o.epilogue, yc + j, rows, n, plane);
     }
   }
 }
@@ -170,6 +172,7 @@ void conv_shallow(const ConvPlan& plan, const float* x, const float* w, const fl
   o.shift = e.shift;
   o.lo = e.clamp_min;
   o.hi = e.clamp_max;
+  o.epilogue = &e;
   const int64_t plane = g.out_h * g.out_w;
   const int64_t out_image = g.out_channels * plane;
   // Input read in place: an image's pixels are one run (its planes are its rows of k). Phases:

@@ -483,6 +483,9 @@ void winograd_output(const ConvGeometry& g, const float* mx, int64_t t0, int64_t
           finish_run(f, ym + at, rm ? rm + at : nullptr, count);
         }
       }
+      const int64_t col0 = kTile * tw0;
+      activate_runs(e, ym + oh * g.out_w + col0, rows, std::min(g.out_w, kTile * tw1) - col0,
+                    g.out_w);
       t += tw1 - tw0;
     }
   }

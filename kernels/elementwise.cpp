@@ -645,6 +645,17 @@ void unary_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64
   with_unary_rule(op, p, [&](const auto& rule) { map_f32(x, y, n, rule.forward); });
 }
 
+void unary_rows_f32(UnaryOp op, const UnaryParams& p, float* y, int64_t rows, int64_t count,
+                    int64_t ld) {
+  with_unary_rule(op, p, [&](const auto& rule) {
+    const auto fn = rule.forward;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* yr = y + r * ld;
+      for (int64_t i = 0; i < count; ++i) yr[i] = fn(yr[i]);
+    }
+  });
+}
+
 void unary_backward_f32(UnaryOp op, const UnaryParams& p, const float* x, const float* dy,
                         float* dx, int64_t n, GradMode mode) {
   with_unary_rule(op, p, [&](const auto& rule) {

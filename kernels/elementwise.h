@@ -54,6 +54,11 @@ bool unary_supports(UnaryOp op, DType dtype);
 void unary(UnaryOp op, const UnaryParams& params, const Tensor& x, Tensor& y);
 // The float32 loop itself, over n elements (parallel for large n); x may equal y.
 void unary_f32(UnaryOp op, const UnaryParams& params, const float* x, float* y, int64_t n);
+// The same in place over `rows` runs of `count` values, `ld` apart, on the calling thread: for a
+// kernel that applies an activation in its own output pass while the values are in cache (a
+// convolution's epilogue). Each value gets the bits unary_f32 gives it.
+void unary_rows_f32(UnaryOp op, const UnaryParams& params, float* y, int64_t rows, int64_t count,
+                    int64_t ld);
 
 // Backward of the float32 loop: dx = dy · f'(x) over n elements, from the forward's input x
 // (Sigmoid, SiLU and Tanh recompute their output from it). The derivative rule of each op sits

@@ -80,6 +80,24 @@ bool clamp_of(const Node& n, float& lo, float& hi) {
   return true;
 }
 
+// An activation other than a clamp that the output pass applies last (kernels::ConvEpilogue), as
+// FusedConv's `activation` attribute (a module's spelling, runtime/ops/activation.h) with its
+// alpha and beta: ONNX's HardSwish, HardSigmoid, Sigmoid, LeakyRelu and Elu, and the runtime's
+// Silu and erf-form Gelu (fuse_silu, fuse_gelu).
+bool output_activation_of(const Node& n, graph::NodeSpec& spec) {
+  const std::string& op = n.op_type();
+  const bool known = op == "HardSwish" || op == "HardSigmoid" || op == "Sigmoid" ||
+                     op == "LeakyRelu" || op == "Elu" || op == "Silu" ||
+                     (op == "Gelu" && n.attr_string("approximate", "none") == "none");
+  if (!known) return false;
+  spec.attributes["activation"] = op;
+  for (const char* key : {"alpha", "beta"}) {
+    auto it = n.attributes().find(key);
+    if (it != n.attributes().end()) spec.attributes[key] = it->second;
+  }
+  return true;
+}
+
 }  // namespace
 
 size_t fuse_conv_epilogues(graph::Graph& graph) {
@@ -121,13 +139,18 @@ size_t fuse_conv_epilogues(graph::Graph& graph) {
     if (next && clamp_of(*next, lo, hi)) {
       chain.push_back(next);
       cur = next->output(0);
+      next = sole_consumer(cur);
+    }
+    graph::NodeSpec spec;
+    spec.attributes = conv->attributes();
+    if (next && output_activation_of(*next, spec)) {
+      chain.push_back(next);
+      cur = next->output(0);
     }
     if (chain.size() < 2) continue;
 
-    graph::NodeSpec spec;
     spec.name = conv->name();
     spec.op_type = "FusedConv";
-    spec.attributes = conv->attributes();
     spec.attributes["clamp_min"] = lo;
     spec.attributes["clamp_max"] = hi;
     spec.inputs = {conv->input(0), conv->input(1), conv->input(2), nullptr, nullptr, residual};

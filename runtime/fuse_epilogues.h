@@ -1,7 +1,9 @@
 // A runtime pass over a resolved graph: Conv → [BatchNormalization] → [Add residual] →
-// [Relu | Clip] chains become one FusedConv node whose output pass applies the rest, so the
-// intermediate tensors are never written and read back. Outputs are unchanged up to the
-// rounding of the folded BatchNormalization.
+// [Relu | Clip] → [HardSwish | HardSigmoid | Sigmoid | LeakyRelu | Elu | Silu | Gelu] chains
+// become one FusedConv node whose output pass applies the rest, so the intermediate tensors are
+// never written and read back. Outputs are unchanged up to the rounding of the folded
+// BatchNormalization (the activations give their own kernels' bits). Run fuse_silu and
+// fuse_gelu first, so that the SiLUs and GELUs torch.onnx writes join the convolutions.
 #pragma once
 
 #include <cstddef>

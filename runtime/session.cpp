@@ -67,9 +67,9 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
   }
   resolve(*c.graph, options);
   if (options_.fuse_conv_epilogues) {
-    fuse_conv_epilogues(*c.graph);
     fuse_silu(*c.graph);
     fuse_gelu(*c.graph);
+    fuse_conv_epilogues(*c.graph);
     fuse_matmul_add(*c.graph);
   }
   if (options_.fuse_qdq) fuse_qdq(*c.graph);

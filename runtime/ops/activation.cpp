@@ -8,7 +8,6 @@
 #include "runtime/op_registry.h"
 
 namespace qforge::runtime::ops {
-namespace {
 
 kernels::UnaryOp unary_op_of(ActivationKind kind) {
   switch (kind) {
@@ -35,8 +34,6 @@ kernels::UnaryOp unary_op_of(ActivationKind kind) {
   }
   throw_internal("activation: no unary kernel for this kind");
 }
-
-}  // namespace
 
 ActivationSpec activation_of(const graph::Node& node) {
   constexpr float kInf = std::numeric_limits<float>::infinity();

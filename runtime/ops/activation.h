@@ -36,6 +36,9 @@ inline bool is_clamp(ActivationKind kind) {
   return kind == ActivationKind::kRelu || kind == ActivationKind::kClip;
 }
 
+// The element-wise kernel of an activation other than kNone.
+kernels::UnaryOp unary_op_of(ActivationKind kind);
+
 // y = act(x) over n elements (x may equal y); parallel over fixed chunks for large n.
 void apply_activation(const ActivationSpec& spec, const float* x, float* y, int64_t n);
 

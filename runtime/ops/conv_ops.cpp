@@ -1,5 +1,6 @@
 // Conv, FusedConv (a Conv with its epilogue, runtime/fuse_epilogues.h) and ConvTranspose:
 // shape inference, kernels with their backward.
+#include "runtime/ops/activation.h"
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -75,18 +76,19 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
 }
 
 // Conv, and the runtime's FusedConv: a Conv whose output pass also applies a per-channel
-// scale/shift (an inference BatchNormalization), a residual add and a clamp (Relu, Clip).
+// scale/shift (an inference BatchNormalization), a residual add, a clamp (Relu, Clip) and then
+// another activation (SiLU, HardSwish, Sigmoid, …).
 // FusedConv inputs: X, W, B?, scale?, shift?, residual?; attributes: Conv's plus
-// clamp_min/clamp_max.
+// clamp_min/clamp_max and a module's `activation` (with its alpha and beta).
 class ConvKernel final : public OpKernel {
  public:
-  // Constant weights are brought into the algorithm's form once, here.
-  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights, float clamp_min,
-             float clamp_max, bool fused)
+  // Constant weights are brought into the algorithm's form once, here. `fixed`: the clamp and
+  // activation of a FusedConv (its pointers unset).
+  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights,
+             const kernels::ConvEpilogue& fixed, bool fused)
       : plan_(kernels::plan_conv(g, kernels::max_threads())),
         backward_plan_(kernels::plan_conv_backward(g, kernels::max_threads())),
-        clamp_min_(clamp_min),
-        clamp_max_(clamp_max),
+        fixed_(fixed),
         fused_(fused) {
     const size_t floats = kernels::conv_prepared_weight_floats(plan_);
     if (constant_weights && floats > 0) {
@@ -105,7 +107,7 @@ class ConvKernel final : public OpKernel {
     auto optional = [&](size_t i) {
       return inputs.size() > i && inputs[i].defined() ? inputs[i].data<float>() : nullptr;
     };
-    kernels::ConvEpilogue epilogue;
+    kernels::ConvEpilogue epilogue = fixed_;
     epilogue.scale = optional(3);
     epilogue.shift = optional(4);
     epilogue.residual = optional(5);
@@ -115,8 +117,6 @@ class ConvKernel final : public OpKernel {
           "FusedConv: the output was placed over the residual, which this "
           "convolution's algorithm reads after writing the output");
     }
-    epilogue.clamp_min = clamp_min_;
-    epilogue.clamp_max = clamp_max_;
     kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
                     outputs[0].data<float>(), workspace, epilogue,
                     prepared_.empty() ? nullptr : prepared_.data());
@@ -145,8 +145,7 @@ class ConvKernel final : public OpKernel {
   kernels::ConvPlan plan_;
   kernels::ConvBackwardPlan backward_plan_;
   std::vector<float> prepared_;
-  float clamp_min_;
-  float clamp_max_;
+  kernels::ConvEpilogue fixed_;
   bool fused_;
 };
 
@@ -156,12 +155,26 @@ std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> 
 
 std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
+                                      kernels::ConvEpilogue{}, false);
+}
+
+// A FusedConv's clamp and activation (an Invalid error naming the node for an unknown one).
+kernels::ConvEpilogue fused_conv_epilogue(const Node& node) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant, -kInf,
-                                      kInf, false);
+  kernels::ConvEpilogue e;
+  e.clamp_min = node.attr_float("clamp_min", -kInf);
+  e.clamp_max = node.attr_float("clamp_max", kInf);
+  const ActivationSpec act = activation_of(node);
+  if (act.kind != ActivationKind::kNone) {
+    e.activation = unary_op_of(act.kind);
+    e.activation_params = act.params;
+  }
+  return e;
 }
 
 std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const InputInfo> inputs) {
+  fused_conv_epilogue(node);
   ConvSetup s = setup_conv(node, inputs);
   const int64_t channels = s.out_shape[1];
   for (size_t i : {size_t{3}, size_t{4}}) {
@@ -182,10 +195,8 @@ std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const Input
 
 std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const InputInfo> inputs,
                                             std::span<const TensorInfo> /*outputs*/) {
-  constexpr float kInf = std::numeric_limits<float>::infinity();
   return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
-                                      node.attr_float("clamp_min", -kInf),
-                                      node.attr_float("clamp_max", kInf), true);
+                                      fused_conv_epilogue(node), true);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
 // Runtime forwards of the fusion modules (graph/fusions.h). Conv modules run one convolution with
 // the BatchNormalization folded into the output pass (scale/shift computed once here), the
-// residual and Relu/Clip in that pass too, any other activation in one pass right after, and
-// the Stem's MaxPool last. Linear modules run the Gemm/MatMul kernels, then bias and activation
-// in one pass. The standard kernels are reached through SubKernel, so results match the nodes
-// the module replaced.
+// residual and the activation in that pass too, and the Stem's MaxPool last. Linear modules run the
+// Gemm/MatMul kernels, then bias and activation in one pass. The standard kernels are reached
+// through SubKernel, so results match the nodes the module replaced.
 #include <array>
 #include <cmath>
 #include <limits>
@@ -99,6 +98,12 @@ Attributes conv_attributes(const Node& node, const ActivationSpec& act) {
   if (is_clamp(act.kind)) {
     a["clamp_min"] = act.params.min;
     a["clamp_max"] = act.params.max;
+  } else if (act.kind != ActivationKind::kNone) {
+    // The convolution's output pass applies it (kernels::ConvEpilogue::activation).
+    for (const char* key : {"activation", "alpha", "beta"}) {
+      auto it = node.attributes().find(key);
+      if (it != node.attributes().end()) a[key] = it->second;
+    }
   }
   return a;
 }
@@ -187,7 +192,6 @@ class ConvModuleKernel final : public OpKernel {
         scale_,    shift_,           l.residual ? inputs[*l.residual] : Tensor()};
     Tensor& y = layout_.pool ? conv_out_ : outputs[0];
     conv_[0].forward(conv_in, std::span(&y, 1), workspace);
-    if (!is_clamp(act_.kind)) apply_activation(act_, y.data<float>(), y.data<float>(), y.numel());
     if (layout_.pool) pool_[0].forward(std::span(&conv_out_, 1), outputs.first(1), workspace);
   }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/conv.h"
+#include "kernels/elementwise.h"
 #include "kernels/packed_gemm.h"
 #include "kernels/reference/dense_reference.h"
 #include "tests/support/float_checks.h"
@@ -616,6 +617,98 @@ TEST(PackedConv, OutputWrittenOverTheResidualKeepsItsBits) {
   EXPECT_FALSE(conv_residual_may_alias_output(plan_conv(depthwise, 2)));
   EXPECT_FALSE(conv_residual_may_alias_output(
       plan_conv(square(64, 14, 64, 1, 1), 2, gemm_option(ConvGemm::kBlas))));
+}
+
+// An activation in the epilogue (SiLU, HardSwish, …) gives each output the bits the element-wise
+// kernel gives it over the finished output: on every algorithm (packed direct, im2col and
+// Winograd, shallow, OpenBLAS direct, im2col and Winograd, depthwise on its vector and plane
+// loops), with the rest of the epilogue and without it, at 1 and 2 threads.
+TEST(ConvEpilogueActivation, SameBitsAsTheElementwiseKernelAfter) {
+  struct Activation {
+    const char* name;
+    UnaryOp op;
+    UnaryParams params;
+  };
+  UnaryParams hard_sigmoid;
+  hard_sigmoid.alpha = 0.2f;
+  hard_sigmoid.beta = 0.5f;
+  UnaryParams leaky;
+  leaky.alpha = 0.1f;
+  const Activation activations[] = {{"Silu", UnaryOp::kSilu, {}},
+                                    {"HardSwish", UnaryOp::kHardSwish, {}},
+                                    {"HardSigmoid", UnaryOp::kHardSigmoid, hard_sigmoid},
+                                    {"Sigmoid", UnaryOp::kSigmoid, {}},
+                                    {"LeakyRelu", UnaryOp::kLeakyRelu, leaky},
+                                    {"Gelu", UnaryOp::kGeluErf, {}}};
+  auto run = [](const ConvPlan& plan, const ConvInputs& d, ConvEpilogue e) {
+    const ConvGeometry& g = plan.geometry;
+    std::vector<float> prepared(conv_prepared_weight_floats(plan));
+    if (!prepared.empty()) prepare_conv_weights(plan, d.w.data(), prepared.data());
+    std::vector<std::byte> ws(conv_workspace_bytes(plan, prepared.empty()
+                                                             ? ConvWeightForm::kRaw
+                                                             : ConvWeightForm::kPrepared) +
+                              64);
+    std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), NAN);
+    conv2d(plan, d.x.data(), d.w.data(), d.b.data(), y.data(), ws.data(), e,
+           prepared.empty() ? nullptr : prepared.data());
+    return y;
+  };
+  std::vector<std::tuple<std::string, ConvGeometry, ConvPlanOptions>> cases;
+  for (const PackedConvCase& c : kCases) cases.emplace_back(c.name, geometry_of(c), forced());
+  for (const auto& [name, g] : shallow_geometries()) {
+    cases.emplace_back(name + " shallow", g, gemm_option(ConvGemm::kShallow));
+  }
+  for (const PackedConvCase& c : {kCases[0], kCases[6], kCases[11]}) {
+    cases.emplace_back(std::string(c.name) + " blas", geometry_of(c), gemm_option(ConvGemm::kBlas));
+  }
+  for (const auto& [size, kernel, stride, multiplier] :
+       {std::tuple<int64_t, int64_t, int64_t, int64_t>{13, 3, 1, 1}, {12, 5, 2, 1}, {9, 3, 1, 2}}) {
+    ConvGeometry g = square(24, size, 24 * multiplier, kernel, stride);
+    g.batch = 2;
+    g.group = 24;
+    cases.emplace_back("depthwise k" + std::to_string(kernel) + " s" + std::to_string(stride) +
+                           " x" + std::to_string(multiplier),
+                       g, ConvPlanOptions{});
+  }
+  std::vector<ConvAlgorithm> algorithms;
+  uint32_t seed = 900;
+  for (const auto& [name, g, options] : cases) {
+    const ConvInputs d = conv_inputs(g, seed += 17);
+    for (int threads : {1, 2}) {
+      ThreadCount count(threads);
+      const ConvPlan plan = plan_conv(g, threads, options);
+      algorithms.push_back(plan.algorithm);
+      for (bool rest : {false, true}) {
+        ConvEpilogue e;
+        if (rest) {
+          e = epilogue_of(d);
+          e.clamp_min = -1.5f;
+          e.clamp_max = 4.0f;
+        }
+        const std::vector<float> finished = run(plan, d, e);
+        for (const Activation& a : activations) {
+          std::vector<float> expected(finished.size());
+          unary_f32(a.op, a.params, finished.data(), expected.data(),
+                    static_cast<int64_t>(expected.size()));
+          e.activation = a.op;
+          e.activation_params = a.params;
+          const std::vector<float> fused = run(plan, d, e);
+          expect_same_bits(fused.data(), expected.data(), expected.size(),
+                           name + ", " + a.name + (rest ? " after BN, residual and clamp" : "") +
+                               " at " + std::to_string(threads) + " threads");
+        }
+      }
+    }
+  }
+  for (ConvAlgorithm a : {ConvAlgorithm::kDepthwise, ConvAlgorithm::kWinograd,
+                          ConvAlgorithm::kDirectGemm, ConvAlgorithm::kIm2colGemm}) {
+    EXPECT_NE(std::find(algorithms.begin(), algorithms.end(), a), algorithms.end())
+        << static_cast<int>(a);
+  }
+  if (shallow_conv_available()) {
+    EXPECT_NE(std::find(algorithms.begin(), algorithms.end(), ConvAlgorithm::kShallow),
+              algorithms.end());
+  }
 }
 
 TEST(PackedConv, WinogradFiltersPackAsTheTransformThenPack) {

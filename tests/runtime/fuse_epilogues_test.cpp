@@ -172,6 +172,79 @@ TEST(FuseConvEpilogues, LeavesSharedIntermediatesAlone) {
   EXPECT_EQ(g->nodes().size(), 2u);
 }
 
+// Convolutions followed by an activation other than a clamp: SiLU as torch.onnx writes it
+// (after fuse_silu), HardSwish, HardSigmoid with its alpha and beta, LeakyRelu, Sigmoid, the
+// erf-form Gelu, and a Relu then a HardSwish, each on a convolution of its own kind (packed,
+// depthwise, strided): each joins its convolution, and every output keeps its bits. Left
+// alone: the tanh-form Gelu, and an activation of a convolution whose output is also read.
+TEST(FuseConvEpilogues, ActivationsJoinTheirConvolutionWithTheSameBits) {
+  std::mt19937 rng(21);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 16, 11, 9});
+  int convs = 0;
+  auto conv = [&](int64_t out_c, int64_t kernel, int64_t stride, int64_t group) {
+    const std::string name = "conv" + std::to_string(++convs);
+    auto* w = g->add_constant(name + "_w", random_tensor({out_c, 16 / group, kernel, kernel}, rng));
+    auto* b = g->add_constant(name + "_b", random_tensor({out_c}, rng));
+    std::map<std::string, graph::AttributeValue, std::less<>> a;
+    const int64_t pad = kernel / 2;
+    a["pads"] = std::vector<int64_t>{pad, pad, pad, pad};
+    a["strides"] = std::vector<int64_t>{stride, stride};
+    a["group"] = group;
+    return g
+        ->add_node({.name = name,
+                    .op_type = "Conv",
+                    .inputs = {x, w, b},
+                    .output_names = {name},
+                    .attributes = std::move(a)})
+        ->output(0);
+  };
+  auto node = [&](const std::string& name, const char* op, std::vector<graph::Value*> inputs,
+                  std::map<std::string, graph::AttributeValue, std::less<>> a = {}) {
+    return g
+        ->add_node({.name = name,
+                    .op_type = op,
+                    .inputs = std::move(inputs),
+                    .output_names = {name},
+                    .attributes = std::move(a)})
+        ->output(0);
+  };
+  auto* c1 = conv(24, 1, 1, 1);
+  g->mark_output(node("silu", "Mul", {node("sig", "Sigmoid", {c1}), c1}));
+  g->mark_output(node("hswish", "HardSwish", {conv(20, 3, 1, 1)}));
+  g->mark_output(
+      node("hsig", "HardSigmoid", {conv(16, 3, 1, 16)}, {{"alpha", 0.25f}, {"beta", 0.375f}}));
+  g->mark_output(node("leaky", "LeakyRelu", {conv(12, 3, 2, 1)}, {{"alpha", 0.2f}}));
+  g->mark_output(node("sigmoid", "Sigmoid", {conv(32, 5, 2, 16)}));
+  g->mark_output(node("gelu", "Gelu", {conv(8, 1, 1, 1)}));
+  g->mark_output(node("relu_hswish", "HardSwish", {node("relu", "Relu", {conv(8, 3, 1, 1)})}));
+  g->mark_output(node("gelu_tanh", "Gelu", {conv(8, 1, 1, 1)}, {{"approximate", "tanh"}}));
+  auto* read_twice = conv(8, 1, 1, 1);
+  g->mark_output(read_twice);
+  g->mark_output(node("hswish_of_read", "HardSwish", {read_twice}));
+  runtime::resolve(*g, {});
+  auto fused = g->clone();
+  EXPECT_EQ(runtime::fuse_silu(*fused), 1u);
+  EXPECT_EQ(runtime::fuse_conv_epilogues(*fused), 7u);
+  EXPECT_NO_THROW(fused->check_consistency());
+  expect_same_output_names(*g, *fused);
+  std::map<std::string, int> ops = op_counts(*fused);
+  EXPECT_EQ(ops["FusedConv"], 7);
+  EXPECT_EQ(ops["Conv"], 2);
+  EXPECT_EQ(ops["Gelu"], 1);
+  EXPECT_EQ(ops["HardSwish"], 1);
+  EXPECT_EQ(ops.size(), 4u);
+  for (const auto* n : fused->nodes()) {
+    if (n->op_type() == "FusedConv" && n->name() == "conv3") {
+      EXPECT_EQ(n->attr_string("activation"), "HardSigmoid");
+      EXPECT_EQ(n->attr_float("alpha"), 0.25f);
+      EXPECT_EQ(n->attr_float("beta"), 0.375f);
+    }
+  }
+  Tensor xs = random_tensor({2, 16, 11, 9}, rng, -3.f, 3.f);
+  expect_same_output_bits(*g, *fused, std::span(&xs, 1));
+}
+
 // x -> Sigmoid -> Mul(x, ·) -> y1 (SiLU, either operand order), and three pairs that are not
 // SiLU: Mul(Sigmoid(x), b) with b another tensor, a Sigmoid read twice, a Sigmoid that is a
 // graph output.
