@@ -101,6 +101,7 @@ namespace {
 using conv_detail::activate_runs;
 using conv_detail::ceil_div;
 using conv_detail::channel_finish;
+using conv_detail::DenormalsFlushed;
 using conv_detail::finish_run;
 using conv_detail::im2col_tile;
 using conv_detail::is_identity;
@@ -137,6 +138,7 @@ void conv_gemm(const ConvPlan& plan, const float* x, const float* w, const float
 
   parallel_tasks_with_scratch(
       tasks, plan.slots, slot_bytes, workspace, [&](int64_t t, std::byte* scratch) {
+        const DenormalsFlushed flushed;
         const int64_t tile = t % tiles;
         t /= tiles;
         const int64_t block = t % blocks;

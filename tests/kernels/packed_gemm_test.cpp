@@ -558,6 +558,23 @@ TEST(ShallowConv, PlannedWhereItPays) {
 // The packed Winograd plan transforms its filters straight into the GEMM's panels (16 filters at
 // a time in vector lanes): the same bits as the OpenBLAS plan's transformed filters packed
 // point by point, for channel counts off the 16 lanes and the 14-row panels.
+// conv2d of d under `plan` (its weights prepared where the plan prepares them) into `y`, or into a
+// new output of NaNs.
+std::vector<float> conv_output(const ConvPlan& plan, const ConvInputs& d, const ConvEpilogue& e,
+                               std::vector<float> y = {}) {
+  const ConvGeometry& g = plan.geometry;
+  std::vector<float> prepared(conv_prepared_weight_floats(plan));
+  if (!prepared.empty()) prepare_conv_weights(plan, d.w.data(), prepared.data());
+  std::vector<std::byte> ws(conv_workspace_bytes(plan, prepared.empty()
+                                                           ? ConvWeightForm::kRaw
+                                                           : ConvWeightForm::kPrepared) +
+                            64);
+  if (y.empty()) y.assign(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), NAN);
+  conv2d(plan, d.x.data(), d.w.data(), d.b.data(), y.data(), ws.data(), e,
+         prepared.empty() ? nullptr : prepared.data());
+  return y;
+}
+
 // Where conv_residual_may_alias_output allows it, the output may be written over the residual:
 // the same bits as with the residual apart, on every packed case (several passes over k, tiles
 // across images; Winograd excluded) and every shallow case, at 1 and 2 threads. The others do
@@ -566,22 +583,11 @@ TEST(ShallowConv, PlannedWhereItPays) {
 TEST(PackedConv, OutputWrittenOverTheResidualKeepsItsBits) {
   // conv2d under `plan`, the output apart from the residual or written over it.
   auto run = [](const ConvPlan& plan, const ConvInputs& d, bool over_residual) {
-    const ConvGeometry& g = plan.geometry;
-    std::vector<float> prepared(conv_prepared_weight_floats(plan));
-    if (!prepared.empty()) prepare_conv_weights(plan, d.w.data(), prepared.data());
-    std::vector<std::byte> ws(conv_workspace_bytes(plan, prepared.empty()
-                                                             ? ConvWeightForm::kRaw
-                                                             : ConvWeightForm::kPrepared) +
-                              64);
-    std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), NAN);
     ConvEpilogue e = epilogue_of(d);
-    if (over_residual) {
-      y = d.residual;
-      e.residual = y.data();
-    }
-    conv2d(plan, d.x.data(), d.w.data(), d.b.data(), y.data(), ws.data(), e,
-           prepared.empty() ? nullptr : prepared.data());
-    return y;
+    if (!over_residual) return conv_output(plan, d, e);
+    std::vector<float> y = d.residual;
+    e.residual = y.data();
+    return conv_output(plan, d, e, std::move(y));
   };
   std::vector<std::tuple<std::string, ConvGeometry, ConvPlanOptions>> cases;
   for (const PackedConvCase& c : kCases) {
@@ -619,6 +625,40 @@ TEST(PackedConv, OutputWrittenOverTheResidualKeepsItsBits) {
       plan_conv(square(64, 14, 64, 1, 1), 2, gemm_option(ConvGemm::kBlas))));
 }
 
+// A case for each convolution algorithm and path: the packed GEMM's (direct, im2col, Winograd),
+// the shallow path's, OpenBLAS's (direct, im2col, Winograd), the depthwise kernel's vector and
+// plane loops.
+std::vector<std::tuple<std::string, ConvGeometry, ConvPlanOptions>> every_algorithm_cases() {
+  std::vector<std::tuple<std::string, ConvGeometry, ConvPlanOptions>> cases;
+  for (const PackedConvCase& c : kCases) cases.emplace_back(c.name, geometry_of(c), forced());
+  for (const auto& [name, g] : shallow_geometries()) {
+    cases.emplace_back(name + " shallow", g, gemm_option(ConvGemm::kShallow));
+  }
+  for (const PackedConvCase& c : {kCases[0], kCases[6], kCases[11]}) {
+    cases.emplace_back(std::string(c.name) + " blas", geometry_of(c), gemm_option(ConvGemm::kBlas));
+  }
+  for (const auto& [size, kernel, stride, multiplier] :
+       {std::tuple<int64_t, int64_t, int64_t, int64_t>{13, 3, 1, 1}, {12, 5, 2, 1}, {9, 3, 1, 2}}) {
+    ConvGeometry g = square(24, size, 24 * multiplier, kernel, stride);
+    g.batch = 2;
+    g.group = 24;
+    cases.emplace_back("depthwise k" + std::to_string(kernel) + " s" + std::to_string(stride) +
+                           " x" + std::to_string(multiplier),
+                       g, ConvPlanOptions{});
+  }
+  return cases;
+}
+
+// The plans of every_algorithm_cases() took every algorithm this build has.
+void expect_every_algorithm(const std::vector<ConvAlgorithm>& planned) {
+  std::vector<ConvAlgorithm> expected = {ConvAlgorithm::kDepthwise, ConvAlgorithm::kWinograd,
+                                         ConvAlgorithm::kDirectGemm, ConvAlgorithm::kIm2colGemm};
+  if (shallow_conv_available()) expected.push_back(ConvAlgorithm::kShallow);
+  for (ConvAlgorithm a : expected) {
+    EXPECT_NE(std::find(planned.begin(), planned.end(), a), planned.end()) << static_cast<int>(a);
+  }
+}
+
 // An activation in the epilogue (SiLU, HardSwish, …) gives each output the bits the element-wise
 // kernel gives it over the finished output: on every algorithm (packed direct, im2col and
 // Winograd, shallow, OpenBLAS direct, im2col and Winograd, depthwise on its vector and plane
@@ -640,39 +680,9 @@ TEST(ConvEpilogueActivation, SameBitsAsTheElementwiseKernelAfter) {
                                     {"Sigmoid", UnaryOp::kSigmoid, {}},
                                     {"LeakyRelu", UnaryOp::kLeakyRelu, leaky},
                                     {"Gelu", UnaryOp::kGeluErf, {}}};
-  auto run = [](const ConvPlan& plan, const ConvInputs& d, ConvEpilogue e) {
-    const ConvGeometry& g = plan.geometry;
-    std::vector<float> prepared(conv_prepared_weight_floats(plan));
-    if (!prepared.empty()) prepare_conv_weights(plan, d.w.data(), prepared.data());
-    std::vector<std::byte> ws(conv_workspace_bytes(plan, prepared.empty()
-                                                             ? ConvWeightForm::kRaw
-                                                             : ConvWeightForm::kPrepared) +
-                              64);
-    std::vector<float> y(static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w), NAN);
-    conv2d(plan, d.x.data(), d.w.data(), d.b.data(), y.data(), ws.data(), e,
-           prepared.empty() ? nullptr : prepared.data());
-    return y;
-  };
-  std::vector<std::tuple<std::string, ConvGeometry, ConvPlanOptions>> cases;
-  for (const PackedConvCase& c : kCases) cases.emplace_back(c.name, geometry_of(c), forced());
-  for (const auto& [name, g] : shallow_geometries()) {
-    cases.emplace_back(name + " shallow", g, gemm_option(ConvGemm::kShallow));
-  }
-  for (const PackedConvCase& c : {kCases[0], kCases[6], kCases[11]}) {
-    cases.emplace_back(std::string(c.name) + " blas", geometry_of(c), gemm_option(ConvGemm::kBlas));
-  }
-  for (const auto& [size, kernel, stride, multiplier] :
-       {std::tuple<int64_t, int64_t, int64_t, int64_t>{13, 3, 1, 1}, {12, 5, 2, 1}, {9, 3, 1, 2}}) {
-    ConvGeometry g = square(24, size, 24 * multiplier, kernel, stride);
-    g.batch = 2;
-    g.group = 24;
-    cases.emplace_back("depthwise k" + std::to_string(kernel) + " s" + std::to_string(stride) +
-                           " x" + std::to_string(multiplier),
-                       g, ConvPlanOptions{});
-  }
   std::vector<ConvAlgorithm> algorithms;
   uint32_t seed = 900;
-  for (const auto& [name, g, options] : cases) {
+  for (const auto& [name, g, options] : every_algorithm_cases()) {
     const ConvInputs d = conv_inputs(g, seed += 17);
     for (int threads : {1, 2}) {
       ThreadCount count(threads);
@@ -685,14 +695,14 @@ TEST(ConvEpilogueActivation, SameBitsAsTheElementwiseKernelAfter) {
           e.clamp_min = -1.5f;
           e.clamp_max = 4.0f;
         }
-        const std::vector<float> finished = run(plan, d, e);
+        const std::vector<float> finished = conv_output(plan, d, e);
         for (const Activation& a : activations) {
           std::vector<float> expected(finished.size());
           unary_f32(a.op, a.params, finished.data(), expected.data(),
                     static_cast<int64_t>(expected.size()));
           e.activation = a.op;
           e.activation_params = a.params;
-          const std::vector<float> fused = run(plan, d, e);
+          const std::vector<float> fused = conv_output(plan, d, e);
           expect_same_bits(fused.data(), expected.data(), expected.size(),
                            name + ", " + a.name + (rest ? " after BN, residual and clamp" : "") +
                                " at " + std::to_string(threads) + " threads");
@@ -700,15 +710,45 @@ TEST(ConvEpilogueActivation, SameBitsAsTheElementwiseKernelAfter) {
       }
     }
   }
-  for (ConvAlgorithm a : {ConvAlgorithm::kDepthwise, ConvAlgorithm::kWinograd,
-                          ConvAlgorithm::kDirectGemm, ConvAlgorithm::kIm2colGemm}) {
-    EXPECT_NE(std::find(algorithms.begin(), algorithms.end(), a), algorithms.end())
-        << static_cast<int>(a);
+  expect_every_algorithm(algorithms);
+}
+
+// Denormal inputs read as zero and denormal results are written as zero, on every algorithm at
+// 1 and 2 threads: the same bits as with those inputs zeroed, and zeros where every product
+// is denormal. The caller's own arithmetic keeps denormals after the call.
+TEST(ConvDenormals, ReadAndWrittenAsZero) {
+  constexpr float kDenormal = 3e-39f;
+  std::vector<ConvAlgorithm> algorithms;
+  uint32_t seed = 950;
+  for (const auto& [name, g, options] : every_algorithm_cases()) {
+    ConvInputs d = conv_inputs(g, seed += 19);
+    ConvInputs zeroed = d;
+    for (size_t i = 0; i < d.x.size(); i += 3) {
+      d.x[i] = i % 2 ? kDenormal : -kDenormal;
+      zeroed.x[i] = 0.0f;
+    }
+    ConvInputs tiny = d;  // products of 1e-20 and 1e-19: 1e-39, each denormal
+    std::fill(tiny.x.begin(), tiny.x.end(), 1e-20f);
+    std::fill(tiny.w.begin(), tiny.w.end(), 1e-19f);
+    std::fill(tiny.b.begin(), tiny.b.end(), 0.0f);
+    for (int threads : {1, 2}) {
+      ThreadCount count(threads);
+      const ConvPlan plan = plan_conv(g, threads, options);
+      algorithms.push_back(plan.algorithm);
+      const std::string what = name + " at " + std::to_string(threads) + " threads";
+      const ConvEpilogue e = epilogue_of(d);
+      const std::vector<float> y = conv_output(plan, d, e);
+      const std::vector<float> expected = conv_output(plan, zeroed, epilogue_of(zeroed));
+      expect_same_bits(y.data(), expected.data(), expected.size(), what);
+      for (float v : conv_output(plan, tiny, ConvEpilogue{})) {
+        ASSERT_EQ(v, 0.0f) << what;
+      }
+    }
   }
-  if (shallow_conv_available()) {
-    EXPECT_NE(std::find(algorithms.begin(), algorithms.end(), ConvAlgorithm::kShallow),
-              algorithms.end());
-  }
+  expect_every_algorithm(algorithms);
+  volatile float a = 1e-20f;
+  volatile float b = 1e-19f;
+  EXPECT_GT(a * b, 0.0f);
 }
 
 TEST(PackedConv, WinogradFiltersPackAsTheTransformThenPack) {
