@@ -101,7 +101,6 @@ namespace {
 using conv_detail::activate_runs;
 using conv_detail::ceil_div;
 using conv_detail::channel_finish;
-using conv_detail::DenormalsFlushed;
 using conv_detail::finish_run;
 using conv_detail::im2col_tile;
 using conv_detail::is_identity;
@@ -138,7 +137,6 @@ void conv_gemm(const ConvPlan& plan, const float* x, const float* w, const float
 
   parallel_tasks_with_scratch(
       tasks, plan.slots, slot_bytes, workspace, [&](int64_t t, std::byte* scratch) {
-        const DenormalsFlushed flushed;
         const int64_t tile = t % tiles;
         t /= tiles;
         const int64_t block = t % blocks;
@@ -268,6 +266,7 @@ void conv2d(const ConvPlan& plan, const float* x, const float* w, const float* b
             std::byte* workspace, const ConvEpilogue& epilogue, const float* prepared_weights) {
   const ConvGeometry& g = plan.geometry;
   if (g.batch * g.out_channels * g.out_h * g.out_w == 0) return;
+  const DenormalsFlushed flushed;
   switch (plan.algorithm) {
     case ConvAlgorithm::kDepthwise:
       conv_detail::conv_depthwise(plan, x, w, bias, y, epilogue);

@@ -139,7 +139,8 @@ size_t conv_workspace_bytes(const ConvPlan& plan, ConvWeightForm form = ConvWeig
 // x [batch, in_channels, in_h, in_w], w [out_channels, in_channels/group, kernel_h, kernel_w],
 // bias [out_channels] or nullptr, y [batch, out_channels, out_h, out_w] (not aliasing x).
 // prepared_weights: prepare_conv_weights(plan, w) or null (then the workspace must be sized
-// for ConvWeightForm::kRaw).
+// for ConvWeightForm::kRaw). Runs with denormals flushed (kernels/parallel.h, DenormalsFlushed):
+// a denormal input reads as zero and a denormal output is written as zero.
 void conv2d(const ConvPlan& plan, const float* x, const float* w, const float* bias, float* y,
             std::byte* workspace, const ConvEpilogue& epilogue = {},
             const float* prepared_weights = nullptr);

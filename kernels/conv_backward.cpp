@@ -1053,6 +1053,7 @@ size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
                      const ConvGradients& grads, std::byte* workspace, GradMode write) {
   const ConvGeometry& g = plan.geometry;
+  const DenormalsFlushed flushed;
   if (grads.dbias) bias_gradient(g, dy, grads.dbias, write);
   if (plan.depthwise) {
     const size_t slot_bytes =

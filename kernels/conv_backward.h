@@ -89,7 +89,7 @@ struct ConvGradients {
 
 // x (needed for dw), w (needed for dx) and dy [batch, out_channels, out_h, out_w] as in conv2d.
 // workspace: conv_backward_workspace_bytes(plan) bytes, 64-byte aligned. The outputs must not
-// alias the inputs.
+// alias the inputs. Denormals are flushed, as in conv2d.
 void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* w, const float* dy,
                      const ConvGradients& grads, std::byte* workspace,
                      GradMode write = GradMode::kOverwrite);

@@ -454,7 +454,6 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
     const int64_t block_grain =
         std::max<int64_t>(1, kDepthwiseTaskWork / std::max<int64_t>(1, kLanes * out_plane * taps));
     parallel_for(g.batch * blocks, block_grain, [&](int64_t begin, int64_t end) {
-      const DenormalsFlushed flushed;
       thread_local ChannelVectorScratch scratch;
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / blocks;
@@ -475,7 +474,6 @@ void conv_depthwise(const ConvPlan& plan, const float* x, const float* w, const 
 #endif
   const PaddedPlaneFn padded = padded_plane_fn(g);
   parallel_for(planes, grain, [&](int64_t begin, int64_t end) {
-    const DenormalsFlushed flushed;
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / g.out_channels;
       const int64_t oc = idx % g.out_channels;

@@ -18,7 +18,7 @@
 
 #include "kernels/conv.h"
 
-#if defined(__SSE__)
+#ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 
@@ -86,32 +86,6 @@ inline void finish_run(const ChannelFinish& f, float* y, const float* residual, 
     for (int64_t i = 0; i < count; ++i) y[i] = clamp_value(y[i] * f.scale + f.shift, f.lo, f.hi);
   }
 }
-
-// While alive, the calling thread's vector arithmetic reads denormal (subnormal) operands as zero
-// and writes zero for denormal results (MXCSR's DAZ and FTZ bits); the thread's mode comes back
-// after. Every convolution task runs under it: Intel cores take a microcode assist for each
-// multiply-add with a denormal operand (efficientnet_b0's squeeze-excitation products, x times a
-// sigmoid near 1e-38, made its 1×1 projections ten times slower), and a value below 1.2e-38
-// changes no sum of normal values nor any INT8 code.
-class DenormalsFlushed {
- public:
-#if defined(__SSE__)
-  DenormalsFlushed() : saved_(_mm_getcsr()) {
-    _mm_setcsr(saved_ | kFlushBits);
-  }
-  ~DenormalsFlushed() {
-    _mm_setcsr(saved_);
-  }
-#endif
-  DenormalsFlushed(const DenormalsFlushed&) = delete;
-  DenormalsFlushed& operator=(const DenormalsFlushed&) = delete;
-
- private:
-#if defined(__SSE__)
-  static constexpr unsigned kFlushBits = 0x8040;  // FTZ (bit 15) and DAZ (bit 6)
-  unsigned saved_;
-#endif
-};
 
 // The epilogue's activation, where it has one, over `rows` runs of `count` outputs `ld` apart
 // that the rest of the epilogue has finished.

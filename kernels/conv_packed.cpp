@@ -415,7 +415,6 @@ void conv_packed(const ConvPlan& plan, const float* x, const float* w, const flo
   const int64_t tasks = plan.pixel_tiles * plan.channel_blocks;
   parallel_tasks_with_scratch(
       tasks, plan.slots, packed_slot_bytes(plan), workspace, [&](int64_t t, std::byte* scratch) {
-        const DenormalsFlushed flushed;
         const int64_t tile = t / plan.channel_blocks;
         const int64_t block = t % plan.channel_blocks;
         const int64_t j0 = tile * plan.tile_pixels;

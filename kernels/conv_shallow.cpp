@@ -183,7 +183,6 @@ void conv_shallow(const ConvPlan& plan, const float* x, const float* w, const fl
   const int64_t per_task = std::clamp<int64_t>(kTaskOutputs / unit_outputs, 1, units);
   const int64_t chunks = ceil_div(units, per_task);
   parallel_for(g.batch * chunks, 1, [&](int64_t begin, int64_t end) {
-    const DenormalsFlushed flushed;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / chunks;
       const int64_t u0 = (t % chunks) * per_task;

@@ -597,7 +597,6 @@ void winograd_run(const ConvPlan& plan, const float* x, const float* w, const fl
   parallel_tasks_with_scratch(
       groups * blocks, plan.slots, winograd_slot_bytes(plan), workspace,
       [&](int64_t task, std::byte* scratch) {
-        const DenormalsFlushed flushed;
         const int64_t n0 = task / blocks * group;
         const int64_t images = std::min(group, g.batch - n0);
         const int64_t t0 = (task % blocks) * block;
