@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "graph/catalog.h"
+#include "graph/fusions.h"
 #include "graph/rewrite_util.h"
 #include "kernels/norm.h"
 #include "runtime/fusion_util.h"
@@ -80,21 +81,19 @@ bool clamp_of(const Node& n, float& lo, float& hi) {
   return true;
 }
 
-// An activation other than a clamp that the output pass applies last (kernels::ConvEpilogue), as
-// FusedConv's `activation` attribute (a module's spelling, runtime/ops/activation.h) with its
-// alpha and beta: ONNX's HardSwish, HardSigmoid, Sigmoid, LeakyRelu and Elu, and the runtime's
-// Silu and erf-form Gelu (fuse_silu, fuse_gelu).
-bool output_activation_of(const Node& n, graph::NodeSpec& spec) {
-  const std::string& op = n.op_type();
-  const bool known = op == "HardSwish" || op == "HardSigmoid" || op == "Sigmoid" ||
-                     op == "LeakyRelu" || op == "Elu" || op == "Silu" ||
-                     (op == "Gelu" && n.attr_string("approximate", "none") == "none");
-  if (!known) return false;
-  spec.attributes["activation"] = op;
-  for (const char* key : {"alpha", "beta"}) {
-    auto it = n.attributes().find(key);
-    if (it != n.attributes().end()) spec.attributes[key] = it->second;
+// An activation other than a clamp that the output pass applies last (kernels::ConvEpilogue):
+// one node as the module fusions match it (graph::match_single_activation: HardSwish,
+// HardSigmoid, Sigmoid, LeakyRelu, Elu, erf-form Gelu), or the runtime's Silu (fuse_silu),
+// written as the modules' activation attributes, which FusedConv reads as they do.
+bool output_activation_of(Node& n, graph::NodeSpec& spec) {
+  std::optional<graph::Activation> a;
+  if (n.op_type() == "Silu") {
+    a.emplace().kind = "Silu";
+  } else {
+    a = graph::match_single_activation(n);
   }
+  if (!a || a->kind == "Relu" || a->kind == "Clip") return false;
+  graph::write_activation_attributes(spec, *a);
   return true;
 }
 
