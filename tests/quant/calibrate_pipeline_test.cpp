@@ -59,6 +59,20 @@ class ImageSamples : public quant::SampleSource {
   graph::Shape shape_;
 };
 
+// The bundled ResNet calibrated with `setup` on `data`, as the command does.
+quant::CalibrationResult calibrate_resnet(const quant::SampleSource& data,
+                                          const quant::CalibrationSetup& setup) {
+  return quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, setup);
+}
+
+// The calibration the image-folder tests run: batch 16, 40 of the training images.
+quant::CalibrationSetup forty_images_setup() {
+  quant::CalibrationSetup setup;
+  setup.batch = 16;
+  setup.limit = 40;
+  return setup;
+}
+
 // Unlabelled rows of a tensor.
 class TensorSamples : public quant::SampleSource {
  public:
@@ -136,9 +150,7 @@ TEST(CalibratePipeline, LibraryGivesTheCliAmaxBytesAndFigures) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(testing::read_text(report));
 
-  quant::CalibrationSetup setup;
-  setup.batch = 16;
-  setup.limit = 40;
+  quant::CalibrationSetup setup = forty_images_setup();
   setup.method = quant::Calibrator::kPercentile;
   auto model = graph::load_onnx(kResnet);
   const ImageSamples data(kTrain, *model);
@@ -215,8 +227,7 @@ TEST(CalibratePipeline, ExportTakesTheWeightsOfTheGivenFusedGraph) {
   quant::CalibrationSetup setup;
   setup.batch = 2;
   setup.limit = 4;
-  const quant::CalibrationResult result =
-      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, setup);
+  const quant::CalibrationResult result = calibrate_resnet(data, setup);
   auto fused = quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, result);
   ASSERT_FALSE(result.plan.weights.empty());
   const quant::WeightPoint& w = result.plan.weights[0];
@@ -269,8 +280,7 @@ quant::Evaluation written_and_evaluated(const quant::CalibrationSetup& setup,
                                         const quant::SampleSource& data,
                                         const quant::EvaluationSetup& eval, const TempDir& dir,
                                         const std::string& name) {
-  const quant::CalibrationResult r =
-      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, setup);
+  const quant::CalibrationResult r = calibrate_resnet(data, setup);
   const std::string file = dir.file(name);
   testing::write_bytes(
       file, bytes_of(quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, r), r));
@@ -282,13 +292,9 @@ quant::Evaluation written_and_evaluated(const quant::CalibrationSetup& setup,
 // same graph, nothing else kept float. Its first entry, every module quantized, is the
 // evaluation of the model written without the skip.
 TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
-  auto model = graph::load_onnx(kResnet);
-  const ImageSamples data(kTrain, *model);
-  quant::CalibrationSetup setup;
-  setup.batch = 16;
-  setup.limit = 40;
-  const quant::CalibrationResult result =
-      quant::calibrate(std::move(model), quant::model_file(kResnet), data, setup);
+  const ImageSamples data(kTrain, *graph::load_onnx(kResnet));
+  const quant::CalibrationSetup setup = forty_images_setup();
+  const quant::CalibrationResult result = calibrate_resnet(data, setup);
   quant::EvaluationSetup eval;
   eval.batch = 16;
   eval.limit = 24;
@@ -332,8 +338,7 @@ TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
     const quant::SkipSensitivity& m = a.modules[i];
     quant::CalibrationSetup skipped = setup;
     skipped.skip = {m.module};
-    const quant::CalibrationResult r =
-        quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, skipped);
+    const quant::CalibrationResult r = calibrate_resnet(data, skipped);
     EXPECT_EQ(r.plan.activations.size() + m.activation_points, result.plan.activations.size());
     EXPECT_EQ(r.plan.weights.size() + 1, result.plan.weights.size());
     expect_same_figures(m.evaluation, written_and_evaluated(skipped, data, eval, dir, "skip.onnx"),
@@ -347,21 +352,16 @@ TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
 // same plan, the same rows for the points that remain (their module column included), the same
 // amax and weight ranges.
 TEST(CalibratePipeline, ResultWithMoreSkipsIsWhatCalibrateReturnsWithThem) {
-  auto model = graph::load_onnx(kResnet);
-  const ImageSamples data(kTrain, *model);
-  quant::CalibrationSetup setup;
-  setup.batch = 16;
-  setup.limit = 40;
-  const quant::CalibrationResult all =
-      quant::calibrate(std::move(model), quant::model_file(kResnet), data, setup);
+  const ImageSamples data(kTrain, *graph::load_onnx(kResnet));
+  const quant::CalibrationSetup setup = forty_images_setup();
+  const quant::CalibrationResult all = calibrate_resnet(data, setup);
   const auto fused = quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, all);
   quant::CalibrationSetup skipped = setup;
   // The stem (its input point goes with it) and a block's first convolution (its input point
   // stays for the block's residual add, one consumer fewer).
   skipped.skip = {all.plan.weights[0].node, all.plan.weights[1].node};
   const quant::CalibrationResult narrowed = quant::with_setup_skips(all, *fused, skipped);
-  const quant::CalibrationResult again =
-      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), data, skipped);
+  const quant::CalibrationResult again = calibrate_resnet(data, skipped);
   ASSERT_EQ(narrowed.plan.activations.size(), again.plan.activations.size());
   ASSERT_LT(again.plan.activations.size(), all.plan.activations.size());
   for (size_t i = 0; i < again.plan.activations.size(); ++i) {
@@ -394,9 +394,7 @@ TEST(CalibratePipeline, SetupOutOfRangeAndEmptyDataAreRejected) {
   bad.percentile = 0;
   auto calibrate_with = [&](const quant::SampleSource& samples,
                             const quant::CalibrationSetup& setup) {
-    return [source = &samples, setup] {
-      quant::calibrate(graph::load_onnx(kResnet), quant::model_file(kResnet), *source, setup);
-    };
+    return [source = &samples, setup] { calibrate_resnet(*source, setup); };
   };
   EXPECT_NE(testing::error_of(ErrorKind::kInvalid, calibrate_with(data, bad))
                 .find("percentile must be in (0, 100], got 0"),
