@@ -156,10 +156,12 @@ std::vector<TensorInfo> infer_conv_module(const Node& node, std::span<const Inpu
 class ConvModuleKernel final : public OpKernel {
  public:
   ConvModuleKernel(const Node& node, std::span<const InputInfo> inputs)
-      : layout_(conv_layout(node)), act_(activation_of(node)) {
+      : layout_(conv_layout(node)) {
+    // The activation runs in the convolution's output pass.
+    const Attributes attributes = conv_attributes(node, activation_of(node));
     std::vector<InputInfo> conv_inputs = fused_conv_inputs(node, inputs, layout_);
     if (!has_batch_norm(inputs, layout_)) {
-      conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
+      conv_.push_back(SubKernel::create("FusedConv", attributes, conv_inputs));
       add_pool(node);
       return;
     }
@@ -171,7 +173,7 @@ class ConvModuleKernel final : public OpKernel {
                              {.scale = scale_.data<float>(), .shift = shift_.data<float>()});
     conv_inputs[3].constant = &scale_;
     conv_inputs[4].constant = &shift_;
-    conv_.push_back(SubKernel::create("FusedConv", conv_attributes(node, act_), conv_inputs));
+    conv_.push_back(SubKernel::create("FusedConv", attributes, conv_inputs));
     add_pool(node);
   }
 
@@ -205,7 +207,6 @@ class ConvModuleKernel final : public OpKernel {
   }
 
   ConvModuleLayout layout_;
-  ActivationSpec act_;
   Tensor scale_, shift_;
   std::vector<SubKernel> conv_;  // one; a vector because SubKernel has no empty state
   std::vector<SubKernel> pool_;  // the Stem's MaxPool
