@@ -68,6 +68,8 @@ BENCHMARK(BM_Depthwise)
     ->Args({96, 56, 7, 1})   // ConvNeXt-T stage 1
     ->Args({768, 7, 7, 1})   // ConvNeXt-T stage 4
     ->Args({96, 112, 3, 2})  // EfficientNet-B0 block 2
+    ->Args({32, 112, 3, 1})  // EfficientNet-B0 block 1
+    ->Args({144, 56, 3, 1})  // EfficientNet-B0 block 2, second
     ->Args({72, 56, 3, 2})   // MobileNetV3-small block 2
     ->Args({480, 14, 5, 1})  // EfficientNet-B0 block 5
     ->Args({672, 14, 5, 2})  // EfficientNet-B0 block 6
@@ -513,6 +515,8 @@ void BM_Unary(benchmark::State& state) {
 }
 BENCHMARK(BM_Unary)
     ->Arg(static_cast<int>(UnaryOp::kErf))
+    ->Arg(static_cast<int>(UnaryOp::kGeluErf))
+    ->Arg(static_cast<int>(UnaryOp::kSilu))
     ->Arg(static_cast<int>(UnaryOp::kSigmoid))
     ->Arg(static_cast<int>(UnaryOp::kRelu))
     ->Unit(benchmark::kMillisecond)
