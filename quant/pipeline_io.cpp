@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "graph/onnx_import.h"
@@ -22,6 +23,59 @@ ModelLoader model_file(std::string path, graph::ImportOptions options) {
   return [path = std::move(path), options = std::move(options)] {
     return graph::load_onnx(path, options);
   };
+}
+
+KeptSamples::KeptSamples(const SampleSource& data, std::vector<size_t> indices)
+    : data_(data),
+      indices_(std::move(indices)),
+      row_(static_cast<size_t>(kernels::shape_numel(data.sample_shape()))),
+      rows_(indices_.size() * row_),
+      labels_(data.labelled() ? indices_.size() : 0),
+      kept_(indices_.size(), false) {
+  if (!std::is_sorted(indices_.begin(), indices_.end())) {
+    throw_internal("kept samples: the indices are not ascending");
+  }
+}
+
+size_t KeptSamples::bytes(const SampleSource& data, size_t count) {
+  return count * static_cast<size_t>(kernels::shape_numel(data.sample_shape())) * sizeof(float);
+}
+
+void KeptSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
+                       std::vector<int64_t>& labels) const {
+  std::vector<size_t> slots(indices.size());
+  std::vector<size_t> missing;  // indices of `data` read now, in the order asked
+  std::vector<size_t> missing_slots;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    const auto at = std::lower_bound(indices_.begin(), indices_.end(), indices[i]);
+    if (at == indices_.end() || *at != indices[i]) {
+      throw_internal("kept samples: sample " + std::to_string(indices[i]) + " is not kept");
+    }
+    slots[i] = static_cast<size_t>(at - indices_.begin());
+    if (!kept_[slots[i]]) {
+      missing.push_back(indices[i]);
+      missing_slots.push_back(slots[i]);
+    }
+  }
+  if (!missing.empty()) {
+    graph::Shape shape = data_.sample_shape();
+    shape.insert(shape.begin(), static_cast<int64_t>(missing.size()));
+    kernels::Tensor read(kernels::DType::kFloat32, shape);
+    std::vector<int64_t> read_labels;
+    data_.load(missing, read, read_labels);
+    for (size_t j = 0; j < missing.size(); ++j) {
+      std::memcpy(rows_.data() + missing_slots[j] * row_, read.data<float>() + j * row_,
+                  row_ * sizeof(float));
+      if (!labels_.empty()) labels_[missing_slots[j]] = read_labels.at(j);
+      kept_[missing_slots[j]] = true;
+    }
+  }
+  labels.clear();
+  float* out = rows.data<float>();
+  for (size_t i = 0; i < indices.size(); ++i) {
+    std::memcpy(out + i * row_, rows_.data() + slots[i] * row_, row_ * sizeof(float));
+    if (!labels_.empty()) labels.push_back(labels_[slots[i]]);
+  }
 }
 
 void MemoryFloatStore::append(std::span<const float> values) {

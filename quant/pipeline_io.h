@@ -32,6 +32,31 @@ class SampleSource {
                     std::vector<int64_t>& labels) const = 0;
 };
 
+// The samples `indices` (ascending) of `data`, each read from it once, the first time a pass
+// asks for it, and kept in memory for the passes after: every model of a sensitivity analysis
+// reads the same samples, which for a folder of large photos take longer to decode than the
+// model takes to run. load() takes only indices among `indices`. `data` must outlive it.
+class KeptSamples : public SampleSource {
+ public:
+  KeptSamples(const SampleSource& data, std::vector<size_t> indices);
+  size_t size() const override { return data_.size(); }
+  const graph::Shape& sample_shape() const override { return data_.sample_shape(); }
+  bool labelled() const override { return data_.labelled(); }
+  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+            std::vector<int64_t>& labels) const override;
+  // Bytes the samples of `count` indices of `data` take in memory.
+  static size_t bytes(const SampleSource& data, size_t count);
+
+ private:
+  const SampleSource& data_;
+  std::vector<size_t> indices_;
+  size_t row_ = 0;  // floats per sample
+  // Filled as the samples are first read; a const load fills them, as a cache.
+  mutable std::vector<float> rows_;
+  mutable std::vector<int64_t> labels_;
+  mutable std::vector<bool> kept_;
+};
+
 // A fresh copy of the model each call: the pipeline lets the model go while it runs on the data
 // (so that its weights are not in memory twice) and reads it again for the export.
 using ModelLoader = std::function<std::unique_ptr<graph::Graph>()>;

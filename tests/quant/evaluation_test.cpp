@@ -51,6 +51,25 @@ class LabelledRows : public quant::SampleSource {
   graph::Shape shape_{3};
 };
 
+// LabelledRows counting how often each sample is read.
+class CountedRows : public quant::SampleSource {
+ public:
+  explicit CountedRows(const LabelledRows& rows) : rows_(rows), reads_(rows.size(), 0) {}
+  size_t size() const override { return rows_.size(); }
+  const graph::Shape& sample_shape() const override { return rows_.sample_shape(); }
+  bool labelled() const override { return true; }
+  void load(std::span<const size_t> indices, Tensor& rows,
+            std::vector<int64_t>& labels) const override {
+    for (const size_t i : indices) ++reads_[i];
+    rows_.load(indices, rows, labels);
+  }
+  const std::vector<int>& reads() const { return reads_; }
+
+ private:
+  const LabelledRows& rows_;
+  mutable std::vector<int> reads_;
+};
+
 // Row by row, with L = log(Σ exp):
 //   [1, 2, 3], label 2: CE = L(1, 2, 3) − 3 = 0.40760596444438; Relu leaves it, KL = 0.
 //   [0, −1, 2], label 0: CE = log(1 + e⁻¹ + e²) = 2.16984601955629; Relu gives [0, 0, 2]:
@@ -82,4 +101,31 @@ TEST(Evaluation, CrossEntropyAndKlAreTheMeansOfTheRowsWorkedOutByHand) {
 }
 
 }  // namespace
+// evaluate_each reads each sample once for the reference and all the models, and measures each
+// model as evaluate does.
+TEST(Evaluation, EachModelOfASeriesReadsTheSamplesKeptFromTheFirstPass) {
+  const LabelledRows rows({{1, 2, 3}, {0, -1, 2}, {-2, 0.5f, 0}, {4, -3, 1}, {0, 0, 1}},
+                          {2, 0, 1, 0, 2});
+  const CountedRows data(rows);
+  quant::EvaluationSetup setup;
+  setup.batch = 2;
+  setup.limit = 4;  // samples 0, 1, 2 and 3 of the five
+  setup.flip_injections = 0;
+  const std::vector<quant::ModelLoader> models = {unary_model("Relu"), unary_model("Identity"),
+                                                  unary_model("Relu")};
+  const std::vector<quant::Evaluation> each =
+      quant::evaluate_each(unary_model("Identity"), models, data, setup);
+  EXPECT_EQ(data.reads(), (std::vector<int>{1, 1, 1, 1, 0}));
+  ASSERT_EQ(each.size(), 3u);
+  for (size_t m = 0; m < models.size(); ++m) {
+    const quant::Evaluation one = quant::evaluate(unary_model("Identity"), models[m], rows, setup);
+    EXPECT_EQ(each[m].samples, one.samples);
+    EXPECT_EQ(each[m].reference_correct, one.reference_correct);
+    EXPECT_EQ(each[m].quantized_correct, one.quantized_correct);
+    EXPECT_EQ(each[m].kl_divergence, one.kl_divergence);
+    EXPECT_EQ(each[m].quantized_cross_entropy, one.quantized_cross_entropy);
+    EXPECT_EQ(each[m].figures.sqnr_db, one.figures.sqnr_db);
+  }
+}
+
 }  // namespace qforge

@@ -212,6 +212,27 @@ TEST(CalibrateCli, WrongImageShapeNamesTheFile) {
   expect_no_files(dir, {"images"});
 }
 
+// The samples of a batch are decoded in parallel; the error names the first bad one in the
+// folder's order, whichever finished first.
+TEST(CalibrateCli, FirstBadImageOfABatchIsNamedWhateverTheThreads) {
+  TempDir dir;
+  const std::filesystem::path a = dir.path() / "images" / "a";
+  std::filesystem::create_directories(a);
+  for (int i = 0; i < 8; ++i) {
+    const bool bad = i == 3 || i == 6;
+    const int size = bad ? 28 : 32;
+    testing::write_png((a / ("img" + std::to_string(i) + ".png")).string(), size, size, 3,
+                       std::vector<unsigned char>(static_cast<size_t>(size * size * 3), 100));
+  }
+  for (const char* threads : {"1", "2"}) {
+    auto r = run_cli("calibrate " + kResnet + " --data " + dir.file("images") + " --threads " +
+                     threads + " -o " + dir.file("out.onnx"));
+    expect_one_line_error(r, "img3.png");
+    EXPECT_EQ(r.err.find("img6.png"), std::string::npos) << r.err;
+    expect_no_files(dir, {"images"});
+  }
+}
+
 TEST(CalibrateCli, NonFiniteNpyNamesTheFile) {
   TempDir dir;
   auto input = io::read_npy(kGoldenInput);
