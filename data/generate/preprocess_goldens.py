@@ -60,6 +60,10 @@ def images():
         # 16-bit gray opens as mode "I"; convert("RGB") clips values above 255.
         ("gray16_21x27.png", Image.fromarray(gray16, "I;16"), {}),
         ("palette_33x22.png", palette, dict(transparency=3)),
+        # Shrunk about ten times: 21 and 23 taps per output pixel (a photo's 2000 x 1500 to
+        # 256 is about six).
+        ("rgb420_311x205.jpg", rgb(311, 205, 15), dict(quality=90, subsampling=2)),
+        ("gray_227x251.png", Image.fromarray(pattern(227, 251, 1, 16)[:, :, 0], "L"), {}),
     ]
 
 

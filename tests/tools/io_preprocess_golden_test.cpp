@@ -16,10 +16,11 @@ namespace qforge::io {
 namespace {
 
 const char* const kImages[] = {
-    "rgb420_37x23.jpg", "rgb444_23x37.jpg", "rgb422_progressive_41x30.jpg",
-    "gray_31x29.jpg",   "cmyk_26x21.jpg",   "rgb_37x23.png",
-    "upscale_13x9.png", "rgba_29x33.png",   "la_19x24.png",
-    "gray_25x19.png",   "gray16_21x27.png", "palette_33x22.png",
+    "rgb420_37x23.jpg",   "rgb444_23x37.jpg", "rgb422_progressive_41x30.jpg",
+    "gray_31x29.jpg",     "cmyk_26x21.jpg",   "rgb_37x23.png",
+    "upscale_13x9.png",   "rgba_29x33.png",   "la_19x24.png",
+    "gray_25x19.png",     "gray16_21x27.png", "palette_33x22.png",
+    "rgb420_311x205.jpg", "gray_227x251.png",
 };
 
 std::string golden_dir() {

@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/error.h"
@@ -72,7 +73,24 @@ uint8_t round_to_pixel(int32_t sum) {
   return static_cast<uint8_t>(std::clamp<int32_t>(v, 0, 255));
 }
 
-// One pass along x: every row of `in` resampled to `width` pixels.
+// Output pixels [0, width) of one row along x, C channels interleaved: every channel's sum over
+// the output's taps at once, so that each tap's weight and pixels are read once.
+template <int C>
+void resample_row(const uint8_t* row, const AxisWeights& w, int width, uint8_t* dst) {
+  for (int x = 0; x < width; ++x) {
+    const int32_t* k = w.weights.data() + static_cast<size_t>(x) * w.taps;
+    const uint8_t* p = row + static_cast<size_t>(w.first[x]) * C;
+    int32_t sum[C];
+    for (int c = 0; c < C; ++c) sum[c] = 1 << (kWeightBits - 1);
+    for (int t = 0; t < w.count[x]; ++t) {
+      for (int c = 0; c < C; ++c) sum[c] += p[t * C + c] * k[t];
+    }
+    for (int c = 0; c < C; ++c) dst[x * C + c] = round_to_pixel(sum[c]);
+  }
+}
+
+// One pass along x: every row of `in` resampled to `width` pixels. The sums are of integers,
+// so their order leaves them as they are.
 Image resample_width(const Image& in, int width) {
   const AxisWeights w = axis_weights(in.width, width);
   const int ch = in.channels;
@@ -81,34 +99,45 @@ Image resample_width(const Image& in, int width) {
   for (int y = 0; y < in.height; ++y) {
     const uint8_t* row = in.pixels.data() + static_cast<size_t>(y) * in.width * ch;
     uint8_t* dst = out.pixels.data() + static_cast<size_t>(y) * width * ch;
-    for (int x = 0; x < width; ++x) {
-      const int32_t* k = w.weights.data() + static_cast<size_t>(x) * w.taps;
-      for (int c = 0; c < ch; ++c) {
-        int32_t sum = 1 << (kWeightBits - 1);
-        for (int t = 0; t < w.count[x]; ++t) sum += row[(w.first[x] + t) * ch + c] * k[t];
-        dst[x * ch + c] = round_to_pixel(sum);
-      }
+    switch (ch) {
+      case 1:
+        resample_row<1>(row, w, width, dst);
+        break;
+      case 2:
+        resample_row<2>(row, w, width, dst);
+        break;
+      case 3:
+        resample_row<3>(row, w, width, dst);
+        break;
+      case 4:
+        resample_row<4>(row, w, width, dst);
+        break;
+      default:
+        throw_internal("resize: " + std::to_string(ch) + " channels");
     }
   }
   return out;
 }
 
-// One pass along y: every column of `in` resampled to `height` pixels.
+// One pass along y: every column of `in` resampled to `height` pixels, a whole row of sums at a
+// time (tap by tap, each a loop along the row that vectorises).
 Image resample_height(const Image& in, int height) {
   const AxisWeights w = axis_weights(in.height, height);
   const int ch = in.channels;
   const size_t row_bytes = static_cast<size_t>(in.width) * ch;
   Image out{in.width, height, ch, std::vector<uint8_t>(row_bytes * height)};
+  std::vector<int32_t> sums(row_bytes);
   for (int y = 0; y < height; ++y) {
     const int32_t* k = w.weights.data() + static_cast<size_t>(y) * w.taps;
-    uint8_t* dst = out.pixels.data() + row_bytes * y;
-    for (size_t i = 0; i < row_bytes; ++i) {
-      int32_t sum = 1 << (kWeightBits - 1);
-      for (int t = 0; t < w.count[y]; ++t) {
-        sum += in.pixels[row_bytes * (w.first[y] + t) + i] * k[t];
-      }
-      dst[i] = round_to_pixel(sum);
+    std::fill(sums.begin(), sums.end(), 1 << (kWeightBits - 1));
+    for (int t = 0; t < w.count[y]; ++t) {
+      const uint8_t* src = in.pixels.data() + row_bytes * (w.first[y] + t);
+      const int32_t weight = k[t];
+      int32_t* __restrict acc = sums.data();
+      for (size_t i = 0; i < row_bytes; ++i) acc[i] += src[i] * weight;
     }
+    uint8_t* dst = out.pixels.data() + row_bytes * y;
+    for (size_t i = 0; i < row_bytes; ++i) dst[i] = round_to_pixel(sums[i]);
   }
   return out;
 }
