@@ -276,9 +276,12 @@ void add_row(const float* __restrict row, int64_t rows, int64_t cols, float* __r
 // row_after (n floats, or null): added to every output row once its product is complete, as
 // a separate Add of that row would add it (bias: before the product, as Gemm's C). With one
 // pass over k the two orders are one sum (addition commutes), and the row goes in as the bias
-// does, at no cost; otherwise each block gets it after its last pass.
+// does, at no cost; otherwise each block gets it after its last pass. `activation` then acts
+// on each block after its last pass, while the block is in cache.
 void packed_linear(const GemmDims& d, const float* a, const float* bias, float* y,
-                   const float* prepared, const float* row_after = nullptr) {
+                   const float* prepared, const float* row_after = nullptr,
+                   std::optional<UnaryOp> activation = std::nullopt,
+                   const UnaryParams& activation_params = {}) {
   const LinearSplit s = linear_split(d, max_threads());
   const int64_t k = d.k;
   const int64_t n = d.n;
@@ -320,8 +323,9 @@ void packed_linear(const GemmDims& d, const float* a, const float* bias, float* 
                 }
               }
               packed_gemm_tile_add(kc, a_panel, w, kPackedCols, rows, cols, c_in, ldc_in, out, n);
-              if (row_after && !row_first && k0 + kc == k) {
-                add_row(row_after + c0, rows, cols, out, n);
+              if (k0 + kc == k) {
+                if (row_after && !row_first) add_row(row_after + c0, rows, cols, out, n);
+                if (activation) unary_rows_f32(*activation, activation_params, out, rows, cols, n);
               }
             }
           }
@@ -512,9 +516,11 @@ size_t matmul_workspace_bytes(const MatMulDims& dims, GemmWeightForm form) {
 }
 
 void matmul_add_row(const MatMulDims& d, const float* a, const float* b, const float* row, float* y,
-                    std::byte* workspace, const float* prepared_weights) {
+                    std::byte* workspace, const float* prepared_weights,
+                    std::optional<UnaryOp> activation, const UnaryParams& activation_params) {
   if (d.shared_b && prepared_weights && packed_linear_applies(matmul_folded_gemm(d))) {
-    packed_linear(matmul_folded_gemm(d), a, nullptr, y, prepared_weights, row);
+    packed_linear(matmul_folded_gemm(d), a, nullptr, y, prepared_weights, row, activation,
+                  activation_params);
     return;
   }
   matmul(d, a, b, y, workspace, prepared_weights);
@@ -523,6 +529,9 @@ void matmul_add_row(const MatMulDims& d, const float* a, const float* b, const f
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / d.n);
   parallel_for(rows, grain, [&](int64_t begin, int64_t end) {
     add_row(row, end - begin, d.n, y + begin * d.n, d.n);
+    if (activation) {
+      unary_rows_f32(*activation, activation_params, y + begin * d.n, end - begin, d.n, d.n);
+    }
   });
 }
 

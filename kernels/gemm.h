@@ -10,6 +10,7 @@
 #include <optional>
 #include <span>
 
+#include "kernels/elementwise.h"
 #include "kernels/parallel.h"
 #include "kernels/tensor.h"
 
@@ -103,9 +104,12 @@ void matmul(const MatMulDims& dims, const float* a, const float* b, float* y, st
             const float* prepared_weights = nullptr);
 // matmul(), then row (dims.n floats) added to every row of y: the bits of a MatMul followed by
 // an Add of that row (a Linear layer's bias as torch.onnx writes it for inputs of rank 3), with
-// the row added to each block of the packed product while the block is still in cache.
+// the row added to each block of the packed product while the block is still in cache. With an
+// activation, it follows the row on each block (unary_f32's bits: the node after the Add).
 void matmul_add_row(const MatMulDims& dims, const float* a, const float* b, const float* row,
-                    float* y, std::byte* workspace, const float* prepared_weights = nullptr);
+                    float* y, std::byte* workspace, const float* prepared_weights = nullptr,
+                    std::optional<UnaryOp> activation = std::nullopt,
+                    const UnaryParams& activation_params = {});
 
 // Runs fn(task, scratch) for every task in [0, tasks) on up to `slots` threads, each thread
 // holding one scratch region of slot_bytes from workspace (slots · slot_bytes in all). Tasks

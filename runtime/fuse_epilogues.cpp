@@ -85,14 +85,16 @@ bool clamp_of(const Node& n, float& lo, float& hi) {
 // one node as the module fusions match it (graph::match_single_activation: HardSwish,
 // HardSigmoid, Sigmoid, LeakyRelu, Elu, erf-form Gelu), or the runtime's Silu (fuse_silu),
 // written as the modules' activation attributes, which FusedConv reads as they do.
-bool output_activation_of(Node& n, graph::NodeSpec& spec) {
+// With `clamps`, Relu and Clip too (a convolution's output pass applies them as a clamp range
+// instead).
+bool output_activation_of(Node& n, graph::NodeSpec& spec, bool clamps = false) {
   std::optional<graph::Activation> a;
   if (n.op_type() == "Silu") {
     a.emplace().kind = "Silu";
   } else {
     a = graph::match_single_activation(n);
   }
-  if (!a || a->kind == "Relu" || a->kind == "Clip") return false;
+  if (!a || (!clamps && (a->kind == "Relu" || a->kind == "Clip"))) return false;
   graph::write_activation_attributes(spec, *a);
   return true;
 }
@@ -266,7 +268,9 @@ size_t fuse_matmul_add(graph::Graph& graph) {
     spec.op_type = "MatMulAdd";
     spec.inputs = {matmul->input(0), matmul->input(1),
                    add->input(0) == matmul->output(0) ? add->input(1) : add->input(0)};
-    Node* const chain[] = {matmul, add};
+    std::vector<Node*> chain = {matmul, add};
+    Node* next = sole_consumer(add->output(0));
+    if (next && output_activation_of(*next, spec, true)) chain.push_back(next);
     replace_chain(graph, std::move(spec), chain);
   }
   graph.remove_dead();

@@ -30,7 +30,10 @@ size_t fuse_gelu(graph::Graph& graph);
 // And a Linear layer as torch.onnx writes it for inputs of rank 3: MatMul(x, W) → Add(·, b), W a
 // constant matrix and b a constant row of W's width, becomes one MatMulAdd node whose kernel adds
 // b to each block of the product as soon as the block is complete (kernels::matmul_add_row), not
-// in a second pass over the output: the bits of the two nodes. Returns the number of pairs fused.
+// in a second pass over the output: the bits of the two nodes. An activation node after the Add
+// (the module fusions' single-node activations, Relu and Clip included, or Silu: run fuse_silu
+// and fuse_gelu first) joins it, applied to each block while it is in cache with its own
+// kernel's bits. Returns the number of pairs fused.
 size_t fuse_matmul_add(graph::Graph& graph);
 
 }  // namespace qforge::runtime

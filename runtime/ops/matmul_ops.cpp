@@ -1,4 +1,5 @@
 // Gemm and MatMul with broadcasting: shape inference, kernels with their backward.
+#include "runtime/ops/activation.h"
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -146,8 +147,13 @@ class MatMulKernel final : public OpKernel {
  public:
   // A constant B shared by every matrix of A (a Linear layer's weight) is packed for the
   // micro-kernel once, here (when that path applies).
-  MatMulKernel(kernels::MatMulDims dims, const Tensor* constant_weights, bool add_row = false)
+  MatMulKernel(kernels::MatMulDims dims, const Tensor* constant_weights, bool add_row = false,
+               const ActivationSpec& activation = {})
       : dims_(std::move(dims)), add_row_(add_row) {
+    if (activation.kind != ActivationKind::kNone) {
+      activation_ = unary_op_of(activation.kind);
+      activation_params_ = activation.params;
+    }
     const size_t floats = kernels::matmul_prepared_weight_floats(dims_);
     if (constant_weights && floats > 0) {
       prepared_.resize(floats);
@@ -166,7 +172,7 @@ class MatMulKernel final : public OpKernel {
     if (add_row_) {
       kernels::matmul_add_row(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
                               inputs[2].data<float>(), outputs[0].data<float>(), workspace,
-                              prepared);
+                              prepared, activation_, activation_params_);
       return;
     }
     kernels::matmul(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
@@ -190,6 +196,8 @@ class MatMulKernel final : public OpKernel {
  private:
   kernels::MatMulDims dims_;
   bool add_row_;
+  std::optional<kernels::UnaryOp> activation_;  // MatMulAdd's, after the row
+  kernels::UnaryParams activation_params_;
   std::vector<float> prepared_;
 };
 
@@ -203,7 +211,8 @@ std::unique_ptr<OpKernel> create_matmul(const Node& node, std::span<const InputI
 }
 
 // MatMulAdd's row: C holds one value per column of the product ([N], or [1, ..., 1, N] of at
-// most the output's rank), so that adding it to every row is the Add it replaced.
+// most the output's rank), so that adding it to every row is the Add it replaced. Its
+// `activation` attributes (a module's) name the activation node it also replaced, if any.
 kernels::MatMulDims setup_matmul_add(const Node& node, std::span<const InputInfo> inputs) {
   kernels::MatMulDims dims = setup_matmul(node, inputs);
   const InputInfo& c = float_input(node, inputs, 2, "C");
@@ -218,12 +227,14 @@ kernels::MatMulDims setup_matmul_add(const Node& node, std::span<const InputInfo
 }
 
 std::vector<TensorInfo> infer_matmul_add(const Node& node, std::span<const InputInfo> inputs) {
+  activation_of(node);  // an unknown activation is an error here, before any run
   return one_output(node, setup_matmul_add(node, inputs).out_shape);
 }
 
 std::unique_ptr<OpKernel> create_matmul_add(const Node& node, std::span<const InputInfo> inputs,
                                             std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<MatMulKernel>(setup_matmul_add(node, inputs), inputs[1].constant, true);
+  return std::make_unique<MatMulKernel>(setup_matmul_add(node, inputs), inputs[1].constant, true,
+                                        activation_of(node));
 }
 
 }  // namespace
