@@ -519,11 +519,16 @@ Image drop_alpha(Image image) {
 
 void load_image(const std::string& path, const Preprocess& p, float* out) {
   std::vector<uint8_t> bytes = read_bytes(path);
+  // A JPEG's decoded pixels, kept from image to image on each thread: a photo's are megabytes,
+  // which fresh memory would fault in page by page for every image.
+  thread_local std::vector<uint8_t> decoded;
   Image image;
+  bool reuse = false;
   if (is_jpeg(bytes)) {
     JpegReader reader(bytes, path);
     check_header({reader.width(), reader.height(), reader.channels(), false}, p, path);
-    image = reader.read_image();
+    image = reader.read_image(std::move(decoded));
+    reuse = true;
   } else if (bytes.size() >= 8 && png_sig_cmp(bytes.data(), 0, 8) == 0) {
     PngReader reader(bytes, path);
     reader.read_header();
@@ -533,15 +538,21 @@ void load_image(const std::string& path, const Preprocess& p, float* out) {
     image = decode_image(bytes, path);  // throws naming the file
   }
   image = drop_alpha(std::move(image));
+  // The decoded pixels go back to `decoded` once a step has made the image anew.
+  const auto replace = [&](Image next) {
+    if (reuse) decoded = std::move(image.pixels);
+    reuse = false;
+    image = std::move(next);
+  };
   if (!p.resize.empty()) {
     auto [width, height] = resized_size(image.width, image.height, p.resize);
     // torchvision returns the image itself when the size does not change.
     if (width != image.width || height != image.height) {
-      image = resize_bilinear(image, width, height);
+      replace(resize_bilinear(image, width, height));
     }
   }
   if (!p.crop.empty()) {
-    image = center_crop(image, p.crop[0], p.crop.size() == 2 ? p.crop[1] : p.crop[0]);
+    replace(center_crop(image, p.crop[0], p.crop.size() == 2 ? p.crop[1] : p.crop[0]));
   }
   const size_t plane = static_cast<size_t>(p.height) * p.width;
   const int stride = image.channels;
@@ -561,6 +572,7 @@ void load_image(const std::string& path, const Preprocess& p, float* out) {
       }
     }
   }
+  if (reuse) decoded = std::move(image.pixels);
   check_finite(out, plane * p.channels, path + ": preprocessed pixels");
 }
 

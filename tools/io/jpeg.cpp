@@ -54,10 +54,11 @@ void JpegReader::fail(const char* stage) const {
                 ")");
 }
 
-Image JpegReader::read_image() {
+Image JpegReader::read_image(std::vector<uint8_t> storage) {
   const int stored_channels = cmyk_ ? 4 : channels_;
   const int format = cmyk_ ? TJPF_CMYK : (channels_ == 1 ? TJPF_GRAY : TJPF_RGB);
-  std::vector<uint8_t> stored(static_cast<size_t>(width_) * height_ * stored_channels);
+  std::vector<uint8_t> stored = std::move(storage);
+  stored.resize(static_cast<size_t>(width_) * height_ * stored_channels);
   // PIL's settings: the accurate islow IDCT and fancy upsampling (TurboJPEG's default; the
   // flag TJFLAG_FASTUPSAMPLE would turn it off). Progressive files with an absurd number of
   // scans are refused rather than decoded for minutes.

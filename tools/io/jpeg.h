@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tools/io/image.h"
 
@@ -31,8 +32,10 @@ class JpegReader {
   bool cmyk() const { return cmyk_; }
 
   // Gray images decode to 1 channel, color ones to RGB; CMYK and YCCK images are read as PIL
-  // reads them (Adobe's inverted CMYK) and converted to RGB as PIL's convert("RGB") does.
-  Image read_image();
+  // reads them (Adobe's inverted CMYK) and converted to RGB as PIL's convert("RGB") does. The
+  // pixels go into `storage`, whose memory a caller decoding many images can pass back each
+  // time (a photo's pixels are megabytes, fresh pages each time otherwise).
+  Image read_image(std::vector<uint8_t> storage = {});
 
  private:
   [[noreturn]] void fail(const char* stage) const;

@@ -169,10 +169,9 @@ Image resize_bilinear(const Image& image, int width, int height) {
     throw_invalid("resize: expected a positive size, got " + std::to_string(width) + "×" +
                   std::to_string(height));
   }
-  Image out = image;
-  if (width != out.width) out = resample_width(out, width);
-  if (height != out.height) out = resample_height(out, height);
-  return out;
+  if (width == image.width) return height == image.height ? image : resample_height(image, height);
+  Image wide = resample_width(image, width);
+  return height == wide.height ? wide : resample_height(wide, height);
 }
 
 Image center_crop(const Image& image, int height, int width) {
