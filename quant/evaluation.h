@@ -78,7 +78,8 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
 
 // `reference` run once over the samples, then each of `quantized` in turn (one model in memory
 // at a time), each compared with the reference as evaluate compares them (no flip injections;
-// the reference outputs are held in memory). `progress` gets a bar over the reference's
+// the reference outputs are held in memory, and so are the samples, read once, when there are
+// several models and the samples take at most 256 MiB). `progress` gets a bar over the reference's
 // samples and one over the quantized models. With `stop`, the models after the first whose
 // evaluation it accepts are neither loaded nor run.
 std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
