@@ -74,48 +74,50 @@ uint8_t round_to_pixel(int32_t sum) {
   return static_cast<uint8_t>(std::clamp<int32_t>(v, 0, 255));
 }
 
-// Output pixels [0, width) of one row along x, C channels interleaved: every channel's sum over
-// the output's taps at once, so that each tap's weight and pixels are read once.
+// Every row of `in` along x into `out` (width pixels, C channels interleaved): for each output
+// pixel, every channel's sum over its taps at once, so that each tap's weight and pixels are
+// read once.
 template <int C>
-void resample_row(const uint8_t* row, const AxisWeights& w, int width, uint8_t* dst) {
-  for (int x = 0; x < width; ++x) {
-    const int32_t* k = w.weights.data() + static_cast<size_t>(x) * w.taps;
-    const uint8_t* p = row + static_cast<size_t>(w.first[x]) * C;
-    int32_t sum[C];
-    for (int c = 0; c < C; ++c) sum[c] = 1 << (kWeightBits - 1);
-    for (int t = 0; t < w.count[x]; ++t) {
-      for (int c = 0; c < C; ++c) sum[c] += p[t * C + c] * k[t];
+void resample_rows(const Image& in, const AxisWeights& w, Image& out) {
+  const int width = out.width;
+  for (int y = 0; y < in.height; ++y) {
+    const uint8_t* row = in.pixels.data() + static_cast<size_t>(y) * in.width * C;
+    uint8_t* dst = out.pixels.data() + static_cast<size_t>(y) * width * C;
+    for (int x = 0; x < width; ++x) {
+      const int32_t* k = w.weights.data() + static_cast<size_t>(x) * w.taps;
+      const uint8_t* p = row + static_cast<size_t>(w.first[x]) * C;
+      int32_t sum[C];
+      for (int c = 0; c < C; ++c) sum[c] = 1 << (kWeightBits - 1);
+      for (int t = 0; t < w.count[x]; ++t) {
+        for (int c = 0; c < C; ++c) sum[c] += p[t * C + c] * k[t];
+      }
+      for (int c = 0; c < C; ++c) dst[x * C + c] = round_to_pixel(sum[c]);
     }
-    for (int c = 0; c < C; ++c) dst[x * C + c] = round_to_pixel(sum[c]);
   }
 }
 
-// One pass along x: every row of `in` resampled to `width` pixels. The sums are of integers,
-// so their order leaves them as they are.
+// One pass along x: every row of `in` resampled to `width` pixels, into `storage`'s memory. The
+// sums are of integers, so their order leaves them as they are.
 Image resample_width(const Image& in, int width, std::vector<uint8_t> storage = {}) {
   const AxisWeights w = axis_weights(in.width, width);
   const int ch = in.channels;
   storage.resize(static_cast<size_t>(width) * in.height * ch);
   Image out{width, in.height, ch, std::move(storage)};
-  for (int y = 0; y < in.height; ++y) {
-    const uint8_t* row = in.pixels.data() + static_cast<size_t>(y) * in.width * ch;
-    uint8_t* dst = out.pixels.data() + static_cast<size_t>(y) * width * ch;
-    switch (ch) {
-      case 1:
-        resample_row<1>(row, w, width, dst);
-        break;
-      case 2:
-        resample_row<2>(row, w, width, dst);
-        break;
-      case 3:
-        resample_row<3>(row, w, width, dst);
-        break;
-      case 4:
-        resample_row<4>(row, w, width, dst);
-        break;
-      default:
-        throw_internal("resize: " + std::to_string(ch) + " channels");
-    }
+  switch (ch) {
+    case 1:
+      resample_rows<1>(in, w, out);
+      break;
+    case 2:
+      resample_rows<2>(in, w, out);
+      break;
+    case 3:
+      resample_rows<3>(in, w, out);
+      break;
+    case 4:
+      resample_rows<4>(in, w, out);
+      break;
+    default:
+      throw_internal("resize: " + std::to_string(ch) + " channels");
   }
   return out;
 }
