@@ -144,7 +144,7 @@ Evaluation reference_pass(const ModelLoader& reference, const SampleSource& data
 void quantized_pass(const ModelLoader& quantized, const SampleSource& data,
                     std::span<const size_t> indices, const EvaluationSetup& setup,
                     ProgressBar& progress, FloatStore& expected, Evaluation& result,
-                    kernels::Tensor* first_batch) {
+                    kernels::Tensor* first_batch, int64_t* first_count) {
   runtime::SessionOptions one_shape;
   one_shape.executor.release_prepared_constants = true;
   runtime::Session session(quantized(), one_shape);
@@ -154,7 +154,10 @@ void quantized_pass(const ModelLoader& quantized, const SampleSource& data,
   for_each_batch(
       data, indices, setup.batch, true, progress,
       [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
-        if (first_batch && !first_batch->defined()) *first_batch = input.clone();
+        if (first_batch && !first_batch->defined()) {
+          *first_batch = input.clone();
+          *first_count = static_cast<int64_t>(count);
+        }
         const kernels::Tensor got = float_output(setup.stage, session.run(input), count);
         kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
         expected.read(expected_rows.span<float>());
@@ -194,15 +197,18 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
   const std::vector<size_t> indices = evaluation_indices(data, setup);
   std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
   Evaluation result = reference_pass(reference, data, indices, setup, progress_factory, *expected);
-  kernels::Tensor first_batch;  // the flip injections run on it
+  kernels::Tensor first_batch;  // the flip injections run on its first first_count rows
+  int64_t first_count = 0;
   {
     const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
-    quantized_pass(quantized, data, indices, setup, *progress, *expected, result, &first_batch);
+    quantized_pass(quantized, data, indices, setup, *progress, *expected, result, &first_batch,
+                   &first_count);
     progress->finish();
   }
   if (setup.flip_injections > 0) {
-    result.flips = flip_sensitivity(quantized(), first_batch,
-                                    {.injections = setup.flip_injections, .seed = setup.flip_seed});
+    result.flips = flip_sensitivity(
+        quantized(), first_batch,
+        {.injections = setup.flip_injections, .seed = setup.flip_seed, .samples = first_count});
   }
   return result;
 }
@@ -230,7 +236,7 @@ std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
   for (const ModelLoader& model : quantized) {
     Evaluation result = base;
     MemoryFloatStore replay = expected;  // read from its start for each model
-    quantized_pass(model, samples, indices, setup, *silent, replay, result, nullptr);
+    quantized_pass(model, samples, indices, setup, *silent, replay, result, nullptr, nullptr);
     results.push_back(std::move(result));
     progress->advance(1);
     if (stop && stop(results.back())) break;

@@ -4,6 +4,11 @@
 // Over a seeded sample of such injections, the median and 90th percentile are the size of
 // difference to expect between qforge's fake-quant and any deployed runtime from rounding alone
 // (float summation order decides on which side a value near a boundary lands).
+//
+// Samples do not see each other in a model whose batch runtime::free_batch can follow, so one
+// forward pass carries one injection per sample and measures each on its own sample's output:
+// 32 injections on a batch of 32 take two passes (the unperturbed one and one with every flip),
+// not 33. A model whose batch cannot be followed takes one pass per injection.
 #pragma once
 
 #include <cstdint>
@@ -18,13 +23,20 @@ namespace qforge::quant {
 struct FlipSensitivityOptions {
   int64_t injections = 32;
   uint64_t seed = 0;
+  // The input's first rows that are distinct samples (the rest repeat one to fill a fixed
+  // batch); injections go to these. 0: every row.
+  int64_t samples = 0;
+  // One injection per pass even where the model's samples are independent: the same draws and
+  // the same figures, one pass each (a check of the batched passes).
+  bool one_per_pass = false;
 };
 
 struct FlipSensitivity {
   int64_t injections = 0;
   int64_t points = 0;  // activation points the injections were drawn from
-  // Relative L2 change of the flipped sample's first output (the row that changed most), per
-  // injection, in draw order.
+  int64_t passes = 0;  // forward passes with injections in them
+  // Relative L2 change of the flipped sample's part of the first output, per injection, in draw
+  // order (where the batch cannot be followed: of the output row that changed most).
   std::vector<double> changes;
   double median = 0;
   double p90 = 0;
@@ -32,9 +44,11 @@ struct FlipSensitivity {
 
 // Injects options.injections flips into `model` (a Q/DQ graph as loaded; resolved here at the
 // input's shape) running `input` (a single-input model): each draws a point uniformly, then an
-// element of it uniformly, moves that element's integer one step towards its pre-quant value's
-// other neighbour (saturation permitting) and runs the model. Deterministic for a seed, any
-// thread count. Invalid error when the model has no activation point.
+// element of it uniformly (where the batch can be followed: injection k goes to sample
+// k mod samples, and the element is drawn from that sample's part of the point), moves that
+// element's integer one step towards its pre-quant value's other neighbour (saturation
+// permitting) and runs the model. Deterministic for a seed, any thread count. Invalid error when
+// the model has no activation point.
 FlipSensitivity flip_sensitivity(const graph::Graph& model, const kernels::Tensor& input,
                                  const FlipSensitivityOptions& options = {});
 // The same on a model the call consumes: its weights are released as the executor prepares them

@@ -386,6 +386,43 @@ TEST(CalibratePipeline, ResultWithMoreSkipsIsWhatCalibrateReturnsWithThem) {
       bytes_of(quant::fused_graph_for_export(graph::load_onnx(kResnet), skipped, again), again));
 }
 
+// Where a model's samples are independent, one pass carries an injection per sample and each
+// injection is measured on its own sample's output: the figures of one pass per injection, on
+// families whose points lay the batch out in other ways (Swin's windows, attention's heads) and
+// with dense outputs (YOLO's boxes, U-Net's map). An injection measured on another sample's
+// output, or drawn from an element outside its sample, gives 0 or another injection's change.
+TEST(FlipSensitivity, OnePassOfAnInjectionPerSampleGivesEachInjectionsOwnChange) {
+  for (const std::string family : {"resnet", "vit", "swin", "yolo", "unet"}) {
+    SCOPED_TRACE(family);
+    const std::string path = data_path("models/" + family + "_bn.onnx");
+    const kernels::Tensor input = io::read_npy(data_path("golden/" + family + "_input.npy"));
+    ASSERT_EQ(input.dim(0), 4);
+    const TensorSamples data(input);
+    quant::CalibrationSetup setup;
+    setup.batch = 4;
+    setup.limit = 4;
+    const quant::CalibrationResult r =
+        quant::calibrate(graph::load_onnx(path), quant::model_file(path), data, setup);
+    const auto qdq = graph::parse_onnx(
+        bytes_of(quant::fused_graph_for_export(graph::load_onnx(path), setup, r), r), family);
+    const quant::FlipSensitivity batched =
+        quant::flip_sensitivity(*qdq, input, {.injections = 12, .seed = 5});
+    const quant::FlipSensitivity single =
+        quant::flip_sensitivity(*qdq, input, {.injections = 12, .seed = 5, .one_per_pass = true});
+    EXPECT_EQ(batched.passes, 3);
+    EXPECT_EQ(single.passes, 12);
+    EXPECT_EQ(batched.changes, single.changes);
+    EXPECT_GT(batched.p90, 0.0);
+    // Three distinct samples in a batch of four (the last row pads it): passes of three.
+    const quant::FlipSensitivity three =
+        quant::flip_sensitivity(*qdq, input, {.injections = 12, .seed = 5, .samples = 3});
+    const quant::FlipSensitivity three_single = quant::flip_sensitivity(
+        *qdq, input, {.injections = 12, .seed = 5, .samples = 3, .one_per_pass = true});
+    EXPECT_EQ(three.passes, 4);
+    EXPECT_EQ(three.changes, three_single.changes);
+  }
+}
+
 TEST(CalibratePipeline, SetupOutOfRangeAndEmptyDataAreRejected) {
   const kernels::Tensor input = io::read_npy(data_path("golden/resnet_input.npy"));
   const TensorSamples data(input);

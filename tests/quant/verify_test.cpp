@@ -18,6 +18,7 @@
 #include "quant/verify.h"
 #include "runtime/resolve.h"
 #include "tests/support/errors.h"
+#include "tests/support/graph_builders.h"
 
 namespace qforge {
 namespace {
@@ -255,6 +256,80 @@ TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
   const quant::FlipSensitivity again =
       quant::flip_sensitivity(*g, in, {.injections = 20, .seed = 3});
   EXPECT_EQ(again.changes, f.changes);
+}
+
+// A model that sums over its batch mixes the samples: each injection takes a pass of its own, and
+// moves the sum of its column by one step.
+TEST(FlipSensitivity, AModelThatMixesItsSamplesTakesAPassPerInjection) {
+  auto g = std::make_unique<graph::Graph>();
+  g->opset = 13;
+  graph::Value* x = g->add_input("x", DType::kFloat32, graph::Shape{3, 4});
+  graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.125f}));
+  graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
+  graph::Value* axes = g->add_constant("axes", Tensor::from_vector<int64_t>({1}, {0}));
+  graph::Value* q =
+      g->add_node(
+           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
+          ->output(0);
+  graph::Value* dq = g->add_node({.name = "DQ",
+                                  .op_type = "DequantizeLinear",
+                                  .inputs = {q, s, zp},
+                                  .output_names = {"dq"}})
+                         ->output(0);
+  g->mark_output(
+      g->add_node(
+           {.name = "sum", .op_type = "ReduceSum", .inputs = {dq, axes}, .output_names = {"y"}})
+          ->output(0));
+  // Multiples of the step: the column sums are exact, and so is the step a flip adds to one.
+  const std::vector<float> values = {0.25f, 0.5f,   1.0f, -0.75f, 0.125f, 0.375f,
+                                     -1.5f, 0.625f, 2.0f, 0.25f,  0.5f,   1.25f};
+  const Tensor in = Tensor::from_vector<float>({3, 4}, values);
+  const quant::FlipSensitivity f = quant::flip_sensitivity(*g, in, {.injections = 6});
+  EXPECT_EQ(f.passes, 6);
+  const double norm = std::sqrt(2.375 * 2.375 + 1.125 * 1.125 + 0.0 + 1.125 * 1.125);
+  ASSERT_EQ(f.changes.size(), 6u);
+  for (double c : f.changes) EXPECT_DOUBLE_EQ(c, 0.125 / norm);
+}
+
+// Points where the batch is not the outer axis: tokens first ([3, B, 5], nn.MultiheadAttention's
+// layout), then tokens folded with the batch ([3·B, 5]). Every value is a multiple of the step
+// and both points share it, so a flip moves one output element by exactly one step: injection
+// k, in sample k mod 4, changes that sample's output by s / ‖x_sample‖, whichever point it hit.
+TEST(FlipSensitivity, InjectionsFollowTheBatchThroughTransposesAndFolds) {
+  using testing::add;
+  using testing::int_const;
+  auto g = std::make_unique<graph::Graph>();
+  g->opset = 13;
+  graph::Value* x = g->add_input("x", DType::kFloat32, graph::Shape{4, 3, 5});
+  graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.125f}));
+  graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
+  const auto qdq = [&](const std::string& name, graph::Value* v) {
+    graph::Value* q = add(*g, name + "_q", "QuantizeLinear", {v, s, zp});
+    return add(*g, name + "_dq", "DequantizeLinear", {q, s, zp});
+  };
+  graph::Value* t =
+      add(*g, "tokens_first", "Transpose", {x}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+  graph::Value* rows = add(*g, "fold", "Reshape", {qdq("a", t), int_const(*g, "rows", {12, 5})});
+  graph::Value* unfold =
+      add(*g, "unfold", "Reshape", {qdq("b", rows), int_const(*g, "tokens", {3, 4, 5})});
+  g->mark_output(
+      add(*g, "batch_first", "Transpose", {unfold}, {{"perm", std::vector<int64_t>{1, 0, 2}}}));
+  std::vector<float> values(60);
+  for (size_t i = 0; i < values.size(); ++i) {
+    values[i] =
+        0.125f * static_cast<float>(static_cast<int>(i * i % 29) - 14 + static_cast<int>(i / 15));
+  }
+  const Tensor in = Tensor::from_vector<float>({4, 3, 5}, values);
+  const quant::FlipSensitivity f = quant::flip_sensitivity(*g, in, {.injections = 16, .seed = 1});
+  EXPECT_EQ(f.points, 2);
+  EXPECT_EQ(f.passes, 4);
+  ASSERT_EQ(f.changes.size(), 16u);
+  for (size_t k = 0; k < f.changes.size(); ++k) {
+    double norm = 0;
+    for (size_t i = 0; i < 15; ++i)
+      norm += std::pow(static_cast<double>(values[(k % 4) * 15 + i]), 2);
+    EXPECT_DOUBLE_EQ(f.changes[k], 0.125 / std::sqrt(norm)) << "injection " << k;
+  }
 }
 
 // A model flip_sensitivity may consume gives the figures of the caller's model, whose weights the

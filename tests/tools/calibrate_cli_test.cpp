@@ -85,12 +85,15 @@ TEST(CalibrateCli, ResnetWritesQdqModelWithFigures) {
   EXPECT_GT(e["float_top1"].get<double>(), 0.5);
   EXPECT_GT(e["int8_top1"].get<double>(), 0.5);
 
-  // Flip sensitivity: 32 seeded injections over every activation point; median and 90th
-  // percentile of the changes as the report lists them.
+  // Flip sensitivity: 32 seeded injections over every activation point, one per sample of the
+  // first batch of 16 in each pass; median and 90th percentile of the changes as the report
+  // lists them.
   EXPECT_NE(r.out.find("one flip     moves a sample's output by "), std::string::npos) << r.out;
   const auto& f = e["flip_sensitivity"];
   EXPECT_EQ(f["injections"], 32);
   EXPECT_EQ(f["seed"], 0);
+  EXPECT_EQ(f["passes"], 2);
+  EXPECT_NE(r.out.find("points in 2 passes, seed 0)"), std::string::npos) << r.out;
   EXPECT_EQ(f["points"].get<size_t>(), j["counts"]["activation_pairs"].get<size_t>() +
                                            j["counts"]["softmax_pairs"].get<size_t>());
   std::vector<double> changes = f["changes"].get<std::vector<double>>();

@@ -502,9 +502,10 @@ int run_calibrate(const CalibrateOptions& o) {
     std::printf(
         "one flip     moves a sample's output by %.3g (median), %.3g (90th percentile) relative "
         "L2: the rounding difference to expect from any other runtime (%lld injections at "
-        "random elements of %lld points, seed %llu)\n",
+        "random elements of %lld points in %lld passes, seed %llu)\n",
         flips->median, flips->p90, static_cast<long long>(flips->injections),
-        static_cast<long long>(flips->points), static_cast<unsigned long long>(kFlipSeed));
+        static_cast<long long>(flips->points), static_cast<long long>(flips->passes),
+        static_cast<unsigned long long>(kFlipSeed));
   }
 
   if (sensitivity) print_sensitivity(*sensitivity, eval_name);
@@ -572,6 +573,7 @@ int run_calibrate(const CalibrateOptions& o) {
     if (flips) {
       evaluation["flip_sensitivity"] = {{"injections", flips->injections},
                                         {"points", flips->points},
+                                        {"passes", flips->passes},
                                         {"seed", kFlipSeed},
                                         {"median_relative_l2", flips->median},
                                         {"p90_relative_l2", flips->p90},
@@ -700,9 +702,10 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       ->default_str("0.5")
       ->type_name("ALPHA");
   cmd->add_option("--flip-injections", opts->flip_injections,
-                  "rounding flips injected one at a time into the written model, on the first "
-                  "evaluation batch, to report the output change one flip causes (median and "
-                  "90th percentile; default 32, 0 skips it)")
+                  "rounding flips injected into the written model, one per sample of the first "
+                  "evaluation batch in each pass (one per pass where the samples meet), to report "
+                  "the output change one flip causes (median and 90th percentile; default 32, 0 "
+                  "skips it)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option_function<int64_t>(
          "--sensitivity", [opts](const int64_t& n) { opts->sensitivity = n; },
