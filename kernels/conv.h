@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "kernels/elementwise.h"
+#include "kernels/fake_quant.h"
 
 namespace qforge::kernels {
 
@@ -99,6 +100,9 @@ struct ConvEpilogue {
   // output run as soon as it is written, with the bits unary_f32 gives each value.
   std::optional<UnaryOp> activation;
   UnaryParams activation_params;
+  // A QuantizeLinear → DequantizeLinear of every output on one grid (the runtime's FakeQuant of
+  // the convolution's output), after the activation, with the bits fake_quant_linear gives.
+  std::optional<TensorGrid> quant;
 };
 
 // Which GEMM a plan uses: kAuto picks by the geometry (the packed GEMM where it was measured to

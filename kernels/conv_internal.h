@@ -87,11 +87,12 @@ inline void finish_run(const ChannelFinish& f, float* y, const float* residual, 
   }
 }
 
-// The epilogue's activation, where it has one, over `rows` runs of `count` outputs `ld` apart
-// that the rest of the epilogue has finished.
+// The epilogue's activation and then its fake quant, where it has them, over `rows` runs of
+// `count` outputs `ld` apart that the rest of the epilogue has finished.
 inline void activate_runs(const ConvEpilogue& e, float* y, int64_t rows, int64_t count,
                           int64_t ld) {
   if (e.activation) unary_rows_f32(*e.activation, e.activation_params, y, rows, count, ld);
+  if (e.quant) fake_quant_linear_rows(*e.quant, y, rows, count, ld);
 }
 
 // Winograd F(2×2, 3×3) (conv_winograd.cpp).

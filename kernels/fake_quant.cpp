@@ -638,4 +638,57 @@ void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y) {
   });
 }
 
+void check_tensor_grid(const char* what, const TensorGrid& grid) {
+  const IntRange range = int_range(what, grid.dtype);
+  if (!std::isfinite(grid.scale) || grid.scale <= 0.0f) {
+    throw_invalid(std::string(what)
+                      .append(": expected a finite scale > 0, got ")
+                      .append(std::to_string(grid.scale)));
+  }
+  if (grid.zero_point < range.lo || grid.zero_point > range.hi) {
+    throw_invalid(std::string(what)
+                      .append(": expected a zero point in [")
+                      .append(std::to_string(range.lo))
+                      .append(", ")
+                      .append(std::to_string(range.hi))
+                      .append("], got ")
+                      .append(std::to_string(grid.zero_point)));
+  }
+}
+
+void fake_quant_linear_rows(const TensorGrid& grid, float* y, int64_t rows, int64_t count,
+                            int64_t ld) {
+  const IntRange range = int_range("fake_quant_linear_rows", grid.dtype);
+  const float lo = static_cast<float>(range.lo - grid.zero_point);
+  const float hi = static_cast<float>(range.hi - grid.zero_point);
+  const float scale = grid.scale;
+#if defined(__AVX512F__)
+  // grid_offset's operations in its order, 16 lanes at a time and the row's tail under a mask:
+  // the runs an output pass hands over can be a few outputs long.
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const __m512 vlo = _mm512_set1_ps(lo);
+  const __m512 vhi = _mm512_set1_ps(hi);
+  const __m512 magic = _mm512_set1_ps(kRoundMagic);
+  const auto one = [&](float* p, __mmask16 m) {
+    const __m512 quotient = _mm512_div_ps(_mm512_maskz_loadu_ps(m, p), vscale);
+    __m512 v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(quotient, vlo, _CMP_LT_OQ), quotient, vlo);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, vhi, _CMP_GT_OQ), v, vhi);
+    v = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+    const __m512 offset = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+    _mm512_mask_storeu_ps(p, m, _mm512_mul_ps(offset, vscale));
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * ld;
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) one(row + i, 0xFFFF);
+    if (i < count) one(row + i, static_cast<__mmask16>((1u << (count - i)) - 1u));
+  }
+#else
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * ld;
+    for (int64_t i = 0; i < count; ++i) row[i] = grid_offset(row[i], scale, lo, hi) * scale;
+  }
+#endif
+}
+
 }  // namespace qforge::kernels

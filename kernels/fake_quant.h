@@ -101,6 +101,21 @@ void dequantize_linear(const Tensor& q, const QuantGrid& grid, Tensor& y);
 // tensor. y may alias x.
 void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y);
 
+// One grid for a whole tensor: a scalar scale and zero point.
+struct TensorGrid {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+  DType dtype = DType::kInt8;
+};
+
+// fake_quant_linear on one tensor-wide grid over `rows` runs of `count` floats `ld` apart, in
+// place, with the same bits: a producer's output pass applies it to each block it has written
+// while the block is in cache. Invalid error for a grid fake_quant_linear would reject.
+void fake_quant_linear_rows(const TensorGrid& grid, float* y, int64_t rows, int64_t count,
+                            int64_t ld);
+// The checks fake_quant_linear_rows makes, for a caller that builds the grid once.
+void check_tensor_grid(const char* what, const TensorGrid& grid);
+
 // fake_quant_linear's y, and the record a training forward keeps of it in place of x: q,
 // quantize_linear's integers (dequantize_linear(q) is y again, bit for bit), and `pass`, a mask
 // of x's elements (kernels/mask.h, mask_bytes(x.numel())) set where the straight-through

@@ -4,8 +4,11 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
+#include "kernels/error.h"
+#include "kernels/fake_quant.h"
 #include "runtime/fusion_util.h"
 
 namespace qforge::runtime {
@@ -99,6 +102,56 @@ size_t fuse_qdq(graph::Graph& graph) {
   }
   graph.remove_dead();
   return fused;
+}
+
+size_t fuse_conv_output_quant(graph::Graph& graph) {
+  std::vector<std::pair<Node*, Node*>> pairs;  // convolution, FakeQuant
+  for (Node* fq : graph.nodes()) {
+    if (fq->op_type() != "FakeQuant") continue;
+    Value* x = fq->input(0);
+    Node* conv = x->producer();
+    if (!conv || (conv->op_type() != "Conv" && conv->op_type() != "FusedConv") ||
+        sole_consumer(x) != fq || x->dtype() != DType::kFloat32 || !fq->input(1)->is_constant() ||
+        !fq->input(2)->is_constant()) {
+      continue;
+    }
+    const Tensor& scale = fq->input(1)->constant();
+    const Tensor& zero_point = fq->input(2)->constant();
+    if (!per_tensor(scale) || scale.dtype() != DType::kFloat32 || zero_point.numel() != 1) continue;
+    kernels::TensorGrid grid;
+    grid.scale = scale.data<float>()[0];
+    grid.dtype = zero_point.dtype();
+    if (grid.dtype == DType::kInt8) {
+      grid.zero_point = zero_point.data<int8_t>()[0];
+    } else if (grid.dtype == DType::kUInt8) {
+      grid.zero_point = zero_point.data<uint8_t>()[0];
+    } else {
+      continue;
+    }
+    try {
+      kernels::check_tensor_grid("FakeQuant", grid);
+    } catch (const Error&) {
+      continue;  // the FakeQuant kernel names the node
+    }
+    pairs.emplace_back(conv, fq);
+  }
+  for (auto [conv, fq] : pairs) {
+    graph::NodeSpec spec;
+    spec.name = conv->name();
+    spec.op_type = "FusedConv";
+    spec.attributes = conv->attributes();
+    spec.attributes["quant_scale"] = fq->input(1)->constant().data<float>()[0];
+    const Tensor& zero_point = fq->input(2)->constant();
+    const bool is_unsigned = zero_point.dtype() == DType::kUInt8;
+    spec.attributes["quant_zero_point"] = is_unsigned ? int64_t{zero_point.data<uint8_t>()[0]}
+                                                      : int64_t{zero_point.data<int8_t>()[0]};
+    spec.attributes["quant_unsigned"] = int64_t{is_unsigned};
+    spec.inputs.assign(conv->inputs().begin(), conv->inputs().end());
+    Node* const chain[] = {conv, fq};
+    replace_chain(graph, std::move(spec), chain);
+  }
+  graph.remove_dead();
+  return pairs.size();
 }
 
 }  // namespace qforge::runtime

@@ -16,4 +16,11 @@ namespace qforge::runtime {
 // per-axis pair uses the same axis.
 size_t fuse_qdq(graph::Graph& graph);
 
+// After fuse_qdq (and fuse_conv_epilogues): a FakeQuant on one tensor-wide grid that is the only
+// reader of a Conv's or FusedConv's output joins that convolution as a FusedConv whose output
+// pass applies it to each block it writes (kernels::ConvEpilogue::quant, the same bits), so the
+// unquantized output is never written. A grid the FakeQuant kernel would reject stays apart, to
+// fail there. Returns the number fused.
+size_t fuse_conv_output_quant(graph::Graph& graph);
+
 }  // namespace qforge::runtime

@@ -72,7 +72,10 @@ Session::Compiled& Session::compiled_for(const std::vector<graph::Shape>& input_
     fuse_conv_epilogues(*c.graph);
     fuse_matmul_add(*c.graph);
   }
-  if (options_.fuse_qdq) fuse_qdq(*c.graph);
+  if (options_.fuse_qdq) {
+    fuse_qdq(*c.graph);
+    if (options_.fuse_conv_epilogues) fuse_conv_output_quant(*c.graph);
+  }
   c.executor = std::make_unique<Executor>(*c.graph, options_.executor);
   return compiled_.emplace(input_shapes, std::move(c)).first->second;
 }

@@ -22,7 +22,8 @@ struct SessionOptions {
   // (runtime/fuse_epilogues.h). Off when every intermediate value must stay observable.
   bool fuse_conv_epilogues = true;
   // Run QuantizeLinear → DequantizeLinear pairs with constant parameters as one FakeQuant
-  // (runtime/fuse_qdq.h); same results, no integer tensor.
+  // (runtime/fuse_qdq.h); same results, no integer tensor. With fuse_conv_epilogues too, a
+  // FakeQuant that alone reads a convolution's output runs in that convolution's output pass.
   bool fuse_qdq = true;
   // With executor.release_prepared_constants the session runs one input shape only: its
   // weights are released while that plan is compiled (ExecutorOptions).

@@ -79,7 +79,8 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
 // scale/shift (an inference BatchNormalization), a residual add, a clamp (Relu, Clip) and then
 // another activation (SiLU, HardSwish, Sigmoid, …).
 // FusedConv inputs: X, W, B?, scale?, shift?, residual?; attributes: Conv's plus
-// clamp_min/clamp_max and a module's `activation` (with its alpha and beta).
+// clamp_min/clamp_max, a module's `activation` (with its alpha and beta) and an output fake
+// quant (quant_scale, quant_zero_point, quant_unsigned: runtime/fuse_qdq.h).
 class ConvKernel final : public OpKernel {
  public:
   // Constant weights are brought into the algorithm's form once, here. `fixed`: the clamp and
@@ -169,6 +170,19 @@ kernels::ConvEpilogue fused_conv_epilogue(const Node& node) {
   if (act.kind != ActivationKind::kNone) {
     e.activation = unary_op_of(act.kind);
     e.activation_params = act.params;
+  }
+  if (node.has_attr("quant_scale")) {
+    kernels::TensorGrid grid;
+    grid.scale = node.attr_float("quant_scale", 1.0f);
+    grid.zero_point = static_cast<int32_t>(node.attr_int("quant_zero_point", 0));
+    grid.dtype =
+        node.attr_int("quant_unsigned", 0) != 0 ? kernels::DType::kUInt8 : kernels::DType::kInt8;
+    try {
+      kernels::check_tensor_grid("output quantizer", grid);
+    } catch (const Error& err) {
+      fail_node(node, "a valid output quantizer", err.what());
+    }
+    e.quant = grid;
   }
   return e;
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/conv.h"
+#include "kernels/fake_quant.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
 #include "kernels/pool.h"
@@ -383,6 +384,61 @@ TEST(DenseConv, EpilogueMatchesSeparatePasses) {
     const double k = static_cast<double>(g.in_channels / g.group * g.kernel_h * g.kernel_w);
     expect_close(y, expected, 3e-5 * std::sqrt(k), 1e-4, std::string(name) + " epilogue");
   }
+}
+
+// The epilogue's fake quant is fake_quant_linear of the output the rest of the epilogue gives,
+// bit for bit, on every algorithm (each case on each GEMM a plan may take): signed and unsigned
+// grids with a zero point, a range that saturates, after a clamp or an activation.
+TEST(DenseConv, EpilogueFakeQuantIsTheSeparatePassBitForBit) {
+  ThreadCount threads(2);
+  int checked = 0;
+  for (const ConvCase& c : kConvCases) {
+    const ConvGeometry g = geometry_of(c);
+    const ConvData d = conv_data(g, c.bias, 23);
+    const size_t out = static_cast<size_t>(g.batch * g.out_channels * g.out_h * g.out_w);
+    const auto scale = random_values(static_cast<size_t>(g.out_channels), 24, 0.5f, 2.0f);
+    const auto shift = random_values(static_cast<size_t>(g.out_channels), 25);
+    for (ConvGemm gemm :
+         {ConvGemm::kAuto, ConvGemm::kPacked, ConvGemm::kBlas, ConvGemm::kShallow}) {
+      const ConvPlan plan = plan_conv(g, 2, {.gemm = gemm});
+      std::vector<std::byte> ws = workspace_of(conv_workspace_bytes(plan));
+      for (int variant = 0; variant < 2; ++variant) {
+        ConvEpilogue e;
+        if (variant == 0) {
+          e.scale = scale.data();
+          e.shift = shift.data();
+          e.clamp_min = 0.0f;
+        } else {
+          e.activation = UnaryOp::kSilu;
+        }
+        std::vector<float> want(out, NAN);
+        conv2d(plan, d.x.data(), d.w.data(), d.b.empty() ? nullptr : d.b.data(), want.data(),
+               ws.data(), e);
+        float amax = 0.0f;
+        for (float v : want) amax = std::max(amax, std::abs(v));
+        // 110 steps over the range below the zero point and fewer above it: both ends saturate.
+        TensorGrid grid;
+        grid.dtype = variant == 0 ? DType::kUInt8 : DType::kInt8;
+        grid.zero_point = variant == 0 ? 7 : -5;
+        grid.scale = amax / 110.0f;
+        const float scales[] = {grid.scale};
+        const int32_t zero_points[] = {grid.zero_point};
+        Tensor t = Tensor::from_vector<float>({static_cast<int64_t>(out)}, want);
+        fake_quant_linear(t, {.scales = scales, .zero_points = zero_points, .dtype = grid.dtype},
+                          t);
+        e.quant = grid;
+        std::vector<float> y(out, NAN);
+        conv2d(plan, d.x.data(), d.w.data(), d.b.empty() ? nullptr : d.b.data(), y.data(),
+               ws.data(), e);
+        expect_same_bits(y.data(), t.data<float>(), out,
+                         std::string(c.name) + " algorithm " +
+                             std::to_string(static_cast<int>(plan.algorithm)) + " variant " +
+                             std::to_string(variant));
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, static_cast<int>(std::size(kConvCases)) * 8);
 }
 
 // ---------------------------------------------------------------------------------------------

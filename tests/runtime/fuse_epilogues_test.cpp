@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/executor.h"
+#include "runtime/fuse_qdq.h"
 #include "runtime/resolve.h"
 #include "tests/support/graph_builders.h"
 
@@ -246,6 +247,92 @@ TEST(FuseConvEpilogues, ActivationsJoinTheirConvolutionWithTheSameBits) {
   }
   Tensor xs = random_tensor({2, 16, 11, 9}, rng, -3.f, 3.f);
   expect_same_output_bits(*g, *fused, std::span(&xs, 1));
+}
+
+// A Q/DQ graph as an export writes it: each convolution's output, after its Relu or none, read
+// by a QuantizeLinear → DequantizeLinear pair alone. After fuse_qdq the pairs that alone read a
+// convolution's output join it (int8 and uint8 grids, zero points, saturation); the model
+// input's pair, a pair on an output that is also read elsewhere, a per-channel pair and one
+// whose scale the FakeQuant kernel rejects stay apart. The same bits as the unfused graph.
+TEST(FuseConvOutputQuant, APairThatAloneReadsAConvolutionJoinsItWithTheSameBits) {
+  std::mt19937 rng(5);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 8, 10, 9});
+  int nodes = 0;
+  auto node = [&](const char* op, std::vector<graph::Value*> inputs,
+                  std::map<std::string, graph::AttributeValue, std::less<>> a = {}) {
+    const std::string name = std::string(op) + std::to_string(++nodes);
+    return g
+        ->add_node({.name = name,
+                    .op_type = op,
+                    .inputs = std::move(inputs),
+                    .output_names = {name},
+                    .attributes = std::move(a)})
+        ->output(0);
+  };
+  auto qdq = [&](graph::Value* v, Tensor scale, Tensor zero_point) {
+    const std::string n = std::to_string(++nodes);
+    auto* s = g->add_constant("scale" + n, std::move(scale));
+    auto* z = g->add_constant("zero_point" + n, std::move(zero_point));
+    return node("DequantizeLinear", {node("QuantizeLinear", {v, s, z}), s, z});
+  };
+  auto conv = [&](graph::Value* in, int64_t in_c, int64_t out_c, int64_t kernel) {
+    auto* w = g->add_constant("w" + std::to_string(++nodes),
+                              random_tensor({out_c, in_c, kernel, kernel}, rng));
+    auto* b = g->add_constant("b" + std::to_string(++nodes), random_tensor({out_c}, rng));
+    const int64_t pad = kernel / 2;
+    return node("Conv", {in, w, b}, {{"pads", std::vector<int64_t>{pad, pad, pad, pad}}});
+  };
+  auto i8 = [](int8_t v) { return Tensor::from_vector<int8_t>({}, {v}); };
+  auto u8 = [](uint8_t v) { return Tensor::from_vector<uint8_t>({}, {v}); };
+  auto f32 = [](float v) { return Tensor::from_vector<float>({}, {v}); };
+  auto* in = qdq(x, f32(0.02f), i8(0));
+  auto* a = qdq(node("Relu", {conv(in, 8, 16, 3)}), f32(0.05f), u8(3));  // joins (FusedConv)
+  auto* b = qdq(conv(a, 16, 12, 1), f32(0.04f), i8(-7));                 // joins (plain Conv)
+  auto* c = qdq(conv(b, 12, 12, 3), f32(0.01f), i8(2));                  // saturates, joins
+  auto* shared = conv(c, 12, 8, 1);
+  g->mark_output(shared);
+  g->mark_output(qdq(shared, f32(0.05f), i8(0)));  // the output is read twice: stays
+  g->mark_output(qdq(conv(c, 12, 4, 1), Tensor::from_vector<float>({4}, {0.1f, 0.2f, 0.3f, 0.4f}),
+                     Tensor::from_vector<int8_t>({4}, {0, 1, 2, 3})));  // per channel: stays
+  runtime::resolve(*g, {});
+  auto fused = g->clone();
+  EXPECT_EQ(runtime::fuse_conv_epilogues(*fused), 1u);
+  EXPECT_EQ(runtime::fuse_qdq(*fused), 6u);
+  EXPECT_EQ(runtime::fuse_conv_output_quant(*fused), 3u);
+  EXPECT_NO_THROW(fused->check_consistency());
+  expect_same_output_names(*g, *fused);
+  std::map<std::string, int> ops = op_counts(*fused);
+  EXPECT_EQ(ops["FusedConv"], 3);
+  EXPECT_EQ(ops["Conv"], 2);
+  EXPECT_EQ(ops["FakeQuant"], 3);
+  EXPECT_EQ(ops.size(), 3u);
+  Tensor xs = random_tensor({2, 8, 10, 9}, rng, -3.f, 3.f);
+  expect_same_output_bits(*g, *fused, std::span(&xs, 1));
+
+  // A zero scale: the pair stays a FakeQuant, whose kernel rejects it.
+  auto z = std::make_unique<graph::Graph>();
+  auto* zx = z->add_input("x", DType::kFloat32, Shape{1, 2, 3, 3});
+  auto* zw = z->add_constant("w", random_tensor({2, 2, 1, 1}, rng));
+  auto* zy =
+      z->add_node({.name = "conv", .op_type = "Conv", .inputs = {zx, zw}, .output_names = {"c"}})
+          ->output(0);
+  auto* zs = z->add_constant("s", f32(0.0f));
+  auto* zz = z->add_constant("z", i8(0));
+  auto* zq = z->add_node({.name = "q",
+                          .op_type = "QuantizeLinear",
+                          .inputs = {zy, zs, zz},
+                          .output_names = {"q"}})
+                 ->output(0);
+  z->mark_output(z->add_node({.name = "dq",
+                              .op_type = "DequantizeLinear",
+                              .inputs = {zq, zs, zz},
+                              .output_names = {"y"}})
+                     ->output(0));
+  runtime::resolve(*z, {});
+  EXPECT_EQ(runtime::fuse_qdq(*z), 1u);
+  EXPECT_EQ(runtime::fuse_conv_output_quant(*z), 0u);
+  EXPECT_EQ(op_counts(*z)["FakeQuant"], 1);
 }
 
 // x -> Sigmoid -> Mul(x, ·) -> y1 (SiLU, either operand order), and three pairs that are not
