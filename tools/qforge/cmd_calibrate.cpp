@@ -502,9 +502,10 @@ int run_calibrate(const CalibrateOptions& o) {
     std::printf(
         "one flip     moves a sample's output by %.3g (median), %.3g (90th percentile) relative "
         "L2: the rounding difference to expect from any other runtime (%lld injections at "
-        "random elements of %lld points in %lld passes, seed %llu)\n",
+        "random elements of %lld points in %lld %s, seed %llu)\n",
         flips->median, flips->p90, static_cast<long long>(flips->injections),
         static_cast<long long>(flips->points), static_cast<long long>(flips->passes),
+        flips->passes == 1 ? "pass" : "passes",
         static_cast<unsigned long long>(kFlipSeed));
   }
 
