@@ -13,10 +13,6 @@
 namespace qforge::quant {
 namespace {
 
-// The most memory evaluate_each keeps its samples in (--sensitivity's 64 samples of 3×224×224
-// take 37 MiB).
-constexpr size_t kKeptSampleBytes = size_t{256} << 20;
-
 // Output 0 of a run, its first `rows` rows (the rest pad the batch); float32, as the
 // comparison and the accuracy need.
 kernels::Tensor float_output(const std::string& stage, std::span<const kernels::Tensor> outputs,

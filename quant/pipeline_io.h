@@ -32,6 +32,10 @@ class SampleSource {
                     std::vector<int64_t>& labels) const = 0;
 };
 
+// The most memory a pass over the data keeps samples in for the passes after it
+// (evaluate_each: --sensitivity's 64 samples of 3×224×224 take 37 MiB; train_qat's epochs).
+inline constexpr size_t kKeptSampleBytes = size_t{256} << 20;
+
 // The samples `indices` (ascending) of `data`, each read from it once, the first time a pass
 // asks for it, and kept in memory for the passes after: every model of a sensitivity analysis
 // reads the same samples, which for a folder of large photos take longer to decode than the

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -413,6 +415,24 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
                   kernels::shape_str(data.sample_shape()) + " per sample");
   }
   std::vector<float> augment_scratch;
+  // Epochs after the first read their samples, and the float model's outputs for them, from
+  // memory (QatResult::kept_sample_bytes). A sample's outputs do not depend on the batch it runs
+  // in, so a run that keeps them computes what one that does not would (a run resumed with
+  // nothing kept writes the uninterrupted run's bytes).
+  const bool several_epochs = result.steps > result.steps_per_epoch;
+  std::optional<KeptSamples> kept_samples;
+  if (several_epochs && KeptSamples::bytes(data, data.size()) <= kKeptSampleBytes) {
+    std::vector<size_t> all(data.size());
+    std::iota(all.begin(), all.end(), size_t{0});
+    kept_samples.emplace(data, std::move(all));
+    result.kept_sample_bytes = KeptSamples::bytes(data, data.size());
+  }
+  const SampleSource& source = kept_samples ? *kept_samples : data;
+  bool keep_teacher =
+      several_epochs && teacher_session && !setup.augment_flip && !setup.augment_crop;
+  std::vector<float> teacher_kept;  // per sample, once its first output is known
+  std::vector<bool> teacher_has;
+  size_t teacher_row = 0;
   graph::Shape rows_shape = data.sample_shape();
   rows_shape.insert(rows_shape.begin(), local_rows);
   kernels::Tensor rows(kernels::DType::kFloat32, rows_shape);
@@ -445,7 +465,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     const std::span<const size_t> indices(order.data() + first, static_cast<size_t>(local_rows));
     runtime::ClassifierLoss loss;
     auto load = [&] {
-      data.load(indices, rows, label_list);
+      source.load(indices, rows, label_list);
       if (setup.augment_flip || setup.augment_crop) {
         augment(rows, setup, step, local_first, augment_scratch);
       }
@@ -455,9 +475,39 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
         loss.label_smoothing = setup.label_smoothing;
       }
       if (teacher_session) {
-        const kernels::Tensor out = teacher_session->run(rows)[0];
-        if (!teacher_logits.defined()) teacher_logits = kernels::Tensor(out.dtype(), out.shape());
-        teacher_logits.copy_from(out);
+        const bool known =
+            !teacher_has.empty() &&
+            std::all_of(indices.begin(), indices.end(), [&](size_t i) { return teacher_has[i]; });
+        if (known) {
+          for (size_t r = 0; r < indices.size(); ++r) {
+            std::memcpy(teacher_logits.data<float>() + r * teacher_row,
+                        teacher_kept.data() + indices[r] * teacher_row,
+                        teacher_row * sizeof(float));
+          }
+        } else {
+          const kernels::Tensor out = teacher_session->run(rows)[0];
+          if (!teacher_logits.defined()) {
+            teacher_logits = kernels::Tensor(out.dtype(), out.shape());
+          }
+          teacher_logits.copy_from(out);
+          if (keep_teacher && teacher_has.empty()) {
+            teacher_row = static_cast<size_t>(out.numel() / out.dim(0));
+            const size_t bytes = data.size() * teacher_row * sizeof(float);
+            keep_teacher = out.dtype() == kernels::DType::kFloat32 && bytes <= kKeptSampleBytes;
+            if (keep_teacher) {
+              teacher_kept.resize(data.size() * teacher_row);
+              teacher_has.assign(data.size(), false);
+              result.kept_teacher_bytes = bytes;
+            }
+          }
+          if (keep_teacher) {
+            for (size_t r = 0; r < indices.size(); ++r) {
+              std::memcpy(teacher_kept.data() + indices[r] * teacher_row,
+                          out.data<float>() + r * teacher_row, teacher_row * sizeof(float));
+              teacher_has[indices[r]] = true;
+            }
+          }
+        }
         loss.teacher_logits = &teacher_logits;
         loss.temperature = *setup.distill_temperature;
         loss.distill_weight = setup.distill_weight;

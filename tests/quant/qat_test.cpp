@@ -296,6 +296,48 @@ TEST(QatCli, AugmentationIsSeededAndResumesExactly) {
             testing::read_text(dir.file("resumed.onnx")));
 }
 
+// A run of several epochs keeps its samples and, distilling without augmentation, the float
+// model's outputs after the first epoch; a run resumed in its third epoch, with nothing kept,
+// writes the uninterrupted run's bytes: what is kept is what would be computed again.
+TEST(QatCli, LaterEpochsReadWhatTheFirstKeptAndComputeTheSame) {
+  TempDir dir;
+  io::write_npy(dir.file("train.npy"), val_batch(24));
+  const std::string base = "qat " + kResnet + " --data " + dir.file("train.npy") +
+                           " --calib-limit 16 --batch 8 --epochs 3 --lr 1e-3 --optimizer adamw "
+                           "--distill 2";
+  const auto whole =
+      run_cli(base + " -o " + dir.file("whole.onnx") + " --report " + dir.file("whole.json"));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_NE(whole.out.find("memory       epochs after the first read the samples and the float "
+                           "model's outputs from memory"),
+            std::string::npos)
+      << whole.out;
+  const auto report = nlohmann::json::parse(testing::read_text(dir.file("whole.json")));
+  EXPECT_EQ(report["training"]["kept_sample_bytes"], 24 * 3 * 32 * 32 * 4);
+  EXPECT_EQ(report["training"]["kept_teacher_bytes"], 24 * 10 * 4);
+  const std::string ck = dir.file("ck.npz");
+  const auto first =
+      run_cli(base + " --stop-after 6 --checkpoint " + ck + " -o " + dir.file("unused.onnx"));
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const auto resumed = run_cli(base + " --resume " + ck + " -o " + dir.file("resumed.onnx"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("resumed at step 6"), std::string::npos) << resumed.out;
+  EXPECT_TRUE(testing::read_text(dir.file("whole.onnx")) ==
+              testing::read_text(dir.file("resumed.onnx")));
+  // Augmented batches differ from epoch to epoch: the samples are kept, the outputs are not.
+  const auto augmented = run_cli(base + " --augment flip -o " + dir.file("augmented.onnx"));
+  ASSERT_EQ(augmented.exit_code, 0) << augmented.err;
+  EXPECT_NE(augmented.out.find("memory       epochs after the first read the samples from memory"),
+            std::string::npos)
+      << augmented.out;
+  // One epoch keeps nothing.
+  const auto one =
+      run_cli("qat " + kResnet + " --data " + dir.file("train.npy") +
+              " --calib-limit 16 --batch 8 --epochs 1 --distill 2 -o " + dir.file("one.onnx"));
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(one.out.find("memory       "), std::string::npos) << one.out;
+}
+
 // The "loss" of every line of a --log file.
 std::vector<double> logged_losses(const std::string& path) {
   std::vector<double> losses;

@@ -505,8 +505,7 @@ int run_calibrate(const CalibrateOptions& o) {
         "random elements of %lld points in %lld %s, seed %llu)\n",
         flips->median, flips->p90, static_cast<long long>(flips->injections),
         static_cast<long long>(flips->points), static_cast<long long>(flips->passes),
-        flips->passes == 1 ? "pass" : "passes",
-        static_cast<unsigned long long>(kFlipSeed));
+        flips->passes == 1 ? "pass" : "passes", static_cast<unsigned long long>(kFlipSeed));
   }
 
   if (sensitivity) print_sensitivity(*sensitivity, eval_name);

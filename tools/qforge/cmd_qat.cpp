@@ -343,6 +343,14 @@ int run_qat(QatOptions o) {
       trained.seconds > 0
           ? static_cast<double>((trained.steps - trained.resumed_at) * s.batch) / trained.seconds
           : 0.0);
+  if (trained.kept_sample_bytes > 0 || trained.kept_teacher_bytes > 0) {
+    constexpr double kMiB = 1024.0 * 1024.0;
+    std::printf("memory       epochs after the first read %s%s%s from memory (%.1f MiB)\n",
+                trained.kept_sample_bytes > 0 ? "the samples" : "",
+                trained.kept_sample_bytes > 0 && trained.kept_teacher_bytes > 0 ? " and " : "",
+                trained.kept_teacher_bytes > 0 ? "the float model's outputs" : "",
+                static_cast<double>(trained.kept_sample_bytes + trained.kept_teacher_bytes) / kMiB);
+  }
   if (comm.size() > 1 && trained.steps > trained.resumed_at) {
     const double steps = static_cast<double>(trained.steps - trained.resumed_at);
     std::printf(
@@ -453,6 +461,8 @@ int run_qat(QatOptions o) {
           {"total_steps", trained.steps},
           {"resumed_at", trained.resumed_at},
           {"steps_per_epoch", trained.steps_per_epoch},
+          {"kept_sample_bytes", trained.kept_sample_bytes},
+          {"kept_teacher_bytes", trained.kept_teacher_bytes},
           {"optimizer", o.optimizer},
           {"lr", s.lr},
           {"schedule", o.schedule},
