@@ -57,6 +57,17 @@ void KeptSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
       missing_slots.push_back(slots[i]);
     }
   }
+  if (missing.size() == indices.size() && rows.dim(0) == static_cast<int64_t>(indices.size())) {
+    // None kept yet (a first pass): read straight into `rows` and keep a copy.
+    data_.load(indices, rows, labels);
+    for (size_t i = 0; i < indices.size(); ++i) {
+      std::memcpy(rows_.data() + slots[i] * row_, rows.data<float>() + i * row_,
+                  row_ * sizeof(float));
+      if (!labels_.empty()) labels_[slots[i]] = labels.at(i);
+      kept_[slots[i]] = true;
+    }
+    return;
+  }
   if (!missing.empty()) {
     graph::Shape shape = data_.sample_shape();
     shape.insert(shape.begin(), static_cast<int64_t>(missing.size()));
