@@ -214,6 +214,22 @@ TEST(Verify, MarkedModelHasEveryPointAsOutput) {
   EXPECT_EQ(reloaded->outputs().size(), 4u);
 }
 
+// DequantizeLinear(QuantizeLinear(x)) on scale s and zero point zp: nodes "Q" and "DQ", the
+// integer "q", the output `out`.
+graph::Value* add_qdq(graph::Graph& g, graph::Value* x, graph::Value* s, graph::Value* zp,
+                      const std::string& out) {
+  graph::Value* q =
+      g.add_node(
+           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
+          ->output(0);
+  return g
+      .add_node({.name = "DQ",
+                 .op_type = "DequantizeLinear",
+                 .inputs = {q, s, zp},
+                 .output_names = {out}})
+      ->output(0);
+}
+
 // With y = DQ(Q(x)) alone, a flip moves one output element by exactly one step: the change of
 // its sample's output is s / ‖y_row‖.
 TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
@@ -222,15 +238,7 @@ TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
   graph::Value* x = g->add_input("x", DType::kFloat32, graph::Shape{3, 5});
   graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.05f}));
   graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
-  graph::Value* q =
-      g->add_node(
-           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
-          ->output(0);
-  g->mark_output(g->add_node({.name = "DQ",
-                              .op_type = "DequantizeLinear",
-                              .inputs = {q, s, zp},
-                              .output_names = {"y"}})
-                     ->output(0));
+  g->mark_output(add_qdq(*g, x, s, zp, "y"));
   std::vector<float> values;
   for (int i = 0; i < 15; ++i) values.push_back(0.013f * static_cast<float>(i * i % 11) - 0.04f);
   const Tensor in = Tensor::from_vector<float>({3, 5}, values);
@@ -267,15 +275,7 @@ TEST(FlipSensitivity, AModelThatMixesItsSamplesTakesAPassPerInjection) {
   graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.125f}));
   graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
   graph::Value* axes = g->add_constant("axes", Tensor::from_vector<int64_t>({1}, {0}));
-  graph::Value* q =
-      g->add_node(
-           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
-          ->output(0);
-  graph::Value* dq = g->add_node({.name = "DQ",
-                                  .op_type = "DequantizeLinear",
-                                  .inputs = {q, s, zp},
-                                  .output_names = {"dq"}})
-                         ->output(0);
+  graph::Value* dq = add_qdq(*g, x, s, zp, "dq");
   g->mark_output(
       g->add_node(
            {.name = "sum", .op_type = "ReduceSum", .inputs = {dq, axes}, .output_names = {"y"}})
@@ -346,15 +346,7 @@ TEST(FlipSensitivity, ConsumedModelGivesTheSameFiguresAndLeavesTheCallersWeights
     weights[i] = 0.01f * static_cast<float>(static_cast<int>(i * 7 % 23) - 11);
   }
   graph::Value* w = g->add_constant("w", Tensor::from_vector<float>({16, 16, 3, 3}, weights));
-  graph::Value* q =
-      g->add_node(
-           {.name = "Q", .op_type = "QuantizeLinear", .inputs = {x, s, zp}, .output_names = {"q"}})
-          ->output(0);
-  graph::Value* dq = g->add_node({.name = "DQ",
-                                  .op_type = "DequantizeLinear",
-                                  .inputs = {q, s, zp},
-                                  .output_names = {"dq"}})
-                         ->output(0);
+  graph::Value* dq = add_qdq(*g, x, s, zp, "dq");
   std::map<std::string, graph::AttributeValue, std::less<>> pads;
   pads["pads"] = std::vector<int64_t>{1, 1, 1, 1};
   g->mark_output(g->add_node({.name = "conv",

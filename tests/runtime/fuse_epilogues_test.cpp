@@ -313,22 +313,12 @@ TEST(FuseConvOutputQuant, APairThatAloneReadsAConvolutionJoinsItWithTheSameBits)
   // A zero scale: the pair stays a FakeQuant, whose kernel rejects it.
   auto z = std::make_unique<graph::Graph>();
   auto* zx = z->add_input("x", DType::kFloat32, Shape{1, 2, 3, 3});
-  auto* zw = z->add_constant("w", random_tensor({2, 2, 1, 1}, rng));
-  auto* zy =
-      z->add_node({.name = "conv", .op_type = "Conv", .inputs = {zx, zw}, .output_names = {"c"}})
-          ->output(0);
+  auto* zc = testing::add(*z, "conv", "Conv",
+                          {zx, z->add_constant("w", random_tensor({2, 2, 1, 1}, rng))});
   auto* zs = z->add_constant("s", f32(0.0f));
   auto* zz = z->add_constant("z", i8(0));
-  auto* zq = z->add_node({.name = "q",
-                          .op_type = "QuantizeLinear",
-                          .inputs = {zy, zs, zz},
-                          .output_names = {"q"}})
-                 ->output(0);
-  z->mark_output(z->add_node({.name = "dq",
-                              .op_type = "DequantizeLinear",
-                              .inputs = {zq, zs, zz},
-                              .output_names = {"y"}})
-                     ->output(0));
+  auto* zq = testing::add(*z, "q", "QuantizeLinear", {zc, zs, zz});
+  z->mark_output(testing::add(*z, "dq", "DequantizeLinear", {zq, zs, zz}));
   runtime::resolve(*z, {});
   EXPECT_EQ(runtime::fuse_qdq(*z), 1u);
   EXPECT_EQ(runtime::fuse_conv_output_quant(*z), 0u);
