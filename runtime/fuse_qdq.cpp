@@ -63,6 +63,17 @@ bool qdq_params_match(const Node& q, const Node& dq, int rank, DType grid) {
 
 }  // namespace
 
+bool fake_quant_pair(const Node& q, const Node& dq) {
+  const Value* x = q.input(0);
+  const Value* quantized = q.output(0);
+  const DType grid = quantized->dtype();
+  if (dq.input(0) != quantized || !x->has_shape() || x->dtype() != DType::kFloat32 ||
+      (grid != DType::kInt8 && grid != DType::kUInt8)) {
+    return false;
+  }
+  return qdq_params_match(q, dq, static_cast<int>(x->shape()->size()), grid);
+}
+
 size_t fuse_qdq(graph::Graph& graph) {
   size_t fused = 0;
   const std::vector<Node*> order = graph.nodes();
@@ -73,15 +84,12 @@ size_t fuse_qdq(graph::Graph& graph) {
     if (q->op_type() != "QuantizeLinear") continue;
     Value* quantized = q->output(0);
     Node* dq = sole_consumer(quantized);
-    if (!dq || dq->op_type() != "DequantizeLinear" || dq->input(0) != quantized) continue;
-    const Value* x = q->input(0);
-    const DType grid = quantized->dtype();
-    if (!x->has_shape() || x->dtype() != DType::kFloat32 || !dq->output(0)->has_shape() ||
-        (grid != DType::kInt8 && grid != DType::kUInt8)) {
+    if (!dq || dq->op_type() != "DequantizeLinear" || !dq->output(0)->has_shape() ||
+        !fake_quant_pair(*q, *dq)) {
       continue;
     }
-    const int rank = static_cast<int>(x->shape()->size());
-    if (!qdq_params_match(*q, *dq, rank, grid)) continue;
+    const DType grid = quantized->dtype();
+    const int rank = static_cast<int>(q->input(0)->shape()->size());
 
     Value* zero_point = q->input(2);
     if (!zero_point) {

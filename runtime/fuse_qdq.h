@@ -16,6 +16,10 @@ namespace qforge::runtime {
 // per-axis pair uses the same axis.
 size_t fuse_qdq(graph::Graph& graph);
 
+// Whether `dq` (reading q's output) undoes `q` exactly as a FakeQuant would: fuse_qdq's
+// conditions on the pair's parameters (q's input and output resolved; dq's output need not be).
+bool fake_quant_pair(const graph::Node& q, const graph::Node& dq);
+
 // After fuse_qdq (and fuse_conv_epilogues): a FakeQuant on one tensor-wide grid that is the only
 // reader of a Conv's or FusedConv's output joins that convolution as a FusedConv whose output
 // pass applies it to each block it writes (kernels::ConvEpilogue::quant, the same bits), so the

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "runtime/batch_dimension.h"
+#include "runtime/fuse_qdq.h"
+#include "runtime/fusion_util.h"
 #include "runtime/op_registry.h"
 #include "runtime/ops/ops.h"
 
@@ -177,7 +179,9 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
     if (v->is_constant() && v->dtype() == DType::kFloat32) sources.insert(v->name());
   }
   const std::vector<graph::Node*> order = graph.nodes();  // folding edits the live order
+  std::set<const graph::Node*> folded_ahead;  // DequantizeLinears folded with their pair
   for (graph::Node* node : order) {
+    if (folded_ahead.count(node)) continue;
     const OpDef* def = registry.find(node->op_type());
     if (!def) {
       throw_unsupported("resolve: " + node->label() + ": no runtime implementation of '" +
@@ -220,6 +224,21 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
     bool graph_output = false;
     for (const graph::Value* out : node->outputs()) graph_output |= out->is_graph_output();
     bool foldable = all_constant || (shapes_known && reads_only_shapes(node->op_type()));
+    if (foldable && !graph_output && node->op_type() == "QuantizeLinear" && node->input(2)) {
+      // A constant (a weight) quantized and dequantized on the same grid folds as one FakeQuant:
+      // dequantize(quantize(x)) bit for bit, in one pass and without the integer tensor.
+      graph::Node* dq = sole_consumer(node->output(0));
+      if (dq && dq->op_type() == "DequantizeLinear" && !dq->output(0)->is_graph_output() &&
+          fake_quant_pair(*node, *dq)) {
+        const OpDef* fake = registry.find("FakeQuant");
+        const std::vector<TensorInfo> fake_out = fake->infer(*node, infos);
+        dq->output(0)->set_type(fake_out[0].dtype, fake_out[0].shape);
+        graph.fold_node(dq, evaluate(*node, *fake, infos, fake_out));
+        folded_ahead.insert(dq);
+        stats.folded_nodes += 2;
+        continue;  // the QuantizeLinear is read by nothing now: remove_dead takes it
+      }
+    }
     if (foldable && !graph_output) {
       record_fold(graph, *node, *def, infos, out_infos, sources);
       graph.fold_node(node, evaluate(*node, *def, infos, out_infos));

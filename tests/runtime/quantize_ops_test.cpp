@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/resolve.h"
 #include "runtime/session.h"
 #include "tests/support/qdq_test_data.h"
 
@@ -283,6 +284,61 @@ TEST(QuantizeOps, FusionLeavesPairsWithDifferentParametersOrAVisibleInteger) {
     EXPECT_EQ(count_ops(session.resolved_graph_for({shape}), "FakeQuant"), 0u);
     auto outputs = session.run(x);
     ASSERT_EQ(outputs.size(), 2u);
+  }
+}
+
+// A constant (a weight) behind a QuantizeLinear → DequantizeLinear pair folds as one FakeQuant:
+// the value the two folds gave, bit for bit (ties, saturation, infinities, NaN), per tensor and
+// per axis, int8 and uint8; a pair whose integer is a graph output stays.
+TEST(QuantizeOps, AConstantPairFoldsToTheValueOfItsTwoFolds) {
+  const Shape shape = {5, 6};
+  const std::vector<Grid> grids = {
+      {{0.3f}, {-3}, DType::kInt8},
+      {{0.1f, 0.7f, 0.023f, 1.7f, 0.3f}, {0, 9, 250, 3, 128}, DType::kUInt8, int64_t{0}},
+      {{0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f}, {1, -2, 3, -4, 5, -6}, DType::kInt8, int64_t{-1}}};
+  for (size_t k = 0; k < grids.size(); ++k) {
+    const Grid& g = grids[k];
+    const int axis =
+        g.scales.size() == 1 ? -1 : static_cast<int>(*g.axis < 0 ? *g.axis + 2 : *g.axis);
+    const Tensor w = qdq_stress_data(shape, axis, g.scales, false, 40 + static_cast<uint32_t>(k));
+    // The two folds as separate kernels compute them.
+    const Tensor q = run_graph(qdq_graph(Ops::kQuantize, shape, g), w);
+    const Tensor want = run_graph(qdq_graph(Ops::kDequantize, shape, g), q);
+    for (bool integer_is_output : {false, true}) {
+      graph::Graph graph;
+      graph.opset = 13;
+      graph::Value* x = graph.add_input("x", DType::kFloat32, shape);
+      graph::Value* wv = graph.add_constant("w", w);
+      graph::Value* sv = graph.add_constant("scale", scale_tensor(g));
+      graph::Value* zv = graph.add_constant("zero_point", zero_point_tensor(g));
+      graph::NodeSpec qs{
+          .name = "q", .op_type = "QuantizeLinear", .inputs = {wv, sv, zv}, .output_names = {"wq"}};
+      graph::NodeSpec ds{.name = "dq", .op_type = "DequantizeLinear", .output_names = {"wdq"}};
+      if (g.axis) {
+        qs.attributes["axis"] = *g.axis;
+        ds.attributes["axis"] = *g.axis;
+      }
+      graph::Value* wq = graph.add_node(std::move(qs))->output(0);
+      ds.inputs = {wq, sv, zv};
+      graph::Value* wdq = graph.add_node(std::move(ds))->output(0);
+      graph.mark_output(
+          graph
+              .add_node(
+                  {.name = "add", .op_type = "Add", .inputs = {x, wdq}, .output_names = {"y"}})
+              ->output(0));
+      if (integer_is_output) graph.mark_output(wq);
+      const runtime::ResolveStats stats = runtime::resolve(graph, {});
+      if (integer_is_output) {  // an output is never folded: both nodes stay
+        EXPECT_EQ(stats.folded_nodes, 0u);
+        EXPECT_EQ(stats.remaining_nodes, 3u);
+        continue;
+      }
+      EXPECT_EQ(stats.folded_nodes, 2u);
+      EXPECT_EQ(stats.remaining_nodes, 1u);
+      const graph::Value* folded = graph.find_node("add")->input(1);
+      ASSERT_TRUE(folded->is_constant());
+      EXPECT_TRUE(same_bits(folded->constant(), want)) << "grid " << k;
+    }
   }
 }
 
