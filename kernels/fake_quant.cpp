@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "kernels/error.h"
 #include "kernels/mask.h"
@@ -445,6 +446,69 @@ void dequantize_loop(const T* q, float* y, int64_t n, const ChannelGrid& c) {
   }
 }
 
+// Every channel's grid in the loops' float form, for a per-channel grid on the last axis (inner
+// == 1: a MatMul weight's output channels), where a run per element would cost a call and a grid
+// each: the loops walk a row's channels with these arrays and vectorise.
+struct ChannelArrays {
+  std::vector<float> scale, lo, hi;
+  std::vector<int32_t> zero_point;
+};
+
+ChannelArrays channel_arrays(const QuantGrid& g, IntRange range) {
+  ChannelArrays a;
+  for (size_t c = 0; c < g.scales.size(); ++c) {
+    const ChannelGrid cg = channel_grid(g, range, static_cast<int64_t>(c));
+    a.scale.push_back(cg.scale);
+    a.lo.push_back(cg.lo);
+    a.hi.push_back(cg.hi);
+    a.zero_point.push_back(cg.zero_point);
+  }
+  return a;
+}
+
+// Calls piece(i, n, c0) over the pieces of [begin, end) that hold channels c0 .. c0 + n − 1 of
+// one row (inner == 1).
+template <class Piece>
+void for_each_row_piece(int64_t begin, int64_t end, int64_t channels, Piece&& piece) {
+  for (int64_t i = begin; i < end;) {
+    const int64_t c0 = i % channels;
+    const int64_t n = std::min(end - i, channels - c0);
+    piece(i, n, c0);
+    i += n;
+  }
+}
+
+template <class T>
+void quantize_row(const float* x, T* q, int64_t n, const ChannelArrays& a, int64_t c0) {
+  const float* s = a.scale.data() + c0;
+  const float* lo = a.lo.data() + c0;
+  const float* hi = a.hi.data() + c0;
+  const int32_t* zp = a.zero_point.data() + c0;
+  for (int64_t j = 0; j < n; ++j) {
+    q[j] = static_cast<T>(static_cast<int32_t>(grid_offset(x[j], s[j], lo[j], hi[j])) + zp[j]);
+  }
+}
+
+template <class T>
+void dequantize_row(const T* q, float* y, int64_t n, const ChannelArrays& a, int64_t c0) {
+  const float* s = a.scale.data() + c0;
+  const int32_t* zp = a.zero_point.data() + c0;
+  for (int64_t j = 0; j < n; ++j) {
+    y[j] = static_cast<float>(static_cast<int32_t>(q[j]) - zp[j]) * s[j];
+  }
+}
+
+void fake_quant_row(const float* x, float* y, int64_t n, const ChannelArrays& a, int64_t c0) {
+  const float* s = a.scale.data() + c0;
+  const float* lo = a.lo.data() + c0;
+  const float* hi = a.hi.data() + c0;
+  for (int64_t j = 0; j < n; ++j) y[j] = grid_offset(x[j], s[j], lo[j], hi[j]) * s[j];
+}
+
+bool walks_channels(const QuantGrid& g, const ChannelLayout& layout) {
+  return g.scales.size() > 1 && layout.inner == 1;
+}
+
 }  // namespace
 
 void quantize_linear(const Tensor& x, const QuantGrid& grid, Tensor& q) {
@@ -458,6 +522,19 @@ void quantize_linear(const Tensor& x, const QuantGrid& grid, Tensor& q) {
   const float* xp = x.data<float>();
   const bool is_signed = grid.dtype == DType::kInt8;
   void* qp = q.raw();
+  if (walks_channels(grid, layout)) {
+    const ChannelArrays a = channel_arrays(grid, range);
+    parallel_for(x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_row_piece(begin, end, layout.channels, [&](int64_t i, int64_t n, int64_t c0) {
+        if (is_signed) {
+          quantize_row(xp + i, static_cast<int8_t*>(qp) + i, n, a, c0);
+        } else {
+          quantize_row(xp + i, static_cast<uint8_t*>(qp) + i, n, a, c0);
+        }
+      });
+    });
+    return;
+  }
   parallel_for(x.numel(), kGrain, [&](int64_t begin, int64_t end) {
     for_each_channel_run(begin, end, layout, grid, range,
                          [&](int64_t b, int64_t e, const ChannelGrid& c) {
@@ -483,6 +560,19 @@ void dequantize_linear(const Tensor& q, const QuantGrid& grid, Tensor& y) {
   const bool is_signed = grid.dtype == DType::kInt8;
   const void* qp = q.raw();
   float* yp = y.data<float>();
+  if (walks_channels(grid, layout)) {
+    const ChannelArrays a = channel_arrays(grid, range);
+    parallel_for(q.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_row_piece(begin, end, layout.channels, [&](int64_t i, int64_t n, int64_t c0) {
+        if (is_signed) {
+          dequantize_row(static_cast<const int8_t*>(qp) + i, yp + i, n, a, c0);
+        } else {
+          dequantize_row(static_cast<const uint8_t*>(qp) + i, yp + i, n, a, c0);
+        }
+      });
+    });
+    return;
+  }
   parallel_for(q.numel(), kGrain, [&](int64_t begin, int64_t end) {
     for_each_channel_run(begin, end, layout, grid, range,
                          [&](int64_t b, int64_t e, const ChannelGrid& c) {
@@ -626,6 +716,15 @@ void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y) {
   check_same_shape("fake_quant_linear", x, y, "y");
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
+  if (walks_channels(grid, layout)) {
+    const ChannelArrays a = channel_arrays(grid, range);
+    parallel_for(x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_row_piece(begin, end, layout.channels, [&](int64_t i, int64_t n, int64_t c0) {
+        fake_quant_row(xp + i, yp + i, n, a, c0);
+      });
+    });
+    return;
+  }
   parallel_for(x.numel(), kGrain, [&](int64_t begin, int64_t end) {
     for_each_channel_run(begin, end, layout, grid, range,
                          [&](int64_t b, int64_t e, const ChannelGrid& c) {
