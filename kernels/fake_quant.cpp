@@ -223,8 +223,26 @@ void channel_abs_max(const Tensor& x, int axis, std::span<float> amax) {
   int64_t inner = 1;
   for (int d = axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
   const int64_t outer = channels > 0 && inner > 0 ? x.numel() / (channels * inner) : 0;
-  // A channel per task, its maximum kept in 16 lanes (one vector): max is exact in any order, so
-  // the result is the serial loop's for any thread count.
+  // max is exact in any order, so each form gives the serial loop's result for any thread count.
+  if (inner == 1) {
+    // The channels lie along each row (a MatMul weight's last axis): a block of channels per
+    // task, walking the rows, so that every read is of contiguous memory.
+    constexpr int64_t kBlock = 64;
+    parallel_for((channels + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t c0 = b * kBlock;
+        const int64_t n = std::min(kBlock, channels - c0);
+        float m[kBlock] = {};
+        for (int64_t o = 0; o < outer; ++o) {
+          const float* row = p + o * channels + c0;
+          for (int64_t j = 0; j < n; ++j) m[j] = std::max(m[j], std::fabs(row[j]));
+        }
+        std::copy_n(m, n, amax.begin() + c0);
+      }
+    });
+    return;
+  }
+  // A channel per task, its maximum kept in 16 lanes (one vector).
   constexpr int kLanes = 16;
   parallel_for(channels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, outer * inner)),
                [&](int64_t begin, int64_t end) {

@@ -260,6 +260,22 @@ TEST(ChannelAbsMax, MatchesAPlainLoopOnEveryAxis) {
   channel_abs_max(x, 1, per_channel);
   EXPECT_EQ(per_channel[7], std::numeric_limits<float>::infinity());
   EXPECT_TRUE(std::isfinite(per_channel[11]));
+  // The last axis of a MatMul weight: several blocks of channels and a partial one.
+  Tensor w = random_f32({9, 150}, 22, -3.0f, 3.0f);
+  w.data<float>()[4 * 150 + 70] = std::numeric_limits<float>::quiet_NaN();
+  w.data<float>()[8 * 150 + 149] = -std::numeric_limits<float>::infinity();
+  std::vector<float> want(150, 0.0f);
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    want[static_cast<size_t>(i % 150)] =
+        std::max(want[static_cast<size_t>(i % 150)], std::fabs(w.data<float>()[i]));
+  }
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    std::vector<float> got(150, -1.0f);
+    channel_abs_max(w, 1, got);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+        << "threads " << threads;
+  }
 }
 
 TEST(FakeQuant, RejectsBadScalesAndAxes) {
