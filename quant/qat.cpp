@@ -419,7 +419,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   // memory (QatResult::kept_sample_bytes). A sample's outputs do not depend on the batch it runs
   // in, so a run that keeps them computes what one that does not would (a run resumed with
   // nothing kept writes the uninterrupted run's bytes).
-  const bool several_epochs = result.steps > result.steps_per_epoch;
+  const bool several_epochs = result.steps - start > result.steps_per_epoch;  // left to run
   std::optional<KeptSamples> kept_samples;
   if (several_epochs && KeptSamples::bytes(data, data.size()) <= kKeptSampleBytes) {
     std::vector<size_t> all(data.size());

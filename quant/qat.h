@@ -119,8 +119,8 @@ struct QatResult {
   ActivationScales scales;
   bool stopped = false;   // setup.stop_after ended the run early; `fused` is unchanged
   int64_t last_step = 0;  // steps done when it stopped
-  // A run of more than one epoch keeps what it reads of each sample for the epochs after its
-  // first, where it fits kKeptSampleBytes: the samples as loaded (image folders are not decoded
+  // A run with more than one epoch left keeps what it reads of each sample for the epochs after
+  // its first, where it fits kKeptSampleBytes: the samples as loaded (image folders are not decoded
   // again) and, for distillation without augmentation, the float model's outputs (it does not
   // run again on a sample it has seen). Bytes kept of each; 0 where nothing is kept.
   size_t kept_sample_bytes = 0;
