@@ -703,9 +703,9 @@ CommandRunner add_calibrate_command(CLI::App& app) {
       ->type_name("ALPHA");
   cmd->add_option("--flip-injections", opts->flip_injections,
                   "rounding flips injected into the written model, one per sample of the first "
-                  "evaluation batch in each pass (one per pass where the samples meet), to report "
-                  "the output change one flip causes (median and 90th percentile; default 32, 0 "
-                  "skips it)")
+                  "evaluation batch in each pass (one per pass in a model that mixes its "
+                  "samples), to report the output change one flip causes (median and 90th "
+                  "percentile; default 32, 0 skips it)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option_function<int64_t>(
          "--sensitivity", [opts](const int64_t& n) { opts->sensitivity = n; },
