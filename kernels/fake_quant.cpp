@@ -77,15 +77,19 @@ struct ChannelLayout {
   int64_t inner = 1;  // elements per (outer, channel) run
 };
 
-// Checks the scales against x's shape (any dtype) and returns how channels lie in memory.
-ChannelLayout scale_layout(const char* what, const Tensor& x, const FakeQuantScales& s) {
-  for (float v : s.scales) {
+void check_scales(const char* what, std::span<const float> scales) {
+  for (float v : scales) {
     if (!(std::isfinite(v) && v > 0.0f)) {
       throw_invalid(std::string(what)
                         .append(": expected every scale finite and > 0, got ")
                         .append(std::to_string(v)));
     }
   }
+}
+
+// Checks the scales against x's shape (any dtype) and returns how channels lie in memory.
+ChannelLayout scale_layout(const char* what, const Tensor& x, const FakeQuantScales& s) {
+  check_scales(what, s.scales);
   ChannelLayout layout;
   if (s.scales.size() == 1) return layout;
   if (s.scales.empty()) throw_invalid(std::string(what).append(": expected at least one scale"));
@@ -373,16 +377,8 @@ IntRange int_range(const char* what, DType dtype) {
       std::string(what).append(": expected an int8 or uint8 grid, got ").append(dtype_name(dtype)));
 }
 
-ChannelLayout check_grid(const char* what, const Tensor& x, const QuantGrid& g, IntRange range) {
-  const ChannelLayout layout = scale_layout(what, x, FakeQuantScales{g.scales, g.axis});
-  if (!g.zero_points.empty() && g.zero_points.size() != g.scales.size()) {
-    throw_invalid(std::string(what)
-                      .append(": expected ")
-                      .append(std::to_string(g.scales.size()))
-                      .append(" zero points, got ")
-                      .append(std::to_string(g.zero_points.size())));
-  }
-  for (int32_t zp : g.zero_points) {
+void check_zero_points(const char* what, std::span<const int32_t> zero_points, IntRange range) {
+  for (int32_t zp : zero_points) {
     if (zp < range.lo || zp > range.hi) {
       throw_invalid(std::string(what)
                         .append(": expected zero points in [")
@@ -393,6 +389,18 @@ ChannelLayout check_grid(const char* what, const Tensor& x, const QuantGrid& g, 
                         .append(std::to_string(zp)));
     }
   }
+}
+
+ChannelLayout check_grid(const char* what, const Tensor& x, const QuantGrid& g, IntRange range) {
+  const ChannelLayout layout = scale_layout(what, x, FakeQuantScales{g.scales, g.axis});
+  if (!g.zero_points.empty() && g.zero_points.size() != g.scales.size()) {
+    throw_invalid(std::string(what)
+                      .append(": expected ")
+                      .append(std::to_string(g.scales.size()))
+                      .append(" zero points, got ")
+                      .append(std::to_string(g.zero_points.size())));
+  }
+  check_zero_points(what, g.zero_points, range);
   return layout;
 }
 
@@ -756,21 +764,8 @@ void fake_quant_linear(const Tensor& x, const QuantGrid& grid, Tensor& y) {
 }
 
 void check_tensor_grid(const char* what, const TensorGrid& grid) {
-  const IntRange range = int_range(what, grid.dtype);
-  if (!std::isfinite(grid.scale) || grid.scale <= 0.0f) {
-    throw_invalid(std::string(what)
-                      .append(": expected a finite scale > 0, got ")
-                      .append(std::to_string(grid.scale)));
-  }
-  if (grid.zero_point < range.lo || grid.zero_point > range.hi) {
-    throw_invalid(std::string(what)
-                      .append(": expected a zero point in [")
-                      .append(std::to_string(range.lo))
-                      .append(", ")
-                      .append(std::to_string(range.hi))
-                      .append("], got ")
-                      .append(std::to_string(grid.zero_point)));
-  }
+  check_scales(what, std::span(&grid.scale, 1));
+  check_zero_points(what, std::span(&grid.zero_point, 1), int_range(what, grid.dtype));
 }
 
 void fake_quant_linear_rows(const TensorGrid& grid, float* y, int64_t rows, int64_t count,

@@ -57,15 +57,20 @@ void KeptSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
       missing_slots.push_back(slots[i]);
     }
   }
+  // Keeps the rows just read (row j for slot slots_read[j]) and their labels.
+  auto keep = [&](const std::vector<size_t>& slots_read, const kernels::Tensor& read,
+                  const std::vector<int64_t>& read_labels) {
+    for (size_t j = 0; j < slots_read.size(); ++j) {
+      std::memcpy(rows_.data() + slots_read[j] * row_, read.data<float>() + j * row_,
+                  row_ * sizeof(float));
+      if (!labels_.empty()) labels_[slots_read[j]] = read_labels.at(j);
+      kept_[slots_read[j]] = true;
+    }
+  };
   if (missing.size() == indices.size() && rows.dim(0) == static_cast<int64_t>(indices.size())) {
     // None kept yet (a first pass): read straight into `rows` and keep a copy.
     data_.load(indices, rows, labels);
-    for (size_t i = 0; i < indices.size(); ++i) {
-      std::memcpy(rows_.data() + slots[i] * row_, rows.data<float>() + i * row_,
-                  row_ * sizeof(float));
-      if (!labels_.empty()) labels_[slots[i]] = labels.at(i);
-      kept_[slots[i]] = true;
-    }
+    keep(slots, rows, labels);
     return;
   }
   if (!missing.empty()) {
@@ -74,12 +79,7 @@ void KeptSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
     kernels::Tensor read(kernels::DType::kFloat32, shape);
     std::vector<int64_t> read_labels;
     data_.load(missing, read, read_labels);
-    for (size_t j = 0; j < missing.size(); ++j) {
-      std::memcpy(rows_.data() + missing_slots[j] * row_, read.data<float>() + j * row_,
-                  row_ * sizeof(float));
-      if (!labels_.empty()) labels_[missing_slots[j]] = read_labels.at(j);
-      kept_[missing_slots[j]] = true;
-    }
+    keep(missing_slots, read, read_labels);
   }
   labels.clear();
   float* out = rows.data<float>();

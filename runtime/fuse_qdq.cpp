@@ -113,7 +113,12 @@ size_t fuse_qdq(graph::Graph& graph) {
 }
 
 size_t fuse_conv_output_quant(graph::Graph& graph) {
-  std::vector<std::pair<Node*, Node*>> pairs;  // convolution, FakeQuant
+  struct Join {
+    Node* conv;
+    Node* fake_quant;
+    kernels::TensorGrid grid;
+  };
+  std::vector<Join> joins;
   for (Node* fq : graph.nodes()) {
     if (fq->op_type() != "FakeQuant") continue;
     Value* x = fq->input(0);
@@ -125,41 +130,35 @@ size_t fuse_conv_output_quant(graph::Graph& graph) {
     }
     const Tensor& scale = fq->input(1)->constant();
     const Tensor& zero_point = fq->input(2)->constant();
-    if (!per_tensor(scale) || scale.dtype() != DType::kFloat32 || zero_point.numel() != 1) continue;
-    kernels::TensorGrid grid;
-    grid.scale = scale.data<float>()[0];
-    grid.dtype = zero_point.dtype();
-    if (grid.dtype == DType::kInt8) {
-      grid.zero_point = zero_point.data<int8_t>()[0];
-    } else if (grid.dtype == DType::kUInt8) {
-      grid.zero_point = zero_point.data<uint8_t>()[0];
-    } else {
+    if (!per_tensor(scale) || scale.dtype() != DType::kFloat32 || zero_point.numel() != 1 ||
+        (zero_point.dtype() != DType::kInt8 && zero_point.dtype() != DType::kUInt8)) {
       continue;
     }
+    kernels::TensorGrid grid;
+    grid.scale = scale.data<float>()[0];
+    grid.zero_point = static_cast<int32_t>(zero_point.to_int64_vector()[0]);
+    grid.dtype = zero_point.dtype();
     try {
       kernels::check_tensor_grid("FakeQuant", grid);
     } catch (const Error&) {
       continue;  // the FakeQuant kernel names the node
     }
-    pairs.emplace_back(conv, fq);
+    joins.push_back({conv, fq, grid});
   }
-  for (auto [conv, fq] : pairs) {
+  for (const Join& j : joins) {
     graph::NodeSpec spec;
-    spec.name = conv->name();
+    spec.name = j.conv->name();
     spec.op_type = "FusedConv";
-    spec.attributes = conv->attributes();
-    spec.attributes["quant_scale"] = fq->input(1)->constant().data<float>()[0];
-    const Tensor& zero_point = fq->input(2)->constant();
-    const bool is_unsigned = zero_point.dtype() == DType::kUInt8;
-    spec.attributes["quant_zero_point"] = is_unsigned ? int64_t{zero_point.data<uint8_t>()[0]}
-                                                      : int64_t{zero_point.data<int8_t>()[0]};
-    spec.attributes["quant_unsigned"] = int64_t{is_unsigned};
-    spec.inputs.assign(conv->inputs().begin(), conv->inputs().end());
-    Node* const chain[] = {conv, fq};
+    spec.attributes = j.conv->attributes();
+    spec.attributes["quant_scale"] = j.grid.scale;
+    spec.attributes["quant_zero_point"] = int64_t{j.grid.zero_point};
+    spec.attributes["quant_unsigned"] = int64_t{j.grid.dtype == DType::kUInt8};
+    spec.inputs.assign(j.conv->inputs().begin(), j.conv->inputs().end());
+    Node* const chain[] = {j.conv, j.fake_quant};
     replace_chain(graph, std::move(spec), chain);
   }
   graph.remove_dead();
-  return pairs.size();
+  return joins.size();
 }
 
 }  // namespace qforge::runtime
