@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "kernels/error.h"
+#include "quant/shared_prefix.h"
 #include "runtime/session.h"
 
 namespace qforge::quant {
@@ -134,17 +136,28 @@ Evaluation reference_pass(const ModelLoader& reference, const SampleSource& data
   return result;
 }
 
-// The quantized pass: its outputs against the reference's, read from `expected` in order, into
-// `result` (figures, top-1, KL, cross-entropy); the first input batch into `first_batch` when
-// given.
-void quantized_pass(const ModelLoader& quantized, const SampleSource& data,
-                    std::span<const size_t> indices, const EvaluationSetup& setup,
-                    ProgressBar& progress, FloatStore& expected, Evaluation& result,
-                    kernels::Tensor* first_batch, int64_t* first_count) {
+// A model's outputs for an input batch, the batch's index in the pass given.
+using BatchRun = std::function<std::span<const kernels::Tensor>(const kernels::Tensor&, size_t)>;
+
+// A session of `model`, run with its weights released as its kernels prepare them.
+std::unique_ptr<runtime::Session> session_of(std::unique_ptr<graph::Graph> model) {
   runtime::SessionOptions one_shape;
   one_shape.executor.release_prepared_constants = true;
-  runtime::Session session(quantized(), one_shape);
+  return std::make_unique<runtime::Session>(std::move(model), one_shape);
+}
+
+BatchRun whole_model(runtime::Session& session) {
+  return [&session](const kernels::Tensor& input, size_t) { return session.run(input); };
+}
+
+// The quantized pass: the outputs `run` gives against the reference's, read from `expected` in
+// order, into `result` (figures, top-1, KL, cross-entropy); the first input batch into
+// `first_batch` when given.
+void quantized_pass(const BatchRun& run, const SampleSource& data, std::span<const size_t> indices,
+                    const EvaluationSetup& setup, ProgressBar& progress, FloatStore& expected,
+                    Evaluation& result, kernels::Tensor* first_batch, int64_t* first_count) {
   runtime::OutputComparison comparison;
+  size_t batch = 0;
   DivergenceSums sums;
   bool classifier = true;  // every batch's output is [rows, classes] float
   for_each_batch(
@@ -154,7 +167,7 @@ void quantized_pass(const ModelLoader& quantized, const SampleSource& data,
           *first_batch = input.clone();
           *first_count = static_cast<int64_t>(count);
         }
-        const kernels::Tensor got = float_output(setup.stage, session.run(input), count);
+        const kernels::Tensor got = float_output(setup.stage, run(input, batch++), count);
         kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
         expected.read(expected_rows.span<float>());
         comparison.add(expected_rows, got);
@@ -197,8 +210,9 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
   int64_t first_count = 0;
   {
     const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
-    quantized_pass(quantized, data, indices, setup, *progress, *expected, result, &first_batch,
-                   &first_count);
+    const auto session = session_of(quantized());
+    quantized_pass(whole_model(*session), data, indices, setup, *progress, *expected, result,
+                   &first_batch, &first_count);
     progress->finish();
   }
   if (setup.flip_injections > 0) {
@@ -232,10 +246,138 @@ std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
   for (const ModelLoader& model : quantized) {
     Evaluation result = base;
     MemoryFloatStore replay = expected;  // read from its start for each model
-    quantized_pass(model, samples, indices, setup, *silent, replay, result, nullptr, nullptr);
+    const auto session = session_of(model());
+    quantized_pass(whole_model(*session), samples, indices, setup, *silent, replay, result, nullptr,
+                   nullptr);
     results.push_back(std::move(result));
     progress->advance(1);
     if (stop && stop(results.back())) break;
+  }
+  progress->finish();
+  return results;
+}
+
+namespace {
+
+// A base model's values at a cut, for every batch of a pass, by name.
+using BatchValues = std::vector<std::map<std::string, kernels::Tensor, std::less<>>>;
+
+// The tensors a graph's inputs name, from one batch's values.
+std::vector<kernels::Tensor> inputs_from(
+    const graph::Graph& g, const std::map<std::string, kernels::Tensor, std::less<>>& values) {
+  std::vector<kernels::Tensor> inputs;
+  for (const graph::Value* v : g.inputs()) inputs.push_back(values.at(v->name()));
+  return inputs;
+}
+
+size_t bytes_at(const std::vector<const graph::Value*>& live, size_t batches) {
+  size_t bytes = 0;
+  for (const graph::Value* v : live) {
+    if (!v->has_shape()) return SIZE_MAX;
+    bytes +=
+        static_cast<size_t>(kernels::shape_numel(*v->shape())) * kernels::dtype_size(v->dtype());
+  }
+  return bytes * batches;
+}
+
+}  // namespace
+
+std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const ModelLoader& base,
+                                          std::span<const ModelLoader> variants,
+                                          const SampleSource& data, const EvaluationSetup& setup,
+                                          const ProgressFactory& progress_factory) {
+  const std::vector<size_t> indices = evaluation_indices(data, setup);
+  std::optional<KeptSamples> kept;
+  if (KeptSamples::bytes(data, indices.size()) <= kKeptSampleBytes) kept.emplace(data, indices);
+  const SampleSource& samples = kept ? static_cast<const SampleSource&>(*kept) : data;
+  MemoryFloatStore expected;
+  const Evaluation start =
+      reference_pass(reference, samples, indices, setup, progress_factory, expected);
+  std::vector<Evaluation> results;
+  results.reserve(variants.size() + 1);
+  const auto progress = make_progress(progress_factory, setup.quantized_label, variants.size() + 1);
+  const std::unique_ptr<ProgressBar> silent = make_progress({}, "", 0);
+  auto measure = [&](const BatchRun& run) {
+    Evaluation result = start;
+    MemoryFloatStore replay = expected;  // read from its start for each model
+    quantized_pass(run, samples, indices, setup, *silent, replay, result, nullptr, nullptr);
+    results.push_back(std::move(result));
+    progress->advance(1);
+  };
+
+  std::unique_ptr<graph::Graph> base_graph = base();
+  {
+    const auto session = session_of(base_graph->clone());
+    measure(whole_model(*session));
+  }
+  // Runs from a cut hold the base's values for each batch: the samples must be kept, and the
+  // model take one input at the batch of the evaluation.
+  const graph::Value* input = base_graph->inputs().size() == 1 ? base_graph->inputs()[0] : nullptr;
+  const bool from_cuts = kept && input && input->has_shape() && !input->shape()->empty() &&
+                         (*input->shape())[0] == setup.batch;
+  const std::string input_name = input ? input->name() : "";
+  const SharedPrefix prefix(std::move(base_graph));
+  const auto per_batch = static_cast<size_t>(setup.batch);
+  const size_t batches = (indices.size() + per_batch - 1) / per_batch;
+  // The base's values at `cut` for each batch; empty until a variant first runs from them.
+  BatchValues held;
+  size_t cut = 0;
+  for (const ModelLoader& variant : variants) {
+    std::unique_ptr<graph::Graph> graph = variant();
+    SharedPrefix::Departure d = prefix.departure(*graph);
+    if (!from_cuts || !d.rest || d.cut == 0 || d.cut < cut ||
+        bytes_at(prefix.live(d.cut), batches) > kKeptSampleBytes) {
+      const auto session = session_of(std::move(graph));
+      measure(whole_model(*session));
+      continue;
+    }
+    if (held.empty()) {  // the values at cut 0: the input batches themselves
+      const std::unique_ptr<ProgressBar> none = make_progress({}, "", 0);
+      for_each_batch(samples, indices, setup.batch, true, *none,
+                     [&](const kernels::Tensor& rows, const std::vector<int64_t>&, size_t) {
+                       held.push_back({{input_name, rows.clone()}});
+                     });
+      cut = 0;
+    }
+    if (d.cut > cut) {
+      // The base's nodes from the held cut to this one, as the variant (which computes them
+      // alike) holds them; values that pass the segment by are kept as they are.
+      auto segment = prefix.segment(*graph, cut, d.cut);
+      std::vector<std::string> produced;
+      for (const graph::Value* v : segment->outputs()) produced.push_back(v->name());
+      std::vector<std::string> live;
+      bool complete = true;  // every value of the new cut is produced or held
+      for (const graph::Value* v : prefix.live(d.cut)) {
+        live.push_back(v->name());
+        complete =
+            complete && (held.front().count(v->name()) ||
+                         std::find(produced.begin(), produced.end(), v->name()) != produced.end());
+      }
+      if (!complete) {  // held again from the inputs when a variant next runs from a cut
+        held.clear();
+        cut = 0;
+        const auto session = session_of(std::move(graph));
+        measure(whole_model(*session));
+        continue;
+      }
+      const auto session = session_of(std::move(segment));
+      for (auto& values : held) {
+        const std::span<const kernels::Tensor> out =
+            session->run(inputs_from(session->graph(), values));
+        std::map<std::string, kernels::Tensor, std::less<>> next;
+        for (size_t i = 0; i < produced.size(); ++i) next.emplace(produced[i], out[i].clone());
+        for (const std::string& name : live) {
+          if (!next.count(name)) next.emplace(name, std::move(values.at(name)));
+        }
+        values = std::move(next);
+      }
+      cut = d.cut;
+    }
+    graph.reset();
+    const auto session = session_of(std::move(d.rest));
+    measure([&](const kernels::Tensor&, size_t batch) {
+      return session->run(inputs_from(session->graph(), held.at(batch)));
+    });
   }
   progress->finish();
   return results;

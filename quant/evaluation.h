@@ -88,4 +88,17 @@ std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
                                       const ProgressFactory& progress = {},
                                       const std::function<bool(const Evaluation&)>& stop = {});
 
+// evaluate_each of `base` and then each of `variants`, for variants that compute what the base
+// computes up to some node (a Q/DQ model with one module kept float, beside the all-quantized
+// one). The base runs whole; each variant runs from the base's values where it departs from
+// the base (quant/shared_prefix.h), held for every batch while they take at most
+// kKeptSampleBytes, so a variant that departs late costs a short run. A variant that departs
+// before an earlier one, or whose cut holds more than that, runs whole. The same figures as
+// evaluate_each gives, bit for bit: each node computes what it computes in the whole model.
+// One model in memory at a time, besides the base's structure and the values at the cut.
+std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const ModelLoader& base,
+                                          std::span<const ModelLoader> variants,
+                                          const SampleSource& data, const EvaluationSetup& setup,
+                                          const ProgressFactory& progress = {});
+
 }  // namespace qforge::quant

@@ -64,7 +64,9 @@ SensitivityAnalysis skip_sensitivity(const graph::Graph& fused, const Calibratio
     models.emplace_back(
         [&fused, &p, &calibrated] { return build_qdq_graph(fused, p, calibrated.amax); });
   }
-  std::vector<Evaluation> measured = evaluate_each(reference, models, data, evaluation, progress);
+  // Each variant runs from the all-quantized model's values where it departs from it.
+  std::vector<Evaluation> measured = evaluate_variants(
+      reference, models.front(), std::span(models).subspan(1), data, evaluation, progress);
   analysis.all_quantized = std::move(measured.front());
   for (size_t i = 0; i < analysis.modules.size(); ++i) {
     analysis.modules[i].evaluation = std::move(measured[i + 1]);

@@ -696,8 +696,10 @@ bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
   at_own.parameters = options.parameters;
   for (const Value* in : model.inputs()) {
     if (!in->has_shape() || in->shape()->empty()) continue;
+    // Each input at its own shape: inputs whose first axis is not the batch (a graph cut inside
+    // a model) keep theirs.
     Shape s = *in->shape();
-    s[0] = *fixed;
+    if (s[0] < 0) s[0] = *fixed;
     at_own.input_shapes[in->name()] = s;
   }
   resolve(model, at_own);

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -16,7 +18,11 @@
 #include "quant/calibrate_pipeline.h"
 #include "quant/evaluation.h"
 #include "quant/int8.h"
+#include "quant/placement.h"
+#include "quant/qdq_export.h"
 #include "quant/sensitivity.h"
+#include "quant/shared_prefix.h"
+#include "runtime/session.h"
 #include "tests/support/errors.h"
 #include "tests/support/test_support.h"
 #include "tools/io/image_folder.h"
@@ -346,6 +352,182 @@ TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
   }
   // Keeping a module float changes the output.
   EXPECT_NE(a.modules[with_point].evaluation.figures.sqnr_db, a.all_quantized.figures.sqnr_db);
+}
+
+// The Q/DQ models of a sensitivity analysis of a bundled family, calibrated on its golden input
+// (four samples): every module quantized first, then each quantized module kept float in turn,
+// in graph order.
+struct SkipVariants {
+  kernels::Tensor input;
+  std::string path;
+  std::unique_ptr<graph::Graph> fused;
+  quant::CalibrationResult calibrated;
+  std::vector<quant::QuantPlan> plans;
+  std::vector<quant::ModelLoader> models;
+
+  explicit SkipVariants(const std::string& family)
+      : input(io::read_npy(data_path("golden/" + family + "_input.npy"))),
+        path(data_path("models/" + family + "_bn.onnx")) {
+    const TensorSamples data(input);
+    quant::CalibrationSetup setup;
+    setup.batch = 2;
+    calibrated = quant::calibrate(graph::load_onnx(path), quant::model_file(path), data, setup);
+    fused = quant::fused_graph_for_export(graph::load_onnx(path), setup, calibrated);
+    plans.push_back(calibrated.plan);
+    std::vector<std::string> modules;
+    for (const graph::Node* n : fused->nodes()) {
+      bool quantized = false;
+      for (const quant::WeightPoint& w : calibrated.plan.weights) quantized |= w.node == n->name();
+      for (const quant::ActivationPoint& a : calibrated.plan.activations) {
+        for (const quant::QuantConsumer& c : a.consumers) quantized |= c.node == n->name();
+      }
+      if (quantized) modules.push_back(n->name());
+    }
+    for (const std::string& m : modules) {
+      quant::PlacementOptions options = quant::placement_options(setup);
+      options.skip.push_back(m);
+      plans.push_back(quant::place_qdq(*fused, options));
+    }
+    models.reserve(plans.size());
+    for (const quant::QuantPlan& p : plans) {
+      models.emplace_back(
+          [this, &p] { return quant::build_qdq_graph(*fused, p, calibrated.amax); });
+    }
+  }
+  SkipVariants(const SkipVariants&) = delete;
+};
+
+std::vector<kernels::Tensor> outputs_of(runtime::Session& session,
+                                        std::span<const kernels::Tensor> inputs) {
+  std::vector<kernels::Tensor> out;
+  for (const kernels::Tensor& t : session.run(inputs)) out.push_back(t.clone());
+  return out;
+}
+
+bool same_bytes(const kernels::Tensor& a, const kernels::Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// A variant of the all-quantized model departs from it where it first computes another node; the
+// base's nodes up to there, cut into segments, and the variant's rest from the values they hand
+// on give the variant's outputs bit for bit. All but a variant that changes the model's first
+// node run a rest.
+TEST(SharedPrefix, SegmentsOfTheBaseThenAVariantsRestGiveTheVariantsOutputs) {
+  for (const std::string family : {"resnet", "vit", "swin", "mobilenet_v3", "yolo", "unet"}) {
+    SCOPED_TRACE(family);
+    SkipVariants v(family);
+    const quant::SharedPrefix prefix(v.models[0]());
+    EXPECT_EQ(prefix.departure(*v.models[0]()).cut, prefix.size());
+    size_t rests = 0;
+    size_t last_cut = 0;
+    for (size_t i = 1; i < v.models.size(); ++i) {
+      SCOPED_TRACE(i);
+      std::unique_ptr<graph::Graph> variant = v.models[i]();
+      quant::SharedPrefix::Departure d = prefix.departure(*variant);
+      ASSERT_LT(d.cut, prefix.size());
+      const size_t previous_cut = last_cut;
+      last_cut = d.cut;
+      const kernels::Tensor input = v.input.slice_rows(0, 2);  // the batch the models have
+      runtime::Session whole(variant->clone());
+      const std::vector<kernels::Tensor> want = outputs_of(whole, std::span(&input, 1));
+      if (!d.rest) continue;
+      ++rests;
+      // The base's values at the cut, from two segments: to the cut of the variant before (when
+      // it is earlier and its values all have a static shape) and from there.
+      size_t split = previous_cut <= d.cut ? previous_cut : 0;
+      for (const graph::Value* x : prefix.live(split)) split = x->has_shape() ? split : 0;
+      std::map<std::string, kernels::Tensor> values = {{variant->inputs()[0]->name(), input}};
+      for (auto [from, to] : {std::pair{size_t{0}, split}, std::pair{split, d.cut}}) {
+        if (from == to) continue;
+        runtime::Session segment(prefix.segment(*variant, from, to));
+        std::vector<kernels::Tensor> in;
+        for (const graph::Value* x : segment.graph().inputs()) in.push_back(values.at(x->name()));
+        const std::vector<kernels::Tensor> out = outputs_of(segment, in);
+        for (size_t k = 0; k < out.size(); ++k) {
+          values[segment.graph().outputs()[k]->name()] = out[k];
+        }
+      }
+      runtime::Session rest(std::move(d.rest));
+      std::vector<kernels::Tensor> in;
+      for (const graph::Value* x : rest.graph().inputs()) in.push_back(values.at(x->name()));
+      const std::vector<kernels::Tensor> got = outputs_of(rest, in);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(same_bytes(got[k], want[k])) << k;
+    }
+    EXPECT_GE(rests + 1, v.models.size() - 1);
+  }
+}
+
+// Constants decide too: a variant whose graph has the base's structure but one point's scale
+// doubled departs at that point's quantizer (not at the end, as its structure alone would say),
+// and the base's values there with the variant's rest give the variant's outputs.
+TEST(SharedPrefix, AVariantWithAnotherScaleDepartsWhereThatScaleIsRead) {
+  SkipVariants v("resnet");
+  const quant::SharedPrefix prefix(v.models[0]());
+  quant::ActivationAmax amax = v.calibrated.amax;
+  const std::string point = v.calibrated.plan.activations[3].tensor;
+  amax.at(point) *= 2;
+  std::unique_ptr<graph::Graph> variant = quant::build_qdq_graph(*v.fused, v.calibrated.plan, amax);
+  quant::SharedPrefix::Departure d = prefix.departure(*variant);
+  ASSERT_LT(d.cut, prefix.size());
+  ASSERT_GT(d.cut, 0u);
+  ASSERT_TRUE(d.rest);
+  // The first node of the rest reads the point: its quantizer.
+  const graph::Node* first = nullptr;
+  for (const graph::Node* n : d.rest->nodes()) {
+    bool computing = false;
+    for (const graph::Value* x : n->inputs()) computing |= x && !x->is_constant();
+    if (computing && !first) first = n;
+  }
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->op_type(), "QuantizeLinear");
+  EXPECT_EQ(first->input(0)->name(), point);
+  const kernels::Tensor input = v.input.slice_rows(0, 2);
+  runtime::Session whole(variant->clone());
+  const std::vector<kernels::Tensor> want = outputs_of(whole, std::span(&input, 1));
+  runtime::Session head(prefix.segment(*variant, 0, d.cut));
+  const std::vector<kernels::Tensor> at_cut = outputs_of(head, std::span(&input, 1));
+  std::map<std::string, kernels::Tensor> values = {{variant->inputs()[0]->name(), input}};
+  for (size_t k = 0; k < at_cut.size(); ++k) values[head.graph().outputs()[k]->name()] = at_cut[k];
+  runtime::Session rest(std::move(d.rest));
+  std::vector<kernels::Tensor> in;
+  for (const graph::Value* x : rest.graph().inputs()) in.push_back(values.at(x->name()));
+  const std::vector<kernels::Tensor> got = outputs_of(rest, in);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(same_bytes(got[k], want[k])) << k;
+}
+
+// evaluate_variants gives evaluate_each's figures exactly, with the variants in graph order (each
+// from the values where it departs) and in reverse (each departs before the one before it: every
+// one but the first runs whole), over a padded last batch.
+TEST(SharedPrefix, EvaluateVariantsGivesEachModelsFiguresAsEvaluateEachDoes) {
+  for (const std::string family : {"resnet", "vit", "swin", "unet"}) {
+    SCOPED_TRACE(family);
+    SkipVariants v(family);
+    const TensorSamples data(v.input);
+    quant::EvaluationSetup eval;
+    eval.batch = 2;
+    eval.limit = 3;
+    eval.flip_injections = 0;
+    const quant::ModelLoader reference = quant::model_file(v.path);
+    const std::vector<quant::Evaluation> each =
+        quant::evaluate_each(reference, v.models, data, eval);
+    const std::vector<quant::Evaluation> variants = quant::evaluate_variants(
+        reference, v.models[0], std::span(v.models).subspan(1), data, eval);
+    ASSERT_EQ(variants.size(), each.size());
+    for (size_t i = 0; i < each.size(); ++i) {
+      expect_same_figures(variants[i], each[i], "model " + std::to_string(i));
+    }
+    std::vector<quant::ModelLoader> reversed(v.models.rbegin(), v.models.rend() - 1);
+    const std::vector<quant::Evaluation> backwards =
+        quant::evaluate_variants(reference, v.models[0], reversed, data, eval);
+    ASSERT_EQ(backwards.size(), each.size());
+    for (size_t i = 1; i < each.size(); ++i) {
+      expect_same_figures(backwards[each.size() - i], each[i],
+                          "reversed, model " + std::to_string(i));
+    }
+  }
 }
 
 // A calibration result narrowed to more skips is the result calibrate returns with them: the
