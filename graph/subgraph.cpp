@@ -44,8 +44,11 @@ std::unique_ptr<Graph> extract(const Graph& g, std::span<const Node* const> node
     Node* copy = part->add_node(std::move(spec));
     for (size_t i = 0; i < n->num_outputs(); ++i) {
       const Value* out = n->output(i);
-      if (out->has_shape()) copy->output(i)->set_type(out->dtype(), *out->shape());
-      else copy->output(i)->set_dtype(out->dtype());
+      if (out->has_shape()) {
+        copy->output(i)->set_type(out->dtype(), *out->shape());
+      } else {
+        copy->output(i)->set_dtype(out->dtype());
+      }
       map.emplace(out, copy->output(i));
     }
   }

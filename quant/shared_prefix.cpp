@@ -5,8 +5,8 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
-#include <variant>
 #include <unordered_set>
+#include <variant>
 
 #include "graph/subgraph.h"
 

@@ -53,8 +53,8 @@ class SharedPrefix {
 
  private:
   std::unique_ptr<graph::Graph> base_;
-  std::vector<const graph::Node*> computing_;  // graph order
-  std::vector<const graph::Node*> constant_;   // nodes that read constants alone
+  std::vector<const graph::Node*> computing_;                 // graph order
+  std::vector<const graph::Node*> constant_;                  // nodes that read constants alone
   std::unordered_map<const graph::Value*, uint64_t> hashes_;  // of the base's constants
 };
 

@@ -404,9 +404,24 @@ std::vector<kernels::Tensor> outputs_of(runtime::Session& session,
   return out;
 }
 
-bool same_bytes(const kernels::Tensor& a, const kernels::Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
-         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+// A session's outputs, its inputs read by name from `values`, which its outputs then join.
+std::vector<kernels::Tensor> run_by_name(runtime::Session& session,
+                                         std::map<std::string, kernels::Tensor>& values) {
+  std::vector<kernels::Tensor> in;
+  for (const graph::Value* x : session.graph().inputs()) in.push_back(values.at(x->name()));
+  const std::vector<kernels::Tensor> out = outputs_of(session, in);
+  for (size_t k = 0; k < out.size(); ++k) values[session.graph().outputs()[k]->name()] = out[k];
+  return out;
+}
+
+void expect_same_bytes(const std::vector<kernels::Tensor>& got,
+                       const std::vector<kernels::Tensor>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t k = 0; k < got.size(); ++k) {
+    EXPECT_TRUE(got[k].dtype() == want[k].dtype() && got[k].shape() == want[k].shape() &&
+                std::memcmp(got[k].raw(), want[k].raw(), got[k].nbytes()) == 0)
+        << "output " << k;
+  }
 }
 
 // A variant of the all-quantized model departs from it where it first computes another node; the
@@ -441,19 +456,10 @@ TEST(SharedPrefix, SegmentsOfTheBaseThenAVariantsRestGiveTheVariantsOutputs) {
       for (auto [from, to] : {std::pair{size_t{0}, split}, std::pair{split, d.cut}}) {
         if (from == to) continue;
         runtime::Session segment(prefix.segment(*variant, from, to));
-        std::vector<kernels::Tensor> in;
-        for (const graph::Value* x : segment.graph().inputs()) in.push_back(values.at(x->name()));
-        const std::vector<kernels::Tensor> out = outputs_of(segment, in);
-        for (size_t k = 0; k < out.size(); ++k) {
-          values[segment.graph().outputs()[k]->name()] = out[k];
-        }
+        run_by_name(segment, values);
       }
       runtime::Session rest(std::move(d.rest));
-      std::vector<kernels::Tensor> in;
-      for (const graph::Value* x : rest.graph().inputs()) in.push_back(values.at(x->name()));
-      const std::vector<kernels::Tensor> got = outputs_of(rest, in);
-      ASSERT_EQ(got.size(), want.size());
-      for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(same_bytes(got[k], want[k])) << k;
+      expect_same_bytes(run_by_name(rest, values), want);
     }
     EXPECT_GE(rests + 1, v.models.size() - 1);
   }
@@ -486,16 +492,11 @@ TEST(SharedPrefix, AVariantWithAnotherScaleDepartsWhereThatScaleIsRead) {
   const kernels::Tensor input = v.input.slice_rows(0, 2);
   runtime::Session whole(variant->clone());
   const std::vector<kernels::Tensor> want = outputs_of(whole, std::span(&input, 1));
-  runtime::Session head(prefix.segment(*variant, 0, d.cut));
-  const std::vector<kernels::Tensor> at_cut = outputs_of(head, std::span(&input, 1));
   std::map<std::string, kernels::Tensor> values = {{variant->inputs()[0]->name(), input}};
-  for (size_t k = 0; k < at_cut.size(); ++k) values[head.graph().outputs()[k]->name()] = at_cut[k];
+  runtime::Session head(prefix.segment(*variant, 0, d.cut));
+  run_by_name(head, values);
   runtime::Session rest(std::move(d.rest));
-  std::vector<kernels::Tensor> in;
-  for (const graph::Value* x : rest.graph().inputs()) in.push_back(values.at(x->name()));
-  const std::vector<kernels::Tensor> got = outputs_of(rest, in);
-  ASSERT_EQ(got.size(), want.size());
-  for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(same_bytes(got[k], want[k])) << k;
+  expect_same_bytes(run_by_name(rest, values), want);
 }
 
 // evaluate_variants gives evaluate_each's figures exactly, with the variants in graph order (each
