@@ -1,5 +1,6 @@
 #include "quant/shared_prefix.h"
 
+#include <algorithm>
 #include <cstring>
 #include <set>
 #include <string>
@@ -9,6 +10,7 @@
 #include <variant>
 
 #include "graph/subgraph.h"
+#include "kernels/parallel.h"
 
 namespace qforge::quant {
 namespace {
@@ -16,9 +18,22 @@ namespace {
 using graph::Node;
 using graph::Value;
 
+// A hash of a tensor's bytes: of each 1 MiB block (in parallel), then of the blocks' hashes in
+// order, so that it is the same for any thread count.
 uint64_t hash_of(const kernels::Tensor& t) {
-  return std::hash<std::string_view>{}(
-      std::string_view(static_cast<const char*>(t.raw()), t.nbytes()));
+  constexpr int64_t kBlock = int64_t{1} << 20;
+  const char* bytes = static_cast<const char*>(t.raw());
+  const auto size = static_cast<int64_t>(t.nbytes());
+  std::vector<uint64_t> blocks(static_cast<size_t>((size + kBlock - 1) / kBlock));
+  kernels::parallel_for(static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t at = b * kBlock;
+      blocks[static_cast<size_t>(b)] = std::hash<std::string_view>{}(
+          std::string_view(bytes + at, static_cast<size_t>(std::min(kBlock, size - at))));
+    }
+  });
+  return std::hash<std::string_view>{}(std::string_view(
+      reinterpret_cast<const char*>(blocks.data()), blocks.size() * sizeof(uint64_t)));
 }
 
 bool same_tensor(const kernels::Tensor& a, const kernels::Tensor& b) {
