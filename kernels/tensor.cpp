@@ -49,7 +49,11 @@ const char* dtype_name(DType dtype) {
 
 int64_t shape_numel(std::span<const int64_t> shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(n, d, &n)) {
+      throw_invalid("shape " + shape_str(shape) + " holds more elements than a 64-bit count");
+    }
+  }
   return n;
 }
 

@@ -45,6 +45,7 @@ constexpr DType dtype_of<uint8_t>() {
 
 using Shape = std::vector<int64_t>;
 
+// The element count; an Invalid error when it overflows 64 bits (a shape from a malformed file).
 int64_t shape_numel(std::span<const int64_t> shape);
 std::string shape_str(std::span<const int64_t> shape);  // "[1, 3, 32, 32]"
 // Row-major strides in elements.

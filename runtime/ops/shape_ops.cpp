@@ -161,7 +161,9 @@ std::vector<TensorInfo> infer_reshape(const graph::Node& node, std::span<const I
       d = x.shape[i];
     }
     out[i] = d;
-    known *= d;
+    if (__builtin_mul_overflow(known, d, &known)) {
+      fail_node(node, "a shape whose element count fits in 64 bits", ints_str(spec));
+    }
   }
   const int64_t numel = shape_numel(x.shape);
   if (infer_at >= 0) {

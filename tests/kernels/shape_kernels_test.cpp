@@ -265,6 +265,20 @@ TEST(ShapeGather, OutOfRangeIndexIsInvalid) {
   }
 }
 
+// A shape whose element count overflows 64 bits (from a malformed file) is refused wherever its
+// count is taken, rather than wrapped into a small or negative size.
+TEST(ShapeNumel, ACountThatOverflowsIsInvalid) {
+  EXPECT_EQ(shape_numel(Shape{int64_t{1} << 31, int64_t{1} << 31}), int64_t{1} << 62);
+  try {
+    shape_numel(Shape{432345564227567616, 64, 2});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
+    EXPECT_EQ(std::string(e.what()),
+              "shape [432345564227567616, 64, 2] holds more elements than a 64-bit count");
+  }
+}
+
 TEST(ShapeExpand, BroadcastsBothWaysMatchingReference) {
   struct Case {
     Shape in, shape;

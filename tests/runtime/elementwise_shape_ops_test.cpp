@@ -241,6 +241,11 @@ TEST(ShapeOps, ReshapeInfersZeroAndMinusOneFromAConstantShape) {
             "elements of [2, 3, 4], got [5, -1]");
   OneNode two("Reshape", {runtime_input(x), constant_input(ints({-1, -1}))});
   EXPECT_EQ(error_of([&] { two.infer(); }).first, ErrorKind::kInvalid);
+  // Entries whose product overflows 64 bits (a fuzzed file) are refused, not multiplied.
+  OneNode huge("Reshape", {runtime_input(x), constant_input(ints({432345564227567616, 64, -1}))});
+  EXPECT_EQ(error_of([&] { huge.infer(); }).second,
+            "shape inference: node 'node' (Reshape): expected a shape whose element count fits "
+            "in 64 bits, got [432345564227567616, 64, -1]");
 }
 
 TEST(ShapeOps, FlattenSqueezeUnsqueezeAndTransposeShapes) {
