@@ -78,17 +78,26 @@ SkipSearch skip_until(const graph::Graph& fused, const CalibrationResult& calibr
                       const CalibrationSetup& setup, const std::vector<std::string>& order,
                       const std::function<bool(const Evaluation&)>& reached,
                       const ModelLoader& reference, const SampleSource& data,
-                      const EvaluationSetup& evaluation, const ProgressFactory& progress) {
+                      const EvaluationSetup& evaluation, const ProgressFactory& progress,
+                      const std::optional<Evaluation>& first) {
   // Model k keeps the first k + 1 modules of `order` float; each is placed when it is loaded.
-  std::vector<ModelLoader> models;
-  for (size_t k = 0; k < order.size(); ++k) {
-    models.emplace_back([&, k] {
-      return build_qdq_graph(fused, plan_skipping(fused, setup, std::span(order).first(k + 1)),
-                             calibrated.amax);
-    });
+  // With `first`, model 0 is known and the runs start at model 1, unless it already reaches.
+  std::vector<Evaluation> measured;
+  if (first && !order.empty()) measured.push_back(*first);
+  if (measured.empty() || !reached(measured.front())) {
+    std::vector<ModelLoader> models;
+    for (size_t k = measured.size(); k < order.size(); ++k) {
+      models.emplace_back([&, k] {
+        return build_qdq_graph(fused, plan_skipping(fused, setup, std::span(order).first(k + 1)),
+                               calibrated.amax);
+      });
+    }
+    if (!models.empty()) {
+      for (Evaluation& e : evaluate_each(reference, models, data, evaluation, progress, reached)) {
+        measured.push_back(std::move(e));
+      }
+    }
   }
-  std::vector<Evaluation> measured =
-      evaluate_each(reference, models, data, evaluation, progress, reached);
   SkipSearch search;
   if (measured.empty()) return search;
   search.kept_float.assign(order.begin(),

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,10 +55,13 @@ struct SkipSearch {
   bool reached = false;                 // false: even with every module of `order` float
 };
 
+// `first`, when given, is the evaluation of the first model (order[0] alone kept float) on
+// these samples, as a SensitivityAnalysis measured it: that model is not run again.
 SkipSearch skip_until(const graph::Graph& fused, const CalibrationResult& calibrated,
                       const CalibrationSetup& setup, const std::vector<std::string>& order,
                       const std::function<bool(const Evaluation&)>& reached,
                       const ModelLoader& reference, const SampleSource& data,
-                      const EvaluationSetup& evaluation, const ProgressFactory& progress = {});
+                      const EvaluationSetup& evaluation, const ProgressFactory& progress = {},
+                      const std::optional<Evaluation>& first = {});
 
 }  // namespace qforge::quant

@@ -354,6 +354,58 @@ TEST(CalibratePipeline, SkipSensitivityOfAModuleIsTheModelItsSkipWrites) {
   EXPECT_NE(a.modules[with_point].evaluation.figures.sqnr_db, a.all_quantized.figures.sqnr_db);
 }
 
+// The target search given the sensitivity row of its first model (the costliest module alone
+// float) does not run that model: the same modules and figures as a search that runs it, one
+// model fewer run, and none (not even the float model) when the first already reaches.
+TEST(CalibratePipeline, SkipUntilTakesTheMeasuredFirstModelInsteadOfRunningIt) {
+  const ImageSamples data(kTrain, *graph::load_onnx(kResnet));
+  const quant::CalibrationSetup setup = forty_images_setup();
+  const quant::CalibrationResult result = calibrate_resnet(data, setup);
+  const auto fused = quant::fused_graph_for_export(graph::load_onnx(kResnet), setup, result);
+  quant::EvaluationSetup eval;
+  eval.batch = 16;
+  eval.limit = 24;
+  eval.flip_injections = 0;
+  const quant::ModelLoader reference = quant::model_file(kResnet);
+  const quant::SensitivityAnalysis a =
+      quant::skip_sensitivity(*fused, result, setup, reference, data, eval);
+  const std::vector<std::string> order = {a.modules[2].module, a.modules[0].module,
+                                          a.modules[5].module};
+  const auto never = [](const quant::Evaluation&) { return false; };
+  RecordedBars ran, given;
+  const quant::SkipSearch run =
+      quant::skip_until(*fused, result, setup, order, never, reference, data, eval, ran.factory());
+  const quant::SkipSearch known =
+      quant::skip_until(*fused, result, setup, order, never, reference, data, eval, given.factory(),
+                        a.modules[2].evaluation);
+  EXPECT_EQ(known.kept_float, run.kept_float);
+  EXPECT_EQ(known.kept_float, order);
+  EXPECT_FALSE(known.reached);
+  expect_same_figures(known.evaluation, run.evaluation, "every module of the order float");
+  ASSERT_EQ(ran.bars.size(), 2u);
+  ASSERT_EQ(given.bars.size(), 2u);
+  EXPECT_EQ(ran.bars[1].done, 3u);
+  EXPECT_EQ(given.bars[1].done, 2u);
+
+  // The first model reaches: nothing runs.
+  const double first_db = a.modules[2].evaluation.figures.sqnr_db;
+  const auto first_reaches = [first_db](const quant::Evaluation& e) {
+    return e.figures.sqnr_db >= first_db;
+  };
+  RecordedBars none;
+  const quant::SkipSearch at_once =
+      quant::skip_until(*fused, result, setup, order, first_reaches, reference, data, eval,
+                        none.factory(), a.modules[2].evaluation);
+  EXPECT_TRUE(none.bars.empty());
+  EXPECT_TRUE(at_once.reached);
+  EXPECT_EQ(at_once.kept_float, std::vector<std::string>{order[0]});
+  // The row is the model the search would have run first.
+  const quant::SkipSearch first_run =
+      quant::skip_until(*fused, result, setup, order, first_reaches, reference, data, eval);
+  EXPECT_EQ(first_run.kept_float, at_once.kept_float);
+  expect_same_figures(at_once.evaluation, first_run.evaluation, "the costliest module float");
+}
+
 // The Q/DQ models of a sensitivity analysis of a bundled family, calibrated on its golden input
 // (four samples): every module quantized first, then each quantized module kept float in turn,
 // in graph order.

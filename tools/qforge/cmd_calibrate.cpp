@@ -321,13 +321,13 @@ int run_calibrate(const CalibrateOptions& o) {
       // Never every module: a model with nothing quantized is not what calibrate is for.
       // Ranked by the figure the target names (KL when it names both).
       std::vector<std::string> order;
-      for (const quant::SkipSensitivity* m : best_first(*sensitivity, !o.target_kl)) {
-        order.push_back(m->module);
-      }
+      const auto ranked = best_first(*sensitivity, !o.target_kl);
+      for (const quant::SkipSensitivity* m : ranked) order.push_back(m->module);
       order.pop_back();
       each.quantized_label = "target";
+      // The first model of the search, the costliest module alone float, was measured above.
       search = quant::skip_until(*fused, calibrated, setup, order, reached, reload,
-                                 DataSamples(eval), each, progress_bars());
+                                 DataSamples(eval), each, progress_bars(), ranked[0]->evaluation);
       if (!search->reached) {
         throw_invalid("calibrate: " + target_text(o) + " not reached on " +
                       std::to_string(sensitivity->all_quantized.samples) +
