@@ -90,10 +90,15 @@ class NodeMatcher {
 
  private:
   bool same_constant(const Value* x, const Value* y) {
-    if (!y->is_constant() || y->dtype() != x->dtype() || y->shape() != x->shape()) return false;
+    if (!y->is_constant() || y->is_released() || y->dtype() != x->dtype() ||
+        y->shape() != x->shape()) {
+      return false;
+    }
+    const auto base_hash = hashes_.find(x);
+    if (base_hash == hashes_.end()) return false;  // released before the base was taken
     auto [it, fresh] = variant_hashes_.emplace(y, 0);
     if (fresh) it->second = hash_of(y->constant());
-    return it->second == hashes_.at(x);
+    return it->second == base_hash->second;
   }
 
   bool same_node(const Node* b, const Node* v) {
@@ -128,7 +133,8 @@ class NodeMatcher {
       if (!q) return false;
       if (constant_.count(p)) {
         if (output_index(p, x) != output_index(q, y) || !same(p, q)) return false;
-      } else if (x->name() != y->name() || matched_.at(p) != q) {
+      } else if (const auto m = matched_.find(p);
+                 x->name() != y->name() || m == matched_.end() || m->second != q) {
         return false;
       }
     }
@@ -142,15 +148,19 @@ class NodeMatcher {
   std::unordered_map<const Node*, const Node*> memo_;
 };
 
-// A node that reads constants alone, directly or through other such nodes (a weight's
-// quantizer), whatever its graph: it computes the same values in every run.
-bool reads_constants_alone(const Node* n) {
-  for (const Value* in : n->inputs()) {
-    if (in && !in->is_constant() && !(in->producer() && reads_constants_alone(in->producer()))) {
-      return false;
+// The nodes of `g` that read constants alone, directly or through other such nodes (a weight's
+// quantizer): they compute the same values in every run. One pass in graph order.
+std::unordered_set<const Node*> constant_nodes(const graph::Graph& g) {
+  std::unordered_set<const Node*> constant;
+  for (const Node* n : g.nodes()) {
+    bool alone = true;
+    for (const Value* in : n->inputs()) {
+      alone =
+          alone && (!in || in->is_constant() || (in->producer() && constant.count(in->producer())));
     }
+    if (alone) constant.insert(n);
   }
-  return true;
+  return constant;
 }
 
 // The node of `variant` that produces what `b` produces (a value of the same name), if any.
@@ -163,9 +173,8 @@ const Node* counterpart(const graph::Graph& variant, const Node* b) {
 }  // namespace
 
 SharedPrefix::SharedPrefix(std::unique_ptr<graph::Graph> base) : base_(std::move(base)) {
-  for (const Node* n : base_->nodes()) {
-    (reads_constants_alone(n) ? constant_ : computing_).push_back(n);
-  }
+  const std::unordered_set<const Node*> constant = constant_nodes(*base_);
+  for (const Node* n : base_->nodes()) (constant.count(n) ? constant_ : computing_).push_back(n);
   for (graph::Value* v : base_->values()) {
     if (v->is_constant() && !v->is_released()) {
       hashes_.emplace(v, hash_of(v->constant()));
@@ -222,8 +231,9 @@ std::unique_ptr<graph::Graph> SharedPrefix::segment(const graph::Graph& variant,
     nodes.push_back(counterpart(variant, computing_[i]));
   }
   // The variant's own nodes that read constants alone: what the segment needs of them stays.
+  const std::unordered_set<const Node*> constant = constant_nodes(variant);
   for (const Node* n : variant.nodes()) {
-    if (reads_constants_alone(n)) nodes.push_back(n);
+    if (constant.count(n)) nodes.push_back(n);
   }
   std::vector<const Value*> inputs;
   for (const Value* v : live(from)) {
