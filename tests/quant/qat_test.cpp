@@ -44,6 +44,7 @@ namespace qforge {
 namespace {
 
 using kernels::Tensor;
+using testing::CliResult;
 using testing::data_path;
 using testing::run_cli;
 using testing::TempDir;
@@ -58,6 +59,25 @@ std::string qat_args(const std::string& model, const std::string& out, int steps
   return "qat " + model + " --data " + kTrain + " --calib-limit 16 --batch " +
          std::to_string(kBatch) + " --steps " + std::to_string(steps) + " --lr " + lr +
          " --optimizer " + optimizer + " --freeze-bn-after 3 -o " + out;
+}
+
+// `base` (a qat command without -o) stopped after `steps` steps with a checkpoint, then resumed
+// from it: both runs, each checked to succeed; the resumed run writes dir/resumed.onnx, the
+// stopped one nothing.
+struct StoppedAndResumed {
+  CliResult first;
+  CliResult resumed;
+};
+StoppedAndResumed stop_and_resume(const std::string& base, int steps, const TempDir& dir) {
+  const std::string ck = dir.file("ck.npz");
+  StoppedAndResumed r;
+  r.first = run_cli(base + " --stop-after " + std::to_string(steps) + " --checkpoint " + ck +
+                    " -o " + dir.file("unused.onnx"));
+  EXPECT_EQ(r.first.exit_code, 0) << r.first.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("unused.onnx")));
+  r.resumed = run_cli(base + " --resume " + ck + " -o " + dir.file("resumed.onnx"));
+  EXPECT_EQ(r.resumed.exit_code, 0) << r.resumed.err;
+  return r;
 }
 
 Tensor val_batch(int64_t rows) {
@@ -263,14 +283,8 @@ TEST(QatCli, LearnedScalesAreExportedAndResumeExactly) {
   for (const auto& [tensor, scale] : learned) moved += scale != calibrated.at(tensor);
   EXPECT_GT(moved, 0u);
 
-  const std::string ck = dir.file("ck.npz");
-  const auto first =
-      run_cli(base + " --stop-after 2 -o " + dir.file("unused.onnx") + " --checkpoint " + ck);
-  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const auto [first, resumed] = stop_and_resume(base, 2, dir);
   EXPECT_NE(first.out.find("stopped      after step 2 of 4"), std::string::npos) << first.out;
-  EXPECT_FALSE(std::filesystem::exists(dir.file("unused.onnx")));
-  const auto resumed = run_cli(base + " -o " + dir.file("resumed.onnx") + " --resume " + ck);
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
             testing::read_text(dir.file("resumed.onnx")));
 }
@@ -286,12 +300,7 @@ TEST(QatCli, AugmentationIsSeededAndResumesExactly) {
   const auto whole = run_cli(base + " -o " + dir.file("whole.onnx"));
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
   EXPECT_NE(testing::read_text(dir.file("plain.onnx")), testing::read_text(dir.file("whole.onnx")));
-  const std::string ck = dir.file("ck.npz");
-  const auto first =
-      run_cli(base + " --stop-after 2 --checkpoint " + ck + " -o " + dir.file("unused.onnx"));
-  ASSERT_EQ(first.exit_code, 0) << first.err;
-  const auto resumed = run_cli(base + " --resume " + ck + " -o " + dir.file("resumed.onnx"));
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  stop_and_resume(base, 2, dir);
   EXPECT_EQ(testing::read_text(dir.file("whole.onnx")),
             testing::read_text(dir.file("resumed.onnx")));
 }
@@ -315,12 +324,7 @@ TEST(QatCli, LaterEpochsReadWhatTheFirstKeptAndComputeTheSame) {
   const auto report = nlohmann::json::parse(testing::read_text(dir.file("whole.json")));
   EXPECT_EQ(report["training"]["kept_sample_bytes"], 24 * 3 * 32 * 32 * 4);
   EXPECT_EQ(report["training"]["kept_teacher_bytes"], 24 * 10 * 4);
-  const std::string ck = dir.file("ck.npz");
-  const auto first =
-      run_cli(base + " --stop-after 6 --checkpoint " + ck + " -o " + dir.file("unused.onnx"));
-  ASSERT_EQ(first.exit_code, 0) << first.err;
-  const auto resumed = run_cli(base + " --resume " + ck + " -o " + dir.file("resumed.onnx"));
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  const CliResult resumed = stop_and_resume(base, 6, dir).resumed;
   EXPECT_NE(resumed.out.find("resumed at step 6"), std::string::npos) << resumed.out;
   EXPECT_TRUE(testing::read_text(dir.file("whole.onnx")) ==
               testing::read_text(dir.file("resumed.onnx")));
