@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -205,6 +206,57 @@ void augment(kernels::Tensor& rows, const QatSetup& s, int64_t step, int64_t fir
     }
   }
 }
+
+// The float model's output rows of each sample, kept the first time it runs on the sample so
+// that later epochs read them instead (a sample's outputs do not depend on its batch). Sized
+// by the first output kept: float32 rows of `samples` samples within kKeptSampleBytes, else
+// nothing is kept.
+class KeptOutputs {
+ public:
+  explicit KeptOutputs(size_t samples) : samples_(samples) {}
+
+  size_t bytes() const { return rows_.size() * sizeof(float); }
+
+  // Rows `indices` into `out` when every one is kept.
+  bool read(std::span<const size_t> indices, kernels::Tensor& out) const {
+    if (has_.empty() ||
+        !std::all_of(indices.begin(), indices.end(), [&](size_t i) { return has_[i]; })) {
+      return false;
+    }
+    for (size_t r = 0; r < indices.size(); ++r) {
+      std::memcpy(out.data<float>() + r * row_, rows_.data() + indices[r] * row_,
+                  row_ * sizeof(float));
+    }
+    return true;
+  }
+
+  // Keeps the rows of `out`, the outputs for `indices`.
+  void keep(std::span<const size_t> indices, const kernels::Tensor& out) {
+    if (refused_) return;
+    if (has_.empty()) {
+      row_ = static_cast<size_t>(out.numel() / out.dim(0));
+      if (out.dtype() != kernels::DType::kFloat32 ||
+          samples_ * row_ * sizeof(float) > kKeptSampleBytes) {
+        refused_ = true;
+        return;
+      }
+      rows_.resize(samples_ * row_);
+      has_.assign(samples_, false);
+    }
+    for (size_t r = 0; r < indices.size(); ++r) {
+      std::memcpy(rows_.data() + indices[r] * row_, out.data<float>() + r * row_,
+                  row_ * sizeof(float));
+      has_[indices[r]] = true;
+    }
+  }
+
+ private:
+  size_t samples_;
+  size_t row_ = 0;
+  std::vector<float> rows_;
+  std::vector<bool> has_;
+  bool refused_ = false;
+};
 
 }  // namespace
 
@@ -428,11 +480,10 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     result.kept_sample_bytes = KeptSamples::bytes(data, data.size());
   }
   const SampleSource& source = kept_samples ? *kept_samples : data;
-  bool keep_teacher =
-      several_epochs && teacher_session && !setup.augment_flip && !setup.augment_crop;
-  std::vector<float> teacher_kept;  // per sample, once its first output is known
-  std::vector<bool> teacher_has;
-  size_t teacher_row = 0;
+  std::optional<KeptOutputs> teacher_kept;
+  if (several_epochs && teacher_session && !setup.augment_flip && !setup.augment_crop) {
+    teacher_kept.emplace(data.size());
+  }
   graph::Shape rows_shape = data.sample_shape();
   rows_shape.insert(rows_shape.begin(), local_rows);
   kernels::Tensor rows(kernels::DType::kFloat32, rows_shape);
@@ -475,37 +526,15 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
         loss.label_smoothing = setup.label_smoothing;
       }
       if (teacher_session) {
-        const bool known =
-            !teacher_has.empty() &&
-            std::all_of(indices.begin(), indices.end(), [&](size_t i) { return teacher_has[i]; });
-        if (known) {
-          for (size_t r = 0; r < indices.size(); ++r) {
-            std::memcpy(teacher_logits.data<float>() + r * teacher_row,
-                        teacher_kept.data() + indices[r] * teacher_row,
-                        teacher_row * sizeof(float));
-          }
-        } else {
+        if (!teacher_kept || !teacher_kept->read(indices, teacher_logits)) {
           const kernels::Tensor out = teacher_session->run(rows)[0];
           if (!teacher_logits.defined()) {
             teacher_logits = kernels::Tensor(out.dtype(), out.shape());
           }
           teacher_logits.copy_from(out);
-          if (keep_teacher && teacher_has.empty()) {
-            teacher_row = static_cast<size_t>(out.numel() / out.dim(0));
-            const size_t bytes = data.size() * teacher_row * sizeof(float);
-            keep_teacher = out.dtype() == kernels::DType::kFloat32 && bytes <= kKeptSampleBytes;
-            if (keep_teacher) {
-              teacher_kept.resize(data.size() * teacher_row);
-              teacher_has.assign(data.size(), false);
-              result.kept_teacher_bytes = bytes;
-            }
-          }
-          if (keep_teacher) {
-            for (size_t r = 0; r < indices.size(); ++r) {
-              std::memcpy(teacher_kept.data() + indices[r] * teacher_row,
-                          out.data<float>() + r * teacher_row, teacher_row * sizeof(float));
-              teacher_has[indices[r]] = true;
-            }
+          if (teacher_kept) {
+            teacher_kept->keep(indices, out);
+            result.kept_teacher_bytes = teacher_kept->bytes();
           }
         }
         loss.teacher_logits = &teacher_logits;
