@@ -173,8 +173,10 @@ const Node* counterpart(const graph::Graph& variant, const Node* b) {
 }  // namespace
 
 SharedPrefix::SharedPrefix(std::unique_ptr<graph::Graph> base) : base_(std::move(base)) {
-  const std::unordered_set<const Node*> constant = constant_nodes(*base_);
-  for (const Node* n : base_->nodes()) (constant.count(n) ? constant_ : computing_).push_back(n);
+  constant_ = constant_nodes(*base_);
+  for (const Node* n : base_->nodes()) {
+    if (!constant_.count(n)) computing_.push_back(n);
+  }
   for (graph::Value* v : base_->values()) {
     if (v->is_constant() && !v->is_released()) {
       hashes_.emplace(v, hash_of(v->constant()));
@@ -254,9 +256,8 @@ std::unique_ptr<graph::Graph> SharedPrefix::segment(const graph::Graph& variant,
 }
 
 SharedPrefix::Departure SharedPrefix::departure(const graph::Graph& variant) const {
-  const std::unordered_set<const Node*> constant(constant_.begin(), constant_.end());
   std::unordered_map<const Node*, const Node*> counterparts;
-  NodeMatcher matcher(constant, hashes_, counterparts);
+  NodeMatcher matcher(constant_, hashes_, counterparts);
   Departure d;
   std::unordered_set<const Node*> matched;
   for (const Node* b : computing_) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "graph/ir.h"
@@ -54,7 +55,7 @@ class SharedPrefix {
  private:
   std::unique_ptr<graph::Graph> base_;
   std::vector<const graph::Node*> computing_;                 // graph order
-  std::vector<const graph::Node*> constant_;                  // nodes that read constants alone
+  std::unordered_set<const graph::Node*> constant_;           // nodes that read constants alone
   std::unordered_map<const graph::Value*, uint64_t> hashes_;  // of the base's constants
 };
 
