@@ -325,8 +325,9 @@ std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const Mo
   for (const ModelLoader& variant : variants) {
     std::unique_ptr<graph::Graph> graph = variant();
     SharedPrefix::Departure d = prefix.departure(*graph);
+    const std::vector<const graph::Value*> at_cut = prefix.live(d.cut);
     if (!from_cuts || !d.rest || d.cut == 0 || d.cut < cut ||
-        bytes_at(prefix.live(d.cut), batches) > kKeptSampleBytes) {
+        bytes_at(at_cut, batches) > kKeptSampleBytes) {
       const auto session = session_of(std::move(graph));
       measure(whole_model(*session));
       continue;
@@ -347,7 +348,7 @@ std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const Mo
       for (const graph::Value* v : segment->outputs()) produced.push_back(v->name());
       std::vector<std::string> live;
       bool complete = true;  // every value of the new cut is produced or held
-      for (const graph::Value* v : prefix.live(d.cut)) {
+      for (const graph::Value* v : at_cut) {
         live.push_back(v->name());
         complete =
             complete && (held.front().count(v->name()) ||
