@@ -13,9 +13,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -45,8 +47,8 @@ void copy_narrow(const google::protobuf::RepeatedField<int32_t>& src, std::byte*
 
 Tensor tensor_from_proto(const onnx::TensorProto& proto, const std::string& where) {
   if (proto.data_location() == onnx::TensorProto::EXTERNAL) {
-    throw_unsupported("import: tensor '" + proto.name() + "' in " + where +
-                      ": external tensor data is not supported");
+    throw_internal("import: tensor '" + proto.name() + "' in " + where +
+                   ": external data left unread");
   }
   DType dtype = dtype_from_onnx(proto.data_type(), where + ", tensor '" + proto.name() + "'");
   Shape shape(proto.dims().begin(), proto.dims().end());
@@ -1108,16 +1110,174 @@ onnx::ModelProto read_model_proto(const std::string& path) {
   return model;
 }
 
+// ONNX external data: a tensor whose bytes lie in a file beside the model, named by the entries
+// `location` (relative to the model's folder), `offset` and `length` (bytes; optional), in the
+// tensor's raw little-endian layout. Each such tensor of the model (initializers and tensor
+// attributes) gets its bytes as raw_data, so that the checker, the version converter and shape
+// inference see an ordinary model; the files are opened once each.
+class ExternalData {
+ public:
+  explicit ExternalData(std::string model_path) : model_path_(std::move(model_path)) {
+    const size_t slash = model_path_.find_last_of('/');
+    folder_ = slash == std::string::npos ? std::string() : model_path_.substr(0, slash + 1);
+  }
+  ~ExternalData() {
+    for (const auto& [path, file] : files_) ::close(file.fd);
+  }
+  ExternalData(const ExternalData&) = delete;
+  ExternalData& operator=(const ExternalData&) = delete;
+
+  void read_into(onnx::TensorProto& proto) {
+    const std::string tensor = "tensor '" + proto.name() + "' of '" + model_path_ + "'";
+    const std::string where = "import: " + tensor;
+    std::string location;
+    std::optional<uint64_t> offset, length;
+    for (const auto& entry : proto.external_data()) {
+      if (entry.key() == "location") {
+        location = entry.value();
+      } else if (entry.key() == "offset") {
+        offset = number(entry, where);
+      } else if (entry.key() == "length") {
+        length = number(entry, where);
+      }  // checksum and basepath are not needed to read the bytes
+    }
+    if (location.empty()) throw_invalid(where + ": external data without a location");
+    if (location.front() == '/' || escapes_folder(location)) {
+      throw_invalid(where + ": external data location '" + location +
+                    "' must be a relative path inside the model's folder");
+    }
+    const DType dtype = dtype_from_onnx(proto.data_type(), tensor);
+    uint64_t count = 1;
+    for (int64_t d : proto.dims()) {
+      if (d < 0) throw_invalid(where + ": negative dimension " + std::to_string(d));
+      if (d != 0 && count > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) {
+        throw_invalid(where + ": its dimensions' product overflows");
+      }
+      count *= static_cast<uint64_t>(d);
+    }
+    const uint64_t size = kernels::dtype_size(dtype);
+    if (count > std::numeric_limits<uint64_t>::max() / size) {
+      throw_invalid(where + ": its size in bytes overflows");
+    }
+    const uint64_t bytes = count * size;
+    if (length && *length != bytes) {
+      throw_invalid(where + ": expected " + std::to_string(bytes) + " bytes for " +
+                    std::to_string(count) + " " + kernels::dtype_name(dtype) +
+                    " values, the external data gives a length of " + std::to_string(*length));
+    }
+    const std::string path = folder_ + location;
+    const File& file = open(path, where);
+    const uint64_t start = offset.value_or(0);
+    if (start > file.size || bytes > file.size - start) {
+      throw_invalid(where + ": expected bytes [" + std::to_string(start) + ", " +
+                    std::to_string(start + bytes) + ") of external data '" + path +
+                    "', which holds " + std::to_string(file.size));
+    }
+    std::string& raw = *proto.mutable_raw_data();
+    raw.resize(static_cast<size_t>(bytes));
+    uint64_t done = 0;
+    while (done < bytes) {
+      const ssize_t n = ::pread(file.fd, raw.data() + done, static_cast<size_t>(bytes - done),
+                                static_cast<off_t>(start + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        throw_io(where + ": cannot read external data '" + path +
+                 "': " + (n < 0 ? std::strerror(errno) : "unexpected end of file"));
+      }
+      done += static_cast<uint64_t>(n);
+    }
+    proto.clear_external_data();
+    proto.set_data_location(onnx::TensorProto::DEFAULT);
+  }
+
+ private:
+  struct File {
+    int fd = -1;
+    uint64_t size = 0;
+  };
+
+  static uint64_t number(const onnx::StringStringEntryProto& entry, const std::string& where) {
+    const std::string& text = entry.value();
+    uint64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || error != std::errc() || end != text.data() + text.size()) {
+      throw_invalid(where + ": external data " + entry.key() +
+                    " must be a non-negative integer, got '" + text + "'");
+    }
+    return value;
+  }
+
+  // Whether a relative path has a ".." component.
+  static bool escapes_folder(const std::string& location) {
+    size_t start = 0;
+    while (start <= location.size()) {
+      size_t end = location.find_first_of("/\\", start);
+      if (end == std::string::npos) end = location.size();
+      if (location.compare(start, end - start, "..") == 0) return true;
+      start = end + 1;
+    }
+    return false;
+  }
+
+  const File& open(const std::string& path, const std::string& where) {
+    auto it = files_.find(path);
+    if (it != files_.end()) return it->second;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      throw_io(where + ": cannot read external data '" + path + "': " + std::strerror(errno));
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      const int error = errno;
+      ::close(fd);
+      throw_io(where + ": cannot read external data '" + path +
+               "': " + (S_ISDIR(st.st_mode) ? std::strerror(EISDIR) : std::strerror(error)));
+    }
+    return files_.emplace(path, File{fd, static_cast<uint64_t>(st.st_size)}).first->second;
+  }
+
+  std::string model_path_;
+  std::string folder_;
+  std::map<std::string, File> files_;
+};
+
+// Reads the external data of the graph's initializers and tensor attributes (subgraphs are
+// refused later) from the files beside `path`, the model's file; without a file (a model given
+// as bytes) external data is refused.
+void read_external_data(onnx::ModelProto& model, const std::string& path, bool from_file) {
+  std::optional<ExternalData> files;
+  auto read = [&](onnx::TensorProto& t) {
+    if (t.data_location() != onnx::TensorProto::EXTERNAL) return;
+    if (!from_file) {
+      throw_unsupported("import: tensor '" + t.name() + "' of '" + path +
+                        "': its data lies in an external file, which is read only when the "
+                        "model is loaded from its own file (its location is relative to the "
+                        "model's folder)");
+    }
+    if (!files) files.emplace(path);
+    files->read_into(t);
+  };
+  onnx::GraphProto& g = *model.mutable_graph();
+  for (onnx::TensorProto& t : *g.mutable_initializer()) read(t);
+  for (onnx::NodeProto& n : *g.mutable_node()) {
+    for (onnx::AttributeProto& a : *n.mutable_attribute()) {
+      if (a.has_t()) read(*a.mutable_t());
+    }
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
                                   const ImportOptions& options) {
   onnx::ModelProto model = parse_model_proto(bytes, source_name);
+  read_external_data(model, source_name, false);
   return build_graph(model, source_name, options);
 }
 
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options) {
   onnx::ModelProto model = read_model_proto(path);
+  read_external_data(model, path, true);
   return build_graph(model, path, options);
 }
 

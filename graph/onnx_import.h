@@ -38,7 +38,11 @@ struct ImportOptions {
 
 // Throws qforge::Error: kIo when the file cannot be read, kInvalid for a file that is not a
 // valid ONNX model, kUnsupported for valid models qforge cannot run (unknown op, opset outside
-// 9..21, an op the version converter cannot bring to opset 13, external data, subgraphs).
+// 7..21, an op the version converter cannot bring to opset 13, subgraphs).
+// load_onnx reads the tensors a model keeps in external data files (ONNX's `location`, `offset`
+// and `length`, relative to the model's folder); a location outside that folder, a missing or
+// short file, or a length that does not match the tensor is an error naming the tensor, the
+// model and the file. parse_onnx has no folder: external data is kUnsupported there.
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options = {});
 std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
                                   const ImportOptions& options = {});

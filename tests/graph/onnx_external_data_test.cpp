@@ -1,0 +1,205 @@
+// Models whose weights lie in files beside them (ONNX external data): load_onnx reads them into
+// the same graph as the model that holds its weights, ONNX Runtime runs the same files alike, and
+// every way such a file can be wrong is one error naming the tensor, the model and the file.
+#include <gtest/gtest.h>
+#include <onnx/onnx_pb.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph/onnx_import.h"
+#include "kernels/error.h"
+#include "tests/support/errors.h"
+#include "tests/support/ort_runner.h"
+#include "tests/support/random.h"
+#include "tests/support/test_support.h"
+
+namespace qforge::graph {
+namespace {
+
+using testing::data_path;
+using testing::TempDir;
+
+onnx::ModelProto read_proto(const std::string& path) {
+  onnx::ModelProto model;
+  const std::string bytes = testing::read_text(path);
+  EXPECT_TRUE(model.ParseFromString(bytes)) << path;
+  return model;
+}
+
+void set_entry(onnx::TensorProto& t, const std::string& key, const std::string& value) {
+  for (auto& e : *t.mutable_external_data()) {
+    if (e.key() == key) {
+      e.set_value(value);
+      return;
+    }
+  }
+  auto* e = t.add_external_data();
+  e->set_key(key);
+  e->set_value(value);
+}
+
+// Moves the raw data of the model's tensors (initializers of at least `min_bytes` and tensor
+// attributes) into files beside it, as the ONNX specification lays external data out: the first
+// tensor at the start of "weights.bin" with neither offset nor length written, the next ones
+// each at a 4096-byte boundary with both, every third one in "parts/more.bin". Writes the model
+// to `folder`/model.onnx and returns that path.
+std::string externalize(onnx::ModelProto model, const TempDir& folder, size_t min_bytes = 64) {
+  std::filesystem::create_directories(folder.path() / "parts");
+  std::map<std::string, std::string> files;  // location -> bytes
+  int moved = 0;
+  auto move = [&](onnx::TensorProto& t) {
+    if (!t.has_raw_data() || t.raw_data().size() < min_bytes) return;
+    const std::string location = moved % 3 == 2 ? "parts/more.bin" : "weights.bin";
+    std::string& bytes = files[location];
+    set_entry(t, "location", location);
+    if (moved > 0) {
+      bytes.resize((bytes.size() + 4095) / 4096 * 4096, '\0');
+      set_entry(t, "offset", std::to_string(bytes.size()));
+      set_entry(t, "length", std::to_string(t.raw_data().size()));
+    }
+    bytes.append(t.raw_data());
+    t.clear_raw_data();
+    t.set_data_location(onnx::TensorProto::EXTERNAL);
+    ++moved;
+  };
+  for (auto& t : *model.mutable_graph()->mutable_initializer()) move(t);
+  for (auto& n : *model.mutable_graph()->mutable_node()) {
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_t()) move(*a.mutable_t());
+    }
+  }
+  EXPECT_GT(moved, 2);
+  for (const auto& [location, bytes] : files) testing::write_bytes(folder.file(location), bytes);
+  const std::string path = folder.file("model.onnx");
+  testing::write_bytes(path, model.SerializeAsString());
+  return path;
+}
+
+void expect_same_constants(const Graph& a, const Graph& b) {
+  size_t constants = 0;
+  for (const Value* v : a.values()) {
+    if (!v->is_constant()) continue;
+    ++constants;
+    const Value* w = b.find_value(v->name());
+    ASSERT_TRUE(w && w->is_constant()) << v->name();
+    const Tensor& x = v->constant();
+    const Tensor& y = w->constant();
+    ASSERT_EQ(x.describe(), y.describe()) << v->name();
+    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << v->name();
+  }
+  EXPECT_GT(constants, 0u);
+  EXPECT_EQ(a.nodes().size(), b.nodes().size());
+}
+
+class ExternalDataModels : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ExternalDataModels, LoadAsTheModelThatHoldsItsWeights) {
+  const std::string inline_path = data_path("models/" + GetParam() + ".onnx");
+  TempDir dir;
+  const std::string path = externalize(read_proto(inline_path), dir);
+  EXPECT_LT(std::filesystem::file_size(path), std::filesystem::file_size(inline_path) / 4);
+  expect_same_constants(*load_onnx(inline_path), *load_onnx(path));
+}
+
+// The Constant nodes' tensors of an opset-11 model go through the version converter as well.
+INSTANTIATE_TEST_SUITE_P(Bundled, ExternalDataModels,
+                         ::testing::Values("resnet_bn", "vit_bn", "yolo_bn_opset11"));
+
+TEST(ExternalData, OnnxRuntimeRunsTheFilesAsTheModelThatHoldsItsWeights) {
+  const std::string inline_path = data_path("models/resnet_bn.onnx");
+  TempDir dir;
+  const std::string path = externalize(read_proto(inline_path), dir);
+  const Tensor x = testing::random_f32({2, 3, 32, 32}, 5, -1.0f, 1.0f);
+  const std::vector<Tensor> expected = testing::run_ort(inline_path, {x});
+  const std::vector<Tensor> got = testing::run_ort(path, {x});
+  ASSERT_EQ(expected.size(), 1u);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(got[0].describe(), expected[0].describe());
+  EXPECT_EQ(std::memcmp(got[0].raw(), expected[0].raw(), got[0].nbytes()), 0);
+}
+
+// A model with one external initializer, whose entries `edit` changes; returns load_onnx's
+// error of kind `kind`.
+std::string error_with(ErrorKind kind,
+                       const std::function<void(onnx::TensorProto&, const TempDir&)>& edit) {
+  TempDir dir;
+  const std::string path = externalize(read_proto(data_path("models/resnet_bn.onnx")), dir);
+  onnx::ModelProto model = read_proto(path);
+  onnx::TensorProto* first = nullptr;
+  for (auto& t : *model.mutable_graph()->mutable_initializer()) {
+    if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+      first = &t;
+      break;
+    }
+  }
+  EXPECT_NE(first, nullptr);
+  edit(*first, dir);
+  testing::write_bytes(path, model.SerializeAsString());
+  std::string message = testing::error_of(kind, [&] { load_onnx(path); });
+  // The temporary folder's name differs from run to run.
+  for (size_t at; (at = message.find(dir.path().string())) != std::string::npos;) {
+    message.replace(at, dir.path().string().size(), "DIR");
+  }
+  return message;
+}
+
+TEST(ExternalData, EveryFaultOfTheFileOrItsEntriesIsNamed) {
+  // The first external tensor of resnet_bn: the stem's weight, 16 x 3 x 7 x 7 floats, at the
+  // start of weights.bin.
+  const std::string tensor = "import: tensor 'conv1.weight' of 'DIR/model.onnx': ";
+  auto edited = [](const std::string& key, const std::string& value) {
+    return [key, value](onnx::TensorProto& t, const TempDir&) { set_entry(t, key, value); };
+  };
+  EXPECT_EQ(error_with(ErrorKind::kIo, edited("location", "missing.bin")),
+            tensor + "cannot read external data 'DIR/missing.bin': No such file or directory");
+  EXPECT_EQ(error_with(ErrorKind::kIo, edited("location", "parts")),
+            tensor + "cannot read external data 'DIR/parts': Is a directory");
+  EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("length", "100")),
+            tensor +
+                "expected 9408 bytes for 2352 float32 values, the external data gives a length of "
+                "100");
+  EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("offset", "-4")),
+            tensor + "external data offset must be a non-negative integer, got '-4'");
+  EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("length", "12 bytes")),
+            tensor + "external data length must be a non-negative integer, got '12 bytes'");
+  EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("location", "")),
+            tensor + "external data without a location");
+  EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("location", "/etc/hostname")),
+            tensor +
+                "external data location '/etc/hostname' must be a relative path inside the "
+                "model's folder");
+  EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("location", "parts/../../weights.bin")),
+            tensor +
+                "external data location 'parts/../../weights.bin' must be a relative path inside "
+                "the model's folder");
+  // Past the end of the file: the message gives the file's size.
+  uintmax_t size = 0;
+  const std::string past = error_with(ErrorKind::kInvalid, [&](onnx::TensorProto& t,
+                                                               const TempDir& dir) {
+    size = std::filesystem::file_size(dir.file("weights.bin"));
+    set_entry(t, "offset", std::to_string(size - 1000));
+  });
+  EXPECT_EQ(past, tensor + "expected bytes [" + std::to_string(size - 1000) + ", " +
+                      std::to_string(size - 1000 + 9408) + ") of external data 'DIR/weights.bin', " +
+                      "which holds " + std::to_string(size));
+}
+
+TEST(ExternalData, ModelBytesWithoutTheirFileAreRefused) {
+  TempDir dir;
+  const std::string path = externalize(read_proto(data_path("models/resnet_bn.onnx")), dir);
+  EXPECT_EQ(testing::error_of(ErrorKind::kUnsupported,
+                              [&] { parse_onnx(testing::read_text(path), "bytes.onnx"); }),
+            "import: tensor 'conv1.weight' of 'bytes.onnx': its data lies in an external file, "
+            "which is read only when the model is loaded from its own file (its location is "
+            "relative to the model's folder)");
+}
+
+}  // namespace
+}  // namespace qforge::graph
