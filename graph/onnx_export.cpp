@@ -181,9 +181,10 @@ class TempFile {
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
 
-  void write_all(const std::string& bytes) {
-    const char* p = bytes.data();
-    size_t left = bytes.size();
+  void write_all(const std::string& bytes) { write_all(bytes.data(), bytes.size()); }
+  void write_all(const void* data, size_t nbytes) {
+    const char* p = static_cast<const char*>(data);
+    size_t left = nbytes;
     while (left > 0) {
       ssize_t n = ::write(fd_, p, left);
       if (n < 0) {
@@ -221,9 +222,54 @@ class TempFile {
 
 namespace {
 
-// build_model, checked, with its size bounded by protobuf's limit.
+// Where the tensors of an external data file start: a multiple of this, so that a runtime can
+// map each one from the file as it is.
+constexpr size_t kExternalDataAlignment = 4096;
+
+// Moves the initializers of at least options.external_data_min_bytes out of the model into the
+// data file `data_sink` writes, in the model's order.
+void check_external_data_name(const std::string& location) {
+  if (location.find('/') != std::string::npos || location == "." || location == "..") {
+    throw_invalid("export: external data file '" + location +
+                  "': expected a file name in the model's folder");
+  }
+}
+
+void move_to_external_data(onnx::ModelProto& model, const ExportOptions& options,
+                           const ByteSink& data_sink) {
+  const std::string& location = options.external_data;
+  check_external_data_name(location);
+  if (!data_sink) throw_internal("export: external data '" + location + "' without a sink");
+  static const std::string zeros(kExternalDataAlignment, '\0');
+  size_t offset = 0;
+  for (onnx::TensorProto& t : *model.mutable_graph()->mutable_initializer()) {
+    const std::string& raw = t.raw_data();
+    if (raw.size() < options.external_data_min_bytes || raw.empty()) continue;
+    const size_t pad =
+        (kExternalDataAlignment - offset % kExternalDataAlignment) % kExternalDataAlignment;
+    if (pad) data_sink(zeros.data(), pad);
+    offset += pad;
+    data_sink(raw.data(), raw.size());
+    auto entry = [&t](const char* key, const std::string& value) {
+      auto* e = t.add_external_data();
+      e->set_key(key);
+      e->set_value(value);
+    };
+    entry("location", location);
+    entry("offset", std::to_string(offset));
+    entry("length", std::to_string(raw.size()));
+    offset += raw.size();
+    std::string().swap(*t.mutable_raw_data());
+    t.clear_raw_data();
+    t.set_data_location(onnx::TensorProto::EXTERNAL);
+  }
+}
+
+// build_model, checked, with its size bounded by protobuf's limit; with external data, the
+// large initializers then moved to the data file (the checker sees them in the model: it would
+// look for the file beside the working folder).
 onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options,
-                               bool release_constants = false) {
+                               bool release_constants = false, const ByteSink& data_sink = {}) {
   onnx::ModelProto model = build_model(graph, options, release_constants);
   // libonnx's checker knows the opsets up to its own newest (17 for 1.12) and refuses newer
   // forms (Gelu, ReduceMean's axes input); models above it are checked on re-import instead.
@@ -240,10 +286,13 @@ onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options,
       throw_internal(message);
     }
   }
+  if (!options.external_data.empty()) move_to_external_data(model, options, data_sink);
   const size_t size = model.ByteSizeLong();
   if (size > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw_unsupported("export: expected a model under 2 GiB (protobuf's limit), got " +
-                      std::to_string(size) + " bytes");
+                      std::to_string(size) +
+                      " bytes; calibrate and qat can write its weights to a file beside it "
+                      "(--external-data)");
   }
   return model;
 }
@@ -297,22 +346,44 @@ size_t write_model(const onnx::ModelProto& model, const ByteSink& sink) {
 
 }  // namespace
 
-size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options) {
-  return write_model(checked_model(graph, options), sink);
+size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options,
+                  const ByteSink& data_sink) {
+  return write_model(checked_model(graph, options, false, data_sink), sink);
 }
 
-size_t write_onnx(std::unique_ptr<Graph> graph, const ByteSink& sink,
-                  const ExportOptions& options) {
-  const onnx::ModelProto model = checked_model(*graph, options, /*release_constants=*/true);
+size_t write_onnx(std::unique_ptr<Graph> graph, const ByteSink& sink, const ExportOptions& options,
+                  const ByteSink& data_sink) {
+  const onnx::ModelProto model =
+      checked_model(*graph, options, /*release_constants=*/true, data_sink);
   graph.reset();
   return write_model(model, sink);
 }
 
 void save_onnx(const Graph& graph, const std::string& path, const ExportOptions& options) {
-  std::string bytes = serialize_onnx(graph, options);
+  if (options.external_data.empty()) {
+    std::string bytes = serialize_onnx(graph, options);
+    TempFile file(path);
+    file.write_all(bytes);
+    file.commit();
+    return;
+  }
+  check_external_data_name(options.external_data);
+  const size_t slash = path.find_last_of('/');
+  const std::string folder = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  TempFile data(folder + options.external_data);
+  std::string bytes;
+  write_onnx(
+      graph, [&bytes](const void* p, size_t n) { bytes.append(static_cast<const char*>(p), n); },
+      options, [&data](const void* p, size_t n) { data.write_all(p, n); });
   TempFile file(path);
   file.write_all(bytes);
+  data.commit();
   file.commit();
+}
+
+std::string external_data_name(const std::string& model_path) {
+  const size_t slash = model_path.find_last_of('/');
+  return (slash == std::string::npos ? model_path : model_path.substr(slash + 1)) + ".data";
 }
 
 }  // namespace qforge::graph

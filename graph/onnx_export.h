@@ -21,6 +21,12 @@ struct ExportOptions {
   // onnx::checker::check_model on the result, for the opsets libonnx knows (up to 17); a failure
   // is a kInternal error (qforge built a model ONNX rejects) carrying the checker's message.
   bool run_checker = true;
+  // When set, initializers of at least external_data_min_bytes are written to a data file
+  // beside the model (ONNX external data: each at a 4096-byte offset, with its location, offset
+  // and length) instead of into it, so that a model over protobuf's 2 GiB can be written. The
+  // file's name, as the model refers to it (relative to the model's folder).
+  std::string external_data;
+  size_t external_data_min_bytes = 1024;
 };
 
 // Graph inputs and outputs are written with the dtype and shape their Values hold; libonnx's
@@ -31,16 +37,23 @@ std::string serialize_onnx(const Graph& graph, const ExportOptions& options = {}
 
 // serialize_onnx handed to `sink` in pieces of at most 1 MiB, so that the model is never in
 // memory twice as bytes; returns the number of bytes. Exceptions from the sink propagate.
+// With options.external_data, `data_sink` receives the data file's bytes (before the model's).
 using ByteSink = std::function<void(const void* data, size_t nbytes)>;
-size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options = {});
+size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options = {},
+                  const ByteSink& data_sink = {});
 // The same, consuming the graph: each constant is released as soon as the message holds a copy
 // (graph::Value::release_constant), so that where the graph was its only holder the weights are
 // not in memory twice.
 size_t write_onnx(std::unique_ptr<Graph> graph, const ByteSink& sink,
-                  const ExportOptions& options = {});
+                  const ExportOptions& options = {}, const ByteSink& data_sink = {});
 
 // Serializes, then writes through a temporary file in the destination's folder renamed onto
-// `path`: a failure leaves no file behind. An unwritable path is a kIo error naming it.
+// `path` (and, with options.external_data, the data file beside it first): a failure leaves no
+// file behind. An unwritable path is a kIo error naming it.
 void save_onnx(const Graph& graph, const std::string& path, const ExportOptions& options = {});
+
+// The data file name an output model's external data gets by default: its file name with
+// ".data" appended ("out/model.onnx" -> "model.onnx.data").
+std::string external_data_name(const std::string& model_path);
 
 }  // namespace qforge::graph

@@ -1117,7 +1117,8 @@ onnx::ModelProto read_model_proto(const std::string& path) {
 // inference see an ordinary model; the files are opened once each.
 class ExternalData {
  public:
-  explicit ExternalData(std::string model_path) : model_path_(std::move(model_path)) {
+  ExternalData(std::string model_path, const std::map<std::string, std::string>& paths)
+      : model_path_(std::move(model_path)), paths_(paths) {
     const size_t slash = model_path_.find_last_of('/');
     folder_ = slash == std::string::npos ? std::string() : model_path_.substr(0, slash + 1);
   }
@@ -1165,7 +1166,8 @@ class ExternalData {
                     std::to_string(count) + " " + kernels::dtype_name(dtype) +
                     " values, the external data gives a length of " + std::to_string(*length));
     }
-    const std::string path = folder_ + location;
+    const auto elsewhere = paths_.find(location);
+    const std::string path = elsewhere != paths_.end() ? elsewhere->second : folder_ + location;
     const File& file = open(path, where);
     const uint64_t start = offset.value_or(0);
     if (start > file.size || bytes > file.size - start) {
@@ -1237,6 +1239,7 @@ class ExternalData {
   }
 
   std::string model_path_;
+  const std::map<std::string, std::string>& paths_;
   std::string folder_;
   std::map<std::string, File> files_;
 };
@@ -1244,7 +1247,8 @@ class ExternalData {
 // Reads the external data of the graph's initializers and tensor attributes (subgraphs are
 // refused later) from the files beside `path`, the model's file; without a file (a model given
 // as bytes) external data is refused.
-void read_external_data(onnx::ModelProto& model, const std::string& path, bool from_file) {
+void read_external_data(onnx::ModelProto& model, const std::string& path, bool from_file,
+                        const ImportOptions& options) {
   std::optional<ExternalData> files;
   auto read = [&](onnx::TensorProto& t) {
     if (t.data_location() != onnx::TensorProto::EXTERNAL) return;
@@ -1254,7 +1258,7 @@ void read_external_data(onnx::ModelProto& model, const std::string& path, bool f
                         "model is loaded from its own file (its location is relative to the "
                         "model's folder)");
     }
-    if (!files) files.emplace(path);
+    if (!files) files.emplace(path, options.external_data_paths);
     files->read_into(t);
   };
   onnx::GraphProto& g = *model.mutable_graph();
@@ -1271,13 +1275,13 @@ void read_external_data(onnx::ModelProto& model, const std::string& path, bool f
 std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
                                   const ImportOptions& options) {
   onnx::ModelProto model = parse_model_proto(bytes, source_name);
-  read_external_data(model, source_name, false);
+  read_external_data(model, source_name, false, options);
   return build_graph(model, source_name, options);
 }
 
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options) {
   onnx::ModelProto model = read_model_proto(path);
-  read_external_data(model, path, true);
+  read_external_data(model, path, true, options);
   return build_graph(model, path, options);
 }
 

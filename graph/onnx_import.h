@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +35,9 @@ struct ImportOptions {
   // invalid-input error naming the input and its dynamic dims; this text ends the message and
   // says how the caller's user gives them.
   std::optional<std::string> require_static_sample;
+  // Where to read an external data location from instead of the model's folder (location ->
+  // path): a model read back before its data file is in place.
+  std::map<std::string, std::string> external_data_paths;
 };
 
 // Throws qforge::Error: kIo when the file cannot be read, kInvalid for a file that is not a

@@ -378,12 +378,12 @@ CalibrationResult with_setup_skips(const CalibrationResult& result, const graph:
 
 ExportedModel export_qdq_model(std::unique_ptr<graph::Graph> fused, const QuantPlan& plan,
                                const ActivationAmax& amax, const QdqExportOptions& options,
-                               const graph::ByteSink& sink) {
+                               const graph::ByteSink& sink, const graph::ByteSink& data_sink) {
   ExportedModel out;
   auto qdq = build_qdq_graph(*fused, plan, amax, options, &out.counts);
   fused.reset();
   runtime::restore_declared_batch(*qdq, options.batch);
-  out.bytes = graph::write_onnx(std::move(qdq), sink, options.onnx);
+  out.bytes = graph::write_onnx(std::move(qdq), sink, options.onnx, data_sink);
   return out;
 }
 

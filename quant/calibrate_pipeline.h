@@ -137,9 +137,10 @@ struct ExportedModel {
 };
 
 // build_qdq_graph(fused, plan, amax), `fused` released before serializing, the model's declared
-// batch restored (options.batch), the bytes streamed to `sink`.
+// batch restored (options.batch), the bytes streamed to `sink` (with options.onnx.external_data,
+// the data file's to `data_sink` first).
 ExportedModel export_qdq_model(std::unique_ptr<graph::Graph> fused, const QuantPlan& plan,
                                const ActivationAmax& amax, const QdqExportOptions& options,
-                               const graph::ByteSink& sink);
+                               const graph::ByteSink& sink, const graph::ByteSink& data_sink = {});
 
 }  // namespace qforge::quant

@@ -5,8 +5,8 @@
 #include <onnx/onnx_pb.h>
 
 #include <cstdint>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -181,14 +181,15 @@ TEST(ExternalData, EveryFaultOfTheFileOrItsEntriesIsNamed) {
                 "the model's folder");
   // Past the end of the file: the message gives the file's size.
   uintmax_t size = 0;
-  const std::string past = error_with(ErrorKind::kInvalid, [&](onnx::TensorProto& t,
-                                                               const TempDir& dir) {
-    size = std::filesystem::file_size(dir.file("weights.bin"));
-    set_entry(t, "offset", std::to_string(size - 1000));
-  });
+  const std::string past =
+      error_with(ErrorKind::kInvalid, [&](onnx::TensorProto& t, const TempDir& dir) {
+        size = std::filesystem::file_size(dir.file("weights.bin"));
+        set_entry(t, "offset", std::to_string(size - 1000));
+      });
   EXPECT_EQ(past, tensor + "expected bytes [" + std::to_string(size - 1000) + ", " +
-                      std::to_string(size - 1000 + 9408) + ") of external data 'DIR/weights.bin', " +
-                      "which holds " + std::to_string(size));
+                      std::to_string(size - 1000 + 9408) +
+                      ") of external data 'DIR/weights.bin', " + "which holds " +
+                      std::to_string(size));
 }
 
 TEST(ExternalData, ModelBytesWithoutTheirFileAreRefused) {

@@ -33,6 +33,7 @@
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/input_shape.h"
+#include "tools/qforge/model_output.h"
 #include "tools/qforge/pipeline_adapters.h"
 #include "tools/qforge/report_output.h"
 
@@ -54,6 +55,7 @@ struct CalibrateOptions {
   std::string report;
   std::string val;
   bool int8_weights = false;
+  bool external_data = false;
   bool dynamic_batch = false;
   bool per_tensor_weights = false;
   std::optional<double> smoothquant;  // alpha, when --smoothquant is given
@@ -241,7 +243,7 @@ int run_calibrate(const CalibrateOptions& o) {
   // later step fails. On several ranks, rank 0 writes the outputs and every rank reads its share
   // of the data; a failure here on any rank stops every rank.
   runtime::Communicator& comm = processes();
-  std::unique_ptr<io::AtomicFile> out_file;
+  std::unique_ptr<ModelOutput> out_file;
   std::unique_ptr<io::AtomicFile> report_file;
   std::unique_ptr<graph::Graph> model;
   std::string written_batch;
@@ -249,12 +251,12 @@ int run_calibrate(const CalibrateOptions& o) {
   std::optional<DataSource> val;
   size_t total = 0;
   runtime::collectively(comm, [&] {
-    std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+    std::vector<io::NamedPath> outputs = ModelOutput::paths(o.output, o.external_data);
     if (!o.report.empty()) outputs.push_back({"--report", o.report});
     const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--val", o.val}};
     io::check_output_paths("calibrate", outputs, inputs);
     if (comm.is_root()) {
-      out_file = std::make_unique<io::AtomicFile>(o.output);
+      out_file = std::make_unique<ModelOutput>(o.output, o.external_data);
       if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
     }
     model = load_model_to_run(o.model, o.input_shape, o.data);
@@ -347,10 +349,11 @@ int run_calibrate(const CalibrateOptions& o) {
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   export_options.batch.dynamic_batch = o.dynamic_batch;
+  out_file->use_in(export_options.onnx);
   if (!fused) fused = quant::fused_graph_for_export(reload(), setup, calibrated);
   const quant::ExportedModel exported =
       quant::export_qdq_model(std::move(fused), plan, calibrated.amax, export_options,
-                              [&](const void* p, size_t n) { out_file->write(p, n); });
+                              out_file->model_sink(), out_file->data_sink());
   const quant::QdqCounts& counts = exported.counts;
 
   // Evaluate exactly what is written: the file, read back, against the float model, with the
@@ -360,9 +363,9 @@ int run_calibrate(const CalibrateOptions& o) {
   evaluation_setup.limit = val ? 0 : o.limit;
   evaluation_setup.flip_injections = o.flip_injections;
   evaluation_setup.flip_seed = kFlipSeed;
-  const quant::Evaluation measured =
-      quant::evaluate(reload, quant::model_file(out_file->read_path()), DataSamples(eval),
-                      evaluation_setup, progress_bars(), spill_files());
+  const quant::Evaluation measured = quant::evaluate(
+      reload, quant::model_file(out_file->read_path(), out_file->read_back_options()),
+      DataSamples(eval), evaluation_setup, progress_bars(), spill_files());
   const runtime::ComparisonFigures& f = measured.figures;
   const std::optional<quant::FlipSensitivity>& flips = measured.flips;
   const size_t eval_total = measured.samples;
@@ -530,9 +533,9 @@ int run_calibrate(const CalibrateOptions& o) {
   // back: a signal during the report's preparation leaves neither.
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
-      "pairs; %s, %.1f KiB)\n",
+      "pairs; %s, %s)\n",
       o.output.c_str(), counts.activation_pairs, counts.weight_quantizers, counts.softmax_pairs,
-      written_batch.c_str(), static_cast<double>(written_bytes) / 1024.0);
+      written_batch.c_str(), out_file->size_text(written_bytes).c_str());
 
   if (report_file) {
     nlohmann::json points = nlohmann::json::array();
@@ -635,7 +638,9 @@ int run_calibrate(const CalibrateOptions& o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  io::commit_together({out_file.get(), report_file.get()});
+  std::vector<io::AtomicFile*> files = out_file->files();
+  files.push_back(report_file.get());
+  io::commit_together(files);
   if (report_file) std::printf("%-12s written to %s\n", "report", o.report.c_str());
   return 0;
 }
@@ -689,6 +694,7 @@ CommandRunner add_calibrate_command(CLI::App& app) {
                   "evaluate on this image folder or .npy file (default: the calibration data)");
   cmd->add_flag("--int8-weights", opts->int8_weights,
                 "store weights as int8 initializers behind DequantizeLinear");
+  add_external_data_flag(*cmd, opts->external_data);
   cmd->add_flag("--per-tensor-weights", opts->per_tensor_weights,
                 "one scale per weight tensor (amax = max |w| over the whole batch-norm folded "
                 "weight) instead of one per output channel, for targets without per-axis weight "

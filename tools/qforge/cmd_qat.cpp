@@ -27,6 +27,7 @@
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/input_shape.h"
+#include "tools/qforge/model_output.h"
 #include "tools/qforge/pipeline_adapters.h"
 #include "tools/qforge/report_output.h"
 
@@ -45,6 +46,7 @@ struct QatOptions {
   int64_t calib_limit = 0;
   bool per_tensor_weights = false;
   bool int8_weights = false;
+  bool external_data = false;
   bool dynamic_batch = false;
   // training
   quant::QatSetup setup;
@@ -148,12 +150,12 @@ int run_qat(QatOptions o) {
   std::optional<DataSource> data_source;
   std::optional<DataSource> val;
   std::optional<quant::Checkpoint> resume;
-  std::unique_ptr<io::AtomicFile> out_file;
+  std::unique_ptr<ModelOutput> out_file;
   std::unique_ptr<io::AtomicFile> log_file;
   std::unique_ptr<io::AtomicFile> report_file;
   // The setup is checked on every rank and agreed: a failure on one stops all.
   runtime::collectively(comm, [&] {
-    std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+    std::vector<io::NamedPath> outputs = ModelOutput::paths(o.output, o.external_data);
     if (!o.log.empty()) outputs.push_back({"--log", o.log});
     if (!o.report.empty()) outputs.push_back({"--report", o.report});
     // The checkpoint is replaced as the run goes; it may be the file --resume reads.
@@ -205,7 +207,7 @@ int run_qat(QatOptions o) {
       if (val->size() == 0) throw_invalid("qat: --val data '" + o.val + "' holds no samples");
     }
     if (comm.is_root()) {
-      out_file = std::make_unique<io::AtomicFile>(o.output);
+      out_file = std::make_unique<ModelOutput>(o.output, o.external_data);
       if (!o.log.empty()) log_file = std::make_unique<io::AtomicFile>(o.log);
       if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
     }
@@ -320,9 +322,10 @@ int run_qat(QatOptions o) {
 
   // 3. Export from the trained weights (and learned scales), then compare on --val.
   export_options.activation_scales = trained.scales;
+  out_file->use_in(export_options.onnx);
   const quant::ExportedModel exported =
       quant::export_qdq_model(std::move(fused), calibrated.plan, calibrated.amax, export_options,
-                              [&](const void* p, size_t n) { out_file->write(p, n); });
+                              out_file->model_sink(), out_file->data_sink());
 
   std::printf("model        %s (transformed at batch %lld: %zu conversions, %zu fusions)\n",
               o.model.c_str(), static_cast<long long>(s.batch), calibrated.conversions,
@@ -384,9 +387,9 @@ int run_qat(QatOptions o) {
     const quant::Evaluation before =
         quant::evaluate(reload, ptq, DataSamples(*val), e, progress_bars(), spill_files());
     e.quantized_label = "QAT model";
-    const quant::Evaluation after =
-        quant::evaluate(reload, quant::model_file(out_file->read_path()), DataSamples(*val), e,
-                        progress_bars(), spill_files());
+    const quant::Evaluation after = quant::evaluate(
+        reload, quant::model_file(out_file->read_path(), out_file->read_back_options()),
+        DataSamples(*val), e, progress_bars(), spill_files());
     // Cross-entropy against the labels and KL(float ‖ model) of the softmax outputs, in nats.
     std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
     std::printf("  %-6s %8s %10s %12s %10s %10s %12s\n", "model", "top-1", "CE", "KL to float",
@@ -492,13 +495,16 @@ int run_qat(QatOptions o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  io::commit_together({out_file.get(), log_file.get(), report_file.get()});
+  std::vector<io::AtomicFile*> files = out_file->files();
+  files.push_back(log_file.get());
+  files.push_back(report_file.get());
+  io::commit_together(files);
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
-      "pairs; %s, %.1f KiB)\n",
+      "pairs; %s, %s)\n",
       o.output.c_str(), exported.counts.activation_pairs, exported.counts.weight_quantizers,
       exported.counts.softmax_pairs, written_batch.c_str(),
-      static_cast<double>(exported.bytes) / 1024.0);
+      out_file->size_text(exported.bytes).c_str());
   if (report_file) std::printf("%-12s %s\n", "report", o.report.c_str());
   return 0;
 }
@@ -555,6 +561,8 @@ CommandRunner add_qat_command(CLI::App& app) {
   cmd->add_flag("--int8-weights", o->int8_weights,
                 "store weights as int8 initializers behind DequantizeLinear")
       ->group(calib);
+  add_external_data_flag(*cmd, o->external_data);
+  cmd->get_option("--external-data")->group(calib);
   cmd->add_flag("--dynamic-batch", o->dynamic_batch,
                 "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
                 "optimisation profiles")
