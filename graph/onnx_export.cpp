@@ -291,8 +291,8 @@ onnx::ModelProto checked_model(const Graph& graph, const ExportOptions& options,
   if (size > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw_unsupported("export: expected a model under 2 GiB (protobuf's limit), got " +
                       std::to_string(size) +
-                      " bytes; calibrate and qat can write its weights to a file beside it "
-                      "(--external-data)");
+                      " bytes; calibrate, qat and transform can write its weights to a file "
+                      "beside it (--external-data)");
   }
   return model;
 }

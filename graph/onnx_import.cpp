@@ -1117,8 +1117,13 @@ onnx::ModelProto read_model_proto(const std::string& path) {
 // inference see an ordinary model; the files are opened once each.
 class ExternalData {
  public:
-  ExternalData(std::string model_path, const std::map<std::string, std::string>& paths)
-      : model_path_(std::move(model_path)), paths_(paths) {
+  // from_file: model_path is the model's file, whose folder holds the data files (else only
+  // options.external_data_bytes are read).
+  ExternalData(std::string model_path, bool from_file, const ImportOptions& options)
+      : model_path_(std::move(model_path)),
+        from_file_(from_file),
+        paths_(options.external_data_paths),
+        in_memory_(options.external_data_bytes) {
     const size_t slash = model_path_.find_last_of('/');
     folder_ = slash == std::string::npos ? std::string() : model_path_.substr(0, slash + 1);
   }
@@ -1166,16 +1171,32 @@ class ExternalData {
                     std::to_string(count) + " " + kernels::dtype_name(dtype) +
                     " values, the external data gives a length of " + std::to_string(*length));
     }
+    const uint64_t start = offset.value_or(0);
+    auto check_range = [&](const std::string& what, uint64_t held) {
+      if (start > held || bytes > held - start) {
+        throw_invalid(where + ": expected bytes [" + std::to_string(start) + ", " +
+                      std::to_string(start + bytes) + ") of external data '" + what +
+                      "', which holds " + std::to_string(held));
+      }
+    };
+    std::string& raw = *proto.mutable_raw_data();
+    if (const auto held = in_memory_.find(location); held != in_memory_.end()) {
+      check_range(location, held->second.size());
+      raw.assign(held->second.substr(static_cast<size_t>(start), static_cast<size_t>(bytes)));
+      proto.clear_external_data();
+      proto.set_data_location(onnx::TensorProto::DEFAULT);
+      return;
+    }
+    if (!from_file_) {
+      throw_unsupported(where +
+                        ": its data lies in an external file, which is read only when the "
+                        "model is loaded from its own file (its location is relative to the "
+                        "model's folder)");
+    }
     const auto elsewhere = paths_.find(location);
     const std::string path = elsewhere != paths_.end() ? elsewhere->second : folder_ + location;
     const File& file = open(path, where);
-    const uint64_t start = offset.value_or(0);
-    if (start > file.size || bytes > file.size - start) {
-      throw_invalid(where + ": expected bytes [" + std::to_string(start) + ", " +
-                    std::to_string(start + bytes) + ") of external data '" + path +
-                    "', which holds " + std::to_string(file.size));
-    }
-    std::string& raw = *proto.mutable_raw_data();
+    check_range(path, file.size);
     raw.resize(static_cast<size_t>(bytes));
     uint64_t done = 0;
     while (done < bytes) {
@@ -1239,7 +1260,9 @@ class ExternalData {
   }
 
   std::string model_path_;
+  bool from_file_;
   const std::map<std::string, std::string>& paths_;
+  const std::map<std::string, std::string_view>& in_memory_;
   std::string folder_;
   std::map<std::string, File> files_;
 };
@@ -1252,13 +1275,7 @@ void read_external_data(onnx::ModelProto& model, const std::string& path, bool f
   std::optional<ExternalData> files;
   auto read = [&](onnx::TensorProto& t) {
     if (t.data_location() != onnx::TensorProto::EXTERNAL) return;
-    if (!from_file) {
-      throw_unsupported("import: tensor '" + t.name() + "' of '" + path +
-                        "': its data lies in an external file, which is read only when the "
-                        "model is loaded from its own file (its location is relative to the "
-                        "model's folder)");
-    }
-    if (!files) files.emplace(path, options.external_data_paths);
+    if (!files) files.emplace(path, from_file, options);
     files->read_into(t);
   };
   onnx::GraphProto& g = *model.mutable_graph();

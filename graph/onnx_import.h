@@ -38,6 +38,9 @@ struct ImportOptions {
   // Where to read an external data location from instead of the model's folder (location ->
   // path): a model read back before its data file is in place.
   std::map<std::string, std::string> external_data_paths;
+  // External data held in memory (location -> bytes, which must outlive the import): a model
+  // checked before either of its files is written. parse_onnx reads these too.
+  std::map<std::string, std::string_view> external_data_bytes;
 };
 
 // Throws qforge::Error: kIo when the file cannot be read, kInvalid for a file that is not a
@@ -46,7 +49,8 @@ struct ImportOptions {
 // load_onnx reads the tensors a model keeps in external data files (ONNX's `location`, `offset`
 // and `length`, relative to the model's folder); a location outside that folder, a missing or
 // short file, or a length that does not match the tensor is an error naming the tensor, the
-// model and the file. parse_onnx has no folder: external data is kUnsupported there.
+// model and the file. parse_onnx has no folder: external data is kUnsupported there unless
+// options.external_data_bytes holds it.
 std::unique_ptr<Graph> load_onnx(const std::string& path, const ImportOptions& options = {});
 std::unique_ptr<Graph> parse_onnx(std::string_view bytes, const std::string& source_name,
                                   const ImportOptions& options = {});

@@ -190,7 +190,8 @@ std::map<std::string, size_t> count_modules(const graph::Graph& graph) {
 
 CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& fused,
                               std::span<const std::vector<kernels::Tensor>> batches,
-                              double tolerance, const BatchExportOptions& batch) {
+                              double tolerance, const BatchExportOptions& batch,
+                              const std::string& external_data) {
   CheckedExport out;
   std::unique_ptr<graph::Graph> lowered = fused.clone();
   out.lowered_modules = graph::lower_modules(*lowered);
@@ -201,11 +202,28 @@ CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& 
   restore_declared_batch(*lowered, batch);
   graph::ExportOptions export_options;
   if (original.opset > 0) export_options.opset = original.opset;
-  std::string bytes = graph::serialize_onnx(*lowered, export_options);
-  std::unique_ptr<graph::Graph> reimported = graph::parse_onnx(bytes, "lowered model");
+  std::string bytes;
+  std::string data;
+  graph::ImportOptions import_options;
+  if (external_data.empty()) {
+    bytes = graph::serialize_onnx(*lowered, export_options);
+  } else {
+    export_options.external_data = external_data;
+    graph::write_onnx(
+        *lowered,
+        [&bytes](const void* p, size_t n) { bytes.append(static_cast<const char*>(p), n); },
+        export_options,
+        [&data](const void* p, size_t n) { data.append(static_cast<const char*>(p), n); });
+    import_options.external_data_bytes[external_data] = data;
+  }
+  std::unique_ptr<graph::Graph> reimported =
+      graph::parse_onnx(bytes, "lowered model", import_options);
   out.checked = "written model";
   out.figures = check_equivalence(original, *reimported, batches, tolerance);
-  if (out.figures.equivalent) out.onnx_bytes = std::move(bytes);
+  if (out.figures.equivalent) {
+    out.onnx_bytes = std::move(bytes);
+    out.external_data_bytes = std::move(data);
+  }
   return out;
 }
 

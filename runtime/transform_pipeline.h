@@ -79,6 +79,8 @@ std::map<std::string, size_t> count_modules(const graph::Graph& graph);
 
 struct CheckedExport {
   std::string onnx_bytes;  // the serialized lowered model; empty when a check failed
+  // With an external data name: the data file's bytes, which onnx_bytes refers to.
+  std::string external_data_bytes;
   size_t lowered_modules = 0;
   // The last check that ran: the re-imported bytes when the in-memory lowered graph passed,
   // else the in-memory lowered graph.
@@ -90,9 +92,12 @@ struct CheckedExport {
 // batch the model declared (restore_declared_batch with `batch`), serializes it at the
 // original's opset, re-imports those bytes and checks them too. Writing is left to the caller so
 // that nothing is written unless `figures.equivalent`.
+// With `external_data` (a file name), the weights are serialized as external data in that file
+// (graph::ExportOptions::external_data) and re-imported from memory.
 CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& fused,
                               std::span<const std::vector<kernels::Tensor>> batches,
                               double tolerance = kEquivalenceTolerance,
-                              const BatchExportOptions& batch = {});
+                              const BatchExportOptions& batch = {},
+                              const std::string& external_data = {});
 
 }  // namespace qforge::runtime

@@ -202,5 +202,30 @@ TEST(ExternalData, ModelBytesWithoutTheirFileAreRefused) {
             "relative to the model's folder)");
 }
 
+TEST(ExternalData, BytesHeldInMemoryServeAModelGivenAsBytes) {
+  const std::string inline_path = data_path("models/resnet_bn.onnx");
+  TempDir dir;
+  const std::string path = externalize(read_proto(inline_path), dir);
+  const std::string model = testing::read_text(path);
+  // Only the data of weights.bin in memory: the tensors in parts/more.bin are refused.
+  const std::string weights = testing::read_text(dir.file("weights.bin"));
+  ImportOptions options;
+  options.external_data_bytes["weights.bin"] = weights;
+  const std::string error =
+      testing::error_of(ErrorKind::kUnsupported, [&] { parse_onnx(model, "bytes.onnx", options); });
+  EXPECT_NE(error.find("' of 'bytes.onnx': its data lies in an external file"), std::string::npos)
+      << error;
+  const std::string more = testing::read_text(dir.file("parts/more.bin"));
+  options.external_data_bytes["parts/more.bin"] = more;
+  expect_same_constants(*load_onnx(inline_path), *parse_onnx(model, "bytes.onnx", options));
+  // A range past the bytes held is named as for a file.
+  const std::string short_weights = weights.substr(0, 100);
+  options.external_data_bytes["weights.bin"] = short_weights;
+  EXPECT_EQ(
+      testing::error_of(ErrorKind::kInvalid, [&] { parse_onnx(model, "bytes.onnx", options); }),
+      "import: tensor 'conv1.weight' of 'bytes.onnx': expected bytes [0, 9408) of external "
+      "data 'weights.bin', which holds 100");
+}
+
 }  // namespace
 }  // namespace qforge::graph

@@ -97,11 +97,10 @@ TEST(ExternalDataCli, CalibrateWritesTheSameModelWithItsWeightsBesideIt) {
   EXPECT_GT(external_bytes(ext), std::filesystem::file_size(plain) * 9 / 10);
   expect_same_model(plain, ext);
   // The evaluation read the written model back, data file included, before either was in place.
-  const std::vector<std::string> figures = {"output SQNR", "cosine", "top-1 agree", "accuracy",
-                                            "cross-ent.", "KL to float", "one flip"};
+  const std::vector<std::string> figures = {"output SQNR", "cosine",      "top-1 agree", "accuracy",
+                                            "cross-ent.",  "KL to float", "one flip"};
   EXPECT_EQ(lines_starting(a.out, figures), lines_starting(b.out, figures));
-  EXPECT_NE(lines_starting(b.out, {"written"}).find("KiB in ext.qdq.onnx.data)"),
-            std::string::npos)
+  EXPECT_NE(lines_starting(b.out, {"written"}).find("KiB in ext.qdq.onnx.data)"), std::string::npos)
       << b.out;
 
   const kernels::Tensor x = testing::random_f32({2, 3, 32, 32}, 11, 0.0f, 1.0f);
@@ -123,6 +122,21 @@ TEST(ExternalDataCli, QatWritesTheSameModelWithItsWeightsBesideIt) {
   ASSERT_EQ(b.exit_code, 0) << b.err;
   ASSERT_TRUE(std::filesystem::exists(dir.file("ext.qdq.onnx.data")));
   expect_same_model(dir.file("plain.qdq.onnx"), dir.file("ext.qdq.onnx"));
+}
+
+TEST(ExternalDataCli, TransformWritesTheSameModelWithItsWeightsBesideIt) {
+  TempDir dir;
+  const std::string common = "transform " + data_path("models/vit_bn.onnx") + " -o ";
+  const auto a = run_cli(common + dir.file("plain.onnx"));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  const auto b = run_cli(common + dir.file("ext.onnx") + " --external-data");
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  // The check re-imported the written form, weights from the data held in memory.
+  EXPECT_NE(b.out.find("(written model vs the original"), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("KiB in ext.onnx.data)"), std::string::npos) << b.out;
+  EXPECT_EQ(testing::leftover_files(dir, {"plain.onnx", "ext.onnx", "ext.onnx.data"}),
+            std::vector<std::string>{});
+  expect_same_model(dir.file("plain.onnx"), dir.file("ext.onnx"));
 }
 
 TEST(ExternalDataCli, AFailedRunLeavesNeitherFile) {

@@ -20,6 +20,7 @@
 #include "tools/qforge/commands.h"
 #include "tools/qforge/data_source.h"
 #include "tools/qforge/input_shape.h"
+#include "tools/qforge/model_output.h"
 #include "tools/qforge/report_output.h"
 
 namespace qforge::cli {
@@ -35,6 +36,7 @@ struct TransformCliOptions {
   PreprocessOverrides preprocess;
   InputShapeFlag input_shape;
   bool dynamic_batch = false;
+  bool external_data = false;
 };
 
 constexpr uint64_t kSampleSeed = 0;
@@ -97,11 +99,11 @@ int run_transform(const TransformCliOptions& o) {
   // Check and open the outputs first: an output that would overwrite an input or the other
   // output, or an unwritable path, fails before any work. Nothing is at their paths unless the
   // check passes and they are committed.
-  std::vector<io::NamedPath> outputs = {{"-o", o.output}};
+  std::vector<io::NamedPath> outputs = ModelOutput::paths(o.output, o.external_data);
   if (!o.report.empty()) outputs.push_back({"--report", o.report});
   const io::NamedPath inputs[] = {{"model", o.model}, {"--plan", o.plan}, {"--data", o.data}};
   io::check_output_paths("transform", outputs, inputs);
-  io::AtomicFile out_file(o.output);
+  ModelOutput out_file(o.output, o.external_data);
   std::unique_ptr<io::AtomicFile> report_file;
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
@@ -121,8 +123,11 @@ int run_transform(const TransformCliOptions& o) {
   std::string sample;
   const auto batches = sample_batches(o, *model, sample);
   const runtime::BatchExportOptions batch_options{.dynamic_batch = o.dynamic_batch};
-  runtime::CheckedExport exported = runtime::lower_and_check(
-      *model, *r.graph, batches, runtime::kEquivalenceTolerance, batch_options);
+  graph::ExportOptions names;
+  out_file.use_in(names);
+  runtime::CheckedExport exported =
+      runtime::lower_and_check(*model, *r.graph, batches, runtime::kEquivalenceTolerance,
+                               batch_options, names.external_data);
   const runtime::EquivalenceFigures& f = exported.figures;
 
   std::printf("model        %s (batch %lld, opset %lld)\n", o.model.c_str(),
@@ -166,7 +171,10 @@ int run_transform(const TransformCliOptions& o) {
   }
   std::printf("verdict      equivalent\n");
 
-  out_file.write(exported.onnx_bytes);
+  if (!exported.external_data_bytes.empty()) {
+    out_file.data_sink()(exported.external_data_bytes.data(), exported.external_data_bytes.size());
+  }
+  out_file.model_sink()(exported.onnx_bytes.data(), exported.onnx_bytes.size());
   if (report_file) {
     nlohmann::json report{{"model", o.model},
                           {"output", o.output},
@@ -191,9 +199,12 @@ int run_transform(const TransformCliOptions& o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  io::commit_together({&out_file, report_file.get()});
-  std::printf("written      %s (%s)\n", o.output.c_str(),
-              runtime::written_batch_text(*model, batch_options).c_str());
+  std::vector<io::AtomicFile*> files = out_file.files();
+  files.push_back(report_file.get());
+  io::commit_together(files);
+  std::printf("written      %s (%s, %s)\n", o.output.c_str(),
+              runtime::written_batch_text(*model, batch_options).c_str(),
+              out_file.size_text(exported.onnx_bytes.size()).c_str());
   if (report_file) std::printf("%-12s written to %s\n", "report", o.report.c_str());
   return 0;
 }
@@ -225,6 +236,7 @@ CommandRunner add_transform_command(CLI::App& app) {
   cmd->add_flag("--dynamic-batch", opts->dynamic_batch,
                 "write a batch the model fixes as a symbolic one ('batch'), for TensorRT "
                 "optimisation profiles");
+  add_external_data_flag(*cmd, opts->external_data);
   cmd->add_option("--data", opts->data,
                   std::string("data to check equivalence on, in whole batches: ") + kDataFormats +
                       " (default: one seeded random normal batch)");
