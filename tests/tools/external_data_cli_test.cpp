@@ -114,7 +114,8 @@ TEST(ExternalDataCli, CalibrateWritesTheSameModelWithItsWeightsBesideIt) {
 
 TEST(ExternalDataCli, QatWritesTheSameModelWithItsWeightsBesideIt) {
   TempDir dir;
-  const std::string common = "qat " + kResnet + " --data " + kTrain +
+  const std::string common = "qat " + kResnet + " --data " + kTrain + " --val " +
+                             data_path("datasets/digits/val") +
                              " --calib-limit 16 --batch 8 --steps 2 --lr 0.01 -o ";
   const auto a = run_cli(common + dir.file("plain.qdq.onnx"));
   ASSERT_EQ(a.exit_code, 0) << a.err;
@@ -122,6 +123,11 @@ TEST(ExternalDataCli, QatWritesTheSameModelWithItsWeightsBesideIt) {
   ASSERT_EQ(b.exit_code, 0) << b.err;
   ASSERT_TRUE(std::filesystem::exists(dir.file("ext.qdq.onnx.data")));
   expect_same_model(dir.file("plain.qdq.onnx"), dir.file("ext.qdq.onnx"));
+  // The PTQ model (weights held apart in memory) and the written QAT model read back compare
+  // alike.
+  const std::vector<std::string> rows = {"  float", "  PTQ", "  QAT", "accuracy"};
+  EXPECT_EQ(lines_starting(a.out, rows), lines_starting(b.out, rows));
+  EXPECT_FALSE(lines_starting(b.out, {"  PTQ"}).empty()) << b.out;
 }
 
 TEST(ExternalDataCli, TransformWritesTheSameModelWithItsWeightsBesideIt) {

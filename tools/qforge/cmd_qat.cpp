@@ -240,12 +240,19 @@ int run_qat(QatOptions o) {
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   export_options.batch.dynamic_batch = o.dynamic_batch;
-  // The PTQ model, kept in memory for the comparison on --val.
+  // The PTQ model, kept in memory for the comparison on --val (its weights apart, as external
+  // data held in memory, when the output's are: the message then stays small).
   std::string ptq_bytes;
+  std::string ptq_data;
+  graph::ImportOptions ptq_import;
   if (val && comm.is_root()) {
-    ptq_bytes = graph::serialize_onnx(
+    graph::ExportOptions onnx = export_options.onnx;
+    out_file->use_in(onnx);
+    graph::write_onnx(
         *quant::build_qdq_graph(*fused, calibrated.plan, calibrated.amax, export_options),
-        export_options.onnx);
+        [&](const void* p, size_t n) { ptq_bytes.append(static_cast<const char*>(p), n); }, onnx,
+        [&](const void* p, size_t n) { ptq_data.append(static_cast<const char*>(p), n); });
+    if (!onnx.external_data.empty()) ptq_import.external_data_bytes[onnx.external_data] = ptq_data;
   }
 
   // 2. Fine-tune.
@@ -382,7 +389,9 @@ int run_qat(QatOptions o) {
     e.batch = s.batch;
     e.flip_injections = 0;
     e.stage = "qat";
-    const quant::ModelLoader ptq = [&] { return graph::parse_onnx(ptq_bytes, "the PTQ model"); };
+    const quant::ModelLoader ptq = [&] {
+      return graph::parse_onnx(ptq_bytes, "the PTQ model", ptq_import);
+    };
     e.quantized_label = "PTQ model";
     const quant::Evaluation before =
         quant::evaluate(reload, ptq, DataSamples(*val), e, progress_bars(), spill_files());
