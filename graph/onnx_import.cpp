@@ -1183,31 +1183,27 @@ class ExternalData {
     if (const auto held = in_memory_.find(location); held != in_memory_.end()) {
       check_range(location, held->second.size());
       raw.assign(held->second.substr(static_cast<size_t>(start), static_cast<size_t>(bytes)));
-      proto.clear_external_data();
-      proto.set_data_location(onnx::TensorProto::DEFAULT);
-      return;
-    }
-    if (!from_file_) {
+    } else if (!from_file_) {
       throw_unsupported(where +
                         ": its data lies in an external file, which is read only when the "
                         "model is loaded from its own file (its location is relative to the "
                         "model's folder)");
-    }
-    const auto elsewhere = paths_.find(location);
-    const std::string path = elsewhere != paths_.end() ? elsewhere->second : folder_ + location;
-    const File& file = open(path, where);
-    check_range(path, file.size);
-    raw.resize(static_cast<size_t>(bytes));
-    uint64_t done = 0;
-    while (done < bytes) {
-      const ssize_t n = ::pread(file.fd, raw.data() + done, static_cast<size_t>(bytes - done),
-                                static_cast<off_t>(start + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        throw_io(where + ": cannot read external data '" + path +
-                 "': " + (n < 0 ? std::strerror(errno) : "unexpected end of file"));
+    } else {
+      const auto elsewhere = paths_.find(location);
+      const std::string path = elsewhere != paths_.end() ? elsewhere->second : folder_ + location;
+      const File& file = open(path, where);
+      check_range(path, file.size);
+      raw.resize(static_cast<size_t>(bytes));
+      for (uint64_t done = 0; done < bytes;) {
+        const ssize_t n = ::pread(file.fd, raw.data() + done, static_cast<size_t>(bytes - done),
+                                  static_cast<off_t>(start + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          throw_io(where + ": cannot read external data '" + path +
+                   "': " + (n < 0 ? std::strerror(errno) : "unexpected end of file"));
+        }
+        done += static_cast<uint64_t>(n);
       }
-      done += static_cast<uint64_t>(n);
     }
     proto.clear_external_data();
     proto.set_data_location(onnx::TensorProto::DEFAULT);
@@ -1253,8 +1249,10 @@ class ExternalData {
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
       const int error = errno;
       ::close(fd);
-      throw_io(where + ": cannot read external data '" + path +
-               "': " + (S_ISDIR(st.st_mode) ? std::strerror(EISDIR) : std::strerror(error)));
+      const std::string reason = S_ISDIR(st.st_mode) ? std::strerror(EISDIR)
+                                 : st.st_mode != 0   ? "not a regular file"
+                                                     : std::strerror(error);
+      throw_io(where + ": cannot read external data '" + path + "': " + reason);
     }
     return files_.emplace(path, File{fd, static_cast<uint64_t>(st.st_size)}).first->second;
   }

@@ -161,6 +161,12 @@ TEST(ExternalData, EveryFaultOfTheFileOrItsEntriesIsNamed) {
             tensor + "cannot read external data 'DIR/missing.bin': No such file or directory");
   EXPECT_EQ(error_with(ErrorKind::kIo, edited("location", "parts")),
             tensor + "cannot read external data 'DIR/parts': Is a directory");
+  EXPECT_EQ(error_with(ErrorKind::kIo,
+                       [](onnx::TensorProto& t, const TempDir& dir) {
+                         std::filesystem::create_symlink("/dev/null", dir.file("null.bin"));
+                         set_entry(t, "location", "null.bin");
+                       }),
+            tensor + "cannot read external data 'DIR/null.bin': not a regular file");
   EXPECT_EQ(error_with(ErrorKind::kInvalid, edited("length", "100")),
             tensor +
                 "expected 9408 bytes for 2352 float32 values, the external data gives a length of "
