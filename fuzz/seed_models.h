@@ -6,7 +6,9 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <string>
 #include <utility>
@@ -84,6 +86,26 @@ class ModelWriter {
     p->set_key(key);
     p->set_value(value);
   }
+  // Every float initializer named in `names` keeps its values in external data: `location` at
+  // consecutive offsets from `offset` on (each with its length), its float_data cleared. The
+  // fuzz target serves that location from external_data_blob(), whose values they then read.
+  void make_external(std::initializer_list<std::string> names, const std::string& location,
+                     size_t offset) {
+    for (auto& t : *graph()->mutable_initializer()) {
+      if (std::find(names.begin(), names.end(), t.name()) == names.end()) continue;
+      const size_t length = static_cast<size_t>(t.float_data_size()) * sizeof(float);
+      t.clear_float_data();
+      t.set_data_location(onnx::TensorProto::EXTERNAL);
+      for (const auto& [key, value] : {std::pair<std::string, std::string>{"location", location},
+                                       {"offset", std::to_string(offset)},
+                                       {"length", std::to_string(length)}}) {
+        auto* e = t.add_external_data();
+        e->set_key(key);
+        e->set_value(value);
+      }
+      offset += length;
+    }
+  }
   std::string bytes() const { return model_.SerializeAsString(); }
 
  private:
@@ -105,9 +127,22 @@ class ModelWriter {
   onnx::ModelProto model_;
 };
 
+// The bytes the fuzz target serves as the external data file "weights.bin": 1024 floats, 0.01,
+// -0.02, 0.03, ... (period 11).
+inline constexpr char kExternalDataLocation[] = "weights.bin";
+inline std::string external_data_blob() {
+  std::string blob(1024 * sizeof(float), '\0');
+  for (size_t i = 0; i < 1024; ++i) {
+    const auto v = static_cast<float>((i % 2 ? -1 : 1) * 0.01 * static_cast<double>(i % 11 + 1));
+    std::memcpy(blob.data() + i * sizeof(float), &v, sizeof v);
+  }
+  return blob;
+}
+
 // Conv → BN → Relu → MaxPool → 1×1 Conv → Add(residual) → Relu → GlobalAveragePool → Flatten →
-// Gemm, on a dynamic batch of 3×8×8 images: the shape of the bundled CNNs in miniature.
-inline std::string conv_net_model() {
+// Gemm, on a dynamic batch of 3×8×8 images: the shape of the bundled CNNs in miniature; with
+// `external`, its convolution and Gemm weights in external data (external_data_blob()).
+inline std::string conv_net_model(bool external = false) {
   ModelWriter m("conv_net");
   m.input("x", {-1, 3, 8, 8});
   m.output("y", {-1, 2});
@@ -137,6 +172,7 @@ inline std::string conv_net_model() {
   auto* flatten = m.node("Flatten", "flatten", {"g"}, {"f"});
   ModelWriter::integer(flatten, "axis", 1);
   ModelWriter::integer(m.node("Gemm", "fc", {"f", "fc_w", "fc_b"}, {"y"}), "transB", 1);
+  if (external) m.make_external({"w1", "w2", "fc_w"}, kExternalDataLocation, 64);
   return m.bytes();
 }
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/seed_models.h"
 #include "graph/onnx_import.h"
 #include "kernels/error.h"
 #include "tests/support/errors.h"
@@ -231,6 +232,27 @@ TEST(ExternalData, BytesHeldInMemoryServeAModelGivenAsBytes) {
       testing::error_of(ErrorKind::kInvalid, [&] { parse_onnx(model, "bytes.onnx", options); }),
       "import: tensor 'conv1.weight' of 'bytes.onnx': expected bytes [0, 9408) of external "
       "data 'weights.bin', which holds 100");
+}
+
+// The importer fuzz target's seed with external weights imports, its weights read from the
+// blob the target serves, so that its mutations reach the external data reader.
+TEST(ExternalData, TheFuzzSeedReadsItsWeightsFromTheBlob) {
+  const std::string blob = fuzz::external_data_blob();
+  ImportOptions options;
+  options.external_data_bytes[fuzz::kExternalDataLocation] = blob;
+  auto g = parse_onnx(fuzz::conv_net_model(/*external=*/true), "seed.onnx", options);
+  auto plain = parse_onnx(fuzz::conv_net_model(), "seed.onnx");
+  size_t offset = 64;  // w1, w2 and fc_w follow one another from byte 64
+  for (const char* name : {"w1", "w2", "fc_w"}) {
+    const Tensor& w = g->find_value(name)->constant();
+    EXPECT_EQ(w.describe(), plain->find_value(name)->constant().describe()) << name;
+    EXPECT_EQ(std::memcmp(w.raw(), blob.data() + offset, w.nbytes()), 0) << name;
+    offset += w.nbytes();
+  }
+  EXPECT_EQ(testing::error_of(ErrorKind::kUnsupported,
+                              [] { parse_onnx(fuzz::conv_net_model(true), "seed.onnx"); })
+                .find("import: tensor 'w1' of 'seed.onnx': its data lies in an external file"),
+            0u);
 }
 
 }  // namespace
