@@ -887,10 +887,103 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
   restore_old_resize_semantics(model, opset, upsamples);
 }
 
+float float_from_half(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {  // infinity or NaN, the payload kept
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalised, every half value being exact in float
+    uint32_t e = 113;
+    while (!(mantissa & 0x400u)) {
+      mantissa <<= 1;
+      --e;
+    }
+    bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// A FLOAT16 tensor rewritten as the FLOAT tensor of the same values (exact: every half is a
+// float).
+void upcast_tensor(onnx::TensorProto& t) {
+  if (t.data_type() != onnx::TensorProto::FLOAT16) return;
+  std::vector<uint16_t> halves;
+  if (t.has_raw_data()) {
+    const std::string& raw = t.raw_data();
+    halves.resize(raw.size() / 2);
+    for (size_t i = 0; i < halves.size(); ++i) {
+      halves[i] = static_cast<uint16_t>(static_cast<uint8_t>(raw[2 * i]) |
+                                        static_cast<uint8_t>(raw[2 * i + 1]) << 8);
+    }
+    if (raw.size() % 2) halves.push_back(0);  // refused below as a size mismatch
+  } else {
+    for (int32_t v : t.int32_data()) halves.push_back(static_cast<uint16_t>(v));
+  }
+  std::string out(halves.size() * sizeof(float), '\0');
+  for (size_t i = 0; i < halves.size(); ++i) {
+    const float f = float_from_half(halves[i]);
+    std::memcpy(out.data() + i * sizeof f, &f, sizeof f);
+  }
+  t.clear_int32_data();
+  t.set_raw_data(std::move(out));
+  t.set_data_type(onnx::TensorProto::FLOAT);
+}
+
+// A model that computes in float16 computes in float32 here: its FLOAT16 tensors (initializers,
+// tensor attributes), declared values and Cast targets become FLOAT. Every half value is a float,
+// so the weights are the file's exactly; the results are float32's. Returns whether anything was
+// float16.
+bool upcast_float16(onnx::ModelProto& model) {
+  bool any = false;
+  auto tensor = [&](onnx::TensorProto& t) {
+    any = any || t.data_type() == onnx::TensorProto::FLOAT16;
+    upcast_tensor(t);
+  };
+  auto value = [&](onnx::ValueInfoProto& v) {
+    if (!v.type().has_tensor_type()) return;
+    auto* t = v.mutable_type()->mutable_tensor_type();
+    if (t->elem_type() != onnx::TensorProto::FLOAT16) return;
+    any = true;
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+  };
+  onnx::GraphProto& g = *model.mutable_graph();
+  for (auto& t : *g.mutable_initializer()) tensor(t);
+  for (auto* list : {g.mutable_input(), g.mutable_output(), g.mutable_value_info()}) {
+    for (auto& v : *list) value(v);
+  }
+  for (auto& n : *g.mutable_node()) {
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_t()) tensor(*a.mutable_t());
+      // Cast's target, and the output type of the ops that create a tensor from nothing.
+      const bool type_attribute = (a.name() == "to" && n.op_type() == "Cast") ||
+                                  (a.name() == "dtype" && n.op_type().rfind("Random", 0) == 0) ||
+                                  (a.name() == "dtype" && n.op_type() == "EyeLike");
+      if (type_attribute && a.i() == onnx::TensorProto::FLOAT16) {
+        any = true;
+        a.set_i(onnx::TensorProto::FLOAT);
+      }
+    }
+  }
+  return any;
+}
+
 // The opset range, the catalog, the declarations, the sample shape; then the conversion of old
 // models and libonnx's checker where it knows the opset. Returns the opset the graph runs at.
 int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
                       const ImportOptions& options) {
+  if (upcast_float16(model)) {
+    auto* note = model.add_metadata_props();
+    note->set_key(std::string(kUpcastMetadataKey));
+    note->set_value("float16 to float32");
+  }
   int64_t opset = declared_opset(model, source);
   rewrite_einsum_nodes(model, opset);
   check_ops(model, opset);
@@ -1152,7 +1245,12 @@ class ExternalData {
       throw_invalid(where + ": external data location '" + location +
                     "' must be a relative path inside the model's folder");
     }
-    const DType dtype = dtype_from_onnx(proto.data_type(), tensor);
+    // Float16 tensors are upcast once read.
+    const bool half = proto.data_type() == onnx::TensorProto::FLOAT16;
+    const uint64_t size =
+        half ? 2 : kernels::dtype_size(dtype_from_onnx(proto.data_type(), tensor));
+    const std::string type_name =
+        half ? "float16" : kernels::dtype_name(dtype_from_onnx(proto.data_type(), tensor));
     uint64_t count = 1;
     for (int64_t d : proto.dims()) {
       if (d < 0) throw_invalid(where + ": negative dimension " + std::to_string(d));
@@ -1161,14 +1259,13 @@ class ExternalData {
       }
       count *= static_cast<uint64_t>(d);
     }
-    const uint64_t size = kernels::dtype_size(dtype);
     if (count > std::numeric_limits<uint64_t>::max() / size) {
       throw_invalid(where + ": its size in bytes overflows");
     }
     const uint64_t bytes = count * size;
     if (length && *length != bytes) {
       throw_invalid(where + ": expected " + std::to_string(bytes) + " bytes for " +
-                    std::to_string(count) + " " + kernels::dtype_name(dtype) +
+                    std::to_string(count) + " " + type_name +
                     " values, the external data gives a length of " + std::to_string(*length));
     }
     const uint64_t start = offset.value_or(0);

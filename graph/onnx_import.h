@@ -43,6 +43,11 @@ struct ImportOptions {
   std::map<std::string, std::string_view> external_data_bytes;
 };
 
+// A model whose tensors are FLOAT16 is imported computing in float32: its float16 weights (every
+// half value is a float, so exactly), declared values and Cast targets become float32, and the
+// graph's metadata gets this key ("float16 to float32"), which the models written from it keep.
+inline constexpr std::string_view kUpcastMetadataKey = "qforge.upcast";
+
 // Throws qforge::Error: kIo when the file cannot be read, kInvalid for a file that is not a
 // valid ONNX model, kUnsupported for valid models qforge cannot run (unknown op, opset outside
 // 7..21, an op the version converter cannot bring to opset 13, subgraphs).

@@ -1,0 +1,251 @@
+// Float16 models import computing in float32: each half value becomes the float of the same value
+// (checked against the processor's own conversion for all 65536 of them), declared values and
+// Cast targets become float, and the graph is marked as upcast. A float16 ResNet then holds
+// exactly the weights of the float32 one rounded to half, and its outputs stay within a few
+// float16 steps of ONNX Runtime's on the same file.
+#include <gtest/gtest.h>
+#include <immintrin.h>
+#include <onnx/onnx_pb.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "graph/onnx_import.h"
+#include "runtime/session.h"
+#include "tests/support/ort_runner.h"
+#include "tests/support/random.h"
+#include "tests/support/test_support.h"
+
+namespace qforge::graph {
+namespace {
+
+using testing::data_path;
+using testing::TempDir;
+
+uint16_t to_half(float f) {
+  return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
+}
+
+// The model computing in float16 with float32 inputs and outputs, as float16 converters write
+// it when asked to keep the interface's types: every float tensor and declared value inside in
+// float16 (values rounded to nearest even), a Cast to float16 after each input and one to float
+// before each output.
+onnx::ModelProto to_float16(onnx::ModelProto model) {
+  auto tensor = [](onnx::TensorProto& t) {
+    if (t.data_type() != onnx::TensorProto::FLOAT) return;
+    std::vector<float> values(static_cast<size_t>(t.float_data_size()));
+    for (int i = 0; i < t.float_data_size(); ++i) values[static_cast<size_t>(i)] = t.float_data(i);
+    if (t.has_raw_data()) {
+      values.resize(t.raw_data().size() / sizeof(float));
+      std::memcpy(values.data(), t.raw_data().data(), t.raw_data().size());
+    }
+    std::string raw(values.size() * 2, '\0');
+    for (size_t i = 0; i < values.size(); ++i) {
+      const uint16_t h = to_half(values[i]);
+      std::memcpy(raw.data() + 2 * i, &h, 2);
+    }
+    t.clear_float_data();
+    t.set_raw_data(raw);
+    t.set_data_type(onnx::TensorProto::FLOAT16);
+  };
+  onnx::GraphProto& g = *model.mutable_graph();
+  for (auto& t : *g.mutable_initializer()) tensor(t);
+  for (auto& v : *g.mutable_value_info()) {
+    auto* t = v.mutable_type()->mutable_tensor_type();
+    if (t->elem_type() == onnx::TensorProto::FLOAT) t->set_elem_type(onnx::TensorProto::FLOAT16);
+  }
+  for (auto& n : *g.mutable_node()) {
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_t()) tensor(*a.mutable_t());
+    }
+  }
+  auto cast = [](const std::string& from, const std::string& to, int type) {
+    onnx::NodeProto n;
+    n.set_op_type("Cast");
+    n.set_name(to + "_cast");
+    n.add_input(from);
+    n.add_output(to);
+    auto* a = n.add_attribute();
+    a->set_name("to");
+    a->set_type(onnx::AttributeProto::INT);
+    a->set_i(type);
+    return n;
+  };
+  std::vector<onnx::NodeProto> nodes;
+  for (const auto& in : g.input()) {
+    nodes.push_back(cast(in.name(), in.name() + "_f16", onnx::TensorProto::FLOAT16));
+    for (auto& n : *g.mutable_node()) {
+      for (auto& i : *n.mutable_input()) {
+        if (i == in.name()) i = in.name() + "_f16";
+      }
+    }
+  }
+  for (const auto& n : g.node()) nodes.push_back(n);
+  for (const auto& out : g.output()) {
+    for (auto& n : nodes) {
+      for (auto& o : *n.mutable_output()) {
+        if (o == out.name()) o = out.name() + "_f16";
+      }
+    }
+    nodes.push_back(cast(out.name() + "_f16", out.name(), onnx::TensorProto::FLOAT));
+  }
+  g.clear_node();
+  for (auto& n : nodes) *g.add_node() = std::move(n);
+  return model;
+}
+
+onnx::ModelProto read_proto(const std::string& path) {
+  onnx::ModelProto model;
+  EXPECT_TRUE(model.ParseFromString(testing::read_text(path))) << path;
+  return model;
+}
+
+TEST(Float16Import, EveryHalfBecomesTheFloatOfItsValue) {
+  onnx::ModelProto model;
+  model.set_ir_version(8);
+  auto* opset = model.add_opset_import();
+  opset->set_domain("");
+  opset->set_version(17);
+  auto* g = model.mutable_graph();
+  g->set_name("halves");
+  auto declare = [](onnx::ValueInfoProto* v, const char* name, int64_t n) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT16);
+    t->mutable_shape()->add_dim()->set_dim_value(n);
+  };
+  declare(g->add_input(), "x", 1);
+  declare(g->add_output(), "y", 65536);
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::FLOAT16);
+  w->add_dims(65536);
+  std::string raw(65536 * 2, '\0');
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const auto v = static_cast<uint16_t>(h);
+    std::memcpy(raw.data() + 2 * h, &v, 2);
+  }
+  w->set_raw_data(raw);
+  auto* add = g->add_node();
+  add->set_op_type("Add");
+  add->set_name("add");
+  add->add_input("x");
+  add->add_input("w");
+  add->add_output("sum");
+  auto* cast = g->add_node();
+  cast->set_op_type("Cast");
+  cast->set_name("cast");
+  cast->add_input("sum");
+  cast->add_output("y");
+  auto* to = cast->add_attribute();
+  to->set_name("to");
+  to->set_type(onnx::AttributeProto::INT);
+  to->set_i(onnx::TensorProto::FLOAT16);
+
+  auto graph = parse_onnx(model.SerializeAsString(), "halves.onnx");
+  EXPECT_EQ(graph->metadata.at(std::string(kUpcastMetadataKey)), "float16 to float32");
+  EXPECT_EQ(graph->inputs()[0]->dtype(), DType::kFloat32);
+  EXPECT_EQ(graph->outputs()[0]->dtype(), DType::kFloat32);
+  const Node* c = graph->find_value("y")->producer();
+  EXPECT_EQ(std::get<int64_t>(c->attributes().at("to")), onnx::TensorProto::FLOAT);
+  const Tensor& values = graph->find_value("w")->constant();
+  ASSERT_EQ(values.describe(), "float32[65536]");
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float want = _cvtsh_ss(static_cast<unsigned short>(h));
+    const float got = values.data<float>()[h];
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << h;
+      continue;
+    }
+    uint32_t a, b;
+    std::memcpy(&a, &want, 4);
+    std::memcpy(&b, &got, 4);
+    ASSERT_EQ(a, b) << "half 0x" << std::hex << h;
+  }
+}
+
+TEST(Float16Import, AFloat16ResnetHoldsTheFloatWeightsRoundedToHalf) {
+  const std::string path = data_path("models/resnet_bn.onnx");
+  TempDir dir;
+  const std::string half_path = dir.file("resnet_fp16.onnx");
+  testing::write_bytes(half_path, to_float16(read_proto(path)).SerializeAsString());
+  auto half = load_onnx(half_path);
+  auto full = load_onnx(path);
+  EXPECT_EQ(half->metadata.count(std::string(kUpcastMetadataKey)), 1u);
+  EXPECT_EQ(full->metadata.count(std::string(kUpcastMetadataKey)), 0u);
+  size_t constants = 0;
+  for (const Value* v : full->values()) {
+    if (!v->is_constant() || v->constant().dtype() != DType::kFloat32) continue;
+    ++constants;
+    const Tensor& a = v->constant();
+    const Tensor& b = half->find_value(v->name())->constant();
+    ASSERT_EQ(a.describe(), b.describe()) << v->name();
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      ASSERT_EQ(b.data<float>()[i], _cvtsh_ss(to_half(a.data<float>()[i])))
+          << v->name() << "[" << i << "]";
+    }
+  }
+  EXPECT_GT(constants, 20u);
+
+  // ONNX Runtime runs the file (its CPU kernels compute most float16 ops in float32 between
+  // casts): the outputs agree to within a few float16 steps (0.05% each) of the largest.
+  const Tensor x = testing::random_f32({2, 3, 32, 32}, 3, 0.0f, 1.0f);
+  Tensor x16(DType::kFloat32, x.shape());  // the inputs ORT is given, rounded to half
+  for (int64_t i = 0; i < x.numel(); ++i) x16.data<float>()[i] = _cvtsh_ss(to_half(x.data<float>()[i]));
+  runtime::Session session(std::move(half));
+  const Tensor got = session.run(x16)[0].clone();
+  const std::vector<Tensor> ort = testing::run_ort(half_path, {x16});
+  ASSERT_EQ(ort.size(), 1u);
+  ASSERT_EQ(ort[0].numel(), got.numel());
+  double scale = 0, worst = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) scale = std::max(scale, std::fabs(double{got.data<float>()[i]}));
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    worst = std::max(worst, std::fabs(double{got.data<float>()[i]} - double{ort[0].data<float>()[i]}));
+  }
+  EXPECT_GT(scale, 0.1);
+  EXPECT_LT(worst, 2e-3 * scale) << "max |qforge - ORT float16| " << worst << " of max " << scale;
+}
+
+// A float16 model whose weights lie in an external data file: read at two bytes a value, then
+// upcast.
+TEST(Float16Import, ExternalFloat16WeightsAreReadThenUpcast) {
+  const std::string path = data_path("models/resnet_bn.onnx");
+  TempDir dir;
+  onnx::ModelProto model = to_float16(read_proto(path));
+  std::string data;
+  for (auto& t : *model.mutable_graph()->mutable_initializer()) {
+    if (t.raw_data().size() < 64) continue;
+    auto entry = [&t](const char* key, const std::string& value) {
+      auto* e = t.add_external_data();
+      e->set_key(key);
+      e->set_value(value);
+    };
+    entry("location", "weights.bin");
+    entry("offset", std::to_string(data.size()));
+    entry("length", std::to_string(t.raw_data().size()));
+    data.append(t.raw_data());
+    t.clear_raw_data();
+    t.set_data_location(onnx::TensorProto::EXTERNAL);
+  }
+  testing::write_bytes(dir.file("weights.bin"), data);
+  testing::write_bytes(dir.file("inline.onnx"), to_float16(read_proto(path)).SerializeAsString());
+  testing::write_bytes(dir.file("external.onnx"), model.SerializeAsString());
+  auto a = load_onnx(dir.file("inline.onnx"));
+  auto b = load_onnx(dir.file("external.onnx"));
+  size_t compared = 0;
+  for (const Value* v : a->values()) {
+    if (!v->is_constant()) continue;
+    const Tensor& x = v->constant();
+    const Tensor& y = b->find_value(v->name())->constant();
+    ASSERT_EQ(x.describe(), y.describe()) << v->name();
+    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << v->name();
+    compared += x.dtype() == DType::kFloat32;
+  }
+  EXPECT_GT(compared, 20u);
+}
+
+}  // namespace
+}  // namespace qforge::graph
