@@ -25,8 +25,13 @@ namespace {
 using testing::data_path;
 using testing::TempDir;
 
-uint16_t to_half(float f) {
+// The processor's conversions (F16C, on every x86-64 since 2012), whatever -march the build
+// uses: the reference the importer's own conversion is checked against.
+[[gnu::target("f16c")]] uint16_t to_half(float f) {
   return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
+}
+[[gnu::target("f16c")]] float from_half(uint16_t h) {
+  return _cvtsh_ss(h);
 }
 
 // The model computing in float16 with float32 inputs and outputs, as float16 converters write
@@ -154,7 +159,7 @@ TEST(Float16Import, EveryHalfBecomesTheFloatOfItsValue) {
   const Tensor& values = graph->find_value("w")->constant();
   ASSERT_EQ(values.describe(), "float32[65536]");
   for (uint32_t h = 0; h < 65536; ++h) {
-    const float want = _cvtsh_ss(static_cast<unsigned short>(h));
+    const float want = from_half(static_cast<uint16_t>(h));
     const float got = values.data<float>()[h];
     if (std::isnan(want)) {
       EXPECT_TRUE(std::isnan(got)) << h;
@@ -184,7 +189,7 @@ TEST(Float16Import, AFloat16ResnetHoldsTheFloatWeightsRoundedToHalf) {
     const Tensor& b = half->find_value(v->name())->constant();
     ASSERT_EQ(a.describe(), b.describe()) << v->name();
     for (int64_t i = 0; i < a.numel(); ++i) {
-      ASSERT_EQ(b.data<float>()[i], _cvtsh_ss(to_half(a.data<float>()[i])))
+      ASSERT_EQ(b.data<float>()[i], from_half(to_half(a.data<float>()[i])))
           << v->name() << "[" << i << "]";
     }
   }
@@ -194,16 +199,19 @@ TEST(Float16Import, AFloat16ResnetHoldsTheFloatWeightsRoundedToHalf) {
   // casts): the outputs agree to within a few float16 steps (0.05% each) of the largest.
   const Tensor x = testing::random_f32({2, 3, 32, 32}, 3, 0.0f, 1.0f);
   Tensor x16(DType::kFloat32, x.shape());  // the inputs ORT is given, rounded to half
-  for (int64_t i = 0; i < x.numel(); ++i) x16.data<float>()[i] = _cvtsh_ss(to_half(x.data<float>()[i]));
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x16.data<float>()[i] = from_half(to_half(x.data<float>()[i]));
   runtime::Session session(std::move(half));
   const Tensor got = session.run(x16)[0].clone();
   const std::vector<Tensor> ort = testing::run_ort(half_path, {x16});
   ASSERT_EQ(ort.size(), 1u);
   ASSERT_EQ(ort[0].numel(), got.numel());
   double scale = 0, worst = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) scale = std::max(scale, std::fabs(double{got.data<float>()[i]}));
+  for (int64_t i = 0; i < got.numel(); ++i)
+    scale = std::max(scale, std::fabs(double{got.data<float>()[i]}));
   for (int64_t i = 0; i < got.numel(); ++i) {
-    worst = std::max(worst, std::fabs(double{got.data<float>()[i]} - double{ort[0].data<float>()[i]}));
+    worst =
+        std::max(worst, std::fabs(double{got.data<float>()[i]} - double{ort[0].data<float>()[i]}));
   }
   EXPECT_GT(scale, 0.1);
   EXPECT_LT(worst, 2e-3 * scale) << "max |qforge - ORT float16| " << worst << " of max " << scale;
