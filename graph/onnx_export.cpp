@@ -226,8 +226,7 @@ namespace {
 // map each one from the file as it is.
 constexpr size_t kExternalDataAlignment = 4096;
 
-// Moves the initializers of at least options.external_data_min_bytes out of the model into the
-// data file `data_sink` writes, in the model's order.
+// The data file's name is a file in the model's folder.
 void check_external_data_name(const std::string& location) {
   if (location.find('/') != std::string::npos || location == "." || location == "..") {
     throw_invalid("export: external data file '" + location +
@@ -235,6 +234,8 @@ void check_external_data_name(const std::string& location) {
   }
 }
 
+// Moves the initializers of at least options.external_data_min_bytes out of the model into the
+// data file `data_sink` writes, in the model's order.
 void move_to_external_data(onnx::ModelProto& model, const ExportOptions& options,
                            const ByteSink& data_sink) {
   const std::string& location = options.external_data;

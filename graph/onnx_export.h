@@ -32,7 +32,8 @@ struct ExportOptions {
 // Graph inputs and outputs are written with the dtype and shape their Values hold; libonnx's
 // checker requires a shape on each, which imported and resolved graphs have.
 // Throws qforge::Error: kUnsupported for a node ONNX cannot express (a catalog-internal op such
-// as FusedConv, a model over 2 GiB), kInternal when the checker rejects the result.
+// as FusedConv, a model over 2 GiB), kInternal when the checker rejects the result. The bytes
+// are the whole model: options.external_data must be empty (write_onnx takes a data sink).
 std::string serialize_onnx(const Graph& graph, const ExportOptions& options = {});
 
 // serialize_onnx handed to `sink` in pieces of at most 1 MiB, so that the model is never in
