@@ -26,6 +26,7 @@
 
 #include "graph/catalog.h"
 #include "graph/einsum_import.h"
+#include "kernels/half.h"
 
 namespace qforge::graph {
 namespace {
@@ -887,30 +888,6 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
   restore_old_resize_semantics(model, opset, upsamples);
 }
 
-float float_from_half(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  uint32_t mantissa = h & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0x1f) {  // infinity or NaN, the payload kept
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal: normalised, every half value being exact in float
-    uint32_t e = 113;
-    while (!(mantissa & 0x400u)) {
-      mantissa <<= 1;
-      --e;
-    }
-    bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 // A FLOAT16 tensor rewritten as the FLOAT tensor of the same values (exact: every half is a
 // float).
 void upcast_tensor(onnx::TensorProto& t) {
@@ -929,7 +906,7 @@ void upcast_tensor(onnx::TensorProto& t) {
   }
   std::string out(halves.size() * sizeof(float), '\0');
   for (size_t i = 0; i < halves.size(); ++i) {
-    const float f = float_from_half(halves[i]);
+    const float f = kernels::float_from_half(halves[i]);
     std::memcpy(out.data() + i * sizeof f, &f, sizeof f);
   }
   t.clear_int32_data();

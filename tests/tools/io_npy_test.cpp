@@ -151,6 +151,56 @@ TEST(IoNpy, ReadsNumpyFixtures) {
   EXPECT_EQ(i.to_int64_vector(), (std::vector<int64_t>{-1, 0, 2147483647}));
 }
 
+// float64 and float16 arrays written by NumPy read as float32: float64 rounded to nearest as
+// NumPy's astype(np.float32) gives (the values below, printed by it), float16 exactly (its
+// largest, smallest subnormal, infinity and -0 included); whole and by rows alike.
+TEST(IoNpy, Float64AndFloat16ArraysReadAsFloat32) {
+  const std::vector<float> f8 = {0x1.99999ap-4f,  -2.5f,           0x1.555556p-2f,
+                                 0x1.2a05f2p+33f, 0x1.4484cp-100f, 65504.0f};
+  Tensor a = read_npy((kFixtures / "npy_f8_2x3.npy").string());
+  ASSERT_EQ(a.describe(), "float32[2, 3]");
+  for (size_t i = 0; i < f8.size(); ++i) EXPECT_EQ(a.data<float>()[i], f8[i]) << i;
+  const std::vector<float> f2 = {
+      0x1.998p-4f, -2.5f, 65504.0f, 0x1p-24f, std::numeric_limits<float>::infinity(), -0.0f};
+  Tensor h = read_npy((kFixtures / "npy_f2_6.npy").string());
+  ASSERT_EQ(h.describe(), "float32[6]");
+  for (size_t i = 0; i < f2.size(); ++i) {
+    EXPECT_EQ(h.data<float>()[i], f2[i]) << i;
+    EXPECT_EQ(std::signbit(h.data<float>()[i]), std::signbit(f2[i])) << i;
+  }
+  const io::NpyReader reader = io::NpyReader::open((kFixtures / "npy_f8_2x3.npy").string());
+  EXPECT_EQ(reader.dtype(), DType::kFloat32);
+  float row[3];
+  reader.read_rows(1, 1, row);
+  EXPECT_EQ(std::vector<float>(row, row + 3), std::vector<float>(f8.begin() + 3, f8.end()));
+  EXPECT_EQ(parse_npy(read_bytes((kFixtures / "npy_f2_6.npy").string()), "f2.npy").describe(),
+            "float32[6]");
+  // Larger than one block of the widening: 100000 rows of 2 values, whole and by rows.
+  TempDir dir;
+  std::string doubles(200000 * sizeof(double), '\0');
+  for (size_t i = 0; i < 200000; ++i) {
+    const double v = 0.5 * static_cast<double>(i) - 7.0;
+    std::memcpy(doubles.data() + i * sizeof v, &v, sizeof v);
+  }
+  write_bytes(
+      dir.file("big.npy"),
+      v1_file("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 2), }\n", doubles));
+  const Tensor big = read_npy(dir.file("big.npy"));
+  ASSERT_EQ(big.describe(), "float32[100000, 2]");
+  for (size_t i = 0; i < 200000; ++i) {
+    ASSERT_EQ(big.data<float>()[i], 0.5f * static_cast<float>(i) - 7.0f) << i;
+  }
+  std::vector<float> rows(2 * 40000);
+  io::NpyReader::open(dir.file("big.npy")).read_rows(30000, 40000, rows.data());
+  EXPECT_EQ(rows, std::vector<float>(big.data<float>() + 60000, big.data<float>() + 140000));
+  // A float64 file is as long as its 8-byte values say.
+  const std::string bytes = read_bytes((kFixtures / "npy_f8_2x3.npy").string());
+  write_bytes(dir.file("short.npy"), bytes.substr(0, bytes.size() - 4));
+  EXPECT_NE(error_of(ErrorKind::kInvalid, [&] { read_npy(dir.file("short.npy")); })
+                .find(": expected 48 bytes of data, got 44"),
+            std::string::npos);
+}
+
 TEST(IoNpy, ReadsHandWrittenNumpyHeaders) {
   TempDir dir;
   const char data_i4[] = {1, 0, 0, 0, -2, -1, -1, -1, 0, 0, 0, -128};
@@ -206,7 +256,7 @@ TEST(IoNpy, UnsupportedNumpyFilesNameTheFile) {
   };
   for (const Case& c : {Case{"npy_i1_2x3_fortran.npy", "Fortran-order arrays are not supported"},
                         Case{"npy_f4_big_endian.npy", "big-endian dtype '>f4' is not supported"},
-                        Case{"npy_f8_2.npy", "dtype '<f8' is not supported"}}) {
+                        Case{"npy_c8_2.npy", "dtype '<c8' is not supported"}}) {
     std::string path = (kFixtures / c.file).string();
     std::string message = error_of(ErrorKind::kUnsupported, [&] { read_npy(path); });
     EXPECT_NE(message.find(path + ": "), std::string::npos) << message;

@@ -2,6 +2,7 @@
 // (quoted strings, True/False, tuples of integers) is accepted.
 #include "tools/io/npy.h"
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -10,8 +11,10 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "kernels/error.h"
+#include "kernels/half.h"
 #include "tools/io/atomic_file.h"
 #include "tools/io/posix_io.h"
 
@@ -62,7 +65,14 @@ std::string escape_bytes(std::string_view bytes) {
   return out;
 }
 
-kernels::DType dtype_from_descr(const std::string& descr, const std::string& name) {
+// The type an array is delivered in and the bytes each of its elements takes in the file:
+// float64 and float16 arrays are read as float32 (stored 8 and 2).
+struct StoredType {
+  kernels::DType dtype;
+  size_t stored_size;
+};
+
+StoredType stored_type_from_descr(const std::string& descr, const std::string& name) {
   std::string_view body = descr;
   char order = '=';
   if (!body.empty() && std::string_view("<>=|").find(body.front()) != std::string_view::npos) {
@@ -70,7 +80,10 @@ kernels::DType dtype_from_descr(const std::string& descr, const std::string& nam
     body.remove_prefix(1);
   }
   std::optional<kernels::DType> dtype;
-  if (body == "f4") dtype = kernels::DType::kFloat32;
+  size_t stored = 0;
+  if (body == "f8") stored = 8;
+  if (body == "f2") stored = 2;
+  if (body == "f4" || stored) dtype = kernels::DType::kFloat32;
   if (body == "i8") dtype = kernels::DType::kInt64;
   if (body == "i4") dtype = kernels::DType::kInt32;
   if (body == "i1") dtype = kernels::DType::kInt8;
@@ -78,14 +91,31 @@ kernels::DType dtype_from_descr(const std::string& descr, const std::string& nam
   if (body == "b1" || body == "?") dtype = kernels::DType::kBool;
   if (!dtype) {
     throw_unsupported(name + ": dtype '" + descr +
-                      "' is not supported (expected <f4, <i8, <i4, |i1, |u1 or |b1)");
+                      "' is not supported (expected <f4, <f8, <f2, <i8, <i4, |i1, |u1 or |b1)");
   }
-  if (order == '>' && kernels::dtype_size(*dtype) > 1) {
+  if (!stored) stored = kernels::dtype_size(*dtype);
+  if (order == '>' && stored > 1) {
     throw_unsupported(name + ": big-endian dtype '" + descr +
                       "' is not supported (expected little-endian '<" + std::string(body) +
                       "'; convert with arr.astype('<" + std::string(body) + "'))");
   }
-  return *dtype;
+  return {*dtype, stored};
+}
+
+// n float64 or float16 values (stored_size 8 or 2) as float32 (float64 rounded to nearest).
+void widen_to_float(const void* stored, size_t stored_size, size_t n, float* out) {
+  const auto* bytes = static_cast<const unsigned char*>(stored);
+  for (size_t i = 0; i < n; ++i) {
+    if (stored_size == 8) {
+      double d;
+      std::memcpy(&d, bytes + 8 * i, 8);
+      out[i] = static_cast<float>(d);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, bytes + 2 * i, 2);
+      out[i] = kernels::float_from_half(h);
+    }
+  }
 }
 
 struct NpyHeader {
@@ -264,10 +294,11 @@ constexpr size_t kLongestPreamble = 12;
 
 struct NpyLayout {
   kernels::DType dtype;
+  size_t stored_size;  // bytes per element in the file
   kernels::Shape shape;
   std::string descr;
   size_t data_offset;  // bytes from the start of the file
-  size_t data_bytes;   // what the shape and dtype call for
+  size_t data_bytes;   // what the shape and dtype call for, in the file
 };
 
 // Validates the preamble in `prefix` (the first min(file_size, 12) bytes) and returns the header
@@ -310,7 +341,7 @@ size_t parse_preamble(std::string_view prefix, size_t file_size, const std::stri
 NpyLayout parse_layout(std::string_view header_text, size_t data_offset, size_t file_size,
                        const std::string& name) {
   NpyHeader header = HeaderParser(header_text, name).parse();
-  kernels::DType dtype = dtype_from_descr(header.descr, name);
+  const StoredType type = stored_type_from_descr(header.descr, name);
   // Fortran order lays out the same bytes as C order when at most one dimension exceeds 1.
   int64_t long_dims = 0;
   for (int64_t d : header.shape) long_dims += d > 1;
@@ -318,7 +349,7 @@ NpyLayout parse_layout(std::string_view header_text, size_t data_offset, size_t 
     throw_unsupported(name + ": Fortran-order arrays are not supported (expected C order; " +
                       "save np.ascontiguousarray(arr))");
   }
-  size_t expected = kernels::dtype_size(dtype);
+  size_t expected = type.stored_size;
   for (int64_t d : header.shape) {
     if (__builtin_mul_overflow(expected, static_cast<size_t>(d), &expected)) {
       throw_invalid(name + ": shape " + kernels::shape_str(header.shape) + " is too large");
@@ -330,7 +361,8 @@ NpyLayout parse_layout(std::string_view header_text, size_t data_offset, size_t 
                   std::to_string(got) + " (" + header.descr + " " +
                   kernels::shape_str(header.shape) + ")");
   }
-  return {dtype, std::move(header.shape), std::move(header.descr), data_offset, expected};
+  return {type.dtype,  type.stored_size, std::move(header.shape), std::move(header.descr),
+          data_offset, expected};
 }
 
 // NumPy reads any non-zero bool byte as True; qforge keeps bools as exactly 0 or 1.
@@ -354,7 +386,10 @@ kernels::Tensor parse_npy(std::string_view bytes, const std::string& name) {
   NpyLayout layout =
       parse_layout(bytes.substr(preamble, header_len), preamble + header_len, bytes.size(), name);
   kernels::Tensor tensor(layout.dtype, layout.shape);
-  if (layout.data_bytes) {
+  if (layout.stored_size != kernels::dtype_size(layout.dtype)) {
+    widen_to_float(bytes.data() + layout.data_offset, layout.stored_size,
+                   static_cast<size_t>(tensor.numel()), tensor.data<float>());
+  } else if (layout.data_bytes) {
     std::memcpy(tensor.raw(), bytes.data() + layout.data_offset, layout.data_bytes);
   }
   normalize_bools(tensor);
@@ -393,6 +428,7 @@ NpyReader NpyReader::open(const std::string& path) {
   r.read_at(preamble, header.data(), header.size());
   NpyLayout layout = parse_layout(header, preamble + header_len, file_size, path);
   r.dtype_ = layout.dtype;
+  r.stored_size_ = layout.stored_size;
   r.shape_ = std::move(layout.shape);
   r.data_offset_ = layout.data_offset;
   r.data_bytes_ = layout.data_bytes;
@@ -400,7 +436,24 @@ NpyReader NpyReader::open(const std::string& path) {
 }
 
 void NpyReader::read_all(void* out) const {
-  read_at(data_offset_, out, data_bytes_);
+  read_stored(data_offset_, out, data_bytes_);
+}
+
+void NpyReader::read_stored(size_t offset, void* out, size_t n) const {
+  if (stored_size_ == kernels::dtype_size(dtype_)) {
+    read_at(offset, out, n);
+    return;
+  }
+  // Widened to float32 a block at a time.
+  constexpr size_t kBlockValues = 1 << 16;
+  std::vector<unsigned char> block(std::min(n, kBlockValues * stored_size_));
+  auto* dst = static_cast<float*>(out);
+  for (size_t done = 0; done < n;) {
+    const size_t bytes = std::min(block.size(), n - done);
+    read_at(offset + done, block.data(), bytes);
+    widen_to_float(block.data(), stored_size_, bytes / stored_size_, dst + done / stored_size_);
+    done += bytes;
+  }
 }
 
 void NpyReader::read_at(size_t offset, void* out, size_t n) const {
@@ -426,7 +479,7 @@ void NpyReader::read_rows(size_t begin, size_t count, void* out) const {
                   std::to_string(begin + count) + ") are out of range (the array has " +
                   std::to_string(rows) + ")");
   }
-  read_at(data_offset_ + begin * row_bytes, out, count * row_bytes);
+  read_stored(data_offset_ + begin * row_bytes, out, count * row_bytes);
 }
 
 std::string encode_npy(const kernels::Tensor& tensor) {

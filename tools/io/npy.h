@@ -14,6 +14,8 @@ namespace qforge::io {
 
 // Reads format versions 1.0, 2.0 and 3.0 with dtype <f4, <i8, <i4, |i1, |u1 or |b1 ('=' and '<'
 // spellings too; byte order is ignored for one-byte types), C order, any rank including 0-d.
+// float64 (<f8) and float16 (<f2) arrays are read as float32: float64 rounded to nearest (as
+// NumPy's astype), float16 exactly.
 // Errors name the file: Io when it cannot be read; Invalid for a bad magic, a malformed header or
 // a size mismatch ("expected N bytes of data, got M"); Unsupported for big-endian data, other
 // dtypes, Fortran order or a newer format version.
@@ -32,17 +34,22 @@ class NpyReader {
   // Copies all the data (bools as stored) into `out`. Io error naming the file when it cannot be
   // read.
   void read_all(void* out) const;
-  // Copies rows [begin, begin + count) into `out` (count × row elements of dtype). Io error
+  // Copies rows [begin, begin + count) into `out` (count × row elements of dtype(), float64 and
+  // float16 files widened to float32 as they are read). Io error
   // naming the file when it cannot be read; Invalid when the rows are out of range or the array
   // is 0-d; Unsupported for bool arrays.
   void read_rows(size_t begin, size_t count, void* out) const;
 
  private:
   void read_at(size_t offset, void* out, size_t n) const;
+  // n bytes of the file's data from `offset` into `out`, widened to dtype() where it is stored
+  // narrower or wider.
+  void read_stored(size_t offset, void* out, size_t n) const;
 
   std::string path_;
   std::shared_ptr<std::FILE> file_;
   kernels::DType dtype_ = kernels::DType::kFloat32;
+  size_t stored_size_ = 4;  // bytes per element in the file
   kernels::Shape shape_;
   size_t data_offset_ = 0;
   size_t data_bytes_ = 0;
