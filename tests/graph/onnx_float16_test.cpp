@@ -28,10 +28,11 @@ using testing::TempDir;
 // The processor's conversions (F16C, on every x86-64 since 2012), whatever -march the build
 // uses: the reference the importer's own conversion is checked against.
 [[gnu::target("f16c")]] uint16_t to_half(float f) {
-  return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
+  const __m128i h = _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT);
+  return static_cast<uint16_t>(_mm_cvtsi128_si32(h) & 0xffff);
 }
 [[gnu::target("f16c")]] float from_half(uint16_t h) {
-  return _cvtsh_ss(h);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
 // The model computing in float16 with float32 inputs and outputs, as float16 converters write
