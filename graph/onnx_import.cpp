@@ -512,7 +512,8 @@ void check_ops(const onnx::ModelProto& model, int64_t opset) {
 
 // Where libonnx's checker does not run first (the version converter reads a model before it;
 // above opset 17 it never runs): each node reads values defined before it, defines values no one
-// else defines, and has the input and output it reads and writes first.
+// else defines, and has the input and output it reads and writes first; each graph output is
+// defined.
 void check_structure(const onnx::ModelProto& model) {
   const onnx::GraphProto& gp = model.graph();
   std::unordered_map<std::string, bool> defined;
@@ -540,6 +541,12 @@ void check_structure(const onnx::ModelProto& model) {
         throw_invalid("import: " + label + ": output '" + out + "' is defined twice");
       }
       defined[out] = true;
+    }
+  }
+  // libonnx's version converter dereferences the producer of every graph output.
+  for (const auto& out : gp.output()) {
+    if (!defined.count(out.name())) {
+      throw_invalid("import: graph output '" + out.name() + "' is never produced");
     }
   }
 }

@@ -404,6 +404,17 @@ TEST(OnnxOpsets, StructureIsCheckedWithoutLibonnxChecker) {
   twice.node("Neg", "neg", {"x"}, "y");
   EXPECT_EQ(import_error(ErrorKind::kInvalid, twice.bytes()),
             "import: node 'neg' (Neg): output 'y' is defined twice");
+  // A graph output no node produces, below opset 13: refused before libonnx's version
+  // converter, which dereferenced its missing producer (a fuzz finding).
+  for (int opset : {11, 20}) {
+    ModelProtoBuilder unproduced(opset);
+    unproduced.input("x", {2, 3});
+    unproduced.output("z", std::nullopt);
+    unproduced.node("Relu", "relu", {"x"}, "y");
+    EXPECT_EQ(import_error(ErrorKind::kInvalid, unproduced.bytes()),
+              "import: graph output 'z' is never produced")
+        << "opset " << opset;
+  }
 }
 
 // The sample shape fills dynamic dims; required static dims are named when left dynamic; a
