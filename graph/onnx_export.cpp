@@ -347,6 +347,10 @@ size_t write_model(const onnx::ModelProto& model, const ByteSink& sink) {
 
 }  // namespace
 
+ByteSink append_to(std::string& bytes) {
+  return [&bytes](const void* p, size_t n) { bytes.append(static_cast<const char*>(p), n); };
+}
+
 size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options,
                   const ByteSink& data_sink) {
   return write_model(checked_model(graph, options, false, data_sink), sink);
@@ -373,9 +377,8 @@ void save_onnx(const Graph& graph, const std::string& path, const ExportOptions&
   const std::string folder = slash == std::string::npos ? "" : path.substr(0, slash + 1);
   TempFile data(folder + options.external_data);
   std::string bytes;
-  write_onnx(
-      graph, [&bytes](const void* p, size_t n) { bytes.append(static_cast<const char*>(p), n); },
-      options, [&data](const void* p, size_t n) { data.write_all(p, n); });
+  write_onnx(graph, append_to(bytes), options,
+             [&data](const void* p, size_t n) { data.write_all(p, n); });
   TempFile file(path);
   file.write_all(bytes);
   data.commit();

@@ -40,6 +40,8 @@ std::string serialize_onnx(const Graph& graph, const ExportOptions& options = {}
 // memory twice as bytes; returns the number of bytes. Exceptions from the sink propagate.
 // With options.external_data, `data_sink` receives the data file's bytes (before the model's).
 using ByteSink = std::function<void(const void* data, size_t nbytes)>;
+// A sink appending to `bytes` (which must outlive it).
+ByteSink append_to(std::string& bytes);
 size_t write_onnx(const Graph& graph, const ByteSink& sink, const ExportOptions& options = {},
                   const ByteSink& data_sink = {});
 // The same, consuming the graph: each constant is released as soon as the message holds a copy

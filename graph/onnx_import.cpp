@@ -895,6 +895,18 @@ void convert_to_supported_opset(onnx::ModelProto& model, int64_t opset, const st
   restore_old_resize_semantics(model, opset, upsamples);
 }
 
+// Every tensor a model holds: its initializers and its nodes' tensor attributes (Constant's value
+// among them; subgraphs are refused later).
+template <class Visit>
+void for_each_tensor(onnx::GraphProto& g, Visit visit) {
+  for (onnx::TensorProto& t : *g.mutable_initializer()) visit(t);
+  for (onnx::NodeProto& n : *g.mutable_node()) {
+    for (onnx::AttributeProto& a : *n.mutable_attribute()) {
+      if (a.has_t()) visit(*a.mutable_t());
+    }
+  }
+}
+
 // A FLOAT16 tensor rewritten as the FLOAT tensor of the same values (exact: every half is a
 // float).
 void upcast_tensor(onnx::TensorProto& t) {
@@ -927,25 +939,22 @@ void upcast_tensor(onnx::TensorProto& t) {
 // float16.
 bool upcast_float16(onnx::ModelProto& model) {
   bool any = false;
-  auto tensor = [&](onnx::TensorProto& t) {
+  onnx::GraphProto& g = *model.mutable_graph();
+  for_each_tensor(g, [&](onnx::TensorProto& t) {
     any = any || t.data_type() == onnx::TensorProto::FLOAT16;
     upcast_tensor(t);
-  };
-  auto value = [&](onnx::ValueInfoProto& v) {
-    if (!v.type().has_tensor_type()) return;
-    auto* t = v.mutable_type()->mutable_tensor_type();
-    if (t->elem_type() != onnx::TensorProto::FLOAT16) return;
-    any = true;
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-  };
-  onnx::GraphProto& g = *model.mutable_graph();
-  for (auto& t : *g.mutable_initializer()) tensor(t);
+  });
   for (auto* list : {g.mutable_input(), g.mutable_output(), g.mutable_value_info()}) {
-    for (auto& v : *list) value(v);
+    for (auto& v : *list) {
+      if (!v.type().has_tensor_type()) continue;
+      auto* t = v.mutable_type()->mutable_tensor_type();
+      if (t->elem_type() != onnx::TensorProto::FLOAT16) continue;
+      any = true;
+      t->set_elem_type(onnx::TensorProto::FLOAT);
+    }
   }
   for (auto& n : *g.mutable_node()) {
     for (auto& a : *n.mutable_attribute()) {
-      if (a.has_t()) tensor(*a.mutable_t());
       // Cast's target, and the output type of the ops that create a tensor from nothing.
       const bool type_attribute = (a.name() == "to" && n.op_type() == "Cast") ||
                                   (a.name() == "dtype" && n.op_type().rfind("Random", 0) == 0) ||
@@ -1346,24 +1355,16 @@ class ExternalData {
   std::map<std::string, File> files_;
 };
 
-// Reads the external data of the graph's initializers and tensor attributes (subgraphs are
-// refused later) from the files beside `path`, the model's file; without a file (a model given
-// as bytes) external data is refused.
+// Reads the external data of the model's tensors from the files beside `path`, the model's file;
+// without a file (a model given as bytes) only options.external_data_bytes serve.
 void read_external_data(onnx::ModelProto& model, const std::string& path, bool from_file,
                         const ImportOptions& options) {
   std::optional<ExternalData> files;
-  auto read = [&](onnx::TensorProto& t) {
+  for_each_tensor(*model.mutable_graph(), [&](onnx::TensorProto& t) {
     if (t.data_location() != onnx::TensorProto::EXTERNAL) return;
     if (!files) files.emplace(path, from_file, options);
     files->read_into(t);
-  };
-  onnx::GraphProto& g = *model.mutable_graph();
-  for (onnx::TensorProto& t : *g.mutable_initializer()) read(t);
-  for (onnx::NodeProto& n : *g.mutable_node()) {
-    for (onnx::AttributeProto& a : *n.mutable_attribute()) {
-      if (a.has_t()) read(*a.mutable_t());
-    }
-  }
+  });
 }
 
 }  // namespace

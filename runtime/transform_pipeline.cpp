@@ -202,20 +202,12 @@ CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& 
   restore_declared_batch(*lowered, batch);
   graph::ExportOptions export_options;
   if (original.opset > 0) export_options.opset = original.opset;
+  export_options.external_data = external_data;
   std::string bytes;
   std::string data;
+  graph::write_onnx(*lowered, graph::append_to(bytes), export_options, graph::append_to(data));
   graph::ImportOptions import_options;
-  if (external_data.empty()) {
-    bytes = graph::serialize_onnx(*lowered, export_options);
-  } else {
-    export_options.external_data = external_data;
-    graph::write_onnx(
-        *lowered,
-        [&bytes](const void* p, size_t n) { bytes.append(static_cast<const char*>(p), n); },
-        export_options,
-        [&data](const void* p, size_t n) { data.append(static_cast<const char*>(p), n); });
-    import_options.external_data_bytes[external_data] = data;
-  }
+  if (!external_data.empty()) import_options.external_data_bytes[external_data] = data;
   std::unique_ptr<graph::Graph> reimported =
       graph::parse_onnx(bytes, "lowered model", import_options);
   out.checked = "written model";

@@ -349,7 +349,7 @@ int run_calibrate(const CalibrateOptions& o) {
   quant::QdqExportOptions export_options;
   export_options.int8_weights = o.int8_weights;
   export_options.batch.dynamic_batch = o.dynamic_batch;
-  out_file->use_in(export_options.onnx);
+  export_options.onnx.external_data = out_file->data_name();
   if (!fused) fused = quant::fused_graph_for_export(reload(), setup, calibrated);
   const quant::ExportedModel exported =
       quant::export_qdq_model(std::move(fused), plan, calibrated.amax, export_options,
@@ -638,9 +638,7 @@ int run_calibrate(const CalibrateOptions& o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  std::vector<io::AtomicFile*> files = out_file->files();
-  files.push_back(report_file.get());
-  io::commit_together(files);
+  out_file->commit_with({report_file.get()});
   if (report_file) std::printf("%-12s written to %s\n", "report", o.report.c_str());
   return 0;
 }

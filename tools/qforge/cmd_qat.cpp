@@ -245,14 +245,13 @@ int run_qat(QatOptions o) {
   std::string ptq_bytes;
   std::string ptq_data;
   graph::ImportOptions ptq_import;
+  if (comm.is_root()) export_options.onnx.external_data = out_file->data_name();
   if (val && comm.is_root()) {
-    graph::ExportOptions onnx = export_options.onnx;
-    out_file->use_in(onnx);
     graph::write_onnx(
         *quant::build_qdq_graph(*fused, calibrated.plan, calibrated.amax, export_options),
-        [&](const void* p, size_t n) { ptq_bytes.append(static_cast<const char*>(p), n); }, onnx,
-        [&](const void* p, size_t n) { ptq_data.append(static_cast<const char*>(p), n); });
-    if (!onnx.external_data.empty()) ptq_import.external_data_bytes[onnx.external_data] = ptq_data;
+        graph::append_to(ptq_bytes), export_options.onnx, graph::append_to(ptq_data));
+    const std::string& name = export_options.onnx.external_data;
+    if (!name.empty()) ptq_import.external_data_bytes[name] = ptq_data;
   }
 
   // 2. Fine-tune.
@@ -329,7 +328,6 @@ int run_qat(QatOptions o) {
 
   // 3. Export from the trained weights (and learned scales), then compare on --val.
   export_options.activation_scales = trained.scales;
-  out_file->use_in(export_options.onnx);
   const quant::ExportedModel exported =
       quant::export_qdq_model(std::move(fused), calibrated.plan, calibrated.amax, export_options,
                               out_file->model_sink(), out_file->data_sink());
@@ -504,10 +502,7 @@ int run_qat(QatOptions o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  std::vector<io::AtomicFile*> files = out_file->files();
-  files.push_back(log_file.get());
-  files.push_back(report_file.get());
-  io::commit_together(files);
+  out_file->commit_with({log_file.get(), report_file.get()});
   std::printf(
       "written      %s (%zu activation Q/DQ pairs, %zu weight quantizers, %zu softmax "
       "pairs; %s, %s)\n",

@@ -123,11 +123,9 @@ int run_transform(const TransformCliOptions& o) {
   std::string sample;
   const auto batches = sample_batches(o, *model, sample);
   const runtime::BatchExportOptions batch_options{.dynamic_batch = o.dynamic_batch};
-  graph::ExportOptions names;
-  out_file.use_in(names);
   runtime::CheckedExport exported =
       runtime::lower_and_check(*model, *r.graph, batches, runtime::kEquivalenceTolerance,
-                               batch_options, names.external_data);
+                               batch_options, out_file.data_name());
   const runtime::EquivalenceFigures& f = exported.figures;
 
   std::printf("model        %s (batch %lld, opset %lld)\n", o.model.c_str(),
@@ -199,9 +197,7 @@ int run_transform(const TransformCliOptions& o) {
     report_file->write(report.dump(2));
     report_file->write("\n");
   }
-  std::vector<io::AtomicFile*> files = out_file.files();
-  files.push_back(report_file.get());
-  io::commit_together(files);
+  out_file.commit_with({report_file.get()});
   std::printf("written      %s (%s, %s)\n", o.output.c_str(),
               runtime::written_batch_text(*model, batch_options).c_str(),
               out_file.size_text(exported.onnx_bytes.size()).c_str());

@@ -1,6 +1,7 @@
 #include "tools/qforge/model_output.h"
 
 #include <cstdio>
+#include <vector>
 
 namespace qforge::cli {
 namespace {
@@ -39,10 +40,6 @@ ModelOutput::ModelOutput(const std::string& path, bool external_data) : model_(p
   }
 }
 
-void ModelOutput::use_in(graph::ExportOptions& options) const {
-  options.external_data = data_name_;
-}
-
 graph::ByteSink ModelOutput::model_sink() {
   return [this](const void* p, size_t n) { model_.write(p, n); };
 }
@@ -61,11 +58,10 @@ graph::ImportOptions ModelOutput::read_back_options() const {
   return options;
 }
 
-std::vector<io::AtomicFile*> ModelOutput::files() {
-  std::vector<io::AtomicFile*> out;
-  if (data_) out.push_back(data_.get());
-  out.push_back(&model_);
-  return out;
+void ModelOutput::commit_with(std::initializer_list<io::AtomicFile*> others) {
+  std::vector<io::AtomicFile*> files = {data_.get(), &model_};
+  files.insert(files.end(), others);
+  io::commit_together(files);
 }
 
 std::string ModelOutput::size_text(size_t model_bytes) const {

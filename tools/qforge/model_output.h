@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,8 +28,9 @@ class ModelOutput {
   // Opens the temporaries (an Io error naming an unwritable path).
   ModelOutput(const std::string& path, bool external_data);
 
-  // Export options writing the weights to the data file, when there is one.
-  void use_in(graph::ExportOptions& options) const;
+  // The data file's name as the model refers to it (graph::ExportOptions::external_data);
+  // empty without external data.
+  const std::string& data_name() const { return data_name_; }
   graph::ByteSink model_sink();
   graph::ByteSink data_sink();  // empty without external data
 
@@ -37,8 +39,9 @@ class ModelOutput {
   std::string read_path() const { return model_.read_path(); }
   graph::ImportOptions read_back_options() const;
 
-  // The files to commit: the data file first.
-  std::vector<io::AtomicFile*> files();
+  // Puts the data file, the model and `others` (null ones skipped) in place together
+  // (io::commit_together).
+  void commit_with(std::initializer_list<io::AtomicFile*> others);
   // "10070.2 KiB", or "12.0 KiB, weights 10058.2 KiB in model.onnx.data".
   std::string size_text(size_t model_bytes) const;
 
