@@ -8,7 +8,6 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +16,7 @@
 #include "graph/onnx_import.h"
 #include "kernels/error.h"
 #include "tests/support/errors.h"
+#include "tests/support/onnx_files.h"
 #include "tests/support/ort_runner.h"
 #include "tests/support/random.h"
 #include "tests/support/test_support.h"
@@ -27,76 +27,13 @@ namespace {
 using testing::data_path;
 using testing::TempDir;
 
-onnx::ModelProto read_proto(const std::string& path) {
-  onnx::ModelProto model;
-  const std::string bytes = testing::read_text(path);
-  EXPECT_TRUE(model.ParseFromString(bytes)) << path;
-  return model;
-}
+using testing::externalize;
+using testing::read_proto;
+using testing::set_entry;
 
-void set_entry(onnx::TensorProto& t, const std::string& key, const std::string& value) {
-  for (auto& e : *t.mutable_external_data()) {
-    if (e.key() == key) {
-      e.set_value(value);
-      return;
-    }
-  }
-  auto* e = t.add_external_data();
-  e->set_key(key);
-  e->set_value(value);
-}
-
-// Moves the raw data of the model's tensors (initializers of at least `min_bytes` and tensor
-// attributes) into files beside it, as the ONNX specification lays external data out: the first
-// tensor at the start of "weights.bin" with neither offset nor length written, the next ones
-// each at a 4096-byte boundary with both, every third one in "parts/more.bin". Writes the model
-// to `folder`/model.onnx and returns that path.
-std::string externalize(onnx::ModelProto model, const TempDir& folder, size_t min_bytes = 64) {
-  std::filesystem::create_directories(folder.path() / "parts");
-  std::map<std::string, std::string> files;  // location -> bytes
-  int moved = 0;
-  auto move = [&](onnx::TensorProto& t) {
-    if (!t.has_raw_data() || t.raw_data().size() < min_bytes) return;
-    const std::string location = moved % 3 == 2 ? "parts/more.bin" : "weights.bin";
-    std::string& bytes = files[location];
-    set_entry(t, "location", location);
-    if (moved > 0) {
-      bytes.resize((bytes.size() + 4095) / 4096 * 4096, '\0');
-      set_entry(t, "offset", std::to_string(bytes.size()));
-      set_entry(t, "length", std::to_string(t.raw_data().size()));
-    }
-    bytes.append(t.raw_data());
-    t.clear_raw_data();
-    t.set_data_location(onnx::TensorProto::EXTERNAL);
-    ++moved;
-  };
-  for (auto& t : *model.mutable_graph()->mutable_initializer()) move(t);
-  for (auto& n : *model.mutable_graph()->mutable_node()) {
-    for (auto& a : *n.mutable_attribute()) {
-      if (a.has_t()) move(*a.mutable_t());
-    }
-  }
-  EXPECT_GT(moved, 2);
-  for (const auto& [location, bytes] : files) testing::write_bytes(folder.file(location), bytes);
-  const std::string path = folder.file("model.onnx");
-  testing::write_bytes(path, model.SerializeAsString());
-  return path;
-}
-
+// The two graphs hold the same constants, byte for byte.
 void expect_same_constants(const Graph& a, const Graph& b) {
-  size_t constants = 0;
-  for (const Value* v : a.values()) {
-    if (!v->is_constant()) continue;
-    ++constants;
-    const Value* w = b.find_value(v->name());
-    ASSERT_TRUE(w && w->is_constant()) << v->name();
-    const Tensor& x = v->constant();
-    const Tensor& y = w->constant();
-    ASSERT_EQ(x.describe(), y.describe()) << v->name();
-    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << v->name();
-  }
-  EXPECT_GT(constants, 0u);
-  EXPECT_EQ(a.nodes().size(), b.nodes().size());
+  EXPECT_GT(testing::expect_same_constants(a, b).constants, 0u);
 }
 
 class ExternalDataModels : public ::testing::TestWithParam<std::string> {};

@@ -15,6 +15,7 @@
 
 #include "graph/onnx_import.h"
 #include "runtime/session.h"
+#include "tests/support/onnx_files.h"
 #include "tests/support/ort_runner.h"
 #include "tests/support/random.h"
 #include "tests/support/test_support.h"
@@ -103,11 +104,7 @@ onnx::ModelProto to_float16(onnx::ModelProto model) {
   return model;
 }
 
-onnx::ModelProto read_proto(const std::string& path) {
-  onnx::ModelProto model;
-  EXPECT_TRUE(model.ParseFromString(testing::read_text(path))) << path;
-  return model;
-}
+using testing::read_proto;
 
 TEST(Float16Import, EveryHalfBecomesTheFloatOfItsValue) {
   onnx::ModelProto model;
@@ -223,37 +220,12 @@ TEST(Float16Import, AFloat16ResnetHoldsTheFloatWeightsRoundedToHalf) {
 TEST(Float16Import, ExternalFloat16WeightsAreReadThenUpcast) {
   const std::string path = data_path("models/resnet_bn.onnx");
   TempDir dir;
-  onnx::ModelProto model = to_float16(read_proto(path));
-  std::string data;
-  for (auto& t : *model.mutable_graph()->mutable_initializer()) {
-    if (t.raw_data().size() < 64) continue;
-    auto entry = [&t](const char* key, const std::string& value) {
-      auto* e = t.add_external_data();
-      e->set_key(key);
-      e->set_value(value);
-    };
-    entry("location", "weights.bin");
-    entry("offset", std::to_string(data.size()));
-    entry("length", std::to_string(t.raw_data().size()));
-    data.append(t.raw_data());
-    t.clear_raw_data();
-    t.set_data_location(onnx::TensorProto::EXTERNAL);
-  }
-  testing::write_bytes(dir.file("weights.bin"), data);
+  const std::string external = testing::externalize(to_float16(read_proto(path)), dir);
   testing::write_bytes(dir.file("inline.onnx"), to_float16(read_proto(path)).SerializeAsString());
-  testing::write_bytes(dir.file("external.onnx"), model.SerializeAsString());
-  auto a = load_onnx(dir.file("inline.onnx"));
-  auto b = load_onnx(dir.file("external.onnx"));
-  size_t compared = 0;
-  for (const Value* v : a->values()) {
-    if (!v->is_constant()) continue;
-    const Tensor& x = v->constant();
-    const Tensor& y = b->find_value(v->name())->constant();
-    ASSERT_EQ(x.describe(), y.describe()) << v->name();
-    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << v->name();
-    compared += x.dtype() == DType::kFloat32;
-  }
-  EXPECT_GT(compared, 20u);
+  EXPECT_GT(
+      testing::expect_same_constants(*load_onnx(dir.file("inline.onnx")), *load_onnx(external))
+          .float32,
+      20u);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "graph/onnx_export.h"
 #include "graph/onnx_import.h"
+#include "tests/support/onnx_files.h"
 #include "tests/support/ort_runner.h"
 #include "tests/support/random.h"
 #include "tests/support/test_support.h"
@@ -42,20 +43,8 @@ std::string lines_starting(const std::string& out, const std::vector<std::string
 }
 
 void expect_same_model(const std::string& a, const std::string& b) {
-  auto ga = graph::load_onnx(a);
-  auto gb = graph::load_onnx(b);
-  ASSERT_EQ(ga->nodes().size(), gb->nodes().size());
-  size_t constants = 0;
-  for (const graph::Value* v : ga->values()) {
-    if (!v->is_constant()) continue;
-    ++constants;
-    const graph::Value* w = gb->find_value(v->name());
-    ASSERT_TRUE(w && w->is_constant()) << v->name();
-    ASSERT_EQ(v->constant().describe(), w->constant().describe()) << v->name();
-    EXPECT_EQ(std::memcmp(v->constant().raw(), w->constant().raw(), v->constant().nbytes()), 0)
-        << v->name();
-  }
-  EXPECT_GT(constants, 10u);
+  EXPECT_GT(testing::expect_same_constants(*graph::load_onnx(a), *graph::load_onnx(b)).constants,
+            10u);
 }
 
 // The bytes of the model's initializers kept in the data file, from the model's entries.
