@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cctype>
 #include <unordered_map>
-#include <unordered_set>
 
+#include "graph/proto_names.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -178,10 +178,6 @@ EinsumPlan plan_einsum_matmul(const std::string& equation) {
 
 namespace {
 
-std::string node_name(const onnx::NodeProto& np, int index) {
-  return np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
-}
-
 // Ranks of the values whose shape the file declares or libonnx inferred.
 std::unordered_map<std::string, int64_t> known_ranks(const onnx::GraphProto& g) {
   std::unordered_map<std::string, int64_t> ranks;
@@ -220,26 +216,13 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
     }
   }
   const std::unordered_map<std::string, int64_t> ranks = known_ranks(g);
-  std::unordered_set<std::string> names;
-  for (const auto& np : g.node()) {
-    for (const auto& v : np.output()) names.insert(v);
-  }
-  for (const auto& t : g.initializer()) names.insert(t.name());
-  for (const auto& v : g.input()) names.insert(v.name());
-  auto fresh = [&](const std::string& base) {
-    std::string name = base;
-    for (int i = 1; names.count(name); ++i) {
-      name = base;
-      name.append("_").append(std::to_string(i));
-    }
-    names.insert(name);
-    return name;
-  };
+  FreshValueNames names(g);
+  auto fresh = [&](const std::string& base) { return names.take(base); };
 
   google::protobuf::RepeatedPtrField<onnx::NodeProto> rewritten;
   int index = 0;
   for (const auto& np : g.node()) {
-    const std::string name = node_name(np, index++);
+    const std::string name = proto_node_name(np, index++);
     if (np.op_type() != "Einsum") {
       *rewritten.Add() = np;
       continue;

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "graph/catalog.h"
+#include "graph/decompose_import.h"
 #include "graph/einsum_import.h"
 #include "kernels/half.h"
 
@@ -366,7 +367,7 @@ int64_t reduce_axes_input_opset(std::string_view op) {
   return 0;
 }
 
-// The ops whose form changed between opset 13 and 21 (ONNX's operator changelog), checked
+// The ops whose form changed between opset 13 and 26 (ONNX's operator changelog), checked
 // against the model's opset: libonnx's checker knows none of the forms above 17.
 void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64_t opset) {
   const std::string& op = np.op_type();
@@ -397,6 +398,18 @@ void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64
     if (opset < 21 && find_attribute(np, "stash_type")) {
       throw_invalid("import: " + label + ": expected no attribute 'stash_type'" + at +
                     " (added in opset 21), got one");
+    }
+  } else if (op == "QuantizeLinear" || op == "DequantizeLinear") {
+    // Opset 23's precision of the division and type of the dequantized output: float32 here.
+    const char* added = op == "QuantizeLinear" ? "precision" : "output_dtype";
+    const onnx::AttributeProto* a = find_attribute(np, added);
+    if (a && opset < 23) {
+      throw_invalid("import: " + label + ": expected no attribute '" + added + "'" + at +
+                    " (added in opset 23), got one");
+    }
+    if (a && a->i() != 0 && a->i() != onnx::TensorProto::FLOAT) {
+      throw_unsupported("import: " + label + ": expected " + added + " 1 (float) or none, got " +
+                        std::to_string(a->i()));
     }
   } else if (op == "Gelu") {
     if (opset < 20) {
@@ -907,10 +920,14 @@ void for_each_tensor(onnx::GraphProto& g, Visit visit) {
   }
 }
 
-// A FLOAT16 tensor rewritten as the FLOAT tensor of the same values (exact: every half is a
-// float).
+bool is_half_type(int32_t type) {
+  return type == onnx::TensorProto::FLOAT16 || type == onnx::TensorProto::BFLOAT16;
+}
+
+// A FLOAT16 or BFLOAT16 tensor rewritten as the FLOAT tensor of the same values (exact: every
+// half and every bfloat16 is a float).
 void upcast_tensor(onnx::TensorProto& t) {
-  if (t.data_type() != onnx::TensorProto::FLOAT16) return;
+  if (!is_half_type(t.data_type())) return;
   std::vector<uint16_t> halves;
   if (t.has_raw_data()) {
     const std::string& raw = t.raw_data();
@@ -923,9 +940,11 @@ void upcast_tensor(onnx::TensorProto& t) {
   } else {
     for (int32_t v : t.int32_data()) halves.push_back(static_cast<uint16_t>(v));
   }
+  const bool brain = t.data_type() == onnx::TensorProto::BFLOAT16;
   std::string out(halves.size() * sizeof(float), '\0');
   for (size_t i = 0; i < halves.size(); ++i) {
-    const float f = kernels::float_from_half(halves[i]);
+    const float f =
+        brain ? kernels::float_from_bfloat16(halves[i]) : kernels::float_from_half(halves[i]);
     std::memcpy(out.data() + i * sizeof f, &f, sizeof f);
   }
   t.clear_int32_data();
@@ -933,52 +952,64 @@ void upcast_tensor(onnx::TensorProto& t) {
   t.set_data_type(onnx::TensorProto::FLOAT);
 }
 
-// A model that computes in float16 computes in float32 here: its FLOAT16 tensors (initializers,
-// tensor attributes), declared values and Cast targets become FLOAT. Every half value is a float,
-// so the weights are the file's exactly; the results are float32's. Returns whether anything was
-// float16.
-bool upcast_float16(onnx::ModelProto& model) {
-  bool any = false;
+// The attributes that name a float output type: Cast's target, the output type of the ops that
+// create a tensor from nothing, and the Q/DQ pair's precision and output type (opset 23).
+bool is_type_attribute(const onnx::NodeProto& n, const onnx::AttributeProto& a) {
+  const std::string& op = n.op_type();
+  return (a.name() == "to" && op == "Cast") ||
+         (a.name() == "dtype" && (op.rfind("Random", 0) == 0 || op == "EyeLike")) ||
+         (a.name() == "precision" && op == "QuantizeLinear") ||
+         (a.name() == "output_dtype" && op == "DequantizeLinear");
+}
+
+// A model that computes in float16 or bfloat16 computes in float32 here: its FLOAT16 and BFLOAT16
+// tensors (initializers, tensor attributes), declared values and type attributes become FLOAT.
+// Every half and bfloat16 value is a float, so the weights are the file's exactly; the results are
+// float32's. Returns what was upcast ("float16", "bfloat16", "float16 and bfloat16"), empty when
+// nothing was.
+std::string upcast_half_types(onnx::ModelProto& model) {
+  bool half = false, brain = false;
+  auto note = [&](int64_t type) {
+    half = half || type == onnx::TensorProto::FLOAT16;
+    brain = brain || type == onnx::TensorProto::BFLOAT16;
+  };
   onnx::GraphProto& g = *model.mutable_graph();
   for_each_tensor(g, [&](onnx::TensorProto& t) {
-    any = any || t.data_type() == onnx::TensorProto::FLOAT16;
+    note(t.data_type());
     upcast_tensor(t);
   });
   for (auto* list : {g.mutable_input(), g.mutable_output(), g.mutable_value_info()}) {
     for (auto& v : *list) {
       if (!v.type().has_tensor_type()) continue;
       auto* t = v.mutable_type()->mutable_tensor_type();
-      if (t->elem_type() != onnx::TensorProto::FLOAT16) continue;
-      any = true;
+      if (!is_half_type(t->elem_type())) continue;
+      note(t->elem_type());
       t->set_elem_type(onnx::TensorProto::FLOAT);
     }
   }
   for (auto& n : *g.mutable_node()) {
     for (auto& a : *n.mutable_attribute()) {
-      // Cast's target, and the output type of the ops that create a tensor from nothing.
-      const bool type_attribute = (a.name() == "to" && n.op_type() == "Cast") ||
-                                  (a.name() == "dtype" && n.op_type().rfind("Random", 0) == 0) ||
-                                  (a.name() == "dtype" && n.op_type() == "EyeLike");
-      if (type_attribute && a.i() == onnx::TensorProto::FLOAT16) {
-        any = true;
-        a.set_i(onnx::TensorProto::FLOAT);
-      }
+      if (!is_type_attribute(n, a) || !is_half_type(static_cast<int32_t>(a.i()))) continue;
+      note(a.i());
+      a.set_i(onnx::TensorProto::FLOAT);
     }
   }
-  return any;
+  if (half && brain) return "float16 and bfloat16";
+  return half ? "float16" : brain ? "bfloat16" : "";
 }
 
 // The opset range, the catalog, the declarations, the sample shape; then the conversion of old
 // models and libonnx's checker where it knows the opset. Returns the opset the graph runs at.
 int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
                       const ImportOptions& options) {
-  if (upcast_float16(model)) {
+  if (const std::string upcast = upcast_half_types(model); !upcast.empty()) {
     auto* note = model.add_metadata_props();
     note->set_key(std::string(kUpcastMetadataKey));
-    note->set_value("float16 to float32");
+    note->set_value(upcast + " to float32");
   }
   int64_t opset = declared_opset(model, source);
   rewrite_einsum_nodes(model, opset);
+  decompose_newer_ops(model, opset);
   check_ops(model, opset);
   check_declarations(model);
   fix_sample_shape(model, source, options);
@@ -1238,12 +1269,13 @@ class ExternalData {
       throw_invalid(where + ": external data location '" + location +
                     "' must be a relative path inside the model's folder");
     }
-    // Float16 tensors are upcast once read.
-    const bool half = proto.data_type() == onnx::TensorProto::FLOAT16;
+    // Float16 and bfloat16 tensors are upcast once read.
+    const bool half = is_half_type(proto.data_type());
     const uint64_t size =
         half ? 2 : kernels::dtype_size(dtype_from_onnx(proto.data_type(), tensor));
     const std::string type_name =
-        half ? "float16" : kernels::dtype_name(dtype_from_onnx(proto.data_type(), tensor));
+        half ? (proto.data_type() == onnx::TensorProto::FLOAT16 ? "float16" : "bfloat16")
+             : kernels::dtype_name(dtype_from_onnx(proto.data_type(), tensor));
     uint64_t count = 1;
     for (int64_t d : proto.dims()) {
       if (d < 0) throw_invalid(where + ": negative dimension " + std::to_string(d));

@@ -1,5 +1,5 @@
 // ONNX import: a file or bytes to a Graph, through libonnx's protobuf classes, checker and shape
-// inference. Opsets 7 to 21 are read: below 13 through libonnx's version converter, above what
+// inference. Opsets 7 to 26 are read: below 13 through libonnx's version converter, above what
 // libonnx knows (17) with qforge's own checks in place of its checker. Ops outside the catalog
 // are refused with the op, the node and the opset.
 #pragma once
@@ -19,7 +19,10 @@ namespace qforge::graph {
 // with onnx::version_conversion; from it on each op runs in the form of the model's opset.
 inline constexpr int64_t kOldestImportedOpset = 7;
 inline constexpr int64_t kConvertedOpset = 13;
-inline constexpr int64_t kNewestImportedOpset = 21;
+// The newest opset ONNX Runtime 1.30, the reference runtime of the tests, runs. Versions 22 to 26
+// of the catalog's ops add types (ONNX's changelog), and QuantizeLinear's `precision` and
+// DequantizeLinear's `output_dtype` (23), both checked; Swish (24) is decomposed on import.
+inline constexpr int64_t kNewestImportedOpset = 26;
 
 struct ImportOptions {
   bool run_checker = true;          // onnx::checker::check_model (opsets libonnx knows)
@@ -43,9 +46,11 @@ struct ImportOptions {
   std::map<std::string, std::string_view> external_data_bytes;
 };
 
-// A model whose tensors are FLOAT16 is imported computing in float32: its float16 weights (every
-// half value is a float, so exactly), declared values and Cast targets become float32, and the
-// graph's metadata gets this key ("float16 to float32"), which the models written from it keep.
+// A model whose tensors are FLOAT16 or BFLOAT16 is imported computing in float32: its weights
+// (every half and bfloat16 value is a float, so exactly), declared values and type attributes
+// (Cast's target…) become float32, and the graph's metadata gets this key ("float16 to float32",
+// "bfloat16 to float32" or "float16 and bfloat16 to float32"), which the models written from it
+// keep.
 inline constexpr std::string_view kUpcastMetadataKey = "qforge.upcast";
 
 // Throws qforge::Error: kIo when the file cannot be read, kInvalid for a file that is not a

@@ -1,6 +1,6 @@
-// IEEE binary16 (float16) values as the float32 of the same value: every half is exactly a float.
-// For data stored in float16 (ONNX FLOAT16 tensors, .npy '<f2' arrays), which qforge computes on
-// in float32.
+// IEEE binary16 (float16) and bfloat16 values as the float32 of the same value: every half and
+// every bfloat16 is exactly a float. For data stored in 16 bits (ONNX FLOAT16 and BFLOAT16
+// tensors, .npy '<f2' arrays), which qforge computes on in float32.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +27,14 @@ inline float float_from_half(uint16_t h) {
     }
     bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
   }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// bfloat16 is the upper half of a float32's bits (sign, 8 exponent bits, 7 mantissa bits).
+inline float float_from_bfloat16(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;

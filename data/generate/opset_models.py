@@ -3,14 +3,16 @@
 A CNN in the style of the bundled models (conv/BN/ReLU, residual add, padding, clip, pooling,
 mean over the spatial axes, linear head) and a one-block pre-norm transformer (LayerNorm,
 single-head attention with MatMul and Softmax, an MLP with GELU, mean over the tokens) are
-exported by torch.onnx at opsets 9, 11, 13 and 17. Opsets 18, 20 and 21 are beyond what
+exported by torch.onnx at opsets 9, 11, 13 and 17. Opsets 18 to 26 are beyond what
 torch 1.13 writes, so those variants are the opset-17 export converted by hand: ReduceMean
 takes its axes as an input (18), Pad takes an axes input (18), and the GELU subgraph becomes
-one Gelu node (20), approximate "none", or "tanh" for a transformer built with the tanh GELU.
+one Gelu node (20), approximate "none", or "tanh" for a transformer built with the tanh GELU;
+22, 23 and 26 keep those forms. The CNN with SiLU activations (cnn_silu) is exported at 17,
+where torch writes Sigmoid and Mul, and converted to 24, where each pair becomes a Swish node.
 A CNN with dynamic height and width (opset 13) covers --input-shape.
 
 Writes data/models/opset/<family>_opset<N>.onnx and data/golden/opset/<family>_input.npy,
-<family>_output.npy (PyTorch's outputs, float32), and for three models the mean cross-entropy
+<family>_output.npy (PyTorch's outputs, float32), and for four models the mean cross-entropy
 loss on labels.npy with the gradient of every initializer that is a PyTorch parameter (by name,
 or by value transposed for MatMul weights), keyed by initializer: <model>_grads.npz. Seeded; run:
     /usr/bin/python3 data/generate/opset_models.py
@@ -32,8 +34,9 @@ SAMPLES = 8
 
 
 class SmallCnn(nn.Module):
-    def __init__(self):
+    def __init__(self, act=F.relu):
         super().__init__()
+        self.act = act
         self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=0)  # after an explicit F.pad
@@ -43,9 +46,9 @@ class SmallCnn(nn.Module):
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x):
-        y = F.relu(self.bn1(self.stem(x)))
+        y = self.act(self.bn1(self.stem(x)))
         z = self.bn2(self.conv2(F.pad(y, (1, 1, 1, 1))))
-        y = F.relu(y + z)
+        y = self.act(y + z)
         y = torch.clamp(self.down(y), 0.0, 6.0)
         y = self.pool(y)
         return self.fc(y.mean(dim=(2, 3)))
@@ -150,6 +153,23 @@ def gelu_as_one_node(model, approximate):
     remove_unused(graph)
 
 
+def silu_as_swish(model):
+    """Opset 24: each Sigmoid and the Mul of its input by it (torch's SiLU) become one Swish."""
+    graph = model.graph
+    for sigmoid in [n for n in graph.node if n.op_type == "Sigmoid"]:
+        x = sigmoid.input[0]
+        mul = [n for n in graph.node if n.op_type == "Mul" and sorted(n.input) ==
+               sorted([x, sigmoid.output[0]])]
+        assert len(mul) == 1, sigmoid.name
+        position = list(graph.node).index(mul[0])
+        swish = helper.make_node("Swish", [x], list(mul[0].output),
+                                 name=mul[0].name.replace("/Mul", "/Swish"))
+        graph.node.remove(mul[0])
+        graph.node.insert(position, swish)
+        graph.node.remove(sigmoid)
+    assert any(n.op_type == "Swish" for n in graph.node)
+
+
 def with_opset(path, out_path, opset, edits):
     model = onnx.load(path)
     for edit in edits:
@@ -210,11 +230,23 @@ def main():
         export(cnn, x, os.path.join(MODELS, f"cnn_opset{opset}.onnx"), opset, batch_axis)
     export(cnn, x, os.path.join(MODELS, "cnn_dynamic_hw_opset13.onnx"), 13,
            {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}})
-    with_opset(os.path.join(MODELS, "cnn_opset17.onnx"), os.path.join(MODELS, "cnn_opset18.onnx"),
-               18, [axes_as_inputs])
+    for opset in (18, 22, 26):  # the opset-18 forms, which 22 to 26 keep
+        with_opset(os.path.join(MODELS, "cnn_opset17.onnx"),
+                   os.path.join(MODELS, f"cnn_opset{opset}.onnx"), opset, [axes_as_inputs])
     labels = torch.arange(SAMPLES) % 10
     np.save(os.path.join(GOLDEN, "labels.npy"), labels.numpy().astype(np.int64))
     save_gradients(cnn, x, labels, os.path.join(MODELS, "cnn_opset9.onnx"))
+
+    # The CNN with SiLU for its ReLUs: torch writes Sigmoid and Mul, opset 24 one Swish node.
+    torch.manual_seed(3)
+    silu_cnn = SmallCnn(act=F.silu).eval()
+    randomize_batch_norms(silu_cnn, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        save_npy("cnn_silu_output.npy", silu_cnn(x).numpy())
+    export(silu_cnn, x, os.path.join(MODELS, "cnn_silu_opset17.onnx"), 17, batch_axis)
+    with_opset(os.path.join(MODELS, "cnn_silu_opset17.onnx"),
+               os.path.join(MODELS, "cnn_silu_opset24.onnx"), 24, [axes_as_inputs, silu_as_swish])
+    save_gradients(silu_cnn, x, labels, os.path.join(MODELS, "cnn_silu_opset24.onnx"))
 
     tokens = torch.randn(SAMPLES, 8, 16, generator=generator)
     save_npy("transformer_input.npy", tokens.numpy())
@@ -231,8 +263,9 @@ def main():
         gelu = lambda model, a=approximate: gelu_as_one_node(model, a)
         if approximate == "none":
             with_opset(base, os.path.join(MODELS, f"{family}_opset18.onnx"), 18, [axes_as_inputs])
-            with_opset(base, os.path.join(MODELS, f"{family}_opset21.onnx"), 21,
-                       [axes_as_inputs, gelu])
+            for opset in (21, 23, 26):
+                with_opset(base, os.path.join(MODELS, f"{family}_opset{opset}.onnx"), opset,
+                           [axes_as_inputs, gelu])
         with_opset(base, os.path.join(MODELS, f"{family}_opset20.onnx"), 20,
                    [axes_as_inputs, gelu])
         last = 21 if approximate == "none" else 20  # the Gelu node's two forms

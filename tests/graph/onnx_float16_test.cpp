@@ -1,8 +1,9 @@
-// Float16 models import computing in float32: each half value becomes the float of the same value
-// (checked against the processor's own conversion for all 65536 of them), declared values and
-// Cast targets become float, and the graph is marked as upcast. A float16 ResNet then holds
-// exactly the weights of the float32 one rounded to half, and its outputs stay within a few
-// float16 steps of ONNX Runtime's on the same file.
+// Float16 and bfloat16 models import computing in float32: each half value becomes the float of
+// the same value (checked against the processor's own conversion for all 65536 of them), each
+// bfloat16 the float of its bits, declared values and Cast targets become float, and the graph is
+// marked as upcast. A float16 ResNet then holds exactly the weights of the float32 one rounded to
+// half, and its outputs stay within a few float16 steps of ONNX Runtime's on the same file; a
+// bfloat16 one runs as the float32 ResNet of its rounded weights.
 #include <gtest/gtest.h>
 #include <immintrin.h>
 #include <onnx/onnx_pb.h>
@@ -10,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -36,12 +38,28 @@ using testing::TempDir;
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
-// The model computing in float16 with float32 inputs and outputs, as float16 converters write
-// it when asked to keep the interface's types: every float tensor and declared value inside in
-// float16 (values rounded to nearest even), a Cast to float16 after each input and one to float
-// before each output.
-onnx::ModelProto to_float16(onnx::ModelProto model) {
-  auto tensor = [](onnx::TensorProto& t) {
+// bfloat16: the upper half of the float's bits, rounded to nearest even (a NaN stays a NaN), as
+// PyTorch's and ONNX's conversions round.
+uint16_t to_bfloat16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+float from_bfloat16(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The model computing in float16 (or bfloat16) with float32 inputs and outputs, as converters
+// write it when asked to keep the interface's types: every float tensor and declared value inside
+// in the 16-bit type (values rounded to nearest even), a Cast to it after each input and one to
+// float before each output.
+onnx::ModelProto to_float16(onnx::ModelProto model, int half_type = onnx::TensorProto::FLOAT16) {
+  const bool brain = half_type == onnx::TensorProto::BFLOAT16;
+  auto tensor = [&](onnx::TensorProto& t) {
     if (t.data_type() != onnx::TensorProto::FLOAT) return;
     std::vector<float> values(static_cast<size_t>(t.float_data_size()));
     for (int i = 0; i < t.float_data_size(); ++i) values[static_cast<size_t>(i)] = t.float_data(i);
@@ -51,18 +69,18 @@ onnx::ModelProto to_float16(onnx::ModelProto model) {
     }
     std::string raw(values.size() * 2, '\0');
     for (size_t i = 0; i < values.size(); ++i) {
-      const uint16_t h = to_half(values[i]);
+      const uint16_t h = brain ? to_bfloat16(values[i]) : to_half(values[i]);
       std::memcpy(raw.data() + 2 * i, &h, 2);
     }
     t.clear_float_data();
     t.set_raw_data(raw);
-    t.set_data_type(onnx::TensorProto::FLOAT16);
+    t.set_data_type(half_type);
   };
   onnx::GraphProto& g = *model.mutable_graph();
   for (auto& t : *g.mutable_initializer()) tensor(t);
   for (auto& v : *g.mutable_value_info()) {
     auto* t = v.mutable_type()->mutable_tensor_type();
-    if (t->elem_type() == onnx::TensorProto::FLOAT) t->set_elem_type(onnx::TensorProto::FLOAT16);
+    if (t->elem_type() == onnx::TensorProto::FLOAT) t->set_elem_type(half_type);
   }
   for (auto& n : *g.mutable_node()) {
     for (auto& a : *n.mutable_attribute()) {
@@ -83,7 +101,7 @@ onnx::ModelProto to_float16(onnx::ModelProto model) {
   };
   std::vector<onnx::NodeProto> nodes;
   for (const auto& in : g.input()) {
-    nodes.push_back(cast(in.name(), in.name() + "_f16", onnx::TensorProto::FLOAT16));
+    nodes.push_back(cast(in.name(), in.name() + "_f16", half_type));
     for (auto& n : *g.mutable_node()) {
       for (auto& i : *n.mutable_input()) {
         if (i == in.name()) i = in.name() + "_f16";
@@ -226,6 +244,103 @@ TEST(Float16Import, ExternalFloat16WeightsAreReadThenUpcast) {
       testing::expect_same_constants(*load_onnx(dir.file("inline.onnx")), *load_onnx(external))
           .float32,
       20u);
+}
+
+// Every bfloat16 is the float of its bits followed by 16 zero bits: all 65536 of them, stored as
+// raw bytes, and a few in int32_data (ONNX's other storage of 16-bit values), with values known by
+// heart among them.
+TEST(Bfloat16Import, EveryBfloat16BecomesTheFloatOfItsBits) {
+  onnx::ModelProto model;
+  model.set_ir_version(8);
+  auto* opset = model.add_opset_import();
+  opset->set_domain("");
+  opset->set_version(22);
+  auto* g = model.mutable_graph();
+  g->set_name("bfloat16");
+  auto declare = [](onnx::ValueInfoProto* v, const char* name, int64_t n) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::BFLOAT16);
+    t->mutable_shape()->add_dim()->set_dim_value(n);
+  };
+  declare(g->add_input(), "x", 1);
+  declare(g->add_output(), "y", 65536);
+  declare(g->add_output(), "z", 5);
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::BFLOAT16);
+  w->add_dims(65536);
+  std::string raw(65536 * 2, '\0');
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const auto v = static_cast<uint16_t>(h);
+    std::memcpy(raw.data() + 2 * h, &v, 2);
+  }
+  w->set_raw_data(raw);
+  auto* known = g->add_initializer();
+  known->set_name("known");
+  known->set_data_type(onnx::TensorProto::BFLOAT16);
+  known->add_dims(5);
+  for (int32_t v : {0x3f80, 0xc000, 0x0001, 0x7f80, 0x3e2a}) known->add_int32_data(v);
+  auto add = [&](const char* name, const char* b, const char* out) {
+    auto* n = g->add_node();
+    n->set_op_type("Add");
+    n->set_name(name);
+    n->add_input("x");
+    n->add_input(b);
+    n->add_output(out);
+  };
+  add("add_w", "w", "y");
+  add("add_known", "known", "z");
+
+  auto graph = parse_onnx(model.SerializeAsString(), "bfloat16.onnx");
+  EXPECT_EQ(graph->metadata.at(std::string(kUpcastMetadataKey)), "bfloat16 to float32");
+  EXPECT_EQ(graph->inputs()[0]->dtype(), DType::kFloat32);
+  EXPECT_EQ(graph->outputs()[1]->dtype(), DType::kFloat32);
+  const Tensor& values = graph->find_value("w")->constant();
+  ASSERT_EQ(values.describe(), "float32[65536]");
+  for (uint32_t h = 0; h < 65536; ++h) {
+    uint32_t bits;
+    std::memcpy(&bits, values.data<float>() + h, 4);
+    ASSERT_EQ(bits, h << 16) << "bfloat16 0x" << std::hex << h;
+  }
+  const Tensor& k = graph->find_value("known")->constant();
+  ASSERT_EQ(k.describe(), "float32[5]");
+  EXPECT_EQ(k.data<float>()[0], 1.0f);
+  EXPECT_EQ(k.data<float>()[1], -2.0f);
+  EXPECT_EQ(k.data<float>()[2], 0x1p-133f);  // the smallest subnormal: 2^-126 · 2^-7
+  EXPECT_EQ(k.data<float>()[3], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(k.data<float>()[4], 0.166015625f);  // 0x3e2a: 2^-3 · (1 + 42/128)
+}
+
+// A bfloat16 ResNet (float32 interface, Casts inside) runs as the float32 ResNet whose weights
+// are rounded to bfloat16: the same outputs bit for bit, since the upcast is exact and the graph
+// then computes in float32. (ONNX Runtime's CPU kernels have no bfloat16 convolution to compare.)
+TEST(Bfloat16Import, ABfloat16ResnetRunsAsTheFloatResnetOfItsRoundedWeights) {
+  const std::string path = data_path("models/resnet_bn.onnx");
+  onnx::ModelProto rounded = read_proto(path);
+  for (auto& t : *rounded.mutable_graph()->mutable_initializer()) {
+    if (t.data_type() != onnx::TensorProto::FLOAT) continue;
+    std::vector<float> values(static_cast<size_t>(t.float_data_size()));
+    for (int i = 0; i < t.float_data_size(); ++i) values[static_cast<size_t>(i)] = t.float_data(i);
+    if (t.has_raw_data()) {
+      values.resize(t.raw_data().size() / sizeof(float));
+      std::memcpy(values.data(), t.raw_data().data(), t.raw_data().size());
+    }
+    for (float& v : values) v = from_bfloat16(to_bfloat16(v));
+    t.clear_float_data();
+    t.set_raw_data(
+        std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
+  }
+  auto brain = parse_onnx(
+      to_float16(read_proto(path), onnx::TensorProto::BFLOAT16).SerializeAsString(), "bf16.onnx");
+  EXPECT_EQ(brain->metadata.at(std::string(kUpcastMetadataKey)), "bfloat16 to float32");
+  const Tensor x = testing::random_f32({2, 3, 32, 32}, 3, 0.0f, 1.0f);
+  runtime::Session a(parse_onnx(rounded.SerializeAsString(), "rounded.onnx"));
+  runtime::Session b(std::move(brain));
+  const std::vector<float> want = a.run(x)[0].to_float_vector();
+  EXPECT_EQ(b.run(x)[0].to_float_vector(), want);
+  EXPECT_NE(want, runtime::Session(load_onnx(path)).run(x)[0].to_float_vector())
+      << "the rounding to bfloat16 moved no output";
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-// Import across opsets 7 to 21: old models through libonnx's version converter (Softmax's
-// coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 21 read natively
+// Import across opsets 7 to 26: old models through libonnx's version converter (Softmax's
+// coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 26 read natively
 // (ReduceMean's axes input, Pad's axes input, Gelu in both approximations, GroupNormalization's
-// per-group and per-channel scale and bias), each form checked
+// per-group and per-channel scale and bias, Swish, the Q/DQ pair's precision and output type),
+// each form checked
 // against the model's opset, the opsets outside the range named, and the sample shape that fixes
 // dynamic dims.
 #include <gtest/gtest.h>
@@ -163,15 +164,15 @@ TEST(OnnxOpsets, ConverterFailureNamesTheNode) {
       << message;
 }
 
-TEST(OnnxOpsets, OpsetsOutsideSevenToTwentyOneAreNamed) {
-  for (int64_t opset : {6, 22}) {
+TEST(OnnxOpsets, OpsetsOutsideSevenToTwentySixAreNamed) {
+  for (int64_t opset : {6, 27}) {
     ModelProtoBuilder b(opset);
     b.input("x", {1, 4});
     b.output("y", std::vector<int64_t>{1, 4});
     b.node("Relu", "relu", {"x"}, "y");
     EXPECT_EQ(import_error(ErrorKind::kUnsupported, b.bytes()),
               "import: 'model.onnx' uses opset " + std::to_string(opset) +
-                  "; qforge imports opsets 7 to 21");
+                  "; qforge imports opsets 7 to 26");
   }
 }
 
@@ -335,6 +336,89 @@ TEST(OnnxOpsets, GeluBothApproximations) {
   EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
             "import: node 'gelu' (Gelu): expected attribute 'approximate' \"none\" or \"tanh\", "
             "got \"fast\"");
+}
+
+// A float attribute on a node the builder made.
+void float_attribute(onnx::NodeProto* n, const std::string& name, float value) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(value);
+}
+
+// Swish (opset 24), x · sigmoid(alpha · x), against float64, for alpha 1 (the default, SiLU) and
+// 0.5; it runs as the Sigmoid and Mul that torch.onnx writes for SiLU, the last Mul under the
+// node's name. Refused before opset 24 and with another attribute.
+TEST(OnnxOpsets, SwishRunsAsSigmoidAndMul) {
+  const Tensor x = testing::random_f32({3, 7}, 9, -6.0f, 6.0f);
+  for (const float alpha : {1.0f, 0.5f}) {
+    ModelProtoBuilder b(24);
+    b.input("x", {3, 7});
+    b.output("y", std::vector<int64_t>{3, 7});
+    onnx::NodeProto* n = b.node("Swish", "swish", {"x"}, "y");
+    if (alpha != 1.0f) float_attribute(n, "alpha", alpha);
+    std::vector<float> want;
+    for (float f : x.to_float_vector()) {
+      const double v = f;
+      want.push_back(static_cast<float>(v / (1 + std::exp(-double{alpha} * v))));
+    }
+    testing::expect_close(run_model(b.bytes(), x), want, 2e-7, 1e-6,
+                          "alpha " + std::to_string(alpha));
+    const auto graph = parse_onnx(b.bytes(), "model.onnx");
+    const Node* mul = graph->find_value("y")->producer();
+    EXPECT_EQ(mul->op_type(), "Mul");
+    EXPECT_EQ(mul->name(), "swish");
+    EXPECT_EQ(mul->inputs()[1]->producer()->op_type(), "Sigmoid");
+    EXPECT_EQ(graph->nodes().size(), alpha == 1.0f ? 2u : 3u);
+  }
+  ModelProtoBuilder early(23);
+  early.input("x", {3, 7});
+  early.output("y", std::nullopt);
+  early.node("Swish", "swish", {"x"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, early.bytes()),
+            "import: node 'swish' (Swish): expected opset 24 or later for Swish, got opset 23");
+  ModelProtoBuilder odd(24);
+  odd.input("x", {3, 7});
+  odd.output("y", std::nullopt);
+  float_attribute(odd.node("Swish", "swish", {"x"}, "y"), "beta", 2.0f);
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
+            "import: node 'swish' (Swish): expected only attribute 'alpha', got 'beta'");
+}
+
+// QuantizeLinear's precision and DequantizeLinear's output type (opset 23): float (1) runs as
+// without them, float16 and bfloat16 are upcast as a half model's types are; another type is
+// refused, as is either attribute before opset 23.
+TEST(OnnxOpsets, QdqPrecisionAndOutputTypeFromOpset23) {
+  auto model = [](int64_t opset, int64_t precision, int64_t output_dtype) {
+    ModelProtoBuilder b(opset);
+    b.input("x", {2, 3});
+    b.output("y", std::vector<int64_t>{2, 3});
+    b.floats("scale", {0.05f});
+    auto* q = b.node("QuantizeLinear", "q", {"x", "scale"}, "xq");
+    if (precision >= 0) ModelProtoBuilder::attribute(q, "precision", precision);
+    auto* dq = b.node("DequantizeLinear", "dq", {"xq", "scale"}, "y");
+    if (output_dtype >= 0) ModelProtoBuilder::attribute(dq, "output_dtype", output_dtype);
+    return b.bytes();
+  };
+  const Tensor x = testing::random_f32({2, 3}, 4, -3.0f, 3.0f);
+  const std::vector<float> plain = run_model(model(23, -1, -1), x);
+  EXPECT_EQ(run_model(model(23, 1, 1), x), plain);
+  EXPECT_EQ(run_model(model(26, 1, 1), x), plain);
+  EXPECT_EQ(import_error(ErrorKind::kUnsupported, model(23, 11, -1)),
+            "import: node 'q' (QuantizeLinear): expected precision 1 (float) or none, got 11");
+  // float16 (10) and bfloat16 (16) are upcast with the rest of such a model.
+  const auto upcast = parse_onnx(model(23, 10, 16), "model.onnx");
+  EXPECT_EQ(upcast->metadata.at(std::string(kUpcastMetadataKey)),
+            "float16 and bfloat16 to float32");
+  EXPECT_EQ(
+      runtime::Session(parse_onnx(model(23, 10, 16), "model.onnx")).run(x)[0].to_float_vector(),
+      plain);
+  EXPECT_EQ(
+      import_error(ErrorKind::kUnsupported, model(24, -1, 11)),
+      "import: node 'dq' (DequantizeLinear): expected output_dtype 1 (float) or none, got 11");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, model(21, 1, -1)),
+            "import: node 'q' (QuantizeLinear): expected no attribute 'precision' at opset 21 "
+            "(added in opset 23), got one");
 }
 
 // A GroupNormalization of 2 groups over 4 channels at `opset`, scale and bias of `params` values.

@@ -1,13 +1,15 @@
 // The models of data/generate/opset_models.py (a CNN and a transformer block exported by PyTorch
-// at opsets 9, 11, 13 and 17, and converted by hand to 18, 20 and 21): `qforge run` gives
+// at opsets 9, 11, 13 and 17, and converted by hand to 18 to 26; the CNN with SiLU at 17 and,
+// as Swish nodes, at 24): `qforge run` gives
 // PyTorch's outputs; `qforge calibrate` quantizes them into Q/DQ models that ONNX Runtime runs as
 // qforge does (teacher-forced `qforge verify`, no mismatch); `qforge grad` gives PyTorch's loss
-// and gradients through converted and opset-20 models (Gelu's tanh form, ReduceMean's axes
-// input); dynamic height and width take
+// and gradients through converted, opset-20 and opset-24 models (Gelu's tanh form, ReduceMean's
+// axes input, Swish); dynamic height and width take
 // --input-shape or the .npy data's shape, and without either the error says so.
 #include <gtest/gtest.h>
 
 #include <onnx/onnx_pb.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -50,6 +52,12 @@ const OpsetModel kModels[] = {
     {"transformer_opset21", "transformer", 21},
     {"transformer_tanh_opset17", "transformer_tanh", 17},
     {"transformer_tanh_opset20", "transformer_tanh", 20},
+    {"cnn_opset22", "cnn", 22},
+    {"cnn_opset26", "cnn", 26},
+    {"transformer_opset23", "transformer", 23},
+    {"transformer_opset26", "transformer", 26},
+    {"cnn_silu_opset17", "cnn_silu", 17},
+    {"cnn_silu_opset24", "cnn_silu", 24},
 };
 
 // Test names and failure messages show the model's name, not its bytes.
@@ -64,9 +72,12 @@ std::string golden(const std::string& file) {
   return data_path("golden/opset/" + file);
 }
 
+// The families that share another's inputs: the tanh transformer, the CNN with SiLU.
 std::string input_of(const OpsetModel& m) {
-  return golden((m.family == "transformer_tanh" ? std::string("transformer") : m.family) +
-                "_input.npy");
+  const std::string shared = m.family == "transformer_tanh" ? "transformer"
+                             : m.family == "cnn_silu"       ? "cnn"
+                                                            : m.family;
+  return golden(shared + "_input.npy");
 }
 
 // Every element within 1e-4 · max(1, max |ref|) of PyTorch's.
@@ -125,9 +136,10 @@ TEST_P(OpsetCalibrated, RunsInOrtAsInQforge) {
 }
 
 // One model per path through import: converted (9, 11), native with libonnx's checks (17) and
-// without them (18, 20 with both Gelu forms, 21).
-const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6], kModels[8],
-                                  kModels[10], kModels[11], kModels[13]};
+// without them (18, 20 with both Gelu forms, 21, 22, 23, 26, and 24 with Swish nodes).
+const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6],  kModels[8],
+                                  kModels[10], kModels[11], kModels[13], kModels[14],
+                                  kModels[16], kModels[15], kModels[17], kModels[19]};
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetCalibrated, ::testing::ValuesIn(kCalibrated),
                          [](const auto& p) { return p.param.name; });
@@ -178,8 +190,35 @@ TEST_P(OpsetGradients, MatchPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetGradients,
-                         ::testing::Values(kModels[0], kModels[11], kModels[13]),
+                         ::testing::Values(kModels[0], kModels[11], kModels[13], kModels[19]),
                          [](const auto& p) { return p.param.name; });
+
+// Swish nodes (opset 24) run as the Sigmoid and Mul torch writes for SiLU at 17: the same
+// outputs bit for bit, and the same fusions into the same modules (ConvBNAct and ConvBNAddAct
+// with their SiLU).
+TEST(OpsetCli, SwishFusesAsTheSigmoidMulExport) {
+  TempDir dir;
+  nlohmann::json reports[2];
+  std::string outputs[2];
+  const char* names[] = {"cnn_silu_opset17", "cnn_silu_opset24"};
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = dir.file(std::string(names[i]) + ".npy");
+    auto r = run_cli("run " + model_path(names[i]) + " --data " + golden("cnn_input.npy") + " -o " +
+                     out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    outputs[i] = testing::read_text(out);
+    const std::string report = dir.file(std::string(names[i]) + ".json");
+    r = run_cli("transform " + model_path(names[i]) + " -o " + dir.file("t.onnx") + " --report " +
+                report);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    reports[i] = nlohmann::json::parse(testing::read_text(report));
+  }
+  EXPECT_EQ(outputs[0], outputs[1]);
+  EXPECT_EQ(reports[0]["modules"], reports[1]["modules"]);
+  EXPECT_EQ(reports[0]["fusions"], reports[1]["fusions"]);
+  EXPECT_EQ(reports[1]["modules"]["ConvBNAct"], 2);
+  EXPECT_EQ(reports[1]["modules"]["ConvBNAddAct"], 1);
+}
 
 TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
   TempDir dir;
@@ -255,7 +294,7 @@ TEST(OpsetCli, DynamicHeightAndWidthTakeAnImageFolderCrop) {
 
 TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {
   TempDir dir;
-  for (int64_t opset : {6, 22}) {
+  for (int64_t opset : {6, 27}) {
     onnx::ModelProto proto;
     ASSERT_TRUE(proto.ParseFromString(testing::read_text(model_path("cnn_opset13"))));
     proto.mutable_opset_import(0)->set_version(opset);
@@ -266,7 +305,7 @@ TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {
     testing::write_bytes(path, proto.SerializeAsString());
     const auto r = run_cli("run " + path + " --data " + golden("cnn_input.npy"));
     testing::expect_one_line_error(
-        r, "uses opset " + std::to_string(opset) + "; qforge imports opsets 7 to 21");
+        r, "uses opset " + std::to_string(opset) + "; qforge imports opsets 7 to 26");
   }
 }
 
