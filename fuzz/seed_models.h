@@ -27,6 +27,7 @@ class ModelWriter {
     graph()->set_name(name);
   }
   onnx::GraphProto* graph() { return model_.mutable_graph(); }
+  void opset(int64_t version) { model_.mutable_opset_import(0)->set_version(version); }
 
   // A float value with the given dims; a negative dim is the dynamic batch "N".
   void input(const std::string& name, std::initializer_list<int64_t> dims) {
@@ -202,6 +203,26 @@ inline std::string token_net_model() {
   auto* concat = m.node("Concat", "target", {"n1", "minus_one"}, {"target_shape"});
   ModelWriter::integer(concat, "axis", 0);
   m.node("Reshape", "flatten", {"s", "target_shape"}, {"y"});
+  return m.bytes();
+}
+
+// At opset 24, the ops the importer rewrites (graph/decompose_import.h): a Swish, then Q, K and
+// V projections into one causal two-head Attention on 3-D inputs, whose default scale and causal
+// mask come from Shape subgraphs folded once the batch is known.
+inline std::string attention_net_model() {
+  ModelWriter m("attention_net");
+  m.opset(24);
+  m.input("x", {-1, 4, 8});
+  m.output("y", {-1, 4, 8});
+  for (const char* w : {"wq", "wk", "wv"}) m.weight(w, {8, 8});
+  m.node("Swish", "swish", {"x"}, {"s"});
+  m.node("MatMul", "q", {"s", "wq"}, {"q"});
+  m.node("MatMul", "k", {"s", "wk"}, {"k"});
+  m.node("MatMul", "v", {"s", "wv"}, {"v"});
+  auto* attention = m.node("Attention", "attention", {"q", "k", "v"}, {"y"});
+  ModelWriter::integer(attention, "q_num_heads", 2);
+  ModelWriter::integer(attention, "kv_num_heads", 2);
+  ModelWriter::integer(attention, "is_causal", 1);
   return m.bytes();
 }
 

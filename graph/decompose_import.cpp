@@ -1,9 +1,12 @@
-// Swish rewritten to Sigmoid and Mul on import.
+// Swish and Attention rewritten on import into the ops older exports compute them with.
 #include "graph/decompose_import.h"
 
 #include <onnx/onnx_pb.h>
 
+#include <limits>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "graph/proto_names.h"
 #include "kernels/error.h"
@@ -65,20 +68,293 @@ void decompose_swish(const onnx::NodeProto& np, const std::string& name, int64_t
   add_node(out, "Mul", name, x, gate, np.output(0));
 }
 
+using Nodes = google::protobuf::RepeatedPtrField<onnx::NodeProto>;
+
+// Whether the file says `value` is boolean: its declaration (input, value_info), its
+// initializer's type, or its producer (a Cast to bool, a comparison, Not).
+bool input_is_boolean(const onnx::GraphProto& g, const std::string& value) {
+  for (const auto* list : {&g.input(), &g.value_info()}) {
+    for (const auto& v : *list) {
+      if (v.name() == value && v.type().has_tensor_type()) {
+        return v.type().tensor_type().elem_type() == onnx::TensorProto::BOOL;
+      }
+    }
+  }
+  for (const auto& t : g.initializer()) {
+    if (t.name() == value) return t.data_type() == onnx::TensorProto::BOOL;
+  }
+  for (const auto& n : g.node()) {
+    if (n.output_size() == 0 || n.output(0) != value) continue;
+    const std::string& op = n.op_type();
+    if (op == "Equal" || op == "Greater" || op == "Less" || op == "GreaterOrEqual" ||
+        op == "LessOrEqual" || op == "Not" || op == "And" || op == "Or" || op == "Xor") {
+      return true;
+    }
+    for (const auto& a : n.attribute()) {
+      if (op == "Cast" && a.name() == "to") return a.i() == onnx::TensorProto::BOOL;
+      if (op == "Constant" && a.name() == "value") {
+        return a.t().data_type() == onnx::TensorProto::BOOL;
+      }
+    }
+  }
+  return false;
+}
+
+constexpr int64_t kAttentionOpset = 23;
+
+// Emits nodes under one stem, with fresh value names and constants as initializers.
+class Emitter {
+ public:
+  Emitter(const std::string& stem, onnx::GraphProto& g, FreshValueNames& names, Nodes& out)
+      : stem_(stem), g_(g), names_(names), out_(out) {}
+
+  // A node `op` named stem/suffix reading `inputs`, its output a fresh value (or `output`).
+  onnx::NodeProto& node(const std::string& op, const std::string& suffix,
+                        const std::vector<std::string>& inputs, const std::string& output = "") {
+    onnx::NodeProto& n = *out_.Add();
+    n.set_op_type(op);
+    n.set_name(suffix.empty() ? stem_ : stem_ + "/" + suffix);
+    for (const auto& i : inputs) n.add_input(i);
+    n.add_output(output.empty() ? names_.take(stem_ + "/" + (suffix.empty() ? op : suffix))
+                                : output);
+    return n;
+  }
+  std::string value(const std::string& op, const std::string& suffix,
+                    const std::vector<std::string>& inputs) {
+    return node(op, suffix, inputs).output(0);
+  }
+  std::string floats(const std::string& suffix, float v) {
+    onnx::TensorProto& t = *g_.add_initializer();
+    t.set_name(names_.take(stem_ + "/" + suffix));
+    t.set_data_type(onnx::TensorProto::FLOAT);
+    t.add_float_data(v);
+    return t.name();
+  }
+  std::string ints(const std::string& suffix, const std::vector<int64_t>& v, bool scalar = false) {
+    onnx::TensorProto& t = *g_.add_initializer();
+    t.set_name(names_.take(stem_ + "/" + suffix));
+    t.set_data_type(onnx::TensorProto::INT64);
+    if (!scalar) t.add_dims(static_cast<int64_t>(v.size()));
+    for (int64_t x : v) t.add_int64_data(x);
+    return t.name();
+  }
+  static void ints_attribute(onnx::NodeProto& n, const std::string& name,
+                             const std::vector<int64_t>& v) {
+    onnx::AttributeProto& a = *n.add_attribute();
+    a.set_name(name);
+    a.set_type(onnx::AttributeProto::INTS);
+    for (int64_t x : v) a.add_ints(x);
+  }
+  static void int_attribute(onnx::NodeProto& n, const std::string& name, int64_t v) {
+    onnx::AttributeProto& a = *n.add_attribute();
+    a.set_name(name);
+    a.set_type(onnx::AttributeProto::INT);
+    a.set_i(v);
+  }
+
+ private:
+  const std::string& stem_;
+  onnx::GraphProto& g_;
+  FreshValueNames& names_;
+  Nodes& out_;
+};
+
+struct AttentionAttributes {
+  bool causal = false;
+  int64_t q_heads = 0, kv_heads = 0;  // 3-D inputs only
+  std::optional<float> scale;
+  float softcap = 0.0f;
+};
+
+AttentionAttributes attention_attributes(const onnx::NodeProto& np, const std::string& label) {
+  AttentionAttributes at;
+  auto expect = [&](const onnx::AttributeProto& a, onnx::AttributeProto::AttributeType type) {
+    if (a.type() != type) {
+      throw_invalid(label + ": expected attribute '" + a.name() + "' " +
+                    onnx::AttributeProto::AttributeType_Name(type) + ", got " +
+                    onnx::AttributeProto::AttributeType_Name(a.type()));
+    }
+  };
+  for (const auto& a : np.attribute()) {
+    const std::string& name = a.name();
+    if (name == "scale" || name == "softcap") {
+      expect(a, onnx::AttributeProto::FLOAT);
+      if (name == "scale") at.scale = a.f();
+      if (name == "softcap") at.softcap = a.f();
+      continue;
+    }
+    expect(a, onnx::AttributeProto::INT);
+    const int64_t v = a.i();
+    auto unsupported = [&](const std::string& what) {
+      throw_unsupported(label + ": expected " + what + ", got " + name + " " + std::to_string(v));
+    };
+    if (name == "is_causal") {
+      if (v != 0 && v != 1)
+        throw_invalid(label + ": expected is_causal 0 or 1, got " + std::to_string(v));
+      at.causal = v == 1;
+    } else if (name == "q_num_heads" || name == "kv_num_heads") {
+      if (v < 1) throw_invalid(label + ": expected " + name + " >= 1, got " + std::to_string(v));
+      (name == "q_num_heads" ? at.q_heads : at.kv_heads) = v;
+    } else if (name == "softmax_precision") {
+      if (v != 0 && v != onnx::TensorProto::FLOAT) unsupported("softmax_precision 1 (float)");
+    } else if (name == "left_window_size" || name == "right_window_size") {
+      if (v != -1) unsupported(name + " -1 (no sliding window)");
+    } else if (name != "qk_matmul_output_mode") {
+      throw_invalid(label + ": unknown attribute '" + name + "'");
+    }
+  }
+  if ((at.q_heads > 0) != (at.kv_heads > 0)) {
+    throw_invalid(label + ": expected q_num_heads and kv_num_heads together, got one");
+  }
+  if (at.q_heads != at.kv_heads) {
+    throw_unsupported(label + ": expected as many key and value heads as query heads, got " +
+                      std::to_string(at.kv_heads) + " and " + std::to_string(at.q_heads) +
+                      " (grouped-query attention)");
+  }
+  return at;
+}
+
+// Attention (opset 23, scaled dot-product attention) as torch.onnx writes it at 17, which
+// ComposeSDPA turns into one SDPA module: Transpose(K) → MatMul(Q, ·) → Mul(scale) → [softcap:
+// Div, Tanh, Mul] → [Add mask] → [Add causal mask] → Softmax → MatMul(·, V), the last under the
+// node's name. 3-D inputs (q_num_heads given) are split into heads first and merged after. The
+// default scale 1/√head_size and the causal mask are computed from the inputs' shapes, constants
+// once the shapes are resolved. Refused naming the node: a KV cache (past_key, past_value,
+// nonpad_kv_seqlen, present outputs), the qk_matmul_output, grouped-query heads, sliding
+// windows, a softmax in another precision.
+void decompose_attention(const onnx::NodeProto& np, const std::string& name, int64_t opset,
+                         onnx::GraphProto& g, FreshValueNames& names, Nodes& out) {
+  const std::string label = "import: node '" + name + "' (Attention)";
+  if (opset < kAttentionOpset) {
+    throw_invalid(label + ": expected opset 23 or later for Attention, got opset " +
+                  std::to_string(opset));
+  }
+  auto present = [](const auto& list, int i) { return i < list.size() && !list.Get(i).empty(); };
+  if (np.input_size() < 3 || !present(np.input(), 0) || !present(np.input(), 1) ||
+      !present(np.input(), 2)) {
+    throw_invalid(label + ": expected inputs Q, K and V, got " + std::to_string(np.input_size()) +
+                  " inputs");
+  }
+  const char* cache_inputs[] = {"past_key", "past_value", "nonpad_kv_seqlen"};
+  for (int i = 4; i < np.input_size(); ++i) {
+    if (present(np.input(), i)) {
+      throw_unsupported(label + ": expected no " +
+                        (i <= 6 ? std::string(cache_inputs[i - 4]) : "input " + std::to_string(i)) +
+                        " (a KV cache), got '" + np.input(i) + "'");
+    }
+  }
+  if (np.output_size() < 1 || np.output(0).empty()) {
+    throw_invalid(label + ": expected output Y, got none");
+  }
+  const char* extra_outputs[] = {"present_key", "present_value", "qk_matmul_output"};
+  for (int i = 1; i < np.output_size(); ++i) {
+    if (present(np.output(), i)) {
+      throw_unsupported(
+          label + ": expected only output Y, got " +
+          (i <= 3 ? std::string(extra_outputs[i - 1]) : "output " + std::to_string(i)) + " '" +
+          np.output(i) + "'");
+    }
+  }
+  const AttentionAttributes at = attention_attributes(np, label);
+  Emitter e(name, g, names, out);
+  std::string q = np.input(0), k = np.input(1), v = np.input(2);
+  const bool three_d = at.q_heads > 0;
+  if (three_d) {  // [B, S, H·D] → [B, H, S, D]
+    const std::string heads = e.ints("heads_shape", {0, 0, at.q_heads, -1});
+    auto split = [&](const std::string& x, const std::string& part) {
+      const std::string r = e.value("Reshape", part + "_heads", {x, heads});
+      onnx::NodeProto& t = e.node("Transpose", part + "_transpose", {r});
+      Emitter::ints_attribute(t, "perm", {0, 2, 1, 3});
+      return t.output(0);
+    };
+    q = split(q, "q");
+    k = split(k, "k");
+    v = split(v, "v");
+  }
+  onnx::NodeProto& kt = e.node("Transpose", "k_transposed", {k});
+  Emitter::ints_attribute(kt, "perm", {0, 1, 3, 2});
+  std::string scores = e.value("MatMul", "qk", {q, kt.output(0)});
+  std::string scale;
+  if (at.scale) {
+    scale = e.floats("scale_value", *at.scale);
+  } else {  // 1 / √(Q's last dim), as a float
+    const std::string q_shape = e.value("Shape", "q_shape", {q});
+    onnx::NodeProto& d = e.node("Gather", "head_size", {q_shape, e.ints("last", {-1}, true)});
+    Emitter::int_attribute(d, "axis", 0);
+    onnx::NodeProto& df = e.node("Cast", "head_size_float", {d.output(0)});
+    Emitter::int_attribute(df, "to", onnx::TensorProto::FLOAT);
+    const std::string root = e.value("Sqrt", "head_size_sqrt", {df.output(0)});
+    scale = e.value("Div", "default_scale", {e.floats("one", 1.0f), root});
+  }
+  scores = e.value("Mul", "scale", {scores, scale});
+  if (at.softcap != 0.0f) {  // softcap · tanh(scores / softcap)
+    const std::string cap = e.floats("softcap_value", at.softcap);
+    const std::string t =
+        e.value("Tanh", "softcap_tanh", {e.value("Div", "softcap_div", {scores, cap})});
+    scores = e.value("Mul", "softcap", {t, cap});
+  }
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  if (present(np.input(), 3)) {
+    // A float mask is added; a boolean one (as the file declares or computes it) keeps the
+    // scores where it is true (0 added) and removes the others (-inf).
+    std::string mask = np.input(3);
+    if (input_is_boolean(g, mask)) {
+      mask = e.value("Where", "mask_bias",
+                     {mask, e.floats("mask_keep", 0.0f), e.floats("mask_drop", neg_inf)});
+    }
+    scores = e.value("Add", "mask", {scores, mask});
+  }
+  if (at.causal) {  // -inf where key j > query i (no cache: no offset)
+    auto positions = [&](const std::string& x, const std::string& part) {
+      const std::string shape = e.value("Shape", part + "_shape", {x});
+      onnx::NodeProto& len =
+          e.node("Gather", part + "_length", {shape, e.ints(part + "_axis", {-2}, true)});
+      Emitter::int_attribute(len, "axis", 0);
+      return e.value(
+          "Range", part + "_positions",
+          {e.ints(part + "_start", {0}, true), len.output(0), e.ints(part + "_step", {1}, true)});
+    };
+    const std::string rows = e.value("Unsqueeze", "causal_rows",
+                                     {positions(q, "query"), e.ints("causal_row_axis", {1})});
+    const std::string cols =
+        e.value("Unsqueeze", "causal_cols", {positions(k, "key"), e.ints("causal_col_axis", {0})});
+    const std::string later = e.value("Greater", "causal_later", {cols, rows});
+    const std::string causal =
+        e.value("Where", "causal_bias",
+                {later, e.floats("causal_drop", neg_inf), e.floats("causal_keep", 0.0f)});
+    scores = e.value("Add", "causal", {scores, causal});
+  }
+  onnx::NodeProto& softmax = e.node("Softmax", "softmax", {scores});
+  Emitter::int_attribute(softmax, "axis", -1);
+  if (!three_d) {
+    e.node("MatMul", "", {softmax.output(0), v}, np.output(0));
+    return;
+  }
+  const std::string y = e.value("MatMul", "av", {softmax.output(0), v});
+  onnx::NodeProto& merged = e.node("Transpose", "merge_transpose", {y});
+  Emitter::ints_attribute(merged, "perm", {0, 2, 1, 3});
+  e.node("Reshape", "", {merged.output(0), e.ints("merged_shape", {0, 0, -1})}, np.output(0));
+}
+
 }  // namespace
 
 void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
   onnx::GraphProto& g = *model.mutable_graph();
   bool any = false;
-  for (const auto& np : g.node()) any = any || np.op_type() == "Swish";
+  for (const auto& np : g.node()) {
+    any = any || np.op_type() == "Swish" || np.op_type() == "Attention";
+  }
   if (!any) return;
   FreshValueNames names(g);
   google::protobuf::RepeatedPtrField<onnx::NodeProto> rewritten;
   int index = 0;
   for (const auto& np : g.node()) {
     const std::string name = proto_node_name(np, index++);
-    if (np.op_type() == "Swish" && (np.domain().empty() || np.domain() == "ai.onnx")) {
+    const bool standard = np.domain().empty() || np.domain() == "ai.onnx";
+    if (standard && np.op_type() == "Swish") {
       decompose_swish(np, name, opset, g, names, rewritten);
+    } else if (standard && np.op_type() == "Attention") {
+      decompose_attention(np, name, opset, g, names, rewritten);
     } else {
       *rewritten.Add() = np;
     }

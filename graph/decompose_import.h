@@ -1,6 +1,7 @@
 // Ops of newer opsets rewritten on import into the ops older exporters write for the same
 // computation, so that the kernels, fusions and Q/DQ rules written for those apply: Swish (opset
-// 24) becomes x · Sigmoid(alpha · x), as torch.onnx writes SiLU.
+// 24) becomes x · Sigmoid(alpha · x), as torch.onnx writes SiLU; Attention (23) becomes the
+// MatMul, scale, mask, Softmax and MatMul chain that ComposeSDPA makes one SDPA module of.
 #pragma once
 
 #include <cstdint>

@@ -7,12 +7,13 @@ exported by torch.onnx at opsets 9, 11, 13 and 17. Opsets 18 to 26 are beyond wh
 torch 1.13 writes, so those variants are the opset-17 export converted by hand: ReduceMean
 takes its axes as an input (18), Pad takes an axes input (18), and the GELU subgraph becomes
 one Gelu node (20), approximate "none", or "tanh" for a transformer built with the tanh GELU;
-22, 23 and 26 keep those forms. The CNN with SiLU activations (cnn_silu) is exported at 17,
-where torch writes Sigmoid and Mul, and converted to 24, where each pair becomes a Swish node.
+22, 23 and 26 keep those forms, and at 23 the transformer's attention also becomes one
+Attention node (transformer_attention). The CNN with SiLU activations (cnn_silu) is exported at
+17, where torch writes Sigmoid and Mul, and converted to 24, where each pair becomes a Swish node.
 A CNN with dynamic height and width (opset 13) covers --input-shape.
 
 Writes data/models/opset/<family>_opset<N>.onnx and data/golden/opset/<family>_input.npy,
-<family>_output.npy (PyTorch's outputs, float32), and for four models the mean cross-entropy
+<family>_output.npy (PyTorch's outputs, float32), and for five models the mean cross-entropy
 loss on labels.npy with the gradient of every initializer that is a PyTorch parameter (by name,
 or by value transposed for MatMul weights), keyed by initializer: <model>_grads.npz. Seeded; run:
     /usr/bin/python3 data/generate/opset_models.py
@@ -170,6 +171,26 @@ def silu_as_swish(model):
     assert any(n.op_type == "Swish" for n in graph.node)
 
 
+def attention_as_one_node(model):
+    """Opset 23: the attention torch wrote (Transpose(k), MatMul, Mul by the scale, Softmax,
+    MatMul by v) becomes one Attention node on the 3-D q, k and v, one head, its default scale
+    1/sqrt(16) being the module's."""
+    graph = model.graph
+    by_name = {n.name: n for n in graph.node}
+    names = ["/Transpose", "/MatMul", "/Constant", "/Mul", "/Softmax", "/MatMul_1"]
+    transpose, scores, _, scale, softmax, weighted = [by_name[n] for n in names]
+    assert scores.input[1] == transpose.output[0] and scale.input[0] == scores.output[0]
+    assert softmax.input[0] == scale.output[0] and weighted.input[0] == softmax.output[0]
+    q, k, v = scores.input[0], transpose.input[0], weighted.input[1]
+    position = list(graph.node).index(weighted)
+    attention = helper.make_node("Attention", [q, k, v], list(weighted.output), name="/Attention",
+                                 q_num_heads=1, kv_num_heads=1)
+    graph.node.insert(position, attention)
+    for n in [by_name[n] for n in names]:
+        graph.node.remove(n)
+    remove_unused(graph)
+
+
 def with_opset(path, out_path, opset, edits):
     model = onnx.load(path)
     for edit in edits:
@@ -266,10 +287,15 @@ def main():
             for opset in (21, 23, 26):
                 with_opset(base, os.path.join(MODELS, f"{family}_opset{opset}.onnx"), opset,
                            [axes_as_inputs, gelu])
+            with_opset(base, os.path.join(MODELS, "transformer_attention_opset23.onnx"), 23,
+                       [axes_as_inputs, gelu, attention_as_one_node])
         with_opset(base, os.path.join(MODELS, f"{family}_opset20.onnx"), 20,
                    [axes_as_inputs, gelu])
         last = 21 if approximate == "none" else 20  # the Gelu node's two forms
         save_gradients(block, tokens, labels, os.path.join(MODELS, f"{family}_opset{last}.onnx"))
+        if approximate == "none":
+            save_gradients(block, tokens, labels,
+                           os.path.join(MODELS, "transformer_attention_opset23.onnx"))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 // The models of data/generate/opset_models.py (a CNN and a transformer block exported by PyTorch
 // at opsets 9, 11, 13 and 17, and converted by hand to 18 to 26; the CNN with SiLU at 17 and,
-// as Swish nodes, at 24): `qforge run` gives
+// as Swish nodes, at 24; the transformer's attention as one Attention node at 23): `qforge run`
+// gives
 // PyTorch's outputs; `qforge calibrate` quantizes them into Q/DQ models that ONNX Runtime runs as
 // qforge does (teacher-forced `qforge verify`, no mismatch); `qforge grad` gives PyTorch's loss
-// and gradients through converted, opset-20 and opset-24 models (Gelu's tanh form, ReduceMean's
-// axes input, Swish); dynamic height and width take
+// and gradients through converted, opset-20, 23 and 24 models (Gelu's tanh form, ReduceMean's
+// axes input, Attention, Swish); dynamic height and width take
 // --input-shape or the .npy data's shape, and without either the error says so.
 #include <gtest/gtest.h>
 
@@ -58,6 +59,7 @@ const OpsetModel kModels[] = {
     {"transformer_opset26", "transformer", 26},
     {"cnn_silu_opset17", "cnn_silu", 17},
     {"cnn_silu_opset24", "cnn_silu", 24},
+    {"transformer_attention_opset23", "transformer", 23},
 };
 
 // Test names and failure messages show the model's name, not its bytes.
@@ -136,10 +138,11 @@ TEST_P(OpsetCalibrated, RunsInOrtAsInQforge) {
 }
 
 // One model per path through import: converted (9, 11), native with libonnx's checks (17) and
-// without them (18, 20 with both Gelu forms, 21, 22, 23, 26, and 24 with Swish nodes).
-const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6],  kModels[8],
-                                  kModels[10], kModels[11], kModels[13], kModels[14],
-                                  kModels[16], kModels[15], kModels[17], kModels[19]};
+// without them (18, 20 with both Gelu forms, 21, 22, 23, 26, 24 with Swish nodes, 23 with an
+// Attention node).
+const OpsetModel kCalibrated[] = {kModels[0],  kModels[4],  kModels[6],  kModels[8],  kModels[10],
+                                  kModels[11], kModels[13], kModels[14], kModels[16], kModels[15],
+                                  kModels[17], kModels[19], kModels[20]};
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetCalibrated, ::testing::ValuesIn(kCalibrated),
                          [](const auto& p) { return p.param.name; });
@@ -190,7 +193,8 @@ TEST_P(OpsetGradients, MatchPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetGradients,
-                         ::testing::Values(kModels[0], kModels[11], kModels[13], kModels[19]),
+                         ::testing::Values(kModels[0], kModels[11], kModels[13], kModels[19],
+                                           kModels[20]),
                          [](const auto& p) { return p.param.name; });
 
 // Swish nodes (opset 24) run as the Sigmoid and Mul torch writes for SiLU at 17: the same
