@@ -31,6 +31,17 @@ def save_npy_atomic(path, array):
     os.replace(tmp, path)
 
 
+def register_missing_symbolics(torch):
+    """torch.onnx 1.13 has no export for Tensor.zero_ (aten::zero), which torchvision's Swin V2
+    applies to a clone of its in-projection bias; it is x * 0 (later exporters write the same
+    constant). Harmless for every other model."""
+
+    def zero(g, self):
+        return g.op("Mul", self, g.op("Constant", value_t=torch.tensor(0.0)))
+
+    torch.onnx.register_custom_op_symbolic("aten::zero", zero, zoo.OPSET)
+
+
 def export_one(torch, model, name, batch, force, log):
     """Exports one (model, batch) pair and its reference output; returns what was done."""
     import numpy as np
@@ -126,6 +137,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    register_missing_symbolics(torch)
     log(f"torch {torch.__version__}, {args.threads} threads; exporting {len(todo)} model(s)")
     failures = []
     for i, name in enumerate(todo, 1):

@@ -1,8 +1,8 @@
 """Converts an opset-17 ONNX model to opset 20 by hand, for check_models.py --opset20:
 libonnx 1.12's version converter stops at 17 and torch 1.13 exports 17 at most.
 
-Only what differs for the ops the benchmark models use: ReduceMean takes its axes as an input
-(opset 18), and each GELU subgraph torch writes in the Erf form,
+Only what differs for the ops the benchmark models use: ReduceMean, ReduceL2 and ReduceMax take
+their axes as an input (opset 18), and each GELU subgraph torch writes in the Erf form,
     x -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5),
 becomes one Gelu node (opset 20, approximate "none"). Every other op these models hold has the
 same form at 17 and at 20.
@@ -69,11 +69,11 @@ def to_opset20(model):
     """Rewrites `model` (an onnx.ModelProto at opset 17) in place; returns the Gelu count."""
     graph = model.graph
     for index, node in enumerate(graph.node):
-        if node.op_type != "ReduceMean":
+        if node.op_type not in ("ReduceMean", "ReduceL2", "ReduceMax"):
             continue
         axes = [a for a in node.attribute if a.name == "axes"]
         if axes:
-            name = f"{node.name or 'ReduceMean'}_axes_{index}"
+            name = f"{node.name or node.op_type}_axes_{index}"
             graph.initializer.append(numpy_helper.from_array(np.array(axes[0].ints, np.int64), name))
             node.attribute.remove(axes[0])
             node.input.append(name)

@@ -59,9 +59,10 @@ EXTRA_MODELS = [
     "convnext_small",
     "vit_b_32",
     "maxvit_t",
+    "swin_v2_t",
 ]
-# Input shapes other than IMAGE_SHAPE, by model.
-_IMAGE_SHAPES = {"inception_v3": (3, 299, 299)}
+# Input shapes other than IMAGE_SHAPE, by model (each at the size of its torchvision recipe).
+_IMAGE_SHAPES = {"inception_v3": (3, 299, 299), "swin_v2_t": (3, 256, 256)}
 BATCHES = [1, 8]
 OPSET = 17
 IMAGE_SHAPE = (3, 224, 224)

@@ -85,6 +85,7 @@ constexpr std::array kSchemas = {
              "its output is an integer grid (training runs Q/DQ pairs as FakeQuant)"},
     OpSchema{"Range", 3, 3, 1, 1, 11, kNone,
              "its inputs are the bounds and step of an index sequence"},
+    OpSchema{"ReduceL2", 1, 2, 1, 1, 13, kBackward},   // axes: an attribute, an input from opset 18
     OpSchema{"ReduceMax", 1, 2, 1, 1, 13, kBackward},  // axes: an attribute, an input from opset 18
     OpSchema{"ReduceMean", 1, 2, 1, 1, 13,
              kBackward},                               // axes: an attribute, an input from opset 18
@@ -156,6 +157,8 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"MaxPool", "pads", 0},
     AttributeRule{"MaxPool", "ceil_mode", 0, 1},
     AttributeRule{"MaxPool", "storage_order", 0, 1},
+    AttributeRule{"ReduceL2", "keepdims", 0, 1},
+    AttributeRule{"ReduceL2", "noop_with_empty_axes", 0, 1},
     AttributeRule{"ReduceMax", "keepdims", 0, 1},
     AttributeRule{"ReduceMax", "noop_with_empty_axes", 0, 1},
     AttributeRule{"ReduceSum", "keepdims", 0, 1},

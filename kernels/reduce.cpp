@@ -1,5 +1,5 @@
-// Sum, max and argmax reductions: one task per block of outputs, each output's reduced elements
-// visited in row-major order.
+// Sum, max, L2 norm and argmax reductions: one task per block of outputs, each output's reduced
+// elements visited in row-major order.
 #include "kernels/reduce.h"
 
 #include <algorithm>
@@ -114,6 +114,17 @@ void reduce_max(const ReducePlan& plan, const float* x, float* y) {
   });
 }
 
+void reduce_l2(const ReducePlan& plan, const float* x, float* y) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float sum = 0.0f;
+      for_each_reduced(w, o, [&](int64_t i) { sum += x[i] * x[i]; });
+      y[o] = std::sqrt(sum);
+    }
+  });
+}
+
 void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx, GradMode write) {
   const ReduceWalk w = walk_of(plan);
   parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
@@ -141,6 +152,24 @@ void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y,
       const float share = ties > 0 ? dy[o] / static_cast<float>(ties) : 0.0f;
       for_each_reduced(w, o, [&](int64_t i) {
         const float g = x[i] == m ? share : 0.0f;
+        if (write == GradMode::kOverwrite) {
+          dx[i] = g;
+        } else {
+          dx[i] += g;
+        }
+      });
+    }
+  });
+}
+
+void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
+                        float* dx, GradMode write) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const float scale = y[o] == 0.0f ? 0.0f : dy[o] / y[o];
+      for_each_reduced(w, o, [&](int64_t i) {
+        const float g = x[i] * scale;
         if (write == GradMode::kOverwrite) {
           dx[i] = g;
         } else {

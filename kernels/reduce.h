@@ -1,6 +1,7 @@
-// Reductions over a set of axes other than the mean (kernels/pool.h): sum, max and the index of
-// the max along one axis, with the backward of sum and max. Each output walks its reduced
-// elements in row-major order on one task, so results do not depend on the thread count.
+// Reductions over a set of axes other than the mean (kernels/pool.h): sum, max, the L2 norm and
+// the index of the max along one axis, with the backward of sum, max and the norm. Each output
+// walks its reduced elements in row-major order on one task, so results do not depend on the thread
+// count.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,9 @@ namespace qforge::kernels {
 void reduce_sum(const ReducePlan& plan, const float* x, float* y);
 // The largest value; NaN where any reduced value is NaN (as PyTorch's amax).
 void reduce_max(const ReducePlan& plan, const float* x, float* y);
+// The Euclidean norm √(Σ x²), the squares summed in float in row-major order (ONNX ReduceL2,
+// what torch.onnx writes for torch.linalg.vector_norm and F.normalize).
+void reduce_l2(const ReducePlan& plan, const float* x, float* y);
 
 // dx = dy broadcast back over the reduced axes.
 void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx,
@@ -22,6 +26,11 @@ void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx,
 // amax backward: ties share the gradient evenly). x and y are the forward's input and output.
 void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
                          float* dx, GradMode write = GradMode::kOverwrite);
+
+// dx = dy · x / y, 0 where the norm y is 0 (PyTorch's norm backward, which masks the division
+// there). x and y are the forward's input and output.
+void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
+                        float* dx, GradMode write = GradMode::kOverwrite);
 
 // x viewed as [outer, axis_dim, inner]: y[o, i] = the index along the axis of the largest
 // x[o, ·, i], the first one among equal values, or the last with `select_last`. A NaN counts as

@@ -50,6 +50,42 @@ Tensor reduce_max(const Tensor& x, std::span<const int64_t> axes) {
   return y;
 }
 
+namespace {
+
+std::vector<double> squares_summed(const Tensor& x, const Shape& out_shape) {
+  std::vector<double> sum(static_cast<size_t>(shape_numel(out_shape)), 0.0);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double v = x.data<float>()[i];
+    sum[static_cast<size_t>(reduced_index(i, x.shape(), out_shape))] += v * v;
+  }
+  return sum;
+}
+
+}  // namespace
+
+Tensor reduce_l2(const Tensor& x, std::span<const int64_t> axes) {
+  const Shape out_shape = kept_shape(x.shape(), axes);
+  const std::vector<double> sum = squares_summed(x, out_shape);
+  Tensor y(DType::kFloat32, out_shape);
+  for (size_t o = 0; o < sum.size(); ++o)
+    y.data<float>()[o] = static_cast<float>(std::sqrt(sum[o]));
+  return y;
+}
+
+Tensor reduce_l2_backward(const Tensor& x, std::span<const int64_t> axes, const Tensor& dy) {
+  const Shape out_shape = kept_shape(x.shape(), axes);
+  const std::vector<double> sum = squares_summed(x, out_shape);
+  Tensor dx(DType::kFloat32, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const auto o = static_cast<size_t>(reduced_index(i, x.shape(), out_shape));
+    const double norm = std::sqrt(sum[o]);
+    dx.data<float>()[i] =
+        norm == 0 ? 0.0f
+                  : static_cast<float>(double{dy.data<float>()[o]} * x.data<float>()[i] / norm);
+  }
+  return dx;
+}
+
 Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape) {
   Tensor dx(DType::kFloat32, x_shape);
   for (int64_t i = 0; i < dx.numel(); ++i) {

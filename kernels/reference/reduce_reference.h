@@ -13,6 +13,10 @@ namespace qforge::kernels::reference {
 // Reduced over `axes` (distinct, in [0, rank)), with the reduced axes kept as size 1.
 Tensor reduce_sum(const Tensor& x, std::span<const int64_t> axes);
 Tensor reduce_max(const Tensor& x, std::span<const int64_t> axes);
+// √(Σ x²) in float64.
+Tensor reduce_l2(const Tensor& x, std::span<const int64_t> axes);
+// dy · x / ‖x‖ in float64, 0 where the norm is 0.
+Tensor reduce_l2_backward(const Tensor& x, std::span<const int64_t> axes, const Tensor& dy);
 // dx for dy of reduce_sum's shape (reduced axes kept as 1).
 Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape);
 // PyTorch's amax backward: dy / (count of ties) at each maximum.

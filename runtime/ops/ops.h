@@ -18,8 +18,8 @@ void register_matmul_ops(OpRegistry& registry);
 // BatchNormalization, LayerNormalization, InstanceNormalization, GroupNormalization
 // (norm_ops.cpp).
 void register_norm_ops(OpRegistry& registry);
-// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ArgMax
-// (pool_ops.cpp).
+// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ReduceL2,
+// ArgMax (pool_ops.cpp).
 void register_pool_ops(OpRegistry& registry);
 // Unary activations and math (Exp, Log, Softplus, …), broadcasting binary ops, Max and Min of
 // any number of inputs, Where, Equal, Not, Cast.

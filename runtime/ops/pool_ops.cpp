@@ -1,4 +1,4 @@
-// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax and
+// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ReduceL2 and
 // ArgMax: shape inference, kernels with their backward (ArgMax has none: its output is an
 // integer).
 #include "runtime/ops/dense_common.h"
@@ -339,30 +339,47 @@ std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const I
   return std::make_unique<ReduceMeanKernel>(kernels::plan_reduce(inputs[0].shape, s.axes));
 }
 
-// ReduceSum (axes an input from opset 13) and ReduceMax (from opset 18), on the setup of
-// ReduceMean. ReduceMax's gradient goes to the maxima, shared evenly among ties.
+// ReduceSum (axes an input from opset 13), ReduceMax and ReduceL2 (from opset 18), on the setup
+// of ReduceMean. ReduceMax's gradient goes to the maxima, shared evenly among ties; ReduceL2's is
+// dy · x / ‖x‖, 0 where the norm is 0.
 class ReduceKernel final : public OpKernel {
  public:
-  enum class Kind { kSum, kMax };
+  enum class Kind { kSum, kMax, kL2 };
   ReduceKernel(const kernels::ReducePlan& plan, Kind kind) : plan_(plan), kind_(kind) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
-    if (kind_ == Kind::kSum) {
-      kernels::reduce_sum(plan_, inputs[0].data<float>(), outputs[0].data<float>());
-    } else {
-      kernels::reduce_max(plan_, inputs[0].data<float>(), outputs[0].data<float>());
+    const float* x = inputs[0].data<float>();
+    float* y = outputs[0].data<float>();
+    switch (kind_) {
+      case Kind::kSum:
+        kernels::reduce_sum(plan_, x, y);
+        break;
+      case Kind::kMax:
+        kernels::reduce_max(plan_, x, y);
+        break;
+      case Kind::kL2:
+        kernels::reduce_l2(plan_, x, y);
+        break;
     }
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
-    if (kind_ == Kind::kSum) {
-      kernels::reduce_sum_backward(plan_, grad_outputs[0].data<float>(),
-                                   grad_inputs[0].data<float>());
-    } else {
-      kernels::reduce_max_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(),
-                                   grad_outputs[0].data<float>(), grad_inputs[0].data<float>());
+    const float* dy = grad_outputs[0].data<float>();
+    float* dx = grad_inputs[0].data<float>();
+    switch (kind_) {
+      case Kind::kSum:
+        kernels::reduce_sum_backward(plan_, dy, dx);
+        break;
+      case Kind::kMax:
+        kernels::reduce_max_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(), dy,
+                                     dx);
+        break;
+      case Kind::kL2:
+        kernels::reduce_l2_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(), dy,
+                                    dx);
+        break;
     }
   }
 
@@ -392,6 +409,13 @@ std::unique_ptr<OpKernel> create_reduce_max(const Node& node, std::span<const In
     }
   }
   return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), ReduceKernel::Kind::kMax);
+}
+
+std::unique_ptr<OpKernel> create_reduce_l2(const Node& node, std::span<const InputInfo> inputs,
+                                           std::span<const TensorInfo> /*outputs*/) {
+  const ReduceSetup s = setup_reduce(node, inputs);
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(inputs[0].shape, s.axes),
+                                        ReduceKernel::Kind::kL2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,6 +487,7 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
   registry.add({"ReduceSum", infer_reduce, create_reduce_sum});
   registry.add({"ReduceMax", infer_reduce, create_reduce_max});
+  registry.add({"ReduceL2", infer_reduce, create_reduce_l2});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
   registry.add({"Softmax", infer_softmax, create_softmax});
 }

@@ -33,7 +33,7 @@ struct AttentionCase {
   std::vector<std::vector<int64_t>> shapes;  // Q, K, V
   std::vector<int64_t> output;
   int64_t causal = 0;
-  int64_t heads = 0;  // q_num_heads = kv_num_heads for 3-D inputs
+  int64_t heads = 0;   // q_num_heads = kv_num_heads for 3-D inputs
   float scale = 0.0f;  // 0: the default 1/√head_size
   float softcap = 0.0f;
   int mask_type = 0;  // 0: none; onnx::TensorProto::FLOAT or BOOL
@@ -107,21 +107,43 @@ onnx::ModelProto attention_model(const AttentionCase& c) {
 }
 
 const AttentionCase kCases[] = {
-    {.name = "plain", .opset = 23, .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
+    {.name = "plain",
+     .opset = 23,
+     .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
      .output = {2, 3, 5, 8}},
-    {.name = "head_size_12", .opset = 26, .shapes = {{2, 2, 5, 12}, {2, 2, 5, 12}, {2, 2, 5, 12}},
+    {.name = "head_size_12",
+     .opset = 26,
+     .shapes = {{2, 2, 5, 12}, {2, 2, 5, 12}, {2, 2, 5, 12}},
      .output = {2, 2, 5, 12}},
-    {.name = "float_mask_scale", .opset = 24, .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
-     .output = {2, 3, 5, 8}, .scale = 0.3f, .mask_type = onnx::TensorProto::FLOAT,
+    {.name = "float_mask_scale",
+     .opset = 24,
+     .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
+     .output = {2, 3, 5, 8},
+     .scale = 0.3f,
+     .mask_type = onnx::TensorProto::FLOAT,
      .mask_shape = {1, 1, 5, 5}},
-    {.name = "bool_mask", .opset = 23, .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
-     .output = {2, 3, 5, 8}, .mask_type = onnx::TensorProto::BOOL, .mask_shape = {5, 5}},
-    {.name = "causal", .opset = 25, .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
-     .output = {2, 3, 5, 8}, .causal = 1},
-    {.name = "cross_causal", .opset = 23, .shapes = {{2, 3, 5, 8}, {2, 3, 7, 8}, {2, 3, 7, 4}},
-     .output = {2, 3, 5, 4}, .causal = 1},
-    {.name = "three_d_softcap", .opset = 23, .shapes = {{2, 5, 24}, {2, 7, 24}, {2, 7, 18}},
-     .output = {2, 5, 18}, .heads = 3, .softcap = 2.0f},
+    {.name = "bool_mask",
+     .opset = 23,
+     .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
+     .output = {2, 3, 5, 8},
+     .mask_type = onnx::TensorProto::BOOL,
+     .mask_shape = {5, 5}},
+    {.name = "causal",
+     .opset = 25,
+     .shapes = {{2, 3, 5, 8}, {2, 3, 5, 8}, {2, 3, 5, 8}},
+     .output = {2, 3, 5, 8},
+     .causal = 1},
+    {.name = "cross_causal",
+     .opset = 23,
+     .shapes = {{2, 3, 5, 8}, {2, 3, 7, 8}, {2, 3, 7, 4}},
+     .output = {2, 3, 5, 4},
+     .causal = 1},
+    {.name = "three_d_softcap",
+     .opset = 23,
+     .shapes = {{2, 5, 24}, {2, 7, 24}, {2, 7, 18}},
+     .output = {2, 5, 18},
+     .heads = 3,
+     .softcap = 2.0f},
 };
 
 // Test names and failure messages show the case's name, not its bytes.
@@ -147,7 +169,8 @@ TEST_P(AttentionImport, ComputesWhatOnnxRuntimeComputes) {
   const std::vector<Tensor> want = testing::run_ort(path, inputs);
   ASSERT_EQ(got.shape(), want[0].shape());
   float peak = 0, worst = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) peak = std::max(peak, std::abs(want[0].data<float>()[i]));
+  for (int64_t i = 0; i < got.numel(); ++i)
+    peak = std::max(peak, std::abs(want[0].data<float>()[i]));
   for (int64_t i = 0; i < got.numel(); ++i) {
     worst = std::max(worst, std::abs(got.data<float>()[i] - want[0].data<float>()[i]));
   }

@@ -1,5 +1,5 @@
-// ReduceSum, ReduceMax and ArgMax kernels and their backward against the naive references of
-// kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced block,
+// ReduceSum, ReduceMax, ReduceL2 and ArgMax kernels and their backward against the naive references
+// of kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced block,
 // alternating blocks, size-1 axes, all axes), at 1 and 2 threads bit for bit; the backward also
 // against float64 central differences, and ReduceMax's ties splitting the gradient evenly.
 #include <gtest/gtest.h>
@@ -142,6 +142,78 @@ TEST(ReduceKernels, BackwardMatchesReferenceAndCentralDifferences) {
           testing::central_differences(xd, [&] { return loss(true); }), 1e-5, "max");
     }
   }
+}
+
+// ReduceL2 against the float64 reference (the float32 sum of squares within its rounding bound),
+// bit-identical at 1 and 2 threads; its backward against the reference and against float64
+// central differences of Σ dy · ‖x‖, and 0 where the norm is 0 (PyTorch's masked division).
+TEST(ReduceKernels, L2NormAndItsBackward) {
+  uint32_t seed = 91;
+  for (const ReduceCase& c : kCases) {
+    SCOPED_TRACE(shape_str(c.shape));
+    const Tensor x = random_f32(c.shape, seed++, -3.0f, 3.0f);
+    const Shape out_shape = kept_shape(c.shape, c.axes);
+    const Tensor dy = random_f32(out_shape, seed++, -1.0f, 1.0f);
+    const ReducePlan plan = plan_reduce(c.shape, c.axes);
+    const Tensor want = reference::reduce_l2(x, c.axes);
+    const Tensor want_dx = reference::reduce_l2_backward(x, c.axes, dy);
+    std::vector<float> first_y, first_dx;
+    for (int threads : {1, 2}) {
+      ThreadCount tc(threads);
+      Tensor y(DType::kFloat32, out_shape), dx(DType::kFloat32, c.shape);
+      reduce_l2(plan, x.data<float>(), y.data<float>());
+      reduce_l2_backward(plan, x.data<float>(), y.data<float>(), dy.data<float>(),
+                         dx.data<float>());
+      // The float sum of n squares is within about n·2^-24 of itself (the root halves that), and
+      // dy · x / y carries it with a few more roundings.
+      const double bound = static_cast<double>(x.numel() / y.numel() + 4) * 0x1p-24;
+      for (int64_t o = 0; o < y.numel(); ++o) {
+        const double ref = want.data<float>()[o];
+        EXPECT_NEAR(y.data<float>()[o], ref, bound * ref) << o;
+      }
+      for (int64_t i = 0; i < dx.numel(); ++i) {
+        const double ref = want_dx.data<float>()[i];
+        EXPECT_NEAR(dx.data<float>()[i], ref, bound * std::abs(ref) + 1e-12) << i;
+      }
+      if (threads == 1) {
+        first_y = values(y);
+        first_dx = values(dx);
+      } else {
+        EXPECT_EQ(values(y), first_y) << "the norm depends on the thread count";
+        EXPECT_EQ(values(dx), first_dx) << "the gradient depends on the thread count";
+      }
+    }
+    std::vector<double> xd = testing::to_double(values(x));
+    const std::vector<double> r = testing::to_double(values(dy));
+    auto loss = [&] {
+      std::vector<double> sums(static_cast<size_t>(dy.numel()), 0.0);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        int64_t rest = i, o = 0, scale = 1;
+        for (size_t d = c.shape.size(); d-- > 0;) {
+          const int64_t index = rest % c.shape[d];
+          rest /= c.shape[d];
+          if (out_shape[d] != 1) o += index * scale;
+          scale *= out_shape[d];
+        }
+        sums[static_cast<size_t>(o)] += xd[static_cast<size_t>(i)] * xd[static_cast<size_t>(i)];
+      }
+      for (double& v : sums) v = std::sqrt(v);
+      return testing::dot(sums, r);
+    };
+    testing::expect_matches_differences(testing::to_double(values(want_dx)),
+                                        testing::central_differences(xd, loss), 1e-5, "l2");
+  }
+  // A zero row: norm 0, gradient 0 (not NaN).
+  const Tensor zeros = Tensor::from_vector<float>({2, 3}, {0, 0, 0, 3, 4, 0});
+  const int64_t axes[] = {1};
+  const ReducePlan plan = plan_reduce(zeros.shape(), axes);
+  float y[2], dx[6];
+  const float dy[2] = {1.5f, 2.0f};
+  reduce_l2(plan, zeros.data<float>(), y);
+  reduce_l2_backward(plan, zeros.data<float>(), y, dy, dx);
+  EXPECT_EQ(std::vector<float>(y, y + 2), (std::vector<float>{0.0f, 5.0f}));
+  EXPECT_EQ(std::vector<float>(dx, dx + 6),
+            (std::vector<float>{0, 0, 0, 2.0f * 3 / 5, 2.0f * 4 / 5, 0}));
 }
 
 // PyTorch's amax backward: the maxima of a row share its gradient evenly.

@@ -576,6 +576,14 @@ inline std::vector<HarnessCase> harness_cases() {
           .setting(i64s({-1}))
           .attr("keepdims", int64_t{0})
           .at_opset(18));
+  add(H("ReduceL2", "axes (2, 3) attribute, keepdims")
+          .data(d.uniform({2, 3, 4, 5}, -2, 2))
+          .attr("axes", Ints{2, 3}));
+  add(H("ReduceL2", "last axis input, no keepdims (opset 18)")
+          .data(d.uniform({3, 5, 4}, -2, 2))
+          .setting(i64s({-1}))
+          .attr("keepdims", int64_t{0})
+          .at_opset(18));
   add(H("ReduceSum", "axes input (0, 2), keepdims")
           .data(d.uniform({2, 3, 5}))
           .setting(i64s({0, 2})));
