@@ -79,7 +79,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Neg", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Not", 1, 1, 1, 1, 1, kNone, kBooleanOutput},
     OpSchema{"Pad", 2, 4, 1, 1, 13, kBackward},
-    OpSchema{"Pow", 2, 2, 1, 1, 13, kNone, kNoBackward},
+    OpSchema{"Pow", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"PRelu", 2, 2, 1, 1, 16, kBackward},
     OpSchema{"QuantizeLinear", 2, 3, 1, 1, 13, kNone,
              "its output is an integer grid (training runs Q/DQ pairs as FakeQuant)"},
@@ -183,7 +183,7 @@ bool has_window_attributes(std::string_view op_type) {
 }
 
 bool float_input_is_setting(std::string_view op_type, size_t index) {
-  return op_type == "Resize" && (index == 1 || index == 2);
+  return (op_type == "Resize" && (index == 1 || index == 2)) || (op_type == "Pow" && index == 1);
 }
 
 std::vector<const OpSchema*> all_schemas() {

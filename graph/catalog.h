@@ -150,7 +150,9 @@ std::vector<const AttributeRule*> attribute_rules(std::string_view op_type);
 // pads: two) must agree in length with each other and with the weight (Conv, pools).
 bool has_window_attributes(std::string_view op_type);
 // Float inputs that set how an op works rather than carry values through it (Resize's roi and
-// scales): shape inference needs them as constants, so training never makes them parameters.
+// scales, which shape inference needs as constants; Pow's exponent, a literal such as the 2 of a
+// written-out LayerNorm's variance, whose gradient a^b·ln a is NaN at a negative base): training
+// never makes them parameters.
 bool float_input_is_setting(std::string_view op_type, size_t index);
 // Every entry: ONNX ops, internal ops, then each module family's table.
 std::vector<const OpSchema*> all_schemas();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <string>
 
 #include "kernels/error.h"
@@ -30,10 +31,16 @@ enum class Term {
   kPReluSlope,   // a the input
   kUnlessBelow,  // a an input of Max, b the output, dy its share
   kUnlessAbove,  // a an input of Min, b the output, dy its share
+  kPowBase,      // a the base, b the exponent: dy·(b·a^(b-1)), 0 where b = 0
+  kPowExponent,  // a the base, b the exponent: dy·(a^b·ln a), 0 where a = 0 and b >= 0
 };
 
-constexpr float term(Term t, float dy, float a, float b) {
+inline float term(Term t, float dy, float a, float b) {
   switch (t) {
+    case Term::kPowBase:
+      return b == 0.0f ? 0.0f : dy * (b * pow_f32(a, b - 1.0f));
+    case Term::kPowExponent:
+      return a == 0.0f && b >= 0.0f ? 0.0f : dy * (pow_f32(a, b) * std::log(a));
     case Term::kPReluInput:
       return a > 0.0f ? dy : b * dy;
     case Term::kPReluSlope:
@@ -306,13 +313,15 @@ void compute_gradient(const Gradient& g) {
       return compute_gradient_of<Term::kUnlessBelow>(g);
     case Term::kUnlessAbove:
       return compute_gradient_of<Term::kUnlessAbove>(g);
+    case Term::kPowBase:
+      return compute_gradient_of<Term::kPowBase>(g);
+    case Term::kPowExponent:
+      return compute_gradient_of<Term::kPowExponent>(g);
   }
 }
 
 const char* op_name(BinaryOp op) {
   switch (op) {
-    case BinaryOp::kPow:
-      return "Pow";
     case BinaryOp::kMod:
       return "Mod";
     case BinaryOp::kFmod:
@@ -328,15 +337,16 @@ const char* op_name(BinaryOp op) {
 
 bool binary_backward_supports(BinaryOp op) {
   return op == BinaryOp::kAdd || op == BinaryOp::kSub || op == BinaryOp::kMul ||
-         op == BinaryOp::kDiv || op == BinaryOp::kPRelu;
+         op == BinaryOp::kDiv || op == BinaryOp::kPRelu || op == BinaryOp::kPow;
 }
 
 void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, const float* b,
                      const float* dy, const BinaryGradients& grads, GradMode write,
                      const float* quotient) {
   if (!binary_backward_supports(op)) {
-    throw_unsupported(std::string("binary_backward: expected Add, Sub, Mul, Div or PRelu, got ") +
-                      op_name(op));
+    throw_unsupported(
+        std::string("binary_backward: expected Add, Sub, Mul, Div, PRelu or Pow, got ") +
+        op_name(op));
   }
   if (plan.strides.size() != 2) throw_internal("binary_backward: expected a plan of two inputs");
   const bool add = write == GradMode::kAccumulate;
@@ -374,6 +384,11 @@ void binary_backward(BinaryOp op, const BroadcastPlan& plan, const float* a, con
         t = target == 0 ? Term::kPReluInput : Term::kPReluSlope;
         ta = a;
         tb = target == 0 ? b : nullptr;
+        break;
+      case BinaryOp::kPow:
+        t = target == 0 ? Term::kPowBase : Term::kPowExponent;
+        ta = a;
+        tb = b;
         break;
       default:
         break;

@@ -3,6 +3,8 @@
 //   Div: da = dy / b, db = −dy·((a / b) / b) (PyTorch's form);
 //   PRelu (a the input, b the slope): da = a > 0 ? dy : b·dy, db = a > 0 ? 0 : a·dy (PyTorch's
 //   prelu backward: the slope's side at a = 0);
+//   Pow: da = dy·(b·a^(b−1)), 0 where b = 0; db = dy·(a^b·ln a), 0 where a = 0 and b >= 0
+//   (PyTorch's pow backward, a^b as the forward computes it, kernels/elementwise.h pow_f32);
 // and of Max and Min over any number of inputs (extremum_backward);
 // each summed over the axes its input broadcasts along, so that da has a's shape and db b's.
 // A gradient element sums its output elements in row-major order (runs along the innermost
@@ -17,7 +19,7 @@
 
 namespace qforge::kernels {
 
-// True for the ops binary_backward differentiates: Add, Sub, Mul, Div, PRelu.
+// True for the ops binary_backward differentiates: Add, Sub, Mul, Div, PRelu, Pow.
 bool binary_backward_supports(BinaryOp op);
 
 // Gradients to compute; a null pointer skips that gradient.
@@ -27,7 +29,8 @@ struct BinaryGradients {
 };
 
 // plan: the forward's plan_broadcast({a_shape, b_shape}); dy has plan.out_shape. a is needed for
-// db of Mul and Div and both gradients of PRelu, b for da of Mul, Div and PRelu and db of Div.
+// db of Mul and Div and both gradients of PRelu and Pow, b for da of Mul, Div and PRelu, db of Div
+// and both gradients of Pow.
 // quotient (Div only, optional): the forward's output a / b; db is then −(Σ dy·quotient) / b and a
 // is not read, so a caller need not keep a (a training executor keeps the output instead).
 // Throws Unsupported for other ops.

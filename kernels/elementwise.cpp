@@ -289,17 +289,6 @@ struct MinOp {
   }
 };
 
-// Float powers with the common constant exponents done exactly as their cheap forms, in every
-// path, so a result never depends on which loop computed it.
-inline float pow_f32(float a, float b) {
-  if (b == 2.0f) return a * a;
-  if (b == 1.0f) return a;
-  if (b == 3.0f) return a * a * a;
-  if (b == 0.5f) return std::sqrt(a);
-  if (b == -0.5f) return 1.0f / std::sqrt(a);
-  if (b == -1.0f) return 1.0f / a;
-  return std::pow(a, b);
-}
 struct PowOp {
   template <class TB>
   float operator()(float a, TB b) const {

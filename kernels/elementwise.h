@@ -2,6 +2,7 @@
 // and Cast. Broadcast layouts are planned once (plan_broadcast) so that running allocates nothing.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -133,6 +134,18 @@ enum class BinaryOp {
 
 // Equal, Greater and Less: their output is bool.
 bool binary_outputs_bool(BinaryOp op);
+// a^b as every Pow path computes it (forward and backward): the common constant exponents done
+// exactly as their cheap forms, so that a result never depends on which loop computed it.
+inline float pow_f32(float a, float b) {
+  if (b == 2.0f) return a * a;
+  if (b == 1.0f) return a;
+  if (b == 3.0f) return a * a * a;
+  if (b == 0.5f) return std::sqrt(a);
+  if (b == -0.5f) return 1.0f / std::sqrt(a);
+  if (b == -1.0f) return 1.0f / a;
+  return std::pow(a, b);
+}
+
 // True when `op` is defined for inputs of dtypes a, b (Pow allows a float32 base with an
 // integer exponent; every other op wants equal dtypes). Output dtype: bool for the comparisons,
 // else a.

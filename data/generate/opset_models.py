@@ -13,7 +13,7 @@ Attention node (transformer_attention). The CNN with SiLU activations (cnn_silu)
 A CNN with dynamic height and width (opset 13) covers --input-shape.
 
 Writes data/models/opset/<family>_opset<N>.onnx and data/golden/opset/<family>_input.npy,
-<family>_output.npy (PyTorch's outputs, float32), and for five models the mean cross-entropy
+<family>_output.npy (PyTorch's outputs, float32), and for seven models the mean cross-entropy
 loss on labels.npy with the gradient of every initializer that is a PyTorch parameter (by name,
 or by value transposed for MatMul weights), keyed by initializer: <model>_grads.npz. Seeded; run:
     /usr/bin/python3 data/generate/opset_models.py
@@ -293,6 +293,10 @@ def main():
                    [axes_as_inputs, gelu])
         last = 21 if approximate == "none" else 20  # the Gelu node's two forms
         save_gradients(block, tokens, labels, os.path.join(MODELS, f"{family}_opset{last}.onnx"))
+        # Before opset 17 torch writes LayerNorm as ReduceMean, Sub, Pow, …; the tanh GELU has a
+        # Pow(x, 3) at every opset it is written out.
+        first = 13 if approximate == "none" else 17
+        save_gradients(block, tokens, labels, os.path.join(MODELS, f"{family}_opset{first}.onnx"))
         if approximate == "none":
             save_gradients(block, tokens, labels,
                            os.path.join(MODELS, "transformer_attention_opset23.onnx"))

@@ -45,6 +45,9 @@ void binary_f64(BinaryOp op, const Shape& a_shape, const double* a, const Shape&
       case BinaryOp::kPRelu:
         v = x < 0.0 ? z * x : x;
         break;
+      case BinaryOp::kPow:
+        v = std::pow(x, z);
+        break;
       default:
         throw_internal("reference::binary_f64: op without a gradient");
     }
@@ -79,6 +82,10 @@ void binary_backward(BinaryOp op, const Shape& a_shape, const double* a, const S
       case BinaryOp::kPRelu:  // the slope's side at x = 0, as PyTorch
         ga = x > 0.0 ? 1.0 : z;
         gb = x > 0.0 ? 0.0 : x;
+        break;
+      case BinaryOp::kPow:  // PyTorch's masks: 0 for a zero exponent, and at a zero base
+        ga = z == 0.0 ? 0.0 : z * std::pow(x, z - 1.0);
+        gb = x == 0.0 && z >= 0.0 ? 0.0 : std::pow(x, z) * std::log(x);
         break;
       default:
         throw_internal("reference::binary_backward: op without a gradient");

@@ -1,6 +1,6 @@
-// Naive float64 references for kernels/binary_backward.h: the forward of Add, Sub, Mul, Div and
-// PRelu under numpy broadcasting, and its gradients, every output element's terms added into the
-// input elements it read; and Max or Min of any number of inputs with PyTorch's tie rule.
+// Naive float64 references for kernels/binary_backward.h: the forward of Add, Sub, Mul, Div,
+// PRelu and Pow under numpy broadcasting, and its gradients, every output element's terms added
+// into the input elements it read; and Max or Min of any number of inputs with PyTorch's tie rule.
 #pragma once
 
 #include <vector>

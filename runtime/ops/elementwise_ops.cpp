@@ -277,7 +277,7 @@ class BinaryKernel final : public OpKernel {
                std::byte* /*workspace*/) override {
     run_for_node(label_, [&] { kernels::binary(op_, plan_, inputs[0], inputs[1], outputs[0]); });
   }
-  // Add, Sub, Mul, Div and PRelu of float tensors (kernels/binary_backward.h).
+  // Add, Sub, Mul, Div, PRelu and Pow of float tensors (kernels/binary_backward.h).
   bool differentiable_input(size_t index) const override { return differentiable_ && index <= 1; }
   // Add and Sub read nothing; Div its divisor and its output (the dividend, a convolution's
   // output in a QAT graph's BN-fold simulation, need not be kept); Mul and PRelu both inputs.

@@ -1,5 +1,5 @@
-// Binary op backward under broadcasting (Add, Sub, Mul, Div, PRelu) and Max / Min of any number
-// of inputs: the float64 references against central finite differences, the float32 kernels
+// Binary op backward under broadcasting (Add, Sub, Mul, Div, PRelu, Pow) and Max / Min of any
+// number of inputs: the float64 references against central finite differences, the float32 kernels
 // against the references for every broadcast form, ties and NaN against PyTorch's values, and
 // the same bits on 1 and 2 threads.
 #include <gtest/gtest.h>
@@ -47,8 +47,8 @@ const BinaryCase kCases[] = {
     {"single", {1}, {1}},
 };
 
-const BinaryOp kOps[] = {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv,
-                         BinaryOp::kPRelu};
+const BinaryOp kOps[] = {BinaryOp::kAdd, BinaryOp::kSub,   BinaryOp::kMul,
+                         BinaryOp::kDiv, BinaryOp::kPRelu, BinaryOp::kPow};
 
 std::string op_name(BinaryOp op) {
   switch (op) {
@@ -62,6 +62,8 @@ std::string op_name(BinaryOp op) {
       return "Div";
     case BinaryOp::kPRelu:
       return "PRelu";
+    case BinaryOp::kPow:
+      return "Pow";
     default:
       return "other";
   }
@@ -72,12 +74,15 @@ struct BinaryData {
   std::vector<float> a, b, dy;
 };
 
-// b stays in ±[0.5, 1.5] so that Div is smooth around every value.
-BinaryData binary_data(const BinaryCase& c, uint32_t seed) {
+// b stays in ±[0.5, 1.5] so that Div is smooth around every value; for Pow the base a is in
+// [0.5, 2], where every real power is defined and smooth.
+BinaryData binary_data(const BinaryCase& c, uint32_t seed, BinaryOp op = BinaryOp::kAdd) {
   BinaryData d;
   const Shape shapes[] = {c.a, c.b};
   d.plan = plan_broadcast(shapes);
-  d.a = random_values(static_cast<size_t>(shape_numel(c.a)), seed);
+  d.a = op == BinaryOp::kPow
+            ? random_values(static_cast<size_t>(shape_numel(c.a)), seed, 0.5f, 2.0f)
+            : random_values(static_cast<size_t>(shape_numel(c.a)), seed);
   d.b = random_values(static_cast<size_t>(shape_numel(c.b)), seed + 1, 0.5f, 1.5f);
   for (size_t i = 0; i < d.b.size(); i += 2) d.b[i] = -d.b[i];
   d.dy = random_values(static_cast<size_t>(d.plan.numel), seed + 2);
@@ -115,7 +120,7 @@ TEST(BinaryBackwardReference, MatchesFiniteDifferences) {
   for (BinaryOp op : kOps) {
     for (const BinaryCase& c : kCases) {
       SCOPED_TRACE(op_name(op) + " " + c.name);
-      const BinaryData d = binary_data(c, 1);
+      const BinaryData d = binary_data(c, 1, op);
       std::vector<double> a = to_double(d.a), b = to_double(d.b);
       const std::vector<double> dy = to_double(d.dy);
       std::vector<double> y;
@@ -124,8 +129,8 @@ TEST(BinaryBackwardReference, MatchesFiniteDifferences) {
         return testing::dot(y, dy);
       };
       const Reference ref = run_reference(op, c, a, b, dy);
-      // Div is not linear: the differences carry an O(step²) error.
-      const double tolerance = op == BinaryOp::kDiv ? 1e-6 : 1e-8;
+      // Div and Pow are not linear: the differences carry an O(step²) error.
+      const double tolerance = op == BinaryOp::kDiv || op == BinaryOp::kPow ? 1e-6 : 1e-8;
       testing::expect_matches_differences(ref.da, testing::central_differences(a, loss), tolerance,
                                           "da");
       testing::expect_matches_differences(ref.db, testing::central_differences(b, loss), tolerance,
@@ -138,15 +143,31 @@ TEST(BinaryBackward, MatchesReference) {
   for (BinaryOp op : kOps) {
     for (const BinaryCase& c : kCases) {
       SCOPED_TRACE(op_name(op) + " " + c.name);
-      const BinaryData d = binary_data(c, 2);
+      const BinaryData d = binary_data(c, 2, op);
       const BinaryResult r = run_backward(op, d, 2);
       const std::vector<double> a = to_double(d.a), b = to_double(d.b), dy = to_double(d.dy);
       const Reference ref = run_reference(op, c, a, b, dy);
       // Every term of the absolute values' gradient has one sign: its magnitude is Σ|terms|.
       // PRelu's terms keep their branch with a itself: ±|dy|·|b| for da, a·|dy| (a <= 0) for db.
-      const Reference mag = op == BinaryOp::kPRelu
-                                ? run_reference(op, c, a, absolute(b), absolute(dy))
-                                : run_reference(op, c, absolute(a), absolute(b), absolute(dy));
+      // Pow's terms (a > 0) take the sign of dy·b for da and of dy·ln a for db: dy signed so at
+      // each output element makes every term positive.
+      Reference mag;
+      if (op == BinaryOp::kPow) {
+        std::vector<double> a_out, b_out;
+        const std::vector<double> zero_a(a.size(), 0.0), zero_b(b.size(), 0.0);
+        reference::binary_f64(BinaryOp::kAdd, c.a, a.data(), c.b, zero_b.data(), a_out);
+        reference::binary_f64(BinaryOp::kAdd, c.a, zero_a.data(), c.b, b.data(), b_out);
+        std::vector<double> dy_a(dy.size()), dy_b(dy.size());
+        for (size_t i = 0; i < dy.size(); ++i) {
+          dy_a[i] = std::abs(dy[i]) * (b_out[i] < 0 ? -1.0 : 1.0);
+          dy_b[i] = std::abs(dy[i]) * (a_out[i] < 1 ? -1.0 : 1.0);
+        }
+        mag.da = run_reference(op, c, a, b, dy_a).da;
+        mag.db = run_reference(op, c, a, b, dy_b).db;
+      } else {
+        mag = op == BinaryOp::kPRelu ? run_reference(op, c, a, absolute(b), absolute(dy))
+                                     : run_reference(op, c, absolute(a), absolute(b), absolute(dy));
+      }
       expect_matches_reference(r.da, ref.da, absolute(mag.da), "da");
       expect_matches_reference(r.db, ref.db, absolute(mag.db), "db");
 
@@ -227,7 +248,7 @@ TEST(BinaryBackward, RejectsOpsWithoutGradient) {
     FAIL() << "expected an Unsupported error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_STREQ(e.what(), "binary_backward: expected Add, Sub, Mul, Div or PRelu, got Mod");
+    EXPECT_STREQ(e.what(), "binary_backward: expected Add, Sub, Mul, Div, PRelu or Pow, got Mod");
   }
 }
 

@@ -4,8 +4,9 @@
 // gives
 // PyTorch's outputs; `qforge calibrate` quantizes them into Q/DQ models that ONNX Runtime runs as
 // qforge does (teacher-forced `qforge verify`, no mismatch); `qforge grad` gives PyTorch's loss
-// and gradients through converted, opset-20, 23 and 24 models (Gelu's tanh form, ReduceMean's
-// axes input, Attention, Swish); dynamic height and width take
+// and gradients through converted, opset-13, 17, 20, 23 and 24 models (LayerNorm and the tanh
+// GELU written out with Pow, Gelu's tanh form, ReduceMean's axes input, Attention, Swish);
+// dynamic height and width take
 // --input-shape or the .npy data's shape, and without either the error says so.
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <ostream>
 #include <string>
@@ -193,8 +195,8 @@ TEST_P(OpsetGradients, MatchPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Opsets, OpsetGradients,
-                         ::testing::Values(kModels[0], kModels[11], kModels[13], kModels[19],
-                                           kModels[20]),
+                         ::testing::Values(kModels[0], kModels[7], kModels[11], kModels[12],
+                                           kModels[13], kModels[19], kModels[20]),
                          [](const auto& p) { return p.param.name; });
 
 // Swish nodes (opset 24) run as the Sigmoid and Mul torch writes for SiLU at 17: the same
@@ -222,6 +224,51 @@ TEST(OpsetCli, SwishFusesAsTheSigmoidMulExport) {
   EXPECT_EQ(reports[0]["fusions"], reports[1]["fusions"]);
   EXPECT_EQ(reports[1]["modules"]["ConvBNAct"], 2);
   EXPECT_EQ(reports[1]["modules"]["ConvBNAddAct"], 1);
+}
+
+// Before opset 17 torch writes LayerNorm out (ReduceMean, Sub, Pow, …): such a transformer
+// trains through Pow's backward, its exponent a setting that stays the literal 2, and the
+// written Q/DQ model places its points as the opset-17 export's (one LayerNormalization node).
+TEST(OpsetCli, QatTrainsALayerNormWrittenOut) {
+  TempDir dir;
+  const std::string qdq = dir.file("t13.qdq.onnx");
+  const auto r =
+      run_cli("qat " + model_path("transformer_opset13") + " --data " +
+              golden("transformer_input.npy") + " --distill --steps 3 --batch 4 -o " + qdq);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  onnx::ModelProto proto;
+  ASSERT_TRUE(proto.ParseFromString(testing::read_text(qdq)));
+  int pows = 0, quantize_nodes = 0;
+  for (const auto& n : proto.graph().node()) {
+    quantize_nodes += n.op_type() == "QuantizeLinear";
+    if (n.op_type() != "Pow") continue;
+    ++pows;
+    bool found = false;
+    for (const auto& t : proto.graph().initializer()) {
+      if (t.name() != n.input(1)) continue;
+      found = true;
+      ASSERT_EQ(t.data_type(), onnx::TensorProto::FLOAT);
+      float exponent = 0;
+      if (t.float_data_size() == 1) {
+        exponent = t.float_data(0);
+      } else {
+        ASSERT_EQ(t.raw_data().size(), sizeof(float));
+        std::memcpy(&exponent, t.raw_data().data(), sizeof exponent);
+      }
+      EXPECT_EQ(exponent, 2.0f) << n.name();
+    }
+    EXPECT_TRUE(found) << n.name() << ": exponent not an initializer";
+  }
+  EXPECT_EQ(pows, 2);  // one per LayerNorm
+  const auto r17 = run_cli("calibrate " + model_path("transformer_opset17") + " --data " +
+                           golden("transformer_input.npy") + " --flip-injections 0 -o " +
+                           dir.file("t17.qdq.onnx"));
+  ASSERT_EQ(r17.exit_code, 0) << r17.err;
+  onnx::ModelProto proto17;
+  ASSERT_TRUE(proto17.ParseFromString(testing::read_text(dir.file("t17.qdq.onnx"))));
+  int quantize17 = 0;
+  for (const auto& n : proto17.graph().node()) quantize17 += n.op_type() == "QuantizeLinear";
+  EXPECT_EQ(quantize_nodes, quantize17);
 }
 
 TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
