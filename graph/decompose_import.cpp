@@ -1,4 +1,5 @@
-// Swish and Attention rewritten on import into the ops older exports compute them with.
+// Swish, Attention and RMSNormalization rewritten on import into the ops older exports compute
+// them with.
 #include "graph/decompose_import.h"
 
 #include <onnx/onnx_pb.h>
@@ -100,7 +101,7 @@ bool input_is_boolean(const onnx::GraphProto& g, const std::string& value) {
   return false;
 }
 
-constexpr int64_t kAttentionOpset = 23;
+constexpr int64_t kAttentionOpset = 23;  // Attention and RMSNormalization
 
 // Emits nodes under one stem, with fresh value names and constants as initializers.
 class Emitter {
@@ -336,13 +337,69 @@ void decompose_attention(const onnx::NodeProto& np, const std::string& name, int
   e.node("Reshape", "", {merged.output(0), e.ints("merged_shape", {0, 0, -1})}, np.output(0));
 }
 
+// RMSNormalization (opset 23) as its definition writes it: Mul(X, X) → ReduceMean over the axes
+// from `axis` on (keepdims) → Add(epsilon) → Sqrt → Div(X, ·) → Mul(scale), the last under the
+// node's name. A negative axis names the axes without the rank; a non-negative one takes them
+// from X's rank at run time (Range up to it, a constant once shapes are resolved).
+void decompose_rms_normalization(const onnx::NodeProto& np, const std::string& name, int64_t opset,
+                                 onnx::GraphProto& g, FreshValueNames& names, Nodes& out) {
+  const std::string label = "import: node '" + name + "' (RMSNormalization)";
+  if (opset < kAttentionOpset) {
+    throw_invalid(label + ": expected opset 23 or later for RMSNormalization, got opset " +
+                  std::to_string(opset));
+  }
+  if (np.input_size() != 2 || np.input(0).empty() || np.input(1).empty() || np.output_size() != 1) {
+    throw_invalid(label + ": expected inputs X and scale and one output, got " +
+                  std::to_string(np.input_size()) + " inputs and " +
+                  std::to_string(np.output_size()) + " outputs");
+  }
+  int64_t axis = -1;
+  float epsilon = 1e-5f;
+  for (const auto& a : np.attribute()) {
+    if (a.name() == "axis" && a.type() == onnx::AttributeProto::INT) {
+      axis = a.i();
+    } else if (a.name() == "epsilon" && a.type() == onnx::AttributeProto::FLOAT) {
+      epsilon = a.f();
+    } else if (a.name() == "stash_type" && a.type() == onnx::AttributeProto::INT) {
+      if (a.i() != onnx::TensorProto::FLOAT) {
+        throw_unsupported(label + ": expected stash_type 1 (float), got " + std::to_string(a.i()));
+      }
+    } else {
+      throw_invalid(label + ": unexpected attribute '" + a.name() + "' of type " +
+                    onnx::AttributeProto::AttributeType_Name(a.type()));
+    }
+  }
+  Emitter e(name, g, names, out);
+  const std::string& x = np.input(0);
+  std::string axes;
+  if (axis < 0) {
+    std::vector<int64_t> tail;
+    for (int64_t a = axis; a < 0; ++a) tail.push_back(a);
+    axes = e.ints("axes", tail);
+  } else {
+    const std::string rank = e.value(
+        "Squeeze", "rank", {e.value("Shape", "rank_1d", {e.value("Shape", "x_shape", {x})})});
+    axes = e.value("Range", "axes",
+                   {e.ints("first_axis", {axis}, true), rank, e.ints("axis_step", {1}, true)});
+  }
+  const std::string squared = e.value("Mul", "square", {x, x});
+  onnx::NodeProto& mean = e.node("ReduceMean", "mean_square", {squared, axes});
+  Emitter::int_attribute(mean, "keepdims", 1);
+  const std::string shifted =
+      e.value("Add", "add_epsilon", {mean.output(0), e.floats("epsilon", epsilon)});
+  const std::string rms = e.value("Sqrt", "rms", {shifted});
+  const std::string normalized = e.value("Div", "normalize", {x, rms});
+  e.node("Mul", "", {normalized, np.input(1)}, np.output(0));
+}
+
 }  // namespace
 
 void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
   onnx::GraphProto& g = *model.mutable_graph();
   bool any = false;
   for (const auto& np : g.node()) {
-    any = any || np.op_type() == "Swish" || np.op_type() == "Attention";
+    any = any || np.op_type() == "Swish" || np.op_type() == "Attention" ||
+          np.op_type() == "RMSNormalization";
   }
   if (!any) return;
   FreshValueNames names(g);
@@ -355,6 +412,8 @@ void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
       decompose_swish(np, name, opset, g, names, rewritten);
     } else if (standard && np.op_type() == "Attention") {
       decompose_attention(np, name, opset, g, names, rewritten);
+    } else if (standard && np.op_type() == "RMSNormalization") {
+      decompose_rms_normalization(np, name, opset, g, names, rewritten);
     } else {
       *rewritten.Add() = np;
     }

@@ -1,7 +1,8 @@
 // Ops of newer opsets rewritten on import into the ops older exporters write for the same
 // computation, so that the kernels, fusions and Q/DQ rules written for those apply: Swish (opset
 // 24) becomes x · Sigmoid(alpha · x), as torch.onnx writes SiLU; Attention (23) becomes the
-// MatMul, scale, mask, Softmax and MatMul chain that ComposeSDPA makes one SDPA module of.
+// MatMul, scale, mask, Softmax and MatMul chain that ComposeSDPA makes one SDPA module of;
+// RMSNormalization (23) the Mul, ReduceMean, Add, Sqrt, Div and Mul of its definition.
 #pragma once
 
 #include <cstdint>

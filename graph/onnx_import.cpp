@@ -953,15 +953,16 @@ void upcast_tensor(onnx::TensorProto& t) {
 }
 
 // The attributes that name a float output type: Cast's target, the output type of the ops that
-// create a tensor from nothing, the Q/DQ pair's precision and output type and Attention's softmax
-// precision (opset 23).
+// create a tensor from nothing, the Q/DQ pair's precision and output type, Attention's softmax
+// precision and RMSNormalization's stash type (opset 23).
 bool is_type_attribute(const onnx::NodeProto& n, const onnx::AttributeProto& a) {
   const std::string& op = n.op_type();
   return (a.name() == "to" && op == "Cast") ||
          (a.name() == "dtype" && (op.rfind("Random", 0) == 0 || op == "EyeLike")) ||
          (a.name() == "precision" && op == "QuantizeLinear") ||
          (a.name() == "output_dtype" && op == "DequantizeLinear") ||
-         (a.name() == "softmax_precision" && op == "Attention");
+         (a.name() == "softmax_precision" && op == "Attention") ||
+         (a.name() == "stash_type" && op == "RMSNormalization");
 }
 
 // A model that computes in float16 or bfloat16 computes in float32 here: its FLOAT16 and BFLOAT16

@@ -1,3 +1,5 @@
+// The ops of newer opsets that import as older ones (graph/decompose_import.h).
+//
 // Attention (opset 23) imports as the MatMul, scale, mask, Softmax and MatMul chain torch.onnx
 // writes for attention at 17: every supported form (4-D and 3-D heads, the default and a given
 // scale, float and boolean masks, causal self and cross attention, softcap) computes what ONNX
@@ -9,6 +11,8 @@
 #include <onnx/onnx_pb.h>
 
 #include <cmath>
+#include <functional>
+#include <numeric>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -265,6 +269,103 @@ TEST(AttentionImport, UnsupportedFormsAreNamed) {
   EXPECT_EQ(error(ErrorKind::kInvalid, with_int("q_num_heads", 3)),
             "import: node 'attn' (Attention): expected q_num_heads and kv_num_heads together, got "
             "one");
+}
+
+// RMSNormalization (opset 23): its definition's Mul, ReduceMean, Add, Sqrt, Div and Mul, over the
+// axes from `axis` on (negative, or non-negative taken from the rank), against float64 and against
+// ONNX Runtime's kernel on the same file; refused before opset 23 and with a float64 stash type.
+struct RmsCase {
+  int64_t axis;
+  std::vector<int64_t> scale_shape;
+  bool given_axis;  // false: the default -1
+};
+
+onnx::ModelProto rms_model(const RmsCase& c, int64_t opset) {
+  onnx::ModelProto m;
+  m.set_ir_version(10);
+  auto* o = m.add_opset_import();
+  o->set_domain("");
+  o->set_version(opset);
+  auto* g = m.mutable_graph();
+  g->set_name("rms");
+  declare(g->add_input(), "x", {2, 3, 4});
+  declare(g->add_output(), "y", {2, 3, 4});
+  auto* scale = g->add_initializer();
+  scale->set_name("scale");
+  scale->set_data_type(onnx::TensorProto::FLOAT);
+  int64_t count = 1;
+  for (int64_t d : c.scale_shape) {
+    scale->add_dims(d);
+    count *= d;
+  }
+  for (int64_t i = 0; i < count; ++i) scale->add_float_data(0.5f + 0.1f * static_cast<float>(i));
+  auto* n = g->add_node();
+  n->set_op_type("RMSNormalization");
+  n->set_name("rms");
+  n->add_input("x");
+  n->add_input("scale");
+  n->add_output("y");
+  if (c.given_axis) {
+    auto* a = n->add_attribute();
+    a->set_name("axis");
+    a->set_type(onnx::AttributeProto::INT);
+    a->set_i(c.axis);
+  }
+  auto* eps = n->add_attribute();
+  eps->set_name("epsilon");
+  eps->set_type(onnx::AttributeProto::FLOAT);
+  eps->set_f(1e-3f);
+  return m;
+}
+
+TEST(RmsNormalizationImport, ComputesItsDefinitionAndWhatOnnxRuntimeComputes) {
+  const RmsCase cases[] = {{-1, {4}, false}, {-2, {3, 4}, true}, {1, {3, 4}, true}, {0, {1}, true}};
+  const Tensor x = testing::random_f32({2, 3, 4}, 31, -2.0f, 2.0f);
+  for (const RmsCase& c : cases) {
+    SCOPED_TRACE("axis " + std::to_string(c.axis));
+    testing::TempDir dir;
+    const std::string path = dir.file("rms.onnx");
+    testing::write_bytes(path, rms_model(c, 23).SerializeAsString());
+    runtime::Session session(load_onnx(path));
+    const std::vector<float> got = session.run(x)[0].to_float_vector();
+    // float64: each group of the trailing axes from `axis` on normalised by its root mean square.
+    const int64_t first = c.axis < 0 ? c.axis + 3 : c.axis;
+    int64_t group = 1;
+    for (int64_t d = first; d < 3; ++d) group *= x.shape()[static_cast<size_t>(d)];
+    const int64_t scale_count = static_cast<int64_t>(std::accumulate(
+        c.scale_shape.begin(), c.scale_shape.end(), int64_t{1}, std::multiplies<int64_t>()));
+    for (int64_t start = 0; start < x.numel(); start += group) {
+      double sum = 0;
+      for (int64_t i = 0; i < group; ++i) {
+        const double v = x.data<float>()[start + i];
+        sum += v * v;
+      }
+      const double rms = std::sqrt(sum / static_cast<double>(group) + 1e-3);
+      for (int64_t i = 0; i < group; ++i) {
+        const int64_t flat = start + i;
+        const double s = 0.5 + 0.1 * static_cast<double>(flat % scale_count);
+        const double want = x.data<float>()[flat] / rms * s;
+        EXPECT_NEAR(got[static_cast<size_t>(flat)], want, 1e-6 * std::max(1.0, std::abs(want)))
+            << flat;
+      }
+    }
+    const std::vector<float> ort = testing::run_ort(path, {x})[0].to_float_vector();
+    ASSERT_EQ(ort.size(), got.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], ort[i], 2e-6f) << i;
+  }
+  const auto error = [](ErrorKind kind, const onnx::ModelProto& m) {
+    return testing::error_of(kind, [&] { parse_onnx(m.SerializeAsString(), "m.onnx"); });
+  };
+  EXPECT_EQ(error(ErrorKind::kInvalid, rms_model(cases[0], 22)),
+            "import: node 'rms' (RMSNormalization): expected opset 23 or later for "
+            "RMSNormalization, got opset 22");
+  onnx::ModelProto doubled = rms_model(cases[0], 23);
+  auto* stash = doubled.mutable_graph()->mutable_node(0)->add_attribute();
+  stash->set_name("stash_type");
+  stash->set_type(onnx::AttributeProto::INT);
+  stash->set_i(onnx::TensorProto::DOUBLE);
+  EXPECT_EQ(error(ErrorKind::kUnsupported, doubled),
+            "import: node 'rms' (RMSNormalization): expected stash_type 1 (float), got 11");
 }
 
 }  // namespace
