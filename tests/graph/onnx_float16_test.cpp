@@ -124,25 +124,25 @@ onnx::ModelProto to_float16(onnx::ModelProto model, int half_type = onnx::Tensor
 
 using testing::read_proto;
 
-TEST(Float16Import, EveryHalfBecomesTheFloatOfItsValue) {
+// A model at `opset` whose input "x" [1] is added to the initializer "w" [65536] holding every
+// 16-bit pattern of `type` (FLOAT16 or BFLOAT16) in order, as raw bytes, into "sum"; x declared
+// of that type. The tests add their outputs and further nodes.
+onnx::ModelProto every_pattern_model(int type, int64_t opset) {
   onnx::ModelProto model;
   model.set_ir_version(8);
-  auto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(17);
+  auto* o = model.add_opset_import();
+  o->set_domain("");
+  o->set_version(opset);
   auto* g = model.mutable_graph();
-  g->set_name("halves");
-  auto declare = [](onnx::ValueInfoProto* v, const char* name, int64_t n) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT16);
-    t->mutable_shape()->add_dim()->set_dim_value(n);
-  };
-  declare(g->add_input(), "x", 1);
-  declare(g->add_output(), "y", 65536);
+  g->set_name("patterns");
+  auto* x = g->add_input();
+  x->set_name("x");
+  auto* t = x->mutable_type()->mutable_tensor_type();
+  t->set_elem_type(type);
+  t->mutable_shape()->add_dim()->set_dim_value(1);
   auto* w = g->add_initializer();
   w->set_name("w");
-  w->set_data_type(onnx::TensorProto::FLOAT16);
+  w->set_data_type(type);
   w->add_dims(65536);
   std::string raw(65536 * 2, '\0');
   for (uint32_t h = 0; h < 65536; ++h) {
@@ -156,6 +156,22 @@ TEST(Float16Import, EveryHalfBecomesTheFloatOfItsValue) {
   add->add_input("x");
   add->add_input("w");
   add->add_output("sum");
+  return model;
+}
+
+// Declares graph output `name` [n] of `type`.
+void declare_output(onnx::ModelProto& model, const char* name, int type, int64_t n) {
+  auto* v = model.mutable_graph()->add_output();
+  v->set_name(name);
+  auto* t = v->mutable_type()->mutable_tensor_type();
+  t->set_elem_type(type);
+  t->mutable_shape()->add_dim()->set_dim_value(n);
+}
+
+TEST(Float16Import, EveryHalfBecomesTheFloatOfItsValue) {
+  onnx::ModelProto model = every_pattern_model(onnx::TensorProto::FLOAT16, 17);
+  declare_output(model, "y", onnx::TensorProto::FLOAT16, 65536);
+  auto* g = model.mutable_graph();
   auto* cast = g->add_node();
   cast->set_op_type("Cast");
   cast->set_name("cast");
@@ -250,47 +266,21 @@ TEST(Float16Import, ExternalFloat16WeightsAreReadThenUpcast) {
 // raw bytes, and a few in int32_data (ONNX's other storage of 16-bit values), with values known by
 // heart among them.
 TEST(Bfloat16Import, EveryBfloat16BecomesTheFloatOfItsBits) {
-  onnx::ModelProto model;
-  model.set_ir_version(8);
-  auto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(22);
+  onnx::ModelProto model = every_pattern_model(onnx::TensorProto::BFLOAT16, 22);
+  declare_output(model, "sum", onnx::TensorProto::BFLOAT16, 65536);
+  declare_output(model, "z", onnx::TensorProto::BFLOAT16, 5);
   auto* g = model.mutable_graph();
-  g->set_name("bfloat16");
-  auto declare = [](onnx::ValueInfoProto* v, const char* name, int64_t n) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::BFLOAT16);
-    t->mutable_shape()->add_dim()->set_dim_value(n);
-  };
-  declare(g->add_input(), "x", 1);
-  declare(g->add_output(), "y", 65536);
-  declare(g->add_output(), "z", 5);
-  auto* w = g->add_initializer();
-  w->set_name("w");
-  w->set_data_type(onnx::TensorProto::BFLOAT16);
-  w->add_dims(65536);
-  std::string raw(65536 * 2, '\0');
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const auto v = static_cast<uint16_t>(h);
-    std::memcpy(raw.data() + 2 * h, &v, 2);
-  }
-  w->set_raw_data(raw);
   auto* known = g->add_initializer();
   known->set_name("known");
   known->set_data_type(onnx::TensorProto::BFLOAT16);
   known->add_dims(5);
   for (int32_t v : {0x3f80, 0xc000, 0x0001, 0x7f80, 0x3e2a}) known->add_int32_data(v);
-  auto add = [&](const char* name, const char* b, const char* out) {
-    auto* n = g->add_node();
-    n->set_op_type("Add");
-    n->set_name(name);
-    n->add_input("x");
-    n->add_input(b);
-    n->add_output(out);
-  };
-  add("add_w", "w", "y");
-  add("add_known", "known", "z");
+  auto* add = g->add_node();
+  add->set_op_type("Add");
+  add->set_name("add_known");
+  add->add_input("x");
+  add->add_input("known");
+  add->add_output("z");
 
   auto graph = parse_onnx(model.SerializeAsString(), "bfloat16.onnx");
   EXPECT_EQ(graph->metadata.at(std::string(kUpcastMetadataKey)), "bfloat16 to float32");
