@@ -204,12 +204,18 @@ Pattern compose_sdpa_pattern() {
   p.name = "ComposeSDPA";
   p.kind = PatternKind::kConversion;
   p.topology = "[Mul|Div]? -> MatMul -> [Mul|Div]? -> [Add]? -> Softmax -> [Dropout]? -> MatMul";
+  // The scores' scale: a scalar, or one value per head (Swin V2's logit scale, checked in
+  // select against the scores' shape).
+  auto scaling = [](const Node& n) {
+    return scalar_scaling(n) ||
+           (n.op_type() == "Mul" && n.num_inputs() == 2 && is_float_constant(n.input(1)));
+  };
   Fork fork;
   fork.node = one("av", {"MatMul"});
   fork.branches = {
       Branch{.input = 0,
              .chain = {optional("q_scale", {"Mul", "Div"}, scalar_scaling), one("qk", {"MatMul"}),
-                       optional("scale", {"Mul", "Div"}, scalar_scaling), optional("mask", {"Add"}),
+                       optional("scale", {"Mul", "Div"}, scaling), optional("mask", {"Add"}),
                        one("softmax", {"Softmax"}), optional("dropout", {"Dropout"})}},
       Branch{.input = 1, .chain = {}}};
   p.fork = std::move(fork);
@@ -237,6 +243,12 @@ Pattern compose_sdpa_pattern() {
     const int64_t axis = softmax.attr_int("axis", -1);
     if (axis != -1 && axis != static_cast<int64_t>(rank) - 1) {
       return softmax.label() + ": axis " + std::to_string(axis) + " is not the last";
+    }
+    if (const Node* scale = m.node(g, "scale");
+        scale && !scalar_scaling(*scale) && !per_head_scaling(*scale, *qk.output(0)->shape())) {
+      return scale->label() + ": the scale " + shape_str(scale->input(1)->constant().shape()) +
+             " is neither one value nor one per head of the scores " +
+             shape_str(*qk.output(0)->shape());
     }
     if (const Node* mask = m.node(g, "mask")) {
       const Value* mv = mask->input(1);
@@ -274,8 +286,10 @@ Pattern compose_sdpa_pattern() {
 
     float scale = 1.0f;
     if (q_scale) scale *= scaling_factor(*q_scale);
-    if (scale_node) scale *= scaling_factor(*scale_node);
+    const bool per_head = scale_node && !scalar_scaling(*scale_node);
+    if (scale_node && !per_head) scale *= scaling_factor(*scale_node);
     Value* q = q_scale ? q_scale->input(0) : qk->input(0);
+    if (per_head) q = scale_query_per_head(g, av, q, scale_node->input(1), qk->name());
     Value* kt = qk->input(1);
     const size_t rank = kt->shape()->size();
 

@@ -62,4 +62,27 @@ inline Value* emit(Graph& g, const Node* position, const std::string& name, cons
   return n->output(0);
 }
 
+// A Mul of attention scores [..., H, S, S_k] by a float constant of one value per head (Swin V2's
+// logit scale, [H, 1, 1]): its trailing two dims 1, every other dim 1 or the scores'. A scalar is
+// not one (ComposeSDPA's and ComposeSwinAttention's scalar scale takes it).
+inline bool per_head_scaling(const Node& n, const Shape& scores) {
+  if (n.op_type() != "Mul" || n.num_inputs() != 2 || !is_float_constant(n.input(1))) return false;
+  const Shape& c = n.input(1)->constant().shape();
+  if (c.size() < 3 || c.size() > scores.size() || kernels::shape_numel(c) == 1) return false;
+  for (size_t i = 0; i < c.size(); ++i) {
+    const int64_t want = scores[scores.size() - c.size() + i];
+    const bool trailing = i + 2 >= c.size();
+    if (trailing ? c[i] != 1 : (c[i] != 1 && c[i] != want)) return false;
+  }
+  return true;
+}
+
+// Q [..., H, S, D] times such a per-head scale, inserted before `position`: (Q·s)·Kᵀ is the scaled
+// scores up to float rounding, and the product is the query an attention module then quantizes.
+inline Value* scale_query_per_head(Graph& g, const Node* position, Value* q, Value* scale,
+                                   const std::string& stem) {
+  return emit(g, position, g.unique_node_name(name_with(stem, "/QueryLogitScale")), "Mul",
+              {q, scale}, q->known_shape());
+}
+
 }  // namespace qforge::graph

@@ -277,7 +277,8 @@ bool has_constant_operand(const Node& n) {
   return n.num_inputs() == 2 && is_float_constant(n.input(1));
 }
 
-// 8-10 nodes. 0=Mul(q, c)?, 1=MatMul(Q, Kᵀ), 2=Mul(logit scale)? (refused: Swin V2),
+// 8-10 nodes. 0=Mul(q, c)?, 1=MatMul(Q, Kᵀ), 2=Mul(logit scale)? (one value, or one per head as
+// Swin V2's cosine attention has it, then applied to Q before the module),
 // 3=Add(bias [1, H, S, S]), 4=Reshape [B, nW, H, S, S], 5=Add(mask [1, nW, 1, S, S]),
 // 6=Reshape [N, H, S, S], 7=Softmax, 8=Dropout?, 9=MatMul(·, V).
 Pattern compose_swin_attention_pattern() {
@@ -302,9 +303,10 @@ Pattern compose_swin_attention_pattern() {
     const Node& qk = *m.node(g, "qk");
     const Node& av = *m.node(g, "av");
     if (const Node* logit = m.node(g, "logit_scale")) {
-      if (!scalar_constant(logit->input(1))) {
-        return "Swin V2 at " + logit->label() +
-               ": a per-head logit scale (cosine attention) is not supported";
+      if (!scalar_constant(logit->input(1)) && !per_head_scaling(*logit, *qk.output(0)->shape())) {
+        return logit->label() + ": the logit scale " +
+               shape_str(logit->input(1)->constant().shape()) +
+               " is neither one value nor one per head of the scores";
       }
     }
     if (const Node* q_scale = m.node(g, "q_scale");
@@ -366,8 +368,10 @@ Pattern compose_swin_attention_pattern() {
     Node* av = m.node(g, "av");
     float scale = 1.0f;
     if (q_scale) scale *= *scalar_constant(q_scale->input(1));
-    if (logit) scale *= *scalar_constant(logit->input(1));
+    const bool per_head = logit && !scalar_constant(logit->input(1));
+    if (logit && !per_head) scale *= *scalar_constant(logit->input(1));
     Value* q = q_scale ? q_scale->input(0) : qk->input(0);
+    if (per_head) q = scale_query_per_head(g, av, q, logit->input(1), qk->name());
     Node* k_transpose = qk->input(1)->producer();
     Value* k = k_transpose->input(0);
     Value* bias = m.node(g, "bias")->input(1);

@@ -1,6 +1,7 @@
 // Swin conversions: torchvision's window attention (shifted and unshifted) rebuilt as
 // SwinWindowPartition → MHAInProjection → SwinAttention → the out-projection MatMul →
-// SwinWindowReverse, Swin V2's logit scale and unexpected pads refused with their reasons,
+// SwinWindowReverse, Swin V2's per-head logit scale moved onto the query, scales of other shapes
+// and unexpected pads refused with their reasons,
 // lowering round trips through ONNX, and the bundled Swin computing the same.
 #include "graph/swin.h"
 
@@ -363,8 +364,37 @@ TEST(SwinWindows, NonZeroPadFillIsRefusedNamingThePad) {
   EXPECT_EQ(count(ops, "Concat"), 0u);
 }
 
-TEST(SwinAttention, RefusesSwinV2LogitScaleNamingTheNode) {
+// Swin V2's cosine attention multiplies the scores by a logit scale per head [H, 1, 1]: the
+// scale moves onto Q (Q·s)·Kᵀ = (Q·Kᵀ)·s, a Mul feeding the module's query, and the module keeps
+// the scalar query scale. Shifted windows become a SwinAttention, unshifted ones an SDPA with the
+// bias as its mask; both compute what the block computed, also once lowered back to ONNX.
+TEST(SwinAttention, SwinV2LogitScaleScalesTheQuery) {
+  for (bool shifted : {false, true}) {
+    SCOPED_TRACE(shifted ? "shifted" : "unshifted");
+    const auto r = testing::run_pass_test(
+        [&] { return swin_block({.shifted = shifted, .v2_logit_scale = true}); },
+        [](Graph& g) { convert(g); });
+    const char* module = shifted ? "SwinAttention" : "SDPA";
+    EXPECT_EQ(count(r.after, module), 1u);
+    EXPECT_EQ(count(r.after, "Softmax"), 0u);
+    const graph::Node* attn = only_node(*r.transformed, module);
+    ASSERT_NE(attn, nullptr);
+    EXPECT_FLOAT_EQ(attn->attr_float("scale"), 0.5f);
+    const graph::Node* query = attn->input(0)->producer();
+    ASSERT_NE(query, nullptr);
+    EXPECT_EQ(query->op_type(), "Mul");
+    EXPECT_EQ(query->input(1)->name(), "logit");
+    testing::expect_lowering_equivalent(*r.transformed, 2, 4);
+  }
+}
+
+// A scale that is neither one value nor one per head is refused naming the node.
+TEST(SwinAttention, RefusesAScaleOfAnotherShape) {
   auto g = swin_block({.shifted = true, .v2_logit_scale = true});
+  std::mt19937 rng(5);
+  graph::Node* logit = g->find_node("logit_scale");
+  ASSERT_NE(logit, nullptr);
+  g->set_input(logit, 1, g->add_constant("odd", random_tensor({2, 4, 1}, rng, 1.f, 3.f)));
   runtime::resolve(*g, {});
   const auto list = patterns();
   std::vector<std::string> reasons;
@@ -372,12 +402,10 @@ TEST(SwinAttention, RefusesSwinV2LogitScaleNamingTheNode) {
     if (e.match.pattern == "ComposeSwinAttention" && !e.apply) reasons.push_back(e.reason);
   }
   ASSERT_EQ(reasons.size(), 1u);
-  EXPECT_NE(reasons[0].find("Swin V2"), std::string::npos) << reasons[0];
-  EXPECT_NE(reasons[0].find("logit_scale"), std::string::npos) << reasons[0];
+  EXPECT_NE(reasons[0].find("'logit_scale'"), std::string::npos) << reasons[0];
+  EXPECT_NE(reasons[0].find("neither one value nor one per head"), std::string::npos) << reasons[0];
   convert(*g);
-  const auto counts = testing::count_ops(*g);
-  EXPECT_EQ(count(counts, "SwinAttention"), 0u);
-  EXPECT_EQ(count(counts, "Softmax"), 1u);
+  EXPECT_EQ(count(testing::count_ops(*g), "SwinAttention"), 0u);
 }
 
 // The bundled Swin (data/generate/models.py: depths [2, 2, 2]) has one window attention per
