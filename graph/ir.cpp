@@ -117,6 +117,7 @@ std::unique_ptr<Graph> Graph::clone() const {
     copy->shape_ = v->shape_;
     copy->constant_ = v->constant_;
     copy->released_ = v->released_;
+    copy->literal_ = v->literal_;
     copy->graph_input_ = v->graph_input_;
     copy->graph_output_ = v->graph_output_;
     map[v.get()] = copy.get();
@@ -310,13 +311,18 @@ void Graph::remove_node(Node* node) {
   std::erase_if(node_store_, [&](const std::unique_ptr<Node>& p) { return p.get() == node; });
 }
 
-void Graph::fold_node(Node* node, std::vector<Tensor> values) {
+void Graph::fold_node(Node* node, std::vector<Tensor> values, const Node* literal_from) {
   if (values.size() != node->outputs_.size()) {
     throw_internal("graph: folding " + node->label() + " with a wrong number of values");
+  }
+  bool literal = true;
+  for (const Value* in : (literal_from ? literal_from : node)->inputs_) {
+    if (in && in->is_constant() && !in->literal_) literal = false;
   }
   for (size_t i = 0; i < values.size(); ++i) {
     node->outputs_[i]->set_constant(std::move(values[i]));
     node->outputs_[i]->producer_ = nullptr;
+    node->outputs_[i]->literal_ = literal;
   }
   for (Value* in : node->inputs_) {
     if (!in) continue;

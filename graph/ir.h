@@ -42,6 +42,10 @@ class Value {
     return constant_;
   }
   bool is_released() const { return released_; }
+  // A constant the model writes as a literal: folded from a node that reads no other constant
+  // than literals (a Constant node's value, a LayerNorm's epsilon, GELU's √2), never from an
+  // initializer. Training leaves literals alone, as PyTorch does the numbers in a forward.
+  bool is_literal() const { return literal_; }
 
   bool is_graph_input() const { return graph_input_; }
   bool is_graph_output() const { return graph_output_; }
@@ -68,6 +72,7 @@ class Value {
   std::vector<Node*> consumers_;
   Tensor constant_;
   bool released_ = false;
+  bool literal_ = false;
   bool graph_input_ = false;
   bool graph_output_ = false;
 };
@@ -176,8 +181,10 @@ class Graph {
   // Removes a node and its outputs, which must have no consumers and not be graph outputs.
   void remove_node(Node* node);
   // Replaces a node by constants: its outputs keep their names and uses and now hold `values`.
-  // Constant inputs that nothing else reads are released (remove_dead then removes them).
-  void fold_node(Node* node, std::vector<Tensor> values);
+  // Constant inputs that nothing else reads are released (remove_dead then removes them). The
+  // outputs are literals when no input is a constant that is not (`literal_from` when given:
+  // the inputs of the node whose value this is, as a Q/DQ pair folds into its DequantizeLinear).
+  void fold_node(Node* node, std::vector<Tensor> values, const Node* literal_from = nullptr);
   // Removes nodes whose outputs nobody uses, and values nobody refers to.
   size_t remove_dead();
 

@@ -382,11 +382,14 @@ TrainingGraph build_training_graph(const Graph& fused, const QuantPlan& plan,
   Graph& g = *result.graph;
   QdqCounts count;
 
-  // What may be trained: the fused graph's float constants, except attention masks and the
-  // settings of ops (Resize's scales).
+  // What may be trained: the fused graph's float constants, except literals (numbers the model
+  // writes, such as a LayerNorm's epsilon written out), attention masks and the settings of ops
+  // (Resize's scales, Pow's exponent).
   std::set<std::string> candidates;
   for (const Value* v : fused.values()) {
-    if (v->is_constant() && v->dtype() == DType::kFloat32) candidates.insert(v->name());
+    if (v->is_constant() && v->dtype() == DType::kFloat32 && !v->is_literal()) {
+      candidates.insert(v->name());
+    }
   }
   for (const Node* n : fused.nodes()) {
     const graph::OpSchema* schema = graph::find_schema(n->op_type());

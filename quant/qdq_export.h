@@ -73,7 +73,8 @@ void save_qdq(const graph::Graph& fused, const QuantPlan& plan, const Activation
 struct TrainingGraph {
   std::unique_ptr<graph::Graph> graph;
   // The fused graph's float constants that training updates: weights, biases, BN γ and β,
-  // LayerNorm parameters, embeddings and position biases (attention masks are not).
+  // LayerNorm parameters, embeddings and position biases (attention masks, literals and op
+  // settings are not).
   std::vector<std::string> parameters;
   // BN running means and variances: updated by the training forward, never differentiated.
   std::vector<std::string> state;

@@ -233,7 +233,7 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
         const OpDef* fake = registry.find("FakeQuant");
         const std::vector<TensorInfo> fake_out = fake->infer(*node, infos);
         dq->output(0)->set_type(fake_out[0].dtype, fake_out[0].shape);
-        graph.fold_node(dq, evaluate(*node, *fake, infos, fake_out));
+        graph.fold_node(dq, evaluate(*node, *fake, infos, fake_out), node);
         folded_ahead.insert(dq);
         stats.folded_nodes += 2;
         continue;  // the QuantizeLinear is read by nothing now: remove_dead takes it

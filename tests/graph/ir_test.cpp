@@ -104,6 +104,41 @@ TEST(GraphIr, FoldNodeTurnsOutputsIntoConstants) {
   EXPECT_NO_THROW(g.check_consistency());
 }
 
+// A fold of nodes that read literals only (a Constant node, then arithmetic on its value) is a
+// literal; a fold that reads an initializer (a constant the graph was given) is not, even with
+// literals beside it; the flag survives a clone.
+TEST(GraphIr, FoldsOfLiteralsAreLiterals) {
+  Graph g;
+  Node* eps = g.add_node({.name = "eps", .op_type = "Constant", .output_names = {"e"}});
+  Node* twice = g.add_node({.name = "twice",
+                            .op_type = "Add",
+                            .inputs = {eps->output(0), eps->output(0)},
+                            .output_names = {"e2"}});
+  Value* w = g.add_constant("w", Tensor::from_vector<float>({2}, {1.f, 2.f}));
+  Node* scaled = g.add_node({.name = "scaled",
+                             .op_type = "Mul",
+                             .inputs = {w, twice->output(0)},
+                             .output_names = {"ws"}});
+  Value* x = g.add_input("x", DType::kFloat32, Shape{2});
+  Node* add = g.add_node(
+      {.name = "add", .op_type = "Add", .inputs = {x, scaled->output(0)}, .output_names = {"y"}});
+  Node* add2 = g.add_node({.name = "add2",
+                           .op_type = "Add",
+                           .inputs = {add->output(0), twice->output(0)},
+                           .output_names = {"z"}});
+  g.mark_output(add2->output(0));
+  EXPECT_FALSE(w->is_literal());
+  g.fold_node(eps, {Tensor::scalar_f32(1e-5f)});
+  g.fold_node(twice, {Tensor::scalar_f32(2e-5f)});
+  g.fold_node(scaled, {Tensor::from_vector<float>({2}, {2e-5f, 4e-5f})});
+  EXPECT_TRUE(g.find_value("e")->is_literal());
+  EXPECT_TRUE(g.find_value("e2")->is_literal());
+  EXPECT_FALSE(g.find_value("ws")->is_literal());
+  const auto copy = g.clone();
+  EXPECT_TRUE(copy->find_value("e2")->is_literal());
+  EXPECT_FALSE(copy->find_value("ws")->is_literal());
+}
+
 TEST(GraphIr, CloneIsDeepAndConsistent) {
   Chain c;
   c.relu->set_attr("alpha", 0.5f);
