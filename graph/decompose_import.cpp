@@ -17,58 +17,6 @@ namespace {
 
 constexpr int64_t kSwishOpset = 24;
 
-onnx::NodeProto& add_node(google::protobuf::RepeatedPtrField<onnx::NodeProto>& nodes,
-                          const std::string& op, const std::string& name, const std::string& a,
-                          const std::string& b, const std::string& out) {
-  onnx::NodeProto& n = *nodes.Add();
-  n.set_op_type(op);
-  n.set_name(name);
-  n.add_input(a);
-  if (!b.empty()) n.add_input(b);
-  n.add_output(out);
-  return n;
-}
-
-// Swish(x) = x · Sigmoid(alpha · x): Sigmoid then Mul(x, ·) as torch.onnx writes SiLU (alpha 1),
-// with a Mul by the constant alpha first otherwise. The last Mul keeps the node's name.
-void decompose_swish(const onnx::NodeProto& np, const std::string& name, int64_t opset,
-                     onnx::GraphProto& g, FreshValueNames& names,
-                     google::protobuf::RepeatedPtrField<onnx::NodeProto>& out) {
-  const std::string label = "import: node '" + name + "' (Swish)";
-  if (opset < kSwishOpset) {
-    throw_invalid(label + ": expected opset 24 or later for Swish, got opset " +
-                  std::to_string(opset));
-  }
-  if (np.input_size() != 1 || np.output_size() != 1 || np.input(0).empty()) {
-    throw_invalid(label + ": expected one input and one output, got " +
-                  std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
-  }
-  float alpha = 1.0f;
-  for (const auto& a : np.attribute()) {
-    if (a.name() != "alpha") {
-      throw_invalid(label + ": expected only attribute 'alpha', got '" + a.name() + "'");
-    }
-    if (a.type() != onnx::AttributeProto::FLOAT) {
-      throw_invalid(label + ": expected attribute 'alpha' a float, got " +
-                    onnx::AttributeProto::AttributeType_Name(a.type()));
-    }
-    alpha = a.f();
-  }
-  const std::string& x = np.input(0);
-  std::string gate_input = x;
-  if (alpha != 1.0f) {
-    onnx::TensorProto& t = *g.add_initializer();
-    t.set_name(names.take(name + "/alpha"));
-    t.set_data_type(onnx::TensorProto::FLOAT);
-    t.add_float_data(alpha);
-    gate_input = names.take(name + "/scaled");
-    add_node(out, "Mul", name + "/scale", x, t.name(), gate_input);
-  }
-  const std::string gate = names.take(name + "/sigmoid");
-  add_node(out, "Sigmoid", name + "/sigmoid", gate_input, "", gate);
-  add_node(out, "Mul", name, x, gate, np.output(0));
-}
-
 using Nodes = google::protobuf::RepeatedPtrField<onnx::NodeProto>;
 
 // Whether the file says `value` is boolean: its declaration (input, value_info), its
@@ -103,11 +51,11 @@ bool input_is_boolean(const onnx::GraphProto& g, const std::string& value) {
 
 constexpr int64_t kAttentionOpset = 23;  // Attention and RMSNormalization
 
-// Emits nodes under one stem, with fresh value names and constants as initializers.
+// Emits nodes under one stem, with fresh value names.
 class Emitter {
  public:
-  Emitter(const std::string& stem, onnx::GraphProto& g, FreshValueNames& names, Nodes& out)
-      : stem_(stem), g_(g), names_(names), out_(out) {}
+  Emitter(const std::string& stem, FreshValueNames& names, Nodes& out)
+      : stem_(stem), names_(names), out_(out) {}
 
   // A node `op` named stem/suffix reading `inputs`, its output a fresh value (or `output`).
   onnx::NodeProto& node(const std::string& op, const std::string& suffix,
@@ -124,20 +72,20 @@ class Emitter {
                     const std::vector<std::string>& inputs) {
     return node(op, suffix, inputs).output(0);
   }
+  // Constants as Constant nodes, as exporters write the numbers of a forward: they fold into
+  // literals, which training never makes parameters (graph::Value::is_literal).
   std::string floats(const std::string& suffix, float v) {
-    onnx::TensorProto& t = *g_.add_initializer();
-    t.set_name(names_.take(stem_ + "/" + suffix));
+    onnx::TensorProto& t = constant(suffix);
     t.set_data_type(onnx::TensorProto::FLOAT);
     t.add_float_data(v);
-    return t.name();
+    return out_.rbegin()->output(0);
   }
   std::string ints(const std::string& suffix, const std::vector<int64_t>& v, bool scalar = false) {
-    onnx::TensorProto& t = *g_.add_initializer();
-    t.set_name(names_.take(stem_ + "/" + suffix));
+    onnx::TensorProto& t = constant(suffix);
     t.set_data_type(onnx::TensorProto::INT64);
     if (!scalar) t.add_dims(static_cast<int64_t>(v.size()));
     for (int64_t x : v) t.add_int64_data(x);
-    return t.name();
+    return out_.rbegin()->output(0);
   }
   static void ints_attribute(onnx::NodeProto& n, const std::string& name,
                              const std::vector<int64_t>& v) {
@@ -154,8 +102,16 @@ class Emitter {
   }
 
  private:
+  // A Constant node stem/suffix; returns its value attribute's tensor to fill.
+  onnx::TensorProto& constant(const std::string& suffix) {
+    onnx::NodeProto& n = node("Constant", suffix, {});
+    onnx::AttributeProto& a = *n.add_attribute();
+    a.set_name("value");
+    a.set_type(onnx::AttributeProto::TENSOR);
+    return *a.mutable_t();
+  }
+
   const std::string& stem_;
-  onnx::GraphProto& g_;
   FreshValueNames& names_;
   Nodes& out_;
 };
@@ -224,7 +180,7 @@ AttentionAttributes attention_attributes(const onnx::NodeProto& np, const std::s
 // nonpad_kv_seqlen, present outputs), the qk_matmul_output, grouped-query heads, sliding
 // windows, a softmax in another precision.
 void decompose_attention(const onnx::NodeProto& np, const std::string& name, int64_t opset,
-                         onnx::GraphProto& g, FreshValueNames& names, Nodes& out) {
+                         const onnx::GraphProto& g, FreshValueNames& names, Nodes& out) {
   const std::string label = "import: node '" + name + "' (Attention)";
   if (opset < kAttentionOpset) {
     throw_invalid(label + ": expected opset 23 or later for Attention, got opset " +
@@ -257,7 +213,7 @@ void decompose_attention(const onnx::NodeProto& np, const std::string& name, int
     }
   }
   const AttentionAttributes at = attention_attributes(np, label);
-  Emitter e(name, g, names, out);
+  Emitter e(name, names, out);
   std::string q = np.input(0), k = np.input(1), v = np.input(2);
   const bool three_d = at.q_heads > 0;
   if (three_d) {  // [B, S, H·D] → [B, H, S, D]
@@ -337,12 +293,43 @@ void decompose_attention(const onnx::NodeProto& np, const std::string& name, int
   e.node("Reshape", "", {merged.output(0), e.ints("merged_shape", {0, 0, -1})}, np.output(0));
 }
 
+// Swish(x) = x · Sigmoid(alpha · x): Sigmoid then Mul(x, ·) as torch.onnx writes SiLU (alpha 1),
+// with a Mul by the constant alpha first otherwise. The last Mul keeps the node's name.
+void decompose_swish(const onnx::NodeProto& np, const std::string& name, int64_t opset,
+                     FreshValueNames& names, Nodes& out) {
+  const std::string label = "import: node '" + name + "' (Swish)";
+  if (opset < kSwishOpset) {
+    throw_invalid(label + ": expected opset 24 or later for Swish, got opset " +
+                  std::to_string(opset));
+  }
+  if (np.input_size() != 1 || np.output_size() != 1 || np.input(0).empty()) {
+    throw_invalid(label + ": expected one input and one output, got " +
+                  std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+  }
+  float alpha = 1.0f;
+  for (const auto& a : np.attribute()) {
+    if (a.name() != "alpha") {
+      throw_invalid(label + ": expected only attribute 'alpha', got '" + a.name() + "'");
+    }
+    if (a.type() != onnx::AttributeProto::FLOAT) {
+      throw_invalid(label + ": expected attribute 'alpha' a float, got " +
+                    onnx::AttributeProto::AttributeType_Name(a.type()));
+    }
+    alpha = a.f();
+  }
+  Emitter e(name, names, out);
+  const std::string& x = np.input(0);
+  const std::string gate_input =
+      alpha == 1.0f ? x : e.value("Mul", "scale", {x, e.floats("alpha", alpha)});
+  e.node("Mul", "", {x, e.value("Sigmoid", "sigmoid", {gate_input})}, np.output(0));
+}
+
 // RMSNormalization (opset 23) as its definition writes it: Mul(X, X) → ReduceMean over the axes
 // from `axis` on (keepdims) → Add(epsilon) → Sqrt → Div(X, ·) → Mul(scale), the last under the
 // node's name. A negative axis names the axes without the rank; a non-negative one takes them
 // from X's rank at run time (Range up to it, a constant once shapes are resolved).
 void decompose_rms_normalization(const onnx::NodeProto& np, const std::string& name, int64_t opset,
-                                 onnx::GraphProto& g, FreshValueNames& names, Nodes& out) {
+                                 FreshValueNames& names, Nodes& out) {
   const std::string label = "import: node '" + name + "' (RMSNormalization)";
   if (opset < kAttentionOpset) {
     throw_invalid(label + ": expected opset 23 or later for RMSNormalization, got opset " +
@@ -369,7 +356,7 @@ void decompose_rms_normalization(const onnx::NodeProto& np, const std::string& n
                     onnx::AttributeProto::AttributeType_Name(a.type()));
     }
   }
-  Emitter e(name, g, names, out);
+  Emitter e(name, names, out);
   const std::string& x = np.input(0);
   std::string axes;
   if (axis < 0) {
@@ -409,11 +396,11 @@ void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
     const std::string name = proto_node_name(np, index++);
     const bool standard = np.domain().empty() || np.domain() == "ai.onnx";
     if (standard && np.op_type() == "Swish") {
-      decompose_swish(np, name, opset, g, names, rewritten);
+      decompose_swish(np, name, opset, names, rewritten);
     } else if (standard && np.op_type() == "Attention") {
       decompose_attention(np, name, opset, g, names, rewritten);
     } else if (standard && np.op_type() == "RMSNormalization") {
-      decompose_rms_normalization(np, name, opset, g, names, rewritten);
+      decompose_rms_normalization(np, name, opset, names, rewritten);
     } else {
       *rewritten.Add() = np;
     }

@@ -229,7 +229,8 @@ TEST(OpsetCli, SwishFusesAsTheSigmoidMulExport) {
 // Before opset 17 torch writes LayerNorm out (ReduceMean, Sub, Pow, …): such a transformer
 // trains through Pow's backward, its exponent a setting that stays the literal 2 and its epsilon
 // a literal that training leaves alone, as PyTorch does: qat trains the same tensors as on the
-// opset-17 export (one LayerNormalization node) and writes as many Q/DQ points.
+// opset-17 export (one LayerNormalization node) and writes as many Q/DQ points. Likewise the
+// constants of an imported Attention's rewrite.
 TEST(OpsetCli, QatTrainsALayerNormWrittenOut) {
   TempDir dir;
   struct Run {
@@ -282,6 +283,14 @@ TEST(OpsetCli, QatTrainsALayerNormWrittenOut) {
     EXPECT_TRUE(found) << n.name() << ": exponent not an initializer";
   }
   EXPECT_EQ(pows, 2);  // one per LayerNorm
+  // The numbers the importer writes for an Attention node (its default scale's 1, …) are
+  // literals too: the same values train as on the opset-23 export without it (Q, K and V packed
+  // into one in-projection there, hence fewer tensors).
+  auto values = [](const std::string& trained) { return trained.substr(trained.find('(')); };
+  const Run attention = qat("transformer_attention_opset23");
+  const Run plain = qat("transformer_opset23");
+  EXPECT_FALSE(plain.trained.empty());
+  EXPECT_EQ(values(attention.trained), values(plain.trained));
 }
 
 TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
