@@ -31,9 +31,25 @@ void replace_output(Graph& g, Node& old_node, Value* replacement) {
   g.rename_value(replacement, name);
 }
 
+// x back through what Swin V2 applies to its Q and K before the scores, row by row: F.normalize's
+// Div by the row norm and the per-head logit scale's Mul by a constant (at most both).
+const Value* before_row_scaling(const Value* x) {
+  for (int step = 0; step < 2; ++step) {
+    const Node* p = x->producer();
+    const bool scaling =
+        p && ((p->op_type() == "Mul" && is_float_constant(p->input(1))) || p->op_type() == "Div");
+    if (!scaling) break;
+    x = p->input(0);
+  }
+  return x;
+}
+
 // Q, K, V [N, H, S, D] come out of one Swin QKV split: one MHAInProjection's outputs 0, 1, 2, or
-// Gather 0, 1, 2 (axis 0) of one Transpose(2, 0, 3, 1, 4).
+// Gather 0, 1, 2 (axis 0) of one Transpose(2, 0, 3, 1, 4); Q and K possibly normalised and
+// scaled per head first (Swin V2's cosine attention).
 bool from_swin_qkv_split(const Value* q, const Value* k, const Value* v) {
+  q = before_row_scaling(q);
+  k = before_row_scaling(k);
   const Node* pq = q->producer();
   const Node* pk = k->producer();
   const Node* pv = v->producer();

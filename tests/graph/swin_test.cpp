@@ -366,16 +366,18 @@ TEST(SwinWindows, NonZeroPadFillIsRefusedNamingThePad) {
 
 // Swin V2's cosine attention multiplies the scores by a logit scale per head [H, 1, 1]: the
 // scale moves onto Q (Q·s)·Kᵀ = (Q·Kᵀ)·s, a Mul feeding the module's query, and the module keeps
-// the scalar query scale. Shifted windows become a SwinAttention, unshifted ones an SDPA with the
-// bias as its mask; both compute what the block computed, also once lowered back to ONNX.
+// the scalar query scale. Shifted and unshifted windows both become a SwinAttention (the query's
+// Mul does not hide the QKV split from SwinAttentionFromSDPA), computing what the block computed,
+// also once lowered back to ONNX.
 TEST(SwinAttention, SwinV2LogitScaleScalesTheQuery) {
   for (bool shifted : {false, true}) {
     SCOPED_TRACE(shifted ? "shifted" : "unshifted");
     const auto r = testing::run_pass_test(
         [&] { return swin_block({.shifted = shifted, .v2_logit_scale = true}); },
         [](Graph& g) { convert(g); });
-    const char* module = shifted ? "SwinAttention" : "SDPA";
+    const char* module = "SwinAttention";
     EXPECT_EQ(count(r.after, module), 1u);
+    EXPECT_EQ(count(r.after, "SDPA"), 0u);
     EXPECT_EQ(count(r.after, "Softmax"), 0u);
     const graph::Node* attn = only_node(*r.transformed, module);
     ASSERT_NE(attn, nullptr);
