@@ -207,8 +207,7 @@ Pattern compose_sdpa_pattern() {
   // The scores' scale: a scalar, or one value per head (Swin V2's logit scale, checked in
   // select against the scores' shape).
   auto scaling = [](const Node& n) {
-    return scalar_scaling(n) ||
-           (n.op_type() == "Mul" && n.num_inputs() == 2 && is_float_constant(n.input(1)));
+    return scalar_scaling(n) || (n.op_type() == "Mul" && has_constant_operand(n));
   };
   Fork fork;
   fork.node = one("av", {"MatMul"});
@@ -244,11 +243,8 @@ Pattern compose_sdpa_pattern() {
     if (axis != -1 && axis != static_cast<int64_t>(rank) - 1) {
       return softmax.label() + ": axis " + std::to_string(axis) + " is not the last";
     }
-    if (const Node* scale = m.node(g, "scale");
-        scale && !scalar_scaling(*scale) && !per_head_scaling(*scale, *qk.output(0)->shape())) {
-      return scale->label() + ": the scale " + shape_str(scale->input(1)->constant().shape()) +
-             " is neither one value nor one per head of the scores " +
-             shape_str(*qk.output(0)->shape());
+    if (const Node* scale = m.node(g, "scale")) {
+      if (auto why = scores_scale_refusal(*scale, *qk.output(0)->shape())) return why;
     }
     if (const Node* mask = m.node(g, "mask")) {
       const Value* mv = mask->input(1);

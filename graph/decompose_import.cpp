@@ -16,6 +16,15 @@ namespace qforge::graph {
 namespace {
 
 constexpr int64_t kSwishOpset = 24;
+constexpr int64_t kAttentionOpset = 23;  // Attention and RMSNormalization
+
+// Refuses a node whose op is newer than the model's opset.
+void require_opset(const std::string& label, const char* op, int64_t since, int64_t opset) {
+  if (opset < since) {
+    throw_invalid(label + ": expected opset " + std::to_string(since) + " or later for " + op +
+                  ", got opset " + std::to_string(opset));
+  }
+}
 
 using Nodes = google::protobuf::RepeatedPtrField<onnx::NodeProto>;
 
@@ -49,8 +58,6 @@ bool input_is_boolean(const onnx::GraphProto& g, const std::string& value) {
   return false;
 }
 
-constexpr int64_t kAttentionOpset = 23;  // Attention and RMSNormalization
-
 // Emits nodes under one stem, with fresh value names.
 class Emitter {
  public:
@@ -71,6 +78,14 @@ class Emitter {
   std::string value(const std::string& op, const std::string& suffix,
                     const std::vector<std::string>& inputs) {
     return node(op, suffix, inputs).output(0);
+  }
+  // The int64 scalar size of x's dim `axis` (negative from the back): Shape, then Gather under
+  // stem/part, a constant once shapes are resolved.
+  std::string dim(const std::string& x, int64_t axis, const std::string& part) {
+    const std::string shape = value("Shape", part + "_shape", {x});
+    onnx::NodeProto& d = node("Gather", part, {shape, ints(part + "_axis", {axis}, true)});
+    int_attribute(d, "axis", 0);
+    return d.output(0);
   }
   // Constants as Constant nodes, as exporters write the numbers of a forward: they fold into
   // literals, which training never makes parameters (graph::Value::is_literal).
@@ -182,10 +197,7 @@ AttentionAttributes attention_attributes(const onnx::NodeProto& np, const std::s
 void decompose_attention(const onnx::NodeProto& np, const std::string& name, int64_t opset,
                          const onnx::GraphProto& g, FreshValueNames& names, Nodes& out) {
   const std::string label = "import: node '" + name + "' (Attention)";
-  if (opset < kAttentionOpset) {
-    throw_invalid(label + ": expected opset 23 or later for Attention, got opset " +
-                  std::to_string(opset));
-  }
+  require_opset(label, "Attention", kAttentionOpset, opset);
   auto present = [](const auto& list, int i) { return i < list.size() && !list.Get(i).empty(); };
   if (np.input_size() < 3 || !present(np.input(), 0) || !present(np.input(), 1) ||
       !present(np.input(), 2)) {
@@ -235,10 +247,7 @@ void decompose_attention(const onnx::NodeProto& np, const std::string& name, int
   if (at.scale) {
     scale = e.floats("scale_value", *at.scale);
   } else {  // 1 / √(Q's last dim), as a float
-    const std::string q_shape = e.value("Shape", "q_shape", {q});
-    onnx::NodeProto& d = e.node("Gather", "head_size", {q_shape, e.ints("last", {-1}, true)});
-    Emitter::int_attribute(d, "axis", 0);
-    onnx::NodeProto& df = e.node("Cast", "head_size_float", {d.output(0)});
+    onnx::NodeProto& df = e.node("Cast", "head_size_float", {e.dim(q, -1, "head_size")});
     Emitter::int_attribute(df, "to", onnx::TensorProto::FLOAT);
     const std::string root = e.value("Sqrt", "head_size_sqrt", {df.output(0)});
     scale = e.value("Div", "default_scale", {e.floats("one", 1.0f), root});
@@ -263,13 +272,9 @@ void decompose_attention(const onnx::NodeProto& np, const std::string& name, int
   }
   if (at.causal) {  // -inf where key j > query i (no cache: no offset)
     auto positions = [&](const std::string& x, const std::string& part) {
-      const std::string shape = e.value("Shape", part + "_shape", {x});
-      onnx::NodeProto& len =
-          e.node("Gather", part + "_length", {shape, e.ints(part + "_axis", {-2}, true)});
-      Emitter::int_attribute(len, "axis", 0);
-      return e.value(
-          "Range", part + "_positions",
-          {e.ints(part + "_start", {0}, true), len.output(0), e.ints(part + "_step", {1}, true)});
+      return e.value("Range", part + "_positions",
+                     {e.ints(part + "_start", {0}, true), e.dim(x, -2, part + "_length"),
+                      e.ints(part + "_step", {1}, true)});
     };
     const std::string rows = e.value("Unsqueeze", "causal_rows",
                                      {positions(q, "query"), e.ints("causal_row_axis", {1})});
@@ -298,10 +303,7 @@ void decompose_attention(const onnx::NodeProto& np, const std::string& name, int
 void decompose_swish(const onnx::NodeProto& np, const std::string& name, int64_t opset,
                      FreshValueNames& names, Nodes& out) {
   const std::string label = "import: node '" + name + "' (Swish)";
-  if (opset < kSwishOpset) {
-    throw_invalid(label + ": expected opset 24 or later for Swish, got opset " +
-                  std::to_string(opset));
-  }
+  require_opset(label, "Swish", kSwishOpset, opset);
   if (np.input_size() != 1 || np.output_size() != 1 || np.input(0).empty()) {
     throw_invalid(label + ": expected one input and one output, got " +
                   std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
@@ -331,10 +333,7 @@ void decompose_swish(const onnx::NodeProto& np, const std::string& name, int64_t
 void decompose_rms_normalization(const onnx::NodeProto& np, const std::string& name, int64_t opset,
                                  FreshValueNames& names, Nodes& out) {
   const std::string label = "import: node '" + name + "' (RMSNormalization)";
-  if (opset < kAttentionOpset) {
-    throw_invalid(label + ": expected opset 23 or later for RMSNormalization, got opset " +
-                  std::to_string(opset));
-  }
+  require_opset(label, "RMSNormalization", kAttentionOpset, opset);
   if (np.input_size() != 2 || np.input(0).empty() || np.input(1).empty() || np.output_size() != 1) {
     throw_invalid(label + ": expected inputs X and scale and one output, got " +
                   std::to_string(np.input_size()) + " inputs and " +

@@ -217,7 +217,6 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
   }
   const std::unordered_map<std::string, int64_t> ranks = known_ranks(g);
   FreshValueNames names(g);
-  auto fresh = [&](const std::string& base) { return names.take(base); };
 
   google::protobuf::RepeatedPtrField<onnx::NodeProto> rewritten;
   int index = 0;
@@ -286,13 +285,13 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
     std::string a = np.input(0), b = np.input(1);
     if (!mm.perm_a.empty()) {
       lead_a = leading(a, mm.ellipsis_a, mm.letters_a);
-      const std::string out = fresh(name + "/a");
+      const std::string out = names.take(name + "/a");
       transpose(a, mm.perm_a, lead_a, "transpose_a", out);
       a = out;
     }
     if (!mm.perm_b.empty()) {
       lead_b = leading(b, mm.ellipsis_b, mm.letters_b);
-      const std::string out = fresh(name + "/b");
+      const std::string out = names.take(name + "/b");
       transpose(b, mm.perm_b, lead_b, "transpose_b", out);
       b = out;
     }
@@ -305,7 +304,7 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
       matmul.add_output(np.output(0));
       continue;
     }
-    const std::string product = fresh(name + "/product");
+    const std::string product = names.take(name + "/product");
     matmul.add_output(product);
     // MatMul broadcasts the inputs' ellipsis dims to the longer of them.
     const int64_t lead = std::max(leading(np.input(0), mm.ellipsis_a, mm.letters_a),

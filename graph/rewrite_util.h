@@ -62,11 +62,16 @@ inline Value* emit(Graph& g, const Node* position, const std::string& name, cons
   return n->output(0);
 }
 
+// A binary node whose second input is a float constant (a scale, a bias, a mask).
+inline bool has_constant_operand(const Node& n) {
+  return n.num_inputs() == 2 && is_float_constant(n.input(1));
+}
+
 // A Mul of attention scores [..., H, S, S_k] by a float constant of one value per head (Swin V2's
 // logit scale, [H, 1, 1]): its trailing two dims 1, every other dim 1 or the scores'. A scalar is
 // not one (ComposeSDPA's and ComposeSwinAttention's scalar scale takes it).
 inline bool per_head_scaling(const Node& n, const Shape& scores) {
-  if (n.op_type() != "Mul" || n.num_inputs() != 2 || !is_float_constant(n.input(1))) return false;
+  if (n.op_type() != "Mul" || !has_constant_operand(n)) return false;
   const Shape& c = n.input(1)->constant().shape();
   if (c.size() < 3 || c.size() > scores.size() || kernels::shape_numel(c) == 1) return false;
   for (size_t i = 0; i < c.size(); ++i) {
@@ -75,6 +80,14 @@ inline bool per_head_scaling(const Node& n, const Shape& scores) {
     if (trailing ? c[i] != 1 : (c[i] != 1 && c[i] != want)) return false;
   }
   return true;
+}
+
+// Why the scale node of attention scores [..., H, S, S_k] (a Mul or Div by a float constant) is no
+// scale the attention modules take, one value or one per head; nullopt when it is one.
+inline std::optional<std::string> scores_scale_refusal(const Node& n, const Shape& scores) {
+  if (scalar_constant(n.input(1)) || per_head_scaling(n, scores)) return std::nullopt;
+  return n.label() + ": the scale " + kernels::shape_str(n.input(1)->constant().shape()) +
+         " is neither one value nor one per head of the scores " + kernels::shape_str(scores);
 }
 
 // Q [..., H, S, D] times such a per-head scale, inserted before `position`: (Q·s)·Kᵀ is the scaled

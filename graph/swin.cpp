@@ -289,10 +289,6 @@ constexpr std::array kSwinSchemas = {
 // ---------------------------------------------------------------------------------------------
 // ComposeSwinAttention (shifted windows)
 
-bool has_constant_operand(const Node& n) {
-  return n.num_inputs() == 2 && is_float_constant(n.input(1));
-}
-
 // 8-10 nodes. 0=Mul(q, c)?, 1=MatMul(Q, Kᵀ), 2=Mul(logit scale)? (one value, or one per head as
 // Swin V2's cosine attention has it, then applied to Q before the module),
 // 3=Add(bias [1, H, S, S]), 4=Reshape [B, nW, H, S, S], 5=Add(mask [1, nW, 1, S, S]),
@@ -319,11 +315,7 @@ Pattern compose_swin_attention_pattern() {
     const Node& qk = *m.node(g, "qk");
     const Node& av = *m.node(g, "av");
     if (const Node* logit = m.node(g, "logit_scale")) {
-      if (!scalar_constant(logit->input(1)) && !per_head_scaling(*logit, *qk.output(0)->shape())) {
-        return logit->label() + ": the logit scale " +
-               shape_str(logit->input(1)->constant().shape()) +
-               " is neither one value nor one per head of the scores";
-      }
+      if (auto why = scores_scale_refusal(*logit, *qk.output(0)->shape())) return why;
     }
     if (const Node* q_scale = m.node(g, "q_scale");
         q_scale && !scalar_constant(q_scale->input(1))) {

@@ -7,4 +7,13 @@ namespace qforge::kernels {
 // tensor read by several nodes whose gradients sum (fan-out) without a separate Add pass.
 enum class GradMode { kOverwrite, kAccumulate };
 
+// One gradient element stored as `write` says.
+inline void store_gradient(float& out, float g, GradMode write) {
+  if (write == GradMode::kOverwrite) {
+    out = g;
+  } else {
+    out += g;
+  }
+}
+
 }  // namespace qforge::kernels

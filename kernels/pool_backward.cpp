@@ -263,12 +263,7 @@ void reduce_mean_backward(const ReducePlan& plan, const float* dy, float* dx, Gr
         at += (rest % plan.dims[a]) * out_stride[a];
         rest /= plan.dims[a];
       }
-      const float share = dy[at] / count;
-      if (write == GradMode::kOverwrite) {
-        dx[i] = share;
-      } else {
-        dx[i] += share;
-      }
+      store_gradient(dx[i], dy[at] / count, write);
     }
   });
 }

@@ -130,13 +130,7 @@ void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx, Gra
   parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const float g = dy[o];
-      for_each_reduced(w, o, [&](int64_t i) {
-        if (write == GradMode::kOverwrite) {
-          dx[i] = g;
-        } else {
-          dx[i] += g;
-        }
-      });
+      for_each_reduced(w, o, [&](int64_t i) { store_gradient(dx[i], g, write); });
     }
   });
 }
@@ -150,14 +144,8 @@ void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y,
       int64_t ties = 0;
       for_each_reduced(w, o, [&](int64_t i) { ties += x[i] == m; });
       const float share = ties > 0 ? dy[o] / static_cast<float>(ties) : 0.0f;
-      for_each_reduced(w, o, [&](int64_t i) {
-        const float g = x[i] == m ? share : 0.0f;
-        if (write == GradMode::kOverwrite) {
-          dx[i] = g;
-        } else {
-          dx[i] += g;
-        }
-      });
+      for_each_reduced(w, o,
+                       [&](int64_t i) { store_gradient(dx[i], x[i] == m ? share : 0.0f, write); });
     }
   });
 }
@@ -168,14 +156,7 @@ void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, 
   parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const float scale = y[o] == 0.0f ? 0.0f : dy[o] / y[o];
-      for_each_reduced(w, o, [&](int64_t i) {
-        const float g = x[i] * scale;
-        if (write == GradMode::kOverwrite) {
-          dx[i] = g;
-        } else {
-          dx[i] += g;
-        }
-      });
+      for_each_reduced(w, o, [&](int64_t i) { store_gradient(dx[i], x[i] * scale, write); });
     }
   });
 }

@@ -392,30 +392,20 @@ std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo
   return one_output(node, setup_reduce(node, inputs).out_shape);
 }
 
-std::unique_ptr<OpKernel> create_reduce_sum(const Node& node, std::span<const InputInfo> inputs,
-                                            std::span<const TensorInfo> /*outputs*/) {
-  const ReduceSetup s = setup_reduce(node, inputs);
-  return std::make_unique<ReduceKernel>(kernels::plan_reduce(inputs[0].shape, s.axes),
-                                        ReduceKernel::Kind::kSum);
-}
-
-std::unique_ptr<OpKernel> create_reduce_max(const Node& node, std::span<const InputInfo> inputs,
-                                            std::span<const TensorInfo> /*outputs*/) {
+// ReduceSum, ReduceMax and ReduceL2 on their setup; a maximum over an empty axis has no value.
+template <ReduceKernel::Kind kKind>
+std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
   const ReduceSetup s = setup_reduce(node, inputs);
   const Shape& x = inputs[0].shape;
-  for (int64_t a : s.axes) {
-    if (x[static_cast<size_t>(a)] == 0) {
-      fail_node(node, "nonempty reduced axes", shape_str(x));
+  if constexpr (kKind == ReduceKernel::Kind::kMax) {
+    for (int64_t a : s.axes) {
+      if (x[static_cast<size_t>(a)] == 0) {
+        fail_node(node, "nonempty reduced axes", shape_str(x));
+      }
     }
   }
-  return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), ReduceKernel::Kind::kMax);
-}
-
-std::unique_ptr<OpKernel> create_reduce_l2(const Node& node, std::span<const InputInfo> inputs,
-                                           std::span<const TensorInfo> /*outputs*/) {
-  const ReduceSetup s = setup_reduce(node, inputs);
-  return std::make_unique<ReduceKernel>(kernels::plan_reduce(inputs[0].shape, s.axes),
-                                        ReduceKernel::Kind::kL2);
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), kKind);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,9 +475,9 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"AveragePool", infer_average_pool, create_average_pool});
   registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});
   registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
-  registry.add({"ReduceSum", infer_reduce, create_reduce_sum});
-  registry.add({"ReduceMax", infer_reduce, create_reduce_max});
-  registry.add({"ReduceL2", infer_reduce, create_reduce_l2});
+  registry.add({"ReduceSum", infer_reduce, create_reduce<ReduceKernel::Kind::kSum>});
+  registry.add({"ReduceMax", infer_reduce, create_reduce<ReduceKernel::Kind::kMax>});
+  registry.add({"ReduceL2", infer_reduce, create_reduce<ReduceKernel::Kind::kL2>});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
   registry.add({"Softmax", infer_softmax, create_softmax});
 }
