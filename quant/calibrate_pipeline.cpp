@@ -171,7 +171,7 @@ SmoothQuantResult smooth_model(const CalibrationSetup& setup, std::unique_ptr<gr
     if (!rest_indices.empty()) {
       for_each_batch(
           data, rest_indices, static_cast<int64_t>(rest_indices.size()), false, *progress,
-          [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t count) {
+          [&](std::span<const kernels::Tensor> input, const std::vector<int64_t>&, size_t count) {
             const runtime::TransformResult partial = transform_at(*model, transform, count);
             SmoothQuantStats partial_stats(*partial.graph,
                                            find_smoothquant_sites(*partial.graph).sites);
@@ -181,9 +181,8 @@ SmoothQuantResult smooth_model(const CalibrationSetup& setup, std::unique_ptr<gr
     }
     model.reset();
     for_each_batch(data, full_indices, setup.batch, false, *progress,
-                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
-                     stats.observe_batch(input);
-                   });
+                   [&](std::span<const kernels::Tensor> input, const std::vector<int64_t>&,
+                       size_t) { stats.observe_batch(input); });
     progress->finish();
   });
   merge_ranks(comm, stats, timing);
@@ -292,25 +291,26 @@ CalibrationResult calibrate(std::unique_ptr<graph::Graph> model, const ModelLoad
     if (!rest_indices.empty()) {
       if (!model) model = reload();  // the SmoothQuant pass let it go
       const int64_t rows = static_cast<int64_t>(rest_indices.size());
-      for_each_batch(data, rest_indices, rows, false, *progress,
-                     [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
-                       const runtime::TransformResult partial =
-                           transform_at(*model, transform, static_cast<size_t>(rows));
-                       if (result.smoothing) fold_smoothing(*partial.graph, *result.smoothing);
-                       CalibrationStats partial_stats(*partial.graph,
-                                                      place_qdq(*partial.graph, placement));
-                       partial_stats.observe_batch(input);
-                       stats.merge(partial_stats);
-                     });
+      for_each_batch(
+          data, rest_indices, rows, false, *progress,
+          [&](std::span<const kernels::Tensor> input, const std::vector<int64_t>&, size_t) {
+            const runtime::TransformResult partial =
+                transform_at(*model, transform, static_cast<size_t>(rows));
+            if (result.smoothing) fold_smoothing(*partial.graph, *result.smoothing);
+            CalibrationStats partial_stats(*partial.graph, place_qdq(*partial.graph, placement));
+            partial_stats.observe_batch(input);
+            stats.merge(partial_stats);
+          });
       if (full_indices.empty()) first_batch_seconds = seconds_since(calibration_start);
     }
     model.reset();
-    for_each_batch(data, full_indices, setup.batch, false, *progress,
-                   [&](const kernels::Tensor& input, const std::vector<int64_t>&, size_t) {
-                     const auto batch_start = std::chrono::steady_clock::now();
-                     stats.observe_batch(input);
-                     if (first_batch_seconds < 0) first_batch_seconds = seconds_since(batch_start);
-                   });
+    for_each_batch(
+        data, full_indices, setup.batch, false, *progress,
+        [&](std::span<const kernels::Tensor> input, const std::vector<int64_t>&, size_t) {
+          const auto batch_start = std::chrono::steady_clock::now();
+          stats.observe_batch(input);
+          if (first_batch_seconds < 0) first_batch_seconds = seconds_since(batch_start);
+        });
     progress->finish();
   });
   merge_ranks(comm, stats, result.timing);

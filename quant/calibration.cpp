@@ -29,8 +29,8 @@ CalibrationStats::CalibrationStats(std::unique_ptr<graph::Graph> fused, QuantPla
 
 CalibrationStats::~CalibrationStats() = default;
 
-void CalibrationStats::observe_batch(const kernels::Tensor& input) {
-  pass_->run(input);
+void CalibrationStats::observe_batch(std::span<const kernels::Tensor> inputs) {
+  pass_->run(inputs);
   ++batches_;
 }
 

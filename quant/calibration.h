@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -46,9 +47,10 @@ class CalibrationStats {
   CalibrationStats(const CalibrationStats&) = delete;
   CalibrationStats& operator=(const CalibrationStats&) = delete;
 
-  // Runs one batch of a single-input model (any batch size) and feeds every point's observers.
-  // Invalid error naming the point when an activation holds NaN or Inf.
-  void observe_batch(const kernels::Tensor& input);
+  // Runs one batch (a tensor per model input, any batch size) and feeds every point's
+  // observers. Invalid error naming the point when an activation holds NaN or Inf.
+  void observe_batch(std::span<const kernels::Tensor> inputs);
+  void observe_batch(const kernels::Tensor& input) { observe_batch({&input, 1}); }
   // Folds in statistics of the same plan gathered elsewhere; exact (histograms merge exactly).
   void merge(const CalibrationStats& other);
   // Every point's statistics and the batch count as bytes, and another process's written ones

@@ -113,22 +113,23 @@ Evaluation reference_pass(const ModelLoader& reference, const SampleSource& data
   const auto progress = make_progress(progress_factory, setup.reference_label, indices.size());
   std::vector<double> log_p;
   double reference_ce = 0;
-  for_each_batch(
-      data, indices, setup.batch, true, *progress,
-      [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
-        const kernels::Tensor out = float_output(setup.stage, session.run(input), count);
-        expected.append(out.span<float>());
-        // Class labels say nothing about a dense output (a detector's boxes, a segmentation
-        // map): such a model is compared with the reference only.
-        result.labelled = result.labelled && classifier_output(out);
-        if (result.labelled) {
-          result.reference_correct += top1_correct(setup.stage, out, labels);
-          for (size_t i = 0; i < labels.size(); ++i) {
-            log_softmax(row_of(out, static_cast<int64_t>(i)), log_p);
-            reference_ce += -log_p[static_cast<size_t>(labels[i])];
-          }
-        }
-      });
+  for_each_batch(data, indices, setup.batch, true, *progress,
+                 [&](std::span<const kernels::Tensor> inputs, const std::vector<int64_t>& labels,
+                     size_t count) {
+                   const kernels::Tensor out =
+                       float_output(setup.stage, session.run(inputs), count);
+                   expected.append(out.span<float>());
+                   // Class labels say nothing about a dense output (a detector's boxes, a
+                   // segmentation map): such a model is compared with the reference only.
+                   result.labelled = result.labelled && classifier_output(out);
+                   if (result.labelled) {
+                     result.reference_correct += top1_correct(setup.stage, out, labels);
+                     for (size_t i = 0; i < labels.size(); ++i) {
+                       log_softmax(row_of(out, static_cast<int64_t>(i)), log_p);
+                       reference_ce += -log_p[static_cast<size_t>(labels[i])];
+                     }
+                   }
+                 });
   progress->finish();
   if (result.labelled) {
     result.reference_cross_entropy = reference_ce / static_cast<double>(indices.size());
@@ -136,8 +137,9 @@ Evaluation reference_pass(const ModelLoader& reference, const SampleSource& data
   return result;
 }
 
-// A model's outputs for an input batch, the batch's index in the pass given.
-using BatchRun = std::function<std::span<const kernels::Tensor>(const kernels::Tensor&, size_t)>;
+// A model's outputs for a batch of inputs, the batch's index in the pass given.
+using BatchRun =
+    std::function<std::span<const kernels::Tensor>(std::span<const kernels::Tensor>, size_t)>;
 
 // A session of `model`, run with its weights released as its kernels prepare them.
 std::unique_ptr<runtime::Session> session_of(std::unique_ptr<graph::Graph> model) {
@@ -147,27 +149,30 @@ std::unique_ptr<runtime::Session> session_of(std::unique_ptr<graph::Graph> model
 }
 
 BatchRun whole_model(runtime::Session& session) {
-  return [&session](const kernels::Tensor& input, size_t) { return session.run(input); };
+  return
+      [&session](std::span<const kernels::Tensor> inputs, size_t) { return session.run(inputs); };
 }
 
 // The quantized pass: the outputs `run` gives against the reference's, read from `expected` in
-// order, into `result` (figures, top-1, KL, cross-entropy); the first input batch into
+// order, into `result` (figures, top-1, KL, cross-entropy); the first batch's inputs into
 // `first_batch` when given.
 void quantized_pass(const BatchRun& run, const SampleSource& data, std::span<const size_t> indices,
                     const EvaluationSetup& setup, ProgressBar& progress, FloatStore& expected,
-                    Evaluation& result, kernels::Tensor* first_batch, int64_t* first_count) {
+                    Evaluation& result, std::vector<kernels::Tensor>* first_batch,
+                    int64_t* first_count) {
   runtime::OutputComparison comparison;
   size_t batch = 0;
   DivergenceSums sums;
   bool classifier = true;  // every batch's output is [rows, classes] float
   for_each_batch(
       data, indices, setup.batch, true, progress,
-      [&](const kernels::Tensor& input, const std::vector<int64_t>& labels, size_t count) {
-        if (first_batch && !first_batch->defined()) {
-          *first_batch = input.clone();
+      [&](std::span<const kernels::Tensor> inputs, const std::vector<int64_t>& labels,
+          size_t count) {
+        if (first_batch && first_batch->empty()) {
+          for (const kernels::Tensor& input : inputs) first_batch->push_back(input.clone());
           *first_count = static_cast<int64_t>(count);
         }
-        const kernels::Tensor got = float_output(setup.stage, run(input, batch++), count);
+        const kernels::Tensor got = float_output(setup.stage, run(inputs, batch++), count);
         kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
         expected.read(expected_rows.span<float>());
         comparison.add(expected_rows, got);
@@ -206,7 +211,7 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
   const std::vector<size_t> indices = evaluation_indices(data, setup);
   std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
   Evaluation result = reference_pass(reference, data, indices, setup, progress_factory, *expected);
-  kernels::Tensor first_batch;  // the flip injections run on its first first_count rows
+  std::vector<kernels::Tensor> first_batch;  // flips are injected in its first first_count rows
   int64_t first_count = 0;
   {
     const auto progress = make_progress(progress_factory, setup.quantized_label, indices.size());
@@ -311,11 +316,14 @@ std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const Mo
     measure(whole_model(*session));
   }
   // Runs from a cut hold the base's values for each batch: the samples must be kept, and the
-  // model take one input at the batch of the evaluation.
-  const graph::Value* input = base_graph->inputs().size() == 1 ? base_graph->inputs()[0] : nullptr;
-  const bool from_cuts = kept && input && input->has_shape() && !input->shape()->empty() &&
-                         (*input->shape())[0] == setup.batch;
-  const std::string input_name = input ? input->name() : "";
+  // model take its inputs at the batch of the evaluation.
+  bool from_cuts = kept.has_value();
+  std::vector<std::string> input_names;
+  for (const graph::Value* input : base_graph->inputs()) {
+    from_cuts = from_cuts && input->has_shape() && !input->shape()->empty() &&
+                (*input->shape())[0] == setup.batch;
+    input_names.push_back(input->name());
+  }
   const SharedPrefix prefix(std::move(base_graph));
   const auto per_batch = static_cast<size_t>(setup.batch);
   const size_t batches = (indices.size() + per_batch - 1) / per_batch;
@@ -334,10 +342,15 @@ std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const Mo
     }
     if (held.empty()) {  // the values at cut 0: the input batches themselves
       const std::unique_ptr<ProgressBar> none = make_progress({}, "", 0);
-      for_each_batch(samples, indices, setup.batch, true, *none,
-                     [&](const kernels::Tensor& rows, const std::vector<int64_t>&, size_t) {
-                       held.push_back({{input_name, rows.clone()}});
-                     });
+      for_each_batch(
+          samples, indices, setup.batch, true, *none,
+          [&](std::span<const kernels::Tensor> rows, const std::vector<int64_t>&, size_t) {
+            std::map<std::string, kernels::Tensor, std::less<>> values;
+            for (size_t k = 0; k < rows.size(); ++k) {
+              values.emplace(input_names[k], rows[k].clone());
+            }
+            held.push_back(std::move(values));
+          });
       cut = 0;
     }
     if (d.cut > cut) {
@@ -376,7 +389,7 @@ std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const Mo
     }
     graph.reset();
     const auto session = session_of(std::move(d.rest));
-    measure([&](const kernels::Tensor&, size_t batch) {
+    measure([&](std::span<const kernels::Tensor>, size_t batch) {
       return session->run(inputs_from(session->graph(), held.at(batch)));
     });
   }

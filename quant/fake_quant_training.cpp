@@ -64,11 +64,13 @@ std::unique_ptr<runtime::ClassifierTraining> max_calibrated_fake_quant_training(
 }
 
 MaxCalibratedFakeQuant max_calibrated_fake_quant(const graph::Graph& model,
-                                                 const kernels::Tensor& batch,
+                                                 std::span<const kernels::Tensor> batch,
                                                  const MaxCalibratedOptions& options) {
-  if (batch.rank() < 1) throw_invalid("grad: the input batch has no batch axis");
+  if (batch.empty() || batch.front().rank() < 1) {
+    throw_invalid("grad: the input batch has no batch axis");
+  }
   runtime::TransformOptions transform;
-  transform.batch = batch.dim(0);
+  transform.batch = batch.front().dim(0);
   runtime::TransformResult transformed = runtime::transform_model(model, nullptr, transform);
   const QuantPlan plan = place_qdq(*transformed.graph);
   if (plan.activations.empty() && plan.weights.empty()) {

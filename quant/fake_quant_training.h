@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -60,9 +61,15 @@ struct MaxCalibratedFakeQuant {
   ActivationAmax amax;              // by point tensor
   std::vector<std::string> points;  // the point tensors, in plan order (outputs 1, 2, …)
 };
+// `batch`: one tensor per model input, in the model's order, of the same number of samples.
 MaxCalibratedFakeQuant max_calibrated_fake_quant(const graph::Graph& model,
-                                                 const kernels::Tensor& batch,
+                                                 std::span<const kernels::Tensor> batch,
                                                  const MaxCalibratedOptions& options);
+inline MaxCalibratedFakeQuant max_calibrated_fake_quant(const graph::Graph& model,
+                                                        const kernels::Tensor& batch,
+                                                        const MaxCalibratedOptions& options) {
+  return max_calibrated_fake_quant(model, {&batch, 1}, options);
+}
 
 // The gradients of a training on `model`'s fused graph keyed by the model's initializers: each
 // gradient of a constant that a transform derived (a Linear head as a 1×1 convolution's weight

@@ -127,17 +127,26 @@ struct Injection {
 
 }  // namespace
 
-FlipSensitivity flip_sensitivity(const graph::Graph& model, const Tensor& input,
+FlipSensitivity flip_sensitivity(const graph::Graph& model, std::span<const Tensor> inputs,
                                  const FlipSensitivityOptions& options) {
   // The clone shares the caller's weights: releasing them from it leaves the caller's intact.
-  return flip_sensitivity(model.clone(), input, options);
+  return flip_sensitivity(model.clone(), inputs, options);
 }
 
-FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model, const Tensor& input,
+FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
+                                 std::span<const Tensor> inputs,
                                  const FlipSensitivityOptions& options) {
   graph::Graph& g = *model;
-  runtime::resolve(g, {.input_shapes = {{g.inputs().at(0)->name(), input.shape()}}});
-  const int64_t batch = input.dim(0);
+  if (inputs.size() != g.inputs().size() || inputs.empty()) {
+    throw_invalid("flip sensitivity: the model takes " + std::to_string(g.inputs().size()) +
+                  " inputs, got " + std::to_string(inputs.size()));
+  }
+  runtime::ResolveOptions resolve_options;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    resolve_options.input_shapes[g.inputs()[i]->name()] = inputs[i].shape();
+  }
+  runtime::resolve(g, resolve_options);
+  const int64_t batch = inputs.front().dim(0);
   const std::map<std::string, runtime::BatchAxis> axes = batch_axes(g, batch);
   runtime::fuse_conv_epilogues(g);
   const std::vector<const graph::Node*> quantizers = activation_quantizers(g);
@@ -185,7 +194,7 @@ FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model, const Tens
   }
 
   runtime::Executor executor(g, {.release_prepared_constants = true});
-  const std::span<const Tensor> in(&input, 1);
+  const std::span<const Tensor> in = inputs;
   const Tensor baseline = executor.run(in)[0].clone();
   const SampleLayout measured = output_samples ? *output_samples : rows_of(baseline);
 

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "graph/ir.h"
@@ -43,18 +45,28 @@ struct FlipSensitivity {
 };
 
 // Injects options.injections flips into `model` (a Q/DQ graph as loaded; resolved here at the
-// input's shape) running `input` (a single-input model): each draws a point uniformly, then an
-// element of it uniformly (where the batch can be followed: injection k goes to sample
-// k mod samples, and the element is drawn from that sample's part of the point), moves that
-// element's integer one step towards its pre-quant value's other neighbour (saturation
-// permitting) and runs the model. Deterministic for a seed, any thread count. Invalid error when
-// the model has no activation point.
-FlipSensitivity flip_sensitivity(const graph::Graph& model, const kernels::Tensor& input,
+// inputs' shapes) running `inputs` (a tensor per model input): each draws a point uniformly, then
+// an element of it uniformly (where the batch can be followed: injection k goes to sample k mod
+// samples, and the element is drawn from that sample's part of the point), moves that element's
+// integer one step towards its pre-quant value's other neighbour (saturation permitting) and runs
+// the model. Deterministic for a seed, any thread count. Invalid error when the model has no
+// activation point.
+FlipSensitivity flip_sensitivity(const graph::Graph& model, std::span<const kernels::Tensor> inputs,
                                  const FlipSensitivityOptions& options = {});
+inline FlipSensitivity flip_sensitivity(const graph::Graph& model, const kernels::Tensor& input,
+                                        const FlipSensitivityOptions& options = {}) {
+  return flip_sensitivity(model, {&input, 1}, options);
+}
 // The same on a model the call consumes: its weights are released as the executor prepares them
 // (runtime::ExecutorOptions::release_prepared_constants), so that the model's float weights and
 // their prepared copies are never all resident together.
-FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model, const kernels::Tensor& input,
+FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
+                                 std::span<const kernels::Tensor> inputs,
                                  const FlipSensitivityOptions& options = {});
+inline FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
+                                        const kernels::Tensor& input,
+                                        const FlipSensitivityOptions& options = {}) {
+  return flip_sensitivity(std::move(model), {&input, 1}, options);
+}
 
 }  // namespace qforge::quant

@@ -22,8 +22,10 @@ ObservedPass::ObservedPass(std::unique_ptr<graph::Graph> fused, std::vector<std:
 
 ObservedPass::~ObservedPass() = default;
 
-void ObservedPass::run(const kernels::Tensor& input) {
-  runtime::Executor& executor = session_->executor_for({input.shape()});
+void ObservedPass::run(std::span<const kernels::Tensor> inputs) {
+  std::vector<graph::Shape> shapes;
+  for (const kernels::Tensor& input : inputs) shapes.push_back(input.shape());
+  runtime::Executor& executor = session_->executor_for(shapes);
   if (tapped_.insert(&executor).second) {
     for (size_t i = 0; i < tensors_.size(); ++i) {
       executor.add_tap(tensors_[i], [this, i](const kernels::Tensor& value) {
@@ -35,7 +37,7 @@ void ObservedPass::run(const kernels::Tensor& input) {
       });
     }
   }
-  session_->run(input);
+  session_->run(inputs);
 }
 
 }  // namespace qforge::quant

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -29,8 +30,9 @@ class ObservedPass {
   ObservedPass(const ObservedPass&) = delete;
   ObservedPass& operator=(const ObservedPass&) = delete;
 
-  // Runs one batch of a single-input model, compiling (and tapping) its shape the first time.
-  void run(const kernels::Tensor& input);
+  // Runs one batch (a tensor per model input), compiling (and tapping) its shapes the first
+  // time.
+  void run(std::span<const kernels::Tensor> inputs);
 
  private:
   std::vector<std::string> tensors_;

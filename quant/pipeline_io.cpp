@@ -25,10 +25,46 @@ ModelLoader model_file(std::string path, graph::ImportOptions options) {
   };
 }
 
+std::vector<kernels::Tensor> sample_batch(const SampleSource& data, int64_t rows) {
+  std::vector<kernels::Tensor> batch;
+  for (const SampleInput& input : data.inputs()) {
+    graph::Shape shape = input.shape;
+    shape.insert(shape.begin(), rows);
+    batch.emplace_back(input.dtype, shape);
+  }
+  return batch;
+}
+
+size_t sample_bytes(const SampleSource& data) {
+  size_t bytes = 0;
+  for (const SampleInput& input : data.inputs()) {
+    bytes +=
+        static_cast<size_t>(kernels::shape_numel(input.shape)) * kernels::dtype_size(input.dtype);
+  }
+  return bytes;
+}
+
+namespace {
+
+// Bytes of one sample of `t`, a batch.
+size_t row_bytes(const kernels::Tensor& t) {
+  return t.dim(0) == 0 ? 0 : t.nbytes() / static_cast<size_t>(t.dim(0));
+}
+
+std::byte* row_at(kernels::Tensor& t, size_t i) {
+  return static_cast<std::byte*>(t.raw()) + i * row_bytes(t);
+}
+
+const std::byte* row_at(const kernels::Tensor& t, size_t i) {
+  return static_cast<const std::byte*>(t.raw()) + i * row_bytes(t);
+}
+
+}  // namespace
+
 KeptSamples::KeptSamples(const SampleSource& data, std::vector<size_t> indices)
     : data_(data),
       indices_(std::move(indices)),
-      row_(static_cast<size_t>(kernels::shape_numel(data.sample_shape()))),
+      row_(sample_bytes(data)),
       rows_(indices_.size() * row_),
       labels_(data.labelled() ? indices_.size() : 0),
       kept_(indices_.size(), false) {
@@ -38,10 +74,10 @@ KeptSamples::KeptSamples(const SampleSource& data, std::vector<size_t> indices)
 }
 
 size_t KeptSamples::bytes(const SampleSource& data, size_t count) {
-  return count * static_cast<size_t>(kernels::shape_numel(data.sample_shape())) * sizeof(float);
+  return count * sample_bytes(data);
 }
 
-void KeptSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
+void KeptSamples::load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
                        std::vector<int64_t>& labels) const {
   std::vector<size_t> slots(indices.size());
   std::vector<size_t> missing;  // indices of `data` read now, in the order asked
@@ -58,33 +94,38 @@ void KeptSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
     }
   }
   // Keeps the rows just read (row j for slot slots_read[j]) and their labels.
-  auto keep = [&](const std::vector<size_t>& slots_read, const kernels::Tensor& read,
+  auto keep = [&](const std::vector<size_t>& slots_read, std::span<const kernels::Tensor> read,
                   const std::vector<int64_t>& read_labels) {
     for (size_t j = 0; j < slots_read.size(); ++j) {
-      std::memcpy(rows_.data() + slots_read[j] * row_, read.data<float>() + j * row_,
-                  row_ * sizeof(float));
+      std::byte* kept = rows_.data() + slots_read[j] * row_;
+      for (const kernels::Tensor& input : read) {
+        std::memcpy(kept, row_at(input, j), row_bytes(input));
+        kept += row_bytes(input);
+      }
       if (!labels_.empty()) labels_[slots_read[j]] = read_labels.at(j);
       kept_[slots_read[j]] = true;
     }
   };
-  if (missing.size() == indices.size() && rows.dim(0) == static_cast<int64_t>(indices.size())) {
+  if (missing.size() == indices.size() &&
+      rows.front().dim(0) == static_cast<int64_t>(indices.size())) {
     // None kept yet (a first pass): read straight into `rows` and keep a copy.
     data_.load(indices, rows, labels);
     keep(slots, rows, labels);
     return;
   }
   if (!missing.empty()) {
-    graph::Shape shape = data_.sample_shape();
-    shape.insert(shape.begin(), static_cast<int64_t>(missing.size()));
-    kernels::Tensor read(kernels::DType::kFloat32, shape);
+    std::vector<kernels::Tensor> read = sample_batch(data_, static_cast<int64_t>(missing.size()));
     std::vector<int64_t> read_labels;
     data_.load(missing, read, read_labels);
     keep(missing_slots, read, read_labels);
   }
   labels.clear();
-  float* out = rows.data<float>();
   for (size_t i = 0; i < indices.size(); ++i) {
-    std::memcpy(out + i * row_, rows_.data() + slots[i] * row_, row_ * sizeof(float));
+    const std::byte* kept = rows_.data() + slots[i] * row_;
+    for (kernels::Tensor& input : rows) {
+      std::memcpy(row_at(input, i), kept, row_bytes(input));
+      kept += row_bytes(input);
+    }
     if (!labels_.empty()) labels.push_back(labels_[slots[i]]);
   }
 }
@@ -118,21 +159,22 @@ std::unique_ptr<ProgressBar> make_progress(const ProgressFactory& factory, std::
 void for_each_batch(const SampleSource& data, std::span<const size_t> indices, int64_t batch,
                     bool pad, ProgressBar& progress, const BatchFn& fn) {
   const auto b = static_cast<size_t>(batch);
-  const size_t row = static_cast<size_t>(kernels::shape_numel(data.sample_shape()));
-  graph::Shape shape = data.sample_shape();
-  shape.insert(shape.begin(), batch);
-  kernels::Tensor buffer(kernels::DType::kFloat32, shape);  // reused by every batch
-  float* p = buffer.data<float>();
+  std::vector<kernels::Tensor> buffers = sample_batch(data, batch);  // reused by every batch
+  std::vector<kernels::Tensor> rows(buffers.size());
   std::vector<int64_t> labels;
   for (size_t begin = 0; begin < indices.size(); begin += b) {
     const size_t count = std::min(b, indices.size() - begin);
-    kernels::Tensor rows = count == b ? buffer : buffer.slice_rows(0, static_cast<int64_t>(count));
+    for (size_t k = 0; k < buffers.size(); ++k) {
+      rows[k] = count == b ? buffers[k] : buffers[k].slice_rows(0, static_cast<int64_t>(count));
+    }
     data.load(indices.subspan(begin, count), rows, labels);
     if (!data.labelled()) labels.clear();
-    for (size_t i = count; pad && i < b; ++i) {
-      std::memcpy(p + i * row, p + (count - 1) * row, row * sizeof(float));
+    for (kernels::Tensor& input : buffers) {
+      for (size_t i = count; pad && i < b; ++i) {
+        std::memcpy(row_at(input, i), row_at(input, count - 1), row_bytes(input));
+      }
     }
-    fn(pad ? buffer : rows, labels, count);
+    fn(pad ? buffers : rows, labels, count);
     progress.advance(count);
   }
 }

@@ -19,18 +19,35 @@
 
 namespace qforge::quant {
 
-// Inputs of a single-input model, addressed by sample index.
+// One model input as samples hold it: its element type and its shape without the batch dim.
+struct SampleInput {
+  kernels::DType dtype = kernels::DType::kFloat32;
+  graph::Shape shape;
+};
+
+// A model's inputs, addressed by sample index: one float32 input for images and .npy rows, one
+// array per input, of the input's own type (token ids, masks), for multi-input data.
 class SampleSource {
  public:
   virtual ~SampleSource() = default;
   virtual size_t size() const = 0;
-  virtual const graph::Shape& sample_shape() const = 0;  // without the batch dim
+  // In the model's input order.
+  virtual const std::vector<SampleInput>& inputs() const = 0;
+  // The first input's shape, without the batch dim.
+  const graph::Shape& sample_shape() const { return inputs().front().shape; }
   virtual bool labelled() const = 0;
-  // Fills `rows` ([indices.size(), sample_shape...] float32) with the samples `indices`, and
-  // `labels` (cleared first) with their class labels when the source is labelled.
-  virtual void load(std::span<const size_t> indices, kernels::Tensor& rows,
+  // Fills `rows` (one tensor per input, [indices.size(), shape...] of its dtype) with the
+  // samples `indices`, and `labels` (cleared first) with their class labels when the source is
+  // labelled.
+  virtual void load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
                     std::vector<int64_t>& labels) const = 0;
 };
+
+// One tensor per input of `data`, each of `rows` samples.
+std::vector<kernels::Tensor> sample_batch(const SampleSource& data, int64_t rows);
+
+// Bytes one sample of `data` takes, all its inputs together.
+size_t sample_bytes(const SampleSource& data);
 
 // The most memory a pass over the data keeps samples in for the passes after it
 // (evaluate_each: --sensitivity's 64 samples of 3×224×224 take 37 MiB; train_qat's epochs).
@@ -44,9 +61,9 @@ class KeptSamples : public SampleSource {
  public:
   KeptSamples(const SampleSource& data, std::vector<size_t> indices);
   size_t size() const override { return data_.size(); }
-  const graph::Shape& sample_shape() const override { return data_.sample_shape(); }
+  const std::vector<SampleInput>& inputs() const override { return data_.inputs(); }
   bool labelled() const override { return data_.labelled(); }
-  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
             std::vector<int64_t>& labels) const override;
   // Bytes the samples of `count` indices of `data` take in memory.
   static size_t bytes(const SampleSource& data, size_t count);
@@ -54,9 +71,10 @@ class KeptSamples : public SampleSource {
  private:
   const SampleSource& data_;
   std::vector<size_t> indices_;
-  size_t row_ = 0;  // floats per sample
-  // Filled as the samples are first read; a const load fills them, as a cache.
-  mutable std::vector<float> rows_;
+  size_t row_ = 0;  // bytes per sample, all inputs together
+  // Filled as the samples are first read (sample by sample, each input's row in turn); a const
+  // load fills them, as a cache.
+  mutable std::vector<std::byte> rows_;
   mutable std::vector<int64_t> labels_;
   mutable std::vector<bool> kept_;
 };
@@ -110,12 +128,12 @@ using FloatStoreFactory = std::function<std::unique_ptr<FloatStore>()>;
 // image folder is sorted by class, so a prefix would miss whole classes.
 std::vector<size_t> spread_indices(size_t size, int64_t limit);
 
-// Calls fn(input, labels, count) for the samples `indices` of `data` in batches of `batch`,
-// advancing `progress`. With `pad` the input always has `batch` rows (rows past `count` repeat
+// Calls fn(inputs, labels, count) for the samples `indices` of `data` in batches of `batch`,
+// advancing `progress`. With `pad` the inputs always have `batch` rows (rows past `count` repeat
 // the last sample, for a model whose batch is fixed); without, the last batch has only `count`
 // rows. labels is empty for unlabelled data. The caller finishes `progress`.
-using BatchFn = std::function<void(const kernels::Tensor& input, const std::vector<int64_t>& labels,
-                                   size_t count)>;
+using BatchFn = std::function<void(std::span<const kernels::Tensor> inputs,
+                                   const std::vector<int64_t>& labels, size_t count)>;
 void for_each_batch(const SampleSource& data, std::span<const size_t> indices, int64_t batch,
                     bool pad, ProgressBar& progress, const BatchFn& fn);
 

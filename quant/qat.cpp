@@ -462,9 +462,13 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   if (setup.distill_temperature) {
     teacher_session = std::make_unique<runtime::Session>(teacher->clone());
   }
-  if ((setup.augment_flip || setup.augment_crop) && data.sample_shape().size() != 3) {
-    throw_invalid("qat: --augment needs image inputs [N, C, H, W], the model takes " +
-                  kernels::shape_str(data.sample_shape()) + " per sample");
+  if ((setup.augment_flip || setup.augment_crop) &&
+      (data.inputs().size() != 1 || data.inputs()[0].dtype != kernels::DType::kFloat32 ||
+       data.sample_shape().size() != 3)) {
+    throw_invalid("qat: --augment needs one image input [N, C, H, W], the model takes " +
+                  (data.inputs().size() == 1
+                       ? kernels::shape_str(data.sample_shape()) + " per sample"
+                       : std::to_string(data.inputs().size()) + " inputs"));
   }
   std::vector<float> augment_scratch;
   // Epochs after the first read their samples, and the float model's outputs for them, from
@@ -484,9 +488,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   if (several_epochs && teacher_session && !setup.augment_flip && !setup.augment_crop) {
     teacher_kept.emplace(data.size());
   }
-  graph::Shape rows_shape = data.sample_shape();
-  rows_shape.insert(rows_shape.begin(), local_rows);
-  kernels::Tensor rows(kernels::DType::kFloat32, rows_shape);
+  std::vector<kernels::Tensor> rows = sample_batch(data, local_rows);
   kernels::Tensor labels(kernels::DType::kInt64, {local_rows});
   kernels::Tensor teacher_logits;
   std::vector<int64_t> label_list;
@@ -518,7 +520,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     auto load = [&] {
       source.load(indices, rows, label_list);
       if (setup.augment_flip || setup.augment_crop) {
-        augment(rows, setup, step, local_first, augment_scratch);
+        augment(rows.front(), setup, step, local_first, augment_scratch);
       }
       if (setup.use_labels) {
         std::memcpy(labels.data<int64_t>(), label_list.data(), label_list.size() * sizeof(int64_t));

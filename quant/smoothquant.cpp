@@ -194,10 +194,10 @@ void SmoothQuantStats::release_forward() {
   pass_.reset();
 }
 
-void SmoothQuantStats::observe_batch(const kernels::Tensor& input) {
+void SmoothQuantStats::observe_batch(std::span<const kernels::Tensor> inputs) {
   if (!pass_) throw_internal("smoothquant: observe_batch after release_forward");
   if (sites_.empty()) return;  // nothing to tap: no forward pass needed
-  pass_->run(input);
+  pass_->run(inputs);
 }
 
 void SmoothQuantStats::merge(const SmoothQuantStats& other) {

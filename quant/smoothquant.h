@@ -66,8 +66,9 @@ class SmoothQuantStats {
   SmoothQuantStats(const SmoothQuantStats&) = delete;
   SmoothQuantStats& operator=(const SmoothQuantStats&) = delete;
 
-  // Runs one batch of a single-input model; Invalid error naming the tensor on NaN or Inf.
-  void observe_batch(const kernels::Tensor& input);
+  // Runs one batch (a tensor per model input); Invalid error naming the tensor on NaN or Inf.
+  void observe_batch(std::span<const kernels::Tensor> inputs);
+  void observe_batch(const kernels::Tensor& input) { observe_batch({&input, 1}); }
   // Frees the forward pass (its weights and buffers) and keeps the statistics; observe_batch
   // is an error afterwards.
   void release_forward();

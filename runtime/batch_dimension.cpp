@@ -219,6 +219,14 @@ class BatchFreer {
     const bool broadcasts = node.op_type() != "Concat";
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     const int64_t rows = axis < 0 ? 0 : s[static_cast<size_t>(axis)];
+    if (broadcasts && axis >= 0 && (carried.outer != 1 || carried.inner != 1 || rows != batch_) &&
+        same_along(t, static_cast<size_t>(axis))) {
+      // One value along the whole axis (the zeros an attention mask starts from, its rows
+      // batch × heads): one slice of it broadcasts at any batch.
+      edits_.push_back(
+          [this, n = &node, index, a = static_cast<size_t>(axis)] { first_slice(*n, index, a); });
+      return;
+    }
     if (axis < 0 || carried.outer != 1 || carried.inner != 1 || rows != batch_) {
       unsupported(node, "expected constant '" + v->name() + "' " + kernels::shape_str(s) +
                             " to broadcast along the batch axis " + std::to_string(axis));
@@ -239,6 +247,54 @@ class BatchFreer {
       }
     }
     edits_.push_back([this, n = &node, index, a] { expand_constant(*n, index, a); });
+  }
+
+  // Whether every slice of `t` along axis `a` holds the same bytes as the first.
+  static bool same_along(const Tensor& t, size_t a) {
+    const Shape& s = t.shape();
+    const int64_t outer = product(s, 0, a);
+    const int64_t n = s[a];
+    const size_t block =
+        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
+    const auto* bytes = static_cast<const std::byte*>(t.raw());
+    for (int64_t o = 0; o < outer; ++o) {
+      const std::byte* first = bytes + static_cast<size_t>(o * n) * block;
+      for (int64_t b = 1; b < n; ++b) {
+        if (std::memcmp(first, first + static_cast<size_t>(b) * block, block) != 0) return false;
+      }
+    }
+    return true;
+  }
+
+  // Input `index` of `node`, a constant the same along axis `a`, becomes its first slice there.
+  void first_slice(Node& node, size_t index, size_t a) {
+    Value* v = node.input(index);
+    const Tensor& t = v->constant();
+    const Shape& s = t.shape();
+    const int64_t outer = product(s, 0, a);
+    const int64_t n = s[a];
+    const int64_t block_elems = product(s, a + 1, s.size());
+    const size_t block = static_cast<size_t>(block_elems) * kernels::dtype_size(t.dtype());
+    const auto* bytes = static_cast<const std::byte*>(t.raw());
+    Shape one = s;
+    one[a] = 1;
+    Tensor slice(t.dtype(), one);
+    auto* dst = static_cast<std::byte*>(slice.raw());
+    for (int64_t o = 0; o < outer; ++o) {
+      std::memcpy(dst + static_cast<size_t>(o) * block, bytes + static_cast<size_t>(o * n) * block,
+                  block);
+    }
+    Value* sliced = g_.add_constant(g_.unique_value_name(v->name() + "_slice"), slice);
+    if (t.dtype() == DType::kFloat32) {
+      graph::DerivedTerm term{.source = v->name(), .source_shape = s};
+      for (int64_t o = 0; o < outer; ++o) {
+        for (int64_t j = 0; j < block_elems; ++j) {
+          term.pairs.emplace_back(o * block_elems + j, o * n * block_elems + j);
+        }
+      }
+      g_.record_derivation({.derived = sliced->name(), .shape = one, .terms = {term}});
+    }
+    g_.set_input(&node, index, sliced);
   }
 
   void expand_constant(Node& node, size_t index, size_t a) {
@@ -484,8 +540,16 @@ class BatchFreer {
       return;
     }
     if (op == "Gather") {
+      if (carried.front().first != 0) {
+        // Indices alone carry the batch (an embedding lookup of token ids): the output's axes
+        // are the data's before `axis`, then the indices' own.
+        const size_t data_rank = node.input(0)->known_shape().size();
+        const int k = normalized_axis(node.attr_int("axis", 0), data_rank);
+        set_axis(node, node.output(0), k + first.axis, first);
+        return;
+      }
       const int k = normalized_axis(node.attr_int("axis", 0), first_rank);
-      if (carried.front().first != 0) unsupported(node, "gathers with batch-dependent indices");
+      if (carried.size() > 1) unsupported(node, "gathers with batch-dependent indices");
       if (k == first.axis) unsupported(node, "gathers along the batch axis");
       const int q = static_cast<int>(node.input(1)->known_shape().size());
       set_axis(node, node.output(0), k < first.axis ? first.axis - 1 + q : first.axis, first);

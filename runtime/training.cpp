@@ -829,9 +829,10 @@ float ShardGroup::fold_gradients(std::span<const float> losses) {
 }
 
 ClassifierTraining::ClassifierTraining(const graph::Graph& model, int64_t batch) : batch_(batch) {
-  if (model.inputs().size() != 1 || model.outputs().empty()) {
-    throw_invalid("training: the model must have one input and an output of logits, it has " +
-                  std::to_string(model.inputs().size()) + " inputs");
+  if (model.inputs().empty() || model.outputs().empty()) {
+    throw_invalid("training: the model must have an input and an output of logits, it has " +
+                  std::to_string(model.inputs().size()) + " inputs and " +
+                  std::to_string(model.outputs().size()) + " outputs");
   }
   const std::vector<std::string> parameters = trainable_initializers(model);
   graph_ = model.clone();
@@ -845,9 +846,10 @@ ClassifierTraining::ClassifierTraining(const graph::Graph& model, int64_t batch)
 ClassifierTraining::ClassifierTraining(std::unique_ptr<graph::Graph> resolved,
                                        TrainingOptions options)
     : graph_(std::move(resolved)) {
-  if (graph_->inputs().size() != 1 || graph_->outputs().empty()) {
-    throw_invalid("training: the model must have one input and an output of logits, it has " +
-                  std::to_string(graph_->inputs().size()) + " inputs");
+  if (graph_->inputs().empty() || graph_->outputs().empty()) {
+    throw_invalid("training: the model must have an input and an output of logits, it has " +
+                  std::to_string(graph_->inputs().size()) + " inputs and " +
+                  std::to_string(graph_->outputs().size()) + " outputs");
   }
   batch_ = graph_->inputs()[0]->known_shape().at(0);
   set_up(std::move(options));
@@ -915,7 +917,12 @@ float ClassifierTraining::forward_backward(const Tensor& input, const Tensor& la
 }
 
 float ClassifierTraining::forward_backward(const Tensor& input, const ClassifierLoss& loss) {
-  const float local = forward_loss(input, loss);
+  return forward_backward({&input, 1}, loss);
+}
+
+float ClassifierTraining::forward_backward(std::span<const Tensor> inputs,
+                                           const ClassifierLoss& loss) {
+  const float local = forward_loss(inputs, loss);
   const float total = backward();
   return sharded() ? total : local;
 }
@@ -929,6 +936,10 @@ float ClassifierTraining::backward() {
 }
 
 float ClassifierTraining::forward_loss(const Tensor& input, const ClassifierLoss& loss) {
+  return forward_loss({&input, 1}, loss);
+}
+
+float ClassifierTraining::forward_loss(std::span<const Tensor> inputs, const ClassifierLoss& loss) {
   const Tensor* labels = loss.labels;
   const Tensor* teacher = loss.teacher_logits;
   const int64_t rows = local_batch();
@@ -938,9 +949,15 @@ float ClassifierTraining::forward_loss(const Tensor& input, const ClassifierLoss
   std::optional<Error> error;
   try {
     if (!labels && !teacher) throw_invalid("training: a step needs labels or a teacher's logits");
-    if (input.rank() < 1 || input.dim(0) != rows) {
-      throw_invalid("training: the input must hold " + std::to_string(rows) + " samples, got " +
-                    input.describe());
+    if (inputs.size() != graph_->inputs().size()) {
+      throw_invalid("training: the model takes " + std::to_string(graph_->inputs().size()) +
+                    " inputs, got " + std::to_string(inputs.size()));
+    }
+    for (const Tensor& input : inputs) {
+      if (input.rank() < 1 || input.dim(0) != rows) {
+        throw_invalid("training: the input must hold " + std::to_string(rows) + " samples, got " +
+                      input.describe());
+      }
     }
     if (labels) {
       if (labels->dtype() != DType::kInt64 || labels->rank() != 1 || labels->dim(0) != rows) {
@@ -975,11 +992,15 @@ float ClassifierTraining::forward_loss(const Tensor& input, const ClassifierLoss
   const float share = 1.0f / static_cast<float>(layout.total);
   if (sharded()) {
     for (int64_t j = 0; j < layout.count; ++j) {
-      shard_inputs_[static_cast<size_t>(j)][0] = input.slice_rows(j * batch_, (j + 1) * batch_);
+      std::vector<Tensor>& shard = shard_inputs_[static_cast<size_t>(j)];
+      shard.resize(inputs.size());
+      for (size_t k = 0; k < inputs.size(); ++k) {
+        shard[k] = inputs[k].slice_rows(j * batch_, (j + 1) * batch_);
+      }
     }
     group_->forward(shard_inputs_);
   } else {
-    executor().forward({&input, 1});
+    executor().forward(inputs);
   }
   if (teacher && !teacher_probabilities_.defined()) {
     teacher_probabilities_ = Tensor(DType::kFloat32, {rows, classes_});

@@ -246,11 +246,15 @@ class ClassifierTraining {
   // errors name what is wrong with the labels (on every process, when another's are wrong).
   float forward_backward(const Tensor& input, const Tensor& labels);
   float forward_backward(const Tensor& input, const ClassifierLoss& loss);
+  // A model of several inputs: one tensor per input, in the model's order, each of
+  // local_batch() rows.
+  float forward_backward(std::span<const Tensor> inputs, const ClassifierLoss& loss);
   // forward_backward in two halves, to time them apart: the forward and the loss, whose
   // gradient with respect to the logits is kept, then the backward from it. With shards,
   // forward_loss returns this process's shards' share of the loss and backward the whole
   // batch's.
   float forward_loss(const Tensor& input, const ClassifierLoss& loss);
+  float forward_loss(std::span<const Tensor> inputs, const ClassifierLoss& loss);
   float backward();
 
   int64_t batch() const { return batch_; }  // of one shard: the graph's batch

@@ -2,11 +2,13 @@
 // Dumps a Q/DQ model's per-tensor values from ONNX Runtime, for `qforge verify --reference`.
 //
 //   node tools/ort_dump.js <model.onnx> --data <inputs.npy>... -o <dump.npz | dump.json>
+//   node tools/ort_dump.js <model.onnx> --data <inputs.npz> -o <dump.npz | dump.json>
 //        [--optimization all|disabled] [--threads N] [--qforge PATH] [--no-mark]
 //
 // The model's Q/DQ points (each QuantizeLinear's input and integer output) are first marked as
 // graph outputs by `qforge verify --mark-outputs` (skipped with --no-mark, for a model marked
-// already), then ONNX Runtime runs the inputs (one .npy per model input, each one batch) and
+// already), then ONNX Runtime runs the inputs (one .npy per model input, each one batch, or one
+// .npz of an array per input keyed by input name, as `qforge verify --data` takes) and
 // every output is written: as an .npz (one .npy member per tensor, as np.savez writes) or, for a
 // .json path, as Polygraphy RunResults JSON (what `polygraphy run --save-outputs` writes).
 // --optimization sets ORT's graph optimisation level (default all, as deployed). The packages
@@ -30,7 +32,7 @@ const TYPES = [
 ];
 
 function usage() {
-  return 'usage: node tools/ort_dump.js <model.onnx> --data <inputs.npy>... -o <dump.npz|dump.json> ' +
+  return 'usage: node tools/ort_dump.js <model.onnx> --data <inputs.npy>...|<inputs.npz> -o <dump.npz|dump.json> ' +
          '[--optimization all|disabled] [--threads N] [--qforge PATH] [--no-mark]';
 }
 
@@ -84,6 +86,11 @@ function readNpy(file) {
   } catch (e) {
     throw new Error(`cannot read '${file}': ${e.code || e.message}`);
   }
+  return parseNpy(buf, file);
+}
+
+// An .npy file's bytes as {type, shape, data}; `file` names it in errors.
+function parseNpy(buf, file) {
   if (buf.length < 10 || buf.readUInt8(0) !== 0x93 || buf.toString('latin1', 1, 6) !== 'NUMPY') {
     throw new Error(`${file}: not an .npy file`);
   }
@@ -107,6 +114,29 @@ function readNpy(file) {
   }
   Buffer.from(data.buffer).set(buf.subarray(offset, offset + bytes));
   return {type, shape, data};
+}
+
+// The arrays of an .npz (np.savez), by name (the member's name less '.npy').
+async function readNpz(file) {
+  let buf;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    throw new Error(`cannot read '${file}': ${e.code || e.message}`);
+  }
+  let zip;
+  try {
+    zip = await loadJSZip().loadAsync(buf);
+  } catch (e) {
+    throw new Error(`${file}: not an .npz archive (${e.message})`);
+  }
+  const arrays = {};
+  for (const member of Object.keys(zip.files)) {
+    if (!member.endsWith('.npy')) continue;
+    const bytes = await zip.file(member).async('nodebuffer');
+    arrays[member.slice(0, -4)] = parseNpy(bytes, `${file}: '${member}'`);
+  }
+  return arrays;
 }
 
 // The bytes np.save writes for an ORT tensor (format 1.0, data 64-byte aligned).
@@ -194,15 +224,28 @@ async function main() {
       graphOptimizationLevel: opts.optimization,
       executionProviders: ['cpu'],
     });
-    if (opts.inputs.length !== session.inputNames.length) {
-      throw new Error(`${opts.model}: the model takes ${session.inputNames.length} inputs, got ` +
-                      `${opts.inputs.length}`);
-    }
     const feeds = {};
-    session.inputNames.forEach((name, i) => {
-      const t = readNpy(opts.inputs[i]);
-      feeds[name] = new ort.Tensor(t.type.ort, t.data, t.shape);
-    });
+    if (opts.inputs.length === 1 && opts.inputs[0].endsWith('.npz')) {
+      // One array per model input, keyed by input name (as `qforge run --data` reads it).
+      const arrays = await readNpz(opts.inputs[0]);
+      for (const name of session.inputNames) {
+        const t = arrays[name];
+        if (!t) {
+          throw new Error(`${opts.inputs[0]}: no array for model input '${name}' (it holds ` +
+                          `${Object.keys(arrays).join(', ') || 'nothing'})`);
+        }
+        feeds[name] = new ort.Tensor(t.type.ort, t.data, t.shape);
+      }
+    } else {
+      if (opts.inputs.length !== session.inputNames.length) {
+        throw new Error(`${opts.model}: the model takes ${session.inputNames.length} inputs, ` +
+                        `got ${opts.inputs.length}`);
+      }
+      session.inputNames.forEach((name, i) => {
+        const t = readNpy(opts.inputs[i]);
+        feeds[name] = new ort.Tensor(t.type.ort, t.data, t.shape);
+      });
+    }
     const results = await session.run(feeds);
     let bytes;
     if (opts.out.endsWith('.json')) {

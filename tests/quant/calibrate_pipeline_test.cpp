@@ -45,24 +45,24 @@ class ImageSamples : public quant::SampleSource {
   ImageSamples(const std::string& root, const graph::Graph& model)
       : images_(root, io::preprocess_from_metadata(model.metadata, *model.inputs()[0]->shape())) {
     const io::Preprocess& pre = images_.preprocess();
-    shape_ = {pre.channels, pre.height, pre.width};
+    inputs_ = {{.shape = {pre.channels, pre.height, pre.width}}};
   }
   size_t size() const override { return images_.size(); }
-  const graph::Shape& sample_shape() const override { return shape_; }
+  const std::vector<quant::SampleInput>& inputs() const override { return inputs_; }
   bool labelled() const override { return images_.labelled(); }
-  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
             std::vector<int64_t>& labels) const override {
     labels.clear();
     const size_t row = images_.sample_numel();
     for (size_t i = 0; i < indices.size(); ++i) {
-      images_.load_batch(indices[i], 1, rows.data<float>() + i * row);
+      images_.load_batch(indices[i], 1, rows[0].data<float>() + i * row);
       labels.push_back(images_.label(indices[i]));
     }
   }
 
  private:
   io::ImageFolder images_;
-  graph::Shape shape_;
+  std::vector<quant::SampleInput> inputs_;
 };
 
 // The bundled ResNet calibrated with `setup` on `data`, as the command does.
@@ -83,24 +83,24 @@ quant::CalibrationSetup forty_images_setup() {
 class TensorSamples : public quant::SampleSource {
  public:
   explicit TensorSamples(kernels::Tensor rows) : rows_(std::move(rows)) {
-    shape_.assign(rows_.shape().begin() + 1, rows_.shape().end());
+    inputs_ = {{.shape = graph::Shape(rows_.shape().begin() + 1, rows_.shape().end())}};
   }
   size_t size() const override { return static_cast<size_t>(rows_.dim(0)); }
-  const graph::Shape& sample_shape() const override { return shape_; }
+  const std::vector<quant::SampleInput>& inputs() const override { return inputs_; }
   bool labelled() const override { return false; }
-  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
             std::vector<int64_t>& labels) const override {
     labels.clear();
-    const size_t row = static_cast<size_t>(kernels::shape_numel(shape_));
+    const size_t row = static_cast<size_t>(kernels::shape_numel(sample_shape()));
     for (size_t i = 0; i < indices.size(); ++i) {
-      std::memcpy(rows.data<float>() + i * row, rows_.data<float>() + indices[i] * row,
+      std::memcpy(rows[0].data<float>() + i * row, rows_.data<float>() + indices[i] * row,
                   row * sizeof(float));
     }
   }
 
  private:
   kernels::Tensor rows_;
-  graph::Shape shape_;
+  std::vector<quant::SampleInput> inputs_;
 };
 
 // Progress bars that record what the pipeline told them.

@@ -28,15 +28,15 @@ using testing::data_path;
 class CycledRows : public quant::SampleSource {
  public:
   CycledRows(const std::string& npy, size_t count) : golden_(io::read_npy(npy)), count_(count) {
-    shape_.assign(golden_.shape().begin() + 1, golden_.shape().end());
+    inputs_ = {{.shape = graph::Shape(golden_.shape().begin() + 1, golden_.shape().end())}};
   }
   size_t size() const override { return count_; }
-  const graph::Shape& sample_shape() const override { return shape_; }
+  const std::vector<quant::SampleInput>& inputs() const override { return inputs_; }
   bool labelled() const override { return false; }
-  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
             std::vector<int64_t>& labels) const override {
     labels.clear();
-    const size_t row = static_cast<size_t>(kernels::shape_numel(shape_));
+    const size_t row = static_cast<size_t>(kernels::shape_numel(sample_shape()));
     const auto golden_rows = static_cast<size_t>(golden_.dim(0));
     for (size_t i = 0; i < indices.size(); ++i) {
       if (indices[i] == poisoned_)
@@ -44,7 +44,7 @@ class CycledRows : public quant::SampleSource {
       // Row k of the cycle, scaled by a factor of its index so that every sample differs.
       const float* from = golden_.data<float>() + (indices[i] % golden_rows) * row;
       const float factor = 1.0f + 0.03125f * static_cast<float>(indices[i] % 7);
-      for (size_t j = 0; j < row; ++j) rows.data<float>()[i * row + j] = from[j] * factor;
+      for (size_t j = 0; j < row; ++j) rows[0].data<float>()[i * row + j] = from[j] * factor;
     }
     const std::lock_guard<std::mutex> lock(mutex_);
     read_.insert(indices.begin(), indices.end());
@@ -55,7 +55,7 @@ class CycledRows : public quant::SampleSource {
  private:
   kernels::Tensor golden_;
   size_t count_;
-  graph::Shape shape_;
+  std::vector<quant::SampleInput> inputs_;
   size_t poisoned_ = SIZE_MAX;
   mutable std::mutex mutex_;
   mutable std::set<size_t> read_;

@@ -34,13 +34,13 @@ class LabelledRows : public quant::SampleSource {
   LabelledRows(std::vector<std::vector<float>> rows, std::vector<int64_t> labels)
       : rows_(std::move(rows)), labels_(std::move(labels)) {}
   size_t size() const override { return rows_.size(); }
-  const graph::Shape& sample_shape() const override { return shape_; }
+  const std::vector<quant::SampleInput>& inputs() const override { return inputs_; }
   bool labelled() const override { return true; }
-  void load(std::span<const size_t> indices, Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<Tensor> rows,
             std::vector<int64_t>& labels) const override {
     labels.clear();
     for (size_t i = 0; i < indices.size(); ++i) {
-      std::memcpy(rows.data<float>() + i * 3, rows_[indices[i]].data(), 3 * sizeof(float));
+      std::memcpy(rows[0].data<float>() + i * 3, rows_[indices[i]].data(), 3 * sizeof(float));
       labels.push_back(labels_[indices[i]]);
     }
   }
@@ -48,7 +48,7 @@ class LabelledRows : public quant::SampleSource {
  private:
   std::vector<std::vector<float>> rows_;
   std::vector<int64_t> labels_;
-  graph::Shape shape_{3};
+  std::vector<quant::SampleInput> inputs_{{.shape = {3}}};
 };
 
 // LabelledRows counting how often each sample is read.
@@ -56,9 +56,9 @@ class CountedRows : public quant::SampleSource {
  public:
   explicit CountedRows(const LabelledRows& rows) : rows_(rows), reads_(rows.size(), 0) {}
   size_t size() const override { return rows_.size(); }
-  const graph::Shape& sample_shape() const override { return rows_.sample_shape(); }
+  const std::vector<quant::SampleInput>& inputs() const override { return rows_.inputs(); }
   bool labelled() const override { return true; }
-  void load(std::span<const size_t> indices, Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<Tensor> rows,
             std::vector<int64_t>& labels) const override {
     for (const size_t i : indices) ++reads_[i];
     rows_.load(indices, rows, labels);

@@ -380,6 +380,12 @@ TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {
     testing::expect_one_line_error(
         r, "uses opset " + std::to_string(opset) + "; qforge imports opsets 7 to 26");
   }
+  // The help says the same.
+  const auto help = run_cli("--help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("Models: ONNX opsets 7 to 26 (7 to 12 converted to 13 on import)"),
+            std::string::npos)
+      << help.out;
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "tools/io/resource_usage.h"
 #include "tools/qforge/cli_checks.h"
 #include "tools/qforge/commands.h"
+#include "tools/qforge/data_source.h"
 #include "tools/qforge/input_shape.h"
 
 namespace qforge::cli {
@@ -49,23 +50,31 @@ int run_grad(const GradOptions& o) {
   const io::NamedPath inputs[] = {{"model", o.model}, {"--data", o.data}, {"--labels", o.labels}};
   io::check_output_paths("grad", outputs, inputs);
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
-  const kernels::Tensor input = io::read_npy(o.data);
+  // One batch of every model input: an .npy's rows, or an .npz's arrays keyed by input name.
+  std::vector<kernels::Tensor> batch;
+  if (o.data.ends_with(".npz")) {
+    const DataSource data = DataSource::open(o.data, *model, {});
+    batch = data.load_inputs(0, data.size());
+  } else {
+    batch.push_back(io::read_npy(o.data));
+    if (batch[0].rank() < 1) throw_invalid("grad: '" + o.data + "' has no batch axis");
+  }
+  const int64_t samples = batch.front().dim(0);
   const kernels::Tensor labels = io::read_npy(o.labels);
   if (labels.dtype() != kernels::DType::kInt64) {
     throw_invalid("grad: '" + o.labels + "' must hold int64 labels, got " + labels.describe());
   }
-  if (input.rank() < 1) throw_invalid("grad: '" + o.data + "' has no batch axis");
-  if (labels.rank() != 1 || labels.dim(0) != input.dim(0)) {
+  if (labels.rank() != 1 || labels.dim(0) != samples) {
     throw_invalid("grad: '" + o.labels + "' must hold one label per sample of '" + o.data +
-                  "' (int64 [" + std::to_string(input.dim(0)) + "]), got " + labels.describe());
+                  "' (int64 [" + std::to_string(samples) + "]), got " + labels.describe());
   }
   quant::MaxCalibratedFakeQuant setup;
   if (o.fake_quant) {
-    setup = quant::max_calibrated_fake_quant(*model, input, {.point_outputs = !o.points.empty()});
+    setup = quant::max_calibrated_fake_quant(*model, batch, {.point_outputs = !o.points.empty()});
   }
   std::unique_ptr<runtime::ClassifierTraining> owned =
       o.fake_quant ? std::move(setup.training)
-                   : std::make_unique<runtime::ClassifierTraining>(*model, input.dim(0));
+                   : std::make_unique<runtime::ClassifierTraining>(*model, samples);
   runtime::ClassifierTraining& training = *owned;
   // Through fake quant the gradients are pulled back from the fused graph onto the model's
   // initializers, which needs the model's names; else the model is not needed any more.
@@ -76,7 +85,7 @@ int run_grad(const GradOptions& o) {
   double best_ms = 0;
   for (int run = 0; run < o.runs; ++run) {
     const auto start = std::chrono::steady_clock::now();
-    loss = training.forward_backward(input, labels);
+    loss = training.forward_backward(batch, {.labels = &labels});
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     best_ms = run == 0 ? ms : std::min(best_ms, ms);
@@ -114,7 +123,7 @@ int run_grad(const GradOptions& o) {
   }
   io::commit_together({&output_file, points_file.get()});
   std::printf("loss       %.6g (mean cross-entropy over %lld samples)\n", loss,
-              static_cast<long long>(input.dim(0)));
+              static_cast<long long>(samples));
   std::printf("time       %.1f ms forward and backward (%s of %d, %d threads)\n", best_ms,
               o.runs > 1 ? "fastest" : "one run", o.runs, runtime::num_threads());
   std::printf("gradients  %zu written to %s\n", gradients.size(), o.output.c_str());
@@ -159,7 +168,9 @@ CommandRunner add_grad_command(CLI::App& app) {
   cmd->add_option("model", o->model, "float ONNX classifier (logits [batch, classes])")
       ->required()
       ->check(file_path());
-  cmd->add_option("--data", o->data, "input batch as .npy (float32, the model's input shape)")
+  cmd->add_option("--data", o->data,
+                  "input batch as .npy (float32, the model's input shape), or as an .npz of one "
+                  "array per model input, keyed by input name (token ids, masks)")
       ->required()
       ->check(file_path());
   add_input_shape_option(*cmd, o->input_shape);

@@ -176,7 +176,8 @@ int run_qat(QatOptions o) {
     if (!data.labelled() && !s.distill_temperature) {
       throw_invalid("qat: '" + o.data +
                     "' has no labels (an image folder with one subfolder per "
-                    "class gives them): give --distill to train against the float model instead");
+                    "class, or an .npz with a 'labels' array, gives them): give --distill to "
+                    "train against the float model instead");
     }
     if (!o.resume.empty()) {
       try {
@@ -529,7 +530,8 @@ CommandRunner add_qat_command(CLI::App& app) {
       ->check(file_path());
   cmd->add_option("--data", o->data,
                   std::string("training data: ") + kDataFormats +
-                      " (class folders give the cross-entropy's labels; .npy with --distill)")
+                      " (class folders and an .npz's 'labels' give the cross-entropy's labels; "
+                      ".npy with --distill)")
       ->required();
   add_preprocess_flags(*cmd, o->preprocess);
   add_input_shape_option(*cmd, o->input_shape, &o->preprocess);

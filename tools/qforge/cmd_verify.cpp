@@ -147,10 +147,6 @@ int run_verify(const VerifyCommandOptions& o) {
                   std::to_string(o.tolerance));
   }
   auto model = load_model_to_run(o.model, o.input_shape, o.data);
-  if (model->inputs().size() != 1) {
-    throw_unsupported("verify: model '" + o.model + "': expected one input, got " +
-                      std::to_string(model->inputs().size()));
-  }
 
   quant::ReferenceValues reference;
   std::string reference_text = o.reference;
@@ -179,15 +175,12 @@ int run_verify(const VerifyCommandOptions& o) {
     }
     total = fixed;
   }
-  graph::Shape shape = data.sample_shape();
-  shape.insert(shape.begin(), static_cast<int64_t>(total));
-  kernels::Tensor input(kernels::DType::kFloat32, shape);
-  data.load(0, total, input);
+  const std::vector<kernels::Tensor> batch = data.load_inputs(0, total);
 
   quant::VerifyOptions options;
   options.flip_tolerance = o.tolerance;
   options.listed_per_point = o.list;
-  const quant::VerifyResult r = quant::verify_qdq(*model, std::span(&input, 1), reference, options);
+  const quant::VerifyResult r = quant::verify_qdq(*model, batch, reference, options);
 
   std::printf("model        %s (%zu activation Q/DQ points)\n", o.model.c_str(), r.points.size());
   std::printf("reference    %s (%zu tensors)\n", reference_text.c_str(), reference.size());

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -103,9 +104,10 @@ bool is_npz_name(const std::string& path) {
   return path.size() >= 4 && path.compare(path.size() - 4, 4, ".npz") == 0;
 }
 
-// Each model input's array from the archive, checked against the input.
+// Each model input's array from the archive, checked against the input; its 'labels' array,
+// when it holds one that is no model input's, into `labels` (int64, one per sample).
 std::vector<kernels::Tensor> npz_inputs(const std::string& path, const graph::Graph& model,
-                                        size_t* rows) {
+                                        size_t* rows, kernels::Tensor* labels) {
   std::map<std::string, kernels::Tensor> arrays = io::read_npz(path);
   std::string held;
   for (const auto& [name, array] : arrays) {
@@ -148,6 +150,16 @@ std::vector<kernels::Tensor> npz_inputs(const std::string& path, const graph::Gr
     }
     inputs.push_back(array);
   }
+  const auto it = arrays.find(kLabelsArray);
+  if (it != arrays.end() && !model.find_value(kLabelsArray)) {
+    const kernels::Tensor& array = it->second;
+    if (array.dtype() != kernels::DType::kInt64 || array.rank() != 1 ||
+        static_cast<size_t>(array.dim(0)) != *rows) {
+      throw_invalid("data: '" + path + "': 'labels' must hold one int64 class label per sample (" +
+                    std::to_string(*rows) + "), got " + array.describe());
+    }
+    *labels = array;
+  }
   return inputs;
 }
 
@@ -165,7 +177,8 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
     }
     DataSource src;
     src.path_ = path;
-    src.arrays_ = npz_inputs(path, model, &src.size_);
+    src.arrays_ = npz_inputs(path, model, &src.size_, &src.npz_labels_);
+    src.labelled_ = src.npz_labels_.defined();
     for (const graph::Value* input : model.inputs()) src.array_names_.push_back(input->name());
     const kernels::Tensor& first = src.arrays_.front();
     src.sample_shape_.assign(first.shape().begin() + 1, first.shape().end());
@@ -288,8 +301,50 @@ std::vector<kernels::Tensor> DataSource::load_inputs(size_t begin, size_t count)
   return inputs;
 }
 
+kernels::DType DataSource::input_dtype(size_t k) const {
+  return arrays_.empty() ? kernels::DType::kFloat32 : arrays_.at(k).dtype();
+}
+
+graph::Shape DataSource::input_sample_shape(size_t k) const {
+  if (arrays_.empty()) return sample_shape_;
+  const graph::Shape& s = arrays_.at(k).shape();
+  return graph::Shape(s.begin() + 1, s.end());
+}
+
+void DataSource::load_sample(size_t index, std::span<kernels::Tensor> rows, size_t at) const {
+  if (rows.size() != input_count()) {
+    throw_internal("data: " + std::to_string(rows.size()) + " batches for " +
+                   std::to_string(input_count()) + " inputs");
+  }
+  if (arrays_.empty()) {
+    graph::Shape one = sample_shape_;
+    one.insert(one.begin(), 1);
+    const size_t row = static_cast<size_t>(kernels::shape_numel(sample_shape_));
+    kernels::Tensor sample =
+        kernels::Tensor::wrap(kernels::DType::kFloat32, one, rows[0].data<float>() + at * row);
+    load(index, 1, sample);
+    return;
+  }
+  for (size_t k = 0; k < arrays_.size(); ++k) {
+    const kernels::Tensor& array = arrays_[k];
+    const size_t bytes = array.nbytes() / static_cast<size_t>(array.dim(0));
+    const auto* src = static_cast<const std::byte*>(array.raw()) + index * bytes;
+    auto* dst = static_cast<std::byte*>(rows[k].raw()) + at * bytes;
+    std::memcpy(dst, src, bytes);
+    if (array.dtype() == kernels::DType::kFloat32) {
+      io::check_finite(
+          reinterpret_cast<const float*>(dst), bytes / sizeof(float),
+          "data '" + path_ + "', input '" + array_names_[k] + "', sample " + std::to_string(index));
+    }
+  }
+}
+
 std::vector<int64_t> DataSource::labels(size_t begin, size_t count) const {
-  if (!images_ || !labelled_) return {};
+  if (!labelled_) return {};
+  if (npz_labels_.defined()) {
+    const int64_t* p = npz_labels_.data<int64_t>();
+    return std::vector<int64_t>(p + begin, p + begin + count);
+  }
   return images_->labels(begin, count);
 }
 

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,11 +33,15 @@ struct PreprocessOverrides {
   bool state_normalisation() const;
 };
 
+// The array of an .npz that holds the samples' class labels, beside the model inputs' arrays.
+inline constexpr const char* kLabelsArray = "labels";
+
 // What `--data` takes, for the commands' help.
 inline constexpr const char* kDataFormats =
     "an image folder (root/<class>/<image>, .jpg/.jpeg/.png, as torchvision's ImageFolder; "
     "class folders give labels), an .npy file of model inputs, or an .npz of one array per "
-    "model input, keyed by input name";
+    "model input, keyed by input name (token ids and masks of a text model, say), and "
+    "optionally 'labels' (int64, one class per sample)";
 
 // Adds --preset, --resize, --crop, --pixel-scale, --mean, --std, --channel-order and --layout
 // to a command that reads image folders, in one "Preprocessing" help group.
@@ -61,6 +66,14 @@ class DataSource {
   bool labelled() const { return labelled_; }
   // Of the first (for images and .npy, the only) model input, without the batch dim.
   const graph::Shape& sample_shape() const { return sample_shape_; }
+  // The model inputs the data feeds: one float32 input for images and .npy, every input for
+  // .npz; input k's element type and shape without the batch dim.
+  size_t input_count() const { return arrays_.empty() ? 1 : arrays_.size(); }
+  kernels::DType input_dtype(size_t k) const;
+  graph::Shape input_sample_shape(size_t k) const;
+  // Sample `index` of every input into row `at` of `rows` (one batch tensor per input). Invalid
+  // error naming the file, input and sample when a float sample holds NaN or Inf.
+  void load_sample(size_t index, std::span<kernels::Tensor> rows, size_t at) const;
   // Fills `batch` (rows = count) with samples [begin, begin + count) of the one float32 input.
   // Invalid error naming the file and the sample when a float sample holds NaN or Inf;
   // Unsupported when the data feeds several inputs or an input of another dtype.
@@ -78,6 +91,7 @@ class DataSource {
   std::shared_ptr<io::ImageFolder> images_;
   std::shared_ptr<io::NpyReader> npy_;   // rows are read when loaded: memory holds one batch
   std::vector<kernels::Tensor> arrays_;  // .npz: one per model input, read whole
+  kernels::Tensor npz_labels_;           // .npz: its 'labels' array, when it holds one
   std::vector<std::string> array_names_;
 };
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "graph/onnx_import.h"
 #include "kernels/error.h"
 #include "tools/dist/processes.h"
 #include "tools/io/atomic_file.h"
@@ -52,10 +53,16 @@ int main(int argc, char** argv) {
   if (!comm.is_root()) qforge::io::quiet_signal_messages();
   CLI::App app{"qforge: make float ONNX models ready for INT8 deployment", "qforge"};
   app.require_subcommand(1);
-  app.footer(
-      "Models: ONNX opsets 7 to 21 (7 to 12 converted to 13 on import). A model with dynamic "
-      "height and width takes them from --input-shape C,H,W, from the .npy data's rows, or from "
-      "an image folder's --crop.");
+  using qforge::graph::kConvertedOpset;
+  using qforge::graph::kNewestImportedOpset;
+  using qforge::graph::kOldestImportedOpset;
+  app.footer("Models: ONNX opsets " + std::to_string(kOldestImportedOpset) + " to " +
+             std::to_string(kNewestImportedOpset) + " (" + std::to_string(kOldestImportedOpset) +
+             " to " + std::to_string(kConvertedOpset - 1) + " converted to " +
+             std::to_string(kConvertedOpset) +
+             " on import). A model with dynamic height and width takes them from --input-shape "
+             "C,H,W, from the .npy data's rows, or from an image folder's --crop. A model of "
+             "several inputs (token ids and a mask, say) takes an .npz of one array per input.");
   app.set_version_flag("--version", "qforge 0.1.0 (" + qforge::dist::build_description() + ")");
   std::vector<std::pair<CLI::App*, qforge::cli::CommandRunner>> commands;
   auto add = [&](qforge::cli::CommandRunner (*add_fn)(CLI::App&)) {

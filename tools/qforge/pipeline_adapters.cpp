@@ -42,19 +42,20 @@ class SpillStore : public quant::FloatStore {
 // Each sample into its row of `rows` (the indices need not be consecutive), the samples in
 // parallel: decoding an image folder's files is most of a pass's time on large photos. A
 // failure reports the first failing sample, as a serial loop would.
-void DataSamples::load(std::span<const size_t> indices, kernels::Tensor& rows,
+DataSamples::DataSamples(const DataSource& data) : data_(data) {
+  for (size_t k = 0; k < data.input_count(); ++k) {
+    inputs_.push_back({.dtype = data.input_dtype(k), .shape = data.input_sample_shape(k)});
+  }
+}
+
+void DataSamples::load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
                        std::vector<int64_t>& labels) const {
   labels.clear();
-  graph::Shape one = data_.sample_shape();
-  one.insert(one.begin(), 1);
-  const size_t row = static_cast<size_t>(kernels::shape_numel(data_.sample_shape()));
-  float* p = rows.data<float>();
   std::vector<std::exception_ptr> errors(indices.size());
   kernels::parallel_for(static_cast<int64_t>(indices.size()), 1, [&](int64_t first, int64_t last) {
     for (auto i = static_cast<size_t>(first); i < static_cast<size_t>(last); ++i) {
       try {
-        kernels::Tensor sample = kernels::Tensor::wrap(kernels::DType::kFloat32, one, p + i * row);
-        data_.load(indices[i], 1, sample);
+        data_.load_sample(indices[i], rows, i);
       } catch (...) {
         errors[i] = std::current_exception();
       }

@@ -12,15 +12,16 @@ namespace qforge::cli {
 // A DataSource as the pipeline's SampleSource; `data` must outlive it.
 class DataSamples : public quant::SampleSource {
  public:
-  explicit DataSamples(const DataSource& data) : data_(data) {}
+  explicit DataSamples(const DataSource& data);
   size_t size() const override { return data_.size(); }
-  const graph::Shape& sample_shape() const override { return data_.sample_shape(); }
+  const std::vector<quant::SampleInput>& inputs() const override { return inputs_; }
   bool labelled() const override { return data_.labelled(); }
-  void load(std::span<const size_t> indices, kernels::Tensor& rows,
+  void load(std::span<const size_t> indices, std::span<kernels::Tensor> rows,
             std::vector<int64_t>& labels) const override;
 
  private:
   const DataSource& data_;
+  std::vector<quant::SampleInput> inputs_;
 };
 
 // io::Progress bars counting images.
