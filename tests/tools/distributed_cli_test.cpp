@@ -287,6 +287,28 @@ TEST(DistributedCli, QatOnRanksWritesTheOneProcessBytes) {
   EXPECT_NE(read_text(dir.file("one4.onnx")), read_text(dir.file("one.onnx")));
 }
 
+// A model of two int64 inputs (token ids and an attention mask, from an .npz with labels): its
+// calibration and its QAT, the batch's shards sliced from both inputs, on 2 ranks write the one
+// process's bytes.
+TEST(DistributedCli, TextModelOnRanksWritesTheOneProcessBytes) {
+  REQUIRE_MPI();
+  TempDir dir;
+  const std::string model = data_path("models/text/text_encoder_opset17.onnx");
+  const std::string data = data_path("golden/text/text_inputs.npz");
+  const std::string calibrate = "calibrate " + model + " --data " + data + " --batch 4 -o ";
+  CliResult one = run_cli(calibrate + dir.file("one.qdq.onnx"));
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  CliResult two = run_ranks(2, calibrate + dir.file("two.qdq.onnx"));
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(read_text(dir.file("one.qdq.onnx")), read_text(dir.file("two.qdq.onnx")));
+  const std::string qat = "qat " + model + " --data " + data + " --batch 4 --steps 4 -o ";
+  one = run_cli(qat + dir.file("one.qat.onnx") + " --shards 2");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  two = run_ranks(2, qat + dir.file("two.qat.onnx"));
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(read_text(dir.file("one.qat.onnx")), read_text(dir.file("two.qat.onnx")));
+}
+
 // A checkpoint written on 2 ranks resumes on 1 (its shards carried in the checkpoint), and one
 // written by 1 process on 2 shards resumes on 2 ranks: both give the uninterrupted run's bytes.
 TEST(DistributedCli, QatCheckpointsResumeOnAnotherRankCount) {
