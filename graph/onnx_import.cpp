@@ -598,14 +598,9 @@ std::vector<onnx::ValueInfoProto*> model_inputs(onnx::ModelProto& model) {
 void fix_sample_shape(onnx::ModelProto& model, const std::string& source,
                       const ImportOptions& options) {
   std::vector<onnx::ValueInfoProto*> inputs = model_inputs(model);
-  if (options.sample_shape) {
-    const Shape& sample = *options.sample_shape;
+  // `sample` written into input `in`'s declared shape after its batch.
+  auto fix = [&](onnx::ValueInfoProto& in, const Shape& sample) {
     const std::string given = options.sample_shape_origin + " " + ints_text(sample);
-    if (inputs.size() != 1) {
-      throw_invalid("import: '" + source + "': expected one model input for " + given + ", got " +
-                    std::to_string(inputs.size()));
-    }
-    onnx::ValueInfoProto& in = *inputs[0];
     if (!in.type().has_tensor_type()) {
       throw_unsupported("import: input '" + in.name() + "' is not a tensor");
     }
@@ -630,6 +625,31 @@ void fix_sample_shape(onnx::ModelProto& model, const std::string& source,
         throw_invalid("import: input '" + in.name() + "': expected dims >= 1, got " + given);
       }
       shape->mutable_dim(static_cast<int>(i) + 1)->set_dim_value(sample[i]);
+    }
+  };
+  if (options.sample_shape) {
+    if (inputs.size() != 1) {
+      throw_invalid("import: '" + source + "': expected one model input for " +
+                    options.sample_shape_origin + " " + ints_text(*options.sample_shape) +
+                    ", got " + std::to_string(inputs.size()) +
+                    " (give each input's dims as NAME=D1,D2,..., or feed an .npz of every "
+                    "input)");
+    }
+    fix(*inputs[0], *options.sample_shape);
+  }
+  for (const auto& [name, sample] : options.input_sample_shapes) {
+    const auto it = std::find_if(inputs.begin(), inputs.end(), [&](const onnx::ValueInfoProto* in) {
+      return in->name() == name;
+    });
+    if (it != inputs.end()) {
+      fix(**it, sample);
+    } else if (options.sample_shape_must_match) {
+      std::string names;
+      for (const onnx::ValueInfoProto* in : inputs) {
+        names.append(names.empty() ? "'" : ", '").append(in->name()).append("'");
+      }
+      throw_invalid("import: '" + source + "' has no input '" + name + "' for " +
+                    options.sample_shape_origin + " (its inputs: " + names + ")");
     }
   }
   if (!options.require_static_sample) return;

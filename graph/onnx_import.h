@@ -34,6 +34,9 @@ struct ImportOptions {
   std::optional<Shape> sample_shape;
   bool sample_shape_must_match = true;
   std::string sample_shape_origin = "the sample shape";  // how messages name it
+  // Of a model of several inputs: the dims after the batch of each input named here, applied as
+  // sample_shape is to the single input (with sample_shape_must_match and sample_shape_origin).
+  std::map<std::string, Shape> input_sample_shapes;
   // When set, an input dim after the batch that is still dynamic (after sample_shape) is an
   // invalid-input error naming the input and its dynamic dims; this text ends the message and
   // says how the caller's user gives them.

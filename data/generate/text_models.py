@@ -7,14 +7,21 @@ inputs, `input_ids` [batch, 12] and `attention_mask` [batch, 12] (1 for a token,
 as tokenizers write it): the embeddings are Gathers of the token ids, and the mask becomes the
 attention's additive -inf through Equal, Where and a Reshape of the batch times the heads.
 
-Writes data/models/text/text_encoder_opset17.onnx and data/golden/text/: text_inputs.npz (the
+The same layers as Hugging Face's BERT modeling code writes them (bert_style: separate query,
+key and value Linears, scores divided by sqrt(head size), the mask made additive with float32's
+lowest value, token-type embeddings as a third input, a tanh pooler) are exported at opset 14,
+where LayerNorm is written out, with the sequence length dynamic.
+
+Writes data/models/text/text_encoder_opset17.onnx, bert_style_opset14.onnx and data/golden/text/: text_inputs.npz (the
 two inputs of 16 samples of 4 to 12 tokens each, padded with id 0, and their class labels as
 'labels'), text_output.npy
 (PyTorch's logits), text_labels.npy and text_encoder_opset17_grads.npz (the mean cross-entropy on
 those labels and the gradient of every initializer that is a PyTorch parameter, by name, or by
-value transposed for MatMul weights). Seeded; run:
+value transposed for MatMul weights); bert_style_inputs.npz (the same ids, mask and labels, and
+token types), bert_style_output.npy and bert_style_opset14_grads.npz. Seeded; run:
     /usr/bin/python3 data/generate/text_models.py
 """
+import math
 import os
 
 import numpy as np
@@ -51,6 +58,65 @@ class TextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=padding)
         return self.head(x[:, 0])
+
+
+class BertLayer(nn.Module):
+    """A Hugging Face BERT layer as its modeling code writes it: separate query, key and value
+    projections, heads by view and permute, scores divided by sqrt(head size), an additive mask."""
+
+    def __init__(self, heads=4, hidden=64):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(WIDTH, WIDTH)
+        self.key = nn.Linear(WIDTH, WIDTH)
+        self.value = nn.Linear(WIDTH, WIDTH)
+        self.output = nn.Linear(WIDTH, WIDTH)
+        self.attention_norm = nn.LayerNorm(WIDTH, eps=1e-12)
+        self.intermediate = nn.Linear(WIDTH, hidden)
+        self.out = nn.Linear(hidden, WIDTH)
+        self.output_norm = nn.LayerNorm(WIDTH, eps=1e-12)
+
+    def split_heads(self, x):
+        batch, tokens, _ = x.shape
+        return x.view(batch, tokens, self.heads, WIDTH // self.heads).permute(0, 2, 1, 3)
+
+    def forward(self, x, additive_mask):
+        q = self.split_heads(self.query(x))
+        k = self.split_heads(self.key(x))
+        v = self.split_heads(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(WIDTH // self.heads)
+        probabilities = (scores + additive_mask).softmax(-1)
+        context = torch.matmul(probabilities, v).permute(0, 2, 1, 3).contiguous()
+        context = context.view(context.size(0), context.size(1), WIDTH)
+        x = self.attention_norm(x + self.output(context))
+        return self.output_norm(x + self.out(F.gelu(self.intermediate(x))))
+
+
+class BertStyle(nn.Module):
+    """Token, position and token-type embeddings, two BertLayers and a tanh pooler on the first
+    token, with three int64 inputs and the mask made additive as Hugging Face does
+    ((1 - mask) · float32's lowest)."""
+
+    def __init__(self, layers=2):
+        super().__init__()
+        self.tokens = nn.Embedding(VOCAB, WIDTH)
+        self.positions = nn.Embedding(TOKENS, WIDTH)
+        self.token_types = nn.Embedding(2, WIDTH)
+        self.norm = nn.LayerNorm(WIDTH, eps=1e-12)
+        self.register_buffer("position_ids", torch.arange(TOKENS).expand(1, -1))
+        self.layers = nn.ModuleList([BertLayer() for _ in range(layers)])
+        self.pooler = nn.Linear(WIDTH, WIDTH)
+        self.classifier = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        tokens = input_ids.shape[1]
+        x = self.norm(self.tokens(input_ids) + self.positions(self.position_ids[:, :tokens]) +
+                      self.token_types(token_type_ids))
+        additive_mask = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * \
+            torch.finfo(torch.float32).min
+        for layer in self.layers:
+            x = layer(x, additive_mask)
+        return self.classifier(torch.tanh(self.pooler(x[:, 0])))
 
 
 def save_gradients(module, inputs, labels, onnx_path):
@@ -111,6 +177,30 @@ def main():
     model.train()
     count = save_gradients(model, (ids, mask), labels, path)
     assert count == len(list(model.parameters())), count
+
+    # The Hugging Face form at opset 14 (LayerNorm written out), its sequence length dynamic,
+    # token types 1 from the middle of each sample's tokens on.
+    torch.manual_seed(2)
+    bert = BertStyle()
+    with torch.no_grad():
+        for p in bert.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    types = (torch.arange(TOKENS)[None, :] >= lengths[:, None] // 2).to(torch.int64) * mask
+    np.savez(os.path.join(GOLDEN, "bert_style_inputs.npz"), input_ids=ids.numpy(),
+             attention_mask=mask.numpy(), token_type_ids=types.numpy(),
+             labels=labels.numpy().astype(np.int64))
+    bert.eval()
+    with torch.no_grad():
+        np.save(os.path.join(GOLDEN, "bert_style_output.npy"), bert(ids, mask, types).numpy())
+    path = os.path.join(MODELS, "bert_style_opset14.onnx")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(bert, (ids, mask, types), path, input_names=names,
+                      output_names=["logits"], opset_version=14,
+                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                    "logits": {0: "batch"}})
+    bert.train()
+    count = save_gradients(bert, (ids, mask, types), labels, path)
+    assert count == len(list(bert.parameters())), count
 
 
 if __name__ == "__main__":

@@ -59,6 +59,39 @@ TEST(IoNpz, ReadsDeflatedMembers) {
   const auto back = read_npz(path);
   ASSERT_EQ(back.count("a"), 1u);
   EXPECT_TRUE(same(back.at("a"), t));
+  // The header alone gives the shape, deflated or not.
+  const auto shapes = read_npz_shapes(path);
+  ASSERT_EQ(shapes.size(), 1u);
+  EXPECT_EQ(shapes.at("a"), kernels::Shape{4});
+}
+
+// The shapes from the members' headers are those of the arrays read whole, a 0-d one and an
+// empty one included; a member whose data is shorter than its header says is refused, as
+// read_npz refuses it, naming the member.
+TEST(IoNpz, ShapesComeFromTheHeaders) {
+  TempDir dir;
+  std::map<std::string, Tensor> tensors;
+  tensors["input_ids"] = Tensor(DType::kInt64, {3, 12});
+  tensors["mask"] = Tensor(DType::kBool, {3, 1, 12});
+  tensors["scalar"] = Tensor::from_vector<float>({}, {1.5f});
+  tensors["empty"] = Tensor(DType::kFloat32, {0, 4});
+  const std::string path = dir.file("in.npz");
+  write_npz(path, tensors);
+  const auto shapes = read_npz_shapes(path);
+  ASSERT_EQ(shapes.size(), tensors.size());
+  for (const auto& [name, t] : tensors) EXPECT_EQ(shapes.at(name), t.shape()) << name;
+
+  std::string npy = encode_npy(Tensor(DType::kFloat32, {2, 3}));
+  npy.resize(npy.size() - 4);
+  const std::string short_path = dir.file("short.npz");
+  int code = 0;
+  zip_t* z = zip_open(short_path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &code);
+  zip_file_add(z, "x.npy", zip_source_buffer(z, npy.data(), npy.size(), 0), 0);
+  ASSERT_EQ(zip_close(z), 0);
+  const std::string message =
+      testing::error_of(ErrorKind::kInvalid, [&] { read_npz_shapes(short_path); });
+  EXPECT_NE(message.find("member 'x.npy'"), std::string::npos) << message;
+  EXPECT_NE(message.find("expected 24 bytes of data, got 20"), std::string::npos) << message;
 }
 
 TEST(IoNpz, ErrorsNameTheFileAndMember) {

@@ -324,8 +324,8 @@ TEST(OpsetCli, DynamicHeightAndWidthWithoutAShapeAreNamed) {
       r,
       "import: input 'input' [batch, 3, height, width]: expected static dims after the batch, got "
       "dynamic 'height', 'width'; give them with --input-shape (the dims after the batch, e.g. "
-      "3,224,224), feed .npy data of that shape, or crop an image folder to a size (--crop or "
-      "--preset)");
+      "3,224,224, or NAME=DIMS for each input of several), feed data of that shape (.npy, or an "
+      ".npz of every input), or crop an image folder to a size (--crop or --preset)");
   r = run_cli("run " + model + " --input-shape 3,16 --data " + golden("cnn_input.npy"));
   testing::expect_one_line_error(
       r,
@@ -361,8 +361,8 @@ TEST(OpsetCli, DynamicHeightAndWidthTakeAnImageFolderCrop) {
       r,
       "import: input 'input' [batch, 3, height, width]: expected static dims after the batch, got "
       "dynamic 'height', 'width'; give them with --input-shape (the dims after the batch, e.g. "
-      "3,224,224), feed .npy data of that shape, or crop an image folder to a size (--crop or "
-      "--preset)");
+      "3,224,224, or NAME=DIMS for each input of several), feed data of that shape (.npy, or an "
+      ".npz of every input), or crop an image folder to a size (--crop or --preset)");
 }
 
 TEST(OpsetCli, OpsetOutsideTheRangeIsNamed) {

@@ -396,6 +396,21 @@ kernels::Tensor parse_npy(std::string_view bytes, const std::string& name) {
   return tensor;
 }
 
+size_t npy_header_size(std::string_view first_bytes, size_t size, const std::string& name) {
+  size_t preamble = 0;
+  const size_t header_len =
+      parse_preamble(first_bytes.substr(0, kLongestPreamble), size, name, &preamble);
+  return preamble + header_len;
+}
+
+kernels::Shape npy_shape(std::string_view header_bytes, size_t size, const std::string& name) {
+  size_t preamble = 0;
+  const size_t header_len =
+      parse_preamble(header_bytes.substr(0, kLongestPreamble), size, name, &preamble);
+  return parse_layout(header_bytes.substr(preamble, header_len), preamble + header_len, size, name)
+      .shape;
+}
+
 kernels::Tensor read_npy(const std::string& path) {
   const NpyReader reader = NpyReader::open(path);
   // The data goes straight into the tensor: calibration arrays can be large.

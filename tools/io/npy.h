@@ -58,6 +58,12 @@ class NpyReader {
 // Parses .npy bytes already in memory; `name` is the file name used in error messages.
 kernels::Tensor parse_npy(std::string_view bytes, const std::string& name);
 
+// For an .npy read in parts (an .npz member): the bytes its preamble and header take, from its
+// first min(size, 12) bytes, `size` being the whole array's; then the shape that header
+// declares, from the first npy_header_size bytes. Errors as parse_npy's, naming `name`.
+size_t npy_header_size(std::string_view first_bytes, size_t size, const std::string& name);
+kernels::Shape npy_shape(std::string_view header_bytes, size_t size, const std::string& name);
+
 // The exact bytes NumPy's np.save writes for this tensor: format 1.0, or 2.0 when the header
 // does not fit in 65535 bytes; the header padded so that the data starts 64-byte aligned.
 std::string encode_npy(const kernels::Tensor& tensor);

@@ -1,8 +1,10 @@
-// .npz through libzip: members are read whole into memory and parsed by parse_npy.
+// .npz through libzip: members are read whole into memory and parsed by parse_npy, or only
+// their headers, for their shapes.
 #include "tools/io/npz.h"
 
 #include <zip.h>
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -26,7 +28,12 @@ struct ZipCloser {
 
 }  // namespace
 
-std::map<std::string, kernels::Tensor> read_npz(const std::string& path) {
+namespace {
+
+// Calls fn(name, where, file, size) for each .npy member of the archive at `path`, its name
+// without '.npy', `where` naming it in messages, `file` open for reading.
+template <typename Fn>
+void for_each_member(const std::string& path, Fn&& fn) {
   int code = 0;
   std::unique_ptr<zip_t, ZipCloser> archive(zip_open(path.c_str(), ZIP_RDONLY, &code));
   if (!archive) {
@@ -34,7 +41,6 @@ std::map<std::string, kernels::Tensor> read_npz(const std::string& path) {
     if (code == ZIP_ER_OPEN || code == ZIP_ER_READ || code == ZIP_ER_NOENT) throw_io(message);
     throw_invalid(message);
   }
-  std::map<std::string, kernels::Tensor> tensors;
   const zip_int64_t count = zip_get_num_entries(archive.get(), 0);
   for (zip_int64_t i = 0; i < count; ++i) {
     zip_stat_t st;
@@ -48,18 +54,50 @@ std::map<std::string, kernels::Tensor> read_npz(const std::string& path) {
     if (name.size() < 4 || name.compare(name.size() - 4, 4, ".npy") != 0) {
       throw_invalid("'" + where + "': expected an .npy member");
     }
-    std::string bytes(static_cast<size_t>(st.size), '\0');
     zip_file_t* file = zip_fopen_index(archive.get(), static_cast<zip_uint64_t>(i), 0);
     if (!file) throw_invalid("'" + where + "': " + zip_strerror(archive.get()));
-    const zip_int64_t got = zip_fread(file, bytes.data(), bytes.size());
-    zip_fclose(file);
-    if (got != static_cast<zip_int64_t>(bytes.size())) {
-      throw_invalid("'" + where + "': cannot be read whole");
-    }
     name.resize(name.size() - 4);
-    tensors[name] = parse_npy(bytes, where);
+    try {
+      fn(name, where, file, static_cast<size_t>(st.size));
+    } catch (...) {
+      zip_fclose(file);
+      throw;
+    }
+    zip_fclose(file);
   }
+}
+
+// The next `n` bytes of `file`; Invalid naming `where` when it holds fewer.
+std::string read_member(zip_file_t* file, size_t n, const std::string& where) {
+  std::string bytes(n, '\0');
+  const zip_int64_t got = zip_fread(file, bytes.data(), bytes.size());
+  if (got != static_cast<zip_int64_t>(bytes.size())) {
+    throw_invalid("'" + where + "': cannot be read whole");
+  }
+  return bytes;
+}
+
+}  // namespace
+
+std::map<std::string, kernels::Tensor> read_npz(const std::string& path) {
+  std::map<std::string, kernels::Tensor> tensors;
+  for_each_member(
+      path, [&](const std::string& name, const std::string& where, zip_file_t* file, size_t size) {
+        tensors[name] = parse_npy(read_member(file, size, where), where);
+      });
   return tensors;
+}
+
+std::map<std::string, kernels::Shape> read_npz_shapes(const std::string& path) {
+  std::map<std::string, kernels::Shape> shapes;
+  for_each_member(
+      path, [&](const std::string& name, const std::string& where, zip_file_t* file, size_t size) {
+        std::string head = read_member(file, std::min<size_t>(size, 12), where);
+        const size_t header = npy_header_size(head, size, where);
+        if (header > head.size()) head += read_member(file, header - head.size(), where);
+        shapes[name] = npy_shape(head, size, where);
+      });
+  return shapes;
 }
 
 std::string encode_npz(const std::map<std::string, kernels::Tensor>& tensors) {

@@ -14,6 +14,10 @@ namespace qforge::io {
 // archive or a member is not a valid .npy (read_npy's messages, with the member named).
 std::map<std::string, kernels::Tensor> read_npz(const std::string& path);
 
+// The shape of every member's array, keyed as read_npz keys them, from the members' headers
+// alone (the data is not read). Errors as read_npz's.
+std::map<std::string, kernels::Shape> read_npz_shapes(const std::string& path);
+
 // The bytes of an uncompressed archive of the tensors, as np.savez writes it.
 std::string encode_npz(const std::map<std::string, kernels::Tensor>& tensors);
 

@@ -2,31 +2,83 @@
 #include "tools/qforge/input_shape.h"
 
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "tools/io/npy.h"
+#include "tools/io/npz.h"
 #include "tools/qforge/cli_checks.h"
 
 namespace qforge::cli {
 
+namespace {
+
+// A spec's name (empty for the unnamed form) and dims; the message of what is wrong, else empty.
+std::string parse_spec(const std::string& spec, std::string* name, std::vector<int64_t>* dims) {
+  const size_t eq = spec.find('=');
+  *name = eq == std::string::npos ? std::string() : spec.substr(0, eq);
+  if (eq != std::string::npos && name->empty()) {
+    return "expected NAME=D1,D2,... or D1,D2,..., got '" + spec + "'";
+  }
+  const std::string list = eq == std::string::npos ? spec : spec.substr(eq + 1);
+  dims->clear();
+  const CLI::Validator positive = integer_at_least(1);
+  size_t begin = 0;
+  while (true) {
+    const size_t comma = list.find(',', begin);
+    std::string item =
+        list.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin);
+    if (std::string why = positive(item); !why.empty()) return why;
+    dims->push_back(std::stoll(item));
+    if (comma == std::string::npos) return {};
+    begin = comma + 1;
+  }
+}
+
+}  // namespace
+
 void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag,
                             const PreprocessOverrides* preprocess) {
   flag.preprocess = preprocess;
-  cmd.add_option("--input-shape", flag.dims,
+  cmd.add_option("--input-shape", flag.specs,
                  "the model input's dims after the batch, C,H,W for images: fixes dynamic "
-                 "(symbolic) height and width; default: the .npy data's rows, or an image folder's "
-                 "--crop (or --preset's)")
-      ->delimiter(',')
-      ->check(integer_at_least(1));
+                 "(symbolic) height and width; NAME=D1,D2,... for each input of a model of "
+                 "several (NAME=12 for token ids of 12 tokens); default: the .npy data's rows, "
+                 "an .npz's rows of each input, or an image folder's --crop (or --preset's)")
+      ->check(CLI::Validator(
+          [](std::string& spec) {
+            std::string name;
+            std::vector<int64_t> dims;
+            return parse_spec(spec, &name, &dims);
+          },
+          "DIMS|NAME=DIMS"));
 }
 
 graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::string& data) {
   graph::ImportOptions options;
   options.require_static_sample =
-      "give them with --input-shape (the dims after the batch, e.g. 3,224,224), feed .npy data "
-      "of that shape, or crop an image folder to a size (--crop or --preset)";
-  if (!flag.dims.empty()) {
-    options.sample_shape = graph::Shape(flag.dims.begin(), flag.dims.end());
+      "give them with --input-shape (the dims after the batch, e.g. 3,224,224, or NAME=DIMS "
+      "for each input of several), feed data of that shape (.npy, or an .npz of every input), "
+      "or crop an image folder to a size (--crop or --preset)";
+  if (!flag.specs.empty()) {
     options.sample_shape_origin = "--input-shape";
+    for (const std::string& spec : flag.specs) {
+      std::string name;
+      std::vector<int64_t> dims;
+      if (std::string why = parse_spec(spec, &name, &dims); !why.empty()) {
+        throw_invalid("--input-shape: " + why);
+      }
+      if (name.empty() && flag.specs.size() > 1) {
+        throw_invalid("--input-shape: '" + spec +
+                      "' names no input; with several, give each as NAME=D1,D2,...");
+      }
+      const graph::Shape shape(dims.begin(), dims.end());
+      if (name.empty()) {
+        options.sample_shape = shape;
+      } else if (!options.input_sample_shapes.emplace(name, shape).second) {
+        throw_invalid("--input-shape: input '" + name + "' is given twice");
+      }
+    }
     return options;
   }
   std::error_code ec;
@@ -37,6 +89,17 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
       options.sample_shape_origin = "the rows of '" + data + "'";
       options.sample_shape_must_match = false;  // the data's own checks name a mismatch
     }
+    return options;
+  }
+  if (data.size() > 4 && data.ends_with(".npz") && std::filesystem::is_regular_file(data, ec)) {
+    // Each array's rows give its input's dims (a text model's sequence length); the other
+    // arrays ('labels') name no input and are left alone.
+    for (const auto& [name, shape] : io::read_npz_shapes(data)) {
+      if (shape.size() >= 2)
+        options.input_sample_shapes[name] = graph::Shape(shape.begin() + 1, shape.end());
+    }
+    options.sample_shape_origin = "the rows of '" + data + "'";
+    options.sample_shape_must_match = false;  // the data's own checks name a mismatch
     return options;
   }
   if (flag.preprocess && !data.empty() && std::filesystem::is_directory(data, ec)) {

@@ -1,5 +1,6 @@
 // --input-shape C,H,W: the dims after the batch of a model whose input has dynamic ones (height
-// and width left symbolic by the exporter). One place for the flag and for what it does on
+// and width left symbolic by the exporter), or NAME=D1,D2 for each named input of a model of
+// several (a text model's sequence length). One place for the flag and for what it does on
 // import, shared by the commands that import a model to run it.
 #pragma once
 
@@ -17,7 +18,8 @@
 namespace qforge::cli {
 
 struct InputShapeFlag {
-  std::vector<int64_t> dims;  // empty: not given
+  // As given: "D1,D2,…" for the single input, or "NAME=D1,D2,…" (several); empty: not given.
+  std::vector<std::string> specs;
   // The command's preprocessing flags, when it has them: an image folder cropped by --crop or
   // --preset gives the sample shape.
   const PreprocessOverrides* preprocess = nullptr;
