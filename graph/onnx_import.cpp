@@ -637,12 +637,13 @@ void fix_sample_shape(onnx::ModelProto& model, const std::string& source,
     }
     fix(*inputs[0], *options.sample_shape);
   }
-  for (const auto& [name, sample] : options.input_sample_shapes) {
+  for (const auto& entry : options.input_sample_shapes) {
+    const std::string& name = entry.first;  // not a binding: the lambda below captures it
     const auto it = std::find_if(inputs.begin(), inputs.end(), [&](const onnx::ValueInfoProto* in) {
       return in->name() == name;
     });
     if (it != inputs.end()) {
-      fix(**it, sample);
+      fix(**it, entry.second);
     } else if (options.sample_shape_must_match) {
       std::string names;
       for (const onnx::ValueInfoProto* in : inputs) {
