@@ -232,19 +232,10 @@ class BatchFreer {
                             " to broadcast along the batch axis " + std::to_string(axis));
     }
     const size_t a = static_cast<size_t>(axis);
-    const int64_t outer = product(s, 0, a);
-    const size_t block =
-        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
-    const auto* bytes = static_cast<const std::byte*>(t.raw());
-    for (int64_t o = 0; o < outer; ++o) {
-      const std::byte* first = bytes + static_cast<size_t>(o * batch_) * block;
-      for (int64_t b = 1; b < batch_; ++b) {
-        if (std::memcmp(first, first + static_cast<size_t>(b) * block, block) != 0) {
-          unsupported(node, "constant '" + v->name() + "' " + kernels::shape_str(s) +
-                                " differs from sample to sample along the batch axis " +
-                                std::to_string(axis));
-        }
-      }
+    if (!same_along(t, a)) {
+      unsupported(node, "constant '" + v->name() + "' " + kernels::shape_str(s) +
+                            " differs from sample to sample along the batch axis " +
+                            std::to_string(axis));
     }
     edits_.push_back([this, n = &node, index, a] { expand_constant(*n, index, a); });
   }
@@ -266,9 +257,10 @@ class BatchFreer {
     return true;
   }
 
-  // Input `index` of `node`, a constant the same along axis `a`, becomes its first slice there.
-  void first_slice(Node& node, size_t index, size_t a) {
-    Value* v = node.input(index);
+  // A constant of the first slice of `v` (a constant) along axis `a`, named after it with
+  // `suffix`; element e of the slice copies element e of the first slice of the original (a
+  // derivation, for float constants).
+  Value* first_slice_of(const Value* v, size_t a, const std::string& suffix) {
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int64_t outer = product(s, 0, a);
@@ -284,7 +276,7 @@ class BatchFreer {
       std::memcpy(dst + static_cast<size_t>(o) * block, bytes + static_cast<size_t>(o * n) * block,
                   block);
     }
-    Value* sliced = g_.add_constant(g_.unique_value_name(v->name() + "_slice"), slice);
+    Value* sliced = g_.add_constant(g_.unique_value_name(v->name() + suffix), slice);
     if (t.dtype() == DType::kFloat32) {
       graph::DerivedTerm term{.source = v->name(), .source_shape = s};
       for (int64_t o = 0; o < outer; ++o) {
@@ -294,42 +286,23 @@ class BatchFreer {
       }
       g_.record_derivation({.derived = sliced->name(), .shape = one, .terms = {term}});
     }
-    g_.set_input(&node, index, sliced);
+    return sliced;
   }
 
+  // Input `index` of `node`, a constant the same along axis `a`, becomes its first slice there.
+  void first_slice(Node& node, size_t index, size_t a) {
+    g_.set_input(&node, index, first_slice_of(node.input(index), a, "_slice"));
+  }
+
+  // Input `index` of `node`, a constant repeating one sample's row along the batch axis `a`,
+  // becomes that row expanded to the batch read at run time.
   void expand_constant(Node& node, size_t index, size_t a) {
-    Value* v = node.input(index);
-    const Tensor& t = v->constant();
-    const Shape& s = t.shape();
-    const int64_t outer = product(s, 0, a);
-    const size_t block =
-        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
-    const auto* bytes = static_cast<const std::byte*>(t.raw());
-    Shape one = s;
-    one[a] = 1;
-    Tensor sample(t.dtype(), one);
-    auto* dst = static_cast<std::byte*>(sample.raw());
-    for (int64_t o = 0; o < outer; ++o) {
-      std::memcpy(dst + static_cast<size_t>(o) * block,
-                  bytes + static_cast<size_t>(o * batch_) * block, block);
-    }
-    Value* sample_value = g_.add_constant(g_.unique_value_name(v->name() + "_sample"), sample);
-    if (t.dtype() == DType::kFloat32) {
-      // Element e of the row copies element e of the first sample's row of the original.
-      graph::DerivedTerm term{.source = v->name(), .source_shape = s};
-      const int64_t block_elems = product(s, a + 1, s.size());
-      for (int64_t o = 0; o < outer; ++o) {
-        for (int64_t j = 0; j < block_elems; ++j) {
-          term.pairs.emplace_back(o * block_elems + j, o * batch_ * block_elems + j);
-        }
-      }
-      g_.record_derivation({.derived = sample_value->name(), .shape = one, .terms = {term}});
-    }
-    // Expand to the constant's dims with the batch read at run time on its axis.
-    Value* shape = batch_shape(s, a, &node, v->name());
+    const Value* v = node.input(index);
+    Value* sample = first_slice_of(v, a, "_sample");
+    Value* shape = batch_shape(v->constant().shape(), a, &node, v->name());
     Node* expand = g_.insert_node({.name = g_.unique_node_name(v->name() + "/Expand"),
                                    .op_type = "Expand",
-                                   .inputs = {sample_value, shape},
+                                   .inputs = {sample, shape},
                                    .output_names = {g_.unique_value_name(v->name() + "_expanded")}},
                                   &node);
     g_.set_input(&node, index, expand->output(0));

@@ -203,10 +203,13 @@ def with_opset(path, out_path, opset, edits):
     onnx.save(model, out_path)
 
 
-def save_gradients(module, x, labels, onnx_path):
-    """PyTorch's mean cross-entropy and parameter gradients, keyed by the ONNX initializers."""
+def save_gradients(module, x, labels, onnx_path, golden=GOLDEN):
+    """PyTorch's mean cross-entropy and parameter gradients, keyed by the ONNX initializers, into
+    <golden>/<model>_grads.npz; `x` is the input, or a tuple of the inputs. Returns how many
+    gradients it wrote."""
     module.zero_grad()
-    loss = F.cross_entropy(module(x), labels)
+    inputs = x if isinstance(x, tuple) else (x,)
+    loss = F.cross_entropy(module(*inputs), labels)
     loss.backward()
     params = dict(module.named_parameters())
     grads = {"loss": np.float32(loss.item())}
@@ -221,8 +224,9 @@ def save_gradients(module, x, labels, onnx_path):
             if w.ndim == 2 and w.T.shape == value.shape and np.array_equal(w.T, value):
                 grads[init.name] = p.grad.numpy().T
     name = os.path.basename(onnx_path).replace(".onnx", "_grads.npz")
-    np.savez(os.path.join(GOLDEN, name), **{k: np.array(v, np.float32, order="C")
+    np.savez(os.path.join(golden, name), **{k: np.array(v, np.float32, order="C")
                                             for k, v in grads.items()})
+    return len(grads) - 1
 
 
 def save_npy(name, array):

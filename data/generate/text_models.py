@@ -25,11 +25,11 @@ import math
 import os
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 from torch.nn import functional as F
+
+from opset_models import save_gradients
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(HERE, "..", "models", "text")
@@ -119,29 +119,6 @@ class BertStyle(nn.Module):
         return self.classifier(torch.tanh(self.pooler(x[:, 0])))
 
 
-def save_gradients(module, inputs, labels, onnx_path):
-    """PyTorch's mean cross-entropy and parameter gradients, keyed by the ONNX initializers."""
-    module.zero_grad()
-    loss = F.cross_entropy(module(*inputs), labels)
-    loss.backward()
-    params = dict(module.named_parameters())
-    grads = {"loss": np.float32(loss.item())}
-    for init in onnx.load(onnx_path).graph.initializer:
-        value = numpy_helper.to_array(init)
-        if init.name in params:
-            assert np.array_equal(value, params[init.name].detach().numpy()), init.name
-            grads[init.name] = params[init.name].grad.numpy()
-            continue
-        for p in params.values():
-            w = p.detach().numpy()
-            if w.ndim == 2 and w.T.shape == value.shape and np.array_equal(w.T, value):
-                grads[init.name] = p.grad.numpy().T
-    name = os.path.basename(onnx_path).replace(".onnx", "_grads.npz")
-    np.savez(os.path.join(GOLDEN, name), **{k: np.array(v, np.float32, order="C")
-                                            for k, v in grads.items()})
-    return len(grads) - 1
-
-
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -175,7 +152,7 @@ def main():
                                     "logits": {0: "batch"}})
     np.save(os.path.join(GOLDEN, "text_labels.npy"), labels.numpy().astype(np.int64))
     model.train()
-    count = save_gradients(model, (ids, mask), labels, path)
+    count = save_gradients(model, (ids, mask), labels, path, GOLDEN)
     assert count == len(list(model.parameters())), count
 
     # The Hugging Face form at opset 14 (LayerNorm written out), its sequence length dynamic,
@@ -199,7 +176,7 @@ def main():
                       dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
                                     "logits": {0: "batch"}})
     bert.train()
-    count = save_gradients(bert, (ids, mask, types), labels, path)
+    count = save_gradients(bert, (ids, mask, types), labels, path, GOLDEN)
     assert count == len(list(bert.parameters())), count
 
 

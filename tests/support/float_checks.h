@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,40 @@ inline void expect_close_scaled(const kernels::Tensor& got, const kernels::Tenso
     worst = std::max(worst, std::abs(double(got.data<float>()[i]) - want.data<float>()[i]));
   }
   EXPECT_LE(worst, tolerance * scale) << what;
+}
+
+// qforge's `grad` output against PyTorch's (keyed alike, "loss" and one gradient per
+// parameter): the loss within 1e-5 relative, each gradient within 1e-4 relative L2. A gradient
+// that is zero by construction (attention's key bias: softmax ignores a constant added to a row)
+// is rounding noise on both sides, held below 1e-6 of the whole gradient's norm.
+inline void expect_gradients_match(const std::map<std::string, kernels::Tensor>& got,
+                                   const std::map<std::string, kernels::Tensor>& want) {
+  auto norm = [](const kernels::Tensor& t) {
+    double sum = 0;
+    for (float v : t.to_float_vector()) sum += static_cast<double>(v) * v;
+    return std::sqrt(sum);
+  };
+  double total = 0;
+  for (const auto& [name, reference] : want) {
+    if (name != "loss") total += norm(reference) * norm(reference);
+  }
+  const double zero_level = 1e-6 * std::sqrt(total);
+  for (const auto& [name, reference] : want) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(got.count(name));
+    const kernels::Tensor& g = got.at(name);
+    ASSERT_EQ(g.shape(), reference.shape());
+    if (name == "loss") {
+      const float l = reference.data<float>()[0];
+      EXPECT_LE(std::abs(g.data<float>()[0] - l), 1e-5f * std::abs(l));
+      continue;
+    }
+    if (norm(reference) <= zero_level) {
+      EXPECT_LE(norm(g), zero_level) << "zero by construction";
+      continue;
+    }
+    EXPECT_LE(relative_l2(g, reference), 1e-4);
+  }
 }
 
 inline void expect_same_bits(const float* a, const float* b, size_t count,
