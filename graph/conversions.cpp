@@ -324,9 +324,153 @@ Pattern flatten_linear_to_conv_pattern() {
   return p;
 }
 
+namespace {
+
+// The float constant operand of a binary node (either side), or nullptr.
+const Value* constant_operand(const Node& n) {
+  if (n.num_inputs() != 2) return nullptr;
+  if (is_float_constant(n.input(1))) return n.input(1);
+  return is_float_constant(n.input(0)) ? n.input(0) : nullptr;
+}
+
+// A ReduceMean over the last axis of its rank-`rank` input alone, keeping it (axes as the
+// attribute, or as input 1 from opset 18).
+bool mean_over_last_axis(const Node& reduce, size_t rank) {
+  if (reduce.op_type() != "ReduceMean" || reduce.attr_int("keepdims", 1) != 1) return false;
+  std::vector<int64_t> axes = reduce.attr_ints("axes", {});
+  if (const Value* a = reduce.input(1)) {
+    if (!a->is_constant() || a->dtype() != DType::kInt64) return false;
+    axes = a->constant().to_int64_vector();
+  }
+  const auto last = static_cast<int64_t>(rank) - 1;
+  return axes.size() == 1 && (axes[0] == -1 || axes[0] == last);
+}
+
+// A constant of `d` values along the last axis alone (γ or β of a LayerNorm over it).
+bool last_axis_vector(const Value* v, int64_t d) {
+  if (!is_float_constant(v)) return false;
+  const Shape& s = v->constant().shape();
+  if (s.empty() || s.back() != d) return false;
+  return std::all_of(s.begin(), s.end() - 1, [](int64_t x) { return x == 1; });
+}
+
+}  // namespace
+
+// 9 nodes as torch.onnx writes nn.LayerNorm before opset 17: mean = ReduceMean(x),
+// c = Sub(x, mean), 0=Pow(c, 2), 1=ReduceMean, 2=Add(·, ε), 3=Sqrt, 4=Div(c, ·), 5=Mul(·, γ),
+// 6=Add(·, β)?; becomes one LayerNormalization over the last axis (the Sub and the first
+// ReduceMean, read by nothing else, go too).
+Pattern compose_layer_norm_pattern() {
+  Pattern p;
+  p.name = "ComposeLayerNorm";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Sub -> (Pow -> ReduceMean -> Add -> Sqrt) -> Div -> Mul -> [Add]?";
+  Fork fork;
+  fork.node = one("normalize", {"Div"});
+  fork.branches = {Branch{.input = 0, .chain = {}},
+                   Branch{.input = 1,
+                          .chain = {one("square", {"Pow"}), one("variance", {"ReduceMean"}),
+                                    one("epsilon", {"Add"}), one("std", {"Sqrt"})}}};
+  fork.shared_sources = {{0, 1}};
+  p.fork = std::move(fork);
+  p.trunk = {one("gamma", {"Mul"}), optional("beta", {"Add"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& div = *m.node(g, "normalize");
+    const Value* centered = div.input(0);
+    const Node* sub = centered->producer();
+    if (!sub || sub->op_type() != "Sub" || centered->is_graph_output() ||
+        centered->consumers().size() != 2) {
+      return "the normalized value '" + centered->name() +
+             "' is not a Sub read by the Pow and the Div alone";
+    }
+    const Value* x = sub->input(0);
+    const Value* mean = sub->input(1);
+    const Node* first_mean = mean->producer();
+    if (!x->has_shape() || x->dtype() != DType::kFloat32 || x->shape()->empty()) {
+      return "input '" + x->name() + "' has no resolved float shape";
+    }
+    const size_t rank = x->shape()->size();
+    if (!first_mean || first_mean->input(0) != x || !mean_over_last_axis(*first_mean, rank) ||
+        mean->consumers().size() != 1 || mean->is_graph_output()) {
+      return sub->label() + " does not subtract a mean over the last axis of '" + x->name() +
+             "' read by it alone";
+    }
+    if (!mean_over_last_axis(*m.node(g, "variance"), rank)) {
+      return m.node(g, "variance")->label() + " is not a mean over the last axis";
+    }
+    const Node& square = *m.node(g, "square");
+    if (scalar_constant(square.input(1)) != 2.0f) return square.label() + " is not a square";
+    const Node& epsilon = *m.node(g, "epsilon");
+    const std::optional<float> eps = epsilon.input(0) == m.node(g, "variance")->output(0)
+                                         ? scalar_constant(epsilon.input(1))
+                                         : std::nullopt;
+    if (!eps || !(*eps >= 0)) return epsilon.label() + " does not add a constant ε >= 0";
+    const int64_t d = x->shape()->back();
+    const Node& gamma = *m.node(g, "gamma");
+    if (!last_axis_vector(constant_operand(gamma), d)) {
+      return gamma.label() + " does not scale by a constant of the last axis' " +
+             std::to_string(d) + " values";
+    }
+    if (const Node* beta = m.node(g, "beta");
+        beta && !last_axis_vector(constant_operand(*beta), d)) {
+      return beta->label() + " does not add a constant of the last axis' " + std::to_string(d) +
+             " values";
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* div = m.node(g, "normalize");
+    Node* gamma = m.node(g, "gamma");
+    Node* beta = m.node(g, "beta");
+    Node* sub = div->input(0)->producer();
+    Node* first_mean = sub->input(1)->producer();
+    Node* last = beta ? beta : gamma;
+    Value* x = sub->input(0);
+    const int64_t d = x->shape()->back();
+    // γ and β as vectors of the last axis (torch writes them so; a [1, …, d] one is reshaped,
+    // its values the same).
+    auto vector_of = [&](const Node* n) -> Value* {
+      Value* v = const_cast<Value*>(constant_operand(*n));
+      if (v->constant().rank() == 1) return v;
+      Value* r =
+          g.add_constant(g.unique_value_name(v->name() + "_vector"), v->constant().reshaped({d}));
+      g.record_derivation({.derived = r->name(),
+                           .shape = {d},
+                           .terms = {{.source = v->name(),
+                                      .source_shape = v->known_shape(),
+                                      .extent = {d},
+                                      .derived_strides = {1},
+                                      .source_strides = {1}}}});
+      return r;
+    };
+    std::vector<Value*> inputs = {x, vector_of(gamma)};
+    if (beta) inputs.push_back(vector_of(beta));
+    const float eps = *scalar_constant(m.node(g, "epsilon")->input(1));
+    Node* norm = g.insert_node({.name = name_with(div->name(), "/LayerNormalization"),
+                                .op_type = "LayerNormalization",
+                                .inputs = std::move(inputs),
+                                .output_names = {g.unique_value_name(
+                                    name_with(div->name(), "/LayerNormalization_output"))},
+                                .attributes = {{"axis", int64_t{-1}}, {"epsilon", eps}}},
+                               last);
+    norm->output(0)->set_type(DType::kFloat32, *x->shape());
+    // The chain goes; its final value's name and uses pass to the LayerNormalization.
+    Value* old_out = last->output(0);
+    const std::string out_name = old_out->name();
+    g.replace_all_uses(old_out, norm->output(0));
+    for (Node* n : {beta, gamma, div, m.node(g, "std"), m.node(g, "epsilon"), m.node(g, "variance"),
+                    m.node(g, "square"), sub, first_mean}) {
+      if (n) g.remove_node(n);
+    }
+    g.rename_value(norm->output(0), out_name);
+  };
+  return p;
+}
+
 std::vector<Pattern> conversion_patterns() {
   return {remove_identity_pattern(), remove_inference_dropout_pattern(),
-          remove_identity_pool_pattern(), flatten_linear_to_conv_pattern()};
+          remove_identity_pool_pattern(), flatten_linear_to_conv_pattern(),
+          compose_layer_norm_pattern()};
 }
 
 }  // namespace qforge::graph

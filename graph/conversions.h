@@ -18,6 +18,10 @@ Pattern remove_identity_pattern();
 Pattern remove_inference_dropout_pattern();
 Pattern remove_identity_pool_pattern();
 Pattern flatten_linear_to_conv_pattern();
+// nn.LayerNorm as torch.onnx writes it before opset 17 (ReduceMean, Sub, Pow, ReduceMean, Add ε,
+// Sqrt, Div, Mul γ, Add β) becomes one LayerNormalization over the last axis; the LayerNorm
+// module's lowering writes it out again for a model of such an opset.
+Pattern compose_layer_norm_pattern();
 
 // Every conversion, removals first so that the chains they break are matched in later rounds.
 std::vector<Pattern> conversion_patterns();

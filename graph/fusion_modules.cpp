@@ -175,10 +175,34 @@ void lower_linear_act(Graph& g, Node& n, Lowered& /*lowered*/) {
   l.finish(l.activation(l.linear()));
 }
 
+// LayerNormalization is an op from opset 17: a model of an older opset gets the chain torch.onnx
+// writes there (over the last axis, which is what ComposeLayerNorm composes).
 void lower_layer_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
-  l.finish(l.add("LayerNormalization", "LayerNormalization", n.inputs(),
-                 {n.attributes().begin(), n.attributes().end()}));
+  if (g.opset == 0 || g.opset >= 17) {
+    l.finish(l.add("LayerNormalization", "LayerNormalization", n.inputs(),
+                   {n.attributes().begin(), n.attributes().end()}));
+    return;
+  }
+  const Value* x = n.input(0);
+  const int64_t axis = n.attr_int("axis", -1);
+  if (!x->has_shape() || (axis != -1 && axis != static_cast<int64_t>(x->shape()->size()) - 1)) {
+    throw_unsupported("lower: " + n.label() + ": opset " + std::to_string(g.opset) +
+                      " has no LayerNormalization, and only one over the last axis is written "
+                      "out");
+  }
+  const std::map<std::string, AttributeValue, std::less<>> last_axis = {
+      {"axes", std::vector<int64_t>{-1}}};
+  Value* mean = l.add("ReduceMean", "ReduceMean", {n.input(0)}, last_axis);
+  Value* centered = l.add("Sub", "Sub", {n.input(0), mean});
+  Value* square = l.add("Pow", "Pow", {centered, l.constant("two", 2.0f)});
+  Value* variance = l.add("ReduceMean_1", "ReduceMean", {square}, last_axis);
+  Value* shifted =
+      l.add("Add", "Add", {variance, l.constant("epsilon", n.attr_float("epsilon", 1e-5f))});
+  Value* y = l.add("Div", "Div", {centered, l.add("Sqrt", "Sqrt", {shifted})});
+  y = l.add("Mul", "Mul", {y, n.input(1)});
+  if (n.input(2)) y = l.add("Add_1", "Add", {y, n.input(2)});
+  l.finish(y);
 }
 
 void lower_instance_norm(Graph& g, Node& n, Lowered& /*lowered*/) {

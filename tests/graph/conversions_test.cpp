@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 
@@ -323,6 +324,109 @@ TEST(ConversionFixedPoint, LaterRoundsMatchWhatEarlierRoundsExposed) {
     EXPECT_EQ(report.skipped(), 0u);
   });
   EXPECT_EQ(r.after, (OpCounts{{"Conv", 1}, {"Flatten", 1}, {"Relu", 1}}));
+}
+
+// nn.LayerNorm as torch.onnx writes it before opset 17, over the last axis of `x`: ReduceMean,
+// Sub, Pow(·, exponent), ReduceMean, Add ε, Sqrt, Div, Mul γ, Add β (when given). `axis` is the
+// axis both ReduceMeans average over; `extra_reader` makes a Relu read the centered value too.
+struct WrittenOutNorm {
+  std::string stem;
+  int64_t axis = -1;
+  float exponent = 2.0f;
+  bool extra_reader = false;
+  Shape gamma_shape;
+  bool beta = true;
+};
+
+graph::Value* add_written_out_norm(graph::Graph& g, graph::Value* x, const WrittenOutNorm& n,
+                                   std::mt19937& rng) {
+  const std::string& s = n.stem;
+  auto node = [&](const std::string& part, const std::string& op, std::vector<graph::Value*> inputs,
+                  std::map<std::string, graph::AttributeValue, std::less<>> attrs = {}) {
+    return g
+        .add_node({.name = s + "/" + part,
+                   .op_type = op,
+                   .inputs = std::move(inputs),
+                   .output_names = {s + "/" + part + "_out"},
+                   .attributes = std::move(attrs)})
+        ->output(0);
+  };
+  const std::map<std::string, graph::AttributeValue, std::less<>> axes = {
+      {"axes", std::vector<int64_t>{n.axis}}};
+  auto* mean = node("ReduceMean", "ReduceMean", {x}, axes);
+  auto* centered = node("Sub", "Sub", {x, mean});
+  auto* square =
+      node("Pow", "Pow", {centered, g.add_constant(s + "/two", Tensor::scalar_f32(n.exponent))});
+  auto* variance = node("ReduceMean_1", "ReduceMean", {square}, axes);
+  auto* shifted =
+      node("Add", "Add", {variance, g.add_constant(s + "/eps", Tensor::scalar_f32(1e-5f))});
+  auto* y = node("Div", "Div", {centered, node("Sqrt", "Sqrt", {shifted})});
+  y = node("Mul", "Mul", {y, g.add_constant(s + ".weight", random_tensor(n.gamma_shape, rng))});
+  if (n.beta) {
+    const Shape bias_shape = {n.gamma_shape.back()};
+    y = node("Add_1", "Add", {g.add_constant(s + ".bias", random_tensor(bias_shape, rng)), y});
+  }
+  g.mark_output(y);
+  if (n.extra_reader) g.mark_output(node("Relu", "Relu", {centered}));
+  return y;
+}
+
+// Five written-out norms: two become LayerNormalization (γ [8] with β, γ [1, 1, 8] without),
+// three stay: over axis 1 of an NCHW tensor (ConvNeXt's channels-first form), a cube, and one
+// whose centered value a Relu reads too.
+std::unique_ptr<graph::Graph> written_out_norms_graph() {
+  std::mt19937 rng(13);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 5, 8});
+  auto* c = g->add_input("c", DType::kFloat32, Shape{2, 8, 3, 3});
+  add_written_out_norm(*g, x, {.stem = "ln", .gamma_shape = {8}}, rng);
+  add_written_out_norm(*g, x, {.stem = "ln_3d_gamma", .gamma_shape = {1, 1, 8}, .beta = false},
+                       rng);
+  add_written_out_norm(*g, c, {.stem = "channels_first", .axis = 1, .gamma_shape = {8, 1, 1}}, rng);
+  add_written_out_norm(*g, x, {.stem = "cube", .exponent = 3.0f, .gamma_shape = {8}}, rng);
+  add_written_out_norm(*g, x, {.stem = "shared", .extra_reader = true, .gamma_shape = {8}}, rng);
+  return g;
+}
+
+TEST(ConversionComposeLayerNorm, WrittenOutNormsBecomeLayerNormalization) {
+  auto r = testing::run_pass_test(written_out_norms_graph, [](graph::Graph& g) {
+    auto report = convert(g);
+    EXPECT_EQ(report.find("ComposeLayerNorm")->applied, 2u);
+    EXPECT_EQ(report.find("ComposeLayerNorm")->skipped, 3u);
+  });
+  EXPECT_EQ(r.after.at("LayerNormalization"), 2u);
+  EXPECT_EQ(r.after.at("Pow"), 3u);  // of the three that stay
+  const graph::Node* ln = r.transformed->find_node("ln/Div/LayerNormalization");
+  ASSERT_NE(ln, nullptr);
+  EXPECT_EQ(ln->input(0)->name(), "x");
+  EXPECT_EQ(ln->input(1)->name(), "ln.weight");
+  EXPECT_EQ(ln->input(2)->name(), "ln.bias");
+  EXPECT_EQ(ln->attr_float("epsilon"), 1e-5f);
+  EXPECT_EQ(ln->attr_int("axis"), -1);
+  EXPECT_EQ(ln->output(0)->name(), "ln/Add_1_out");  // the chain's output keeps its name
+  const graph::Node* no_beta = r.transformed->find_node("ln_3d_gamma/Div/LayerNormalization");
+  ASSERT_NE(no_beta, nullptr);
+  EXPECT_EQ(no_beta->num_inputs(), 2u);
+  EXPECT_EQ(no_beta->input(1)->known_shape(), (Shape{8}));
+  auto reasons = reasons_of(*r.transformed, "ComposeLayerNorm");
+  std::sort(reasons.begin(), reasons.end());
+  EXPECT_EQ(reasons, (std::vector<std::string>{
+                         "node 'channels_first/Sub' (Sub) does not subtract a mean over the last "
+                         "axis of 'c' read by it alone",
+                         "node 'cube/Pow' (Pow) is not a square",
+                         "the normalized value 'shared/Sub_out' is not a Sub read by the Pow and "
+                         "the Div alone"}));
+}
+
+// γ [1, 1, 8] is reshaped to [8]: a derivation records it, so that training's gradient goes back.
+TEST(ConversionComposeLayerNorm, RecordsTheReshapedScale) {
+  auto before = written_out_norms_graph();
+  auto after = written_out_norms_graph();
+  runtime::resolve(*after, {});
+  convert(*after);
+  ASSERT_EQ(after->derivations().size(), 1u);
+  EXPECT_EQ(after->derivations()[0].terms.at(0).source, "ln_3d_gamma.weight");
+  EXPECT_EQ(testing::expect_derivations_reproduce(*before, *after), 1u);
 }
 
 class ConversionBundledModel : public ::testing::TestWithParam<std::string> {};

@@ -265,6 +265,45 @@ TEST(OpsetCli, QatTrainsALayerNormWrittenOut) {
   EXPECT_EQ(values(attention.trained), values(plain.trained));
 }
 
+// nn.LayerNorm written out (opsets before 17) composes into the LayerNorm module the opset-17
+// export's LayerNormalization node makes (ComposeLayerNorm): SmoothQuant smooths the same two
+// LayerNorms with the same factors, the calibrated model gives the same figures, and it is written
+// out again at opset 13 (no LayerNormalization there), which ONNX Runtime runs as qforge does.
+TEST(OpsetCli, WrittenOutLayerNormsComposeAndAreWrittenOutAgain) {
+  TempDir dir;
+  std::string lines[2];
+  const char* names[] = {"transformer_opset13", "transformer_opset17"};
+  for (int i = 0; i < 2; ++i) {
+    const std::string qdq = dir.file(std::string(names[i]) + ".qdq.onnx");
+    const auto r = run_cli("calibrate " + model_path(names[i]) + " --data " +
+                           golden("transformer_input.npy") + " --smoothquant -o " + qdq);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (const char* key : {"smoothquant  ", "output SQNR  "}) {
+      const size_t at = r.out.find(key);
+      ASSERT_NE(at, std::string::npos) << r.out;
+      lines[i] += r.out.substr(at, r.out.find('\n', at) - at) + "\n";
+    }
+  }
+  EXPECT_EQ(lines[0], lines[1]);
+  EXPECT_NE(lines[0].find("2 LayerNorms smoothed"), std::string::npos) << lines[0];
+  const std::string qdq = dir.file("transformer_opset13.qdq.onnx");
+  onnx::ModelProto proto;
+  ASSERT_TRUE(proto.ParseFromString(testing::read_text(qdq)));
+  EXPECT_EQ(proto.opset_import(0).version(), 13);
+  int pows = 0, norms = 0;
+  for (const auto& n : proto.graph().node()) {
+    pows += n.op_type() == "Pow";
+    norms += n.op_type() == "LayerNormalization";
+  }
+  EXPECT_EQ(pows, 2);
+  EXPECT_EQ(norms, 0);
+  const std::string dump = dir.file("ort.npz");
+  testing::ort_dump(qdq, golden("transformer_input.npy"), dump, "all");
+  const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " +
+                                golden("transformer_input.npy"));
+  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+}
+
 TEST(OpsetCli, DynamicHeightAndWidthTakeTheDataShapeOrInputShape) {
   TempDir dir;
   const std::string model = model_path("cnn_dynamic_hw_opset13");
