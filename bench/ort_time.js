@@ -6,7 +6,8 @@
 //   node bench/ort_time.js --model m.onnx --input x.npy [--batch 8] [--warmup 2] [--runs 5]
 //                          [--threads 2]
 //
-// The first --batch rows of the float32 .npy input feed the model's only input.
+// The first --batch rows of the float32 .npy input feed the model's only input; an .npz input
+// (np.savez, one array per model input keyed by its name: token ids, masks) feeds every input.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -62,12 +63,24 @@ async function main() {
   });
   const loadMs = Number(process.hrtime.bigint() - t0) / 1e6;
 
-  const npy = readNpy(opts.input);
-  if (npy.shape[0] < opts.batch) throw new Error(`${opts.input}: fewer than ${opts.batch} rows`);
-  const row = npy.data.length / npy.shape[0];
-  const dims = [opts.batch, ...npy.shape.slice(1)];
-  const input = new ort.Tensor('float32', npy.data.subarray(0, opts.batch * row), dims);
-  const feeds = {[session.inputNames[0]]: input};
+  const feeds = {};
+  // The first opts.batch rows of an array read by tools/ort_dump.js's readers.
+  const firstRows = (t, name) => {
+    if (t.shape[0] < opts.batch) throw new Error(`${opts.input}: fewer than ${opts.batch} rows`);
+    const row = t.data.length / t.shape[0];
+    return new ort.Tensor(t.type.ort, t.data.subarray(0, opts.batch * row),
+                          [opts.batch, ...t.shape.slice(1)]);
+  };
+  if (opts.input.endsWith('.npz')) {
+    const arrays = await require('../tools/ort_dump.js').readNpz(opts.input);
+    for (const name of session.inputNames) {
+      if (!arrays[name]) throw new Error(`${opts.input}: no array for model input '${name}'`);
+      feeds[name] = firstRows(arrays[name], name);
+    }
+  } else {
+    const npy = readNpy(opts.input);
+    feeds[session.inputNames[0]] = firstRows({...npy, type: {ort: 'float32'}});
+  }
 
   for (let i = 0; i < opts.warmup; ++i) await session.run(feeds);
   const ms = [];

@@ -286,4 +286,4 @@ if (require.main === module) {
   });
 }
 
-module.exports = {TYPES, readNpy, encodeNpy};
+module.exports = {TYPES, readNpy, readNpz, encodeNpy};
