@@ -241,6 +241,12 @@ TEST(TextData, BadLabelsInTheArchiveAreNamed) {
   const auto u = run_cli("qat " + model_file + " --data " + unlabelled + " --steps 1 -o " +
                          dir.file("q.onnx"));
   testing::expect_one_line_error(u, "an .npz with a 'labels' array");
+  // Image augmentation of token ids is refused before any work.
+  const auto a = run_cli("qat " + model_file + " --data " + data_file +
+                         " --augment flip --steps 1 --batch 4 -o " + dir.file("q.onnx"));
+  testing::expect_one_line_error(
+      a, "qat: --augment needs one image input [N, C, H, W], the model takes 2 inputs");
+  EXPECT_EQ(a.out, "");  // no calibration or progress before it
 }
 
 }  // namespace
