@@ -64,15 +64,7 @@ class TextCli : public ::testing::TestWithParam<TextModel> {
 
 // Every element within 1e-4 · max(1, max |ref|) of PyTorch's logits `reference`.
 void expect_matches_pytorch(const kernels::Tensor& got, const std::string& reference) {
-  const kernels::Tensor want = io::read_npy(reference);
-  ASSERT_EQ(got.shape(), want.shape());
-  const std::vector<float> g = got.to_float_vector();
-  const std::vector<float> w = want.to_float_vector();
-  float peak = 1;
-  for (float v : w) peak = std::max(peak, std::abs(v));
-  for (size_t i = 0; i < g.size(); ++i) {
-    EXPECT_LE(std::abs(g[i] - w[i]), 1e-4f * peak) << "element " << i;
-  }
+  testing::expect_close_scaled(got, io::read_npy(reference), 1e-4, reference);
 }
 
 // `qforge verify` of `qdq` against ONNX Runtime's values of its points on the golden inputs,
