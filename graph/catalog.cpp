@@ -45,6 +45,7 @@ constexpr std::array kSchemas = {
     OpSchema{"ConstantOfShape", 1, 1, 1, 1, 9, kNone, kShapeInput},
     OpSchema{"Conv", 2, 3, 1, 1, 11, kBackward, {}, SchemaKind::kOnnx, kConvRoles},
     OpSchema{"ConvTranspose", 2, 3, 1, 1, 11, kBackward, {}, SchemaKind::kOnnx, kConvRoles},
+    OpSchema{"CumSum", 2, 2, 1, 1, 11, kBackward},  // axis (input 1) a constant
     OpSchema{"DequantizeLinear", 2, 3, 1, 1, 13, kNone,
              "its data input is an integer grid and its scale a constant of the graph"},
     OpSchema{"Div", 2, 2, 1, 1, 13, kBackward},
@@ -133,6 +134,8 @@ constexpr std::array kSchemas = {
 constexpr std::array kAttributeRules = {
     // op type, attribute, min, max
     AttributeRule{"ArgMax", "keepdims", 0, 1},
+    AttributeRule{"CumSum", "exclusive", 0, 1},
+    AttributeRule{"CumSum", "reverse", 0, 1},
     AttributeRule{"ArgMax", "select_last_index", 0, 1},
     AttributeRule{"AveragePool", "kernel_shape", 1},
     AttributeRule{"AveragePool", "strides", 1},

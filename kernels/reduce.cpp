@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/parallel.h"
 
@@ -99,6 +100,62 @@ void reduce_sum(const ReducePlan& plan, const float* x, float* y) {
       y[o] = sum;
     }
   });
+}
+
+namespace {
+
+// The type a running sum adds in: integers as unsigned, which wraps where the signed sum would
+// overflow.
+template <typename T, bool = std::is_integral_v<T>>
+struct SumOf {
+  using type = T;
+};
+template <typename T>
+struct SumOf<T, true> {
+  using type = std::make_unsigned_t<T>;
+};
+
+}  // namespace
+
+template <typename T>
+void cumulative_sum(const T* x, int64_t outer, int64_t n, int64_t inner, bool exclusive,
+                    bool reverse, T* y) {
+  using Sum = typename SumOf<T>::type;
+  // One task per [n, inner] block; within it row after row, each row the previous one's sums
+  // plus one row of x (vectorised along inner).
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n * inner));
+  parallel_for(outer, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const T* xo = x + o * n * inner;
+      T* yo = y + o * n * inner;
+      for (int64_t step = 0; step < n; ++step) {
+        const int64_t i = reverse ? n - 1 - step : step;
+        T* row = yo + i * inner;
+        if (step == 0) {
+          for (int64_t k = 0; k < inner; ++k) row[k] = exclusive ? T{0} : xo[i * inner + k];
+          continue;
+        }
+        const int64_t before = reverse ? i + 1 : i - 1;
+        const T* previous = yo + before * inner;
+        // The x row this position adds: its own, or with `exclusive` the one before it.
+        const T* add = xo + (exclusive ? before : i) * inner;
+        for (int64_t k = 0; k < inner; ++k) {
+          row[k] = static_cast<T>(static_cast<Sum>(previous[k]) + static_cast<Sum>(add[k]));
+        }
+      }
+    }
+  });
+}
+
+template void cumulative_sum<float>(const float*, int64_t, int64_t, int64_t, bool, bool, float*);
+template void cumulative_sum<int32_t>(const int32_t*, int64_t, int64_t, int64_t, bool, bool,
+                                      int32_t*);
+template void cumulative_sum<int64_t>(const int64_t*, int64_t, int64_t, int64_t, bool, bool,
+                                      int64_t*);
+
+void cumulative_sum_backward(const float* dy, int64_t outer, int64_t n, int64_t inner,
+                             bool exclusive, bool reverse, float* dx) {
+  cumulative_sum(dy, outer, n, inner, exclusive, !reverse, dx);
 }
 
 void reduce_max(const ReducePlan& plan, const float* x, float* y) {

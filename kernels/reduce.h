@@ -32,6 +32,17 @@ void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y,
 void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
                         float* dx, GradMode write = GradMode::kOverwrite);
 
+// x viewed as [outer, n, inner]: the running sums along the middle axis (ONNX CumSum),
+// y[o, i, k] = Σ x[o, j, k] over j <= i; over j < i with `exclusive` (0 first), and over j >= i
+// (j > i) with `reverse`. Each sum is added up in the order of the axis' walk, so the bits do not
+// depend on the thread count. For float32, int32 and int64 (integers wrap as two's complement).
+template <typename T>
+void cumulative_sum(const T* x, int64_t outer, int64_t n, int64_t inner, bool exclusive,
+                    bool reverse, T* y);
+// Its gradient: dx = the running sums of dy the other way (reverse flipped, exclusive kept).
+void cumulative_sum_backward(const float* dy, int64_t outer, int64_t n, int64_t inner,
+                             bool exclusive, bool reverse, float* dx);
+
 // x viewed as [outer, axis_dim, inner]: y[o, i] = the index along the axis of the largest
 // x[o, ·, i], the first one among equal values, or the last with `select_last`. A NaN counts as
 // the largest value (its first or last occurrence).

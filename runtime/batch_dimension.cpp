@@ -659,6 +659,10 @@ class BatchFreer {
       unsupported(node, "normalizes per sample with the batch on an axis other than 0");
     }
     if (op == "Shape" || op == "Size") unsupported(node, "reads the batch as a value");
+    if (op == "CumSum" && carried.front().first == 0 && node.input(1)->is_constant() &&
+        normalized_axis(constant_ints(node.input(1)).at(0), first_rank) == first.axis) {
+      unsupported(node, "sums along the batch axis");
+    }
     if (op == "Resize") {
       if (carried.front().first != 0)
         unsupported(node, "computes its scales or sizes from the batch");

@@ -12,13 +12,19 @@ key and value Linears, scores divided by sqrt(head size), the mask made additive
 lowest value, token-type embeddings as a third input, a tanh pooler) are exported at opset 14,
 where LayerNorm is written out, with the sequence length dynamic.
 
-Writes data/models/text/text_encoder_opset17.onnx, bert_style_opset14.onnx and data/golden/text/: text_inputs.npz (the
+RoBERTa's form (roberta_style, opset 14) pads with id 1 and counts its position ids over the
+real tokens with a running sum of the mask (CumSum).
+
+Writes data/models/text/text_encoder_opset17.onnx, bert_style_opset14.onnx,
+roberta_style_opset14.onnx and data/golden/text/: text_inputs.npz (the
 two inputs of 16 samples of 4 to 12 tokens each, padded with id 0, and their class labels as
 'labels'), text_output.npy
 (PyTorch's logits), text_labels.npy and text_encoder_opset17_grads.npz (the mean cross-entropy on
 those labels and the gradient of every initializer that is a PyTorch parameter, by name, or by
 value transposed for MatMul weights); bert_style_inputs.npz (the same ids, mask and labels, and
-token types), bert_style_output.npy and bert_style_opset14_grads.npz. Seeded; run:
+token types), bert_style_output.npy and bert_style_opset14_grads.npz; roberta_style_inputs.npz
+(the same tokens moved to ids 2 and up, padded with 1), roberta_style_output.npy and
+roberta_style_opset14_grads.npz. Seeded; run:
     /usr/bin/python3 data/generate/text_models.py
 """
 import math
@@ -119,6 +125,33 @@ class BertStyle(nn.Module):
         return self.classifier(torch.tanh(self.pooler(x[:, 0])))
 
 
+class RobertaStyle(nn.Module):
+    """RoBERTa's form: padding id 1, position ids counted over the real tokens (the running
+    sum of the non-padding mask, times it, plus the padding id: CumSum), one token type, the
+    BertLayers, and its classification head (dense, tanh, projection) on the first token."""
+
+    def __init__(self, layers=2):
+        super().__init__()
+        self.tokens = nn.Embedding(VOCAB, WIDTH, padding_idx=1)
+        self.positions = nn.Embedding(TOKENS + 2, WIDTH, padding_idx=1)
+        self.token_types = nn.Embedding(1, WIDTH)
+        self.norm = nn.LayerNorm(WIDTH, eps=1e-5)
+        self.layers = nn.ModuleList([BertLayer() for _ in range(layers)])
+        self.dense = nn.Linear(WIDTH, WIDTH)
+        self.out_proj = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, input_ids, attention_mask):
+        real = input_ids.ne(1).int()
+        position_ids = (torch.cumsum(real, dim=1).type_as(real) * real).long() + 1
+        x = self.norm(self.tokens(input_ids) + self.positions(position_ids) +
+                      self.token_types(torch.zeros_like(input_ids)))
+        additive_mask = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * \
+            torch.finfo(torch.float32).min
+        for layer in self.layers:
+            x = layer(x, additive_mask)
+        return self.out_proj(torch.tanh(self.dense(x[:, 0])))
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -178,6 +211,29 @@ def main():
     bert.train()
     count = save_gradients(bert, (ids, mask, types), labels, path, GOLDEN)
     assert count == len(list(bert.parameters())), count
+
+    # RoBERTa's form at opset 14: the same tokens (ids 2 and up) padded with id 1.
+    torch.manual_seed(3)
+    roberta = RobertaStyle()
+    with torch.no_grad():
+        for p in roberta.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    roberta_ids = torch.where(mask == 1, ids % (VOCAB - 2) + 2, torch.ones_like(ids))
+    np.savez(os.path.join(GOLDEN, "roberta_style_inputs.npz"), input_ids=roberta_ids.numpy(),
+             attention_mask=mask.numpy(), labels=labels.numpy().astype(np.int64))
+    roberta.eval()
+    with torch.no_grad():
+        np.save(os.path.join(GOLDEN, "roberta_style_output.npy"),
+                roberta(roberta_ids, mask).numpy())
+    path = os.path.join(MODELS, "roberta_style_opset14.onnx")
+    names = ["input_ids", "attention_mask"]
+    torch.onnx.export(roberta, (roberta_ids, mask), path, input_names=names,
+                      output_names=["logits"], opset_version=14,
+                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                    "logits": {0: "batch"}})
+    roberta.train()
+    count = save_gradients(roberta, (roberta_ids, mask), labels, path, GOLDEN)
+    assert count == len(list(roberta.parameters())), count
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/reference/reference_util.h"
@@ -84,6 +85,55 @@ Tensor reduce_l2_backward(const Tensor& x, std::span<const int64_t> axes, const 
                   : static_cast<float>(double{dy.data<float>()[o]} * x.data<float>()[i] / norm);
   }
   return dx;
+}
+
+namespace {
+
+template <typename T>
+void cumulative_sum_into(const Tensor& x, int64_t axis, bool exclusive, bool reverse, Tensor& y) {
+  const Shape& s = x.shape();
+  int64_t inner = 1;
+  for (size_t d = static_cast<size_t>(axis) + 1; d < s.size(); ++d) inner *= s[d];
+  const int64_t n = s[static_cast<size_t>(axis)];
+  for (int64_t e = 0; e < x.numel(); ++e) {
+    const int64_t i = (e / inner) % n;
+    const int64_t base = e - i * inner;  // position 0 of this element's line
+    // Positions j the sum covers, walked from the axis' start (or end with reverse).
+    const int64_t first = reverse ? n - 1 : 0;
+    const int64_t step = reverse ? -1 : 1;
+    T sum{0};
+    for (int64_t j = first; j >= 0 && j < n; j += step) {
+      const bool covered = reverse ? (exclusive ? j > i : j >= i) : (exclusive ? j < i : j <= i);
+      if (!covered) break;
+      if constexpr (std::is_integral_v<T>) {
+        using U = std::make_unsigned_t<T>;
+        sum = static_cast<T>(static_cast<U>(sum) + static_cast<U>(x.data<T>()[base + j * inner]));
+      } else {
+        sum += x.data<T>()[base + j * inner];
+      }
+    }
+    y.data<T>()[e] = sum;
+  }
+}
+
+}  // namespace
+
+Tensor cumulative_sum(const Tensor& x, int64_t axis, bool exclusive, bool reverse) {
+  Tensor y(x.dtype(), x.shape());
+  switch (x.dtype()) {
+    case DType::kFloat32:
+      cumulative_sum_into<float>(x, axis, exclusive, reverse, y);
+      break;
+    case DType::kInt32:
+      cumulative_sum_into<int32_t>(x, axis, exclusive, reverse, y);
+      break;
+    case DType::kInt64:
+      cumulative_sum_into<int64_t>(x, axis, exclusive, reverse, y);
+      break;
+    default:
+      throw_internal("reference cumulative_sum: unsupported dtype");
+  }
+  return y;
 }
 
 Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape) {

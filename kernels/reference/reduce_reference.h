@@ -23,6 +23,10 @@ Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape);
 Tensor reduce_max_backward(const Tensor& x, std::span<const int64_t> axes, const Tensor& dy);
 // int64 indices along `axis`, kept as size 1.
 Tensor arg_max(const Tensor& x, int64_t axis, bool select_last);
+// ONNX CumSum along `axis` (float32, int32 or int64): each output summed afresh from its
+// coordinates over the axis' positions it covers, in the order the running sum meets them (from
+// the axis' start, or its end with `reverse`), float sums in float as PyTorch's cumsum adds them.
+Tensor cumulative_sum(const Tensor& x, int64_t axis, bool exclusive, bool reverse);
 // ONNX Tile and its gradient (the sum over the repeats).
 Tensor tile(const Tensor& x, std::span<const int64_t> repeats);
 Tensor tile_backward(const Tensor& dy, const Shape& x_shape);

@@ -1,6 +1,6 @@
-// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ReduceL2 and
-// ArgMax: shape inference, kernels with their backward (ArgMax has none: its output is an
-// integer).
+// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ReduceL2,
+// CumSum and ArgMax: shape inference, kernels with their backward (ArgMax has none: its output
+// is an integer; nor has CumSum of integers).
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -388,6 +388,94 @@ class ReduceKernel final : public OpKernel {
   Kind kind_;
 };
 
+// CumSum: running sums along one axis (input 1, a constant scalar), of float32 (with its
+// gradient), int32 or int64 (RoBERTa's position ids count the tokens of the mask this way).
+struct CumSumSetup {
+  int64_t outer = 1, n = 1, inner = 1;
+  bool exclusive = false, reverse = false;
+};
+
+CumSumSetup setup_cumsum(const Node& node, std::span<const InputInfo> inputs) {
+  if (inputs.empty() || !inputs[0].present) fail_node(node, "input 0", "none");
+  const InputInfo& x = inputs[0];
+  if (x.dtype != DType::kFloat32 && x.dtype != DType::kInt32 && x.dtype != DType::kInt64) {
+    fail_node(node, "float32, int32 or int64 data", kernels::dtype_name(x.dtype));
+  }
+  if (x.shape.empty()) fail_node(node, "data of rank >= 1", shape_str(x.shape));
+  if (inputs.size() < 2 || !inputs[1].present || !inputs[1].constant) {
+    fail_node(node, "axis (input 1) as a constant", "a computed value");
+  }
+  const InputInfo& axis = inputs[1];
+  if ((axis.dtype != DType::kInt64 && axis.dtype != DType::kInt32) || axis.constant->numel() != 1 ||
+      axis.shape.size() > 1) {
+    fail_node(node, "axis (input 1) as one int32 or int64 value",
+              kernels::dtype_name(axis.dtype) + shape_str(axis.shape));
+  }
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  const auto a =
+      static_cast<size_t>(normalize_axis(node, axis.constant->to_int64_vector()[0], rank, "axis"));
+  CumSumSetup s;
+  for (size_t d = 0; d < a; ++d) s.outer *= x.shape[d];
+  s.n = x.shape[a];
+  for (size_t d = a + 1; d < x.shape.size(); ++d) s.inner *= x.shape[d];
+  s.exclusive = bool_attr(node, "exclusive", 0) != 0;
+  s.reverse = bool_attr(node, "reverse", 0) != 0;
+  return s;
+}
+
+class CumSumKernel final : public OpKernel {
+ public:
+  CumSumKernel(const CumSumSetup& s, DType dtype) : s_(s), dtype_(dtype) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    switch (dtype_) {
+      case DType::kFloat32:
+        run(inputs[0].data<float>(), outputs[0].data<float>());
+        break;
+      case DType::kInt32:
+        run(inputs[0].data<int32_t>(), outputs[0].data<int32_t>());
+        break;
+      default:
+        run(inputs[0].data<int64_t>(), outputs[0].data<int64_t>());
+        break;
+    }
+  }
+  bool differentiable_input(size_t index) const override {
+    return index == 0 && dtype_ == DType::kFloat32;
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    float* dx = grad_data(grad_inputs, 0);
+    if (!dx) return;
+    kernels::cumulative_sum_backward(grad_outputs[0].data<float>(), s_.outer, s_.n, s_.inner,
+                                     s_.exclusive, s_.reverse, dx);
+  }
+
+ private:
+  template <typename T>
+  void run(const T* x, T* y) const {
+    kernels::cumulative_sum(x, s_.outer, s_.n, s_.inner, s_.exclusive, s_.reverse, y);
+  }
+  CumSumSetup s_;
+  DType dtype_;
+};
+
+std::vector<TensorInfo> infer_cumsum(const Node& node, std::span<const InputInfo> inputs) {
+  setup_cumsum(node, inputs);
+  std::vector<TensorInfo> out(std::max<size_t>(node.num_outputs(), 1));
+  out[0] = {inputs[0].dtype, inputs[0].shape};
+  return out;
+}
+
+std::unique_ptr<OpKernel> create_cumsum(const Node& node, std::span<const InputInfo> inputs,
+                                        std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<CumSumKernel>(setup_cumsum(node, inputs), inputs[0].dtype);
+}
+
 std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo> inputs) {
   return one_output(node, setup_reduce(node, inputs).out_shape);
 }
@@ -478,6 +566,7 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"ReduceSum", infer_reduce, create_reduce<ReduceKernel::Kind::kSum>});
   registry.add({"ReduceMax", infer_reduce, create_reduce<ReduceKernel::Kind::kMax>});
   registry.add({"ReduceL2", infer_reduce, create_reduce<ReduceKernel::Kind::kL2>});
+  registry.add({"CumSum", infer_cumsum, create_cumsum});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
   registry.add({"Softmax", infer_softmax, create_softmax});
 }

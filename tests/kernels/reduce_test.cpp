@@ -1,7 +1,7 @@
-// ReduceSum, ReduceMax, ReduceL2 and ArgMax kernels and their backward against the naive references
-// of kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced block,
-// alternating blocks, size-1 axes, all axes), at 1 and 2 threads bit for bit; the backward also
-// against float64 central differences, and ReduceMax's ties splitting the gradient evenly.
+// ReduceSum, ReduceMax, ReduceL2, CumSum and ArgMax kernels and their backward against the naive
+// references of kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced
+// block, alternating blocks, size-1 axes, all axes), at 1 and 2 threads bit for bit; the backward
+// also against float64 central differences, and ReduceMax's ties splitting the gradient evenly.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -228,6 +228,70 @@ TEST(ReduceKernels, MaxBackwardSplitsTheGradientAmongTies) {
   const float third = 0.9f / 3.0f;
   EXPECT_EQ(std::vector<float>(dx, dx + 8),
             (std::vector<float>{third, 0, third, third, 0, -1.0f, -1.0f, 0}));
+}
+
+// CumSum: the running sums along each axis of awkward shapes, inclusive or exclusive, forwards
+// or reversed, bit for bit the reference's (each sum made afresh in the same order) at 1 and 2
+// threads; int32 and int64 exact, wrapping as two's complement; the gradient the running sums
+// of dy the other way, against float64 central differences of Σ dy · cumsum(x).
+TEST(CumSumKernel, MatchesTheReferenceAndItsGradientTheDifferences) {
+  const Shape shapes[] = {{13}, {3, 17}, {2, 5, 7}, {4, 1, 33}, {1, 1}};
+  uint32_t seed = 71;
+  for (const Shape& shape : shapes) {
+    for (int64_t axis = 0; axis < static_cast<int64_t>(shape.size()); ++axis) {
+      int64_t outer = 1, inner = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
+      for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
+      const int64_t n = shape[static_cast<size_t>(axis)];
+      const Tensor x = random_f32(shape, seed++, -3.0f, 3.0f);
+      Tensor xi(DType::kInt32, shape), xl(DType::kInt64, shape);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        xi.data<int32_t>()[i] = static_cast<int32_t>(x.data<float>()[i] * 7e8f);  // sums wrap
+        xl.data<int64_t>()[i] = static_cast<int64_t>(x.data<float>()[i] * 3e18f);
+      }
+      for (int flags = 0; flags < 4; ++flags) {
+        const bool exclusive = (flags & 1) != 0, reverse = (flags & 2) != 0;
+        SCOPED_TRACE(shape_str(shape) + " axis " + std::to_string(axis) +
+                     (exclusive ? " exclusive" : "") + (reverse ? " reverse" : ""));
+        const Tensor want = reference::cumulative_sum(x, axis, exclusive, reverse);
+        const Tensor want_i = reference::cumulative_sum(xi, axis, exclusive, reverse);
+        const Tensor want_l = reference::cumulative_sum(xl, axis, exclusive, reverse);
+        for (int threads : {1, 2}) {
+          ThreadCount tc(threads);
+          Tensor y(DType::kFloat32, shape), yi(DType::kInt32, shape), yl(DType::kInt64, shape);
+          cumulative_sum(x.data<float>(), outer, n, inner, exclusive, reverse, y.data<float>());
+          cumulative_sum(xi.data<int32_t>(), outer, n, inner, exclusive, reverse,
+                         yi.data<int32_t>());
+          cumulative_sum(xl.data<int64_t>(), outer, n, inner, exclusive, reverse,
+                         yl.data<int64_t>());
+          EXPECT_EQ(values(y), values(want));
+          EXPECT_EQ(yi.to_int64_vector(), want_i.to_int64_vector());
+          EXPECT_EQ(yl.to_int64_vector(), want_l.to_int64_vector());
+        }
+        const Tensor dy = random_f32(shape, seed++, -1.0f, 1.0f);
+        Tensor dx(DType::kFloat32, shape);
+        cumulative_sum_backward(dy.data<float>(), outer, n, inner, exclusive, reverse,
+                                dx.data<float>());
+        std::vector<double> xd = testing::to_double(values(x));
+        const std::vector<double> r = testing::to_double(values(dy));
+        auto loss = [&] {
+          std::vector<double> out(xd.size(), 0.0);
+          for (int64_t e = 0; e < x.numel(); ++e) {
+            const int64_t i = (e / inner) % n;
+            const int64_t base = e - i * inner;
+            for (int64_t j = 0; j < n; ++j) {
+              const bool covered =
+                  reverse ? (exclusive ? j > i : j >= i) : (exclusive ? j < i : j <= i);
+              if (covered) out[static_cast<size_t>(e)] += xd[static_cast<size_t>(base + j * inner)];
+            }
+          }
+          return testing::dot(out, r);
+        };
+        testing::expect_matches_differences(testing::to_double(values(dx)),
+                                            testing::central_differences(xd, loss), 1e-5, "cumsum");
+      }
+    }
+  }
 }
 
 TEST(ArgMaxKernel, MatchesTheReferenceWithTiesFirstOrLast) {

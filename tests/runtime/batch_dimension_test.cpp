@@ -178,5 +178,32 @@ TEST(BatchDimension, ReductionOverTheBatchIsRefusedNamingTheNode) {
   }
 }
 
+// Running sums along the batch mix samples; along another axis (RoBERTa's position ids) they
+// keep the batch where it is, and the freed graph runs per sample as the original.
+TEST(BatchDimension, CumSumOverTheBatchIsRefusedAndAlongTokensKeepsIt) {
+  Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 3});
+  g.mark_output(add(g, "over_batch", "CumSum", {x, int_const(g, "axis0", {0})}));
+  runtime::resolve(g, {});
+  try {
+    runtime::free_batch(g, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'over_batch' (CumSum): sums along the batch axis"),
+              std::string::npos)
+        << e.what();
+  }
+  auto over_tokens = [](int64_t batch) {
+    auto t = std::make_unique<Graph>();
+    graph::Value* v = t->add_input("x", DType::kFloat32, kernels::Shape{batch, 5, 3});
+    t->mark_output(add(*t, "over_tokens", "CumSum", {v, int_const(*t, "axis1", {1})}));
+    return t;
+  };
+  auto freed = over_tokens(2);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  expect_same_per_sample(std::move(freed), over_tokens, {5, 3});
+}
+
 }  // namespace
 }  // namespace qforge

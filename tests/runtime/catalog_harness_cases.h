@@ -588,6 +588,24 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({2, 3, 5}))
           .setting(i64s({0, 2})));
   add(H("Tile", "repeats (2, 1, 3)").data(d.uniform({2, 3, 2})).setting(i64s({2, 1, 3})));
+  add(H("CumSum", "axis 1").data(d.uniform({2, 7, 5})).setting(i64s({1})));
+  add(H("CumSum", "last axis, exclusive, reverse")
+          .data(d.uniform({3, 4, 17}))
+          .setting(i64({}, {-1}))
+          .attr("exclusive", int64_t{1})
+          .attr("reverse", int64_t{1}));
+  add(H("CumSum", "axis 0, reverse")
+          .data(d.uniform({6, 3}))
+          .setting(i64s({0}))
+          .attr("reverse", int64_t{1}));
+  // RoBERTa's position ids: the running count of a mask's tokens, in int32, and in int64.
+  add(H("CumSum", "int32 mask counts")
+          .data(Tensor::from_vector<int32_t>({2, 6}, {1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0}))
+          .setting(i64s({1})));
+  add(H("CumSum", "int64, exclusive")
+          .data(i64({2, 4}, {7, -7, 1LL << 40, -13, 5, 0, -9, 11}))
+          .setting(i64s({1}))
+          .attr("exclusive", int64_t{1}));
   add(H("ArgMax", "axis 1, keepdims").data(d.distinct({2, 5, 3})).attr("axis", int64_t{1}));
   add(H("ArgMax", "last axis, select last index, no keepdims")
           .data(d.distinct({3, 4}))

@@ -1,8 +1,9 @@
 // Text encoders with int64 inputs (data/generate/text_models.py): token ids and an attention
 // mask into nn.TransformerEncoderLayers at opset 17 (embeddings as Gathers of the ids, the
-// padding masked through Equal, Where and batch × heads rows), and the Hugging Face BERT form at
+// padding masked through Equal, Where and batch × heads rows), the Hugging Face BERT form at
 // opset 14 (separate query, key and value projections, an additive mask of float32's lowest,
-// token types as a third input, LayerNorm written out, the sequence length dynamic), through
+// token types as a third input, LayerNorm written out, the sequence length dynamic) and RoBERTa's
+// (position ids counted over the real tokens with CumSum), through
 // every command: `run` gives PyTorch's logits at any batch; `transform` writes a model free of
 // the batch that ONNX Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the
 // embedding tables' included; `calibrate` and `qat` read the .npz of the inputs (and its
@@ -34,10 +35,12 @@ struct TextModel {
   std::string name;    // data/models/text/<name>.onnx, data/golden/text/<name>_grads.npz
   std::string family;  // data/golden/text/<family>_inputs.npz, <family>_output.npy
   size_t inputs;
+  bool separate_qkv;  // query, key and value Linears of their own, packed by the transform
 };
 
-const TextModel kModels[] = {{"text_encoder_opset17", "text", 2},
-                             {"bert_style_opset14", "bert_style", 3}};
+const TextModel kModels[] = {{"text_encoder_opset17", "text", 2, false},
+                             {"bert_style_opset14", "bert_style", 3, true},
+                             {"roberta_style_opset14", "roberta_style", 2, true}};
 
 void PrintTo(const TextModel& m, std::ostream* os) {
   *os << m.name;
@@ -104,7 +107,7 @@ TEST_P(TextCli, TransformWritesAModelOfAnyBatch) {
   EXPECT_NE(r.out.find("verdict      equivalent"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("symbolic batch 'batch'"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("SDPA 2"), std::string::npos) << r.out;
-  if (GetParam().inputs == 3) {  // query, key and value packed into one projection per layer
+  if (GetParam().separate_qkv) {  // query, key and value packed into one projection per layer
     EXPECT_NE(r.out.find("MHAInProjection 2"), std::string::npos) << r.out;
   }
   r = run_cli("run " + t + " --data " + data_file + " --batch 16 -o " + dir.file("t.npy"));
