@@ -531,11 +531,81 @@ Pattern compose_multihead_attention_pattern() {
   return p;
 }
 
+// ---------------------------------------------------------------------------------------------
+// MaskedFillToAdd
+
+// At most this fill counts as masking out (Hugging Face's float32 lowest, the -10000 of older
+// BERT code, -inf): exp(fill - max) is 0 in float, and a score added to it is the fill or as good.
+constexpr float kMaskingFill = -1e4f;
+
+// 2 nodes. 0=Where(mask, fill, scores) (a boolean mask, a scalar fill <= -1e4), 1=Softmax;
+// becomes Add(scores, Where(mask, fill, 0)), the additive mask ComposeSDPA takes
+// (DistilBERT's masked_fill of the attention scores).
+Pattern masked_fill_to_add_pattern() {
+  Pattern p;
+  p.name = "MaskedFillToAdd";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Where(mask, fill, ·) -> Softmax";
+  p.trunk = {one("fill", {"Where"}), one("softmax", {"Softmax"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& where = *m.node(g, "fill");
+    const Value* cond = where.input(0);
+    const Value* scores = where.input(2);
+    if (!cond || cond->dtype() != DType::kBool) return where.label() + ": no boolean mask";
+    const std::optional<float> fill = scalar_constant(where.input(1));
+    if (!fill || !(*fill <= kMaskingFill)) {
+      return where.label() + ": the fill is not a constant of -1e4 or less";
+    }
+    if (!scores || !scores->has_shape() || scores->dtype() != DType::kFloat32 ||
+        !where.output(0)->has_shape() || *where.output(0)->shape() != *scores->shape()) {
+      return where.label() + ": the scores are not a float of the output's shape";
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* where = m.node(g, "fill");
+    Value* cond = where->input(0);
+    Value* scores = where->input(2);
+    const float fill = *scalar_constant(where->input(1));
+    const Shape& out_shape = *where->output(0)->shape();
+    // The additive mask: fill where masked, 0 elsewhere; a constant mask (a causal one) is
+    // computed here, so that ComposeSDPA can recognise it.
+    Value* mask = nullptr;
+    if (cond->is_constant()) {
+      const Tensor& c = cond->constant();
+      Tensor additive(DType::kFloat32, c.shape());
+      for (int64_t i = 0; i < c.numel(); ++i) {
+        additive.data<float>()[i] = c.data<uint8_t>()[i] != 0 ? fill : 0.0f;
+      }
+      mask = g.add_constant(g.unique_value_name(where->name() + "/additive_mask"), additive);
+    } else {
+      Value* zero =
+          g.add_constant(g.unique_value_name(where->name() + "/zero"), Tensor::scalar_f32(0.0f));
+      Node* n = g.insert_node(
+          {.name = g.unique_node_name(where->name() + "/additive_mask"),
+           .op_type = "Where",
+           .inputs = {cond, where->input(1), zero},
+           .output_names = {g.unique_value_name(where->name() + "/additive_mask_output")}},
+          where);
+      n->output(0)->set_type(DType::kFloat32, cond->known_shape());
+      mask = n->output(0);
+    }
+    Value* added =
+        emit(g, where, name_with(where->name(), "/Add"), "Add", {scores, mask}, out_shape);
+    Value* old = where->output(0);
+    const std::string name = old->name();
+    g.replace_all_uses(old, added);
+    g.remove_node(where);
+    g.rename_value(added, name);
+  };
+  return p;
+}
+
 }  // namespace
 
 std::vector<Pattern> attention_conversion_patterns() {
-  std::vector<Pattern> out = {compose_sdpa_pattern(), compose_multihead_attention_pattern(),
-                              pack_parallel_qkv_pattern()};
+  std::vector<Pattern> out = {masked_fill_to_add_pattern(), compose_sdpa_pattern(),
+                              compose_multihead_attention_pattern(), pack_parallel_qkv_pattern()};
   for (auto& p : swin_conversion_patterns()) out.push_back(std::move(p));
   return out;
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 
 #include "graph/conversions.h"
@@ -59,6 +60,10 @@ struct RawAttention {
   bool mask_input = false;       // additive mask as a graph input [1, 1, S, S]
   bool causal_constant = false;  // constant 0 / -inf causal mask
   bool dropout = false;
+  // Where(mask, fill, scores) instead of an Add: the mask Less(m, 0) of an input m [2, 1, 1, 5]
+  // (DistilBERT's masked_fill), or with `causal_fill` a constant causal one.
+  std::optional<float> fill;
+  bool causal_fill = false;
 };
 
 // q, k, v [2, 3, 5, 4] -> Transpose(k) -> MatMul -> scale -> [Add mask] -> Softmax ->
@@ -78,6 +83,21 @@ std::unique_ptr<Graph> raw_attention(const RawAttention& o) {
   auto* cur = add(*g, "qk", "MatMul", {q, kt});
   if (!o.prescale_query) cur = add(*g, "scale", scale_op, {cur, c});
   if (mask) cur = add(*g, "mask_add", "Add", {cur, mask});
+  if (o.fill) {
+    graph::Value* cond = nullptr;
+    if (o.causal_fill) {
+      Tensor m(DType::kBool, {5, 5});
+      for (int i = 0; i < 5; ++i) {
+        for (int j = 0; j < 5; ++j) m.data<uint8_t>()[i * 5 + j] = j > i ? 1 : 0;
+      }
+      cond = g->add_constant("future", m);
+    } else {
+      auto* keys = g->add_input("keys", DType::kFloat32, Shape{2, 1, 1, 5});
+      cond = add(*g, "padding", "Less", {keys, g->add_constant("zero", Tensor::scalar_f32(0.0f))});
+    }
+    cur = add(*g, "masked_fill", "Where",
+              {cond, g->add_constant("fill", Tensor::scalar_f32(*o.fill)), cur});
+  }
   if (o.causal_constant) {
     Tensor m(DType::kFloat32, {5, 5});
     for (int i = 0; i < 5; ++i) {
@@ -136,6 +156,39 @@ TEST(AttentionSdpa, KeepsAdditiveMaskAndDropsInferenceDropout) {
   ASSERT_NE(sdpa, nullptr);
   ASSERT_EQ(sdpa->num_inputs(), 4u);
   EXPECT_EQ(sdpa->input(3)->name(), "mask");
+}
+
+// DistilBERT's masked_fill: Where(mask, lowest float, scores) becomes scores + Where(mask, fill,
+// 0), an additive mask SDPA takes (computing the same: the fill absorbs any score); a constant
+// causal one becomes the causal flag; a fill that does not mask out is left alone.
+TEST(AttentionSdpa, MaskedFillBecomesAnAdditiveMask) {
+  const float lowest = std::numeric_limits<float>::lowest();
+  auto r = testing::run_pass_test([&] { return raw_attention({.fill = lowest}); },
+                                  [](Graph& g) { convert(g); });
+  EXPECT_EQ(r.after, (testing::OpCounts{{"Less", 1}, {"SDPA", 1}, {"Where", 1}}));
+  const graph::Node* sdpa = only(*r.transformed, "SDPA");
+  ASSERT_NE(sdpa, nullptr);
+  ASSERT_EQ(sdpa->num_inputs(), 4u);
+  const graph::Node* additive = sdpa->input(3)->producer();
+  ASSERT_NE(additive, nullptr);
+  EXPECT_EQ(additive->op_type(), "Where");
+  EXPECT_EQ(additive->input(0)->name(), "padding_out");
+  EXPECT_EQ(additive->input(2)->constant().data<float>()[0], 0.0f);
+
+  auto causal = testing::run_pass_test(
+      [] {
+        return raw_attention(
+            {.fill = -std::numeric_limits<float>::infinity(), .causal_fill = true});
+      },
+      [](Graph& g) { convert(g); });
+  EXPECT_EQ(causal.after, (testing::OpCounts{{"SDPA", 1}}));
+  EXPECT_EQ(only(*causal.transformed, "SDPA")->attr_int("causal"), 1);
+
+  auto g = raw_attention({.fill = -1.0f});
+  runtime::resolve(*g, {});
+  EXPECT_EQ(refusals(*g, "MaskedFillToAdd"),
+            (std::vector<std::string>{
+                "node 'masked_fill' (Where): the fill is not a constant of -1e4 or less"}));
 }
 
 TEST(AttentionSdpa, ConstantCausalMaskBecomesCausalFlag) {
