@@ -56,10 +56,13 @@ std::string launcher() {
   return cmd;
 }
 
+// Each launch keeps Open MPI's session directory in a folder of its own: two launches that
+// start at once (ctest -j2) otherwise race to create the same /tmp/ompi.<host>.<uid> ("File
+// exists", and orte_init fails).
 CliResult run_shell(const std::string& command) {
   TempDir dir;
-  const std::string cmd =
-      command + " >" + dir.file("out") + " 2>" + dir.file("err") + " </dev/null";
+  const std::string cmd = "OMPI_MCA_orte_tmpdir_base='" + dir.path().string() + "' " + command +
+                          " >" + dir.file("out") + " 2>" + dir.file("err") + " </dev/null";
   const int status = std::system(cmd.c_str());
   CliResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
