@@ -307,6 +307,17 @@ int64_t checkpoint_shards(const Checkpoint& checkpoint) {
   return checkpoint.count("meta/shards") ? read_int64(checkpoint, "meta/shards") : 1;
 }
 
+void check_augmentation(const QatSetup& setup, const SampleSource& data) {
+  if ((setup.augment_flip || setup.augment_crop) &&
+      (data.inputs().size() != 1 || data.inputs()[0].dtype != kernels::DType::kFloat32 ||
+       data.sample_shape().size() != 3)) {
+    throw_invalid("qat: --augment needs one image input [N, C, H, W], the model takes " +
+                  (data.inputs().size() == 1
+                       ? kernels::shape_str(data.sample_shape()) + " per sample"
+                       : std::to_string(data.inputs().size()) + " inputs"));
+  }
+}
+
 QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
                     const graph::Graph* teacher, const SampleSource& data, const QatSetup& setup,
                     const QatHooks& hooks, const Checkpoint* resume,
@@ -462,14 +473,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   if (setup.distill_temperature) {
     teacher_session = std::make_unique<runtime::Session>(teacher->clone());
   }
-  if ((setup.augment_flip || setup.augment_crop) &&
-      (data.inputs().size() != 1 || data.inputs()[0].dtype != kernels::DType::kFloat32 ||
-       data.sample_shape().size() != 3)) {
-    throw_invalid("qat: --augment needs one image input [N, C, H, W], the model takes " +
-                  (data.inputs().size() == 1
-                       ? kernels::shape_str(data.sample_shape()) + " per sample"
-                       : std::to_string(data.inputs().size()) + " inputs"));
-  }
+  check_augmentation(setup, data);
   std::vector<float> augment_scratch;
   // Epochs after the first read their samples, and the float model's outputs for them, from
   // memory (QatResult::kept_sample_bytes). A sample's outputs do not depend on the batch it runs

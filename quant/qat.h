@@ -76,6 +76,9 @@ struct QatSetup {
 
 // Invalid error, naming the flag, for a setup out of range (lr <= 0, no epochs or steps, …).
 void check_qat_setup(const QatSetup& setup);
+// Invalid error when the setup augments (flip, crop) data that is not one image input
+// [N, C, H, W]; train_qat checks it, and a caller may before any work.
+void check_augmentation(const QatSetup& setup, const SampleSource& data);
 
 // What a checkpoint holds, by name: "param/<tensor>" (every trained parameter and BN
 // statistic), "optim/<key>" (the optimizer's state), "meta/step" (steps done), "meta/shards"

@@ -172,14 +172,7 @@ int run_qat(QatOptions o) {
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
     const DataSource& data = *data_source;
     if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
-    if ((s.augment_flip || s.augment_crop) &&
-        (data.input_count() != 1 || data.input_dtype(0) != kernels::DType::kFloat32 ||
-         data.sample_shape().size() != 3)) {
-      throw_invalid("qat: --augment needs one image input [N, C, H, W], the model takes " +
-                    (data.input_count() == 1
-                         ? kernels::shape_str(data.sample_shape()) + " per sample"
-                         : std::to_string(data.input_count()) + " inputs"));
-    }
+    quant::check_augmentation(s, DataSamples(data));  // before calibration's work
     s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
     if (!data.labelled() && !s.distill_temperature) {
       throw_invalid("qat: '" + o.data +

@@ -245,22 +245,7 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
 }
 
 void DataSource::load(size_t begin, size_t count, kernels::Tensor& batch) const {
-  if (!arrays_.empty()) {
-    if (arrays_.size() != 1 || arrays_[0].dtype() != kernels::DType::kFloat32) {
-      throw_unsupported("data: '" + path_ + "' feeds " + std::to_string(arrays_.size()) +
-                        " model input(s), the first " + arrays_[0].describe() +
-                        "; this command feeds one float32 input");
-    }
-    batch.copy_from(
-        arrays_[0].slice_rows(static_cast<int64_t>(begin), static_cast<int64_t>(begin + count)));
-    const size_t row = static_cast<size_t>(kernels::shape_numel(sample_shape_));
-    for (size_t i = 0; i < count; ++i) {
-      io::check_finite(batch.data<float>() + i * row, row,
-                       "data '" + path_ + "', input '" + array_names_[0] + "', sample " +
-                           std::to_string(begin + i));
-    }
-    return;
-  }
+  if (!arrays_.empty()) throw_internal("data: load is for images and .npy rows");
   if (images_) {
     images_->load_batch(begin, count, batch.data<float>());
     return;
@@ -283,21 +268,11 @@ std::vector<kernels::Tensor> DataSource::load_inputs(size_t begin, size_t count)
     return inputs;
   }
   for (size_t k = 0; k < arrays_.size(); ++k) {
-    // A copy: the batch must not alias the archive's arrays.
-    kernels::Tensor batch =
-        arrays_[k]
-            .slice_rows(static_cast<int64_t>(begin), static_cast<int64_t>(begin + count))
-            .clone();
-    if (batch.dtype() == kernels::DType::kFloat32 && count > 0) {
-      const size_t row = static_cast<size_t>(batch.numel()) / count;
-      for (size_t i = 0; i < count; ++i) {
-        io::check_finite(batch.data<float>() + i * row, row,
-                         "data '" + path_ + "', input '" + array_names_[k] + "', sample " +
-                             std::to_string(begin + i));
-      }
-    }
-    inputs.push_back(std::move(batch));
+    graph::Shape shape = input_sample_shape(k);
+    shape.insert(shape.begin(), static_cast<int64_t>(count));
+    inputs.emplace_back(arrays_[k].dtype(), shape);
   }
+  for (size_t i = 0; i < count; ++i) load_sample(begin + i, inputs, i);
   return inputs;
 }
 

@@ -74,9 +74,9 @@ class DataSource {
   // Sample `index` of every input into row `at` of `rows` (one batch tensor per input). Invalid
   // error naming the file, input and sample when a float sample holds NaN or Inf.
   void load_sample(size_t index, std::span<kernels::Tensor> rows, size_t at) const;
-  // Fills `batch` (rows = count) with samples [begin, begin + count) of the one float32 input.
-  // Invalid error naming the file and the sample when a float sample holds NaN or Inf;
-  // Unsupported when the data feeds several inputs or an input of another dtype.
+  // Fills `batch` (rows = count) with samples [begin, begin + count) of an image folder or an
+  // .npy (the one float32 input; .npz data loads through load_inputs or load_sample). Invalid
+  // error naming the file and the sample when a sample holds NaN or Inf.
   void load(size_t begin, size_t count, kernels::Tensor& batch) const;
   // Samples [begin, begin + count) of every model input, in the model's input order.
   std::vector<kernels::Tensor> load_inputs(size_t begin, size_t count) const;
