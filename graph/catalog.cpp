@@ -38,7 +38,7 @@ constexpr std::array kSchemas = {
     OpSchema{"AveragePool", 1, 1, 1, 1, 11, kBackward},
     OpSchema{
         "BatchNormalization", 5, 5, 1, 3, 15, kBackward, {}, SchemaKind::kOnnx, kBatchNormRoles},
-    OpSchema{"Cast", 1, 1, 1, 1, 13, kNone, kNoBackward},
+    OpSchema{"Cast", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Clip", 1, 3, 1, 1, 13, kBackward},
     OpSchema{"Concat", 1, kMany, 1, 1, 13, kBackward},
     OpSchema{"Constant", 0, 0, 1, 1, 13, kNone, kNoInputs},
@@ -107,6 +107,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Tanh", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Tile", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Transpose", 1, 1, 1, 1, 13, kBackward},
+    OpSchema{"Trilu", 1, 2, 1, 1, 14, kBackward},
     OpSchema{"Unsqueeze", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Where", 3, 3, 1, 1, 16, kNone, kNoBackward},
     // Runtime-internal: Conv with its BatchNormalization, residual Add and Relu/Clip applied in
@@ -167,6 +168,7 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"ReduceSum", "keepdims", 0, 1},
     AttributeRule{"ReduceSum", "noop_with_empty_axes", 0, 1},
     AttributeRule{"GroupNormalization", "num_groups", 1},
+    AttributeRule{"Trilu", "upper", 0, 1},
     AttributeRule{"Gemm", "transA", 0, 1},
     AttributeRule{"Gemm", "transB", 0, 1},
 };

@@ -98,6 +98,27 @@ Pattern remove_identity_pattern() {
                         [](const Graph&, const Match&) { return std::optional<std::string>(); });
 }
 
+// 0=Cast to the type its input has already: torch.onnx writes one for F.softmax(x, dtype=
+// torch.float32) of a float32 x (decoders' attention), which would stand between the softmax and
+// the MatMul by V.
+Pattern remove_no_op_cast_pattern() {
+  auto select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& n = *m.node(g, "cast");
+    const Value* in = n.input(0);
+    const Value* out = n.output(0);
+    if (!in->has_shape() || !out->has_shape()) {
+      return "types of '" + in->name() + "' and '" + out->name() + "' are not resolved";
+    }
+    if (in->dtype() != out->dtype()) {
+      return "casts " + std::string(kernels::dtype_name(in->dtype())) + " to " +
+             kernels::dtype_name(out->dtype());
+    }
+    return std::nullopt;
+  };
+  return bypass_pattern("RemoveNoOpCast", "Cast (to its input's type)", one("cast", {"Cast"}),
+                        select);
+}
+
 // 0=Dropout(data, ratio?, training_mode?) that passes data through: inference mode, or ratio 0.
 Pattern remove_inference_dropout_pattern() {
   auto select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
@@ -468,9 +489,9 @@ Pattern compose_layer_norm_pattern() {
 }
 
 std::vector<Pattern> conversion_patterns() {
-  return {remove_identity_pattern(), remove_inference_dropout_pattern(),
-          remove_identity_pool_pattern(), flatten_linear_to_conv_pattern(),
-          compose_layer_norm_pattern()};
+  return {remove_identity_pattern(),          remove_no_op_cast_pattern(),
+          remove_inference_dropout_pattern(), remove_identity_pool_pattern(),
+          flatten_linear_to_conv_pattern(),   compose_layer_norm_pattern()};
 }
 
 }  // namespace qforge::graph

@@ -15,6 +15,8 @@ namespace qforge::graph {
 const std::vector<std::string>& unary_elementwise_ops();
 
 Pattern remove_identity_pattern();
+// A Cast to the type its input has (F.softmax with dtype=torch.float32 of a float32 tensor).
+Pattern remove_no_op_cast_pattern();
 Pattern remove_inference_dropout_pattern();
 Pattern remove_identity_pool_pattern();
 Pattern flatten_linear_to_conv_pattern();

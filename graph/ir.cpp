@@ -94,6 +94,11 @@ const Tensor& Node::attr_tensor(std::string_view name) const {
   missing_attr(*this, name);
 }
 
+const Graph& Node::attr_graph(std::string_view name) const {
+  if (const auto* v = find_attr<Subgraph>(name); v && *v) return **v;
+  missing_attr(*this, name);
+}
+
 std::string Node::label() const {
   return "node '" + name_ + "' (" + op_type_ + ")";
 }

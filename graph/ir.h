@@ -20,6 +20,7 @@ using kernels::DType;
 using kernels::Shape;
 using kernels::Tensor;
 
+class Graph;
 class Node;
 
 class Value {
@@ -85,8 +86,13 @@ struct DeclaredBatch {
   std::string param;            // a symbolic batch's name; empty with neither: unknown
 };
 
+// A graph attribute (If's branches): a graph of its own whose inputs are the values of the
+// enclosing graph it reads, by name and in the order the node that holds it lists them after its
+// own inputs (graph/control_flow.h). Never edited once made, so copies share it.
+using Subgraph = std::shared_ptr<const Graph>;
+
 using AttributeValue = std::variant<int64_t, float, std::string, std::vector<int64_t>,
-                                    std::vector<float>, std::vector<std::string>, Tensor>;
+                                    std::vector<float>, std::vector<std::string>, Tensor, Subgraph>;
 
 class Node {
  public:
@@ -120,6 +126,7 @@ class Node {
   std::vector<int64_t> attr_ints(std::string_view name, std::vector<int64_t> fallback) const;
   std::vector<float> attr_floats(std::string_view name, std::vector<float> fallback) const;
   const Tensor& attr_tensor(std::string_view name) const;
+  const Graph& attr_graph(std::string_view name) const;
 
   // "node 'name' (OpType)": the prefix of every message about this node.
   std::string label() const;

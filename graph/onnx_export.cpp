@@ -73,10 +73,12 @@ void attribute_to_proto(const std::string& name, const AttributeValue& value,
         } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
           a->set_type(A::STRINGS);
           for (const auto& x : v) a->add_strings(x);
-        } else {
-          static_assert(std::is_same_v<T, Tensor>);
+        } else if constexpr (std::is_same_v<T, Tensor>) {
           a->set_type(A::TENSOR);
           tensor_to_proto(v, "", a->mutable_t());
+        } else {
+          static_assert(std::is_same_v<T, Subgraph>);
+          throw_internal("export: graph attribute '" + name + "' reached the writer");
         }
       },
       value);
@@ -147,6 +149,12 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options,
                         node->op_type() +
                         "' (lower modules with graph::lower_modules first; runtime-only ops are "
                         "never exported)");
+    }
+    if (node->op_type() == "If") {
+      // Resolution replaces each If by the branch its condition takes (graph/control_flow.h).
+      throw_unsupported("export: " + node->label() +
+                        ": an If is written only as the branch it takes, once the model is "
+                        "resolved");
     }
     onnx::NodeProto* np = gp->add_node();
     np->set_name(node->name());

@@ -22,6 +22,7 @@
 #include <span>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "graph/catalog.h"
@@ -502,16 +503,45 @@ void check_upsample(const onnx::GraphProto& gp, const onnx::NodeProto& np, const
 // Every op in the catalog; the ops whose form depends on the opset in the form of the model's
 // (after conversion for old models). Checked before the ONNX checker, so that an op qforge does
 // not know is reported as such (naming op, node and opset), not as a checker failure.
-void check_ops(const onnx::ModelProto& model, int64_t opset) {
+// The branches of an If node (graph/control_flow.h); nullptr where an attribute is missing or
+// not a graph, which check_if_node reports.
+const onnx::GraphProto* branch_of(const onnx::NodeProto& np, std::string_view name) {
+  const onnx::AttributeProto* a = find_attribute(np, name);
+  return a && a->type() == onnx::AttributeProto::GRAPH ? &a->g() : nullptr;
+}
+
+void check_if_node(const onnx::NodeProto& np, const std::string& label) {
+  if (np.input_size() != 1 || np.output_size() < 1) {
+    throw_invalid("import: " + label + ": expected 1 input and at least 1 output, got " +
+                  std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+  }
+  for (const char* name : {"then_branch", "else_branch"}) {
+    const onnx::GraphProto* branch = branch_of(np, name);
+    if (!branch) throw_invalid("import: " + label + ": expected graph attribute '" + name + "'");
+    if (branch->output_size() != np.output_size()) {
+      throw_invalid("import: " + label + ": its " + name + " has " +
+                    std::to_string(branch->output_size()) + " outputs, the node " +
+                    std::to_string(np.output_size()));
+    }
+  }
+}
+
+void check_graph_ops(const onnx::GraphProto& gp, int64_t opset) {
   int index = 0;
-  for (const auto& np : model.graph().node()) {
+  for (const auto& np : gp.node()) {
     const std::string label = node_label(np, index++);
     if (!np.domain().empty() && np.domain() != "ai.onnx") {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
                         np.domain() + "' is not supported by qforge");
     }
     if (np.op_type() == "Upsample") {
-      check_upsample(model.graph(), np, label, opset);
+      check_upsample(gp, np, label, opset);
+      continue;
+    }
+    if (np.op_type() == "If") {
+      check_if_node(np, label);
+      check_graph_ops(*branch_of(np, "then_branch"), opset);
+      check_graph_ops(*branch_of(np, "else_branch"), opset);
       continue;
     }
     const OpSchema* schema = find_schema(np.op_type());
@@ -521,6 +551,14 @@ void check_ops(const onnx::ModelProto& model, int64_t opset) {
     }
     if (opset >= kConvertedOpset) check_opset_form(np, label, opset);
   }
+}
+
+// Every op in the catalog (the If nodes' branches included); the ops whose form depends on the
+// opset in the form of the model's (after conversion for old models). Checked before the ONNX
+// checker, so that an op qforge does not know is reported as such (naming op, node and opset),
+// not as a checker failure.
+void check_ops(const onnx::ModelProto& model, int64_t opset) {
+  check_graph_ops(model.graph(), opset);
 }
 
 // Where libonnx's checker does not run first (the version converter reads a model before it;
@@ -565,12 +603,13 @@ void check_structure(const onnx::ModelProto& model) {
 }
 
 // What the file declares, before libonnx's checker and shape inference read it.
-void check_declarations(const onnx::ModelProto& model) {
-  const onnx::GraphProto& gp = model.graph();
-  std::unordered_map<std::string, const onnx::TensorProto*> inits;
+// A graph's declarations and node attributes; an If's branches see the enclosing graphs' names
+// as well as their own.
+void check_graph_declarations(
+    const onnx::GraphProto& gp, std::unordered_map<std::string, const onnx::TensorProto*> inits,
+    std::unordered_map<std::string, const onnx::TensorShapeProto*> declared) {
   for (const auto& t : gp.initializer()) inits[t.name()] = &t;
   check_declared_shapes(gp, inits);
-  std::unordered_map<std::string, const onnx::TensorShapeProto*> declared;
   for (const auto* list : {&gp.value_info(), &gp.input()}) {
     for (const auto& v : *list) {
       if (const onnx::TensorShapeProto* shape = declared_shape(v)) declared[v.name()] = shape;
@@ -579,7 +618,17 @@ void check_declarations(const onnx::ModelProto& model) {
   int index = 0;
   for (const auto& np : gp.node()) {
     check_node_attributes(np, node_label(np, index++), inits, declared);
+    if (np.op_type() != "If") continue;
+    for (const char* name : {"then_branch", "else_branch"}) {
+      if (const onnx::GraphProto* branch = branch_of(np, name)) {
+        check_graph_declarations(*branch, inits, declared);
+      }
+    }
   }
+}
+
+void check_declarations(const onnx::ModelProto& model) {
+  check_graph_declarations(model.graph(), {}, {});
 }
 
 // The graph inputs that are not initializers (IR < 4 lists initializers as inputs too).
@@ -1055,6 +1104,143 @@ int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
   return opset;
 }
 
+// The names the nodes of `gp` (and of the branches of its If nodes) read that `gp` does not
+// define: values of the enclosing graphs, in the order first read.
+void add_outer_names(const onnx::GraphProto& gp, std::vector<std::string>& names) {
+  std::unordered_set<std::string> defined;
+  for (const auto& t : gp.initializer()) defined.insert(t.name());
+  for (const auto& in : gp.input()) defined.insert(in.name());
+  auto read = [&](const std::string& name) {
+    if (!name.empty() && !defined.count(name) &&
+        std::find(names.begin(), names.end(), name) == names.end()) {
+      names.push_back(name);
+    }
+  };
+  for (const auto& np : gp.node()) {
+    for (const auto& in : np.input()) read(in);
+    if (np.op_type() == "If") {
+      std::vector<std::string> inner;
+      for (const char* name : {"then_branch", "else_branch"}) {
+        if (const onnx::GraphProto* branch = branch_of(np, name)) add_outer_names(*branch, inner);
+      }
+      for (const auto& name : inner) read(name);
+    }
+    for (const auto& out : np.output()) defined.insert(out);
+  }
+  for (const auto& out : gp.output()) read(out.name());
+}
+
+void add_graph_nodes(const onnx::GraphProto& gp, Graph& graph, const std::string& source);
+
+// An If's branch as a graph whose inputs are `outer` (values of `enclosing`, by name).
+Subgraph build_branch(const onnx::GraphProto& gp, const Graph& enclosing,
+                      const std::vector<std::string>& outer, const std::string& source,
+                      const std::string& label) {
+  auto branch = std::make_shared<Graph>();
+  branch->name = gp.name();
+  branch->opset = enclosing.opset;
+  for (const auto& name : outer) {
+    const Value* v = enclosing.find_value(name);
+    if (!v) {
+      throw_invalid("import: " + label + ": a branch reads '" + name +
+                    "', which is neither a graph input, an initializer nor an earlier node's "
+                    "output");
+    }
+    branch->add_input(name, v->dtype(), v->shape());
+  }
+  for (const auto& init : gp.initializer()) {
+    branch->add_constant(init.name(), tensor_from_proto(init, "initializers of " + label));
+  }
+  add_graph_nodes(gp, *branch, source);
+  for (const auto& out : gp.output()) {
+    Value* v = branch->find_value(out.name());
+    if (!v)
+      throw_invalid("import: " + label + ": branch output '" + out.name() + "' is never produced");
+    branch->mark_output(v);
+  }
+  branch->check_consistency();
+  return branch;
+}
+
+// The nodes of `gp`, added to `graph`, whose inputs and initializers are already there.
+void add_graph_nodes(const onnx::GraphProto& gp, Graph& graph, const std::string& source) {
+  std::unordered_map<std::string, const onnx::TypeProto*> value_types;
+  for (const auto& vi : gp.value_info()) value_types[vi.name()] = &vi.type();
+  for (const auto& vi : gp.output()) value_types[vi.name()] = &vi.type();
+
+  auto value_for = [&](const std::string& name, const std::string& node_label) -> Value* {
+    if (name.empty()) return nullptr;
+    Value* v = graph.find_value(name);
+    if (!v) {
+      throw_invalid("import: " + node_label + ": input '" + name +
+                    "' is neither a graph input, an initializer nor an earlier node's output");
+    }
+    return v;
+  };
+
+  int index = 0;
+  for (const auto& np : gp.node()) {
+    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+    ++index;
+    std::string label = "node '" + name + "' (" + np.op_type() + ")";
+    NodeSpec spec;
+    spec.name = name;
+    spec.op_type = np.op_type();
+    if (np.op_type() == "If") {
+      // The condition, then the enclosing values the branches read (graph/control_flow.h).
+      std::vector<std::string> outer;
+      for (const char* branch : {"then_branch", "else_branch"}) {
+        add_outer_names(*branch_of(np, branch), outer);
+      }
+      spec.inputs.push_back(value_for(np.input(0), label));
+      for (const auto& in : outer) spec.inputs.push_back(value_for(in, label));
+      for (const char* branch : {"then_branch", "else_branch"}) {
+        spec.attributes[branch] = build_branch(*branch_of(np, branch), graph, outer, source, label);
+      }
+    }
+    const OpSchema* schema = find_schema(np.op_type());
+    if (schema &&
+        (np.input_size() < schema->min_inputs || np.input_size() > schema->max_inputs ||
+         np.output_size() < schema->min_outputs || np.output_size() > schema->max_outputs)) {
+      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) + ".." +
+                    std::to_string(schema->max_inputs) + " inputs and " +
+                    std::to_string(schema->min_outputs) + ".." +
+                    std::to_string(schema->max_outputs) + " outputs, got " +
+                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+    }
+    if (np.op_type() != "If") {
+      for (const auto& in : np.input()) spec.inputs.push_back(value_for(in, label));
+    }
+    for (const auto& out : np.output()) {
+      spec.output_names.push_back(out.empty() ? graph.unique_value_name(name + "_unused") : out);
+    }
+    for (const auto& a : np.attribute()) {
+      if (np.op_type() == "If" && a.type() == onnx::AttributeProto::GRAPH) continue;
+      if (!a.ref_attr_name().empty()) {
+        throw_unsupported("import: " + label + ": attribute references are not supported");
+      }
+      spec.attributes[a.name()] = attribute_from_proto(a, label);
+    }
+    Node* node = graph.add_node(std::move(spec));
+    for (Value* out : node->outputs()) {
+      auto it = value_types.find(out->name());
+      if (it == value_types.end() || !it->second->has_tensor_type()) continue;
+      int elem = it->second->tensor_type().elem_type();
+      try {
+        DType dtype = dtype_from_onnx(elem, "");
+        auto shape = shape_from_type(*it->second);
+        if (shape) {
+          out->set_type(dtype, *shape);  // dims may be -1 until resolution
+        } else {
+          out->set_dtype(dtype);
+        }
+      } catch (const Error&) {
+        // An intermediate dtype qforge does not model: the runtime's own inference decides.
+      }
+    }
+  }
+}
+
 std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& source,
                                    const ImportOptions& options) {
   const int64_t opset = prepare_model(model, source, options);
@@ -1079,10 +1265,6 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
   graph->source_path = source;
   for (const auto& kv : model.metadata_props()) graph->metadata[kv.key()] = kv.value();
 
-  std::unordered_map<std::string, const onnx::TypeProto*> value_types;
-  for (const auto& vi : gp.value_info()) value_types[vi.name()] = &vi.type();
-  for (const auto& vi : gp.output()) value_types[vi.name()] = &vi.type();
-
   for (int i = 0; i < gp.initializer_size(); ++i) {
     onnx::TensorProto* init = model.mutable_graph()->mutable_initializer(i);
     graph->add_constant(init->name(), tensor_from_proto(*init, "initializers of '" + source + "'"));
@@ -1102,61 +1284,7 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     if (auto batch = declared_batch_of(in.type())) graph->declared_batch[in.name()] = *batch;
   }
 
-  auto value_for = [&](const std::string& name, const std::string& node_label) -> Value* {
-    if (name.empty()) return nullptr;
-    Value* v = graph->find_value(name);
-    if (!v) {
-      throw_invalid("import: " + node_label + ": input '" + name +
-                    "' is neither a graph input, an initializer nor an earlier node's output");
-    }
-    return v;
-  };
-
-  int index = 0;
-  for (const auto& np : gp.node()) {
-    std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
-    ++index;
-    std::string label = "node '" + name + "' (" + np.op_type() + ")";
-    const OpSchema* schema = find_schema(np.op_type());
-    if (np.input_size() < schema->min_inputs || np.input_size() > schema->max_inputs ||
-        np.output_size() < schema->min_outputs || np.output_size() > schema->max_outputs) {
-      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) + ".." +
-                    std::to_string(schema->max_inputs) + " inputs and " +
-                    std::to_string(schema->min_outputs) + ".." +
-                    std::to_string(schema->max_outputs) + " outputs, got " +
-                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
-    }
-    NodeSpec spec;
-    spec.name = name;
-    spec.op_type = np.op_type();
-    for (const auto& in : np.input()) spec.inputs.push_back(value_for(in, label));
-    for (const auto& out : np.output()) {
-      spec.output_names.push_back(out.empty() ? graph->unique_value_name(name + "_unused") : out);
-    }
-    for (const auto& a : np.attribute()) {
-      if (!a.ref_attr_name().empty()) {
-        throw_unsupported("import: " + label + ": attribute references are not supported");
-      }
-      spec.attributes[a.name()] = attribute_from_proto(a, label);
-    }
-    Node* node = graph->add_node(std::move(spec));
-    for (Value* out : node->outputs()) {
-      auto it = value_types.find(out->name());
-      if (it == value_types.end() || !it->second->has_tensor_type()) continue;
-      int elem = it->second->tensor_type().elem_type();
-      try {
-        DType dtype = dtype_from_onnx(elem, "");
-        auto shape = shape_from_type(*it->second);
-        if (shape) {
-          out->set_type(dtype, *shape);  // dims may be -1 until resolution
-        } else {
-          out->set_dtype(dtype);
-        }
-      } catch (const Error&) {
-        // An intermediate dtype qforge does not model: the runtime's own inference decides.
-      }
-    }
-  }
+  add_graph_nodes(gp, *graph, source);
 
   for (const auto& out : gp.output()) {
     Value* v = graph->find_value(out.name());

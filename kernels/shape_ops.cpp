@@ -639,6 +639,27 @@ void range(const Tensor& start, const Tensor& delta, Tensor& out) {
   }
 }
 
+void triangle(const void* x, int64_t matrices, int64_t rows, int64_t cols, int64_t k, bool upper,
+              size_t elem_size, void* y) {
+  const auto* src = static_cast<const std::byte*>(x);
+  auto* dst = static_cast<std::byte*>(y);
+  const auto row_bytes = static_cast<int64_t>(elem_size) * cols;
+  for_each_block(matrices * rows, row_bytes, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const int64_t i = r % rows;
+      // The kept columns [begin, end): j >= i + k above, j <= i + k below.
+      const int64_t begin = upper ? std::clamp(i + k, int64_t{0}, cols) : 0;
+      const int64_t end = upper ? cols : std::clamp(i + k + 1, int64_t{0}, cols);
+      const int64_t offset = r * row_bytes;
+      const auto e = static_cast<int64_t>(elem_size);
+      std::memset(dst + offset, 0, static_cast<size_t>(begin * e));
+      std::memcpy(dst + offset + begin * e, src + offset + begin * e,
+                  static_cast<size_t>((end - begin) * e));
+      std::memset(dst + offset + end * e, 0, static_cast<size_t>((cols - end) * e));
+    }
+  });
+}
+
 void fill(Tensor& y, const void* value) {
   fill_elements(static_cast<std::byte*>(y.raw()), y.numel(), value, dtype_size(y.dtype()));
 }

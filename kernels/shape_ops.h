@@ -130,6 +130,15 @@ int64_t range_length(int64_t start, int64_t limit, int64_t delta);
 // out[i] = start + i · delta, for float32, int64 or int32 scalars of out's dtype.
 void range(const Tensor& start, const Tensor& delta, Tensor& out);
 
+// Trilu ----------------------------------------------------------------------------------------
+
+// x viewed as `matrices` matrices of rows × cols elements of `elem_size` bytes: y keeps element
+// (i, j) where j - i >= k (`upper`) or j - i <= k (lower), and is zero elsewhere. Each row is one
+// kept run and zeros, so one kernel serves every dtype and the gradient of a float Trilu (the
+// same Trilu of dy).
+void triangle(const void* x, int64_t matrices, int64_t rows, int64_t cols, int64_t k, bool upper,
+              size_t elem_size, void* y);
+
 // Fill -----------------------------------------------------------------------------------------
 
 // Sets every element of y to the one element at `value` (y's dtype).

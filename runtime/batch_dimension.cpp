@@ -663,6 +663,10 @@ class BatchFreer {
         normalized_axis(constant_ints(node.input(1)).at(0), first_rank) == first.axis) {
       unsupported(node, "sums along the batch axis");
     }
+    if (op == "Trilu" && carried.front().first == 0 &&
+        first.axis >= static_cast<int>(first_rank) - 2) {
+      unsupported(node, "masks a matrix whose rows or columns are the batch");
+    }
     if (op == "Resize") {
       if (carried.front().first != 0)
         unsupported(node, "computes its scales or sizes from the batch");

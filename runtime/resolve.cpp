@@ -4,6 +4,7 @@
 #include <set>
 #include <vector>
 
+#include "graph/control_flow.h"
 #include "runtime/batch_dimension.h"
 #include "runtime/fuse_qdq.h"
 #include "runtime/fusion_util.h"
@@ -113,6 +114,24 @@ void record_fold(graph::Graph& graph, const graph::Node& node, const OpDef& def,
   }
 }
 
+// The condition of an If, which the shapes must have fixed by now (graph/control_flow.h).
+bool if_condition(const graph::Node& node) {
+  const graph::Value* cond = node.input(0);
+  if (!cond || !cond->is_constant()) {
+    throw_unsupported("resolve: " + node.label() + ": its condition '" +
+                      (cond ? cond->name() : std::string()) +
+                      "' depends on the input values; qforge runs an If whose condition the "
+                      "input shapes decide");
+  }
+  const Tensor& c = cond->constant();
+  if (c.numel() != 1 || c.dtype() != DType::kBool) {
+    throw_invalid("resolve: " + node.label() + ": expected a condition of one bool, got " +
+                  std::string(kernels::dtype_name(c.dtype())) + " " +
+                  kernels::shape_str(c.shape()));
+  }
+  return c.data<bool>()[0];
+}
+
 }  // namespace
 
 std::map<std::string, graph::Shape> input_shapes_for_batch(const graph::Graph& graph,
@@ -178,10 +197,19 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
   for (const graph::Value* v : graph.values()) {
     if (v->is_constant() && v->dtype() == DType::kFloat32) sources.insert(v->name());
   }
-  const std::vector<graph::Node*> order = graph.nodes();  // folding edits the live order
+  // Folding edits the live order; an If adds its branch's nodes, which come next.
+  std::vector<graph::Node*> order = graph.nodes();
   std::set<const graph::Node*> folded_ahead;  // DequantizeLinears folded with their pair
-  for (graph::Node* node : order) {
+  for (size_t position = 0; position < order.size(); ++position) {
+    graph::Node* node = order[position];
     if (folded_ahead.count(node)) continue;
+    if (node->op_type() == "If") {
+      const bool condition = if_condition(*node);
+      const std::vector<graph::Node*> branch = graph::inline_branch(graph, node, condition);
+      order.insert(order.begin() + static_cast<std::ptrdiff_t>(position) + 1, branch.begin(),
+                   branch.end());
+      continue;
+    }
     const OpDef* def = registry.find(node->op_type());
     if (!def) {
       throw_unsupported("resolve: " + node->label() + ": no runtime implementation of '" +

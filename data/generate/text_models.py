@@ -152,6 +152,104 @@ class RobertaStyle(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x[:, 0])))
 
 
+class RmsNorm(nn.Module):
+    """Llama's RMSNorm as its modeling code writes it: the mean square, rsqrt, the weight."""
+
+    def __init__(self, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(WIDTH))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaLayer(nn.Module):
+    """A Llama decoder layer as Hugging Face's modeling code writes it: RMSNorm before the
+    attention and the MLP, query, key and value Linears without biases and with fewer key and
+    value heads than query heads (grouped-query attention, the keys and values repeated by expand
+    and reshape), rotary position embeddings from cos and sin caches sliced to the sequence and
+    squeezed (torch.onnx writes an If for each squeeze of a dim it cannot prove is 1), scores
+    divided by sqrt(head size), a softmax computed in float32 (a Cast) and a SwiGLU MLP."""
+
+    def __init__(self, heads=4, kv_heads=2, hidden=64, cache=64):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_size = heads, kv_heads, WIDTH // heads
+        self.q_proj = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.k_proj = nn.Linear(WIDTH, kv_heads * self.head_size, bias=False)
+        self.v_proj = nn.Linear(WIDTH, kv_heads * self.head_size, bias=False)
+        self.o_proj = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.input_layernorm = RmsNorm()
+        self.post_attention_layernorm = RmsNorm()
+        self.gate_proj = nn.Linear(WIDTH, hidden, bias=False)
+        self.up_proj = nn.Linear(WIDTH, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, WIDTH, bias=False)
+        inverse = 1.0 / (10000 ** (torch.arange(0, self.head_size, 2).float() / self.head_size))
+        angles = torch.outer(torch.arange(cache).float(), inverse)
+        angles = torch.cat((angles, angles), dim=-1)
+        self.register_buffer("cos_cached", angles.cos()[None, None], persistent=False)
+        self.register_buffer("sin_cached", angles.sin()[None, None], persistent=False)
+
+    def heads_of(self, x, heads):
+        batch, tokens, _ = x.shape
+        return x.view(batch, tokens, heads, self.head_size).transpose(1, 2)
+
+    def repeat_kv(self, x):
+        batch, heads, tokens, size = x.shape
+        groups = self.heads // heads
+        x = x[:, :, None, :, :].expand(batch, heads, groups, tokens, size)
+        return x.reshape(batch, heads * groups, tokens, size)
+
+    def forward(self, x, additive_mask, position_ids):
+        batch, tokens, _ = x.shape
+        h = self.input_layernorm(x)
+        q = self.heads_of(self.q_proj(h), self.heads)
+        k = self.heads_of(self.k_proj(h), self.kv_heads)
+        v = self.heads_of(self.v_proj(h), self.kv_heads)
+        cos = self.cos_cached[:, :, :tokens].squeeze(1).squeeze(0)[position_ids].unsqueeze(1)
+        sin = self.sin_cached[:, :, :tokens].squeeze(1).squeeze(0)[position_ids].unsqueeze(1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k, v = self.repeat_kv(k), self.repeat_kv(v)
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_size) + additive_mask
+        probabilities = F.softmax(scores, dim=-1, dtype=torch.float32)
+        context = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch, tokens, WIDTH)
+        x = x + self.o_proj(context)
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class LlamaStyle(nn.Module):
+    """A decoder classifier in Llama's form: token embeddings, two LlamaLayers under a causal
+    mask (torch.triu of a matrix of float32's lowest: Trilu) joined with the padding mask of the
+    left-padded tokens, a final RMSNorm and a Linear head on the last token."""
+
+    def __init__(self, layers=2):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(VOCAB, WIDTH)
+        self.layers = nn.ModuleList([LlamaLayer() for _ in range(layers)])
+        self.norm = RmsNorm()
+        self.score = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, input_ids, attention_mask):
+        batch, tokens = input_ids.shape
+        lowest = torch.finfo(torch.float32).min
+        causal = torch.full((tokens, tokens), lowest).triu(1)[None, None]
+        padding = attention_mask[:, None, None, :] == 0
+        additive_mask = causal.masked_fill(padding, lowest)
+        position_ids = torch.arange(tokens)[None, :].expand(batch, tokens)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, additive_mask, position_ids)
+        return self.score(self.norm(x)[:, -1])
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -234,6 +332,29 @@ def main():
     roberta.train()
     count = save_gradients(roberta, (roberta_ids, mask), labels, path, GOLDEN)
     assert count == len(list(roberta.parameters())), count
+
+    # Llama's decoder form at opset 14: the same tokens, padded on the left as decoders are
+    # (the head reads the last token), with the sequence length dynamic.
+    torch.manual_seed(4)
+    llama = LlamaStyle()
+    with torch.no_grad():
+        for p in llama.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    order = torch.argsort(mask, dim=1, stable=True)  # the padding first, then the tokens
+    left_ids, left_mask = torch.gather(ids, 1, order), torch.gather(mask, 1, order)
+    np.savez(os.path.join(GOLDEN, "llama_style_inputs.npz"), input_ids=left_ids.numpy(),
+             attention_mask=left_mask.numpy(), labels=labels.numpy().astype(np.int64))
+    llama.eval()
+    with torch.no_grad():
+        np.save(os.path.join(GOLDEN, "llama_style_output.npy"), llama(left_ids, left_mask).numpy())
+    path = os.path.join(MODELS, "llama_style_opset14.onnx")
+    torch.onnx.export(llama, (left_ids, left_mask), path, input_names=names,
+                      output_names=["logits"], opset_version=14,
+                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                    "logits": {0: "batch"}})
+    llama.train()
+    count = save_gradients(llama, (left_ids, left_mask), labels, path, GOLDEN)
+    assert count == len(list(llama.parameters())), count
 
 
 if __name__ == "__main__":

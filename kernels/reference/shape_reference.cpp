@@ -2,6 +2,7 @@
 #include "kernels/reference/shape_reference.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "kernels/reference/reference_util.h"
@@ -196,6 +197,20 @@ Tensor scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updat
     }
     const int64_t base = ravel(index, data.shape());
     for (int64_t e = 0; e < slice; ++e) copy_element(updates, j * slice + e, y, base + e);
+  }
+  return y;
+}
+
+Tensor trilu(const Tensor& x, int64_t k, bool upper) {
+  Tensor y(x.dtype(), x.shape());
+  std::memset(y.raw(), 0, y.nbytes());
+  const auto rank = x.shape().size();
+  const int64_t rows = x.shape()[rank - 2];
+  const int64_t cols = x.shape()[rank - 1];
+  for (int64_t e = 0; e < x.numel(); ++e) {
+    const int64_t i = (e / cols) % rows;
+    const int64_t j = e % cols;
+    if (upper ? j - i >= k : j - i <= k) copy_element(x, e, y, e);
   }
   return y;
 }

@@ -23,5 +23,8 @@ Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis);
 Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value);
 Tensor expand(const Tensor& x, std::span<const int64_t> shape);
 Tensor scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updates);
+// ONNX Trilu over the last two axes: element (…, i, j) kept where j - i >= k (upper) or
+// j - i <= k (lower), zero elsewhere.
+Tensor trilu(const Tensor& x, int64_t k, bool upper);
 
 }  // namespace qforge::kernels::reference

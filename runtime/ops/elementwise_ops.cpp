@@ -1,6 +1,7 @@
 // Runtime bindings of the element-wise ops: unary activations and math, broadcasting binary ops,
 // Max and Min of any number of inputs, Equal, Where, Not and Cast. Broadcast layouts are planned
 // in create(), so forward allocates nothing.
+#include <cstring>
 #include <optional>
 #include <string>
 #include <utility>
@@ -533,18 +534,36 @@ std::vector<TensorInfo> infer_cast(const graph::Node& node, std::span<const Inpu
   return {{*dtype, x.shape}};
 }
 
+// A Cast of float32 to float32 (torch.onnx's for a softmax computed in float32 of a float32
+// tensor) passes its gradient through; a Cast to or from an integer has none.
 class CastKernel final : public OpKernel {
  public:
+  explicit CastKernel(bool float_to_float) : float_to_float_(float_to_float) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::cast(inputs[0], outputs[0]);
   }
+  bool differentiable_input(size_t index) const override { return index == 0 && float_to_float_; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (float* dx = grad_data(grad_inputs, 0)) {
+      std::memcpy(dx, grad_outputs[0].data<float>(), grad_outputs[0].nbytes());
+    }
+  }
+
+ private:
+  bool float_to_float_;
 };
 
 std::unique_ptr<OpKernel> create_cast(const graph::Node& /*node*/,
-                                      std::span<const InputInfo> /*inputs*/,
-                                      std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<CastKernel>();
+                                      std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> outputs) {
+  return std::make_unique<CastKernel>(inputs[0].dtype == DType::kFloat32 &&
+                                      outputs[0].dtype == DType::kFloat32);
 }
 
 template <UnaryOp kOp>

@@ -1224,6 +1224,72 @@ std::unique_ptr<OpKernel> create_scatter_nd(const graph::Node& node,
   return std::make_unique<ScatterNdKernel>(node.label());
 }
 
+// Trilu ----------------------------------------------------------------------------------------
+// The upper or lower triangle of the last two axes (k, input 1, a constant), any dtype; float32
+// with its gradient, the same triangle of dy. Decoder exports build their causal mask with it
+// (torch.triu of a full matrix).
+
+struct TriluSetup {
+  int64_t matrices = 1, rows = 1, cols = 1, k = 0;
+  bool upper = true;
+};
+
+TriluSetup setup_trilu(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (x.shape.size() < 2) fail_node(node, "input 0 of rank >= 2", shape_str(x.shape));
+  TriluSetup s;
+  if (has_input(inputs, 1)) {
+    const std::vector<int64_t> k = constant_ints(node, inputs, 1, "k");
+    if (k.size() != 1) fail_node(node, "k (input 1) as one value", ints_str(k));
+    s.k = k[0];
+  }
+  const int64_t upper = node.attr_int("upper", 1);
+  if (upper != 0 && upper != 1) fail_node(node, "attribute 'upper' 0 or 1", std::to_string(upper));
+  s.upper = upper != 0;
+  s.rows = x.shape[x.shape.size() - 2];
+  s.cols = x.shape.back();
+  s.matrices = shape_numel(x.shape) / std::max<int64_t>(s.rows * s.cols, 1);
+  return s;
+}
+
+std::vector<TensorInfo> infer_trilu(const graph::Node& node, std::span<const InputInfo> inputs) {
+  setup_trilu(node, inputs);
+  return {{inputs[0].dtype, inputs[0].shape}};
+}
+
+class TriluKernel final : public OpKernel {
+ public:
+  TriluKernel(const TriluSetup& s, DType dtype) : s_(s), dtype_(dtype) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run(inputs[0].raw(), outputs[0].raw());
+  }
+  bool differentiable_input(size_t index) const override {
+    return index == 0 && dtype_ == DType::kFloat32;
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (float* dx = grad_data(grad_inputs, 0)) run(grad_outputs[0].raw(), dx);
+  }
+
+ private:
+  void run(const void* x, void* y) const {
+    kernels::triangle(x, s_.matrices, s_.rows, s_.cols, s_.k, s_.upper, kernels::dtype_size(dtype_),
+                      y);
+  }
+  TriluSetup s_;
+  DType dtype_;
+};
+
+std::unique_ptr<OpKernel> create_trilu(const graph::Node& node, std::span<const InputInfo> inputs,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<TriluKernel>(setup_trilu(node, inputs), inputs[0].dtype);
+}
+
 }  // namespace
 
 void register_shape_ops(OpRegistry& registry) {
@@ -1247,6 +1313,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"ConstantOfShape", infer_constant_of_shape, create_constant_of_shape});
   registry.add({"Range", infer_range, create_range});
   registry.add({"ScatterND", infer_scatter_nd, create_scatter_nd});
+  registry.add({"Trilu", infer_trilu, create_trilu});
 }
 
 }  // namespace qforge::runtime::ops

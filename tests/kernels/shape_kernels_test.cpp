@@ -2,6 +2,7 @@
 // shapes, ranks 0 to 6, negative axes and steps, and every element size.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -399,6 +400,46 @@ TEST(ShapeFill, FillsEveryElementSize) {
   const int64_t v = -42;
   fill(i, &v);
   EXPECT_EQ(i.to_int64_vector(), std::vector<int64_t>(7, -42));
+}
+
+// Trilu ----------------------------------------------------------------------------------------
+
+Tensor run_triangle(const Tensor& x, int64_t k, bool upper) {
+  const Shape& s = x.shape();
+  const int64_t rows = s[s.size() - 2], cols = s.back();
+  Tensor y(x.dtype(), s);
+  std::memset(y.raw(), 0xAB, y.nbytes());  // every byte written
+  triangle(x.raw(), x.numel() / std::max<int64_t>(rows * cols, 1), rows, cols, k, upper,
+           dtype_size(x.dtype()), y.raw());
+  return y;
+}
+
+// Every k from below the first row's columns to past the last one, both triangles, square, wide,
+// tall and batched matrices of every element size, at 1 and 2 threads.
+TEST(ShapeTrilu, EveryDiagonalMatchesReferenceAtAnyThreadCount) {
+  const std::vector<Shape> shapes = {{1, 1}, {5, 5}, {3, 17}, {13, 4}, {2, 3, 7, 6}, {127, 1}};
+  const int previous = runtime::num_threads();
+  for (DType dtype : {DType::kFloat32, DType::kInt64, DType::kInt32, DType::kUInt8, DType::kBool}) {
+    for (const Shape& shape : shapes) {
+      const Tensor x = iota(dtype, shape);
+      const int64_t rows = shape[shape.size() - 2], cols = shape.back();
+      for (int64_t k = -rows - 1; k <= cols + 1; ++k) {
+        for (bool upper : {true, false}) {
+          const std::string what = std::string(dtype_name(dtype)) + shape_str(shape) + " k " +
+                                   std::to_string(k) + (upper ? " upper" : " lower");
+          const Tensor want = reference::trilu(x, k, upper);
+          for (int threads : {1, 2}) {
+            runtime::set_num_threads(threads);
+            expect_same(run_triangle(x, k, upper), want, what);
+          }
+        }
+      }
+    }
+  }
+  runtime::set_num_threads(previous);
+  // Large enough for several parallel blocks.
+  const Tensor big = iota(DType::kFloat32, {4, 300, 301});
+  expect_same(run_triangle(big, 3, false), reference::trilu(big, 3, false), "blocks");
 }
 
 }  // namespace

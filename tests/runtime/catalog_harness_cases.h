@@ -392,7 +392,10 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Dropout", "inference: identity and mask").data(d.uniform({3, 7})).with_outputs(2));
   add(H("Cast", "float to int64, off integers")
           .data(d.away({3, 5}, -4, 4, {-4, -3, -2, -1, 0, 1, 2, 3, 4}, 0.1f))
-          .attr("to", int64_t{7}));
+          .attr("to", int64_t{7})
+          .no_gradient("its output is an integer"));
+  // F.softmax(x, dtype=torch.float32) of a float32 x: the gradient passes through.
+  add(H("Cast", "float to float").data(d.uniform({3, 7})).attr("to", int64_t{1}));
   add(H("Cast", "int64 to float")
           .data(i64({2, 3}, {-3, 0, 7, 1 << 20, -1, 5}))
           .attr("to", int64_t{1}));
@@ -606,6 +609,21 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(i64({2, 4}, {7, -7, 1LL << 40, -13, 5, 0, -9, 11}))
           .setting(i64s({1}))
           .attr("exclusive", int64_t{1}));
+  // torch.triu / tril: a decoder's causal mask, built from a full matrix.
+  add(H("Trilu", "upper, k absent").data(d.uniform({2, 5, 7})));
+  add(H("Trilu", "lower, k -1, wide")
+          .data(d.uniform({3, 17}))
+          .setting(i64({}, {-1}))
+          .attr("upper", int64_t{0}));
+  add(H("Trilu", "upper, k 2, tall, batched").data(d.uniform({2, 3, 9, 4})).setting(i64({}, {2})));
+  add(H("Trilu", "lower, k past the columns")
+          .data(d.uniform({4, 3}))
+          .setting(i64({}, {5}))
+          .attr("upper", int64_t{0}));
+  add(H("Trilu", "int64, upper k 1")
+          .data(i64({3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}))
+          .setting(i64({}, {1})));
+  add(H("Trilu", "bool, lower").data(bools({2, 3}, {1, 1, 1, 1, 0, 1})).attr("upper", int64_t{0}));
   add(H("ArgMax", "axis 1, keepdims").data(d.distinct({2, 5, 3})).attr("axis", int64_t{1}));
   add(H("ArgMax", "last axis, select last index, no keepdims")
           .data(d.distinct({3, 4}))

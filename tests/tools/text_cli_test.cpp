@@ -3,7 +3,9 @@
 // padding masked through Equal, Where and batch × heads rows), the Hugging Face BERT form at
 // opset 14 (separate query, key and value projections, an additive mask of float32's lowest,
 // token types as a third input, LayerNorm written out, the sequence length dynamic) and RoBERTa's
-// (position ids counted over the real tokens with CumSum), through
+// (position ids counted over the real tokens with CumSum), and Llama's decoder at opset 14
+// (RMSNorm, grouped-query attention, rotary embeddings whose squeezes torch.onnx writes as If
+// nodes, a causal mask from torch.triu, a softmax in float32 behind a Cast, left padding), through
 // every command: `run` gives PyTorch's logits at any batch; `transform` writes a model free of
 // the batch that ONNX Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the
 // embedding tables' included; `calibrate` and `qat` read the .npz of the inputs (and its
@@ -35,12 +37,18 @@ struct TextModel {
   std::string name;    // data/models/text/<name>.onnx, data/golden/text/<name>_grads.npz
   std::string family;  // data/golden/text/<family>_inputs.npz, <family>_output.npy
   size_t inputs;
-  bool separate_qkv;  // query, key and value Linears of their own, packed by the transform
+  bool separate_qkv;      // query, key and value Linears of their own, packed by the transform
+  std::string embedding;  // the token embedding table
+  size_t gradients;       // PyTorch's parameters
 };
 
-const TextModel kModels[] = {{"text_encoder_opset17", "text", 2, false},
-                             {"bert_style_opset14", "bert_style", 3, true},
-                             {"roberta_style_opset14", "roberta_style", 2, true}};
+const TextModel kModels[] = {
+    {"text_encoder_opset17", "text", 2, false, "tokens.weight", 30},
+    {"bert_style_opset14", "bert_style", 3, true, "tokens.weight", 41},
+    {"roberta_style_opset14", "roberta_style", 2, true, "tokens.weight", 41},
+    // Llama's decoder: rotary embeddings between the projections and the attention, so the
+    // query, key and value Linears stay apart.
+    {"llama_style_opset14", "llama_style", 2, false, "embed_tokens.weight", 21}};
 
 void PrintTo(const TextModel& m, std::ostream* os) {
   *os << m.name;
@@ -134,9 +142,9 @@ TEST_P(TextCli, GradMatchesPyTorch) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto got = io::read_npz(dir.file("grads.npz"));
   const auto want = io::read_npz(golden(GetParam().name + "_grads.npz"));
-  ASSERT_GE(want.size(), 31u);  // the loss and every parameter (30 or 41)
+  ASSERT_EQ(want.size(), GetParam().gradients + 1);  // the loss and every parameter
   EXPECT_EQ(got.size(), want.size());
-  ASSERT_TRUE(want.count("tokens.weight"));
+  ASSERT_TRUE(want.count(GetParam().embedding));
   testing::expect_gradients_match(got, want);
 }
 
