@@ -14,6 +14,7 @@
 #include "graph/qkv_packing.h"
 #include "graph/rewrite_util.h"
 #include "graph/swin.h"
+#include "kernels/elementwise.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -538,35 +539,64 @@ Pattern compose_multihead_attention_pattern() {
 // BERT code, -inf): exp(fill - max) is 0 in float, and a score added to it is the fill or as good.
 constexpr float kMaskingFill = -1e4f;
 
-// 2 nodes. 0=Where(mask, fill, scores) (a boolean mask, a scalar fill <= -1e4), 1=Softmax;
-// becomes Add(scores, Where(mask, fill, 0)), the additive mask ComposeSDPA takes
-// (DistilBERT's masked_fill of the attention scores).
+// Where the scores meet a masked fill: the Where's scores input and which of its inputs is the
+// fill (a scalar constant of -1e4 or less), or the reason it is not one.
+struct MaskedFill {
+  size_t scores = 2;  // masked_fill(mask, fill): Where(mask, fill, scores)
+  size_t fill = 1;    // torch.where(keep, scores, fill): Where(keep, scores, fill)
+};
+
+std::optional<MaskedFill> masked_fill_of(const Node& where) {
+  for (MaskedFill f : {MaskedFill{2, 1}, MaskedFill{1, 2}}) {
+    const Value* scores = where.input(f.scores);
+    const std::optional<float> fill = scalar_constant(where.input(f.fill));
+    if (fill && *fill <= kMaskingFill && scores && scores->has_shape() &&
+        scores->dtype() == DType::kFloat32 && !scores->is_constant() &&
+        where.output(0)->has_shape() && *where.output(0)->shape() == *scores->shape()) {
+      return f;
+    }
+  }
+  return std::nullopt;
+}
+
+// 2 or 3 nodes. 0=Where(mask, fill, scores) or Where(keep, scores, fill) (a boolean condition,
+// a scalar fill <= -1e4), 1=Add(·, additive mask) optional, 2=Softmax; becomes scores +
+// Where(mask, fill, 0) (or Where(keep, 0, fill)), plus the additive mask when there is one: the
+// one additive mask ComposeSDPA takes. DistilBERT's masked_fill of the scores; GPT-2's causal
+// torch.where before its padding mask is added. Each value is the Where's bit for bit: a masked
+// score's sum stays at or below the fill, an unmasked one adds 0.
 Pattern masked_fill_to_add_pattern() {
   Pattern p;
   p.name = "MaskedFillToAdd";
   p.kind = PatternKind::kConversion;
-  p.topology = "Where(mask, fill, ·) -> Softmax";
-  p.trunk = {one("fill", {"Where"}), one("softmax", {"Softmax"})};
+  p.topology = "Where(mask, fill, ·) | Where(keep, ·, fill) -> [Add]? -> Softmax";
+  p.trunk = {one("fill", {"Where"}), optional("then_mask", {"Add"}), one("softmax", {"Softmax"})};
   p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
     const Node& where = *m.node(g, "fill");
     const Value* cond = where.input(0);
-    const Value* scores = where.input(2);
     if (!cond || cond->dtype() != DType::kBool) return where.label() + ": no boolean mask";
-    const std::optional<float> fill = scalar_constant(where.input(1));
-    if (!fill || !(*fill <= kMaskingFill)) {
-      return where.label() + ": the fill is not a constant of -1e4 or less";
+    if (!masked_fill_of(where)) {
+      return where.label() +
+             ": neither input 1 nor input 2 is a constant fill of -1e4 or less with the float "
+             "scores of the output's shape as the other";
     }
-    if (!scores || !scores->has_shape() || scores->dtype() != DType::kFloat32 ||
-        !where.output(0)->has_shape() || *where.output(0)->shape() != *scores->shape()) {
-      return where.label() + ": the scores are not a float of the output's shape";
+    if (const Node* add = m.node(g, "then_mask")) {
+      const Value* other = add->input(add->input(0) == where.output(0) ? 1 : 0);
+      if (!other || other->dtype() != DType::kFloat32 || !other->has_shape() ||
+          !add->output(0)->has_shape() || *add->output(0)->shape() != *where.output(0)->shape()) {
+        return add->label() + ": its mask is not a float that broadcasts to the scores";
+      }
     }
     return std::nullopt;
   };
   p.rewrite = [](Graph& g, const Match& m) {
     Node* where = m.node(g, "fill");
+    Node* add = m.node(g, "then_mask");
+    const MaskedFill form = *masked_fill_of(*where);
     Value* cond = where->input(0);
-    Value* scores = where->input(2);
-    const float fill = *scalar_constant(where->input(1));
+    Value* scores = where->input(form.scores);
+    const float fill = *scalar_constant(where->input(form.fill));
+    const bool fill_where_true = form.fill == 1;
     const Shape& out_shape = *where->output(0)->shape();
     // The additive mask: fill where masked, 0 elsewhere; a constant mask (a causal one) is
     // computed here, so that ComposeSDPA can recognise it.
@@ -575,26 +605,39 @@ Pattern masked_fill_to_add_pattern() {
       const Tensor& c = cond->constant();
       Tensor additive(DType::kFloat32, c.shape());
       for (int64_t i = 0; i < c.numel(); ++i) {
-        additive.data<float>()[i] = c.data<uint8_t>()[i] != 0 ? fill : 0.0f;
+        additive.data<float>()[i] = (c.data<uint8_t>()[i] != 0) == fill_where_true ? fill : 0.0f;
       }
       mask = g.add_constant(g.unique_value_name(where->name() + "/additive_mask"), additive);
     } else {
       Value* zero =
           g.add_constant(g.unique_value_name(where->name() + "/zero"), Tensor::scalar_f32(0.0f));
+      Value* fill_value = where->input(form.fill);
       Node* n = g.insert_node(
           {.name = g.unique_node_name(where->name() + "/additive_mask"),
            .op_type = "Where",
-           .inputs = {cond, where->input(1), zero},
+           .inputs = {cond, fill_where_true ? fill_value : zero,
+                      fill_where_true ? zero : fill_value},
            .output_names = {g.unique_value_name(where->name() + "/additive_mask_output")}},
           where);
       n->output(0)->set_type(DType::kFloat32, cond->known_shape());
       mask = n->output(0);
     }
+    Node* last = where;
+    if (add) {
+      // The masks joined first: scores + (m + a) is (scores + m) + a wherever m is 0, and at or
+      // below the fill wherever it is not.
+      Value* other = add->input(add->input(0) == where->output(0) ? 1 : 0);
+      const std::vector<Shape> shapes = {mask->known_shape(), other->known_shape()};
+      mask = emit(g, add, name_with(where->name(), "/joined_mask"), "Add", {mask, other},
+                  *kernels::broadcast_shape(shapes));
+      last = add;  // the Add's mask may come after the Where: the new nodes go before the Add
+    }
     Value* added =
-        emit(g, where, name_with(where->name(), "/Add"), "Add", {scores, mask}, out_shape);
-    Value* old = where->output(0);
+        emit(g, last, name_with(where->name(), "/Add"), "Add", {scores, mask}, out_shape);
+    Value* old = last->output(0);
     const std::string name = old->name();
     g.replace_all_uses(old, added);
+    if (add) g.remove_node(add);
     g.remove_node(where);
     g.rename_value(added, name);
   };

@@ -9,7 +9,9 @@
 #include <limits>
 #include <map>
 #include <string_view>
+#include <utility>
 #include <variant>
+#include <vector>
 
 #include "kernels/error.h"
 #include "quant/placement.h"
@@ -66,19 +68,34 @@ std::variant<SmoothQuantSite, std::string> site_of(
   if (out->consumers().empty()) return "its output '" + out->name() + "' has no reader";
 
   SmoothQuantSite site{.layer_norm = n.name(), .tensor = out->name(), .channels = channels};
-  for (const Node* reader : out->consumers()) {
+  // The modules reading `v`, through Reshapes that keep the last axis (GPT-2's Conv1D flattens
+  // [B, T, C] to [B·T, C] for its Gemm): element i is channel i mod C on both sides.
+  std::vector<std::pair<const Value*, const Node*>> reads;
+  for (const Node* reader : out->consumers()) reads.emplace_back(out, reader);
+  for (size_t r = 0; r < reads.size(); ++r) {
+    const Value* v = reads[r].first;
+    const Node* reader = reads[r].second;
     const bool seen =
         std::any_of(site.consumers.begin(), site.consumers.end(),
                     [&](const SmoothQuantConsumer& c) { return c.node == reader->name(); });
     if (seen) continue;
     const std::string prefix =
         "its output '" + out->name() + "' is read by " + reader->label() + ", which ";
+    if (reader->op_type() == "Reshape" && reader->input(0) == v) {
+      const Value* reshaped = reader->output(0);
+      if (reshaped->is_graph_output() || !reshaped->has_shape() || reshaped->shape()->empty() ||
+          reshaped->shape()->back() != channels) {
+        return prefix + "does not keep its last axis of " + std::to_string(channels) + " channels";
+      }
+      for (const Node* next : reshaped->consumers()) reads.emplace_back(reshaped, next);
+      continue;
+    }
     if (std::find(kAbsorbingModules.begin(), kAbsorbingModules.end(), reader->op_type()) ==
         kAbsorbingModules.end()) {
       return prefix + "cannot absorb the factors (only Linear, LinearAct and MHAInProjection can)";
     }
     for (size_t i = 1; i < reader->num_inputs(); ++i) {
-      if (reader->input(i) == out) return prefix + "reads it at input " + std::to_string(i);
+      if (reader->input(i) == v) return prefix + "reads it at input " + std::to_string(i);
     }
     auto it = wp.find(reader->name());
     if (it == wp.end()) return prefix + "has no quantized constant weight";

@@ -250,6 +250,81 @@ class LlamaStyle(nn.Module):
         return self.score(self.norm(x)[:, -1])
 
 
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: addmm of the rows flattened to 2-D by a [in, out] weight."""
+
+    def __init__(self, outputs, inputs):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(inputs, outputs) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(outputs))
+        self.outputs = outputs
+
+    def forward(self, x):
+        shape = x.size()[:-1] + (self.outputs,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(shape)
+
+
+def gelu_new(x):
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class Gpt2Block(nn.Module):
+    """A GPT-2 block as Hugging Face's modeling code writes it: pre-norm LayerNorms, one Conv1D
+    for query, key and value split in three, scores divided by sqrt(head size), the causal mask a
+    slice of a lower-triangular buffer applied by torch.where(keep, scores, lowest), the padding
+    mask added after it, the tanh GELU written out."""
+
+    def __init__(self, heads=4, cache=64):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(WIDTH)
+        self.c_attn = Conv1D(3 * WIDTH, WIDTH)
+        self.c_proj = Conv1D(WIDTH, WIDTH)
+        self.ln_2 = nn.LayerNorm(WIDTH)
+        self.c_fc = Conv1D(4 * WIDTH, WIDTH)
+        self.mlp_proj = Conv1D(WIDTH, 4 * WIDTH)
+        self.register_buffer(
+            "bias", torch.tril(torch.ones((cache, cache), dtype=torch.bool))[None, None],
+            persistent=False)
+
+    def split_heads(self, x):
+        return x.view(x.size()[:-1] + (self.heads, WIDTH // self.heads)).permute(0, 2, 1, 3)
+
+    def forward(self, x, additive_mask):
+        q, k, v = self.c_attn(self.ln_1(x)).split(WIDTH, dim=2)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / torch.full([], v.size(-1) ** 0.5)
+        query_length, key_length = q.size(-2), k.size(-2)
+        causal = self.bias[:, :, key_length - query_length:key_length, :key_length]
+        lowest = torch.full([], torch.finfo(scores.dtype).min)
+        scores = torch.where(causal, scores, lowest) + additive_mask
+        context = torch.matmul(F.softmax(scores, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        x = x + self.c_proj(context.view(context.size()[:-2] + (WIDTH,)))
+        return x + self.mlp_proj(gelu_new(self.c_fc(self.ln_2(x))))
+
+
+class Gpt2Style(nn.Module):
+    """A GPT-2 classifier: token and position embeddings, two Gpt2Blocks, a final LayerNorm and
+    a Linear head on the last of the left-padded tokens."""
+
+    def __init__(self, layers=2):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, WIDTH)
+        self.wpe = nn.Embedding(TOKENS, WIDTH)
+        self.h = nn.ModuleList([Gpt2Block() for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(WIDTH)
+        self.score = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(0, input_ids.size(-1), dtype=torch.long)[None]
+        additive_mask = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * \
+            torch.finfo(torch.float32).min
+        x = self.wte(input_ids) + self.wpe(positions)
+        for block in self.h:
+            x = block(x, additive_mask)
+        return self.score(self.ln_f(x)[:, -1])
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -355,6 +430,24 @@ def main():
     llama.train()
     count = save_gradients(llama, (left_ids, left_mask), labels, path, GOLDEN)
     assert count == len(list(llama.parameters())), count
+
+    # GPT-2's form at opset 14 (LayerNorm written out), on the same left-padded tokens.
+    torch.manual_seed(5)
+    gpt2 = Gpt2Style()
+    with torch.no_grad():
+        for p in gpt2.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    gpt2.eval()
+    with torch.no_grad():
+        np.save(os.path.join(GOLDEN, "gpt2_style_output.npy"), gpt2(left_ids, left_mask).numpy())
+    path = os.path.join(MODELS, "gpt2_style_opset14.onnx")
+    torch.onnx.export(gpt2, (left_ids, left_mask), path, input_names=names,
+                      output_names=["logits"], opset_version=14,
+                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                    "logits": {0: "batch"}})
+    gpt2.train()
+    count = save_gradients(gpt2, (left_ids, left_mask), labels, path, GOLDEN)
+    assert count == len(list(gpt2.parameters())), count
 
 
 if __name__ == "__main__":

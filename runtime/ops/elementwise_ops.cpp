@@ -462,23 +462,65 @@ std::vector<TensorInfo> infer_where(const graph::Node& node, std::span<const Inp
   return {{x.dtype, *out}};
 }
 
+// Where's gradient: dy where the condition picks X, to X; where it picks Y, to Y; each summed
+// over the axes its input was broadcast along (torch.where's).
 class WhereKernel final : public OpKernel {
  public:
-  explicit WhereKernel(BroadcastPlan plan) : plan_(std::move(plan)) {}
+  WhereKernel(std::span<const InputInfo> inputs, const Shape& out)
+      : plan_(kernels::plan_broadcast(
+            std::vector<Shape>{inputs[0].shape, inputs[1].shape, inputs[2].shape})),
+        mask_plan_{kernels::plan_broadcast(std::vector<Shape>{inputs[0].shape, out, {}}),
+                   kernels::plan_broadcast(std::vector<Shape>{inputs[0].shape, {}, out})},
+        out_(out),
+        float_(inputs[1].dtype == DType::kFloat32) {
+    for (size_t i : {size_t{1}, size_t{2}}) {
+      reduce_[i - 1] = kernels::plan_broadcast(std::vector<Shape>{inputs[i].shape, out});
+    }
+  }
+  size_t workspace_bytes() const override {
+    return float_ ? static_cast<size_t>(kernels::shape_numel(out_)) * sizeof(float) : 0;
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::where(plan_, inputs[0], inputs[1], inputs[2], outputs[0]);
   }
+  bool differentiable_input(size_t index) const override {
+    return float_ && (index == 1 || index == 2);
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = 1, .outputs = BackwardReads::kNothing};  // the condition
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    Tensor picked = Tensor::wrap(DType::kFloat32, out_, workspace);
+    for (size_t i : {size_t{1}, size_t{2}}) {
+      float* dx = grad_data(grad_inputs, i);
+      if (!dx) continue;
+      // dy where the condition picks input i, 0 elsewhere; then summed to input i's shape.
+      if (i == 1) {
+        kernels::where(mask_plan_[0], inputs[0], grad_outputs[0], zero_, picked);
+      } else {
+        kernels::where(mask_plan_[1], inputs[0], zero_, grad_outputs[0], picked);
+      }
+      kernels::binary_backward(kernels::BinaryOp::kAdd, reduce_[i - 1], nullptr, nullptr,
+                               picked.data<float>(), {dx, nullptr});
+    }
+  }
 
  private:
   BroadcastPlan plan_;
+  BroadcastPlan mask_plan_[2];  // the condition, dy and a scalar 0 (dy first, then second)
+  BroadcastPlan reduce_[2];     // X's and Y's shapes against the output's
+  Shape out_;
+  bool float_;
+  Tensor zero_ = Tensor::scalar_f32(0.0f);
 };
 
 std::unique_ptr<OpKernel> create_where(const graph::Node& /*node*/,
                                        std::span<const InputInfo> inputs,
-                                       std::span<const TensorInfo> /*outputs*/) {
-  const std::vector<Shape> shapes = {inputs[0].shape, inputs[1].shape, inputs[2].shape};
-  return std::make_unique<WhereKernel>(kernels::plan_broadcast(shapes));
+                                       std::span<const TensorInfo> outputs) {
+  return std::make_unique<WhereKernel>(inputs, outputs[0].shape);
 }
 
 std::vector<TensorInfo> infer_not(const graph::Node& node, std::span<const InputInfo> inputs) {

@@ -64,6 +64,10 @@ struct RawAttention {
   // (DistilBERT's masked_fill), or with `causal_fill` a constant causal one.
   std::optional<float> fill;
   bool causal_fill = false;
+  // GPT-2's torch.where(keep, scores, fill): the condition says what is kept.
+  bool keep_form = false;
+  // An additive mask input [2, 1, 1, 5] added after the Where (GPT-2's padding mask).
+  bool mask_after_fill = false;
 };
 
 // q, k, v [2, 3, 5, 4] -> Transpose(k) -> MatMul -> scale -> [Add mask] -> Softmax ->
@@ -88,15 +92,20 @@ std::unique_ptr<Graph> raw_attention(const RawAttention& o) {
     if (o.causal_fill) {
       Tensor m(DType::kBool, {5, 5});
       for (int i = 0; i < 5; ++i) {
-        for (int j = 0; j < 5; ++j) m.data<uint8_t>()[i * 5 + j] = j > i ? 1 : 0;
+        for (int j = 0; j < 5; ++j) m.data<uint8_t>()[i * 5 + j] = (j > i) != o.keep_form;
       }
       cond = g->add_constant("future", m);
     } else {
       auto* keys = g->add_input("keys", DType::kFloat32, Shape{2, 1, 1, 5});
       cond = add(*g, "padding", "Less", {keys, g->add_constant("zero", Tensor::scalar_f32(0.0f))});
     }
+    graph::Value* fill = g->add_constant("fill", Tensor::scalar_f32(*o.fill));
     cur = add(*g, "masked_fill", "Where",
-              {cond, g->add_constant("fill", Tensor::scalar_f32(*o.fill)), cur});
+              o.keep_form ? std::vector{cond, cur, fill} : std::vector{cond, fill, cur});
+    if (o.mask_after_fill) {
+      cur = add(*g, "padding_add", "Add",
+                {cur, g->add_input("padding_mask", DType::kFloat32, Shape{2, 1, 1, 5})});
+    }
   }
   if (o.causal_constant) {
     Tensor m(DType::kFloat32, {5, 5});
@@ -188,7 +197,43 @@ TEST(AttentionSdpa, MaskedFillBecomesAnAdditiveMask) {
   runtime::resolve(*g, {});
   EXPECT_EQ(refusals(*g, "MaskedFillToAdd"),
             (std::vector<std::string>{
-                "node 'masked_fill' (Where): the fill is not a constant of -1e4 or less"}));
+                "node 'masked_fill' (Where): neither input 1 nor input 2 is a constant fill of "
+                "-1e4 or less with the float scores of the output's shape as the other"}));
+}
+
+// GPT-2's causal torch.where(keep, scores, lowest), its padding mask added after: the two masks
+// join into the one SDPA takes, and the scores meet them as before (run_pass_test compares).
+TEST(AttentionSdpa, GptsWhereAndThePaddingMaskAfterItJoinIntoOneMask) {
+  const float lowest = std::numeric_limits<float>::lowest();
+  auto r = testing::run_pass_test(
+      [&] {
+        return raw_attention(
+            {.fill = lowest, .causal_fill = true, .keep_form = true, .mask_after_fill = true});
+      },
+      [](Graph& g) { convert(g); });
+  EXPECT_EQ(r.after, (testing::OpCounts{{"Add", 1}, {"SDPA", 1}}));
+  const graph::Node* sdpa = only(*r.transformed, "SDPA");
+  ASSERT_NE(sdpa, nullptr);
+  ASSERT_EQ(sdpa->num_inputs(), 4u);
+  const graph::Node* joined = sdpa->input(3)->producer();
+  ASSERT_NE(joined, nullptr);
+  EXPECT_EQ(joined->op_type(), "Add");
+  EXPECT_EQ(joined->input(1)->name(), "padding_mask");
+  // The causal part, computed: the lowest float above the diagonal, 0 on and below it.
+  const Tensor& causal = joined->input(0)->constant();
+  EXPECT_EQ(causal.data<float>()[1], lowest);
+  EXPECT_EQ(causal.data<float>()[5], 0.0f);
+  // Without the Add after it, the kept form alone is a constant mask (with -inf, the flag).
+  for (float fill : {lowest, -std::numeric_limits<float>::infinity()}) {
+    auto alone = testing::run_pass_test(
+        [&] { return raw_attention({.fill = fill, .causal_fill = true, .keep_form = true}); },
+        [](Graph& g) { convert(g); });
+    EXPECT_EQ(alone.after, (testing::OpCounts{{"SDPA", 1}}));
+    const graph::Node* one = only(*alone.transformed, "SDPA");
+    ASSERT_NE(one, nullptr);
+    EXPECT_EQ(one->attr_int("causal", 0), std::isinf(fill) ? 1 : 0);
+    EXPECT_EQ(one->num_inputs(), std::isinf(fill) ? 3u : 4u);
+  }
 }
 
 TEST(AttentionSdpa, ConstantCausalMaskBecomesCausalFlag) {

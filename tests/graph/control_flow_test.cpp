@@ -234,8 +234,12 @@ TEST(IfImport, MalformedIfsAndUnknownOpsInBranchesAreNamed) {
             std::string::npos);
 
   m = if_model();
-  m.mutable_graph()->mutable_node(5)->mutable_attribute(0)->mutable_g()->mutable_node(1)->set_op_type(
-      "Det");
+  m.mutable_graph()
+      ->mutable_node(5)
+      ->mutable_attribute(0)
+      ->mutable_g()
+      ->mutable_node(1)
+      ->set_op_type("Det");
   EXPECT_NE(error(m, ErrorKind::kUnsupported)
                 .find("node 'squeeze' (Det): op 'Det' (opset 14) is not supported by qforge"),
             std::string::npos);

@@ -235,6 +235,54 @@ TEST(SmoothQuantFold, SharedConstantsAreCopiedNotChanged) {
   }
 }
 
+// GPT-2's Conv1D: x [2, 3, 8] -> LayerNormalization -> Reshape [6, 8] -> Gemm W [8, 5] + b ->
+// Reshape [2, 3, 5]. The Reshape keeps the channels on the last axis, so the Linear behind it
+// absorbs the factors; one to [2, 24] does not, and the second norm is kept, saying so.
+TEST(SmoothQuantSites, SeeThroughReshapesThatKeepTheChannels) {
+  testing::GraphBuilder b(9);
+  Value* x = b.g->add_input("x", DType::kFloat32, graph::Shape{2, 3, 8});
+  auto norm = [&](Value* in) {
+    return b.node("LayerNormalization", {in, b.constant({8}, -4.0f, 4.0f), b.constant({8})},
+                  {.attributes = {{"axis", int64_t{-1}}, {"epsilon", 1e-5f}}});
+  };
+  auto shape = [&](std::vector<int64_t> dims) {
+    const auto n = static_cast<int64_t>(dims.size());
+    return b.g->add_constant(b.g->unique_value_name("shape"),
+                             Tensor::from_vector<int64_t>({n}, dims));
+  };
+  Value* rows = b.node("Reshape", {norm(x), shape({6, 8})});
+  Value* y1 = b.node(
+      "Reshape", {b.node("Gemm", {rows, b.constant({8, 5}), b.constant({5})}), shape({2, 3, 5})});
+  Value* flat = b.node("Reshape", {norm(x), shape({2, 24})});
+  Value* y2 = b.node("MatMul", {flat, b.constant({24, 3})});
+  for (Value* y : {y1, y2}) b.g->mark_output(y);
+  b.g->opset = 17;
+  auto fused = fused_of(*b.g, 2);
+  const auto before = fused->clone();
+  const quant::SmoothQuantSites found = quant::find_smoothquant_sites(*fused);
+  ASSERT_EQ(found.sites.size(), 1u);
+  ASSERT_EQ(found.sites[0].consumers.size(), 1u);
+  EXPECT_EQ(fused->find_node(found.sites[0].consumers[0].node)->op_type(), "Linear");
+  EXPECT_EQ(found.sites[0].consumers[0].input_axis, 0);
+  ASSERT_EQ(found.refused.size(), 1u);
+  EXPECT_NE(found.refused[0].reason.find("does not keep its last axis of 8 channels"),
+            std::string::npos)
+      << found.refused[0].reason;
+
+  quant::SmoothQuantStats stats(*fused, found.sites);
+  stats.observe_batch(outlier_input({2, 3, 8}, 31));
+  const quant::SmoothQuantResult result = quant::apply_smoothquant(*fused, stats, {});
+  ASSERT_EQ(result.smoothed.size(), 1u);
+  EXPECT_LT(result.smoothed[0].min_factor, result.smoothed[0].max_factor);
+  const Tensor probe = outlier_input({2, 3, 8}, 32);
+  const auto ref = run(*before, probe);
+  const auto got = run(*fused, probe);
+  ASSERT_EQ(ref.size(), got.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    EXPECT_LE(testing::relative_max_diff(got[i], ref[i]), 1e-4) << "output " << i;
+  }
+}
+
 TEST(SmoothQuantFold, FactorCountMustMatchTheChannels) {
   auto fused = fused_of(*two_norm_model(), 6);
   const quant::SmoothQuantSites found = quant::find_smoothquant_sites(*fused);

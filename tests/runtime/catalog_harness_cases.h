@@ -441,6 +441,12 @@ inline std::vector<HarnessCase> harness_cases() {
           .setting(bools({3, 1}, {1, 0, 1}))
           .data(d.uniform({1, 4}))
           .data(d.uniform({3, 4})));
+  // GPT-2's torch.where(causal, scores, lowest), the fill a scalar (here a value that
+  // differences can move).
+  add(H("Where", "causal keep, scalar fill")
+          .setting(bools({1, 1, 3, 3}, {1, 0, 0, 1, 1, 0, 1, 1, 1}))
+          .data(d.uniform({2, 2, 3, 3}))
+          .data(Tensor::scalar_f32(-0.75f)));
 
   // Dense.
   const Attributes conv_attrs = {{"group", int64_t{2}},

@@ -5,12 +5,13 @@
 // token types as a third input, LayerNorm written out, the sequence length dynamic) and RoBERTa's
 // (position ids counted over the real tokens with CumSum), and Llama's decoder at opset 14
 // (RMSNorm, grouped-query attention, rotary embeddings whose squeezes torch.onnx writes as If
-// nodes, a causal mask from torch.triu, a softmax in float32 behind a Cast, left padding), through
-// every command: `run` gives PyTorch's logits at any batch; `transform` writes a model free of
-// the batch that ONNX Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the
-// embedding tables' included; `calibrate` and `qat` read the .npz of the inputs (and its
-// 'labels') and write Q/DQ models that ONNX Runtime runs as qforge does (teacher-forced
-// `qforge verify`, no mismatch); qat is bit-identical at 1 and 2 threads.
+// nodes, a causal mask from torch.triu, a softmax in float32 behind a Cast, left padding) and
+// GPT-2's (Conv1D's addmm of flattened rows, a causal torch.where before the padding mask is
+// added, the tanh GELU written out), through every command: `run` gives PyTorch's logits at any
+// batch; `transform` writes a model free of the batch that ONNX Runtime runs as PyTorch; `grad`
+// gives PyTorch's loss and gradients, the embedding tables' included; `calibrate` and `qat` read
+// the .npz of the inputs (and its 'labels') and write Q/DQ models that ONNX Runtime runs as qforge
+// does (teacher-forced `qforge verify`, no mismatch); qat is bit-identical at 1 and 2 threads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -35,7 +36,8 @@ using testing::TempDir;
 
 struct TextModel {
   std::string name;    // data/models/text/<name>.onnx, data/golden/text/<name>_grads.npz
-  std::string family;  // data/golden/text/<family>_inputs.npz, <family>_output.npy
+  std::string family;  // data/golden/text/<family>_output.npy
+  std::string data;    // data/golden/text/<data>_inputs.npz
   size_t inputs;
   bool separate_qkv;      // query, key and value Linears of their own, packed by the transform
   std::string embedding;  // the token embedding table
@@ -43,12 +45,14 @@ struct TextModel {
 };
 
 const TextModel kModels[] = {
-    {"text_encoder_opset17", "text", 2, false, "tokens.weight", 30},
-    {"bert_style_opset14", "bert_style", 3, true, "tokens.weight", 41},
-    {"roberta_style_opset14", "roberta_style", 2, true, "tokens.weight", 41},
-    // Llama's decoder: rotary embeddings between the projections and the attention, so the
-    // query, key and value Linears stay apart.
-    {"llama_style_opset14", "llama_style", 2, false, "embed_tokens.weight", 21}};
+    {"text_encoder_opset17", "text", "text", 2, false, "tokens.weight", 30},
+    {"bert_style_opset14", "bert_style", "bert_style", 3, true, "tokens.weight", 41},
+    {"roberta_style_opset14", "roberta_style", "roberta_style", 2, true, "tokens.weight", 41},
+    // The decoders read left-padded tokens. Llama's rotary embeddings stand between the
+    // projections and the attention, so its query, key and value Linears stay apart; GPT-2 has
+    // one Linear for the three.
+    {"llama_style_opset14", "llama_style", "llama_style", 2, false, "embed_tokens.weight", 21},
+    {"gpt2_style_opset14", "gpt2_style", "llama_style", 2, false, "wte.weight", 29}};
 
 void PrintTo(const TextModel& m, std::ostream* os) {
   *os << m.name;
@@ -61,7 +65,7 @@ std::string golden(const std::string& file) {
 class TextCli : public ::testing::TestWithParam<TextModel> {
  protected:
   std::string model() const { return data_path("models/text/" + GetParam().name + ".onnx"); }
-  std::string inputs() const { return golden(GetParam().family + "_inputs.npz"); }
+  std::string inputs() const { return golden(GetParam().data + "_inputs.npz"); }
   std::string logits() const { return golden(GetParam().family + "_output.npy"); }
   // The model inputs of the golden archive, in the model's order.
   std::vector<kernels::Tensor> golden_inputs() const {
@@ -222,6 +226,27 @@ TEST(TextData, SeveralInputsTakeTheirDimsFromTheArchive) {
                                  "--input-shape: expected NAME=D1,D2,... or D1,D2,..., got '=12'");
   e = run_cli("inspect " + bert + " --input-shape input_ids=12,0");
   testing::expect_one_line_error(e, "--input-shape: expected an integer >= 1, got '0'");
+}
+
+// GPT-2's pre-norm LayerNorms feed its Conv1Ds through Reshapes that keep the channels: four
+// of the five are smoothed (the last one feeds the head through a Gather), and the Q/DQ model
+// runs in ONNX Runtime as in qforge.
+TEST(TextData, Gpt2SmoothsTheNormsBeforeItsConv1Ds) {
+  const std::string model_file = data_path("models/text/gpt2_style_opset14.onnx");
+  const std::string data_file = golden("llama_style_inputs.npz");
+  TempDir dir;
+  const std::string qdq = dir.file("m.qdq.onnx");
+  const auto r = run_cli("calibrate " + model_file + " --data " + data_file +
+                         " --smoothquant --batch 8 -o " + qdq);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("4 LayerNorms smoothed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-> /h.0/c_attn/Gemm/Linear"), std::string::npos) << r.out;
+  const std::string dump = dir.file("ort.npz");
+  testing::ort_dump(qdq, data_file, dump, "all");
+  const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " + data_file +
+                                " --tolerance 1e-4");
+  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
 }
 
 TEST(TextData, BadLabelsInTheArchiveAreNamed) {
