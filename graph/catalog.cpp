@@ -91,6 +91,7 @@ constexpr std::array kSchemas = {
     OpSchema{"ReduceMean", 1, 2, 1, 1, 13,
              kBackward},                               // axes: an attribute, an input from opset 18
     OpSchema{"ReduceSum", 1, 2, 1, 1, 13, kBackward},  // axes: an input from opset 13
+    OpSchema{"Reciprocal", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Relu", 1, 1, 1, 1, 14, kBackward},
     OpSchema{"Reshape", 2, 2, 1, 1, 14, kBackward},
     OpSchema{"Resize", 1, 4, 1, 1, 13, kBackward},

@@ -3,6 +3,9 @@
 #include "graph/conversions.h"
 
 #include <algorithm>
+#include <string>
+#include <variant>
+#include <vector>
 
 #include "graph/rewrite_util.h"
 #include "kernels/error.h"
@@ -488,10 +491,157 @@ Pattern compose_layer_norm_pattern() {
   return p;
 }
 
+namespace {
+
+// The nodes of an RMSNorm written out, found from its ReduceMean (see compose_rms_norm_pattern).
+struct RmsChain {
+  Value* x = nullptr;
+  Value* weight = nullptr;  // a constant vector of the last axis
+  float epsilon = 0;
+  std::vector<Node*> nodes;  // square, mean, epsilon, sqrt, [reciprocal], normalize, scale
+  Node* scale = nullptr;
+};
+
+// The one node reading `v`, when v is read once and is no graph output.
+Node* sole_reader(const Value* v) {
+  if (v->is_graph_output() || v->consumers().size() != 1) return nullptr;
+  return v->consumers()[0];
+}
+
+// The input of binary `n` other than `v` (n reads v once).
+Value* other_input(const Node& n, const Value* v) {
+  if (n.num_inputs() != 2) return nullptr;
+  if (n.input(0) == v && n.input(1) != v) return n.input(1);
+  if (n.input(1) == v && n.input(0) != v) return n.input(0);
+  return nullptr;
+}
+
+std::variant<RmsChain, std::string> rms_chain_of(const Node& mean) {
+  RmsChain c;
+  const Value* squared = mean.input(0);
+  const Node* square = squared->producer();
+  if (!square || !((square->op_type() == "Pow" && scalar_constant(square->input(1)) == 2.0f) ||
+                   (square->op_type() == "Mul" && square->input(0) == square->input(1)))) {
+    return "'" + squared->name() + "' is not a square (Pow(x, 2) or Mul(x, x))";
+  }
+  c.x = square->input(0);
+  if (!c.x->has_shape() || c.x->shape()->empty() || c.x->dtype() != DType::kFloat32) {
+    return "input '" + c.x->name() + "' has no resolved float shape";
+  }
+  if (sole_reader(squared) != &mean || !mean_over_last_axis(mean, c.x->shape()->size())) {
+    return "it is not the one mean over the last axis of the square '" + squared->name() + "'";
+  }
+  // A LayerNorm's variance: x is centered by a mean of its own source (ComposeLayerNorm's).
+  if (const Node* sub = c.x->producer(); sub && sub->op_type() == "Sub" && sub->input(1) &&
+                                         sub->input(1)->producer() &&
+                                         sub->input(1)->producer()->op_type() == "ReduceMean" &&
+                                         sub->input(1)->producer()->input(0) == sub->input(0)) {
+    return "'" + c.x->name() + "' is centered by its mean: a LayerNorm's";
+  }
+  Node* eps = sole_reader(mean.output(0));
+  const std::optional<float> epsilon = eps && eps->op_type() == "Add"
+                                           ? scalar_constant(other_input(*eps, mean.output(0)))
+                                           : std::nullopt;
+  if (!epsilon || !(*epsilon >= 0)) return "the mean square is not followed by an Add of ε >= 0";
+  c.epsilon = *epsilon;
+  Node* root = sole_reader(eps->output(0));
+  if (!root || root->op_type() != "Sqrt") return eps->label() + " is not followed by a Sqrt";
+  c.nodes.push_back(const_cast<Node*>(square));
+  c.nodes.push_back(const_cast<Node*>(&mean));
+  c.nodes.push_back(eps);
+  c.nodes.push_back(root);
+  // x / sqrt(·), or x · (1 / sqrt(·)) with the reciprocal a Div of 1 or a Reciprocal.
+  Node* next = sole_reader(root->output(0));
+  Value* normalized = nullptr;
+  if (next && next->op_type() == "Div" && next->input(1) == root->output(0) &&
+      next->input(0) == c.x) {
+    normalized = next->output(0);
+  } else if (next && ((next->op_type() == "Div" && next->input(1) == root->output(0) &&
+                       scalar_constant(next->input(0)) == 1.0f) ||
+                      next->op_type() == "Reciprocal")) {
+    Node* times = sole_reader(next->output(0));
+    if (!times || times->op_type() != "Mul" || other_input(*times, next->output(0)) != c.x) {
+      return "the reciprocal root '" + next->output(0)->name() + "' does not multiply '" +
+             c.x->name() + "' alone";
+    }
+    c.nodes.push_back(next);
+    next = times;
+    normalized = times->output(0);
+  } else {
+    return "the root '" + root->output(0)->name() + "' does not divide '" + c.x->name() + "'";
+  }
+  c.nodes.push_back(next);
+  c.scale = sole_reader(normalized);
+  if (!c.scale || c.scale->op_type() != "Mul") {
+    return "the normalized '" + normalized->name() + "' is not scaled by one Mul";
+  }
+  c.weight = other_input(*c.scale, normalized);
+  if (!last_axis_vector(c.weight, c.x->shape()->back())) {
+    return c.scale->label() + " does not scale by a constant of the last axis' " +
+           std::to_string(c.x->shape()->back()) + " values";
+  }
+  c.nodes.push_back(c.scale);
+  return c;
+}
+
+}  // namespace
+
+// An RMSNorm as Llama's and T5's modeling code writes it: 0=ReduceMean over the last axis of
+// Pow(x, 2) or Mul(x, x), then Add ε, Sqrt, and x divided by the root or multiplied by its
+// reciprocal (Div(1, ·) or Reciprocal), then Mul by a weight of the last axis; also
+// RMSNormalization as imported from opset 23. Becomes one RMSNorm module (X, scale; epsilon).
+Pattern compose_rms_norm_pattern() {
+  Pattern p;
+  p.name = "ComposeRMSNorm";
+  p.kind = PatternKind::kConversion;
+  p.topology =
+      "(Pow(x, 2) | Mul(x, x)) -> ReduceMean -> Add ε -> Sqrt -> (Div(x, ·) | (Div(1, ·) | "
+      "Reciprocal) -> Mul(x, ·)) -> Mul(weight)";
+  // Anchored on the mean square's ReduceMean -> Add -> Sqrt, which only norms have; the rest is
+  // followed from there.
+  p.trunk = {one("mean", {"ReduceMean"}), one("epsilon", {"Add"}), one("root", {"Sqrt"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    auto chain = rms_chain_of(*m.node(g, "mean"));
+    if (const auto* reason = std::get_if<std::string>(&chain)) return *reason;
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    RmsChain c = std::get<RmsChain>(rms_chain_of(*m.node(g, "mean")));
+    Value* weight = c.weight;
+    const int64_t d = c.x->shape()->back();
+    if (weight->constant().rank() != 1) {
+      Value* r = g.add_constant(g.unique_value_name(weight->name() + "_vector"),
+                                weight->constant().reshaped({d}));
+      g.record_derivation({.derived = r->name(),
+                           .shape = {d},
+                           .terms = {{.source = weight->name(),
+                                      .source_shape = weight->known_shape(),
+                                      .extent = {d},
+                                      .derived_strides = {1},
+                                      .source_strides = {1}}}});
+      weight = r;
+    }
+    Value* old = c.scale->output(0);
+    const std::string name = old->name();
+    Node* norm = g.insert_node({.name = name_with(c.scale->name(), "/RMSNorm"),
+                                .op_type = "RMSNorm",
+                                .inputs = {c.x, weight},
+                                .output_names = {g.unique_value_name(name + "_rms")},
+                                .attributes = {{"epsilon", c.epsilon}}},
+                               c.scale);
+    norm->output(0)->set_type(DType::kFloat32, *old->shape());
+    g.replace_all_uses(old, norm->output(0));
+    for (auto it = c.nodes.rbegin(); it != c.nodes.rend(); ++it) g.remove_node(*it);
+    g.rename_value(norm->output(0), name);
+  };
+  return p;
+}
+
 std::vector<Pattern> conversion_patterns() {
   return {remove_identity_pattern(),          remove_no_op_cast_pattern(),
           remove_inference_dropout_pattern(), remove_identity_pool_pattern(),
-          flatten_linear_to_conv_pattern(),   compose_layer_norm_pattern()};
+          flatten_linear_to_conv_pattern(),   compose_layer_norm_pattern(),
+          compose_rms_norm_pattern()};
 }
 
 }  // namespace qforge::graph

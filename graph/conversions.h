@@ -24,6 +24,10 @@ Pattern flatten_linear_to_conv_pattern();
 // Sqrt, Div, Mul γ, Add β) becomes one LayerNormalization over the last axis; the LayerNorm
 // module's lowering writes it out again for a model of such an opset.
 Pattern compose_layer_norm_pattern();
+// RMSNorm as Llama's modeling code writes it (Pow, ReduceMean, Add ε, Sqrt, a reciprocal or a
+// Div, Mul by the weight), and as RMSNormalization imports from opset 23: one RMSNorm module,
+// which SmoothQuant can smooth as it does a LayerNorm.
+Pattern compose_rms_norm_pattern();
 
 // Every conversion, removals first so that the chains they break are matched in later rounds.
 std::vector<Pattern> conversion_patterns();

@@ -44,6 +44,13 @@ class Lowering {
     return g_.add_constant(g_.unique_value_name(name), Tensor::scalar_f32(v));
   }
 
+  Value* ints(std::string_view part, const std::vector<int64_t>& v) {
+    std::string name = module_.name();
+    name.append("/").append(part);
+    return g_.add_constant(g_.unique_value_name(name),
+                           Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v));
+  }
+
   // The activation named by the module's attributes, over x.
   Value* activation(Value* x) {
     const std::string kind = module_.attr_string("activation");
@@ -205,6 +212,23 @@ void lower_layer_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
   l.finish(y);
 }
 
+// x / sqrt(mean(x²) + ε) · scale written out as Llama's modeling code has torch.onnx write it
+// (Pow, ReduceMean with the axes of the model's opset, Add, Sqrt, the reciprocal as Div(1, ·),
+// Mul by x, Mul by the scale).
+void lower_rms_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
+  Lowering l(g, n);
+  Value* x = n.input(0);
+  Value* square = l.add("Pow", "Pow", {x, l.constant("two", 2.0f)});
+  Value* mean = g.opset >= 18 ? l.add("ReduceMean", "ReduceMean", {square, l.ints("axes", {-1})})
+                              : l.add("ReduceMean", "ReduceMean", {square},
+                                      {{"axes", std::vector<int64_t>{-1}}});
+  Value* shifted =
+      l.add("Add", "Add", {mean, l.constant("epsilon", n.attr_float("epsilon", 1e-6f))});
+  Value* inverse = l.add("Div", "Div", {l.constant("one", 1.0f), l.add("Sqrt", "Sqrt", {shifted})});
+  Value* y = l.add("Mul", "Mul", {x, inverse});
+  l.finish(l.add("Mul_1", "Mul", {y, n.input(1)}));
+}
+
 void lower_instance_norm(Graph& g, Node& n, Lowered& /*lowered*/) {
   Lowering l(g, n);
   l.finish(l.add("InstanceNormalization", "InstanceNormalization", n.inputs(),
@@ -246,6 +270,7 @@ constexpr InputRoles kLinearRoles = {
     {{"X", Role::kData}, {"W", Role::kWeight}, {"B", Role::kBias, true}}};
 constexpr InputRoles kNormRoles = {
     {{"X", Role::kData}, {"scale", Role::kOther}, {"bias", Role::kOther, true}}};
+constexpr InputRoles kRmsNormRoles = {{{"X", Role::kData}, {"scale", Role::kOther}}};
 
 // Linear weights keep the source's layout, [out, in] or [in, out]: the node's `weight_layout`.
 constexpr std::array kModuleSchemas = {
@@ -370,6 +395,19 @@ constexpr std::array kModuleSchemas = {
              .quantized_inputs = kNone,
              .lower = lower_layer_norm,
              .summary = "X, scale, bias?: LayerNormalization (float input)"},
+    OpSchema{.op_type = "RMSNorm",
+             .min_inputs = 2,
+             .max_inputs = 2,
+             .min_outputs = 1,
+             .max_outputs = 1,
+             .since_opset = 0,
+             .gradient = Gradient::kThroughLowering,
+             .kind = SchemaKind::kModule,
+             .inputs = kRmsNormRoles,
+             .quantized_inputs = kNone,
+             .lower = lower_rms_norm,
+             .summary = "X, scale: x / sqrt(mean(x²) + epsilon) · scale over the last axis "
+                        "(float input)"},
     OpSchema{.op_type = "InstanceNorm",
              .min_inputs = 3,
              .max_inputs = 3,

@@ -583,6 +583,14 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
       // std::log, scalar like std::sqrt above: the same bits in any loop.
       fn(UnaryRule{[](float v) { return std::log(v); }, [](float v, float g) { return g / v; }});
       return;
+    case UnaryOp::kReciprocal:
+      // A division, correctly rounded; the gradient as PyTorch's, -dy · y² with y = 1 / x.
+      fn(UnaryRule{[](float v) { return 1.0f / v; },
+                   [](float v, float g) {
+                     const float y = 1.0f / v;
+                     return -g * (y * y);
+                   }});
+      return;
     case UnaryOp::kSoftplus:
       // max(x, 0) + ln(1 + e^-|x|): no overflow for large x, exact log1p for small terms.
       fn(UnaryRule{[](float v) {

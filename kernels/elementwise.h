@@ -28,7 +28,8 @@ enum class UnaryOp {
   kClip,
   kExp,
   kLog,
-  kSoftplus,  // ln(1 + e^x)
+  kSoftplus,    // ln(1 + e^x)
+  kReciprocal,  // 1 / x
   // Fused activations of the modules, in the operation order of the nodes they replace:
   // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops, but
   // kGeluErf is also ONNX Gelu (opset 20) with approximate "none".

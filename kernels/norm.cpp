@@ -133,6 +133,21 @@ void layer_norm(const LayerNormDims& dims, const float* x, const float* scale, c
   });
 }
 
+void rms_norm(const LayerNormDims& dims, const float* x, const float* scale, float* y) {
+  const int64_t d = dims.size;
+  if (d == 0) return;
+  const float inv_d = 1.0f / static_cast<float>(d);
+  parallel_for(dims.rows, grain_for(d), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = x + r * d;
+      float* yr = y + r * d;
+      const float mean_square = lane_sum_squared_deviation(xr, d, 0.0f) * inv_d;
+      const float inv = 1.0f / std::sqrt(mean_square + dims.epsilon);
+      for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * inv * scale[i];
+    }
+  });
+}
+
 namespace {
 
 // The per-channel pieces of BatchNormalization training, shared by the one-shard kernels and the

@@ -121,6 +121,11 @@ struct LayerNormDims {
 void layer_norm(const LayerNormDims& dims, const float* x, const float* scale, const float* bias,
                 float* y, float* mean, float* inv_std_dev);
 
+// Per row: y = x / sqrt(mean(x²) + epsilon) · scale (an RMSNorm over the last `size` values,
+// Llama's and T5's), scale of `size` values. Rows are independent: the bits do not depend on the
+// thread count.
+void rms_norm(const LayerNormDims& dims, const float* x, const float* scale, float* y);
+
 // Sum of a[i]·b[i] in the same lane order.
 inline float lane_dot(const float* a, const float* b, int64_t n) {
   float acc[kSumLanes] = {};

@@ -198,7 +198,7 @@ SmoothQuantResult smooth_model(const CalibrationSetup& setup, std::unique_ptr<gr
   if (!same) {
     throw_internal(setup.stage +
                    ": transforming the model again after the SmoothQuant pass found "
-                   "other LayerNorms to smooth");
+                   "other norms to smooth");
   }
   return apply_smoothquant(*transformed.graph, stats, options, std::move(found.refused));
 }

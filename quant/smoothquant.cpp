@@ -173,7 +173,7 @@ SmoothQuantSites find_smoothquant_sites(const graph::Graph& fused) {
   for (const WeightPoint& w : plan.weights) weight_points[w.node] = &w;
   SmoothQuantSites out;
   for (const Node* n : fused.nodes()) {
-    if (n->op_type() != "LayerNorm") continue;
+    if (n->op_type() != "LayerNorm" && n->op_type() != "RMSNorm") continue;
     auto site = site_of(*n, weight_points);
     if (auto* reason = std::get_if<std::string>(&site)) {
       out.refused.push_back({n->name(), std::move(*reason)});

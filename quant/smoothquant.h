@@ -1,7 +1,8 @@
-// SmoothQuant on a fused graph: every LayerNorm whose output feeds only linear modules with a
-// constant weight (Linear, LinearAct, MHAInProjection) gets per-channel factors
-// s_j = max|X_j|^α / max|W_j|^(1−α), folded as γ_j / s_j, β_j / s_j into the LayerNorm and
-// W[j, :] · s_j into every consumer's input column j. The float model stays equivalent; the
+// SmoothQuant on a fused graph: every LayerNorm or RMSNorm module whose output feeds only linear
+// modules with a constant weight (Linear, LinearAct, MHAInProjection; directly, or through
+// Reshapes that keep the last axis) gets per-channel factors s_j = max|X_j|^α / max|W_j|^(1−α),
+// folded as γ_j / s_j, β_j / s_j into the norm (an RMSNorm has no β) and W[j, :] · s_j into every
+// consumer's input column j. The float model stays equivalent; the
 // activation range moves into the weights, which are quantized per output channel.
 #pragma once
 

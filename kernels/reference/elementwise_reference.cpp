@@ -78,6 +78,8 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return std::exp(x);
     case UnaryOp::kLog:
       return std::log(x);
+    case UnaryOp::kReciprocal:
+      return 1.0 / x;
     case UnaryOp::kSoftplus:
       return std::log(1.0 + std::exp(x));
   }
@@ -132,6 +134,8 @@ double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
       return std::exp(x);
     case UnaryOp::kLog:
       return 1 / x;
+    case UnaryOp::kReciprocal:
+      return -1 / (x * x);
     case UnaryOp::kSoftplus:
       return 1.0 / (1.0 + std::exp(-x));
   }

@@ -156,6 +156,17 @@ void layer_norm(const LayerNormDims& dims, const double* x, const double* scale,
   }
 }
 
+void rms_norm(const LayerNormDims& dims, const double* x, const double* scale, double* y) {
+  const int64_t d = dims.size;
+  for (int64_t r = 0; r < dims.rows; ++r) {
+    const double* xr = x + r * d;
+    double sq = 0;
+    for (int64_t i = 0; i < d; ++i) sq += xr[i] * xr[i];
+    const double inv = 1.0 / std::sqrt(sq / static_cast<double>(d) + dims.epsilon);
+    for (int64_t i = 0; i < d; ++i) y[r * d + i] = xr[i] * inv * scale[i];
+  }
+}
+
 void layer_norm_backward(const LayerNormDims& dims, const double* x, const double* scale,
                          const double* mean, const double* inv_std, const double* dy, double* dx,
                          double* dscale, double* dbias) {

@@ -31,6 +31,8 @@ void batch_norm_inference_backward(const BatchNormDims& dims, const double* x, c
 
 void layer_norm(const LayerNormDims& dims, const double* x, const double* scale, const double* bias,
                 double* y, double* mean, double* inv_std);
+// y = x / sqrt(mean(x²) + epsilon) · scale per row.
+void rms_norm(const LayerNormDims& dims, const double* x, const double* scale, double* y);
 void layer_norm_backward(const LayerNormDims& dims, const double* x, const double* scale,
                          const double* mean, const double* inv_std, const double* dy, double* dx,
                          double* dscale, double* dbias);

@@ -635,6 +635,7 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add({"Gelu", infer_unary<UnaryOp::kGeluErf>, create_gelu});
   registry.add(unary_def<UnaryOp::kExp>("Exp"));
   registry.add(unary_def<UnaryOp::kLog>("Log"));
+  registry.add(unary_def<UnaryOp::kReciprocal>("Reciprocal"));
   registry.add(unary_def<UnaryOp::kSoftplus>("Softplus"));
   registry.add({"Clip", infer_clip, create_clip});
   registry.add(binary_def<BinaryOp::kAdd>("Add"));

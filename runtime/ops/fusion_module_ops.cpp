@@ -3,6 +3,7 @@
 // residual and the activation in that pass too, and the Stem's MaxPool last. Linear modules run the
 // Gemm/MatMul kernels, then bias and activation in one pass. The standard kernels are reached
 // through SubKernel, so results match the nodes the module replaced.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -429,9 +430,56 @@ std::unique_ptr<OpKernel> create_single(const Node& node, std::span<const InputI
   return std::make_unique<SingleOpKernel>(node, inputs);
 }
 
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: x / sqrt(mean(x²) + epsilon) · scale over the last axis, one pass per row.
+
+kernels::LayerNormDims rms_norm_dims(const Node& node, std::span<const InputInfo> inputs) {
+  if (inputs.size() != 2 || !inputs[0].present || !inputs[1].present) {
+    fail_node(node, "inputs X and scale", std::to_string(inputs.size()) + " inputs");
+  }
+  const InputInfo& x = inputs[0];
+  const InputInfo& scale = inputs[1];
+  if (x.dtype != DType::kFloat32 || x.shape.empty()) {
+    fail_node(node, "a float input of rank >= 1",
+              kernels::dtype_name(x.dtype) + kernels::shape_str(x.shape));
+  }
+  const int64_t d = x.shape.back();
+  if (scale.dtype != DType::kFloat32 || scale.shape != Shape{d}) {
+    fail_node(node, "a float scale of shape [" + std::to_string(d) + "]",
+              kernels::dtype_name(scale.dtype) + kernels::shape_str(scale.shape));
+  }
+  return {.rows = kernels::shape_numel(x.shape) / std::max<int64_t>(d, 1),
+          .size = d,
+          .epsilon = node.attr_float("epsilon", 1e-6f)};
+}
+
+std::vector<TensorInfo> infer_rms_norm(const Node& node, std::span<const InputInfo> inputs) {
+  rms_norm_dims(node, inputs);
+  return {{DType::kFloat32, inputs[0].shape}};
+}
+
+class RmsNormKernel final : public OpKernel {
+ public:
+  explicit RmsNormKernel(kernels::LayerNormDims dims) : dims_(dims) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::rms_norm(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
+                      outputs[0].data<float>());
+  }
+
+ private:
+  kernels::LayerNormDims dims_;
+};
+
+std::unique_ptr<OpKernel> create_rms_norm(const Node& node, std::span<const InputInfo> inputs,
+                                          std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<RmsNormKernel>(rms_norm_dims(node, inputs));
+}
+
 }  // namespace
 
 void register_fusion_module_ops(OpRegistry& registry) {
+  registry.add({"RMSNorm", infer_rms_norm, create_rms_norm});
   for (const char* op : {"ConvBN", "ConvBNAct", "ConvBNAddAct", "StemConvBNActMaxPool"}) {
     registry.add({op, infer_conv_module, create_conv_module});
   }

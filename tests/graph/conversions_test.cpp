@@ -10,8 +10,11 @@
 
 #include "graph/onnx_import.h"
 #include "graph/plan.h"
+#include "graph/transform.h"
+#include "runtime/session.h"
 #include "tests/support/bundled_models.h"
 #include "tests/support/derivation_checks.h"
+#include "tests/support/float_checks.h"
 #include "tests/support/graph_builders.h"
 #include "tests/support/pass_tester.h"
 #include "tests/support/test_support.h"
@@ -416,6 +419,108 @@ TEST(ConversionComposeLayerNorm, WrittenOutNormsBecomeLayerNormalization) {
                          "node 'cube/Pow' (Pow) is not a square",
                          "the normalized value 'shared/Sub_out' is not a Sub read by the Pow and "
                          "the Div alone"}));
+}
+
+// RMSNorms written out over the last axis of x [2, 5, 8] in the forms exporters give them:
+// Llama's (Pow, ReduceMean, Add ε, Sqrt, Div(1, ·), Mul(x, ·), Mul(w, ·)), with a Reciprocal
+// instead of Div(1, ·), and ONNX's RMSNormalization as imported from opset 23 (Mul(x, x), …,
+// Div(x, ·), Mul by a [1, 1, 8] weight). `form` picks one; `weight_axis_0` scales along another
+// axis (refused).
+enum class RmsForm { kLlama, kReciprocal, kDivide };
+
+graph::Value* add_written_out_rms(graph::Graph& g, graph::Value* x, const std::string& s,
+                                  RmsForm form, Shape weight_shape, std::mt19937& rng) {
+  auto node = [&](const std::string& part, const std::string& op, std::vector<graph::Value*> inputs,
+                  std::map<std::string, graph::AttributeValue, std::less<>> attrs = {}) {
+    return g
+        .add_node({.name = s + "/" + part,
+                   .op_type = op,
+                   .inputs = std::move(inputs),
+                   .output_names = {s + "/" + part + "_out"},
+                   .attributes = std::move(attrs)})
+        ->output(0);
+  };
+  auto scalar = [&](const std::string& part, float v) {
+    return g.add_constant(s + "/" + part, Tensor::scalar_f32(v));
+  };
+  graph::Value* square = form == RmsForm::kDivide ? node("Mul_square", "Mul", {x, x})
+                                                  : node("Pow", "Pow", {x, scalar("two", 2.0f)});
+  auto* mean = node("ReduceMean", "ReduceMean", {square}, {{"axes", std::vector<int64_t>{-1}}});
+  auto* root = node("Sqrt", "Sqrt", {node("Add", "Add", {mean, scalar("eps", 1e-6f)})});
+  graph::Value* y = nullptr;
+  if (form == RmsForm::kDivide) {
+    y = node("Div", "Div", {x, root});
+  } else {
+    graph::Value* inverse = form == RmsForm::kLlama
+                                ? node("Div", "Div", {scalar("one", 1.0f), root})
+                                : node("Reciprocal", "Reciprocal", {root});
+    y = node("Mul", "Mul", {x, inverse});
+  }
+  y = node("Mul_1", "Mul", {g.add_constant(s + ".weight", random_tensor(weight_shape, rng)), y});
+  g.mark_output(y);
+  return y;
+}
+
+std::vector<Tensor> run_graph(const graph::Graph& g, const Tensor& input) {
+  runtime::Session session(g.clone());
+  std::vector<Tensor> out;
+  for (const Tensor& t : session.run(input)) out.push_back(t.clone());
+  return out;
+}
+
+std::unique_ptr<graph::Graph> written_out_rms_graph() {
+  std::mt19937 rng(17);
+  auto g = std::make_unique<graph::Graph>();
+  auto* x = g->add_input("x", DType::kFloat32, Shape{2, 5, 8});
+  add_written_out_rms(*g, x, "llama", RmsForm::kLlama, {8}, rng);
+  add_written_out_rms(*g, x, "reciprocal", RmsForm::kReciprocal, {8}, rng);
+  add_written_out_rms(*g, x, "divide", RmsForm::kDivide, {1, 1, 8}, rng);
+  add_written_out_rms(*g, x, "per_row", RmsForm::kLlama, {5, 1}, rng);
+  return g;
+}
+
+// Three forms become RMSNorm modules computing what the chains compute (run_pass_test compares);
+// a weight along another axis is refused, saying so.
+TEST(ConversionComposeRMSNorm, WrittenOutRmsNormsBecomeModules) {
+  auto r = testing::run_pass_test(written_out_rms_graph, [](graph::Graph& g) {
+    auto report = convert(g);
+    EXPECT_EQ(report.find("ComposeRMSNorm")->applied, 3u);
+    EXPECT_EQ(report.find("ComposeRMSNorm")->skipped, 1u);
+  });
+  EXPECT_EQ(r.after.at("RMSNorm"), 3u);
+  EXPECT_EQ(r.after.at("Pow"), 1u);  // the refused one's
+  for (const char* stem : {"llama", "reciprocal", "divide"}) {
+    const graph::Node* rms = r.transformed->find_node(std::string(stem) + "/Mul_1/RMSNorm");
+    ASSERT_NE(rms, nullptr) << stem;
+    EXPECT_EQ(rms->input(0)->name(), "x");
+    EXPECT_EQ(rms->input(1)->known_shape(), (Shape{8}));
+    EXPECT_EQ(rms->attr_float("epsilon"), 1e-6f);
+    EXPECT_EQ(rms->output(0)->name(), std::string(stem) + "/Mul_1_out");
+  }
+  EXPECT_EQ(reasons_of(*r.transformed, "ComposeRMSNorm"),
+            (std::vector<std::string>{"node 'per_row/Mul_1' (Mul) does not scale by a constant "
+                                      "of the last axis' 8 values"}));
+  // The module lowers to the chain again (the model's opset, ReduceMean's axes as an attribute
+  // below 18 and an input from 18), computing the same.
+  for (int64_t opset : {14, 18}) {
+    auto lowered = r.transformed->clone();
+    lowered->opset = opset;
+    graph::lower_modules(*lowered);
+    size_t reduce_inputs = 0;
+    for (const graph::Node* n : lowered->nodes()) {
+      EXPECT_NE(n->op_type(), "RMSNorm");
+      if (n->op_type() == "ReduceMean") reduce_inputs += n->num_inputs();
+    }
+    EXPECT_EQ(reduce_inputs, opset >= 18 ? 7u : 4u);  // the refused chain's has its attribute
+    std::mt19937 probe_rng(3);
+    const Tensor probe = random_tensor({2, 5, 8}, probe_rng);
+    const auto want = run_graph(*r.transformed, probe);
+    const auto got = run_graph(*lowered, probe);
+    ASSERT_EQ(want.size(), got.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_LE(testing::relative_max_diff(got[i], want[i]), 1e-6) << "output " << i;
+    }
+  }
 }
 
 // γ [1, 1, 8] is reshaped to [8]: a derivation records it, so that training's gradient goes back.

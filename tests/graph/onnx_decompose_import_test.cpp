@@ -368,5 +368,24 @@ TEST(RmsNormalizationImport, ComputesItsDefinitionAndWhatOnnxRuntimeComputes) {
             "import: node 'rms' (RMSNormalization): expected stash_type 1 (float), got 11");
 }
 
+// Over the last axis, the imported chain composes into one RMSNorm module again (SmoothQuant's
+// site), which computes what the node computes.
+TEST(RmsNormalizationImport, TheLastAxisFormComposesIntoAnRmsNormModule) {
+  const auto graph = parse_onnx(rms_model({-1, {4}, false}, 23).SerializeAsString(), "rms.onnx");
+  runtime::TransformOptions options;
+  options.batch = 2;
+  const auto transformed = runtime::transform_model(*graph, nullptr, options);
+  size_t modules = 0;
+  for (const Node* n : transformed.graph->nodes()) modules += n->op_type() == "RMSNorm";
+  EXPECT_EQ(modules, 1u);
+  const Tensor x = testing::random_f32({2, 3, 4}, 31, -2.0f, 2.0f);
+  runtime::Session fused(transformed.graph->clone());
+  runtime::Session plain(graph->clone());
+  const std::vector<float> got = fused.run(x)[0].to_float_vector();
+  const std::vector<float> want = plain.run(x)[0].to_float_vector();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-6f) << i;
+}
+
 }  // namespace
 }  // namespace qforge::graph

@@ -21,6 +21,7 @@
 #include "kernels/norm.h"
 #include "kernels/pool.h"
 #include "kernels/reference/dense_reference.h"
+#include "kernels/reference/norm_softmax_reference.h"
 #include "kernels/softmax.h"
 #include "runtime/threads.h"
 #include "tests/support/float_checks.h"
@@ -680,6 +681,29 @@ TEST(DenseLayerNorm, MatchesReferenceWithStatistics) {
       expect_close(mean, emean, 1e-5, 1e-4, what + " mean");
       expect_close(inv, einv, 1e-5, 1e-4, what + " inv_std_dev");
     }
+  }
+}
+
+// RMSNorm against the double reference, and bit-identical at 1 and 2 threads.
+TEST(DenseRmsNorm, MatchesReferenceAtAnyThreadCount) {
+  for (auto [rows, size] :
+       {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {31, 13}, {17, 768}, {3, 1000}, {130, 33}}) {
+    const auto x = random_values(static_cast<size_t>(rows * size), 11, -2, 5);
+    const auto scale = random_values(static_cast<size_t>(size), 12);
+    const LayerNormDims d{rows, size, 1e-6f};
+    std::vector<float> y[2];
+    for (int t = 1; t <= 2; ++t) {
+      ThreadCount threads(t);
+      y[t - 1].resize(x.size());
+      rms_norm(d, x.data(), scale.data(), y[t - 1].data());
+    }
+    const std::vector<double> xd(x.begin(), x.end()), sd(scale.begin(), scale.end());
+    std::vector<double> want(x.size());
+    reference::rms_norm(d, xd.data(), sd.data(), want.data());
+    const std::vector<float> wantf(want.begin(), want.end());
+    const std::string what = "rms norm " + std::to_string(rows) + "x" + std::to_string(size);
+    expect_close(y[1], wantf, 1e-5, 1e-5, what);
+    EXPECT_EQ(y[0], y[1]) << what;
   }
 }
 

@@ -138,6 +138,7 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kClip, "Clip", 0, 0},
       {UnaryOp::kExp, "Exp", 0, 1e-6},
       {UnaryOp::kLog, "Log", 1e-7, 1e-6},
+      {UnaryOp::kReciprocal, "Reciprocal", 0, 1e-7},
       {UnaryOp::kSoftplus, "Softplus", 2e-7, 1e-6},
       {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
       {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
@@ -152,7 +153,9 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
   uint32_t seed = 1;
   for (const UnaryCase& c : cases) {
     for (const Shape& shape : shapes) {
-      const float lo = c.op == UnaryOp::kSqrt ? 0.0f : c.op == UnaryOp::kLog ? 0.01f : -6.0f;
+      const float lo = c.op == UnaryOp::kSqrt                                  ? 0.0f
+                       : c.op == UnaryOp::kLog || c.op == UnaryOp::kReciprocal ? 0.01f
+                                                                               : -6.0f;
       const Tensor x = random_f32(shape, seed++, lo, 6.0f);
       const std::string what = std::string(c.name) + " " + shape_str(shape);
       expect_close(run_unary(c.op, p, x), reference::unary(c.op, p, x), c.atol, c.rtol, what);

@@ -374,6 +374,7 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Neg", "odd sizes").data(d.uniform({7, 3})));
   add(H("Exp", "odd sizes").data(d.uniform({2, 17}, -2, 2)));
   add(H("Log", "positive").data(d.uniform({3, 11}, 0.3f, 3)));
+  add(H("Reciprocal", "away from 0").data(d.away({3, 11}, -3, 3, {0.0f}, 0.4f)));
   add(H("Softplus", "odd sizes").data(d.uniform({4, 9}, -3, 3)));
   add(H("Clip", "min and max inputs")
           .data(d.away({3, 19}, -2, 2, {-0.6f, 0.8f}))
@@ -930,6 +931,14 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("weight_layout", std::string("matmul"))
           .attr("source", std::string("MatMul"))
           .attr("activation", std::string("Silu")));
+  add(H("RMSNorm", "last axis of 9")
+          .data(d.uniform({2, 3, 9}, -2, 2))
+          .weight(d.uniform({9}, 0.5f, 1.5f))
+          .attr("epsilon", 1e-6f));
+  add(H("RMSNorm", "rows of 33, a large epsilon")
+          .data(d.uniform({5, 33}, -3, 3))
+          .weight(d.uniform({33}, -1.5f, 1.5f))
+          .attr("epsilon", 0.25f));
   add(H("LayerNorm", "last axis of 9")
           .data(d.uniform({2, 3, 9}, -2, 2))
           .weight(d.uniform({9}, 0.5f, 1.5f))

@@ -19,6 +19,7 @@
 #include <map>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/support/float_checks.h"
@@ -119,6 +120,9 @@ TEST_P(TextCli, TransformWritesAModelOfAnyBatch) {
   EXPECT_NE(r.out.find("verdict      equivalent"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("symbolic batch 'batch'"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("SDPA 2"), std::string::npos) << r.out;
+  if (GetParam().name == "llama_style_opset14") {  // two RMSNorms a layer and the last one
+    EXPECT_NE(r.out.find("RMSNorm 5"), std::string::npos) << r.out;
+  }
   if (GetParam().separate_qkv) {  // query, key and value packed into one projection per layer
     EXPECT_NE(r.out.find("MHAInProjection 2"), std::string::npos) << r.out;
   }
@@ -228,25 +232,35 @@ TEST(TextData, SeveralInputsTakeTheirDimsFromTheArchive) {
   testing::expect_one_line_error(e, "--input-shape: expected an integer >= 1, got '0'");
 }
 
-// GPT-2's pre-norm LayerNorms feed its Conv1Ds through Reshapes that keep the channels: four
-// of the five are smoothed (the last one feeds the head through a Gather), and the Q/DQ model
-// runs in ONNX Runtime as in qforge.
-TEST(TextData, Gpt2SmoothsTheNormsBeforeItsConv1Ds) {
-  const std::string model_file = data_path("models/text/gpt2_style_opset14.onnx");
+// The decoders' pre-norms are SmoothQuant sites: GPT-2's LayerNorms feed its Conv1Ds through
+// Reshapes that keep the channels, Llama's written-out RMSNorms compose into RMSNorm modules
+// that feed the query, key and value projections and the gated MLP. Four norms of five are
+// smoothed in each (the last feeds the head through a Gather), and the Q/DQ models run in ONNX
+// Runtime as in qforge.
+TEST(TextData, DecodersSmoothTheirPreNorms) {
   const std::string data_file = golden("llama_style_inputs.npz");
-  TempDir dir;
-  const std::string qdq = dir.file("m.qdq.onnx");
-  const auto r = run_cli("calibrate " + model_file + " --data " + data_file +
-                         " --smoothquant --batch 8 -o " + qdq);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("4 LayerNorms smoothed"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("-> /h.0/c_attn/Gemm/Linear"), std::string::npos) << r.out;
-  const std::string dump = dir.file("ort.npz");
-  testing::ort_dump(qdq, data_file, dump, "all");
-  const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " + data_file +
-                                " --tolerance 1e-4");
-  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+  const std::pair<std::string, std::string> models[] = {
+      {"gpt2_style_opset14", "-> /h.0/c_attn/Gemm/Linear"},
+      {"llama_style_opset14",
+       "-> /layers.0/q_proj/MatMul/Linear, /layers.0/k_proj/MatMul/Linear, "
+       "/layers.0/v_proj/MatMul/Linear"}};
+  for (const auto& [name, consumers] : models) {
+    SCOPED_TRACE(name);
+    TempDir dir;
+    const std::string qdq = dir.file("m.qdq.onnx");
+    const auto r = run_cli("calibrate " + data_path("models/text/" + name + ".onnx") + " --data " +
+                           data_file + " --smoothquant --batch 8 -o " + qdq);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("4 norms smoothed"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(consumers), std::string::npos) << r.out;
+    const std::string dump = dir.file("ort.npz");
+    testing::ort_dump(qdq, data_file, dump, "all");
+    const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " +
+                                  data_file + " --tolerance 1e-4");
+    EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+    EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos)
+        << verified.out;
+  }
 }
 
 TEST(TextData, BadLabelsInTheArchiveAreNamed) {

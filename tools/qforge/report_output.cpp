@@ -27,7 +27,7 @@ double percent(size_t part, size_t whole) {
 }
 
 void print_smoothquant(const quant::SmoothQuantResult& result) {
-  std::printf("smoothquant  alpha %g: %zu LayerNorms smoothed, factors in [%.5g, %.5g]; %zu kept\n",
+  std::printf("smoothquant  alpha %g: %zu norms smoothed, factors in [%.5g, %.5g]; %zu kept\n",
               result.alpha, result.smoothed.size(), static_cast<double>(result.min_factor()),
               static_cast<double>(result.max_factor()), result.refused.size());
   for (const quant::SmoothedLayerNorm& s : result.smoothed) {
