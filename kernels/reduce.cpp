@@ -218,21 +218,23 @@ void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, 
   });
 }
 
-void arg_max(const float* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+template <typename T>
+void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
              int64_t* y) {
+  // Only a float can be NaN; the test folds away for integers.
+  auto is_nan = [](T v) { return v != v; };
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, axis_dim));
   parallel_for(outer * inner, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o = t / inner;
       const int64_t i = t % inner;
-      const float* xr = x + o * axis_dim * inner + i;
+      const T* xr = x + o * axis_dim * inner + i;
       int64_t at = 0;
-      float best = xr[0];
+      T best = xr[0];
       for (int64_t k = 1; k < axis_dim; ++k) {
-        const float v = xr[k * inner];
-        if (std::isnan(best) && !select_last) break;
-        const bool better =
-            select_last ? (v >= best || std::isnan(v)) : (v > best || std::isnan(v));
+        const T v = xr[k * inner];
+        if (is_nan(best) && !select_last) break;
+        const bool better = select_last ? (v >= best || is_nan(v)) : (v > best || is_nan(v));
         if (better) {
           best = v;
           at = k;
@@ -242,5 +244,9 @@ void arg_max(const float* x, int64_t outer, int64_t axis_dim, int64_t inner, boo
     }
   });
 }
+
+template void arg_max<float>(const float*, int64_t, int64_t, int64_t, bool, int64_t*);
+template void arg_max<int32_t>(const int32_t*, int64_t, int64_t, int64_t, bool, int64_t*);
+template void arg_max<int64_t>(const int64_t*, int64_t, int64_t, int64_t, bool, int64_t*);
 
 }  // namespace qforge::kernels

@@ -46,7 +46,9 @@ void cumulative_sum_backward(const float* dy, int64_t outer, int64_t n, int64_t 
 // x viewed as [outer, axis_dim, inner]: y[o, i] = the index along the axis of the largest
 // x[o, ·, i], the first one among equal values, or the last with `select_last`. A NaN counts as
 // the largest value (its first or last occurrence).
-void arg_max(const float* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+// For float32, int32 and int64 (CLIP pools the token of the largest id: argmax of int32 ids).
+template <typename T>
+void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
              int64_t* y);
 
 }  // namespace qforge::kernels

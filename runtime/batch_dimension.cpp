@@ -257,6 +257,60 @@ class BatchFreer {
     return true;
   }
 
+  // The step of an int64 constant whose slices along axis `a` step from the first by one value
+  // (t[b] = t[0] + b·step, step != 0): the offsets of each sample's rows, as torch.onnx writes
+  // x[arange(B), idx] (arange(B)·T + idx, into x flattened to [B·T, …]). nullopt otherwise.
+  static std::optional<int64_t> batch_progression(const Tensor& t, size_t a) {
+    if (t.dtype() != DType::kInt64) return std::nullopt;
+    const Shape& s = t.shape();
+    const int64_t n = s[a];
+    const int64_t outer = product(s, 0, a);
+    const int64_t inner = product(s, a + 1, s.size());
+    if (n < 2 || outer * inner == 0) return std::nullopt;
+    const int64_t* v = t.data<int64_t>();
+    const int64_t step = v[inner] - v[0];
+    if (step == 0) return std::nullopt;
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t b = 0; b < n; ++b) {
+        for (int64_t i = 0; i < inner; ++i) {
+          if (v[(o * n + b) * inner + i] != v[o * n * inner + i] + b * step) return std::nullopt;
+        }
+      }
+    }
+    return step;
+  }
+
+  // Input `index` of `node`, per-sample offsets stepping by `step` along axis `a`, becomes its
+  // first slice plus Range(batch)·step along that axis, the batch read at run time.
+  void batch_offsets(Node& node, size_t index, size_t a, int64_t step) {
+    const Value* v = node.input(index);
+    const std::string stem = v->name() + "_offsets";
+    const size_t rank = v->constant().shape().size();
+    Value* first = first_slice_of(v, a, "_first");
+    auto add = [&](const std::string& op, std::vector<Value*> inputs,
+                   std::map<std::string, graph::AttributeValue, std::less<>> attrs = {}) {
+      Node* n = g_.insert_node({.name = g_.unique_node_name(stem + "/" + op),
+                                .op_type = op,
+                                .inputs = std::move(inputs),
+                                .output_names = {g_.unique_value_name(stem + "_" + op)},
+                                .attributes = std::move(attrs)},
+                               &node);
+      return n->output(0);
+    };
+    Value* count = add("Reshape", {batch_value(), int_constant(stem + "_scalar", {})});
+    Value* zero = g_.add_constant(g_.unique_value_name(stem + "_start"),
+                                  Tensor::from_vector<int64_t>({}, {0}));
+    Value* one = g_.add_constant(g_.unique_value_name(stem + "_delta"),
+                                 Tensor::from_vector<int64_t>({}, {1}));
+    Value* samples = add("Range", {zero, count, one});
+    std::vector<int64_t> along(rank, 1);
+    along[a] = -1;
+    Value* shaped = add("Reshape", {samples, int_constant(stem + "_shape", along)});
+    Value* rows = add("Mul", {shaped, g_.add_constant(g_.unique_value_name(stem + "_step"),
+                                                      Tensor::from_vector<int64_t>({}, {step}))});
+    g_.set_input(&node, index, add("Add", {first, rows}));
+  }
+
   // A constant of the first slice of `v` (a constant) along axis `a`, named after it with
   // `suffix`; element e of the slice copies element e of the first slice of the original (a
   // derivation, for float constants).
@@ -522,7 +576,18 @@ class BatchFreer {
         return;
       }
       const int k = normalized_axis(node.attr_int("axis", 0), first_rank);
-      if (carried.size() > 1) unsupported(node, "gathers with batch-dependent indices");
+      if (carried.size() > 1) {
+        // x[arange(B), idx]: each sample's indices, offset by its first row, into the rows of
+        // its own block of the data's gathered axis. The output has the indices' batch.
+        const auto offsets = sample_offsets_.find(node.input(1)->name());
+        const BatchAxis& indices = carried[1].second;
+        if (offsets == sample_offsets_.end() || k != first.axis || first.outer != 1 ||
+            first.inner != offsets->second) {
+          unsupported(node, "gathers with batch-dependent indices");
+        }
+        set_axis(node, node.output(0), k + indices.axis, indices);
+        return;
+      }
       if (k == first.axis) unsupported(node, "gathers along the batch axis");
       const int q = static_cast<int>(node.input(1)->known_shape().size());
       set_axis(node, node.output(0), k < first.axis ? first.axis - 1 + q : first.axis, first);
@@ -559,7 +624,22 @@ class BatchFreer {
         if (aligned(i, a) != axis) unsupported(node, "joins inputs whose batch is on other axes");
       }
       for (size_t i = 0; i < node.num_inputs(); ++i) {
-        if (node.input(i) && node.input(i)->is_constant()) {
+        const Value* in = node.input(i);
+        if (in && in->is_constant()) {
+          const Shape& s = in->known_shape();
+          const int a = axis - static_cast<int>(out_rank - s.size());
+          if (op == "Add" && node.num_inputs() == 2 && carried.size() == 1 && a >= 0 &&
+              s[static_cast<size_t>(a)] == batch_ && first.outer == 1 && first.inner == 1 &&
+              !sample_offsets_.count(node.input(1 - i)->name())) {
+            if (const auto step = batch_progression(in->constant(), static_cast<size_t>(a))) {
+              // Indices offset by their sample's first row: the gather below reads them.
+              edits_.push_back([this, n = &node, i, a = static_cast<size_t>(a), step = *step] {
+                batch_offsets(*n, i, a, step);
+              });
+              sample_offsets_[node.output(0)->name()] = *step;
+              continue;
+            }
+          }
           expand_repeated_constant(node, i, axis, out_rank, first);
         }
         if (expands_constant(node.input(i))) widen_expand(node, i, axis, out_rank);
@@ -714,6 +794,8 @@ class BatchFreer {
   Graph& g_;
   int64_t batch_;
   std::map<std::string, BatchAxis> axes_;
+  // Indices offset by their sample's first row (sample b's indices + b·step): value -> step.
+  std::map<std::string, int64_t> sample_offsets_;
   std::vector<std::function<void()>> edits_;  // applied once the analysis succeeds
   std::vector<OpenChoice> open_choices_;      // Reshapes with untried choices, in order
   std::map<const Node*, size_t> picks_;       // the choice each such Reshape takes

@@ -166,12 +166,13 @@ Tensor arg_max(const Tensor& x, int64_t axis, bool select_last) {
   const int64_t axes[] = {axis};
   const Shape out_shape = kept_shape(x.shape(), axes);
   Tensor y(DType::kInt64, out_shape);
-  std::vector<float> best(static_cast<size_t>(y.numel()), 0.0f);
+  std::vector<double> best(static_cast<size_t>(y.numel()), 0.0);
   std::vector<bool> seen(best.size(), false);
   for (int64_t i = 0; i < x.numel(); ++i) {
     const Shape index = unravel(i, x.shape());
     const size_t o = static_cast<size_t>(reduced_index(i, x.shape(), out_shape));
-    const float v = x.data<float>()[i];
+    const double v =
+        x.dtype() == DType::kFloat32 ? x.data<float>()[i] : static_cast<double>(get_int(x, i));
     const bool take = !seen[o] || (select_last ? v >= best[o] : v > best[o]);
     if (take) {
       best[o] = v;

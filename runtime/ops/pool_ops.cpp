@@ -509,7 +509,11 @@ struct ArgMaxSetup {
 };
 
 ArgMaxSetup setup_arg_max(const Node& node, std::span<const InputInfo> inputs) {
-  const InputInfo& x = float_input(node, inputs, 0, "data");
+  if (inputs.empty() || !inputs[0].present) fail_node(node, "input 0", "none");
+  const InputInfo& x = inputs[0];
+  if (x.dtype != DType::kFloat32 && x.dtype != DType::kInt32 && x.dtype != DType::kInt64) {
+    fail_node(node, "float32, int32 or int64 data", kernels::dtype_name(x.dtype));
+  }
   const int64_t rank = static_cast<int64_t>(x.shape.size());
   if (rank == 0) fail_node(node, "an input of rank >= 1", "a scalar");
   const int64_t axis = normalize_axis(node, node.attr_int("axis", 0), rank, "axis");
@@ -540,20 +544,34 @@ std::vector<TensorInfo> infer_arg_max(const Node& node, std::span<const InputInf
 
 class ArgMaxKernel final : public OpKernel {
  public:
-  explicit ArgMaxKernel(const ArgMaxSetup& s) : s_(s) {}
+  ArgMaxKernel(const ArgMaxSetup& s, DType dtype) : s_(s), dtype_(dtype) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
-    kernels::arg_max(inputs[0].data<float>(), s_.outer, s_.axis_dim, s_.inner, s_.select_last,
-                     outputs[0].data<int64_t>());
+    switch (dtype_) {
+      case DType::kFloat32:
+        run(inputs[0].data<float>(), outputs[0]);
+        break;
+      case DType::kInt32:
+        run(inputs[0].data<int32_t>(), outputs[0]);
+        break;
+      default:
+        run(inputs[0].data<int64_t>(), outputs[0]);
+        break;
+    }
   }
 
  private:
+  template <typename T>
+  void run(const T* x, Tensor& y) const {
+    kernels::arg_max(x, s_.outer, s_.axis_dim, s_.inner, s_.select_last, y.data<int64_t>());
+  }
   ArgMaxSetup s_;
+  DType dtype_;
 };
 
 std::unique_ptr<OpKernel> create_arg_max(const Node& node, std::span<const InputInfo> inputs,
                                          std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs));
+  return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs), inputs[0].dtype);
 }
 
 }  // namespace

@@ -324,5 +324,44 @@ TEST(ArgMaxKernel, MatchesTheReferenceWithTiesFirstOrLast) {
   }
 }
 
+// Integer ids (CLIP takes the argmax of its int32 token ids): the same ties rule, at 1 and 2
+// threads.
+TEST(ArgMaxKernel, IntegersMatchTheReference) {
+  const Shape shape = {3, 4, 9};
+  for (DType dtype : {DType::kInt32, DType::kInt64}) {
+    Tensor x(dtype, shape);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const int64_t v = (i * 7919) % 13 - 6;  // repeats: ties in every row
+      if (dtype == DType::kInt32) {
+        x.data<int32_t>()[i] = static_cast<int32_t>(v);
+      } else {
+        x.data<int64_t>()[i] = v * (int64_t{1} << 40);
+      }
+    }
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      int64_t outer = 1, inner = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
+      for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
+      for (bool last : {false, true}) {
+        const Tensor want = reference::arg_max(x, axis, last);
+        for (int threads : {1, 2}) {
+          ThreadCount tc(threads);
+          std::vector<int64_t> got(static_cast<size_t>(want.numel()), -1);
+          if (dtype == DType::kInt32) {
+            arg_max(x.data<int32_t>(), outer, shape[static_cast<size_t>(axis)], inner, last,
+                    got.data());
+          } else {
+            arg_max(x.data<int64_t>(), outer, shape[static_cast<size_t>(axis)], inner, last,
+                    got.data());
+          }
+          EXPECT_EQ(got,
+                    std::vector<int64_t>(want.data<int64_t>(), want.data<int64_t>() + want.numel()))
+              << dtype_name(dtype) << " axis " << axis << (last ? " last" : " first");
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qforge::kernels

@@ -205,5 +205,43 @@ TEST(BatchDimension, CumSumOverTheBatchIsRefusedAndAlongTokensKeepsIt) {
   expect_same_per_sample(std::move(freed), over_tokens, {5, 3});
 }
 
+// CLIP's pooling, x[arange(B), idx] as torch.onnx writes it: idx + arange(B)·rows into the rows
+// of x flattened to [B·4, 3]. The offsets become Range(batch)·4 read at run time; offsets that do
+// not step by a sample's rows are refused.
+std::unique_ptr<Graph> pooled_rows(int64_t batch, int64_t step) {
+  auto g = std::make_unique<Graph>();
+  graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 4, 3});
+  graph::Value* scores =
+      add(*g, "scores", "ReduceSum", {x, int_const(*g, "last", {2})}, {{"keepdims", int64_t{0}}});
+  graph::Value* idx =
+      add(*g, "pick", "ArgMax", {scores}, {{"axis", int64_t{1}}, {"keepdims", int64_t{0}}});
+  std::vector<int64_t> offsets;
+  for (int64_t b = 0; b < batch; ++b) offsets.push_back(b * step);
+  graph::Value* rows = add(*g, "rows", "Add", {idx, int_const(*g, "sample_rows", offsets)});
+  graph::Value* flat = add(*g, "flat", "Flatten", {x}, {{"axis", int64_t{2}}});
+  g->mark_output(add(*g, "pooled", "Gather", {flat, rows}, {{"axis", int64_t{0}}}));
+  return g;
+}
+
+TEST(BatchDimension, PerSampleRowOffsetsReadTheBatchAtRunTime) {
+  auto make = [](int64_t batch) { return pooled_rows(batch, 4); };
+  auto freed = make(2);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  expect_same_per_sample(std::move(freed), make, {4, 3});
+
+  auto wrong = pooled_rows(2, 3);
+  runtime::resolve(*wrong, {});
+  try {
+    runtime::free_batch(*wrong, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("node 'pooled' (Gather): gathers with batch-dependent indices"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace qforge

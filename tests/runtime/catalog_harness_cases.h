@@ -632,6 +632,14 @@ inline std::vector<HarnessCase> harness_cases() {
           .setting(i64({}, {1})));
   add(H("Trilu", "bool, lower").data(bools({2, 3}, {1, 1, 1, 1, 0, 1})).attr("upper", int64_t{0}));
   add(H("ArgMax", "axis 1, keepdims").data(d.distinct({2, 5, 3})).attr("axis", int64_t{1}));
+  add(H("ArgMax", "int32 ids, last axis, no keepdims")
+          .data(Tensor::from_vector<int32_t>({2, 5}, {3, 9, 1, 9, 0, 49, 2, 7, 7, 1}))
+          .attr("axis", int64_t{-1})
+          .attr("keepdims", int64_t{0}));
+  add(H("ArgMax", "int64, select last index")
+          .data(i64({2, 4}, {5, -1, 5, 2, 1LL << 40, 3, 1LL << 40, 0}))
+          .attr("axis", int64_t{1})
+          .attr("select_last_index", int64_t{1}));
   add(H("ArgMax", "last axis, select last index, no keepdims")
           .data(d.distinct({3, 4}))
           .attr("axis", int64_t{-1})
