@@ -644,11 +644,118 @@ Pattern masked_fill_to_add_pattern() {
   return p;
 }
 
+// ---------------------------------------------------------------------------------------------
+// MaskThroughHeadReshapes
+
+// `m` broadcast to `shape` (rank 4, m's rank at most 4, each dim 1 or the shape's), then viewed
+// with the first two dims merged.
+Tensor broadcast_merged(const Tensor& m, const Shape& shape) {
+  Shape full(4 - static_cast<size_t>(m.rank()), 1);
+  full.insert(full.end(), m.shape().begin(), m.shape().end());
+  Tensor out(DType::kFloat32, {shape[0] * shape[1], shape[2], shape[3]});
+  const float* src = m.data<float>();
+  float* dst = out.data<float>();
+  int64_t e = 0;
+  for (int64_t a = 0; a < shape[0]; ++a) {
+    for (int64_t b = 0; b < shape[1]; ++b) {
+      for (int64_t c = 0; c < shape[2]; ++c) {
+        for (int64_t d = 0; d < shape[3]; ++d) {
+          const int64_t i = (((full[0] == 1 ? 0 : a) * full[1] + (full[1] == 1 ? 0 : b)) * full[2] +
+                             (full[2] == 1 ? 0 : c)) *
+                                full[3] +
+                            (full[3] == 1 ? 0 : d);
+          dst[e++] = src[i];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// 4 nodes. 0=Reshape [B·H, T, S] -> [B, H, T, S], 1=Add(·, mask), 2=Reshape back to [B·H, T, S],
+// 3=Softmax; becomes Add(scores, the mask broadcast to [B, H, T, S] and merged to [B·H, T, S]) ->
+// Softmax. CLIP's attention (Hugging Face's CLIPAttention: bmm over the batch and heads merged,
+// viewed apart to add the causal mask, merged again for the softmax), so that ComposeSDPA sees
+// the scores, one mask and the softmax. Each score meets the same mask value.
+Pattern mask_through_head_reshapes_pattern() {
+  Pattern p;
+  p.name = "MaskThroughHeadReshapes";
+  p.kind = PatternKind::kConversion;
+  p.topology = "Reshape [B·H, T, S] -> [B, H, T, S] -> Add(mask) -> Reshape back -> Softmax";
+  p.trunk = {one("split", {"Reshape"}), one("mask", {"Add"}), one("merge", {"Reshape"}),
+             one("softmax", {"Softmax"})};
+  p.select = [](const Graph& g, const Match& m) -> std::optional<std::string> {
+    const Node& split = *m.node(g, "split");
+    const Node& add = *m.node(g, "mask");
+    const Node& merge = *m.node(g, "merge");
+    const Value* scores = split.input(0);
+    if (!scores->has_shape() || !split.output(0)->has_shape() || !merge.output(0)->has_shape() ||
+        !add.output(0)->has_shape()) {
+      return split.label() + ": shapes are not resolved";
+    }
+    const Shape& s3 = *scores->shape();
+    const Shape& s4 = *split.output(0)->shape();
+    if (s3.size() != 3 || s4.size() != 4 || s4[0] * s4[1] != s3[0] || s4[2] != s3[1] ||
+        s4[3] != s3[2] || *merge.output(0)->shape() != s3 || *add.output(0)->shape() != s4) {
+      return split.label() + " does not split the first axis of " + shape_str(s3) +
+             " in two, with the Reshape after the Add merging it back";
+    }
+    const Value* mask = add.input(add.input(0) == split.output(0) ? 1 : 0);
+    if (!mask || !mask->has_shape() || mask->dtype() != DType::kFloat32 ||
+        mask->shape()->size() > 4) {
+      return add.label() + ": its mask is not a float of rank 4 or less";
+    }
+    const Shape& ms = *mask->shape();
+    for (size_t i = 0; i < ms.size(); ++i) {
+      const int64_t want = s4[4 - ms.size() + i];
+      if (ms[i] != 1 && ms[i] != want) {
+        return add.label() + ": its mask " + shape_str(ms) + " does not broadcast to " +
+               shape_str(s4);
+      }
+    }
+    return std::nullopt;
+  };
+  p.rewrite = [](Graph& g, const Match& m) {
+    Node* split = m.node(g, "split");
+    Node* add = m.node(g, "mask");
+    Node* merge = m.node(g, "merge");
+    Value* scores = split->input(0);
+    Value* mask = add->input(add->input(0) == split->output(0) ? 1 : 0);
+    const Shape s3 = *scores->shape();
+    const Shape s4 = *split->output(0)->shape();
+    Value* merged = nullptr;
+    if (mask->is_constant()) {
+      merged = g.add_constant(g.unique_value_name(mask->name() + "_merged"),
+                              broadcast_merged(mask->constant(), s4));
+    } else {
+      Value* expanded =
+          emit(g, merge, name_with(add->name(), "/expand_mask"), "Expand",
+               {mask, g.add_constant(g.unique_value_name(add->name() + "/expand_shape"),
+                                     Tensor::from_vector<int64_t>({4}, s4))},
+               s4);
+      merged = emit(g, merge, name_with(add->name(), "/merge_mask"), "Reshape",
+                    {expanded, g.add_constant(g.unique_value_name(add->name() + "/merge_shape"),
+                                              Tensor::from_vector<int64_t>({3}, s3))},
+                    s3);
+    }
+    Value* added = emit(g, merge, name_with(add->name(), "/Add"), "Add", {scores, merged}, s3);
+    Value* old = merge->output(0);
+    const std::string name = old->name();
+    g.replace_all_uses(old, added);
+    g.remove_node(merge);
+    g.remove_node(add);
+    g.remove_node(split);
+    g.rename_value(added, name);
+  };
+  return p;
+}
+
 }  // namespace
 
 std::vector<Pattern> attention_conversion_patterns() {
-  std::vector<Pattern> out = {masked_fill_to_add_pattern(), compose_sdpa_pattern(),
-                              compose_multihead_attention_pattern(), pack_parallel_qkv_pattern()};
+  std::vector<Pattern> out = {masked_fill_to_add_pattern(), mask_through_head_reshapes_pattern(),
+                              compose_sdpa_pattern(), compose_multihead_attention_pattern(),
+                              pack_parallel_qkv_pattern()};
   for (auto& p : swin_conversion_patterns()) out.push_back(std::move(p));
   return out;
 }

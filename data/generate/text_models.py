@@ -325,6 +325,80 @@ class Gpt2Style(nn.Module):
         return self.score(self.ln_f(x)[:, -1])
 
 
+class ClipAttention(nn.Module):
+    """CLIP's text attention as Hugging Face's modeling code writes it: the query scaled before
+    the product, the batch and heads merged for bmm, viewed apart to add the causal mask and
+    merged again for the softmax."""
+
+    def __init__(self, heads=4):
+        super().__init__()
+        self.heads, self.head_size = heads, WIDTH // heads
+        self.scale = self.head_size ** -0.5
+        self.q_proj = nn.Linear(WIDTH, WIDTH)
+        self.k_proj = nn.Linear(WIDTH, WIDTH)
+        self.v_proj = nn.Linear(WIDTH, WIDTH)
+        self.out_proj = nn.Linear(WIDTH, WIDTH)
+
+    def merged_heads(self, x, batch, tokens):
+        x = x.view(batch, tokens, self.heads, self.head_size).transpose(1, 2).contiguous()
+        return x.view(batch * self.heads, tokens, self.head_size)
+
+    def forward(self, x, causal_mask):
+        batch, tokens, _ = x.shape
+        q = self.merged_heads(self.q_proj(x) * self.scale, batch, tokens)
+        k = self.merged_heads(self.k_proj(x), batch, tokens)
+        v = self.merged_heads(self.v_proj(x), batch, tokens)
+        scores = torch.bmm(q, k.transpose(1, 2)).view(batch, self.heads, tokens, tokens)
+        scores = (scores + causal_mask).view(batch * self.heads, tokens, tokens)
+        context = torch.bmm(F.softmax(scores, dim=-1), v)
+        context = context.view(batch, self.heads, tokens, self.head_size).transpose(1, 2)
+        return self.out_proj(context.reshape(batch, tokens, WIDTH))
+
+
+class ClipLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(WIDTH)
+        self.self_attn = ClipAttention()
+        self.layer_norm2 = nn.LayerNorm(WIDTH)
+        self.fc1 = nn.Linear(WIDTH, 4 * WIDTH)
+        self.fc2 = nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x, causal_mask):
+        x = x + self.self_attn(self.layer_norm1(x), causal_mask)
+        h = self.fc1(self.layer_norm2(x))
+        return x + self.fc2(h * torch.sigmoid(1.702 * h))  # quick GELU
+
+
+class ClipStyle(nn.Module):
+    """CLIP's text encoder (the text tower of Stable Diffusion's pipelines): token and position
+    embeddings, a causal mask made with torch.empty(...).fill_(lowest).triu_(1) at the batch of
+    the ids, pre-norm layers, a final LayerNorm, the end token pooled by the argmax of the int32
+    ids (the largest id) with x[arange(B), idx], and a projection."""
+
+    def __init__(self, layers=2):
+        super().__init__()
+        self.token_embedding = nn.Embedding(VOCAB, WIDTH)
+        self.position_embedding = nn.Embedding(TOKENS, WIDTH)
+        self.register_buffer("position_ids", torch.arange(TOKENS).expand(1, -1))
+        self.layers = nn.ModuleList([ClipLayer() for _ in range(layers)])
+        self.final_layer_norm = nn.LayerNorm(WIDTH)
+        self.text_projection = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, input_ids):
+        batch, tokens = input_ids.shape
+        x = self.token_embedding(input_ids) + \
+            self.position_embedding(self.position_ids[:, :tokens])
+        mask = torch.empty(batch, tokens, tokens)
+        mask.fill_(torch.tensor(torch.finfo(torch.float32).min))
+        mask = mask.triu_(1).unsqueeze(1)
+        for layer in self.layers:
+            x = layer(x, mask)
+        x = self.final_layer_norm(x)
+        pooled = x[torch.arange(batch), input_ids.to(torch.int).argmax(dim=-1)]
+        return self.text_projection(pooled)
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -448,6 +522,31 @@ def main():
     gpt2.train()
     count = save_gradients(gpt2, (left_ids, left_mask), labels, path, GOLDEN)
     assert count == len(list(gpt2.parameters())), count
+
+    # CLIP's text encoder at opset 14: the same tokens, the end token (the largest id) after each
+    # sample's last, padding 0 after it; one input.
+    torch.manual_seed(6)
+    clip = ClipStyle()
+    with torch.no_grad():
+        for p in clip.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    end = lengths.clamp(max=TOKENS - 1)
+    clip_ids = torch.where(torch.arange(TOKENS)[None, :] < end[:, None], ids % (VOCAB - 2) + 1,
+                           torch.zeros_like(ids))
+    clip_ids[torch.arange(SAMPLES), end] = VOCAB - 1
+    np.savez(os.path.join(GOLDEN, "clip_style_inputs.npz"), input_ids=clip_ids.numpy(),
+             labels=labels.numpy().astype(np.int64))
+    clip.eval()
+    with torch.no_grad():
+        np.save(os.path.join(GOLDEN, "clip_style_output.npy"), clip(clip_ids).numpy())
+    path = os.path.join(MODELS, "clip_style_opset14.onnx")
+    torch.onnx.export(clip, (clip_ids,), path, input_names=["input_ids"],
+                      output_names=["logits"], opset_version=14,
+                      dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                    "logits": {0: "batch"}})
+    clip.train()
+    count = save_gradients(clip, (clip_ids,), labels, path, GOLDEN)
+    assert count == len(list(clip.parameters())), count
 
 
 if __name__ == "__main__":

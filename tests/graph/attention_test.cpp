@@ -236,6 +236,56 @@ TEST(AttentionSdpa, GptsWhereAndThePaddingMaskAfterItJoinIntoOneMask) {
   }
 }
 
+// CLIP's attention: q, k, v [B·H, 5, 4] with B = 2, H = 3; MatMul(q, kᵀ) -> Reshape [2, 3, 5, 5]
+// -> Add(mask) -> Reshape [6, 5, 5] -> Softmax -> MatMul(v). `constant_mask`: a constant
+// [2, 1, 5, 5] causal mask, else a mask input [2, 1, 1, 5].
+std::unique_ptr<Graph> split_heads_attention(bool constant_mask) {
+  auto g = std::make_unique<Graph>();
+  const Shape s{6, 5, 4};
+  auto* q = g->add_input("q", DType::kFloat32, s);
+  auto* k = g->add_input("k", DType::kFloat32, s);
+  auto* v = g->add_input("v", DType::kFloat32, s);
+  graph::Value* mask = nullptr;
+  if (constant_mask) {
+    Tensor m(DType::kFloat32, {2, 1, 5, 5});
+    for (int64_t b = 0; b < 2; ++b) {
+      for (int64_t i = 0; i < 5; ++i) {
+        for (int64_t j = 0; j < 5; ++j) {
+          m.data<float>()[(b * 5 + i) * 5 + j] = j > i ? std::numeric_limits<float>::lowest() : 0;
+        }
+      }
+    }
+    mask = g->add_constant("causal", m);
+  } else {
+    mask = g->add_input("mask", DType::kFloat32, Shape{2, 1, 1, 5});
+  }
+  auto* kt = add(*g, "k_t", "Transpose", {k}, {{"perm", std::vector<int64_t>{0, 2, 1}}});
+  auto* scores = add(*g, "qk", "MatMul", {q, kt});
+  auto* split = add(*g, "split", "Reshape", {scores, int_const(*g, "split_shape", {2, 3, 5, 5})});
+  auto* masked = add(*g, "mask_add", "Add", {split, mask});
+  auto* merged = add(*g, "merge", "Reshape", {masked, int_const(*g, "merge_shape", {6, 5, 5})});
+  auto* p = add(*g, "softmax", "Softmax", {merged}, {{"axis", int64_t{-1}}});
+  g->add_node({.name = "av", .op_type = "MatMul", .inputs = {p, v}, .output_names = {"y"}});
+  g->mark_output(g->find_value("y"));
+  return g;
+}
+
+// The mask moves onto the merged scores (a constant one broadcast and merged to [6, 5, 5], an
+// input one through Expand and Reshape), and the chain composes into SDPA computing the same.
+TEST(AttentionSdpa, MaskAddedBetweenHeadReshapesMovesOntoTheMergedScores) {
+  auto constant = testing::run_pass_test([] { return split_heads_attention(true); },
+                                         [](Graph& g) { convert(g); });
+  EXPECT_EQ(constant.after, (testing::OpCounts{{"SDPA", 1}}));
+  const graph::Node* sdpa = only(*constant.transformed, "SDPA");
+  ASSERT_NE(sdpa, nullptr);
+  ASSERT_EQ(sdpa->num_inputs(), 4u);
+  EXPECT_EQ(sdpa->input(3)->constant().shape(), (Shape{6, 5, 5}));
+
+  auto input = testing::run_pass_test([] { return split_heads_attention(false); },
+                                      [](Graph& g) { convert(g); });
+  EXPECT_EQ(input.after, (testing::OpCounts{{"Expand", 1}, {"Reshape", 1}, {"SDPA", 1}}));
+}
+
 TEST(AttentionSdpa, ConstantCausalMaskBecomesCausalFlag) {
   auto r = testing::run_pass_test([] { return raw_attention({.causal_constant = true}); },
                                   [](Graph& g) { convert(g); });

@@ -5,13 +5,15 @@
 // token types as a third input, LayerNorm written out, the sequence length dynamic) and RoBERTa's
 // (position ids counted over the real tokens with CumSum), and Llama's decoder at opset 14
 // (RMSNorm, grouped-query attention, rotary embeddings whose squeezes torch.onnx writes as If
-// nodes, a causal mask from torch.triu, a softmax in float32 behind a Cast, left padding) and
+// nodes, a causal mask from torch.triu, a softmax in float32 behind a Cast, left padding),
 // GPT-2's (Conv1D's addmm of flattened rows, a causal torch.where before the padding mask is
-// added, the tanh GELU written out), through every command: `run` gives PyTorch's logits at any
-// batch; `transform` writes a model free of the batch that ONNX Runtime runs as PyTorch; `grad`
-// gives PyTorch's loss and gradients, the embedding tables' included; `calibrate` and `qat` read
-// the .npz of the inputs (and its 'labels') and write Q/DQ models that ONNX Runtime runs as qforge
-// does (teacher-forced `qforge verify`, no mismatch); qat is bit-identical at 1 and 2 threads.
+// added, the tanh GELU written out) and CLIP's text encoder (the batch and heads merged around
+// the causal mask, the end token pooled with x[arange(B), argmax(ids)]), through every command:
+// `run` gives PyTorch's logits at any batch; `transform` writes a model free of the batch that ONNX
+// Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the embedding tables'
+// included; `calibrate` and `qat` read the .npz of the inputs (and its 'labels') and write Q/DQ
+// models that ONNX Runtime runs as qforge does (teacher-forced `qforge verify`, no mismatch); qat
+// is bit-identical at 1 and 2 threads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -53,7 +55,10 @@ const TextModel kModels[] = {
     // projections and the attention, so its query, key and value Linears stay apart; GPT-2 has
     // one Linear for the three.
     {"llama_style_opset14", "llama_style", "llama_style", 2, false, "embed_tokens.weight", 21},
-    {"gpt2_style_opset14", "gpt2_style", "llama_style", 2, false, "wte.weight", 29}};
+    {"gpt2_style_opset14", "gpt2_style", "llama_style", 2, false, "wte.weight", 29},
+    // CLIP's text encoder: one input, its attention split and merged around the causal mask,
+    // the end token pooled by x[arange(B), argmax(ids)].
+    {"clip_style_opset14", "clip_style", "clip_style", 1, false, "token_embedding.weight", 37}};
 
 void PrintTo(const TextModel& m, std::ostream* os) {
   *os << m.name;
@@ -71,7 +76,8 @@ class TextCli : public ::testing::TestWithParam<TextModel> {
   // The model inputs of the golden archive, in the model's order.
   std::vector<kernels::Tensor> golden_inputs() const {
     const auto arrays = io::read_npz(inputs());
-    std::vector<kernels::Tensor> out = {arrays.at("input_ids"), arrays.at("attention_mask")};
+    std::vector<kernels::Tensor> out = {arrays.at("input_ids")};
+    if (GetParam().inputs >= 2) out.push_back(arrays.at("attention_mask"));
     if (GetParam().inputs == 3) out.push_back(arrays.at("token_type_ids"));
     return out;
   }
