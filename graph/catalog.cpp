@@ -33,6 +33,7 @@ constexpr InputRoles kBatchNormRoles = {{{"X", Role::kData},
 
 constexpr std::array kSchemas = {
     // op type, inputs min/max, outputs min/max, since opset, how its gradient is defined
+    OpSchema{"Abs", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Add", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"ArgMax", 1, 1, 1, 1, 13, kNone, "its output is an index (int64)"},
     OpSchema{"AveragePool", 1, 1, 1, 1, 11, kBackward},

@@ -77,6 +77,11 @@ void unary_integer(UnaryOp op, const UnaryParams& p, const T* x, T* y, int64_t n
       case UnaryOp::kClip:
         for (int64_t i = begin; i < end; ++i) y[i] = std::min(std::max(x[i], lo), hi);
         break;
+      case UnaryOp::kAbs:  // the minimum stays itself, as two's complement wraps
+        for (int64_t i = begin; i < end; ++i) {
+          y[i] = x[i] < 0 ? static_cast<T>(U{0} - static_cast<U>(x[i])) : x[i];
+        }
+        break;
       default:
         throw_internal("unary: integer op not supported");
     }
@@ -583,6 +588,13 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
       // std::log, scalar like std::sqrt above: the same bits in any loop.
       fn(UnaryRule{[](float v) { return std::log(v); }, [](float v, float g) { return g / v; }});
       return;
+    case UnaryOp::kAbs:
+      // The gradient sign(x)·dy, 0 at 0 (PyTorch's).
+      fn(UnaryRule{[](float v) { return std::fabs(v); },
+                   [](float v, float g) { return v > 0.0f   ? g
+                                                 : v < 0.0f ? -g
+                                                            : 0.0f; }});
+      return;
     case UnaryOp::kReciprocal:
       // A division, correctly rounded; the gradient as PyTorch's, -dy · y² with y = 1 / x.
       fn(UnaryRule{[](float v) { return 1.0f / v; },
@@ -635,7 +647,8 @@ void map2_f32(const float* a, const float* b, float* y, int64_t n, F f) {
 bool unary_supports(UnaryOp op, DType dtype) {
   if (dtype == DType::kFloat32) return true;
   const bool signed_int = dtype == DType::kInt64 || dtype == DType::kInt32 || dtype == DType::kInt8;
-  return signed_int && (op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip);
+  return signed_int && (op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip ||
+                        op == UnaryOp::kAbs);
 }
 
 void unary_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64_t n) {

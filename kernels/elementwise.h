@@ -30,6 +30,7 @@ enum class UnaryOp {
   kLog,
   kSoftplus,    // ln(1 + e^x)
   kReciprocal,  // 1 / x
+  kAbs,
   // Fused activations of the modules, in the operation order of the nodes they replace:
   // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops, but
   // kGeluErf is also ONNX Gelu (opset 20) with approximate "none".

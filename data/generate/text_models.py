@@ -399,6 +399,106 @@ class ClipStyle(nn.Module):
         return self.text_projection(pooled)
 
 
+class T5LayerNorm(nn.Module):
+    """T5's RMSNorm: the variance computed in float32 (a Cast of a float32 tensor), rsqrt, the
+    weight."""
+
+    def __init__(self, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(WIDTH))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+
+def relative_position_bucket(relative_position, buckets=32, max_distance=128):
+    """T5's bidirectional buckets: half for each direction, exact below a quarter of the
+    buckets, logarithmic up to max_distance."""
+    buckets //= 2
+    bucket = (relative_position > 0).to(torch.long) * buckets
+    distance = torch.abs(relative_position)
+    exact = buckets // 2
+    large = exact + (torch.log(distance.float() / exact) / math.log(max_distance / exact) *
+                     (buckets - exact)).to(torch.long)
+    large = torch.min(large, torch.full_like(large, buckets - 1))
+    return bucket + torch.where(distance < exact, distance, large)
+
+
+class T5Attention(nn.Module):
+    """T5's self-attention: no biases, no scaling of the scores, a learned bias per head and
+    relative position bucket (computed in the first layer, shared by the others) added with the
+    padding mask, the softmax in float32."""
+
+    def __init__(self, relative_bias, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.k = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.v = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.o = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.relative_attention_bias = nn.Embedding(32, heads) if relative_bias else None
+
+    def position_bias(self, tokens):
+        context = torch.arange(tokens, dtype=torch.long)[:, None]
+        memory = torch.arange(tokens, dtype=torch.long)[None, :]
+        values = self.relative_attention_bias(relative_position_bucket(memory - context))
+        return values.permute([2, 0, 1]).unsqueeze(0)
+
+    def forward(self, x, additive_mask, bias):
+        batch, tokens, _ = x.shape
+
+        def heads(y):
+            return y.view(batch, -1, self.heads, WIDTH // self.heads).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        if bias is None:
+            bias = self.position_bias(tokens) + additive_mask
+        scores = torch.matmul(q, k.transpose(3, 2)) + bias
+        probabilities = F.softmax(scores.float(), dim=-1).type_as(scores)
+        context = torch.matmul(probabilities, v).transpose(1, 2).contiguous()
+        return self.o(context.view(batch, -1, WIDTH)), bias
+
+
+class T5Block(nn.Module):
+    def __init__(self, relative_bias):
+        super().__init__()
+        self.layer_norm = T5LayerNorm()
+        self.attention = T5Attention(relative_bias)
+        self.ff_layer_norm = T5LayerNorm()
+        self.wi = nn.Linear(WIDTH, 64, bias=False)
+        self.wo = nn.Linear(64, WIDTH, bias=False)
+
+    def forward(self, x, additive_mask, bias):
+        attended, bias = self.attention(self.layer_norm(x), additive_mask, bias)
+        x = x + attended
+        return x + self.wo(torch.relu(self.wi(self.ff_layer_norm(x)))), bias
+
+
+class T5Style(nn.Module):
+    """A T5 encoder classifier (sentence-T5's form): token embeddings, two T5Blocks, a final
+    T5LayerNorm, the mean over the real tokens and a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Embedding(VOCAB, WIDTH)
+        self.block = nn.ModuleList([T5Block(True), T5Block(False)])
+        self.final_layer_norm = T5LayerNorm()
+        self.head = nn.Linear(WIDTH, CLASSES, bias=False)
+
+    def forward(self, input_ids, attention_mask):
+        additive_mask = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * \
+            torch.finfo(torch.float32).min
+        x = self.shared(input_ids)
+        bias = None
+        for block in self.block:
+            x, bias = block(x, additive_mask, bias)
+        x = self.final_layer_norm(x)
+        real = attention_mask[..., None].to(torch.float32)
+        return self.head((x * real).sum(1) / real.sum(1))
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -547,6 +647,24 @@ def main():
     clip.train()
     count = save_gradients(clip, (clip_ids,), labels, path, GOLDEN)
     assert count == len(list(clip.parameters())), count
+
+    # T5's encoder at opset 14 on the right-padded tokens of the first model.
+    torch.manual_seed(7)
+    t5 = T5Style()
+    with torch.no_grad():
+        for p in t5.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    t5.eval()
+    with torch.no_grad():
+        np.save(os.path.join(GOLDEN, "t5_style_output.npy"), t5(ids, mask).numpy())
+    path = os.path.join(MODELS, "t5_style_opset14.onnx")
+    torch.onnx.export(t5, (ids, mask), path, input_names=names, output_names=["logits"],
+                      opset_version=14,
+                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                    "logits": {0: "batch"}})
+    t5.train()
+    count = save_gradients(t5, (ids, mask), labels, path, GOLDEN)
+    assert count == len(list(t5.parameters())), count
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ Tensor unary(UnaryOp op, const UnaryParams& params, const Tensor& x) {
       case UnaryOp::kClip:
         set_int(y, i, std::min(std::max(v, params.int_min), params.int_max));
         break;
+      case UnaryOp::kAbs:
+        set_int(y, i, v < 0 ? -v : v);
+        break;
       default:
         throw_internal("reference::unary: op not defined for integers");
     }
@@ -80,6 +83,8 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return std::log(x);
     case UnaryOp::kReciprocal:
       return 1.0 / x;
+    case UnaryOp::kAbs:
+      return std::abs(x);
     case UnaryOp::kSoftplus:
       return std::log(1.0 + std::exp(x));
   }
@@ -136,6 +141,8 @@ double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
       return 1 / x;
     case UnaryOp::kReciprocal:
       return -1 / (x * x);
+    case UnaryOp::kAbs:
+      return x > 0 ? 1 : x < 0 ? -1 : 0;
     case UnaryOp::kSoftplus:
       return 1.0 / (1.0 + std::exp(-x));
   }

@@ -51,7 +51,7 @@ void run_for_node(const std::string& label, Fn&& fn) {
 // Unary ----------------------------------------------------------------------------------------
 
 bool integer_capable(UnaryOp op) {
-  return op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip;
+  return op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip || op == UnaryOp::kAbs;
 }
 
 template <UnaryOp kOp>
@@ -91,7 +91,8 @@ class UnaryKernel final : public OpKernel {
     kernels::unary(op_, params_, inputs[0], outputs[0]);
     if (mask_) kernels::positive_mask(outputs[0].data<float>(), elements_, mask_);
   }
-  bool differentiable_input(size_t index) const override { return index == 0; }
+  // Integer inputs (Neg, Abs, Clip, ReLU of shape arithmetic) have no gradient.
+  bool differentiable_input(size_t index) const override { return index == 0 && float_input_; }
   // ReLU's gradient passes where x > 0, which is where y > 0: it reads its output, so that the
   // input (a normalisation's output, mostly) need not be kept for it.
   BackwardReads backward_reads() const override {
@@ -109,6 +110,7 @@ class UnaryKernel final : public OpKernel {
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
+    if (!float_input_ || !grad_data(grad_inputs, 0)) return;
     if (mask_) {
       kernels::masked_gradient(grad_outputs[0].data<float>(), mask_, elements_,
                                grad_inputs[0].data<float>());
@@ -119,10 +121,12 @@ class UnaryKernel final : public OpKernel {
                                 grad_inputs[0].data<float>(), x.numel());
   }
   void set_elements(int64_t elements) { elements_ = elements; }
+  void set_integer_input() { float_input_ = false; }
 
  private:
   UnaryOp op_;
   UnaryParams params_;
+  bool float_input_ = true;
   int64_t elements_ = 0;     // of a float32 input, else 0
   uint8_t* mask_ = nullptr;  // the kept record
 };
@@ -131,8 +135,11 @@ template <UnaryOp kOp>
 std::unique_ptr<OpKernel> create_unary(const graph::Node& node, std::span<const InputInfo> inputs,
                                        std::span<const TensorInfo> /*outputs*/) {
   auto kernel = std::make_unique<UnaryKernel>(kOp, unary_params(kOp, node));
-  if (inputs[0].dtype == DType::kFloat32)
+  if (inputs[0].dtype == DType::kFloat32) {
     kernel->set_elements(kernels::shape_numel(inputs[0].shape));
+  } else {
+    kernel->set_integer_input();
+  }
   return kernel;
 }
 
@@ -636,6 +643,7 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(unary_def<UnaryOp::kExp>("Exp"));
   registry.add(unary_def<UnaryOp::kLog>("Log"));
   registry.add(unary_def<UnaryOp::kReciprocal>("Reciprocal"));
+  registry.add(unary_def<UnaryOp::kAbs>("Abs"));
   registry.add(unary_def<UnaryOp::kSoftplus>("Softplus"));
   registry.add({"Clip", infer_clip, create_clip});
   registry.add(binary_def<BinaryOp::kAdd>("Add"));

@@ -70,6 +70,7 @@ std::vector<ActivationCase> activation_cases() {
       {"Exp", UnaryOp::kExp, none, -6, 6, {}},
       {"Log", UnaryOp::kLog, none, 0.05f, 9, {}},
       {"Reciprocal", UnaryOp::kReciprocal, none, 0.2f, 9, {}},
+      {"Abs", UnaryOp::kAbs, none, -6, 6, {0}},
       {"Softplus", UnaryOp::kSoftplus, none, -10, 10, {}},
       {"Relu6", UnaryOp::kClip, relu6, -3, 9, {0, 6}},
       {"Clip", UnaryOp::kClip, clip, -4, 4, {-1.5, 2.25}},

@@ -139,6 +139,7 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kExp, "Exp", 0, 1e-6},
       {UnaryOp::kLog, "Log", 1e-7, 1e-6},
       {UnaryOp::kReciprocal, "Reciprocal", 0, 1e-7},
+      {UnaryOp::kAbs, "Abs", 0, 0},
       {UnaryOp::kSoftplus, "Softplus", 2e-7, 1e-6},
       {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
       {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
@@ -174,11 +175,11 @@ TEST(ElementwiseUnary, HardSwishAndHardSigmoidHitTheirKnees) {
             (std::vector<float>{0.0f, 0.0f, 0.5f, 0.8f, 1.0f, 1.0f}));
 }
 
-TEST(ElementwiseUnary, IntegerReluNegClipMatchReference) {
+TEST(ElementwiseUnary, IntegerReluNegClipAbsMatchReference) {
   UnaryParams p;
   p.int_min = -5;
   p.int_max = 9;
-  for (UnaryOp op : {UnaryOp::kRelu, UnaryOp::kNeg, UnaryOp::kClip}) {
+  for (UnaryOp op : {UnaryOp::kRelu, UnaryOp::kNeg, UnaryOp::kClip, UnaryOp::kAbs}) {
     const Tensor a = random_int<int64_t>({3, 17}, 11, -20, 20);
     expect_same(run_unary(op, p, a), reference::unary(op, p, a), "int64");
     const Tensor b = random_int<int32_t>({13}, 12, -20, 20);

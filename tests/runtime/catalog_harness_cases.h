@@ -375,6 +375,9 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Exp", "odd sizes").data(d.uniform({2, 17}, -2, 2)));
   add(H("Log", "positive").data(d.uniform({3, 11}, 0.3f, 3)));
   add(H("Reciprocal", "away from 0").data(d.away({3, 11}, -3, 3, {0.0f}, 0.4f)));
+  add(H("Abs", "away from 0").data(d.away({3, 11}, -3, 3, {0.0f})));
+  // T5's relative position buckets take |i - j| of int64 positions.
+  add(H("Abs", "int64").data(i64({2, 3}, {-7, 0, 5, -(1LL << 40), 1, -1})));
   add(H("Softplus", "odd sizes").data(d.uniform({4, 9}, -3, 3)));
   add(H("Clip", "min and max inputs")
           .data(d.away({3, 19}, -2, 2, {-0.6f, 0.8f}))

@@ -7,8 +7,9 @@
 // (RMSNorm, grouped-query attention, rotary embeddings whose squeezes torch.onnx writes as If
 // nodes, a causal mask from torch.triu, a softmax in float32 behind a Cast, left padding),
 // GPT-2's (Conv1D's addmm of flattened rows, a causal torch.where before the padding mask is
-// added, the tanh GELU written out) and CLIP's text encoder (the batch and heads merged around
-// the causal mask, the end token pooled with x[arange(B), argmax(ids)]), through every command:
+// added, the tanh GELU written out), CLIP's text encoder (the batch and heads merged around the
+// causal mask, the end token pooled with x[arange(B), argmax(ids)]) and T5's encoder (RMSNorms,
+// relative position buckets, unscaled scores, a masked mean), through every command:
 // `run` gives PyTorch's logits at any batch; `transform` writes a model free of the batch that ONNX
 // Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the embedding tables'
 // included; `calibrate` and `qat` read the .npz of the inputs (and its 'labels') and write Q/DQ
@@ -58,7 +59,10 @@ const TextModel kModels[] = {
     {"gpt2_style_opset14", "gpt2_style", "llama_style", 2, false, "wte.weight", 29},
     // CLIP's text encoder: one input, its attention split and merged around the causal mask,
     // the end token pooled by x[arange(B), argmax(ids)].
-    {"clip_style_opset14", "clip_style", "clip_style", 1, false, "token_embedding.weight", 37}};
+    {"clip_style_opset14", "clip_style", "clip_style", 1, false, "token_embedding.weight", 37},
+    // T5's encoder: RMSNorms, relative position buckets (Abs, Log, Min, Where of int64
+    // positions) into a learned bias added with the mask, unscaled scores, a masked mean.
+    {"t5_style_opset14", "t5_style", "text", 2, true, "shared.weight", 20}};
 
 void PrintTo(const TextModel& m, std::ostream* os) {
   *os << m.name;
