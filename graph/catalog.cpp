@@ -19,6 +19,8 @@ constexpr std::string_view kNoBackward = "no backward kernel: a gradient through
 constexpr std::string_view kBooleanOutput = "its output is boolean";
 constexpr std::string_view kNoInputs = "it has no inputs";
 constexpr std::string_view kShapeInput = "its input is a shape";
+constexpr std::string_view kPiecewiseConstant =
+    "piecewise constant: no gradient passes (PyTorch's is zero)";
 
 constexpr InputRoles kConvRoles = {
     {{"X", Role::kData}, {"W", Role::kWeight}, {"B", Role::kBias, true}}};
@@ -40,12 +42,14 @@ constexpr std::array kSchemas = {
     OpSchema{
         "BatchNormalization", 5, 5, 1, 3, 15, kBackward, {}, SchemaKind::kOnnx, kBatchNormRoles},
     OpSchema{"Cast", 1, 1, 1, 1, 13, kBackward},
+    OpSchema{"Ceil", 1, 1, 1, 1, 13, kNone, kPiecewiseConstant},
     OpSchema{"Clip", 1, 3, 1, 1, 13, kBackward},
     OpSchema{"Concat", 1, kMany, 1, 1, 13, kBackward},
     OpSchema{"Constant", 0, 0, 1, 1, 13, kNone, kNoInputs},
     OpSchema{"ConstantOfShape", 1, 1, 1, 1, 9, kNone, kShapeInput},
     OpSchema{"Conv", 2, 3, 1, 1, 11, kBackward, {}, SchemaKind::kOnnx, kConvRoles},
     OpSchema{"ConvTranspose", 2, 3, 1, 1, 11, kBackward, {}, SchemaKind::kOnnx, kConvRoles},
+    OpSchema{"Cos", 1, 1, 1, 1, 7, kBackward},
     OpSchema{"CumSum", 2, 2, 1, 1, 11, kBackward},  // axis (input 1) a constant
     OpSchema{"DequantizeLinear", 2, 3, 1, 1, 13, kNone,
              "its data input is an integer grid and its scale a constant of the graph"},
@@ -57,6 +61,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Exp", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Expand", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Flatten", 1, 1, 1, 1, 13, kBackward},
+    OpSchema{"Floor", 1, 1, 1, 1, 13, kNone, kPiecewiseConstant},
     OpSchema{"Gather", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Gelu", 1, 1, 1, 1, 20, kBackward},
     OpSchema{"Gemm", 2, 3, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kGemmRoles},
@@ -96,9 +101,12 @@ constexpr std::array kSchemas = {
     OpSchema{"Relu", 1, 1, 1, 1, 14, kBackward},
     OpSchema{"Reshape", 2, 2, 1, 1, 14, kBackward},
     OpSchema{"Resize", 1, 4, 1, 1, 13, kBackward},
+    OpSchema{"Round", 1, 1, 1, 1, 11, kNone, kPiecewiseConstant},
     OpSchema{"ScatterND", 3, 3, 1, 1, 16, kNone, kNoBackward},
     OpSchema{"Shape", 1, 1, 1, 1, 15, kNone, "its output is the input's shape, not its values"},
     OpSchema{"Sigmoid", 1, 1, 1, 1, 13, kBackward},
+    OpSchema{"Sign", 1, 1, 1, 1, 13, kNone, kPiecewiseConstant},
+    OpSchema{"Sin", 1, 1, 1, 1, 7, kBackward},
     OpSchema{"Slice", 3, 5, 1, 1, 13, kBackward},
     OpSchema{"Softmax", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Softplus", 1, 1, 1, 1, 1, kBackward},

@@ -588,6 +588,31 @@ void with_unary_rule(UnaryOp op, const UnaryParams& p, Fn&& fn) {
       // std::log, scalar like std::sqrt above: the same bits in any loop.
       fn(UnaryRule{[](float v) { return std::log(v); }, [](float v, float g) { return g / v; }});
       return;
+    case UnaryOp::kSin:
+      // std::sin and std::cos, scalar like std::log: the same bits in any loop. Modern decoder
+      // exports compute their rotary tables from the position ids at run time.
+      fn(UnaryRule{[](float v) { return std::sin(v); },
+                   [](float v, float g) { return g * std::cos(v); }});
+      return;
+    case UnaryOp::kCos:
+      fn(UnaryRule{[](float v) { return std::cos(v); },
+                   [](float v, float g) { return -g * std::sin(v); }});
+      return;
+    case UnaryOp::kFloor:
+      fn(UnaryRule{[](float v) { return std::floor(v); }, [](float, float) { return 0.0f; }});
+      return;
+    case UnaryOp::kCeil:
+      fn(UnaryRule{[](float v) { return std::ceil(v); }, [](float, float) { return 0.0f; }});
+      return;
+    case UnaryOp::kRound:
+      fn(UnaryRule{[](float v) { return std::nearbyint(v); }, [](float, float) { return 0.0f; }});
+      return;
+    case UnaryOp::kSign:
+      fn(UnaryRule{[](float v) { return v > 0.0f   ? 1.0f
+                                        : v < 0.0f ? -1.0f
+                                                   : v; },
+                   [](float, float) { return 0.0f; }});
+      return;
     case UnaryOp::kAbs:
       // The gradient sign(x)·dy, 0 at 0 (PyTorch's).
       fn(UnaryRule{[](float v) { return std::fabs(v); },

@@ -31,6 +31,14 @@ enum class UnaryOp {
   kSoftplus,    // ln(1 + e^x)
   kReciprocal,  // 1 / x
   kAbs,
+  kSin,
+  kCos,
+  // Piecewise constant (no gradient passes; the catalog says so). Round halves to even, as ONNX
+  // and torch.round.
+  kFloor,
+  kCeil,
+  kRound,
+  kSign,
   // Fused activations of the modules, in the operation order of the nodes they replace:
   // GELU's Erf form (x · (erf(x / √2) + 1)) · 0.5 and SiLU x · Sigmoid(x). Not ONNX ops, but
   // kGeluErf is also ONNX Gelu (opset 20) with approximate "none".

@@ -85,6 +85,18 @@ double unary_value(UnaryOp op, const UnaryParams& p, double x) {
       return 1.0 / x;
     case UnaryOp::kAbs:
       return std::abs(x);
+    case UnaryOp::kSin:
+      return std::sin(x);
+    case UnaryOp::kCos:
+      return std::cos(x);
+    case UnaryOp::kFloor:
+      return std::floor(x);
+    case UnaryOp::kCeil:
+      return std::ceil(x);
+    case UnaryOp::kRound:
+      return std::nearbyint(x);
+    case UnaryOp::kSign:
+      return x > 0 ? 1.0 : x < 0 ? -1.0 : x;
     case UnaryOp::kSoftplus:
       return std::log(1.0 + std::exp(x));
   }
@@ -143,6 +155,15 @@ double unary_derivative(UnaryOp op, const UnaryParams& p, double x) {
       return -1 / (x * x);
     case UnaryOp::kAbs:
       return x > 0 ? 1 : x < 0 ? -1 : 0;
+    case UnaryOp::kSin:
+      return std::cos(x);
+    case UnaryOp::kCos:
+      return -std::sin(x);
+    case UnaryOp::kFloor:
+    case UnaryOp::kCeil:
+    case UnaryOp::kRound:
+    case UnaryOp::kSign:
+      return 0;
     case UnaryOp::kSoftplus:
       return 1.0 / (1.0 + std::exp(-x));
   }

@@ -92,7 +92,10 @@ class UnaryKernel final : public OpKernel {
     if (mask_) kernels::positive_mask(outputs[0].data<float>(), elements_, mask_);
   }
   // Integer inputs (Neg, Abs, Clip, ReLU of shape arithmetic) have no gradient.
-  bool differentiable_input(size_t index) const override { return index == 0 && float_input_; }
+  bool differentiable_input(size_t index) const override {
+    return index == 0 && float_input_ && op_ != UnaryOp::kFloor && op_ != UnaryOp::kCeil &&
+           op_ != UnaryOp::kRound && op_ != UnaryOp::kSign;
+  }
   // ReLU's gradient passes where x > 0, which is where y > 0: it reads its output, so that the
   // input (a normalisation's output, mostly) need not be kept for it.
   BackwardReads backward_reads() const override {
@@ -644,6 +647,12 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(unary_def<UnaryOp::kLog>("Log"));
   registry.add(unary_def<UnaryOp::kReciprocal>("Reciprocal"));
   registry.add(unary_def<UnaryOp::kAbs>("Abs"));
+  registry.add(unary_def<UnaryOp::kSin>("Sin"));
+  registry.add(unary_def<UnaryOp::kCos>("Cos"));
+  registry.add(unary_def<UnaryOp::kFloor>("Floor"));
+  registry.add(unary_def<UnaryOp::kCeil>("Ceil"));
+  registry.add(unary_def<UnaryOp::kRound>("Round"));
+  registry.add(unary_def<UnaryOp::kSign>("Sign"));
   registry.add(unary_def<UnaryOp::kSoftplus>("Softplus"));
   registry.add({"Clip", infer_clip, create_clip});
   registry.add(binary_def<BinaryOp::kAdd>("Add"));

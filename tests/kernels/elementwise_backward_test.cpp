@@ -71,6 +71,8 @@ std::vector<ActivationCase> activation_cases() {
       {"Log", UnaryOp::kLog, none, 0.05f, 9, {}},
       {"Reciprocal", UnaryOp::kReciprocal, none, 0.2f, 9, {}},
       {"Abs", UnaryOp::kAbs, none, -6, 6, {0}},
+      {"Sin", UnaryOp::kSin, none, -6, 6, {}},
+      {"Cos", UnaryOp::kCos, none, -6, 6, {}},
       {"Softplus", UnaryOp::kSoftplus, none, -10, 10, {}},
       {"Relu6", UnaryOp::kClip, relu6, -3, 9, {0, 6}},
       {"Clip", UnaryOp::kClip, clip, -4, 4, {-1.5, 2.25}},

@@ -140,6 +140,12 @@ TEST(ElementwiseUnary, FloatOpsMatchReferenceOnAwkwardShapes) {
       {UnaryOp::kLog, "Log", 1e-7, 1e-6},
       {UnaryOp::kReciprocal, "Reciprocal", 0, 1e-7},
       {UnaryOp::kAbs, "Abs", 0, 0},
+      {UnaryOp::kSin, "Sin", 1e-7, 2e-7},
+      {UnaryOp::kCos, "Cos", 1e-7, 2e-7},
+      {UnaryOp::kFloor, "Floor", 0, 0},
+      {UnaryOp::kCeil, "Ceil", 0, 0},
+      {UnaryOp::kRound, "Round", 0, 0},
+      {UnaryOp::kSign, "Sign", 0, 0},
       {UnaryOp::kSoftplus, "Softplus", 2e-7, 1e-6},
       {UnaryOp::kGeluErf, "GeluErf", 2e-7, 1e-6},
       {UnaryOp::kSilu, "Silu", 2e-7, 1e-6},
@@ -197,7 +203,8 @@ TEST(ElementwiseUnary, ResultsIndependentOfChunkingAndThreads) {
   const Tensor x = random_f32({3 * 16384 + 17}, 5, -9.0f, 9.0f);
   for (UnaryOp op :
        {UnaryOp::kErf, UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kElu, UnaryOp::kHardSwish,
-        UnaryOp::kGeluErf, UnaryOp::kSilu, UnaryOp::kExp, UnaryOp::kSoftplus, UnaryOp::kGeluTanh}) {
+        UnaryOp::kGeluErf, UnaryOp::kSilu, UnaryOp::kExp, UnaryOp::kSoftplus, UnaryOp::kGeluTanh,
+        UnaryOp::kSin, UnaryOp::kCos, UnaryOp::kRound}) {
     UnaryParams p;
     p.alpha = 1.0f;
     const Tensor many = run_unary(op, p, x);

@@ -376,6 +376,14 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Log", "positive").data(d.uniform({3, 11}, 0.3f, 3)));
   add(H("Reciprocal", "away from 0").data(d.away({3, 11}, -3, 3, {0.0f}, 0.4f)));
   add(H("Abs", "away from 0").data(d.away({3, 11}, -3, 3, {0.0f})));
+  add(H("Sin", "odd sizes").data(d.uniform({3, 13}, -4, 4)));
+  add(H("Cos", "odd sizes").data(d.uniform({5, 7}, -4, 4)));
+  // Piecewise constant: away from their steps, the gradient is 0.
+  add(H("Floor", "off integers").data(d.away({3, 11}, -3, 3, {-3, -2, -1, 0, 1, 2, 3}, 0.05f)));
+  add(H("Ceil", "off integers").data(d.away({3, 11}, -3, 3, {-3, -2, -1, 0, 1, 2, 3}, 0.05f)));
+  add(H("Round", "off halves, ties to even")
+          .data(d.away({3, 11}, -3, 3, {-2.5f, -1.5f, -0.5f, 0.5f, 1.5f, 2.5f}, 0.05f)));
+  add(H("Sign", "off 0").data(d.away({4, 9}, -2, 2, {0.0f})));
   // T5's relative position buckets take |i - j| of int64 positions.
   add(H("Abs", "int64").data(i64({2, 3}, {-7, 0, 5, -(1LL << 40), 1, -1})));
   add(H("Softplus", "odd sizes").data(d.uniform({4, 9}, -3, 3)));
