@@ -37,6 +37,7 @@ constexpr std::array kSchemas = {
     // op type, inputs min/max, outputs min/max, since opset, how its gradient is defined
     OpSchema{"Abs", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Add", 2, 2, 1, 1, 13, kBackward},
+    OpSchema{"And", 2, 2, 1, 1, 7, kNone, kBooleanOutput},
     OpSchema{"ArgMax", 1, 1, 1, 1, 13, kNone, "its output is an index (int64)"},
     OpSchema{"AveragePool", 1, 1, 1, 1, 11, kBackward},
     OpSchema{
@@ -67,6 +68,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Gemm", 2, 3, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kGemmRoles},
     OpSchema{"Greater", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
     // scale and bias per group at opsets 18 to 20, per channel from 21 (runtime/ops/norm_ops.cpp).
+    OpSchema{"GreaterOrEqual", 2, 2, 1, 1, 16, kNone, kBooleanOutput},
     OpSchema{"GroupNormalization", 3, 3, 1, 1, 18, kBackward},
     OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1, kBackward},
     OpSchema{"HardSigmoid", 1, 1, 1, 1, 6, kBackward},
@@ -76,6 +78,7 @@ constexpr std::array kSchemas = {
     OpSchema{"LayerNormalization", 2, 3, 1, 3, 17, kBackward},
     OpSchema{"LeakyRelu", 1, 1, 1, 1, 6, kBackward},
     OpSchema{"Less", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
+    OpSchema{"LessOrEqual", 2, 2, 1, 1, 16, kNone, kBooleanOutput},
     OpSchema{"Log", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"MatMul", 2, 2, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kMatMulRoles},
     OpSchema{"Max", 1, kMany, 1, 1, 13, kBackward},
@@ -85,6 +88,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Mul", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Neg", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Not", 1, 1, 1, 1, 1, kNone, kBooleanOutput},
+    OpSchema{"Or", 2, 2, 1, 1, 7, kNone, kBooleanOutput},
     OpSchema{"Pad", 2, 4, 1, 1, 13, kBackward},
     OpSchema{"Pow", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"PRelu", 2, 2, 1, 1, 16, kBackward},

@@ -275,6 +275,30 @@ struct LessOp {
     return a < b ? 1 : 0;
   }
 };
+struct GreaterOrEqualOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a >= b ? 1 : 0;
+  }
+};
+struct LessOrEqualOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a <= b ? 1 : 0;
+  }
+};
+struct AndOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a != T{0} && b != T{0} ? 1 : 0;
+  }
+};
+struct OrOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return a != T{0} || b != T{0} ? 1 : 0;
+  }
+};
 struct PReluOp {
   float operator()(float x, float slope) const { return x < 0.0f ? slope * x : x; }
 };
@@ -370,6 +394,18 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
     case BinaryOp::kLess:
       run_binary(plan, pa, pb, typed<uint8_t>(y), LessOp{});
       return;
+    case BinaryOp::kGreaterOrEqual:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), GreaterOrEqualOp{});
+      return;
+    case BinaryOp::kLessOrEqual:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), LessOrEqualOp{});
+      return;
+    case BinaryOp::kAnd:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), AndOp{});
+      return;
+    case BinaryOp::kOr:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), OrOp{});
+      return;
     default:
       break;
   }
@@ -423,6 +459,10 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
       case BinaryOp::kEqual:
       case BinaryOp::kGreater:
       case BinaryOp::kLess:
+      case BinaryOp::kGreaterOrEqual:
+      case BinaryOp::kLessOrEqual:
+      case BinaryOp::kAnd:
+      case BinaryOp::kOr:
         break;
     }
   }
@@ -829,10 +869,13 @@ BroadcastPlan plan_broadcast(std::span<const Shape> input_shapes) {
 }
 
 bool binary_outputs_bool(BinaryOp op) {
-  return op == BinaryOp::kEqual || op == BinaryOp::kGreater || op == BinaryOp::kLess;
+  return op == BinaryOp::kEqual || op == BinaryOp::kGreater || op == BinaryOp::kLess ||
+         op == BinaryOp::kGreaterOrEqual || op == BinaryOp::kLessOrEqual || op == BinaryOp::kAnd ||
+         op == BinaryOp::kOr;
 }
 
 bool binary_supports(BinaryOp op, DType a, DType b) {
+  if (op == BinaryOp::kAnd || op == BinaryOp::kOr) return a == DType::kBool && b == DType::kBool;
   if (binary_outputs_bool(op)) return a == b;
   if (op == BinaryOp::kPRelu) return a == DType::kFloat32 && b == DType::kFloat32;
   if (op == BinaryOp::kPow && a == DType::kFloat32) {

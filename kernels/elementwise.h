@@ -132,17 +132,22 @@ enum class BinaryOp {
   kMul,
   kDiv,  // integer division truncates toward zero, as in C
   kPow,
-  kMod,      // integers and floats: the result takes the divisor's sign (Python/numpy)
-  kFmod,     // the result takes the dividend's sign (C fmod / truncating remainder)
-  kEqual,    // output bool
-  kGreater,  // output bool
-  kLess,     // output bool
-  kMax,      // NaN if either input is NaN
+  kMod,             // integers and floats: the result takes the divisor's sign (Python/numpy)
+  kFmod,            // the result takes the dividend's sign (C fmod / truncating remainder)
+  kEqual,           // output bool
+  kGreater,         // output bool
+  kLess,            // output bool
+  kGreaterOrEqual,  // output bool
+  kLessOrEqual,     // output bool
+  kAnd,             // bool inputs and output
+  kOr,              // bool inputs and output
+  kMax,             // NaN if either input is NaN
   kMin,
   kPRelu,  // a < 0 ? b · a : a, float32 only (b: the slope)
 };
 
-// Equal, Greater and Less: their output is bool.
+// The comparisons (Equal, Greater, Less, GreaterOrEqual, LessOrEqual) and And, Or: their output
+// is bool.
 bool binary_outputs_bool(BinaryOp op);
 // a^b as every Pow path computes it (forward and backward): the common constant exponents done
 // exactly as their cheap forms, so that a result never depends on which loop computed it.

@@ -189,7 +189,30 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
     if (binary_outputs_bool(op)) {
       const double u = get_double(a, ia);
       const double v = get_double(b, ib);
-      const bool r = op == BinaryOp::kEqual ? u == v : op == BinaryOp::kGreater ? u > v : u < v;
+      bool r = false;
+      switch (op) {
+        case BinaryOp::kEqual:
+          r = u == v;
+          break;
+        case BinaryOp::kGreater:
+          r = u > v;
+          break;
+        case BinaryOp::kLess:
+          r = u < v;
+          break;
+        case BinaryOp::kGreaterOrEqual:
+          r = u >= v;
+          break;
+        case BinaryOp::kLessOrEqual:
+          r = u <= v;
+          break;
+        case BinaryOp::kAnd:
+          r = u != 0 && v != 0;
+          break;
+        default:  // Or
+          r = u != 0 || v != 0;
+          break;
+      }
       set_double(y, i, r ? 1 : 0);
       continue;
     }
@@ -231,6 +254,10 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         case BinaryOp::kEqual:
         case BinaryOp::kGreater:
         case BinaryOp::kLess:
+        case BinaryOp::kGreaterOrEqual:
+        case BinaryOp::kLessOrEqual:
+        case BinaryOp::kAnd:
+        case BinaryOp::kOr:
           break;
       }
       set_double(y, i, r);
@@ -277,6 +304,10 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
       case BinaryOp::kEqual:
       case BinaryOp::kGreater:
       case BinaryOp::kLess:
+      case BinaryOp::kGreaterOrEqual:
+      case BinaryOp::kLessOrEqual:
+      case BinaryOp::kAnd:
+      case BinaryOp::kOr:
         break;
     }
     set_int(y, i, r);

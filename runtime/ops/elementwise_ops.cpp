@@ -255,8 +255,9 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   const InputInfo& a = require_input(node, inputs, 0);
   const InputInfo& b = require_input(node, inputs, 1);
   if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
-    const char* rule = kernels::binary_outputs_bool(op) ? "inputs of one dtype"
-                       : op == BinaryOp::kPRelu         ? "a float32 input and a float32 slope"
+    const char* rule = op == BinaryOp::kAnd || op == BinaryOp::kOr ? "two bool inputs"
+                       : kernels::binary_outputs_bool(op)          ? "inputs of one dtype"
+                       : op == BinaryOp::kPRelu ? "a float32 input and a float32 slope"
                        : op == BinaryOp::kPow
                            ? "a float32 base with a float32 or integer exponent, or two int64 "
                              "or int32 inputs"
@@ -663,6 +664,10 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(binary_def<BinaryOp::kEqual>("Equal"));
   registry.add(binary_def<BinaryOp::kGreater>("Greater"));
   registry.add(binary_def<BinaryOp::kLess>("Less"));
+  registry.add(binary_def<BinaryOp::kGreaterOrEqual>("GreaterOrEqual"));
+  registry.add(binary_def<BinaryOp::kLessOrEqual>("LessOrEqual"));
+  registry.add(binary_def<BinaryOp::kAnd>("And"));
+  registry.add(binary_def<BinaryOp::kOr>("Or"));
   registry.add({"Max", infer_extremum<BinaryOp::kMax>, create_extremum<BinaryOp::kMax>});
   registry.add({"Min", infer_extremum<BinaryOp::kMin>, create_extremum<BinaryOp::kMin>});
   registry.add(binary_def<BinaryOp::kPRelu>("PRelu"));

@@ -402,6 +402,30 @@ TEST(ElementwiseBinary, EqualOnBoolAndInt8) {
               "int8");
 }
 
+// GreaterOrEqual and LessOrEqual on floats (with ties) and integers; And and Or on masks.
+TEST(ElementwiseBinary, OrEqualComparisonsAndLogicalOpsMatchReference) {
+  Tensor x = random_f32({3, 17}, 5, -2.0f, 2.0f);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    x.data<float>()[i] = std::round(x.data<float>()[i] * 2.0f) / 2.0f;  // ties with y
+  }
+  Tensor y = random_f32({17}, 6, -2.0f, 2.0f);
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    y.data<float>()[i] = std::round(y.data<float>()[i] * 2.0f) / 2.0f;
+  }
+  const Tensor m = random_int<int64_t>({2, 5}, 7, -3, 3);
+  const Tensor n = random_int<int64_t>({5}, 8, -3, 3);
+  for (BinaryOp op : {BinaryOp::kGreaterOrEqual, BinaryOp::kLessOrEqual}) {
+    expect_same(run_binary(op, x, y), reference::binary(op, x, y), "float");
+    expect_same(run_binary(op, m, n), reference::binary(op, m, n), "int64");
+  }
+  const Tensor a = random_bool({3, 13}, 9);
+  const Tensor b = random_bool({13}, 10);
+  for (BinaryOp op : {BinaryOp::kAnd, BinaryOp::kOr}) {
+    expect_same(run_binary(op, a, b), reference::binary(op, a, b), "bool");
+  }
+  EXPECT_FALSE(binary_supports(BinaryOp::kAnd, DType::kInt64, DType::kInt64));
+}
+
 TEST(ElementwiseBinary, ResultsIndependentOfThreadCount) {
   const Tensor a = random_f32({4, 64, 300}, 1);
   const Tensor b = random_f32({64, 1}, 2, 0.5f, 2.0f);

@@ -449,6 +449,21 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(i64({3}, {1, 2, 1})));
   add(H("Greater", "broadcast").data(d.distinct({3, 4})).data(d.distinct({4})));
   add(H("Less", "broadcast").data(d.distinct({2, 1, 3})).data(d.distinct({4, 1})));
+  // Ties included: the "or equal" half is where the two differ from Greater and Less.
+  add(H("GreaterOrEqual", "int64 with ties")
+          .data(i64({2, 3}, {1, 2, 3, 3, 2, 1}))
+          .data(i64({3}, {1, 3, 2})));
+  add(H("LessOrEqual", "int64 with ties")
+          .data(i64({2, 3}, {1, 2, 3, 3, 2, 1}))
+          .data(i64({3}, {1, 3, 2})));
+  add(H("GreaterOrEqual", "float broadcast").data(d.distinct({3, 4})).data(d.distinct({4})));
+  // A causal and a padding mask joined.
+  add(H("And", "broadcast masks")
+          .data(bools({3, 3}, {1, 0, 0, 1, 1, 0, 1, 1, 1}))
+          .data(bools({2, 1, 3}, {1, 1, 0, 0, 1, 1})));
+  add(H("Or", "broadcast masks")
+          .data(bools({3, 3}, {1, 0, 0, 1, 1, 0, 1, 1, 1}))
+          .data(bools({2, 1, 3}, {1, 1, 0, 0, 1, 1})));
   add(H("Where", "broadcast condition and branches")
           .setting(bools({3, 1}, {1, 0, 1}))
           .data(d.uniform({1, 4}))
