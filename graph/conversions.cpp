@@ -378,6 +378,22 @@ bool last_axis_vector(const Value* v, int64_t d) {
   return std::all_of(s.begin(), s.end() - 1, [](int64_t x) { return x == 1; });
 }
 
+// `v`, such a constant, as a vector of its `d` values: itself when it is one (torch writes them
+// so), else a reshaped copy whose derivation is recorded, so that training's gradient goes back.
+Value* as_last_axis_vector(Graph& g, Value* v, int64_t d) {
+  if (v->constant().rank() == 1) return v;
+  Value* r =
+      g.add_constant(g.unique_value_name(v->name() + "_vector"), v->constant().reshaped({d}));
+  g.record_derivation({.derived = r->name(),
+                       .shape = {d},
+                       .terms = {{.source = v->name(),
+                                  .source_shape = v->known_shape(),
+                                  .extent = {d},
+                                  .derived_strides = {1},
+                                  .source_strides = {1}}}});
+  return r;
+}
+
 }  // namespace
 
 // 9 nodes as torch.onnx writes nn.LayerNorm before opset 17: mean = ReduceMean(x),
@@ -451,21 +467,9 @@ Pattern compose_layer_norm_pattern() {
     Node* last = beta ? beta : gamma;
     Value* x = sub->input(0);
     const int64_t d = x->shape()->back();
-    // γ and β as vectors of the last axis (torch writes them so; a [1, …, d] one is reshaped,
-    // its values the same).
-    auto vector_of = [&](const Node* n) -> Value* {
-      Value* v = const_cast<Value*>(constant_operand(*n));
-      if (v->constant().rank() == 1) return v;
-      Value* r =
-          g.add_constant(g.unique_value_name(v->name() + "_vector"), v->constant().reshaped({d}));
-      g.record_derivation({.derived = r->name(),
-                           .shape = {d},
-                           .terms = {{.source = v->name(),
-                                      .source_shape = v->known_shape(),
-                                      .extent = {d},
-                                      .derived_strides = {1},
-                                      .source_strides = {1}}}});
-      return r;
+    // γ and β as vectors of the last axis.
+    auto vector_of = [&](const Node* n) {
+      return as_last_axis_vector(g, const_cast<Value*>(constant_operand(*n)), d);
     };
     std::vector<Value*> inputs = {x, vector_of(gamma)};
     if (beta) inputs.push_back(vector_of(beta));
@@ -502,20 +506,6 @@ struct RmsChain {
   Node* scale = nullptr;
 };
 
-// The one node reading `v`, when v is read once and is no graph output.
-Node* sole_reader(const Value* v) {
-  if (v->is_graph_output() || v->consumers().size() != 1) return nullptr;
-  return v->consumers()[0];
-}
-
-// The input of binary `n` other than `v` (n reads v once).
-Value* other_input(const Node& n, const Value* v) {
-  if (n.num_inputs() != 2) return nullptr;
-  if (n.input(0) == v && n.input(1) != v) return n.input(1);
-  if (n.input(1) == v && n.input(0) != v) return n.input(0);
-  return nullptr;
-}
-
 std::variant<RmsChain, std::string> rms_chain_of(const Node& mean) {
   RmsChain c;
   const Value* squared = mean.input(0);
@@ -528,7 +518,7 @@ std::variant<RmsChain, std::string> rms_chain_of(const Node& mean) {
   if (!c.x->has_shape() || c.x->shape()->empty() || c.x->dtype() != DType::kFloat32) {
     return "input '" + c.x->name() + "' has no resolved float shape";
   }
-  if (sole_reader(squared) != &mean || !mean_over_last_axis(mean, c.x->shape()->size())) {
+  if (private_reader(squared) != &mean || !mean_over_last_axis(mean, c.x->shape()->size())) {
     return "it is not the one mean over the last axis of the square '" + squared->name() + "'";
   }
   // A LayerNorm's variance: x is centered by a mean of its own source (ComposeLayerNorm's).
@@ -538,20 +528,20 @@ std::variant<RmsChain, std::string> rms_chain_of(const Node& mean) {
                                          sub->input(1)->producer()->input(0) == sub->input(0)) {
     return "'" + c.x->name() + "' is centered by its mean: a LayerNorm's";
   }
-  Node* eps = sole_reader(mean.output(0));
+  Node* eps = private_reader(mean.output(0));
   const std::optional<float> epsilon = eps && eps->op_type() == "Add"
                                            ? scalar_constant(other_input(*eps, mean.output(0)))
                                            : std::nullopt;
   if (!epsilon || !(*epsilon >= 0)) return "the mean square is not followed by an Add of ε >= 0";
   c.epsilon = *epsilon;
-  Node* root = sole_reader(eps->output(0));
+  Node* root = private_reader(eps->output(0));
   if (!root || root->op_type() != "Sqrt") return eps->label() + " is not followed by a Sqrt";
   c.nodes.push_back(const_cast<Node*>(square));
   c.nodes.push_back(const_cast<Node*>(&mean));
   c.nodes.push_back(eps);
   c.nodes.push_back(root);
   // x / sqrt(·), or x · (1 / sqrt(·)) with the reciprocal a Div of 1 or a Reciprocal.
-  Node* next = sole_reader(root->output(0));
+  Node* next = private_reader(root->output(0));
   Value* normalized = nullptr;
   if (next && next->op_type() == "Div" && next->input(1) == root->output(0) &&
       next->input(0) == c.x) {
@@ -559,7 +549,7 @@ std::variant<RmsChain, std::string> rms_chain_of(const Node& mean) {
   } else if (next && ((next->op_type() == "Div" && next->input(1) == root->output(0) &&
                        scalar_constant(next->input(0)) == 1.0f) ||
                       next->op_type() == "Reciprocal")) {
-    Node* times = sole_reader(next->output(0));
+    Node* times = private_reader(next->output(0));
     if (!times || times->op_type() != "Mul" || other_input(*times, next->output(0)) != c.x) {
       return "the reciprocal root '" + next->output(0)->name() + "' does not multiply '" +
              c.x->name() + "' alone";
@@ -571,7 +561,7 @@ std::variant<RmsChain, std::string> rms_chain_of(const Node& mean) {
     return "the root '" + root->output(0)->name() + "' does not divide '" + c.x->name() + "'";
   }
   c.nodes.push_back(next);
-  c.scale = sole_reader(normalized);
+  c.scale = private_reader(normalized);
   if (!c.scale || c.scale->op_type() != "Mul") {
     return "the normalized '" + normalized->name() + "' is not scaled by one Mul";
   }
@@ -607,20 +597,7 @@ Pattern compose_rms_norm_pattern() {
   };
   p.rewrite = [](Graph& g, const Match& m) {
     RmsChain c = std::get<RmsChain>(rms_chain_of(*m.node(g, "mean")));
-    Value* weight = c.weight;
-    const int64_t d = c.x->shape()->back();
-    if (weight->constant().rank() != 1) {
-      Value* r = g.add_constant(g.unique_value_name(weight->name() + "_vector"),
-                                weight->constant().reshaped({d}));
-      g.record_derivation({.derived = r->name(),
-                           .shape = {d},
-                           .terms = {{.source = weight->name(),
-                                      .source_shape = weight->known_shape(),
-                                      .extent = {d},
-                                      .derived_strides = {1},
-                                      .source_strides = {1}}}});
-      weight = r;
-    }
+    Value* weight = as_last_axis_vector(g, c.weight, c.x->shape()->back());
     Value* old = c.scale->output(0);
     const std::string name = old->name();
     Node* norm = g.insert_node({.name = name_with(c.scale->name(), "/RMSNorm"),

@@ -27,23 +27,6 @@ namespace {
 
 constexpr char kDomain[] = "qforge";
 
-// The node that privately reads `v`: its only reader, reading it once, and v no graph output.
-Node* private_reader(const Value* v) {
-  if (!v || v->is_graph_output() || v->consumers().size() != 1) return nullptr;
-  Node* n = v->consumers()[0];
-  size_t uses = 0;
-  for (const Value* in : n->inputs()) uses += in == v;
-  return uses == 1 ? n : nullptr;
-}
-
-// The other input of a two-input node, given one of them.
-Value* other_input(const Node& n, const Value* one) {
-  if (n.num_inputs() != 2) return nullptr;
-  if (n.input(0) == one) return n.input(1);
-  if (n.input(1) == one) return n.input(0);
-  return nullptr;
-}
-
 bool near(std::optional<float> got, float want) {
   return got && std::fabs(*got - want) <= 1e-4f * std::fabs(want);
 }

@@ -17,6 +17,23 @@ namespace qforge::graph {
 // The fixed scale of the internal softmax quantizer of SDPA and SwinAttention.
 inline constexpr float kSoftmaxScale = 1.0f / 127.0f;
 
+// The node that privately reads `v`: its only reader, reading it once, and v no graph output.
+inline Node* private_reader(const Value* v) {
+  if (!v || v->is_graph_output() || v->consumers().size() != 1) return nullptr;
+  Node* n = v->consumers()[0];
+  size_t uses = 0;
+  for (const Value* in : n->inputs()) uses += in == v;
+  return uses == 1 ? n : nullptr;
+}
+
+// The other input of a two-input node, given one of them.
+inline Value* other_input(const Node& n, const Value* one) {
+  if (n.num_inputs() != 2) return nullptr;
+  if (n.input(0) == one) return n.input(1);
+  if (n.input(1) == one) return n.input(0);
+  return nullptr;
+}
+
 inline bool is_float_constant(const Value* v) {
   return v && v->is_constant() && v->dtype() == DType::kFloat32;
 }

@@ -294,42 +294,57 @@ TEST(CumSumKernel, MatchesTheReferenceAndItsGradientTheDifferences) {
   }
 }
 
+// arg_max of x (float32, int32 or int64) along `axis` against the reference, ties first and last,
+// at 1 and 2 threads.
+void expect_arg_max_matches_reference(const Tensor& x, int64_t axis) {
+  const Shape& shape = x.shape();
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
+  for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
+  const int64_t n = shape[static_cast<size_t>(axis)];
+  for (bool last : {false, true}) {
+    const Tensor want = reference::arg_max(x, axis, last);
+    for (int threads : {1, 2}) {
+      ThreadCount tc(threads);
+      std::vector<int64_t> got(static_cast<size_t>(want.numel()), -1);
+      switch (x.dtype()) {
+        case DType::kFloat32:
+          arg_max(x.data<float>(), outer, n, inner, last, got.data());
+          break;
+        case DType::kInt32:
+          arg_max(x.data<int32_t>(), outer, n, inner, last, got.data());
+          break;
+        default:
+          arg_max(x.data<int64_t>(), outer, n, inner, last, got.data());
+          break;
+      }
+      EXPECT_EQ(got,
+                std::vector<int64_t>(want.data<int64_t>(), want.data<int64_t>() + want.numel()))
+          << dtype_name(x.dtype()) << " axis " << axis << (last ? " last" : " first");
+    }
+  }
+}
+
 TEST(ArgMaxKernel, MatchesTheReferenceWithTiesFirstOrLast) {
   uint32_t seed = 71;
   const Shape shapes[] = {{13}, {3, 17}, {2, 5, 7}, {4, 1, 127}, {2, 3, 4, 5}};
   for (const Shape& shape : shapes) {
     for (int64_t axis = 0; axis < static_cast<int64_t>(shape.size()); ++axis) {
-      SCOPED_TRACE(shape_str(shape) + " axis " + std::to_string(axis));
+      SCOPED_TRACE(shape_str(shape));
       // Values on a coarse grid, so that rows have ties.
       Tensor x = random_f32(shape, seed++, -2.0f, 2.0f);
       for (int64_t i = 0; i < x.numel(); ++i) {
         x.data<float>()[i] = std::round(x.data<float>()[i] * 2.0f) / 2.0f;
       }
-      int64_t outer = 1, inner = 1;
-      for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
-      for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
-      for (bool last : {false, true}) {
-        const Tensor want = reference::arg_max(x, axis, last);
-        for (int threads : {1, 2}) {
-          ThreadCount tc(threads);
-          std::vector<int64_t> got(static_cast<size_t>(want.numel()), -1);
-          arg_max(x.data<float>(), outer, shape[static_cast<size_t>(axis)], inner, last,
-                  got.data());
-          EXPECT_EQ(got,
-                    std::vector<int64_t>(want.data<int64_t>(), want.data<int64_t>() + want.numel()))
-              << (last ? "last" : "first");
-        }
-      }
+      expect_arg_max_matches_reference(x, axis);
     }
   }
 }
 
-// Integer ids (CLIP takes the argmax of its int32 token ids): the same ties rule, at 1 and 2
-// threads.
+// Integer ids (CLIP takes the argmax of its int32 token ids): the same ties rule.
 TEST(ArgMaxKernel, IntegersMatchTheReference) {
-  const Shape shape = {3, 4, 9};
   for (DType dtype : {DType::kInt32, DType::kInt64}) {
-    Tensor x(dtype, shape);
+    Tensor x(dtype, {3, 4, 9});
     for (int64_t i = 0; i < x.numel(); ++i) {
       const int64_t v = (i * 7919) % 13 - 6;  // repeats: ties in every row
       if (dtype == DType::kInt32) {
@@ -338,28 +353,7 @@ TEST(ArgMaxKernel, IntegersMatchTheReference) {
         x.data<int64_t>()[i] = v * (int64_t{1} << 40);
       }
     }
-    for (int64_t axis = 0; axis < 3; ++axis) {
-      int64_t outer = 1, inner = 1;
-      for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
-      for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
-      for (bool last : {false, true}) {
-        const Tensor want = reference::arg_max(x, axis, last);
-        for (int threads : {1, 2}) {
-          ThreadCount tc(threads);
-          std::vector<int64_t> got(static_cast<size_t>(want.numel()), -1);
-          if (dtype == DType::kInt32) {
-            arg_max(x.data<int32_t>(), outer, shape[static_cast<size_t>(axis)], inner, last,
-                    got.data());
-          } else {
-            arg_max(x.data<int64_t>(), outer, shape[static_cast<size_t>(axis)], inner, last,
-                    got.data());
-          }
-          EXPECT_EQ(got,
-                    std::vector<int64_t>(want.data<int64_t>(), want.data<int64_t>() + want.numel()))
-              << dtype_name(dtype) << " axis " << axis << (last ? " last" : " first");
-        }
-      }
-    }
+    for (int64_t axis = 0; axis < 3; ++axis) expect_arg_max_matches_reference(x, axis);
   }
 }
 
