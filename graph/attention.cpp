@@ -16,6 +16,7 @@
 #include "graph/swin.h"
 #include "kernels/elementwise.h"
 #include "kernels/error.h"
+#include "kernels/shape_ops.h"
 
 namespace qforge::graph {
 namespace {
@@ -647,29 +648,12 @@ Pattern masked_fill_to_add_pattern() {
 // ---------------------------------------------------------------------------------------------
 // MaskThroughHeadReshapes
 
-// `m` broadcast to `shape` (rank 4, m's rank at most 4, each dim 1 or the shape's), then viewed
-// with the first two dims merged.
+// `m` broadcast to `shape` (rank 4; m's dims, right-aligned, 1 or the shape's), then viewed with
+// the first two dims merged.
 Tensor broadcast_merged(const Tensor& m, const Shape& shape) {
-  Shape full(4 - static_cast<size_t>(m.rank()), 1);
-  full.insert(full.end(), m.shape().begin(), m.shape().end());
-  Tensor out(DType::kFloat32, {shape[0] * shape[1], shape[2], shape[3]});
-  const float* src = m.data<float>();
-  float* dst = out.data<float>();
-  int64_t e = 0;
-  for (int64_t a = 0; a < shape[0]; ++a) {
-    for (int64_t b = 0; b < shape[1]; ++b) {
-      for (int64_t c = 0; c < shape[2]; ++c) {
-        for (int64_t d = 0; d < shape[3]; ++d) {
-          const int64_t i = (((full[0] == 1 ? 0 : a) * full[1] + (full[1] == 1 ? 0 : b)) * full[2] +
-                             (full[2] == 1 ? 0 : c)) *
-                                full[3] +
-                            (full[3] == 1 ? 0 : d);
-          dst[e++] = src[i];
-        }
-      }
-    }
-  }
-  return out;
+  Tensor out(DType::kFloat32, shape);
+  kernels::strided_copy(kernels::plan_expand(m.shape(), shape, sizeof(float)), m.raw(), out.raw());
+  return out.reshaped({shape[0] * shape[1], shape[2], shape[3]});
 }
 
 // 4 nodes. 0=Reshape [B·H, T, S] -> [B, H, T, S], 1=Add(·, mask), 2=Reshape back to [B·H, T, S],

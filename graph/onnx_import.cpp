@@ -1183,6 +1183,16 @@ void add_graph_nodes(const onnx::GraphProto& gp, Graph& graph, const std::string
     std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
     ++index;
     std::string label = "node '" + name + "' (" + np.op_type() + ")";
+    const OpSchema* schema = find_schema(np.op_type());
+    if (schema &&
+        (np.input_size() < schema->min_inputs || np.input_size() > schema->max_inputs ||
+         np.output_size() < schema->min_outputs || np.output_size() > schema->max_outputs)) {
+      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) + ".." +
+                    std::to_string(schema->max_inputs) + " inputs and " +
+                    std::to_string(schema->min_outputs) + ".." +
+                    std::to_string(schema->max_outputs) + " outputs, got " +
+                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+    }
     NodeSpec spec;
     spec.name = name;
     spec.op_type = np.op_type();
@@ -1197,18 +1207,7 @@ void add_graph_nodes(const onnx::GraphProto& gp, Graph& graph, const std::string
       for (const char* branch : {"then_branch", "else_branch"}) {
         spec.attributes[branch] = build_branch(*branch_of(np, branch), graph, outer, source, label);
       }
-    }
-    const OpSchema* schema = find_schema(np.op_type());
-    if (schema &&
-        (np.input_size() < schema->min_inputs || np.input_size() > schema->max_inputs ||
-         np.output_size() < schema->min_outputs || np.output_size() > schema->max_outputs)) {
-      throw_invalid("import: " + label + ": expected " + std::to_string(schema->min_inputs) + ".." +
-                    std::to_string(schema->max_inputs) + " inputs and " +
-                    std::to_string(schema->min_outputs) + ".." +
-                    std::to_string(schema->max_outputs) + " outputs, got " +
-                    std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
-    }
-    if (np.op_type() != "If") {
+    } else {
       for (const auto& in : np.input()) spec.inputs.push_back(value_for(in, label));
     }
     for (const auto& out : np.output()) {

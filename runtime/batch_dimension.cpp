@@ -130,6 +130,7 @@ class BatchFreer {
     const std::vector<Node*> order = g_.nodes();
     for (int attempt = 0;; ++attempt) {
       axes_.clear();
+      sample_offsets_.clear();
       edits_.clear();
       open_choices_.clear();
       for (Value* in : g_.inputs()) axes_[in->name()] = {0, 1, 1};
@@ -287,13 +288,11 @@ class BatchFreer {
     const std::string stem = v->name() + "_offsets";
     const size_t rank = v->constant().shape().size();
     Value* first = first_slice_of(v, a, "_first");
-    auto add = [&](const std::string& op, std::vector<Value*> inputs,
-                   std::map<std::string, graph::AttributeValue, std::less<>> attrs = {}) {
+    auto add = [&](const std::string& op, std::vector<Value*> inputs) {
       Node* n = g_.insert_node({.name = g_.unique_node_name(stem + "/" + op),
                                 .op_type = op,
                                 .inputs = std::move(inputs),
-                                .output_names = {g_.unique_value_name(stem + "_" + op)},
-                                .attributes = std::move(attrs)},
+                                .output_names = {g_.unique_value_name(stem + "_" + op)}},
                                &node);
       return n->output(0);
     };
