@@ -1,5 +1,5 @@
-// Sum, max, L2 norm and argmax reductions: one task per block of outputs, each output's reduced
-// elements visited in row-major order.
+// The Reduce ops and argmax: one task per block of outputs, each output's reduced elements visited
+// in row-major order.
 #include "kernels/reduce.h"
 
 #include <algorithm>
@@ -89,17 +89,51 @@ int64_t output_grain(const ReduceWalk& w) {
   return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, w.per_output));
 }
 
-}  // namespace
-
-void reduce_sum(const ReducePlan& plan, const float* x, float* y) {
+// y[o] = finish(the fold of step over output o's reduced values from init), in row-major order.
+template <class Step, class Finish>
+void fold_reduced(const ReducePlan& plan, const float* x, float* y, float init, Step step,
+                  Finish finish) {
   const ReduceWalk w = walk_of(plan);
   parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
-      float sum = 0.0f;
-      for_each_reduced(w, o, [&](int64_t i) { sum += x[i]; });
-      y[o] = sum;
+      float acc = init;
+      for_each_reduced(w, o, [&](int64_t i) { acc = step(acc, x[i]); });
+      y[o] = finish(acc);
     }
   });
+}
+
+// dx[i] = grad(i, o) for each element i that output o reads, where prepare(o) returns what
+// grad needs of output o (a scale, a sum), computed once per output.
+template <class Prepare, class Grad>
+void spread_gradient(const ReducePlan& plan, float* dx, GradMode write, Prepare prepare,
+                     Grad grad) {
+  const ReduceWalk w = walk_of(plan);
+  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const auto per_output = prepare(w, o);
+      for_each_reduced(w, o, [&](int64_t i) { store_gradient(dx[i], grad(i, per_output), write); });
+    }
+  });
+}
+
+float identity(float v) {
+  return v;
+}
+
+// The max (or the min) of the reduced values; NaN as soon as one is NaN.
+template <bool kMax>
+float extremum_step(float best, float v) {
+  if (std::isnan(best)) return best;
+  if (std::isnan(v)) return v;
+  return (kMax ? v > best : v < best) ? v : best;
+}
+
+}  // namespace
+
+void reduce_sum(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(
+      plan, x, y, 0.0f, [](float a, float v) { return a + v; }, identity);
 }
 
 namespace {
@@ -159,63 +193,153 @@ void cumulative_sum_backward(const float* dy, int64_t outer, int64_t n, int64_t 
 }
 
 void reduce_max(const ReducePlan& plan, const float* x, float* y) {
-  const ReduceWalk w = walk_of(plan);
-  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      float best = -std::numeric_limits<float>::infinity();
-      for_each_reduced(w, o, [&](int64_t i) {
-        if (x[i] > best || std::isnan(x[i])) best = std::isnan(best) ? best : x[i];
-      });
-      y[o] = best;
-    }
-  });
+  fold_reduced(plan, x, y, -std::numeric_limits<float>::infinity(), extremum_step<true>, identity);
+}
+
+void reduce_min(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(plan, x, y, std::numeric_limits<float>::infinity(), extremum_step<false>, identity);
 }
 
 void reduce_l2(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(
+      plan, x, y, 0.0f, [](float a, float v) { return a + v * v; },
+      [](float a) { return std::sqrt(a); });
+}
+
+void reduce_l1(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(
+      plan, x, y, 0.0f, [](float a, float v) { return a + std::abs(v); }, identity);
+}
+
+void reduce_sum_square(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(
+      plan, x, y, 0.0f, [](float a, float v) { return a + v * v; }, identity);
+}
+
+void reduce_prod(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(
+      plan, x, y, 1.0f, [](float a, float v) { return a * v; }, identity);
+}
+
+void reduce_log_sum(const ReducePlan& plan, const float* x, float* y) {
+  fold_reduced(
+      plan, x, y, 0.0f, [](float a, float v) { return a + v; },
+      [](float a) { return std::log(a); });
+}
+
+void reduce_log_sum_exp(const ReducePlan& plan, const float* x, float* y) {
   const ReduceWalk w = walk_of(plan);
   parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
+      float m = -std::numeric_limits<float>::infinity();
+      for_each_reduced(w, o, [&](int64_t i) { m = extremum_step<true>(m, x[i]); });
+      if (!std::isfinite(m)) {
+        y[o] = m;  // all -inf (or none): -inf; a +inf: +inf; a NaN: NaN
+        continue;
+      }
       float sum = 0.0f;
-      for_each_reduced(w, o, [&](int64_t i) { sum += x[i] * x[i]; });
-      y[o] = std::sqrt(sum);
+      for_each_reduced(w, o, [&](int64_t i) { sum += std::exp(x[i] - m); });
+      y[o] = m + std::log(sum);
     }
   });
 }
 
 void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx, GradMode write) {
-  const ReduceWalk w = walk_of(plan);
-  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      const float g = dy[o];
-      for_each_reduced(w, o, [&](int64_t i) { store_gradient(dx[i], g, write); });
-    }
-  });
+  spread_gradient(
+      plan, dx, write, [&](const ReduceWalk&, int64_t o) { return dy[o]; },
+      [](int64_t, float g) { return g; });
 }
 
 void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
                          float* dx, GradMode write) {
-  const ReduceWalk w = walk_of(plan);
-  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      const float m = y[o];
-      int64_t ties = 0;
-      for_each_reduced(w, o, [&](int64_t i) { ties += x[i] == m; });
-      const float share = ties > 0 ? dy[o] / static_cast<float>(ties) : 0.0f;
-      for_each_reduced(w, o,
-                       [&](int64_t i) { store_gradient(dx[i], x[i] == m ? share : 0.0f, write); });
-    }
-  });
+  struct Share {
+    float extremum, share;
+  };
+  spread_gradient(
+      plan, dx, write,
+      [&](const ReduceWalk& w, int64_t o) {
+        int64_t ties = 0;
+        for_each_reduced(w, o, [&](int64_t i) { ties += x[i] == y[o]; });
+        return Share{y[o], ties > 0 ? dy[o] / static_cast<float>(ties) : 0.0f};
+      },
+      [&](int64_t i, Share s) { return x[i] == s.extremum ? s.share : 0.0f; });
 }
 
 void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
                         float* dx, GradMode write) {
-  const ReduceWalk w = walk_of(plan);
-  parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      const float scale = y[o] == 0.0f ? 0.0f : dy[o] / y[o];
-      for_each_reduced(w, o, [&](int64_t i) { store_gradient(dx[i], x[i] * scale, write); });
-    }
-  });
+  spread_gradient(
+      plan, dx, write,
+      [&](const ReduceWalk&, int64_t o) { return y[o] == 0.0f ? 0.0f : dy[o] / y[o]; },
+      [&](int64_t i, float scale) { return x[i] * scale; });
+}
+
+void reduce_l1_backward(const ReducePlan& plan, const float* x, const float* dy, float* dx,
+                        GradMode write) {
+  spread_gradient(
+      plan, dx, write, [&](const ReduceWalk&, int64_t o) { return dy[o]; },
+      [&](int64_t i, float g) { return x[i] > 0.0f   ? g
+                                       : x[i] < 0.0f ? -g
+                                                     : 0.0f; });
+}
+
+void reduce_sum_square_backward(const ReducePlan& plan, const float* x, const float* dy, float* dx,
+                                GradMode write) {
+  spread_gradient(
+      plan, dx, write, [&](const ReduceWalk&, int64_t o) { return 2.0f * dy[o]; },
+      [&](int64_t i, float g) { return x[i] * g; });
+}
+
+void reduce_prod_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
+                          float* dx, GradMode write) {
+  // Per output: how many reduced values are 0, and with exactly one, the product of the others
+  // (in the forward's order, that one skipped).
+  struct Zeros {
+    int64_t count;
+    float others;  // the product of the nonzero values where count is 1
+    float g, y;
+  };
+  spread_gradient(
+      plan, dx, write,
+      [&](const ReduceWalk& w, int64_t o) {
+        Zeros z{0, 1.0f, dy[o], y[o]};
+        for_each_reduced(w, o, [&](int64_t i) {
+          if (x[i] == 0.0f) {
+            ++z.count;
+          } else {
+            z.others *= x[i];
+          }
+        });
+        return z;
+      },
+      [&](int64_t i, const Zeros& z) {
+        if (z.count == 0) return z.g * z.y / x[i];
+        return z.count == 1 && x[i] == 0.0f ? z.g * z.others : 0.0f;
+      });
+}
+
+void reduce_log_sum_backward(const ReducePlan& plan, const float* x, const float* dy, float* dx,
+                             GradMode write) {
+  spread_gradient(
+      plan, dx, write,
+      [&](const ReduceWalk& w, int64_t o) {
+        float sum = 0.0f;
+        for_each_reduced(w, o, [&](int64_t i) { sum += x[i]; });
+        return dy[o] / sum;
+      },
+      [](int64_t, float g) { return g; });
+}
+
+void reduce_log_sum_exp_backward(const ReducePlan& plan, const float* x, const float* y,
+                                 const float* dy, float* dx, GradMode write) {
+  struct Out {
+    float y, g;
+  };
+  spread_gradient(
+      plan, dx, write,
+      [&](const ReduceWalk&, int64_t o) {
+        return Out{y[o], dy[o]};
+      },
+      [&](int64_t i, Out out) { return out.g * std::exp(x[i] - out.y); });
 }
 
 template <typename T>

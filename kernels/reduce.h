@@ -1,7 +1,7 @@
-// Reductions over a set of axes other than the mean (kernels/pool.h): sum, max, the L2 norm and
-// the index of the max along one axis, with the backward of sum, max and the norm. Each output
-// walks its reduced elements in row-major order on one task, so results do not depend on the thread
-// count.
+// Reductions over a set of axes other than the mean (kernels/pool.h): every ONNX Reduce op (sum,
+// max, min, product, the L1 and L2 norms, the sum of squares, log-sum and log-sum-exp) and the
+// index of the max along one axis, with the backward of each reduction. Each output walks its
+// reduced elements in row-major order on one task, so results do not depend on the thread count.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +18,25 @@ void reduce_max(const ReducePlan& plan, const float* x, float* y);
 // The Euclidean norm √(Σ x²), the squares summed in float in row-major order (ONNX ReduceL2,
 // what torch.onnx writes for torch.linalg.vector_norm and F.normalize).
 void reduce_l2(const ReducePlan& plan, const float* x, float* y);
+// The smallest value; NaN where any reduced value is NaN (as PyTorch's amin).
+void reduce_min(const ReducePlan& plan, const float* x, float* y);
+// Σ |x| (ONNX ReduceL1), Σ x² (ReduceSumSquare), Π x (ReduceProd) and log Σ x (ReduceLogSum),
+// each accumulated in float in row-major order.
+void reduce_l1(const ReducePlan& plan, const float* x, float* y);
+void reduce_sum_square(const ReducePlan& plan, const float* x, float* y);
+void reduce_prod(const ReducePlan& plan, const float* x, float* y);
+void reduce_log_sum(const ReducePlan& plan, const float* x, float* y);
+// log Σ exp(x) (ReduceLogSumExp, what torch.onnx writes for torch.logsumexp), as m + log Σ exp(x −
+// m) with m the largest value, so that no exp overflows; m itself where m is ±inf, NaN where a
+// value is NaN.
+void reduce_log_sum_exp(const ReducePlan& plan, const float* x, float* y);
 
 // dx = dy broadcast back over the reduced axes.
 void reduce_sum_backward(const ReducePlan& plan, const float* dy, float* dx,
                          GradMode write = GradMode::kOverwrite);
 // dx = dy / (number of elements equal to the max) where x equals the max, 0 elsewhere (PyTorch's
-// amax backward: ties share the gradient evenly). x and y are the forward's input and output.
+// amax backward: ties share the gradient evenly). x and y are the forward's input and output. With
+// reduce_min's y, the same for the minima (amin's backward).
 void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
                          float* dx, GradMode write = GradMode::kOverwrite);
 
@@ -31,6 +44,24 @@ void reduce_max_backward(const ReducePlan& plan, const float* x, const float* y,
 // there). x and y are the forward's input and output.
 void reduce_l2_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
                         float* dx, GradMode write = GradMode::kOverwrite);
+// dx = dy · sign(x), 0 where x is 0 (PyTorch's abs backward).
+void reduce_l1_backward(const ReducePlan& plan, const float* x, const float* dy, float* dx,
+                        GradMode write = GradMode::kOverwrite);
+// dx = 2 · x · dy.
+void reduce_sum_square_backward(const ReducePlan& plan, const float* x, const float* dy, float* dx,
+                                GradMode write = GradMode::kOverwrite);
+// dx = dy · (the product of the other reduced values): dy · y / x where no reduced value is 0;
+// where one is, the product of the others at that one and 0 elsewhere; 0 everywhere where two or
+// more are (PyTorch's prod backward). x and y are the forward's input and output.
+void reduce_prod_backward(const ReducePlan& plan, const float* x, const float* y, const float* dy,
+                          float* dx, GradMode write = GradMode::kOverwrite);
+// dx = dy / Σ x, the sum added again in the forward's order.
+void reduce_log_sum_backward(const ReducePlan& plan, const float* x, const float* dy, float* dx,
+                             GradMode write = GradMode::kOverwrite);
+// dx = dy · exp(x − y): the softmax of the reduced values. x and y are the forward's input and
+// output.
+void reduce_log_sum_exp_backward(const ReducePlan& plan, const float* x, const float* y,
+                                 const float* dy, float* dx, GradMode write = GradMode::kOverwrite);
 
 // x viewed as [outer, n, inner]: the running sums along the middle axis (ONNX CumSum),
 // y[o, i, k] = Σ x[o, j, k] over j <= i; over j < i with `exclusive` (0 first), and over j >= i

@@ -38,12 +38,13 @@ bool folds_batch_norm(const Node& n, const graph::OpSchema& schema) {
 }
 
 // Ops whose output holds only elements of their first input: a quantized value stays a
-// quantized value of the same scale through them (TensorRT runs MaxPool, Tile and ReduceMax on
-// INT8 the same way). ReduceSum and ArgMax make new values: a sum needs its own range, an
-// index is no activation.
+// quantized value of the same scale through them (TensorRT runs MaxPool, Tile, ReduceMax and
+// ReduceMin on INT8 the same way). ReduceSum and ArgMax make new values: a sum needs its own
+// range, an index is no activation.
 bool passes_quantized_values(const Node& n) {
   const std::string& op = n.op_type();
-  if (op == "MaxPool" || op == "Split" || op == "Identity" || op == "Tile" || op == "ReduceMax") {
+  if (op == "MaxPool" || op == "Split" || op == "Identity" || op == "Tile" || op == "ReduceMax" ||
+      op == "ReduceMin") {
     return true;
   }
   return op == "Resize" && n.attr_string("mode", "nearest") == "nearest";

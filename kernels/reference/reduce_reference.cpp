@@ -1,5 +1,6 @@
 #include "kernels/reference/reduce_reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -158,6 +159,98 @@ Tensor reduce_max_backward(const Tensor& x, std::span<const int64_t> axes, const
         x.data<float>()[i] == m.data<float>()[o]
             ? dy.data<float>()[o] / static_cast<float>(ties[static_cast<size_t>(o)])
             : 0.0f;
+  }
+  return dx;
+}
+
+std::vector<double> reduce_values(const std::vector<double>& x, const Shape& shape,
+                                  std::span<const int64_t> axes, ReduceOp op) {
+  const Shape out_shape = kept_shape(shape, axes);
+  const double start = op == ReduceOp::kMin ? INFINITY : op == ReduceOp::kProd ? 1.0 : 0.0;
+  std::vector<double> acc(static_cast<size_t>(shape_numel(out_shape)), start);
+  for (size_t i = 0; i < x.size(); ++i) {
+    double& a = acc[static_cast<size_t>(reduced_index(static_cast<int64_t>(i), shape, out_shape))];
+    const double v = x[i];
+    switch (op) {
+      case ReduceOp::kMin:
+        a = std::min(a, v);
+        break;
+      case ReduceOp::kL1:
+        a += std::abs(v);
+        break;
+      case ReduceOp::kSumSquare:
+        a += v * v;
+        break;
+      case ReduceOp::kProd:
+        a *= v;
+        break;
+      case ReduceOp::kLogSum:
+        a += v;
+        break;
+      case ReduceOp::kLogSumExp:
+        a += std::exp(v);
+        break;
+    }
+  }
+  if (op == ReduceOp::kLogSum || op == ReduceOp::kLogSumExp) {
+    for (double& a : acc) a = std::log(a);
+  }
+  return acc;
+}
+
+Tensor reduce(const Tensor& x, std::span<const int64_t> axes, ReduceOp op) {
+  const std::vector<double> xd(x.data<float>(), x.data<float>() + x.numel());
+  const std::vector<double> y = reduce_values(xd, x.shape(), axes, op);
+  Tensor out(DType::kFloat32, kept_shape(x.shape(), axes));
+  for (size_t o = 0; o < y.size(); ++o) out.data<float>()[o] = static_cast<float>(y[o]);
+  return out;
+}
+
+Tensor reduce_backward(const Tensor& x, std::span<const int64_t> axes, ReduceOp op,
+                       const Tensor& dy) {
+  const Shape out_shape = kept_shape(x.shape(), axes);
+  const std::vector<double> xd(x.data<float>(), x.data<float>() + x.numel());
+  const std::vector<double> y = reduce_values(xd, x.shape(), axes, op);
+  auto out_of = [&](int64_t i) {
+    return static_cast<size_t>(reduced_index(i, x.shape(), out_shape));
+  };
+  std::vector<double> ties(y.size(), 0.0);
+  if (op == ReduceOp::kMin) {
+    for (int64_t i = 0; i < x.numel(); ++i)
+      ties[out_of(i)] += xd[static_cast<size_t>(i)] == y[out_of(i)];
+  }
+  Tensor dx(DType::kFloat32, x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const size_t o = out_of(i);
+    const double v = xd[static_cast<size_t>(i)];
+    const double g = dy.data<float>()[o];
+    double d = 0.0;
+    switch (op) {
+      case ReduceOp::kMin:
+        d = v == y[o] ? g / ties[o] : 0.0;
+        break;
+      case ReduceOp::kL1:
+        d = v > 0 ? g : v < 0 ? -g : 0.0;
+        break;
+      case ReduceOp::kSumSquare:
+        d = 2.0 * v * g;
+        break;
+      case ReduceOp::kProd: {
+        double others = 1.0;  // the product of every other value of this output
+        for (int64_t j = 0; j < x.numel(); ++j) {
+          if (j != i && out_of(j) == o) others *= xd[static_cast<size_t>(j)];
+        }
+        d = g * others;
+        break;
+      }
+      case ReduceOp::kLogSum:
+        d = g / std::exp(y[o]);
+        break;
+      case ReduceOp::kLogSumExp:
+        d = g * std::exp(v - y[o]);
+        break;
+    }
+    dx.data<float>()[i] = static_cast<float>(d);
   }
   return dx;
 }

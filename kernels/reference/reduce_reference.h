@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "kernels/tensor.h"
 
@@ -21,6 +22,17 @@ Tensor reduce_l2_backward(const Tensor& x, std::span<const int64_t> axes, const 
 Tensor reduce_sum_backward(const Tensor& dy, const Shape& x_shape);
 // PyTorch's amax backward: dy / (count of ties) at each maximum.
 Tensor reduce_max_backward(const Tensor& x, std::span<const int64_t> axes, const Tensor& dy);
+// ReduceMin, ReduceL1, ReduceSumSquare, ReduceProd, ReduceLogSum and ReduceLogSumExp from their
+// definitions, in float64 (log Σ exp(x) summed directly, no shift).
+enum class ReduceOp { kMin, kL1, kSumSquare, kProd, kLogSum, kLogSumExp };
+// x given as float64 values of `shape`; one value per output, reduced axes kept as 1.
+std::vector<double> reduce_values(const std::vector<double>& x, const Shape& shape,
+                                  std::span<const int64_t> axes, ReduceOp op);
+Tensor reduce(const Tensor& x, std::span<const int64_t> axes, ReduceOp op);
+// PyTorch's gradient of each, in float64: the minima share dy evenly; dy · sign(x); 2 · x · dy;
+// dy times the product of the other values; dy / Σ x; dy · exp(x) / Σ exp(x).
+Tensor reduce_backward(const Tensor& x, std::span<const int64_t> axes, ReduceOp op,
+                       const Tensor& dy);
 // int64 indices along `axis`, kept as size 1.
 Tensor arg_max(const Tensor& x, int64_t axis, bool select_last);
 // ONNX CumSum along `axis` (float32, int32 or int64): each output summed afresh from its

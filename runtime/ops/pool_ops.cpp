@@ -1,6 +1,6 @@
-// Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, ReduceMax, ReduceL2,
-// CumSum and ArgMax: shape inference, kernels with their backward (ArgMax has none: its output
-// is an integer; nor has CumSum of integers).
+// Softmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum and ArgMax: shape
+// inference, kernels with their backward (ArgMax has none: its output is an integer; nor has CumSum
+// of integers).
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -339,12 +339,13 @@ std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const I
   return std::make_unique<ReduceMeanKernel>(kernels::plan_reduce(inputs[0].shape, s.axes));
 }
 
-// ReduceSum (axes an input from opset 13), ReduceMax and ReduceL2 (from opset 18), on the setup
-// of ReduceMean. ReduceMax's gradient goes to the maxima, shared evenly among ties; ReduceL2's is
-// dy · x / ‖x‖, 0 where the norm is 0.
+// ReduceSum (axes an input from opset 13) and the other Reduce ops (axes an input from opset 18),
+// on the setup of ReduceMean. ReduceMax's and ReduceMin's gradient goes to the extrema, shared
+// evenly among ties; ReduceL2's is dy · x / ‖x‖, 0 where the norm is 0; ReduceL1's dy · sign(x);
+// ReduceProd's dy times the product of the other values.
 class ReduceKernel final : public OpKernel {
  public:
-  enum class Kind { kSum, kMax, kL2 };
+  enum class Kind { kSum, kMax, kMin, kL1, kL2, kSumSquare, kProd, kLogSum, kLogSumExp };
   ReduceKernel(const kernels::ReducePlan& plan, Kind kind) : plan_(plan), kind_(kind) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
@@ -352,34 +353,67 @@ class ReduceKernel final : public OpKernel {
     float* y = outputs[0].data<float>();
     switch (kind_) {
       case Kind::kSum:
-        kernels::reduce_sum(plan_, x, y);
-        break;
+        return kernels::reduce_sum(plan_, x, y);
       case Kind::kMax:
-        kernels::reduce_max(plan_, x, y);
-        break;
+        return kernels::reduce_max(plan_, x, y);
+      case Kind::kMin:
+        return kernels::reduce_min(plan_, x, y);
+      case Kind::kL1:
+        return kernels::reduce_l1(plan_, x, y);
       case Kind::kL2:
-        kernels::reduce_l2(plan_, x, y);
-        break;
+        return kernels::reduce_l2(plan_, x, y);
+      case Kind::kSumSquare:
+        return kernels::reduce_sum_square(plan_, x, y);
+      case Kind::kProd:
+        return kernels::reduce_prod(plan_, x, y);
+      case Kind::kLogSum:
+        return kernels::reduce_log_sum(plan_, x, y);
+      case Kind::kLogSumExp:
+        return kernels::reduce_log_sum_exp(plan_, x, y);
     }
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    // Input 0 (x) and output 0 (y), as each backward reads them.
+    switch (kind_) {
+      case Kind::kSum:
+        return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+      case Kind::kL1:
+      case Kind::kSumSquare:
+      case Kind::kLogSum:
+        return {.inputs = 1, .outputs = BackwardReads::kNothing};
+      default:
+        return {.inputs = 1, .outputs = 1};
+    }
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
     const float* dy = grad_outputs[0].data<float>();
     float* dx = grad_inputs[0].data<float>();
+    if (kind_ == Kind::kSum) return kernels::reduce_sum_backward(plan_, dy, dx);
+    const float* x = inputs[0].data<float>();
     switch (kind_) {
-      case Kind::kSum:
-        kernels::reduce_sum_backward(plan_, dy, dx);
+      case Kind::kL1:
+        return kernels::reduce_l1_backward(plan_, x, dy, dx);
+      case Kind::kSumSquare:
+        return kernels::reduce_sum_square_backward(plan_, x, dy, dx);
+      case Kind::kLogSum:
+        return kernels::reduce_log_sum_backward(plan_, x, dy, dx);
+      default:
         break;
+    }
+    const float* y = outputs[0].data<float>();
+    switch (kind_) {
       case Kind::kMax:
-        kernels::reduce_max_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(), dy,
-                                     dx);
-        break;
+      case Kind::kMin:
+        return kernels::reduce_max_backward(plan_, x, y, dy, dx);
       case Kind::kL2:
-        kernels::reduce_l2_backward(plan_, inputs[0].data<float>(), outputs[0].data<float>(), dy,
-                                    dx);
-        break;
+        return kernels::reduce_l2_backward(plan_, x, y, dy, dx);
+      case Kind::kProd:
+        return kernels::reduce_prod_backward(plan_, x, y, dy, dx);
+      default:
+        return kernels::reduce_log_sum_exp_backward(plan_, x, y, dy, dx);
     }
   }
 
@@ -480,13 +514,13 @@ std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo
   return one_output(node, setup_reduce(node, inputs).out_shape);
 }
 
-// ReduceSum, ReduceMax and ReduceL2 on their setup; a maximum over an empty axis has no value.
+// The Reduce ops on their setup; a maximum or minimum over an empty axis has no value.
 template <ReduceKernel::Kind kKind>
 std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> /*outputs*/) {
   const ReduceSetup s = setup_reduce(node, inputs);
   const Shape& x = inputs[0].shape;
-  if constexpr (kKind == ReduceKernel::Kind::kMax) {
+  if constexpr (kKind == ReduceKernel::Kind::kMax || kKind == ReduceKernel::Kind::kMin) {
     for (int64_t a : s.axes) {
       if (x[static_cast<size_t>(a)] == 0) {
         fail_node(node, "nonempty reduced axes", shape_str(x));
@@ -584,6 +618,12 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"ReduceSum", infer_reduce, create_reduce<ReduceKernel::Kind::kSum>});
   registry.add({"ReduceMax", infer_reduce, create_reduce<ReduceKernel::Kind::kMax>});
   registry.add({"ReduceL2", infer_reduce, create_reduce<ReduceKernel::Kind::kL2>});
+  registry.add({"ReduceMin", infer_reduce, create_reduce<ReduceKernel::Kind::kMin>});
+  registry.add({"ReduceL1", infer_reduce, create_reduce<ReduceKernel::Kind::kL1>});
+  registry.add({"ReduceSumSquare", infer_reduce, create_reduce<ReduceKernel::Kind::kSumSquare>});
+  registry.add({"ReduceProd", infer_reduce, create_reduce<ReduceKernel::Kind::kProd>});
+  registry.add({"ReduceLogSum", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSum>});
+  registry.add({"ReduceLogSumExp", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSumExp>});
   registry.add({"CumSum", infer_cumsum, create_cumsum});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
   registry.add({"Softmax", infer_softmax, create_softmax});

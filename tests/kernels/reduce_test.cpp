@@ -1,7 +1,8 @@
-// ReduceSum, ReduceMax, ReduceL2, CumSum and ArgMax kernels and their backward against the naive
-// references of kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced
-// block, alternating blocks, size-1 axes, all axes), at 1 and 2 threads bit for bit; the backward
-// also against float64 central differences, and ReduceMax's ties splitting the gradient evenly.
+// The Reduce, CumSum and ArgMax kernels and their backward against the naive references of
+// kernels/reference/reduce_reference.h on awkward shapes and axis sets (one reduced block,
+// alternating blocks, size-1 axes, all axes), at 1 and 2 threads bit for bit; the backward also
+// against float64 central differences, ReduceMax's and ReduceMin's ties splitting the gradient
+// evenly, ReduceProd's gradient at zeros, ReduceLogSumExp at infinities and far from 0.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -214,6 +215,135 @@ TEST(ReduceKernels, L2NormAndItsBackward) {
   EXPECT_EQ(std::vector<float>(y, y + 2), (std::vector<float>{0.0f, 5.0f}));
   EXPECT_EQ(std::vector<float>(dx, dx + 6),
             (std::vector<float>{0, 0, 0, 2.0f * 3 / 5, 2.0f * 4 / 5, 0}));
+}
+
+// ReduceMin, ReduceL1, ReduceSumSquare, ReduceProd, ReduceLogSum and ReduceLogSumExp and their
+// backward against the float64 references within float32's rounding of n terms, bit-identical at
+// 1 and 2 threads; the references' gradients against float64 central differences of
+// Σ dy · reduce(x).
+TEST(ReduceKernels, TheOtherReductionsAndTheirBackward) {
+  using reference::ReduceOp;
+  struct Op {
+    ReduceOp op;
+    const char* name;
+    void (*forward)(const ReducePlan&, const float*, float*);
+    float lo, hi;
+    bool relative;  // the result's float error is relative to it (positive terms, products)
+  };
+  const Op ops[] = {
+      {ReduceOp::kMin, "min", reduce_min, -3.0f, 3.0f, true},
+      {ReduceOp::kL1, "l1", reduce_l1, -3.0f, 3.0f, true},
+      {ReduceOp::kSumSquare, "sum_square", reduce_sum_square, -3.0f, 3.0f, true},
+      {ReduceOp::kProd, "prod", reduce_prod, 0.5f, 1.5f, true},
+      {ReduceOp::kLogSum, "log_sum", reduce_log_sum, 0.5f, 2.0f, false},
+      {ReduceOp::kLogSumExp, "log_sum_exp", reduce_log_sum_exp, -20.0f, 20.0f, false},
+  };
+  auto backward = [](ReduceOp op, const ReducePlan& plan, const Tensor& x, const Tensor& y,
+                     const Tensor& dy, Tensor& dx) {
+    const float* xp = x.data<float>();
+    const float* yp = y.data<float>();
+    const float* g = dy.data<float>();
+    float* d = dx.data<float>();
+    switch (op) {
+      case ReduceOp::kMin:
+        return reduce_max_backward(plan, xp, yp, g, d);
+      case ReduceOp::kL1:
+        return reduce_l1_backward(plan, xp, g, d);
+      case ReduceOp::kSumSquare:
+        return reduce_sum_square_backward(plan, xp, g, d);
+      case ReduceOp::kProd:
+        return reduce_prod_backward(plan, xp, yp, g, d);
+      case ReduceOp::kLogSum:
+        return reduce_log_sum_backward(plan, xp, g, d);
+      case ReduceOp::kLogSumExp:
+        return reduce_log_sum_exp_backward(plan, xp, yp, g, d);
+    }
+  };
+  uint32_t seed = 131;
+  for (const Op& op : ops) {
+    for (const ReduceCase& c : kCases) {
+      SCOPED_TRACE(std::string(op.name) + " " + shape_str(c.shape));
+      Tensor x = random_f32(c.shape, seed++, op.lo, op.hi);
+      if (op.op == ReduceOp::kProd) {  // both signs, magnitudes in [0.5, 1.5)
+        for (int64_t i = 0; i < x.numel(); i += 3) x.data<float>()[i] = -x.data<float>()[i];
+      }
+      const Shape out_shape = kept_shape(c.shape, c.axes);
+      const Tensor dy = random_f32(out_shape, seed++, -1.0f, 1.0f);
+      const ReducePlan plan = plan_reduce(c.shape, c.axes);
+      const Tensor want = reference::reduce(x, c.axes, op.op);
+      const Tensor want_dx = reference::reduce_backward(x, c.axes, op.op, dy);
+      // n float roundings of the accumulation, a few more for the finish and the backward.
+      const double bound = static_cast<double>(x.numel() / want.numel() + 8) * 0x1p-24;
+      std::vector<float> first_y, first_dx;
+      for (int threads : {1, 2}) {
+        ThreadCount tc(threads);
+        Tensor y(DType::kFloat32, out_shape), dx(DType::kFloat32, c.shape);
+        op.forward(plan, x.data<float>(), y.data<float>());
+        backward(op.op, plan, x, y, dy, dx);
+        for (int64_t o = 0; o < y.numel(); ++o) {
+          const double ref = want.data<float>()[o];
+          const double scale = op.relative ? std::abs(ref) : std::abs(ref) + 1.0;
+          if (op.op == ReduceOp::kMin) {
+            EXPECT_EQ(y.data<float>()[o], want.data<float>()[o]) << o;  // exact
+          } else {
+            EXPECT_NEAR(y.data<float>()[o], ref, bound * scale) << o;
+          }
+        }
+        // exp(x − y) carries y's absolute error as a relative one.
+        double carried = 1.0;
+        if (op.op == ReduceOp::kLogSumExp) {
+          for (int64_t o = 0; o < want.numel(); ++o) {
+            carried = std::max(carried, 2.0 + std::abs(double{want.data<float>()[o]}));
+          }
+        }
+        for (int64_t i = 0; i < dx.numel(); ++i) {
+          const double ref = want_dx.data<float>()[i];
+          EXPECT_NEAR(dx.data<float>()[i], ref, carried * bound * (std::abs(ref) + 1e-6)) << i;
+        }
+        if (threads == 1) {
+          first_y = values(y);
+          first_dx = values(dx);
+        } else {
+          EXPECT_EQ(values(y), first_y) << "the result depends on the thread count";
+          EXPECT_EQ(values(dx), first_dx) << "the gradient depends on the thread count";
+        }
+      }
+      if (x.numel() > 400) continue;  // central differences: two forwards per element
+      std::vector<double> xd = testing::to_double(values(x));
+      const std::vector<double> r = testing::to_double(values(dy));
+      auto loss = [&] {
+        return testing::dot(reference::reduce_values(xd, c.shape, c.axes, op.op), r);
+      };
+      testing::expect_matches_differences(testing::to_double(values(want_dx)),
+                                          testing::central_differences(xd, loss), 1e-5, op.name);
+    }
+  }
+}
+
+// ReduceProd's gradient where values are 0: with one zero, the product of the others at it and 0
+// elsewhere; with two, 0 everywhere; ReduceLogSumExp at ±inf and NaN, and far from 0 (no overflow).
+TEST(ReduceKernels, ProductGradientAtZerosAndLogSumExpAtTheEdges) {
+  const Tensor x = Tensor::from_vector<float>({3, 3}, {2, 0, -3, 0, 4, 0, 1.5f, 2, -1});
+  const int64_t axes[] = {1};
+  const ReducePlan plan = plan_reduce(x.shape(), axes);
+  float y[3], dx[9];
+  const float dy[3] = {0.5f, 7.0f, 2.0f};
+  reduce_prod(plan, x.data<float>(), y);
+  reduce_prod_backward(plan, x.data<float>(), y, dy, dx);
+  EXPECT_EQ(std::vector<float>(y, y + 3), (std::vector<float>{0.0f, 0.0f, -3.0f}));
+  EXPECT_EQ(std::vector<float>(dx, dx + 9),
+            (std::vector<float>{0, 0.5f * -6.0f, 0, 0, 0, 0, -4.0f, -3.0f, 6.0f}));
+
+  const float inf = INFINITY;
+  const Tensor edges = Tensor::from_vector<float>(
+      {4, 3}, {-inf, -inf, -inf, 1, inf, 2, 1, NAN, 2, 1000.0f, 1000.0f, -1000.0f});
+  const ReducePlan edge_plan = plan_reduce(edges.shape(), axes);
+  float lse[4];
+  reduce_log_sum_exp(edge_plan, edges.data<float>(), lse);
+  EXPECT_EQ(lse[0], -inf);
+  EXPECT_EQ(lse[1], inf);
+  EXPECT_TRUE(std::isnan(lse[2]));
+  EXPECT_FLOAT_EQ(lse[3], 1000.0f + std::log(2.0f));
 }
 
 // PyTorch's amax backward: the maxima of a row share its gradient evenly.

@@ -623,6 +623,42 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("ReduceSum", "axes input (0, 2), keepdims")
           .data(d.uniform({2, 3, 5}))
           .setting(i64s({0, 2})));
+  add(H("ReduceMin", "axes (0, 2) attribute, keepdims")
+          .data(d.distinct({3, 4, 5}))
+          .attr("axes", Ints{0, 2}));
+  add(H("ReduceMin", "axes input, no keepdims (opset 18)")
+          .data(d.distinct({4, 7}))
+          .setting(i64s({1}))
+          .attr("keepdims", int64_t{0})
+          .at_opset(18));
+  add(H("ReduceL1", "axes (1, 3) attribute, keepdims")
+          .data(d.away({2, 3, 4, 5}, -2, 2, {0.0f}))
+          .attr("axes", Ints{1, 3}));
+  add(H("ReduceL1", "all axes (opset 18)").data(d.away({3, 5}, -2, 2, {0.0f})).at_opset(18));
+  add(H("ReduceSumSquare", "axes (0) attribute, no keepdims")
+          .data(d.uniform({5, 3, 2}, -2, 2))
+          .attr("axes", Ints{0})
+          .attr("keepdims", int64_t{0}));
+  // Products of values near 1 in magnitude: no product vanishes or overflows.
+  add(H("ReduceProd", "axes (1) attribute, keepdims")
+          .data(d.away({3, 6, 4}, -1.5f, 1.5f, {0.0f}, 0.5f))
+          .attr("axes", Ints{1}));
+  add(H("ReduceProd", "axes input (0, 2), no keepdims (opset 18)")
+          .data(d.away({2, 3, 3}, -1.5f, 1.5f, {0.0f}, 0.5f))
+          .setting(i64s({0, 2}))
+          .attr("keepdims", int64_t{0})
+          .at_opset(18));
+  add(H("ReduceLogSum", "last axis attribute")
+          .data(d.uniform({4, 9}, 0.5f, 2.0f))
+          .attr("axes", Ints{-1}));
+  add(H("ReduceLogSumExp", "axes (1) attribute, keepdims")
+          .data(d.uniform({3, 11, 2}, -4, 4))
+          .attr("axes", Ints{1}));
+  add(H("ReduceLogSumExp", "axes input (-1), no keepdims (opset 18)")
+          .data(d.uniform({2, 3, 17}, -30, 30))
+          .setting(i64s({-1}))
+          .attr("keepdims", int64_t{0})
+          .at_opset(18));
   add(H("Tile", "repeats (2, 1, 3)").data(d.uniform({2, 3, 2})).setting(i64s({2, 1, 3})));
   add(H("CumSum", "axis 1").data(d.uniform({2, 7, 5})).setting(i64s({1})));
   add(H("CumSum", "last axis, exclusive, reverse")
