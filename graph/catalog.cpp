@@ -80,6 +80,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Less", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
     OpSchema{"LessOrEqual", 2, 2, 1, 1, 16, kNone, kBooleanOutput},
     OpSchema{"Log", 1, 1, 1, 1, 13, kBackward},
+    OpSchema{"LogSoftmax", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"MatMul", 2, 2, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kMatMulRoles},
     OpSchema{"Max", 1, kMany, 1, 1, 13, kBackward},
     OpSchema{"MaxPool", 1, 1, 1, 2, 12, kBackward},

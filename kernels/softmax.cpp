@@ -1,5 +1,5 @@
-// Softmax: per row (or per block of columns when the axis is not innermost), parallel over rows,
-// with an exponential written so that the compiler vectorises it.
+// Softmax and log-softmax: per row (or per block of columns when the axis is not innermost),
+// parallel over rows, with an exponential written so that the compiler vectorises it.
 #include "kernels/softmax.h"
 
 #include <algorithm>
@@ -45,6 +45,8 @@ inline float exp_inline(float x) {
   return x < kLowest ? 0.0f : result;
 }
 
+// Softmax (or with kLog, log-softmax: x − m − log Σ exp(x − m)) of `rows` rows of d.
+template <bool kLog>
 void softmax_rows(const float* x, int64_t rows, int64_t d, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * d;
@@ -60,11 +62,18 @@ void softmax_rows(const float* x, int64_t rows, int64_t d, float* y) {
     for (int j = 1; j < kSumLanes; ++j) mx = lanes[j] > mx ? lanes[j] : mx;
     for (int64_t k = 0; k < d; ++k) yr[k] = exp_inline(xr[k] - mx);
     const float sum = lane_sum(yr, d);
-    for (int64_t k = 0; k < d; ++k) yr[k] = yr[k] / sum;
+    if constexpr (kLog) {
+      const float log_sum = std::log(sum);
+      for (int64_t k = 0; k < d; ++k) yr[k] = (xr[k] - mx) - log_sum;
+    } else {
+      for (int64_t k = 0; k < d; ++k) yr[k] = yr[k] / sum;
+    }
   }
 }
 
-// Softmax down the axis for `width` adjacent columns starting at x (row stride `inner`).
+// Softmax (log-softmax with kLog) down the axis for `width` adjacent columns starting at x (row
+// stride `inner`).
+template <bool kLog>
 void softmax_columns(const float* x, int64_t d, int64_t inner, int64_t width, float* y) {
   float mx[kColumnBlock];
   float sum[kColumnBlock];
@@ -82,9 +91,17 @@ void softmax_columns(const float* x, int64_t d, int64_t inner, int64_t width, fl
       sum[j] += yr[j];
     }
   }
+  if constexpr (kLog) {
+    for (int64_t j = 0; j < width; ++j) sum[j] = std::log(sum[j]);
+  }
   for (int64_t k = 0; k < d; ++k) {
+    const float* xr = x + k * inner;
     float* yr = y + k * inner;
-    for (int64_t j = 0; j < width; ++j) yr[j] = yr[j] / sum[j];
+    if constexpr (kLog) {
+      for (int64_t j = 0; j < width; ++j) yr[j] = (xr[j] - mx[j]) - sum[j];
+    } else {
+      for (int64_t j = 0; j < width; ++j) yr[j] = yr[j] / sum[j];
+    }
   }
 }
 
@@ -112,12 +129,23 @@ float softmax_row_lse(const float* z, int64_t d, float inv_t, float* p) {
   return mx + std::log(sum);
 }
 
+// dx = y·(dy − Σ dy·y) (softmax), or with kLog dx = dy − exp(y)·Σ dy (log-softmax, y its output).
+template <bool kLog>
 void softmax_backward_rows(const float* y, const float* dy, int64_t rows, int64_t d, float* dx,
                            GradMode mode) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* yr = y + r * d;
     const float* gr = dy + r * d;
     float* xr = dx + r * d;
+    if constexpr (kLog) {
+      const float total = lane_sum(gr, d);
+      if (mode == GradMode::kAccumulate) {
+        for (int64_t k = 0; k < d; ++k) xr[k] += gr[k] - exp_inline(yr[k]) * total;
+      } else {
+        for (int64_t k = 0; k < d; ++k) xr[k] = gr[k] - exp_inline(yr[k]) * total;
+      }
+      continue;
+    }
     const float dot = lane_dot(gr, yr, d);
     if (mode == GradMode::kAccumulate) {
       for (int64_t k = 0; k < d; ++k) xr[k] += yr[k] * (gr[k] - dot);
@@ -127,6 +155,7 @@ void softmax_backward_rows(const float* y, const float* dy, int64_t rows, int64_
   }
 }
 
+template <bool kLog>
 void softmax_backward_columns(const float* y, const float* dy, int64_t d, int64_t inner,
                               int64_t width, float* dx, GradMode mode) {
   float dot[kColumnBlock];
@@ -134,13 +163,18 @@ void softmax_backward_columns(const float* y, const float* dy, int64_t d, int64_
   for (int64_t k = 0; k < d; ++k) {
     const float* yr = y + k * inner;
     const float* gr = dy + k * inner;
-    for (int64_t j = 0; j < width; ++j) dot[j] += gr[j] * yr[j];
+    for (int64_t j = 0; j < width; ++j) dot[j] += kLog ? gr[j] : gr[j] * yr[j];
   }
   for (int64_t k = 0; k < d; ++k) {
     const float* yr = y + k * inner;
     const float* gr = dy + k * inner;
     float* xr = dx + k * inner;
-    if (mode == GradMode::kAccumulate) {
+    if constexpr (kLog) {
+      for (int64_t j = 0; j < width; ++j) {
+        const float g = gr[j] - exp_inline(yr[j]) * dot[j];
+        xr[j] = mode == GradMode::kAccumulate ? xr[j] + g : g;
+      }
+    } else if (mode == GradMode::kAccumulate) {
       for (int64_t j = 0; j < width; ++j) xr[j] += yr[j] * (gr[j] - dot[j]);
     } else {
       for (int64_t j = 0; j < width; ++j) xr[j] = yr[j] * (gr[j] - dot[j]);
@@ -177,13 +211,16 @@ float exp_nonpositive(float x) {
   return exp_inline(x);
 }
 
-void softmax(const SoftmaxDims& dims, const float* x, float* y) {
+namespace {
+
+template <bool kLog>
+void softmax_any(const SoftmaxDims& dims, const float* x, float* y) {
   const int64_t d = dims.axis_size;
   if (dims.outer * d * dims.inner == 0) return;
   if (dims.inner == 1) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / d);
     parallel_for(dims.outer, grain, [&](int64_t begin, int64_t end) {
-      softmax_rows(x + begin * d, end - begin, d, y + begin * d);
+      softmax_rows<kLog>(x + begin * d, end - begin, d, y + begin * d);
     });
     return;
   }
@@ -194,19 +231,21 @@ void softmax(const SoftmaxDims& dims, const float* x, float* y) {
       const int64_t o = t / blocks;
       const int64_t c0 = (t % blocks) * kColumnBlock;
       const int64_t offset = o * d * dims.inner + c0;
-      softmax_columns(x + offset, d, dims.inner, std::min(kColumnBlock, dims.inner - c0),
-                      y + offset);
+      softmax_columns<kLog>(x + offset, d, dims.inner, std::min(kColumnBlock, dims.inner - c0),
+                            y + offset);
     }
   });
 }
 
-void softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, float* dx,
-                      GradMode mode) {
+template <bool kLog>
+void softmax_backward_any(const SoftmaxDims& dims, const float* y, const float* dy, float* dx,
+                          GradMode mode) {
   const int64_t d = dims.axis_size;
   if (dims.outer * d * dims.inner == 0) return;
   if (dims.inner == 1) {
     parallel_for(dims.outer, row_grain(d), [&](int64_t begin, int64_t end) {
-      softmax_backward_rows(y + begin * d, dy + begin * d, end - begin, d, dx + begin * d, mode);
+      softmax_backward_rows<kLog>(y + begin * d, dy + begin * d, end - begin, d, dx + begin * d,
+                                  mode);
     });
     return;
   }
@@ -217,10 +256,30 @@ void softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, 
       const int64_t o = t / blocks;
       const int64_t c0 = (t % blocks) * kColumnBlock;
       const int64_t offset = o * d * dims.inner + c0;
-      softmax_backward_columns(y + offset, dy + offset, d, dims.inner,
-                               std::min(kColumnBlock, dims.inner - c0), dx + offset, mode);
+      softmax_backward_columns<kLog>(y + offset, dy + offset, d, dims.inner,
+                                     std::min(kColumnBlock, dims.inner - c0), dx + offset, mode);
     }
   });
+}
+
+}  // namespace
+
+void softmax(const SoftmaxDims& dims, const float* x, float* y) {
+  softmax_any<false>(dims, x, y);
+}
+
+void log_softmax(const SoftmaxDims& dims, const float* x, float* y) {
+  softmax_any<true>(dims, x, y);
+}
+
+void softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, float* dx,
+                      GradMode mode) {
+  softmax_backward_any<false>(dims, y, dy, dx, mode);
+}
+
+void log_softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, float* dx,
+                          GradMode mode) {
+  softmax_backward_any<true>(dims, y, dy, dx, mode);
 }
 
 float cross_entropy(const LossDims& dims, const float* logits, const int64_t* labels,

@@ -1,6 +1,7 @@
-// Softmax along one axis, with the row maximum subtracted before exponentiation; its backward;
-// and the classification losses built on it (cross-entropy with integer labels, KL-divergence
-// distillation at a temperature) with their gradients with respect to the logits.
+// Softmax and log-softmax along one axis, with the row maximum subtracted before exponentiation;
+// their backward; and the classification losses built on softmax (cross-entropy with integer
+// labels, KL-divergence distillation at a temperature) with their gradients with respect to the
+// logits.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +18,19 @@ struct SoftmaxDims {
 };
 
 void softmax(const SoftmaxDims& dims, const float* x, float* y);
+// log softmax(x) = x − m − log Σ exp(x − m), m the maximum along the axis (ONNX LogSoftmax,
+// F.log_softmax: CTC heads, log-probability outputs).
+void log_softmax(const SoftmaxDims& dims, const float* x, float* y);
 
 // Backward from the forward's output y: dx = y·(dy - Σ_axis dy·y) (PyTorch's
 // _softmax_backward_data). kOverwrite may write dx over dy. Each row's sum runs in lane order (or
 // down the axis for a block of columns) inside one task: bits never depend on the thread count.
 void softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, float* dx,
                       GradMode mode = GradMode::kOverwrite);
+// From log_softmax's output y: dx = dy − exp(y)·Σ_axis dy (PyTorch's
+// _log_softmax_backward_data), the sums as softmax_backward's.
+void log_softmax_backward(const SoftmaxDims& dims, const float* y, const float* dy, float* dx,
+                          GradMode mode = GradMode::kOverwrite);
 
 // Losses over logits [batch, classes] (row-major), as torch.nn.functional does them with
 // reduction 'mean' ('batchmean' for KL). Per-row losses are computed in parallel and summed over

@@ -290,6 +290,31 @@ void softmax_backward(const SoftmaxDims& dims, const double* y, const double* dy
   }
 }
 
+void log_softmax(const SoftmaxDims& dims, const double* x, double* y) {
+  const int64_t n = dims.outer * dims.axis_size * dims.inner;
+  softmax(dims, x, y);
+  for (int64_t i = 0; i < n; ++i) y[i] = std::log(y[i]);
+}
+
+void log_softmax_backward(const SoftmaxDims& dims, const double* x, const double* dy, double* dx) {
+  const int64_t d = dims.axis_size;
+  std::vector<double> p(static_cast<size_t>(dims.outer * d * dims.inner));
+  softmax(dims, x, p.data());
+  for (int64_t o = 0; o < dims.outer; ++o) {
+    for (int64_t i = 0; i < dims.inner; ++i) {
+      const int64_t base = o * d * dims.inner + i;
+      for (int64_t j = 0; j < d; ++j) {
+        double acc = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          acc += dy[base + k * dims.inner] *
+                 ((k == j ? 1.0 : 0.0) - p[static_cast<size_t>(base + j * dims.inner)]);
+        }
+        dx[base + j * dims.inner] = acc;
+      }
+    }
+  }
+}
+
 double cross_entropy(const LossDims& dims, const double* logits, const int64_t* labels,
                      double label_smoothing) {
   double total = 0;

@@ -46,6 +46,9 @@ void group_norm_backward(const GroupNormDims& dims, const double* x, const doubl
 
 void softmax(const SoftmaxDims& dims, const double* x, double* y);
 void softmax_backward(const SoftmaxDims& dims, const double* y, const double* dy, double* dx);
+// log softmax(x) = log(exp(x) / Σ exp(x)) and dx_j = Σ_k dy_k · (δ_kj − softmax(x)_j) from x.
+void log_softmax(const SoftmaxDims& dims, const double* x, double* y);
+void log_softmax_backward(const SoftmaxDims& dims, const double* x, const double* dy, double* dx);
 
 // Mean loss, and d loss / d logits times dloss.
 double cross_entropy(const LossDims& dims, const double* logits, const int64_t* labels,

@@ -1,6 +1,6 @@
-// Softmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum and ArgMax: shape
-// inference, kernels with their backward (ArgMax has none: its output is an integer; nor has CumSum
-// of integers).
+// Softmax, LogSoftmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum and ArgMax:
+// shape inference, kernels with their backward (ArgMax has none: its output is an integer; nor has
+// CumSum of integers).
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -23,7 +23,7 @@ using kernels::shape_numel;
 using kernels::shape_str;
 
 // ---------------------------------------------------------------------------------------------
-// Softmax
+// Softmax and LogSoftmax (the axis' default -1, opset 13's form)
 
 kernels::SoftmaxDims setup_softmax(const Node& node, std::span<const InputInfo> inputs) {
   const InputInfo& x = float_input(node, inputs, 0, "input");
@@ -38,11 +38,13 @@ kernels::SoftmaxDims setup_softmax(const Node& node, std::span<const InputInfo> 
   return d;
 }
 
+// Softmax, or with `log` LogSoftmax; each backward reads only the output.
 class SoftmaxKernel final : public OpKernel {
  public:
-  explicit SoftmaxKernel(const kernels::SoftmaxDims& dims) : dims_(dims) {}
+  SoftmaxKernel(const kernels::SoftmaxDims& dims, bool log) : dims_(dims), log_(log) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
+    if (log_) return kernels::log_softmax(dims_, inputs[0].data<float>(), outputs[0].data<float>());
     kernels::softmax(dims_, inputs[0].data<float>(), outputs[0].data<float>());
   }
   bool differentiable_input(size_t index) const override { return index == 0; }
@@ -52,12 +54,16 @@ class SoftmaxKernel final : public OpKernel {
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> outputs,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
-    kernels::softmax_backward(dims_, outputs[0].data<float>(), grad_outputs[0].data<float>(),
-                              grad_inputs[0].data<float>());
+    const float* y = outputs[0].data<float>();
+    const float* dy = grad_outputs[0].data<float>();
+    float* dx = grad_inputs[0].data<float>();
+    if (log_) return kernels::log_softmax_backward(dims_, y, dy, dx);
+    kernels::softmax_backward(dims_, y, dy, dx);
   }
 
  private:
   kernels::SoftmaxDims dims_;
+  bool log_;
 };
 
 std::vector<TensorInfo> infer_softmax(const Node& node, std::span<const InputInfo> inputs) {
@@ -65,9 +71,10 @@ std::vector<TensorInfo> infer_softmax(const Node& node, std::span<const InputInf
   return one_output(node, inputs[0].shape);
 }
 
+template <bool kLog>
 std::unique_ptr<OpKernel> create_softmax(const Node& node, std::span<const InputInfo> inputs,
                                          std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<SoftmaxKernel>(setup_softmax(node, inputs));
+  return std::make_unique<SoftmaxKernel>(setup_softmax(node, inputs), kLog);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -626,7 +633,8 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"ReduceLogSumExp", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSumExp>});
   registry.add({"CumSum", infer_cumsum, create_cumsum});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
-  registry.add({"Softmax", infer_softmax, create_softmax});
+  registry.add({"Softmax", infer_softmax, create_softmax<false>});
+  registry.add({"LogSoftmax", infer_softmax, create_softmax<true>});
 }
 
 }  // namespace qforge::runtime::ops

@@ -1,4 +1,5 @@
-// Softmax backward, cross-entropy and KL distillation: the float64 references against central
+// Softmax and log-softmax backward, cross-entropy and KL distillation: the float64 references
+// against central
 // finite differences of their float64 forwards, the float32 kernels against the references on
 // awkward shapes (softmax axis innermost or not), label checks, accumulation, and bit-identical
 // results for 1 and 2 threads.
@@ -119,6 +120,72 @@ TEST(SoftmaxBackward, SameBitsForAnyThreadCount) {
       two = run_softmax_backward(d, x, dy);
     }
     testing::expect_same_bits(one.data(), two.data(), n, "softmax backward");
+  }
+}
+
+// Log-softmax -----------------------------------------------------------------------------------
+
+TEST(LogSoftmax, ReferenceBackwardMatchesFiniteDifferences) {
+  for (const SoftmaxDims& dims : {SoftmaxDims{2, 5, 1}, SoftmaxDims{2, 4, 3}}) {
+    const size_t n = static_cast<size_t>(dims.outer * dims.axis_size * dims.inner);
+    std::vector<double> x = to_double(random_values(n, 3, -3.0f, 3.0f));
+    const std::vector<double> dy = to_double(random_values(n, 4, -1.0f, 1.0f));
+    std::vector<double> y(n);
+    auto loss = [&] {
+      reference::log_softmax(dims, x.data(), y.data());
+      double s = 0;
+      for (size_t i = 0; i < n; ++i) s += y[i] * dy[i];
+      return s;
+    };
+    const std::vector<double> fd = finite_differences_1e6(x, loss);
+    std::vector<double> dx(n);
+    reference::log_softmax_backward(dims, x.data(), dy.data(), dx.data());
+    expect_near_all(dx, fd, 1e-7, "inner " + std::to_string(dims.inner));
+  }
+}
+
+// The kernel against the float64 reference on awkward shapes (axis innermost or not, one class,
+// logits far apart so that exp underflows), overwriting and accumulating, and the same bits at 1
+// and 2 threads.
+TEST(LogSoftmax, KernelMatchesReferenceOnAwkwardShapesAtAnyThreadCount) {
+  const std::vector<SoftmaxDims> shapes = {{1, 1, 1},  {3, 13, 1},  {1, 127, 1}, {17, 3, 1},
+                                           {2, 17, 3}, {3, 5, 127}, {1, 13, 65}, {5, 1000, 1}};
+  uint32_t seed = 60;
+  for (const SoftmaxDims& d : shapes) {
+    for (float spread : {5.0f, 80.0f}) {
+      const size_t n = static_cast<size_t>(d.outer * d.axis_size * d.inner);
+      const std::string what = std::to_string(d.outer) + "x" + std::to_string(d.axis_size) + "x" +
+                               std::to_string(d.inner) + " spread " + std::to_string(spread);
+      const std::vector<float> x = random_values(n, seed++, -spread, spread);
+      const std::vector<float> dy = random_values(n, seed++, -1.0f, 1.0f);
+      std::vector<float> y(n), dx(n);
+      std::vector<float> y2(n), dx2(n);
+      {
+        ThreadCount threads(1);
+        log_softmax(d, x.data(), y.data());
+        log_softmax_backward(d, y.data(), dy.data(), dx.data());
+      }
+      {
+        ThreadCount threads(2);
+        log_softmax(d, x.data(), y2.data());
+        log_softmax_backward(d, y2.data(), dy.data(), dx2.data());
+      }
+      testing::expect_same_bits(y.data(), y2.data(), n, what + " forward");
+      testing::expect_same_bits(dx.data(), dx2.data(), n, what + " backward");
+      const std::vector<double> xd = to_double(x), dyd = to_double(dy);
+      std::vector<double> want_y(n), want_dx(n);
+      reference::log_softmax(d, xd.data(), want_y.data());
+      reference::log_softmax_backward(d, xd.data(), dyd.data(), want_dx.data());
+      // y = (x − m) − log Σ: a few roundings of values up to 2·spread.
+      expect_close(y, to_float(want_y), 1e-6, 1e-5, what + " forward");
+      expect_close(dx, to_float(want_dx), 1e-5, 1e-5, what + " backward");
+      std::vector<float> acc = random_values(n, seed++, -1.0f, 1.0f);
+      const std::vector<float> acc0 = acc;
+      log_softmax_backward(d, y.data(), dy.data(), acc.data(), GradMode::kAccumulate);
+      std::vector<float> want(n);
+      for (size_t i = 0; i < n; ++i) want[i] = acc0[i] + dx[i];
+      expect_close(acc, want, 1e-6, 1e-6, what + " accumulated");
+    }
   }
 }
 

@@ -562,6 +562,10 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("axis", int64_t{1}));
   add(H("Softmax", "axis 1 of [3,4,7]").data(d.uniform({3, 4, 7}, -3, 3)).attr("axis", int64_t{1}));
   add(H("Softmax", "last axis").data(d.uniform({2, 19}, -3, 3)));
+  add(H("LogSoftmax", "last axis").data(d.uniform({3, 37}, -4, 4)));
+  add(H("LogSoftmax", "axis 0 of [5,3,6]")
+          .data(d.uniform({5, 3, 6}, -3, 3))
+          .attr("axis", int64_t{0}));
   // Max pools: values at least 16 / (2·numel) apart, over twice the finite-difference step (2^-7)
   // for these sizes, so no window holds a near-tie.
   add(H("MaxPool", "3x3 stride 2, pads 1")
