@@ -64,6 +64,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Flatten", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Floor", 1, 1, 1, 1, 13, kNone, kPiecewiseConstant},
     OpSchema{"Gather", 2, 2, 1, 1, 13, kBackward},
+    OpSchema{"GatherElements", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Gelu", 1, 1, 1, 1, 20, kBackward},
     OpSchema{"Gemm", 2, 3, 1, 1, 13, kBackward, {}, SchemaKind::kOnnx, kGemmRoles},
     OpSchema{"Greater", 2, 2, 1, 1, 13, kNone, kBooleanOutput},

@@ -153,6 +153,67 @@ void split_backward(const ConcatPlan& plan, std::span<const float* const> dys, f
   });
 }
 
+namespace {
+
+// Tasks over (outer position, block of inner positions): each writes only the dx elements of its
+// own positions off the axis, adding dy along the axis in order.
+template <class I>
+void gather_elements_backward_typed(const GatherElementsPlan& plan, const I* indices,
+                                    const float* dy, float* dx) {
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (plan.inner + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(
+      1, kTaskElements / std::max<int64_t>(1, plan.n * std::min(kBlock, plan.inner)));
+  parallel_for(plan.outer * blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t o = t / blocks;
+      const int64_t i0 = (t % blocks) * kBlock;
+      const int64_t i1 = std::min(plan.inner, i0 + kBlock);
+      const int64_t base = plan.outer_offsets[static_cast<size_t>(o)];
+      for (int64_t j = 0; j < plan.n; ++j) {
+        const int64_t row = (o * plan.n + j) * plan.inner;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t v =
+              indices[row + i] < 0 ? indices[row + i] + plan.axis_dim : indices[row + i];
+          dx[base + v * plan.axis_stride + plan.inner_offsets[static_cast<size_t>(i)]] +=
+              dy[row + i];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indices,
+                              const float* dy, float* dx, int64_t data_numel, GradMode write) {
+  if (plan.elem_size != sizeof(float)) {
+    throw_internal("gather_elements_backward: expected a float32 plan");
+  }
+  // The indices are checked before dx is touched (the forward's error).
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32) {
+    throw_internal("gather_elements_backward: indices " + indices.describe() +
+                   " are not int64 or int32");
+  }
+  for (int64_t j = 0; j < indices.numel(); ++j) {
+    const int64_t v =
+        indices.dtype() == DType::kInt64 ? indices.data<int64_t>()[j] : indices.data<int32_t>()[j];
+    if (v < -plan.axis_dim || v >= plan.axis_dim) {
+      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
+                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
+    }
+  }
+  if (write == GradMode::kOverwrite) {
+    parallel_for(data_numel, kTaskElements,
+                 [&](int64_t begin, int64_t end) { std::fill(dx + begin, dx + end, 0.0f); });
+  }
+  if (indices.dtype() == DType::kInt64) {
+    gather_elements_backward_typed(plan, indices.data<int64_t>(), dy, dx);
+  } else {
+    gather_elements_backward_typed(plan, indices.data<int32_t>(), dy, dx);
+  }
+}
+
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
                      GradMode write) {
   if (plan.elem_size != sizeof(float)) throw_internal("gather_backward: expected a float32 plan");

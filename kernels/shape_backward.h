@@ -7,6 +7,8 @@
 //   Split:     dx = the outputs' dy_i side by side along the axis (zero where dy_i is absent).
 //   Gather:    dx = 0, then dx[o, indices[j], i] += dy[o, j, i] for j in order (repeated indices
 //              add up in index order).
+//   GatherElements: dx = 0, then dx at each output's source += dy, along the axis in order for
+//              each position off the axis (repeated indices add up in index order).
 // Every dx element is one fixed sequence of float operations (one outer row per task for
 // Gather), so gradients are bit-identical for any thread count.
 #pragma once
@@ -44,5 +46,11 @@ void split_backward(const ConcatPlan& plan, std::span<const float* const> dys, f
 // index out of range throws the forward's Invalid error); dx has the data's shape.
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
                      GradMode write = GradMode::kOverwrite);
+
+// plan: the forward's plan_gather_elements(data_shape, index_shape, axis, 4); dx has the data's
+// shape (data_numel elements).
+void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indices,
+                              const float* dy, float* dx, int64_t data_numel,
+                              GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

@@ -471,6 +471,112 @@ void gather(const GatherPlan& plan, const void* data, const Tensor& indices, voi
   }
 }
 
+GatherElementsPlan plan_gather_elements(std::span<const int64_t> data_shape,
+                                        std::span<const int64_t> index_shape, int axis,
+                                        size_t elem_size) {
+  const auto rank = static_cast<int>(data_shape.size());
+  if (static_cast<int>(index_shape.size()) != rank || axis < 0 || axis >= rank) {
+    throw_internal("plan_gather_elements: indices of another rank, or axis out of range");
+  }
+  std::vector<int64_t> stride(static_cast<size_t>(rank), 1);
+  for (int d = rank - 2; d >= 0; --d) {
+    stride[static_cast<size_t>(d)] =
+        stride[static_cast<size_t>(d) + 1] * data_shape[static_cast<size_t>(d) + 1];
+  }
+  GatherElementsPlan plan;
+  plan.elem_size = elem_size;
+  const auto a = static_cast<size_t>(axis);
+  plan.axis_dim = data_shape[a];
+  plan.axis_stride = stride[a];
+  plan.n = index_shape[a];
+  // The data offsets of every position of index dims [first, last), row-major.
+  auto offsets = [&](size_t first, size_t last) {
+    std::vector<int64_t> out{0};
+    for (size_t d = first; d < last; ++d) {
+      if (index_shape[d] > data_shape[d]) {
+        throw_internal("plan_gather_elements: indices larger than the data off the axis");
+      }
+      std::vector<int64_t> next;
+      next.reserve(out.size() * static_cast<size_t>(index_shape[d]));
+      for (int64_t base : out) {
+        for (int64_t k = 0; k < index_shape[d]; ++k) next.push_back(base + k * stride[d]);
+      }
+      out = std::move(next);
+    }
+    return out;
+  };
+  plan.outer_offsets = offsets(0, a);
+  plan.inner_offsets = offsets(a + 1, static_cast<size_t>(rank));
+  plan.outer = static_cast<int64_t>(plan.outer_offsets.size());
+  plan.inner = static_cast<int64_t>(plan.inner_offsets.size());
+  return plan;
+}
+
+namespace {
+
+template <class I>
+void check_element_indices(const GatherElementsPlan& plan, const I* indices, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t v = indices[j];
+    if (v < -plan.axis_dim || v >= plan.axis_dim) {
+      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
+                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
+    }
+  }
+}
+
+template <class T, class I>
+void gather_elements_typed(const GatherElementsPlan& plan, const T* src, const I* indices, T* dst) {
+  const int64_t rows = plan.outer * plan.n;
+  if (rows * plan.inner == 0) return;
+  for_each_block(rows, plan.inner * static_cast<int64_t>(sizeof(T)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t base = plan.outer_offsets[static_cast<size_t>(r / plan.n)];
+      const I* idx = indices + r * plan.inner;
+      T* out = dst + r * plan.inner;
+      for (int64_t i = 0; i < plan.inner; ++i) {
+        const int64_t v = idx[i] < 0 ? idx[i] + plan.axis_dim : idx[i];
+        out[i] = src[base + v * plan.axis_stride + plan.inner_offsets[static_cast<size_t>(i)]];
+      }
+    }
+  });
+}
+
+template <class I>
+void gather_elements_indexed(const GatherElementsPlan& plan, const void* data, const I* indices,
+                             int64_t count, void* out) {
+  check_element_indices(plan, indices, count);
+  switch (plan.elem_size) {
+    case 1:
+      return gather_elements_typed(plan, static_cast<const uint8_t*>(data), indices,
+                                   static_cast<uint8_t*>(out));
+    case 2:
+      return gather_elements_typed(plan, static_cast<const uint16_t*>(data), indices,
+                                   static_cast<uint16_t*>(out));
+    case 4:
+      return gather_elements_typed(plan, static_cast<const uint32_t*>(data), indices,
+                                   static_cast<uint32_t*>(out));
+    case 8:
+      return gather_elements_typed(plan, static_cast<const uint64_t*>(data), indices,
+                                   static_cast<uint64_t*>(out));
+    default:
+      throw_internal("gather_elements: element size " + std::to_string(plan.elem_size));
+  }
+}
+
+}  // namespace
+
+void gather_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
+                     void* out) {
+  if (indices.dtype() == DType::kInt64) {
+    gather_elements_indexed(plan, data, indices.data<int64_t>(), indices.numel(), out);
+  } else if (indices.dtype() == DType::kInt32) {
+    gather_elements_indexed(plan, data, indices.data<int32_t>(), indices.numel(), out);
+  } else {
+    throw_internal("gather_elements: indices " + indices.describe() + " are not int64 or int32");
+  }
+}
+
 PadPlan plan_pad(std::span<const int64_t> in_shape, std::span<const int64_t> pads_begin,
                  std::span<const int64_t> pads_end, PadMode mode, size_t elem_size) {
   const size_t rank = in_shape.size();

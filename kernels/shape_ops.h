@@ -92,6 +92,28 @@ GatherPlan plan_gather(std::span<const int64_t> data_shape, int axis, size_t ele
 // (callers add context).
 void gather(const GatherPlan& plan, const void* data, const Tensor& indices, void* out);
 
+// GatherElements (torch.gather) ----------------------------------------------------------------
+
+// The output (and indices) shape viewed as [outer, n, inner] around the axis, with the data
+// offset of each outer and each inner position (the indices may be smaller than the data on the
+// other axes).
+struct GatherElementsPlan {
+  size_t elem_size = 4;
+  int64_t outer = 1, n = 1, inner = 1;
+  int64_t axis_dim = 1;     // data dim along the axis
+  int64_t axis_stride = 1;  // data stride of the axis, in elements
+  std::vector<int64_t> outer_offsets, inner_offsets;
+};
+// data and indices of the same rank, indices no larger than data on the other axes.
+GatherElementsPlan plan_gather_elements(std::span<const int64_t> data_shape,
+                                        std::span<const int64_t> index_shape, int axis,
+                                        size_t elem_size);
+// out[..., j, ...] = data[..., indices[..., j, ...], ...] along the axis, out of the indices'
+// shape; int64 or int32 indices, negative ones counting from the end; one outside
+// [-axis_dim, axis_dim) throws an Invalid "expected …, got …" error (callers add context).
+void gather_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
+                     void* out);
+
 // Pad ------------------------------------------------------------------------------------------
 
 enum class PadMode { kConstant, kReflect, kEdge };

@@ -216,8 +216,8 @@ class BatchFreer {
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int axis = out_axis - static_cast<int>(out_rank - s.size());
-    // A broadcast holds at any batch; Concat does not broadcast.
-    const bool broadcasts = node.op_type() != "Concat";
+    // A broadcast holds at any batch; Concat and GatherElements do not broadcast.
+    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements";
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     const int64_t rows = axis < 0 ? 0 : s[static_cast<size_t>(axis)];
     if (broadcasts && axis >= 0 && (carried.outer != 1 || carried.inner != 1 || rows != batch_) &&
@@ -374,7 +374,7 @@ class BatchFreer {
     Node* expand = node.input(index)->producer();
     const Shape& s = node.input(index)->known_shape();
     const int axis = out_axis - static_cast<int>(out_rank - s.size());
-    const bool broadcasts = node.op_type() != "Concat";
+    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements";
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     if (axis < 0 || s[static_cast<size_t>(axis)] != batch_ ||
         expand->input(0)->known_shape().size() != s.size() ||
@@ -723,6 +723,28 @@ class BatchFreer {
       const bool keep = node.attr_int("keepdims", 1) != 0;
       set_axis(node, node.output(0), keep || axis > first.axis ? first.axis : first.axis - 1,
                first);
+      return;
+    }
+    if (op == "GatherElements") {
+      // Data and indices of one rank, the output of the indices' shape: both need the batch, a
+      // constant one (DeBERTa's relative positions expanded to the batch) expanded at run time.
+      if (normalized_axis(node.attr_int("axis", 0), first_rank) == first.axis) {
+        unsupported(node, "gathers along the batch axis");
+      }
+      for (const auto& [i, a] : carried) {
+        if (a.axis != first.axis) unsupported(node, "joins inputs whose batch is on other axes");
+      }
+      for (size_t i = 0; i < 2; ++i) {
+        if (node.input(i)->is_constant()) {
+          expand_repeated_constant(node, i, first.axis, out_rank, first);
+        } else if (expands_constant(node.input(i))) {
+          widen_expand(node, i, first.axis, out_rank);
+        } else if (!axis_of(node.input(i))) {
+          unsupported(
+              node, "expected input " + std::to_string(i) + " to carry the batch or be a constant");
+        }
+      }
+      set_axis(node, node.output(0), first.axis, first);
       return;
     }
     if (op == "Softmax" || op == "LogSoftmax" || op == "Hardmax") {

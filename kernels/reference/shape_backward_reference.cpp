@@ -65,4 +65,14 @@ void gather_backward(const Shape& data_shape, int axis, std::span<const int64_t>
   }
 }
 
+void gather_elements_backward(const Shape& data_shape, const Shape& index_shape, int axis,
+                              std::span<const int64_t> indices, const double* dy, double* dx) {
+  std::fill_n(dx, shape_numel(data_shape), 0.0);
+  for (int64_t i = 0; i < shape_numel(index_shape); ++i) {
+    Shape c = unravel(i, index_shape);
+    c[static_cast<size_t>(axis)] = indices[static_cast<size_t>(i)];
+    dx[ravel(c, data_shape)] += dy[i];
+  }
+}
+
 }  // namespace qforge::kernels::reference

@@ -21,4 +21,9 @@ void concat_backward(std::span<const Shape> x_shapes, int axis, const double* dy
 void gather_backward(const Shape& data_shape, int axis, std::span<const int64_t> indices,
                      const double* dy, double* dx);
 
+// GatherElements: dx[c with c[axis] = indices[c]] += dy[c] over the indices' positions c;
+// indices already in [0, axis_dim), of index_shape.
+void gather_elements_backward(const Shape& data_shape, const Shape& index_shape, int axis,
+                              std::span<const int64_t> indices, const double* dy, double* dx);
+
 }  // namespace qforge::kernels::reference

@@ -134,6 +134,20 @@ Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis) {
   return y;
 }
 
+Tensor gather_elements(const Tensor& data, const Tensor& indices, int64_t axis) {
+  if (axis < 0) axis += data.rank();
+  const auto ax = static_cast<size_t>(axis);
+  Tensor y(data.dtype(), indices.shape());
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    Shape c = unravel(i, indices.shape());
+    int64_t v = get_int(indices, i);
+    if (v < 0) v += data.shape()[ax];
+    c[ax] = v;
+    copy_element(data, ravel(c, data.shape()), y, i);
+  }
+  return y;
+}
+
 Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value) {
   const size_t rank = static_cast<size_t>(x.rank());
   Shape out_shape(rank);

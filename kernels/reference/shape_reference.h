@@ -19,6 +19,8 @@ Tensor concat(std::span<const Tensor> inputs, int64_t axis);
 // ONNX Split: consecutive parts of `sizes` elements along axis.
 std::vector<Tensor> split(const Tensor& x, std::span<const int64_t> sizes, int64_t axis);
 Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis);
+// ONNX GatherElements: y of the indices' shape, y[c] = data[c with c[axis] = indices[c]].
+Tensor gather_elements(const Tensor& data, const Tensor& indices, int64_t axis);
 // pads in ONNX layout: all begins, then all ends; constant_value in the tensor's dtype.
 Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value);
 Tensor expand(const Tensor& x, std::span<const int64_t> shape);

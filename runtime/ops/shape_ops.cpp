@@ -907,6 +907,99 @@ std::unique_ptr<OpKernel> create_gather(const graph::Node& node, std::span<const
       node.label(), data.dtype == DType::kFloat32);
 }
 
+// GatherElements (torch.gather) ----------------------------------------------------------------
+
+struct GatherElementsSetup {
+  int axis = 0;
+};
+
+GatherElementsSetup setup_gather_elements(const graph::Node& node,
+                                          std::span<const InputInfo> inputs) {
+  const InputInfo& data = require_input(node, inputs, 0);
+  const InputInfo& indices = require_input(node, inputs, 1);
+  if (indices.dtype != DType::kInt64 && indices.dtype != DType::kInt32) {
+    fail_node(node, "int64 or int32 indices", dtype_str(indices.dtype));
+  }
+  const auto rank = static_cast<int64_t>(data.shape.size());
+  if (rank == 0) fail_node(node, "data of rank >= 1", shape_str(data.shape));
+  if (indices.shape.size() != data.shape.size()) {
+    fail_node(node, "indices of the data's rank " + std::to_string(rank), shape_str(indices.shape));
+  }
+  GatherElementsSetup s;
+  s.axis = static_cast<int>(normalize_axis(node, node.attr_int("axis", 0), rank));
+  for (size_t d = 0; d < data.shape.size(); ++d) {
+    if (static_cast<int>(d) != s.axis && indices.shape[d] > data.shape[d]) {
+      fail_node(node, "indices no larger than the data " + shape_str(data.shape) + " off the axis",
+                shape_str(indices.shape));
+    }
+  }
+  const int64_t dim = data.shape[static_cast<size_t>(s.axis)];
+  if (indices.constant) {
+    for (int64_t v : indices.constant->to_int64_vector()) {
+      if (v < -dim || v >= dim) {
+        fail_node(node,
+                  "indices in [" + std::to_string(-dim) + ", " + std::to_string(dim - 1) + "]",
+                  std::to_string(v));
+      }
+    }
+  }
+  return s;
+}
+
+std::vector<TensorInfo> infer_gather_elements(const graph::Node& node,
+                                              std::span<const InputInfo> inputs) {
+  setup_gather_elements(node, inputs);
+  return {{inputs[0].dtype, inputs[1].shape}};
+}
+
+class GatherElementsKernel final : public OpKernel {
+ public:
+  GatherElementsKernel(kernels::GatherElementsPlan plan, int64_t data_numel, std::string label,
+                       bool float_data)
+      : plan_(std::move(plan)),
+        data_numel_(data_numel),
+        label_(std::move(label)),
+        differentiable_(float_data) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run_for_node(label_, [&] {
+      kernels::gather_elements(plan_, inputs[0].raw(), inputs[1], outputs[0].raw());
+    });
+  }
+  // The data; the indices are integers.
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = uint64_t{1} << 1, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    float* dx = grad_data(grad_inputs, 0);
+    if (!dx) return;
+    run_for_node(label_, [&] {
+      kernels::gather_elements_backward(plan_, inputs[1], grad_outputs[0].data<float>(), dx,
+                                        data_numel_);
+    });
+  }
+
+ private:
+  kernels::GatherElementsPlan plan_;
+  int64_t data_numel_;
+  std::string label_;
+  bool differentiable_;
+};
+
+std::unique_ptr<OpKernel> create_gather_elements(const graph::Node& node,
+                                                 std::span<const InputInfo> inputs,
+                                                 std::span<const TensorInfo> /*outputs*/) {
+  const GatherElementsSetup s = setup_gather_elements(node, inputs);
+  const InputInfo& data = inputs[0];
+  return std::make_unique<GatherElementsKernel>(
+      kernels::plan_gather_elements(data.shape, inputs[1].shape, s.axis,
+                                    kernels::dtype_size(data.dtype)),
+      shape_numel(data.shape), node.label(), data.dtype == DType::kFloat32);
+}
+
 // Pad ------------------------------------------------------------------------------------------
 
 kernels::PadPlan pad_plan(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -1307,6 +1400,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"Split", infer_split, create_split});
   registry.add({"Resize", infer_resize, create_resize});
   registry.add({"Gather", infer_gather, create_gather});
+  registry.add({"GatherElements", infer_gather_elements, create_gather_elements});
   registry.add({"Pad", infer_pad, create_pad});
   registry.add({"Shape", infer_shape, create_shape});
   registry.add({"Constant", infer_constant, create_constant});

@@ -220,5 +220,61 @@ TEST(GatherBackward, SameBitsForAnyThreadCount) {
   expect_same_bits(runs[0].data(), runs[1].data(), runs[0].size(), "gather dx");
 }
 
+// GatherElements' gradient: repeated indices add up along the axis in order; against the
+// reference and float64 central differences of the forward, accumulating, and the same bits at 1
+// and 2 threads.
+TEST(GatherElementsBackward, MatchesReferenceDifferencesAndThreadCounts) {
+  const Shape data_shape = {3, 6, 5};
+  const Shape index_shape = {2, 9, 4};  // more positions than the axis holds: repeats
+  const int axis = 1;
+  const size_t n = static_cast<size_t>(shape_numel(data_shape));
+  const size_t m = static_cast<size_t>(shape_numel(index_shape));
+  const std::vector<float> u = random_values(m, 21, 0.0f, 1.0f);
+  std::vector<int64_t> indices(m), wrapped(m);
+  for (size_t i = 0; i < m; ++i) {
+    indices[i] = std::min<int64_t>(11, static_cast<int64_t>(u[i] * 12)) - 6;  // [-6, 6)
+    wrapped[i] = indices[i] < 0 ? indices[i] + 6 : indices[i];
+  }
+  Tensor index(DType::kInt64, index_shape);
+  std::copy(indices.begin(), indices.end(), index.data<int64_t>());
+  std::vector<double> x = to_double(random_values(n, 22));
+  const std::vector<double> dy = to_double(random_values(m, 23));
+  std::vector<double> ref(n), mag(n), y(m);
+  reference::gather_elements_backward(data_shape, index_shape, axis, wrapped, dy.data(),
+                                      ref.data());
+  reference::gather_elements_backward(data_shape, index_shape, axis, wrapped, absolute(dy).data(),
+                                      mag.data());
+  const GatherElementsPlan forward =
+      plan_gather_elements(data_shape, index_shape, axis, sizeof(double));
+  auto loss = [&] {
+    gather_elements(forward, x.data(), index, y.data());
+    return testing::dot(y, dy);
+  };
+  expect_matches_differences(ref, central_differences(x, loss), 1e-8, "gather_elements dx");
+  const GatherElementsPlan plan =
+      plan_gather_elements(data_shape, index_shape, axis, sizeof(float));
+  const std::vector<float> dyf = to_float(dy);
+  std::vector<float> runs[2];
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    runs[threads - 1].assign(n, NAN);
+    gather_elements_backward(plan, index, dyf.data(), runs[threads - 1].data(),
+                             static_cast<int64_t>(n));
+  }
+  expect_matches_reference(runs[0], ref, mag, "gather_elements dx");
+  expect_same_bits(runs[0].data(), runs[1].data(), n, "gather_elements dx");
+  std::vector<float> added = runs[0];
+  gather_elements_backward(plan, index, dyf.data(), added.data(), static_cast<int64_t>(n),
+                           GradMode::kAccumulate);
+  // Added onto dx: the reference of twice dy.
+  std::vector<double> ref2(n), dy2(m);
+  for (size_t i = 0; i < m; ++i) dy2[i] = 2 * dy[i];
+  reference::gather_elements_backward(data_shape, index_shape, axis, wrapped, dy2.data(),
+                                      ref2.data());
+  std::vector<double> mag2(n);
+  for (size_t i = 0; i < n; ++i) mag2[i] = 2 * mag[i];
+  expect_matches_reference(added, ref2, mag2, "gather_elements dx accumulated");
+}
+
 }  // namespace
 }  // namespace qforge::kernels

@@ -13,6 +13,7 @@
 #include "kernels/reference/shape_reference.h"
 #include "kernels/shape_ops.h"
 #include "runtime/threads.h"
+#include "tests/support/random.h"
 
 namespace qforge::kernels {
 namespace {
@@ -263,6 +264,56 @@ TEST(ShapeGather, OutOfRangeIndexIsInvalid) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
     EXPECT_EQ(std::string(e.what()), "expected indices in [-5, 4], got 5");
+  }
+}
+
+// GatherElements along each axis, indices smaller than the data off the axis, int32 and int64,
+// negative ones, data of 4 and 8 bytes, against the reference; an index out of range is Invalid.
+TEST(ShapeGatherElements, AxesSmallerIndicesAndNegativeIndicesMatchReference) {
+  const Tensor data = iota(DType::kFloat32, {5, 7, 3});
+  const Tensor data64 = iota(DType::kInt64, {5, 7, 3});
+  const Shape index_shapes[] = {{5, 7, 3}, {2, 4, 3}, {4, 9, 1}, {1, 1, 6}};
+  uint32_t seed = 5;
+  for (const Shape& index_shape : index_shapes) {
+    for (int axis = 0; axis < 3; ++axis) {
+      Shape shape = index_shape;
+      for (int d = 0; d < 3; ++d) {  // off the axis, no larger than the data
+        if (d != axis)
+          shape[static_cast<size_t>(d)] =
+              std::min(shape[static_cast<size_t>(d)], data.shape()[static_cast<size_t>(d)]);
+      }
+      const int64_t dim = data.shape()[static_cast<size_t>(axis)];
+      const std::vector<float> u = qforge::testing::random_values(
+          static_cast<size_t>(shape_numel(shape)), seed++, 0.0f, 1.0f);
+      Tensor idx64(DType::kInt64, shape), idx32(DType::kInt32, shape);
+      for (size_t i = 0; i < u.size(); ++i) {
+        const auto v =
+            std::min(2 * dim - 1, static_cast<int64_t>(u[i] * 2 * static_cast<float>(dim))) - dim;
+        idx64.data<int64_t>()[i] = v;  // in [-dim, dim)
+        idx32.data<int32_t>()[i] = static_cast<int32_t>(v);
+      }
+      for (const Tensor* idx : {&idx64, &idx32}) {
+        for (const Tensor* x : {&data, &data64}) {
+          const std::string what =
+              "axis " + std::to_string(axis) + " idx " + idx->describe() + " data " + x->describe();
+          const Tensor expected = reference::gather_elements(*x, *idx, axis);
+          Tensor y(x->dtype(), shape);
+          gather_elements(
+              plan_gather_elements(x->shape(), shape, axis, kernels::dtype_size(x->dtype())),
+              x->raw(), *idx, y.raw());
+          expect_same(y, expected, what);
+        }
+      }
+    }
+  }
+  Tensor y(DType::kFloat32, {1, 2});
+  try {
+    gather_elements(plan_gather_elements(Shape{5, 2}, Shape{1, 2}, 0, 4), data.raw(),
+                    Tensor::from_vector<int64_t>({1, 2}, {1, -6}), y.raw());
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
+    EXPECT_EQ(std::string(e.what()), "expected indices in [-5, 4], got -6");
   }
 }
 

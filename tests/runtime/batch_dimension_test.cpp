@@ -205,6 +205,71 @@ TEST(BatchDimension, CumSumOverTheBatchIsRefusedAndAlongTokensKeepsIt) {
   expect_same_per_sample(std::move(freed), over_tokens, {5, 3});
 }
 
+// torch.gather of the tokens at computed positions (each column's largest value), and at
+// positions a constant fixes (DeBERTa's relative positions, one sample's expanded to the batch):
+// the freed graphs run per sample as the originals, the constant expanded to the batch at run
+// time. A gather along the batch, or of constant indices that differ between samples, is refused
+// naming the node.
+TEST(BatchDimension, GatherElementsTakesTheBatchOfItsDataAndIndices) {
+  auto picks = [](int64_t batch) {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 5, 3});
+    graph::Value* idx =
+        add(*g, "where_max", "ArgMax", {x}, {{"axis", int64_t{1}}, {"keepdims", int64_t{1}}});
+    g->mark_output(add(*g, "picked", "GatherElements", {x, idx}, {{"axis", int64_t{1}}}));
+    return g;
+  };
+  auto freed = picks(2);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  expect_same_per_sample(std::move(freed), picks, {5, 3});
+
+  // Per sample [4, 3]: rows 3, 0, 4, 2 of the five.
+  auto relative = [](int64_t batch) {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 5, 3});
+    std::vector<int64_t> rows;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t r : {3, 0, 4, 2}) rows.insert(rows.end(), {r, r, (r + 1) % 5});
+    }
+    graph::Value* idx =
+        g->add_constant("positions", Tensor::from_vector<int64_t>({batch, 4, 3}, rows));
+    g->mark_output(add(*g, "picked", "GatherElements", {x, idx}, {{"axis", int64_t{1}}}));
+    return g;
+  };
+  auto freed_relative = relative(2);
+  runtime::resolve(*freed_relative, {});
+  runtime::free_batch(*freed_relative, 2);
+  expect_same_per_sample(std::move(freed_relative), relative, {5, 3});
+
+  auto refused = [](const std::string& why, auto build) {
+    Graph g;
+    graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 5, 3});
+    build(g, x);
+    runtime::resolve(g, {});
+    try {
+      runtime::free_batch(g, 2);
+      ADD_FAILURE() << "expected an error: " << why;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+      EXPECT_NE(std::string(e.what()).find("node 'gather' (GatherElements): " + why),
+                std::string::npos)
+          << e.what();
+    }
+  };
+  refused("gathers along the batch axis", [](Graph& g, graph::Value* x) {
+    graph::Value* idx =
+        add(g, "where_max", "ArgMax", {x}, {{"axis", int64_t{2}}, {"keepdims", int64_t{1}}});
+    g.mark_output(add(g, "gather", "GatherElements", {x, idx}, {{"axis", int64_t{0}}}));
+  });
+  refused("constant 'fixed' [2, 1, 3] differs from sample to sample along the batch axis 0",
+          [](Graph& g, graph::Value* x) {
+            graph::Value* idx = g.add_constant(
+                "fixed", Tensor::from_vector<int64_t>({2, 1, 3}, {0, 4, 2, 1, 1, 3}));
+            g.mark_output(add(g, "gather", "GatherElements", {x, idx}, {{"axis", int64_t{1}}}));
+          });
+}
+
 // CLIP's pooling, x[arange(B), idx] as torch.onnx writes it: idx + arange(B)·rows into the rows
 // of x flattened to [B·4, 3]. The offsets become Range(batch)·4 read at run time; offsets that do
 // not step by a sample's rows are refused.

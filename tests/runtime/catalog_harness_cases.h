@@ -749,6 +749,20 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({5, 4, 3}))
           .setting(i64({2, 3}, {0, -1, 2, 3, 0, 0}))
           .attr("axis", int64_t{1}));
+  // torch.gather: DeBERTa's relative-position scores, top-k selections.
+  add(H("GatherElements", "axis 1, repeated and negative indices")
+          .data(d.uniform({2, 4, 3}))
+          .setting(i64({2, 5, 3}, {0, -1, 2, 3, 0,  0, 1, 1, 1, -4, 2, 3, 3, 2,  1,
+                                   2, 2,  0, 1, -2, 3, 0, 0, 0, 3,  1, 2, 1, -3, 2}))
+          .attr("axis", int64_t{1}));
+  add(H("GatherElements", "last axis, indices smaller off the axis, int32")
+          .data(d.uniform({3, 5}))
+          .setting(Tensor::from_vector<int32_t>({2, 2}, {4, 0, -1, 2}))
+          .attr("axis", int64_t{-1}));
+  add(H("GatherElements", "int64 data, axis 0")
+          .data(i64({3, 2}, {10, 11, 12, 13, 14, 15}))
+          .setting(i64({2, 2}, {2, 0, -1, 1}))
+          .attr("axis", int64_t{0}));
   add(H("Pad", "reflect")
           .data(d.uniform({2, 3, 5}))
           .setting(i64s({0, 2, 1, 0, 1, 3}))
