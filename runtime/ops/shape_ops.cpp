@@ -326,26 +326,30 @@ std::vector<TensorInfo> infer_transpose(const graph::Node& node,
 
 class TransposeKernel final : public OpKernel {
  public:
-  // inverse: the transpose that takes the output's layout back to the input's (the backward).
-  TransposeKernel(kernels::TransposePlan plan, kernels::TransposePlan inverse)
-      : plan_(std::move(plan)), inverse_(std::move(inverse)) {}
+  // inverse: the transpose that takes the output's layout back to the input's (the backward);
+  // float_data: whether it has one (integer data has no gradient).
+  TransposeKernel(kernels::TransposePlan plan, kernels::TransposePlan inverse, bool float_data)
+      : plan_(std::move(plan)), inverse_(std::move(inverse)), differentiable_(float_data) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     kernels::transpose(plan_, inputs[0].raw(), outputs[0].raw());
   }
-  bool differentiable_input(size_t index) const override { return index == 0; }
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
   }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
                 std::byte* /*workspace*/) override {
-    kernels::transpose(inverse_, grad_outputs[0].raw(), grad_inputs[0].raw());
+    float* dx = grad_data(grad_inputs, 0);
+    if (!dx) return;
+    kernels::transpose(inverse_, grad_outputs[0].raw(), dx);
   }
 
  private:
   kernels::TransposePlan plan_;
   kernels::TransposePlan inverse_;
+  bool differentiable_;
 };
 
 std::unique_ptr<OpKernel> create_transpose(const graph::Node& node,
@@ -358,7 +362,70 @@ std::unique_ptr<OpKernel> create_transpose(const graph::Node& node,
   const size_t element = kernels::dtype_size(x.dtype);
   return std::make_unique<TransposeKernel>(
       kernels::plan_transpose(x.shape, perm, element),
-      kernels::plan_transpose(kernels::transposed_shape(x.shape, perm), inverse, element));
+      kernels::plan_transpose(kernels::transposed_shape(x.shape, perm), inverse, element),
+      x.dtype == DType::kFloat32);
+}
+
+// DepthToSpace and SpaceToDepth (pixel shuffle): one transpose of a 6-D view of the NCHW input,
+// on TransposeKernel, whose backward is the inverse transpose.
+
+struct SpaceDepthSetup {
+  Shape view;                 // the input viewed in 6 dims
+  std::vector<int64_t> perm;  // of the view
+  Shape out;
+};
+
+SpaceDepthSetup setup_space_depth(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (x.shape.size() != 4) fail_node(node, "input of rank 4 (N, C, H, W)", shape_str(x.shape));
+  const int64_t b = node.attr_int("blocksize", 0);
+  if (b < 1) fail_node(node, "blocksize >= 1", std::to_string(b));
+  const int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
+  SpaceDepthSetup s;
+  if (node.op_type() == "SpaceToDepth") {
+    if (b > h || b > w || h % b != 0 || w % b != 0) {
+      fail_node(node, "height and width divisible by the blocksize " + std::to_string(b),
+                shape_str(x.shape));
+    }
+    s.view = {n, c, h / b, b, w / b, b};
+    s.perm = {0, 3, 5, 1, 2, 4};
+    s.out = {n, c * b * b, h / b, w / b};
+    return s;
+  }
+  if (b > c || c % (b * b) != 0) {
+    fail_node(node, "channels divisible by blocksize² " + std::to_string(b) + "²",
+              shape_str(x.shape));
+  }
+  const std::string mode = node.attr_string("mode", "DCR");
+  if (mode == "DCR") {
+    s.view = {n, b, b, c / (b * b), h, w};
+    s.perm = {0, 3, 4, 1, 5, 2};
+  } else if (mode == "CRD") {
+    s.view = {n, c / (b * b), b, b, h, w};
+    s.perm = {0, 1, 4, 2, 5, 3};
+  } else {
+    fail_node(node, "mode DCR or CRD", mode);
+  }
+  s.out = {n, c / (b * b), h * b, w * b};
+  return s;
+}
+
+std::vector<TensorInfo> infer_space_depth(const graph::Node& node,
+                                          std::span<const InputInfo> inputs) {
+  return {{inputs[0].dtype, setup_space_depth(node, inputs).out}};
+}
+
+std::unique_ptr<OpKernel> create_space_depth(const graph::Node& node,
+                                             std::span<const InputInfo> inputs,
+                                             std::span<const TensorInfo> /*outputs*/) {
+  const SpaceDepthSetup s = setup_space_depth(node, inputs);
+  std::vector<int64_t> inverse(s.perm.size());
+  for (size_t i = 0; i < s.perm.size(); ++i) inverse[static_cast<size_t>(s.perm[i])] = int64_t(i);
+  const size_t element = kernels::dtype_size(inputs[0].dtype);
+  return std::make_unique<TransposeKernel>(
+      kernels::plan_transpose(s.view, s.perm, element),
+      kernels::plan_transpose(kernels::transposed_shape(s.view, s.perm), inverse, element),
+      inputs[0].dtype == DType::kFloat32);
 }
 
 // Slice and Expand: strided copies planned from constant inputs ---------------------------------
@@ -1393,6 +1460,8 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"Unsqueeze", infer_unsqueeze, create_copy});
   registry.add({"Dropout", infer_dropout, create_dropout});
   registry.add({"Transpose", infer_transpose, create_transpose});
+  registry.add({"DepthToSpace", infer_space_depth, create_space_depth});
+  registry.add({"SpaceToDepth", infer_space_depth, create_space_depth});
   registry.add({"Slice", infer_slice, create_slice});
   registry.add({"Expand", infer_expand, create_expand});
   registry.add({"Tile", infer_tile, create_tile});

@@ -728,6 +728,18 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Transpose", "perm (3,0,2,1)")
           .data(d.uniform({2, 3, 4, 5}))
           .attr("perm", Ints{3, 0, 2, 1}));
+  add(H("Transpose", "int64, perm (1,0)")
+          .data(i64({2, 3}, {1, 2, 3, 4, 5, 6}))
+          .attr("perm", Ints{1, 0}));
+  // Pixel shuffle (super-resolution heads) and its inverse.
+  add(H("DepthToSpace", "blocksize 2, DCR")
+          .data(d.uniform({2, 8, 3, 5}))
+          .attr("blocksize", int64_t{2}));
+  add(H("DepthToSpace", "blocksize 3, CRD (torch's pixel_shuffle)")
+          .data(d.uniform({1, 18, 2, 3}))
+          .attr("blocksize", int64_t{3})
+          .attr("mode", std::string("CRD")));
+  add(H("SpaceToDepth", "blocksize 2").data(d.uniform({2, 3, 4, 6})).attr("blocksize", int64_t{2}));
   add(H("Concat", "three inputs on axis 1")
           .data(d.uniform({2, 3, 4}))
           .data(d.uniform({2, 1, 4}))

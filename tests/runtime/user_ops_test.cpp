@@ -389,6 +389,59 @@ TEST(UserOps, TileReduceAndArgMaxShapesAndErrors) {
       << repeated;
 }
 
+// DepthToSpace in both modes against the element each output position takes by ONNX's
+// definition, SpaceToDepth undoing DCR's; the shapes and the errors naming the node.
+TEST(UserOps, DepthToSpaceAndSpaceToDepthMoveEachElementWhereOnnxSays) {
+  auto run = [](const OneNodeGraph& node, const Tensor& in) {
+    Tensor out(in.dtype(), node.infer()[0].shape);
+    const Tensor ins[] = {in};
+    Tensor outs[] = {out};
+    node.create()->forward(ins, outs, nullptr);
+    return out;
+  };
+  const int64_t n = 2, c = 8, h = 3, w = 2, b = 2;
+  Tensor x(DType::kFloat32, {n, c, h, w});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = static_cast<float>(i);
+  for (const std::string mode : {"DCR", "CRD"}) {
+    SCOPED_TRACE(mode);
+    const Tensor y =
+        run(OneNodeGraph("DepthToSpace", {{"blocksize", b}, {"mode", mode}}, {{x}}, 1), x);
+    ASSERT_EQ(y.shape(), (Shape{n, c / 4, h * b, w * b}));
+    for (int64_t in = 0; in < n; ++in) {
+      for (int64_t oc = 0; oc < c / 4; ++oc) {
+        for (int64_t oh = 0; oh < h * b; ++oh) {
+          for (int64_t ow = 0; ow < w * b; ++ow) {
+            const int64_t bh = oh % b, bw = ow % b;
+            // DCR: the block offset is the channel's high part; CRD: its low part.
+            const int64_t ic = mode == "DCR" ? (bh * b + bw) * (c / 4) + oc : oc * 4 + bh * b + bw;
+            const float want = x.data<float>()[((in * c + ic) * h + oh / b) * w + ow / b];
+            ASSERT_EQ(y.data<float>()[((in * (c / 4) + oc) * h * b + oh) * w * b + ow], want);
+          }
+        }
+      }
+    }
+    if (mode == "DCR") {
+      const Tensor back = run(OneNodeGraph("SpaceToDepth", {{"blocksize", b}}, {{y}}, 1), y);
+      ASSERT_EQ(back.shape(), x.shape());
+      EXPECT_EQ(std::memcmp(back.raw(), x.raw(), x.nbytes()), 0);
+    }
+  }
+  auto error = [&](const std::string& op, int64_t blocksize, const std::string& mode) {
+    return error_of(ErrorKind::kInvalid, [&] {
+      OneNodeGraph(op, {{"blocksize", blocksize}, {"mode", mode}}, {{x}}, 1).infer();
+    });
+  };
+  EXPECT_NE(error("DepthToSpace", 3, "DCR")
+                .find("node 'node' (DepthToSpace): expected channels divisible by blocksize² 3²"),
+            std::string::npos);
+  EXPECT_NE(error("DepthToSpace", 2, "XYZ").find("expected mode DCR or CRD, got XYZ"),
+            std::string::npos);
+  EXPECT_NE(error("SpaceToDepth", 2, "DCR")
+                .find("node 'node' (SpaceToDepth): expected height and width divisible by the "
+                      "blocksize 2, got [2, 8, 3, 2]"),
+            std::string::npos);
+}
+
 // Each equation against PyTorch's einsum; the Einsum is gone, its MatMul keeps the node's name.
 TEST(UserOps, EinsumBecomesMatMulAndMatchesPyTorch) {
   const auto golden = io::read_npz(data_path("models/ops/einsum.npz"));
