@@ -130,6 +130,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Sub", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Tanh", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Tile", 2, 2, 1, 1, 13, kBackward},
+    OpSchema{"TopK", 2, 2, 2, 2, 11, kBackward},  // the values' gradient; the indices have none
     OpSchema{"Transpose", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Trilu", 1, 2, 1, 1, 14, kBackward},
     OpSchema{"Unsqueeze", 2, 2, 1, 1, 13, kBackward},
@@ -207,6 +208,8 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"DepthToSpace", "blocksize", 1},
     AttributeRule{"SpaceToDepth", "blocksize", 1},
     AttributeRule{"Trilu", "upper", 0, 1},
+    AttributeRule{"TopK", "largest", 0, 1},
+    AttributeRule{"TopK", "sorted", 0, 1},
     AttributeRule{"Gemm", "transA", 0, 1},
     AttributeRule{"Gemm", "transB", 0, 1},
 };

@@ -6,7 +6,9 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/parallel.h"
 
@@ -365,6 +367,52 @@ void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool se
         }
       }
       y[t] = at;
+    }
+  });
+}
+
+void top_k(const float* x, int64_t outer, int64_t n, int64_t inner, int64_t k, bool largest,
+           float* values, int64_t* indices) {
+  if (outer * inner * k == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, n));
+  parallel_for(outer * inner, grain, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> order(static_cast<size_t>(n));  // one per task, reused by its rows
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t o = t / inner;
+      const int64_t i = t % inner;
+      const float* xr = x + o * n * inner + i;
+      // A strict total order: NaN beyond every number, then the value, then the index.
+      auto before = [&](int64_t a, int64_t b) {
+        const float va = xr[a * inner], vb = xr[b * inner];
+        const bool na = std::isnan(va), nb = std::isnan(vb);
+        if (na != nb) return largest ? na : nb;
+        if (!na && va != vb) return largest ? va > vb : va < vb;
+        return a < b;
+      };
+      std::iota(order.begin(), order.end(), int64_t{0});
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t at = order[static_cast<size_t>(j)];
+        values[(o * k + j) * inner + i] = xr[at * inner];
+        indices[(o * k + j) * inner + i] = at;
+      }
+    }
+  });
+}
+
+void top_k_backward(const int64_t* indices, const float* dy, int64_t outer, int64_t n,
+                    int64_t inner, int64_t k, float* dx, GradMode write) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, n * inner));
+  parallel_for(outer, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float* dxo = dx + o * n * inner;
+      if (write == GradMode::kOverwrite) std::fill_n(dxo, n * inner, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        for (int64_t i = 0; i < inner; ++i) {
+          const int64_t at = (o * k + j) * inner + i;
+          dxo[indices[at] * inner + i] += dy[at];  // each position selected at most once
+        }
+      }
     }
   });
 }

@@ -1,7 +1,8 @@
 // Reductions over a set of axes other than the mean (kernels/pool.h): every ONNX Reduce op (sum,
-// max, min, product, the L1 and L2 norms, the sum of squares, log-sum and log-sum-exp) and the
-// index of the max along one axis, with the backward of each reduction. Each output walks its
-// reduced elements in row-major order on one task, so results do not depend on the thread count.
+// max, min, product, the L1 and L2 norms, the sum of squares, log-sum and log-sum-exp), the index
+// of the max and the top k along one axis, with the backward of each reduction and of top k. Each
+// output walks its reduced elements in row-major order on one task, so results do not depend on the
+// thread count.
 #pragma once
 
 #include <cstdint>
@@ -81,5 +82,15 @@ void cumulative_sum_backward(const float* dy, int64_t outer, int64_t n, int64_t 
 template <typename T>
 void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
              int64_t* y);
+
+// x viewed as [outer, n, inner]: the k largest values along the middle axis (the k smallest with
+// !largest) and their indices, into values and indices [outer, k, inner], best first; equal values
+// in index order, NaN counting as larger than any number (ONNX TopK with sorted = 1, as
+// torch.topk). 0 <= k <= n.
+void top_k(const float* x, int64_t outer, int64_t n, int64_t inner, int64_t k, bool largest,
+           float* values, int64_t* indices);
+// Its gradient: dx = 0 but at the selected positions, dx[o, indices[o, j, i], i] = dy[o, j, i].
+void top_k_backward(const int64_t* indices, const float* dy, int64_t outer, int64_t n,
+                    int64_t inner, int64_t k, float* dx, GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

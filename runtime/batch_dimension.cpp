@@ -747,6 +747,9 @@ class BatchFreer {
       set_axis(node, node.output(0), first.axis, first);
       return;
     }
+    if (op == "TopK" && normalized_axis(node.attr_int("axis", -1), first_rank) == first.axis) {
+      unsupported(node, "selects along the batch axis");
+    }
     if (op == "Softmax" || op == "LogSoftmax" || op == "Hardmax") {
       if (normalized_axis(node.attr_int("axis", -1), first_rank) == first.axis) {
         unsupported(node, "normalizes along the batch axis");

@@ -255,6 +255,46 @@ Tensor reduce_backward(const Tensor& x, std::span<const int64_t> axes, ReduceOp 
   return dx;
 }
 
+void top_k(const Tensor& x, int64_t axis, int64_t k, bool largest, Tensor& values,
+           Tensor& indices) {
+  Shape out_shape = x.shape();
+  const auto a = static_cast<size_t>(axis);
+  const int64_t n = out_shape[a];
+  out_shape[a] = k;
+  values = Tensor(DType::kFloat32, out_shape);
+  indices = Tensor(DType::kInt64, out_shape);
+  // How a value ranks: NaN beyond every number, on the side of the best values.
+  auto better = [&](float v, float w) {
+    if (std::isnan(v) || std::isnan(w)) return std::isnan(v) && !std::isnan(w) && largest;
+    return largest ? v > w : v < w;
+  };
+  auto worse_nan = [&](float v, float w) {  // smallest first: a number beats NaN
+    return !largest && !std::isnan(v) && std::isnan(w);
+  };
+  for (int64_t o = 0; o < values.numel(); ++o) {
+    Shape at = unravel(o, out_shape);
+    if (at[a] != 0) continue;  // each line once, from its first output
+    std::vector<bool> taken(static_cast<size_t>(n), false);
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t best = -1;
+      float best_value = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (taken[static_cast<size_t>(i)]) continue;
+        at[a] = i;
+        const float v = x.data<float>()[ravel(at, x.shape())];
+        if (best < 0 || better(v, best_value) || worse_nan(v, best_value)) {
+          best = i;
+          best_value = v;
+        }
+      }
+      taken[static_cast<size_t>(best)] = true;
+      at[a] = j;
+      values.data<float>()[ravel(at, out_shape)] = best_value;
+      indices.data<int64_t>()[ravel(at, out_shape)] = best;
+    }
+  }
+}
+
 Tensor arg_max(const Tensor& x, int64_t axis, bool select_last) {
   const int64_t axes[] = {axis};
   const Shape out_shape = kept_shape(x.shape(), axes);

@@ -33,6 +33,10 @@ Tensor reduce(const Tensor& x, std::span<const int64_t> axes, ReduceOp op);
 // dy times the product of the other values; dy / Σ x; dy · exp(x) / Σ exp(x).
 Tensor reduce_backward(const Tensor& x, std::span<const int64_t> axes, ReduceOp op,
                        const Tensor& dy);
+// ONNX TopK along `axis`: the k best by repeated scans for the best value not yet taken (the
+// largest, or the smallest; NaN beyond every number; the lower index among equals). values
+// (float32) and indices (int64) of x's shape with k along the axis.
+void top_k(const Tensor& x, int64_t axis, int64_t k, bool largest, Tensor& values, Tensor& indices);
 // int64 indices along `axis`, kept as size 1.
 Tensor arg_max(const Tensor& x, int64_t axis, bool select_last);
 // ONNX CumSum along `axis` (float32, int32 or int64): each output summed afresh from its

@@ -1,6 +1,6 @@
-// Softmax, LogSoftmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum and ArgMax:
-// shape inference, kernels with their backward (ArgMax has none: its output is an integer; nor has
-// CumSum of integers).
+// Softmax, LogSoftmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum, ArgMax and
+// TopK: shape inference, kernels with their backward (ArgMax has none: its output is an integer;
+// nor has CumSum of integers; TopK's gradient is its values').
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -615,6 +615,85 @@ std::unique_ptr<OpKernel> create_arg_max(const Node& node, std::span<const Input
   return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs), inputs[0].dtype);
 }
 
+// ---------------------------------------------------------------------------------------------
+// TopK (opset 11's form: K a constant input, axis, largest, sorted): the values, best first, and
+// their int64 indices; the gradient of the values goes back to the positions they came from.
+// sorted = 0 leaves the order to the runtime; qforge sorts either way.
+
+struct TopKSetup {
+  int64_t outer = 1, n = 1, inner = 1, k = 0;
+  bool largest = true;
+  Shape out_shape;
+};
+
+TopKSetup setup_top_k(const Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& x = float_input(node, inputs, 0, "X");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  if (rank == 0) fail_node(node, "an input of rank >= 1", "a scalar");
+  if (inputs.size() < 2 || !inputs[1].present || !inputs[1].constant) {
+    fail_node(node, "K (input 1) as a constant", "a computed value");
+  }
+  const InputInfo& k = inputs[1];
+  if (k.dtype != DType::kInt64 || k.constant->numel() != 1) {
+    fail_node(node, "K (input 1) as one int64 value",
+              kernels::dtype_name(k.dtype) + shape_str(k.shape));
+  }
+  const auto axis =
+      static_cast<size_t>(normalize_axis(node, node.attr_int("axis", -1), rank, "axis"));
+  TopKSetup s;
+  s.k = k.constant->to_int64_vector()[0];
+  s.n = x.shape[axis];
+  if (s.k < 0 || s.k > s.n) {
+    fail_node(node, "K in [0, " + std::to_string(s.n) + "] (the axis' size)", std::to_string(s.k));
+  }
+  s.largest = bool_attr(node, "largest", 1) != 0;
+  bool_attr(node, "sorted", 1);
+  for (size_t a = 0; a < axis; ++a) s.outer *= x.shape[a];
+  for (size_t a = axis + 1; a < x.shape.size(); ++a) s.inner *= x.shape[a];
+  s.out_shape = x.shape;
+  s.out_shape[axis] = s.k;
+  return s;
+}
+
+std::vector<TensorInfo> infer_top_k(const Node& node, std::span<const InputInfo> inputs) {
+  const TopKSetup s = setup_top_k(node, inputs);
+  return {{DType::kFloat32, s.out_shape}, {DType::kInt64, s.out_shape}};
+}
+
+class TopKKernel final : public OpKernel {
+ public:
+  explicit TopKKernel(const TopKSetup& s) : s_(s) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::top_k(inputs[0].data<float>(), s_.outer, s_.n, s_.inner, s_.k, s_.largest,
+                   outputs[0].data<float>(), outputs[1].data<int64_t>());
+  }
+  bool differentiable_input(size_t index) const override { return index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = uint64_t{1} << 1};  // the indices
+  }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> outputs,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    float* dx = grad_data(grad_inputs, 0);
+    if (!dx) return;
+    if (grad_outputs.empty() || !grad_outputs[0].defined()) {  // no gradient reached the values
+      std::fill_n(dx, s_.outer * s_.n * s_.inner, 0.0f);
+      return;
+    }
+    kernels::top_k_backward(outputs[1].data<int64_t>(), grad_outputs[0].data<float>(), s_.outer,
+                            s_.n, s_.inner, s_.k, dx);
+  }
+
+ private:
+  TopKSetup s_;
+};
+
+std::unique_ptr<OpKernel> create_top_k(const Node& node, std::span<const InputInfo> inputs,
+                                       std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<TopKKernel>(setup_top_k(node, inputs));
+}
+
 }  // namespace
 
 void register_pool_ops(OpRegistry& registry) {
@@ -633,6 +712,7 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"ReduceLogSumExp", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSumExp>});
   registry.add({"CumSum", infer_cumsum, create_cumsum});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
+  registry.add({"TopK", infer_top_k, create_top_k});
   registry.add({"Softmax", infer_softmax, create_softmax<false>});
   registry.add({"LogSoftmax", infer_softmax, create_softmax<true>});
 }

@@ -346,6 +346,61 @@ TEST(ReduceKernels, ProductGradientAtZerosAndLogSumExpAtTheEdges) {
   EXPECT_FLOAT_EQ(lse[3], 1000.0f + std::log(2.0f));
 }
 
+// TopK against the reference's repeated scans: every axis of awkward shapes, k from 0 to the
+// whole axis, largest and smallest, with ties (values on a coarse grid) and NaN; the same bits at
+// 1 and 2 threads; the gradient each selected position's dy and 0 elsewhere.
+TEST(TopKKernel, MatchesTheReferenceWithTiesAndNaN) {
+  const Shape shapes[] = {{13}, {3, 17}, {2, 5, 7}, {4, 1, 33}};
+  uint32_t seed = 151;
+  for (const Shape& shape : shapes) {
+    for (int64_t axis = 0; axis < static_cast<int64_t>(shape.size()); ++axis) {
+      Tensor x = random_f32(shape, seed++, -3.0f, 3.0f);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        float& v = x.data<float>()[i];
+        v = std::round(v * 2.0f) / 2.0f;  // ties
+        if (i % 11 == 5) v = NAN;
+      }
+      int64_t outer = 1, inner = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= shape[static_cast<size_t>(d)];
+      for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
+      const int64_t n = shape[static_cast<size_t>(axis)];
+      for (int64_t k : {int64_t{0}, int64_t{1}, n / 2, n}) {
+        for (bool largest : {true, false}) {
+          SCOPED_TRACE(shape_str(shape) + " axis " + std::to_string(axis) + " k " +
+                       std::to_string(k) + (largest ? " largest" : " smallest"));
+          Tensor want_v, want_i;
+          reference::top_k(x, axis, k, largest, want_v, want_i);
+          std::vector<float> first_v;
+          for (int threads : {1, 2}) {
+            ThreadCount tc(threads);
+            Tensor v(DType::kFloat32, want_v.shape()), idx(DType::kInt64, want_v.shape());
+            top_k(x.data<float>(), outer, n, inner, k, largest, v.data<float>(),
+                  idx.data<int64_t>());
+            EXPECT_EQ(idx.to_int64_vector(), want_i.to_int64_vector());
+            for (int64_t e = 0; e < v.numel(); ++e) {
+              const float got = v.data<float>()[e], want = want_v.data<float>()[e];
+              EXPECT_TRUE(got == want || (std::isnan(got) && std::isnan(want))) << e;
+            }
+            if (threads == 2) continue;
+            // The gradient: dy at each selected position, 0 elsewhere.
+            const Tensor dy = random_f32(want_v.shape(), seed++, -1.0f, 1.0f);
+            Tensor dx(DType::kFloat32, shape);
+            top_k_backward(idx.data<int64_t>(), dy.data<float>(), outer, n, inner, k,
+                           dx.data<float>());
+            std::vector<float> want_dx(static_cast<size_t>(x.numel()), 0.0f);
+            for (int64_t e = 0; e < dy.numel(); ++e) {
+              const int64_t o = e / (k * inner), i = e % inner;
+              want_dx[static_cast<size_t>((o * n + idx.data<int64_t>()[e]) * inner + i)] =
+                  dy.data<float>()[e];
+            }
+            EXPECT_EQ(values(dx), want_dx);
+          }
+        }
+      }
+    }
+  }
+}
+
 // PyTorch's amax backward: the maxima of a row share its gradient evenly.
 TEST(ReduceKernels, MaxBackwardSplitsTheGradientAmongTies) {
   const Tensor x = Tensor::from_vector<float>({2, 4}, {3, 1, 3, 3, -2, 5, 5, 0});

@@ -178,6 +178,35 @@ TEST(BatchDimension, ReductionOverTheBatchIsRefusedNamingTheNode) {
   }
 }
 
+// TopK along the tokens keeps the batch (both outputs); along the batch it is refused.
+TEST(BatchDimension, TopKAlongTheBatchIsRefusedAndAlongTokensKeepsIt) {
+  auto top = [](int64_t batch, int64_t axis) {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 6, 3});
+    graph::Node* n = g->add_node({.name = "top",
+                                  .op_type = "TopK",
+                                  .inputs = {x, int_const(*g, "k", {2})},
+                                  .output_names = {"values", "indices"},
+                                  .attributes = {{"axis", axis}}});
+    g->mark_output(n->output(0));
+    return g;
+  };
+  auto freed = top(2, 1);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  expect_same_per_sample(std::move(freed), [&](int64_t b) { return top(b, 1); }, {6, 3});
+  auto over_batch = top(2, 0);
+  runtime::resolve(*over_batch, {});
+  try {
+    runtime::free_batch(*over_batch, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'top' (TopK): selects along the batch axis"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // Running sums along the batch mix samples; along another axis (RoBERTa's position ids) they
 // keep the batch where it is, and the freed graph runs per sample as the original.
 TEST(BatchDimension, CumSumOverTheBatchIsRefusedAndAlongTokensKeepsIt) {

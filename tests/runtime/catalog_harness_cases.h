@@ -698,6 +698,22 @@ inline std::vector<HarnessCase> harness_cases() {
           .setting(i64({}, {1})));
   add(H("Trilu", "bool, lower").data(bools({2, 3}, {1, 1, 1, 1, 0, 1})).attr("upper", int64_t{0}));
   add(H("ArgMax", "axis 1, keepdims").data(d.distinct({2, 5, 3})).attr("axis", int64_t{1}));
+  // Detection heads' top-scoring candidates; distinct values (ties order by index).
+  add(H("TopK", "k 3 of the last axis")
+          .data(d.distinct({2, 3, 7}))
+          .setting(i64s({3}))
+          .with_outputs(2));
+  add(H("TopK", "k 2 smallest along axis 1")
+          .data(d.distinct({2, 5, 3}))
+          .setting(i64s({2}))
+          .attr("axis", int64_t{1})
+          .attr("largest", int64_t{0})
+          .with_outputs(2));
+  add(H("TopK", "k the whole axis 0")
+          .data(d.distinct({4, 3}))
+          .setting(i64s({4}))
+          .attr("axis", int64_t{0})
+          .with_outputs(2));
   add(H("ArgMax", "int32 ids, last axis, no keepdims")
           .data(Tensor::from_vector<int32_t>({2, 5}, {3, 9, 1, 9, 0, 49, 2, 7, 7, 1}))
           .attr("axis", int64_t{-1})
