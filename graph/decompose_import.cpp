@@ -1,5 +1,5 @@
-// Swish, Attention and RMSNormalization rewritten on import into the ops older exports compute
-// them with.
+// Swish, Mish, Attention and RMSNormalization rewritten on import into the ops older exports
+// compute them with.
 #include "graph/decompose_import.h"
 
 #include <onnx/onnx_pb.h>
@@ -16,6 +16,7 @@ namespace qforge::graph {
 namespace {
 
 constexpr int64_t kSwishOpset = 24;
+constexpr int64_t kMishOpset = 18;
 constexpr int64_t kAttentionOpset = 23;  // Attention and RMSNormalization
 
 // Refuses a node whose op is newer than the model's opset.
@@ -326,6 +327,25 @@ void decompose_swish(const onnx::NodeProto& np, const std::string& name, int64_t
   e.node("Mul", "", {x, e.value("Sigmoid", "sigmoid", {gate_input})}, np.output(0));
 }
 
+// Mish(x) = x · tanh(softplus(x)) (opset 18): Softplus, Tanh and Mul(x, ·), what torch.onnx
+// writes for F.mish before it, the Mul under the node's name.
+void decompose_mish(const onnx::NodeProto& np, const std::string& name, int64_t opset,
+                    FreshValueNames& names, Nodes& out) {
+  const std::string label = "import: node '" + name + "' (Mish)";
+  require_opset(label, "Mish", kMishOpset, opset);
+  if (np.input_size() != 1 || np.output_size() != 1 || np.input(0).empty()) {
+    throw_invalid(label + ": expected one input and one output, got " +
+                  std::to_string(np.input_size()) + " and " + std::to_string(np.output_size()));
+  }
+  if (np.attribute_size() > 0) {
+    throw_invalid(label + ": expected no attributes, got '" + np.attribute(0).name() + "'");
+  }
+  Emitter e(name, names, out);
+  const std::string& x = np.input(0);
+  const std::string gate = e.value("Tanh", "tanh", {e.value("Softplus", "softplus", {x})});
+  e.node("Mul", "", {x, gate}, np.output(0));
+}
+
 // RMSNormalization (opset 23) as its definition writes it: Mul(X, X) → ReduceMean over the axes
 // from `axis` on (keepdims) → Add(epsilon) → Sqrt → Div(X, ·) → Mul(scale), the last under the
 // node's name. A negative axis names the axes without the rank; a non-negative one takes them
@@ -384,7 +404,7 @@ void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
   onnx::GraphProto& g = *model.mutable_graph();
   bool any = false;
   for (const auto& np : g.node()) {
-    any = any || np.op_type() == "Swish" || np.op_type() == "Attention" ||
+    any = any || np.op_type() == "Swish" || np.op_type() == "Mish" || np.op_type() == "Attention" ||
           np.op_type() == "RMSNormalization";
   }
   if (!any) return;
@@ -396,6 +416,8 @@ void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
     const bool standard = np.domain().empty() || np.domain() == "ai.onnx";
     if (standard && np.op_type() == "Swish") {
       decompose_swish(np, name, opset, names, rewritten);
+    } else if (standard && np.op_type() == "Mish") {
+      decompose_mish(np, name, opset, names, rewritten);
     } else if (standard && np.op_type() == "Attention") {
       decompose_attention(np, name, opset, g, names, rewritten);
     } else if (standard && np.op_type() == "RMSNormalization") {

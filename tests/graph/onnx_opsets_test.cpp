@@ -1,7 +1,8 @@
 // Import across opsets 7 to 26: old models through libonnx's version converter (Softmax's
 // coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 26 read natively
 // (ReduceMean's axes input, Pad's axes input, Gelu in both approximations, GroupNormalization's
-// per-group and per-channel scale and bias, Swish, the Q/DQ pair's precision and output type),
+// per-group and per-channel scale and bias, Swish, Mish, the Q/DQ pair's precision and output
+// type),
 // each form checked
 // against the model's opset, the opsets outside the range named, and the sample shape that fixes
 // dynamic dims.
@@ -383,6 +384,41 @@ TEST(OnnxOpsets, SwishRunsAsSigmoidAndMul) {
   float_attribute(odd.node("Swish", "swish", {"x"}, "y"), "beta", 2.0f);
   EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
             "import: node 'swish' (Swish): expected only attribute 'alpha', got 'beta'");
+}
+
+// Mish (opset 18), x · tanh(softplus(x)), against float64 (large |x| included: softplus near x
+// and near 0); it runs as the Softplus, Tanh and Mul torch.onnx writes before opset 18, the Mul
+// under the node's name. Refused before opset 18 and with an attribute.
+TEST(OnnxOpsets, MishRunsAsSoftplusTanhAndMul) {
+  const Tensor x = testing::random_f32({4, 9}, 10, -30.0f, 30.0f);
+  ModelProtoBuilder b(18);
+  b.input("x", {4, 9});
+  b.output("y", std::vector<int64_t>{4, 9});
+  b.node("Mish", "mish", {"x"}, "y");
+  std::vector<float> want;
+  for (float f : x.to_float_vector()) {
+    const double v = f;
+    want.push_back(static_cast<float>(v * std::tanh(std::log1p(std::exp(v)))));
+  }
+  testing::expect_close(run_model(b.bytes(), x), want, 1e-6, 1e-6, "mish");
+  const auto graph = parse_onnx(b.bytes(), "model.onnx");
+  const Node* mul = graph->find_value("y")->producer();
+  EXPECT_EQ(mul->op_type(), "Mul");
+  EXPECT_EQ(mul->name(), "mish");
+  EXPECT_EQ(mul->inputs()[1]->producer()->op_type(), "Tanh");
+  EXPECT_EQ(mul->inputs()[1]->producer()->inputs()[0]->producer()->op_type(), "Softplus");
+  ModelProtoBuilder early(17);
+  early.input("x", {4, 9});
+  early.output("y", std::nullopt);
+  early.node("Mish", "mish", {"x"}, "y");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, early.bytes()),
+            "import: node 'mish' (Mish): expected opset 18 or later for Mish, got opset 17");
+  ModelProtoBuilder odd(18);
+  odd.input("x", {4, 9});
+  odd.output("y", std::nullopt);
+  float_attribute(odd.node("Mish", "mish", {"x"}, "y"), "alpha", 2.0f);
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
+            "import: node 'mish' (Mish): expected no attributes, got 'alpha'");
 }
 
 // QuantizeLinear's precision and DequantizeLinear's output type (opset 23): float (1) runs as
