@@ -82,6 +82,9 @@ void unary_integer(UnaryOp op, const UnaryParams& p, const T* x, T* y, int64_t n
           y[i] = x[i] < 0 ? static_cast<T>(U{0} - static_cast<U>(x[i])) : x[i];
         }
         break;
+      case UnaryOp::kSign:
+        for (int64_t i = begin; i < end; ++i) y[i] = static_cast<T>((x[i] > 0) - (x[i] < 0));
+        break;
       default:
         throw_internal("unary: integer op not supported");
     }
@@ -713,7 +716,7 @@ bool unary_supports(UnaryOp op, DType dtype) {
   if (dtype == DType::kFloat32) return true;
   const bool signed_int = dtype == DType::kInt64 || dtype == DType::kInt32 || dtype == DType::kInt8;
   return signed_int && (op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip ||
-                        op == UnaryOp::kAbs);
+                        op == UnaryOp::kAbs || op == UnaryOp::kSign);
 }
 
 void unary_f32(UnaryOp op, const UnaryParams& p, const float* x, float* y, int64_t n) {

@@ -228,6 +228,26 @@ class BatchFreer {
           [this, n = &node, index, a = static_cast<size_t>(axis)] { first_slice(*n, index, a); });
       return;
     }
+    const int64_t fold = carried.outer * carried.inner;
+    if (axis >= 0 && carried.outer == 1 && carried.inner != 1 && rows == batch_ * fold &&
+        !same_along(t, static_cast<size_t>(axis)) &&
+        same_along(t, static_cast<size_t>(axis), carried.inner)) {
+      // The same `inner` slices for every sample, the batch folded outside them (DeBERTa's
+      // relative-position keys, one block per head, repeated to batch × heads rows): that
+      // block tiled batch times at run time.
+      edits_.push_back([this, n = &node, index, a = static_cast<size_t>(axis),
+                        inner = carried.inner] { tile_constant(*n, index, a, inner); });
+      return;
+    }
+    if (!broadcasts && axis >= 0 && fold != 1 && rows == batch_ * fold &&
+        same_along(t, static_cast<size_t>(axis))) {
+      // One slice repeated over the batch folded with other dims (DeBERTa's relative positions
+      // expanded to batch × heads rows): that slice expanded to batch · fold rows at run time.
+      edits_.push_back([this, n = &node, index, a = static_cast<size_t>(axis), fold] {
+        expand_constant(*n, index, a, fold);
+      });
+      return;
+    }
     if (axis < 0 || carried.outer != 1 || carried.inner != 1 || rows != batch_) {
       unsupported(node, "expected constant '" + v->name() + "' " + kernels::shape_str(s) +
                             " to broadcast along the batch axis " + std::to_string(axis));
@@ -241,17 +261,19 @@ class BatchFreer {
     edits_.push_back([this, n = &node, index, a] { expand_constant(*n, index, a); });
   }
 
-  // Whether every slice of `t` along axis `a` holds the same bytes as the first.
-  static bool same_along(const Tensor& t, size_t a) {
+  // Whether every run of `period` slices of `t` along axis `a` holds the same bytes as the first
+  // (period 1: every slice the same).
+  static bool same_along(const Tensor& t, size_t a, int64_t period = 1) {
     const Shape& s = t.shape();
     const int64_t outer = product(s, 0, a);
     const int64_t n = s[a];
+    if (period < 1 || n % period != 0) return false;
     const size_t block =
-        static_cast<size_t>(product(s, a + 1, s.size())) * kernels::dtype_size(t.dtype());
+        static_cast<size_t>(product(s, a + 1, s.size()) * period) * kernels::dtype_size(t.dtype());
     const auto* bytes = static_cast<const std::byte*>(t.raw());
     for (int64_t o = 0; o < outer; ++o) {
-      const std::byte* first = bytes + static_cast<size_t>(o * n) * block;
-      for (int64_t b = 1; b < n; ++b) {
+      const std::byte* first = bytes + static_cast<size_t>(o * (n / period)) * block;
+      for (int64_t b = 1; b < n / period; ++b) {
         if (std::memcmp(first, first + static_cast<size_t>(b) * block, block) != 0) return false;
       }
     }
@@ -310,36 +332,51 @@ class BatchFreer {
     g_.set_input(&node, index, add("Add", {first, rows}));
   }
 
-  // A constant of the first slice of `v` (a constant) along axis `a`, named after it with
-  // `suffix`; element e of the slice copies element e of the first slice of the original (a
+  // A constant of the first `count` slices of `v` (a constant) along axis `a`, named after it
+  // with `suffix`; each element copies the element of the original at the same place (a
   // derivation, for float constants).
-  Value* first_slice_of(const Value* v, size_t a, const std::string& suffix) {
+  Value* first_slice_of(const Value* v, size_t a, const std::string& suffix, int64_t count = 1) {
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int64_t outer = product(s, 0, a);
     const int64_t n = s[a];
-    const int64_t block_elems = product(s, a + 1, s.size());
+    const int64_t block_elems = product(s, a + 1, s.size()) * count;
     const size_t block = static_cast<size_t>(block_elems) * kernels::dtype_size(t.dtype());
     const auto* bytes = static_cast<const std::byte*>(t.raw());
-    Shape one = s;
-    one[a] = 1;
-    Tensor slice(t.dtype(), one);
+    Shape first = s;
+    first[a] = count;
+    Tensor slice(t.dtype(), first);
     auto* dst = static_cast<std::byte*>(slice.raw());
     for (int64_t o = 0; o < outer; ++o) {
-      std::memcpy(dst + static_cast<size_t>(o) * block, bytes + static_cast<size_t>(o * n) * block,
-                  block);
+      std::memcpy(dst + static_cast<size_t>(o) * block,
+                  bytes + static_cast<size_t>(o * n / count) * block, block);
     }
     Value* sliced = g_.add_constant(g_.unique_value_name(v->name() + suffix), slice);
     if (t.dtype() == DType::kFloat32) {
       graph::DerivedTerm term{.source = v->name(), .source_shape = s};
       for (int64_t o = 0; o < outer; ++o) {
         for (int64_t j = 0; j < block_elems; ++j) {
-          term.pairs.emplace_back(o * block_elems + j, o * n * block_elems + j);
+          term.pairs.emplace_back(o * block_elems + j, o * (n / count) * block_elems + j);
         }
       }
-      g_.record_derivation({.derived = sliced->name(), .shape = one, .terms = {term}});
+      g_.record_derivation({.derived = sliced->name(), .shape = first, .terms = {term}});
     }
     return sliced;
+  }
+
+  // Input `index` of `node`, a constant repeating its first `period` slices along axis `a`
+  // once per sample, becomes those slices tiled batch times at run time.
+  void tile_constant(Node& node, size_t index, size_t a, int64_t period) {
+    const Value* v = node.input(index);
+    Value* block = first_slice_of(v, a, "_block", period);
+    const std::vector<int64_t> ones(v->constant().shape().size(), 1);
+    Value* repeats = batch_shape(ones, a, &node, v->name() + "_repeats");
+    Node* tile = g_.insert_node({.name = g_.unique_node_name(v->name() + "/Tile"),
+                                 .op_type = "Tile",
+                                 .inputs = {block, repeats},
+                                 .output_names = {g_.unique_value_name(v->name() + "_tiled")}},
+                                &node);
+    g_.set_input(&node, index, tile->output(0));
   }
 
   // Input `index` of `node`, a constant the same along axis `a`, becomes its first slice there.
@@ -348,17 +385,52 @@ class BatchFreer {
   }
 
   // Input `index` of `node`, a constant repeating one sample's row along the batch axis `a`,
-  // becomes that row expanded to the batch read at run time.
-  void expand_constant(Node& node, size_t index, size_t a) {
+  // becomes that row expanded to the batch read at run time (times `fold` where the batch is
+  // folded with other dims there).
+  void expand_constant(Node& node, size_t index, size_t a, int64_t fold = 1) {
     const Value* v = node.input(index);
     Value* sample = first_slice_of(v, a, "_sample");
-    Value* shape = batch_shape(v->constant().shape(), a, &node, v->name());
+    Value* shape = batch_shape(v->constant().shape(), a, &node, v->name(), fold);
     Node* expand = g_.insert_node({.name = g_.unique_node_name(v->name() + "/Expand"),
                                    .op_type = "Expand",
                                    .inputs = {sample, shape},
                                    .output_names = {g_.unique_value_name(v->name() + "_expanded")}},
                                   &node);
     g_.set_input(&node, index, expand->output(0));
+  }
+
+  // Input `index` of `node`, computed without the batch, meets the batch on output axis
+  // `out_axis` with a dim other than 1: only one form follows the batch, parameters repeated to
+  // the batch's rows by a Tile whose repeats were read from the batch and folded at resolution
+  // (DeBERTa's relative-position keys, repeated to batch × heads rows), seen through Transposes;
+  // its repeats there then read the batch at run time. Anything else is refused naming the node.
+  void follow_batch(Node& node, size_t index, int out_axis, size_t out_rank,
+                    const BatchAxis& carried) {
+    const Value* v = node.input(index);
+    int a = out_axis - static_cast<int>(out_rank - v->known_shape().size());
+    const int64_t rows = v->known_shape()[static_cast<size_t>(a)];
+    const int64_t fold = carried.outer * carried.inner;
+    Node* p = v->producer();
+    while (p && (p->op_type() == "Transpose" || p->op_type() == "Identity") && !axis_of(v)) {
+      if (p->op_type() == "Transpose") {
+        a = static_cast<int>(p->attr_ints("perm").at(static_cast<size_t>(a)));
+      }
+      v = p->input(0);
+      p = v->producer();
+    }
+    const bool tiled = p && p->op_type() == "Tile" && !axis_of(v) && !axis_of(p->input(0)) &&
+                       p->input(1)->is_constant() && rows == batch_ * fold;
+    const int64_t in_dim = tiled ? p->input(0)->known_shape()[static_cast<size_t>(a)] : 0;
+    if (!tiled || in_dim < 1 || fold % in_dim != 0) {
+      unsupported(node, "expected input " + std::to_string(index) + " '" +
+                            node.input(index)->name() + "' " +
+                            kernels::shape_str(node.input(index)->known_shape()) +
+                            " to broadcast along the batch axis, or to follow it");
+    }
+    const std::vector<int64_t> repeats = constant_ints(p->input(1));
+    edits_.push_back([this, p, repeats, a = static_cast<size_t>(a), per_sample = fold / in_dim] {
+      g_.set_input(p, 1, batch_shape(repeats, a, p, p->name() + "_repeats", per_sample));
+    });
   }
 
   // An Expand of a constant to a constant shape (a shared row that training keeps apart from
@@ -388,16 +460,26 @@ class BatchFreer {
     });
   }
 
-  // `dims` with the batch, read at run time, at `axis`: Concat(dims before, batch, dims after).
-  Value* batch_shape(const Shape& dims, size_t axis, const Node* position,
-                     const std::string& stem) {
+  // `dims` with the batch, read at run time, at `axis`: Concat(dims before, batch, dims after);
+  // the batch times `fold` where it is folded with other dims.
+  Value* batch_shape(const Shape& dims, size_t axis, const Node* position, const std::string& stem,
+                     int64_t fold = 1) {
     std::vector<Value*> parts;
     if (axis > 0) {
       parts.push_back(int_constant(
           stem + "_dims_before",
           std::vector<int64_t>(dims.begin(), dims.begin() + static_cast<std::ptrdiff_t>(axis))));
     }
-    parts.push_back(batch_value());
+    if (fold == 1) {
+      parts.push_back(batch_value());
+    } else {
+      Node* rows = g_.insert_node({.name = g_.unique_node_name(stem + "/rows"),
+                                   .op_type = "Mul",
+                                   .inputs = {batch_value(), int_constant(stem + "_fold", {fold})},
+                                   .output_names = {g_.unique_value_name(stem + "_rows")}},
+                                  position);
+      parts.push_back(rows->output(0));
+    }
     if (axis + 1 < dims.size()) {
       parts.push_back(int_constant(
           stem + "_dims_after",
@@ -640,8 +722,14 @@ class BatchFreer {
             }
           }
           expand_repeated_constant(node, i, axis, out_rank, first);
+        } else if (expands_constant(node.input(i))) {
+          widen_expand(node, i, axis, out_rank);
+        } else if (in && !axis_of(in)) {
+          const Shape& s = in->known_shape();
+          const int a = axis - static_cast<int>(out_rank - s.size());
+          if (a >= 0 && s[static_cast<size_t>(a)] != 1)
+            follow_batch(node, i, axis, out_rank, first);
         }
-        if (expands_constant(node.input(i))) widen_expand(node, i, axis, out_rank);
       }
       set_axis(node, node.output(0), axis, first);
       return;
@@ -693,6 +781,21 @@ class BatchFreer {
         if (axis && *axis != out_axis)
           unsupported(node, "joins inputs whose batch is on other axes");
         axis = out_axis;
+      }
+      // An operand without the batch broadcasts over it only with a dim of 1 there (or none).
+      for (size_t i = 0; i < 2; ++i) {
+        const Value* in = node.input(i);
+        if (axis_of(in)) continue;
+        const int rank = static_cast<int>(in->known_shape().size());
+        const int a = *axis - static_cast<int>(out_rank) + rank;
+        if (a < 0 || a >= rank - 2 || in->known_shape()[static_cast<size_t>(a)] == 1) continue;
+        if (in->is_constant()) {
+          expand_repeated_constant(node, i, *axis, out_rank, first);
+        } else if (expands_constant(in)) {
+          widen_expand(node, i, *axis, out_rank);
+        } else {
+          follow_batch(node, i, *axis, out_rank, first);
+        }
       }
       set_axis(node, node.output(0), *axis, first);
       return;
@@ -883,6 +986,50 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
   }
 }
 
+namespace {
+
+// Constant `v` of batch × period rows: where every sample's `period` rows equal the first ones,
+// its readers read those rows tiled batch times instead (a derivation of `v`).
+bool tile_shared_rows(Graph& graph, Value* v, int64_t batch, int64_t period) {
+  const Tensor& t = v->constant();
+  const size_t block = t.nbytes() / static_cast<size_t>(batch);
+  const auto* bytes = static_cast<const std::byte*>(t.raw());
+  for (int64_t b = 1; b < batch; ++b) {
+    if (std::memcmp(bytes, bytes + static_cast<size_t>(b) * block, block) != 0) return false;
+  }
+  Shape rows = t.shape();
+  rows[0] = period;
+  Tensor first(DType::kFloat32, rows);
+  std::memcpy(first.raw(), bytes, block);
+  Value* rows_value = graph.add_constant(graph.unique_value_name(v->name() + "_rows"), first);
+  graph::DerivedTerm term{.source = v->name(), .source_shape = t.shape()};
+  for (int64_t e = 0; e < first.numel(); ++e) term.pairs.emplace_back(e, e);
+  graph.record_derivation({.derived = rows_value->name(), .shape = rows, .terms = {term}});
+  std::vector<int64_t> repeats(t.shape().size(), 1);
+  repeats[0] = batch;
+  const std::vector<Node*> readers = v->consumers();
+  const Node* earliest = *std::find_if(graph.nodes().begin(), graph.nodes().end(), [&](Node* n) {
+    return std::find(readers.begin(), readers.end(), n) != readers.end();
+  });
+  Node* tile = graph.insert_node(
+      {.name = graph.unique_node_name(v->name() + "/Tile"),
+       .op_type = "Tile",
+       .inputs = {rows_value,
+                  graph.add_constant(graph.unique_value_name(v->name() + "_repeats"),
+                                     Tensor::from_vector<int64_t>({t.rank()}, repeats))},
+       .output_names = {graph.unique_value_name(v->name() + "_tiled")}},
+      earliest);
+  for (Node* r : readers) {
+    for (size_t i = 0; i < r->num_inputs(); ++i) {
+      if (r->input(i) == v) graph.set_input(r, i, tile->output(0));
+    }
+  }
+  tile->output(0)->set_type(DType::kFloat32, t.shape());
+  return true;
+}
+
+}  // namespace
+
 size_t share_batch_rows(Graph& graph) {
   if (graph.inputs().empty() || !graph.inputs().front()->has_shape() ||
       graph.inputs().front()->shape()->empty()) {
@@ -897,7 +1044,15 @@ size_t share_batch_rows(Graph& graph) {
       continue;
     }
     const Tensor& t = v->constant();
-    if (t.rank() < 1 || t.dim(0) != batch) continue;
+    if (t.rank() < 1 || t.dim(0) % batch != 0) continue;
+    const int64_t period = t.dim(0) / batch;
+    if (period > 1) {
+      const bool batched_operand =
+          t.rank() >= 3 && std::all_of(v->consumers().begin(), v->consumers().end(),
+                                       [](const Node* n) { return n->op_type() == "MatMul"; });
+      if (batched_operand && tile_shared_rows(graph, v, batch, period)) ++shared;
+      continue;
+    }
     const bool joined = std::all_of(
         v->consumers().begin(), v->consumers().end(),
         [](const Node* n) { return n->op_type() == "Concat" || is_broadcasting(n->op_type()); });

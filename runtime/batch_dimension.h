@@ -59,7 +59,11 @@ void restore_declared_batch(graph::Graph& graph, const BatchExportOptions& optio
 // row along the batch and is only concatenated or broadcast with activations (ViT's class token,
 // expanded to the batch by a fold) becomes that row behind an Expand to the batch, so that one
 // parameter is trained for every sample, as in the framework it came from (the Expand's backward
-// sums the rows' gradients), and the export can expand it to any batch. Returns how many.
+// sums the rows' gradients), and the export can expand it to any batch. A float constant of
+// batch × k rows (k > 1) that repeats its first k rows for every sample and is only an operand of
+// batched MatMuls (DeBERTa's relative-position keys repeated to batch × heads rows, folded at
+// resolution) becomes those k rows behind a Tile to the batch, for the same reasons. Returns how
+// many.
 size_t share_batch_rows(graph::Graph& graph);
 
 // The batch restore_declared_batch writes for `model`'s first input, in words: "symbolic batch

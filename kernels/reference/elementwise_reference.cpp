@@ -39,6 +39,9 @@ Tensor unary(UnaryOp op, const UnaryParams& params, const Tensor& x) {
       case UnaryOp::kAbs:
         set_int(y, i, v < 0 ? -v : v);
         break;
+      case UnaryOp::kSign:
+        set_int(y, i, v > 0 ? 1 : v < 0 ? -1 : 0);
+        break;
       default:
         throw_internal("reference::unary: op not defined for integers");
     }

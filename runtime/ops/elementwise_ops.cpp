@@ -51,7 +51,8 @@ void run_for_node(const std::string& label, Fn&& fn) {
 // Unary ----------------------------------------------------------------------------------------
 
 bool integer_capable(UnaryOp op) {
-  return op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip || op == UnaryOp::kAbs;
+  return op == UnaryOp::kRelu || op == UnaryOp::kNeg || op == UnaryOp::kClip ||
+         op == UnaryOp::kAbs || op == UnaryOp::kSign;
 }
 
 template <UnaryOp kOp>

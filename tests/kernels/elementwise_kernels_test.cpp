@@ -181,11 +181,12 @@ TEST(ElementwiseUnary, HardSwishAndHardSigmoidHitTheirKnees) {
             (std::vector<float>{0.0f, 0.0f, 0.5f, 0.8f, 1.0f, 1.0f}));
 }
 
-TEST(ElementwiseUnary, IntegerReluNegClipAbsMatchReference) {
+TEST(ElementwiseUnary, IntegerReluNegClipAbsSignMatchReference) {
   UnaryParams p;
   p.int_min = -5;
   p.int_max = 9;
-  for (UnaryOp op : {UnaryOp::kRelu, UnaryOp::kNeg, UnaryOp::kClip, UnaryOp::kAbs}) {
+  for (UnaryOp op :
+       {UnaryOp::kRelu, UnaryOp::kNeg, UnaryOp::kClip, UnaryOp::kAbs, UnaryOp::kSign}) {
     const Tensor a = random_int<int64_t>({3, 17}, 11, -20, 20);
     expect_same(run_unary(op, p, a), reference::unary(op, p, a), "int64");
     const Tensor b = random_int<int32_t>({13}, 12, -20, 20);

@@ -299,6 +299,61 @@ TEST(BatchDimension, GatherElementsTakesTheBatchOfItsDataAndIndices) {
           });
 }
 
+// DeBERTa's disentangled attention at batch B: the scores' rows are batch × heads (the batch
+// folded outside 2 heads), the relative-position keys one [2, 3, 3] block per head repeated to
+// those rows, and the relative positions one [3, 3] slice expanded to them, both folded into
+// constants at resolution. The freed graph tiles the keys' block and expands the positions to
+// batch · 2 rows at run time, and runs per sample as the original.
+std::unique_ptr<Graph> relative_attention(int64_t batch) {
+  auto g = std::make_unique<Graph>();
+  graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 6, 3});
+  graph::Value* rows = add(*g, "heads", "Reshape", {x, int_const(*g, "rows", {batch * 2, 3, 3})});
+  const Tensor block = testing::random_f32({2, 3, 3}, 11, -1.f, 1.f);
+  Tensor keys(DType::kFloat32, {batch * 2, 3, 3});
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(keys.data<float>() + b * block.numel(), block.data<float>(), block.nbytes());
+  }
+  std::vector<int64_t> positions;
+  for (int64_t r = 0; r < batch * 2; ++r)
+    positions.insert(positions.end(), {2, 0, 1, 1, 1, 0, 0, 2, 2});
+  graph::Value* scores = add(*g, "c2p", "MatMul", {rows, g->add_constant("keys", keys)});
+  graph::Value* picked = add(
+      *g, "gather", "GatherElements",
+      {scores,
+       g->add_constant("positions", Tensor::from_vector<int64_t>({batch * 2, 3, 3}, positions))},
+      {{"axis", int64_t{2}}});
+  g->mark_output(add(*g, "merge", "Reshape", {picked, int_const(*g, "merged", {batch, 6, 3})}));
+  return g;
+}
+
+TEST(BatchDimension, RelativePositionsRepeatedPerHeadFollowTheFoldedBatch) {
+  auto freed = relative_attention(2);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  size_t tiles = 0, expands = 0;
+  for (const graph::Node* n : freed->nodes()) {
+    tiles += n->op_type() == "Tile";
+    expands += n->op_type() == "Expand";
+  }
+  EXPECT_EQ(tiles, 1u);
+  EXPECT_EQ(expands, 1u);
+  expect_same_per_sample(std::move(freed), relative_attention, {6, 3});
+}
+
+// For training, the keys' repeated block becomes one block behind a Tile to the batch (one
+// parameter for every sample, its gradient the sum over the repeats), which the export then
+// tiles to any batch.
+TEST(BatchDimension, SharedRowsOfBatchTimesHeadsBecomeATiledBlock) {
+  auto g = relative_attention(3);
+  runtime::resolve(*g, {});
+  EXPECT_EQ(runtime::share_batch_rows(*g), 1u);
+  const graph::Node* c2p = g->find_node("c2p");
+  ASSERT_EQ(c2p->input(1)->producer()->op_type(), "Tile");
+  EXPECT_EQ(c2p->input(1)->producer()->input(0)->known_shape(), (kernels::Shape{2, 3, 3}));
+  runtime::free_batch(*g, 3);
+  expect_same_per_sample(std::move(g), relative_attention, {6, 3});
+}
+
 // CLIP's pooling, x[arange(B), idx] as torch.onnx writes it: idx + arange(B)·rows into the rows
 // of x flattened to [B·4, 3]. The offsets become Range(batch)·4 read at run time; offsets that do
 // not step by a sample's rows are refused.

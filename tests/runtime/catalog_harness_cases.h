@@ -386,6 +386,8 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Sign", "off 0").data(d.away({4, 9}, -2, 2, {0.0f})));
   // T5's relative position buckets take |i - j| of int64 positions.
   add(H("Abs", "int64").data(i64({2, 3}, {-7, 0, 5, -(1LL << 40), 1, -1})));
+  // DeBERTa's log-bucketed relative positions take the sign of int64 distances.
+  add(H("Sign", "int64").data(i64({2, 3}, {-7, 0, 5, -(1LL << 40), 1, -1})));
   add(H("Softplus", "odd sizes").data(d.uniform({4, 9}, -3, 3)));
   add(H("Clip", "min and max inputs")
           .data(d.away({3, 19}, -2, 2, {-0.6f, 0.8f}))
