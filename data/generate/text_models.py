@@ -1,4 +1,5 @@
-"""A small text encoder with token ids and an attention mask as inputs, for tests/tools/text_cli_test.cpp.
+"""Small text encoders and decoders with token ids and an attention mask as inputs, for
+tests/tools/text_cli_test.cpp.
 
 BERT-style: token and position embeddings, LayerNorm, two post-norm encoder layers
 (nn.TransformerEncoderLayer: multi-head attention over the tokens with the padding masked, GELU
@@ -15,8 +16,14 @@ where LayerNorm is written out, with the sequence length dynamic.
 RoBERTa's form (roberta_style, opset 14) pads with id 1 and counts its position ids over the
 real tokens with a running sum of the mask (CumSum).
 
+After them, each at opset 14 with the batch and the sequence dynamic (export_text_model):
+Llama's decoder and GPT-2's on the tokens padded on the left, CLIP's text encoder (one input),
+T5's encoder and DeBERTa's (disentangled attention: relative positions log-bucketed and gathered
+with torch.gather).
+
 Writes data/models/text/text_encoder_opset17.onnx, bert_style_opset14.onnx,
-roberta_style_opset14.onnx and data/golden/text/: text_inputs.npz (the
+roberta_style_opset14.onnx, llama_style_, gpt2_style_, clip_style_, t5_style_ and
+deberta_style_opset14.onnx and data/golden/text/: text_inputs.npz (the
 two inputs of 16 samples of 4 to 12 tokens each, padded with id 0, and their class labels as
 'labels'), text_output.npy
 (PyTorch's logits), text_labels.npy and text_encoder_opset17_grads.npz (the mean cross-entropy on
@@ -24,7 +31,8 @@ those labels and the gradient of every initializer that is a PyTorch parameter, 
 value transposed for MatMul weights); bert_style_inputs.npz (the same ids, mask and labels, and
 token types), bert_style_output.npy and bert_style_opset14_grads.npz; roberta_style_inputs.npz
 (the same tokens moved to ids 2 and up, padded with 1), roberta_style_output.npy and
-roberta_style_opset14_grads.npz. Seeded; run:
+roberta_style_opset14_grads.npz; and <family>_inputs.npz where a family reads other tokens,
+<family>_output.npy and <family>_opset14_grads.npz for the others. Seeded; run:
     /usr/bin/python3 data/generate/text_models.py
 """
 import math
@@ -499,6 +507,112 @@ class T5Style(nn.Module):
         return self.head((x * real).sum(1) / real.sum(1))
 
 
+
+def log_bucket_position(relative, buckets, max_position):
+    """DeBERTa's relative positions: exact within half the buckets, logarithmic beyond, the sign
+    kept (Sign, Abs, Log and Ceil of int64 distances)."""
+    sign = torch.sign(relative)
+    mid = buckets // 2
+    near = (relative < mid) & (relative > -mid)
+    distance = torch.where(near, torch.tensor(mid - 1).type_as(relative), torch.abs(relative))
+    log_position = torch.ceil(torch.log(distance / mid) /
+                              torch.log(torch.tensor((max_position - 1) / mid)) * (mid - 1)) + mid
+    return torch.where(distance <= mid, relative.type_as(log_position), log_position * sign)
+
+
+class DebertaAttention(nn.Module):
+    """DeBERTa's disentangled self-attention (DeBERTa-v2's code with share_att_key off): the
+    batch and heads merged into the rows of bmm, content-to-content scores plus
+    content-to-position and position-to-content scores gathered (torch.gather) at the
+    log-bucketed relative positions, all scaled by √(3·head size); the softmax masked before and
+    after (XSoftmax's masked_fill)."""
+
+    def __init__(self, heads=4, span=8):
+        super().__init__()
+        self.heads, self.size, self.span = heads, WIDTH // heads, span
+        self.query_proj = nn.Linear(WIDTH, WIDTH)
+        self.key_proj = nn.Linear(WIDTH, WIDTH)
+        self.value_proj = nn.Linear(WIDTH, WIDTH)
+        self.pos_key_proj = nn.Linear(WIDTH, WIDTH)
+        self.pos_query_proj = nn.Linear(WIDTH, WIDTH)
+
+    def rows(self, x):
+        tokens = x.size(1)
+        return x.view(x.size(0), tokens, self.heads, self.size).permute(0, 2, 1, 3) \
+            .contiguous().view(-1, tokens, self.size)
+
+    def forward(self, x, mask, relative, relative_embeddings):
+        q, k, v = self.rows(self.query_proj(x)), self.rows(self.key_proj(x)), \
+            self.rows(self.value_proj(x))
+        scale = math.sqrt(self.size * 3)
+        scores = torch.bmm(q, k.transpose(-1, -2) / torch.tensor(scale, dtype=q.dtype))
+        repeat = q.size(0) // self.heads
+        pos_key = self.rows(self.pos_key_proj(relative_embeddings)).repeat(repeat, 1, 1)
+        pos_query = self.rows(self.pos_query_proj(relative_embeddings)).repeat(repeat, 1, 1)
+        tokens = q.size(1)
+        c2p_index = torch.clamp(relative + self.span, 0, 2 * self.span - 1)
+        c2p = torch.gather(torch.bmm(q, pos_key.transpose(-1, -2)), dim=-1,
+                           index=c2p_index.squeeze(0).expand([q.size(0), tokens, tokens]))
+        p2c_index = torch.clamp(-relative + self.span, 0, 2 * self.span - 1)
+        p2c = torch.gather(torch.bmm(k, pos_query.transpose(-1, -2)), dim=-1,
+                           index=p2c_index.squeeze(0).expand([q.size(0), tokens, tokens]))
+        scores = scores + c2p / scale + p2c.transpose(-1, -2) / scale
+        scores = scores.view(-1, self.heads, tokens, tokens)
+        hidden = ~mask.to(torch.bool)
+        probabilities = F.softmax(scores.masked_fill(hidden, torch.finfo(scores.dtype).min), -1)
+        probabilities = probabilities.masked_fill(hidden, 0)
+        context = torch.bmm(probabilities.view(-1, tokens, tokens), v)
+        return context.view(-1, self.heads, tokens, self.size).permute(0, 2, 1, 3) \
+            .contiguous().view(x.size(0), tokens, WIDTH)
+
+
+class DebertaLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = DebertaAttention()
+        self.output = nn.Linear(WIDTH, WIDTH)
+        self.attention_norm = nn.LayerNorm(WIDTH)
+        self.intermediate = nn.Linear(WIDTH, 64)
+        self.ffn_output = nn.Linear(64, WIDTH)
+        self.output_norm = nn.LayerNorm(WIDTH)
+
+    def forward(self, x, mask, relative, relative_embeddings):
+        x = self.attention_norm(x + self.output(self.attention(x, mask, relative,
+                                                               relative_embeddings)))
+        return self.output_norm(x + self.ffn_output(F.gelu(self.intermediate(x))))
+
+
+class DebertaStyle(nn.Module):
+    """A DeBERTa-v3-style classifier: token embeddings (no absolute positions) normalised and
+    masked, the 2-D attention mask (each query's row times each key's column), relative-position
+    embeddings normalised once and shared by the layers, two DebertaLayers, a pooler on the
+    first token."""
+
+    def __init__(self, layers=2, span=8):
+        super().__init__()
+        self.span = span
+        self.word_embeddings = nn.Embedding(VOCAB, WIDTH)
+        self.embedding_norm = nn.LayerNorm(WIDTH)
+        self.rel_embeddings = nn.Embedding(2 * span, WIDTH)
+        self.rel_norm = nn.LayerNorm(WIDTH)
+        self.layer = nn.ModuleList([DebertaLayer() for _ in range(layers)])
+        self.pooler = nn.Linear(WIDTH, WIDTH)
+        self.classifier = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embedding_norm(self.word_embeddings(input_ids))
+        x = x * attention_mask.unsqueeze(-1).to(x.dtype)
+        mask = attention_mask.unsqueeze(1).unsqueeze(2)
+        mask = mask * mask.squeeze(-2).unsqueeze(-1)
+        tokens = input_ids.size(1)
+        positions = torch.arange(tokens)
+        relative = log_bucket_position(positions[:, None] - positions[None, :], self.span,
+                                       64).to(torch.long).unsqueeze(0)
+        relative_embeddings = self.rel_norm(self.rel_embeddings.weight).unsqueeze(0)
+        for layer in self.layer:
+            x = layer(x, mask, relative, relative_embeddings)
+        return self.classifier(F.gelu(self.pooler(x[:, 0])))
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -537,135 +651,70 @@ def main():
 
     # The Hugging Face form at opset 14 (LayerNorm written out), its sequence length dynamic,
     # token types 1 from the middle of each sample's tokens on.
-    torch.manual_seed(2)
-    bert = BertStyle()
-    with torch.no_grad():
-        for p in bert.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
     types = (torch.arange(TOKENS)[None, :] >= lengths[:, None] // 2).to(torch.int64) * mask
     np.savez(os.path.join(GOLDEN, "bert_style_inputs.npz"), input_ids=ids.numpy(),
              attention_mask=mask.numpy(), token_type_ids=types.numpy(),
              labels=labels.numpy().astype(np.int64))
-    bert.eval()
-    with torch.no_grad():
-        np.save(os.path.join(GOLDEN, "bert_style_output.npy"), bert(ids, mask, types).numpy())
-    path = os.path.join(MODELS, "bert_style_opset14.onnx")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(bert, (ids, mask, types), path, input_names=names,
-                      output_names=["logits"], opset_version=14,
-                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
-                                    "logits": {0: "batch"}})
-    bert.train()
-    count = save_gradients(bert, (ids, mask, types), labels, path, GOLDEN)
-    assert count == len(list(bert.parameters())), count
+    names = ["input_ids", "attention_mask"]
+    export_text_model(BertStyle, 2, (ids, mask, types), names + ["token_type_ids"], "bert_style",
+                      generator, labels)
 
     # RoBERTa's form at opset 14: the same tokens (ids 2 and up) padded with id 1.
-    torch.manual_seed(3)
-    roberta = RobertaStyle()
-    with torch.no_grad():
-        for p in roberta.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
     roberta_ids = torch.where(mask == 1, ids % (VOCAB - 2) + 2, torch.ones_like(ids))
     np.savez(os.path.join(GOLDEN, "roberta_style_inputs.npz"), input_ids=roberta_ids.numpy(),
              attention_mask=mask.numpy(), labels=labels.numpy().astype(np.int64))
-    roberta.eval()
-    with torch.no_grad():
-        np.save(os.path.join(GOLDEN, "roberta_style_output.npy"),
-                roberta(roberta_ids, mask).numpy())
-    path = os.path.join(MODELS, "roberta_style_opset14.onnx")
-    names = ["input_ids", "attention_mask"]
-    torch.onnx.export(roberta, (roberta_ids, mask), path, input_names=names,
-                      output_names=["logits"], opset_version=14,
-                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
-                                    "logits": {0: "batch"}})
-    roberta.train()
-    count = save_gradients(roberta, (roberta_ids, mask), labels, path, GOLDEN)
-    assert count == len(list(roberta.parameters())), count
+    export_text_model(RobertaStyle, 3, (roberta_ids, mask), names, "roberta_style", generator,
+                      labels)
 
     # Llama's decoder form at opset 14: the same tokens, padded on the left as decoders are
     # (the head reads the last token), with the sequence length dynamic.
-    torch.manual_seed(4)
-    llama = LlamaStyle()
-    with torch.no_grad():
-        for p in llama.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
     order = torch.argsort(mask, dim=1, stable=True)  # the padding first, then the tokens
     left_ids, left_mask = torch.gather(ids, 1, order), torch.gather(mask, 1, order)
     np.savez(os.path.join(GOLDEN, "llama_style_inputs.npz"), input_ids=left_ids.numpy(),
              attention_mask=left_mask.numpy(), labels=labels.numpy().astype(np.int64))
-    llama.eval()
-    with torch.no_grad():
-        np.save(os.path.join(GOLDEN, "llama_style_output.npy"), llama(left_ids, left_mask).numpy())
-    path = os.path.join(MODELS, "llama_style_opset14.onnx")
-    torch.onnx.export(llama, (left_ids, left_mask), path, input_names=names,
-                      output_names=["logits"], opset_version=14,
-                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
-                                    "logits": {0: "batch"}})
-    llama.train()
-    count = save_gradients(llama, (left_ids, left_mask), labels, path, GOLDEN)
-    assert count == len(list(llama.parameters())), count
+    export_text_model(LlamaStyle, 4, (left_ids, left_mask), names, "llama_style", generator,
+                      labels)
 
     # GPT-2's form at opset 14 (LayerNorm written out), on the same left-padded tokens.
-    torch.manual_seed(5)
-    gpt2 = Gpt2Style()
-    with torch.no_grad():
-        for p in gpt2.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    gpt2.eval()
-    with torch.no_grad():
-        np.save(os.path.join(GOLDEN, "gpt2_style_output.npy"), gpt2(left_ids, left_mask).numpy())
-    path = os.path.join(MODELS, "gpt2_style_opset14.onnx")
-    torch.onnx.export(gpt2, (left_ids, left_mask), path, input_names=names,
-                      output_names=["logits"], opset_version=14,
-                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
-                                    "logits": {0: "batch"}})
-    gpt2.train()
-    count = save_gradients(gpt2, (left_ids, left_mask), labels, path, GOLDEN)
-    assert count == len(list(gpt2.parameters())), count
+    export_text_model(Gpt2Style, 5, (left_ids, left_mask), names, "gpt2_style", generator, labels)
 
     # CLIP's text encoder at opset 14: the same tokens, the end token (the largest id) after each
     # sample's last, padding 0 after it; one input.
-    torch.manual_seed(6)
-    clip = ClipStyle()
-    with torch.no_grad():
-        for p in clip.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
     end = lengths.clamp(max=TOKENS - 1)
     clip_ids = torch.where(torch.arange(TOKENS)[None, :] < end[:, None], ids % (VOCAB - 2) + 1,
                            torch.zeros_like(ids))
     clip_ids[torch.arange(SAMPLES), end] = VOCAB - 1
     np.savez(os.path.join(GOLDEN, "clip_style_inputs.npz"), input_ids=clip_ids.numpy(),
              labels=labels.numpy().astype(np.int64))
-    clip.eval()
-    with torch.no_grad():
-        np.save(os.path.join(GOLDEN, "clip_style_output.npy"), clip(clip_ids).numpy())
-    path = os.path.join(MODELS, "clip_style_opset14.onnx")
-    torch.onnx.export(clip, (clip_ids,), path, input_names=["input_ids"],
-                      output_names=["logits"], opset_version=14,
-                      dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                    "logits": {0: "batch"}})
-    clip.train()
-    count = save_gradients(clip, (clip_ids,), labels, path, GOLDEN)
-    assert count == len(list(clip.parameters())), count
+    export_text_model(ClipStyle, 6, (clip_ids,), ["input_ids"], "clip_style", generator, labels)
 
     # T5's encoder at opset 14 on the right-padded tokens of the first model.
-    torch.manual_seed(7)
-    t5 = T5Style()
+    export_text_model(T5Style, 7, (ids, mask), names, "t5_style", generator, labels)
+
+    # DeBERTa's encoder at opset 14 on the same tokens.
+    export_text_model(DebertaStyle, 8, (ids, mask), names, "deberta_style", generator, labels)
+
+
+def export_text_model(make, seed, inputs, names, family, generator, labels):
+    """Makes the model (seeded), moves every parameter off its initial value, and writes
+    <family>_opset14.onnx (the batch and the sequence length dynamic), PyTorch's logits on
+    `inputs` (<family>_output.npy, in eval mode) and its gradients on `labels`."""
+    torch.manual_seed(seed)
+    model = make()
     with torch.no_grad():
-        for p in t5.parameters():
+        for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    t5.eval()
+    model.eval()
     with torch.no_grad():
-        np.save(os.path.join(GOLDEN, "t5_style_output.npy"), t5(ids, mask).numpy())
-    path = os.path.join(MODELS, "t5_style_opset14.onnx")
-    torch.onnx.export(t5, (ids, mask), path, input_names=names, output_names=["logits"],
+        np.save(os.path.join(GOLDEN, family + "_output.npy"), model(*inputs).numpy())
+    path = os.path.join(MODELS, family + "_opset14.onnx")
+    torch.onnx.export(model, inputs, path, input_names=names, output_names=["logits"],
                       opset_version=14,
                       dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
                                     "logits": {0: "batch"}})
-    t5.train()
-    count = save_gradients(t5, (ids, mask), labels, path, GOLDEN)
-    assert count == len(list(t5.parameters())), count
-
+    model.train()
+    count = save_gradients(model, inputs, labels, path, GOLDEN)
+    assert count == len(list(model.parameters())), count
 
 if __name__ == "__main__":
     main()

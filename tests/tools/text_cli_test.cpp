@@ -9,12 +9,13 @@
 // GPT-2's (Conv1D's addmm of flattened rows, a causal torch.where before the padding mask is
 // added, the tanh GELU written out), CLIP's text encoder (the batch and heads merged around the
 // causal mask, the end token pooled with x[arange(B), argmax(ids)]) and T5's encoder (RMSNorms,
-// relative position buckets, unscaled scores, a masked mean), through every command:
-// `run` gives PyTorch's logits at any batch; `transform` writes a model free of the batch that ONNX
-// Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the embedding tables'
-// included; `calibrate` and `qat` read the .npz of the inputs (and its 'labels') and write Q/DQ
-// models that ONNX Runtime runs as qforge does (teacher-forced `qforge verify`, no mismatch); qat
-// is bit-identical at 1 and 2 threads.
+// relative position buckets, unscaled scores, a masked mean) and DeBERTa's (disentangled
+// attention: scores gathered at log-bucketed relative positions, batch × heads rows), through every
+// command: `run` gives PyTorch's logits at any batch; `transform` writes a model free of the batch
+// that ONNX Runtime runs as PyTorch; `grad` gives PyTorch's loss and gradients, the embedding
+// tables' included; `calibrate` and `qat` read the .npz of the inputs (and its 'labels') and write
+// Q/DQ models that ONNX Runtime runs as qforge does (teacher-forced `qforge verify`, no mismatch);
+// qat is bit-identical at 1 and 2 threads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -46,6 +47,7 @@ struct TextModel {
   bool separate_qkv;      // query, key and value Linears of their own, packed by the transform
   std::string embedding;  // the token embedding table
   size_t gradients;       // PyTorch's parameters
+  size_t attentions = 2;  // SDPA modules, each with its softmax's Q/DQ pair
 };
 
 const TextModel kModels[] = {
@@ -62,7 +64,12 @@ const TextModel kModels[] = {
     {"clip_style_opset14", "clip_style", "clip_style", 1, false, "token_embedding.weight", 37},
     // T5's encoder: RMSNorms, relative position buckets (Abs, Log, Min, Where of int64
     // positions) into a learned bias added with the mask, unscaled scores, a masked mean.
-    {"t5_style_opset14", "t5_style", "text", 2, true, "shared.weight", 20}};
+    {"t5_style_opset14", "t5_style", "text", 2, true, "shared.weight", 20},
+    // DeBERTa's encoder: relative positions log-bucketed (Sign, Abs, Log, Ceil of int64
+    // distances) and gathered (GatherElements) from position scores of batch × heads rows.
+    // XSoftmax zeroes the masked probabilities again after the softmax, which no attention
+    // module computes: the attention stays as written, its MatMuls quantized as such.
+    {"deberta_style_opset14", "deberta_style", "text", 2, false, "word_embeddings.weight", 50, 0}};
 
 void PrintTo(const TextModel& m, std::ostream* os) {
   *os << m.name;
@@ -129,7 +136,15 @@ TEST_P(TextCli, TransformWritesAModelOfAnyBatch) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("verdict      equivalent"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("symbolic batch 'batch'"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("SDPA 2"), std::string::npos) << r.out;
+  const size_t modules = r.out.find("\nmodules ");
+  ASSERT_NE(modules, std::string::npos) << r.out;
+  const std::string listed = r.out.substr(modules, r.out.find('\n', modules + 1) - modules);
+  if (GetParam().attentions > 0) {
+    EXPECT_NE(listed.find("SDPA " + std::to_string(GetParam().attentions)), std::string::npos)
+        << listed;
+  } else {
+    EXPECT_EQ(listed.find("SDPA"), std::string::npos) << listed;
+  }
   if (GetParam().name == "llama_style_opset14") {  // two RMSNorms a layer and the last one
     EXPECT_NE(r.out.find("RMSNorm 5"), std::string::npos) << r.out;
   }
@@ -174,7 +189,8 @@ TEST_P(TextCli, CalibratedModelRunsInOrtAsInQforge) {
       run_cli("calibrate " + model_file + " --data " + data_file + " --batch 8 -o " + qdq);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // The attention's Q/DQ points and its softmax's, as the ViT's.
-  EXPECT_NE(r.out.find("2 softmax pairs"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(std::to_string(GetParam().attentions) + " softmax pairs"), std::string::npos)
+      << r.out;
   // The archive's labels give the evaluation a top-1.
   EXPECT_NE(r.out.find("accuracy"), std::string::npos) << r.out;
   expect_ort_agrees(qdq, "disabled");
