@@ -71,6 +71,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Greater", 2, 2, 1, 1, 13, kNone, kBooleanOutput},
     // scale and bias per group at opsets 18 to 20, per channel from 21 (runtime/ops/norm_ops.cpp).
     OpSchema{"GreaterOrEqual", 2, 2, 1, 1, 16, kNone, kBooleanOutput},
+    OpSchema{"GridSample", 2, 2, 1, 1, 16, kBackward},  // 4-D; opset 20's mode names too
     OpSchema{"GroupNormalization", 3, 3, 1, 1, 18, kBackward},
     OpSchema{"GlobalAveragePool", 1, 1, 1, 1, 1, kBackward},
     OpSchema{"HardSigmoid", 1, 1, 1, 1, 6, kBackward},
@@ -209,6 +210,7 @@ constexpr std::array kAttributeRules = {
     AttributeRule{"SpaceToDepth", "blocksize", 1},
     AttributeRule{"Trilu", "upper", 0, 1},
     AttributeRule{"TopK", "largest", 0, 1},
+    AttributeRule{"GridSample", "align_corners", 0, 1},
     AttributeRule{"TopK", "sorted", 0, 1},
     AttributeRule{"Gemm", "transA", 0, 1},
     AttributeRule{"Gemm", "transB", 0, 1},

@@ -426,6 +426,26 @@ void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64
                            : onnx::AttributeProto::AttributeType_Name(a->type())));
       }
     }
+  } else if (op == "GridSample") {
+    if (opset < 16) {
+      throw_invalid("import: " + label + ": expected opset 16 or later for GridSample, got opset " +
+                    std::to_string(opset));
+    }
+    // Opset 20 renamed the interpolation modes (bilinear → linear, bicubic → cubic).
+    if (const onnx::AttributeProto* a = find_attribute(np, "mode")) {
+      const bool renamed = opset >= 20;
+      const std::string want = renamed ? "\"linear\", \"nearest\" or \"cubic\""
+                                       : "\"bilinear\", \"nearest\" or \"bicubic\"";
+      const bool ok = a->type() == onnx::AttributeProto::STRING &&
+                      (a->s() == "nearest" || a->s() == (renamed ? "linear" : "bilinear") ||
+                       a->s() == (renamed ? "cubic" : "bicubic"));
+      if (!ok) {
+        throw_invalid("import: " + label + ": expected attribute 'mode' " + want + at + ", got " +
+                      (a->type() == onnx::AttributeProto::STRING
+                           ? "\"" + a->s() + "\""
+                           : onnx::AttributeProto::AttributeType_Name(a->type())));
+      }
+    }
   }
 }
 

@@ -135,4 +135,83 @@ void conv_transpose2d_backward(const ConvTransposeGeometry& g, const double* x, 
   }
 }
 
+namespace {
+
+// A grid value's location in pixels along an axis of n pixels, padded as `padding` says.
+double grid_location(double g, int64_t n, GridPadding padding, bool align) {
+  const auto size = static_cast<double>(n);
+  double at = align ? (g + 1) / 2 * (size - 1) : ((g + 1) * size - 1) / 2;
+  if (padding == GridPadding::kReflection) {
+    if (align) {
+      const double period = 2 * (size - 1);
+      if (period == 0) return 0;
+      const double t = std::fmod(std::abs(at), period);
+      at = t <= size - 1 ? t : period - t;
+    } else {
+      const double period = 2 * size;
+      const double t = std::fmod(std::abs(at + 0.5), period);
+      at = (t <= size ? t : period - t) - 0.5;
+    }
+  }
+  if (padding != GridPadding::kZeros) at = std::min(std::max(at, 0.0), size - 1);
+  return at;
+}
+
+// Calls visit(offset in the plane, weight) for each pixel output point p of image n reads.
+template <class Visit>
+void grid_taps(const GridSampleDims& d, const double* grid, int64_t n, int64_t p, Visit visit) {
+  const double* g = grid + (n * d.out_h * d.out_w + p) * 2;
+  const double ax = grid_location(g[0], d.in_w, d.padding, d.align_corners);
+  const double ay = grid_location(g[1], d.in_h, d.padding, d.align_corners);
+  auto inside = [&](int64_t iy, int64_t ix) {
+    return iy >= 0 && iy < d.in_h && ix >= 0 && ix < d.in_w;
+  };
+  if (d.mode == GridMode::kNearest) {
+    const auto ix = static_cast<int64_t>(std::nearbyint(ax));
+    const auto iy = static_cast<int64_t>(std::nearbyint(ay));
+    if (inside(iy, ix)) visit(iy * d.in_w + ix, 1.0);
+    return;
+  }
+  const auto x0 = static_cast<int64_t>(std::floor(ax));
+  const auto y0 = static_cast<int64_t>(std::floor(ay));
+  for (int64_t iy = y0; iy <= y0 + 1; ++iy) {
+    for (int64_t ix = x0; ix <= x0 + 1; ++ix) {
+      const double w = (1 - std::abs(ay - static_cast<double>(iy))) *
+                       (1 - std::abs(ax - static_cast<double>(ix)));
+      if (inside(iy, ix)) visit(iy * d.in_w + ix, w);
+    }
+  }
+}
+
+}  // namespace
+
+void grid_sample_f64(const GridSampleDims& d, const double* x, const double* grid, double* y) {
+  const int64_t points = d.out_h * d.out_w, plane = d.in_h * d.in_w;
+  for (int64_t n = 0; n < d.batch; ++n) {
+    for (int64_t c = 0; c < d.channels; ++c) {
+      for (int64_t p = 0; p < points; ++p) {
+        double sum = 0;
+        grid_taps(d, grid, n, p,
+                  [&](int64_t at, double w) { sum += w * x[(n * d.channels + c) * plane + at]; });
+        y[(n * d.channels + c) * points + p] = sum;
+      }
+    }
+  }
+}
+
+void grid_sample_backward_dx(const GridSampleDims& d, const double* grid, const double* dy,
+                             double* dx) {
+  const int64_t points = d.out_h * d.out_w, plane = d.in_h * d.in_w;
+  std::fill_n(dx, d.batch * d.channels * plane, 0.0);
+  for (int64_t n = 0; n < d.batch; ++n) {
+    for (int64_t c = 0; c < d.channels; ++c) {
+      for (int64_t p = 0; p < points; ++p) {
+        grid_taps(d, grid, n, p, [&](int64_t at, double w) {
+          dx[(n * d.channels + c) * plane + at] += w * dy[(n * d.channels + c) * points + p];
+        });
+      }
+    }
+  }
+}
+
 }  // namespace qforge::kernels::reference

@@ -11,6 +11,7 @@
 
 #include "kernels/binary_backward.h"
 #include "kernels/elementwise.h"
+#include "kernels/grid_sample.h"
 #include "kernels/resize.h"
 #include "kernels/shape_backward.h"
 #include "kernels/shape_ops.h"
@@ -910,6 +911,94 @@ std::unique_ptr<OpKernel> create_resize(const graph::Node& node, std::span<const
   return std::make_unique<ResizeKernel>(setup_resize(node, inputs).geometry);
 }
 
+// GridSample (F.grid_sample) ------------------------------------------------------------------
+
+kernels::GridSampleDims setup_grid_sample(const graph::Node& node,
+                                          std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  const InputInfo& grid = require_input(node, inputs, 1);
+  if (x.dtype != DType::kFloat32 || grid.dtype != DType::kFloat32) {
+    fail_node(node, "float32 X and grid", dtype_str(x.dtype) + " and " + dtype_str(grid.dtype));
+  }
+  if (x.shape.size() != 4) {
+    fail_node(node, "X of rank 4 (N, C, H, W); qforge samples two spatial axes",
+              shape_str(x.shape));
+  }
+  if (grid.shape.size() != 4 || grid.shape[0] != x.shape[0] || grid.shape[3] != 2) {
+    fail_node(node, "grid [" + std::to_string(x.shape[0]) + ", H_out, W_out, 2]",
+              shape_str(grid.shape));
+  }
+  kernels::GridSampleDims d;
+  d.batch = x.shape[0];
+  d.channels = x.shape[1];
+  d.in_h = x.shape[2];
+  d.in_w = x.shape[3];
+  d.out_h = grid.shape[1];
+  d.out_w = grid.shape[2];
+  const std::string mode = node.attr_string("mode", "bilinear");
+  if (mode == "bilinear" || mode == "linear") {
+    d.mode = kernels::GridMode::kBilinear;
+  } else if (mode == "nearest") {
+    d.mode = kernels::GridMode::kNearest;
+  } else if (mode == "bicubic" || mode == "cubic") {
+    throw_unsupported(node.label() + ": mode \"" + mode +
+                      "\" is not supported (bilinear or nearest)");
+  } else {
+    fail_node(node, "mode bilinear, linear or nearest", mode);
+  }
+  const std::string padding = node.attr_string("padding_mode", "zeros");
+  if (padding == "zeros") {
+    d.padding = kernels::GridPadding::kZeros;
+  } else if (padding == "border") {
+    d.padding = kernels::GridPadding::kBorder;
+  } else if (padding == "reflection") {
+    d.padding = kernels::GridPadding::kReflection;
+  } else {
+    fail_node(node, "padding_mode zeros, border or reflection", padding);
+  }
+  d.align_corners = node.attr_int("align_corners", 0) != 0;
+  return d;
+}
+
+std::vector<TensorInfo> infer_grid_sample(const graph::Node& node,
+                                          std::span<const InputInfo> inputs) {
+  const kernels::GridSampleDims d = setup_grid_sample(node, inputs);
+  return {{DType::kFloat32, {d.batch, d.channels, d.out_h, d.out_w}}};
+}
+
+class GridSampleKernel final : public OpKernel {
+ public:
+  explicit GridSampleKernel(const kernels::GridSampleDims& d) : d_(d) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    kernels::grid_sample(d_, inputs[0].data<float>(), inputs[1].data<float>(),
+                         outputs[0].data<float>());
+  }
+  // X, and the grid where the sample moves with it (bilinear; a nearest pixel does not).
+  bool differentiable_input(size_t index) const override {
+    return index == 0 || (index == 1 && d_.mode == kernels::GridMode::kBilinear);
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    kernels::grid_sample_backward(d_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                  grad_outputs[0].data<float>(), grad_data(grad_inputs, 0),
+                                  grad_data(grad_inputs, 1));
+  }
+
+ private:
+  kernels::GridSampleDims d_;
+};
+
+std::unique_ptr<OpKernel> create_grid_sample(const graph::Node& node,
+                                             std::span<const InputInfo> inputs,
+                                             std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<GridSampleKernel>(setup_grid_sample(node, inputs));
+}
+
 // Gather ---------------------------------------------------------------------------------------
 
 std::vector<TensorInfo> infer_gather(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -1468,6 +1557,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"Concat", infer_concat, create_concat});
   registry.add({"Split", infer_split, create_split});
   registry.add({"Resize", infer_resize, create_resize});
+  registry.add({"GridSample", infer_grid_sample, create_grid_sample});
   registry.add({"Gather", infer_gather, create_gather});
   registry.add({"GatherElements", infer_gather_elements, create_gather_elements});
   registry.add({"Pad", infer_pad, create_pad});

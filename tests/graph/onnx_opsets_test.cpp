@@ -1,8 +1,8 @@
 // Import across opsets 7 to 26: old models through libonnx's version converter (Softmax's
 // coerce-to-2D axis before opset 13 kept), the forms of opsets 18 to 26 read natively
 // (ReduceMean's axes input, Pad's axes input, Gelu in both approximations, GroupNormalization's
-// per-group and per-channel scale and bias, Swish, Mish, the Q/DQ pair's precision and output
-// type),
+// per-group and per-channel scale and bias, Swish, Mish, GridSample's mode names, the Q/DQ pair's
+// precision and output type),
 // each form checked
 // against the model's opset, the opsets outside the range named, and the sample shape that fixes
 // dynamic dims.
@@ -419,6 +419,33 @@ TEST(OnnxOpsets, MishRunsAsSoftplusTanhAndMul) {
   float_attribute(odd.node("Mish", "mish", {"x"}, "y"), "alpha", 2.0f);
   EXPECT_EQ(import_error(ErrorKind::kInvalid, odd.bytes()),
             "import: node 'mish' (Mish): expected no attributes, got 'alpha'");
+}
+
+// GridSample's forms: from opset 16, its modes bilinear/nearest/bicubic renamed linear/nearest/
+// cubic at 20; each name checked against the model's opset. Both spellings import and run the
+// same; cubic is refused naming the node when the graph is resolved.
+TEST(OnnxOpsets, GridSampleModeNamesFollowTheOpset) {
+  auto model = [](int64_t opset, const char* mode) {
+    ModelProtoBuilder b(opset);
+    b.input("x", {1, 1, 2, 2});
+    b.input("grid", {1, 1, 1, 2});
+    b.output("y", std::vector<int64_t>{1, 1, 1, 1});
+    onnx::NodeProto* n = b.node("GridSample", "sample", {"x", "grid"}, "y");
+    if (mode) ModelProtoBuilder::attribute(n, "mode", std::string(mode));
+    return b.bytes();
+  };
+  EXPECT_NO_THROW(parse_onnx(model(16, "bilinear"), "model.onnx"));
+  EXPECT_NO_THROW(parse_onnx(model(20, "linear"), "model.onnx"));
+  EXPECT_NO_THROW(parse_onnx(model(22, nullptr), "model.onnx"));
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, model(15, nullptr)),
+            "import: node 'sample' (GridSample): expected opset 16 or later for GridSample, got "
+            "opset 15");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, model(16, "linear")),
+            "import: node 'sample' (GridSample): expected attribute 'mode' \"bilinear\", "
+            "\"nearest\" or \"bicubic\" at opset 16, got \"linear\"");
+  EXPECT_EQ(import_error(ErrorKind::kInvalid, model(20, "bilinear")),
+            "import: node 'sample' (GridSample): expected attribute 'mode' \"linear\", "
+            "\"nearest\" or \"cubic\" at opset 20, got \"bilinear\"");
 }
 
 // QuantizeLinear's precision and DequantizeLinear's output type (opset 23): float (1) runs as

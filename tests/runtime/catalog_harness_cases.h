@@ -820,6 +820,48 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("mode", std::string("nearest"))
           .attr("coordinate_transformation_mode", std::string("asymmetric"))
           .attr("nearest_mode", std::string("floor")));
+  // GridSample: grid values kept off the points where a sample's pixels change (integer pixel
+  // coordinates; half-integers for nearest) and off the padding's folds, for both axes' sizes.
+  // Without align_corners pixel p sits at g = (2p + 1) / size − 1, with it at 2p / (size − 1) − 1.
+  auto grid_kinks = [](std::vector<int64_t> sizes, bool align, double step) {
+    std::vector<float> kinks = {-1.0f, 1.0f};
+    for (int64_t size : sizes) {
+      for (double p = -3.0 * static_cast<double>(size); p <= 4.0 * static_cast<double>(size);
+           p += step) {
+        kinks.push_back(static_cast<float>(align ? 2 * p / static_cast<double>(size - 1) - 1
+                                                 : (2 * p + 1) / static_cast<double>(size) - 1));
+      }
+    }
+    return kinks;
+  };
+  add(H("GridSample", "bilinear, zeros, reaching outside")
+          .data(d.uniform({2, 3, 5, 6}))
+          .data(d.away({2, 4, 3, 2}, -1.2f, 1.2f, grid_kinks({5, 6}, false, 1.0), 0.03f))
+          .at_opset(16));
+  add(H("GridSample", "bilinear, border, align corners")
+          .data(d.uniform({1, 2, 4, 7}))
+          .data(d.away({1, 3, 5, 2}, -1.3f, 1.3f, grid_kinks({4, 7}, true, 1.0), 0.04f))
+          .attr("padding_mode", std::string("border"))
+          .attr("align_corners", int64_t{1})
+          .at_opset(16));
+  add(H("GridSample", "linear, reflection (opset 20)")
+          .data(d.uniform({1, 2, 5, 4}))
+          .data(d.away({1, 3, 3, 2}, -2.0f, 2.0f, grid_kinks({5, 4}, false, 0.5), 0.03f))
+          .attr("mode", std::string("linear"))
+          .attr("padding_mode", std::string("reflection"))
+          .at_opset(20));
+  add(H("GridSample", "bilinear, reflection, align corners")
+          .data(d.uniform({1, 1, 3, 5}))
+          .data(d.away({1, 2, 4, 2}, -2.5f, 2.5f, grid_kinks({3, 5}, true, 1.0), 0.04f))
+          .attr("padding_mode", std::string("reflection"))
+          .attr("align_corners", int64_t{1})
+          .at_opset(16));
+  // A nearest sample does not move with its grid value: the grid is a setting there.
+  add(H("GridSample", "nearest, zeros")
+          .data(d.uniform({2, 2, 4, 5}))
+          .setting(d.away({2, 3, 4, 2}, -1.2f, 1.2f, grid_kinks({4, 5}, false, 0.5), 0.03f))
+          .attr("mode", std::string("nearest"))
+          .at_opset(16));
   add(H("Shape", "start 1").data(d.uniform({2, 3, 4})).attr("start", int64_t{1}));
   add(H("Constant", "float tensor").attr("value", f32s({2, 3}, {1, -2, 3.5f, 0, 7, -0.25f})));
   add(H("ConstantOfShape", "float fill").known(i64s({2, 3, 5})).attr("value", f32s({1}, {0.75f})));
