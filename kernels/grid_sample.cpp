@@ -75,8 +75,9 @@ int64_t nearest_offset(const GridSampleDims& d, const float* g) {
 
 GridCoordinate grid_coordinate(float g, int64_t size, GridPadding padding, bool align_corners) {
   const auto n = static_cast<float>(size);
-  GridCoordinate c = align_corners ? GridCoordinate{(g + 1.0f) / 2.0f * (n - 1.0f), (n - 1.0f) / 2.0f}
-                                   : GridCoordinate{((g + 1.0f) * n - 1.0f) / 2.0f, n / 2.0f};
+  GridCoordinate c = align_corners
+                         ? GridCoordinate{(g + 1.0f) / 2.0f * (n - 1.0f), (n - 1.0f) / 2.0f}
+                         : GridCoordinate{((g + 1.0f) * n - 1.0f) / 2.0f, n / 2.0f};
   switch (padding) {
     case GridPadding::kZeros:
       return c;
@@ -95,7 +96,8 @@ GridCoordinate grid_coordinate(float g, int64_t size, GridPadding padding, bool 
 void grid_sample(const GridSampleDims& d, const float* x, const float* grid, float* y) {
   const int64_t points = d.out_h * d.out_w;
   const int64_t plane = d.in_h * d.in_w;
-  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, d.out_w * d.channels));
+  const int64_t grain =
+      std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, d.out_w * d.channels));
   parallel_for(d.batch * d.out_h, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / d.out_h;

@@ -38,8 +38,8 @@ const Size kSizes[] = {
 // coordinate, or for nearest a half-integer), so that rounding in float and double agree, with
 // a margin of `margin` pixels.
 std::vector<float> grid_off_kinks(const GridSampleDims& d, uint32_t seed, float reach) {
-  std::vector<float> g = random_values(
-      static_cast<size_t>(d.batch * d.out_h * d.out_w * 2), seed, -reach, reach);
+  std::vector<float> g =
+      random_values(static_cast<size_t>(d.batch * d.out_h * d.out_w * 2), seed, -reach, reach);
   const double shift = d.mode == GridMode::kNearest ? 0.5 : 0.0;
   for (size_t i = 0; i < g.size(); ++i) {
     const int64_t size = i % 2 == 0 ? d.in_w : d.in_h;
@@ -59,12 +59,11 @@ TEST(GridSampleKernel, MatchesTheReferenceInEveryModeAtAnyThreadCount) {
   uint32_t seed = 1;
   for (const Size& s : kSizes) {
     for (GridMode mode : {GridMode::kBilinear, GridMode::kNearest}) {
-      for (GridPadding padding : {GridPadding::kZeros, GridPadding::kBorder,
-                                  GridPadding::kReflection}) {
+      for (GridPadding padding :
+           {GridPadding::kZeros, GridPadding::kBorder, GridPadding::kReflection}) {
         for (bool align : {false, true}) {
-          const GridSampleDims d{s.batch, s.channels, s.in_h,  s.in_w,
-                                 s.out_h, s.out_w,    mode,    padding,
-                                 align};
+          const GridSampleDims d{s.batch, s.channels, s.in_h,  s.in_w, s.out_h,
+                                 s.out_w, mode,       padding, align};
           const std::string what = std::to_string(s.in_h) + "x" + std::to_string(s.in_w) +
                                    (mode == GridMode::kNearest ? " nearest" : " bilinear") +
                                    " padding " + std::to_string(static_cast<int>(padding)) +
@@ -104,9 +103,8 @@ TEST(GridSampleKernel, MatchesTheReferenceInEveryModeAtAnyThreadCount) {
             reference::grid_sample_f64(d, xd.data(), gd.data(), out.data());
             return testing::dot(out, dyd);
           };
-          testing::expect_matches_differences(to_double(dgrid[0]),
-                                              testing::central_differences(gd, loss, 1e-5),
-                                              1e-3, "dgrid");
+          testing::expect_matches_differences(
+              to_double(dgrid[0]), testing::central_differences(gd, loss, 1e-5), 1e-3, "dgrid");
         }
       }
     }
