@@ -116,6 +116,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Reshape", 2, 2, 1, 1, 14, kBackward},
     OpSchema{"Resize", 1, 4, 1, 1, 13, kBackward},
     OpSchema{"Round", 1, 1, 1, 1, 11, kNone, kPiecewiseConstant},
+    OpSchema{"ScatterElements", 3, 3, 1, 1, 16, kBackward},  // reduction none or add
     OpSchema{"ScatterND", 3, 3, 1, 1, 16, kNone, kNoBackward},
     OpSchema{"Shape", 1, 1, 1, 1, 15, kNone, "its output is the input's shape, not its values"},
     OpSchema{"Sigmoid", 1, 1, 1, 1, 13, kBackward},

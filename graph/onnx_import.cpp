@@ -426,6 +426,9 @@ void check_opset_form(const onnx::NodeProto& np, const std::string& label, int64
                            : onnx::AttributeProto::AttributeType_Name(a->type())));
       }
     }
+  } else if (op == "ScatterElements" && opset < 16 && find_attribute(np, "reduction")) {
+    throw_invalid("import: " + label + ": expected no attribute 'reduction'" + at +
+                  " (added in opset 16), got one");
   } else if (op == "GridSample") {
     if (opset < 16) {
       throw_invalid("import: " + label + ": expected opset 16 or later for GridSample, got opset " +

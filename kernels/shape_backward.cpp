@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/element_index_walk.h"
 #include "kernels/error.h"
 #include "kernels/parallel.h"
 #include "kernels/strided_index.h"
@@ -155,31 +156,29 @@ void split_backward(const ConcatPlan& plan, std::span<const float* const> dys, f
 
 namespace {
 
-// Tasks over (outer position, block of inner positions): each writes only the dx elements of its
-// own positions off the axis, adding dy along the axis in order.
+// dx[target] += dy, each line along the axis in order (detail::for_each_element_target).
 template <class I>
 void gather_elements_backward_typed(const GatherElementsPlan& plan, const I* indices,
                                     const float* dy, float* dx) {
-  constexpr int64_t kBlock = 256;
-  const int64_t blocks = (plan.inner + kBlock - 1) / kBlock;
-  const int64_t grain = std::max<int64_t>(
-      1, kTaskElements / std::max<int64_t>(1, plan.n * std::min(kBlock, plan.inner)));
-  parallel_for(plan.outer * blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t o = t / blocks;
-      const int64_t i0 = (t % blocks) * kBlock;
-      const int64_t i1 = std::min(plan.inner, i0 + kBlock);
-      const int64_t base = plan.outer_offsets[static_cast<size_t>(o)];
-      for (int64_t j = 0; j < plan.n; ++j) {
-        const int64_t row = (o * plan.n + j) * plan.inner;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t v =
-              indices[row + i] < 0 ? indices[row + i] + plan.axis_dim : indices[row + i];
-          dx[base + v * plan.axis_stride + plan.inner_offsets[static_cast<size_t>(i)]] +=
-              dy[row + i];
-        }
-      }
-    }
+  detail::for_each_element_target(plan, indices, false,
+                                  [&](int64_t e, int64_t at) { dx[at] += dy[e]; });
+}
+
+// ScatterElements' gradients: dupdates[e] = ddata[target] then ddata[target] = 0, each line
+// walked from its end (the `none` reduction: the last write of a target is the one the output
+// kept, so it alone takes the gradient and the data element none); with `add` every update takes
+// the target's gradient and the data all of it.
+template <class I>
+void scatter_elements_backward_typed(const GatherElementsPlan& plan, const I* indices, bool add,
+                                     float* ddata, float* dupdates, const float* dy) {
+  if (add) {
+    detail::for_each_element_target(plan, indices, false,
+                                    [&](int64_t e, int64_t at) { dupdates[e] = dy[at]; });
+    return;
+  }
+  detail::for_each_element_target(plan, indices, true, [&](int64_t e, int64_t at) {
+    if (dupdates) dupdates[e] = ddata[at];
+    ddata[at] = 0.0f;
   });
 }
 
@@ -191,17 +190,13 @@ void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indi
     throw_internal("gather_elements_backward: expected a float32 plan");
   }
   // The indices are checked before dx is touched (the forward's error).
-  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32) {
+  if (indices.dtype() == DType::kInt64) {
+    detail::check_element_indices(plan, indices.data<int64_t>(), indices.numel());
+  } else if (indices.dtype() == DType::kInt32) {
+    detail::check_element_indices(plan, indices.data<int32_t>(), indices.numel());
+  } else {
     throw_internal("gather_elements_backward: indices " + indices.describe() +
                    " are not int64 or int32");
-  }
-  for (int64_t j = 0; j < indices.numel(); ++j) {
-    const int64_t v =
-        indices.dtype() == DType::kInt64 ? indices.data<int64_t>()[j] : indices.data<int32_t>()[j];
-    if (v < -plan.axis_dim || v >= plan.axis_dim) {
-      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
-                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
-    }
   }
   if (write == GradMode::kOverwrite) {
     parallel_for(data_numel, kTaskElements,
@@ -211,6 +206,30 @@ void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indi
     gather_elements_backward_typed(plan, indices.data<int64_t>(), dy, dx);
   } else {
     gather_elements_backward_typed(plan, indices.data<int32_t>(), dy, dx);
+  }
+}
+
+void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& indices, bool add,
+                               const float* dy, float* ddata, float* dupdates, int64_t data_numel,
+                               float* scratch) {
+  if (plan.elem_size != sizeof(float)) {
+    throw_internal("scatter_elements_backward: expected a float32 plan");
+  }
+  // ddata starts as dy; without it (not wanted) the scratch serves the `none` walk.
+  float* d = ddata;
+  if (!d && !add && dupdates) d = scratch;
+  if (d) {
+    parallel_for(data_numel, kTaskElements,
+                 [&](int64_t begin, int64_t end) { std::copy(dy + begin, dy + end, d + begin); });
+  }
+  if (add && !dupdates) return;
+  if (indices.dtype() == DType::kInt64) {
+    scatter_elements_backward_typed(plan, indices.data<int64_t>(), add, d, dupdates, dy);
+  } else if (indices.dtype() == DType::kInt32) {
+    scatter_elements_backward_typed(plan, indices.data<int32_t>(), add, d, dupdates, dy);
+  } else {
+    throw_internal("scatter_elements_backward: indices " + indices.describe() +
+                   " are not int64 or int32");
   }
 }
 

@@ -9,6 +9,8 @@
 //              add up in index order).
 //   GatherElements: dx = 0, then dx at each output's source += dy, along the axis in order for
 //              each position off the axis (repeated indices add up in index order).
+//   ScatterElements: the updates' gradient gathered from dy where they were written (the last
+//              write of a target alone, without `add`); the data's dy but where overwritten.
 // Every dx element is one fixed sequence of float operations (one outer row per task for
 // Gather), so gradients are bit-identical for any thread count.
 #pragma once
@@ -52,5 +54,14 @@ void gather_backward(const GatherPlan& plan, const Tensor& indices, const float*
 void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indices,
                               const float* dy, float* dx, int64_t data_numel,
                               GradMode write = GradMode::kOverwrite);
+
+// ScatterElements (the forward's plan and indices, checked by the forward): with `add`, ddata = dy
+// and dupdates[e] = dy at e's target; without (the last write of a target kept), ddata = dy but 0
+// at every target, and dupdates[e] = dy at its target for the last write there, 0 for writes
+// overwritten. Both overwritten; either may be null (not wanted). scratch: data_numel floats,
+// written when ddata is null and dupdates is not, without `add`.
+void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& indices, bool add,
+                               const float* dy, float* ddata, float* dupdates, int64_t data_numel,
+                               float* scratch);
 
 }  // namespace qforge::kernels

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "kernels/element_index_walk.h"
 #include "kernels/parallel.h"
 #include "kernels/simd_transpose.h"
 #include "kernels/strided_index.h"
@@ -514,17 +515,6 @@ GatherElementsPlan plan_gather_elements(std::span<const int64_t> data_shape,
 
 namespace {
 
-template <class I>
-void check_element_indices(const GatherElementsPlan& plan, const I* indices, int64_t count) {
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t v = indices[j];
-    if (v < -plan.axis_dim || v >= plan.axis_dim) {
-      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
-                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
-    }
-  }
-}
-
 template <class T, class I>
 void gather_elements_typed(const GatherElementsPlan& plan, const T* src, const I* indices, T* dst) {
   const int64_t rows = plan.outer * plan.n;
@@ -545,7 +535,7 @@ void gather_elements_typed(const GatherElementsPlan& plan, const T* src, const I
 template <class I>
 void gather_elements_indexed(const GatherElementsPlan& plan, const void* data, const I* indices,
                              int64_t count, void* out) {
-  check_element_indices(plan, indices, count);
+  detail::check_element_indices(plan, indices, count);
   switch (plan.elem_size) {
     case 1:
       return gather_elements_typed(plan, static_cast<const uint8_t*>(data), indices,
@@ -574,6 +564,67 @@ void gather_elements(const GatherElementsPlan& plan, const void* data, const Ten
     gather_elements_indexed(plan, data, indices.data<int32_t>(), indices.numel(), out);
   } else {
     throw_internal("gather_elements: indices " + indices.describe() + " are not int64 or int32");
+  }
+}
+
+namespace {
+
+template <class T, class I>
+void scatter_elements_typed(const GatherElementsPlan& plan, const I* indices, const T* updates,
+                            bool add, T* out) {
+  if (add) {
+    detail::for_each_element_target(plan, indices, false,
+                                    [&](int64_t e, int64_t at) { out[at] += updates[e]; });
+  } else {
+    detail::for_each_element_target(plan, indices, false,
+                                    [&](int64_t e, int64_t at) { out[at] = updates[e]; });
+  }
+}
+
+template <class I>
+void scatter_elements_indexed(const GatherElementsPlan& plan, const I* indices, int64_t count,
+                              const void* updates, bool add, void* out) {
+  detail::check_element_indices(plan, indices, count);
+  if (add) {
+    if (plan.elem_size != sizeof(float)) throw_internal("scatter_elements: add of non-float data");
+    return scatter_elements_typed(plan, indices, static_cast<const float*>(updates), true,
+                                  static_cast<float*>(out));
+  }
+  switch (plan.elem_size) {
+    case 1:
+      return scatter_elements_typed(plan, indices, static_cast<const uint8_t*>(updates), false,
+                                    static_cast<uint8_t*>(out));
+    case 2:
+      return scatter_elements_typed(plan, indices, static_cast<const uint16_t*>(updates), false,
+                                    static_cast<uint16_t*>(out));
+    case 4:
+      return scatter_elements_typed(plan, indices, static_cast<const uint32_t*>(updates), false,
+                                    static_cast<uint32_t*>(out));
+    case 8:
+      return scatter_elements_typed(plan, indices, static_cast<const uint64_t*>(updates), false,
+                                    static_cast<uint64_t*>(out));
+    default:
+      throw_internal("scatter_elements: element size " + std::to_string(plan.elem_size));
+  }
+}
+
+}  // namespace
+
+void scatter_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
+                      const void* updates, int64_t data_numel, bool add, void* out) {
+  if (out != data) {
+    const int64_t bytes = data_numel * static_cast<int64_t>(plan.elem_size);
+    for_each_block(bytes, 1, [&](int64_t b0, int64_t b1) {
+      std::memcpy(static_cast<std::byte*>(out) + b0, static_cast<const std::byte*>(data) + b0,
+                  static_cast<size_t>(b1 - b0));
+    });
+  }
+  if (indices.dtype() == DType::kInt64) {
+    scatter_elements_indexed(plan, indices.data<int64_t>(), indices.numel(), updates, add, out);
+  } else if (indices.dtype() == DType::kInt32) {
+    scatter_elements_indexed(plan, indices.data<int32_t>(), indices.numel(), updates, add, out);
+  } else {
+    throw_internal("scatter_elements: indices " + indices.describe() + " are not int64 or int32");
   }
 }
 

@@ -114,6 +114,15 @@ GatherElementsPlan plan_gather_elements(std::span<const int64_t> data_shape,
 void gather_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
                      void* out);
 
+// ScatterElements (torch.scatter, scatter_add): GatherElements' inverse on the same plan
+// (plan_gather_elements of the data's and the indices' shapes, the updates of the indices' shape).
+// out = data, then for each index position in row-major order the updates element written (or
+// with `add`, added) at the data element the gather would read: repeated indices of one line
+// along the axis meet in order, the last written one kept. out may share storage with data;
+// float32 only with `add`.
+void scatter_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
+                      const void* updates, int64_t data_numel, bool add, void* out);
+
 // Pad ------------------------------------------------------------------------------------------
 
 enum class PadMode { kConstant, kReflect, kEdge };

@@ -148,6 +148,26 @@ Tensor gather_elements(const Tensor& data, const Tensor& indices, int64_t axis) 
   return y;
 }
 
+Tensor scatter_elements(const Tensor& data, const Tensor& indices, const Tensor& updates,
+                        int64_t axis, bool add) {
+  if (axis < 0) axis += data.rank();
+  const auto ax = static_cast<size_t>(axis);
+  Tensor y = data.clone();
+  for (int64_t i = 0; i < indices.numel(); ++i) {
+    Shape c = unravel(i, indices.shape());
+    int64_t v = get_int(indices, i);
+    if (v < 0) v += data.shape()[ax];
+    c[ax] = v;
+    const int64_t at = ravel(c, data.shape());
+    if (add) {
+      y.data<float>()[at] += updates.data<float>()[i];
+    } else {
+      copy_element(updates, i, y, at);
+    }
+  }
+  return y;
+}
+
 Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value) {
   const size_t rank = static_cast<size_t>(x.rank());
   Shape out_shape(rank);

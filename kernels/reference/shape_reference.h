@@ -21,6 +21,10 @@ std::vector<Tensor> split(const Tensor& x, std::span<const int64_t> sizes, int64
 Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis);
 // ONNX GatherElements: y of the indices' shape, y[c] = data[c with c[axis] = indices[c]].
 Tensor gather_elements(const Tensor& data, const Tensor& indices, int64_t axis);
+// ONNX ScatterElements, its index positions in row-major order: y = data, then y[c with c[axis]
+// = indices[c]] = updates[c] (or += with `add`, float32).
+Tensor scatter_elements(const Tensor& data, const Tensor& indices, const Tensor& updates,
+                        int64_t axis, bool add);
 // pads in ONNX layout: all begins, then all ends; constant_value in the tensor's dtype.
 Tensor pad(const Tensor& x, std::span<const int64_t> pads, PadMode mode, double constant_value);
 Tensor expand(const Tensor& x, std::span<const int64_t> shape);

@@ -1156,6 +1156,96 @@ std::unique_ptr<OpKernel> create_gather_elements(const graph::Node& node,
       shape_numel(data.shape), node.label(), data.dtype == DType::kFloat32);
 }
 
+// ScatterElements (torch.scatter, scatter_add) --------------------------------------------------
+// On GatherElements' plan: data, indices of its rank (no larger off the axis), updates of the
+// indices' shape; reduction none (the last write of a target kept) or add (float32); their
+// gradients. mul, max and min are refused naming the node.
+
+struct ScatterElementsSetup {
+  kernels::GatherElementsPlan plan;
+  int64_t data_numel = 0;
+  bool add = false;
+};
+
+ScatterElementsSetup setup_scatter_elements(const graph::Node& node,
+                                            std::span<const InputInfo> inputs) {
+  const GatherElementsSetup g = setup_gather_elements(node, inputs);
+  const InputInfo& data = inputs[0];
+  const InputInfo& updates = require_input(node, inputs, 2);
+  if (updates.dtype != data.dtype || updates.shape != inputs[1].shape) {
+    fail_node(node,
+              "updates " + dtype_str(data.dtype) + shape_str(inputs[1].shape) +
+                  " (the data's type, the indices' shape)",
+              dtype_str(updates.dtype) + shape_str(updates.shape));
+  }
+  ScatterElementsSetup s;
+  const std::string reduction = node.attr_string("reduction", "none");
+  if (reduction == "add") {
+    if (data.dtype != DType::kFloat32) {
+      fail_node(node, "float32 data for reduction add", dtype_str(data.dtype));
+    }
+    s.add = true;
+  } else if (reduction != "none") {
+    throw_unsupported(node.label() + ": reduction '" + reduction +
+                      "' is not supported (none or add)");
+  }
+  s.plan = kernels::plan_gather_elements(data.shape, inputs[1].shape, g.axis,
+                                         kernels::dtype_size(data.dtype));
+  s.data_numel = shape_numel(data.shape);
+  return s;
+}
+
+std::vector<TensorInfo> infer_scatter_elements(const graph::Node& node,
+                                               std::span<const InputInfo> inputs) {
+  setup_scatter_elements(node, inputs);
+  return {{inputs[0].dtype, inputs[0].shape}};
+}
+
+class ScatterElementsKernel final : public OpKernel {
+ public:
+  ScatterElementsKernel(ScatterElementsSetup s, std::string label, bool float_data)
+      : s_(std::move(s)), label_(std::move(label)), differentiable_(float_data) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run_for_node(label_, [&] {
+      kernels::scatter_elements(s_.plan, inputs[0].raw(), inputs[1], inputs[2].raw(), s_.data_numel,
+                                s_.add, outputs[0].raw());
+    });
+  }
+  // The data and the updates; the indices are integers.
+  bool differentiable_input(size_t index) const override {
+    return differentiable_ && (index == 0 || index == 2);
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = uint64_t{1} << 1, .outputs = BackwardReads::kNothing};
+  }
+  size_t backward_workspace_bytes() const override {
+    return differentiable_ && !s_.add ? static_cast<size_t>(s_.data_numel) * sizeof(float) : 0;
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    float* ddata = grad_data(grad_inputs, 0);
+    float* dupdates = grad_data(grad_inputs, 2);
+    if (!ddata && !dupdates) return;
+    kernels::scatter_elements_backward(s_.plan, inputs[1], s_.add, grad_outputs[0].data<float>(),
+                                       ddata, dupdates, s_.data_numel,
+                                       reinterpret_cast<float*>(workspace));
+  }
+
+ private:
+  ScatterElementsSetup s_;
+  std::string label_;
+  bool differentiable_;
+};
+
+std::unique_ptr<OpKernel> create_scatter_elements(const graph::Node& node,
+                                                  std::span<const InputInfo> inputs,
+                                                  std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ScatterElementsKernel>(setup_scatter_elements(node, inputs), node.label(),
+                                                 inputs[0].dtype == DType::kFloat32);
+}
+
 // Pad ------------------------------------------------------------------------------------------
 
 kernels::PadPlan pad_plan(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -1560,6 +1650,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"GridSample", infer_grid_sample, create_grid_sample});
   registry.add({"Gather", infer_gather, create_gather});
   registry.add({"GatherElements", infer_gather_elements, create_gather_elements});
+  registry.add({"ScatterElements", infer_scatter_elements, create_scatter_elements});
   registry.add({"Pad", infer_pad, create_pad});
   registry.add({"Shape", infer_shape, create_shape});
   registry.add({"Constant", infer_constant, create_constant});

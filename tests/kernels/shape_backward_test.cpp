@@ -3,6 +3,7 @@
 // float32 kernels against the references, accumulation, and the same bits on 1 and 2 threads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "kernels/error.h"
 #include "kernels/reference/shape_backward_reference.h"
+#include "kernels/reference/shape_reference.h"
 #include "kernels/shape_backward.h"
 #include "tests/support/float_checks.h"
 #include "tests/support/gradient_checks.h"
@@ -274,6 +276,75 @@ TEST(GatherElementsBackward, MatchesReferenceDifferencesAndThreadCounts) {
   std::vector<double> mag2(n);
   for (size_t i = 0; i < n; ++i) mag2[i] = 2 * mag[i];
   expect_matches_reference(added, ref2, mag2, "gather_elements dx accumulated");
+}
+
+// ScatterElements forward against the reference's row-major writes (repeated targets: the last
+// kept, or summed with add), and its gradients against central differences of the reference:
+// the data's dy where nothing was written, the last write of each target its dy, overwritten
+// writes 0; the same bits at 1 and 2 threads; the scratch stands in for an unwanted ddata.
+TEST(ScatterElementsBackward, MatchesReferenceDifferencesAndThreadCounts) {
+  const Shape data_shape = {3, 4, 5};
+  const Shape index_shape = {2, 7, 5};  // more writes than the axis holds: repeated targets
+  const int axis = 1;
+  const size_t n = static_cast<size_t>(shape_numel(data_shape));
+  const size_t m = static_cast<size_t>(shape_numel(index_shape));
+  const std::vector<float> u = random_values(m, 31, 0.0f, 1.0f);
+  Tensor index(DType::kInt64, index_shape);
+  for (size_t i = 0; i < m; ++i) {
+    index.data<int64_t>()[i] = std::min<int64_t>(7, static_cast<int64_t>(u[i] * 8)) - 4;
+  }
+  const GatherElementsPlan plan = plan_gather_elements(data_shape, index_shape, axis, 4);
+  for (bool add : {false, true}) {
+    SCOPED_TRACE(add ? "add" : "none");
+    const Tensor data = testing::random_f32(data_shape, 32, -1.0f, 1.0f);
+    const Tensor updates = testing::random_f32(index_shape, 33, -1.0f, 1.0f);
+    const Tensor want = reference::scatter_elements(data, index, updates, axis, add);
+    Tensor got(DType::kFloat32, data_shape);
+    scatter_elements(plan, data.raw(), index, updates.raw(), static_cast<int64_t>(n), add,
+                     got.raw());
+    if (add) {
+      for (size_t i = 0; i < n; ++i) {
+        EXPECT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-6) << i;
+      }
+    } else {
+      EXPECT_EQ(std::memcmp(got.raw(), want.raw(), got.nbytes()), 0);
+    }
+    const std::vector<float> dy = random_values(n, 34);
+    std::vector<float> ddata[2], dupdates[2];
+    for (int threads : {1, 2}) {
+      ThreadCount scope(threads);
+      ddata[threads - 1].assign(n, NAN);
+      dupdates[threads - 1].assign(m, NAN);
+      scatter_elements_backward(plan, index, add, dy.data(), ddata[threads - 1].data(),
+                                dupdates[threads - 1].data(), static_cast<int64_t>(n), nullptr);
+    }
+    expect_same_bits(ddata[0].data(), ddata[1].data(), n, "ddata");
+    expect_same_bits(dupdates[0].data(), dupdates[1].data(), m, "dupdates");
+    std::vector<float> scratch(n), alone(m, NAN);
+    scatter_elements_backward(plan, index, add, dy.data(), nullptr, alone.data(),
+                              static_cast<int64_t>(n), scratch.data());
+    EXPECT_EQ(alone, dupdates[0]) << "without ddata";
+    // Central differences of Σ dy · scatter(data, updates) in float64 through the reference.
+    const std::vector<double> r = to_double(dy);
+    auto loss_of = [&](const Tensor& d, const Tensor& up) {
+      const Tensor y = reference::scatter_elements(d, index, up, axis, add);
+      return testing::dot(to_double(std::vector<float>(y.data<float>(), y.data<float>() + n)), r);
+    };
+    for (int which : {0, 1}) {
+      const Tensor& base = which == 0 ? data : updates;
+      std::vector<double> numeric(static_cast<size_t>(base.numel()));
+      for (int64_t i = 0; i < base.numel(); ++i) {
+        Tensor plus = base.clone(), minus = base.clone();
+        plus.data<float>()[i] += 0.25f;
+        minus.data<float>()[i] -= 0.25f;
+        const double lp = which == 0 ? loss_of(plus, updates) : loss_of(data, plus);
+        const double lm = which == 0 ? loss_of(minus, updates) : loss_of(data, minus);
+        numeric[static_cast<size_t>(i)] = (lp - lm) / 0.5;
+      }
+      expect_matches_differences(to_double(which == 0 ? ddata[0] : dupdates[0]), numeric, 1e-5,
+                                 which == 0 ? "ddata" : "dupdates");
+    }
+  }
 }
 
 }  // namespace

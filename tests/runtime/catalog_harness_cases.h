@@ -789,6 +789,23 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({3, 5}))
           .setting(Tensor::from_vector<int32_t>({2, 2}, {4, 0, -1, 2}))
           .attr("axis", int64_t{-1}));
+  // torch.scatter / scatter_add: repeated targets (the last write kept; with add, summed).
+  add(H("ScatterElements", "axis 1, repeated targets")
+          .data(d.uniform({2, 5, 3}))
+          .setting(i64({2, 3, 3}, {0, 4, 2, 0, 1, 2, 4, 4, -1, 3, 0, 1, 3, 3, 2, -5, 0, 0}))
+          .data(d.uniform({2, 3, 3}))
+          .attr("axis", int64_t{1}));
+  add(H("ScatterElements", "add, last axis, smaller updates (opset 16)")
+          .data(d.uniform({3, 6}))
+          .setting(i64({2, 4}, {5, 0, 5, 2, 1, 1, -1, 3}))
+          .data(d.uniform({2, 4}))
+          .attr("axis", int64_t{-1})
+          .attr("reduction", std::string("add"))
+          .at_opset(16));
+  add(H("ScatterElements", "int64 data, axis 0")
+          .data(i64({3, 2}, {1, 2, 3, 4, 5, 6}))
+          .setting(i64({1, 2}, {2, 0}))
+          .setting(i64({1, 2}, {70, 80})));
   add(H("GatherElements", "int64 data, axis 0")
           .data(i64({3, 2}, {10, 11, 12, 13, 14, 15}))
           .setting(i64({2, 2}, {2, 0, -1, 1}))

@@ -1,0 +1,58 @@
+// Internal to kernels/: the walk GatherElements' gradient and ScatterElements share. Index
+// positions of a GatherElementsPlan (kernels/shape_ops.h) that name the same data element lie on
+// one line along the axis (the same position off it), so one task per (outer position, block of
+// inner positions), walking the axis in order, meets them in that order and alone.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "kernels/error.h"
+#include "kernels/parallel.h"
+#include "kernels/shape_ops.h"
+
+namespace qforge::kernels::detail {
+
+// Throws the Invalid "expected indices in [...], got v" error for an index out of range.
+template <class I>
+void check_element_indices(const GatherElementsPlan& plan, const I* indices, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t v = indices[j];
+    if (v < -plan.axis_dim || v >= plan.axis_dim) {
+      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
+                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
+    }
+  }
+}
+
+// Calls fn(index position, data offset it names) for every index position (checked beforehand),
+// each line along the axis in order, or from its end with `reverse`.
+template <class I, class Fn>
+void for_each_element_target(const GatherElementsPlan& plan, const I* indices, bool reverse,
+                             Fn&& fn) {
+  constexpr int64_t kBlock = 256;
+  constexpr int64_t kTaskElements = int64_t{1} << 14;
+  const int64_t blocks = (plan.inner + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(
+      1, kTaskElements / std::max<int64_t>(1, plan.n * std::min(kBlock, plan.inner)));
+  parallel_for(plan.outer * blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t o = t / blocks;
+      const int64_t i0 = (t % blocks) * kBlock;
+      const int64_t i1 = std::min(plan.inner, i0 + kBlock);
+      const int64_t base = plan.outer_offsets[static_cast<size_t>(o)];
+      for (int64_t step = 0; step < plan.n; ++step) {
+        const int64_t j = reverse ? plan.n - 1 - step : step;
+        const int64_t row = (o * plan.n + j) * plan.inner;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t v =
+              indices[row + i] < 0 ? indices[row + i] + plan.axis_dim : indices[row + i];
+          fn(row + i, base + v * plan.axis_stride + plan.inner_offsets[static_cast<size_t>(i)]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace qforge::kernels::detail
