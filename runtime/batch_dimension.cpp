@@ -216,8 +216,10 @@ class BatchFreer {
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int axis = out_axis - static_cast<int>(out_rank - s.size());
-    // A broadcast holds at any batch; Concat and GatherElements do not broadcast.
-    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements";
+    // A broadcast holds at any batch; Concat, GatherElements and ScatterElements do not
+    // broadcast.
+    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements" &&
+                            node.op_type() != "ScatterElements";
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     const int64_t rows = axis < 0 ? 0 : s[static_cast<size_t>(axis)];
     if (broadcasts && axis >= 0 && (carried.outer != 1 || carried.inner != 1 || rows != batch_) &&
@@ -446,7 +448,8 @@ class BatchFreer {
     Node* expand = node.input(index)->producer();
     const Shape& s = node.input(index)->known_shape();
     const int axis = out_axis - static_cast<int>(out_rank - s.size());
-    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements";
+    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements" &&
+                            node.op_type() != "ScatterElements";
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     if (axis < 0 || s[static_cast<size_t>(axis)] != batch_ ||
         expand->input(0)->known_shape().size() != s.size() ||
@@ -828,16 +831,18 @@ class BatchFreer {
                first);
       return;
     }
-    if (op == "GatherElements") {
-      // Data and indices of one rank, the output of the indices' shape: both need the batch, a
-      // constant one (DeBERTa's relative positions expanded to the batch) expanded at run time.
+    if (op == "GatherElements" || op == "ScatterElements") {
+      // Data, indices (and updates) of one rank, the output of the indices' (the data's) shape:
+      // each needs the batch, a constant one (DeBERTa's relative positions expanded to the
+      // batch, a scatter's constant updates) expanded at run time.
       if (normalized_axis(node.attr_int("axis", 0), first_rank) == first.axis) {
-        unsupported(node, "gathers along the batch axis");
+        unsupported(node, op == "GatherElements" ? "gathers along the batch axis"
+                                                 : "scatters along the batch axis");
       }
       for (const auto& [i, a] : carried) {
         if (a.axis != first.axis) unsupported(node, "joins inputs whose batch is on other axes");
       }
-      for (size_t i = 0; i < 2; ++i) {
+      for (size_t i = 0; i < node.num_inputs(); ++i) {
         if (node.input(i)->is_constant()) {
           expand_repeated_constant(node, i, first.axis, out_rank, first);
         } else if (expands_constant(node.input(i))) {

@@ -299,6 +299,46 @@ TEST(BatchDimension, GatherElementsTakesTheBatchOfItsDataAndIndices) {
           });
 }
 
+// A one-hot by torch's scatter_: zeros of the batch's shape, each row's argmax set from constant
+// updates (one per sample, folded at resolution): the updates are expanded to the batch at run
+// time, and the freed graph runs per sample as the original. A scatter along the batch is refused.
+TEST(BatchDimension, ScatterElementsTakesTheBatchOfItsUpdates) {
+  auto one_hot = [](int64_t batch) {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 5});
+    graph::Value* idx =
+        add(*g, "where_max", "ArgMax", {x}, {{"axis", int64_t{1}}, {"keepdims", int64_t{1}}});
+    graph::Value* ones = g->add_constant(
+        "ones", Tensor::from_vector<float>({batch, 1}, std::vector<float>(batch, 1.0f)));
+    graph::Value* zeros =
+        add(*g, "zeros", "Mul", {x, g->add_constant("zero", Tensor::scalar_f32(0))});
+    g->mark_output(
+        add(*g, "scatter", "ScatterElements", {zeros, idx, ones}, {{"axis", int64_t{1}}}));
+    return g;
+  };
+  auto freed = one_hot(2);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  expect_same_per_sample(std::move(freed), one_hot, {5});
+
+  Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 5});
+  graph::Value* idx = g.add_constant("rows", Tensor::from_vector<int64_t>({1, 5}, {1, 0, 1, 1, 0}));
+  g.mark_output(add(g, "scatter", "ScatterElements",
+                    {x, idx, g.add_constant("row", testing::random_f32({1, 5}, 3, -1.f, 1.f))},
+                    {{"axis", int64_t{0}}}));
+  runtime::resolve(g, {});
+  try {
+    runtime::free_batch(g, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'scatter' (ScatterElements): scatters along the "
+                                         "batch axis"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // DeBERTa's disentangled attention at batch B: the scores' rows are batch × heads (the batch
 // folded outside 2 heads), the relative-position keys one [2, 3, 3] block per head repeated to
 // those rows, and the relative positions one [3, 3] slice expanded to them, both folded into
