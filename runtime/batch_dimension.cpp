@@ -993,9 +993,10 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
 
 namespace {
 
-// Constant `v` of batch × period rows: where every sample's `period` rows equal the first ones,
-// its readers read those rows tiled batch times instead (a derivation of `v`).
-bool tile_shared_rows(Graph& graph, Value* v, int64_t batch, int64_t period) {
+// Constant `v` of batch × `period` rows, where every sample's `period` rows equal the first
+// sample's: its readers read those rows (a constant derived from `v`) through a Tile to the batch
+// (period > 1) or an Expand to v's shape (period 1) instead. False where the samples differ.
+bool read_first_sample_through(Graph& graph, Value* v, int64_t batch, int64_t period) {
   const Tensor& t = v->constant();
   const size_t block = t.nbytes() / static_cast<size_t>(batch);
   const auto* bytes = static_cast<const std::byte*>(t.raw());
@@ -1006,30 +1007,38 @@ bool tile_shared_rows(Graph& graph, Value* v, int64_t batch, int64_t period) {
   rows[0] = period;
   Tensor first(DType::kFloat32, rows);
   std::memcpy(first.raw(), bytes, block);
-  Value* rows_value = graph.add_constant(graph.unique_value_name(v->name() + "_rows"), first);
+  const std::string suffix = period > 1 ? "_rows" : "_row";
+  Value* rows_value = graph.add_constant(graph.unique_value_name(v->name() + suffix), first);
   graph::DerivedTerm term{.source = v->name(), .source_shape = t.shape()};
   for (int64_t e = 0; e < first.numel(); ++e) term.pairs.emplace_back(e, e);
   graph.record_derivation({.derived = rows_value->name(), .shape = rows, .terms = {term}});
-  std::vector<int64_t> repeats(t.shape().size(), 1);
-  repeats[0] = batch;
+  // Tile's repeats (the batch along axis 0), or Expand's shape (v's).
+  std::vector<int64_t> second(t.shape().begin(), t.shape().end());
+  if (period > 1) {
+    std::fill(second.begin(), second.end(), 1);
+    second[0] = batch;
+  }
+  const std::string op = period > 1 ? "Tile" : "Expand";
   const std::vector<Node*> readers = v->consumers();
   const Node* earliest = *std::find_if(graph.nodes().begin(), graph.nodes().end(), [&](Node* n) {
     return std::find(readers.begin(), readers.end(), n) != readers.end();
   });
-  Node* tile = graph.insert_node(
-      {.name = graph.unique_node_name(v->name() + "/Tile"),
-       .op_type = "Tile",
+  Node* node = graph.insert_node(
+      {.name = graph.unique_node_name(v->name() + "/" + op),
+       .op_type = op,
        .inputs = {rows_value,
-                  graph.add_constant(graph.unique_value_name(v->name() + "_repeats"),
-                                     Tensor::from_vector<int64_t>({t.rank()}, repeats))},
-       .output_names = {graph.unique_value_name(v->name() + "_tiled")}},
+                  graph.add_constant(
+                      graph.unique_value_name(v->name() + (period > 1 ? "_repeats" : "_shape")),
+                      Tensor::from_vector<int64_t>({t.rank()}, second))},
+       .output_names = {graph.unique_value_name(v->name() +
+                                                (period > 1 ? "_tiled" : "_expanded"))}},
       earliest);
   for (Node* r : readers) {
     for (size_t i = 0; i < r->num_inputs(); ++i) {
-      if (r->input(i) == v) graph.set_input(r, i, tile->output(0));
+      if (r->input(i) == v) graph.set_input(r, i, node->output(0));
     }
   }
-  tile->output(0)->set_type(DType::kFloat32, t.shape());
+  node->output(0)->set_type(DType::kFloat32, t.shape());
   return true;
 }
 
@@ -1051,53 +1060,14 @@ size_t share_batch_rows(Graph& graph) {
     const Tensor& t = v->constant();
     if (t.rank() < 1 || t.dim(0) % batch != 0) continue;
     const int64_t period = t.dim(0) / batch;
-    if (period > 1) {
-      const bool batched_operand =
-          t.rank() >= 3 && std::all_of(v->consumers().begin(), v->consumers().end(),
-                                       [](const Node* n) { return n->op_type() == "MatMul"; });
-      if (batched_operand && tile_shared_rows(graph, v, batch, period)) ++shared;
-      continue;
-    }
-    const bool joined = std::all_of(
-        v->consumers().begin(), v->consumers().end(),
-        [](const Node* n) { return n->op_type() == "Concat" || is_broadcasting(n->op_type()); });
-    if (!joined) continue;
-    const size_t row = t.nbytes() / static_cast<size_t>(batch);
-    const auto* bytes = static_cast<const std::byte*>(t.raw());
-    bool repeated = true;
-    for (int64_t b = 1; b < batch && repeated; ++b) {
-      repeated = std::memcmp(bytes, bytes + static_cast<size_t>(b) * row, row) == 0;
-    }
-    if (!repeated) continue;
-    Shape one = t.shape();
-    one[0] = 1;
-    Tensor first(DType::kFloat32, one);
-    std::memcpy(first.raw(), bytes, row);
-    Value* row_value = graph.add_constant(graph.unique_value_name(v->name() + "_row"), first);
-    graph::DerivedTerm term{.source = v->name(), .source_shape = t.shape()};
-    for (int64_t e = 0; e < first.numel(); ++e) term.pairs.emplace_back(e, e);
-    graph.record_derivation({.derived = row_value->name(), .shape = one, .terms = {term}});
-    const std::vector<Node*> readers = v->consumers();
-    const Node* earliest = *std::find_if(graph.nodes().begin(), graph.nodes().end(), [&](Node* n) {
-      return std::find(readers.begin(), readers.end(), n) != readers.end();
-    });
-    Node* expand = graph.insert_node(
-        {.name = graph.unique_node_name(v->name() + "/Expand"),
-         .op_type = "Expand",
-         .inputs = {row_value,
-                    graph.add_constant(
-                        graph.unique_value_name(v->name() + "_shape"),
-                        Tensor::from_vector<int64_t>(
-                            {t.rank()}, std::vector<int64_t>(t.shape().begin(), t.shape().end())))},
-         .output_names = {graph.unique_value_name(v->name() + "_expanded")}},
-        earliest);
-    for (Node* r : readers) {
-      for (size_t i = 0; i < r->num_inputs(); ++i) {
-        if (r->input(i) == v) graph.set_input(r, i, expand->output(0));
-      }
-    }
-    expand->output(0)->set_type(DType::kFloat32, t.shape());
-    ++shared;
+    // A class token joins the activations by Concat or a broadcast; the relative-position keys
+    // of batch × heads rows are a batched MatMul's operand.
+    const bool readers_fit =
+        std::all_of(v->consumers().begin(), v->consumers().end(), [&](const Node* n) {
+          return period > 1 ? t.rank() >= 3 && n->op_type() == "MatMul"
+                            : n->op_type() == "Concat" || is_broadcasting(n->op_type());
+        });
+    if (readers_fit && read_first_sample_through(graph, v, batch, period)) ++shared;
   }
   graph.remove_dead();
   return shared;

@@ -1001,6 +1001,17 @@ std::unique_ptr<OpKernel> create_grid_sample(const graph::Node& node,
 
 // Gather ---------------------------------------------------------------------------------------
 
+// Constant indices must lie in [-dim, dim) (a computed one is checked when the kernel runs).
+void check_constant_indices(const graph::Node& node, const InputInfo& indices, int64_t dim) {
+  if (!indices.constant) return;
+  for (int64_t v : indices.constant->to_int64_vector()) {
+    if (v < -dim || v >= dim) {
+      fail_node(node, "indices in [" + std::to_string(-dim) + ", " + std::to_string(dim - 1) + "]",
+                std::to_string(v));
+    }
+  }
+}
+
 std::vector<TensorInfo> infer_gather(const graph::Node& node, std::span<const InputInfo> inputs) {
   const InputInfo& data = require_input(node, inputs, 0);
   const InputInfo& indices = require_input(node, inputs, 1);
@@ -1010,16 +1021,7 @@ std::vector<TensorInfo> infer_gather(const graph::Node& node, std::span<const In
   const auto rank = static_cast<int64_t>(data.shape.size());
   if (rank == 0) fail_node(node, "data of rank >= 1", shape_str(data.shape));
   const auto axis = static_cast<size_t>(normalize_axis(node, node.attr_int("axis", 0), rank));
-  const int64_t dim = data.shape[axis];
-  if (indices.constant) {
-    for (int64_t v : indices.constant->to_int64_vector()) {
-      if (v < -dim || v >= dim) {
-        fail_node(node,
-                  "indices in [" + std::to_string(-dim) + ", " + std::to_string(dim - 1) + "]",
-                  std::to_string(v));
-      }
-    }
-  }
+  check_constant_indices(node, indices, data.shape[axis]);
   Shape out(data.shape.begin(), data.shape.begin() + static_cast<int64_t>(axis));
   out.insert(out.end(), indices.shape.begin(), indices.shape.end());
   out.insert(out.end(), data.shape.begin() + static_cast<int64_t>(axis) + 1, data.shape.end());
@@ -1089,16 +1091,7 @@ GatherElementsSetup setup_gather_elements(const graph::Node& node,
                 shape_str(indices.shape));
     }
   }
-  const int64_t dim = data.shape[static_cast<size_t>(s.axis)];
-  if (indices.constant) {
-    for (int64_t v : indices.constant->to_int64_vector()) {
-      if (v < -dim || v >= dim) {
-        fail_node(node,
-                  "indices in [" + std::to_string(-dim) + ", " + std::to_string(dim - 1) + "]",
-                  std::to_string(v));
-      }
-    }
-  }
+  check_constant_indices(node, indices, data.shape[static_cast<size_t>(s.axis)]);
   return s;
 }
 
