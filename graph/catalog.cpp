@@ -92,6 +92,8 @@ constexpr std::array kSchemas = {
     OpSchema{"Mul", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Neg", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Not", 1, 1, 1, 1, 1, kNone, kBooleanOutput},
+    OpSchema{"OneHot", 3, 3, 1, 1, 11, kNone,
+             "its positions follow integer indices, and its off and on values are settings"},
     OpSchema{"Or", 2, 2, 1, 1, 7, kNone, kBooleanOutput},
     OpSchema{"Pad", 2, 4, 1, 1, 13, kBackward},
     OpSchema{"Pow", 2, 2, 1, 1, 13, kBackward},

@@ -628,6 +628,21 @@ void scatter_elements(const GatherElementsPlan& plan, const void* data, const Te
   }
 }
 
+void one_hot(const Tensor& indices, int64_t outer, int64_t depth, int64_t inner, const void* off,
+             const void* on, size_t elem_size, void* y) {
+  auto* dst = static_cast<std::byte*>(y);
+  const auto esz = static_cast<int64_t>(elem_size);
+  for_each_block(outer * depth * inner, esz, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t o = e / (depth * inner);
+      const int64_t k = (e / inner) % depth;
+      int64_t v = read_index(indices, o * inner + e % inner);
+      if (v < 0) v += depth;
+      std::memcpy(dst + e * esz, v == k ? on : off, elem_size);
+    }
+  });
+}
+
 PadPlan plan_pad(std::span<const int64_t> in_shape, std::span<const int64_t> pads_begin,
                  std::span<const int64_t> pads_end, PadMode mode, size_t elem_size) {
   const size_t rank = in_shape.size();

@@ -123,6 +123,16 @@ void gather_elements(const GatherElementsPlan& plan, const void* data, const Ten
 void scatter_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
                       const void* updates, int64_t data_numel, bool add, void* out);
 
+// OneHot -----------------------------------------------------------------------------------------
+
+// y of indices' shape with a new axis of `depth` inserted before its axis `at` (indices viewed as
+// [outer, inner], y as [outer, depth, inner]): `on` where the position along the new axis equals
+// the index (negative indices counting from depth), `off` elsewhere, and everywhere for an index
+// outside [-depth, depth). off and on point at one element of y's type (elem_size bytes);
+// indices int64 or int32.
+void one_hot(const Tensor& indices, int64_t outer, int64_t depth, int64_t inner, const void* off,
+             const void* on, size_t elem_size, void* y);
+
 // Pad ------------------------------------------------------------------------------------------
 
 enum class PadMode { kConstant, kReflect, kEdge };

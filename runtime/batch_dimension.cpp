@@ -855,6 +855,12 @@ class BatchFreer {
       set_axis(node, node.output(0), first.axis, first);
       return;
     }
+    if (op == "OneHot") {
+      // A new axis of depth inserted: the batch moves past it where it is inserted before.
+      const int at = normalized_axis(node.attr_int("axis", -1), first_rank + 1);
+      set_axis(node, node.output(0), first.axis + (at <= first.axis ? 1 : 0), first);
+      return;
+    }
     if (op == "TopK" && normalized_axis(node.attr_int("axis", -1), first_rank) == first.axis) {
       unsupported(node, "selects along the batch axis");
     }

@@ -1239,6 +1239,63 @@ std::unique_ptr<OpKernel> create_scatter_elements(const graph::Node& node,
                                                  inputs[0].dtype == DType::kFloat32);
 }
 
+// OneHot (F.one_hot): depth a constant; the output of the values' type. No gradient: its
+// positions follow integer indices, and its values are settings.
+
+struct OneHotSetup {
+  int64_t outer = 1, depth = 0, inner = 1;
+  Shape out_shape;
+};
+
+OneHotSetup setup_one_hot(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& indices = require_input(node, inputs, 0);
+  if (indices.dtype != DType::kInt64 && indices.dtype != DType::kInt32) {
+    fail_node(node, "int64 or int32 indices", dtype_str(indices.dtype));
+  }
+  const std::vector<int64_t> depth = constant_ints(node, inputs, 1, "depth");
+  if (depth.size() != 1 || depth[0] < 1)
+    fail_node(node, "depth as one value >= 1", ints_str(depth));
+  const InputInfo& values = require_input(node, inputs, 2);
+  if (!values.constant || values.shape != Shape{2}) {
+    fail_node(node, "values (input 2) as a constant [off, on]",
+              values.constant ? shape_str(values.shape) : std::string("a computed value"));
+  }
+  const auto rank = static_cast<int64_t>(indices.shape.size());
+  const auto at = static_cast<size_t>(normalize_axis(node, node.attr_int("axis", -1), rank + 1));
+  OneHotSetup s;
+  s.depth = depth[0];
+  for (size_t d = 0; d < indices.shape.size(); ++d)
+    (d < at ? s.outer : s.inner) *= indices.shape[d];
+  s.out_shape = indices.shape;
+  s.out_shape.insert(s.out_shape.begin() + static_cast<std::ptrdiff_t>(at), s.depth);
+  return s;
+}
+
+std::vector<TensorInfo> infer_one_hot(const graph::Node& node, std::span<const InputInfo> inputs) {
+  return {{inputs[2].dtype, setup_one_hot(node, inputs).out_shape}};
+}
+
+class OneHotKernel final : public OpKernel {
+ public:
+  OneHotKernel(const OneHotSetup& s, DType dtype) : s_(s), dtype_(dtype) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    const size_t esz = kernels::dtype_size(dtype_);
+    const auto* values = static_cast<const std::byte*>(inputs[2].raw());
+    kernels::one_hot(inputs[0], s_.outer, s_.depth, s_.inner, values, values + esz, esz,
+                     outputs[0].raw());
+  }
+
+ private:
+  OneHotSetup s_;
+  DType dtype_;
+};
+
+std::unique_ptr<OpKernel> create_one_hot(const graph::Node& node, std::span<const InputInfo> inputs,
+                                         std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<OneHotKernel>(setup_one_hot(node, inputs), inputs[2].dtype);
+}
+
 // Pad ------------------------------------------------------------------------------------------
 
 kernels::PadPlan pad_plan(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -1644,6 +1701,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"Gather", infer_gather, create_gather});
   registry.add({"GatherElements", infer_gather_elements, create_gather_elements});
   registry.add({"ScatterElements", infer_scatter_elements, create_scatter_elements});
+  registry.add({"OneHot", infer_one_hot, create_one_hot});
   registry.add({"Pad", infer_pad, create_pad});
   registry.add({"Shape", infer_shape, create_shape});
   registry.add({"Constant", infer_constant, create_constant});

@@ -317,6 +317,34 @@ TEST(ShapeGatherElements, AxesSmallerIndicesAndNegativeIndicesMatchReference) {
   }
 }
 
+// OneHot with the new axis first, in the middle and last: `on` where the position equals the
+// index (negative ones from the depth), `off` elsewhere and for indices out of range.
+TEST(ShapeOneHot, NewAxisAnywhereNegativeAndOutOfRangeIndices) {
+  const Tensor idx = Tensor::from_vector<int64_t>({2, 3}, {0, 3, -1, 4, -5, 2});
+  const int64_t depth = 4;
+  const float off = -1.0f, on = 5.0f;
+  for (int64_t at = 0; at <= 2; ++at) {
+    const int64_t outer = at == 0 ? 1 : at == 1 ? 2 : 6, inner = 6 / outer;
+    Tensor y(DType::kFloat32, {outer, depth, inner});
+    one_hot(idx, outer, depth, inner, &off, &on, sizeof(float), y.raw());
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t k = 0; k < depth; ++k) {
+        for (int64_t i = 0; i < inner; ++i) {
+          int64_t v = idx.data<int64_t>()[o * inner + i];
+          if (v < 0) v += depth;
+          EXPECT_EQ(y.data<float>()[(o * depth + k) * inner + i], v == k ? on : off)
+              << "axis " << at << " at " << o << "," << k << "," << i;
+        }
+      }
+    }
+  }
+  const int64_t off64 = 0, on64 = 1LL << 40;
+  const Tensor idx32 = Tensor::from_vector<int32_t>({2}, {1, -1});
+  Tensor y(DType::kInt64, {2, 3});
+  one_hot(idx32, 2, 3, 1, &off64, &on64, sizeof(int64_t), y.raw());
+  EXPECT_EQ(y.to_int64_vector(), (std::vector<int64_t>{0, on64, 0, 0, 0, on64}));
+}
+
 // A shape whose element count overflows 64 bits (from a malformed file) is refused wherever its
 // count is taken, rather than wrapped into a small or negative size.
 TEST(ShapeNumel, ACountThatOverflowsIsInvalid) {

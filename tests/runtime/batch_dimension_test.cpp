@@ -339,6 +339,34 @@ TEST(BatchDimension, ScatterElementsTakesTheBatchOfItsUpdates) {
   }
 }
 
+// OneHot inserts an axis: before the batch's (axis 0) the batch moves to axis 1; after it (the
+// last), it stays. Both freed graphs run per sample as the originals.
+TEST(BatchDimension, OneHotMovesTheBatchPastAnAxisInsertedBeforeIt) {
+  for (int64_t axis : {int64_t{0}, int64_t{-1}}) {
+    SCOPED_TRACE(axis);
+    auto hot = [axis](int64_t batch) {
+      auto g = std::make_unique<Graph>();
+      graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 5, 3});
+      graph::Value* idx =
+          add(*g, "where_max", "ArgMax", {x}, {{"axis", int64_t{1}}, {"keepdims", int64_t{0}}});
+      graph::Value* hot_value =
+          add(*g, "hot", "OneHot",
+              {idx, int_const(*g, "depth", {5}),
+               g->add_constant("values", Tensor::from_vector<float>({2}, {0.0f, 1.0f}))},
+              {{"axis", axis}});
+      // Back to the batch first, so that a sample's rows compare.
+      g->mark_output(axis == 0 ? add(*g, "batch_first", "Transpose", {hot_value},
+                                     {{"perm", std::vector<int64_t>{1, 0, 2}}})
+                               : hot_value);
+      return g;
+    };
+    auto freed = hot(2);
+    runtime::resolve(*freed, {});
+    runtime::free_batch(*freed, 2);
+    expect_same_per_sample(std::move(freed), hot, {5, 3});
+  }
+}
+
 // DeBERTa's disentangled attention at batch B: the scores' rows are batch × heads (the batch
 // folded outside 2 heads), the relative-position keys one [2, 3, 3] block per head repeated to
 // those rows, and the relative positions one [3, 3] slice expanded to them, both folded into

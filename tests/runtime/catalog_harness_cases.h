@@ -789,6 +789,21 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({3, 5}))
           .setting(Tensor::from_vector<int32_t>({2, 2}, {4, 0, -1, 2}))
           .attr("axis", int64_t{-1}));
+  // F.one_hot: negative indices count from the depth, out-of-range ones give all off.
+  add(H("OneHot", "last axis, float values")
+          .data(i64({2, 3}, {0, 4, -1, 2, 7, -6}))
+          .setting(i64({}, {5}))
+          .setting(f32s({2}, {-0.5f, 2.0f})));
+  add(H("OneHot", "axis 0, int32 indices and depth")
+          .data(Tensor::from_vector<int32_t>({3}, {1, -2, 0}))
+          .setting(Tensor::from_vector<int32_t>({1}, {4}))
+          .setting(f32s({2}, {0.0f, 1.0f}))
+          .attr("axis", int64_t{0}));
+  add(H("OneHot", "axis 1 of 3, int64 values")
+          .data(i64({2, 2}, {3, 0, -3, 9}))
+          .setting(i64s({3}))
+          .setting(i64s({0, 9}))
+          .attr("axis", int64_t{1}));
   // torch.scatter / scatter_add: repeated targets (the last write kept; with add, summed).
   add(H("ScatterElements", "axis 1, repeated targets")
           .data(d.uniform({2, 5, 3}))
