@@ -233,6 +233,28 @@ void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& ind
   }
 }
 
+void gather_nd_backward(const GatherNdPlan& plan, const Tensor& indices, const float* dy, float* dx,
+                        int64_t data_numel) {
+  check_gather_nd_indices(plan, indices);
+  parallel_for(data_numel, kTaskElements,
+               [&](int64_t begin, int64_t end) { std::fill(dx + begin, dx + end, 0.0f); });
+  // Tasks over (batch entry, block of the slice): disjoint dx elements; tuples in order.
+  constexpr int64_t kBlock = 1024;
+  const int64_t blocks = (plan.slice + kBlock - 1) / kBlock;
+  parallel_for(plan.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks;
+      const int64_t s0 = (task % blocks) * kBlock;
+      const int64_t s1 = std::min(plan.slice, s0 + kBlock);
+      for (int64_t t = b * plan.tuples; t < (b + 1) * plan.tuples; ++t) {
+        float* to = dx + gather_nd_slice(plan, indices, t) * plan.slice;
+        const float* from = dy + t * plan.slice;
+        for (int64_t s = s0; s < s1; ++s) to[s] += from[s];
+      }
+    }
+  });
+}
+
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
                      GradMode write) {
   if (plan.elem_size != sizeof(float)) throw_internal("gather_backward: expected a float32 plan");

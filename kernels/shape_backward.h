@@ -64,4 +64,9 @@ void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& ind
                                const float* dy, float* ddata, float* dupdates, int64_t data_numel,
                                float* scratch);
 
+// GatherND (the forward's plan, float32): dx = 0, then each tuple's dy slice added where it was
+// read, the tuples of one batch entry in order (repeated tuples add up in order).
+void gather_nd_backward(const GatherNdPlan& plan, const Tensor& indices, const float* dy, float* dx,
+                        int64_t data_numel);
+
 }  // namespace qforge::kernels

@@ -628,6 +628,46 @@ void scatter_elements(const GatherElementsPlan& plan, const void* data, const Te
   }
 }
 
+void check_gather_nd_indices(const GatherNdPlan& plan, const Tensor& indices) {
+  const auto k = static_cast<int64_t>(plan.dims.size());
+  for (int64_t t = 0; t < plan.batch * plan.tuples; ++t) {
+    for (int64_t q = 0; q < k; ++q) {
+      const int64_t dim = plan.dims[static_cast<size_t>(q)];
+      const int64_t v = read_index(indices, t * k + q);
+      if (v < -dim || v >= dim) {
+        throw_invalid("expected indices of axis " + std::to_string(q) + " in [" +
+                      std::to_string(-dim) + ", " + std::to_string(dim - 1) + "], got " +
+                      std::to_string(v));
+      }
+    }
+  }
+}
+
+int64_t gather_nd_slice(const GatherNdPlan& plan, const Tensor& indices, int64_t t) {
+  const auto k = static_cast<int64_t>(plan.dims.size());
+  int64_t offset = t / plan.tuples;  // the batch entry, then each index in turn
+  for (int64_t q = 0; q < k; ++q) {
+    const int64_t dim = plan.dims[static_cast<size_t>(q)];
+    const int64_t v = read_index(indices, t * k + q);
+    offset = offset * dim + (v < 0 ? v + dim : v);
+  }
+  return offset;
+}
+
+void gather_nd(const GatherNdPlan& plan, const void* data, const Tensor& indices, void* out) {
+  check_gather_nd_indices(plan, indices);
+  const auto* src = static_cast<const std::byte*>(data);
+  auto* dst = static_cast<std::byte*>(out);
+  const int64_t block = plan.slice * static_cast<int64_t>(plan.elem_size);
+  if (block == 0) return;
+  for_each_block(plan.batch * plan.tuples, block, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::memcpy(dst + t * block, src + gather_nd_slice(plan, indices, t) * block,
+                  static_cast<size_t>(block));
+    }
+  });
+}
+
 void one_hot(const Tensor& indices, int64_t outer, int64_t depth, int64_t inner, const void* off,
              const void* on, size_t elem_size, void* y) {
   auto* dst = static_cast<std::byte*>(y);

@@ -123,6 +123,25 @@ void gather_elements(const GatherElementsPlan& plan, const void* data, const Ten
 void scatter_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
                       const void* updates, int64_t data_numel, bool add, void* out);
 
+// GatherND
+// -----------------------------------------------------------------------------------------
+
+// data viewed as [batch, dims..., slice] and indices as [batch, tuples, k] (k = dims.size()):
+// out[b, t] = the slice of data[b] at the index tuple indices[b, t] (ONNX GatherND with
+// batch_dims folded into `batch`).
+struct GatherNdPlan {
+  size_t elem_size = 4;
+  int64_t batch = 1, tuples = 1, slice = 1;
+  std::vector<int64_t> dims;
+};
+// Negative indices count from the end; one out of range throws an Invalid "expected …, got …"
+// error (callers add context); indices int64 or int32.
+void gather_nd(const GatherNdPlan& plan, const void* data, const Tensor& indices, void* out);
+// The Invalid error of gather_nd for an index out of range; nothing otherwise.
+void check_gather_nd_indices(const GatherNdPlan& plan, const Tensor& indices);
+// The slice (in units of plan.slice elements from data's start) tuple t reads; indices checked.
+int64_t gather_nd_slice(const GatherNdPlan& plan, const Tensor& indices, int64_t t);
+
 // OneHot -----------------------------------------------------------------------------------------
 
 // y of indices' shape with a new axis of `depth` inserted before its axis `at` (indices viewed as

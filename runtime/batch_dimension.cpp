@@ -855,6 +855,26 @@ class BatchFreer {
       set_axis(node, node.output(0), first.axis, first);
       return;
     }
+    if (op == "GatherND") {
+      // With batch_dims, the data and the indices share their leading dims (the batch among
+      // them): it stays on axis 0. Without, the tuples index the data's leading dims: the batch
+      // must be past them, and moves behind the indices' tuple dims.
+      const int64_t b = node.attr_int("batch_dims", 0);
+      const auto& ishape = node.input(1)->known_shape();
+      const auto k = static_cast<int>(ishape.back());
+      if (b > 0) {
+        if (carried.size() != 2 || first.axis != 0 || carried.back().second.axis != 0) {
+          unsupported(node, "expected its data and indices to carry the batch on axis 0");
+        }
+        set_axis(node, node.output(0), 0, first);
+        return;
+      }
+      if (carried.front().first != 0 || carried.size() != 1 || first.axis < k) {
+        unsupported(node, "gathers along the batch axis");
+      }
+      set_axis(node, node.output(0), static_cast<int>(ishape.size()) - 1 + first.axis - k, first);
+      return;
+    }
     if (op == "OneHot") {
       // A new axis of depth inserted: the batch moves past it where it is inserted before.
       const int at = normalized_axis(node.attr_int("axis", -1), first_rank + 1);

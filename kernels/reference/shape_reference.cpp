@@ -148,6 +148,32 @@ Tensor gather_elements(const Tensor& data, const Tensor& indices, int64_t axis) 
   return y;
 }
 
+Tensor gather_nd(const Tensor& data, const Tensor& indices, int64_t batch_dims) {
+  const Shape& ds = data.shape();
+  const Shape& is = indices.shape();
+  const auto b = static_cast<size_t>(batch_dims);
+  const int64_t k = is.back();
+  Shape out_shape(is.begin(), is.end() - 1);
+  out_shape.insert(out_shape.end(), ds.begin() + static_cast<int64_t>(b) + k, ds.end());
+  Tensor y(data.dtype(), out_shape);
+  for (int64_t e = 0; e < y.numel(); ++e) {
+    const Shape at = unravel(e, out_shape);
+    // The tuple: indices at the output's leading (q − 1) coordinates.
+    Shape tuple_at(at.begin(), at.begin() + static_cast<int64_t>(is.size()) - 1);
+    tuple_at.push_back(0);
+    Shape src(at.begin(), at.begin() + static_cast<int64_t>(b));
+    for (int64_t q = 0; q < k; ++q) {
+      tuple_at.back() = q;
+      int64_t v = get_int(indices, ravel(tuple_at, is));
+      if (v < 0) v += ds[b + static_cast<size_t>(q)];
+      src.push_back(v);
+    }
+    src.insert(src.end(), at.begin() + static_cast<int64_t>(is.size()) - 1, at.end());
+    copy_element(data, ravel(src, ds), y, e);
+  }
+  return y;
+}
+
 Tensor scatter_elements(const Tensor& data, const Tensor& indices, const Tensor& updates,
                         int64_t axis, bool add) {
   if (axis < 0) axis += data.rank();

@@ -21,6 +21,9 @@ std::vector<Tensor> split(const Tensor& x, std::span<const int64_t> sizes, int64
 Tensor gather(const Tensor& data, const Tensor& indices, int64_t axis);
 // ONNX GatherElements: y of the indices' shape, y[c] = data[c with c[axis] = indices[c]].
 Tensor gather_elements(const Tensor& data, const Tensor& indices, int64_t axis);
+// ONNX GatherND: y[j..., s...] = data[batch(j)..., indices[j..., :]..., s...] over the indices'
+// positions j (their first batch_dims dims the data's).
+Tensor gather_nd(const Tensor& data, const Tensor& indices, int64_t batch_dims);
 // ONNX ScatterElements, its index positions in row-major order: y = data, then y[c with c[axis]
 // = indices[c]] = updates[c] (or += with `add`, float32).
 Tensor scatter_elements(const Tensor& data, const Tensor& indices, const Tensor& updates,

@@ -1239,6 +1239,94 @@ std::unique_ptr<OpKernel> create_scatter_elements(const graph::Node& node,
                                                  inputs[0].dtype == DType::kFloat32);
 }
 
+// GatherND (TensorFlow's gather_nd, as tf2onnx writes it): int64 index tuples of k
+// entries into the dims after batch_dims; float32 with its gradient.
+
+struct GatherNdSetup {
+  kernels::GatherNdPlan plan;
+  Shape out_shape;
+  int64_t data_numel = 0;
+};
+
+GatherNdSetup setup_gather_nd(const graph::Node& node, std::span<const InputInfo> inputs) {
+  const InputInfo& data = require_input(node, inputs, 0);
+  const InputInfo& indices = require_input(node, inputs, 1);
+  if (indices.dtype != DType::kInt64) fail_node(node, "int64 indices", dtype_str(indices.dtype));
+  const auto r = static_cast<int64_t>(data.shape.size());
+  const auto q = static_cast<int64_t>(indices.shape.size());
+  const int64_t b = node.attr_int("batch_dims", 0);
+  if (b < 0 || b >= std::min(r, q)) {
+    fail_node(node, "batch_dims in [0, " + std::to_string(std::min(r, q) - 1) + "]",
+              std::to_string(b));
+  }
+  const int64_t k = indices.shape.back();
+  if (k < 1 || k > r - b) {
+    fail_node(node, "index tuples of 1 to " + std::to_string(r - b) + " entries",
+              shape_str(indices.shape));
+  }
+  GatherNdSetup s;
+  for (int64_t d = 0; d < b; ++d) {
+    if (indices.shape[static_cast<size_t>(d)] != data.shape[static_cast<size_t>(d)]) {
+      fail_node(node,
+                "indices sharing the data's first " + std::to_string(b) + " dims " +
+                    shape_str(data.shape),
+                shape_str(indices.shape));
+    }
+    s.plan.batch *= data.shape[static_cast<size_t>(d)];
+  }
+  s.plan.elem_size = kernels::dtype_size(data.dtype);
+  for (int64_t d = b; d < q - 1; ++d) s.plan.tuples *= indices.shape[static_cast<size_t>(d)];
+  for (int64_t d = b; d < b + k; ++d) s.plan.dims.push_back(data.shape[static_cast<size_t>(d)]);
+  for (int64_t d = b + k; d < r; ++d) s.plan.slice *= data.shape[static_cast<size_t>(d)];
+  s.out_shape.assign(indices.shape.begin(), indices.shape.end() - 1);
+  s.out_shape.insert(s.out_shape.end(), data.shape.begin() + b + k, data.shape.end());
+  s.data_numel = shape_numel(data.shape);
+  return s;
+}
+
+std::vector<TensorInfo> infer_gather_nd(const graph::Node& node,
+                                        std::span<const InputInfo> inputs) {
+  return {{inputs[0].dtype, setup_gather_nd(node, inputs).out_shape}};
+}
+
+class GatherNdKernel final : public OpKernel {
+ public:
+  GatherNdKernel(GatherNdSetup s, std::string label, bool float_data)
+      : s_(std::move(s)), label_(std::move(label)), differentiable_(float_data) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    run_for_node(
+        label_, [&] { kernels::gather_nd(s_.plan, inputs[0].raw(), inputs[1], outputs[0].raw()); });
+  }
+  // The data; the indices are integers.
+  bool differentiable_input(size_t index) const override { return differentiable_ && index == 0; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = uint64_t{1} << 1, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    float* dx = grad_data(grad_inputs, 0);
+    if (!dx) return;
+    run_for_node(label_, [&] {
+      kernels::gather_nd_backward(s_.plan, inputs[1], grad_outputs[0].data<float>(), dx,
+                                  s_.data_numel);
+    });
+  }
+
+ private:
+  GatherNdSetup s_;
+  std::string label_;
+  bool differentiable_;
+};
+
+std::unique_ptr<OpKernel> create_gather_nd(const graph::Node& node,
+                                           std::span<const InputInfo> inputs,
+                                           std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<GatherNdKernel>(setup_gather_nd(node, inputs), node.label(),
+                                          inputs[0].dtype == DType::kFloat32);
+}
+
 // OneHot (F.one_hot): depth a constant; the output of the values' type. No gradient: its
 // positions follow integer indices, and its values are settings.
 
@@ -1702,6 +1790,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"GatherElements", infer_gather_elements, create_gather_elements});
   registry.add({"ScatterElements", infer_scatter_elements, create_scatter_elements});
   registry.add({"OneHot", infer_one_hot, create_one_hot});
+  registry.add({"GatherND", infer_gather_nd, create_gather_nd});
   registry.add({"Pad", infer_pad, create_pad});
   registry.add({"Shape", infer_shape, create_shape});
   registry.add({"Constant", infer_constant, create_constant});

@@ -278,6 +278,67 @@ TEST(GatherElementsBackward, MatchesReferenceDifferencesAndThreadCounts) {
   expect_matches_reference(added, ref2, mag2, "gather_elements dx accumulated");
 }
 
+// GatherND against the reference (batch dims 0 and 1, partial and full tuples, negative and
+// repeated tuples), and its gradient against central differences of the reference, accumulated
+// in order: the same bits at 1 and 2 threads.
+TEST(GatherNdBackward, MatchesReferenceDifferencesAndThreadCounts) {
+  struct Case {
+    Shape data, indices;
+    int64_t batch_dims;
+  };
+  const Case cases[] = {{{4, 3, 5}, {3, 2}, 0},
+                        {{2, 6, 3}, {2, 4, 1}, 1},
+                        {{3, 4}, {5, 2}, 0},
+                        {{2, 3, 4, 700}, {2, 3, 2}, 1}};
+  uint32_t seed = 41;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(shape_str(c.data) + " " + shape_str(c.indices));
+    const auto b = static_cast<size_t>(c.batch_dims);
+    const int64_t k = c.indices.back();
+    Tensor index(DType::kInt64, c.indices);
+    const std::vector<float> u =
+        random_values(static_cast<size_t>(index.numel()), seed++, 0.0f, 1.0f);
+    for (int64_t i = 0; i < index.numel(); ++i) {
+      const int64_t dim = c.data[b + static_cast<size_t>(i % k)];
+      index.data<int64_t>()[i] =
+          std::min<int64_t>(2 * dim - 1, static_cast<int64_t>(u[i] * 2 * dim)) - dim;
+    }
+    GatherNdPlan plan;
+    for (size_t d = 0; d < b; ++d) plan.batch *= c.data[d];
+    for (size_t d = b; d + 1 < c.indices.size(); ++d) plan.tuples *= c.indices[d];
+    for (int64_t q = 0; q < k; ++q) plan.dims.push_back(c.data[b + static_cast<size_t>(q)]);
+    for (size_t d = b + static_cast<size_t>(k); d < c.data.size(); ++d) plan.slice *= c.data[d];
+    const Tensor data = testing::random_f32(c.data, seed++, -1.0f, 1.0f);
+    const Tensor want = reference::gather_nd(data, index, c.batch_dims);
+    Tensor got(DType::kFloat32, want.shape());
+    gather_nd(plan, data.raw(), index, got.raw());
+    EXPECT_EQ(std::memcmp(got.raw(), want.raw(), got.nbytes()), 0);
+    const size_t n = static_cast<size_t>(data.numel()), m = static_cast<size_t>(want.numel());
+    const std::vector<float> dy = random_values(m, seed++);
+    std::vector<float> dx[2];
+    for (int threads : {1, 2}) {
+      ThreadCount scope(threads);
+      dx[threads - 1].assign(n, NAN);
+      gather_nd_backward(plan, index, dy.data(), dx[threads - 1].data(), static_cast<int64_t>(n));
+    }
+    expect_same_bits(dx[0].data(), dx[1].data(), n, "dx");
+    if (n > 1000) continue;  // central differences: two gathers per element
+    const std::vector<double> r = to_double(dy);
+    std::vector<double> numeric(n);
+    for (size_t i = 0; i < n; ++i) {
+      Tensor plus = data.clone(), minus = data.clone();
+      plus.data<float>()[i] += 0.25f;
+      minus.data<float>()[i] -= 0.25f;
+      auto loss = [&](const Tensor& d) {
+        const Tensor y = reference::gather_nd(d, index, c.batch_dims);
+        return testing::dot(to_double(std::vector<float>(y.data<float>(), y.data<float>() + m)), r);
+      };
+      numeric[i] = (loss(plus) - loss(minus)) / 0.5;
+    }
+    expect_matches_differences(to_double(dx[0]), numeric, 1e-5, "dx");
+  }
+}
+
 // ScatterElements forward against the reference's row-major writes (repeated targets: the last
 // kept, or summed with add), and its gradients against central differences of the reference:
 // the data's dy where nothing was written, the last write of each target its dy, overwritten

@@ -367,6 +367,58 @@ TEST(BatchDimension, OneHotMovesTheBatchPastAnAxisInsertedBeforeIt) {
   }
 }
 
+// GatherND with batch_dims 1 (computed tuples per sample) keeps the batch on axis 0; without
+// batch dims, tuples into the leading dims of data whose batch lies past them move it behind the
+// tuples' dims. Both freed graphs run per sample as the originals; tuples into the batch axis
+// itself are refused.
+TEST(BatchDimension, GatherNdFollowsTheBatchPastItsTuples) {
+  auto per_sample = [](int64_t batch) {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 5, 3});
+    graph::Value* idx =
+        add(*g, "where_max", "ArgMax", {x}, {{"axis", int64_t{1}}, {"keepdims", int64_t{0}}});
+    graph::Value* tuples = add(*g, "tuples", "Unsqueeze", {idx, int_const(*g, "last", {-1})});
+    g->mark_output(
+        add(*g, "gather", "GatherND", {x, tuples}, {{"batch_dims", int64_t{1}}}));  // [B, 3, 3]
+    return g;
+  };
+  auto freed = per_sample(2);
+  runtime::resolve(*freed, {});
+  runtime::free_batch(*freed, 2);
+  expect_same_per_sample(std::move(freed), per_sample, {5, 3});
+
+  auto leading = [](int64_t batch) {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{batch, 5, 3});
+    graph::Value* tokens_first =
+        add(*g, "tokens_first", "Transpose", {x}, {{"perm", std::vector<int64_t>{1, 0, 2}}});
+    graph::Value* picked =
+        add(*g, "gather", "GatherND",
+            {tokens_first, g->add_constant("rows", Tensor::from_vector<int64_t>({2, 1}, {4, 1}))});
+    g->mark_output(
+        add(*g, "batch_first", "Transpose", {picked}, {{"perm", std::vector<int64_t>{1, 0, 2}}}));
+    return g;
+  };
+  auto freed_leading = leading(2);
+  runtime::resolve(*freed_leading, {});
+  runtime::free_batch(*freed_leading, 2);
+  expect_same_per_sample(std::move(freed_leading), leading, {5, 3});
+
+  Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 5});
+  g.mark_output(add(g, "gather", "GatherND",
+                    {x, g.add_constant("rows", Tensor::from_vector<int64_t>({1, 1}, {1}))}));
+  runtime::resolve(g, {});
+  try {
+    runtime::free_batch(g, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'gather' (GatherND): gathers along the batch axis"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // DeBERTa's disentangled attention at batch B: the scores' rows are batch × heads (the batch
 // folded outside 2 heads), the relative-position keys one [2, 3, 3] block per head repeated to
 // those rows, and the relative positions one [3, 3] slice expanded to them, both folded into

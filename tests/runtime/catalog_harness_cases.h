@@ -789,6 +789,17 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({3, 5}))
           .setting(Tensor::from_vector<int32_t>({2, 2}, {4, 0, -1, 2}))
           .attr("axis", int64_t{-1}));
+  // tf.gather_nd: tuples into the leading dims, with and without batch dims, repeated tuples.
+  add(H("GatherND", "pairs into [4, 3, 5], repeated")
+          .data(d.uniform({4, 3, 5}))
+          .setting(i64({3, 2}, {1, 2, -1, 0, 1, 2})));
+  add(H("GatherND", "batch_dims 1, single indices")
+          .data(d.uniform({2, 6, 3}))
+          .setting(i64({2, 4, 1}, {0, 5, 5, -2, 1, 1, 3, 0}))
+          .attr("batch_dims", int64_t{1}));
+  add(H("GatherND", "full tuples, int64 data")
+          .data(i64({2, 3}, {1, 2, 3, 4, 5, 6}))
+          .setting(i64({2, 2}, {1, 2, 0, -1})));
   // F.one_hot: negative indices count from the depth, out-of-range ones give all off.
   add(H("OneHot", "last axis, float values")
           .data(i64({2, 3}, {0, 4, -1, 2, 7, -6}))
