@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
     write(models + "/conv_net.onnx", conv_net);
     write(models + "/token_net.onnx", qforge::fuzz::token_net_model());
     write(models + "/attention_net.onnx", qforge::fuzz::attention_net_model());
+    write(models + "/sampling_net.onnx", qforge::fuzz::sampling_net_model());
     write(models + "/conv_net_external.onnx", qforge::fuzz::conv_net_model(/*external=*/true));
     write(plans + "/conv_net.plan.json",
           plan_json(*qforge::graph::parse_onnx(conv_net, "conv_net.onnx")));

@@ -226,4 +226,48 @@ inline std::string attention_net_model() {
   return m.bytes();
 }
 
+// At opset 16, the sampling, selection and scatter ops: on constants (folded at resolution, so
+// that mutated values, shapes and attributes reach their kernels) DepthToSpace, SpaceToDepth,
+// GridSample, ReduceProd and GatherND; on the dynamic batch TopK, GatherElements,
+// ScatterElements, OneHot, ReduceMin and LogSoftmax.
+inline std::string sampling_net_model() {
+  ModelWriter m("sampling_net");
+  m.opset(16);
+  m.input("x", {-1, 4, 3, 3});
+  m.output("y", {-1, 36});
+  m.output("log_probabilities", {-1, 4});
+  m.output("picked", {2, 6});
+  m.output("blocks", {1, 4, 6, 6});
+  m.output("products", {1, 4, 1, 1});
+  m.weight("w", {1, 4, 6, 6});
+  m.weight("grid", {1, 3, 3, 2});
+  m.weight("table", {4, 6, 6});
+  m.int64_weight("tuples", {1, 2, 3, 0});
+  m.graph()->mutable_initializer()->rbegin()->clear_dims();
+  m.graph()->mutable_initializer()->rbegin()->add_dims(2);
+  m.graph()->mutable_initializer()->rbegin()->add_dims(2);
+  m.int64_weight("flat_shape", {0, 36});
+  m.int64_weight("k", {4});
+  m.int64_weight("depth", {36});
+  m.weight("values", {2}, {0.0f, 1.0f});
+  ModelWriter::integer(m.node("DepthToSpace", "to_space", {"w"}, {"space"}), "blocksize", 2);
+  ModelWriter::integer(m.node("SpaceToDepth", "to_depth", {"space"}, {"blocks"}), "blocksize", 2);
+  m.node("GridSample", "sample", {"w", "grid"}, {"sampled"});
+  ModelWriter::ints(m.node("ReduceProd", "product", {"w"}, {"products"}), "axes", {2, 3});
+  m.node("GatherND", "gather_nd", {"table", "tuples"}, {"picked"});
+  m.node("Add", "add", {"x", "sampled"}, {"a"});
+  m.node("Reshape", "flatten", {"a", "flat_shape"}, {"f"});
+  m.node("TopK", "top", {"f", "k"}, {"top_values", "top_indices"});
+  ModelWriter::integer(m.node("GatherElements", "gather", {"f", "top_indices"}, {"g"}), "axis", 1);
+  m.node("LogSoftmax", "log_softmax", {"g"}, {"log_probabilities"});
+  ModelWriter::integer(
+      m.node("ScatterElements", "scatter", {"f", "top_indices", "top_values"}, {"s"}), "axis", 1);
+  m.node("OneHot", "one_hot", {"top_indices", "depth", "values"}, {"hot"});
+  auto* least = m.node("ReduceMin", "least", {"hot"}, {"m"});
+  ModelWriter::ints(least, "axes", {1});
+  ModelWriter::integer(least, "keepdims", 0);
+  m.node("Add", "join", {"s", "m"}, {"y"});
+  return m.bytes();
+}
+
 }  // namespace qforge::fuzz

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/seed_models.h"
 #include "graph/einsum_import.h"
 #include "graph/onnx_import.h"
 #include "kernels/reference/reduce_reference.h"
@@ -440,6 +441,27 @@ TEST(UserOps, DepthToSpaceAndSpaceToDepthMoveEachElementWhereOnnxSays) {
                 .find("node 'node' (SpaceToDepth): expected height and width divisible by the "
                       "blocksize 2, got [2, 8, 3, 2]"),
             std::string::npos);
+}
+
+// The importer fuzz target's seed of the sampling, selection and scatter ops (fuzz/seed_models.h)
+// computes every output as ONNX Runtime does, so that its mutations start from a model that runs.
+TEST(UserOps, TheSamplingFuzzSeedRunsAsOnnxRuntimeRunsIt) {
+  testing::TempDir dir;
+  const std::string path = dir.file("sampling_net.onnx");
+  testing::write_bytes(path, fuzz::sampling_net_model());
+  const Tensor x = testing::random_f32({3, 4, 3, 3}, 23, -2.0f, 2.0f);
+  runtime::Session session(graph::load_onnx(path));
+  const std::span<const Tensor> got = session.run(x);
+  const std::vector<Tensor> want = testing::run_ort(path, {x});
+  ASSERT_EQ(got.size(), 5u);
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t o = 0; o < got.size(); ++o) {
+    SCOPED_TRACE(o);
+    ASSERT_EQ(got[o].shape(), want[o].shape());
+    const std::vector<float> a = got[o].to_float_vector(), b = want[o].to_float_vector();
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_NEAR(a[i], b[i], 1e-5f * (1 + std::abs(b[i]))) << i;
+  }
 }
 
 // Each equation against PyTorch's einsum; the Einsum is gone, its MatMul keeps the node's name.
