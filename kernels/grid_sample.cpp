@@ -74,6 +74,9 @@ int64_t nearest_offset(const GridSampleDims& d, const float* g) {
 }  // namespace
 
 GridCoordinate grid_coordinate(float g, int64_t size, GridPadding padding, bool align_corners) {
+  // A grid value that is not a number, or that lands farther out than any pixel a float can
+  // tell apart, samples nothing (its pixels' indices would not fit an integer).
+  if (!(std::abs(g) <= 1e6f)) return {-2.0f, 0.0f};
   const auto n = static_cast<float>(size);
   GridCoordinate c = align_corners
                          ? GridCoordinate{(g + 1.0f) / 2.0f * (n - 1.0f), (n - 1.0f) / 2.0f}

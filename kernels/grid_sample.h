@@ -28,6 +28,8 @@ struct GridSampleDims {
 
 // A grid value's location in pixels along an axis of `size` pixels, after the padding mode's
 // clipping or reflection, and its derivative with respect to the grid value (0 where clipped).
+// A NaN, infinite or larger than 10^6 grid value lands outside every pixel (-2, slope 0), in
+// every padding mode: it samples 0.
 struct GridCoordinate {
   float at = 0.0f;
   float slope = 0.0f;

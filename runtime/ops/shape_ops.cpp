@@ -393,7 +393,7 @@ SpaceDepthSetup setup_space_depth(const graph::Node& node, std::span<const Input
     s.out = {n, c * b * b, h / b, w / b};
     return s;
   }
-  if (b > c || c % (b * b) != 0) {
+  if (b > c / b || c % (b * b) != 0) {  // b > c / b: b² would exceed the channels
     fail_node(node, "channels divisible by blocksize² " + std::to_string(b) + "²",
               shape_str(x.shape));
   }

@@ -129,6 +129,21 @@ TEST(GridSampleKernel, HandComputedSamples) {
   EXPECT_FLOAT_EQ(sample(-1, -0.5f, GridPadding::kBorder, false), 1.0f);  // clipped to 0
   // x at -1.5 (align_corners, width 2): reflected about 0 to 1.5 → past 1, again to 0.5.
   EXPECT_FLOAT_EQ(sample(-4, -1, GridPadding::kReflection, true), 1.5f);
+  // A grid value that is no number, or far past any pixel, samples 0 in every padding mode, and
+  // takes no gradient.
+  for (float bad : {NAN, INFINITY, -INFINITY, 3e7f}) {
+    for (GridPadding padding :
+         {GridPadding::kZeros, GridPadding::kBorder, GridPadding::kReflection}) {
+      EXPECT_EQ(sample(bad, 0, padding, false), 0.0f) << bad;
+      const GridSampleDims d{1, 1, 2, 2, 1, 1, GridMode::kBilinear, padding, true};
+      const float grid[2] = {0.0f, bad};
+      const float dy = 1.0f;
+      float dx[4], dgrid[2];
+      grid_sample_backward(d, x.data(), grid, &dy, dx, dgrid);
+      EXPECT_EQ(std::vector<float>(dx, dx + 4), std::vector<float>(4, 0.0f)) << bad;
+      EXPECT_EQ(dgrid[1], 0.0f) << bad;
+    }
+  }
 }
 
 }  // namespace
