@@ -1263,6 +1263,25 @@ void add_graph_nodes(const onnx::GraphProto& gp, Graph& graph, const std::string
   }
 }
 
+// libonnx 1.12's LayerNormalization inference, for a node with its Mean and InvStdDev outputs,
+// indexes the input's dims at an axis it never checks (a read far outside them for an axis below
+// -rank). Those outputs are hidden from it (every graph's, branches included) and given back
+// after: their shapes are qforge's own inference's, as every shape is in the end.
+using HiddenOutputs = std::vector<std::pair<onnx::NodeProto*, std::vector<std::string>>>;
+
+void hide_layer_norm_statistics(onnx::GraphProto& g, HiddenOutputs& hidden) {
+  for (auto& np : *g.mutable_node()) {
+    if (np.op_type() == "LayerNormalization" && np.output_size() > 1) {
+      hidden.emplace_back(&np,
+                          std::vector<std::string>(np.output().begin() + 1, np.output().end()));
+      np.mutable_output()->DeleteSubrange(1, np.output_size() - 1);
+    }
+    for (auto& a : *np.mutable_attribute()) {
+      if (a.has_g()) hide_layer_norm_statistics(*a.mutable_g(), hidden);
+    }
+  }
+}
+
 std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& source,
                                    const ImportOptions& options) {
   const int64_t opset = prepare_model(model, source, options);
@@ -1273,10 +1292,15 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     si.check_type = false;
     si.error_mode = 0;
     si.enable_data_propagation = false;
+    HiddenOutputs hidden;
+    hide_layer_norm_statistics(*model.mutable_graph(), hidden);
     try {
       onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
     } catch (const std::exception&) {
       // Shape inference only adds information qforge recomputes itself; it must not block import.
+    }
+    for (auto& [np, outputs] : hidden) {
+      for (const std::string& o : outputs) np->add_output(o);
     }
   }
 

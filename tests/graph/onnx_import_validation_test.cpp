@@ -1,11 +1,14 @@
 // Import refuses attributes and declared shapes that break the catalog's rules, naming the node
 // or input, before libonnx's shape inference or any kernel sees them (a stride of 0 divides by
-// zero there).
+// zero there), and keeps from libonnx what its inference misreads.
 #include <gtest/gtest.h>
+
+#include <onnx/onnx_pb.h>
 
 #include <string>
 
 #include "graph/onnx_import.h"
+#include "runtime/resolve.h"
 #include "tests/support/errors.h"
 #include "tests/support/onnx_models.h"
 
@@ -119,6 +122,55 @@ TEST(OnnxImportValidation, InputOfBatchZeroOrNegativeDimension) {
   negative.input_shape = {kSymbolicDim, -8, 8, 8};
   EXPECT_EQ(import_error(negative),
             "import: input 'x': expected every dimension >= 1 or symbolic, got [N, -8, 8, 8]");
+}
+
+// A LayerNormalization with its Mean and InvStdDev outputs and an axis below -rank: libonnx
+// 1.12's shape inference indexed the input's dims at it (a SEGV the fuzz target found). Its
+// statistics are hidden from libonnx, the model imports, and resolution refuses the axis naming
+// the node.
+TEST(OnnxImportValidation, LayerNormStatisticsWithAnAxisBelowTheRank) {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.add_opset_import()->set_version(17);
+  onnx::GraphProto* g = m.mutable_graph();
+  g->set_name("ln");
+  auto declare = [](onnx::ValueInfoProto* v, const std::string& name, bool symbolic_batch) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    auto* shape = t->mutable_shape();
+    if (symbolic_batch) shape->add_dim()->set_dim_param("N");
+    shape->add_dim()->set_dim_value(4);
+    shape->add_dim()->set_dim_value(8);
+  };
+  declare(g->add_input(), "x", true);
+  declare(g->add_output(), "y", true);
+  for (const char* name : {"scale", "bias"}) {
+    onnx::TensorProto* t = g->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->add_dims(8);
+    for (int i = 0; i < 8; ++i) t->add_float_data(1.0f);
+  }
+  onnx::NodeProto* n = g->add_node();
+  n->set_op_type("LayerNormalization");
+  n->set_name("norm");
+  for (const char* in : {"x", "scale", "bias"}) n->add_input(in);
+  for (const char* out : {"y", "mean", "inv_std"}) n->add_output(out);
+  onnx::AttributeProto* axis = n->add_attribute();
+  axis->set_name("axis");
+  axis->set_type(onnx::AttributeProto::INT);
+  axis->set_i(-5);
+  std::unique_ptr<Graph> graph;
+  ASSERT_NO_THROW(graph = parse_onnx(m.SerializeAsString(), "ln.onnx"));
+  EXPECT_EQ(graph->find_node("norm")->num_outputs(), 3u);
+  runtime::ResolveOptions options;
+  options.input_shapes = runtime::input_shapes_for_batch(*graph, 1);
+  const std::string refused =
+      testing::error_of(ErrorKind::kInvalid, [&] { runtime::resolve(*graph, options); });
+  EXPECT_NE(refused.find("node 'norm' (LayerNormalization): expected axis in [-3, 3), got -5"),
+            std::string::npos)
+      << refused;
 }
 
 }  // namespace
