@@ -238,6 +238,11 @@ TEST(TextData, SeveralInputsTakeTheirDimsFromTheArchive) {
       run_cli("plan " + bert + " --input-shape input_ids=12 attention_mask=12 token_type_ids=12");
   EXPECT_EQ(planned.exit_code, 0) << planned.err;
   EXPECT_NE(planned.out.find("ComposeSDPA: applied 2"), std::string::npos) << planned.out;
+  // Token ids are no image: the MACs are per sample.
+  const auto inspected = run_cli("inspect " + bert +
+                                 " --input-shape input_ids=12 attention_mask=12 token_type_ids=12");
+  EXPECT_EQ(inspected.exit_code, 0) << inspected.err;
+  EXPECT_NE(inspected.out.find(" per sample ("), std::string::npos) << inspected.out;
   e = run_cli("inspect " + bert + " --input-shape input_ids=12 attention_mask=12");
   testing::expect_one_line_error(e,
                                  "import: input 'token_type_ids' [batch, sequence]: expected "

@@ -1,4 +1,5 @@
-// `qforge inspect`: inputs, outputs, op histogram, parameters and MACs per image.
+// `qforge inspect`: inputs, outputs, op histogram, parameters and MACs per image (per sample for
+// a model whose input is no image: token ids, a feature vector).
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -68,8 +69,12 @@ int run_inspect(const InspectOptions& o) {
             << " after folding " << fold.folded_nodes << " constant nodes\n";
   std::printf("params   %lld (%.2f M)\n", static_cast<long long>(stats.parameters),
               stats.parameters / 1e6);
-  std::printf("MACs     %lld per image (%.3f GMAC)%s\n", static_cast<long long>(stats.macs),
-              stats.macs / 1e9,
+  // An image: a float32 input of rank 4 (N, C, H, W).
+  const graph::Value* first = model->inputs().empty() ? nullptr : model->inputs().front();
+  const bool images = first && first->dtype() == kernels::DType::kFloat32 && first->has_shape() &&
+                      first->shape()->size() == 4;
+  std::printf("MACs     %lld per %s (%.3f GMAC)%s\n", static_cast<long long>(stats.macs),
+              images ? "image" : "sample", stats.macs / 1e9,
               batch > 1 ? (" (model fixed to batch " + std::to_string(batch) + ")").c_str() : "");
   std::cout << "ops (imported -> after folding)\n";
   for (const auto& [op, count] : imported.op_counts) {
