@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "kernels/parallel.h"
 
@@ -42,12 +43,23 @@ struct Taps {
   int64_t x0 = 0, y0 = 0;
   float wx1 = 0.0f, wy1 = 0.0f;  // the weights of x0 + 1 and y0 + 1
   GridCoordinate cx, cy;
+  bool nan = false;  // a location that is not a number: the sample is NaN
 };
+
+// A location as its pixels' indices can hold it: NaN stays NaN (the sample is NaN, as
+// PyTorch's), and a location farther out than 10^9 pixels (an infinite or huge grid value with
+// zeros padding) moves to -2, outside every pixel, where it samples 0 with no gradient.
+GridCoordinate indexable(GridCoordinate c) {
+  if (std::isnan(c.at) || std::abs(c.at) <= 1e9f) return c;
+  return {-2.0f, 0.0f};
+}
 
 Taps taps_of(const GridSampleDims& d, const float* g) {
   Taps t;
-  t.cx = grid_coordinate(g[0], d.in_w, d.padding, d.align_corners);
-  t.cy = grid_coordinate(g[1], d.in_h, d.padding, d.align_corners);
+  t.cx = indexable(grid_coordinate(g[0], d.in_w, d.padding, d.align_corners));
+  t.cy = indexable(grid_coordinate(g[1], d.in_h, d.padding, d.align_corners));
+  t.nan = std::isnan(t.cx.at) || std::isnan(t.cy.at);
+  if (t.nan) return t;
   const float fx = std::floor(t.cx.at), fy = std::floor(t.cy.at);
   t.x0 = static_cast<int64_t>(fx);
   t.y0 = static_cast<int64_t>(fy);
@@ -61,22 +73,24 @@ float pixel(const float* plane, const GridSampleDims& d, int64_t iy, int64_t ix)
   return iy >= 0 && iy < d.in_h && ix >= 0 && ix < d.in_w ? plane[iy * d.in_w + ix] : 0.0f;
 }
 
-// The nearest pixel's offset in a plane, or -1 outside it (ties to even, as PyTorch rounds).
+constexpr int64_t kOutside = -1;
+constexpr int64_t kNotANumber = -2;
+
+// The nearest pixel's offset in a plane, kOutside outside it, kNotANumber for a NaN location
+// (ties to even, as PyTorch rounds).
 int64_t nearest_offset(const GridSampleDims& d, const float* g) {
-  const GridCoordinate cx = grid_coordinate(g[0], d.in_w, d.padding, d.align_corners);
-  const GridCoordinate cy = grid_coordinate(g[1], d.in_h, d.padding, d.align_corners);
+  const GridCoordinate cx = indexable(grid_coordinate(g[0], d.in_w, d.padding, d.align_corners));
+  const GridCoordinate cy = indexable(grid_coordinate(g[1], d.in_h, d.padding, d.align_corners));
+  if (std::isnan(cx.at) || std::isnan(cy.at)) return kNotANumber;
   const auto ix = static_cast<int64_t>(std::nearbyint(cx.at));
   const auto iy = static_cast<int64_t>(std::nearbyint(cy.at));
-  if (ix < 0 || ix >= d.in_w || iy < 0 || iy >= d.in_h) return -1;
+  if (ix < 0 || ix >= d.in_w || iy < 0 || iy >= d.in_h) return kOutside;
   return iy * d.in_w + ix;
 }
 
 }  // namespace
 
 GridCoordinate grid_coordinate(float g, int64_t size, GridPadding padding, bool align_corners) {
-  // A grid value that is not a number, or that lands farther out than any pixel a float can
-  // tell apart, samples nothing (its pixels' indices would not fit an integer).
-  if (!(std::abs(g) <= 1e6f)) return {-2.0f, 0.0f};
   const auto n = static_cast<float>(size);
   GridCoordinate c = align_corners
                          ? GridCoordinate{(g + 1.0f) / 2.0f * (n - 1.0f), (n - 1.0f) / 2.0f}
@@ -111,12 +125,19 @@ void grid_sample(const GridSampleDims& d, const float* x, const float* grid, flo
         const float* g = grid + (n * points + p) * 2;
         if (d.mode == GridMode::kNearest) {
           const int64_t at = nearest_offset(d, g);
+          const float fill = at == kNotANumber ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
           for (int64_t c = 0; c < d.channels; ++c) {
-            yn[c * points + p] = at < 0 ? 0.0f : xn[c * plane + at];
+            yn[c * points + p] = at < 0 ? fill : xn[c * plane + at];
           }
           continue;
         }
         const Taps t = taps_of(d, g);
+        if (t.nan) {
+          for (int64_t c = 0; c < d.channels; ++c) {
+            yn[c * points + p] = std::numeric_limits<float>::quiet_NaN();
+          }
+          continue;
+        }
         const float wx0 = 1.0f - t.wx1, wy0 = 1.0f - t.wy1;
         for (int64_t c = 0; c < d.channels; ++c) {
           const float* xc = xn + c * plane;
@@ -154,6 +175,7 @@ void grid_sample_backward(const GridSampleDims& d, const float* x, const float* 
             continue;
           }
           const Taps t = taps_of(d, g);
+          if (t.nan) continue;  // read no pixel
           const float wx0 = 1.0f - t.wx1, wy0 = 1.0f - t.wy1;
           add(t.y0, t.x0, dyc[p] * wy0 * wx0);
           add(t.y0, t.x0 + 1, dyc[p] * wy0 * t.wx1);
@@ -170,6 +192,10 @@ void grid_sample_backward(const GridSampleDims& d, const float* x, const float* 
     for (int64_t q = begin; q < end; ++q) {
       const int64_t n = q / points, p = q % points;
       const Taps t = taps_of(d, grid + q * 2);
+      if (t.nan) {
+        dgrid[q * 2] = dgrid[q * 2 + 1] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       const float wx0 = 1.0f - t.wx1, wy0 = 1.0f - t.wy1;
       float gx = 0.0f, gy = 0.0f;
       for (int64_t c = 0; c < d.channels; ++c) {

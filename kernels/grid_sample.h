@@ -28,8 +28,9 @@ struct GridSampleDims {
 
 // A grid value's location in pixels along an axis of `size` pixels, after the padding mode's
 // clipping or reflection, and its derivative with respect to the grid value (0 where clipped).
-// A NaN, infinite or larger than 10^6 grid value lands outside every pixel (-2, slope 0), in
-// every padding mode: it samples 0.
+// The kernels then sample NaN at a NaN location (as PyTorch does; its gradient to the grid is
+// NaN, to the input nothing), and 0 at a location farther out than 10^9 pixels (an infinite or
+// huge grid value with zeros padding; border padding clips it to the edge first).
 struct GridCoordinate {
   float at = 0.0f;
   float slope = 0.0f;

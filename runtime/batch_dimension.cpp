@@ -995,6 +995,20 @@ bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
 void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
   if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
   const int64_t batch = graph.inputs().front()->known_shape().at(0);
+  // Every input and output declared at the batch the graph already has: nothing to free (a
+  // model that mixes its samples, RAFT's two images joined along the batch, stays writable at
+  // its own fixed batch).
+  if (!options.dynamic_batch) {
+    std::vector<const Value*> ends(graph.inputs().begin(), graph.inputs().end());
+    ends.insert(ends.end(), graph.outputs().begin(), graph.outputs().end());
+    const bool as_declared = std::all_of(ends.begin(), ends.end(), [&](const Value* v) {
+      auto d = graph.declared_batch.find(v->name());
+      return d != graph.declared_batch.end() && d->second.size && v->has_shape() &&
+             !v->shape()->empty() && v->shape()->front() == *d->second.size &&
+             *d->second.size == batch;
+    });
+    if (as_declared) return;
+  }
   const std::map<std::string, BatchAxis> axes = free_batch(graph, batch);
   // A graph that declares nothing (built in code) keeps the exporter's default name.
   auto first = graph.declared_batch.find(graph.inputs().front()->name());

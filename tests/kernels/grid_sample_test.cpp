@@ -129,19 +129,31 @@ TEST(GridSampleKernel, HandComputedSamples) {
   EXPECT_FLOAT_EQ(sample(-1, -0.5f, GridPadding::kBorder, false), 1.0f);  // clipped to 0
   // x at -1.5 (align_corners, width 2): reflected about 0 to 1.5 → past 1, again to 0.5.
   EXPECT_FLOAT_EQ(sample(-4, -1, GridPadding::kReflection, true), 1.5f);
-  // A grid value that is no number, or far past any pixel, samples 0 in every padding mode, and
-  // takes no gradient.
-  for (float bad : {NAN, INFINITY, -INFINITY, 3e7f}) {
-    for (GridPadding padding :
-         {GridPadding::kZeros, GridPadding::kBorder, GridPadding::kReflection}) {
-      EXPECT_EQ(sample(bad, 0, padding, false), 0.0f) << bad;
-      const GridSampleDims d{1, 1, 2, 2, 1, 1, GridMode::kBilinear, padding, true};
-      const float grid[2] = {0.0f, bad};
-      const float dy = 1.0f;
-      float dx[4], dgrid[2];
-      grid_sample_backward(d, x.data(), grid, &dy, dx, dgrid);
-      EXPECT_EQ(std::vector<float>(dx, dx + 4), std::vector<float>(4, 0.0f)) << bad;
-      EXPECT_EQ(dgrid[1], 0.0f) << bad;
+  // A NaN grid value samples NaN (as PyTorch), its grid gradient NaN and the input's nothing; an
+  // infinite or huge one samples 0 with zeros padding and the edge with border padding (x at 1,
+  // y at the middle: the mean of 2 and 4), never an out-of-range index.
+  const float inf = INFINITY;
+  EXPECT_TRUE(std::isnan(sample(NAN, 0, GridPadding::kZeros, false)));
+  EXPECT_TRUE(std::isnan(sample(0, NAN, GridPadding::kBorder, false)));
+  EXPECT_TRUE(std::isnan(sample(NAN, 0, GridPadding::kReflection, true)));
+  for (float far : {inf, 3e12f}) {
+    EXPECT_EQ(sample(far, 0, GridPadding::kZeros, false), 0.0f) << far;
+    EXPECT_EQ(sample(-far, 0, GridPadding::kZeros, true), 0.0f) << far;
+    EXPECT_FLOAT_EQ(sample(far, 0, GridPadding::kBorder, false), 3.0f) << far;
+  }
+  EXPECT_TRUE(std::isfinite(sample(3e7f, 0, GridPadding::kReflection, false)));
+  for (GridMode mode : {GridMode::kBilinear, GridMode::kNearest}) {
+    const GridSampleDims d{1, 1, 2, 2, 1, 1, mode, GridPadding::kZeros, false};
+    const float grid[2] = {0.0f, NAN};
+    float y = 0;
+    grid_sample(d, x.data(), grid, &y);
+    EXPECT_TRUE(std::isnan(y));
+    const float dy = 1.0f;
+    float dx[4], dgrid[2] = {0, 0};
+    grid_sample_backward(d, x.data(), grid, &dy, dx, dgrid);
+    EXPECT_EQ(std::vector<float>(dx, dx + 4), std::vector<float>(4, 0.0f));
+    if (mode == GridMode::kBilinear) {
+      EXPECT_TRUE(std::isnan(dgrid[0]) && std::isnan(dgrid[1]));
     }
   }
 }

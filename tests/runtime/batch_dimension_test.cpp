@@ -419,6 +419,37 @@ TEST(BatchDimension, GatherNdFollowsTheBatchPastItsTuples) {
   }
 }
 
+// A model that mixes its samples (RAFT joins its two images along the batch) cannot follow
+// another batch, but one declared at a fixed batch is written at that batch as it is; asked for
+// a symbolic batch, it is refused naming the node.
+TEST(BatchDimension, AFixedBatchModelThatMixesSamplesIsWrittenAtItsOwnBatch) {
+  auto mixing = [] {
+    auto g = std::make_unique<Graph>();
+    graph::Value* x = g->add_input("x", DType::kFloat32, kernels::Shape{2, 3});
+    graph::Value* both = add(*g, "join", "Concat", {x, x}, {{"axis", int64_t{0}}});
+    graph::Value* y = add(*g, "first", "Slice",
+                          {both, int_const(*g, "starts", {1}), int_const(*g, "ends", {3}),
+                           int_const(*g, "axes", {0})});
+    g->mark_output(y);
+    g->declared_batch["x"] = {.size = 2};
+    g->declared_batch[y->name()] = {.size = 2};
+    runtime::resolve(*g, {});
+    return g;
+  };
+  auto fixed = mixing();
+  EXPECT_NO_THROW(runtime::restore_declared_batch(*fixed, {}));
+  EXPECT_EQ(fixed->inputs()[0]->known_shape(), (kernels::Shape{2, 3}));
+  auto symbolic = mixing();
+  try {
+    runtime::restore_declared_batch(*symbolic, {.dynamic_batch = true});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'join' (Concat): concatenates along the batch axis"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // DeBERTa's disentangled attention at batch B: the scores' rows are batch × heads (the batch
 // folded outside 2 heads), the relative-position keys one [2, 3, 3] block per head repeated to
 // those rows, and the relative positions one [3, 3] slice expanded to them, both folded into
