@@ -13,7 +13,7 @@ namespace {
 constexpr int64_t kTaskElements = 1 << 14;
 
 // Reflects `v` into [low2 / 2, high2 / 2] (bounds given doubled, so that -0.5 is exact), with the
-// sign the reflection gives its derivative.
+// sign the reflection gives its derivative; NaN for a NaN or infinite `v`.
 GridCoordinate reflect(float v, float low2, float high2) {
   if (low2 == high2) return {0.0f, 0.0f};
   const float low = low2 / 2.0f;
@@ -24,9 +24,11 @@ GridCoordinate reflect(float v, float low2, float high2) {
     d = -d;
     sign = -1.0f;
   }
+  if (!std::isfinite(d)) return {std::numeric_limits<float>::quiet_NaN(), 0.0f};
   const float extra = std::fmod(d, span);
-  const auto flips = static_cast<int64_t>(std::floor(d / span));
-  if (flips % 2 == 0) return {extra + low, sign};
+  // The parity of the number of folds, in float: an integer count may not fit an int64.
+  const bool even = std::fmod(std::floor(d / span), 2.0f) == 0.0f;
+  if (even) return {extra + low, sign};
   return {span - extra + low, -sign};
 }
 

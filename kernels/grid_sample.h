@@ -30,7 +30,8 @@ struct GridSampleDims {
 // clipping or reflection, and its derivative with respect to the grid value (0 where clipped).
 // The kernels then sample NaN at a NaN location (as PyTorch does; its gradient to the grid is
 // NaN, to the input nothing), and 0 at a location farther out than 10^9 pixels (an infinite or
-// huge grid value with zeros padding; border padding clips it to the edge first).
+// huge grid value with zeros padding; border padding clips it to the edge first, reflection of
+// an infinite one is NaN).
 struct GridCoordinate {
   float at = 0.0f;
   float slope = 0.0f;

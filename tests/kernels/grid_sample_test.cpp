@@ -142,6 +142,8 @@ TEST(GridSampleKernel, HandComputedSamples) {
     EXPECT_FLOAT_EQ(sample(far, 0, GridPadding::kBorder, false), 3.0f) << far;
   }
   EXPECT_TRUE(std::isfinite(sample(3e7f, 0, GridPadding::kReflection, false)));
+  EXPECT_TRUE(std::isfinite(sample(3e38f, 0, GridPadding::kReflection, true)));
+  EXPECT_TRUE(std::isnan(sample(inf, 0, GridPadding::kReflection, false)));
   for (GridMode mode : {GridMode::kBilinear, GridMode::kNearest}) {
     const GridSampleDims d{1, 1, 2, 2, 1, 1, mode, GridPadding::kZeros, false};
     const float grid[2] = {0.0f, NAN};
