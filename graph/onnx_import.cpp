@@ -58,45 +58,57 @@ Tensor tensor_from_proto(const onnx::TensorProto& proto, const std::string& wher
   for (int64_t d : shape) {
     if (d < 0) throw_invalid("import: tensor '" + proto.name() + "' has a negative dimension");
   }
-  Tensor t(dtype, shape);
-  const size_t n = static_cast<size_t>(t.numel());
-  auto* dst = static_cast<std::byte*>(t.raw());
+  // The data the file holds must fill the dims before anything is allocated for them: a
+  // malformed file's dims could ask for more memory than there is.
+  const auto n = static_cast<size_t>(kernels::shape_numel(shape));
+  const std::string described = std::string(kernels::dtype_name(dtype)) + kernels::shape_str(shape);
   if (proto.has_raw_data()) {
-    if (proto.raw_data().size() != t.nbytes()) {
+    const size_t nbytes = n * kernels::dtype_size(dtype);
+    if (n > proto.raw_data().size() || proto.raw_data().size() != nbytes) {
       throw_invalid("import: tensor '" + proto.name() + "' in " + where + ": expected " +
-                    std::to_string(t.nbytes()) + " bytes of raw data for " + t.describe() +
-                    ", got " + std::to_string(proto.raw_data().size()));
+                    (n > proto.raw_data().size() ? std::to_string(n) + " elements"
+                                                 : std::to_string(nbytes) + " bytes") +
+                    " of raw data for " + described + ", got " +
+                    std::to_string(proto.raw_data().size()) + " bytes");
     }
-    if (n) std::memcpy(dst, proto.raw_data().data(), t.nbytes());
+    Tensor t(dtype, shape);
+    if (n) std::memcpy(t.raw(), proto.raw_data().data(), nbytes);
     return t;
   }
-  auto check_count = [&](int count) {
-    if (static_cast<size_t>(count) != n) {
-      throw_invalid("import: tensor '" + proto.name() + "' in " + where + ": expected " +
-                    std::to_string(n) + " values for " + t.describe() + ", got " +
-                    std::to_string(count));
-    }
-  };
+  int count = 0;
   switch (dtype) {
     case DType::kFloat32:
-      check_count(proto.float_data_size());
+      count = proto.float_data_size();
+      break;
+    case DType::kInt64:
+      count = proto.int64_data_size();
+      break;
+    default:  // int32, and the narrower integers and bool stored in the 32-bit field
+      count = proto.int32_data_size();
+      break;
+  }
+  if (static_cast<size_t>(count) != n) {
+    throw_invalid("import: tensor '" + proto.name() + "' in " + where + ": expected " +
+                  std::to_string(n) + " values for " + described + ", got " +
+                  std::to_string(count));
+  }
+  Tensor t(dtype, shape);
+  auto* dst = static_cast<std::byte*>(t.raw());
+  switch (dtype) {
+    case DType::kFloat32:
       copy_typed(proto.float_data(), dst, n);
       break;
     case DType::kInt64:
-      check_count(proto.int64_data_size());
       copy_typed(proto.int64_data(), dst, n);
       break;
     case DType::kInt32:
-      check_count(proto.int32_data_size());
       copy_typed(proto.int32_data(), dst, n);
       break;
     case DType::kInt8:
-      check_count(proto.int32_data_size());
       copy_narrow<int8_t>(proto.int32_data(), dst, n);
       break;
     case DType::kUInt8:
     case DType::kBool:
-      check_count(proto.int32_data_size());
       copy_narrow<uint8_t>(proto.int32_data(), dst, n);
       break;
   }

@@ -173,5 +173,52 @@ TEST(OnnxImportValidation, LayerNormStatisticsWithAnAxisBelowTheRank) {
       << refused;
 }
 
+// An initializer whose dims ask for far more elements than the file holds (a mutated model the
+// fuzz target found; the dims were allocated before the data was counted, and the allocation
+// failed) is refused naming the tensor, before anything is allocated for it, in both encodings.
+TEST(OnnxImportValidation, InitializerDimsBeyondItsDataAreRefusedBeforeAllocating) {
+  for (bool raw : {false, true}) {
+    SCOPED_TRACE(raw ? "raw data" : "float_data");
+    onnx::ModelProto m;
+    m.set_ir_version(8);
+    m.add_opset_import()->set_version(17);
+    onnx::GraphProto* g = m.mutable_graph();
+    g->set_name("huge");
+    auto declare = [](onnx::ValueInfoProto* v, const std::string& name) {
+      v->set_name(name);
+      auto* t = v->mutable_type()->mutable_tensor_type();
+      t->set_elem_type(onnx::TensorProto::FLOAT);
+      t->mutable_shape()->add_dim()->set_dim_value(3);
+    };
+    declare(g->add_input(), "x");
+    declare(g->add_output(), "y");
+    onnx::TensorProto* w = g->add_initializer();
+    w->set_name("w");
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    w->add_dims(1847524351);
+    w->add_dims(6);
+    if (raw) {
+      w->set_raw_data(std::string(12, '\0'));
+    } else {
+      for (int i = 0; i < 3; ++i) w->add_float_data(1.0f);
+    }
+    onnx::NodeProto* n = g->add_node();
+    n->set_op_type("Add");
+    n->set_name("add");
+    n->add_input("x");
+    n->add_input("w");
+    n->add_output("y");
+    const std::string refused = testing::error_of(ErrorKind::kInvalid, [&] {
+      parse_onnx(m.SerializeAsString(), "huge.onnx", {.run_checker = false});
+    });
+    EXPECT_NE(refused.find("tensor 'w'"), std::string::npos) << refused;
+    EXPECT_NE(refused.find(raw ? "expected 11085146106 elements of raw data for "
+                                 "float32[1847524351, 6], got 12 bytes"
+                               : "expected 11085146106 values for float32[1847524351, 6], got 3"),
+              std::string::npos)
+        << refused;
+  }
+}
+
 }  // namespace
 }  // namespace qforge::graph
