@@ -1,7 +1,9 @@
-// Internal to kernels/: the walk GatherElements' gradient and ScatterElements share. Index
-// positions of a GatherElementsPlan (kernels/shape_ops.h) that name the same data element lie on
-// one line along the axis (the same position off it), so one task per (outer position, block of
-// inner positions), walking the axis in order, meets them in that order and alone.
+// Internal to kernels/: what the index ops (Gather, GatherElements, ScatterElements) share: the
+// dispatch on the indices' type, their range check, and the walk GatherElements' gradient and
+// ScatterElements share. Index positions of a GatherElementsPlan (kernels/shape_ops.h) that
+// name the same data element lie on one line along the axis (the same position off it), so one
+// task per (outer position, block of inner positions), walking the axis in order, meets them in
+// that order and alone.
 #pragma once
 
 #include <algorithm>
@@ -11,17 +13,33 @@
 #include "kernels/error.h"
 #include "kernels/parallel.h"
 #include "kernels/shape_ops.h"
+#include "kernels/tensor.h"
 
 namespace qforge::kernels::detail {
 
-// Throws the Invalid "expected indices in [...], got v" error for an index out of range.
+// fn(indices as int64_t*) or fn(indices as int32_t*); another type is an internal error naming
+// `what`.
+template <class Fn>
+void with_indices(const Tensor& indices, const char* what, Fn&& fn) {
+  if (indices.dtype() == DType::kInt64) {
+    fn(indices.data<int64_t>());
+  } else if (indices.dtype() == DType::kInt32) {
+    fn(indices.data<int32_t>());
+  } else {
+    throw_internal(std::string(what) + ": indices " + indices.describe() +
+                   " are not int64 or int32");
+  }
+}
+
+// Throws the Invalid "expected indices in [...], got v" error for an index outside
+// [-axis_dim, axis_dim).
 template <class I>
-void check_element_indices(const GatherElementsPlan& plan, const I* indices, int64_t count) {
+void check_indices(int64_t axis_dim, const I* indices, int64_t count) {
   for (int64_t j = 0; j < count; ++j) {
     const int64_t v = indices[j];
-    if (v < -plan.axis_dim || v >= plan.axis_dim) {
-      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
-                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
+    if (v < -axis_dim || v >= axis_dim) {
+      throw_invalid("expected indices in [" + std::to_string(-axis_dim) + ", " +
+                    std::to_string(axis_dim - 1) + "], got " + std::to_string(v));
     }
   }
 }

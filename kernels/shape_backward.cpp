@@ -17,20 +17,9 @@ namespace {
 constexpr int64_t kTaskElements = int64_t{1} << 14;
 
 template <class I>
-void check_indices(const GatherPlan& plan, const I* indices, int64_t count) {
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t v = indices[j];
-    if (v < -plan.axis_dim || v >= plan.axis_dim) {
-      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
-                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
-    }
-  }
-}
-
-template <class I>
 void gather_backward_typed(const GatherPlan& plan, const I* indices, int64_t count, const float* dy,
                            float* dx, GradMode write) {
-  check_indices(plan, indices, count);
+  detail::check_indices(plan.axis_dim, indices, count);
   const int64_t inner = plan.inner;
   const int64_t row = plan.axis_dim * inner;
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, count * inner));
@@ -189,24 +178,15 @@ void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indi
   if (plan.elem_size != sizeof(float)) {
     throw_internal("gather_elements_backward: expected a float32 plan");
   }
-  // The indices are checked before dx is touched (the forward's error).
-  if (indices.dtype() == DType::kInt64) {
-    detail::check_element_indices(plan, indices.data<int64_t>(), indices.numel());
-  } else if (indices.dtype() == DType::kInt32) {
-    detail::check_element_indices(plan, indices.data<int32_t>(), indices.numel());
-  } else {
-    throw_internal("gather_elements_backward: indices " + indices.describe() +
-                   " are not int64 or int32");
-  }
-  if (write == GradMode::kOverwrite) {
-    parallel_for(data_numel, kTaskElements,
-                 [&](int64_t begin, int64_t end) { std::fill(dx + begin, dx + end, 0.0f); });
-  }
-  if (indices.dtype() == DType::kInt64) {
-    gather_elements_backward_typed(plan, indices.data<int64_t>(), dy, dx);
-  } else {
-    gather_elements_backward_typed(plan, indices.data<int32_t>(), dy, dx);
-  }
+  detail::with_indices(indices, "gather_elements_backward", [&](const auto* idx) {
+    // The indices are checked before dx is touched (the forward's error).
+    detail::check_indices(plan.axis_dim, idx, indices.numel());
+    if (write == GradMode::kOverwrite) {
+      parallel_for(data_numel, kTaskElements,
+                   [&](int64_t begin, int64_t end) { std::fill(dx + begin, dx + end, 0.0f); });
+    }
+    gather_elements_backward_typed(plan, idx, dy, dx);
+  });
 }
 
 void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& indices, bool add,
@@ -223,14 +203,9 @@ void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& ind
                  [&](int64_t begin, int64_t end) { std::copy(dy + begin, dy + end, d + begin); });
   }
   if (add && !dupdates) return;
-  if (indices.dtype() == DType::kInt64) {
-    scatter_elements_backward_typed(plan, indices.data<int64_t>(), add, d, dupdates, dy);
-  } else if (indices.dtype() == DType::kInt32) {
-    scatter_elements_backward_typed(plan, indices.data<int32_t>(), add, d, dupdates, dy);
-  } else {
-    throw_internal("scatter_elements_backward: indices " + indices.describe() +
-                   " are not int64 or int32");
-  }
+  detail::with_indices(indices, "scatter_elements_backward", [&](const auto* idx) {
+    scatter_elements_backward_typed(plan, idx, add, d, dupdates, dy);
+  });
 }
 
 void gather_nd_backward(const GatherNdPlan& plan, const Tensor& indices, const float* dy, float* dx,
@@ -258,13 +233,9 @@ void gather_nd_backward(const GatherNdPlan& plan, const Tensor& indices, const f
 void gather_backward(const GatherPlan& plan, const Tensor& indices, const float* dy, float* dx,
                      GradMode write) {
   if (plan.elem_size != sizeof(float)) throw_internal("gather_backward: expected a float32 plan");
-  if (indices.dtype() == DType::kInt64) {
-    gather_backward_typed(plan, indices.data<int64_t>(), indices.numel(), dy, dx, write);
-  } else if (indices.dtype() == DType::kInt32) {
-    gather_backward_typed(plan, indices.data<int32_t>(), indices.numel(), dy, dx, write);
-  } else {
-    throw_internal("gather_backward: indices " + indices.describe() + " are not int64 or int32");
-  }
+  detail::with_indices(indices, "gather_backward", [&](const auto* idx) {
+    gather_backward_typed(plan, idx, indices.numel(), dy, dx, write);
+  });
 }
 
 }  // namespace qforge::kernels

@@ -438,13 +438,7 @@ namespace {
 template <class I>
 void gather_typed(const GatherPlan& plan, const std::byte* src, const I* indices, int64_t count,
                   std::byte* dst) {
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t v = indices[j];
-    if (v < -plan.axis_dim || v >= plan.axis_dim) {
-      throw_invalid("expected indices in [" + std::to_string(-plan.axis_dim) + ", " +
-                    std::to_string(plan.axis_dim - 1) + "], got " + std::to_string(v));
-    }
-  }
+  detail::check_indices(plan.axis_dim, indices, count);
   const int64_t block = plan.inner * static_cast<int64_t>(plan.elem_size);
   if (block == 0) return;
   for_each_block(plan.outer * count, block, [&](int64_t b0, int64_t b1) {
@@ -463,13 +457,9 @@ void gather_typed(const GatherPlan& plan, const std::byte* src, const I* indices
 void gather(const GatherPlan& plan, const void* data, const Tensor& indices, void* out) {
   const auto* src = static_cast<const std::byte*>(data);
   auto* dst = static_cast<std::byte*>(out);
-  if (indices.dtype() == DType::kInt64) {
-    gather_typed(plan, src, indices.data<int64_t>(), indices.numel(), dst);
-  } else if (indices.dtype() == DType::kInt32) {
-    gather_typed(plan, src, indices.data<int32_t>(), indices.numel(), dst);
-  } else {
-    throw_internal("gather: indices " + indices.describe() + " are not int64 or int32");
-  }
+  detail::with_indices(indices, "gather", [&](const auto* idx) {
+    gather_typed(plan, src, idx, indices.numel(), dst);
+  });
 }
 
 GatherElementsPlan plan_gather_elements(std::span<const int64_t> data_shape,
@@ -535,36 +525,20 @@ void gather_elements_typed(const GatherElementsPlan& plan, const T* src, const I
 template <class I>
 void gather_elements_indexed(const GatherElementsPlan& plan, const void* data, const I* indices,
                              int64_t count, void* out) {
-  detail::check_element_indices(plan, indices, count);
-  switch (plan.elem_size) {
-    case 1:
-      return gather_elements_typed(plan, static_cast<const uint8_t*>(data), indices,
-                                   static_cast<uint8_t*>(out));
-    case 2:
-      return gather_elements_typed(plan, static_cast<const uint16_t*>(data), indices,
-                                   static_cast<uint16_t*>(out));
-    case 4:
-      return gather_elements_typed(plan, static_cast<const uint32_t*>(data), indices,
-                                   static_cast<uint32_t*>(out));
-    case 8:
-      return gather_elements_typed(plan, static_cast<const uint64_t*>(data), indices,
-                                   static_cast<uint64_t*>(out));
-    default:
-      throw_internal("gather_elements: element size " + std::to_string(plan.elem_size));
-  }
+  detail::check_indices(plan.axis_dim, indices, count);
+  with_element_type(plan.elem_size, [&](auto tag) {
+    using T = decltype(tag);
+    gather_elements_typed(plan, static_cast<const T*>(data), indices, static_cast<T*>(out));
+  });
 }
 
 }  // namespace
 
 void gather_elements(const GatherElementsPlan& plan, const void* data, const Tensor& indices,
                      void* out) {
-  if (indices.dtype() == DType::kInt64) {
-    gather_elements_indexed(plan, data, indices.data<int64_t>(), indices.numel(), out);
-  } else if (indices.dtype() == DType::kInt32) {
-    gather_elements_indexed(plan, data, indices.data<int32_t>(), indices.numel(), out);
-  } else {
-    throw_internal("gather_elements: indices " + indices.describe() + " are not int64 or int32");
-  }
+  detail::with_indices(indices, "gather_elements", [&](const auto* idx) {
+    gather_elements_indexed(plan, data, idx, indices.numel(), out);
+  });
 }
 
 namespace {
@@ -584,28 +558,17 @@ void scatter_elements_typed(const GatherElementsPlan& plan, const I* indices, co
 template <class I>
 void scatter_elements_indexed(const GatherElementsPlan& plan, const I* indices, int64_t count,
                               const void* updates, bool add, void* out) {
-  detail::check_element_indices(plan, indices, count);
+  detail::check_indices(plan.axis_dim, indices, count);
   if (add) {
     if (plan.elem_size != sizeof(float)) throw_internal("scatter_elements: add of non-float data");
     return scatter_elements_typed(plan, indices, static_cast<const float*>(updates), true,
                                   static_cast<float*>(out));
   }
-  switch (plan.elem_size) {
-    case 1:
-      return scatter_elements_typed(plan, indices, static_cast<const uint8_t*>(updates), false,
-                                    static_cast<uint8_t*>(out));
-    case 2:
-      return scatter_elements_typed(plan, indices, static_cast<const uint16_t*>(updates), false,
-                                    static_cast<uint16_t*>(out));
-    case 4:
-      return scatter_elements_typed(plan, indices, static_cast<const uint32_t*>(updates), false,
-                                    static_cast<uint32_t*>(out));
-    case 8:
-      return scatter_elements_typed(plan, indices, static_cast<const uint64_t*>(updates), false,
-                                    static_cast<uint64_t*>(out));
-    default:
-      throw_internal("scatter_elements: element size " + std::to_string(plan.elem_size));
-  }
+  with_element_type(plan.elem_size, [&](auto tag) {
+    using T = decltype(tag);
+    scatter_elements_typed(plan, indices, static_cast<const T*>(updates), false,
+                           static_cast<T*>(out));
+  });
 }
 
 }  // namespace
@@ -619,13 +582,9 @@ void scatter_elements(const GatherElementsPlan& plan, const void* data, const Te
                   static_cast<size_t>(b1 - b0));
     });
   }
-  if (indices.dtype() == DType::kInt64) {
-    scatter_elements_indexed(plan, indices.data<int64_t>(), indices.numel(), updates, add, out);
-  } else if (indices.dtype() == DType::kInt32) {
-    scatter_elements_indexed(plan, indices.data<int32_t>(), indices.numel(), updates, add, out);
-  } else {
-    throw_internal("scatter_elements: indices " + indices.describe() + " are not int64 or int32");
-  }
+  detail::with_indices(indices, "scatter_elements", [&](const auto* idx) {
+    scatter_elements_indexed(plan, idx, indices.numel(), updates, add, out);
+  });
 }
 
 void check_gather_nd_indices(const GatherNdPlan& plan, const Tensor& indices) {
