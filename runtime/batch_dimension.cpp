@@ -8,6 +8,7 @@
 #include <limits>
 #include <optional>
 #include <set>
+#include <string_view>
 #include <vector>
 
 #include "kernels/error.h"
@@ -57,6 +58,12 @@ std::vector<int> axes_of(const Node& node, size_t index, size_t rank) {
 
 bool contains(const std::vector<int>& axes, int axis) {
   return std::find(axes.begin(), axes.end(), axis) != axes.end();
+}
+
+// Whether an input with a dim of 1 where the batch is meets it by broadcasting, at any batch:
+// every op but Concat, GatherElements and ScatterElements, whose inputs must match.
+bool broadcasts_to_the_batch(std::string_view op) {
+  return op != "Concat" && op != "GatherElements" && op != "ScatterElements";
 }
 
 bool is_broadcasting(const std::string& op) {
@@ -216,10 +223,7 @@ class BatchFreer {
     const Tensor& t = v->constant();
     const Shape& s = t.shape();
     const int axis = out_axis - static_cast<int>(out_rank - s.size());
-    // A broadcast holds at any batch; Concat, GatherElements and ScatterElements do not
-    // broadcast.
-    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements" &&
-                            node.op_type() != "ScatterElements";
+    const bool broadcasts = broadcasts_to_the_batch(node.op_type());
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     const int64_t rows = axis < 0 ? 0 : s[static_cast<size_t>(axis)];
     if (broadcasts && axis >= 0 && (carried.outer != 1 || carried.inner != 1 || rows != batch_) &&
@@ -448,8 +452,7 @@ class BatchFreer {
     Node* expand = node.input(index)->producer();
     const Shape& s = node.input(index)->known_shape();
     const int axis = out_axis - static_cast<int>(out_rank - s.size());
-    const bool broadcasts = node.op_type() != "Concat" && node.op_type() != "GatherElements" &&
-                            node.op_type() != "ScatterElements";
+    const bool broadcasts = broadcasts_to_the_batch(node.op_type());
     if (broadcasts && (axis < 0 || s[static_cast<size_t>(axis)] == 1)) return;
     if (axis < 0 || s[static_cast<size_t>(axis)] != batch_ ||
         expand->input(0)->known_shape().size() != s.size() ||
