@@ -103,6 +103,10 @@ std::string Node::label() const {
   return "node '" + name_ + "' (" + op_type_ + ")";
 }
 
+bool Tail::defines_name(std::string_view name) const {
+  return std::binary_search(defines.begin(), defines.end(), name);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Graph
 
@@ -113,6 +117,7 @@ std::unique_ptr<Graph> Graph::clone() const {
   g->metadata = metadata;
   g->source_path = source_path;
   g->declared_batch = declared_batch;
+  g->tail = tail;
   g->derivations_ = derivations_;
   std::unordered_map<const Value*, Value*> map;
   for (const auto& v : value_store_) {
@@ -231,11 +236,15 @@ Node* Graph::find_node(std::string_view node_name) const {
 }
 
 std::string Graph::unique_value_name(std::string_view stem) const {
+  // A name the tail defines is taken too: the written model holds both.
+  auto taken = [&](const std::string& name) {
+    return values_by_name_.count(name) || (tail && tail->defines_name(name));
+  };
   std::string base(stem);
-  if (!values_by_name_.count(base)) return base;
+  if (!taken(base)) return base;
   for (int i = 1;; ++i) {
     std::string candidate = base + "_" + std::to_string(i);
-    if (!values_by_name_.count(candidate)) return candidate;
+    if (!taken(candidate)) return candidate;
   }
 }
 

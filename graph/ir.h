@@ -91,6 +91,24 @@ struct DeclaredBatch {
 // own inputs (graph/control_flow.h). Never edited once made, so copies share it.
 using Subgraph = std::shared_ptr<const Graph>;
 
+// Post-processing qforge keeps but does not run: the nodes of an ONNX file from its first op of
+// data-dependent output shape or foreign domain on (NonMaxSuppression, NonZero, Loop, a TensorRT
+// plugin…), with the shape computations only they read, written back after the graph's own nodes
+// as the file had them (graph/tail.h). The graph's outputs are then the values these nodes read
+// and the file's outputs computed before them.
+struct Tail {
+  std::string nodes;                       // a serialized onnx::GraphProto: nodes, initializers,
+                                           // value_info, and as outputs the file's it computes
+  std::vector<std::string> reads;          // the graph's values it reads (inputs or outputs of it)
+  std::vector<std::string> outputs;        // the file's outputs, in its order
+  std::vector<std::string> defines;        // the values its nodes define, sorted
+  std::map<std::string, int64_t> domains;  // the opsets of other domains its nodes use
+  std::string first;                       // the node it starts at, as node labels read
+  std::vector<std::string> ops;            // its op types, sorted, each once
+  size_t node_count = 0;
+  bool defines_name(std::string_view name) const;
+};
+
 using AttributeValue = std::variant<int64_t, float, std::string, std::vector<int64_t>,
                                     std::vector<float>, std::vector<std::string>, Tensor, Subgraph>;
 
@@ -216,6 +234,8 @@ class Graph {
   std::string source_path;                      // file it was loaded from, if any
   // The declared batch of each graph input and output with a leading dimension, by value name.
   std::map<std::string, DeclaredBatch, std::less<>> declared_batch;
+  // The post-processing after the graph's nodes, when the file has one; never edited once made.
+  std::shared_ptr<const Tail> tail;
 
  private:
   std::vector<std::unique_ptr<Node>> node_store_;

@@ -17,6 +17,7 @@
 
 #include "graph/catalog.h"
 #include "graph/onnx_import.h"
+#include "graph/tail.h"
 
 namespace qforge::graph {
 namespace {
@@ -166,6 +167,7 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options,
       attribute_to_proto(name, value, np->add_attribute());
     }
   }
+  append_tail(graph, model);
   return model;
 }
 

@@ -28,6 +28,7 @@
 #include "graph/catalog.h"
 #include "graph/decompose_import.h"
 #include "graph/einsum_import.h"
+#include "graph/tail.h"
 #include "kernels/half.h"
 
 namespace qforge::graph {
@@ -561,10 +562,15 @@ void check_if_node(const onnx::NodeProto& np, const std::string& label) {
   }
 }
 
-void check_graph_ops(const onnx::GraphProto& gp, int64_t opset) {
+// `tail`: the nodes of the post-processing tail, by index, which qforge keeps but never runs.
+void check_graph_ops(const onnx::GraphProto& gp, int64_t opset,
+                     const std::vector<bool>& tail = {}) {
   int index = 0;
   for (const auto& np : gp.node()) {
+    const bool in_tail =
+        static_cast<size_t>(index) < tail.size() && tail[static_cast<size_t>(index)];
     const std::string label = node_label(np, index++);
+    if (in_tail) continue;
     if (!np.domain().empty() && np.domain() != "ai.onnx") {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
                         np.domain() + "' is not supported by qforge");
@@ -591,9 +597,10 @@ void check_graph_ops(const onnx::GraphProto& gp, int64_t opset) {
 // Every op in the catalog (the If nodes' branches included); the ops whose form depends on the
 // opset in the form of the model's (after conversion for old models). Checked before the ONNX
 // checker, so that an op qforge does not know is reported as such (naming op, node and opset),
-// not as a checker failure.
+// not as a checker failure. The post-processing tail (graph/tail.h) is not checked: it is
+// written back as the file has it.
 void check_ops(const onnx::ModelProto& model, int64_t opset) {
-  check_graph_ops(model.graph(), opset);
+  check_graph_ops(model.graph(), opset, tail_nodes(model.graph()));
 }
 
 // Where libonnx's checker does not run first (the version converter reads a model before it;
@@ -1316,8 +1323,13 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     }
   }
 
+  // The post-processing qforge does not run leaves the model here, once shape inference has typed
+  // the values it reads.
+  std::shared_ptr<const Tail> tail = cut_tail(model);
+
   const onnx::GraphProto& gp = model.graph();
   auto graph = std::make_unique<Graph>();
+  graph->tail = std::move(tail);
   graph->name = gp.name();
   graph->opset = opset;
   graph->source_path = source;
@@ -1348,7 +1360,13 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
     Value* v = graph->find_value(out.name());
     if (!v) throw_invalid("import: graph output '" + out.name() + "' is never produced");
     graph->mark_output(v);
-    if (auto batch = declared_batch_of(out.type())) graph->declared_batch[out.name()] = *batch;
+    // What the post-processing reads is no output of the file: it declares no batch for it.
+    const bool tail_read =
+        graph->tail && std::find(graph->tail->outputs.begin(), graph->tail->outputs.end(),
+                                 out.name()) == graph->tail->outputs.end();
+    if (auto batch = declared_batch_of(out.type()); batch && !tail_read) {
+      graph->declared_batch[out.name()] = *batch;
+    }
   }
   graph->check_consistency();
   return graph;

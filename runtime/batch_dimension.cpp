@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "graph/tail.h"
 #include "kernels/error.h"
 #include "runtime/op_registry.h"
 
@@ -998,6 +999,16 @@ bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
 void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
   if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
   const int64_t batch = graph.inputs().front()->known_shape().at(0);
+  if (graph.tail && options.dynamic_batch) {
+    // The tail computes its shapes as the file wrote them, for the file's batch.
+    auto declared = graph.declared_batch.find(graph.inputs().front()->name());
+    if (declared != graph.declared_batch.end() && declared->second.size) {
+      throw_unsupported("--dynamic-batch: " + graph::describe_tail(*graph.tail) +
+                        " is written back as the file has it, for its fixed batch " +
+                        std::to_string(*declared->second.size) +
+                        "; export the model with a dynamic batch instead");
+    }
+  }
   // Every input and output declared at the batch the graph already has: nothing to free (a
   // model that mixes its samples, RAFT's two images joined along the batch, stays writable at
   // its own fixed batch).
@@ -1006,6 +1017,12 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
     ends.insert(ends.end(), graph.outputs().begin(), graph.outputs().end());
     const bool as_declared = std::all_of(ends.begin(), ends.end(), [&](const Value* v) {
       auto d = graph.declared_batch.find(v->name());
+      // What the post-processing reads is no output of the written model.
+      if (graph.tail && d == graph.declared_batch.end() &&
+          std::find(graph.tail->reads.begin(), graph.tail->reads.end(), v->name()) !=
+              graph.tail->reads.end()) {
+        return true;
+      }
       return d != graph.declared_batch.end() && d->second.size && v->has_shape() &&
              !v->shape()->empty() && v->shape()->front() == *d->second.size &&
              *d->second.size == batch;

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "graph/onnx_import.h"
+#include "graph/tail.h"
 #include "runtime/model_stats.h"
 #include "runtime/resolve.h"
 #include "tools/qforge/commands.h"
@@ -32,11 +33,16 @@ std::string value_line(const graph::Value& v) {
 }
 
 int run_inspect(const InspectOptions& o) {
-  auto model = load_model_to_run(o.model, o.input_shape, "");
+  auto model = load_model_to_run(o.model, o.input_shape, "", /*note_tail=*/false);
   std::cout << "model    " << o.model << "\n";
   std::cout << "opset    " << model->opset << "\n";
   for (const auto* in : model->inputs()) std::cout << "input    " << value_line(*in) << "\n";
   for (const auto* out : model->outputs()) std::cout << "output   " << value_line(*out) << "\n";
+  if (model->tail) {
+    std::cout << "tail     " << graph::describe_tail(*model->tail)
+              << ", written back to the models qforge writes, not run; the outputs above are "
+                 "what it reads\n";
+  }
   for (const auto& [key, value] : model->metadata) {
     std::cout << "metadata " << key << " = " << value << "\n";
   }

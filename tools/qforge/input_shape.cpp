@@ -1,10 +1,12 @@
 // --input-shape and the import options it makes.
 #include "tools/qforge/input_shape.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "graph/tail.h"
 #include "tools/io/npy.h"
 #include "tools/io/npz.h"
 #include "tools/qforge/cli_checks.h"
@@ -122,8 +124,18 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
 }
 
 std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const InputShapeFlag& flag,
-                                                const std::string& data) {
-  return graph::load_onnx(path, import_options_for(flag, data));
+                                                const std::string& data, bool note_tail) {
+  auto model = graph::load_onnx(path, import_options_for(flag, data));
+  if (note_tail && model->tail) {
+    std::string reads;
+    for (const graph::Value* out : model->outputs())
+      reads += (reads.empty() ? "'" : ", '") + out->name() + "'";
+    std::fprintf(stderr,
+                 "qforge: note: '%s': %s is written back to the models qforge writes but not "
+                 "run; qforge's outputs are %s\n",
+                 path.c_str(), graph::describe_tail(*model->tail).c_str(), reads.c_str());
+  }
+  return model;
 }
 
 }  // namespace qforge::cli

@@ -35,8 +35,9 @@ void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag,
 // static: the error names the input, its dynamic dims and the ways to give them.
 graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::string& data);
 
-// graph::load_onnx with those options.
+// graph::load_onnx with those options. A model with a post-processing tail (graph/tail.h) gets a
+// note on stderr saying what qforge keeps but does not run, unless note_tail is false.
 std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const InputShapeFlag& flag,
-                                                const std::string& data);
+                                                const std::string& data, bool note_tail = true);
 
 }  // namespace qforge::cli
