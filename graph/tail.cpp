@@ -12,7 +12,9 @@
 namespace qforge::graph {
 namespace {
 
-bool foreign_domain(const std::string& domain) { return !domain.empty() && domain != "ai.onnx"; }
+bool foreign_domain(const std::string& domain) {
+  return !domain.empty() && domain != "ai.onnx";
+}
 
 // The graphs a node holds as attributes (If's branches, Loop's and Scan's bodies).
 template <class Visit>
@@ -344,7 +346,8 @@ void append_tail(const Graph& graph, onnx::ModelProto& model) {
   for (const auto& name : tail.outputs) {
     auto it = outputs.find(name);
     if (it == outputs.end()) {
-      throw_internal("export: the model's output '" + name + "' is neither the graph's nor the "
+      throw_internal("export: the model's output '" + name +
+                     "' is neither the graph's nor the "
                      "post-processing tail's");
     }
     written.Add()->CopyFrom(*it->second);

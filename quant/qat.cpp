@@ -80,7 +80,8 @@ int64_t setup_fingerprint(const QatSetup& s, size_t samples) {
   f.value(static_cast<int>(s.decay));
   f.value(s.warmup_steps);
   f.value(s.step_size);
-  f.value(s.freeze_bn_after);
+  // The default hashes as "never" did before it depended on the model (-1 is not a user's).
+  f.value(s.freeze_bn_after == kFreezeBnByModel ? int64_t{-1} : s.freeze_bn_after);
   f.value(s.distill_temperature.value_or(0.0f));
   f.value(s.distill_weight);
   f.value(s.use_labels);
@@ -376,6 +377,17 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   runtime::share_batch_rows(fused);
   FakeQuantTraining made = fake_quant_training(fused, plan, amax, graph_options);
   std::unique_ptr<runtime::ClassifierTraining> training = std::move(made.training);
+  if (training->dense() && (setup.use_labels || !setup.distill_temperature)) {
+    const graph::Value* first = training->graph().outputs()[0];
+    throw_invalid("qat: the model's output '" + first->name() + "' " +
+                  kernels::shape_str(first->known_shape()) +
+                  " is no logits [batch, classes], which labels need: train it with --distill "
+                  "alone (--distill-weight 1), which distills each of its outputs");
+  }
+  const int64_t freeze_bn_after = setup.freeze_bn_after != kFreezeBnByModel ? setup.freeze_bn_after
+                                  : training->dense()                       ? 0
+                                                                            : -1;
+  result.freeze_bn_after = freeze_bn_after;
   if (setup.shards > 1) training->set_shards(layout);
   const std::map<std::string, std::string>& scale_parameters = made.scale_parameters;
   std::set<std::string> scale_names;
@@ -423,7 +435,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
     if (start < 0 || start > result.steps) {
       throw_invalid("qat: the checkpoint's step " + std::to_string(start) + " is outside the run");
     }
-    if (setup.freeze_bn_after >= 0 && start >= setup.freeze_bn_after) {
+    if (freeze_bn_after >= 0 && start >= freeze_bn_after) {
       training->freeze_batch_norm();
       split_stale = true;
     }
@@ -489,12 +501,14 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   }
   const SampleSource& source = kept_samples ? *kept_samples : data;
   std::optional<KeptOutputs> teacher_kept;
-  if (several_epochs && teacher_session && !setup.augment_flip && !setup.augment_crop) {
+  if (several_epochs && teacher_session && !training->dense() && !setup.augment_flip &&
+      !setup.augment_crop) {
     teacher_kept.emplace(data.size());
   }
   std::vector<kernels::Tensor> rows = sample_batch(data, local_rows);
   kernels::Tensor labels(kernels::DType::kInt64, {local_rows});
   kernels::Tensor teacher_logits;
+  std::vector<kernels::Tensor> teacher_outputs;  // of a dense model
   std::vector<int64_t> label_list;
   std::vector<size_t> order;
   int64_t order_epoch = -1;
@@ -507,7 +521,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
       return result;
     }
     const auto step_start = std::chrono::steady_clock::now();
-    if (setup.freeze_bn_after >= 0 && step == setup.freeze_bn_after) {
+    if (freeze_bn_after >= 0 && step == freeze_bn_after) {
       training->freeze_batch_norm();
       split_stale = true;
     }
@@ -531,7 +545,18 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
         loss.labels = &labels;
         loss.label_smoothing = setup.label_smoothing;
       }
-      if (teacher_session) {
+      if (teacher_session && training->dense()) {
+        const std::span<const kernels::Tensor> outs = teacher_session->run(rows);
+        teacher_outputs.resize(outs.size());
+        for (size_t k = 0; k < outs.size(); ++k) {
+          if (outs[k].dtype() != kernels::DType::kFloat32) continue;
+          if (!teacher_outputs[k].defined()) {
+            teacher_outputs[k] = kernels::Tensor(outs[k].dtype(), outs[k].shape());
+          }
+          teacher_outputs[k].copy_from(outs[k]);
+        }
+        loss.teacher_outputs = teacher_outputs;
+      } else if (teacher_session) {
         if (!teacher_kept || !teacher_kept->read(indices, teacher_logits)) {
           const kernels::Tensor out = teacher_session->run(rows)[0];
           if (!teacher_logits.defined()) {

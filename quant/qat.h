@@ -25,6 +25,9 @@ namespace qforge::quant {
 
 enum class OptimizerKind { kSgd, kAdamW };
 
+// QatSetup::freeze_bn_after's default: BN frozen by the kind of model (see there).
+inline constexpr int64_t kFreezeBnByModel = -2;
+
 struct QatSetup {
   int64_t batch = 32;  // samples per step; a last partial batch of an epoch is dropped
   // The batch cut into this many shards of batch / shards samples, each computed apart (by the
@@ -46,8 +49,11 @@ struct QatSetup {
   int64_t warmup_steps = 0;
   int64_t step_size = 0;  // LrDecay::kStep
   double gamma = 0.1;     // LrDecay::kStep
-  // BN switches to its running statistics after this many steps (-1: never).
-  int64_t freeze_bn_after = -1;
+  // BN switches to its running statistics after this many steps (-1: never). By default
+  // (kFreezeBnByModel) never for a classifier, and from the first step for a model trained by
+  // distillation of outputs that are no logits (a detector's boxes and scores), which are
+  // matched to a teacher running BN on its running statistics value by value.
+  int64_t freeze_bn_after = kFreezeBnByModel;
   // Distillation from the float model's logits at this temperature; with labels as well the
   // loss is (1 − distill_weight)·CE + distill_weight·KL.
   std::optional<float> distill_temperature;
@@ -108,8 +114,9 @@ struct QatHooks {
 };
 
 struct QatResult {
-  int64_t steps = 0;       // total steps of the run
-  int64_t resumed_at = 0;  // the step a resumed run started from (0: from the start)
+  int64_t steps = 0;             // total steps of the run
+  int64_t freeze_bn_after = -1;  // as applied (QatSetup::freeze_bn_after's default resolved)
+  int64_t resumed_at = 0;        // the step a resumed run started from (0: from the start)
   int64_t steps_per_epoch = 0;
   float last_loss = 0;
   double seconds = 0;

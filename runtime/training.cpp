@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "graph/catalog.h"
+#include "kernels/output_distillation.h"
 #include "kernels/parallel.h"
 #include "kernels/softmax.h"
 #include "runtime/arena_plan.h"
@@ -857,13 +858,9 @@ ClassifierTraining::ClassifierTraining(std::unique_ptr<graph::Graph> resolved,
 
 void ClassifierTraining::set_up(TrainingOptions options) {
   const graph::Value* logits = graph_->outputs()[0];
-  if (logits->dtype() != DType::kFloat32 || logits->known_shape().size() != 2 ||
-      logits->known_shape()[0] != batch_) {
-    throw_invalid("training: output '" + logits->name() +
-                  "' must be float32 logits [batch, classes], got " +
-                  kernels::shape_str(logits->known_shape()));
-  }
-  classes_ = logits->known_shape()[1];
+  const bool classifier = logits->dtype() == DType::kFloat32 && logits->known_shape().size() == 2 &&
+                          logits->known_shape()[0] == batch_ && logits->known_shape()[1] > 0;
+  classes_ = classifier ? logits->known_shape()[1] : 0;
   options_ = std::move(options);
   set_shards(ShardLayout{});
   bool any_trainable = false;
@@ -887,7 +884,14 @@ void ClassifierTraining::set_shards(ShardLayout layout) {
   output_grads_.assign(static_cast<size_t>(layout.count), {});
   for (std::vector<Tensor>& grads : output_grads_) {
     grads.resize(graph_->outputs().size());
-    grads[0] = Tensor(DType::kFloat32, {batch_, classes_});
+    if (!dense()) {
+      grads[0] = Tensor(DType::kFloat32, {batch_, classes_});
+      continue;
+    }
+    for (size_t k = 0; k < grads.size(); ++k) {
+      const graph::Value* out = graph_->outputs()[k];
+      if (out->dtype() == DType::kFloat32) grads[k] = Tensor(DType::kFloat32, out->known_shape());
+    }
   }
   shard_inputs_.assign(static_cast<size_t>(layout.count), std::vector<Tensor>(1));
   shard_losses_.assign(static_cast<size_t>(layout.count), 0.0f);
@@ -948,7 +952,35 @@ float ClassifierTraining::forward_loss(std::span<const Tensor> inputs, const Cla
   const Error* failure = nullptr;
   std::optional<Error> error;
   try {
-    if (!labels && !teacher) throw_invalid("training: a step needs labels or a teacher's logits");
+    if (dense()) {
+      const graph::Value* first = graph_->outputs()[0];
+      if (labels || teacher) {
+        throw_invalid("training: output '" + first->name() +
+                      "' must be float32 logits [batch, classes] for " +
+                      (labels ? "labels" : "a teacher's logits") + ", got " +
+                      kernels::shape_str(first->known_shape()) +
+                      "; such a model trains by distillation of its outputs");
+      }
+      if (loss.teacher_outputs.size() != graph_->outputs().size()) {
+        throw_invalid("training: a step needs the teacher's value of each of the " +
+                      std::to_string(graph_->outputs().size()) + " outputs, got " +
+                      std::to_string(loss.teacher_outputs.size()));
+      }
+      for (size_t k = 0; k < graph_->outputs().size(); ++k) {
+        const graph::Value* out = graph_->outputs()[k];
+        if (out->dtype() != DType::kFloat32) continue;
+        const Tensor& t = loss.teacher_outputs[k];
+        if (!t.defined() || t.dtype() != DType::kFloat32 ||
+            t.numel() != kernels::shape_numel(out->known_shape()) / batch_ * rows) {
+          throw_invalid("training: the teacher's output '" + out->name() + "' must be float32 " +
+                        "of " + std::to_string(rows) + " samples of " +
+                        kernels::shape_str(out->known_shape()) + " per " + std::to_string(batch_) +
+                        ", got " + (t.defined() ? t.describe() : std::string("none")));
+        }
+      }
+    } else if (!labels && !teacher) {
+      throw_invalid("training: a step needs labels or a teacher's logits");
+    }
     if (inputs.size() != graph_->inputs().size()) {
       throw_invalid("training: the model takes " + std::to_string(graph_->inputs().size()) +
                     " inputs, got " + std::to_string(inputs.size()));
@@ -1002,6 +1034,7 @@ float ClassifierTraining::forward_loss(std::span<const Tensor> inputs, const Cla
   } else {
     executor().forward(inputs);
   }
+  if (dense()) return dense_loss(loss.teacher_outputs, share);
   if (teacher && !teacher_probabilities_.defined()) {
     teacher_probabilities_ = Tensor(DType::kFloat32, {rows, classes_});
   }
@@ -1034,6 +1067,30 @@ float ClassifierTraining::forward_loss(std::span<const Tensor> inputs, const Cla
                                         teacher_probabilities_.data<float>() + first * classes_,
                                         kl_weight * share, grad, mode);
       total += kl_weight * kl;
+    }
+    shard_losses_[shard] = total * share;
+    local += shard_losses_[shard];
+  }
+  return local;
+}
+
+float ClassifierTraining::dense_loss(std::span<const Tensor> teacher, float share) {
+  float local = 0;
+  const ShardLayout& layout = group_->layout();
+  for (int64_t j = 0; j < layout.count; ++j) {
+    const size_t shard = static_cast<size_t>(j);
+    const std::span<const Tensor> outputs = group_->shard(shard).outputs();
+    float total = 0;
+    for (size_t k = 0; k < outputs.size(); ++k) {
+      Tensor& grad = output_grads_[shard][k];
+      if (!grad.defined()) continue;
+      const Tensor& student = outputs[k];
+      const int64_t n = student.numel() / batch_;
+      const float* t = teacher[k].data<float>() + j * batch_ * n;
+      total += kernels::relative_squared_error(batch_, n, student.data<float>(), t,
+                                               row_loss_.data<float>() + j * batch_);
+      kernels::relative_squared_error_backward(batch_, n, student.data<float>(), t, share,
+                                               grad.data<float>());
     }
     shard_losses_[shard] = total * share;
     local += shard_losses_[shard];

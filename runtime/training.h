@@ -224,6 +224,12 @@ struct ClassifierLoss {
   float temperature = 1.0f;
   float distill_weight = 0.5f;  // only when both are given
   float label_smoothing = 0.0f;
+  // Of a model whose first output is no logits (ClassifierTraining::dense: a detector's boxes and
+  // scores, a segmentation map): the teacher's value of each output, in the model's order, each
+  // of the step's rows (an undefined tensor for an output that is not float32). Distillation is
+  // then kernels::relative_squared_error of each float output, summed; the temperature does
+  // not apply.
+  std::span<const Tensor> teacher_outputs;
 };
 
 class ClassifierTraining {
@@ -260,6 +266,9 @@ class ClassifierTraining {
   int64_t batch() const { return batch_; }  // of one shard: the graph's batch
   int64_t local_batch() const { return batch_ * shards().count; }
   int64_t classes() const { return classes_; }
+  // Whether the first output is no logits [batch, classes]: such a model trains by distillation
+  // of its outputs only (ClassifierLoss::teacher_outputs), and classes() is 0.
+  bool dense() const { return classes_ == 0; }
   // From now on BatchNormalization uses its running statistics (as they are now) and no longer
   // updates them; parameter values and every other state carry over.
   void freeze_batch_norm();
@@ -278,6 +287,8 @@ class ClassifierTraining {
 
  private:
   void set_up(TrainingOptions options);
+  // The distillation loss of a dense model's step (forward done), its output gradients written.
+  float dense_loss(std::span<const Tensor> teacher, float share);
   bool sharded() const { return group_->layout().total > 1; }
 
   std::unique_ptr<graph::Graph> graph_;

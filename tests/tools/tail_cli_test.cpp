@@ -83,8 +83,7 @@ TEST(TailCli, InspectAndRunNameThePostProcessing) {
                                "NonMaxSuppression)"),
             std::string::npos)
       << inspected.out;
-  EXPECT_NE(inspected.out.find("output   boxes  float32"), std::string::npos)
-      << inspected.out;
+  EXPECT_NE(inspected.out.find("output   boxes  float32"), std::string::npos) << inspected.out;
 
   // `run` computes what the post-processing reads, as PyTorch's detector does.
   TempDir dir;
@@ -94,8 +93,7 @@ TEST(TailCli, InspectAndRunNameThePostProcessing) {
             std::string::npos)
       << ran.err;
   testing::expect_close_scaled(io::read_npy(dir.file("y.npy")),
-                               io::read_npy(data_path("golden/yolo_nms_boxes.npy")), 1e-5,
-                               "boxes");
+                               io::read_npy(data_path("golden/yolo_nms_boxes.npy")), 1e-5, "boxes");
   testing::expect_close_scaled(io::read_npy(dir.file("y.1.npy")),
                                io::read_npy(data_path("golden/yolo_nms_class_scores.npy")), 1e-5,
                                "class_scores");
@@ -143,8 +141,7 @@ TEST(TailCli, TorchvisionBatchedNmsAtOpsetElevenIsConvertedAndWrittenBack) {
                          {testing::random_f32({1, 3, 32, 32}, 5, 0.0f, 1.0f)});
 
   // The file fixes batch 1, which its post-processing computes with.
-  const auto dynamic =
-      run_cli("transform " + kTiny + " --dynamic-batch -o " + dir.file("d.onnx"));
+  const auto dynamic = run_cli("transform " + kTiny + " --dynamic-batch -o " + dir.file("d.onnx"));
   EXPECT_NE(dynamic.exit_code, 0);
   EXPECT_NE(dynamic.err.find("qforge: error: --dynamic-batch: the post-processing from node "
                              "'/NonZero' (NonZero)"),
@@ -184,8 +181,9 @@ TEST(TailCli, PluginOfAnotherDomainIsWrittenBackWithItsOpset) {
 
   const auto r = run_cli("transform " + dir.file("plugin.onnx") + " -o " + dir.file("t.onnx"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("from node 'nms_plugin' (EfficientNMS_TRT) on: 1 node (TRT.EfficientNMS_TRT)"),
-            std::string::npos)
+  EXPECT_NE(
+      r.err.find("from node 'nms_plugin' (EfficientNMS_TRT) on: 1 node (TRT.EfficientNMS_TRT)"),
+      std::string::npos)
       << r.err;
   const onnx::ModelProto written = read_model(dir.file("t.onnx"));
   EXPECT_EQ(nodes_from(dir.file("t.onnx"), "EfficientNMS_TRT"),
@@ -229,6 +227,42 @@ TEST(TailCli, CalibratedTorchvisionNmsDetectorRunsInOrtAsInQforge) {
   io::write_npy(dir.file("x.npy"), testing::random_f32({1, 3, 32, 32}, 11, 0.0f, 1.0f));
   // torchvision's detectors take the first image of the batch: they run at the file's batch 1.
   expect_verified(kTiny, dir.file("x.npy"), 1, dir);
+}
+
+// `qat` of the detector distills its boxes and class scores (its NMS cut off), with BN on its
+// running statistics as the teacher's, the same bytes at 1 and 2 threads; the written model ends
+// in the file's NMS and runs in ONNX Runtime as qforge's fake quant computes.
+TEST(TailCli, QatDistillsTheDetectorAndWritesItsNmsBack) {
+  TempDir dir;
+  std::string bytes[2];
+  for (int threads : {1, 2}) {
+    const std::string out = dir.file("q" + std::to_string(threads) + ".onnx");
+    const auto r = run_cli("qat " + kYolo + " --data " + kYoloInput +
+                           " --distill --steps 3 --batch 4 --lr 1e-3 --threads " +
+                           std::to_string(threads) + " -o " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("batch norm   on its running statistics from step 0"), std::string::npos)
+        << r.out;
+    bytes[threads - 1] = testing::read_text(out);
+  }
+  EXPECT_EQ(bytes[0], bytes[1]);
+  const std::string qdq = dir.file("q1.onnx");
+  EXPECT_EQ(nodes_from(qdq, "NonMaxSuppression"), nodes_from(kYolo, "NonMaxSuppression"));
+  testing::ort_dump(qdq, kYoloInput, dir.file("ort.npz"), "disabled");
+  const auto verified = run_cli("verify " + qdq + " --reference " + dir.file("ort.npz") +
+                                " --data " + kYoloInput + " --tolerance 1e-4");
+  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+
+  // Labels need logits: the image folder's classes are refused before the first step.
+  const auto labelled = run_cli("qat " + kYolo + " --data " + data_path("datasets/digits/train") +
+                                " --distill --steps 1 -o " + dir.file("l.onnx"));
+  EXPECT_NE(labelled.exit_code, 0);
+  EXPECT_NE(labelled.err.find("qforge: error: qat: the model's output 'boxes' [32, 64, 4] is no "
+                              "logits [batch, classes], which labels need: train it with "
+                              "--distill alone (--distill-weight 1)"),
+            std::string::npos)
+      << labelled.err;
 }
 
 }  // namespace

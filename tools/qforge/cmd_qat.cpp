@@ -353,6 +353,13 @@ int run_qat(QatOptions o) {
       trained.seconds > 0
           ? static_cast<double>((trained.steps - trained.resumed_at) * s.batch) / trained.seconds
           : 0.0);
+  if (trained.freeze_bn_after >= 0) {
+    std::printf("batch norm   on its running statistics from step %lld%s\n",
+                static_cast<long long>(trained.freeze_bn_after),
+                s.freeze_bn_after == quant::kFreezeBnByModel
+                    ? " (the outputs are distilled value by value; --freeze-bn-after sets it)"
+                    : "");
+  }
   if (trained.kept_sample_bytes > 0 || trained.kept_teacher_bytes > 0) {
     constexpr double kMiB = 1024.0 * 1024.0;
     std::printf("memory       epochs after the first read %s%s%s from memory (%.1f MiB)\n",
@@ -479,7 +486,7 @@ int run_qat(QatOptions o) {
           {"lr", s.lr},
           {"schedule", o.schedule},
           {"weight_decay", s.weight_decay},
-          {"freeze_bn_after", s.freeze_bn_after},
+          {"freeze_bn_after", trained.freeze_bn_after},
           {"loss", loss_name(s)},
           {"labels", s.use_labels},
           {"distill_temperature", s.distill_temperature ? nlohmann::json(*s.distill_temperature)
@@ -614,7 +621,8 @@ CommandRunner add_qat_command(CLI::App& app) {
   cmd->add_option("--gamma", o->setup.gamma, "decay factor for --schedule step (default 0.1)")
       ->group(train);
   cmd->add_option("--freeze-bn-after", o->setup.freeze_bn_after,
-                  "steps after which BN uses its running statistics (default: never)")
+                  "steps after which BN uses its running statistics (default: never for a "
+                  "classifier, 0 for a model distilled from outputs that are no logits)")
       ->check(integer_at_least(0))
       ->group(train);
   cmd->add_option_function<float>(
