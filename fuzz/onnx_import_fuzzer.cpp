@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "fuzz/seed_models.h"
+#include "graph/onnx_export.h"
 #include "graph/onnx_import.h"
 #include "kernels/error.h"
 #include "runtime/model_stats.h"
@@ -37,6 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     runtime::resolve(*resolved, options);
     runtime::model_stats(*model);
     runtime::model_stats(*resolved);
+    // Post-processing cut off at import is written back: the model as the exports write it.
+    if (model->tail) graph::parse_onnx(graph::serialize_onnx(*model), "written.onnx");
   } catch (const Error&) {
   }
   return 0;

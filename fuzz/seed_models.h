@@ -270,4 +270,41 @@ inline std::string sampling_net_model() {
   return m.bytes();
 }
 
+// Post-processing that qforge cuts off at import and writes back (graph/tail.h): a score
+// threshold through NonZero, NonMaxSuppression with a Constant node and an initializer it shares
+// with the graph, and a Gather and GatherND of the kept boxes.
+inline std::string nms_tail_model() {
+  ModelWriter m("nms_tail");
+  m.input("x", {1, 6, 4});
+  m.output("scores", {1, 1, 6});
+  m.output("kept_boxes", {-1, 4});
+  m.output("above", {2, -1});
+  m.graph()->mutable_output(2)->mutable_type()->mutable_tensor_type()->set_elem_type(
+      onnx::TensorProto::INT64);
+  m.weight("w", {1, 6, 4});
+  m.int64_weight("k", {2});
+  m.int64_weight("sum_axes", {2});
+  m.int64_weight("batch_box", {0, 2});
+  m.weight("threshold", {1}, {0.1f});
+  m.node("Add", "shift", {"x", "w"}, {"boxes"});
+  m.node("ReduceSum", "sum", {"boxes", "sum_axes"}, {"s"});
+  ModelWriter::ints(m.node("Transpose", "to_classes", {"s"}, {"scores"}), "perm", {0, 2, 1});
+  ModelWriter::integer(m.node("TopK", "top", {"s", "k"}, {"top_values", "top_indices"}), "axis", 1);
+  auto* iou = m.node("Constant", "iou", {}, {"iou_threshold"});
+  auto* a = iou->add_attribute();
+  a->set_name("value");
+  a->set_type(onnx::AttributeProto::TENSOR);
+  a->mutable_t()->set_data_type(onnx::TensorProto::FLOAT);
+  a->mutable_t()->add_float_data(0.5f);
+  m.node("Mul", "scaled", {"boxes", "iou_threshold"}, {"unused_scaled"});
+  m.node("NonMaxSuppression", "nms", {"boxes", "scores", "k", "iou_threshold", "threshold"},
+         {"selected"});
+  ModelWriter::integer(m.node("Gather", "pick", {"selected", "batch_box"}, {"pairs"}), "axis", 1);
+  m.node("GatherND", "kept", {"boxes", "pairs"}, {"kept_boxes"});
+  m.node("Greater", "over", {"scores", "threshold"}, {"mask"});
+  m.node("NonZero", "where", {"mask"}, {"above_all"});
+  m.node("Gather", "rows", {"above_all", "batch_box"}, {"above"});
+  return m.bytes();
+}
+
 }  // namespace qforge::fuzz

@@ -30,7 +30,9 @@ float teacher_power(int64_t n, const float* t) {
   return static_cast<float>(sum / static_cast<double>(n)) + kRelativeErrorEpsilon;
 }
 
-int64_t rows_per_task(int64_t n) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, n)); }
+int64_t rows_per_task(int64_t n) {
+  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, n));
+}
 
 }  // namespace
 
@@ -49,8 +51,7 @@ float relative_squared_error(int64_t batch, int64_t n, const float* student, con
         const float d = s[i] - t[i];
         return d * d;
       });
-      row_loss[b] =
-          static_cast<float>(error / static_cast<double>(n)) / teacher_power(n, t);
+      row_loss[b] = static_cast<float>(error / static_cast<double>(n)) / teacher_power(n, t);
     }
   });
   double sum = 0;
@@ -67,8 +68,8 @@ void relative_squared_error_backward(int64_t batch, int64_t n, const float* stud
       const float* s = student + b * n;
       const float* t = teacher + b * n;
       float* d = dstudent + b * n;
-      const float scale = dloss / static_cast<float>(batch) * 2.0f /
-                          (static_cast<float>(n) * teacher_power(n, t));
+      const float scale =
+          dloss / static_cast<float>(batch) * 2.0f / (static_cast<float>(n) * teacher_power(n, t));
       if (mode == GradMode::kAccumulate) {
         for (int64_t i = 0; i < n; ++i) d[i] += scale * (s[i] - t[i]);
       } else {

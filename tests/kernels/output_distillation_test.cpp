@@ -33,7 +33,9 @@ double reference_loss(int64_t batch, int64_t n, const std::vector<double>& s,
   return total / batch;
 }
 
-std::vector<double> widened(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<double> widened(const std::vector<float>& v) {
+  return {v.begin(), v.end()};
+}
 
 struct Case {
   int64_t batch;
@@ -42,8 +44,8 @@ struct Case {
 };
 
 TEST(OutputDistillation, LossAndGradientFollowTheDefinition) {
-  for (const Case c : {Case{1, 1, 1.0f}, Case{3, 17, 30.0f}, Case{4, 640, 0.05f},
-                       Case{2, 4099, 2.0f}}) {
+  for (const Case c :
+       {Case{1, 1, 1.0f}, Case{3, 17, 30.0f}, Case{4, 640, 0.05f}, Case{2, 4099, 2.0f}}) {
     const size_t count = static_cast<size_t>(c.batch * c.n);
     std::vector<float> t = random_values(count, 3, -c.teacher_scale, c.teacher_scale);
     std::vector<float> s = random_values(count, 4, -0.3f, 0.3f);

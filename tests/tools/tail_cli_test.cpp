@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/seed_models.h"
 #include "graph/ir.h"
 #include "graph/onnx_import.h"
 #include "kernels/tensor.h"
@@ -193,6 +194,38 @@ TEST(TailCli, PluginOfAnotherDomainIsWrittenBackWithItsOpset) {
   EXPECT_EQ(written.opset_import(1).version(), 1);
   ASSERT_EQ(written.graph().output_size(), 1);
   EXPECT_EQ(written.graph().output(0).name(), "num_detections");
+}
+
+// The importer's fuzz seed of post-processing: a Constant node and an initializer the tail
+// shares with the graph are copied into it, a bool mask only it reads goes with it, and the
+// model `transform` writes computes every output of the file in ONNX Runtime.
+TEST(TailCli, SharedConstantsAreCopiedIntoThePostProcessing) {
+  TempDir dir;
+  const std::string path = dir.file("nms_tail.onnx");
+  testing::write_bytes(path, fuzz::nms_tail_model());
+  auto g = graph::load_onnx(path);
+  ASSERT_NE(g->tail, nullptr);
+  EXPECT_EQ(g->tail->first, "node 'nms' (NonMaxSuppression)");
+  EXPECT_EQ(g->tail->reads, (std::vector<std::string>{"boxes", "scores"}));
+  EXPECT_EQ(output_names(*g), (std::vector<std::string>{"scores", "boxes"}));
+  EXPECT_EQ(g->tail->ops, (std::vector<std::string>{"Gather", "GatherND", "Greater",
+                                                    "NonMaxSuppression", "NonZero"}));
+  EXPECT_NE(g->find_value("k"), nullptr);          // TopK's
+  EXPECT_EQ(g->find_value("threshold"), nullptr);  // only the tail's
+  EXPECT_TRUE(g->tail->defines_name("k_tail"));    // NMS's copy of it
+  EXPECT_TRUE(g->tail->defines_name("iou_threshold_tail"));
+
+  const auto r = run_cli("transform " + path + " -o " + dir.file("t.onnx"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Tensor x = testing::random_f32({1, 6, 4}, 3, 0.0f, 1.0f);
+  const std::vector<Tensor> want = testing::run_ort(path, {x});
+  const std::vector<Tensor> got = testing::run_ort(dir.file("t.onnx"), {x});
+  ASSERT_EQ(want.size(), 3u);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_GT(want[1].dim(0), 0);
+  for (size_t i = 0; i < want.size(); ++i) {
+    testing::expect_close_scaled(got[i], want[i], 1e-6, "output " + std::to_string(i));
+  }
 }
 
 // The calibrated model computes, in ONNX Runtime, what qforge's fake quant computes at every Q/DQ
