@@ -158,7 +158,13 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
     }
     const int64_t fixed = (*in->shape())[0];
     if (fixed >= 0 && fixed != it->second[0]) {
-      free_fixed_batch(graph, options);
+      try {
+        free_fixed_batch(graph, options);
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kUnsupported) throw;
+        throw_unsupported(std::string(e.what()) + " than the " + std::to_string(fixed) +
+                          " its file fixes (--batch " + std::to_string(fixed) + ")");
+      }
       break;
     }
   }
