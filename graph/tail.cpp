@@ -80,6 +80,17 @@ bool is_shape_type(int32_t elem_type) {
   }
 }
 
+// The element type of every value the graph declares (inputs, outputs, value_info).
+std::unordered_map<std::string, int32_t> value_types(const onnx::GraphProto& gp) {
+  std::unordered_map<std::string, int32_t> types;
+  for (const auto* list : {&gp.value_info(), &gp.output(), &gp.input()}) {
+    for (const auto& v : *list) {
+      if (v.type().has_tensor_type()) types[v.name()] = v.type().tensor_type().elem_type();
+    }
+  }
+  return types;
+}
+
 std::string label_of(const onnx::NodeProto& np, int index) {
   std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
   return "node '" + name + "' (" + np.op_type() + ")";
@@ -135,12 +146,7 @@ std::vector<bool> tail_nodes(const onnx::GraphProto& gp) {
   if (!any) return marks;
 
   // The shape computations only the tail reads go with it.
-  std::unordered_map<std::string, int32_t> types;
-  for (const auto* list : {&gp.value_info(), &gp.output(), &gp.input()}) {
-    for (const auto& v : *list) {
-      if (v.type().has_tensor_type()) types[v.name()] = v.type().tensor_type().elem_type();
-    }
-  }
+  const std::unordered_map<std::string, int32_t> types = value_types(gp);
   std::unordered_map<std::string, std::vector<int>> readers;
   for (int i = 0; i < n; ++i) {
     for (const auto& name : reads_of(gp.node(i))) readers[name].push_back(i);
@@ -201,15 +207,79 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
   }
   for (const auto& out : g.output()) body_reads.insert(out.name());
 
+  // Integer computations the tail shares with the graph (a shape, a count both read) are copied
+  // into it under new names, so that what it reads is computed tensors, which follow the batch,
+  // not values resolution folds at one batch.
+  std::vector<onnx::NodeProto> copies;
+  {
+    const std::unordered_map<std::string, int32_t> types = value_types(g);
+    std::unordered_map<std::string, int> producer;
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (marks[static_cast<size_t>(i)]) continue;
+      for (const auto& out : g.node(i).output()) producer[out] = i;
+    }
+    auto integer_node = [&](const onnx::NodeProto& np) {
+      if (np.op_type() == "Constant" || np.output_size() == 0) return false;
+      for (const auto& a : np.attribute()) {
+        if (a.has_g() || a.graphs_size() > 0) return false;
+      }
+      return std::all_of(np.output().begin(), np.output().end(), [&](const std::string& out) {
+        auto t = types.find(out);
+        return out.empty() || (t != types.end() && is_shape_type(t->second));
+      });
+    };
+    std::vector<bool> copied(static_cast<size_t>(g.node_size()), false);
+    std::vector<std::string> pending;
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (!marks[static_cast<size_t>(i)]) continue;
+      for (const auto& name : reads_of(g.node(i))) pending.push_back(name);
+    }
+    while (!pending.empty()) {
+      const std::string name = pending.back();
+      pending.pop_back();
+      auto p = producer.find(name);
+      if (p == producer.end()) continue;
+      const auto i = static_cast<size_t>(p->second);
+      if (copied[i] || !integer_node(g.node(p->second))) continue;
+      copied[i] = true;
+      for (const auto& in : reads_of(g.node(p->second))) pending.push_back(in);
+    }
+    std::vector<std::pair<std::string, std::string>> renamed;
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (!copied[static_cast<size_t>(i)]) continue;
+      onnx::NodeProto& c = copies.emplace_back(g.node(i));
+      if (!c.name().empty()) c.set_name(c.name() + "_tail");
+      for (auto& out : *c.mutable_output()) {
+        if (out.empty()) continue;
+        std::string to = out + "_tail";
+        for (int k = 1; all_names.count(to); ++k) to = out + "_tail_" + std::to_string(k);
+        all_names.insert(to);
+        tail_defined.insert(to);
+        renamed.emplace_back(out, to);
+        out = to;
+      }
+      ops.insert(c.op_type());
+    }
+    for (const auto& [from, to] : renamed) {
+      for (auto& c : copies) rename_reads(c, from, to);
+      for (int i = 0; i < g.node_size(); ++i) {
+        if (marks[static_cast<size_t>(i)]) rename_reads(*g.mutable_node(i), from, to);
+      }
+    }
+  }
+
   // What the tail reads from before it, in the order first read.
   std::vector<std::string> reads;
   {
     std::unordered_set<std::string> seen;
-    for (int i = 0; i < g.node_size(); ++i) {
-      if (!marks[static_cast<size_t>(i)]) continue;
-      for (const auto& name : reads_of(g.node(i))) {
+    auto add = [&](const onnx::NodeProto& np) {
+      for (const auto& name : reads_of(np)) {
         if (!tail_defined.count(name) && seen.insert(name).second) reads.push_back(name);
       }
+    };
+    for (const auto& c : copies) add(c);
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (marks[static_cast<size_t>(i)]) add(g.node(i));
     }
   }
 
@@ -227,6 +297,7 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
 
   // Its nodes, then its initializers: shared ones copied under a new name.
   google::protobuf::RepeatedPtrField<onnx::NodeProto> body_nodes;
+  for (auto& c : copies) part.add_node()->Swap(&c);
   for (int i = 0; i < g.node_size(); ++i) {
     onnx::NodeProto& np = *g.mutable_node(i);
     (marks[static_cast<size_t>(i)] ? part.add_node() : body_nodes.Add())->Swap(&np);
