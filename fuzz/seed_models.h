@@ -272,7 +272,8 @@ inline std::string sampling_net_model() {
 
 // Post-processing that qforge cuts off at import and writes back (graph/tail.h): a score
 // threshold through NonZero, NonMaxSuppression with a Constant node and an initializer it shares
-// with the graph, and a Gather and GatherND of the kept boxes.
+// with the graph, a Gather and GatherND of the kept boxes, and a threshold scaled by a count of
+// boxes that the graph computes from a shape and reads too.
 inline std::string nms_tail_model() {
   ModelWriter m("nms_tail");
   m.input("x", {1, 6, 4});
@@ -286,8 +287,14 @@ inline std::string nms_tail_model() {
   m.int64_weight("sum_axes", {2});
   m.int64_weight("batch_box", {0, 2});
   m.weight("threshold", {1}, {0.1f});
+  m.int64_weight("box_axis", {1}, /*scalar=*/true);
   m.node("Add", "shift", {"x", "w"}, {"boxes"});
-  m.node("ReduceSum", "sum", {"boxes", "sum_axes"}, {"s"});
+  m.node("Shape", "shape", {"boxes"}, {"box_shape"});
+  m.node("Gather", "count", {"box_shape", "box_axis"}, {"count"});
+  ModelWriter::integer(m.node("Cast", "count_float", {"count"}, {"count_f"}), "to",
+                       onnx::TensorProto::FLOAT);
+  m.node("ReduceSum", "sum", {"boxes", "sum_axes"}, {"total"});
+  m.node("Div", "mean", {"total", "count_f"}, {"s"});
   ModelWriter::ints(m.node("Transpose", "to_classes", {"s"}, {"scores"}), "perm", {0, 2, 1});
   ModelWriter::integer(m.node("TopK", "top", {"s", "k"}, {"top_values", "top_indices"}), "axis", 1);
   auto* iou = m.node("Constant", "iou", {}, {"iou_threshold"});
@@ -301,7 +308,8 @@ inline std::string nms_tail_model() {
          {"selected"});
   ModelWriter::integer(m.node("Gather", "pick", {"selected", "batch_box"}, {"pairs"}), "axis", 1);
   m.node("GatherND", "kept", {"boxes", "pairs"}, {"kept_boxes"});
-  m.node("Greater", "over", {"scores", "threshold"}, {"mask"});
+  m.node("Mul", "scaled_threshold", {"threshold", "count_f"}, {"count_threshold"});
+  m.node("Greater", "over", {"scores", "count_threshold"}, {"mask"});
   m.node("NonZero", "where", {"mask"}, {"above_all"});
   m.node("Gather", "rows", {"above_all", "batch_box"}, {"above"});
   return m.bytes();

@@ -3,6 +3,7 @@
 #include <onnx/onnx_pb.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -207,10 +208,24 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
   }
   for (const auto& out : g.output()) body_reads.insert(out.name());
 
+  // The values of the Constant nodes before it that it reads: copied like shared initializers.
+  std::unordered_map<std::string, onnx::TensorProto> constants;
+  for (int i = 0; i < g.node_size(); ++i) {
+    const onnx::NodeProto& np = g.node(i);
+    if (marks[static_cast<size_t>(i)] || np.op_type() != "Constant" || np.output_size() != 1) {
+      continue;
+    }
+    for (const auto& a : np.attribute()) {
+      if (a.name() == "value" && a.has_t()) constants[np.output(0)] = a.t();
+    }
+  }
+
   // Integer computations the tail shares with the graph (a shape, a count both read) are copied
   // into it under new names, so that what it reads is computed tensors, which follow the batch,
   // not values resolution folds at one batch.
   std::vector<onnx::NodeProto> copies;
+  // Nodes copied into the tail that nothing else read: they leave the graph.
+  std::vector<bool> dropped(static_cast<size_t>(g.node_size()), false);
   {
     const std::unordered_map<std::string, int32_t> types = value_types(g);
     std::unordered_map<std::string, int> producer;
@@ -218,15 +233,33 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
       if (marks[static_cast<size_t>(i)]) continue;
       for (const auto& out : g.node(i).output()) producer[out] = i;
     }
-    auto integer_node = [&](const onnx::NodeProto& np) {
+    std::unordered_set<std::string> constant_values(initializers);
+    for (const auto& [name, value] : constants) constant_values.insert(name);
+    // A node computing integers, or computing from integers and constants only (a Cast of a size
+    // to float, a scale factor from it): what resolution folds once shapes are fixed.
+    std::unordered_map<int, bool> memo;
+    std::function<bool(int)> integer_node = [&](int i) -> bool {
+      if (auto m = memo.find(i); m != memo.end()) return m->second;
+      memo[i] = false;  // a cycle cannot occur; this only guards the recursion
+      const onnx::NodeProto& np = g.node(i);
       if (np.op_type() == "Constant" || np.output_size() == 0) return false;
       for (const auto& a : np.attribute()) {
         if (a.has_g() || a.graphs_size() > 0) return false;
       }
-      return std::all_of(np.output().begin(), np.output().end(), [&](const std::string& out) {
-        auto t = types.find(out);
-        return out.empty() || (t != types.end() && is_shape_type(t->second));
-      });
+      auto integer = [&](const std::string& name) {
+        auto t = types.find(name);
+        return name.empty() || (t != types.end() && is_shape_type(t->second));
+      };
+      bool result = std::all_of(np.output().begin(), np.output().end(), integer);
+      if (!result) {
+        result = std::all_of(np.input().begin(), np.input().end(), [&](const std::string& in) {
+          if (integer(in) || constant_values.count(in)) return true;
+          auto p = producer.find(in);
+          return p != producer.end() && integer_node(p->second);
+        });
+      }
+      memo[i] = result;
+      return result;
     };
     std::vector<bool> copied(static_cast<size_t>(g.node_size()), false);
     std::vector<std::string> pending;
@@ -240,7 +273,7 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
       auto p = producer.find(name);
       if (p == producer.end()) continue;
       const auto i = static_cast<size_t>(p->second);
-      if (copied[i] || !integer_node(g.node(p->second))) continue;
+      if (copied[i] || !integer_node(p->second)) continue;
       copied[i] = true;
       for (const auto& in : reads_of(g.node(p->second))) pending.push_back(in);
     }
@@ -266,6 +299,31 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
         if (marks[static_cast<size_t>(i)]) rename_reads(*g.mutable_node(i), from, to);
       }
     }
+    std::unordered_map<std::string, std::vector<int>> readers;
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (marks[static_cast<size_t>(i)]) continue;
+      for (const auto& name : reads_of(g.node(i))) readers[name].push_back(i);
+    }
+    std::unordered_set<std::string> outputs;
+    for (const auto& out : g.output()) outputs.insert(out.name());
+    for (int i = g.node_size() - 1; i >= 0; --i) {
+      if (!copied[static_cast<size_t>(i)]) continue;
+      const auto& out = g.node(i).output();
+      dropped[static_cast<size_t>(i)] =
+          std::none_of(out.begin(), out.end(), [&](const std::string& name) {
+            if (outputs.count(name)) return true;
+            auto r = readers.find(name);
+            return r != readers.end() &&
+                   std::any_of(r->second.begin(), r->second.end(),
+                               [&](int k) { return !dropped[static_cast<size_t>(k)]; });
+          });
+    }
+    body_reads.clear();
+    for (int i = 0; i < g.node_size(); ++i) {
+      if (marks[static_cast<size_t>(i)] || dropped[static_cast<size_t>(i)]) continue;
+      for (const auto& name : reads_of(g.node(i))) body_reads.insert(name);
+    }
+    for (const auto& out : g.output()) body_reads.insert(out.name());
   }
 
   // What the tail reads from before it, in the order first read.
@@ -283,23 +341,12 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
     }
   }
 
-  // The values of the Constant nodes before it that it reads: copied like shared initializers.
-  std::unordered_map<std::string, onnx::TensorProto> constants;
-  for (int i = 0; i < g.node_size(); ++i) {
-    const onnx::NodeProto& np = g.node(i);
-    if (marks[static_cast<size_t>(i)] || np.op_type() != "Constant" || np.output_size() != 1) {
-      continue;
-    }
-    for (const auto& a : np.attribute()) {
-      if (a.name() == "value" && a.has_t()) constants[np.output(0)] = a.t();
-    }
-  }
-
   // Its nodes, then its initializers: shared ones copied under a new name.
   google::protobuf::RepeatedPtrField<onnx::NodeProto> body_nodes;
   for (auto& c : copies) part.add_node()->Swap(&c);
   for (int i = 0; i < g.node_size(); ++i) {
     onnx::NodeProto& np = *g.mutable_node(i);
+    if (dropped[static_cast<size_t>(i)]) continue;
     (marks[static_cast<size_t>(i)] ? part.add_node() : body_nodes.Add())->Swap(&np);
   }
   g.mutable_node()->Swap(&body_nodes);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numbers>
 #include <random>
 
@@ -67,10 +68,22 @@ void fill_normal(kernels::Tensor& t, std::mt19937_64& rng) {
 
 void compare_into(const kernels::Tensor& a, const kernels::Tensor& b, const std::string& output,
                   EquivalenceFigures& f) {
+  if (b.dtype() == a.dtype() && a.shape() == b.shape() &&
+      (a.dtype() == kernels::DType::kInt64 || a.dtype() == kernels::DType::kInt32 ||
+       a.dtype() == kernels::DType::kBool)) {
+    const auto* x = static_cast<const std::byte*>(a.raw());
+    const auto* y = static_cast<const std::byte*>(b.raw());
+    const size_t size = kernels::dtype_size(a.dtype());
+    f.elements += static_cast<size_t>(a.numel());
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      f.integer_mismatches += std::memcmp(x + i * size, y + i * size, size) != 0;
+    }
+    return;
+  }
   if (a.dtype() != kernels::DType::kFloat32 || b.dtype() != a.dtype() || a.shape() != b.shape()) {
     std::string message = "equivalence: output '";
     message.append(output)
-        .append("': expected float32 outputs of one shape, got ")
+        .append("': expected float32 or integer outputs of one shape, got ")
         .append(a.describe())
         .append(" vs ")
         .append(b.describe());
@@ -175,7 +188,8 @@ EquivalenceFigures check_equivalence(const graph::Graph& reference, const graph:
     }
   }
   f.relative = f.max_abs_diff / std::max(1.0, f.max_abs_reference);
-  f.equivalent = f.nonfinite_mismatches == 0 && f.relative <= tolerance;
+  f.equivalent =
+      f.nonfinite_mismatches == 0 && f.integer_mismatches == 0 && f.relative <= tolerance;
   return f;
 }
 

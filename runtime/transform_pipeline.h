@@ -61,10 +61,12 @@ struct EquivalenceFigures {
   size_t elements = 0;
   // Elements finite in one output and not (or a different non-finite) in the other.
   size_t nonfinite_mismatches = 0;
+  // Elements of integer outputs (indices, counts), compared exactly, that differ.
+  size_t integer_mismatches = 0;
   double max_abs_diff = 0;       // max |reference - candidate| over every output
   double max_abs_reference = 0;  // max |reference|
   double relative = 0;           // max_abs_diff / max(1, max_abs_reference)
-  bool equivalent = true;        // relative <= tolerance and no non-finite mismatch
+  bool equivalent = true;        // relative <= tolerance, no non-finite or integer mismatch
 };
 
 // Runs `reference` and `candidate` (unresolved or resolved graphs with the same interface) on

@@ -1,6 +1,10 @@
 // Softmax, LogSoftmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum, ArgMax and
 // TopK: shape inference, kernels with their backward (ArgMax has none: its output is an integer;
 // nor has CumSum of integers; TopK's gradient is its values').
+#include <algorithm>
+#include <limits>
+#include <vector>
+
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -289,8 +293,12 @@ std::vector<int64_t> reduce_axes(const Node& node, std::span<const InputInfo> in
 }
 
 // ReduceMean, ReduceSum and ReduceMax: their axes, keepdims and noop_with_empty_axes.
-ReduceSetup setup_reduce(const Node& node, std::span<const InputInfo> inputs) {
-  const InputInfo& x = float_input(node, inputs, 0, "data");
+// `integers`: int64 and int32 data too (ReduceMax and ReduceMin of sizes and counts).
+ReduceSetup setup_reduce(const Node& node, std::span<const InputInfo> inputs,
+                         bool integers = false) {
+  const bool integer_data = integers && !inputs.empty() && inputs[0].present &&
+                            (inputs[0].dtype == DType::kInt64 || inputs[0].dtype == DType::kInt32);
+  const InputInfo& x = integer_data ? inputs[0] : float_input(node, inputs, 0, "data");
   const int64_t rank = static_cast<int64_t>(x.shape.size());
   const bool keepdims = bool_attr(node, "keepdims", 1) != 0;
   const std::vector<int64_t> given = reduce_axes(node, inputs);
@@ -521,17 +529,74 @@ std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo
   return one_output(node, setup_reduce(node, inputs).out_shape);
 }
 
+// ReduceMax and ReduceMin: of float32 data, or of int64 and int32 (the output in its type).
+std::vector<TensorInfo> infer_reduce_extremum(const Node& node, std::span<const InputInfo> inputs) {
+  std::vector<TensorInfo> out = one_output(node, setup_reduce(node, inputs, true).out_shape);
+  out[0].dtype = inputs[0].dtype;
+  return out;
+}
+
+// ReduceMax or ReduceMin of integers, in any order (the extremum of integers is exact): sizes
+// and counts that resolution folds (torchvision's detectors take the min of an image's sides).
+// No gradient: its output is an integer.
+template <class T>
+class IntegerExtremumKernel final : public OpKernel {
+ public:
+  IntegerExtremumKernel(const Shape& x, std::vector<int64_t> axes, bool max)
+      : x_(x), axes_(std::move(axes)), max_(max), index_(x.size()) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    const T* x = inputs[0].data<T>();
+    T* y = outputs[0].data<T>();
+    const int64_t out_count = outputs[0].numel();
+    std::fill_n(y, out_count,
+                max_ ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max());
+    // Each input element's output position: its index with the reduced axes dropped.
+    const int64_t rank = static_cast<int64_t>(x_.size());
+    std::vector<int64_t>& index = index_;
+    std::fill(index.begin(), index.end(), 0);
+    const int64_t count = inputs[0].numel();
+    for (int64_t e = 0; e < count; ++e) {
+      int64_t o = 0;
+      for (int64_t a = 0; a < rank; ++a) {
+        if (!std::binary_search(axes_.begin(), axes_.end(), a)) {
+          o = o * x_[static_cast<size_t>(a)] + index[static_cast<size_t>(a)];
+        }
+      }
+      y[o] = max_ ? std::max(y[o], x[e]) : std::min(y[o], x[e]);
+      for (int64_t a = rank - 1; a >= 0; --a) {
+        if (++index[static_cast<size_t>(a)] < x_[static_cast<size_t>(a)]) break;
+        index[static_cast<size_t>(a)] = 0;
+      }
+    }
+  }
+
+ private:
+  Shape x_;
+  std::vector<int64_t> axes_;
+  bool max_;
+  std::vector<int64_t> index_;  // the walk's position, one per axis
+};
+
 // The Reduce ops on their setup; a maximum or minimum over an empty axis has no value.
 template <ReduceKernel::Kind kKind>
 std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> /*outputs*/) {
-  const ReduceSetup s = setup_reduce(node, inputs);
+  constexpr bool kExtremum = kKind == ReduceKernel::Kind::kMax || kKind == ReduceKernel::Kind::kMin;
+  const ReduceSetup s = setup_reduce(node, inputs, kExtremum);
   const Shape& x = inputs[0].shape;
-  if constexpr (kKind == ReduceKernel::Kind::kMax || kKind == ReduceKernel::Kind::kMin) {
+  if constexpr (kExtremum) {
     for (int64_t a : s.axes) {
       if (x[static_cast<size_t>(a)] == 0) {
         fail_node(node, "nonempty reduced axes", shape_str(x));
       }
+    }
+    const bool max = kKind == ReduceKernel::Kind::kMax;
+    if (inputs[0].dtype == DType::kInt64) {
+      return std::make_unique<IntegerExtremumKernel<int64_t>>(x, s.axes, max);
+    }
+    if (inputs[0].dtype == DType::kInt32) {
+      return std::make_unique<IntegerExtremumKernel<int32_t>>(x, s.axes, max);
     }
   }
   return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), kKind);
@@ -702,9 +767,9 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});
   registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
   registry.add({"ReduceSum", infer_reduce, create_reduce<ReduceKernel::Kind::kSum>});
-  registry.add({"ReduceMax", infer_reduce, create_reduce<ReduceKernel::Kind::kMax>});
+  registry.add({"ReduceMax", infer_reduce_extremum, create_reduce<ReduceKernel::Kind::kMax>});
   registry.add({"ReduceL2", infer_reduce, create_reduce<ReduceKernel::Kind::kL2>});
-  registry.add({"ReduceMin", infer_reduce, create_reduce<ReduceKernel::Kind::kMin>});
+  registry.add({"ReduceMin", infer_reduce_extremum, create_reduce<ReduceKernel::Kind::kMin>});
   registry.add({"ReduceL1", infer_reduce, create_reduce<ReduceKernel::Kind::kL1>});
   registry.add({"ReduceSumSquare", infer_reduce, create_reduce<ReduceKernel::Kind::kSumSquare>});
   registry.add({"ReduceProd", infer_reduce, create_reduce<ReduceKernel::Kind::kProd>});

@@ -196,9 +196,10 @@ TEST(TailCli, PluginOfAnotherDomainIsWrittenBackWithItsOpset) {
   EXPECT_EQ(written.graph().output(0).name(), "num_detections");
 }
 
-// The importer's fuzz seed of post-processing: a Constant node and an initializer the tail
-// shares with the graph are copied into it, a bool mask only it reads goes with it, and the
-// model `transform` writes computes every output of the file in ONNX Runtime.
+// The importer's fuzz seed of post-processing: a Constant node, an initializer and a count
+// computed from a shape that the tail shares with the graph are copied into it, a bool mask only
+// it reads goes with it, and the model `transform` writes computes every output of the file in
+// ONNX Runtime.
 TEST(TailCli, SharedConstantsAreCopiedIntoThePostProcessing) {
   TempDir dir;
   const std::string path = dir.file("nms_tail.onnx");
@@ -208,8 +209,12 @@ TEST(TailCli, SharedConstantsAreCopiedIntoThePostProcessing) {
   EXPECT_EQ(g->tail->first, "node 'nms' (NonMaxSuppression)");
   EXPECT_EQ(g->tail->reads, (std::vector<std::string>{"boxes", "scores"}));
   EXPECT_EQ(output_names(*g), (std::vector<std::string>{"scores", "boxes"}));
-  EXPECT_EQ(g->tail->ops, (std::vector<std::string>{"Gather", "GatherND", "Greater",
-                                                    "NonMaxSuppression", "NonZero"}));
+  EXPECT_EQ(g->tail->ops, (std::vector<std::string>{"Cast", "Gather", "GatherND", "Greater", "Mul",
+                                                    "NonMaxSuppression", "NonZero", "Shape"}));
+  // The count of boxes both sides read, from the boxes' shape, is computed in the tail too.
+  EXPECT_TRUE(g->tail->defines_name("box_shape_tail"));
+  EXPECT_TRUE(g->tail->defines_name("count_f_tail"));
+  EXPECT_NE(g->find_value("count_f"), nullptr);
   EXPECT_NE(g->find_value("k"), nullptr);          // TopK's
   EXPECT_EQ(g->find_value("threshold"), nullptr);  // only the tail's
   EXPECT_TRUE(g->tail->defines_name("k_tail"));    // NMS's copy of it

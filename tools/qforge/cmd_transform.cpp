@@ -153,11 +153,15 @@ int run_transform(const TransformCliOptions& o) {
   if (f.nonfinite_mismatches > 0) {
     std::printf("non-finite   %zu elements finite in one model only\n", f.nonfinite_mismatches);
   }
+  if (f.integer_mismatches > 0) {
+    std::printf("integers     %zu elements of integer outputs differ\n", f.integer_mismatches);
+  }
   if (!f.equivalent) {
-    char figures[160];
+    char figures[200];
     std::snprintf(figures, sizeof figures,
-                  "relative max |Δ| %.6g, max |Δ| %.6g, %zu non-finite mismatches", f.relative,
-                  f.max_abs_diff, f.nonfinite_mismatches);
+                  "relative max |Δ| %.6g, max |Δ| %.6g, %zu non-finite mismatches, %zu integer "
+                  "mismatches",
+                  f.relative, f.max_abs_diff, f.nonfinite_mismatches, f.integer_mismatches);
     std::string message = "transform: the ";
     message.append(exported.checked)
         .append(" is not equivalent to '")
@@ -192,6 +196,7 @@ int run_transform(const TransformCliOptions& o) {
                             {"max_abs_reference", f.max_abs_reference},
                             {"relative_max_abs_diff", f.relative},
                             {"nonfinite_mismatches", f.nonfinite_mismatches},
+                            {"integer_mismatches", f.integer_mismatches},
                             {"tolerance", runtime::kEquivalenceTolerance},
                             {"equivalent", f.equivalent}}}};
     report_file->write(report.dump(2));
