@@ -8,10 +8,11 @@
 //
 // The tail is every node from such an op on (every node reading a value one of them defines,
 // an If's branches' reads included), and the shape computations only those nodes read (Constant
-// nodes, and nodes whose every output is an integer or bool tensor). The integer computations it
-// shares with the graph are copied into it under new names, as are the Constant values and
-// initializers it shares, so that what the tail reads is computed tensors, which follow the
-// batch, not shapes folded at one batch.
+// nodes, and nodes whose every output is an integer or bool tensor). The computations it shares
+// with the graph that resolution would fold (of integers, or of floats from integers and
+// constants only: a Cast of a size) are copied into it under new names, as are the Constant
+// values and initializers it shares, so that what the tail reads is computed tensors, which
+// follow the batch, not shapes folded at one batch.
 #pragma once
 
 #include <memory>
