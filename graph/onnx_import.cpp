@@ -28,6 +28,7 @@
 #include "graph/catalog.h"
 #include "graph/decompose_import.h"
 #include "graph/einsum_import.h"
+#include "graph/proto_names.h"
 #include "graph/tail.h"
 #include "kernels/half.h"
 
@@ -365,11 +366,6 @@ int64_t declared_opset(const onnx::ModelProto& model, const std::string& source)
   return opset;
 }
 
-std::string node_label(const onnx::NodeProto& np, int index) {
-  std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
-  return "node '" + name + "' (" + np.op_type() + ")";
-}
-
 // The opset from which a reduction takes its axes as input 1 with noop_with_empty_axes (13 for
 // ReduceSum, 18 for the others); 0 for an op that is not a reduction.
 int64_t reduce_axes_input_opset(std::string_view op) {
@@ -569,7 +565,7 @@ void check_graph_ops(const onnx::GraphProto& gp, int64_t opset,
   for (const auto& np : gp.node()) {
     const bool in_tail =
         static_cast<size_t>(index) < tail.size() && tail[static_cast<size_t>(index)];
-    const std::string label = node_label(np, index++);
+    const std::string label = proto_node_label(np, index++);
     if (in_tail) continue;
     if (!np.domain().empty() && np.domain() != "ai.onnx") {
       throw_unsupported("import: " + label + ": op '" + np.op_type() + "' of domain '" +
@@ -614,7 +610,7 @@ void check_structure(const onnx::ModelProto& model) {
   for (const auto& in : gp.input()) defined[in.name()] = true;
   int index = 0;
   for (const auto& np : gp.node()) {
-    const std::string label = node_label(np, index++);
+    const std::string label = proto_node_label(np, index++);
     const OpSchema* schema = find_schema(np.op_type());
     const int min_inputs = schema ? std::min(schema->min_inputs, 1) : 1;  // Upsample: 1
     if (np.input_size() < min_inputs || np.output_size() < 1) {
@@ -659,7 +655,7 @@ void check_graph_declarations(
   }
   int index = 0;
   for (const auto& np : gp.node()) {
-    check_node_attributes(np, node_label(np, index++), inits, declared);
+    check_node_attributes(np, proto_node_label(np, index++), inits, declared);
     if (np.op_type() != "If") continue;
     for (const char* name : {"then_branch", "else_branch"}) {
       if (const onnx::GraphProto* branch = branch_of(np, name)) {
@@ -776,7 +772,7 @@ std::string failing_conversion_node(const onnx::ModelProto& model, int64_t targe
   for (const auto& t : gp.initializer()) inits[t.name()] = &t;
   int index = 0;
   for (const auto& np : gp.node()) {
-    const std::string label = node_label(np, index++);
+    const std::string label = proto_node_label(np, index++);
     onnx::ModelProto one;
     one.set_ir_version(model.ir_version());
     *one.mutable_opset_import() = model.opset_import();
@@ -980,7 +976,7 @@ void restore_old_resize_semantics(onnx::ModelProto& model, int64_t opset,
       for (int64_t i = 0; i < scales->numel(); ++i) {
         got.append(i ? ", " : "[").append(std::to_string(scales->data<float>()[i]));
       }
-      throw_unsupported("import: " + node_label(np, index - 1) +
+      throw_unsupported("import: " + proto_node_label(np, index - 1) +
                         ": expected nearest scales all >= 1 or all <= 1 below opset 11 (the "
                         "nearest pixel is rounded down when upsampling, up when downsampling), "
                         "got " +

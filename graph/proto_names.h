@@ -15,6 +15,11 @@ inline std::string proto_node_name(const onnx::NodeProto& np, int index) {
   return np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
 }
 
+// "node '<name>' (<op>)", as import's messages name a node.
+inline std::string proto_node_label(const onnx::NodeProto& np, int index) {
+  return "node '" + proto_node_name(np, index) + "' (" + np.op_type() + ")";
+}
+
 // Fresh value names for one graph: `take(base)` gives base, or base_1, base_2… where base is taken.
 class FreshValueNames {
  public:

@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "graph/proto_names.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -90,11 +91,6 @@ std::unordered_map<std::string, int32_t> value_types(const onnx::GraphProto& gp)
     }
   }
   return types;
-}
-
-std::string label_of(const onnx::NodeProto& np, int index) {
-  std::string name = np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
-  return "node '" + name + "' (" + np.op_type() + ")";
 }
 
 // Renames the reads of `from` in `np` (its inputs, and its subgraphs' reads from outside them).
@@ -180,24 +176,21 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
 
   auto tail = std::make_shared<Tail>();
   onnx::GraphProto part;
-  std::unordered_set<std::string> all_names, tail_defined, body_reads, initializers, inputs;
-  for (const auto& t : g.initializer()) {
-    all_names.insert(t.name());
-    initializers.insert(t.name());
-  }
+  // The names the copies it takes of the graph's values get.
+  FreshValueNames fresh(g);
+  std::unordered_set<std::string> tail_defined, body_reads, initializers, inputs;
+  for (const auto& t : g.initializer()) initializers.insert(t.name());
   for (const auto& in : g.input()) {
-    all_names.insert(in.name());
     if (!initializers.count(in.name())) inputs.insert(in.name());
   }
   std::set<std::string> ops;
   for (int i = 0; i < g.node_size(); ++i) {
     const onnx::NodeProto& np = g.node(i);
-    for (const auto& out : np.output()) all_names.insert(out);
     if (!marks[static_cast<size_t>(i)]) {
       for (const auto& name : reads_of(np)) body_reads.insert(name);
       continue;
     }
-    if (tail->first.empty() && holds_tail_op(np)) tail->first = label_of(np, i);
+    if (tail->first.empty() && holds_tail_op(np)) tail->first = proto_node_label(np, i);
     ops.insert(np.domain().empty() ? np.op_type() : np.domain() + "." + np.op_type());
     for (const auto& out : np.output()) {
       if (!out.empty()) tail_defined.insert(out);
@@ -284,9 +277,7 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
       if (!c.name().empty()) c.set_name(c.name() + "_tail");
       for (auto& out : *c.mutable_output()) {
         if (out.empty()) continue;
-        std::string to = out + "_tail";
-        for (int k = 1; all_names.count(to); ++k) to = out + "_tail_" + std::to_string(k);
-        all_names.insert(to);
+        const std::string to = fresh.take(out + "_tail");
         tail_defined.insert(to);
         renamed.emplace_back(out, to);
         out = to;
@@ -372,9 +363,7 @@ std::shared_ptr<const Tail> cut_tail(onnx::ModelProto& model) {
       }
       t->CopyFrom(*it);
     }
-    std::string copy = name + "_tail";
-    for (int k = 1; all_names.count(copy); ++k) copy = name + "_tail_" + std::to_string(k);
-    all_names.insert(copy);
+    const std::string copy = fresh.take(name + "_tail");
     t->set_name(copy);
     for (auto& np : *part.mutable_node()) rename_reads(np, name, copy);
     tail_defined.insert(copy);

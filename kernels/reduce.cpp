@@ -92,13 +92,12 @@ int64_t output_grain(const ReduceWalk& w) {
 }
 
 // y[o] = finish(the fold of step over output o's reduced values from init), in row-major order.
-template <class Step, class Finish>
-void fold_reduced(const ReducePlan& plan, const float* x, float* y, float init, Step step,
-                  Finish finish) {
+template <class T, class Step, class Finish>
+void fold_reduced(const ReducePlan& plan, const T* x, T* y, T init, Step step, Finish finish) {
   const ReduceWalk w = walk_of(plan);
   parallel_for(w.outputs, output_grain(w), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
-      float acc = init;
+      T acc = init;
       for_each_reduced(w, o, [&](int64_t i) { acc = step(acc, x[i]); });
       y[o] = finish(acc);
     }
@@ -200,6 +199,30 @@ void reduce_max(const ReducePlan& plan, const float* x, float* y) {
 
 void reduce_min(const ReducePlan& plan, const float* x, float* y) {
   fold_reduced(plan, x, y, std::numeric_limits<float>::infinity(), extremum_step<false>, identity);
+}
+
+template <class T, bool kMax>
+void integer_extremum(const ReducePlan& plan, const T* x, T* y) {
+  fold_reduced(
+      plan, x, y, kMax ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max(),
+      [](T best, T v) { return kMax ? std::max(best, v) : std::min(best, v); },
+      [](T v) { return v; });
+}
+
+void reduce_max(const ReducePlan& plan, const int64_t* x, int64_t* y) {
+  integer_extremum<int64_t, true>(plan, x, y);
+}
+
+void reduce_min(const ReducePlan& plan, const int64_t* x, int64_t* y) {
+  integer_extremum<int64_t, false>(plan, x, y);
+}
+
+void reduce_max(const ReducePlan& plan, const int32_t* x, int32_t* y) {
+  integer_extremum<int32_t, true>(plan, x, y);
+}
+
+void reduce_min(const ReducePlan& plan, const int32_t* x, int32_t* y) {
+  integer_extremum<int32_t, false>(plan, x, y);
 }
 
 void reduce_l2(const ReducePlan& plan, const float* x, float* y) {

@@ -21,6 +21,12 @@ void reduce_max(const ReducePlan& plan, const float* x, float* y);
 void reduce_l2(const ReducePlan& plan, const float* x, float* y);
 // The smallest value; NaN where any reduced value is NaN (as PyTorch's amin).
 void reduce_min(const ReducePlan& plan, const float* x, float* y);
+// The largest and smallest of integers (sizes and counts that resolution folds: torchvision's
+// detectors take the shorter side of the image).
+void reduce_max(const ReducePlan& plan, const int64_t* x, int64_t* y);
+void reduce_min(const ReducePlan& plan, const int64_t* x, int64_t* y);
+void reduce_max(const ReducePlan& plan, const int32_t* x, int32_t* y);
+void reduce_min(const ReducePlan& plan, const int32_t* x, int32_t* y);
 // Σ |x| (ONNX ReduceL1), Σ x² (ReduceSumSquare), Π x (ReduceProd) and log Σ x (ReduceLogSum),
 // each accumulated in float in row-major order.
 void reduce_l1(const ReducePlan& plan, const float* x, float* y);

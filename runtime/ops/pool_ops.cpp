@@ -1,10 +1,6 @@
 // Softmax, LogSoftmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum, ArgMax and
 // TopK: shape inference, kernels with their backward (ArgMax has none: its output is an integer;
 // nor has CumSum of integers; TopK's gradient is its values').
-#include <algorithm>
-#include <limits>
-#include <vector>
-
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -361,9 +357,13 @@ std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const I
 class ReduceKernel final : public OpKernel {
  public:
   enum class Kind { kSum, kMax, kMin, kL1, kL2, kSumSquare, kProd, kLogSum, kLogSumExp };
-  ReduceKernel(const kernels::ReducePlan& plan, Kind kind) : plan_(plan), kind_(kind) {}
+  // dtype: float32, or for kMax and kMin also int64 and int32 (sizes and counts; no gradient).
+  ReduceKernel(const kernels::ReducePlan& plan, Kind kind, DType dtype)
+      : plan_(plan), kind_(kind), dtype_(dtype) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
+    if (dtype_ == DType::kInt64) return integer_extremum<int64_t>(inputs[0], outputs[0]);
+    if (dtype_ == DType::kInt32) return integer_extremum<int32_t>(inputs[0], outputs[0]);
     const float* x = inputs[0].data<float>();
     float* y = outputs[0].data<float>();
     switch (kind_) {
@@ -387,7 +387,9 @@ class ReduceKernel final : public OpKernel {
         return kernels::reduce_log_sum_exp(plan_, x, y);
     }
   }
-  bool differentiable_input(size_t index) const override { return index == 0; }
+  bool differentiable_input(size_t index) const override {
+    return index == 0 && dtype_ == DType::kFloat32;
+  }
   BackwardReads backward_reads() const override {
     // Input 0 (x) and output 0 (y), as each backward reads them.
     switch (kind_) {
@@ -433,8 +435,18 @@ class ReduceKernel final : public OpKernel {
   }
 
  private:
+  template <class T>
+  void integer_extremum(const Tensor& x, Tensor& y) const {
+    if (kind_ == Kind::kMax) {
+      kernels::reduce_max(plan_, x.data<T>(), y.data<T>());
+    } else {
+      kernels::reduce_min(plan_, x.data<T>(), y.data<T>());
+    }
+  }
+
   kernels::ReducePlan plan_;
   Kind kind_;
+  DType dtype_;
 };
 
 // CumSum: running sums along one axis (input 1, a constant scalar), of float32 (with its
@@ -536,48 +548,6 @@ std::vector<TensorInfo> infer_reduce_extremum(const Node& node, std::span<const 
   return out;
 }
 
-// ReduceMax or ReduceMin of integers, in any order (the extremum of integers is exact): sizes
-// and counts that resolution folds (torchvision's detectors take the min of an image's sides).
-// No gradient: its output is an integer.
-template <class T>
-class IntegerExtremumKernel final : public OpKernel {
- public:
-  IntegerExtremumKernel(const Shape& x, std::vector<int64_t> axes, bool max)
-      : x_(x), axes_(std::move(axes)), max_(max), index_(x.size()) {}
-  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
-               std::byte* /*workspace*/) override {
-    const T* x = inputs[0].data<T>();
-    T* y = outputs[0].data<T>();
-    const int64_t out_count = outputs[0].numel();
-    std::fill_n(y, out_count,
-                max_ ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max());
-    // Each input element's output position: its index with the reduced axes dropped.
-    const int64_t rank = static_cast<int64_t>(x_.size());
-    std::vector<int64_t>& index = index_;
-    std::fill(index.begin(), index.end(), 0);
-    const int64_t count = inputs[0].numel();
-    for (int64_t e = 0; e < count; ++e) {
-      int64_t o = 0;
-      for (int64_t a = 0; a < rank; ++a) {
-        if (!std::binary_search(axes_.begin(), axes_.end(), a)) {
-          o = o * x_[static_cast<size_t>(a)] + index[static_cast<size_t>(a)];
-        }
-      }
-      y[o] = max_ ? std::max(y[o], x[e]) : std::min(y[o], x[e]);
-      for (int64_t a = rank - 1; a >= 0; --a) {
-        if (++index[static_cast<size_t>(a)] < x_[static_cast<size_t>(a)]) break;
-        index[static_cast<size_t>(a)] = 0;
-      }
-    }
-  }
-
- private:
-  Shape x_;
-  std::vector<int64_t> axes_;
-  bool max_;
-  std::vector<int64_t> index_;  // the walk's position, one per axis
-};
-
 // The Reduce ops on their setup; a maximum or minimum over an empty axis has no value.
 template <ReduceKernel::Kind kKind>
 std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputInfo> inputs,
@@ -591,15 +561,8 @@ std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputI
         fail_node(node, "nonempty reduced axes", shape_str(x));
       }
     }
-    const bool max = kKind == ReduceKernel::Kind::kMax;
-    if (inputs[0].dtype == DType::kInt64) {
-      return std::make_unique<IntegerExtremumKernel<int64_t>>(x, s.axes, max);
-    }
-    if (inputs[0].dtype == DType::kInt32) {
-      return std::make_unique<IntegerExtremumKernel<int32_t>>(x, s.axes, max);
-    }
   }
-  return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), kKind);
+  return std::make_unique<ReduceKernel>(kernels::plan_reduce(x, s.axes), kKind, inputs[0].dtype);
 }
 
 // ---------------------------------------------------------------------------------------------
