@@ -118,6 +118,7 @@ std::unique_ptr<Graph> Graph::clone() const {
   g->source_path = source_path;
   g->declared_batch = declared_batch;
   g->tail = tail;
+  g->added_batch_axis = added_batch_axis;
   g->derivations_ = derivations_;
   std::unordered_map<const Value*, Value*> map;
   for (const auto& v : value_store_) {
@@ -423,6 +424,14 @@ void Graph::check_consistency() const {
   for (const Value* out : outputs_) {
     if (!defined.count(out)) throw_internal("graph: output '" + out->name_ + "' is never produced");
   }
+}
+
+std::optional<size_t> sample_rank_of(const Graph& graph) {
+  if (!graph.added_batch_axis.any() || graph.inputs().empty() ||
+      !graph.inputs().front()->has_shape()) {
+    return std::nullopt;
+  }
+  return graph.inputs().front()->shape()->size() - 1;
 }
 
 }  // namespace qforge::graph

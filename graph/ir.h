@@ -109,6 +109,13 @@ struct Tail {
   bool defines_name(std::string_view name) const;
 };
 
+// The graph inputs and outputs an import gave a batch axis their file does not declare.
+struct AddedBatchAxis {
+  std::vector<std::string> inputs;
+  std::vector<std::string> outputs;
+  bool any() const { return !inputs.empty(); }
+};
+
 using AttributeValue = std::variant<int64_t, float, std::string, std::vector<int64_t>,
                                     std::vector<float>, std::vector<std::string>, Tensor, Subgraph>;
 
@@ -236,6 +243,10 @@ class Graph {
   std::map<std::string, DeclaredBatch, std::less<>> declared_batch;
   // The post-processing after the graph's nodes, when the file has one; never edited once made.
   std::shared_ptr<const Tail> tail;
+  // Of a model whose file takes one sample without a batch axis: the inputs and outputs the
+  // import gave a leading axis of size 1 (graph/onnx_import.h, ImportOptions::data_sample_rank),
+  // which the exports take away again.
+  AddedBatchAxis added_batch_axis;
 
  private:
   std::vector<std::unique_ptr<Node>> node_store_;
@@ -247,5 +258,10 @@ class Graph {
   std::vector<Value*> outputs_;
   std::vector<Derivation> derivations_;
 };
+
+// The ImportOptions::data_sample_rank that gives a model written from `graph` its batch axis
+// again (the rank of its input's sample, graph/sample_axis.h), or none when its import added
+// none.
+std::optional<size_t> sample_rank_of(const Graph& graph);
 
 }  // namespace qforge::graph

@@ -17,6 +17,7 @@
 
 #include "graph/catalog.h"
 #include "graph/onnx_import.h"
+#include "graph/sample_axis.h"
 #include "graph/tail.h"
 
 namespace qforge::graph {
@@ -167,7 +168,12 @@ onnx::ModelProto build_model(const Graph& graph, const ExportOptions& options,
       attribute_to_proto(name, value, np->add_attribute());
     }
   }
+  if (graph.added_batch_axis.any()) {
+    remove_added_output_axes(graph.added_batch_axis, *gp, opset,
+                             graph.tail ? graph.tail->defines : std::vector<std::string>{});
+  }
   append_tail(graph, model);
+  if (graph.added_batch_axis.any()) remove_added_input_axis(graph.added_batch_axis, *gp, opset);
   return model;
 }
 

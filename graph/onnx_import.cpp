@@ -29,6 +29,7 @@
 #include "graph/decompose_import.h"
 #include "graph/einsum_import.h"
 #include "graph/proto_names.h"
+#include "graph/sample_axis.h"
 #include "graph/tail.h"
 #include "kernels/half.h"
 
@@ -1109,16 +1110,20 @@ std::string upcast_half_types(onnx::ModelProto& model) {
   return half ? "float16" : brain ? "bfloat16" : "";
 }
 
-// The opset range, the catalog, the declarations, the sample shape; then the conversion of old
-// models and libonnx's checker where it knows the opset. Returns the opset the graph runs at.
+// The batch axis of a model that takes one sample without one (its input's, into `added`), the
+// opset range, the catalog, the declarations, the sample shape; then the conversion of old models
+// and libonnx's checker where it knows the opset. Returns the opset the graph runs at.
 int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
-                      const ImportOptions& options) {
+                      const ImportOptions& options, AddedBatchAxis& added) {
   if (const std::string upcast = upcast_half_types(model); !upcast.empty()) {
     auto* note = model.add_metadata_props();
     note->set_key(std::string(kUpcastMetadataKey));
     note->set_value(upcast + " to float32");
   }
   int64_t opset = declared_opset(model, source);
+  if (options.data_sample_rank && takes_unbatched_sample(model, *options.data_sample_rank)) {
+    added.inputs.push_back(add_input_batch_axis(model, opset));
+  }
   rewrite_einsum_nodes(model, opset);
   decompose_newer_ops(model, opset);
   check_ops(model, opset);
@@ -1299,7 +1304,8 @@ void hide_layer_norm_statistics(onnx::GraphProto& g, HiddenOutputs& hidden) {
 
 std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& source,
                                    const ImportOptions& options) {
-  const int64_t opset = prepare_model(model, source, options);
+  AddedBatchAxis added;
+  const int64_t opset = prepare_model(model, source, options, added);
 
   // libonnx would infer opset 18+ ops with the schemas of 17 (ReduceMean's axes input unread).
   if (options.run_shape_inference && opset <= libonnx_newest_opset()) {
@@ -1322,10 +1328,13 @@ std::unique_ptr<Graph> build_graph(onnx::ModelProto& model, const std::string& s
   // The post-processing qforge does not run leaves the model here, once shape inference has typed
   // the values it reads.
   std::shared_ptr<const Tail> tail = cut_tail(model);
+  // The outputs of a model given a batch axis get one too (what its tail reads, when it has one).
+  if (added.any()) added.outputs = add_output_batch_axes(model, opset);
 
   const onnx::GraphProto& gp = model.graph();
   auto graph = std::make_unique<Graph>();
   graph->tail = std::move(tail);
+  graph->added_batch_axis = std::move(added);
   graph->name = gp.name();
   graph->opset = opset;
   graph->source_path = source;

@@ -41,6 +41,14 @@ struct ImportOptions {
   // invalid-input error naming the input and its dynamic dims; this text ends the message and
   // says how the caller's user gives them.
   std::optional<std::string> require_static_sample;
+  // The rank of one sample of the data the model will run on (3 for an image, the rows' rank
+  // of an .npy). A model of one input whose declared rank is this, not one more, takes one
+  // sample without a batch axis (torchvision's detectors take an image [3, H, W]): the import
+  // gives it one of size 1 before anything else (the input is read through a Squeeze), and
+  // every output of the network one (an Unsqueeze), so that it runs at batch 1 as a batched
+  // model does; graph.added_batch_axis records them and the exports write the file's shapes
+  // back. sample_shape then gives the input's dims after that axis.
+  std::optional<size_t> data_sample_rank;
   // Where to read an external data location from instead of the model's folder (location ->
   // path): a model read back before its data file is in place.
   std::map<std::string, std::string> external_data_paths;

@@ -1,5 +1,6 @@
 // Names for nodes and values that an import-time rewrite of a ModelProto adds: a node's name as
-// messages give it, and value names that no node, initializer or input of the graph uses.
+// messages give it, value names that no node, initializer or input of the graph uses, and the
+// renaming of a value's reads.
 #pragma once
 
 #include <onnx/onnx_pb.h>
@@ -30,6 +31,8 @@ class FreshValueNames {
     for (const auto& t : g.initializer()) taken_.insert(t.name());
     for (const auto& v : g.input()) taken_.insert(v.name());
   }
+  // Names defined elsewhere (a post-processing tail not in `g`) that take() must not give.
+  void reserve(const std::string& name) { taken_.insert(name); }
   std::string take(const std::string& base) {
     std::string name = base;
     for (int i = 1; taken_.count(name); ++i) name = base + "_" + std::to_string(i);
@@ -40,5 +43,22 @@ class FreshValueNames {
  private:
   std::unordered_set<std::string> taken_;
 };
+
+// Renames the reads of `from` in `np` (its inputs, and its subgraphs' reads from outside them).
+inline void rename_reads(onnx::NodeProto& np, const std::string& from, const std::string& to) {
+  for (auto& in : *np.mutable_input()) {
+    if (in == from) in = to;
+  }
+  for (auto& a : *np.mutable_attribute()) {
+    auto rename_in = [&](onnx::GraphProto& g) {
+      for (const auto& t : g.initializer()) {
+        if (t.name() == from) return;  // shadowed inside
+      }
+      for (auto& inner : *g.mutable_node()) rename_reads(inner, from, to);
+    };
+    if (a.has_g()) rename_in(*a.mutable_g());
+    for (auto& g : *a.mutable_graphs()) rename_in(g);
+  }
+}
 
 }  // namespace qforge::graph

@@ -93,23 +93,6 @@ std::unordered_map<std::string, int32_t> value_types(const onnx::GraphProto& gp)
   return types;
 }
 
-// Renames the reads of `from` in `np` (its inputs, and its subgraphs' reads from outside them).
-void rename_reads(onnx::NodeProto& np, const std::string& from, const std::string& to) {
-  for (auto& in : *np.mutable_input()) {
-    if (in == from) in = to;
-  }
-  for (auto& a : *np.mutable_attribute()) {
-    auto rename_in = [&](onnx::GraphProto& g) {
-      for (const auto& t : g.initializer()) {
-        if (t.name() == from) return;  // shadowed inside
-      }
-      for (auto& inner : *g.mutable_node()) rename_reads(inner, from, to);
-    };
-    if (a.has_g()) rename_in(*a.mutable_g());
-    for (auto& g : *a.mutable_graphs()) rename_in(g);
-  }
-}
-
 }  // namespace
 
 bool starts_tail(const std::string& domain, const std::string& op_type) {

@@ -15,18 +15,43 @@
 namespace qforge::quant {
 namespace {
 
-// Output 0 of a run, its first `rows` rows (the rest pad the batch); float32, as the
-// comparison and the accuracy need.
-kernels::Tensor float_output(const std::string& stage, std::span<const kernels::Tensor> outputs,
-                             size_t rows) {
-  const kernels::Tensor& out = outputs[0];
-  if (out.dtype() != kernels::DType::kFloat32 || out.rank() == 0) {
+// The outputs of a run the evaluation compares, their first `rows` rows (the rest pad the
+// batch of `batch` rows): output 0, which must be float32 with a batch axis, and every other
+// float32 output whose axis 0 is the batch.
+std::vector<kernels::Tensor> compared_outputs(const std::string& stage,
+                                              std::span<const kernels::Tensor> outputs,
+                                              int64_t batch, size_t rows) {
+  const kernels::Tensor& first = outputs[0];
+  if (first.dtype() != kernels::DType::kFloat32 || first.rank() == 0) {
     throw_invalid(stage +
                   ": the evaluation compares a float output with a batch axis; output 0 "
                   "is " +
-                  out.describe());
+                  first.describe());
   }
-  return out.slice_rows(0, static_cast<int64_t>(rows));
+  std::vector<kernels::Tensor> compared;
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    const kernels::Tensor& out = outputs[k];
+    if (k > 0 &&
+        (out.dtype() != kernels::DType::kFloat32 || out.rank() == 0 || out.dim(0) != batch)) {
+      continue;
+    }
+    compared.push_back(out.slice_rows(0, static_cast<int64_t>(rows)));
+  }
+  return compared;
+}
+
+// The names of the outputs compared_outputs keeps of `model`'s run.
+std::vector<std::string> compared_names(const graph::Graph& model,
+                                        std::span<const kernels::Tensor> outputs, int64_t batch) {
+  std::vector<std::string> names;
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    const kernels::Tensor& out = outputs[k];
+    if (k == 0 ||
+        (out.dtype() == kernels::DType::kFloat32 && out.rank() > 0 && out.dim(0) == batch)) {
+      names.push_back(model.outputs()[k]->name());
+    }
+  }
+  return names;
 }
 
 // log softmax(row) in double: x − max − log Σ exp(x − max), summed in index order.
@@ -116,12 +141,22 @@ Evaluation reference_pass(const ModelLoader& reference, const SampleSource& data
   for_each_batch(data, indices, setup.batch, true, *progress,
                  [&](std::span<const kernels::Tensor> inputs, const std::vector<int64_t>& labels,
                      size_t count) {
-                   const kernels::Tensor out =
-                       float_output(setup.stage, session.run(inputs), count);
-                   expected.append(out.span<float>());
+                   const std::span<const kernels::Tensor> run = session.run(inputs);
+                   const int64_t rows = inputs.front().dim(0);
+                   const std::vector<kernels::Tensor> compared =
+                       compared_outputs(setup.stage, run, rows, count);
+                   if (result.outputs.empty() && compared.size() > 1) {
+                     for (std::string& name : compared_names(session.graph(), run, rows)) {
+                       result.outputs.push_back({.name = std::move(name), .figures = {}});
+                     }
+                   }
+                   for (const kernels::Tensor& out : compared) expected.append(out.span<float>());
+                   const kernels::Tensor& out = compared.front();
                    // Class labels say nothing about a dense output (a detector's boxes, a
-                   // segmentation map): such a model is compared with the reference only.
-                   result.labelled = result.labelled && classifier_output(out);
+                   // segmentation map) nor about a model of several: such a model is compared
+                   // with the reference only.
+                   result.labelled =
+                       result.labelled && compared.size() == 1 && classifier_output(out);
                    if (result.labelled) {
                      result.reference_correct += top1_correct(setup.stage, out, labels);
                      for (size_t i = 0; i < labels.size(); ++i) {
@@ -160,10 +195,12 @@ void quantized_pass(const BatchRun& run, const SampleSource& data, std::span<con
                     const EvaluationSetup& setup, ProgressBar& progress, FloatStore& expected,
                     Evaluation& result, std::vector<kernels::Tensor>* first_batch,
                     int64_t* first_count) {
-  runtime::OutputComparison comparison;
+  const size_t compared = std::max<size_t>(result.outputs.size(), 1);
+  std::vector<runtime::OutputComparison> comparisons(compared);
   size_t batch = 0;
   DivergenceSums sums;
-  bool classifier = true;  // every batch's output is [rows, classes] float
+  // Every batch's one compared output is [rows, classes] float.
+  bool classifier = compared == 1;
   for_each_batch(
       data, indices, setup.batch, true, progress,
       [&](std::span<const kernels::Tensor> inputs, const std::vector<int64_t>& labels,
@@ -172,10 +209,21 @@ void quantized_pass(const BatchRun& run, const SampleSource& data, std::span<con
           for (const kernels::Tensor& input : inputs) first_batch->push_back(input.clone());
           *first_count = static_cast<int64_t>(count);
         }
-        const kernels::Tensor got = float_output(setup.stage, run(inputs, batch++), count);
-        kernels::Tensor expected_rows(kernels::DType::kFloat32, got.shape());
-        expected.read(expected_rows.span<float>());
-        comparison.add(expected_rows, got);
+        const std::vector<kernels::Tensor> outputs =
+            compared_outputs(setup.stage, run(inputs, batch++), inputs.front().dim(0), count);
+        if (outputs.size() != compared) {
+          throw_invalid(setup.stage + ": the model compared has " + std::to_string(outputs.size()) +
+                        " float outputs with a batch axis, its reference " +
+                        std::to_string(compared));
+        }
+        kernels::Tensor expected_rows;
+        for (size_t k = 0; k < compared; ++k) {
+          expected_rows = kernels::Tensor(kernels::DType::kFloat32, outputs[k].shape());
+          expected.read(expected_rows.span<float>());
+          comparisons[k].add(expected_rows, outputs[k]);
+        }
+        if (compared > 1) return;
+        const kernels::Tensor& got = outputs.front();
         if (result.labelled) result.quantized_correct += top1_correct(setup.stage, got, labels);
         classifier = classifier && classifier_output(got);
         if (!classifier) return;
@@ -188,7 +236,20 @@ void quantized_pass(const BatchRun& run, const SampleSource& data, std::span<con
           }
         }
       });
-  result.figures = comparison.figures();
+  if (compared == 1) {
+    result.figures = comparisons.front().figures();
+  } else {
+    // The lowest SQNR speaks for the model; top-1 agreement is a classifier's figure.
+    for (size_t k = 0; k < compared; ++k) {
+      result.outputs[k].figures = comparisons[k].figures();
+      if (k == 0 || result.outputs[k].figures.sqnr_db < result.figures.sqnr_db) {
+        result.figures = result.outputs[k].figures;
+      }
+    }
+    result.figures.top1_agreement.reset();
+    result.figures.rows = 0;
+    result.figures.agreeing_rows = 0;
+  }
   const auto samples = static_cast<double>(result.samples);
   if (classifier) result.kl_divergence = sums.kl / samples;
   if (result.labelled) result.quantized_cross_entropy = sums.cross_entropy / samples;

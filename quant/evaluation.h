@@ -34,10 +34,22 @@ struct EvaluationSetup {
   std::string stage = "calibrate";
 };
 
+// One output's agreement, for a model of several compared outputs.
+struct OutputFigures {
+  std::string name;
+  runtime::ComparisonFigures figures;
+};
+
 struct Evaluation {
   size_t samples = 0;
-  runtime::ComparisonFigures figures;  // quantized output 0 against the reference's
-  // Labelled samples and a [N, classes] output: accuracy and cross-entropy apply.
+  // The quantized model's output against the reference's: of a model of one compared output,
+  // that output; of several (a detector's boxes and scores), the one of lowest SQNR, with no
+  // top-1 agreement (no output is a classifier's then).
+  runtime::ComparisonFigures figures;
+  // Every compared output in the model's order, when there are several: the float32 outputs
+  // that carry the batch on axis 0 (output 0 must be one).
+  std::vector<OutputFigures> outputs;
+  // Labelled samples and one [N, classes] output: accuracy and cross-entropy apply.
   bool labelled = false;
   size_t reference_correct = 0;  // rows whose argmax is the label (labelled data only)
   size_t quantized_correct = 0;
@@ -69,8 +81,9 @@ double row_kl_divergence(std::span<const float> reference, std::span<const float
 
 // Runs `reference` then `quantized` (each loaded when its pass starts, run with its weights
 // released as its kernels prepare them) over the samples of `data` setup.limit selects, in
-// batches of setup.batch, and compares output 0 of the two (float32 with a batch axis; Invalid
-// error otherwise). Accuracy needs a [N, classes] output. `store` holds the reference outputs
+// batches of setup.batch, and compares the outputs of the two that are float32 with the batch
+// on axis 0 (output 0 must be; Invalid error otherwise). Accuracy needs a model whose one such
+// output is [N, classes]. `store` holds the reference outputs
 // (in memory when empty).
 Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
                     const SampleSource& data, const EvaluationSetup& setup,

@@ -28,8 +28,11 @@ FakeQuantTraining fake_quant_training(const graph::Graph& fused, const QuantPlan
   runtime::fuse_qdq(*t.graph);
   FakeQuantTraining result;
   result.scale_parameters = std::move(t.scale_parameters);
-  result.training = std::make_unique<runtime::ClassifierTraining>(
-      std::move(t.graph), runtime::TrainingOptions{std::move(t.parameters), std::move(t.state)});
+  runtime::TrainingOptions training_options{std::move(t.parameters), std::move(t.state)};
+  // The quantizer points marked after the model's outputs are no outputs of the model.
+  training_options.model_outputs = fused.outputs().size();
+  result.training = std::make_unique<runtime::ClassifierTraining>(std::move(t.graph),
+                                                                  std::move(training_options));
   return result;
 }
 

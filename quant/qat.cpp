@@ -319,6 +319,34 @@ void check_augmentation(const QatSetup& setup, const SampleSource& data) {
   }
 }
 
+void check_logits_for_labels(const QatSetup& setup, const graph::Graph& model) {
+  if (!setup.use_labels && setup.distill_temperature) return;
+  const std::vector<graph::Value*>& outputs = model.outputs();
+  std::string floats;
+  size_t float_count = 0;
+  for (const graph::Value* out : outputs) {
+    if (out->dtype() != kernels::DType::kFloat32) continue;
+    floats += (floats.empty() ? "'" : ", '") + out->name() + "'";
+    ++float_count;
+  }
+  const graph::Value* first = outputs.empty() ? nullptr : outputs.front();
+  const bool logits = float_count == 1 && first->dtype() == kernels::DType::kFloat32 &&
+                      first->has_shape() && first->shape()->size() == 2;
+  if (logits) return;
+  const std::string remedy =
+      ", which labels need: train it with --distill alone (--distill-weight 1), which distills "
+      "each of its outputs";
+  if (float_count > 1) {
+    throw_invalid("qat: the model has " + std::to_string(float_count) + " float outputs (" +
+                  floats + "), no logits [batch, classes] alone" + remedy);
+  }
+  throw_invalid("qat: the model's output '" + (first ? first->name() : std::string()) + "' " +
+                (first && first->has_shape()
+                     ? "of " + std::to_string(first->shape()->size()) + " dims"
+                     : std::string("of unknown shape")) +
+                " is no logits [batch, classes]" + remedy);
+}
+
 QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const ActivationAmax& amax,
                     const graph::Graph* teacher, const SampleSource& data, const QatSetup& setup,
                     const QatHooks& hooks, const Checkpoint* resume,
@@ -377,13 +405,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   runtime::share_batch_rows(fused);
   FakeQuantTraining made = fake_quant_training(fused, plan, amax, graph_options);
   std::unique_ptr<runtime::ClassifierTraining> training = std::move(made.training);
-  if (training->dense() && (setup.use_labels || !setup.distill_temperature)) {
-    const graph::Value* first = training->graph().outputs()[0];
-    throw_invalid("qat: the model's output '" + first->name() + "' " +
-                  kernels::shape_str(first->known_shape()) +
-                  " is no logits [batch, classes], which labels need: train it with --distill "
-                  "alone (--distill-weight 1), which distills each of its outputs");
-  }
+  if (training->dense()) check_logits_for_labels(setup, training->graph());
   const int64_t freeze_bn_after = setup.freeze_bn_after != kFreezeBnByModel ? setup.freeze_bn_after
                                   : training->dense()                       ? 0
                                                                             : -1;

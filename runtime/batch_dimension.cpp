@@ -999,6 +999,11 @@ bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
 void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
   if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
   const int64_t batch = graph.inputs().front()->known_shape().at(0);
+  if (graph.added_batch_axis.any() && options.dynamic_batch) {
+    throw_unsupported("--dynamic-batch: input '" + graph.added_batch_axis.inputs.front() +
+                      "' has no batch axis in the file (the model takes one sample), and the "
+                      "model is written as the file has it");
+  }
   if (graph.tail && options.dynamic_batch) {
     // The tail computes its shapes as the file wrote them, for the file's batch.
     auto declared = graph.declared_batch.find(graph.inputs().front()->name());
@@ -1135,6 +1140,7 @@ size_t share_batch_rows(Graph& graph) {
 
 std::string written_batch_text(const Graph& model, const BatchExportOptions& options) {
   if (model.inputs().empty()) return "no batch";
+  if (model.added_batch_axis.any()) return "no batch axis, as the file";
   auto d = model.declared_batch.find(model.inputs().front()->name());
   if (d == model.declared_batch.end()) return "symbolic batch 'N'";
   if (d->second.size && !options.dynamic_batch) {

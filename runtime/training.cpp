@@ -857,11 +857,21 @@ ClassifierTraining::ClassifierTraining(std::unique_ptr<graph::Graph> resolved,
 }
 
 void ClassifierTraining::set_up(TrainingOptions options) {
-  const graph::Value* logits = graph_->outputs()[0];
-  const bool classifier = logits->dtype() == DType::kFloat32 && logits->known_shape().size() == 2 &&
-                          logits->known_shape()[0] == batch_ && logits->known_shape()[1] > 0;
-  classes_ = classifier ? logits->known_shape()[1] : 0;
   options_ = std::move(options);
+  if (model_outputs() < 1 || model_outputs() > graph_->outputs().size()) {
+    throw_internal("training: " + std::to_string(options_.model_outputs) +
+                   " model outputs of a graph of " + std::to_string(graph_->outputs().size()));
+  }
+  const graph::Value* logits = graph_->outputs()[0];
+  // A model of several float outputs (a detector's boxes and scores) is no classifier, whatever
+  // the shape of its first.
+  const auto float_outputs =
+      std::count_if(graph_->outputs().begin(), graph_->outputs().begin() + model_outputs(),
+                    [](const graph::Value* out) { return out->dtype() == DType::kFloat32; });
+  const bool classifier = float_outputs == 1 && logits->dtype() == DType::kFloat32 &&
+                          logits->known_shape().size() == 2 && logits->known_shape()[0] == batch_ &&
+                          logits->known_shape()[1] > 0;
+  classes_ = classifier ? logits->known_shape()[1] : 0;
   set_shards(ShardLayout{});
   bool any_trainable = false;
   for (const Parameter& p : executor().parameters()) any_trainable = any_trainable || p.trainable();
@@ -888,7 +898,7 @@ void ClassifierTraining::set_shards(ShardLayout layout) {
       grads[0] = Tensor(DType::kFloat32, {batch_, classes_});
       continue;
     }
-    for (size_t k = 0; k < grads.size(); ++k) {
+    for (size_t k = 0; k < model_outputs(); ++k) {
       const graph::Value* out = graph_->outputs()[k];
       if (out->dtype() == DType::kFloat32) grads[k] = Tensor(DType::kFloat32, out->known_shape());
     }
@@ -961,12 +971,12 @@ float ClassifierTraining::forward_loss(std::span<const Tensor> inputs, const Cla
                       kernels::shape_str(first->known_shape()) +
                       "; such a model trains by distillation of its outputs");
       }
-      if (loss.teacher_outputs.size() != graph_->outputs().size()) {
+      if (loss.teacher_outputs.size() != model_outputs()) {
         throw_invalid("training: a step needs the teacher's value of each of the " +
-                      std::to_string(graph_->outputs().size()) + " outputs, got " +
+                      std::to_string(model_outputs()) + " outputs, got " +
                       std::to_string(loss.teacher_outputs.size()));
       }
-      for (size_t k = 0; k < graph_->outputs().size(); ++k) {
+      for (size_t k = 0; k < model_outputs(); ++k) {
         const graph::Value* out = graph_->outputs()[k];
         if (out->dtype() != DType::kFloat32) continue;
         const Tensor& t = loss.teacher_outputs[k];

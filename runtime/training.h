@@ -33,6 +33,9 @@ struct TrainingOptions {
   // their backward reads: the same gradients, bit for bit, in a smaller arena. False keeps the
   // tensors themselves (to compare the two).
   bool compact_records = true;
+  // The graph's first outputs that are the model's (0: all): those after them expose values for
+  // inspection (quantizer points) and take no part in the loss, nor in telling a classifier.
+  size_t model_outputs = 0;
 };
 
 struct Parameter {
@@ -266,8 +269,9 @@ class ClassifierTraining {
   int64_t batch() const { return batch_; }  // of one shard: the graph's batch
   int64_t local_batch() const { return batch_ * shards().count; }
   int64_t classes() const { return classes_; }
-  // Whether the first output is no logits [batch, classes]: such a model trains by distillation
-  // of its outputs only (ClassifierLoss::teacher_outputs), and classes() is 0.
+  // Whether the model has no logits: its first output is not [batch, classes], or it has
+  // several float outputs. Such a model trains by distillation of its outputs only
+  // (ClassifierLoss::teacher_outputs), and classes() is 0.
   bool dense() const { return classes_ == 0; }
   // From now on BatchNormalization uses its running statistics (as they are now) and no longer
   // updates them; parameter values and every other state carry over.
@@ -286,6 +290,9 @@ class ClassifierTraining {
   std::vector<std::pair<std::string, Tensor>> gradients() const;
 
  private:
+  size_t model_outputs() const {
+    return options_.model_outputs ? options_.model_outputs : graph_->outputs().size();
+  }
   void set_up(TrainingOptions options);
   // The distillation loss of a dense model's step (forward done), its output gradients written.
   float dense_loss(std::span<const Tensor> teacher, float share);

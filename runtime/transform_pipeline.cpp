@@ -222,6 +222,7 @@ CheckedExport lower_and_check(const graph::Graph& original, const graph::Graph& 
   graph::write_onnx(*lowered, graph::append_to(bytes), export_options, graph::append_to(data));
   graph::ImportOptions import_options;
   if (!external_data.empty()) import_options.external_data_bytes[external_data] = data;
+  import_options.data_sample_rank = graph::sample_rank_of(original);
   std::unique_ptr<graph::Graph> reimported =
       graph::parse_onnx(bytes, "lowered model", import_options);
   out.checked = "written model";

@@ -16,6 +16,10 @@ tests/tools/tail_cli_test.cpp (qforge keeps such post-processing and writes it b
     and argmax, a score threshold (torch.where: Greater, NonZero), then torchvision's batched_nms
     (NonMaxSuppression over boxes offset by class) and the first 20 kept. qforge converts its
     opset to 13 with the post-processing inside.
+  * data/models/ops/tiny_det_image_opset11.onnx: the same detector (other random weights) taking
+    one image [3, 32, 32] without a batch axis, as torchvision's detectors do: it adds the batch
+    itself (Unsqueeze) and ends in the same post-processing. qforge gives such a model a batch
+    axis when its data is images (graph/sample_axis.h).
 
 Seeded; run: /usr/bin/python3 data/generate/nms_models.py
 """
@@ -132,10 +136,32 @@ def tiny_det_nms():
     onnx.checker.check_model(onnx.load(path))
 
 
+class TinyImageDetector(TinyDetector):
+    """TinyDetector on one image [3, 32, 32], batched inside."""
+
+    def forward(self, image):
+        return super().forward(image[None])
+
+
+def tiny_det_image():
+    torch.manual_seed(11)
+    model = TinyImageDetector().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.rand(3, 32, 32)
+    path = os.path.join(DATA, "models", "ops", "tiny_det_image_opset11.onnx")
+    torch.onnx.export(model, x, path, opset_version=11, input_names=["image"],
+                      output_names=["det_boxes", "det_scores", "det_labels"])
+    onnx.checker.check_model(onnx.load(path))
+
+
 def main():
     torch.set_num_threads(1)
     yolo_nms()
     tiny_det_nms()
+    tiny_det_image()
 
 
 if __name__ == "__main__":

@@ -292,15 +292,26 @@ TEST(TailCli, QatDistillsTheDetectorAndWritesItsNmsBack) {
   EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
   EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
 
-  // Labels need logits: the image folder's classes are refused before the first step.
+  // Labels need logits: the image folder's classes are refused before calibration.
   const auto labelled = run_cli("qat " + kYolo + " --data " + data_path("datasets/digits/train") +
                                 " --distill --steps 1 -o " + dir.file("l.onnx"));
   EXPECT_NE(labelled.exit_code, 0);
-  EXPECT_NE(labelled.err.find("qforge: error: qat: the model's output 'boxes' [32, 64, 4] is no "
-                              "logits [batch, classes], which labels need: train it with "
-                              "--distill alone (--distill-weight 1)"),
+  EXPECT_NE(labelled.err.find("qforge: error: qat: the model has 2 float outputs ('boxes', "
+                              "'class_scores'), no logits [batch, classes] alone, which labels "
+                              "need: train it with --distill alone (--distill-weight 1)"),
             std::string::npos)
       << labelled.err;
+  EXPECT_EQ(labelled.out.find("calibration"), std::string::npos) << labelled.out;
+  // Of one output, its rank says it: the bundled segmentation model.
+  const auto segmentation =
+      run_cli("qat " + data_path("models/unet_bn.onnx") + " --data " +
+              data_path("datasets/digits/train") + " --steps 1 -o " + dir.file("u.onnx"));
+  EXPECT_NE(segmentation.exit_code, 0);
+  EXPECT_NE(segmentation.err.find("qforge: error: qat: the model's output 'output' of 4 dims is no "
+                                  "logits [batch, classes], which labels need"),
+            std::string::npos)
+      << segmentation.err;
+  EXPECT_TRUE(testing::leftover_files(dir, {"q1.onnx", "q2.onnx", "ort.npz"}).empty());
 }
 
 }  // namespace

@@ -183,6 +183,19 @@ void print_sensitivity(const quant::SensitivityAnalysis& a, const std::string& d
   }
 }
 
+// Each compared output's figures, of a model of several.
+nlohmann::json outputs_json(const quant::Evaluation& e) {
+  nlohmann::json outputs = nlohmann::json::array();
+  for (const quant::OutputFigures& out : e.outputs) {
+    outputs.push_back({{"name", out.name},
+                       {"elements", out.figures.elements},
+                       {"sqnr_db", finite_or_null(out.figures.sqnr_db)},
+                       {"cosine", out.figures.cosine},
+                       {"max_abs_diff", out.figures.max_abs_diff}});
+  }
+  return outputs;
+}
+
 nlohmann::json evaluation_figures_json(const quant::Evaluation& e) {
   nlohmann::json j{{"sqnr_db", finite_or_null(e.figures.sqnr_db)}, {"cosine", e.figures.cosine}};
   if (e.figures.top1_agreement) j["top1_agreement"] = *e.figures.top1_agreement;
@@ -208,7 +221,7 @@ nlohmann::json sensitivity_json(const quant::SensitivityAnalysis& a, const std::
           {"modules_best_first", modules}};
 }
 
-int run_calibrate(const CalibrateOptions& o) {
+int run_calibrate(CalibrateOptions o) {
   set_threads_from_flag(o.threads);
   const auto method = quant::calibrator_from_name(o.method);
   if (!method) {
@@ -260,6 +273,7 @@ int run_calibrate(const CalibrateOptions& o) {
       if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
     }
     model = load_model_to_run(o.model, o.input_shape, o.data);
+    o.batch = batch_for(*model, o.batch);
     if (o.target_kl && !model->outputs().empty() && model->outputs()[0]->has_shape() &&
         model->outputs()[0]->shape()->size() != 2) {
       throw_invalid("calibrate: --target-kl needs a [N, classes] model output; '" + o.model +
@@ -364,7 +378,9 @@ int run_calibrate(const CalibrateOptions& o) {
   evaluation_setup.flip_injections = o.flip_injections;
   evaluation_setup.flip_seed = kFlipSeed;
   const quant::Evaluation measured = quant::evaluate(
-      reload, quant::model_file(out_file->read_path(), out_file->read_back_options()),
+      reload,
+      quant::model_file(out_file->read_path(),
+                        out_file->read_back_options(import_options_for(o.input_shape, o.data))),
       DataSamples(eval), evaluation_setup, progress_bars(), spill_files());
   const runtime::ComparisonFigures& f = measured.figures;
   const std::optional<quant::FlipSensitivity>& flips = measured.flips;
@@ -480,8 +496,17 @@ int run_calibrate(const CalibrateOptions& o) {
   const std::string eval_name = val ? o.val : o.data;
   std::printf("\nevaluation   %s (%zu samples, batch %lld; a partial last batch is padded)\n",
               eval_name.c_str(), eval_total, static_cast<long long>(o.batch));
-  std::printf("output SQNR  %.2f dB (Q/DQ model vs float model, %zu elements)\n", f.sqnr_db,
-              f.elements);
+  if (measured.outputs.empty()) {
+    std::printf("output SQNR  %.2f dB (Q/DQ model vs float model, %zu elements)\n", f.sqnr_db,
+                f.elements);
+  } else {
+    std::printf("output SQNR  %.2f dB (Q/DQ model vs float model: the lowest of its %zu outputs)\n",
+                f.sqnr_db, measured.outputs.size());
+    for (const quant::OutputFigures& out : measured.outputs) {
+      std::printf("  %-24s %8.2f dB, cosine %.6f (%zu elements)\n", out.name.c_str(),
+                  out.figures.sqnr_db, out.figures.cosine, out.figures.elements);
+    }
+  }
   std::printf("cosine       %.6f\n", f.cosine);
   if (f.top1_agreement) {
     std::printf("top-1 agree  %.2f%% (%zu/%zu rows with the same argmax)\n",
@@ -573,6 +598,7 @@ int run_calibrate(const CalibrateOptions& o) {
                               {"cosine", f.cosine},      {"max_abs_diff", f.max_abs_diff},
                               {"nonfinite", f.nonfinite}};
     if (f.top1_agreement) evaluation["top1_agreement"] = *f.top1_agreement;
+    if (!measured.outputs.empty()) evaluation["outputs"] = outputs_json(measured);
     if (flips) {
       evaluation["flip_sensitivity"] = {{"injections", flips->injections},
                                         {"points", flips->points},

@@ -92,6 +92,15 @@ nlohmann::json quantized_json(const quant::Evaluation& e) {
                          : nlohmann::json(nullptr);
   j["top1_agreement"] = e.figures.top1_agreement ? nlohmann::json(*e.figures.top1_agreement)
                                                  : nlohmann::json(nullptr);
+  if (!e.outputs.empty()) {
+    nlohmann::json outputs = nlohmann::json::array();
+    for (const quant::OutputFigures& out : e.outputs) {
+      outputs.push_back({{"name", out.name},
+                         {"sqnr_db", finite_or_null(out.figures.sqnr_db)},
+                         {"cosine", out.figures.cosine}});
+    }
+    j["outputs"] = std::move(outputs);
+  }
   return j;
 }
 
@@ -168,12 +177,14 @@ int run_qat(QatOptions o) {
     }
 
     model = load_model_to_run(o.model, o.input_shape, o.data);
+    s.batch = batch_for(*model, s.batch);
     written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
     const DataSource& data = *data_source;
     if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
     quant::check_augmentation(s, DataSamples(data));  // before calibration's work
     s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
+    quant::check_logits_for_labels(s, *model);  // before calibration's work
     if (!data.labelled() && !s.distill_temperature) {
       throw_invalid("qat: '" + o.data +
                     "' has no labels (an image folder with one subfolder per "
@@ -246,7 +257,7 @@ int run_qat(QatOptions o) {
   // data held in memory, when the output's are: the message then stays small).
   std::string ptq_bytes;
   std::string ptq_data;
-  graph::ImportOptions ptq_import;
+  graph::ImportOptions ptq_import = import_options_for(o.input_shape, o.data);
   if (comm.is_root()) export_options.onnx.external_data = out_file->data_name();
   if (val && comm.is_root()) {
     graph::write_onnx(
@@ -404,7 +415,9 @@ int run_qat(QatOptions o) {
         quant::evaluate(reload, ptq, DataSamples(*val), e, progress_bars(), spill_files());
     e.quantized_label = "QAT model";
     const quant::Evaluation after = quant::evaluate(
-        reload, quant::model_file(out_file->read_path(), out_file->read_back_options()),
+        reload,
+        quant::model_file(out_file->read_path(),
+                          out_file->read_back_options(import_options_for(o.input_shape, o.data))),
         DataSamples(*val), e, progress_bars(), spill_files());
     // Cross-entropy against the labels and KL(float ‖ model) of the softmax outputs, in nats.
     std::printf("\nevaluation   %s (%zu samples)\n", o.val.c_str(), after.samples);
@@ -431,6 +444,14 @@ int run_qat(QatOptions o) {
                        : std::nullopt,
                    "%11.2f%%", 12);
       std::printf("\n");
+    }
+    if (!after.outputs.empty()) {
+      // The SQNR above is the lowest of the model's outputs; each one's:
+      std::printf("  %-24s %14s %14s\n", "output SQNR (dB)", "PTQ", "QAT");
+      for (size_t k = 0; k < after.outputs.size(); ++k) {
+        std::printf("  %-24s %14.2f %14.2f\n", after.outputs[k].name.c_str(),
+                    before.outputs.at(k).figures.sqnr_db, after.outputs[k].figures.sqnr_db);
+      }
     }
     if (after.labelled) {
       std::printf("accuracy     float %.2f%%, PTQ %.2f%%, QAT %.2f%% (%zu samples)\n",

@@ -95,7 +95,7 @@ nlohmann::json counts_json(const graph::PlanReport& report) {
   return out;
 }
 
-int run_transform(const TransformCliOptions& o) {
+int run_transform(TransformCliOptions o) {
   // Check and open the outputs first: an output that would overwrite an input or the other
   // output, or an unwritable path, fails before any work. Nothing is at their paths unless the
   // check passes and they are committed.
@@ -108,6 +108,7 @@ int run_transform(const TransformCliOptions& o) {
   if (!o.report.empty()) report_file = std::make_unique<io::AtomicFile>(o.report);
 
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
+  o.batch = batch_for(*model, o.batch);
   std::optional<graph::Plan> plan;
   if (!o.plan.empty()) plan = read_plan(o.plan);
   runtime::TransformOptions options;

@@ -62,6 +62,14 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
       "give them with --input-shape (the dims after the batch, e.g. 3,224,224, or NAME=DIMS "
       "for each input of several), feed data of that shape (.npy, or an .npz of every input), "
       "or crop an image folder to a size (--crop or --preset)";
+  std::error_code ec;
+  // A sample's rank: a model whose input has this rank takes one sample without a batch axis.
+  if (data.size() > 4 && data.ends_with(".npy") && std::filesystem::is_regular_file(data, ec)) {
+    const auto shape = io::NpyReader::open(data).shape();
+    if (!shape.empty()) options.data_sample_rank = shape.size() - 1;
+  } else if (flag.preprocess && !data.empty() && std::filesystem::is_directory(data, ec)) {
+    options.data_sample_rank = 3;  // an image: C, H, W (H, W, C with --layout NHWC)
+  }
   if (!flag.specs.empty()) {
     options.sample_shape_origin = "--input-shape";
     for (const std::string& spec : flag.specs) {
@@ -83,7 +91,6 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
     }
     return options;
   }
-  std::error_code ec;
   if (data.size() > 4 && data.ends_with(".npy") && std::filesystem::is_regular_file(data, ec)) {
     const io::NpyReader npy = io::NpyReader::open(data);
     if (npy.shape().size() >= 2) {
@@ -126,6 +133,16 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
 std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const InputShapeFlag& flag,
                                                 const std::string& data, bool note_tail) {
   auto model = graph::load_onnx(path, import_options_for(flag, data));
+  if (model->added_batch_axis.any()) {
+    const graph::Value* input = model->inputs().front();
+    const graph::Shape& shape = input->known_shape();
+    std::fprintf(stderr,
+                 "qforge: note: '%s': input '%s' %s has no batch axis: the model takes one "
+                 "sample, and qforge runs it one sample at a time (batch 1) and writes it as the "
+                 "file has it\n",
+                 path.c_str(), input->name().c_str(),
+                 kernels::shape_str(graph::Shape(shape.begin() + 1, shape.end())).c_str());
+  }
   if (note_tail && model->tail) {
     std::string reads;
     for (const graph::Value* out : model->outputs())
@@ -136,6 +153,10 @@ std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const I
                  path.c_str(), graph::describe_tail(*model->tail).c_str(), reads.c_str());
   }
   return model;
+}
+
+int64_t batch_for(const graph::Graph& model, int64_t batch) {
+  return model.added_batch_axis.any() ? 1 : batch;
 }
 
 }  // namespace qforge::cli

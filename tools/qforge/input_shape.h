@@ -36,8 +36,13 @@ void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag,
 graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::string& data);
 
 // graph::load_onnx with those options. A model with a post-processing tail (graph/tail.h) gets a
-// note on stderr saying what qforge keeps but does not run, unless note_tail is false.
+// note on stderr saying what qforge keeps but does not run, unless note_tail is false; one whose
+// input takes a sample without a batch axis (the data's sample rank), a note saying so.
 std::unique_ptr<graph::Graph> load_model_to_run(const std::string& path, const InputShapeFlag& flag,
                                                 const std::string& data, bool note_tail = true);
+
+// The batch a command runs `model` at: 1 for a model whose file takes one sample without a
+// batch axis (the import gave it one, graph/sample_axis.h), else `batch`.
+int64_t batch_for(const graph::Graph& model, int64_t batch);
 
 }  // namespace qforge::cli

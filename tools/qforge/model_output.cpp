@@ -52,8 +52,7 @@ graph::ByteSink ModelOutput::data_sink() {
   };
 }
 
-graph::ImportOptions ModelOutput::read_back_options() const {
-  graph::ImportOptions options;
+graph::ImportOptions ModelOutput::read_back_options(graph::ImportOptions options) const {
   if (data_) options.external_data_paths[data_name_] = data_->read_path();
   return options;
 }

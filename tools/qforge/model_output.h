@@ -35,9 +35,9 @@ class ModelOutput {
   graph::ByteSink data_sink();  // empty without external data
 
   // Where the written model is read back before it is in place, and the import options that
-  // find its data file there.
+  // find its data file there: `options` (those the model was read with) with that added.
   std::string read_path() const { return model_.read_path(); }
-  graph::ImportOptions read_back_options() const;
+  graph::ImportOptions read_back_options(graph::ImportOptions options = {}) const;
 
   // Puts the data file, the model and `others` (null ones skipped) in place together
   // (io::commit_together).
