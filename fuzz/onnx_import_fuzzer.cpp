@@ -1,10 +1,12 @@
 // Fuzz target: ONNX bytes through everything `qforge inspect` does with a model (import with the
-// checker and shape inference, resolution at batch 1 with constant folding, statistics). A
+// checker and shape inference, resolution at batch 1 with constant folding, statistics), the
+// export's write-back of post-processing, and the batch axis import gives a model of one sample. A
 // qforge::Error is the expected refusal of a bad model; any other exception, a crash or a
 // sanitizer report is a finding. External data at the location "weights.bin" is served from a
 // fixed blob in memory (fuzz/seed_models.h), so mutated offsets and lengths reach its reader.
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -40,6 +42,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     runtime::model_stats(*resolved);
     // Post-processing cut off at import is written back: the model as the exports write it.
     if (model->tail) graph::parse_onnx(graph::serialize_onnx(*model), "written.onnx");
+    // Taken as one sample without a batch axis (data whose samples have the input's rank), the
+    // model gets one at import and loses it at export: what is written has the file's input.
+    if (model->inputs().size() == 1 && model->inputs()[0]->has_shape()) {
+      graph::ImportOptions one_sample = import_options;
+      one_sample.data_sample_rank = model->inputs()[0]->shape()->size();
+      const auto batched = graph::parse_onnx(
+          std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.onnx", one_sample);
+      const auto written =
+          graph::parse_onnx(graph::serialize_onnx(*batched), "written.onnx", import_options);
+      if (written->inputs().size() != 1 || !written->inputs()[0]->has_shape() ||
+          *written->inputs()[0]->shape() != *model->inputs()[0]->shape() ||
+          written->outputs().size() != model->outputs().size()) {
+        throw std::logic_error("the batch axis added at import is not taken away at export");
+      }
+    }
   } catch (const Error&) {
   }
   return 0;
