@@ -154,6 +154,10 @@ std::vector<std::string> add_output_batch_axes(onnx::ModelProto& model, int64_t 
   std::vector<std::string> added;
   for (auto& out : *g.mutable_output()) {
     const std::string name = out.name();
+    if (std::find(added.begin(), added.end(), name) != added.end()) {
+      throw_unsupported("import: output '" + name +
+                        "' is listed twice; qforge cannot give it a batch axis");
+    }
     for (const auto& in : g.input()) {
       if (in.name() == name) {
         throw_unsupported("import: output '" + name +

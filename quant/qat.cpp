@@ -523,10 +523,12 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   }
   const SampleSource& source = kept_samples ? *kept_samples : data;
   std::optional<KeptOutputs> teacher_kept;
-  if (several_epochs && teacher_session && !training->dense() && !setup.augment_flip &&
-      !setup.augment_crop) {
-    teacher_kept.emplace(data.size());
-  }
+  const bool keep_teacher =
+      several_epochs && teacher_session && !setup.augment_flip && !setup.augment_crop;
+  if (keep_teacher && !training->dense()) teacher_kept.emplace(data.size());
+  // Of a dense model, every float output is kept, or none: together within kKeptSampleBytes.
+  bool keep_dense = keep_teacher && training->dense();
+  std::vector<KeptOutputs> dense_kept;
   std::vector<kernels::Tensor> rows = sample_batch(data, local_rows);
   kernels::Tensor labels(kernels::DType::kInt64, {local_rows});
   kernels::Tensor teacher_logits;
@@ -568,14 +570,34 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
         loss.label_smoothing = setup.label_smoothing;
       }
       if (teacher_session && training->dense()) {
-        const std::span<const kernels::Tensor> outs = teacher_session->run(rows);
-        teacher_outputs.resize(outs.size());
-        for (size_t k = 0; k < outs.size(); ++k) {
-          if (outs[k].dtype() != kernels::DType::kFloat32) continue;
-          if (!teacher_outputs[k].defined()) {
-            teacher_outputs[k] = kernels::Tensor(outs[k].dtype(), outs[k].shape());
+        bool kept = !dense_kept.empty();
+        for (size_t k = 0; kept && k < dense_kept.size(); ++k) {
+          kept = !teacher_outputs[k].defined() || dense_kept[k].read(indices, teacher_outputs[k]);
+        }
+        if (!kept) {
+          const std::span<const kernels::Tensor> outs = teacher_session->run(rows);
+          teacher_outputs.resize(outs.size());
+          size_t row_bytes = 0;
+          for (size_t k = 0; k < outs.size(); ++k) {
+            if (outs[k].dtype() != kernels::DType::kFloat32) continue;
+            if (!teacher_outputs[k].defined()) {
+              teacher_outputs[k] = kernels::Tensor(outs[k].dtype(), outs[k].shape());
+            }
+            teacher_outputs[k].copy_from(outs[k]);
+            row_bytes += static_cast<size_t>(outs[k].numel() / outs[k].dim(0)) * sizeof(float);
           }
-          teacher_outputs[k].copy_from(outs[k]);
+          if (keep_dense && dense_kept.empty()) {
+            keep_dense = data.size() * row_bytes <= kKeptSampleBytes;
+            if (keep_dense) dense_kept.assign(outs.size(), KeptOutputs(data.size()));
+          }
+          if (keep_dense) {
+            result.kept_teacher_bytes = 0;
+            for (size_t k = 0; k < outs.size(); ++k) {
+              if (!teacher_outputs[k].defined()) continue;
+              dense_kept[k].keep(indices, outs[k]);
+              result.kept_teacher_bytes += dense_kept[k].bytes();
+            }
+          }
         }
         loss.teacher_outputs = teacher_outputs;
       } else if (teacher_session) {

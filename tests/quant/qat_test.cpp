@@ -342,6 +342,30 @@ TEST(QatCli, LaterEpochsReadWhatTheFirstKeptAndComputeTheSame) {
   EXPECT_EQ(one.out.find("memory       "), std::string::npos) << one.out;
 }
 
+// A dense model (the detector with NMS, its boxes and class scores distilled) keeps every float
+// output of the float model after the first epoch, and computes what it would compute again.
+TEST(QatCli, DenseModelsKeepEveryOutputAfterTheFirstEpoch) {
+  TempDir dir;
+  io::write_npy(dir.file("train.npy"), val_batch(24));
+  const std::string base = "qat " + testing::data_path("models/yolo_nms.onnx") + " --data " +
+                           dir.file("train.npy") +
+                           " --calib-limit 16 --batch 8 --epochs 3 --distill --distill-weight 1";
+  const auto whole =
+      run_cli(base + " -o " + dir.file("whole.onnx") + " --report " + dir.file("whole.json"));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_NE(whole.out.find("memory       epochs after the first read the samples and the float "
+                           "model's outputs from memory"),
+            std::string::npos)
+      << whole.out;
+  const auto report = nlohmann::json::parse(testing::read_text(dir.file("whole.json")));
+  // boxes [64, 4] and class scores [10, 64] of each of the 24 samples.
+  EXPECT_EQ(report["training"]["kept_teacher_bytes"], 24 * (64 * 4 + 10 * 64) * 4);
+  const CliResult resumed = stop_and_resume(base, 6, dir).resumed;
+  EXPECT_NE(resumed.out.find("resumed at step 6"), std::string::npos) << resumed.out;
+  EXPECT_TRUE(testing::read_text(dir.file("whole.onnx")) ==
+              testing::read_text(dir.file("resumed.onnx")));
+}
+
 // The "loss" of every line of a --log file.
 std::vector<double> logged_losses(const std::string& path) {
   std::vector<double> losses;

@@ -3,8 +3,8 @@
 // qforge gives them a batch axis at import (graph/sample_axis.h), runs, calibrates and trains
 // them one sample at a time, and writes them with the file's interface.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <onnx/onnx_pb.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -78,7 +78,8 @@ void expect_file_interface(const std::string& written, std::optional<double> tol
   for (size_t i = 0; i < want.size(); ++i) {
     ASSERT_EQ(detections[i].shape(), want[i].shape()) << "output " << i;
     if (want[i].dtype() == kernels::DType::kFloat32) {
-      testing::expect_close_scaled(detections[i], want[i], *tolerance, "output " + std::to_string(i));
+      testing::expect_close_scaled(detections[i], want[i], *tolerance,
+                                   "output " + std::to_string(i));
     }
   }
 }
@@ -106,7 +107,8 @@ TEST(SampleAxisImport, ImagesGiveAModelOfOneImageABatchAxis) {
   // Data whose samples have another rank (an .npy of one image [3, 32, 32] has rows of two
   // dims), or none: the file's shapes, its first axis read as the batch, as before.
   options.data_sample_rank = 2;
-  for (const auto& plain : {graph::load_onnx(kImageDetector), graph::load_onnx(kImageDetector, options)}) {
+  for (const auto& plain :
+       {graph::load_onnx(kImageDetector), graph::load_onnx(kImageDetector, options)}) {
     EXPECT_EQ(plain->inputs()[0]->known_shape(), (kernels::Shape{3, 32, 32}));
     EXPECT_FALSE(plain->added_batch_axis.any());
     EXPECT_EQ(graph::sample_rank_of(*plain), std::nullopt);
@@ -218,7 +220,8 @@ TEST(SampleAxisCli, QatDistillsItOneImageAStep) {
   TempDir dir;
   std::string bytes[2];
   for (int threads : {1, 2}) {
-    const std::string out = dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
+    const std::string out =
+        dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
     const auto r = run_cli("qat " + kImageDetector + " --data " + kDigits + kPixels +
                            " --distill --distill-weight 1 --steps 3 --lr 1e-3 --threads " +
                            std::to_string(threads) + " --val " + kDigits + " -o " + out);
