@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -319,8 +320,7 @@ void check_augmentation(const QatSetup& setup, const SampleSource& data) {
   }
 }
 
-void check_logits_for_labels(const QatSetup& setup, const graph::Graph& model) {
-  if (!setup.use_labels && setup.distill_temperature) return;
+void check_loss_for_outputs(const QatSetup& setup, const graph::Graph& model) {
   const std::vector<graph::Value*>& outputs = model.outputs();
   std::string floats;
   size_t float_count = 0;
@@ -333,6 +333,16 @@ void check_logits_for_labels(const QatSetup& setup, const graph::Graph& model) {
   const bool logits = float_count == 1 && first->dtype() == kernels::DType::kFloat32 &&
                       first->has_shape() && first->shape()->size() == 2;
   if (logits) return;
+  if (!setup.use_labels && setup.distill_temperature) {
+    if (*setup.distill_temperature != 1.0f) {
+      char temperature[32];
+      std::snprintf(temperature, sizeof temperature, "%g", *setup.distill_temperature);
+      throw_invalid(std::string("qat: --distill ") + temperature +
+                    ": the model has no logits, and its outputs are distilled by their relative "
+                    "squared error, which has no temperature; give --distill alone");
+    }
+    return;
+  }
   const std::string remedy =
       ", which labels need: train it with --distill alone (--distill-weight 1), which distills "
       "each of its outputs";
@@ -405,7 +415,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   runtime::share_batch_rows(fused);
   FakeQuantTraining made = fake_quant_training(fused, plan, amax, graph_options);
   std::unique_ptr<runtime::ClassifierTraining> training = std::move(made.training);
-  if (training->dense()) check_logits_for_labels(setup, training->graph());
+  if (training->dense()) check_loss_for_outputs(setup, training->graph());
   const int64_t freeze_bn_after = setup.freeze_bn_after != kFreezeBnByModel ? setup.freeze_bn_after
                                   : training->dense()                       ? 0
                                                                             : -1;

@@ -86,12 +86,12 @@ void check_qat_setup(const QatSetup& setup);
 // [N, C, H, W]; train_qat checks it, and a caller may before any work.
 void check_augmentation(const QatSetup& setup, const SampleSource& data);
 
-// Invalid error when the setup needs logits (labels, or --distill T's KL divergence, which
-// setup.distill_temperature unset or labels used mean) and `model` has none: its first output is
-// not [batch, classes] float32 (its rank tells, resolved or not), or it has several float
-// outputs (a detector's). Such a model trains by distillation of its outputs alone. train_qat
-// checks it, and a caller may before any work.
-void check_logits_for_labels(const QatSetup& setup, const graph::Graph& model);
+// Invalid error when the setup needs logits (labels, or no distillation) and `model` has none:
+// its first output is not [batch, classes] float32 (its rank tells, resolved or not), or it has
+// several float outputs (a detector's). Such a model trains by distillation of its outputs
+// alone, by their relative squared error, which has no temperature: a temperature other than 1
+// is an Invalid error too. train_qat checks it, and a caller may before any work.
+void check_loss_for_outputs(const QatSetup& setup, const graph::Graph& model);
 
 // What a checkpoint holds, by name: "param/<tensor>" (every trained parameter and BN
 // statistic), "optim/<key>" (the optimizer's state), "meta/step" (steps done), "meta/shards"

@@ -311,6 +311,15 @@ TEST(TailCli, QatDistillsTheDetectorAndWritesItsNmsBack) {
                                   "logits [batch, classes], which labels need"),
             std::string::npos)
       << segmentation.err;
+  // Their outputs are distilled without a temperature: one is refused, naming the flag.
+  const auto tempered = run_cli("qat " + kYolo + " --data " + kYoloInput +
+                                " --distill 2 --steps 1 -o " + dir.file("t.onnx"));
+  EXPECT_NE(tempered.exit_code, 0);
+  EXPECT_NE(tempered.err.find("qforge: error: qat: --distill 2: the model has no logits, and its "
+                              "outputs are distilled by their relative squared error, which has "
+                              "no temperature; give --distill alone"),
+            std::string::npos)
+      << tempered.err;
   EXPECT_TRUE(testing::leftover_files(dir, {"q1.onnx", "q2.onnx", "ort.npz"}).empty());
 }
 

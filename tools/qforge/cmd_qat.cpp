@@ -184,7 +184,7 @@ int run_qat(QatOptions o) {
     if (data.size() == 0) throw_invalid("qat: data '" + o.data + "' holds no samples");
     quant::check_augmentation(s, DataSamples(data));  // before calibration's work
     s.use_labels = data.labelled() && (!s.distill_temperature || s.distill_weight < 1.0f);
-    quant::check_logits_for_labels(s, *model);  // before calibration's work
+    quant::check_loss_for_outputs(s, *model);  // before calibration's work
     if (!data.labelled() && !s.distill_temperature) {
       throw_invalid("qat: '" + o.data +
                     "' has no labels (an image folder with one subfolder per "
