@@ -16,6 +16,7 @@
 
 #include "graph/onnx_import.h"
 #include "tests/support/batch_models.h"
+#include "tests/support/random.h"
 #include "tests/support/test_support.h"
 #include "tools/io/npy.h"
 
@@ -453,6 +454,20 @@ TEST(CalibrateCli, UnreachableOrInvalidTargetsAreRejected) {
                      " --limit 8 --target-kl 0.001 -o " + dir.file("out.onnx"));
     expect_one_line_error(r, "--target-kl needs a [N, classes] model output");
     expect_no_files(dir);
+  }
+  {
+    // Nor one of several outputs, whatever the shape of the first (the detector's [64, 3] scores
+    // before its NMS).
+    TempDir dir;
+    io::write_npy(dir.file("x.npy"), testing::random_f32({1, 3, 32, 32}, 3, 0.0f, 1.0f));
+    auto r = run_cli("calibrate " + data_path("models/ops/tiny_det_nms_opset11.onnx") + " --data " +
+                     dir.file("x.npy") + " --batch 1 --target-kl 0.001 -o " + dir.file("out.onnx"));
+    EXPECT_NE(r.exit_code, 0);  // after the note on its post-processing
+    EXPECT_NE(r.err.find("qforge: error: calibrate: --target-kl needs a classifier's one [N, "
+                         "classes] output;"),
+              std::string::npos)
+        << r.err;
+    expect_no_files(dir, {"x.npy"});
   }
   for (const char* flag : {"--target-kl 0", "--target-kl -1", "--target-sqnr inf"}) {
     TempDir dir;

@@ -279,6 +279,14 @@ int run_calibrate(CalibrateOptions o) {
       throw_invalid("calibrate: --target-kl needs a [N, classes] model output; '" + o.model +
                     "' output 0 has rank " + std::to_string(model->outputs()[0]->shape()->size()));
     }
+    const auto float_outputs =
+        std::count_if(model->outputs().begin(), model->outputs().end(),
+                      [](const graph::Value* v) { return v->dtype() == kernels::DType::kFloat32; });
+    if (o.target_kl && float_outputs > 1) {
+      throw_invalid("calibrate: --target-kl needs a classifier's one [N, classes] output; '" +
+                    o.model + "' has " + std::to_string(float_outputs) +
+                    " float outputs (give --target-sqnr, which reads the lowest of their SQNRs)");
+    }
     written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
     total = quant::spread_indices(data_source->size(), o.limit).size();
@@ -502,8 +510,12 @@ int run_calibrate(CalibrateOptions o) {
   } else {
     std::printf("output SQNR  %.2f dB (Q/DQ model vs float model: the lowest of its %zu outputs)\n",
                 f.sqnr_db, measured.outputs.size());
+    int width = 0;
     for (const quant::OutputFigures& out : measured.outputs) {
-      std::printf("  %-24s %8.2f dB, cosine %.6f (%zu elements)\n", out.name.c_str(),
+      width = std::max(width, static_cast<int>(out.name.size()));
+    }
+    for (const quant::OutputFigures& out : measured.outputs) {
+      std::printf("  %-*s %8.2f dB, cosine %.6f (%zu elements)\n", width, out.name.c_str(),
                   out.figures.sqnr_db, out.figures.cosine, out.figures.elements);
     }
   }

@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -447,9 +448,13 @@ int run_qat(QatOptions o) {
     }
     if (!after.outputs.empty()) {
       // The SQNR above is the lowest of the model's outputs; each one's:
-      std::printf("  %-24s %14s %14s\n", "output SQNR (dB)", "PTQ", "QAT");
+      int width = static_cast<int>(std::strlen("output SQNR (dB)"));
+      for (const quant::OutputFigures& out : after.outputs) {
+        width = std::max(width, static_cast<int>(out.name.size()));
+      }
+      std::printf("  %-*s %10s %10s\n", width, "output SQNR (dB)", "PTQ", "QAT");
       for (size_t k = 0; k < after.outputs.size(); ++k) {
-        std::printf("  %-24s %14.2f %14.2f\n", after.outputs[k].name.c_str(),
+        std::printf("  %-*s %10.2f %10.2f\n", width, after.outputs[k].name.c_str(),
                     before.outputs.at(k).figures.sqnr_db, after.outputs[k].figures.sqnr_db);
       }
     }
