@@ -122,15 +122,17 @@ class TinyDetector(nn.Module):
         return boxes[keep], scores[keep], labels[keep]
 
 
-def tiny_det_nms():
-    torch.manual_seed(7)
-    model = TinyDetector().eval()
+def export_detector(model, seed, x_shape, name):
+    """`model` (seeded by `seed`, BN statistics drawn so that folding them matters) exported at
+    opset 11 on a random input of `x_shape` to data/models/ops/<name>."""
+    torch.manual_seed(seed)
+    model = model().eval()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
-    x = torch.rand(1, 3, 32, 32)
-    path = os.path.join(DATA, "models", "ops", "tiny_det_nms_opset11.onnx")
+    x = torch.rand(*x_shape)
+    path = os.path.join(DATA, "models", "ops", name)
     torch.onnx.export(model, x, path, opset_version=11, input_names=["image"],
                       output_names=["det_boxes", "det_scores", "det_labels"])
     onnx.checker.check_model(onnx.load(path))
@@ -143,25 +145,11 @@ class TinyImageDetector(TinyDetector):
         return super().forward(image[None])
 
 
-def tiny_det_image():
-    torch.manual_seed(11)
-    model = TinyImageDetector().eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    x = torch.rand(3, 32, 32)
-    path = os.path.join(DATA, "models", "ops", "tiny_det_image_opset11.onnx")
-    torch.onnx.export(model, x, path, opset_version=11, input_names=["image"],
-                      output_names=["det_boxes", "det_scores", "det_labels"])
-    onnx.checker.check_model(onnx.load(path))
-
-
 def main():
     torch.set_num_threads(1)
     yolo_nms()
-    tiny_det_nms()
-    tiny_det_image()
+    export_detector(TinyDetector, 7, (1, 3, 32, 32), "tiny_det_nms_opset11.onnx")
+    export_detector(TinyImageDetector, 11, (3, 32, 32), "tiny_det_image_opset11.onnx")
 
 
 if __name__ == "__main__":

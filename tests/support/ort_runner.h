@@ -86,4 +86,17 @@ inline void ort_dump(const std::string& model, const std::string& input_npy, con
   }
 }
 
+// `qdq` computes in ONNX Runtime (graph optimisations `optimization`) what qforge's fake quant
+// computes at every Q/DQ point on `data`: ORT's values dumped into `dump`, then `qforge verify`
+// at tolerance 1e-4 passes with no mismatch.
+inline void expect_verified_by_ort(const std::string& qdq, const std::string& data,
+                                   const std::string& dump,
+                                   const std::string& optimization = "disabled") {
+  ort_dump(qdq, data, dump, optimization);
+  const CliResult verified =
+      run_cli("verify " + qdq + " --reference " + dump + " --data " + data + " --tolerance 1e-4");
+  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+}
+
 }  // namespace qforge::testing

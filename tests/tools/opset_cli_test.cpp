@@ -123,11 +123,7 @@ TEST_P(OpsetCalibrated, RunsInOrtAsInQforge) {
   EXPECT_GT(quantize_nodes, 2);
 
   const std::string dump = dir.file("ort.npz");
-  testing::ort_dump(qdq, input_of(m), dump, "disabled");
-  const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " +
-                                input_of(m) + " --tolerance 1e-4");
-  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+  testing::expect_verified_by_ort(qdq, input_of(m), dump);
 }
 
 // One model per path through import: converted (9, 11), native with libonnx's checks (17) and

@@ -207,11 +207,7 @@ TEST(SampleAxisCli, CalibrateOnAnImageFolderOneImageAtATime) {
 
   const std::string image = dir.file("x.npy");
   io::write_npy(image, testing::random_f32({3, 32, 32}, 13, 0.0f, 1.0f));
-  testing::ort_dump(qdq, image, dir.file("ort.npz"), "disabled");
-  const auto verified = run_cli("verify " + qdq + " --reference " + dir.file("ort.npz") +
-                                " --data " + image + " --tolerance 1e-4");
-  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+  testing::expect_verified_by_ort(qdq, image, dir.file("ort.npz"));
 }
 
 // `qat --distill` trains it one image a step, the same bytes at 1 and 2 threads, and reports

@@ -246,11 +246,7 @@ void expect_verified(const std::string& model, const std::string& data, int batc
   for (const auto& n : proto.graph().node()) quantize_nodes += n.op_type() == "QuantizeLinear";
   EXPECT_GT(quantize_nodes, 2);
   const std::string dump = dir.file("ort.npz");
-  testing::ort_dump(qdq, data, dump, "disabled");
-  const auto verified =
-      run_cli("verify " + qdq + " --reference " + dump + " --data " + data + " --tolerance 1e-4");
-  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+  testing::expect_verified_by_ort(qdq, data, dump);
 }
 
 TEST(TailCli, CalibratedYoloWithNmsRunsInOrtAsInQforge) {
@@ -286,11 +282,7 @@ TEST(TailCli, QatDistillsTheDetectorAndWritesItsNmsBack) {
   EXPECT_EQ(bytes[0], bytes[1]);
   const std::string qdq = dir.file("q1.onnx");
   EXPECT_EQ(nodes_from(qdq, "NonMaxSuppression"), nodes_from(kYolo, "NonMaxSuppression"));
-  testing::ort_dump(qdq, kYoloInput, dir.file("ort.npz"), "disabled");
-  const auto verified = run_cli("verify " + qdq + " --reference " + dir.file("ort.npz") +
-                                " --data " + kYoloInput + " --tolerance 1e-4");
-  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+  testing::expect_verified_by_ort(qdq, kYoloInput, dir.file("ort.npz"));
 
   // Labels need logits: the image folder's classes are refused before calibration.
   const auto labelled = run_cli("qat " + kYolo + " --data " + data_path("datasets/digits/train") +

@@ -106,11 +106,7 @@ void TextCli::expect_ort_agrees(const std::string& qdq, const std::string& optim
   const std::string data_file = inputs();
   TempDir dir;
   const std::string dump = dir.file("ort.npz");
-  testing::ort_dump(qdq, data_file, dump, optimization);
-  const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " + data_file +
-                                " --tolerance 1e-4");
-  EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-  EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos) << verified.out;
+  testing::expect_verified_by_ort(qdq, data_file, dump, optimization);
 }
 
 TEST_P(TextCli, RunGivesPyTorchsLogitsAtAnyBatch) {
@@ -285,12 +281,7 @@ TEST(TextData, DecodersSmoothTheirPreNorms) {
     EXPECT_NE(r.out.find("4 norms smoothed"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(consumers), std::string::npos) << r.out;
     const std::string dump = dir.file("ort.npz");
-    testing::ort_dump(qdq, data_file, dump, "all");
-    const auto verified = run_cli("verify " + qdq + " --reference " + dump + " --data " +
-                                  data_file + " --tolerance 1e-4");
-    EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
-    EXPECT_NE(verified.out.find("verdict      pass: no mismatch"), std::string::npos)
-        << verified.out;
+    testing::expect_verified_by_ort(qdq, data_file, dump, "all");
   }
 }
 
