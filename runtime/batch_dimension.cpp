@@ -996,9 +996,8 @@ bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
   return true;
 }
 
-void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
-  if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
-  const int64_t batch = graph.inputs().front()->known_shape().at(0);
+void check_batch_export(const Graph& graph, const BatchExportOptions& options) {
+  if (graph.inputs().empty()) return;
   if (graph.added_batch_axis.any() && options.dynamic_batch) {
     throw_unsupported("--dynamic-batch: input '" + graph.added_batch_axis.inputs.front() +
                       "' has no batch axis in the file (the model takes one sample), and the "
@@ -1014,6 +1013,12 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
                         "; export the model with a dynamic batch instead");
     }
   }
+}
+
+void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
+  if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
+  const int64_t batch = graph.inputs().front()->known_shape().at(0);
+  check_batch_export(graph, options);
   // Every input and output declared at the batch the graph already has: nothing to free (a
   // model that mixes its samples, RAFT's two images joined along the batch, stays writable at
   // its own fixed batch).

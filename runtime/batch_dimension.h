@@ -49,6 +49,12 @@ struct BatchExportOptions {
   bool dynamic_batch = false;
 };
 
+// Unsupported error when `graph`'s file cannot be written as `options` ask, whatever its
+// calibration: --dynamic-batch of a model whose file takes one sample without a batch axis, or
+// of a fixed-batch file whose post-processing computes its shapes for that batch.
+// restore_declared_batch checks it; a command may before any work.
+void check_batch_export(const graph::Graph& graph, const BatchExportOptions& options);
+
 // For the exports: `graph` (resolved at its inputs' batch) gets free_batch, then every input and
 // output the batch its model declared (graph.declared_batch): a symbolic batch keeps its name, an
 // unknown one stays unknown, a fixed one keeps the model's own size, or becomes "batch" with

@@ -208,6 +208,15 @@ TEST(SampleAxisCli, CalibrateOnAnImageFolderOneImageAtATime) {
   const std::string image = dir.file("x.npy");
   io::write_npy(image, testing::random_f32({3, 32, 32}, 13, 0.0f, 1.0f));
   testing::expect_verified_by_ort(qdq, image, dir.file("ort.npz"));
+
+  // --dynamic-batch is refused before calibration.
+  const auto dynamic = run_cli("calibrate " + kImageDetector + " --data " + kDigits + kPixels +
+                               " --dynamic-batch -o " + dir.file("d.onnx"));
+  EXPECT_NE(dynamic.exit_code, 0);
+  EXPECT_NE(dynamic.err.find("qforge: error: --dynamic-batch: input 'image' has no batch axis"),
+            std::string::npos)
+      << dynamic.err;
+  EXPECT_EQ(dynamic.out.find("calibration"), std::string::npos) << dynamic.out;
 }
 
 // `qat --distill` trains it one image a step, the same bytes at 1 and 2 threads, and reports

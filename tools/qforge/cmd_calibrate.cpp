@@ -287,6 +287,7 @@ int run_calibrate(CalibrateOptions o) {
                     o.model + "' has " + std::to_string(float_outputs) +
                     " float outputs (give --target-sqnr, which reads the lowest of their SQNRs)");
     }
+    runtime::check_batch_export(*model, {.dynamic_batch = o.dynamic_batch});  // before any work
     written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
     total = quant::spread_indices(data_source->size(), o.limit).size();

@@ -179,6 +179,7 @@ int run_qat(QatOptions o) {
 
     model = load_model_to_run(o.model, o.input_shape, o.data);
     s.batch = batch_for(*model, s.batch);
+    runtime::check_batch_export(*model, {.dynamic_batch = o.dynamic_batch});  // before any work
     written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
     const DataSource& data = *data_source;

@@ -109,6 +109,7 @@ int run_transform(TransformCliOptions o) {
 
   std::unique_ptr<graph::Graph> model = load_model_to_run(o.model, o.input_shape, o.data);
   o.batch = batch_for(*model, o.batch);
+  runtime::check_batch_export(*model, {.dynamic_batch = o.dynamic_batch});  // before any work
   std::optional<graph::Plan> plan;
   if (!o.plan.empty()) plan = read_plan(o.plan);
   runtime::TransformOptions options;
