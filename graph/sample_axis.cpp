@@ -116,6 +116,21 @@ void drop_value_info(onnx::GraphProto& g, const std::string& name) {
                infos->end());
 }
 
+// Renames value `from` to `to` where `g` defines it (a node's output, an initializer) and
+// wherever its nodes read it (their subgraphs included); declarations are left to the caller.
+void rename_definition_and_reads(onnx::GraphProto& g, const std::string& from,
+                                 const std::string& to) {
+  for (auto& np : *g.mutable_node()) {
+    rename_reads(np, from, to);
+    for (auto& o : *np.mutable_output()) {
+      if (o == from) o = to;
+    }
+  }
+  for (auto& t : *g.mutable_initializer()) {
+    if (t.name() == from) t.set_name(to);
+  }
+}
+
 }  // namespace
 
 bool takes_unbatched_sample(const onnx::ModelProto& model, size_t sample_rank) {
@@ -165,15 +180,7 @@ std::vector<std::string> add_output_batch_axes(onnx::ModelProto& model, int64_t 
       }
     }
     const std::string sample = names.take(name + "_sample");
-    for (auto& np : *g.mutable_node()) {
-      rename_reads(np, name, sample);
-      for (auto& o : *np.mutable_output()) {
-        if (o == name) o = sample;
-      }
-    }
-    for (auto& t : *g.mutable_initializer()) {
-      if (t.name() == name) t.set_name(sample);
-    }
+    rename_definition_and_reads(g, name, sample);
     for (auto& v : *g.mutable_value_info()) {
       if (v.name() == name) v.set_name(sample);
     }
@@ -225,21 +232,13 @@ void remove_added_output_axes(const AddedBatchAxis& added, onnx::GraphProto& g, 
       if (out.name() == name) drop_leading(out);
     }
     const int made = producer_of(g, name);
-    if (made < 0) continue;  // an initializer the graph outputs: written as the file had it
+    if (made < 0) continue;  // no node computes it (a constant output): left as written
     const std::vector<int> reading = readers_of(g, name);
     if (axis_zero_node(g, g.node(made), "Unsqueeze") && reading.empty()) {
       // The Unsqueeze the import added: its input is the output again.
       const std::string sample = g.node(made).input(0);
       remove_axis_node(g, made);
-      for (auto& np : *g.mutable_node()) {
-        rename_reads(np, sample, name);
-        for (auto& o : *np.mutable_output()) {
-          if (o == sample) o = name;
-        }
-      }
-      for (auto& t : *g.mutable_initializer()) {
-        if (t.name() == sample) t.set_name(name);
-      }
+      rename_definition_and_reads(g, sample, name);
       drop_value_info(g, sample);
       continue;
     }
