@@ -172,8 +172,21 @@ FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
     followed = followed && p.samples;
     points.push_back(std::move(p));
   }
-  const std::optional<SampleLayout> output_samples = layout_in(*g.outputs()[0]);
-  followed = followed && output_samples;
+  // The outputs measured, as the evaluation compares them: output 0 and every other float32
+  // output whose axis 0 is the batch.
+  std::vector<size_t> measured_outputs;
+  std::vector<SampleLayout> output_samples;
+  for (size_t k = 0; k < g.outputs().size(); ++k) {
+    const graph::Value& v = *g.outputs()[k];
+    if (k > 0 && (v.dtype() != DType::kFloat32 || !v.has_shape() || v.known_shape().empty() ||
+                  v.known_shape()[0] != batch)) {
+      continue;
+    }
+    measured_outputs.push_back(k);
+    const std::optional<SampleLayout> l = layout_in(v);
+    followed = followed && l;
+    if (l) output_samples.push_back(*l);
+  }
   const int64_t samples = options.samples > 0 ? std::min(options.samples, batch) : batch;
 
   // The draws, the same however the injections are then grouped into passes.
@@ -195,8 +208,15 @@ FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
 
   runtime::Executor executor(g, {.release_prepared_constants = true});
   const std::span<const Tensor> in = inputs;
-  const Tensor baseline = executor.run(in)[0].clone();
-  const SampleLayout measured = output_samples ? *output_samples : rows_of(baseline);
+  std::vector<Tensor> baseline;
+  {
+    const std::span<const Tensor> run = executor.run(in);
+    for (size_t k : measured_outputs) baseline.push_back(run[k].clone());
+  }
+  if (!followed) {
+    output_samples.clear();
+    for (const Tensor& t : baseline) output_samples.push_back(rows_of(t));
+  }
 
   FlipSensitivity result;
   result.points = static_cast<int64_t>(points.size());
@@ -247,7 +267,22 @@ FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
         }
       });
     }
-    const std::vector<double> change = sample_changes(executor.run(in)[0], baseline, measured);
+    // Each sample's change: the largest over the measured outputs.
+    const std::span<const Tensor> run = executor.run(in);
+    std::vector<double> change;
+    for (size_t m = 0; m < measured_outputs.size(); ++m) {
+      const std::vector<double> c =
+          sample_changes(run[measured_outputs[m]], baseline[m], output_samples[m]);
+      if (change.empty()) {
+        change = c;
+      } else {
+        for (size_t r = 0; r < std::min(c.size(), change.size()); ++r) {
+          change[r] = std::max(change[r], c[r]);
+        }
+        // Rows of outputs where the batch is not followed need not be as many as output 0's.
+        for (size_t r = change.size(); r < c.size(); ++r) change.push_back(c[r]);
+      }
+    }
     ++result.passes;
     for (size_t j = 0; j < count; ++j) {
       result.changes[first + j] = per_pass > 1

@@ -37,8 +37,10 @@ struct FlipSensitivity {
   int64_t injections = 0;
   int64_t points = 0;  // activation points the injections were drawn from
   int64_t passes = 0;  // forward passes with injections in them
-  // Relative L2 change of the flipped sample's part of the first output, per injection, in draw
-  // order (where the batch cannot be followed: of the output row that changed most).
+  // Relative L2 change of the flipped sample's part of the outputs, per injection, in draw
+  // order: of the output it moved most among those the evaluation compares (output 0 and every
+  // other float32 output with the batch on axis 0; a detector's scores move where its first
+  // output may not). Where the batch cannot be followed: of the output row that changed most.
   std::vector<double> changes;
   double median = 0;
   double p90 = 0;

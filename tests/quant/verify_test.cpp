@@ -266,6 +266,43 @@ TEST(FlipSensitivity, OneFlipMovesTheOutputByOneStep) {
   EXPECT_EQ(again.changes, f.changes);
 }
 
+// A model of two outputs, the first computed in float from the input (no point before it), the
+// second y = DQ(Q(x)): a flip leaves output 0 as it was and moves output 1 by one step, and the
+// change is output 1's, whether the batch is followed (one pass) or not (a pass per injection).
+TEST(FlipSensitivity, MeasuresTheOutputAFlipMovesMost) {
+  auto g = std::make_unique<graph::Graph>();
+  g->opset = 13;
+  graph::Value* x = g->add_input("x", DType::kFloat32, graph::Shape{3, 5});
+  graph::Value* s = g->add_constant("s", Tensor::from_vector<float>({}, {0.05f}));
+  graph::Value* zp = g->add_constant("zp", Tensor::from_vector<int8_t>({}, {0}));
+  g->mark_output(
+      g->add_node({.name = "relu", .op_type = "Relu", .inputs = {x}, .output_names = {"r"}})
+          ->output(0));
+  g->mark_output(add_qdq(*g, x, s, zp, "y"));
+  std::vector<float> values;
+  for (int i = 0; i < 15; ++i) values.push_back(0.013f * static_cast<float>(i * i % 11) - 0.04f);
+  const Tensor in = Tensor::from_vector<float>({3, 5}, values);
+  std::vector<double> expected;
+  for (int r = 0; r < 3; ++r) {
+    double norm = 0;
+    for (int i = 0; i < 5; ++i) {
+      const double y = static_cast<double>(std::nearbyint(values[r * 5 + i] / 0.05f)) * 0.05f;
+      norm += y * y;
+    }
+    expected.push_back(static_cast<double>(0.05f) / std::sqrt(norm));
+  }
+  const quant::FlipSensitivity f = quant::flip_sensitivity(*g, in, {.injections = 9, .seed = 3});
+  EXPECT_EQ(f.passes, 3);
+  ASSERT_EQ(f.changes.size(), 9u);
+  for (size_t k = 0; k < f.changes.size(); ++k) {
+    EXPECT_NEAR(f.changes[k], expected[k % 3], 1e-6 * expected[k % 3]) << "injection " << k;
+  }
+  const quant::FlipSensitivity single =
+      quant::flip_sensitivity(*g, in, {.injections = 9, .seed = 3, .one_per_pass = true});
+  EXPECT_EQ(single.passes, 9);
+  EXPECT_EQ(single.changes, f.changes);
+}
+
 // A model that sums over its batch mixes the samples: each injection takes a pass of its own, and
 // moves the sum of its column by one step.
 TEST(FlipSensitivity, AModelThatMixesItsSamplesTakesAPassPerInjection) {

@@ -541,12 +541,13 @@ int run_calibrate(CalibrateOptions o) {
   if (f.nonfinite > 0) std::printf("non-finite   %zu output elements\n", f.nonfinite);
   if (flips) {
     std::printf(
-        "one flip     moves a sample's output by %.3g (median), %.3g (90th percentile) relative "
-        "L2: the rounding difference to expect from any other runtime (%lld injections at "
-        "random elements of %lld points in %lld %s, seed %llu)\n",
-        flips->median, flips->p90, static_cast<long long>(flips->injections),
-        static_cast<long long>(flips->points), static_cast<long long>(flips->passes),
-        flips->passes == 1 ? "pass" : "passes", static_cast<unsigned long long>(kFlipSeed));
+        "one flip     moves a sample's output%s by %.3g (median), %.3g (90th percentile) "
+        "relative L2: the rounding difference to expect from any other runtime (%lld injections "
+        "at random elements of %lld points in %lld %s, seed %llu)\n",
+        measured.outputs.size() > 1 ? " (the one it moves most)" : "", flips->median, flips->p90,
+        static_cast<long long>(flips->injections), static_cast<long long>(flips->points),
+        static_cast<long long>(flips->passes), flips->passes == 1 ? "pass" : "passes",
+        static_cast<unsigned long long>(kFlipSeed));
   }
 
   if (sensitivity) print_sensitivity(*sensitivity, eval_name);
