@@ -1121,7 +1121,9 @@ int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
     note->set_value(upcast + " to float32");
   }
   int64_t opset = declared_opset(model, source);
-  if (options.data_sample_rank && takes_unbatched_sample(model, *options.data_sample_rank)) {
+  if (options.no_batch_axis) check_unbatched_input(model, source);
+  if (options.no_batch_axis ||
+      (options.data_sample_rank && takes_unbatched_sample(model, *options.data_sample_rank))) {
     added.inputs.push_back(add_input_batch_axis(model, opset));
   }
   rewrite_einsum_nodes(model, opset);

@@ -49,6 +49,10 @@ struct ImportOptions {
   // model does; graph.added_batch_axis records them and the exports write the file's shapes
   // back. sample_shape then gives the input's dims after that axis.
   std::optional<size_t> data_sample_rank;
+  // The model's one input is one sample without a batch axis whatever its rank (the caller's
+  // user says so; the data cannot when there is none): as data_sample_rank of that rank. An
+  // invalid-input error for a model of another number of inputs or of an input of unknown rank.
+  bool no_batch_axis = false;
   // Where to read an external data location from instead of the model's folder (location ->
   // path): a model read back before its data file is in place.
   std::map<std::string, std::string> external_data_paths;

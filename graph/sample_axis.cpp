@@ -144,6 +144,27 @@ bool takes_unbatched_sample(const onnx::ModelProto& model, size_t sample_rank) {
          static_cast<size_t>(type.tensor_type().shape().dim_size()) == sample_rank;
 }
 
+void check_unbatched_input(const onnx::ModelProto& model, const std::string& source) {
+  std::vector<std::string> names;
+  for (const auto& in : model.graph().input()) {
+    if (!is_initializer(model.graph(), in.name())) names.push_back("'" + in.name() + "'");
+  }
+  const std::string taken = "import: '" + source + "': taking its input as one sample without a ";
+  if (names.size() != 1) {
+    std::string list;
+    for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw_invalid(taken + "batch axis needs a model of one input; it has " +
+                  std::to_string(names.size()) + (names.empty() ? "" : " (" + list + ")"));
+  }
+  for (const auto& in : model.graph().input()) {
+    if (is_initializer(model.graph(), in.name())) continue;
+    const onnx::TypeProto& type = in.type();
+    if (!type.has_tensor_type() || !type.tensor_type().has_shape()) {
+      throw_invalid(taken + "batch axis needs its rank; input " + names[0] + " declares none");
+    }
+  }
+}
+
 std::string add_input_batch_axis(onnx::ModelProto& model, int64_t opset) {
   onnx::GraphProto& g = *model.mutable_graph();
   std::vector<onnx::ValueInfoProto*> inputs = data_inputs(g);

@@ -20,6 +20,10 @@ namespace qforge::graph {
 // axis: it has one input, and that input declares exactly `sample_rank` dims.
 bool takes_unbatched_sample(const onnx::ModelProto& model, size_t sample_rank);
 
+// Where the caller says the model's input has no batch axis (ImportOptions::no_batch_axis):
+// Invalid error, naming `source`, unless it has one input of declared rank.
+void check_unbatched_input(const onnx::ModelProto& model, const std::string& source);
+
 // The model's one input X gets a leading dim of 1 and its readers read X's sample through a
 // Squeeze (written for `opset`, the model's own) under a fresh name. Returns X's name.
 std::string add_input_batch_axis(onnx::ModelProto& model, int64_t opset);

@@ -15,6 +15,7 @@
 
 #include "graph/ir.h"
 #include "graph/onnx_import.h"
+#include "kernels/error.h"
 #include "kernels/tensor.h"
 #include "tests/support/float_checks.h"
 #include "tests/support/ort_runner.h"
@@ -113,6 +114,82 @@ TEST(SampleAxisImport, ImagesGiveAModelOfOneImageABatchAxis) {
     EXPECT_FALSE(plain->added_batch_axis.any());
     EXPECT_EQ(graph::sample_rank_of(*plain), std::nullopt);
   }
+}
+
+// Without data to tell it, the caller says so (ImportOptions::no_batch_axis, the CLI's
+// --no-batch-axis): the same import as an image folder gives. A model of two inputs is refused
+// naming them.
+TEST(SampleAxisImport, TheCallerSaysTheInputHasNoBatchAxis) {
+  graph::ImportOptions said;
+  said.no_batch_axis = true;
+  graph::ImportOptions images;
+  images.data_sample_rank = 3;
+  const auto g = graph::load_onnx(kImageDetector, said);
+  const auto want = graph::load_onnx(kImageDetector, images);
+  EXPECT_EQ(g->inputs()[0]->known_shape(), (kernels::Shape{1, 3, 32, 32}));
+  EXPECT_EQ(g->added_batch_axis.inputs, want->added_batch_axis.inputs);
+  EXPECT_EQ(g->added_batch_axis.outputs, want->added_batch_axis.outputs);
+  ASSERT_EQ(g->nodes().size(), want->nodes().size());
+  for (size_t i = 0; i < g->nodes().size(); ++i) {
+    EXPECT_EQ(g->nodes()[i]->op_type(), want->nodes()[i]->op_type()) << i;
+  }
+
+  try {
+    graph::load_onnx(data_path("models/text/bert_style_opset14.onnx"), said);
+    ADD_FAILURE() << "a model of several inputs was taken as one sample";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalid);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("': taking its input as one sample without a batch axis needs a model of "
+                        "one input; it has "),
+              std::string::npos)
+        << what;
+  }
+}
+
+// `inspect`, `transform` and `calibrate` without an image folder: --no-batch-axis takes the
+// file's input as one image, as an image folder would; without it the file's first axis is read
+// as the batch (3 images of [32, 32]).
+TEST(SampleAxisCli, NoBatchAxisFlagWithoutData) {
+  TempDir dir;
+  const auto inspect = run_cli("inspect " + kImageDetector + " --no-batch-axis");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  EXPECT_NE(inspect.out.find("input    image  float32[1, 3, 32, 32]"), std::string::npos)
+      << inspect.out;
+  EXPECT_NE(inspect.out.find("batch    none in the file: its input is one sample"),
+            std::string::npos)
+      << inspect.out;
+  const auto plain = run_cli("inspect " + kImageDetector);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_NE(plain.out.find("input    image  float32[3, 32, 32]"), std::string::npos) << plain.out;
+  EXPECT_EQ(plain.out.find("batch    none"), std::string::npos) << plain.out;
+
+  const auto r =
+      run_cli("transform " + kImageDetector + " --no-batch-axis -o " + dir.file("t.onnx"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("verdict      equivalent"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("(no batch axis, as the file,"), std::string::npos) << r.out;
+  expect_file_interface(dir.file("t.onnx"), 1e-5);
+  const auto dynamic = run_cli("transform " + kImageDetector +
+                               " --no-batch-axis --dynamic-batch -o " + dir.file("d.onnx"));
+  EXPECT_NE(dynamic.exit_code, 0);
+  EXPECT_NE(dynamic.err.find("qforge: error: --dynamic-batch: input 'image' has no batch axis"),
+            std::string::npos)
+      << dynamic.err;
+
+  // The data's rows are the file's input: [N, 3, 32, 32] with the flag, as without it.
+  const std::string images = dir.file("x.npy");
+  io::write_npy(images, testing::random_f32({4, 3, 32, 32}, 21, 0.0f, 1.0f));
+  std::string written[2];
+  for (int flag = 0; flag < 2; ++flag) {
+    const std::string out = dir.file(std::string("q").append(std::to_string(flag)).append(".onnx"));
+    const auto c = run_cli("calibrate " + kImageDetector + " --data " + images +
+                           " --flip-injections 0 -o " + out + (flag ? " --no-batch-axis" : ""));
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    written[flag] = testing::read_text(out);
+  }
+  EXPECT_EQ(written[0], written[1]);
+  EXPECT_TRUE(testing::leftover_files(dir, {"t.onnx", "x.npy", "q0.onnx", "q1.onnx"}).empty());
 }
 
 // `run` stacks the samples' outputs along the added axis: each row is what the file computes for

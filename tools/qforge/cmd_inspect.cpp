@@ -38,6 +38,10 @@ int run_inspect(const InspectOptions& o) {
   std::cout << "opset    " << model->opset << "\n";
   for (const auto* in : model->inputs()) std::cout << "input    " << value_line(*in) << "\n";
   for (const auto* out : model->outputs()) std::cout << "output   " << value_line(*out) << "\n";
+  if (model->added_batch_axis.any()) {
+    std::cout << "batch    none in the file: its input is one sample; qforge runs it with a batch "
+                 "axis of 1 (the shapes above) and writes the file's shapes back\n";
+  }
   if (model->tail) {
     std::cout << "tail     " << graph::describe_tail(*model->tail)
               << ", written back to the models qforge writes, not run; the outputs above are "

@@ -54,6 +54,11 @@ void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag,
             return parse_spec(spec, &name, &dims);
           },
           "DIMS|NAME=DIMS"));
+  cmd.add_flag("--no-batch-axis", flag.no_batch_axis,
+               "the model's input is one sample without a batch axis (torchvision's detectors "
+               "take one image [3, H, W]): qforge gives it one of size 1, runs it one sample at a "
+               "time and writes the file's shapes back; an image folder or an .npy of one dim "
+               "more than the input says so without the flag");
 }
 
 graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::string& data) {
@@ -62,6 +67,7 @@ graph::ImportOptions import_options_for(const InputShapeFlag& flag, const std::s
       "give them with --input-shape (the dims after the batch, e.g. 3,224,224, or NAME=DIMS "
       "for each input of several), feed data of that shape (.npy, or an .npz of every input), "
       "or crop an image folder to a size (--crop or --preset)";
+  options.no_batch_axis = flag.no_batch_axis;
   std::error_code ec;
   // A sample's rank: a model whose input has this rank takes one sample without a batch axis.
   if (data.size() > 4 && data.ends_with(".npy") && std::filesystem::is_regular_file(data, ec)) {

@@ -20,12 +20,15 @@ namespace qforge::cli {
 struct InputShapeFlag {
   // As given: "D1,D2,…" for the single input, or "NAME=D1,D2,…" (several); empty: not given.
   std::vector<std::string> specs;
+  // --no-batch-axis: the model's input is one sample (torchvision's detectors take [3, H, W]).
+  bool no_batch_axis = false;
   // The command's preprocessing flags, when it has them: an image folder cropped by --crop or
   // --preset gives the sample shape.
   const PreprocessOverrides* preprocess = nullptr;
 };
 
-// Adds --input-shape; `preprocess`, the same command's preprocessing flags (or null).
+// Adds --input-shape and --no-batch-axis; `preprocess`, the same command's preprocessing flags
+// (or null).
 void add_input_shape_option(CLI::App& cmd, InputShapeFlag& flag,
                             const PreprocessOverrides* preprocess = nullptr);
 
