@@ -517,6 +517,32 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
   if (setup.distill_temperature) {
     teacher_session = std::make_unique<runtime::Session>(teacher->clone());
   }
+  // The float model's outputs for a process's rows. A model whose file takes one sample runs at
+  // batch 1 (graph/sample_axis.h), so it runs them one at a time into outputs of all the rows;
+  // a sample's outputs do not depend on the batch it runs in.
+  const bool teacher_per_sample = teacher && teacher->added_batch_axis.any();
+  std::vector<kernels::Tensor> teacher_sample;  // one row of each input
+  std::vector<kernels::Tensor> teacher_rows;    // the outputs of every row
+  const auto run_teacher =
+      [&](std::span<const kernels::Tensor> in) -> std::span<const kernels::Tensor> {
+    if (!teacher_per_sample) return teacher_session->run(in);
+    const int64_t n = in.front().dim(0);
+    for (int64_t r = 0; r < n; ++r) {
+      teacher_sample.clear();
+      for (const kernels::Tensor& t : in) teacher_sample.push_back(t.slice_rows(r, r + 1));
+      const std::span<const kernels::Tensor> outs = teacher_session->run(teacher_sample);
+      teacher_rows.resize(outs.size());
+      for (size_t k = 0; k < outs.size(); ++k) {
+        kernels::Shape shape = outs[k].shape();
+        shape[0] = n;  // every output carries the added axis
+        if (!teacher_rows[k].defined() || teacher_rows[k].shape() != shape) {
+          teacher_rows[k] = kernels::Tensor(outs[k].dtype(), shape);
+        }
+        teacher_rows[k].slice_rows(r, r + 1).copy_from(outs[k]);
+      }
+    }
+    return teacher_rows;
+  };
   check_augmentation(setup, data);
   std::vector<float> augment_scratch;
   // Epochs after the first read their samples, and the float model's outputs for them, from
@@ -585,7 +611,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
           kept = !teacher_outputs[k].defined() || dense_kept[k].read(indices, teacher_outputs[k]);
         }
         if (!kept) {
-          const std::span<const kernels::Tensor> outs = teacher_session->run(rows);
+          const std::span<const kernels::Tensor> outs = run_teacher(rows);
           teacher_outputs.resize(outs.size());
           size_t row_bytes = 0;
           for (size_t k = 0; k < outs.size(); ++k) {
@@ -612,7 +638,7 @@ QatResult train_qat(graph::Graph& fused, const QuantPlan& plan, const Activation
         loss.teacher_outputs = teacher_outputs;
       } else if (teacher_session) {
         if (!teacher_kept || !teacher_kept->read(indices, teacher_logits)) {
-          const kernels::Tensor out = teacher_session->run(rows)[0];
+          const kernels::Tensor out = run_teacher(rows)[0];
           if (!teacher_logits.defined()) {
             teacher_logits = kernels::Tensor(out.dtype(), out.shape());
           }

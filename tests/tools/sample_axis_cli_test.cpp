@@ -296,8 +296,10 @@ TEST(SampleAxisCli, CalibrateOnAnImageFolderOneImageAtATime) {
   EXPECT_EQ(dynamic.out.find("calibration"), std::string::npos) << dynamic.out;
 }
 
-// `qat --distill` trains it one image a step, the same bytes at 1 and 2 threads, and reports
-// each output's SQNR for PTQ and QAT; labels are refused before calibration (no logits).
+// `qat --distill` runs it one image at a time, a step of --batch images being as many shards of
+// one (their gradients added in order): the same bytes at 1 and 2 threads, and not those of a
+// step of one image. It reports each output's SQNR for PTQ and QAT; labels are refused before
+// calibration (no logits), and shards of more than one image.
 TEST(SampleAxisCli, QatDistillsItOneImageAStep) {
   TempDir dir;
   std::string bytes[2];
@@ -305,15 +307,32 @@ TEST(SampleAxisCli, QatDistillsItOneImageAStep) {
     const std::string out =
         dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
     const auto r = run_cli("qat " + kImageDetector + " --data " + kDigits + kPixels +
-                           " --distill --distill-weight 1 --steps 3 --lr 1e-3 --threads " +
+                           " --distill --distill-weight 1 --steps 3 --batch 4 --lr 1e-3 "
+                           "--threads " +
                            std::to_string(threads) + " --val " + kDigits + " -o " + out);
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("training     3 steps of 1 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("training     3 steps of 4 in 4 shards of 1 "), std::string::npos)
+        << r.out;
     EXPECT_NE(r.out.find("  output SQNR (dB)"), std::string::npos) << r.out;
     bytes[threads - 1] = testing::read_text(out);
   }
   EXPECT_EQ(bytes[0], bytes[1]);
   expect_file_interface(dir.file("q1.onnx"), std::nullopt);
+  const auto single = run_cli("qat " + kImageDetector + " --data " + kDigits + kPixels +
+                              " --distill --distill-weight 1 --steps 3 --batch 1 --lr 1e-3 -o " +
+                              dir.file("s.onnx"));
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  EXPECT_NE(single.out.find("training     3 steps of 1 "), std::string::npos) << single.out;
+  EXPECT_NE(testing::read_text(dir.file("s.onnx")), bytes[0]);
+
+  const auto shards = run_cli("qat " + kImageDetector + " --data " + kDigits + kPixels +
+                              " --distill --distill-weight 1 --batch 4 --shards 2 --steps 1 -o " +
+                              dir.file("h.onnx"));
+  EXPECT_NE(shards.exit_code, 0);
+  EXPECT_NE(shards.err.find("qforge: error: qat: the model takes one sample at a time: a step of "
+                            "--batch 4 is 4 shards of one, got --shards 2"),
+            std::string::npos)
+      << shards.err;
 
   const auto labelled = run_cli("qat " + kImageDetector + " --data " + kDigits + kPixels +
                                 " --steps 1 -o " + dir.file("l.onnx"));

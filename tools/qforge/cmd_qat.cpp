@@ -156,6 +156,9 @@ int run_qat(QatOptions o) {
                   "' (expected max, percentile, entropy or mse)");
   }
   std::unique_ptr<graph::Graph> model;
+  // The batch the model runs at in calibration and evaluation: --batch, or 1 for a model whose
+  // file takes one sample (a training step of --batch samples is then that many shards of one).
+  int64_t run_batch = s.batch;
   std::string written_batch;
   std::optional<DataSource> data_source;
   std::optional<DataSource> val;
@@ -178,7 +181,7 @@ int run_qat(QatOptions o) {
     }
 
     model = load_model_to_run(o.model, o.input_shape, o.data);
-    s.batch = batch_for(*model, s.batch);
+    run_batch = batch_for(*model, s.batch);
     runtime::check_batch_export(*model, {.dynamic_batch = o.dynamic_batch});  // before any work
     written_batch = runtime::written_batch_text(*model, {.dynamic_batch = o.dynamic_batch});
     data_source.emplace(DataSource::open(o.data, *model, o.preprocess));
@@ -203,7 +206,14 @@ int run_qat(QatOptions o) {
     // The shards: as given, else the checkpoint's (a run resumes on any number of ranks), else
     // one per rank.
     if (s.shards == 0) {
-      s.shards = resume ? quant::checkpoint_shards(*resume) : static_cast<int64_t>(comm.size());
+      s.shards = resume                ? quant::checkpoint_shards(*resume)
+                 : run_batch < s.batch ? s.batch
+                                       : static_cast<int64_t>(comm.size());
+    }
+    if (run_batch < s.batch && s.shards != s.batch) {
+      throw_invalid("qat: the model takes one sample at a time: a step of --batch " +
+                    std::to_string(s.batch) + " is " + std::to_string(s.batch) +
+                    " shards of one, got --shards " + std::to_string(s.shards));
     }
     quant::check_qat_setup(s);
     if (comm.size() > s.shards) {
@@ -232,7 +242,7 @@ int run_qat(QatOptions o) {
   // 1. Calibrate exactly as `qforge calibrate` does.
   quant::CalibrationSetup calibration;
   calibration.model_name = o.model;
-  calibration.batch = s.batch;
+  calibration.batch = run_batch;
   calibration.limit = o.calib_limit;
   calibration.method = *method;
   calibration.percentile = o.percentile;
@@ -348,7 +358,7 @@ int run_qat(QatOptions o) {
                               out_file->model_sink(), out_file->data_sink());
 
   std::printf("model        %s (transformed at batch %lld: %zu conversions, %zu fusions)\n",
-              o.model.c_str(), static_cast<long long>(s.batch), calibrated.conversions,
+              o.model.c_str(), static_cast<long long>(run_batch), calibrated.conversions,
               calibrated.fusions);
   std::printf("calibration  %s, %zu samples, %s\n", o.data.c_str(), calibrated.samples,
               quant::calibrator_name(*method));
@@ -406,7 +416,7 @@ int run_qat(QatOptions o) {
   nlohmann::json evaluation;  // null without --val
   if (val) {
     quant::EvaluationSetup e;
-    e.batch = s.batch;
+    e.batch = run_batch;
     e.flip_injections = 0;
     e.stage = "qat";
     const quant::ModelLoader ptq = [&] {
@@ -618,7 +628,8 @@ CommandRunner add_qat_command(CLI::App& app) {
   cmd->add_option("--batch", o->setup.batch,
                   "batch for calibration and training (default 32), whatever batch the model "
                   "fixes; the written model keeps the model's own; an epoch's last partial "
-                  "batch is dropped")
+                  "batch is dropped. A model of one sample without a batch axis runs one "
+                  "sample at a time: a step's samples are as many shards of one")
       ->check(integer_at_least(1))
       ->group(train);
   cmd->add_option("--shards", o->setup.shards,
