@@ -1,5 +1,8 @@
 // Conv, FusedConv (a Conv with its epilogue, runtime/fuse_epilogues.h) and ConvTranspose:
 // shape inference, kernels with their backward.
+#include <optional>
+
+#include "kernels/conv_depth.h"
 #include "runtime/ops/activation.h"
 #include "runtime/ops/dense_common.h"
 
@@ -24,7 +27,9 @@ using kernels::shape_str;
 // Conv
 
 struct ConvSetup {
+  // Of a 3-D convolution, the geometry of its height and width planes (batch N, channels C).
   kernels::ConvGeometry geometry;
+  std::optional<kernels::ConvDepth> depth;  // of a 3-D convolution (kernels/conv_depth.h)
   Shape out_shape;
 };
 
@@ -34,7 +39,9 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
   const InputInfo* b = optional_float_input(node, inputs, 2, "B");
   const int64_t rank = static_cast<int64_t>(x.shape.size());
   if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
-  if (rank > 4) fail_unsupported(node, "1-D or 2-D convolution", "input " + shape_str(x.shape));
+  if (rank > 5) {
+    fail_unsupported(node, "1-D, 2-D or 3-D convolution", "input " + shape_str(x.shape));
+  }
   if (static_cast<int64_t>(w.shape.size()) != rank) {
     fail_node(node, "weight W of the input's rank " + std::to_string(rank),
               "W " + shape_str(w.shape));
@@ -69,7 +76,24 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
   g.in_channels = in_channels;
   g.out_channels = out_channels;
   g.group = group;
-  fill_window_2d(win, spatial_of(x.shape), g);
+  const std::span<const int64_t> spatial = spatial_of(x.shape);
+  if (rank == 5) {
+    // Depth first; the 2-D geometry is that of the height and width planes.
+    Window plane = win;
+    for (std::vector<int64_t>* v : {&plane.kernel, &plane.strides, &plane.dilations,
+                                    &plane.pad_begin, &plane.pad_end, &plane.out}) {
+      v->erase(v->begin());
+    }
+    fill_window_2d(plane, spatial.subspan(1), g);
+    s.depth = kernels::ConvDepth{.in = spatial[0],
+                                 .out = win.out[0],
+                                 .kernel = win.kernel[0],
+                                 .stride = win.strides[0],
+                                 .dilation = win.dilations[0],
+                                 .pad = win.pad_begin[0]};
+  } else {
+    fill_window_2d(win, spatial, g);
+  }
   s.out_shape = {x.shape[0], out_channels};
   s.out_shape.insert(s.out_shape.end(), win.out.begin(), win.out.end());
   return s;
@@ -85,10 +109,12 @@ class ConvKernel final : public OpKernel {
  public:
   // Constant weights are brought into the algorithm's form once, here. `fixed`: the clamp and
   // activation of a FusedConv (its pointers unset).
-  ConvKernel(const kernels::ConvGeometry& g, const Tensor* constant_weights,
+  ConvKernel(const ConvSetup& setup, const Tensor* constant_weights,
              const kernels::ConvEpilogue& fixed, bool fused)
-      : plan_(kernels::plan_conv(g, kernels::max_threads())),
-        backward_plan_(kernels::plan_conv_backward(g, kernels::max_threads())),
+      : plan_(kernels::plan_conv(stacked(setup), kernels::max_threads())),
+        backward_plan_(kernels::plan_conv_backward(stacked(setup), kernels::max_threads())),
+        plane_(setup.geometry),
+        depth_(setup.depth),
         fixed_(fixed),
         fused_(fused) {
     const size_t floats = kernels::conv_prepared_weight_floats(plan_);
@@ -98,9 +124,14 @@ class ConvKernel final : public OpKernel {
     }
   }
   size_t workspace_bytes() const override {
-    return kernels::conv_workspace_bytes(plan_, prepared_.empty()
-                                                    ? kernels::ConvWeightForm::kRaw
-                                                    : kernels::ConvWeightForm::kPrepared);
+    const size_t conv = kernels::conv_workspace_bytes(
+        plan_,
+        prepared_.empty() ? kernels::ConvWeightForm::kRaw : kernels::ConvWeightForm::kPrepared);
+    if (!depth_) return conv;
+    // The stacks, the output with the depth before the channels and, for a FusedConv, its
+    // residual in that order too.
+    return aligned(conv) + aligned(stack_floats() * sizeof(float)) +
+           (fused_ ? 2 : 1) * aligned(stacked_output_floats() * sizeof(float));
   }
   bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
@@ -112,21 +143,51 @@ class ConvKernel final : public OpKernel {
     epilogue.scale = optional(3);
     epilogue.shift = optional(4);
     epilogue.residual = optional(5);
-    if (epilogue.residual && epilogue.residual == outputs[0].data<float>() &&
+    // A 3-D convolution reads its residual into the workspace before writing the output.
+    if (!depth_ && epilogue.residual && epilogue.residual == outputs[0].data<float>() &&
         !kernels::conv_residual_may_alias_output(plan_)) {
       throw_internal(
           "FusedConv: the output was placed over the residual, which this "
           "convolution's algorithm reads after writing the output");
     }
-    kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
-                    outputs[0].data<float>(), workspace, epilogue,
-                    prepared_.empty() ? nullptr : prepared_.data());
+    const float* prepared = prepared_.empty() ? nullptr : prepared_.data();
+    if (!depth_) {
+      kernels::conv2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), optional(2),
+                      outputs[0].data<float>(), workspace, epilogue, prepared);
+      return;
+    }
+    const kernels::ConvGeometry& g = plane_;
+    const int64_t in_plane = g.in_h * g.in_w;
+    const int64_t out_plane = g.out_h * g.out_w;
+    std::byte* at = workspace + aligned(kernels::conv_workspace_bytes(
+                                    plan_, prepared ? kernels::ConvWeightForm::kPrepared
+                                                    : kernels::ConvWeightForm::kRaw));
+    auto* stacks = reinterpret_cast<float*>(at);
+    at += aligned(stack_floats() * sizeof(float));
+    auto* y = reinterpret_cast<float*>(at);
+    at += aligned(stacked_output_floats() * sizeof(float));
+    kernels::stack_depth_taps(inputs[0].data<float>(), stacks, g.batch, g.in_channels, in_plane,
+                              *depth_);
+    if (epilogue.residual) {
+      auto* residual = reinterpret_cast<float*>(at);
+      kernels::depth_to_batch(epilogue.residual, residual, g.batch, g.out_channels, depth_->out,
+                              out_plane);
+      epilogue.residual = residual;
+    }
+    kernels::conv2d(plan_, stacks, inputs[1].data<float>(), optional(2), y, workspace, epilogue,
+                    prepared);
+    kernels::batch_to_depth(y, outputs[0].data<float>(), g.batch, g.out_channels, depth_->out,
+                            out_plane);
   }
 
   // Conv's X, W and B; FusedConv, an inference-only node, has no backward.
   bool differentiable_input(size_t index) const override { return !fused_ && index <= 2; }
   size_t backward_workspace_bytes() const override {
-    return kernels::conv_backward_workspace_bytes(backward_plan_);
+    const size_t conv = kernels::conv_backward_workspace_bytes(backward_plan_);
+    if (!depth_) return conv;
+    // The stacks and their gradient, and dy with the depth before the channels.
+    return aligned(conv) + 2 * aligned(stack_floats() * sizeof(float)) +
+           aligned(stacked_output_floats() * sizeof(float));
   }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
@@ -138,13 +199,52 @@ class ConvKernel final : public OpKernel {
     grads.dx = grad_data(grad_inputs, 0);
     grads.dw = grad_data(grad_inputs, 1);
     grads.dbias = grad_data(grad_inputs, 2);
-    kernels::conv2d_backward(backward_plan_, inputs[0].data<float>(), inputs[1].data<float>(),
-                             grad_outputs[0].data<float>(), grads, workspace);
+    if (!depth_) {
+      kernels::conv2d_backward(backward_plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                               grad_outputs[0].data<float>(), grads, workspace);
+      return;
+    }
+    const kernels::ConvGeometry& g = plane_;
+    const int64_t in_plane = g.in_h * g.in_w;
+    const int64_t out_plane = g.out_h * g.out_w;
+    std::byte* at = workspace + aligned(kernels::conv_backward_workspace_bytes(backward_plan_));
+    auto* stacks = reinterpret_cast<float*>(at);
+    at += aligned(stack_floats() * sizeof(float));
+    auto* stacks_grad = reinterpret_cast<float*>(at);
+    at += aligned(stack_floats() * sizeof(float));
+    auto* dy = reinterpret_cast<float*>(at);
+    kernels::stack_depth_taps(inputs[0].data<float>(), stacks, g.batch, g.in_channels, in_plane,
+                              *depth_);
+    kernels::depth_to_batch(grad_outputs[0].data<float>(), dy, g.batch, g.out_channels, depth_->out,
+                            out_plane);
+    float* dx = grads.dx;
+    if (dx) grads.dx = stacks_grad;
+    kernels::conv2d_backward(backward_plan_, stacks, inputs[1].data<float>(), dy, grads, workspace);
+    if (dx) {
+      kernels::unstack_depth_taps(stacks_grad, dx, g.batch, g.in_channels, in_plane, *depth_);
+    }
   }
 
  private:
+  static kernels::ConvGeometry stacked(const ConvSetup& s) {
+    return s.depth ? kernels::depth_stacked_geometry(s.geometry, *s.depth) : s.geometry;
+  }
+  static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
+  // Of a 3-D convolution: the floats of the stacks [N·D_out, C·kd, H, W] and of the output
+  // [N·D_out, O, H', W'].
+  size_t stack_floats() const {
+    return static_cast<size_t>(plane_.batch * depth_->out * plane_.in_channels * depth_->kernel *
+                               plane_.in_h * plane_.in_w);
+  }
+  size_t stacked_output_floats() const {
+    return static_cast<size_t>(plane_.batch * depth_->out * plane_.out_channels * plane_.out_h *
+                               plane_.out_w);
+  }
+
   kernels::ConvPlan plan_;
   kernels::ConvBackwardPlan backward_plan_;
+  kernels::ConvGeometry plane_;
+  std::optional<kernels::ConvDepth> depth_;
   std::vector<float> prepared_;
   kernels::ConvEpilogue fixed_;
   bool fused_;
@@ -156,7 +256,7 @@ std::vector<TensorInfo> infer_conv(const Node& node, std::span<const InputInfo> 
 
 std::unique_ptr<OpKernel> create_conv(const Node& node, std::span<const InputInfo> inputs,
                                       std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs), inputs[1].constant,
                                       kernels::ConvEpilogue{}, false);
 }
 
@@ -209,7 +309,7 @@ std::vector<TensorInfo> infer_fused_conv(const Node& node, std::span<const Input
 
 std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const InputInfo> inputs,
                                             std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ConvKernel>(setup_conv(node, inputs).geometry, inputs[1].constant,
+  return std::make_unique<ConvKernel>(setup_conv(node, inputs), inputs[1].constant,
                                       fused_conv_epilogue(node), true);
 }
 
@@ -386,8 +486,9 @@ void register_conv_ops(OpRegistry& registry) {
 
 bool fused_conv_writes_over_residual(const Node& node, std::span<const InputInfo> inputs) {
   if (node.op_type() != "FusedConv" || inputs.size() < 6 || !inputs[5].present) return false;
-  const kernels::ConvPlan plan =
-      kernels::plan_conv(setup_conv(node, inputs).geometry, kernels::max_threads());
+  const ConvSetup setup = setup_conv(node, inputs);
+  if (setup.depth) return true;  // the residual is read into the workspace first
+  const kernels::ConvPlan plan = kernels::plan_conv(setup.geometry, kernels::max_threads());
   return kernels::conv_residual_may_alias_output(plan);
 }
 

@@ -502,6 +502,28 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("group", int64_t{6})
           .attr("strides", Ints{2, 2})
           .attr("pads", Ints{1, 1, 1, 1}));
+  // 3-D (video, volumes): depth taps stacked on the 2-D kernels (kernels/conv_depth.h).
+  {
+    H c("Conv", "3-D, groups 2, strides (2,1,2), dilations (2,1,1), uneven pads, bias");
+    c.data(d.uniform({2, 4, 6, 5, 7}))
+        .weight(d.uniform({6, 2, 2, 3, 3}, -0.5f, 0.5f))
+        .weight(d.uniform({6}));
+    c.attributes = {{"group", int64_t{2}},
+                    {"strides", Ints{2, 1, 2}},
+                    {"dilations", Ints{2, 1, 1}},
+                    {"pads", Ints{1, 1, 0, 0, 1, 1}}};
+    add(c);
+  }
+  add(H("Conv", "3-D 3x3x3, pad 1, no bias")
+          .data(d.uniform({1, 3, 4, 6, 5}))
+          .weight(d.uniform({5, 3, 3, 3, 3}, -0.5f, 0.5f))
+          .attr("pads", Ints{1, 1, 1, 1, 1, 1}));
+  add(H("Conv", "3-D depthwise (3,1,1), stride (2,1,1)")
+          .data(d.uniform({2, 4, 7, 3, 3}))
+          .weight(d.uniform({4, 1, 3, 1, 1}))
+          .attr("group", int64_t{4})
+          .attr("strides", Ints{2, 1, 1})
+          .attr("pads", Ints{1, 0, 0, 1, 0, 0}));
   add(H("Conv", "1x1, 17 channels")
           .data(d.uniform({2, 17, 3, 5}))
           .weight(d.uniform({9, 17, 1, 1}, -0.5f, 0.5f))
@@ -1001,6 +1023,22 @@ inline std::vector<HarnessCase> harness_cases() {
     c.attr("clamp_min", 0.0f).attr("clamp_max", 6.0f);
     c.reference(
         [conv](std::span<const Tensor> in) { return fused_conv_reference(in, conv, 0, 6); });
+    add(c);
+  }
+  {
+    // 3-D: the residual is read in the 2-D kernels' order (depth before channels).
+    const Attributes conv3 = {{"pads", Ints{1, 0, 1, 1, 0, 1}}, {"strides", Ints{1, 2, 1}}};
+    H c("FusedConv", "3-D conv, BN scale and shift, residual, clamp");
+    c.data(d.uniform({2, 3, 4, 6, 5}))
+        .weight(d.uniform({5, 3, 3, 2, 3}, -0.5f, 0.5f))
+        .weight(d.uniform({5}))
+        .setting(d.uniform({5}, 0.5f, 1.5f))
+        .setting(d.uniform({5}))
+        .data(d.uniform({2, 5, 4, 3, 5}));
+    c.attributes = conv3;
+    c.attr("clamp_min", 0.0f).attr("clamp_max", 6.0f);
+    c.reference(
+        [conv3](std::span<const Tensor> in) { return fused_conv_reference(in, conv3, 0, 6); });
     add(c);
   }
 

@@ -1,0 +1,48 @@
+// 3-D convolutions (video and volume models: x [N, C, D, H, W]) on the 2-D kernels of
+// kernels/conv.h. Output slice d of image n reads the input slices d·stride − pad + t·dilation,
+// t < kernel (taps outside the input read zero), so with those slices stacked along the
+// channels (input channel c, tap t at channel c·kernel + t) it is one 2-D convolution whose
+// weight [O, C/group, kd, kh, kw] is read as [O, C/group·kd, kh, kw] (the same memory). The
+// stacks of every (n, d) form the batch of that 2-D convolution: its output [N·D_out, O, H', W']
+// is the 3-D output with the depth before the channels. The backward is the 2-D backward on the
+// same stacks, the stacks' gradient added back into the input's slices.
+//
+// Each step is a copy or a sum in a fixed order, so the bits are the 2-D kernels' and do not
+// depend on the thread count; a slice's output does not depend on the batch it runs in.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/conv.h"
+
+namespace qforge::kernels {
+
+// The depth axis of a 3-D convolution (the spatial axis before height and width).
+struct ConvDepth {
+  int64_t in = 1;
+  int64_t out = 1;
+  int64_t kernel = 1;
+  int64_t stride = 1;
+  int64_t dilation = 1;
+  int64_t pad = 0;  // at the front; the back's is implied by `out`
+};
+
+// The 2-D convolution of the stacks, from the 3-D convolution's batch, channels and plane
+// geometry (`plane`: batch N, in_channels C, the height and width axes, out_channels, group).
+ConvGeometry depth_stacked_geometry(const ConvGeometry& plane, const ConvDepth& depth);
+
+// x [N, C, D_in, H·W] -> stacks [N·D_out, C·kernel, H·W].
+void stack_depth_taps(const float* x, float* stacks, int64_t batch, int64_t channels,
+                      int64_t plane, const ConvDepth& depth);
+// The backward of stack_depth_taps: dx [N, C, D_in, H·W] = the sum, over the stack entries that
+// copied each input element, of their gradient (overwritten; zero where no tap reads it).
+void unstack_depth_taps(const float* stacks, float* dx, int64_t batch, int64_t channels,
+                        int64_t plane, const ConvDepth& depth);
+
+// [N, C, D, P] <-> [N·D, C, P].
+void depth_to_batch(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
+                    int64_t plane);
+void batch_to_depth(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
+                    int64_t plane);
+
+}  // namespace qforge::kernels
