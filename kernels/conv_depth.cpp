@@ -16,7 +16,9 @@ int64_t source_slice(const ConvDepth& depth, int64_t d, int64_t t) {
 }
 
 // Grain of the copy loops: about 64 KiB of floats per chunk.
-int64_t grain_for(int64_t plane) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane)); }
+int64_t grain_for(int64_t plane) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane));
+}
 
 }  // namespace
 
@@ -27,8 +29,8 @@ ConvGeometry depth_stacked_geometry(const ConvGeometry& plane, const ConvDepth& 
   return g;
 }
 
-void stack_depth_taps(const float* x, float* stacks, int64_t batch, int64_t channels,
-                      int64_t plane, const ConvDepth& depth) {
+void stack_depth_taps(const float* x, float* stacks, int64_t batch, int64_t channels, int64_t plane,
+                      const ConvDepth& depth) {
   const auto bytes = static_cast<size_t>(plane) * sizeof(float);
   // One item per (n, d, c): its kernel taps' planes.
   parallel_for(batch * depth.out * channels, grain_for(plane * depth.kernel),
@@ -66,7 +68,8 @@ void unstack_depth_taps(const float* stacks, float* dx, int64_t batch, int64_t c
                      for (int64_t t = 0; t < depth.kernel; ++t) {
                        if (source_slice(depth, d, t) != s) continue;
                        const float* g =
-                           stacks + (((n * depth.out + d) * channels + c) * depth.kernel + t) * plane;
+                           stacks +
+                           (((n * depth.out + d) * channels + c) * depth.kernel + t) * plane;
                        if (!written) {
                          std::memcpy(out, g, static_cast<size_t>(plane) * sizeof(float));
                          written = true;

@@ -32,8 +32,8 @@ struct ConvDepth {
 ConvGeometry depth_stacked_geometry(const ConvGeometry& plane, const ConvDepth& depth);
 
 // x [N, C, D_in, H·W] -> stacks [N·D_out, C·kernel, H·W].
-void stack_depth_taps(const float* x, float* stacks, int64_t batch, int64_t channels,
-                      int64_t plane, const ConvDepth& depth);
+void stack_depth_taps(const float* x, float* stacks, int64_t batch, int64_t channels, int64_t plane,
+                      const ConvDepth& depth);
 // The backward of stack_depth_taps: dx [N, C, D_in, H·W] = the sum, over the stack entries that
 // copied each input element, of their gradient (overwritten; zero where no tap reads it).
 void unstack_depth_taps(const float* stacks, float* dx, int64_t batch, int64_t channels,

@@ -1,6 +1,8 @@
 // Softmax, LogSoftmax, MaxPool, AveragePool, GlobalAveragePool, every Reduce op, CumSum, ArgMax and
 // TopK: shape inference, kernels with their backward (ArgMax has none: its output is an integer;
 // nor has CumSum of integers; TopK's gradient is its values').
+#include <optional>
+
 #include "runtime/ops/dense_common.h"
 
 namespace qforge::runtime::ops {
@@ -80,8 +82,14 @@ std::unique_ptr<OpKernel> create_softmax(const Node& node, std::span<const Input
 // ---------------------------------------------------------------------------------------------
 // MaxPool, AveragePool
 
+// A 3-D pool is separable: the window is a box, so its maximum (or its sum, and the count of
+// taps an average divides by) is that over the depth taps of each height-width position, then
+// over the planes. `depth` pools [N, C, D, H·W] along D (a 2-D pool of one-column windows);
+// `geometry` then pools the N·C·D_out planes [H, W]. The average's two divisions round twice
+// where ONNX Runtime's one does once.
 struct PoolSetup {
   kernels::PoolGeometry geometry;
+  std::optional<kernels::PoolGeometry> depth;
   Shape out_shape;
 };
 
@@ -89,7 +97,7 @@ PoolSetup setup_pool(const Node& node, std::span<const InputInfo> inputs) {
   const InputInfo& x = float_input(node, inputs, 0, "X");
   const int64_t rank = static_cast<int64_t>(x.shape.size());
   if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
-  if (rank > 4) fail_unsupported(node, "1-D or 2-D pooling", "input " + shape_str(x.shape));
+  if (rank > 5) fail_unsupported(node, "1-D, 2-D or 3-D pooling", "input " + shape_str(x.shape));
   const size_t spatial = static_cast<size_t>(rank - 2);
   std::vector<int64_t> kernel = node.attr_ints("kernel_shape");
   if (kernel.size() != spatial) {
@@ -106,10 +114,36 @@ PoolSetup setup_pool(const Node& node, std::span<const InputInfo> inputs) {
   kernels::PoolGeometry& g = s.geometry;
   g.batch = x.shape[0];
   g.channels = x.shape[1];
-  fill_window_2d(win, spatial_of(x.shape), g);
-  const bool one_d = spatial == 1;
-  g.pad_bottom = one_d ? 0 : win.pad_end[0];
-  g.pad_right = win.pad_end[one_d ? 0 : 1];
+  if (spatial == 3) {
+    const std::span<const int64_t> in = spatial_of(x.shape);
+    kernels::PoolGeometry d;
+    d.batch = x.shape[0];
+    d.channels = x.shape[1];
+    d.in_h = in[0];
+    d.in_w = in[1] * in[2];
+    d.out_h = win.out[0];
+    d.out_w = d.in_w;
+    d.kernel_h = win.kernel[0];
+    d.stride_h = win.strides[0];
+    d.dilation_h = win.dilations[0];
+    d.pad_top = win.pad_begin[0];
+    d.pad_bottom = win.pad_end[0];
+    s.depth = d;
+    Window plane = win;
+    for (std::vector<int64_t>* v : {&plane.kernel, &plane.strides, &plane.dilations,
+                                    &plane.pad_begin, &plane.pad_end, &plane.out}) {
+      v->erase(v->begin());
+    }
+    g.channels = x.shape[1] * win.out[0];
+    fill_window_2d(plane, in.subspan(1), g);
+    g.pad_bottom = plane.pad_end[0];
+    g.pad_right = plane.pad_end[1];
+  } else {
+    fill_window_2d(win, spatial_of(x.shape), g);
+    const bool one_d = spatial == 1;
+    g.pad_bottom = one_d ? 0 : win.pad_end[0];
+    g.pad_right = win.pad_end[one_d ? 0 : 1];
+  }
   s.out_shape = {x.shape[0], x.shape[1]};
   s.out_shape.insert(s.out_shape.end(), win.out.begin(), win.out.end());
   return s;
@@ -118,17 +152,34 @@ PoolSetup setup_pool(const Node& node, std::span<const InputInfo> inputs) {
 std::vector<TensorInfo> infer_max_pool(const Node& node, std::span<const InputInfo> inputs) {
   PoolSetup s = setup_pool(node, inputs);
   bool_attr(node, "storage_order", 0);
+  if (s.depth && output_used(node, 1)) {
+    fail_unsupported(node, "MaxPool's Indices output of a 1-D or 2-D pool",
+                     "a 3-D pool of " + shape_str(inputs[0].shape));
+  }
   std::vector<TensorInfo> out = one_output(node, s.out_shape);
   if (out.size() > 1) out[1] = {DType::kInt64, s.out_shape};
   return out;
 }
 
+// The floats of a 3-D pool's depth pass output [N, C, D_out, H·W] (0 for other pools).
+size_t depth_floats(const std::optional<kernels::PoolGeometry>& depth) {
+  return depth ? static_cast<size_t>(depth->batch * depth->channels * depth->out_h * depth->out_w)
+               : 0;
+}
+
 class MaxPoolKernel final : public OpKernel {
  public:
-  MaxPoolKernel(const kernels::PoolGeometry& g, bool want_indices, kernels::IndexOrder order)
-      : geometry_(g), want_indices_(want_indices), order_(order) {}
+  MaxPoolKernel(const PoolSetup& s, bool want_indices, kernels::IndexOrder order)
+      : geometry_(s.geometry), depth_(s.depth), want_indices_(want_indices), order_(order) {}
+  size_t workspace_bytes() const override { return depth_floats(depth_) * sizeof(float); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
-               std::byte* /*workspace*/) override {
+               std::byte* workspace) override {
+    if (depth_) {  // over the depth taps into the workspace, then over the planes
+      auto* d = reinterpret_cast<float*>(workspace);
+      kernels::max_pool2d(*depth_, inputs[0].data<float>(), d, nullptr, order_);
+      kernels::max_pool2d(geometry_, d, outputs[0].data<float>(), nullptr, order_);
+      return;
+    }
     int64_t* indices = want_indices_ && outputs.size() > 1 && outputs[1].defined()
                            ? outputs[1].data<int64_t>()
                            : nullptr;
@@ -143,7 +194,7 @@ class MaxPoolKernel final : public OpKernel {
   // Or, as a record: which tap of each window receives the gradient, one byte per output (a
   // quarter of the input's elements at stride 2), so that the input need not be kept.
   Record record() const override {
-    if (!kernels::max_pool2d_has_taps(geometry_)) return {};
+    if (depth_ || !kernels::max_pool2d_has_taps(geometry_)) return {};
     const int64_t outputs =
         geometry_.batch * geometry_.channels * geometry_.out_h * geometry_.out_w;
     if (outputs == 0) return {};
@@ -151,9 +202,21 @@ class MaxPoolKernel final : public OpKernel {
             .reads = {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing}};
   }
   void keep_record(std::byte* storage) override { taps_ = reinterpret_cast<uint8_t*>(storage); }
+  size_t backward_workspace_bytes() const override {
+    return 2 * depth_floats(depth_) * sizeof(float);
+  }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
-                std::byte* /*workspace*/) override {
+                std::byte* workspace) override {
+    if (depth_) {  // the depth pass again, then the planes' backward and the depth's
+      auto* d = reinterpret_cast<float*>(workspace);
+      float* dd = d + depth_floats(depth_);
+      kernels::max_pool2d(*depth_, inputs[0].data<float>(), d, nullptr, order_);
+      kernels::max_pool2d_backward(geometry_, d, grad_outputs[0].data<float>(), dd);
+      kernels::max_pool2d_backward(*depth_, inputs[0].data<float>(), dd,
+                                   grad_inputs[0].data<float>());
+      return;
+    }
     if (taps_) {
       kernels::max_pool2d_backward_from_taps(geometry_, taps_, grad_outputs[0].data<float>(),
                                              grad_inputs[0].data<float>());
@@ -165,6 +228,7 @@ class MaxPoolKernel final : public OpKernel {
 
  private:
   kernels::PoolGeometry geometry_;
+  std::optional<kernels::PoolGeometry> depth_;
   bool want_indices_;
   kernels::IndexOrder order_;
   uint8_t* taps_ = nullptr;  // the kept record
@@ -175,16 +239,22 @@ std::unique_ptr<OpKernel> create_max_pool(const Node& node, std::span<const Inpu
   infer_max_pool(node, inputs);
   const auto order = node.attr_int("storage_order", 0) == 0 ? kernels::IndexOrder::kRowMajor
                                                             : kernels::IndexOrder::kColumnMajor;
-  return std::make_unique<MaxPoolKernel>(setup_pool(node, inputs).geometry, output_used(node, 1),
-                                         order);
+  return std::make_unique<MaxPoolKernel>(setup_pool(node, inputs), output_used(node, 1), order);
 }
 
 class AveragePoolKernel final : public OpKernel {
  public:
-  AveragePoolKernel(const kernels::PoolGeometry& g, kernels::PadCounting counting)
-      : geometry_(g), counting_(counting) {}
+  AveragePoolKernel(const PoolSetup& s, kernels::PadCounting counting)
+      : geometry_(s.geometry), depth_(s.depth), counting_(counting) {}
+  size_t workspace_bytes() const override { return depth_floats(depth_) * sizeof(float); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
-               std::byte* /*workspace*/) override {
+               std::byte* workspace) override {
+    if (depth_) {  // over the depth taps into the workspace, then over the planes
+      auto* d = reinterpret_cast<float*>(workspace);
+      kernels::average_pool2d(*depth_, counting_, inputs[0].data<float>(), d);
+      kernels::average_pool2d(geometry_, counting_, d, outputs[0].data<float>());
+      return;
+    }
     kernels::average_pool2d(geometry_, counting_, inputs[0].data<float>(),
                             outputs[0].data<float>());
   }
@@ -192,15 +262,23 @@ class AveragePoolKernel final : public OpKernel {
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
   }
+  size_t backward_workspace_bytes() const override { return depth_floats(depth_) * sizeof(float); }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
-                std::byte* /*workspace*/) override {
+                std::byte* workspace) override {
+    if (depth_) {
+      auto* dd = reinterpret_cast<float*>(workspace);
+      kernels::average_pool2d_backward(geometry_, counting_, grad_outputs[0].data<float>(), dd);
+      kernels::average_pool2d_backward(*depth_, counting_, dd, grad_inputs[0].data<float>());
+      return;
+    }
     kernels::average_pool2d_backward(geometry_, counting_, grad_outputs[0].data<float>(),
                                      grad_inputs[0].data<float>());
   }
 
  private:
   kernels::PoolGeometry geometry_;
+  std::optional<kernels::PoolGeometry> depth_;
   kernels::PadCounting counting_;
 };
 
@@ -215,7 +293,7 @@ std::unique_ptr<OpKernel> create_average_pool(const Node& node, std::span<const 
   const auto counting = bool_attr(node, "count_include_pad", 0) != 0
                             ? kernels::PadCounting::kIncludePad
                             : kernels::PadCounting::kExcludePad;
-  return std::make_unique<AveragePoolKernel>(setup_pool(node, inputs).geometry, counting);
+  return std::make_unique<AveragePoolKernel>(setup_pool(node, inputs), counting);
 }
 
 // ---------------------------------------------------------------------------------------------

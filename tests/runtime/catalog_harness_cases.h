@@ -614,6 +614,30 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("strides", Ints{2, 2})
           .attr("pads", Ints{1, 1, 1, 1})
           .attr("count_include_pad", int64_t{1}));
+  // 3-D (video, volumes): separable, over the depth taps, then the planes.
+  add(H("MaxPool", "3-D 3x3x3 stride (1,2,2), pads 1")
+          .data(d.distinct({2, 2, 5, 7, 6}, -8, 8))
+          .attr("kernel_shape", Ints{3, 3, 3})
+          .attr("strides", Ints{1, 2, 2})
+          .attr("pads", Ints{1, 1, 1, 1, 1, 1}));
+  add(H("MaxPool", "3-D 2x1x3 dilation (2,1,1), ceil mode")
+          .data(d.distinct({1, 3, 7, 4, 8}, -8, 8))
+          .attr("kernel_shape", Ints{2, 1, 3})
+          .attr("dilations", Ints{2, 1, 1})
+          .attr("strides", Ints{2, 1, 2})
+          .attr("ceil_mode", int64_t{1}));
+  add(H("AveragePool", "3-D 2x3x2 stride (2,2,1), uneven pads, pads excluded")
+          .data(d.uniform({1, 3, 5, 7, 6}))
+          .attr("kernel_shape", Ints{2, 3, 2})
+          .attr("strides", Ints{2, 2, 1})
+          .attr("pads", Ints{1, 1, 0, 0, 1, 1}));
+  add(H("AveragePool", "3-D 3x3x3 stride 2, pads counted, ceil mode")
+          .data(d.uniform({2, 2, 6, 5, 7}))
+          .attr("kernel_shape", Ints{3, 3, 3})
+          .attr("strides", Ints{2, 2, 2})
+          .attr("pads", Ints{1, 1, 1, 1, 1, 1})
+          .attr("ceil_mode", int64_t{1})
+          .attr("count_include_pad", int64_t{1}));
   add(H("GlobalAveragePool", "odd spatial").data(d.uniform({2, 3, 5, 7})));
   add(H("InstanceNormalization", "odd spatial")
           .data(d.uniform({2, 3, 5, 3}, -2, 2))

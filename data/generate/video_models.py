@@ -1,0 +1,66 @@
+#!/usr/bin/python3
+"""A small video classifier of 3-D layers, as torchvision's video models (r3d_18, r2plus1d_18,
+mc3_18) are built, for tests/tools/video_cli_test.cpp (3-D convolutions and pools,
+kernels/conv_depth.h and runtime/ops/pool_ops.cpp):
+
+  * data/models/ops/tiny_video_opset17.onnx: clips [N, 3, 8, 32, 32] (dynamic batch) ->
+    logits [N, 5]. A stem Conv3d 3x3x3 stride (1, 2, 2) -> BatchNorm3d -> ReLU, MaxPool3d
+    (1, 3, 3) stride (1, 2, 2); a (2+1)-D residual block (Conv3d 1x3x3 -> BN -> ReLU -> Conv3d
+    3x1x1 -> BN, + the block's input, ReLU); a strided Conv3d 3x3x3 -> BN -> ReLU, AvgPool3d 2x2x2
+    with its pads counted, then AdaptiveAvgPool3d(1), Flatten and Linear. Random weights and BN
+    statistics, seeded.
+
+Seeded; run: /usr/bin/python3 data/generate/video_models.py
+"""
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPS = os.path.join(HERE, "..", "models", "ops")
+
+
+def conv_bn(cin, cout, kernel, stride=1, padding=0):
+    return [nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout)]
+
+
+class TinyVideo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(3, 8, 3, (1, 2, 2), 1), nn.ReLU(),
+                                  nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)))
+        self.spatial = nn.Sequential(*conv_bn(8, 8, (1, 3, 3), 1, (0, 1, 1)), nn.ReLU())
+        self.temporal = nn.Sequential(*conv_bn(8, 8, (3, 1, 1), 1, (1, 0, 0)))
+        self.down = nn.Sequential(*conv_bn(8, 16, 3, 2, 1), nn.ReLU(),
+                                  nn.AvgPool3d(2, 2, 1, count_include_pad=True))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(16, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.temporal(self.spatial(x)) + x)
+        return self.head(self.down(x))
+
+
+def main():
+    torch.manual_seed(0)
+    model = TinyVideo()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    clips = np.random.RandomState(0).randn(2, 3, 8, 32, 32).astype(np.float32)
+    path = os.path.join(OPS, "tiny_video_opset17.onnx")
+    torch.onnx.export(model, torch.from_numpy(clips[:2]), path, opset_version=17,
+                      input_names=["clips"], output_names=["logits"],
+                      dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}})
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+if __name__ == "__main__":
+    main()
