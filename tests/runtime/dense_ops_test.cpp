@@ -242,10 +242,10 @@ TEST_F(DenseOps, ConvRejectsInconsistentShapes) {
   expect_error(
       [&] {
         OneNode("Conv", {},
-                {{random_tensor({1, 2, 3, 3, 3}, 1)}, {random_tensor({2, 2, 1, 1, 1}, 1)}}, 1)
+                {{random_tensor({1, 2, 3, 3, 3, 3}, 1)}, {random_tensor({2, 2, 1, 1, 1, 1}, 1)}}, 1)
             .infer();
       },
-      ErrorKind::kUnsupported, {"expected 1-D or 2-D convolution"});
+      ErrorKind::kUnsupported, {"expected 1-D, 2-D or 3-D convolution"});
   expect_error(
       [&] {
         OneNode("Conv", {{"auto_pad", std::string("SAME")}},

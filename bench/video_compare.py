@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Forward time of torchvision's video classifiers (3-D convolutions) in qforge, PyTorch and
+ONNX Runtime.
+
+r3d_18 and r2plus1d_18 with random weights (seeded), exported at opset 17 with a fixed batch,
+on clips of --frames frames at --size x --size (normal(0, 1), seeded). First qforge's logits are
+checked against PyTorch's (within 1e-4 of the largest), then the runtimes alternate for --rounds
+rounds, each keeping its fastest: qforge `run` (its forward time, compilation and warm-up
+excluded) of the model as exported and transformed (`--transform`, as calibration runs it),
+PyTorch eager under torch.no_grad(), ONNX Runtime for Node with every graph optimisation. With
+--write, the table replaces the section between the video markers of bench/RESULTS.md.
+
+    bench/video_compare.py [--qforge build/tools/qforge] [--batch 2] [--frames 8] [--write]
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
+import zoo  # noqa: E402
+
+BEGIN = "<!-- video_compare:begin (generated; replaced on each run) -->"
+END = "<!-- video_compare:end -->"
+MODELS = ["r3d_18", "r2plus1d_18"]
+
+
+def build_model(name):
+    import torch
+    import torchvision
+
+    torch.manual_seed(zoo.WEIGHT_SEED)
+    return getattr(torchvision.models.video, name)().eval()
+
+
+def paths(args, name):
+    cache = os.path.join(zoo.BENCH_DIR, ".cache", "video")
+    os.makedirs(cache, exist_ok=True)
+    shape = f"b{args.batch}_f{args.frames}_{args.size}"
+    return (os.path.join(cache, f"{name}_{shape}.onnx"),
+            os.path.join(cache, f"clips_{shape}.npy"),
+            os.path.join(cache, f"{name}_{shape}_logits.npy"))
+
+
+def prepare(args, name, log):
+    """Exports the model and writes the clips and PyTorch's logits, unless they are there."""
+    import numpy as np
+    import torch
+
+    model_path, clips_path, reference = paths(args, name)
+    if all(os.path.exists(p) for p in (model_path, clips_path, reference)):
+        return model_path, clips_path, reference
+    torch.set_num_threads(args.threads)
+    model = build_model(name)
+    if not os.path.exists(clips_path):
+        rng = np.random.default_rng(zoo.INPUT_SEED)
+        rows = args.batch * (args.runs + args.warmup)
+        np.save(clips_path, rng.standard_normal(
+            (rows, 3, args.frames, args.size, args.size)).astype(np.float32))
+    clips = np.load(clips_path)
+    log(f"exporting {os.path.relpath(model_path, zoo.REPO_ROOT)}")
+    torch.onnx.export(model, torch.from_numpy(clips[:args.batch]), model_path, opset_version=17,
+                      input_names=["clips"], output_names=["logits"])
+    with torch.no_grad():
+        np.save(reference, model(torch.from_numpy(clips[:args.batch])).numpy())
+    return model_path, clips_path, reference
+
+
+def check(args, model, clips, reference):
+    """qforge's logits against PyTorch's: the largest difference over the largest |logit|."""
+    import numpy as np
+
+    out = os.path.join(zoo.BENCH_DIR, ".cache", "video", "qforge_logits.npy")
+    proc = compare.run_cmd([args.qforge, "run", model, "--data", clips, "--limit", str(args.batch),
+                            "--batch", str(args.batch), "--threads", str(args.threads), "-o", out],
+                           args.timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"qforge run failed: {proc.stderr.strip()}")
+    got, want = np.load(out), np.load(reference)
+    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+
+
+def worker_args(args, name):
+    return ["--model-name", name, "--threads", str(args.threads), "--batch", str(args.batch),
+            "--frames", str(args.frames), "--size", str(args.size), "--runs", str(args.runs),
+            "--warmup", str(args.warmup)]
+
+
+def torch_time(args, name):
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker"] + worker_args(args, name)
+    proc = compare.run_cmd(cmd, args.timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
+
+
+def torch_worker(args):
+    """Child process: times the PyTorch model on the first batch and prints one JSON line."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = build_model(args.model_name)
+    _, clips, _ = paths(args, args.model_name)
+    x = torch.from_numpy(np.load(clips)[:args.batch])
+    ms = []
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            model(x)
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            model(x)
+            ms.append(1e3 * (time.perf_counter() - t0))
+    with open("/proc/self/status") as status:
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
+    print(json.dumps({"version": torch.__version__, "ms": ms, "mean_ms": statistics.mean(ms),
+                      "peak_mib": int(m.group(1)) / 1024 if m else None}))
+    return 0
+
+
+def ort_time(args, model, clips):
+    cmd = ["node", os.path.join(zoo.BENCH_DIR, "ort_time.js"), "--model", model, "--input", clips,
+           "--batch", str(args.batch), "--warmup", str(args.warmup), "--runs", str(args.runs),
+           "--threads", str(args.threads)]
+    proc = compare.run_cmd(cmd, args.timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
+
+
+def qforge_time(args, model, clips, transform):
+    cmd = [args.qforge, "run", model, "--data", clips, "--batch", str(args.batch),
+           "--limit", str(args.batch * (args.runs + args.warmup)), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)]
+    if transform:
+        cmd.append("--transform")
+    proc = compare.run_cmd(cmd, args.timeout)
+    m = compare.THROUGHPUT_RE.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
+    peak = compare.MEMORY_RE.search(proc.stdout)
+    return {"mean_ms": float(m.group(3)), "peak_mib": float(peak.group(1)) if peak else None}
+
+
+def fastest(results):
+    good = [r for r in results if "error" not in r]
+    return min(good, key=lambda r: r["mean_ms"]) if good else results[-1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--qforge", default=None, help="qforge binary (default build/tools/qforge)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--runs", type=int, default=3, help="timed batches per measurement")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest kept")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model-name", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_worker:
+        return torch_worker(args)
+    args.qforge = zoo.find_qforge(args.qforge)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    rows = []
+    for name in args.models.split(","):
+        model, clips, reference = prepare(args, name, log)
+        error = check(args, model, clips, reference)
+        log(f"{name}: qforge's logits within {error:.2e} of PyTorch's (of the largest)")
+        if error > 1e-4:
+            raise SystemExit(f"{name}: qforge differs from PyTorch by {error:.2e}")
+        runs = {"qforge": [], "transformed": [], "torch": [], "ort": []}
+        for r in range(args.rounds):
+            log(f"{name}, round {r + 1} of {args.rounds}")
+            runs["qforge"].append(qforge_time(args, model, clips, False))
+            runs["transformed"].append(qforge_time(args, model, clips, True))
+            runs["torch"].append(torch_time(args, name))
+            runs["ort"].append(ort_time(args, model, clips))
+        rows.append((name, error, {k: fastest(v) for k, v in runs.items()}))
+    load = os.getloadavg()
+    version = next((r["torch"].get("version") for _, _, r in rows if "error" not in r["torch"]), "?")
+    lines = [BEGIN, "",
+             f"## Video classifiers (3-D convolutions), batch {args.batch}, {args.frames} frames "
+             f"at {args.size}x{args.size}, {args.threads} threads", "",
+             f"- Command: `bench/video_compare.py {' '.join(sys.argv[1:])}` (from the repository "
+             "root)",
+             f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"- Machine: {zoo.machine_description()}; load average {load[0]:.2f} at the end",
+             "- Models: torchvision's r3d_18 and r2plus1d_18, random weights (seeded), opset 17, "
+             "fixed batch; clips normal(0, 1), seeded",
+             f"- Timing: each runtime's mean over {args.runs} batches after {args.warmup} "
+             f"warm-up, the fastest of {args.rounds} alternating rounds; PyTorch {version} eager "
+             "under torch.no_grad(); ONNX Runtime for Node with every graph optimisation", "",
+             "| model | qforge ms/batch | transformed ms/batch | PyTorch ms | ORT ms | "
+             "qforge/PyTorch | qforge/ORT | transformed/ORT | peak MiB qforge / PyTorch / ORT | "
+             "max diff to PyTorch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+
+    def ms(r):
+        return r.get("mean_ms") if "error" not in r else None
+
+    for name, error, r in rows:
+        q, t, p, o = ms(r["qforge"]), ms(r["transformed"]), ms(r["torch"]), ms(r["ort"])
+        cell = lambda v: f"{v:.1f}" if v else "error"
+        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+        peak = " / ".join(f"{x.get('peak_mib') or 0:.0f}" for x in (r["qforge"], r["torch"], r["ort"]))
+        lines.append(f"| {name} | {cell(q)} | {cell(t)} | {cell(p)} | {cell(o)} | "
+                     f"{ratio(q, p)} | {ratio(q, o)} | {ratio(t, o)} | {peak} | {error:.1e} |")
+    lines += ["", "Ratios are time ratios (above 1: qforge is slower). A 3-D convolution runs on "
+              "the 2-D kernels over stacks of its depth taps (kernels/conv_depth.h).", "", END]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        compare.write_results(text, compare.RESULTS, BEGIN, END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
