@@ -1,7 +1,6 @@
 #!/usr/bin/python3
-"""A small video classifier of 3-D layers, as torchvision's video models (r3d_18, r2plus1d_18,
-mc3_18) are built, for tests/tools/video_cli_test.cpp (3-D convolutions and pools,
-kernels/conv_depth.h and runtime/ops/pool_ops.cpp):
+"""Small models of 3-D layers for tests/tools/video_cli_test.cpp (3-D convolutions, transposed
+convolutions and pools: kernels/conv_depth.h, runtime/ops/conv_ops.cpp and pool_ops.cpp):
 
   * data/models/ops/tiny_video_opset17.onnx: clips [N, 3, 8, 32, 32] (dynamic batch) ->
     logits [N, 5]. A stem Conv3d 3x3x3 stride (1, 2, 2) -> BatchNorm3d -> ReLU, MaxPool3d
@@ -9,6 +8,10 @@ kernels/conv_depth.h and runtime/ops/pool_ops.cpp):
     3x1x1 -> BN, + the block's input, ReLU); a strided Conv3d 3x3x3 -> BN -> ReLU, AvgPool3d 2x2x2
     with its pads counted, then AdaptiveAvgPool3d(1), Flatten and Linear. Random weights and BN
     statistics, seeded.
+  * data/models/ops/tiny_unet3d_opset17.onnx: a volume segmenter as 3-D UNets are built:
+    volumes [N, 1, 8, 16, 16] (dynamic batch) -> per-voxel scores [N, 3, 8, 16, 16]. Conv3d ->
+    BN -> ReLU, MaxPool3d 2, Conv3d -> BN -> ReLU, ConvTranspose3d 2x2x2 stride 2 -> BN -> ReLU,
+    Concat with the first stage, a 1x1x1 Conv3d. Random weights and BN statistics, seeded.
 
 Seeded; run: /usr/bin/python3 data/generate/video_models.py
 """
@@ -43,9 +46,21 @@ class TinyVideo(nn.Module):
         return self.head(self.down(x))
 
 
-def main():
-    torch.manual_seed(0)
-    model = TinyVideo()
+class TinyUnet3d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(*conv_bn(1, 4, 3, 1, 1), nn.ReLU())
+        self.down = nn.Sequential(nn.MaxPool3d(2), *conv_bn(4, 8, 3, 1, 1), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose3d(8, 4, 2, 2, bias=False), nn.BatchNorm3d(4),
+                                nn.ReLU())
+        self.head = nn.Conv3d(8, 3, 1)
+
+    def forward(self, x):
+        skip = self.enc(x)
+        return self.head(torch.cat([self.up(self.down(skip)), skip], 1))
+
+
+def randomize_bn(model):
     for m in model.modules():
         if isinstance(m, nn.BatchNorm3d):
             with torch.no_grad():
@@ -53,12 +68,26 @@ def main():
                 m.bias.uniform_(-0.2, 0.2)
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    return model.eval()
+
+
+def main():
+    torch.manual_seed(0)
+    model = randomize_bn(TinyVideo())
     clips = np.random.RandomState(0).randn(2, 3, 8, 32, 32).astype(np.float32)
     path = os.path.join(OPS, "tiny_video_opset17.onnx")
     torch.onnx.export(model, torch.from_numpy(clips[:2]), path, opset_version=17,
                       input_names=["clips"], output_names=["logits"],
                       dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}})
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+    torch.manual_seed(1)
+    unet = randomize_bn(TinyUnet3d())
+    volumes = np.random.RandomState(1).randn(2, 1, 8, 16, 16).astype(np.float32)
+    path = os.path.join(OPS, "tiny_unet3d_opset17.onnx")
+    torch.onnx.export(unet, torch.from_numpy(volumes), path, opset_version=17,
+                      input_names=["volumes"], output_names=["scores"],
+                      dynamic_axes={"volumes": {0: "batch"}, "scores": {0: "batch"}})
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 

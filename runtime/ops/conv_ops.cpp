@@ -317,7 +317,11 @@ std::unique_ptr<OpKernel> create_fused_conv(const Node& node, std::span<const In
 // ConvTranspose
 
 struct ConvTransposeSetup {
+  // Of a 3-D transposed convolution, the geometry of its height and width planes.
   kernels::ConvTransposeGeometry geometry;
+  // Of a 3-D one: the depth axis of the convolution whose data gradient it is (in: the output's
+  // depth, out: the input's), kernels/conv_depth.h.
+  std::optional<kernels::ConvDepth> depth;
   Shape out_shape;
 };
 
@@ -329,8 +333,8 @@ ConvTransposeSetup setup_conv_transpose(const Node& node, std::span<const InputI
   const InputInfo* b = optional_float_input(node, inputs, 2, "B");
   const auto rank = static_cast<int64_t>(x.shape.size());
   if (rank < 3) fail_node(node, "input X of rank >= 3 (N, C, spatial...)", shape_str(x.shape));
-  if (rank > 4) {
-    fail_unsupported(node, "1-D or 2-D transposed convolution", "input " + shape_str(x.shape));
+  if (rank > 5) {
+    fail_unsupported(node, "1-D, 2-D or 3-D transposed convolution", "input " + shape_str(x.shape));
   }
   if (static_cast<int64_t>(w.shape.size()) != rank) {
     fail_node(node, "weight W of the input's rank " + std::to_string(rank),
@@ -412,42 +416,91 @@ ConvTransposeSetup setup_conv_transpose(const Node& node, std::span<const InputI
   kernels::ConvTransposeGeometry& g = s.geometry;
   const bool one_d = axes == 1;
   const size_t last = axes - 1;
+  const size_t h = axes == 3 ? 1 : 0;  // the height axis (a 3-D one's depth comes first)
+  if (axes == 3) {
+    s.depth = kernels::ConvDepth{.in = out[0],
+                                 .out = in[0],
+                                 .kernel = kernel[0],
+                                 .stride = strides[0],
+                                 .dilation = dilations[0],
+                                 .pad = begin[0]};
+  }
   g.batch = x.shape[0];
   g.in_channels = x.shape[1];
   g.out_channels = out_channels;
   g.group = group;
-  g.in_h = one_d ? 1 : in[0];
+  g.in_h = one_d ? 1 : in[h];
   g.in_w = in[last];
-  g.out_h = one_d ? 1 : out[0];
+  g.out_h = one_d ? 1 : out[h];
   g.out_w = out[last];
-  g.kernel_h = one_d ? 1 : kernel[0];
+  g.kernel_h = one_d ? 1 : kernel[h];
   g.kernel_w = kernel[last];
-  g.stride_h = one_d ? 1 : strides[0];
+  g.stride_h = one_d ? 1 : strides[h];
   g.stride_w = strides[last];
-  g.dilation_h = one_d ? 1 : dilations[0];
+  g.dilation_h = one_d ? 1 : dilations[h];
   g.dilation_w = dilations[last];
-  g.pad_top = one_d ? 0 : begin[0];
+  g.pad_top = one_d ? 0 : begin[h];
   g.pad_left = begin[last];
   s.out_shape = {x.shape[0], out_channels};
   s.out_shape.insert(s.out_shape.end(), out.begin(), out.end());
   return s;
 }
 
+// A 3-D transposed convolution is the data gradient of a 3-D convolution, which runs on stacks
+// of its depth taps (kernels/conv_depth.h): the transposed convolution of the stacks' 2-D
+// convolution maps the input, its depth moved into the batch, to the stacks, which add back
+// into the output's slices; the bias is added after. Its backward reads dy as stacks.
 class ConvTransposeKernel final : public OpKernel {
  public:
-  explicit ConvTransposeKernel(const kernels::ConvTransposeGeometry& g)
-      : plan_(kernels::plan_conv_transpose(g, kernels::max_threads())) {}
-  size_t workspace_bytes() const override { return kernels::conv_transpose_workspace_bytes(plan_); }
+  explicit ConvTransposeKernel(const ConvTransposeSetup& s)
+      : plan_(kernels::plan_conv_transpose(stacked(s), kernels::max_threads())),
+        plane_(s.geometry),
+        depth_(s.depth) {}
+  size_t workspace_bytes() const override {
+    const size_t own = kernels::conv_transpose_workspace_bytes(plan_);
+    if (!depth_) return own;
+    return aligned(own) + aligned(input_floats() * sizeof(float)) +
+           aligned(stack_floats() * sizeof(float));
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const float* bias =
         inputs.size() > 2 && inputs[2].defined() ? inputs[2].data<float>() : nullptr;
-    kernels::conv_transpose2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), bias,
-                              outputs[0].data<float>(), workspace);
+    if (!depth_) {
+      kernels::conv_transpose2d(plan_, inputs[0].data<float>(), inputs[1].data<float>(), bias,
+                                outputs[0].data<float>(), workspace);
+      return;
+    }
+    const kernels::ConvTransposeGeometry& g = plane_;
+    std::byte* at = workspace + aligned(kernels::conv_transpose_workspace_bytes(plan_));
+    auto* x = reinterpret_cast<float*>(at);
+    at += aligned(input_floats() * sizeof(float));
+    auto* stacks = reinterpret_cast<float*>(at);
+    kernels::depth_to_batch(inputs[0].data<float>(), x, g.batch, g.in_channels, depth_->out,
+                            g.in_h * g.in_w);
+    kernels::conv_transpose2d(plan_, x, inputs[1].data<float>(), nullptr, stacks, workspace);
+    const int64_t plane = g.out_h * g.out_w;
+    float* y = outputs[0].data<float>();
+    kernels::unstack_depth_taps(stacks, y, g.batch, g.out_channels, plane, *depth_);
+    if (!bias) return;
+    const int64_t volume = depth_->in * plane;
+    kernels::parallel_for(g.batch * g.out_channels,
+                          std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, volume)),
+                          [&](int64_t p0, int64_t p1) {
+                            for (int64_t p = p0; p < p1; ++p) {
+                              const float b = bias[p % g.out_channels];
+                              float* v = y + p * volume;
+                              for (int64_t i = 0; i < volume; ++i) v[i] += b;
+                            }
+                          });
   }
   bool differentiable_input(size_t index) const override { return index <= 2; }
   size_t backward_workspace_bytes() const override {
-    return kernels::conv_transpose_backward_workspace_bytes(plan_);
+    const size_t own = kernels::conv_transpose_backward_workspace_bytes(plan_);
+    if (!depth_) return own;
+    // The input with its depth in the batch and its gradient, and dy as stacks.
+    return aligned(own) + 2 * aligned(input_floats() * sizeof(float)) +
+           aligned(stack_floats() * sizeof(float));
   }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
@@ -459,12 +512,67 @@ class ConvTransposeKernel final : public OpKernel {
     grads.dx = grad_data(grad_inputs, 0);
     grads.dw = grad_data(grad_inputs, 1);
     grads.dbias = grad_data(grad_inputs, 2);
-    kernels::conv_transpose2d_backward(plan_, inputs[0].data<float>(), inputs[1].data<float>(),
-                                       grad_outputs[0].data<float>(), grads, workspace);
+    if (!depth_) {
+      kernels::conv_transpose2d_backward(plan_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                         grad_outputs[0].data<float>(), grads, workspace);
+      return;
+    }
+    const kernels::ConvTransposeGeometry& g = plane_;
+    const int64_t in_plane = g.in_h * g.in_w;
+    const int64_t plane = g.out_h * g.out_w;
+    std::byte* at = workspace + aligned(kernels::conv_transpose_backward_workspace_bytes(plan_));
+    auto* x = reinterpret_cast<float*>(at);
+    at += aligned(input_floats() * sizeof(float));
+    auto* dx = reinterpret_cast<float*>(at);
+    at += aligned(input_floats() * sizeof(float));
+    auto* dy = reinterpret_cast<float*>(at);
+    const float* dy_volume = grad_outputs[0].data<float>();
+    kernels::depth_to_batch(inputs[0].data<float>(), x, g.batch, g.in_channels, depth_->out,
+                            in_plane);
+    kernels::stack_depth_taps(dy_volume, dy, g.batch, g.out_channels, plane, *depth_);
+    kernels::ConvGradients stacked;
+    stacked.dx = grads.dx ? dx : nullptr;
+    stacked.dw = grads.dw;
+    kernels::conv_transpose2d_backward(plan_, x, inputs[1].data<float>(), dy, stacked, workspace);
+    if (grads.dx) {
+      kernels::batch_to_depth(dx, grads.dx, g.batch, g.in_channels, depth_->out, in_plane);
+    }
+    if (grads.dbias) {  // each channel's volumes, images in order
+      const int64_t volume = depth_->in * plane;
+      for (int64_t c = 0; c < g.out_channels; ++c) {
+        float sum = 0.0f;
+        for (int64_t n = 0; n < g.batch; ++n) {
+          sum += kernels::lane_sum(dy_volume + (n * g.out_channels + c) * volume, volume);
+        }
+        grads.dbias[c] = sum;
+      }
+    }
   }
 
  private:
+  // The transposed convolution of the stacks: the input's depth in the batch, the output's
+  // channels times the depth taps.
+  static kernels::ConvTransposeGeometry stacked(const ConvTransposeSetup& s) {
+    kernels::ConvTransposeGeometry g = s.geometry;
+    if (s.depth) {
+      g.batch *= s.depth->out;
+      g.out_channels *= s.depth->kernel;
+    }
+    return g;
+  }
+  static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
+  size_t input_floats() const {
+    return static_cast<size_t>(plane_.batch * plane_.in_channels * depth_->out * plane_.in_h *
+                               plane_.in_w);
+  }
+  size_t stack_floats() const {
+    return static_cast<size_t>(plane_.batch * depth_->out * plane_.out_channels * depth_->kernel *
+                               plane_.out_h * plane_.out_w);
+  }
+
   kernels::ConvTransposePlan plan_;
+  kernels::ConvTransposeGeometry plane_;
+  std::optional<kernels::ConvDepth> depth_;
 };
 
 std::vector<TensorInfo> infer_conv_transpose(const Node& node, std::span<const InputInfo> inputs) {
@@ -473,7 +581,7 @@ std::vector<TensorInfo> infer_conv_transpose(const Node& node, std::span<const I
 
 std::unique_ptr<OpKernel> create_conv_transpose(const Node& node, std::span<const InputInfo> inputs,
                                                 std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ConvTransposeKernel>(setup_conv_transpose(node, inputs).geometry);
+  return std::make_unique<ConvTransposeKernel>(setup_conv_transpose(node, inputs));
 }
 
 }  // namespace

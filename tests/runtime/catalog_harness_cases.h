@@ -540,6 +540,19 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({2, 3, 4, 3}))
           .weight(d.uniform({3, 5, 2, 3}, -0.5f, 0.5f))
           .attr("dilations", Ints{2, 1}));
+  add(H("ConvTranspose", "3-D, groups 2, strides (2,1,2), output padding, pads")
+          .data(d.uniform({2, 4, 3, 4, 3}))
+          .weight(d.uniform({4, 3, 3, 2, 3}, -0.5f, 0.5f))
+          .weight(d.uniform({6}))
+          .attr("group", int64_t{2})
+          .attr("strides", Ints{2, 1, 2})
+          .attr("pads", Ints{1, 0, 1, 0, 1, 0})
+          .attr("output_padding", Ints{1, 0, 1}));
+  add(H("ConvTranspose", "3-D 2x2x2 stride 2 (a UNet's upsampling), dilation (2,1,1), no bias")
+          .data(d.uniform({1, 3, 3, 4, 5}))
+          .weight(d.uniform({3, 4, 2, 2, 2}, -0.5f, 0.5f))
+          .attr("strides", Ints{2, 2, 2})
+          .attr("dilations", Ints{2, 1, 1}));
   add(H("Gemm", "transA, transB, alpha, beta, C broadcast")
           .data(d.uniform({7, 5}))
           .weight(d.uniform({6, 7}))

@@ -1,8 +1,9 @@
-// Video models: 3-D convolutions and pools (kernels/conv_depth.h, runtime/ops/pool_ops.cpp) in a
-// small classifier built as torchvision's r3d_18 and r2plus1d_18 are
-// (data/generate/video_models.py): qforge runs it as ONNX Runtime does, fuses its Conv3d-BN-ReLU
-// chains into the 2-D models' modules, and its calibrated and QAT models compute in ONNX Runtime
-// what qforge's fake quant computes at every Q/DQ point.
+// Video and volume models: 3-D convolutions, transposed convolutions and pools
+// (kernels/conv_depth.h, runtime/ops/conv_ops.cpp and pool_ops.cpp) in a small classifier built as
+// torchvision's r3d_18 and r2plus1d_18 are and a small 3-D UNet (data/generate/video_models.py):
+// qforge runs them as ONNX Runtime does, fuses their Conv3d-BN-ReLU chains into the 2-D models'
+// modules, and their calibrated and QAT models compute in ONNX Runtime what qforge's fake quant
+// computes at every Q/DQ point.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -24,6 +25,7 @@ using testing::run_cli;
 using testing::TempDir;
 
 const std::string kVideo = data_path("models/ops/tiny_video_opset17.onnx");
+const std::string kUnet3d = data_path("models/ops/tiny_unet3d_opset17.onnx");
 
 // Clips [n, 3, 8, 32, 32], uniform in [-2, 2), seeded, written to `path`.
 Tensor write_clips(const std::string& path, int64_t n, uint32_t seed) {
@@ -83,6 +85,47 @@ TEST(VideoCli, QatIsDeterministicAndVerifiedByOnnxRuntime) {
   EXPECT_EQ(bytes[0], bytes[1]);
   write_clips(dir.file("v.npy"), 2, 5);
   testing::expect_verified_by_ort(dir.file("q1.onnx"), dir.file("v.npy"), dir.file("ort.npz"));
+}
+
+// The UNet's ConvTranspose3d-BN-ReLU is a ConvTransposeBNAct module; a dense model, it trains by
+// distillation of its per-voxel scores.
+TEST(VideoCli, VolumeSegmenterRunsCalibratesAndTrains) {
+  TempDir dir;
+  const Tensor volumes = testing::random_f32({6, 1, 8, 16, 16}, 6, -2.0f, 2.0f);
+  io::write_npy(dir.file("x.npy"), volumes);
+  const auto r =
+      run_cli("run " + kUnet3d + " --data " + dir.file("x.npy") + " -o " + dir.file("y.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  testing::expect_close_scaled(io::read_npy(dir.file("y.npy")),
+                               testing::run_ort(kUnet3d, {volumes})[0], 1e-5, "scores");
+
+  const auto t = run_cli("transform " + kUnet3d + " -o " + dir.file("t.onnx"));
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  EXPECT_NE(t.out.find("modules      ConvBN 1, ConvBNAct 2, ConvTransposeBNAct 1"),
+            std::string::npos)
+      << t.out;
+
+  const std::string qdq = dir.file("q.onnx");
+  const auto c = run_cli("calibrate " + kUnet3d + " --data " + dir.file("x.npy") +
+                         " --flip-injections 0 -o " + qdq);
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  io::write_npy(dir.file("v.npy"), testing::random_f32({2, 1, 8, 16, 16}, 7, -2.0f, 2.0f));
+  testing::expect_verified_by_ort(qdq, dir.file("v.npy"), dir.file("ort.npz"));
+
+  std::string bytes[2];
+  for (int threads : {1, 2}) {
+    const std::string out =
+        dir.file(std::string("a").append(std::to_string(threads)).append(".onnx"));
+    const auto q =
+        run_cli("qat " + kUnet3d + " --data " + dir.file("x.npy") +
+                " --distill --distill-weight 1 --steps 3 --batch 2 --lr 1e-3 --threads " +
+                std::to_string(threads) + " -o " + out);
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    bytes[threads - 1] = testing::read_text(out);
+  }
+  EXPECT_EQ(bytes[0], bytes[1]);
+  EXPECT_NE(bytes[0], testing::read_text(qdq));  // trained
+  testing::expect_verified_by_ort(dir.file("a1.onnx"), dir.file("v.npy"), dir.file("ort2.npz"));
 }
 
 }  // namespace
