@@ -10,8 +10,10 @@ convolutions and pools: kernels/conv_depth.h, runtime/ops/conv_ops.cpp and pool_
     statistics, seeded.
   * data/models/ops/tiny_unet3d_opset17.onnx: a volume segmenter as 3-D UNets are built:
     volumes [N, 1, 8, 16, 16] (dynamic batch) -> per-voxel scores [N, 3, 8, 16, 16]. Conv3d ->
-    BN -> ReLU, MaxPool3d 2, Conv3d -> BN -> ReLU, ConvTranspose3d 2x2x2 stride 2 -> BN -> ReLU,
-    Concat with the first stage, a 1x1x1 Conv3d. Random weights and BN statistics, seeded.
+    BN -> ReLU, MaxPool3d 2, Conv3d -> BN -> ReLU, then two upsamplings of that, a
+    ConvTranspose3d 2x2x2 stride 2 -> BN -> ReLU and a 1x1x1 Conv3d -> trilinear Upsample x2,
+    concatenated with the first stage, and a 1x1x1 Conv3d. Random weights and BN statistics,
+    seeded.
 
 Seeded; run: /usr/bin/python3 data/generate/video_models.py
 """
@@ -53,11 +55,14 @@ class TinyUnet3d(nn.Module):
         self.down = nn.Sequential(nn.MaxPool3d(2), *conv_bn(4, 8, 3, 1, 1), nn.ReLU())
         self.up = nn.Sequential(nn.ConvTranspose3d(8, 4, 2, 2, bias=False), nn.BatchNorm3d(4),
                                 nn.ReLU())
-        self.head = nn.Conv3d(8, 3, 1)
+        self.trilinear = nn.Sequential(nn.Conv3d(8, 4, 1),
+                                       nn.Upsample(scale_factor=2, mode="trilinear"))
+        self.head = nn.Conv3d(12, 3, 1)
 
     def forward(self, x):
         skip = self.enc(x)
-        return self.head(torch.cat([self.up(self.down(skip)), skip], 1))
+        down = self.down(skip)
+        return self.head(torch.cat([self.up(down), self.trilinear(down), skip], 1))
 
 
 def randomize_bn(model):

@@ -776,17 +776,24 @@ std::unique_ptr<OpKernel> create_split(const graph::Node& node, std::span<const 
   throw_unsupported("shape inference: " + node.label() + ": expected " + rule + ", got " + got);
 }
 
+// A 5-D resize [N, C, D, H, W] is separable (nearest picks per axis, linear weighs per axis):
+// `depth` resizes [N·C, D, H·W] along D (the other axis at scale 1, which every coordinate
+// transform maps onto itself), then `geometry` the N·C·D_out planes [H, W]. Linear weights are
+// then applied in two roundings where ONNX Runtime's trilinear sum has one.
 struct ResizeSetup {
   kernels::ResizeGeometry geometry;
+  std::optional<kernels::ResizeGeometry> depth;
   Shape out_shape;
 };
 
-// Resize (opset 13 form: X, roi, scales, sizes) over the two spatial axes of an NCHW tensor.
+// Resize (opset 13 form: X, roi, scales, sizes) over the spatial axes of an NCHW or NCDHW tensor.
 ResizeSetup setup_resize(const graph::Node& node, std::span<const InputInfo> inputs) {
   const InputInfo& x = require_input(node, inputs, 0);
   if (x.dtype != DType::kFloat32) fail_unsupported(node, "a float32 input", dtype_str(x.dtype));
-  if (x.shape.size() != 4) {
-    fail_unsupported(node, "a 4-D NCHW input (resizing its two spatial axes)", shape_str(x.shape));
+  const size_t rank = x.shape.size();
+  if (rank != 4 && rank != 5) {
+    fail_unsupported(node, "a 4-D NCHW or 5-D NCDHW input (resizing its spatial axes)",
+                     shape_str(x.shape));
   }
   kernels::ResizeGeometry g;
   const std::string mode = node.attr_string("mode", "nearest");
@@ -841,11 +848,13 @@ ResizeSetup setup_resize(const graph::Node& node, std::span<const InputInfo> inp
     if (!in.constant) {
       fail_node(node, "scales (input 2) as a constant", "a value computed at run time");
     }
-    if (in.dtype != DType::kFloat32 || in.shape.size() != 1 || in.shape[0] != 4) {
-      fail_node(node, "scales as 4 float32 values", dtype_str(in.dtype) + shape_str(in.shape));
+    if (in.dtype != DType::kFloat32 || in.shape.size() != 1 ||
+        in.shape[0] != static_cast<int64_t>(rank)) {
+      fail_node(node, "scales as " + std::to_string(rank) + " float32 values",
+                dtype_str(in.dtype) + shape_str(in.shape));
     }
     const float* v = in.constant->data<float>();
-    for (size_t d = 0; d < 4; ++d) {
+    for (size_t d = 0; d < rank; ++d) {
       if (!(v[d] > 0.0f) || !std::isfinite(v[d])) {
         fail_node(node, "positive finite scales", float_str(v[d]));
       }
@@ -855,29 +864,44 @@ ResizeSetup setup_resize(const graph::Node& node, std::span<const InputInfo> inp
       fail_unsupported(node, "scales of 1 on the batch and channel axes",
                        float_str(v[0]) + ", " + float_str(v[1]));
     }
-    g.scale_h = v[2];
-    g.scale_w = v[3];
+    scales.assign(v + 2, v + rank);
   } else {
     const std::vector<int64_t> sizes = constant_ints(node, inputs, 3, "the sizes");
-    if (sizes.size() != 4) fail_node(node, "4 sizes", ints_str(sizes));
-    for (size_t d = 0; d < 4; ++d) out[d] = sizes[d];
+    if (sizes.size() != rank) fail_node(node, std::to_string(rank) + " sizes", ints_str(sizes));
+    for (size_t d = 0; d < rank; ++d) out[d] = sizes[d];
     if (sizes[0] != x.shape[0] || sizes[1] != x.shape[1]) {
       fail_unsupported(node, "sizes keeping the batch and channels of " + shape_str(x.shape),
                        ints_str(sizes));
     }
-    g.scale_h = static_cast<float>(sizes[2]) / static_cast<float>(x.shape[2]);
-    g.scale_w = static_cast<float>(sizes[3]) / static_cast<float>(x.shape[3]);
+    for (size_t d = 2; d < rank; ++d) {
+      scales.push_back(static_cast<float>(sizes[d]) / static_cast<float>(x.shape[d]));
+    }
   }
-  if (x.shape[2] < 1 || x.shape[3] < 1 || out[2] < 1 || out[3] < 1) {
-    fail_node(node, "nonempty spatial axes in and out",
-              shape_str(x.shape) + " -> " + shape_str(out));
+  for (size_t d = 2; d < rank; ++d) {
+    if (x.shape[d] < 1 || out[d] < 1) {
+      fail_node(node, "nonempty spatial axes in and out",
+                shape_str(x.shape) + " -> " + shape_str(out));
+    }
   }
-  g.planes = x.shape[0] * x.shape[1];
-  g.in_h = x.shape[2];
-  g.in_w = x.shape[3];
-  g.out_h = out[2];
-  g.out_w = out[3];
-  return {g, out};
+  ResizeSetup s{g, std::nullopt, out};
+  const size_t h = rank - 2;  // the height axis
+  if (rank == 5) {
+    kernels::ResizeGeometry& d = s.depth.emplace(g);
+    d.planes = x.shape[0] * x.shape[1];
+    d.in_h = x.shape[2];
+    d.out_h = out[2];
+    d.in_w = d.out_w = x.shape[3] * x.shape[4];
+    d.scale_h = static_cast<float>(scales[0]);
+    d.scale_w = 1.0f;
+  }
+  s.geometry.planes = x.shape[0] * x.shape[1] * (rank == 5 ? out[2] : 1);
+  s.geometry.in_h = x.shape[h];
+  s.geometry.in_w = x.shape[h + 1];
+  s.geometry.out_h = out[h];
+  s.geometry.out_w = out[h + 1];
+  s.geometry.scale_h = static_cast<float>(scales[h - 2]);
+  s.geometry.scale_w = static_cast<float>(scales[h - 1]);
+  return s;
 }
 
 std::vector<TensorInfo> infer_resize(const graph::Node& node, std::span<const InputInfo> inputs) {
@@ -886,9 +910,20 @@ std::vector<TensorInfo> infer_resize(const graph::Node& node, std::span<const In
 
 class ResizeKernel final : public OpKernel {
  public:
-  explicit ResizeKernel(const kernels::ResizeGeometry& g) : plan_(kernels::plan_resize(g)) {}
+  explicit ResizeKernel(const ResizeSetup& s) : plan_(kernels::plan_resize(s.geometry)) {
+    if (s.depth) depth_plan_ = kernels::plan_resize(*s.depth);
+  }
+  // A 5-D resize's depth pass [N·C, D_out, H·W].
+  size_t workspace_bytes() const override { return depth_floats() * sizeof(float); }
+  size_t backward_workspace_bytes() const override { return depth_floats() * sizeof(float); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
-               std::byte* /*workspace*/) override {
+               std::byte* workspace) override {
+    if (depth_plan_) {
+      auto* d = reinterpret_cast<float*>(workspace);
+      kernels::resize(*depth_plan_, inputs[0].data<float>(), d);
+      kernels::resize(plan_, d, outputs[0].data<float>());
+      return;
+    }
     kernels::resize(plan_, inputs[0].data<float>(), outputs[0].data<float>());
   }
   // The data; roi, scales and sizes are constants.
@@ -898,17 +933,30 @@ class ResizeKernel final : public OpKernel {
   }
   void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
-                std::byte* /*workspace*/) override {
+                std::byte* workspace) override {
+    if (depth_plan_) {
+      auto* d = reinterpret_cast<float*>(workspace);
+      kernels::resize_backward(plan_, grad_outputs[0].data<float>(), d);
+      kernels::resize_backward(*depth_plan_, d, grad_inputs[0].data<float>());
+      return;
+    }
     kernels::resize_backward(plan_, grad_outputs[0].data<float>(), grad_inputs[0].data<float>());
   }
 
  private:
+  size_t depth_floats() const {
+    if (!depth_plan_) return 0;
+    const kernels::ResizeGeometry& d = depth_plan_->geometry;
+    return static_cast<size_t>(d.planes * d.out_h * d.out_w);
+  }
+
   kernels::ResizePlan plan_;
+  std::optional<kernels::ResizePlan> depth_plan_;
 };
 
 std::unique_ptr<OpKernel> create_resize(const graph::Node& node, std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ResizeKernel>(setup_resize(node, inputs).geometry);
+  return std::make_unique<ResizeKernel>(setup_resize(node, inputs));
 }
 
 // GridSample (F.grid_sample) ------------------------------------------------------------------

@@ -922,6 +922,27 @@ inline std::vector<HarnessCase> harness_cases() {
           .attr("mode", std::string("nearest"))
           .attr("coordinate_transformation_mode", std::string("asymmetric"))
           .attr("nearest_mode", std::string("floor")));
+  // 5-D (volumes): separable, along the depth, then the planes.
+  add(H("Resize", "3-D linear, half pixel, scales (1, 1, 2, 1.5, 2)")
+          .data(d.uniform({1, 2, 3, 4, 3}))
+          .absent()
+          .setting(f32s({5}, {1, 1, 2, 1.5f, 2}))
+          .attr("mode", std::string("linear")));
+  add(H("Resize", "3-D linear, align corners, sizes")
+          .data(d.uniform({2, 1, 4, 3, 5}))
+          .absent()
+          .absent()
+          .setting(i64s({2, 1, 7, 5, 4}))
+          .attr("mode", std::string("linear"))
+          .attr("coordinate_transformation_mode", std::string("align_corners")));
+  add(H("Resize", "3-D nearest, asymmetric, floor, sizes")
+          .data(d.uniform({2, 2, 3, 3, 5}))
+          .absent()
+          .absent()
+          .setting(i64s({2, 2, 6, 7, 8}))
+          .attr("mode", std::string("nearest"))
+          .attr("coordinate_transformation_mode", std::string("asymmetric"))
+          .attr("nearest_mode", std::string("floor")));
   // GridSample: grid values kept off the points where a sample's pixels change (integer pixel
   // coordinates; half-integers for nearest) and off the padding's folds, for both axes' sizes.
   // Without align_corners pixel p sits at g = (2p + 1) / size − 1, with it at 2p / (size − 1) − 1.
