@@ -255,6 +255,14 @@ void quantized_pass(const BatchRun& run, const SampleSource& data, std::span<con
   if (result.labelled) result.quantized_cross_entropy = sums.cross_entropy / samples;
 }
 
+// `setup` at a batch of no more than `samples`: fewer samples than a batch run as one batch of
+// their own, not padded to the batch (a sample's outputs do not depend on the batch it runs in).
+EvaluationSetup fitted(const EvaluationSetup& setup, size_t samples) {
+  EvaluationSetup fit = setup;
+  fit.batch = std::min<int64_t>(setup.batch, static_cast<int64_t>(samples));
+  return fit;
+}
+
 std::vector<size_t> evaluation_indices(const SampleSource& data, const EvaluationSetup& setup) {
   if (setup.batch < 1) {
     throw_invalid(setup.stage + ": batch must be at least 1, got " + std::to_string(setup.batch));
@@ -267,9 +275,10 @@ std::vector<size_t> evaluation_indices(const SampleSource& data, const Evaluatio
 }  // namespace
 
 Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
-                    const SampleSource& data, const EvaluationSetup& setup,
+                    const SampleSource& data, const EvaluationSetup& requested,
                     const ProgressFactory& progress_factory, const FloatStoreFactory& store) {
-  const std::vector<size_t> indices = evaluation_indices(data, setup);
+  const std::vector<size_t> indices = evaluation_indices(data, requested);
+  const EvaluationSetup setup = fitted(requested, indices.size());
   std::unique_ptr<FloatStore> expected = store ? store() : std::make_unique<MemoryFloatStore>();
   Evaluation result = reference_pass(reference, data, indices, setup, progress_factory, *expected);
   std::vector<kernels::Tensor> first_batch;  // flips are injected in its first first_count rows
@@ -291,10 +300,11 @@ Evaluation evaluate(const ModelLoader& reference, const ModelLoader& quantized,
 
 std::vector<Evaluation> evaluate_each(const ModelLoader& reference,
                                       std::span<const ModelLoader> quantized,
-                                      const SampleSource& data, const EvaluationSetup& setup,
+                                      const SampleSource& data, const EvaluationSetup& requested,
                                       const ProgressFactory& progress_factory,
                                       const std::function<bool(const Evaluation&)>& stop) {
-  const std::vector<size_t> indices = evaluation_indices(data, setup);
+  const std::vector<size_t> indices = evaluation_indices(data, requested);
+  const EvaluationSetup setup = fitted(requested, indices.size());
   // Every model reads the same samples: they are read once and kept, unless they would take
   // more than kKeptSampleBytes.
   std::optional<KeptSamples> kept;
@@ -350,9 +360,11 @@ size_t bytes_at(const std::vector<const graph::Value*>& live, size_t batches) {
 
 std::vector<Evaluation> evaluate_variants(const ModelLoader& reference, const ModelLoader& base,
                                           std::span<const ModelLoader> variants,
-                                          const SampleSource& data, const EvaluationSetup& setup,
+                                          const SampleSource& data,
+                                          const EvaluationSetup& requested,
                                           const ProgressFactory& progress_factory) {
-  const std::vector<size_t> indices = evaluation_indices(data, setup);
+  const std::vector<size_t> indices = evaluation_indices(data, requested);
+  const EvaluationSetup setup = fitted(requested, indices.size());
   std::optional<KeptSamples> kept;
   if (KeptSamples::bytes(data, indices.size()) <= kKeptSampleBytes) kept.emplace(data, indices);
   const SampleSource& samples = kept ? static_cast<const SampleSource&>(*kept) : data;

@@ -1,9 +1,10 @@
 // A quantized model measured against its reference over a sample source: output agreement
 // (SQNR, cosine, top-1 agreement, KL divergence of the softmax outputs), accuracy and
 // cross-entropy of each when the samples are labelled, and the output change one rounding flip
-// causes. Both models run at one fixed batch (a partial last
-// batch is padded with copies of its last sample and the padded rows ignored), one model in
-// memory at a time: the reference's outputs wait in a FloatStore for the quantized model's.
+// causes. Both models run at one fixed batch, setup.batch or the number of samples when fewer (a
+// partial last batch is padded with copies of its last sample and the padded rows ignored), one
+// model in memory at a time: the reference's outputs wait in a FloatStore for the quantized
+// model's.
 #pragma once
 
 #include <cstddef>

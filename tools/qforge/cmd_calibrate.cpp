@@ -503,8 +503,12 @@ int run_calibrate(CalibrateOptions o) {
   }
 
   const std::string eval_name = val ? o.val : o.data;
-  std::printf("\nevaluation   %s (%zu samples, batch %lld; a partial last batch is padded)\n",
-              eval_name.c_str(), eval_total, static_cast<long long>(o.batch));
+  // The evaluation's batch: --batch, or the number of samples when fewer.
+  const auto eval_batch = static_cast<size_t>(
+      std::max<int64_t>(1, std::min<int64_t>(o.batch, static_cast<int64_t>(eval_total))));
+  std::printf("\nevaluation   %s (%zu sample%s, batch %zu%s)\n", eval_name.c_str(), eval_total,
+              eval_total == 1 ? "" : "s", eval_batch,
+              eval_total % eval_batch != 0 ? "; a partial last batch is padded" : "");
   if (measured.outputs.empty()) {
     std::printf("output SQNR  %.2f dB (Q/DQ model vs float model, %zu elements)\n", f.sqnr_db,
                 f.elements);
