@@ -107,11 +107,11 @@ TEST(ResizeOp, UnsupportedFormsNameTheNode) {
                     {{x}, {none}, {scales, true}})
                 .find("expected keep_aspect_ratio_policy stretch, got not_larger"),
             std::string::npos);
-  EXPECT_NE(
-      message({},
-              {{Tensor(DType::kFloat32, {2, 3, 5, 7, 2})}, {none}, {floats({1, 1, 2, 2, 2}), true}})
-          .find("expected a 4-D NCHW input"),
-      std::string::npos);
+  EXPECT_NE(message({}, {{Tensor(DType::kFloat32, {2, 3, 5, 7, 2, 2})},
+                         {none},
+                         {floats({1, 1, 2, 2, 2, 2}), true}})
+                .find("expected a 4-D NCHW or 5-D NCDHW input"),
+            std::string::npos);
   EXPECT_NE(message({}, {{x}, {none}, {floats({1, 2, 2, 2}), true}})
                 .find("expected scales of 1 on the batch and channel axes"),
             std::string::npos);
