@@ -217,6 +217,59 @@ def ort_time(name, runs, args):
         return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"]}
 
 
+def model_qforge_time(args, model, data, transform):
+    """qforge `run` of one model file over --runs batches after --warmup (the text and video
+    scripts): its mean forward ms/batch and peak resident memory."""
+    cmd = [args.qforge, "run", model, "--data", data, "--batch", str(args.batch),
+           "--limit", str(args.batch * (args.runs + args.warmup)), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)]
+    if transform:
+        cmd.append("--transform")
+    proc = run_cmd(cmd, args.timeout)
+    m = THROUGHPUT_RE.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        return {"error": error_lines(proc.stdout + "\n" + proc.stderr)}
+    peak = MEMORY_RE.search(proc.stdout)
+    return {"mean_ms": float(m.group(3)), "peak_mib": float(peak.group(1)) if peak else None}
+
+
+def model_ort_time(args, model, data):
+    """ort_time.js on one model file (the text and video scripts)."""
+    cmd = ["node", os.path.join(zoo.BENCH_DIR, "ort_time.js"), "--model", model, "--input", data,
+           "--batch", str(args.batch), "--warmup", str(args.warmup), "--runs", str(args.runs),
+           "--threads", str(args.threads)]
+    proc = run_cmd(cmd, args.timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": error_lines(proc.stdout + "\n" + proc.stderr)}
+
+
+def torch_call_timing(call, args):
+    """In a PyTorch worker process: `call()` timed --runs times after --warmup under
+    torch.no_grad(), as the JSON line the parent reads."""
+    import torch
+
+    ms = []
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            call()
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            call()
+            ms.append(1e3 * (time.perf_counter() - t0))
+    with open("/proc/self/status") as status:
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
+    return json.dumps({"version": torch.__version__, "ms": ms, "mean_ms": statistics.mean(ms),
+                       "peak_mib": int(m.group(1)) / 1024 if m else None})
+
+
+def fastest(results):
+    """The fastest of a runtime's rounds (the last error when every round failed)."""
+    good = [r for r in results if "error" not in r]
+    return min(good, key=lambda r: r["mean_ms"]) if good else results[-1]
+
+
 def torch_worker(args):
     """Child process: times the PyTorch model and prints one JSON line."""
     import numpy as np

@@ -23,9 +23,6 @@ import argparse
 import json
 import math
 import os
-import re
-import statistics
-import subprocess
 import sys
 import time
 
@@ -178,49 +175,8 @@ def torch_worker(args):
     arrays = np.load(inputs)
     feed = tuple(torch.from_numpy(arrays[n][:args.batch])
                  for n in ("input_ids", "attention_mask", "token_type_ids"))
-    ms = []
-    with torch.no_grad():
-        for _ in range(args.warmup):
-            model(*feed)
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            model(*feed)
-            ms.append(1e3 * (time.perf_counter() - t0))
-    with open("/proc/self/status") as status:
-        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
-    print(json.dumps({"version": torch.__version__, "ms": ms, "mean_ms": statistics.mean(ms),
-                      "peak_mib": int(m.group(1)) / 1024 if m else None}))
+    print(compare.torch_call_timing(lambda: model(*feed), args))
     return 0
-
-
-def ort_time(args, model, inputs):
-    cmd = ["node", os.path.join(zoo.BENCH_DIR, "ort_time.js"), "--model", model, "--input", inputs,
-           "--batch", str(args.batch), "--warmup", str(args.warmup), "--runs", str(args.runs),
-           "--threads", str(args.threads)]
-    proc = compare.run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
-
-
-def qforge_time(args, model, inputs, transform):
-    cmd = [args.qforge, "run", model, "--data", inputs, "--batch", str(args.batch),
-           "--limit", str(args.batch * (args.runs + args.warmup)), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
-    if transform:
-        cmd.append("--transform")
-    proc = compare.run_cmd(cmd, args.timeout)
-    m = compare.THROUGHPUT_RE.search(proc.stdout)
-    if proc.returncode != 0 or not m:
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
-    peak = compare.MEMORY_RE.search(proc.stdout)
-    return {"mean_ms": float(m.group(3)), "peak_mib": float(peak.group(1)) if peak else None}
-
-
-def fastest(results):
-    good = [r for r in results if "error" not in r]
-    return min(good, key=lambda r: r["mean_ms"]) if good else results[-1]
 
 
 def main():
@@ -255,12 +211,12 @@ def main():
         runs = {"qforge": [], "transformed": [], "torch": [], "ort": []}
         for r in range(args.rounds):
             log(f"opset {opset}, round {r + 1} of {args.rounds}")
-            runs["qforge"].append(qforge_time(args, model, inputs, False))
-            runs["transformed"].append(qforge_time(args, model, inputs, True))
+            runs["qforge"].append(compare.model_qforge_time(args, model, inputs, False))
+            runs["transformed"].append(compare.model_qforge_time(args, model, inputs, True))
             if opset == 14:  # the same module: PyTorch is timed once
                 runs["torch"].append(torch_time(args))
-            runs["ort"].append(ort_time(args, model, inputs))
-        rows.append((opset, error, {k: fastest(v) for k, v in runs.items() if v}))
+            runs["ort"].append(compare.model_ort_time(args, model, inputs))
+        rows.append((opset, error, {k: compare.fastest(v) for k, v in runs.items() if v}))
     torch_row = rows[0][2]["torch"]
     base = (args.layers, args.width, args.heads, args.hidden) == (12, 768, 12, 3072)
     size = "BERT-base size" if base else f"{args.layers} layers of width {args.width}"

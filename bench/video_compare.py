@@ -15,8 +15,6 @@ PyTorch eager under torch.no_grad(), ONNX Runtime for Node with every graph opti
 import argparse
 import json
 import os
-import re
-import statistics
 import sys
 import time
 
@@ -108,49 +106,8 @@ def torch_worker(args):
     model = build_model(args.model_name)
     _, clips, _ = paths(args, args.model_name)
     x = torch.from_numpy(np.load(clips)[:args.batch])
-    ms = []
-    with torch.no_grad():
-        for _ in range(args.warmup):
-            model(x)
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            model(x)
-            ms.append(1e3 * (time.perf_counter() - t0))
-    with open("/proc/self/status") as status:
-        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
-    print(json.dumps({"version": torch.__version__, "ms": ms, "mean_ms": statistics.mean(ms),
-                      "peak_mib": int(m.group(1)) / 1024 if m else None}))
+    print(compare.torch_call_timing(lambda: model(x), args))
     return 0
-
-
-def ort_time(args, model, clips):
-    cmd = ["node", os.path.join(zoo.BENCH_DIR, "ort_time.js"), "--model", model, "--input", clips,
-           "--batch", str(args.batch), "--warmup", str(args.warmup), "--runs", str(args.runs),
-           "--threads", str(args.threads)]
-    proc = compare.run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
-
-
-def qforge_time(args, model, clips, transform):
-    cmd = [args.qforge, "run", model, "--data", clips, "--batch", str(args.batch),
-           "--limit", str(args.batch * (args.runs + args.warmup)), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
-    if transform:
-        cmd.append("--transform")
-    proc = compare.run_cmd(cmd, args.timeout)
-    m = compare.THROUGHPUT_RE.search(proc.stdout)
-    if proc.returncode != 0 or not m:
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
-    peak = compare.MEMORY_RE.search(proc.stdout)
-    return {"mean_ms": float(m.group(3)), "peak_mib": float(peak.group(1)) if peak else None}
-
-
-def fastest(results):
-    good = [r for r in results if "error" not in r]
-    return min(good, key=lambda r: r["mean_ms"]) if good else results[-1]
 
 
 def main():
@@ -183,11 +140,11 @@ def main():
         runs = {"qforge": [], "transformed": [], "torch": [], "ort": []}
         for r in range(args.rounds):
             log(f"{name}, round {r + 1} of {args.rounds}")
-            runs["qforge"].append(qforge_time(args, model, clips, False))
-            runs["transformed"].append(qforge_time(args, model, clips, True))
+            runs["qforge"].append(compare.model_qforge_time(args, model, clips, False))
+            runs["transformed"].append(compare.model_qforge_time(args, model, clips, True))
             runs["torch"].append(torch_time(args, name))
-            runs["ort"].append(ort_time(args, model, clips))
-        rows.append((name, error, {k: fastest(v) for k, v in runs.items()}))
+            runs["ort"].append(compare.model_ort_time(args, model, clips))
+        rows.append((name, error, {k: compare.fastest(v) for k, v in runs.items()}))
     load = os.getloadavg()
     version = next((r["torch"].get("version") for _, _, r in rows if "error" not in r["torch"]), "?")
     lines = [BEGIN, "",

@@ -83,30 +83,38 @@ void unstack_depth_taps(const float* stacks, float* dx, int64_t batch, int64_t c
                });
 }
 
-void depth_to_batch(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
-                    int64_t plane) {
+namespace {
+
+// [N, C, D, P] -> [N·D, C, P], or back with `to_batch` false: item i is (n, c, d) of the
+// [N, C, D, P] side, one plane copied.
+void move_depth(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
+                int64_t plane, bool to_batch) {
   const auto bytes = static_cast<size_t>(plane) * sizeof(float);
   parallel_for(batch * channels * depth, grain_for(plane), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {  // i: (n, c, d) of x
+    for (int64_t i = begin; i < end; ++i) {
       const int64_t d = i % depth;
       const int64_t c = (i / depth) % channels;
       const int64_t n = i / (depth * channels);
-      std::memcpy(y + ((n * depth + d) * channels + c) * plane, x + i * plane, bytes);
+      const int64_t batched = ((n * depth + d) * channels + c) * plane;
+      if (to_batch) {
+        std::memcpy(y + batched, x + i * plane, bytes);
+      } else {
+        std::memcpy(y + i * plane, x + batched, bytes);
+      }
     }
   });
 }
 
+}  // namespace
+
+void depth_to_batch(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
+                    int64_t plane) {
+  move_depth(x, y, batch, channels, depth, plane, true);
+}
+
 void batch_to_depth(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
                     int64_t plane) {
-  const auto bytes = static_cast<size_t>(plane) * sizeof(float);
-  parallel_for(batch * channels * depth, grain_for(plane), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {  // i: (n, c, d) of y
-      const int64_t d = i % depth;
-      const int64_t c = (i / depth) % channels;
-      const int64_t n = i / (depth * channels);
-      std::memcpy(y + i * plane, x + ((n * depth + d) * channels + c) * plane, bytes);
-    }
-  });
+  move_depth(x, y, batch, channels, depth, plane, false);
 }
 
 }  // namespace qforge::kernels

@@ -26,6 +26,29 @@ using kernels::shape_str;
 // ---------------------------------------------------------------------------------------------
 // Conv
 
+// Bytes rounded up to 64, and the bytes of `floats` floats so rounded: how the 3-D kernels lay
+// their buffers out after the 2-D kernel's workspace.
+size_t aligned_bytes(size_t bytes) {
+  return (bytes + 63) / 64 * 64;
+}
+size_t aligned_floats(size_t floats) {
+  return aligned_bytes(floats * sizeof(float));
+}
+
+// Hands out those regions of a workspace in order, after its first `skip` bytes.
+class WorkspaceCarver {
+ public:
+  WorkspaceCarver(std::byte* workspace, size_t skip) : at_(workspace + aligned_bytes(skip)) {}
+  float* take(size_t floats) {
+    auto* p = reinterpret_cast<float*>(at_);
+    at_ += aligned_floats(floats);
+    return p;
+  }
+
+ private:
+  std::byte* at_;
+};
+
 struct ConvSetup {
   // Of a 3-D convolution, the geometry of its height and width planes (batch N, channels C).
   kernels::ConvGeometry geometry;
@@ -130,8 +153,8 @@ class ConvKernel final : public OpKernel {
     if (!depth_) return conv;
     // The stacks, the output with the depth before the channels and, for a FusedConv, its
     // residual in that order too.
-    return aligned(conv) + aligned(stack_floats() * sizeof(float)) +
-           (fused_ ? 2 : 1) * aligned(stacked_output_floats() * sizeof(float));
+    return aligned_bytes(conv) + aligned_floats(stack_floats()) +
+           (fused_ ? 2 : 1) * aligned_floats(stacked_output_floats());
   }
   bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
@@ -159,17 +182,15 @@ class ConvKernel final : public OpKernel {
     const kernels::ConvGeometry& g = plane_;
     const int64_t in_plane = g.in_h * g.in_w;
     const int64_t out_plane = g.out_h * g.out_w;
-    std::byte* at = workspace + aligned(kernels::conv_workspace_bytes(
-                                    plan_, prepared ? kernels::ConvWeightForm::kPrepared
-                                                    : kernels::ConvWeightForm::kRaw));
-    auto* stacks = reinterpret_cast<float*>(at);
-    at += aligned(stack_floats() * sizeof(float));
-    auto* y = reinterpret_cast<float*>(at);
-    at += aligned(stacked_output_floats() * sizeof(float));
+    WorkspaceCarver carve(workspace, kernels::conv_workspace_bytes(
+                                         plan_, prepared ? kernels::ConvWeightForm::kPrepared
+                                                         : kernels::ConvWeightForm::kRaw));
+    float* stacks = carve.take(stack_floats());
+    float* y = carve.take(stacked_output_floats());
     kernels::stack_depth_taps(inputs[0].data<float>(), stacks, g.batch, g.in_channels, in_plane,
                               *depth_);
     if (epilogue.residual) {
-      auto* residual = reinterpret_cast<float*>(at);
+      float* residual = carve.take(stacked_output_floats());
       kernels::depth_to_batch(epilogue.residual, residual, g.batch, g.out_channels, depth_->out,
                               out_plane);
       epilogue.residual = residual;
@@ -186,8 +207,8 @@ class ConvKernel final : public OpKernel {
     const size_t conv = kernels::conv_backward_workspace_bytes(backward_plan_);
     if (!depth_) return conv;
     // The stacks and their gradient, and dy with the depth before the channels.
-    return aligned(conv) + 2 * aligned(stack_floats() * sizeof(float)) +
-           aligned(stacked_output_floats() * sizeof(float));
+    return aligned_bytes(conv) + 2 * aligned_floats(stack_floats()) +
+           aligned_floats(stacked_output_floats());
   }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
@@ -207,12 +228,10 @@ class ConvKernel final : public OpKernel {
     const kernels::ConvGeometry& g = plane_;
     const int64_t in_plane = g.in_h * g.in_w;
     const int64_t out_plane = g.out_h * g.out_w;
-    std::byte* at = workspace + aligned(kernels::conv_backward_workspace_bytes(backward_plan_));
-    auto* stacks = reinterpret_cast<float*>(at);
-    at += aligned(stack_floats() * sizeof(float));
-    auto* stacks_grad = reinterpret_cast<float*>(at);
-    at += aligned(stack_floats() * sizeof(float));
-    auto* dy = reinterpret_cast<float*>(at);
+    WorkspaceCarver carve(workspace, kernels::conv_backward_workspace_bytes(backward_plan_));
+    float* stacks = carve.take(stack_floats());
+    float* stacks_grad = carve.take(stack_floats());
+    float* dy = carve.take(stacked_output_floats());
     kernels::stack_depth_taps(inputs[0].data<float>(), stacks, g.batch, g.in_channels, in_plane,
                               *depth_);
     kernels::depth_to_batch(grad_outputs[0].data<float>(), dy, g.batch, g.out_channels, depth_->out,
@@ -229,7 +248,6 @@ class ConvKernel final : public OpKernel {
   static kernels::ConvGeometry stacked(const ConvSetup& s) {
     return s.depth ? kernels::depth_stacked_geometry(s.geometry, *s.depth) : s.geometry;
   }
-  static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
   // Of a 3-D convolution: the floats of the stacks [N·D_out, C·kd, H, W] and of the output
   // [N·D_out, O, H', W'].
   size_t stack_floats() const {
@@ -459,8 +477,7 @@ class ConvTransposeKernel final : public OpKernel {
   size_t workspace_bytes() const override {
     const size_t own = kernels::conv_transpose_workspace_bytes(plan_);
     if (!depth_) return own;
-    return aligned(own) + aligned(input_floats() * sizeof(float)) +
-           aligned(stack_floats() * sizeof(float));
+    return aligned_bytes(own) + aligned_floats(input_floats()) + aligned_floats(stack_floats());
   }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
@@ -472,10 +489,9 @@ class ConvTransposeKernel final : public OpKernel {
       return;
     }
     const kernels::ConvTransposeGeometry& g = plane_;
-    std::byte* at = workspace + aligned(kernels::conv_transpose_workspace_bytes(plan_));
-    auto* x = reinterpret_cast<float*>(at);
-    at += aligned(input_floats() * sizeof(float));
-    auto* stacks = reinterpret_cast<float*>(at);
+    WorkspaceCarver carve(workspace, kernels::conv_transpose_workspace_bytes(plan_));
+    float* x = carve.take(input_floats());
+    float* stacks = carve.take(stack_floats());
     kernels::depth_to_batch(inputs[0].data<float>(), x, g.batch, g.in_channels, depth_->out,
                             g.in_h * g.in_w);
     kernels::conv_transpose2d(plan_, x, inputs[1].data<float>(), nullptr, stacks, workspace);
@@ -499,8 +515,7 @@ class ConvTransposeKernel final : public OpKernel {
     const size_t own = kernels::conv_transpose_backward_workspace_bytes(plan_);
     if (!depth_) return own;
     // The input with its depth in the batch and its gradient, and dy as stacks.
-    return aligned(own) + 2 * aligned(input_floats() * sizeof(float)) +
-           aligned(stack_floats() * sizeof(float));
+    return aligned_bytes(own) + 2 * aligned_floats(input_floats()) + aligned_floats(stack_floats());
   }
   BackwardReads backward_reads() const override {
     return {.inputs = BackwardReads::kEverything, .outputs = BackwardReads::kNothing};
@@ -520,12 +535,10 @@ class ConvTransposeKernel final : public OpKernel {
     const kernels::ConvTransposeGeometry& g = plane_;
     const int64_t in_plane = g.in_h * g.in_w;
     const int64_t plane = g.out_h * g.out_w;
-    std::byte* at = workspace + aligned(kernels::conv_transpose_backward_workspace_bytes(plan_));
-    auto* x = reinterpret_cast<float*>(at);
-    at += aligned(input_floats() * sizeof(float));
-    auto* dx = reinterpret_cast<float*>(at);
-    at += aligned(input_floats() * sizeof(float));
-    auto* dy = reinterpret_cast<float*>(at);
+    WorkspaceCarver carve(workspace, kernels::conv_transpose_backward_workspace_bytes(plan_));
+    float* x = carve.take(input_floats());
+    float* dx = carve.take(input_floats());
+    float* dy = carve.take(stack_floats());
     const float* dy_volume = grad_outputs[0].data<float>();
     kernels::depth_to_batch(inputs[0].data<float>(), x, g.batch, g.in_channels, depth_->out,
                             in_plane);
@@ -560,7 +573,6 @@ class ConvTransposeKernel final : public OpKernel {
     }
     return g;
   }
-  static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
   size_t input_floats() const {
     return static_cast<size_t>(plane_.batch * plane_.in_channels * depth_->out * plane_.in_h *
                                plane_.in_w);
