@@ -204,7 +204,7 @@ int run_qat(QatOptions o) {
       }
     }
     // The shards: as given, else the checkpoint's (a run resumes on any number of ranks), else
-    // one per rank.
+    // one per sample of a step for a model of one sample, else one per rank.
     if (s.shards == 0) {
       s.shards = resume                ? quant::checkpoint_shards(*resume)
                  : run_batch < s.batch ? s.batch
