@@ -100,22 +100,6 @@ void col2im_tile_add(const ConvGeometry& g, const float* col, int64_t channels, 
   }
 }
 
-// dbias[co] = Σ_n lane_sum(dy[n, co]), images in order.
-void bias_gradient(const ConvGeometry& g, const float* dy, float* dbias, GradMode write) {
-  const int64_t pixels = g.out_h * g.out_w;
-  const int64_t grain =
-      std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, pixels * g.batch));
-  parallel_for(g.out_channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t co = begin; co < end; ++co) {
-      float acc = write == GradMode::kAccumulate ? dbias[co] : 0.0f;
-      for (int64_t n = 0; n < g.batch; ++n) {
-        acc += lane_sum(dy + (n * g.out_channels + co) * pixels, pixels);
-      }
-      dbias[co] = acc;
-    }
-  });
-}
-
 // Depthwise planes split by stride phase and zero-padded, so that every kernel tap is one flat
 // shift. Padded position (r, c) = (ih + pad_top, iw + pad_left) lies in phase plane
 // (r mod stride_h, c mod stride_w) at row r div stride_h and column c div stride_w; a phase
@@ -1054,7 +1038,9 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                      const ConvGradients& grads, std::byte* workspace, GradMode write) {
   const ConvGeometry& g = plan.geometry;
   const DenormalsFlushed flushed;
-  if (grads.dbias) bias_gradient(g, dy, grads.dbias, write);
+  if (grads.dbias) {
+    conv_bias_gradient(dy, grads.dbias, g.batch, g.out_channels, g.out_h * g.out_w, write);
+  }
   if (plan.depthwise) {
     const size_t slot_bytes =
         aligned_bytes(static_cast<size_t>(padded_slot_floats(g)) * sizeof(float));
@@ -1118,6 +1104,20 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                                       reinterpret_cast<float*>(scratch), write);
                                 });
   }
+}
+
+void conv_bias_gradient(const float* dy, float* dbias, int64_t batch, int64_t channels,
+                        int64_t pixels, GradMode write) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, pixels * batch));
+  parallel_for(channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co) {
+      float acc = write == GradMode::kAccumulate ? dbias[co] : 0.0f;
+      for (int64_t n = 0; n < batch; ++n) {
+        acc += lane_sum(dy + (n * channels + co) * pixels, pixels);
+      }
+      dbias[co] = acc;
+    }
+  });
 }
 
 }  // namespace qforge::kernels

@@ -94,4 +94,10 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                      const ConvGradients& grads, std::byte* workspace,
                      GradMode write = GradMode::kOverwrite);
 
+// The bias gradient of a convolution (plain, transposed or 3-D) whose output dy is
+// [batch, channels, pixels]: dbias[c] = Σ_n lane_sum(dy[n, c]), images in order, a task per
+// block of channels.
+void conv_bias_gradient(const float* dy, float* dbias, int64_t batch, int64_t channels,
+                        int64_t pixels, GradMode write = GradMode::kOverwrite);
+
 }  // namespace qforge::kernels

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "kernels/norm.h"
 #include "kernels/parallel.h"
 
 namespace qforge::kernels {
@@ -52,12 +51,15 @@ void conv_transpose2d(const ConvTransposePlan& plan, const float* x, const float
   conv2d_backward(plan.conv_backward, nullptr, w, x, as_gradient, workspace);
   if (!bias) return;
   const ConvTransposeGeometry& g = plan.geometry;
-  const int64_t pixels = g.out_h * g.out_w;
-  parallel_for(g.batch * g.out_channels,
-               std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, pixels)),
+  add_channel_bias(bias, y, g.batch, g.out_channels, g.out_h * g.out_w);
+}
+
+void add_channel_bias(const float* bias, float* y, int64_t batch, int64_t channels,
+                      int64_t pixels) {
+  parallel_for(batch * channels, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, pixels)),
                [&](int64_t p0, int64_t p1) {
                  for (int64_t p = p0; p < p1; ++p) {
-                   const float b = bias[p % g.out_channels];
+                   const float b = bias[p % channels];
                    float* plane = y + p * pixels;
                    for (int64_t i = 0; i < pixels; ++i) plane[i] += b;
                  }
@@ -74,18 +76,7 @@ void conv_transpose2d_backward(const ConvTransposePlan& plan, const float* x, co
     conv2d_backward(plan.conv_backward, dy, nullptr, x, weight, workspace);
   }
   if (grads.dbias) {
-    const int64_t pixels = g.out_h * g.out_w;
-    parallel_for(g.out_channels,
-                 std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, pixels * g.batch)),
-                 [&](int64_t c0, int64_t c1) {
-                   for (int64_t c = c0; c < c1; ++c) {
-                     float sum = 0.0f;
-                     for (int64_t n = 0; n < g.batch; ++n) {
-                       sum += lane_sum(dy + (n * g.out_channels + c) * pixels, pixels);
-                     }
-                     grads.dbias[c] = sum;
-                   }
-                 });
+    conv_bias_gradient(dy, grads.dbias, g.batch, g.out_channels, g.out_h * g.out_w);
   }
 }
 

@@ -5,7 +5,7 @@
 //   forward:  y  = conv2d_backward's dx with conv's dy = x (OpenBLAS GEMMs, col2im);
 //   dx:          = conv2d(dy, w) over conv's geometry (the packed GEMM or OpenBLAS);
 //   dw:          = conv2d_backward's dw with conv's input = dy and conv's dy = x;
-//   dbias[co] = Σ_n lane_sum(dy[n, co]), images in order.
+//   dbias[co] = Σ_n lane_sum(dy[n, co]), images in order (conv_bias_gradient).
 // Both inherit the convolution kernels' fixed splits: outputs are bit-identical for any thread
 // count.
 #pragma once
@@ -56,6 +56,10 @@ size_t conv_transpose_backward_workspace_bytes(const ConvTransposePlan& plan);
 // y [N, C_out, out_h, out_w] (not aliasing x).
 void conv_transpose2d(const ConvTransposePlan& plan, const float* x, const float* w,
                       const float* bias, float* y, std::byte* workspace);
+
+// y[n, c, p] += bias[c] over y [batch, channels, pixels] (the transposed convolutions' bias,
+// plain or 3-D), planes in parallel.
+void add_channel_bias(const float* bias, float* y, int64_t batch, int64_t channels, int64_t pixels);
 
 // x (needed for dw), w (needed for dx) and dy as in the forward; a null gradient is skipped.
 void conv_transpose2d_backward(const ConvTransposePlan& plan, const float* x, const float* w,

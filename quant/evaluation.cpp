@@ -31,10 +31,7 @@ std::vector<kernels::Tensor> compared_outputs(const std::string& stage,
   std::vector<kernels::Tensor> compared;
   for (size_t k = 0; k < outputs.size(); ++k) {
     const kernels::Tensor& out = outputs[k];
-    if (k > 0 &&
-        (out.dtype() != kernels::DType::kFloat32 || out.rank() == 0 || out.dim(0) != batch)) {
-      continue;
-    }
+    if (!compared_output(k, out.dtype(), out.shape(), batch)) continue;
     compared.push_back(out.slice_rows(0, static_cast<int64_t>(rows)));
   }
   return compared;
@@ -45,9 +42,7 @@ std::vector<std::string> compared_names(const graph::Graph& model,
                                         std::span<const kernels::Tensor> outputs, int64_t batch) {
   std::vector<std::string> names;
   for (size_t k = 0; k < outputs.size(); ++k) {
-    const kernels::Tensor& out = outputs[k];
-    if (k == 0 ||
-        (out.dtype() == kernels::DType::kFloat32 && out.rank() > 0 && out.dim(0) == batch)) {
+    if (compared_output(k, outputs[k].dtype(), outputs[k].shape(), batch)) {
       names.push_back(model.outputs()[k]->name());
     }
   }

@@ -172,14 +172,12 @@ FlipSensitivity flip_sensitivity(std::unique_ptr<graph::Graph> model,
     followed = followed && p.samples;
     points.push_back(std::move(p));
   }
-  // The outputs measured, as the evaluation compares them: output 0 and every other float32
-  // output whose axis 0 is the batch.
+  // The outputs measured, as the evaluation compares them.
   std::vector<size_t> measured_outputs;
   std::vector<SampleLayout> output_samples;
   for (size_t k = 0; k < g.outputs().size(); ++k) {
     const graph::Value& v = *g.outputs()[k];
-    if (k > 0 && (v.dtype() != DType::kFloat32 || !v.has_shape() || v.known_shape().empty() ||
-                  v.known_shape()[0] != batch)) {
+    if (!compared_output(k, v.dtype(), v.has_shape() ? v.known_shape() : graph::Shape{}, batch)) {
       continue;
     }
     measured_outputs.push_back(k);

@@ -22,6 +22,14 @@
 
 namespace qforge::quant {
 
+// Whether model output `index` (of `dtype` and `shape`, run at `batch`) is one the evaluation
+// compares and the flips are measured on: output 0, and every other float32 output whose axis 0
+// is the batch.
+inline bool compared_output(size_t index, kernels::DType dtype, std::span<const int64_t> shape,
+                            int64_t batch) {
+  return index == 0 || (dtype == kernels::DType::kFloat32 && !shape.empty() && shape[0] == batch);
+}
+
 struct FlipSensitivityOptions {
   int64_t injections = 32;
   uint64_t seed = 0;

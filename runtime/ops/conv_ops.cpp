@@ -102,12 +102,7 @@ ConvSetup setup_conv(const Node& node, std::span<const InputInfo> inputs) {
   const std::span<const int64_t> spatial = spatial_of(x.shape);
   if (rank == 5) {
     // Depth first; the 2-D geometry is that of the height and width planes.
-    Window plane = win;
-    for (std::vector<int64_t>* v : {&plane.kernel, &plane.strides, &plane.dilations,
-                                    &plane.pad_begin, &plane.pad_end, &plane.out}) {
-      v->erase(v->begin());
-    }
-    fill_window_2d(plane, spatial.subspan(1), g);
+    fill_window_2d(dense::without_first_axis(win), spatial.subspan(1), g);
     s.depth = kernels::ConvDepth{.in = spatial[0],
                                  .out = win.out[0],
                                  .kernel = win.kernel[0],
@@ -498,17 +493,7 @@ class ConvTransposeKernel final : public OpKernel {
     const int64_t plane = g.out_h * g.out_w;
     float* y = outputs[0].data<float>();
     kernels::unstack_depth_taps(stacks, y, g.batch, g.out_channels, plane, *depth_);
-    if (!bias) return;
-    const int64_t volume = depth_->in * plane;
-    kernels::parallel_for(g.batch * g.out_channels,
-                          std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, volume)),
-                          [&](int64_t p0, int64_t p1) {
-                            for (int64_t p = p0; p < p1; ++p) {
-                              const float b = bias[p % g.out_channels];
-                              float* v = y + p * volume;
-                              for (int64_t i = 0; i < volume; ++i) v[i] += b;
-                            }
-                          });
+    if (bias) kernels::add_channel_bias(bias, y, g.batch, g.out_channels, depth_->in * plane);
   }
   bool differentiable_input(size_t index) const override { return index <= 2; }
   size_t backward_workspace_bytes() const override {
@@ -550,15 +535,9 @@ class ConvTransposeKernel final : public OpKernel {
     if (grads.dx) {
       kernels::batch_to_depth(dx, grads.dx, g.batch, g.in_channels, depth_->out, in_plane);
     }
-    if (grads.dbias) {  // each channel's volumes, images in order
-      const int64_t volume = depth_->in * plane;
-      for (int64_t c = 0; c < g.out_channels; ++c) {
-        float sum = 0.0f;
-        for (int64_t n = 0; n < g.batch; ++n) {
-          sum += kernels::lane_sum(dy_volume + (n * g.out_channels + c) * volume, volume);
-        }
-        grads.dbias[c] = sum;
-      }
+    if (grads.dbias) {
+      kernels::conv_bias_gradient(dy_volume, grads.dbias, g.batch, g.out_channels,
+                                  depth_->in * plane);
     }
   }
 

@@ -180,6 +180,15 @@ inline Window resolve_window(const Node& node, std::span<const int64_t> in_spati
   return w;
 }
 
+// The window of the axes after the first (a 3-D window's height and width, its depth apart).
+inline Window without_first_axis(Window w) {
+  for (std::vector<int64_t>* v :
+       {&w.kernel, &w.strides, &w.dilations, &w.pad_begin, &w.pad_end, &w.out}) {
+    v->erase(v->begin());
+  }
+  return w;
+}
+
 // Spatial rank 1 maps onto the 2-D kernels with a unit height axis.
 template <class Geometry>
 inline void fill_window_2d(const Window& w, std::span<const int64_t> in_spatial, Geometry& g) {

@@ -129,11 +129,7 @@ PoolSetup setup_pool(const Node& node, std::span<const InputInfo> inputs) {
     d.pad_top = win.pad_begin[0];
     d.pad_bottom = win.pad_end[0];
     s.depth = d;
-    Window plane = win;
-    for (std::vector<int64_t>* v : {&plane.kernel, &plane.strides, &plane.dilations,
-                                    &plane.pad_begin, &plane.pad_end, &plane.out}) {
-      v->erase(v->begin());
-    }
+    const Window plane = dense::without_first_axis(win);
     g.channels = x.shape[1] * win.out[0];
     fill_window_2d(plane, in.subspan(1), g);
     g.pad_bottom = plane.pad_end[0];
