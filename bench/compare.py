@@ -217,6 +217,56 @@ def ort_time(name, runs, args):
         return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"]}
 
 
+def add_model_timing_arguments(ap, batch):
+    """The options the text and video scripts share (their model options apart)."""
+    ap.add_argument("--qforge", default=None, help="qforge binary (default build/tools/qforge)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--runs", type=int, default=3, help="timed batches per measurement")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest kept")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def model_logits_error(args, model, data, reference, out, limit=None):
+    """qforge's logits of one model file (`run -o out`, the first `limit` rows of `data` when
+    given) against PyTorch's in `reference`: the largest difference over the largest |logit|."""
+    import numpy as np
+
+    cmd = [args.qforge, "run", model, "--data", data, "--batch", str(args.batch), "--threads",
+           str(args.threads), "-o", out]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    proc = run_cmd(cmd, args.timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"qforge run failed: {proc.stderr.strip()}")
+    got, want = np.load(out), np.load(reference)
+    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+
+
+def model_time_table(first_column, rows):
+    """The table of the text and video scripts: per row (label, max diff to PyTorch, the fastest
+    result of each runtime by key qforge, transformed, torch, ort), the times, their ratios and
+    each process's peak memory."""
+    def ms(r):
+        return r.get("mean_ms") if "error" not in r else None
+
+    cell = lambda v: f"{v:.1f}" if v else "error"
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+    lines = [f"| {first_column} | qforge ms/batch | transformed ms/batch | PyTorch ms | ORT ms | "
+             "qforge/PyTorch | qforge/ORT | transformed/ORT | peak MiB qforge / PyTorch / ORT | "
+             "max diff to PyTorch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for label, error, r in rows:
+        q, t, p, o = ms(r["qforge"]), ms(r["transformed"]), ms(r["torch"]), ms(r["ort"])
+        peak = " / ".join(f"{x.get('peak_mib') or 0:.0f}" for x in (r["qforge"], r["torch"], r["ort"]))
+        lines.append(f"| {label} | {cell(q)} | {cell(t)} | {cell(p)} | {cell(o)} | "
+                     f"{ratio(q, p)} | {ratio(q, o)} | {ratio(t, o)} | {peak} | {error:.1e} |")
+    return lines
+
+
 def model_qforge_time(args, model, data, transform):
     """qforge `run` of one model file over --runs batches after --warmup (the text and video
     scripts): its mean forward ms/batch and peak resident memory."""

@@ -135,19 +135,6 @@ def prepare(args, log):
     return models, inputs, reference
 
 
-def check(args, model, inputs, reference):
-    """qforge's logits against PyTorch's: the largest difference over the largest |logit|."""
-    import numpy as np
-
-    out = os.path.join(zoo.BENCH_DIR, ".cache", "text", "qforge_logits.npy")
-    proc = compare.run_cmd([args.qforge, "run", model, "--data", inputs, "--batch", str(args.batch),
-                            "--threads", str(args.threads), "-o", out], args.timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"qforge run failed: {proc.stderr.strip()}")
-    got, want = np.load(out), np.load(reference)
-    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
-
-
 def torch_time(args):
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker"] + worker_args(args)
     proc = compare.run_cmd(cmd, args.timeout)
@@ -181,21 +168,13 @@ def torch_worker(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--qforge", default=None, help="qforge binary (default build/tools/qforge)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
+    compare.add_model_timing_arguments(ap, batch=8)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--width", type=int, default=768)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=3072)
     ap.add_argument("--vocab", type=int, default=30522)
-    ap.add_argument("--runs", type=int, default=3, help="timed batches per measurement")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest kept")
-    ap.add_argument("--timeout", type=int, default=900)
-    ap.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
-    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args)
@@ -204,7 +183,8 @@ def main():
     models, inputs, reference = prepare(args, log)
     rows = []
     for opset, model in models.items():
-        error = check(args, model, inputs, reference)
+        out = os.path.join(zoo.BENCH_DIR, ".cache", "text", "qforge_logits.npy")
+        error = compare.model_logits_error(args, model, inputs, reference, out)
         log(f"opset {opset}: qforge's logits within {error:.2e} of PyTorch's (of the largest)")
         if error > 1e-4:
             raise SystemExit(f"opset {opset}: qforge differs from PyTorch by {error:.2e}")
@@ -234,22 +214,10 @@ def main():
              f"- Timing: each runtime's mean over {args.runs} batches after {args.warmup} "
              f"warm-up, the fastest of {args.rounds} alternating rounds; PyTorch "
              f"{torch_row.get('version', '?')} eager under torch.no_grad(); ONNX Runtime for Node "
-             "with every graph optimisation", "",
-             "| export | qforge ms/batch | transformed ms/batch | PyTorch ms | ORT ms | "
-             "qforge/PyTorch | qforge/ORT | transformed/ORT | peak MiB qforge / PyTorch / ORT | "
-             "max diff to PyTorch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-
-    def ms(r):
-        return r.get("mean_ms") if "error" not in r else None
-
-    for opset, error, r in rows:
-        q, t, o, p = ms(r["qforge"]), ms(r["transformed"]), ms(r["ort"]), ms(torch_row)
-        cell = lambda v: f"{v:.1f}" if v else "error"
-        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
-        peak = " / ".join(f"{x.get('peak_mib') or 0:.0f}" for x in (r["qforge"], torch_row, r["ort"]))
-        lines.append(f"| opset {opset} | {cell(q)} | {cell(t)} | {cell(p)} | {cell(o)} | "
-                     f"{ratio(q, p)} | {ratio(q, o)} | {ratio(t, o)} | {peak} | {error:.1e} |")
+             "with every graph optimisation", ""]
+    # PyTorch runs the module once for both exports: its row stands in each.
+    lines += compare.model_time_table(
+        "export", [(f"opset {opset}", error, {**r, "torch": torch_row}) for opset, error, r in rows])
     lines += ["", "Ratios are time ratios (above 1: qforge is slower). PyTorch runs the module "
               "itself, once for both exports.", "", END]
     text = "\n".join(lines)

@@ -68,20 +68,6 @@ def prepare(args, name, log):
     return model_path, clips_path, reference
 
 
-def check(args, model, clips, reference):
-    """qforge's logits against PyTorch's: the largest difference over the largest |logit|."""
-    import numpy as np
-
-    out = os.path.join(zoo.BENCH_DIR, ".cache", "video", "qforge_logits.npy")
-    proc = compare.run_cmd([args.qforge, "run", model, "--data", clips, "--limit", str(args.batch),
-                            "--batch", str(args.batch), "--threads", str(args.threads), "-o", out],
-                           args.timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"qforge run failed: {proc.stderr.strip()}")
-    got, want = np.load(out), np.load(reference)
-    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
-
-
 def worker_args(args, name):
     return ["--model-name", name, "--threads", str(args.threads), "--batch", str(args.batch),
             "--frames", str(args.frames), "--size", str(args.size), "--runs", str(args.runs),
@@ -112,18 +98,10 @@ def torch_worker(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--qforge", default=None, help="qforge binary (default build/tools/qforge)")
+    compare.add_model_timing_arguments(ap, batch=2)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--runs", type=int, default=3, help="timed batches per measurement")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest kept")
-    ap.add_argument("--timeout", type=int, default=900)
-    ap.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
-    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model-name", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
@@ -133,7 +111,8 @@ def main():
     rows = []
     for name in args.models.split(","):
         model, clips, reference = prepare(args, name, log)
-        error = check(args, model, clips, reference)
+        out = os.path.join(zoo.BENCH_DIR, ".cache", "video", "qforge_logits.npy")
+        error = compare.model_logits_error(args, model, clips, reference, out, limit=args.batch)
         log(f"{name}: qforge's logits within {error:.2e} of PyTorch's (of the largest)")
         if error > 1e-4:
             raise SystemExit(f"{name}: qforge differs from PyTorch by {error:.2e}")
@@ -158,22 +137,8 @@ def main():
              "fixed batch; clips normal(0, 1), seeded",
              f"- Timing: each runtime's mean over {args.runs} batches after {args.warmup} "
              f"warm-up, the fastest of {args.rounds} alternating rounds; PyTorch {version} eager "
-             "under torch.no_grad(); ONNX Runtime for Node with every graph optimisation", "",
-             "| model | qforge ms/batch | transformed ms/batch | PyTorch ms | ORT ms | "
-             "qforge/PyTorch | qforge/ORT | transformed/ORT | peak MiB qforge / PyTorch / ORT | "
-             "max diff to PyTorch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-
-    def ms(r):
-        return r.get("mean_ms") if "error" not in r else None
-
-    for name, error, r in rows:
-        q, t, p, o = ms(r["qforge"]), ms(r["transformed"]), ms(r["torch"]), ms(r["ort"])
-        cell = lambda v: f"{v:.1f}" if v else "error"
-        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
-        peak = " / ".join(f"{x.get('peak_mib') or 0:.0f}" for x in (r["qforge"], r["torch"], r["ort"]))
-        lines.append(f"| {name} | {cell(q)} | {cell(t)} | {cell(p)} | {cell(o)} | "
-                     f"{ratio(q, p)} | {ratio(q, o)} | {ratio(t, o)} | {peak} | {error:.1e} |")
+             "under torch.no_grad(); ONNX Runtime for Node with every graph optimisation", ""]
+    lines += compare.model_time_table("model", rows)
     lines += ["", "Ratios are time ratios (above 1: qforge is slower). A 3-D convolution runs on "
               "the 2-D kernels over stacks of its depth taps (kernels/conv_depth.h).", "", END]
     text = "\n".join(lines)
