@@ -28,6 +28,7 @@
 #include "graph/catalog.h"
 #include "graph/decompose_import.h"
 #include "graph/einsum_import.h"
+#include "graph/loop_unroll.h"
 #include "graph/proto_names.h"
 #include "graph/sample_axis.h"
 #include "graph/tail.h"
@@ -1128,6 +1129,7 @@ int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
   }
   rewrite_einsum_nodes(model, opset);
   decompose_newer_ops(model, opset);
+  unroll_loops_and_sequences(model, opset);
   check_ops(model, opset);
   check_declarations(model);
   fix_sample_shape(model, source, options);
