@@ -120,7 +120,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Resize", 1, 4, 1, 1, 13, kBackward},
     OpSchema{"Round", 1, 1, 1, 1, 11, kNone, kPiecewiseConstant},
     OpSchema{"ScatterElements", 3, 3, 1, 1, 16, kBackward},  // reduction none or add
-    OpSchema{"ScatterND", 3, 3, 1, 1, 16, kNone, kNoBackward},
+    OpSchema{"ScatterND", 3, 3, 1, 1, 16, kBackward},        // reduction none
     OpSchema{"Shape", 1, 1, 1, 1, 15, kNone, "its output is the input's shape, not its values"},
     OpSchema{"Sigmoid", 1, 1, 1, 1, 13, kBackward},
     OpSchema{"Sign", 1, 1, 1, 1, 13, kNone, kPiecewiseConstant},
@@ -239,18 +239,30 @@ bool float_input_is_setting(std::string_view op_type, size_t index) {
   return (op_type == "Resize" && (index == 1 || index == 2)) || (op_type == "Pow" && index == 1);
 }
 
+namespace {
+
+// The ONNX and internal ops, then each module family's table.
+std::array<std::span<const OpSchema>, 6> schema_tables() {
+  return {std::span<const OpSchema>(kSchemas),
+          fusion_module_schemas(),
+          attention_module_schemas(),
+          swin_module_schemas(),
+          extra_module_schemas(),
+          slice_update_schemas()};
+}
+
+}  // namespace
+
 std::vector<const OpSchema*> all_schemas() {
   std::vector<const OpSchema*> out;
-  for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),
-                     attention_module_schemas(), swin_module_schemas(), extra_module_schemas()}) {
+  for (std::span<const OpSchema> table : schema_tables()) {
     for (const OpSchema& s : table) out.push_back(&s);
   }
   return out;
 }
 
 const OpSchema* find_schema(std::string_view op_type) {
-  for (auto table : {std::span<const OpSchema>(kSchemas), fusion_module_schemas(),
-                     attention_module_schemas(), swin_module_schemas(), extra_module_schemas()}) {
+  for (std::span<const OpSchema> table : schema_tables()) {
     for (const OpSchema& s : table) {
       if (s.op_type == op_type) return &s;
     }

@@ -163,5 +163,6 @@ std::span<const OpSchema> fusion_module_schemas();
 std::span<const OpSchema> attention_module_schemas();
 std::span<const OpSchema> swin_module_schemas();   // graph/swin.cpp
 std::span<const OpSchema> extra_module_schemas();  // graph/fusions_extra.cpp
+std::span<const OpSchema> slice_update_schemas();  // graph/slice_update.cpp
 
 }  // namespace qforge::graph

@@ -273,6 +273,17 @@ void Graph::rename_value(Value* value, const std::string& new_name) {
   values_by_name_[new_name] = value;
 }
 
+void Graph::rename_node(Node* node, const std::string& new_name) {
+  if (node->name_ == new_name) return;
+  if (nodes_by_name_.count(new_name)) {
+    throw_internal("graph: cannot rename node '" + node->name_ + "' to existing '" + new_name +
+                   "'");
+  }
+  nodes_by_name_.erase(node->name_);
+  node->name_ = new_name;
+  nodes_by_name_[new_name] = node;
+}
+
 void Graph::record_derivation(Derivation derivation) {
   std::erase_if(derivations_, [&](const Derivation& d) { return d.derived == derivation.derived; });
   derivations_.push_back(std::move(derivation));

@@ -207,6 +207,8 @@ class Graph {
 
   // Gives a value another name (unique in the graph).
   void rename_value(Value* value, const std::string& new_name);
+  // Gives a node another name (unique in the graph).
+  void rename_node(Node* node, const std::string& new_name);
   // Replaces every use of `from` (node inputs and graph outputs) by `to`.
   void replace_all_uses(Value* from, Value* to);
   void set_input(Node* node, size_t index, Value* value);

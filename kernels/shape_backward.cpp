@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,29 @@ void slice_backward(const StridedCopyPlan& plan, const float* dy, float* dx, int
       for (int64_t i = 0; i < inner; ++i) dst[i * step] += src[i];
     }
   });
+}
+
+void scatter_nd_backward(const ScatterNdLayout& layout, const Tensor& indices, const float* dy,
+                         float* ddata, float* dupdates, uint8_t* written) {
+  const int64_t numel = shape_numel(layout.shape);
+  const int64_t slice = layout.slice;
+  const auto bytes = static_cast<size_t>(slice) * sizeof(float);
+  if (ddata) std::copy_n(dy, numel, ddata);
+  std::fill_n(written, slice > 0 ? numel / slice : 0, uint8_t{0});
+  // The last tuple to write a slice kept it: tuples in reverse order, each slice's first is it.
+  for (int64_t j = layout.tuples - 1; j >= 0; --j) {
+    const int64_t offset = scatter_nd_offset(layout, indices, j);
+    uint8_t& seen = written[slice > 0 ? offset / slice : 0];
+    if (dupdates) {
+      if (seen) {
+        std::fill_n(dupdates + j * slice, slice, 0.0f);
+      } else {
+        std::memcpy(dupdates + j * slice, dy + offset, bytes);
+      }
+    }
+    if (ddata && !seen) std::fill_n(ddata + offset, slice, 0.0f);
+    seen = 1;
+  }
 }
 
 void concat_backward(const ConcatPlan& plan, const float* dy, std::span<float* const> dxs,

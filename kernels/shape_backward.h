@@ -11,6 +11,7 @@
 //              each position off the axis (repeated indices add up in index order).
 //   ScatterElements: the updates' gradient gathered from dy where they were written (the last
 //              write of a target alone, without `add`); the data's dy but where overwritten.
+//   ScatterND: the same, a slice at a time.
 // Every dx element is one fixed sequence of float operations (one outer row per task for
 // Gather), so gradients are bit-identical for any thread count.
 #pragma once
@@ -63,6 +64,12 @@ void gather_elements_backward(const GatherElementsPlan& plan, const Tensor& indi
 void scatter_elements_backward(const GatherElementsPlan& plan, const Tensor& indices, bool add,
                                const float* dy, float* ddata, float* dupdates, int64_t data_numel,
                                float* scratch);
+
+// ScatterND (reduction none; indices as the forward read them): ddata = dy but 0 in every slice a
+// tuple wrote; dupdates[j] = dy's slice where tuple j wrote, when no later tuple wrote there (it
+// kept the last write), else 0. Either may be null. written: one byte per slice of the data.
+void scatter_nd_backward(const ScatterNdLayout& layout, const Tensor& indices, const float* dy,
+                         float* ddata, float* dupdates, uint8_t* written);
 
 // GatherND (the forward's plan, float32): dx = 0, then each tuple's dy slice added where it was
 // read, the tuples of one batch entry in order (repeated tuples add up in order).

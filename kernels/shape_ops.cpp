@@ -272,6 +272,34 @@ void strided_copy(const StridedCopyPlan& plan, const void* src, void* dst) {
   });
 }
 
+void strided_scatter(const StridedCopyPlan& plan, const void* src, void* dst) {
+  if (plan.numel == 0) return;
+  with_element_type(plan.elem_size, [&](auto tag) {
+    using T = decltype(tag);
+    const T* from = static_cast<const T*>(src);
+    T* to = static_cast<T*>(dst) + plan.src_offset;
+    const int64_t inner = plan.dims.back();
+    const int64_t stride = plan.src_strides.back();
+    const std::array<const int64_t*, 1> strides = {plan.src_strides.data()};
+    // Each position is written once, so rows may go in any order.
+    for_each_block(plan.numel / inner, inner * static_cast<int64_t>(sizeof(T)),
+                   [&](int64_t r0, int64_t r1) {
+                     StridedIndex<1> at(plan.dims, strides, r0 * inner);
+                     for (int64_t r = r0; r < r1; ++r) {
+                       T* row = to + at.offset(0);
+                       if (!from) {
+                         for (int64_t i = 0; i < inner; ++i) row[i * stride] = T{};
+                       } else if (stride == 1) {
+                         std::memcpy(row, from + r * inner, static_cast<size_t>(inner) * sizeof(T));
+                       } else {
+                         for (int64_t i = 0; i < inner; ++i) row[i * stride] = from[r * inner + i];
+                       }
+                       if (r + 1 < r1) at.next_row();
+                     }
+                   });
+  });
+}
+
 Shape transposed_shape(std::span<const int64_t> in_shape, std::span<const int64_t> perm) {
   Shape out(perm.size());
   for (size_t i = 0; i < perm.size(); ++i) out[i] = in_shape[static_cast<size_t>(perm[i])];
@@ -730,45 +758,55 @@ void pad(const PadPlan& plan, const void* x, const void* constant_value, void* y
   });
 }
 
+ScatterNdLayout scatter_nd_layout(const Shape& data, const Tensor& indices) {
+  const auto rank = static_cast<int>(data.size());
+  if (indices.rank() < 1) throw_internal("scatter_nd: indices of rank 0");
+  ScatterNdLayout l;
+  l.shape = data;
+  l.k = indices.shape().back();
+  if (l.k > rank || rank > kMaxStridedRank) throw_internal("scatter_nd: index depth above rank");
+  int64_t stride = 1;
+  for (int d = rank - 1; d >= 0; --d) {
+    if (d < l.k) l.strides[static_cast<size_t>(d)] = stride;
+    stride *= data[static_cast<size_t>(d)];
+  }
+  for (int d = static_cast<int>(l.k); d < rank; ++d) l.slice *= data[static_cast<size_t>(d)];
+  l.tuples = l.k == 0 ? indices.numel() : indices.numel() / l.k;
+  return l;
+}
+
+int64_t scatter_nd_offset(const ScatterNdLayout& l, const Tensor& indices, int64_t j) {
+  int64_t offset = 0;
+  for (int64_t q = 0; q < l.k; ++q) {
+    const int64_t dim = l.shape[static_cast<size_t>(q)];
+    int64_t v = read_index(indices, j * l.k + q);
+    if (v < -dim || v >= dim) {
+      throw_invalid("expected indices of axis " + std::to_string(q) + " in [" +
+                    std::to_string(-dim) + ", " + std::to_string(dim - 1) + "], got " +
+                    std::to_string(v));
+    }
+    if (v < 0) v += dim;
+    offset += v * l.strides[static_cast<size_t>(q)];
+  }
+  return offset;
+}
+
 void scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updates, Tensor& out) {
-  const Shape& shape = data.shape();
-  const int rank = data.rank();
-  if (indices.rank() < 1 || out.nbytes() != data.nbytes() || updates.dtype() != data.dtype()) {
+  if (out.nbytes() != data.nbytes() || updates.dtype() != data.dtype()) {
     throw_internal("scatter_nd: " + data.describe() + ", " + indices.describe() + ", " +
                    updates.describe());
   }
-  const int64_t k = indices.shape().back();
-  if (k > rank || rank > kMaxStridedRank) throw_internal("scatter_nd: index depth above rank");
+  const ScatterNdLayout l = scatter_nd_layout(data.shape(), indices);
   if (out.raw() != data.raw() && data.nbytes()) {
     std::memcpy(out.raw(), data.raw(), data.nbytes());
   }
-  std::array<int64_t, kMaxStridedRank> strides{};
-  int64_t slice = 1;
-  for (int d = rank - 1; d >= 0; --d) {
-    if (d < k) strides[static_cast<size_t>(d)] = slice;
-    slice *= shape[static_cast<size_t>(d)];
-  }
-  slice = 1;
-  for (int d = static_cast<int>(k); d < rank; ++d) slice *= shape[static_cast<size_t>(d)];
-  const int64_t tuples = k == 0 ? indices.numel() : indices.numel() / k;
-  if (updates.numel() != tuples * slice) throw_internal("scatter_nd: updates size mismatch");
+  if (updates.numel() != l.tuples * l.slice) throw_internal("scatter_nd: updates size mismatch");
   const auto esz = static_cast<int64_t>(dtype_size(data.dtype()));
   auto* dst = static_cast<std::byte*>(out.raw());
   const auto* upd = static_cast<const std::byte*>(updates.raw());
-  for (int64_t j = 0; j < tuples; ++j) {
-    int64_t offset = 0;
-    for (int64_t q = 0; q < k; ++q) {
-      const int64_t dim = shape[static_cast<size_t>(q)];
-      int64_t v = read_index(indices, j * k + q);
-      if (v < -dim || v >= dim) {
-        throw_invalid("expected indices of axis " + std::to_string(q) + " in [" +
-                      std::to_string(-dim) + ", " + std::to_string(dim - 1) + "], got " +
-                      std::to_string(v));
-      }
-      if (v < 0) v += dim;
-      offset += v * strides[static_cast<size_t>(q)];
-    }
-    std::memcpy(dst + offset * esz, upd + j * slice * esz, static_cast<size_t>(slice * esz));
+  for (int64_t j = 0; j < l.tuples; ++j) {
+    std::memcpy(dst + scatter_nd_offset(l, indices, j) * esz, upd + j * l.slice * esz,
+                static_cast<size_t>(l.slice * esz));
   }
 }
 

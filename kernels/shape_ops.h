@@ -3,11 +3,13 @@
 // dtype. Layouts are planned once; running a plan allocates nothing.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
 
+#include "kernels/strided_index.h"
 #include "kernels/tensor.h"
 
 namespace qforge::kernels {
@@ -25,6 +27,10 @@ StridedCopyPlan plan_strided_copy(std::span<const int64_t> dims,
                                   std::span<const int64_t> src_strides, int64_t src_offset,
                                   size_t elem_size);
 void strided_copy(const StridedCopyPlan& plan, const void* src, void* dst);
+// The copy back: the positions strided_copy reads from `dst` get `src`'s elements in the plan's
+// order (zeros where src is null); the rest of dst is untouched. The plan's positions must be
+// distinct (a slice's are; an expand's are not).
+void strided_scatter(const StridedCopyPlan& plan, const void* src, void* dst);
 
 // Transpose ------------------------------------------------------------------------------------
 
@@ -180,6 +186,18 @@ void pad(const PadPlan& plan, const void* x, const void* constant_value, void* y
 // last dim k <= rank; negative entries count from the end). An index out of range throws an
 // Invalid "expected …, got …" error (callers add context). out may share storage with data.
 void scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updates, Tensor& out);
+
+// Where ScatterND's index tuples write: tuple j (of `tuples`) writes `slice` elements from
+// scatter_nd_offset in the data (indices checked as scatter_nd checks them).
+struct ScatterNdLayout {
+  Shape shape;  // the data's
+  int64_t k = 0;
+  int64_t tuples = 0;
+  int64_t slice = 1;
+  std::array<int64_t, kMaxStridedRank> strides{};
+};
+ScatterNdLayout scatter_nd_layout(const Shape& data, const Tensor& indices);
+int64_t scatter_nd_offset(const ScatterNdLayout& layout, const Tensor& indices, int64_t j);
 
 // Range ----------------------------------------------------------------------------------------
 

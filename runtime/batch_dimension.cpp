@@ -859,6 +859,16 @@ class BatchFreer {
       set_axis(node, node.output(0), first.axis, first);
       return;
     }
+    if (op == "ScatterND") {
+      // The index tuples address the data's leading k axes: a batch among them is counted by
+      // the indices themselves (a box's positions, written for one batch size).
+      const auto k = static_cast<int>(node.input(1)->known_shape().back());
+      if (carried.front().first != 0 || first.axis < k) {
+        unsupported(node, "scatters along the batch axis (its indices count the batch)");
+      }
+      set_axis(node, node.output(0), first.axis, first);
+      return;
+    }
     if (op == "GatherND") {
       // With batch_dims, the data and the indices share their leading dims (the batch among
       // them): it stays on axis 0. Without, the tuples index the data's leading dims: the batch

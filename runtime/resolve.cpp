@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "graph/control_flow.h"
+#include "graph/slice_update.h"
 #include "runtime/batch_dimension.h"
 #include "runtime/fuse_qdq.h"
 #include "runtime/fusion_util.h"
@@ -114,6 +115,36 @@ void record_fold(graph::Graph& graph, const graph::Node& node, const OpDef& def,
   }
 }
 
+// What resolution knows of `node`'s inputs, which must all have shapes: their types, and the
+// constants' values. `all_constant` and `shapes_known` are cleared where an input is not a
+// constant (a trained parameter counts as none but where an Identity passes it on as another)
+// or has a dynamic shape.
+void read_inputs(const graph::Node& node, const ResolveOptions& options,
+                 std::vector<InputInfo>& infos, bool& all_constant, bool& shapes_known) {
+  infos.assign(node.num_inputs(), InputInfo{});
+  for (size_t i = 0; i < node.num_inputs(); ++i) {
+    const graph::Value* v = node.input(i);
+    if (!v) continue;
+    if (!v->has_shape()) {
+      throw_internal("resolve: " + node.label() + ": input '" + v->name() +
+                     "' has no shape after its producer was resolved");
+    }
+    infos[i].present = true;
+    infos[i].dtype = v->dtype();
+    infos[i].shape = *v->shape();
+    if (v->is_constant()) {
+      infos[i].constant = &v->constant();
+      if (options.parameters.count(v->name()) &&
+          !(node.op_type() == "Identity" && options.parameters.count(node.output(0)->name()))) {
+        all_constant = false;
+      }
+    } else {
+      all_constant = false;
+    }
+    shapes_known = shapes_known && is_static(infos[i].shape);
+  }
+}
+
 // The condition of an If, which the shapes must have fixed by now (graph/control_flow.h).
 bool if_condition(const graph::Node& node) {
   const graph::Value* cond = node.input(0);
@@ -206,6 +237,13 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
   // Folding edits the live order; an If adds its branch's nodes, which come next.
   std::vector<graph::Node*> order = graph.nodes();
   std::set<const graph::Node*> folded_ahead;  // DequantizeLinears folded with their pair
+  // The index nodes of ScatterNDs that may address a box (graph/slice_update.h) wait for the
+  // ScatterND: computed, they would be the box's every position.
+  std::set<const graph::Node*> deferred;
+  for (const graph::Node* node : order) {
+    if (node->op_type() != "ScatterND") continue;
+    for (const graph::Node* n : graph::box_index_nodes(*node)) deferred.insert(n);
+  }
   for (size_t position = 0; position < order.size(); ++position) {
     graph::Node* node = order[position];
     if (folded_ahead.count(node)) continue;
@@ -221,30 +259,10 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
       throw_unsupported("resolve: " + node->label() + ": no runtime implementation of '" +
                         node->op_type() + "'");
     }
-    std::vector<InputInfo> infos(node->num_inputs());
+    std::vector<InputInfo> infos;
     bool all_constant = true;
     bool shapes_known = true;
-    for (size_t i = 0; i < node->num_inputs(); ++i) {
-      const graph::Value* v = node->input(i);
-      if (!v) continue;
-      if (!v->has_shape()) {
-        throw_internal("resolve: " + node->label() + ": input '" + v->name() +
-                       "' has no shape after its producer was resolved");
-      }
-      infos[i].present = true;
-      infos[i].dtype = v->dtype();
-      infos[i].shape = *v->shape();
-      if (v->is_constant()) {
-        infos[i].constant = &v->constant();
-        if (options.parameters.count(v->name()) &&
-            !(node->op_type() == "Identity" && options.parameters.count(node->output(0)->name()))) {
-          all_constant = false;
-        }
-      } else {
-        all_constant = false;
-      }
-      shapes_known = shapes_known && is_static(infos[i].shape);
-    }
+    read_inputs(*node, options, infos, all_constant, shapes_known);
     if (graph.opset > 0) ops::check_opset_form(*node, infos, graph.opset);
     std::vector<TensorInfo> out_infos = def->infer(*node, infos);
     if (out_infos.size() < node->num_outputs()) {
@@ -255,9 +273,40 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
     for (size_t i = 0; i < node->num_outputs(); ++i) {
       node->output(i)->set_type(out_infos[i].dtype, out_infos[i].shape);
     }
+    if (node->op_type() == "ScatterND") {
+      if (graph::Node* update = graph::replace_box_scatter(graph, *node)) {
+        // Its index nodes are read by nothing now: remove_dead takes them.
+        std::vector<InputInfo> update_infos;
+        bool update_constant = true, update_static = true;
+        read_inputs(*update, options, update_infos, update_constant, update_static);
+        const OpDef& update_def = *registry.find(update->op_type());
+        const std::vector<TensorInfo> update_out = update_def.infer(*update, update_infos);
+        // Constant data and updates (Swin's attention mask, its windows numbered) fold as the
+        // ScatterND would have, to the same values.
+        if (update_constant && !update->output(0)->is_graph_output()) {
+          graph.fold_node(update, evaluate(*update, update_def, update_infos, update_out));
+          ++stats.folded_nodes;
+        }
+        continue;
+      }
+      // Not a box: the index nodes fold as any others would have, and the ScatterND with them.
+      for (graph::Node* n : graph::box_index_nodes(*node)) {
+        if (!deferred.erase(n)) continue;
+        std::vector<InputInfo> n_infos;
+        bool n_constant = true, n_static = true;
+        read_inputs(*n, options, n_infos, n_constant, n_static);
+        if (!n_constant || n->output(0)->is_graph_output()) continue;
+        const OpDef& n_def = *registry.find(n->op_type());
+        graph.fold_node(n, evaluate(*n, n_def, n_infos, n_def.infer(*n, n_infos)));
+        ++stats.folded_nodes;
+      }
+      all_constant = shapes_known = true;
+      read_inputs(*node, options, infos, all_constant, shapes_known);
+    }
     bool graph_output = false;
     for (const graph::Value* out : node->outputs()) graph_output |= out->is_graph_output();
     bool foldable = all_constant || (shapes_known && reads_only_shapes(node->op_type()));
+    foldable = foldable && !deferred.count(node);
     if (foldable && !graph_output && node->op_type() == "QuantizeLinear" && node->input(2)) {
       // A constant (a weight) quantized and dequantized on the same grid folds as one FakeQuant:
       // dequantize(quantize(x)) bit for bit, in one pass and without the integer tensor.

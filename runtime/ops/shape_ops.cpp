@@ -1731,22 +1731,145 @@ std::vector<TensorInfo> infer_scatter_nd(const graph::Node& node,
   return {{data.dtype, data.shape}};
 }
 
+// The data and the updates have the gradient of a copy; the indices are integers.
 class ScatterNdKernel final : public OpKernel {
  public:
-  explicit ScatterNdKernel(std::string label) : label_(std::move(label)) {}
+  ScatterNdKernel(std::string label, const InputInfo& data, const InputInfo& indices)
+      : label_(std::move(label)), differentiable_(data.dtype == DType::kFloat32) {
+    int64_t slice = 1;
+    for (size_t d = static_cast<size_t>(indices.shape.back()); d < data.shape.size(); ++d) {
+      slice *= data.shape[d];
+    }
+    slices_ = slice > 0 ? shape_numel(data.shape) / slice : 0;
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     run_for_node(label_, [&] { kernels::scatter_nd(inputs[0], inputs[1], inputs[2], outputs[0]); });
   }
+  bool differentiable_input(size_t index) const override {
+    return differentiable_ && (index == 0 || index == 2);
+  }
+  BackwardReads backward_reads() const override {
+    return {.inputs = uint64_t{1} << 1, .outputs = BackwardReads::kNothing};
+  }
+  size_t backward_workspace_bytes() const override {
+    return differentiable_ ? static_cast<size_t>(slices_) : 0;
+  }
+  void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* workspace) override {
+    float* ddata = grad_data(grad_inputs, 0);
+    float* dupdates = grad_data(grad_inputs, 2);
+    if (!ddata && !dupdates) return;
+    run_for_node(label_, [&] {
+      kernels::scatter_nd_backward(kernels::scatter_nd_layout(grad_outputs[0].shape(), inputs[1]),
+                                   inputs[1], grad_outputs[0].data<float>(), ddata, dupdates,
+                                   reinterpret_cast<uint8_t*>(workspace));
+    });
+  }
 
  private:
   std::string label_;
+  bool differentiable_;
+  int64_t slices_ = 0;  // of the data, each written whole or not at all
 };
 
 std::unique_ptr<OpKernel> create_scatter_nd(const graph::Node& node,
-                                            std::span<const InputInfo> /*inputs*/,
+                                            std::span<const InputInfo> inputs,
                                             std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ScatterNdKernel>(node.label());
+  return std::make_unique<ScatterNdKernel>(node.label(), inputs[0], inputs[1]);
+}
+
+// SliceUpdate ----------------------------------------------------------------------------------
+// The data with a strided box replaced by the updates: what resolution makes of a ScatterND whose
+// indices address such a box (graph/slice_update.h). Attributes starts and steps, one per
+// leading axis of the box; the box's counts are the updates' leading dims, and the axes after
+// it are whole. Every output element is a copy, so the gradient is dy split between the two:
+// the updates' is dy read in the box, the data's dy with the box zeroed.
+
+kernels::StridedCopyPlan plan_slice_update(const graph::Node& node,
+                                           std::span<const InputInfo> inputs) {
+  const InputInfo& data = require_input(node, inputs, 0);
+  const InputInfo& updates = require_input(node, inputs, 1);
+  const std::vector<int64_t> starts = node.attr_ints("starts");
+  const std::vector<int64_t> steps = node.attr_ints("steps");
+  if (updates.dtype != data.dtype) {
+    fail_node(node, "updates of the data's dtype " + dtype_str(data.dtype),
+              dtype_str(updates.dtype));
+  }
+  if (steps.size() != starts.size() || starts.size() > data.shape.size() ||
+      updates.shape.size() != data.shape.size()) {
+    fail_node(node,
+              "starts and steps of one length, at most the data's rank, and updates of its rank " +
+                  std::to_string(data.shape.size()),
+              ints_str(starts) + ", " + ints_str(steps) + " and " + shape_str(updates.shape));
+  }
+  std::vector<kernels::SliceRange> ranges;
+  for (size_t k = 0; k < data.shape.size(); ++k) {
+    const int64_t count = updates.shape[k];
+    if (k >= starts.size()) {
+      if (count != data.shape[k]) {
+        fail_node(node,
+                  "updates whole along axis " + std::to_string(k) + " (size " +
+                      std::to_string(data.shape[k]) + ")",
+                  shape_str(updates.shape));
+      }
+      ranges.push_back({0, 1, count});
+      continue;
+    }
+    if (starts[k] < 0 || steps[k] < 1 ||
+        (count > 0 && starts[k] + steps[k] * (count - 1) >= data.shape[k])) {
+      fail_node(
+          node,
+          "a box inside the data " + shape_str(data.shape) + " along axis " + std::to_string(k),
+          "start " + std::to_string(starts[k]) + ", step " + std::to_string(steps[k]) + ", count " +
+              std::to_string(count));
+    }
+    ranges.push_back({starts[k], steps[k], count});
+  }
+  return kernels::plan_slice(data.shape, ranges, kernels::dtype_size(data.dtype));
+}
+
+std::vector<TensorInfo> infer_slice_update(const graph::Node& node,
+                                           std::span<const InputInfo> inputs) {
+  plan_slice_update(node, inputs);
+  return {{inputs[0].dtype, inputs[0].shape}};
+}
+
+class SliceUpdateKernel final : public OpKernel {
+ public:
+  SliceUpdateKernel(kernels::StridedCopyPlan box, DType dtype)
+      : box_(std::move(box)), differentiable_(dtype == DType::kFloat32) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    copy_bytes(inputs[0], outputs[0]);
+    kernels::strided_scatter(box_, inputs[1].raw(), outputs[0].raw());
+  }
+  bool differentiable_input(size_t index) const override { return differentiable_ && index < 2; }
+  BackwardReads backward_reads() const override {
+    return {.inputs = BackwardReads::kNothing, .outputs = BackwardReads::kNothing};
+  }
+  void backward(std::span<const Tensor> /*inputs*/, std::span<const Tensor> /*outputs*/,
+                std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
+                std::byte* /*workspace*/) override {
+    if (float* d_data = grad_data(grad_inputs, 0)) {
+      std::memcpy(d_data, grad_outputs[0].raw(), grad_outputs[0].nbytes());
+      kernels::strided_scatter(box_, nullptr, d_data);
+    }
+    if (float* d_updates = grad_data(grad_inputs, 1)) {
+      kernels::strided_copy(box_, grad_outputs[0].raw(), d_updates);
+    }
+  }
+
+ private:
+  kernels::StridedCopyPlan box_;  // the box's positions in the data, in the updates' order
+  bool differentiable_;
+};
+
+std::unique_ptr<OpKernel> create_slice_update(const graph::Node& node,
+                                              std::span<const InputInfo> inputs,
+                                              std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<SliceUpdateKernel>(plan_slice_update(node, inputs), inputs[0].dtype);
 }
 
 // Trilu ----------------------------------------------------------------------------------------
@@ -1845,6 +1968,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"ConstantOfShape", infer_constant_of_shape, create_constant_of_shape});
   registry.add({"Range", infer_range, create_range});
   registry.add({"ScatterND", infer_scatter_nd, create_scatter_nd});
+  registry.add({"SliceUpdate", infer_slice_update, create_slice_update});
   registry.add({"Trilu", infer_trilu, create_trilu});
 }
 

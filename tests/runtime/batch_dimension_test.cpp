@@ -178,6 +178,27 @@ TEST(BatchDimension, ReductionOverTheBatchIsRefusedNamingTheNode) {
   }
 }
 
+// A ScatterND's index tuples that address the batch axis were computed for one batch size: such
+// a model is not written for another (a box's are not computed: graph/slice_update.h).
+TEST(BatchDimension, ScatterAlongTheBatchIsRefusedNamingTheNode) {
+  Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 3});
+  graph::Value* u = g.add_input("u", DType::kFloat32, kernels::Shape{2, 3});
+  graph::Value* rows = g.add_constant("rows", Tensor::from_vector<int64_t>({2, 1}, {1, 0}));
+  g.mark_output(add(g, "swap_rows", "ScatterND", {x, rows, u}));
+  runtime::resolve(g, {});
+  try {
+    runtime::free_batch(g, 2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("node 'swap_rows' (ScatterND): scatters along the batch "
+                                         "axis (its indices count the batch)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // TopK along the tokens keeps the batch (both outputs); along the batch it is refused.
 TEST(BatchDimension, TopKAlongTheBatchIsRefusedAndAlongTokensKeepsIt) {
   auto top = [](int64_t batch, int64_t axis) {

@@ -996,6 +996,10 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({4, 5}))
           .setting(i64({2, 1}, {3, 1}))
           .data(d.uniform({2, 5})));
+  add(H("ScatterND", "pairs of indices, a negative one, slices of 2")
+          .data(d.uniform({3, 4, 2}))
+          .setting(i64({3, 2}, {0, 1, 2, -1, 1, 0}))
+          .data(d.uniform({3, 2})));
 
   // Quantization.
   add(H("QuantizeLinear", "int8 per channel, saturating")
@@ -1286,6 +1290,17 @@ inline std::vector<HarnessCase> harness_cases() {
           .setting(d.uniform({1, 2, 1, 4, 4}, -2, 0))
           .attr("scale", 0.6f)
           .attr("num_windows", int64_t{2}));
+  // SliceUpdate (graph/slice_update.h), held to ONNX Runtime through its lowering to ScatterND.
+  add(H("SliceUpdate", "torch's x[:, :, 1:, 1:] = y")
+          .data(d.uniform({1, 2, 5, 6}))
+          .data(d.uniform({1, 2, 4, 5}))
+          .attr("starts", Ints{0, 0, 1, 1})
+          .attr("steps", Ints{1, 1, 1, 1}));
+  add(H("SliceUpdate", "steps 2 and 3 on the leading axes, the last whole")
+          .data(d.uniform({5, 7, 3}))
+          .data(d.uniform({2, 2, 3}))
+          .attr("starts", Ints{1, 0})
+          .attr("steps", Ints{2, 3}));
   add(H("SwinWindowPartition", "padding and shift")
           .data(d.uniform({1, 5, 6, 3}))
           .attr("window_size", Ints{3, 3})

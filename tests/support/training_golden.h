@@ -42,7 +42,8 @@ inline void expect_training_step_matches(graph::Graph& graph,
     auto gradient = golden.find("dy" + index);
     dy.push_back(gradient == golden.end() ? kernels::Tensor() : gradient->second);
   }
-  ASSERT_EQ(golden.count("y" + std::to_string(y.size())), 0u) << "the model has fewer outputs";
+  ASSERT_EQ(golden.count(std::string("y").append(std::to_string(y.size()))), 0u)
+      << "the model has fewer outputs";
   executor.backward(dy);
   size_t checked = 0;
   for (const runtime::Parameter& p : executor.parameters()) {
