@@ -258,8 +258,9 @@ TEST(LoopUnroll, UnresolvableSequenceIsRefusedNamingTheNode) {
       {"index from an input", {.index_input = true}},
       {"sequence output", {.sequence_output = true}},
   };
-  for (const auto& [what, c] : cases) {
-    SCOPED_TRACE(what);
+  for (const auto& entry : cases) {
+    SCOPED_TRACE(entry.first);
+    const LoopModel& c = entry.second;
     EXPECT_EQ(testing::error_of(ErrorKind::kUnsupported, [&] { parse(c); }), refusal);
   }
 }
