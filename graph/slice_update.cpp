@@ -167,10 +167,10 @@ void lower_slice_update(Graph& g, Node& node, Lowered& /*lowered*/) {
     }
     auto slice = [&](Value* x, size_t k, int64_t from, int64_t to, const std::string& part) {
       const std::string axis = std::to_string(k);
-      return add(part + "_" + axis, "Slice",
-                 {x, ints(part + "_start_" + axis, {1}, {from}),
-                  ints(part + "_end_" + axis, {1}, {to}),
-                  ints(part + "_axis_" + axis, {1}, {static_cast<int64_t>(k)})});
+      return add(
+          part + "_" + axis, "Slice",
+          {x, ints(part + "_start_" + axis, {1}, {from}), ints(part + "_end_" + axis, {1}, {to}),
+           ints(part + "_axis_" + axis, {1}, {static_cast<int64_t>(k)})});
     };
     // rows[i]: the data's rows of the box along axes[0..i) (rows[0] the data).
     std::vector<Value*> rows = {data};
@@ -305,13 +305,13 @@ Node* replace_box_scatter(Graph& graph, Node& scatter) {
   const std::string name = scatter.name();
   Value* out = scatter.output(0);
   const std::string out_name = out->name();
-  Node* update = graph.insert_node(
-      {.name = graph.unique_node_name(name + "/SliceUpdate"),
-       .op_type = "SliceUpdate",
-       .inputs = {scatter.input(0), scatter.input(2)},
-       .output_names = {graph.unique_value_name(out_name + "/SliceUpdate")},
-       .attributes = {{"starts", box->starts}, {"steps", box->steps}}},
-      &scatter);
+  Node* update =
+      graph.insert_node({.name = graph.unique_node_name(name + "/SliceUpdate"),
+                         .op_type = "SliceUpdate",
+                         .inputs = {scatter.input(0), scatter.input(2)},
+                         .output_names = {graph.unique_value_name(out_name + "/SliceUpdate")},
+                         .attributes = {{"starts", box->starts}, {"steps", box->steps}}},
+                        &scatter);
   if (out->has_shape()) update->output(0)->set_type(out->dtype(), *out->shape());
   graph.replace_all_uses(out, update->output(0));
   graph.remove_node(&scatter);

@@ -86,8 +86,7 @@ Tensor box_scatter(const std::vector<int64_t>& tuples, Tensor& data, Tensor& upd
   graph::Graph g;
   graph::Value* d = g.add_input("data", DType::kFloat32, Shape{4, 5, 3});
   graph::Value* u = g.add_input("updates", DType::kFloat32, Shape{2, 3, 3});
-  graph::Value* idx =
-      g.add_constant("indices", Tensor::from_vector<int64_t>({2, 3, 2}, tuples));
+  graph::Value* idx = g.add_constant("indices", Tensor::from_vector<int64_t>({2, 3, 2}, tuples));
   graph::Node* n = g.add_node({.name = "scatter",
                                .op_type = "ScatterND",
                                .inputs = {d, idx, u},
