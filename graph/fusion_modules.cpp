@@ -123,12 +123,9 @@ class Lowering {
 
   // The module's output passes to `y` under its name; the module goes.
   void finish(Value* y) {
-    Value* out = module_.output(0);
-    const std::string name = out->name();
+    const Value* out = module_.output(0);
     if (out->has_shape()) y->set_type(out->dtype(), *out->shape());
-    g_.replace_all_uses(out, y);
-    g_.remove_node(&module_);
-    g_.rename_value(y, name);
+    replace_output(g_, module_, y);
   }
 
  private:

@@ -17,6 +17,16 @@ namespace qforge::graph {
 // The fixed scale of the internal softmax quantizer of SDPA and SwinAttention.
 inline constexpr float kSoftmaxScale = 1.0f / 127.0f;
 
+// `replacement` takes the place of `old_node`'s first output, its uses (a graph output's too) and
+// its name; the node goes, and must have no other output in use.
+inline void replace_output(Graph& g, Node& old_node, Value* replacement) {
+  Value* old_out = old_node.output(0);
+  const std::string name = old_out->name();
+  g.replace_all_uses(old_out, replacement);
+  g.remove_node(&old_node);
+  g.rename_value(replacement, name);
+}
+
 // The node that privately reads `v`: its only reader, reading it once, and v no graph output.
 inline Node* private_reader(const Value* v) {
   if (!v || v->is_graph_output() || v->consumers().size() != 1) return nullptr;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "graph/rewrite_util.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -236,12 +237,9 @@ void lower_slice_update(Graph& g, Node& node, Lowered& /*lowered*/) {
       y = add("Transpose", "Transpose", {scattered}, {{"perm", back}});
     }
   }
-  Value* out = node.output(0);
-  const std::string name = out->name();
+  const Value* out = node.output(0);
   if (out->has_shape()) y->set_type(out->dtype(), *out->shape());
-  g.replace_all_uses(out, y);
-  g.remove_node(&node);
-  g.rename_value(y, name);
+  replace_output(g, node, y);
 }
 
 constexpr std::array kSchemas = {
@@ -303,19 +301,16 @@ Node* replace_box_scatter(Graph& graph, Node& scatter) {
   if (!box) return nullptr;
 
   const std::string name = scatter.name();
-  Value* out = scatter.output(0);
-  const std::string out_name = out->name();
+  const Value* out = scatter.output(0);
   Node* update =
       graph.insert_node({.name = graph.unique_node_name(name + "/SliceUpdate"),
                          .op_type = "SliceUpdate",
                          .inputs = {scatter.input(0), scatter.input(2)},
-                         .output_names = {graph.unique_value_name(out_name + "/SliceUpdate")},
+                         .output_names = {graph.unique_value_name(out->name() + "/SliceUpdate")},
                          .attributes = {{"starts", box->starts}, {"steps", box->steps}}},
                         &scatter);
   if (out->has_shape()) update->output(0)->set_type(out->dtype(), *out->shape());
-  graph.replace_all_uses(out, update->output(0));
-  graph.remove_node(&scatter);
-  graph.rename_value(update->output(0), out_name);
+  replace_output(graph, scatter, update->output(0));
   graph.rename_node(update, name);
   return update;
 }

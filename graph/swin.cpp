@@ -23,14 +23,6 @@ std::optional<int64_t> int_scalar(const Value* v) {
   return std::nullopt;
 }
 
-void replace_output(Graph& g, Node& old_node, Value* replacement) {
-  Value* old_out = old_node.output(0);
-  const std::string name = old_out->name();
-  g.replace_all_uses(old_out, replacement);
-  g.remove_node(&old_node);
-  g.rename_value(replacement, name);
-}
-
 // x back through what Swin V2 applies to its Q and K before the scores, row by row: F.normalize's
 // Div by the row norm and the per-head logit scale's Mul by a constant (at most both).
 const Value* before_row_scaling(const Value* x) {
