@@ -274,31 +274,28 @@ ResolveStats resolve(graph::Graph& graph, const ResolveOptions& options) {
       node->output(i)->set_type(out_infos[i].dtype, out_infos[i].shape);
     }
     if (node->op_type() == "ScatterND") {
+      // A node this branch made or held back, its inputs resolved: checked, and folded where
+      // they are all constants and it is no graph output.
+      auto check_and_fold = [&](graph::Node* n) {
+        std::vector<InputInfo> n_infos;
+        bool n_constant = true, n_static = true;
+        read_inputs(*n, options, n_infos, n_constant, n_static);
+        const OpDef& n_def = *registry.find(n->op_type());
+        const std::vector<TensorInfo> n_out = n_def.infer(*n, n_infos);
+        if (!n_constant || n->output(0)->is_graph_output()) return;
+        graph.fold_node(n, evaluate(*n, n_def, n_infos, n_out));
+        ++stats.folded_nodes;
+      };
       if (graph::Node* update = graph::replace_box_scatter(graph, *node)) {
-        // Its index nodes are read by nothing now: remove_dead takes them.
-        std::vector<InputInfo> update_infos;
-        bool update_constant = true, update_static = true;
-        read_inputs(*update, options, update_infos, update_constant, update_static);
-        const OpDef& update_def = *registry.find(update->op_type());
-        const std::vector<TensorInfo> update_out = update_def.infer(*update, update_infos);
-        // Constant data and updates (Swin's attention mask, its windows numbered) fold as the
-        // ScatterND would have, to the same values.
-        if (update_constant && !update->output(0)->is_graph_output()) {
-          graph.fold_node(update, evaluate(*update, update_def, update_infos, update_out));
-          ++stats.folded_nodes;
-        }
+        // Its index nodes are read by nothing now: remove_dead takes them. Constant data and
+        // updates (Swin's attention mask, its windows numbered) fold as the ScatterND would
+        // have, to the same values.
+        check_and_fold(update);
         continue;
       }
       // Not a box: the index nodes fold as any others would have, and the ScatterND with them.
       for (graph::Node* n : graph::box_index_nodes(*node)) {
-        if (!deferred.erase(n)) continue;
-        std::vector<InputInfo> n_infos;
-        bool n_constant = true, n_static = true;
-        read_inputs(*n, options, n_infos, n_constant, n_static);
-        if (!n_constant || n->output(0)->is_graph_output()) continue;
-        const OpDef& n_def = *registry.find(n->op_type());
-        graph.fold_node(n, evaluate(*n, n_def, n_infos, n_def.infer(*n, n_infos)));
-        ++stats.folded_nodes;
+        if (deferred.erase(n)) check_and_fold(n);
       }
       all_constant = shapes_known = true;
       read_inputs(*node, options, infos, all_constant, shapes_known);
