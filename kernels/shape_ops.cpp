@@ -758,12 +758,12 @@ void pad(const PadPlan& plan, const void* x, const void* constant_value, void* y
   });
 }
 
-ScatterNdLayout scatter_nd_layout(const Shape& data, const Tensor& indices) {
+ScatterNdLayout scatter_nd_layout(const Shape& data, const Shape& indices) {
   const auto rank = static_cast<int>(data.size());
-  if (indices.rank() < 1) throw_internal("scatter_nd: indices of rank 0");
+  if (indices.empty()) throw_internal("scatter_nd: indices of rank 0");
   ScatterNdLayout l;
   l.shape = data;
-  l.k = indices.shape().back();
+  l.k = indices.back();
   if (l.k > rank || rank > kMaxStridedRank) throw_internal("scatter_nd: index depth above rank");
   int64_t stride = 1;
   for (int d = rank - 1; d >= 0; --d) {
@@ -771,7 +771,7 @@ ScatterNdLayout scatter_nd_layout(const Shape& data, const Tensor& indices) {
     stride *= data[static_cast<size_t>(d)];
   }
   for (int d = static_cast<int>(l.k); d < rank; ++d) l.slice *= data[static_cast<size_t>(d)];
-  l.tuples = l.k == 0 ? indices.numel() : indices.numel() / l.k;
+  l.tuples = l.k == 0 ? shape_numel(indices) : shape_numel(indices) / l.k;
   return l;
 }
 
@@ -796,7 +796,7 @@ void scatter_nd(const Tensor& data, const Tensor& indices, const Tensor& updates
     throw_internal("scatter_nd: " + data.describe() + ", " + indices.describe() + ", " +
                    updates.describe());
   }
-  const ScatterNdLayout l = scatter_nd_layout(data.shape(), indices);
+  const ScatterNdLayout l = scatter_nd_layout(data.shape(), indices.shape());
   if (out.raw() != data.raw() && data.nbytes()) {
     std::memcpy(out.raw(), data.raw(), data.nbytes());
   }

@@ -196,7 +196,7 @@ struct ScatterNdLayout {
   int64_t slice = 1;
   std::array<int64_t, kMaxStridedRank> strides{};
 };
-ScatterNdLayout scatter_nd_layout(const Shape& data, const Tensor& indices);
+ScatterNdLayout scatter_nd_layout(const Shape& data, const Shape& indices);
 int64_t scatter_nd_offset(const ScatterNdLayout& layout, const Tensor& indices, int64_t j);
 
 // Range ----------------------------------------------------------------------------------------

@@ -1735,13 +1735,9 @@ std::vector<TensorInfo> infer_scatter_nd(const graph::Node& node,
 class ScatterNdKernel final : public OpKernel {
  public:
   ScatterNdKernel(std::string label, const InputInfo& data, const InputInfo& indices)
-      : label_(std::move(label)), differentiable_(data.dtype == DType::kFloat32) {
-    int64_t slice = 1;
-    for (size_t d = static_cast<size_t>(indices.shape.back()); d < data.shape.size(); ++d) {
-      slice *= data.shape[d];
-    }
-    slices_ = slice > 0 ? shape_numel(data.shape) / slice : 0;
-  }
+      : label_(std::move(label)),
+        differentiable_(data.dtype == DType::kFloat32),
+        layout_(kernels::scatter_nd_layout(data.shape, indices.shape)) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     run_for_node(label_, [&] { kernels::scatter_nd(inputs[0], inputs[1], inputs[2], outputs[0]); });
@@ -1753,7 +1749,10 @@ class ScatterNdKernel final : public OpKernel {
     return {.inputs = uint64_t{1} << 1, .outputs = BackwardReads::kNothing};
   }
   size_t backward_workspace_bytes() const override {
-    return differentiable_ ? static_cast<size_t>(slices_) : 0;
+    // One byte per slice of the data (each written whole or not at all).
+    return differentiable_ && layout_.slice > 0
+               ? static_cast<size_t>(shape_numel(layout_.shape) / layout_.slice)
+               : 0;
   }
   void backward(std::span<const Tensor> inputs, std::span<const Tensor> /*outputs*/,
                 std::span<const Tensor> grad_outputs, std::span<Tensor> grad_inputs,
@@ -1762,16 +1761,15 @@ class ScatterNdKernel final : public OpKernel {
     float* dupdates = grad_data(grad_inputs, 2);
     if (!ddata && !dupdates) return;
     run_for_node(label_, [&] {
-      kernels::scatter_nd_backward(kernels::scatter_nd_layout(grad_outputs[0].shape(), inputs[1]),
-                                   inputs[1], grad_outputs[0].data<float>(), ddata, dupdates,
-                                   reinterpret_cast<uint8_t*>(workspace));
+      kernels::scatter_nd_backward(layout_, inputs[1], grad_outputs[0].data<float>(), ddata,
+                                   dupdates, reinterpret_cast<uint8_t*>(workspace));
     });
   }
 
  private:
   std::string label_;
   bool differentiable_;
-  int64_t slices_ = 0;  // of the data, each written whole or not at all
+  kernels::ScatterNdLayout layout_;
 };
 
 std::unique_ptr<OpKernel> create_scatter_nd(const graph::Node& node,
