@@ -9,12 +9,6 @@
 namespace qforge::kernels {
 namespace {
 
-// The input slice tap t of output slice d reads, or -1 outside the input.
-int64_t source_slice(const ConvDepth& depth, int64_t d, int64_t t) {
-  const int64_t s = d * depth.stride - depth.pad + t * depth.dilation;
-  return s >= 0 && s < depth.in ? s : -1;
-}
-
 // Grain of the copy loops: about 64 KiB of floats per chunk.
 int64_t grain_for(int64_t plane) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane));
@@ -41,7 +35,7 @@ void stack_depth_taps(const float* x, float* stacks, int64_t batch, int64_t chan
                    const int64_t n = i / (channels * depth.out);
                    float* out = stacks + i * depth.kernel * plane;
                    for (int64_t t = 0; t < depth.kernel; ++t, out += plane) {
-                     const int64_t s = source_slice(depth, d, t);
+                     const int64_t s = depth_source_slice(depth, d, t);
                      if (s < 0) {
                        std::memset(out, 0, bytes);
                      } else {
@@ -66,7 +60,7 @@ void unstack_depth_taps(const float* stacks, float* dx, int64_t batch, int64_t c
                    bool written = false;
                    for (int64_t d = 0; d < depth.out; ++d) {
                      for (int64_t t = 0; t < depth.kernel; ++t) {
-                       if (source_slice(depth, d, t) != s) continue;
+                       if (depth_source_slice(depth, d, t) != s) continue;
                        const float* g =
                            stacks +
                            (((n * depth.out + d) * channels + c) * depth.kernel + t) * plane;

@@ -7,6 +7,10 @@
 // is the 3-D output with the depth before the channels. The backward is the 2-D backward on the
 // same stacks, the stacks' gradient added back into the input's slices.
 //
+// Depthwise 3-D convolutions (one input channel per group: MViT's pooling, X3D's and CSN's
+// blocks) would run as grouped GEMMs of kd·kh·kw rows on the stacks; their forward runs directly
+// instead (conv3d_depthwise), on the depthwise 2-D kernels' paths extended over the depth taps.
+//
 // Each step is a copy or a sum in a fixed order, so the bits are the 2-D kernels' and do not
 // depend on the thread count; a slice's output does not depend on the batch it runs in.
 #pragma once
@@ -27,6 +31,12 @@ struct ConvDepth {
   int64_t pad = 0;  // at the front; the back's is implied by `out`
 };
 
+// The input slice that tap t of output slice d reads, or -1 where it falls outside the input.
+inline int64_t depth_source_slice(const ConvDepth& depth, int64_t d, int64_t t) {
+  const int64_t s = d * depth.stride - depth.pad + t * depth.dilation;
+  return s >= 0 && s < depth.in ? s : -1;
+}
+
 // The 2-D convolution of the stacks, from the 3-D convolution's batch, channels and plane
 // geometry (`plane`: batch N, in_channels C, the height and width axes, out_channels, group).
 ConvGeometry depth_stacked_geometry(const ConvGeometry& plane, const ConvDepth& depth);
@@ -44,5 +54,18 @@ void depth_to_batch(const float* x, float* y, int64_t batch, int64_t channels, i
                     int64_t plane);
 void batch_to_depth(const float* x, float* y, int64_t batch, int64_t channels, int64_t depth,
                     int64_t plane);
+
+// Whether a 3-D convolution, given its plane geometry, runs on conv3d_depthwise: one input
+// channel per group (any number of outputs per group).
+bool depthwise_3d_direct(const ConvGeometry& plane);
+
+// x [N, C, D_in, H, W], w [O, 1, kd, kh, kw], bias [O] or null, y [N, O, D_out, H', W'] (not
+// aliasing x, nor the epilogue's residual, which has y's layout). Each output is one fused
+// multiply-add chain from the bias over the taps inside the input in (kd, kh, kw) order (taps in
+// the plane's padding may add w·0), computed by one task: the same bits on any number of threads
+// and in any batch. Runs with denormals flushed, as conv2d.
+void conv3d_depthwise(const ConvGeometry& plane, const ConvDepth& depth, const float* x,
+                      const float* w, const float* bias, float* y,
+                      const ConvEpilogue& epilogue = {});
 
 }  // namespace qforge::kernels

@@ -133,15 +133,17 @@ class ConvKernel final : public OpKernel {
         backward_plan_(kernels::plan_conv_backward(stacked(setup), kernels::max_threads())),
         plane_(setup.geometry),
         depth_(setup.depth),
+        direct_depthwise_(setup.depth && kernels::depthwise_3d_direct(setup.geometry)),
         fixed_(fixed),
         fused_(fused) {
     const size_t floats = kernels::conv_prepared_weight_floats(plan_);
-    if (constant_weights && floats > 0) {
+    if (constant_weights && floats > 0 && !direct_depthwise_) {
       prepared_.resize(floats);
       kernels::prepare_conv_weights(plan_, constant_weights->data<float>(), prepared_.data());
     }
   }
   size_t workspace_bytes() const override {
+    if (direct_depthwise_) return 0;
     const size_t conv = kernels::conv_workspace_bytes(
         plan_,
         prepared_.empty() ? kernels::ConvWeightForm::kRaw : kernels::ConvWeightForm::kPrepared);
@@ -161,12 +163,20 @@ class ConvKernel final : public OpKernel {
     epilogue.scale = optional(3);
     epilogue.shift = optional(4);
     epilogue.residual = optional(5);
-    // A 3-D convolution reads its residual into the workspace before writing the output.
-    if (!depth_ && epilogue.residual && epilogue.residual == outputs[0].data<float>() &&
-        !kernels::conv_residual_may_alias_output(plan_)) {
+    // A 3-D convolution on the stacks reads its residual into the workspace before writing the
+    // output; the direct depthwise kernel, and some 2-D algorithms, read it after.
+    const bool reads_residual_after_output =
+        direct_depthwise_ || (!depth_ && !kernels::conv_residual_may_alias_output(plan_));
+    if (reads_residual_after_output && epilogue.residual &&
+        epilogue.residual == outputs[0].data<float>()) {
       throw_internal(
           "FusedConv: the output was placed over the residual, which this "
           "convolution's algorithm reads after writing the output");
+    }
+    if (direct_depthwise_) {
+      kernels::conv3d_depthwise(plane_, *depth_, inputs[0].data<float>(), inputs[1].data<float>(),
+                                optional(2), outputs[0].data<float>(), epilogue);
+      return;
     }
     const float* prepared = prepared_.empty() ? nullptr : prepared_.data();
     if (!depth_) {
@@ -258,6 +268,9 @@ class ConvKernel final : public OpKernel {
   kernels::ConvBackwardPlan backward_plan_;
   kernels::ConvGeometry plane_;
   std::optional<kernels::ConvDepth> depth_;
+  // A depthwise 3-D convolution, whose forward runs on kernels::conv3d_depthwise (its backward
+  // on the stacks).
+  bool direct_depthwise_;
   std::vector<float> prepared_;
   kernels::ConvEpilogue fixed_;
   bool fused_;
@@ -586,7 +599,9 @@ void register_conv_ops(OpRegistry& registry) {
 bool fused_conv_writes_over_residual(const Node& node, std::span<const InputInfo> inputs) {
   if (node.op_type() != "FusedConv" || inputs.size() < 6 || !inputs[5].present) return false;
   const ConvSetup setup = setup_conv(node, inputs);
-  if (setup.depth) return true;  // the residual is read into the workspace first
+  // On the stacks, the residual is read into the workspace first; the direct depthwise kernel
+  // writes each output volume before its epilogue reads the residual.
+  if (setup.depth) return !kernels::depthwise_3d_direct(setup.geometry);
   const kernels::ConvPlan plan = kernels::plan_conv(setup.geometry, kernels::max_threads());
   return kernels::conv_residual_may_alias_output(plan);
 }

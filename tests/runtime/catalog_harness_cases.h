@@ -518,6 +518,14 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(d.uniform({1, 3, 4, 6, 5}))
           .weight(d.uniform({5, 3, 3, 3, 3}, -0.5f, 0.5f))
           .attr("pads", Ints{1, 1, 1, 1, 1, 1}));
+  // Depthwise 3-D convolutions run forward on their direct kernel (conv3d_depthwise).
+  add(H("Conv", "3-D depthwise 3x3x3, strides (1,2,2), pad 1, bias (MViT's pooling)")
+          .data(d.uniform({2, 5, 4, 9, 8}))
+          .weight(d.uniform({5, 1, 3, 3, 3}))
+          .weight(d.uniform({5}))
+          .attr("group", int64_t{5})
+          .attr("strides", Ints{1, 2, 2})
+          .attr("pads", Ints{1, 1, 1, 1, 1, 1}));
   add(H("Conv", "3-D depthwise (3,1,1), stride (2,1,1)")
           .data(d.uniform({2, 4, 7, 3, 3}))
           .weight(d.uniform({4, 1, 3, 1, 1}))
@@ -1097,6 +1105,23 @@ inline std::vector<HarnessCase> harness_cases() {
         .setting(d.uniform({5}, 0.5f, 1.5f))
         .setting(d.uniform({5}))
         .data(d.uniform({2, 5, 4, 3, 5}));
+    c.attributes = conv3;
+    c.attr("clamp_min", 0.0f).attr("clamp_max", 6.0f);
+    c.reference(
+        [conv3](std::span<const Tensor> in) { return fused_conv_reference(in, conv3, 0, 6); });
+    add(c);
+  }
+
+  {
+    // 3-D depthwise, on the direct kernel: the residual in the output's own layout.
+    const Attributes conv3 = {{"group", int64_t{4}}, {"pads", Ints{1, 1, 1, 1, 1, 1}}};
+    H c("FusedConv", "3-D depthwise conv, BN scale and shift, residual, clamp");
+    c.data(d.uniform({2, 4, 3, 5, 6}))
+        .weight(d.uniform({4, 1, 3, 3, 3}, -0.5f, 0.5f))
+        .weight(d.uniform({4}))
+        .setting(d.uniform({4}, 0.5f, 1.5f))
+        .setting(d.uniform({4}))
+        .data(d.uniform({2, 4, 3, 5, 6}));
     c.attributes = conv3;
     c.attr("clamp_min", 0.0f).attr("clamp_max", 6.0f);
     c.reference(
