@@ -172,7 +172,8 @@ def main():
              "under torch.no_grad(); ONNX Runtime for Node with every graph optimisation", ""]
     lines += compare.model_time_table("model", rows)
     lines += ["", "Ratios are time ratios (above 1: qforge is slower). A 3-D convolution runs on "
-              "the 2-D kernels over stacks of its depth taps (kernels/conv_depth.h); MViT's "
+              "the 2-D kernels over stacks of its depth taps (kernels/conv_depth.h), a depthwise "
+              "one (MViT's pooling) on the depthwise kernel's paths; MViT's "
               "assignments to slices run as SliceUpdate (graph/slice_update.h).", "", end]
     text = "\n".join(lines)
     print(text)

@@ -41,7 +41,8 @@ int64_t dims_product(const kernels::Shape& shape, size_t begin, size_t end) {
 // in their order: then the node needs no kernel, its output is a view of its input's buffer at
 // that offset. Reshape and its kin (offset 0); a Pad of zeros; a Slice of step 1 whose output
 // is contiguous in its input (the whole input, or a range of the outermost axis longer than one,
-// every axis after it whole); a Gather of one constant index along such an axis (qkv[0]).
+// every axis after it whole); a Gather of one constant index along such an axis (qkv[0]); an
+// Expand to the input's own shape (torch.onnx writes one before each assignment to a slice).
 // Their outputs' bits are the input's, so a view changes no result, only a copy saved.
 std::optional<int64_t> view_offset(const graph::Node& node) {
   static const std::set<std::string, std::less<>> kViews = {"Reshape",   "Flatten",  "Squeeze",
@@ -69,6 +70,7 @@ std::optional<int64_t> view_offset(const graph::Node& node) {
     if (i >= inputs.size() || !inputs[i].constant) return std::nullopt;
     return inputs[i].constant->to_int64_vector();
   };
+  if (op == "Expand") return out_shape == in_shape ? std::optional<int64_t>(0) : std::nullopt;
   if (op == "Pad") {
     const auto pads = ints(1);
     if (!pads || out_shape != in_shape) return std::nullopt;
@@ -109,10 +111,11 @@ std::optional<int64_t> view_offset(const graph::Node& node) {
 }
 
 // The input a node's kernel may write its output over, where nothing reads that input after it:
-// element-wise unary float ops (kernels::unary_f32 allows y == x) over their input, and a
-// FusedConv or ConvBNAddAct over its residual where its convolution reads each residual element
-// just before writing the same output element (ops::conv_residual_written_over). The output then
-// takes the input's buffer, so the two are not both live.
+// element-wise unary float ops (kernels::unary_f32 allows y == x) over their input, a
+// SliceUpdate over its data (the kernel then writes only the box), and a FusedConv or
+// ConvBNAddAct over its residual where its convolution reads each residual element just before
+// writing the same output element (ops::conv_residual_written_over). The output then takes the
+// input's buffer, so the two are not both live.
 std::optional<size_t> writable_input(const graph::Node& node) {
   static const std::set<std::string, std::less<>> kOps = {
       "Relu", "LeakyRelu", "Elu",  "Sigmoid", "HardSigmoid", "HardSwish", "Silu",    "Gelu",
@@ -123,6 +126,8 @@ std::optional<size_t> writable_input(const graph::Node& node) {
     const std::optional<size_t> residual = ops::conv_residual_written_over(node, infos_of(node));
     if (!residual) return std::nullopt;
     index = *residual;
+  } else if (node.op_type() == "SliceUpdate") {
+    index = 0;
   } else if (node.num_inputs() != 1 || !kOps.count(node.op_type())) {
     return std::nullopt;
   }

@@ -1840,7 +1840,9 @@ class SliceUpdateKernel final : public OpKernel {
       : box_(std::move(box)), differentiable_(dtype == DType::kFloat32) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
-    copy_bytes(inputs[0], outputs[0]);
+    // The executor may place the output over the data (runtime/executor.cpp, writable_input):
+    // then only the box is written.
+    if (outputs[0].raw() != inputs[0].raw()) copy_bytes(inputs[0], outputs[0]);
     kernels::strided_scatter(box_, inputs[1].raw(), outputs[0].raw());
   }
   bool differentiable_input(size_t index) const override { return differentiable_ && index < 2; }

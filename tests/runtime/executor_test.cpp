@@ -140,11 +140,12 @@ TEST(Executor, ReshapeIsAViewOfItsInput) {
   for (int i = 0; i < 12; ++i) EXPECT_EQ(out[0].data<float>()[i], -std::max(0.f, float(i - 6)));
 }
 
-// A Gather of one index along a leading axis, a Slice of step 1 that keeps a contiguous run and a
-// Pad of zeros are views of their input at an offset; the slices and gathers that are not
-// contiguous, and a Pad that pads, are still copies. Each reads r = relu(x), x of shape [3, 2, 4]
+// A Gather of one index along a leading axis, a Slice of step 1 that keeps a contiguous run, a
+// Pad of zeros and an Expand to the input's shape are views of their input at an offset; the
+// slices and gathers that are not contiguous, a Pad that pads and an Expand that broadcasts are
+// still copies. Each reads r = relu(x), x of shape [3, 2, 4]
 // holding 0 .. 23 (relu leaves them), through a Neg, so the outputs are -(the expected values).
-TEST(Executor, ContiguousSlicesGathersAndZeroPadsAreViews) {
+TEST(Executor, ContiguousSlicesGathersZeroPadsAndSameShapeExpandsAreViews) {
   graph::Graph g;
   g.opset = 17;
   graph::Value* x = g.add_input("x", DType::kFloat32, Shape{3, 2, 4});
@@ -201,6 +202,14 @@ TEST(Executor, ContiguousSlicesGathersAndZeroPadsAreViews) {
       {"slice of step 2", add("Slice", {r, ints("s4", {0}, {1}), ints("e4", {3}, {1}),
                                         ints("a4", {0}, {1}), ints("t4", {2}, {1})}, "s4o"),
        -1, {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}},
+      {"expand to its own shape", add("Expand", {r, ints("x0", {3, 2, 4}, {3})}, "x0o"), 0,
+       iota(0, 24)},
+      {"expand that broadcasts", add("Expand", {r, ints("x1", {2, 1, 1, 1}, {4})}, "x1o"), -1,
+       [&] {
+         std::vector<float> v = iota(0, 24);
+         for (float f : iota(0, 24)) v.push_back(f);
+         return v;
+       }()},
       {"pad that pads", add("Pad", {r, ints("p1", {1, 0, 0, -1, 0, 0}, {6})}, "p1o"), -1,
        [&] {
          std::vector<float> v(8, 0.0f);
@@ -338,6 +347,55 @@ TEST(Executor, ConvolutionWritesOverAResidualNothingReadsAfter) {
   if (kernels::packed_gemm_available()) {
     EXPECT_EQ(at["y"], at["a"]);
     EXPECT_LT(over_exec.arena_bytes(), kept_exec.arena_bytes());
+  }
+}
+
+// A SliceUpdate writes its box over its data where nothing reads the data after it (the Exp's
+// output, then only the box is written), not where something does (the second SliceUpdate's data,
+// which the Add reads after it): both give the data with the box replaced.
+TEST(Executor, SliceUpdateWritesOverDataNothingReadsAfter) {
+  graph::Graph g;
+  g.opset = 17;
+  graph::Value* x = g.add_input("x", DType::kFloat32, Shape{2, 3, 4});
+  graph::Value* u = g.add_input("u", DType::kFloat32, Shape{2, 2, 4});
+  auto add = [&](const std::string& op, std::vector<graph::Value*> inputs, const std::string& out) {
+    return g.add_node({.op_type = op, .inputs = std::move(inputs), .output_names = {out}});
+  };
+  auto slice_update = [&](graph::Value* data, const std::string& out) {
+    graph::Node* n = add("SliceUpdate", {data, u}, out);
+    n->set_attr("starts", std::vector<int64_t>{0, 1});
+    n->set_attr("steps", std::vector<int64_t>{1, 1});
+    return n->output(0);
+  };
+  graph::Value* e = add("Exp", {x}, "e")->output(0);
+  g.mark_output(slice_update(e, "y"));
+  graph::Value* e2 = add("Neg", {x}, "e2")->output(0);
+  graph::Value* y2 = slice_update(e2, "y2");
+  g.mark_output(add("Add", {y2, e2}, "z")->output(0));
+  runtime::resolve(g, {});
+  runtime::Executor exec(g);
+  std::map<std::string, const float*> at;
+  for (const char* name : {"e", "y", "e2", "y2"}) {
+    exec.add_tap(name, [&at, name](const kernels::Tensor& t) { at[name] = t.data<float>(); });
+  }
+  std::vector<kernels::Tensor> in = {kernels::Tensor(DType::kFloat32, {2, 3, 4}),
+                                     kernels::Tensor(DType::kFloat32, {2, 2, 4})};
+  for (int i = 0; i < 24; ++i) in[0].data<float>()[i] = static_cast<float>(i) / 8;
+  for (int i = 0; i < 16; ++i) in[1].data<float>()[i] = 100.0f + static_cast<float>(i);
+  auto out = exec.run(in);
+  EXPECT_EQ(at["y"], at["e"]);
+  EXPECT_NE(at["y2"], at["e2"]);
+  for (int i = 0; i < 24; ++i) {
+    const int n = i / 12, row = i / 4 % 3, col = i % 4;
+    const float v = in[0].data<float>()[i];
+    const bool boxed = row >= 1;
+    const float update = 100.0f + static_cast<float>((n * 2 + row - 1) * 4 + col);
+    if (boxed) {
+      EXPECT_EQ(out[0].data<float>()[i], update) << i;
+    } else {
+      EXPECT_NEAR(out[0].data<float>()[i], std::exp(v), 1e-6f * std::exp(v)) << i;
+    }
+    EXPECT_EQ(out[1].data<float>()[i], (boxed ? update : -v) - v) << i;
   }
 }
 
