@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "kernels/conv_depth.h"
 #include "kernels/conv_internal.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
@@ -129,10 +130,12 @@ int64_t tap_offset(const ConvGeometry& g, const PaddedPlanes& p, int64_t kh, int
   return ((rh % p.sh) * p.sw + rw % p.sw) * p.phase_floats() + rh / p.sh * p.wq + rw / p.sw;
 }
 
-// Scratch floats of one task: the phase planes, a padded output plane, lanes per tap.
-int64_t padded_slot_floats(const ConvGeometry& g) {
+// Scratch floats of one task: the phase planes of each input slice, a padded output plane, lanes
+// per tap (a 2-D convolution: one slice, one depth tap).
+int64_t padded_slot_floats(const ConvGeometry& g, const ConvDepth& depth) {
   const PaddedPlanes p = padded_planes(g);
-  return p.input_floats() + g.out_h * p.wq + g.kernel_h * g.kernel_w * kSumLanes;
+  return depth.in * p.input_floats() + g.out_h * p.wq +
+         depth.kernel * g.kernel_h * g.kernel_w * kSumLanes;
 }
 
 void pad_input_plane(const ConvGeometry& g, const PaddedPlanes& p, const float* x, float* xp) {
@@ -165,25 +168,40 @@ void pad_output_plane(const ConvGeometry& g, const PaddedPlanes& p, const float*
   }
 }
 
-// dw of output channel co: per tap, lanes over images in order, then combined.
-void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float* x,
-                                  const float* dy, float* dw, float* scratch, GradMode write) {
+// dw of output channel co: per tap (kd, kh, kw), lanes over images in order (and within an
+// image, output slices in order), then combined.
+void padded_depthwise_weight_task(const ConvGeometry& g, const ConvDepth& depth, int64_t co,
+                                  const float* x, const float* dy, float* dw, float* scratch,
+                                  GradMode write) {
   const PaddedPlanes p = padded_planes(g);
   const int64_t mult = g.out_channels / g.group;
   const int64_t ci = co / mult;
-  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t plane_taps = g.kernel_h * g.kernel_w;
+  const int64_t taps = depth.kernel * plane_taps;
   const int64_t n_flat = g.out_h * p.wq;
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t out_plane = g.out_h * g.out_w;
   float* xp = scratch;
-  float* dyp = xp + p.input_floats();
+  float* dyp = xp + depth.in * p.input_floats();
   float* lanes = dyp + n_flat;
   std::fill_n(lanes, taps * kSumLanes, 0.0f);
   for (int64_t n = 0; n < g.batch; ++n) {
-    pad_input_plane(g, p, x + (n * g.in_channels + ci) * g.in_h * g.in_w, xp);
-    pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        lane_dot_add(lanes + (kh * g.kernel_w + kw) * kSumLanes, dyp, xp + tap_offset(g, p, kh, kw),
-                     1, n_flat);
+    const float* xv = x + (n * g.in_channels + ci) * depth.in * in_plane;
+    for (int64_t slice = 0; slice < depth.in; ++slice) {
+      pad_input_plane(g, p, xv + slice * in_plane, xp + slice * p.input_floats());
+    }
+    for (int64_t d = 0; d < depth.out; ++d) {
+      pad_output_plane(g, p, dy + ((n * g.out_channels + co) * depth.out + d) * out_plane, dyp);
+      for (int64_t t = 0; t < depth.kernel; ++t) {
+        const int64_t slice = depth_source_slice(depth, d, t);
+        if (slice < 0) continue;
+        const float* xs = xp + slice * p.input_floats();
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+            lane_dot_add(lanes + (t * plane_taps + kh * g.kernel_w + kw) * kSumLanes, dyp,
+                         xs + tap_offset(g, p, kh, kw), 1, n_flat);
+          }
+        }
       }
     }
   }
@@ -194,45 +212,84 @@ void padded_depthwise_weight_task(const ConvGeometry& g, int64_t co, const float
   }
 }
 
-// dx of one input plane: the output channels of its group in order, each tap's scatter one
-// flat axpy into the phase planes, then the input positions gathered out of them.
-void padded_depthwise_input_task(const ConvGeometry& g, int64_t plane, const float* w,
-                                 const float* dy, float* dx, float* scratch, GradMode write) {
+// dx of one input volume (image n, channel ci): the output channels of its group in order, their
+// output slices in order, each depth tap's plane taps one flat axpy into the phase planes of the
+// slice it reads, then the input positions gathered out of them.
+void padded_depthwise_input_task(const ConvGeometry& g, const ConvDepth& depth, int64_t volume,
+                                 const float* w, const float* dy, float* dx, float* scratch,
+                                 GradMode write) {
   const PaddedPlanes p = padded_planes(g);
   const int64_t mult = g.out_channels / g.group;
-  const int64_t n = plane / g.in_channels;
-  const int64_t ci = plane % g.in_channels;
-  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t n = volume / g.in_channels;
+  const int64_t ci = volume % g.in_channels;
+  const int64_t plane_taps = g.kernel_h * g.kernel_w;
+  const int64_t taps = depth.kernel * plane_taps;
   const int64_t n_flat = g.out_h * p.wq;
+  const int64_t out_plane = g.out_h * g.out_w;
   float* dxp = scratch;
-  float* dyp = dxp + p.input_floats();
-  std::fill_n(dxp, p.input_floats(), 0.0f);
+  float* dyp = dxp + depth.in * p.input_floats();
+  std::fill_n(dxp, depth.in * p.input_floats(), 0.0f);
   for (int64_t m = 0; m < mult; ++m) {
     const int64_t co = ci * mult + m;
-    pad_output_plane(g, p, dy + (n * g.out_channels + co) * g.out_h * g.out_w, dyp);
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        const float wv = w[co * taps + kh * g.kernel_w + kw];
-        float* dst = dxp + tap_offset(g, p, kh, kw);
-        for (int64_t i = 0; i < n_flat; ++i) dst[i] += wv * dyp[i];
+    for (int64_t d = 0; d < depth.out; ++d) {
+      pad_output_plane(g, p, dy + ((n * g.out_channels + co) * depth.out + d) * out_plane, dyp);
+      for (int64_t t = 0; t < depth.kernel; ++t) {
+        const int64_t slice = depth_source_slice(depth, d, t);
+        if (slice < 0) continue;
+        float* dxs = dxp + slice * p.input_floats();
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+            const float wv = w[co * taps + t * plane_taps + kh * g.kernel_w + kw];
+            float* dst = dxs + tap_offset(g, p, kh, kw);
+            for (int64_t i = 0; i < n_flat; ++i) dst[i] += wv * dyp[i];
+          }
+        }
       }
     }
   }
-  float* out = dx + plane * g.in_h * g.in_w;
-  if (write == GradMode::kOverwrite) std::fill_n(out, g.in_h * g.in_w, 0.0f);
-  for (int64_t ih = 0; ih < g.in_h; ++ih) {
-    const int64_t r = ih + g.pad_top;
-    const int64_t q = r / p.sh;
-    if (q >= p.hq) continue;  // below every window: no gradient
-    float* row = out + ih * g.in_w;
-    for (int64_t b = 0; b < p.sw; ++b) {
-      // Input columns iw with (iw + pad_left) mod sw == b, at phase column (iw + pad_left) div sw.
-      const int64_t first = ((b - g.pad_left) % p.sw + p.sw) % p.sw;
-      const int64_t c0 = (first + g.pad_left) / p.sw;
-      const float* src = dxp + ((r % p.sh) * p.sw + b) * p.phase_floats() + q * p.wq;
-      const int64_t count = std::min(ceil_div(g.in_w - first, p.sw), p.wq - c0);
-      for (int64_t j = 0; j < count; ++j) row[first + j * p.sw] += src[c0 + j];
+  const int64_t in_plane = g.in_h * g.in_w;
+  for (int64_t slice = 0; slice < depth.in; ++slice) {
+    const float* dxs = dxp + slice * p.input_floats();
+    float* out = dx + (volume * depth.in + slice) * in_plane;
+    if (write == GradMode::kOverwrite) std::fill_n(out, in_plane, 0.0f);
+    for (int64_t ih = 0; ih < g.in_h; ++ih) {
+      const int64_t r = ih + g.pad_top;
+      const int64_t q = r / p.sh;
+      if (q >= p.hq) continue;  // below every window: no gradient
+      float* row = out + ih * g.in_w;
+      for (int64_t b = 0; b < p.sw; ++b) {
+        // Input columns iw with (iw + pad_left) mod sw == b, at phase column (iw + pad_left) div
+        // sw.
+        const int64_t first = ((b - g.pad_left) % p.sw + p.sw) % p.sw;
+        const int64_t c0 = (first + g.pad_left) / p.sw;
+        const float* src = dxs + ((r % p.sh) * p.sw + b) * p.phase_floats() + q * p.wq;
+        const int64_t count = std::min(ceil_div(g.in_w - first, p.sw), p.wq - c0);
+        for (int64_t j = 0; j < count; ++j) row[first + j * p.sw] += src[c0 + j];
+      }
     }
+  }
+}
+
+// The depthwise tasks over a whole batch: dw per output channel, dx per input volume.
+void depthwise_backward(const ConvGeometry& g, const ConvDepth& depth, int slots, const float* x,
+                        const float* w, const float* dy, const ConvGradients& grads,
+                        std::byte* workspace, GradMode write, bool dx) {
+  const size_t slot_bytes =
+      aligned_bytes(static_cast<size_t>(padded_slot_floats(g, depth)) * sizeof(float));
+  if (grads.dw) {
+    parallel_tasks_with_scratch(
+        g.out_channels, slots, slot_bytes, workspace, [&](int64_t co, std::byte* scratch) {
+          padded_depthwise_weight_task(g, depth, co, x, dy, grads.dw,
+                                       reinterpret_cast<float*>(scratch), write);
+        });
+  }
+  if (grads.dx && dx) {
+    parallel_tasks_with_scratch(g.batch * g.in_channels, slots, slot_bytes, workspace,
+                                [&](int64_t volume, std::byte* scratch) {
+                                  padded_depthwise_input_task(g, depth, volume, w, dy, grads.dx,
+                                                              reinterpret_cast<float*>(scratch),
+                                                              write);
+                                });
   }
 }
 
@@ -1007,7 +1064,8 @@ ConvBackwardPlan plan_conv_backward(const ConvGeometry& geometry, int threads) {
 size_t conv_backward_workspace_bytes(const ConvBackwardPlan& plan) {
   if (plan.depthwise) {
     const size_t padded =
-        aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry)) * sizeof(float)) *
+        aligned_bytes(static_cast<size_t>(padded_slot_floats(plan.geometry, ConvDepth{})) *
+                      sizeof(float)) *
         static_cast<size_t>(plan.slots);
     if (!plan.dx_as_conv) return padded;
     return std::max(padded, dx_as_conv_workspace_bytes(plan));
@@ -1042,25 +1100,10 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
     conv_bias_gradient(dy, grads.dbias, g.batch, g.out_channels, g.out_h * g.out_w, write);
   }
   if (plan.depthwise) {
-    const size_t slot_bytes =
-        aligned_bytes(static_cast<size_t>(padded_slot_floats(g)) * sizeof(float));
-    if (grads.dw) {
-      parallel_tasks_with_scratch(
-          g.out_channels, plan.slots, slot_bytes, workspace, [&](int64_t co, std::byte* scratch) {
-            padded_depthwise_weight_task(g, co, x, dy, grads.dw, reinterpret_cast<float*>(scratch),
-                                         write);
-          });
-    }
-    if (grads.dx && plan.dx_as_conv && write == GradMode::kOverwrite) {
-      dx_as_conv(plan, w, dy, grads.dx, workspace);
-    } else if (grads.dx) {
-      parallel_tasks_with_scratch(g.batch * g.in_channels, plan.slots, slot_bytes, workspace,
-                                  [&](int64_t plane, std::byte* scratch) {
-                                    padded_depthwise_input_task(g, plane, w, dy, grads.dx,
-                                                                reinterpret_cast<float*>(scratch),
-                                                                write);
-                                  });
-    }
+    // dx of a stride-1 depthwise convolution that overwrites it: the forward kernel (below).
+    const bool dx_by_conv = plan.dx_as_conv && write == GradMode::kOverwrite;
+    depthwise_backward(g, ConvDepth{}, plan.slots, x, w, dy, grads, workspace, write, !dx_by_conv);
+    if (grads.dx && dx_by_conv) dx_as_conv(plan, w, dy, grads.dx, workspace);
     return;
   }
   const Sizes s = sizes_of(g);
@@ -1104,6 +1147,23 @@ void conv2d_backward(const ConvBackwardPlan& plan, const float* x, const float* 
                                       reinterpret_cast<float*>(scratch), write);
                                 });
   }
+}
+
+size_t conv3d_depthwise_backward_workspace_bytes(const ConvGeometry& plane, const ConvDepth& depth,
+                                                 int threads) {
+  return aligned_bytes(static_cast<size_t>(padded_slot_floats(plane, depth)) * sizeof(float)) *
+         static_cast<size_t>(std::max(threads, 1));
+}
+
+void conv3d_depthwise_backward(const ConvGeometry& plane, const ConvDepth& depth, int threads,
+                               const float* x, const float* w, const float* dy,
+                               const ConvGradients& grads, std::byte* workspace, GradMode write) {
+  const DenormalsFlushed flushed;
+  if (grads.dbias) {
+    conv_bias_gradient(dy, grads.dbias, plane.batch, plane.out_channels,
+                       depth.out * plane.out_h * plane.out_w, write);
+  }
+  depthwise_backward(plane, depth, std::max(threads, 1), x, w, dy, grads, workspace, write, true);
 }
 
 void conv_bias_gradient(const float* dy, float* dbias, int64_t batch, int64_t channels,

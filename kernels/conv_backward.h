@@ -31,8 +31,10 @@
 // channel per group (depthwise) use direct vectorised loops: dx per input plane, dw per output
 // channel summing images in order, on zero-padded copies of the planes split by stride phase, where
 // every kernel tap is one contiguous loop over a plane. dbias sums each channel's planes, images
-// in order, with lane_sum. Every output is thus a fixed sequence of float operations: gradients are
-// bit-identical for any thread count, and dx of an image does not depend on the batch it runs in.
+// in order, with lane_sum. Depthwise 3-D convolutions run the same depthwise tasks over their
+// depth taps (kernels/conv_depth.h, conv3d_depthwise_backward). Every output is thus a fixed
+// sequence of float operations: gradients are bit-identical for any thread count, and dx of an
+// image does not depend on the batch it runs in.
 #pragma once
 
 #include <cstddef>

@@ -8,8 +8,9 @@
 // same stacks, the stacks' gradient added back into the input's slices.
 //
 // Depthwise 3-D convolutions (one input channel per group: MViT's pooling, X3D's and CSN's
-// blocks) would run as grouped GEMMs of kd·kh·kw rows on the stacks; their forward runs directly
-// instead (conv3d_depthwise), on the depthwise 2-D kernels' paths extended over the depth taps.
+// blocks) would run as grouped GEMMs of kd·kh·kw rows on the stacks; they run directly instead,
+// forward (conv3d_depthwise) and backward (conv3d_depthwise_backward), on the depthwise 2-D
+// kernels' paths extended over the depth taps.
 //
 // Each step is a copy or a sum in a fixed order, so the bits are the 2-D kernels' and do not
 // depend on the thread count; a slice's output does not depend on the batch it runs in.
@@ -18,6 +19,7 @@
 #include <cstdint>
 
 #include "kernels/conv.h"
+#include "kernels/conv_backward.h"
 
 namespace qforge::kernels {
 
@@ -67,5 +69,19 @@ bool depthwise_3d_direct(const ConvGeometry& plane);
 void conv3d_depthwise(const ConvGeometry& plane, const ConvDepth& depth, const float* x,
                       const float* w, const float* bias, float* y,
                       const ConvEpilogue& epilogue = {});
+
+// The backward of conv3d_depthwise (the gradients of kernels/conv_backward.h, dx [N, C, D_in, H,
+// W], dw [O, 1, kd, kh, kw], dbias [O]), on at most `threads` threads with one scratch region
+// each: dw per output channel, over the images and then the output slices in order, per tap in
+// (kd, kh, kw) order; dx per input volume, over the group's output channels and then the output
+// slices in order, each depth tap's plane taps added into the slice it reads; dbias as conv2d's.
+// Every gradient element is a fixed sequence of float operations: bit-identical for any thread
+// count, and dx of an image does not depend on the batch.
+size_t conv3d_depthwise_backward_workspace_bytes(const ConvGeometry& plane, const ConvDepth& depth,
+                                                 int threads);
+void conv3d_depthwise_backward(const ConvGeometry& plane, const ConvDepth& depth, int threads,
+                               const float* x, const float* w, const float* dy,
+                               const ConvGradients& grads, std::byte* workspace,
+                               GradMode write = GradMode::kOverwrite);
 
 }  // namespace qforge::kernels

@@ -209,6 +209,10 @@ class ConvKernel final : public OpKernel {
   // Conv's X, W and B; FusedConv, an inference-only node, has no backward.
   bool differentiable_input(size_t index) const override { return !fused_ && index <= 2; }
   size_t backward_workspace_bytes() const override {
+    if (direct_depthwise_) {
+      return kernels::conv3d_depthwise_backward_workspace_bytes(plane_, *depth_,
+                                                                backward_plan_.slots);
+    }
     const size_t conv = kernels::conv_backward_workspace_bytes(backward_plan_);
     if (!depth_) return conv;
     // The stacks and their gradient, and dy with the depth before the channels.
@@ -228,6 +232,12 @@ class ConvKernel final : public OpKernel {
     if (!depth_) {
       kernels::conv2d_backward(backward_plan_, inputs[0].data<float>(), inputs[1].data<float>(),
                                grad_outputs[0].data<float>(), grads, workspace);
+      return;
+    }
+    if (direct_depthwise_) {
+      kernels::conv3d_depthwise_backward(plane_, *depth_, backward_plan_.slots,
+                                         inputs[0].data<float>(), inputs[1].data<float>(),
+                                         grad_outputs[0].data<float>(), grads, workspace);
       return;
     }
     const kernels::ConvGeometry& g = plane_;
@@ -268,8 +278,7 @@ class ConvKernel final : public OpKernel {
   kernels::ConvBackwardPlan backward_plan_;
   kernels::ConvGeometry plane_;
   std::optional<kernels::ConvDepth> depth_;
-  // A depthwise 3-D convolution, whose forward runs on kernels::conv3d_depthwise (its backward
-  // on the stacks).
+  // A depthwise 3-D convolution, which runs on kernels::conv3d_depthwise and its backward.
   bool direct_depthwise_;
   std::vector<float> prepared_;
   kernels::ConvEpilogue fixed_;

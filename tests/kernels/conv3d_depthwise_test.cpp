@@ -3,7 +3,7 @@
 // (kd, kh, kw) order, bit for bit, on each of its paths (sixteen channels per vector on planes
 // at most 16 outputs wide, padded planes for 3×3 to 7×7 kernels of strides 1 and 2, output rows
 // for any other plane geometry), at one and two threads and whatever the batch; the epilogue is
-// the separate passes.
+// the separate passes. The backward against sums in double, bit-identical at one and two threads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -214,6 +214,104 @@ TEST(Conv3dDepthwise, EpilogueIsTheSeparatePass) {
     e.clamp_max = 6.0f;
     expect_close(run(p, e), expected, 1e-6, 1e-6, name);
   }
+}
+
+struct Gradients {
+  std::vector<float> dx, dw, dbias;
+};
+
+Gradients run_backward(const Problem& p, const std::vector<float>& dy, int threads,
+                       GradMode write = GradMode::kOverwrite, const Gradients* start = nullptr) {
+  Gradients g{std::vector<float>(p.x.size()), std::vector<float>(p.w.size()),
+              std::vector<float>(static_cast<size_t>(p.plane.out_channels))};
+  if (start) g = *start;
+  ThreadCount count(threads);
+  std::vector<std::byte> ws(conv3d_depthwise_backward_workspace_bytes(p.plane, p.depth, threads));
+  ConvGradients grads{.dx = g.dx.data(), .dw = g.dw.data(), .dbias = g.dbias.data()};
+  conv3d_depthwise_backward(p.plane, p.depth, threads, p.x.data(), p.w.data(), dy.data(), grads,
+                            ws.data(), write);
+  return g;
+}
+
+// dx, dw and dbias summed in double over every (output, tap) pair.
+Gradients reference_backward(const Problem& p, const std::vector<float>& dy) {
+  const ConvGeometry& g = p.plane;
+  const ConvDepth& dp = p.depth;
+  const int64_t multiplier = g.out_channels / g.group;
+  std::vector<double> dx(p.x.size()), dw(p.w.size()), db(static_cast<size_t>(g.out_channels));
+  size_t i = 0;
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t oc = 0; oc < g.out_channels; ++oc) {
+      const int64_t xv = (n * g.in_channels + oc / multiplier) * dp.in * g.in_h * g.in_w;
+      const int64_t wv = oc * dp.kernel * g.kernel_h * g.kernel_w;
+      for (int64_t od = 0; od < dp.out; ++od) {
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          for (int64_t ow = 0; ow < g.out_w; ++ow, ++i) {
+            const double gy = dy[i];
+            db[static_cast<size_t>(oc)] += gy;
+            for (int64_t t = 0; t < dp.kernel; ++t) {
+              const int64_t id = od * dp.stride - dp.pad + t * dp.dilation;
+              if (id < 0 || id >= dp.in) continue;
+              for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+                const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
+                if (ih < 0 || ih >= g.in_h) continue;
+                for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+                  const int64_t iw = ow * g.stride_w - g.pad_left + kw * g.dilation_w;
+                  if (iw < 0 || iw >= g.in_w) continue;
+                  const auto xi = static_cast<size_t>(xv + (id * g.in_h + ih) * g.in_w + iw);
+                  const auto wi = static_cast<size_t>(wv + (t * g.kernel_h + kh) * g.kernel_w + kw);
+                  dx[xi] += gy * p.w[wi];
+                  dw[wi] += gy * p.x[xi];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  auto to_float = [](const std::vector<double>& v) {
+    return std::vector<float>(v.begin(), v.end());
+  };
+  return {to_float(dx), to_float(dw), to_float(db)};
+}
+
+TEST(Conv3dDepthwise, BackwardMatchesDoubleSumsAndAnyThreadCount) {
+  uint32_t seed = 101;
+  for (const Case& c : kCases) {
+    const Problem p = problem_of(c, seed += 4);
+    const std::vector<float> dy = random_values(output_size(p), seed + 3);
+    const Gradients want = reference_backward(p, dy);
+    const Gradients one = run_backward(p, dy, 1);
+    const Gradients two = run_backward(p, dy, 2);
+    // Sums of up to batch · D_out · out_h · out_w products of values in [-1, 1].
+    const double terms =
+        static_cast<double>(p.plane.batch * p.depth.out * p.plane.out_h * p.plane.out_w);
+    expect_close(one.dx, want.dx, 2e-6, 1e-5, std::string(c.name) + " dx");
+    expect_close(one.dw, want.dw, 2e-6 * std::sqrt(terms), 1e-5, std::string(c.name) + " dw");
+    expect_close(one.dbias, want.dbias, 2e-6 * std::sqrt(terms), 1e-5,
+                 std::string(c.name) + " dbias");
+    expect_same_bits(two.dx.data(), one.dx.data(), one.dx.size(), std::string(c.name) + " dx");
+    expect_same_bits(two.dw.data(), one.dw.data(), one.dw.size(), std::string(c.name) + " dw");
+    expect_same_bits(two.dbias.data(), one.dbias.data(), one.dbias.size(),
+                     std::string(c.name) + " dbias");
+  }
+}
+
+// Accumulating adds each gradient to what the buffers hold.
+TEST(Conv3dDepthwise, BackwardAccumulates) {
+  ThreadCount threads(2);
+  const Problem p = problem_of(kCases[1], 7);
+  const std::vector<float> dy = random_values(output_size(p), 8);
+  const Gradients once = run_backward(p, dy, 2);
+  const Gradients twice = run_backward(p, dy, 2, GradMode::kAccumulate, &once);
+  auto doubled = [](std::vector<float> v) {
+    for (float& f : v) f *= 2.0f;
+    return v;
+  };
+  expect_close(twice.dx, doubled(once.dx), 1e-6, 1e-6, "dx");
+  expect_close(twice.dw, doubled(once.dw), 1e-6, 1e-6, "dw");
+  expect_close(twice.dbias, doubled(once.dbias), 1e-6, 1e-6, "dbias");
 }
 
 }  // namespace
