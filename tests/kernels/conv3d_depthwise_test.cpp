@@ -118,21 +118,23 @@ float multiply_add(float a, float b, float c) {
 #endif
 }
 
-// The chain of each output, written out.
-std::vector<float> chains(const Problem& p) {
+// Calls visit(output, channel, x index, w index) for every output in order and each of its taps
+// inside the input in (kd, kh, kw) order; an output without such taps is visited with no tap
+// (x and w indices -1).
+template <class Visit>
+void for_each_tap(const Problem& p, Visit&& visit) {
   const ConvGeometry& g = p.plane;
   const ConvDepth& dp = p.depth;
   const int64_t multiplier = g.out_channels / g.group;
-  std::vector<float> y;
-  y.reserve(output_size(p));
+  size_t out = 0;
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t oc = 0; oc < g.out_channels; ++oc) {
-      const float* x = p.x.data() + (n * g.in_channels + oc / multiplier) * dp.in * g.in_h * g.in_w;
-      const float* w = p.w.data() + oc * dp.kernel * g.kernel_h * g.kernel_w;
+      const int64_t x0 = (n * g.in_channels + oc / multiplier) * dp.in * g.in_h * g.in_w;
+      const int64_t w0 = oc * dp.kernel * g.kernel_h * g.kernel_w;
       for (int64_t od = 0; od < dp.out; ++od) {
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            float acc = p.b.empty() ? 0.0f : p.b[static_cast<size_t>(oc)];
+          for (int64_t ow = 0; ow < g.out_w; ++ow, ++out) {
+            visit(out, oc, int64_t{-1}, int64_t{-1});
             for (int64_t t = 0; t < dp.kernel; ++t) {
               const int64_t id = od * dp.stride - dp.pad + t * dp.dilation;
               if (id < 0 || id >= dp.in) continue;
@@ -142,17 +144,28 @@ std::vector<float> chains(const Problem& p) {
                 for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
                   const int64_t iw = ow * g.stride_w - g.pad_left + kw * g.dilation_w;
                   if (iw < 0 || iw >= g.in_w) continue;
-                  acc = multiply_add(w[(t * g.kernel_h + kh) * g.kernel_w + kw],
-                                     x[(id * g.in_h + ih) * g.in_w + iw], acc);
+                  visit(out, oc, x0 + (id * g.in_h + ih) * g.in_w + iw,
+                        w0 + (t * g.kernel_h + kh) * g.kernel_w + kw);
                 }
               }
             }
-            y.push_back(acc);
           }
         }
       }
     }
   }
+}
+
+// The chain of each output, written out.
+std::vector<float> chains(const Problem& p) {
+  std::vector<float> y(output_size(p));
+  for_each_tap(p, [&](size_t out, int64_t oc, int64_t xi, int64_t wi) {
+    if (xi < 0) {
+      y[out] = p.b.empty() ? 0.0f : p.b[static_cast<size_t>(oc)];
+    } else {
+      y[out] = multiply_add(p.w[static_cast<size_t>(wi)], p.x[static_cast<size_t>(xi)], y[out]);
+    }
+  });
   return y;
 }
 
@@ -235,41 +248,16 @@ Gradients run_backward(const Problem& p, const std::vector<float>& dy, int threa
 
 // dx, dw and dbias summed in double over every (output, tap) pair.
 Gradients reference_backward(const Problem& p, const std::vector<float>& dy) {
-  const ConvGeometry& g = p.plane;
-  const ConvDepth& dp = p.depth;
-  const int64_t multiplier = g.out_channels / g.group;
-  std::vector<double> dx(p.x.size()), dw(p.w.size()), db(static_cast<size_t>(g.out_channels));
-  size_t i = 0;
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for (int64_t oc = 0; oc < g.out_channels; ++oc) {
-      const int64_t xv = (n * g.in_channels + oc / multiplier) * dp.in * g.in_h * g.in_w;
-      const int64_t wv = oc * dp.kernel * g.kernel_h * g.kernel_w;
-      for (int64_t od = 0; od < dp.out; ++od) {
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          for (int64_t ow = 0; ow < g.out_w; ++ow, ++i) {
-            const double gy = dy[i];
-            db[static_cast<size_t>(oc)] += gy;
-            for (int64_t t = 0; t < dp.kernel; ++t) {
-              const int64_t id = od * dp.stride - dp.pad + t * dp.dilation;
-              if (id < 0 || id >= dp.in) continue;
-              for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-                const int64_t ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h;
-                if (ih < 0 || ih >= g.in_h) continue;
-                for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-                  const int64_t iw = ow * g.stride_w - g.pad_left + kw * g.dilation_w;
-                  if (iw < 0 || iw >= g.in_w) continue;
-                  const auto xi = static_cast<size_t>(xv + (id * g.in_h + ih) * g.in_w + iw);
-                  const auto wi = static_cast<size_t>(wv + (t * g.kernel_h + kh) * g.kernel_w + kw);
-                  dx[xi] += gy * p.w[wi];
-                  dw[wi] += gy * p.x[xi];
-                }
-              }
-            }
-          }
-        }
-      }
+  std::vector<double> dx(p.x.size()), dw(p.w.size()), db(static_cast<size_t>(p.plane.out_channels));
+  for_each_tap(p, [&](size_t out, int64_t oc, int64_t xi, int64_t wi) {
+    const double gy = dy[out];
+    if (xi < 0) {
+      db[static_cast<size_t>(oc)] += gy;
+      return;
     }
-  }
+    dx[static_cast<size_t>(xi)] += gy * p.w[static_cast<size_t>(wi)];
+    dw[static_cast<size_t>(wi)] += gy * p.x[static_cast<size_t>(xi)];
+  });
   auto to_float = [](const std::vector<double>& v) {
     return std::vector<float>(v.begin(), v.end());
   };
