@@ -26,6 +26,7 @@ using testing::TempDir;
 
 const std::string kVideo = data_path("models/ops/tiny_video_opset17.onnx");
 const std::string kUnet3d = data_path("models/ops/tiny_unet3d_opset17.onnx");
+const std::string kX3d = data_path("models/ops/tiny_x3d_opset17.onnx");
 
 // Clips [n, 3, 8, 32, 32], uniform in [-2, 2), seeded, written to `path`.
 Tensor write_clips(const std::string& path, int64_t n, uint32_t seed) {
@@ -85,6 +86,40 @@ TEST(VideoCli, QatIsDeterministicAndVerifiedByOnnxRuntime) {
   EXPECT_EQ(bytes[0], bytes[1]);
   write_clips(dir.file("v.npy"), 2, 5);
   testing::expect_verified_by_ort(dir.file("q1.onnx"), dir.file("v.npy"), dir.file("ort.npz"));
+}
+
+// Channel-separated blocks (X3D's, CSN's): their depthwise 3-D convolutions (3x3x3 strided and
+// not, in ConvBNAct modules with SiLU; 5x3x3 strided along the depth, with a bias) run on the
+// direct depthwise kernels forward and backward. `run` equals ONNX Runtime, the calibrated
+// model verifies against it, and QAT writes the same bytes at 1 and 2 threads, which ONNX
+// Runtime computes as qforge does.
+TEST(VideoCli, DepthwiseBlocksRunCalibrateAndTrain) {
+  TempDir dir;
+  const Tensor clips = write_clips(dir.file("x.npy"), 6, 6);
+  const auto r = run_cli("run " + kX3d + " --data " + dir.file("x.npy") + " --batch 4 -o " +
+                         dir.file("y.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<Tensor> want = testing::run_ort(kX3d, {clips});
+  testing::expect_close_scaled(io::read_npy(dir.file("y.npy")), want[0], 1e-5, "logits");
+
+  const auto c = run_cli("calibrate " + kX3d + " --data " + dir.file("x.npy") +
+                         " --batch 3 --flip-injections 0 -o " + dir.file("c.onnx"));
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  write_clips(dir.file("v.npy"), 2, 7);
+  testing::expect_verified_by_ort(dir.file("c.onnx"), dir.file("v.npy"), dir.file("ort_c.npz"));
+
+  std::string bytes[2];
+  for (int threads : {1, 2}) {
+    const std::string out =
+        dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
+    const auto q = run_cli("qat " + kX3d + " --data " + dir.file("x.npy") +
+                           " --distill --steps 3 --batch 2 --lr 1e-2 --threads " +
+                           std::to_string(threads) + " -o " + out);
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    bytes[threads - 1] = testing::read_text(out);
+  }
+  EXPECT_EQ(bytes[0], bytes[1]);
+  testing::expect_verified_by_ort(dir.file("q1.onnx"), dir.file("v.npy"), dir.file("ort_q.npz"));
 }
 
 // The UNet's ConvTranspose3d-BN-ReLU is a ConvTransposeBNAct module, and its trilinear upsampling
