@@ -27,6 +27,16 @@ void reduce_max(const ReducePlan& plan, const int64_t* x, int64_t* y);
 void reduce_min(const ReducePlan& plan, const int64_t* x, int64_t* y);
 void reduce_max(const ReducePlan& plan, const int32_t* x, int32_t* y);
 void reduce_min(const ReducePlan& plan, const int32_t* x, int32_t* y);
+// Σ x, Π x, Σ |x| and Σ x² of integers (counts of a mask's tokens), exact and then saturated to
+// the type's range, as ONNX Runtime gives them.
+void reduce_sum(const ReducePlan& plan, const int64_t* x, int64_t* y);
+void reduce_sum(const ReducePlan& plan, const int32_t* x, int32_t* y);
+void reduce_prod(const ReducePlan& plan, const int64_t* x, int64_t* y);
+void reduce_prod(const ReducePlan& plan, const int32_t* x, int32_t* y);
+void reduce_l1(const ReducePlan& plan, const int64_t* x, int64_t* y);
+void reduce_l1(const ReducePlan& plan, const int32_t* x, int32_t* y);
+void reduce_sum_square(const ReducePlan& plan, const int64_t* x, int64_t* y);
+void reduce_sum_square(const ReducePlan& plan, const int32_t* x, int32_t* y);
 // Σ |x| (ONNX ReduceL1), Σ x² (ReduceSumSquare), Π x (ReduceProd) and log Σ x (ReduceLogSum),
 // each accumulated in float in row-major order.
 void reduce_l1(const ReducePlan& plan, const float* x, float* y);

@@ -363,7 +363,8 @@ std::vector<int64_t> reduce_axes(const Node& node, std::span<const InputInfo> in
 }
 
 // ReduceMean, ReduceSum and ReduceMax: their axes, keepdims and noop_with_empty_axes.
-// `integers`: int64 and int32 data too (ReduceMax and ReduceMin of sizes and counts).
+// `integers`: int64 and int32 data too (ReduceMax and ReduceMin of sizes and counts; ReduceSum,
+// ReduceProd, ReduceL1 and ReduceSumSquare of a mask's tokens).
 ReduceSetup setup_reduce(const Node& node, std::span<const InputInfo> inputs,
                          bool integers = false) {
   const bool integer_data = integers && !inputs.empty() && inputs[0].present &&
@@ -431,13 +432,18 @@ std::unique_ptr<OpKernel> create_reduce_mean(const Node& node, std::span<const I
 class ReduceKernel final : public OpKernel {
  public:
   enum class Kind { kSum, kMax, kMin, kL1, kL2, kSumSquare, kProd, kLogSum, kLogSumExp };
-  // dtype: float32, or for kMax and kMin also int64 and int32 (sizes and counts; no gradient).
+  // dtype: float32, or for the kinds of takes_integers also int64 and int32 (sizes and counts;
+  // no gradient).
   ReduceKernel(const kernels::ReducePlan& plan, Kind kind, DType dtype)
       : plan_(plan), kind_(kind), dtype_(dtype) {}
+  static constexpr bool takes_integers(Kind kind) {
+    return kind == Kind::kSum || kind == Kind::kMax || kind == Kind::kMin || kind == Kind::kL1 ||
+           kind == Kind::kSumSquare || kind == Kind::kProd;
+  }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
-    if (dtype_ == DType::kInt64) return integer_extremum<int64_t>(inputs[0], outputs[0]);
-    if (dtype_ == DType::kInt32) return integer_extremum<int32_t>(inputs[0], outputs[0]);
+    if (dtype_ == DType::kInt64) return integer<int64_t>(inputs[0], outputs[0]);
+    if (dtype_ == DType::kInt32) return integer<int32_t>(inputs[0], outputs[0]);
     const float* x = inputs[0].data<float>();
     float* y = outputs[0].data<float>();
     switch (kind_) {
@@ -510,11 +516,22 @@ class ReduceKernel final : public OpKernel {
 
  private:
   template <class T>
-  void integer_extremum(const Tensor& x, Tensor& y) const {
-    if (kind_ == Kind::kMax) {
-      kernels::reduce_max(plan_, x.data<T>(), y.data<T>());
-    } else {
-      kernels::reduce_min(plan_, x.data<T>(), y.data<T>());
+  void integer(const Tensor& x, Tensor& y) const {
+    switch (kind_) {
+      case Kind::kSum:
+        return kernels::reduce_sum(plan_, x.data<T>(), y.data<T>());
+      case Kind::kMax:
+        return kernels::reduce_max(plan_, x.data<T>(), y.data<T>());
+      case Kind::kMin:
+        return kernels::reduce_min(plan_, x.data<T>(), y.data<T>());
+      case Kind::kL1:
+        return kernels::reduce_l1(plan_, x.data<T>(), y.data<T>());
+      case Kind::kSumSquare:
+        return kernels::reduce_sum_square(plan_, x.data<T>(), y.data<T>());
+      case Kind::kProd:
+        return kernels::reduce_prod(plan_, x.data<T>(), y.data<T>());
+      default:
+        throw_internal("ReduceKernel: integer data for a float-only reduction");
     }
   }
 
@@ -615,8 +632,9 @@ std::vector<TensorInfo> infer_reduce(const Node& node, std::span<const InputInfo
   return one_output(node, setup_reduce(node, inputs).out_shape);
 }
 
-// ReduceMax and ReduceMin: of float32 data, or of int64 and int32 (the output in its type).
-std::vector<TensorInfo> infer_reduce_extremum(const Node& node, std::span<const InputInfo> inputs) {
+// ReduceSum, ReduceMax, ReduceMin, ReduceL1, ReduceSumSquare and ReduceProd: of float32 data, or
+// of int64 and int32 (the output in its type).
+std::vector<TensorInfo> infer_reduce_integers(const Node& node, std::span<const InputInfo> inputs) {
   std::vector<TensorInfo> out = one_output(node, setup_reduce(node, inputs, true).out_shape);
   out[0].dtype = inputs[0].dtype;
   return out;
@@ -627,7 +645,7 @@ template <ReduceKernel::Kind kKind>
 std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputInfo> inputs,
                                         std::span<const TensorInfo> /*outputs*/) {
   constexpr bool kExtremum = kKind == ReduceKernel::Kind::kMax || kKind == ReduceKernel::Kind::kMin;
-  const ReduceSetup s = setup_reduce(node, inputs, kExtremum);
+  const ReduceSetup s = setup_reduce(node, inputs, ReduceKernel::takes_integers(kKind));
   const Shape& x = inputs[0].shape;
   if constexpr (kExtremum) {
     for (int64_t a : s.axes) {
@@ -803,13 +821,14 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"AveragePool", infer_average_pool, create_average_pool});
   registry.add({"GlobalAveragePool", infer_global_average_pool, create_global_average_pool});
   registry.add({"ReduceMean", infer_reduce_mean, create_reduce_mean});
-  registry.add({"ReduceSum", infer_reduce, create_reduce<ReduceKernel::Kind::kSum>});
-  registry.add({"ReduceMax", infer_reduce_extremum, create_reduce<ReduceKernel::Kind::kMax>});
+  registry.add({"ReduceSum", infer_reduce_integers, create_reduce<ReduceKernel::Kind::kSum>});
+  registry.add({"ReduceMax", infer_reduce_integers, create_reduce<ReduceKernel::Kind::kMax>});
   registry.add({"ReduceL2", infer_reduce, create_reduce<ReduceKernel::Kind::kL2>});
-  registry.add({"ReduceMin", infer_reduce_extremum, create_reduce<ReduceKernel::Kind::kMin>});
-  registry.add({"ReduceL1", infer_reduce, create_reduce<ReduceKernel::Kind::kL1>});
-  registry.add({"ReduceSumSquare", infer_reduce, create_reduce<ReduceKernel::Kind::kSumSquare>});
-  registry.add({"ReduceProd", infer_reduce, create_reduce<ReduceKernel::Kind::kProd>});
+  registry.add({"ReduceMin", infer_reduce_integers, create_reduce<ReduceKernel::Kind::kMin>});
+  registry.add({"ReduceL1", infer_reduce_integers, create_reduce<ReduceKernel::Kind::kL1>});
+  registry.add(
+      {"ReduceSumSquare", infer_reduce_integers, create_reduce<ReduceKernel::Kind::kSumSquare>});
+  registry.add({"ReduceProd", infer_reduce_integers, create_reduce<ReduceKernel::Kind::kProd>});
   registry.add({"ReduceLogSum", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSum>});
   registry.add({"ReduceLogSumExp", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSumExp>});
   registry.add({"CumSum", infer_cumsum, create_cumsum});

@@ -1,8 +1,12 @@
 // ReduceMin and ReduceMax of integers (an image's sides, as torchvision's detectors take their
 // minimum), folded at resolution as ONNX Runtime computes them, and integer outputs compared
-// exactly by the transform's equivalence check.
+// exactly by the transform's equivalence check; ReduceSum, ReduceProd, ReduceL1 and
+// ReduceSumSquare of int32 and int64 data as ONNX Runtime computes them, saturated past the
+// type's range.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -80,6 +84,74 @@ TEST(IntegerReduce, EquivalenceComparesIntegerOutputsExactly) {
   EXPECT_FALSE(other.equivalent);
   EXPECT_EQ(other.integer_mismatches, 1u);  // 7 against 5; y is the same
   EXPECT_EQ(other.max_abs_diff, 0.0);
+}
+
+// x [2, 6] cast to int32 and int64, each reduced along axis 1 by ReduceSum (axes an input),
+// ReduceProd, ReduceL1 and ReduceSumSquare (keepdims 0), the outputs in the data's type.
+std::string integer_reductions_model() {
+  fuzz::ModelWriter m("integer_reductions");
+  m.input("x", {2, 6});
+  m.int64_weight("axis", {1});
+  m.node("Cast", "to32", {"x"}, {"x32"});
+  m.node("Cast", "to64", {"x"}, {"x64"});
+  fuzz::ModelWriter::integer(m.graph()->mutable_node(0), "to", onnx::TensorProto::INT32);
+  fuzz::ModelWriter::integer(m.graph()->mutable_node(1), "to", onnx::TensorProto::INT64);
+  for (const char* type : {"32", "64"}) {
+    const std::string x = std::string("x") + type;
+    for (const char* op : {"ReduceSum", "ReduceProd", "ReduceL1", "ReduceSumSquare"}) {
+      const std::string out = std::string(op) + type;
+      m.output(out, {2});
+      m.graph()
+          ->mutable_output(m.graph()->output_size() - 1)
+          ->mutable_type()
+          ->mutable_tensor_type()
+          ->set_elem_type(type == std::string("32") ? onnx::TensorProto::INT32
+                                                    : onnx::TensorProto::INT64);
+      onnx::NodeProto* node = nullptr;
+      if (op == std::string("ReduceSum")) {
+        node = m.node(op, out, {x, "axis"}, {out});
+      } else {
+        node = m.node(op, out, {x}, {out});
+        fuzz::ModelWriter::ints(node, "axes", {1});
+      }
+      fuzz::ModelWriter::integer(node, "keepdims", 0);
+    }
+  }
+  return m.bytes();
+}
+
+TEST(IntegerReduce, SumsProductsAndNormsAreOnnxRuntimesSaturatedPastTheRange) {
+  testing::TempDir dir;
+  const std::string path = dir.file("reductions.onnx");
+  testing::write_bytes(path, integer_reductions_model());
+  // Row 0: an int32 product past -2^31 (-2.1e11) and a sum of squares past 2^31 - 1; row 1: an
+  // int32 product and sum of squares past 2^31 - 1; every int64 result inside its range.
+  Tensor x(DType::kFloat32, {2, 6});
+  const std::vector<float> values = {100000, 100000, -1,     1,      7, 3,
+                                     50000,  50000,  -50000, -50000, 1, 1};
+  std::copy(values.begin(), values.end(), x.data<float>());
+  runtime::Session session(graph::load_onnx(path));
+  const std::span<const Tensor> got = session.run(x);
+  const std::vector<Tensor> want = testing::run_ort(path, {x});
+  ASSERT_EQ(got.size(), 8u);
+  ASSERT_EQ(want.size(), 8u);
+  const std::vector<std::vector<int64_t>> expected = {
+      // int32: sum, product, L1, sum of squares
+      {200010, 2},
+      {std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()},
+      {200012, 200002},
+      {std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::max()},
+      // int64
+      {200010, 2},
+      {-210000000000, 6250000000000000000},
+      {200012, 200002},
+      {20000000060, 10000000002}};
+  for (size_t i = 0; i < got.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(got[i].dtype(), i < 4 ? DType::kInt32 : DType::kInt64);
+    EXPECT_EQ(got[i].to_int64_vector(), expected[i]);
+    EXPECT_EQ(got[i].to_int64_vector(), want[i].to_int64_vector());
+  }
 }
 
 }  // namespace
