@@ -35,14 +35,36 @@ Tensor write_clips(const std::string& path, int64_t n, uint32_t seed) {
   return clips;
 }
 
+// `run` of `model` over the clips (written at x.npy) at batch 2 equals ONNX Runtime's logits.
+void expect_run_equals_ort(const std::string& model, const Tensor& clips, const TempDir& dir) {
+  const auto r = run_cli("run " + model + " --data " + dir.file("x.npy") + " --batch 2 -o " +
+                         dir.file("y.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<Tensor> want = testing::run_ort(model, {clips});
+  testing::expect_close_scaled(io::read_npy(dir.file("y.npy")), want[0], 1e-5, "logits");
+}
+
+// QAT by distillation (3 steps of 2 clips from x.npy) writes the same bytes at 1 and 2 threads,
+// q1.onnx and q2.onnx.
+void expect_qat_same_bytes_on_1_and_2_threads(const std::string& model, const TempDir& dir) {
+  std::string bytes[2];
+  for (int threads : {1, 2}) {
+    const std::string out =
+        dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
+    const auto r = run_cli("qat " + model + " --data " + dir.file("x.npy") +
+                           " --distill --steps 3 --batch 2 --lr 1e-2 --threads " +
+                           std::to_string(threads) + " -o " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("training     3 steps of 2 "), std::string::npos) << r.out;
+    bytes[threads - 1] = testing::read_text(out);
+  }
+  EXPECT_EQ(bytes[0], bytes[1]);
+}
+
 TEST(VideoCli, RunComputesWhatOnnxRuntimeComputes) {
   TempDir dir;
   const Tensor clips = write_clips(dir.file("x.npy"), 3, 1);
-  const auto r = run_cli("run " + kVideo + " --data " + dir.file("x.npy") + " --batch 2 -o " +
-                         dir.file("y.npy"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::vector<Tensor> want = testing::run_ort(kVideo, {clips});
-  testing::expect_close_scaled(io::read_npy(dir.file("y.npy")), want[0], 1e-5, "logits");
+  expect_run_equals_ort(kVideo, clips, dir);
 
   const auto t = run_cli("transform " + kVideo + " -o " + dir.file("t.onnx"));
   ASSERT_EQ(t.exit_code, 0) << t.err;
@@ -72,18 +94,7 @@ TEST(VideoCli, CalibratedModelIsVerifiedByOnnxRuntime) {
 TEST(VideoCli, QatIsDeterministicAndVerifiedByOnnxRuntime) {
   TempDir dir;
   write_clips(dir.file("x.npy"), 6, 4);
-  std::string bytes[2];
-  for (int threads : {1, 2}) {
-    const std::string out =
-        dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
-    const auto r = run_cli("qat " + kVideo + " --data " + dir.file("x.npy") +
-                           " --distill --steps 3 --batch 2 --lr 1e-2 --threads " +
-                           std::to_string(threads) + " -o " + out);
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("training     3 steps of 2 "), std::string::npos) << r.out;
-    bytes[threads - 1] = testing::read_text(out);
-  }
-  EXPECT_EQ(bytes[0], bytes[1]);
+  expect_qat_same_bytes_on_1_and_2_threads(kVideo, dir);
   write_clips(dir.file("v.npy"), 2, 5);
   testing::expect_verified_by_ort(dir.file("q1.onnx"), dir.file("v.npy"), dir.file("ort.npz"));
 }
@@ -96,11 +107,7 @@ TEST(VideoCli, QatIsDeterministicAndVerifiedByOnnxRuntime) {
 TEST(VideoCli, DepthwiseBlocksRunCalibrateAndTrain) {
   TempDir dir;
   const Tensor clips = write_clips(dir.file("x.npy"), 6, 6);
-  const auto r = run_cli("run " + kX3d + " --data " + dir.file("x.npy") + " --batch 4 -o " +
-                         dir.file("y.npy"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::vector<Tensor> want = testing::run_ort(kX3d, {clips});
-  testing::expect_close_scaled(io::read_npy(dir.file("y.npy")), want[0], 1e-5, "logits");
+  expect_run_equals_ort(kX3d, clips, dir);
 
   const auto c = run_cli("calibrate " + kX3d + " --data " + dir.file("x.npy") +
                          " --batch 3 --flip-injections 0 -o " + dir.file("c.onnx"));
@@ -108,17 +115,7 @@ TEST(VideoCli, DepthwiseBlocksRunCalibrateAndTrain) {
   write_clips(dir.file("v.npy"), 2, 7);
   testing::expect_verified_by_ort(dir.file("c.onnx"), dir.file("v.npy"), dir.file("ort_c.npz"));
 
-  std::string bytes[2];
-  for (int threads : {1, 2}) {
-    const std::string out =
-        dir.file(std::string("q").append(std::to_string(threads)).append(".onnx"));
-    const auto q = run_cli("qat " + kX3d + " --data " + dir.file("x.npy") +
-                           " --distill --steps 3 --batch 2 --lr 1e-2 --threads " +
-                           std::to_string(threads) + " -o " + out);
-    ASSERT_EQ(q.exit_code, 0) << q.err;
-    bytes[threads - 1] = testing::read_text(out);
-  }
-  EXPECT_EQ(bytes[0], bytes[1]);
+  expect_qat_same_bytes_on_1_and_2_threads(kX3d, dir);
   testing::expect_verified_by_ort(dir.file("q1.onnx"), dir.file("v.npy"), dir.file("ort_q.npz"));
 }
 
