@@ -39,6 +39,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Add", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"And", 2, 2, 1, 1, 7, kNone, kBooleanOutput},
     OpSchema{"ArgMax", 1, 1, 1, 1, 13, kNone, "its output is an index (int64)"},
+    OpSchema{"ArgMin", 1, 1, 1, 1, 13, kNone, "its output is an index (int64)"},
     OpSchema{"AveragePool", 1, 1, 1, 1, 11, kBackward},
     OpSchema{
         "BatchNormalization", 5, 5, 1, 3, 15, kBackward, {}, SchemaKind::kOnnx, kBatchNormRoles},
@@ -165,9 +166,11 @@ constexpr std::array kSchemas = {
 constexpr std::array kAttributeRules = {
     // op type, attribute, min, max
     AttributeRule{"ArgMax", "keepdims", 0, 1},
+    AttributeRule{"ArgMin", "keepdims", 0, 1},
     AttributeRule{"CumSum", "exclusive", 0, 1},
     AttributeRule{"CumSum", "reverse", 0, 1},
     AttributeRule{"ArgMax", "select_last_index", 0, 1},
+    AttributeRule{"ArgMin", "select_last_index", 0, 1},
     AttributeRule{"AveragePool", "kernel_shape", 1},
     AttributeRule{"AveragePool", "strides", 1},
     AttributeRule{"AveragePool", "dilations", 1},

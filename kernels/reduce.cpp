@@ -427,11 +427,14 @@ void reduce_log_sum_exp_backward(const ReducePlan& plan, const float* x, const f
       [&](int64_t i, Out out) { return out.g * std::exp(x[i] - out.y); });
 }
 
-template <typename T>
-void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
-             int64_t* y) {
+namespace {
+
+template <bool kMax, typename T>
+void arg_extremum(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+                  int64_t* y) {
   // Only a float can be NaN; the test folds away for integers.
   auto is_nan = [](T v) { return v != v; };
+  auto beyond = [](T v, T best) { return kMax ? v > best : v < best; };
   const int64_t grain = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, axis_dim));
   parallel_for(outer * inner, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -443,7 +446,8 @@ void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool se
       for (int64_t k = 1; k < axis_dim; ++k) {
         const T v = xr[k * inner];
         if (is_nan(best) && !select_last) break;
-        const bool better = select_last ? (v >= best || is_nan(v)) : (v > best || is_nan(v));
+        const bool better = select_last ? (beyond(v, best) || v == best || is_nan(v))
+                                        : (beyond(v, best) || is_nan(v));
         if (better) {
           best = v;
           at = k;
@@ -452,6 +456,20 @@ void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool se
       y[t] = at;
     }
   });
+}
+
+}  // namespace
+
+template <typename T>
+void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+             int64_t* y) {
+  arg_extremum<true>(x, outer, axis_dim, inner, select_last, y);
+}
+
+template <typename T>
+void arg_min(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+             int64_t* y) {
+  arg_extremum<false>(x, outer, axis_dim, inner, select_last, y);
 }
 
 void top_k(const float* x, int64_t outer, int64_t n, int64_t inner, int64_t k, bool largest,
@@ -503,5 +521,8 @@ void top_k_backward(const int64_t* indices, const float* dy, int64_t outer, int6
 template void arg_max<float>(const float*, int64_t, int64_t, int64_t, bool, int64_t*);
 template void arg_max<int32_t>(const int32_t*, int64_t, int64_t, int64_t, bool, int64_t*);
 template void arg_max<int64_t>(const int64_t*, int64_t, int64_t, int64_t, bool, int64_t*);
+template void arg_min<float>(const float*, int64_t, int64_t, int64_t, bool, int64_t*);
+template void arg_min<int32_t>(const int32_t*, int64_t, int64_t, int64_t, bool, int64_t*);
+template void arg_min<int64_t>(const int64_t*, int64_t, int64_t, int64_t, bool, int64_t*);
 
 }  // namespace qforge::kernels

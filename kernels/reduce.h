@@ -98,6 +98,11 @@ void cumulative_sum_backward(const float* dy, int64_t outer, int64_t n, int64_t 
 template <typename T>
 void arg_max(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
              int64_t* y);
+// The same for the smallest value (a vector quantizer's nearest code); a NaN counts as the
+// smallest (PyTorch's argmin).
+template <typename T>
+void arg_min(const T* x, int64_t outer, int64_t axis_dim, int64_t inner, bool select_last,
+             int64_t* y);
 
 // x viewed as [outer, n, inner]: the k largest values along the middle axis (the k smallest with
 // !largest) and their indices, into values and indices [outer, k, inner], best first; equal values

@@ -827,7 +827,7 @@ class BatchFreer {
           first);
       return;
     }
-    if (op == "ArgMax") {
+    if (op == "ArgMax" || op == "ArgMin") {
       const int axis = normalized_axis(node.attr_int("axis", 0), first_rank);
       if (axis == first.axis) unsupported(node, "reduces the batch axis");
       const bool keep = node.attr_int("keepdims", 1) != 0;

@@ -658,8 +658,8 @@ std::unique_ptr<OpKernel> create_reduce(const Node& node, std::span<const InputI
 }
 
 // ---------------------------------------------------------------------------------------------
-// ArgMax: int64 indices along `axis` (keepdims, select_last_index). Not differentiable: its
-// output is an integer, which no gradient reaches.
+// ArgMax and ArgMin: int64 indices along `axis` (keepdims, select_last_index). Not
+// differentiable: their output is an integer, which no gradient reaches.
 
 struct ArgMaxSetup {
   int64_t outer = 1;
@@ -705,7 +705,8 @@ std::vector<TensorInfo> infer_arg_max(const Node& node, std::span<const InputInf
 
 class ArgMaxKernel final : public OpKernel {
  public:
-  ArgMaxKernel(const ArgMaxSetup& s, DType dtype) : s_(s), dtype_(dtype) {}
+  // min: ArgMin's index of the smallest value.
+  ArgMaxKernel(const ArgMaxSetup& s, DType dtype, bool min) : s_(s), dtype_(dtype), min_(min) {}
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* /*workspace*/) override {
     switch (dtype_) {
@@ -724,15 +725,21 @@ class ArgMaxKernel final : public OpKernel {
  private:
   template <typename T>
   void run(const T* x, Tensor& y) const {
-    kernels::arg_max(x, s_.outer, s_.axis_dim, s_.inner, s_.select_last, y.data<int64_t>());
+    if (min_) {
+      kernels::arg_min(x, s_.outer, s_.axis_dim, s_.inner, s_.select_last, y.data<int64_t>());
+    } else {
+      kernels::arg_max(x, s_.outer, s_.axis_dim, s_.inner, s_.select_last, y.data<int64_t>());
+    }
   }
   ArgMaxSetup s_;
   DType dtype_;
+  bool min_;
 };
 
 std::unique_ptr<OpKernel> create_arg_max(const Node& node, std::span<const InputInfo> inputs,
                                          std::span<const TensorInfo> /*outputs*/) {
-  return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs), inputs[0].dtype);
+  return std::make_unique<ArgMaxKernel>(setup_arg_max(node, inputs), inputs[0].dtype,
+                                        node.op_type() == "ArgMin");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -833,6 +840,7 @@ void register_pool_ops(OpRegistry& registry) {
   registry.add({"ReduceLogSumExp", infer_reduce, create_reduce<ReduceKernel::Kind::kLogSumExp>});
   registry.add({"CumSum", infer_cumsum, create_cumsum});
   registry.add({"ArgMax", infer_arg_max, create_arg_max});
+  registry.add({"ArgMin", infer_arg_max, create_arg_max});
   registry.add({"TopK", infer_top_k, create_top_k});
   registry.add({"Softmax", infer_softmax, create_softmax<false>});
   registry.add({"LogSoftmax", infer_softmax, create_softmax<true>});

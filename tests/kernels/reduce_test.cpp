@@ -542,5 +542,43 @@ TEST(ArgMaxKernel, IntegersMatchTheReference) {
   }
 }
 
+// ArgMin is ArgMax of the negated values, ties (first or last) and NaN (the first or last NaN)
+// included, for float32, int32 and int64.
+TEST(ArgMaxKernel, ArgMinIsArgMaxOfTheNegatedValues) {
+  const int64_t outer = 3, n = 11, inner = 4;
+  std::vector<float> f(static_cast<size_t>(outer * n * inner));
+  for (size_t i = 0; i < f.size(); ++i)
+    f[i] = static_cast<float>(static_cast<int>(i * 7919 % 9) - 4);
+  f[5] = std::numeric_limits<float>::quiet_NaN();
+  f[5 + 2 * inner] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> nf(f.size());
+  std::vector<int64_t> l(f.size()), nl(f.size());
+  std::vector<int32_t> i32(f.size()), ni32(f.size());
+  for (size_t i = 0; i < f.size(); ++i) {
+    nf[i] = -f[i];
+    l[i] = std::isnan(f[i]) ? 0 : static_cast<int64_t>(f[i]) << 40;
+    nl[i] = -l[i];
+    i32[i] = static_cast<int32_t>(l[i] >> 40);
+    ni32[i] = -i32[i];
+  }
+  const size_t outputs = static_cast<size_t>(outer * inner);
+  for (bool last : {false, true}) {
+    for (int threads : {1, 2}) {
+      ThreadCount tc(threads);
+      std::vector<int64_t> got(outputs), want(outputs);
+      arg_min(f.data(), outer, n, inner, last, got.data());
+      arg_max(nf.data(), outer, n, inner, last, want.data());
+      EXPECT_EQ(got, want) << "float32" << (last ? " last" : " first");
+      EXPECT_EQ(got[1], last ? 3 : 1);  // column 1 of slice 0 holds NaN at positions 1 and 3
+      arg_min(l.data(), outer, n, inner, last, got.data());
+      arg_max(nl.data(), outer, n, inner, last, want.data());
+      EXPECT_EQ(got, want) << "int64" << (last ? " last" : " first");
+      arg_min(i32.data(), outer, n, inner, last, got.data());
+      arg_max(ni32.data(), outer, n, inner, last, want.data());
+      EXPECT_EQ(got, want) << "int32" << (last ? " last" : " first");
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qforge::kernels

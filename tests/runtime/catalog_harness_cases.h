@@ -791,6 +791,12 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(i64({2, 4}, {5, -1, 5, 2, 1LL << 40, 3, 1LL << 40, 0}))
           .attr("axis", int64_t{1})
           .attr("select_last_index", int64_t{1}));
+  add(H("ArgMin", "axis 1, keepdims").data(d.distinct({2, 5, 3})).attr("axis", int64_t{1}));
+  add(H("ArgMin", "int64, select last index, no keepdims")
+          .data(i64({2, 4}, {5, -1, 5, -1, 1LL << 40, 3, -(1LL << 40), -(1LL << 40)}))
+          .attr("axis", int64_t{1})
+          .attr("keepdims", int64_t{0})
+          .attr("select_last_index", int64_t{1}));
   add(H("ArgMax", "last axis, select last index, no keepdims")
           .data(d.distinct({3, 4}))
           .attr("axis", int64_t{-1})
