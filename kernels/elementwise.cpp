@@ -942,6 +942,31 @@ void logical_not(const Tensor& x, Tensor& y) {
   });
 }
 
+void is_nan(const Tensor& x, Tensor& y) {
+  if (x.dtype() != DType::kFloat32 || y.dtype() != DType::kBool || x.numel() != y.numel()) {
+    throw_internal("is_nan: " + x.describe() + " into " + y.describe());
+  }
+  const float* px = typed<float>(x);
+  uint8_t* py = typed<uint8_t>(y);
+  for_each_chunk(x.numel(), [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) py[i] = px[i] != px[i] ? 1 : 0;
+  });
+}
+
+void is_inf(const Tensor& x, Tensor& y, bool negative, bool positive) {
+  if (x.dtype() != DType::kFloat32 || y.dtype() != DType::kBool || x.numel() != y.numel()) {
+    throw_internal("is_inf: " + x.describe() + " into " + y.describe());
+  }
+  const float* px = typed<float>(x);
+  uint8_t* py = typed<uint8_t>(y);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const float low = negative ? -kInf : std::numeric_limits<float>::quiet_NaN();
+  const float high = positive ? kInf : std::numeric_limits<float>::quiet_NaN();
+  for_each_chunk(x.numel(), [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) py[i] = px[i] == low || px[i] == high ? 1 : 0;
+  });
+}
+
 void cast(const Tensor& x, Tensor& y) {
   if (x.numel() != y.numel()) throw_internal("cast: " + x.describe() + " into " + y.describe());
   const int64_t n = x.numel();

@@ -176,6 +176,10 @@ void where(const BroadcastPlan& plan, const Tensor& cond, const Tensor& x, const
 
 // y = !x for bool tensors.
 void logical_not(const Tensor& x, Tensor& y);
+// y (bool) = whether each element of float32 x is NaN (ONNX IsNaN); is infinite, +inf counted
+// where `positive` and -inf where `negative` (IsInf's detect_positive and detect_negative).
+void is_nan(const Tensor& x, Tensor& y);
+void is_inf(const Tensor& x, Tensor& y, bool negative, bool positive);
 
 // y = x converted to y's dtype, as C casts do, except that float to integer saturates at the
 // target's range (NaN gives 0) and anything to bool is x != 0.

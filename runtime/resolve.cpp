@@ -25,7 +25,7 @@ bool is_static(const graph::Shape& shape) {
 // Ops whose output depends only on the shapes of their inputs, so they fold as soon as the
 // shapes are known, even when the input values are not constants.
 bool reads_only_shapes(const std::string& op_type) {
-  return op_type == "Shape";
+  return op_type == "Shape" || op_type == "Size";
 }
 
 std::vector<Tensor> evaluate(const graph::Node& node, const OpDef& def,

@@ -555,6 +555,41 @@ std::unique_ptr<OpKernel> create_not(const graph::Node& /*node*/,
   return std::make_unique<NotKernel>();
 }
 
+// IsNaN and IsInf (detect_negative, detect_positive): a float32 input's elements tested, a bool
+// output (torch.isnan, torch.isinf).
+std::vector<TensorInfo> infer_float_test(const graph::Node& node,
+                                         std::span<const InputInfo> inputs) {
+  const InputInfo& x = require_input(node, inputs, 0);
+  if (x.dtype != DType::kFloat32) fail_node(node, "a float32 input", dtype_str(x.dtype));
+  return {{DType::kBool, x.shape}};
+}
+
+class FloatTestKernel final : public OpKernel {
+ public:
+  // inf: IsInf's test with its two flags; else IsNaN's.
+  FloatTestKernel(bool inf, bool negative, bool positive)
+      : inf_(inf), negative_(negative), positive_(positive) {}
+  void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
+               std::byte* /*workspace*/) override {
+    if (inf_) {
+      kernels::is_inf(inputs[0], outputs[0], negative_, positive_);
+    } else {
+      kernels::is_nan(inputs[0], outputs[0]);
+    }
+  }
+
+ private:
+  bool inf_, negative_, positive_;
+};
+
+std::unique_ptr<OpKernel> create_float_test(const graph::Node& node,
+                                            std::span<const InputInfo> /*inputs*/,
+                                            std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<FloatTestKernel>(node.op_type() == "IsInf",
+                                           node.attr_int("detect_negative", 1) != 0,
+                                           node.attr_int("detect_positive", 1) != 0);
+}
+
 // ONNX TensorProto element type codes qforge's tensors can hold.
 std::optional<DType> dtype_from_onnx(int64_t code) {
   switch (code) {
@@ -675,6 +710,8 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add({"Mod", infer_mod, create_mod});
   registry.add({"Where", infer_where, create_where});
   registry.add({"Not", infer_not, create_not});
+  registry.add({"IsNaN", infer_float_test, create_float_test});
+  registry.add({"IsInf", infer_float_test, create_float_test});
   registry.add({"Cast", infer_cast, create_cast});
 }
 

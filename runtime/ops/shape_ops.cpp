@@ -1579,6 +1579,19 @@ std::unique_ptr<OpKernel> create_shape(const graph::Node& node, std::span<const 
       Tensor::from_vector<int64_t>({static_cast<int64_t>(dims.size())}, dims));
 }
 
+// Size: the input's element count, an int64 scalar (torch's numel()); like Shape, it reads the
+// input's shape only, so it folds at resolution.
+std::vector<TensorInfo> infer_size(const graph::Node& node, std::span<const InputInfo> inputs) {
+  require_input(node, inputs, 0);
+  return {{DType::kInt64, {}}};
+}
+
+std::unique_ptr<OpKernel> create_size(const graph::Node& node, std::span<const InputInfo> inputs,
+                                      std::span<const TensorInfo> /*outputs*/) {
+  return std::make_unique<ConstantKernel>(
+      Tensor::scalar_i64(kernels::shape_numel(require_input(node, inputs, 0).shape)));
+}
+
 Tensor constant_value(const graph::Node& node) {
   if (node.has_attr("value")) return node.attr_tensor("value");
   if (node.has_attr("value_float")) return Tensor::scalar_f32(node.attr_float("value_float"));
@@ -1964,6 +1977,7 @@ void register_shape_ops(OpRegistry& registry) {
   registry.add({"GatherND", infer_gather_nd, create_gather_nd});
   registry.add({"Pad", infer_pad, create_pad});
   registry.add({"Shape", infer_shape, create_shape});
+  registry.add({"Size", infer_size, create_size});
   registry.add({"Constant", infer_constant, create_constant});
   registry.add({"ConstantOfShape", infer_constant_of_shape, create_constant_of_shape});
   registry.add({"Range", infer_range, create_range});

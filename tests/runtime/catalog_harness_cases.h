@@ -791,6 +791,22 @@ inline std::vector<HarnessCase> harness_cases() {
           .data(i64({2, 4}, {5, -1, 5, 2, 1LL << 40, 3, 1LL << 40, 0}))
           .attr("axis", int64_t{1})
           .attr("select_last_index", int64_t{1}));
+  add(H("IsNaN", "NaN among numbers and infinities")
+          .data(Tensor::from_vector<float>({2, 3}, {1.0f, std::numeric_limits<float>::quiet_NaN(),
+                                                    -std::numeric_limits<float>::infinity(), 0.0f,
+                                                    std::numeric_limits<float>::infinity(),
+                                                    -std::numeric_limits<float>::quiet_NaN()})));
+  add(H("IsInf", "both signs")
+          .data(Tensor::from_vector<float>({2, 3},
+                                           {1.0f, std::numeric_limits<float>::quiet_NaN(),
+                                            -std::numeric_limits<float>::infinity(), 0.0f,
+                                            std::numeric_limits<float>::infinity(), -3e38f})));
+  add(H("IsInf", "negative only")
+          .data(Tensor::from_vector<float>(
+              {4}, {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                    2.0f, -2.0f}))
+          .attr("detect_positive", int64_t{0}));
+  add(H("Size", "element count of a 3-D tensor").data(d.uniform({2, 3, 5})));
   add(H("ArgMin", "axis 1, keepdims").data(d.distinct({2, 5, 3})).attr("axis", int64_t{1}));
   add(H("ArgMin", "int64, select last index, no keepdims")
           .data(i64({2, 4}, {5, -1, 5, -1, 1LL << 40, 3, -(1LL << 40), -(1LL << 40)}))
