@@ -350,34 +350,28 @@ void depthwise_volume_padded(const ConvGeometry& g, const ConvDepth& depth, cons
     }
   }
   const float* buf = scratch.input.data();
+  // A 2-D convolution's weights go into a local array, where they stay in registers across
+  // blocks, and its one tap's count is fixed at compile time.
+  float local[Flat ? K * K : 1];
+  const float* weights = w;
   if constexpr (Flat) {
-    float wk[K * K];
-    for (int t = 0; t < K * K; ++t) wk[t] = w[t];
-    int64_t f0 = 0;
-    for (; f0 + kDepthwiseVector <= count; f0 += kDepthwiseVector) {
-      depthwise_block<K, S, kDepthwiseVector, 1>(buf + f0, 0, wk, 1, pitch, phase_size, bias,
-                                                 out + f0);
-    }
-    for (; f0 < count; f0 += kDepthwiseTail) {
-      depthwise_block<K, S, kDepthwiseTail, 1>(buf + f0, 0, wk, 1, pitch, phase_size, bias,
-                                               out + f0);
-    }
-    for (int64_t oh = 0; oh < out_h; ++oh) copy_floats(out + oh * pitch, out_w, y + oh * out_w);
-    return;
+    for (int t = 0; t < K * K; ++t) local[t] = w[t];
+    weights = local;
   }
+  constexpr int kTaps = Flat ? 1 : 0;
   const int64_t slice_step = depth.dilation * slice_size;
   for (int64_t d = 0; d < depth.out; ++d) {
-    const DepthTapRun run = depth_tap_run(depth, d);
+    const DepthTapRun run = Flat ? DepthTapRun{0, 1, 0} : depth_tap_run(depth, d);
     const float* at = buf + run.slice * slice_size;
-    const float* wk = w + run.first * K * K;
+    const float* wk = weights + run.first * K * K;
     int64_t f0 = 0;
     for (; f0 + kDepthwiseVector <= count; f0 += kDepthwiseVector) {
-      depthwise_block<K, S, kDepthwiseVector, 0>(at + f0, slice_step, wk, run.count, pitch,
-                                                 phase_size, bias, out + f0);
+      depthwise_block<K, S, kDepthwiseVector, kTaps>(at + f0, slice_step, wk, run.count, pitch,
+                                                     phase_size, bias, out + f0);
     }
     for (; f0 < count; f0 += kDepthwiseTail) {
-      depthwise_block<K, S, kDepthwiseTail, 0>(at + f0, slice_step, wk, run.count, pitch,
-                                               phase_size, bias, out + f0);
+      depthwise_block<K, S, kDepthwiseTail, kTaps>(at + f0, slice_step, wk, run.count, pitch,
+                                                   phase_size, bias, out + f0);
     }
     float* yd = y + d * out_h * out_w;
     for (int64_t oh = 0; oh < out_h; ++oh) copy_floats(out + oh * pitch, out_w, yd + oh * out_w);
