@@ -1029,13 +1029,12 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
   if (graph.inputs().empty() || !graph.inputs().front()->has_shape()) return;
   const int64_t batch = graph.inputs().front()->known_shape().at(0);
   check_batch_export(graph, options);
-  // Every input and output declared at the batch the graph already has: nothing to free (a
-  // model that mixes its samples, RAFT's two images joined along the batch, stays writable at
-  // its own fixed batch).
+  // Every input declared at the batch the graph already has and every output at the size its
+  // file declares on its first axis (which need not be the batch: a sequence's [T, N, C]):
+  // nothing to free (a model that mixes its samples, RAFT's two images joined along the batch,
+  // stays writable at its own fixed batch).
   if (!options.dynamic_batch) {
-    std::vector<const Value*> ends(graph.inputs().begin(), graph.inputs().end());
-    ends.insert(ends.end(), graph.outputs().begin(), graph.outputs().end());
-    const bool as_declared = std::all_of(ends.begin(), ends.end(), [&](const Value* v) {
+    auto at_declared = [&](const Value* v, bool input) {
       auto d = graph.declared_batch.find(v->name());
       // What the post-processing reads is no output of the written model.
       if (graph.tail && d == graph.declared_batch.end() &&
@@ -1045,8 +1044,12 @@ void restore_declared_batch(Graph& graph, const BatchExportOptions& options) {
       }
       return d != graph.declared_batch.end() && d->second.size && v->has_shape() &&
              !v->shape()->empty() && v->shape()->front() == *d->second.size &&
-             *d->second.size == batch;
-    });
+             (!input || *d->second.size == batch);
+    };
+    const bool as_declared = std::all_of(graph.inputs().begin(), graph.inputs().end(),
+                                         [&](const Value* v) { return at_declared(v, true); }) &&
+                             std::all_of(graph.outputs().begin(), graph.outputs().end(),
+                                         [&](const Value* v) { return at_declared(v, false); });
     if (as_declared) return;
   }
   const std::map<std::string, BatchAxis> axes = free_batch(graph, batch);

@@ -471,6 +471,28 @@ TEST(BatchDimension, AFixedBatchModelThatMixesSamplesIsWrittenAtItsOwnBatch) {
   }
 }
 
+// An output whose first axis is not the batch (here the sum over the batch, [3]) is at its
+// declared size when the model runs at its own fixed batch: written as it is, not refused.
+TEST(BatchDimension, AnOutputWithoutTheBatchFirstIsWrittenAtItsOwnBatch) {
+  Graph g;
+  graph::Value* x = g.add_input("x", DType::kFloat32, kernels::Shape{2, 3});
+  graph::Value* y =
+      add(g, "total", "ReduceSum", {x, int_const(g, "axes", {0})}, {{"keepdims", int64_t{0}}});
+  g.mark_output(y);
+  g.declared_batch["x"] = {.size = 2};
+  g.declared_batch[y->name()] = {.size = 3};
+  runtime::resolve(g, {});
+  EXPECT_NO_THROW(runtime::restore_declared_batch(g, {}));
+  EXPECT_EQ(y->known_shape(), (kernels::Shape{3}));
+  try {
+    runtime::restore_declared_batch(g, {.dynamic_batch = true});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'total' (ReduceSum)"), std::string::npos)
+        << e.what();
+  }
+}
+
 // DeBERTa's disentangled attention at batch B: the scores' rows are batch × heads (the batch
 // folded outside 2 heads), the relative-position keys one [2, 3, 3] block per head repeated to
 // those rows, and the relative positions one [3, 3] slice expanded to them, both folded into
