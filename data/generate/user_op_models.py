@@ -1,7 +1,8 @@
 """Small ONNX models of the ops users' models brought (tests/runtime/user_ops_test.cpp):
 Upsample as torch.onnx writes it at opset 9 (and at opsets 7 and 8, its scales an attribute),
 Resize at opset 10, Tile, ArgMax, ReduceMax, ReduceSum (the axes
-attribute and input forms) and Einsum equations of batched matrix products. The test runs each
+attribute and input forms) and Einsum equations (two terms of every kind of letter, three terms,
+one term, '...', implicit outputs). The test runs each
 in qforge and in ONNX Runtime on the same random input, and against the PyTorch outputs and
 gradients written here:
   upsample9.npz      x, PyTorch's nearest output y0; y1 the bilinear output in ONNX's Upsample
@@ -10,6 +11,8 @@ gradients written here:
   reduce_chain.npz   x, dy0, dy1, the outputs and every parameter's gradient of
                      Σ y0·dy0 + y1·dy1 (Conv → Tile → ReduceMax with ties, ReduceSum)
   einsum.npz         a, b and PyTorch's output per equation
+  einsum_net.npz     x, the outputs, dy<i> and every parameter's gradient of Σ y<i>·dy<i> of
+                     einsum_net (exported at opsets 12 and 13)
 
 Run: /usr/bin/python3 data/generate/user_op_models.py (seconds)."""
 import os
@@ -198,6 +201,14 @@ EINSUMS = [
     ("einsum_transposed_output", "bik,bkj->bji", (2, 3, 4), (2, 4, 5)),
     ("einsum_weight", "bij,kj->bik", (2, 3, 4), (6, 4)),
     ("einsum_implicit", "ij,jk", (3, 4), (4, 5)),
+    ("einsum_row_dot", "ij,ij->i", (3, 4), (3, 4)),
+    ("einsum_dot", "ij,ij->", (3, 4), (3, 4)),
+    ("einsum_outer", "bi,bj->bij", (2, 3), (2, 4)),
+    ("einsum_two_contracted", "bijk,ljk->bil", (2, 3, 4, 5), (6, 4, 5)),
+    ("einsum_own_batches", "bij,klj->bkil", (2, 3, 4), (5, 6, 4)),
+    ("einsum_summed_alone", "bij,bk->bi", (2, 3, 4), (2, 5)),
+    ("einsum_matrix_vector", "...j,j->...", (2, 3, 4), (4,)),
+    ("einsum_ellipsis_dot", "...i,...i->...", (2, 3, 4), (2, 3, 4)),
 ]
 
 
@@ -208,6 +219,50 @@ class Einsum(torch.nn.Module):
 
     def forward(self, a, b):
         return torch.einsum(self.equation, a, b)
+
+
+class EinsumNet(torch.nn.Module):
+    """Einsums of the input with parameters: three terms, a letter summed in one term alone, two
+    contracted letters, '...', one term, an implicit output."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        for name, shape in [("w1", (4, 5)), ("w2", (5, 6)), ("w3", (3, 4)), ("w4", (4,)),
+                            ("w5", (6, 3, 4))]:
+            setattr(self, name, torch.nn.Parameter(torch.randn(*shape, generator=g)))
+
+    def forward(self, x):
+        return (torch.einsum("bij,jk,kl->bil", x, self.w1, self.w2),
+                torch.einsum("bij,ij->bi", x, self.w3),
+                torch.einsum("bij,lij->bl", x, self.w5),
+                torch.einsum("...j,j->...", x, self.w4),
+                torch.einsum("bij->jb", x * self.w3),
+                torch.einsum("bij,jk,bil", x, self.w1, x @ self.w1 @ self.w2))
+
+
+def einsum_net():
+    """einsum_net_opset12/13.onnx; einsum_net.npz: x, the outputs, their gradients dy<i> and
+    every parameter's gradient of the sum of y<i>·dy<i>."""
+    torch.manual_seed(7)
+    model = EinsumNet()
+    x = torch.randn(2, 3, 4)
+    for opset in (12, 13):
+        export(model, (x,), f"einsum_net_opset{opset}", opset, ["x"],
+               [f"y{i}" for i in range(6)])
+        print(f"einsum_net_opset{opset}")
+    ys = model(x)
+    g = torch.Generator().manual_seed(8)
+    dys = [torch.randn(y.shape, generator=g) for y in ys]
+    model.zero_grad()
+    sum((y * dy).sum() for y, dy in zip(ys, dys)).backward()
+    arrays = {"x": x.numpy()}
+    for i, (y, dy) in enumerate(zip(ys, dys)):
+        arrays[f"y{i}"] = np.ascontiguousarray(y.detach().numpy())
+        arrays[f"dy{i}"] = dy.numpy()
+    for pname, p in model.named_parameters():
+        arrays["grad/" + pname] = p.grad.numpy()
+    np.savez(os.path.join(OUT, "einsum_net.npz"), **arrays)
 
 
 def einsum_models():
@@ -221,14 +276,14 @@ def einsum_models():
         arrays[name + "/b"] = b.numpy()
         arrays[name + "/y0"] = torch.einsum(equation, a, b).numpy()
     np.savez(os.path.join(OUT, "einsum.npz"), **arrays)
-    # Equations that are not a batched matrix product, refused naming the node.
+    # A diagonal (a letter twice in a term), refused naming the node.
     f = TensorProto.FLOAT
     save_helper_model(
-        "einsum_trace",
-        [helper.make_node("Einsum", ["a", "b"], ["y0"], name="dot_sum", equation="ij,ij->")],
-        [helper.make_tensor_value_info("a", f, [3, 4]),
-         helper.make_tensor_value_info("b", f, [3, 4])],
-        [helper.make_tensor_value_info("y0", f, [])], 12)
+        "einsum_diagonal",
+        [helper.make_node("Einsum", ["a", "b"], ["y0"], name="diagonal", equation="ii,ij->j")],
+        [helper.make_tensor_value_info("a", f, [4, 4]),
+         helper.make_tensor_value_info("b", f, [4, 3])],
+        [helper.make_tensor_value_info("y0", f, [3])], 12)
 
 
 def main():
@@ -242,6 +297,7 @@ def main():
     upsample_attribute_models()
     resize10_models()
     einsum_models()
+    einsum_net()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,16 @@ const char* const kModels[] = {
     "einsum_transposed_output",
     "einsum_weight",
     "einsum_implicit",
+    "einsum_row_dot",
+    "einsum_dot",
+    "einsum_outer",
+    "einsum_two_contracted",
+    "einsum_own_batches",
+    "einsum_summed_alone",
+    "einsum_matrix_vector",
+    "einsum_ellipsis_dot",
+    "einsum_net_opset12",
+    "einsum_net_opset13",
 };
 
 // Each model in qforge and in ONNX Runtime on the same input, on a grid of halves so that rows
@@ -464,17 +474,27 @@ TEST(UserOps, TheSamplingFuzzSeedRunsAsOnnxRuntimeRunsIt) {
   }
 }
 
-// Each equation against PyTorch's einsum; the Einsum is gone, its MatMul keeps the node's name.
+// Each equation against PyTorch's einsum: the Einsum is gone, one MatMul under its name computes
+// the product, among the ops of the lowering.
 TEST(UserOps, EinsumBecomesMatMulAndMatchesPyTorch) {
   const auto golden = io::read_npz(data_path("models/ops/einsum.npz"));
-  for (const char* name : {"einsum_bmm", "einsum_attention_scores", "einsum_ellipsis",
-                           "einsum_transposed_output", "einsum_weight", "einsum_implicit"}) {
+  for (const char* name :
+       {"einsum_bmm", "einsum_attention_scores", "einsum_ellipsis", "einsum_transposed_output",
+        "einsum_weight", "einsum_implicit", "einsum_row_dot", "einsum_dot", "einsum_outer",
+        "einsum_two_contracted", "einsum_own_batches", "einsum_summed_alone",
+        "einsum_matrix_vector", "einsum_ellipsis_dot"}) {
     SCOPED_TRACE(name);
     auto graph = graph::load_onnx(model_path(name));
     size_t matmuls = 0;
     for (const graph::Node* n : graph->nodes()) {
-      EXPECT_TRUE(n->op_type() == "MatMul" || n->op_type() == "Transpose") << n->op_type();
-      matmuls += n->op_type() == "MatMul";
+      const std::string& op = n->op_type();
+      EXPECT_TRUE(op == "MatMul" || op == "Transpose" || op == "Reshape" || op == "ReduceSum" ||
+                  op == "Squeeze" || op == "Unsqueeze" || op == "Constant")
+          << op;
+      if (op == "MatMul") {
+        ++matmuls;
+        EXPECT_EQ(n->name(), "/Einsum");
+      }
     }
     EXPECT_EQ(matmuls, 1u);
     runtime::Session session(std::move(graph));
@@ -486,46 +506,86 @@ TEST(UserOps, EinsumBecomesMatMulAndMatchesPyTorch) {
   }
 }
 
-TEST(UserOps, EinsumPlansTheTransposesAroundOneMatMul) {
-  auto plan = [](const std::string& equation) {
-    const graph::EinsumPlan p = graph::plan_einsum_matmul(equation);
-    EXPECT_TRUE(p.matmul.has_value()) << equation << ": " << p.error;
-    return p.matmul.value_or(graph::EinsumMatMul{});
+// The steps of each kind of equation, worked out by hand: inputs are the operands (0, 1, …)
+// and then the steps in order.
+TEST(UserOps, EinsumPlansAreTheFewestStepsAroundOneMatMulPerPair) {
+  auto plan = [](const std::string& equation, std::vector<int64_t> ranks) {
+    const graph::EinsumPlan p = graph::plan_einsum(equation, ranks);
+    EXPECT_EQ(p.error, "") << equation;
+    return graph::describe_einsum_plan(p);
   };
-  const graph::EinsumMatMul bmm = plan("bij,bjk->bik");
-  EXPECT_TRUE(bmm.perm_a.empty() && bmm.perm_b.empty() && bmm.perm_out.empty());
-  const graph::EinsumMatMul scores = plan("bhqd, bhkd -> bhqk");
-  EXPECT_TRUE(scores.perm_a.empty());
-  EXPECT_EQ(scores.perm_b, (std::vector<int64_t>{0, 1, 3, 2}));
-  EXPECT_TRUE(scores.perm_out.empty());
-  const graph::EinsumMatMul out = plan("bik,bkj->bji");
-  EXPECT_EQ(out.perm_out, (std::vector<int64_t>{0, 2, 1}));
-  const graph::EinsumMatMul weight = plan("bij,kj->bik");
-  EXPECT_EQ(weight.perm_b, (std::vector<int64_t>{1, 0}));
-  EXPECT_TRUE(weight.perm_a.empty() && weight.perm_out.empty());
-  const graph::EinsumMatMul ellipsis = plan("...ji,...jk->...ik");
-  EXPECT_EQ(ellipsis.perm_a, (std::vector<int64_t>{1, 0}));
-  EXPECT_TRUE(ellipsis.ellipsis_a && ellipsis.ellipsis_b);
+  EXPECT_EQ(plan("bij,bjk->bik", {3, 3}), "MatMul(0,1)");
+  EXPECT_EQ(plan("bhqd, bhkd -> bhqk", {4, 4}), "Transpose[0,1,3,2](1) MatMul(0,2)");
+  EXPECT_EQ(plan("bik,bkj->bji", {3, 3}), "MatMul(0,1) Transpose[0,2,1](2)");
+  EXPECT_EQ(plan("bij,kj->bik", {3, 2}), "Transpose[1,0](1) MatMul(0,2)");
+  // No letter of an input's own: unit rows and columns, squeezed after.
+  EXPECT_EQ(plan("ij,ij->i", {2, 2}),
+            "Unsqueeze[1](0) Unsqueeze[2](1) MatMul(2,3) Squeeze[1,2](4)");
+  // Two contracted letters merged; the second input's merged [l, jk] transposed to [jk, l].
+  EXPECT_EQ(plan("bijk,ljk->bil", {4, 3}),
+            "Reshape[0,0,-1](0) Reshape[0,-1](1) Transpose[1,0](3) MatMul(2,4)");
+  // No contracted letter: an outer product over a unit axis.
+  EXPECT_EQ(plan("bi,bj->bij", {2, 2}), "Unsqueeze[2](0) Unsqueeze[1](1) MatMul(2,3)");
+  // Both inputs have batch letters of their own: the first gets a unit axis for the second's.
+  EXPECT_EQ(plan("bij,klj->bkil", {3, 3}), "Unsqueeze[1](0) Transpose[0,2,1](1) MatMul(2,3)");
+  // Letters of one term alone are summed before the product.
+  EXPECT_EQ(plan("bij,bk->bi", {3, 2}),
+            "ReduceSum[2](0) ReduceSum[1](1) Unsqueeze[2](2) Unsqueeze[1,2](3) MatMul(4,5) "
+            "Squeeze[2](6)");
+  // Three terms: the first pair's product keeps the letters the third term and output need.
+  EXPECT_EQ(plan("bij,jk,kl->bil", {3, 2, 2}), "MatMul(0,1) MatMul(3,2)");
+  // '...' axes are letters of their own, right-aligned: here two.
+  EXPECT_EQ(plan("...j,j->...", {3, 1}), "Unsqueeze[1](1) MatMul(0,2) Squeeze[2](3)");
+  // '...' of fewer axes in one term (PyTorch allows it, ONNX's shape inference does not):
+  // MatMul broadcasts the first term's leading axis.
+  EXPECT_EQ(plan("...ij,...jk->...ik", {4, 3}), "MatMul(0,1)");
+  EXPECT_EQ(plan("bij->jb", {3}), "ReduceSum[1](0) Transpose[1,0](1)");
+  EXPECT_EQ(plan("ij->ij", {2}), "Identity(0)");
+  EXPECT_EQ(plan("ij", {2}), "Identity(0)");
+  EXPECT_EQ(plan("ji", {2}), "Transpose[1,0](0)");
 
-  auto refused = [](const std::string& equation, bool unsupported) {
-    const graph::EinsumPlan p = graph::plan_einsum_matmul(equation);
-    EXPECT_FALSE(p.matmul.has_value()) << equation;
+  auto refused = [](const std::string& equation, std::vector<int64_t> ranks, bool unsupported) {
+    const graph::EinsumPlan p = graph::plan_einsum(equation, ranks);
+    EXPECT_TRUE(p.steps.empty()) << equation;
     EXPECT_EQ(p.unsupported, unsupported) << equation << ": " << p.error;
     return p.error;
   };
-  EXPECT_EQ(refused("ij,ij->", true).find("one contracted letter"), 0u);
-  EXPECT_EQ(refused("ii,ij->ij", true).find("each letter once per term"), 0u);
-  EXPECT_EQ(refused("ij,jk,kl->il", true), "two input terms (a batched matrix product)");
-  EXPECT_EQ(refused("ij,jk->il", false), "output letters that an input has, got 'l'");
-  EXPECT_EQ(refused("i1,1k->ik", false), "subscripts of letters and '...', got 'i1'");
-  EXPECT_EQ(refused("bij,jk->bk", true).find("every letter of an input"), 0u);
+  EXPECT_EQ(refused("ii,ij->ij", {2, 2}, true).find("each letter once per term"), 0u);
+  EXPECT_EQ(refused("ij,jk->il", {2, 2}, false), "output letters that an input has, got 'l'");
+  EXPECT_EQ(refused("ij,jk->ii", {2, 2}, false), "each letter once in the output, got 'ii'");
+  EXPECT_EQ(refused("i1,1k->ik", {2, 2}, false), "subscripts of letters and '...', got 'i1'");
+  EXPECT_EQ(refused("i.j,jk->ik", {2, 2}, true).find("an ellipsis only at the start"), 0u);
+  EXPECT_EQ(refused("...ij->ij", {3}, true),
+            "the output to keep the inputs' '...' axes, not sum them");
+  EXPECT_EQ(refused("ij,jk->ik", {3, 2}, false), "input 0 of rank 2 for its term, got rank 3");
+  EXPECT_EQ(refused("...ijk->ijk", {2}, false), "input 0 of rank >= 3 for its term, got rank 2");
+  EXPECT_EQ(refused("ij,jk", {2, 2, 2}, false),
+            "as many inputs as the equation has terms (2), got 3");
+  const graph::EinsumPlan unknown =
+      graph::plan_einsum("i,...j->...ij", std::vector<int64_t>{1, -1});
+  EXPECT_EQ(unknown.unknown_rank, 1);
+  EXPECT_TRUE(unknown.unsupported);
 }
 
-TEST(UserOps, OtherEinsumEquationsAreRefusedNamingNodeAndEquation) {
+// Six Einsums of the input with parameters (three terms, an implicit output, a sum over one term,
+// '...', two contracted letters) trained one step at both axes forms (attributes at opset 12,
+// inputs at 13): the outputs and every parameter's gradient against PyTorch's.
+TEST(UserOps, EinsumTrainingGradientsMatchPyTorch) {
+  const auto golden = io::read_npz(data_path("models/ops/einsum_net.npz"));
+  for (const char* name : {"einsum_net_opset12", "einsum_net_opset13"}) {
+    SCOPED_TRACE(name);
+    auto graph = graph::load_onnx(model_path(name));
+    for (const graph::Node* n : graph->nodes()) EXPECT_NE(n->op_type(), "Einsum");
+    testing::expect_training_step_matches(*graph, golden, runtime::trainable_initializers(*graph),
+                                          1e-5, 5);
+  }
+}
+
+TEST(UserOps, DiagonalEinsumIsRefusedNamingNodeAndEquation) {
   const std::string message =
-      error_of(ErrorKind::kUnsupported, [] { graph::load_onnx(model_path("einsum_trace")); });
-  EXPECT_NE(message.find("import: node 'dot_sum' (Einsum): equation 'ij,ij->': expected one "
-                         "contracted letter"),
+      error_of(ErrorKind::kUnsupported, [] { graph::load_onnx(model_path("einsum_diagonal")); });
+  EXPECT_NE(message.find("import: node 'diagonal' (Einsum): equation 'ii,ij->j': expected each "
+                         "letter once per term (a repeated one takes a diagonal), got 'ii'"),
             std::string::npos)
       << message;
 }
