@@ -144,6 +144,7 @@ constexpr std::array kSchemas = {
     OpSchema{"Trilu", 1, 2, 1, 1, 14, kBackward},
     OpSchema{"Unsqueeze", 2, 2, 1, 1, 13, kBackward},
     OpSchema{"Where", 3, 3, 1, 1, 16, kBackward},
+    OpSchema{"Xor", 2, 2, 1, 1, 7, kNone, kBooleanOutput},
     // Runtime-internal: Conv with its BatchNormalization, residual Add and Relu/Clip applied in
     // the output pass (runtime/fuse_epilogues.h).
     OpSchema{"FusedConv", 2, 6, 1, 1, 0, kNone,

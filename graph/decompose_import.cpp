@@ -1,5 +1,5 @@
 // Swish, Mish, Attention and RMSNormalization rewritten on import into the ops older exports
-// compute them with.
+// compute them with; the variadic Sum and Mean into Adds (and a Mul).
 #include "graph/decompose_import.h"
 
 #include <onnx/onnx_pb.h>
@@ -398,6 +398,40 @@ void decompose_rms_normalization(const onnx::NodeProto& np, const std::string& n
   e.node("Mul", "", {normalized, np.input(1)}, np.output(0));
 }
 
+// Sum and Mean of one or more inputs (any opset): Adds left to right, as ONNX Runtime sums them,
+// Mean's total then times the count's reciprocal; the last node keeps the name and the output.
+void decompose_variadic_mean_sum(const onnx::NodeProto& np, const std::string& name,
+                                 FreshValueNames& names, Nodes& out) {
+  const std::string label = "import: node '" + name + "' (" + np.op_type() + ")";
+  const int inputs = np.input_size();
+  if (inputs < 1 || np.output_size() != 1) {
+    throw_invalid(label + ": expected one or more inputs and one output, got " +
+                  std::to_string(inputs) + " and " + std::to_string(np.output_size()));
+  }
+  for (const auto& in : np.input()) {
+    if (in.empty()) throw_invalid(label + ": expected every input given, got an omitted one");
+  }
+  const bool mean = np.op_type() == "Mean";
+  Emitter e(name, names, out);
+  if (inputs == 1) {
+    e.node("Identity", "", {np.input(0)}, np.output(0));
+    return;
+  }
+  std::string total = np.input(0);
+  for (int i = 1; i < inputs; ++i) {
+    if (i + 1 == inputs && !mean) {
+      e.node("Add", "", {total, np.input(i)}, np.output(0));
+    } else {
+      total = e.value("Add", "add_" + std::to_string(i), {total, np.input(i)});
+    }
+  }
+  if (mean) {
+    // ONNX Runtime multiplies by the count's reciprocal (measured: not a division's bits).
+    e.node("Mul", "", {total, e.floats("reciprocal", static_cast<float>(1.0 / inputs))},
+           np.output(0));
+  }
+}
+
 }  // namespace
 
 void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
@@ -405,7 +439,7 @@ void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
   bool any = false;
   for (const auto& np : g.node()) {
     any = any || np.op_type() == "Swish" || np.op_type() == "Mish" || np.op_type() == "Attention" ||
-          np.op_type() == "RMSNormalization";
+          np.op_type() == "RMSNormalization" || np.op_type() == "Sum" || np.op_type() == "Mean";
   }
   if (!any) return;
   FreshValueNames names(g);
@@ -422,6 +456,8 @@ void decompose_newer_ops(onnx::ModelProto& model, int64_t opset) {
       decompose_attention(np, name, opset, g, names, rewritten);
     } else if (standard && np.op_type() == "RMSNormalization") {
       decompose_rms_normalization(np, name, opset, names, rewritten);
+    } else if (standard && (np.op_type() == "Sum" || np.op_type() == "Mean")) {
+      decompose_variadic_mean_sum(np, name, names, rewritten);
     } else {
       *rewritten.Add() = np;
     }

@@ -302,6 +302,13 @@ struct OrOp {
     return a != T{0} || b != T{0} ? 1 : 0;
   }
 };
+
+struct XorOp {
+  template <class T>
+  uint8_t operator()(T a, T b) const {
+    return (a != T{0}) != (b != T{0}) ? 1 : 0;
+  }
+};
 struct PReluOp {
   float operator()(float x, float slope) const { return x < 0.0f ? slope * x : x; }
 };
@@ -409,6 +416,9 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
     case BinaryOp::kOr:
       run_binary(plan, pa, pb, typed<uint8_t>(y), OrOp{});
       return;
+    case BinaryOp::kXor:
+      run_binary(plan, pa, pb, typed<uint8_t>(y), XorOp{});
+      return;
     default:
       break;
   }
@@ -466,6 +476,7 @@ void binary_typed(BinaryOp op, const BroadcastPlan& plan, const Tensor& a, const
       case BinaryOp::kLessOrEqual:
       case BinaryOp::kAnd:
       case BinaryOp::kOr:
+      case BinaryOp::kXor:
         break;
     }
   }
@@ -874,11 +885,13 @@ BroadcastPlan plan_broadcast(std::span<const Shape> input_shapes) {
 bool binary_outputs_bool(BinaryOp op) {
   return op == BinaryOp::kEqual || op == BinaryOp::kGreater || op == BinaryOp::kLess ||
          op == BinaryOp::kGreaterOrEqual || op == BinaryOp::kLessOrEqual || op == BinaryOp::kAnd ||
-         op == BinaryOp::kOr;
+         op == BinaryOp::kOr || op == BinaryOp::kXor;
 }
 
 bool binary_supports(BinaryOp op, DType a, DType b) {
-  if (op == BinaryOp::kAnd || op == BinaryOp::kOr) return a == DType::kBool && b == DType::kBool;
+  if (op == BinaryOp::kAnd || op == BinaryOp::kOr || op == BinaryOp::kXor) {
+    return a == DType::kBool && b == DType::kBool;
+  }
   if (binary_outputs_bool(op)) return a == b;
   if (op == BinaryOp::kPRelu) return a == DType::kFloat32 && b == DType::kFloat32;
   if (op == BinaryOp::kPow && a == DType::kFloat32) {

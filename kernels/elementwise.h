@@ -141,13 +141,14 @@ enum class BinaryOp {
   kLessOrEqual,     // output bool
   kAnd,             // bool inputs and output
   kOr,              // bool inputs and output
+  kXor,             // bool inputs and output
   kMax,             // NaN if either input is NaN
   kMin,
   kPRelu,  // a < 0 ? b · a : a, float32 only (b: the slope)
 };
 
-// The comparisons (Equal, Greater, Less, GreaterOrEqual, LessOrEqual) and And, Or: their output
-// is bool.
+// The comparisons (Equal, Greater, Less, GreaterOrEqual, LessOrEqual) and And, Or, Xor: their
+// output is bool.
 bool binary_outputs_bool(BinaryOp op);
 // a^b as every Pow path computes it (forward and backward): the common constant exponents done
 // exactly as their cheap forms, so that a result never depends on which loop computed it.

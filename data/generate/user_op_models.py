@@ -162,6 +162,31 @@ def helper_models():
         [x], [helper.make_tensor_value_info("y0", f, [2, 6, 4, 15])], 13, [repeats])
 
 
+def variadic_models():
+    """The variadic Sum and Mean, which converters from other frameworks write: three inputs
+    broadcast together and one alone, at opset 13; Mean of two at opset 8, which qforge converts
+    to its own opset first."""
+    f = TensorProto.FLOAT
+    shapes = {"a": [2, 3, 4], "b": [3, 1], "c": [4]}
+    save_helper_model(
+        "sum_mean",
+        [helper.make_node("Sum", ["a", "b", "c"], ["y0"], name="sum3"),
+         helper.make_node("Mean", ["a", "b", "c"], ["y1"], name="mean3"),
+         helper.make_node("Sum", ["b"], ["y2"], name="sum1"),
+         helper.make_node("Mean", ["c"], ["y3"], name="mean1")],
+        [helper.make_tensor_value_info(n, f, s) for n, s in shapes.items()],
+        [helper.make_tensor_value_info("y0", f, [2, 3, 4]),
+         helper.make_tensor_value_info("y1", f, [2, 3, 4]),
+         helper.make_tensor_value_info("y2", f, [3, 1]),
+         helper.make_tensor_value_info("y3", f, [4])], 13)
+    save_helper_model(
+        "mean_opset8",
+        [helper.make_node("Mean", ["a", "b"], ["y0"], name="mean2")],
+        [helper.make_tensor_value_info("a", f, [2, 3]),
+         helper.make_tensor_value_info("b", f, [3])],
+        [helper.make_tensor_value_info("y0", f, [2, 3])], 8)
+
+
 def upsample_attribute_models():
     """Upsample at opsets 7 and 8, its scales an attribute (torch.onnx no longer writes these)."""
     f = TensorProto.FLOAT
@@ -298,6 +323,7 @@ def main():
     resize10_models()
     einsum_models()
     einsum_net()
+    variadic_models()
 
 
 if __name__ == "__main__":

@@ -212,6 +212,9 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         case BinaryOp::kAnd:
           r = u != 0 && v != 0;
           break;
+        case BinaryOp::kXor:
+          r = (u != 0) != (v != 0);
+          break;
         default:  // Or
           r = u != 0 || v != 0;
           break;
@@ -261,6 +264,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
         case BinaryOp::kLessOrEqual:
         case BinaryOp::kAnd:
         case BinaryOp::kOr:
+        case BinaryOp::kXor:
           break;
       }
       set_double(y, i, r);
@@ -311,6 +315,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
       case BinaryOp::kLessOrEqual:
       case BinaryOp::kAnd:
       case BinaryOp::kOr:
+      case BinaryOp::kXor:
         break;
     }
     set_int(y, i, r);

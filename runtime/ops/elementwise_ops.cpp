@@ -256,13 +256,13 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   const InputInfo& a = require_input(node, inputs, 0);
   const InputInfo& b = require_input(node, inputs, 1);
   if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
-    const char* rule = op == BinaryOp::kAnd || op == BinaryOp::kOr ? "two bool inputs"
-                       : kernels::binary_outputs_bool(op)          ? "inputs of one dtype"
-                       : op == BinaryOp::kPRelu ? "a float32 input and a float32 slope"
-                       : op == BinaryOp::kPow
-                           ? "a float32 base with a float32 or integer exponent, or two int64 "
-                             "or int32 inputs"
-                           : "two float32, int64 or int32 inputs of one dtype";
+    const char* rule =
+        op == BinaryOp::kAnd || op == BinaryOp::kOr || op == BinaryOp::kXor ? "two bool inputs"
+        : kernels::binary_outputs_bool(op)                                  ? "inputs of one dtype"
+        : op == BinaryOp::kPRelu ? "a float32 input and a float32 slope"
+        : op == BinaryOp::kPow ? "a float32 base with a float32 or integer exponent, or two int64 "
+                                 "or int32 inputs"
+                               : "two float32, int64 or int32 inputs of one dtype";
     fail_node(node, rule, dtype_str(a.dtype) + " and " + dtype_str(b.dtype));
   }
   const std::vector<Shape> shapes = {a.shape, b.shape};
@@ -704,6 +704,7 @@ void register_elementwise_ops(OpRegistry& registry) {
   registry.add(binary_def<BinaryOp::kLessOrEqual>("LessOrEqual"));
   registry.add(binary_def<BinaryOp::kAnd>("And"));
   registry.add(binary_def<BinaryOp::kOr>("Or"));
+  registry.add(binary_def<BinaryOp::kXor>("Xor"));
   registry.add({"Max", infer_extremum<BinaryOp::kMax>, create_extremum<BinaryOp::kMax>});
   registry.add({"Min", infer_extremum<BinaryOp::kMin>, create_extremum<BinaryOp::kMin>});
   registry.add(binary_def<BinaryOp::kPRelu>("PRelu"));

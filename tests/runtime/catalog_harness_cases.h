@@ -466,6 +466,9 @@ inline std::vector<HarnessCase> harness_cases() {
   add(H("Or", "broadcast masks")
           .data(bools({3, 3}, {1, 0, 0, 1, 1, 0, 1, 1, 1}))
           .data(bools({2, 1, 3}, {1, 1, 0, 0, 1, 1})));
+  add(H("Xor", "broadcast masks")
+          .data(bools({3, 3}, {1, 0, 0, 1, 1, 0, 1, 1, 1}))
+          .data(bools({2, 1, 3}, {1, 1, 0, 0, 1, 1})));
   add(H("Where", "broadcast condition and branches")
           .setting(bools({3, 1}, {1, 0, 1}))
           .data(d.uniform({1, 4}))

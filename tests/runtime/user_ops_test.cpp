@@ -72,6 +72,8 @@ const char* const kModels[] = {
     "einsum_ellipsis_dot",
     "einsum_net_opset12",
     "einsum_net_opset13",
+    "sum_mean",
+    "mean_opset8",
 };
 
 // Each model in qforge and in ONNX Runtime on the same input, on a grid of halves so that rows
@@ -578,6 +580,34 @@ TEST(UserOps, EinsumTrainingGradientsMatchPyTorch) {
     for (const graph::Node* n : graph->nodes()) EXPECT_NE(n->op_type(), "Einsum");
     testing::expect_training_step_matches(*graph, golden, runtime::trainable_initializers(*graph),
                                           1e-5, 5);
+  }
+}
+
+// The variadic Sum and Mean become Adds left to right (Mean's total then times the count's
+// reciprocal): the last node keeps the name, a single input is an Identity, and the outputs are
+// ONNX Runtime's bit for bit on random inputs (a division by the count fails here: last bits).
+TEST(UserOps, SumAndMeanBecomeAddsUnderTheirNamesAndMatchOnnxRuntimeBitForBit) {
+  const std::string path = model_path("sum_mean");
+  auto graph = graph::load_onnx(path);
+  std::map<std::string, std::string> ops;
+  for (const graph::Node* n : graph->nodes()) {
+    if (n->op_type() != "Constant") ops[n->name()] = n->op_type();
+  }
+  const std::map<std::string, std::string> want = {
+      {"sum3/add_1", "Add"}, {"sum3", "Add"},      {"mean3/add_1", "Add"}, {"mean3/add_2", "Add"},
+      {"mean3", "Mul"},      {"sum1", "Identity"}, {"mean1", "Identity"}};
+  EXPECT_EQ(ops, want);
+  runtime::Session session(std::move(graph));
+  const std::vector<Tensor> inputs = {testing::random_f32({2, 3, 4}, 31, -2.0f, 2.0f),
+                                      testing::random_f32({3, 1}, 32, -2.0f, 2.0f),
+                                      testing::random_f32({4}, 33, -2.0f, 2.0f)};
+  const std::vector<Tensor> reference = testing::run_ort(path, inputs);
+  const std::span<const Tensor> got = session.run(inputs);
+  ASSERT_EQ(got.size(), reference.size());
+  for (size_t o = 0; o < got.size(); ++o) {
+    SCOPED_TRACE(o);
+    ASSERT_EQ(got[o].shape(), reference[o].shape());
+    EXPECT_EQ(got[o].to_float_vector(), reference[o].to_float_vector());
   }
 }
 
