@@ -11,6 +11,7 @@
 #include "runtime/arena_plan.h"
 #include "runtime/memory_budget.h"
 #include "runtime/ops/ops.h"
+#include "runtime/prepared_weights.h"
 
 namespace qforge::runtime {
 namespace {
@@ -333,6 +334,7 @@ void Executor::compile(const graph::Graph& graph) {
       if (it != constant_uses.end()) it->second.read = true;
     }
   }
+  const PreparedWeightSharing sharing;  // one packing of a constant the steps share
   for (size_t s = 0; s < order.size(); ++s) {
     const graph::Node* node = order[s];
     Step step;

@@ -16,6 +16,7 @@
 #include "kernels/parallel.h"
 #include "kernels/softmax.h"
 #include "runtime/arena_plan.h"
+#include "runtime/prepared_weights.h"
 #include "runtime/resolve.h"
 
 namespace qforge::runtime {
@@ -143,6 +144,7 @@ void TrainingExecutor::compile(const graph::Graph& graph, const TrainingExecutor
     return grads_.size() - 1;
   };
   size_t max_workspace = 0;
+  const PreparedWeightSharing sharing;  // one packing of a frozen constant the steps share
   for (const graph::Node* node : order) {
     Step step;
     step.node = node;

@@ -1,6 +1,7 @@
 // Gemm and MatMul with broadcasting: shape inference, kernels with their backward.
 #include "runtime/ops/activation.h"
 #include "runtime/ops/dense_common.h"
+#include "runtime/prepared_weights.h"
 
 namespace qforge::runtime::ops {
 namespace {
@@ -68,28 +69,34 @@ kernels::GemmDims setup_gemm(const Node& node, std::span<const InputInfo> inputs
   return d;
 }
 
+// What a GEMM's prepared weights depend on besides the values: the packing of the k × n matrix
+// B, transposed or not (kernels::prepare_gemm_weights).
+std::array<int64_t, 3> form_of(const kernels::GemmDims& d) {
+  return {d.k, d.n, d.trans_b == kernels::Transpose::kYes ? 1 : 0};
+}
+
 class GemmKernel final : public OpKernel {
  public:
   // A constant B is packed for the micro-kernel once, here (when that path applies).
   GemmKernel(const kernels::GemmDims& dims, const Tensor* constant_weights) : dims_(dims) {
     const size_t floats = kernels::gemm_prepared_weight_floats(dims_);
     if (constant_weights && floats > 0) {
-      prepared_.resize(floats);
-      kernels::prepare_gemm_weights(dims_, constant_weights->data<float>(), prepared_.data());
+      const float* b = constant_weights->data<float>();
+      prepared_ = prepared_weights(b, floats, form_of(dims_), [&](float* out) {
+        kernels::prepare_gemm_weights(dims_, b, out);
+      });
     }
   }
   size_t workspace_bytes() const override {
-    return kernels::gemm_workspace_bytes(dims_, prepared_.empty()
-                                                    ? kernels::GemmWeightForm::kRaw
-                                                    : kernels::GemmWeightForm::kPrepared);
+    return kernels::gemm_workspace_bytes(
+        dims_, !prepared_ ? kernels::GemmWeightForm::kRaw : kernels::GemmWeightForm::kPrepared);
   }
-  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
+  bool reads_input(size_t index) const override { return index != 1 || !prepared_; }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
     const float* c = dims_.bias != kernels::GemmBias::kNone ? inputs[2].data<float>() : nullptr;
     kernels::gemm(dims_, inputs[0].data<float>(), inputs[1].data<float>(), c,
-                  outputs[0].data<float>(), workspace,
-                  prepared_.empty() ? nullptr : prepared_.data());
+                  outputs[0].data<float>(), workspace, prepared_ ? prepared_->data() : nullptr);
   }
   bool differentiable_input(size_t index) const override {
     return index <= 1 || (index == 2 && dims_.bias != kernels::GemmBias::kNone);
@@ -110,7 +117,7 @@ class GemmKernel final : public OpKernel {
 
  private:
   kernels::GemmDims dims_;
-  std::vector<float> prepared_;
+  PreparedWeights prepared_;  // shared with the executor's other readers of the constant
 };
 
 std::vector<TensorInfo> infer_gemm(const Node& node, std::span<const InputInfo> inputs) {
@@ -156,19 +163,20 @@ class MatMulKernel final : public OpKernel {
     }
     const size_t floats = kernels::matmul_prepared_weight_floats(dims_);
     if (constant_weights && floats > 0) {
-      prepared_.resize(floats);
-      kernels::prepare_matmul_weights(dims_, constant_weights->data<float>(), prepared_.data());
+      const float* b = constant_weights->data<float>();
+      prepared_ =
+          prepared_weights(b, floats, form_of(kernels::matmul_folded_gemm(dims_)),
+                           [&](float* out) { kernels::prepare_matmul_weights(dims_, b, out); });
     }
   }
   size_t workspace_bytes() const override {
-    return kernels::matmul_workspace_bytes(dims_, prepared_.empty()
-                                                      ? kernels::GemmWeightForm::kRaw
-                                                      : kernels::GemmWeightForm::kPrepared);
+    return kernels::matmul_workspace_bytes(
+        dims_, !prepared_ ? kernels::GemmWeightForm::kRaw : kernels::GemmWeightForm::kPrepared);
   }
-  bool reads_input(size_t index) const override { return index != 1 || prepared_.empty(); }
+  bool reads_input(size_t index) const override { return index != 1 || !prepared_; }
   void forward(std::span<const Tensor> inputs, std::span<Tensor> outputs,
                std::byte* workspace) override {
-    const float* prepared = prepared_.empty() ? nullptr : prepared_.data();
+    const float* prepared = prepared_ ? prepared_->data() : nullptr;
     if (add_row_) {
       kernels::matmul_add_row(dims_, inputs[0].data<float>(), inputs[1].data<float>(),
                               inputs[2].data<float>(), outputs[0].data<float>(), workspace,
@@ -198,7 +206,7 @@ class MatMulKernel final : public OpKernel {
   bool add_row_;
   std::optional<kernels::UnaryOp> activation_;  // MatMulAdd's, after the row
   kernels::UnaryParams activation_params_;
-  std::vector<float> prepared_;
+  PreparedWeights prepared_;  // shared with the executor's other readers of the constant
 };
 
 std::vector<TensorInfo> infer_matmul(const Node& node, std::span<const InputInfo> inputs) {
