@@ -30,6 +30,7 @@
 #include "graph/einsum_import.h"
 #include "graph/loop_unroll.h"
 #include "graph/proto_names.h"
+#include "graph/rnn_import.h"
 #include "graph/sample_axis.h"
 #include "graph/tail.h"
 #include "kernels/half.h"
@@ -577,6 +578,7 @@ void check_graph_ops(const onnx::GraphProto& gp, int64_t opset,
       check_upsample(gp, np, label, opset);
       continue;
     }
+    if (is_recurrent_op(np.op_type())) continue;  // unrolled once the sample shape is fixed
     if (np.op_type() == "If") {
       check_if_node(np, label);
       check_graph_ops(*branch_of(np, "then_branch"), opset);
@@ -1140,6 +1142,7 @@ int64_t prepare_model(onnx::ModelProto& model, const std::string& source,
     check_ops(model, opset);
     check_declarations(model);
   }
+  unroll_recurrent_nodes(model, opset);
   if (opset > libonnx_newest_opset()) check_structure(model);
   if (options.run_checker && opset <= libonnx_newest_opset()) {
     try {

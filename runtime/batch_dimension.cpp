@@ -983,6 +983,26 @@ std::map<std::string, BatchAxis> free_batch(Graph& graph, int64_t batch) {
   return BatchFreer(graph, batch).run();
 }
 
+std::vector<std::optional<int>> output_batch_axes(const Graph& model) {
+  std::vector<std::optional<int>> axes(model.outputs().size());
+  std::map<std::string, BatchAxis> found;
+  try {
+    const std::unique_ptr<Graph> probe = model.clone();
+    ResolveOptions options;
+    options.input_shapes = input_shapes_for_batch(*probe, 2);
+    resolve(*probe, options);
+    found = free_batch(*probe, 2);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kUnsupported && e.kind() != ErrorKind::kInvalid) throw;
+    return axes;
+  }
+  for (size_t k = 0; k < axes.size(); ++k) {
+    auto it = found.find(model.outputs()[k]->name());
+    if (it != found.end() && it->second.outer == 1) axes[k] = it->second.axis;
+  }
+  return axes;
+}
+
 bool free_fixed_batch(Graph& model, const ResolveOptions& options) {
   std::optional<int64_t> fixed;
   for (const Value* in : model.inputs()) {

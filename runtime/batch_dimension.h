@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "graph/ir.h"
 #include "runtime/resolve.h"
@@ -38,6 +40,12 @@ struct BatchAxis {
 // normalized along its axis, concatenated along it, or reshaped so that no axis carries it whole.
 // Returns the batch axis of every value that carries the batch, by name.
 std::map<std::string, BatchAxis> free_batch(graph::Graph& graph, int64_t batch);
+
+// The axis that carries the batch in each output of `model` (as loaded, unresolved): a copy
+// resolved at batch 2 and followed by free_batch. Where the batch cannot be followed (a model
+// that mixes its samples, one that fixes its batch and cannot run at another) or an output
+// interleaves other rows with the samples (outer > 1), that output's entry is empty.
+std::vector<std::optional<int>> output_batch_axes(const graph::Graph& model);
 
 // When an input of `model` fixes its batch (a number in the file), resolves the model at that
 // batch with `options.parameters` kept, then free_batch: the model then resolves at any batch.

@@ -4,13 +4,16 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "graph/onnx_import.h"
 #include "quant/evaluation.h"
+#include "runtime/batch_dimension.h"
 #include "runtime/model_stats.h"
 #include "runtime/session.h"
 #include "runtime/threads.h"
@@ -26,6 +29,28 @@
 
 namespace qforge::cli {
 namespace {
+
+// The batches' outputs joined along `axis` (their other dims equal).
+kernels::Tensor join_along(const std::vector<kernels::Tensor>& parts, int axis) {
+  if (parts.size() == 1) return parts[0];
+  graph::Shape shape = parts[0].shape();
+  const auto a = static_cast<size_t>(axis);
+  shape[a] = 0;
+  for (const kernels::Tensor& p : parts) shape[a] += p.dim(axis);
+  kernels::Tensor joined(parts[0].dtype(), shape);
+  int64_t outer = 1;
+  for (size_t d = 0; d < a; ++d) outer *= shape[d];
+  auto* out = static_cast<std::byte*>(joined.raw());
+  for (int64_t o = 0; o < outer; ++o) {
+    for (const kernels::Tensor& p : parts) {
+      const size_t block = p.nbytes() / static_cast<size_t>(outer);
+      std::memcpy(out, static_cast<const std::byte*>(p.raw()) + static_cast<size_t>(o) * block,
+                  block);
+      out += block;
+    }
+  }
+  return joined;
+}
 
 struct RunOptions {
   std::string model;
@@ -103,14 +128,18 @@ int run_run(RunOptions o) {
   // The weights are freed as the kernels bring them into their own forms (packed panels,
   // Winograd filters) unless a smaller last batch needs a second plan made from them.
   so.executor.release_prepared_constants = runtime::one_batch_shape(total, batch);
+  // Where -o joins the batches: found on the model before its session releases its weights.
+  std::vector<std::optional<int>> out_axes(loaded->outputs().size());
+  if (!out_files.empty() && total > static_cast<size_t>(batch)) {
+    out_axes = runtime::output_batch_axes(*loaded);
+  }
   runtime::Session session(std::move(loaded), so);
 
   const graph::Graph& model = session.graph();
-  // Kept only with -o: each output's bytes, batch after batch, in its dtype (float32, or the
-  // int64 of an ArgMax).
-  std::vector<std::vector<std::byte>> stacked(model.outputs().size());
-  std::vector<kernels::DType> out_dtypes(model.outputs().size(), kernels::DType::kFloat32);
-  std::vector<graph::Shape> out_shapes(model.outputs().size());  // [rows so far, ...]
+  // Kept only with -o: each output of each batch, in its dtype (float32, or the int64 of an
+  // ArgMax), joined at the end along the axis that carries the batch (a sequence model's
+  // [T, N, C] along axis 1; axis 0 where the batch cannot be followed).
+  std::vector<std::vector<kernels::Tensor>> pieces(model.outputs().size());
   size_t correct = 0;
   std::string not_a_classifier;  // the first output's description when it is not [N, classes]
   double forward_seconds = 0;
@@ -154,14 +183,7 @@ int run_run(RunOptions o) {
           throw_unsupported("run: -o stacks outputs along their batch axis, output " +
                             std::to_string(k) + " is a scalar");
         }
-        const auto* bytes = static_cast<const std::byte*>(outputs[k].raw());
-        stacked[k].insert(stacked[k].end(), bytes, bytes + outputs[k].nbytes());
-        if (out_shapes[k].empty()) {
-          out_shapes[k] = outputs[k].shape();
-          out_shapes[k][0] = 0;
-          out_dtypes[k] = dtype;
-        }
-        out_shapes[k][0] += outputs[k].dim(0);
+        pieces[k].push_back(outputs[k].clone());
       }
     }
     progress.advance(count);
@@ -214,10 +236,8 @@ int run_run(RunOptions o) {
     }
   }
   if (!out_files.empty()) {
-    for (size_t k = 0; k < stacked.size(); ++k) {
-      const graph::Shape& shape = out_shapes[k];
-      auto tensor = kernels::Tensor::wrap(out_dtypes[k], shape, stacked[k].data());
-      out_files[k]->write(io::encode_npy(tensor));
+    for (size_t k = 0; k < pieces.size(); ++k) {
+      out_files[k]->write(io::encode_npy(join_along(pieces[k], out_axes[k].value_or(0))));
     }
     std::vector<io::AtomicFile*> files;
     for (auto& file : out_files) files.push_back(file.get());
@@ -236,7 +256,9 @@ CommandRunner add_run_command(CLI::App& app) {
   cmd->add_option("--data", opts->data, kDataFormats)->required();
   add_input_shape_option(*cmd, opts->input_shape, &opts->preprocess);
   cmd->add_option("-o,--output", opts->output,
-                  "write all outputs (float32 or int64), stacked, to this .npy file")
+                  "write all outputs (float32 or int64) to this .npy file (more: FILE.1.npy, ...), "
+                  "the batches joined along each output's batch axis (axis 1 of a sequence "
+                  "model's [T, N, C])")
       ->check(file_path());
   cmd->add_option("--batch", opts->batch,
                   "images per forward pass (default 32, or the model's fixed batch)")
