@@ -314,6 +314,25 @@ def torch_call_timing(call, args):
                        "peak_mib": int(m.group(1)) / 1024 if m else None})
 
 
+def checked_model_row(args, label, model, data, reference, out, torch_time, log):
+    """One row of the video and recurrent tables: qforge's outputs (`run -o out`) checked against
+    PyTorch's in `reference` (within 1e-4 of the largest, else the script stops), then qforge
+    plain and transformed, PyTorch (`torch_time()`) and ONNX Runtime alternating for --rounds
+    rounds, each runtime's fastest kept: (label, error, results by runtime)."""
+    error = model_logits_error(args, model, data, reference, out, limit=args.batch)
+    log(f"{label}: qforge's outputs within {error:.2e} of PyTorch's (of the largest)")
+    if error > 1e-4:
+        raise SystemExit(f"{label}: qforge differs from PyTorch by {error:.2e}")
+    runs = {"qforge": [], "transformed": [], "torch": [], "ort": []}
+    for r in range(args.rounds):
+        log(f"{label}, round {r + 1} of {args.rounds}")
+        runs["qforge"].append(model_qforge_time(args, model, data, False))
+        runs["transformed"].append(model_qforge_time(args, model, data, True))
+        runs["torch"].append(torch_time())
+        runs["ort"].append(model_ort_time(args, model, data))
+    return label, error, {k: fastest(v) for k, v in runs.items()}
+
+
 def fastest(results):
     """The fastest of a runtime's rounds (the last error when every round failed)."""
     good = [r for r in results if "error" not in r]

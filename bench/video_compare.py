@@ -143,18 +143,8 @@ def main():
     for name in args.models.split(","):
         model, clips, reference = prepare(args, name, log)
         out = os.path.join(zoo.BENCH_DIR, ".cache", "video", "qforge_logits.npy")
-        error = compare.model_logits_error(args, model, clips, reference, out, limit=args.batch)
-        log(f"{name}: qforge's logits within {error:.2e} of PyTorch's (of the largest)")
-        if error > 1e-4:
-            raise SystemExit(f"{name}: qforge differs from PyTorch by {error:.2e}")
-        runs = {"qforge": [], "transformed": [], "torch": [], "ort": []}
-        for r in range(args.rounds):
-            log(f"{name}, round {r + 1} of {args.rounds}")
-            runs["qforge"].append(compare.model_qforge_time(args, model, clips, False))
-            runs["transformed"].append(compare.model_qforge_time(args, model, clips, True))
-            runs["torch"].append(torch_time(args, name))
-            runs["ort"].append(compare.model_ort_time(args, model, clips))
-        rows.append((name, error, {k: compare.fastest(v) for k, v in runs.items()}))
+        rows.append(compare.checked_model_row(args, name, model, clips, reference, out,
+                                              lambda: torch_time(args, name), log))
     load = os.getloadavg()
     version = next((r["torch"].get("version") for _, _, r in rows if "error" not in r["torch"]), "?")
     begin, end = markers(args.section)
