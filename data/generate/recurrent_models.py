@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from training_step import step_arrays
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "models", "ops")
@@ -105,18 +106,10 @@ def export(model, x, name, output_names, dynamic_axis):
 
 
 def with_golden(model, x, name, dynamic_axis):
-    ys = model(x)
-    outputs = [f"y{i}" for i in range(len(ys))]
+    outputs = [f"y{i}" for i in range(len(model(x)))]
     path = export(model, x, name, outputs, dynamic_axis)
     names = {init.name for init in onnx.load(path).graph.initializer}
-    g = torch.Generator().manual_seed(11)
-    dys = [torch.randn(y.shape, generator=g) for y in ys]
-    model.zero_grad()
-    sum((y * dy).sum() for y, dy in zip(ys, dys)).backward()
-    arrays = {"x": x.numpy()}
-    for i, (y, dy) in enumerate(zip(ys, dys)):
-        arrays[f"y{i}"] = np.ascontiguousarray(y.detach().numpy())
-        arrays[f"dy{i}"] = dy.numpy()
+    arrays = step_arrays(model, x, 11)
     grads = dict(model.named_parameters())
     used = set()
     # torch.onnx writes each layer of an nn.LSTM/GRU/RNN as one node whose W, R and B stack the

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
+from training_step import step_arrays
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "models", "ops")
@@ -276,15 +277,7 @@ def einsum_net():
         export(model, (x,), f"einsum_net_opset{opset}", opset, ["x"],
                [f"y{i}" for i in range(6)])
         print(f"einsum_net_opset{opset}")
-    ys = model(x)
-    g = torch.Generator().manual_seed(8)
-    dys = [torch.randn(y.shape, generator=g) for y in ys]
-    model.zero_grad()
-    sum((y * dy).sum() for y, dy in zip(ys, dys)).backward()
-    arrays = {"x": x.numpy()}
-    for i, (y, dy) in enumerate(zip(ys, dys)):
-        arrays[f"y{i}"] = np.ascontiguousarray(y.detach().numpy())
-        arrays[f"dy{i}"] = dy.numpy()
+    arrays = step_arrays(model, x, 8)
     for pname, p in model.named_parameters():
         arrays["grad/" + pname] = p.grad.numpy()
     np.savez(os.path.join(OUT, "einsum_net.npz"), **arrays)
