@@ -313,5 +313,31 @@ TEST(TextData, BadLabelsInTheArchiveAreNamed) {
   EXPECT_EQ(a.out, "");  // no calibration or progress before it
 }
 
+// A model of one int64 input (CLIP's text encoder takes the token ids alone) reads them from a
+// plain .npy as it reads them from an .npz: PyTorch's logits. An .npy of another dtype than the
+// input's is refused naming the input.
+TEST(TextCliNpy, TokenIdsFromAnNpyFeedAModelOfOneInt64Input) {
+  TempDir dir;
+  const std::string model = data_path("models/text/clip_style_opset14.onnx");
+  const kernels::Tensor ids = io::read_npz(golden("clip_style_inputs.npz")).at("input_ids");
+  io::write_npy(dir.file("ids.npy"), ids);
+  const auto r = run_cli("run " + model + " --data " + dir.file("ids.npy") + " --batch 5 -o " +
+                         dir.file("y.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_matches_pytorch(io::read_npy(dir.file("y.npy")), golden("clip_style_output.npy"));
+
+  kernels::Tensor narrow(kernels::DType::kInt32, ids.shape());
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    narrow.data<int32_t>()[i] = static_cast<int32_t>(ids.data<int64_t>()[i]);
+  }
+  io::write_npy(dir.file("ids32.npy"), narrow);
+  const auto bad = run_cli("run " + model + " --data " + dir.file("ids32.npy"));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("holds int32[" + std::to_string(ids.dim(0)) + ", " +
+                         std::to_string(ids.dim(1)) + "], model input 'input_ids' takes int64"),
+            std::string::npos)
+      << bad.err;
+}
+
 }  // namespace
 }  // namespace qforge

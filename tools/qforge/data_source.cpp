@@ -223,9 +223,13 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
   }
   src.npy_ = std::make_shared<io::NpyReader>(io::NpyReader::open(path));
   const io::NpyReader& npy = *src.npy_;
-  if (npy.dtype() != kernels::DType::kFloat32) {
+  // Float32 rows stream from the file; the token ids of a model that takes int64 (or another
+  // dtype the input declares) are read whole, as an .npz's arrays are.
+  const bool as_input = npy.dtype() != kernels::DType::kFloat32 && npy.dtype() == input->dtype();
+  if (npy.dtype() != kernels::DType::kFloat32 && !as_input) {
     throw_invalid("data: '" + path + "' holds " + kernels::dtype_name(npy.dtype()) +
-                  kernels::shape_str(npy.shape()) + ", expected float32 model inputs");
+                  kernels::shape_str(npy.shape()) + ", model input '" + input->name() + "' takes " +
+                  kernels::dtype_name(input->dtype()));
   }
   if (npy.shape().empty()) throw_invalid("data: '" + path + "' is a scalar, expected a batch");
   src.sample_shape_.assign(npy.shape().begin() + 1, npy.shape().end());
@@ -241,6 +245,11 @@ DataSource DataSource::open(const std::string& path, const graph::Graph& model,
     }
   }
   src.size_ = static_cast<size_t>(npy.shape()[0]);
+  if (as_input) {
+    src.arrays_ = {io::read_npy(path)};
+    src.array_names_ = {input->name()};
+    src.npy_.reset();
+  }
   return src;
 }
 
