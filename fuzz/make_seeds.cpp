@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
     write(models + "/attention_net.onnx", qforge::fuzz::attention_net_model());
     write(models + "/sampling_net.onnx", qforge::fuzz::sampling_net_model());
     write(models + "/nms_tail.onnx", qforge::fuzz::nms_tail_model());
+    write(models + "/recurrent_net.onnx", qforge::fuzz::recurrent_net_model());
     write(models + "/conv_net_external.onnx", qforge::fuzz::conv_net_model(/*external=*/true));
     write(plans + "/conv_net.plan.json",
           plan_json(*qforge::graph::parse_onnx(conv_net, "conv_net.onnx")));

@@ -270,6 +270,56 @@ inline std::string sampling_net_model() {
   return m.bytes();
 }
 
+// At opset 14, the ops the import rewrites into others: a bidirectional LSTM over the steps of a
+// batch-first input (graph/rnn_import.h), a GRU of linear_before_reset after it, an Einsum of two
+// contracted letters and one of three terms (graph/einsum_import.h), a variadic Sum and Mean.
+inline std::string recurrent_net_model() {
+  ModelWriter m("recurrent_net");
+  m.opset(14);
+  m.input("x", {-1, 5, 3});
+  m.output("y", {-1, 5});
+  m.output("z", {-1, 4});
+  m.weight("w", {2, 16, 3});
+  m.weight("r", {2, 16, 4});
+  m.weight("b", {2, 32});
+  m.weight("gw", {1, 12, 4});
+  m.weight("gr", {1, 12, 4});
+  m.weight("v", {2, 4});
+  m.weight("u", {4, 4});
+  m.weight("s", {4});
+  ModelWriter::ints(m.node("Transpose", "steps_first", {"x"}, {"t"}), "perm", {1, 0, 2});
+  auto* lstm = m.node("LSTM", "lstm", {"t", "w", "r", "b"}, {"h", "h_last"});
+  ModelWriter::integer(lstm, "hidden_size", 4);
+  auto* direction = lstm->add_attribute();
+  direction->set_name("direction");
+  direction->set_type(onnx::AttributeProto::STRING);
+  direction->set_s("bidirectional");
+  auto* einsum = m.node("Einsum", "pool", {"h", "v"}, {"y_steps"});
+  auto* equation = einsum->add_attribute();
+  equation->set_name("equation");
+  equation->set_type(onnx::AttributeProto::STRING);
+  equation->set_s("tdbh,dh->bt");
+  m.node("Identity", "y_out", {"y_steps"}, {"y"});
+  auto* chain = m.node("Einsum", "chain", {"h_last", "u", "s"}, {"c"});
+  auto* chain_equation = chain->add_attribute();
+  chain_equation->set_name("equation");
+  chain_equation->set_type(onnx::AttributeProto::STRING);
+  chain_equation->set_s("dbh,hk,k->bk");
+  m.node("Sum", "sum", {"h_last", "h_last"}, {"twice"});
+  m.node("Mean", "mean", {"twice", "h_last", "twice"}, {"average"});
+  auto* last = m.node("Gather", "first_direction", {"average", "zero"}, {"first"});
+  ModelWriter::integer(last, "axis", 0);
+  m.int64_weight("zero", {0}, /*scalar=*/true);
+  auto* gru = m.node("GRU", "gru", {"h_last", "gw", "gr"}, {"", "g_last"});
+  ModelWriter::integer(gru, "hidden_size", 4);
+  ModelWriter::integer(gru, "linear_before_reset", 1);
+  m.node("Squeeze", "g_squeeze", {"g_last", "zero_axis"}, {"g"});
+  m.int64_weight("zero_axis", {0});
+  m.node("Add", "join", {"first", "g"}, {"j"});
+  m.node("Add", "z_out", {"j", "c"}, {"z"});
+  return m.bytes();
+}
+
 // Post-processing that qforge cuts off at import and writes back (graph/tail.h): a score
 // threshold through NonZero, NonMaxSuppression with a Constant node and an initializer it shares
 // with the graph, a Gather and GatherND of the kept boxes, and a threshold scaled by a count of

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/seed_models.h"
 #include "graph/onnx_import.h"
 #include "kernels/tensor.h"
 #include "runtime/session.h"
@@ -117,6 +118,23 @@ TEST(Recurrent, BatchFirstLayoutIsTheStepsFirstOneTransposed) {
   EXPECT_EQ(got[1].to_float_vector(), transposed(want[1], {1, 0, 2}).to_float_vector());
   EXPECT_EQ(got[2].to_float_vector(), transposed(want[2], {1, 0, 2}).to_float_vector());
   EXPECT_EQ(got[0].shape(), (kernels::Shape{2, 6, 1, 4}));
+}
+
+// The importer fuzz target's seed of the rewritten ops (fuzz/seed_models.h: LSTM, GRU, Einsums,
+// Sum, Mean) computes what ONNX Runtime does, so that its mutations start from a model that runs.
+TEST(Recurrent, TheRecurrentFuzzSeedRunsAsOnnxRuntimeRunsIt) {
+  testing::TempDir dir;
+  const std::string path = dir.file("recurrent_net.onnx");
+  testing::write_bytes(path, fuzz::recurrent_net_model());
+  const Tensor x = testing::random_f32({3, 5, 3}, 70, -1.5f, 1.5f);
+  runtime::Session session(graph::load_onnx(path));
+  const std::span<const Tensor> got = session.run(x);
+  const std::vector<Tensor> want = testing::run_ort(path, {x});
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(want.size(), 2u);
+  for (size_t o = 0; o < got.size(); ++o) {
+    testing::expect_close_scaled(got[o], want[o], 1e-5, "output " + std::to_string(o));
+  }
 }
 
 // A one-node model of `op` on x [5, 2, 3] (steps first) with hidden size 4 and one direction,
