@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "graph/proto_emitter.h"
@@ -154,6 +155,16 @@ std::unordered_map<std::string, std::vector<int64_t>> inferred_dims(onnx::ModelP
     dims[t.name()] = std::vector<int64_t>(t.dims().begin(), t.dims().end());
   }
   return dims;
+}
+
+// "[2, 16, 3]", with "?" for an unknown dim.
+std::string shape_text(const std::vector<int64_t>& dims) {
+  std::string text = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) text += ", ";
+    text += dims[i] < 0 ? std::string("?") : std::to_string(dims[i]);
+  }
+  return text + "]";
 }
 
 // The unrolled nodes of one recurrent node, written at opset 13 or later.
@@ -432,6 +443,34 @@ void unroll_recurrent_nodes(onnx::ModelProto& model, int64_t opset) {
       throw_unsupported(label + ": expected a sequence of at most " +
                         std::to_string(kMaxUnrolledSteps) + " steps (qforge unrolls it), got " +
                         std::to_string(steps));
+    }
+    // The weights' and states' shapes where known: [D, G·H, I], [D, G·H, H], [D, 2·G·H],
+    // [D, B, H] ([B, D, H] in layout 1).
+    const int64_t gh = r.gates * r.hidden;
+    const int64_t features = x->second[2];
+    const int64_t batch = x->second[r.layout == 1 ? 0 : 1];
+    const int64_t d0 = r.layout == 1 ? batch : r.directions;
+    const int64_t d1 = r.layout == 1 ? r.directions : batch;
+    const std::pair<int, std::vector<int64_t>> expected[] = {{1, {r.directions, gh, features}},
+                                                             {2, {r.directions, gh, r.hidden}},
+                                                             {3, {r.directions, 2 * gh}},
+                                                             {5, {d0, d1, r.hidden}},
+                                                             {6, {d0, d1, r.hidden}}};
+    static const char* const kRoles[] = {"X",         "W",        "R", "B", "sequence_lens",
+                                         "initial_h", "initial_c"};
+    for (const auto& [i, want] : expected) {
+      if (i == 6 && r.cell != Cell::kLstm) continue;
+      auto known = dims.find(input(np, i));
+      if (input(np, i).empty() || known == dims.end()) continue;
+      bool fits = known->second.size() == want.size();
+      for (size_t k = 0; fits && k < want.size(); ++k) {
+        fits = want[k] < 0 || known->second[k] < 0 || known->second[k] == want[k];
+      }
+      if (!fits) {
+        throw_invalid(label + ": expected " + kRoles[i] + " '" + input(np, i) + "' of shape " +
+                      shape_text(want) + " (hidden_size " + std::to_string(r.hidden) + "), got " +
+                      shape_text(known->second));
+      }
     }
     Unroller(np, name, r, steps, names, rewritten).run();
   }

@@ -251,6 +251,10 @@ TEST(Recurrent, FormsNotUnrolledAreRefusedNamingTheNode) {
       refusal(ErrorKind::kInvalid, "GRU",
               [](onnx::NodeProto& n, onnx::GraphProto&) { n.mutable_attribute(0)->set_i(0); }),
       base + "(GRU): expected attribute 'hidden_size' >= 1, got 0");
+  expect_has(
+      refusal(ErrorKind::kInvalid, "LSTM",
+              [](onnx::NodeProto& n, onnx::GraphProto&) { n.mutable_attribute(0)->set_i(5); }),
+      base + "(LSTM): expected W 'w' of shape [1, 20, 3] (hidden_size 5), got [1, 16, 3]");
   expect_has(refusal(
                  ErrorKind::kUnsupported, "LSTM", [](onnx::NodeProto&, onnx::GraphProto&) {}, true),
              base + "(LSTM): expected input 'x' of rank 3 with a sequence length its shape fixes");
