@@ -5,6 +5,8 @@
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include <algorithm>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -155,6 +157,22 @@ std::unordered_map<std::string, std::vector<int64_t>> inferred_dims(onnx::ModelP
     dims[t.name()] = std::vector<int64_t>(t.dims().begin(), t.dims().end());
   }
   return dims;
+}
+
+// Whether `name` is an int32 initializer whose every value is `steps`.
+bool full_lengths(const onnx::GraphProto& g, const std::string& name, int64_t steps) {
+  for (const auto& t : g.initializer()) {
+    if (t.name() != name) continue;
+    if (t.data_type() != onnx::TensorProto::INT32) return false;
+    std::vector<int32_t> values(t.int32_data().begin(), t.int32_data().end());
+    if (t.has_raw_data()) {
+      values.resize(t.raw_data().size() / sizeof(int32_t));
+      std::memcpy(values.data(), t.raw_data().data(), values.size() * sizeof(int32_t));
+    }
+    return !values.empty() &&
+           std::all_of(values.begin(), values.end(), [&](int32_t v) { return v == steps; });
+  }
+  return false;
 }
 
 // "[2, 16, 3]", with "?" for an unknown dim.
@@ -415,12 +433,6 @@ void unroll_recurrent_nodes(onnx::ModelProto& model, int64_t opset) {
       throw_invalid(label + ": expected inputs X, W and R, got " + std::to_string(np.input_size()) +
                     " inputs");
     }
-    if (!input(np, 4).empty()) {
-      throw_unsupported(label +
-                        ": expected no sequence_lens (every sequence of the full length), "
-                        "got input '" +
-                        input(np, 4) + "'");
-    }
     if (r.cell == Cell::kLstm && !input(np, 7).empty()) {
       throw_unsupported(label + ": expected no peephole weights P, got input '" + input(np, 7) +
                         "'");
@@ -443,6 +455,13 @@ void unroll_recurrent_nodes(onnx::ModelProto& model, int64_t opset) {
       throw_unsupported(label + ": expected a sequence of at most " +
                         std::to_string(kMaxUnrolledSteps) + " steps (qforge unrolls it), got " +
                         std::to_string(steps));
+    }
+    // sequence_lens: absent, or an initializer that gives every sequence the full length (a
+    // converter writes it so); shorter sequences (packed ones) are not unrolled.
+    if (!input(np, 4).empty() && !full_lengths(g, input(np, 4), steps)) {
+      throw_unsupported(label + ": expected no sequence_lens, or a constant one of " +
+                        std::to_string(steps) +
+                        " (the full length) for every sequence, got input '" + input(np, 4) + "'");
     }
     // The weights' and states' shapes where known: [D, G·H, I], [D, G·H, H], [D, 2·G·H],
     // [D, B, H] ([B, D, H] in layout 1).

@@ -23,8 +23,9 @@ bool is_recurrent_op(const std::string& op);
 
 // Unrolls every RNN, GRU and LSTM node of `model` (opset `opset` >= 13, after any conversion;
 // the sample shape fixed). Throws Unsupported naming the node for a form it does not unroll
-// (peepholes, clip, input_forget, sequence_lens, other activations, a sequence length that the
-// input's shape does not fix) and Invalid for a malformed node.
+// (peepholes, clip, input_forget, a sequence_lens other than a constant of full lengths, other
+// activations, a sequence length that the input's shape does not fix) and Invalid for a
+// malformed node.
 void unroll_recurrent_nodes(onnx::ModelProto& model, int64_t opset);
 
 }  // namespace qforge::graph

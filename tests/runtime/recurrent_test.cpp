@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -139,8 +140,9 @@ TEST(Recurrent, TheRecurrentFuzzSeedRunsAsOnnxRuntimeRunsIt) {
 
 // A one-node model of `op` on x [5, 2, 3] (steps first) with hidden size 4 and one direction,
 // its W, R (and B) initializers; `edit` changes the node.
-std::string one_node(const std::string& op, void (*edit)(onnx::NodeProto&, onnx::GraphProto&),
-                     bool dynamic_steps = false) {
+using Edit = std::function<void(onnx::NodeProto&, onnx::GraphProto&)>;
+
+std::string one_node(const std::string& op, const Edit& edit, bool dynamic_steps = false) {
   onnx::ModelProto model;
   model.set_ir_version(8);
   auto* opset = model.add_opset_import();
@@ -189,8 +191,8 @@ std::string one_node(const std::string& op, void (*edit)(onnx::NodeProto&, onnx:
   return model.SerializeAsString();
 }
 
-std::string refusal(ErrorKind kind, const std::string& op,
-                    void (*edit)(onnx::NodeProto&, onnx::GraphProto&), bool dynamic_steps = false) {
+std::string refusal(ErrorKind kind, const std::string& op, const Edit& edit,
+                    bool dynamic_steps = false) {
   const std::string bytes = one_node(op, edit, dynamic_steps);
   return testing::error_of(kind, [&] { graph::parse_onnx(bytes, "m.onnx"); });
 }
@@ -218,8 +220,26 @@ TEST(Recurrent, FormsNotUnrolledAreRefusedNamingTheNode) {
                        for (const char* in : {"", "lens"}) n.add_input(in);
                      }),
              base +
-                 "(LSTM): expected no sequence_lens (every sequence of the full length), got "
-                 "input 'lens'");
+                 "(LSTM): expected no sequence_lens, or a constant one of 5 (the full "
+                 "length) for every sequence, got input 'lens'");
+  // A constant sequence_lens of shorter sequences (packed ones) is refused too; one of the full
+  // length for every sequence, as converters write it, is read as none.
+  auto lengths = [](std::vector<int32_t> values) {
+    return [values](onnx::NodeProto& n, onnx::GraphProto& g) {
+      for (const char* in : {"", "lens"}) n.add_input(in);
+      auto* t = g.add_initializer();
+      t->set_name("lens");
+      t->set_data_type(onnx::TensorProto::INT32);
+      t->add_dims(static_cast<int64_t>(values.size()));
+      for (int32_t v : values) t->add_int32_data(v);
+    };
+  };
+  const std::string shorter = one_node("LSTM", lengths({5, 3}));
+  expect_has(
+      testing::error_of(ErrorKind::kUnsupported, [&] { graph::parse_onnx(shorter, "m.onnx"); }),
+      base + "(LSTM): expected no sequence_lens, or a constant one of 5");
+  const auto full = graph::parse_onnx(one_node("LSTM", lengths({5, 5})), "m.onnx");
+  for (const graph::Node* n : full->nodes()) EXPECT_NE(n->op_type(), "LSTM");
   expect_has(refusal(ErrorKind::kUnsupported, "LSTM",
                      [](onnx::NodeProto& n, onnx::GraphProto&) {
                        for (const char* in : {"", "", "", "", "p"}) n.add_input(in);
