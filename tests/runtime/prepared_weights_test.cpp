@@ -33,7 +33,7 @@ TEST(PreparedWeights, OneSourceAndFormIsPreparedOnceWhileSharing) {
     a = runtime::prepared_weights(weights.data(), 6, {2, 3, 0}, prepare);
     b = runtime::prepared_weights(weights.data(), 6, {2, 3, 0}, prepare);
     other_form = runtime::prepared_weights(weights.data(), 6, {3, 2, 0}, prepare);
-    other_source = runtime::prepared_weights(weights.data() + 1, 5, {5, 1, 0}, prepare);
+    other_source = runtime::prepared_weights(weights.data() + 1, 6, {2, 3, 0}, prepare);
   }
   EXPECT_EQ(a, b);
   EXPECT_NE(a, other_form);
