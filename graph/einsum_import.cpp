@@ -6,7 +6,6 @@
 #include "graph/einsum_import.h"
 
 #include <onnx/onnx_pb.h>
-#include <onnx/shape_inference/implementation.h>
 
 #include <algorithm>
 #include <cctype>
@@ -14,7 +13,9 @@
 #include <set>
 #include <unordered_map>
 
+#include "graph/proto_emitter.h"
 #include "graph/proto_names.h"
+#include "graph/proto_shapes.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -340,47 +341,13 @@ std::string describe_einsum_plan(const EinsumPlan& plan) {
   return text;
 }
 
-namespace {
-
-// Ranks of the values whose shape the file declares or libonnx inferred.
-std::unordered_map<std::string, int64_t> known_ranks(const onnx::GraphProto& g) {
-  std::unordered_map<std::string, int64_t> ranks;
-  for (const auto* list : {&g.input(), &g.value_info(), &g.output()}) {
-    for (const auto& v : *list) {
-      if (v.type().has_tensor_type() && v.type().tensor_type().has_shape()) {
-        ranks[v.name()] = v.type().tensor_type().shape().dim_size();
-      }
-    }
-  }
-  for (const auto& t : g.initializer()) ranks[t.name()] = t.dims_size();
-  return ranks;
-}
-
-void add_ints_attribute(onnx::NodeProto& node, const std::string& name,
-                        const std::vector<int64_t>& ints) {
-  onnx::AttributeProto& a = *node.add_attribute();
-  a.set_name(name);
-  a.set_type(onnx::AttributeProto::INTS);
-  for (int64_t v : ints) a.add_ints(v);
-}
-
-}  // namespace
-
 void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
   onnx::GraphProto& g = *model.mutable_graph();
   bool any = false;
   for (const auto& np : g.node()) any = any || np.op_type() == "Einsum";
   if (!any) return;
   // Ranks check each term, and '...' needs them.
-  onnx::ShapeInferenceOptions si{};
-  si.check_type = false;
-  si.error_mode = 0;
-  try {
-    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
-  } catch (const std::exception&) {
-    // The ranks that stay unknown are reported where an ellipsis needs them.
-  }
-  const std::unordered_map<std::string, int64_t> ranks = known_ranks(g);
+  const auto dims = inferred_dims(model, /*data_propagation=*/false);
   FreshValueNames names(g);
 
   google::protobuf::RepeatedPtrField<onnx::NodeProto> rewritten;
@@ -396,15 +363,11 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
       throw_invalid(label + ": expected opset 12 or later for Einsum, got opset " +
                     std::to_string(opset));
     }
-    std::string equation;
-    bool has_equation = false;
-    for (const auto& a : np.attribute()) {
-      if (a.name() == "equation" && a.type() == onnx::AttributeProto::STRING) {
-        equation = a.s();
-        has_equation = true;
-      }
+    const onnx::AttributeProto* equation_attribute = find_attribute(np, "equation");
+    if (!equation_attribute || equation_attribute->type() != onnx::AttributeProto::STRING) {
+      throw_invalid(label + ": expected a string attribute 'equation', got none");
     }
-    if (!has_equation) throw_invalid(label + ": expected a string attribute 'equation', got none");
+    const std::string& equation = equation_attribute->s();
     if (np.input_size() < 1 || np.output_size() != 1) {
       throw_invalid(label + ": equation '" + equation +
                     "': expected one or more inputs and one output, got " +
@@ -412,8 +375,8 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
     }
     std::vector<int64_t> input_ranks;
     for (const auto& input : np.input()) {
-      auto it = ranks.find(input);
-      input_ranks.push_back(it == ranks.end() ? -1 : it->second);
+      auto it = dims.find(input);
+      input_ranks.push_back(it == dims.end() ? -1 : static_cast<int64_t>(it->second.size()));
     }
     const EinsumPlan plan = plan_einsum(equation, input_ranks);
     if (!plan.error.empty()) {
@@ -461,21 +424,16 @@ void rewrite_einsum_nodes(onnx::ModelProto& model, int64_t opset) {
       node.add_output(output);
       values.push_back(output);
       if (step.op == "Transpose") {
-        add_ints_attribute(node, "perm", step.ints);
+        Emitter::ints_attribute(node, "perm", step.ints);
       } else if (step.op == "Reshape") {
         node.add_input(constant(step_name + "_shape", step.ints));
       } else if (step.op == "ReduceSum" || step.op == "Squeeze" || step.op == "Unsqueeze") {
         if (opset >= 13) {
           node.add_input(constant(step_name + "_axes", step.ints));
         } else {
-          add_ints_attribute(node, "axes", step.ints);
+          Emitter::ints_attribute(node, "axes", step.ints);
         }
-        if (step.op == "ReduceSum") {
-          onnx::AttributeProto& keep = *node.add_attribute();
-          keep.set_name("keepdims");
-          keep.set_type(onnx::AttributeProto::INT);
-          keep.set_i(0);
-        }
+        if (step.op == "ReduceSum") Emitter::int_attribute(node, "keepdims", 0);
       }
     }
   }

@@ -40,15 +40,8 @@ bool has_subgraph(const onnx::NodeProto& np) {
   return false;
 }
 
-const onnx::AttributeProto* attribute(const onnx::NodeProto& np, const std::string& name) {
-  for (const auto& a : np.attribute()) {
-    if (a.name() == name) return &a;
-  }
-  return nullptr;
-}
-
 int64_t int_attribute(const onnx::NodeProto& np, const std::string& name, int64_t fallback) {
-  const onnx::AttributeProto* a = attribute(np, name);
+  const onnx::AttributeProto* a = find_attribute(np, name);
   return a && a->type() == onnx::AttributeProto::INT ? a->i() : fallback;
 }
 
@@ -291,7 +284,7 @@ std::vector<int64_t> declared_dims_of_one(const onnx::ValueInfoProto& v) {
 
 // The Loop's body graph, or nullptr.
 const onnx::GraphProto* loop_body(const onnx::NodeProto& loop) {
-  const onnx::AttributeProto* a = attribute(loop, "body");
+  const onnx::AttributeProto* a = find_attribute(loop, "body");
   return a && a->type() == onnx::AttributeProto::GRAPH ? &a->g() : nullptr;
 }
 
@@ -589,7 +582,7 @@ class SequenceResolver {
   // (an axis of the output's rank, as ConcatFromSequence counts it).
   bool concat_from_sequence(const onnx::NodeProto& np, const std::string& name) {
     const std::vector<std::string>* items = list(np, 0);
-    const onnx::AttributeProto* axis_attribute = attribute(np, "axis");
+    const onnx::AttributeProto* axis_attribute = find_attribute(np, "axis");
     if (!items || items->empty() || !axis_attribute ||
         axis_attribute->type() != onnx::AttributeProto::INT) {
       return false;

@@ -225,13 +225,6 @@ void check_declared_shapes(const onnx::GraphProto& gp,
   }
 }
 
-const onnx::AttributeProto* find_attribute(const onnx::NodeProto& np, std::string_view name) {
-  for (const auto& a : np.attribute()) {
-    if (a.name() == name) return &a;
-  }
-  return nullptr;
-}
-
 std::vector<int64_t> attribute_ints(const onnx::AttributeProto& a) {
   if (a.type() == onnx::AttributeProto::INT) return {a.i()};
   return {a.ints().begin(), a.ints().end()};

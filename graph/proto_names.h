@@ -6,6 +6,7 @@
 #include <onnx/onnx_pb.h>
 
 #include <string>
+#include <string_view>
 #include <unordered_set>
 
 namespace qforge::graph {
@@ -14,6 +15,15 @@ namespace qforge::graph {
 // import's messages name it.
 inline std::string proto_node_name(const onnx::NodeProto& np, int index) {
   return np.name().empty() ? np.op_type() + "_" + std::to_string(index) : np.name();
+}
+
+// The node's attribute `name`, or null.
+inline const onnx::AttributeProto* find_attribute(const onnx::NodeProto& np,
+                                                  std::string_view name) {
+  for (const auto& a : np.attribute()) {
+    if (a.name() == name) return &a;
+  }
+  return nullptr;
 }
 
 // "node '<name>' (<op>)", as import's messages name a node.

@@ -3,18 +3,20 @@
 #include "graph/rnn_import.h"
 
 #include <onnx/onnx_pb.h>
-#include <onnx/shape_inference/implementation.h>
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "graph/proto_emitter.h"
 #include "graph/proto_names.h"
+#include "graph/proto_shapes.h"
 #include "kernels/error.h"
 
 namespace qforge::graph {
@@ -33,13 +35,6 @@ struct Recurrence {
   std::string activation = "Tanh";  // RNN's
 };
 
-const onnx::AttributeProto* attribute(const onnx::NodeProto& np, const char* name) {
-  for (const auto& a : np.attribute()) {
-    if (a.name() == name) return &a;
-  }
-  return nullptr;
-}
-
 std::string input(const onnx::NodeProto& np, int i) {
   return i < np.input_size() ? np.input(i) : std::string();
 }
@@ -54,7 +49,7 @@ Recurrence read_recurrence(const onnx::NodeProto& np, const std::string& label) 
   r.cell = op == "LSTM" ? Cell::kLstm : op == "GRU" ? Cell::kGru : Cell::kRnn;
   r.gates = r.cell == Cell::kLstm ? 4 : r.cell == Cell::kGru ? 3 : 1;
   auto int_attribute = [&](const char* name, int64_t fallback) {
-    const onnx::AttributeProto* a = attribute(np, name);
+    const onnx::AttributeProto* a = find_attribute(np, name);
     if (!a) return fallback;
     if (a->type() != onnx::AttributeProto::INT) {
       throw_invalid(label + ": expected attribute '" + name + "' an int, got another type");
@@ -64,7 +59,7 @@ Recurrence read_recurrence(const onnx::NodeProto& np, const std::string& label) 
   r.hidden = int_attribute("hidden_size", 0);
   if (r.hidden < 1) {
     throw_invalid(label + ": expected attribute 'hidden_size' >= 1, got " +
-                  (attribute(np, "hidden_size") ? std::to_string(r.hidden) : "none"));
+                  (find_attribute(np, "hidden_size") ? std::to_string(r.hidden) : "none"));
   }
   r.layout = int_attribute("layout", 0);
   if (r.layout != 0 && r.layout != 1) {
@@ -78,18 +73,18 @@ Recurrence read_recurrence(const onnx::NodeProto& np, const std::string& label) 
                       "and forget gates coupled), got " +
                       std::to_string(int_attribute("input_forget", 0)));
   }
-  if (attribute(np, "clip")) {
+  if (find_attribute(np, "clip")) {
     throw_unsupported(label +
                       ": expected no attribute 'clip' (qforge does not clip the gates), "
                       "got one");
   }
   for (const char* name : {"activation_alpha", "activation_beta"}) {
-    if (attribute(np, name)) {
+    if (find_attribute(np, name)) {
       throw_unsupported(label + ": expected no attribute '" + name + "', got one");
     }
   }
   std::string direction = "forward";
-  if (const onnx::AttributeProto* a = attribute(np, "direction")) direction = a->s();
+  if (const onnx::AttributeProto* a = find_attribute(np, "direction")) direction = a->s();
   if (direction == "bidirectional") {
     r.directions = 2;
   } else if (direction == "reverse") {
@@ -103,7 +98,7 @@ Recurrence read_recurrence(const onnx::NodeProto& np, const std::string& label) 
       r.cell == Cell::kLstm  ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
       : r.cell == Cell::kGru ? std::vector<std::string>{"Sigmoid", "Tanh"}
                              : std::vector<std::string>{"Tanh"};
-  if (const onnx::AttributeProto* a = attribute(np, "activations")) {
+  if (const onnx::AttributeProto* a = find_attribute(np, "activations")) {
     const auto per = static_cast<int>(defaults.size());
     if (a->strings_size() != per * r.directions) {
       throw_invalid(label + ": expected " + std::to_string(per * r.directions) +
@@ -129,34 +124,6 @@ Recurrence read_recurrence(const onnx::NodeProto& np, const std::string& label) 
     }
   }
   return r;
-}
-
-// Static dims of the values libonnx infers (-1 where a dim is unknown).
-std::unordered_map<std::string, std::vector<int64_t>> inferred_dims(onnx::ModelProto& model) {
-  onnx::ShapeInferenceOptions si{};
-  si.check_type = false;
-  si.error_mode = 0;
-  si.enable_data_propagation = true;  // sequence lengths that shape computations give
-  try {
-    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), si);
-  } catch (const std::exception&) {
-    // Dims that stay unknown are reported where a sequence length needs them.
-  }
-  std::unordered_map<std::string, std::vector<int64_t>> dims;
-  const onnx::GraphProto& g = model.graph();
-  for (const auto* list : {&g.input(), &g.value_info(), &g.output()}) {
-    for (const auto& v : *list) {
-      if (!v.type().has_tensor_type() || !v.type().tensor_type().has_shape()) continue;
-      std::vector<int64_t>& d = dims[v.name()];
-      for (const auto& dim : v.type().tensor_type().shape().dim()) {
-        d.push_back(dim.has_dim_value() ? dim.dim_value() : -1);
-      }
-    }
-  }
-  for (const auto& t : g.initializer()) {
-    dims[t.name()] = std::vector<int64_t>(t.dims().begin(), t.dims().end());
-  }
-  return dims;
 }
 
 // Whether `name` is an int32 initializer whose every value is `steps`.
@@ -286,17 +253,19 @@ class Unroller {
       const int64_t t = backwards ? steps_ - 1 - k : k;
       const std::string s = p + "t" + std::to_string(t) + "/";
       const std::string xt = gather(xw, t, s + "x");  // [B, G·H]
+      if (r_.cell == Cell::kGru) {
+        state = gru_step(xt, state, s, rec_t, rec_zr_t, rec_h_t, recurrent_bias, one);
+        outputs[static_cast<size_t>(t)] = state;
+        continue;
+      }
+      // RNN and LSTM: every gate's input and recurrent terms together.
+      const std::string pre =
+          state.empty()
+              ? xt
+              : e_.value("Add", s + "pre", {xt, e_.value("MatMul", s + "h_r", {state, rec_t})});
       if (r_.cell == Cell::kRnn) {
-        const std::string pre =
-            state.empty()
-                ? xt
-                : e_.value("Add", s + "pre", {xt, e_.value("MatMul", s + "h_r", {state, rec_t})});
         state = e_.value(r_.activation, s + "h", {pre});
-      } else if (r_.cell == Cell::kLstm) {
-        const std::string pre =
-            state.empty()
-                ? xt
-                : e_.value("Add", s + "pre", {xt, e_.value("MatMul", s + "h_r", {state, rec_t})});
+      } else {
         const std::string i = e_.value("Sigmoid", s + "i", {slice(pre, 0, h, 1, s + "i_pre")});
         const std::string o = e_.value("Sigmoid", s + "o", {slice(pre, h, 2 * h, 1, s + "o_pre")});
         const std::string f =
@@ -307,8 +276,6 @@ class Unroller {
                    ? fresh
                    : e_.value("Add", s + "c", {e_.value("Mul", s + "f_c", {f, cell}), fresh});
         state = e_.value("Mul", s + "h", {o, e_.value("Tanh", s + "c_tanh", {cell})});
-      } else {
-        state = gru_step(xt, state, s, rec_t, rec_zr_t, rec_h_t, recurrent_bias, one);
       }
       outputs[static_cast<size_t>(t)] = state;
     }
@@ -369,12 +336,17 @@ class Unroller {
     return n.output(0);
   }
 
-  // x[start:end] along `axis` (−1: the last axis of a rank-1 or rank-2 value).
+  // x[start:end] along `axis` (−1: the last axis of a rank-1 or rank-2 value). The bounds are
+  // the same at every step: their constants are written once per node and shared.
   std::string slice(const std::string& x, int64_t start, int64_t end, int64_t axis,
                     const std::string& suffix) {
-    return e_.value("Slice", suffix,
-                    {x, e_.ints(suffix + "_starts", {start}), e_.ints(suffix + "_ends", {end}),
-                     e_.ints(suffix + "_axes", {axis})});
+    auto [bounds, fresh] = slice_bounds_.try_emplace({start, end, axis});
+    if (fresh) {
+      bounds->second = {e_.ints(suffix + "_starts", {start}), e_.ints(suffix + "_ends", {end}),
+                        e_.ints(suffix + "_axes", {axis})};
+    }
+    const auto& [starts, ends, axes] = bounds->second;
+    return e_.value("Slice", suffix, {x, starts, ends, axes});
   }
 
   std::string transpose(const std::string& x, const std::vector<int64_t>& perm,
@@ -400,6 +372,9 @@ class Unroller {
   const Recurrence& r_;
   int64_t steps_;
   Emitter e_;
+  // A Slice's (start, end, axis): its three constants' values.
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::tuple<std::string, std::string, std::string>>
+      slice_bounds_;
 };
 
 }  // namespace
@@ -416,7 +391,8 @@ void unroll_recurrent_nodes(onnx::ModelProto& model, int64_t opset) {
         any || ((np.domain().empty() || np.domain() == "ai.onnx") && is_recurrent_op(np.op_type()));
   }
   if (!any) return;
-  const auto dims = inferred_dims(model);
+  // Sequence lengths are often what shape computations give (a CRNN's feature map width).
+  const auto dims = inferred_dims(model, /*data_propagation=*/true);
   FreshValueNames names(g);
   Nodes rewritten;
   int index = 0;
