@@ -884,14 +884,15 @@ BroadcastPlan plan_broadcast(std::span<const Shape> input_shapes) {
 
 bool binary_outputs_bool(BinaryOp op) {
   return op == BinaryOp::kEqual || op == BinaryOp::kGreater || op == BinaryOp::kLess ||
-         op == BinaryOp::kGreaterOrEqual || op == BinaryOp::kLessOrEqual || op == BinaryOp::kAnd ||
-         op == BinaryOp::kOr || op == BinaryOp::kXor;
+         op == BinaryOp::kGreaterOrEqual || op == BinaryOp::kLessOrEqual || binary_is_logical(op);
+}
+
+bool binary_is_logical(BinaryOp op) {
+  return op == BinaryOp::kAnd || op == BinaryOp::kOr || op == BinaryOp::kXor;
 }
 
 bool binary_supports(BinaryOp op, DType a, DType b) {
-  if (op == BinaryOp::kAnd || op == BinaryOp::kOr || op == BinaryOp::kXor) {
-    return a == DType::kBool && b == DType::kBool;
-  }
+  if (binary_is_logical(op)) return a == DType::kBool && b == DType::kBool;
   if (binary_outputs_bool(op)) return a == b;
   if (op == BinaryOp::kPRelu) return a == DType::kFloat32 && b == DType::kFloat32;
   if (op == BinaryOp::kPow && a == DType::kFloat32) {

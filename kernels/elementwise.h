@@ -150,6 +150,8 @@ enum class BinaryOp {
 // The comparisons (Equal, Greater, Less, GreaterOrEqual, LessOrEqual) and And, Or, Xor: their
 // output is bool.
 bool binary_outputs_bool(BinaryOp op);
+// And, Or, Xor: bool inputs.
+bool binary_is_logical(BinaryOp op);
 // a^b as every Pow path computes it (forward and backward): the common constant exponents done
 // exactly as their cheap forms, so that a result never depends on which loop computed it.
 inline float pow_f32(float a, float b) {

@@ -256,13 +256,13 @@ std::vector<TensorInfo> infer_binary_op(BinaryOp op, const graph::Node& node,
   const InputInfo& a = require_input(node, inputs, 0);
   const InputInfo& b = require_input(node, inputs, 1);
   if (!kernels::binary_supports(op, a.dtype, b.dtype)) {
-    const char* rule =
-        op == BinaryOp::kAnd || op == BinaryOp::kOr || op == BinaryOp::kXor ? "two bool inputs"
-        : kernels::binary_outputs_bool(op)                                  ? "inputs of one dtype"
-        : op == BinaryOp::kPRelu ? "a float32 input and a float32 slope"
-        : op == BinaryOp::kPow ? "a float32 base with a float32 or integer exponent, or two int64 "
-                                 "or int32 inputs"
-                               : "two float32, int64 or int32 inputs of one dtype";
+    const char* rule = kernels::binary_is_logical(op)     ? "two bool inputs"
+                       : kernels::binary_outputs_bool(op) ? "inputs of one dtype"
+                       : op == BinaryOp::kPRelu           ? "a float32 input and a float32 slope"
+                       : op == BinaryOp::kPow
+                           ? "a float32 base with a float32 or integer exponent, or two int64 "
+                             "or int32 inputs"
+                           : "two float32, int64 or int32 inputs of one dtype";
     fail_node(node, rule, dtype_str(a.dtype) + " and " + dtype_str(b.dtype));
   }
   const std::vector<Shape> shapes = {a.shape, b.shape};

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
-#include <cstring>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "graph/onnx_import.h"
+#include "kernels/shape_ops.h"
 #include "quant/evaluation.h"
 #include "runtime/batch_dimension.h"
 #include "runtime/model_stats.h"
@@ -33,22 +33,15 @@ namespace {
 // The batches' outputs joined along `axis` (their other dims equal).
 kernels::Tensor join_along(const std::vector<kernels::Tensor>& parts, int axis) {
   if (parts.size() == 1) return parts[0];
-  graph::Shape shape = parts[0].shape();
-  const auto a = static_cast<size_t>(axis);
-  shape[a] = 0;
-  for (const kernels::Tensor& p : parts) shape[a] += p.dim(axis);
+  std::vector<graph::Shape> shapes;
+  for (const kernels::Tensor& p : parts) shapes.push_back(p.shape());
+  graph::Shape shape = shapes[0];
+  shape[static_cast<size_t>(axis)] = 0;
+  for (const graph::Shape& s : shapes)
+    shape[static_cast<size_t>(axis)] += s[static_cast<size_t>(axis)];
   kernels::Tensor joined(parts[0].dtype(), shape);
-  int64_t outer = 1;
-  for (size_t d = 0; d < a; ++d) outer *= shape[d];
-  auto* out = static_cast<std::byte*>(joined.raw());
-  for (int64_t o = 0; o < outer; ++o) {
-    for (const kernels::Tensor& p : parts) {
-      const size_t block = p.nbytes() / static_cast<size_t>(outer);
-      std::memcpy(out, static_cast<const std::byte*>(p.raw()) + static_cast<size_t>(o) * block,
-                  block);
-      out += block;
-    }
-  }
+  kernels::concat(kernels::plan_concat(shapes, axis, kernels::dtype_size(parts[0].dtype())), parts,
+                  joined);
   return joined;
 }
 
