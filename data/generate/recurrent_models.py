@@ -31,6 +31,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from training_step import step_arrays
+from user_op_models import save_helper_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "models", "ops")
@@ -161,8 +162,8 @@ def recurrent_forms():
         helper.make_node("GRU", ["g", "gw", "gr", "gb"], ["gy", "gy_h"], name="gru_reset_first",
                          hidden_size=hidden, direction="bidirectional", linear_before_reset=0),
     ]
-    graph = helper.make_graph(
-        nodes, "recurrent_forms",
+    save_helper_model(
+        "recurrent_forms", nodes,
         [helper.make_tensor_value_info("x", f, [6, 2, 3]),
          helper.make_tensor_value_info("h0", f, [1, 2, hidden]),
          helper.make_tensor_value_info("c0", f, [1, 2, hidden]),
@@ -171,35 +172,20 @@ def recurrent_forms():
          helper.make_tensor_value_info("ly_h", f, [1, 2, hidden]),
          helper.make_tensor_value_info("ly_c", f, [1, 2, hidden]),
          helper.make_tensor_value_info("gy", f, [6, 2, 2, hidden]),
-         helper.make_tensor_value_info("gy_h", f, [2, 2, hidden])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    path = os.path.join(OUT, "recurrent_forms.onnx")
-    onnx.save(model, path)
-    print(path)
+         helper.make_tensor_value_info("gy_h", f, [2, 2, hidden])], 14, inits)
     # The same LSTM batch first (layout 1), which ONNX Runtime does not run: one node, its
     # outputs the layout-0 ones transposed.
     lstm = helper.make_node("LSTM", ["x", "lw", "lr", "", "", "h0", "c0"],
                             ["ly", "ly_h", "ly_c"], name="lstm_reverse", hidden_size=hidden,
                             direction="reverse", layout=1)
-    graph = helper.make_graph(
-        [lstm], "lstm_layout1",
+    save_helper_model(
+        "lstm_layout1", [lstm],
         [helper.make_tensor_value_info("x", f, [2, 6, 3]),
          helper.make_tensor_value_info("h0", f, [2, 1, hidden]),
          helper.make_tensor_value_info("c0", f, [2, 1, hidden])],
         [helper.make_tensor_value_info("ly", f, [2, 6, 1, hidden]),
          helper.make_tensor_value_info("ly_h", f, [2, 1, hidden]),
-         helper.make_tensor_value_info("ly_c", f, [2, 1, hidden])],
-        initializer=inits[:2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    path = os.path.join(OUT, "lstm_layout1.onnx")
-    onnx.save(model, path)
-    print(path)
-
+         helper.make_tensor_value_info("ly_c", f, [2, 1, hidden])], 14, inits[:2])
 
 def main():
     os.makedirs(OUT, exist_ok=True)
