@@ -76,6 +76,12 @@ class ModelWriter {
     a->set_type(onnx::AttributeProto::INTS);
     for (int64_t v : values) a->add_ints(v);
   }
+  static void text(onnx::NodeProto* n, const std::string& name, const std::string& value) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::STRING);
+    a->set_s(value);
+  }
   static void integer(onnx::NodeProto* n, const std::string& name, int64_t value) {
     auto* a = n->add_attribute();
     a->set_name(name);
@@ -290,21 +296,11 @@ inline std::string recurrent_net_model() {
   ModelWriter::ints(m.node("Transpose", "steps_first", {"x"}, {"t"}), "perm", {1, 0, 2});
   auto* lstm = m.node("LSTM", "lstm", {"t", "w", "r", "b"}, {"h", "h_last"});
   ModelWriter::integer(lstm, "hidden_size", 4);
-  auto* direction = lstm->add_attribute();
-  direction->set_name("direction");
-  direction->set_type(onnx::AttributeProto::STRING);
-  direction->set_s("bidirectional");
-  auto* einsum = m.node("Einsum", "pool", {"h", "v"}, {"y_steps"});
-  auto* equation = einsum->add_attribute();
-  equation->set_name("equation");
-  equation->set_type(onnx::AttributeProto::STRING);
-  equation->set_s("tdbh,dh->bt");
+  ModelWriter::text(lstm, "direction", "bidirectional");
+  ModelWriter::text(m.node("Einsum", "pool", {"h", "v"}, {"y_steps"}), "equation", "tdbh,dh->bt");
   m.node("Identity", "y_out", {"y_steps"}, {"y"});
-  auto* chain = m.node("Einsum", "chain", {"h_last", "u", "s"}, {"c"});
-  auto* chain_equation = chain->add_attribute();
-  chain_equation->set_name("equation");
-  chain_equation->set_type(onnx::AttributeProto::STRING);
-  chain_equation->set_s("dbh,hk,k->bk");
+  ModelWriter::text(m.node("Einsum", "chain", {"h_last", "u", "s"}, {"c"}), "equation",
+                    "dbh,hk,k->bk");
   m.node("Sum", "sum", {"h_last", "h_last"}, {"twice"});
   m.node("Mean", "mean", {"twice", "h_last", "twice"}, {"average"});
   auto* last = m.node("Gather", "first_direction", {"average", "zero"}, {"first"});

@@ -143,52 +143,22 @@ TEST(Recurrent, TheRecurrentFuzzSeedRunsAsOnnxRuntimeRunsIt) {
 using Edit = std::function<void(onnx::NodeProto&, onnx::GraphProto&)>;
 
 std::string one_node(const std::string& op, const Edit& edit, bool dynamic_steps = false) {
-  onnx::ModelProto model;
-  model.set_ir_version(8);
-  auto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(14);
-  auto* g = model.mutable_graph();
-  g->set_name("one_node");
+  fuzz::ModelWriter m("one_node");
+  m.opset(14);
   const int64_t gates = op == "LSTM" ? 4 : op == "GRU" ? 3 : 1;
-  auto* x = g->add_input();
-  x->set_name("x");
-  auto* t = x->mutable_type()->mutable_tensor_type();
-  t->set_elem_type(onnx::TensorProto::FLOAT);
-  for (int64_t d : {5, 2, 3}) {
-    auto* dim = t->mutable_shape()->add_dim();
-    if (dynamic_steps && d == 5) {
-      dim->set_dim_param("steps");
-    } else {
-      dim->set_dim_value(d);
-    }
+  if (dynamic_steps) {
+    m.input("x", {-1, 2, 3});
+  } else {
+    m.input("x", {5, 2, 3});
   }
-  for (auto [name, dims] : {std::pair{"w", std::vector<int64_t>{1, gates * 4, 3}},
-                            std::pair{"r", std::vector<int64_t>{1, gates * 4, 4}}}) {
-    auto* w = g->add_initializer();
-    w->set_name(name);
-    w->set_data_type(onnx::TensorProto::FLOAT);
-    int64_t n = 1;
-    for (int64_t d : dims) {
-      w->add_dims(d);
-      n *= d;
-    }
-    for (int64_t i = 0; i < n; ++i) w->add_float_data(0.01f * static_cast<float>(i % 7));
-  }
-  auto* node = g->add_node();
-  node->set_op_type(op);
-  node->set_name("cell");
-  for (const char* in : {"x", "w", "r"}) node->add_input(in);
-  node->add_output("y");
-  auto* hidden = node->add_attribute();
-  hidden->set_name("hidden_size");
-  hidden->set_type(onnx::AttributeProto::INT);
-  hidden->set_i(4);
-  auto* y = g->add_output();
-  y->set_name("y");
-  y->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
-  edit(*node, *g);
-  return model.SerializeAsString();
+  m.output("y", {});
+  m.graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->clear_shape();
+  m.weight("w", {1, gates * 4, 3});
+  m.weight("r", {1, gates * 4, 4});
+  onnx::NodeProto* node = m.node(op, "cell", {"x", "w", "r"}, {"y"});
+  fuzz::ModelWriter::integer(node, "hidden_size", 4);
+  edit(*node, *m.graph());
+  return m.bytes();
 }
 
 std::string refusal(ErrorKind kind, const std::string& op, const Edit& edit,
@@ -197,14 +167,10 @@ std::string refusal(ErrorKind kind, const std::string& op, const Edit& edit,
   return testing::error_of(kind, [&] { graph::parse_onnx(bytes, "m.onnx"); });
 }
 
-void add_string(onnx::NodeProto& n, const char* name, const std::vector<std::string>& values) {
+// A STRINGS attribute (the activations).
+void add_strings(onnx::NodeProto& n, const char* name, const std::vector<std::string>& values) {
   auto* a = n.add_attribute();
   a->set_name(name);
-  if (values.size() == 1 && std::string(name) == "direction") {
-    a->set_type(onnx::AttributeProto::STRING);
-    a->set_s(values[0]);
-    return;
-  }
   a->set_type(onnx::AttributeProto::STRINGS);
   for (const auto& v : values) a->add_strings(v);
 }
@@ -255,16 +221,17 @@ TEST(Recurrent, FormsNotUnrolledAreRefusedNamingTheNode) {
              base + "(GRU): expected no attribute 'clip'");
   expect_has(refusal(ErrorKind::kUnsupported, "LSTM",
                      [](onnx::NodeProto& n, onnx::GraphProto&) {
-                       add_string(n, "activations", {"Sigmoid", "Relu", "Tanh"});
+                       add_strings(n, "activations", {"Sigmoid", "Relu", "Tanh"});
                      }),
              base + "(LSTM): expected the activations Sigmoid, Tanh, Tanh, got 'Relu' at 1");
-  expect_has(
-      refusal(ErrorKind::kUnsupported, "RNN",
-              [](onnx::NodeProto& n, onnx::GraphProto&) { add_string(n, "activations", {"Elu"}); }),
-      base + "(RNN): expected activation Tanh, Relu or Sigmoid, got 'Elu'");
+  expect_has(refusal(ErrorKind::kUnsupported, "RNN",
+                     [](onnx::NodeProto& n, onnx::GraphProto&) {
+                       add_strings(n, "activations", {"Elu"});
+                     }),
+             base + "(RNN): expected activation Tanh, Relu or Sigmoid, got 'Elu'");
   expect_has(refusal(ErrorKind::kInvalid, "RNN",
                      [](onnx::NodeProto& n, onnx::GraphProto&) {
-                       add_string(n, "direction", {"sideways"});
+                       fuzz::ModelWriter::text(&n, "direction", "sideways");
                      }),
              base + "(RNN): expected direction forward, reverse or bidirectional, got 'sideways'");
   expect_has(
