@@ -195,14 +195,20 @@ def qforge_time(qforge, name, data, images, args, profile=False, transform=False
     return res
 
 
-def torch_time(name, runs, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--runs", str(runs),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--batch", str(args.batch)]
-    proc = run_cmd(cmd, args.timeout)
+def json_result(cmd, timeout):
+    """Runs a worker that prints its result as one JSON line last: that result, or the error lines
+    of its output (its exit code where it printed none)."""
+    proc = run_cmd(cmd, timeout)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"]}
+
+
+def torch_time(name, runs, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--runs", str(runs),
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--batch", str(args.batch)]
+    return json_result(cmd, args.timeout)
 
 
 def ort_time(name, runs, args):
@@ -210,11 +216,7 @@ def ort_time(name, runs, args):
     cmd = ["node", script, "--model", zoo.model_path(name, args.batch), "--input",
            zoo.input_path(args.batch), "--batch", str(args.batch), "--warmup", str(args.warmup),
            "--runs", str(runs), "--threads", str(args.threads)]
-    proc = run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": error_lines(proc.stdout + "\n" + proc.stderr) or [f"exit {proc.returncode}"]}
+    return json_result(cmd, args.timeout)
 
 
 def add_model_timing_arguments(ap, batch):
@@ -288,11 +290,7 @@ def model_ort_time(args, model, data):
     cmd = ["node", os.path.join(zoo.BENCH_DIR, "ort_time.js"), "--model", model, "--input", data,
            "--batch", str(args.batch), "--warmup", str(args.warmup), "--runs", str(args.runs),
            "--threads", str(args.threads)]
-    proc = run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": error_lines(proc.stdout + "\n" + proc.stderr)}
+    return json_result(cmd, args.timeout)
 
 
 def torch_call_timing(call, args):

@@ -17,7 +17,6 @@ bench/RESULTS.md.
     bench/recurrent_compare.py [--qforge build/tools/qforge] [--batch 8] [--write]
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -110,11 +109,7 @@ def torch_time(args, name):
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--model-name", name,
            "--threads", str(args.threads), "--batch", str(args.batch), "--runs", str(args.runs),
            "--warmup", str(args.warmup)]
-    proc = compare.run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
+    return compare.json_result(cmd, args.timeout)
 
 
 def torch_worker(args):

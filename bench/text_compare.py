@@ -20,7 +20,6 @@ bench/RESULTS.md.
     bench/text_compare.py [--qforge build/tools/qforge] [--batch 8] [--tokens 128] [--write]
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -137,11 +136,7 @@ def prepare(args, log):
 
 def torch_time(args):
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker"] + worker_args(args)
-    proc = compare.run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
+    return compare.json_result(cmd, args.timeout)
 
 
 def worker_args(args):

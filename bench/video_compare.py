@@ -19,7 +19,6 @@ bench/RESULTS.md.
         --section mvit --write
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -105,11 +104,7 @@ def worker_args(args, name):
 
 def torch_time(args, name):
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker"] + worker_args(args, name)
-    proc = compare.run_cmd(cmd, args.timeout)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": compare.error_lines(proc.stdout + "\n" + proc.stderr)}
+    return compare.json_result(cmd, args.timeout)
 
 
 def torch_worker(args):
